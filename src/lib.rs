@@ -1,0 +1,34 @@
+//! shardgate: a thread-per-core io_uring AI inference gateway.
+//!
+//! # Layout
+//!
+//! Modules in the order a request meets them:
+//!
+//! - [`config`]: raw TOML → validated → immutable [`config::Snapshot`] (control thread).
+//! - [`runtime`]: one pinned monoio worker per core, its listener, its inbox, drain on shutdown.
+//! - [`server`]: the per-connection loop on a worker: keep-alive, pipelining, limits, timeouts.
+//! - [`http`]: hand-framed HTTP/1.1 on httparse: head parsing, RFC 9112 framing checks, bodies.
+//! - [`route`]: path trie → route; model catalog and version split.
+//! - [`auth`]: JWT verification (ring), keys by `kid`, revocation.
+//! - [`quota`]: per-core lease shards and the coordinator that grants leases.
+//! - [`breaker`]: per-endpoint circuit breaker state machine.
+//! - [`proxy`]: upstream keep-alive pools, request forwarding, response relay (SSE-safe).
+//! - [`metrics`]: per-worker counters and latency histograms.
+//! - [`control`]: the control thread: reload, quota coordination, admin API.
+//! - [`mock`]: an OpenAI-compatible mock model backend (demo, tests, loadtest).
+//! - [`error`]: the gateway error that every stage folds into.
+#![deny(unsafe_code)]
+
+pub mod auth;
+pub mod breaker;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod mock;
+pub mod proxy;
+pub mod quota;
+pub mod route;
+pub mod runtime;
+pub mod server;
