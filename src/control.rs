@@ -1,1 +1,160 @@
-//! TODO
+//! The control thread: config reload (file watch, SIGHUP, admin), distributing snapshots.
+//!
+//! It is never on the data path. It owns the config generation counter, builds and validates
+//! new snapshots, and sends each worker its own copy. A config that fails validation changes
+//! nothing: the problems are logged and kept for the admin API, and a failure counter grows.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::config::{self, ConfigError, Snapshot};
+use crate::runtime::ToWorker;
+
+/// How often the config file's mtime/size/inode is checked.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Requests to the control thread.
+pub enum ToControl {
+    /// Re-read the config file now (SIGHUP, admin reload). The reply says what happened.
+    Reload(Option<Sender<Result<u64, ConfigError>>>),
+    Stop,
+}
+
+/// Result of the last reload attempt, for the admin API.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    pub generation: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+}
+
+pub struct Control {
+    tx: Sender<ToControl>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Control {
+    /// Starts the control thread for a gateway loaded from `path` at `generation`.
+    pub fn spawn(
+        path: PathBuf,
+        generation: u64,
+        workers: Vec<Sender<ToWorker>>,
+    ) -> std::io::Result<Control> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("shardgate-control".into())
+            .spawn(move || run(path, generation, workers, rx))?;
+        Ok(Control {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn sender(&self) -> Sender<ToControl> {
+        self.tx.clone()
+    }
+
+    /// Asks for a reload and waits for its outcome.
+    pub fn reload(&self) -> Result<u64, ConfigError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let _ = self.tx.send(ToControl::Reload(Some(tx)));
+        rx.recv().unwrap_or_else(|_| {
+            Err(ConfigError {
+                file: PathBuf::new(),
+                problems: vec![],
+            })
+        })
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = self.tx.send(ToControl::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Identity of the file on disk; a change means "reload".
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+fn run(
+    path: PathBuf,
+    mut generation: u64,
+    workers: Vec<Sender<ToWorker>>,
+    rx: Receiver<ToControl>,
+) {
+    let mut stamp = file_stamp(&path);
+    let mut status = ReloadStatus {
+        generation,
+        ..Default::default()
+    };
+    loop {
+        let msg = match rx.recv_timeout(WATCH_INTERVAL) {
+            Ok(m) => Some(m),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        };
+        let reply = match msg {
+            Some(ToControl::Stop) => return,
+            Some(ToControl::Reload(reply)) => reply,
+            None => {
+                let now = file_stamp(&path);
+                if now == stamp {
+                    continue;
+                }
+                stamp = now;
+                None
+            }
+        };
+        let result = config::load(&path, generation + 1);
+        match &result {
+            Ok(snap) => {
+                generation = snap.generation;
+                broadcast(&workers, snap);
+                status.generation = generation;
+                status.last_error = None;
+                eprintln!(
+                    "shardgate: applied config generation {generation} from {}",
+                    path.display()
+                );
+            }
+            Err(e) => {
+                status.failures += 1;
+                status.last_error = Some(e.to_string());
+                eprintln!(
+                    "shardgate: config reload rejected, keeping generation {generation}:\n{e}"
+                );
+            }
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(result.map(|s| s.generation));
+        }
+    }
+}
+
+fn broadcast(workers: &[Sender<ToWorker>], snap: &Snapshot) {
+    for w in workers {
+        let _ = w.send(ToWorker::Snapshot(Box::new(snap.clone())));
+    }
+}
+
+/// Set by the signal thread; read by main.
+pub fn signal_flag() -> Arc<AtomicBool> {
+    Arc::new(AtomicBool::new(false))
+}
+
+/// Whether a flag from [`signal_flag`] is set.
+pub fn is_set(flag: &AtomicBool) -> bool {
+    flag.load(Ordering::Relaxed)
+}

@@ -1,1 +1,139 @@
-//! TODO
+//! The gateway error every stage folds into.
+//!
+//! Hot-path stages return small `Copy` enums ([`crate::http::ParseError`], [`UpstreamError`],
+//! ...). Each folds into a [`GatewayError`], which knows its status, its OpenAI-style error
+//! type, where the fault lies, whether a retry on another endpoint is allowed, and whether the
+//! client connection must be closed after the response (framing errors) or can stay open.
+
+use crate::http::ParseError;
+
+/// Where the fault lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something wrong.
+    Downstream,
+    /// The upstream failed or misbehaved.
+    Upstream,
+    /// The gateway itself (config, capacity).
+    Internal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayError {
+    pub status: u16,
+    /// OpenAI-style error `type`.
+    pub kind: &'static str,
+    pub message: &'static str,
+    pub fault: Fault,
+    /// The request provably did not reach an upstream, so it may be sent to another endpoint.
+    pub retry: bool,
+    /// The client connection cannot be reused after this error.
+    pub close: bool,
+}
+
+impl GatewayError {
+    pub const fn downstream(status: u16, message: &'static str) -> Self {
+        Self {
+            status,
+            kind: "invalid_request_error",
+            message,
+            fault: Fault::Downstream,
+            retry: false,
+            close: false,
+        }
+    }
+
+    pub const fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+}
+
+impl From<ParseError> for GatewayError {
+    fn from(e: ParseError) -> Self {
+        // A framing error leaves the byte stream in an unknown state: always close.
+        GatewayError::downstream(e.status(), e.message()).closing()
+    }
+}
+
+/// Failures talking to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// Connection refused or reset during connect.
+    ConnectFailed,
+    ConnectTimeout,
+    /// No response head within the first-byte timeout.
+    FirstByteTimeout,
+    /// Silence between two response reads longer than the idle timeout.
+    IdleTimeout,
+    /// The connection closed or failed before a complete response head arrived.
+    ClosedBeforeResponse,
+    /// The response head was not valid HTTP/1.1 (or used framing we refuse to relay).
+    BadResponse,
+    /// The connection broke in the middle of the response body.
+    ClosedMidBody,
+}
+
+impl UpstreamError {
+    /// Whether the request provably never reached the upstream application.
+    pub fn nothing_sent(self) -> bool {
+        matches!(
+            self,
+            UpstreamError::ConnectFailed | UpstreamError::ConnectTimeout
+        )
+    }
+
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            UpstreamError::ConnectFailed => "connect_failed",
+            UpstreamError::ConnectTimeout => "connect_timeout",
+            UpstreamError::FirstByteTimeout => "first_byte_timeout",
+            UpstreamError::IdleTimeout => "idle_timeout",
+            UpstreamError::ClosedBeforeResponse => "closed_before_response",
+            UpstreamError::BadResponse => "bad_response",
+            UpstreamError::ClosedMidBody => "closed_mid_body",
+        }
+    }
+}
+
+impl From<UpstreamError> for GatewayError {
+    fn from(e: UpstreamError) -> Self {
+        let (status, message) = match e {
+            UpstreamError::ConnectFailed => (502, "upstream connection failed"),
+            UpstreamError::ConnectTimeout => (504, "upstream connect timed out"),
+            UpstreamError::FirstByteTimeout => (504, "upstream did not respond in time"),
+            UpstreamError::IdleTimeout => (504, "upstream stalled mid-response"),
+            UpstreamError::ClosedBeforeResponse => {
+                (502, "upstream closed the connection before responding")
+            }
+            UpstreamError::BadResponse => (502, "upstream sent an invalid response"),
+            UpstreamError::ClosedMidBody => (502, "upstream closed the connection mid-response"),
+        };
+        GatewayError {
+            status,
+            kind: "upstream_error",
+            message,
+            fault: Fault::Upstream,
+            retry: e.nothing_sent(),
+            close: false,
+        }
+    }
+}
+
+pub const NOT_FOUND: GatewayError = GatewayError::downstream(404, "no route matches this path");
+pub const METHOD_NOT_ALLOWED: GatewayError =
+    GatewayError::downstream(405, "method not allowed on this route");
+pub const OVERLOADED: GatewayError = GatewayError {
+    status: 503,
+    kind: "overloaded_error",
+    message: "gateway worker is at its connection limit",
+    fault: Fault::Internal,
+    retry: false,
+    close: true,
+};
+pub const HEADER_TIMEOUT: GatewayError =
+    GatewayError::downstream(408, "request head not received in time").closing();
+pub const BODY_TIMEOUT: GatewayError =
+    GatewayError::downstream(408, "request body stalled").closing();
+pub const CLIENT_BODY_ERROR: GatewayError =
+    GatewayError::downstream(400, "request body ended early").closing();

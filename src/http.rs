@@ -1,1 +1,17 @@
-//! TODO
+//! Hand-framed HTTP/1.1 on httparse.
+//!
+//! - [`parse`]: request head parsing and the RFC 9112 framing checks (what body follows).
+//! - [`body`]: chunked transfer-coding decoder, shared by request bodies and upstream responses.
+//! - [`write`]: response heads and the JSON error responses every stage ends in.
+//! - [`limits`]: every size and time limit, as named constants with config overrides.
+//!
+//! Nothing here allocates per request: heads are parsed into a stack header array and the
+//! results are offsets into the connection buffer.
+
+pub mod body;
+pub mod limits;
+pub mod parse;
+pub mod write;
+
+pub use limits::Limits;
+pub use parse::{BodyFraming, ParseError, RequestHead};

@@ -1,1 +1,132 @@
-fn main() {}
+//! The `shardgate` binary: run the gateway, check a config, or run the demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shardgate::config;
+use shardgate::control::Control;
+use shardgate::runtime::Engine;
+
+/// shardgate: a thread-per-core io_uring AI inference gateway.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Config file to run the gateway with.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config file: prints every problem (exit 2) or "ok" (exit 0).
+    Check,
+    /// Run the gateway on config/demo.toml with an in-process mock model backend.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check) => check(cli.config),
+        Some(Command::Demo) => demo(),
+        None => match cli.config {
+            Some(path) => run(path, None),
+            None => {
+                eprintln!("shardgate: --config PATH is required (or try `shardgate demo`)");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn check(path: Option<PathBuf>) -> ExitCode {
+    let Some(path) = path else {
+        eprintln!("shardgate check: --config PATH is required");
+        return ExitCode::from(2);
+    };
+    match config::load(&path, 1) {
+        Ok(_) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn demo() -> ExitCode {
+    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"));
+    // MERGE: start shardgate::mock here once the mock module lands.
+    run(path, Some(Box::new(())))
+}
+
+/// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads the config.
+fn run(path: PathBuf, keep_alive: Option<Box<dyn std::any::Any>>) -> ExitCode {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let snapshot = match config::load(&path, 1) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shardgate: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listen = snapshot.server.listen;
+    let workers = snapshot.server.cores.len();
+    let mut engine = match Engine::start(snapshot) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("shardgate: cannot start on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let control = match Control::spawn(path.clone(), 1, engine.inboxes()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shardgate: cannot start the control thread: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "shardgate: listening on http://{} with {workers} worker(s), config {}",
+        engine.local_addr(),
+        path.display()
+    );
+    if keep_alive.is_some() {
+        print_demo_hint(engine.local_addr());
+    }
+    for sig in signals.forever() {
+        match sig {
+            SIGHUP => {
+                let _ = control.reload();
+            }
+            _ => break,
+        }
+    }
+    eprintln!("shardgate: draining");
+    drop(control);
+    engine.shutdown();
+    drop(keep_alive);
+    eprintln!("shardgate: stopped");
+    ExitCode::SUCCESS
+}
+
+fn print_demo_hint(addr: std::net::SocketAddr) {
+    println!();
+    println!("Try it:");
+    println!(
+        "  curl -s http://{addr}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"llama3-70b\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'"
+    );
+    println!();
+}

@@ -1,1 +1,346 @@
-//! TODO
+//! The thread-per-core engine: one pinned worker thread per configured core, each with its
+//! own monoio runtime, SO_REUSEPORT listener, snapshot copy, upstream pools and metrics.
+//!
+//! The engine owns the worker threads; the control plane talks to each worker only through
+//! its crossbeam inbox ([`ToWorker`]). A worker drains its inbox on a short timer tick, never
+//! inside the request path.
+//!
+//! # Driver
+//!
+//! Each worker tries io_uring first (unless `server.driver = "legacy"`); when the ring cannot
+//! be set up (old kernel, seccomp, `kernel.io_uring_disabled`) it logs one line with the reason
+//! and runs monoio's legacy epoll driver instead (unless `driver = "io_uring"` forces it, in
+//! which case the worker fails to start). The driver in use is part of the worker's metrics.
+//!
+//! # Shutdown
+//!
+//! [`Engine::shutdown`] tells every worker to drain: it stops accepting, closes idle
+//! keep-alive connections, lets requests in flight finish (their responses carry
+//! `Connection: close`), and exits when none are left or the drain timeout passes.
+
+mod drain;
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::config::{DriverChoice, Snapshot};
+use crate::metrics::{Driver, WorkerMetrics};
+use crate::proxy::pool::Pools;
+
+pub use drain::Drain;
+
+/// How often a worker looks at its inbox.
+pub const INBOX_TICK: Duration = Duration::from_millis(5);
+/// io_uring submission queue entries per worker.
+pub const URING_ENTRIES: u32 = 4096;
+/// Listen backlog per worker socket.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Messages from the control plane to one worker.
+pub enum ToWorker {
+    /// Swap to this snapshot between requests.
+    Snapshot(Box<Snapshot>),
+    /// Send a copy of the metrics back.
+    Collect(Sender<WorkerMetrics>),
+    /// Drain and stop.
+    Shutdown,
+}
+
+/// Everything one worker owns. Lives in an `Rc` on the worker thread; never shared.
+pub struct Worker {
+    pub id: usize,
+    pub snapshot: RefCell<Rc<Snapshot>>,
+    pub pools: RefCell<Pools>,
+    pub metrics: RefCell<WorkerMetrics>,
+    pub drain: Drain,
+    /// Open client connections.
+    pub conns: Cell<usize>,
+    /// Request id generation: a per-process random prefix, the worker id and a counter.
+    req_prefix: u32,
+    req_seq: Cell<u64>,
+    /// Round-robin position for endpoint choice.
+    pub rr: Cell<usize>,
+}
+
+impl Worker {
+    /// The snapshot to run one request on; it stays valid even if a new one arrives.
+    #[inline]
+    pub fn current(&self) -> Rc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Writes a fresh request id into `out`.
+    pub fn next_request_id(&self, out: &mut String) {
+        use std::fmt::Write;
+        let n = self.req_seq.get() + 1;
+        self.req_seq.set(n);
+        out.clear();
+        let _ = write!(out, "{:08x}-{:x}-{:x}", self.req_prefix, self.id, n);
+    }
+}
+
+/// A running engine: the worker threads and their inboxes.
+pub struct Engine {
+    workers: Vec<(Sender<ToWorker>, JoinHandle<()>)>,
+    addr: SocketAddr,
+}
+
+impl Engine {
+    /// Binds the listeners and starts one worker per configured core. Returns once every
+    /// worker runs, or the first worker's start error.
+    pub fn start(snapshot: Snapshot) -> io::Result<Engine> {
+        let listeners = bind_listeners(snapshot.server.listen, snapshot.server.cores.len())?;
+        let addr = listeners[0].local_addr()?;
+        let prefix = random_u32();
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(listeners.len());
+        let mut workers = Vec::new();
+        for (id, listener) in listeners.into_iter().enumerate() {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let snap = snapshot.clone();
+            let ready = ready_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("shardgate-w{id}"))
+                .spawn(move || worker_thread(id, snap, listener, rx, ready, prefix))?;
+            workers.push((tx, thread));
+        }
+        drop(ready_tx);
+        let mut engine = Engine { workers, addr };
+        for _ in 0..engine.workers.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    engine.shutdown();
+                    return Err(e);
+                }
+                Err(_) => {
+                    engine.shutdown();
+                    return Err(io::Error::other("a worker exited during start"));
+                }
+            }
+        }
+        Ok(engine)
+    }
+
+    /// The address the workers listen on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Inboxes of every worker, for the control plane.
+    pub fn inboxes(&self) -> Vec<Sender<ToWorker>> {
+        self.workers.iter().map(|(tx, _)| tx.clone()).collect()
+    }
+
+    /// Sends a new snapshot to every worker.
+    pub fn apply(&self, snapshot: &Snapshot) {
+        for (tx, _) in &self.workers {
+            let _ = tx.send(ToWorker::Snapshot(Box::new(snapshot.clone())));
+        }
+    }
+
+    /// Collects a copy of every worker's metrics (waits up to one second per worker).
+    pub fn collect(&self) -> Vec<WorkerMetrics> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut asked = 0;
+        for (inbox, _) in &self.workers {
+            if inbox.send(ToWorker::Collect(tx.clone())).is_ok() {
+                asked += 1;
+            }
+        }
+        (0..asked)
+            .filter_map(|_| rx.recv_timeout(Duration::from_secs(1)).ok())
+            .collect()
+    }
+
+    /// Drains every worker and waits for the threads to exit.
+    pub fn shutdown(&mut self) {
+        for (tx, _) in &self.workers {
+            let _ = tx.send(ToWorker::Shutdown);
+        }
+        for (_, thread) in self.workers.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// One SO_REUSEPORT listener per worker, all on the same port (port 0 resolves once).
+fn bind_listeners(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out = Vec::with_capacity(n);
+    let mut bind_to = addr;
+    for _ in 0..n.max(1) {
+        let s = Socket::new(
+            Domain::for_address(bind_to),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&bind_to.into())?;
+        s.listen(LISTEN_BACKLOG)?;
+        let l: std::net::TcpListener = s.into();
+        bind_to = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // The prefix only needs to differ between processes; fall back to the clock.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return t.subsec_nanos() ^ std::process::id();
+    }
+    u32::from_le_bytes(b)
+}
+
+type Ready = Sender<io::Result<()>>;
+
+fn worker_thread(
+    id: usize,
+    snapshot: Snapshot,
+    listener: std::net::TcpListener,
+    inbox: Receiver<ToWorker>,
+    ready: Ready,
+    prefix: u32,
+) {
+    if let Some(core) = snapshot.server.cores.get(id).copied().flatten() {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+            eprintln!("shardgate-w{id}: could not pin to core {core}; running unpinned");
+        }
+    }
+    let choice = snapshot.server.driver;
+    if choice != DriverChoice::Legacy {
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(URING_ENTRIES)
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => {
+                rt.block_on(worker_main(
+                    id,
+                    snapshot,
+                    listener,
+                    inbox,
+                    ready,
+                    prefix,
+                    Driver::IoUring,
+                ));
+                return;
+            }
+            Err(e) if choice == DriverChoice::IoUring => {
+                let _ = ready.send(Err(io::Error::other(format!(
+                    "worker {id}: io_uring is required by server.driver but unavailable: {e}"
+                ))));
+                return;
+            }
+            Err(e) => eprintln!(
+                "shardgate-w{id}: io_uring unavailable ({e}); using the legacy epoll driver"
+            ),
+        }
+    }
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+    {
+        Ok(mut rt) => rt.block_on(worker_main(
+            id,
+            snapshot,
+            listener,
+            inbox,
+            ready,
+            prefix,
+            Driver::Legacy,
+        )),
+        Err(e) => {
+            let _ = ready.send(Err(io::Error::other(format!(
+                "worker {id}: cannot start runtime: {e}"
+            ))));
+        }
+    }
+}
+
+async fn worker_main(
+    id: usize,
+    snapshot: Snapshot,
+    listener: std::net::TcpListener,
+    inbox: Receiver<ToWorker>,
+    ready: Ready,
+    prefix: u32,
+    driver: Driver,
+) {
+    let listener = match monoio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let mut metrics = WorkerMetrics::new(id, driver);
+    metrics.config_generation = snapshot.generation;
+    let drain_timeout = snapshot.server.drain_timeout;
+    let worker = Rc::new(Worker {
+        id,
+        snapshot: RefCell::new(Rc::new(snapshot)),
+        pools: RefCell::new(Pools::default()),
+        metrics: RefCell::new(metrics),
+        drain: Drain::default(),
+        conns: Cell::new(0),
+        req_prefix: prefix,
+        req_seq: Cell::new(0),
+        rr: Cell::new(id),
+    });
+    monoio::spawn(inbox_loop(worker.clone(), inbox));
+    let _ = ready.send(Ok(()));
+    crate::server::accept_loop(worker.clone(), listener).await;
+    // Stop accepting, then give requests in flight the drain window.
+    let deadline = Instant::now() + drain_timeout;
+    while worker.conns.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    worker.pools.borrow_mut().clear();
+}
+
+async fn inbox_loop(worker: Rc<Worker>, inbox: Receiver<ToWorker>) {
+    loop {
+        while let Ok(msg) = inbox.try_recv() {
+            match msg {
+                ToWorker::Snapshot(s) => {
+                    worker.metrics.borrow_mut().config_generation = s.generation;
+                    worker.pools.borrow_mut().retain_endpoints(&s);
+                    *worker.snapshot.borrow_mut() = Rc::new(*s);
+                }
+                ToWorker::Collect(reply) => {
+                    let mut m = worker.metrics.borrow().clone();
+                    m.connections_open = worker.conns.get() as u64;
+                    let _ = reply.send(m);
+                }
+                ToWorker::Shutdown => worker.drain.start(),
+            }
+        }
+        if worker.drain.is_draining() && worker.conns.get() == 0 {
+            return;
+        }
+        monoio::time::sleep(INBOX_TICK).await;
+    }
+}

@@ -1,1 +1,163 @@
-//! TODO
+//! The per-connection loop on a worker: accept, read heads, dispatch, keep-alive.
+//!
+//! # Contract
+//!
+//! A connection serves requests one after another, in order (pipelined requests wait in the
+//! read buffer and are answered in order). Each request either gets a response or, when the
+//! stream cannot be trusted any more (framing error, upstream died mid-response), the
+//! connection is closed. A connection idle longer than the keep-alive timeout, or idle when
+//! the worker starts draining, is closed. A head that takes longer than the header-read
+//! timeout gets 408 (slowloris). Over `max_connections_per_worker`, new connections get a 503
+//! and are closed.
+
+mod conn;
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use monoio::net::{TcpListener, TcpStream};
+
+use crate::error::{self, GatewayError};
+use crate::http::parse::{parse_request, RequestHead};
+use crate::http::write::{error_response, ErrorResponse};
+use crate::runtime::Worker;
+
+pub use conn::{read_into, ClientConn, ReadError};
+
+/// Accepts until the worker drains.
+pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = worker.drain.wait() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let max = worker.current().limits.max_connections_per_worker;
+                if worker.conns.get() >= max {
+                    monoio::spawn(reject_overloaded(stream));
+                    continue;
+                }
+                worker.conns.set(worker.conns.get() + 1);
+                let w = worker.clone();
+                monoio::spawn(async move {
+                    serve(&w, ClientConn::new(stream, peer)).await;
+                    w.conns.set(w.conns.get() - 1);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                eprintln!("shardgate-w{}: accept failed: {e}", worker.id);
+                monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn reject_overloaded(stream: TcpStream) {
+    let mut c = ClientConn::new(stream, ([0, 0, 0, 0], 0).into());
+    let e = error::OVERLOADED;
+    let mut out = std::mem::take(&mut c.out);
+    error_response(
+        &mut out,
+        &ErrorResponse {
+            status: e.status,
+            kind: e.kind,
+            message: e.message,
+            close: true,
+        },
+        "-",
+        b"",
+    );
+    c.out = out;
+    let _ = c.flush_out().await;
+}
+
+/// Serves one connection until it closes.
+async fn serve(worker: &Rc<Worker>, mut c: ClientConn) {
+    let mut head = Box::<RequestHead>::default();
+    loop {
+        c.compact();
+        if c.buffered().is_empty() {
+            if worker.drain.is_draining() {
+                return;
+            }
+            let snap = worker.current();
+            if !c
+                .wait_readable(&worker.drain, snap.limits.keepalive_idle_timeout)
+                .await
+            {
+                return;
+            }
+        }
+        let started = Instant::now();
+        let snap = worker.current();
+        let head_len = match read_head(&mut c, &snap.limits, &mut head, started).await {
+            Ok(Some(n)) => n,
+            Ok(None) => return,
+            Err(e) => {
+                worker.next_request_id(&mut c.request_id);
+                let _ = c.send_error(&e, b"").await;
+                worker
+                    .metrics
+                    .borrow_mut()
+                    .record(e.status, micros(started), None);
+                return;
+            }
+        };
+        match worker.request_id_from(&head, &mut c) {
+            true => {}
+            false => worker.next_request_id(&mut c.request_id),
+        }
+        let keep = crate::proxy::handle(worker, &snap, &mut c, &head, head_len, started).await;
+        if !keep {
+            return;
+        }
+    }
+}
+
+/// Reads until a complete head is buffered. `Ok(None)`: the client closed (or the connection
+/// broke) before sending a complete head; nothing to answer.
+async fn read_head(
+    c: &mut ClientConn,
+    limits: &crate::http::Limits,
+    head: &mut RequestHead,
+    started: Instant,
+) -> Result<Option<usize>, GatewayError> {
+    let deadline = started + limits.header_read_timeout;
+    loop {
+        if let Some(n) = parse_request(c.buffered(), limits, head)? {
+            return Ok(Some(n));
+        }
+        match c
+            .read_more_until(deadline, limits.max_header_bytes + 1)
+            .await
+        {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(conn::ReadError::Timeout) => return Err(error::HEADER_TIMEOUT),
+            Err(conn::ReadError::Io) => return Ok(None),
+        }
+    }
+}
+
+pub fn micros(since: Instant) -> u64 {
+    since.elapsed().as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+impl Worker {
+    /// Takes the client's `X-Request-Id` when it is short and printable.
+    fn request_id_from(&self, head: &RequestHead, c: &mut ClientConn) -> bool {
+        let Some(v) = head.header(c.buffered(), "x-request-id") else {
+            return false;
+        };
+        if v.is_empty() || v.len() > 128 || !v.iter().all(|b| b.is_ascii_graphic()) {
+            return false;
+        }
+        let v = String::from_utf8_lossy(v).into_owned();
+        c.request_id.clear();
+        c.request_id.push_str(&v);
+        true
+    }
+}

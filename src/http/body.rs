@@ -1,0 +1,238 @@
+//! Incremental `Transfer-Encoding: chunked` decoder (RFC 9112 §7.1).
+//!
+//! Fed whatever bytes have arrived, it returns how many framing bytes it consumed and at most
+//! one range of payload data per call, so a relay can forward each piece the moment it
+//! arrives. It is strict where leniency enables request smuggling: chunk lines must end in
+//! CRLF, sizes are hex without sign or whitespace and may not overflow, and chunk data must be
+//! followed by CRLF. Chunk extensions are skipped; trailer fields are read and dropped.
+
+use super::parse::ParseError;
+
+/// Longest chunk-size line (size + extensions) accepted.
+pub const MAX_CHUNK_LINE: usize = 4096;
+/// Largest trailer section accepted.
+pub const MAX_TRAILER_BYTES: usize = 8192;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Size,
+    Data,
+    DataEnd,
+    Trailer,
+    Done,
+}
+
+/// Result of one [`ChunkedDecoder::step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Bytes of the input consumed (framing and data).
+    pub consumed: usize,
+    /// Payload bytes found, as a range of the input.
+    pub data: Option<(usize, usize)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChunkedDecoder {
+    state: State,
+    remaining: u64,
+    total: u64,
+    max_total: u64,
+    trailer_bytes: usize,
+}
+
+impl ChunkedDecoder {
+    /// A decoder that rejects bodies whose decoded size exceeds `max_total` (→ 413).
+    pub fn new(max_total: u64) -> Self {
+        Self {
+            state: State::Size,
+            remaining: 0,
+            total: 0,
+            max_total,
+            trailer_bytes: 0,
+        }
+    }
+
+    /// The terminating chunk and trailer section have been read.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Decodes from `input`. A step that consumes nothing and yields no data needs more input.
+    pub fn step(&mut self, input: &[u8]) -> Result<Step, ParseError> {
+        let mut pos = 0;
+        loop {
+            let rest = &input[pos..];
+            match self.state {
+                State::Done => {
+                    return Ok(Step {
+                        consumed: pos,
+                        data: None,
+                    })
+                }
+                State::Size => {
+                    let Some(line_len) = find_crlf(rest, MAX_CHUNK_LINE)? else {
+                        return Ok(Step {
+                            consumed: pos,
+                            data: None,
+                        });
+                    };
+                    let size = parse_chunk_size(&rest[..line_len])?;
+                    pos += line_len + 2;
+                    self.total = self.total.checked_add(size).ok_or(ParseError::BadChunk)?;
+                    if self.total > self.max_total {
+                        return Err(ParseError::BodyTooLarge);
+                    }
+                    if size == 0 {
+                        self.state = State::Trailer;
+                    } else {
+                        self.remaining = size;
+                        self.state = State::Data;
+                    }
+                }
+                State::Data => {
+                    if rest.is_empty() {
+                        return Ok(Step {
+                            consumed: pos,
+                            data: None,
+                        });
+                    }
+                    let n = rest
+                        .len()
+                        .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                    self.remaining -= n as u64;
+                    if self.remaining == 0 {
+                        self.state = State::DataEnd;
+                    }
+                    return Ok(Step {
+                        consumed: pos + n,
+                        data: Some((pos, pos + n)),
+                    });
+                }
+                State::DataEnd => {
+                    if rest.len() < 2 {
+                        return Ok(Step {
+                            consumed: pos,
+                            data: None,
+                        });
+                    }
+                    if &rest[..2] != b"\r\n" {
+                        return Err(ParseError::BadChunk);
+                    }
+                    pos += 2;
+                    self.state = State::Size;
+                }
+                State::Trailer => {
+                    let budget = MAX_TRAILER_BYTES.saturating_sub(self.trailer_bytes);
+                    let Some(line_len) = find_crlf(rest, budget)? else {
+                        return Ok(Step {
+                            consumed: pos,
+                            data: None,
+                        });
+                    };
+                    pos += line_len + 2;
+                    self.trailer_bytes += line_len + 2;
+                    if line_len == 0 {
+                        self.state = State::Done;
+                    } else if rest[..line_len].contains(&b'\r') || !rest[..line_len].contains(&b':')
+                    {
+                        return Err(ParseError::BadChunk);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Length of the line before CRLF; `None` if no complete line yet. A bare LF, or no line end
+/// within `max`, is an error.
+fn find_crlf(buf: &[u8], max: usize) -> Result<Option<usize>, ParseError> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(i) if i > 0 && buf[i - 1] == b'\r' && i - 1 <= max => Ok(Some(i - 1)),
+        Some(_) => Err(ParseError::BadChunk),
+        None if buf.len() > max => Err(ParseError::BadChunk),
+        None => Ok(None),
+    }
+}
+
+/// `1*HEXDIG [ BWS ";" chunk-ext ]`; extension content is skipped but may not hold a CR.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, ParseError> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(ParseError::BadChunk);
+    }
+    let rest = &line[digits..];
+    let ext_ok = rest.is_empty()
+        || (rest.iter().find(|b| !matches!(b, b' ' | b'\t')) == Some(&b';')
+            && !rest.contains(&b'\r'));
+    if !ext_ok {
+        return Err(ParseError::BadChunk);
+    }
+    let text = std::str::from_utf8(&line[..digits]).map_err(|_| ParseError::BadChunk)?;
+    u64::from_str_radix(text, 16).map_err(|_| ParseError::BadChunk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes `input` fed in pieces of `piece` bytes, as a socket might deliver it.
+    fn decode(input: &[u8], piece: usize) -> Result<(Vec<u8>, usize), ParseError> {
+        let mut d = ChunkedDecoder::new(1 << 20);
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        let mut fed = 0;
+        while !d.is_done() {
+            let step = d.step(&buf)?;
+            if let Some((a, b)) = step.data {
+                out.extend_from_slice(&buf[a..b]);
+            }
+            buf.drain(..step.consumed);
+            if step.consumed == 0 && step.data.is_none() {
+                if fed == input.len() {
+                    break;
+                }
+                let end = (fed + piece).min(input.len());
+                buf.extend_from_slice(&input[fed..end]);
+                fed = end;
+            }
+        }
+        assert!(d.is_done(), "incomplete body");
+        Ok((out, buf.len()))
+    }
+
+    #[test]
+    fn decodes_at_every_split() {
+        let body =
+            b"4\r\nWiki\r\n5;ext=1\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        for piece in 1..body.len() {
+            let (out, left) = decode(body, piece).unwrap();
+            assert_eq!(out, b"Wikipedia in\r\n\r\nchunks.");
+            assert!(left <= 4);
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_chunks() {
+        let cases: &[&[u8]] = &[
+            b"x\r\n",
+            b"-1\r\n",
+            b"+1\r\na\r\n",
+            b" 1\r\na\r\n0\r\n\r\n",
+            b"1\na\r\n0\r\n\r\n",
+            b"1\r\nab\r\n0\r\n\r\n",
+            b"11111111111111111\r\n",
+            b"ffffffffffffffff\r\n",
+            b"1;a\rb\r\nx\r\n0\r\n\r\n",
+            b"0\r\nbad trailer\r\n\r\n",
+        ];
+        for c in cases {
+            assert!(decode(c, 64).is_err(), "{:?}", String::from_utf8_lossy(c));
+        }
+    }
+
+    #[test]
+    fn enforces_body_limit() {
+        let mut d = ChunkedDecoder::new(3);
+        assert_eq!(d.step(b"4\r\nabcd\r\n"), Err(ParseError::BodyTooLarge));
+    }
+}

@@ -1,0 +1,124 @@
+//! Every limit and timeout of the HTTP layer, in one place.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Largest request head (request line + headers) accepted; over it → 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Longest request line accepted; over it → 414.
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+/// Most header fields accepted; over it → 431. Also the size of the stack header array.
+pub const MAX_HEADERS: usize = 100;
+/// Largest request body accepted; over it → 413.
+pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// Time allowed from a request's first byte to its complete head (slowloris guard) → 408.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest silence allowed while a request body is arriving → 408.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an idle keep-alive connection is kept open waiting for the next request.
+pub const KEEPALIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections one worker serves at once; over it new connections get 503 and are closed.
+pub const MAX_CONNECTIONS_PER_WORKER: usize = 20_000;
+/// Initial size of a connection's read buffer; it grows up to `MAX_HEADER_BYTES` for heads.
+pub const INIT_READ_BUF: usize = 4 * 1024;
+
+/// The limits in force, built from `[limits]` (every key optional; defaults above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_request_line: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub body_idle_timeout: Duration,
+    pub keepalive_idle_timeout: Duration,
+    pub max_connections_per_worker: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: MAX_HEADER_BYTES,
+            max_request_line: MAX_REQUEST_LINE,
+            max_headers: MAX_HEADERS,
+            max_body_bytes: MAX_BODY_BYTES,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            body_idle_timeout: BODY_IDLE_TIMEOUT,
+            keepalive_idle_timeout: KEEPALIVE_IDLE_TIMEOUT,
+            max_connections_per_worker: MAX_CONNECTIONS_PER_WORKER,
+        }
+    }
+}
+
+/// The `[limits]` table as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<usize>,
+    pub max_request_line: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub max_body_bytes: Option<u64>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub body_idle_timeout_ms: Option<u64>,
+    pub keepalive_idle_timeout_ms: Option<u64>,
+    pub max_connections_per_worker: Option<usize>,
+}
+
+impl RawLimits {
+    /// Applies overrides to the defaults; `problems` gets one entry per bad value.
+    pub fn build(&self, problems: &mut Vec<crate::config::ConfigProblem>) -> Limits {
+        let d = Limits::default();
+        let ms = Duration::from_millis;
+        let l = Limits {
+            max_header_bytes: self.max_header_bytes.unwrap_or(d.max_header_bytes),
+            max_request_line: self.max_request_line.unwrap_or(d.max_request_line),
+            max_headers: self.max_headers.unwrap_or(d.max_headers),
+            max_body_bytes: self.max_body_bytes.unwrap_or(d.max_body_bytes),
+            header_read_timeout: self
+                .header_read_timeout_ms
+                .map_or(d.header_read_timeout, ms),
+            body_idle_timeout: self.body_idle_timeout_ms.map_or(d.body_idle_timeout, ms),
+            keepalive_idle_timeout: self
+                .keepalive_idle_timeout_ms
+                .map_or(d.keepalive_idle_timeout, ms),
+            max_connections_per_worker: self
+                .max_connections_per_worker
+                .unwrap_or(d.max_connections_per_worker),
+        };
+        let mut bad = |key: &str, msg: String| {
+            problems.push(crate::config::ConfigProblem::new(
+                format!("limits.{key}"),
+                msg,
+            ))
+        };
+        if !(256..=1024 * 1024).contains(&l.max_header_bytes) {
+            bad("max_header_bytes", "must be between 256 and 1048576".into());
+        }
+        if l.max_request_line < 64 || l.max_request_line > l.max_header_bytes {
+            bad(
+                "max_request_line",
+                "must be at least 64 and at most max_header_bytes".into(),
+            );
+        }
+        if l.max_headers == 0 || l.max_headers > MAX_HEADERS {
+            bad(
+                "max_headers",
+                format!("must be between 1 and {MAX_HEADERS}"),
+            );
+        }
+        if l.max_connections_per_worker == 0 {
+            bad("max_connections_per_worker", "must be at least 1".into());
+        }
+        for (key, v) in [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("body_idle_timeout_ms", self.body_idle_timeout_ms),
+            ("keepalive_idle_timeout_ms", self.keepalive_idle_timeout_ms),
+        ] {
+            if v == Some(0) {
+                bad(key, "must be greater than 0".into());
+            }
+        }
+        l
+    }
+}

@@ -1,0 +1,427 @@
+//! Upstream response: head parsing, the client-facing head, and the streaming body relay.
+//!
+//! # Contract
+//!
+//! [`read_response_head`] waits (up to the first-byte timeout) for a complete, valid response
+//! head, skipping interim 1xx responses. [`write_client_head`] re-serializes it for the client
+//! without hop-by-hop fields and decides both sides' framing. [`relay_body`] forwards the body
+//! read by read — each upstream read is written to the client before the next read, so
+//! server-sent events are never held back — and fails if the upstream stops early, in which
+//! case the caller closes the client connection so the response cannot look complete.
+
+use std::io::Write;
+use std::time::Duration;
+
+use crate::error::UpstreamError;
+use crate::http::body::ChunkedDecoder;
+use crate::http::parse::{parse_content_length, tokens};
+use crate::http::write::reason;
+use crate::server::ClientConn;
+
+use super::pool::UpConn;
+
+/// Largest upstream response head accepted.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Most response header fields accepted.
+pub const MAX_RESPONSE_HEADERS: usize = 128;
+/// Largest single read from an upstream while relaying a body.
+pub const RELAY_READ: usize = 64 * 1024;
+
+/// Response fields never relayed as received.
+const DROP_RESPONSE_HEADERS: &[&[u8]] = &[
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authenticate",
+    b"te",
+    b"transfer-encoding",
+    b"upgrade",
+    b"trailer",
+    b"content-length",
+    b"x-request-id",
+];
+
+/// How the upstream delimits the response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpFraming {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection.
+    Close,
+}
+
+/// A parsed upstream response head (its bytes are `up.buf[..head_len]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub head_len: usize,
+    pub framing: UpFraming,
+    /// The upstream allows reuse (HTTP/1.1, no `Connection: close`).
+    pub keep_alive: bool,
+}
+
+/// Reads until a final (non-1xx) response head is buffered in `up.buf`.
+pub async fn read_response_head(
+    up: &mut UpConn,
+    first_byte: Duration,
+) -> Result<ResponseHead, UpstreamError> {
+    let deadline = std::time::Instant::now() + first_byte;
+    loop {
+        match parse_head(&up.buf)? {
+            Some(h) if (100..200).contains(&h.status) => {
+                // Interim responses (100, 103) are not relayed; 101 would need Upgrade.
+                if h.status == 101 {
+                    return Err(UpstreamError::BadResponse);
+                }
+                up.buf.drain(..h.head_len);
+                continue;
+            }
+            Some(h) => return Ok(h),
+            None if up.buf.len() >= MAX_RESPONSE_HEAD => return Err(UpstreamError::BadResponse),
+            None => {}
+        }
+        if up.buf.capacity() - up.buf.len() < 1024 {
+            up.buf.reserve(up.buf.capacity());
+        }
+        let buf = std::mem::take(&mut up.buf);
+        let read = crate::server::read_into(&mut up.stream, buf);
+        match monoio::time::timeout_at(deadline.into(), read).await {
+            Ok((Ok(n), buf)) => {
+                up.buf = buf;
+                if n == 0 {
+                    return Err(UpstreamError::ClosedBeforeResponse);
+                }
+            }
+            Ok((Err(_), buf)) => {
+                up.buf = buf;
+                return Err(UpstreamError::ClosedBeforeResponse);
+            }
+            Err(_) => return Err(UpstreamError::FirstByteTimeout),
+        }
+    }
+}
+
+fn parse_head(buf: &[u8]) -> Result<Option<ResponseHead>, UpstreamError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(UpstreamError::BadResponse),
+    };
+    let status = resp.code.ok_or(UpstreamError::BadResponse)?;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut te = false;
+    let mut close = resp.version != Some(1);
+    for h in resp.headers.iter() {
+        let n = h.name.as_bytes();
+        if n.eq_ignore_ascii_case(b"content-length") {
+            for part in h.value.split(|&b| b == b',') {
+                let v = parse_content_length(crate::http::parse::trim(part))
+                    .map_err(|_| UpstreamError::BadResponse)?;
+                if length.is_some_and(|l| l != v) {
+                    return Err(UpstreamError::BadResponse);
+                }
+                length = Some(v);
+            }
+        } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
+            te = true;
+            for t in tokens(h.value) {
+                // Only `chunked` alone can be relayed faithfully after dropping the header.
+                if chunked || !t.eq_ignore_ascii_case(b"chunked") {
+                    return Err(UpstreamError::BadResponse);
+                }
+                chunked = true;
+            }
+        } else if n.eq_ignore_ascii_case(b"connection") {
+            close |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
+        }
+    }
+    let framing = match (length, te) {
+        // Both headers is how response smuggling starts; refuse to pick one.
+        (Some(_), true) => return Err(UpstreamError::BadResponse),
+        (None, true) if chunked => UpFraming::Chunked,
+        (None, true) => return Err(UpstreamError::BadResponse),
+        (Some(n), false) => UpFraming::Length(n),
+        (None, false) => UpFraming::Close,
+    };
+    let framing = if status == 204 || status == 304 {
+        UpFraming::None
+    } else {
+        framing
+    };
+    Ok(Some(ResponseHead {
+        status,
+        head_len,
+        framing,
+        keep_alive: !close && framing != UpFraming::Close,
+    }))
+}
+
+/// What the client side needs to know about the request.
+pub struct RelayCtx<'a> {
+    pub is_head: bool,
+    pub client_minor: u8,
+    /// The client connection may stay open (client asked for it, worker not draining).
+    pub keep_client: bool,
+    pub request_id: &'a str,
+}
+
+/// How the body will be relayed.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayPlan {
+    pub up: UpFraming,
+    /// Re-encode the body as chunked toward the client.
+    pub chunk_to_client: bool,
+    pub keep_client: bool,
+    /// The upstream connection can go back to the pool after a complete body.
+    pub upstream_reusable: bool,
+}
+
+/// Writes the client-facing response head into `out` and returns the relay plan.
+pub fn write_client_head(
+    out: &mut Vec<u8>,
+    up_buf: &[u8],
+    h: &ResponseHead,
+    ctx: &RelayCtx<'_>,
+) -> Result<RelayPlan, UpstreamError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(&up_buf[..h.head_len])
+        .map_err(|_| UpstreamError::BadResponse)?;
+    let up = if ctx.is_head {
+        UpFraming::None
+    } else {
+        h.framing
+    };
+    let unknown_length = matches!(up, UpFraming::Chunked | UpFraming::Close);
+    // HTTP/1.0 clients cannot take chunked: close-delimit instead.
+    let chunk_to_client = unknown_length && ctx.client_minor == 1;
+    let keep_client = ctx.keep_client && (chunk_to_client || !unknown_length);
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        h.status,
+        resp.reason
+            .filter(|r| !r.is_empty())
+            .unwrap_or(reason(h.status))
+    );
+    let connection_values: Vec<&[u8]> = resp
+        .headers
+        .iter()
+        .filter(|x| x.name.eq_ignore_ascii_case("connection"))
+        .map(|x| x.value)
+        .collect();
+    for f in resp.headers.iter() {
+        let n = f.name.as_bytes();
+        let listed = connection_values
+            .iter()
+            .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(n)));
+        if listed
+            || DROP_RESPONSE_HEADERS
+                .iter()
+                .any(|d| n.eq_ignore_ascii_case(d))
+        {
+            // HEAD and 304 responses carry the representation's length as metadata.
+            let meta_length =
+                n.eq_ignore_ascii_case(b"content-length") && (ctx.is_head || h.status == 304);
+            if !meta_length {
+                continue;
+            }
+        }
+        out.extend_from_slice(n);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(f.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    let _ = write!(out, "x-request-id: {}\r\n", ctx.request_id);
+    match up {
+        UpFraming::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        UpFraming::Chunked | UpFraming::Close if chunk_to_client => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n")
+        }
+        _ => {}
+    }
+    if !keep_client {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if ctx.client_minor == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(RelayPlan {
+        up,
+        chunk_to_client,
+        keep_client,
+        upstream_reusable: h.keep_alive,
+    })
+}
+
+/// Relays the body (the head is already staged in `c.out`). Err: the upstream failed or
+/// the client went away; the caller closes both connections.
+pub async fn relay_body(
+    c: &mut ClientConn,
+    up: &mut UpConn,
+    plan: &RelayPlan,
+    idle: Duration,
+) -> Result<(), UpstreamError> {
+    let mut remaining = match plan.up {
+        UpFraming::Length(n) => n,
+        _ => 0,
+    };
+    let mut dec = ChunkedDecoder::new(u64::MAX);
+    loop {
+        // Stage everything buffered from the upstream.
+        let done = match plan.up {
+            UpFraming::None => true,
+            UpFraming::Length(_) => {
+                let n = (up.buf.len() as u64).min(remaining) as usize;
+                c.out.extend_from_slice(&up.buf[..n]);
+                up.buf.drain(..n);
+                remaining -= n as u64;
+                remaining == 0
+            }
+            UpFraming::Close => {
+                stage_chunk(&mut c.out, &up.buf, plan.chunk_to_client);
+                up.buf.clear();
+                false
+            }
+            UpFraming::Chunked => {
+                let mut consumed = 0;
+                loop {
+                    let step = dec
+                        .step(&up.buf[consumed..])
+                        .map_err(|_| UpstreamError::BadResponse)?;
+                    if let Some((a, b)) = step.data {
+                        stage_chunk(
+                            &mut c.out,
+                            &up.buf[consumed + a..consumed + b],
+                            plan.chunk_to_client,
+                        );
+                    }
+                    consumed += step.consumed;
+                    if dec.is_done() || step.consumed == 0 {
+                        break;
+                    }
+                }
+                up.buf.drain(..consumed);
+                dec.is_done()
+            }
+        };
+        if done && plan.chunk_to_client {
+            c.out.extend_from_slice(b"0\r\n\r\n");
+        }
+        if c.flush_out().await.is_err() {
+            return Err(UpstreamError::ClosedMidBody);
+        }
+        if done {
+            return Ok(());
+        }
+        if up.buf.capacity() - up.buf.len() < 4096 {
+            up.buf.reserve(RELAY_READ);
+        }
+        let buf = std::mem::take(&mut up.buf);
+        match monoio::time::timeout(idle, crate::server::read_into(&mut up.stream, buf)).await {
+            Ok((Ok(0), buf)) => {
+                up.buf = buf;
+                if plan.up == UpFraming::Close {
+                    if plan.chunk_to_client {
+                        c.out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    return c
+                        .flush_out()
+                        .await
+                        .map_err(|_| UpstreamError::ClosedMidBody);
+                }
+                return Err(UpstreamError::ClosedMidBody);
+            }
+            Ok((Ok(_), buf)) => up.buf = buf,
+            Ok((Err(_), _)) => return Err(UpstreamError::ClosedMidBody),
+            Err(_) => return Err(UpstreamError::IdleTimeout),
+        }
+    }
+}
+
+fn stage_chunk(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
+    if data.is_empty() {
+        return;
+    }
+    if chunked {
+        let _ = write!(out, "{:x}\r\n", data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(raw: &str, is_head: bool, minor: u8) -> (String, RelayPlan) {
+        let h = parse_head(raw.as_bytes()).unwrap().unwrap();
+        let mut out = Vec::new();
+        let ctx = RelayCtx {
+            is_head,
+            client_minor: minor,
+            keep_client: true,
+            request_id: "r",
+        };
+        let p = write_client_head(&mut out, raw.as_bytes(), &h, &ctx).unwrap();
+        (String::from_utf8(out).unwrap(), p)
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_reframes() {
+        let (head, p) = plan("HTTP/1.1 200 OK\r\nConnection: x-internal\r\nX-Internal: 1\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nX-Keep: yes\r\n\r\n", false, 1);
+        assert!(!head.to_ascii_lowercase().contains("x-internal"));
+        assert!(!head.to_ascii_lowercase().contains("keep-alive: timeout"));
+        assert!(head.contains("X-Keep: yes\r\n"));
+        assert!(head.contains("transfer-encoding: chunked\r\n"));
+        assert!(p.chunk_to_client && p.keep_client && p.upstream_reusable);
+    }
+
+    #[test]
+    fn http10_client_gets_close_delimited() {
+        let (head, p) = plan(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+            0,
+        );
+        assert!(!p.chunk_to_client && !p.keep_client);
+        assert!(head.contains("connection: close"));
+    }
+
+    #[test]
+    fn refuses_ambiguous_framing() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\n",
+            "HTTP/1.1 2x0 OK\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse_head(raw.as_bytes()).unwrap_err(),
+                UpstreamError::BadResponse,
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn close_delimited_is_not_reusable() {
+        let h = parse_head(b"HTTP/1.1 200 OK\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.framing, UpFraming::Close);
+        assert!(!h.keep_alive);
+        let h = parse_head(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, UpFraming::None);
+        assert!(h.keep_alive);
+    }
+}
