@@ -1,0 +1,292 @@
+//! The real engine proxying to a real upstream over loopback, checked on the wire.
+
+mod common;
+
+use std::io::Read;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn keep_alive_serves_many_requests_on_one_connection() {
+    let up = Upstream::echo();
+    let gw = gateway(&route_all(up.addr, ""));
+    let mut c = Client::connect(gw.local_addr());
+    for i in 0..20 {
+        c.send(format!("GET /n/{i} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes());
+        let r = c.read_response().unwrap();
+        assert_eq!(r.status, 200);
+        assert!(r.text().contains(&format!("\"target\":\"/n/{i}\"")));
+    }
+    // The gateway reuses its upstream connection too.
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let up = Upstream::echo();
+    let gw = gateway(&route_all(up.addr, ""));
+    let mut c = Client::connect(gw.local_addr());
+    let mut batch = String::new();
+    for i in 0..10 {
+        batch.push_str(&format!("POST /p/{i} HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{i}{i}"));
+    }
+    c.send(batch.as_bytes());
+    for i in 0..10 {
+        let r = c.read_response().unwrap();
+        assert!(r.text().contains(&format!("\"target\":\"/p/{i}\"")), "{}", r.text());
+        assert!(r.text().contains(&format!("\"body\":\"{i}{i}\"")));
+    }
+}
+
+#[test]
+fn chunked_request_body_is_streamed_and_rechunked() {
+    let up = Upstream::echo();
+    let gw = gateway(&route_all(up.addr, ""));
+    let mut c = Client::connect(gw.local_addr());
+    c.send(b"POST /c HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=x\r\nhello\r\n");
+    thread::sleep(Duration::from_millis(50));
+    c.send(b"6\r\n world\r\n0\r\nTrailer-X: 1\r\n\r\n");
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("\"body\":\"hello world\""), "{}", r.text());
+    assert!(r.text().contains("transfer-encoding: chunked"));
+}
+
+#[test]
+fn chunked_and_close_delimited_responses_are_relayed() {
+    let up = Upstream::start(|mut c| {
+        while let Some(req) = c.read_request() {
+            if req.target == "/close" {
+                c.write(b"HTTP/1.1 200 OK\r\n\r\nuntil-close");
+                return;
+            }
+            c.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
+            c.write(b"2\r\nde\r\n0\r\n\r\n");
+        }
+    });
+    let gw = gateway(&route_all(up.addr, ""));
+    let mut c = Client::connect(gw.local_addr());
+    c.send(b"GET /chunked HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let r = c.read_response().unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "abcde"));
+    // Close-delimited upstream body is re-chunked, so the client connection survives.
+    c.send(b"GET /close HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let r = c.read_response().unwrap();
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.text(), "until-close");
+    c.send(b"GET /chunked HTTP/1.1\r\nHost: gw\r\n\r\n");
+    assert_eq!(c.read_response().unwrap().text(), "abcde");
+}
+
+#[test]
+fn http10_with_and_without_keep_alive() {
+    let up = Upstream::echo();
+    let gw = gateway(&route_all(up.addr, ""));
+    let mut c = Client::connect(gw.local_addr());
+    c.send(b"GET /a HTTP/1.0\r\n\r\n");
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.is_closed());
+
+    let mut c = Client::connect(gw.local_addr());
+    c.send(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let r = c.read_response().unwrap();
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    c.send(b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert!(c.read_response().unwrap().text().contains("/b"));
+}
+
+#[test]
+fn expect_100_continue_gets_interim_response() {
+    let up = Upstream::echo();
+    let gw = gateway(&route_all(up.addr, ""));
+    let mut c = Client::connect(gw.local_addr());
+    c.send(b"POST /e HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n");
+    let mut first = [0u8; 25];
+    c.stream.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 100 Continue\r\n\r\n");
+    c.send(b"data");
+    let r = c.read_response().unwrap();
+    assert!(r.text().contains("\"body\":\"data\""));
+    assert!(!r.text().contains("expect:"), "Expect must not reach the upstream");
+}
+
+#[test]
+fn hop_by_hop_headers_are_stripped_and_forwarding_headers_added() {
+    let up = Upstream::echo();
+    let gw = gateway(&route_all(up.addr, ""));
+    let r = request(
+        gw.local_addr(),
+        "GET /h HTTP/1.1\r\nHost: public.example\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nKeep-Alive: 5\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nX-Keep: kept\r\nX-Request-Id: my-id-1\r\n\r\n",
+    );
+    let t = r.text();
+    for gone in ["x-secret", "keep-alive:", "te:", "upgrade:", "proxy-connection", "https", "connection:"] {
+        assert!(!t.contains(gone), "{gone} leaked: {t}");
+    }
+    assert!(t.contains("x-keep: kept"));
+    assert!(t.contains("x-forwarded-for: 10.0.0.1, 127.0.0.1"));
+    assert!(t.contains("x-forwarded-proto: http\""));
+    assert!(t.contains("x-forwarded-host: public.example"));
+    assert!(t.contains("x-request-id: my-id-1"));
+    assert_eq!(r.header("x-request-id"), Some("my-id-1"));
+    assert_eq!(r.header("x-upstream"), Some("yes"));
+    // A request id is generated when absent.
+    let r = get(gw.local_addr(), "/h");
+    let id = r.header("x-request-id").unwrap().to_string();
+    assert!(r.text().contains(&format!("x-request-id: {id}")));
+}
+
+#[test]
+fn upstream_credential_replaces_client_authorization() {
+    let up = Upstream::echo();
+    std::env::set_var("SHARDGATE_TEST_UPSTREAM_KEY", "sk-upstream");
+    let gw = gateway(&route_all(up.addr, "api_key = { env = \"SHARDGATE_TEST_UPSTREAM_KEY\" }"));
+    let r = request(gw.local_addr(), "GET / HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer client-token\r\n\r\n");
+    assert!(r.text().contains("authorization: Bearer sk-upstream"));
+    assert!(!r.text().contains("client-token"));
+}
+
+#[test]
+fn sse_chunks_reach_the_client_while_the_stream_is_open() {
+    let up = Upstream::start(|mut c| {
+        let _ = c.read_request();
+        c.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for i in 0..3 {
+            let ev = format!("data: {{\"n\":{i}}}\n\n");
+            c.write(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes());
+            thread::sleep(Duration::from_millis(300));
+        }
+        c.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n");
+    });
+    let gw = gateway(&route_all(up.addr, ""));
+    let mut c = Client::connect(gw.local_addr());
+    c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}");
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut text = String::new();
+    while !text.contains("[DONE]") {
+        let n = c.stream.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended early: {text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        for i in 0..3 {
+            if text.contains(&format!("\"n\":{i}")) && seen.len() == i {
+                seen.push(start.elapsed());
+            }
+        }
+    }
+    assert_eq!(seen.len(), 3);
+    // Each event arrives while the upstream is still sleeping before the next one: an event
+    // held back by buffering would arrive together with the next (≥ 300 ms later).
+    assert!(seen[0] < Duration::from_millis(250), "{seen:?}");
+    for w in seen.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(gap > Duration::from_millis(200) && gap < Duration::from_millis(450), "{seen:?}");
+    }
+}
+
+#[test]
+fn upstream_down_is_502_with_json_error() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let gw = gateway(&route_all(dead, ""));
+    let r = get(gw.local_addr(), "/x");
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert!(r.text().starts_with("{\"error\":{\"type\":\"upstream_error\""));
+}
+
+#[test]
+fn hanging_upstream_is_504_at_first_byte_timeout() {
+    let up = Upstream::start(|mut c| {
+        let _ = c.read_request();
+        thread::sleep(Duration::from_secs(3));
+    });
+    let gw = gateway(&route_all(up.addr, "first_byte_timeout_ms = 300"));
+    let start = Instant::now();
+    let r = get(gw.local_addr(), "/slow");
+    assert_eq!(r.status, 504);
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn upstream_dying_mid_body_closes_the_client_connection() {
+    let up = Upstream::start(|mut c| {
+        let _ = c.read_request();
+        c.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial");
+    });
+    let gw = gateway(&route_all(up.addr, ""));
+    let mut c = Client::connect(gw.local_addr());
+    c.send(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let mut all = Vec::new();
+    c.stream.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
+    assert!(text.ends_with("partial"), "client got exactly what arrived, then EOF: {text}");
+
+    // Same for a chunked stream cut before its last chunk: no terminating chunk is invented.
+    let up = Upstream::start(|mut c| {
+        let _ = c.read_request();
+        c.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
+    });
+    let gw = gateway(&route_all(up.addr, ""));
+    let mut c = Client::connect(gw.local_addr());
+    c.send(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let mut all = Vec::new();
+    c.stream.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.ends_with("3\r\nabc\r\n"), "{text:?}");
+}
+
+#[test]
+fn stale_pooled_connection_is_not_used() {
+    // The upstream answers one request per connection and then closes it, while claiming
+    // keep-alive; the gateway must notice the close before reusing the connection.
+    let up = Upstream::start(|mut c| {
+        if c.read_request().is_some() {
+            c.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    let gw = gateway(&route_all(up.addr, ""));
+    for _ in 0..5 {
+        let r = request(gw.local_addr(), "POST /x HTTP/1.1\r\nHost: gw\r\nContent-Length: 1\r\n\r\nx");
+        assert_eq!(r.status, 200);
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn head_requests_have_no_body() {
+    let up = Upstream::start(|mut c| {
+        while c.read_request().is_some() {
+            c.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+        }
+    });
+    let gw = gateway(&route_all(up.addr, ""));
+    let mut c = Client::connect(gw.local_addr());
+    c.send(b"HEAD /x HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let r = c.read_response_to(true).unwrap();
+    assert_eq!(r.header("content-length"), Some("5"));
+    c.send(b"HEAD /x HTTP/1.1\r\nHost: gw\r\n\r\n");
+    assert_eq!(c.read_response_to(true).unwrap().status, 200);
+}
+
+#[test]
+fn unknown_path_and_wrong_method() {
+    let up = Upstream::echo();
+    let text = format!("[[upstreams]]\nname = \"up\"\nendpoints = [\"{}\"]\n[[routes]]\npath = \"/v1/chat/completions\"\nmethods = [\"POST\"]\nupstream = \"up\"\n", up.addr);
+    let gw = gateway(&text);
+    let r = get(gw.local_addr(), "/nope");
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("invalid_request_error"));
+    let mut c = Client::connect(gw.local_addr());
+    c.send(b"GET /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
+    // The connection stays usable after a recoverable error.
+    c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}");
+    assert_eq!(c.read_response().unwrap().status, 200);
+}
