@@ -12,11 +12,23 @@ use common::*;
 fn expect_rejected(addr: std::net::SocketAddr, raw: &[u8], status: u16) {
     let mut c = Client::connect(addr);
     let _ = c.stream.write_all(raw);
-    let r = c.read_response().unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(raw)));
-    assert_eq!(r.status, status, "{:?} → {}", String::from_utf8_lossy(raw), r.text());
+    let r = c
+        .read_response()
+        .unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(raw)));
+    assert_eq!(
+        r.status,
+        status,
+        "{:?} → {}",
+        String::from_utf8_lossy(raw),
+        r.text()
+    );
     assert!(r.text().starts_with("{\"error\":{"), "{}", r.text());
     assert_eq!(r.header("connection"), Some("close"));
-    assert!(c.is_closed(), "connection left open after {:?}", String::from_utf8_lossy(raw));
+    assert!(
+        c.is_closed(),
+        "connection left open after {:?}",
+        String::from_utf8_lossy(raw)
+    );
 }
 
 #[test]
@@ -25,8 +37,14 @@ fn framing_violations_get_specific_statuses() {
     let gw = gateway(&format!("[limits]\nmax_header_bytes = 4096\nmax_request_line = 1024\nmax_headers = 20\nmax_body_bytes = 1000\n{}", route_all(up.addr, "")));
     let addr = gw.local_addr();
     let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(2000));
-    let big_headers = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(5000));
-    let many_headers = format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", (0..30).map(|i| format!("X-{i}: v\r\n")).collect::<String>());
+    let big_headers = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(5000)
+    );
+    let many_headers = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+        (0..30).map(|i| format!("X-{i}: v\r\n")).collect::<String>()
+    );
     let cases: Vec<(&[u8], u16)> = vec![
         (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
         (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 400),
@@ -75,7 +93,10 @@ fn bare_lf_cannot_smuggle_a_second_request() {
 #[test]
 fn slow_head_gets_408() {
     let up = Upstream::echo();
-    let gw = gateway(&format!("[limits]\nheader_read_timeout_ms = 300\n{}", route_all(up.addr, "")));
+    let gw = gateway(&format!(
+        "[limits]\nheader_read_timeout_ms = 300\n{}",
+        route_all(up.addr, "")
+    ));
     let mut c = Client::connect(gw.local_addr());
     let start = Instant::now();
     c.send(b"GET / HTTP/1.1\r\nHost: a\r\n");
@@ -88,9 +109,18 @@ fn slow_head_gets_408() {
 #[test]
 fn stalled_body_gets_408() {
     let up = Upstream::echo();
-    let gw = gateway(&format!("[limits]\nbody_idle_timeout_ms = 300\n{}", route_all(up.addr, "")));
+    let gw = gateway(&format!(
+        "[limits]\nbody_idle_timeout_ms = 300\n{}",
+        route_all(up.addr, "")
+    ));
     let mut c = Client::connect(gw.local_addr());
-    c.send(&[b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n".as_slice(), &[b'x'; 70000]].concat());
+    c.send(
+        &[
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n".as_slice(),
+            &[b'x'; 70000],
+        ]
+        .concat(),
+    );
     let r = c.read_response().unwrap();
     assert_eq!(r.status, 408);
 }
@@ -98,7 +128,10 @@ fn stalled_body_gets_408() {
 #[test]
 fn idle_keep_alive_connection_is_closed() {
     let up = Upstream::echo();
-    let gw = gateway(&format!("[limits]\nkeepalive_idle_timeout_ms = 200\n{}", route_all(up.addr, "")));
+    let gw = gateway(&format!(
+        "[limits]\nkeepalive_idle_timeout_ms = 200\n{}",
+        route_all(up.addr, "")
+    ));
     let mut c = Client::connect(gw.local_addr());
     c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(c.read_response().unwrap().status, 200);
@@ -111,7 +144,13 @@ fn idle_keep_alive_connection_is_closed() {
 #[test]
 fn connections_over_the_limit_get_503() {
     let up = Upstream::echo();
-    let gw = gateway_with("listen = \"127.0.0.1:0\"\nworkers = 1\npin = false", &format!("[limits]\nmax_connections_per_worker = 2\n{}", route_all(up.addr, "")));
+    let gw = gateway_with(
+        "listen = \"127.0.0.1:0\"\nworkers = 1\npin = false",
+        &format!(
+            "[limits]\nmax_connections_per_worker = 2\n{}",
+            route_all(up.addr, "")
+        ),
+    );
     let held: Vec<Client> = (0..2).map(|_| Client::connect(gw.local_addr())).collect();
     thread::sleep(Duration::from_millis(100));
     let mut extra = Client::connect(gw.local_addr());

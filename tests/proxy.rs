@@ -30,12 +30,18 @@ fn pipelined_requests_are_answered_in_order() {
     let mut c = Client::connect(gw.local_addr());
     let mut batch = String::new();
     for i in 0..10 {
-        batch.push_str(&format!("POST /p/{i} HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{i}{i}"));
+        batch.push_str(&format!(
+            "POST /p/{i} HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{i}{i}"
+        ));
     }
     c.send(batch.as_bytes());
     for i in 0..10 {
         let r = c.read_response().unwrap();
-        assert!(r.text().contains(&format!("\"target\":\"/p/{i}\"")), "{}", r.text());
+        assert!(
+            r.text().contains(&format!("\"target\":\"/p/{i}\"")),
+            "{}",
+            r.text()
+        );
         assert!(r.text().contains(&format!("\"body\":\"{i}{i}\"")));
     }
 }
@@ -45,12 +51,18 @@ fn chunked_request_body_is_streamed_and_rechunked() {
     let up = Upstream::echo();
     let gw = gateway(&route_all(up.addr, ""));
     let mut c = Client::connect(gw.local_addr());
-    c.send(b"POST /c HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=x\r\nhello\r\n");
+    c.send(
+        b"POST /c HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=x\r\nhello\r\n",
+    );
     thread::sleep(Duration::from_millis(50));
     c.send(b"6\r\n world\r\n0\r\nTrailer-X: 1\r\n\r\n");
     let r = c.read_response().unwrap();
     assert_eq!(r.status, 200);
-    assert!(r.text().contains("\"body\":\"hello world\""), "{}", r.text());
+    assert!(
+        r.text().contains("\"body\":\"hello world\""),
+        "{}",
+        r.text()
+    );
     assert!(r.text().contains("transfer-encoding: chunked"));
 }
 
@@ -111,7 +123,10 @@ fn expect_100_continue_gets_interim_response() {
     c.send(b"data");
     let r = c.read_response().unwrap();
     assert!(r.text().contains("\"body\":\"data\""));
-    assert!(!r.text().contains("expect:"), "Expect must not reach the upstream");
+    assert!(
+        !r.text().contains("expect:"),
+        "Expect must not reach the upstream"
+    );
 }
 
 #[test]
@@ -123,7 +138,15 @@ fn hop_by_hop_headers_are_stripped_and_forwarding_headers_added() {
         "GET /h HTTP/1.1\r\nHost: public.example\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nKeep-Alive: 5\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nX-Keep: kept\r\nX-Request-Id: my-id-1\r\n\r\n",
     );
     let t = r.text();
-    for gone in ["x-secret", "keep-alive:", "te:", "upgrade:", "proxy-connection", "https", "connection:"] {
+    for gone in [
+        "x-secret",
+        "keep-alive:",
+        "te:",
+        "upgrade:",
+        "proxy-connection",
+        "https",
+        "connection:",
+    ] {
         assert!(!t.contains(gone), "{gone} leaked: {t}");
     }
     assert!(t.contains("x-keep: kept"));
@@ -143,8 +166,14 @@ fn hop_by_hop_headers_are_stripped_and_forwarding_headers_added() {
 fn upstream_credential_replaces_client_authorization() {
     let up = Upstream::echo();
     std::env::set_var("SHARDGATE_TEST_UPSTREAM_KEY", "sk-upstream");
-    let gw = gateway(&route_all(up.addr, "api_key = { env = \"SHARDGATE_TEST_UPSTREAM_KEY\" }"));
-    let r = request(gw.local_addr(), "GET / HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer client-token\r\n\r\n");
+    let gw = gateway(&route_all(
+        up.addr,
+        "api_key = { env = \"SHARDGATE_TEST_UPSTREAM_KEY\" }",
+    ));
+    let r = request(
+        gw.local_addr(),
+        "GET / HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer client-token\r\n\r\n",
+    );
     assert!(r.text().contains("authorization: Bearer sk-upstream"));
     assert!(!r.text().contains("client-token"));
 }
@@ -184,18 +213,26 @@ fn sse_chunks_reach_the_client_while_the_stream_is_open() {
     assert!(seen[0] < Duration::from_millis(250), "{seen:?}");
     for w in seen.windows(2) {
         let gap = w[1] - w[0];
-        assert!(gap > Duration::from_millis(200) && gap < Duration::from_millis(450), "{seen:?}");
+        assert!(
+            gap > Duration::from_millis(200) && gap < Duration::from_millis(450),
+            "{seen:?}"
+        );
     }
 }
 
 #[test]
 fn upstream_down_is_502_with_json_error() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let gw = gateway(&route_all(dead, ""));
     let r = get(gw.local_addr(), "/x");
     assert_eq!(r.status, 502);
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert!(r.text().starts_with("{\"error\":{\"type\":\"upstream_error\""));
+    assert!(r
+        .text()
+        .starts_with("{\"error\":{\"type\":\"upstream_error\""));
 }
 
 #[test]
@@ -224,7 +261,10 @@ fn upstream_dying_mid_body_closes_the_client_connection() {
     c.stream.read_to_end(&mut all).unwrap();
     let text = String::from_utf8_lossy(&all);
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
-    assert!(text.ends_with("partial"), "client got exactly what arrived, then EOF: {text}");
+    assert!(
+        text.ends_with("partial"),
+        "client got exactly what arrived, then EOF: {text}"
+    );
 
     // Same for a chunked stream cut before its last chunk: no terminating chunk is invented.
     let up = Upstream::start(|mut c| {
@@ -251,7 +291,10 @@ fn stale_pooled_connection_is_not_used() {
     });
     let gw = gateway(&route_all(up.addr, ""));
     for _ in 0..5 {
-        let r = request(gw.local_addr(), "POST /x HTTP/1.1\r\nHost: gw\r\nContent-Length: 1\r\n\r\nx");
+        let r = request(
+            gw.local_addr(),
+            "POST /x HTTP/1.1\r\nHost: gw\r\nContent-Length: 1\r\n\r\nx",
+        );
         assert_eq!(r.status, 200);
         thread::sleep(Duration::from_millis(50));
     }

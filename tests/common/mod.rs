@@ -14,14 +14,18 @@ use shardgate::runtime::Engine;
 
 /// Starts the engine with `[server]` on 127.0.0.1:0 and 2 workers plus `rest` of the config.
 pub fn gateway(rest: &str) -> Engine {
-    gateway_with(r#"listen = "127.0.0.1:0"
+    gateway_with(
+        r#"listen = "127.0.0.1:0"
 workers = 2
-pin = false"#, rest)
+pin = false"#,
+        rest,
+    )
 }
 
 pub fn gateway_with(server: &str, rest: &str) -> Engine {
     let text = format!("[server]\n{server}\n{rest}");
-    let snap = config::from_str(&text, Path::new("."), 1).unwrap_or_else(|p| panic!("bad test config: {p:?}\n{text}"));
+    let snap = config::from_str(&text, Path::new("."), 1)
+        .unwrap_or_else(|p| panic!("bad test config: {p:?}\n{text}"));
     Engine::start(snap).expect("engine starts")
 }
 
@@ -43,7 +47,10 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -73,13 +80,22 @@ impl Upstream {
                         stream.set_nonblocking(false).unwrap();
                         n.fetch_add(1, Ordering::Relaxed);
                         let h = handler.clone();
-                        thread::spawn(move || h(UpConn { stream, buf: Vec::new() }));
+                        thread::spawn(move || {
+                            h(UpConn {
+                                stream,
+                                buf: Vec::new(),
+                            })
+                        });
                     }
                     Err(_) => thread::sleep(Duration::from_millis(2)),
                 }
             }
         });
-        Upstream { addr, stop, connections }
+        Upstream {
+            addr,
+            stop,
+            connections,
+        }
     }
 
     /// An upstream that answers every request with `200` and a JSON echo of what it got.
@@ -100,7 +116,11 @@ impl Drop for Upstream {
 }
 
 fn echo_json(r: &Received) -> String {
-    let headers: Vec<String> = r.headers.iter().map(|(n, v)| format!("{:?}", format!("{}: {}", n.to_ascii_lowercase(), v))).collect();
+    let headers: Vec<String> = r
+        .headers
+        .iter()
+        .map(|(n, v)| format!("{:?}", format!("{}: {}", n.to_ascii_lowercase(), v)))
+        .collect();
     format!(
         "{{\"method\":{:?},\"target\":{:?},\"headers\":[{}],\"body\":{:?}}}",
         r.method,
@@ -126,7 +146,16 @@ impl UpConn {
                 let mut r = Received {
                     method: req.method.unwrap().to_string(),
                     target: req.path.unwrap().to_string(),
-                    headers: req.headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned())).collect(),
+                    headers: req
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_string(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect(),
                     body: Vec::new(),
                 };
                 self.buf.drain(..n);
@@ -208,7 +237,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -225,8 +257,13 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Client { stream, buf: Vec::new() }
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, raw: &[u8]) {
@@ -240,9 +277,22 @@ impl Client {
             let mut resp = httparse::Response::new(&mut headers);
             if let Ok(httparse::Status::Complete(n)) = resp.parse(&self.buf) {
                 let status = resp.code.unwrap();
-                let headers: Vec<(String, String)> = resp.headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned())).collect();
+                let headers: Vec<(String, String)> = resp
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
                 self.buf.drain(..n);
-                let mut r = Response { status, headers, body: Vec::new() };
+                let mut r = Response {
+                    status,
+                    headers,
+                    body: Vec::new(),
+                };
                 if (100..200).contains(&status) {
                     continue;
                 }
@@ -258,7 +308,10 @@ impl Client {
                     }
                     r.body = self.buf.drain(..cl).collect();
                 } else if r.header("transfer-encoding").is_some() {
-                    let mut up = UpConn { stream: self.stream.try_clone().unwrap(), buf: std::mem::take(&mut self.buf) };
+                    let mut up = UpConn {
+                        stream: self.stream.try_clone().unwrap(),
+                        buf: std::mem::take(&mut self.buf),
+                    };
                     r.body = up.read_chunked()?;
                     self.buf = up.buf;
                 } else {

@@ -1,0 +1,272 @@
+//! Engine lifecycle: graceful drain, drivers, config check and reload through the binary.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use shardgate::metrics::Driver;
+
+#[test]
+fn shutdown_lets_in_flight_requests_finish_and_closes_idle_connections() {
+    let up = Upstream::start(|mut c| {
+        while c.read_request().is_some() {
+            thread::sleep(Duration::from_millis(500));
+            c.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone");
+        }
+    });
+    let mut gw = gateway(&route_all(up.addr, ""));
+    let addr = gw.local_addr();
+    let mut idle = Client::connect(addr);
+    let mut busy = Client::connect(addr);
+    busy.send(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n");
+    thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let stopper = thread::spawn(move || {
+        gw.shutdown();
+        started.elapsed()
+    });
+    let r = busy.read_response().unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "done"));
+    assert_eq!(
+        r.header("connection"),
+        Some("close"),
+        "a draining gateway closes after the response"
+    );
+    assert!(
+        idle.is_closed(),
+        "idle keep-alive connection is closed on drain"
+    );
+    let took = stopper.join().unwrap();
+    assert!(
+        took >= Duration::from_millis(300),
+        "shutdown waited for the in-flight request ({took:?})"
+    );
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer accepting"
+    );
+}
+
+#[test]
+fn drain_timeout_bounds_shutdown() {
+    let up = Upstream::start(|mut c| {
+        let _ = c.read_request();
+        thread::sleep(Duration::from_secs(5));
+    });
+    let mut gw = gateway_with(
+        "listen = \"127.0.0.1:0\"\nworkers = 1\npin = false\ndrain_timeout_ms = 300",
+        &route_all(up.addr, ""),
+    );
+    let mut c = Client::connect(gw.local_addr());
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    gw.shutdown();
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn legacy_driver_serves_requests() {
+    let up = Upstream::echo();
+    let gw = gateway_with(
+        "listen = \"127.0.0.1:0\"\nworkers = 2\npin = false\ndriver = \"legacy\"",
+        &route_all(up.addr, ""),
+    );
+    let mut c = Client::connect(gw.local_addr());
+    for _ in 0..3 {
+        c.send(b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n");
+        assert!(c
+            .read_response()
+            .unwrap()
+            .text()
+            .contains("\"body\":\"hi\""));
+    }
+    let m = gw.collect();
+    assert_eq!(m.len(), 2);
+    assert!(m.iter().all(|w| w.driver == Driver::Legacy));
+    assert_eq!(m.iter().map(|w| w.requests()).sum::<u64>(), 3);
+}
+
+#[test]
+fn auto_driver_reports_what_it_runs_on() {
+    let up = Upstream::echo();
+    let gw = gateway(&route_all(up.addr, ""));
+    assert_eq!(get(gw.local_addr(), "/").status, 200);
+    let m = gw.collect();
+    assert_eq!(m.len(), 2);
+    // On a kernel with io_uring every worker runs it; elsewhere every worker fell back.
+    let uring = shardgate_io_uring_available();
+    for w in &m {
+        assert_eq!(
+            w.driver,
+            if uring {
+                Driver::IoUring
+            } else {
+                Driver::Legacy
+            }
+        );
+    }
+    assert_eq!(m.iter().map(|w| w.by_class[2]).sum::<u64>(), 1);
+    assert_eq!(m.iter().map(|w| w.total_us.len()).sum::<u64>(), 1);
+    assert_eq!(m.iter().map(|w| w.upstream_us.len()).sum::<u64>(), 1);
+}
+
+fn shardgate_io_uring_available() -> bool {
+    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .build()
+        .is_ok()
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shardgate"))
+}
+
+#[test]
+fn check_reports_every_problem_with_file_and_key() {
+    let dir = std::env::temp_dir().join(format!("sg-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 0\n[[upstreams]]\nname = \"u\"\nendpoints = []\n[[routes]]\npath = \"/\"\nupstream = \"missing\"\n").unwrap();
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "server.workers",
+        "upstreams[0].endpoints",
+        "routes[0].upstream",
+    ] {
+        assert!(
+            err.contains(&format!("bad.toml: {key}:")),
+            "{key} not in: {err}"
+        );
+    }
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml");
+    let out = bin()
+        .args(["check", "--config", example])
+        .env_remove("SHARDGATE_HOSTED_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the example's secret comes from the environment"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "upstreams[1].api_key: environment variable `SHARDGATE_HOSTED_API_KEY` is not set"
+    ));
+    let out = bin()
+        .args(["check", "--config", example])
+        .env("SHARDGATE_HOSTED_API_KEY", "sk-test")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn invalid_fixtures_are_rejected() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config/invalid");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let out = bin()
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{} was accepted",
+            path.display()
+        );
+        assert!(String::from_utf8_lossy(&out.stderr)
+            .contains(path.file_name().unwrap().to_str().unwrap()));
+        n += 1;
+    }
+    assert!(n >= 3);
+}
+
+#[test]
+fn binary_drains_on_sigterm_and_reloads_on_change() {
+    let up = Upstream::start(|mut c| {
+        while let Some(r) = c.read_request() {
+            if r.target == "/slow" {
+                thread::sleep(Duration::from_millis(400));
+            }
+            c.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("sg-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("gw.toml");
+    let text = |path: &str| {
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 2\npin = false\n[[upstreams]]\nname = \"up\"\nendpoints = [\"{}\"]\n[[routes]]\npath = \"{path}\"\nupstream = \"up\"\n", up.addr)
+    };
+    std::fs::write(&cfg, text("/old/*rest")).unwrap();
+    let mut child = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "gateway did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(addr, "/old/x").status, 200);
+    // A broken file changes nothing; a good one applies within the watch interval.
+    std::fs::write(&cfg, "[server]\nlisten = ").unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(get(addr, "/old/x").status, 200);
+    std::fs::write(&cfg, text("/new/*rest")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(addr, "/new/x").status != 200 {
+        assert!(Instant::now() < deadline, "reload did not apply");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get(addr, "/old/x").status, 404);
+
+    let mut c = Client::connect(addr);
+    c.send(b"GET /new/slow HTTP/1.1\r\nHost: a\r\n\r\n");
+    thread::sleep(Duration::from_millis(100));
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 200);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("config reload rejected"), "{err}");
+    assert!(err.contains("applied config generation 2"), "{err}");
+    let _ = std::io::stdout().flush();
+}
