@@ -49,8 +49,10 @@ use std::time::Instant;
 
 pub use budget::RetryBudget;
 pub use config::{BreakerPolicy, HealthCheckPolicy, RetryPolicy};
-pub use decider::{BreakerDecider, BreakerSnapshot, EndpointSnapshot, TripCause};
-pub use health::HealthUpdate;
+pub use decider::{
+    BreakerDecider, BreakerSnapshot, EndpointSnapshot, StateKind, Transition, TripCause,
+};
+pub use health::{HealthChecker, HealthTarget, HealthUpdate, HttpProber};
 pub use worker::{Permit, RejectReason, Rejected, WorkerBreakers};
 
 /// An upstream endpoint (one address of one deployment), numbered densely from 0 by the engine

@@ -24,6 +24,11 @@ use super::{BreakerPolicy, BreakerReport, BreakerUpdate, BroadcastState, Endpoin
 /// A HALF_OPEN grant whose permits are not all used by then is re-split (the unstarted ones
 /// only) with another offset, so that permits stuck on a worker that sees no traffic for this
 /// endpoint do not keep it half-open forever.
+///
+/// A worker that starts a probe between its last drain and applying the re-grant spends a
+/// permit the decider counted as unstarted, so an episode that needed a re-grant may admit a
+/// few more than K probes (at most one drain interval's worth); without a re-grant it admits
+/// exactly K.
 pub const PROBE_REGRANT_AFTER: Duration = Duration::from_secs(1);
 
 /// The three breaker states, for metrics labels and the admin API.
@@ -143,23 +148,28 @@ impl BreakerDecider {
     /// One CLOSED breaker per policy; `policies[i]` belongs to `EndpointId(i)`. `seed` feeds the
     /// open-interval jitter.
     pub fn new(policies: &[BreakerPolicy], seed: u64, now: Instant) -> Self {
-        let endpoints = policies
-            .iter()
-            .map(|&policy| Endpoint {
-                policy,
-                state: State::Closed,
-                epoch: 0,
-                window: SlidingWindow::new(policy.window, now),
-                consecutive: 0,
-                trips: 0,
-                transitions: [0; 4],
-                causes: [0; 3],
-            })
-            .collect();
+        let endpoints = policies.iter().map(|&p| Endpoint::new(p, now)).collect();
         BreakerDecider {
             endpoints,
             probe_offset: 0,
             rng: SplitMix64(seed),
+        }
+    }
+
+    /// After a config reload: endpoint `i` keeps its state and counters and takes
+    /// `policies[i]` (a changed window length starts an empty window), new endpoints start
+    /// CLOSED at epoch 0, endpoints past the end are dropped. Mirror of
+    /// [`WorkerBreakers::set_policies`](super::WorkerBreakers::set_policies).
+    pub fn set_policies(&mut self, policies: &[BreakerPolicy], now: Instant) {
+        self.endpoints.truncate(policies.len());
+        for (ep, policy) in self.endpoints.iter_mut().zip(policies) {
+            if ep.policy.window != policy.window {
+                ep.window = SlidingWindow::new(policy.window, now);
+            }
+            ep.policy = *policy;
+        }
+        for policy in &policies[self.endpoints.len()..] {
+            self.endpoints.push(Endpoint::new(*policy, now));
         }
     }
 
@@ -345,6 +355,19 @@ impl BreakerDecider {
 }
 
 impl Endpoint {
+    fn new(policy: BreakerPolicy, now: Instant) -> Self {
+        Endpoint {
+            policy,
+            state: State::Closed,
+            epoch: 0,
+            window: SlidingWindow::new(policy.window, now),
+            consecutive: 0,
+            trips: 0,
+            transitions: [0; 4],
+            causes: [0; 3],
+        }
+    }
+
     fn open(
         &mut self,
         transition: Transition,

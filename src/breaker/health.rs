@@ -244,17 +244,6 @@ impl<P: Prober> HealthChecker<P> {
     pub fn next_due(&self) -> Option<Instant> {
         self.targets.iter().map(|(_, _, next)| *next).min()
     }
-
-    /// Every endpoint's current health, for the admin API and for a (re)started worker.
-    pub fn states(&self) -> Vec<HealthUpdate> {
-        self.targets
-            .iter()
-            .map(|(t, tracker, _)| HealthUpdate {
-                endpoint: t.endpoint,
-                healthy: tracker.is_healthy(),
-            })
-            .collect()
-    }
 }
 
 impl<P: Prober + Send + 'static> HealthChecker<P> {

@@ -64,8 +64,18 @@ pub struct Rejected {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Local {
     Closed,
-    Open { until: Instant },
-    HalfOpen { permits: u32, grant: u32 },
+    /// Opened by the decider.
+    Open {
+        until: Instant,
+    },
+    /// Opened by this worker on connect errors; the decider has not confirmed it yet.
+    OpenedHere {
+        until: Instant,
+    },
+    HalfOpen {
+        permits: u32,
+        grant: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +88,23 @@ struct Slot {
     connect_streak: u32,
     pending: BreakerReport,
     dirty: bool,
+}
+
+impl Slot {
+    fn new(endpoint: EndpointId, policy: BreakerPolicy) -> Self {
+        Slot {
+            policy,
+            state: Local::Closed,
+            epoch: 0,
+            healthy: true,
+            connect_streak: 0,
+            pending: BreakerReport {
+                endpoint,
+                ..BreakerReport::default()
+            },
+            dirty: false,
+        }
+    }
 }
 
 /// The per-worker breakers, indexed by [`EndpointId`]. Owned by one worker; not `Sync` by use.
@@ -97,18 +124,7 @@ impl WorkerBreakers {
         let slots = policies
             .iter()
             .enumerate()
-            .map(|(i, &policy)| Slot {
-                policy,
-                state: Local::Closed,
-                epoch: 0,
-                healthy: true,
-                connect_streak: 0,
-                pending: BreakerReport {
-                    endpoint: EndpointId(i as u32),
-                    ..BreakerReport::default()
-                },
-                dirty: false,
-            })
+            .map(|(i, &policy)| Slot::new(EndpointId(i as u32), policy))
             .collect();
         WorkerBreakers {
             worker,
@@ -116,6 +132,23 @@ impl WorkerBreakers {
             slots,
             dirty: Vec::with_capacity(policies.len()),
         }
+    }
+
+    /// After a config reload: endpoint `i` keeps its state and takes `policies[i]`, new
+    /// endpoints start CLOSED at epoch 0, endpoints past the end are dropped. Call it with the
+    /// same policies as [`BreakerDecider::set_policies`](super::BreakerDecider::set_policies);
+    /// ids must name the same endpoints across the reload for state to carry over.
+    pub fn set_policies(&mut self, policies: &[BreakerPolicy]) {
+        self.slots.truncate(policies.len());
+        for (slot, policy) in self.slots.iter_mut().zip(policies) {
+            slot.policy = *policy;
+        }
+        for (i, policy) in policies.iter().enumerate().skip(self.slots.len()) {
+            self.slots.push(Slot::new(EndpointId(i as u32), *policy));
+        }
+        let len = policies.len();
+        self.dirty.retain(|e| e.index() < len);
+        self.dirty.reserve(len - self.dirty.len());
     }
 
     /// May the engine send an attempt to `endpoint` now? O(1), no allocation. A HALF_OPEN
@@ -135,9 +168,17 @@ impl WorkerBreakers {
         }
         let probe = match &mut slot.state {
             Local::Closed => None,
+            // The decider did not confirm in time (its reports may have been lost): fall back
+            // to CLOSED rather than strand a possibly healthy endpoint; the next connect errors
+            // open it again.
+            Local::OpenedHere { until } if now >= *until => {
+                slot.state = Local::Closed;
+                slot.connect_streak = 0;
+                None
+            }
             // Even past `until` the worker waits for the decider's HALF_OPEN: probes must be
             // counted across all cores, which only the decider can do.
-            Local::Open { until } => {
+            Local::Open { until } | Local::OpenedHere { until } => {
                 let retry_after = until
                     .saturating_duration_since(now)
                     .max(Duration::from_millis(1));
@@ -170,13 +211,14 @@ impl WorkerBreakers {
 
     /// Whether `allow` would admit now, without consuming a probe permit: for picking among a
     /// deployment's endpoints.
-    pub fn is_available(&self, endpoint: EndpointId) -> bool {
+    pub fn is_available(&self, endpoint: EndpointId, now: Instant) -> bool {
         self.slots.get(endpoint.index()).is_some_and(|s| {
             s.healthy
-                && matches!(
-                    s.state,
-                    Local::Closed | Local::HalfOpen { permits: 1.., .. }
-                )
+                && match s.state {
+                    Local::Closed | Local::HalfOpen { permits: 1.., .. } => true,
+                    Local::OpenedHere { until } => now >= until,
+                    Local::Open { .. } | Local::HalfOpen { .. } => false,
+                }
         })
     }
 
@@ -228,7 +270,7 @@ impl WorkerBreakers {
                 if slot.connect_streak >= slot.policy.consecutive_failures
                     && slot.state == Local::Closed
                 {
-                    slot.state = Local::Open {
+                    slot.state = Local::OpenedHere {
                         until: now + slot.policy.open_base,
                     };
                     pending.opened_locally = true;
@@ -312,7 +354,7 @@ impl WorkerBreakers {
     pub fn state(&self, endpoint: EndpointId) -> Option<StateKind> {
         self.slots.get(endpoint.index()).map(|s| match s.state {
             Local::Closed => StateKind::Closed,
-            Local::Open { .. } => StateKind::Open,
+            Local::Open { .. } | Local::OpenedHere { .. } => StateKind::Open,
             Local::HalfOpen { .. } => StateKind::HalfOpen,
         })
     }
@@ -392,7 +434,7 @@ mod tests {
                     retry_after: Duration::from_millis(600)
                 }
             );
-            assert!(!w.is_available(EP));
+            assert!(!w.is_available(EP, t0));
         }
     }
 
@@ -527,7 +569,7 @@ mod tests {
             healthy: false,
         });
         assert_eq!(w.allow(EP, t0).unwrap_err().reason, RejectReason::Unhealthy);
-        assert!(!w.is_available(EP));
+        assert!(!w.is_available(EP, t0));
         w.apply_health(&HealthUpdate {
             endpoint: EP,
             healthy: true,
@@ -558,5 +600,52 @@ mod tests {
         out.clear();
         w.drain_reports(&mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn unconfirmed_local_open_lapses_back_to_closed() {
+        let t0 = Instant::now();
+        let mut w = WorkerBreakers::new(0, 1, &[policy()]);
+        fail(&mut w, Outcome::ConnectError, 5, t0);
+        let t1 = t0 + Duration::from_millis(999);
+        assert_eq!(
+            w.allow(EP, t1).unwrap_err().retry_after,
+            Duration::from_millis(1)
+        );
+        assert!(!w.is_available(EP, t1));
+        // No decision arrived within the open interval (reports lost): traffic flows again.
+        let t2 = t0 + Duration::from_secs(1);
+        assert!(w.is_available(EP, t2));
+        assert!(w.allow(EP, t2).is_ok());
+        assert_eq!(w.state(EP), Some(StateKind::Closed));
+    }
+
+    #[test]
+    fn reload_keeps_states_and_adds_endpoints() {
+        let t0 = Instant::now();
+        let mut d = BreakerDecider::new(&[policy()], 1, t0);
+        let mut ws = [WorkerBreakers::new(0, 1, &[policy()])];
+        fail(&mut ws[0], Outcome::ConnectError, 5, t0);
+        round(&mut ws, &mut d, t0);
+        let longer = BreakerPolicy {
+            window: Duration::from_secs(30),
+            ..policy()
+        };
+        d.set_policies(&[policy(), longer], t0);
+        ws[0].set_policies(&[policy(), longer]);
+        assert_eq!(ws[0].state(EP), Some(StateKind::Open));
+        assert_eq!(ws[0].state(EndpointId(1)), Some(StateKind::Closed));
+        // The new endpoint is live on both sides.
+        for _ in 0..5 {
+            let p = ws[0].allow(EndpointId(1), t0).unwrap();
+            ws[0].record(p, Outcome::Timeout, t0);
+        }
+        let updates = round(&mut ws, &mut d, t0);
+        assert_eq!(updates.len(), 1);
+        assert_eq!(updates[0].endpoint, EndpointId(1));
+        ws[0].set_policies(&[policy()]);
+        d.set_policies(&[policy()], t0);
+        assert_eq!(ws[0].state(EndpointId(1)), None);
+        assert_eq!(d.snapshot().endpoints.len(), 1);
     }
 }
