@@ -52,6 +52,8 @@ pub enum ProbeError {
     Closed,
     #[error("not an HTTP/1.x status line")]
     Malformed,
+    #[error("host or path would break the request line")]
+    InvalidRequest,
 }
 
 /// Sends `GET path` to `addr` and returns the response status. The whole exchange (connect,
@@ -62,6 +64,13 @@ pub fn http_probe(
     path: &str,
     timeout: Duration,
 ) -> Result<u16, ProbeError> {
+    // Both go verbatim into the request head; CR, LF or a space would let config split it.
+    if [host, path]
+        .iter()
+        .any(|s| s.is_empty() || s.bytes().any(|b| b.is_ascii_control() || b == b' '))
+    {
+        return Err(ProbeError::InvalidRequest);
+    }
     let deadline = Instant::now() + timeout;
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| match e.kind() {
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ProbeError::Timeout,
@@ -337,7 +346,7 @@ mod tests {
     }
 
     #[test]
-    fn silent_and_refused_endpoints_fail_in_time() {
+    fn silent_refused_and_unsafe_probes_fail_in_time() {
         let (addr, _seen) = responder(b"");
         let start = Instant::now();
         assert_eq!(
@@ -345,6 +354,10 @@ mod tests {
             Err(ProbeError::Timeout)
         );
         assert!(start.elapsed() < TIMEOUT * 2);
+
+        let (addr, _seen) = responder(b"HTTP/1.1 200 OK\r\n\r\n");
+        let injected = http_probe(addr, "b\r\nX-Evil: 1", "/health", TIMEOUT);
+        assert_eq!(injected, Err(ProbeError::InvalidRequest));
 
         let closed = TcpListener::bind("127.0.0.1:0")
             .unwrap()

@@ -371,6 +371,7 @@ impl WorkerBreakers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::breaker::decider::PROBE_REGRANT_AFTER;
     use crate::breaker::BreakerDecider;
 
     const EP: EndpointId = EndpointId(0);
@@ -647,5 +648,36 @@ mod tests {
         d.set_policies(&[policy()], t0);
         assert_eq!(ws[0].state(EndpointId(1)), None);
         assert_eq!(d.snapshot().endpoints.len(), 1);
+    }
+
+    #[test]
+    fn idle_probe_permits_move_to_a_busy_worker() {
+        let one = BreakerPolicy {
+            half_open_probes: 1,
+            ..policy()
+        };
+        let t0 = Instant::now();
+        let mut d = BreakerDecider::new(&[one], 1, t0);
+        let mut ws = [
+            WorkerBreakers::new(0, 2, &[one]),
+            WorkerBreakers::new(1, 2, &[one]),
+        ];
+        fail(&mut ws[1], Outcome::ConnectError, 5, t0);
+        round(&mut ws, &mut d, t0);
+        let t1 = t0 + Duration::from_secs(1);
+        round(&mut ws, &mut d, t1);
+        // The one permit sits on worker 0, which sees no traffic for this endpoint.
+        assert!(ws[0].is_available(EP, t1));
+        assert_eq!(
+            ws[1].allow(EP, t1).unwrap_err().reason,
+            RejectReason::NoProbePermit
+        );
+        let t2 = t1 + PROBE_REGRANT_AFTER;
+        round(&mut ws, &mut d, t2);
+        assert!(!ws[0].is_available(EP, t2), "old grant withdrawn");
+        let probe = ws[1].allow(EP, t2).unwrap();
+        ws[1].record(probe, Outcome::Success, t2);
+        round(&mut ws, &mut d, t2);
+        assert!(ws.iter().all(|w| w.state(EP) == Some(StateKind::Closed)));
     }
 }
