@@ -26,11 +26,17 @@
 //! health:  HealthChecker thread ── HealthUpdate ──→ every worker ──→ workers.apply_health(..)
 //! ```
 //!
+//! The control thread ticks the decider every few ms (up to ~100 ms); workers drain reports on
+//! their inbox tick. A (re)started worker is brought up to date with
+//! [`BreakerDecider::current`] for each endpoint. On config reload both sides take the new
+//! policies with `set_policies` (ids must stay stable), and the health thread is restarted
+//! with the new targets.
+//!
 //! # Error handling
 //!
 //! [`Rejected`] means "do not touch this endpoint now": the engine tries another endpoint of
 //! the deployment (fallback) or answers `503 Service Unavailable` with `Retry-After` taken
-//! from [`Rejected::retry_after_ms`].
+//! from [`Rejected::retry_after`] (rounded up to whole seconds).
 //!
 //! # Performance
 //!

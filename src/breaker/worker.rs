@@ -33,8 +33,7 @@ impl Permit {
         self.endpoint
     }
 
-    /// Whether this attempt is a HALF_OPEN probe (the engine should not retry a failed probe on
-    /// another endpoint's budget as if it were ordinary traffic, and may log it).
+    /// Whether this attempt is a HALF_OPEN probe (for the access log and metrics).
     pub fn is_probe(self) -> bool {
         self.probe.is_some()
     }
