@@ -319,14 +319,14 @@ mod tests {
                     let _ = conn.write_all(response);
                 } else {
                     // Silent: hold the connection open past the probe's timeout.
-                    thread::sleep(Duration::from_millis(500));
+                    thread::sleep(Duration::from_secs(3));
                 }
             }
         });
         (addr, rx)
     }
 
-    const TIMEOUT: Duration = Duration::from_millis(200);
+    const TIMEOUT: Duration = Duration::from_secs(1);
 
     #[test]
     fn probe_reads_the_status() {
@@ -353,7 +353,7 @@ mod tests {
             http_probe(addr, "b", "/health", TIMEOUT),
             Err(ProbeError::Timeout)
         );
-        assert!(start.elapsed() < TIMEOUT * 2);
+        assert!(start.elapsed() < TIMEOUT + Duration::from_secs(1));
 
         let (addr, _seen) = responder(b"HTTP/1.1 200 OK\r\n\r\n");
         let injected = http_probe(addr, "b\r\nX-Evil: 1", "/health", TIMEOUT);
