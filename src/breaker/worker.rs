@@ -1,0 +1,682 @@
+//! One worker's local view of every endpoint's breaker (data path).
+//!
+//! The view follows the decider's broadcasts; the only transition it makes on its own is
+//! CLOSED → OPEN after `consecutive_failures` connect errors in a row, because a refused
+//! connection is unambiguous and waiting a control round-trip would send more requests into a
+//! dead socket. That local open is reported, and the decider's broadcast then opens every core.
+
+use std::time::{Duration, Instant};
+
+use super::decider::StateKind;
+use super::health::HealthUpdate;
+use super::{
+    probe_share, BreakerPolicy, BreakerReport, BreakerUpdate, BroadcastState, EndpointId, Outcome,
+    Verdict,
+};
+
+/// `Retry-After` for rejections whose end is not known (no probe permit here, unhealthy).
+pub const RETRY_AFTER_UNKNOWN: Duration = Duration::from_secs(1);
+
+/// Leave to make one upstream attempt. Hand it back to [`WorkerBreakers::record`] with the
+/// attempt's outcome, exactly once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a permit's outcome must be recorded"]
+pub struct Permit {
+    endpoint: EndpointId,
+    epoch: u32,
+    /// `Some(grant)` when this attempt is a HALF_OPEN probe.
+    probe: Option<u32>,
+}
+
+impl Permit {
+    pub fn endpoint(self) -> EndpointId {
+        self.endpoint
+    }
+
+    /// Whether this attempt is a HALF_OPEN probe (for the access log and metrics).
+    pub fn is_probe(self) -> bool {
+        self.probe.is_some()
+    }
+}
+
+/// Why an endpoint refused an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The breaker is OPEN.
+    Open,
+    /// HALF_OPEN, and this worker holds no probe permit.
+    NoProbePermit,
+    /// Active health checks took the endpoint out of rotation.
+    Unhealthy,
+    /// The engine asked about an endpoint this view does not know (a config mismatch).
+    UnknownEndpoint,
+}
+
+/// The endpoint must not be tried now: fall back to another endpoint or answer 503 with
+/// `Retry-After: ceil(retry_after)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected {
+    pub reason: RejectReason,
+    pub retry_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Local {
+    Closed,
+    /// Opened by the decider.
+    Open {
+        until: Instant,
+    },
+    /// Opened by this worker on connect errors; the decider has not confirmed it yet.
+    OpenedHere {
+        until: Instant,
+    },
+    HalfOpen {
+        permits: u32,
+        grant: u32,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    policy: BreakerPolicy,
+    state: Local,
+    epoch: u32,
+    healthy: bool,
+    /// Connect errors in a row, for the local open.
+    connect_streak: u32,
+    pending: BreakerReport,
+    dirty: bool,
+}
+
+impl Slot {
+    fn new(endpoint: EndpointId, policy: BreakerPolicy) -> Self {
+        Slot {
+            policy,
+            state: Local::Closed,
+            epoch: 0,
+            healthy: true,
+            connect_streak: 0,
+            pending: BreakerReport {
+                endpoint,
+                ..BreakerReport::default()
+            },
+            dirty: false,
+        }
+    }
+}
+
+/// The per-worker breakers, indexed by [`EndpointId`]. Owned by one worker; not `Sync` by use.
+#[derive(Debug, Clone)]
+pub struct WorkerBreakers {
+    worker: u32,
+    workers: u32,
+    slots: Vec<Slot>,
+    /// Endpoints with a pending report; capacity reserved for all, so pushing never allocates.
+    dirty: Vec<EndpointId>,
+}
+
+impl WorkerBreakers {
+    /// The view of worker `worker` (0-based) of `workers`; `policies[i]` is `EndpointId(i)`'s.
+    /// Every endpoint starts CLOSED and healthy at epoch 0, like the decider.
+    pub fn new(worker: u32, workers: u32, policies: &[BreakerPolicy]) -> Self {
+        let slots = policies
+            .iter()
+            .enumerate()
+            .map(|(i, &policy)| Slot::new(EndpointId(i as u32), policy))
+            .collect();
+        WorkerBreakers {
+            worker,
+            workers: workers.max(1),
+            slots,
+            dirty: Vec::with_capacity(policies.len()),
+        }
+    }
+
+    /// After a config reload: endpoint `i` keeps its state and takes `policies[i]`, new
+    /// endpoints start CLOSED at epoch 0, endpoints past the end are dropped. Call it with the
+    /// same policies as [`BreakerDecider::set_policies`](super::BreakerDecider::set_policies);
+    /// ids must name the same endpoints across the reload for state to carry over.
+    pub fn set_policies(&mut self, policies: &[BreakerPolicy]) {
+        self.slots.truncate(policies.len());
+        for (slot, policy) in self.slots.iter_mut().zip(policies) {
+            slot.policy = *policy;
+        }
+        for (i, policy) in policies.iter().enumerate().skip(self.slots.len()) {
+            self.slots.push(Slot::new(EndpointId(i as u32), *policy));
+        }
+        let len = policies.len();
+        self.dirty.retain(|e| e.index() < len);
+        self.dirty.reserve(len - self.dirty.len());
+    }
+
+    /// May the engine send an attempt to `endpoint` now? O(1), no allocation. A HALF_OPEN
+    /// probe permit is consumed by this call.
+    pub fn allow(&mut self, endpoint: EndpointId, now: Instant) -> Result<Permit, Rejected> {
+        let Some(slot) = self.slots.get_mut(endpoint.index()) else {
+            return Err(Rejected {
+                reason: RejectReason::UnknownEndpoint,
+                retry_after: RETRY_AFTER_UNKNOWN,
+            });
+        };
+        if !slot.healthy {
+            return Err(Rejected {
+                reason: RejectReason::Unhealthy,
+                retry_after: RETRY_AFTER_UNKNOWN,
+            });
+        }
+        let probe = match &mut slot.state {
+            Local::Closed => None,
+            // The decider did not confirm in time (its reports may have been lost): fall back
+            // to CLOSED rather than strand a possibly healthy endpoint; the next connect errors
+            // open it again.
+            Local::OpenedHere { until } if now >= *until => {
+                slot.state = Local::Closed;
+                slot.connect_streak = 0;
+                None
+            }
+            // Even past `until` the worker waits for the decider's HALF_OPEN: probes must be
+            // counted across all cores, which only the decider can do.
+            Local::Open { until } | Local::OpenedHere { until } => {
+                let retry_after = until
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(1));
+                return Err(Rejected {
+                    reason: RejectReason::Open,
+                    retry_after,
+                });
+            }
+            Local::HalfOpen { permits: 0, .. } => {
+                return Err(Rejected {
+                    reason: RejectReason::NoProbePermit,
+                    retry_after: RETRY_AFTER_UNKNOWN,
+                });
+            }
+            Local::HalfOpen { permits, grant } => {
+                *permits -= 1;
+                slot.pending.probes_started += 1;
+                Some(*grant)
+            }
+        };
+        if probe.is_some() {
+            self.mark_dirty(endpoint);
+        }
+        Ok(Permit {
+            endpoint,
+            epoch: self.slots[endpoint.index()].epoch,
+            probe,
+        })
+    }
+
+    /// Whether `allow` would admit now, without consuming a probe permit: for picking among a
+    /// deployment's endpoints.
+    pub fn is_available(&self, endpoint: EndpointId, now: Instant) -> bool {
+        self.slots.get(endpoint.index()).is_some_and(|s| {
+            s.healthy
+                && match s.state {
+                    Local::Closed | Local::HalfOpen { permits: 1.., .. } => true,
+                    Local::OpenedHere { until } => now >= until,
+                    Local::Open { .. } | Local::HalfOpen { .. } => false,
+                }
+        })
+    }
+
+    /// Records how the attempt under `permit` ended. O(1), no allocation. Outcomes of permits
+    /// from an earlier epoch are dropped: they belong to a state the decider has left.
+    pub fn record(&mut self, permit: Permit, outcome: Outcome, now: Instant) {
+        let Some(slot) = self.slots.get_mut(permit.endpoint.index()) else {
+            return;
+        };
+        if permit.epoch != slot.epoch {
+            return;
+        }
+        let verdict = outcome.verdict(&slot.policy);
+        let pending = &mut slot.pending;
+        match (permit.probe, verdict) {
+            (Some(_), Verdict::Success) => pending.probe_successes += 1,
+            (Some(_), Verdict::Failure) => {
+                pending.probe_failures += 1;
+                // The decider will re-open on this report; stop probing a failing endpoint now.
+                if let Local::HalfOpen { permits, .. } = &mut slot.state {
+                    *permits = 0;
+                }
+            }
+            (Some(grant), Verdict::Ignored) => {
+                // The probe proved nothing; the permit goes back so that K verdicts still come.
+                // Reported either way so the decider's count of started probes stays right.
+                pending.probes_returned += 1;
+                match &mut slot.state {
+                    Local::HalfOpen {
+                        permits,
+                        grant: current,
+                    } if *current == grant => *permits += 1,
+                    _ => {}
+                }
+            }
+            (None, Verdict::Success) => {
+                pending.successes += 1;
+                pending.trailing_failures = 0;
+                slot.connect_streak = 0;
+            }
+            (None, Verdict::Failure) => {
+                pending.failures += 1;
+                pending.trailing_failures += 1;
+                slot.connect_streak = if outcome == Outcome::ConnectError {
+                    slot.connect_streak + 1
+                } else {
+                    0
+                };
+                if slot.connect_streak >= slot.policy.consecutive_failures
+                    && slot.state == Local::Closed
+                {
+                    slot.state = Local::OpenedHere {
+                        until: now + slot.policy.open_base,
+                    };
+                    pending.opened_locally = true;
+                }
+            }
+            (None, Verdict::Ignored) => return,
+        }
+        self.mark_dirty(permit.endpoint);
+    }
+
+    /// Moves every pending report into `out` (for the control inbox). Allocation-free when
+    /// `out` has room for one report per endpoint.
+    pub fn drain_reports(&mut self, out: &mut Vec<BreakerReport>) {
+        for endpoint in self.dirty.drain(..) {
+            let slot = &mut self.slots[endpoint.index()];
+            slot.dirty = false;
+            out.push(slot.pending);
+            slot.pending = BreakerReport {
+                endpoint,
+                epoch: slot.epoch,
+                ..BreakerReport::default()
+            };
+        }
+    }
+
+    /// Applies the decider's decision. Updates arrive in the order the decider made them.
+    pub fn apply(&mut self, update: &BreakerUpdate) {
+        let (worker, workers) = (self.worker, self.workers);
+        let Some(slot) = self.slots.get_mut(update.endpoint.index()) else {
+            return;
+        };
+        let share = |probes, offset| probe_share(probes, offset, worker, workers);
+        if update.epoch == slot.epoch {
+            // Same state: only a re-split of HALF_OPEN probes changes anything. A repeated
+            // CLOSED must not undo a local open the decider has not seen yet.
+            if let (
+                Local::HalfOpen { permits, grant },
+                BroadcastState::HalfOpen {
+                    probes,
+                    offset,
+                    grant: new,
+                },
+            ) = (&mut slot.state, update.state)
+            {
+                if *grant != new {
+                    (*permits, *grant) = (share(probes, offset), new);
+                }
+            }
+            return;
+        }
+        slot.epoch = update.epoch;
+        slot.connect_streak = 0;
+        // Counts collected under the old epoch would be dropped by the decider anyway.
+        slot.pending = BreakerReport {
+            endpoint: update.endpoint,
+            epoch: update.epoch,
+            ..BreakerReport::default()
+        };
+        slot.state = match update.state {
+            BroadcastState::Closed => Local::Closed,
+            BroadcastState::Open { until } => Local::Open { until },
+            BroadcastState::HalfOpen {
+                probes,
+                offset,
+                grant,
+            } => Local::HalfOpen {
+                permits: share(probes, offset),
+                grant,
+            },
+        };
+    }
+
+    /// Takes an endpoint out of rotation on this worker, or brings it back.
+    pub fn apply_health(&mut self, update: &HealthUpdate) {
+        if let Some(slot) = self.slots.get_mut(update.endpoint.index()) {
+            slot.healthy = update.healthy;
+        }
+    }
+
+    /// This worker's view of `endpoint`'s state.
+    pub fn state(&self, endpoint: EndpointId) -> Option<StateKind> {
+        self.slots.get(endpoint.index()).map(|s| match s.state {
+            Local::Closed => StateKind::Closed,
+            Local::Open { .. } | Local::OpenedHere { .. } => StateKind::Open,
+            Local::HalfOpen { .. } => StateKind::HalfOpen,
+        })
+    }
+
+    fn mark_dirty(&mut self, endpoint: EndpointId) {
+        let slot = &mut self.slots[endpoint.index()];
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty.push(endpoint);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::decider::PROBE_REGRANT_AFTER;
+    use crate::breaker::BreakerDecider;
+
+    const EP: EndpointId = EndpointId(0);
+
+    fn policy() -> BreakerPolicy {
+        BreakerPolicy {
+            open_jitter: 0.0,
+            ..BreakerPolicy::default()
+        }
+    }
+
+    /// Drains every worker into the decider and broadcasts what it decides.
+    fn round(
+        workers: &mut [WorkerBreakers],
+        decider: &mut BreakerDecider,
+        now: Instant,
+    ) -> Vec<BreakerUpdate> {
+        let mut reports = Vec::new();
+        for w in workers.iter_mut() {
+            w.drain_reports(&mut reports);
+        }
+        let mut updates = Vec::new();
+        for r in &reports {
+            decider.ingest(r, now, &mut updates);
+        }
+        decider.tick(now, &mut updates);
+        for w in workers.iter_mut() {
+            for u in &updates {
+                w.apply(u);
+            }
+        }
+        updates
+    }
+
+    fn fail(w: &mut WorkerBreakers, outcome: Outcome, n: usize, now: Instant) {
+        for _ in 0..n {
+            let p = w.allow(EP, now).unwrap();
+            w.record(p, outcome, now);
+        }
+    }
+
+    #[test]
+    fn trips_on_all_cores_then_fails_fast() {
+        let t0 = Instant::now();
+        let mut d = BreakerDecider::new(&[policy()], 1, t0);
+        let mut ws = [
+            WorkerBreakers::new(0, 2, &[policy()]),
+            WorkerBreakers::new(1, 2, &[policy()]),
+        ];
+        // 3 + 2 timeouts on two cores: 5 in a row for the decider, neither core opens alone.
+        fail(&mut ws[0], Outcome::Timeout, 3, t0);
+        fail(&mut ws[1], Outcome::Status(503), 2, t0);
+        assert!(ws.iter().all(|w| w.state(EP) == Some(StateKind::Closed)));
+        round(&mut ws, &mut d, t0);
+        for w in &mut ws {
+            let err = w.allow(EP, t0 + Duration::from_millis(400)).unwrap_err();
+            assert_eq!(
+                err,
+                Rejected {
+                    reason: RejectReason::Open,
+                    retry_after: Duration::from_millis(600)
+                }
+            );
+            assert!(!w.is_available(EP, t0));
+        }
+    }
+
+    #[test]
+    fn four_xx_429_and_cancel_do_not_count() {
+        let t0 = Instant::now();
+        let mut d = BreakerDecider::new(&[policy()], 1, t0);
+        let mut ws = [WorkerBreakers::new(0, 1, &[policy()])];
+        for outcome in [
+            Outcome::Status(404),
+            Outcome::Status(429),
+            Outcome::ClientCancelled,
+            Outcome::Status(400),
+        ] {
+            fail(&mut ws[0], outcome, 50, t0);
+        }
+        round(&mut ws, &mut d, t0);
+        assert_eq!(ws[0].state(EP), Some(StateKind::Closed));
+        assert_eq!(d.snapshot().endpoints[0].transitions, [0; 4]);
+    }
+
+    #[test]
+    fn connect_errors_open_locally_and_the_decider_follows() {
+        let t0 = Instant::now();
+        let mut d = BreakerDecider::new(&[policy()], 1, t0);
+        let mut ws = [
+            WorkerBreakers::new(0, 2, &[policy()]),
+            WorkerBreakers::new(1, 2, &[policy()]),
+        ];
+        fail(&mut ws[0], Outcome::ConnectError, 4, t0);
+        fail(&mut ws[0], Outcome::Timeout, 1, t0); // breaks the connect streak
+        fail(&mut ws[0], Outcome::ConnectError, 4, t0);
+        assert_eq!(ws[0].state(EP), Some(StateKind::Closed));
+        fail(&mut ws[0], Outcome::ConnectError, 1, t0);
+        assert_eq!(
+            ws[0].state(EP),
+            Some(StateKind::Open),
+            "opens before any round-trip"
+        );
+        assert_eq!(ws[1].state(EP), Some(StateKind::Closed));
+        round(&mut ws, &mut d, t0);
+        assert_eq!(ws[1].state(EP), Some(StateKind::Open));
+        assert_eq!(d.snapshot().endpoints[0].trips_by_cause, [0, 0, 1]);
+    }
+
+    #[test]
+    fn half_open_admits_exactly_k_probes_across_workers_and_k_successes_close() {
+        let t0 = Instant::now();
+        let mut d = BreakerDecider::new(&[policy()], 1, t0);
+        let mut ws = [
+            WorkerBreakers::new(0, 2, &[policy()]),
+            WorkerBreakers::new(1, 2, &[policy()]),
+        ];
+        fail(&mut ws[0], Outcome::ConnectError, 5, t0);
+        round(&mut ws, &mut d, t0);
+        let t1 = t0 + Duration::from_secs(1);
+        round(&mut ws, &mut d, t1);
+        let mut permits = Vec::new();
+        for _ in 0..10 {
+            for (w, worker) in ws.iter_mut().enumerate() {
+                if let Ok(p) = worker.allow(EP, t1) {
+                    assert!(p.is_probe());
+                    permits.push((w, p));
+                }
+            }
+        }
+        assert_eq!(permits.len(), 3, "K = 3 in total");
+        assert_eq!(
+            ws[1].allow(EP, t1).unwrap_err().reason,
+            RejectReason::NoProbePermit
+        );
+        // A cancelled probe hands its permit back; a fresh probe replaces it.
+        let (w, p) = permits.pop().unwrap();
+        ws[w].record(p, Outcome::ClientCancelled, t1);
+        let again = ws[w].allow(EP, t1).unwrap();
+        permits.push((w, again));
+        assert!(ws.iter_mut().all(|w| w.allow(EP, t1).is_err()));
+        for (w, p) in permits.drain(..2) {
+            ws[w].record(p, Outcome::Success, t1);
+        }
+        round(&mut ws, &mut d, t1);
+        assert_eq!(
+            ws[0].state(EP),
+            Some(StateKind::HalfOpen),
+            "2 of 3 successes"
+        );
+        let (w, p) = permits.pop().unwrap();
+        ws[w].record(p, Outcome::Success, t1);
+        round(&mut ws, &mut d, t1);
+        assert!(ws.iter().all(|w| w.state(EP) == Some(StateKind::Closed)));
+    }
+
+    #[test]
+    fn probe_failure_reopens_longer_and_stale_outcomes_are_dropped() {
+        let t0 = Instant::now();
+        let mut d = BreakerDecider::new(&[policy()], 1, t0);
+        let mut ws = [WorkerBreakers::new(0, 1, &[policy()])];
+        let old = ws[0].allow(EP, t0).unwrap();
+        fail(&mut ws[0], Outcome::ConnectError, 5, t0);
+        round(&mut ws, &mut d, t0);
+        let t1 = t0 + Duration::from_secs(1);
+        round(&mut ws, &mut d, t1);
+        let probe = ws[0].allow(EP, t1).unwrap();
+        // A failure from before the trip arrives late: it must not re-open the half-open breaker.
+        ws[0].record(old, Outcome::Timeout, t1);
+        round(&mut ws, &mut d, t1);
+        assert_eq!(ws[0].state(EP), Some(StateKind::HalfOpen));
+        ws[0].record(probe, Outcome::StreamCut, t1);
+        assert!(
+            ws[0].allow(EP, t1).is_err(),
+            "no more probes after a failed one"
+        );
+        let updates = round(&mut ws, &mut d, t1);
+        assert_eq!(
+            updates[0].state,
+            BroadcastState::Open {
+                until: t1 + Duration::from_secs(2)
+            }
+        );
+        assert_eq!(
+            ws[0].allow(EP, t1).unwrap_err().retry_after,
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn unhealthy_endpoints_leave_rotation() {
+        let t0 = Instant::now();
+        let mut w = WorkerBreakers::new(0, 1, &[policy()]);
+        w.apply_health(&HealthUpdate {
+            endpoint: EP,
+            healthy: false,
+        });
+        assert_eq!(w.allow(EP, t0).unwrap_err().reason, RejectReason::Unhealthy);
+        assert!(!w.is_available(EP, t0));
+        w.apply_health(&HealthUpdate {
+            endpoint: EP,
+            healthy: true,
+        });
+        assert!(w.allow(EP, t0).is_ok());
+        assert_eq!(
+            w.allow(EndpointId(9), t0).unwrap_err().reason,
+            RejectReason::UnknownEndpoint
+        );
+    }
+
+    #[test]
+    fn drain_batches_one_report_per_endpoint() {
+        let t0 = Instant::now();
+        let mut w = WorkerBreakers::new(0, 1, &[policy(), policy()]);
+        fail(&mut w, Outcome::Success, 3, t0);
+        fail(&mut w, Outcome::Timeout, 2, t0);
+        let p = w.allow(EndpointId(1), t0).unwrap();
+        w.record(p, Outcome::Status(502), t0);
+        let mut out = Vec::with_capacity(2);
+        w.drain_reports(&mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            (out[0].successes, out[0].failures, out[0].trailing_failures),
+            (3, 2, 2)
+        );
+        assert_eq!((out[1].endpoint, out[1].failures), (EndpointId(1), 1));
+        out.clear();
+        w.drain_reports(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn unconfirmed_local_open_lapses_back_to_closed() {
+        let t0 = Instant::now();
+        let mut w = WorkerBreakers::new(0, 1, &[policy()]);
+        fail(&mut w, Outcome::ConnectError, 5, t0);
+        let t1 = t0 + Duration::from_millis(999);
+        assert_eq!(
+            w.allow(EP, t1).unwrap_err().retry_after,
+            Duration::from_millis(1)
+        );
+        assert!(!w.is_available(EP, t1));
+        // No decision arrived within the open interval (reports lost): traffic flows again.
+        let t2 = t0 + Duration::from_secs(1);
+        assert!(w.is_available(EP, t2));
+        assert!(w.allow(EP, t2).is_ok());
+        assert_eq!(w.state(EP), Some(StateKind::Closed));
+    }
+
+    #[test]
+    fn reload_keeps_states_and_adds_endpoints() {
+        let t0 = Instant::now();
+        let mut d = BreakerDecider::new(&[policy()], 1, t0);
+        let mut ws = [WorkerBreakers::new(0, 1, &[policy()])];
+        fail(&mut ws[0], Outcome::ConnectError, 5, t0);
+        round(&mut ws, &mut d, t0);
+        let longer = BreakerPolicy {
+            window: Duration::from_secs(30),
+            ..policy()
+        };
+        d.set_policies(&[policy(), longer], t0);
+        ws[0].set_policies(&[policy(), longer]);
+        assert_eq!(ws[0].state(EP), Some(StateKind::Open));
+        assert_eq!(ws[0].state(EndpointId(1)), Some(StateKind::Closed));
+        // The new endpoint is live on both sides.
+        for _ in 0..5 {
+            let p = ws[0].allow(EndpointId(1), t0).unwrap();
+            ws[0].record(p, Outcome::Timeout, t0);
+        }
+        let updates = round(&mut ws, &mut d, t0);
+        assert_eq!(updates.len(), 1);
+        assert_eq!(updates[0].endpoint, EndpointId(1));
+        ws[0].set_policies(&[policy()]);
+        d.set_policies(&[policy()], t0);
+        assert_eq!(ws[0].state(EndpointId(1)), None);
+        assert_eq!(d.snapshot().endpoints.len(), 1);
+    }
+
+    #[test]
+    fn idle_probe_permits_move_to_a_busy_worker() {
+        let one = BreakerPolicy {
+            half_open_probes: 1,
+            ..policy()
+        };
+        let t0 = Instant::now();
+        let mut d = BreakerDecider::new(&[one], 1, t0);
+        let mut ws = [
+            WorkerBreakers::new(0, 2, &[one]),
+            WorkerBreakers::new(1, 2, &[one]),
+        ];
+        fail(&mut ws[1], Outcome::ConnectError, 5, t0);
+        round(&mut ws, &mut d, t0);
+        let t1 = t0 + Duration::from_secs(1);
+        round(&mut ws, &mut d, t1);
+        // The one permit sits on worker 0, which sees no traffic for this endpoint.
+        assert!(ws[0].is_available(EP, t1));
+        assert_eq!(
+            ws[1].allow(EP, t1).unwrap_err().reason,
+            RejectReason::NoProbePermit
+        );
+        let t2 = t1 + PROBE_REGRANT_AFTER;
+        round(&mut ws, &mut d, t2);
+        assert!(!ws[0].is_available(EP, t2), "old grant withdrawn");
+        let probe = ws[1].allow(EP, t2).unwrap();
+        ws[1].record(probe, Outcome::Success, t2);
+        round(&mut ws, &mut d, t2);
+        assert!(ws.iter().all(|w| w.state(EP) == Some(StateKind::Closed)));
+    }
+}
