@@ -110,7 +110,7 @@ async fn serve(worker: &Rc<Worker>, mut c: ClientConn) {
             true => {}
             false => worker.next_request_id(&mut c.request_id),
         }
-        let keep = crate::proxy::handle(worker, &snap, &mut c, &head, head_len, started).await;
+        let keep = crate::pipeline::handle(worker, &snap, &mut c, &head, head_len, started).await;
         if !keep {
             return;
         }
