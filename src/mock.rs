@@ -266,7 +266,7 @@ pub fn spawn(cfg: MockConfig, addr: SocketAddr, threads: usize) -> io::Result<Mo
         handle.threads.push(t);
         let bound = rx
             .recv()
-            .map_err(|_| io::Error::new(io::ErrorKind::Other, "mock thread died"))??;
+            .map_err(|_| io::Error::other("mock thread died"))??;
         // Port 0 resolves on the first bind; the other threads share that port.
         handle.addr = bound;
     }
