@@ -60,7 +60,8 @@ for p in "$UP_PORT" "$GW_PORT" "$NGX_PORT"; do
 done
 
 BODY_FILE=$TMP/body.json
-printf '%s' "${BODY:-{\"model\":\"mock-gpt\",\"max_tokens\":16,\"messages\":[{\"role\":\"user\",\"content\":\"Say hello to the benchmark.\"}]}}" >"$BODY_FILE"
+DEFAULT_BODY='{"model":"mock-gpt","max_tokens":16,"messages":[{"role":"user","content":"Say hello to the benchmark."}]}'
+printf '%s' "${BODY:-$DEFAULT_BODY}" >"$BODY_FILE"
 
 cat >"$TMP/shardgate.toml" <<EOF
 [server]
