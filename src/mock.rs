@@ -405,6 +405,65 @@ mod tests {
     }
 
     #[test]
+    fn pipelined_posts_with_content_length() {
+        let h = start(MockConfig::default());
+        let mut s = client(&h);
+        let body = r#"{"model":"a","max_tokens":5,"messages":[{"content":"12345"}]}"#;
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let last = "POST /v1/embeddings HTTP/1.1\r\nConnection: close\r\nContent-Length: 11\r\n\r\n{\"input\":1}";
+        s.write_all(format!("{req}{req}{last}").as_bytes()).unwrap();
+        let text = read_all(s);
+        let first = text.find(r#""id":"chatcmpl-mock1""#).expect("first");
+        let second = text.find(r#""id":"chatcmpl-mock2""#).expect("second");
+        assert!(
+            first < second && text.contains(r#""object":"embedding""#),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches(r#""prompt_tokens":2,"completion_tokens":5,"total_tokens":7"#)
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn http10_stream_ends_by_close() {
+        let h = start(MockConfig {
+            stream_gap_ms: 0,
+            ..MockConfig::default()
+        });
+        let mut s = client(&h);
+        let body = r#"{"stream":true}"#;
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.0\r\nx-mock-chunks: 1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let text = read_all(s);
+        assert!(!text.contains("transfer-encoding"), "{text}");
+        assert!(text.contains("connection: close"));
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    }
+
+    #[test]
+    fn status_override_and_bad_json() {
+        let h = start(MockConfig::default());
+        let mut s = client(&h);
+        s.write_all(b"GET /v1/models HTTP/1.1\r\nx-mock-status: 429\r\n\r\n")
+            .unwrap();
+        s.write_all(
+            b"POST /v1/completions HTTP/1.1\r\nConnection: close\r\nContent-Length: 3\r\n\r\nxyz",
+        )
+        .unwrap();
+        let text = read_all(s);
+        assert!(text.starts_with("HTTP/1.1 429 Too Many Requests"), "{text}");
+        assert!(text.contains("HTTP/1.1 400 Bad Request"), "{text}");
+    }
+
+    #[test]
     fn close_mid_stream_stops_without_terminator() {
         let h = start(MockConfig {
             stream_gap_ms: 0,

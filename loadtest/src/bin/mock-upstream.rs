@@ -74,7 +74,15 @@ fn main() -> anyhow::Result<()> {
         ..MockConfig::default()
     };
     let mut handle = mock::spawn(cfg, a.listen, a.threads)?;
-    println!("mock-upstream listening on {}", handle.addr());
+    let driver = if monoio::utils::detect_uring() {
+        "io_uring"
+    } else {
+        "legacy (epoll)"
+    };
+    println!(
+        "mock-upstream listening on {} ({driver} driver)",
+        handle.addr()
+    );
     let deadline = a
         .run_for
         .map(|s| std::time::Instant::now() + Duration::from_secs_f64(s));
