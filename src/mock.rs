@@ -37,7 +37,8 @@
 //!
 //! Each server thread owns one monoio runtime (io_uring, legacy driver where io_uring is
 //! unavailable) and its own `SO_REUSEPORT` listener. Connections reuse their read buffer, body
-//! scratch and response buffer, so the non-streamed path allocates only inside the JSON parser.
+//! scratch and response buffer, so the non-streamed path allocates only inside the JSON parser
+//! and for the echoed model name.
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
@@ -461,6 +462,37 @@ mod tests {
         let text = read_all(s);
         assert!(text.starts_with("HTTP/1.1 429 Too Many Requests"), "{text}");
         assert!(text.contains("HTTP/1.1 400 Bad Request"), "{text}");
+    }
+
+    #[test]
+    fn large_bodies_span_many_reads() {
+        let h = start(MockConfig::default());
+        let mut s = client(&h);
+        let big = "y".repeat(100_000);
+        let head = format!(
+            "POST /echo HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            big.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        for part in big.as_bytes().chunks(30_000) {
+            s.write_all(part).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        s.write_all(
+            b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        for part in big.as_bytes().chunks(40_000) {
+            s.write_all(format!("{:x}\r\n", part.len()).as_bytes())
+                .unwrap();
+            s.write_all(part).unwrap();
+            s.write_all(b"\r\n").unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        s.write_all(b"0\r\n\r\n").unwrap();
+        let text = read_all(s);
+        let body = format!(r#""body":"{big}""#);
+        assert_eq!(text.matches(&body).count(), 2, "{}", &text[..200]);
     }
 
     #[test]
