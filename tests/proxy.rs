@@ -336,7 +336,10 @@ fn unknown_path_and_wrong_method() {
 
 #[test]
 fn error_before_an_unread_body_closes_the_connection() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let gw = gateway(&route_all(dead, ""));
     let mut c = Client::connect(gw.local_addr());
     // The body is announced but not sent: its bytes must not be parsed as the next request.
