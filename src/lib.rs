@@ -10,6 +10,7 @@
 //! - [`http`]: hand-framed HTTP/1.1 on httparse: head parsing, RFC 9112 framing checks, bodies.
 //! - [`pipeline`]: one request through the stages below, in order.
 //! - [`route`]: path trie → route; model catalog and version split.
+//! - [`model`]: the JSON body's `model`/`stream` fields, read and rewritten.
 //! - [`auth`]: JWT verification (ring), keys by `kid`, revocation.
 //! - [`quota`]: per-core lease shards and the coordinator that grants leases.
 //! - [`breaker`]: per-endpoint circuit breaker state machine.
@@ -28,6 +29,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod mock;
+pub mod model;
 pub mod pipeline;
 pub mod proxy;
 pub mod quota;
