@@ -66,6 +66,8 @@ pub struct Worker {
     req_seq: Cell<u64>,
     /// Round-robin position for endpoint choice.
     pub rr: Cell<usize>,
+    /// Request heads for reuse (see `server`).
+    pub heads: RefCell<Vec<Box<crate::http::RequestHead>>>,
 }
 
 impl Worker {
@@ -309,6 +311,7 @@ async fn worker_main(
         req_prefix: prefix,
         req_seq: Cell::new(0),
         rr: Cell::new(id),
+        heads: RefCell::new(Vec::new()),
     });
     monoio::spawn(inbox_loop(worker.clone(), inbox));
     let _ = ready.send(Ok(()));
