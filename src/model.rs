@@ -118,7 +118,7 @@ impl JsonBody {
         };
         let opts = o
             .entry("stream_options".into())
-            .or_insert_with(|| OwnedValue::object());
+            .or_insert_with(OwnedValue::object);
         if !opts.is_object() {
             *opts = OwnedValue::object();
         }
