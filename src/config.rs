@@ -18,7 +18,10 @@ pub struct ConfigProblem {
 
 impl ConfigProblem {
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { key: key.into(), message: message.into() }
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
