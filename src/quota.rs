@@ -150,7 +150,8 @@ pub enum LimitKind {
 }
 
 /// Why a request got 429; everything the response headers and metrics need.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("quota exceeded: {reason:?} limit {limit} of rule {rule:?}, retry in {retry_after_s} s")]
 pub struct QuotaError {
     pub rule: RuleId,
     pub reason: LimitKind,
