@@ -275,3 +275,26 @@ pub fn secs_until(at_ms: u64, now_ms: u64) -> u32 {
 
 #[cfg(test)]
 mod sim_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secs_until_rounds_up() {
+        assert_eq!(secs_until(1_000, 1_000), 0);
+        assert_eq!(secs_until(1_001, 1_000), 1);
+        assert_eq!(secs_until(3_000, 1_000), 2);
+        assert_eq!(secs_until(5, 10), 0);
+    }
+
+    #[test]
+    fn keys_separate_rules_and_callers() {
+        let a = QuotaKey::new(RuleId(0), b"alice");
+        assert_eq!(a, QuotaKey::new(RuleId(0), b"alice"));
+        assert_ne!(a, QuotaKey::new(RuleId(1), b"alice"));
+        assert_ne!(a, QuotaKey::new(RuleId(0), b"alicf"));
+        let mut seen = std::collections::HashSet::new();
+        assert!((0u32..100_000).all(|i| seen.insert(QuotaKey::new(RuleId(0), &i.to_le_bytes()))));
+    }
+}

@@ -367,3 +367,171 @@ fn ask(
         tokens_needed,
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::{Deny, KeyKind, LimitKind};
+
+    fn rule() -> QuotaRule {
+        QuotaRule {
+            id: RuleId(1),
+            name: "t".into(),
+            key: KeyKind::Tenant,
+            model: None,
+            limits: Limits {
+                requests: 100,
+                tokens: None,
+                burst: None,
+            },
+            reserve_max_tokens: false,
+        }
+    }
+
+    fn grant(key: QuotaKey, slot: u64, from: u64, requests: u32) -> FromCoordinator {
+        FromCoordinator::Grant(Grant {
+            key,
+            slot,
+            valid_from_ms: from,
+            valid_until_ms: (slot + 1) * 600,
+            requests,
+            tokens: u32::MAX,
+            remaining: 50,
+            reset_at_ms: 61_200,
+        })
+    }
+
+    fn drain(s: &mut QuotaShard) -> Vec<ToCoordinator> {
+        let mut v = Vec::new();
+        s.drain_requests(&mut v);
+        v
+    }
+
+    #[test]
+    fn asks_once_then_admits_from_the_lease_and_releases_the_rest() {
+        let (r, key) = (rule(), QuotaKey(9));
+        let mut s = QuotaShard::new(2);
+        assert_eq!(s.check(key, &r, 0, 10), Decision::NeedLease);
+        assert_eq!(s.check(key, &r, 0, 11), Decision::NeedLease);
+        let sent = drain(&mut s);
+        assert!(matches!(
+            sent[..],
+            [ToCoordinator::Lease(LeaseRequest {
+                worker: 2,
+                at_ms: 10,
+                ..
+            })]
+        ));
+        assert_eq!(s.apply(grant(key, 0, 12, 8), 12), key);
+        for _ in 0..5 {
+            assert!(matches!(s.check(key, &r, 0, 20), Decision::Admit(_)));
+        }
+        assert!(drain(&mut s).is_empty(), "3 of 8 left: above low water");
+        assert!(matches!(s.check(key, &r, 0, 20), Decision::Admit(_)));
+        assert!(
+            matches!(drain(&mut s)[..], [ToCoordinator::Lease(_)]),
+            "low water: ask early"
+        );
+        s.tick(600);
+        assert_eq!(
+            drain(&mut s),
+            [ToCoordinator::Release {
+                key,
+                slot: 0,
+                requests: 2,
+                tokens: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn next_slot_grant_is_held_until_its_slot() {
+        let (r, key) = (rule(), QuotaKey(3));
+        let mut s = QuotaShard::new(0);
+        s.check(key, &r, 0, 0);
+        s.apply(grant(key, 0, 0, 40), 0);
+        s.apply(grant(key, 1, 600, 40), 450);
+        let Decision::Admit(a) = s.check(key, &r, 0, 599) else {
+            panic!()
+        };
+        assert_eq!(a.ticket.slot, 0);
+        let Decision::Admit(b) = s.check(key, &r, 0, 600) else {
+            panic!()
+        };
+        assert_eq!(b.ticket.slot, 1);
+        let released = ToCoordinator::Release {
+            key,
+            slot: 0,
+            requests: 39,
+            tokens: 0,
+        };
+        assert!(drain(&mut s).contains(&released));
+    }
+
+    #[test]
+    fn late_or_orphan_grants_are_given_back() {
+        let (r, key) = (rule(), QuotaKey(4));
+        let mut s = QuotaShard::new(0);
+        s.apply(grant(key, 0, 0, 5), 0);
+        assert_eq!(
+            drain(&mut s),
+            [ToCoordinator::Release {
+                key,
+                slot: 0,
+                requests: 5,
+                tokens: 0
+            }]
+        );
+        s.check(key, &r, 0, 0);
+        drain(&mut s);
+        s.apply(grant(key, 0, 0, 5), 700);
+        assert_eq!(
+            drain(&mut s),
+            [ToCoordinator::Release {
+                key,
+                slot: 0,
+                requests: 5,
+                tokens: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn idle_keys_are_forgotten_and_their_leases_returned() {
+        let (r, key) = (rule(), QuotaKey(5));
+        let mut s = QuotaShard::new(0);
+        s.check(key, &r, 0, 0);
+        drain(&mut s);
+        s.apply(grant(key, 0, 0, 5), 0);
+        s.tick(SHARD_IDLE_MS - 1);
+        assert_eq!(s.len(), 1);
+        drain(&mut s);
+        s.tick(SHARD_IDLE_MS);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn denial_rejects_locally_until_retry_time() {
+        let (r, key) = (rule(), QuotaKey(6));
+        let mut s = QuotaShard::new(0);
+        s.check(key, &r, 0, 0);
+        drain(&mut s);
+        let deny = Deny {
+            key,
+            reason: LimitKind::Requests,
+            limit: 100,
+            retry_at_ms: 2_500,
+            reset_at_ms: 9_000,
+        };
+        s.apply(FromCoordinator::Deny(deny), 1);
+        let Decision::Reject(e) = s.check(key, &r, 0, 1_000) else {
+            panic!()
+        };
+        assert_eq!((e.retry_after_s, e.reset_s, e.rule), (2, 8, RuleId(1)));
+        assert!(
+            drain(&mut s).is_empty(),
+            "no coordinator traffic while denied"
+        );
+        assert_eq!(s.check(key, &r, 0, 2_500), Decision::NeedLease);
+    }
+}
