@@ -170,7 +170,9 @@ impl Coordinator {
         FromCoordinator::Grant(Grant {
             key: req.key,
             slot,
-            valid_from_ms: if slot == cur { now_ms } else { slot * SLOT_MS },
+            // From the slot's start, not `now`: a worker's cached clock may lag ours a little,
+            // and admissions are sound anywhere inside the slot they were counted in.
+            valid_from_ms: slot * SLOT_MS,
             valid_until_ms: (slot + 1) * SLOT_MS,
             requests,
             tokens,
@@ -243,10 +245,7 @@ mod tests {
     fn deny_names_the_exact_slot_the_quota_frees() {
         let mut c = Coordinator::new(1);
         let g = grant(lease(&mut c, Limits { requests: 1, ..L10 }, 1_000, 1_000));
-        assert_eq!(
-            (g.slot, g.valid_from_ms, g.valid_until_ms),
-            (1, 1_000, 1_200)
-        );
+        assert_eq!((g.slot, g.valid_from_ms, g.valid_until_ms), (1, 600, 1_200));
         let FromCoordinator::Deny(d) = lease(&mut c, Limits { requests: 1, ..L10 }, 5_000, 5_000)
         else {
             panic!("expected deny")
