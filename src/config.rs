@@ -110,6 +110,8 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub quota: Option<crate::quota::RawQuota>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,6 +250,7 @@ pub struct Snapshot {
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
     pub admin: Option<AdminSettings>,
+    pub quota: Option<crate::quota::QuotaSettings>,
 }
 
 /// A config that failed to load: every problem, each naming the file.
@@ -341,6 +344,10 @@ impl RawConfig {
             .admin
             .as_ref()
             .and_then(|a| a.build(base_dir, &mut problems));
+        let quota = self
+            .quota
+            .as_ref()
+            .and_then(|q| q.validate().map_err(|p| problems.extend(p)).ok());
         match server {
             Some(server) if problems.is_empty() => Ok(Snapshot {
                 generation,
@@ -349,6 +356,7 @@ impl RawConfig {
                 upstreams,
                 routes,
                 admin,
+                quota,
             }),
             _ => Err(problems),
         }

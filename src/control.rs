@@ -4,6 +4,8 @@
 //! new snapshots, and sends each worker its own copy. A config that fails validation changes
 //! nothing: the problems are logged and kept for the admin API, and a failure counter grows.
 
+pub mod coord;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

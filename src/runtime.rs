@@ -30,8 +30,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::{DriverChoice, Snapshot};
+use crate::control::coord::{Coord, ToCoord};
 use crate::metrics::{Driver, WorkerMetrics};
 use crate::proxy::pool::Pools;
+use crate::quota::QuotaShard;
 
 pub use drain::Drain;
 
@@ -48,6 +50,8 @@ pub enum ToWorker {
     Snapshot(Box<Snapshot>),
     /// Send a copy of the metrics back.
     Collect(Sender<WorkerMetrics>),
+    /// A quota lease grant or denial from the coordinator.
+    Quota(crate::quota::FromCoordinator),
     /// Drain and stop.
     Shutdown,
 }
@@ -68,6 +72,15 @@ pub struct Worker {
     pub rr: Cell<usize>,
     /// Request heads for reuse (see `server`).
     pub heads: RefCell<Vec<Box<crate::http::RequestHead>>>,
+    /// This worker's inbox from the control plane.
+    inbox: Receiver<ToWorker>,
+    /// The coordination thread.
+    coord: Sender<ToCoord>,
+    /// Process-wide zero of quota time.
+    epoch: Instant,
+    /// This core's quota leases.
+    pub quota: RefCell<QuotaShard>,
+    quota_out: RefCell<Vec<crate::quota::ToCoordinator>>,
 }
 
 impl Worker {
@@ -75,6 +88,45 @@ impl Worker {
     #[inline]
     pub fn current(&self) -> Rc<Snapshot> {
         self.snapshot.borrow().clone()
+    }
+
+    /// Milliseconds since the process-wide quota epoch.
+    #[inline]
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Sends the quota shard's queued lease requests and returns to the coordinator.
+    pub fn flush_quota(&self) {
+        let mut out = self.quota_out.borrow_mut();
+        self.quota.borrow_mut().drain_requests(&mut out);
+        for m in out.drain(..) {
+            let _ = self.coord.send(ToCoord::Quota(m));
+        }
+    }
+
+    /// Handles every message waiting in the inbox (between requests, or while a request is
+    /// parked waiting for a lease).
+    pub fn poll_inbox(&self) {
+        while let Ok(msg) = self.inbox.try_recv() {
+            match msg {
+                ToWorker::Snapshot(s) => {
+                    self.metrics.borrow_mut().config_generation = s.generation;
+                    self.pools.borrow_mut().retain_endpoints(&s);
+                    *self.snapshot.borrow_mut() = Rc::new(*s);
+                }
+                ToWorker::Collect(reply) => {
+                    let mut m = self.metrics.borrow().clone();
+                    m.connections_open = self.conns.get() as u64;
+                    let _ = reply.send(m);
+                }
+                ToWorker::Quota(m) => {
+                    let now = self.now_ms();
+                    self.quota.borrow_mut().apply(m, now);
+                }
+                ToWorker::Shutdown => self.drain.start(),
+            }
+        }
     }
 
     /// Writes a fresh request id into `out`.
@@ -91,6 +143,7 @@ impl Worker {
 pub struct Engine {
     workers: Vec<(Sender<ToWorker>, JoinHandle<()>)>,
     addr: SocketAddr,
+    coord: Option<Coord>,
 }
 
 impl Engine {
@@ -101,18 +154,33 @@ impl Engine {
         let addr = listeners[0].local_addr()?;
         let prefix = random_u32();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(listeners.len());
+        let inboxes: Vec<_> = listeners
+            .iter()
+            .map(|_| crossbeam_channel::unbounded())
+            .collect();
+        let epoch = Instant::now();
+        let coord = Coord::spawn(inboxes.iter().map(|(tx, _)| tx.clone()).collect(), epoch)?;
         let mut workers = Vec::new();
-        for (id, listener) in listeners.into_iter().enumerate() {
-            let (tx, rx) = crossbeam_channel::unbounded();
+        for (id, (listener, (tx, rx))) in listeners.into_iter().zip(inboxes).enumerate() {
             let snap = snapshot.clone();
             let ready = ready_tx.clone();
+            let links = Links {
+                inbox: rx,
+                coord: coord.sender(),
+                epoch,
+                prefix,
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("shardgate-w{id}"))
-                .spawn(move || worker_thread(id, snap, listener, rx, ready, prefix))?;
+                .spawn(move || worker_thread(id, snap, listener, links, ready))?;
             workers.push((tx, thread));
         }
         drop(ready_tx);
-        let mut engine = Engine { workers, addr };
+        let mut engine = Engine {
+            workers,
+            addr,
+            coord: Some(coord),
+        };
         for _ in 0..engine.workers.len() {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -172,6 +240,7 @@ impl Engine {
         for (_, thread) in self.workers.drain(..) {
             let _ = thread.join();
         }
+        self.coord.take();
     }
 }
 
@@ -218,13 +287,20 @@ fn random_u32() -> u32 {
 
 type Ready = Sender<io::Result<()>>;
 
+/// A worker's channels and shared constants.
+struct Links {
+    inbox: Receiver<ToWorker>,
+    coord: Sender<ToCoord>,
+    epoch: Instant,
+    prefix: u32,
+}
+
 fn worker_thread(
     id: usize,
     snapshot: Snapshot,
     listener: std::net::TcpListener,
-    inbox: Receiver<ToWorker>,
+    links: Links,
     ready: Ready,
-    prefix: u32,
 ) {
     if let Some(core) = snapshot.server.cores.get(id).copied().flatten() {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
@@ -243,9 +319,8 @@ fn worker_thread(
                     id,
                     snapshot,
                     listener,
-                    inbox,
+                    links,
                     ready,
-                    prefix,
                     Driver::IoUring,
                 ));
                 return;
@@ -269,9 +344,8 @@ fn worker_thread(
             id,
             snapshot,
             listener,
-            inbox,
+            links,
             ready,
-            prefix,
             Driver::Legacy,
         )),
         Err(e) => {
@@ -286,9 +360,8 @@ async fn worker_main(
     id: usize,
     snapshot: Snapshot,
     listener: std::net::TcpListener,
-    inbox: Receiver<ToWorker>,
+    links: Links,
     ready: Ready,
-    prefix: u32,
     driver: Driver,
 ) {
     let listener = match monoio::net::TcpListener::from_std(listener) {
@@ -308,12 +381,17 @@ async fn worker_main(
         metrics: RefCell::new(metrics),
         drain: Drain::default(),
         conns: Cell::new(0),
-        req_prefix: prefix,
+        req_prefix: links.prefix,
         req_seq: Cell::new(0),
         rr: Cell::new(id),
         heads: RefCell::new(Vec::new()),
+        inbox: links.inbox,
+        coord: links.coord,
+        epoch: links.epoch,
+        quota: RefCell::new(QuotaShard::new(id as u16)),
+        quota_out: RefCell::new(Vec::new()),
     });
-    monoio::spawn(inbox_loop(worker.clone(), inbox));
+    monoio::spawn(inbox_loop(worker.clone()));
     let _ = ready.send(Ok(()));
     crate::server::accept_loop(worker.clone(), listener).await;
     // Stop accepting, then give requests in flight the drain window.
@@ -324,23 +402,19 @@ async fn worker_main(
     worker.pools.borrow_mut().clear();
 }
 
-async fn inbox_loop(worker: Rc<Worker>, inbox: Receiver<ToWorker>) {
+/// How often the quota shard's timer work (returns, prefetch, expiry) runs.
+pub const QUOTA_TICK: Duration = Duration::from_millis(100);
+
+async fn inbox_loop(worker: Rc<Worker>) {
+    let mut last_quota_tick = Instant::now();
     loop {
-        while let Ok(msg) = inbox.try_recv() {
-            match msg {
-                ToWorker::Snapshot(s) => {
-                    worker.metrics.borrow_mut().config_generation = s.generation;
-                    worker.pools.borrow_mut().retain_endpoints(&s);
-                    *worker.snapshot.borrow_mut() = Rc::new(*s);
-                }
-                ToWorker::Collect(reply) => {
-                    let mut m = worker.metrics.borrow().clone();
-                    m.connections_open = worker.conns.get() as u64;
-                    let _ = reply.send(m);
-                }
-                ToWorker::Shutdown => worker.drain.start(),
-            }
+        worker.poll_inbox();
+        if last_quota_tick.elapsed() >= QUOTA_TICK {
+            last_quota_tick = Instant::now();
+            let now = worker.now_ms();
+            worker.quota.borrow_mut().tick(now);
         }
+        worker.flush_quota();
         if worker.drain.is_draining() && worker.conns.get() == 0 {
             return;
         }
