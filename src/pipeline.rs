@@ -16,6 +16,8 @@ use std::io::Write;
 use std::rc::Rc;
 use std::time::Instant;
 
+mod limit;
+
 use crate::config::Snapshot;
 use crate::error::{self, GatewayError};
 use crate::http::parse::{BodyFraming, RequestHead};
@@ -57,6 +59,28 @@ pub async fn handle(
         }
     };
     let upstream = &snap.upstreams[route.upstream];
+    let mut resp_headers = Vec::new();
+    let _ticket = match &snap.quota {
+        None => None,
+        Some(q) => {
+            let caller = limit::Caller {
+                subject: None,
+                tenant: None,
+                ip: c.peer.ip(),
+            };
+            match limit::check(worker, q, &caller, "", None, &mut resp_headers).await {
+                limit::Limited::Unlimited => None,
+                limit::Limited::Admitted(t) => Some(t),
+                limit::Limited::Rejected(e) => {
+                    let err = limit::rejection(&e);
+                    return reject(worker, c, head, head_len, err, &resp_headers, started).await;
+                }
+                limit::Limited::Failed(e) => {
+                    return reject(worker, c, head, head_len, e, b"", started).await
+                }
+            }
+        }
+    };
     let mut up_out = std::mem::take(&mut c.up_out);
     proxy::write_head_prefix(&mut up_out, c, head, |name| {
         upstream.auth_line.is_some() && name.eq_ignore_ascii_case(b"authorization")
@@ -67,7 +91,7 @@ pub async fn handle(
         upstream,
         body: OutBody::FromClient,
         extra_request: b"",
-        extra_response: b"",
+        extra_response: &resp_headers,
     };
     let result = proxy::forward(worker, c, req, ob, snap).await;
     finish(worker, c, req, result, started).await

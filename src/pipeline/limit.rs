@@ -1,0 +1,112 @@
+//! Pipeline glue for the quota stage: pick the rule, wait (boundedly) for a first lease,
+//! render the `X-RateLimit-*` headers or the 429.
+
+use std::io::Write;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Fault, GatewayError};
+use crate::quota::{Decision, KeyKind, QuotaError, QuotaSettings, Ticket};
+use crate::runtime::Worker;
+
+/// Longest a request waits for its core's first lease of a key before the gateway gives up
+/// with 503 (the coordinator is a local thread; this only trips if it is wedged).
+pub const LEASE_WAIT: Duration = Duration::from_millis(500);
+
+const COORDINATOR_STUCK: GatewayError = GatewayError {
+    status: 503,
+    kind: "overloaded_error",
+    message: "quota coordinator did not answer in time",
+    fault: Fault::Internal,
+    retry: false,
+    close: false,
+};
+
+/// Who is asking, for quota keys.
+pub struct Caller<'a> {
+    pub subject: Option<&'a str>,
+    pub tenant: Option<&'a str>,
+    pub ip: std::net::IpAddr,
+}
+
+/// The outcome of the quota stage.
+pub enum Limited {
+    /// No rule applies.
+    Unlimited,
+    /// Admitted; headers were appended to `headers`.
+    Admitted(Ticket),
+    /// Over the limit: answer 429 with these header lines.
+    Rejected(QuotaError),
+    /// The coordinator did not answer.
+    Failed(GatewayError),
+}
+
+/// Checks the quota for one request. `headers` receives the `X-RateLimit-*` lines.
+pub async fn check(
+    worker: &Rc<Worker>,
+    settings: &QuotaSettings,
+    caller: &Caller<'_>,
+    model: &str,
+    max_tokens: Option<u64>,
+    headers: &mut Vec<u8>,
+) -> Limited {
+    let Some(rule) = settings.select(model) else {
+        return Limited::Unlimited;
+    };
+    let ip;
+    let who: &[u8] = match (rule.key, caller.subject, caller.tenant) {
+        (KeyKind::Subject, Some(s), _) => s.as_bytes(),
+        (KeyKind::Tenant, _, Some(t)) => t.as_bytes(),
+        // Open routes (no verified caller) are limited per client address.
+        _ => {
+            ip = caller.ip.to_string();
+            ip.as_bytes()
+        }
+    };
+    let key = rule.key_for(who);
+    let reserve = rule.reservation(max_tokens.map(|t| t.min(u64::from(u32::MAX)) as u32));
+    let deadline = Instant::now() + LEASE_WAIT;
+    loop {
+        let now = worker.now_ms();
+        let decision = worker.quota.borrow_mut().check(key, rule, reserve, now);
+        match decision {
+            Decision::Admit(a) => {
+                let _ = write!(headers, "x-ratelimit-limit: {}\r\nx-ratelimit-remaining: {}\r\nx-ratelimit-reset: {}\r\n", a.limit, a.remaining, a.reset_s);
+                return Limited::Admitted(a.ticket);
+            }
+            Decision::Reject(e) => {
+                let _ = write!(
+                    headers,
+                    "retry-after: {}\r\nx-ratelimit-limit: {}\r\nx-ratelimit-remaining: 0\r\nx-ratelimit-reset: {}\r\n",
+                    e.retry_after_s, e.limit, e.reset_s
+                );
+                return Limited::Rejected(e);
+            }
+            Decision::NeedLease => {
+                // Only the first request of a key on this core (or one near the limit) gets
+                // here: ask now instead of at the next inbox tick, then wait for the answer.
+                worker.flush_quota();
+                if Instant::now() >= deadline {
+                    return Limited::Failed(COORDINATOR_STUCK);
+                }
+                monoio::time::sleep(Duration::from_micros(200)).await;
+                worker.poll_inbox();
+            }
+        }
+    }
+}
+
+/// The 429 for a rejection.
+pub fn rejection(e: &QuotaError) -> GatewayError {
+    GatewayError {
+        status: 429,
+        kind: "rate_limit_exceeded",
+        message: match e.reason {
+            crate::quota::LimitKind::Requests => "request rate limit exceeded",
+            crate::quota::LimitKind::Tokens => "token rate limit exceeded",
+        },
+        fault: Fault::Downstream,
+        retry: false,
+        close: false,
+    }
+}
