@@ -927,3 +927,33 @@ fn jwks_file_and_secret_file() {
     assert!(verify(&a, &t, NOW).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn pyjwt_fixture_tokens_verify() {
+    // Tokens minted by PyJWT (tests/jwt/mint.py) for all twelve algorithms; see
+    // tests/jwt/fixture/README.md. Interop check without Python or network at test time.
+    #[derive(serde::Deserialize)]
+    struct File {
+        auth: AuthConfig,
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/jwt/fixture");
+    let file: File =
+        toml::from_str(&std::fs::read_to_string(dir.join("auth.toml")).unwrap()).unwrap();
+    let a = Authenticator::from_config(&file.auth, &dir).unwrap();
+    let mut out = std::fs::read(dir.join("tokens.json")).unwrap();
+    let out: simd_json::OwnedValue = simd_json::to_owned_value(&mut out).unwrap();
+    let now = out["now"].as_u64().unwrap();
+    let tokens = out["tokens"].as_object().unwrap();
+    assert_eq!(tokens.len(), Alg::ALL.len());
+    for alg in Alg::ALL {
+        let t = tokens[alg.name()].as_str().unwrap();
+        let id = verify(&a, t, now).unwrap_or_else(|e| panic!("{alg}: {e:?}"));
+        assert_eq!(id.subject, "interop-user", "{alg}");
+        assert!(id.has_scope("chat:write"));
+        assert_eq!(
+            verify(&a, t, now + 3600 + 60),
+            Err(AuthError::Expired),
+            "{alg}"
+        );
+    }
+}
