@@ -308,3 +308,90 @@ pub fn jwk_from_file(path: &Path, kid: &str) -> Result<Jwk, String> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alg_names_are_exact() {
+        for alg in Alg::ALL {
+            assert_eq!(Alg::from_name(alg.name().as_bytes()), Some(alg));
+        }
+        for bad in ["none", "None", "hs256", "HS256 ", "ES512", "RS1", ""] {
+            assert_eq!(Alg::from_name(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn hmac_secret_minimums() {
+        for (alg, min) in [(Alg::HS256, 32), (Alg::HS384, 48), (Alg::HS512, 64)] {
+            assert!(KeyMaterial::hmac(alg, &vec![1; min]).is_ok());
+            assert!(KeyMaterial::hmac(alg, &vec![1; min - 1]).is_err());
+        }
+        assert!(KeyMaterial::hmac(Alg::RS256, &[1; 64]).is_err());
+    }
+
+    #[test]
+    fn rsa_exponent_and_modulus_checks() {
+        let n = [0xC5u8; MIN_RSA_MODULUS_BYTES];
+        let mut padded = vec![0u8; 1];
+        padded.extend_from_slice(&n);
+        assert!(
+            matches!(rsa_material(&padded, vec![1, 0, 1]), Ok(KeyMaterial::Rsa { n, .. }) if n.len() == MIN_RSA_MODULUS_BYTES)
+        );
+        assert!(
+            rsa_material(&n[1..], vec![1, 0, 1]).is_err(),
+            "2040-bit modulus"
+        );
+        for e in [vec![], vec![1], vec![2], vec![1, 0, 0], vec![2, 0, 0, 0, 1]] {
+            assert!(rsa_material(&n, e.clone()).is_err(), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn jwk_rejects_mismatches() {
+        let ed = |crv: &str, x: &str| Jwk {
+            kty: "OKP".into(),
+            crv: Some(crv.into()),
+            x: Some(x.into()),
+            ..Jwk::default()
+        };
+        let x = B64.encode([9u8; 32]);
+        assert!(ed("Ed25519", &x).material(Alg::EdDSA).is_ok());
+        assert!(ed("Ed448", &x).material(Alg::EdDSA).is_err());
+        assert!(ed("Ed25519", &B64.encode([9u8; 31]))
+            .material(Alg::EdDSA)
+            .is_err());
+        assert!(
+            ed("Ed25519", &format!("{x}="))
+                .material(Alg::EdDSA)
+                .is_err(),
+            "padded base64"
+        );
+        assert!(Jwk {
+            alg: Some("ES256".into()),
+            ..ed("Ed25519", &x)
+        }
+        .material(Alg::EdDSA)
+        .is_err());
+        assert!(Jwk {
+            use_: Some("enc".into()),
+            ..ed("Ed25519", &x)
+        }
+        .material(Alg::EdDSA)
+        .is_err());
+        assert!(ed("Ed25519", &x).material(Alg::ES256).is_err());
+        let oct = Jwk {
+            kty: "oct".into(),
+            k: Some(B64.encode([1u8; 32])),
+            ..Jwk::default()
+        };
+        assert!(oct.material(Alg::HS256).is_ok());
+        assert!(
+            oct.material(Alg::HS384).is_err(),
+            "32-byte secret too short for HS384"
+        );
+        assert!(oct.material(Alg::RS256).is_err());
+    }
+}

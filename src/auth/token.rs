@@ -106,7 +106,7 @@ pub fn decode_signature(
     out: &mut [u8; MAX_SIGNATURE_BYTES],
 ) -> Result<usize, AuthError> {
     // 4 chars → 3 bytes; reject before decoding so `decode_slice` can never run out of room.
-    if seg.len() > MAX_SIGNATURE_BYTES / 3 * 4 {
+    if seg.len() > (MAX_SIGNATURE_BYTES * 4).div_ceil(3) {
         return Err(AuthError::Malformed);
     }
     B64.decode_slice(seg, out).map_err(|_| AuthError::Malformed)
@@ -254,5 +254,167 @@ pub fn has_duplicate_keys(v: Value<'_, '_>, depth: usize) -> bool {
         arr.iter().any(|e| has_duplicate_keys(e, depth + 1))
     } else {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_accepts_only_three_nonempty_base64url_segments() {
+        let ok = split(b"aa.bb.cc").unwrap();
+        assert_eq!(
+            (ok.signing_input, ok.header, ok.payload, ok.signature),
+            (&b"aa.bb"[..], &b"aa"[..], &b"bb"[..], &b"cc"[..])
+        );
+        for bad in [
+            &b""[..],
+            b"a.b",
+            b"a.b.c.d",
+            b".b.c",
+            b"a..c",
+            b"a.b.",
+            b"a.b.c=",
+            b"a+b.c.d",
+            b"a/.b.c",
+            b"a.b.c\n",
+            b"a .b.c",
+            b"a.b.\xff",
+        ] {
+            assert_eq!(split(bad), Err(AuthError::Malformed), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn signature_length_is_bounded_before_decoding() {
+        let mut out = [0u8; MAX_SIGNATURE_BYTES];
+        let max = B64.encode([7u8; MAX_SIGNATURE_BYTES]);
+        assert_eq!(
+            decode_signature(max.as_bytes(), &mut out),
+            Ok(MAX_SIGNATURE_BYTES)
+        );
+        let over = B64.encode([7u8; MAX_SIGNATURE_BYTES + 1]);
+        assert_eq!(
+            decode_signature(over.as_bytes(), &mut out),
+            Err(AuthError::Malformed)
+        );
+        // One leftover character can never be valid base64.
+        assert_eq!(
+            decode_signature(b"AAAAA", &mut out),
+            Err(AuthError::Malformed)
+        );
+    }
+
+    #[test]
+    fn duplicate_and_depth_detection() {
+        let cases = [
+            (r#"{"a":1,"b":{"a":2}}"#, false),
+            (r#"{"a":1,"a":1}"#, true),
+            (r#"{"a":{"x":1,"x":2}}"#, true),
+            (r#"{"a":[{"x":1},{"x":2}]}"#, false),
+            (r#"{"\u0061":1,"a":2}"#, true),
+            (r#"[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]"#, true),
+            (r#"[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]"#, false),
+        ];
+        for (json, want) in cases {
+            let mut bytes = json.as_bytes().to_vec();
+            let tape = simd_json::to_tape(&mut bytes).unwrap();
+            assert_eq!(has_duplicate_keys(tape.as_value(), 0), want, "{json}");
+        }
+        let wide: String = (0..=MAX_OBJECT_MEMBERS)
+            .map(|i| format!("\"k{i}\":0"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut bytes = format!("{{{wide}}}").into_bytes();
+        let tape = simd_json::to_tape(&mut bytes).unwrap();
+        assert!(has_duplicate_keys(tape.as_value(), 0), "too many members");
+    }
+
+    #[test]
+    fn header_fields() {
+        let mut s = Scratch::default();
+        let h = s
+            .header(
+                B64.encode(r#"{"alg":"ES256","kid":"k-1","typ":"JWT"}"#)
+                    .as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(
+            (h.alg.as_bytes(), h.kid.map(|k| k.as_bytes().to_vec())),
+            (&b"ES256"[..], Some(b"k-1".to_vec()))
+        );
+        let long_kid = format!(
+            r#"{{"alg":"ES256","kid":"{}"}}"#,
+            "k".repeat(MAX_KID_BYTES + 1)
+        );
+        assert_eq!(
+            s.header(B64.encode(long_kid).as_bytes()).err(),
+            Some(AuthError::UnknownKey)
+        );
+        let huge = B64.encode(format!(
+            r#"{{"alg":"ES256","x":"{}"}}"#,
+            "x".repeat(MAX_HEADER_SEGMENT)
+        ));
+        assert_eq!(s.header(huge.as_bytes()).err(), Some(AuthError::Malformed));
+    }
+
+    /// Stable stand-in for the cargo-fuzz target (tests/fuzz): deterministic byte mutations of
+    /// a valid token must never panic and never verify.
+    #[test]
+    fn mutation_smoke_loop() {
+        use crate::auth::{AuthConfig, Authenticator, Revocations};
+        let raw: AuthConfig = toml::from_str(
+            "[[keys]]\nkid = \"hs\"\nalg = \"HS256\"\nsecret = { value = \"smoke-secret-smoke-secret-smoke-secret\" }\n",
+        )
+        .unwrap();
+        let a = Authenticator::from_config(&raw, std::path::Path::new(".")).unwrap();
+        let input = format!(
+            "{}.{}",
+            B64.encode(r#"{"alg":"HS256","kid":"hs"}"#),
+            B64.encode(r#"{"sub":"u","exp":1900000000,"aud":["a"]}"#)
+        );
+        let key = ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            b"smoke-secret-smoke-secret-smoke-secret",
+        );
+        let good = format!(
+            "Bearer {input}.{}",
+            B64.encode(ring::hmac::sign(&key, input.as_bytes()))
+        );
+        let (rev, mut scratch) = (Revocations::new(), Scratch::default());
+        assert!(a
+            .verify(Some(good.as_bytes()), 1_800_000_000, &rev, &mut scratch)
+            .is_ok());
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let charset =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.= +/\"{}\\\x00\xff";
+        for _ in 0..20_000 {
+            let mut t = good.clone().into_bytes();
+            for _ in 0..=(next() % 4) {
+                let pos = 7 + (next() as usize) % (t.len() - 7);
+                match next() % 3 {
+                    0 => t[pos] = charset[(next() as usize) % charset.len()],
+                    1 => {
+                        t.remove(pos);
+                    }
+                    _ => t.insert(pos, charset[(next() as usize) % charset.len()]),
+                }
+            }
+            if t != good.as_bytes() {
+                let res = a.verify(Some(&t), 1_800_000_000, &rev, &mut scratch);
+                assert!(
+                    res.is_err(),
+                    "mutated token verified: {}",
+                    String::from_utf8_lossy(&t)
+                );
+            }
+        }
     }
 }
