@@ -1,4 +1,35 @@
 //! The raw `[auth]` table and its validation into an [`Authenticator`](super::Authenticator).
+//!
+//! ```toml
+//! [auth]
+//! header = "authorization"        # default
+//! scheme = "Bearer"               # default
+//! max_token_bytes = 8192          # default; 256..=65536
+//! leeway_secs = 60                # default; at most 600
+//! require_exp = true              # default
+//! issuer = "https://idp.example.com/"   # optional
+//! audience = ["shardgate"]        # optional; any one must appear in `aud`
+//! subject_claim = "sub"           # default; required in tokens
+//! tenant_claim = "tid"            # optional
+//! label_claim = "canary"          # optional
+//! revocation_file = "revoked.txt" # optional; control thread only
+//!
+//! [[auth.claim_headers]]
+//! claim = "sub"
+//! header = "x-user-id"
+//!
+//! [[auth.keys]]                   # HMAC: secret = { env | file | value }
+//! kid = "hs-2026"
+//! alg = "HS256"
+//! secret = { env = "JWT_HS256_SECRET" }
+//! not_after = 1798761600          # unix seconds; optional
+//!
+//! [[auth.keys]]                   # public key: inline JWK or a JWKS file (matched by kid)
+//! kid = "es-2027"
+//! alg = "ES256"
+//! jwks_file = "keys/jwks.json"
+//! not_before = 1767225600         # optional
+//! ```
 
 use std::path::{Path, PathBuf};
 

@@ -957,3 +957,13 @@ fn pyjwt_fixture_tokens_verify() {
         );
     }
 }
+
+#[test]
+fn authenticator_can_be_shared_with_workers() {
+    fn assert_send_sync_clone<T: Send + Sync + Clone>() {}
+    assert_send_sync_clone::<Authenticator>();
+    assert_send_sync_clone::<Revocations>();
+    fn assert_send<T: Send>() {}
+    assert_send::<Scratch>();
+    assert_send::<Identity>();
+}
