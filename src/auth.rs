@@ -160,7 +160,7 @@ pub struct Identity {
 impl Identity {
     /// Whether the token grants `scope` (exact, case-sensitive match of one entry).
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.scopes.split(' ').any(|s| s == scope)
+        self.scopes().any(|s| s == scope)
     }
 
     /// The granted scopes.
@@ -327,44 +327,64 @@ impl Authenticator {
     }
 
     fn check_claims(&self, c: Value<'_, '_>, now: u64) -> Result<Identity, AuthError> {
-        let get = |name: &str| c.get(name);
-        let exp = get("exp").map(time_claim).transpose()?;
+        // One pass over the members; duplicates were already rejected, so each slot is unique.
+        let mut f = Found::default();
+        let obj = c.as_object().ok_or(AuthError::MalformedClaims)?;
+        for (k, v) in obj.iter() {
+            match k {
+                "exp" => f.exp = Some(v),
+                "nbf" => f.nbf = Some(v),
+                "iat" => f.iat = Some(v),
+                "iss" => f.iss = Some(v),
+                "aud" => f.aud = Some(v),
+                "jti" => f.jti = Some(v),
+                "scope" => f.scope = Some(v),
+                "scp" => f.scp = Some(v),
+                _ => {}
+            }
+            if k == &*self.subject_claim {
+                f.subject = Some(v);
+            }
+            if self.tenant_claim.as_deref() == Some(k) {
+                f.tenant = Some(v);
+            }
+            if self.label_claim.as_deref() == Some(k) {
+                f.label = Some(v);
+            }
+        }
+        let exp = f.exp.map(time_claim).transpose()?;
         match exp {
             Some(exp) if now >= exp.saturating_add(self.leeway) => return Err(AuthError::Expired),
             None if self.require_exp => return Err(AuthError::MissingClaim),
             _ => {}
         }
-        if let Some(nbf) = get("nbf").map(time_claim).transpose()? {
+        if let Some(nbf) = f.nbf.map(time_claim).transpose()? {
             if nbf > now.saturating_add(self.leeway) {
                 return Err(AuthError::NotYetValid);
             }
         }
-        if let Some(iat) = get("iat").map(time_claim).transpose()? {
+        if let Some(iat) = f.iat.map(time_claim).transpose()? {
             if iat > now.saturating_add(self.leeway) {
                 return Err(AuthError::IssuedInFuture);
             }
         }
         if let Some(want) = &self.issuer {
-            let iss = get("iss").ok_or(AuthError::BadIssuer)?;
+            let iss = f.iss.ok_or(AuthError::BadIssuer)?;
             if iss.as_str().ok_or(AuthError::InvalidClaim)? != &**want {
                 return Err(AuthError::BadIssuer);
             }
         }
         if !self.audience.is_empty() {
-            self.check_audience(get("aud").ok_or(AuthError::BadAudience)?)?;
+            self.check_audience(f.aud.ok_or(AuthError::BadAudience)?)?;
         }
-        let subject = claim_string(get(&self.subject_claim).ok_or(AuthError::MissingClaim)?)?;
-        let optional = |name: &Option<Box<str>>| match name.as_deref().and_then(get) {
-            Some(v) => claim_string(v).map(Some),
-            None => Ok(None),
-        };
-        let tenant = optional(&self.tenant_claim)?;
-        let label = optional(&self.label_claim)?;
-        let jti = get("jti").map(claim_string).transpose()?;
-        let scopes = scopes(get("scope"), get("scp"))?;
+        let subject = claim_string(f.subject.ok_or(AuthError::MissingClaim)?)?;
+        let tenant = f.tenant.map(claim_string).transpose()?;
+        let label = f.label.map(claim_string).transpose()?;
+        let jti = f.jti.map(claim_string).transpose()?;
+        let scopes = scopes(f.scope, f.scp)?;
         let mut upstream_headers = Vec::new();
         for (i, claim) in self.mapped_claims.iter().enumerate() {
-            if let Some(v) = get(claim) {
+            if let Some(v) = obj.get(&**claim) {
                 upstream_headers.push((i, claim_string(v)?));
             }
         }
@@ -399,6 +419,22 @@ impl Authenticator {
             Err(AuthError::BadAudience)
         }
     }
+}
+
+/// The claims verification looks at, found in one pass.
+#[derive(Default)]
+struct Found<'t, 'i> {
+    exp: Option<Value<'t, 'i>>,
+    nbf: Option<Value<'t, 'i>>,
+    iat: Option<Value<'t, 'i>>,
+    iss: Option<Value<'t, 'i>>,
+    aud: Option<Value<'t, 'i>>,
+    jti: Option<Value<'t, 'i>>,
+    scope: Option<Value<'t, 'i>>,
+    scp: Option<Value<'t, 'i>>,
+    subject: Option<Value<'t, 'i>>,
+    tenant: Option<Value<'t, 'i>>,
+    label: Option<Value<'t, 'i>>,
 }
 
 /// A NumericDate (RFC 7519 §2): non-negative, finite, at most [`MAX_TIME_CLAIM`]; fractions

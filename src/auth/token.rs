@@ -68,32 +68,32 @@ pub struct Segments<'a> {
     pub signature: &'a [u8],
 }
 
-/// Splits a compact JWS into exactly three segments. Only base64url characters and two dots
-/// are allowed, so whitespace, padding and `+`/`/` fail here before any decoding.
+/// Splits a compact JWS into exactly three non-empty segments. Characters are not checked
+/// here: every segment goes through the strict [`B64`] decoder (header and signature before
+/// the signature check, payload after), which rejects anything outside base64url.
 pub fn split(token: &[u8]) -> Result<Segments<'_>, AuthError> {
-    let mut dots = [0usize; 2];
-    let mut n = 0;
-    for (i, &b) in token.iter().enumerate() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
-            b'.' if n < 2 => {
-                dots[n] = i;
-                n += 1;
-            }
-            _ => return Err(AuthError::Malformed),
-        }
-    }
-    if n != 2 {
+    let first = token
+        .iter()
+        .position(|&b| b == b'.')
+        .ok_or(AuthError::Malformed)?;
+    let rest = &token[first + 1..];
+    let second = first
+        + 1
+        + rest
+            .iter()
+            .position(|&b| b == b'.')
+            .ok_or(AuthError::Malformed)?;
+    let signature = &token[second + 1..];
+    if signature.contains(&b'.') {
         return Err(AuthError::Malformed);
     }
-    let header = &token[..dots[0]];
-    let payload = &token[dots[0] + 1..dots[1]];
-    let signature = &token[dots[1] + 1..];
+    let header = &token[..first];
+    let payload = &token[first + 1..second];
     if header.is_empty() || payload.is_empty() || signature.is_empty() {
         return Err(AuthError::Malformed);
     }
     Ok(Segments {
-        signing_input: &token[..dots[1]],
+        signing_input: &token[..second],
         header,
         payload,
         signature,
@@ -225,6 +225,11 @@ impl ShortStr {
     }
 }
 
+/// String equality without a libc `memcmp` call: claim names are a few bytes long.
+fn eq_short(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
+}
+
 /// Deepest JSON nesting accepted in a header or claims set.
 pub const MAX_JSON_DEPTH: usize = 16;
 
@@ -244,7 +249,7 @@ pub fn has_duplicate_keys(v: Value<'_, '_>, depth: usize) -> bool {
         }
         let mut seen: [&str; MAX_OBJECT_MEMBERS] = [""; MAX_OBJECT_MEMBERS];
         for (i, (k, val)) in obj.iter().enumerate() {
-            if seen[..i].contains(&k) || has_duplicate_keys(val, depth + 1) {
+            if seen[..i].iter().any(|s| eq_short(s, k)) || has_duplicate_keys(val, depth + 1) {
                 return true;
             }
             seen[i] = k;
@@ -262,7 +267,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn split_accepts_only_three_nonempty_base64url_segments() {
+    fn split_accepts_only_three_nonempty_segments() {
         let ok = split(b"aa.bb.cc").unwrap();
         assert_eq!(
             (ok.signing_input, ok.header, ok.payload, ok.signature),
@@ -275,12 +280,8 @@ mod tests {
             b".b.c",
             b"a..c",
             b"a.b.",
-            b"a.b.c=",
-            b"a+b.c.d",
-            b"a/.b.c",
-            b"a.b.c\n",
-            b"a .b.c",
-            b"a.b.\xff",
+            b"..",
+            b"abc",
         ] {
             assert_eq!(split(bad), Err(AuthError::Malformed), "{bad:?}");
         }
