@@ -1,5 +1,6 @@
 //! JWT verification cost per request on one worker: HS256, ES256 and RS256 with a warm
-//! scratch, through the full `Authenticator::verify` path (parse, signature, claims, Identity).
+//! scratch, through the full `Authenticator::verify` path (parse, signature, claims, Identity),
+//! plus `baseline_hmac_sha256_only` (ring's HMAC check of the same input) to quote ratios.
 //!
 //! Run: `cargo bench --bench jwt -- --warm-up-time 1 --measurement-time 3`
 
