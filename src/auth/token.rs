@@ -72,21 +72,13 @@ pub struct Segments<'a> {
 /// here: every segment goes through the strict [`B64`] decoder (header and signature before
 /// the signature check, payload after), which rejects anything outside base64url.
 pub fn split(token: &[u8]) -> Result<Segments<'_>, AuthError> {
-    let first = token
-        .iter()
-        .position(|&b| b == b'.')
-        .ok_or(AuthError::Malformed)?;
-    let rest = &token[first + 1..];
-    let second = first
-        + 1
-        + rest
-            .iter()
-            .position(|&b| b == b'.')
-            .ok_or(AuthError::Malformed)?;
-    let signature = &token[second + 1..];
-    if signature.contains(&b'.') {
+    let dot = |from: usize| memchr::memchr(b'.', &token[from..]).map(|i| from + i);
+    let first = dot(0).ok_or(AuthError::Malformed)?;
+    let second = dot(first + 1).ok_or(AuthError::Malformed)?;
+    if dot(second + 1).is_some() {
         return Err(AuthError::Malformed);
     }
+    let signature = &token[second + 1..];
     let header = &token[..first];
     let payload = &token[first + 1..second];
     if header.is_empty() || payload.is_empty() || signature.is_empty() {
