@@ -46,6 +46,9 @@ pub use token::Scratch;
 use crate::config::ConfigProblem;
 use config::Key;
 
+/// Spaces tolerated between the scheme and the token, for the early size bound.
+const MAX_SCHEME_SPACES: usize = 8;
+
 /// Latest time claim accepted (9999-12-31T23:59:59Z); larger values are treated as invalid.
 pub const MAX_TIME_CLAIM: u64 = 253_402_300_799;
 
@@ -261,7 +264,12 @@ impl Authenticator {
         revoked: &Revocations,
         scratch: &mut Scratch,
     ) -> Result<Identity, AuthError> {
-        let token = self.strip_scheme(header_value.ok_or(AuthError::Missing)?)?;
+        let value = header_value.ok_or(AuthError::Missing)?;
+        // Bound the whole value first so nothing below ever scans an unbounded input.
+        if value.len() > self.max_token_bytes + self.scheme.len() + MAX_SCHEME_SPACES {
+            return Err(AuthError::TooLarge);
+        }
+        let token = self.strip_scheme(value)?;
         if token.len() > self.max_token_bytes {
             return Err(AuthError::TooLarge);
         }

@@ -548,6 +548,15 @@ fn scheme_header_and_size() {
         run(Some(format!("Bearer {big}").as_bytes()), &mut s),
         Err(AuthError::TooLarge)
     );
+    let spaced = format!("Bearer{}{t}", " ".repeat(400));
+    assert_eq!(
+        run(Some(spaced.as_bytes()), &mut s),
+        Err(AuthError::TooLarge)
+    );
+    assert_eq!(
+        run(Some(&[b'x'; 100_000]), &mut s),
+        Err(AuthError::TooLarge)
+    );
     assert_eq!(a.header_name(), "authorization");
     let custom = hs_auth("header = \"X-Api-Token\"\nscheme = \"Token\"");
     assert_eq!(custom.header_name(), "x-api-token");
