@@ -1,1 +1,509 @@
-//! TODO
+//! JWT authentication stage: `Authorization: Bearer <compact JWS>` → [`Identity`].
+//!
+//! Owns: the validated `[auth]` config ([`Authenticator`], built once on the control thread
+//! and cloned to every worker), token parsing ([`token`]), key material and signature checks
+//! ([`key`]), and revocation ([`revocation`]).
+//!
+//! # Contract
+//!
+//! [`Authenticator::verify`] takes the raw value of the configured header (the engine looks it
+//! up; tokens are never read from the query string), the current unix time and the worker's
+//! [`Revocations`]. `Ok(Identity)` means: the signature verified under a configured key whose
+//! `alg` the token matched and whose rotation window contains `now`; `exp`/`nbf`/`iat`, `iss`
+//! and `aud` passed; the token is not revoked. Route scopes are the engine's check
+//! ([`Identity::has_scope`]), failing as [`AuthError::InsufficientScope`].
+//!
+//! # Error Handling
+//!
+//! Every [`AuthError`] becomes a response and keeps the connection: 401 with an RFC 6750
+//! `WWW-Authenticate` challenge, or 403 for `InsufficientScope`. Descriptions name the
+//! failure class only and never echo the token. [`AuthError::reason`] is the metric label.
+//!
+//! # Performance
+//!
+//! No I/O and no locks. Decoding reuses the worker's [`Scratch`]; the only allocations are the
+//! strings the returned [`Identity`] owns. The signature is checked before any claim is read.
+
+pub mod config;
+pub mod key;
+pub mod revocation;
+pub mod token;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+use simd_json::prelude::*;
+use simd_json::tape::Value;
+use simd_json::ValueType;
+
+pub use config::{AuthConfig, ClaimHeaderConfig, KeyConfig};
+pub use key::{Alg, Jwk};
+pub use revocation::{RevocationLog, Revocations, Revoked, RevokedKind};
+pub use token::Scratch;
+
+use crate::config::ConfigProblem;
+use config::Key;
+
+/// Spaces tolerated between the scheme and the token, for the early size bound.
+const MAX_SCHEME_SPACES: usize = 8;
+
+/// Latest time claim accepted (9999-12-31T23:59:59Z); larger values are treated as invalid.
+pub const MAX_TIME_CLAIM: u64 = 253_402_300_799;
+
+macro_rules! auth_errors {
+    ($($(#[$doc:meta])* $v:ident => $status:literal, $reason:literal, $challenge:ident, $desc:literal;)*) => {
+        /// Why a request was not authenticated. Small and `Copy` for the hot path.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum AuthError { $($(#[$doc])* $v,)* }
+
+        impl AuthError {
+            pub const ALL: &'static [AuthError] = &[$(AuthError::$v,)*];
+
+            /// HTTP status: 403 for `InsufficientScope`, 401 otherwise.
+            pub fn status(self) -> u16 { match self { $(AuthError::$v => $status,)* } }
+
+            /// Stable snake_case label for metrics and the JSON error body.
+            pub fn reason(self) -> &'static str { match self { $(AuthError::$v => $reason,)* } }
+
+            /// Human-readable failure class (never token content).
+            pub fn description(self) -> &'static str { match self { $(AuthError::$v => $desc,)* } }
+
+            /// Full `WWW-Authenticate` value (RFC 6750 §3). A request with no bearer
+            /// credential gets a bare challenge with no error code (§3.1).
+            pub fn www_authenticate(self) -> &'static str {
+                match self { $(AuthError::$v => $challenge!($desc),)* }
+            }
+        }
+    };
+}
+
+macro_rules! bare {
+    ($d:literal) => {
+        "Bearer"
+    };
+}
+macro_rules! invalid {
+    ($d:literal) => {
+        concat!(
+            "Bearer error=\"invalid_token\", error_description=\"",
+            $d,
+            "\""
+        )
+    };
+}
+macro_rules! scope {
+    ($d:literal) => {
+        concat!(
+            "Bearer error=\"insufficient_scope\", error_description=\"",
+            $d,
+            "\""
+        )
+    };
+}
+
+auth_errors! {
+    /// The credential header is absent.
+    Missing => 401, "missing", bare, "no bearer token";
+    /// The header does not start with the configured scheme.
+    BadScheme => 401, "bad_scheme", bare, "unsupported authorization scheme";
+    /// Longer than `max_token_bytes` (checked before any decoding).
+    TooLarge => 401, "too_large", invalid, "token exceeds the size limit";
+    /// Not three strict base64url segments, or a bad JOSE header.
+    Malformed => 401, "malformed", invalid, "token is not a well-formed compact JWS";
+    /// Signature valid but the claims are not one JSON object without duplicate keys.
+    MalformedClaims => 401, "malformed_claims", invalid, "token claims are not a valid JSON object";
+    /// `alg` is `none` or not supported.
+    UnsupportedAlg => 401, "unsupported_alg", invalid, "token algorithm is not accepted";
+    /// The header has `crit`.
+    UnsupportedCrit => 401, "unsupported_crit", invalid, "token requires an unsupported extension";
+    /// `kid` names no configured key, or no key applies.
+    UnknownKey => 401, "unknown_key", invalid, "token key is not recognized";
+    /// `kid` names a key outside its rotation window.
+    KeyInactive => 401, "key_inactive", invalid, "token key is not currently accepted";
+    /// No `kid` and more than one key currently applies.
+    AmbiguousKey => 401, "ambiguous_key", invalid, "token has no key id and several keys apply";
+    /// The header `alg` differs from the key's configured `alg`.
+    AlgMismatch => 401, "alg_mismatch", invalid, "token algorithm does not match its key";
+    BadSignature => 401, "bad_signature", invalid, "token signature is invalid";
+    Expired => 401, "expired", invalid, "token has expired";
+    /// `nbf` is later than now plus leeway.
+    NotYetValid => 401, "not_yet_valid", invalid, "token is not valid yet";
+    /// `iat` is later than now plus leeway.
+    IssuedInFuture => 401, "issued_in_future", invalid, "token issue time is in the future";
+    /// `exp` (when required) or the subject claim is absent.
+    MissingClaim => 401, "missing_claim", invalid, "token lacks a required claim";
+    /// A claim has the wrong type, range or characters.
+    InvalidClaim => 401, "invalid_claim", invalid, "token has an invalid claim value";
+    BadIssuer => 401, "bad_issuer", invalid, "token issuer is not accepted";
+    BadAudience => 401, "bad_audience", invalid, "token audience is not accepted";
+    Revoked => 401, "revoked", invalid, "token has been revoked";
+    /// Valid token without the route's scope (the engine's check).
+    InsufficientScope => 403, "insufficient_scope", scope, "token lacks the scope this route requires";
+}
+
+/// The authenticated caller, handed to later stages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Value of the subject claim (default `sub`).
+    pub subject: String,
+    /// Value of `tenant_claim`, when configured and present.
+    pub tenant: Option<String>,
+    /// Value of `label_claim` (canary routing), when configured and present.
+    pub label: Option<String>,
+    pub jti: Option<String>,
+    pub exp: Option<u64>,
+    /// Space-separated scopes from `scope` (or `scp` when `scope` is absent).
+    scopes: String,
+    /// `(index into Authenticator::mapped_headers(), value)` for each mapped claim present.
+    pub upstream_headers: Vec<(usize, String)>,
+}
+
+impl Identity {
+    /// Whether the token grants `scope` (exact, case-sensitive match of one entry).
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes().any(|s| s == scope)
+    }
+
+    /// The granted scopes.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.scopes.split(' ').filter(|s| !s.is_empty())
+    }
+}
+
+/// The validated `[auth]` config: keys parsed once, immutable, cloned to every worker.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    header: Box<str>,
+    scheme: Box<str>,
+    max_token_bytes: usize,
+    leeway: u64,
+    require_exp: bool,
+    issuer: Option<Box<str>>,
+    audience: Vec<Box<str>>,
+    subject_claim: Box<str>,
+    tenant_claim: Option<Box<str>>,
+    label_claim: Option<Box<str>>,
+    mapped_claims: Vec<Box<str>>,
+    mapped_headers: Vec<Box<str>>,
+    revocation_file: Option<PathBuf>,
+    keys: Vec<Key>,
+}
+
+impl Authenticator {
+    /// Validates `raw`, resolving secrets and JWKS files relative to `base_dir`. Reports every
+    /// problem at once.
+    pub fn from_config(raw: &AuthConfig, base_dir: &Path) -> Result<Self, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        config::check_settings(raw, &mut problems);
+        let keys = config::build_keys(raw, base_dir, &mut problems);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Self {
+            header: raw.header.to_ascii_lowercase().into(),
+            scheme: raw.scheme.as_str().into(),
+            max_token_bytes: raw.max_token_bytes,
+            leeway: raw.leeway_secs,
+            require_exp: raw.require_exp,
+            issuer: raw.issuer.as_deref().map(Into::into),
+            audience: raw.audience.iter().map(|a| a.as_str().into()).collect(),
+            subject_claim: raw.subject_claim.as_str().into(),
+            tenant_claim: raw.tenant_claim.as_deref().map(Into::into),
+            label_claim: raw.label_claim.as_deref().map(Into::into),
+            mapped_claims: raw
+                .claim_headers
+                .iter()
+                .map(|m| m.claim.as_str().into())
+                .collect(),
+            mapped_headers: raw
+                .claim_headers
+                .iter()
+                .map(|m| m.header.to_ascii_lowercase().into())
+                .collect(),
+            revocation_file: raw.revocation_file.as_ref().map(|p| base_dir.join(p)),
+            keys,
+        })
+    }
+
+    /// The credential header's name, lowercase (default `authorization`).
+    pub fn header_name(&self) -> &str {
+        &self.header
+    }
+
+    /// Lowercase names of the headers claims are copied into. The engine must strip any
+    /// client-supplied copies of these before forwarding.
+    pub fn mapped_headers(&self) -> &[Box<str>] {
+        &self.mapped_headers
+    }
+
+    /// `(name, value)` pairs to add to the upstream request for `id`.
+    pub fn upstream_headers<'a>(
+        &'a self,
+        id: &'a Identity,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> {
+        id.upstream_headers
+            .iter()
+            .map(|(i, v)| (&*self.mapped_headers[*i], v.as_str()))
+    }
+
+    /// Resolved revocation file path, for the control thread's [`RevocationLog`].
+    pub fn revocation_file(&self) -> Option<&Path> {
+        self.revocation_file.as_deref()
+    }
+
+    /// Verifies the credential. See the module docs for what `Ok` guarantees.
+    ///
+    /// `header_value`: the raw value of [`header_name`](Self::header_name), `None` if absent.
+    /// `now`: unix seconds. `scratch`: the worker's reusable decode buffers.
+    pub fn verify(
+        &self,
+        header_value: Option<&[u8]>,
+        now: u64,
+        revoked: &Revocations,
+        scratch: &mut Scratch,
+    ) -> Result<Identity, AuthError> {
+        let value = header_value.ok_or(AuthError::Missing)?;
+        // Bound the whole value first so nothing below ever scans an unbounded input.
+        if value.len() > self.max_token_bytes + self.scheme.len() + MAX_SCHEME_SPACES {
+            return Err(AuthError::TooLarge);
+        }
+        let token = self.strip_scheme(value)?;
+        if token.len() > self.max_token_bytes {
+            return Err(AuthError::TooLarge);
+        }
+        let seg = token::split(token)?;
+        let header = scratch.header(seg.header)?;
+        let alg = Alg::from_name(header.alg.as_bytes()).ok_or(AuthError::UnsupportedAlg)?;
+        let key = self.select_key(header.kid.as_ref().map(|k| k.as_bytes()), now)?;
+        if key.alg != alg {
+            return Err(AuthError::AlgMismatch);
+        }
+        let mut sig = [0u8; token::MAX_SIGNATURE_BYTES];
+        let sig_len = token::decode_signature(seg.signature, &mut sig)?;
+        if !key.material.verify(alg, seg.signing_input, &sig[..sig_len]) {
+            return Err(AuthError::BadSignature);
+        }
+        let id = scratch.with_claims(seg.payload, |claims| self.check_claims(claims, now))?;
+        if revoked.is_revoked(id.jti.as_deref(), &id.subject, now) {
+            return Err(AuthError::Revoked);
+        }
+        Ok(id)
+    }
+
+    /// `<scheme> 1*SP <token>`, scheme case-insensitive (RFC 9110 §11.1).
+    fn strip_scheme<'a>(&self, value: &'a [u8]) -> Result<&'a [u8], AuthError> {
+        let n = self.scheme.len();
+        if value.len() <= n
+            || !value[..n].eq_ignore_ascii_case(self.scheme.as_bytes())
+            || value[n] != b' '
+        {
+            return Err(AuthError::BadScheme);
+        }
+        let token = &value[n..];
+        let start = token
+            .iter()
+            .position(|&b| b != b' ')
+            .ok_or(AuthError::Malformed)?;
+        Ok(&token[start..])
+    }
+
+    fn select_key(&self, kid: Option<&[u8]>, now: u64) -> Result<&Key, AuthError> {
+        match kid {
+            Some(kid) => {
+                let key = self
+                    .keys
+                    .iter()
+                    .find(|k| k.kid.as_bytes() == kid)
+                    .ok_or(AuthError::UnknownKey)?;
+                if key.active(now) {
+                    Ok(key)
+                } else {
+                    Err(AuthError::KeyInactive)
+                }
+            }
+            None => {
+                let mut active = self.keys.iter().filter(|k| k.active(now));
+                match (active.next(), active.next()) {
+                    (Some(k), None) => Ok(k),
+                    (None, _) => Err(AuthError::UnknownKey),
+                    (Some(_), Some(_)) => Err(AuthError::AmbiguousKey),
+                }
+            }
+        }
+    }
+
+    fn check_claims(&self, c: Value<'_, '_>, now: u64) -> Result<Identity, AuthError> {
+        // One pass over the members; duplicates were already rejected, so each slot is unique.
+        let mut f = Found::default();
+        let obj = c.as_object().ok_or(AuthError::MalformedClaims)?;
+        for (k, v) in obj.iter() {
+            match k {
+                "exp" => f.exp = Some(v),
+                "nbf" => f.nbf = Some(v),
+                "iat" => f.iat = Some(v),
+                "iss" => f.iss = Some(v),
+                "aud" => f.aud = Some(v),
+                "jti" => f.jti = Some(v),
+                "scope" => f.scope = Some(v),
+                "scp" => f.scp = Some(v),
+                _ => {}
+            }
+            if k == &*self.subject_claim {
+                f.subject = Some(v);
+            }
+            if self.tenant_claim.as_deref() == Some(k) {
+                f.tenant = Some(v);
+            }
+            if self.label_claim.as_deref() == Some(k) {
+                f.label = Some(v);
+            }
+        }
+        let exp = f.exp.map(time_claim).transpose()?;
+        match exp {
+            Some(exp) if now >= exp.saturating_add(self.leeway) => return Err(AuthError::Expired),
+            None if self.require_exp => return Err(AuthError::MissingClaim),
+            _ => {}
+        }
+        if let Some(nbf) = f.nbf.map(time_claim).transpose()? {
+            if nbf > now.saturating_add(self.leeway) {
+                return Err(AuthError::NotYetValid);
+            }
+        }
+        if let Some(iat) = f.iat.map(time_claim).transpose()? {
+            if iat > now.saturating_add(self.leeway) {
+                return Err(AuthError::IssuedInFuture);
+            }
+        }
+        if let Some(want) = &self.issuer {
+            let iss = f.iss.ok_or(AuthError::BadIssuer)?;
+            if iss.as_str().ok_or(AuthError::InvalidClaim)? != &**want {
+                return Err(AuthError::BadIssuer);
+            }
+        }
+        if !self.audience.is_empty() {
+            self.check_audience(f.aud.ok_or(AuthError::BadAudience)?)?;
+        }
+        let subject = claim_string(f.subject.ok_or(AuthError::MissingClaim)?)?;
+        let tenant = f.tenant.map(claim_string).transpose()?;
+        let label = f.label.map(claim_string).transpose()?;
+        let jti = f.jti.map(claim_string).transpose()?;
+        let scopes = scopes(f.scope, f.scp)?;
+        let mut upstream_headers = Vec::new();
+        for (i, claim) in self.mapped_claims.iter().enumerate() {
+            if let Some(v) = obj.get(&**claim) {
+                upstream_headers.push((i, claim_string(v)?));
+            }
+        }
+        Ok(Identity {
+            subject,
+            tenant,
+            label,
+            jti,
+            exp,
+            scopes,
+            upstream_headers,
+        })
+    }
+
+    /// `aud` is a string or an array of strings (RFC 7519 §4.1.3); one match suffices.
+    fn check_audience(&self, aud: Value<'_, '_>) -> Result<(), AuthError> {
+        let accepted = |a: &str| self.audience.iter().any(|w| &**w == a);
+        let ok = if let Some(a) = aud.as_str() {
+            accepted(a)
+        } else if let Some(arr) = aud.as_array() {
+            let mut any = false;
+            for v in arr.iter() {
+                any |= accepted(v.as_str().ok_or(AuthError::InvalidClaim)?);
+            }
+            any
+        } else {
+            return Err(AuthError::InvalidClaim);
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(AuthError::BadAudience)
+        }
+    }
+}
+
+/// The claims verification looks at, found in one pass.
+#[derive(Default)]
+struct Found<'t, 'i> {
+    exp: Option<Value<'t, 'i>>,
+    nbf: Option<Value<'t, 'i>>,
+    iat: Option<Value<'t, 'i>>,
+    iss: Option<Value<'t, 'i>>,
+    aud: Option<Value<'t, 'i>>,
+    jti: Option<Value<'t, 'i>>,
+    scope: Option<Value<'t, 'i>>,
+    scp: Option<Value<'t, 'i>>,
+    subject: Option<Value<'t, 'i>>,
+    tenant: Option<Value<'t, 'i>>,
+    label: Option<Value<'t, 'i>>,
+}
+
+/// A NumericDate (RFC 7519 §2): non-negative, finite, at most [`MAX_TIME_CLAIM`]; fractions
+/// are truncated.
+fn time_claim(v: Value<'_, '_>) -> Result<u64, AuthError> {
+    let t = match v.value_type() {
+        ValueType::I64 | ValueType::U64 => v.as_u64(),
+        ValueType::F64 => v
+            .as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0 && *f <= MAX_TIME_CLAIM as f64)
+            .map(|f| f as u64),
+        _ => None,
+    };
+    t.filter(|&t| t <= MAX_TIME_CLAIM)
+        .ok_or(AuthError::InvalidClaim)
+}
+
+/// A string or integer claim as an owned string. Control characters are refused: values end
+/// up in upstream headers and logs.
+fn claim_string(v: Value<'_, '_>) -> Result<String, AuthError> {
+    if let Some(s) = v.as_str() {
+        if s.is_empty() || s.chars().any(char::is_control) {
+            return Err(AuthError::InvalidClaim);
+        }
+        return Ok(s.to_owned());
+    }
+    match v.value_type() {
+        ValueType::I64 | ValueType::U64 => Ok(v
+            .as_i64()
+            .map_or_else(|| v.as_u64().unwrap_or(0).to_string(), |i| i.to_string())),
+        _ => Err(AuthError::InvalidClaim),
+    }
+}
+
+/// `scope` (space-separated string, RFC 8693 §4.2) wins; otherwise `scp` as an array of
+/// strings or a space-separated string.
+fn scopes(scope: Option<Value<'_, '_>>, scp: Option<Value<'_, '_>>) -> Result<String, AuthError> {
+    let valid = |s: &str| !s.chars().any(char::is_control);
+    match scope.or(scp) {
+        None => Ok(String::new()),
+        Some(v) => {
+            if let Some(s) = v.as_str() {
+                return if valid(s) {
+                    Ok(s.to_owned())
+                } else {
+                    Err(AuthError::InvalidClaim)
+                };
+            }
+            let arr = v.as_array().ok_or(AuthError::InvalidClaim)?;
+            let mut out = String::new();
+            for e in arr.iter() {
+                let s = e.as_str().ok_or(AuthError::InvalidClaim)?;
+                if s.is_empty() || s.contains(' ') || !valid(s) {
+                    return Err(AuthError::InvalidClaim);
+                }
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                out.push_str(s);
+            }
+            Ok(out)
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The raw `[auth]` table and its validation into an [`Authenticator`](super::Authenticator).
+//!
+//! ```toml
+//! [auth]
+//! header = "authorization"        # default
+//! scheme = "Bearer"               # default
+//! max_token_bytes = 8192          # default; 256..=65536
+//! leeway_secs = 60                # default; at most 600
+//! require_exp = true              # default
+//! issuer = "https://idp.example.com/"   # optional
+//! audience = ["shardgate"]        # optional; any one must appear in `aud`
+//! subject_claim = "sub"           # default; required in tokens
+//! tenant_claim = "tid"            # optional
+//! label_claim = "canary"          # optional
+//! revocation_file = "revoked.txt" # optional; control thread only
+//!
+//! [[auth.claim_headers]]
+//! claim = "sub"
+//! header = "x-user-id"
+//!
+//! [[auth.keys]]                   # HMAC: secret = { env | file | value }
+//! kid = "hs-2026"
+//! alg = "HS256"
+//! secret = { env = "JWT_HS256_SECRET" }
+//! not_after = 1798761600          # unix seconds; optional
+//!
+//! [[auth.keys]]                   # public key: inline JWK or a JWKS file (matched by kid)
+//! kid = "es-2027"
+//! alg = "ES256"
+//! jwks_file = "keys/jwks.json"
+//! not_before = 1767225600         # optional
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::key::{jwk_from_file, Alg, Jwk, KeyMaterial};
+use super::token::MAX_KID_BYTES;
+use crate::config::{ConfigProblem, Secret};
+
+/// Default `max_token_bytes`.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Accepted range for `max_token_bytes`.
+pub const TOKEN_BYTES_RANGE: std::ops::RangeInclusive<usize> = 256..=64 * 1024;
+/// Default clock-skew leeway, seconds.
+pub const DEFAULT_LEEWAY_SECS: u64 = 60;
+/// Largest leeway accepted, seconds.
+pub const MAX_LEEWAY_SECS: u64 = 600;
+
+/// The raw `[auth]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Request header carrying the credential (case-insensitive). Default `authorization`.
+    #[serde(default = "default_header")]
+    pub header: String,
+    /// Auth scheme before the token (case-insensitive). Default `Bearer`.
+    #[serde(default = "default_scheme")]
+    pub scheme: String,
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// Reject tokens without `exp`. Default true.
+    #[serde(default = "default_true")]
+    pub require_exp: bool,
+    /// Required `iss`, if set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted audiences; the token's `aud` must contain at least one. Empty: not checked.
+    #[serde(default)]
+    pub audience: Vec<String>,
+    /// Claim naming the caller. Default `sub`; required in every token.
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    /// Claim naming the tenant, if any (optional in tokens).
+    #[serde(default)]
+    pub tenant_claim: Option<String>,
+    /// Claim carrying a routing label (canary), if any (optional in tokens).
+    #[serde(default)]
+    pub label_claim: Option<String>,
+    /// Claims copied to upstream request headers.
+    #[serde(default)]
+    pub claim_headers: Vec<ClaimHeaderConfig>,
+    /// Revocation file the control thread loads and persists (relative to the config file).
+    #[serde(default)]
+    pub revocation_file: Option<PathBuf>,
+    pub keys: Vec<KeyConfig>,
+}
+
+/// `[[auth.claim_headers]]`: copy `claim` (string or integer) into upstream header `header`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimHeaderConfig {
+    pub claim: String,
+    pub header: String,
+}
+
+/// `[[auth.keys]]`: one verification key. Exactly one of `secret`, `jwk`, `jwks_file`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub kid: String,
+    /// The only algorithm this key verifies.
+    pub alg: String,
+    /// HMAC secret (HS*), raw bytes.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// Inline public JWK (or `oct` JWK for HS*).
+    #[serde(default)]
+    pub jwk: Option<Jwk>,
+    /// JWKS file holding a JWK with this `kid` (relative to the config file).
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Unix seconds from which the key is accepted.
+    #[serde(default)]
+    pub not_before: Option<u64>,
+    /// Unix seconds from which the key is no longer accepted.
+    #[serde(default)]
+    pub not_after: Option<u64>,
+}
+
+fn default_header() -> String {
+    "authorization".into()
+}
+fn default_scheme() -> String {
+    "Bearer".into()
+}
+fn default_max_token_bytes() -> usize {
+    DEFAULT_MAX_TOKEN_BYTES
+}
+fn default_leeway() -> u64 {
+    DEFAULT_LEEWAY_SECS
+}
+fn default_true() -> bool {
+    true
+}
+fn default_subject_claim() -> String {
+    "sub".into()
+}
+
+/// A validated key.
+#[derive(Debug, Clone)]
+pub struct Key {
+    pub kid: Box<str>,
+    pub alg: Alg,
+    pub material: KeyMaterial,
+    pub not_before: u64,
+    pub not_after: u64,
+}
+
+impl Key {
+    /// Whether the key's rotation window contains `now`.
+    pub fn active(&self, now: u64) -> bool {
+        self.not_before <= now && now < self.not_after
+    }
+}
+
+/// RFC 9110 token characters, for header names and the scheme.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Builds the validated keys, collecting every problem.
+pub(super) fn build_keys(
+    raw: &AuthConfig,
+    base_dir: &Path,
+    problems: &mut Vec<ConfigProblem>,
+) -> Vec<Key> {
+    let mut keys = Vec::new();
+    if raw.keys.is_empty() {
+        problems.push(ConfigProblem::new(
+            "auth.keys",
+            "at least one key is required",
+        ));
+    }
+    for (i, k) in raw.keys.iter().enumerate() {
+        let at = |field: &str| format!("auth.keys[{i}].{field}");
+        if k.kid.is_empty() || k.kid.len() > MAX_KID_BYTES {
+            problems.push(ConfigProblem::new(
+                at("kid"),
+                format!("must be 1 to {MAX_KID_BYTES} bytes"),
+            ));
+        }
+        if raw.keys[..i].iter().any(|o| o.kid == k.kid) {
+            problems.push(ConfigProblem::new(
+                at("kid"),
+                format!("duplicate kid `{}`", k.kid),
+            ));
+        }
+        let not_before = k.not_before.unwrap_or(0);
+        let not_after = k.not_after.unwrap_or(u64::MAX);
+        if not_before >= not_after {
+            problems.push(ConfigProblem::new(
+                at("not_after"),
+                "must be later than not_before",
+            ));
+        }
+        let Some(alg) = Alg::from_name(k.alg.as_bytes()) else {
+            problems.push(ConfigProblem::new(
+                at("alg"),
+                format!(
+                    "unsupported alg `{}` (HS/RS/PS 256-512, ES256, ES384, EdDSA)",
+                    k.alg
+                ),
+            ));
+            continue;
+        };
+        let material = match (&k.secret, &k.jwk, &k.jwks_file) {
+            (Some(secret), None, None) => {
+                secret.resolve(base_dir, &at("secret")).and_then(|bytes| {
+                    KeyMaterial::hmac(alg, &bytes).map_err(|m| ConfigProblem::new(at("secret"), m))
+                })
+            }
+            (None, Some(jwk), None) => {
+                if jwk.kid.as_deref().is_some_and(|kid| kid != k.kid) {
+                    Err(ConfigProblem::new(
+                        at("jwk.kid"),
+                        "differs from the key's kid",
+                    ))
+                } else {
+                    jwk.material(alg)
+                        .map_err(|m| ConfigProblem::new(at("jwk"), m))
+                }
+            }
+            (None, None, Some(file)) => jwk_from_file(&base_dir.join(file), &k.kid)
+                .and_then(|jwk| jwk.material(alg))
+                .map_err(|m| ConfigProblem::new(at("jwks_file"), m)),
+            _ => Err(ConfigProblem::new(
+                at("secret"),
+                "set exactly one of `secret`, `jwk`, `jwks_file`",
+            )),
+        };
+        match material {
+            Ok(material) => keys.push(Key {
+                kid: k.kid.as_str().into(),
+                alg,
+                material,
+                not_before,
+                not_after,
+            }),
+            Err(p) => problems.push(p),
+        }
+    }
+    keys
+}
+
+/// Checks the scalar settings, collecting every problem.
+pub(super) fn check_settings(raw: &AuthConfig, problems: &mut Vec<ConfigProblem>) {
+    if !is_token(&raw.header) {
+        problems.push(ConfigProblem::new(
+            "auth.header",
+            "must be a valid HTTP header name",
+        ));
+    }
+    if !is_token(&raw.scheme) {
+        problems.push(ConfigProblem::new(
+            "auth.scheme",
+            "must be a valid auth scheme token",
+        ));
+    }
+    if !TOKEN_BYTES_RANGE.contains(&raw.max_token_bytes) {
+        problems.push(ConfigProblem::new(
+            "auth.max_token_bytes",
+            format!("must be within {TOKEN_BYTES_RANGE:?}"),
+        ));
+    }
+    if raw.leeway_secs > MAX_LEEWAY_SECS {
+        problems.push(ConfigProblem::new(
+            "auth.leeway_secs",
+            format!("must be at most {MAX_LEEWAY_SECS}"),
+        ));
+    }
+    let claims = [
+        ("auth.subject_claim", Some(&raw.subject_claim)),
+        ("auth.tenant_claim", raw.tenant_claim.as_ref()),
+        ("auth.label_claim", raw.label_claim.as_ref()),
+    ];
+    for (key, claim) in claims {
+        if claim.is_some_and(|c| c.is_empty()) {
+            problems.push(ConfigProblem::new(key, "must not be empty"));
+        }
+    }
+    if raw.issuer.as_deref() == Some("") {
+        problems.push(ConfigProblem::new("auth.issuer", "must not be empty"));
+    }
+    if raw.audience.iter().any(String::is_empty) {
+        problems.push(ConfigProblem::new(
+            "auth.audience",
+            "entries must not be empty",
+        ));
+    }
+    for (i, m) in raw.claim_headers.iter().enumerate() {
+        if m.claim.is_empty() {
+            problems.push(ConfigProblem::new(
+                format!("auth.claim_headers[{i}].claim"),
+                "must not be empty",
+            ));
+        }
+        if !is_token(&m.header) {
+            problems.push(ConfigProblem::new(
+                format!("auth.claim_headers[{i}].header"),
+                "must be a valid HTTP header name",
+            ));
+        } else if raw.claim_headers[..i]
+            .iter()
+            .any(|o| o.header.eq_ignore_ascii_case(&m.header))
+        {
+            problems.push(ConfigProblem::new(
+                format!("auth.claim_headers[{i}].header"),
+                "duplicate header",
+            ));
+        } else if m.header.eq_ignore_ascii_case(&raw.header) {
+            problems.push(ConfigProblem::new(
+                format!("auth.claim_headers[{i}].header"),
+                "must differ from the credential header",
+            ));
+        }
+    }
+}
