@@ -112,6 +112,8 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub quota: Option<crate::quota::RawQuota>,
+    #[serde(default)]
+    pub auth: Option<crate::auth::AuthConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,6 +182,10 @@ pub struct RawRoute {
     #[serde(default)]
     pub methods: Vec<String>,
     pub upstream: String,
+    /// Require a verified JWT (default: true when `[auth]` exists).
+    pub auth: Option<bool>,
+    /// Scope the token must carry (403 otherwise).
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -232,6 +238,9 @@ pub struct Route {
     pub wildcard: bool,
     pub methods: Vec<http::Method>,
     pub upstream: usize,
+    /// Requests must carry a valid JWT.
+    pub auth: bool,
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -251,6 +260,8 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     pub admin: Option<AdminSettings>,
     pub quota: Option<crate::quota::QuotaSettings>,
+    /// JWT verification, when `[auth]` is configured.
+    pub auth: Option<crate::auth::Authenticator>,
 }
 
 /// A config that failed to load: every problem, each naming the file.
@@ -329,7 +340,8 @@ impl RawConfig {
         }
         let mut routes = Vec::new();
         for (i, r) in self.routes.iter().enumerate() {
-            if let Some(route) = r.build(&format!("routes[{i}]"), &upstreams, &mut problems) {
+            if let Some(mut route) = r.build(&format!("routes[{i}]"), &upstreams, &mut problems) {
+                route.auth = self.auth.is_some() && r.auth.unwrap_or(true);
                 routes.push(route);
             }
         }
@@ -348,6 +360,20 @@ impl RawConfig {
             .quota
             .as_ref()
             .and_then(|q| q.validate().map_err(|p| problems.extend(p)).ok());
+        let auth = self.auth.as_ref().and_then(|a| {
+            crate::auth::Authenticator::from_config(a, base_dir)
+                .map_err(|p| problems.extend(p))
+                .ok()
+        });
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.auth == Some(true) && self.auth.is_none() {
+                problems.push(ConfigProblem::new(
+                    format!("routes[{i}].auth"),
+                    "requires an [auth] section",
+                ));
+            }
+        }
+
         match server {
             Some(server) if problems.is_empty() => Ok(Snapshot {
                 generation,
@@ -357,6 +383,7 @@ impl RawConfig {
                 routes,
                 admin,
                 quota,
+                auth,
             }),
             _ => Err(problems),
         }
@@ -561,6 +588,8 @@ impl RawRoute {
             wildcard,
             methods,
             upstream: upstream?,
+            auth: false,
+            scope: self.scope.clone(),
         })
     }
 }

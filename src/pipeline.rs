@@ -16,6 +16,7 @@ use std::io::Write;
 use std::rc::Rc;
 use std::time::Instant;
 
+mod authn;
 mod limit;
 
 use crate::config::Snapshot;
@@ -59,13 +60,22 @@ pub async fn handle(
         }
     };
     let upstream = &snap.upstreams[route.upstream];
+    let auth = snap.auth.as_ref();
+    let identity = match authn::authenticate(worker, auth, route, head, c.buffered()) {
+        Ok(id) => id,
+        Err(e) => {
+            let mut extra = Vec::new();
+            let err = authn::rejection(e, &mut extra);
+            return reject(worker, c, head, head_len, err, &extra, started).await;
+        }
+    };
     let mut resp_headers = Vec::new();
     let _ticket = match &snap.quota {
         None => None,
         Some(q) => {
             let caller = limit::Caller {
-                subject: None,
-                tenant: None,
+                subject: identity.as_ref().map(|i| i.subject.as_str()),
+                tenant: identity.as_ref().and_then(|i| i.tenant.as_deref()),
                 ip: c.peer.ip(),
             };
             match limit::check(worker, q, &caller, "", None, &mut resp_headers).await {
@@ -81,16 +91,21 @@ pub async fn handle(
             }
         }
     };
+    let mut req_headers = Vec::new();
+    if let (Some(a), Some(id)) = (auth, &identity) {
+        authn::identity_headers(a, id, &mut req_headers);
+    }
     let mut up_out = std::mem::take(&mut c.up_out);
     proxy::write_head_prefix(&mut up_out, c, head, |name| {
-        upstream.auth_line.is_some() && name.eq_ignore_ascii_case(b"authorization")
+        authn::is_gateway_header(auth, route, name)
+            || (upstream.auth_line.is_some() && name.eq_ignore_ascii_case(b"authorization"))
     });
     c.up_out = up_out;
     c.consume(head_len);
     let ob = Outbound {
         upstream,
         body: OutBody::FromClient,
-        extra_request: b"",
+        extra_request: &req_headers,
         extra_response: &resp_headers,
     };
     let result = proxy::forward(worker, c, req, ob, snap).await;

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::auth::Revocations;
 use crate::config::{DriverChoice, Snapshot};
 use crate::control::coord::{Coord, ToCoord};
 use crate::metrics::{Driver, WorkerMetrics};
@@ -52,6 +53,8 @@ pub enum ToWorker {
     Collect(Sender<WorkerMetrics>),
     /// A quota lease grant or denial from the coordinator.
     Quota(crate::quota::FromCoordinator),
+    /// A revoked token id (or subject) to refuse from now on.
+    Revoke(crate::auth::Revoked),
     /// Drain and stop.
     Shutdown,
 }
@@ -81,6 +84,10 @@ pub struct Worker {
     /// This core's quota leases.
     pub quota: RefCell<QuotaShard>,
     quota_out: RefCell<Vec<crate::quota::ToCoordinator>>,
+    /// This core's copy of the revocation list.
+    pub revocations: RefCell<Revocations>,
+    /// Reused JWT decode buffers.
+    pub auth_scratch: RefCell<crate::auth::Scratch>,
 }
 
 impl Worker {
@@ -124,6 +131,7 @@ impl Worker {
                     let now = self.now_ms();
                     self.quota.borrow_mut().apply(m, now);
                 }
+                ToWorker::Revoke(r) => self.revocations.borrow_mut().insert(r),
                 ToWorker::Shutdown => self.drain.start(),
             }
         }
@@ -215,6 +223,14 @@ impl Engine {
     pub fn apply(&self, snapshot: &Snapshot) {
         for (tx, _) in &self.workers {
             let _ = tx.send(ToWorker::Snapshot(Box::new(snapshot.clone())));
+        }
+    }
+
+    /// Tells every worker to refuse a revoked token from now on (persisting it is the control
+    /// plane's job).
+    pub fn revoke(&self, r: &crate::auth::Revoked) {
+        for (tx, _) in &self.workers {
+            let _ = tx.send(ToWorker::Revoke(r.clone()));
         }
     }
 
@@ -390,6 +406,8 @@ async fn worker_main(
         epoch: links.epoch,
         quota: RefCell::new(QuotaShard::new(id as u16)),
         quota_out: RefCell::new(Vec::new()),
+        revocations: RefCell::new(Revocations::new()),
+        auth_scratch: RefCell::new(crate::auth::Scratch::default()),
     });
     monoio::spawn(inbox_loop(worker.clone()));
     let _ = ready.send(Ok(()));
@@ -402,17 +420,33 @@ async fn worker_main(
     worker.pools.borrow_mut().clear();
 }
 
+/// How often expired revocations are dropped.
+pub const REVOCATION_PURGE: Duration = Duration::from_secs(10);
+
+/// Seconds since the Unix epoch (JWT time).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// How often the quota shard's timer work (returns, prefetch, expiry) runs.
 pub const QUOTA_TICK: Duration = Duration::from_millis(100);
 
 async fn inbox_loop(worker: Rc<Worker>) {
     let mut last_quota_tick = Instant::now();
+    let mut last_purge = Instant::now();
     loop {
         worker.poll_inbox();
         if last_quota_tick.elapsed() >= QUOTA_TICK {
             last_quota_tick = Instant::now();
             let now = worker.now_ms();
             worker.quota.borrow_mut().tick(now);
+        }
+        if last_purge.elapsed() >= REVOCATION_PURGE {
+            // Entries leave once the token they name would have expired anyway.
+            last_purge = Instant::now();
+            worker.revocations.borrow_mut().purge(unix_now());
         }
         worker.flush_quota();
         if worker.drain.is_draining() && worker.conns.get() == 0 {

@@ -23,8 +23,13 @@ pin = false"#,
 }
 
 pub fn gateway_with(server: &str, rest: &str) -> Engine {
+    gateway_in(Path::new("."), server, rest)
+}
+
+/// Like [`gateway_with`], resolving relative paths in the config against `base`.
+pub fn gateway_in(base: &Path, server: &str, rest: &str) -> Engine {
     let text = format!("[server]\n{server}\n{rest}");
-    let snap = config::from_str(&text, Path::new("."), 1)
+    let snap = config::from_str(&text, base, 1)
         .unwrap_or_else(|p| panic!("bad test config: {p:?}\n{text}"));
     Engine::start(snap).expect("engine starts")
 }

@@ -1,0 +1,82 @@
+//! Pipeline glue for the auth stage: find the credential, verify it against this core's
+//! keys and revocation list, check the route's scope, render the rejection.
+
+use crate::auth::{AuthError, Authenticator, Identity};
+use crate::config::Route;
+use crate::error::{Fault, GatewayError};
+use crate::http::RequestHead;
+use crate::runtime::{unix_now, Worker};
+
+/// Verifies the request's token for `route`. `Ok(None)`: the route is open.
+pub fn authenticate(
+    worker: &Worker,
+    auth: Option<&Authenticator>,
+    route: &Route,
+    head: &RequestHead,
+    buf: &[u8],
+) -> Result<Option<Identity>, AuthError> {
+    let Some(auth) = auth.filter(|_| route.auth) else {
+        return Ok(None);
+    };
+    let name = auth.header_name();
+    let mut values = head
+        .headers(buf)
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()));
+    let value = values.next().map(|(_, v)| v);
+    // Two credentials are one too many: which one would the upstream believe?
+    if values.next().is_some() {
+        return Err(AuthError::Malformed);
+    }
+    let id = auth.verify(
+        value,
+        unix_now(),
+        &worker.revocations.borrow(),
+        &mut worker.auth_scratch.borrow_mut(),
+    )?;
+    if let Some(scope) = &route.scope {
+        if !id.has_scope(scope) {
+            return Err(AuthError::InsufficientScope);
+        }
+    }
+    Ok(Some(id))
+}
+
+/// Whether a client header must not reach the upstream: identity headers the gateway sets
+/// (a client could forge them) and, on authenticated routes, the credential itself.
+pub fn is_gateway_header(auth: Option<&Authenticator>, route: &Route, name: &[u8]) -> bool {
+    let Some(auth) = auth else { return false };
+    (route.auth && name.eq_ignore_ascii_case(auth.header_name().as_bytes()))
+        || auth
+            .mapped_headers()
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+}
+
+/// Appends the identity headers for the upstream.
+pub fn identity_headers(auth: &Authenticator, id: &Identity, out: &mut Vec<u8>) {
+    for (name, value) in auth.upstream_headers(id) {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The response for a rejection, and its `WWW-Authenticate` line.
+pub fn rejection(e: AuthError, extra: &mut Vec<u8>) -> GatewayError {
+    extra.extend_from_slice(b"www-authenticate: ");
+    extra.extend_from_slice(e.www_authenticate().as_bytes());
+    extra.extend_from_slice(b"\r\n");
+    GatewayError {
+        status: e.status(),
+        kind: if e == AuthError::InsufficientScope {
+            "permission_error"
+        } else {
+            "authentication_error"
+        },
+        message: e.description(),
+        fault: Fault::Downstream,
+        retry: false,
+        close: false,
+    }
+}

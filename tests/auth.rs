@@ -1,0 +1,286 @@
+//! JWT authentication through the running gateway, with tokens minted by an independent
+//! implementation (PyJWT + cryptography, via tests/jwt/mint.py) for every algorithm.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use common::*;
+use shardgate::auth::{Revoked, RevokedKind};
+
+const ALGS: [&str; 12] = [
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
+];
+
+struct Minted {
+    dir: PathBuf,
+    tokens: Vec<(String, String)>,
+}
+
+/// Runs mint.py (it installs PyJWT if missing). Each call gets its own key directory.
+fn mint(tag: &str, claims: &str, ttl: i64) -> Minted {
+    let dir = std::env::temp_dir().join(format!("sg-auth-{}-{tag}", std::process::id()));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/jwt/mint.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&dir)
+        .args([
+            "--sub",
+            "alice",
+            "--ttl",
+            &ttl.to_string(),
+            "--claims",
+            claims,
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "mint.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let tokens = ALGS
+        .iter()
+        .map(|alg| {
+            let key = format!("\"{alg}\": \"");
+            let start = text
+                .find(&key)
+                .unwrap_or_else(|| panic!("{alg} missing in {text}"))
+                + key.len();
+            let end = start + text[start..].find('"').unwrap();
+            (alg.to_string(), text[start..end].to_string())
+        })
+        .collect();
+    Minted { dir, tokens }
+}
+
+fn auth_gateway(
+    m: &Minted,
+    up: std::net::SocketAddr,
+    extra_auth: &str,
+    route_extra: &str,
+) -> shardgate::runtime::Engine {
+    let auth = std::fs::read_to_string(m.dir.join("auth.toml")).unwrap();
+    let auth = auth.replacen("[auth]\n", &format!("[auth]\n{extra_auth}\n"), 1);
+    let rest = format!(
+        "[[upstreams]]\nname = \"up\"\nendpoints = [\"{up}\"]\n[[routes]]\npath = \"/v1/*rest\"\nupstream = \"up\"\n{route_extra}\n[[routes]]\npath = \"/open\"\nupstream = \"up\"\nauth = false\n{auth}\n[[auth.claim_headers]]\nclaim = \"sub\"\nheader = \"x-user-id\"\n[[auth.claim_headers]]\nclaim = \"tid\"\nheader = \"x-tenant-id\"\n"
+    );
+    gateway_in(
+        &m.dir,
+        "listen = \"127.0.0.1:0\"\nworkers = 2\npin = false",
+        &rest,
+    )
+}
+
+fn with_token(addr: std::net::SocketAddr, path: &str, token: &str, extra: &str) -> Response {
+    request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n{extra}\r\n"),
+    )
+}
+
+/// An HS256 token signed here (for shapes PyJWT refuses to produce).
+fn hs256(header: &str, claims: &str, secret: &[u8]) -> String {
+    let msg = format!("{}.{}", B64.encode(header), B64.encode(claims));
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let sig = ring::hmac::sign(&key, msg.as_bytes());
+    format!("{msg}.{}", B64.encode(sig.as_ref()))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn tokens_for_every_algorithm_are_accepted_and_identity_reaches_the_upstream() {
+    let m = mint(
+        "every",
+        r#"{"tid":"acme","scope":"ai:inference chat"}"#,
+        600,
+    );
+    let up = Upstream::echo();
+    let gw = auth_gateway(&m, up.addr, "", "scope = \"ai:inference\"");
+    for (alg, token) in &m.tokens {
+        let r = with_token(
+            gw.local_addr(),
+            "/v1/chat",
+            token,
+            "X-User-Id: mallory\r\nX-Tenant-Id: evil\r\n",
+        );
+        assert_eq!(r.status, 200, "{alg}: {}", r.text());
+        let t = r.text();
+        assert!(t.contains("x-user-id: alice"), "{alg}: {t}");
+        assert!(t.contains("x-tenant-id: acme"));
+        assert!(
+            !t.contains("mallory") && !t.contains("evil"),
+            "forged identity headers leaked: {t}"
+        );
+        assert!(
+            !t.contains("authorization"),
+            "the client's token must not reach the upstream"
+        );
+    }
+    // Open routes pass without a token, but forged identity headers are still removed.
+    let r = request(
+        gw.local_addr(),
+        "GET /open HTTP/1.1\r\nHost: gw\r\nX-User-Id: mallory\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert!(!r.text().contains("mallory"));
+}
+
+#[test]
+fn bad_tokens_are_rejected_with_the_right_status() {
+    let m = mint("bad", r#"{"scope":"chat"}"#, 600);
+    // Same key directory: mint.py reuses the keys it finds there.
+    let expired = mint("bad", r#"{"exp":1000}"#, 600);
+    let future = mint("bad", &format!(r#"{{"nbf":{}}}"#, now() + 3600), 600);
+    let up = Upstream::echo();
+    let gw = auth_gateway(&m, up.addr, "", "");
+    let addr = gw.local_addr();
+    let hs_secret = std::fs::read(m.dir.join("hs256.key")).unwrap();
+    let hs_secret = hs_secret.strip_suffix(b"\n").unwrap_or(&hs_secret).to_vec();
+    let claims = format!(r#"{{"sub":"alice","exp":{}}}"#, now() + 600);
+    let jwks = std::fs::read(m.dir.join("jwks.json")).unwrap();
+    let (_, rs) = &m.tokens[3];
+    let mut tampered = rs.clone();
+    tampered.pop();
+    tampered.push(if rs.ends_with('A') { 'B' } else { 'A' });
+    let good_hs = hs256(r#"{"alg":"HS256","kid":"hs256"}"#, &claims, &hs_secret);
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("expired", expired.tokens[0].1.clone(), 401, "expired"),
+        ("not yet valid", future.tokens[0].1.clone(), 401, ""),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                B64.encode(r#"{"alg":"none","kid":"hs256"}"#),
+                B64.encode(&claims)
+            ),
+            401,
+            "",
+        ),
+        (
+            "alg confusion: RSA public key as HMAC secret",
+            hs256(r#"{"alg":"HS256","kid":"rs256"}"#, &claims, &jwks),
+            401,
+            "",
+        ),
+        (
+            "unknown kid",
+            hs256(r#"{"alg":"HS256","kid":"nope"}"#, &claims, &hs_secret),
+            401,
+            "",
+        ),
+        (
+            "duplicate claim key",
+            hs256(
+                r#"{"alg":"HS256","kid":"hs256"}"#,
+                &format!(r#"{{"sub":"alice","sub":"root","exp":{}}}"#, now() + 600),
+                &hs_secret,
+            ),
+            401,
+            "",
+        ),
+        ("bad base64", good_hs.replacen('.', ".=", 1), 401, ""),
+        ("tampered signature", tampered, 401, ""),
+        (
+            "oversized",
+            format!("{}.{}.{}", "a".repeat(5000), "b".repeat(5000), "c"),
+            401,
+            "",
+        ),
+    ];
+    for (what, token, status, needle) in cases {
+        let r = with_token(addr, "/v1/x", &token, "");
+        assert_eq!(r.status, status, "{what}: {}", r.text());
+        let challenge = r.header("www-authenticate").unwrap_or_default().to_string();
+        assert!(challenge.starts_with("Bearer"), "{what}: {challenge}");
+        assert!(
+            r.text().contains("authentication_error"),
+            "{what}: {}",
+            r.text()
+        );
+        assert!(r.text().contains(needle), "{what}: {}", r.text());
+        assert!(
+            !r.text().contains(&token[..20.min(token.len())]) || token.len() < 20,
+            "{what}: token echoed"
+        );
+    }
+    assert_eq!(
+        with_token(addr, "/v1/x", &good_hs, "").status,
+        200,
+        "the hand-signed control token is valid"
+    );
+    let r = get(addr, "/v1/x");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+}
+
+#[test]
+fn issuer_audience_and_scope() {
+    let m = mint(
+        "iss",
+        r#"{"iss":"https://idp.example","aud":["other"],"scope":"chat"}"#,
+        600,
+    );
+    let up = Upstream::echo();
+    let gw = auth_gateway(
+        &m,
+        up.addr,
+        "issuer = \"https://idp.example\"\naudience = [\"gateway\"]",
+        "",
+    );
+    let r = with_token(gw.local_addr(), "/v1/x", &m.tokens[0].1, "");
+    assert_eq!(r.status, 401, "wrong audience: {}", r.text());
+
+    let m = mint("scope", r#"{"scope":"chat"}"#, 600);
+    let gw = auth_gateway(&m, up.addr, "", "scope = \"ai:inference\"");
+    let r = with_token(gw.local_addr(), "/v1/x", &m.tokens[0].1, "");
+    assert_eq!(r.status, 403);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("insufficient_scope"));
+}
+
+#[test]
+fn revocation_applies_on_every_worker_within_100ms() {
+    let m = mint("revoke", r#"{"jti":"token-to-revoke"}"#, 600);
+    let up = Upstream::echo();
+    let gw = auth_gateway(&m, up.addr, "", "");
+    let token = &m.tokens[0].1;
+    // Connections land on both workers.
+    let mut conns: Vec<Client> = (0..8).map(|_| Client::connect(gw.local_addr())).collect();
+    let send = |c: &mut Client| {
+        c.send(
+            format!("GET /v1/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n")
+                .as_bytes(),
+        );
+        c.read_response().unwrap().status
+    };
+    for c in &mut conns {
+        assert_eq!(send(c), 200);
+    }
+    let revoked = Revoked::new(RevokedKind::Jti, "token-to-revoke", now() + 600).unwrap();
+    let at = Instant::now();
+    gw.revoke(&revoked);
+    std::thread::sleep(Duration::from_millis(100).saturating_sub(at.elapsed()));
+    for c in &mut conns {
+        assert_eq!(send(c), 401, "revoked token still accepted after 100 ms");
+    }
+    let m = gw.collect();
+    assert!(
+        m.iter().all(|w| w.requests() >= 2),
+        "both workers served the token before and after"
+    );
+}
