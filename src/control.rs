@@ -14,7 +14,9 @@ use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::auth::{RevocationLog, Revoked};
 use crate::config::{self, ConfigError, Snapshot};
+use crate::runtime::unix_now;
 use crate::runtime::ToWorker;
 
 /// How often the config file's mtime/size/inode is checked.
@@ -24,6 +26,8 @@ pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 pub enum ToControl {
     /// Re-read the config file now (SIGHUP, admin reload). The reply says what happened.
     Reload(Option<Sender<Result<u64, ConfigError>>>),
+    /// Revoke a token id or subject: persist it, then tell every worker.
+    Revoke(Revoked, Sender<Result<(), String>>),
     Stop,
 }
 
@@ -42,15 +46,30 @@ pub struct Control {
 
 impl Control {
     /// Starts the control thread for a gateway loaded from `path` at `generation`.
+    /// `revocation_file`: where revocations persist (loaded now and sent to every worker).
     pub fn spawn(
         path: PathBuf,
         generation: u64,
         workers: Vec<Sender<ToWorker>>,
+        revocation_file: Option<PathBuf>,
     ) -> std::io::Result<Control> {
+        let log = match revocation_file {
+            Some(f) => Some(RevocationLog::open(&f, unix_now()).map_err(|e| {
+                std::io::Error::other(format!("revocation file {}: {e}", f.display()))
+            })?),
+            None => None,
+        };
+        if let Some(log) = &log {
+            for r in log.entries() {
+                for w in &workers {
+                    let _ = w.send(ToWorker::Revoke(r.clone()));
+                }
+            }
+        }
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()
             .name("shardgate-control".into())
-            .spawn(move || run(path, generation, workers, rx))?;
+            .spawn(move || run(path, generation, workers, rx, log))?;
         Ok(Control {
             tx,
             thread: Some(thread),
@@ -59,6 +78,14 @@ impl Control {
 
     pub fn sender(&self) -> Sender<ToControl> {
         self.tx.clone()
+    }
+
+    /// Revokes `r` on every worker, persisting it first when a revocation file is configured.
+    pub fn revoke(&self, r: Revoked) -> Result<(), String> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let _ = self.tx.send(ToControl::Revoke(r, tx));
+        rx.recv()
+            .unwrap_or_else(|_| Err("control thread stopped".into()))
     }
 
     /// Asks for a reload and waits for its outcome.
@@ -95,6 +122,7 @@ fn run(
     mut generation: u64,
     workers: Vec<Sender<ToWorker>>,
     rx: Receiver<ToControl>,
+    mut log: Option<RevocationLog>,
 ) {
     let mut stamp = file_stamp(&path);
     let mut status = ReloadStatus {
@@ -110,6 +138,22 @@ fn run(
         let reply = match msg {
             Some(ToControl::Stop) => return,
             Some(ToControl::Reload(reply)) => reply,
+            Some(ToControl::Revoke(r, reply)) => {
+                let persisted = match &mut log {
+                    Some(log) => log
+                        .add(r.clone(), unix_now())
+                        .map_err(|e| format!("cannot persist revocation: {e}")),
+                    None => Ok(()),
+                };
+                // Only what was persisted is applied, so a restart cannot un-revoke.
+                if persisted.is_ok() {
+                    for w in &workers {
+                        let _ = w.send(ToWorker::Revoke(r.clone()));
+                    }
+                }
+                let _ = reply.send(persisted);
+                continue;
+            }
             None => {
                 let now = file_stamp(&path);
                 if now == stamp {

@@ -101,6 +101,11 @@ fn run(path: PathBuf, keep_alive: Option<Box<dyn std::any::Any>>) -> ExitCode {
         }
     };
     let listen = snapshot.server.listen;
+    let revocation_file = snapshot
+        .auth
+        .as_ref()
+        .and_then(|a| a.revocation_file())
+        .map(PathBuf::from);
     let workers = snapshot.server.cores.len();
     let mut engine = match Engine::start(snapshot) {
         Ok(e) => e,
@@ -109,7 +114,7 @@ fn run(path: PathBuf, keep_alive: Option<Box<dyn std::any::Any>>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let control = match Control::spawn(path.clone(), 1, engine.inboxes()) {
+    let control = match Control::spawn(path.clone(), 1, engine.inboxes(), revocation_file) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("shardgate: cannot start the control thread: {e}");
