@@ -145,11 +145,31 @@ fn run(path: PathBuf, keep_alive: Option<Box<dyn std::any::Any>>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The demo config's HMAC key (kid `demo`), used to sign the printed token.
+const DEMO_SECRET: &[u8] = b"shardgate-demo-secret-not-for-production-use-0123456789";
+
 fn print_demo_hint(addr: std::net::SocketAddr) {
+    let token = demo_token();
     println!();
-    println!("Try it:");
+    println!("Try it (token valid for 24 h):");
     println!(
-        "  curl -s http://{addr}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"llama3-70b\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'"
+        "  curl -s http://{addr}/v1/chat/completions -H 'authorization: Bearer {token}' \\\n    -H 'content-type: application/json' \\\n    -d '{{\"model\":\"llama3-70b\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'"
     );
     println!();
+}
+
+/// An HS256 JWT for the demo user, signed with the demo key.
+fn demo_token() -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine as _;
+    let now = shardgate::runtime::unix_now();
+    let header = B64.encode(r#"{"alg":"HS256","typ":"JWT","kid":"demo"}"#);
+    let claims = B64.encode(format!(
+        r#"{{"sub":"demo-user","scope":"ai:inference","iat":{now},"exp":{}}}"#,
+        now + 86_400
+    ));
+    let msg = format!("{header}.{claims}");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, DEMO_SECRET);
+    let sig = B64.encode(ring::hmac::sign(&key, msg.as_bytes()).as_ref());
+    format!("{msg}.{sig}")
 }
