@@ -1,1 +1,478 @@
-//! TODO
+//! Routing: path trie → route; model catalog and version split.
+//!
+//! Owns the `[[routes]]` and `[[deployments]]` config ([`RawRoute`], [`RawDeployment`]) and
+//! the immutable [`Router`] built from them on the control thread. Each worker holds its own
+//! clone and calls, per request:
+//!
+//! 1. [`Router::lookup`] with the method and the path **without its query string** (the
+//!    engine strips `?…` before lookup): the path's candidate routes and captures.
+//! 2. [`Router::select_by_model`] with the body's `model`: the one route for this request.
+//! 3. For a [`RouteTarget::Split`], [`Router::choose`]: the deployment to send it to.
+//!
+//! # Error Handling
+//!
+//! Lookup errors are the `Copy` enum [`RouteError`]; [`RouteError::status`] gives the HTTP
+//! status (404, 405 with [`Router::allow`] as `Allow`, 400). All keep the connection alive.
+//! [`Router::choose`] returning `None` means no healthy deployment: 503.
+//! [`Router::build`] reports every config problem at once, with key paths.
+//!
+//! # Performance
+//!
+//! Lookup, model selection and target choice allocate nothing and take no locks; see
+//! `benches/route.rs`.
+
+mod catalog;
+mod hash;
+mod raw;
+mod split;
+mod trie;
+mod weights;
+
+use semver::VersionReq;
+
+pub use catalog::{Deployment, DeploymentId};
+pub use hash::WorkerRng;
+pub use raw::{RawDeployment, RawRoute, RawSticky, RawTarget};
+pub use split::{Chosen, SelectCtx, Split, Target, Weight, MAX_TARGETS};
+pub use trie::{EndpointId, MethodSet, MAX_PARAMS};
+pub use weights::set_weights_in_toml;
+
+use crate::config::ConfigProblem;
+use catalog::{Catalog, ResolveError};
+use split::WEIGHT_SCALE;
+use trie::{Captures, Endpoint, RouteSpec, Trie};
+
+/// Index of a route in config order (`routes[i]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteId(pub u32);
+
+/// Why a request has no route. Each becomes a response; none closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// No pattern matches the path: 404.
+    #[error("no route for this path")]
+    NotFound,
+    /// The path matches but no route there allows the method: 405, with
+    /// `Allow: {Router::allow(endpoint)}`.
+    #[error("method not allowed on this path")]
+    MethodNotAllowed(EndpointId),
+    /// Only model-keyed routes serve this path and method, and the body has no `model`: 400.
+    #[error("this path requires a `model` in the request body")]
+    ModelRequired,
+    /// The body's `model` is none of the path's aliases and there is no default route: 404.
+    #[error("no route serves the requested model")]
+    UnknownModel,
+}
+
+impl RouteError {
+    /// The HTTP status the error becomes.
+    pub fn status(self) -> u16 {
+        match self {
+            RouteError::NotFound | RouteError::UnknownModel => 404,
+            RouteError::MethodNotAllowed(_) => 405,
+            RouteError::ModelRequired => 400,
+        }
+    }
+}
+
+/// Where a route sends its requests.
+#[derive(Debug, Clone)]
+pub enum RouteTarget {
+    /// A plain proxy to a named upstream: the index into the `upstream_names` given to
+    /// [`Router::build`].
+    Upstream(usize),
+    /// A weighted model split over deployments.
+    Split(Split),
+}
+
+/// Where a route's sticky key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyKey {
+    /// The verified JWT subject.
+    Subject,
+    /// This request header (lowercased name).
+    Header(Box<str>),
+}
+
+/// One validated route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    id: RouteId,
+    pattern: Box<str>,
+    methods: MethodSet,
+    models: Box<[Box<str>]>,
+    target: RouteTarget,
+    label_header: Option<Box<str>>,
+    sticky: Option<StickyKey>,
+    auth: Option<bool>,
+    scope: Option<Box<str>>,
+}
+
+impl Route {
+    pub fn id(&self) -> RouteId {
+        self.id
+    }
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+    pub fn methods(&self) -> MethodSet {
+        self.methods
+    }
+    /// Model aliases this route is keyed by; empty for a path's default route.
+    pub fn models(&self) -> &[Box<str>] {
+        &self.models
+    }
+    pub fn target(&self) -> &RouteTarget {
+        &self.target
+    }
+    /// Lowercased name of the header carrying the canary label, for [`SelectCtx::label`].
+    pub fn label_header(&self) -> Option<&str> {
+        self.label_header.as_deref()
+    }
+    /// Where to take [`SelectCtx::sticky_key`] from.
+    pub fn sticky(&self) -> Option<&StickyKey> {
+        self.sticky.as_ref()
+    }
+    /// `auth` as configured; `None`: the auth stage's default.
+    pub fn auth(&self) -> Option<bool> {
+        self.auth
+    }
+    /// Scope the caller's token must hold, if any.
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+}
+
+/// The result of [`Router::lookup`]: the endpoint (path pattern) matched and its captures.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteMatch<'a> {
+    endpoint: &'a Endpoint,
+    method: MethodSet,
+    captures: Captures,
+}
+
+impl<'a> RouteMatch<'a> {
+    /// The matched pattern, e.g. `/v1/models/:id`.
+    pub fn pattern(&self) -> &'a str {
+        &self.endpoint.pattern
+    }
+
+    /// Whether the route choice depends on the body's `model` (alias-keyed routes exist).
+    pub fn needs_model(&self) -> bool {
+        !self.endpoint.keyed.is_empty()
+    }
+
+    /// The value of capture `name` within `path`, which must be the path given to `lookup`.
+    pub fn param<'p>(&self, path: &'p str, name: &str) -> Option<&'p str> {
+        let i = self.endpoint.param_names.iter().position(|n| **n == *name)?;
+        let &(a, b) = self.captures.spans().get(i)?;
+        path.get(a as usize..b as usize)
+    }
+
+    /// All captures `(name, value)` in path order; `path` as given to `lookup`.
+    pub fn params<'p>(&self, path: &'p str) -> impl Iterator<Item = (&'a str, &'p str)> + 'p
+    where
+        'a: 'p,
+    {
+        let names = self.endpoint.param_names.iter();
+        let spans = self.captures;
+        names.enumerate().filter_map(move |(i, n)| {
+            let &(a, b) = spans.spans().get(i)?;
+            Some((&**n, path.get(a as usize..b as usize)?))
+        })
+    }
+}
+
+/// The immutable routing table: trie, routes, deployment catalog.
+#[derive(Debug, Clone)]
+pub struct Router {
+    trie: Trie,
+    routes: Box<[Route]>,
+    catalog: Catalog,
+}
+
+impl Router {
+    /// Validates the raw config and builds the router. `upstream_names` are the engine's
+    /// `[[upstreams]]` names; [`RouteTarget::Upstream`] indexes into it.
+    ///
+    /// `Err` lists every problem found, with key paths like `routes[2].targets[0].version`.
+    pub fn build(
+        routes: &[RawRoute],
+        deployments: &[RawDeployment],
+        upstream_names: &[&str],
+    ) -> Result<Router, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let catalog = Catalog::build(deployments, &mut problems);
+        let built: Vec<Route> = routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| build_route(i, r, &catalog, upstream_names, &mut problems))
+            .collect();
+        let specs: Vec<RouteSpec<'_>> = built
+            .iter()
+            .map(|r| RouteSpec { id: r.id, pattern: &r.pattern, methods: r.methods, models: &r.models })
+            .collect();
+        let trie = trie::build(&specs, &mut problems);
+        if problems.is_empty() {
+            Ok(Router { trie, routes: built.into(), catalog })
+        } else {
+            problems.sort_by(|a, b| a.key.cmp(&b.key));
+            Err(problems)
+        }
+    }
+
+    /// Finds the routes for `method` and `path` (no query string).
+    ///
+    /// `Ok`: the endpoint and captures; pass it to [`Router::select_by_model`].
+    /// `Err(NotFound)`: no pattern matches (404). `Err(MethodNotAllowed(ep))`: patterns
+    /// match but none allows `method` (405, `Allow: {self.allow(ep)}`).
+    #[inline]
+    pub fn lookup(&self, method: &str, path: &str) -> Result<RouteMatch<'_>, RouteError> {
+        let method = MethodSet::of_request(method);
+        match self.trie.find(method, path) {
+            Ok((ep, captures)) => {
+                Ok(RouteMatch { endpoint: self.trie.endpoint(ep), method, captures })
+            }
+            Err(Some(ep)) => Err(RouteError::MethodNotAllowed(ep)),
+            Err(None) => Err(RouteError::NotFound),
+        }
+    }
+
+    /// The `Allow` header value for a [`RouteError::MethodNotAllowed`].
+    pub fn allow(&self, endpoint: EndpointId) -> &str {
+        &self.trie.endpoint(endpoint).allow
+    }
+
+    /// Picks the route for the body's `model` among a lookup's candidates: the route keyed by
+    /// that alias, else the path's default route.
+    ///
+    /// `Err(ModelRequired)` (400): no `model` and no default route.
+    /// `Err(UnknownModel)` (404): `model` is no alias here and there is no default route.
+    #[inline]
+    pub fn select_by_model(
+        &self,
+        m: &RouteMatch<'_>,
+        model: Option<&str>,
+    ) -> Result<&Route, RouteError> {
+        let ep = m.endpoint;
+        let keyed = model.and_then(|model| {
+            ep.keyed.iter().find(|(alias, methods, _)| **alias == *model && methods.intersects(m.method))
+        });
+        let id = match keyed {
+            Some(&(_, _, id)) => id,
+            None => match ep.defaults.iter().find(|(methods, _)| methods.intersects(m.method)) {
+                Some(&(_, id)) => id,
+                None if model.is_none() => return Err(RouteError::ModelRequired),
+                None => return Err(RouteError::UnknownModel),
+            },
+        };
+        Ok(&self.routes[id.0 as usize])
+    }
+
+    /// Chooses the deployment for one request of a split route (see the `split` module docs:
+    /// label, then sticky, then weighted random; unhealthy targets skipped; fallbacks last).
+    /// `None`: nothing healthy is left (503).
+    #[inline]
+    pub fn choose(
+        &self,
+        split: &Split,
+        ctx: &SelectCtx<'_>,
+        healthy: impl Fn(DeploymentId) -> bool,
+        rng: &mut WorkerRng,
+    ) -> Option<Chosen<'_>> {
+        split::choose(split, &self.catalog, ctx, healthy, rng)
+    }
+
+    pub fn route(&self, id: RouteId) -> &Route {
+        &self.routes[id.0 as usize]
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Every deployment, indexed by [`DeploymentId`]: what the engine builds pools for.
+    pub fn deployments(&self) -> &[Deployment] {
+        self.catalog.all()
+    }
+
+    pub fn deployment(&self, id: DeploymentId) -> &Deployment {
+        self.catalog.get(id)
+    }
+}
+
+/// Validates one route; `None` if it has problems (all of them pushed).
+fn build_route(
+    i: usize,
+    r: &RawRoute,
+    catalog: &Catalog,
+    upstream_names: &[&str],
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<Route> {
+    let before = problems.len();
+    let key = |field: &str| format!("routes[{i}].{field}");
+    let methods = match &r.methods {
+        None => MethodSet::ANY,
+        Some(list) if list.is_empty() => {
+            problems.push(ConfigProblem::new(key("methods"), "empty; omit it to allow any method"));
+            MethodSet::ANY
+        }
+        Some(list) => list.iter().enumerate().fold(MethodSet::EMPTY, |set, (j, m)| {
+            match MethodSet::of_config(m) {
+                Some(bit) => set.union(bit),
+                None => {
+                    let msg = format!("`{m}` is not a standard HTTP method");
+                    problems.push(ConfigProblem::new(key(&format!("methods[{j}]")), msg));
+                    set
+                }
+            }
+        }),
+    };
+    for (j, m) in r.models.iter().enumerate() {
+        if m.trim().is_empty() {
+            problems.push(ConfigProblem::new(key(&format!("models[{j}]")), "must not be empty"));
+        } else if r.models[..j].contains(m) {
+            problems.push(ConfigProblem::new(key(&format!("models[{j}]")), format!("`{m}` repeated")));
+        }
+    }
+    let label_header = header_name(r.label_header.as_deref(), &key("label_header"), problems);
+    let sticky = match &r.sticky {
+        None => None,
+        Some(RawSticky::Subject) => Some(StickyKey::Subject),
+        Some(RawSticky::Header(h)) => {
+            header_name(Some(h), &key("sticky.header"), problems).map(StickyKey::Header)
+        }
+    };
+    let target = match (&r.upstream, &r.targets) {
+        (Some(_), Some(_)) => {
+            problems.push(ConfigProblem::new(key("upstream"), "set either `upstream` or `targets`, not both"));
+            None
+        }
+        (None, None) => {
+            problems.push(ConfigProblem::new(key("targets"), "set either `upstream` or `targets`"));
+            None
+        }
+        (Some(name), None) => {
+            let split_only = [
+                ("fallbacks", !r.fallbacks.is_empty()),
+                ("label_header", r.label_header.is_some()),
+                ("sticky", r.sticky.is_some()),
+                ("all_matching_versions", r.all_matching_versions),
+            ];
+            for (field, set) in split_only {
+                if set {
+                    problems.push(ConfigProblem::new(key(field), "only applies to routes with `targets`"));
+                }
+            }
+            match upstream_names.iter().position(|u| *u == name) {
+                Some(idx) => Some(RouteTarget::Upstream(idx)),
+                None => {
+                    problems.push(ConfigProblem::new(key("upstream"), format!("unknown upstream `{name}`")));
+                    None
+                }
+            }
+        }
+        (None, Some(targets)) => {
+            let primary = resolve_targets(&key("targets"), targets, r.all_matching_versions, catalog, problems);
+            let fallbacks = if r.fallbacks.is_empty() {
+                Some(Vec::new())
+            } else {
+                resolve_targets(&key("fallbacks"), &r.fallbacks, r.all_matching_versions, catalog, problems)
+            };
+            match (primary, fallbacks) {
+                (Some(p), Some(f)) => Some(RouteTarget::Split(Split::new(p, f, catalog))),
+                _ => None,
+            }
+        }
+    };
+    let target = target?;
+    if problems.len() != before {
+        return None;
+    }
+    Some(Route {
+        id: RouteId(i as u32),
+        pattern: r.path.as_str().into(),
+        methods,
+        models: r.models.iter().map(|m| m.as_str().into()).collect(),
+        target,
+        label_header,
+        sticky,
+        auth: r.auth,
+        scope: r.scope.as_deref().map(Into::into),
+    })
+}
+
+/// Resolves `targets`/`fallbacks` (at key path `key`) to weighted deployments; the same
+/// deployment reached by several entries gets the sum of their shares.
+fn resolve_targets(
+    key: &str,
+    raw: &[RawTarget],
+    all_matching: bool,
+    catalog: &Catalog,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<Vec<Target>> {
+    let before = problems.len();
+    if raw.is_empty() {
+        problems.push(ConfigProblem::new(key, "needs at least one target"));
+        return None;
+    }
+    let mut out: Vec<Target> = Vec::new();
+    for (j, t) in raw.iter().enumerate() {
+        let req = match VersionReq::parse(t.version.trim()) {
+            Ok(req) => req,
+            Err(e) => {
+                let msg = format!("`{}` is not a semver requirement: {e}", t.version);
+                problems.push(ConfigProblem::new(format!("{key}[{j}].version"), msg));
+                continue;
+            }
+        };
+        let ids = match catalog.resolve(&t.model, &req, all_matching) {
+            Ok(ids) => ids,
+            Err(ResolveError::UnknownModel) => {
+                let msg = format!("no deployment of model `{}`", t.model);
+                problems.push(ConfigProblem::new(format!("{key}[{j}].model"), msg));
+                continue;
+            }
+            Err(ResolveError::NoMatchingVersion) => {
+                let msg = format!("no deployment of `{}` matches `{}`", t.model, t.version);
+                problems.push(ConfigProblem::new(format!("{key}[{j}].version"), msg));
+                continue;
+            }
+        };
+        let share = u64::from(t.weight) * WEIGHT_SCALE / ids.len() as u64;
+        for id in ids {
+            match out.iter_mut().find(|o| o.deployment == id) {
+                Some(o) => o.weight.0 += share,
+                None => {
+                    let seed = catalog.get(id).seed();
+                    out.push(Target { deployment: id, weight: Weight(share), seed });
+                }
+            }
+        }
+    }
+    if problems.len() != before {
+        return None;
+    }
+    if out.len() > MAX_TARGETS {
+        let msg = format!("resolves to {} deployments; at most {MAX_TARGETS}", out.len());
+        problems.push(ConfigProblem::new(key, msg));
+        return None;
+    }
+    if out.iter().all(|t| t.weight.0 == 0) {
+        problems.push(ConfigProblem::new(key, "total weight is zero"));
+        return None;
+    }
+    Some(out)
+}
+
+/// A valid header name, lowercased.
+fn header_name(name: Option<&str>, key: &str, problems: &mut Vec<ConfigProblem>) -> Option<Box<str>> {
+    let name = name?;
+    match http::HeaderName::from_bytes(name.trim().as_bytes()) {
+        Ok(h) => Some(h.as_str().into()),
+        Err(_) => {
+            problems.push(ConfigProblem::new(key, format!("`{name}` is not a valid header name")));
+            None
+        }
+    }
+}
