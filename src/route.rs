@@ -476,3 +476,282 @@ fn header_name(name: Option<&str>, key: &str, problems: &mut Vec<ConfigProblem>)
         }
     }
 }
+
+/// Builds a router from a TOML document with `deployments` and `routes`, with upstreams
+/// `mock` and `openai`.
+#[cfg(test)]
+pub(crate) fn router_from_toml(text: &str) -> Result<Router, Vec<ConfigProblem>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Doc {
+        #[serde(default)]
+        deployments: Vec<RawDeployment>,
+        #[serde(default)]
+        routes: Vec<RawRoute>,
+    }
+    let doc: Doc = toml::from_str(text).expect("test TOML parses");
+    Router::build(&doc.routes, &doc.deployments, &["mock", "openai"])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEPLOYMENTS: &str = r#"
+        [[deployments]]
+        model = "llama3-70b"
+        version = "3.2.1"
+        endpoints = ["127.0.0.1:9001"]
+        served_name = "meta-llama/Llama-3-70B"
+        [[deployments]]
+        model = "llama3-70b"
+        version = "3.2.4"
+        endpoints = ["127.0.0.1:9002"]
+        [[deployments]]
+        model = "llama3-8b"
+        version = "1.0.0"
+        endpoints = ["127.0.0.1:9003"]
+    "#;
+
+    fn router(routes: &str) -> Router {
+        router_from_toml(&format!("{DEPLOYMENTS}\n{routes}")).unwrap_or_else(|p| panic!("{p:?}"))
+    }
+
+    fn problems(routes: &str) -> Vec<String> {
+        match router_from_toml(&format!("{DEPLOYMENTS}\n{routes}")) {
+            Ok(_) => panic!("config accepted:\n{routes}"),
+            Err(p) => p.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn methods_give_405_with_allow_list() {
+        let r = router(
+            r#"
+            [[routes]]
+            path = "/v1/chat/completions"
+            methods = ["post"]
+            upstream = "mock"
+            [[routes]]
+            path = "/v1/chat/completions"
+            methods = ["GET", "DELETE"]
+            models = ["m"]
+            upstream = "mock"
+            [[routes]]
+            path = "/any"
+            upstream = "openai"
+            "#,
+        );
+        let status = |m: &str, p: &str| r.lookup(m, p).map(|m| m.pattern()).map_err(RouteError::status);
+        assert_eq!(status("POST", "/v1/chat/completions"), Ok("/v1/chat/completions"));
+        assert_eq!(status("GET", "/v1/chat/completions"), Ok("/v1/chat/completions"));
+        assert_eq!(status("PUT", "/v1/chat/completions"), Err(405));
+        assert_eq!(status("post", "/v1/chat/completions"), Err(405));
+        assert_eq!(status("PURGE", "/any"), Ok("/any"));
+        assert_eq!(status("GET", "/v1/chat"), Err(404));
+        match r.lookup("PATCH", "/v1/chat/completions") {
+            Err(RouteError::MethodNotAllowed(ep)) => assert_eq!(r.allow(ep), "GET, POST, DELETE"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn method_mismatch_backtracks_to_a_less_specific_pattern() {
+        let r = router(
+            r#"
+            [[routes]]
+            path = "/files/meta"
+            methods = ["POST"]
+            upstream = "mock"
+            [[routes]]
+            path = "/files/:id"
+            methods = ["GET"]
+            upstream = "openai"
+            "#,
+        );
+        assert_eq!(r.lookup("GET", "/files/meta").unwrap().pattern(), "/files/:id");
+        assert_eq!(r.lookup("POST", "/files/meta").unwrap().pattern(), "/files/meta");
+        match r.lookup("PUT", "/files/meta") {
+            Err(RouteError::MethodNotAllowed(ep)) => assert_eq!(r.allow(ep), "POST"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn params_and_wildcard_are_captured_from_the_path() {
+        let r = router(
+            r#"
+            [[routes]]
+            path = "/v1/:org/models/:id"
+            upstream = "mock"
+            [[routes]]
+            path = "/static/*rest"
+            upstream = "mock"
+            "#,
+        );
+        let path = "/v1/acme/models/llama";
+        let m = r.lookup("GET", path).unwrap();
+        assert_eq!(m.param(path, "org"), Some("acme"));
+        assert_eq!(m.param(path, "id"), Some("llama"));
+        assert_eq!(m.param(path, "nope"), None);
+        assert_eq!(m.params(path).collect::<Vec<_>>(), [("org", "acme"), ("id", "llama")]);
+        let path = "/static/css/site.css";
+        let m = r.lookup("GET", path).unwrap();
+        assert_eq!(m.params(path).collect::<Vec<_>>(), [("rest", "css/site.css")]);
+    }
+
+    #[test]
+    fn alias_keying_picks_the_route_for_the_body_model() {
+        let routes = r#"
+            [[routes]]
+            path = "/v1/chat/completions"
+            models = ["chat-default", "chat"]
+            targets = [{ model = "llama3-70b", version = "^3.2", weight = 1 }]
+            [[routes]]
+            path = "/v1/chat/completions"
+            models = ["small"]
+            targets = [{ model = "llama3-8b", weight = 1 }]
+            [[routes]]
+            path = "/v1/chat/completions"
+            upstream = "openai"
+            [[routes]]
+            path = "/v1/embeddings"
+            models = ["small"]
+            targets = [{ model = "llama3-8b", weight = 1 }]
+        "#;
+        let r = router(routes);
+        let pick = |path: &str, model: Option<&str>| {
+            let m = r.lookup("POST", path).unwrap();
+            r.select_by_model(&m, model).map(|route| route.id().0)
+        };
+        let cases = [
+            ("/v1/chat/completions", Some("chat"), Ok(0)),
+            ("/v1/chat/completions", Some("chat-default"), Ok(0)),
+            ("/v1/chat/completions", Some("small"), Ok(1)),
+            ("/v1/chat/completions", Some("gpt-4o"), Ok(2)),
+            ("/v1/chat/completions", None, Ok(2)),
+            ("/v1/embeddings", Some("small"), Ok(3)),
+            ("/v1/embeddings", Some("big"), Err(RouteError::UnknownModel)),
+            ("/v1/embeddings", None, Err(RouteError::ModelRequired)),
+        ];
+        for (path, model, want) in cases {
+            assert_eq!(pick(path, model), want, "{path} {model:?}");
+        }
+        assert_eq!(RouteError::ModelRequired.status(), 400);
+        assert!(r.lookup("POST", "/v1/embeddings").unwrap().needs_model());
+        assert!(matches!(r.route(RouteId(2)).target(), RouteTarget::Upstream(1)));
+    }
+
+    #[test]
+    fn same_path_routes_that_overlap_are_config_errors() {
+        let got = problems(
+            r#"
+            [[routes]]
+            path = "/a"
+            models = ["x", "y"]
+            upstream = "mock"
+            [[routes]]
+            path = "/a"
+            models = ["y"]
+            upstream = "mock"
+            [[routes]]
+            path = "/a"
+            methods = ["GET"]
+            upstream = "mock"
+            [[routes]]
+            path = "/a"
+            methods = ["POST"]
+            upstream = "mock"
+            [[routes]]
+            path = "/a"
+            methods = ["POST", "PUT"]
+            upstream = "mock"
+            "#,
+        );
+        assert_eq!(
+            got,
+            [
+                "routes[1].path: `/a` conflicts with routes[0]: same path, overlapping methods and models",
+                "routes[4].path: `/a` conflicts with routes[3]: same path, overlapping methods and models",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_config_problem_is_reported_at_once() {
+        let got = problems(
+            r#"
+            [[routes]]
+            path = "/both"
+            upstream = "mock"
+            targets = [{ model = "llama3-8b", weight = 1 }]
+            [[routes]]
+            path = "/neither"
+            [[routes]]
+            path = "/unknown-upstream"
+            upstream = "nope"
+            sticky = "subject"
+            [[routes]]
+            path = "/bad-targets"
+            methods = ["FETCH"]
+            label_header = "bad header"
+            targets = [
+              { model = "llama3-70b", version = "^4", weight = 1 },
+              { model = "mistral", weight = 1 },
+              { model = "llama3-8b", version = "one", weight = 1 },
+            ]
+            fallbacks = [{ model = "llama3-8b", weight = 0 }]
+            [[routes]]
+            path = "/zero"
+            targets = [{ model = "llama3-8b", weight = 0 }]
+            [[routes]]
+            path = "no-slash"
+            upstream = "mock"
+            "#,
+        );
+        let keys: Vec<&str> = got.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(
+            keys,
+            [
+                "routes[0].upstream",
+                "routes[1].targets",
+                "routes[2].sticky",
+                "routes[2].upstream",
+                "routes[3].fallbacks",
+                "routes[3].label_header",
+                "routes[3].methods[0]",
+                "routes[3].targets[0].version",
+                "routes[3].targets[1].model",
+                "routes[3].targets[2].version",
+                "routes[4].targets",
+                "routes[5].path",
+            ],
+            "{got:#?}"
+        );
+        assert!(got[7].contains("no deployment of `llama3-70b` matches `^4`"), "{}", got[7]);
+        assert!(got[10].contains("total weight is zero"), "{}", got[10]);
+    }
+
+    #[test]
+    fn route_carries_auth_scope_label_and_sticky_settings() {
+        let r = router(
+            r#"
+            [[routes]]
+            path = "/v1/completions"
+            targets = [{ model = "llama3-70b", version = "=3.2.1", weight = 1 }]
+            label_header = "X-Canary"
+            sticky = { header = "X-Session-Id" }
+            auth = false
+            scope = "ai:inference"
+            "#,
+        );
+        let route = r.route(RouteId(0));
+        assert_eq!(route.label_header(), Some("x-canary"));
+        assert_eq!(route.sticky(), Some(&StickyKey::Header("x-session-id".into())));
+        assert_eq!((route.auth(), route.scope()), (Some(false), Some("ai:inference")));
+        let RouteTarget::Split(split) = route.target() else { panic!("not a split") };
+        let d = r.deployment(split.targets()[0].deployment);
+        assert_eq!((d.version_str(), d.served_name()), ("3.2.1", "meta-llama/Llama-3-70B"));
+        assert_eq!(r.deployments().len(), 3);
+    }
+}

@@ -198,3 +198,195 @@ fn pick(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::{router_from_toml, RouteTarget, Router};
+
+    const PICKS: usize = 10_000;
+
+    /// Deployments `m@1.0.0` … and one route `/r` whose targets are `targets` (TOML array
+    /// body) plus `extra` route keys.
+    fn router(deployments: &[(&str, &str, &[&str])], targets: &str, extra: &str) -> Router {
+        let mut text = String::new();
+        for (model, version, labels) in deployments {
+            text += &format!(
+                "[[deployments]]\nmodel = \"{model}\"\nversion = \"{version}\"\nendpoints = [\"10.0.0.1:80\"]\nlabels = {labels:?}\n"
+            );
+        }
+        text += &format!("[[routes]]\npath = \"/r\"\ntargets = [{targets}]\n{extra}\n");
+        router_from_toml(&text).unwrap_or_else(|p| panic!("{p:?}"))
+    }
+
+    fn split(r: &Router) -> &Split {
+        match r.route(crate::route::RouteId(0)).target() {
+            RouteTarget::Split(s) => s,
+            RouteTarget::Upstream(_) => panic!("not a split"),
+        }
+    }
+
+    /// Picks `PICKS` times and returns the share (in percent) per `model@version`.
+    fn shares(
+        r: &Router,
+        ctx: impl Fn(usize) -> (Option<String>, Option<String>),
+        healthy: impl Fn(&str) -> bool,
+    ) -> std::collections::BTreeMap<String, f64> {
+        let mut rng = WorkerRng::new(42);
+        let mut counts = std::collections::BTreeMap::new();
+        for i in 0..PICKS {
+            let (label, key) = ctx(i);
+            let ctx = SelectCtx {
+                label: label.as_deref().map(str::as_bytes),
+                sticky_key: key.as_deref().map(str::as_bytes),
+            };
+            let healthy = |id: DeploymentId| {
+                let d = r.deployment(id);
+                healthy(&format!("{}@{}", d.model(), d.version_str()))
+            };
+            let name = match r.choose(split(r), &ctx, healthy, &mut rng) {
+                Some(c) => format!("{}@{}{}", c.model, c.version, if c.fallback { " fb" } else { "" }),
+                None => "none".to_owned(),
+            };
+            *counts.entry(name).or_insert(0.0) += 100.0 / PICKS as f64;
+        }
+        counts
+    }
+
+    fn assert_shares(got: &std::collections::BTreeMap<String, f64>, want: &[(&str, f64)]) {
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for (name, pct) in want {
+            let g = got.get(*name).copied().unwrap_or(0.0);
+            assert!((g - pct).abs() <= 2.0, "{name}: {g:.2}% vs {pct}% in {got:?}");
+        }
+    }
+
+    const ALL: fn(&str) -> bool = |_| true;
+    const NO_CTX: fn(usize) -> (Option<String>, Option<String>) = |_| (None, None);
+
+    #[test]
+    fn weighted_random_follows_weights_and_skips_unhealthy() {
+        let deps: &[(&str, &str, &[&str])] = &[("a", "1.0.0", &[]), ("b", "1.0.0", &[]), ("c", "1.0.0", &[])];
+        let r = router(
+            deps,
+            r#"{ model = "a", weight = 70 }, { model = "b", weight = 20 }, { model = "c", weight = 10 }"#,
+            "",
+        );
+        assert_shares(&shares(&r, NO_CTX, ALL), &[("a@1.0.0", 70.0), ("b@1.0.0", 20.0), ("c@1.0.0", 10.0)]);
+        // Without `a`, b and c keep their 2:1 ratio.
+        let without_a = shares(&r, NO_CTX, |n| n != "a@1.0.0");
+        assert_shares(&without_a, &[("b@1.0.0", 66.67), ("c@1.0.0", 33.33)]);
+        let none = shares(&r, NO_CTX, |_| false);
+        assert_shares(&none, &[("none", 100.0)]);
+    }
+
+    #[test]
+    fn all_matching_versions_share_the_weight() {
+        let deps: &[(&str, &str, &[&str])] =
+            &[("a", "1.0.0", &[]), ("a", "1.1.0", &[]), ("a", "1.2.0", &[]), ("b", "1.0.0", &[])];
+        let targets = r#"{ model = "a", version = "^1", weight = 60 }, { model = "b", weight = 40 }"#;
+        let r = router(deps, targets, "all_matching_versions = true");
+        assert_shares(
+            &shares(&r, NO_CTX, ALL),
+            &[("a@1.0.0", 20.0), ("a@1.1.0", 20.0), ("a@1.2.0", 20.0), ("b@1.0.0", 40.0)],
+        );
+        let r = router(deps, targets, "");
+        assert_shares(&shares(&r, NO_CTX, ALL), &[("a@1.2.0", 60.0), ("b@1.0.0", 40.0)]);
+    }
+
+    #[test]
+    fn labelled_requests_go_to_labelled_targets_then_fall_back_to_default() {
+        let deps: &[(&str, &str, &[&str])] =
+            &[("a", "1.0.0", &[]), ("a", "2.0.0", &["canary"]), ("b", "1.0.0", &[])];
+        let targets = r#"{ model = "a", version = "^1", weight = 50 }, { model = "a", version = "^2", weight = 10 }, { model = "b", weight = 50 }"#;
+        let r = router(deps, targets, "label_header = \"x-canary\"");
+        let canary = |_| (Some("canary".to_owned()), None);
+        assert_shares(&shares(&r, canary, ALL), &[("a@2.0.0", 100.0)]);
+        // Unlabelled and unknown-label requests never reach the canary.
+        let default = [("a@1.0.0", 50.0), ("b@1.0.0", 50.0)];
+        assert_shares(&shares(&r, NO_CTX, ALL), &default);
+        assert_shares(&shares(&r, |_| (Some("blue".to_owned()), None), ALL), &default);
+        // Canary down: its requests go to the default group.
+        assert_shares(&shares(&r, canary, |n| n != "a@2.0.0"), &default);
+    }
+
+    #[test]
+    fn fallbacks_serve_only_when_every_primary_is_down() {
+        let deps: &[(&str, &str, &[&str])] = &[("a", "1.0.0", &[]), ("b", "1.0.0", &[]), ("c", "1.0.0", &[])];
+        let r = router(deps, r#"{ model = "a", weight = 1 }, { model = "b", weight = 1 }"#, "fallbacks = [{ model = \"c\", weight = 1 }]");
+        assert_shares(&shares(&r, NO_CTX, |n| n != "a@1.0.0"), &[("b@1.0.0", 100.0)]);
+        let primaries_down = |n: &str| n == "c@1.0.0";
+        assert_shares(&shares(&r, NO_CTX, primaries_down), &[("c@1.0.0 fb", 100.0)]);
+        assert_shares(&shares(&r, NO_CTX, |_| false), &[("none", 100.0)]);
+    }
+
+    #[test]
+    fn zero_weight_drains_a_target() {
+        let deps: &[(&str, &str, &[&str])] = &[("a", "1.0.0", &[]), ("b", "1.0.0", &[])];
+        let r = router(deps, r#"{ model = "a", weight = 0 }, { model = "b", weight = 3 }"#, "");
+        assert_shares(&shares(&r, NO_CTX, ALL), &[("b@1.0.0", 100.0)]);
+        let keyed = |i: usize| (None, Some(format!("user-{i}")));
+        assert_shares(&shares(&r, keyed, ALL), &[("b@1.0.0", 100.0)]);
+    }
+
+    /// Which target each of `PICKS` sticky keys goes to.
+    fn assignment(r: &Router, healthy: impl Fn(&str) -> bool + Copy) -> Vec<String> {
+        let mut rng = WorkerRng::new(1);
+        (0..PICKS)
+            .map(|i| {
+                let key = format!("session-{i}");
+                let ctx = SelectCtx { label: None, sticky_key: Some(key.as_bytes()) };
+                let ok = |id: DeploymentId| {
+                    let d = r.deployment(id);
+                    healthy(&format!("{}@{}", d.model(), d.version_str()))
+                };
+                let c = r.choose(split(r), &ctx, ok, &mut rng).unwrap();
+                format!("{}@{}", c.model, c.version)
+            })
+            .collect()
+    }
+
+    fn moved_pct(a: &[String], b: &[String]) -> f64 {
+        a.iter().zip(b).filter(|(x, y)| x != y).count() as f64 * 100.0 / a.len() as f64
+    }
+
+    #[test]
+    fn sticky_keys_follow_weights_and_move_minimally() {
+        let deps: &[(&str, &str, &[&str])] =
+            &[("a", "1.0.0", &[]), ("b", "1.0.0", &[]), ("c", "1.0.0", &[]), ("d", "1.0.0", &[])];
+        let with = |wa: u32| {
+            router(
+                deps,
+                &format!(
+                    r#"{{ model = "a", weight = {wa} }}, {{ model = "b", weight = 30 }}, {{ model = "c", weight = 20 }}, {{ model = "d", weight = 10 }}"#
+                ),
+                "sticky = \"subject\"",
+            )
+        };
+        let base = with(40);
+        let before = assignment(&base, |_| true);
+        // Deterministic: the same keys, a fresh router and another RNG state, same targets.
+        assert_eq!(before, assignment(&with(40), |_| true));
+        let keyed = |i: usize| (None, Some(format!("session-{i}")));
+        assert_shares(
+            &shares(&base, keyed, ALL),
+            &[("a@1.0.0", 40.0), ("b@1.0.0", 30.0), ("c@1.0.0", 20.0), ("d@1.0.0", 10.0)],
+        );
+        // Changing a's weight: the minimum movement is the total variation distance
+        // between the old and new shares.
+        for new_a in [10u32, 80] {
+            let old: [f64; 4] = [40.0, 30.0, 20.0, 10.0].map(|w| w / 100.0);
+            let total = f64::from(new_a) + 60.0;
+            let new: [f64; 4] = [f64::from(new_a), 30.0, 20.0, 10.0].map(|w| w / total);
+            let min_pct: f64 = old.iter().zip(&new).map(|(o, n)| (o - n).max(0.0)).sum::<f64>() * 100.0;
+            let moved = moved_pct(&before, &assignment(&with(new_a), |_| true));
+            assert!(moved <= min_pct + 1.0, "a={new_a}: moved {moved:.2}% > min {min_pct:.2}% + 1");
+            assert!(moved >= min_pct - 2.0, "a={new_a}: moved only {moved:.2}% of {min_pct:.2}%");
+        }
+        // An unhealthy target's keys spread over the others; everyone else stays put.
+        let after = assignment(&base, |n| n != "b@1.0.0");
+        for (x, y) in before.iter().zip(&after) {
+            assert!(x == "b@1.0.0" && y != "b@1.0.0" || x == y, "{x} -> {y}");
+        }
+    }
+}
