@@ -164,7 +164,11 @@ impl<'a> RouteMatch<'a> {
 
     /// The value of capture `name` within `path`, which must be the path given to `lookup`.
     pub fn param<'p>(&self, path: &'p str, name: &str) -> Option<&'p str> {
-        let i = self.endpoint.param_names.iter().position(|n| **n == *name)?;
+        let i = self
+            .endpoint
+            .param_names
+            .iter()
+            .position(|n| **n == *name)?;
         let &(a, b) = self.captures.spans().get(i)?;
         path.get(a as usize..b as usize)
     }
@@ -210,11 +214,20 @@ impl Router {
             .collect();
         let specs: Vec<RouteSpec<'_>> = built
             .iter()
-            .map(|r| RouteSpec { id: r.id, pattern: &r.pattern, methods: r.methods, models: &r.models })
+            .map(|r| RouteSpec {
+                id: r.id,
+                pattern: &r.pattern,
+                methods: r.methods,
+                models: &r.models,
+            })
             .collect();
         let trie = trie::build(&specs, &mut problems);
         if problems.is_empty() {
-            Ok(Router { trie, routes: built.into(), catalog })
+            Ok(Router {
+                trie,
+                routes: built.into(),
+                catalog,
+            })
         } else {
             problems.sort_by(|a, b| a.key.cmp(&b.key));
             Err(problems)
@@ -230,9 +243,11 @@ impl Router {
     pub fn lookup(&self, method: &str, path: &str) -> Result<RouteMatch<'_>, RouteError> {
         let method = MethodSet::of_request(method);
         match self.trie.find(method, path) {
-            Ok((ep, captures)) => {
-                Ok(RouteMatch { endpoint: self.trie.endpoint(ep), method, captures })
-            }
+            Ok((ep, captures)) => Ok(RouteMatch {
+                endpoint: self.trie.endpoint(ep),
+                method,
+                captures,
+            }),
             Err(Some(ep)) => Err(RouteError::MethodNotAllowed(ep)),
             Err(None) => Err(RouteError::NotFound),
         }
@@ -256,11 +271,17 @@ impl Router {
     ) -> Result<&Route, RouteError> {
         let ep = m.endpoint;
         let keyed = model.and_then(|model| {
-            ep.keyed.iter().find(|(alias, methods, _)| **alias == *model && methods.intersects(m.method))
+            ep.keyed
+                .iter()
+                .find(|(alias, methods, _)| **alias == *model && methods.intersects(m.method))
         });
         let id = match keyed {
             Some(&(_, _, id)) => id,
-            None => match ep.defaults.iter().find(|(methods, _)| methods.intersects(m.method)) {
+            None => match ep
+                .defaults
+                .iter()
+                .find(|(methods, _)| methods.intersects(m.method))
+            {
                 Some(&(_, id)) => id,
                 None if model.is_none() => return Err(RouteError::ModelRequired),
                 None => return Err(RouteError::UnknownModel),
@@ -314,25 +335,37 @@ fn build_route(
     let methods = match &r.methods {
         None => MethodSet::ANY,
         Some(list) if list.is_empty() => {
-            problems.push(ConfigProblem::new(key("methods"), "empty; omit it to allow any method"));
+            problems.push(ConfigProblem::new(
+                key("methods"),
+                "empty; omit it to allow any method",
+            ));
             MethodSet::ANY
         }
-        Some(list) => list.iter().enumerate().fold(MethodSet::EMPTY, |set, (j, m)| {
-            match MethodSet::of_config(m) {
-                Some(bit) => set.union(bit),
-                None => {
-                    let msg = format!("`{m}` is not a standard HTTP method");
-                    problems.push(ConfigProblem::new(key(&format!("methods[{j}]")), msg));
-                    set
-                }
-            }
-        }),
+        Some(list) => {
+            list.iter().enumerate().fold(
+                MethodSet::EMPTY,
+                |set, (j, m)| match MethodSet::of_config(m) {
+                    Some(bit) => set.union(bit),
+                    None => {
+                        let msg = format!("`{m}` is not a standard HTTP method");
+                        problems.push(ConfigProblem::new(key(&format!("methods[{j}]")), msg));
+                        set
+                    }
+                },
+            )
+        }
     };
     for (j, m) in r.models.iter().enumerate() {
         if m.trim().is_empty() {
-            problems.push(ConfigProblem::new(key(&format!("models[{j}]")), "must not be empty"));
+            problems.push(ConfigProblem::new(
+                key(&format!("models[{j}]")),
+                "must not be empty",
+            ));
         } else if r.models[..j].contains(m) {
-            problems.push(ConfigProblem::new(key(&format!("models[{j}]")), format!("`{m}` repeated")));
+            problems.push(ConfigProblem::new(
+                key(&format!("models[{j}]")),
+                format!("`{m}` repeated"),
+            ));
         }
     }
     let label_header = header_name(r.label_header.as_deref(), &key("label_header"), problems);
@@ -345,11 +378,17 @@ fn build_route(
     };
     let target = match (&r.upstream, &r.targets) {
         (Some(_), Some(_)) => {
-            problems.push(ConfigProblem::new(key("upstream"), "set either `upstream` or `targets`, not both"));
+            problems.push(ConfigProblem::new(
+                key("upstream"),
+                "set either `upstream` or `targets`, not both",
+            ));
             None
         }
         (None, None) => {
-            problems.push(ConfigProblem::new(key("targets"), "set either `upstream` or `targets`"));
+            problems.push(ConfigProblem::new(
+                key("targets"),
+                "set either `upstream` or `targets`",
+            ));
             None
         }
         (Some(name), None) => {
@@ -361,23 +400,41 @@ fn build_route(
             ];
             for (field, set) in split_only {
                 if set {
-                    problems.push(ConfigProblem::new(key(field), "only applies to routes with `targets`"));
+                    problems.push(ConfigProblem::new(
+                        key(field),
+                        "only applies to routes with `targets`",
+                    ));
                 }
             }
             match upstream_names.iter().position(|u| *u == name) {
                 Some(idx) => Some(RouteTarget::Upstream(idx)),
                 None => {
-                    problems.push(ConfigProblem::new(key("upstream"), format!("unknown upstream `{name}`")));
+                    problems.push(ConfigProblem::new(
+                        key("upstream"),
+                        format!("unknown upstream `{name}`"),
+                    ));
                     None
                 }
             }
         }
         (None, Some(targets)) => {
-            let primary = resolve_targets(&key("targets"), targets, r.all_matching_versions, catalog, problems);
+            let primary = resolve_targets(
+                &key("targets"),
+                targets,
+                r.all_matching_versions,
+                catalog,
+                problems,
+            );
             let fallbacks = if r.fallbacks.is_empty() {
                 Some(Vec::new())
             } else {
-                resolve_targets(&key("fallbacks"), &r.fallbacks, r.all_matching_versions, catalog, problems)
+                resolve_targets(
+                    &key("fallbacks"),
+                    &r.fallbacks,
+                    r.all_matching_versions,
+                    catalog,
+                    problems,
+                )
             };
             match (primary, fallbacks) {
                 (Some(p), Some(f)) => Some(RouteTarget::Split(Split::new(p, f, catalog))),
@@ -445,7 +502,11 @@ fn resolve_targets(
                 Some(o) => o.weight.0 += share,
                 None => {
                     let seed = catalog.get(id).seed();
-                    out.push(Target { deployment: id, weight: Weight(share), seed });
+                    out.push(Target {
+                        deployment: id,
+                        weight: Weight(share),
+                        seed,
+                    });
                 }
             }
         }
@@ -454,7 +515,10 @@ fn resolve_targets(
         return None;
     }
     if out.len() > MAX_TARGETS {
-        let msg = format!("resolves to {} deployments; at most {MAX_TARGETS}", out.len());
+        let msg = format!(
+            "resolves to {} deployments; at most {MAX_TARGETS}",
+            out.len()
+        );
         problems.push(ConfigProblem::new(key, msg));
         return None;
     }
@@ -466,12 +530,19 @@ fn resolve_targets(
 }
 
 /// A valid header name, lowercased.
-fn header_name(name: Option<&str>, key: &str, problems: &mut Vec<ConfigProblem>) -> Option<Box<str>> {
+fn header_name(
+    name: Option<&str>,
+    key: &str,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<Box<str>> {
     let name = name?;
     match http::HeaderName::from_bytes(name.trim().as_bytes()) {
         Ok(h) => Some(h.as_str().into()),
         Err(_) => {
-            problems.push(ConfigProblem::new(key, format!("`{name}` is not a valid header name")));
+            problems.push(ConfigProblem::new(
+                key,
+                format!("`{name}` is not a valid header name"),
+            ));
             None
         }
     }
@@ -542,9 +613,19 @@ mod tests {
             upstream = "openai"
             "#,
         );
-        let status = |m: &str, p: &str| r.lookup(m, p).map(|m| m.pattern()).map_err(RouteError::status);
-        assert_eq!(status("POST", "/v1/chat/completions"), Ok("/v1/chat/completions"));
-        assert_eq!(status("GET", "/v1/chat/completions"), Ok("/v1/chat/completions"));
+        let status = |m: &str, p: &str| {
+            r.lookup(m, p)
+                .map(|m| m.pattern())
+                .map_err(RouteError::status)
+        };
+        assert_eq!(
+            status("POST", "/v1/chat/completions"),
+            Ok("/v1/chat/completions")
+        );
+        assert_eq!(
+            status("GET", "/v1/chat/completions"),
+            Ok("/v1/chat/completions")
+        );
         assert_eq!(status("PUT", "/v1/chat/completions"), Err(405));
         assert_eq!(status("post", "/v1/chat/completions"), Err(405));
         assert_eq!(status("PURGE", "/any"), Ok("/any"));
@@ -569,8 +650,14 @@ mod tests {
             upstream = "openai"
             "#,
         );
-        assert_eq!(r.lookup("GET", "/files/meta").unwrap().pattern(), "/files/:id");
-        assert_eq!(r.lookup("POST", "/files/meta").unwrap().pattern(), "/files/meta");
+        assert_eq!(
+            r.lookup("GET", "/files/meta").unwrap().pattern(),
+            "/files/:id"
+        );
+        assert_eq!(
+            r.lookup("POST", "/files/meta").unwrap().pattern(),
+            "/files/meta"
+        );
         match r.lookup("PUT", "/files/meta") {
             Err(RouteError::MethodNotAllowed(ep)) => assert_eq!(r.allow(ep), "POST"),
             other => panic!("{other:?}"),
@@ -594,10 +681,16 @@ mod tests {
         assert_eq!(m.param(path, "org"), Some("acme"));
         assert_eq!(m.param(path, "id"), Some("llama"));
         assert_eq!(m.param(path, "nope"), None);
-        assert_eq!(m.params(path).collect::<Vec<_>>(), [("org", "acme"), ("id", "llama")]);
+        assert_eq!(
+            m.params(path).collect::<Vec<_>>(),
+            [("org", "acme"), ("id", "llama")]
+        );
         let path = "/static/css/site.css";
         let m = r.lookup("GET", path).unwrap();
-        assert_eq!(m.params(path).collect::<Vec<_>>(), [("rest", "css/site.css")]);
+        assert_eq!(
+            m.params(path).collect::<Vec<_>>(),
+            [("rest", "css/site.css")]
+        );
     }
 
     #[test]
@@ -639,7 +732,10 @@ mod tests {
         }
         assert_eq!(RouteError::ModelRequired.status(), 400);
         assert!(r.lookup("POST", "/v1/embeddings").unwrap().needs_model());
-        assert!(matches!(r.route(RouteId(2)).target(), RouteTarget::Upstream(1)));
+        assert!(matches!(
+            r.route(RouteId(2)).target(),
+            RouteTarget::Upstream(1)
+        ));
     }
 
     #[test]
@@ -728,7 +824,11 @@ mod tests {
             ],
             "{got:#?}"
         );
-        assert!(got[7].contains("no deployment of `llama3-70b` matches `^4`"), "{}", got[7]);
+        assert!(
+            got[7].contains("no deployment of `llama3-70b` matches `^4`"),
+            "{}",
+            got[7]
+        );
         assert!(got[10].contains("total weight is zero"), "{}", got[10]);
     }
 
@@ -747,11 +847,22 @@ mod tests {
         );
         let route = r.route(RouteId(0));
         assert_eq!(route.label_header(), Some("x-canary"));
-        assert_eq!(route.sticky(), Some(&StickyKey::Header("x-session-id".into())));
-        assert_eq!((route.auth(), route.scope()), (Some(false), Some("ai:inference")));
-        let RouteTarget::Split(split) = route.target() else { panic!("not a split") };
+        assert_eq!(
+            route.sticky(),
+            Some(&StickyKey::Header("x-session-id".into()))
+        );
+        assert_eq!(
+            (route.auth(), route.scope()),
+            (Some(false), Some("ai:inference"))
+        );
+        let RouteTarget::Split(split) = route.target() else {
+            panic!("not a split")
+        };
         let d = r.deployment(split.targets()[0].deployment);
-        assert_eq!((d.version_str(), d.served_name()), ("3.2.1", "meta-llama/Llama-3-70B"));
+        assert_eq!(
+            (d.version_str(), d.served_name()),
+            ("3.2.1", "meta-llama/Llama-3-70B")
+        );
         assert_eq!(r.deployments().len(), 3);
     }
 }

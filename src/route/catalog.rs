@@ -98,14 +98,20 @@ impl Catalog {
                 }
             };
             if d.endpoints.is_empty() {
-                problems.push(ConfigProblem::new(key("endpoints"), "needs at least one endpoint"));
+                problems.push(ConfigProblem::new(
+                    key("endpoints"),
+                    "needs at least one endpoint",
+                ));
             }
             for (j, ep) in d.endpoints.iter().enumerate() {
                 if let Err(msg) = check_endpoint(ep) {
                     problems.push(ConfigProblem::new(key(&format!("endpoints[{j}]")), msg));
                 }
             }
-            if d.served_name.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            if d.served_name
+                .as_deref()
+                .is_some_and(|s| s.trim().is_empty())
+            {
                 problems.push(ConfigProblem::new(key("served_name"), "must not be empty"));
             }
             for (j, label) in d.labels.iter().enumerate() {
@@ -117,8 +123,9 @@ impl Catalog {
                 }
             }
             let Some(version) = version else { continue };
-            if let Some(first) =
-                deployments.iter().position(|o| *o.model == *d.model && o.version == version)
+            if let Some(first) = deployments
+                .iter()
+                .position(|o| *o.model == *d.model && o.version == version)
             {
                 problems.push(ConfigProblem::new(
                     key("version"),
@@ -146,7 +153,9 @@ impl Catalog {
                 seed: hash_bytes(ident.as_bytes()),
             });
         }
-        Catalog { deployments: deployments.into() }
+        Catalog {
+            deployments: deployments.into(),
+        }
     }
 
     pub(crate) fn all(&self) -> &[Deployment] {
@@ -165,7 +174,11 @@ impl Catalog {
         req: &VersionReq,
         all: bool,
     ) -> Result<Vec<DeploymentId>, ResolveError> {
-        let mut of_model = self.deployments.iter().filter(|d| *d.model == *model).peekable();
+        let mut of_model = self
+            .deployments
+            .iter()
+            .filter(|d| *d.model == *model)
+            .peekable();
         if of_model.peek().is_none() {
             return Err(ResolveError::UnknownModel);
         }
@@ -184,7 +197,10 @@ impl Catalog {
 /// The raw index of an accepted deployment (ids skip rejected entries).
 fn first_raw_index(raw: &[RawDeployment], d: &Deployment) -> usize {
     raw.iter()
-        .position(|r| *r.model == *d.model && Version::parse(r.version.trim()).ok().as_ref() == Some(&d.version))
+        .position(|r| {
+            *r.model == *d.model
+                && Version::parse(r.version.trim()).ok().as_ref() == Some(&d.version)
+        })
         .unwrap_or(0)
 }
 
@@ -230,9 +246,12 @@ mod tests {
             dep("qwen", "2.0.0"),
         ]);
         let ver = |ids: Vec<DeploymentId>| -> Vec<String> {
-            ids.into_iter().map(|id| c.get(id).version_str().to_owned()).collect()
+            ids.into_iter()
+                .map(|id| c.get(id).version_str().to_owned())
+                .collect()
         };
-        let cases: [(&str, bool, Result<Vec<&str>, ResolveError>); 6] = [
+        type Case<'a> = (&'a str, bool, Result<Vec<&'a str>, ResolveError>);
+        let cases: [Case<'_>; 6] = [
             (">=3.2.0, <3.3.0", false, Ok(vec!["3.2.7"])),
             (">=3.2.0, <3.3.0", true, Ok(vec!["3.2.7", "3.2.0"])),
             ("*", false, Ok(vec!["3.3.0"])),
@@ -241,7 +260,9 @@ mod tests {
             ("=3.1.9", false, Ok(vec!["3.1.9"])),
         ];
         for (req, all, want) in cases {
-            let got = c.resolve("llama", &VersionReq::parse(req).unwrap(), all).map(ver);
+            let got = c
+                .resolve("llama", &VersionReq::parse(req).unwrap(), all)
+                .map(ver);
             let want = want.map(|v| v.into_iter().map(String::from).collect::<Vec<_>>());
             assert_eq!(got, want, "{req} all={all}");
         }
@@ -275,7 +296,11 @@ mod tests {
                 "deployments[3].version",
             ]
         );
-        assert!(problems[7].message.contains("deployments[0]"), "{}", problems[7]);
+        assert!(
+            problems[7].message.contains("deployments[0]"),
+            "{}",
+            problems[7]
+        );
         assert_eq!(c.all().len(), 1);
         assert_eq!(c.all()[0].served_name(), "llama");
     }

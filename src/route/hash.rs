@@ -27,13 +27,17 @@ pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
     for chunk in &mut chunks {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
-        h = (h ^ u64::from_le_bytes(word)).wrapping_mul(K).rotate_left(29);
+        h = (h ^ u64::from_le_bytes(word))
+            .wrapping_mul(K)
+            .rotate_left(29);
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
         let mut word = [0u8; 8];
         word[..rest.len()].copy_from_slice(rest);
-        h = (h ^ u64::from_le_bytes(word)).wrapping_mul(K).rotate_left(29);
+        h = (h ^ u64::from_le_bytes(word))
+            .wrapping_mul(K)
+            .rotate_left(29);
     }
     mix64(h ^ (bytes.len() as u64).wrapping_mul(K))
 }
@@ -56,7 +60,9 @@ impl WorkerRng {
     /// A generator with this seed. Two workers must use different seeds (see
     /// [`WorkerRng::for_worker`]).
     pub fn new(seed: u64) -> Self {
-        Self { state: mix64(seed ^ 0x2545_f491_4f6c_dd1d) }
+        Self {
+            state: mix64(seed ^ 0x2545_f491_4f6c_dd1d),
+        }
     }
 
     /// A generator for worker `index`, mixing the index with the wall clock so that restarts

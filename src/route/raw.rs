@@ -150,7 +150,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(doc.deployments[0].served_name, None);
-        assert_eq!(doc.routes[0].sticky, Some(RawSticky::Header("x-session-id".into())));
+        assert_eq!(
+            doc.routes[0].sticky,
+            Some(RawSticky::Header("x-session-id".into()))
+        );
         assert_eq!(doc.routes[1].sticky, Some(RawSticky::Subject));
         assert_eq!(doc.routes[1].fallbacks[0].version, "*");
         assert_eq!(doc.routes[1].methods, None);

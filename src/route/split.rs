@@ -88,7 +88,12 @@ impl Split {
         if default_mask == 0 {
             default_mask = all_mask(targets.len());
         }
-        Split { targets: targets.into(), default_mask, labels: labels.into(), fallbacks: fallbacks.into() }
+        Split {
+            targets: targets.into(),
+            default_mask,
+            labels: labels.into(),
+            fallbacks: fallbacks.into(),
+        }
     }
 }
 
@@ -180,11 +185,17 @@ fn pick(
     if live == 0 {
         return None;
     }
-    let live_targets = targets.iter().enumerate().filter(|(i, _)| live & (1 << i) != 0);
+    let live_targets = targets
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| live & (1 << i) != 0);
     match key {
         Some(key) => {
             let score = |t: &Target| -unit_open(mix64(key ^ t.seed)).ln() / t.weight.0 as f64;
-            live_targets.map(|(_, t)| (score(t), t)).min_by(|a, b| a.0.total_cmp(&b.0)).map(|(_, t)| *t)
+            live_targets
+                .map(|(_, t)| (score(t), t))
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, t)| *t)
         }
         None => {
             let mut r = rng.below(total);
@@ -245,7 +256,12 @@ mod tests {
                 healthy(&format!("{}@{}", d.model(), d.version_str()))
             };
             let name = match r.choose(split(r), &ctx, healthy, &mut rng) {
-                Some(c) => format!("{}@{}{}", c.model, c.version, if c.fallback { " fb" } else { "" }),
+                Some(c) => format!(
+                    "{}@{}{}",
+                    c.model,
+                    c.version,
+                    if c.fallback { " fb" } else { "" }
+                ),
                 None => "none".to_owned(),
             };
             *counts.entry(name).or_insert(0.0) += 100.0 / PICKS as f64;
@@ -257,7 +273,10 @@ mod tests {
         assert_eq!(got.len(), want.len(), "{got:?}");
         for (name, pct) in want {
             let g = got.get(*name).copied().unwrap_or(0.0);
-            assert!((g - pct).abs() <= 2.0, "{name}: {g:.2}% vs {pct}% in {got:?}");
+            assert!(
+                (g - pct).abs() <= 2.0,
+                "{name}: {g:.2}% vs {pct}% in {got:?}"
+            );
         }
     }
 
@@ -266,13 +285,20 @@ mod tests {
 
     #[test]
     fn weighted_random_follows_weights_and_skips_unhealthy() {
-        let deps: &[(&str, &str, &[&str])] = &[("a", "1.0.0", &[]), ("b", "1.0.0", &[]), ("c", "1.0.0", &[])];
+        let deps: &[(&str, &str, &[&str])] = &[
+            ("a", "1.0.0", &[]),
+            ("b", "1.0.0", &[]),
+            ("c", "1.0.0", &[]),
+        ];
         let r = router(
             deps,
             r#"{ model = "a", weight = 70 }, { model = "b", weight = 20 }, { model = "c", weight = 10 }"#,
             "",
         );
-        assert_shares(&shares(&r, NO_CTX, ALL), &[("a@1.0.0", 70.0), ("b@1.0.0", 20.0), ("c@1.0.0", 10.0)]);
+        assert_shares(
+            &shares(&r, NO_CTX, ALL),
+            &[("a@1.0.0", 70.0), ("b@1.0.0", 20.0), ("c@1.0.0", 10.0)],
+        );
         // Without `a`, b and c keep their 2:1 ratio.
         let without_a = shares(&r, NO_CTX, |n| n != "a@1.0.0");
         assert_shares(&without_a, &[("b@1.0.0", 66.67), ("c@1.0.0", 33.33)]);
@@ -282,22 +308,38 @@ mod tests {
 
     #[test]
     fn all_matching_versions_share_the_weight() {
-        let deps: &[(&str, &str, &[&str])] =
-            &[("a", "1.0.0", &[]), ("a", "1.1.0", &[]), ("a", "1.2.0", &[]), ("b", "1.0.0", &[])];
-        let targets = r#"{ model = "a", version = "^1", weight = 60 }, { model = "b", weight = 40 }"#;
+        let deps: &[(&str, &str, &[&str])] = &[
+            ("a", "1.0.0", &[]),
+            ("a", "1.1.0", &[]),
+            ("a", "1.2.0", &[]),
+            ("b", "1.0.0", &[]),
+        ];
+        let targets =
+            r#"{ model = "a", version = "^1", weight = 60 }, { model = "b", weight = 40 }"#;
         let r = router(deps, targets, "all_matching_versions = true");
         assert_shares(
             &shares(&r, NO_CTX, ALL),
-            &[("a@1.0.0", 20.0), ("a@1.1.0", 20.0), ("a@1.2.0", 20.0), ("b@1.0.0", 40.0)],
+            &[
+                ("a@1.0.0", 20.0),
+                ("a@1.1.0", 20.0),
+                ("a@1.2.0", 20.0),
+                ("b@1.0.0", 40.0),
+            ],
         );
         let r = router(deps, targets, "");
-        assert_shares(&shares(&r, NO_CTX, ALL), &[("a@1.2.0", 60.0), ("b@1.0.0", 40.0)]);
+        assert_shares(
+            &shares(&r, NO_CTX, ALL),
+            &[("a@1.2.0", 60.0), ("b@1.0.0", 40.0)],
+        );
     }
 
     #[test]
     fn labelled_requests_go_to_labelled_targets_then_fall_back_to_default() {
-        let deps: &[(&str, &str, &[&str])] =
-            &[("a", "1.0.0", &[]), ("a", "2.0.0", &["canary"]), ("b", "1.0.0", &[])];
+        let deps: &[(&str, &str, &[&str])] = &[
+            ("a", "1.0.0", &[]),
+            ("a", "2.0.0", &["canary"]),
+            ("b", "1.0.0", &[]),
+        ];
         let targets = r#"{ model = "a", version = "^1", weight = 50 }, { model = "a", version = "^2", weight = 10 }, { model = "b", weight = 50 }"#;
         let r = router(deps, targets, "label_header = \"x-canary\"");
         let canary = |_| (Some("canary".to_owned()), None);
@@ -305,25 +347,46 @@ mod tests {
         // Unlabelled and unknown-label requests never reach the canary.
         let default = [("a@1.0.0", 50.0), ("b@1.0.0", 50.0)];
         assert_shares(&shares(&r, NO_CTX, ALL), &default);
-        assert_shares(&shares(&r, |_| (Some("blue".to_owned()), None), ALL), &default);
+        assert_shares(
+            &shares(&r, |_| (Some("blue".to_owned()), None), ALL),
+            &default,
+        );
         // Canary down: its requests go to the default group.
         assert_shares(&shares(&r, canary, |n| n != "a@2.0.0"), &default);
     }
 
     #[test]
     fn fallbacks_serve_only_when_every_primary_is_down() {
-        let deps: &[(&str, &str, &[&str])] = &[("a", "1.0.0", &[]), ("b", "1.0.0", &[]), ("c", "1.0.0", &[])];
-        let r = router(deps, r#"{ model = "a", weight = 1 }, { model = "b", weight = 1 }"#, "fallbacks = [{ model = \"c\", weight = 1 }]");
-        assert_shares(&shares(&r, NO_CTX, |n| n != "a@1.0.0"), &[("b@1.0.0", 100.0)]);
+        let deps: &[(&str, &str, &[&str])] = &[
+            ("a", "1.0.0", &[]),
+            ("b", "1.0.0", &[]),
+            ("c", "1.0.0", &[]),
+        ];
+        let r = router(
+            deps,
+            r#"{ model = "a", weight = 1 }, { model = "b", weight = 1 }"#,
+            "fallbacks = [{ model = \"c\", weight = 1 }]",
+        );
+        assert_shares(
+            &shares(&r, NO_CTX, |n| n != "a@1.0.0"),
+            &[("b@1.0.0", 100.0)],
+        );
         let primaries_down = |n: &str| n == "c@1.0.0";
-        assert_shares(&shares(&r, NO_CTX, primaries_down), &[("c@1.0.0 fb", 100.0)]);
+        assert_shares(
+            &shares(&r, NO_CTX, primaries_down),
+            &[("c@1.0.0 fb", 100.0)],
+        );
         assert_shares(&shares(&r, NO_CTX, |_| false), &[("none", 100.0)]);
     }
 
     #[test]
     fn zero_weight_drains_a_target() {
         let deps: &[(&str, &str, &[&str])] = &[("a", "1.0.0", &[]), ("b", "1.0.0", &[])];
-        let r = router(deps, r#"{ model = "a", weight = 0 }, { model = "b", weight = 3 }"#, "");
+        let r = router(
+            deps,
+            r#"{ model = "a", weight = 0 }, { model = "b", weight = 3 }"#,
+            "",
+        );
         assert_shares(&shares(&r, NO_CTX, ALL), &[("b@1.0.0", 100.0)]);
         let keyed = |i: usize| (None, Some(format!("user-{i}")));
         assert_shares(&shares(&r, keyed, ALL), &[("b@1.0.0", 100.0)]);
@@ -335,7 +398,10 @@ mod tests {
         (0..PICKS)
             .map(|i| {
                 let key = format!("session-{i}");
-                let ctx = SelectCtx { label: None, sticky_key: Some(key.as_bytes()) };
+                let ctx = SelectCtx {
+                    label: None,
+                    sticky_key: Some(key.as_bytes()),
+                };
                 let ok = |id: DeploymentId| {
                     let d = r.deployment(id);
                     healthy(&format!("{}@{}", d.model(), d.version_str()))
@@ -352,8 +418,12 @@ mod tests {
 
     #[test]
     fn sticky_keys_follow_weights_and_move_minimally() {
-        let deps: &[(&str, &str, &[&str])] =
-            &[("a", "1.0.0", &[]), ("b", "1.0.0", &[]), ("c", "1.0.0", &[]), ("d", "1.0.0", &[])];
+        let deps: &[(&str, &str, &[&str])] = &[
+            ("a", "1.0.0", &[]),
+            ("b", "1.0.0", &[]),
+            ("c", "1.0.0", &[]),
+            ("d", "1.0.0", &[]),
+        ];
         let with = |wa: u32| {
             router(
                 deps,
@@ -370,7 +440,12 @@ mod tests {
         let keyed = |i: usize| (None, Some(format!("session-{i}")));
         assert_shares(
             &shares(&base, keyed, ALL),
-            &[("a@1.0.0", 40.0), ("b@1.0.0", 30.0), ("c@1.0.0", 20.0), ("d@1.0.0", 10.0)],
+            &[
+                ("a@1.0.0", 40.0),
+                ("b@1.0.0", 30.0),
+                ("c@1.0.0", 20.0),
+                ("d@1.0.0", 10.0),
+            ],
         );
         // Changing a's weight: the minimum movement is the total variation distance
         // between the old and new shares.
@@ -378,10 +453,21 @@ mod tests {
             let old: [f64; 4] = [40.0, 30.0, 20.0, 10.0].map(|w| w / 100.0);
             let total = f64::from(new_a) + 60.0;
             let new: [f64; 4] = [f64::from(new_a), 30.0, 20.0, 10.0].map(|w| w / total);
-            let min_pct: f64 = old.iter().zip(&new).map(|(o, n)| (o - n).max(0.0)).sum::<f64>() * 100.0;
+            let min_pct: f64 = old
+                .iter()
+                .zip(&new)
+                .map(|(o, n)| (o - n).max(0.0))
+                .sum::<f64>()
+                * 100.0;
             let moved = moved_pct(&before, &assignment(&with(new_a), |_| true));
-            assert!(moved <= min_pct + 1.0, "a={new_a}: moved {moved:.2}% > min {min_pct:.2}% + 1");
-            assert!(moved >= min_pct - 2.0, "a={new_a}: moved only {moved:.2}% of {min_pct:.2}%");
+            assert!(
+                moved <= min_pct + 1.0,
+                "a={new_a}: moved {moved:.2}% > min {min_pct:.2}% + 1"
+            );
+            assert!(
+                moved >= min_pct - 2.0,
+                "a={new_a}: moved only {moved:.2}% of {min_pct:.2}%"
+            );
         }
         // An unhealthy target's keys spread over the others; everyone else stays put.
         let after = assignment(&base, |n| n != "b@1.0.0");

@@ -15,14 +15,19 @@
 //! # Performance
 //!
 //! The walk allocates nothing: captures are byte ranges in a fixed inline array
-//! ([`MAX_PARAMS`]), static edges are a sorted slice searched by binary search, and recursion
-//! depth is bounded by the depth of the trie, not by the request path.
+//! ([`MAX_PARAMS`]); a node's static edges are scanned linearly when there are few and found
+//! through an open-addressing hash table when there are many; recursion depth is bounded by
+//! the depth of the trie, not by the request path.
 
+use super::hash::hash_bytes;
 use super::RouteId;
 use crate::config::ConfigProblem;
 
 /// Most `:param`/`*wildcard` captures one pattern may have.
 pub const MAX_PARAMS: usize = 8;
+
+/// Up to this many static edges a node is scanned linearly; above, it gets a hash table.
+const LINEAR_STATICS: usize = 8;
 
 /// Index of an endpoint (a distinct path pattern); used to fetch the `Allow` header value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,8 +38,9 @@ pub struct EndpointId(pub(crate) u32);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MethodSet(u16);
 
-const METHODS: [&str; 9] =
-    ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
 
 impl MethodSet {
     /// Every method, extension methods included (a route without `methods`).
@@ -55,7 +61,10 @@ impl MethodSet {
     /// The bit of a method named in config (case-insensitive); `None` if it is not one of
     /// the standard methods.
     pub fn of_config(method: &str) -> Option<MethodSet> {
-        METHODS.iter().position(|m| m.eq_ignore_ascii_case(method.trim())).map(|i| MethodSet(1 << i))
+        METHODS
+            .iter()
+            .position(|m| m.eq_ignore_ascii_case(method.trim()))
+            .map(|i| MethodSet(1 << i))
     }
 
     #[inline]
@@ -69,8 +78,12 @@ impl MethodSet {
 
     /// `GET, POST` in canonical order, for an `Allow` header.
     fn allow_header(self) -> String {
-        let names: Vec<&str> =
-            METHODS.iter().enumerate().filter(|(i, _)| self.0 & (1 << i) != 0).map(|(_, m)| *m).collect();
+        let names: Vec<&str> = METHODS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.0 & (1 << i) != 0)
+            .map(|(_, m)| *m)
+            .collect();
         names.join(", ")
     }
 }
@@ -83,7 +96,10 @@ pub(crate) struct Captures {
 }
 
 impl Captures {
-    const EMPTY: Captures = Captures { len: 0, spans: [(0, 0); MAX_PARAMS] };
+    const EMPTY: Captures = Captures {
+        len: 0,
+        spans: [(0, 0); MAX_PARAMS],
+    };
 
     pub(crate) fn spans(&self) -> &[(u32, u32)] {
         &self.spans[..usize::from(self.len)]
@@ -110,6 +126,9 @@ pub(crate) struct Endpoint {
 struct Node {
     /// Sorted by segment text.
     statics: Vec<(Box<str>, u32)>,
+    /// Empty, or a power-of-two open-addressing table of `statics` indices plus one (0: free
+    /// slot), probed linearly from `hash_bytes(segment)`.
+    table: Box<[u32]>,
     /// (name, child node, route that introduced it).
     param: Option<(Box<str>, u32, RouteId)>,
     /// (name, endpoint, route that introduced it).
@@ -162,7 +181,9 @@ fn parse_pattern(pattern: &str) -> Result<Vec<Seg<'_>>, String> {
         };
         if let Seg::Param(name) | Seg::Wildcard(name) = seg {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(format!("capture name in `{s}` must be non-empty [A-Za-z0-9_]"));
+                return Err(format!(
+                    "capture name in `{s}` must be non-empty [A-Za-z0-9_]"
+                ));
             }
             if names.contains(&name) {
                 return Err(format!("capture name `{name}` is used twice"));
@@ -177,11 +198,19 @@ fn parse_pattern(pattern: &str) -> Result<Vec<Seg<'_>>, String> {
     Ok(segs)
 }
 
+/// The routes of one endpoint while building.
+struct Group {
+    pattern: Box<str>,
+    /// Capture names in path order.
+    names: Vec<Box<str>>,
+    /// Indices into the builder's `specs`.
+    members: Vec<usize>,
+}
+
 /// Builds the trie; patterns with problems are reported and left out.
 pub(crate) fn build(specs: &[RouteSpec<'_>], problems: &mut Vec<ConfigProblem>) -> Trie {
     let mut nodes = vec![Node::default()];
-    // Per endpoint: pattern, capture names, member route indices into `specs`.
-    let mut groups: Vec<(Box<str>, Vec<Box<str>>, Vec<usize>)> = Vec::new();
+    let mut groups: Vec<Group> = Vec::new();
     for (si, spec) in specs.iter().enumerate() {
         let key = format!("routes[{}].path", spec.id.0);
         let segs = match parse_pattern(spec.pattern) {
@@ -198,7 +227,10 @@ pub(crate) fn build(specs: &[RouteSpec<'_>], problems: &mut Vec<ConfigProblem>) 
         for seg in &segs {
             match *seg {
                 Seg::Static(text) => {
-                    node = match nodes[node].statics.binary_search_by(|(s, _)| (**s).cmp(text)) {
+                    node = match nodes[node]
+                        .statics
+                        .binary_search_by(|(s, _)| (**s).cmp(text))
+                    {
                         Ok(pos) => nodes[node].statics[pos].1 as usize,
                         Err(pos) => {
                             let child = nodes.len();
@@ -240,7 +272,11 @@ pub(crate) fn build(specs: &[RouteSpec<'_>], problems: &mut Vec<ConfigProblem>) 
                         }
                         None => {
                             let ep = groups.len();
-                            groups.push((spec.pattern.into(), names.clone(), Vec::new()));
+                            groups.push(Group {
+                                pattern: spec.pattern.into(),
+                                names: names.clone(),
+                                members: Vec::new(),
+                            });
                             nodes[node].wildcard = Some((name.into(), ep as u32, spec.id));
                             endpoint_slot = Some(ep);
                         }
@@ -255,18 +291,45 @@ pub(crate) fn build(specs: &[RouteSpec<'_>], problems: &mut Vec<ConfigProblem>) 
             Some(ep) => ep as usize,
             None => {
                 let ep = groups.len();
-                groups.push((spec.pattern.into(), names.clone(), Vec::new()));
+                groups.push(Group {
+                    pattern: spec.pattern.into(),
+                    names: names.clone(),
+                    members: Vec::new(),
+                });
                 nodes[node].end = Some(ep as u32);
                 ep
             }
         });
-        groups[ep].2.push(si);
+        groups[ep].members.push(si);
     }
     let endpoints = groups
         .into_iter()
-        .map(|(pattern, names, members)| endpoint(pattern, names, &members, specs, problems))
+        .map(|g| endpoint(g.pattern, g.names, &g.members, specs, problems))
         .collect();
-    Trie { nodes: nodes.into(), endpoints }
+    for node in &mut nodes {
+        node.table = static_table(&node.statics);
+    }
+    Trie {
+        nodes: nodes.into(),
+        endpoints,
+    }
+}
+
+/// The hash table over `statics` (at most half full), or nothing when a scan is cheaper.
+fn static_table(statics: &[(Box<str>, u32)]) -> Box<[u32]> {
+    if statics.len() <= LINEAR_STATICS {
+        return Box::default();
+    }
+    let size = (statics.len() * 2).next_power_of_two();
+    let mut table = vec![0u32; size];
+    for (i, (text, _)) in statics.iter().enumerate() {
+        let mut slot = hash_bytes(text.as_bytes()) as usize & (size - 1);
+        while table[slot] != 0 {
+            slot = (slot + 1) & (size - 1);
+        }
+        table[slot] = i as u32 + 1;
+    }
+    table.into()
 }
 
 fn conflict(key: &str, sigil: char, name: &str, existing: &str, owner: RouteId) -> ConfigProblem {
@@ -324,6 +387,29 @@ fn endpoint(
     }
 }
 
+impl Node {
+    #[inline]
+    fn static_child(&self, seg: &[u8]) -> Option<u32> {
+        if self.table.is_empty() {
+            return self
+                .statics
+                .iter()
+                .find(|(s, _)| s.as_bytes() == seg)
+                .map(|&(_, c)| c);
+        }
+        let mask = self.table.len() - 1;
+        let mut slot = hash_bytes(seg) as usize & mask;
+        loop {
+            let i = self.table[slot] as usize;
+            let (text, child) = self.statics.get(i.checked_sub(1)?)?;
+            if text.as_bytes() == seg {
+                return Some(*child);
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+}
+
 impl Trie {
     pub(crate) fn endpoint(&self, id: EndpointId) -> &Endpoint {
         &self.endpoints[id.0 as usize]
@@ -363,10 +449,13 @@ impl Trie {
         if pos > path.len() {
             return n.end.and_then(|ep| self.accept(ep, method, wrong_method));
         }
-        let end = path[pos..].iter().position(|&b| b == b'/').map_or(path.len(), |i| pos + i);
+        let end = path[pos..]
+            .iter()
+            .position(|&b| b == b'/')
+            .map_or(path.len(), |i| pos + i);
         let seg = &path[pos..end];
-        if let Ok(i) = n.statics.binary_search_by(|(s, _)| s.as_bytes().cmp(seg)) {
-            if let Some(ep) = self.walk(n.statics[i].1, path, end + 1, method, caps, wrong_method) {
+        if let Some(child) = n.static_child(seg) {
+            if let Some(ep) = self.walk(child, path, end + 1, method, caps, wrong_method) {
                 return Some(ep);
             }
         }
@@ -432,14 +521,19 @@ mod tests {
     fn hit(t: &Trie, path: &str) -> Option<(String, Vec<String>)> {
         let (ep, caps) = t.find(MethodSet::of_request("GET"), path).ok()?;
         let e = t.endpoint(ep);
-        let caps = caps.spans().iter().map(|&(a, b)| path[a as usize..b as usize].to_owned());
+        let caps = caps
+            .spans()
+            .iter()
+            .map(|&(a, b)| path[a as usize..b as usize].to_owned());
         Some((e.pattern.to_string(), caps.collect()))
     }
 
     #[test]
     fn precedence_is_static_then_param_then_wildcard_in_any_declaration_order() {
         let patterns = ["/a/*rest", "/a/:x/c", "/a/b/d", "/a/b", "/a/:x", "/", "/a/"];
-        let cases: [(&str, Option<(&str, &[&str])>); 11] = [
+        /// Path → (pattern, captures).
+        type Case<'a> = (&'a str, Option<(&'a str, &'a [&'a str])>);
+        let cases: [Case<'_>; 11] = [
             ("/a/b", Some(("/a/b", &[]))),
             ("/a/z", Some(("/a/:x", &["z"]))),
             ("/a/b/d", Some(("/a/b/d", &[]))),
@@ -458,7 +552,10 @@ mod tests {
             let t = trie(&order).unwrap();
             for (path, want) in &cases {
                 let want = want.map(|(p, c)| {
-                    (p.to_owned(), c.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                    (
+                        p.to_owned(),
+                        c.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                    )
                 });
                 assert_eq!(hit(&t, path), want, "round {round}: {path}");
             }
@@ -467,9 +564,24 @@ mod tests {
     }
 
     #[test]
+    fn wide_nodes_find_every_static_child() {
+        let patterns: Vec<String> = (0..100).map(|i| format!("/v1/svc{i}/items")).collect();
+        let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
+        let t = trie(&refs).unwrap();
+        for p in &patterns {
+            assert_eq!(hit(&t, p), Some((p.clone(), vec![])));
+        }
+        assert_eq!(hit(&t, "/v1/svc100/items"), None);
+        assert_eq!(hit(&t, "/v1/svc/items"), None);
+    }
+
+    #[test]
     fn wildcard_may_be_empty_but_param_may_not() {
         let t = trie(&["/files/*path", "/u/:id"]).unwrap();
-        assert_eq!(hit(&t, "/files/"), Some(("/files/*path".into(), vec![String::new()])));
+        assert_eq!(
+            hit(&t, "/files/"),
+            Some(("/files/*path".into(), vec![String::new()]))
+        );
         assert_eq!(hit(&t, "/files"), None);
         assert_eq!(hit(&t, "/u/"), None);
         assert_eq!(hit(&t, "/u/7"), Some(("/u/:id".into(), vec!["7".into()])));
@@ -490,15 +602,25 @@ mod tests {
         for (patterns, want) in cases {
             let problems = trie(patterns).unwrap_err();
             assert_eq!(problems.len(), 1, "{patterns:?}: {problems:?}");
-            assert!(problems[0].message.contains(want), "{patterns:?}: {}", problems[0]);
-            assert_eq!(problems[0].key, format!("routes[{}].path", patterns.len() - 1));
+            assert!(
+                problems[0].message.contains(want),
+                "{patterns:?}: {}",
+                problems[0]
+            );
+            assert_eq!(
+                problems[0].key,
+                format!("routes[{}].path", patterns.len() - 1)
+            );
         }
     }
 
     #[test]
     fn method_sets_parse_and_render() {
         assert_eq!(MethodSet::of_request("get"), MethodSet::EXTENSION);
-        assert_eq!(MethodSet::of_config("get"), Some(MethodSet::of_request("GET")));
+        assert_eq!(
+            MethodSet::of_config("get"),
+            Some(MethodSet::of_request("GET"))
+        );
         assert_eq!(MethodSet::of_config("FETCH"), None);
         let set = MethodSet::of_request("POST").union(MethodSet::of_request("GET"));
         assert_eq!(set.allow_header(), "GET, POST");

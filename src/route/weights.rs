@@ -22,7 +22,9 @@ pub fn set_weights_in_toml(
     route_models: &[&str],
     weights: &[(&str, &str, u32)],
 ) -> Result<String, String> {
-    let mut doc: DocumentMut = doc_text.parse().map_err(|e| format!("config is not valid TOML: {e}"))?;
+    let mut doc: DocumentMut = doc_text
+        .parse()
+        .map_err(|e| format!("config is not valid TOML: {e}"))?;
     let routes = doc.get_mut("routes").ok_or("config has no `routes`")?;
     let mut matching: Vec<&mut dyn TableLike> = tables_mut(routes)
         .into_iter()
@@ -30,16 +32,30 @@ pub fn set_weights_in_toml(
         .collect();
     let route = match matching.len() {
         1 => matching.pop().ok_or("unreachable")?,
-        0 => return Err(format!("no route with path `{route_path}` and models {route_models:?}")),
-        n => return Err(format!("{n} routes with path `{route_path}` and models {route_models:?}")),
+        0 => {
+            return Err(format!(
+                "no route with path `{route_path}` and models {route_models:?}"
+            ))
+        }
+        n => {
+            return Err(format!(
+                "{n} routes with path `{route_path}` and models {route_models:?}"
+            ))
+        }
     };
-    let targets = route.get_mut("targets").ok_or_else(|| format!("route `{route_path}` has no `targets`"))?;
+    let targets = route
+        .get_mut("targets")
+        .ok_or_else(|| format!("route `{route_path}` has no `targets`"))?;
     let mut entries = tables_mut(targets);
     for &(model, version, weight) in weights {
-        let found: Vec<usize> =
-            (0..entries.len()).filter(|&i| is_target(&*entries[i], model, version)).collect();
+        let found: Vec<usize> = (0..entries.len())
+            .filter(|&i| is_target(&*entries[i], model, version))
+            .collect();
         let [i] = found[..] else {
-            return Err(format!("{} targets of `{route_path}` are `{model}` `{version}`", found.len()));
+            return Err(format!(
+                "{} targets of `{route_path}` are `{model}` `{version}`",
+                found.len()
+            ));
         };
         set_weight(&mut *entries[i], weight)?;
     }
@@ -80,7 +96,10 @@ fn is_route(t: &dyn TableLike, path: &str, models: &[&str]) -> bool {
 fn is_target(t: &dyn TableLike, model: &str, version: &str) -> bool {
     let have = t.get("version").and_then(Item::as_str).unwrap_or("*");
     t.get("model").and_then(Item::as_str) == Some(model)
-        && match (VersionReq::parse(have.trim()), VersionReq::parse(version.trim())) {
+        && match (
+            VersionReq::parse(have.trim()),
+            VersionReq::parse(version.trim()),
+        ) {
             (Ok(a), Ok(b)) => a == b,
             _ => have.trim() == version.trim(),
         }
@@ -128,7 +147,10 @@ weight = 5 # keep small
             DOC,
             "/v1/chat/completions",
             &[],
-            &[("llama3-70b", ">=3.2.0,<3.3.0", 60), ("qwen2-72b", "^2.0.0", 40)],
+            &[
+                ("llama3-70b", ">=3.2.0,<3.3.0", 60),
+                ("qwen2-72b", "^2.0.0", 40),
+            ],
         )
         .unwrap();
         let want = DOC
@@ -136,24 +158,57 @@ weight = 5 # keep small
             .replace("weight = 20 }", "weight = 40 }");
         assert_eq!(out, want);
 
-        let out = set_weights_in_toml(DOC, "/v1/chat/completions", &["cheap"], &[("llama3-8b", "*", 9)])
-            .unwrap();
-        assert_eq!(out, DOC.replace("weight = 5 # keep small", "weight = 9 # keep small"));
+        let out = set_weights_in_toml(
+            DOC,
+            "/v1/chat/completions",
+            &["cheap"],
+            &[("llama3-8b", "*", 9)],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            DOC.replace("weight = 5 # keep small", "weight = 9 # keep small")
+        );
     }
 
     #[test]
     fn refuses_what_it_cannot_apply() {
-        let cases: [(&str, &[&str], &[(&str, &str, u32)], &str); 5] = [
+        /// (path, models, weights, expected error fragment).
+        type Case<'a> = (
+            &'a str,
+            &'a [&'a str],
+            &'a [(&'a str, &'a str, u32)],
+            &'a str,
+        );
+        let cases: [Case<'_>; 5] = [
             ("/nope", &[], &[("llama3-70b", "*", 1)], "no route"),
-            ("/v1/chat/completions", &[], &[("llama3-70b", "^9", 1)], "0 targets"),
-            ("/v1/chat/completions", &[], &[("mistral", "*", 1)], "0 targets"),
             (
                 "/v1/chat/completions",
                 &[],
-                &[("llama3-70b", ">=3.2.0, <3.3.0", 0), ("qwen2-72b", "^2.0.0", 0)],
+                &[("llama3-70b", "^9", 1)],
+                "0 targets",
+            ),
+            (
+                "/v1/chat/completions",
+                &[],
+                &[("mistral", "*", 1)],
+                "0 targets",
+            ),
+            (
+                "/v1/chat/completions",
+                &[],
+                &[
+                    ("llama3-70b", ">=3.2.0, <3.3.0", 0),
+                    ("qwen2-72b", "^2.0.0", 0),
+                ],
                 "zero",
             ),
-            ("/v1/chat/completions", &["other"], &[("llama3-8b", "*", 1)], "no route"),
+            (
+                "/v1/chat/completions",
+                &["other"],
+                &[("llama3-8b", "*", 1)],
+                "no route",
+            ),
         ];
         for (path, models, weights, want) in cases {
             let err = set_weights_in_toml(DOC, path, models, weights).unwrap_err();
