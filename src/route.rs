@@ -229,7 +229,7 @@ impl Router {
                 catalog,
             })
         } else {
-            problems.sort_by(|a, b| a.key.cmp(&b.key));
+            problems.sort_by(|a, b| natural_cmp(&a.key, &b.key));
             Err(problems)
         }
     }
@@ -527,6 +527,36 @@ fn resolve_targets(
         return None;
     }
     Some(out)
+}
+
+/// Orders key paths with their indices compared as numbers (`routes[2]` before
+/// `routes[10]`), so problems read in config order.
+fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
+    loop {
+        let (x, y) = match (a.first(), b.first()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(x), Some(y)) => (x, y),
+        };
+        let (na, nb) = if x.is_ascii_digit() && y.is_ascii_digit() {
+            let digits = |s: &[u8]| s.iter().take_while(|c| c.is_ascii_digit()).count();
+            (digits(a), digits(b))
+        } else {
+            (1, 1)
+        };
+        let ord = if na == 1 && nb == 1 {
+            x.cmp(y)
+        } else {
+            na.cmp(&nb).then_with(|| a[..na].cmp(&b[..nb]))
+        };
+        if ord != Ordering::Equal {
+            return ord;
+        }
+        (a, b) = (&a[na..], &b[nb..]);
+    }
 }
 
 /// A valid header name, lowercased.
@@ -830,6 +860,34 @@ mod tests {
             got[7]
         );
         assert!(got[10].contains("total weight is zero"), "{}", got[10]);
+    }
+
+    #[test]
+    fn problems_are_ordered_by_key_with_numeric_indices() {
+        let mut keys = [
+            "routes[10].path",
+            "routes[2].targets[11].model",
+            "routes[2].targets[3].model",
+            "deployments[1].version",
+            "routes[2].path",
+        ];
+        keys.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            keys,
+            [
+                "deployments[1].version",
+                "routes[2].path",
+                "routes[2].targets[3].model",
+                "routes[2].targets[11].model",
+                "routes[10].path"
+            ]
+        );
+    }
+
+    #[test]
+    fn router_is_send_and_clone_for_the_workers() {
+        fn assert_send_clone<T: Send + Clone + 'static>() {}
+        assert_send_clone::<Router>();
     }
 
     #[test]

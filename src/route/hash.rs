@@ -1,4 +1,4 @@
-//! Hashing and randomness for target selection: a keyed-free 64-bit string hash for sticky
+//! Hashing and randomness for target selection: an unkeyed 64-bit string hash for sticky
 //! keys, a finalizer that turns (key, target) into an independent uniform draw, and the
 //! per-worker PRNG.
 //!

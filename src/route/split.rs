@@ -155,12 +155,12 @@ pub(crate) fn choose<'a>(
         .label
         .and_then(|l| split.labels.iter().find(|(name, _)| name.as_bytes() == l))
         .map(|&(_, mask)| mask);
-    let mut pick = |targets: &[Target], mask: u64| pick(targets, mask, key, &healthy, rng);
-    let primary = labelled.and_then(|mask| pick(&split.targets, mask));
-    if let Some(t) = primary.or_else(|| pick(&split.targets, split.default_mask)) {
+    let mut pick_in = |targets: &[Target], mask: u64| pick(targets, mask, key, &healthy, rng);
+    let primary = labelled.and_then(|mask| pick_in(&split.targets, mask));
+    if let Some(t) = primary.or_else(|| pick_in(&split.targets, split.default_mask)) {
         return Some(Chosen::new(catalog.get(t.deployment), false));
     }
-    let t = pick(&split.fallbacks, all_mask(split.fallbacks.len()))?;
+    let t = pick_in(&split.fallbacks, all_mask(split.fallbacks.len()))?;
     Some(Chosen::new(catalog.get(t.deployment), true))
 }
 
