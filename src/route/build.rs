@@ -20,7 +20,37 @@ pub(super) fn build_route(
 ) -> Option<Route> {
     let before = problems.len();
     let key = |field: &str| format!("routes[{i}].{field}");
-    let methods = match &r.methods {
+    let methods = methods(i, r, problems);
+    check_models(i, r, problems);
+    let label_header = header_name(r.label_header.as_deref(), &key("label_header"), problems);
+    let sticky = match &r.sticky {
+        None => None,
+        Some(RawSticky::Subject) => Some(StickyKey::Subject),
+        Some(RawSticky::Header(h)) => {
+            header_name(Some(h), &key("sticky.header"), problems).map(StickyKey::Header)
+        }
+    };
+    let target = target(i, r, catalog, upstream_names, problems)?;
+    if problems.len() != before {
+        return None;
+    }
+    Some(Route {
+        id: RouteId(i as u32),
+        pattern: r.path.as_str().into(),
+        methods,
+        models: r.models.iter().map(|m| m.as_str().into()).collect(),
+        target,
+        label_header,
+        sticky,
+        auth: r.auth,
+        scope: r.scope.as_deref().map(Into::into),
+    })
+}
+
+/// The route's method set; `ANY` when `methods` is absent.
+fn methods(i: usize, r: &RawRoute, problems: &mut Vec<ConfigProblem>) -> MethodSet {
+    let key = |field: &str| format!("routes[{i}].{field}");
+    match &r.methods {
         None => MethodSet::ANY,
         Some(list) if list.is_empty() => {
             problems.push(ConfigProblem::new(
@@ -42,7 +72,12 @@ pub(super) fn build_route(
                 },
             )
         }
-    };
+    }
+}
+
+/// `models` entries must be non-empty and distinct.
+fn check_models(i: usize, r: &RawRoute, problems: &mut Vec<ConfigProblem>) {
+    let key = |field: &str| format!("routes[{i}].{field}");
     for (j, m) in r.models.iter().enumerate() {
         if m.trim().is_empty() {
             problems.push(ConfigProblem::new(
@@ -56,15 +91,18 @@ pub(super) fn build_route(
             ));
         }
     }
-    let label_header = header_name(r.label_header.as_deref(), &key("label_header"), problems);
-    let sticky = match &r.sticky {
-        None => None,
-        Some(RawSticky::Subject) => Some(StickyKey::Subject),
-        Some(RawSticky::Header(h)) => {
-            header_name(Some(h), &key("sticky.header"), problems).map(StickyKey::Header)
-        }
-    };
-    let target = match (&r.upstream, &r.targets) {
+}
+
+/// Exactly one of `upstream` (a known name, no split-only keys) and `targets` (resolved).
+fn target(
+    i: usize,
+    r: &RawRoute,
+    catalog: &Catalog,
+    upstream_names: &[&str],
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<RouteTarget> {
+    let key = |field: &str| format!("routes[{i}].{field}");
+    match (&r.upstream, &r.targets) {
         (Some(_), Some(_)) => {
             problems.push(ConfigProblem::new(
                 key("upstream"),
@@ -129,22 +167,7 @@ pub(super) fn build_route(
                 _ => None,
             }
         }
-    };
-    let target = target?;
-    if problems.len() != before {
-        return None;
     }
-    Some(Route {
-        id: RouteId(i as u32),
-        pattern: r.path.as_str().into(),
-        methods,
-        models: r.models.iter().map(|m| m.as_str().into()).collect(),
-        target,
-        label_header,
-        sticky,
-        auth: r.auth,
-        scope: r.scope.as_deref().map(Into::into),
-    })
 }
 
 /// Resolves `targets`/`fallbacks` (at key path `key`) to weighted deployments; the same
