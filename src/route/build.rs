@@ -211,14 +211,7 @@ fn resolve_targets(
         for id in ids {
             match out.iter_mut().find(|o| o.deployment == id) {
                 Some(o) => o.weight.0 += share,
-                None => {
-                    let seed = catalog.get(id).seed();
-                    out.push(Target {
-                        deployment: id,
-                        weight: Weight(share),
-                        seed,
-                    });
-                }
+                None => out.push(Target::new(id, Weight(share), catalog.get(id).seed())),
             }
         }
     }

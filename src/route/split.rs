@@ -41,12 +41,38 @@ impl Weight {
 }
 
 /// One resolved target: a deployment and its weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Target {
     pub deployment: DeploymentId,
     pub weight: Weight,
     /// Copied from the deployment so the hot loop does not chase it.
     pub(crate) seed: u64,
+    /// `1 / weight` (0 for a drained target), set by [`Split::new`]: the sticky score
+    /// multiplies instead of dividing.
+    pub(crate) inv_weight: f64,
+}
+
+impl Target {
+    /// A target whose `inv_weight` is filled in by [`Split::new`] once weights are final.
+    pub(crate) fn new(deployment: DeploymentId, weight: Weight, seed: u64) -> Target {
+        Target {
+            deployment,
+            weight,
+            seed,
+            inv_weight: 0.0,
+        }
+    }
+}
+
+fn with_inverse_weights(mut targets: Vec<Target>) -> Box<[Target]> {
+    for t in &mut targets {
+        t.inv_weight = if t.weight.0 == 0 {
+            0.0
+        } else {
+            1.0 / t.weight.0 as f64
+        };
+    }
+    targets.into()
 }
 
 /// A route's resolved split.
@@ -89,10 +115,10 @@ impl Split {
             default_mask = all_mask(targets.len());
         }
         Split {
-            targets: targets.into(),
+            targets: with_inverse_weights(targets),
             default_mask,
             labels: labels.into(),
-            fallbacks: fallbacks.into(),
+            fallbacks: with_inverse_weights(fallbacks),
         }
     }
 }
@@ -191,7 +217,7 @@ fn pick(
         .filter(|(i, _)| live & (1 << i) != 0);
     match key {
         Some(key) => {
-            let score = |t: &Target| -unit_open(mix64(key ^ t.seed)).ln() / t.weight.0 as f64;
+            let score = |t: &Target| -unit_open(mix64(key ^ t.seed)).ln() * t.inv_weight;
             live_targets
                 .map(|(_, t)| (score(t), t))
                 .min_by(|a, b| a.0.total_cmp(&b.0))
