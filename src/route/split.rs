@@ -21,7 +21,7 @@
 //! No allocation: eligibility is a `u64` bitmask over at most [`MAX_TARGETS`] targets.
 
 use super::catalog::{Catalog, Deployment, DeploymentId};
-use super::hash::{hash_bytes, mix64, unit_open, WorkerRng};
+use super::hash::{exp_draw, hash_bytes, mix64, WorkerRng};
 
 /// Most resolved targets (or fallbacks) one route may have.
 pub const MAX_TARGETS: usize = 64;
@@ -200,10 +200,24 @@ fn pick(
     healthy: &impl Fn(DeploymentId) -> bool,
     rng: &mut WorkerRng,
 ) -> Option<Target> {
+    let eligible = |i: usize, t: &Target| mask & (1 << i) != 0 && t.weight.0 > 0;
+    if let Some(key) = key {
+        // Lowest `-ln(u) / weight` wins; one pass, no second look at health.
+        let mut best: Option<(f64, &Target)> = None;
+        for (i, t) in targets.iter().enumerate() {
+            if eligible(i, t) && healthy(t.deployment) {
+                let score = exp_draw(mix64(key ^ t.seed)) * t.inv_weight;
+                if best.map_or(true, |(s, _)| score < s) {
+                    best = Some((score, t));
+                }
+            }
+        }
+        return best.map(|(_, t)| *t);
+    }
     let mut live = 0u64;
     let mut total = 0u64;
     for (i, t) in targets.iter().enumerate() {
-        if mask & (1 << i) != 0 && t.weight.0 > 0 && healthy(t.deployment) {
+        if eligible(i, t) && healthy(t.deployment) {
             live |= 1 << i;
             total += t.weight.0;
         }
@@ -211,29 +225,16 @@ fn pick(
     if live == 0 {
         return None;
     }
-    let live_targets = targets
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| live & (1 << i) != 0);
-    match key {
-        Some(key) => {
-            let score = |t: &Target| -unit_open(mix64(key ^ t.seed)).ln() * t.inv_weight;
-            live_targets
-                .map(|(_, t)| (score(t), t))
-                .min_by(|a, b| a.0.total_cmp(&b.0))
-                .map(|(_, t)| *t)
-        }
-        None => {
-            let mut r = rng.below(total);
-            for (_, t) in live_targets {
-                if r < t.weight.0 {
-                    return Some(*t);
-                }
-                r -= t.weight.0;
+    let mut r = rng.below(total);
+    for (i, t) in targets.iter().enumerate() {
+        if live & (1 << i) != 0 {
+            if r < t.weight.0 {
+                return Some(*t);
             }
-            None
+            r -= t.weight.0;
         }
     }
+    None
 }
 
 #[cfg(test)]
