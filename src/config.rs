@@ -110,6 +110,10 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
+    pub access_log: Option<RawAccessLog>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,6 +193,51 @@ pub struct RawAdmin {
     pub allow_non_loopback_without_token: bool,
 }
 
+/// `[metrics]`: what the data path records beyond the per-worker totals.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Per-route histograms and status counters (default true).
+    #[serde(default = "yes")]
+    pub per_route: bool,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self { per_route: true }
+    }
+}
+
+/// `[access_log]`: JSON lines, sampled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// `"stdout"` or a file path (relative to the config file), appended to.
+    pub path: String,
+    /// Fraction of requests logged, 0.0..=1.0 (default 1.0).
+    pub sample_rate: Option<f64>,
+}
+
+/// Validated `[metrics]`.
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    pub per_route: bool,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+/// Validated `[access_log]`.
+#[derive(Debug, Clone)]
+pub struct AccessLogSettings {
+    pub target: AccessLogTarget,
+    pub sample_rate: f64,
+}
+
 /// Validated server settings.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -248,6 +297,8 @@ pub struct Snapshot {
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
     pub admin: Option<AdminSettings>,
+    pub metrics: MetricsSettings,
+    pub access_log: Option<AccessLogSettings>,
 }
 
 /// A config that failed to load: every problem, each naming the file.
@@ -341,6 +392,13 @@ impl RawConfig {
             .admin
             .as_ref()
             .and_then(|a| a.build(base_dir, &mut problems));
+        let metrics = MetricsSettings {
+            per_route: self.metrics.per_route,
+        };
+        let access_log = self
+            .access_log
+            .as_ref()
+            .and_then(|a| a.build(base_dir, &mut problems));
         match server {
             Some(server) if problems.is_empty() => Ok(Snapshot {
                 generation,
@@ -349,6 +407,8 @@ impl RawConfig {
                 upstreams,
                 routes,
                 admin,
+                metrics,
+                access_log,
             }),
             _ => Err(problems),
         }
@@ -569,6 +629,37 @@ impl RawAdmin {
             problems.push(ConfigProblem::new("admin.listen", "a non-loopback admin address requires admin.token (or allow_non_loopback_without_token = true)"));
         }
         Some(AdminSettings { listen, token })
+    }
+}
+
+impl RawAccessLog {
+    fn build(
+        &self,
+        base_dir: &Path,
+        problems: &mut Vec<ConfigProblem>,
+    ) -> Option<AccessLogSettings> {
+        let rate = self.sample_rate.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&rate) {
+            problems.push(ConfigProblem::new(
+                "access_log.sample_rate",
+                format!("{rate} is not between 0.0 and 1.0"),
+            ));
+        }
+        let target = match self.path.as_str() {
+            "" => {
+                problems.push(ConfigProblem::new(
+                    "access_log.path",
+                    "must be \"stdout\" or a file path",
+                ));
+                return None;
+            }
+            "stdout" => AccessLogTarget::Stdout,
+            p => AccessLogTarget::File(base_dir.join(p)),
+        };
+        Some(AccessLogSettings {
+            target,
+            sample_rate: rate,
+        })
     }
 }
 

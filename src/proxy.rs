@@ -93,21 +93,16 @@ pub async fn handle(
             return respond_error(worker, c, head, head_len, e, &allow, started).await;
         }
     };
+    c.tally.route = crate::metrics::route_index(snap, route);
     let upstream = &snap.upstreams[route.upstream];
     match forward(worker, c, head, head_len, upstream, snap).await {
         Ok(done) => {
-            worker
-                .metrics
-                .borrow_mut()
-                .record(done.status, micros(started), done.upstream_us);
+            crate::server::account(worker, c, done.status, started, done.upstream_us);
             done.keep_alive
         }
         Err(Failure::Respond(e)) => respond_error(worker, c, head, 0, e, b"", started).await,
         Err(Failure::Close(status)) => {
-            worker
-                .metrics
-                .borrow_mut()
-                .record(status, micros(started), None);
+            crate::server::account(worker, c, status, started, None);
             false
         }
     }
@@ -141,10 +136,7 @@ async fn respond_error(
         e = e.closing();
     }
     let sent = c.send_error(&e, extra).await.is_ok();
-    worker
-        .metrics
-        .borrow_mut()
-        .record(e.status, micros(started), None);
+    crate::server::account(worker, c, e.status, started, None);
     sent && !e.close
 }
 

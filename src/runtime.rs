@@ -66,6 +66,8 @@ pub struct Worker {
     req_seq: Cell<u64>,
     /// Round-robin position for endpoint choice.
     pub rr: Cell<usize>,
+    /// This worker's access log buffer, when `[access_log]` is configured.
+    pub access_log: RefCell<Option<crate::access_log::WorkerLog>>,
 }
 
 impl Worker {
@@ -89,6 +91,8 @@ impl Worker {
 pub struct Engine {
     workers: Vec<(Sender<ToWorker>, JoinHandle<()>)>,
     addr: SocketAddr,
+    /// The access log writer; dropped (flushed) after the workers exit.
+    access_log: Option<crate::access_log::Writer>,
 }
 
 impl Engine {
@@ -99,18 +103,30 @@ impl Engine {
         let addr = listeners[0].local_addr()?;
         let prefix = random_u32();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(listeners.len());
+        let access_log = match &snapshot.access_log {
+            Some(a) => Some(crate::access_log::Writer::start(a)?),
+            None => None,
+        };
         let mut workers = Vec::new();
         for (id, listener) in listeners.into_iter().enumerate() {
             let (tx, rx) = crossbeam_channel::unbounded();
             let snap = snapshot.clone();
             let ready = ready_tx.clone();
+            let log = access_log
+                .as_ref()
+                .zip(snapshot.access_log.as_ref())
+                .and_then(|(w, s)| w.worker_log(id, s));
             let thread = std::thread::Builder::new()
                 .name(format!("shardgate-w{id}"))
-                .spawn(move || worker_thread(id, snap, listener, rx, ready, prefix))?;
+                .spawn(move || worker_thread(id, snap, listener, rx, ready, prefix, log))?;
             workers.push((tx, thread));
         }
         drop(ready_tx);
-        let mut engine = Engine { workers, addr };
+        let mut engine = Engine {
+            workers,
+            addr,
+            access_log,
+        };
         for _ in 0..engine.workers.len() {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -170,6 +186,7 @@ impl Engine {
         for (_, thread) in self.workers.drain(..) {
             let _ = thread.join();
         }
+        self.access_log = None;
     }
 }
 
@@ -215,6 +232,7 @@ fn random_u32() -> u32 {
 }
 
 type Ready = Sender<io::Result<()>>;
+type Log = Option<crate::access_log::WorkerLog>;
 
 fn worker_thread(
     id: usize,
@@ -223,6 +241,7 @@ fn worker_thread(
     inbox: Receiver<ToWorker>,
     ready: Ready,
     prefix: u32,
+    log: Log,
 ) {
     if let Some(core) = snapshot.server.cores.get(id).copied().flatten() {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
@@ -245,6 +264,7 @@ fn worker_thread(
                     ready,
                     prefix,
                     Driver::IoUring,
+                    log,
                 ));
                 return;
             }
@@ -271,6 +291,7 @@ fn worker_thread(
             ready,
             prefix,
             Driver::Legacy,
+            log,
         )),
         Err(e) => {
             let _ = ready.send(Err(io::Error::other(format!(
@@ -288,6 +309,7 @@ async fn worker_main(
     ready: Ready,
     prefix: u32,
     driver: Driver,
+    log: Log,
 ) {
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -298,6 +320,7 @@ async fn worker_main(
     };
     let mut metrics = WorkerMetrics::new(id, driver);
     metrics.config_generation = snapshot.generation;
+    metrics.set_routes(&snapshot);
     let drain_timeout = snapshot.server.drain_timeout;
     let worker = Rc::new(Worker {
         id,
@@ -309,6 +332,7 @@ async fn worker_main(
         req_prefix: prefix,
         req_seq: Cell::new(0),
         rr: Cell::new(id),
+        access_log: RefCell::new(log),
     });
     monoio::spawn(inbox_loop(worker.clone(), inbox));
     let _ = ready.send(Ok(()));
@@ -319,6 +343,8 @@ async fn worker_main(
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
     worker.pools.borrow_mut().clear();
+    // Dropping the buffer sends what is left to the writer.
+    worker.access_log.borrow_mut().take();
 }
 
 async fn inbox_loop(worker: Rc<Worker>, inbox: Receiver<ToWorker>) {
@@ -327,6 +353,7 @@ async fn inbox_loop(worker: Rc<Worker>, inbox: Receiver<ToWorker>) {
             match msg {
                 ToWorker::Snapshot(s) => {
                     worker.metrics.borrow_mut().config_generation = s.generation;
+                    worker.metrics.borrow_mut().set_routes(&s);
                     worker.pools.borrow_mut().retain_endpoints(&s);
                     *worker.snapshot.borrow_mut() = Rc::new(*s);
                 }
@@ -337,6 +364,9 @@ async fn inbox_loop(worker: Rc<Worker>, inbox: Receiver<ToWorker>) {
                 }
                 ToWorker::Shutdown => worker.drain.start(),
             }
+        }
+        if let Some(log) = worker.access_log.borrow_mut().as_mut() {
+            log.tick(Instant::now());
         }
         if worker.drain.is_draining() && worker.conns.get() == 0 {
             return;

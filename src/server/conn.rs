@@ -36,6 +36,20 @@ pub struct ClientConn {
     pub up_out: Vec<u8>,
     /// Id of the request being served.
     pub request_id: String,
+    /// What the metrics and access log learn about the request being served.
+    pub tally: Tally,
+}
+
+/// Per-request facts gathered on the connection for metrics and the access log. Reset when a
+/// request starts ([`ClientConn::begin_request`]). Bytes are counted as they cross the socket
+/// while the request is served (read-ahead of a pipelined request counts toward the one
+/// being served).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tally {
+    /// Index of the matched route in the snapshot the request runs on.
+    pub route: Option<u32>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 impl ClientConn {
@@ -48,7 +62,18 @@ impl ClientConn {
             out: Vec::with_capacity(INIT_READ_BUF),
             up_out: Vec::with_capacity(INIT_READ_BUF),
             request_id: String::with_capacity(40),
+            tally: Tally::default(),
         }
+    }
+
+    /// Starts a new request's [`Tally`]; bytes already buffered count toward it.
+    #[inline]
+    pub fn begin_request(&mut self) {
+        self.tally = Tally {
+            route: None,
+            bytes_in: self.buffered().len() as u64,
+            bytes_out: 0,
+        };
     }
 
     /// Unconsumed received bytes.
@@ -86,6 +111,9 @@ impl ClientConn {
         let len = buf.len();
         let (res, slice) = self.stream.read(buf.slice_mut(len..)).await;
         self.buf = slice.into_inner();
+        if let Ok(n) = res {
+            self.tally.bytes_in += n as u64;
+        }
         res
     }
 
@@ -120,6 +148,9 @@ impl ClientConn {
         }
         let out = std::mem::take(&mut self.out);
         let (res, mut out) = self.stream.write_all(out).await;
+        if let Ok(n) = res {
+            self.tally.bytes_out += n as u64;
+        }
         out.clear();
         self.out = out;
         res.map(|_| ())
@@ -128,6 +159,9 @@ impl ClientConn {
     /// Writes `data` from another owned buffer (e.g. an upstream read buffer) and returns it.
     pub async fn write_owned<T: IoBuf + 'static>(&mut self, data: T) -> (io::Result<()>, T) {
         let (res, data) = self.stream.write_all(data).await;
+        if let Ok(n) = res {
+            self.tally.bytes_out += n as u64;
+        }
         (res.map(|_| ()), data)
     }
 
