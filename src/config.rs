@@ -746,6 +746,31 @@ methods = ["G(T"]
     }
 
     #[test]
+    fn metrics_and_access_log_settings() {
+        let s = from_str(GOOD, Path::new("/etc/sg"), 1).unwrap();
+        assert!(s.metrics.per_route);
+        assert!(s.access_log.is_none());
+        let text = format!(
+            "{GOOD}[metrics]\nper_route = false\n[access_log]\npath = \"access.jsonl\"\nsample_rate = 0.01\n"
+        );
+        let s = from_str(&text, Path::new("/etc/sg"), 1).unwrap();
+        assert!(!s.metrics.per_route);
+        let a = s.access_log.unwrap();
+        assert_eq!(
+            a.target,
+            AccessLogTarget::File(PathBuf::from("/etc/sg/access.jsonl"))
+        );
+        assert_eq!(a.sample_rate, 0.01);
+        let bad = format!("{GOOD}[access_log]\npath = \"\"\nsample_rate = 1.5\n");
+        let keys: Vec<String> = from_str(&bad, Path::new("."), 1)
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        assert_eq!(keys, ["access_log.sample_rate", "access_log.path"]);
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_with_location() {
         let text = GOOD.replace("workers = 1", "workers = 1\nwokers = 2");
         let problems = from_str(&text, Path::new("."), 1).unwrap_err();
