@@ -68,7 +68,11 @@ impl Writer {
 
     /// A buffer for one worker.
     pub fn worker_log(&self, worker: usize, settings: &AccessLogSettings) -> Option<WorkerLog> {
-        Some(WorkerLog::new(self.tx.clone()?, worker, settings.sample_rate))
+        Some(WorkerLog::new(
+            self.tx.clone()?,
+            worker,
+            settings.sample_rate,
+        ))
     }
 }
 

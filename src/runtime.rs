@@ -301,6 +301,7 @@ fn worker_thread(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn worker_main(
     id: usize,
     snapshot: Snapshot,

@@ -119,7 +119,10 @@ impl Rig {
             if want.iter().all(|w| text.lines().any(|l| l == *w)) {
                 return text;
             }
-            assert!(Instant::now() < deadline, "missing some of {want:?} in\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "missing some of {want:?} in\n{text}"
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -284,7 +287,10 @@ fn reload_applies_a_changed_file_and_rejects_a_broken_one() {
     // Workers swap snapshots on their next inbox tick.
     let deadline = Instant::now() + Duration::from_secs(5);
     while get(rig.gw(), "/v2/x").status != 200 {
-        assert!(Instant::now() < deadline, "generation {generation} not applied");
+        assert!(
+            Instant::now() < deadline,
+            "generation {generation} not applied"
+        );
         thread::sleep(Duration::from_millis(10));
     }
 
@@ -330,7 +336,9 @@ fn access_log_writes_one_json_line_per_request_without_secrets() {
     for i in 0..4 {
         let r = request(
             engine.local_addr(),
-            &format!("GET /v1/{i} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer user-secret\r\n\r\n"),
+            &format!(
+                "GET /v1/{i} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer user-secret\r\n\r\n"
+            ),
         );
         assert_eq!(r.status, 200);
     }

@@ -99,7 +99,8 @@ fn read_some(
         .checked_duration_since(Instant::now())
         .filter(|d| !d.is_zero())
         .ok_or(ReadError::Gone)?;
-    s.set_read_timeout(Some(left)).map_err(|_| ReadError::Gone)?;
+    s.set_read_timeout(Some(left))
+        .map_err(|_| ReadError::Gone)?;
     match s.read(chunk) {
         Ok(0) | Err(_) => Err(ReadError::Gone),
         Ok(n) => {

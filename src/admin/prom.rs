@@ -91,8 +91,11 @@ fn requests(o: &mut String, m: &Merged) {
     }
 }
 
+/// Picks one of a route's histograms.
+type PickHist = fn(&crate::metrics::RouteMetrics) -> &Histogram<u64>;
+
 fn latency(o: &mut String, m: &Merged) {
-    let kinds: [(&str, &str, fn(&crate::metrics::RouteMetrics) -> &Histogram<u64>); 3] = [
+    let kinds: [(&str, &str, PickHist); 3] = [
         (
             "request_duration_seconds",
             "Request latency: head parsed to last byte written.",
@@ -174,7 +177,11 @@ fn traffic(o: &mut String, m: &Merged) {
         "counter",
         "New upstream connections opened.",
     );
-    let _ = writeln!(o, "shardgate_upstream_connects_total {}", m.upstream_connects);
+    let _ = writeln!(
+        o,
+        "shardgate_upstream_connects_total {}",
+        m.upstream_connects
+    );
     header(
         o,
         "upstream_reuses_total",
