@@ -358,3 +358,75 @@ fn access_log_writes_one_json_line_per_request_without_secrets() {
     assert!(!written.contains("user-secret") && !written.contains("sk-upstream-key"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn binary_answers_readyz_503_while_draining_on_sigterm() {
+    let up = Upstream::start(|mut c| {
+        while let Some(r) = c.read_request() {
+            if r.target == "/v1/slow" {
+                thread::sleep(Duration::from_millis(800));
+            }
+            c.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    let (port, admin_port) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("sg-admin-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("gw.toml");
+    let text = config_text(
+        up.addr,
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = {{ value = \"{TOKEN}\" }}\n"
+        ),
+    )
+    .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&cfg, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .arg("--config")
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let admin_addr: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let gw: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin::http::call(admin_addr, "GET", "/readyz", None).map_or(0, |r| r.0) != 200 {
+        assert!(Instant::now() < deadline, "gateway did not become ready");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let (status, body) = admin::http::call(admin_addr, "GET", "/metrics", Some(TOKEN)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let mut c = Client::connect(gw);
+    c.send(b"GET /v1/slow HTTP/1.1\r\nHost: a\r\n\r\n");
+    thread::sleep(Duration::from_millis(100));
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    // The slow request keeps the drain open; readiness must already be gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match admin::http::call(admin_addr, "GET", "/readyz", None) {
+            Ok((503, body)) => {
+                assert!(body.contains("\"draining\": true"), "{body}");
+                break;
+            }
+            other => {
+                assert!(Instant::now() < deadline, "readyz never flipped: {other:?}")
+            }
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(c.read_response().unwrap().status, 200);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
