@@ -179,6 +179,8 @@ pub struct WorkerMetrics {
     pub bytes_out: u64,
     /// Counters other stages increment (see [`counters`]).
     pub counters: LabelledCounters,
+    /// Access log batches dropped because the writer fell behind (filled in on collect).
+    pub access_log_dropped: u64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -210,6 +212,7 @@ impl WorkerMetrics {
             bytes_in: 0,
             bytes_out: 0,
             counters: LabelledCounters::default(),
+            access_log_dropped: 0,
         }
     }
 

@@ -361,6 +361,8 @@ async fn inbox_loop(worker: Rc<Worker>, inbox: Receiver<ToWorker>) {
                 ToWorker::Collect(reply) => {
                     let mut m = worker.metrics.borrow().clone();
                     m.connections_open = worker.conns.get() as u64;
+                    m.access_log_dropped =
+                        worker.access_log.borrow().as_ref().map_or(0, |l| l.dropped);
                     let _ = reply.send(m);
                 }
                 ToWorker::Shutdown => worker.drain.start(),

@@ -189,6 +189,17 @@ fn traffic(o: &mut String, m: &Merged) {
         "Requests sent on a pooled upstream connection.",
     );
     let _ = writeln!(o, "shardgate_upstream_reuses_total {}", m.upstream_reuses);
+    header(
+        o,
+        "access_log_dropped_batches_total",
+        "counter",
+        "Access log batches dropped because the writer fell behind.",
+    );
+    let _ = writeln!(
+        o,
+        "shardgate_access_log_dropped_batches_total {}",
+        m.access_log_dropped
+    );
 }
 
 fn workers(o: &mut String, m: &Merged, x: &Extra) {

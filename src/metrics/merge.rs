@@ -31,6 +31,7 @@ pub struct Merged {
     /// By route label.
     pub routes: BTreeMap<Box<str>, RouteMetrics>,
     pub counters: LabelledCounters,
+    pub access_log_dropped: u64,
 }
 
 impl Merged {
@@ -48,6 +49,7 @@ impl Merged {
             bytes_out: 0,
             routes: BTreeMap::new(),
             counters: LabelledCounters::default(),
+            access_log_dropped: 0,
         };
         for w in &workers {
             m.workers.push(WorkerInfo {
@@ -72,6 +74,7 @@ impl Merged {
                     .add(r);
             }
             m.counters.merge(&w.counters);
+            m.access_log_dropped += w.access_log_dropped;
         }
         m
     }
