@@ -180,8 +180,12 @@ impl Server {
     }
 
     fn serve(&mut self, mut s: TcpStream) {
+        let mut head_only = false;
         let resp = match http::read_request(&mut s) {
-            Ok(req) => self.handle(&req),
+            Ok(req) => {
+                head_only = req.method == "HEAD";
+                self.handle(&req)
+            }
             Err(http::ReadError::Gone) => return,
             Err(http::ReadError::Malformed) => {
                 Response::error(400, "bad_request", "malformed request")
@@ -190,7 +194,7 @@ impl Server {
                 Response::error(431, "too_large", "request head or body too large")
             }
         };
-        let _ = http::write_response(&mut s, &resp);
+        let _ = http::write_response(&mut s, &resp, head_only);
     }
 
     fn authorized(&self, req: &Request) -> bool {

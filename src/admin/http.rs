@@ -159,8 +159,9 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Writes `r` and closes (every admin response carries `Connection: close`).
-pub fn write_response(s: &mut TcpStream, r: &Response) -> io::Result<()> {
+/// Writes `r` and closes (every admin response carries `Connection: close`). `head_only`:
+/// the answer to a HEAD request (same head, no body).
+pub fn write_response(s: &mut TcpStream, r: &Response, head_only: bool) -> io::Result<()> {
     let _ = s.set_write_timeout(Some(REQUEST_DEADLINE));
     let mut out = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n",
@@ -174,7 +175,9 @@ pub fn write_response(s: &mut TcpStream, r: &Response) -> io::Result<()> {
         out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&r.body);
+    if !head_only {
+        out.extend_from_slice(&r.body);
+    }
     s.write_all(&out)?;
     s.flush()
 }
