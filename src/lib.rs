@@ -4,11 +4,13 @@
 //!
 //! Modules in the order a request meets them:
 //!
-//! - [`config`]: raw TOML → validated → immutable [`config::Snapshot`] (control thread).
+//! - [`config`]: raw TOML → validated → immutable `config::Snapshot` (control thread).
 //! - [`runtime`]: one pinned monoio worker per core, its listener, its inbox, drain on shutdown.
 //! - [`server`]: the per-connection loop on a worker: keep-alive, pipelining, limits, timeouts.
 //! - [`http`]: hand-framed HTTP/1.1 on httparse: head parsing, RFC 9112 framing checks, bodies.
+//! - [`pipeline`]: one request through the stages below, in order.
 //! - [`route`]: path trie → route; model catalog and version split.
+//! - [`model`]: the JSON body's `model`/`stream` fields, read and rewritten.
 //! - [`auth`]: JWT verification (ring), keys by `kid`, revocation.
 //! - [`quota`]: per-core lease shards and the coordinator that grants leases.
 //! - [`breaker`]: per-endpoint circuit breaker state machine.
@@ -32,6 +34,8 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod mock;
+pub mod model;
+pub mod pipeline;
 pub mod proxy;
 pub mod quota;
 pub mod route;

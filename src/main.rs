@@ -80,10 +80,28 @@ fn check(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// Where `config/demo.toml` expects the demo's mock backend.
+const DEMO_BACKEND: &str = "127.0.0.1:18081";
+
 fn demo() -> ExitCode {
     let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"));
-    // MERGE: start shardgate::mock here once the mock module lands.
-    run(path, Some(Box::new(())))
+    let addr = DEMO_BACKEND.parse().expect("static address");
+    let cfg = shardgate::mock::MockConfig {
+        model: "llama3-70b".into(),
+        ..Default::default()
+    };
+    let mock = match shardgate::mock::spawn(cfg, addr, 1) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("shardgate demo: cannot start the mock backend on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "shardgate demo: mock model backend on http://{}",
+        mock.addr()
+    );
+    run(path, Some(Box::new(mock)))
 }
 
 /// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads the config.

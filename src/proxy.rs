@@ -15,6 +15,7 @@
 //! framing is re-declared by the gateway. Bodies stream in both directions; each upstream
 //! read is written to the client immediately (SSE-safe).
 
+pub mod inbound;
 pub mod pool;
 pub mod relay;
 
@@ -26,8 +27,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use crate::config::{Snapshot, Upstream};
-use crate::error::{self, GatewayError, UpstreamError};
-use crate::http::body::ChunkedDecoder;
+use crate::error::{GatewayError, UpstreamError};
 use crate::http::parse::{BodyFraming, RequestHead};
 use crate::runtime::Worker;
 use crate::server::{micros, ClientConn};
@@ -66,82 +66,8 @@ pub struct Done {
     pub upstream_us: Option<u64>,
 }
 
-/// Serves one request (see the module docs). Returns whether to keep the connection.
-pub async fn handle(
-    worker: &Rc<Worker>,
-    snap: &Snapshot,
-    c: &mut ClientConn,
-    head: &RequestHead,
-    head_len: usize,
-    started: Instant,
-) -> bool {
-    let route = match snap.route(&head.method, head.path.get(c.buffered())) {
-        Ok(r) => r,
-        Err(m) => {
-            let mut allow = Vec::new();
-            let e = match m {
-                None => error::NOT_FOUND,
-                Some(r) => {
-                    allow.extend_from_slice(b"allow: ");
-                    for (i, m) in r.methods.iter().enumerate() {
-                        let _ = write!(allow, "{}{}", if i > 0 { ", " } else { "" }, m);
-                    }
-                    allow.extend_from_slice(b"\r\n");
-                    error::METHOD_NOT_ALLOWED
-                }
-            };
-            return respond_error(worker, c, head, head_len, e, &allow, started).await;
-        }
-    };
-    c.tally.route = crate::metrics::route_index(snap, route);
-    let upstream = &snap.upstreams[route.upstream];
-    match forward(worker, c, head, head_len, upstream, snap).await {
-        Ok(done) => {
-            crate::server::account(worker, c, done.status, started, done.upstream_us);
-            done.keep_alive
-        }
-        Err(Failure::Respond(e)) => respond_error(worker, c, head, 0, e, b"", started).await,
-        Err(Failure::Close(status)) => {
-            crate::server::account(worker, c, status, started, None);
-            false
-        }
-    }
-}
-
-/// Answers with an error. `head_len` > 0 means the request (head and body) is still unread in
-/// the buffer: it is skipped when the whole body is buffered, otherwise the connection closes.
-async fn respond_error(
-    worker: &Rc<Worker>,
-    c: &mut ClientConn,
-    head: &RequestHead,
-    head_len: usize,
-    mut e: GatewayError,
-    extra: &[u8],
-    started: Instant,
-) -> bool {
-    if head_len > 0 {
-        let body = match head.framing {
-            BodyFraming::None => Some(0),
-            BodyFraming::Length(n) => usize::try_from(n)
-                .ok()
-                .filter(|n| head_len + n <= c.buffered().len()),
-            BodyFraming::Chunked => None,
-        };
-        match body {
-            Some(n) => c.consume(head_len + n),
-            None => e = e.closing(),
-        }
-    }
-    if !head.keep_alive || worker.drain.is_draining() {
-        e = e.closing();
-    }
-    let sent = c.send_error(&e, extra).await.is_ok();
-    crate::server::account(worker, c, e.status, started, None);
-    sent && !e.close
-}
-
 /// How an exchange failed.
-enum Failure {
+pub enum Failure {
     /// Nothing was sent to the client yet: answer with this error.
     Respond(GatewayError),
     /// The response had started (or the client is gone): close. Carries the status for metrics.
@@ -154,33 +80,85 @@ impl From<UpstreamError> for Failure {
     }
 }
 
-async fn forward(
+/// The facts about the client request that outlive its head bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct ReqInfo {
+    pub framing: BodyFraming,
+    pub minor_version: u8,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    pub is_head: bool,
+    /// Safe to replay on a fresh connection when a reused one died unanswered.
+    pub idempotent: bool,
+}
+
+impl ReqInfo {
+    pub fn of(head: &RequestHead) -> Self {
+        use http::Method;
+        Self {
+            framing: head.framing,
+            minor_version: head.minor_version,
+            keep_alive: head.keep_alive,
+            expect_continue: head.expect_continue,
+            is_head: head.method == Method::HEAD,
+            idempotent: matches!(
+                head.method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+            ),
+        }
+    }
+}
+
+/// Where the request body comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum OutBody<'a> {
+    /// Still on the client connection, framed as the request said: streamed as it arrives.
+    FromClient,
+    /// Already read (and possibly rewritten) by an earlier stage.
+    Buffered(&'a [u8]),
+}
+
+/// What to send where. `c.up_out` already holds the head prefix written by
+/// [`write_head_prefix`]; `forward` completes it.
+pub struct Outbound<'a> {
+    pub upstream: &'a Upstream,
+    pub body: OutBody<'a>,
+    /// Extra request header lines (each ending in CRLF), e.g. identity headers.
+    pub extra_request: &'a [u8],
+    /// Extra response header lines, e.g. `x-shardgate-model`.
+    pub extra_response: &'a [u8],
+}
+
+/// Sends the request and relays the response (see the module docs).
+pub async fn forward(
     worker: &Rc<Worker>,
     c: &mut ClientConn,
-    head: &RequestHead,
-    head_len: usize,
-    upstream: &Upstream,
+    req: ReqInfo,
+    ob: Outbound<'_>,
     snap: &Snapshot,
 ) -> Result<Done, Failure> {
+    let upstream = ob.upstream;
     let mut up_out = std::mem::take(&mut c.up_out);
-    up_out.clear();
-    write_upstream_head(&mut up_out, c, head, upstream);
-    let is_head = head.method == http::Method::HEAD;
-    let client_minor = head.minor_version;
-    let client_keep = head.keep_alive;
-    let framing = head.framing;
-    if head.expect_continue && framing != BodyFraming::None {
+    finish_head(&mut up_out, &req, &ob);
+    let has_body = match ob.body {
+        OutBody::FromClient => req.framing != BodyFraming::None,
+        OutBody::Buffered(b) => !b.is_empty(),
+    };
+    if req.expect_continue && has_body && matches!(ob.body, OutBody::FromClient) {
         c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         if c.flush_out().await.is_err() {
             c.up_out = up_out;
             return Err(Failure::Close(0));
         }
     }
-    c.consume(head_len);
     // A small body that is already here travels with the head, so the request is replayable.
-    let inline = match framing {
-        BodyFraming::None => true,
-        BodyFraming::Length(n) => {
+    let inline = match (ob.body, req.framing) {
+        (OutBody::Buffered(b), _) => {
+            up_out.extend_from_slice(b);
+            true
+        }
+        (OutBody::FromClient, BodyFraming::None) => true,
+        (OutBody::FromClient, BodyFraming::Length(n)) => {
             let n = n as usize;
             let whole = n <= INLINE_BODY && c.buffered().len() >= n;
             if whole {
@@ -189,16 +167,8 @@ async fn forward(
             }
             whole
         }
-        BodyFraming::Chunked => false,
+        (OutBody::FromClient, BodyFraming::Chunked) => false,
     };
-    let idempotent = matches!(
-        head.method,
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::OPTIONS
-            | http::Method::PUT
-            | http::Method::DELETE
-    );
 
     let sent_at = Instant::now();
     let mut attempt = 0;
@@ -208,14 +178,16 @@ async fn forward(
             Ok(u) => u,
             Err(e) => {
                 c.up_out = up_out;
-                return Err(e.into());
+                // The body is still unread on the connection unless it went inline.
+                let e = GatewayError::from(e);
+                return Err(Failure::Respond(if inline { e } else { e.closing() }));
             }
         };
         let (res, buf) = up.stream.write_all(up_out).await;
         up_out = buf;
         let sent = res.is_ok();
         if sent && !inline {
-            if let Err(f) = stream_body(c, &mut up, framing, snap).await {
+            if let Err(f) = inbound::stream_body(c, &mut up, req.framing, &snap.limits).await {
                 c.up_out = up_out;
                 return Err(f);
             }
@@ -231,7 +203,7 @@ async fn forward(
             // our request was in flight. Replaying is safe only for idempotent requests we
             // still hold whole.
             Err(UpstreamError::ClosedBeforeResponse)
-                if up.reused && inline && idempotent && attempt == 1 =>
+                if up.reused && inline && req.idempotent && attempt == 1 =>
             {
                 continue
             }
@@ -242,20 +214,23 @@ async fn forward(
         }
     };
     c.up_out = up_out;
-    let keep_client = client_keep && !worker.drain.is_draining();
+    let keep_client = req.keep_alive && !worker.drain.is_draining();
     let ctx = relay::RelayCtx {
-        is_head,
-        client_minor,
+        is_head: req.is_head,
+        client_minor: req.minor_version,
         keep_client,
         request_id: &c.request_id,
+        extra: ob.extra_response,
     };
     let plan =
         relay::write_client_head(&mut c.out, &up.buf, &first, &ctx).map_err(Failure::from)?;
     up.buf.drain(..first.head_len);
     let status = first.status;
-    match relay::relay_body(c, &mut up, &plan, upstream.idle_timeout).await {
-        Ok(()) => {}
-        Err(_) => return Err(Failure::Close(status)),
+    if relay::relay_body(c, &mut up, &plan, upstream.idle_timeout)
+        .await
+        .is_err()
+    {
+        return Err(Failure::Close(status));
     }
     let upstream_us = Some(micros(sent_at));
     if plan.upstream_reusable {
@@ -302,17 +277,22 @@ async fn acquire(worker: &Rc<Worker>, upstream: &Upstream) -> Result<UpConn, Ups
     Err(last)
 }
 
-/// Serializes the request head toward the upstream.
-fn write_upstream_head(out: &mut Vec<u8>, c: &ClientConn, head: &RequestHead, upstream: &Upstream) {
+/// Writes the first part of the upstream request head into `out`: the request line, the
+/// client's end-to-end headers (minus hop-by-hop fields, the fields the gateway sets, and any
+/// for which `drop` says so), and the forwarding headers. [`forward`] completes it with Host,
+/// framing and credentials once the upstream is known.
+pub fn write_head_prefix(
+    out: &mut Vec<u8>,
+    c: &ClientConn,
+    head: &RequestHead,
+    drop: impl Fn(&[u8]) -> bool,
+) {
     let buf = c.buffered();
+    out.clear();
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.target.get(buf));
-    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    // Round-robin picks the endpoint later; all endpoints of an upstream share the Host value
-    // unless configured per endpoint, so the first is used for the head.
-    out.extend_from_slice(upstream.endpoints[0].host.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut xff: Option<&[u8]> = None;
     for (name, value) in head.headers(buf) {
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
@@ -321,7 +301,7 @@ fn write_upstream_head(out: &mut Vec<u8>, c: &ClientConn, head: &RequestHead, up
         if DROP_REQUEST_HEADERS
             .iter()
             .any(|d| name.eq_ignore_ascii_case(d))
-            || (upstream.auth_line.is_some() && name.eq_ignore_ascii_case(b"authorization"))
+            || drop(name)
             || head.listed_in_connection(buf, name)
         {
             continue;
@@ -343,95 +323,34 @@ fn write_upstream_head(out: &mut Vec<u8>, c: &ClientConn, head: &RequestHead, up
         out.extend_from_slice(b"\r\n");
     }
     let _ = write!(out, "x-request-id: {}\r\n", c.request_id);
-    match head.framing {
-        BodyFraming::None => {
-            if matches!(
-                head.method,
-                http::Method::POST | http::Method::PUT | http::Method::PATCH
-            ) {
+}
+
+/// Completes the head: Host, extra lines, framing, upstream credential, blank line.
+fn finish_head(out: &mut Vec<u8>, req: &ReqInfo, ob: &Outbound<'_>) {
+    out.extend_from_slice(b"host: ");
+    // All endpoints of an upstream share its Host value (the first endpoint as written, or
+    // `host_header`).
+    out.extend_from_slice(ob.upstream.endpoints[0].host.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(ob.extra_request);
+    match (ob.body, req.framing) {
+        (OutBody::Buffered(b), _) => {
+            let _ = write!(out, "content-length: {}\r\n", b.len());
+        }
+        (OutBody::FromClient, BodyFraming::None) => {
+            if !req.idempotent {
                 out.extend_from_slice(b"content-length: 0\r\n");
             }
         }
-        BodyFraming::Length(n) => {
+        (OutBody::FromClient, BodyFraming::Length(n)) => {
             let _ = write!(out, "content-length: {n}\r\n");
         }
-        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        (OutBody::FromClient, BodyFraming::Chunked) => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n")
+        }
     }
-    if let Some(line) = &upstream.auth_line {
+    if let Some(line) = &ob.upstream.auth_line {
         out.extend_from_slice(line);
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// Streams the request body from the client to the upstream as it arrives.
-async fn stream_body(
-    c: &mut ClientConn,
-    up: &mut UpConn,
-    framing: BodyFraming,
-    snap: &Snapshot,
-) -> Result<(), Failure> {
-    let limits = &snap.limits;
-    let mut out = std::mem::take(&mut c.out);
-    out.clear();
-    let mut remaining = match framing {
-        BodyFraming::Length(n) => n,
-        _ => 0,
-    };
-    let mut dec = ChunkedDecoder::new(limits.max_body_bytes);
-    let result = loop {
-        // Move what is buffered into `out`, re-encoding chunks.
-        let done = match framing {
-            BodyFraming::None => true,
-            BodyFraming::Length(_) => {
-                let n = (c.buffered().len() as u64).min(remaining) as usize;
-                out.extend_from_slice(&c.buffered()[..n]);
-                c.consume(n);
-                remaining -= n as u64;
-                remaining == 0
-            }
-            BodyFraming::Chunked => loop {
-                let step = match dec.step(c.buffered()) {
-                    Ok(s) => s,
-                    Err(e) => break Err(GatewayError::from(e)),
-                };
-                if let Some((a, b)) = step.data {
-                    let _ = write!(out, "{:x}\r\n", b - a);
-                    out.extend_from_slice(&c.buffered()[a..b]);
-                    out.extend_from_slice(b"\r\n");
-                }
-                c.consume(step.consumed);
-                if dec.is_done() {
-                    out.extend_from_slice(b"0\r\n\r\n");
-                    break Ok(true);
-                }
-                if step.consumed == 0 {
-                    break Ok(false);
-                }
-            }
-            .map_err(Failure::Respond)?,
-        };
-        if !out.is_empty() {
-            let (res, buf) = up.stream.write_all(out).await;
-            out = buf;
-            out.clear();
-            if res.is_err() {
-                break Err(Failure::Respond(UpstreamError::ClosedBeforeResponse.into()));
-            }
-        }
-        if done {
-            break Ok(());
-        }
-        let deadline = Instant::now() + limits.body_idle_timeout;
-        match c.read_more_until(deadline, 64 * 1024).await {
-            Ok(0) | Err(crate::server::ReadError::Io) => {
-                break Err(Failure::Respond(error::CLIENT_BODY_ERROR))
-            }
-            Err(crate::server::ReadError::Timeout) => {
-                break Err(Failure::Respond(error::BODY_TIMEOUT))
-            }
-            Ok(_) => {}
-        }
-    };
-    c.out = out;
-    result
 }

@@ -68,6 +68,8 @@ pub struct Worker {
     pub rr: Cell<usize>,
     /// This worker's access log buffer, when `[access_log]` is configured.
     pub access_log: RefCell<Option<crate::access_log::WorkerLog>>,
+    /// Request heads for reuse (see `server`).
+    pub heads: RefCell<Vec<Box<crate::http::RequestHead>>>,
 }
 
 impl Worker {
@@ -334,6 +336,7 @@ async fn worker_main(
         req_seq: Cell::new(0),
         rr: Cell::new(id),
         access_log: RefCell::new(log),
+        heads: RefCell::new(Vec::new()),
     });
     monoio::spawn(inbox_loop(worker.clone(), inbox));
     let _ = ready.send(Ok(()));

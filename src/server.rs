@@ -76,7 +76,6 @@ async fn reject_overloaded(stream: TcpStream) {
 
 /// Serves one connection until it closes.
 async fn serve(worker: &Rc<Worker>, mut c: ClientConn) {
-    let mut head = Box::<RequestHead>::default();
     loop {
         c.compact();
         if c.buffered().is_empty() {
@@ -94,6 +93,9 @@ async fn serve(worker: &Rc<Worker>, mut c: ClientConn) {
         let started = Instant::now();
         c.begin_request();
         let snap = worker.current();
+        // Heads (~2 KB of offsets) are borrowed from the worker only while a request is in
+        // progress, so idle keep-alive connections do not each hold one.
+        let mut head = PooledHead::take(worker);
         let head_len = match read_head(&mut c, &snap.limits, &mut head, started).await {
             Ok(Some(n)) => n,
             Ok(None) => return,
@@ -108,7 +110,7 @@ async fn serve(worker: &Rc<Worker>, mut c: ClientConn) {
             true => {}
             false => worker.next_request_id(&mut c.request_id),
         }
-        let keep = crate::proxy::handle(worker, &snap, &mut c, &head, head_len, started).await;
+        let keep = crate::pipeline::handle(worker, &snap, &mut c, &head, head_len, started).await;
         if !keep {
             return;
         }
@@ -161,6 +163,47 @@ pub fn account(
     worker.metrics.borrow_mut().record_sample(&sample);
     if let Some(log) = worker.access_log.borrow_mut().as_mut() {
         log.record(&worker.metrics.borrow(), &c.request_id, &sample);
+    }
+}
+
+/// Most request heads a worker keeps for reuse.
+pub const HEAD_POOL_MAX: usize = 1024;
+
+/// A request head on loan from the worker's pool; returned on drop.
+struct PooledHead<'a> {
+    worker: &'a Worker,
+    head: Option<Box<RequestHead>>,
+}
+
+impl<'a> PooledHead<'a> {
+    fn take(worker: &'a Worker) -> Self {
+        let head = worker.heads.borrow_mut().pop().unwrap_or_default();
+        PooledHead {
+            worker,
+            head: Some(head),
+        }
+    }
+}
+
+impl std::ops::Deref for PooledHead<'_> {
+    type Target = RequestHead;
+    fn deref(&self) -> &RequestHead {
+        self.head.as_deref().expect("present until drop")
+    }
+}
+
+impl std::ops::DerefMut for PooledHead<'_> {
+    fn deref_mut(&mut self) -> &mut RequestHead {
+        self.head.as_deref_mut().expect("present until drop")
+    }
+}
+
+impl Drop for PooledHead<'_> {
+    fn drop(&mut self) {
+        let mut pool = self.worker.heads.borrow_mut();
+        if pool.len() < HEAD_POOL_MAX {
+            pool.extend(self.head.take());
+        }
     }
 }
 

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Installs what the integration tests need beyond cargo: promtool (Debian package
-# `prometheus`), used by tests/admin.rs to check the /metrics exposition. With CI set, that
-# test fails when promtool is missing. Idempotent; call it from .ci/run before the tests.
+# Installs what the test suite needs on a fresh machine, only where missing:
+# - python3 (loadtest/openai_check.sh);
+# - promtool (Debian package `prometheus`): tests/admin.rs checks the /metrics exposition
+#   with it, and fails rather than skips when it is missing and CI is set.
 set -euo pipefail
-if command -v promtool >/dev/null 2>&1; then
-    exit 0
+need_apt=()
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+command -v promtool >/dev/null || need_apt+=(prometheus)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq || true
+  $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y --no-install-recommends prometheus
-command -v promtool >/dev/null

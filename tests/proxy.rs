@@ -333,3 +333,24 @@ fn unknown_path_and_wrong_method() {
     c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}");
     assert_eq!(c.read_response().unwrap().status, 200);
 }
+
+#[test]
+fn error_before_an_unread_body_closes_the_connection() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = gateway(&route_all(dead, ""));
+    let mut c = Client::connect(gw.local_addr());
+    // The body is announced but not sent: its bytes must not be parsed as the next request.
+    c.send(b"POST /x HTTP/1.1\r\nHost: gw\r\nContent-Length: 100000\r\n\r\npartial");
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.is_closed());
+    // A small body that arrived whole is skipped and the connection stays usable.
+    let mut c = Client::connect(gw.local_addr());
+    c.send(b"POST /x HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\nhiGET /y HTTP/1.1\r\nHost: gw\r\n\r\n");
+    assert_eq!(c.read_response().unwrap().status, 502);
+    assert_eq!(c.read_response().unwrap().status, 502);
+}

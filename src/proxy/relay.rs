@@ -162,6 +162,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<ResponseHead>, UpstreamError> {
 
 /// What the client side needs to know about the request.
 pub struct RelayCtx<'a> {
+    /// Extra header lines (each ending in CRLF) added to the response.
+    pub extra: &'a [u8],
     pub is_head: bool,
     pub client_minor: u8,
     /// The client connection may stay open (client asked for it, worker not draining).
@@ -237,6 +239,7 @@ pub fn write_client_head(
         out.extend_from_slice(b"\r\n");
     }
     let _ = write!(out, "x-request-id: {}\r\n", ctx.request_id);
+    out.extend_from_slice(ctx.extra);
     match up {
         UpFraming::Length(n) => {
             let _ = write!(out, "content-length: {n}\r\n");
@@ -370,6 +373,7 @@ mod tests {
             client_minor: minor,
             keep_client: true,
             request_id: "r",
+            extra: b"x-extra: 1\r\n",
         };
         let p = write_client_head(&mut out, raw.as_bytes(), &h, &ctx).unwrap();
         (String::from_utf8(out).unwrap(), p)
@@ -381,6 +385,7 @@ mod tests {
         assert!(!head.to_ascii_lowercase().contains("x-internal"));
         assert!(!head.to_ascii_lowercase().contains("keep-alive: timeout"));
         assert!(head.contains("X-Keep: yes\r\n"));
+        assert!(head.contains("x-extra: 1\r\n"));
         assert!(head.contains("transfer-encoding: chunked\r\n"));
         assert!(p.chunk_to_client && p.keep_client && p.upstream_reusable);
     }

@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# Comparison benchmark: shardgate vs nginx as a reverse proxy in front of the same mock
+# upstream, driven by the same loadgen load, in alternation.
+#
+# Layout (2-core host): shardgate and nginx on GW_CORE (one worker each), mock-upstream and
+# loadgen on UP_CORE. Per server and mode it prints req/s, p50/p99/p99.9, the server's CPU µs
+# per request (utime+stime from /proc, sampled after warmup until the run ends, over the
+# requests loadgen measured), then shardgate/nginx ratios and the gateway-added latency at
+# concurrency 1 (p50/p99 through the proxy minus direct to the upstream).
+#
+# Environment knobs (defaults): DURATION=5 WARMUP=1 ROUNDS=3 CONNS=32 RATE=5000 RATE_CONNS=16
+# GW_CORE=0 UP_CORE=1 UP_PORT=9000 GW_PORT=8080 NGX_PORT=8081 BODY=<small chat request>
+# SKIP_BUILD=1 (use existing release binaries) SKIP_SHARDGATE=1 (nginx + direct only).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-1}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-32}
+RATE=${RATE:-5000}
+RATE_CONNS=${RATE_CONNS:-16}
+GW_CORE=${GW_CORE:-0}
+UP_CORE=${UP_CORE:-1}
+UP_PORT=${UP_PORT:-9000}
+GW_PORT=${GW_PORT:-8080}
+NGX_PORT=${NGX_PORT:-8081}
+PATH_REQ=${PATH_REQ:-/v1/chat/completions}
+
+need() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]]; }
+if ! need nginx || ! need wrk; then
+    apt-get install -y nginx wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y nginx wrk >/dev/null; }
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+if [[ -z "${SKIP_BUILD:-}" ]]; then
+    cargo build --quiet --release -p loadtest --bins
+    [[ -n "${SKIP_SHARDGATE:-}" ]] || cargo build --quiet --release -p shardgate --bin shardgate
+fi
+LOADGEN=target/release/loadgen
+MOCK=target/release/mock-upstream
+SHARDGATE=target/release/shardgate
+
+TMP=$(mktemp -d /tmp/shardgate-compare.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT INT TERM
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {
+    for _ in $(seq 100); do port_open "$1" && return 0; sleep 0.05; done
+    return 1
+}
+for p in "$UP_PORT" "$GW_PORT" "$NGX_PORT"; do
+    if port_open "$p"; then echo "port $p is already in use" >&2; exit 1; fi
+done
+
+BODY_FILE=$TMP/body.json
+DEFAULT_BODY='{"model":"mock-gpt","max_tokens":16,"messages":[{"role":"user","content":"Say hello to the benchmark."}]}'
+printf '%s' "${BODY:-$DEFAULT_BODY}" >"$BODY_FILE"
+
+cat >"$TMP/shardgate.toml" <<EOF
+[server]
+listen = "127.0.0.1:$GW_PORT"
+workers = [$GW_CORE]
+pin = true
+[[upstreams]]
+name = "mock"
+endpoints = ["127.0.0.1:$UP_PORT"]
+[[routes]]
+path = "/*rest"
+upstream = "mock"
+EOF
+
+mkdir -p "$TMP/ngx"
+cat >"$TMP/nginx.conf" <<EOF
+worker_processes 1;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/ngx/body;
+    proxy_temp_path $TMP/ngx/proxy;
+    fastcgi_temp_path $TMP/ngx/fastcgi;
+    uwsgi_temp_path $TMP/ngx/uwsgi;
+    scgi_temp_path $TMP/ngx/scgi;
+    keepalive_requests 1000000;
+    upstream mock {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGX_PORT;
+        location / {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # SSE must stream through, as it does through the gateway.
+            proxy_buffering off;
+        }
+    }
+}
+EOF
+
+taskset -c "$UP_CORE" "$MOCK" --listen "127.0.0.1:$UP_PORT" --threads 1 >"$TMP/mock.log" 2>&1 &
+PIDS+=($!)
+wait_port "$UP_PORT" || { echo "mock-upstream did not start" >&2; exit 1; }
+
+taskset -c "$GW_CORE" "$NGINX" -c "$TMP/nginx.conf" -g 'daemon off;' >"$TMP/nginx.log" 2>&1 &
+NGX_PID=$!
+PIDS+=("$NGX_PID")
+wait_port "$NGX_PORT" || { echo "nginx did not start:" >&2; cat "$TMP/nginx-error.log" >&2; exit 1; }
+
+SERVERS=(nginx)
+if [[ -z "${SKIP_SHARDGATE:-}" ]]; then
+    taskset -c "$GW_CORE" "$SHARDGATE" --config "$TMP/shardgate.toml" >"$TMP/shardgate.log" 2>&1 &
+    SG_PID=$!
+    PIDS+=("$SG_PID")
+    if wait_port "$GW_PORT" && kill -0 "$SG_PID" 2>/dev/null; then
+        SERVERS=(shardgate nginx)
+    else
+        echo "shardgate did not start; comparing nginx and direct only. Its log:" >&2
+        tail -5 "$TMP/shardgate.log" >&2 || true
+    fi
+fi
+
+port_of() { case $1 in shardgate) echo "$GW_PORT" ;; nginx) echo "$NGX_PORT" ;; direct) echo "$UP_PORT" ;; esac; }
+# All pids of a server (nginx: master and its workers).
+pids_of() {
+    case $1 in
+    shardgate) echo "$SG_PID" ;;
+    nginx) echo "$NGX_PID" $(pgrep -P "$NGX_PID" || true) ;;
+    *) echo "" ;;
+    esac
+}
+# utime+stime in clock ticks, summed over pids (all threads).
+cpu_ticks() {
+    local total=0 p
+    for p in "$@"; do
+        [[ -r /proc/$p/stat ]] || continue
+        total=$((total + $(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat")))
+    done
+    echo "$total"
+}
+
+# run NAME SERVER MODE(closed|open|c1) → $TMP/NAME.json and $TMP/NAME.cpu (ticks after warmup)
+run() {
+    local name=$1 server=$2 mode=$3 args=()
+    case $mode in
+    closed) args=(--connections "$CONNS") ;;
+    open) args=(--connections "$RATE_CONNS" --rate "$RATE") ;;
+    c1) args=(--connections 1) ;;
+    esac
+    local pids
+    pids=$(pids_of "$server")
+    timeout $((DURATION + WARMUP + 30)) taskset -c "$UP_CORE" "$LOADGEN" \
+        --url "http://127.0.0.1:$(port_of "$server")$PATH_REQ" --method POST --body "$BODY_FILE" \
+        -H 'content-type: application/json' --threads 1 --duration "$DURATION" --warmup "$WARMUP" \
+        "${args[@]}" --json "$TMP/$name.json" >"$TMP/$name.txt" &
+    local lg=$!
+    sleep "$WARMUP"
+    local before
+    before=$(cpu_ticks $pids)
+    wait "$lg"
+    echo $(($(cpu_ticks $pids) - before)) >"$TMP/$name.cpu"
+}
+
+echo "compare: ${SERVERS[*]} | ${DURATION}s measured + ${WARMUP}s warmup per run, $ROUNDS rounds," \
+    "closed loop $CONNS conns, open loop $RATE req/s over $RATE_CONNS conns, POST $PATH_REQ"
+for r in $(seq "$ROUNDS"); do
+    for mode in closed open; do
+        for s in "${SERVERS[@]}"; do run "$s-$mode-$r" "$s" "$mode"; done
+    done
+done
+for s in direct "${SERVERS[@]}"; do run "$s-c1" "$s" c1; done
+
+python3 - "$TMP" "$ROUNDS" "$(getconf CLK_TCK)" "${SERVERS[@]}" <<'PYEOF'
+import json, os, statistics, sys
+
+tmp, rounds, hz, servers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+
+def load(name):
+    with open(os.path.join(tmp, name + ".json")) as f:
+        j = json.load(f)
+    cpu_path = os.path.join(tmp, name + ".cpu")
+    ticks = int(open(cpu_path).read()) if os.path.exists(cpu_path) else 0
+    t = j["latency_us"]["total"]
+    n = j["completed"]
+    errors = sum(j["errors"].values()) + sum(v for k, v in j["status"].items() if not k.startswith("2"))
+    return {"rps": j["rps"], "p50": t["p50"], "p99": t["p99"], "p99.9": t["p99.9"],
+            "cpu_us": ticks * 1e6 / hz / n if n else float("nan"), "errors": errors}
+
+def row(label, m):
+    print(f"{label:<22} {m['rps']:>10.0f} {m['p50']/1000:>9.3f} {m['p99']/1000:>9.3f} "
+          f"{m['p99.9']/1000:>9.3f} {m['cpu_us']:>10.2f} {m['errors']:>7}")
+
+def median(runs):
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+hdr = f"{'run':<22} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'p99.9 ms':>9} {'cpu us/req':>10} {'errors':>7}"
+summary = {}
+for mode in ("closed", "open"):
+    print(f"\n== {mode} loop ==")
+    print(hdr)
+    for s in servers:
+        runs = [load(f"{s}-{mode}-{r}") for r in range(1, rounds + 1)]
+        for r, m in enumerate(runs, 1):
+            row(f"{s} #{r}", m)
+        summary[(s, mode)] = median(runs)
+        row(f"{s} median", summary[(s, mode)])
+
+if "shardgate" in servers:
+    print("\n== shardgate / nginx (medians) ==")
+    for mode in ("closed", "open"):
+        a, b = summary[("shardgate", mode)], summary[("nginx", mode)]
+        ratios = "  ".join(f"{k} {a[k] / b[k]:.2f}x" for k in ("rps", "p50", "p99", "p99.9", "cpu_us") if b[k])
+        print(f"{mode:<7} {ratios}")
+
+print("\n== gateway-added latency, concurrency 1 (through proxy minus direct) ==")
+direct = load("direct-c1")
+print(f"direct                 p50 {direct['p50']/1000:.3f} ms  p99 {direct['p99']/1000:.3f} ms")
+for s in servers:
+    m = load(f"{s}-c1")
+    print(f"{s:<22} p50 +{(m['p50'] - direct['p50'])/1000:.3f} ms  p99 +{(m['p99'] - direct['p99'])/1000:.3f} ms"
+          f"  (cpu {m['cpu_us']:.2f} us/req)")
+PYEOF

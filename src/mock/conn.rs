@@ -1,0 +1,692 @@
+//! One mock connection: hand-framed HTTP/1.1 on httparse.
+//!
+//! Keep-alive by default (HTTP/1.0: only with `Connection: keep-alive`), `Connection: close`
+//! honoured, pipelining-safe (requests are answered one at a time in arrival order; bytes of
+//! the next request wait in the buffer), request bodies framed by `Content-Length` or
+//! `Transfer-Encoding: chunked` (trailers skipped). A malformed head or chunk gets a `400`
+//! and the connection is closed; an oversized head `431`, an oversized body `413`.
+use std::fmt::Write as FmtWrite;
+use std::io::Write;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use super::reply::{self, Ask, Kind};
+use super::Mock;
+
+/// Most request headers accepted.
+const MAX_HEADERS: usize = 128;
+/// Largest request head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Largest request body accepted.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Initial read buffer capacity; it grows for large bodies and is reused across requests.
+const INIT_BUF: usize = 16 * 1024;
+/// Smallest free space handed to a read.
+const MIN_READ: usize = 4 * 1024;
+
+/// Request body framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(usize),
+    Chunked,
+}
+
+/// Per-request overrides from `x-mock-*` headers.
+#[derive(Debug, Default, Clone, Copy)]
+struct Overrides {
+    latency_ms: Option<u64>,
+    chunks: Option<u32>,
+    gap_ms: Option<u64>,
+    status: Option<u16>,
+    close_after: Option<u32>,
+    hang: bool,
+    pause_once_ms: Option<u64>,
+}
+
+/// A parsed head; ranges are relative to the request's first byte.
+#[derive(Debug, Clone)]
+struct Head {
+    len: usize,
+    method: Range<usize>,
+    target: Range<usize>,
+    minor: u8,
+    keep_alive: bool,
+    framing: Framing,
+    ov: Overrides,
+}
+
+/// Why a connection must answer an error and close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fatal(u16);
+
+/// Parses one head at the start of `bytes`: `Ok(None)` when incomplete.
+fn parse_head(bytes: &[u8]) -> Result<Option<Head>, Fatal> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(bytes) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if bytes.len() >= MAX_HEAD => return Err(Fatal(431)),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Fatal(431)),
+        Err(_) => return Err(Fatal(400)),
+    };
+    let offset = |s: &str| s.as_ptr() as usize - bytes.as_ptr() as usize;
+    let method = req.method.unwrap_or("");
+    let target = req.path.unwrap_or("");
+    let minor = req.version.unwrap_or(1);
+    let mut keep_alive = minor == 1;
+    let mut framing = Framing::Length(0);
+    let mut ov = Overrides::default();
+    for h in req.headers.iter() {
+        let v = std::str::from_utf8(h.value).unwrap_or("").trim();
+        let num = || v.parse::<u64>().ok();
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            match num() {
+                Some(n) if framing != Framing::Chunked => framing = Framing::Length(n as usize),
+                Some(_) => {}
+                None => return Err(Fatal(400)),
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if v.to_ascii_lowercase().ends_with("chunked") {
+                framing = Framing::Chunked;
+            } else {
+                return Err(Fatal(400));
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in v.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        } else if name.len() > 7 && name[..7].eq_ignore_ascii_case("x-mock-") {
+            match name[7..].to_ascii_lowercase().as_str() {
+                "latency-ms" => ov.latency_ms = num(),
+                "chunks" => ov.chunks = num().map(|n| n as u32),
+                "gap-ms" => ov.gap_ms = num(),
+                "status" => ov.status = num().map(|n| n as u16),
+                "close-after-chunks" => ov.close_after = num().map(|n| n as u32),
+                "hang" => ov.hang = v != "0" && !v.eq_ignore_ascii_case("false"),
+                "pause-once-ms" => ov.pause_once_ms = num(),
+                _ => {}
+            }
+        }
+    }
+    if matches!(framing, Framing::Length(n) if n > MAX_BODY) {
+        return Err(Fatal(413));
+    }
+    let method = offset(method)..offset(method) + method.len();
+    let target = offset(target)..offset(target) + target.len();
+    Ok(Some(Head {
+        len,
+        method,
+        target,
+        minor,
+        keep_alive,
+        framing,
+        ov,
+    }))
+}
+
+/// Connection state: the stream and its reused buffers.
+struct Conn {
+    stream: TcpStream,
+    mock: Arc<Mock>,
+    /// Bytes read; the current request starts at `pos`.
+    buf: Vec<u8>,
+    pos: usize,
+    /// Decoded chunked body / JSON scratch.
+    body: Vec<u8>,
+    json: Vec<u8>,
+    bufs: simd_json::Buffers,
+    /// Response head+body under construction.
+    out: Vec<u8>,
+    /// Response body / event under construction.
+    scratch: Vec<u8>,
+    rng: u64,
+}
+
+/// Serves one connection until the peer closes, `Connection: close`, an error, or a
+/// failure mode ends it.
+pub(super) async fn run(stream: TcpStream, mock: Arc<Mock>) {
+    let seed = mock.knobs.requests.load(Ordering::Relaxed) ^ (&stream as *const _ as u64);
+    let mut c = Conn {
+        stream,
+        mock,
+        buf: Vec::with_capacity(INIT_BUF),
+        pos: 0,
+        body: Vec::new(),
+        json: Vec::new(),
+        bufs: simd_json::Buffers::default(),
+        out: Vec::with_capacity(INIT_BUF),
+        scratch: Vec::with_capacity(INIT_BUF),
+        rng: seed | 1,
+    };
+    while let Ok(true) = c.one().await {}
+}
+
+impl Conn {
+    /// Reads more bytes after `buf.len()`; `Ok(0)` at EOF.
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < MIN_READ {
+            self.buf.reserve(MIN_READ.max(self.buf.len()));
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        let (res, slice) = self
+            .stream
+            .read(monoio::buf::IoBufMut::slice_mut(buf, len..))
+            .await;
+        self.buf = slice.into_inner();
+        res
+    }
+
+    async fn send_out(&mut self) -> std::io::Result<()> {
+        let out = std::mem::take(&mut self.out);
+        let (res, mut out) = self.stream.write_all(out).await;
+        out.clear();
+        self.out = out;
+        res.map(|_| ())
+    }
+
+    /// Handles one request; `Ok(true)` to keep the connection.
+    async fn one(&mut self) -> std::io::Result<bool> {
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        let head = loop {
+            match parse_head(&self.buf[self.pos..]) {
+                Ok(Some(h)) => break h,
+                Ok(None) => {
+                    if self.pos > 0 {
+                        self.buf.drain(..self.pos);
+                        self.pos = 0;
+                    }
+                    if self.fill().await? == 0 {
+                        return Ok(false);
+                    }
+                }
+                Err(Fatal(status)) => {
+                    self.respond_error(status, "malformed request", false, 1)
+                        .await?;
+                    return Ok(false);
+                }
+            }
+        };
+        let body = match self.read_body(&head).await? {
+            Ok(body) => body,
+            Err(Fatal(status)) => {
+                self.respond_error(status, "malformed body", false, head.minor)
+                    .await?;
+                return Ok(false);
+            }
+        };
+        let knobs = &self.mock.knobs;
+        let n = knobs.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(d) = knobs.stall() {
+            monoio::time::sleep(d).await;
+        }
+        if let Some(ms) = head.ov.pause_once_ms {
+            self.mock.knobs.arm_pause(ms);
+        }
+        if head.ov.hang || self.mock.knobs.hang.load(Ordering::Relaxed) {
+            // Never answer; hold the connection until the peer gives up.
+            while self.fill().await? > 0 {}
+            return Ok(false);
+        }
+        let delay = match head.ov.latency_ms {
+            Some(ms) => ms,
+            None => {
+                let jitter = self.mock.cfg.jitter_ms;
+                let jitter = if jitter > 0 {
+                    self.rand() % (jitter + 1)
+                } else {
+                    0
+                };
+                self.mock.knobs.latency_ms.load(Ordering::Relaxed) + jitter
+            }
+        };
+        if delay > 0 {
+            monoio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let end = body.end;
+        let keep = self.dispatch(&head, body, n).await?;
+        self.pos = end;
+        Ok(keep && head.keep_alive)
+    }
+
+    /// Reads the body; returns where the request ends in `buf` and the body bytes (in `buf`
+    /// for `Content-Length`, decoded into `self.body` for chunked).
+    async fn read_body(&mut self, head: &Head) -> std::io::Result<Result<BodySpan, Fatal>> {
+        let start = self.pos + head.len;
+        match head.framing {
+            Framing::Length(n) => {
+                while self.buf.len() < start + n {
+                    self.buf.reserve(start + n - self.buf.len());
+                    if self.fill().await? == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                Ok(Ok(BodySpan {
+                    in_buf: Some(start..start + n),
+                    end: start + n,
+                }))
+            }
+            Framing::Chunked => {
+                self.body.clear();
+                let mut at = start;
+                loop {
+                    match httparse::parse_chunk_size(&self.buf[at..]) {
+                        Ok(httparse::Status::Complete((n, 0))) => {
+                            at += n;
+                            break;
+                        }
+                        Ok(httparse::Status::Complete((n, size))) => {
+                            let size = size as usize;
+                            if self.body.len() + size > MAX_BODY {
+                                return Ok(Err(Fatal(413)));
+                            }
+                            let need = at + n + size + 2;
+                            if self.buf.len() >= need {
+                                if &self.buf[need - 2..need] != b"\r\n" {
+                                    return Ok(Err(Fatal(400)));
+                                }
+                                self.body.extend_from_slice(&self.buf[at + n..need - 2]);
+                                at = need;
+                                continue;
+                            }
+                            self.buf.reserve(need - self.buf.len());
+                        }
+                        Ok(httparse::Status::Partial) => {}
+                        Err(_) => return Ok(Err(Fatal(400))),
+                    }
+                    if self.fill().await? == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                // Trailer section: header lines up to an empty line.
+                loop {
+                    let mut trailers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    match httparse::parse_headers(&self.buf[at..], &mut trailers) {
+                        Ok(httparse::Status::Complete((n, _))) => {
+                            return Ok(Ok(BodySpan {
+                                in_buf: None,
+                                end: at + n,
+                            }))
+                        }
+                        Ok(httparse::Status::Partial) => {}
+                        Err(_) => return Ok(Err(Fatal(400))),
+                    }
+                    if self.fill().await? == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+            }
+        }
+    }
+
+    fn rand(&mut self) -> u64 {
+        // xorshift64: fine for failure draws and jitter.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// Status forced by header, runtime knob, or a `fail_rate` draw.
+    fn forced_status(&mut self, ov: &Overrides) -> Option<u16> {
+        if let Some(s) = ov.status {
+            return Some(s);
+        }
+        let knobs = &self.mock.knobs;
+        match knobs.fail_status.load(Ordering::Relaxed) {
+            0 => {}
+            s => return Some(s),
+        }
+        let ppm = knobs.fail_ppm.load(Ordering::Relaxed) as u64;
+        (ppm > 0 && self.rand() % 1_000_000 < ppm).then_some(self.mock.cfg.fail_status)
+    }
+
+    /// Routes and answers one request; `Ok(false)` when the connection must close.
+    async fn dispatch(&mut self, head: &Head, span: BodySpan, n: u64) -> std::io::Result<bool> {
+        let keep = head.keep_alive;
+        if let Some(status) = self.forced_status(&head.ov) {
+            self.respond_error(status, "mock failure", keep, head.minor)
+                .await?;
+            return Ok(keep);
+        }
+        let req = &self.buf[self.pos..];
+        let method = std::str::from_utf8(&req[head.method.clone()]).unwrap_or("");
+        let target = std::str::from_utf8(&req[head.target.clone()]).unwrap_or("");
+        let path = target.split('?').next().unwrap_or("");
+        let kind = match (method, path) {
+            (_, p) if p == "/echo" || p.starts_with("/echo/") => {
+                self.echo(head, &span);
+                return self.finish_full(200, keep, head).await;
+            }
+            ("GET", "/health") => {
+                self.scratch.extend_from_slice(br#"{"status":"ok"}"#);
+                return self.finish_full(200, keep, head).await;
+            }
+            ("GET", "/v1/models") => {
+                reply::models(
+                    &mut self.scratch,
+                    &self.mock.cfg.model,
+                    &self.mock.cfg.version,
+                );
+                return self.finish_full(200, keep, head).await;
+            }
+            ("POST", "/v1/chat/completions") => Some((Kind::Chat, "messages")),
+            ("POST", "/v1/completions") => Some((Kind::Text, "prompt")),
+            ("POST", "/v1/embeddings") => None,
+            _ => {
+                reply::error(&mut self.scratch, 404, "no such endpoint");
+                return self.finish_full(404, keep, head).await;
+            }
+        };
+        self.json.clear();
+        match &span.in_buf {
+            Some(r) => self.json.extend_from_slice(&self.buf[r.clone()]),
+            None => self.json.extend_from_slice(&self.body),
+        }
+        let cfg = &self.mock.cfg;
+        let field = kind.map_or("input", |k| k.1);
+        let mut json = std::mem::take(&mut self.json);
+        let ask = reply::inspect(
+            &mut json,
+            &mut self.bufs,
+            field,
+            &cfg.model,
+            cfg.default_completion_tokens,
+        );
+        let Ok(ask) = ask else {
+            self.json = json;
+            self.respond_error(400, "request body is not a JSON object", keep, head.minor)
+                .await?;
+            return Ok(keep);
+        };
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let Some((kind, _)) = kind else {
+            // `inspect` consumed the buffer in place; re-copy to count the inputs.
+            json.clear();
+            match &span.in_buf {
+                Some(r) => json.extend_from_slice(&self.buf[r.clone()]),
+                None => json.extend_from_slice(&self.body),
+            }
+            let inputs = reply::embedding_inputs(&mut json, &mut self.bufs);
+            self.json = json;
+            reply::embeddings(
+                &mut self.scratch,
+                &ask,
+                inputs,
+                self.mock.cfg.embedding_dims,
+            );
+            return self.finish_full(200, keep, head).await;
+        };
+        self.json = json;
+        if ask.stream {
+            return self.stream(kind, &ask, n, created, head).await;
+        }
+        reply::completion(
+            &mut self.scratch,
+            kind,
+            &ask,
+            n,
+            created,
+            self.mock.cfg.pad_bytes,
+        );
+        let close_after = head.ov.close_after.or(self.mock.cfg.close_after_chunks);
+        if close_after.is_some() {
+            // Truncate: promise the whole body, send half, close.
+            let total = self.scratch.len();
+            self.head(200, "application/json", Some(total), keep, head.minor);
+            self.out.extend_from_slice(&self.scratch[..total / 2]);
+            self.scratch.clear();
+            self.send_out().await?;
+            return Ok(false);
+        }
+        self.finish_full(200, keep, head).await
+    }
+
+    fn echo(&mut self, head: &Head, span: &BodySpan) {
+        let req = &self.buf[self.pos..self.pos + head.len];
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        let _ = parsed.parse(req);
+        let body = match &span.in_buf {
+            Some(r) => &self.buf[r.clone()],
+            None => &self.body[..],
+        };
+        reply::echo(
+            &mut self.scratch,
+            parsed.method.unwrap_or(""),
+            parsed.path.unwrap_or(""),
+            head.minor,
+            parsed.headers.iter().map(|h| (h.name, h.value)),
+            body,
+        );
+    }
+
+    /// Writes a response head into `out`.
+    fn head(&mut self, status: u16, ctype: &str, len: Option<usize>, keep: bool, minor: u8) {
+        let cfg = &self.mock.cfg;
+        let _ = write!(
+            self.out,
+            "HTTP/1.1 {status} {}\r\ncontent-type: {ctype}\r\nx-mock-model: {}\r\nx-mock-version: {}\r\n",
+            reason(status),
+            cfg.model,
+            cfg.version
+        );
+        match len {
+            Some(n) => {
+                let _ = write!(self.out, "content-length: {n}\r\n");
+            }
+            None if minor == 1 => self
+                .out
+                .extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            None => {}
+        }
+        if !keep {
+            self.out.extend_from_slice(b"connection: close\r\n");
+        } else if minor == 0 {
+            self.out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// Sends `scratch` as a complete JSON response.
+    async fn finish_full(&mut self, status: u16, keep: bool, head: &Head) -> std::io::Result<bool> {
+        self.head(
+            status,
+            "application/json",
+            Some(self.scratch.len()),
+            keep,
+            head.minor,
+        );
+        self.out.extend_from_slice(&self.scratch);
+        self.scratch.clear();
+        self.send_out().await?;
+        Ok(keep)
+    }
+
+    async fn respond_error(
+        &mut self,
+        status: u16,
+        msg: &str,
+        keep: bool,
+        minor: u8,
+    ) -> std::io::Result<()> {
+        self.scratch.clear();
+        reply::error(&mut self.scratch, status, msg);
+        self.head(
+            status,
+            "application/json",
+            Some(self.scratch.len()),
+            keep,
+            minor,
+        );
+        self.out.extend_from_slice(&self.scratch);
+        self.scratch.clear();
+        self.send_out().await
+    }
+
+    /// Moves the event in `scratch` to `out`, chunk-framed on HTTP/1.1.
+    fn frame(&mut self, minor: u8) {
+        if minor == 1 {
+            let _ = write!(self.out, "{:x}\r\n", self.scratch.len());
+            self.out.extend_from_slice(&self.scratch);
+            self.out.extend_from_slice(b"\r\n");
+        } else {
+            self.out.extend_from_slice(&self.scratch);
+        }
+        self.scratch.clear();
+    }
+
+    /// Streams an SSE completion; each event is written as soon as it is produced.
+    async fn stream(
+        &mut self,
+        kind: Kind,
+        ask: &Ask,
+        id: u64,
+        created: u64,
+        head: &Head,
+    ) -> std::io::Result<bool> {
+        let cfg = &self.mock.cfg;
+        let chunks = head.ov.chunks.unwrap_or(cfg.stream_chunks);
+        let gap = Duration::from_millis(head.ov.gap_ms.unwrap_or(cfg.stream_gap_ms));
+        let close_after = head.ov.close_after.or(cfg.close_after_chunks);
+        // HTTP/1.0 has no chunked coding: the stream ends by closing.
+        let keep = head.keep_alive && head.minor == 1;
+        self.head(200, "text/event-stream", None, keep, head.minor);
+        reply::stream_event(&mut self.scratch, kind, ask, id, created, None, false);
+        self.frame(head.minor);
+        self.send_out().await?;
+        let mut piece = String::new();
+        for i in 0..chunks {
+            if close_after == Some(i) {
+                return Ok(false);
+            }
+            if !gap.is_zero() {
+                monoio::time::sleep(gap).await;
+            }
+            piece.clear();
+            let _ = FmtWrite::write_fmt(&mut piece, format_args!("tok{i} "));
+            reply::stream_event(
+                &mut self.scratch,
+                kind,
+                ask,
+                id,
+                created,
+                Some(&piece),
+                false,
+            );
+            self.frame(head.minor);
+            self.send_out().await?;
+        }
+        if close_after == Some(chunks) {
+            return Ok(false);
+        }
+        reply::stream_event(&mut self.scratch, kind, ask, id, created, None, true);
+        self.frame(head.minor);
+        if ask.include_usage {
+            reply::stream_usage(&mut self.scratch, kind, ask, id, created);
+            self.frame(head.minor);
+        }
+        self.scratch.extend_from_slice(reply::STREAM_DONE);
+        self.frame(head.minor);
+        if head.minor == 1 {
+            self.out.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.send_out().await?;
+        Ok(keep)
+    }
+}
+
+/// Where a request's body lies and where the request ends in the read buffer.
+#[derive(Debug, Clone)]
+struct BodySpan {
+    /// `Content-Length` body inside `buf`; `None` = decoded into `Conn::body`.
+    in_buf: Option<Range<usize>>,
+    end: usize,
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_framing_and_overrides() {
+        let raw = b"POST /v1/x?q=1 HTTP/1.1\r\nContent-Length: 5\r\nX-Mock-Chunks: 3\r\nx-mock-hang: 1\r\nConnection: close\r\n\r\nhello";
+        let h = parse_head(raw).unwrap().unwrap();
+        assert_eq!(&raw[h.method.clone()], b"POST");
+        assert_eq!(&raw[h.target.clone()], b"/v1/x?q=1");
+        assert_eq!(h.framing, Framing::Length(5));
+        assert_eq!(h.ov.chunks, Some(3));
+        assert!(h.ov.hang && !h.keep_alive);
+        assert_eq!(h.len, raw.len() - 5);
+    }
+
+    #[test]
+    fn keep_alive_defaults_by_version() {
+        let h = parse_head(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!h.keep_alive);
+        let h = parse_head(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.keep_alive);
+        let h = parse_head(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.keep_alive && h.framing == Framing::Chunked);
+    }
+
+    #[test]
+    fn rejects_bad_heads() {
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nHost")
+                .unwrap()
+                .map(|h| h.len),
+            None
+        );
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n").unwrap_err(),
+            Fatal(400)
+        );
+        assert_eq!(
+            parse_head(b"G\0T / HTTP/1.1\r\n\r\n").unwrap_err(),
+            Fatal(400)
+        );
+        let big = format!("GET / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
+        assert_eq!(parse_head(big.as_bytes()).unwrap_err(), Fatal(413));
+        let mut long = b"GET / HTTP/1.1\r\nx: ".to_vec();
+        long.resize(MAX_HEAD + 1, b'a');
+        assert_eq!(parse_head(&long).unwrap_err(), Fatal(431));
+    }
+}

@@ -1,0 +1,537 @@
+//! One worker's quota shard: the leases this core holds, per key (data path; no locks).
+//!
+//! The engine calls [`QuotaShard::check`] per limited request, [`QuotaShard::charge_tokens`]
+//! when a response finishes, [`QuotaShard::apply`] for each coordinator reply, and
+//! [`QuotaShard::tick`] on its timer (every ≤ 100 ms); after any of these it sends what
+//! [`QuotaShard::drain_requests`] yields to the coordinator.
+
+use super::{
+    secs_until, Admitted, Decision, FromCoordinator, Grant, KeyMap, LeaseRequest, Limits,
+    QuotaError, QuotaKey, QuotaRule, RuleId, Ticket, ToCoordinator, WorkerId, KEEP_WARM_MS,
+    LEASE_RETRY_MS, PREFETCH_MS, SHARD_IDLE_MS,
+};
+
+/// Ask for more once a lease is down to this fraction (1/N) of its size.
+const LOW_WATER_DIVISOR: u32 = 4;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Lease {
+    slot: u64,
+    from_ms: u64,
+    /// 0: no lease.
+    until_ms: u64,
+    requests: u32,
+    tokens: u32,
+    size_requests: u32,
+    size_tokens: u32,
+}
+
+impl Lease {
+    fn of(g: &Grant) -> Self {
+        Lease {
+            slot: g.slot,
+            from_ms: g.valid_from_ms,
+            until_ms: g.valid_until_ms,
+            requests: g.requests,
+            tokens: g.tokens,
+            size_requests: g.requests,
+            size_tokens: g.tokens,
+        }
+    }
+
+    fn is_some(&self) -> bool {
+        self.until_ms != 0
+    }
+
+    fn live(&self, now_ms: u64) -> bool {
+        self.from_ms <= now_ms && now_ms < self.until_ms
+    }
+
+    fn top_up(&mut self, g: &Grant) {
+        self.requests = self.requests.saturating_add(g.requests);
+        self.tokens = self.tokens.saturating_add(g.tokens);
+        self.size_requests = self.size_requests.max(self.requests);
+        self.size_tokens = self.size_tokens.max(self.tokens);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    rule: RuleId,
+    limits: Limits,
+    cur: Lease,
+    next: Lease,
+    pending_since_ms: Option<u64>,
+    /// Last denial; rejects locally until its `retry_at_ms`.
+    denied: Option<super::Deny>,
+    remaining: u32,
+    reset_at_ms: u64,
+    last_used_ms: u64,
+}
+
+impl Entry {
+    fn new(rule: &QuotaRule, now_ms: u64) -> Self {
+        Entry {
+            rule: rule.id,
+            limits: rule.limits,
+            cur: Lease::default(),
+            next: Lease::default(),
+            pending_since_ms: None,
+            denied: None,
+            remaining: 0,
+            reset_at_ms: now_ms,
+            last_used_ms: now_ms,
+        }
+    }
+
+    fn token_limited(&self) -> bool {
+        self.limits.tokens.is_some()
+    }
+}
+
+#[derive(Debug)]
+pub struct QuotaShard {
+    worker: WorkerId,
+    keys: KeyMap<Entry>,
+    outbox: Vec<ToCoordinator>,
+}
+
+impl QuotaShard {
+    pub fn new(worker: WorkerId) -> Self {
+        QuotaShard {
+            worker,
+            keys: KeyMap::default(),
+            outbox: Vec::new(),
+        }
+    }
+
+    /// Keys this core currently tracks.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Decides one request for `key` under `rule` at `now_ms`, taking `reserve_tokens`
+    /// ([`QuotaRule::reservation`]) up front. Never blocks; see the module docs for what each
+    /// [`Decision`] asks of the engine.
+    #[inline]
+    pub fn check(
+        &mut self,
+        key: QuotaKey,
+        rule: &QuotaRule,
+        reserve_tokens: u32,
+        now_ms: u64,
+    ) -> Decision {
+        let worker = self.worker;
+        let outbox = &mut self.outbox;
+        let e = self
+            .keys
+            .entry(key)
+            .or_insert_with(|| Entry::new(rule, now_ms));
+        e.last_used_ms = now_ms;
+        e.limits = rule.limits;
+        e.rule = rule.id;
+        roll(e, key, now_ms, outbox);
+
+        let need_tokens = reserve_tokens.max(1);
+        let tokens_ok = !e.token_limited() || e.cur.tokens >= need_tokens;
+        if e.cur.live(now_ms) && e.cur.requests > 0 && tokens_ok {
+            e.cur.requests -= 1;
+            if e.token_limited() {
+                e.cur.tokens -= reserve_tokens;
+            }
+            e.remaining = e.remaining.saturating_sub(1);
+            let admitted = Admitted {
+                ticket: Ticket {
+                    key,
+                    slot: e.cur.slot,
+                    reserved: reserve_tokens,
+                },
+                limit: e.limits.requests,
+                remaining: e.remaining,
+                reset_s: secs_until(e.reset_at_ms, now_ms),
+            };
+            prefetch(e, worker, key, now_ms, outbox);
+            return Decision::Admit(admitted);
+        }
+        if let Some(d) = e.denied.filter(|d| now_ms < d.retry_at_ms) {
+            return Decision::Reject(QuotaError {
+                rule: e.rule,
+                reason: d.reason,
+                retry_after_s: secs_until(d.retry_at_ms, now_ms).max(1),
+                limit: d.limit,
+                reset_s: secs_until(d.reset_at_ms, now_ms),
+            });
+        }
+        // Ask only for what the lease in hand lacks, so a reservation is not refused while
+        // part of it sits here.
+        let held = if e.cur.live(now_ms) { e.cur.tokens } else { 0 };
+        ask(
+            e,
+            worker,
+            key,
+            now_ms,
+            now_ms,
+            need_tokens.saturating_sub(held).max(1),
+            outbox,
+        );
+        Decision::NeedLease
+    }
+
+    /// Counts what a finished response really used (`used` tokens) against its request's
+    /// ticket: refunds an unused reservation, charges an overrun.
+    pub fn charge_tokens(&mut self, ticket: Ticket, used: u32, now_ms: u64) {
+        let key = ticket.key;
+        let e = self.keys.get_mut(&key);
+        if e.as_ref().is_some_and(|e| !e.token_limited()) {
+            return;
+        }
+        if used < ticket.reserved {
+            let refund = ticket.reserved - used;
+            match e {
+                Some(e) if e.cur.slot == ticket.slot && e.cur.live(now_ms) => {
+                    e.cur.tokens = e.cur.tokens.saturating_add(refund);
+                }
+                // The lease is gone: those tokens were never consumed in its slot.
+                _ => self.outbox.push(ToCoordinator::Release {
+                    key,
+                    slot: ticket.slot,
+                    requests: 0,
+                    tokens: refund,
+                }),
+            }
+            return;
+        }
+        let mut over = used - ticket.reserved;
+        if let Some(e) = e.filter(|e| e.cur.live(now_ms)) {
+            let take = over.min(e.cur.tokens);
+            e.cur.tokens -= take;
+            over -= take;
+        }
+        if over > 0 {
+            self.outbox
+                .push(ToCoordinator::Charge { key, tokens: over });
+        }
+    }
+
+    /// Takes a coordinator reply; returns the key whose parked requests should re-`check`.
+    pub fn apply(&mut self, msg: FromCoordinator, now_ms: u64) -> QuotaKey {
+        let key = msg.key();
+        let Some(e) = self.keys.get_mut(&key) else {
+            if let FromCoordinator::Grant(g) = msg {
+                // Forgotten meanwhile: give the grant straight back.
+                self.outbox.push(release_all(key, &Lease::of(&g)));
+            }
+            return key;
+        };
+        e.pending_since_ms = None;
+        match msg {
+            FromCoordinator::Deny(d) => e.denied = Some(d),
+            FromCoordinator::Grant(g) => {
+                e.denied = None;
+                roll(e, key, now_ms, &mut self.outbox);
+                if now_ms >= g.valid_until_ms {
+                    self.outbox.push(release_all(key, &Lease::of(&g)));
+                } else if e.cur.is_some() && e.cur.slot == g.slot {
+                    e.cur.top_up(&g);
+                } else if !e.cur.is_some() && g.valid_from_ms <= now_ms {
+                    e.cur = Lease::of(&g);
+                } else if e.next.is_some() && e.next.slot == g.slot {
+                    e.next.top_up(&g);
+                } else if !e.next.is_some() && g.slot > e.cur.slot {
+                    e.next = Lease::of(&g);
+                } else {
+                    self.outbox.push(release_all(key, &Lease::of(&g)));
+                }
+                e.remaining = g
+                    .remaining
+                    .saturating_add(e.cur.requests)
+                    .saturating_add(e.next.requests);
+                e.reset_at_ms = g.reset_at_ms;
+            }
+        }
+        key
+    }
+
+    /// Returns expired leases' unused quota and forgets idle keys. Call every ≤ 100 ms.
+    pub fn tick(&mut self, now_ms: u64) {
+        let outbox = &mut self.outbox;
+        let worker = self.worker;
+        self.keys.retain(|&key, e| {
+            roll(e, key, now_ms, outbox);
+            let idle = now_ms >= e.last_used_ms + SHARD_IDLE_MS;
+            if idle {
+                // Nothing will use what is left; hand it back now.
+                for lease in [&mut e.cur, &mut e.next] {
+                    if lease.is_some() {
+                        outbox.push(release_all(key, lease));
+                        *lease = Lease::default();
+                    }
+                }
+                return false;
+            }
+            // Keep recently active keys' leases warm so their next request does not wait.
+            if e.cur.live(now_ms) && now_ms < e.last_used_ms + KEEP_WARM_MS {
+                prefetch(e, worker, key, now_ms, outbox);
+            }
+            true
+        });
+    }
+
+    /// Moves the messages for the coordinator into `out`.
+    pub fn drain_requests(&mut self, out: &mut Vec<ToCoordinator>) {
+        out.append(&mut self.outbox);
+    }
+}
+
+/// Retires an expired current lease (returning what it did not use) and promotes the next.
+fn roll(e: &mut Entry, key: QuotaKey, now_ms: u64, outbox: &mut Vec<ToCoordinator>) {
+    if e.cur.is_some() && now_ms >= e.cur.until_ms {
+        if e.cur.requests > 0 || (e.token_limited() && e.cur.tokens > 0) {
+            outbox.push(release_for(e, key, &e.cur));
+        }
+        e.remaining = e.remaining.saturating_sub(e.cur.requests);
+        e.cur = Lease::default();
+    }
+    if e.next.is_some() && now_ms >= e.next.until_ms {
+        outbox.push(release_for(e, key, &e.next));
+        e.next = Lease::default();
+    }
+    if !e.cur.is_some() && e.next.is_some() && e.next.from_ms <= now_ms {
+        e.cur = e.next;
+        e.next = Lease::default();
+    }
+}
+
+fn release_for(e: &Entry, key: QuotaKey, l: &Lease) -> ToCoordinator {
+    ToCoordinator::Release {
+        key,
+        slot: l.slot,
+        requests: l.requests,
+        tokens: if e.token_limited() { l.tokens } else { 0 },
+    }
+}
+
+fn release_all(key: QuotaKey, l: &Lease) -> ToCoordinator {
+    // Unlimited-token grants carry u32::MAX: nothing was counted for them.
+    let tokens = if l.tokens == u32::MAX { 0 } else { l.tokens };
+    ToCoordinator::Release {
+        key,
+        slot: l.slot,
+        requests: l.requests,
+        tokens,
+    }
+}
+
+/// Asks early: at low water for this slot, or near the slot's end for the next one.
+fn prefetch(
+    e: &mut Entry,
+    worker: WorkerId,
+    key: QuotaKey,
+    now_ms: u64,
+    out: &mut Vec<ToCoordinator>,
+) {
+    let low = |left: u32, size: u32| left <= size / LOW_WATER_DIVISOR;
+    let low_tokens = e.token_limited() && low(e.cur.tokens, e.cur.size_tokens);
+    if low(e.cur.requests, e.cur.size_requests) || low_tokens {
+        ask(e, worker, key, now_ms, now_ms, 1, out);
+    } else if !e.next.is_some() && now_ms + PREFETCH_MS >= e.cur.until_ms {
+        ask(e, worker, key, e.cur.until_ms, now_ms, 1, out);
+    }
+}
+
+fn ask(
+    e: &mut Entry,
+    worker: WorkerId,
+    key: QuotaKey,
+    at_ms: u64,
+    now_ms: u64,
+    tokens_needed: u32,
+    out: &mut Vec<ToCoordinator>,
+) {
+    if e.pending_since_ms
+        .is_some_and(|t| now_ms < t + LEASE_RETRY_MS)
+    {
+        return;
+    }
+    e.pending_since_ms = Some(now_ms);
+    out.push(ToCoordinator::Lease(LeaseRequest {
+        worker,
+        key,
+        rule: e.rule,
+        limits: e.limits,
+        at_ms,
+        tokens_needed,
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::{Deny, KeyKind, LimitKind};
+
+    fn rule() -> QuotaRule {
+        QuotaRule {
+            id: RuleId(1),
+            name: "t".into(),
+            key: KeyKind::Tenant,
+            model: None,
+            limits: Limits {
+                requests: 100,
+                tokens: None,
+                burst: None,
+            },
+            reserve_max_tokens: false,
+        }
+    }
+
+    fn grant(key: QuotaKey, slot: u64, from: u64, requests: u32) -> FromCoordinator {
+        FromCoordinator::Grant(Grant {
+            key,
+            slot,
+            valid_from_ms: from,
+            valid_until_ms: (slot + 1) * 600,
+            requests,
+            tokens: u32::MAX,
+            remaining: 50,
+            reset_at_ms: 61_200,
+        })
+    }
+
+    fn drain(s: &mut QuotaShard) -> Vec<ToCoordinator> {
+        let mut v = Vec::new();
+        s.drain_requests(&mut v);
+        v
+    }
+
+    #[test]
+    fn asks_once_then_admits_from_the_lease_and_releases_the_rest() {
+        let (r, key) = (rule(), QuotaKey(9));
+        let mut s = QuotaShard::new(2);
+        assert_eq!(s.check(key, &r, 0, 10), Decision::NeedLease);
+        assert_eq!(s.check(key, &r, 0, 11), Decision::NeedLease);
+        let sent = drain(&mut s);
+        assert!(matches!(
+            sent[..],
+            [ToCoordinator::Lease(LeaseRequest {
+                worker: 2,
+                at_ms: 10,
+                ..
+            })]
+        ));
+        assert_eq!(s.apply(grant(key, 0, 12, 8), 12), key);
+        for _ in 0..5 {
+            assert!(matches!(s.check(key, &r, 0, 20), Decision::Admit(_)));
+        }
+        assert!(drain(&mut s).is_empty(), "3 of 8 left: above low water");
+        assert!(matches!(s.check(key, &r, 0, 20), Decision::Admit(_)));
+        assert!(
+            matches!(drain(&mut s)[..], [ToCoordinator::Lease(_)]),
+            "low water: ask early"
+        );
+        s.tick(600);
+        assert_eq!(
+            drain(&mut s),
+            [ToCoordinator::Release {
+                key,
+                slot: 0,
+                requests: 2,
+                tokens: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn next_slot_grant_is_held_until_its_slot() {
+        let (r, key) = (rule(), QuotaKey(3));
+        let mut s = QuotaShard::new(0);
+        s.check(key, &r, 0, 0);
+        s.apply(grant(key, 0, 0, 40), 0);
+        s.apply(grant(key, 1, 600, 40), 450);
+        let Decision::Admit(a) = s.check(key, &r, 0, 599) else {
+            panic!()
+        };
+        assert_eq!(a.ticket.slot, 0);
+        let Decision::Admit(b) = s.check(key, &r, 0, 600) else {
+            panic!()
+        };
+        assert_eq!(b.ticket.slot, 1);
+        let released = ToCoordinator::Release {
+            key,
+            slot: 0,
+            requests: 39,
+            tokens: 0,
+        };
+        assert!(drain(&mut s).contains(&released));
+    }
+
+    #[test]
+    fn late_or_orphan_grants_are_given_back() {
+        let (r, key) = (rule(), QuotaKey(4));
+        let mut s = QuotaShard::new(0);
+        s.apply(grant(key, 0, 0, 5), 0);
+        assert_eq!(
+            drain(&mut s),
+            [ToCoordinator::Release {
+                key,
+                slot: 0,
+                requests: 5,
+                tokens: 0
+            }]
+        );
+        s.check(key, &r, 0, 0);
+        drain(&mut s);
+        s.apply(grant(key, 0, 0, 5), 700);
+        assert_eq!(
+            drain(&mut s),
+            [ToCoordinator::Release {
+                key,
+                slot: 0,
+                requests: 5,
+                tokens: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn idle_keys_are_forgotten_and_their_leases_returned() {
+        let (r, key) = (rule(), QuotaKey(5));
+        let mut s = QuotaShard::new(0);
+        s.check(key, &r, 0, 0);
+        drain(&mut s);
+        s.apply(grant(key, 0, 0, 5), 0);
+        s.tick(SHARD_IDLE_MS - 1);
+        assert_eq!(s.len(), 1);
+        drain(&mut s);
+        s.tick(SHARD_IDLE_MS);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn denial_rejects_locally_until_retry_time() {
+        let (r, key) = (rule(), QuotaKey(6));
+        let mut s = QuotaShard::new(0);
+        s.check(key, &r, 0, 0);
+        drain(&mut s);
+        let deny = Deny {
+            key,
+            reason: LimitKind::Requests,
+            limit: 100,
+            retry_at_ms: 2_500,
+            reset_at_ms: 9_000,
+        };
+        s.apply(FromCoordinator::Deny(deny), 1);
+        let Decision::Reject(e) = s.check(key, &r, 0, 1_000) else {
+            panic!()
+        };
+        assert_eq!((e.retry_after_s, e.reset_s, e.rule), (2, 8, RuleId(1)));
+        assert!(
+            drain(&mut s).is_empty(),
+            "no coordinator traffic while denied"
+        );
+        assert_eq!(s.check(key, &r, 0, 2_500), Decision::NeedLease);
+    }
+}

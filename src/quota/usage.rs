@@ -1,0 +1,482 @@
+//! Token accounting from responses (and the request tweak that makes streams report usage).
+//!
+//! - [`usage_from_body`]: `usage` of a non-streamed JSON response.
+//! - [`SseUsageScanner`]: fed the upstream's SSE bytes as they are relayed; finds the usage
+//!   event, and strips it from the client's stream when the client had not asked for usage.
+//! - [`ensure_stream_usage`]: makes a streaming chat request ask for usage.
+//! - [`SseUsageScanner::estimated_completion_tokens`]: for streams cut off before usage came.
+//!
+//! # Performance
+//!
+//! The scanner copies each event once into a reused buffer (capped at
+//! [`MAX_EVENT_BYTES`]) and parses JSON only for an event that carries a `usage` object.
+
+use serde::Deserialize;
+use simd_json::prelude::*;
+
+/// Longest event the scanner keeps to look at; longer events are relayed untouched.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// Characters per token assumed by the cut-off estimate (OpenAI's rule of thumb for English).
+pub const CHARS_PER_TOKEN: u64 = 4;
+
+/// Token counts as OpenAI-compatible servers report them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u32,
+    #[serde(default)]
+    pub completion_tokens: u32,
+    #[serde(default)]
+    pub total_tokens: u32,
+}
+
+impl Usage {
+    /// Tokens to charge: `total_tokens`, or the sum of the parts when a server omits it.
+    pub fn total(&self) -> u32 {
+        if self.total_tokens > 0 {
+            self.total_tokens
+        } else {
+            self.prompt_tokens.saturating_add(self.completion_tokens)
+        }
+    }
+}
+
+/// Upstream bodies carry many more fields; only `usage` is read, the rest ignored.
+#[derive(Deserialize)]
+struct WithUsage {
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+/// The `usage` of a complete (non-streamed) JSON response body. `body` is used as simd-json's
+/// scratch space and is clobbered: pass a copy if the bytes are still needed. `None` when the
+/// body is not JSON or has no usable `usage` object.
+pub fn usage_from_body(body: &mut [u8]) -> Option<Usage> {
+    simd_json::serde::from_slice::<WithUsage>(body).ok()?.usage
+}
+
+/// What [`ensure_stream_usage`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamUsage {
+    /// Not a streaming request: usage comes in the response body. `out` is untouched.
+    NotStreaming,
+    /// The client set `stream_options.include_usage = true`: relay the usage event. `out`
+    /// is untouched.
+    ClientAsked,
+    /// `include_usage` was added (`out` holds the new body): strip the usage event.
+    Injected,
+}
+
+/// The request body is not a JSON object; the request goes upstream unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("request body is not a JSON object")]
+pub struct NotJsonObject;
+
+/// Makes a `"stream": true` chat request ask for usage: sets
+/// `"stream_options": {"include_usage": true}` (keeping other `stream_options`) and writes the
+/// new body to `out`. The returned [`StreamUsage`] tells the relay whether to strip the usage
+/// event. Key order in the rewritten body may differ (JSON objects are unordered).
+pub fn ensure_stream_usage(body: &[u8], out: &mut Vec<u8>) -> Result<StreamUsage, NotJsonObject> {
+    let mut scratch = body.to_vec();
+    let mut value = simd_json::to_owned_value(&mut scratch).map_err(|_| NotJsonObject)?;
+    let obj = value.as_object_mut().ok_or(NotJsonObject)?;
+    if obj.get("stream").and_then(|v| v.as_bool()) != Some(true) {
+        return Ok(StreamUsage::NotStreaming);
+    }
+    let options = obj
+        .get_mut("stream_options")
+        .and_then(|o| o.as_object_mut());
+    if let Some(options) = options {
+        if options.get("include_usage").and_then(|v| v.as_bool()) == Some(true) {
+            return Ok(StreamUsage::ClientAsked);
+        }
+        options.insert("include_usage".into(), true.into());
+    } else {
+        obj.insert(
+            "stream_options".into(),
+            simd_json::json!({ "include_usage": true }),
+        );
+    }
+    out.clear();
+    out.extend_from_slice(&simd_json::to_vec(&value).map_err(|_| NotJsonObject)?);
+    Ok(StreamUsage::Injected)
+}
+
+/// What is known about the event being scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Could still be the usage event: held back (strip mode only).
+    Undecided,
+    /// A normal event: relayed as its bytes arrive.
+    Normal,
+}
+
+/// Incremental scanner of an OpenAI-style SSE stream, fed the upstream's chunks as relayed.
+///
+/// Events end at an empty line (`\n\n` or `\r\n\r\n`); chunk boundaries are arbitrary. The
+/// usage event is the one whose data has `"choices": []` and a `"usage": {…}` object; normal
+/// chunks have non-empty `choices` (and `"usage": null` or none). When stripping, an event is
+/// held back only until its bytes show `choices` is non-empty (or that it is not a JSON data
+/// event) — normally within its first line — and is relayed from then on; an event that ends
+/// still undecided is relayed at its end unless it is the usage event. A held event is always
+/// incomplete, and SSE clients act on an event only at its end, so holding adds no delay a
+/// client can see. Any event that carries a `usage` object (also when not stripping, and also
+/// with non-empty choices, as some servers send running usage) updates [`Self::usage`].
+#[derive(Debug)]
+pub struct SseUsageScanner {
+    strip: bool,
+    event: Vec<u8>,
+    overflow: bool,
+    class: Class,
+    at_line_start: bool,
+    usage: Option<Usage>,
+    content_chars: u64,
+    scratch: Vec<u8>,
+}
+
+impl SseUsageScanner {
+    /// `strip`: drop the usage event from what is relayed (the client did not ask for it).
+    pub fn new(strip: bool) -> Self {
+        SseUsageScanner {
+            strip,
+            event: Vec::new(),
+            overflow: false,
+            class: Class::Undecided,
+            at_line_start: true,
+            usage: None,
+            content_chars: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Scans `chunk` and appends to `out` the bytes to relay now.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let mut start = 0;
+        for (i, &b) in chunk.iter().enumerate() {
+            match b {
+                b'\n' if self.at_line_start => {
+                    self.take(&chunk[start..=i], out);
+                    self.end_event(out);
+                    start = i + 1;
+                }
+                b'\n' => self.at_line_start = true,
+                b'\r' => {}
+                _ => self.at_line_start = false,
+            }
+        }
+        if start < chunk.len() {
+            self.take(&chunk[start..], out);
+        }
+    }
+
+    /// The stream ended: relays a held, unfinished event (it cannot be a complete usage event).
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.strip && self.class == Class::Undecided {
+            out.extend_from_slice(&self.event);
+        }
+        self.event.clear();
+        self.class = Class::Undecided;
+    }
+
+    /// The last usage reported by the stream, if any.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// For a stream cut off before its usage event: completion tokens estimated as the
+    /// characters of the `content` deltas relayed so far divided by [`CHARS_PER_TOKEN`],
+    /// rounded up (escapes count as one character). Prompt tokens are not estimated.
+    pub fn estimated_completion_tokens(&self) -> u32 {
+        u32::try_from(self.content_chars.div_ceil(CHARS_PER_TOKEN)).unwrap_or(u32::MAX)
+    }
+
+    fn take(&mut self, seg: &[u8], out: &mut Vec<u8>) {
+        if self.event.len() + seg.len() > MAX_EVENT_BYTES {
+            if !self.overflow && self.strip && self.class == Class::Undecided {
+                out.extend_from_slice(&self.event);
+            }
+            self.overflow = true;
+            self.class = Class::Normal;
+            out.extend_from_slice(seg);
+            return;
+        }
+        self.event.extend_from_slice(seg);
+        if !self.strip || self.class == Class::Normal {
+            out.extend_from_slice(seg);
+            return;
+        }
+        if classify(&self.event) == Class::Normal {
+            self.class = Class::Normal;
+            out.extend_from_slice(&self.event);
+        }
+    }
+
+    fn end_event(&mut self, out: &mut Vec<u8>) {
+        let held = self.strip && self.class == Class::Undecided;
+        let mut is_usage_event = false;
+        if !self.overflow {
+            if value_after_key(&self.event, b"\"usage\"") == Some(b'{') {
+                self.data_payload();
+                if let Ok(WithUsage { usage: Some(u) }) =
+                    simd_json::serde::from_slice::<WithUsage>(&mut self.scratch)
+                {
+                    self.usage = Some(u);
+                    is_usage_event = held;
+                }
+            } else {
+                self.content_chars += content_chars(&self.event);
+            }
+        }
+        if held && !is_usage_event {
+            out.extend_from_slice(&self.event);
+        }
+        self.event.clear();
+        self.overflow = false;
+        self.class = Class::Undecided;
+        self.at_line_start = true;
+    }
+
+    /// Joins the event's `data:` lines into `scratch` (SSE: one optional space after `:`).
+    fn data_payload(&mut self) {
+        self.scratch.clear();
+        for line in self.event.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(d) = line.strip_prefix(b"data:") {
+                if !self.scratch.is_empty() {
+                    self.scratch.push(b'\n');
+                }
+                self.scratch
+                    .extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
+            }
+        }
+    }
+}
+
+/// Early verdict on a partial event: `Normal` once it cannot be the usage event.
+fn classify(event: &[u8]) -> Class {
+    if let Some(data) = first_data(event) {
+        match data.iter().position(|b| !b.is_ascii_whitespace()) {
+            Some(i) if data[i] != b'{' => return Class::Normal,
+            _ => {}
+        }
+    }
+    if let Some(at) = key_value_pos(event, b"\"choices\"") {
+        if event[at] == b'[' {
+            let rest = &event[at + 1..];
+            if let Some(&c) = rest.iter().find(|b| !b.is_ascii_whitespace()) {
+                if c != b']' {
+                    return Class::Normal;
+                }
+            }
+        } else {
+            return Class::Normal;
+        }
+    }
+    Class::Undecided
+}
+
+/// The value of the first complete `data:` line start (may be partial).
+fn first_data(event: &[u8]) -> Option<&[u8]> {
+    let at = if event.starts_with(b"data:") {
+        0
+    } else {
+        event.windows(6).position(|w| w == b"\ndata:")? + 1
+    };
+    Some(&event[at + 5..])
+}
+
+/// Position of the first non-space byte after `key` `:` (if the bytes reach that far).
+fn key_value_pos(hay: &[u8], key: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(p) = hay[from..].windows(key.len()).position(|w| w == key) {
+        let mut i = from + p + key.len();
+        while i < hay.len() && hay[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i < hay.len() && hay[i] == b':' {
+            i += 1;
+            while i < hay.len() && hay[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            return (i < hay.len()).then_some(i);
+        }
+        from += p + 1;
+    }
+    None
+}
+
+fn value_after_key(hay: &[u8], key: &[u8]) -> Option<u8> {
+    key_value_pos(hay, key).map(|i| hay[i])
+}
+
+/// Characters inside every `"content": "…"` string of an event.
+fn content_chars(event: &[u8]) -> u64 {
+    let mut n = 0;
+    let mut from = 0;
+    while let Some(at) = key_value_pos(&event[from..], b"\"content\"") {
+        let start = from + at;
+        if event[start] != b'"' {
+            from = start + 1;
+            continue;
+        }
+        let mut i = start + 1;
+        while i < event.len() && event[i] != b'"' {
+            if event[i] == b'\\' {
+                // One character per escape; `\uXXXX` also skips its four hex digits.
+                i += if event.get(i + 1) == Some(&b'u') {
+                    5
+                } else {
+                    1
+                };
+                n += 1;
+            } else if event[i] & 0xC0 != 0x80 {
+                n += 1;
+            }
+            i += 1;
+        }
+        from = i.min(event.len());
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NORMAL: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello wor\"}}],\"usage\":null}\n\n";
+    const NORMAL2: &str = "data: {\"id\":\"c1\",\"choices\": [ {\"index\":0,\"delta\":{\"content\":\"ld \\\"é\\\"\"}}]}\r\n\r\n";
+    const USAGE: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":5,\"total_tokens\":17}}\n\n";
+    const DONE: &str = "data: [DONE]\n\n";
+    const EXPECTED: Usage = Usage {
+        prompt_tokens: 12,
+        completion_tokens: 5,
+        total_tokens: 17,
+    };
+
+    fn stream() -> String {
+        format!(": keep-alive\n\n{NORMAL}{NORMAL2}{USAGE}{DONE}")
+    }
+
+    fn run(strip: bool, chunks: &[&[u8]]) -> (Vec<u8>, SseUsageScanner) {
+        let mut s = SseUsageScanner::new(strip);
+        let mut out = Vec::new();
+        for c in chunks {
+            s.feed(c, &mut out);
+        }
+        s.finish(&mut out);
+        (out, s)
+    }
+
+    #[test]
+    fn strips_the_usage_event_at_every_split_point() {
+        let all = stream();
+        let bytes = all.as_bytes();
+        let want = format!(": keep-alive\n\n{NORMAL}{NORMAL2}{DONE}");
+        for cut in 0..=bytes.len() {
+            for strip in [true, false] {
+                let (out, s) = run(strip, &[&bytes[..cut], &bytes[cut..]]);
+                let expect = if strip { want.as_bytes() } else { bytes };
+                assert_eq!(out, expect, "cut at {cut}, strip {strip}");
+                assert_eq!(s.usage(), Some(EXPECTED), "cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time_and_normal_events_are_not_held() {
+        let all = stream();
+        let singles: Vec<&[u8]> = all.as_bytes().chunks(1).collect();
+        let (out, s) = run(true, &singles);
+        assert_eq!(
+            out,
+            format!(": keep-alive\n\n{NORMAL}{NORMAL2}{DONE}").as_bytes()
+        );
+        assert_eq!(s.usage(), Some(EXPECTED));
+
+        // A normal event is relayed as soon as its choices show up non-empty.
+        let mut s = SseUsageScanner::new(true);
+        let mut out = Vec::new();
+        let cut = NORMAL.find("[{").unwrap() + 2;
+        s.feed(&NORMAL.as_bytes()[..cut], &mut out);
+        assert_eq!(out, &NORMAL.as_bytes()[..cut]);
+        // A possible usage event is held until it ends.
+        let mut out = Vec::new();
+        let mut s2 = SseUsageScanner::new(true);
+        s2.feed(&USAGE.as_bytes()[..USAGE.len() - 1], &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn cut_off_stream_estimates_from_content() {
+        let (_, s) = run(true, &[NORMAL.as_bytes(), NORMAL2.as_bytes()]);
+        assert_eq!(s.usage(), None);
+        // "Hello wor" (9) + `ld "é"` (6) = 15 chars → 4 tokens.
+        assert_eq!(s.estimated_completion_tokens(), 4);
+        let esc = "data: {\"choices\":[{\"delta\":{\"content\":\"\\u00e9\\u00e9\\n\"}}]}\n\n";
+        let (_, s) = run(false, &[esc.as_bytes()]);
+        assert_eq!(s.estimated_completion_tokens(), 1); // 3 chars
+    }
+
+    #[test]
+    fn running_usage_on_normal_chunks_is_kept_and_relayed() {
+        let ev = "data: {\"choices\":[{\"delta\":{}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n";
+        let (out, s) = run(true, &[ev.as_bytes()]);
+        assert_eq!(out, ev.as_bytes());
+        assert_eq!(s.usage().map(|u| u.total()), Some(3));
+    }
+
+    #[test]
+    fn unfinished_held_event_is_flushed_at_the_end() {
+        let partial = &USAGE.as_bytes()[..20];
+        let (out, s) = run(true, &[partial]);
+        assert_eq!(out, partial);
+        assert_eq!(s.usage(), None);
+    }
+
+    #[test]
+    fn oversized_event_is_relayed_untouched() {
+        let big = format!(
+            "data: {{\"choices\":[],\"pad\":\"{}\"}}\n\n",
+            "x".repeat(MAX_EVENT_BYTES)
+        );
+        let (out, _) = run(true, &[big.as_bytes()]);
+        assert_eq!(out, big.as_bytes());
+    }
+
+    #[test]
+    fn usage_from_non_streamed_body() {
+        let mut body = br#"{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":0}}}"#.to_vec();
+        let u = usage_from_body(&mut body).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total()), (3, 4, 7));
+        assert_eq!(usage_from_body(&mut br#"{"usage":null}"#.to_vec()), None);
+        assert_eq!(usage_from_body(&mut b"not json".to_vec()), None);
+    }
+
+    #[test]
+    fn request_gets_include_usage_only_when_streaming_and_not_asked() {
+        let mut out = Vec::new();
+        let r = ensure_stream_usage(br#"{"model":"m","stream":false}"#, &mut out);
+        assert_eq!(r, Ok(StreamUsage::NotStreaming));
+        let r = ensure_stream_usage(
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
+            &mut out,
+        );
+        assert_eq!(r, Ok(StreamUsage::ClientAsked));
+        assert!(out.is_empty());
+
+        for body in [
+            &br#"{"model":"m","stream":true}"#[..],
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}"#,
+        ] {
+            let r = ensure_stream_usage(body, &mut out);
+            assert_eq!(r, Ok(StreamUsage::Injected));
+            let v = simd_json::to_owned_value(&mut out.clone()).unwrap();
+            assert_eq!(v["stream_options"]["include_usage"].as_bool(), Some(true));
+            assert_eq!(v["model"].as_str(), Some("m"));
+        }
+        let v = simd_json::to_owned_value(&mut out).unwrap();
+        assert_eq!(v["stream_options"]["x"].as_u64(), Some(1));
+        assert_eq!(ensure_stream_usage(b"[1]", &mut out), Err(NotJsonObject));
+        assert_eq!(ensure_stream_usage(b"{", &mut out), Err(NotJsonObject));
+    }
+}
