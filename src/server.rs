@@ -102,7 +102,7 @@ async fn serve(worker: &Rc<Worker>, mut c: ClientConn) {
             Err(e) => {
                 worker.next_request_id(&mut c.request_id);
                 let _ = c.send_error(&e, b"").await;
-                account(worker, &c, e.status, started, None);
+                account(worker, &mut c, e.status, started, None);
                 return;
             }
         };
@@ -147,18 +147,19 @@ async fn read_head(
 #[inline]
 pub fn account(
     worker: &Worker,
-    c: &ClientConn,
+    c: &mut ClientConn,
     status: u16,
     started: Instant,
     upstream_us: Option<u64>,
 ) {
+    let (bytes_in, bytes_out) = c.tally.take_bytes();
     let sample = crate::metrics::Sample {
         route: c.tally.route,
         status,
         total_us: micros(started),
         upstream_us,
-        bytes_in: c.tally.bytes_in,
-        bytes_out: c.tally.bytes_out,
+        bytes_in,
+        bytes_out,
     };
     worker.metrics.borrow_mut().record_sample(&sample);
     if let Some(log) = worker.access_log.borrow_mut().as_mut() {

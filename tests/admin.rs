@@ -163,6 +163,13 @@ fn metrics_counts_match_exactly_and_pass_promtool() {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap();
     assert!(sent > 5 * 100, "{sent}");
+    // Every request byte is charged to its route exactly once.
+    let health_in = 3 * "GET /health HTTP/1.1\r\nHost: test\r\n\r\n".len();
+    let nowhere_in = 2 * "GET /nowhere HTTP/1.1\r\nHost: test\r\n\r\n".len();
+    rig.metrics_with(&[
+        &format!(r#"shardgate_received_bytes_total{{route="/health"}} {health_in}"#),
+        &format!(r#"shardgate_received_bytes_total{{route="(unmatched)"}} {nowhere_in}"#),
+    ]);
     assert!(!text.contains("sk-upstream-key"));
     promtool_check(&rig.dir, &text);
 }

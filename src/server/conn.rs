@@ -40,16 +40,27 @@ pub struct ClientConn {
     pub tally: Tally,
 }
 
-/// Per-request facts gathered on the connection for metrics and the access log. Reset when a
-/// request starts ([`ClientConn::begin_request`]). Bytes are counted as they cross the socket
-/// while the request is served (read-ahead of a pipelined request counts toward the one
-/// being served).
+/// Per-request facts gathered on the connection for metrics and the access log. Bytes are
+/// counted as they cross the socket; each request is charged what crossed since the previous
+/// one was accounted ([`Tally::take_bytes`]), so every byte counts exactly once (read-ahead of
+/// a pipelined request counts toward the one being served).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tally {
     /// Index of the matched route in the snapshot the request runs on.
     pub route: Option<u32>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+}
+
+impl Tally {
+    /// Bytes (in, out) since the last call.
+    #[inline]
+    pub fn take_bytes(&mut self) -> (u64, u64) {
+        let b = (self.bytes_in, self.bytes_out);
+        self.bytes_in = 0;
+        self.bytes_out = 0;
+        b
+    }
 }
 
 impl ClientConn {
@@ -66,14 +77,10 @@ impl ClientConn {
         }
     }
 
-    /// Starts a new request's [`Tally`]; bytes already buffered count toward it.
+    /// Starts a new request's [`Tally`] (no route yet; bytes keep counting).
     #[inline]
     pub fn begin_request(&mut self) {
-        self.tally = Tally {
-            route: None,
-            bytes_in: self.buffered().len() as u64,
-            bytes_out: 0,
-        };
+        self.tally.route = None;
     }
 
     /// Unconsumed received bytes.
