@@ -13,7 +13,14 @@
 //! Recording is a few array/`Vec` index operations and histogram increments: no lock, no
 //! atomic, and no allocation once a route's status code has been seen once. Per-route state is
 //! kept in slots; a slot is found from the route's index in the snapshot through a table
-//! rebuilt when a snapshot is applied ([`WorkerMetrics::set_routes`]).
+//! rebuilt when a snapshot is applied ([`WorkerMetrics::set_routes`]). A request that started
+//! on the previous snapshot and finishes after a reload that reordered routes is charged to the
+//! route now at its index (or to [`UNMATCHED_ROUTE`] when there is none): a bounded, rare
+//! misattribution instead of a label lookup per request.
+//!
+//! Each histogram spans 1 µs .. 1 h at 3 significant figures (about 190 KB); a route has three.
+//! A collection clones them on the worker, between requests, so a scrape costs each worker a
+//! copy of `(2 + 3 × routes) × 190 KB`.
 
 pub mod counters;
 pub mod merge;
