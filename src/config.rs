@@ -107,13 +107,19 @@ pub struct RawConfig {
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
-    pub routes: Vec<RawRoute>,
+    pub deployments: Vec<crate::route::RawDeployment>,
+    #[serde(default)]
+    pub routes: Vec<crate::route::RawRoute>,
     #[serde(default)]
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub quota: Option<crate::quota::RawQuota>,
     #[serde(default)]
     pub auth: Option<crate::auth::AuthConfig>,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
+    pub access_log: Option<RawAccessLog>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,7 +163,7 @@ pub enum DriverChoice {
     Legacy,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub name: String,
@@ -174,20 +180,6 @@ pub struct RawUpstream {
     pub host_header: Option<String>,
 }
 
-/// A route as written: a path pattern and the upstream it goes to.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRoute {
-    pub path: String,
-    #[serde(default)]
-    pub methods: Vec<String>,
-    pub upstream: String,
-    /// Require a verified JWT (default: true when `[auth]` exists).
-    pub auth: Option<bool>,
-    /// Scope the token must carry (403 otherwise).
-    pub scope: Option<String>,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
@@ -195,6 +187,51 @@ pub struct RawAdmin {
     pub token: Option<Secret>,
     #[serde(default)]
     pub allow_non_loopback_without_token: bool,
+}
+
+/// `[metrics]`: what the data path records beyond the per-worker totals.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Per-route histograms and status counters (default true).
+    #[serde(default = "yes")]
+    pub per_route: bool,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self { per_route: true }
+    }
+}
+
+/// `[access_log]`: JSON lines, sampled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// `"stdout"` or a file path (relative to the config file), appended to.
+    pub path: String,
+    /// Fraction of requests logged, 0.0..=1.0 (default 1.0).
+    pub sample_rate: Option<f64>,
+}
+
+/// Validated `[metrics]`.
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    pub per_route: bool,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+/// Validated `[access_log]`.
+#[derive(Debug, Clone)]
+pub struct AccessLogSettings {
+    pub target: AccessLogTarget,
+    pub sample_rate: f64,
 }
 
 /// Validated server settings.
@@ -230,19 +267,6 @@ pub struct Upstream {
     pub auth_line: Option<Vec<u8>>,
 }
 
-/// A validated route.
-#[derive(Debug, Clone)]
-pub struct Route {
-    /// Path prefix (a pattern's trailing `*rest` wildcard is stripped); exact if no wildcard.
-    pub prefix: String,
-    pub wildcard: bool,
-    pub methods: Vec<http::Method>,
-    pub upstream: usize,
-    /// Requests must carry a valid JWT.
-    pub auth: bool,
-    pub scope: Option<String>,
-}
-
 #[derive(Debug, Clone)]
 pub struct AdminSettings {
     pub listen: SocketAddr,
@@ -256,12 +280,18 @@ pub struct Snapshot {
     pub generation: u64,
     pub server: ServerSettings,
     pub limits: Limits,
+    /// Named upstreams, then one per model deployment (see `deployment_upstreams`).
     pub upstreams: Vec<Upstream>,
-    pub routes: Vec<Route>,
+    /// The route trie, model catalog and splits.
+    pub router: crate::route::Router,
+    /// `upstreams` index of each deployment, by `DeploymentId`.
+    pub deployment_upstreams: Vec<usize>,
     pub admin: Option<AdminSettings>,
     pub quota: Option<crate::quota::QuotaSettings>,
     /// JWT verification, when `[auth]` is configured.
     pub auth: Option<crate::auth::Authenticator>,
+    pub metrics: MetricsSettings,
+    pub access_log: Option<AccessLogSettings>,
 }
 
 /// A config that failed to load: every problem, each naming the file.
@@ -338,20 +368,22 @@ impl RawConfig {
             }
             upstreams.push(u.build(&key, base_dir, &mut problems));
         }
-        let mut routes = Vec::new();
-        for (i, r) in self.routes.iter().enumerate() {
-            if let Some(mut route) = r.build(&format!("routes[{i}]"), &upstreams, &mut problems) {
-                route.auth = self.auth.is_some() && r.auth.unwrap_or(true);
-                routes.push(route);
-            }
+        let names: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let router = crate::route::Router::build(&self.routes, &self.deployments, &names)
+            .map_err(|p| problems.extend(p))
+            .ok();
+        // Each deployment is proxied like an upstream with default settings.
+        let mut deployment_upstreams = Vec::new();
+        for d in router.iter().flat_map(|r| r.deployments()) {
+            let raw = RawUpstream {
+                name: format!("{}@{}", d.model(), d.version_str()),
+                endpoints: d.endpoints().iter().map(|e| e.to_string()).collect(),
+                ..RawUpstream::default()
+            };
+            let key = format!("deployments[{}]", d.id().index());
+            deployment_upstreams.push(upstreams.len());
+            upstreams.push(raw.build(&key, base_dir, &mut problems));
         }
-        // Longest prefix first, so lookup can take the first match.
-        routes.sort_by(|a, b| {
-            b.prefix
-                .len()
-                .cmp(&a.prefix.len())
-                .then(a.wildcard.cmp(&b.wildcard))
-        });
         let admin = self
             .admin
             .as_ref()
@@ -374,16 +406,26 @@ impl RawConfig {
             }
         }
 
+        let metrics = MetricsSettings {
+            per_route: self.metrics.per_route,
+        };
+        let access_log = self
+            .access_log
+            .as_ref()
+            .and_then(|a| a.build(base_dir, &mut problems));
         match server {
-            Some(server) if problems.is_empty() => Ok(Snapshot {
+            Some(server) if problems.is_empty() && router.is_some() => Ok(Snapshot {
                 generation,
                 server,
                 limits,
                 upstreams,
-                routes,
+                router: router.expect("checked above"),
+                deployment_upstreams,
                 admin,
                 quota,
                 auth,
+                metrics,
+                access_log,
             }),
             _ => Err(problems),
         }
@@ -549,51 +591,6 @@ impl RawUpstream {
     }
 }
 
-impl RawRoute {
-    fn build(
-        &self,
-        key: &str,
-        upstreams: &[Upstream],
-        problems: &mut Vec<ConfigProblem>,
-    ) -> Option<Route> {
-        let upstream = upstreams.iter().position(|u| u.name == self.upstream);
-        if upstream.is_none() {
-            problems.push(ConfigProblem::new(
-                format!("{key}.upstream"),
-                format!("no upstream named `{}`", self.upstream),
-            ));
-        }
-        if !self.path.starts_with('/') {
-            problems.push(ConfigProblem::new(
-                format!("{key}.path"),
-                "must start with `/`",
-            ));
-        }
-        let (prefix, wildcard) = match self.path.rfind("/*") {
-            Some(i) => (self.path[..=i].to_string(), true),
-            None => (self.path.clone(), false),
-        };
-        let mut methods = Vec::new();
-        for (i, m) in self.methods.iter().enumerate() {
-            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                Ok(m) => methods.push(m),
-                Err(_) => problems.push(ConfigProblem::new(
-                    format!("{key}.methods[{i}]"),
-                    format!("`{m}` is not an HTTP method"),
-                )),
-            }
-        }
-        Some(Route {
-            prefix,
-            wildcard,
-            methods,
-            upstream: upstream?,
-            auth: false,
-            scope: self.scope.clone(),
-        })
-    }
-}
-
 impl RawAdmin {
     fn build(&self, base_dir: &Path, problems: &mut Vec<ConfigProblem>) -> Option<AdminSettings> {
         let listen = resolve(&self.listen, "admin.listen", problems)?;
@@ -609,25 +606,34 @@ impl RawAdmin {
     }
 }
 
-impl Snapshot {
-    /// The route for `path`: exact routes, then the longest wildcard prefix.
-    /// `Err(None)` → 404, `Err(Some(route))` → the path matched but the method did not (405).
-    pub fn route(&self, method: &http::Method, path: &[u8]) -> Result<&Route, Option<&Route>> {
-        let mut path_match = None;
-        for r in &self.routes {
-            let hit = if r.wildcard {
-                path.starts_with(r.prefix.as_bytes())
-            } else {
-                path == r.prefix.as_bytes()
-            };
-            if hit {
-                if r.methods.is_empty() || r.methods.contains(method) {
-                    return Ok(r);
-                }
-                path_match.get_or_insert(r);
-            }
+impl RawAccessLog {
+    fn build(
+        &self,
+        base_dir: &Path,
+        problems: &mut Vec<ConfigProblem>,
+    ) -> Option<AccessLogSettings> {
+        let rate = self.sample_rate.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&rate) {
+            problems.push(ConfigProblem::new(
+                "access_log.sample_rate",
+                format!("{rate} is not between 0.0 and 1.0"),
+            ));
         }
-        Err(path_match)
+        let target = match self.path.as_str() {
+            "" => {
+                problems.push(ConfigProblem::new(
+                    "access_log.path",
+                    "must be \"stdout\" or a file path",
+                ));
+                return None;
+            }
+            "stdout" => AccessLogTarget::Stdout,
+            p => AccessLogTarget::File(base_dir.join(p)),
+        };
+        Some(AccessLogSettings {
+            target,
+            sample_rate: rate,
+        })
     }
 }
 
@@ -653,12 +659,12 @@ upstream = "mock"
         let s = from_str(GOOD, Path::new("."), 1).unwrap();
         assert_eq!(s.server.cores.len(), 1);
         assert_eq!(s.upstreams[0].endpoints[0].addr.port(), 9000);
-        assert!(s.route(&http::Method::POST, b"/v1/chat").is_ok());
+        assert!(s.router.lookup("POST", "/v1/chat").is_ok());
         assert!(matches!(
-            s.route(&http::Method::GET, b"/v1/chat"),
-            Err(Some(_))
+            s.router.lookup("GET", "/v1/chat"),
+            Err(crate::route::RouteError::MethodNotAllowed(_))
         ));
-        assert!(matches!(s.route(&http::Method::POST, b"/v2"), Err(None)));
+        assert!(s.router.lookup("POST", "/v2").is_err());
     }
 
     #[test]
@@ -672,9 +678,12 @@ name = "a"
 endpoints = []
 connect_timeout_ms = 0
 [[routes]]
-path = "x"
+path = "/x"
 upstream = "missing"
 methods = ["G(T"]
+[[routes]]
+path = "y"
+upstream = "a"
 "#;
         let problems = from_str(text, Path::new("."), 1).unwrap_err();
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
@@ -684,11 +693,36 @@ methods = ["G(T"]
             "upstreams[0].endpoints",
             "upstreams[0].connect_timeout_ms",
             "routes[0].upstream",
-            "routes[0].path",
+            "routes[1].path",
             "routes[0].methods[0]",
         ] {
             assert!(keys.contains(&k), "{k} missing from {keys:?}");
         }
+    }
+
+    #[test]
+    fn metrics_and_access_log_settings() {
+        let s = from_str(GOOD, Path::new("/etc/sg"), 1).unwrap();
+        assert!(s.metrics.per_route);
+        assert!(s.access_log.is_none());
+        let text = format!(
+            "{GOOD}[metrics]\nper_route = false\n[access_log]\npath = \"access.jsonl\"\nsample_rate = 0.01\n"
+        );
+        let s = from_str(&text, Path::new("/etc/sg"), 1).unwrap();
+        assert!(!s.metrics.per_route);
+        let a = s.access_log.unwrap();
+        assert_eq!(
+            a.target,
+            AccessLogTarget::File(PathBuf::from("/etc/sg/access.jsonl"))
+        );
+        assert_eq!(a.sample_rate, 0.01);
+        let bad = format!("{GOOD}[access_log]\npath = \"\"\nsample_rate = 1.5\n");
+        let keys: Vec<String> = from_str(&bad, Path::new("."), 1)
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        assert_eq!(keys, ["access_log.sample_rate", "access_log.path"]);
     }
 
     #[test]

@@ -3,12 +3,15 @@
 //! It is never on the data path. It owns the config generation counter, builds and validates
 //! new snapshots, and sends each worker its own copy. A config that fails validation changes
 //! nothing: the problems are logged and kept for the admin API, and a failure counter grows.
+// Control plane: the view shared with the admin thread is behind a Mutex (never touched by
+// a worker).
+#![allow(clippy::disallowed_types)]
 
 pub mod coord;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -39,9 +42,26 @@ pub struct ReloadStatus {
     pub last_error: Option<String>,
 }
 
+/// What the admin API reads about the control thread: the snapshot in force and the outcome
+/// of the last reload. Control plane only (a `Mutex` is fine here).
+#[derive(Debug, Default)]
+pub struct ControlView {
+    pub status: ReloadStatus,
+    pub snapshot: Option<Snapshot>,
+}
+
+/// A [`ControlView`] shared between the control thread and the admin thread.
+pub type SharedView = Arc<Mutex<ControlView>>;
+
+/// Locks a view, taking it even if a panicking holder poisoned the lock (it is only data).
+pub fn lock_view(view: &SharedView) -> std::sync::MutexGuard<'_, ControlView> {
+    view.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub struct Control {
     tx: Sender<ToControl>,
     thread: Option<JoinHandle<()>>,
+    view: SharedView,
 }
 
 impl Control {
@@ -67,12 +87,16 @@ impl Control {
             }
         }
         let (tx, rx) = crossbeam_channel::unbounded();
+        let view = SharedView::default();
+        lock_view(&view).status.generation = generation;
+        let shared = view.clone();
         let thread = std::thread::Builder::new()
             .name("shardgate-control".into())
-            .spawn(move || run(path, generation, workers, rx, log))?;
+            .spawn(move || run(path, generation, workers, rx, log, shared))?;
         Ok(Control {
             tx,
             thread: Some(thread),
+            view,
         })
     }
 
@@ -88,17 +112,35 @@ impl Control {
             .unwrap_or_else(|_| Err("control thread stopped".into()))
     }
 
+    /// The view the admin API reads.
+    pub fn view(&self) -> SharedView {
+        self.view.clone()
+    }
+
+    /// Records the snapshot the engine started with (unless a reload already replaced it).
+    pub fn publish_initial(&self, snap: &Snapshot) {
+        let mut v = lock_view(&self.view);
+        if v.snapshot.is_none() && v.status.generation == snap.generation {
+            v.snapshot = Some(snap.clone());
+        }
+    }
+
     /// Asks for a reload and waits for its outcome.
     pub fn reload(&self) -> Result<u64, ConfigError> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let _ = self.tx.send(ToControl::Reload(Some(tx)));
-        rx.recv().unwrap_or_else(|_| {
-            Err(ConfigError {
-                file: PathBuf::new(),
-                problems: vec![],
-            })
-        })
+        reload_via(&self.tx)
     }
+}
+
+/// Asks the control thread behind `tx` for a reload and waits for its outcome.
+pub fn reload_via(tx: &Sender<ToControl>) -> Result<u64, ConfigError> {
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    let _ = tx.send(ToControl::Reload(Some(reply)));
+    rx.recv().unwrap_or_else(|_| {
+        Err(ConfigError {
+            file: PathBuf::new(),
+            problems: vec![],
+        })
+    })
 }
 
 impl Drop for Control {
@@ -123,6 +165,7 @@ fn run(
     workers: Vec<Sender<ToWorker>>,
     rx: Receiver<ToControl>,
     mut log: Option<RevocationLog>,
+    view: SharedView,
 ) {
     let mut stamp = file_stamp(&path);
     let mut status = ReloadStatus {
@@ -170,6 +213,7 @@ fn run(
                 broadcast(&workers, snap);
                 status.generation = generation;
                 status.last_error = None;
+                lock_view(&view).snapshot = Some(snap.clone());
                 eprintln!(
                     "shardgate: applied config generation {generation} from {}",
                     path.display()
@@ -183,6 +227,7 @@ fn run(
                 );
             }
         }
+        lock_view(&view).status = status.clone();
         if let Some(reply) = reply {
             let _ = reply.send(result.map(|s| s.generation));
         }

@@ -15,12 +15,17 @@
 //! - [`quota`]: per-core lease shards and the coordinator that grants leases.
 //! - [`breaker`]: per-endpoint circuit breaker state machine.
 //! - [`proxy`]: upstream keep-alive pools, request forwarding, response relay (SSE-safe).
-//! - [`metrics`]: per-worker counters and latency histograms.
-//! - [`control`]: the control thread: reload, quota coordination, admin API.
+//! - [`metrics`]: per-worker counters and latency histograms; their merge.
+//! - [`access_log`]: sampled JSON lines, buffered per worker, written by one thread.
+//! - [`control`]: the control thread: reload, quota coordination.
+//! - [`admin`]: the admin HTTP listener (/metrics, /stats, /config, /reload, /healthz,
+//!   /readyz) on its own control-plane thread.
 //! - [`mock`]: an OpenAI-compatible mock model backend (demo, tests, loadtest).
 //! - [`error`]: the gateway error that every stage folds into.
 #![deny(unsafe_code)]
 
+pub mod access_log;
+pub mod admin;
 pub mod auth;
 pub mod breaker;
 pub mod config;

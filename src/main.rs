@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use shardgate::admin::{self, Admin, AdminState};
 use shardgate::config;
 use shardgate::control::Control;
 use shardgate::runtime::Engine;
@@ -25,6 +26,18 @@ enum Command {
     Check,
     /// Run the gateway on config/demo.toml with an in-process mock model backend.
     Demo,
+    /// Print latency percentiles from a running gateway's admin API.
+    Stats {
+        /// Admin address (`[admin] listen`).
+        #[arg(long, default_value = admin::DEMO_ADMIN)]
+        admin: std::net::SocketAddr,
+        /// Refresh every second (each refresh shows the last second's interval).
+        #[arg(long)]
+        watch: bool,
+        /// Admin bearer token (or env SHARDGATE_ADMIN_TOKEN).
+        #[arg(long)]
+        token: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -32,6 +45,14 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(cli.config),
         Some(Command::Demo) => demo(),
+        Some(Command::Stats {
+            admin,
+            watch,
+            token,
+        }) => {
+            let token = token.or_else(|| std::env::var("SHARDGATE_ADMIN_TOKEN").ok());
+            stats(admin, watch, token.as_deref())
+        }
         None => match cli.config {
             Some(path) => run(path, None),
             None => {
@@ -107,6 +128,7 @@ fn run(path: PathBuf, keep_alive: Option<Box<dyn std::any::Any>>) -> ExitCode {
         .and_then(|a| a.revocation_file())
         .map(PathBuf::from);
     let workers = snapshot.server.cores.len();
+    let initial = snapshot.clone();
     let mut engine = match Engine::start(snapshot) {
         Ok(e) => e,
         Err(e) => {
@@ -118,6 +140,14 @@ fn run(path: PathBuf, keep_alive: Option<Box<dyn std::any::Any>>) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("shardgate: cannot start the control thread: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    control.publish_initial(&initial);
+    let admin = match start_admin(&initial, &engine, &control, keep_alive.is_some()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("shardgate: cannot start the admin listener: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -138,8 +168,12 @@ fn run(path: PathBuf, keep_alive: Option<Box<dyn std::any::Any>>) -> ExitCode {
         }
     }
     eprintln!("shardgate: draining");
+    if let Some(a) = &admin {
+        a.set_draining();
+    }
     drop(control);
     engine.shutdown();
+    drop(admin);
     drop(keep_alive);
     eprintln!("shardgate: stopped");
     ExitCode::SUCCESS
@@ -147,6 +181,77 @@ fn run(path: PathBuf, keep_alive: Option<Box<dyn std::any::Any>>) -> ExitCode {
 
 /// The demo config's HMAC key (kid `demo`), used to sign the printed token.
 const DEMO_SECRET: &[u8] = b"shardgate-demo-secret-not-for-production-use-0123456789";
+/// Starts the admin listener from `[admin]`; without it, only the demo runs one (on
+/// [`admin::DEMO_ADMIN`], and a busy port there is not fatal).
+fn start_admin(
+    snap: &config::Snapshot,
+    engine: &Engine,
+    control: &Control,
+    demo: bool,
+) -> std::io::Result<Option<Admin>> {
+    let (listen, token) = match (&snap.admin, demo) {
+        (Some(a), _) => (a.listen, a.token.clone()),
+        (None, true) => (admin::DEMO_ADMIN.parse().expect("valid address"), None),
+        (None, false) => return Ok(None),
+    };
+    let state = AdminState {
+        workers: engine.inboxes(),
+        control: Some(control.sender()),
+        view: control.view(),
+        token,
+    };
+    match Admin::start(listen, state) {
+        Ok(a) => {
+            eprintln!("shardgate: admin API on http://{}", a.local_addr());
+            Ok(Some(a))
+        }
+        Err(e) if demo && snap.admin.is_none() => {
+            eprintln!("shardgate: demo admin API not started on {listen}: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(std::io::Error::new(e.kind(), format!("{listen}: {e}"))),
+    }
+}
+
+/// `shardgate stats`: one table, or a refreshing one with `--watch`.
+fn stats(addr: std::net::SocketAddr, watch: bool, token: Option<&str>) -> ExitCode {
+    // With --watch every call starts a new interval, so each refresh shows the last second.
+    let path = if watch { "/stats?reset=true" } else { "/stats" };
+    let mut first = true;
+    loop {
+        let body = match admin::http::call(addr, "GET", path, token) {
+            Ok((200, body)) => body,
+            Ok((status, body)) => {
+                eprintln!("shardgate stats: {addr} answered {status}: {}", body.trim());
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("shardgate stats: cannot reach {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let v: serde_json::Value = match serde_json::from_str(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("shardgate stats: unreadable answer from {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if !watch {
+            print!("{}", admin::stats::table(&v, "since_start"));
+            return ExitCode::SUCCESS;
+        }
+        // Clear the screen, then show the last interval and the totals.
+        print!("\x1b[2J\x1b[H");
+        if !first {
+            print!("{}", admin::stats::table(&v, "interval"));
+            println!();
+        }
+        print!("{}", admin::stats::table(&v, "since_start"));
+        first = false;
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
 
 fn print_demo_hint(addr: std::net::SocketAddr) {
     let token = demo_token();

@@ -19,12 +19,15 @@ use std::time::Instant;
 mod authn;
 mod limit;
 
-use crate::config::Snapshot;
-use crate::error::{self, GatewayError};
+use crate::auth::{Authenticator, Identity};
+use crate::config::{Snapshot, Upstream};
+use crate::error::{self, Fault, GatewayError};
 use crate::http::parse::{BodyFraming, RequestHead};
+use crate::model::JsonBody;
 use crate::proxy::{self, Failure, OutBody, Outbound, ReqInfo};
+use crate::route::{Route, RouteError, RouteTarget, SelectCtx, StickyKey};
 use crate::runtime::Worker;
-use crate::server::{micros, ClientConn};
+use crate::server::ClientConn;
 
 /// Serves one request (see the module docs).
 pub async fn handle(
@@ -36,80 +39,301 @@ pub async fn handle(
     started: Instant,
 ) -> bool {
     let req = ReqInfo::of(head);
-    let route = match snap.route(&head.method, head.path.get(c.buffered())) {
-        Ok(r) => r,
-        Err(None) => {
-            return reject(worker, c, head, head_len, error::NOT_FOUND, b"", started).await
-        }
-        Err(Some(r)) => {
-            let mut allow = b"allow: ".to_vec();
-            for (i, m) in r.methods.iter().enumerate() {
-                let _ = write!(allow, "{}{}", if i > 0 { ", " } else { "" }, m);
+    // httparse only yields visible ASCII in the target, so the path is valid UTF-8.
+    let path = std::str::from_utf8(head.path.get(c.buffered())).unwrap_or("/");
+    let m = match snap.router.lookup(head.method.as_str(), path) {
+        Ok(m) => m,
+        Err(e) => {
+            let mut allow = Vec::new();
+            if let RouteError::MethodNotAllowed(ep) = e {
+                let _ = write!(allow, "allow: {}\r\n", snap.router.allow(ep));
             }
-            allow.extend_from_slice(b"\r\n");
-            return reject(
-                worker,
-                c,
-                head,
-                head_len,
-                error::METHOD_NOT_ALLOWED,
-                &allow,
-                started,
-            )
-            .await;
+            return reject(worker, c, head, head_len, route_error(e), &allow, started).await;
         }
     };
-    let upstream = &snap.upstreams[route.upstream];
     let auth = snap.auth.as_ref();
-    let identity = match authn::authenticate(worker, auth, route, head, c.buffered()) {
-        Ok(id) => id,
-        Err(e) => {
+    // The path's default route, known before any body is read.
+    let early = snap.router.select_by_model(&m, None).ok();
+    // A credential is checked before the body is read whenever the route may need it, so an
+    // unauthenticated caller never gets the gateway to buffer a body.
+    let verdict = match auth {
+        Some(a) if early.is_none_or(|r| authn::required(auth, r)) => {
+            Some(authn::verify(worker, a, head, c.buffered()))
+        }
+        _ => None,
+    };
+    if let (Some(r), Some(Err(e))) = (early, &verdict) {
+        if authn::required(auth, r) && !m.needs_model() {
             let mut extra = Vec::new();
-            let err = authn::rejection(e, &mut extra);
+            let err = authn::rejection(*e, &mut extra);
             return reject(worker, c, head, head_len, err, &extra, started).await;
         }
-    };
-    let mut resp_headers = Vec::new();
-    let _ticket = match &snap.quota {
-        None => None,
-        Some(q) => {
-            let caller = limit::Caller {
-                subject: identity.as_ref().map(|i| i.subject.as_str()),
-                tenant: identity.as_ref().and_then(|i| i.tenant.as_deref()),
-                ip: c.peer.ip(),
-            };
-            match limit::check(worker, q, &caller, "", None, &mut resp_headers).await {
-                limit::Limited::Unlimited => None,
-                limit::Limited::Admitted(t) => Some(t),
-                limit::Limited::Rejected(e) => {
-                    let err = limit::rejection(&e);
-                    return reject(worker, c, head, head_len, err, &resp_headers, started).await;
-                }
-                limit::Limited::Failed(e) => {
-                    return reject(worker, c, head, head_len, e, b"", started).await
-                }
-            }
-        }
-    };
-    let mut req_headers = Vec::new();
-    if let (Some(a), Some(id)) = (auth, &identity) {
-        authn::identity_headers(a, id, &mut req_headers);
     }
-    let mut up_out = std::mem::take(&mut c.up_out);
-    proxy::write_head_prefix(&mut up_out, c, head, |name| {
-        authn::is_gateway_header(auth, route, name)
-            || (upstream.auth_line.is_some() && name.eq_ignore_ascii_case(b"authorization"))
-    });
-    c.up_out = up_out;
+    let needs_body =
+        m.needs_model() || early.is_some_and(|r| matches!(r.target(), RouteTarget::Split(_)));
+    if !needs_body {
+        let route = early.expect("a route without model keying has a default");
+        c.tally.route = crate::metrics::route_index(route);
+        let identity = match authn::admit(auth, route, verdict) {
+            Ok(id) => id,
+            Err(e) => {
+                let mut extra = Vec::new();
+                let err = authn::rejection(e, &mut extra);
+                return reject(worker, c, head, head_len, err, &extra, started).await;
+            }
+        };
+        let RouteTarget::Upstream(i) = route.target() else {
+            unreachable!("split routes read the body")
+        };
+        let upstream = &snap.upstreams[*i];
+        let mut resp_headers = Vec::new();
+        if let Err((e, extra)) = quota(
+            worker,
+            snap,
+            c,
+            identity.as_ref(),
+            "",
+            None,
+            &mut resp_headers,
+        )
+        .await
+        {
+            return reject(worker, c, head, head_len, e, &extra, started).await;
+        }
+        let mut req_headers = Vec::new();
+        prepare_head(
+            c,
+            head,
+            None,
+            auth,
+            identity.as_ref(),
+            upstream,
+            &mut req_headers,
+        );
+        c.consume(head_len);
+        let ob = Outbound {
+            upstream,
+            body: OutBody::FromClient,
+            extra_request: &req_headers,
+            extra_response: &resp_headers,
+        };
+        let result = proxy::forward(worker, c, req, ob, snap).await;
+        return finish(worker, c, req, result, started).await;
+    }
+    // The route (or the deployment) depends on the body: read it whole (bounded by the body
+    // limit), keeping a copy of the head, whose bytes the body reads may move.
+    let head_bytes = c.buffered()[..head_len].to_vec();
     c.consume(head_len);
+    let mut raw = Vec::new();
+    if let Err(e) = proxy::inbound::collect_body(c, head.framing, &snap.limits, &mut raw).await {
+        return finish(worker, c, req, Err(Failure::Respond(e)), started).await;
+    }
+    let outcome = model_route(worker, snap, c, head, &head_bytes, &m, verdict, &mut raw).await;
+    let (upstream, route_headers, body, resp_headers) = match outcome {
+        Ok(x) => x,
+        Err((e, extra)) => return respond(worker, c, req, e, &extra, started).await,
+    };
     let ob = Outbound {
         upstream,
-        body: OutBody::FromClient,
-        extra_request: &req_headers,
+        body: OutBody::Buffered(&body),
+        extra_request: &route_headers,
         extra_response: &resp_headers,
     };
     let result = proxy::forward(worker, c, req, ob, snap).await;
     finish(worker, c, req, result, started).await
+}
+
+type Rejection = (GatewayError, Vec<u8>);
+
+/// For a route chosen by the body: picks the route and deployment, rewrites the body, checks
+/// the quota. Returns the upstream, extra request headers, the body to send and extra
+/// response headers. `c.up_out` holds the upstream head prefix afterwards.
+#[allow(clippy::too_many_arguments)]
+async fn model_route<'s>(
+    worker: &Rc<Worker>,
+    snap: &'s Snapshot,
+    c: &mut ClientConn,
+    head: &RequestHead,
+    head_bytes: &[u8],
+    m: &crate::route::RouteMatch<'_>,
+    verdict: Option<Result<Identity, crate::auth::AuthError>>,
+    raw: &mut [u8],
+) -> Result<(&'s Upstream, Vec<u8>, Vec<u8>, Vec<u8>), Rejection> {
+    let plain = |e: GatewayError| (e, Vec::new());
+    let mut body = JsonBody::parse(raw).map_err(|e| plain(e.into()))?;
+    let route: &Route = snap
+        .router
+        .select_by_model(m, body.model())
+        .map_err(|e| plain(route_error(e)))?;
+    c.tally.route = crate::metrics::route_index(route);
+    let auth = snap.auth.as_ref();
+    let verdict = match (verdict, auth) {
+        (None, Some(a)) if authn::required(auth, route) => {
+            Some(authn::verify(worker, a, head, head_bytes))
+        }
+        (v, _) => v,
+    };
+    let identity = authn::admit(auth, route, verdict).map_err(|e| {
+        let mut extra = Vec::new();
+        (authn::rejection(e, &mut extra), extra)
+    })?;
+    let mut resp_headers = Vec::new();
+    let (upstream, model) = match route.target() {
+        RouteTarget::Upstream(i) => (&snap.upstreams[*i], body.model().unwrap_or("").to_string()),
+        RouteTarget::Split(split) => {
+            if body.model().is_none() {
+                return Err(plain(crate::model::BodyError::ModelMissing.into()));
+            }
+            let label = route
+                .label_header()
+                .and_then(|h| head.header(head_bytes, h))
+                .or_else(|| {
+                    identity
+                        .as_ref()
+                        .and_then(|i| i.label.as_deref())
+                        .map(str::as_bytes)
+                });
+            let sticky = match route.sticky() {
+                Some(StickyKey::Subject) => identity.as_ref().map(|i| i.subject.as_bytes()),
+                Some(StickyKey::Header(h)) => head.header(head_bytes, h),
+                None => None,
+            };
+            let ctx = SelectCtx {
+                label,
+                sticky_key: sticky,
+            };
+            let chosen = snap
+                .router
+                .choose(split, &ctx, |_| true, &mut worker.rng.borrow_mut())
+                .ok_or_else(|| (NO_DEPLOYMENT, b"retry-after: 1\r\n".to_vec()))?;
+            let _ = write!(
+                resp_headers,
+                "x-shardgate-model: {}\r\nx-shardgate-version: {}\r\n",
+                chosen.model, chosen.version
+            );
+            body.set_model(chosen.served_name);
+            (
+                &snap.upstreams[snap.deployment_upstreams[chosen.deployment.index()]],
+                chosen.model.to_string(),
+            )
+        }
+    };
+    let max_tokens = body.max_tokens();
+    quota(
+        worker,
+        snap,
+        c,
+        identity.as_ref(),
+        &model,
+        max_tokens,
+        &mut resp_headers,
+    )
+    .await
+    .map_err(|(e, mut extra)| {
+        extra.extend_from_slice(&resp_headers);
+        (e, extra)
+    })?;
+    let mut req_headers = Vec::new();
+    prepare_head(
+        c,
+        head,
+        Some(head_bytes),
+        auth,
+        identity.as_ref(),
+        upstream,
+        &mut req_headers,
+    );
+    let mut out = Vec::with_capacity(raw.len() + 64);
+    body.encode_into(&mut out);
+    Ok((upstream, req_headers, out, resp_headers))
+}
+
+const NO_DEPLOYMENT: GatewayError = GatewayError {
+    status: 503,
+    kind: "upstream_unavailable",
+    message: "no healthy deployment can serve this model",
+    fault: Fault::Upstream,
+    retry: false,
+    close: false,
+};
+
+fn route_error(e: RouteError) -> GatewayError {
+    match e {
+        RouteError::NotFound => error::NOT_FOUND,
+        RouteError::MethodNotAllowed(_) => error::METHOD_NOT_ALLOWED,
+        RouteError::ModelRequired => {
+            GatewayError::downstream(400, "this path requires a `model` in the request body")
+        }
+        RouteError::UnknownModel => {
+            GatewayError::downstream(404, "no route serves the requested model")
+        }
+    }
+}
+
+/// Runs the quota stage (if configured); `Err` carries the 429 (or 503) and its headers.
+async fn quota(
+    worker: &Rc<Worker>,
+    snap: &Snapshot,
+    c: &ClientConn,
+    identity: Option<&Identity>,
+    model: &str,
+    max_tokens: Option<u64>,
+    headers: &mut Vec<u8>,
+) -> Result<Option<crate::quota::Ticket>, Rejection> {
+    let Some(q) = &snap.quota else {
+        return Ok(None);
+    };
+    let caller = limit::Caller {
+        subject: identity.map(|i| i.subject.as_str()),
+        tenant: identity.and_then(|i| i.tenant.as_deref()),
+        ip: c.peer.ip(),
+    };
+    match limit::check(worker, q, &caller, model, max_tokens, headers).await {
+        limit::Limited::Unlimited => Ok(None),
+        limit::Limited::Admitted(t) => Ok(Some(t)),
+        limit::Limited::Rejected(e) => Err((limit::rejection(&e), std::mem::take(headers))),
+        limit::Limited::Failed(e) => Err((e, Vec::new())),
+    }
+}
+
+/// Writes the upstream head prefix into `c.up_out` and the identity headers into `extra`.
+/// `head_bytes`: a copy of the head when the connection buffer no longer holds it.
+fn prepare_head(
+    c: &mut ClientConn,
+    head: &RequestHead,
+    head_bytes: Option<&[u8]>,
+    auth: Option<&Authenticator>,
+    identity: Option<&Identity>,
+    upstream: &Upstream,
+    extra: &mut Vec<u8>,
+) {
+    if let (Some(a), Some(id)) = (auth, identity) {
+        authn::identity_headers(a, id, extra);
+    }
+    let mut up_out = std::mem::take(&mut c.up_out);
+    let buf = head_bytes.unwrap_or(c.buffered());
+    proxy::write_head_prefix(&mut up_out, buf, c, head, |name| {
+        authn::is_gateway_header(auth, identity.is_some(), name)
+            || (upstream.auth_line.is_some() && name.eq_ignore_ascii_case(b"authorization"))
+    });
+    c.up_out = up_out;
+}
+
+/// Answers an error for a request whose head and body were consumed.
+async fn respond(
+    worker: &Rc<Worker>,
+    c: &mut ClientConn,
+    req: ReqInfo,
+    mut e: GatewayError,
+    extra: &[u8],
+    started: Instant,
+) -> bool {
+    if !req.keep_alive || worker.drain.is_draining() {
+        e = e.closing();
+    }
+    let sent = c.send_error(&e, extra).await.is_ok();
+    crate::server::account(worker, c, e.status, started, None);
+    sent && !e.close
 }
 
 /// Records the outcome of a forward and answers its error, if any.
@@ -122,10 +346,7 @@ async fn finish(
 ) -> bool {
     match result {
         Ok(done) => {
-            worker
-                .metrics
-                .borrow_mut()
-                .record(done.status, micros(started), done.upstream_us);
+            crate::server::account(worker, c, done.status, started, done.upstream_us);
             done.keep_alive
         }
         Err(Failure::Respond(mut e)) => {
@@ -133,17 +354,11 @@ async fn finish(
                 e = e.closing();
             }
             let sent = c.send_error(&e, b"").await.is_ok();
-            worker
-                .metrics
-                .borrow_mut()
-                .record(e.status, micros(started), None);
+            crate::server::account(worker, c, e.status, started, None);
             sent && !e.close
         }
         Err(Failure::Close(status)) => {
-            worker
-                .metrics
-                .borrow_mut()
-                .record(status, micros(started), None);
+            crate::server::account(worker, c, status, started, None);
             false
         }
     }
@@ -175,9 +390,6 @@ async fn reject(
         e = e.closing();
     }
     let sent = c.send_error(&e, extra).await.is_ok();
-    worker
-        .metrics
-        .borrow_mut()
-        .record(e.status, micros(started), None);
+    crate::server::account(worker, c, e.status, started, None);
     sent && !e.close
 }

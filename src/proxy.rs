@@ -280,14 +280,15 @@ async fn acquire(worker: &Rc<Worker>, upstream: &Upstream) -> Result<UpConn, Ups
 /// Writes the first part of the upstream request head into `out`: the request line, the
 /// client's end-to-end headers (minus hop-by-hop fields, the fields the gateway sets, and any
 /// for which `drop` says so), and the forwarding headers. [`forward`] completes it with Host,
-/// framing and credentials once the upstream is known.
+/// framing and credentials once the upstream is known. `buf` holds the head's bytes (the
+/// connection buffer, or a copy taken before the body was read).
 pub fn write_head_prefix(
     out: &mut Vec<u8>,
+    buf: &[u8],
     c: &ClientConn,
     head: &RequestHead,
     drop: impl Fn(&[u8]) -> bool,
 ) {
-    let buf = c.buffered();
     out.clear();
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');

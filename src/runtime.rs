@@ -73,6 +73,8 @@ pub struct Worker {
     req_seq: Cell<u64>,
     /// Round-robin position for endpoint choice.
     pub rr: Cell<usize>,
+    /// This worker's access log buffer, when `[access_log]` is configured.
+    pub access_log: RefCell<Option<crate::access_log::WorkerLog>>,
     /// Request heads for reuse (see `server`).
     pub heads: RefCell<Vec<Box<crate::http::RequestHead>>>,
     /// This worker's inbox from the control plane.
@@ -88,6 +90,8 @@ pub struct Worker {
     pub revocations: RefCell<Revocations>,
     /// Reused JWT decode buffers.
     pub auth_scratch: RefCell<crate::auth::Scratch>,
+    /// This core's random source for weighted splits.
+    pub rng: RefCell<crate::route::WorkerRng>,
 }
 
 impl Worker {
@@ -119,12 +123,15 @@ impl Worker {
             match msg {
                 ToWorker::Snapshot(s) => {
                     self.metrics.borrow_mut().config_generation = s.generation;
+                    self.metrics.borrow_mut().set_routes(&s);
                     self.pools.borrow_mut().retain_endpoints(&s);
                     *self.snapshot.borrow_mut() = Rc::new(*s);
                 }
                 ToWorker::Collect(reply) => {
                     let mut m = self.metrics.borrow().clone();
                     m.connections_open = self.conns.get() as u64;
+                    m.access_log_dropped =
+                        self.access_log.borrow().as_ref().map_or(0, |l| l.dropped);
                     let _ = reply.send(m);
                 }
                 ToWorker::Quota(m) => {
@@ -152,6 +159,8 @@ pub struct Engine {
     workers: Vec<(Sender<ToWorker>, JoinHandle<()>)>,
     addr: SocketAddr,
     coord: Option<Coord>,
+    /// The access log writer; dropped (flushed) after the workers exit.
+    access_log: Option<crate::access_log::Writer>,
 }
 
 impl Engine {
@@ -168,6 +177,10 @@ impl Engine {
             .collect();
         let epoch = Instant::now();
         let coord = Coord::spawn(inboxes.iter().map(|(tx, _)| tx.clone()).collect(), epoch)?;
+        let access_log = match &snapshot.access_log {
+            Some(a) => Some(crate::access_log::Writer::start(a)?),
+            None => None,
+        };
         let mut workers = Vec::new();
         for (id, (listener, (tx, rx))) in listeners.into_iter().zip(inboxes).enumerate() {
             let snap = snapshot.clone();
@@ -177,6 +190,10 @@ impl Engine {
                 coord: coord.sender(),
                 epoch,
                 prefix,
+                log: access_log
+                    .as_ref()
+                    .zip(snapshot.access_log.as_ref())
+                    .and_then(|(w, s)| w.worker_log(id, s)),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shardgate-w{id}"))
@@ -188,6 +205,7 @@ impl Engine {
             workers,
             addr,
             coord: Some(coord),
+            access_log,
         };
         for _ in 0..engine.workers.len() {
             match ready_rx.recv() {
@@ -257,6 +275,7 @@ impl Engine {
             let _ = thread.join();
         }
         self.coord.take();
+        self.access_log = None;
     }
 }
 
@@ -302,6 +321,7 @@ fn random_u32() -> u32 {
 }
 
 type Ready = Sender<io::Result<()>>;
+type Log = Option<crate::access_log::WorkerLog>;
 
 /// A worker's channels and shared constants.
 struct Links {
@@ -309,6 +329,7 @@ struct Links {
     coord: Sender<ToCoord>,
     epoch: Instant,
     prefix: u32,
+    log: Log,
 }
 
 fn worker_thread(
@@ -372,6 +393,7 @@ fn worker_thread(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn worker_main(
     id: usize,
     snapshot: Snapshot,
@@ -380,6 +402,7 @@ async fn worker_main(
     ready: Ready,
     driver: Driver,
 ) {
+    let log = links.log;
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -389,6 +412,7 @@ async fn worker_main(
     };
     let mut metrics = WorkerMetrics::new(id, driver);
     metrics.config_generation = snapshot.generation;
+    metrics.set_routes(&snapshot);
     let drain_timeout = snapshot.server.drain_timeout;
     let worker = Rc::new(Worker {
         id,
@@ -400,6 +424,7 @@ async fn worker_main(
         req_prefix: links.prefix,
         req_seq: Cell::new(0),
         rr: Cell::new(id),
+        access_log: RefCell::new(log),
         heads: RefCell::new(Vec::new()),
         inbox: links.inbox,
         coord: links.coord,
@@ -408,6 +433,7 @@ async fn worker_main(
         quota_out: RefCell::new(Vec::new()),
         revocations: RefCell::new(Revocations::new()),
         auth_scratch: RefCell::new(crate::auth::Scratch::default()),
+        rng: RefCell::new(crate::route::WorkerRng::for_worker(id)),
     });
     monoio::spawn(inbox_loop(worker.clone()));
     let _ = ready.send(Ok(()));
@@ -418,6 +444,8 @@ async fn worker_main(
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
     worker.pools.borrow_mut().clear();
+    // Dropping the buffer sends what is left to the writer.
+    worker.access_log.borrow_mut().take();
 }
 
 /// How often expired revocations are dropped.
@@ -449,6 +477,9 @@ async fn inbox_loop(worker: Rc<Worker>) {
             worker.revocations.borrow_mut().purge(unix_now());
         }
         worker.flush_quota();
+        if let Some(log) = worker.access_log.borrow_mut().as_mut() {
+            log.tick(Instant::now());
+        }
         if worker.drain.is_draining() && worker.conns.get() == 0 {
             return;
         }

@@ -91,6 +91,7 @@ async fn serve(worker: &Rc<Worker>, mut c: ClientConn) {
             }
         }
         let started = Instant::now();
+        c.begin_request();
         let snap = worker.current();
         // Heads (~2 KB of offsets) are borrowed from the worker only while a request is in
         // progress, so idle keep-alive connections do not each hold one.
@@ -101,10 +102,7 @@ async fn serve(worker: &Rc<Worker>, mut c: ClientConn) {
             Err(e) => {
                 worker.next_request_id(&mut c.request_id);
                 let _ = c.send_error(&e, b"").await;
-                worker
-                    .metrics
-                    .borrow_mut()
-                    .record(e.status, micros(started), None);
+                account(worker, &mut c, e.status, started, None);
                 return;
             }
         };
@@ -141,6 +139,31 @@ async fn read_head(
             Err(conn::ReadError::Timeout) => return Err(error::HEADER_TIMEOUT),
             Err(conn::ReadError::Io) => return Ok(None),
         }
+    }
+}
+
+/// Records a finished request in the worker's metrics and (sampled) access log.
+/// `status` 0: no response was sent; `upstream_us`: time spent on the upstream exchange.
+#[inline]
+pub fn account(
+    worker: &Worker,
+    c: &mut ClientConn,
+    status: u16,
+    started: Instant,
+    upstream_us: Option<u64>,
+) {
+    let (bytes_in, bytes_out) = c.tally.take_bytes();
+    let sample = crate::metrics::Sample {
+        route: c.tally.route,
+        status,
+        total_us: micros(started),
+        upstream_us,
+        bytes_in,
+        bytes_out,
+    };
+    worker.metrics.borrow_mut().record_sample(&sample);
+    if let Some(log) = worker.access_log.borrow_mut().as_mut() {
+        log.record(&worker.metrics.borrow(), &c.request_id, &sample);
     }
 }
 

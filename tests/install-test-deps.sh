@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs on a fresh machine, only where missing.
+# Installs what the test suite needs on a fresh machine, only where missing:
+# - python3 (loadtest/openai_check.sh);
+# - promtool (Debian package `prometheus`): tests/admin.rs checks the /metrics exposition
+#   with it, and fails rather than skips when it is missing and CI is set.
 set -euo pipefail
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+command -v promtool >/dev/null || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq || true
-  apt-get install -y -qq "${need_apt[@]}"
+  $SUDO apt-get update -qq || true
+  $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi

@@ -2,22 +2,23 @@
 //! keys and revocation list, check the route's scope, render the rejection.
 
 use crate::auth::{AuthError, Authenticator, Identity};
-use crate::config::Route;
 use crate::error::{Fault, GatewayError};
 use crate::http::RequestHead;
+use crate::route::Route;
 use crate::runtime::{unix_now, Worker};
 
-/// Verifies the request's token for `route`. `Ok(None)`: the route is open.
-pub fn authenticate(
+/// Whether `route` requires a verified token.
+pub fn required(auth: Option<&Authenticator>, route: &Route) -> bool {
+    auth.is_some() && route.auth().unwrap_or(true)
+}
+
+/// Verifies the request's credential (`buf` holds the head's bytes).
+pub fn verify(
     worker: &Worker,
-    auth: Option<&Authenticator>,
-    route: &Route,
+    auth: &Authenticator,
     head: &RequestHead,
     buf: &[u8],
-) -> Result<Option<Identity>, AuthError> {
-    let Some(auth) = auth.filter(|_| route.auth) else {
-        return Ok(None);
-    };
+) -> Result<Identity, AuthError> {
     let name = auth.header_name();
     let mut values = head
         .headers(buf)
@@ -27,13 +28,25 @@ pub fn authenticate(
     if values.next().is_some() {
         return Err(AuthError::Malformed);
     }
-    let id = auth.verify(
+    auth.verify(
         value,
         unix_now(),
         &worker.revocations.borrow(),
         &mut worker.auth_scratch.borrow_mut(),
-    )?;
-    if let Some(scope) = &route.scope {
+    )
+}
+
+/// The identity for `route` from a verification result: `Ok(None)` for open routes.
+pub fn admit(
+    auth: Option<&Authenticator>,
+    route: &Route,
+    verdict: Option<Result<Identity, AuthError>>,
+) -> Result<Option<Identity>, AuthError> {
+    if !required(auth, route) {
+        return Ok(None);
+    }
+    let id = verdict.unwrap_or(Err(AuthError::Missing))?;
+    if let Some(scope) = route.scope() {
         if !id.has_scope(scope) {
             return Err(AuthError::InsufficientScope);
         }
@@ -42,10 +55,10 @@ pub fn authenticate(
 }
 
 /// Whether a client header must not reach the upstream: identity headers the gateway sets
-/// (a client could forge them) and, on authenticated routes, the credential itself.
-pub fn is_gateway_header(auth: Option<&Authenticator>, route: &Route, name: &[u8]) -> bool {
+/// (a client could forge them) and, when the gateway verified it, the credential itself.
+pub fn is_gateway_header(auth: Option<&Authenticator>, verified: bool, name: &[u8]) -> bool {
     let Some(auth) = auth else { return false };
-    (route.auth && name.eq_ignore_ascii_case(auth.header_name().as_bytes()))
+    (verified && name.eq_ignore_ascii_case(auth.header_name().as_bytes()))
         || auth
             .mapped_headers()
             .iter()

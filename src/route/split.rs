@@ -207,7 +207,7 @@ fn pick(
         for (i, t) in targets.iter().enumerate() {
             if eligible(i, t) && healthy(t.deployment) {
                 let score = exp_draw(mix64(key ^ t.seed)) * t.inv_weight;
-                if best.map_or(true, |(s, _)| score < s) {
+                if best.is_none_or(|(s, _)| score < s) {
                     best = Some((score, t));
                 }
             }

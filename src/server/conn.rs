@@ -36,6 +36,31 @@ pub struct ClientConn {
     pub up_out: Vec<u8>,
     /// Id of the request being served.
     pub request_id: String,
+    /// What the metrics and access log learn about the request being served.
+    pub tally: Tally,
+}
+
+/// Per-request facts gathered on the connection for metrics and the access log. Bytes are
+/// counted as they cross the socket; each request is charged what crossed since the previous
+/// one was accounted ([`Tally::take_bytes`]), so every byte counts exactly once (read-ahead of
+/// a pipelined request counts toward the one being served).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tally {
+    /// Index of the matched route in the snapshot the request runs on.
+    pub route: Option<u32>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl Tally {
+    /// Bytes (in, out) since the last call.
+    #[inline]
+    pub fn take_bytes(&mut self) -> (u64, u64) {
+        let b = (self.bytes_in, self.bytes_out);
+        self.bytes_in = 0;
+        self.bytes_out = 0;
+        b
+    }
 }
 
 impl ClientConn {
@@ -48,7 +73,14 @@ impl ClientConn {
             out: Vec::with_capacity(INIT_READ_BUF),
             up_out: Vec::with_capacity(INIT_READ_BUF),
             request_id: String::with_capacity(40),
+            tally: Tally::default(),
         }
+    }
+
+    /// Starts a new request's [`Tally`] (no route yet; bytes keep counting).
+    #[inline]
+    pub fn begin_request(&mut self) {
+        self.tally.route = None;
     }
 
     /// Unconsumed received bytes.
@@ -86,6 +118,9 @@ impl ClientConn {
         let len = buf.len();
         let (res, slice) = self.stream.read(buf.slice_mut(len..)).await;
         self.buf = slice.into_inner();
+        if let Ok(n) = res {
+            self.tally.bytes_in += n as u64;
+        }
         res
     }
 
@@ -120,6 +155,9 @@ impl ClientConn {
         }
         let out = std::mem::take(&mut self.out);
         let (res, mut out) = self.stream.write_all(out).await;
+        if let Ok(n) = res {
+            self.tally.bytes_out += n as u64;
+        }
         out.clear();
         self.out = out;
         res.map(|_| ())
@@ -128,6 +166,9 @@ impl ClientConn {
     /// Writes `data` from another owned buffer (e.g. an upstream read buffer) and returns it.
     pub async fn write_owned<T: IoBuf + 'static>(&mut self, data: T) -> (io::Result<()>, T) {
         let (res, data) = self.stream.write_all(data).await;
+        if let Ok(n) = res {
+            self.tally.bytes_out += n as u64;
+        }
         (res.map(|_| ()), data)
     }
 

@@ -1,0 +1,322 @@
+//! The access log: sampled JSON lines, formatted on the worker, written by one writer thread.
+//!
+//! # Contract
+//!
+//! Each worker owns a [`WorkerLog`]: [`WorkerLog::record`] decides by sampling
+//! (`access_log.sample_rate`) whether a finished request is logged and, if so, appends one
+//! JSON line to the worker's buffer. Full buffers, and any buffer on the worker's inbox tick
+//! ([`WorkerLog::flush`]) and at shutdown, go to the [`Writer`] thread as one batch over a
+//! bounded channel. The worker never blocks: when the writer falls behind and the channel is
+//! full, the batch is dropped and counted (`dropped`), never waited for.
+//!
+//! A line carries: `ts` (Unix seconds, millisecond precision), `request_id`, `route`,
+//! `status` (0: closed without a response), `latency_us`, `upstream_us`, `bytes_in`,
+//! `bytes_out`, and `subject`, `model`, `tokens` (null until the auth and usage stages fill
+//! them). It never carries headers, tokens or secrets.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::config::{AccessLogSettings, AccessLogTarget};
+use crate::metrics::{Sample, WorkerMetrics};
+
+/// A worker sends its buffer once it holds this many bytes.
+pub const BATCH_BYTES: usize = 64 * 1024;
+/// Batches waiting for the writer; past this, batches are dropped (the worker never waits).
+pub const CHANNEL_BATCHES: usize = 256;
+/// A worker's partial batch goes out on the first inbox tick this long after the last send.
+pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Optional per-request fields other stages fill in.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extra<'a> {
+    pub subject: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub tokens: Option<u64>,
+}
+
+/// The writer thread. Dropping it (after every [`WorkerLog`] is gone) flushes and joins.
+pub struct Writer {
+    tx: Option<Sender<Vec<u8>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Opens the target (a file is appended to) and starts the thread.
+    pub fn start(settings: &AccessLogSettings) -> std::io::Result<Writer> {
+        let out: Box<dyn std::io::Write + Send> = match &settings.target {
+            AccessLogTarget::Stdout => Box::new(std::io::stdout()),
+            AccessLogTarget::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
+        };
+        let (tx, rx) = crossbeam_channel::bounded(CHANNEL_BATCHES);
+        let thread = std::thread::Builder::new()
+            .name("shardgate-accesslog".into())
+            .spawn(move || write_loop(rx, out))?;
+        Ok(Writer {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// A buffer for one worker.
+    pub fn worker_log(&self, worker: usize, settings: &AccessLogSettings) -> Option<WorkerLog> {
+        Some(WorkerLog::new(
+            self.tx.clone()?,
+            worker,
+            settings.sample_rate,
+        ))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn write_loop(rx: Receiver<Vec<u8>>, mut out: Box<dyn std::io::Write + Send>) {
+    // Ends when every sender (the workers' logs and the Writer) is gone.
+    for batch in rx {
+        if out.write_all(&batch).is_err() {
+            continue;
+        }
+        let _ = out.flush();
+    }
+    let _ = out.flush();
+}
+
+/// One worker's access log buffer (see the module docs).
+pub struct WorkerLog {
+    tx: Sender<Vec<u8>>,
+    buf: Vec<u8>,
+    line: String,
+    /// Requests are logged when the next random draw is below this (2^64 × sample_rate).
+    threshold: u64,
+    rng: u64,
+    last_flush: std::time::Instant,
+    /// Batches dropped because the writer fell behind.
+    pub dropped: u64,
+}
+
+impl WorkerLog {
+    pub fn new(tx: Sender<Vec<u8>>, worker: usize, sample_rate: f64) -> WorkerLog {
+        let threshold = if sample_rate >= 1.0 {
+            u64::MAX
+        } else {
+            (sample_rate.max(0.0) * u64::MAX as f64) as u64
+        };
+        WorkerLog {
+            tx,
+            buf: Vec::with_capacity(BATCH_BYTES),
+            line: String::with_capacity(256),
+            threshold,
+            rng: 0x9E37_79B9_7F4A_7C15 ^ (worker as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9),
+            last_flush: std::time::Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    /// Called on the worker's inbox tick: sends a partial batch after [`FLUSH_INTERVAL`].
+    pub fn tick(&mut self, now: std::time::Instant) {
+        if !self.buf.is_empty() && now.duration_since(self.last_flush) >= FLUSH_INTERVAL {
+            self.flush();
+        }
+    }
+
+    /// xorshift64*: cheap, per worker, no shared state.
+    fn next(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Logs `s` if sampled; the route label comes from the worker's metrics slots.
+    pub fn record(&mut self, m: &WorkerMetrics, request_id: &str, s: &Sample) {
+        self.record_with(m, request_id, s, Extra::default());
+    }
+
+    /// [`record`](Self::record) with the optional fields.
+    pub fn record_with(&mut self, m: &WorkerMetrics, request_id: &str, s: &Sample, e: Extra) {
+        if self.threshold != u64::MAX && self.next() >= self.threshold {
+            return;
+        }
+        format_line(&mut self.line, m.route_label_of(s.route), request_id, s, e);
+        self.buf.extend_from_slice(self.line.as_bytes());
+        if self.buf.len() >= BATCH_BYTES {
+            self.flush();
+        }
+    }
+
+    /// Sends the buffered lines to the writer (no-op when empty).
+    pub fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        self.last_flush = std::time::Instant::now();
+        let batch = std::mem::replace(&mut self.buf, Vec::with_capacity(BATCH_BYTES));
+        match self.tx.try_send(batch) {
+            Ok(()) => {}
+            Err(TrySendError::Full(mut b)) | Err(TrySendError::Disconnected(mut b)) => {
+                self.dropped += 1;
+                b.clear();
+                self.buf = b;
+            }
+        }
+    }
+}
+
+impl Drop for WorkerLog {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Formats one JSON line (with its newline) into `out`.
+pub fn format_line(out: &mut String, route: &str, request_id: &str, s: &Sample, e: Extra) {
+    out.clear();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let _ = write!(
+        out,
+        "{{\"ts\":{}.{:03},\"request_id\":",
+        now.as_secs(),
+        now.subsec_millis()
+    );
+    json_str(out, request_id);
+    out.push_str(",\"route\":");
+    json_str(out, route);
+    let _ = write!(
+        out,
+        ",\"status\":{},\"latency_us\":{},\"upstream_us\":",
+        s.status, s.total_us
+    );
+    match s.upstream_us {
+        Some(u) => {
+            let _ = write!(out, "{u}");
+        }
+        None => out.push_str("null"),
+    }
+    let _ = write!(
+        out,
+        ",\"bytes_in\":{},\"bytes_out\":{},\"subject\":",
+        s.bytes_in, s.bytes_out
+    );
+    opt_str(out, e.subject);
+    out.push_str(",\"model\":");
+    opt_str(out, e.model);
+    out.push_str(",\"tokens\":");
+    match e.tokens {
+        Some(t) => {
+            let _ = write!(out, "{t}");
+        }
+        None => out.push_str("null"),
+    }
+    out.push_str("}\n");
+}
+
+fn opt_str(out: &mut String, v: Option<&str>) {
+    match v {
+        Some(v) => json_str(out, v),
+        None => out.push_str("null"),
+    }
+}
+
+/// Writes `v` as a JSON string literal.
+pub fn json_str(out: &mut String, v: &str) {
+    out.push('"');
+    for ch in v.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Driver;
+
+    fn sample() -> Sample {
+        Sample {
+            route: None,
+            status: 200,
+            total_us: 1500,
+            upstream_us: Some(1200),
+            bytes_in: 10,
+            bytes_out: 20,
+        }
+    }
+
+    #[test]
+    fn line_is_valid_json_with_every_field() {
+        let mut line = String::new();
+        let e = Extra {
+            subject: Some("alice"),
+            model: Some("llama3"),
+            tokens: Some(42),
+        };
+        format_line(&mut line, "/v1/*", "ab\"c", &sample(), e);
+        assert!(line.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["request_id"], "ab\"c");
+        assert_eq!(v["route"], "/v1/*");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["upstream_us"], 1200);
+        assert_eq!(v["tokens"], 42);
+        format_line(&mut line, "/", "x", &sample(), Extra::default());
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(v["subject"].is_null());
+    }
+
+    #[test]
+    fn sampling_keeps_about_the_rate_and_batches_reach_the_writer() {
+        let (tx, rx) = crossbeam_channel::bounded(CHANNEL_BATCHES);
+        let m = WorkerMetrics::new(0, Driver::Legacy);
+        let mut log = WorkerLog::new(tx, 0, 0.1);
+        for _ in 0..10_000 {
+            log.record(&m, "id", &sample());
+        }
+        log.flush();
+        let lines: usize = rx
+            .try_iter()
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+            .sum();
+        assert!((800..1200).contains(&lines), "{lines}");
+    }
+
+    #[test]
+    fn a_full_channel_drops_instead_of_blocking() {
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let m = WorkerMetrics::new(0, Driver::Legacy);
+        let mut log = WorkerLog::new(tx, 0, 1.0);
+        for _ in 0..3 {
+            log.record(&m, "id", &sample());
+            log.flush();
+        }
+        assert_eq!(log.dropped, 2);
+    }
+}

@@ -1,0 +1,441 @@
+//! The admin API against a running gateway: exact counts in /metrics (checked by promtool),
+//! /stats percentiles and intervals, the token, /readyz during drain, /reload and /config, the
+//! access log.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use shardgate::admin::{self, Admin, AdminState};
+use shardgate::config;
+use shardgate::control::Control;
+use shardgate::runtime::Engine;
+
+const TOKEN: &str = "s3cret-admin-token";
+
+/// A gateway with a control thread and an admin listener, on a config file in a temp dir.
+struct Rig {
+    // Field order is drop order: admin, control, engine, upstream.
+    admin: Admin,
+    control: Control,
+    engine: Engine,
+    _up: Upstream,
+    dir: PathBuf,
+    cfg: PathBuf,
+}
+
+fn config_text(up: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+workers = 2
+pin = false
+[[upstreams]]
+name = "up"
+endpoints = ["{up}"]
+api_key = {{ value = "sk-upstream-key" }}
+[[routes]]
+path = "/v1/*rest"
+upstream = "up"
+[[routes]]
+path = "/health"
+upstream = "up"
+{extra}
+"#
+    )
+}
+
+impl Rig {
+    fn start(name: &str, extra: &str) -> Rig {
+        let up = Upstream::echo();
+        let dir = std::env::temp_dir().join(format!("sg-admin-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("gw.toml");
+        std::fs::write(&cfg, config_text(up.addr, extra)).unwrap();
+        let snap = config::load(&cfg, 1).unwrap();
+        let engine = Engine::start(snap.clone()).unwrap();
+        let control = Control::spawn(cfg.clone(), 1, engine.inboxes(), None).unwrap();
+        control.publish_initial(&snap);
+        let admin = Admin::start(
+            "127.0.0.1:0".parse().unwrap(),
+            AdminState {
+                workers: engine.inboxes(),
+                control: Some(control.sender()),
+                view: control.view(),
+                token: Some(TOKEN.as_bytes().to_vec()),
+            },
+        )
+        .unwrap();
+        Rig {
+            admin,
+            control,
+            engine,
+            _up: up,
+            dir,
+            cfg,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str) -> (u16, String) {
+        admin::http::call(self.admin.local_addr(), method, path, Some(TOKEN)).unwrap()
+    }
+
+    fn json(&self, path: &str) -> Value {
+        let (status, body) = self.call("GET", path);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn gw(&self) -> SocketAddr {
+        self.engine.local_addr()
+    }
+
+    /// 5 × /v1/*, 3 × /health, 2 unrouted (404).
+    fn known_traffic(&self) {
+        for i in 0..5 {
+            assert_eq!(get(self.gw(), &format!("/v1/models/{i}")).status, 200);
+        }
+        for _ in 0..3 {
+            assert_eq!(get(self.gw(), "/health").status, 200);
+        }
+        for _ in 0..2 {
+            assert_eq!(get(self.gw(), "/nowhere").status, 404);
+        }
+    }
+
+    /// The exposition once it shows every line of `want` (a worker records right after its
+    /// last write, so a scrape can race the client by a moment).
+    fn metrics_with(&self, want: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (status, text) = self.call("GET", "/metrics");
+            assert_eq!(status, 200);
+            if want.iter().all(|w| text.lines().any(|l| l == *w)) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "missing some of {want:?} in\n{text}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn metrics_counts_match_exactly_and_pass_promtool() {
+    let rig = Rig::start("metrics", "");
+    rig.known_traffic();
+    let text = rig.metrics_with(&[
+        r#"shardgate_requests_total{route="/v1/*rest",status="200"} 5"#,
+        r#"shardgate_requests_total{route="/health",status="200"} 3"#,
+        r#"shardgate_requests_total{route="(unmatched)",status="404"} 2"#,
+        r#"shardgate_responses_total{class="2xx"} 8"#,
+        r#"shardgate_responses_total{class="4xx"} 2"#,
+        r#"shardgate_request_duration_seconds_count{route="/v1/*rest"} 5"#,
+        r#"shardgate_upstream_duration_seconds_count{route="/health"} 3"#,
+        r#"shardgate_gateway_duration_seconds_count{route="(unmatched)"} 2"#,
+        r#"shardgate_request_duration_seconds_bucket{route="/v1/*rest",le="+Inf"} 5"#,
+        r#"shardgate_config_generation 1"#,
+        r#"shardgate_draining 0"#,
+        r#"shardgate_workers 2"#,
+    ]);
+    let infos = text
+        .lines()
+        .filter(|l| l.starts_with("shardgate_worker_info{"))
+        .count();
+    assert_eq!(infos, 2, "{text}");
+    let sent: u64 = text
+        .lines()
+        .find(|l| l.starts_with(r#"shardgate_sent_bytes_total{route="/v1/*rest"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(sent > 5 * 100, "{sent}");
+    // Every request byte is charged to its route exactly once.
+    let health_in = 3 * "GET /health HTTP/1.1\r\nHost: test\r\n\r\n".len();
+    let nowhere_in = 2 * "GET /nowhere HTTP/1.1\r\nHost: test\r\n\r\n".len();
+    rig.metrics_with(&[
+        &format!(r#"shardgate_received_bytes_total{{route="/health"}} {health_in}"#),
+        &format!(r#"shardgate_received_bytes_total{{route="(unmatched)"}} {nowhere_in}"#),
+    ]);
+    assert!(!text.contains("sk-upstream-key"));
+    promtool_check(&rig.dir, &text);
+}
+
+/// Runs `promtool check metrics` on `text`. Without promtool the check is skipped, unless
+/// `CI` is set (tests/install-test-deps.sh installs it there), where that is a failure.
+fn promtool_check(dir: &std::path::Path, text: &str) {
+    let found = Command::new("promtool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is required in CI: run tests/install-test-deps.sh"
+        );
+        eprintln!("promtool not found: skipping `promtool check metrics`");
+        return;
+    }
+    let file = dir.join("metrics.txt");
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("promtool check metrics < '{}'", file.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn stats_percentiles_are_present_ordered_and_reset_starts_an_interval() {
+    let rig = Rig::start("stats", "");
+    rig.known_traffic();
+    rig.metrics_with(&[r#"shardgate_responses_total{class="4xx"} 2"#]);
+    let v = rig.json("/stats?reset=true");
+    let v1 = &v["since_start"]["routes"]["/v1/*rest"];
+    assert_eq!(v1["count"], 5, "{v}");
+    let qs: Vec<u64> = ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"]
+        .iter()
+        .map(|k| v1[*k].as_u64().unwrap())
+        .collect();
+    assert!(qs[0] > 0 && qs.windows(2).all(|p| p[0] <= p[1]), "{qs:?}");
+    assert_eq!(v["since_start"]["overall"]["count"], 10);
+    assert_eq!(v["interval"]["overall"]["count"], 10);
+    assert_eq!(v1["statuses"]["200"], 5);
+
+    assert_eq!(get(rig.gw(), "/v1/again").status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = rig.json("/stats");
+        if v["since_start"]["overall"]["count"] == 11 {
+            assert_eq!(v["interval"]["overall"]["count"], 1, "{v}");
+            assert_eq!(v["interval"]["routes"]["/v1/*rest"]["count"], 1, "{v}");
+            assert_eq!(v["interval"]["routes"]["/health"]["count"], 0, "{v}");
+            let table = admin::stats::table(&v, "interval");
+            assert!(table.contains("/v1/*rest"), "{table}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn token_is_enforced_and_errors_are_json() {
+    let rig = Rig::start("token", "");
+    let addr = rig.admin.local_addr();
+    for token in [None, Some("wrong"), Some("s3cret-admin-toke")] {
+        let (status, body) = admin::http::call(addr, "GET", "/metrics", token).unwrap();
+        assert_eq!(status, 401, "{token:?}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"], "unauthorized");
+    }
+    assert_eq!(rig.call("GET", "/metrics").0, 200);
+    // Probes need no token.
+    assert_eq!(
+        admin::http::call(addr, "GET", "/healthz", None).unwrap().0,
+        200
+    );
+    let (status, body) = rig.call("GET", "/nope");
+    assert_eq!(status, 404);
+    assert!(serde_json::from_str::<Value>(&body).is_ok());
+    assert_eq!(rig.call("POST", "/metrics").0, 405);
+    assert_eq!(rig.call("GET", "/reload").0, 405);
+}
+
+#[test]
+fn readyz_flips_to_503_when_draining() {
+    let rig = Rig::start("ready", "");
+    let addr = rig.admin.local_addr();
+    let (status, body) = admin::http::call(addr, "GET", "/readyz", None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    rig.admin.set_draining();
+    let (status, body) = admin::http::call(addr, "GET", "/readyz", None).unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"draining\": true"), "{body}");
+    assert_eq!(
+        admin::http::call(addr, "GET", "/healthz", None).unwrap().0,
+        200
+    );
+    rig.metrics_with(&["shardgate_draining 1"]);
+}
+
+#[test]
+fn reload_applies_a_changed_file_and_rejects_a_broken_one() {
+    let rig = Rig::start("reload", "");
+    let up = rig._up.addr;
+    let text = config_text(up, "[[routes]]\npath = \"/v2/*rest\"\nupstream = \"up\"\n");
+    std::fs::write(&rig.cfg, text).unwrap();
+    let (status, body) = rig.call("POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let generation = v["generation"].as_u64().unwrap();
+    assert!(generation >= 2, "{v}");
+    // Workers swap snapshots on their next inbox tick.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(rig.gw(), "/v2/x").status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "generation {generation} not applied"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+
+    let conf = rig.json("/config");
+    assert_eq!(conf["generation"], generation);
+    let shown = conf.to_string();
+    assert!(shown.contains("/v2/*"), "{shown}");
+    assert!(!shown.contains("sk-upstream-key"), "{shown}");
+
+    let broken = config_text(up, "[[routes]]\npath = \"v3\"\nupstream = \"missing\"\n");
+    std::fs::write(&rig.cfg, broken).unwrap();
+    let (status, body) = rig.call("POST", "/reload");
+    assert_eq!(status, 422, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let keys: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["key"].as_str().unwrap())
+        .collect();
+    assert!(keys.contains(&"routes[2].upstream"), "{v}");
+    // Nothing changed.
+    assert_eq!(rig.json("/config")["generation"], generation);
+    assert_eq!(get(rig.gw(), "/v2/x").status, 200);
+    drop(rig.control.sender());
+}
+
+#[test]
+fn access_log_writes_one_json_line_per_request_without_secrets() {
+    let dir = std::env::temp_dir().join(format!("sg-accesslog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.jsonl");
+    let _ = std::fs::remove_file(&log);
+    let up = Upstream::echo();
+    let text = format!(
+        "{}[access_log]\npath = \"{}\"\nsample_rate = 1.0\n",
+        config_text(up.addr, ""),
+        log.display()
+    );
+    let snap = config::from_str(&text, &dir, 1).unwrap();
+    let mut engine = Engine::start(snap).unwrap();
+    for i in 0..4 {
+        let r = request(
+            engine.local_addr(),
+            &format!(
+                "GET /v1/{i} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer user-secret\r\n\r\n"
+            ),
+        );
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(get(engine.local_addr(), "/nowhere").status, 404);
+    engine.shutdown();
+    let written = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = written
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5, "{written}");
+    assert_eq!(
+        lines.iter().filter(|l| l["route"] == "/v1/*rest").count(),
+        4
+    );
+    assert!(lines.iter().any(|l| l["status"] == 404));
+    assert!(lines.iter().all(|l| l["request_id"].is_string()
+        && l["latency_us"].as_u64().is_some()
+        && l["bytes_out"].as_u64().unwrap() > 0));
+    assert!(!written.contains("user-secret") && !written.contains("sk-upstream-key"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn binary_answers_readyz_503_while_draining_on_sigterm() {
+    let up = Upstream::start(|mut c| {
+        while let Some(r) = c.read_request() {
+            if r.target == "/v1/slow" {
+                thread::sleep(Duration::from_millis(800));
+            }
+            c.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    let (port, admin_port) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("sg-admin-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("gw.toml");
+    let text = config_text(
+        up.addr,
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = {{ value = \"{TOKEN}\" }}\n"
+        ),
+    )
+    .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&cfg, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .arg("--config")
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let admin_addr: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let gw: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin::http::call(admin_addr, "GET", "/readyz", None).map_or(0, |r| r.0) != 200 {
+        assert!(Instant::now() < deadline, "gateway did not become ready");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let (status, body) = admin::http::call(admin_addr, "GET", "/metrics", Some(TOKEN)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let mut c = Client::connect(gw);
+    c.send(b"GET /v1/slow HTTP/1.1\r\nHost: a\r\n\r\n");
+    thread::sleep(Duration::from_millis(100));
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    // The slow request keeps the drain open; readiness must already be gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match admin::http::call(admin_addr, "GET", "/readyz", None) {
+            Ok((503, body)) => {
+                assert!(body.contains("\"draining\": true"), "{body}");
+                break;
+            }
+            other => {
+                assert!(Instant::now() < deadline, "readyz never flipped: {other:?}")
+            }
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(c.read_response().unwrap().status, 200);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

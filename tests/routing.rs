@@ -1,0 +1,191 @@
+//! Routing through the running gateway: model splits, canary labels, sticky keys, alias
+//! rewrite, and the 400/404/405 cases, against two real mock deployments.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use common::*;
+use shardgate::mock::{self, MockConfig, MockHandle};
+
+fn mock_named(model: &str) -> MockHandle {
+    let cfg = MockConfig {
+        model: model.into(),
+        ..Default::default()
+    };
+    mock::spawn(cfg, "127.0.0.1:0".parse().unwrap(), 1).unwrap()
+}
+
+fn config(a: SocketAddr, b: SocketAddr, c: SocketAddr, route_extra: &str) -> String {
+    config4(a, b, c, a, route_extra)
+}
+
+fn config4(
+    a: SocketAddr,
+    b: SocketAddr,
+    c: SocketAddr,
+    d: SocketAddr,
+    route_extra: &str,
+) -> String {
+    format!(
+        r#"
+[[deployments]]
+model = "llama3-70b"
+version = "3.2.1"
+endpoints = ["{a}"]
+served_name = "meta-llama/Llama-3-70B"
+
+[[deployments]]
+model = "llama3-70b"
+version = "3.1.0"
+endpoints = ["{c}"]
+
+[[deployments]]
+model = "qwen2-72b"
+version = "2.1.0"
+endpoints = ["{b}"]
+
+[[deployments]]
+model = "llama3-70b-canary"
+version = "1.0.0"
+endpoints = ["{d}"]
+labels = ["canary"]
+
+[[routes]]
+path = "/v1/chat/completions"
+methods = ["POST"]
+targets = [
+  {{ model = "llama3-70b", version = ">=3.2.0, <3.3.0", weight = 80 }},
+  {{ model = "qwen2-72b", version = "^2.0.0", weight = 20 }},
+  {{ model = "llama3-70b-canary", weight = 1 }},
+]
+label_header = "x-canary"
+{route_extra}
+
+[[routes]]
+path = "/v1/chat/completions"
+methods = ["POST"]
+models = ["chat-small"]
+targets = [ {{ model = "llama3-70b", version = "~3.1", weight = 1 }} ]
+"#
+    )
+}
+
+fn chat(addr: SocketAddr, model: &str, extra_headers: &str) -> Response {
+    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    request(addr, &format!("POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}", body.len()))
+}
+
+#[test]
+fn split_shares_follow_weights_and_model_is_rewritten() {
+    let (a, b, c) = (mock_named("A"), mock_named("B"), mock_named("C"));
+    let gw = gateway(&config(a.addr(), b.addr(), c.addr(), ""));
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let n = 1000;
+    let mut conn = Client::connect(gw.local_addr());
+    for _ in 0..n {
+        let body = r#"{"model":"chat-default","messages":[{"role":"user","content":"hi"}]}"#;
+        conn.send(format!("POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+        let r = conn.read_response().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let served = r.header("x-mock-model").unwrap().to_string();
+        match served.as_str() {
+            "A" => {
+                assert_eq!(
+                    r.header("x-shardgate-model"),
+                    Some("llama3-70b"),
+                    "no unlabelled request reaches the canary"
+                );
+                assert_eq!(r.header("x-shardgate-version"), Some("3.2.1"));
+                assert!(
+                    r.text().contains("\"model\":\"meta-llama/Llama-3-70B\""),
+                    "{}",
+                    r.text()
+                );
+            }
+            "B" => assert_eq!(r.header("x-shardgate-model"), Some("qwen2-72b")),
+            other => panic!("3.1.0 is outside the constraint, got {other}"),
+        }
+        *counts.entry(served).or_default() += 1;
+    }
+    let share_a = counts["A"] as f64 / n as f64;
+    assert!((share_a - 0.8).abs() < 0.05, "{counts:?}");
+}
+
+#[test]
+fn alias_keying_and_canary_label() {
+    let (a, b, c, d) = (
+        mock_named("A"),
+        mock_named("B"),
+        mock_named("C"),
+        mock_named("D"),
+    );
+    let gw = gateway(&config4(a.addr(), b.addr(), c.addr(), d.addr(), ""));
+    for _ in 0..20 {
+        let r = chat(gw.local_addr(), "chat-small", "");
+        assert_eq!(r.header("x-mock-model"), Some("C"));
+        assert_eq!(r.header("x-shardgate-version"), Some("3.1.0"));
+        let r = chat(gw.local_addr(), "anything", "x-canary: canary\r\n");
+        assert_eq!(
+            r.header("x-mock-model"),
+            Some("D"),
+            "a labelled request goes to the labelled target"
+        );
+        let r = chat(gw.local_addr(), "anything", "");
+        assert_ne!(
+            r.header("x-mock-model"),
+            Some("D"),
+            "unlabelled traffic never reaches the canary"
+        );
+    }
+}
+
+#[test]
+fn sticky_header_keeps_a_key_on_one_target() {
+    let (a, b, c) = (mock_named("A"), mock_named("B"), mock_named("C"));
+    let gw = gateway(&config(
+        a.addr(),
+        b.addr(),
+        c.addr(),
+        "sticky = { header = \"x-session\" }",
+    ));
+    let mut per_key: HashMap<u32, String> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for round in 0..3 {
+        for key in 0..40u32 {
+            let r = chat(gw.local_addr(), "m", &format!("x-session: user-{key}\r\n"));
+            let served = r.header("x-mock-model").unwrap().to_string();
+            seen.insert(served.clone());
+            if round == 0 {
+                per_key.insert(key, served);
+            } else {
+                assert_eq!(per_key[&key], served, "key {key} moved");
+            }
+        }
+    }
+    assert_eq!(seen.len(), 2, "keys spread over both targets");
+}
+
+#[test]
+fn bad_bodies_and_unknown_paths() {
+    let (a, b, c) = (mock_named("A"), mock_named("B"), mock_named("C"));
+    let gw = gateway(&config(a.addr(), b.addr(), c.addr(), ""));
+    let r = request(
+        gw.local_addr(),
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 8\r\n\r\nnot json",
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("not valid JSON"));
+    let r = request(
+        gw.local_addr(),
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = request(gw.local_addr(), "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 27\r\n\r\n{\"model\":\"a\",\"model\":\"b\"}  ");
+    assert_eq!(r.status, 400);
+    assert_eq!(get(gw.local_addr(), "/v1/nothing").status, 404);
+    let r = get(gw.local_addr(), "/v1/chat/completions");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
+}
