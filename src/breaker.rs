@@ -47,6 +47,7 @@
 pub mod budget;
 pub mod config;
 pub mod decider;
+pub mod engine;
 pub mod health;
 mod window;
 pub mod worker;

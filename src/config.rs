@@ -112,6 +112,9 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub quota: Option<crate::quota::RawQuota>,
+    /// `[defaults]`: breaker, health-check and retry policies every upstream starts from.
+    #[serde(default)]
+    pub defaults: Option<crate::breaker::engine::RawDefaults>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +173,12 @@ pub struct RawUpstream {
     pub api_key: Option<Secret>,
     /// `Host` sent upstream; default: the endpoint's `host:port` as written.
     pub host_header: Option<String>,
+    /// Per-endpoint circuit breaker, over `[defaults.breaker]`.
+    pub breaker: Option<crate::breaker::config::RawBreaker>,
+    /// Active health checks of every endpoint, over `[defaults.health_check]`.
+    pub health_check: Option<crate::breaker::config::RawHealthCheck>,
+    /// Retry budget, over `[defaults.retry]`.
+    pub retry: Option<crate::breaker::config::RawRetry>,
 }
 
 /// A route as written: a path pattern and the upstream it goes to.
@@ -251,6 +260,8 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     pub admin: Option<AdminSettings>,
     pub quota: Option<crate::quota::QuotaSettings>,
+    /// Endpoint ids and breaker/health/retry policies (see `breaker::engine`).
+    pub resilience: crate::breaker::engine::Resilience,
 }
 
 /// A config that failed to load: every problem, each naming the file.
@@ -348,6 +359,12 @@ impl RawConfig {
             .quota
             .as_ref()
             .and_then(|q| q.validate().map_err(|p| problems.extend(p)).ok());
+        let resilience = crate::breaker::engine::Resilience::build(
+            self.defaults.as_ref(),
+            &self.upstreams,
+            &upstreams,
+            &mut problems,
+        );
         match server {
             Some(server) if problems.is_empty() => Ok(Snapshot {
                 generation,
@@ -357,6 +374,7 @@ impl RawConfig {
                 routes,
                 admin,
                 quota,
+                resilience,
             }),
             _ => Err(problems),
         }

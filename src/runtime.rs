@@ -52,6 +52,10 @@ pub enum ToWorker {
     Collect(Sender<WorkerMetrics>),
     /// A quota lease grant or denial from the coordinator.
     Quota(crate::quota::FromCoordinator),
+    /// A circuit breaker decision from the coordination thread.
+    Breaker(crate::breaker::BreakerUpdate),
+    /// An endpoint's active health changed.
+    Health(crate::breaker::HealthUpdate),
     /// Drain and stop.
     Shutdown,
 }
@@ -81,6 +85,8 @@ pub struct Worker {
     /// This core's quota leases.
     pub quota: RefCell<QuotaShard>,
     quota_out: RefCell<Vec<crate::quota::ToCoordinator>>,
+    /// This core's circuit breakers and retry budgets.
+    pub resilience: RefCell<crate::breaker::engine::WorkerResilience>,
 }
 
 impl Worker {
@@ -105,6 +111,14 @@ impl Worker {
         }
     }
 
+    /// Sends the breakers' pending outcome reports to the coordination thread.
+    pub fn flush_breakers(&self) {
+        let coord = &self.coord;
+        self.resilience.borrow_mut().drain_reports(|r| {
+            let _ = coord.send(ToCoord::Breaker(r));
+        });
+    }
+
     /// Handles every message waiting in the inbox (between requests, or while a request is
     /// parked waiting for a lease).
     pub fn poll_inbox(&self) {
@@ -113,6 +127,14 @@ impl Worker {
                 ToWorker::Snapshot(s) => {
                     self.metrics.borrow_mut().config_generation = s.generation;
                     self.pools.borrow_mut().retain_endpoints(&s);
+                    self.resilience
+                        .borrow_mut()
+                        .set_policies(&s.resilience, Instant::now());
+                    if self.id == 0 {
+                        // One worker tells the decider; every worker got the same snapshot.
+                        let table = Box::new(s.resilience.clone());
+                        let _ = self.coord.send(ToCoord::Resilience(table));
+                    }
                     *self.snapshot.borrow_mut() = Rc::new(*s);
                 }
                 ToWorker::Collect(reply) => {
@@ -124,6 +146,8 @@ impl Worker {
                     let now = self.now_ms();
                     self.quota.borrow_mut().apply(m, now);
                 }
+                ToWorker::Breaker(u) => self.resilience.borrow_mut().apply(&u),
+                ToWorker::Health(u) => self.resilience.borrow_mut().apply_health(&u),
                 ToWorker::Shutdown => self.drain.start(),
             }
         }
@@ -159,7 +183,11 @@ impl Engine {
             .map(|_| crossbeam_channel::unbounded())
             .collect();
         let epoch = Instant::now();
-        let coord = Coord::spawn(inboxes.iter().map(|(tx, _)| tx.clone()).collect(), epoch)?;
+        let coord = Coord::spawn(
+            inboxes.iter().map(|(tx, _)| tx.clone()).collect(),
+            epoch,
+            &snapshot.resilience,
+        )?;
         let mut workers = Vec::new();
         for (id, (listener, (tx, rx))) in listeners.into_iter().zip(inboxes).enumerate() {
             let snap = snapshot.clone();
@@ -230,6 +258,15 @@ impl Engine {
         (0..asked)
             .filter_map(|_| rx.recv_timeout(Duration::from_secs(1)).ok())
             .collect()
+    }
+
+    /// Every endpoint's circuit breaker as the coordination thread decided it (waits up to one
+    /// second). Endpoint ids: `snapshot.resilience.locate`.
+    pub fn breakers(&self) -> Option<crate::breaker::BreakerSnapshot> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let coord = self.coord.as_ref()?;
+        coord.sender().send(ToCoord::BreakerSnapshot(tx)).ok()?;
+        rx.recv_timeout(Duration::from_secs(1)).ok()
     }
 
     /// Drains every worker and waits for the threads to exit.
@@ -374,6 +411,13 @@ async fn worker_main(
     let mut metrics = WorkerMetrics::new(id, driver);
     metrics.config_generation = snapshot.generation;
     let drain_timeout = snapshot.server.drain_timeout;
+    let workers = snapshot.server.cores.len().max(1) as u32;
+    let resilience = crate::breaker::engine::WorkerResilience::new(
+        id as u32,
+        workers,
+        &snapshot.resilience,
+        Instant::now(),
+    );
     let worker = Rc::new(Worker {
         id,
         snapshot: RefCell::new(Rc::new(snapshot)),
@@ -390,6 +434,7 @@ async fn worker_main(
         epoch: links.epoch,
         quota: RefCell::new(QuotaShard::new(id as u16)),
         quota_out: RefCell::new(Vec::new()),
+        resilience: RefCell::new(resilience),
     });
     monoio::spawn(inbox_loop(worker.clone()));
     let _ = ready.send(Ok(()));
@@ -415,6 +460,7 @@ async fn inbox_loop(worker: Rc<Worker>) {
             worker.quota.borrow_mut().tick(now);
         }
         worker.flush_quota();
+        worker.flush_breakers();
         if worker.drain.is_draining() && worker.conns.get() == 0 {
             return;
         }
