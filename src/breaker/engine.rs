@@ -249,9 +249,10 @@ impl WorkerResilience {
     /// Takes one retry from upstream `upstream`'s budget (always granted when uncovered).
     #[inline]
     pub fn try_retry(&mut self, upstream: Option<usize>, now: Instant) -> bool {
-        upstream
-            .and_then(|u| self.budgets.get_mut(u))
-            .is_none_or(|b| b.try_retry(now))
+        match upstream.and_then(|u| self.budgets.get_mut(u)) {
+            Some(b) => b.try_retry(now),
+            None => true,
+        }
     }
 
     pub fn apply(&mut self, update: &BreakerUpdate) {
