@@ -10,6 +10,12 @@
 //! JSON error response ([`GatewayError`]); once the response has started, an upstream failure
 //! closes the client connection, so a truncated response never looks complete.
 //!
+//! Endpoint choice is round-robin over the endpoints whose circuit breaker admits the attempt
+//! (see [`crate::breaker`]); every attempt's outcome is recorded with its permit. When none
+//! admits, the answer is `503 upstream_unavailable` with `Retry-After`. Connect failures move
+//! to the next endpoint while the retry budget allows; nothing is retried once a response byte
+//! may have reached the client.
+//!
 //! Headers are re-serialized toward the upstream: hop-by-hop fields (and every field named in
 //! `Connection`) are dropped, `X-Forwarded-For/Proto/Host` and `X-Request-Id` are set, and
 //! framing is re-declared by the gateway. Bodies stream in both directions; each upstream

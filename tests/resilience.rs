@@ -177,3 +177,62 @@ fn stream_cut_closes_the_client_counts_and_is_not_retried() {
         states(&gw)
     );
 }
+
+#[test]
+fn failed_health_checks_take_an_endpoint_out_and_bring_it_back() {
+    let (a, b) = (mock(), mock());
+    // The breaker stays out of the way: only health checks move traffic here.
+    let defaults = "[defaults.breaker]\nconsecutive_failures = 1000\nmin_calls = 1000\n[defaults.health_check]\ninterval_ms = 50\ntimeout_ms = 50\nunhealthy_threshold = 1\nhealthy_threshold = 1\n";
+    let gw = gateway(&config(defaults, &[a.addr(), b.addr()], ""));
+    let addr = gw.local_addr();
+    a.set_fail_status(Some(503));
+    // Until the first failed probe lands, A still answers 503 itself.
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            (0..8).all(|_| models(addr).status == 200)
+        }),
+        "A leaves rotation"
+    );
+    let a_before = a.requests();
+    for _ in 0..10 {
+        assert_eq!(models(addr).status, 200);
+    }
+    // Only health probes reach A now (at most a few in this time).
+    assert!(
+        a.requests() - a_before < 10,
+        "no traffic to the unhealthy endpoint"
+    );
+    a.set_fail_status(None);
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            let before = a.requests();
+            (0..4).for_each(|_| assert_eq!(models(addr).status, 200));
+            a.requests() >= before + 2
+        }),
+        "A returns to rotation"
+    );
+    assert_eq!(states(&gw), vec![StateKind::Closed, StateKind::Closed]);
+}
+
+#[test]
+fn reload_keeps_breaker_state_by_endpoint_id() {
+    let (a, b) = (mock(), mock());
+    let text = config(FAST_BREAKER, &[a.addr(), b.addr()], "");
+    let gw = gateway(&text);
+    let addr = gw.local_addr();
+    a.set_fail_status(Some(503));
+    assert!(eventually(Duration::from_secs(3), || {
+        let _ = models(addr);
+        states(&gw)[0] == StateKind::Open
+    }));
+    // Same endpoints, another policy: A stays open, traffic keeps flowing to B.
+    let reloaded = text.replace("half_open_probes = 1", "half_open_probes = 2");
+    let full = format!("[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = false\n{reloaded}");
+    let snap = shardgate::config::from_str(&full, std::path::Path::new("."), 2).unwrap();
+    gw.apply(&snap);
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(states(&gw)[0], StateKind::Open);
+    for _ in 0..10 {
+        assert_eq!(models(addr).status, 200);
+    }
+}
