@@ -328,7 +328,11 @@ fn start_health(targets: &[HealthTarget]) -> Option<HealthThread> {
 
 impl CoordResilience {
     pub fn new(table: &Resilience, now: Instant) -> Self {
-        let seed = now.elapsed().as_nanos() as u64 ^ u64::from(std::process::id());
+        // The seed only decorrelates jitter between processes.
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let seed = clock.as_nanos() as u64 ^ u64::from(std::process::id());
         CoordResilience {
             decider: BreakerDecider::new(&table.breakers, seed, now),
             updates: Vec::new(),
