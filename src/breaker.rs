@@ -15,6 +15,8 @@
 //! - [`health`]: active HTTP GET probes from a dedicated thread, producing [`HealthUpdate`]s.
 //! - [`config`]: the raw TOML (`breaker = {..}`, `health_check = {..}`, `retry = {..}`) and the
 //!   validated, `Copy` policies.
+//! - [`engine`]: the wiring: endpoint ids and policies per snapshot, the worker's breakers and
+//!   retry budgets, the coordination thread's decider and health thread.
 //!
 //! # Flow
 //!
@@ -47,6 +49,7 @@
 pub mod budget;
 pub mod config;
 pub mod decider;
+pub mod engine;
 pub mod health;
 mod window;
 pub mod worker;

@@ -120,6 +120,9 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub access_log: Option<RawAccessLog>,
+    /// `[defaults]`: breaker, health-check and retry policies every upstream starts from.
+    #[serde(default)]
+    pub defaults: Option<crate::breaker::engine::RawDefaults>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -178,6 +181,12 @@ pub struct RawUpstream {
     pub api_key: Option<Secret>,
     /// `Host` sent upstream; default: the endpoint's `host:port` as written.
     pub host_header: Option<String>,
+    /// Per-endpoint circuit breaker, over `[defaults.breaker]`.
+    pub breaker: Option<crate::breaker::config::RawBreaker>,
+    /// Active health checks of every endpoint, over `[defaults.health_check]`.
+    pub health_check: Option<crate::breaker::config::RawHealthCheck>,
+    /// Retry budget, over `[defaults.retry]`.
+    pub retry: Option<crate::breaker::config::RawRetry>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -292,6 +301,8 @@ pub struct Snapshot {
     pub auth: Option<crate::auth::Authenticator>,
     pub metrics: MetricsSettings,
     pub access_log: Option<AccessLogSettings>,
+    /// Endpoint ids and breaker/health/retry policies (see `breaker::engine`).
+    pub resilience: crate::breaker::engine::Resilience,
 }
 
 /// A config that failed to load: every problem, each naming the file.
@@ -413,6 +424,12 @@ impl RawConfig {
             .access_log
             .as_ref()
             .and_then(|a| a.build(base_dir, &mut problems));
+        let resilience = crate::breaker::engine::Resilience::build(
+            self.defaults.as_ref(),
+            &self.upstreams,
+            &upstreams,
+            &mut problems,
+        );
         match server {
             Some(server) if problems.is_empty() && router.is_some() => Ok(Snapshot {
                 generation,
@@ -426,6 +443,7 @@ impl RawConfig {
                 auth,
                 metrics,
                 access_log,
+                resilience,
             }),
             _ => Err(problems),
         }

@@ -72,6 +72,9 @@ pub enum UpstreamError {
     BadResponse,
     /// The connection broke in the middle of the response body.
     ClosedMidBody,
+    /// The client connection failed while the response was relayed (says nothing about the
+    /// upstream).
+    ClientGone,
 }
 
 impl UpstreamError {
@@ -92,6 +95,7 @@ impl UpstreamError {
             UpstreamError::ClosedBeforeResponse => "closed_before_response",
             UpstreamError::BadResponse => "bad_response",
             UpstreamError::ClosedMidBody => "closed_mid_body",
+            UpstreamError::ClientGone => "client_gone",
         }
     }
 }
@@ -108,6 +112,7 @@ impl From<UpstreamError> for GatewayError {
             }
             UpstreamError::BadResponse => (502, "upstream sent an invalid response"),
             UpstreamError::ClosedMidBody => (502, "upstream closed the connection mid-response"),
+            UpstreamError::ClientGone => (499, "client closed the connection"),
         };
         GatewayError {
             status,

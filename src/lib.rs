@@ -13,7 +13,7 @@
 //! - [`model`]: the JSON body's `model`/`stream` fields, read and rewritten.
 //! - [`auth`]: JWT verification (ring), keys by `kid`, revocation.
 //! - [`quota`]: per-core lease shards and the coordinator that grants leases.
-//! - [`breaker`]: per-endpoint circuit breaker state machine.
+//! - [`breaker`]: per-endpoint circuit breakers, retry budget and active health checks.
 //! - [`proxy`]: upstream keep-alive pools, request forwarding, response relay (SSE-safe).
 //! - [`metrics`]: per-worker counters and latency histograms; their merge.
 //! - [`access_log`]: sampled JSON lines, buffered per worker, written by one thread.

@@ -10,6 +10,12 @@
 //! JSON error response ([`GatewayError`]); once the response has started, an upstream failure
 //! closes the client connection, so a truncated response never looks complete.
 //!
+//! Endpoint choice is round-robin over the endpoints whose circuit breaker admits the attempt
+//! (see [`crate::breaker`]); every attempt's outcome is recorded with its permit. When none
+//! admits, the answer is `503 upstream_unavailable` with `Retry-After`. Connect failures move
+//! to the next endpoint while the retry budget allows; nothing is retried once a response byte
+//! may have reached the client.
+//!
 //! Headers are re-serialized toward the upstream: hop-by-hop fields (and every field named in
 //! `Connection`) are dropped, `X-Forwarded-For/Proto/Host` and `X-Request-Id` are set, and
 //! framing is re-declared by the gateway. Bodies stream in both directions; each upstream
@@ -26,6 +32,8 @@ use std::time::Instant;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
+use crate::breaker::engine::{self, NoEndpoint};
+use crate::breaker::{Outcome, Permit};
 use crate::config::{Snapshot, Upstream};
 use crate::error::{GatewayError, UpstreamError};
 use crate::http::parse::{BodyFraming, RequestHead};
@@ -171,12 +179,24 @@ pub async fn forward(
     };
 
     let sent_at = Instant::now();
+    let up_idx = engine::upstream_index(snap, upstream);
+    worker
+        .resilience
+        .borrow_mut()
+        .record_request(up_idx, sent_at);
+    let record = |permit: Option<Permit>, outcome: Outcome| {
+        worker.resilience.borrow_mut().record(permit, outcome);
+    };
     let mut attempt = 0;
-    let (mut up, first) = loop {
+    let (mut up, first, permit) = loop {
         attempt += 1;
-        let mut up = match acquire(worker, upstream).await {
+        let (mut up, permit) = match acquire(worker, snap, up_idx, upstream).await {
             Ok(u) => u,
-            Err(e) => {
+            Err(NoEndpoint::Unavailable(wait)) => {
+                c.up_out = up_out;
+                return unavailable(worker, c, req, inline, ob.extra_response, wait).await;
+            }
+            Err(NoEndpoint::Failed(e)) => {
                 c.up_out = up_out;
                 // The body is still unread on the connection unless it went inline.
                 let e = GatewayError::from(e);
@@ -189,6 +209,8 @@ pub async fn forward(
         if sent && !inline {
             if let Err(f) = inbound::stream_body(c, &mut up, req.framing, &snap.limits).await {
                 c.up_out = up_out;
+                // Most likely the client's body failed; nothing is known about the upstream.
+                record(permit, Outcome::ClientCancelled);
                 return Err(f);
             }
         }
@@ -198,16 +220,26 @@ pub async fn forward(
             Err(UpstreamError::ClosedBeforeResponse)
         };
         match first {
-            Ok(h) => break (up, h),
+            Ok(h) => break (up, h, permit),
             // A reused connection that died before answering: the upstream closed it while
             // our request was in flight. Replaying is safe only for idempotent requests we
-            // still hold whole.
+            // still hold whole, and only within the retry budget.
             Err(UpstreamError::ClosedBeforeResponse)
-                if up.reused && inline && req.idempotent && attempt == 1 =>
+                if up.reused
+                    && inline
+                    && req.idempotent
+                    && attempt == 1
+                    && worker
+                        .resilience
+                        .borrow_mut()
+                        .try_retry(up_idx, Instant::now()) =>
             {
-                continue
+                // A stale pooled connection says nothing about the endpoint.
+                record(permit, Outcome::ClientCancelled);
+                continue;
             }
             Err(e) => {
+                record(permit, engine::outcome_of(e));
                 c.up_out = up_out;
                 return Err(e.into());
             }
@@ -222,16 +254,21 @@ pub async fn forward(
         request_id: &c.request_id,
         extra: ob.extra_response,
     };
-    let plan =
-        relay::write_client_head(&mut c.out, &up.buf, &first, &ctx).map_err(Failure::from)?;
+    let plan = match relay::write_client_head(&mut c.out, &up.buf, &first, &ctx) {
+        Ok(p) => p,
+        Err(e) => {
+            record(permit, engine::outcome_of(e));
+            return Err(e.into());
+        }
+    };
     up.buf.drain(..first.head_len);
     let status = first.status;
-    if relay::relay_body(c, &mut up, &plan, upstream.idle_timeout)
-        .await
-        .is_err()
-    {
+    // Never retried from here on: response bytes may have reached the client.
+    if let Err(e) = relay::relay_body(c, &mut up, &plan, upstream.idle_timeout).await {
+        record(permit, engine::outcome_of(e));
         return Err(Failure::Close(status));
     }
+    record(permit, Outcome::Status(status));
     let upstream_us = Some(micros(sent_at));
     if plan.upstream_reusable {
         up.served += 1;
@@ -246,35 +283,100 @@ pub async fn forward(
     })
 }
 
-/// A pooled connection to one of the upstream's endpoints, or a new one. Connect failures
-/// move on to the next endpoint (nothing was sent, so this is always safe).
-async fn acquire(worker: &Rc<Worker>, upstream: &Upstream) -> Result<UpConn, UpstreamError> {
+/// A pooled connection to one of the upstream's endpoints, or a new one, with the breaker's
+/// permit for it. Endpoints whose breaker rejects (open, no probe permit, unhealthy) are
+/// skipped; connect failures move on to the next endpoint (nothing was sent, so this is always
+/// safe) while the retry budget allows.
+async fn acquire(
+    worker: &Rc<Worker>,
+    snap: &Snapshot,
+    up_idx: Option<usize>,
+    upstream: &Upstream,
+) -> Result<(UpConn, Option<Permit>), NoEndpoint> {
     let n = upstream.endpoints.len();
     let start = worker.rr.get();
     worker.rr.set(start.wrapping_add(1));
-    let mut last = UpstreamError::ConnectFailed;
-    for i in 0..n.min(MAX_CONNECT_ATTEMPTS) {
-        let ep = &upstream.endpoints[(start + i) % n];
+    let mut last = None;
+    let mut wait: Option<std::time::Duration> = None;
+    let mut connects = 0;
+    for i in 0..n {
+        let idx = (start + i) % n;
+        let ep = &upstream.endpoints[idx];
+        let id = up_idx.and_then(|u| snap.resilience.endpoint(u, idx));
+        let now = Instant::now();
+        let permit = {
+            let mut res = worker.resilience.borrow_mut();
+            // Budget first, so that a refused retry does not consume a probe permit.
+            if connects > 0 && !res.try_retry(up_idx, now) {
+                break;
+            }
+            match res.allow(id, now) {
+                Ok(p) => p,
+                Err(r) => {
+                    wait = Some(wait.map_or(r.retry_after, |w| w.min(r.retry_after)));
+                    continue;
+                }
+            }
+        };
         if let Some(c) = worker.pools.borrow_mut().take(
             ep.addr,
             upstream.pool_idle_timeout,
             upstream.pool_max_requests,
         ) {
             worker.metrics.borrow_mut().upstream_reuses += 1;
-            return Ok(c);
+            return Ok((c, permit));
         }
-        match monoio::time::timeout(upstream.connect_timeout, TcpStream::connect_addr(ep.addr))
-            .await
-        {
-            Ok(Ok(s)) => {
-                worker.metrics.borrow_mut().upstream_connects += 1;
-                return Ok(UpConn::new(s, ep.addr));
-            }
-            Ok(Err(_)) => last = UpstreamError::ConnectFailed,
-            Err(_) => last = UpstreamError::ConnectTimeout,
+        connects += 1;
+        let e =
+            match monoio::time::timeout(upstream.connect_timeout, TcpStream::connect_addr(ep.addr))
+                .await
+            {
+                Ok(Ok(s)) => {
+                    worker.metrics.borrow_mut().upstream_connects += 1;
+                    return Ok((UpConn::new(s, ep.addr), permit));
+                }
+                Ok(Err(_)) => UpstreamError::ConnectFailed,
+                Err(_) => UpstreamError::ConnectTimeout,
+            };
+        worker
+            .resilience
+            .borrow_mut()
+            .record(permit, engine::outcome_of(e));
+        last = Some(e);
+        if connects >= MAX_CONNECT_ATTEMPTS {
+            break;
         }
     }
-    Err(last)
+    Err(match (last, wait) {
+        (Some(e), _) => NoEndpoint::Failed(e),
+        (None, w) => {
+            NoEndpoint::Unavailable(w.unwrap_or(crate::breaker::worker::RETRY_AFTER_UNKNOWN))
+        }
+    })
+}
+
+/// Answers 503 with `Retry-After` when every endpoint is open or unhealthy. The response is
+/// the gateway's own, so the connection stays usable unless the body is still unread.
+async fn unavailable(
+    worker: &Rc<Worker>,
+    c: &mut ClientConn,
+    req: ReqInfo,
+    inline: bool,
+    extra_response: &[u8],
+    wait: std::time::Duration,
+) -> Result<Done, Failure> {
+    let mut e = engine::UNAVAILABLE;
+    if !inline || !req.keep_alive || worker.drain.is_draining() {
+        e = e.closing();
+    }
+    let mut extra = extra_response.to_vec();
+    let _ = write!(extra, "retry-after: {}\r\n", engine::retry_after_secs(wait));
+    let sent = c.send_error(&e, &extra).await.is_ok();
+    Ok(Done {
+        status: e.status,
+        keep_alive: sent && !e.close,
+        upstream_us: None,
+    })
 }
 
 /// Writes the first part of the upstream request head into `out`: the request line, the

@@ -55,6 +55,10 @@ pub enum ToWorker {
     Quota(crate::quota::FromCoordinator),
     /// A revoked token id (or subject) to refuse from now on.
     Revoke(crate::auth::Revoked),
+    /// A circuit breaker decision from the coordination thread.
+    Breaker(crate::breaker::BreakerUpdate),
+    /// An endpoint's active health changed.
+    Health(crate::breaker::HealthUpdate),
     /// Drain and stop.
     Shutdown,
 }
@@ -92,6 +96,8 @@ pub struct Worker {
     pub auth_scratch: RefCell<crate::auth::Scratch>,
     /// This core's random source for weighted splits.
     pub rng: RefCell<crate::route::WorkerRng>,
+    /// This core's circuit breakers and retry budgets.
+    pub resilience: RefCell<crate::breaker::engine::WorkerResilience>,
 }
 
 impl Worker {
@@ -116,6 +122,14 @@ impl Worker {
         }
     }
 
+    /// Sends the breakers' pending outcome reports to the coordination thread.
+    pub fn flush_breakers(&self) {
+        let coord = &self.coord;
+        self.resilience.borrow_mut().drain_reports(|r| {
+            let _ = coord.send(ToCoord::Breaker(r));
+        });
+    }
+
     /// Handles every message waiting in the inbox (between requests, or while a request is
     /// parked waiting for a lease).
     pub fn poll_inbox(&self) {
@@ -125,6 +139,14 @@ impl Worker {
                     self.metrics.borrow_mut().config_generation = s.generation;
                     self.metrics.borrow_mut().set_routes(&s);
                     self.pools.borrow_mut().retain_endpoints(&s);
+                    self.resilience
+                        .borrow_mut()
+                        .set_policies(&s.resilience, Instant::now());
+                    if self.id == 0 {
+                        // One worker tells the decider; every worker got the same snapshot.
+                        let table = Box::new(s.resilience.clone());
+                        let _ = self.coord.send(ToCoord::Resilience(table));
+                    }
                     *self.snapshot.borrow_mut() = Rc::new(*s);
                 }
                 ToWorker::Collect(reply) => {
@@ -139,6 +161,8 @@ impl Worker {
                     self.quota.borrow_mut().apply(m, now);
                 }
                 ToWorker::Revoke(r) => self.revocations.borrow_mut().insert(r),
+                ToWorker::Breaker(u) => self.resilience.borrow_mut().apply(&u),
+                ToWorker::Health(u) => self.resilience.borrow_mut().apply_health(&u),
                 ToWorker::Shutdown => self.drain.start(),
             }
         }
@@ -176,7 +200,11 @@ impl Engine {
             .map(|_| crossbeam_channel::unbounded())
             .collect();
         let epoch = Instant::now();
-        let coord = Coord::spawn(inboxes.iter().map(|(tx, _)| tx.clone()).collect(), epoch)?;
+        let coord = Coord::spawn(
+            inboxes.iter().map(|(tx, _)| tx.clone()).collect(),
+            epoch,
+            &snapshot.resilience,
+        )?;
         let access_log = match &snapshot.access_log {
             Some(a) => Some(crate::access_log::Writer::start(a)?),
             None => None,
@@ -264,6 +292,15 @@ impl Engine {
         (0..asked)
             .filter_map(|_| rx.recv_timeout(Duration::from_secs(1)).ok())
             .collect()
+    }
+
+    /// Every endpoint's circuit breaker as the coordination thread decided it (waits up to one
+    /// second). Endpoint ids: `snapshot.resilience.locate`.
+    pub fn breakers(&self) -> Option<crate::breaker::BreakerSnapshot> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let coord = self.coord.as_ref()?;
+        coord.sender().send(ToCoord::BreakerSnapshot(tx)).ok()?;
+        rx.recv_timeout(Duration::from_secs(1)).ok()
     }
 
     /// Drains every worker and waits for the threads to exit.
@@ -414,6 +451,13 @@ async fn worker_main(
     metrics.config_generation = snapshot.generation;
     metrics.set_routes(&snapshot);
     let drain_timeout = snapshot.server.drain_timeout;
+    let workers = snapshot.server.cores.len().max(1) as u32;
+    let resilience = crate::breaker::engine::WorkerResilience::new(
+        id as u32,
+        workers,
+        &snapshot.resilience,
+        Instant::now(),
+    );
     let worker = Rc::new(Worker {
         id,
         snapshot: RefCell::new(Rc::new(snapshot)),
@@ -434,6 +478,7 @@ async fn worker_main(
         revocations: RefCell::new(Revocations::new()),
         auth_scratch: RefCell::new(crate::auth::Scratch::default()),
         rng: RefCell::new(crate::route::WorkerRng::for_worker(id)),
+        resilience: RefCell::new(resilience),
     });
     monoio::spawn(inbox_loop(worker.clone()));
     let _ = ready.send(Ok(()));
@@ -480,6 +525,7 @@ async fn inbox_loop(worker: Rc<Worker>) {
         if let Some(log) = worker.access_log.borrow_mut().as_mut() {
             log.tick(Instant::now());
         }
+        worker.flush_breakers();
         if worker.drain.is_draining() && worker.conns.get() == 0 {
             return;
         }

@@ -1,23 +1,35 @@
 //! The coordination thread: decisions that span cores, taken off the data path.
 //!
 //! Workers send it owned messages ([`ToCoord`]); it answers through each worker's inbox.
-//! Today it runs the quota [`Coordinator`] (lease grants and returns); every cross-core
-//! decision that must not take a lock on the data path belongs here.
+//! It runs the quota [`Coordinator`] (lease grants and returns) and the circuit breakers'
+//! [`BreakerDecider`](crate::breaker::BreakerDecider) with the health-check thread
+//! ([`CoordResilience`]): worker reports come in, decisions go to every worker's inbox on the
+//! next tick. Every cross-core decision that must not take a lock on the data path belongs
+//! here.
 
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::breaker::engine::{CoordResilience, Resilience};
+use crate::breaker::{BreakerReport, BreakerSnapshot};
 use crate::quota::{Coordinator, FromCoordinator, ToCoordinator};
 use crate::runtime::ToWorker;
 
-/// How often the coordinator's periodic work (sweeps) runs when no message arrives.
-pub const COORD_TICK: Duration = Duration::from_millis(50);
+/// How often the coordinator's periodic work (quota sweeps, breaker timers, health updates)
+/// runs when no message arrives. Breaker decisions wait at most this long to go out.
+pub const COORD_TICK: Duration = Duration::from_millis(10);
 
 /// Messages from workers (and the engine) to the coordination thread.
 pub enum ToCoord {
     Quota(ToCoordinator),
+    /// One worker's breaker outcomes for one endpoint.
+    Breaker(BreakerReport),
+    /// A reloaded snapshot's endpoint table and policies.
+    Resilience(Box<Resilience>),
+    /// Asks for every endpoint's breaker state (metrics, admin API).
+    BreakerSnapshot(Sender<BreakerSnapshot>),
     Stop,
 }
 
@@ -30,11 +42,17 @@ pub struct Coord {
 impl Coord {
     /// Starts the thread for `workers` (their inboxes, in worker order); `epoch` is the
     /// process-wide zero of quota time.
-    pub fn spawn(workers: Vec<Sender<ToWorker>>, epoch: Instant) -> std::io::Result<Coord> {
+    /// `table` is the first snapshot's endpoint table.
+    pub fn spawn(
+        workers: Vec<Sender<ToWorker>>,
+        epoch: Instant,
+        table: &Resilience,
+    ) -> std::io::Result<Coord> {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let table = table.clone();
         let thread = std::thread::Builder::new()
             .name("shardgate-coord".into())
-            .spawn(move || run(workers, epoch, rx))?;
+            .spawn(move || run(workers, epoch, table, rx))?;
         Ok(Coord {
             tx,
             thread: Some(thread),
@@ -55,28 +73,68 @@ impl Drop for Coord {
     }
 }
 
-fn run(workers: Vec<Sender<ToWorker>>, epoch: Instant, rx: Receiver<ToCoord>) {
-    let mut quota = Coordinator::new(workers.len());
-    let mut out: Vec<(u16, FromCoordinator)> = Vec::new();
-    let now_ms = || epoch.elapsed().as_millis() as u64;
+fn run(workers: Vec<Sender<ToWorker>>, epoch: Instant, table: Resilience, rx: Receiver<ToCoord>) {
+    let mut st = State {
+        quota: Coordinator::new(workers.len()),
+        breakers: CoordResilience::new(&table, Instant::now()),
+        out: Vec::new(),
+        epoch,
+    };
+    drop(table);
     loop {
         match rx.recv_timeout(COORD_TICK) {
-            Ok(ToCoord::Quota(msg)) => quota.handle(msg, now_ms(), &mut out),
-            Ok(ToCoord::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(msg) => {
+                if !st.handle(msg, &workers) {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
             Err(RecvTimeoutError::Timeout) => {}
         }
         // Answer everything that is already queued before sleeping again.
         while let Ok(msg) = rx.try_recv() {
-            match msg {
-                ToCoord::Quota(m) => quota.handle(m, now_ms(), &mut out),
-                ToCoord::Stop => return,
+            if !st.handle(msg, &workers) {
+                return;
             }
         }
-        for (w, reply) in out.drain(..) {
+        for (w, reply) in st.out.drain(..) {
             if let Some(inbox) = workers.get(usize::from(w)) {
                 let _ = inbox.send(ToWorker::Quota(reply));
             }
         }
-        quota.tick(now_ms());
+        st.quota.tick(st.now_ms());
+        st.breakers.tick(Instant::now(), &workers);
+    }
+}
+
+/// What the thread owns.
+struct State {
+    quota: Coordinator,
+    breakers: CoordResilience,
+    out: Vec<(u16, FromCoordinator)>,
+    /// Process-wide zero of quota time.
+    epoch: Instant,
+}
+
+impl State {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Handles one message; `false` means stop.
+    fn handle(&mut self, msg: ToCoord, workers: &[Sender<ToWorker>]) -> bool {
+        match msg {
+            ToCoord::Quota(m) => {
+                let now = self.now_ms();
+                self.quota.handle(m, now, &mut self.out);
+            }
+            ToCoord::Breaker(r) => self.breakers.ingest(&r, Instant::now()),
+            ToCoord::Resilience(t) => self.breakers.reload(&t, Instant::now(), workers),
+            ToCoord::BreakerSnapshot(reply) => {
+                let _ = reply.send(self.breakers.snapshot());
+            }
+            ToCoord::Stop => return false,
+        }
+        true
     }
 }

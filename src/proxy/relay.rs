@@ -318,7 +318,7 @@ pub async fn relay_body(
             c.out.extend_from_slice(b"0\r\n\r\n");
         }
         if c.flush_out().await.is_err() {
-            return Err(UpstreamError::ClosedMidBody);
+            return Err(UpstreamError::ClientGone);
         }
         if done {
             return Ok(());
@@ -334,10 +334,7 @@ pub async fn relay_body(
                     if plan.chunk_to_client {
                         c.out.extend_from_slice(b"0\r\n\r\n");
                     }
-                    return c
-                        .flush_out()
-                        .await
-                        .map_err(|_| UpstreamError::ClosedMidBody);
+                    return c.flush_out().await.map_err(|_| UpstreamError::ClientGone);
                 }
                 return Err(UpstreamError::ClosedMidBody);
             }
