@@ -235,3 +235,55 @@ pub async fn read_into(stream: &mut TcpStream, buf: Vec<u8>) -> (io::Result<usiz
     let (res, slice) = stream.read(buf.slice_mut(len..)).await;
     (res, slice.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::Duration;
+
+    use monoio::net::TcpListener;
+
+    use super::*;
+
+    /// A request larger than the idle buffer arrives whole; write buffers are parked while
+    /// idle and back (with capacity) once a request arrives.
+    #[test]
+    fn idle_buffers_park_and_large_requests_survive() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let big: Vec<u8> = (0..3 * IDLE_READ_BUF)
+                .map(|i| b'a' + (i % 26) as u8)
+                .collect();
+            let sent = big.clone();
+            let client = std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.write_all(&sent).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                s.write_all(b"next").unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+            });
+            let (stream, peer) = listener.accept().await.unwrap();
+            let mut c = ClientConn::new(stream, peer);
+            let drain = Drain::default();
+            assert!(c.wait_readable(&drain, Duration::from_secs(5)).await);
+            assert!(c.out.capacity() >= INIT_READ_BUF && c.up_out.capacity() >= INIT_READ_BUF);
+            while c.buffered().len() < big.len() {
+                assert!(c.read_more(64 * 1024).await.unwrap() > 0);
+            }
+            assert_eq!(c.buffered(), &big[..]);
+            c.consume(big.len());
+            c.compact();
+            c.out.extend_from_slice(b"response");
+            assert!(c.wait_readable(&drain, Duration::from_secs(5)).await);
+            assert!(c.out.is_empty() && c.out.capacity() >= INIT_READ_BUF);
+            assert_eq!(c.buf.capacity(), IDLE_READ_BUF);
+            assert_eq!(c.buffered(), b"next");
+            client.join().unwrap();
+        });
+    }
+}
