@@ -8,7 +8,8 @@
 # that has served a request) and holds them all open while VmRSS is read again.
 #
 # Environment knobs (defaults): CONNS=10000 WARMUP=200 HOLD=2 GW_CORE=0 UP_CORE=1
-# UP_PORT=9100 GW_PORT=8180 SKIP_BUILD=1 (use existing release binaries).
+# UP_PORT=9100 GW_PORT=8180 SKIP_BUILD=1 (use existing release binaries)
+# SHARDGATE=target/release/shardgate (the binary measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,7 +66,7 @@ taskset -c "$UP_CORE" target/release/mock-upstream --listen "127.0.0.1:$UP_PORT"
     >"$TMP/mock.log" 2>&1 &
 PIDS+=($!)
 wait_port "$UP_PORT" || { echo "mock-upstream did not start" >&2; exit 1; }
-taskset -c "$GW_CORE" target/release/shardgate --config "$TMP/shardgate.toml" >"$TMP/sg.log" 2>&1 &
+taskset -c "$GW_CORE" "${SHARDGATE:-target/release/shardgate}" --config "$TMP/shardgate.toml" >"$TMP/sg.log" 2>&1 &
 SG_PID=$!
 PIDS+=("$SG_PID")
 wait_port "$GW_PORT" || { echo "shardgate did not start:" >&2; cat "$TMP/sg.log" >&2; exit 1; }
