@@ -6,11 +6,16 @@
 # loadgen on UP_CORE. Per server and mode it prints req/s, p50/p99/p99.9, the server's CPU µs
 # per request (utime+stime from /proc, sampled after warmup until the run ends, over the
 # requests loadgen measured), then shardgate/nginx ratios and the gateway-added latency at
-# concurrency 1 (p50/p99 through the proxy minus direct to the upstream).
+# concurrency 1 (p50/p99 through the proxy minus direct to the upstream). Every mode runs in
+# every round, servers in alternation, and the tables report medians over rounds.
 #
 # Environment knobs (defaults): DURATION=5 WARMUP=1 ROUNDS=3 CONNS=32 RATE=5000 RATE_CONNS=16
 # GW_CORE=0 UP_CORE=1 UP_PORT=9000 GW_PORT=8080 NGX_PORT=8081 BODY=<small chat request>
-# SKIP_BUILD=1 (use existing release binaries) SKIP_SHARDGATE=1 (nginx + direct only).
+# SKIP_BUILD=1 (use existing release binaries) SKIP_SHARDGATE=1 (nginx + direct only)
+# SHARDGATE=target/release/shardgate (the binary measured) BASELINE=<another shardgate binary>
+# (also measured, as `baseline` on GW_PORT+2, for before/after ratios in the same run)
+# WRK=1 (after the rounds, one closed-loop wrk run per server, same core, conns and body:
+# a cross-check of loadgen's numbers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,7 +44,9 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
 fi
 LOADGEN=target/release/loadgen
 MOCK=target/release/mock-upstream
-SHARDGATE=target/release/shardgate
+SHARDGATE=${SHARDGATE:-target/release/shardgate}
+BASELINE=${BASELINE:-}
+BASE_PORT=$((GW_PORT + 2))
 
 TMP=$(mktemp -d /tmp/shardgate-compare.XXXXXX)
 PIDS=()
@@ -55,7 +62,7 @@ wait_port() {
     for _ in $(seq 100); do port_open "$1" && return 0; sleep 0.05; done
     return 1
 }
-for p in "$UP_PORT" "$GW_PORT" "$NGX_PORT"; do
+for p in "$UP_PORT" "$GW_PORT" "$NGX_PORT" "$BASE_PORT"; do
     if port_open "$p"; then echo "port $p is already in use" >&2; exit 1; fi
 done
 
@@ -63,9 +70,10 @@ BODY_FILE=$TMP/body.json
 DEFAULT_BODY='{"model":"mock-gpt","max_tokens":16,"messages":[{"role":"user","content":"Say hello to the benchmark."}]}'
 printf '%s' "${BODY:-$DEFAULT_BODY}" >"$BODY_FILE"
 
-cat >"$TMP/shardgate.toml" <<EOF
+gateway_config() {
+    cat <<EOF
 [server]
-listen = "127.0.0.1:$GW_PORT"
+listen = "127.0.0.1:$1"
 workers = [$GW_CORE]
 pin = true
 [[upstreams]]
@@ -75,6 +83,9 @@ endpoints = ["127.0.0.1:$UP_PORT"]
 path = "/*rest"
 upstream = "mock"
 EOF
+}
+gateway_config "$GW_PORT" >"$TMP/shardgate.toml"
+gateway_config "$BASE_PORT" >"$TMP/baseline.toml"
 
 mkdir -p "$TMP/ngx"
 cat >"$TMP/nginx.conf" <<EOF
@@ -129,12 +140,25 @@ if [[ -z "${SKIP_SHARDGATE:-}" ]]; then
         tail -5 "$TMP/shardgate.log" >&2 || true
     fi
 fi
+if [[ -n "$BASELINE" ]]; then
+    taskset -c "$GW_CORE" "$BASELINE" --config "$TMP/baseline.toml" >"$TMP/baseline.log" 2>&1 &
+    BASE_PID=$!
+    PIDS+=("$BASE_PID")
+    wait_port "$BASE_PORT" || { echo "baseline did not start:" >&2; tail -5 "$TMP/baseline.log" >&2; exit 1; }
+    SERVERS+=(baseline)
+fi
 
-port_of() { case $1 in shardgate) echo "$GW_PORT" ;; nginx) echo "$NGX_PORT" ;; direct) echo "$UP_PORT" ;; esac; }
+port_of() {
+    case $1 in
+    shardgate) echo "$GW_PORT" ;; nginx) echo "$NGX_PORT" ;; direct) echo "$UP_PORT" ;;
+    baseline) echo "$BASE_PORT" ;;
+    esac
+}
 # All pids of a server (nginx: master and its workers).
 pids_of() {
     case $1 in
     shardgate) echo "$SG_PID" ;;
+    baseline) echo "$BASE_PID" ;;
     nginx) echo "$NGX_PID" $(pgrep -P "$NGX_PID" || true) ;;
     *) echo "" ;;
     esac
@@ -173,12 +197,37 @@ run() {
 
 echo "compare: ${SERVERS[*]} | ${DURATION}s measured + ${WARMUP}s warmup per run, $ROUNDS rounds," \
     "closed loop $CONNS conns, open loop $RATE req/s over $RATE_CONNS conns, POST $PATH_REQ"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$ROUNDS"); do
     for mode in closed open; do
         for s in "${SERVERS[@]}"; do run "$s-$mode-$r" "$s" "$mode"; done
     done
+    for s in direct "${SERVERS[@]}"; do run "$s-c1-$r" "$s" c1; done
 done
-for s in direct "${SERVERS[@]}"; do run "$s-c1" "$s" c1; done
+echo "load average after:  $(cut -d' ' -f1-3 /proc/loadavg)"
+
+if [[ -n "${WRK:-}" ]]; then
+    python3 - "$BODY_FILE" >"$TMP/post.lua" <<'PYEOF'
+import json, sys
+body = open(sys.argv[1]).read()
+print('wrk.method = "POST"')
+print('wrk.headers["content-type"] = "application/json"')
+print(f"wrk.body = {json.dumps(body)}")
+PYEOF
+    echo
+    echo "== wrk cross-check: closed loop, $CONNS conns, ${DURATION}s, 1 thread on core $UP_CORE =="
+    for s in "${SERVERS[@]}"; do
+        pids=$(pids_of "$s")
+        before=$(cpu_ticks $pids)
+        out=$(taskset -c "$UP_CORE" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$TMP/post.lua" \
+            "http://127.0.0.1:$(port_of "$s")$PATH_REQ")
+        ticks=$(($(cpu_ticks $pids) - before))
+        echo "$out" | awk -v s="$s" -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v d="$DURATION" '
+            /^ +50%/ {p50 = $2} /^ +99%/ {p99 = $2} /^Requests\/sec/ {rps = $2}
+            / requests in / {n = $1}
+            END {printf "%-22s %10.0f req/s  p50 %s  p99 %s  cpu %.2f us/req\n", s, rps, p50, p99, t * 1e6 / hz / n}'
+    done
+fi
 
 python3 - "$TMP" "$ROUNDS" "$(getconf CLK_TCK)" "${SERVERS[@]}" <<'PYEOF'
 import json, os, statistics, sys
@@ -215,18 +264,25 @@ for mode in ("closed", "open"):
         summary[(s, mode)] = median(runs)
         row(f"{s} median", summary[(s, mode)])
 
-if "shardgate" in servers:
-    print("\n== shardgate / nginx (medians) ==")
+def ratios(a_name, b_name):
+    print(f"\n== {a_name} / {b_name} (medians) ==")
     for mode in ("closed", "open"):
-        a, b = summary[("shardgate", mode)], summary[("nginx", mode)]
-        ratios = "  ".join(f"{k} {a[k] / b[k]:.2f}x" for k in ("rps", "p50", "p99", "p99.9", "cpu_us") if b[k])
-        print(f"{mode:<7} {ratios}")
+        a, b = summary[(a_name, mode)], summary[(b_name, mode)]
+        r = "  ".join(f"{k} {a[k] / b[k]:.2f}x" for k in ("rps", "p50", "p99", "p99.9", "cpu_us") if b[k])
+        print(f"{mode:<7} {r}")
 
-print("\n== gateway-added latency, concurrency 1 (through proxy minus direct) ==")
-direct = load("direct-c1")
+for s in servers:
+    if s != "nginx":
+        ratios(s, "nginx")
+if "baseline" in servers and "shardgate" in servers:
+    ratios("shardgate", "baseline")
+
+print("\n== gateway-added latency, concurrency 1 (through proxy minus direct, medians over rounds) ==")
+c1 = {s: median([load(f"{s}-c1-{r}") for r in range(1, rounds + 1)]) for s in ["direct"] + servers}
+direct = c1["direct"]
 print(f"direct                 p50 {direct['p50']/1000:.3f} ms  p99 {direct['p99']/1000:.3f} ms")
 for s in servers:
-    m = load(f"{s}-c1")
+    m = c1[s]
     print(f"{s:<22} p50 +{(m['p50'] - direct['p50'])/1000:.3f} ms  p99 +{(m['p99'] - direct['p99'])/1000:.3f} ms"
           f"  (cpu {m['cpu_us']:.2f} us/req)")
 PYEOF

@@ -23,29 +23,36 @@
 //! | declared body over `max_body_bytes` | 413 |
 //! | HTTP version other than 1.0/1.1 | 505 |
 
+use std::mem::MaybeUninit;
+
 use http::Method;
 
 use super::limits::{Limits, MAX_HEADERS};
 
 /// A byte range in the connection buffer.
+///
+/// Offsets are `u32`: spans lie inside a request head, which is at most
+/// `max_header_bytes` (validated ≤ 1 MiB). Half the size of `usize` offsets keeps a
+/// connection's [`RequestHead`] at ~1.7 KB instead of ~3.3 KB (10,000 idle connections).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Span {
-    pub start: usize,
-    pub end: usize,
+    pub start: u32,
+    pub end: u32,
 }
 
 impl Span {
     #[inline]
     pub fn get<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
-        &buf[self.start..self.end]
+        &buf[self.start as usize..self.end as usize]
     }
 
     fn of(base: &[u8], part: &[u8]) -> Span {
         // Both slices come from the same buffer, so the address difference is the offset.
         let start = part.as_ptr() as usize - base.as_ptr() as usize;
+        debug_assert!(start + part.len() <= u32::MAX as usize);
         Span {
-            start,
-            end: start + part.len(),
+            start: start as u32,
+            end: (start + part.len()) as u32,
         }
     }
 }
@@ -200,9 +207,10 @@ pub fn parse_request(
         None if buf.len() > limits.max_request_line => return Err(ParseError::RequestLineTooLong),
         _ => {}
     }
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut raw[..limits.max_headers]);
-    let head_len = match req.parse(buf) {
+    // Uninitialized: filling 100 empty headers on every request costs more than parsing.
+    let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut raw[..limits.max_headers]) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() >= limits.max_header_bytes {

@@ -10,6 +10,7 @@
 //! case the caller closes the client connection so the response cannot look complete.
 
 use std::io::Write;
+use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use crate::error::UpstreamError;
@@ -103,9 +104,9 @@ pub async fn read_response_head(
 }
 
 fn parse_head(buf: &[u8]) -> Result<Option<ResponseHead>, UpstreamError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
+    let mut headers = uninit_headers();
+    let mut resp = httparse::Response::new(&mut []);
+    let head_len = match parse_response(&mut resp, buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(UpstreamError::BadResponse),
@@ -160,6 +161,22 @@ fn parse_head(buf: &[u8]) -> Result<Option<ResponseHead>, UpstreamError> {
     }))
 }
 
+type Headers<'b> = [MaybeUninit<httparse::Header<'b>>; MAX_RESPONSE_HEADERS];
+
+/// Header slots for one parse. Uninitialized: filling 128 empty headers costs more than
+/// parsing a typical response head.
+fn uninit_headers<'b>() -> Headers<'b> {
+    [const { MaybeUninit::uninit() }; MAX_RESPONSE_HEADERS]
+}
+
+fn parse_response<'h, 'b>(
+    resp: &mut httparse::Response<'h, 'b>,
+    buf: &'b [u8],
+    headers: &'h mut Headers<'b>,
+) -> httparse::Result<usize> {
+    httparse::ParserConfig::default().parse_response_with_uninit_headers(resp, buf, headers)
+}
+
 /// What the client side needs to know about the request.
 pub struct RelayCtx<'a> {
     /// Extra header lines (each ending in CRLF) added to the response.
@@ -189,9 +206,9 @@ pub fn write_client_head(
     h: &ResponseHead,
     ctx: &RelayCtx<'_>,
 ) -> Result<RelayPlan, UpstreamError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    resp.parse(&up_buf[..h.head_len])
+    let mut headers = uninit_headers();
+    let mut resp = httparse::Response::new(&mut []);
+    parse_response(&mut resp, &up_buf[..h.head_len], &mut headers)
         .map_err(|_| UpstreamError::BadResponse)?;
     let up = if ctx.is_head {
         UpFraming::None
@@ -210,17 +227,19 @@ pub fn write_client_head(
             .filter(|r| !r.is_empty())
             .unwrap_or(reason(h.status))
     );
-    let connection_values: Vec<&[u8]> = resp
+    // Most responses have no `Connection` field; only then is the per-field scan needed.
+    let has_connection = resp
         .headers
         .iter()
-        .filter(|x| x.name.eq_ignore_ascii_case("connection"))
-        .map(|x| x.value)
-        .collect();
+        .any(|x| x.name.eq_ignore_ascii_case("connection"));
     for f in resp.headers.iter() {
         let n = f.name.as_bytes();
-        let listed = connection_values
-            .iter()
-            .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(n)));
+        let listed = has_connection
+            && resp
+                .headers
+                .iter()
+                .filter(|x| x.name.eq_ignore_ascii_case("connection"))
+                .any(|x| tokens(x.value).any(|t| t.eq_ignore_ascii_case(n)));
         if listed
             || DROP_RESPONSE_HEADERS
                 .iter()
@@ -282,8 +301,19 @@ pub async fn relay_body(
             UpFraming::None => true,
             UpFraming::Length(_) => {
                 let n = (up.buf.len() as u64).min(remaining) as usize;
-                c.out.extend_from_slice(&up.buf[..n]);
-                up.buf.drain(..n);
+                if n > 0 && n == up.buf.len() && c.out.is_empty() {
+                    // Nothing staged ahead of these bytes (a later read of a long body):
+                    // write the upstream buffer itself instead of copying it.
+                    let (res, mut buf) = c.write_owned(std::mem::take(&mut up.buf)).await;
+                    buf.clear();
+                    up.buf = buf;
+                    if res.is_err() {
+                        return Err(UpstreamError::ClosedMidBody);
+                    }
+                } else {
+                    c.out.extend_from_slice(&up.buf[..n]);
+                    up.buf.drain(..n);
+                }
                 remaining -= n as u64;
                 remaining == 0
             }
