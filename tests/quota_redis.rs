@@ -36,7 +36,11 @@ impl RedisServer {
                 std::env::var_os("CI").is_none(),
                 "redis-server is not installed; run tests/install-test-deps.sh"
             );
-            eprintln!("SKIPPED: redis-server is not installed (tests/install-test-deps.sh)");
+            // Straight to stderr: the test harness would swallow `eprintln!` of a passing test.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: redis-server is not installed (tests/install-test-deps.sh)"
+            );
             return None;
         }
         // A free port can be taken by someone else before the server binds it: try a few.

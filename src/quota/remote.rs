@@ -88,10 +88,13 @@ struct Scripts {
 
 /// The connection's state machine.
 enum State {
-    /// Connected; `last_ok_ms` is when a command last succeeded.
+    /// Connected; `last_ok_ms` is when a command last succeeded. `backoff_ms` is the wait
+    /// that led here until a command succeeds (then 0), so a Redis that accepts connections
+    /// but fails every command is still retried less and less often.
     Up {
         conn: Box<Connection>,
         last_ok_ms: u64,
+        backoff_ms: u64,
     },
     /// Not connected since `since_ms`: nothing is tried before `retry_at_ms`.
     Down {
@@ -105,8 +108,10 @@ enum State {
 struct Link {
     client: redis::Client,
     state: State,
-    /// Whether the last transition to down has been logged (startup is not an outage yet).
+    /// Whether it ever connected (a failure to connect at startup is not an outage).
     ever_up: bool,
+    /// When a failed command was last logged (0: never).
+    last_fail_log_ms: u64,
 }
 
 impl Link {
@@ -128,12 +133,18 @@ impl Link {
             }
             self.reconnect(now_ms, stats);
         }
-        let State::Up { conn, last_ok_ms } = &mut self.state else {
+        let State::Up {
+            conn,
+            last_ok_ms,
+            backoff_ms,
+        } = &mut self.state
+        else {
             return None;
         };
         match op(conn) {
             Ok(v) => {
                 *last_ok_ms = now_ms;
+                *backoff_ms = 0;
                 Some(v)
             }
             Err(e) => {
@@ -162,11 +173,12 @@ impl Link {
                 self.state = State::Up {
                     conn: Box::new(conn),
                     last_ok_ms: now_ms,
+                    backoff_ms,
                 };
             }
             Err(e) => {
                 stats.redis_errors += 1;
-                let backoff_ms = (backoff_ms * 2).clamp(MIN_BACKOFF_MS, MAX_BACKOFF_MS);
+                let backoff_ms = next_backoff(backoff_ms);
                 if backoff_ms == MIN_BACKOFF_MS && !self.ever_up {
                     eprintln!("shardgate: quota: cannot connect to redis: {e}");
                 }
@@ -190,13 +202,25 @@ impl Link {
     /// still arrive), so it is dropped and a reconnect scheduled.
     fn fail(&mut self, now_ms: u64, stats: &mut CoordinatorStats, e: &RedisError) {
         stats.redis_errors += 1;
-        eprintln!("shardgate: quota: redis failed ({e}); reconnecting");
+        let State::Up { backoff_ms, .. } = self.state else {
+            return;
+        };
+        if now_ms >= self.last_fail_log_ms + LOG_INTERVAL_MS || self.last_fail_log_ms == 0 {
+            self.last_fail_log_ms = now_ms.max(1);
+            eprintln!("shardgate: quota: redis failed ({e}); reconnecting");
+        }
+        let backoff_ms = next_backoff(backoff_ms);
         self.state = State::Down {
             since_ms: now_ms,
-            retry_at_ms: now_ms + MIN_BACKOFF_MS,
-            backoff_ms: MIN_BACKOFF_MS,
+            retry_at_ms: now_ms + backoff_ms,
+            backoff_ms,
         };
     }
+}
+
+/// The wait after one more failed attempt: doubling from the first to the longest.
+fn next_backoff(backoff_ms: u64) -> u64 {
+    (backoff_ms * 2).clamp(MIN_BACKOFF_MS, MAX_BACKOFF_MS)
 }
 
 /// The coordinator of the Redis backend; see the module docs.
@@ -243,6 +267,7 @@ impl RemoteCoordinator {
                     backoff_ms: 0,
                 },
                 ever_up: false,
+                last_fail_log_ms: 0,
             },
             scripts: Scripts {
                 lease: Script::new(include_str!("remote_lease.lua")),
