@@ -41,7 +41,9 @@
 //!
 //! # Leases
 //!
-//! The [`Coordinator`] (control thread) owns each key's window. A [`Grant`] is a number of
+//! The [`Coordinator`] (control thread) owns each key's window (or, with
+//! `backend = "redis"`, takes leases from a window in Redis that several gateway processes
+//! share; see [`remote`]). A [`Grant`] is a number of
 //! requests and tokens a core may admit during one slot; it is counted in that slot *when
 //! granted*, and it cannot be used outside its slot, so what cores admit is always a subset of
 //! what the window counted: cores together never exceed the limit. Unused grants are returned
@@ -63,6 +65,8 @@
 //! it counted has left the window. Both sweep in `tick`.
 
 mod coordinator;
+mod local;
+pub mod remote;
 mod rule;
 mod shard;
 pub mod usage;
@@ -70,10 +74,12 @@ mod window;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use coordinator::Coordinator;
+pub use coordinator::{Coordinator, CoordinatorStats};
 pub use rule::{
-    FailMode, KeyKind, Limits, QuotaBackend, QuotaRule, QuotaSettings, RawQuota, RawRule, RuleId,
+    FailMode, KeyKind, Limits, QuotaBackend, QuotaRule, QuotaSettings, RawQuota, RawRule,
+    RedisSettings, RuleId,
 };
 pub use shard::QuotaShard;
 
@@ -98,6 +104,26 @@ const KEY_SEED: u64 = 0x5ad6_a7e0_9c1f_3b21;
 #[inline]
 pub fn slot_of(now_ms: u64) -> u64 {
     now_ms / SLOT_MS
+}
+
+/// A quota epoch that gateway processes sharing Redis agree on: an `Instant` on a slot
+/// boundary of UNIX time, and that boundary in UNIX ms. Measure every `now_ms` from the
+/// `Instant` and give the ms to [`Coordinator::from_settings`].
+pub fn shared_epoch() -> (Instant, u64) {
+    let unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let now = Instant::now();
+    let into_slot = unix_ms % SLOT_MS;
+    match now.checked_sub(Duration::from_millis(into_slot)) {
+        Some(start) => (start, unix_ms - into_slot),
+        // Only within a slot of the monotonic clock's origin: use the next boundary (time
+        // before it reads as 0).
+        None => (
+            now + Duration::from_millis(SLOT_MS - into_slot),
+            unix_ms - into_slot + SLOT_MS,
+        ),
+    }
 }
 
 /// Index of a worker (core), as the engine numbers them.
@@ -286,6 +312,13 @@ mod tests {
         assert_eq!(secs_until(1_001, 1_000), 1);
         assert_eq!(secs_until(3_000, 1_000), 2);
         assert_eq!(secs_until(5, 10), 0);
+    }
+
+    #[test]
+    fn shared_epoch_is_on_a_slot_boundary_and_in_the_past() {
+        let (start, unix_ms) = shared_epoch();
+        assert_eq!(unix_ms % SLOT_MS, 0);
+        assert!(start.elapsed() < Duration::from_millis(SLOT_MS + 100));
     }
 
     #[test]

@@ -199,11 +199,13 @@ impl Engine {
             .iter()
             .map(|_| crossbeam_channel::unbounded())
             .collect();
-        let epoch = Instant::now();
+        // Slot-aligned to Unix time, so gateways sharing a Redis quota agree on slots.
+        let (epoch, epoch_unix_ms) = crate::quota::shared_epoch();
         let coord = Coord::spawn(
             inboxes.iter().map(|(tx, _)| tx.clone()).collect(),
-            epoch,
+            (epoch, epoch_unix_ms),
             &snapshot.resilience,
+            snapshot.quota.as_ref(),
         )?;
         let access_log = match &snapshot.access_log {
             Some(a) => Some(crate::access_log::Writer::start(a)?),

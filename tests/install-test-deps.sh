@@ -7,6 +7,8 @@ set -euo pipefail
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v promtool >/dev/null || need_apt+=(prometheus)
+# tests/quota_redis.rs starts its own redis-server on a loopback port.
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -43,16 +43,26 @@ impl Coord {
     /// Starts the thread for `workers` (their inboxes, in worker order); `epoch` is the
     /// process-wide zero of quota time.
     /// `table` is the first snapshot's endpoint table.
+    ///
+    /// `quota`: the first snapshot's `[quota]` (it picks the coordinator's backend, local or
+    /// Redis); `epoch_unix_ms`: the epoch as Unix milliseconds, so several gateway processes
+    /// sharing Redis agree on slot numbers.
     pub fn spawn(
         workers: Vec<Sender<ToWorker>>,
-        epoch: Instant,
+        (epoch, epoch_unix_ms): (Instant, u64),
         table: &Resilience,
+        quota: Option<&crate::quota::QuotaSettings>,
     ) -> std::io::Result<Coord> {
+        let coordinator = match quota {
+            Some(q) => Coordinator::from_settings(workers.len(), q, epoch_unix_ms)
+                .map_err(|p| std::io::Error::other(p.to_string()))?,
+            None => Coordinator::new(workers.len()),
+        };
         let (tx, rx) = crossbeam_channel::unbounded();
         let table = table.clone();
         let thread = std::thread::Builder::new()
             .name("shardgate-coord".into())
-            .spawn(move || run(workers, epoch, table, rx))?;
+            .spawn(move || run(workers, epoch, table, rx, coordinator))?;
         Ok(Coord {
             tx,
             thread: Some(thread),
@@ -73,9 +83,15 @@ impl Drop for Coord {
     }
 }
 
-fn run(workers: Vec<Sender<ToWorker>>, epoch: Instant, table: Resilience, rx: Receiver<ToCoord>) {
+fn run(
+    workers: Vec<Sender<ToWorker>>,
+    epoch: Instant,
+    table: Resilience,
+    rx: Receiver<ToCoord>,
+    quota: Coordinator,
+) {
     let mut st = State {
-        quota: Coordinator::new(workers.len()),
+        quota,
         breakers: CoordResilience::new(&table, Instant::now()),
         out: Vec::new(),
         epoch,

@@ -2,8 +2,10 @@
 //!
 //! ```toml
 //! [quota]
-//! backend = "local"            # only "local" is implemented
-//! fail_mode = "fail_open"      # or "fail_closed": what to do when a remote backend is down
+//! backend = "local"            # or "redis": one limit shared by several gateway processes
+//! redis_url = "redis://127.0.0.1:6379/0"   # required with backend = "redis"
+//! key_prefix = "shardgate"     # optional: prefix of the Redis keys
+//! fail_mode = "fail_open"      # or "fail_closed": what to do while Redis is unreachable
 //! [[quota.rules]]
 //! name = "default"
 //! key = "subject"              # "subject" | "tenant" | "client_ip"
@@ -19,6 +21,8 @@ use serde::Deserialize;
 use super::QuotaKey;
 use crate::config::ConfigProblem;
 
+/// Prefix of the Redis keys when `key_prefix` is not set.
+pub const DEFAULT_KEY_PREFIX: &str = "shardgate";
 /// `max_tokens` assumed for a reserving rule when the request sets none.
 pub const DEFAULT_RESERVE_TOKENS: u32 = 4_096;
 const ANY_MODEL: &str = "*";
@@ -30,6 +34,8 @@ pub struct RawQuota {
     pub backend: QuotaBackend,
     #[serde(default)]
     pub fail_mode: FailMode,
+    pub redis_url: Option<String>,
+    pub key_prefix: Option<String>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
 }
@@ -119,11 +125,29 @@ impl QuotaRule {
     }
 }
 
+/// Where the Redis backend keeps its counts.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub url: String,
+    pub key_prefix: String,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("RedisSettings")
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The validated `[quota]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuotaSettings {
     pub backend: QuotaBackend,
     pub fail_mode: FailMode,
+    /// Set exactly when `backend` is `Redis`.
+    pub redis: Option<RedisSettings>,
     pub rules: Vec<QuotaRule>,
 }
 
@@ -147,12 +171,7 @@ impl RawQuota {
     /// Checks the table; every problem is reported, keyed `quota.rules[i].field`.
     pub fn validate(&self) -> Result<QuotaSettings, Vec<ConfigProblem>> {
         let mut problems = Vec::new();
-        if self.backend == QuotaBackend::Redis {
-            problems.push(ConfigProblem::new(
-                "quota.backend",
-                "the redis backend is not available in this build; use \"local\"",
-            ));
-        }
+        let redis = self.validate_redis(&mut problems);
         if self.rules.len() > usize::from(u16::MAX) {
             problems.push(ConfigProblem::new(
                 "quota.rules",
@@ -226,11 +245,44 @@ impl RawQuota {
             Ok(QuotaSettings {
                 backend: self.backend,
                 fail_mode: self.fail_mode,
+                redis,
                 rules,
             })
         } else {
             Err(problems)
         }
+    }
+}
+
+impl RawQuota {
+    fn validate_redis(&self, problems: &mut Vec<ConfigProblem>) -> Option<RedisSettings> {
+        let prefix = self.key_prefix.as_deref().unwrap_or(DEFAULT_KEY_PREFIX);
+        if prefix.is_empty() || prefix.contains(|c: char| c.is_whitespace() || "{}".contains(c)) {
+            problems.push(ConfigProblem::new(
+                "quota.key_prefix",
+                "must be non-empty, without spaces or braces",
+            ));
+        }
+        if self.backend != QuotaBackend::Redis {
+            return None;
+        }
+        let Some(url) = &self.redis_url else {
+            problems.push(ConfigProblem::new(
+                "quota.redis_url",
+                "required when backend = \"redis\"",
+            ));
+            return None;
+        };
+        if let Err(e) = redis::Client::open(url.as_str()) {
+            problems.push(ConfigProblem::new(
+                "quota.redis_url",
+                format!("not a usable Redis URL: {e}"),
+            ));
+        }
+        Some(RedisSettings {
+            url: url.clone(),
+            key_prefix: prefix.to_owned(),
+        })
     }
 }
 
@@ -297,6 +349,48 @@ mod tests {
         assert!(s.select("other").is_none());
         assert_eq!(s.backend, QuotaBackend::Local);
         assert_eq!(s.fail_mode, FailMode::FailOpen);
+        assert_eq!(s.redis, None);
+    }
+
+    #[test]
+    fn redis_backend_takes_url_prefix_and_fail_mode() {
+        let s = parse(
+            r#"[quota]
+            backend = "redis"
+            redis_url = "redis://:secret@10.0.0.5:6380/2"
+            key_prefix = "gw-eu"
+            fail_mode = "fail_closed""#,
+        )
+        .validate()
+        .unwrap();
+        assert_eq!(s.fail_mode, FailMode::FailClosed);
+        let r = s.redis.unwrap();
+        assert_eq!(
+            (r.url.as_str(), r.key_prefix.as_str()),
+            ("redis://:secret@10.0.0.5:6380/2", "gw-eu")
+        );
+        assert!(!format!("{r:?}").contains("secret"));
+        let s = parse("[quota]\nbackend = 'redis'\nredis_url = 'redis://127.0.0.1'\n")
+            .validate()
+            .unwrap();
+        assert_eq!(s.redis.unwrap().key_prefix, DEFAULT_KEY_PREFIX);
+    }
+
+    #[test]
+    fn redis_problems_name_their_keys() {
+        let keys = |s: &str| -> Vec<String> {
+            parse(s)
+                .validate()
+                .unwrap_err()
+                .into_iter()
+                .map(|p| p.key)
+                .collect()
+        };
+        assert_eq!(keys("[quota]\nbackend = 'redis'\n"), ["quota.redis_url"]);
+        assert_eq!(
+            keys("[quota]\nbackend = 'redis'\nredis_url = 'http://x'\nkey_prefix = 'a b'\n"),
+            ["quota.key_prefix", "quota.redis_url"]
+        );
     }
 
     #[test]
@@ -313,6 +407,7 @@ mod tests {
         let q = parse(
             r#"[quota]
             backend = "redis"
+            key_prefix = ""
             [[quota.rules]]
             name = ""
             key = "subject"
@@ -335,7 +430,8 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "quota.backend",
+                "quota.key_prefix",
+                "quota.redis_url",
                 "quota.rules[0].name",
                 "quota.rules[0].requests_per_minute",
                 "quota.rules[0].tokens_per_minute",
