@@ -65,7 +65,7 @@ pub async fn handle(
     if let (Some(r), Some(Err(e))) = (early, &verdict) {
         if authn::required(auth, r) && !m.needs_model() {
             let mut extra = Vec::new();
-            let err = authn::rejection(*e, &mut extra);
+            let err = authn::rejection(worker, *e, &mut extra);
             return reject(worker, c, head, head_len, err, &extra, started).await;
         }
     }
@@ -78,7 +78,7 @@ pub async fn handle(
             Ok(id) => id,
             Err(e) => {
                 let mut extra = Vec::new();
-                let err = authn::rejection(e, &mut extra);
+                let err = authn::rejection(worker, e, &mut extra);
                 return reject(worker, c, head, head_len, err, &extra, started).await;
             }
         };
@@ -87,7 +87,7 @@ pub async fn handle(
         };
         let upstream = &snap.upstreams[*i];
         let mut resp_headers = Vec::new();
-        if let Err((e, extra)) = quota(
+        let ticket = match quota(
             worker,
             snap,
             c,
@@ -98,8 +98,9 @@ pub async fn handle(
         )
         .await
         {
-            return reject(worker, c, head, head_len, e, &extra, started).await;
-        }
+            Ok(t) => t,
+            Err((e, extra)) => return reject(worker, c, head, head_len, e, &extra, started).await,
+        };
         let mut req_headers = Vec::new();
         prepare_head(
             c,
@@ -116,9 +117,15 @@ pub async fn handle(
             body: OutBody::FromClient,
             extra_request: &req_headers,
             extra_response: &resp_headers,
+            usage: None,
         };
         let result = proxy::forward(worker, c, req, ob, snap).await;
-        return finish(worker, c, req, result, started).await;
+        let account = Account {
+            ticket,
+            subject: identity.map(|i| i.subject),
+            model: String::new(),
+        };
+        return finish(worker, c, req, result, started, &account).await;
     }
     // The route (or the deployment) depends on the body: read it whole (bounded by the body
     // limit), keeping a copy of the head, whose bytes the body reads may move.
@@ -126,21 +133,47 @@ pub async fn handle(
     c.consume(head_len);
     let mut raw = Vec::new();
     if let Err(e) = proxy::inbound::collect_body(c, head.framing, &snap.limits, &mut raw).await {
-        return finish(worker, c, req, Err(Failure::Respond(e)), started).await;
+        return finish(
+            worker,
+            c,
+            req,
+            Err(Failure::Respond(e)),
+            started,
+            &Account::default(),
+        )
+        .await;
     }
-    let outcome = model_route(worker, snap, c, head, &head_bytes, &m, verdict, &mut raw).await;
-    let (upstream, route_headers, body, resp_headers) = match outcome {
-        Ok(x) => x,
+    let p = match model_route(worker, snap, c, head, &head_bytes, &m, verdict, &mut raw).await {
+        Ok(p) => p,
         Err((e, extra)) => return respond(worker, c, req, e, &extra, started).await,
     };
     let ob = Outbound {
-        upstream,
-        body: OutBody::Buffered(&body),
-        extra_request: &route_headers,
-        extra_response: &resp_headers,
+        upstream: p.upstream,
+        body: OutBody::Buffered(&p.body),
+        extra_request: &p.req_headers,
+        extra_response: &p.resp_headers,
+        usage: Some(p.usage),
     };
     let result = proxy::forward(worker, c, req, ob, snap).await;
-    finish(worker, c, req, result, started).await
+    finish(worker, c, req, result, started, &p.account).await
+}
+
+/// What to charge when a response finishes.
+#[derive(Default)]
+struct Account {
+    ticket: Option<crate::quota::Ticket>,
+    subject: Option<String>,
+    model: String,
+}
+
+/// A request routed by its body, ready to forward.
+struct Prepared<'s> {
+    upstream: &'s Upstream,
+    req_headers: Vec<u8>,
+    body: Vec<u8>,
+    resp_headers: Vec<u8>,
+    usage: proxy::tap::UsageSpec,
+    account: Account,
 }
 
 type Rejection = (GatewayError, Vec<u8>);
@@ -158,7 +191,7 @@ async fn model_route<'s>(
     m: &crate::route::RouteMatch<'_>,
     verdict: Option<Result<Identity, crate::auth::AuthError>>,
     raw: &mut [u8],
-) -> Result<(&'s Upstream, Vec<u8>, Vec<u8>, Vec<u8>), Rejection> {
+) -> Result<Prepared<'s>, Rejection> {
     let plain = |e: GatewayError| (e, Vec::new());
     let mut body = JsonBody::parse(raw).map_err(|e| plain(e.into()))?;
     let route: &Route = snap
@@ -175,7 +208,7 @@ async fn model_route<'s>(
     };
     let identity = authn::admit(auth, route, verdict).map_err(|e| {
         let mut extra = Vec::new();
-        (authn::rejection(e, &mut extra), extra)
+        (authn::rejection(worker, e, &mut extra), extra)
     })?;
     let mut resp_headers = Vec::new();
     let (upstream, model) = match route.target() {
@@ -219,7 +252,7 @@ async fn model_route<'s>(
         }
     };
     let max_tokens = body.max_tokens();
-    quota(
+    let ticket = quota(
         worker,
         snap,
         c,
@@ -233,6 +266,17 @@ async fn model_route<'s>(
         extra.extend_from_slice(&resp_headers);
         (e, extra)
     })?;
+    // Streams report usage only when asked: ask on the client's behalf, and hide the extra
+    // event from a client that did not ask for it.
+    let usage = if body.stream() {
+        let strip = !body.include_usage();
+        if strip {
+            body.request_usage();
+        }
+        proxy::tap::UsageSpec::Sse { strip }
+    } else {
+        proxy::tap::UsageSpec::Json
+    };
     let mut req_headers = Vec::new();
     prepare_head(
         c,
@@ -245,7 +289,19 @@ async fn model_route<'s>(
     );
     let mut out = Vec::with_capacity(raw.len() + 64);
     body.encode_into(&mut out);
-    Ok((upstream, req_headers, out, resp_headers))
+    let account = Account {
+        ticket,
+        subject: identity.map(|i| i.subject),
+        model,
+    };
+    Ok(Prepared {
+        upstream,
+        req_headers,
+        body: out,
+        resp_headers,
+        usage,
+        account,
+    })
 }
 
 const NO_DEPLOYMENT: GatewayError = GatewayError {
@@ -291,7 +347,18 @@ async fn quota(
     match limit::check(worker, q, &caller, model, max_tokens, headers).await {
         limit::Limited::Unlimited => Ok(None),
         limit::Limited::Admitted(t) => Ok(Some(t)),
-        limit::Limited::Rejected(e) => Err((limit::rejection(&e), std::mem::take(headers))),
+        limit::Limited::Rejected(e) => {
+            let rule = q
+                .rules
+                .get(usize::from(e.rule.0))
+                .map_or("-", |r| r.name.as_str());
+            worker.metrics.borrow_mut().counters.add(
+                &crate::metrics::counters::QUOTA_REJECTIONS,
+                &[rule],
+                1,
+            );
+            Err((limit::rejection(&e), std::mem::take(headers)))
+        }
         limit::Limited::Failed(e) => Err((e, Vec::new())),
     }
 }
@@ -336,20 +403,24 @@ async fn respond(
     sent && !e.close
 }
 
-/// Records the outcome of a forward and answers its error, if any.
+/// Records the outcome of a forward, charges its tokens, and answers its error, if any.
 async fn finish(
     worker: &Rc<Worker>,
     c: &mut ClientConn,
     req: ReqInfo,
     result: Result<proxy::Done, Failure>,
     started: Instant,
+    account: &Account,
 ) -> bool {
     match result {
         Ok(done) => {
+            charge(worker, account, done.tokens);
             crate::server::account(worker, c, done.status, started, done.upstream_us);
             done.keep_alive
         }
         Err(Failure::Respond(mut e)) => {
+            // Nothing was served: a token reservation goes back whole.
+            charge(worker, account, Some(0));
             if !req.keep_alive || worker.drain.is_draining() {
                 e = e.closing();
             }
@@ -357,10 +428,36 @@ async fn finish(
             crate::server::account(worker, c, e.status, started, None);
             sent && !e.close
         }
-        Err(Failure::Close(status)) => {
+        Err(Failure::Close(status, tokens)) => {
+            charge(worker, account, tokens);
             crate::server::account(worker, c, status, started, None);
             false
         }
+    }
+}
+
+/// Charges what a response used against the caller's quota ticket and counts it in metrics.
+fn charge(worker: &Worker, account: &Account, tokens: Option<u64>) {
+    let used = tokens.unwrap_or(0);
+    if let Some(ticket) = account.ticket {
+        let now = worker.now_ms();
+        worker
+            .quota
+            .borrow_mut()
+            .charge_tokens(ticket, used.min(u64::from(u32::MAX)) as u32, now);
+    }
+    if used > 0 {
+        let subject = account.subject.as_deref().unwrap_or("anonymous");
+        let model = if account.model.is_empty() {
+            "-"
+        } else {
+            account.model.as_str()
+        };
+        worker.metrics.borrow_mut().counters.add(
+            &crate::metrics::counters::TOKENS,
+            &[subject, model],
+            used,
+        );
     }
 }
 

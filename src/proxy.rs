@@ -24,6 +24,7 @@
 pub mod inbound;
 pub mod pool;
 pub mod relay;
+pub mod tap;
 
 use std::io::Write;
 use std::rc::Rc;
@@ -72,14 +73,17 @@ pub struct Done {
     pub status: u16,
     pub keep_alive: bool,
     pub upstream_us: Option<u64>,
+    /// Tokens the response used, when the pipeline asked for accounting (see [`tap`]).
+    pub tokens: Option<u64>,
 }
 
 /// How an exchange failed.
 pub enum Failure {
     /// Nothing was sent to the client yet: answer with this error.
     Respond(GatewayError),
-    /// The response had started (or the client is gone): close. Carries the status for metrics.
-    Close(u16),
+    /// The response had started (or the client is gone): close. Carries the status for metrics
+    /// and the tokens accounted before the cut (an estimate for a stream).
+    Close(u16, Option<u64>),
 }
 
 impl From<UpstreamError> for Failure {
@@ -135,6 +139,8 @@ pub struct Outbound<'a> {
     pub extra_request: &'a [u8],
     /// Extra response header lines, e.g. `x-shardgate-model`.
     pub extra_response: &'a [u8],
+    /// Read token usage from a successful response.
+    pub usage: Option<tap::UsageSpec>,
 }
 
 /// Sends the request and relays the response (see the module docs).
@@ -156,7 +162,7 @@ pub async fn forward(
         c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         if c.flush_out().await.is_err() {
             c.up_out = up_out;
-            return Err(Failure::Close(0));
+            return Err(Failure::Close(0, None));
         }
     }
     // A small body that is already here travels with the head, so the request is replayable.
@@ -263,10 +269,12 @@ pub async fn forward(
     };
     up.buf.drain(..first.head_len);
     let status = first.status;
+    let usage = ob.usage.filter(|_| (200..300).contains(&status));
+    let mut tap = tap::Tap::new(usage, matches!(plan.up, relay::UpFraming::Length(_)));
     // Never retried from here on: response bytes may have reached the client.
-    if let Err(e) = relay::relay_body(c, &mut up, &plan, upstream.idle_timeout).await {
+    if let Err(e) = relay::relay_body(c, &mut up, &plan, upstream.idle_timeout, &mut tap).await {
         record(permit, engine::outcome_of(e));
-        return Err(Failure::Close(status));
+        return Err(Failure::Close(status, tap.tokens()));
     }
     record(permit, Outcome::Status(status));
     let upstream_us = Some(micros(sent_at));
@@ -280,6 +288,7 @@ pub async fn forward(
         status,
         keep_alive: plan.keep_client,
         upstream_us,
+        tokens: tap.tokens(),
     })
 }
 
@@ -376,6 +385,7 @@ async fn unavailable(
         status: e.status,
         keep_alive: sent && !e.close,
         upstream_us: None,
+        tokens: None,
     })
 }
 

@@ -22,45 +22,158 @@ fn two_workers_admit_exactly_the_limit() {
     let addr = gw.local_addr();
     let ok = Arc::new(AtomicUsize::new(0));
     let limited = Arc::new(AtomicUsize::new(0));
-    // Many connections, spread over both workers by SO_REUSEPORT, hammer one key.
-    let threads: Vec<_> = (0..8)
-        .map(|_| {
-            let (ok, limited) = (ok.clone(), limited.clone());
-            thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                for _ in 0..40 {
-                    c.send(b"GET /q HTTP/1.1\r\nHost: gw\r\n\r\n");
-                    let r = c.read_response().unwrap();
-                    match r.status {
-                        200 => {
-                            assert!(r.header("x-ratelimit-limit") == Some("100"));
-                            ok.fetch_add(1, Ordering::Relaxed);
+    let burst = || {
+        // Many connections, spread over both workers by SO_REUSEPORT, hammer one key.
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (ok, limited) = (ok.clone(), limited.clone());
+                thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    for _ in 0..40 {
+                        c.send(b"GET /q HTTP/1.1\r\nHost: gw\r\n\r\n");
+                        let r = c.read_response().unwrap();
+                        match r.status {
+                            200 => {
+                                assert!(r.header("x-ratelimit-limit") == Some("100"));
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            429 => {
+                                let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+                                assert!((1..=61).contains(&retry), "retry-after {retry}");
+                                assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+                                assert!(r.text().contains("rate_limit_exceeded"));
+                                limited.fetch_add(1, Ordering::Relaxed);
+                            }
+                            s => panic!("unexpected status {s}: {}", r.text()),
                         }
-                        429 => {
-                            let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
-                            assert!((1..=61).contains(&retry), "retry-after {retry}");
-                            assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
-                            assert!(r.text().contains("rate_limit_exceeded"));
-                            limited.fetch_add(1, Ordering::Relaxed);
-                        }
-                        s => panic!("unexpected status {s}: {}", r.text()),
                     }
-                }
+                })
             })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    };
+    // A lease a core did not use is returned when its 600 ms slot ends, so bursts a slot apart
+    // reach the whole limit; no burst may push the total past it.
+    for _ in 0..5 {
+        burst();
+        let admitted = ok.load(Ordering::Relaxed);
+        assert!(admitted <= 100, "over the limit: {admitted}");
+        if admitted == 100 {
+            break;
+        }
+        thread::sleep(std::time::Duration::from_millis(700));
     }
     assert_eq!(
         ok.load(Ordering::Relaxed),
         100,
         "exactly the limit is admitted"
     );
-    assert_eq!(limited.load(Ordering::Relaxed), 220);
+    assert!(limited.load(Ordering::Relaxed) >= 220);
     let m = gw.collect();
     assert!(
         m.iter().all(|w| w.requests() > 0),
         "both workers served requests"
     );
+}
+
+fn token_config(mock: std::net::SocketAddr, tpm: u32) -> String {
+    format!(
+        "[[deployments]]\nmodel = \"m\"\nversion = \"1.0.0\"\nendpoints = [\"{mock}\"]\n\
+         [[routes]]\npath = \"/v1/chat/completions\"\ntargets = [{{ model = \"m\", weight = 1 }}]\n\
+         [quota]\n[[quota.rules]]\nname = \"tokens\"\nkey = \"client_ip\"\nrequests_per_minute = 1000\ntokens_per_minute = {tpm}\n"
+    )
+}
+
+fn chat(c: &mut Client, body: &str) -> Response {
+    c.send(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    c.read_response().unwrap()
+}
+
+#[test]
+fn token_limit_uses_the_backends_usage() {
+    let mock =
+        shardgate::mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
+    let gw = gateway_with(
+        "listen = \"127.0.0.1:0\"\nworkers = 1\npin = false",
+        &token_config(mock.addr(), 100),
+    );
+    let mut c = Client::connect(gw.local_addr());
+    // The mock reports prompt ⌈bytes/4⌉ + completion `max_tokens` tokens: 1 + 30 here.
+    let body = r#"{"model":"m","max_tokens":30,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut admitted = 0;
+    let mut last = None;
+    for _ in 0..10 {
+        let r = chat(&mut c, body);
+        match r.status {
+            200 => admitted += 1,
+            429 => {
+                assert!(r.text().contains("token rate limit"), "{}", r.text());
+                last = Some(r);
+                break;
+            }
+            s => panic!("status {s}: {}", r.text()),
+        }
+    }
+    // Admitted while tokens are left: 100 → 69 → 38 → 7 → -24 (the overrun the docs bound).
+    // Usage is charged when a response ends and a core holds tokens in lease-sized pieces,
+    // so one more request may slip in before the overrun is known: the bounded overrun the
+    // quota docs describe.
+    assert!((4..=5).contains(&admitted), "admitted {admitted}");
+    assert!(last.is_some(), "the token limit was never hit");
+    let m = gw.collect();
+    let used: u64 = m
+        .iter()
+        .map(|w| {
+            w.counters
+                .get(&shardgate::metrics::counters::TOKENS, &["anonymous", "m"])
+        })
+        .sum();
+    assert_eq!(used, admitted as u64 * 31);
+}
+
+#[test]
+fn streamed_usage_is_counted_and_hidden_from_clients_that_did_not_ask() {
+    let mock =
+        shardgate::mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
+    let gw = gateway_with(
+        "listen = \"127.0.0.1:0\"\nworkers = 1\npin = false",
+        &token_config(mock.addr(), 100_000),
+    );
+    let mut c = Client::connect(gw.local_addr());
+    let r = chat(
+        &mut c,
+        r#"{"model":"m","stream":true,"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    assert!(text.contains("[DONE]"), "{text}");
+    assert!(
+        !text.contains("\"usage\":{"),
+        "usage event leaked to a client that did not ask: {text}"
+    );
+    let r = chat(
+        &mut c,
+        r#"{"model":"m","stream":true,"max_tokens":5,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert!(
+        r.text().contains("\"usage\":{"),
+        "a client that asked gets the usage event"
+    );
+    let m = gw.collect();
+    let used: u64 = m
+        .iter()
+        .map(|w| {
+            w.counters
+                .get(&shardgate::metrics::counters::TOKENS, &["anonymous", "m"])
+        })
+        .sum();
+    assert_eq!(used, 2 * 6, "both streams counted from the backend's usage");
 }

@@ -75,8 +75,13 @@ pub fn identity_headers(auth: &Authenticator, id: &Identity, out: &mut Vec<u8>) 
     }
 }
 
-/// The response for a rejection, and its `WWW-Authenticate` line.
-pub fn rejection(e: AuthError, extra: &mut Vec<u8>) -> GatewayError {
+/// The response for a rejection (counted by reason), and its `WWW-Authenticate` line.
+pub fn rejection(worker: &Worker, e: AuthError, extra: &mut Vec<u8>) -> GatewayError {
+    worker.metrics.borrow_mut().counters.add(
+        &crate::metrics::counters::AUTH_REJECTIONS,
+        &[e.reason()],
+        1,
+    );
     extra.extend_from_slice(b"www-authenticate: ");
     extra.extend_from_slice(e.www_authenticate().as_bytes());
     extra.extend_from_slice(b"\r\n");

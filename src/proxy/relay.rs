@@ -20,6 +20,7 @@ use crate::http::write::reason;
 use crate::server::ClientConn;
 
 use super::pool::UpConn;
+use super::tap::Tap;
 
 /// Largest upstream response head accepted.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -289,6 +290,7 @@ pub async fn relay_body(
     up: &mut UpConn,
     plan: &RelayPlan,
     idle: Duration,
+    tap: &mut Tap,
 ) -> Result<(), UpstreamError> {
     let mut remaining = match plan.up {
         UpFraming::Length(n) => n,
@@ -301,24 +303,26 @@ pub async fn relay_body(
             UpFraming::None => true,
             UpFraming::Length(_) => {
                 let n = (up.buf.len() as u64).min(remaining) as usize;
-                if n > 0 && n == up.buf.len() && c.out.is_empty() {
+                if n > 0 && n == up.buf.len() && c.out.is_empty() && tap.is_none() {
                     // Nothing staged ahead of these bytes (a later read of a long body):
                     // write the upstream buffer itself instead of copying it.
                     let (res, mut buf) = c.write_owned(std::mem::take(&mut up.buf)).await;
                     buf.clear();
                     up.buf = buf;
                     if res.is_err() {
-                        return Err(UpstreamError::ClosedMidBody);
+                        return Err(UpstreamError::ClientGone);
                     }
                 } else {
-                    c.out.extend_from_slice(&up.buf[..n]);
+                    let out = &mut c.out;
+                    tap.pass(&up.buf[..n], &mut |d| out.extend_from_slice(d));
                     up.buf.drain(..n);
                 }
                 remaining -= n as u64;
                 remaining == 0
             }
             UpFraming::Close => {
-                stage_chunk(&mut c.out, &up.buf, plan.chunk_to_client);
+                let (out, chunked) = (&mut c.out, plan.chunk_to_client);
+                tap.pass(&up.buf, &mut |d| stage_chunk(out, d, chunked));
                 up.buf.clear();
                 false
             }
@@ -329,11 +333,9 @@ pub async fn relay_body(
                         .step(&up.buf[consumed..])
                         .map_err(|_| UpstreamError::BadResponse)?;
                     if let Some((a, b)) = step.data {
-                        stage_chunk(
-                            &mut c.out,
-                            &up.buf[consumed + a..consumed + b],
-                            plan.chunk_to_client,
-                        );
+                        let (out, chunked) = (&mut c.out, plan.chunk_to_client);
+                        let data = &up.buf[consumed + a..consumed + b];
+                        tap.pass(data, &mut |d| stage_chunk(out, d, chunked));
                     }
                     consumed += step.consumed;
                     if dec.is_done() || step.consumed == 0 {
@@ -344,8 +346,12 @@ pub async fn relay_body(
                 dec.is_done()
             }
         };
-        if done && plan.chunk_to_client {
-            c.out.extend_from_slice(b"0\r\n\r\n");
+        if done {
+            let (out, chunked) = (&mut c.out, plan.chunk_to_client);
+            tap.finish(&mut |d| stage_chunk(out, d, chunked));
+            if chunked {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
         }
         if c.flush_out().await.is_err() {
             return Err(UpstreamError::ClientGone);
@@ -361,8 +367,10 @@ pub async fn relay_body(
             Ok((Ok(0), buf)) => {
                 up.buf = buf;
                 if plan.up == UpFraming::Close {
-                    if plan.chunk_to_client {
-                        c.out.extend_from_slice(b"0\r\n\r\n");
+                    let (out, chunked) = (&mut c.out, plan.chunk_to_client);
+                    tap.finish(&mut |d| stage_chunk(out, d, chunked));
+                    if chunked {
+                        out.extend_from_slice(b"0\r\n\r\n");
                     }
                     return c.flush_out().await.map_err(|_| UpstreamError::ClientGone);
                 }

@@ -64,6 +64,8 @@ struct Entry {
     pending_since_ms: Option<u64>,
     /// Last denial; rejects locally until its `retry_at_ms`.
     denied: Option<super::Deny>,
+    /// Until when `denied` is applied without asking the coordinator again.
+    denied_recheck_ms: u64,
     remaining: u32,
     reset_at_ms: u64,
     last_used_ms: u64,
@@ -78,6 +80,7 @@ impl Entry {
             next: Lease::default(),
             pending_since_ms: None,
             denied: None,
+            denied_recheck_ms: 0,
             remaining: 0,
             reset_at_ms: now_ms,
             last_used_ms: now_ms,
@@ -157,7 +160,12 @@ impl QuotaShard {
             prefetch(e, worker, key, now_ms, outbox);
             return Decision::Admit(admitted);
         }
-        if let Some(d) = e.denied.filter(|d| now_ms < d.retry_at_ms) {
+        // A denial is trusted locally only until the slot after it was given ends: other cores
+        // return unused leases at slot ends, so quota can come back before `retry_at`.
+        if let Some(d) = e
+            .denied
+            .filter(|d| now_ms < d.retry_at_ms && now_ms < e.denied_recheck_ms)
+        {
             return Decision::Reject(QuotaError {
                 rule: e.rule,
                 reason: d.reason,
@@ -229,7 +237,10 @@ impl QuotaShard {
         };
         e.pending_since_ms = None;
         match msg {
-            FromCoordinator::Deny(d) => e.denied = Some(d),
+            FromCoordinator::Deny(d) => {
+                e.denied = Some(d);
+                e.denied_recheck_ms = (super::slot_of(now_ms) + 2) * super::SLOT_MS;
+            }
             FromCoordinator::Grant(g) => {
                 e.denied = None;
                 roll(e, key, now_ms, &mut self.outbox);
