@@ -196,19 +196,20 @@ pub async fn forward(
     let mut attempt = 0;
     let (mut up, first, permit) = loop {
         attempt += 1;
-        let (mut up, permit) = match acquire(worker, snap, up_idx, upstream).await {
-            Ok(u) => u,
-            Err(NoEndpoint::Unavailable(wait)) => {
-                c.up_out = up_out;
-                return unavailable(worker, c, req, inline, ob.extra_response, wait).await;
-            }
-            Err(NoEndpoint::Failed(e)) => {
-                c.up_out = up_out;
-                // The body is still unread on the connection unless it went inline.
-                let e = GatewayError::from(e);
-                return Err(Failure::Respond(if inline { e } else { e.closing() }));
-            }
-        };
+        let (mut up, permit) =
+            match acquire(worker, snap, up_idx, upstream, inline && req.idempotent).await {
+                Ok(u) => u,
+                Err(NoEndpoint::Unavailable(wait)) => {
+                    c.up_out = up_out;
+                    return unavailable(worker, c, req, inline, ob.extra_response, wait).await;
+                }
+                Err(NoEndpoint::Failed(e)) => {
+                    c.up_out = up_out;
+                    // The body is still unread on the connection unless it went inline.
+                    let e = GatewayError::from(e);
+                    return Err(Failure::Respond(if inline { e } else { e.closing() }));
+                }
+            };
         let (res, buf) = up.stream.write_all(up_out).await;
         up_out = buf;
         let sent = res.is_ok();
@@ -301,6 +302,7 @@ async fn acquire(
     snap: &Snapshot,
     up_idx: Option<usize>,
     upstream: &Upstream,
+    replayable: bool,
 ) -> Result<(UpConn, Option<Permit>), NoEndpoint> {
     let n = upstream.endpoints.len();
     let start = worker.rr.get();
@@ -331,6 +333,7 @@ async fn acquire(
             ep.addr,
             upstream.pool_idle_timeout,
             upstream.pool_max_requests,
+            replayable,
         ) {
             worker.metrics.borrow_mut().upstream_reuses += 1;
             return Ok((c, permit));

@@ -354,3 +354,22 @@ fn error_before_an_unread_body_closes_the_connection() {
     assert_eq!(c.read_response().unwrap().status, 502);
     assert_eq!(c.read_response().unwrap().status, 502);
 }
+
+#[test]
+fn idempotent_request_on_a_connection_closed_moments_ago_is_replayed() {
+    // The upstream closes each connection right after answering, without saying so. A GET
+    // sent on the freshly pooled connection (no liveness peek below 100 ms of idleness) finds
+    // it dead and is replayed on a new connection: the client never sees the failure.
+    let up = Upstream::start(|mut c| {
+        if c.read_request().is_some() {
+            c.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    let gw = gateway(&route_all(up.addr, ""));
+    let mut c = Client::connect(gw.local_addr());
+    for _ in 0..5 {
+        c.send(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n");
+        assert_eq!(c.read_response().unwrap().status, 200);
+        thread::sleep(Duration::from_millis(10));
+    }
+}

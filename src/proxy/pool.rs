@@ -4,7 +4,8 @@
 //!
 //! [`Pools::take`] returns an idle connection that is younger than the idle timeout, has
 //! served fewer than the per-connection request limit, and — checked with a non-blocking
-//! `MSG_PEEK` — has not been closed by the upstream while idle. A connection the upstream
+//! `MSG_PEEK` (skipped for replayable requests on connections idle under
+//! [`PEEK_AFTER_IDLE`]) — has not been closed by the upstream while idle. A connection the upstream
 //! closed is dropped here, before any request bytes are written to it, so a non-idempotent
 //! request is never sent on a connection known to be dead.
 
@@ -17,6 +18,9 @@ use monoio::net::TcpStream;
 use nix::sys::socket::{recv, MsgFlags};
 
 use crate::config::Snapshot;
+
+/// Idle time below which a pooled connection is reused without the liveness peek.
+pub const PEEK_AFTER_IDLE: Duration = Duration::from_millis(100);
 
 /// Initial capacity of an upstream connection's read buffer.
 pub const UPSTREAM_READ_BUF: usize = 16 * 1024;
@@ -59,6 +63,7 @@ impl Pools {
         addr: SocketAddr,
         idle_timeout: Duration,
         max_requests: u32,
+        replayable: bool,
     ) -> Option<UpConn> {
         let list = self.idle.get_mut(&addr)?;
         let now = Instant::now();
@@ -69,7 +74,12 @@ impl Pools {
             .count();
         list.drain(..expired);
         while let Some(mut c) = list.pop() {
-            if c.served < max_requests && is_alive(&c.stream) {
+            // A request the caller can replay on a fresh connection (idempotent, held whole)
+            // may skip the peek on a connection idle for less than PEEK_AFTER_IDLE: upstream
+            // keep-alive timers run in seconds, and should the connection be dead after all the
+            // request is replayed. Anything else is always peeked first.
+            let fresh = replayable && now.duration_since(c.idle_since) < PEEK_AFTER_IDLE;
+            if c.served < max_requests && (fresh || is_alive(&c.stream)) {
                 c.reused = true;
                 return Some(c);
             }
