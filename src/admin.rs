@@ -1,6 +1,7 @@
 //! The admin HTTP listener: its own control-plane thread, never on the data path.
 //!
 //! - [`http`]: the small blocking HTTP/1.1 reader/writer (and client) it runs on.
+//! - [`mutate`]: `/revoke` and `/routes/weights`.
 //! - [`prom`]: the Prometheus exposition.
 //! - [`stats`]: the `/stats` JSON and the `shardgate stats` table.
 //!
@@ -12,10 +13,12 @@
 //! | `GET /stats`       | JSON percentiles per route, since start and for the interval; `?reset=true` starts a new interval |
 //! | `GET /config`      | the config in force, secrets redacted |
 //! | `POST /reload`     | re-reads the config file: 200 `{"generation"}`, or 422 `{"problems": [{key, message}]}` |
+//! | `POST /revoke`     | `{"jti"\|"sub", "expires_at"}`: persisted, then on every worker; 200 `{"revoked"}`, 400 naming the bad field, 500 if it cannot be persisted |
+//! | `PUT /routes/weights` | `{"path", "models", "targets": [{model, version, weight}]}`: rewrites the config file (comments kept; validated first, atomically) and reloads; answers like `/reload`, or 400 if it names no such route/target or zeroes the route |
 //! | `GET /healthz`     | 200 while the process lives |
 //! | `GET /readyz`      | 200 when every worker answers and a config is loaded; 503 once draining starts |
 //!
-//! Unknown paths get 404, a known path with another method 405 (with `Allow`), both JSON.
+//! `/admin/revoke` and `/admin/routes/weights` are aliases. Unknown paths get 404, a known path with another method 405 (with `Allow`), both JSON.
 //! With a token configured (`admin.token`), every endpoint but `/healthz` and `/readyz`
 //! (probes) needs `Authorization: Bearer <token>`; a missing or wrong one gets 401 JSON. The
 //! token is compared in constant time (HMAC tags under a per-process random key).
@@ -30,11 +33,13 @@
 //! The listener address and token are read at start; a reload does not move them.
 
 pub mod http;
+pub mod mutate;
 pub mod prom;
 pub mod stats;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -43,7 +48,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use serde_json::{json, Value};
 
-use crate::config::Snapshot;
+use crate::config::{ConfigProblem, Snapshot};
 use crate::control::{self, SharedView, ToControl};
 use crate::metrics::merge::Merged;
 use crate::metrics::WorkerMetrics;
@@ -54,7 +59,7 @@ use http::{Request, Response};
 pub const DEMO_ADMIN: &str = "127.0.0.1:9901";
 /// How long a worker may take to answer a metrics collection.
 pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long `POST /reload` waits for the control thread.
+/// How long `POST /reload` (and `/revoke`) waits for the control thread.
 pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the admin thread works with.
@@ -210,9 +215,15 @@ impl Server {
     }
 
     fn handle(&mut self, req: &Request) -> Response {
-        let allowed: &str = match req.path.as_str() {
+        let path = match req.path.as_str() {
+            "/admin/revoke" => "/revoke",
+            "/admin/routes/weights" => "/routes/weights",
+            p => p,
+        };
+        let allowed: &str = match path {
             "/metrics" | "/stats" | "/config" | "/healthz" | "/readyz" => "GET",
-            "/reload" => "POST",
+            "/reload" | "/revoke" => "POST",
+            "/routes/weights" => "PUT",
             _ => return Response::error(404, "not_found", "no such admin endpoint"),
         };
         let method_ok = req.method == allowed || (allowed == "GET" && req.method == "HEAD");
@@ -220,16 +231,18 @@ impl Server {
             return Response::error(405, "method_not_allowed", "method not allowed")
                 .header("allow", allowed);
         }
-        let probe = matches!(req.path.as_str(), "/healthz" | "/readyz");
+        let probe = matches!(path, "/healthz" | "/readyz");
         if !probe && !self.authorized(req) {
             return Response::error(401, "unauthorized", "missing or wrong admin token")
                 .header("www-authenticate", "Bearer");
         }
-        match req.path.as_str() {
+        match path {
             "/metrics" => self.metrics(),
             "/stats" => self.stats(&req.query),
             "/config" => self.config(),
             "/reload" => self.reload(),
+            "/revoke" => mutate::revoke(&self.state, req),
+            "/routes/weights" => mutate::set_weights(&self.state, req),
             "/healthz" => Response::json(200, &json!({"status": "ok"})),
             _ => self.readyz(),
         }
@@ -288,27 +301,9 @@ impl Server {
     }
 
     fn reload(&self) -> Response {
-        let Some(tx) = &self.state.control else {
-            return Response::error(503, "unavailable", "no control thread to reload with");
-        };
-        let (reply, rx) = crossbeam_channel::bounded(1);
-        if tx.send(ToControl::Reload(Some(reply))).is_err() {
-            return Response::error(503, "unavailable", "the control thread has stopped");
-        }
-        match rx.recv_timeout(RELOAD_TIMEOUT) {
-            Ok(Ok(generation)) => Response::json(200, &json!({"generation": generation})),
-            Ok(Err(e)) => {
-                let problems: Vec<Value> = e
-                    .problems
-                    .iter()
-                    .map(|p| json!({"key": p.key, "message": p.message}))
-                    .collect();
-                Response::json(
-                    422,
-                    &json!({"error": "invalid_config", "file": e.file.display().to_string(), "problems": problems}),
-                )
-            }
-            Err(_) => Response::error(503, "unavailable", "the control thread did not answer"),
+        match &self.state.control {
+            Some(tx) => reload_with(tx),
+            None => Response::error(503, "unavailable", "no control thread to reload with"),
         }
     }
 
@@ -333,6 +328,32 @@ impl Server {
             }),
         )
     }
+}
+
+/// Asks the control thread behind `tx` to reload, waiting at most [`RELOAD_TIMEOUT`]: 200
+/// `{"generation"}`, 422 with the problems, or 503.
+fn reload_with(tx: &Sender<ToControl>) -> Response {
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    if tx.send(ToControl::Reload(Some(reply))).is_err() {
+        return Response::error(503, "unavailable", "the control thread has stopped");
+    }
+    match rx.recv_timeout(RELOAD_TIMEOUT) {
+        Ok(Ok(generation)) => Response::json(200, &json!({"generation": generation})),
+        Ok(Err(e)) => invalid_config(&e.file, &e.problems),
+        Err(_) => Response::error(503, "unavailable", "the control thread did not answer"),
+    }
+}
+
+/// 422 `{"error": "invalid_config", "file", "problems": [{key, message}]}`.
+fn invalid_config(file: &Path, problems: &[ConfigProblem]) -> Response {
+    let problems: Vec<Value> = problems
+        .iter()
+        .map(|p| json!({"key": p.key, "message": p.message}))
+        .collect();
+    Response::json(
+        422,
+        &json!({"error": "invalid_config", "file": file.display().to_string(), "problems": problems}),
+    )
 }
 
 /// The snapshot as the admin API shows it: everything an operator needs to see, and no

@@ -48,6 +48,8 @@ pub struct ReloadStatus {
 pub struct ControlView {
     pub status: ReloadStatus,
     pub snapshot: Option<Snapshot>,
+    /// The config file the control thread reloads from (the admin API edits it in place).
+    pub config_path: Option<PathBuf>,
 }
 
 /// A [`ControlView`] shared between the control thread and the admin thread.
@@ -88,7 +90,11 @@ impl Control {
         }
         let (tx, rx) = crossbeam_channel::unbounded();
         let view = SharedView::default();
-        lock_view(&view).status.generation = generation;
+        {
+            let mut v = lock_view(&view);
+            v.status.generation = generation;
+            v.config_path = Some(path.clone());
+        }
         let shared = view.clone();
         let thread = std::thread::Builder::new()
             .name("shardgate-control".into())

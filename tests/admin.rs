@@ -1,6 +1,6 @@
 //! The admin API against a running gateway: exact counts in /metrics (checked by promtool),
 //! /stats percentiles and intervals, the token, /readyz during drain, /reload and /config, the
-//! access log.
+//! access log, `/revoke` and `/routes/weights`.
 
 mod common;
 
@@ -60,7 +60,12 @@ impl Rig {
         std::fs::write(&cfg, config_text(up.addr, extra)).unwrap();
         let snap = config::load(&cfg, 1).unwrap();
         let engine = Engine::start(snap.clone()).unwrap();
-        let control = Control::spawn(cfg.clone(), 1, engine.inboxes(), None).unwrap();
+        let revocation_file = snap
+            .auth
+            .as_ref()
+            .and_then(|a| a.revocation_file())
+            .map(PathBuf::from);
+        let control = Control::spawn(cfg.clone(), 1, engine.inboxes(), revocation_file).unwrap();
         control.publish_initial(&snap);
         let admin = Admin::start(
             "127.0.0.1:0".parse().unwrap(),
@@ -84,6 +89,19 @@ impl Rig {
 
     fn call(&self, method: &str, path: &str) -> (u16, String) {
         admin::http::call(self.admin.local_addr(), method, path, Some(TOKEN)).unwrap()
+    }
+
+    fn send(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let (status, text) = admin::http::call_with_body(
+            self.admin.local_addr(),
+            method,
+            path,
+            Some(TOKEN),
+            body.as_bytes(),
+        )
+        .unwrap();
+        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        (status, v)
     }
 
     fn json(&self, path: &str) -> Value {
@@ -438,4 +456,285 @@ fn binary_answers_readyz_503_while_draining_on_sigterm() {
     assert_eq!(c.read_response().unwrap().status, 200);
     assert_eq!(child.wait().unwrap().code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+const HS_SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An HS256 token under [`HS_SECRET`] (kid `hs`).
+fn hs256(claims: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine as _;
+    let msg = format!(
+        "{}.{}",
+        B64.encode(r#"{"alg":"HS256","typ":"JWT","kid":"hs"}"#),
+        B64.encode(claims)
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, HS_SECRET.as_bytes());
+    let sig = ring::hmac::sign(&key, msg.as_bytes());
+    format!("{msg}.{}", B64.encode(sig.as_ref()))
+}
+
+#[test]
+fn revoke_applies_on_every_worker_within_100ms_and_persists() {
+    let auth = format!(
+        "[auth]\nrevocation_file = \"revoked.txt\"\n[[auth.keys]]\nkid = \"hs\"\nalg = \"HS256\"\nsecret = {{ value = \"{HS_SECRET}\" }}\n"
+    );
+    let rig = Rig::start("revoke", &auth);
+    let exp = unix_now() + 600;
+    let alice = hs256(&format!(
+        r#"{{"sub":"alice","exp":{exp},"jti":"tok-alice-1"}}"#
+    ));
+    let bob = hs256(&format!(r#"{{"sub":"bob","exp":{exp},"jti":"tok-bob-1"}}"#));
+    // Keep-alive connections land on both workers.
+    let mut conns: Vec<Client> = (0..8).map(|_| Client::connect(rig.gw())).collect();
+    let send = |c: &mut Client, token: &str| {
+        c.send(
+            format!("GET /v1/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n")
+                .as_bytes(),
+        );
+        c.read_response().unwrap().status
+    };
+    for c in &mut conns {
+        assert_eq!(send(c, &alice), 200);
+        assert_eq!(send(c, &bob), 200);
+    }
+
+    // The admin token is required; bad bodies name their field.
+    let body = format!(r#"{{"jti":"tok-alice-1","expires_at":{exp}}}"#);
+    let addr = rig.admin.local_addr();
+    let (status, _) =
+        admin::http::call_with_body(addr, "POST", "/revoke", None, body.as_bytes()).unwrap();
+    assert_eq!(status, 401);
+    assert_eq!(rig.call("GET", "/revoke").0, 405);
+    let far = unix_now() + 2 * 366 * 24 * 3600;
+    for (bad, field) in [
+        ("not json".to_string(), "(body)"),
+        (r#"{"jti":"tok-alice-1"}"#.to_string(), "expires_at"),
+        (
+            r#"{"jti":"tok-alice-1","expires_at":1000}"#.to_string(),
+            "expires_at",
+        ),
+        (
+            format!(r#"{{"jti":"tok-alice-1","expires_at":{far}}}"#),
+            "expires_at",
+        ),
+        (
+            format!(r#"{{"jti":"a","sub":"b","expires_at":{exp}}}"#),
+            "jti",
+        ),
+        (format!(r#"{{"jti":"","expires_at":{exp}}}"#), "jti"),
+    ] {
+        let (status, v) = rig.send("POST", "/revoke", &bad);
+        assert_eq!(status, 400, "{bad}: {v}");
+        assert_eq!(v["field"], field, "{bad}: {v}");
+    }
+    for c in &mut conns {
+        assert_eq!(send(c, &alice), 200, "a refused revocation changed nothing");
+    }
+
+    let at = Instant::now();
+    let (status, v) = rig.send("POST", "/admin/revoke", &body);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["revoked"]["kind"], "jti", "{v}");
+    assert_eq!(v["revoked"]["id"], "tok-alice-1", "{v}");
+    thread::sleep(Duration::from_millis(100).saturating_sub(at.elapsed()));
+    for c in &mut conns {
+        assert_eq!(
+            send(c, &alice),
+            401,
+            "revoked token still accepted after 100 ms"
+        );
+        assert_eq!(send(c, &bob), 200, "another token was revoked too");
+    }
+
+    let (status, v) = rig.send(
+        "POST",
+        "/revoke",
+        &format!(r#"{{"sub":"bob","expires_at":{exp}}}"#),
+    );
+    assert_eq!(status, 200, "{v}");
+    thread::sleep(Duration::from_millis(100));
+    for c in &mut conns {
+        assert_eq!(
+            send(c, &bob),
+            401,
+            "revoked subject still accepted after 100 ms"
+        );
+    }
+
+    let file = std::fs::read_to_string(rig.dir.join("revoked.txt")).unwrap();
+    assert!(
+        file.lines().any(|l| l == format!("jti {exp} tok-alice-1")),
+        "{file}"
+    );
+    assert!(
+        file.lines().any(|l| l == format!("sub {exp} bob")),
+        "{file}"
+    );
+    let m = admin::collect(&rig.engine.inboxes());
+    assert!(
+        m.iter().all(|w| w.requests() >= 2),
+        "both workers served tokens before and after"
+    );
+}
+
+/// Two mock deployments behind one split; all traffic on `a` to start with.
+fn split_extra(a: SocketAddr, b: SocketAddr) -> String {
+    format!(
+        r#"
+# Deployments for the chat split.
+[[deployments]]
+model = "llama3-70b"
+version = "3.2.1"
+endpoints = ["{a}"]
+
+[[deployments]]
+model = "qwen2-72b"
+version = "2.1.0"
+endpoints = ["{b}"]
+
+[[routes]]
+path = "/v1/chat/completions"
+methods = ["POST"]
+targets = [
+  {{ model = "llama3-70b", version = ">=3.2.0, <3.3.0", weight = 100 }}, # primary
+  # the challenger starts drained
+  {{ model = "qwen2-72b", version = "^2.0.0", weight = 0 }},
+]
+"#
+    )
+}
+
+/// Which mock served each of `n` chat requests.
+fn served(gw: SocketAddr, n: usize) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    let mut conn = Client::connect(gw);
+    let body = r#"{"model":"chat","messages":[{"role":"user","content":"hi"}]}"#;
+    for _ in 0..n {
+        conn.send(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let r = conn.read_response().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let model = r.header("x-mock-model").unwrap_or("?").to_string();
+        *counts.entry(model).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[test]
+fn weights_put_rewrites_the_file_keeps_comments_and_reloads() {
+    use shardgate::mock::{self, MockConfig};
+    let mock_named = |model: &str| {
+        let cfg = MockConfig {
+            model: model.into(),
+            ..Default::default()
+        };
+        mock::spawn(cfg, "127.0.0.1:0".parse().unwrap(), 1).unwrap()
+    };
+    let (a, b) = (mock_named("A"), mock_named("B"));
+    let rig = Rig::start("weights", &split_extra(a.addr(), b.addr()));
+    assert_eq!(served(rig.gw(), 20).get("A"), Some(&20));
+    let before = std::fs::read_to_string(&rig.cfg).unwrap();
+
+    let put = r#"{"path": "/v1/chat/completions", "models": [], "targets": [
+        {"model": "llama3-70b", "version": ">=3.2.0,<3.3.0", "weight": 0},
+        {"model": "qwen2-72b", "version": "^2.0.0", "weight": 100}]}"#;
+    let (status, _) = admin::http::call_with_body(
+        rig.admin.local_addr(),
+        "PUT",
+        "/routes/weights",
+        None,
+        put.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 401);
+    assert_eq!(rig.call("POST", "/routes/weights").0, 405);
+
+    // Refused edits write nothing and reload nothing.
+    let zero = put.replace("\"weight\": 100", "\"weight\": 0");
+    for bad in [
+        zero.as_str(),
+        r#"{"path": "/v1/nowhere", "targets": [{"model": "qwen2-72b", "weight": 1}]}"#,
+        r#"{"path": "/v1/chat/completions", "targets": [{"model": "qwen2-72b", "weight": -1}]}"#,
+        r#"{"path": "/v1/chat/completions", "targets": []}"#,
+        "{}",
+    ] {
+        let (status, v) = rig.send("PUT", "/routes/weights", bad);
+        assert_eq!(status, 400, "{bad}: {v}");
+        assert_eq!(std::fs::read_to_string(&rig.cfg).unwrap(), before, "{bad}");
+    }
+    assert_eq!(rig.json("/config")["generation"], 1);
+
+    let (status, v) = rig.send("PUT", "/admin/routes/weights", put);
+    assert_eq!(status, 200, "{v}");
+    let generation = v["generation"].as_u64().unwrap();
+    assert!(generation >= 2, "{v}");
+    let after = std::fs::read_to_string(&rig.cfg).unwrap();
+    assert_eq!(
+        after,
+        before
+            .replace("weight = 100 }, # primary", "weight = 0 }, # primary")
+            .replace(
+                "version = \"^2.0.0\", weight = 0 }",
+                "version = \"^2.0.0\", weight = 100 }"
+            ),
+        "only the weights changed; comments kept"
+    );
+    assert!(after.contains("# the challenger starts drained"));
+    // Workers swap snapshots on their next inbox tick.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while served(rig.gw(), 1).contains_key("A") {
+        assert!(
+            Instant::now() < deadline,
+            "generation {generation} not applied"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(served(rig.gw(), 20).get("B"), Some(&20));
+    let conf = rig.json("/config");
+    assert!(conf["generation"].as_u64().unwrap() >= generation, "{conf}");
+}
+
+#[test]
+fn mutating_endpoints_need_a_control_thread() {
+    let admin = Admin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        AdminState {
+            workers: vec![],
+            control: None,
+            view: Default::default(),
+            token: None,
+        },
+    )
+    .unwrap();
+    let exp = unix_now() + 60;
+    for (method, path, body) in [
+        (
+            "POST",
+            "/revoke",
+            format!(r#"{{"jti":"x","expires_at":{exp}}}"#),
+        ),
+        (
+            "PUT",
+            "/routes/weights",
+            r#"{"path":"/","targets":[]}"#.into(),
+        ),
+    ] {
+        let (status, text) =
+            admin::http::call_with_body(admin.local_addr(), method, path, None, body.as_bytes())
+                .unwrap();
+        assert_eq!(status, 503, "{path}: {text}");
+    }
 }

@@ -154,6 +154,7 @@ fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         422 => "Unprocessable Content",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Status",
     }
@@ -190,13 +191,26 @@ pub fn call(
     path: &str,
     token: Option<&str>,
 ) -> io::Result<(u16, String)> {
+    call_with_body(addr, method, path, token, b"")
+}
+
+/// [`call`] with a request body (sent as `application/json`).
+pub fn call_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(15)))?;
     let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
     )?;
+    s.write_all(body)?;
     let mut buf = Vec::new();
     s.take(MAX_RESPONSE as u64).read_to_end(&mut buf)?;
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
