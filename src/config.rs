@@ -351,11 +351,66 @@ pub fn from_str(
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let key = e.span().map_or("(syntax)".to_string(), |s| {
             let line = text[..s.start].matches('\n').count() + 1;
-            format!("line {line}")
+            match key_path_at(text, s.start) {
+                Some(path) => format!("{path} (line {line})"),
+                None => format!("line {line}"),
+            }
         });
         vec![ConfigProblem::new(key, e.message().to_string())]
     })?;
     raw.validate(base_dir, generation)
+}
+
+/// The key path (`routes[0].targets[1].weight`) of the key or value at byte `pos`, so a
+/// type error names the key, not just the line.
+fn key_path_at(text: &str, pos: usize) -> Option<String> {
+    use toml_edit::{Item, Table, Value};
+    fn hit(span: Option<std::ops::Range<usize>>, pos: usize) -> bool {
+        span.is_some_and(|s| s.contains(&pos))
+    }
+    fn in_value(v: &Value, path: String, pos: usize) -> Option<String> {
+        match v {
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .find_map(|(i, e)| in_value(e, format!("{path}[{i}]"), pos))
+                .or_else(|| hit(a.span(), pos).then_some(path)),
+            Value::InlineTable(t) => t
+                .iter()
+                .find_map(|(k, e)| {
+                    let p = format!("{path}.{k}");
+                    if t.key(k).is_some_and(|key| hit(key.span(), pos)) {
+                        return Some(p);
+                    }
+                    in_value(e, p, pos)
+                })
+                .or_else(|| hit(t.span(), pos).then_some(path)),
+            other => hit(other.span(), pos).then_some(path),
+        }
+    }
+    fn in_table(t: &Table, prefix: &str, pos: usize) -> Option<String> {
+        t.iter().find_map(|(k, item)| {
+            let path = if prefix.is_empty() {
+                k.to_string()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            if t.key(k).is_some_and(|key| hit(key.span(), pos)) {
+                return Some(path);
+            }
+            match item {
+                Item::Value(v) => in_value(v, path, pos),
+                Item::Table(sub) => in_table(sub, &path, pos),
+                Item::ArrayOfTables(a) => a
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, sub)| in_table(sub, &format!("{path}[{i}]"), pos)),
+                Item::None => None,
+            }
+        })
+    }
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    in_table(doc.as_table(), "", pos)
 }
 
 impl RawConfig {
@@ -748,6 +803,17 @@ upstream = "a"
         let text = GOOD.replace("workers = 1", "workers = 1\nwokers = 2");
         let problems = from_str(&text, Path::new("."), 1).unwrap_err();
         assert!(problems[0].message.contains("wokers"), "{problems:?}");
-        assert_eq!(problems[0].key, "line 5");
+        assert_eq!(problems[0].key, "server.wokers (line 5)");
+        let text = GOOD.replace(
+            "methods = [\"POST\"]",
+            "methods = [\"POST\"]\ntargets = [{ model = \"m\", weight = \"ninety\" }]",
+        );
+        let problems = from_str(&text, Path::new("."), 1).unwrap_err();
+        assert!(
+            problems[0]
+                .key
+                .starts_with("routes[0].targets[0].weight (line "),
+            "{problems:?}"
+        );
     }
 }

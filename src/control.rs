@@ -186,7 +186,11 @@ fn run(
         };
         let reply = match msg {
             Some(ToControl::Stop) => return,
-            Some(ToControl::Reload(reply)) => reply,
+            Some(ToControl::Reload(reply)) => {
+                // This reload reads the file as it is now; the watcher must not load it again.
+                stamp = file_stamp(&path);
+                reply
+            }
             Some(ToControl::Revoke(r, reply)) => {
                 let persisted = match &mut log {
                     Some(log) => log
