@@ -16,6 +16,8 @@
 # requests loadgen measured), non-2xx/errors. Tables: medians over rounds, then the ratios
 # auth/plain, quota/plain, obs/bare (req/s ratio; CPU ratio is the inverse cost).
 #
+# RATE=N: open loop at N req/s over CONNS connections instead of closed loop (every config then
+# does the same work per second, so CPU µs/request is compared at equal batching).
 # Knobs (defaults): DURATION=4 WARMUP=1 ROUNDS=3 CONNS=32 GW_CORE=0 UP_CORE=1 UP_PORT=9000
 # GW_PORT0=8180 (ports GW_PORT0..+4) TOKENS=1000 SKIP_BUILD=1 KEEP=1 (keep the temp dir)
 set -euo pipefail
@@ -154,6 +156,7 @@ done
 run() { # NAME CONFIG
     local name=$1 c=$2 extra=()
     [[ $c == auth ]] && extra=(--token-file "$TMP/tokens.txt")
+    [[ -n ${RATE:-} ]] && extra+=(--rate "$RATE")
     local wst="" pst="/proc/${GW_PID[$c]}/stat"
     wst=$(worker_stat "${GW_PID[$c]}")
     timeout $((DURATION + WARMUP + 30)) taskset -c "$UP_CORE" "$LOADGEN" \
@@ -169,7 +172,7 @@ run() { # NAME CONFIG
     echo "$(($(ticks "$wst") - w0)) $(($(ticks "$pst") - p0))" >"$TMP/$name.cpu"
 }
 
-echo "feature_cost: ${CONFIGS[*]} | ${DURATION}s + ${WARMUP}s warmup, $ROUNDS rounds, closed loop" \
+echo "feature_cost: ${CONFIGS[*]} | ${DURATION}s + ${WARMUP}s warmup, $ROUNDS rounds, $([[ -n ${RATE:-} ]] && echo "open loop $RATE req/s over" || echo "closed loop")" \
     "$CONNS conns, worker on core $GW_CORE, mock+loadgen on core $UP_CORE"
 echo "machine: $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
