@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# Feature cost: what auth, quota and metrics+access-log cost one pinned shardgate worker.
+#
+# Five shardgate processes run side by side, each with one worker pinned to GW_CORE and its own
+# port, in front of the same mock-upstream (UP_CORE); loadgen (closed loop, CONNS connections,
+# UP_CORE) drives them one at a time, configurations alternating inside every round:
+#   plain  proxy route, no auth, no quota (default metrics: per_route = true, no access log)
+#   auth   plain + [auth] with one HS256 key; loadgen sends valid HS256 tokens (--token-file,
+#          TOKENS distinct subjects, minted here with the Python standard library)
+#   quota  plain + [quota] one local rule keyed by client_ip, requests_per_minute = 2e9
+#          (nothing is rejected; every request still takes the quota path)
+#   bare   [metrics] per_route = false, no access log
+#   obs    per_route = true + [access_log] sample_rate = 0.01 to a file
+# Per run: req/s, p50/p99, CPU µs/request of the worker thread (shardgate-w0) and of the whole
+# process (utime+stime from /proc, sampled after warmup until loadgen exits, divided by the
+# requests loadgen measured), non-2xx/errors. Tables: medians over rounds, then the ratios
+# auth/plain, quota/plain, obs/bare (req/s ratio; CPU ratio is the inverse cost).
+#
+# RATE=N: open loop at N req/s over CONNS connections instead of closed loop (every config then
+# does the same work per second, so CPU µs/request is compared at equal batching).
+# Knobs (defaults): DURATION=4 WARMUP=1 ROUNDS=3 CONNS=32 GW_CORE=0 UP_CORE=1 UP_PORT=9000
+# GW_PORT0=8180 (ports GW_PORT0..+4) TOKENS=1000 SKIP_BUILD=1 KEEP=1 (keep the temp dir)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-4}
+WARMUP=${WARMUP:-1}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-32}
+GW_CORE=${GW_CORE:-0}
+UP_CORE=${UP_CORE:-1}
+UP_PORT=${UP_PORT:-9000}
+GW_PORT0=${GW_PORT0:-8180}
+TOKENS=${TOKENS:-1000}
+CONFIGS=(plain auth quota bare obs)
+
+if [[ -z "${SKIP_BUILD:-}" ]]; then
+    cargo build --quiet --release -p shardgate -p loadtest
+fi
+LOADGEN=target/release/loadgen
+MOCK=target/release/mock-upstream
+SHARDGATE=${SHARDGATE:-target/release/shardgate}
+
+TMP=$(mktemp -d /tmp/shardgate-feature.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [[ -n "${KEEP:-}" ]]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT INT TERM
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {
+    for _ in $(seq 100); do port_open "$1" && return 0; sleep 0.05; done
+    return 1
+}
+port_of() {
+    local i
+    for i in "${!CONFIGS[@]}"; do [[ ${CONFIGS[$i]} == "$1" ]] && echo $((GW_PORT0 + i)); done
+}
+for p in "$UP_PORT" $(for c in "${CONFIGS[@]}"; do port_of "$c"; done); do
+    if port_open "$p"; then echo "port $p is already in use" >&2; exit 1; fi
+done
+
+printf '%s' '{"model":"mock-gpt","max_tokens":16,"messages":[{"role":"user","content":"Say hello to the benchmark."}]}' >"$TMP/body.json"
+
+# HS256 secret and TOKENS valid tokens (distinct sub, 1 h expiry).
+SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+printf '%s' "$SECRET" >"$TMP/hs256.key"
+python3 - "$SECRET" "$TOKENS" >"$TMP/tokens.txt" <<'PYEOF'
+import base64, hashlib, hmac, json, sys, time
+secret, n = sys.argv[1].encode(), int(sys.argv[2])
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+now = int(time.time())
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "hs256"}, separators=(",", ":")).encode())
+for i in range(n):
+    claims = {"sub": f"user-{i}", "iat": now, "exp": now + 3600, "jti": f"j{i}"}
+    si = head + b"." + b64(json.dumps(claims, separators=(",", ":")).encode())
+    sig = b64(hmac.new(secret, si, hashlib.sha256).digest())
+    print((si + b"." + sig).decode())
+PYEOF
+
+config() { # NAME
+    local name=$1
+    cat <<EOF
+[server]
+listen = "127.0.0.1:$(port_of "$name")"
+workers = [$GW_CORE]
+pin = true
+[[upstreams]]
+name = "mock"
+endpoints = ["127.0.0.1:$UP_PORT"]
+[[routes]]
+path = "/*rest"
+upstream = "mock"
+EOF
+    case $name in
+    auth) cat <<EOF
+auth = true
+[auth]
+[[auth.keys]]
+kid = "hs256"
+alg = "HS256"
+secret = { file = "hs256.key" }
+EOF
+    ;;
+    quota) cat <<EOF
+[quota]
+backend = "local"
+[[quota.rules]]
+name = "all"
+key = "client_ip"
+model = "*"
+requests_per_minute = 2000000000
+EOF
+    ;;
+    bare) printf '[metrics]\nper_route = false\n' ;;
+    obs) printf '[metrics]\nper_route = true\n[access_log]\npath = "access.log"\nsample_rate = 0.01\n' ;;
+    esac
+}
+
+taskset -c "$UP_CORE" "$MOCK" --listen "127.0.0.1:$UP_PORT" --threads 1 >"$TMP/mock.log" 2>&1 &
+PIDS+=($!)
+wait_port "$UP_PORT" || { echo "mock-upstream did not start" >&2; exit 1; }
+
+declare -A GW_PID
+for c in "${CONFIGS[@]}"; do
+    config "$c" >"$TMP/$c.toml"
+    "$SHARDGATE" check --config "$TMP/$c.toml" >/dev/null || { echo "config $c is invalid" >&2; exit 1; }
+    taskset -c "$GW_CORE" "$SHARDGATE" --config "$TMP/$c.toml" >"$TMP/$c.log" 2>&1 &
+    GW_PID[$c]=$!
+    PIDS+=($!)
+    wait_port "$(port_of "$c")" || { echo "shardgate $c did not start:" >&2; tail -5 "$TMP/$c.log" >&2; exit 1; }
+done
+
+# Worker thread's /proc stat path (thread name shardgate-w0), and ticks of a stat file.
+worker_stat() {
+    local t
+    for t in /proc/"$1"/task/*; do
+        [[ $(cat "$t/comm" 2>/dev/null) == shardgate-w* ]] && { echo "$t/stat"; return; }
+    done
+    echo "/proc/$1/stat"
+}
+ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "$1"; }
+
+# Sanity: every config answers 200 (auth with a token).
+TOKEN1=$(head -1 "$TMP/tokens.txt")
+for c in "${CONFIGS[@]}"; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/json' \
+        -H "authorization: Bearer $TOKEN1" --data-binary @"$TMP/body.json" \
+        "http://127.0.0.1:$(port_of "$c")/v1/chat/completions" || true)
+    [[ $code == 200 ]] || { echo "$c answered $code" >&2; tail -5 "$TMP/$c.log" >&2; exit 1; }
+done
+
+run() { # NAME CONFIG
+    local name=$1 c=$2 extra=()
+    [[ $c == auth ]] && extra=(--token-file "$TMP/tokens.txt")
+    [[ -n ${RATE:-} ]] && extra+=(--rate "$RATE")
+    local wst="" pst="/proc/${GW_PID[$c]}/stat"
+    wst=$(worker_stat "${GW_PID[$c]}")
+    timeout $((DURATION + WARMUP + 30)) taskset -c "$UP_CORE" "$LOADGEN" \
+        --url "http://127.0.0.1:$(port_of "$c")/v1/chat/completions" --method POST \
+        --body "$TMP/body.json" -H 'content-type: application/json' "${extra[@]}" \
+        --threads 1 --connections "$CONNS" --duration "$DURATION" --warmup "$WARMUP" \
+        --json "$TMP/$name.json" >"$TMP/$name.txt" &
+    local lg=$!
+    sleep "$WARMUP"
+    local w0 p0
+    w0=$(ticks "$wst"); p0=$(ticks "$pst")
+    wait "$lg"
+    echo "$(($(ticks "$wst") - w0)) $(($(ticks "$pst") - p0))" >"$TMP/$name.cpu"
+}
+
+echo "feature_cost: ${CONFIGS[*]} | ${DURATION}s + ${WARMUP}s warmup, $ROUNDS rounds, $([[ -n ${RATE:-} ]] && echo "open loop $RATE req/s over" || echo "closed loop")" \
+    "$CONNS conns, worker on core $GW_CORE, mock+loadgen on core $UP_CORE"
+echo "machine: $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+for r in $(seq "$ROUNDS"); do
+    # Rotate the starting config each round so no config always runs first.
+    for k in "${!CONFIGS[@]}"; do
+        c=${CONFIGS[$(((k + r - 1) % ${#CONFIGS[@]}))]}
+        run "$c-$r" "$c"
+    done
+done
+echo "load average after:  $(cut -d' ' -f1-3 /proc/loadavg)"
+[[ -s $TMP/access.log ]] && echo "access log lines (obs, sample 0.01): $(wc -l <"$TMP/access.log")"
+
+python3 - "$TMP" "$ROUNDS" "$(getconf CLK_TCK)" "${CONFIGS[@]}" <<'PYEOF'
+import json, os, statistics, sys
+tmp, rounds, hz, configs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+
+def load(name):
+    j = json.load(open(os.path.join(tmp, name + ".json")))
+    w, p = (int(x) for x in open(os.path.join(tmp, name + ".cpu")).read().split())
+    n = j["completed"]
+    t = j["latency_us"]["total"]
+    bad = sum(j["errors"].values()) + sum(v for k, v in j["status"].items() if not k.startswith("2"))
+    return {"rps": j["rps"], "p50": t["p50"], "p99": t["p99"],
+            "w_us": w * 1e6 / hz / n, "p_us": p * 1e6 / hz / n, "bad": bad}
+
+print(f"\n{'run':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'wkr us/req':>10} {'proc us/req':>11} {'non2xx':>7}")
+med = {}
+for c in configs:
+    runs = [load(f"{c}-{r}") for r in range(1, rounds + 1)]
+    for r, m in enumerate(runs, 1):
+        print(f"{c+' #'+str(r):<10} {m['rps']:>9.0f} {m['p50']/1e3:>8.3f} {m['p99']/1e3:>8.3f} "
+              f"{m['w_us']:>10.2f} {m['p_us']:>11.2f} {m['bad']:>7}")
+    med[c] = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
+    m = med[c]
+    print(f"{c+' med':<10} {m['rps']:>9.0f} {m['p50']/1e3:>8.3f} {m['p99']/1e3:>8.3f} "
+          f"{m['w_us']:>10.2f} {m['p_us']:>11.2f} {m['bad']:>7}")
+
+print("\nratios: medians of the medians, and the median of the per-round paired ratios (each")
+print("pair ran back to back in the same round). rps = on/off; cpu = off/on (>= target is good)")
+for on, off, target in (("auth", "plain", 0.90), ("quota", "plain", 0.95), ("obs", "bare", 0.95)):
+    a, b = med[on], med[off]
+    ons = [load(f"{on}-{r}") for r in range(1, rounds + 1)]
+    offs = [load(f"{off}-{r}") for r in range(1, rounds + 1)]
+    prps = [x["rps"] / y["rps"] for x, y in zip(ons, offs)]
+    pcpu = [y["w_us"] / x["w_us"] for x, y in zip(ons, offs)]
+    print(f"{on+'/'+off:<12} rps {a['rps']/b['rps']:.3f} (paired {statistics.median(prps):.3f})  "
+          f"worker-cpu {b['w_us']/a['w_us']:.3f} (paired {statistics.median(pcpu):.3f})  "
+          f"proc-cpu {b['p_us']/a['p_us']:.3f}  worker {a['w_us']-b['w_us']:+.2f} us/req  target >= {target}")
+    print(f"{'':<12} per-round rps {' '.join(f'{x:.2f}' for x in prps)} | cpu {' '.join(f'{x:.2f}' for x in pcpu)}")
+PYEOF
