@@ -235,9 +235,18 @@ async fn model_route<'s>(
                 label,
                 sticky_key: sticky,
             };
+            // A deployment whose every endpoint has an open breaker or fails health checks is
+            // skipped, so the split fails over (and reaches `fallbacks`) instead of sending
+            // traffic that would only get a 503.
+            let now = Instant::now();
+            let resilience = worker.resilience.borrow();
+            let healthy = |d: crate::route::DeploymentId| {
+                let up = snap.deployment_upstreams[d.index()];
+                resilience.upstream_available(&snap.resilience, up, now)
+            };
             let chosen = snap
                 .router
-                .choose(split, &ctx, |_| true, &mut worker.rng.borrow_mut())
+                .choose(split, &ctx, healthy, &mut worker.rng.borrow_mut())
                 .ok_or_else(|| (NO_DEPLOYMENT, b"retry-after: 1\r\n".to_vec()))?;
             let _ = write!(
                 resp_headers,

@@ -189,3 +189,75 @@ fn bad_bodies_and_unknown_paths() {
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("POST"));
 }
+
+#[test]
+fn split_fails_over_when_a_deployment_dies_and_fallbacks_serve_when_all_are_down() {
+    let a = mock_named("A");
+    let mut b = mock_named("B");
+    let f = mock_named("F");
+    let text = format!(
+        r#"
+[defaults.breaker]
+consecutive_failures = 2
+open_base_ms = 60000
+open_max_ms = 60000
+
+[[deployments]]
+model = "a"
+version = "1.0.0"
+endpoints = ["{}"]
+
+[[deployments]]
+model = "b"
+version = "1.0.0"
+endpoints = ["{}"]
+
+[[deployments]]
+model = "small"
+version = "1.0.0"
+endpoints = ["{}"]
+
+[[routes]]
+path = "/v1/chat/completions"
+targets = [ {{ model = "a", weight = 1 }}, {{ model = "b", weight = 1 }} ]
+fallbacks = [ {{ model = "small", weight = 1 }} ]
+"#,
+        a.addr(),
+        b.addr(),
+        f.addr()
+    );
+    let gw = gateway_with("listen = \"127.0.0.1:0\"\nworkers = 1\npin = false", &text);
+    b.stop();
+    // Connect failures to B trip its breaker; from then on the split only picks A.
+    let mut served = Vec::new();
+    for _ in 0..40 {
+        let r = chat(gw.local_addr(), "m", "");
+        served.push((r.status, r.header("x-mock-model").map(str::to_string)));
+    }
+    assert!(
+        served[20..]
+            .iter()
+            .all(|(s, m)| *s == 200 && m.as_deref() == Some("A")),
+        "{served:?}"
+    );
+    let failures = served.iter().filter(|(s, _)| *s != 200).count();
+    assert!(
+        failures <= 2,
+        "only the requests that tripped the breaker may fail: {served:?}"
+    );
+    // With both primaries down (A now answers 503: its breaker opens too) the fallback serves.
+    a.set_fail_status(Some(503));
+    let mut last = Vec::new();
+    for _ in 0..10 {
+        // The coordination thread decides on reported 5xx within a few ticks.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let r = chat(gw.local_addr(), "m", "");
+        last.push((r.status, r.header("x-mock-model").map(str::to_string)));
+    }
+    assert!(
+        last[5..]
+            .iter()
+            .all(|(s, m)| *s == 200 && m.as_deref() == Some("F")),
+        "{last:?}"
+    );
+}

@@ -217,6 +217,16 @@ impl WorkerResilience {
         self.reports.reserve(n.saturating_sub(self.reports.len()));
     }
 
+    /// Whether any endpoint of upstream `upstream` may take traffic now (breaker not open, not
+    /// failing health checks): what a split asks before choosing a deployment. Upstreams the
+    /// table does not cover count as available.
+    pub fn upstream_available(&self, table: &Resilience, upstream: usize, now: Instant) -> bool {
+        let Some(u) = table.upstreams.get(upstream) else {
+            return true;
+        };
+        (u.first..u.first + u.len).any(|id| self.breakers.is_available(EndpointId(id), now))
+    }
+
     /// May endpoint `id` be tried? `Ok(None)`: no breaker covers it.
     #[inline]
     pub fn allow(
