@@ -51,8 +51,7 @@ fn split_router() -> Router {
             model: (*m).into(),
             version: "1.0.0".into(),
             endpoints: vec!["127.0.0.1:9000".into()],
-            served_name: None,
-            labels: vec![],
+            ..RawDeployment::default()
         })
         .collect();
     let targets = [("a", 40), ("b", 30), ("c", 20), ("d", 10)]

@@ -438,17 +438,27 @@ impl RawConfig {
         let router = crate::route::Router::build(&self.routes, &self.deployments, &names)
             .map_err(|p| problems.extend(p))
             .ok();
-        // Each deployment is proxied like an upstream with default settings.
+        // Each deployment is proxied like an upstream, with its own timeouts, credential,
+        // breaker and health-check settings.
         let mut deployment_upstreams = Vec::new();
+        let mut raw_upstreams = self.upstreams.clone();
         for d in router.iter().flat_map(|r| r.deployments()) {
+            let rd = &self.deployments[d.id().index()];
             let raw = RawUpstream {
                 name: format!("{}@{}", d.model(), d.version_str()),
                 endpoints: d.endpoints().iter().map(|e| e.to_string()).collect(),
+                connect_timeout_ms: rd.connect_timeout_ms,
+                first_byte_timeout_ms: rd.first_byte_timeout_ms,
+                idle_timeout_ms: rd.idle_timeout_ms,
+                api_key: rd.api_key.clone(),
+                breaker: rd.breaker.clone(),
+                health_check: rd.health_check.clone(),
                 ..RawUpstream::default()
             };
             let key = format!("deployments[{}]", d.id().index());
             deployment_upstreams.push(upstreams.len());
             upstreams.push(raw.build(&key, base_dir, &mut problems));
+            raw_upstreams.push(raw);
         }
         let admin = self
             .admin
@@ -481,7 +491,7 @@ impl RawConfig {
             .and_then(|a| a.build(base_dir, &mut problems));
         let resilience = crate::breaker::engine::Resilience::build(
             self.defaults.as_ref(),
-            &self.upstreams,
+            &raw_upstreams,
             &upstreams,
             &mut problems,
         );

@@ -152,6 +152,7 @@ fn check_reports_every_problem_with_file_and_key() {
     let out = bin()
         .args(["check", "--config", example])
         .env_remove("SHARDGATE_HOSTED_API_KEY")
+        .env("SHARDGATE_JWT_SECRET", "0123456789abcdef0123456789abcdef")
         .output()
         .unwrap();
     assert_eq!(
@@ -165,6 +166,7 @@ fn check_reports_every_problem_with_file_and_key() {
     let out = bin()
         .args(["check", "--config", example])
         .env("SHARDGATE_HOSTED_API_KEY", "sk-test")
+        .env("SHARDGATE_JWT_SECRET", "0123456789abcdef0123456789abcdef")
         .output()
         .unwrap();
     assert_eq!(

@@ -29,7 +29,7 @@
 use serde::Deserialize;
 
 /// One `[[deployments]]` entry: a concrete version of a model and where it runs.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawDeployment {
     /// Model family name that routes refer to.
@@ -44,6 +44,19 @@ pub struct RawDeployment {
     /// Labels (e.g. `canary`) that a request's label header can select.
     #[serde(default)]
     pub labels: Vec<String>,
+    /// Proxy settings, as on `[[upstreams]]` (defaults when absent).
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub first_byte_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub api_key: Option<crate::config::Secret>,
+    #[serde(default)]
+    pub breaker: Option<crate::breaker::config::RawBreaker>,
+    #[serde(default)]
+    pub health_check: Option<crate::breaker::config::RawHealthCheck>,
 }
 
 /// One `[[routes]]` entry.
