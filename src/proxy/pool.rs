@@ -4,10 +4,11 @@
 //!
 //! [`Pools::take`] returns an idle connection that is younger than the idle timeout, has
 //! served fewer than the per-connection request limit, and — checked with a non-blocking
-//! `MSG_PEEK` (skipped for replayable requests on connections idle under
-//! [`PEEK_AFTER_IDLE`]) — has not been closed by the upstream while idle. A connection the upstream
-//! closed is dropped here, before any request bytes are written to it, so a non-idempotent
-//! request is never sent on a connection known to be dead.
+//! `MSG_PEEK` once it has been idle a moment ([`PEEK_AFTER_IDLE_UNSAFE`], or
+//! [`PEEK_AFTER_IDLE`] for replayable requests) — has not been closed by the upstream while
+//! idle. A connection the upstream
+//! closed while idle is dropped here, before any request bytes are written to it, so a
+//! non-idempotent request is never sent on a connection known to be dead.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,8 +20,13 @@ use nix::sys::socket::{recv, MsgFlags};
 
 use crate::config::Snapshot;
 
-/// Idle time below which a pooled connection is reused without the liveness peek.
+/// Idle time below which a pooled connection is reused without the liveness peek, for a
+/// request that can be replayed should the connection be dead after all.
 pub const PEEK_AFTER_IDLE: Duration = Duration::from_millis(100);
+/// Idle time below which any request reuses a pooled connection without the peek: one syscall
+/// per request saved under load, at the risk of one 502 if an upstream closed a connection
+/// within this window of answering on it without saying `Connection: close`.
+pub const PEEK_AFTER_IDLE_UNSAFE: Duration = Duration::from_millis(1);
 
 /// Initial capacity of an upstream connection's read buffer.
 pub const UPSTREAM_READ_BUF: usize = 16 * 1024;
@@ -74,11 +80,14 @@ impl Pools {
             .count();
         list.drain(..expired);
         while let Some(mut c) = list.pop() {
-            // A request the caller can replay on a fresh connection (idempotent, held whole)
-            // may skip the peek on a connection idle for less than PEEK_AFTER_IDLE: upstream
-            // keep-alive timers run in seconds, and should the connection be dead after all the
-            // request is replayed. Anything else is always peeked first.
-            let fresh = replayable && now.duration_since(c.idle_since) < PEEK_AFTER_IDLE;
+            // Upstream keep-alive timers run in seconds, and a server that closes right after a
+            // response must say `Connection: close` (which keeps it out of the pool). So a
+            // connection idle for a moment is alive unless the upstream misbehaves; the peek
+            // is skipped there: under PEEK_AFTER_IDLE for a request the caller can replay on a
+            // fresh connection (idempotent, held whole), under PEEK_AFTER_IDLE_UNSAFE for the
+            // rest (a connection reused back to back under load).
+            let idle = now.duration_since(c.idle_since);
+            let fresh = idle < PEEK_AFTER_IDLE_UNSAFE || (replayable && idle < PEEK_AFTER_IDLE);
             if c.served < max_requests && (fresh || is_alive(&c.stream)) {
                 c.reused = true;
                 return Some(c);
