@@ -53,15 +53,15 @@ pub async fn check(
     let Some(rule) = settings.select(model) else {
         return Limited::Unlimited;
     };
-    let ip;
+    // Open routes (no verified caller) are limited per client address, as 16 raw bytes.
+    let ip = match caller.ip {
+        std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(a) => a.octets(),
+    };
     let who: &[u8] = match (rule.key, caller.subject, caller.tenant) {
         (KeyKind::Subject, Some(s), _) => s.as_bytes(),
         (KeyKind::Tenant, _, Some(t)) => t.as_bytes(),
-        // Open routes (no verified caller) are limited per client address.
-        _ => {
-            ip = caller.ip.to_string();
-            ip.as_bytes()
-        }
+        _ => &ip,
     };
     let key = rule.key_for(who);
     let reserve = rule.reservation(max_tokens.map(|t| t.min(u64::from(u32::MAX)) as u32));
