@@ -23,6 +23,8 @@ fn raw_route(path: String, methods: Option<Vec<String>>) -> RawRoute {
         fallbacks: vec![],
         auth: None,
         scope: None,
+        timeouts: None,
+        retryable: false,
     }
 }
 

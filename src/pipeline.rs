@@ -118,6 +118,8 @@ pub async fn handle(
             extra_request: &req_headers,
             extra_response: &resp_headers,
             usage: None,
+            timeouts: route.timeouts(),
+            retryable: route.retryable(),
         };
         let result = proxy::forward(worker, c, req, ob, snap).await;
         let account = Account {
@@ -153,6 +155,8 @@ pub async fn handle(
         extra_request: &p.req_headers,
         extra_response: &p.resp_headers,
         usage: Some(p.usage),
+        timeouts: p.timeouts,
+        retryable: p.retryable,
     };
     let result = proxy::forward(worker, c, req, ob, snap).await;
     finish(worker, c, req, result, started, &p.account).await
@@ -174,6 +178,8 @@ struct Prepared<'s> {
     resp_headers: Vec<u8>,
     usage: proxy::tap::UsageSpec,
     account: Account,
+    timeouts: crate::route::RouteTimeouts,
+    retryable: bool,
 }
 
 type Rejection = (GatewayError, Vec<u8>);
@@ -310,6 +316,8 @@ async fn model_route<'s>(
         resp_headers,
         usage,
         account,
+        timeouts: route.timeouts(),
+        retryable: route.retryable(),
     })
 }
 

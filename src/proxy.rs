@@ -64,6 +64,8 @@ const DROP_REQUEST_HEADERS: &[&[u8]] = &[
 
 /// Most attempts to reach an endpoint of one upstream when connecting fails.
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
+/// Most attempts of one request on a `retryable` route.
+pub const MAX_ROUTE_ATTEMPTS: u32 = 3;
 /// Request bodies up to this size that are already buffered go out with the head in one write
 /// (and can be replayed on a fresh connection).
 pub const INLINE_BODY: usize = 64 * 1024;
@@ -141,6 +143,10 @@ pub struct Outbound<'a> {
     pub extra_response: &'a [u8],
     /// Read token usage from a successful response.
     pub usage: Option<tap::UsageSpec>,
+    /// The route's timeout overrides and total deadline.
+    pub timeouts: crate::route::RouteTimeouts,
+    /// The route allows retrying a failed attempt on another endpoint.
+    pub retryable: bool,
 }
 
 /// Sends the request and relays the response (see the module docs).
@@ -185,6 +191,13 @@ pub async fn forward(
     };
 
     let sent_at = Instant::now();
+    // The route's total deadline bounds every wait below, retries included.
+    let deadline = ob.timeouts.total.map(|t| sent_at + t);
+    let cap = |d: std::time::Duration| match deadline {
+        Some(dl) => d.min(dl.saturating_duration_since(Instant::now())),
+        None => d,
+    };
+    let connect_timeout = ob.timeouts.connect.unwrap_or(upstream.connect_timeout);
     let up_idx = engine::upstream_index(snap, upstream);
     worker
         .resilience
@@ -196,20 +209,28 @@ pub async fn forward(
     let mut attempt = 0;
     let (mut up, first, permit) = loop {
         attempt += 1;
-        let (mut up, permit) =
-            match acquire(worker, snap, up_idx, upstream, inline && req.idempotent).await {
-                Ok(u) => u,
-                Err(NoEndpoint::Unavailable(wait)) => {
-                    c.up_out = up_out;
-                    return unavailable(worker, c, req, inline, ob.extra_response, wait).await;
-                }
-                Err(NoEndpoint::Failed(e)) => {
-                    c.up_out = up_out;
-                    // The body is still unread on the connection unless it went inline.
-                    let e = GatewayError::from(e);
-                    return Err(Failure::Respond(if inline { e } else { e.closing() }));
-                }
-            };
+        let (mut up, permit) = match acquire(
+            worker,
+            snap,
+            up_idx,
+            upstream,
+            inline && req.idempotent,
+            cap(connect_timeout),
+        )
+        .await
+        {
+            Ok(u) => u,
+            Err(NoEndpoint::Unavailable(wait)) => {
+                c.up_out = up_out;
+                return unavailable(worker, c, req, inline, ob.extra_response, wait).await;
+            }
+            Err(NoEndpoint::Failed(e)) => {
+                c.up_out = up_out;
+                // The body is still unread on the connection unless it went inline.
+                let e = GatewayError::from(e);
+                return Err(Failure::Respond(if inline { e } else { e.closing() }));
+            }
+        };
         let (res, buf) = up.stream.write_all(up_out).await;
         up_out = buf;
         let sent = res.is_ok();
@@ -222,12 +243,41 @@ pub async fn forward(
             }
         }
         let first = if sent {
-            relay::read_response_head(&mut up, upstream.first_byte_timeout).await
+            relay::read_response_head(
+                &mut up,
+                cap(ob
+                    .timeouts
+                    .first_byte
+                    .unwrap_or(upstream.first_byte_timeout)),
+            )
+            .await
         } else {
             Err(UpstreamError::ClosedBeforeResponse)
         };
+        // A retryable route may try again (another endpoint first, by round-robin) while
+        // nothing reached the client, the request is held whole, there is time left and the
+        // retry budget allows.
+        let may_retry = |w: &Worker| {
+            ob.retryable
+                && inline
+                && attempt < MAX_ROUTE_ATTEMPTS
+                && deadline.is_none_or(|d| Instant::now() < d)
+                && w.resilience.borrow_mut().try_retry(up_idx, Instant::now())
+        };
         match first {
+            Ok(h) if matches!(h.status, 502..=504) && may_retry(worker) => {
+                record(permit, Outcome::Status(h.status));
+                continue;
+            }
             Ok(h) => break (up, h, permit),
+            Err(
+                e @ (UpstreamError::ClosedBeforeResponse
+                | UpstreamError::FirstByteTimeout
+                | UpstreamError::BadResponse),
+            ) if !(up.reused && req.idempotent && attempt == 1) && may_retry(worker) => {
+                record(permit, engine::outcome_of(e));
+                continue;
+            }
             // A reused connection that died before answering: the upstream closed it while
             // our request was in flight. Replaying is safe only for idempotent requests we
             // still hold whole, and only within the retry budget.
@@ -273,7 +323,16 @@ pub async fn forward(
     let usage = ob.usage.filter(|_| (200..300).contains(&status));
     let mut tap = tap::Tap::new(usage, matches!(plan.up, relay::UpFraming::Length(_)));
     // Never retried from here on: response bytes may have reached the client.
-    if let Err(e) = relay::relay_body(c, &mut up, &plan, upstream.idle_timeout, &mut tap).await {
+    if let Err(e) = relay::relay_body(
+        c,
+        &mut up,
+        &plan,
+        ob.timeouts.idle.unwrap_or(upstream.idle_timeout),
+        deadline,
+        &mut tap,
+    )
+    .await
+    {
         record(permit, engine::outcome_of(e));
         return Err(Failure::Close(status, tap.tokens()));
     }
@@ -303,6 +362,7 @@ async fn acquire(
     up_idx: Option<usize>,
     upstream: &Upstream,
     replayable: bool,
+    connect_timeout: std::time::Duration,
 ) -> Result<(UpConn, Option<Permit>), NoEndpoint> {
     let n = upstream.endpoints.len();
     let start = worker.rr.get();
@@ -339,17 +399,15 @@ async fn acquire(
             return Ok((c, permit));
         }
         connects += 1;
-        let e =
-            match monoio::time::timeout(upstream.connect_timeout, TcpStream::connect_addr(ep.addr))
-                .await
-            {
-                Ok(Ok(s)) => {
-                    worker.metrics.borrow_mut().upstream_connects += 1;
-                    return Ok((UpConn::new(s, ep.addr), permit));
-                }
-                Ok(Err(_)) => UpstreamError::ConnectFailed,
-                Err(_) => UpstreamError::ConnectTimeout,
-            };
+        let e = match monoio::time::timeout(connect_timeout, TcpStream::connect_addr(ep.addr)).await
+        {
+            Ok(Ok(s)) => {
+                worker.metrics.borrow_mut().upstream_connects += 1;
+                return Ok((UpConn::new(s, ep.addr), permit));
+            }
+            Ok(Err(_)) => UpstreamError::ConnectFailed,
+            Err(_) => UpstreamError::ConnectTimeout,
+        };
         worker
             .resilience
             .borrow_mut()

@@ -31,7 +31,7 @@ mod weights;
 
 pub use catalog::{Deployment, DeploymentId};
 pub use hash::WorkerRng;
-pub use raw::{RawDeployment, RawRoute, RawSticky, RawTarget};
+pub use raw::{RawDeployment, RawRoute, RawSticky, RawTarget, RawTimeouts, RouteTimeouts};
 pub use split::{Chosen, SelectCtx, Split, Target, Weight, MAX_TARGETS};
 pub use trie::{EndpointId, MethodSet, MAX_PARAMS};
 pub use weights::set_weights_in_toml;
@@ -105,6 +105,8 @@ pub struct Route {
     sticky: Option<StickyKey>,
     auth: Option<bool>,
     scope: Option<Box<str>>,
+    timeouts: RouteTimeouts,
+    retryable: bool,
 }
 
 impl Route {
@@ -139,6 +141,14 @@ impl Route {
     /// Scope the caller's token must hold, if any.
     pub fn scope(&self) -> Option<&str> {
         self.scope.as_deref()
+    }
+    /// Timeouts that override the upstream's for this route.
+    pub fn timeouts(&self) -> RouteTimeouts {
+        self.timeouts
+    }
+    /// Failed attempts may be retried on another endpoint (see `RawRoute::retryable`).
+    pub fn retryable(&self) -> bool {
+        self.retryable
     }
 }
 

@@ -373,3 +373,100 @@ fn idempotent_request_on_a_connection_closed_moments_ago_is_replayed() {
         thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn route_timeouts_override_the_upstream_and_total_bounds_the_exchange() {
+    let up = Upstream::start(|mut c| {
+        if let Some(r) = c.read_request() {
+            if r.target == "/hang" {
+                thread::sleep(Duration::from_secs(3));
+                return;
+            }
+            // A stream that never ends: one chunk every 100 ms.
+            c.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+            for _ in 0..30 {
+                c.write(b"9\r\ndata: x\n\n\r\n");
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+    // The upstream allows 60 s to the first byte; the route 200 ms, and 400 ms in all.
+    let text = format!(
+        "[[upstreams]]\nname = \"up\"\nendpoints = [\"{}\"]\nfirst_byte_timeout_ms = 60000\n\
+         [[routes]]\npath = \"/*rest\"\nupstream = \"up\"\ntimeouts = {{ first_byte_ms = 200, total_ms = 400 }}\n",
+        up.addr
+    );
+    let gw = gateway(&text);
+    let start = Instant::now();
+    let r = get(gw.local_addr(), "/hang");
+    assert_eq!(r.status, 504);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    // The stream starts in time but outlives the total deadline: the client connection is
+    // closed (never a response that looks complete) soon after 400 ms.
+    let mut c = Client::connect(gw.local_addr());
+    let start = Instant::now();
+    c.send(b"GET /stream HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let mut all = Vec::new();
+    let _ = c.stream.read_to_end(&mut all);
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(2),
+        "{took:?} {text:?}"
+    );
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK") && !text.ends_with("0\r\n\r\n"),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn retryable_route_retries_a_failed_attempt_on_another_endpoint() {
+    let bad_hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hits = bad_hits.clone();
+    let bad = Upstream::start(move |mut c| {
+        while c.read_request().is_some() {
+            hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            c.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let good = Upstream::echo();
+    let config = |retryable: bool| {
+        format!(
+            "[[upstreams]]\nname = \"up\"\nendpoints = [\"{}\", \"{}\"]\n\
+             [[routes]]\npath = \"/*rest\"\nupstream = \"up\"\nretryable = {retryable}\n",
+            bad.addr, good.addr
+        )
+    };
+    let gw = gateway(&config(true));
+    for _ in 0..6 {
+        let r = request(
+            gw.local_addr(),
+            "POST /v1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}",
+        );
+        assert_eq!(
+            r.status, 200,
+            "a 503 from one endpoint is retried on the other"
+        );
+    }
+    assert!(
+        bad_hits.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the failing endpoint was tried"
+    );
+    // Without `retryable`, a POST is never sent twice: the 503 reaches the client.
+    let gw = gateway(&config(false));
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| {
+            request(
+                gw.local_addr(),
+                "POST /v1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}",
+            )
+            .status
+        })
+        .collect();
+    assert!(statuses.contains(&503), "{statuses:?}");
+}

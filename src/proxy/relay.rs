@@ -290,6 +290,7 @@ pub async fn relay_body(
     up: &mut UpConn,
     plan: &RelayPlan,
     idle: Duration,
+    deadline: Option<std::time::Instant>,
     tap: &mut Tap,
 ) -> Result<(), UpstreamError> {
     let mut remaining = match plan.up {
@@ -363,7 +364,11 @@ pub async fn relay_body(
             up.buf.reserve(RELAY_READ);
         }
         let buf = std::mem::take(&mut up.buf);
-        match monoio::time::timeout(idle, crate::server::read_into(&mut up.stream, buf)).await {
+        // Each read waits at most the idle gap, and never past the route's total deadline.
+        let wait = deadline.map_or(idle, |dl| {
+            idle.min(dl.saturating_duration_since(std::time::Instant::now()))
+        });
+        match monoio::time::timeout(wait, crate::server::read_into(&mut up.stream, buf)).await {
             Ok((Ok(0), buf)) => {
                 up.buf = buf;
                 if plan.up == UpFraming::Close {

@@ -44,7 +44,31 @@ pub(super) fn build_route(
         sticky,
         auth: r.auth,
         scope: r.scope.as_deref().map(Into::into),
+        timeouts: timeouts(i, r, problems),
+        retryable: r.retryable,
     })
+}
+
+/// The route's timeouts; a zero value is a problem.
+fn timeouts(i: usize, r: &RawRoute, problems: &mut Vec<ConfigProblem>) -> super::RouteTimeouts {
+    let Some(t) = r.timeouts else {
+        return super::RouteTimeouts::default();
+    };
+    let mut ms = |name: &str, v: Option<u64>| {
+        if v == Some(0) {
+            problems.push(ConfigProblem::new(
+                format!("routes[{i}].timeouts.{name}"),
+                "must be greater than 0",
+            ));
+        }
+        v.map(std::time::Duration::from_millis)
+    };
+    super::RouteTimeouts {
+        connect: ms("connect_ms", t.connect_ms),
+        first_byte: ms("first_byte_ms", t.first_byte_ms),
+        idle: ms("idle_ms", t.idle_ms),
+        total: ms("total_ms", t.total_ms),
+    }
 }
 
 /// The route's method set; `ANY` when `methods` is absent.

@@ -96,6 +96,34 @@ pub struct RawRoute {
     /// Carried through for the auth stage.
     #[serde(default)]
     pub scope: Option<String>,
+    /// Per-route timeouts, over the upstream's (`total_ms` bounds the whole exchange,
+    /// retries included).
+    #[serde(default)]
+    pub timeouts: Option<RawTimeouts>,
+    /// A failed attempt (no response, or 502/503/504) may be retried on another endpoint
+    /// while no response byte reached the client, the body is held whole, and the retry
+    /// budget allows. Off by default: model calls are not idempotent.
+    #[serde(default)]
+    pub retryable: bool,
+}
+
+/// `timeouts = { connect_ms, first_byte_ms, idle_ms, total_ms }` on a route; each optional.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect_ms: Option<u64>,
+    pub first_byte_ms: Option<u64>,
+    pub idle_ms: Option<u64>,
+    pub total_ms: Option<u64>,
+}
+
+/// A route's timeouts; `None` keeps the upstream's value (and no total deadline).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteTimeouts {
+    pub connect: Option<std::time::Duration>,
+    pub first_byte: Option<std::time::Duration>,
+    pub idle: Option<std::time::Duration>,
+    pub total: Option<std::time::Duration>,
 }
 
 /// One weighted entry of `targets` or `fallbacks`.
