@@ -32,6 +32,7 @@
 //!
 //! The listener address and token are read at start; a reload does not move them.
 
+pub mod breakers;
 pub mod http;
 pub mod mutate;
 pub mod prom;
@@ -72,6 +73,8 @@ pub struct AdminState {
     pub view: SharedView,
     /// Bearer token required on every endpoint but the probes.
     pub token: Option<Vec<u8>>,
+    /// The coordination thread, for breaker state (`None`: no breaker view).
+    pub breakers: Option<Sender<crate::control::coord::ToCoord>>,
 }
 
 /// A running admin listener. Dropping it stops the thread.
@@ -221,7 +224,7 @@ impl Server {
             p => p,
         };
         let allowed: &str = match path {
-            "/metrics" | "/stats" | "/config" | "/healthz" | "/readyz" => "GET",
+            "/metrics" | "/stats" | "/config" | "/breakers" | "/healthz" | "/readyz" => "GET",
             "/reload" | "/revoke" => "POST",
             "/routes/weights" => "PUT",
             _ => return Response::error(404, "not_found", "no such admin endpoint"),
@@ -240,6 +243,7 @@ impl Server {
             "/metrics" => self.metrics(),
             "/stats" => self.stats(&req.query),
             "/config" => self.config(),
+            "/breakers" => self.breakers(),
             "/reload" => self.reload(),
             "/revoke" => mutate::revoke(&self.state, req),
             "/routes/weights" => mutate::set_weights(&self.state, req),
@@ -248,10 +252,23 @@ impl Server {
         }
     }
 
+    fn breaker_rows(&self) -> Option<Vec<breakers::Row>> {
+        let coord = self.state.breakers.as_ref()?;
+        let snap = control::lock_view(&self.state.view).snapshot.clone();
+        breakers::rows(coord, snap.as_ref())
+    }
+
+    fn breakers(&self) -> Response {
+        match self.breaker_rows() {
+            Some(rows) => Response::json(200, &breakers::json(&rows)),
+            None => Response::error(503, "unavailable", "the coordination thread did not answer"),
+        }
+    }
+
     fn metrics(&self) -> Response {
         let merged = Merged::from_workers(collect(&self.state.workers));
         let reload = control::lock_view(&self.state.view).status.clone();
-        let text = prom::render(
+        let mut text = prom::render(
             &merged,
             &prom::Extra {
                 reload: &reload,
@@ -259,6 +276,9 @@ impl Server {
                 workers_expected: self.state.workers.len(),
             },
         );
+        if let Some(rows) = self.breaker_rows() {
+            breakers::prometheus(&rows, &mut text);
+        }
         Response {
             status: 200,
             content_type: prom::CONTENT_TYPE,
@@ -475,6 +495,7 @@ token = { value = "admin-SECRET" }
             control: None,
             view: SharedView::default(),
             token: token.map(|t| t.as_bytes().to_vec()),
+            breakers: None,
         };
         let req = |auth: Option<&str>| Request {
             method: "GET".into(),

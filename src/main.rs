@@ -199,6 +199,7 @@ fn start_admin(
         control: Some(control.sender()),
         view: control.view(),
         token,
+        breakers: engine.coord_sender(),
     };
     match Admin::start(listen, state) {
         Ok(a) => {

@@ -298,6 +298,11 @@ impl Engine {
 
     /// Every endpoint's circuit breaker as the coordination thread decided it (waits up to one
     /// second). Endpoint ids: `snapshot.resilience.locate`.
+    /// The coordination thread's inbox (breaker snapshots for the admin API).
+    pub fn coord_sender(&self) -> Option<Sender<ToCoord>> {
+        self.coord.as_ref().map(Coord::sender)
+    }
+
     pub fn breakers(&self) -> Option<crate::breaker::BreakerSnapshot> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let coord = self.coord.as_ref()?;

@@ -74,6 +74,7 @@ impl Rig {
                 control: Some(control.sender()),
                 view: control.view(),
                 token: Some(TOKEN.as_bytes().to_vec()),
+                breakers: engine.coord_sender(),
             },
         )
         .unwrap();
@@ -189,6 +190,14 @@ fn metrics_counts_match_exactly_and_pass_promtool() {
         &format!(r#"shardgate_received_bytes_total{{route="(unmatched)"}} {nowhere_in}"#),
     ]);
     assert!(!text.contains("sk-upstream-key"));
+    // Breaker state per upstream endpoint, from the coordination thread.
+    assert!(
+        text.contains(r#",state="closed"} 1"#)
+            && text.contains("shardgate_breaker_transitions_total{"),
+        "{text}"
+    );
+    let breakers = rig.json("/breakers");
+    assert_eq!(breakers["breakers"][0]["state"], "closed", "{breakers}");
     promtool_check(&rig.dir, &text);
 }
 
@@ -716,6 +725,7 @@ fn mutating_endpoints_need_a_control_thread() {
             control: None,
             view: Default::default(),
             token: None,
+            breakers: None,
         },
     )
     .unwrap();
