@@ -163,6 +163,11 @@ pub struct WorkerMetrics {
     pub total_us: Histogram<u64>,
     /// Upstream time (request sent → response complete), microseconds.
     pub upstream_us: Histogram<u64>,
+    /// Upstream time to the first response byte (request sent → response head), microseconds.
+    pub ttfb_us: Histogram<u64>,
+    /// Gap between two reads of a streamed (chunked or close-delimited) response body,
+    /// microseconds: what a client watching tokens arrive experiences.
+    pub stream_gap_us: Histogram<u64>,
     pub upstream_connects: u64,
     pub upstream_reuses: u64,
     pub connections_open: u64,
@@ -201,6 +206,8 @@ impl WorkerMetrics {
             by_class: [0; 6],
             total_us: histogram(),
             upstream_us: histogram(),
+            ttfb_us: histogram(),
+            stream_gap_us: histogram(),
             upstream_connects: 0,
             upstream_reuses: 0,
             connections_open: 0,

@@ -303,6 +303,11 @@ pub async fn forward(
         }
     };
     c.up_out = up_out;
+    worker
+        .metrics
+        .borrow_mut()
+        .ttfb_us
+        .saturating_record(micros(sent_at).max(1));
     let keep_client = req.keep_alive && !worker.drain.is_draining();
     let ctx = relay::RelayCtx {
         is_head: req.is_head,
@@ -323,6 +328,13 @@ pub async fn forward(
     let usage = ob.usage.filter(|_| (200..300).contains(&status));
     let mut tap = tap::Tap::new(usage, matches!(plan.up, relay::UpFraming::Length(_)));
     // Never retried from here on: response bytes may have reached the client.
+    let mut gap = |us: u64| {
+        worker
+            .metrics
+            .borrow_mut()
+            .stream_gap_us
+            .saturating_record(us.max(1));
+    };
     if let Err(e) = relay::relay_body(
         c,
         &mut up,
@@ -330,6 +342,7 @@ pub async fn forward(
         ob.timeouts.idle.unwrap_or(upstream.idle_timeout),
         deadline,
         &mut tap,
+        &mut gap,
     )
     .await
     {

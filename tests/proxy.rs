@@ -218,6 +218,18 @@ fn sse_chunks_reach_the_client_while_the_stream_is_open() {
             "{seen:?}"
         );
     }
+    // The gaps are in the stream-gap histogram, the head's wait in time-to-first-byte.
+    let m = gw.collect();
+    let gaps: u64 = m.iter().map(|w| w.stream_gap_us.len()).sum();
+    let slow_gaps: u64 = m
+        .iter()
+        .map(|w| w.stream_gap_us.count_between(250_000, 10_000_000))
+        .sum();
+    assert!(
+        gaps >= 3 && slow_gaps >= 2,
+        "{gaps} gaps, {slow_gaps} of them ≥ 250 ms"
+    );
+    assert_eq!(m.iter().map(|w| w.ttfb_us.len()).sum::<u64>(), 1);
 }
 
 #[test]

@@ -118,6 +118,22 @@ fn latency(o: &mut String, m: &Merged) {
             histogram(o, name, &format!("route=\"{}\"", escape(label)), pick(r));
         }
     }
+    let all: [(&str, &str, &Histogram<u64>); 2] = [
+        (
+            "upstream_first_byte_seconds",
+            "Upstream time to first byte: request sent to response head.",
+            &m.ttfb_us,
+        ),
+        (
+            "stream_chunk_gap_seconds",
+            "Gap between two reads of a streamed response body (inter-chunk latency).",
+            &m.stream_gap_us,
+        ),
+    ];
+    for (name, help, h) in all {
+        header(o, name, "histogram", help);
+        histogram(o, name, "scope=\"all\"", h);
+    }
 }
 
 /// One Prometheus histogram series from an hdrhistogram in microseconds.

@@ -24,6 +24,8 @@ pub struct Merged {
     pub by_class: [u64; 6],
     pub total_us: Histogram<u64>,
     pub upstream_us: Histogram<u64>,
+    pub ttfb_us: Histogram<u64>,
+    pub stream_gap_us: Histogram<u64>,
     pub upstream_connects: u64,
     pub upstream_reuses: u64,
     pub bytes_in: u64,
@@ -43,6 +45,8 @@ impl Merged {
             by_class: [0; 6],
             total_us: histogram(),
             upstream_us: histogram(),
+            ttfb_us: histogram(),
+            stream_gap_us: histogram(),
             upstream_connects: 0,
             upstream_reuses: 0,
             bytes_in: 0,
@@ -63,6 +67,8 @@ impl Merged {
             }
             add_hist(&mut m.total_us, &w.total_us);
             add_hist(&mut m.upstream_us, &w.upstream_us);
+            add_hist(&mut m.ttfb_us, &w.ttfb_us);
+            add_hist(&mut m.stream_gap_us, &w.stream_gap_us);
             m.upstream_connects += w.upstream_connects;
             m.upstream_reuses += w.upstream_reuses;
             m.bytes_in += w.bytes_in;
@@ -92,6 +98,8 @@ impl Merged {
         }
         sub_hist(&mut d.total_us, &earlier.total_us);
         sub_hist(&mut d.upstream_us, &earlier.upstream_us);
+        sub_hist(&mut d.ttfb_us, &earlier.ttfb_us);
+        sub_hist(&mut d.stream_gap_us, &earlier.stream_gap_us);
         for (label, r) in d.routes.iter_mut() {
             let Some(e) = earlier.routes.get(label) else {
                 continue;

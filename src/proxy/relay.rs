@@ -292,7 +292,10 @@ pub async fn relay_body(
     idle: Duration,
     deadline: Option<std::time::Instant>,
     tap: &mut Tap,
+    gap: &mut dyn FnMut(u64),
 ) -> Result<(), UpstreamError> {
+    let streamed = matches!(plan.up, UpFraming::Chunked | UpFraming::Close);
+    let mut last_read = std::time::Instant::now();
     let mut remaining = match plan.up {
         UpFraming::Length(n) => n,
         _ => 0,
@@ -381,7 +384,13 @@ pub async fn relay_body(
                 }
                 return Err(UpstreamError::ClosedMidBody);
             }
-            Ok((Ok(_), buf)) => up.buf = buf,
+            Ok((Ok(_), buf)) => {
+                up.buf = buf;
+                if streamed {
+                    gap(last_read.elapsed().as_micros() as u64);
+                    last_read = std::time::Instant::now();
+                }
+            }
             Ok((Err(_), _)) => return Err(UpstreamError::ClosedMidBody),
             Err(_) => return Err(UpstreamError::IdleTimeout),
         }
