@@ -27,6 +27,7 @@ fn sample(i: u64) -> Sample {
         status: if i % 50 == 0 { 503 } else { 200 },
         total_us: 800 + (i * 7919) % 5000,
         upstream_us: Some(700 + (i * 7919) % 4000),
+        deployment: None,
         bytes_in: 300,
         bytes_out: 900,
     }

@@ -266,6 +266,7 @@ mod tests {
             status: 200,
             total_us: 1500,
             upstream_us: Some(1200),
+            deployment: None,
             bytes_in: 10,
             bytes_out: 20,
         }

@@ -147,6 +147,8 @@ pub struct Sample {
     pub status: u16,
     pub total_us: u64,
     pub upstream_us: Option<u64>,
+    /// Index of the deployment a split chose (its `DeploymentId`), if any.
+    pub deployment: Option<u32>,
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
@@ -179,6 +181,10 @@ pub struct WorkerMetrics {
     pub routes: Vec<RouteMetrics>,
     /// Snapshot route index → slot in `routes`.
     route_slots: Vec<u32>,
+    /// Per model deployment a split chose (label `model@version`), recorded besides the route.
+    pub deployments: Vec<RouteMetrics>,
+    /// Snapshot deployment index → slot in `deployments`.
+    deployment_slots: Vec<u32>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// Counters other stages increment (see [`counters`]).
@@ -215,6 +221,8 @@ impl WorkerMetrics {
             per_route: true,
             routes: vec![RouteMetrics::new(UNMATCHED_ROUTE)],
             route_slots: Vec::new(),
+            deployments: Vec::new(),
+            deployment_slots: Vec::new(),
             bytes_in: 0,
             bytes_out: 0,
             counters: LabelledCounters::default(),
@@ -239,6 +247,18 @@ impl WorkerMetrics {
             };
             self.route_slots.push(slot as u32);
         }
+        self.deployment_slots.clear();
+        for d in snap.router.deployments() {
+            let label = format!("{}@{}", d.model(), d.version_str());
+            let slot = match self.deployments.iter().position(|m| *m.label == *label) {
+                Some(i) => i,
+                None => {
+                    self.deployments.push(RouteMetrics::new(&label));
+                    self.deployments.len() - 1
+                }
+            };
+            self.deployment_slots.push(slot as u32);
+        }
     }
 
     /// Records one finished request without route or byte detail. `status` 0 means no
@@ -250,6 +270,7 @@ impl WorkerMetrics {
             status,
             total_us,
             upstream_us,
+            deployment: None,
             bytes_in: 0,
             bytes_out: 0,
         });
@@ -272,6 +293,12 @@ impl WorkerMetrics {
                 .and_then(|i| self.route_slots.get(i as usize))
                 .map_or(UNMATCHED_SLOT, |&s| s as usize);
             self.routes[slot].record(s);
+            if let Some(&d) = s
+                .deployment
+                .and_then(|d| self.deployment_slots.get(d as usize))
+            {
+                self.deployments[d as usize].record(s);
+            }
         }
     }
 
@@ -340,6 +367,7 @@ upstream = "mock"
                 status,
                 total_us: 1000,
                 upstream_us: Some(900),
+                deployment: None,
                 bytes_in: 10,
                 bytes_out: 20,
             });
@@ -364,6 +392,7 @@ upstream = "mock"
             status: 404,
             total_us: 5,
             upstream_us: None,
+            deployment: None,
             bytes_in: 0,
             bytes_out: 0,
         });

@@ -260,6 +260,7 @@ async fn model_route<'s>(
                 chosen.model, chosen.version
             );
             body.set_model(chosen.served_name);
+            c.tally.deployment = Some(chosen.deployment.0);
             (
                 &snap.upstreams[snap.deployment_upstreams[chosen.deployment.index()]],
                 chosen.model.to_string(),

@@ -153,7 +153,9 @@ pub fn account(
     upstream_us: Option<u64>,
 ) {
     let (bytes_in, bytes_out) = c.tally.take_bytes();
+    let deployment = c.tally.deployment.take();
     let sample = crate::metrics::Sample {
+        deployment,
         route: c.tally.route,
         status,
         total_us: micros(started),

@@ -109,6 +109,20 @@ fn split_shares_follow_weights_and_model_is_rewritten() {
         }
         *counts.entry(served).or_default() += 1;
     }
+    // Each deployment the split chose has its own latency and status counts.
+    let m = gw.collect();
+    let per_dep = |label: &str| -> u64 {
+        m.iter()
+            .flat_map(|w| w.deployments.iter())
+            .filter(|d| &*d.label == label)
+            .map(|d| d.total_us.len())
+            .sum()
+    };
+    assert_eq!(per_dep("llama3-70b@3.2.1") as usize, counts["A"]);
+    assert_eq!(
+        per_dep("qwen2-72b@2.1.0") as usize,
+        counts.get("B").copied().unwrap_or(0)
+    );
     let share_a = counts["A"] as f64 / n as f64;
     assert!((share_a - 0.8).abs() < 0.05, "{counts:?}");
 }

@@ -118,6 +118,36 @@ fn latency(o: &mut String, m: &Merged) {
             histogram(o, name, &format!("route=\"{}\"", escape(label)), pick(r));
         }
     }
+    header(
+        o,
+        "deployment_request_duration_seconds",
+        "histogram",
+        "Request latency of requests a model split sent to each deployment.",
+    );
+    for (label, r) in &m.deployments {
+        histogram(
+            o,
+            "deployment_request_duration_seconds",
+            &format!("deployment=\"{}\"", escape(label)),
+            &r.total_us,
+        );
+    }
+    header(
+        o,
+        "deployment_requests_total",
+        "counter",
+        "Requests a model split sent to each deployment, by status.",
+    );
+    for (label, r) in &m.deployments {
+        for (status, n) in &r.statuses {
+            let _ = writeln!(
+                o,
+                "shardgate_deployment_requests_total{{deployment=\"{}\",status=\"{}\"}} {n}",
+                escape(label),
+                status_label(*status)
+            );
+        }
+    }
     let all: [(&str, &str, &Histogram<u64>); 2] = [
         (
             "upstream_first_byte_seconds",
@@ -327,6 +357,7 @@ mod tests {
                 status: 200,
                 total_us: us,
                 upstream_us: Some(us / 2),
+                deployment: None,
                 bytes_in: 5,
                 bytes_out: 7,
             });

@@ -49,8 +49,17 @@ pub fn window(m: &Merged, seconds: f64) -> Value {
     overall.insert("count".into(), m.total_us.len().into());
     quantiles(&m.total_us, &mut overall);
     overall.insert("upstream_p99_us".into(), p99(&m.upstream_us).into());
+    let routes = summaries(&m.routes);
+    let deployments = summaries(&m.deployments);
+    json!({"seconds": seconds, "overall": overall, "routes": routes, "deployments": deployments})
+}
+
+/// One summary per label (route or deployment).
+fn summaries(
+    by_label: &std::collections::BTreeMap<Box<str>, crate::metrics::RouteMetrics>,
+) -> Map<String, Value> {
     let mut routes = Map::new();
-    for (label, r) in &m.routes {
+    for (label, r) in by_label {
         let mut s = Map::new();
         s.insert("count".into(), r.total_us.len().into());
         quantiles(&r.total_us, &mut s);
@@ -65,7 +74,7 @@ pub fn window(m: &Merged, seconds: f64) -> Value {
         s.insert("statuses".into(), statuses.into());
         routes.insert(label.to_string(), s.into());
     }
-    json!({"seconds": seconds, "overall": overall, "routes": routes})
+    routes
 }
 
 /// Renders a window of a `/stats` answer as a table (milliseconds).
@@ -122,6 +131,7 @@ mod tests {
                 status: 200,
                 total_us: us * 10,
                 upstream_us: None,
+                deployment: None,
                 bytes_in: 0,
                 bytes_out: 0,
             });

@@ -32,6 +32,8 @@ pub struct Merged {
     pub bytes_out: u64,
     /// By route label.
     pub routes: BTreeMap<Box<str>, RouteMetrics>,
+    /// By deployment label (`model@version`), for requests a split routed.
+    pub deployments: BTreeMap<Box<str>, RouteMetrics>,
     pub counters: LabelledCounters,
     pub access_log_dropped: u64,
 }
@@ -52,6 +54,7 @@ impl Merged {
             bytes_in: 0,
             bytes_out: 0,
             routes: BTreeMap::new(),
+            deployments: BTreeMap::new(),
             counters: LabelledCounters::default(),
             access_log_dropped: 0,
         };
@@ -79,6 +82,12 @@ impl Merged {
                     .or_insert_with(|| RouteMetrics::new(&r.label))
                     .add(r);
             }
+            for r in &w.deployments {
+                m.deployments
+                    .entry(r.label.clone())
+                    .or_insert_with(|| RouteMetrics::new(&r.label))
+                    .add(r);
+            }
             m.counters.merge(&w.counters);
             m.access_log_dropped += w.access_log_dropped;
         }
@@ -100,8 +109,13 @@ impl Merged {
         sub_hist(&mut d.upstream_us, &earlier.upstream_us);
         sub_hist(&mut d.ttfb_us, &earlier.ttfb_us);
         sub_hist(&mut d.stream_gap_us, &earlier.stream_gap_us);
-        for (label, r) in d.routes.iter_mut() {
-            let Some(e) = earlier.routes.get(label) else {
+        let pairs = d.routes.iter_mut().map(|(l, r)| (earlier.routes.get(l), r));
+        let dep_pairs = d
+            .deployments
+            .iter_mut()
+            .map(|(l, r)| (earlier.deployments.get(l), r));
+        for (e, r) in pairs.chain(dep_pairs) {
+            let Some(e) = e else {
                 continue;
             };
             sub_hist(&mut r.total_us, &e.total_us);
@@ -138,6 +152,7 @@ mod tests {
             status: 200,
             total_us: us,
             upstream_us: Some(us / 2),
+            deployment: None,
             bytes_in: 1,
             bytes_out: 2,
         }

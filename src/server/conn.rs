@@ -56,6 +56,8 @@ pub struct ClientConn {
 pub struct Tally {
     /// Index of the matched route in the snapshot the request runs on.
     pub route: Option<u32>,
+    /// Index of the deployment a split chose for the request, if any.
+    pub deployment: Option<u32>,
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
