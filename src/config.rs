@@ -205,11 +205,22 @@ pub struct RawMetrics {
     /// Per-route histograms and status counters (default true).
     #[serde(default = "yes")]
     pub per_route: bool,
+    /// Most label sets kept per counter family (e.g. token usage by subject × model): the
+    /// largest by count stay, the rest add up under "other" (default 64).
+    #[serde(default = "default_label_series")]
+    pub label_series: usize,
+}
+
+fn default_label_series() -> usize {
+    crate::metrics::counters::MAX_SERIES_PER_FAMILY
 }
 
 impl Default for RawMetrics {
     fn default() -> Self {
-        Self { per_route: true }
+        Self {
+            per_route: true,
+            label_series: default_label_series(),
+        }
     }
 }
 
@@ -227,6 +238,7 @@ pub struct RawAccessLog {
 #[derive(Debug, Clone)]
 pub struct MetricsSettings {
     pub per_route: bool,
+    pub label_series: usize,
 }
 
 /// Where access log lines go.
@@ -482,8 +494,15 @@ impl RawConfig {
             }
         }
 
+        if !(1..=10_000).contains(&self.metrics.label_series) {
+            problems.push(ConfigProblem::new(
+                "metrics.label_series",
+                "must be between 1 and 10000",
+            ));
+        }
         let metrics = MetricsSettings {
             per_route: self.metrics.per_route,
+            label_series: self.metrics.label_series,
         };
         let access_log = self
             .access_log

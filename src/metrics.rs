@@ -235,6 +235,7 @@ impl WorkerMetrics {
     pub fn set_routes(&mut self, snap: &Snapshot) {
         self.config_generation = snap.generation;
         self.per_route = snap.metrics.per_route;
+        self.counters.set_cap(snap.metrics.label_series);
         self.route_slots.clear();
         for r in snap.router.routes() {
             let label = route_label(r);

@@ -4,10 +4,12 @@
 //! # Contract
 //!
 //! [`LabelledCounters::add`] adds `n` to the counter of `family` at `values` (one value per
-//! label name of the family). Each family keeps at most [`MAX_SERIES_PER_FAMILY`] distinct
-//! label sets; later new sets are counted under [`OTHER`] in every label, so a caller that
-//! labels by subject cannot grow memory or the exposition without bound (the first subjects
-//! seen get their own series, the rest share "other").
+//! label name of the family). Each family keeps at most `cap` distinct label sets
+//! ([`MAX_SERIES_PER_FAMILY`] unless `[metrics] label_series` says otherwise), so a caller that
+//! labels by subject cannot grow memory or the exposition without bound. When a new label set
+//! arrives at a full family, the smallest series is folded into [`OTHER`] and the new one takes
+//! its place (the space-saving scheme): series with large counts stay, so the family shows its
+//! top-N by count, and the family's total stays exact (what left a series is in "other").
 //!
 //! # Performance
 //!
@@ -63,6 +65,8 @@ pub const TOKENS: Family = Family {
 pub struct LabelledCounters {
     families: Vec<(&'static Family, HashMap<Box<str>, u64>)>,
     scratch: String,
+    /// Most label sets per family (0: [`MAX_SERIES_PER_FAMILY`]).
+    cap: usize,
 }
 
 impl LabelledCounters {
@@ -87,14 +91,35 @@ impl LabelledCounters {
             *c += n;
             return;
         }
-        let key: Box<str> = if series.len() < MAX_SERIES_PER_FAMILY {
-            self.scratch.as_str().into()
+        let cap = if self.cap == 0 {
+            MAX_SERIES_PER_FAMILY
         } else {
-            vec![OTHER; family.labels.len()]
-                .join(&SEP.to_string())
-                .into()
+            self.cap
         };
-        *series.entry(key).or_insert(0) += n;
+        let other: Box<str> = vec![OTHER; family.labels.len()]
+            .join(&SEP.to_string())
+            .into();
+        // The "other" series does not count against the cap.
+        let named = series.len() - usize::from(series.contains_key(&other));
+        if named >= cap {
+            // Fold the smallest named series into "other" to make room (new label sets are
+            // rare; this scan of at most `cap` entries happens only then).
+            let smallest = series
+                .iter()
+                .filter(|(k, _)| **k != other)
+                .min_by_key(|(_, c)| **c)
+                .map(|(k, c)| (k.clone(), *c));
+            if let Some((k, c)) = smallest {
+                series.remove(&k);
+                *series.entry(other).or_insert(0) += c;
+            }
+        }
+        *series.entry(self.scratch.as_str().into()).or_insert(0) += n;
+    }
+
+    /// Sets the most label sets kept per family (`[metrics] label_series`).
+    pub fn set_cap(&mut self, cap: usize) {
+        self.cap = cap;
     }
 
     /// Every family and its series (joined label values → count).
@@ -104,6 +129,7 @@ impl LabelledCounters {
 
     /// Adds every count of `other` (control plane merge; the cap applies again).
     pub fn merge(&mut self, other: &LabelledCounters) {
+        self.cap = self.cap.max(other.cap);
         for (family, series) in other.families() {
             for (key, n) in series {
                 let values: Vec<&str> = key.split(SEP).collect();
@@ -140,17 +166,30 @@ mod tests {
     }
 
     #[test]
-    fn cardinality_is_capped_with_other() {
+    fn cardinality_is_capped_and_keeps_the_largest() {
         let mut c = LabelledCounters::default();
-        for i in 0..MAX_SERIES_PER_FAMILY + 10 {
+        c.set_cap(4);
+        c.add(&TOKENS, &["heavy", "m"], 1000);
+        let mut total = 1000;
+        for i in 0..100 {
             c.add(&TOKENS, &[&format!("user{i}"), "m"], 1);
+            total += 1;
+            c.add(&TOKENS, &["heavy", "m"], 10);
+            total += 10;
         }
         let (_, series) = c.families().next().unwrap();
-        assert_eq!(series.len(), MAX_SERIES_PER_FAMILY + 1);
-        assert_eq!(c.get(&TOKENS, &[OTHER, OTHER]), 10);
-        // An existing series keeps counting after the cap.
-        c.add(&TOKENS, &["user0", "m"], 5);
-        assert_eq!(c.get(&TOKENS, &["user0", "m"]), 6);
+        assert_eq!(series.len(), 4 + 1, "cap named series plus other");
+        assert_eq!(
+            c.get(&TOKENS, &["heavy", "m"]),
+            2000,
+            "the top series is never folded"
+        );
+        assert_eq!(
+            series.values().sum::<u64>(),
+            total,
+            "the family total stays exact"
+        );
+        assert!(c.get(&TOKENS, &[OTHER, OTHER]) > 0);
     }
 
     #[test]
