@@ -479,7 +479,7 @@ path = "/v1/*rest"
 upstream = "mock"
 [admin]
 listen = "127.0.0.1:0"
-token = { value = "admin-SECRET" }
+token = { value = "admin-SECRET-0123456789" }
 "#;
         let s = crate::config::from_str(text, Path::new("."), 1).unwrap();
         let shown = redacted_view(&s).to_string();

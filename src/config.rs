@@ -693,15 +693,71 @@ impl RawUpstream {
     }
 }
 
+/// Shortest admin token accepted: anything shorter is guessable, and an empty one would
+/// switch admin authentication off.
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
+
+/// Why `token` cannot be an admin bearer token, if it cannot: empty, blank, shorter than
+/// [`MIN_ADMIN_TOKEN_BYTES`], holding control characters (it could not be sent in a header),
+/// or with whitespace at either end (HTTP strips it from header values, so it would never
+/// match).
+pub fn admin_token_problem(token: &[u8]) -> Option<String> {
+    if token.is_empty() {
+        return Some("is empty; an empty token would leave the admin API open".into());
+    }
+    if token.iter().all(u8::is_ascii_whitespace) {
+        return Some("is only whitespace".into());
+    }
+    if token.iter().any(u8::is_ascii_control) {
+        return Some("contains control characters (tab, newline, NUL, DEL ...)".into());
+    }
+    if token.first() == Some(&b' ') || token.last() == Some(&b' ') {
+        return Some(
+            "starts or ends with whitespace, which HTTP strips from header values".into(),
+        );
+    }
+    if token.len() < MIN_ADMIN_TOKEN_BYTES {
+        return Some(format!(
+            "is {} bytes; at least {MIN_ADMIN_TOKEN_BYTES} are required",
+            token.len()
+        ));
+    }
+    None
+}
+
+impl Secret {
+    /// Where the secret comes from, for an error message.
+    fn source(&self) -> String {
+        match self {
+            Secret::Env(var) => format!("environment variable `{var}`"),
+            Secret::File(path) => format!("file `{}`", path.display()),
+            Secret::Value(_) => "inline value".into(),
+        }
+    }
+}
+
 impl RawAdmin {
     fn build(&self, base_dir: &Path, problems: &mut Vec<ConfigProblem>) -> Option<AdminSettings> {
         let listen = resolve(&self.listen, "admin.listen", problems)?;
         let token = self.token.as_ref().and_then(|t| {
-            t.resolve(base_dir, "admin.token")
+            let bytes = t
+                .resolve(base_dir, "admin.token")
                 .map_err(|p| problems.push(p))
-                .ok()
+                .ok()?;
+            match admin_token_problem(&bytes) {
+                None => Some(bytes),
+                Some(why) => {
+                    let msg = format!("{why} (from {})", t.source());
+                    problems.push(ConfigProblem::new("admin.token", msg));
+                    None
+                }
+            }
         });
-        if token.is_none() && !listen.ip().is_loopback() && !self.allow_non_loopback_without_token {
+        // A token that was given but refused is reported above, not as a missing one.
+        if self.token.is_none()
+            && !listen.ip().is_loopback()
+            && !self.allow_non_loopback_without_token
+        {
             problems.push(ConfigProblem::new("admin.listen", "a non-loopback admin address requires admin.token (or allow_non_loopback_without_token = true)"));
         }
         Some(AdminSettings { listen, token })
@@ -825,6 +881,99 @@ upstream = "a"
             .map(|p| p.key)
             .collect();
         assert_eq!(keys, ["access_log.sample_rate", "access_log.path"]);
+    }
+
+    /// `GOOD` with an `[admin]` whose token is `token` (a TOML inline table).
+    fn with_admin_token(token: &str) -> String {
+        format!("{GOOD}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = {token}\n")
+    }
+
+    /// `s` as a TOML basic string, every control character escaped.
+    fn toml_str(s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' | '\\' => out.extend(['\\', c]),
+                c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    fn admin_token_problems(text: &str, base: &Path) -> Vec<ConfigProblem> {
+        match from_str(text, base, 1) {
+            Ok(s) => panic!("accepted token {:?}", s.admin.and_then(|a| a.token)),
+            Err(p) => p,
+        }
+    }
+
+    #[test]
+    fn weak_admin_tokens_are_config_errors_from_every_source() {
+        let bad: &[(&str, &str)] = &[
+            ("", "is empty"),
+            ("short-token", "is 11 bytes; at least 16"),
+            ("fifteen-bytes!!", "is 15 bytes"),
+            ("                ", "only whitespace"),
+            ("\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t", "only whitespace"),
+            ("\n", "only whitespace"),
+            ("a-long-enough-token\n", "control characters"),
+            ("a-long-enough\0token", "control characters"),
+            ("a-long-enough\x7ftoken", "control characters"),
+            ("a-long-enough\ttoken", "control characters"),
+            (" a-long-enough-token", "whitespace"),
+            ("a-long-enough-token ", "whitespace"),
+        ];
+        let dir = std::env::temp_dir().join(format!("sg-admin-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, (token, want)) in bad.iter().enumerate() {
+            // Inline value.
+            let inline = toml_str(token);
+            let text = with_admin_token(&format!("{{ value = {inline} }}"));
+            let p = admin_token_problems(&text, &dir);
+            assert_eq!(p.len(), 1, "{token:?}: {p:?}");
+            assert_eq!(p[0].key, "admin.token", "{token:?}");
+            assert!(p[0].message.contains(want), "{token:?}: {}", p[0].message);
+            assert!(p[0].message.contains("inline value"), "{}", p[0].message);
+            // Environment variable (set, but weak; an environment cannot hold NUL).
+            if !token.contains('\0') {
+                let var = format!("SG_TEST_WEAK_ADMIN_TOKEN_{i}");
+                std::env::set_var(&var, token);
+                let text = with_admin_token(&format!("{{ env = \"{var}\" }}"));
+                let p = admin_token_problems(&text, &dir);
+                assert_eq!(p[0].key, "admin.token", "{token:?}");
+                assert!(p[0].message.contains(want), "env {token:?}: {}", p[0].message);
+                assert!(p[0].message.contains(&var), "{}", p[0].message);
+            }
+            // File: one trailing newline is stripped, so write it with one more.
+            let file = format!("token-{i}");
+            std::fs::write(dir.join(&file), format!("{token}\n")).unwrap();
+            let p = admin_token_problems(&with_admin_token(&format!("{{ file = \"{file}\" }}")), &dir);
+            assert_eq!(p[0].key, "admin.token", "{token:?}");
+            assert!(p[0].message.contains(want), "file {token:?}: {}", p[0].message);
+            assert!(p[0].message.contains(&file), "{}", p[0].message);
+        }
+        // A file holding only a newline is an empty token.
+        std::fs::write(dir.join("newline"), "\n").unwrap();
+        let p = admin_token_problems(&with_admin_token("{ file = \"newline\" }"), &dir);
+        assert!(p[0].message.contains("is empty"), "{p:?}");
+        // A weak token on a non-loopback address is reported once, as weak.
+        let text = with_admin_token("{ value = \"x\" }").replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            "[admin]\nlisten = \"0.0.0.0:0\"",
+        );
+        let p = admin_token_problems(&text, &dir);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "admin.token");
+
+        for good in ["0123456789abcdef", "a token with inner spaces", "ünïcødé-tøken-ok"] {
+            let inline = toml_str(good);
+            let s = from_str(&with_admin_token(&format!("{{ value = {inline} }}")), &dir, 1)
+                .unwrap_or_else(|p| panic!("{good:?}: {p:?}"));
+            assert_eq!(s.admin.unwrap().token.unwrap(), good.as_bytes());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -272,3 +272,65 @@ fn binary_drains_on_sigterm_and_reloads_on_change() {
     assert!(err.contains("applied config generation 2"), "{err}");
     let _ = std::io::stdout().flush();
 }
+
+#[test]
+fn check_refuses_empty_and_short_admin_tokens_from_every_source() {
+    let dir = std::env::temp_dir().join(format!("sg-check-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("newline.token"), "\n").unwrap();
+    std::fs::write(dir.join("short.token"), "short\n").unwrap();
+    std::fs::write(dir.join("good.token"), "0123456789abcdef0123\n").unwrap();
+    let config = |token: &str| {
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n[[upstreams]]\nname = \"u\"\nendpoints = [\"127.0.0.1:9\"]\n[[routes]]\npath = \"/*rest\"\nupstream = \"u\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = {token}\n")
+    };
+    // (token, environment, what stderr must say)
+    let cases: &[(&str, Option<&str>, &str)] = &[
+        (r#"{ value = "" }"#, None, "is empty"),
+        (r#"{ value = "   " }"#, None, "only whitespace"),
+        (r#"{ value = "short" }"#, None, "is 5 bytes"),
+        (r#"{ value = "tab\tinside-a-long-token" }"#, None, "control characters"),
+        (r#"{ env = "SG_CHECK_ADMIN_TOKEN" }"#, Some(""), "is empty"),
+        (r#"{ env = "SG_CHECK_ADMIN_TOKEN" }"#, Some(" \t "), "only whitespace"),
+        (r#"{ env = "SG_CHECK_ADMIN_TOKEN" }"#, Some("0123456789"), "is 10 bytes"),
+        (r#"{ file = "newline.token" }"#, None, "is empty"),
+        (r#"{ file = "short.token" }"#, None, "is 5 bytes"),
+    ];
+    for (i, (token, env, want)) in cases.iter().enumerate() {
+        let cfg = dir.join(format!("weak-{i}.toml"));
+        std::fs::write(&cfg, config(token)).unwrap();
+        let mut cmd = bin();
+        cmd.args(["check", "--config"]).arg(&cfg);
+        match env {
+            Some(v) => cmd.env("SG_CHECK_ADMIN_TOKEN", v),
+            None => cmd.env_remove("SG_CHECK_ADMIN_TOKEN"),
+        };
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{token} {env:?} accepted: {err}");
+        assert!(
+            err.contains(&format!("weak-{i}.toml: admin.token: ")) && err.contains(want),
+            "{token} {env:?}: {err}"
+        );
+    }
+    for (token, env) in [
+        (r#"{ value = "0123456789abcdef" }"#, None),
+        (r#"{ env = "SG_CHECK_ADMIN_TOKEN" }"#, Some("a-strong-admin-token")),
+        (r#"{ file = "good.token" }"#, None),
+    ] {
+        let cfg = dir.join("good.toml");
+        std::fs::write(&cfg, config(token)).unwrap();
+        let mut cmd = bin();
+        cmd.args(["check", "--config"]).arg(&cfg);
+        if let Some(v) = env {
+            cmd.env("SG_CHECK_ADMIN_TOKEN", v);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{token}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
