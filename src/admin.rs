@@ -405,13 +405,7 @@ pub fn redacted_view(s: &Snapshot) -> Value {
                 crate::route::RouteTarget::Upstream(i) => {
                     json!({"upstream": s.upstreams.get(*i).map(|u| u.name.as_str())})
                 }
-                crate::route::RouteTarget::Split(split) => json!({
-                    "targets": split.targets().iter().map(|t| json!({
-                        "deployment": s.router.deployment(t.deployment).model(),
-                        "version": s.router.deployment(t.deployment).version_str(),
-                        "weight": t.weight.get(),
-                    })).collect::<Vec<_>>(),
-                }),
+                crate::route::RouteTarget::Split(split) => split_view(s, split),
             };
             json!({
                 "route": crate::metrics::route_label(r),
@@ -459,6 +453,37 @@ pub fn redacted_view(s: &Snapshot) -> Value {
     })
 }
 
+/// A split as configured (`targets`/`fallbacks` with the operator's weights), and what it
+/// resolved to: each deployment's share of its group's traffic, in percent.
+fn split_view(s: &Snapshot, split: &crate::route::Split) -> Value {
+    let written = |ts: &[crate::route::RawTarget]| -> Vec<Value> {
+        ts.iter()
+            .map(|t| json!({"model": t.model, "version": t.version, "weight": t.weight}))
+            .collect()
+    };
+    let resolved = |ts: &[crate::route::Target]| -> Vec<Value> {
+        let total: u64 = ts.iter().map(|t| t.weight.get()).sum();
+        ts.iter()
+            .map(|t| {
+                let d = s.router.deployment(t.deployment);
+                let share = if total == 0 {
+                    0.0
+                } else {
+                    (t.weight.get() as f64 * 10_000.0 / total as f64).round() / 100.0
+                };
+                json!({"deployment": d.model(), "version": d.version_str(), "share_percent": share})
+            })
+            .collect()
+    };
+    let c = split.configured();
+    json!({
+        "targets": written(&c.targets),
+        "fallbacks": written(&c.fallbacks),
+        "resolved": resolved(split.targets()),
+        "resolved_fallbacks": resolved(split.fallbacks()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,6 +511,68 @@ token = { value = "admin-SECRET-0123456789" }
         assert!(!shown.contains("SECRET"), "{shown}");
         assert!(shown.contains("(redacted)"));
         assert!(shown.contains("/v1/*"));
+    }
+
+    #[test]
+    fn config_view_shows_split_weights_as_configured() {
+        let text = r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+[[deployments]]
+model = "a"
+version = "1.0.0"
+endpoints = ["127.0.0.1:9001"]
+[[deployments]]
+model = "b"
+version = "1.0.0"
+endpoints = ["127.0.0.1:9002"]
+[[deployments]]
+model = "b"
+version = "1.1.0"
+endpoints = ["127.0.0.1:9003"]
+[[routes]]
+path = "/one"
+targets = [{ model = "a", weight = 80 }, { model = "b", version = "^1", weight = 20 }]
+fallbacks = [{ model = "b", version = "=1.0.0", weight = 3 }]
+[[routes]]
+path = "/all"
+all_matching_versions = true
+targets = [{ model = "a", weight = 1 }, { model = "b", weight = 1 }]
+"#;
+        let s = crate::config::from_str(text, Path::new("."), 1).unwrap();
+        let v = redacted_view(&s);
+        let one = &v["routes"][0]["target"];
+        assert_eq!(
+            one["targets"],
+            json!([
+                {"model": "a", "version": "*", "weight": 80},
+                {"model": "b", "version": "^1", "weight": 20},
+            ]),
+            "{v}"
+        );
+        assert_eq!(
+            one["fallbacks"],
+            json!([{"model": "b", "version": "=1.0.0", "weight": 3}])
+        );
+        assert_eq!(
+            one["resolved"],
+            json!([
+                {"deployment": "a", "version": "1.0.0", "share_percent": 80.0},
+                {"deployment": "b", "version": "1.1.0", "share_percent": 20.0},
+            ])
+        );
+        // Every matching version shares its entry's weight.
+        let all = &v["routes"][1]["target"];
+        assert_eq!(all["targets"][1]["weight"], 1);
+        let shares: Vec<f64> = all["resolved"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["share_percent"].as_f64().unwrap())
+            .collect();
+        assert_eq!(shares, [50.0, 25.0, 25.0], "{all}");
+        assert!(!v.to_string().contains("720720"), "{v}");
     }
 
     #[test]

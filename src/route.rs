@@ -32,7 +32,7 @@ mod weights;
 pub use catalog::{Deployment, DeploymentId};
 pub use hash::WorkerRng;
 pub use raw::{RawDeployment, RawRoute, RawSticky, RawTarget, RawTimeouts, RouteTimeouts};
-pub use split::{Chosen, SelectCtx, Split, Target, Weight, MAX_TARGETS};
+pub use split::{Chosen, Configured, SelectCtx, Split, Target, Weight, MAX_TARGETS};
 pub use trie::{EndpointId, MethodSet, MAX_PARAMS};
 pub use weights::set_weights_in_toml;
 

@@ -714,6 +714,29 @@ fn weights_put_rewrites_the_file_keeps_comments_and_reloads() {
     assert_eq!(served(rig.gw(), 20).get("B"), Some(&20));
     let conf = rig.json("/config");
     assert!(conf["generation"].as_u64().unwrap() >= generation, "{conf}");
+    // `/config` shows the weights as the operator wrote them, not as scaled internally.
+    let split = &conf["snapshot"]["routes"][2]["target"];
+    let weights: Vec<u64> = split["targets"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{conf}"))
+        .iter()
+        .map(|t| t["weight"].as_u64().unwrap())
+        .collect();
+    assert_eq!(weights, [0, 100], "{split}");
+    assert_eq!(split["targets"][1]["version"], "^2.0.0", "{split}");
+    assert_eq!(split["resolved"][1]["share_percent"], 100.0, "{split}");
+
+    // And a split set to 80/20 reads back as 80/20.
+    let put = r#"{"path": "/v1/chat/completions", "targets": [
+        {"model": "llama3-70b", "version": ">=3.2.0,<3.3.0", "weight": 80},
+        {"model": "qwen2-72b", "version": "^2.0.0", "weight": 20}]}"#;
+    let (status, v) = rig.send("PUT", "/routes/weights", put);
+    assert_eq!(status, 200, "{v}");
+    let conf = rig.json("/config");
+    let split = &conf["snapshot"]["routes"][2]["target"];
+    assert_eq!(split["targets"][0]["weight"], 80, "{split}");
+    assert_eq!(split["targets"][1]["weight"], 20, "{split}");
+    assert!(!conf.to_string().contains("720720"), "{conf}");
 }
 
 #[test]

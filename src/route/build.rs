@@ -3,7 +3,7 @@
 use semver::VersionReq;
 
 use super::catalog::{Catalog, ResolveError};
-use super::split::WEIGHT_SCALE;
+use super::split::{Configured, WEIGHT_SCALE};
 use super::{
     MethodSet, RawRoute, RawSticky, RawTarget, Route, RouteId, RouteTarget, Split, StickyKey,
     Target, Weight, MAX_TARGETS,
@@ -187,7 +187,13 @@ fn target(
                 )
             };
             match (primary, fallbacks) {
-                (Some(p), Some(f)) => Some(RouteTarget::Split(Split::new(p, f, catalog))),
+                (Some(p), Some(f)) => {
+                    let configured = Configured {
+                        targets: targets.clone(),
+                        fallbacks: r.fallbacks.clone(),
+                    };
+                    Some(RouteTarget::Split(Split::new(p, f, configured, catalog)))
+                }
                 _ => None,
             }
         }

@@ -21,6 +21,7 @@
 //! No allocation: eligibility is a `u64` bitmask over at most [`MAX_TARGETS`] targets.
 
 use super::catalog::{Catalog, Deployment, DeploymentId};
+use super::raw::RawTarget;
 use super::hash::{exp_draw, hash_bytes, mix64, WorkerRng};
 
 /// Most resolved targets (or fallbacks) one route may have.
@@ -84,6 +85,16 @@ pub struct Split {
     /// Each label carried by some target, and the targets carrying it.
     pub(crate) labels: Box<[(Box<str>, u64)]>,
     pub(crate) fallbacks: Box<[Target]>,
+    /// The entries as the operator wrote them (the admin API shows these; the resolved
+    /// targets carry shares scaled by [`WEIGHT_SCALE`] and merged per deployment).
+    configured: Box<Configured>,
+}
+
+/// A split's `targets` and `fallbacks` as configured.
+#[derive(Debug, Clone, Default)]
+pub struct Configured {
+    pub targets: Vec<RawTarget>,
+    pub fallbacks: Vec<RawTarget>,
 }
 
 impl Split {
@@ -94,9 +105,18 @@ impl Split {
     pub fn fallbacks(&self) -> &[Target] {
         &self.fallbacks
     }
+    /// The `targets` and `fallbacks` entries as written, with the weights the operator chose.
+    pub fn configured(&self) -> &Configured {
+        &self.configured
+    }
 
     /// Builds the label masks from the deployments' labels.
-    pub(crate) fn new(targets: Vec<Target>, fallbacks: Vec<Target>, catalog: &Catalog) -> Split {
+    pub(crate) fn new(
+        targets: Vec<Target>,
+        fallbacks: Vec<Target>,
+        configured: Configured,
+        catalog: &Catalog,
+    ) -> Split {
         let mut labels: Vec<(Box<str>, u64)> = Vec::new();
         let mut default_mask = 0u64;
         for (i, t) in targets.iter().enumerate() {
@@ -119,6 +139,7 @@ impl Split {
             default_mask,
             labels: labels.into(),
             fallbacks: with_inverse_weights(fallbacks),
+            configured: Box::new(configured),
         }
     }
 }
