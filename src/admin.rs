@@ -12,8 +12,8 @@
 //! | `GET /metrics`     | Prometheus text 0.0.4 of every worker's merged metrics |
 //! | `GET /stats`       | JSON percentiles per route, since start and for the interval; `?reset=true` starts a new interval |
 //! | `GET /config`      | the config in force, secrets redacted |
-//! | `POST /reload`     | re-reads the config file: 200 `{"generation"}`, or 422 `{"problems": [{key, message}]}` |
-//! | `POST /revoke`     | `{"jti"\|"sub", "expires_at"}`: persisted, then on every worker; 200 `{"revoked"}`, 400 naming the bad field, 500 if it cannot be persisted |
+//! | `POST /reload`     | re-reads the config file: 200 `{"generation", "lowered_protection"}` (applied, with what it takes away: see `control::protection`), or 422 `{"problems": [{key, message}]}` |
+//! | `POST /revoke`     | `{"jti"\|"sub", "expires_at"}`: persisted, then on every worker; 200 `{"revoked"}` once every worker has applied it, 400 naming the bad field, 500 if it cannot be persisted, 503 if a worker did not confirm in time |
 //! | `PUT /routes/weights` | `{"path", "models", "targets": [{model, version, weight}]}`: rewrites the config file (comments kept; validated first, atomically) and reloads; answers like `/reload`, or 400 if it names no such route/target or zeroes the route |
 //! | `GET /healthz`     | 200 while the process lives |
 //! | `GET /readyz`      | 200 when every worker answers and a config is loaded; 503 once draining starts |
@@ -315,6 +315,8 @@ impl Server {
                 "generation": v.status.generation,
                 "reload_failures": v.status.failures,
                 "last_reload_error": v.status.last_error,
+                "reloads_refused": v.status.refused,
+                "last_reload_refused": v.status.last_refused,
                 "snapshot": snapshot,
             }),
         )
@@ -351,14 +353,25 @@ impl Server {
 }
 
 /// Asks the control thread behind `tx` to reload, waiting at most [`RELOAD_TIMEOUT`]: 200
-/// `{"generation"}`, 422 with the problems, or 503.
+/// `{"generation", "lowered_protection": [{key, message}]}` (what the applied config takes
+/// away, logged as a warning too; usually empty), 422 with the problems, or 503.
 fn reload_with(tx: &Sender<ToControl>) -> Response {
     let (reply, rx) = crossbeam_channel::bounded(1);
     if tx.send(ToControl::Reload(Some(reply))).is_err() {
         return Response::error(503, "unavailable", "the control thread has stopped");
     }
     match rx.recv_timeout(RELOAD_TIMEOUT) {
-        Ok(Ok(generation)) => Response::json(200, &json!({"generation": generation})),
+        Ok(Ok(r)) => {
+            let lowered: Vec<Value> = r
+                .lowered
+                .iter()
+                .map(|l| json!({"key": l.key(), "message": l.to_string()}))
+                .collect();
+            Response::json(
+                200,
+                &json!({"generation": r.generation, "lowered_protection": lowered}),
+            )
+        }
         Ok(Err(e)) => invalid_config(&e.file, &e.problems),
         Err(_) => Response::error(503, "unavailable", "the control thread did not answer"),
     }

@@ -253,6 +253,13 @@ impl Authenticator {
         self.revocation_file.as_deref()
     }
 
+    /// The claim checks beyond the signature: required `iss`, accepted `aud` values (empty:
+    /// not checked), and whether `exp` is required. The control thread compares them across
+    /// reloads.
+    pub fn claim_checks(&self) -> (Option<&str>, &[Box<str>], bool) {
+        (self.issuer.as_deref(), &self.audience, self.require_exp)
+    }
+
     /// Verifies the credential. See the module docs for what `Ok` guarantees.
     ///
     /// `header_value`: the raw value of [`header_name`](Self::header_name), `None` if absent.

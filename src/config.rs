@@ -344,14 +344,30 @@ pub fn load(path: &Path, generation: u64) -> Result<Snapshot, ConfigError> {
         file: path.to_path_buf(),
         problems,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = std::fs::read(path).map_err(|e| {
         fail(vec![ConfigProblem::new(
             "(file)",
             format!("cannot read: {e}"),
         )])
     })?;
+    load_bytes(path, &text, generation)
+}
+
+/// Parses and validates `bytes`, the content of `path` as read by the caller (the control
+/// thread reads once, so the bytes it checked for stability are the bytes it loads).
+pub fn load_bytes(path: &Path, bytes: &[u8], generation: u64) -> Result<Snapshot, ConfigError> {
+    let fail = |problems| ConfigError {
+        file: path.to_path_buf(),
+        problems,
+    };
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        fail(vec![ConfigProblem::new(
+            "(file)",
+            format!("not UTF-8: {e}"),
+        )])
+    })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    from_str(&text, base, generation).map_err(fail)
+    from_str(text, base, generation).map_err(fail)
 }
 
 /// Parses and validates config text; relative paths resolve against `base_dir`.

@@ -1,37 +1,69 @@
-//! The control thread: config reload (file watch, SIGHUP, admin), distributing snapshots.
+//! The control thread: config reload (file watch, SIGHUP, admin), distributing snapshots,
+//! revocations.
 //!
 //! It is never on the data path. It owns the config generation counter, builds and validates
 //! new snapshots, and sends each worker its own copy. A config that fails validation changes
 //! nothing: the problems are logged and kept for the admin API, and a failure counter grows.
+//!
+//! - [`watch`]: has the config file changed, and has it settled (stable identity and content
+//!   across a settle interval)?
+//! - [`protection`]: what a new config would take away from the protection in force.
+//! - [`revoke`]: revocations, persisted and confirmed by every worker before the reply.
+//! - [`coord`]: the coordination thread (quota leases, breakers).
+//!
+//! # Reload
+//!
+//! - **Watched** (the file changed on disk): applied once the file has settled, and refused
+//!   if it would lower protection ([`protection::lowered`]); a refusal keeps the generation,
+//!   is logged naming each loss and is counted in [`ReloadStatus::refused`]. This is what
+//!   keeps a half-written file (a prefix that happens to parse) from ever being served.
+//! - **Explicit** (`SIGHUP`, `POST /reload`): the file is read and applied now; a lowering
+//!   config is applied, logged loudly, and reported back ([`Reloaded::lowered`]).
+//!
+//! The baseline for the protection diff is the snapshot in the shared view (published at
+//! start by [`Control::publish_initial`], then every applied reload).
 // Control plane: the view shared with the admin thread is behind a Mutex (never touched by
 // a worker).
 #![allow(clippy::disallowed_types)]
 
 pub mod coord;
+pub mod protection;
+pub mod revoke;
+pub mod watch;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::auth::{RevocationLog, Revoked};
-use crate::config::{self, ConfigError, Snapshot};
+use crate::config::{self, ConfigError, ConfigProblem, Snapshot};
 use crate::runtime::unix_now;
 use crate::runtime::ToWorker;
-
-/// How often the config file's mtime/size/inode is checked.
-pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+pub use protection::Loss;
+pub use revoke::RevokeError;
+use watch::{FileWatch, Poll};
+pub use watch::{WatchSettings, SETTLE_INTERVAL, WATCH_INTERVAL};
 
 /// Requests to the control thread.
 pub enum ToControl {
     /// Re-read the config file now (SIGHUP, admin reload). The reply says what happened.
-    Reload(Option<Sender<Result<u64, ConfigError>>>),
-    /// Revoke a token id or subject: persist it, then tell every worker.
-    Revoke(Revoked, Sender<Result<(), String>>),
+    Reload(Option<Sender<Result<Reloaded, ConfigError>>>),
+    /// Revoke a token id or subject: persist it, tell every worker, and answer once every
+    /// worker has applied it.
+    Revoke(Revoked, Sender<Result<(), RevokeError>>),
     Stop,
+}
+
+/// An applied reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    pub generation: u64,
+    /// What the applied config lowered (only an explicit reload applies such a config).
+    pub lowered: Vec<Loss>,
 }
 
 /// Result of the last reload attempt, for the admin API.
@@ -40,6 +72,12 @@ pub struct ReloadStatus {
     pub generation: u64,
     pub failures: u64,
     pub last_error: Option<String>,
+    /// Watched changes refused because they would lower the protection in force.
+    pub refused: u64,
+    /// Why the last watched change was refused.
+    pub last_refused: Option<String>,
+    /// Explicit reloads applied although they lowered protection.
+    pub lowering_applied: u64,
 }
 
 /// What the admin API reads about the control thread: the snapshot in force and the outcome
@@ -75,6 +113,24 @@ impl Control {
         workers: Vec<Sender<ToWorker>>,
         revocation_file: Option<PathBuf>,
     ) -> std::io::Result<Control> {
+        Self::spawn_with(
+            path,
+            generation,
+            workers,
+            revocation_file,
+            WatchSettings::default(),
+        )
+    }
+
+    /// [`Control::spawn`] with the file watch's poll and settle intervals (tests shorten
+    /// them).
+    pub fn spawn_with(
+        path: PathBuf,
+        generation: u64,
+        workers: Vec<Sender<ToWorker>>,
+        revocation_file: Option<PathBuf>,
+        watch: WatchSettings,
+    ) -> std::io::Result<Control> {
         let log = match revocation_file {
             Some(f) => Some(RevocationLog::open(&f, unix_now()).map_err(|e| {
                 std::io::Error::other(format!("revocation file {}: {e}", f.display()))
@@ -87,6 +143,9 @@ impl Control {
                     let _ = w.send(ToWorker::Revoke(r.clone()));
                 }
             }
+            if let Err(e) = revoke::barrier(&workers, revoke::REVOKE_APPLY_TIMEOUT) {
+                eprintln!("shardgate: loading the revocation file: {e}");
+            }
         }
         let (tx, rx) = crossbeam_channel::unbounded();
         let view = SharedView::default();
@@ -95,10 +154,21 @@ impl Control {
             v.status.generation = generation;
             v.config_path = Some(path.clone());
         }
-        let shared = view.clone();
+        let state = State {
+            watch: FileWatch::new(path.clone(), watch),
+            path,
+            generation,
+            workers,
+            log,
+            view: view.clone(),
+            status: ReloadStatus {
+                generation,
+                ..Default::default()
+            },
+        };
         let thread = std::thread::Builder::new()
             .name("shardgate-control".into())
-            .spawn(move || run(path, generation, workers, rx, log, shared))?;
+            .spawn(move || run(state, rx, watch.interval))?;
         Ok(Control {
             tx,
             thread: Some(thread),
@@ -110,12 +180,12 @@ impl Control {
         self.tx.clone()
     }
 
-    /// Revokes `r` on every worker, persisting it first when a revocation file is configured.
-    pub fn revoke(&self, r: Revoked) -> Result<(), String> {
+    /// Revokes `r` on every worker, persisting it first when a revocation file is configured;
+    /// returns once every worker has applied it.
+    pub fn revoke(&self, r: Revoked) -> Result<(), RevokeError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let _ = self.tx.send(ToControl::Revoke(r, tx));
-        rx.recv()
-            .unwrap_or_else(|_| Err("control thread stopped".into()))
+        rx.recv().unwrap_or(Err(RevokeError::Stopped))
     }
 
     /// The view the admin API reads.
@@ -124,6 +194,7 @@ impl Control {
     }
 
     /// Records the snapshot the engine started with (unless a reload already replaced it).
+    /// It is the baseline the first reload's protection diff compares against.
     pub fn publish_initial(&self, snap: &Snapshot) {
         let mut v = lock_view(&self.view);
         if v.snapshot.is_none() && v.status.generation == snap.generation {
@@ -133,12 +204,17 @@ impl Control {
 
     /// Asks for a reload and waits for its outcome.
     pub fn reload(&self) -> Result<u64, ConfigError> {
+        reload_via(&self.tx).map(|r| r.generation)
+    }
+
+    /// Asks for a reload and waits for its outcome, with what it lowered.
+    pub fn reload_report(&self) -> Result<Reloaded, ConfigError> {
         reload_via(&self.tx)
     }
 }
 
 /// Asks the control thread behind `tx` for a reload and waits for its outcome.
-pub fn reload_via(tx: &Sender<ToControl>) -> Result<u64, ConfigError> {
+pub fn reload_via(tx: &Sender<ToControl>) -> Result<Reloaded, ConfigError> {
     let (reply, rx) = crossbeam_channel::bounded(1);
     let _ = tx.send(ToControl::Reload(Some(reply)));
     rx.recv().unwrap_or_else(|_| {
@@ -158,90 +234,187 @@ impl Drop for Control {
     }
 }
 
-/// Identity of the file on disk; a change means "reload".
-fn file_stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len(), m.ino()))
+/// Who asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// The file watch saw a settled change.
+    Watch,
+    /// SIGHUP or `POST /reload`.
+    Explicit,
 }
 
-fn run(
+/// What the control thread owns.
+struct State {
     path: PathBuf,
-    mut generation: u64,
+    generation: u64,
     workers: Vec<Sender<ToWorker>>,
-    rx: Receiver<ToControl>,
-    mut log: Option<RevocationLog>,
+    log: Option<RevocationLog>,
     view: SharedView,
-) {
-    let mut stamp = file_stamp(&path);
-    let mut status = ReloadStatus {
-        generation,
-        ..Default::default()
-    };
+    status: ReloadStatus,
+    watch: FileWatch,
+}
+
+fn run(mut st: State, rx: Receiver<ToControl>, interval: Duration) {
+    let mut next_poll = Instant::now() + interval;
     loop {
-        let msg = match rx.recv_timeout(WATCH_INTERVAL) {
-            Ok(m) => Some(m),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-        };
-        let reply = match msg {
-            Some(ToControl::Stop) => return,
-            Some(ToControl::Reload(reply)) => {
-                // This reload reads the file as it is now; the watcher must not load it again.
-                stamp = file_stamp(&path);
-                reply
-            }
-            Some(ToControl::Revoke(r, reply)) => {
-                let persisted = match &mut log {
-                    Some(log) => log
-                        .add(r.clone(), unix_now())
-                        .map_err(|e| format!("cannot persist revocation: {e}")),
-                    None => Ok(()),
-                };
-                // Only what was persisted is applied, so a restart cannot un-revoke.
-                if persisted.is_ok() {
-                    for w in &workers {
-                        let _ = w.send(ToWorker::Revoke(r.clone()));
-                    }
+        match rx.recv_deadline(next_poll) {
+            Ok(ToControl::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(ToControl::Reload(reply)) => {
+                let result = st.reload_now();
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
                 }
-                let _ = reply.send(persisted);
-                continue;
             }
-            None => {
-                let now = file_stamp(&path);
-                if now == stamp {
-                    continue;
-                }
-                stamp = now;
-                None
+            Ok(ToControl::Revoke(r, reply)) => {
+                let _ = reply.send(revoke::revoke(&st.workers, st.log.as_mut(), r));
             }
-        };
-        let result = config::load(&path, generation + 1);
-        match &result {
-            Ok(snap) => {
-                generation = snap.generation;
-                broadcast(&workers, snap);
-                status.generation = generation;
-                status.last_error = None;
-                lock_view(&view).snapshot = Some(snap.clone());
-                eprintln!(
-                    "shardgate: applied config generation {generation} from {}",
-                    path.display()
-                );
-            }
-            Err(e) => {
-                status.failures += 1;
-                status.last_error = Some(e.to_string());
-                eprintln!(
-                    "shardgate: config reload rejected, keeping generation {generation}:\n{e}"
-                );
-            }
+            Err(RecvTimeoutError::Timeout) => {}
         }
-        lock_view(&view).status = status.clone();
-        if let Some(reply) = reply {
-            let _ = reply.send(result.map(|s| s.generation));
+        // Polled on time even while messages keep arriving.
+        if Instant::now() >= next_poll {
+            st.poll_file();
+            next_poll = Instant::now() + interval;
         }
     }
+}
+
+/// Attempts at reading a file that keeps changing under an explicit reload.
+const EXPLICIT_READ_ATTEMPTS: usize = 5;
+
+impl State {
+    /// An explicit reload: the file as it is now.
+    fn reload_now(&mut self) -> Result<Reloaded, ConfigError> {
+        let mut content = watch::read(&self.path);
+        for _ in 1..EXPLICIT_READ_ATTEMPTS {
+            match &content {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    content = watch::read(&self.path);
+                }
+                _ => break,
+            }
+        }
+        match content {
+            Ok(c) => {
+                // The watch must not offer this version again.
+                self.watch.dealt_with(c.observation);
+                self.apply(&c.bytes, Trigger::Explicit)
+            }
+            Err(e) => {
+                let e = ConfigError {
+                    file: self.path.clone(),
+                    problems: vec![ConfigProblem::new("(file)", format!("cannot read: {e}"))],
+                };
+                self.reject(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// One look at the file; applies a settled change.
+    fn poll_file(&mut self) {
+        let g = self.generation;
+        let file = self.path.display();
+        match self.watch.poll(Instant::now()) {
+            Poll::Unchanged | Poll::Settling => {}
+            Poll::Unreadable(e) => {
+                eprintln!("shardgate: config file {file} cannot be read ({e}); keeping generation {g}")
+            }
+            Poll::Empty(_) => {
+                eprintln!("shardgate: config file {file} is empty; not applied, keeping generation {g}")
+            }
+            Poll::Ready(c) => {
+                self.watch.dealt_with(c.observation);
+                let _ = self.apply(&c.bytes, Trigger::Watch);
+            }
+        }
+    }
+
+    /// Validates `bytes` and applies them, unless the file watch brought a config that
+    /// lowers protection.
+    fn apply(&mut self, bytes: &[u8], trigger: Trigger) -> Result<Reloaded, ConfigError> {
+        let snap = match config::load_bytes(&self.path, bytes, self.generation + 1) {
+            Ok(s) => s,
+            Err(e) => {
+                self.reject(&e);
+                return Err(e);
+            }
+        };
+        let lowered = lock_view(&self.view)
+            .snapshot
+            .as_ref()
+            .map(|old| protection::lowered(old, &snap))
+            .unwrap_or_default();
+        if trigger == Trigger::Watch && !lowered.is_empty() {
+            return Err(self.refuse(&lowered));
+        }
+        self.generation = snap.generation;
+        broadcast(&self.workers, &snap);
+        self.status.generation = self.generation;
+        self.status.last_error = None;
+        let file = self.path.display();
+        if lowered.is_empty() {
+            eprintln!("shardgate: applied config generation {} from {file}", self.generation);
+        } else {
+            self.status.lowering_applied += 1;
+            eprintln!(
+                "shardgate: WARNING: applied config generation {} from {file} by explicit \
+                 reload; it LOWERS the protection in force:\n{}",
+                self.generation,
+                bullets(&lowered)
+            );
+        }
+        let mut v = lock_view(&self.view);
+        v.snapshot = Some(snap);
+        v.status = self.status.clone();
+        Ok(Reloaded {
+            generation: self.generation,
+            lowered,
+        })
+    }
+
+    /// A config that failed to load: counted, logged, kept for the admin API.
+    fn reject(&mut self, e: &ConfigError) {
+        self.status.failures += 1;
+        self.status.last_error = Some(e.to_string());
+        eprintln!(
+            "shardgate: config reload rejected, keeping generation {}:\n{e}",
+            self.generation
+        );
+        lock_view(&self.view).status = self.status.clone();
+    }
+
+    /// A watched change that lowers protection: refused, counted, logged loudly.
+    fn refuse(&mut self, lowered: &[Loss]) -> ConfigError {
+        let file = self.path.display();
+        let why = bullets(lowered);
+        self.status.refused += 1;
+        self.status.last_refused = Some(why.clone());
+        eprintln!(
+            "shardgate: WARNING: config file {file} changed but was NOT applied (keeping \
+             generation {}): it would lower the protection in force, as a half-written file \
+             does:\n{why}\nIf this change is intended, apply it with SIGHUP or POST /reload. \
+             Update the file by writing a temporary file and renaming it over {file}.",
+            self.generation
+        );
+        lock_view(&self.view).status = self.status.clone();
+        ConfigError {
+            file: self.path.clone(),
+            problems: lowered
+                .iter()
+                .map(|l| ConfigProblem::new(l.key(), l.to_string()))
+                .collect(),
+        }
+    }
+}
+
+/// One `  - loss` line per loss.
+fn bullets(lowered: &[Loss]) -> String {
+    lowered
+        .iter()
+        .map(|l| format!("  - {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn broadcast(workers: &[Sender<ToWorker>], snap: &Snapshot) {

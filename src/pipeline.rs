@@ -16,7 +16,7 @@ use std::io::Write;
 use std::rc::Rc;
 use std::time::Instant;
 
-mod authn;
+pub(crate) mod authn;
 mod limit;
 
 use crate::auth::{Authenticator, Identity};

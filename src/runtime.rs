@@ -59,6 +59,9 @@ pub enum ToWorker {
     Breaker(crate::breaker::BreakerUpdate),
     /// An endpoint's active health changed.
     Health(crate::breaker::HealthUpdate),
+    /// Answer with this worker's id once every message sent before this one is applied (the
+    /// inbox is FIFO), so the control plane can tell when a change is in force everywhere.
+    Barrier(Sender<usize>),
     /// Drain and stop.
     Shutdown,
 }
@@ -163,6 +166,9 @@ impl Worker {
                 ToWorker::Revoke(r) => self.revocations.borrow_mut().insert(r),
                 ToWorker::Breaker(u) => self.resilience.borrow_mut().apply(&u),
                 ToWorker::Health(u) => self.resilience.borrow_mut().apply_health(&u),
+                ToWorker::Barrier(reply) => {
+                    let _ = reply.send(self.id);
+                }
                 ToWorker::Shutdown => self.drain.start(),
             }
         }

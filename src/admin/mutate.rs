@@ -9,7 +9,9 @@
 //! `{"error": "bad_request", "problems": [{key, message}]}`; one whose result would not be a
 //! valid config is 422 `{"error": "invalid_config", "problems": [{key, message}]}` and
 //! writes nothing. A revocation the control thread cannot persist, or a config file that
-//! cannot be read or written, is 500. No control thread is 503.
+//! cannot be read or written, is 500. A revocation persisted but not confirmed by every
+//! worker in time is 503 `not_confirmed` (it still applies once the worker catches up). No
+//! control thread is 503.
 
 use std::path::Path;
 
@@ -21,7 +23,7 @@ use super::AdminState;
 use crate::auth::revocation::persist_atomically;
 use crate::auth::{Revoked, RevokedKind};
 use crate::config::{self, ConfigProblem};
-use crate::control::{self, ToControl};
+use crate::control::{self, RevokeError, ToControl};
 use crate::runtime::unix_now;
 
 /// How far ahead a revocation may expire. A jti entry only needs to outlive its token, and
@@ -95,7 +97,8 @@ pub fn parse_revoke(body: &[u8], now: u64) -> Result<Revoked, BadField> {
     Revoked::new(kind, id, expires_at).map_err(|e| BadField::new(field, e))
 }
 
-/// `POST /revoke`: persisted by the control thread, then applied on every worker.
+/// `POST /revoke`: persisted by the control thread, then applied on every worker; answers
+/// 200 only once every worker has confirmed it (503 `not_confirmed` otherwise).
 pub fn revoke(state: &AdminState, req: &Request) -> Response {
     let Some(tx) = &state.control else {
         return Response::error(503, "unavailable", "no control thread to revoke with");
@@ -119,7 +122,11 @@ pub fn revoke(state: &AdminState, req: &Request) -> Response {
                 &json!({"revoked": {"kind": kind, "id": r.id, "expires_at": r.expires_at}}),
             )
         }
-        Ok(Err(e)) => Response::error(500, "persist_failed", &e),
+        Ok(Err(e @ RevokeError::Persist(_))) => {
+            Response::error(500, "persist_failed", &e.to_string())
+        }
+        // Persisted and queued, but not known to be in force everywhere: not a success.
+        Ok(Err(e)) => Response::error(503, "not_confirmed", &e.to_string()),
         Err(_) => Response::error(503, "unavailable", "the control thread did not answer"),
     }
 }

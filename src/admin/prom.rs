@@ -316,6 +316,28 @@ fn workers(o: &mut String, m: &Merged, x: &Extra) {
     );
     header(
         o,
+        "config_reloads_refused_total",
+        "counter",
+        "Config file changes not applied because they would lower protection (auth, quota, admin token, routes).",
+    );
+    let _ = writeln!(
+        o,
+        "shardgate_config_reloads_refused_total {}",
+        x.reload.refused
+    );
+    header(
+        o,
+        "config_reloads_lowering_total",
+        "counter",
+        "Explicit reloads (SIGHUP, POST /reload) applied although they lowered protection.",
+    );
+    let _ = writeln!(
+        o,
+        "shardgate_config_reloads_lowering_total {}",
+        x.reload.lowering_applied
+    );
+    header(
+        o,
         "draining",
         "gauge",
         "1 once shutdown has started draining.",
