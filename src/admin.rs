@@ -25,12 +25,21 @@
 //!
 //! # Performance
 //!
-//! One request per connection, served in turn on this thread; each must arrive within
-//! [`http::REQUEST_DEADLINE`] with a head under [`http::MAX_HEAD`], so a slow or hostile client
-//! delays other admin calls by at most that deadline and never touches the workers. Metrics
-//! are collected by asking each worker for a copy over its inbox.
+//! One request per connection. The listener thread only accepts; each connection is served
+//! on its own short-lived thread, so a silent or slow client never delays another (a probe's
+//! `/healthz` answers while other connections sit idle). Each request must arrive within
+//! [`AdminLimits::request_deadline`] ([`http::REQUEST_DEADLINE`]) with a head under
+//! [`http::MAX_HEAD`], and the answer is written under the same timeout. At most
+//! [`AdminLimits::max_connections`] ([`MAX_CONNECTIONS`]) are served at once; a connection
+//! over the cap is answered `503 {"error": "busy"}` with `Retry-After: 1` and closed (by at
+//! most [`MAX_REFUSING`] refusal threads at a time; past that it is closed unanswered). The
+//! workers are never touched except through their inboxes (metrics are collected by asking
+//! each worker for a copy).
 //!
 //! The listener address and token are read at start; a reload does not move them.
+// Control plane: the `/stats` interval baseline is shared by the connection threads behind a
+// Mutex (never touched by a worker).
+#![allow(clippy::disallowed_types)]
 
 pub mod breakers;
 pub mod http;
@@ -38,11 +47,11 @@ pub mod mutate;
 pub mod prom;
 pub mod stats;
 
-use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -62,6 +71,36 @@ pub const DEMO_ADMIN: &str = "127.0.0.1:9901";
 pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long `POST /reload` (and `/revoke`) waits for the control thread.
 pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most admin connections served at once (one thread each).
+pub const MAX_CONNECTIONS: usize = 64;
+/// Most connections over [`MAX_CONNECTIONS`] being answered 503 at once; past this they are
+/// closed without an answer.
+pub const MAX_REFUSING: usize = 8;
+/// How long a connection over the cap may take to send its request before the 503 (reading
+/// it first lets the close be a clean FIN, so the client sees the answer).
+pub const REFUSE_DEADLINE: Duration = Duration::from_millis(500);
+/// Stack of each connection thread (handlers are shallow; the memory is only reserved).
+const CONN_STACK_BYTES: usize = 1024 * 1024;
+/// Pause after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Per-connection limits of the admin listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Time for a whole request to arrive, and for the answer to be written.
+    pub request_deadline: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits {
+            max_connections: MAX_CONNECTIONS,
+            request_deadline: http::REQUEST_DEADLINE,
+        }
+    }
+}
 
 /// What the admin thread works with.
 pub struct AdminState {
@@ -86,26 +125,26 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Binds `listen` and starts the admin thread.
+    /// Binds `listen` and starts the admin thread with the default [`AdminLimits`].
     pub fn start(listen: SocketAddr, state: AdminState) -> io::Result<Admin> {
+        Self::start_with(listen, state, AdminLimits::default())
+    }
+
+    /// Binds `listen` and starts the admin thread.
+    pub fn start_with(
+        listen: SocketAddr,
+        state: AdminState,
+        limits: AdminLimits,
+    ) -> io::Result<Admin> {
         let listener = TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let draining = Arc::new(AtomicBool::new(false));
-        let mut server = Server::new(state, draining.clone());
+        let server = Arc::new(Server::new(state, draining.clone()));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("shardgate-admin".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if stop2.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    if let Ok(s) = conn {
-                        server.serve(s);
-                    }
-                }
-            })?;
+            .spawn(move || accept_loop(&listener, &server, limits, &stop2))?;
         Ok(Admin {
             addr,
             stop,
@@ -135,6 +174,78 @@ impl Drop for Admin {
     }
 }
 
+/// Accepts until `stop`: each connection on its own thread, up to the cap.
+fn accept_loop(listener: &TcpListener, server: &Arc<Server>, limits: AdminLimits, stop: &AtomicBool) {
+    let serving = Arc::new(AtomicUsize::new(0));
+    let refusing = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let s = match conn {
+            Ok(s) => s,
+            Err(_) => {
+                std::thread::sleep(ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        if let Some(slot) = Slot::take(&serving, limits.max_connections) {
+            let server = server.clone();
+            spawn_conn(move || {
+                let _slot = slot;
+                server.serve(s, limits.request_deadline);
+            });
+        } else if let Some(slot) = Slot::take(&refusing, MAX_REFUSING) {
+            spawn_conn(move || {
+                let _slot = slot;
+                refuse_busy(s);
+            });
+        }
+        // Else: dropped here, closed unanswered.
+    }
+}
+
+/// Runs `f` on a new connection thread; if no thread can be started, `f` is dropped (its
+/// connection closed, its slot given back).
+fn spawn_conn(f: impl FnOnce() + Send + 'static) {
+    let _ = std::thread::Builder::new()
+        .name("shardgate-admin-conn".into())
+        .stack_size(CONN_STACK_BYTES)
+        .spawn(f);
+}
+
+/// One of a bounded number of places; given back when dropped (also on panic).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Slot(count.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Answers a connection over the cap: reads its request (briefly, so closing does not reset
+/// the connection under the answer), then 503 JSON and close.
+fn refuse_busy(mut s: TcpStream) {
+    let _ = http::read_request_within(&mut s, REFUSE_DEADLINE);
+    let resp = Response::error(503, "busy", "too many admin connections; try again")
+        .header("retry-after", "1");
+    let _ = http::write_response(&mut s, &resp, false);
+    let _ = s.shutdown(Shutdown::Write);
+    // Whatever else the client sent is read away before the close, for the same reason.
+    let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut sink = [0u8; 1024];
+    while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+}
+
 /// Asks every worker for a copy of its metrics and waits (bounded) for the answers.
 pub fn collect(workers: &[Sender<ToWorker>]) -> Vec<WorkerMetrics> {
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -156,7 +267,7 @@ struct Server {
     token: Option<(ring::hmac::Key, ring::hmac::Tag)>,
     started: Instant,
     /// The merge at the start of the current `/stats` interval (`None`: since start).
-    interval: Option<(Instant, Merged)>,
+    interval: Mutex<Option<(Instant, Merged)>>,
 }
 
 impl Server {
@@ -183,13 +294,13 @@ impl Server {
             state,
             draining,
             started: Instant::now(),
-            interval: None,
+            interval: Mutex::new(None),
         }
     }
 
-    fn serve(&mut self, mut s: TcpStream) {
+    fn serve(&self, mut s: TcpStream, deadline: Duration) {
         let mut head_only = false;
-        let resp = match http::read_request(&mut s) {
+        let resp = match http::read_request_within(&mut s, deadline) {
             Ok(req) => {
                 head_only = req.method == "HEAD";
                 self.handle(&req)
@@ -202,6 +313,7 @@ impl Server {
                 Response::error(431, "too_large", "request head or body too large")
             }
         };
+        let _ = s.set_write_timeout(Some(deadline));
         let _ = http::write_response(&mut s, &resp, head_only);
     }
 
@@ -217,7 +329,7 @@ impl Server {
         ring::hmac::verify(key, presented, tag.as_ref()).is_ok()
     }
 
-    fn handle(&mut self, req: &Request) -> Response {
+    fn handle(&self, req: &Request) -> Response {
         let path = match req.path.as_str() {
             "/admin/revoke" => "/revoke",
             "/admin/routes/weights" => "/routes/weights",
@@ -287,10 +399,12 @@ impl Server {
         }
     }
 
-    fn stats(&mut self, query: &str) -> Response {
+    fn stats(&self, query: &str) -> Response {
         let now = Instant::now();
         let merged = Merged::from_workers(collect(&self.state.workers));
-        let (since, interval) = match &self.interval {
+        // Held across the merge so two concurrent `?reset=true` calls cut clean intervals.
+        let mut base = self.interval.lock().unwrap_or_else(|p| p.into_inner());
+        let (since, interval) = match &*base {
             Some((at, base)) => (*at, merged.since(base)),
             None => (self.started, merged.clone()),
         };
@@ -301,7 +415,7 @@ impl Server {
             "interval": stats::window(&interval, now.duration_since(since).as_secs_f64()),
         });
         if query.split('&').any(|kv| kv == "reset=true") {
-            self.interval = Some((now, merged));
+            *base = Some((now, merged));
         }
         Response::json(200, &body)
     }

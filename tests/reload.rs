@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shardgate::config;
-use shardgate::control::{lock_view, Control, WATCH_INTERVAL};
+use shardgate::control::{lock_view, Control, WatchSettings};
 use shardgate::mock::{self, MockConfig, MockHandle};
 use shardgate::runtime::Engine;
 
@@ -248,8 +248,8 @@ fn reload_under_load_applies_50_rewrites_without_failing_a_request() {
             &config_text(a.addr(), b.addr(), &wa.to_string(), &wb.to_string(), extra),
         );
         let applied = if WATCHED.contains(&i) {
-            // The file watch alone picks the change up (about one poll interval).
-            let deadline = Instant::now() + WATCH_INTERVAL * 4;
+            // The file watch alone picks the change up once it has settled.
+            let deadline = Instant::now() + WatchSettings::default().max_apply_delay() * 4;
             loop {
                 let g = generation();
                 if g > current {
@@ -284,8 +284,8 @@ fn reload_under_load_applies_50_rewrites_without_failing_a_request() {
     assert!(!extra_now);
 
     // The watcher may re-apply the (unchanged) last file once after the explicit reloads;
-    // settle past one poll interval, then every worker must be on the generation in force.
-    thread::sleep(WATCH_INTERVAL + Duration::from_millis(300));
+    // wait past its settle interval, then every worker must be on the generation in force.
+    thread::sleep(WatchSettings::default().max_apply_delay() + Duration::from_millis(300));
     let final_gen = generation();
     assert!(final_gen >= last_explicit, "{final_gen} < {last_explicit}");
     let gens = wait_workers(&engine, final_gen, Duration::from_secs(3));

@@ -1,5 +1,6 @@
 //! A deliberately small blocking HTTP/1.1 server side and client for the admin API: one
-//! request per connection, bounded head and body, a deadline for the whole request.
+//! request per connection, bounded head and body, a deadline for the whole request and a
+//! timeout for writing the answer.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -40,7 +41,12 @@ pub enum ReadError {
 
 /// Reads one request from `s` within [`REQUEST_DEADLINE`].
 pub fn read_request(s: &mut TcpStream) -> Result<Request, ReadError> {
-    let deadline = Instant::now() + REQUEST_DEADLINE;
+    read_request_within(s, REQUEST_DEADLINE)
+}
+
+/// Reads one request from `s`; the whole request must arrive within `within`.
+pub fn read_request_within(s: &mut TcpStream, within: Duration) -> Result<Request, ReadError> {
+    let deadline = Instant::now() + within;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     let (head_len, mut req, content_length) = loop {
@@ -162,8 +168,11 @@ fn reason(status: u16) -> &'static str {
 
 /// Writes `r` and closes (every admin response carries `Connection: close`). `head_only`:
 /// the answer to a HEAD request (same head, no body).
+/// Without a write timeout already set on `s`, [`REQUEST_DEADLINE`] applies.
 pub fn write_response(s: &mut TcpStream, r: &Response, head_only: bool) -> io::Result<()> {
-    let _ = s.set_write_timeout(Some(REQUEST_DEADLINE));
+    if s.write_timeout().ok().flatten().is_none() {
+        let _ = s.set_write_timeout(Some(REQUEST_DEADLINE));
+    }
     let mut out = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n",
         r.status,
