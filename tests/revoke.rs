@@ -1,0 +1,161 @@
+//! `POST /revoke` answers only once every worker applies the revocation: a token sent on any
+//! worker's connection right after the 200 is refused, every time.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use common::*;
+use serde_json::Value;
+use shardgate::admin::{self, Admin, AdminState};
+use shardgate::config;
+use shardgate::control::Control;
+use shardgate::runtime::Engine;
+
+const HS_SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
+const ADMIN_TOKEN: &str = "revoke-test-admin-token";
+const ROUNDS: usize = 20;
+/// Keep-alive connections wanted on each worker.
+const PER_WORKER: usize = 2;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn hs256(claims: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine as _;
+    let msg = format!(
+        "{}.{}",
+        B64.encode(r#"{"alg":"HS256","typ":"JWT","kid":"hs"}"#),
+        B64.encode(claims)
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, HS_SECRET.as_bytes());
+    let sig = ring::hmac::sign(&key, msg.as_bytes());
+    format!("{msg}.{}", B64.encode(sig.as_ref()))
+}
+
+/// Sends `GET /v1/x` with `token` and returns the status and the worker that answered (the
+/// middle field of `x-request-id`).
+fn send(c: &mut Client, token: &str) -> (u16, String) {
+    c.send(
+        format!("GET /v1/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n")
+            .as_bytes(),
+    );
+    let r = c.read_response().expect("a response");
+    let worker = r
+        .header("x-request-id")
+        .and_then(|id| id.split('-').nth(1))
+        .unwrap_or("?")
+        .to_string();
+    (r.status, worker)
+}
+
+/// Keep-alive connections, at least [`PER_WORKER`] on each of `workers` workers.
+fn connections_on_every_worker(gw: SocketAddr, workers: usize, token: &str) -> Vec<Client> {
+    let mut by_worker: BTreeMap<String, Vec<Client>> = BTreeMap::new();
+    for _ in 0..200 {
+        let mut c = Client::connect(gw);
+        let (status, worker) = send(&mut c, token);
+        assert_eq!(status, 200);
+        let list = by_worker.entry(worker).or_default();
+        if list.len() < PER_WORKER {
+            list.push(c);
+        }
+        if by_worker.len() == workers && by_worker.values().all(|l| l.len() == PER_WORKER) {
+            return by_worker.into_values().flatten().collect();
+        }
+    }
+    panic!("connections did not spread over {workers} workers: {:?}", by_worker.keys());
+}
+
+#[test]
+fn a_revoked_token_is_refused_on_every_worker_as_soon_as_revoke_returns() {
+    let up = Upstream::echo();
+    let dir = std::env::temp_dir().join(format!("sg-revoke-now-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = false\n\
+             [[upstreams]]\nname = \"up\"\nendpoints = [\"{}\"]\n\
+             [[routes]]\npath = \"/v1/*rest\"\nupstream = \"up\"\n\
+             [auth]\nrevocation_file = \"revoked.txt\"\n\
+             [[auth.keys]]\nkid = \"hs\"\nalg = \"HS256\"\nsecret = {{ value = \"{HS_SECRET}\" }}\n",
+            up.addr
+        ),
+    )
+    .unwrap();
+    let snap = config::load(&cfg, 1).unwrap();
+    let engine = Engine::start(snap.clone()).unwrap();
+    let revocations = snap
+        .auth
+        .as_ref()
+        .and_then(|a| a.revocation_file())
+        .map(PathBuf::from);
+    let control = Control::spawn(cfg.clone(), 1, engine.inboxes(), revocations).unwrap();
+    control.publish_initial(&snap);
+    let admin = Admin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        AdminState {
+            workers: engine.inboxes(),
+            control: Some(control.sender()),
+            view: control.view(),
+            token: Some(ADMIN_TOKEN.as_bytes().to_vec()),
+            breakers: None,
+        },
+    )
+    .unwrap();
+    let exp = unix_now() + 600;
+    let keeper = hs256(&format!(r#"{{"sub":"keeper","exp":{exp},"jti":"keep"}}"#));
+    let mut conns = connections_on_every_worker(engine.local_addr(), 2, &keeper);
+
+    let mut accepted_after_revoke = Vec::new();
+    for round in 0..ROUNDS {
+        // Alternate the two kinds of revocation: by token id and by subject.
+        let (sub, jti) = (format!("user-{round}"), format!("tok-{round}"));
+        let token = hs256(&format!(r#"{{"sub":"{sub}","exp":{exp},"jti":"{jti}"}}"#));
+        for c in &mut conns {
+            assert_eq!(send(c, &token).0, 200, "round {round}: not revoked yet");
+        }
+        let body = if round % 2 == 0 {
+            format!(r#"{{"jti":"{jti}","expires_at":{exp}}}"#)
+        } else {
+            format!(r#"{{"sub":"{sub}","expires_at":{exp}}}"#)
+        };
+        let (status, text) = admin::http::call_with_body(
+            admin.local_addr(),
+            "POST",
+            "/revoke",
+            Some(ADMIN_TOKEN),
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap();
+        // No pause: the 200 means every worker already refuses it.
+        for c in &mut conns {
+            let (status, worker) = send(c, &token);
+            if status != 401 {
+                accepted_after_revoke.push(format!("round {round}, worker {worker}: {status}"));
+            }
+        }
+        for c in &mut conns {
+            assert_eq!(send(c, &keeper).0, 200, "round {round}: another token revoked");
+        }
+    }
+    assert!(
+        accepted_after_revoke.is_empty(),
+        "revoked tokens accepted after /revoke returned: {accepted_after_revoke:?}"
+    );
+    drop(admin);
+    drop(control);
+    drop(engine);
+    let _ = std::fs::remove_dir_all(&dir);
+}
