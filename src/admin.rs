@@ -175,7 +175,12 @@ impl Drop for Admin {
 }
 
 /// Accepts until `stop`: each connection on its own thread, up to the cap.
-fn accept_loop(listener: &TcpListener, server: &Arc<Server>, limits: AdminLimits, stop: &AtomicBool) {
+fn accept_loop(
+    listener: &TcpListener,
+    server: &Arc<Server>,
+    limits: AdminLimits,
+    stop: &AtomicBool,
+) {
     let serving = Arc::new(AtomicUsize::new(0));
     let refusing = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
@@ -220,7 +225,9 @@ struct Slot(Arc<AtomicUsize>);
 impl Slot {
     fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
         count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| Slot(count.clone()))
     }

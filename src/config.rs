@@ -728,9 +728,7 @@ pub fn admin_token_problem(token: &[u8]) -> Option<String> {
         return Some("contains control characters (tab, newline, NUL, DEL ...)".into());
     }
     if token.first() == Some(&b' ') || token.last() == Some(&b' ') {
-        return Some(
-            "starts or ends with whitespace, which HTTP strips from header values".into(),
-        );
+        return Some("starts or ends with whitespace, which HTTP strips from header values".into());
     }
     if token.len() < MIN_ADMIN_TOKEN_BYTES {
         return Some(format!(
@@ -959,15 +957,24 @@ upstream = "a"
                 let text = with_admin_token(&format!("{{ env = \"{var}\" }}"));
                 let p = admin_token_problems(&text, &dir);
                 assert_eq!(p[0].key, "admin.token", "{token:?}");
-                assert!(p[0].message.contains(want), "env {token:?}: {}", p[0].message);
+                assert!(
+                    p[0].message.contains(want),
+                    "env {token:?}: {}",
+                    p[0].message
+                );
                 assert!(p[0].message.contains(&var), "{}", p[0].message);
             }
             // File: one trailing newline is stripped, so write it with one more.
             let file = format!("token-{i}");
             std::fs::write(dir.join(&file), format!("{token}\n")).unwrap();
-            let p = admin_token_problems(&with_admin_token(&format!("{{ file = \"{file}\" }}")), &dir);
+            let p =
+                admin_token_problems(&with_admin_token(&format!("{{ file = \"{file}\" }}")), &dir);
             assert_eq!(p[0].key, "admin.token", "{token:?}");
-            assert!(p[0].message.contains(want), "file {token:?}: {}", p[0].message);
+            assert!(
+                p[0].message.contains(want),
+                "file {token:?}: {}",
+                p[0].message
+            );
             assert!(p[0].message.contains(&file), "{}", p[0].message);
         }
         // A file holding only a newline is an empty token.
@@ -983,10 +990,18 @@ upstream = "a"
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].key, "admin.token");
 
-        for good in ["0123456789abcdef", "a token with inner spaces", "ünïcødé-tøken-ok"] {
+        for good in [
+            "0123456789abcdef",
+            "a token with inner spaces",
+            "ünïcødé-tøken-ok",
+        ] {
             let inline = toml_str(good);
-            let s = from_str(&with_admin_token(&format!("{{ value = {inline} }}")), &dir, 1)
-                .unwrap_or_else(|p| panic!("{good:?}: {p:?}"));
+            let s = from_str(
+                &with_admin_token(&format!("{{ value = {inline} }}")),
+                &dir,
+                1,
+            )
+            .unwrap_or_else(|p| panic!("{good:?}: {p:?}"));
             assert_eq!(s.admin.unwrap().token.unwrap(), good.as_bytes());
         }
         let _ = std::fs::remove_dir_all(&dir);

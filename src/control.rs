@@ -318,10 +318,14 @@ impl State {
         match self.watch.poll(Instant::now()) {
             Poll::Unchanged | Poll::Settling => {}
             Poll::Unreadable(e) => {
-                eprintln!("shardgate: config file {file} cannot be read ({e}); keeping generation {g}")
+                eprintln!(
+                    "shardgate: config file {file} cannot be read ({e}); keeping generation {g}"
+                )
             }
             Poll::Empty(_) => {
-                eprintln!("shardgate: config file {file} is empty; not applied, keeping generation {g}")
+                eprintln!(
+                    "shardgate: config file {file} is empty; not applied, keeping generation {g}"
+                )
             }
             Poll::Ready(c) => {
                 self.watch.dealt_with(c.observation);
@@ -354,7 +358,10 @@ impl State {
         self.status.last_error = None;
         let file = self.path.display();
         if lowered.is_empty() {
-            eprintln!("shardgate: applied config generation {} from {file}", self.generation);
+            eprintln!(
+                "shardgate: applied config generation {} from {file}",
+                self.generation
+            );
         } else {
             self.status.lowering_applied += 1;
             eprintln!(

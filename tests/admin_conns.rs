@@ -116,7 +116,9 @@ fn the_connection_cap_holds_and_over_it_the_answer_is_503_json() {
     });
     let addr = admin.local_addr();
     // Fill the cap with silent connections; the listener accepts them in order.
-    let mut held: Vec<TcpStream> = (0..CAP).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut held: Vec<TcpStream> = (0..CAP)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
     for _ in 0..3 {
         let (status, body) = probe(addr, "/healthz").expect("an answer over the cap");
         assert_eq!(status, 503, "{body}");
@@ -126,11 +128,15 @@ fn the_connection_cap_holds_and_over_it_the_answer_is_503_json() {
     // The retry header is there (raw read, to see the head).
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
     let mut head = String::new();
     s.read_to_string(&mut head).unwrap();
     assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
-    assert!(head.to_ascii_lowercase().contains("retry-after: 1\r\n"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1\r\n"),
+        "{head}"
+    );
     for (i, s) in held.iter_mut().enumerate() {
         assert!(still_open(s), "held connection {i} was closed");
     }
@@ -167,7 +173,8 @@ fn each_connection_has_its_own_deadline() {
     // Trickling slower than the deadline allows: closed too, request never served.
     let stop = Arc::new(AtomicBool::new(false));
     let mut slow = TcpStream::connect(addr).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut writer = slow.try_clone().unwrap();
     let stop2 = stop.clone();
     let t = thread::spawn(move || {

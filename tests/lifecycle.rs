@@ -288,10 +288,22 @@ fn check_refuses_empty_and_short_admin_tokens_from_every_source() {
         (r#"{ value = "" }"#, None, "is empty"),
         (r#"{ value = "   " }"#, None, "only whitespace"),
         (r#"{ value = "short" }"#, None, "is 5 bytes"),
-        (r#"{ value = "tab\tinside-a-long-token" }"#, None, "control characters"),
+        (
+            r#"{ value = "tab\tinside-a-long-token" }"#,
+            None,
+            "control characters",
+        ),
         (r#"{ env = "SG_CHECK_ADMIN_TOKEN" }"#, Some(""), "is empty"),
-        (r#"{ env = "SG_CHECK_ADMIN_TOKEN" }"#, Some(" \t "), "only whitespace"),
-        (r#"{ env = "SG_CHECK_ADMIN_TOKEN" }"#, Some("0123456789"), "is 10 bytes"),
+        (
+            r#"{ env = "SG_CHECK_ADMIN_TOKEN" }"#,
+            Some(" \t "),
+            "only whitespace",
+        ),
+        (
+            r#"{ env = "SG_CHECK_ADMIN_TOKEN" }"#,
+            Some("0123456789"),
+            "is 10 bytes",
+        ),
         (r#"{ file = "newline.token" }"#, None, "is empty"),
         (r#"{ file = "short.token" }"#, None, "is 5 bytes"),
     ];
@@ -306,7 +318,11 @@ fn check_refuses_empty_and_short_admin_tokens_from_every_source() {
         };
         let out = cmd.output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{token} {env:?} accepted: {err}");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{token} {env:?} accepted: {err}"
+        );
         assert!(
             err.contains(&format!("weak-{i}.toml: admin.token: ")) && err.contains(want),
             "{token} {env:?}: {err}"
@@ -314,7 +330,10 @@ fn check_refuses_empty_and_short_admin_tokens_from_every_source() {
     }
     for (token, env) in [
         (r#"{ value = "0123456789abcdef" }"#, None),
-        (r#"{ env = "SG_CHECK_ADMIN_TOKEN" }"#, Some("a-strong-admin-token")),
+        (
+            r#"{ env = "SG_CHECK_ADMIN_TOKEN" }"#,
+            Some("a-strong-admin-token"),
+        ),
         (r#"{ file = "good.token" }"#, None),
     ] {
         let cfg = dir.join("good.toml");

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -125,22 +125,23 @@ struct Watchdog {
     unauthenticated_ok: AtomicU64,
     /// Requests with a token answered 200 without the quota's headers.
     unlimited_ok: AtomicU64,
-    first: Mutex<Vec<String>>,
 }
 
-impl Watchdog {
-    fn violation(&self, counter: &AtomicU64, what: String) {
-        counter.fetch_add(1, Ordering::Relaxed);
-        let mut first = self.first.lock().unwrap();
-        if first.len() < 5 {
-            first.push(what);
-        }
-    }
-}
-
-/// Sends requests to the protected routes, with and without a token, until `stop`.
-fn clients(gw: SocketAddr, stop: Arc<AtomicBool>, dog: Arc<Watchdog>) -> thread::JoinHandle<()> {
+/// Sends requests to the protected routes, with and without a token, until `stop`; returns
+/// the first few violations it saw.
+fn clients(
+    gw: SocketAddr,
+    stop: Arc<AtomicBool>,
+    dog: Arc<Watchdog>,
+) -> thread::JoinHandle<Vec<String>> {
     thread::spawn(move || {
+        let mut first = Vec::new();
+        let mut violation = |counter: &AtomicU64, what: String| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            if first.len() < 5 {
+                first.push(what);
+            }
+        };
         let bearer = token("alice");
         let mut conn = Client::connect(gw);
         let mut i = 0u64;
@@ -160,24 +161,24 @@ fn clients(gw: SocketAddr, stop: Arc<AtomicBool>, dog: Arc<Watchdog>) -> thread:
             };
             dog.requests.fetch_add(1, Ordering::Relaxed);
             if r.status == 200 && !with_token {
-                dog.violation(
+                violation(
                     &dog.unauthenticated_ok,
                     format!("GET {path} without a token: 200"),
                 );
             }
             if r.status == 200 && with_token && r.header("x-ratelimit-limit").is_none() {
-                dog.violation(
+                violation(
                     &dog.unlimited_ok,
                     format!("GET {path}: 200 without quota headers"),
                 );
             }
-            if r
-                .header("connection")
+            if r.header("connection")
                 .is_some_and(|v| v.eq_ignore_ascii_case("close"))
             {
                 conn = Client::connect(gw);
             }
         }
+        first
     })
 }
 
@@ -193,7 +194,8 @@ struct Rig {
 impl Rig {
     fn start(name: &str, text: impl FnOnce(SocketAddr) -> String) -> Rig {
         let up = Upstream::echo();
-        let dir = std::env::temp_dir().join(format!("sg-reload-safety-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("sg-reload-safety-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("gw.toml");
         std::fs::write(&cfg, text(up.addr)).unwrap();
@@ -317,9 +319,8 @@ fn run_case(name: &str, order: &[&str], cut: impl Fn(&str) -> usize, pause: Paus
         thread::sleep(Duration::from_millis(5));
     }
     stop.store(true, Ordering::Relaxed);
-    traffic.join().unwrap();
+    let first = traffic.join().unwrap();
 
-    let first = dog.first.lock().unwrap().clone();
     assert_eq!(
         dog.unauthenticated_ok.load(Ordering::Relaxed),
         0,
@@ -356,14 +357,24 @@ const ROUTES_LAST: &[&str] = &["server", "upstream", "auth", "quota", "admin", "
 #[test]
 fn a_prefix_without_auth_is_never_applied() {
     for pause in [Pause::Short, Pause::UntilRefused] {
-        run_case(&format!("auth-{pause:?}"), AUTH_LAST, before("[auth]"), pause);
+        run_case(
+            &format!("auth-{pause:?}"),
+            AUTH_LAST,
+            before("[auth]"),
+            pause,
+        );
     }
 }
 
 #[test]
 fn a_prefix_without_quota_is_never_applied() {
     for pause in [Pause::Short, Pause::UntilRefused] {
-        run_case(&format!("quota-{pause:?}"), QUOTA_LAST, before("[quota]"), pause);
+        run_case(
+            &format!("quota-{pause:?}"),
+            QUOTA_LAST,
+            before("[quota]"),
+            pause,
+        );
     }
 }
 
@@ -375,7 +386,12 @@ fn a_prefix_with_fewer_routes_is_never_applied() {
         first + 1 + text[first + 1..].find("[[routes]]").unwrap()
     };
     for pause in [Pause::Short, Pause::UntilRefused] {
-        run_case(&format!("routes-{pause:?}"), ROUTES_LAST, after_first_route, pause);
+        run_case(
+            &format!("routes-{pause:?}"),
+            ROUTES_LAST,
+            after_first_route,
+            pause,
+        );
     }
 }
 
@@ -457,7 +473,10 @@ fn explicit_reload_applies_a_lowering_config_and_says_what_it_lowers() {
     // Applied as asked: the routes are open now.
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(rig.gw(), "/v1/x").status != 200 {
-        assert!(Instant::now() < deadline, "the explicit reload did not apply");
+        assert!(
+            Instant::now() < deadline,
+            "the explicit reload did not apply"
+        );
         thread::sleep(Duration::from_millis(10));
     }
     let (status, text) =

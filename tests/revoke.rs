@@ -71,7 +71,10 @@ fn connections_on_every_worker(gw: SocketAddr, workers: usize, token: &str) -> V
             return by_worker.into_values().flatten().collect();
         }
     }
-    panic!("connections did not spread over {workers} workers: {:?}", by_worker.keys());
+    panic!(
+        "connections did not spread over {workers} workers: {:?}",
+        by_worker.keys()
+    );
 }
 
 #[test]
@@ -147,7 +150,11 @@ fn a_revoked_token_is_refused_on_every_worker_as_soon_as_revoke_returns() {
             }
         }
         for c in &mut conns {
-            assert_eq!(send(c, &keeper).0, 200, "round {round}: another token revoked");
+            assert_eq!(
+                send(c, &keeper).0,
+                200,
+                "round {round}: another token revoked"
+            );
         }
     }
     assert!(

@@ -89,7 +89,10 @@ impl fmt::Display for Loss {
                 write!(f, "auth.audience would widen from {was:?} to {now:?}")
             }
             Loss::ExpiryNoLongerRequired => {
-                write!(f, "auth.require_exp turned off: tokens without exp accepted")
+                write!(
+                    f,
+                    "auth.require_exp turned off: tokens without exp accepted"
+                )
             }
             Loss::TokenNoLongerRequired {
                 request,
@@ -101,10 +104,7 @@ impl fmt::Display for Loss {
                  it needed one under route `{was_route}`)"
             ),
             Loss::ScopeChanged { request, was, now } => match now {
-                Some(now) => write!(
-                    f,
-                    "`{request}` would need scope `{now}` instead of `{was}`"
-                ),
+                Some(now) => write!(f, "`{request}` would need scope `{now}` instead of `{was}`"),
                 None => write!(f, "`{request}` would no longer need scope `{was}`"),
             },
             Loss::QuotaRemoved => write!(f, "[quota] removed: nothing would be limited"),
@@ -147,8 +147,7 @@ fn auth_losses(old: &Snapshot, new: &Snapshot, out: &mut Vec<Loss>) {
     if let (Some(w), None) = (was_iss, now_iss) {
         out.push(Loss::IssuerCheckDropped { was: w.into() });
     }
-    if !was_aud.is_empty() && (now_aud.is_empty() || now_aud.iter().any(|a| !was_aud.contains(a)))
-    {
+    if !was_aud.is_empty() && (now_aud.is_empty() || now_aud.iter().any(|a| !was_aud.contains(a))) {
         let names = |a: &[Box<str>]| a.iter().map(|s| s.to_string()).collect();
         out.push(Loss::AudienceWidened {
             was: names(was_aud),
@@ -391,7 +390,11 @@ mod tests {
         );
         let l = losses(|p| p.auth = p.auth.replace("audience = [\"gw\"]\n", ""));
         assert_eq!(keys(&l), ["auth.audience"]);
-        assert!(l[0].to_string().contains("no longer be checked"), "{}", l[0]);
+        assert!(
+            l[0].to_string().contains("no longer be checked"),
+            "{}",
+            l[0]
+        );
         let l = losses(|p| p.auth = p.auth.replace("[\"gw\"]", "[\"gw\", \"other\"]"));
         assert_eq!(keys(&l), ["auth.audience"]);
         assert!(l[0].to_string().contains("widen"), "{}", l[0]);
@@ -402,7 +405,8 @@ mod tests {
     #[test]
     fn every_way_a_request_loses_its_token_requirement_is_found() {
         // (change, a request that must be reported, the route now serving it)
-        let cases: Vec<(&str, Box<dyn Fn(&mut Parts)>, &str, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Parts)>;
+        let cases: Vec<(&str, Change, &str, &str)> = vec![
             (
                 "route auth off",
                 Box::new(|p: &mut Parts| {
@@ -418,10 +422,9 @@ mod tests {
             (
                 "keyed route auth off",
                 Box::new(|p: &mut Parts| {
-                    p.routes = p.routes.replace(
-                        "models = [\"gpt\"]\n",
-                        "models = [\"gpt\"]\nauth = false\n",
-                    )
+                    p.routes = p
+                        .routes
+                        .replace("models = [\"gpt\"]\n", "models = [\"gpt\"]\nauth = false\n")
                 }),
                 "POST /v1/chat (model gpt)",
                 "/v1/chat",
@@ -429,9 +432,10 @@ mod tests {
             (
                 "authenticated route removed, falls through to an open catch-all",
                 Box::new(|p: &mut Parts| {
-                    p.routes = p
-                        .routes
-                        .replace("path = \"/v1/*rest\"\n", "path = \"/*rest\"\nauth = false\n")
+                    p.routes = p.routes.replace(
+                        "path = \"/v1/*rest\"\n",
+                        "path = \"/*rest\"\nauth = false\n",
+                    )
                 }),
                 "GET /v1/x",
                 "/*rest",
@@ -439,7 +443,8 @@ mod tests {
             (
                 "new open route shadows protected paths",
                 Box::new(|p: &mut Parts| {
-                    p.routes += "[[routes]]\npath = \"/v1/public/*rest\"\nauth = false\nupstream = \"up\"\n"
+                    p.routes +=
+                        "[[routes]]\npath = \"/v1/public/*rest\"\nauth = false\nupstream = \"up\"\n"
                 }),
                 "GET /v1/public/x",
                 "/v1/public/*rest",
@@ -472,7 +477,11 @@ mod tests {
         );
         let l = losses(|p| p.routes = p.routes.replace("scope = \"admin\"", "scope = \"read\""));
         assert_eq!(keys(&l), ["routes.scope"]);
-        assert!(l[0].to_string().contains("`read` instead of `admin`"), "{}", l[0]);
+        assert!(
+            l[0].to_string().contains("`read` instead of `admin`"),
+            "{}",
+            l[0]
+        );
     }
 
     #[test]
@@ -507,8 +516,7 @@ mod tests {
         // Keep only the open route: 3 of 4 dropped. The protected requests now get 404,
         // which is not itself a route loss.
         let l = losses(|p| {
-            p.routes =
-                "[[routes]]\npath = \"/health\"\nauth = false\nupstream = \"up\"\n".into();
+            p.routes = "[[routes]]\npath = \"/health\"\nauth = false\nupstream = \"up\"\n".into();
         });
         assert_eq!(
             l,
@@ -528,10 +536,6 @@ mod tests {
             p.quota.clear();
             p.admin.clear();
         });
-        assert_eq!(
-            keys(&l),
-            ["auth", "quota", "admin.token"],
-            "{l:#?}"
-        );
+        assert_eq!(keys(&l), ["auth", "quota", "admin.token"], "{l:#?}");
     }
 }

@@ -122,7 +122,7 @@ mod tests {
 
     #[test]
     fn revoke_returns_after_every_worker_applied_it() {
-        let (workers, threads): (Vec<_>, Vec<_>) = (0..3).map(|i| worker(i)).unzip();
+        let (workers, threads): (Vec<_>, Vec<_>) = (0..3).map(worker).unzip();
         revoke(&workers, None, token("t-1")).unwrap();
         for w in &workers {
             w.send(ToWorker::Shutdown).unwrap();

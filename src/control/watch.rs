@@ -334,7 +334,10 @@ mod tests {
         other_content.digest[0] ^= 1;
         let variants = [
             ("content", other_content),
-            ("size", Observation::new(stamp(1, 999, 101), text.as_bytes())),
+            (
+                "size",
+                Observation::new(stamp(1, 999, 101), text.as_bytes()),
+            ),
             ("mtime", obs(1, 102, text)),
             ("inode", obs(2, 101, text)),
             (
@@ -361,11 +364,7 @@ mod tests {
                 Verdict::Settling,
                 "{what}: the clock restarted at 450 ms"
             );
-            assert_eq!(
-                s.observe(changed, at(t0, 850)),
-                Verdict::Ready,
-                "{what}"
-            );
+            assert_eq!(s.observe(changed, at(t0, 850)), Verdict::Ready, "{what}");
         }
     }
 
@@ -379,8 +378,16 @@ mod tests {
         let mut t = 0;
         for (i, &n) in pieces.iter().enumerate() {
             let o = obs(1, 20 + i as u64, &full[..n]);
-            assert_eq!(s.observe(o.clone(), at(t0, t)), Verdict::Settling, "piece {i}");
-            assert_eq!(s.observe(o, at(t0, t + 100)), Verdict::Settling, "piece {i}");
+            assert_eq!(
+                s.observe(o.clone(), at(t0, t)),
+                Verdict::Settling,
+                "piece {i}"
+            );
+            assert_eq!(
+                s.observe(o, at(t0, t + 100)),
+                Verdict::Settling,
+                "piece {i}"
+            );
             t += 100;
         }
         let done = obs(1, 23, full);
@@ -388,7 +395,10 @@ mod tests {
         // Identical content under a new mtime (a touch, or the same text rewritten) is a
         // new version too: the gateway reloads it, as it always did.
         s.dealt_with(done);
-        assert_eq!(s.observe(obs(1, 24, full), at(t0, t + 400)), Verdict::Settling);
+        assert_eq!(
+            s.observe(obs(1, 24, full), at(t0, t + 400)),
+            Verdict::Settling
+        );
     }
 
     #[test]
@@ -398,9 +408,17 @@ mod tests {
             let mut s = settled_on(&obs(1, 10, "a = 1\n"));
             let empty = obs(1, 11, text);
             assert_eq!(s.observe(empty.clone(), at(t0, 0)), Verdict::Settling);
-            assert_eq!(s.observe(empty.clone(), at(t0, 10_000)), Verdict::Empty, "{text:?}");
+            assert_eq!(
+                s.observe(empty.clone(), at(t0, 10_000)),
+                Verdict::Empty,
+                "{text:?}"
+            );
             // Reported once, then it is the version dealt with.
-            assert_eq!(s.observe(empty, at(t0, 20_000)), Verdict::Unchanged, "{text:?}");
+            assert_eq!(
+                s.observe(empty, at(t0, 20_000)),
+                Verdict::Unchanged,
+                "{text:?}"
+            );
         }
     }
 

@@ -21,8 +21,8 @@
 //! No allocation: eligibility is a `u64` bitmask over at most [`MAX_TARGETS`] targets.
 
 use super::catalog::{Catalog, Deployment, DeploymentId};
-use super::raw::RawTarget;
 use super::hash::{exp_draw, hash_bytes, mix64, WorkerRng};
+use super::raw::RawTarget;
 
 /// Most resolved targets (or fallbacks) one route may have.
 pub const MAX_TARGETS: usize = 64;
