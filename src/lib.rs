@@ -17,9 +17,10 @@
 //! - [`proxy`]: upstream keep-alive pools, request forwarding, response relay (SSE-safe).
 //! - [`metrics`]: per-worker counters and latency histograms; their merge.
 //! - [`access_log`]: sampled JSON lines, buffered per worker, written by one thread.
-//! - [`control`]: the control thread: reload, quota coordination.
+//! - [`control`]: the control thread: reload (settled-file watch, protection diff),
+//!   revocations, quota coordination.
 //! - [`admin`]: the admin HTTP listener (/metrics, /stats, /config, /reload, /healthz,
-//!   /readyz) on its own control-plane thread.
+//!   /readyz) on control-plane threads (one per connection, capped).
 //! - [`mock`]: an OpenAI-compatible mock model backend (demo, tests, loadtest).
 //! - [`error`]: the gateway error that every stage folds into.
 #![deny(unsafe_code)]
