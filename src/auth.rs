@@ -160,7 +160,8 @@ pub struct Identity {
     pub exp: Option<u64>,
     /// Space-separated scopes from `scope` (or `scp` when `scope` is absent).
     scopes: String,
-    /// `(index into Authenticator::mapped_headers(), value)` for each mapped claim present.
+    /// `(index into Authenticator::mapped_headers(), value)` for each mapped claim rendered
+    /// (absent and `null` claims render nothing; see [`claims`]).
     pub upstream_headers: Vec<(usize, String)>,
 }
 

@@ -40,8 +40,8 @@
 //! [`super::claims`]: strings as they are, integers, floats and booleans as JSON text, an
 //! array of strings joined with `separator` (1 to 8 bytes of visible ASCII or space), `null`
 //! and an absent claim as no header. A token whose mapped claim cannot be rendered faithfully
-//! (an object, a nested array or an array holding a non-string, a control character or a
-//! line separator, surrounding whitespace, an element containing the separator, a value over
+//! (an object, a nested array or an array holding a non-string, an empty string or entry, a
+//! control character or a line separator, surrounding whitespace, an element containing the separator, a value over
 //! [`super::claims::MAX_CLAIM_HEADER_BYTES`]) is refused with 401 `claim_not_forwardable`:
 //! the upstream never sees a header that says less, or something else, than the token.
 //!
