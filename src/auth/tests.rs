@@ -985,8 +985,11 @@ fn mapped_auth(separator: Option<&str>) -> Authenticator {
     ))
 }
 
+/// A rendered claim header: `Ok(None)` when no header is sent.
+type Rendered = Result<Option<String>, AuthError>;
+
 /// The `x-v` header `a` renders for a token whose claim `v` is `json` (`None`: absent).
-fn rendered(a: &Authenticator, json: Option<&str>) -> Result<Option<String>, AuthError> {
+fn rendered(a: &Authenticator, json: Option<&str>) -> Rendered {
     let v = json.map_or(String::new(), |j| format!(r#","v":{j}"#));
     let t = mint(&format!(r#"{{"sub":"u","exp":{}{v}}}"#, NOW + 10));
     let id = verify(a, &t, NOW)?;
@@ -998,14 +1001,10 @@ fn rendered(a: &Authenticator, json: Option<&str>) -> Result<Option<String>, Aut
 #[test]
 fn claim_headers_render_each_claim_shape() {
     let (space, comma) = (mapped_auth(None), mapped_auth(Some(",")));
-    const REFUSED: Result<Option<String>, AuthError> = Err(AuthError::ClaimNotForwardable);
+    const REFUSED: Rendered = Err(AuthError::ClaimNotForwardable);
     let ok = |s: &str| Ok(Some(s.to_string()));
     // (claim JSON or absent, with the default separator, with ",")
-    let cases: Vec<(
-        Option<&str>,
-        Result<Option<String>, AuthError>,
-        Result<Option<String>, AuthError>,
-    )> = vec![
+    let cases: Vec<(Option<&str>, Rendered, Rendered)> = vec![
         (None, Ok(None), Ok(None)),
         (Some("null"), Ok(None), Ok(None)),
         (Some(r#""alice""#), ok("alice"), ok("alice")),
