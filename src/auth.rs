@@ -2,7 +2,8 @@
 //!
 //! Owns: the validated `[auth]` config ([`Authenticator`], built once on the control thread
 //! and cloned to every worker), token parsing ([`token`]), key material and signature checks
-//! ([`key`]), and revocation ([`revocation`]).
+//! ([`key`]), the claim values copied out of a token ([`claims`]: identity values and claim
+//! headers), and revocation ([`revocation`]).
 //!
 //! # Contract
 //!
@@ -24,6 +25,7 @@
 //! No I/O and no locks. Decoding reuses the worker's [`Scratch`]; the only allocations are the
 //! strings the returned [`Identity`] owns. The signature is checked before any claim is read.
 
+pub mod claims;
 pub mod config;
 pub mod key;
 pub mod revocation;
@@ -136,6 +138,8 @@ auth_errors! {
     MissingClaim => 401, "missing_claim", invalid, "token lacks a required claim";
     /// A claim has the wrong type, range or characters.
     InvalidClaim => 401, "invalid_claim", invalid, "token has an invalid claim value";
+    /// A claim mapped to an upstream header cannot be rendered faithfully (see [`claims`]).
+    ClaimNotForwardable => 401, "claim_not_forwardable", invalid, "token has a claim that cannot be forwarded upstream";
     BadIssuer => 401, "bad_issuer", invalid, "token issuer is not accepted";
     BadAudience => 401, "bad_audience", invalid, "token audience is not accepted";
     Revoked => 401, "revoked", invalid, "token has been revoked";
@@ -156,7 +160,8 @@ pub struct Identity {
     pub exp: Option<u64>,
     /// Space-separated scopes from `scope` (or `scp` when `scope` is absent).
     scopes: String,
-    /// `(index into Authenticator::mapped_headers(), value)` for each mapped claim present.
+    /// `(index into Authenticator::mapped_headers(), value)` for each mapped claim rendered
+    /// (absent and `null` claims render nothing; see [`claims`]).
     pub upstream_headers: Vec<(usize, String)>,
 }
 
@@ -187,6 +192,7 @@ pub struct Authenticator {
     label_claim: Option<Box<str>>,
     mapped_claims: Vec<Box<str>>,
     mapped_headers: Vec<Box<str>>,
+    mapped_separators: Vec<Box<str>>,
     revocation_file: Option<PathBuf>,
     keys: Vec<Key>,
 }
@@ -222,6 +228,11 @@ impl Authenticator {
                 .iter()
                 .map(|m| m.header.to_ascii_lowercase().into())
                 .collect(),
+            mapped_separators: raw
+                .claim_headers
+                .iter()
+                .map(|m| m.separator.as_str().into())
+                .collect(),
             revocation_file: raw.revocation_file.as_ref().map(|p| base_dir.join(p)),
             keys,
         })
@@ -246,6 +257,18 @@ impl Authenticator {
         id.upstream_headers
             .iter()
             .map(|(i, v)| (&*self.mapped_headers[*i], v.as_str()))
+    }
+
+    /// Appends `name: value\r\n` for each of `id`'s claim headers. Values were checked when the
+    /// token was verified ([`claims::header_value`]): no control byte, no line separator.
+    pub fn write_upstream_headers(&self, id: &Identity, out: &mut Vec<u8>) {
+        for (name, value) in self.upstream_headers(id) {
+            debug_assert!(crate::http::fields::is_field_value(value.as_bytes()));
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
     }
 
     /// Resolved revocation file path, for the control thread's [`RevocationLog`].
@@ -392,15 +415,17 @@ impl Authenticator {
         if !self.audience.is_empty() {
             self.check_audience(f.aud.ok_or(AuthError::BadAudience)?)?;
         }
-        let subject = claim_string(f.subject.ok_or(AuthError::MissingClaim)?)?;
-        let tenant = f.tenant.map(claim_string).transpose()?;
-        let label = f.label.map(claim_string).transpose()?;
-        let jti = f.jti.map(claim_string).transpose()?;
+        let subject = claims::identity(f.subject.ok_or(AuthError::MissingClaim)?)?;
+        let tenant = f.tenant.map(claims::identity).transpose()?;
+        let label = f.label.map(claims::identity).transpose()?;
+        let jti = f.jti.map(claims::identity).transpose()?;
         let scopes = scopes(f.scope, f.scp)?;
         let mut upstream_headers = Vec::new();
         for (i, claim) in self.mapped_claims.iter().enumerate() {
             if let Some(v) = obj.get(&**claim) {
-                upstream_headers.push((i, claim_string(v)?));
+                if let Some(value) = claims::header_value(v, &self.mapped_separators[i])? {
+                    upstream_headers.push((i, value));
+                }
             }
         }
         Ok(Identity {
@@ -465,23 +490,6 @@ fn time_claim(v: Value<'_, '_>) -> Result<u64, AuthError> {
     };
     t.filter(|&t| t <= MAX_TIME_CLAIM)
         .ok_or(AuthError::InvalidClaim)
-}
-
-/// A string or integer claim as an owned string. Control characters are refused: values end
-/// up in upstream headers and logs.
-fn claim_string(v: Value<'_, '_>) -> Result<String, AuthError> {
-    if let Some(s) = v.as_str() {
-        if s.is_empty() || s.chars().any(char::is_control) {
-            return Err(AuthError::InvalidClaim);
-        }
-        return Ok(s.to_owned());
-    }
-    match v.value_type() {
-        ValueType::I64 | ValueType::U64 => Ok(v
-            .as_i64()
-            .map_or_else(|| v.as_u64().unwrap_or(0).to_string(), |i| i.to_string())),
-        _ => Err(AuthError::InvalidClaim),
-    }
 }
 
 /// `scope` (space-separated string, RFC 8693 §4.2) wins; otherwise `scp` as an array of

@@ -646,6 +646,19 @@ impl RawUpstream {
                 })
             })
             .collect();
+        if let Some(h) = self
+            .host_header
+            .as_deref()
+            .filter(|h| !crate::http::fields::is_host_value(h))
+        {
+            problems.push(ConfigProblem::new(
+                format!("{key}.host_header"),
+                format!(
+                    "`{}` is not a host or host:port (RFC 9110 §7.2)",
+                    h.escape_debug()
+                ),
+            ));
+        }
         let ms = |v: Option<u64>, d: Duration, name: &str, problems: &mut Vec<ConfigProblem>| {
             if v == Some(0) {
                 problems.push(ConfigProblem::new(

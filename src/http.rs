@@ -4,11 +4,14 @@
 //! - [`body`]: chunked transfer-coding decoder, shared by request bodies and upstream responses.
 //! - [`write`]: response heads and the JSON error responses every stage ends in.
 //! - [`limits`]: every size and time limit, as named constants with config overrides.
+//! - [`fields`]: which header names a config may set or read, and which values the gateway
+//!   may write.
 //!
 //! Nothing here allocates per request: heads are parsed into a stack header array and the
 //! results are offsets into the connection buffer.
 
 pub mod body;
+pub mod fields;
 pub mod limits;
 pub mod parse;
 pub mod write;

@@ -771,3 +771,84 @@ fn mutating_endpoints_need_a_control_thread() {
         assert_eq!(status, 503, "{path}: {text}");
     }
 }
+
+/// The invariant behind revocation by subject: a token is accepted only with a subject the
+/// admin API can revoke, by the same exact string. Padded subjects are refused at the door
+/// (401) and `/revoke` refuses the padded form (400); every accepted subject, revoked as it
+/// appears in the token, stops its tokens and no other.
+#[test]
+fn padded_subjects_are_refused_and_every_accepted_subject_is_revocable() {
+    let auth = format!(
+        "[auth]\nrevocation_file = \"revoked.txt\"\n[[auth.keys]]\nkid = \"hs\"\nalg = \"HS256\"\nsecret = {{ value = \"{HS_SECRET}\" }}\n"
+    );
+    let rig = Rig::start("padded", &auth);
+    let exp = unix_now() + 600;
+    let status = |token: &str| {
+        request(
+            rig.gw(),
+            &format!("GET /v1/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n"),
+        )
+    };
+    for padded in [
+        " alice",
+        "alice ",
+        "\talice",
+        "alice\t",
+        "alice\u{a0}",
+        "\u{3000}alice",
+        "alice\n",
+    ] {
+        let sub = serde_json::to_string(padded).unwrap();
+        let r = status(&hs256(&format!(r#"{{"sub":{sub},"exp":{exp}}}"#)));
+        assert_eq!(r.status, 401, "{padded:?}: {}", r.text());
+        assert!(
+            r.header("www-authenticate")
+                .unwrap()
+                .contains("invalid claim value"),
+            "{padded:?}"
+        );
+        let (code, v) = rig.send(
+            "POST",
+            "/revoke",
+            &format!(r#"{{"sub":{sub},"expires_at":{exp}}}"#),
+        );
+        assert_eq!(
+            (code, v["field"].as_str()),
+            (400, Some("sub")),
+            "{padded:?}: {v}"
+        );
+    }
+    // (subject claim as JSON, the id to revoke)
+    let accepted = [
+        (r#""alice""#, "alice"),
+        (r#""user 42""#, "user 42"),
+        (r#""Jos\u00e9""#, "Jos\u{e9}"),
+        ("42", "42"),
+    ];
+    let tokens: Vec<String> = accepted
+        .iter()
+        .map(|(sub, _)| hs256(&format!(r#"{{"sub":{sub},"exp":{exp}}}"#)))
+        .collect();
+    for t in &tokens {
+        assert_eq!(status(t).status, 200);
+    }
+    for (i, (_, id)) in accepted.iter().enumerate() {
+        let body = serde_json::json!({"sub": id, "expires_at": exp}).to_string();
+        let (code, v) = rig.send("POST", "/revoke", &body);
+        assert_eq!(code, 200, "{id}: {v}");
+        // Wait (bounded) until both workers refuse it; this checks the outcome, not the speed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let refused = || (0..8).all(|_| status(&tokens[i]).status == 401);
+        while !refused() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert!(refused(), "{id} revoked");
+        for t in &tokens[i + 1..] {
+            assert_eq!(
+                status(t).status,
+                200,
+                "revoking {id} touched another subject"
+            );
+        }
+    }
+}

@@ -60,16 +60,30 @@ fn mint(tag: &str, claims: &str, ttl: i64) -> Minted {
     Minted { dir, tokens }
 }
 
+/// The default claim headers of [`auth_gateway`].
+const MAPPINGS: &str = "[[auth.claim_headers]]\nclaim = \"sub\"\nheader = \"x-user-id\"\n[[auth.claim_headers]]\nclaim = \"tid\"\nheader = \"x-tenant-id\"\n";
+
 fn auth_gateway(
     m: &Minted,
     up: std::net::SocketAddr,
     extra_auth: &str,
     route_extra: &str,
 ) -> shardgate::runtime::Engine {
+    auth_gateway_mapping(m, up, extra_auth, route_extra, MAPPINGS)
+}
+
+/// Like [`auth_gateway`] with `mappings` (`[[auth.claim_headers]]` tables) instead.
+fn auth_gateway_mapping(
+    m: &Minted,
+    up: std::net::SocketAddr,
+    extra_auth: &str,
+    route_extra: &str,
+    mappings: &str,
+) -> shardgate::runtime::Engine {
     let auth = std::fs::read_to_string(m.dir.join("auth.toml")).unwrap();
     let auth = auth.replacen("[auth]\n", &format!("[auth]\n{extra_auth}\n"), 1);
     let rest = format!(
-        "[[upstreams]]\nname = \"up\"\nendpoints = [\"{up}\"]\n[[routes]]\npath = \"/v1/*rest\"\nupstream = \"up\"\n{route_extra}\n[[routes]]\npath = \"/open\"\nupstream = \"up\"\nauth = false\n{auth}\n[[auth.claim_headers]]\nclaim = \"sub\"\nheader = \"x-user-id\"\n[[auth.claim_headers]]\nclaim = \"tid\"\nheader = \"x-tenant-id\"\n"
+        "[[upstreams]]\nname = \"up\"\nendpoints = [\"{up}\"]\n[[routes]]\npath = \"/v1/*rest\"\nupstream = \"up\"\n{route_extra}\n[[routes]]\npath = \"/open\"\nupstream = \"up\"\nauth = false\n{auth}\n{mappings}"
     );
     gateway_in(
         &m.dir,
@@ -283,4 +297,188 @@ fn revocation_applies_on_every_worker_within_100ms() {
         m.iter().all(|w| w.requests() >= 2),
         "both workers served the token before and after"
     );
+}
+
+/// The headers the echo upstream received, in order.
+fn received_headers(r: &Response) -> Vec<(String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    v["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            let (n, v) = h.as_str().unwrap().split_once(": ").unwrap();
+            (n.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// Claim shapes through the real gateway: arrays of strings are joined with each mapping's
+/// separator, numbers and booleans arrive as JSON text, and every other shape refuses the
+/// token (401) without the upstream seeing the request. Tokens are minted by PyJWT for every
+/// algorithm.
+#[test]
+fn array_and_scalar_claims_reach_the_upstream_as_headers() {
+    let mappings = format!(
+        "{MAPPINGS}{}",
+        [
+            ("scp", "x-scopes", ""),
+            ("grp", "x-groups", "separator = \",\"\n"),
+            ("lvl", "x-level", ""),
+            ("ratio", "x-ratio", ""),
+            ("admin", "x-admin", ""),
+            ("none", "x-none", ""),
+            ("empty", "x-empty", ""),
+            ("absent", "x-absent", ""),
+        ]
+        .iter()
+        .map(|(c, h, extra)| format!(
+            "[[auth.claim_headers]]\nclaim = \"{c}\"\nheader = \"{h}\"\n{extra}"
+        ))
+        .collect::<String>()
+    );
+    let m = mint(
+        "shapes",
+        r#"{"tid":"acme","scp":["chat","models:read"],"grp":["team a","ops"],"lvl":3,"ratio":0.5,"admin":false,"none":null,"empty":[]}"#,
+        600,
+    );
+    let up = Upstream::echo();
+    let gw = auth_gateway_mapping(&m, up.addr, "", "scope = \"chat\"", &mappings);
+    let forged = "X-Scopes: admin\r\nx-groups: root\r\nX-Level: 99\r\nx-absent: forged\r\nx-none: forged\r\n";
+    for (alg, token) in &m.tokens {
+        let r = with_token(gw.local_addr(), "/v1/chat", token, forged);
+        assert_eq!(r.status, 200, "{alg}: {}", r.text());
+        let got: Vec<(String, String)> = received_headers(&r)
+            .into_iter()
+            .filter(|(n, _)| {
+                n.starts_with("x-") && !n.starts_with("x-forwarded") && n != "x-request-id"
+            })
+            .collect();
+        let want: Vec<(String, String)> = [
+            ("x-user-id", "alice"),
+            ("x-tenant-id", "acme"),
+            ("x-scopes", "chat models:read"),
+            ("x-groups", "team a,ops"),
+            ("x-level", "3"),
+            ("x-ratio", "0.5"),
+            ("x-admin", "false"),
+            ("x-empty", ""),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(
+            got, want,
+            "{alg}: each mapped header once, client copies removed"
+        );
+    }
+
+    // Shapes no header can carry faithfully: the token is refused and nothing is forwarded.
+    let refused = [
+        r#"{"grp":[1,2]}"#,
+        r#"{"grp":["a",true]}"#,
+        r#"{"grp":[["a"]]}"#,
+        r#"{"grp":{"a":"b"}}"#,
+        r#"{"grp":["a,b"]}"#,
+        r#"{"scp":["chat","two words"]}"#,
+        r#"{"grp":["a",""]}"#,
+    ];
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = seen.clone();
+    let counting = Upstream::start(move |mut c| {
+        while c.read_request().is_some() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            c.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let gw = auth_gateway_mapping(&m, counting.addr, "", "", &mappings);
+    for claims in refused {
+        // Same key directory: mint.py reuses the keys it made above.
+        let bad = mint("shapes", claims, 600);
+        for (alg, token) in &bad.tokens {
+            let r = with_token(gw.local_addr(), "/v1/chat", token, "");
+            assert_eq!(r.status, 401, "{claims} {alg}: {}", r.text());
+            let challenge = r.header("www-authenticate").unwrap_or_default();
+            let want = if claims.contains("two words") {
+                "invalid claim value" // refused by the scope rules first
+            } else {
+                "cannot be forwarded upstream"
+            };
+            assert!(challenge.contains(want), "{claims}: {challenge}");
+        }
+    }
+    assert_eq!(
+        seen.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "no refused token reached the upstream"
+    );
+    let r = with_token(gw.local_addr(), "/v1/chat", &m.tokens[0].1, "");
+    assert_eq!(r.status, 200, "control: {}", r.text());
+    assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+/// Claim values that would inject header lines never reach the upstream: the token is
+/// refused with 401 and the upstream sees no request. Signed here (ring), since the point is
+/// the bytes, not the signer.
+#[test]
+fn claim_values_cannot_inject_upstream_header_lines() {
+    let m = mint("inject", "{}", 600);
+    let up = Upstream::echo();
+    let mappings = format!(
+        "{MAPPINGS}[[auth.claim_headers]]\nclaim = \"grp\"\nheader = \"x-groups\"\nseparator = \",\"\n"
+    );
+    let gw = auth_gateway_mapping(&m, up.addr, "", "", &mappings);
+    let secret = std::fs::read(m.dir.join("hs256.key")).unwrap();
+    let secret = secret.strip_suffix(b"\n").unwrap_or(&secret).to_vec();
+    let token = |claims: &str| hs256(r#"{"alg":"HS256","kid":"hs256"}"#, claims, &secret);
+    let exp = now() + 600;
+    let values = [
+        r#""a\r\nx-evil: 1""#,
+        r#""a\r\ncontent-length: 0\r\n\r\nGET /admin HTTP/1.1""#,
+        r#""a\nx-evil: 1""#,
+        r#""a\rx-evil: 1""#,
+        r#""a\u0000x-evil""#,
+        r#""a\tb""#,
+        r#""a\u2028x-evil: 1""#,
+        r#""a\u2029b""#,
+        r#""a\u0085b""#,
+        r#"" padded""#,
+        r#"["ok","a\r\nx-evil: 1"]"#,
+        r#"["ok","\n"]"#,
+    ];
+    let long = format!("\"{}\"", "v".repeat(5000));
+    let addr = gw.local_addr();
+    for v in values.iter().copied().chain([long.as_str()]) {
+        for claim in ["sub", "tid", "grp"] {
+            let claims = if claim == "sub" {
+                format!(r#"{{"sub":{v},"exp":{exp}}}"#)
+            } else {
+                format!(r#"{{"sub":"alice","{claim}":{v},"exp":{exp}}}"#)
+            };
+            let r = with_token(addr, "/v1/x", &token(&claims), "");
+            assert_eq!(r.status, 401, "{claim} = {v}: {}", r.text());
+            assert!(!r.text().contains("x-evil"), "{claim} = {v}");
+        }
+    }
+    assert_eq!(
+        up.connections.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing reached the upstream"
+    );
+    // The control: a clean token passes, and its headers arrive exactly.
+    let r = with_token(
+        addr,
+        "/v1/x",
+        &token(&format!(
+            r#"{{"sub":"alice","grp":["a","b c"],"exp":{exp}}}"#
+        )),
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = received_headers(&r);
+    assert!(
+        got.contains(&("x-groups".into(), "a,b c".into())),
+        "{got:?}"
+    );
+    assert!(!got.iter().any(|(n, _)| n == "x-evil"));
 }

@@ -14,9 +14,10 @@
 //! label_claim = "canary"          # optional
 //! revocation_file = "revoked.txt" # optional; control thread only
 //!
-//! [[auth.claim_headers]]
+//! [[auth.claim_headers]]           # see "Claim headers" below
 //! claim = "sub"
 //! header = "x-user-id"
+//! separator = " "                 # default; joins an array of strings
 //!
 //! [[auth.keys]]                   # HMAC: secret = { env | file | value }
 //! kid = "hs-2026"
@@ -30,6 +31,27 @@
 //! jwks_file = "keys/jwks.json"
 //! not_before = 1767225600         # optional
 //! ```
+//!
+//! # Claim headers
+//!
+//! `header` may not be a framing, hop-by-hop, credential, `content-*`, method-override or
+//! gateway-written header ([`crate::http::fields`]); `[auth] header` may not be a framing,
+//! hop-by-hop or gateway-written one. A mapped claim is rendered as described in
+//! [`super::claims`]: strings as they are, integers, floats and booleans as JSON text, an
+//! array of strings joined with `separator` (1 to 8 bytes of visible ASCII or space), `null`
+//! and an absent claim as no header. A token whose mapped claim cannot be rendered faithfully
+//! (an object, a nested array or an array holding a non-string, an empty string or entry, a
+//! control character or a line separator, surrounding whitespace, an element containing the separator, a value over
+//! [`super::claims::MAX_CLAIM_HEADER_BYTES`]) is refused with 401 `claim_not_forwardable`:
+//! the upstream never sees a header that says less, or something else, than the token.
+//!
+//! # Keys
+//!
+//! A JWK (inline or from `jwks_file`) must be a verification key: `use`, when present, is
+//! `sig`, and `key_ops`, when present, contains `verify`, nothing for encryption and no
+//! duplicates (RFC 7517 §4.2–4.3); otherwise the key is a config problem naming it. In a JWKS
+//! file, keys with the configured `kid` that are not verification keys are passed over, so an
+//! `enc` key may share a `kid` with the `sig` key configured.
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +60,7 @@ use serde::Deserialize;
 use super::key::{jwk_from_file, Alg, Jwk, KeyMaterial};
 use super::token::MAX_KID_BYTES;
 use crate::config::{ConfigProblem, Secret};
+use crate::http::fields::{config_header, is_token, HeaderRole};
 
 /// Default `max_token_bytes`.
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -89,12 +112,16 @@ pub struct AuthConfig {
     pub keys: Vec<KeyConfig>,
 }
 
-/// `[[auth.claim_headers]]`: copy `claim` (string or integer) into upstream header `header`.
+/// `[[auth.claim_headers]]`: copy `claim` into upstream header `header` (rendering rules in
+/// the module docs).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimHeaderConfig {
     pub claim: String,
     pub header: String,
+    /// Joins the entries of an array-of-strings claim. Default one space.
+    #[serde(default = "default_separator")]
+    pub separator: String,
 }
 
 /// `[[auth.keys]]`: one verification key. Exactly one of `secret`, `jwk`, `jwks_file`.
@@ -123,6 +150,9 @@ pub struct KeyConfig {
 
 fn default_header() -> String {
     "authorization".into()
+}
+fn default_separator() -> String {
+    " ".into()
 }
 fn default_scheme() -> String {
     "Bearer".into()
@@ -157,12 +187,8 @@ impl Key {
     }
 }
 
-/// RFC 9110 token characters, for header names and the scheme.
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
+/// Longest `separator` accepted, in bytes.
+pub const MAX_SEPARATOR_BYTES: usize = 8;
 
 /// Builds the validated keys, collecting every problem.
 pub(super) fn build_keys(
@@ -250,12 +276,7 @@ pub(super) fn build_keys(
 
 /// Checks the scalar settings, collecting every problem.
 pub(super) fn check_settings(raw: &AuthConfig, problems: &mut Vec<ConfigProblem>) {
-    if !is_token(&raw.header) {
-        problems.push(ConfigProblem::new(
-            "auth.header",
-            "must be a valid HTTP header name",
-        ));
-    }
+    config_header(&raw.header, HeaderRole::Read, "auth.header", problems);
     if !is_token(&raw.scheme) {
         problems.push(ConfigProblem::new(
             "auth.scheme",
@@ -294,28 +315,29 @@ pub(super) fn check_settings(raw: &AuthConfig, problems: &mut Vec<ConfigProblem>
         ));
     }
     for (i, m) in raw.claim_headers.iter().enumerate() {
+        let at = |field: &str| format!("auth.claim_headers[{i}].{field}");
         if m.claim.is_empty() {
+            problems.push(ConfigProblem::new(at("claim"), "must not be empty"));
+        }
+        if !(1..=MAX_SEPARATOR_BYTES).contains(&m.separator.len())
+            || !m.separator.bytes().all(|b| (b' '..=b'~').contains(&b))
+        {
             problems.push(ConfigProblem::new(
-                format!("auth.claim_headers[{i}].claim"),
-                "must not be empty",
+                at("separator"),
+                format!("must be 1 to {MAX_SEPARATOR_BYTES} bytes of visible ASCII or space"),
             ));
         }
-        if !is_token(&m.header) {
-            problems.push(ConfigProblem::new(
-                format!("auth.claim_headers[{i}].header"),
-                "must be a valid HTTP header name",
-            ));
-        } else if raw.claim_headers[..i]
+        if config_header(&m.header, HeaderRole::Set, &at("header"), problems).is_none() {
+            continue;
+        }
+        if raw.claim_headers[..i]
             .iter()
             .any(|o| o.header.eq_ignore_ascii_case(&m.header))
         {
-            problems.push(ConfigProblem::new(
-                format!("auth.claim_headers[{i}].header"),
-                "duplicate header",
-            ));
+            problems.push(ConfigProblem::new(at("header"), "duplicate header"));
         } else if m.header.eq_ignore_ascii_case(&raw.header) {
             problems.push(ConfigProblem::new(
-                format!("auth.claim_headers[{i}].header"),
+                at("header"),
                 "must differ from the credential header",
             ));
         }

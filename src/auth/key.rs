@@ -172,6 +172,9 @@ pub struct Jwk {
     pub alg: Option<String>,
     #[serde(default, rename = "use")]
     pub use_: Option<String>,
+    /// Permitted operations (RFC 7517 §4.3); when present it must contain `verify`.
+    #[serde(default)]
+    pub key_ops: Option<Vec<String>>,
     #[serde(default)]
     pub crv: Option<String>,
     #[serde(default)]
@@ -205,8 +208,45 @@ fn b64_field(name: &str, v: &Option<String>) -> Result<Vec<u8>, String> {
 }
 
 impl Jwk {
+    /// Whether the key's owner allows it to verify signatures: `use`, when present, is `sig`
+    /// (RFC 7517 §4.2); `key_ops`, when present, contains `verify`, no operation of an
+    /// encryption key and no duplicate (§4.3: one key, one purpose).
+    pub fn check_verification_key(&self) -> Result<(), String> {
+        const ENCRYPTION_OPS: [&str; 6] = [
+            "encrypt",
+            "decrypt",
+            "wrapKey",
+            "unwrapKey",
+            "deriveKey",
+            "deriveBits",
+        ];
+        if let Some(u) = &self.use_ {
+            if u != "sig" {
+                return Err(format!("JWK `use` is `{u}`, expected `sig`"));
+            }
+        }
+        let Some(ops) = &self.key_ops else {
+            return Ok(());
+        };
+        if let Some(op) = ops.iter().find(|op| ENCRYPTION_OPS.contains(&op.as_str())) {
+            return Err(format!(
+                "JWK `key_ops` allows `{op}`; a verification key must not be an encryption key"
+            ));
+        }
+        if ops.iter().enumerate().any(|(i, op)| ops[..i].contains(op)) {
+            return Err("JWK `key_ops` has a duplicate operation".into());
+        }
+        if !ops.iter().any(|op| op == "verify") {
+            return Err(format!(
+                "JWK `key_ops` is {ops:?}, which does not include `verify`"
+            ));
+        }
+        Ok(())
+    }
+
     /// Turns this JWK into key material for `alg`, refusing any family or curve mismatch,
-    /// private material, short RSA moduli and `use` other than `sig`.
+    /// private material, short RSA moduli and a key not meant for verification
+    /// ([`check_verification_key`](Self::check_verification_key)).
     pub fn material(&self, alg: Alg) -> Result<KeyMaterial, String> {
         if self.d.is_some() {
             return Err("JWK contains private key material (`d`); configure the public key".into());
@@ -218,11 +258,7 @@ impl Jwk {
                 ));
             }
         }
-        if let Some(u) = &self.use_ {
-            if u != "sig" {
-                return Err(format!("JWK `use` is `{u}`, expected `sig`"));
-            }
-        }
+        self.check_verification_key()?;
         match (self.kty.as_str(), alg) {
             ("oct", Alg::HS256 | Alg::HS384 | Alg::HS512) => {
                 KeyMaterial::hmac(alg, &b64_field("k", &self.k)?)
@@ -288,21 +324,31 @@ fn rsa_material(n: &[u8], e: Vec<u8>) -> Result<KeyMaterial, String> {
     Ok(KeyMaterial::Rsa { n: n.to_vec(), e })
 }
 
-/// Reads a JWKS file with simd-json (control thread only) and returns the JWK whose `kid`
-/// is `kid`.
+/// Reads a JWKS file with simd-json (control thread only) and returns the verification JWK
+/// whose `kid` is `kid`. Keys with that `kid` that are not verification keys (`use` = `enc`,
+/// `key_ops` without `verify`) are passed over, as an identity provider may publish an
+/// encryption key beside its signing key under one `kid`; when no verification key is left,
+/// the error says why the first was refused.
 pub fn jwk_from_file(path: &Path, kid: &str) -> Result<Jwk, String> {
     let mut bytes =
         std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     let set: Jwks = simd_json::serde::from_slice(&mut bytes)
         .map_err(|e| format!("`{}` is not a JWK Set: {e}", path.display()))?;
-    let mut found = set
+    let (usable, refused): (Vec<_>, Vec<_>) = set
         .keys
         .into_iter()
-        .filter(|k| k.kid.as_deref() == Some(kid));
-    match (found.next(), found.next()) {
-        (Some(k), None) => Ok(k),
-        (None, _) => Err(format!("`{}` has no key with kid `{kid}`", path.display())),
-        (Some(_), Some(_)) => Err(format!(
+        .filter(|k| k.kid.as_deref() == Some(kid))
+        .partition(|k| k.check_verification_key().is_ok());
+    let mut usable = usable.into_iter();
+    match (usable.next(), usable.next(), refused.first()) {
+        (Some(k), None, _) => Ok(k),
+        (None, _, Some(r)) => Err(format!(
+            "`{}` key `{kid}` is not a verification key: {}",
+            path.display(),
+            r.check_verification_key().unwrap_err()
+        )),
+        (None, _, None) => Err(format!("`{}` has no key with kid `{kid}`", path.display())),
+        (Some(_), Some(_), _) => Err(format!(
             "`{}` has several keys with kid `{kid}`",
             path.display()
         )),

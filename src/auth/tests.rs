@@ -976,3 +976,465 @@ fn authenticator_can_be_shared_with_workers() {
     assert_send::<Scratch>();
     assert_send::<Identity>();
 }
+
+/// One HS256 key and claim `v` mapped to `x-v` with `separator` (`None`: the default).
+fn mapped_auth(separator: Option<&str>) -> Authenticator {
+    let sep = separator.map_or(String::new(), |s| format!("separator = \"{s}\"\n"));
+    hs_auth(&format!(
+        "[[claim_headers]]\nclaim = \"v\"\nheader = \"X-V\"\n{sep}"
+    ))
+}
+
+/// A rendered claim header: `Ok(None)` when no header is sent.
+type Rendered = Result<Option<String>, AuthError>;
+
+/// The `x-v` header `a` renders for a token whose claim `v` is `json` (`None`: absent).
+fn rendered(a: &Authenticator, json: Option<&str>) -> Rendered {
+    let v = json.map_or(String::new(), |j| format!(r#","v":{j}"#));
+    let t = mint(&format!(r#"{{"sub":"u","exp":{}{v}}}"#, NOW + 10));
+    let id = verify(a, &t, NOW)?;
+    let headers: Vec<_> = a.upstream_headers(&id).collect();
+    assert!(headers.len() <= 1 && headers.iter().all(|(n, _)| *n == "x-v"));
+    Ok(headers.first().map(|(_, v)| v.to_string()))
+}
+
+#[test]
+fn claim_headers_render_each_claim_shape() {
+    let (space, comma) = (mapped_auth(None), mapped_auth(Some(",")));
+    const REFUSED: Rendered = Err(AuthError::ClaimNotForwardable);
+    let ok = |s: &str| Ok(Some(s.to_string()));
+    // (claim JSON or absent, with the default separator, with ",")
+    let cases: Vec<(Option<&str>, Rendered, Rendered)> = vec![
+        (None, Ok(None), Ok(None)),
+        (Some("null"), Ok(None), Ok(None)),
+        (Some(r#""alice""#), ok("alice"), ok("alice")),
+        (Some(r#""a b,c""#), ok("a b,c"), ok("a b,c")),
+        (Some("42"), ok("42"), ok("42")),
+        (Some("-7"), ok("-7"), ok("-7")),
+        (Some("true"), ok("true"), ok("true")),
+        (Some("false"), ok("false"), ok("false")),
+        (Some("1.5"), ok("1.5"), ok("1.5")),
+        (Some("2.0"), ok("2.0"), ok("2.0")),
+        (Some("1e300"), ok("1e300"), ok("1e300")),
+        (Some("[]"), ok(""), ok("")),
+        (Some(r#"["read"]"#), ok("read"), ok("read")),
+        (
+            Some(r#"["read","write","admin"]"#),
+            ok("read write admin"),
+            ok("read,write,admin"),
+        ),
+        (
+            Some(r#"["read all","write"]"#),
+            REFUSED,
+            ok("read all,write"),
+        ),
+        (Some(r#"["a,b","c"]"#), ok("a,b c"), REFUSED),
+        (Some(r#"["a"," b"]"#), REFUSED, REFUSED),
+        (Some(r#"["a",""]"#), REFUSED, REFUSED),
+        (Some("[1,2,3]"), REFUSED, REFUSED),
+        (Some(r#"["a",1]"#), REFUSED, REFUSED),
+        (Some("[true]"), REFUSED, REFUSED),
+        (Some("[null]"), REFUSED, REFUSED),
+        (Some(r#"[["a"]]"#), REFUSED, REFUSED),
+        (Some(r#"[{"a":"b"}]"#), REFUSED, REFUSED),
+        (Some(r#"{"a":"b"}"#), REFUSED, REFUSED),
+        (Some("{}"), REFUSED, REFUSED),
+        (Some(r#""""#), REFUSED, REFUSED),
+    ];
+    for (json, want_space, want_comma) in cases {
+        assert_eq!(rendered(&space, json), want_space, "{json:?} with \" \"");
+        assert_eq!(rendered(&comma, json), want_comma, "{json:?} with \",\"");
+    }
+    // A mapping that renders `scp` leaves the scopes check unchanged.
+    let scp = hs_auth("[[claim_headers]]\nclaim = \"scp\"\nheader = \"x-scopes\"\n");
+    let t = mint(&format!(
+        r#"{{"sub":"u","exp":{},"scp":["chat","models:read"]}}"#,
+        NOW + 10
+    ));
+    let id = verify(&scp, &t, NOW).unwrap();
+    assert!(id.has_scope("chat") && id.has_scope("models:read"));
+    assert_eq!(
+        scp.upstream_headers(&id).collect::<Vec<_>>(),
+        [("x-scopes", "chat models:read")]
+    );
+}
+
+/// Claim values that would end, fold or hide a header line never reach the upstream head:
+/// the token is refused. Whatever is accepted renders as exactly the configured headers.
+#[test]
+fn claim_header_values_cannot_inject() {
+    let a = mapped_auth(Some(","));
+    let injections = [
+        r#""a\r\nx-evil: 1""#,
+        r#""a\r\n\r\nGET /admin HTTP/1.1""#,
+        r#""a\nx-evil: 1""#,
+        r#""a\rx-evil: 1""#,
+        r#""a\u0000b""#,
+        r#""\u0000""#,
+        r#""a\tb""#,
+        r#""a\u000bb""#,
+        r#""a\u001b[2Jb""#,
+        r#""a\u007fb""#,
+        r#""a\u0085b""#,
+        r#""a\u2028x-evil: 1""#,
+        r#""a\u2029b""#,
+        "\"a\u{2028}b\"",
+        r#"" a""#,
+        r#""a ""#,
+        r#""\u00a0a""#,
+        r#"["ok","a\r\nx-evil: 1"]"#,
+        r#"["ok","\n"]"#,
+        r#"["ok","a\u0000"]"#,
+        r#"["ok","a\u2028b"]"#,
+        r#"["\r\n"]"#,
+    ];
+    for json in injections {
+        assert_eq!(
+            rendered(&a, Some(json)),
+            Err(AuthError::ClaimNotForwardable),
+            "{json}"
+        );
+    }
+    let at_limit = "x".repeat(claims::MAX_CLAIM_HEADER_BYTES);
+    assert_eq!(
+        rendered(&a, Some(&format!("\"{at_limit}\""))),
+        Ok(Some(at_limit.clone()))
+    );
+    assert_eq!(
+        rendered(&a, Some(&format!("\"{at_limit}x\""))),
+        Err(AuthError::ClaimNotForwardable)
+    );
+    let many = format!("[{}]", vec!["\"abcdefgh\""; 500].join(","));
+    assert_eq!(
+        rendered(&a, Some(&many)),
+        Err(AuthError::ClaimNotForwardable),
+        "joined over the limit"
+    );
+
+    // What is accepted parses back as exactly the configured header, with the same value.
+    let two = hs_auth(
+        "[[claim_headers]]\nclaim = \"sub\"\nheader = \"x-user-id\"\n\
+         [[claim_headers]]\nclaim = \"grp\"\nheader = \"x-groups\"\nseparator = \", \"\n",
+    );
+    for (sub, grp, want_grp) in [
+        (r#""José""#, r#"["a","b"]"#, "a, b"),
+        (r#""user 42""#, r#"["x:y","\"q\""]"#, "x:y, \"q\""),
+        ("7", "[]", ""),
+        (r#""a\u200bb""#, r#"["\u00e9"]"#, "é"),
+    ] {
+        let t = mint(&format!(
+            r#"{{"sub":{sub},"exp":{},"grp":{grp}}}"#,
+            NOW + 10
+        ));
+        let id = verify(&two, &t, NOW).unwrap_or_else(|e| panic!("{sub} {grp}: {e:?}"));
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        two.write_upstream_headers(&id, &mut head);
+        head.extend_from_slice(b"\r\n");
+        let mut hs = [httparse::EMPTY_HEADER; 8];
+        let mut req = httparse::Request::new(&mut hs);
+        assert!(req.parse(&head).unwrap().is_complete());
+        let got: Vec<(&str, &[u8])> = req.headers.iter().map(|h| (h.name, h.value)).collect();
+        assert_eq!(
+            got,
+            [
+                ("x-user-id", id.subject.as_bytes()),
+                ("x-groups", want_grp.as_bytes())
+            ],
+            "{sub} {grp}"
+        );
+    }
+}
+
+/// The invariant: any subject (or `jti`) a token can be accepted with can be revoked by the
+/// same string; values that could not be revoked (padded, control characters, too long) are
+/// refused at verification.
+#[test]
+fn every_accepted_subject_is_revocable_and_padded_ones_are_refused() {
+    let a = hs_auth("tenant_claim = \"tid\"\nlabel_claim = \"canary\"");
+    let exp = NOW + 10;
+    let padded = [
+        " alice",
+        "alice ",
+        "  alice  ",
+        "\talice",
+        "alice\t",
+        "alice\n",
+        "\r\nalice",
+        "\u{a0}alice",
+        "alice\u{3000}",
+        "alice\u{2028}",
+        "al\u{2028}ice",
+        "al\u{0}ice",
+        "\u{85}alice",
+    ];
+    let json = |s: &str| simd_json::to_string(&s).unwrap();
+    for p in padded {
+        for claim in ["sub", "jti", "tid", "canary"] {
+            let sub = if claim == "sub" {
+                String::new()
+            } else {
+                r#""sub":"alice","#.to_string()
+            };
+            let t = mint(&format!(r#"{{{sub}"{claim}":{},"exp":{exp}}}"#, json(p)));
+            assert_eq!(
+                verify(&a, &t, NOW),
+                Err(AuthError::InvalidClaim),
+                "{claim} = {p:?}"
+            );
+        }
+        for kind in [RevokedKind::Sub, RevokedKind::Jti] {
+            assert!(
+                Revoked::new(kind, p, exp).is_err(),
+                "revoking {p:?} is refused too"
+            );
+        }
+    }
+    let long = "s".repeat(claims::MAX_IDENTITY_BYTES);
+    let too_long = format!("{long}s");
+    let t = mint(&format!(r#"{{"sub":"{too_long}","exp":{exp}}}"#));
+    assert_eq!(
+        verify(&a, &t, NOW),
+        Err(AuthError::InvalidClaim),
+        "longer than a revocable id"
+    );
+
+    for sub in [
+        "\"alice\"",
+        "\"user 42\"",
+        "\"Jos\u{e9}\"",
+        "\"a\u{200b}b\"",
+        "42",
+        "-1",
+        &format!("\"{long}\""),
+    ] {
+        let t = mint(&format!(r#"{{"sub":{sub},"jti":{sub},"exp":{exp}}}"#));
+        let id = verify(&a, &t, NOW).unwrap_or_else(|e| panic!("{sub}: {e:?}"));
+        for kind in [RevokedKind::Sub, RevokedKind::Jti] {
+            let rev: Revocations = [Revoked::new(kind, id.subject.clone(), exp).unwrap()]
+                .into_iter()
+                .collect();
+            assert_eq!(
+                verify_with(&a, &t, NOW, &rev),
+                Err(AuthError::Revoked),
+                "{sub} by {kind:?}"
+            );
+        }
+        // The unpadded form revokes only the exact subject, never a neighbour.
+        let rev: Revocations = [Revoked::new(
+            RevokedKind::Sub,
+            format!("{}x", id.subject.trim_end_matches('s')),
+            exp,
+        )
+        .unwrap()]
+        .into_iter()
+        .collect();
+        assert!(verify_with(&a, &t, NOW, &rev).is_ok(), "{sub}");
+    }
+}
+
+#[test]
+fn jwk_use_and_key_ops_decide_whether_a_key_verifies() {
+    let oct = |extra: &str| {
+        format!(
+            r#"{{ kty = "oct", k = "{}"{extra} }}"#,
+            b64(SECRET.as_bytes())
+        )
+    };
+    let cases = [
+        ("", true),
+        (r#", use = "sig""#, true),
+        (r#", key_ops = ["verify"]"#, true),
+        (r#", key_ops = ["sign", "verify"]"#, true),
+        (r#", use = "sig", key_ops = ["verify"]"#, true),
+        (r#", key_ops = ["verify", "someExtension"]"#, true),
+        (r#", use = "enc""#, false),
+        (r#", use = "SIG""#, false),
+        (r#", key_ops = []"#, false),
+        (r#", key_ops = ["sign"]"#, false),
+        (r#", key_ops = ["Verify"]"#, false),
+        (r#", key_ops = ["verify", "verify"]"#, false),
+        (r#", key_ops = ["verify", "encrypt"]"#, false),
+        (r#", key_ops = ["verify", "unwrapKey"]"#, false),
+        (r#", key_ops = ["decrypt"]"#, false),
+        (r#", use = "enc", key_ops = ["verify"]"#, false),
+    ];
+    for (extra, ok) in cases {
+        let text = format!(
+            "[[keys]]\nkid = \"hs\"\nalg = \"HS256\"\njwk = {}\n",
+            oct(extra)
+        );
+        let raw: AuthConfig = toml::from_str(&text).unwrap();
+        match Authenticator::from_config(&raw, Path::new(".")) {
+            Ok(_) => assert!(ok, "{extra} accepted"),
+            Err(p) => {
+                assert!(!ok, "{extra} refused: {p:?}");
+                assert_eq!(p.len(), 1);
+                assert_eq!(p[0].key, "auth.keys[0].jwk", "{extra}");
+            }
+        }
+    }
+
+    // A JWKS file: keys that may not verify are passed over; if nothing is left, the key is a
+    // config problem that says why.
+    let dir = std::env::temp_dir().join(format!("shardgate-keyops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let es = |kid: &str, extra: &str| {
+        format!(r#"{{"kty":"EC","kid":"{kid}","crv":"P-256","x":"{A3_X}","y":"{A3_Y}"{extra}}}"#)
+    };
+    let files = [
+        (
+            vec![es("es", r#","use":"enc""#), es("es", r#","use":"sig""#)],
+            Ok(()),
+        ),
+        (
+            vec![
+                es("es", r#","key_ops":["encrypt"]"#),
+                es("es", r#","key_ops":["verify"]"#),
+            ],
+            Ok(()),
+        ),
+        (
+            vec![es("es", r#","use":"sig""#), es("other", r#","use":"enc""#)],
+            Ok(()),
+        ),
+        (vec![es("es", r#","use":"enc""#)], Err("`use` is `enc`")),
+        (
+            vec![es("es", r#","key_ops":["sign"]"#)],
+            Err("does not include `verify`"),
+        ),
+        (
+            vec![es("es", r#","key_ops":["verify","wrapKey"]"#)],
+            Err("`wrapKey`"),
+        ),
+        (
+            vec![es("es", ""), es("es", r#","use":"sig""#)],
+            Err("several keys"),
+        ),
+    ];
+    for (i, (keys, want)) in files.into_iter().enumerate() {
+        let name = format!("jwks{i}.json");
+        std::fs::write(
+            dir.join(&name),
+            format!(r#"{{"keys":[{}]}}"#, keys.join(",")),
+        )
+        .unwrap();
+        let raw: AuthConfig = toml::from_str(&format!(
+            "subject_claim = \"iss\"\n[[keys]]\nkid = \"es\"\nalg = \"ES256\"\njwks_file = \"{name}\"\n"
+        ))
+        .unwrap();
+        match (Authenticator::from_config(&raw, &dir), want) {
+            (Ok(a), Ok(())) => assert_eq!(
+                verify(&a, A3_JWS, A_EXP).map(|i| i.subject),
+                Ok("joe".to_string()),
+                "{name}"
+            ),
+            (Err(p), Err(why)) => {
+                assert_eq!(p.len(), 1, "{p:?}");
+                assert_eq!(p[0].key, "auth.keys[0].jwks_file");
+                assert!(
+                    p[0].message.contains(why) && p[0].message.contains("`es`"),
+                    "{name}: {}",
+                    p[0].message
+                );
+            }
+            (got, want) => panic!("{name}: got {:?}, want {want:?}", got.map(|_| ())),
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every place `[auth]` names a header refuses the framing class, in any letter case, naming
+/// the key path.
+#[test]
+fn auth_config_refuses_framing_and_gateway_header_names() {
+    let read_refused = [
+        "content-length",
+        "transfer-encoding",
+        "host",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "http2-settings",
+        "proxy-connection",
+        "proxy-authorization",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "forwarded",
+        "via",
+        "x-request-id",
+        "x-real-ip",
+    ];
+    let set_only = [
+        "authorization",
+        "cookie",
+        "set-cookie",
+        "content-type",
+        "content-encoding",
+        "x-http-method-override",
+        "x-original-url",
+    ];
+    let variants = |n: &str| {
+        let mixed: String = n
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i % 2 == 1 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
+            .collect();
+        [n.to_string(), n.to_ascii_uppercase(), mixed]
+    };
+    let problems = |extra: &str| {
+        let raw: AuthConfig = toml::from_str(&format!(
+            "{extra}\n[[keys]]\nkid = \"hs\"\nalg = \"HS256\"\nsecret = {{ value = \"{SECRET}\" }}\n"
+        ))
+        .unwrap();
+        Authenticator::from_config(&raw, Path::new("."))
+            .err()
+            .unwrap_or_default()
+    };
+    for name in read_refused.iter().chain(&set_only) {
+        for n in variants(name) {
+            let p = problems(&format!(
+                "header = \"x-token\"\n[[claim_headers]]\nclaim = \"sub\"\nheader = \"x-ok\"\n\
+                 [[claim_headers]]\nclaim = \"tid\"\nheader = \"{n}\""
+            ));
+            assert_eq!(p.len(), 1, "{n}: {p:?}");
+            assert_eq!(p[0].key, "auth.claim_headers[1].header");
+            assert!(p[0].message.contains(&format!("`{n}`")), "{}", p[0].message);
+            let p = problems(&format!("header = \"{n}\""));
+            if read_refused.contains(name) {
+                assert_eq!(p.len(), 1, "{n}: {p:?}");
+                assert_eq!(p[0].key, "auth.header");
+            } else {
+                assert!(p.is_empty(), "`{n}` may carry the credential: {p:?}");
+            }
+        }
+    }
+    for (sep, ok) in [
+        (" ", true),
+        (",", true),
+        (", ", true),
+        (";", true),
+        ("", false),
+        ("\n", false),
+        ("\t", false),
+        ("\u{e9}", false),
+        ("123456789", false),
+    ] {
+        let p = problems(&format!(
+            "[[claim_headers]]\nclaim = \"grp\"\nheader = \"x-groups\"\nseparator = {}",
+            simd_json::to_string(&sep).unwrap()
+        ));
+        assert_eq!(p.is_empty(), ok, "{sep:?}: {p:?}");
+        if !ok {
+            assert_eq!(p[0].key, "auth.claim_headers[0].separator");
+        }
+    }
+}

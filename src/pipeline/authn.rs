@@ -67,12 +67,7 @@ pub fn is_gateway_header(auth: Option<&Authenticator>, verified: bool, name: &[u
 
 /// Appends the identity headers for the upstream.
 pub fn identity_headers(auth: &Authenticator, id: &Identity, out: &mut Vec<u8>) {
-    for (name, value) in auth.upstream_headers(id) {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    auth.write_upstream_headers(id, out);
 }
 
 /// The response for a rejection (counted by reason), and its `WWW-Authenticate` line.

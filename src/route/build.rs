@@ -293,21 +293,12 @@ pub(super) fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
-/// A valid header name, lowercased.
+/// A header name the route reads (label, sticky key), lowercased; framing, hop-by-hop and
+/// gateway-written names are refused ([`crate::http::fields`]).
 fn header_name(
     name: Option<&str>,
     key: &str,
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<Box<str>> {
-    let name = name?;
-    match http::HeaderName::from_bytes(name.trim().as_bytes()) {
-        Ok(h) => Some(h.as_str().into()),
-        Err(_) => {
-            problems.push(ConfigProblem::new(
-                key,
-                format!("`{name}` is not a valid header name"),
-            ));
-            None
-        }
-    }
+    crate::http::fields::config_header(name?, crate::http::fields::HeaderRole::Read, key, problems)
 }
