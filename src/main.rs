@@ -28,6 +28,16 @@ enum Command {
     /// Run the gateway on config/demo.toml in front of in-process mock model deployments
     /// (env SHARDGATE_DEMO_PORT_BASE moves every port of the demo).
     Demo,
+    /// Exit 0 if a running gateway's admin API answers `/healthz` (or `/readyz`) with 200,
+    /// else 1: for container HEALTHCHECKs and scripts (the image has no curl).
+    Health {
+        /// Admin address (`[admin] listen`).
+        #[arg(long, default_value = admin::DEMO_ADMIN)]
+        admin: std::net::SocketAddr,
+        /// Ask `/readyz` (503 once draining starts) instead of `/healthz`.
+        #[arg(long)]
+        ready: bool,
+    },
     /// Print latency percentiles from a running gateway's admin API.
     Stats {
         /// Admin address (`[admin] listen`).
@@ -47,6 +57,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(cli.config),
         Some(Command::Demo) => demo(),
+        Some(Command::Health { admin, ready }) => health(admin, ready),
         Some(Command::Stats {
             admin,
             watch,
@@ -201,6 +212,28 @@ fn start_admin(
         .map_err(|e| std::io::Error::new(e.kind(), format!("{listen}: {e}")))?;
     eprintln!("shardgate: admin API on http://{}", a.local_addr());
     Ok(Some(a))
+}
+
+/// `shardgate health`: the probe's status decides the exit code.
+fn health(addr: std::net::SocketAddr, ready: bool) -> ExitCode {
+    let path = if ready { "/readyz" } else { "/healthz" };
+    match admin::http::call(addr, "GET", path, None) {
+        Ok((200, _)) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!(
+                "shardgate health: {addr}{path} answered {status}: {}",
+                body.trim()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("shardgate health: cannot reach {addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `shardgate stats`: one table, or a refreshing one with `--watch`.

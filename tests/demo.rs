@@ -328,6 +328,28 @@ fn every_command_the_demo_prints_works_as_printed() {
     let _ = stats.kill();
     let _ = stats.wait();
 
+    // `shardgate health` (the container's HEALTHCHECK) against the same admin address.
+    let admin = cmds
+        .stats
+        .split("--admin ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap()
+        .to_owned();
+    let probe = |ready: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_shardgate"));
+        c.args(["health", "--admin", &admin]);
+        if ready {
+            c.arg("--ready");
+        }
+        c.output().unwrap()
+    };
+    for ready in [false, true] {
+        let out = probe(ready);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    }
+
     // Ctrl-C's sibling: SIGTERM drains and exits 0, and the moved config is removed.
     let (status, stderr) = demo.stop();
     assert!(status.success(), "{status}: {stderr}");
@@ -339,5 +361,11 @@ fn every_command_the_demo_prints_works_as_printed() {
     assert!(
         !std::path::Path::new(config).exists(),
         "{config} left behind"
+    );
+    let out = probe(false);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach"),
+        "{out:?}"
     );
 }
