@@ -90,7 +90,7 @@ impl Demo {
             let handle = mock::spawn(cfg, addr, 1).map_err(|e| {
                 format!(
                     "cannot start the mock backend on {addr}: {e} \
-                     (set {PORT_BASE_ENV} to move every demo port)"
+                     (set {PORT_BASE_ENV}=N to move the demo to ports N, N+1, ...)"
                 )
             })?;
             demo.mocks

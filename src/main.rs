@@ -140,6 +140,7 @@ fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
         Ok(e) => e,
         Err(e) => {
             eprintln!("shardgate: cannot start on {listen}: {e}");
+            demo_port_hint(demo.is_some());
             return ExitCode::FAILURE;
         }
     };
@@ -155,6 +156,7 @@ fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!("shardgate: cannot start the admin listener: {e}");
+            demo_port_hint(demo.is_some());
             return ExitCode::FAILURE;
         }
     };
@@ -189,6 +191,15 @@ fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
     drop(demo);
     eprintln!("shardgate: stopped");
     ExitCode::SUCCESS
+}
+
+fn demo_port_hint(demo: bool) {
+    if demo {
+        eprintln!(
+            "shardgate demo: set {}=N to move the demo to ports N, N+1, ...",
+            demo::PORT_BASE_ENV
+        );
+    }
 }
 
 /// Starts the admin listener from `[admin]`, if the config has one.
