@@ -65,7 +65,7 @@ use crate::metrics::WorkerMetrics;
 use crate::runtime::ToWorker;
 use http::{Request, Response};
 
-/// The admin address `shardgate demo` uses when its config has no `[admin]`.
+/// The admin address of `config/demo.toml`, and `shardgate stats`' default.
 pub const DEMO_ADMIN: &str = "127.0.0.1:9901";
 /// How long a worker may take to answer a metrics collection.
 pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(1);

@@ -22,6 +22,7 @@
 //! - [`admin`]: the admin HTTP listener (/metrics, /stats, /config, /reload, /healthz,
 //!   /readyz) on control-plane threads (one per connection, capped).
 //! - [`mock`]: an OpenAI-compatible mock model backend (demo, tests, loadtest).
+//! - [`demo`]: `shardgate demo`: mocks for `config/demo.toml`'s deployments, the printed commands.
 //! - [`error`]: the gateway error that every stage folds into.
 #![deny(unsafe_code)]
 
@@ -31,6 +32,7 @@ pub mod auth;
 pub mod breaker;
 pub mod config;
 pub mod control;
+pub mod demo;
 pub mod error;
 pub mod http;
 pub mod metrics;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use shardgate::admin::{self, Admin, AdminState};
 use shardgate::config;
 use shardgate::control::Control;
+use shardgate::demo::{self, Demo};
 use shardgate::runtime::Engine;
 
 /// shardgate: a thread-per-core io_uring AI inference gateway.
@@ -24,8 +25,19 @@ struct Cli {
 enum Command {
     /// Validate a config file: prints every problem (exit 2) or "ok" (exit 0).
     Check,
-    /// Run the gateway on config/demo.toml with an in-process mock model backend.
+    /// Run the gateway on config/demo.toml in front of in-process mock model deployments
+    /// (env SHARDGATE_DEMO_PORT_BASE moves every port of the demo).
     Demo,
+    /// Exit 0 if a running gateway's admin API answers `/healthz` (or `/readyz`) with 200,
+    /// else 1: for container HEALTHCHECKs and scripts (the image has no curl).
+    Health {
+        /// Admin address (`[admin] listen`).
+        #[arg(long, default_value = admin::DEMO_ADMIN)]
+        admin: std::net::SocketAddr,
+        /// Ask `/readyz` (503 once draining starts) instead of `/healthz`.
+        #[arg(long)]
+        ready: bool,
+    },
     /// Print latency percentiles from a running gateway's admin API.
     Stats {
         /// Admin address (`[admin] listen`).
@@ -45,6 +57,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(cli.config),
         Some(Command::Demo) => demo(),
+        Some(Command::Health { admin, ready }) => health(admin, ready),
         Some(Command::Stats {
             admin,
             watch,
@@ -80,32 +93,26 @@ fn check(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-/// Where `config/demo.toml` expects the demo's mock backend.
-const DEMO_BACKEND: &str = "127.0.0.1:18081";
-
 fn demo() -> ExitCode {
     let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"));
-    let addr = DEMO_BACKEND.parse().expect("static address");
-    let cfg = shardgate::mock::MockConfig {
-        model: "llama3-70b".into(),
-        ..Default::default()
-    };
-    let mock = match shardgate::mock::spawn(cfg, addr, 1) {
-        Ok(m) => m,
+    let started = demo::port_base_from_env()
+        .map_err(|e| e.to_string())
+        .and_then(|base| Demo::start(&path, base));
+    let demo = match started {
+        Ok(d) => d,
         Err(e) => {
-            eprintln!("shardgate demo: cannot start the mock backend on {addr}: {e}");
+            eprintln!("shardgate demo: {e}");
             return ExitCode::FAILURE;
         }
     };
-    eprintln!(
-        "shardgate demo: mock model backend on http://{}",
-        mock.addr()
-    );
-    run(path, Some(Box::new(mock)))
+    for line in demo.describe_mocks() {
+        eprintln!("shardgate demo: {line}");
+    }
+    run(demo.config().to_path_buf(), Some(demo))
 }
 
 /// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads the config.
-fn run(path: PathBuf, keep_alive: Option<Box<dyn std::any::Any>>) -> ExitCode {
+fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let snapshot = match config::load(&path, 1) {
         Ok(s) => s,
@@ -133,6 +140,7 @@ fn run(path: PathBuf, keep_alive: Option<Box<dyn std::any::Any>>) -> ExitCode {
         Ok(e) => e,
         Err(e) => {
             eprintln!("shardgate: cannot start on {listen}: {e}");
+            demo_port_hint(demo.is_some());
             return ExitCode::FAILURE;
         }
     };
@@ -144,10 +152,11 @@ fn run(path: PathBuf, keep_alive: Option<Box<dyn std::any::Any>>) -> ExitCode {
         }
     };
     control.publish_initial(&initial);
-    let admin = match start_admin(&initial, &engine, &control, keep_alive.is_some()) {
+    let admin = match start_admin(&initial, &engine, &control) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("shardgate: cannot start the admin listener: {e}");
+            demo_port_hint(demo.is_some());
             return ExitCode::FAILURE;
         }
     };
@@ -156,8 +165,13 @@ fn run(path: PathBuf, keep_alive: Option<Box<dyn std::any::Any>>) -> ExitCode {
         engine.local_addr(),
         path.display()
     );
-    if keep_alive.is_some() {
-        print_demo_hint(engine.local_addr());
+    if let Some(d) = &demo {
+        let exe = std::env::current_exe().unwrap_or_else(|_| "shardgate".into());
+        let admin_addr = admin.as_ref().map(Admin::local_addr);
+        print!(
+            "{}",
+            d.instructions(engine.local_addr(), admin_addr, &demo::invocation(&exe))
+        );
     }
     for sig in signals.forever() {
         match sig {
@@ -174,43 +188,62 @@ fn run(path: PathBuf, keep_alive: Option<Box<dyn std::any::Any>>) -> ExitCode {
     drop(control);
     engine.shutdown();
     drop(admin);
-    drop(keep_alive);
+    drop(demo);
     eprintln!("shardgate: stopped");
     ExitCode::SUCCESS
 }
 
-/// The demo config's HMAC key (kid `demo`), used to sign the printed token.
-const DEMO_SECRET: &[u8] = b"shardgate-demo-secret-not-for-production-use-0123456789";
-/// Starts the admin listener from `[admin]`; without it, only the demo runs one (on
-/// [`admin::DEMO_ADMIN`], and a busy port there is not fatal).
+fn demo_port_hint(demo: bool) {
+    if demo {
+        eprintln!(
+            "shardgate demo: set {}=N to move the demo to ports N, N+1, ...",
+            demo::PORT_BASE_ENV
+        );
+    }
+}
+
+/// Starts the admin listener from `[admin]`, if the config has one.
 fn start_admin(
     snap: &config::Snapshot,
     engine: &Engine,
     control: &Control,
-    demo: bool,
 ) -> std::io::Result<Option<Admin>> {
-    let (listen, token) = match (&snap.admin, demo) {
-        (Some(a), _) => (a.listen, a.token.clone()),
-        (None, true) => (admin::DEMO_ADMIN.parse().expect("valid address"), None),
-        (None, false) => return Ok(None),
+    let Some(settings) = &snap.admin else {
+        return Ok(None);
     };
     let state = AdminState {
         workers: engine.inboxes(),
         control: Some(control.sender()),
         view: control.view(),
-        token,
+        token: settings.token.clone(),
         breakers: engine.coord_sender(),
     };
-    match Admin::start(listen, state) {
-        Ok(a) => {
-            eprintln!("shardgate: admin API on http://{}", a.local_addr());
-            Ok(Some(a))
+    let listen = settings.listen;
+    let a = Admin::start(listen, state)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{listen}: {e}")))?;
+    eprintln!("shardgate: admin API on http://{}", a.local_addr());
+    Ok(Some(a))
+}
+
+/// `shardgate health`: the probe's status decides the exit code.
+fn health(addr: std::net::SocketAddr, ready: bool) -> ExitCode {
+    let path = if ready { "/readyz" } else { "/healthz" };
+    match admin::http::call(addr, "GET", path, None) {
+        Ok((200, _)) => {
+            println!("ok");
+            ExitCode::SUCCESS
         }
-        Err(e) if demo && snap.admin.is_none() => {
-            eprintln!("shardgate: demo admin API not started on {listen}: {e}");
-            Ok(None)
+        Ok((status, body)) => {
+            eprintln!(
+                "shardgate health: {addr}{path} answered {status}: {}",
+                body.trim()
+            );
+            ExitCode::FAILURE
         }
-        Err(e) => Err(std::io::Error::new(e.kind(), format!("{listen}: {e}"))),
+        Err(e) => {
+            eprintln!("shardgate health: cannot reach {addr}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -252,30 +285,4 @@ fn stats(addr: std::net::SocketAddr, watch: bool, token: Option<&str>) -> ExitCo
         first = false;
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
-}
-
-fn print_demo_hint(addr: std::net::SocketAddr) {
-    let token = demo_token();
-    println!();
-    println!("Try it (token valid for 24 h):");
-    println!(
-        "  curl -s http://{addr}/v1/chat/completions -H 'authorization: Bearer {token}' \\\n    -H 'content-type: application/json' \\\n    -d '{{\"model\":\"llama3-70b\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'"
-    );
-    println!();
-}
-
-/// An HS256 JWT for the demo user, signed with the demo key.
-fn demo_token() -> String {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-    use base64::Engine as _;
-    let now = shardgate::runtime::unix_now();
-    let header = B64.encode(r#"{"alg":"HS256","typ":"JWT","kid":"demo"}"#);
-    let claims = B64.encode(format!(
-        r#"{{"sub":"demo-user","scope":"ai:inference","iat":{now},"exp":{}}}"#,
-        now + 86_400
-    ));
-    let msg = format!("{header}.{claims}");
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, DEMO_SECRET);
-    let sig = B64.encode(ring::hmac::sign(&key, msg.as_bytes()).as_ref());
-    format!("{msg}.{sig}")
 }

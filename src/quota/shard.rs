@@ -304,7 +304,7 @@ fn roll(e: &mut Entry, key: QuotaKey, now_ms: u64, outbox: &mut Vec<ToCoordinato
         if e.cur.requests > 0 || (e.token_limited() && e.cur.tokens > 0) {
             outbox.push(release_for(e, key, &e.cur));
         }
-        e.remaining = e.remaining.saturating_sub(e.cur.requests);
+        // What goes back stays in `remaining`: it is free again at the coordinator.
         e.cur = Lease::default();
     }
     if e.next.is_some() && now_ms >= e.next.until_ms {

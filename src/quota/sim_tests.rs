@@ -201,6 +201,33 @@ fn headers_report_limit_remaining_and_reset() {
 }
 
 #[test]
+fn remaining_on_one_core_counts_down_by_one_across_lease_rolls() {
+    // One core, requests at several paces (inside one slot, across slot ends, with idle gaps
+    // that let leases expire and be returned): within a minute, `X-RateLimit-Remaining` is
+    // exactly the limit minus what was admitted, whatever the leases did in between.
+    for step in [1, 50, 150, 599, 600, 700, 2_500, 6_000] {
+        let mut sim = Sim::new(1, req_rule());
+        let key = sim.rule.key_for(b"hal");
+        let mut admitted = 0;
+        let mut now = 0;
+        while now < 59_000 {
+            if let Decision::Admit(a) = sim.request(0, key, 0, now) {
+                admitted += 1;
+                assert_eq!(a.remaining, RPM - admitted, "step {step} ms, at {now} ms");
+            }
+            let next = now + step;
+            let mut t = now - now % 100 + 100;
+            while t <= next {
+                sim.tick(t);
+                t += 100;
+            }
+            now = next;
+        }
+        assert!(admitted > 5, "step {step}: {admitted}");
+    }
+}
+
+#[test]
 fn first_request_waits_then_prefetch_keeps_the_data_path_local() {
     let mut sim = Sim::new(1, req_rule());
     let key = sim.rule.key_for(b"erin");
