@@ -122,8 +122,7 @@ upstream = "up"
 
 /// Every spelling of `.` and `..` a decoder could turn into a dot segment.
 const DOTS: &[&str] = &[
-    "..", "%2e%2e", "%2E%2E", "%2e%2E", "%2E%2e", ".%2e", ".%2E", "%2e.", "%2E.", ".", "%2e",
-    "%2E",
+    "..", "%2e%2e", "%2E%2E", "%2e%2E", "%2E%2e", ".%2e", ".%2E", "%2e.", "%2E.", ".", "%2e", "%2E",
 ];
 
 /// Ways to climb from `/open/` to `/v1/models` that are not plain dot segments.
@@ -231,7 +230,11 @@ fn upstream_receives_exactly_the_routed_path_and_query() {
     // An encoded spelling of the protected path is the protected path: 401 without a token,
     // and with one the upstream sees the decoded path.
     let bearer = format!("Authorization: Bearer {}\r\n", token("alice"));
-    for sent in ["/v1/%6dodels", "/v1/%6D%6F%64%65%6C%73?x=1", "//v1//models#f"] {
+    for sent in [
+        "/v1/%6dodels",
+        "/v1/%6D%6F%64%65%6C%73?x=1",
+        "//v1//models#f",
+    ] {
         assert_eq!(rig.get(sent, "").0.status, 401, "{sent}");
         let (r, seen) = rig.get(sent, &bearer);
         assert_eq!(r.status, 200, "{sent}: {}", r.text());

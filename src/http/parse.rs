@@ -628,7 +628,9 @@ mod tests {
             let raw = format!("{m} / HTTP/1.1\r\nHost: a\r\n\r\n");
             assert!(parse(&raw).unwrap().is_some(), "{m}");
         }
-        for m in ["get", "Get", "gEt", "post", "Post", "connect", "trace", "GE.T", "GET!", "G~T"] {
+        for m in [
+            "get", "Get", "gEt", "post", "Post", "connect", "trace", "GE.T", "GET!", "G~T",
+        ] {
             let raw = format!("{m} / HTTP/1.1\r\nHost: a\r\n\r\n");
             let e = parse(&raw).map(|_| ()).unwrap_err();
             assert_eq!((e, e.status()), (ParseError::BadMethod, 400), "{m}");
@@ -642,7 +644,11 @@ mod tests {
             "TRACE * HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
             let e = parse(raw).map(|_| ()).unwrap_err();
-            assert_eq!((e, e.status()), (ParseError::MethodNotImplemented, 501), "{raw}");
+            assert_eq!(
+                (e, e.status()),
+                (ParseError::MethodNotImplemented, 501),
+                "{raw}"
+            );
         }
     }
 }

@@ -36,7 +36,7 @@
 //! | a control byte, raw or encoded (`%00`–`%1F`, `%7F`), or a raw space | truncation (`%00`) and header injection (`%0d%0a`) downstream (`%20` is data and stays encoded) |
 //! | a raw byte ≥ 0x80 | must be percent-encoded (RFC 3986 §2.1); upstreams disagree on its charset |
 //! | encoded bytes ≥ 0x80 that are not well-formed UTF-8 (`%C0%AE`, `%E0%80%AF`, surrogates, cut sequences) | lenient decoders turn overlong forms into `.` and `/` |
-//! | `%25` followed by two hex digits (`%252e`) | double encoding: `.` to an upstream that decodes twice |
+//! | `%25` followed by two hex digits in the normal form (`%252e`, `%25%32%65`) | double encoding: `.` to an upstream that decodes twice |
 //! | `%` not followed by two hex digits (`%`, `%2`, `%g1`) | an invalid escape each decoder repairs its own way |
 //! | not starting with `/` (absolute-form `http://h/p`, authority-form, empty) | only origin-form targets are routed (`OPTIONS *` is handled by the parser) |
 //!
@@ -66,7 +66,9 @@ impl PathError {
         use PathError::*;
         match self {
             NotAbsolute => "request target must be an absolute path",
-            DotSegment => "request path must not contain dot segments ('.' or '..', encoded or not)",
+            DotSegment => {
+                "request path must not contain dot segments ('.' or '..', encoded or not)"
+            }
             EncodedSlash => "request path must not contain an encoded '/' (%2F)",
             Backslash => "request path must not contain a backslash (raw or %5C)",
             PathParameter => "request path must not contain ';' path parameters",
@@ -116,10 +118,10 @@ pub fn normalise(path: &mut [u8]) -> Result<usize, PathError> {
                     b'/' => return Err(PathError::EncodedSlash),
                     b'\\' => return Err(PathError::Backslash),
                     0..=0x1F | 0x7F => return Err(PathError::ControlByte),
-                    b'%' if hex_at(path, r + 3) && hex_at(path, r + 4) => {
-                        return Err(PathError::DoubleEncoding)
+                    v if is_unreserved(v) => {
+                        put(path, &mut w, usize::MAX, v);
+                        double_check(&path[..w])?;
                     }
-                    v if is_unreserved(v) => put(path, &mut w, usize::MAX, v),
                     v => {
                         path[w] = b'%';
                         path[w + 1] = HEX[usize::from(v >> 4)];
@@ -136,6 +138,7 @@ pub fn normalise(path: &mut [u8]) -> Result<usize, PathError> {
             _ => {
                 utf8.boundary()?;
                 put(path, &mut w, r, b);
+                double_check(&path[..w])?;
                 r += 1;
             }
         }
@@ -168,11 +171,6 @@ fn escape(path: &[u8], at: usize) -> Result<u8, PathError> {
 }
 
 #[inline]
-fn hex_at(path: &[u8], at: usize) -> bool {
-    path.get(at).is_some_and(|&b| hex(b).is_some())
-}
-
-#[inline]
 fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -185,6 +183,19 @@ fn hex(b: u8) -> Option<u8> {
 #[inline]
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Refuses an output that ends in `%25` and two hex digits, whether they were sent as
+/// `%252e` or decoded into place (`%25%32%65`, `%252%65`): every `%` in the output starts a
+/// three-byte escape, so a `%` five bytes back is the escape just before the last two bytes.
+#[inline]
+fn double_check(out: &[u8]) -> Result<(), PathError> {
+    match out {
+        [.., b'%', b'2', b'5', h, l] if hex(*h).is_some() && hex(*l).is_some() => {
+            Err(PathError::DoubleEncoding)
+        }
+        _ => Ok(()),
+    }
 }
 
 #[inline]
@@ -337,6 +348,12 @@ mod tests {
             ("%252e%252e", DoubleEncoding),
             ("%252f", DoubleEncoding),
             ("%2541", DoubleEncoding),
+            ("%25ab", DoubleEncoding),
+            ("%25%32%65", DoubleEncoding),
+            ("%252%65", DoubleEncoding),
+            ("%25%32e", DoubleEncoding),
+            ("%25%41%42", DoubleEncoding),
+            ("x%25%3235", DoubleEncoding),
             ("%c0%ae", BadUtf8),
             ("%c0%ae%c0%ae", BadUtf8),
             ("%c1%9c", BadUtf8),
@@ -379,16 +396,42 @@ mod tests {
     /// Escapes that are not two hex digits, wherever they are.
     #[test]
     fn invalid_escapes() {
-        for s in ["%", "%2", "%g1", "%1g", "%%41", "%-1", "%+1", "% 1", "%2%2e"] {
+        for s in [
+            "%", "%2", "%g1", "%1g", "%%41", "%-1", "%+1", "% 1", "%2%2e",
+        ] {
             for p in [format!("/{s}"), format!("/a/{s}/b"), format!("/a{s}")] {
                 assert_eq!(norm(&p), Err(BadEscape), "{p:?}");
             }
         }
     }
 
+    /// Found by the fuzzer: `%35` decoded to `5` right after `%252` made `%2525`, which a
+    /// second pass refused as double encoding (the first pass must refuse it too).
+    #[test]
+    fn fuzz_regression_decoded_digit_completes_a_double_encoding() {
+        let input = "/////A/`]/////252%252Q%252%352Q%252%252%52%252Q%252%252Q%252%25%25";
+        assert_eq!(norm(input), Err(DoubleEncoding));
+        for p in ["/%252%35", "/%25%32%35", "/a/%25%35%35/b"] {
+            assert_eq!(norm(p), Err(DoubleEncoding), "{p}");
+        }
+        // `%25` followed by anything but two hex digits is a literal percent sign.
+        for p in ["/%25zz", "/%25%2F", "/%25-", "/%252", "/%252-"] {
+            let r = norm(p);
+            assert!(r.is_ok() || r == Err(EncodedSlash), "{p}: {r:?}");
+        }
+    }
+
     #[test]
     fn non_origin_forms_are_refused() {
-        for p in ["", "*", "http://h/v1/models", "HTTP://h/", "h:443", "v1/models", "%2f"] {
+        for p in [
+            "",
+            "*",
+            "http://h/v1/models",
+            "HTTP://h/",
+            "h:443",
+            "v1/models",
+            "%2f",
+        ] {
             assert_eq!(norm(p), Err(NotAbsolute), "{p:?}");
         }
     }
