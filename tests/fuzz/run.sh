@@ -7,7 +7,8 @@
 # installed; otherwise builds the same target with the sanitizer-coverage flags cargo-fuzz
 # would pass and runs the libFuzzer binary directly. Seeds: seeds/TARGET (for jwt_verify,
 # PyJWT-minted tokens), copied into corpus/TARGET (git-ignored), where libFuzzer keeps what it
-# finds. Crashes land in artifacts/TARGET.
+# finds. dicts/TARGET.dict, when present, is passed as a libFuzzer dictionary. Crashes land
+# in artifacts/TARGET.
 set -euo pipefail
 cd "$(dirname "$0")"
 target=jwt_verify
@@ -30,6 +31,9 @@ if [[ -d "seeds/$target" ]]; then
     cp -n "seeds/$target"/* "corpus/$target/"
 fi
 fuzz_args=(-max_total_time="$secs" -max_len="$max_len" -artifact_prefix="artifacts/$target/")
+if [[ -f "dicts/$target.dict" ]]; then
+    fuzz_args+=(-dict="dicts/$target.dict")
+fi
 if cargo +nightly fuzz --version >/dev/null 2>&1; then
     exec cargo +nightly fuzz run --fuzz-dir . "$target" "corpus/$target" -- "${fuzz_args[@]}"
 fi
