@@ -18,7 +18,11 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = data.to_vec();
     let got = normalise(&mut buf).map(|n| buf[..n].to_vec());
     let want = reference(data);
-    assert_eq!(got.as_ref().ok(), want.as_ref(), "differs from the reference");
+    assert_eq!(
+        got.as_ref().ok(),
+        want.as_ref(),
+        "differs from the reference"
+    );
     let Ok(out) = got else { return };
     assert!(out.len() <= data.len());
     check_normal_form(&out);
@@ -28,8 +32,15 @@ fuzz_target!(|data: &[u8]| {
     let once = decode(&out);
     let twice = decode(&once);
     for d in [&once, &twice] {
-        assert_eq!(segments(d).count(), segments(&out).count(), "decoding adds a segment");
-        assert!(segments(d).all(|s| s != b"." && s != b".."), "decodes to a dot segment");
+        assert_eq!(
+            segments(d).count(),
+            segments(&out).count(),
+            "decoding adds a segment"
+        );
+        assert!(
+            segments(d).all(|s| s != b"." && s != b".."),
+            "decodes to a dot segment"
+        );
     }
 });
 
@@ -50,10 +61,16 @@ fn check_normal_form(out: &[u8]) {
     while i < out.len() {
         if out[i] == b'%' {
             let (h, l) = (out[i + 1], out[i + 2]);
-            assert!(is_upper_hex(h) && is_upper_hex(l), "escape not upper-case hex");
+            assert!(
+                is_upper_hex(h) && is_upper_hex(l),
+                "escape not upper-case hex"
+            );
             let v = hex(h).unwrap() << 4 | hex(l).unwrap();
             assert!(!is_unreserved(v), "escaped unreserved byte");
-            assert!(!matches!(v, b'/' | b'\\' | 0..=0x1F | 0x7F), "escaped {v:#x}");
+            assert!(
+                !matches!(v, b'/' | b'\\' | 0..=0x1F | 0x7F),
+                "escaped {v:#x}"
+            );
             i += 3;
         } else {
             i += 1;
@@ -66,8 +83,7 @@ fn reference(p: &[u8]) -> Option<Vec<u8>> {
     if p.first() != Some(&b'/') {
         return None;
     }
-    if p
-        .iter()
+    if p.iter()
         .any(|&b| matches!(b, b'\\' | b';' | 0..=0x20 | 0x7F..))
     {
         return None;
