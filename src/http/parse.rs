@@ -11,7 +11,8 @@
 //!
 //! A complete head's path is normalised in place by [`super::path::normalise`], so
 //! [`RequestHead::path`] is the normal form the router matches and the upstream receives;
-//! the bytes of the request line after it are stale. A fragment (`#…`) is dropped: it is
+//! the bytes of the request line after it are stale, so a complete head is parsed once. A
+//! fragment (`#…`) is dropped: it is
 //! never routed or forwarded.
 //!
 //! # Error handling
