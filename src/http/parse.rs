@@ -12,8 +12,7 @@
 //! A complete head's path is normalised in place by [`super::path::normalise`], so
 //! [`RequestHead::path`] is the normal form the router matches and the upstream receives;
 //! the bytes of the request line after it are stale, so a complete head is parsed once. A
-//! fragment (`#…`) is dropped: it is
-//! never routed or forwarded.
+//! fragment (`#…`) is dropped: it is never routed or forwarded.
 //!
 //! # Error handling
 //!
