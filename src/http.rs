@@ -1,6 +1,7 @@
 //! Hand-framed HTTP/1.1 on httparse.
 //!
 //! - [`parse`]: request head parsing and the RFC 9112 framing checks (what body follows).
+//! - [`path`]: request path normalisation (what is routed is what is forwarded).
 //! - [`body`]: chunked transfer-coding decoder, shared by request bodies and upstream responses.
 //! - [`write`]: response heads and the JSON error responses every stage ends in.
 //! - [`limits`]: every size and time limit, as named constants with config overrides.
@@ -14,6 +15,7 @@ pub mod body;
 pub mod fields;
 pub mod limits;
 pub mod parse;
+pub mod path;
 pub mod write;
 
 pub use limits::Limits;

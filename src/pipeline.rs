@@ -19,7 +19,7 @@ use std::time::Instant;
 pub(crate) mod authn;
 mod limit;
 
-use crate::auth::{Authenticator, Identity};
+use crate::auth::Identity;
 use crate::config::{Snapshot, Upstream};
 use crate::error::{self, Fault, GatewayError};
 use crate::http::parse::{BodyFraming, RequestHead};
@@ -39,7 +39,7 @@ pub async fn handle(
     started: Instant,
 ) -> bool {
     let req = ReqInfo::of(head);
-    // httparse only yields visible ASCII in the target, so the path is valid UTF-8.
+    // The normalised path is visible ASCII (see `http::path`), so it is valid UTF-8.
     let path = std::str::from_utf8(head.path.get(c.buffered())).unwrap_or("/");
     let m = match snap.router.lookup(head.method.as_str(), path) {
         Ok(m) => m,
@@ -106,7 +106,7 @@ pub async fn handle(
             c,
             head,
             None,
-            auth,
+            snap,
             identity.as_ref(),
             upstream,
             &mut req_headers,
@@ -298,7 +298,7 @@ async fn model_route<'s>(
         c,
         head,
         Some(head_bytes),
-        auth,
+        snap,
         identity.as_ref(),
         upstream,
         &mut req_headers,
@@ -387,11 +387,12 @@ fn prepare_head(
     c: &mut ClientConn,
     head: &RequestHead,
     head_bytes: Option<&[u8]>,
-    auth: Option<&Authenticator>,
+    snap: &Snapshot,
     identity: Option<&Identity>,
     upstream: &Upstream,
     extra: &mut Vec<u8>,
 ) {
+    let auth = snap.auth.as_ref();
     if let (Some(a), Some(id)) = (auth, identity) {
         authn::identity_headers(a, id, extra);
     }
@@ -400,6 +401,7 @@ fn prepare_head(
     proxy::write_head_prefix(&mut up_out, buf, c, head, |name| {
         authn::is_gateway_header(auth, identity.is_some(), name)
             || (upstream.auth_line.is_some() && name.eq_ignore_ascii_case(b"authorization"))
+            || crate::http::limits::underscore_dropped(&snap.limits, name)
     });
     c.up_out = up_out;
 }

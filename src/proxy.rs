@@ -463,8 +463,9 @@ async fn unavailable(
     })
 }
 
-/// Writes the first part of the upstream request head into `out`: the request line, the
-/// client's end-to-end headers (minus hop-by-hop fields, the fields the gateway sets, and any
+/// Writes the first part of the upstream request head into `out`: the request line (with the
+/// path the request was routed on and the query as sent; never a fragment), the client's
+/// end-to-end headers (minus hop-by-hop fields, the fields the gateway sets, and any
 /// for which `drop` says so), and the forwarding headers. [`forward`] completes it with Host,
 /// framing and credentials once the upstream is known. `buf` holds the head's bytes (the
 /// connection buffer, or a copy taken before the body was read).
@@ -478,7 +479,9 @@ pub fn write_head_prefix(
     out.clear();
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(head.target.get(buf));
+    // Exactly the path that was routed (normalised by the parser) and the query as sent.
+    out.extend_from_slice(head.path.get(buf));
+    out.extend_from_slice(head.query.get(buf));
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut xff: Option<&[u8]> = None;
     for (name, value) in head.headers(buf) {

@@ -615,6 +615,30 @@ mod tests {
         assert!(got[10].contains("total weight is zero"), "{}", got[10]);
     }
 
+    /// CONNECT and TRACE are refused before routing, so a route cannot list them.
+    #[test]
+    fn connect_and_trace_cannot_be_route_methods() {
+        let got = problems(
+            r#"
+            [[routes]]
+            path = "/a"
+            methods = ["GET", "CONNECT", "trace", " Trace "]
+            upstream = "mock"
+            "#,
+        );
+        let keys: Vec<&str> = got.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(
+            keys,
+            [
+                "routes[0].methods[1]",
+                "routes[0].methods[2]",
+                "routes[0].methods[3]"
+            ],
+            "{got:#?}"
+        );
+        assert!(got.iter().all(|p| p.contains("refused by the gateway")));
+    }
+
     #[test]
     fn problems_are_ordered_by_key_with_numeric_indices() {
         let mut keys = [

@@ -127,7 +127,7 @@ async fn read_head(
 ) -> Result<Option<usize>, GatewayError> {
     let deadline = started + limits.header_read_timeout;
     loop {
-        if let Some(n) = parse_request(c.buffered(), limits, head)? {
+        if let Some(n) = parse_request(c.buffered_mut(), limits, head)? {
             return Ok(Some(n));
         }
         match c

@@ -34,6 +34,22 @@ pub struct Limits {
     pub body_idle_timeout: Duration,
     pub keepalive_idle_timeout: Duration,
     pub max_connections_per_worker: usize,
+    /// Forward request headers whose names contain `_` (dropped by default; see
+    /// [`underscore_dropped`]).
+    pub allow_underscores_in_headers: bool,
+}
+
+/// Whether a request header is dropped rather than forwarded because its name has an `_`.
+///
+/// CGI-style upstreams (and frameworks that copy their conventions: WSGI, Rack, PHP) map
+/// both `X-User-Id` and `X_User_Id` to `HTTP_X_USER_ID`, so a client could send a second
+/// spelling of a header the gateway sets itself (an identity claim header) or of a framing
+/// header (`Content_Length`) and have the upstream read it. nginx drops these by default
+/// (`underscores_in_headers off`) for the same reason; `[limits]
+/// allow_underscores_in_headers = true` forwards them.
+#[inline]
+pub fn underscore_dropped(limits: &Limits, name: &[u8]) -> bool {
+    !limits.allow_underscores_in_headers && name.contains(&b'_')
 }
 
 impl Default for Limits {
@@ -47,6 +63,7 @@ impl Default for Limits {
             body_idle_timeout: BODY_IDLE_TIMEOUT,
             keepalive_idle_timeout: KEEPALIVE_IDLE_TIMEOUT,
             max_connections_per_worker: MAX_CONNECTIONS_PER_WORKER,
+            allow_underscores_in_headers: false,
         }
     }
 }
@@ -63,6 +80,7 @@ pub struct RawLimits {
     pub body_idle_timeout_ms: Option<u64>,
     pub keepalive_idle_timeout_ms: Option<u64>,
     pub max_connections_per_worker: Option<usize>,
+    pub allow_underscores_in_headers: Option<bool>,
 }
 
 impl RawLimits {
@@ -85,6 +103,9 @@ impl RawLimits {
             max_connections_per_worker: self
                 .max_connections_per_worker
                 .unwrap_or(d.max_connections_per_worker),
+            allow_underscores_in_headers: self
+                .allow_underscores_in_headers
+                .unwrap_or(d.allow_underscores_in_headers),
         };
         let mut bad = |key: &str, msg: String| {
             problems.push(crate::config::ConfigProblem::new(

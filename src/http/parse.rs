@@ -5,8 +5,14 @@
 //! [`parse_request`] takes the bytes received so far on a connection. `Ok(None)` means the
 //! head is not complete yet (read more); `Ok(Some(n))` means a valid head of `n` bytes was
 //! parsed into the caller's [`RequestHead`] (offsets into the same buffer; nothing is
-//! copied); `Err(e)` is a framing violation: answer `e.status()` and close the connection,
-//! because after a framing error the next request's start cannot be trusted.
+//! copied); `Err(e)` is a violation: answer `e.status()` and close the connection, because
+//! after a framing error the next request's start cannot be trusted (a refused method or
+//! path closes too: only probes send them).
+//!
+//! A complete head's path is normalised in place by [`super::path::normalise`], so
+//! [`RequestHead::path`] is the normal form the router matches and the upstream receives;
+//! the bytes of the request line after it are stale, so a complete head is parsed once. A
+//! fragment (`#…`) is dropped: it is never routed or forwarded.
 //!
 //! # Error handling
 //!
@@ -22,12 +28,25 @@
 //! | a transfer coding other than `chunked` | 501 |
 //! | declared body over `max_body_bytes` | 413 |
 //! | HTTP version other than 1.0/1.1 | 505 |
+//! | method not an upper-case token (`get`, `Post`, `GE.T`) | 400 |
+//! | `CONNECT`, `TRACE` | 501 |
+//! | target not origin-form (absolute-form, authority-form), except `OPTIONS *` | 400 |
+//! | a path [`super::path::normalise`] refuses (dot segments, `%2F`, `\`, `;`, ...) | 400 |
+//!
+//! `CONNECT` (a tunnel the gateway does not implement) and `TRACE` (which would reflect the
+//! credentials and identity headers the gateway adds) are refused for every route, before
+//! routing, so the answer is 501 ("not supported for any resource", RFC 9110 §15.6.2) rather
+//! than a 405, which would have to list the target's methods. A method with lower-case
+//! letters is a different method from its upper-case spelling (methods are case-sensitive),
+//! which upstreams that fold case would still read as the standard one; it is refused with
+//! 400 rather than matched as an extension method.
 
 use std::mem::MaybeUninit;
 
 use http::Method;
 
 use super::limits::{Limits, MAX_HEADERS};
+use super::path::{self, PathError};
 
 /// A byte range in the connection buffer.
 ///
@@ -72,10 +91,10 @@ pub enum BodyFraming {
 #[derive(Debug, Clone)]
 pub struct RequestHead {
     pub method: Method,
-    /// The request-target as sent (origin-form or `*`).
-    pub target: Span,
-    /// The path part of the target (query stripped).
+    /// The path part of the target, normalised ([`super::path`]), or `*` for `OPTIONS *`.
     pub path: Span,
+    /// The query, with its leading `?` (empty when there is none); the fragment is dropped.
+    pub query: Span,
     /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     /// Header names and values, in order received; only the first `header_count` are set.
@@ -96,8 +115,8 @@ impl Default for RequestHead {
     fn default() -> Self {
         Self {
             method: Method::GET,
-            target: Span::default(),
             path: Span::default(),
+            query: Span::default(),
             minor_version: 1,
             headers: [(Span::default(), Span::default()); MAX_HEADERS],
             header_count: 0,
@@ -144,6 +163,9 @@ pub enum ParseError {
     BadRequestLine,
     BadHeader,
     BadTarget,
+    BadPath(PathError),
+    BadMethod,
+    MethodNotImplemented,
     MissingHost,
     DuplicateHost,
     BadContentLength,
@@ -163,7 +185,7 @@ impl ParseError {
         match self {
             RequestLineTooLong => 414,
             HeadTooLarge | TooManyHeaders => 431,
-            UnsupportedTransferCoding => 501,
+            UnsupportedTransferCoding | MethodNotImplemented => 501,
             BodyTooLarge => 413,
             UnsupportedVersion => 505,
             _ => 400,
@@ -178,7 +200,10 @@ impl ParseError {
             TooManyHeaders => "too many request header fields",
             BadRequestLine => "malformed request line",
             BadHeader => "malformed header field (whitespace before colon, obs-fold, bare CR or invalid character)",
-            BadTarget => "request target must be an absolute path without dot segments",
+            BadTarget => "request target must be an absolute path",
+            BadPath(e) => e.message(),
+            BadMethod => "request method must be an upper-case token (A-Z, 0-9, '-', '_')",
+            MethodNotImplemented => "CONNECT and TRACE are not supported by this gateway",
             MissingHost => "HTTP/1.1 request without Host header",
             DuplicateHost => "more than one Host header",
             BadContentLength => "Content-Length is not a valid decimal number",
@@ -194,8 +219,26 @@ impl ParseError {
     }
 }
 
-/// Parses a request head from `buf` (see the module docs for the contract).
+/// Parses a request head from `buf` and normalises its path in place (see the module docs).
 pub fn parse_request(
+    buf: &mut [u8],
+    limits: &Limits,
+    out: &mut RequestHead,
+) -> Result<Option<usize>, ParseError> {
+    let Some(head_len) = parse_head(buf, limits, out)? else {
+        return Ok(None);
+    };
+    if out.path.get(buf) != b"*" {
+        let p = out.path;
+        let n = path::normalise(&mut buf[p.start as usize..p.end as usize])
+            .map_err(ParseError::BadPath)?;
+        out.path.end = p.start + n as u32;
+    }
+    Ok(Some(head_len))
+}
+
+/// Everything but the path normalisation, on a shared borrow (httparse's results borrow it).
+fn parse_head(
     buf: &[u8],
     limits: &Limits,
     out: &mut RequestHead,
@@ -233,27 +276,45 @@ pub fn parse_request(
         return Err(ParseError::HeadTooLarge);
     }
     let method = req.method.ok_or(ParseError::BadRequestLine)?;
+    check_method(method.as_bytes())?;
     out.method = Method::from_bytes(method.as_bytes()).map_err(|_| ParseError::BadRequestLine)?;
-    let target = req.path.ok_or(ParseError::BadRequestLine)?;
+    let target = req.path.ok_or(ParseError::BadRequestLine)?.as_bytes();
     out.minor_version = req.version.ok_or(ParseError::BadRequestLine)?;
-    out.target = Span::of(buf, target.as_bytes());
-    let path = target.split('?').next().unwrap_or("");
-    check_target(target, path, &out.method)?;
-    out.path = Span::of(buf, path.as_bytes());
+    // The path ends at the query or the fragment; the query runs to the fragment.
+    let path_end = target
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(target.len());
+    let query = match target.get(path_end) {
+        Some(b'?') => {
+            let rest = &target[path_end..];
+            &rest[..rest.iter().position(|&b| b == b'#').unwrap_or(rest.len())]
+        }
+        _ => &target[path_end..path_end],
+    };
+    out.path = Span::of(buf, &target[..path_end]);
+    out.query = Span::of(buf, query);
+    if target == b"*" {
+        if out.method != Method::OPTIONS {
+            return Err(ParseError::BadTarget);
+        }
+    } else if !target.starts_with(b"/") {
+        return Err(ParseError::BadTarget);
+    }
     classify_headers(buf, req.headers, limits, out)?;
     Ok(Some(head_len))
 }
 
-fn check_target(target: &str, path: &str, method: &Method) -> Result<(), ParseError> {
-    if target == "*" && method == Method::OPTIONS {
-        return Ok(());
+/// Methods are upper-case tokens, and the gateway never forwards `CONNECT` or `TRACE`.
+fn check_method(m: &[u8]) -> Result<(), ParseError> {
+    if !m
+        .iter()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'))
+    {
+        return Err(ParseError::BadMethod);
     }
-    if !path.starts_with('/') {
-        return Err(ParseError::BadTarget);
-    }
-    // Dot segments would let `/public/../admin` reach a route the trie did not authorize.
-    if path.split('/').any(|seg| seg == "." || seg == "..") {
-        return Err(ParseError::BadTarget);
+    if m == b"CONNECT" || m == b"TRACE" {
+        return Err(ParseError::MethodNotImplemented);
     }
     Ok(())
 }
@@ -385,7 +446,17 @@ mod tests {
             max_header_bytes: 300,
             ..Limits::default()
         };
-        parse_request(raw.as_bytes(), &limits, &mut head).map(|o| o.map(|n| (n, head)))
+        parse_request(&mut raw.as_bytes().to_vec(), &limits, &mut head)
+            .map(|o| o.map(|n| (n, head)))
+    }
+
+    /// Parses `raw` and returns the (normalised) path and the query as they end up.
+    fn path_query(raw: &str) -> Result<(String, String), ParseError> {
+        let mut head = RequestHead::default();
+        let mut buf = raw.as_bytes().to_vec();
+        parse_request(&mut buf, &Limits::default(), &mut head)?.expect("complete");
+        let s = |sp: Span| String::from_utf8(sp.get(&buf).to_vec()).unwrap();
+        Ok((s(head.path), s(head.query)))
     }
 
     #[test]
@@ -444,7 +515,7 @@ mod tests {
         let buf = raw.as_bytes();
         assert_eq!(head.method, Method::POST);
         assert_eq!(head.path.get(buf), b"/v1/chat");
-        assert_eq!(head.target.get(buf), b"/v1/chat?x=1");
+        assert_eq!(head.query.get(buf), b"?x=1");
         assert_eq!(head.header(buf, "x-a"), Some(&b"b c"[..]));
         assert_eq!(head.host.unwrap().get(buf), b"gw");
     }
@@ -484,8 +555,16 @@ mod tests {
             ("GET / HTTP/1.1\r\n\r\n", ParseError::MissingHost),
             ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", ParseError::DuplicateHost),
             ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", ParseError::UnsupportedVersion),
-            ("GET /a/../b HTTP/1.1\r\nHost: a\r\n\r\n", ParseError::BadTarget),
+            ("GET /a/../b HTTP/1.1\r\nHost: a\r\n\r\n", ParseError::BadPath(PathError::DotSegment)),
+            ("GET /a/%2e%2E/b?x HTTP/1.1\r\nHost: a\r\n\r\n", ParseError::BadPath(PathError::DotSegment)),
+            ("GET /a/..;/b HTTP/1.1\r\nHost: a\r\n\r\n", ParseError::BadPath(PathError::PathParameter)),
+            ("GET /a%2fb HTTP/1.1\r\nHost: a\r\n\r\n", ParseError::BadPath(PathError::EncodedSlash)),
+            ("GET /a\\b HTTP/1.1\r\nHost: a\r\n\r\n", ParseError::BadPath(PathError::Backslash)),
             ("GET http://x/ HTTP/1.1\r\nHost: a\r\n\r\n", ParseError::BadTarget),
+            ("GET x:443 HTTP/1.1\r\nHost: a\r\n\r\n", ParseError::BadTarget),
+            ("GET * HTTP/1.1\r\nHost: a\r\n\r\n", ParseError::BadTarget),
+            ("GET ?a HTTP/1.1\r\nHost: a\r\n\r\n", ParseError::BadTarget),
+            ("GET #a HTTP/1.1\r\nHost: a\r\n\r\n", ParseError::BadTarget),
             ("G(T / HTTP/1.1\r\nHost: a\r\n\r\n", ParseError::BadRequestLine),
             (&long_line, ParseError::RequestLineTooLong),
             (&big_head, ParseError::HeadTooLarge),
@@ -503,7 +582,7 @@ mod tests {
             ..Limits::default()
         };
         let raw = "GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
-        let err = parse_request(raw.as_bytes(), &limits, &mut head).unwrap_err();
+        let err = parse_request(&mut raw.as_bytes().to_vec(), &limits, &mut head).unwrap_err();
         assert_eq!((err, err.status()), (ParseError::TooManyHeaders, 431));
     }
 
@@ -514,5 +593,62 @@ mod tests {
         let (_, head) = parse(raw).unwrap().unwrap();
         assert!(head.listed_in_connection(raw.as_bytes(), b"X-SECRET"));
         assert!(!head.listed_in_connection(raw.as_bytes(), b"host"));
+    }
+
+    /// The path is normalised in place; the query is kept as sent; the fragment is dropped.
+    #[test]
+    fn path_is_normalised_and_fragment_dropped() {
+        let cases = [
+            ("/v1/models", "/v1/models", ""),
+            ("/v1/models?a=1", "/v1/models", "?a=1"),
+            ("/v1/models?a=%2e%2e/..", "/v1/models", "?a=%2e%2e/.."),
+            ("/v1/models#frag", "/v1/models", ""),
+            ("/v1/models?a=1#frag", "/v1/models", "?a=1"),
+            ("/v1/models#frag?a=1", "/v1/models", ""),
+            ("/v1/models#../../x", "/v1/models", ""),
+            ("/v1/%6dodels?q", "/v1/models", "?q"),
+            ("//v1//models//?q#f", "/v1/models/", "?q"),
+            ("/x%3a?q", "/x%3A", "?q"),
+        ];
+        for (target, path, query) in cases {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+            let got = path_query(&raw).unwrap();
+            assert_eq!((got.0.as_str(), got.1.as_str()), (path, query), "{target}");
+        }
+        assert_eq!(
+            path_query("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").unwrap(),
+            ("*".to_string(), String::new())
+        );
+    }
+
+    /// Methods: upper-case tokens pass; other spellings are 400; CONNECT and TRACE are 501.
+    #[test]
+    fn methods() {
+        for m in ["GET", "POST", "PATCH", "PROPFIND", "M-SEARCH", "X_1"] {
+            let raw = format!("{m} / HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert!(parse(&raw).unwrap().is_some(), "{m}");
+        }
+        for m in [
+            "get", "Get", "gEt", "post", "Post", "connect", "trace", "GE.T", "GET!", "G~T",
+        ] {
+            let raw = format!("{m} / HTTP/1.1\r\nHost: a\r\n\r\n");
+            let e = parse(&raw).map(|_| ()).unwrap_err();
+            assert_eq!((e, e.status()), (ParseError::BadMethod, 400), "{m}");
+        }
+        for raw in [
+            "CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
+            "CONNECT /v1/models HTTP/1.0\r\n\r\n",
+            "TRACE / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "TRACE /v1/models?x HTTP/1.1\r\nHost: a\r\n\r\n",
+            "TRACE * HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            let e = parse(raw).map(|_| ()).unwrap_err();
+            assert_eq!(
+                (e, e.status()),
+                (ParseError::MethodNotImplemented, 501),
+                "{raw}"
+            );
+        }
     }
 }

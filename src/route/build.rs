@@ -87,6 +87,16 @@ fn methods(i: usize, r: &RawRoute, problems: &mut Vec<ConfigProblem>) -> MethodS
             list.iter().enumerate().fold(
                 MethodSet::EMPTY,
                 |set, (j, m)| match MethodSet::of_config(m) {
+                    // Refused before routing (see `http::parse`), so never reaches a route.
+                    Some(_)
+                        if ["CONNECT", "TRACE"]
+                            .iter()
+                            .any(|c| c.eq_ignore_ascii_case(m.trim())) =>
+                    {
+                        let msg = format!("`{m}` is refused by the gateway for every route (501)");
+                        problems.push(ConfigProblem::new(key(&format!("methods[{j}]")), msg));
+                        set
+                    }
                     Some(bit) => set.union(bit),
                     None => {
                         let msg = format!("`{m}` is not a standard HTTP method");

@@ -177,6 +177,7 @@ fn parse_pattern(pattern: &str) -> Result<Vec<Seg<'_>>, String> {
             if s.contains(['?', '#']) {
                 return Err(format!("segment `{s}` contains `?` or `#`"));
             }
+            static_in_normal_form(s, i + 1 == raw.len())?;
             Seg::Static(s)
         };
         if let Seg::Param(name) | Seg::Wildcard(name) = seg {
@@ -196,6 +197,26 @@ fn parse_pattern(pattern: &str) -> Result<Vec<Seg<'_>>, String> {
         return Err(format!("more than {MAX_PARAMS} captures"));
     }
     Ok(segs)
+}
+
+/// Requests are matched on their normalised path ([`crate::http::path`]), so a static
+/// segment that normalisation would change or refuse could never match.
+fn static_in_normal_form(s: &str, last: bool) -> Result<(), String> {
+    if s.is_empty() {
+        return match last {
+            true => Ok(()),
+            false => Err("empty segment (`//`): request paths have their slashes merged".into()),
+        };
+    }
+    let mut b = format!("/{s}").into_bytes();
+    match crate::http::path::normalise(&mut b) {
+        Ok(n) if b[1..n] == *s.as_bytes() => Ok(()),
+        Ok(n) => Err(format!(
+            "segment `{s}` can never match: request paths are normalised, so it would be `{}`",
+            String::from_utf8_lossy(&b[1..n])
+        )),
+        Err(e) => Err(format!("segment `{s}` can never match: {}", e.message())),
+    }
 }
 
 /// The routes of one endpoint while building.
@@ -589,8 +610,13 @@ mod tests {
 
     #[test]
     fn pattern_and_capture_conflicts_are_config_errors() {
-        let cases: [(&[&str], &str); 8] = [
+        let cases: [(&[&str], &str); 13] = [
             (&["/a/:x", "/a/:y/b"], "conflicts with `:x` of routes[0]"),
+            (&["/a//b"], "empty segment"),
+            (&["/a/../b"], "dot segments"),
+            (&["/a/%2e%2e"], "dot segments"),
+            (&["/v1/%6dodels"], "would be `models`"),
+            (&["/a;b"], "';' path parameters"),
             (&["/a/*x", "/a/*y"], "conflicts with `*x` of routes[0]"),
             (&["/a", "/a"], "conflicts with routes[0]"),
             (&["a"], "must start with `/`"),

@@ -101,6 +101,12 @@ impl ClientConn {
         &self.buf[self.pos..]
     }
 
+    /// Unconsumed received bytes, writable (the parser normalises the path in place).
+    #[inline]
+    pub fn buffered_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.pos..]
+    }
+
     #[inline]
     pub fn consume(&mut self, n: usize) {
         self.pos += n;
