@@ -229,21 +229,20 @@ pub async fn forward(
     let mut body_read = inline;
     let (mut up, first, permit) = loop {
         attempt += 1;
-        let (mut up, permit) = match acquire(worker, snap, up_idx, upstream, cap(connect_timeout))
-            .await
-        {
-            Ok(u) => u,
-            Err(NoEndpoint::Unavailable(wait)) => {
-                c.up_out = up_out;
-                return unavailable(worker, c, req, inline, ob.extra_response, wait).await;
-            }
-            Err(NoEndpoint::Failed(e)) => {
-                c.up_out = up_out;
-                // The body is still unread on the connection unless it went inline.
-                let e = GatewayError::from(e);
-                return Err(Failure::Respond(if inline { e } else { e.closing() }));
-            }
-        };
+        let (mut up, permit) =
+            match acquire(worker, snap, up_idx, upstream, cap(connect_timeout)).await {
+                Ok(u) => u,
+                Err(NoEndpoint::Unavailable(wait)) => {
+                    c.up_out = up_out;
+                    return unavailable(worker, c, req, inline, ob.extra_response, wait).await;
+                }
+                Err(NoEndpoint::Failed(e)) => {
+                    c.up_out = up_out;
+                    // The body is still unread on the connection unless it went inline.
+                    let e = GatewayError::from(e);
+                    return Err(Failure::Respond(if inline { e } else { e.closing() }));
+                }
+            };
         let (res, buf) = up.write_all(up_out).await;
         up_out = buf;
         // Bytes that reached a pooled connection before this write are not our response:

@@ -90,7 +90,10 @@ impl Kind {
                 STRAY.into(),
             ),
             Kind::HeadWithBody => (
-                format!("HTTP/1.1 200 OK\r\nx-id: {id}\r\ncontent-length: {}\r\n\r\n", STRAY.len()),
+                format!(
+                    "HTTP/1.1 200 OK\r\nx-id: {id}\r\ncontent-length: {}\r\n\r\n",
+                    STRAY.len()
+                ),
                 STRAY.into(),
             ),
             Kind::PastContentLength => (ok, format!("\r\n{STRAY}")),
@@ -134,7 +137,13 @@ fn one_worker(driver: &str, up: &Upstream) -> shardgate::runtime::Engine {
 
 /// Sends request `id` on `c` and checks that the answer is its own.
 fn exchange(c: &mut Client, kind: Kind, id: &str, ctx: &str) {
-    c.send(format!("{} /r HTTP/1.1\r\nHost: gw\r\nx-test-id: {id}\r\n\r\n", kind.method()).as_bytes());
+    c.send(
+        format!(
+            "{} /r HTTP/1.1\r\nHost: gw\r\nx-test-id: {id}\r\n\r\n",
+            kind.method()
+        )
+        .as_bytes(),
+    );
     let r = c
         .read_response_to(kind == Kind::HeadWithBody)
         .unwrap_or_else(|| panic!("{ctx}: no response to {id}"));
@@ -163,7 +172,12 @@ fn back_to_back(kind: Kind, driver: &str) -> (usize, usize) {
             s.spawn(move || {
                 let mut c = Client::connect(addr);
                 for n in 0..EACH {
-                    exchange(&mut c, kind, &format!("c{k}-{n}"), &format!("{kind:?} on {driver}"));
+                    exchange(
+                        &mut c,
+                        kind,
+                        &format!("c{k}-{n}"),
+                        &format!("{kind:?} on {driver}"),
+                    );
                 }
             });
         }

@@ -108,7 +108,9 @@ impl RawLimits {
             body_read_timeout: self.body_read_timeout_ms.map_or(d.body_read_timeout, ms),
             min_body_rate: self.min_body_rate_bytes_per_s.unwrap_or(d.min_body_rate),
             body_rate_grace: self.body_rate_grace_ms.map_or(d.body_rate_grace, ms),
-            max_streaming_uploads: self.max_streaming_uploads.unwrap_or(d.max_streaming_uploads),
+            max_streaming_uploads: self
+                .max_streaming_uploads
+                .unwrap_or(d.max_streaming_uploads),
             keepalive_idle_timeout: self
                 .keepalive_idle_timeout_ms
                 .map_or(d.keepalive_idle_timeout, ms),

@@ -56,7 +56,8 @@ impl<'a> Upload<'a> {
     /// `None`: `cap` uploads to `upstream` are streaming already.
     pub fn begin(worker: &'a Worker, upstream: &'a str, cap: u32) -> Option<Self> {
         let ok = worker.pools.borrow_mut().begin_upload(upstream, cap);
-        ok.then_some(Upload { worker, upstream })
+        // Built only when counted: dropping an `Upload` uncounts it.
+        ok.then(|| Upload { worker, upstream })
     }
 }
 
@@ -270,20 +271,44 @@ mod tests {
         let cases = [
             // The idle gap binds while the body keeps up.
             (limits(1_000, 60_000, 100, 5_000), 10_000, 0, 1_000, stall),
-            (limits(1_000, 60_000, 100, 5_000), 10_000, 30_000, 31_000, stall),
+            (
+                limits(1_000, 60_000, 100, 5_000),
+                10_000,
+                30_000,
+                31_000,
+                stall,
+            ),
             // The total deadline binds near the end.
-            (limits(1_000, 60_000, 100, 5_000), 1_000_000, 59_500, 60_000, slow),
+            (
+                limits(1_000, 60_000, 100, 5_000),
+                1_000_000,
+                59_500,
+                60_000,
+                slow,
+            ),
             // No bytes: the grace period is all the rate allows.
             (limits(30_000, 60_000, 100, 5_000), 0, 0, 5_000, slow),
             // 1000 bytes at 100 B/s earn 10 s from the start.
-            (limits(30_000, 60_000, 100, 5_000), 1_000, 9_000, 10_000, slow),
+            (
+                limits(30_000, 60_000, 100, 5_000),
+                1_000,
+                9_000,
+                10_000,
+                slow,
+            ),
             // A trickle past the grace period: due already (the caller fails it at once).
             (limits(30_000, 60_000, 1_024, 5_000), 3, 15_000, 5_000, slow),
             // Rate 0 turns the check off.
             (limits(30_000, 60_000, 0, 5_000), 0, 0, 30_000, stall),
             (limits(30_000, 60_000, 0, 5_000), 0, 45_000, 60_000, slow),
             // A huge body count saturates instead of overflowing.
-            (limits(1_000, 60_000, 1, 5_000), u64::MAX as usize, 0, 1_000, stall),
+            (
+                limits(1_000, 60_000, 1, 5_000),
+                u64::MAX as usize,
+                0,
+                1_000,
+                stall,
+            ),
         ];
         for (i, (l, received, at, due, kind)) in cases.into_iter().enumerate() {
             let start = Instant::now();

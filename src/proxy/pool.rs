@@ -146,7 +146,9 @@ impl UpConn {
     fn watch(&mut self) -> bool {
         let half = OwnedReadHalf(self.rd.0.clone());
         let buf = std::mem::take(&mut self.buf);
-        self.idle.get_or_insert_with(IdleRecv::default).post(half, buf)
+        self.idle
+            .get_or_insert_with(IdleRecv::default)
+            .post(half, buf)
     }
 
     /// Whether nothing arrived while idle (see the module docs for both drivers).
@@ -443,7 +445,10 @@ mod tests {
         assert!(pools.begin_upload("a", 2));
         assert!(pools.begin_upload("a", 2));
         assert!(!pools.begin_upload("a", 2), "the third is over the cap");
-        assert!(pools.begin_upload("b", 2), "another upstream has its own count");
+        assert!(
+            pools.begin_upload("b", 2),
+            "another upstream has its own count"
+        );
         pools.end_upload("a");
         assert_eq!(pools.uploads("a"), 1);
         assert!(pools.begin_upload("a", 2));
@@ -453,6 +458,9 @@ mod tests {
         }
         pools.end_upload("b");
         assert_eq!((pools.uploads("a"), pools.uploads("b")), (0, 0));
-        assert!(pools.uploads.is_empty(), "finished upstreams leave no entry");
+        assert!(
+            pools.uploads.is_empty(),
+            "finished upstreams leave no entry"
+        );
     }
 }
