@@ -19,7 +19,10 @@
 //! Headers are re-serialized toward the upstream: hop-by-hop fields (and every field named in
 //! `Connection`) are dropped, `X-Forwarded-For/Proto/Host` and `X-Request-Id` are set, and
 //! framing is re-declared by the gateway. Bodies stream in both directions; each upstream
-//! read is written to the client immediately (SSE-safe).
+//! read is written to the client immediately (SSE-safe). A request body streams only within
+//! the per-upstream cap on streamed uploads; past it, it is read whole before an upstream
+//! connection is taken (see [`inbound`]). A pooled connection on which anything arrived
+//! while idle is never read for a response (see [`pool`]).
 
 pub mod inbound;
 pub mod pool;

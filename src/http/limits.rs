@@ -156,3 +156,58 @@ impl RawLimits {
         l
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(toml_text: &str) -> (Limits, Vec<String>) {
+        let raw: RawLimits = toml::from_str(toml_text).unwrap();
+        let mut problems = Vec::new();
+        let l = raw.build(&mut problems);
+        (l, problems.iter().map(|p| p.to_string()).collect())
+    }
+
+    #[test]
+    fn body_pace_and_upload_keys_default_and_override() {
+        let (d, problems) = build("");
+        assert!(problems.is_empty());
+        assert_eq!(
+            (
+                d.body_read_timeout,
+                d.min_body_rate,
+                d.body_rate_grace,
+                d.max_streaming_uploads
+            ),
+            (
+                BODY_READ_TIMEOUT,
+                MIN_BODY_RATE_BYTES_PER_S,
+                BODY_RATE_GRACE,
+                MAX_STREAMING_UPLOADS
+            )
+        );
+        let (l, problems) = build(
+            "body_read_timeout_ms = 500\nmin_body_rate_bytes_per_s = 0\n\
+             body_rate_grace_ms = 20\nmax_streaming_uploads = 0",
+        );
+        assert!(problems.is_empty());
+        assert_eq!(l.body_read_timeout, Duration::from_millis(500));
+        assert_eq!(l.body_rate_grace, Duration::from_millis(20));
+        // 0 is meaningful for these two: no rate check, and every body read before forwarding.
+        assert_eq!((l.min_body_rate, l.max_streaming_uploads), (0, 0));
+    }
+
+    #[test]
+    fn zero_body_deadlines_are_refused_each_by_name() {
+        let (_, problems) = build("body_read_timeout_ms = 0\nbody_rate_grace_ms = 0");
+        assert_eq!(
+            problems,
+            [
+                "limits.body_read_timeout_ms: must be greater than 0",
+                "limits.body_rate_grace_ms: must be greater than 0"
+            ]
+        );
+        let unknown = toml::from_str::<RawLimits>("body_timeout_ms = 5");
+        assert!(unknown.is_err(), "a mistyped key fails loudly");
+    }
+}
