@@ -319,44 +319,45 @@ mod tests {
     const IDLE: Duration = Duration::from_secs(60);
 
     /// What a misbehaving upstream may do to a connection after answering on it.
-    fn misbehaviours() -> Vec<(&'static str, Box<dyn Fn(&mut std::net::TcpStream)>)> {
-        let send = |b: &'static [u8]| -> Box<dyn Fn(&mut std::net::TcpStream)> {
-            Box::new(move |p| p.write_all(b).unwrap())
-        };
-        vec![
-            ("one byte", send(b"\n")),
-            (
-                "a second response",
-                send(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nother"),
-            ),
-            ("a body after the head", send(b"late body")),
-            (
-                "EOF",
-                Box::new(|p| p.shutdown(std::net::Shutdown::Write).unwrap()),
-            ),
-        ]
+    #[derive(Debug, Clone, Copy)]
+    enum After {
+        Send(&'static [u8]),
+        Eof,
+    }
+
+    const MISBEHAVIOURS: [After; 4] = [
+        After::Send(b"\n"),
+        After::Send(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nother"),
+        After::Send(b"late body"),
+        After::Eof,
+    ];
+
+    impl After {
+        fn act(self, peer: &mut std::net::TcpStream) {
+            match self {
+                After::Send(b) => peer.write_all(b).unwrap(),
+                After::Eof => peer.shutdown(std::net::Shutdown::Write).unwrap(),
+            }
+        }
     }
 
     #[test]
     fn what_arrives_while_idle_retires_the_connection() {
-        for (what, act) in misbehaviours() {
-            on_both_drivers(|watch| {
-                let act = &act;
-                async move {
-                    let mut pools = Pools::new(watch);
-                    let (c, mut peer) = connected().await;
-                    let addr = c.addr;
-                    assert!(pools.put(c, 8));
-                    act(&mut peer);
-                    // Let the ring reap the receive's completion (io_uring); the peek needs
-                    // nothing (legacy).
-                    monoio::time::sleep(Duration::from_millis(30)).await;
-                    assert!(
-                        pools.take(addr, IDLE, 100).is_none(),
-                        "{what} (watch: {watch})"
-                    );
-                    assert_eq!(pools.idle_count(), 0);
-                }
+        for what in MISBEHAVIOURS {
+            on_both_drivers(|watch| async move {
+                let mut pools = Pools::new(watch);
+                let (c, mut peer) = connected().await;
+                let addr = c.addr;
+                assert!(pools.put(c, 8));
+                what.act(&mut peer);
+                // Let the ring reap the receive's completion (io_uring); the peek needs
+                // nothing (legacy).
+                monoio::time::sleep(Duration::from_millis(30)).await;
+                assert!(
+                    pools.take(addr, IDLE, 100).is_none(),
+                    "{what:?} (watch: {watch})"
+                );
+                assert_eq!(pools.idle_count(), 0);
             });
         }
     }
@@ -367,30 +368,27 @@ mod tests {
     /// are never read as the response.
     #[test]
     fn bytes_waiting_in_the_same_round_are_caught() {
-        for (what, act) in misbehaviours() {
-            on_both_drivers(|watch| {
-                let act = &act;
-                async move {
-                    let mut pools = Pools::new(watch);
-                    let (c, mut peer) = connected().await;
-                    let addr = c.addr;
-                    act(&mut peer);
-                    // Blocks the thread without parking the runtime: the bytes arrive, no
-                    // SQE is submitted.
-                    std::thread::sleep(Duration::from_millis(30));
-                    assert!(pools.put(c, 8));
-                    let taken = pools.take(addr, IDLE, 100);
-                    if !watch {
-                        assert!(taken.is_none(), "{what}: the peek refuses it");
-                        return;
-                    }
-                    let mut c = taken.expect("nothing reaped yet");
-                    let (res, _) = c.write_all(b"GET / HTTP/1.1\r\n\r\n".to_vec()).await;
-                    res.unwrap();
-                    assert_eq!(c.settle().await, Settled::Stale, "{what}");
-                    let r = c.read_more(1024, UPSTREAM_READ_BUF).await;
-                    assert!(r.is_err(), "{what}: a stale connection is never read");
+        for what in MISBEHAVIOURS {
+            on_both_drivers(|watch| async move {
+                let mut pools = Pools::new(watch);
+                let (c, mut peer) = connected().await;
+                let addr = c.addr;
+                what.act(&mut peer);
+                // Blocks the thread without parking the runtime: the bytes arrive, no
+                // SQE is submitted.
+                std::thread::sleep(Duration::from_millis(30));
+                assert!(pools.put(c, 8));
+                let taken = pools.take(addr, IDLE, 100);
+                if !watch {
+                    assert!(taken.is_none(), "{what:?}: the peek refuses it");
+                    return;
                 }
+                let mut c = taken.expect("nothing reaped yet");
+                let (res, _) = c.write_all(b"GET / HTTP/1.1\r\n\r\n".to_vec()).await;
+                res.unwrap();
+                assert_eq!(c.settle().await, Settled::Stale, "{what:?}");
+                let r = c.read_more(1024, UPSTREAM_READ_BUF).await;
+                assert!(r.is_err(), "{what:?}: a stale connection is never read");
             });
         }
     }
