@@ -135,11 +135,7 @@ pub async fn handle(
     // limit), keeping a copy of the head, whose bytes the body reads may move.
     let head_bytes = c.buffered()[..head_len].to_vec();
     c.consume(head_len);
-    if req.expect_continue
-        && proxy::inbound::send_continue(c, head.framing)
-            .await
-            .is_err()
-    {
+    if proxy::inbound::send_continue(c, &req).await.is_err() {
         let closed = Err(Failure::Close(0, None));
         return finish(worker, c, req, closed, started, &Account::default()).await;
     }

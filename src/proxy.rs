@@ -160,10 +160,7 @@ pub async fn forward(
     snap: &Snapshot,
 ) -> Result<Done, Failure> {
     let upstream = ob.upstream;
-    if req.expect_continue
-        && matches!(ob.body, OutBody::FromClient)
-        && inbound::send_continue(c, req.framing).await.is_err()
-    {
+    if matches!(ob.body, OutBody::FromClient) && inbound::send_continue(c, &req).await.is_err() {
         return Err(Failure::Close(0, None));
     }
     // A body not here whole streams to the upstream as it arrives, holding an upstream

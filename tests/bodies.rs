@@ -371,3 +371,24 @@ fn expect_100_continue_is_answered_on_plain_and_split_routes() {
         }
     }
 }
+
+/// RFC 9110 §10.1.1: the expectation of an HTTP/1.0 client is ignored; no interim response
+/// goes to a client that may not understand it.
+#[test]
+fn expect_from_an_http10_client_gets_no_100() {
+    let up = Upstream::echo();
+    let gw = gateway_for(up.addr, "");
+    for path in [Path::Streamed, Path::Split] {
+        let b = body();
+        let mut c = Client::connect(gw.local_addr());
+        let head = head(path, Framing::Length, b.len(), "expect: 100-continue\r\n")
+            .replacen("HTTP/1.1", "HTTP/1.0", 1);
+        c.send(head.as_bytes());
+        // Time for a wrong 100 to be sent before the body.
+        thread::sleep(Duration::from_millis(100));
+        c.send(&b);
+        let mut first = [0u8; 12];
+        c.stream.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200", "{path:?}");
+    }
+}

@@ -18,7 +18,7 @@ use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use super::pool::UpConn;
-use super::Failure;
+use super::{Failure, ReqInfo};
 use crate::error::{self, GatewayError, UpstreamError};
 use crate::http::body::ChunkedDecoder;
 use crate::http::parse::BodyFraming;
@@ -29,11 +29,15 @@ use crate::server::{ClientConn, ReadError};
 /// Largest read while a body arrives.
 pub const BODY_READ: usize = 64 * 1024;
 
-/// Sends `100 Continue` if the body has still to arrive. A server may omit it once body bytes
-/// arrived (RFC 9110 §10.1.1), and must not send it after a final response, so call this only
-/// before anything was answered for the request, when the client sent `Expect: 100-continue`.
-pub async fn send_continue(c: &mut ClientConn, framing: BodyFraming) -> io::Result<()> {
-    let waiting = match framing {
+/// Sends `100 Continue` if an HTTP/1.1 client sent `Expect: 100-continue` and the body has
+/// still to arrive (RFC 9110 §10.1.1: a server may omit it once body bytes arrived, and
+/// ignores the expectation from an HTTP/1.0 client). A 100 must not follow a final response,
+/// so call this only before anything was answered for the request.
+pub async fn send_continue(c: &mut ClientConn, req: &ReqInfo) -> io::Result<()> {
+    if !req.expect_continue || req.minor_version == 0 {
+        return Ok(());
+    }
+    let waiting = match req.framing {
         BodyFraming::None => false,
         BodyFraming::Length(n) => (c.buffered().len() as u64) < n,
         BodyFraming::Chunked => c.buffered().is_empty(),
