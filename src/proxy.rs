@@ -534,7 +534,7 @@ pub fn write_head_prefix(
 fn body_is_here(c: &ClientConn, framing: BodyFraming) -> bool {
     match framing {
         BodyFraming::None => true,
-        BodyFraming::Length(n) => n as usize <= INLINE_BODY && c.buffered().len() as u64 >= n,
+        BodyFraming::Length(n) => n <= INLINE_BODY as u64 && c.buffered().len() as u64 >= n,
         BodyFraming::Chunked => false,
     }
 }
