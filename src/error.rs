@@ -140,5 +140,8 @@ pub const HEADER_TIMEOUT: GatewayError =
     GatewayError::downstream(408, "request head not received in time").closing();
 pub const BODY_TIMEOUT: GatewayError =
     GatewayError::downstream(408, "request body stalled").closing();
+/// The body missed its total deadline or minimum rate (see `proxy::inbound::BodyPace`).
+pub const BODY_TOO_SLOW: GatewayError =
+    GatewayError::downstream(408, "request body arrived too slowly").closing();
 pub const CLIENT_BODY_ERROR: GatewayError =
     GatewayError::downstream(400, "request body ended early").closing();

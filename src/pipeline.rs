@@ -10,7 +10,9 @@
 //! sit at the front of the connection buffer, serves it, and returns whether the connection
 //! may serve another request. Every rejection by a stage becomes a JSON error response; a
 //! rejection before the body was read skips a body that is already buffered whole and closes
-//! the connection otherwise (its unread bytes would be taken for the next request).
+//! the connection otherwise (its unread bytes would be taken for the next request). A body
+//! read here (the route depends on it) is preceded by `100 Continue` when the client asked
+//! for it and the body has still to arrive.
 
 use std::io::Write;
 use std::rc::Rc;
@@ -133,6 +135,10 @@ pub async fn handle(
     // limit), keeping a copy of the head, whose bytes the body reads may move.
     let head_bytes = c.buffered()[..head_len].to_vec();
     c.consume(head_len);
+    if proxy::inbound::send_continue(c, &req).await.is_err() {
+        let closed = Err(Failure::Close(0, None));
+        return finish(worker, c, req, closed, started, &Account::default()).await;
+    }
     let mut raw = Vec::new();
     if let Err(e) = proxy::inbound::collect_body(c, head.framing, &snap.limits, &mut raw).await {
         return finish(

@@ -19,7 +19,10 @@
 //! Headers are re-serialized toward the upstream: hop-by-hop fields (and every field named in
 //! `Connection`) are dropped, `X-Forwarded-For/Proto/Host` and `X-Request-Id` are set, and
 //! framing is re-declared by the gateway. Bodies stream in both directions; each upstream
-//! read is written to the client immediately (SSE-safe).
+//! read is written to the client immediately (SSE-safe). A request body streams only within
+//! the per-upstream cap on streamed uploads; past it, it is read whole before an upstream
+//! connection is taken (see [`inbound`]). A pooled connection on which anything arrived
+//! while idle is never read for a response (see [`pool`]).
 
 pub mod inbound;
 pub mod pool;
@@ -30,7 +33,6 @@ use std::io::Write;
 use std::rc::Rc;
 use std::time::Instant;
 
-use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use crate::breaker::engine::{self, NoEndpoint};
@@ -158,21 +160,37 @@ pub async fn forward(
     snap: &Snapshot,
 ) -> Result<Done, Failure> {
     let upstream = ob.upstream;
-    let mut up_out = std::mem::take(&mut c.up_out);
-    finish_head(&mut up_out, &req, &ob);
-    let has_body = match ob.body {
-        OutBody::FromClient => req.framing != BodyFraming::None,
-        OutBody::Buffered(b) => !b.is_empty(),
-    };
-    if req.expect_continue && has_body && matches!(ob.body, OutBody::FromClient) {
-        c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-        if c.flush_out().await.is_err() {
-            c.up_out = up_out;
-            return Err(Failure::Close(0, None));
-        }
+    if matches!(ob.body, OutBody::FromClient) && inbound::send_continue(c, &req).await.is_err() {
+        return Err(Failure::Close(0, None));
     }
+    // A body not here whole streams to the upstream as it arrives, holding an upstream
+    // connection meanwhile — unless `max_streaming_uploads` bodies already stream to this
+    // upstream from this worker: then it is read whole first, so slow clients cannot pin
+    // more upstream connections than that (see `inbound`).
+    let mut upload = None;
+    let mut held = Vec::new();
+    let body = match ob.body {
+        OutBody::FromClient if !body_is_here(c, req.framing) => {
+            let cap = snap.limits.max_streaming_uploads;
+            match inbound::Upload::begin(worker, &upstream.name, cap) {
+                Some(u) => {
+                    upload = Some(u);
+                    OutBody::FromClient
+                }
+                None => {
+                    inbound::collect_body(c, req.framing, &snap.limits, &mut held)
+                        .await
+                        .map_err(Failure::Respond)?;
+                    OutBody::Buffered(&held)
+                }
+            }
+        }
+        b => b,
+    };
+    let mut up_out = std::mem::take(&mut c.up_out);
+    finish_head(&mut up_out, &req, &ob, body);
     // A small body that is already here travels with the head, so the request is replayable.
-    let inline = match (ob.body, req.framing) {
+    let inline = match (body, req.framing) {
         (OutBody::Buffered(b), _) => {
             up_out.extend_from_slice(b);
             true
@@ -207,40 +225,39 @@ pub async fn forward(
         worker.resilience.borrow_mut().record(permit, outcome);
     };
     let mut attempt = 0;
+    // Whether the client's body has been read off its connection.
+    let mut body_read = inline;
     let (mut up, first, permit) = loop {
         attempt += 1;
-        let (mut up, permit) = match acquire(
-            worker,
-            snap,
-            up_idx,
-            upstream,
-            inline && req.idempotent,
-            cap(connect_timeout),
-        )
-        .await
-        {
-            Ok(u) => u,
-            Err(NoEndpoint::Unavailable(wait)) => {
-                c.up_out = up_out;
-                return unavailable(worker, c, req, inline, ob.extra_response, wait).await;
-            }
-            Err(NoEndpoint::Failed(e)) => {
-                c.up_out = up_out;
-                // The body is still unread on the connection unless it went inline.
-                let e = GatewayError::from(e);
-                return Err(Failure::Respond(if inline { e } else { e.closing() }));
-            }
-        };
-        let (res, buf) = up.stream.write_all(up_out).await;
+        let (mut up, permit) =
+            match acquire(worker, snap, up_idx, upstream, cap(connect_timeout)).await {
+                Ok(u) => u,
+                Err(NoEndpoint::Unavailable(wait)) => {
+                    c.up_out = up_out;
+                    return unavailable(worker, c, req, inline, ob.extra_response, wait).await;
+                }
+                Err(NoEndpoint::Failed(e)) => {
+                    c.up_out = up_out;
+                    // The body is still unread on the connection unless it went inline.
+                    let e = GatewayError::from(e);
+                    return Err(Failure::Respond(if inline { e } else { e.closing() }));
+                }
+            };
+        let (res, buf) = up.write_all(up_out).await;
         up_out = buf;
-        let sent = res.is_ok();
+        // Bytes that reached a pooled connection before this write are not our response:
+        // such a connection fails here like one the upstream closed (see `pool`).
+        let sent = res.is_ok() && up.settle().await == pool::Settled::Clean;
         if sent && !inline {
-            if let Err(f) = inbound::stream_body(c, &mut up, req.framing, &snap.limits).await {
+            let streamed = inbound::stream_body(c, &mut up, req.framing, &snap.limits).await;
+            drop(upload.take());
+            if let Err(f) = streamed {
                 c.up_out = up_out;
                 // Most likely the client's body failed; nothing is known about the upstream.
                 record(permit, Outcome::ClientCancelled);
                 return Err(f);
             }
+            body_read = true;
         }
         let first = if sent {
             relay::read_response_head(
@@ -298,7 +315,9 @@ pub async fn forward(
             Err(e) => {
                 record(permit, engine::outcome_of(e));
                 c.up_out = up_out;
-                return Err(e.into());
+                // An unread body would be taken for the next request.
+                let e = GatewayError::from(e);
+                return Err(Failure::Respond(if body_read { e } else { e.closing() }));
             }
         }
     };
@@ -354,6 +373,7 @@ pub async fn forward(
     if plan.upstream_reusable {
         up.served += 1;
         if up.served < upstream.pool_max_requests {
+            // Refused (and closed) when bytes past the response are buffered.
             worker.pools.borrow_mut().put(up, upstream.pool_max_idle);
         }
     }
@@ -374,7 +394,6 @@ async fn acquire(
     snap: &Snapshot,
     up_idx: Option<usize>,
     upstream: &Upstream,
-    replayable: bool,
     connect_timeout: std::time::Duration,
 ) -> Result<(UpConn, Option<Permit>), NoEndpoint> {
     let n = upstream.endpoints.len();
@@ -406,7 +425,6 @@ async fn acquire(
             ep.addr,
             upstream.pool_idle_timeout,
             upstream.pool_max_requests,
-            replayable,
         ) {
             worker.metrics.borrow_mut().upstream_reuses += 1;
             return Ok((c, permit));
@@ -515,15 +533,24 @@ pub fn write_head_prefix(
     let _ = write!(out, "x-request-id: {}\r\n", c.request_id);
 }
 
+/// Whether the whole body is in the connection buffer and small enough to go with the head.
+fn body_is_here(c: &ClientConn, framing: BodyFraming) -> bool {
+    match framing {
+        BodyFraming::None => true,
+        BodyFraming::Length(n) => n <= INLINE_BODY as u64 && c.buffered().len() as u64 >= n,
+        BodyFraming::Chunked => false,
+    }
+}
+
 /// Completes the head: Host, extra lines, framing, upstream credential, blank line.
-fn finish_head(out: &mut Vec<u8>, req: &ReqInfo, ob: &Outbound<'_>) {
+fn finish_head(out: &mut Vec<u8>, req: &ReqInfo, ob: &Outbound<'_>, body: OutBody<'_>) {
     out.extend_from_slice(b"host: ");
     // All endpoints of an upstream share its Host value (the first endpoint as written, or
     // `host_header`).
     out.extend_from_slice(ob.upstream.endpoints[0].host.as_bytes());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(ob.extra_request);
-    match (ob.body, req.framing) {
+    match (body, req.framing) {
         (OutBody::Buffered(b), _) => {
             let _ = write!(out, "content-length: {}\r\n", b.len());
         }

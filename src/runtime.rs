@@ -474,7 +474,8 @@ async fn worker_main(
     let worker = Rc::new(Worker {
         id,
         snapshot: RefCell::new(Rc::new(snapshot)),
-        pools: RefCell::new(Pools::default()),
+        // io_uring watches idle upstream connections with a posted receive (see `pool`).
+        pools: RefCell::new(Pools::new(driver == Driver::IoUring)),
         metrics: RefCell::new(metrics),
         drain: Drain::default(),
         conns: Cell::new(0),

@@ -16,6 +16,19 @@ pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest silence allowed while a request body is arriving → 408.
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for a whole request body, from when the gateway starts reading it → 408.
+/// 10 MiB at 1 Mbit/s takes ~84 s.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// Least average rate of a request body once [`BODY_RATE_GRACE`] has passed → 408. A body
+/// trickling slower than this is an attack or a dead link, not a client worth an upstream
+/// connection.
+pub const MIN_BODY_RATE_BYTES_PER_S: u64 = 1024;
+/// How long a body may take before its average rate is checked.
+pub const BODY_RATE_GRACE: Duration = Duration::from_secs(10);
+/// Request bodies one worker streams to one upstream at once while they arrive (each holds
+/// an upstream connection); over it, a body is read whole before an upstream connection is
+/// taken.
+pub const MAX_STREAMING_UPLOADS: u32 = 32;
 /// How long an idle keep-alive connection is kept open waiting for the next request.
 pub const KEEPALIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections one worker serves at once; over it new connections get 503 and are closed.
@@ -32,6 +45,11 @@ pub struct Limits {
     pub max_body_bytes: u64,
     pub header_read_timeout: Duration,
     pub body_idle_timeout: Duration,
+    pub body_read_timeout: Duration,
+    /// Bytes per second; 0 turns the rate check off.
+    pub min_body_rate: u64,
+    pub body_rate_grace: Duration,
+    pub max_streaming_uploads: u32,
     pub keepalive_idle_timeout: Duration,
     pub max_connections_per_worker: usize,
     /// Forward request headers whose names contain `_` (dropped by default; see
@@ -61,6 +79,10 @@ impl Default for Limits {
             max_body_bytes: MAX_BODY_BYTES,
             header_read_timeout: HEADER_READ_TIMEOUT,
             body_idle_timeout: BODY_IDLE_TIMEOUT,
+            body_read_timeout: BODY_READ_TIMEOUT,
+            min_body_rate: MIN_BODY_RATE_BYTES_PER_S,
+            body_rate_grace: BODY_RATE_GRACE,
+            max_streaming_uploads: MAX_STREAMING_UPLOADS,
             keepalive_idle_timeout: KEEPALIVE_IDLE_TIMEOUT,
             max_connections_per_worker: MAX_CONNECTIONS_PER_WORKER,
             allow_underscores_in_headers: false,
@@ -78,6 +100,10 @@ pub struct RawLimits {
     pub max_body_bytes: Option<u64>,
     pub header_read_timeout_ms: Option<u64>,
     pub body_idle_timeout_ms: Option<u64>,
+    pub body_read_timeout_ms: Option<u64>,
+    pub min_body_rate_bytes_per_s: Option<u64>,
+    pub body_rate_grace_ms: Option<u64>,
+    pub max_streaming_uploads: Option<u32>,
     pub keepalive_idle_timeout_ms: Option<u64>,
     pub max_connections_per_worker: Option<usize>,
     pub allow_underscores_in_headers: Option<bool>,
@@ -97,6 +123,12 @@ impl RawLimits {
                 .header_read_timeout_ms
                 .map_or(d.header_read_timeout, ms),
             body_idle_timeout: self.body_idle_timeout_ms.map_or(d.body_idle_timeout, ms),
+            body_read_timeout: self.body_read_timeout_ms.map_or(d.body_read_timeout, ms),
+            min_body_rate: self.min_body_rate_bytes_per_s.unwrap_or(d.min_body_rate),
+            body_rate_grace: self.body_rate_grace_ms.map_or(d.body_rate_grace, ms),
+            max_streaming_uploads: self
+                .max_streaming_uploads
+                .unwrap_or(d.max_streaming_uploads),
             keepalive_idle_timeout: self
                 .keepalive_idle_timeout_ms
                 .map_or(d.keepalive_idle_timeout, ms),
@@ -134,6 +166,8 @@ impl RawLimits {
         for (key, v) in [
             ("header_read_timeout_ms", self.header_read_timeout_ms),
             ("body_idle_timeout_ms", self.body_idle_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+            ("body_rate_grace_ms", self.body_rate_grace_ms),
             ("keepalive_idle_timeout_ms", self.keepalive_idle_timeout_ms),
         ] {
             if v == Some(0) {
@@ -141,5 +175,60 @@ impl RawLimits {
             }
         }
         l
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(toml_text: &str) -> (Limits, Vec<String>) {
+        let raw: RawLimits = toml::from_str(toml_text).unwrap();
+        let mut problems = Vec::new();
+        let l = raw.build(&mut problems);
+        (l, problems.iter().map(|p| p.to_string()).collect())
+    }
+
+    #[test]
+    fn body_pace_and_upload_keys_default_and_override() {
+        let (d, problems) = build("");
+        assert!(problems.is_empty());
+        assert_eq!(
+            (
+                d.body_read_timeout,
+                d.min_body_rate,
+                d.body_rate_grace,
+                d.max_streaming_uploads
+            ),
+            (
+                BODY_READ_TIMEOUT,
+                MIN_BODY_RATE_BYTES_PER_S,
+                BODY_RATE_GRACE,
+                MAX_STREAMING_UPLOADS
+            )
+        );
+        let (l, problems) = build(
+            "body_read_timeout_ms = 500\nmin_body_rate_bytes_per_s = 0\n\
+             body_rate_grace_ms = 20\nmax_streaming_uploads = 0",
+        );
+        assert!(problems.is_empty());
+        assert_eq!(l.body_read_timeout, Duration::from_millis(500));
+        assert_eq!(l.body_rate_grace, Duration::from_millis(20));
+        // 0 is meaningful for these two: no rate check, and every body read before forwarding.
+        assert_eq!((l.min_body_rate, l.max_streaming_uploads), (0, 0));
+    }
+
+    #[test]
+    fn zero_body_deadlines_are_refused_each_by_name() {
+        let (_, problems) = build("body_read_timeout_ms = 0\nbody_rate_grace_ms = 0");
+        assert_eq!(
+            problems,
+            [
+                "limits.body_read_timeout_ms: must be greater than 0",
+                "limits.body_rate_grace_ms: must be greater than 0"
+            ]
+        );
+        let unknown = toml::from_str::<RawLimits>("body_timeout_ms = 5");
+        assert!(unknown.is_err(), "a mistyped key fails loudly");
     }
 }

@@ -1,39 +1,74 @@
-//! Per-worker upstream keep-alive pools, one per endpoint address.
+//! Per-worker upstream keep-alive pools, one per endpoint address, and the count of request
+//! bodies streaming to each upstream (see [`super::inbound`]).
 //!
 //! # Contract
 //!
 //! [`Pools::take`] returns an idle connection that is younger than the idle timeout, has
-//! served fewer than the per-connection request limit, and — checked with a non-blocking
-//! `MSG_PEEK` once it has been idle a moment ([`PEEK_AFTER_IDLE_UNSAFE`], or
-//! [`PEEK_AFTER_IDLE`] for replayable requests) — has not been closed by the upstream while
-//! idle. A connection the upstream
-//! closed while idle is dropped here, before any request bytes are written to it, so a
-//! non-idempotent request is never sent on a connection known to be dead.
+//! served fewer than the per-connection request limit, and on which nothing arrived while it
+//! sat idle: neither EOF (the upstream closed it) nor a byte. A byte after a complete
+//! response means the upstream sent more than the response (a second response, a body after
+//! a 1xx/204/304 or on a HEAD response, bytes past a `Content-Length` body or after the last
+//! chunk); whatever it sends next would be read as the *next* response on the connection —
+//! possibly another client's — and every later response would be off by one. Such a
+//! connection is retired, never reused. [`Pools::put`] refuses, for the same reason, a
+//! connection whose read buffer still holds bytes past the end of the response.
+//!
+//! # How an idle connection is watched
+//!
+//! - **io_uring**: a receive is posted on the connection when it enters the pool: one SQE,
+//!   submitted with the ring's next enter, no syscall of its own. Its completion with data or
+//!   EOF marks the connection dead, and `take` sees that by polling the operation (no
+//!   syscall). A live connection leaves the pool with its receive cancelled. The cancel SQE
+//!   is queued before the request's write, and the kernel takes SQEs in order, so bytes that
+//!   arrived at any time before the request was written — also ones not reaped yet, because
+//!   the receive was posted in the same ring round or completed since the last reap — are
+//!   caught by the receive. [`UpConn::settle`] collects its outcome right after the write (it
+//!   completes in the same ring round); a stale connection fails the attempt as
+//!   `ClosedBeforeResponse` (replayed on a fresh connection when the request may be) and its
+//!   bytes are never read as a response.
+//! - **legacy (epoll)**: readiness is only learnt at the next epoll wait, so `take` checks
+//!   every reuse with a non-blocking `MSG_PEEK` (one syscall) right before the write.
+//!
+//! # Residual race
+//!
+//! HTTP/1.1 responses carry no request id. Bytes an upstream sends only once the next request
+//! is being written (on io_uring: after the cancel was processed, in the same kernel entry
+//! that writes the request) cannot be told apart from that request's response: that one
+//! response may be wrong. The connection is still retired right after it, since the real
+//! response then arrives as bytes left over in the buffer or while the connection is idle.
+//! Only an upstream that over-sends can cause this.
+//!
+//! # Allocation
+//!
+//! Per connection: the cell the read and write halves share, and the idle receive's slot
+//! ([`watch`]). Per reuse on io_uring: the fresh cancel handle monoio makes (one small `Rc`).
+
+mod watch;
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
+use monoio::BufResult;
 use nix::sys::socket::{recv, MsgFlags};
 
 use crate::config::Snapshot;
-
-/// Idle time below which a pooled connection is reused without the liveness peek, for a
-/// request that can be replayed should the connection be dead after all.
-pub const PEEK_AFTER_IDLE: Duration = Duration::from_millis(100);
-/// Idle time below which any request reuses a pooled connection without the peek: one syscall
-/// per request saved under load, at the risk of one 502 if an upstream closed a connection
-/// within this window of answering on it without saying `Connection: close`.
-pub const PEEK_AFTER_IDLE_UNSAFE: Duration = Duration::from_millis(1);
+pub use watch::Settled;
+use watch::{IdleRecv, ReadHalf};
 
 /// Initial capacity of an upstream connection's read buffer.
 pub const UPSTREAM_READ_BUF: usize = 16 * 1024;
 
 /// An upstream connection with its read buffer.
 pub struct UpConn {
-    pub stream: TcpStream,
+    rd: ReadHalf,
+    wr: OwnedWriteHalf<TcpStream>,
+    fd: RawFd,
     pub addr: SocketAddr,
     pub buf: Vec<u8>,
     /// Requests completed on this connection.
@@ -41,35 +76,115 @@ pub struct UpConn {
     pub idle_since: Instant,
     /// Taken from the pool (as opposed to freshly connected).
     pub reused: bool,
+    /// The receive posted while idle (io_uring); made on the first return to the pool.
+    idle: Option<IdleRecv>,
+    /// Something arrived while the connection was idle (see [`UpConn::settle`]).
+    stale: bool,
 }
 
 impl UpConn {
     pub fn new(stream: TcpStream, addr: SocketAddr) -> Self {
         let _ = stream.set_nodelay(true);
+        let fd = stream.as_raw_fd();
+        let (rd, wr) = stream.into_split();
         Self {
-            stream,
+            rd,
+            wr,
+            fd,
             addr,
             buf: Vec::with_capacity(UPSTREAM_READ_BUF),
             served: 0,
             idle_since: Instant::now(),
             reused: false,
+            idle: None,
+            stale: false,
+        }
+    }
+
+    /// Writes all of `buf` to the upstream.
+    pub async fn write_all<T: IoBuf + 'static>(&mut self, buf: T) -> BufResult<usize, T> {
+        self.wr.write_all(buf).await
+    }
+
+    /// Collects the idle receive cancelled by [`Pools::take`] (see the module docs); call it
+    /// after writing the request head. `Stale`: something arrived while the connection was
+    /// idle and it must not be read. A connection that was not pooled is always `Clean`.
+    pub async fn settle(&mut self) -> Settled {
+        if self.stale {
+            return Settled::Stale;
+        }
+        let Some(idle) = self.idle.as_mut() else {
+            return Settled::Clean;
+        };
+        match idle.settle().await {
+            None => Settled::Clean,
+            Some((s, buf)) => {
+                self.buf = buf;
+                self.stale = s == Settled::Stale;
+                s
+            }
+        }
+    }
+
+    /// Reads more bytes onto the end of `buf`, first making room for at least `min_spare`
+    /// (growing by `grow`). `Ok(0)` is EOF; a stale idle connection reads as an error.
+    pub async fn read_more(&mut self, min_spare: usize, grow: usize) -> io::Result<usize> {
+        if self.settle().await == Settled::Stale {
+            return Err(io::ErrorKind::ConnectionAborted.into());
+        }
+        if self.buf.capacity() - self.buf.len() < min_spare {
+            self.buf.reserve(grow.max(min_spare));
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        let (res, slice) = self.rd.read(buf.slice_mut(len..)).await;
+        self.buf = slice.into_inner();
+        res
+    }
+
+    /// Posts the idle receive. False: the connection is unusable.
+    fn watch(&mut self) -> bool {
+        let half = OwnedReadHalf(self.rd.0.clone());
+        let buf = std::mem::take(&mut self.buf);
+        self.idle
+            .get_or_insert_with(IdleRecv::default)
+            .post(half, buf)
+    }
+
+    /// Whether nothing arrived while idle (see the module docs for both drivers).
+    fn still_in_step(&mut self, watched: bool) -> bool {
+        match (watched, self.idle.as_mut()) {
+            (true, Some(idle)) => idle.release(),
+            _ => nothing_to_read(self.fd),
         }
     }
 }
 
+/// Upstream connections of one worker: idle ones by endpoint, and the streamed uploads in
+/// flight by upstream name.
 #[derive(Default)]
 pub struct Pools {
     idle: HashMap<SocketAddr, Vec<UpConn>>,
+    /// Idle connections keep a receive posted (io_uring) instead of being peeked at reuse.
+    watch: bool,
+    uploads: HashMap<Box<str>, u32>,
 }
 
 impl Pools {
-    /// The most recently used live idle connection to `addr`, if any.
+    /// `watch`: the worker runs the io_uring driver (see the module docs).
+    pub fn new(watch: bool) -> Self {
+        Self {
+            watch,
+            ..Self::default()
+        }
+    }
+
+    /// The most recently used idle connection to `addr` on which nothing arrived, if any.
     pub fn take(
         &mut self,
         addr: SocketAddr,
         idle_timeout: Duration,
         max_requests: u32,
-        replayable: bool,
     ) -> Option<UpConn> {
         let list = self.idle.get_mut(&addr)?;
         let now = Instant::now();
@@ -80,15 +195,7 @@ impl Pools {
             .count();
         list.drain(..expired);
         while let Some(mut c) = list.pop() {
-            // Upstream keep-alive timers run in seconds, and a server that closes right after a
-            // response must say `Connection: close` (which keeps it out of the pool). So a
-            // connection idle for a moment is alive unless the upstream misbehaves; the peek
-            // is skipped there: under PEEK_AFTER_IDLE for a request the caller can replay on a
-            // fresh connection (idempotent, held whole), under PEEK_AFTER_IDLE_UNSAFE for the
-            // rest (a connection reused back to back under load).
-            let idle = now.duration_since(c.idle_since);
-            let fresh = idle < PEEK_AFTER_IDLE_UNSAFE || (replayable && idle < PEEK_AFTER_IDLE);
-            if c.served < max_requests && (fresh || is_alive(&c.stream)) {
+            if c.served < max_requests && c.still_in_step(self.watch) {
                 c.reused = true;
                 return Some(c);
             }
@@ -96,15 +203,53 @@ impl Pools {
         None
     }
 
-    /// Returns a connection after a complete exchange.
-    pub fn put(&mut self, mut c: UpConn, max_idle: usize) {
-        c.buf.clear();
+    /// Returns a connection after a complete exchange; false if it was retired instead
+    /// (bytes past the end of the response are buffered, or the idle receive failed).
+    pub fn put(&mut self, mut c: UpConn, max_idle: usize) -> bool {
+        if !c.buf.is_empty() {
+            return false;
+        }
+        if self.watch && !c.watch() {
+            return false;
+        }
         c.idle_since = Instant::now();
         let list = self.idle.entry(c.addr).or_default();
         if list.len() >= max_idle {
             list.remove(0);
         }
         list.push(c);
+        true
+    }
+
+    /// Counts a streamed upload to `upstream` unless `cap` are in flight already.
+    pub fn begin_upload(&mut self, upstream: &str, cap: u32) -> bool {
+        match self.uploads.get_mut(upstream) {
+            Some(n) if *n >= cap => false,
+            Some(n) => {
+                *n += 1;
+                true
+            }
+            None if cap == 0 => false,
+            None => {
+                self.uploads.insert(upstream.into(), 1);
+                true
+            }
+        }
+    }
+
+    /// Ends an upload counted by [`begin_upload`](Self::begin_upload).
+    pub fn end_upload(&mut self, upstream: &str) {
+        if let Some(n) = self.uploads.get_mut(upstream) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.uploads.remove(upstream);
+            }
+        }
+    }
+
+    /// Streamed uploads to `upstream` in flight on this worker.
+    pub fn uploads(&self, upstream: &str) -> u32 {
+        self.uploads.get(upstream).copied().unwrap_or(0)
     }
 
     /// Keeps pools only for endpoints the new snapshot still uses.
@@ -126,15 +271,194 @@ impl Pools {
 }
 
 /// Non-blocking peek: an idle connection must have nothing to read. EOF means the upstream
-/// closed it; unexpected bytes mean it is out of sync. Either way it is unusable.
-fn is_alive(stream: &TcpStream) -> bool {
+/// closed it; a byte means it is out of step. Either way it is unusable.
+fn nothing_to_read(fd: RawFd) -> bool {
     let mut b = [0u8; 1];
     matches!(
-        recv(
-            stream.as_raw_fd(),
-            &mut b,
-            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
-        ),
+        recv(fd, &mut b, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
         Err(nix::errno::Errno::EAGAIN)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// Runs `scenario(watch)` on the io_uring driver (watching idle connections) and on the
+    /// legacy driver (peeking), as workers do.
+    fn on_both_drivers<F: Future<Output = ()>>(scenario: impl Fn(bool) -> F) {
+        if monoio::utils::detect_uring() {
+            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .enable_timer()
+                .build()
+                .expect("io_uring runtime")
+                .block_on(scenario(true));
+        } else {
+            eprintln!("io_uring unavailable here: only the legacy driver is exercised");
+        }
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("legacy runtime")
+            .block_on(scenario(false));
+    }
+
+    /// A pooled-to-be connection and the upstream's end of it.
+    async fn connected() -> (UpConn, std::net::TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = TcpStream::connect_addr(addr).await.unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        (UpConn::new(stream, addr), peer)
+    }
+
+    const IDLE: Duration = Duration::from_secs(60);
+
+    /// What a misbehaving upstream may do to a connection after answering on it.
+    #[derive(Debug, Clone, Copy)]
+    enum After {
+        Send(&'static [u8]),
+        Eof,
+    }
+
+    const MISBEHAVIOURS: [After; 4] = [
+        After::Send(b"\n"),
+        After::Send(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nother"),
+        After::Send(b"late body"),
+        After::Eof,
+    ];
+
+    impl After {
+        fn act(self, peer: &mut std::net::TcpStream) {
+            match self {
+                After::Send(b) => peer.write_all(b).unwrap(),
+                After::Eof => peer.shutdown(std::net::Shutdown::Write).unwrap(),
+            }
+        }
+    }
+
+    #[test]
+    fn what_arrives_while_idle_retires_the_connection() {
+        for what in MISBEHAVIOURS {
+            on_both_drivers(|watch| async move {
+                let mut pools = Pools::new(watch);
+                let (c, mut peer) = connected().await;
+                let addr = c.addr;
+                assert!(pools.put(c, 8));
+                what.act(&mut peer);
+                // Let the ring reap the receive's completion (io_uring); the peek needs
+                // nothing (legacy).
+                monoio::time::sleep(Duration::from_millis(30)).await;
+                assert!(
+                    pools.take(addr, IDLE, 100).is_none(),
+                    "{what:?} (watch: {watch})"
+                );
+                assert_eq!(pools.idle_count(), 0);
+            });
+        }
+    }
+
+    /// Bytes already waiting when the connection is pooled and taken in the same ring round
+    /// (nothing submitted in between): io_uring hands the connection out and reports it stale
+    /// once the request is written; the legacy peek refuses it outright. Either way the bytes
+    /// are never read as the response.
+    #[test]
+    fn bytes_waiting_in_the_same_round_are_caught() {
+        for what in MISBEHAVIOURS {
+            on_both_drivers(|watch| async move {
+                let mut pools = Pools::new(watch);
+                let (c, mut peer) = connected().await;
+                let addr = c.addr;
+                what.act(&mut peer);
+                // Blocks the thread without parking the runtime: the bytes arrive, no
+                // SQE is submitted.
+                std::thread::sleep(Duration::from_millis(30));
+                assert!(pools.put(c, 8));
+                let taken = pools.take(addr, IDLE, 100);
+                if !watch {
+                    assert!(taken.is_none(), "{what:?}: the peek refuses it");
+                    return;
+                }
+                let mut c = taken.expect("nothing reaped yet");
+                let (res, _) = c.write_all(b"GET / HTTP/1.1\r\n\r\n".to_vec()).await;
+                res.unwrap();
+                assert_eq!(c.settle().await, Settled::Stale, "{what:?}");
+                let r = c.read_more(1024, UPSTREAM_READ_BUF).await;
+                assert!(r.is_err(), "{what:?}: a stale connection is never read");
+            });
+        }
+    }
+
+    #[test]
+    fn a_quiet_connection_is_reused_and_reads_its_response() {
+        on_both_drivers(|watch| async move {
+            let mut pools = Pools::new(watch);
+            let (mut c, mut peer) = connected().await;
+            let addr = c.addr;
+            for round in 0..4 {
+                assert!(pools.put(c, 8));
+                // Odd rounds take it back in the same ring round: the receive is cancelled
+                // before it was even submitted, and must settle clean all the same.
+                if round % 2 == 0 {
+                    monoio::time::sleep(Duration::from_millis(5)).await;
+                }
+                c = pools.take(addr, IDLE, 100).expect("still in step");
+                assert!(c.reused);
+                let (res, _) = c.write_all(b"ping".to_vec()).await;
+                res.unwrap();
+                assert_eq!(c.settle().await, Settled::Clean);
+                let mut got = [0u8; 4];
+                peer.read_exact(&mut got).unwrap();
+                assert_eq!(&got, b"ping");
+                peer.write_all(b"pong").unwrap();
+                while c.buf.len() < 4 {
+                    assert!(c.read_more(1024, UPSTREAM_READ_BUF).await.unwrap() > 0);
+                }
+                assert_eq!(c.buf, b"pong");
+                c.buf.clear();
+            }
+        });
+    }
+
+    #[test]
+    fn bytes_left_past_the_response_keep_a_connection_out_of_the_pool() {
+        on_both_drivers(|watch| async move {
+            let mut pools = Pools::new(watch);
+            let (mut c, _peer) = connected().await;
+            let addr = c.addr;
+            c.buf.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+            assert!(!pools.put(c, 8));
+            assert_eq!(pools.idle_count(), 0);
+            assert!(pools.take(addr, IDLE, 100).is_none());
+        });
+    }
+
+    #[test]
+    fn uploads_are_capped_per_upstream() {
+        let mut pools = Pools::default();
+        assert!(pools.begin_upload("a", 2));
+        assert!(pools.begin_upload("a", 2));
+        assert!(!pools.begin_upload("a", 2), "the third is over the cap");
+        assert!(
+            pools.begin_upload("b", 2),
+            "another upstream has its own count"
+        );
+        pools.end_upload("a");
+        assert_eq!(pools.uploads("a"), 1);
+        assert!(pools.begin_upload("a", 2));
+        assert!(!pools.begin_upload("c", 0), "0 streams nothing");
+        for _ in 0..2 {
+            pools.end_upload("a");
+        }
+        pools.end_upload("b");
+        assert_eq!((pools.uploads("a"), pools.uploads("b")), (0, 0));
+        assert!(
+            pools.uploads.is_empty(),
+            "finished upstreams leave no entry"
+        );
+    }
 }

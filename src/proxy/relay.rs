@@ -7,7 +7,9 @@
 //! without hop-by-hop fields and decides both sides' framing. [`relay_body`] forwards the body
 //! read by read — each upstream read is written to the client before the next read, so
 //! server-sent events are never held back — and fails if the upstream stops early, in which
-//! case the caller closes the client connection so the response cannot look complete.
+//! case the caller closes the client connection so the response cannot look complete. A
+//! response to HEAD, a 1xx, 204 or 304 has no body whatever its headers say. Bytes past the end
+//! of the body stay in `up.buf`, so the pool refuses the connection (see [`super::pool`]).
 
 use std::io::Write;
 use std::mem::MaybeUninit;
@@ -19,7 +21,7 @@ use crate::http::parse::{parse_content_length, tokens};
 use crate::http::write::reason;
 use crate::server::ClientConn;
 
-use super::pool::UpConn;
+use super::pool::{UpConn, UPSTREAM_READ_BUF};
 use super::tap::Tap;
 
 /// Largest upstream response head accepted.
@@ -83,22 +85,11 @@ pub async fn read_response_head(
             None if up.buf.len() >= MAX_RESPONSE_HEAD => return Err(UpstreamError::BadResponse),
             None => {}
         }
-        if up.buf.capacity() - up.buf.len() < 1024 {
-            up.buf.reserve(up.buf.capacity());
-        }
-        let buf = std::mem::take(&mut up.buf);
-        let read = crate::server::read_into(&mut up.stream, buf);
-        match monoio::time::timeout_at(deadline.into(), read).await {
-            Ok((Ok(n), buf)) => {
-                up.buf = buf;
-                if n == 0 {
-                    return Err(UpstreamError::ClosedBeforeResponse);
-                }
-            }
-            Ok((Err(_), buf)) => {
-                up.buf = buf;
-                return Err(UpstreamError::ClosedBeforeResponse);
-            }
+        // Double the buffer when it runs short (a large head).
+        let grow = up.buf.capacity().max(UPSTREAM_READ_BUF);
+        match monoio::time::timeout_at(deadline.into(), up.read_more(1024, grow)).await {
+            Ok(Ok(0) | Err(_)) => return Err(UpstreamError::ClosedBeforeResponse),
+            Ok(Ok(_)) => {}
             Err(_) => return Err(UpstreamError::FirstByteTimeout),
         }
     }
@@ -363,17 +354,12 @@ pub async fn relay_body(
         if done {
             return Ok(());
         }
-        if up.buf.capacity() - up.buf.len() < 4096 {
-            up.buf.reserve(RELAY_READ);
-        }
-        let buf = std::mem::take(&mut up.buf);
         // Each read waits at most the idle gap, and never past the route's total deadline.
         let wait = deadline.map_or(idle, |dl| {
             idle.min(dl.saturating_duration_since(std::time::Instant::now()))
         });
-        match monoio::time::timeout(wait, crate::server::read_into(&mut up.stream, buf)).await {
-            Ok((Ok(0), buf)) => {
-                up.buf = buf;
+        match monoio::time::timeout(wait, up.read_more(4096, RELAY_READ)).await {
+            Ok(Ok(0)) => {
                 if plan.up == UpFraming::Close {
                     let (out, chunked) = (&mut c.out, plan.chunk_to_client);
                     tap.finish(&mut |d| stage_chunk(out, d, chunked));
@@ -384,14 +370,13 @@ pub async fn relay_body(
                 }
                 return Err(UpstreamError::ClosedMidBody);
             }
-            Ok((Ok(_), buf)) => {
-                up.buf = buf;
+            Ok(Ok(_)) => {
                 if streamed {
                     gap(last_read.elapsed().as_micros() as u64);
                     last_read = std::time::Instant::now();
                 }
             }
-            Ok((Err(_), _)) => return Err(UpstreamError::ClosedMidBody),
+            Ok(Err(_)) => return Err(UpstreamError::ClosedMidBody),
             Err(_) => return Err(UpstreamError::IdleTimeout),
         }
     }
