@@ -22,7 +22,7 @@ use crate::http::parse::{parse_request, RequestHead};
 use crate::http::write::{error_response, ErrorResponse};
 use crate::runtime::Worker;
 
-pub use conn::{read_into, ClientConn, ReadError, Wait};
+pub use conn::{read_into, ClientConn, ReadError};
 
 /// Accepts until the worker drains.
 pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
