@@ -88,6 +88,7 @@ fn spawn_serving(worker: Rc<Worker>, c: ClientConn) {
 ///
 /// An `async move` block rather than an `async fn`: an async fn's future keeps its arguments
 /// apart from the locals they move into, i.e. the connection twice.
+#[allow(clippy::manual_async_fn)]
 fn hibernate(
     worker: Rc<Worker>,
     mut c: ClientConn,
@@ -105,6 +106,9 @@ fn hibernate(
 }
 
 /// How [`serve`] ended.
+// Returned once, by value, as a serving task ends: boxing the connection would cost an
+// allocation per hibernation for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Served {
     Closed,
     /// No request for [`conn::HIBERNATE_AFTER`]: hibernate until the keep-alive deadline.

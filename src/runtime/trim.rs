@@ -81,7 +81,11 @@ mod tests {
             (0, 60, false), // nothing closed since
         ];
         for (i, (conns, s, want)) in steps.into_iter().enumerate() {
-            assert_eq!(t.tick(conns, at(s)), want, "step {i}: {conns} open at {s} s");
+            assert_eq!(
+                t.tick(conns, at(s)),
+                want,
+                "step {i}: {conns} open at {s} s"
+            );
         }
         // A worker that never had TRIM_AFTER_CLOSED connections never trims.
         let mut small = Trim::default();

@@ -503,7 +503,10 @@ mod tests {
                 if !c.wait_woken(drain, deadline).await {
                     return None;
                 }
-                assert!(!c.buffered().is_empty(), "woken with the request's first bytes");
+                assert!(
+                    !c.buffered().is_empty(),
+                    "woken with the request's first bytes"
+                );
                 assert!(c.out.capacity() >= INIT_READ_BUF, "write buffers are back");
                 Some(true)
             }
