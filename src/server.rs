@@ -14,7 +14,7 @@
 //!
 //! A connection is served by a task as large as the deepest request path (~4.5 KB). After
 //! [`conn::HIBERNATE_AFTER`] without a request that task ends and a ~0.6 KB one holds the
-//! connection, with no buffers, until it is readable again ([`hibernate`]); its keep-alive
+//! connection, with no buffers, until it is readable again (`hibernate`); its keep-alive
 //! deadline is then checked with the worker's drain table (±100 ms).
 
 mod conn;
