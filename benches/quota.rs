@@ -68,6 +68,12 @@ fn bench(c: &mut Criterion) {
     c.bench_function("quota/key_digest", |b| {
         b.iter(|| rule.key_for(black_box(b"subject-4242")))
     });
+    // What the quota stage does before each check since recalls exist: one look at the
+    // worker's (usually empty) inbox.
+    let (_tx, inbox) = crossbeam_channel::unbounded::<u64>();
+    c.bench_function("quota/inbox_poll_empty", |b| {
+        b.iter(|| black_box(inbox.try_recv().is_err()))
+    });
 }
 
 criterion_group!(benches, bench);

@@ -5,9 +5,11 @@
 # Starts mock-upstream and shardgate (one worker on GW_CORE), sends WARMUP requests on one
 # connection (so the upstream pool and first-request allocations exist), reads the baseline
 # VmRSS, then opens N connections, sends one request on each (a real keep-alive connection
-# that has served a request) and holds them all open while VmRSS is read again.
+# that has served a request) and holds them all open while VmRSS is read again; then closes
+# them and reads it once more (is the memory given back?). ROUNDS repeats the open/close
+# cycle: a second round that costs no more than the first shows retention, not a leak.
 #
-# Environment knobs (defaults): CONNS=10000 WARMUP=200 HOLD=2 GW_CORE=0 UP_CORE=1
+# Environment knobs (defaults): CONNS=10000 WARMUP=200 HOLD=2 ROUNDS=2 GW_CORE=0 UP_CORE=1
 # UP_PORT=9100 GW_PORT=8180 SKIP_BUILD=1 (use existing release binaries)
 # SHARDGATE=target/release/shardgate (the binary measured).
 set -euo pipefail
@@ -16,6 +18,7 @@ cd "$(dirname "$0")/.."
 CONNS=${CONNS:-10000}
 WARMUP=${WARMUP:-200}
 HOLD=${HOLD:-2}
+ROUNDS=${ROUNDS:-2}
 GW_CORE=${GW_CORE:-0}
 UP_CORE=${UP_CORE:-1}
 UP_PORT=${UP_PORT:-9100}
@@ -71,16 +74,23 @@ SG_PID=$!
 PIDS+=("$SG_PID")
 wait_port "$GW_PORT" || { echo "shardgate did not start:" >&2; cat "$TMP/sg.log" >&2; exit 1; }
 
-taskset -c "$UP_CORE" python3 - "$GW_PORT" "$SG_PID" "$CONNS" "$WARMUP" "$HOLD" <<'PYEOF'
+taskset -c "$UP_CORE" python3 - "$GW_PORT" "$SG_PID" "$CONNS" "$WARMUP" "$HOLD" "$ROUNDS" <<'PYEOF'
 import socket, sys, time
 
-port, pid, conns, warmup, hold = (int(a) for a in sys.argv[1:])
+port, pid, conns, warmup, hold, rounds = (int(a) for a in sys.argv[1:])
 REQ = (b"GET /v1/models HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
 
-def rss_kib():
+def status_kib(field):
     for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
+
+def rss_kib():
+    return status_kib("VmRSS")
+
+def anon_kib():
+    """The heap and stacks: RssAnon (VmRSS less the binary's mapped pages)."""
+    return status_kib("RssAnon")
 
 def exchange(s):
     """Sends one request and reads one Content-Length response."""
@@ -110,22 +120,36 @@ for _ in range(warmup):
     exchange(w)
 time.sleep(0.5)
 base = rss_kib()
+base_anon = anon_kib()
 
-socks = [w]
-t0 = time.time()
-for i in range(conns):
-    s = socket.create_connection(("127.0.0.1", port))
-    exchange(s)
-    socks.append(s)
-opened = time.time() - t0
-time.sleep(hold)
-held = rss_kib()
-# Every connection is still alive: one more request on the first and the last.
-exchange(socks[1])
-exchange(socks[-1])
-delta = held - base
-print(f"idle keep-alive connections: {conns} (opened and used in {opened:.1f} s)")
-print(f"shardgate VmRSS baseline:    {base / 1024:8.1f} MiB (after {warmup} requests)")
-print(f"shardgate VmRSS with conns:  {held / 1024:8.1f} MiB")
-print(f"added:                       {delta / 1024:8.1f} MiB = {delta * 1024 / conns:.0f} bytes per connection")
+print(f"shardgate VmRSS baseline:    {base / 1024:8.1f} MiB (after {warmup} requests; anonymous {base_anon / 1024:.1f} MiB)")
+for r in range(rounds):
+    socks = []
+    t0 = time.time()
+    for i in range(conns):
+        s = socket.create_connection(("127.0.0.1", port))
+        exchange(s)
+        socks.append(s)
+    opened = time.time() - t0
+    time.sleep(hold)
+    held = rss_kib()
+    held_anon = anon_kib()
+    # Every connection is still alive: one more request on the first and the last.
+    exchange(socks[0])
+    exchange(socks[-1])
+    # Close them all (the warmup connection stays) and let the worker notice.
+    for s in socks:
+        s.close()
+    socks = []
+    time.sleep(hold)
+    exchange(w)
+    time.sleep(0.5)
+    after = rss_kib()
+    after_anon = anon_kib()
+    delta = held - base
+    print(f"round {r + 1}: {conns} idle keep-alive connections (opened and used in {opened:.1f} s)")
+    print(f"  shardgate VmRSS with conns:  {held / 1024:8.1f} MiB (anonymous {held_anon / 1024:.1f} MiB)")
+    print(f"  added:                       {delta / 1024:8.1f} MiB = {delta * 1024 / conns:.0f} bytes per connection")
+    print(f"  after they closed:           {after / 1024:8.1f} MiB (anonymous {after_anon / 1024:.1f} MiB; "
+          f"{(after - base) / 1024:.1f} MiB above baseline)")
 PYEOF

@@ -471,6 +471,9 @@ fn charge(worker: &Worker, account: &Account, tokens: Option<u64>) {
             .quota
             .borrow_mut()
             .charge_tokens(ticket, used.min(u64::from(u32::MAX)) as u32, now);
+        // An overrun goes to the coordinator now, not at the next inbox tick: it may take the
+        // key over its limit, and other cores' leases are recalled only once it is counted.
+        worker.flush_quota();
     }
     if used > 0 {
         let subject = account.subject.as_deref().unwrap_or("anonymous");

@@ -34,10 +34,31 @@
 //!
 //! Tokens use the same window. A request is admitted while this core's lease still holds at
 //! least one token; what it really used is charged when its response finishes, so the minute
-//! can overrun by at most the tokens of requests in flight when the lease ran dry (bounded by
+//! can overrun by at most the tokens of requests in flight when the key ran dry (bounded by
 //! concurrency × the largest response). With `reserve_max_tokens` the request's `max_tokens` is
 //! taken up front (admitted only if that many are left) and the difference is refunded, so the
 //! overrun is only what a response uses beyond its own `max_tokens`.
+//!
+//! An overrun must not leave quota behind that was counted before it: leases are counted when
+//! granted, so a lease sized before a response overran (a prefetched next-slot lease, another
+//! core's lease) would otherwise admit more on tokens already used. Two rules keep *outstanding
+//! leases + charged usage ≤ L* in every span a lease lives in, except for the requests in
+//! flight when the key ran dry:
+//!
+//! - [`QuotaShard::charge_tokens`] takes an overrun from the lease in hand, then out of this
+//!   core's next-slot lease (released, and the whole overrun charged in the current slot, where
+//!   it was used);
+//! - when a [`ToCoordinator::Charge`] leaves the window over the limit, the coordinator sends
+//!   [`FromCoordinator::Recall`] to every core it granted a live lease of the key; each returns
+//!   its leases and asks again (and is denied until the window frees). Replies to one core are
+//!   ordered, so a lease granted before the charge is always recalled after it arrives. The
+//!   engine sends a charge as soon as the response finishes and polls the inbox before every
+//!   quota decision, so another core learns of it one coordination-thread hop later (at the
+//!   latest at its next 5 ms inbox tick); the charging core itself never admits on it, since
+//!   its own next lease request queues behind the charge.
+//!
+//! Hence, with one request at a time, a key is admitted only while the tokens already charged
+//! in its window are below the limit: the window holds at most `L - 1` plus one response.
 //!
 //! # Leases
 //!
@@ -281,6 +302,10 @@ pub struct Deny {
 pub enum FromCoordinator {
     Grant(Grant),
     Deny(Deny),
+    /// A charge took the key's window past its token limit: what is still leased was counted
+    /// against quota that responses have used since. Return every lease of `key` (unused
+    /// parts go back) and ask again before admitting another request.
+    Recall(QuotaKey),
 }
 
 impl FromCoordinator {
@@ -288,6 +313,7 @@ impl FromCoordinator {
         match self {
             FromCoordinator::Grant(g) => g.key,
             FromCoordinator::Deny(d) => d.key,
+            FromCoordinator::Recall(key) => *key,
         }
     }
 }

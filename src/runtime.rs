@@ -19,6 +19,7 @@
 //! `Connection: close`), and exits when none are left or the drain timeout passes.
 
 mod drain;
+mod trim;
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -36,7 +37,7 @@ use crate::metrics::{Driver, WorkerMetrics};
 use crate::proxy::pool::Pools;
 use crate::quota::QuotaShard;
 
-pub use drain::Drain;
+pub use drain::{Drain, EXPIRE_EVERY};
 
 /// How often a worker looks at its inbox.
 pub const INBOX_TICK: Duration = Duration::from_millis(5);
@@ -523,8 +524,13 @@ pub const QUOTA_TICK: Duration = Duration::from_millis(100);
 async fn inbox_loop(worker: Rc<Worker>) {
     let mut last_quota_tick = Instant::now();
     let mut last_purge = Instant::now();
+    let mut trim = trim::Trim::default();
     loop {
         worker.poll_inbox();
+        // Hibernating connections past their keep-alive deadline close; once many have
+        // closed, what they held goes back to the kernel.
+        worker.drain.expire(Instant::now());
+        trim.tick(worker.conns.get(), Instant::now());
         if last_quota_tick.elapsed() >= QUOTA_TICK {
             last_quota_tick = Instant::now();
             let now = worker.now_ms();

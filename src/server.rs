@@ -9,6 +9,13 @@
 //! the worker starts draining, is closed. A head that takes longer than the header-read
 //! timeout gets 408 (slowloris). Over `max_connections_per_worker`, new connections get a 503
 //! and are closed.
+//!
+//! # Memory
+//!
+//! A connection is served by a task as large as the deepest request path (~4.5 KB). After
+//! [`conn::HIBERNATE_AFTER`] without a request that task ends and a ~0.6 KB one holds the
+//! connection, with no buffers, until it is readable again (`hibernate`); its keep-alive
+//! deadline is then checked with the worker's drain table (±100 ms).
 
 mod conn;
 
@@ -40,11 +47,7 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
                     continue;
                 }
                 worker.conns.set(worker.conns.get() + 1);
-                let w = worker.clone();
-                monoio::spawn(async move {
-                    serve(&w, ClientConn::new(stream, peer)).await;
-                    w.conns.set(w.conns.get() - 1);
-                });
+                spawn_serving(worker.clone(), ClientConn::new(stream, peer));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -74,20 +77,67 @@ async fn reject_overloaded(stream: TcpStream) {
     let _ = c.flush_out().await;
 }
 
-/// Serves one connection until it closes.
-async fn serve(worker: &Rc<Worker>, mut c: ClientConn) {
+/// Serves `c` on a task of its own until it closes or hibernates. The task is as large as the
+/// deepest request path (~4.5 KB); a hibernating connection gives it up for a small one.
+fn spawn_serving(worker: Rc<Worker>, c: ClientConn) {
+    monoio::spawn(async move {
+        match serve(&worker, c).await {
+            Served::Closed => worker.conns.set(worker.conns.get() - 1),
+            Served::Idle(c, deadline) => {
+                monoio::spawn(hibernate(worker, c, deadline));
+            }
+        }
+    });
+}
+
+/// Holds an idle keep-alive connection with no buffers until its next request arrives (then
+/// serves it on a new task), until the client closes, `deadline` passes or the worker drains.
+///
+/// An `async move` block rather than an `async fn`: an async fn's future keeps its arguments
+/// apart from the locals they move into, i.e. the connection twice.
+#[allow(clippy::manual_async_fn)]
+fn hibernate(
+    worker: Rc<Worker>,
+    mut c: ClientConn,
+    deadline: Instant,
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        c.hibernate();
+        if c.wait_woken(&worker.drain, deadline).await {
+            spawn_serving(worker, c);
+        } else {
+            drop(c);
+            worker.conns.set(worker.conns.get() - 1);
+        }
+    }
+}
+
+/// How [`serve`] ended.
+// Returned once, by value, as a serving task ends: boxing the connection would cost an
+// allocation per hibernation for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Served {
+    Closed,
+    /// No request for [`conn::HIBERNATE_AFTER`]: hibernate until the keep-alive deadline.
+    Idle(ClientConn, Instant),
+}
+
+/// Serves one connection until it closes or goes idle.
+async fn serve(worker: &Rc<Worker>, mut c: ClientConn) -> Served {
     loop {
         c.compact();
         if c.buffered().is_empty() {
             if worker.drain.is_draining() {
-                return;
+                return Served::Closed;
             }
-            let snap = worker.current();
-            if !c
-                .wait_readable(&worker.drain, snap.limits.keepalive_idle_timeout)
+            let idle = worker.current().limits.keepalive_idle_timeout;
+            match c
+                .wait_request(&worker.drain, idle, conn::HIBERNATE_AFTER)
                 .await
             {
-                return;
+                conn::Wait::Ready => {}
+                conn::Wait::Closed => return Served::Closed,
+                conn::Wait::Idle(deadline) => return Served::Idle(c, deadline),
             }
         }
         let started = Instant::now();
@@ -98,12 +148,12 @@ async fn serve(worker: &Rc<Worker>, mut c: ClientConn) {
         let mut head = PooledHead::take(worker);
         let head_len = match read_head(&mut c, &snap.limits, &mut head, started).await {
             Ok(Some(n)) => n,
-            Ok(None) => return,
+            Ok(None) => return Served::Closed,
             Err(e) => {
                 worker.next_request_id(&mut c.request_id);
                 let _ = c.send_error(&e, b"").await;
                 account(worker, &mut c, e.status, started, None);
-                return;
+                return Served::Closed;
             }
         };
         match worker.request_id_from(&head, &mut c) {
@@ -112,7 +162,7 @@ async fn serve(worker: &Rc<Worker>, mut c: ClientConn) {
         }
         let keep = crate::pipeline::handle(worker, &snap, &mut c, &head, head_len, started).await;
         if !keep {
-            return;
+            return Served::Closed;
         }
     }
 }
@@ -227,5 +277,34 @@ impl Worker {
         c.request_id.clear();
         c.request_id.push_str(&v);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Size of what `f` returns (an async fn's future), without calling it.
+    fn future_size<A, B, C, R>(_: impl Fn(A, B, C) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// What one connection's task holds: while a request is served, the future of the whole
+    /// request path; while it hibernates, only the small one. Printed for the README's
+    /// accounting (`cargo test --lib server::tests -- --nocapture`); the hibernating one is
+    /// held to a budget, since 10,000 idle connections hold 10,000 of them.
+    #[test]
+    fn a_hibernating_connection_task_is_small() {
+        let serving = std::mem::size_of::<Rc<Worker>>() + future_size(|w, c, _: ()| serve(w, c));
+        let idle = future_size(hibernate);
+        eprintln!(
+            "serve task future: {serving} B (request path {} B, head read {} B); \
+             hibernating task future: {idle} B; ClientConn: {} B",
+            future_size(|w, s, (c, h, n, t)| crate::pipeline::handle(w, s, c, h, n, t)),
+            future_size(|c, (l, h), t| read_head(c, l, h, t)),
+            std::mem::size_of::<ClientConn>(),
+        );
+        assert!(idle <= 640, "hibernating task future: {idle} B");
+        assert!(idle * 4 < serving);
     }
 }

@@ -115,6 +115,70 @@ fn auto_driver_reports_what_it_runs_on() {
     assert_eq!(m.iter().map(|w| w.upstream_us.len()).sum::<u64>(), 1);
 }
 
+/// Keep-alive connections that wait past the 100 ms after which an idle connection hibernates
+/// (and some that do not), then send a request whole, in two pieces, or two pipelined at
+/// once, or close: every request is answered in order on its connection, on both drivers, and
+/// every connection is counted out exactly once when it closes.
+#[test]
+fn idle_connections_hibernate_and_wake_without_losing_requests() {
+    let up = Upstream::echo();
+    for driver in ["legacy", "auto"] {
+        let gw = gateway_with(
+            &format!("listen = \"127.0.0.1:0\"\nworkers = 1\npin = false\ndriver = \"{driver}\""),
+            &route_all(up.addr, ""),
+        );
+        let addr = gw.local_addr();
+        let clients: Vec<_> = (0..12u64)
+            .map(|i| {
+                thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    let get = |n: u64| format!("GET /{i}/{n} HTTP/1.1\r\nHost: a\r\n\r\n");
+                    for round in 0..4u64 {
+                        // 0 to 330 ms: below, around and well past the hibernation point.
+                        thread::sleep(Duration::from_millis((i * 37 + round * 71) % 330));
+                        match (i + round) % 3 {
+                            0 => c.send(get(round).as_bytes()),
+                            1 => {
+                                let req = get(round);
+                                c.send(&req.as_bytes()[..5]);
+                                thread::sleep(Duration::from_millis(30));
+                                c.send(&req.as_bytes()[5..]);
+                            }
+                            _ => c.send(format!("{}{}", get(round), get(round + 100)).as_bytes()),
+                        }
+                        let r = c.read_response().unwrap();
+                        assert!(
+                            r.text().contains(&format!("\"/{i}/{round}\"")),
+                            "{}",
+                            r.text()
+                        );
+                        if (i + round) % 3 == 2 {
+                            let r = c.read_response().unwrap();
+                            assert!(r.text().contains(&format!("\"/{i}/{}\"", round + 100)));
+                        }
+                    }
+                    c
+                })
+            })
+            .collect();
+        let held: Vec<Client> = clients.into_iter().map(|t| t.join().unwrap()).collect();
+        // Idle (hibernating) connections are still open, and still counted.
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(gw.collect()[0].connections_open, 12, "{driver}");
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while gw.collect()[0].connections_open != 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            gw.collect()[0].connections_open,
+            0,
+            "{driver}: closed once each"
+        );
+        assert_eq!(gw.collect()[0].requests(), 12 * 4 + 4 * 4, "{driver}");
+    }
+}
+
 fn shardgate_io_uring_available() -> bool {
     monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .build()

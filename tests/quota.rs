@@ -177,3 +177,157 @@ fn streamed_usage_is_counted_and_hidden_from_clients_that_did_not_ask() {
         .sum();
     assert_eq!(used, 2 * 6, "both streams counted from the backend's usage");
 }
+
+/// HS256 secret of the subject-keyed gateways below.
+const SECRET: &str = "quota-test-secret-0123456789abcdef0123456789";
+
+/// An HS256 JWT for subject `sub`, valid for an hour.
+fn token_for(sub: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine as _;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3_600;
+    let header = B64.encode(r#"{"alg":"HS256","kid":"k","typ":"JWT"}"#);
+    let claims = B64.encode(format!(r#"{{"sub":"{sub}","exp":{exp}}}"#));
+    let msg = format!("{header}.{claims}");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+    let sig = ring::hmac::sign(&key, msg.as_bytes());
+    format!("{msg}.{}", B64.encode(sig.as_ref()))
+}
+
+/// A gateway on `workers` cores limiting each JWT subject to `tpm` tokens a minute.
+fn subject_token_gateway(
+    workers: usize,
+    tpm: u32,
+    reserve: bool,
+) -> (shardgate::mock::MockHandle, shardgate::runtime::Engine) {
+    let mock =
+        shardgate::mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
+    let rest = format!(
+        "[[deployments]]\nmodel = \"m\"\nversion = \"1.0.0\"\nendpoints = [\"{}\"]\n\
+         [[routes]]\npath = \"/v1/chat/completions\"\ntargets = [{{ model = \"m\", weight = 1 }}]\n\
+         [auth]\n[[auth.keys]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = {{ value = \"{SECRET}\" }}\n\
+         [quota]\n[[quota.rules]]\nname = \"tokens\"\nkey = \"subject\"\nrequests_per_minute = 1000\n\
+         tokens_per_minute = {tpm}\nreserve_max_tokens = {reserve}\n",
+        mock.addr()
+    );
+    let gw = gateway_with(
+        &format!("listen = \"127.0.0.1:0\"\nworkers = {workers}\npin = false"),
+        &rest,
+    );
+    (mock, gw)
+}
+
+/// Issue 11, item 6: 100 tokens a minute, requests that use 55 (prompt "hi" = 1 + `max_tokens`
+/// 54) sent one at a time, 100 ms apart, by many subjects at different phases of the 600 ms
+/// slots; on one worker (one keep-alive connection per subject) and on two (a new connection
+/// per request, so SO_REUSEPORT spreads a subject's requests over both cores); JSON and SSE.
+///
+/// The bound asserted, per subject and window: a request is admitted only while the tokens
+/// already charged are below the limit, so what is charged is at most `limit − 1` plus one
+/// response (154 here): exactly two 200s (110 tokens), then only 429s — never a third 200 and
+/// never a 200 after a 429. With `reserve_max_tokens` a request is admitted only if its
+/// `max_tokens` (54) still fits: exactly one 200 (55 tokens, 1 over what it reserved).
+#[test]
+fn sequential_55_token_requests_never_overrun_the_limit() {
+    const SUBJECTS: usize = 12;
+    const SENDS: usize = 6;
+    let gap = std::time::Duration::from_millis(100);
+    for workers in [1, 2] {
+        for stream in [false, true] {
+            for reserve in [false, true] {
+                let (_mock, gw) = subject_token_gateway(workers, 100, reserve);
+                let addr = gw.local_addr();
+                let stream_field = if stream { r#""stream":true,"# } else { "" };
+                let body = format!(
+                    r#"{{"model":"m",{stream_field}"max_tokens":54,"messages":[{{"role":"user","content":"hi"}}]}}"#
+                );
+                let threads: Vec<_> = (0..SUBJECTS)
+                    .map(|i| {
+                        let body = body.clone();
+                        thread::spawn(move || {
+                            // Phases spread over a slot and a half.
+                            thread::sleep(std::time::Duration::from_millis(73 * i as u64));
+                            let sub = format!("subject-{workers}-{stream}-{reserve}-{i}");
+                            let req = format!(
+                                "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n\
+                                 Authorization: Bearer {}\r\nContent-Length: {}\r\n\r\n{body}",
+                                token_for(&sub),
+                                body.len()
+                            );
+                            let mut keep = None;
+                            let mut statuses = Vec::new();
+                            for _ in 0..SENDS {
+                                if workers == 2 || keep.is_none() {
+                                    keep = Some(Client::connect(addr));
+                                }
+                                let c = keep.as_mut().unwrap();
+                                c.send(req.as_bytes());
+                                let r = c.read_response().unwrap();
+                                match r.status {
+                                    200 if stream => assert!(r.text().contains("[DONE]")),
+                                    200 => assert!(r.text().contains("\"total_tokens\":55")),
+                                    429 => {
+                                        assert!(
+                                            r.text().contains("token rate limit"),
+                                            "{}",
+                                            r.text()
+                                        );
+                                        let retry: u64 =
+                                            r.header("retry-after").unwrap().parse().unwrap();
+                                        assert!((1..=61).contains(&retry), "retry-after {retry}");
+                                    }
+                                    s => panic!("status {s}: {}", r.text()),
+                                }
+                                statuses.push(r.status);
+                                // 100 ms from one response to the next request: a stream
+                                // lasts about as long as that (8 events 10 ms apart).
+                                thread::sleep(gap);
+                            }
+                            (sub, statuses)
+                        })
+                    })
+                    .collect();
+                let admitted = if reserve { 1 } else { 2 };
+                let mut want = vec![200; admitted];
+                want.resize(SENDS, 429);
+                for t in threads {
+                    let (sub, statuses) = t.join().unwrap();
+                    assert_eq!(
+                        statuses, want,
+                        "{sub}: {workers} worker(s), stream {stream}, reserve {reserve}"
+                    );
+                }
+                let m = gw.collect();
+                let charged: u64 = m
+                    .iter()
+                    .map(|w| {
+                        (0..SUBJECTS)
+                            .map(|i| {
+                                let sub = format!("subject-{workers}-{stream}-{reserve}-{i}");
+                                w.counters.get(
+                                    &shardgate::metrics::counters::TOKENS,
+                                    &[sub.as_str(), "m"],
+                                )
+                            })
+                            .sum::<u64>()
+                    })
+                    .sum();
+                assert_eq!(
+                    charged,
+                    (SUBJECTS * admitted * 55) as u64,
+                    "{workers} worker(s), stream {stream}, reserve {reserve}: tokens charged"
+                );
+                if workers == 2 {
+                    assert!(
+                        m.iter().all(|w| w.requests() > 0),
+                        "both workers served the subjects"
+                    );
+                }
+            }
+        }
+    }
+}

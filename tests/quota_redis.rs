@@ -346,7 +346,7 @@ fn redis_window_matches_the_local_window() {
     ];
     let mut rng = Lcg(42);
     let mut grants = Vec::new();
-    let (mut now, mut replies, mut denies) = (0u64, 0, [0; 2]);
+    let (mut now, mut replies, mut denies, mut recalls) = (0u64, 0, [0; 2], 0);
     for _ in 0..3_000 {
         now += match rng.below(100) {
             0 => 30_000 + rng.below(40_000),
@@ -392,6 +392,7 @@ fn redis_window_matches_the_local_window() {
             match r {
                 FromCoordinator::Grant(g) => grants.push(g),
                 FromCoordinator::Deny(d) => denies[usize::from(d.reason == LimitKind::Tokens)] += 1,
+                FromCoordinator::Recall(_) => recalls += 1,
             }
         }
         if rng.below(20) == 0 {
@@ -400,7 +401,11 @@ fn redis_window_matches_the_local_window() {
         }
     }
     assert!(replies > 1_000);
-    eprintln!("{replies} replies, denies {denies:?}");
+    eprintln!("{replies} replies, denies {denies:?}, recalls {recalls}");
+    assert!(
+        recalls > 10,
+        "charges over the limit recall leases: {recalls}"
+    );
     assert!(
         denies[0] > 100 && denies[1] > 100,
         "denies (requests, tokens): {denies:?}"

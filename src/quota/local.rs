@@ -18,6 +18,67 @@ pub(crate) const LEASE_SHARE: u32 = 2;
 /// How often [`LocalCoordinator::tick`] looks for keys to forget.
 const SWEEP_INTERVAL_MS: u64 = 1_000;
 
+/// The cores holding a live lease of one key, so that a charge that takes the key over its
+/// token limit can recall them ([`FromCoordinator::Recall`]).
+///
+/// A superset is harmless (a recall of a key a core holds no lease of changes nothing), so
+/// the set is one bit per `worker % 64` and is cleared only when every lease it recorded has
+/// expired or was recalled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Holders {
+    mask: u64,
+    /// Slot of the latest lease recorded: the set is empty once this slot has passed.
+    until_slot: u64,
+    /// The token limit of the latest lease request (0: no token limit, nothing to recall).
+    tok_limit: u32,
+}
+
+impl Holders {
+    /// `worker` was granted a lease of `slot` under `tok_limit` at current slot `cur`.
+    pub(crate) fn granted(
+        &mut self,
+        worker: WorkerId,
+        slot: u64,
+        tok_limit: Option<u32>,
+        cur: u64,
+    ) {
+        if self.until_slot < cur {
+            self.mask = 0;
+        }
+        self.mask |= 1 << (worker % 64);
+        self.until_slot = self.until_slot.max(slot);
+        self.tok_limit = tok_limit.unwrap_or(0);
+    }
+
+    /// Whether any recorded lease can still be used at current slot `cur`.
+    pub(crate) fn live(&self, cur: u64) -> bool {
+        self.mask != 0 && self.until_slot >= cur
+    }
+
+    /// The key's window holds `peak` tokens at `cur`: if that is over the limit, recalls
+    /// every holder (one message per worker of `workers`) and forgets them.
+    pub(crate) fn recall_if_over(
+        &mut self,
+        key: QuotaKey,
+        peak: u64,
+        cur: u64,
+        workers: u32,
+        out: &mut Vec<(WorkerId, FromCoordinator)>,
+    ) {
+        if !self.live(cur) || self.tok_limit == 0 || peak <= u64::from(self.tok_limit) {
+            return;
+        }
+        let workers = WorkerId::try_from(workers).unwrap_or(WorkerId::MAX);
+        let mask = self.mask;
+        out.extend(
+            (0..workers)
+                .filter(|w| mask & (1 << (w % 64)) != 0)
+                .map(|w| (w, FromCoordinator::Recall(key))),
+        );
+        self.mask = 0;
+    }
+}
+
 #[derive(Debug)]
 struct KeyState {
     /// Highest slot anything was counted in: the key can be forgotten once it left the span.
@@ -25,6 +86,7 @@ struct KeyState {
     requests: Ring,
     /// Only for keys with a token limit.
     tokens: Option<Box<Ring>>,
+    holders: Holders,
 }
 
 impl KeyState {
@@ -91,6 +153,14 @@ impl LocalCoordinator {
         match msg {
             ToCoordinator::Lease(req) => {
                 let reply = self.lease(&req, now_ms);
+                if let FromCoordinator::Grant(g) = reply {
+                    self.state(req.key, cur).holders.granted(
+                        req.worker,
+                        g.slot,
+                        req.limits.tokens,
+                        cur,
+                    );
+                }
                 out.push((req.worker, reply));
             }
             ToCoordinator::Release {
@@ -108,11 +178,23 @@ impl LocalCoordinator {
                 }
             }
             ToCoordinator::Charge { key, tokens } => {
+                let workers = self.workers;
+                let peak = self.charge(key, tokens, now_ms);
                 let st = self.state(key, cur);
-                st.last_slot = st.last_slot.max(cur);
-                st.tokens_mut(cur).add(cur, tokens);
+                st.holders.recall_if_over(key, peak, cur, workers, out);
             }
         }
+    }
+
+    /// Counts `tokens` used beyond leases in the current slot; returns the window's peak
+    /// (see [`Ring::peak`]) afterwards.
+    pub(crate) fn charge(&mut self, key: QuotaKey, tokens: u32, now_ms: u64) -> u64 {
+        let cur = slot_of(now_ms);
+        let st = self.state(key, cur);
+        st.last_slot = st.last_slot.max(cur);
+        let ring = st.tokens_mut(cur);
+        ring.add(cur, tokens);
+        ring.peak(cur)
     }
 
     /// Forgets keys whose counts have all left the window. Call it every few hundred ms.
@@ -130,6 +212,7 @@ impl LocalCoordinator {
             last_slot: cur,
             requests: Ring::new(cur),
             tokens: None,
+            holders: Holders::default(),
         });
         st.advance(cur);
         st
@@ -228,7 +311,7 @@ mod tests {
     fn grant(f: FromCoordinator) -> Grant {
         match f {
             FromCoordinator::Grant(g) => g,
-            FromCoordinator::Deny(d) => panic!("denied: {d:?}"),
+            other => panic!("not a grant: {other:?}"),
         }
     }
 
@@ -244,7 +327,7 @@ mod tests {
         let sizes: Vec<u32> = (0..6)
             .map_while(|_| match lease(&mut c, L10, 100, 100) {
                 FromCoordinator::Grant(g) => Some(g.requests),
-                FromCoordinator::Deny(_) => None,
+                _ => None,
             })
             .collect();
         assert_eq!(sizes, [5, 2, 1, 1, 1]);
@@ -334,5 +417,101 @@ mod tests {
         assert_eq!(c.len(), 1);
         c.tick(61_000);
         assert!(c.is_empty());
+    }
+
+    const T100: Limits = Limits {
+        requests: 1_000,
+        tokens: Some(100),
+        burst: None,
+    };
+
+    fn lease_for(c: &mut LocalCoordinator, worker: WorkerId, at: u64, now: u64) -> Grant {
+        let mut out = Vec::new();
+        let req = LeaseRequest {
+            worker,
+            key: KEY,
+            rule: RuleId(0),
+            limits: T100,
+            at_ms: at,
+            tokens_needed: 1,
+        };
+        c.handle(ToCoordinator::Lease(req), now, &mut out);
+        grant(out[0].1)
+    }
+
+    fn charge(c: &mut LocalCoordinator, tokens: u32, now: u64) -> Vec<(WorkerId, FromCoordinator)> {
+        let mut out = Vec::new();
+        c.handle(ToCoordinator::Charge { key: KEY, tokens }, now, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_charge_over_the_limit_recalls_every_core_holding_a_lease_once() {
+        let mut c = LocalCoordinator::new(3);
+        // Cores 0 and 2 hold leases (2 also one for the next slot); core 1 none.
+        let a = lease_for(&mut c, 0, 100, 100);
+        let b = lease_for(&mut c, 2, 100, 100);
+        let n = lease_for(&mut c, 2, 600, 450);
+        assert_eq!((a.tokens, b.tokens, n.tokens), (16, 14, 11));
+        // 41 leased: up to 59 more fit without recalling anything.
+        assert!(charge(&mut c, 59, 460).is_empty());
+        assert_eq!(
+            charge(&mut c, 1, 470),
+            [
+                (0, FromCoordinator::Recall(KEY)),
+                (2, FromCoordinator::Recall(KEY))
+            ]
+        );
+        // Recalled once: later charges have nobody left to recall.
+        assert!(charge(&mut c, 30, 480).is_empty());
+        // A core that asks again is denied, and is not a holder.
+        let mut out = Vec::new();
+        let req = LeaseRequest {
+            worker: 1,
+            key: KEY,
+            rule: RuleId(0),
+            limits: T100,
+            at_ms: 490,
+            tokens_needed: 1,
+        };
+        c.handle(ToCoordinator::Lease(req), 490, &mut out);
+        assert!(matches!(out[..], [(1, FromCoordinator::Deny(_))]));
+        assert!(charge(&mut c, 1, 495).is_empty());
+    }
+
+    #[test]
+    fn a_charge_counts_against_the_next_slot_spans_too() {
+        let mut c = LocalCoordinator::new(1);
+        // A next-slot lease of 50 and a charge of 51 in this slot: the span ending at the next
+        // slot holds 101.
+        let n = lease_for(&mut c, 0, 600, 500);
+        assert_eq!((n.slot, n.tokens), (1, 50));
+        assert!(charge(&mut c, 50, 510).is_empty());
+        assert_eq!(charge(&mut c, 1, 520), [(0, FromCoordinator::Recall(KEY))]);
+    }
+
+    #[test]
+    fn holders_expire_with_their_leases() {
+        let mut c = LocalCoordinator::new(2);
+        lease_for(&mut c, 1, 0, 0);
+        // Slot 0's lease has expired by slot 1: a charge over the limit there recalls nobody.
+        assert!(charge(&mut c, 200, 700).is_empty());
+        let mut h = Holders::default();
+        h.granted(65, 4, Some(10), 4);
+        assert!(h.live(4) && !h.live(5));
+        let mut out = Vec::new();
+        h.recall_if_over(KEY, 11, 4, 70, &mut out);
+        // Bit 1 stands for workers 1 and 65: both are asked (a superset is harmless).
+        assert_eq!(
+            out,
+            [
+                (1, FromCoordinator::Recall(KEY)),
+                (65, FromCoordinator::Recall(KEY))
+            ]
+        );
+        let mut none = Holders::default();
+        none.granted(0, 4, None, 4);
+        none.recall_if_over(KEY, u64::MAX, 4, 1, &mut out);
+        assert_eq!(out.len(), 2, "no token limit: nothing to recall");
     }
 }

@@ -36,11 +36,11 @@ use std::time::Duration;
 
 use redis::{Connection, ErrorKind, RedisError, RedisResult, Script};
 
-use super::local::{LocalCoordinator, LEASE_SHARE};
+use super::local::{Holders, LocalCoordinator, LEASE_SHARE};
 use super::rule::{FailMode, RedisSettings};
 use super::{
-    slot_of, CoordinatorStats, Deny, FromCoordinator, Grant, LeaseRequest, LimitKind, QuotaKey,
-    ToCoordinator, WorkerId, SLOT_MS, SPAN_SLOTS,
+    slot_of, CoordinatorStats, Deny, FromCoordinator, Grant, KeyMap, LeaseRequest, LimitKind,
+    QuotaKey, ToCoordinator, WorkerId, SLOT_MS, SPAN_SLOTS,
 };
 
 /// Bound on one connect, and on one command's write and read.
@@ -74,10 +74,24 @@ end
 return 0
 ";
 
+/// Counts an overrun in slot ARGV[1]; returns the larger sum of the spans (ARGV[4] slots)
+/// ending at that slot and the next: what the window holds against the limit.
 const CHARGE_LUA: &str = r"
 redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 0
+local cur, span = tonumber(ARGV[1]), tonumber(ARGV[4])
+local now, next = 0, 0
+local flat = redis.call('HGETALL', KEYS[1])
+for i = 1, #flat, 2 do
+  local s, c = tonumber(flat[i]), tonumber(flat[i + 1])
+  if s <= cur and s + span > cur then
+    now = now + c
+  end
+  if s <= cur + 1 and s + span > cur + 1 then
+    next = next + c
+  end
+end
+return math.max(now, next)
 ";
 
 struct Scripts {
@@ -232,6 +246,9 @@ pub(crate) struct RemoteCoordinator {
     /// Redis slot of this process's slot 0.
     base_slot: u64,
     share: u32,
+    workers: u32,
+    /// Who holds live leases of each key (from Redis or the fallback), for recalls.
+    holders: KeyMap<Holders>,
     /// Grants under `fail_open`, and where releases of those grants go back to.
     fallback: LocalCoordinator,
     stats: CoordinatorStats,
@@ -278,6 +295,8 @@ impl RemoteCoordinator {
             fail_mode,
             base_slot: epoch_unix_ms / SLOT_MS,
             share: workers.saturating_mul(LEASE_SHARE),
+            workers,
+            holders: KeyMap::default(),
             fallback: LocalCoordinator::new(workers as usize),
             stats: CoordinatorStats::default(),
             last_log_ms: 0,
@@ -308,6 +327,15 @@ impl RemoteCoordinator {
                     Some(reply) => reply,
                     None => self.degraded_lease(&req, now_ms),
                 };
+                if let FromCoordinator::Grant(g) = reply {
+                    let cur = slot_of(now_ms);
+                    self.holders.entry(req.key).or_default().granted(
+                        req.worker,
+                        g.slot,
+                        req.limits.tokens,
+                        cur,
+                    );
+                }
                 out.push((req.worker, reply));
             }
             ToCoordinator::Release {
@@ -318,18 +346,25 @@ impl RemoteCoordinator {
             } => self.release(key, slot, requests, tokens, now_ms),
             ToCoordinator::Charge { key, tokens } => {
                 let (_, tok_key) = self.keys(key);
-                let slot = slot_of(now_ms) + self.base_slot;
-                let charge = &self.scripts.charge;
-                let done = self.link.call(now_ms, &mut self.stats, |c| {
+                let cur = slot_of(now_ms);
+                let (slot, charge) = (cur + self.base_slot, &self.scripts.charge);
+                let peak = self.link.call(now_ms, &mut self.stats, |c| {
                     charge
                         .key(&tok_key)
                         .arg(slot)
                         .arg(tokens)
                         .arg(TTL_MS)
-                        .invoke::<()>(c)
+                        .arg(SPAN_SLOTS)
+                        .invoke::<i64>(c)
                 });
-                if done.is_none() {
-                    self.fallback.handle(msg, now_ms, out);
+                let peak = match peak {
+                    Some(p) => u64::try_from(p).unwrap_or(0),
+                    None => self.fallback.charge(key, tokens, now_ms),
+                };
+                // Only this process's cores can be recalled: leases other gateway processes
+                // took from the same Redis window run until their slot ends.
+                if let Some(h) = self.holders.get_mut(&key) {
+                    h.recall_if_over(key, peak, cur, self.workers, out);
                 }
             }
         }
@@ -338,6 +373,8 @@ impl RemoteCoordinator {
     /// Reconnects when due, checks an idle connection, reports a lasting outage.
     pub(crate) fn tick(&mut self, now_ms: u64) {
         self.fallback.tick(now_ms);
+        let cur = slot_of(now_ms);
+        self.holders.retain(|_, h| h.live(cur));
         let idle = match self.link.state {
             State::Up { last_ok_ms, .. } => now_ms >= last_ok_ms + HEALTH_INTERVAL_MS,
             State::Down { retry_at_ms, .. } => now_ms >= retry_at_ms,
@@ -597,7 +634,7 @@ mod tests {
         let mut granted = 0;
         let mut take = |c: &mut RemoteCoordinator, now| match lease(c, now) {
             FromCoordinator::Grant(g) => granted += g.requests,
-            FromCoordinator::Deny(_) => panic!("fail_open must grant"),
+            other => panic!("fail_open must grant: {other:?}"),
         };
         take(&mut c, 0);
         let s = c.stats();

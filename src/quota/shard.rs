@@ -191,11 +191,20 @@ impl QuotaShard {
 
     /// Counts what a finished response really used (`used` tokens) against its request's
     /// ticket: refunds an unused reservation, charges an overrun.
+    ///
+    /// An overrun is taken from the lease in hand first; what that lacks is charged to the
+    /// coordinator in the current slot, and the same amount is taken out of this core's
+    /// next-slot lease (and released there): that lease was sized before these tokens were
+    /// used, so leaving it whole would admit on quota already spent.
     pub fn charge_tokens(&mut self, ticket: Ticket, used: u32, now_ms: u64) {
         let key = ticket.key;
-        let e = self.keys.get_mut(&key);
+        let mut e = self.keys.get_mut(&key);
         if e.as_ref().is_some_and(|e| !e.token_limited()) {
             return;
+        }
+        if let Some(e) = e.as_deref_mut() {
+            // Leases that expired since the last check go back before anything is taken.
+            roll(e, key, now_ms, &mut self.outbox);
         }
         if used < ticket.reserved {
             let refund = ticket.reserved - used;
@@ -214,10 +223,27 @@ impl QuotaShard {
             return;
         }
         let mut over = used - ticket.reserved;
-        if let Some(e) = e.filter(|e| e.cur.live(now_ms)) {
-            let take = over.min(e.cur.tokens);
-            e.cur.tokens -= take;
-            over -= take;
+        if over == 0 {
+            return;
+        }
+        if let Some(e) = e {
+            if e.cur.live(now_ms) {
+                let take = over.min(e.cur.tokens);
+                e.cur.tokens -= take;
+                over -= take;
+            }
+            let shrink = over.min(e.next.tokens);
+            if shrink > 0 {
+                e.next.tokens -= shrink;
+                // Released before the charge, so the coordinator judges the window (and
+                // recalls other cores' leases) on the final counts.
+                self.outbox.push(ToCoordinator::Release {
+                    key,
+                    slot: e.next.slot,
+                    requests: 0,
+                    tokens: shrink,
+                });
+            }
         }
         if over > 0 {
             self.outbox
@@ -235,13 +261,31 @@ impl QuotaShard {
             }
             return key;
         };
-        e.pending_since_ms = None;
         match msg {
+            FromCoordinator::Recall(_) => {
+                // Not an answer to this core's lease request: one may still be pending.
+                let token_limited = e.token_limited();
+                for lease in [&mut e.cur, &mut e.next] {
+                    if lease.is_some() {
+                        let tokens = if token_limited { lease.tokens } else { 0 };
+                        self.outbox.push(ToCoordinator::Release {
+                            key,
+                            slot: lease.slot,
+                            requests: lease.requests,
+                            tokens,
+                        });
+                        *lease = Lease::default();
+                    }
+                }
+                e.remaining = 0;
+            }
             FromCoordinator::Deny(d) => {
+                e.pending_since_ms = None;
                 e.denied = Some(d);
                 e.denied_recheck_ms = (super::slot_of(now_ms) + 2) * super::SLOT_MS;
             }
             FromCoordinator::Grant(g) => {
+                e.pending_since_ms = None;
                 e.denied = None;
                 roll(e, key, now_ms, &mut self.outbox);
                 if now_ms >= g.valid_until_ms {
@@ -544,5 +588,169 @@ mod tests {
             "no coordinator traffic while denied"
         );
         assert_eq!(s.check(key, &r, 0, 2_500), Decision::NeedLease);
+    }
+
+    fn token_rule() -> QuotaRule {
+        QuotaRule {
+            limits: Limits {
+                requests: 1_000,
+                tokens: Some(100),
+                burst: None,
+            },
+            ..rule()
+        }
+    }
+
+    fn token_grant(key: QuotaKey, slot: u64, tokens: u32) -> FromCoordinator {
+        let FromCoordinator::Grant(g) = grant(key, slot, slot * 600, 10) else {
+            unreachable!()
+        };
+        FromCoordinator::Grant(Grant { tokens, ..g })
+    }
+
+    /// A shard holding a slot-0 lease of 50 tokens and a next-slot lease of 25, with one
+    /// admitted request's ticket.
+    fn two_leases(key: QuotaKey) -> (QuotaShard, Ticket) {
+        let r = token_rule();
+        let mut s = QuotaShard::new(0);
+        assert_eq!(s.check(key, &r, 0, 450), Decision::NeedLease);
+        s.apply(token_grant(key, 0, 50), 450);
+        let Decision::Admit(a) = s.check(key, &r, 0, 450) else {
+            panic!("admitted from the lease")
+        };
+        s.apply(token_grant(key, 1, 25), 460);
+        drain(&mut s);
+        (s, a.ticket)
+    }
+
+    #[test]
+    fn overrun_empties_the_lease_then_shrinks_the_next_one_and_charges_the_rest_now() {
+        // (tokens used, messages, tokens left in this slot's and the next slot's lease)
+        let cases: [(u32, &[ToCoordinator], u32, u32); 5] = [
+            (30, &[], 20, 25),
+            (50, &[], 0, 25),
+            (
+                55,
+                &[
+                    ToCoordinator::Release {
+                        key: QuotaKey(8),
+                        slot: 1,
+                        requests: 0,
+                        tokens: 5,
+                    },
+                    ToCoordinator::Charge {
+                        key: QuotaKey(8),
+                        tokens: 5,
+                    },
+                ],
+                0,
+                20,
+            ),
+            (
+                75,
+                &[
+                    ToCoordinator::Release {
+                        key: QuotaKey(8),
+                        slot: 1,
+                        requests: 0,
+                        tokens: 25,
+                    },
+                    ToCoordinator::Charge {
+                        key: QuotaKey(8),
+                        tokens: 25,
+                    },
+                ],
+                0,
+                0,
+            ),
+            (
+                500,
+                &[
+                    ToCoordinator::Release {
+                        key: QuotaKey(8),
+                        slot: 1,
+                        requests: 0,
+                        tokens: 25,
+                    },
+                    ToCoordinator::Charge {
+                        key: QuotaKey(8),
+                        tokens: 450,
+                    },
+                ],
+                0,
+                0,
+            ),
+        ];
+        for (used, want, cur_left, next_left) in cases {
+            let key = QuotaKey(8);
+            let (mut s, ticket) = two_leases(key);
+            s.charge_tokens(ticket, used, 500);
+            assert_eq!(drain(&mut s), want, "used {used}");
+            let e = s.keys[&key];
+            assert_eq!(
+                (e.cur.tokens, e.next.tokens),
+                (cur_left, next_left),
+                "used {used}"
+            );
+        }
+    }
+
+    #[test]
+    fn overrun_charged_after_the_slot_rolled_takes_the_promoted_lease_first() {
+        let key = QuotaKey(8);
+        let (mut s, ticket) = two_leases(key);
+        // The response ends in slot 1: slot 0's 49 unused tokens go back, the slot-1 lease is in
+        // hand and pays for the overrun, and nothing is charged beyond it.
+        s.charge_tokens(ticket, 20, 650);
+        assert_eq!(
+            drain(&mut s),
+            [ToCoordinator::Release {
+                key,
+                slot: 0,
+                requests: 9,
+                tokens: 50
+            }]
+        );
+        assert_eq!(s.keys[&key].cur.tokens, 5);
+        s.charge_tokens(ticket, 30, 700);
+        assert_eq!(drain(&mut s), [ToCoordinator::Charge { key, tokens: 25 }]);
+    }
+
+    #[test]
+    fn recall_returns_every_lease_and_the_next_request_asks_again() {
+        let key = QuotaKey(8);
+        let r = token_rule();
+        let (mut s, _) = two_leases(key);
+        assert_eq!(s.apply(FromCoordinator::Recall(key), 470), key);
+        assert_eq!(
+            drain(&mut s),
+            [
+                ToCoordinator::Release {
+                    key,
+                    slot: 0,
+                    requests: 9,
+                    tokens: 50
+                },
+                ToCoordinator::Release {
+                    key,
+                    slot: 1,
+                    requests: 10,
+                    tokens: 25
+                },
+            ]
+        );
+        assert_eq!(s.check(key, &r, 0, 480), Decision::NeedLease);
+        assert!(matches!(drain(&mut s)[..], [ToCoordinator::Lease(_)]));
+        // Still asking: a second recall neither releases nor forgets the pending request.
+        s.apply(FromCoordinator::Recall(key), 490);
+        assert!(drain(&mut s).is_empty());
+        assert_eq!(s.check(key, &r, 0, 495), Decision::NeedLease);
+        assert!(
+            drain(&mut s).is_empty(),
+            "the pending request is not sent twice"
+        );
+        // A recall of a key this core never saw changes nothing.
+        s.apply(FromCoordinator::Recall(QuotaKey(99)), 500);
+        assert!(drain(&mut s).is_empty());
     }
 }

@@ -2,6 +2,8 @@
 
 use super::*;
 
+mod overrun;
+
 const RPM: u32 = 1_000;
 
 fn rule(limits: Limits) -> QuotaRule {
@@ -29,6 +31,13 @@ struct Sim {
     rule: QuotaRule,
     msgs: Vec<ToCoordinator>,
     replies: Vec<(WorkerId, FromCoordinator)>,
+    /// Channel latency each way (0: instant; `pump` then runs until nothing is in flight).
+    delay_ms: u64,
+    /// Messages sent at a time, not yet delivered (only with a delay).
+    to_coord: Vec<(u64, ToCoordinator)>,
+    to_workers: Vec<(u64, (WorkerId, FromCoordinator))>,
+    /// Lease requests for the next slot seen so far.
+    prefetches: usize,
 }
 
 impl Sim {
@@ -41,14 +50,43 @@ impl Sim {
             rule,
             msgs: Vec::new(),
             replies: Vec::new(),
+            delay_ms: 0,
+            to_coord: Vec::new(),
+            to_workers: Vec::new(),
+            prefetches: 0,
         }
     }
 
-    /// Delivers every queued message both ways until nothing is in flight.
+    /// Delivers every queued message both ways until nothing is in flight; with a delay,
+    /// delivers what was sent at least `delay_ms` ago, in order.
     fn pump(&mut self, now: u64) {
         loop {
             for s in &mut self.shards {
                 s.drain_requests(&mut self.msgs);
+            }
+            let prefetches = self.msgs.iter().filter(
+                |m| matches!(m, ToCoordinator::Lease(r) if slot_of(r.at_ms) > slot_of(now)),
+            );
+            self.prefetches += prefetches.count();
+            if self.delay_ms > 0 {
+                self.to_coord.extend(self.msgs.drain(..).map(|m| (now, m)));
+                let due = |at: u64| at + self.delay_ms <= now;
+                let split = self.to_coord.partition_point(|&(at, _)| due(at));
+                for (_, m) in self.to_coord.drain(..split) {
+                    self.coord.handle(m, now, &mut self.replies);
+                }
+                self.to_workers
+                    .extend(self.replies.drain(..).map(|r| (now, r)));
+                let split = self.to_workers.partition_point(|&(at, _)| due(at));
+                for (_, (w, r)) in self.to_workers.drain(..split) {
+                    self.shards[usize::from(w)].apply(r, now);
+                }
+                // What the shards answered goes out now, stamped with this time.
+                for s in &mut self.shards {
+                    s.drain_requests(&mut self.msgs);
+                }
+                self.to_coord.extend(self.msgs.drain(..).map(|m| (now, m)));
+                return;
             }
             if self.msgs.is_empty() {
                 return;

@@ -105,6 +105,12 @@ impl Ring {
         avail as u32
     }
 
+    /// The larger count of the two spans a lease of slot `cur` or `cur + 1` lives in: what
+    /// the window holds against the limit right now.
+    pub(crate) fn peak(&self, cur: u64) -> u64 {
+        self.span_sum(cur).max(self.span_sum(cur + 1))
+    }
+
     /// The first slot after `cur` in which `need` will be available if nothing more is
     /// counted. Slots after `cur + 1` hold nothing yet, so the span ending at such a slot is
     /// the only one that contains it.

@@ -6,10 +6,17 @@
 //!
 //! # Memory
 //!
-//! An idle keep-alive connection holds only a small read buffer ([`IDLE_READ_BUF`]) for the
-//! read that waits for its next request: while it waits, its write buffers and a grown read
-//! buffer are parked in the worker's spare list and taken back (no allocation) when the next
-//! request arrives. 10,000 idle connections therefore cost ~1 KiB of buffers each, not 12 KiB.
+//! A keep-alive connection waiting for its next request holds only a small read buffer
+//! ([`IDLE_READ_BUF`]) for the read that waits: its write buffers and a grown read buffer are
+//! parked in the worker's spare list and taken back (no allocation) when the request arrives.
+//!
+//! After [`HIBERNATE_AFTER`] without a request the wait ends with [`Wait::Idle`]: the read is
+//! cancelled (whatever it received by then is kept) and the connection loop hands the
+//! connection to a small task that waits for readability with no buffer at all
+//! ([`ClientConn::hibernate`], [`ClientConn::wait_woken`]). The large per-connection task —
+//! sized by the deepest request path, ~4.5 KB — and the read buffer are freed meanwhile, so an
+//! idle connection holds ~1.1 KB (a ~0.6 KB task, the socket, a drain slot) instead of ~6 KB
+//! (measured in the README).
 
 use std::cell::RefCell;
 use std::io;
@@ -17,7 +24,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
 use crate::error::GatewayError;
@@ -31,6 +38,22 @@ pub enum ReadError {
     Timeout,
     Io,
 }
+
+/// How a wait for the next request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Bytes of a request are buffered.
+    Ready,
+    /// Close the connection: the client closed, it broke, the idle timeout passed, or the
+    /// worker is draining.
+    Closed,
+    /// Nothing arrived for [`HIBERNATE_AFTER`]; nothing was lost. Hibernate until this
+    /// instant (the keep-alive deadline).
+    Idle(Instant),
+}
+
+/// `ECANCELED` (Linux): a read ended by [`Canceller::cancel`].
+const ECANCELED: i32 = 125;
 
 pub struct ClientConn {
     pub stream: TcpStream,
@@ -46,6 +69,9 @@ pub struct ClientConn {
     pub request_id: String,
     /// What the metrics and access log learn about the request being served.
     pub tally: Tally,
+    /// Cancels the wait for the next request when it hibernates (made on first use after a
+    /// wake, dropped while hibernating).
+    canceller: Option<Canceller>,
 }
 
 /// Per-request facts gathered on the connection for metrics and the access log. Bytes are
@@ -86,6 +112,7 @@ impl ClientConn {
             up_out: Vec::new(),
             request_id: String::with_capacity(40),
             tally: Tally::default(),
+            canceller: None,
         }
     }
 
@@ -155,22 +182,98 @@ impl ClientConn {
         }
     }
 
-    /// Waits for the first bytes of the next request. False: close the connection (client
-    /// closed, idle timeout, or the worker is draining).
+    /// Waits for the first bytes of the next request, at most `idle` (the keep-alive
+    /// timeout); after `hibernate_after` without any, ends with [`Wait::Idle`] (see the module
+    /// docs).
     ///
-    /// While it waits, the connection holds only a small read buffer (see the module docs).
-    pub async fn wait_readable(&mut self, drain: &Drain, idle: Duration) -> bool {
+    /// While it waits, the connection holds only a small read buffer.
+    pub async fn wait_request(
+        &mut self,
+        drain: &Drain,
+        idle: Duration,
+        hibernate_after: Duration,
+    ) -> Wait {
         self.park_buffers();
-        let deadline = Instant::now() + idle;
-        let r = monoio::select! {
-            r = self.read_more_until(deadline, INIT_READ_BUF) => r,
-            _ = drain.wait() => return false,
-        };
-        let ok = matches!(r, Ok(n) if n > 0);
-        if ok {
-            self.unpark_buffers();
+        let now = Instant::now();
+        let deadline = now + idle;
+        if idle <= hibernate_after {
+            // Closed at the deadline anyway: a plain read, dropped (with its buffer) on expiry.
+            let r = monoio::select! {
+                r = self.read_more_until(deadline, INIT_READ_BUF) => r,
+                _ = drain.wait() => return Wait::Closed,
+            };
+            return self.after_wait(r.map_err(|_| ()));
         }
-        ok
+        let handle = self.canceller.get_or_insert_with(Canceller::new).handle();
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        let (res, slice) = {
+            let mut read =
+                std::pin::pin!(self.stream.cancelable_read(buf.slice_mut(len..), handle));
+            let waited = monoio::select! {
+                r = &mut read => Some(r),
+                _ = monoio::time::sleep_until((now + hibernate_after).into()) => None,
+                _ = drain.wait() => return Wait::Closed,
+            };
+            match waited {
+                Some(r) => r,
+                None => {
+                    // Cancelled, the read still completes: with what arrived meanwhile, if
+                    // anything, or with ECANCELED. Either way the buffer comes back.
+                    drop(self.canceller.take().map(Canceller::cancel));
+                    read.await
+                }
+            }
+        };
+        self.buf = slice.into_inner();
+        match res {
+            Err(e) if e.raw_os_error() == Some(ECANCELED) => Wait::Idle(deadline),
+            Ok(n) => {
+                self.tally.bytes_in += n as u64;
+                self.after_wait(Ok(n))
+            }
+            Err(_) => Wait::Closed,
+        }
+    }
+
+    fn after_wait(&mut self, read: Result<usize, ()>) -> Wait {
+        if matches!(read, Ok(n) if n > 0) {
+            self.unpark_buffers();
+            Wait::Ready
+        } else {
+            Wait::Closed
+        }
+    }
+
+    /// Before a hibernating wait: frees what an idle connection does not need (its read
+    /// buffer, request id and canceller). Nothing is buffered.
+    pub fn hibernate(&mut self) {
+        debug_assert!(self.buffered().is_empty());
+        self.buf = Vec::new();
+        self.pos = 0;
+        self.request_id = String::new();
+        self.canceller = None;
+    }
+
+    /// The hibernating wait: until the socket is readable, with no buffer, then reads what
+    /// arrived. True: a request's first bytes are buffered. False: close the connection (the
+    /// client closed, `deadline` passed, the worker drains).
+    ///
+    /// The deadline is [`Drain::wait_until`]'s coarse one (up to
+    /// [`EXPIRE_EVERY`](crate::runtime::EXPIRE_EVERY) late), which costs this future
+    /// 32 bytes of the worker's table instead of a 640-byte timer.
+    pub async fn wait_woken(&mut self, drain: &Drain, deadline: Instant) -> bool {
+        let readable = monoio::select! {
+            r = self.stream.readable(false) => r.is_ok(),
+            _ = drain.wait_until(deadline) => false,
+        };
+        // Read here what woke it: a request goes on to a serving task, but a client that
+        // closed (the common end of an idle connection) costs no serving task at all.
+        readable
+            && monoio::select! {
+                r = self.read_more(IDLE_READ_BUF) => self.after_wait(r.map_err(|_| ())) == Wait::Ready,
+                _ = drain.wait_until(deadline) => false,
+            }
     }
 
     /// Before an idle wait: parks the write buffers and swaps a grown read buffer for a small
@@ -241,6 +344,11 @@ impl ClientConn {
 /// Read buffer of an idle keep-alive connection: big enough for a typical request head
 /// (a larger request is read on into a full-size buffer).
 pub const IDLE_READ_BUF: usize = 1024;
+/// A keep-alive connection without a request for this long hibernates (see the module docs).
+/// Waking costs its next request a task spawn and two more ring operations (~a few µs), which
+/// a connection that waits this long between requests does not notice; short, so that a burst
+/// of new connections (each holds the large task until it hibernates) leaves little behind.
+pub const HIBERNATE_AFTER: Duration = Duration::from_millis(100);
 /// Spare buffers larger than this are freed rather than kept.
 const SPARE_MAX_CAPACITY: usize = 16 * 1024;
 /// Most spare buffers one worker keeps (bounds the list at 4 MiB).
@@ -319,7 +427,8 @@ mod tests {
             let (stream, peer) = listener.accept().await.unwrap();
             let mut c = ClientConn::new(stream, peer);
             let drain = Drain::default();
-            assert!(c.wait_readable(&drain, Duration::from_secs(5)).await);
+            let wait = c.wait_request(&drain, Duration::from_secs(5), HIBERNATE_AFTER);
+            assert_eq!(wait.await, Wait::Ready);
             assert!(c.out.capacity() >= INIT_READ_BUF && c.up_out.capacity() >= INIT_READ_BUF);
             while c.buffered().len() < big.len() {
                 assert!(c.read_more(64 * 1024).await.unwrap() > 0);
@@ -328,10 +437,174 @@ mod tests {
             c.consume(big.len());
             c.compact();
             c.out.extend_from_slice(b"response");
-            assert!(c.wait_readable(&drain, Duration::from_secs(5)).await);
+            let wait = c.wait_request(&drain, Duration::from_secs(5), HIBERNATE_AFTER);
+            assert_eq!(wait.await, Wait::Ready);
             assert!(c.out.is_empty() && c.out.capacity() >= INIT_READ_BUF);
             assert_eq!(c.buf.capacity(), IDLE_READ_BUF);
             assert_eq!(c.buffered(), b"next");
+            client.join().unwrap();
+        });
+    }
+
+    /// Runs `test` on the legacy (epoll) driver and, where the kernel has it, on io_uring.
+    fn on_both_drivers<F: std::future::Future<Output = ()>>(test: impl Fn() -> F) {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(test());
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => rt.block_on(test()),
+            Err(e) => {
+                eprintln!("io_uring unavailable here ({e}): tested on the legacy driver only")
+            }
+        }
+    }
+
+    /// Runs `f` while expiring `drain`'s timed waits, as the worker's inbox loop does.
+    async fn expiring<T>(drain: &Drain, f: impl std::future::Future<Output = T>) -> T {
+        let ticks = async {
+            loop {
+                monoio::time::sleep(Duration::from_millis(5)).await;
+                drain.expire(Instant::now());
+            }
+        };
+        monoio::select! {
+            r = f => r,
+            () = ticks => unreachable!(),
+        }
+    }
+
+    /// Waits for the next request the way the connection loop does, hibernating in between
+    /// (`true`: it hibernated); `None`: the connection is to be closed.
+    async fn next_request(
+        c: &mut ClientConn,
+        drain: &Drain,
+        idle: Duration,
+        nap: Duration,
+    ) -> Option<bool> {
+        expiring(drain, next_request_inner(c, drain, idle, nap)).await
+    }
+
+    async fn next_request_inner(
+        c: &mut ClientConn,
+        drain: &Drain,
+        idle: Duration,
+        nap: Duration,
+    ) -> Option<bool> {
+        match c.wait_request(drain, idle, nap).await {
+            Wait::Ready => Some(false),
+            Wait::Closed => None,
+            Wait::Idle(deadline) => {
+                c.hibernate();
+                assert_eq!(
+                    (c.buf.capacity(), c.out.capacity(), c.up_out.capacity()),
+                    (0, 0, 0),
+                    "a hibernating connection holds no buffers"
+                );
+                assert_eq!(c.request_id.capacity(), 0);
+                if !c.wait_woken(drain, deadline).await {
+                    return None;
+                }
+                assert!(
+                    !c.buffered().is_empty(),
+                    "woken with the request's first bytes"
+                );
+                assert!(c.out.capacity() >= INIT_READ_BUF, "write buffers are back");
+                Some(true)
+            }
+        }
+    }
+
+    /// Requests sent just before, at and after the moment the wait hibernates, whole or in
+    /// two pieces: every byte arrives in order, whether the read was cancelled or not.
+    #[test]
+    fn hibernating_waits_lose_no_bytes() {
+        on_both_drivers(|| async {
+            const NAP: Duration = Duration::from_millis(20);
+            let delays_ms = [0u64, 5, 15, 19, 20, 21, 25, 40, 60, 19, 20, 21];
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                for (i, d) in delays_ms.iter().enumerate() {
+                    std::thread::sleep(Duration::from_millis(*d));
+                    let msg = format!("request {i:02};");
+                    if i % 2 == 0 {
+                        s.write_all(msg.as_bytes()).unwrap();
+                    } else {
+                        s.write_all(&msg.as_bytes()[..4]).unwrap();
+                        std::thread::sleep(Duration::from_millis(3));
+                        s.write_all(&msg.as_bytes()[4..]).unwrap();
+                    }
+                    // Wait for the echo, so each request is sent into an idle connection.
+                    let mut ack = [0u8; 1];
+                    std::io::Read::read_exact(&mut s, &mut ack).unwrap();
+                }
+            });
+            let (stream, peer) = listener.accept().await.unwrap();
+            let mut c = ClientConn::new(stream, peer);
+            let drain = Drain::default();
+            let mut napped = 0;
+            for i in 0..delays_ms.len() {
+                let want = format!("request {i:02};");
+                let woke = next_request(&mut c, &drain, Duration::from_secs(5), NAP).await;
+                napped += usize::from(woke.expect("the client is still there"));
+                while c.buffered().len() < want.len() {
+                    assert!(c.read_more(64 * 1024).await.unwrap() > 0);
+                }
+                assert_eq!(c.buffered(), want.as_bytes(), "round {i}");
+                c.consume(want.len());
+                c.compact();
+                c.out.push(b'k');
+                c.flush_out().await.unwrap();
+            }
+            assert!(napped > 0, "some waits hibernated");
+            client.join().unwrap();
+        });
+    }
+
+    /// A hibernating connection closes when its client does, at its keep-alive deadline, and
+    /// when the worker drains.
+    #[test]
+    fn hibernating_connections_close_on_eof_deadline_and_drain() {
+        on_both_drivers(|| async {
+            const NAP: Duration = Duration::from_millis(10);
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            // The client: closes after 50 ms; stays silent; stays silent.
+            let client = std::thread::spawn(move || {
+                let a = std::net::TcpStream::connect(addr).unwrap();
+                let b = std::net::TcpStream::connect(addr).unwrap();
+                let c = std::net::TcpStream::connect(addr).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                drop(a);
+                std::thread::sleep(Duration::from_millis(300));
+                drop((b, c));
+            });
+            let mut conns = Vec::new();
+            for _ in 0..3 {
+                let (stream, peer) = listener.accept().await.unwrap();
+                conns.push(ClientConn::new(stream, peer));
+            }
+            let drain = Drain::default();
+            let long = Duration::from_secs(5);
+            assert_eq!(next_request(&mut conns[0], &drain, long, NAP).await, None);
+            let short = Duration::from_millis(60);
+            assert_eq!(next_request(&mut conns[1], &drain, short, NAP).await, None);
+            let c = &mut conns[2];
+            let Wait::Idle(deadline) = c.wait_request(&drain, long, NAP).await else {
+                panic!("a silent client hibernates")
+            };
+            c.hibernate();
+            let (woken, ()) = monoio::join!(c.wait_woken(&drain, deadline), async {
+                monoio::time::sleep(Duration::from_millis(20)).await;
+                drain.start();
+            });
+            assert!(!woken, "draining closes hibernating connections");
             client.join().unwrap();
         });
     }
