@@ -273,18 +273,39 @@ fn revocation_applies_on_every_worker_within_100ms() {
     let up = Upstream::echo();
     let gw = auth_gateway(&m, up.addr, "", "");
     let token = &m.tokens[0].1;
-    // Connections land on both workers.
-    let mut conns: Vec<Client> = (0..8).map(|_| Client::connect(gw.local_addr())).collect();
-    let send = |c: &mut Client| {
+    let send_to = |c: &mut Client| {
         c.send(
             format!("GET /v1/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n")
                 .as_bytes(),
         );
-        c.read_response().unwrap().status
+        let r = c.read_response().unwrap();
+        // The worker that answered is the middle field of the request id.
+        let worker = r
+            .header("x-request-id")
+            .and_then(|id| id.split('-').nth(1))
+            .unwrap_or("?")
+            .to_string();
+        (r.status, worker)
     };
-    for c in &mut conns {
-        assert_eq!(send(c), 200);
+    let send = |c: &mut Client| send_to(c).0;
+    // Connections on both workers (SO_REUSEPORT spreads them by hash: keep opening until each
+    // worker holds four).
+    let mut conns: Vec<Client> = Vec::new();
+    let mut per_worker = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..200 {
+        let mut c = Client::connect(gw.local_addr());
+        let (status, worker) = send_to(&mut c);
+        assert_eq!(status, 200);
+        let n = per_worker.entry(worker).or_default();
+        if *n < 4 {
+            *n += 1;
+            conns.push(c);
+        }
+        if per_worker.len() == 2 && per_worker.values().all(|&n| n == 4) {
+            break;
+        }
     }
+    assert_eq!(conns.len(), 8, "connections did not spread: {per_worker:?}");
     let revoked = Revoked::new(RevokedKind::Jti, "token-to-revoke", now() + 600).unwrap();
     let at = Instant::now();
     gw.revoke(&revoked);

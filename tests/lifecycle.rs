@@ -4,6 +4,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -266,11 +268,30 @@ fn invalid_fixtures_are_rejected() {
     assert!(n >= 3);
 }
 
+/// Kills a spawned gateway if the test fails before it stopped it (a failed assertion must not
+/// leave a process holding the test's ports and pipes).
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(self.0.to_string())
+                .status();
+        }
+    }
+}
+
 #[test]
 fn binary_drains_on_sigterm_and_reloads_on_change() {
-    let up = Upstream::start(|mut c| {
+    // Set when the slow request reached the upstream: it is then in flight at the gateway.
+    let slow_arrived = Arc::new(AtomicBool::new(false));
+    let arrived = slow_arrived.clone();
+    let up = Upstream::start(move |mut c| {
         while let Some(r) = c.read_request() {
-            if r.target == "/slow" {
+            if r.target.ends_with("/slow") {
+                arrived.store(true, Ordering::SeqCst);
                 thread::sleep(Duration::from_millis(400));
             }
             c.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
@@ -294,6 +315,7 @@ fn binary_drains_on_sigterm_and_reloads_on_change() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _reap = KillOnPanic(child.id());
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(addr).is_err() {
@@ -315,7 +337,14 @@ fn binary_drains_on_sigterm_and_reloads_on_change() {
 
     let mut c = Client::connect(addr);
     c.send(b"GET /new/slow HTTP/1.1\r\nHost: a\r\n\r\n");
-    thread::sleep(Duration::from_millis(100));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !slow_arrived.load(Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "the slow request never reached the upstream"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
     Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
