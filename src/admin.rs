@@ -60,9 +60,9 @@ use serde_json::{json, Value};
 
 use crate::config::{ConfigProblem, Snapshot};
 use crate::control::{self, SharedView, ToControl};
+use crate::inbox::ToWorker;
 use crate::metrics::merge::Merged;
 use crate::metrics::WorkerMetrics;
-use crate::runtime::ToWorker;
 use http::{Request, Response};
 
 /// The admin address of `config/demo.toml`, and `shardgate stats`' default.

@@ -41,8 +41,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::auth::{RevocationLog, Revoked};
 use crate::config::{self, ConfigError, ConfigProblem, Snapshot};
-use crate::runtime::unix_now;
-use crate::runtime::ToWorker;
+use crate::inbox::ToWorker;
+use crate::time::unix_now;
 pub use protection::Loss;
 pub use revoke::RevokeError;
 use watch::{FileWatch, Poll};

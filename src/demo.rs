@@ -119,7 +119,7 @@ impl Demo {
         admin: Option<SocketAddr>,
         exe: &str,
     ) -> String {
-        let token = token(crate::runtime::unix_now());
+        let token = token(crate::time::unix_now());
         let url = format!("http://{gateway}/v1/chat/completions");
         // `flag` after `curl`, then one `-H` per line, then the body.
         let chat = |flag: &str, label: Option<&str>, body: &str| {

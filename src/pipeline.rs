@@ -23,13 +23,13 @@ mod limit;
 
 use crate::auth::Identity;
 use crate::config::{Snapshot, Upstream};
+use crate::conn::ClientConn;
 use crate::error::{self, Fault, GatewayError};
 use crate::http::parse::{BodyFraming, RequestHead};
 use crate::model::JsonBody;
 use crate::proxy::{self, Failure, OutBody, Outbound, ReqInfo};
 use crate::route::{Route, RouteError, RouteTarget, SelectCtx, StickyKey};
-use crate::runtime::Worker;
-use crate::server::ClientConn;
+use crate::worker::Worker;
 
 /// Serves one request (see the module docs).
 pub async fn handle(

@@ -38,10 +38,11 @@ use monoio::net::TcpStream;
 use crate::breaker::engine::{self, NoEndpoint};
 use crate::breaker::{Outcome, Permit};
 use crate::config::{Snapshot, Upstream};
+use crate::conn::ClientConn;
 use crate::error::{GatewayError, UpstreamError};
 use crate::http::parse::{BodyFraming, RequestHead};
-use crate::runtime::Worker;
-use crate::server::{micros, ClientConn};
+use crate::time::micros;
+use crate::worker::Worker;
 use pool::UpConn;
 
 /// Request headers never forwarded as received: hop-by-hop fields, framing (re-declared by

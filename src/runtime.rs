@@ -18,26 +18,24 @@
 //! keep-alive connections, lets requests in flight finish (their responses carry
 //! `Connection: close`), and exits when none are left or the drain timeout passes.
 
-mod drain;
 mod trim;
 
-use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 
-use crate::auth::Revocations;
 use crate::config::{DriverChoice, Snapshot};
 use crate::control::coord::{Coord, ToCoord};
 use crate::metrics::{Driver, WorkerMetrics};
-use crate::proxy::pool::Pools;
-use crate::quota::QuotaShard;
+use crate::worker::Links;
 
-pub use drain::{Drain, EXPIRE_EVERY};
+pub use crate::inbox::ToWorker;
+pub use crate::time::unix_now;
+pub use crate::worker::Worker;
 
 /// How often a worker looks at its inbox.
 pub const INBOX_TICK: Duration = Duration::from_millis(5);
@@ -45,145 +43,6 @@ pub const INBOX_TICK: Duration = Duration::from_millis(5);
 pub const URING_ENTRIES: u32 = 4096;
 /// Listen backlog per worker socket.
 pub const LISTEN_BACKLOG: i32 = 4096;
-
-/// Messages from the control plane to one worker.
-pub enum ToWorker {
-    /// Swap to this snapshot between requests.
-    Snapshot(Box<Snapshot>),
-    /// Send a copy of the metrics back.
-    Collect(Sender<WorkerMetrics>),
-    /// A quota lease grant or denial from the coordinator.
-    Quota(crate::quota::FromCoordinator),
-    /// A revoked token id (or subject) to refuse from now on.
-    Revoke(crate::auth::Revoked),
-    /// A circuit breaker decision from the coordination thread.
-    Breaker(crate::breaker::BreakerUpdate),
-    /// An endpoint's active health changed.
-    Health(crate::breaker::HealthUpdate),
-    /// Answer with this worker's id once every message sent before this one is applied (the
-    /// inbox is FIFO), so the control plane can tell when a change is in force everywhere.
-    Barrier(Sender<usize>),
-    /// Drain and stop.
-    Shutdown,
-}
-
-/// Everything one worker owns. Lives in an `Rc` on the worker thread; never shared.
-pub struct Worker {
-    pub id: usize,
-    pub snapshot: RefCell<Rc<Snapshot>>,
-    pub pools: RefCell<Pools>,
-    pub metrics: RefCell<WorkerMetrics>,
-    pub drain: Drain,
-    /// Open client connections.
-    pub conns: Cell<usize>,
-    /// Request id generation: a per-process random prefix, the worker id and a counter.
-    req_prefix: u32,
-    req_seq: Cell<u64>,
-    /// Round-robin position for endpoint choice.
-    pub rr: Cell<usize>,
-    /// This worker's access log buffer, when `[access_log]` is configured.
-    pub access_log: RefCell<Option<crate::access_log::WorkerLog>>,
-    /// Request heads for reuse (see `server`).
-    pub heads: RefCell<Vec<Box<crate::http::RequestHead>>>,
-    /// This worker's inbox from the control plane.
-    inbox: Receiver<ToWorker>,
-    /// The coordination thread.
-    coord: Sender<ToCoord>,
-    /// Process-wide zero of quota time.
-    epoch: Instant,
-    /// This core's quota leases.
-    pub quota: RefCell<QuotaShard>,
-    quota_out: RefCell<Vec<crate::quota::ToCoordinator>>,
-    /// This core's copy of the revocation list.
-    pub revocations: RefCell<Revocations>,
-    /// Reused JWT decode buffers.
-    pub auth_scratch: RefCell<crate::auth::Scratch>,
-    /// This core's random source for weighted splits.
-    pub rng: RefCell<crate::route::WorkerRng>,
-    /// This core's circuit breakers and retry budgets.
-    pub resilience: RefCell<crate::breaker::engine::WorkerResilience>,
-}
-
-impl Worker {
-    /// The snapshot to run one request on; it stays valid even if a new one arrives.
-    #[inline]
-    pub fn current(&self) -> Rc<Snapshot> {
-        self.snapshot.borrow().clone()
-    }
-
-    /// Milliseconds since the process-wide quota epoch.
-    #[inline]
-    pub fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// Sends the quota shard's queued lease requests and returns to the coordinator.
-    pub fn flush_quota(&self) {
-        let mut out = self.quota_out.borrow_mut();
-        self.quota.borrow_mut().drain_requests(&mut out);
-        for m in out.drain(..) {
-            let _ = self.coord.send(ToCoord::Quota(m));
-        }
-    }
-
-    /// Sends the breakers' pending outcome reports to the coordination thread.
-    pub fn flush_breakers(&self) {
-        let coord = &self.coord;
-        self.resilience.borrow_mut().drain_reports(|r| {
-            let _ = coord.send(ToCoord::Breaker(r));
-        });
-    }
-
-    /// Handles every message waiting in the inbox (between requests, or while a request is
-    /// parked waiting for a lease).
-    pub fn poll_inbox(&self) {
-        while let Ok(msg) = self.inbox.try_recv() {
-            match msg {
-                ToWorker::Snapshot(s) => {
-                    self.metrics.borrow_mut().config_generation = s.generation;
-                    self.metrics.borrow_mut().set_routes(&s);
-                    self.pools.borrow_mut().retain_endpoints(&s);
-                    self.resilience
-                        .borrow_mut()
-                        .set_policies(&s.resilience, Instant::now());
-                    if self.id == 0 {
-                        // One worker tells the decider; every worker got the same snapshot.
-                        let table = Box::new(s.resilience.clone());
-                        let _ = self.coord.send(ToCoord::Resilience(table));
-                    }
-                    *self.snapshot.borrow_mut() = Rc::new(*s);
-                }
-                ToWorker::Collect(reply) => {
-                    let mut m = self.metrics.borrow().clone();
-                    m.connections_open = self.conns.get() as u64;
-                    m.access_log_dropped =
-                        self.access_log.borrow().as_ref().map_or(0, |l| l.dropped);
-                    let _ = reply.send(m);
-                }
-                ToWorker::Quota(m) => {
-                    let now = self.now_ms();
-                    self.quota.borrow_mut().apply(m, now);
-                }
-                ToWorker::Revoke(r) => self.revocations.borrow_mut().insert(r),
-                ToWorker::Breaker(u) => self.resilience.borrow_mut().apply(&u),
-                ToWorker::Health(u) => self.resilience.borrow_mut().apply_health(&u),
-                ToWorker::Barrier(reply) => {
-                    let _ = reply.send(self.id);
-                }
-                ToWorker::Shutdown => self.drain.start(),
-            }
-        }
-    }
-
-    /// Writes a fresh request id into `out`.
-    pub fn next_request_id(&self, out: &mut String) {
-        use std::fmt::Write;
-        let n = self.req_seq.get() + 1;
-        self.req_seq.set(n);
-        out.clear();
-        let _ = write!(out, "{:08x}-{:x}-{:x}", self.req_prefix, self.id, n);
-    }
-}
 
 /// A running engine: the worker threads and their inboxes.
 pub struct Engine {
@@ -372,16 +231,6 @@ fn random_u32() -> u32 {
 }
 
 type Ready = Sender<io::Result<()>>;
-type Log = Option<crate::access_log::WorkerLog>;
-
-/// A worker's channels and shared constants.
-struct Links {
-    inbox: Receiver<ToWorker>,
-    coord: Sender<ToCoord>,
-    epoch: Instant,
-    prefix: u32,
-    log: Log,
-}
 
 fn worker_thread(
     id: usize,
@@ -453,7 +302,6 @@ async fn worker_main(
     ready: Ready,
     driver: Driver,
 ) {
-    let log = links.log;
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -461,40 +309,8 @@ async fn worker_main(
             return;
         }
     };
-    let mut metrics = WorkerMetrics::new(id, driver);
-    metrics.config_generation = snapshot.generation;
-    metrics.set_routes(&snapshot);
     let drain_timeout = snapshot.server.drain_timeout;
-    let workers = snapshot.server.cores.len().max(1) as u32;
-    let resilience = crate::breaker::engine::WorkerResilience::new(
-        id as u32,
-        workers,
-        &snapshot.resilience,
-        Instant::now(),
-    );
-    let worker = Rc::new(Worker {
-        id,
-        snapshot: RefCell::new(Rc::new(snapshot)),
-        // io_uring watches idle upstream connections with a posted receive (see `pool`).
-        pools: RefCell::new(Pools::new(driver == Driver::IoUring)),
-        metrics: RefCell::new(metrics),
-        drain: Drain::default(),
-        conns: Cell::new(0),
-        req_prefix: links.prefix,
-        req_seq: Cell::new(0),
-        rr: Cell::new(id),
-        access_log: RefCell::new(log),
-        heads: RefCell::new(Vec::new()),
-        inbox: links.inbox,
-        coord: links.coord,
-        epoch: links.epoch,
-        quota: RefCell::new(QuotaShard::new(id as u16)),
-        quota_out: RefCell::new(Vec::new()),
-        revocations: RefCell::new(Revocations::new()),
-        auth_scratch: RefCell::new(crate::auth::Scratch::default()),
-        rng: RefCell::new(crate::route::WorkerRng::for_worker(id)),
-        resilience: RefCell::new(resilience),
-    });
+    let worker = Rc::new(Worker::new(id, snapshot, driver, links));
     monoio::spawn(inbox_loop(worker.clone()));
     let _ = ready.send(Ok(()));
     crate::server::accept_loop(worker.clone(), listener).await;
@@ -510,13 +326,6 @@ async fn worker_main(
 
 /// How often expired revocations are dropped.
 pub const REVOCATION_PURGE: Duration = Duration::from_secs(10);
-
-/// Seconds since the Unix epoch (JWT time).
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// How often the quota shard's timer work (returns, prefetch, expiry) runs.
 pub const QUOTA_TICK: Duration = Duration::from_millis(100);

@@ -17,8 +17,6 @@
 //! connection, with no buffers, until it is readable again (`hibernate`); its keep-alive
 //! deadline is then checked with the worker's drain table (±100 ms).
 
-mod conn;
-
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -27,9 +25,9 @@ use monoio::net::{TcpListener, TcpStream};
 use crate::error::{self, GatewayError};
 use crate::http::parse::{parse_request, RequestHead};
 use crate::http::write::{error_response, ErrorResponse};
-use crate::runtime::Worker;
+use crate::worker::Worker;
 
-pub use conn::{read_into, ClientConn, ReadError};
+use crate::conn::{self, ClientConn};
 
 /// Accepts until the worker drains.
 pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
@@ -208,7 +206,7 @@ pub fn account(
         deployment,
         route: c.tally.route,
         status,
-        total_us: micros(started),
+        total_us: crate::time::micros(started),
         upstream_us,
         bytes_in,
         bytes_out,
@@ -258,10 +256,6 @@ impl Drop for PooledHead<'_> {
             pool.extend(self.head.take());
         }
     }
-}
-
-pub fn micros(since: Instant) -> u64 {
-    since.elapsed().as_micros().min(u128::from(u64::MAX)) as u64
 }
 
 impl Worker {

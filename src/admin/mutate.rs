@@ -24,7 +24,7 @@ use crate::auth::revocation::persist_atomically;
 use crate::auth::{Revoked, RevokedKind};
 use crate::config::{self, ConfigProblem};
 use crate::control::{self, RevokeError, ToControl};
-use crate::runtime::unix_now;
+use crate::time::unix_now;
 
 /// How far ahead a revocation may expire. A jti entry only needs to outlive its token, and
 /// the file is read on every start, so an unbounded entry would be kept forever.

@@ -33,7 +33,7 @@ use super::{
 };
 use crate::config::{ConfigProblem, RawUpstream, Upstream};
 use crate::error::{Fault, GatewayError, UpstreamError};
-use crate::runtime::ToWorker;
+use crate::inbox::ToWorker;
 
 /// All endpoints of the chosen upstream are open or unhealthy (sent with `Retry-After`).
 pub const UNAVAILABLE: GatewayError = GatewayError {

@@ -14,8 +14,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::breaker::engine::{CoordResilience, Resilience};
 use crate::breaker::{BreakerReport, BreakerSnapshot};
+use crate::inbox::ToWorker;
 use crate::quota::{Coordinator, FromCoordinator, ToCoordinator};
-use crate::runtime::ToWorker;
 
 /// How often the coordinator's periodic work (quota sweeps, breaker timers, health updates)
 /// runs when no message arrives. Breaker decisions wait at most this long to go out.

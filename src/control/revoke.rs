@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::auth::{RevocationLog, Revoked};
-use crate::runtime::{unix_now, ToWorker};
+use crate::inbox::ToWorker;
+use crate::time::unix_now;
 
 /// How long a revocation waits for every worker to confirm it. A worker looks at its inbox
 /// every few milliseconds, so only a stuck or exiting worker comes near this.

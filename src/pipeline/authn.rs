@@ -5,7 +5,8 @@ use crate::auth::{AuthError, Authenticator, Identity};
 use crate::error::{Fault, GatewayError};
 use crate::http::RequestHead;
 use crate::route::Route;
-use crate::runtime::{unix_now, Worker};
+use crate::time::unix_now;
+use crate::worker::Worker;
 
 /// Whether `route` requires a verified token.
 pub fn required(auth: Option<&Authenticator>, route: &Route) -> bool {

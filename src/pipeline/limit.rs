@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Fault, GatewayError};
 use crate::quota::{Decision, KeyKind, QuotaError, QuotaSettings, Ticket};
-use crate::runtime::Worker;
+use crate::worker::Worker;
 
 /// Longest a request waits for its core's first lease of a key before the gateway gives up
 /// with 503 (the coordinator is a local thread; this only trips if it is wedged).

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use super::pool::UpConn;
 use super::{Failure, ReqInfo};
+use crate::conn::{ClientConn, ReadError};
 use crate::error::{self, GatewayError, UpstreamError};
 use crate::http::body::ChunkedDecoder;
 use crate::http::parse::BodyFraming;
 use crate::http::Limits;
-use crate::runtime::Worker;
-use crate::server::{ClientConn, ReadError};
+use crate::worker::Worker;
 
 /// Largest read while a body arrives.
 pub const BODY_READ: usize = 64 * 1024;

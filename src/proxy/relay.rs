@@ -15,11 +15,11 @@ use std::io::Write;
 use std::mem::MaybeUninit;
 use std::time::Duration;
 
+use crate::conn::ClientConn;
 use crate::error::UpstreamError;
 use crate::http::body::ChunkedDecoder;
 use crate::http::parse::{parse_content_length, tokens};
 use crate::http::write::reason;
-use crate::server::ClientConn;
 
 use super::pool::{UpConn, UPSTREAM_READ_BUF};
 use super::tap::Tap;

@@ -30,7 +30,7 @@ use monoio::net::TcpStream;
 use crate::error::GatewayError;
 use crate::http::limits::INIT_READ_BUF;
 use crate::http::write::{error_response, ErrorResponse};
-use crate::runtime::Drain;
+use crate::worker::Drain;
 
 /// Why a read did not deliver bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,7 +260,7 @@ impl ClientConn {
     /// client closed, `deadline` passed, the worker drains).
     ///
     /// The deadline is [`Drain::wait_until`]'s coarse one (up to
-    /// [`EXPIRE_EVERY`](crate::runtime::EXPIRE_EVERY) late), which costs this future
+    /// [`EXPIRE_EVERY`](crate::worker::EXPIRE_EVERY) late), which costs this future
     /// 32 bytes of the worker's table instead of a 640-byte timer.
     pub async fn wait_woken(&mut self, drain: &Drain, deadline: Instant) -> bool {
         let readable = monoio::select! {
