@@ -14,8 +14,6 @@ pub enum ToWorker {
     Snapshot(Box<Snapshot>),
     /// Send a copy of the metrics back.
     Collect(Sender<WorkerMetrics>),
-    /// A quota lease grant or denial from the coordinator.
-    Quota(crate::quota::FromCoordinator),
     /// A revoked token id (or subject) to refuse from now on.
     Revoke(crate::auth::Revoked),
     /// A circuit breaker decision from the coordination thread.

@@ -65,10 +65,15 @@ impl Engine {
             .iter()
             .map(|_| crossbeam_channel::unbounded())
             .collect();
+        let (answer_txs, answer_rxs): (Vec<_>, Vec<_>) = listeners
+            .iter()
+            .map(|_| crossbeam_channel::unbounded())
+            .unzip();
         // Slot-aligned to Unix time, so gateways sharing a Redis quota agree on slots.
         let (epoch, epoch_unix_ms) = crate::quota::shared_epoch();
         let coord = Coord::spawn(
             inboxes.iter().map(|(tx, _)| tx.clone()).collect(),
+            answer_txs,
             (epoch, epoch_unix_ms),
             &snapshot.resilience,
             snapshot.quota.as_ref(),
@@ -78,7 +83,9 @@ impl Engine {
             None => None,
         };
         let mut workers = Vec::new();
-        for (id, (listener, (tx, rx))) in listeners.into_iter().zip(inboxes).enumerate() {
+        let channels = inboxes.into_iter().zip(answer_rxs);
+        for (id, (listener, ((tx, rx), answers))) in listeners.into_iter().zip(channels).enumerate()
+        {
             let snap = snapshot.clone();
             let ready = ready_tx.clone();
             let links = Links {
@@ -90,6 +97,7 @@ impl Engine {
                     .as_ref()
                     .zip(snapshot.access_log.as_ref())
                     .and_then(|(w, s)| w.worker_log(id, s)),
+                quota_answers: answers,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shardgate-w{id}"))
@@ -336,6 +344,7 @@ async fn inbox_loop(worker: Rc<Worker>) {
     let mut trim = trim::Trim::default();
     loop {
         worker.poll_inbox();
+        worker.take_quota_answers();
         // Hibernating connections past their keep-alive deadline close; once many have
         // closed, what they held goes back to the kernel.
         worker.drain.expire(Instant::now());
@@ -358,6 +367,15 @@ async fn inbox_loop(worker: Rc<Worker>) {
         if worker.drain.is_draining() && worker.conns.get() == 0 {
             return;
         }
-        monoio::time::sleep(INBOX_TICK).await;
+        // While a request waits for a quota lease, look for the answer every LEASE_POLL
+        // (and start doing so as soon as the first one waits); otherwise every tick.
+        if worker.lease.has_waiters() {
+            monoio::time::sleep(crate::worker::lease::LEASE_POLL).await;
+        } else {
+            monoio::select! {
+                _ = monoio::time::sleep(INBOX_TICK) => {}
+                _ = worker.lease.waiter_arrived() => {}
+            }
+        }
     }
 }

@@ -27,7 +27,8 @@ use crate::http::parse::{parse_request, RequestHead};
 use crate::http::write::{error_response, ErrorResponse};
 use crate::worker::Worker;
 
-use crate::conn::{self, ClientConn};
+use crate::conn::{self, ClientConn, RequestBufs, RequestSlot};
+use crate::pipeline::Outcome;
 
 /// Accepts until the worker drains.
 pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
@@ -141,28 +142,58 @@ async fn serve(worker: &Rc<Worker>, mut c: ClientConn) -> Served {
         let started = Instant::now();
         c.begin_request();
         let snap = worker.current();
-        // Heads (~2 KB of offsets) are borrowed from the worker only while a request is in
-        // progress, so idle keep-alive connections do not each hold one.
-        let mut head = PooledHead::take(worker);
-        let head_len = match read_head(&mut c, &snap.limits, &mut head, started).await {
-            Ok(Some(n)) => n,
+        // The head (~2 KB of offsets) and the request's buffers are borrowed from the worker
+        // only while a request is in progress, so idle keep-alive connections hold none.
+        let mut slot = PooledSlot::take(worker);
+        let RequestSlot { head, bufs } = &mut *slot;
+        let outcome = match read_head(&mut c, &snap.limits, head, started).await {
+            Ok(Some(head_len)) => {
+                if !request_id_from(head, &mut c) {
+                    worker.next_request_id(&mut c.request_id);
+                }
+                crate::pipeline::handle(worker, &snap, &mut c, head, head_len, bufs).await
+            }
+            // The client closed (or the connection broke) before a complete head.
             Ok(None) => return Served::Closed,
             Err(e) => {
                 worker.next_request_id(&mut c.request_id);
-                let _ = c.send_error(&e, b"").await;
-                account(worker, &mut c, e.status, started, None);
-                return Served::Closed;
+                Outcome::Reject(e)
             }
         };
-        match worker.request_id_from(&head, &mut c) {
-            true => {}
-            false => worker.next_request_id(&mut c.request_id),
-        }
-        let keep = crate::pipeline::handle(worker, &snap, &mut c, &head, head_len, started).await;
-        if !keep {
+        if !conclude(worker, &mut c, head.keep_alive, outcome, bufs, started).await {
             return Served::Closed;
         }
     }
+}
+
+/// Acts on a request's outcome: answers a rejection (closing the connection after it when the
+/// error, the client or a drain says so), records the request once in the metrics and the
+/// access log, and says whether the connection may serve another request.
+async fn conclude(
+    worker: &Worker,
+    c: &mut ClientConn,
+    keep_alive: bool,
+    outcome: Outcome,
+    bufs: &RequestBufs,
+    started: Instant,
+) -> bool {
+    let (status, upstream_us, keep) = match outcome {
+        Outcome::Served {
+            status,
+            keep_alive,
+            upstream_us,
+        } => (status, upstream_us, keep_alive),
+        Outcome::Reject(mut e) => {
+            if !keep_alive || worker.drain.is_draining() {
+                e = e.closing();
+            }
+            let sent = c.send_error(&e, &bufs.resp_headers).await.is_ok();
+            (e.status, None, sent && !e.close)
+        }
+        Outcome::Close(status) => (status, None, false),
+    };
+    account(worker, c, status, started, upstream_us);
+    keep
 }
 
 /// Reads until a complete head is buffered. `Ok(None)`: the client closed (or the connection
@@ -217,61 +248,68 @@ pub fn account(
     }
 }
 
-/// Most request heads a worker keeps for reuse.
-pub const HEAD_POOL_MAX: usize = 1024;
+/// Most request slots (head + buffers) a worker keeps for reuse.
+pub const SLOT_POOL_MAX: usize = 1024;
 
-/// A request head on loan from the worker's pool; returned on drop.
-struct PooledHead<'a> {
+/// A request slot on loan from the worker's pool; returned on drop.
+struct PooledSlot<'a> {
     worker: &'a Worker,
-    head: Option<Box<RequestHead>>,
+    slot: Option<Box<RequestSlot>>,
 }
 
-impl<'a> PooledHead<'a> {
+impl<'a> PooledSlot<'a> {
     fn take(worker: &'a Worker) -> Self {
-        let head = worker.heads.borrow_mut().pop().unwrap_or_default();
-        PooledHead {
+        let slot = worker.slots.borrow_mut().pop().unwrap_or_default();
+        PooledSlot {
             worker,
-            head: Some(head),
+            slot: Some(slot),
         }
     }
 }
 
-impl std::ops::Deref for PooledHead<'_> {
-    type Target = RequestHead;
-    fn deref(&self) -> &RequestHead {
-        self.head.as_deref().expect("present until drop")
+impl std::ops::Deref for PooledSlot<'_> {
+    type Target = RequestSlot;
+    fn deref(&self) -> &RequestSlot {
+        self.slot.as_deref().expect("present until drop")
     }
 }
 
-impl std::ops::DerefMut for PooledHead<'_> {
-    fn deref_mut(&mut self) -> &mut RequestHead {
-        self.head.as_deref_mut().expect("present until drop")
+impl std::ops::DerefMut for PooledSlot<'_> {
+    fn deref_mut(&mut self) -> &mut RequestSlot {
+        self.slot.as_deref_mut().expect("present until drop")
     }
 }
 
-impl Drop for PooledHead<'_> {
+impl Drop for PooledSlot<'_> {
     fn drop(&mut self) {
-        let mut pool = self.worker.heads.borrow_mut();
-        if pool.len() < HEAD_POOL_MAX {
-            pool.extend(self.head.take());
+        let mut pool = self.worker.slots.borrow_mut();
+        if let Some(mut slot) = self.slot.take().filter(|_| pool.len() < SLOT_POOL_MAX) {
+            slot.bufs.reset();
+            pool.push(slot);
         }
     }
 }
 
-impl Worker {
-    /// Takes the client's `X-Request-Id` when it is short and printable.
-    fn request_id_from(&self, head: &RequestHead, c: &mut ClientConn) -> bool {
-        let Some(v) = head.header(c.buffered(), "x-request-id") else {
-            return false;
-        };
-        if v.is_empty() || v.len() > 128 || !v.iter().all(|b| b.is_ascii_graphic()) {
-            return false;
-        }
-        let v = String::from_utf8_lossy(v).into_owned();
-        c.request_id.clear();
-        c.request_id.push_str(&v);
-        true
+/// Takes the client's `X-Request-Id` when it is short and printable (the head's bytes are at
+/// the front of the connection buffer).
+fn request_id_from(head: &RequestHead, c: &mut ClientConn) -> bool {
+    let ClientConn {
+        buf,
+        pos,
+        request_id,
+        ..
+    } = c;
+    let Some(v) = head.header(&buf[*pos..], "x-request-id") else {
+        return false;
+    };
+    if v.is_empty() || v.len() > 128 || !v.iter().all(|b| b.is_ascii_graphic()) {
+        return false;
     }
+    // Graphic ASCII: valid UTF-8, copied without an allocation.
+    let v = std::str::from_utf8(v).unwrap_or("-");
+    request_id.clear();
+    request_id.push_str(v);
+    true
 }
 
 #[cfg(test)]

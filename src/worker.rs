@@ -5,6 +5,7 @@
 //! arrive over the inbox ([`crate::inbox::ToWorker`]) and are applied by [`Worker::apply`].
 
 pub mod drain;
+pub mod lease;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -21,6 +22,7 @@ use crate::proxy::pool::Pools;
 use crate::quota::QuotaShard;
 
 pub use drain::{Drain, EXPIRE_EVERY};
+pub use lease::LeaseDesk;
 
 /// What a worker is connected to, handed over by the engine that starts it.
 pub struct Links {
@@ -31,6 +33,8 @@ pub struct Links {
     /// Per-process random prefix of request ids.
     pub prefix: u32,
     pub log: Option<crate::access_log::WorkerLog>,
+    /// Lease answers from the coordination thread (see [`lease`]).
+    pub quota_answers: Receiver<crate::quota::FromCoordinator>,
 }
 
 /// Everything one worker owns. Lives in an `Rc` on the worker thread; never shared.
@@ -49,8 +53,8 @@ pub struct Worker {
     pub rr: Cell<usize>,
     /// This worker's access log buffer, when `[access_log]` is configured.
     pub access_log: RefCell<Option<crate::access_log::WorkerLog>>,
-    /// Request heads for reuse (see `server`).
-    pub heads: RefCell<Vec<Box<crate::http::RequestHead>>>,
+    /// Request heads and buffers for reuse (see `server`).
+    pub slots: RefCell<Vec<Box<crate::conn::RequestSlot>>>,
     /// This worker's inbox from the control plane.
     inbox: Receiver<ToWorker>,
     /// The coordination thread.
@@ -60,6 +64,8 @@ pub struct Worker {
     /// This core's quota leases.
     pub quota: RefCell<QuotaShard>,
     quota_out: RefCell<Vec<crate::quota::ToCoordinator>>,
+    /// Lease answers from the coordinator, and the requests waiting for one.
+    pub lease: LeaseDesk,
     /// This core's copy of the revocation list.
     pub revocations: RefCell<Revocations>,
     /// Reused JWT decode buffers.
@@ -90,6 +96,12 @@ impl Worker {
         for m in out.drain(..) {
             let _ = self.coord.send(ToCoord::Quota(m));
         }
+    }
+
+    /// Applies the coordinator's lease answers that have arrived (grants, denials, recalls)
+    /// and wakes the requests waiting for one.
+    pub fn take_quota_answers(&self) {
+        self.lease.apply(&self.quota, self.now_ms());
     }
 
     /// Sends the breakers' pending outcome reports to the coordination thread.
@@ -132,10 +144,6 @@ impl Worker {
                     m.access_log_dropped =
                         self.access_log.borrow().as_ref().map_or(0, |l| l.dropped);
                     let _ = reply.send(m);
-                }
-                ToWorker::Quota(m) => {
-                    let now = self.now_ms();
-                    self.quota.borrow_mut().apply(m, now);
                 }
                 ToWorker::Revoke(r) => self.revocations.borrow_mut().insert(r),
                 ToWorker::Breaker(u) => self.resilience.borrow_mut().apply(&u),
@@ -183,11 +191,12 @@ impl Worker {
             req_seq: Cell::new(0),
             rr: Cell::new(id),
             access_log: RefCell::new(links.log),
-            heads: RefCell::new(Vec::new()),
+            slots: RefCell::new(Vec::new()),
             inbox: links.inbox,
             coord: links.coord,
             epoch: links.epoch,
             quota: RefCell::new(QuotaShard::new(id as u16)),
+            lease: LeaseDesk::new(links.quota_answers),
             quota_out: RefCell::new(Vec::new()),
             revocations: RefCell::new(Revocations::new()),
             auth_scratch: RefCell::new(crate::auth::Scratch::default()),

@@ -40,7 +40,8 @@ pub struct Coord {
 }
 
 impl Coord {
-    /// Starts the thread for `workers` (their inboxes, in worker order); `epoch` is the
+    /// Starts the thread for `workers` (their inboxes, in worker order; `quota_answers`: each
+    /// worker's channel for lease answers, in the same order); `epoch` is the
     /// process-wide zero of quota time.
     /// `table` is the first snapshot's endpoint table.
     ///
@@ -49,6 +50,7 @@ impl Coord {
     /// sharing Redis agree on slot numbers.
     pub fn spawn(
         workers: Vec<Sender<ToWorker>>,
+        quota_answers: Vec<Sender<FromCoordinator>>,
         (epoch, epoch_unix_ms): (Instant, u64),
         table: &Resilience,
         quota: Option<&crate::quota::QuotaSettings>,
@@ -62,7 +64,7 @@ impl Coord {
         let table = table.clone();
         let thread = std::thread::Builder::new()
             .name("shardgate-coord".into())
-            .spawn(move || run(workers, epoch, table, rx, coordinator))?;
+            .spawn(move || run(workers, quota_answers, epoch, table, rx, coordinator))?;
         Ok(Coord {
             tx,
             thread: Some(thread),
@@ -85,6 +87,7 @@ impl Drop for Coord {
 
 fn run(
     workers: Vec<Sender<ToWorker>>,
+    quota_answers: Vec<Sender<FromCoordinator>>,
     epoch: Instant,
     table: Resilience,
     rx: Receiver<ToCoord>,
@@ -114,8 +117,8 @@ fn run(
             }
         }
         for (w, reply) in st.out.drain(..) {
-            if let Some(inbox) = workers.get(usize::from(w)) {
-                let _ = inbox.send(ToWorker::Quota(reply));
+            if let Some(answers) = quota_answers.get(usize::from(w)) {
+                let _ = answers.send(reply);
             }
         }
         st.quota.tick(st.now_ms());

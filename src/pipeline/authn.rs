@@ -1,7 +1,9 @@
-//! Pipeline glue for the auth stage: find the credential, verify it against this core's
-//! keys and revocation list, check the route's scope, render the rejection.
+//! The auth stage: find the credential, verify it against this core's keys and revocation
+//! list, check the route's scope, render the rejection (401 with an RFC 6750 challenge, or
+//! 403 for a missing scope), counted by reason.
 
 use crate::auth::{AuthError, Authenticator, Identity};
+use crate::config::Snapshot;
 use crate::error::{Fault, GatewayError};
 use crate::http::RequestHead;
 use crate::route::Route;
@@ -35,6 +37,41 @@ pub fn verify(
         &worker.revocations.borrow(),
         &mut worker.auth_scratch.borrow_mut(),
     )
+}
+
+/// Verifies the credential before the body is read, whenever the route may need it: the
+/// path's default route requires a token, or the route depends on the body and is not known
+/// yet. `None`: not checked (no `[auth]`, or the default route is open).
+pub fn verify_early(
+    worker: &Worker,
+    snap: &Snapshot,
+    head: &RequestHead,
+    head_bytes: &[u8],
+    early: Option<&Route>,
+) -> Option<Result<Identity, AuthError>> {
+    let auth = snap.auth.as_ref()?;
+    if early.is_some_and(|r| !required(Some(auth), r)) {
+        return None;
+    }
+    Some(verify(worker, auth, head, head_bytes))
+}
+
+/// The identity for the final `route`: the early verdict, or a verification now if none ran.
+/// `Err`: the rejection to answer (counted, its `WWW-Authenticate` line in `resp_headers`).
+pub fn admit_for(
+    worker: &Worker,
+    snap: &Snapshot,
+    (head, head_bytes): (&RequestHead, &[u8]),
+    route: &Route,
+    verdict: Option<Result<Identity, AuthError>>,
+    resp_headers: &mut Vec<u8>,
+) -> Result<Option<Identity>, GatewayError> {
+    let auth = snap.auth.as_ref();
+    let verdict = match (verdict, auth) {
+        (None, Some(a)) if required(auth, route) => Some(verify(worker, a, head, head_bytes)),
+        (v, _) => v,
+    };
+    admit(auth, route, verdict).map_err(|e| rejection(worker, e, resp_headers))
 }
 
 /// The identity for `route` from a verification result: `Ok(None)` for open routes.

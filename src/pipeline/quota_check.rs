@@ -1,10 +1,20 @@
-//! Pipeline glue for the quota stage: pick the rule, wait (boundedly) for a first lease,
-//! render the `X-RateLimit-*` headers or the 429.
+//! The quota stage: pick the rule, wait (boundedly) for a first lease, render the
+//! `X-RateLimit-*` headers or the 429; after the response, charge the tokens it used.
+//!
+//! # Contract
+//!
+//! [`admit`] returns the ticket to charge (`None`: no rule applies) with the
+//! `X-RateLimit-*` lines appended to the response headers, or the error to answer: 429
+//! `rate_limit_exceeded` with `Retry-After` (counted by rule), or 503 when the coordinator
+//! does not grant a first lease within [`LEASE_WAIT`]. [`charge`] charges what a response
+//! used to the ticket and counts tokens by subject × model.
 
 use std::io::Write;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::auth::Identity;
+use crate::config::Snapshot;
 use crate::error::{Fault, GatewayError};
 use crate::quota::{Decision, KeyKind, QuotaError, QuotaSettings, Ticket};
 use crate::worker::Worker;
@@ -71,7 +81,7 @@ pub async fn check(
     // empty channel (~9 ns, `cargo bench --bench quota`). Request-only rules are never
     // recalled.
     if rule.limits.tokens.is_some() {
-        worker.poll_inbox();
+        worker.take_quota_answers();
     }
     loop {
         let now = worker.now_ms();
@@ -91,15 +101,83 @@ pub async fn check(
             }
             Decision::NeedLease => {
                 // Only the first request of a key on this core (or one near the limit) gets
-                // here: ask now instead of at the next inbox tick, then wait for the answer.
+                // here: ask now instead of at the next inbox tick, then wait until the
+                // worker's inbox loop has applied an answer (it wakes every waiter).
                 worker.flush_quota();
                 if Instant::now() >= deadline {
                     return Limited::Failed(COORDINATOR_STUCK);
                 }
-                monoio::time::sleep(Duration::from_micros(200)).await;
-                worker.poll_inbox();
+                worker.lease.wait(deadline).await;
             }
         }
+    }
+}
+
+/// Runs the quota stage for a caller (see the module docs).
+pub async fn admit(
+    worker: &Rc<Worker>,
+    snap: &Snapshot,
+    ip: std::net::IpAddr,
+    identity: Option<&Identity>,
+    model: &str,
+    max_tokens: Option<u64>,
+    headers: &mut Vec<u8>,
+) -> Result<Option<Ticket>, GatewayError> {
+    let Some(q) = &snap.quota else {
+        return Ok(None);
+    };
+    let caller = Caller {
+        subject: identity.map(|i| i.subject.as_str()),
+        tenant: identity.and_then(|i| i.tenant.as_deref()),
+        ip,
+    };
+    match check(worker, q, &caller, model, max_tokens, headers).await {
+        Limited::Unlimited => Ok(None),
+        Limited::Admitted(t) => Ok(Some(t)),
+        Limited::Rejected(e) => {
+            let rule = q
+                .rules
+                .get(usize::from(e.rule.0))
+                .map_or("-", |r| r.name.as_str());
+            worker.metrics.borrow_mut().counters.add(
+                &crate::metrics::counters::QUOTA_REJECTIONS,
+                &[rule],
+                1,
+            );
+            Err(rejection(&e))
+        }
+        Limited::Failed(e) => Err(e),
+    }
+}
+
+/// Charges what a response used (`None`: unknown, nothing) to the caller's ticket and counts
+/// it by subject × model in the metrics.
+pub fn charge(
+    worker: &Worker,
+    ticket: Option<Ticket>,
+    identity: Option<&Identity>,
+    model: &str,
+    tokens: Option<u64>,
+) {
+    let used = tokens.unwrap_or(0);
+    if let Some(ticket) = ticket {
+        let now = worker.now_ms();
+        worker
+            .quota
+            .borrow_mut()
+            .charge_tokens(ticket, used.min(u64::from(u32::MAX)) as u32, now);
+        // An overrun goes to the coordinator now, not at the next inbox tick: it may take the
+        // key over its limit, and other cores' leases are recalled only once it is counted.
+        worker.flush_quota();
+    }
+    if used > 0 {
+        let subject = identity.map_or("anonymous", |i| i.subject.as_str());
+        let model = if model.is_empty() { "-" } else { model };
+        worker.metrics.borrow_mut().counters.add(
+            &crate::metrics::counters::TOKENS,
+            &[subject, model],
+            used,
+        );
     }
 }
 

@@ -1,0 +1,34 @@
+//! The body stage: a route keyed by model, and every split, reads the JSON body whole before
+//! it can choose where the request goes.
+//!
+//! # Contract
+//!
+//! [`read_json`] sends `100 Continue` when the client waits for it, reads the body off the
+//! connection (bounded by `limits.max_body_bytes` (413), the body deadlines (408) and chunked
+//! framing (400); each of these closes the connection, since the rest of the body is still in
+//! flight) and parses it: a body that is not a JSON object, has duplicate top-level keys, or a
+//! `model`/`stream` of the wrong type gets 400 and the connection stays usable.
+
+use crate::conn::ClientConn;
+use crate::http::parse::BodyFraming;
+use crate::http::Limits;
+use crate::model::JsonBody;
+use crate::proxy::{inbound, ReqInfo};
+
+use super::Stop;
+
+/// Reads and parses the request body (see the module docs). `raw` receives the bytes.
+pub async fn read_json(
+    c: &mut ClientConn,
+    req: &ReqInfo,
+    framing: BodyFraming,
+    limits: &Limits,
+    raw: &mut Vec<u8>,
+) -> Result<JsonBody, Stop> {
+    if inbound::send_continue(c, req).await.is_err() {
+        // The client is gone.
+        return Err(Stop::Close(0));
+    }
+    inbound::collect_body(c, framing, limits, raw).await?;
+    Ok(JsonBody::parse(raw).map_err(crate::error::GatewayError::from)?)
+}

@@ -1,0 +1,252 @@
+//! Attempts: an endpoint and a connection for the request, the request written, the response
+//! head read — again on another endpoint when that is allowed.
+//!
+//! # Contract
+//!
+//! [`exchange`] returns the connection whose response head is complete (its bytes at the
+//! front of the connection's buffer) with the breaker permit of that attempt, or the
+//! [`Failure`] to answer. Endpoint choice is round-robin over the endpoints whose circuit
+//! breaker admits the attempt (see [`crate::breaker`]); every attempt's outcome is recorded
+//! with its permit. When none admits, the answer is `503 upstream_unavailable` with
+//! `Retry-After`. Connect failures move to the next endpoint while the retry budget allows.
+//! A `retryable` route tries a failed attempt (no response, 502/503/504) again on another
+//! endpoint while the request is held whole, within the route's total deadline and the retry
+//! budget. A reused connection that died before answering an idempotent request held whole is
+//! replayed once on another connection. Nothing is retried once a response byte may have
+//! reached the client (the relay comes after this).
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use crate::breaker::engine::{self, NoEndpoint};
+use crate::breaker::{Outcome, Permit};
+use crate::config::{Snapshot, Upstream};
+use crate::conn::ClientConn;
+use crate::error::{GatewayError, UpstreamError};
+use crate::worker::Worker;
+
+use super::pool::{self, UpConn};
+use super::relay::{self, ResponseHead};
+use super::{inbound, Failure, Outbound, ReqInfo};
+
+/// Most attempts to reach an endpoint of one upstream when connecting fails.
+pub const MAX_CONNECT_ATTEMPTS: usize = 3;
+/// Most attempts of one request on a `retryable` route.
+pub const MAX_ROUTE_ATTEMPTS: u32 = 3;
+
+/// A connection with a complete response head, and the breaker permit of its attempt.
+pub struct Answered {
+    pub up: UpConn,
+    pub head: ResponseHead,
+    pub permit: Option<Permit>,
+}
+
+/// What the attempts need to know about the request.
+pub struct Plan<'a> {
+    pub req: ReqInfo,
+    pub ob: &'a Outbound<'a>,
+    /// The request (head and body) is in `up_out` whole, so it can be sent again.
+    pub inline: bool,
+    /// The route's total deadline, over every attempt.
+    pub deadline: Option<Instant>,
+    /// The upstream's index in the snapshot's resilience table.
+    pub up_idx: Option<usize>,
+}
+
+impl Plan<'_> {
+    /// `d`, cut to what is left of the route's total deadline.
+    pub fn cap(&self, d: Duration) -> Duration {
+        match self.deadline {
+            Some(dl) => d.min(dl.saturating_duration_since(Instant::now())),
+            None => d,
+        }
+    }
+}
+
+/// Sends the request (`up_out`, then a streamed body if it is not inline) until an attempt
+/// gets a response head (see the module docs). `upload` is the streamed-upload slot the body
+/// holds while it streams.
+pub async fn exchange(
+    worker: &Rc<Worker>,
+    c: &mut ClientConn,
+    snap: &Snapshot,
+    plan: &Plan<'_>,
+    up_out: &mut Vec<u8>,
+    mut upload: Option<inbound::Upload<'_>>,
+) -> Result<Answered, Failure> {
+    let (req, ob) = (plan.req, plan.ob);
+    let upstream = ob.upstream;
+    let record = |permit: Option<Permit>, outcome: Outcome| {
+        worker.resilience.borrow_mut().record(permit, outcome);
+    };
+    let mut attempt = 0;
+    // Whether the client's body has been read off its connection.
+    let mut body_read = plan.inline;
+    loop {
+        attempt += 1;
+        let connect_timeout = plan.cap(ob.timeouts.connect.unwrap_or(upstream.connect_timeout));
+        let (mut up, permit) =
+            match acquire(worker, snap, plan.up_idx, upstream, connect_timeout).await {
+                Ok(u) => u,
+                Err(NoEndpoint::Unavailable(wait)) => {
+                    // The gateway's own answer: the connection stays usable unless the body
+                    // is still unread.
+                    let error = engine::UNAVAILABLE;
+                    return Err(Failure::Unavailable {
+                        error: if plan.inline { error } else { error.closing() },
+                        retry_after: engine::retry_after_secs(wait),
+                    });
+                }
+                Err(NoEndpoint::Failed(e)) => {
+                    // The body is still unread on the connection unless it went inline.
+                    let e = GatewayError::from(e);
+                    return Err(Failure::Respond(if plan.inline { e } else { e.closing() }));
+                }
+            };
+        let (res, buf) = up.write_all(std::mem::take(up_out)).await;
+        *up_out = buf;
+        // Bytes that reached a pooled connection before this write are not our response:
+        // such a connection fails here like one the upstream closed (see `pool`).
+        let sent = res.is_ok() && up.settle().await == pool::Settled::Clean;
+        if sent && !plan.inline {
+            let streamed = inbound::stream_body(c, &mut up, req.framing, &snap.limits).await;
+            drop(upload.take());
+            if let Err(f) = streamed {
+                // Most likely the client's body failed; nothing is known about the upstream.
+                record(permit, Outcome::ClientCancelled);
+                return Err(f);
+            }
+            body_read = true;
+        }
+        let first = match sent {
+            true => {
+                let first_byte = ob
+                    .timeouts
+                    .first_byte
+                    .unwrap_or(upstream.first_byte_timeout);
+                relay::read_response_head(&mut up, plan.cap(first_byte)).await
+            }
+            false => Err(UpstreamError::ClosedBeforeResponse),
+        };
+        // A retryable route may try again (another endpoint first, by round-robin) while
+        // nothing reached the client, the request is held whole, there is time left and the
+        // retry budget allows.
+        let may_retry = |w: &Worker| {
+            ob.retryable
+                && plan.inline
+                && attempt < MAX_ROUTE_ATTEMPTS
+                && plan.deadline.is_none_or(|d| Instant::now() < d)
+                && w.resilience
+                    .borrow_mut()
+                    .try_retry(plan.up_idx, Instant::now())
+        };
+        match first {
+            Ok(h) if matches!(h.status, 502..=504) && may_retry(worker) => {
+                record(permit, Outcome::Status(h.status));
+            }
+            Ok(head) => return Ok(Answered { up, head, permit }),
+            Err(
+                e @ (UpstreamError::ClosedBeforeResponse
+                | UpstreamError::FirstByteTimeout
+                | UpstreamError::BadResponse),
+            ) if !(up.reused && req.idempotent && attempt == 1) && may_retry(worker) => {
+                record(permit, engine::outcome_of(e));
+            }
+            // A reused connection that died before answering: the upstream closed it while
+            // our request was in flight. Replaying is safe only for idempotent requests we
+            // still hold whole, and only within the retry budget.
+            Err(UpstreamError::ClosedBeforeResponse)
+                if up.reused
+                    && plan.inline
+                    && req.idempotent
+                    && attempt == 1
+                    && worker
+                        .resilience
+                        .borrow_mut()
+                        .try_retry(plan.up_idx, Instant::now()) =>
+            {
+                // A stale pooled connection says nothing about the endpoint.
+                record(permit, Outcome::ClientCancelled);
+            }
+            Err(e) => {
+                record(permit, engine::outcome_of(e));
+                // An unread body would be taken for the next request.
+                let e = GatewayError::from(e);
+                return Err(Failure::Respond(if body_read { e } else { e.closing() }));
+            }
+        }
+    }
+}
+
+/// A pooled connection to one of the upstream's endpoints, or a new one, with the breaker's
+/// permit for it. Endpoints whose breaker rejects (open, no probe permit, unhealthy) are
+/// skipped; connect failures move on to the next endpoint (nothing was sent, so this is always
+/// safe) while the retry budget allows.
+async fn acquire(
+    worker: &Rc<Worker>,
+    snap: &Snapshot,
+    up_idx: Option<usize>,
+    upstream: &Upstream,
+    connect_timeout: Duration,
+) -> Result<(UpConn, Option<Permit>), NoEndpoint> {
+    let n = upstream.endpoints.len();
+    let start = worker.rr.get();
+    worker.rr.set(start.wrapping_add(1));
+    let mut last = None;
+    let mut wait: Option<Duration> = None;
+    let mut connects = 0;
+    for i in 0..n {
+        let idx = (start + i) % n;
+        let ep = &upstream.endpoints[idx];
+        let id = up_idx.and_then(|u| snap.resilience.endpoint(u, idx));
+        let now = Instant::now();
+        let permit = {
+            let mut res = worker.resilience.borrow_mut();
+            // Budget first, so that a refused retry does not consume a probe permit.
+            if connects > 0 && !res.try_retry(up_idx, now) {
+                break;
+            }
+            match res.allow(id, now) {
+                Ok(p) => p,
+                Err(r) => {
+                    wait = Some(wait.map_or(r.retry_after, |w| w.min(r.retry_after)));
+                    continue;
+                }
+            }
+        };
+        if let Some(c) = worker.pools.borrow_mut().take(
+            ep.addr,
+            upstream.pool_idle_timeout,
+            upstream.pool_max_requests,
+        ) {
+            worker.metrics.borrow_mut().upstream_reuses += 1;
+            return Ok((c, permit));
+        }
+        connects += 1;
+        let e = match monoio::time::timeout(connect_timeout, TcpStream::connect_addr(ep.addr)).await
+        {
+            Ok(Ok(s)) => {
+                worker.metrics.borrow_mut().upstream_connects += 1;
+                return Ok((UpConn::new(s, ep.addr), permit));
+            }
+            Ok(Err(_)) => UpstreamError::ConnectFailed,
+            Err(_) => UpstreamError::ConnectTimeout,
+        };
+        worker
+            .resilience
+            .borrow_mut()
+            .record(permit, engine::outcome_of(e));
+        last = Some(e);
+        if connects >= MAX_CONNECT_ATTEMPTS {
+            break;
+        }
+    }
+    Err(match (last, wait) {
+        (Some(e), _) => NoEndpoint::Failed(e),
+        (None, w) => {
+            NoEndpoint::Unavailable(w.unwrap_or(crate::breaker::worker::RETRY_AFTER_UNKNOWN))
+        }
+    })
+}

@@ -1,0 +1,162 @@
+//! The upstream request head: what the client sent, minus what the gateway owns, plus what
+//! the gateway sets.
+//!
+//! # Contract
+//!
+//! Headers are re-serialized toward the upstream: hop-by-hop fields (and every field named in
+//! `Connection`) are dropped, framing is re-declared by the gateway, `X-Forwarded-For/Proto/
+//! Host` and `X-Request-Id` are set, and the request line carries exactly the path the request
+//! was routed on. [`write_head_prefix`] writes what is known once the route is
+//! ([`crate::pipeline`] calls it); [`finish`] completes the head once the body's form is known;
+//! [`inline_body`] appends a small body that is already here, so the request goes out in one
+//! write and can be replayed.
+
+use std::io::Write;
+
+use crate::conn::ClientConn;
+use crate::http::parse::{BodyFraming, RequestHead};
+
+use super::{OutBody, Outbound, ReqInfo};
+
+/// Request headers never forwarded as received: hop-by-hop fields, framing (re-declared by
+/// the gateway) and the fields the gateway sets itself.
+const DROP_REQUEST_HEADERS: &[&[u8]] = &[
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authorization",
+    b"te",
+    b"transfer-encoding",
+    b"upgrade",
+    b"trailer",
+    b"content-length",
+    b"host",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-request-id",
+];
+
+/// Request bodies up to this size that are already buffered go out with the head in one write
+/// (and can be replayed on a fresh connection).
+pub const INLINE_BODY: usize = 64 * 1024;
+
+/// Writes the first part of the upstream request head into `out`: the request line (with the
+/// path the request was routed on and the query as sent; never a fragment), the client's
+/// end-to-end headers (minus hop-by-hop fields, the fields the gateway sets, and any
+/// for which `drop` says so), and the forwarding headers. [`finish`] completes it with Host,
+/// framing and credentials once the upstream is known. `buf` holds the head's bytes (the
+/// connection buffer, or a copy taken before the body was read).
+pub fn write_head_prefix(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    c: &ClientConn,
+    head: &RequestHead,
+    drop: impl Fn(&[u8]) -> bool,
+) {
+    out.clear();
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    // Exactly the path that was routed (normalised by the parser) and the query as sent.
+    out.extend_from_slice(head.path.get(buf));
+    out.extend_from_slice(head.query.get(buf));
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut xff: Option<&[u8]> = None;
+    for (name, value) in head.headers(buf) {
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            xff = Some(value);
+        }
+        if DROP_REQUEST_HEADERS
+            .iter()
+            .any(|d| name.eq_ignore_ascii_case(d))
+            || drop(name)
+            || head.listed_in_connection(buf, name)
+        {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prev) = xff {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    let _ = write!(out, "{}\r\nx-forwarded-proto: http\r\n", c.peer.ip());
+    if let Some(h) = head.host {
+        out.extend_from_slice(b"x-forwarded-host: ");
+        out.extend_from_slice(h.get(buf));
+        out.extend_from_slice(b"\r\n");
+    }
+    let _ = write!(out, "x-request-id: {}\r\n", c.request_id);
+}
+
+/// Whether the whole body is in the connection buffer and small enough to go with the head.
+pub fn body_is_here(c: &ClientConn, framing: BodyFraming) -> bool {
+    match framing {
+        BodyFraming::None => true,
+        BodyFraming::Length(n) => n <= INLINE_BODY as u64 && c.buffered().len() as u64 >= n,
+        BodyFraming::Chunked => false,
+    }
+}
+
+/// Completes the head: Host, extra lines, framing, upstream credential, blank line.
+pub fn finish(out: &mut Vec<u8>, req: &ReqInfo, ob: &Outbound<'_>, body: OutBody<'_>) {
+    out.extend_from_slice(b"host: ");
+    // All endpoints of an upstream share its Host value (the first endpoint as written, or
+    // `host_header`).
+    out.extend_from_slice(ob.upstream.endpoints[0].host.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(ob.extra_request);
+    match (body, req.framing) {
+        (OutBody::Buffered(b), _) => {
+            let _ = write!(out, "content-length: {}\r\n", b.len());
+        }
+        (OutBody::FromClient, BodyFraming::None) => {
+            if !req.idempotent {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+        }
+        (OutBody::FromClient, BodyFraming::Length(n)) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        (OutBody::FromClient, BodyFraming::Chunked) => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n")
+        }
+    }
+    if let Some(line) = &ob.upstream.auth_line {
+        out.extend_from_slice(line);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the body to the head when it can travel with it (already read by a stage, or here
+/// whole and at most [`INLINE_BODY`]); true when it did (or there is none), so the request is
+/// held whole and can be replayed.
+pub fn inline_body(
+    out: &mut Vec<u8>,
+    c: &mut ClientConn,
+    body: OutBody<'_>,
+    framing: BodyFraming,
+) -> bool {
+    match (body, framing) {
+        (OutBody::Buffered(b), _) => {
+            out.extend_from_slice(b);
+            true
+        }
+        (OutBody::FromClient, BodyFraming::None) => true,
+        (OutBody::FromClient, BodyFraming::Length(n)) => {
+            let n = n as usize;
+            let whole = n <= INLINE_BODY && c.buffered().len() >= n;
+            if whole {
+                out.extend_from_slice(&c.buffered()[..n]);
+                c.consume(n);
+            }
+            whole
+        }
+        (OutBody::FromClient, BodyFraming::Chunked) => false,
+    }
+}
