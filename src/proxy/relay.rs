@@ -104,7 +104,8 @@ pub async fn read_response_head(
     }
 }
 
-fn parse_head(buf: &[u8]) -> Result<Option<ResponseHead>, UpstreamError> {
+/// Parses a response head from `buf`; `Ok(None)`: incomplete (public for the fuzz target).
+pub fn parse_head(buf: &[u8]) -> Result<Option<ResponseHead>, UpstreamError> {
     let mut headers = uninit_headers();
     let mut resp = httparse::Response::new(&mut []);
     let head_len = match parse_response(&mut resp, buf, &mut headers) {

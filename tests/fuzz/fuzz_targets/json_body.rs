@@ -1,0 +1,110 @@
+//! JSON request body: `JsonBody::parse`, `model()`, `set_model`, `request_usage`,
+//! `encode_into`, with serde_json as the oracle.
+//!
+//! Input: one byte giving the length of a replacement model name taken from the front of the
+//! rest (any bytes, made UTF-8 lossily: quotes, backslashes, control characters), then the
+//! body. Checks:
+//! - a body the reader accepts is a JSON object serde_json reads too, with the same `model`;
+//! - re-encoded, it is JSON serde_json reads as an object with the same keys and values, and
+//!   the reader accepts it again with the same `model`, `stream`, `max_tokens` and
+//!   `include_usage`;
+//! - after `set_model(name)` the encoding has `model` = `name` and every other key unchanged;
+//!   after `request_usage` it has `stream_options.include_usage = true` and nothing else lost;
+//! - a refused body is refused for the stated reason (not an object, `model` not a string,
+//!   `stream` not a boolean), as serde_json sees the same bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use serde_json::{Map, Value};
+use shardgate::model::{BodyError, JsonBody};
+
+fn object(bytes: &[u8]) -> Map<String, Value> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(o)) => o,
+        other => panic!(
+            "encoding {:?} is not a JSON object: {other:?}",
+            String::from_utf8_lossy(bytes)
+        ),
+    }
+}
+
+fn encode(body: &JsonBody) -> Vec<u8> {
+    let mut out = Vec::new();
+    body.encode_into(&mut out);
+    out
+}
+
+/// `got` is `want` with the keys in `changed` allowed to differ.
+fn same_except(got: &Map<String, Value>, want: &Map<String, Value>, changed: &[&str]) {
+    for (k, v) in want {
+        if !changed.contains(&k.as_str()) {
+            assert_eq!(got.get(k), Some(v), "key {k:?} changed");
+        }
+    }
+    for k in got.keys() {
+        assert!(want.contains_key(k) || changed.contains(&k.as_str()), "key {k:?} appeared");
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
+    let (name, body) = rest.split_at(usize::from(n % 32).min(rest.len()));
+    let name = String::from_utf8_lossy(name);
+    let oracle = serde_json::from_slice::<Value>(body);
+    let parsed = JsonBody::parse(&mut body.to_vec());
+    let mut b = match parsed {
+        Ok(b) => b,
+        Err(e) => {
+            if let Ok(v) = &oracle {
+                let o = v.as_object();
+                match e {
+                    BodyError::NotObject => assert!(o.is_none(), "object refused as NotObject"),
+                    BodyError::ModelNotString => {
+                        assert!(o.unwrap().get("model").is_some_and(|m| !m.is_string()))
+                    }
+                    BodyError::StreamNotBool => {
+                        let s = o.unwrap().get("stream").unwrap();
+                        assert!(!s.is_boolean() && !s.is_null());
+                    }
+                    // serde_json keeps the last of duplicate keys, so it cannot tell.
+                    BodyError::DuplicateKey => assert!(o.is_some()),
+                    BodyError::NotJson | BodyError::ModelMissing => {
+                        panic!("{e:?} for JSON serde_json reads as {v:?}")
+                    }
+                }
+            }
+            return;
+        }
+    };
+    let original = match oracle {
+        Ok(Value::Object(o)) => o,
+        other => panic!("accepted a body serde_json reads as {other:?}"),
+    };
+    assert_eq!(b.model(), original.get("model").and_then(Value::as_str));
+
+    let encoded = encode(&b);
+    same_except(&object(&encoded), &original, &[]);
+    let again = JsonBody::parse(&mut encoded.clone()).expect("re-encoded body refused");
+    assert_eq!(
+        (again.model(), again.stream(), again.max_tokens(), again.include_usage()),
+        (b.model(), b.stream(), b.max_tokens(), b.include_usage())
+    );
+
+    b.set_model(&name);
+    let renamed = object(&encode(&b));
+    assert_eq!(renamed.get("model").and_then(Value::as_str), Some(&*name));
+    same_except(&renamed, &original, &["model"]);
+    assert_eq!(b.model(), Some(&*name));
+
+    b.request_usage();
+    let usage = object(&encode(&b));
+    let options = usage["stream_options"].as_object().expect("stream_options object");
+    assert_eq!(options.get("include_usage"), Some(&Value::Bool(true)));
+    if let Some(Value::Object(before)) = original.get("stream_options") {
+        same_except(options, before, &["include_usage"]);
+    }
+    same_except(&usage, &renamed, &["stream_options"]);
+    assert!(b.include_usage());
+});
