@@ -55,6 +55,11 @@ pub struct JsonBody {
 
 impl JsonBody {
     pub fn parse(bytes: &mut [u8]) -> Result<JsonBody, BodyError> {
+        // A raw NUL is never valid JSON, but simd-json takes one as the end of a number or
+        // literal (`{"max_tokens":5\0}` parses): refuse it before simd-json sees it.
+        if bytes.contains(&0) {
+            return Err(BodyError::NotJson);
+        }
         let value = simd_json::to_owned_value(bytes).map_err(|_| BodyError::NotJson)?;
         let Some(obj) = value.as_object() else {
             return Err(BodyError::NotObject);
@@ -183,6 +188,29 @@ mod tests {
         assert_eq!(again.model(), Some("meta-llama/Llama-3-70B"));
         assert!(again.include_usage());
         assert!(String::from_utf8(out).unwrap().contains(r#"hi \"there\""#));
+    }
+
+    /// Found by the `json_body` fuzz target: a raw NUL after any scalar, in any position, and
+    /// anywhere else, is not JSON (`@` marks where the NUL goes).
+    #[test]
+    fn nul_bytes_are_not_json() {
+        let nul = |s: &str| s.replace('@', "\0");
+        for atom in ["0", "-1.5e3", "true", "false", "null", r#""s""#, "[]", "{}"] {
+            for body in [
+                format!(r#"{{"model":"m","x":{atom}@}}"#),
+                format!(r#"{{"x":{atom}@,"model":"m"}}"#),
+                format!(r#"{{"x":[{atom}@]}}"#),
+                format!(r#"{{"x":{atom}{}}}"#, "@".repeat(64)),
+            ] {
+                assert_eq!(parse(&nul(&body)).unwrap_err(), BodyError::NotJson, "{body}");
+            }
+        }
+        for body in ["@{}", "{}@", "{@}", r#"{"model":"a@b"}"#, r#"{"mo@del":"a"}"#] {
+            assert_eq!(parse(&nul(body)).unwrap_err(), BodyError::NotJson, "{body}");
+        }
+        // An escaped NUL is a character like any other.
+        let b = parse(r#"{"model":"a\u0000b"}"#).unwrap();
+        assert_eq!(b.model(), Some("a\0b"));
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //!
 //! Input: one byte picking the client side (HEAD or not, HTTP/1.0 or 1.1, keep-alive or not),
 //! then the bytes the upstream sent. Checks:
-//! - an accepted head lies inside the buffer, ends with its blank line, and its framing and
-//!   reusability agree with its own fields (never both Content-Length and chunked; a length
-//!   every Content-Length element states; 204/304 have no body; close-delimited and HTTP/1.0
-//!   responses are not reusable);
+//! - an accepted head lies inside the buffer, ends with its blank line, has a status in
+//!   100..=599 (RFC 9110 §15), and its framing and reusability agree with its own fields
+//!   (never both Content-Length and chunked; a length every Content-Length element states;
+//!   204/304 have no body; close-delimited and HTTP/1.0 responses are not reusable);
 //! - fed byte by byte, every prefix before the first verdict is `Ok(None)`, and the first
 //!   verdict is the whole buffer's (the same head, or an error for both);
 //! - for a final (non-1xx) head, the client-facing head written from it parses again as one
@@ -59,7 +59,7 @@ fn check_head(buf: &[u8], h: &ResponseHead) {
     assert!(h.head_len <= buf.len());
     let head = &buf[..h.head_len];
     assert!(head.ends_with(b"\n"));
-    assert!((100..=999).contains(&h.status));
+    assert!((100..=599).contains(&h.status));
     let (minor, fields) = fields(head);
     let lengths: Vec<u64> = named(&fields, "content-length")
         .iter()
