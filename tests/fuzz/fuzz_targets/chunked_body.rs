@@ -22,7 +22,11 @@ enum Verdict {
 }
 
 /// Decodes `input` delivered in pieces of the sizes `next_piece` yields (at least 1).
-fn decode(input: &[u8], max_total: u64, mut next_piece: impl FnMut() -> usize) -> (Vec<u8>, Verdict) {
+fn decode(
+    input: &[u8],
+    max_total: u64,
+    mut next_piece: impl FnMut() -> usize,
+) -> (Vec<u8>, Verdict) {
     let mut dec = ChunkedDecoder::new(max_total);
     let mut payload = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
@@ -34,7 +38,11 @@ fn decode(input: &[u8], max_total: u64, mut next_piece: impl FnMut() -> usize) -
         };
         assert!(step.consumed <= buf.len(), "consumed past the input");
         if let Some((a, b)) = step.data {
-            assert!(a < b && b <= step.consumed, "data range {a}..{b} of {}", step.consumed);
+            assert!(
+                a < b && b <= step.consumed,
+                "data range {a}..{b} of {}",
+                step.consumed
+            );
             payload.extend_from_slice(&buf[a..b]);
         }
         assert!(payload.len() as u64 <= max_total, "payload over max_total");

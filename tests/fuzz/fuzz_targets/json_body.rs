@@ -42,7 +42,10 @@ fn same_except(got: &Map<String, Value>, want: &Map<String, Value>, changed: &[&
         }
     }
     for k in got.keys() {
-        assert!(want.contains_key(k) || changed.contains(&k.as_str()), "key {k:?} appeared");
+        assert!(
+            want.contains_key(k) || changed.contains(&k.as_str()),
+            "key {k:?} appeared"
+        );
     }
 }
 
@@ -88,7 +91,12 @@ fuzz_target!(|data: &[u8]| {
     same_except(&object(&encoded), &original, &[]);
     let again = JsonBody::parse(&mut encoded.clone()).expect("re-encoded body refused");
     assert_eq!(
-        (again.model(), again.stream(), again.max_tokens(), again.include_usage()),
+        (
+            again.model(),
+            again.stream(),
+            again.max_tokens(),
+            again.include_usage()
+        ),
         (b.model(), b.stream(), b.max_tokens(), b.include_usage())
     );
 
@@ -100,7 +108,9 @@ fuzz_target!(|data: &[u8]| {
 
     b.request_usage();
     let usage = object(&encode(&b));
-    let options = usage["stream_options"].as_object().expect("stream_options object");
+    let options = usage["stream_options"]
+        .as_object()
+        .expect("stream_options object");
     assert_eq!(options.get("include_usage"), Some(&Value::Bool(true)));
     if let Some(Value::Object(before)) = original.get("stream_options") {
         same_except(options, before, &["include_usage"]);

@@ -21,8 +21,8 @@ use shardgate::http::parse::{parse_content_length, parse_request, tokens, trim};
 use shardgate::http::{BodyFraming, Limits, ParseError, RequestHead};
 
 fn limits(sel: u8) -> Limits {
-    let (line, head) = [(64, 256), (128, 512), (MAX_REQUEST_LINE, MAX_HEADER_BYTES)]
-        [usize::from(sel & 3) % 3];
+    let (line, head) =
+        [(64, 256), (128, 512), (MAX_REQUEST_LINE, MAX_HEADER_BYTES)][usize::from(sel & 3) % 3];
     Limits {
         max_request_line: line,
         max_header_bytes: head,
@@ -63,10 +63,19 @@ fn is_size_limit(e: ParseError) -> bool {
 }
 
 fn check_head(buf: &[u8], n: usize, h: &RequestHead, limits: &Limits) {
-    assert!(n <= buf.len() && n <= limits.max_header_bytes, "head length {n}");
-    assert!(buf[..n].ends_with(b"\n"), "head does not end with a line end");
+    assert!(
+        n <= buf.len() && n <= limits.max_header_bytes,
+        "head length {n}"
+    );
+    assert!(
+        buf[..n].ends_with(b"\n"),
+        "head does not end with a line end"
+    );
     let inside = |s: shardgate::http::parse::Span| {
-        assert!(s.start <= s.end && s.end as usize <= n, "span {s:?} outside head of {n}")
+        assert!(
+            s.start <= s.end && s.end as usize <= n,
+            "span {s:?} outside head of {n}"
+        )
     };
     inside(h.target);
     inside(h.path);
@@ -107,7 +116,10 @@ fn check_head(buf: &[u8], n: usize, h: &RequestHead, limits: &Limits) {
         .map(|p| parse_content_length(trim(p)).expect("accepted a bad Content-Length"))
         .collect();
     let te = named("transfer-encoding");
-    assert!(lengths.is_empty() || te.is_empty(), "both Content-Length and Transfer-Encoding");
+    assert!(
+        lengths.is_empty() || te.is_empty(),
+        "both Content-Length and Transfer-Encoding"
+    );
     match h.framing {
         BodyFraming::Chunked => {
             assert_eq!(h.minor_version, 1, "chunked on HTTP/1.0");
@@ -125,10 +137,8 @@ fn check_head(buf: &[u8], n: usize, h: &RequestHead, limits: &Limits) {
             assert!(lengths.iter().all(|&l| l == 0));
         }
     }
-    let connection_tokens: Vec<&[u8]> = named("connection")
-        .iter()
-        .flat_map(|v| tokens(v))
-        .collect();
+    let connection_tokens: Vec<&[u8]> =
+        named("connection").iter().flat_map(|v| tokens(v)).collect();
     let has = |t: &[u8]| connection_tokens.iter().any(|c| c.eq_ignore_ascii_case(t));
     let keep_alive = if h.minor_version == 1 {
         !has(b"close")
@@ -139,7 +149,8 @@ fn check_head(buf: &[u8], n: usize, h: &RequestHead, limits: &Limits) {
 }
 
 /// A head full of state (many fields, chunked, Connection, Expect) to parse over.
-const DIRTY: &[u8] = b"POST /dirty/path?q=1 HTTP/1.1\r\nHost: dirty\r\nConnection: x-a, keep-alive\r\n\
+const DIRTY: &[u8] =
+    b"POST /dirty/path?q=1 HTTP/1.1\r\nHost: dirty\r\nConnection: x-a, keep-alive\r\n\
 Connection: x-b\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\nX-1: 1\r\nX-2: 2\r\n\r\n";
 
 fuzz_target!(|data: &[u8]| {
@@ -167,7 +178,10 @@ fuzz_target!(|data: &[u8]| {
             (None, Ok(None)) => {}
             (None, other) => panic!("every prefix incomplete but the whole buffer gives {other:?}"),
             (Some((k, (Ok(Some(n)), h))), Ok(Some(full_n))) => {
-                assert_eq!(n, full_n, "prefix of {k} bytes parsed a different head length");
+                assert_eq!(
+                    n, full_n,
+                    "prefix of {k} bytes parsed a different head length"
+                );
                 assert_eq!(view(&h), view(&head), "prefix parsed a different head");
             }
             (Some((k, (Ok(Some(_)), _))), other) => {

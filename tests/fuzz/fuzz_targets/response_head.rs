@@ -40,7 +40,10 @@ fn fields(head: &[u8]) -> (u8, Vec<(&[u8], &[u8])>) {
     let fields = lines
         .take_while(|l| !l.is_empty())
         .map(|l| {
-            let colon = l.iter().position(|&b| b == b':').expect("field without colon");
+            let colon = l
+                .iter()
+                .position(|&b| b == b':')
+                .expect("field without colon");
             (&l[..colon], trim(&l[colon + 1..]))
         })
         .collect();
@@ -67,7 +70,10 @@ fn check_head(buf: &[u8], h: &ResponseHead) {
         .map(|p| parse_content_length(trim(p)).expect("accepted a bad Content-Length"))
         .collect();
     let te = named(&fields, "transfer-encoding");
-    assert!(lengths.is_empty() || te.is_empty(), "both Content-Length and Transfer-Encoding");
+    assert!(
+        lengths.is_empty() || te.is_empty(),
+        "both Content-Length and Transfer-Encoding"
+    );
     let close = named(&fields, "connection")
         .iter()
         .flat_map(|v| tokens(v))
@@ -91,7 +97,8 @@ fn check_head(buf: &[u8], h: &ResponseHead) {
 }
 
 fn same(a: &ResponseHead, b: &ResponseHead) -> bool {
-    (a.status, a.head_len, a.framing, a.keep_alive) == (b.status, b.head_len, b.framing, b.keep_alive)
+    (a.status, a.head_len, a.framing, a.keep_alive)
+        == (b.status, b.head_len, b.framing, b.keep_alive)
 }
 
 fn check_client_head(buf: &[u8], h: &ResponseHead, sel: u8) {
@@ -107,7 +114,11 @@ fn check_client_head(buf: &[u8], h: &ResponseHead, sel: u8) {
     let again = parse_head(&out)
         .expect("client head does not parse")
         .expect("client head incomplete");
-    assert_eq!(again.head_len, out.len(), "client head has bytes after its end");
+    assert_eq!(
+        again.head_len,
+        out.len(),
+        "client head has bytes after its end"
+    );
     assert_eq!(again.status, h.status);
     let (_, up_fields) = fields(&buf[..h.head_len]);
     let (_, fields) = fields(&out);
@@ -116,9 +127,17 @@ fn check_client_head(buf: &[u8], h: &ResponseHead, sel: u8) {
         .flat_map(|v| tokens(v))
         .collect();
     // Fields the gateway writes itself are checked below by value.
-    let ours = ["connection", "transfer-encoding", "content-length", "x-request-id", "x-extra"];
+    let ours = [
+        "connection",
+        "transfer-encoding",
+        "content-length",
+        "x-request-id",
+        "x-extra",
+    ];
     for (n, _) in &up_fields {
-        let dropped = HOP_BY_HOP.iter().any(|d| n.eq_ignore_ascii_case(d.as_bytes()))
+        let dropped = HOP_BY_HOP
+            .iter()
+            .any(|d| n.eq_ignore_ascii_case(d.as_bytes()))
             || listed.iter().any(|l| l.eq_ignore_ascii_case(n));
         let own = ours.iter().any(|o| n.eq_ignore_ascii_case(o.as_bytes()));
         if dropped && !own {
@@ -130,7 +149,10 @@ fn check_client_head(buf: &[u8], h: &ResponseHead, sel: u8) {
         }
     }
     for v in named(&fields, "connection") {
-        assert!(v == b"close" || v == b"keep-alive", "relayed Connection: {v:?}");
+        assert!(
+            v == b"close" || v == b"keep-alive",
+            "relayed Connection: {v:?}"
+        );
     }
     assert_eq!(named(&fields, "x-request-id"), [b"fuzz"]);
     let te = named(&fields, "transfer-encoding");
@@ -172,7 +194,9 @@ fuzz_target!(|data: &[u8]| {
         .find(|(_, r)| !matches!(r, Ok(None)));
     match (first, &full) {
         (None, Ok(None)) => {}
-        (Some((_, Ok(Some(a)))), Ok(Some(b))) => assert!(same(&a, b), "prefix parsed {a:?}, whole {b:?}"),
+        (Some((_, Ok(Some(a)))), Ok(Some(b))) => {
+            assert!(same(&a, b), "prefix parsed {a:?}, whole {b:?}")
+        }
         (Some((_, Err(a))), Err(b)) => assert_eq!(&a, b),
         (first, full) => panic!("first verdict byte by byte {first:?}, whole buffer {full:?}"),
     }

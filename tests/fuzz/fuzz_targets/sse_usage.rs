@@ -15,7 +15,11 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use shardgate::quota::usage::{usage_from_body, SseUsageScanner, Usage};
 
-fn scan(input: &[u8], strip: bool, mut next_piece: impl FnMut() -> usize) -> (Vec<u8>, Option<Usage>, u32) {
+fn scan(
+    input: &[u8],
+    strip: bool,
+    mut next_piece: impl FnMut() -> usize,
+) -> (Vec<u8>, Option<Usage>, u32) {
     let mut s = SseUsageScanner::new(strip);
     let mut out = Vec::new();
     let mut at = 0;
@@ -69,10 +73,21 @@ fn data(event: &[u8]) -> Vec<u8> {
 fn checked_usage(body: &[u8]) -> Option<Usage> {
     let u = usage_from_body(&mut body.to_vec());
     if let (Some(u), Ok(Value::Object(o))) = (u, serde_json::from_slice::<Value>(body)) {
-        let usage = o.get("usage").and_then(Value::as_object).expect("usage object");
-        let field = |k: &str| usage.get(k).map_or(0, |v| v.as_u64().expect("integer count"));
+        let usage = o
+            .get("usage")
+            .and_then(Value::as_object)
+            .expect("usage object");
+        let field = |k: &str| {
+            usage
+                .get(k)
+                .map_or(0, |v| v.as_u64().expect("integer count"))
+        };
         assert_eq!(
-            (field("prompt_tokens"), field("completion_tokens"), field("total_tokens")),
+            (
+                field("prompt_tokens"),
+                field("completion_tokens"),
+                field("total_tokens")
+            ),
             (
                 u64::from(u.prompt_tokens),
                 u64::from(u.completion_tokens),
@@ -90,7 +105,11 @@ fuzz_target!(|data_in: &[u8]| {
     checked_usage(input);
     let strip = sel & 1 != 0;
     let whole = scan(input, strip, || input.len());
-    assert_eq!(scan(input, strip, || 1), whole, "byte by byte differs from one piece");
+    assert_eq!(
+        scan(input, strip, || 1),
+        whole,
+        "byte by byte differs from one piece"
+    );
     let mut x = u32::from(sel >> 1) | 0x9e37_7900;
     let pieces = scan(input, strip, || {
         x ^= x << 13;
@@ -113,13 +132,31 @@ fuzz_target!(|data_in: &[u8]| {
         }
         assert!(ended, "unfinished event dropped");
         let payload = data(event);
-        assert!(checked_usage(&payload).is_some(), "stripped an event without usage: {:?}", String::from_utf8_lossy(event));
+        assert!(
+            checked_usage(&payload).is_some(),
+            "stripped an event without usage: {:?}",
+            String::from_utf8_lossy(event)
+        );
         if let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(&payload) {
-            let content = o.get("choices").and_then(Value::as_array).is_some_and(|c| !c.is_empty());
-            assert!(!content, "stripped an event with choices: {:?}", String::from_utf8_lossy(event));
+            let content = o
+                .get("choices")
+                .and_then(Value::as_array)
+                .is_some_and(|c| !c.is_empty());
+            assert!(
+                !content,
+                "stripped an event with choices: {:?}",
+                String::from_utf8_lossy(event)
+            );
         }
         stripped = true;
     }
-    assert!(rest.is_empty(), "relayed bytes not in the input: {:?}", String::from_utf8_lossy(rest));
-    assert!(!stripped || usage.is_some(), "stripped a usage event but reports no usage");
+    assert!(
+        rest.is_empty(),
+        "relayed bytes not in the input: {:?}",
+        String::from_utf8_lossy(rest)
+    );
+    assert!(
+        !stripped || usage.is_some(),
+        "stripped a usage event but reports no usage"
+    );
 });
