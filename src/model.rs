@@ -55,9 +55,7 @@ pub struct JsonBody {
 
 impl JsonBody {
     pub fn parse(bytes: &mut [u8]) -> Result<JsonBody, BodyError> {
-        // A raw NUL is never valid JSON, but simd-json takes one as the end of a number or
-        // literal (`{"max_tokens":5\0}` parses): refuse it before simd-json sees it.
-        if bytes.contains(&0) {
+        if simd_json_misreads(bytes) {
             return Err(BodyError::NotJson);
         }
         let value = simd_json::to_owned_value(bytes).map_err(|_| BodyError::NotJson)?;
@@ -142,6 +140,98 @@ impl JsonBody {
     }
 }
 
+/// Inputs simd-json accepts although they are not JSON, each of which would reach the
+/// upstream changed (the body is re-encoded), all found by the `json_body` fuzz target:
+/// - a raw NUL, taken as the end of a number or literal (`{"max_tokens":5\0}`);
+/// - garbage after a number of more than 19 digits (`1.2345678901234567890x` reads as
+///   `1.2345678901234567`), so every number is checked against the JSON grammar and must be
+///   followed by whitespace, `,`, `]`, `}` or the end;
+/// - a `\uD800`–`\uDBFF` escape not followed by another `\u` escape, decoded as U+0000 (it
+///   refuses every other unpaired surrogate).
+///
+/// Only what simd-json accepts needs to be right here: anything else it refuses itself.
+/// String contents are skipped with memchr, so the cost is a pass over the structure.
+fn simd_json_misreads(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => match string_end(bytes, i + 1) {
+                Some(end) => i = end,
+                None => return true,
+            },
+            b'-' | b'0'..=b'9' => {
+                let Some(end) = number_end(bytes, i) else {
+                    return true;
+                };
+                if !matches!(
+                    bytes.get(end),
+                    None | Some(b' ' | b'\t' | b'\n' | b'\r' | b',' | b']' | b'}')
+                ) {
+                    return true;
+                }
+                i = end;
+            }
+            0 => return true,
+            _ => i += 1,
+        }
+    }
+    false
+}
+
+/// The index after the closing quote of the string whose content starts at `from`; `None` for
+/// an unterminated string or a lone high surrogate escape.
+fn string_end(bytes: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let at = from + memchr::memchr2(b'"', b'\\', bytes.get(from..)?)?;
+        if bytes[at] == b'"' {
+            return Some(at + 1);
+        }
+        if bytes.get(at + 1) == Some(&b'u') {
+            let high = matches!(
+                bytes.get(at + 2..at + 4),
+                Some([b'd' | b'D', b'8'..=b'9' | b'a'..=b'b' | b'A'..=b'B'])
+            );
+            if high && bytes.get(at + 6..at + 8) != Some(b"\\u") {
+                return None;
+            }
+        }
+        // The escaped byte is skipped, so `\\"` and `\\\\u` are read right.
+        from = at + 2;
+    }
+}
+
+/// The end of the number starting at `from` (`-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?`).
+fn number_end(bytes: &[u8], from: usize) -> Option<usize> {
+    let digits = |i: usize| {
+        bytes[i.min(bytes.len())..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count()
+    };
+    let mut i = from + usize::from(bytes[from] == b'-');
+    match (bytes.get(i), digits(i)) {
+        (Some(b'0'), _) => i += 1,
+        (_, 0) => return None,
+        (_, n) => i += n,
+    }
+    if bytes.get(i) == Some(&b'.') {
+        let n = digits(i + 1);
+        if n == 0 {
+            return None;
+        }
+        i += 1 + n;
+    }
+    if matches!(bytes.get(i), Some(b'e' | b'E')) {
+        i += 1 + usize::from(matches!(bytes.get(i + 1), Some(b'+' | b'-')));
+        let n = digits(i);
+        if n == 0 {
+            return None;
+        }
+        i += n;
+    }
+    Some(i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,15 +292,113 @@ mod tests {
                 format!(r#"{{"x":[{atom}@]}}"#),
                 format!(r#"{{"x":{atom}{}}}"#, "@".repeat(64)),
             ] {
-                assert_eq!(parse(&nul(&body)).unwrap_err(), BodyError::NotJson, "{body}");
+                assert_eq!(
+                    parse(&nul(&body)).unwrap_err(),
+                    BodyError::NotJson,
+                    "{body}"
+                );
             }
         }
-        for body in ["@{}", "{}@", "{@}", r#"{"model":"a@b"}"#, r#"{"mo@del":"a"}"#] {
+        for body in [
+            "@{}",
+            "{}@",
+            "{@}",
+            r#"{"model":"a@b"}"#,
+            r#"{"mo@del":"a"}"#,
+        ] {
             assert_eq!(parse(&nul(body)).unwrap_err(), BodyError::NotJson, "{body}");
         }
         // An escaped NUL is a character like any other.
         let b = parse(r#"{"model":"a\u0000b"}"#).unwrap();
         assert_eq!(b.model(), Some("a\0b"));
+    }
+
+    /// Found by the `json_body` fuzz target: simd-json decoded a lone high surrogate as
+    /// U+0000. Every unpaired or misordered surrogate is refused, in any case and position.
+    #[test]
+    fn unpaired_surrogates_are_not_json() {
+        for esc in [
+            r"\ud800", r"\uD800", r"\udbff", r"\uDBFF", r"\udc00", r"\uDFFF",
+        ] {
+            for s in [
+                format!("{esc}"),
+                format!("x{esc}y"),
+                format!("{esc}\\n"),
+                format!("{esc}\\\\"),
+                format!("{esc}\\u0041"),
+                format!("{esc}{esc}"),
+                format!(r"\ude00\ud83d{esc}"),
+                format!("a{esc}"),
+            ] {
+                for body in [
+                    format!(r#"{{"model":"{s}"}}"#),
+                    format!(r#"{{"x":["{s}"]}}"#),
+                ] {
+                    assert_eq!(parse(&body).unwrap_err(), BodyError::NotJson, "{body}");
+                }
+            }
+        }
+        // A pair is one character; an escaped backslash before `u` is no escape at all.
+        let b = parse(r#"{"model":"\ud83d\ude00\uD83D\uDE00","x":"\\ud800"}"#).unwrap();
+        assert_eq!(b.model(), Some("\u{1f600}\u{1f600}"));
+        let mut out = Vec::new();
+        b.encode_into(&mut out);
+        assert!(String::from_utf8(out).unwrap().contains(r#""x":"\\ud800""#));
+    }
+
+    /// Found by the `json_body` fuzz target: simd-json dropped garbage after a number of more
+    /// than 19 digits. Every malformed number is refused, at every position and in arrays;
+    /// every valid shape still parses.
+    #[test]
+    fn malformed_numbers_are_not_json() {
+        let long = "1234567890123456789012";
+        for bad in [
+            format!("{long}.5x"),
+            format!("{long}e7x"),
+            format!("1.{long}x"),
+            format!("-{long}.5str1e-2"),
+            format!("{long}.5-"),
+            format!("{long}.5."),
+            format!("{long}.5e"),
+            format!("{long}."),
+            format!("0{long}"),
+            "1x".into(),
+            "-".into(),
+            "-x".into(),
+            ".5".into(),
+            "1.".into(),
+            "1e".into(),
+            "1e+".into(),
+            "01".into(),
+            "1.5e3.2".into(),
+        ] {
+            for body in [
+                format!(r#"{{"model":"m","x":{bad}}}"#),
+                format!(r#"{{"x":{bad},"model":"m"}}"#),
+                format!(r#"{{"x":[1,{bad}]}}"#),
+            ] {
+                assert_eq!(parse(&body).unwrap_err(), BodyError::NotJson, "{body}");
+            }
+        }
+        for good in [
+            "0",
+            "-0",
+            "1",
+            "-12",
+            "1.5",
+            "-0.25e-3",
+            "1E+9",
+            "2e5",
+            "1.7976931348623157e308",
+        ] {
+            for body in [
+                format!(r#"{{"model":"m","x":{good}}}"#),
+                format!(r#"{{"x":[{good}, {good} ,{good}],"model":"m"}}"#),
+                format!("{{\"x\":{good}\n,\t\"y\":\"1x\\\"2\\\\\"}}"),
+            ] {
+                assert!(parse(&body).is_ok(), "{body}");
+            }
+        }
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //!   after `request_usage` it has `stream_options.include_usage = true` and nothing else lost;
 //! - a refused body is refused for the stated reason (not an object, `model` not a string,
 //!   `stream` not a boolean), as serde_json sees the same bytes.
+//!
+//! Known differences that are not checked: serde_json stops at 128 levels of nesting, and
+//! simd-json refuses integers outside i64/u64 (400 for such a body) where serde_json reads
+//! them as floats.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -34,11 +38,49 @@ fn encode(body: &JsonBody) -> Vec<u8> {
     out
 }
 
+/// JSON equality with numbers compared by value (`-0` may come back as `0`, `1E2` as `100`).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
+                (Some(x), Some(y), _, _) => x == y,
+                (_, _, Some(x), Some(y)) => x == y,
+                _ => x.as_f64() == y.as_f64(),
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// serde_json accepts these and simd-json does not: integers outside i64/u64 (serde_json
+/// reads them as floats; simd-json without `big-int-as-float` refuses them, so such a body
+/// gets 400 — a known limitation, not a misread).
+fn has_big_integer(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n
+            .as_f64()
+            .is_some_and(|f| f.fract() == 0.0 && f.abs() >= 9.2e18),
+        Value::Array(a) => a.iter().any(has_big_integer),
+        Value::Object(o) => o.values().any(has_big_integer),
+        _ => false,
+    }
+}
+
 /// `got` is `want` with the keys in `changed` allowed to differ.
 fn same_except(got: &Map<String, Value>, want: &Map<String, Value>, changed: &[&str]) {
     for (k, v) in want {
         if !changed.contains(&k.as_str()) {
-            assert_eq!(got.get(k), Some(v), "key {k:?} changed");
+            let g = got.get(k);
+            assert!(
+                g.is_some_and(|g| same(g, v)),
+                "key {k:?} changed: {v:?} → {g:?}"
+            );
         }
     }
     for k in got.keys() {
@@ -73,6 +115,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                     // serde_json keeps the last of duplicate keys, so it cannot tell.
                     BodyError::DuplicateKey => assert!(o.is_some()),
+                    BodyError::NotJson if has_big_integer(v) => {}
                     BodyError::NotJson | BodyError::ModelMissing => {
                         panic!("{e:?} for JSON serde_json reads as {v:?}")
                     }
@@ -83,6 +126,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let original = match oracle {
         Ok(Value::Object(o)) => o,
+        // serde_json stops at 128 levels; simd-json (and the backends' JSON readers) go deeper.
+        Err(e) if e.to_string().starts_with("recursion limit exceeded") => return,
         other => panic!("accepted a body serde_json reads as {other:?}"),
     };
     assert_eq!(b.model(), original.get("model").and_then(Value::as_str));
