@@ -321,7 +321,7 @@ mod tests {
             r"\ud800", r"\uD800", r"\udbff", r"\uDBFF", r"\udc00", r"\uDFFF",
         ] {
             for s in [
-                format!("{esc}"),
+                esc.to_string(),
                 format!("x{esc}y"),
                 format!("{esc}\\n"),
                 format!("{esc}\\\\"),
