@@ -146,8 +146,9 @@ impl JsonBody {
 /// - garbage after a number of more than 19 digits (`1.2345678901234567890x` reads as
 ///   `1.2345678901234567`), so every number is checked against the JSON grammar and must be
 ///   followed by whitespace, `,`, `]`, `}` or the end;
-/// - a `\uD800`–`\uDBFF` escape not followed by another `\u` escape, decoded as U+0000 (it
-///   refuses every other unpaired surrogate).
+/// - a `\uD800`–`\uDBFF` escape not followed by a `\uDC00`–`\uDFFF` one: decoded as U+0000
+///   when no `\u` escape follows, and as some other character when one above `\uDFFF`
+///   follows (it refuses the other unpaired surrogates).
 ///
 /// Only what simd-json accepts needs to be right here: anything else it refuses itself.
 /// String contents are skipped with memchr, so the cost is a pass over the structure.
@@ -179,7 +180,7 @@ fn simd_json_misreads(bytes: &[u8]) -> bool {
 }
 
 /// The index after the closing quote of the string whose content starts at `from`; `None` for
-/// an unterminated string or a lone high surrogate escape.
+/// an unterminated string or a high surrogate escape without its low one.
 fn string_end(bytes: &[u8], mut from: usize) -> Option<usize> {
     loop {
         let at = from + memchr::memchr2(b'"', b'\\', bytes.get(from..)?)?;
@@ -191,7 +192,11 @@ fn string_end(bytes: &[u8], mut from: usize) -> Option<usize> {
                 bytes.get(at + 2..at + 4),
                 Some([b'd' | b'D', b'8'..=b'9' | b'a'..=b'b' | b'A'..=b'B'])
             );
-            if high && bytes.get(at + 6..at + 8) != Some(b"\\u") {
+            let low_follows = matches!(
+                bytes.get(at + 6..at + 10),
+                Some([b'\\', b'u', b'd' | b'D', b'c'..=b'f' | b'C'..=b'F'])
+            );
+            if high && !low_follows {
                 return None;
             }
         }
@@ -314,7 +319,8 @@ mod tests {
     }
 
     /// Found by the `json_body` fuzz target: simd-json decoded a lone high surrogate as
-    /// U+0000. Every unpaired or misordered surrogate is refused, in any case and position.
+    /// U+0000, and one followed by `\uEE00` as some other character. Every unpaired or
+    /// misordered surrogate is refused, in any case and position.
     #[test]
     fn unpaired_surrogates_are_not_json() {
         for esc in [
@@ -326,6 +332,9 @@ mod tests {
                 format!("{esc}\\n"),
                 format!("{esc}\\\\"),
                 format!("{esc}\\u0041"),
+                format!("{esc}\\uee00"),
+                format!("{esc}\\uFFFF"),
+                format!("{esc}\\ue000x"),
                 format!("{esc}{esc}"),
                 format!(r"\ude00\ud83d{esc}"),
                 format!("a{esc}"),

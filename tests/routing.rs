@@ -220,6 +220,7 @@ fn json_bodies_simd_json_misread_are_400() {
         r#"{"model":"chat-default","seed":12345678901234567890123e7str}"#,
         r#"{"model":"chat-default","messages":[{"role":"user","content":"a\ud800b"}]}"#,
         r#"{"model":"chat-\uDBFF"}"#,
+        r#"{"model":"chat-\ud83d\uee00"}"#,
     ] {
         let body = body.replace('@', "\0");
         let raw = format!(
