@@ -84,13 +84,20 @@ fn has_repeated_key(v: &simd_json::OwnedValue) -> bool {
     }
 }
 
-/// `got` is `want` with the keys in `changed` allowed to differ.
-fn same_except(got: &Map<String, Value>, want: &Map<String, Value>, changed: &[&str]) {
+/// `got` is `want` with the keys in `changed` allowed to differ (`values`: and the values of
+/// the others compared too).
+fn same_except(
+    got: &Map<String, Value>,
+    want: &Map<String, Value>,
+    changed: &[&str],
+    values: bool,
+) {
     for (k, v) in want {
         if !changed.contains(&k.as_str()) {
             let g = got.get(k);
+            assert!(g.is_some(), "key {k:?} lost");
             assert!(
-                g.is_some_and(|g| same(g, v)),
+                !values || same(g.unwrap(), v),
                 "key {k:?} changed: {v:?} → {g:?}"
             );
         }
@@ -145,20 +152,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(b.model(), original.get("model").and_then(Value::as_str));
 
     let encoded = encode(&b);
-    let reencoded = object(&encoded);
-    let repeated =
-        simd_json::to_owned_value(&mut body.to_vec()).is_ok_and(|v| has_repeated_key(&v));
-    let original = if repeated {
-        // Nested repeats: the same keys, and from here on the re-encoding is the reference.
-        assert!(
-            reencoded.keys().eq(original.keys()),
-            "top-level keys changed"
-        );
-        reencoded
-    } else {
-        same_except(&reencoded, &original, &[]);
-        original
-    };
+    // With a key repeated in a nested object only the keys are compared: which of its values
+    // an encoding carries depends on the order of simd-json's map, which an insert may change.
+    let values = !simd_json::to_owned_value(&mut body.to_vec()).is_ok_and(|v| has_repeated_key(&v));
+    same_except(&object(&encoded), &original, &[], values);
     let again = JsonBody::parse(&mut encoded.clone()).expect("re-encoded body refused");
     assert_eq!(
         (
@@ -173,7 +170,7 @@ fuzz_target!(|data: &[u8]| {
     b.set_model(&name);
     let renamed = object(&encode(&b));
     assert_eq!(renamed.get("model").and_then(Value::as_str), Some(&*name));
-    same_except(&renamed, &original, &["model"]);
+    same_except(&renamed, &original, &["model"], values);
     assert_eq!(b.model(), Some(&*name));
 
     b.request_usage();
@@ -183,8 +180,8 @@ fuzz_target!(|data: &[u8]| {
         .expect("stream_options object");
     assert_eq!(options.get("include_usage"), Some(&Value::Bool(true)));
     if let Some(Value::Object(before)) = original.get("stream_options") {
-        same_except(options, before, &["include_usage"]);
+        same_except(options, before, &["include_usage"], values);
     }
-    same_except(&usage, &renamed, &["stream_options"]);
+    same_except(&usage, &renamed, &["stream_options"], values);
     assert!(b.include_usage());
 });
