@@ -141,7 +141,7 @@ impl JsonBody {
 }
 
 /// Inputs simd-json accepts although they are not JSON, each of which would reach the
-/// upstream changed (the body is re-encoded), all found by the `json_body` fuzz target:
+/// upstream changed (the body is re-encoded), all found with the `json_body` fuzz target:
 /// - a raw NUL, taken as the end of a number or literal (`{"max_tokens":5\0}`);
 /// - garbage after a number of more than 19 digits (`1.2345678901234567890x` reads as
 ///   `1.2345678901234567`), so every number is checked against the JSON grammar and must be
@@ -318,7 +318,7 @@ mod tests {
         assert_eq!(b.model(), Some("a\0b"));
     }
 
-    /// Found by the `json_body` fuzz target: simd-json decoded a lone high surrogate as
+    /// Found with the `json_body` fuzz target: simd-json decoded a lone high surrogate as
     /// U+0000, and one followed by `\uEE00` as some other character. Every unpaired or
     /// misordered surrogate is refused, in any case and position.
     #[test]

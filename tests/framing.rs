@@ -161,7 +161,7 @@ fn connections_over_the_limit_get_503() {
     assert_eq!(get(gw.local_addr(), "/").status, 200);
 }
 
-/// Found by the `chunked_body` fuzz target: a chunk-size line (or trailer line) of exactly the
+/// Found with the `chunked_body` fuzz target: a chunk-size line (or trailer line) of exactly the
 /// longest accepted length was refused when a read ended on its CR. Each split point is sent
 /// as two writes with a pause between, so the gateway usually reads them apart.
 #[test]

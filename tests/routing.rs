@@ -204,7 +204,7 @@ fn bad_bodies_and_unknown_paths() {
     assert_eq!(r.header("allow"), Some("POST"));
 }
 
-/// Found by the `json_body` fuzz target: bodies simd-json accepted although they are not
+/// Found with the `json_body` fuzz target: bodies simd-json accepted although they are not
 /// JSON, which the upstream would have received changed. `@` marks a raw NUL.
 #[test]
 fn json_bodies_simd_json_misread_are_400() {

@@ -62,7 +62,7 @@ struct EventData {
     usage: Option<Usage>,
     /// Only whether this is a non-empty array matters: such an event has content for the
     /// client and is never stripped, whatever a nested `choices` showed the byte-level
-    /// [`classify`] first (found by the `sse_usage` fuzz target).
+    /// [`classify`] first (found while writing the `sse_usage` fuzz target).
     #[serde(default)]
     choices: Option<simd_json::OwnedValue>,
 }
