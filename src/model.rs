@@ -55,6 +55,9 @@ pub struct JsonBody {
 
 impl JsonBody {
     pub fn parse(bytes: &mut [u8]) -> Result<JsonBody, BodyError> {
+        if simd_json_misreads(bytes) {
+            return Err(BodyError::NotJson);
+        }
         let value = simd_json::to_owned_value(bytes).map_err(|_| BodyError::NotJson)?;
         let Some(obj) = value.as_object() else {
             return Err(BodyError::NotObject);
@@ -137,6 +140,103 @@ impl JsonBody {
     }
 }
 
+/// Inputs simd-json accepts although they are not JSON, each of which would reach the
+/// upstream changed (the body is re-encoded), all found with the `json_body` fuzz target:
+/// - a raw NUL, taken as the end of a number or literal (`{"max_tokens":5\0}`);
+/// - garbage after a number of more than 19 digits (`1.2345678901234567890x` reads as
+///   `1.2345678901234567`), so every number is checked against the JSON grammar and must be
+///   followed by whitespace, `,`, `]`, `}` or the end;
+/// - a `\uD800`–`\uDBFF` escape not followed by a `\uDC00`–`\uDFFF` one: decoded as U+0000
+///   when no `\u` escape follows, and as some other character when one above `\uDFFF`
+///   follows (it refuses the other unpaired surrogates).
+///
+/// Only what simd-json accepts needs to be right here: anything else it refuses itself.
+/// String contents are skipped with memchr, so the cost is a pass over the structure.
+fn simd_json_misreads(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => match string_end(bytes, i + 1) {
+                Some(end) => i = end,
+                None => return true,
+            },
+            b'-' | b'0'..=b'9' => {
+                let Some(end) = number_end(bytes, i) else {
+                    return true;
+                };
+                if !matches!(
+                    bytes.get(end),
+                    None | Some(b' ' | b'\t' | b'\n' | b'\r' | b',' | b']' | b'}')
+                ) {
+                    return true;
+                }
+                i = end;
+            }
+            0 => return true,
+            _ => i += 1,
+        }
+    }
+    false
+}
+
+/// The index after the closing quote of the string whose content starts at `from`; `None` for
+/// an unterminated string or a high surrogate escape without its low one.
+fn string_end(bytes: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let at = from + memchr::memchr2(b'"', b'\\', bytes.get(from..)?)?;
+        if bytes[at] == b'"' {
+            return Some(at + 1);
+        }
+        if bytes.get(at + 1) == Some(&b'u') {
+            let high = matches!(
+                bytes.get(at + 2..at + 4),
+                Some([b'd' | b'D', b'8'..=b'9' | b'a'..=b'b' | b'A'..=b'B'])
+            );
+            let low_follows = matches!(
+                bytes.get(at + 6..at + 10),
+                Some([b'\\', b'u', b'd' | b'D', b'c'..=b'f' | b'C'..=b'F'])
+            );
+            if high && !low_follows {
+                return None;
+            }
+        }
+        // The escaped byte is skipped, so `\\"` and `\\\\u` are read right.
+        from = at + 2;
+    }
+}
+
+/// The end of the number starting at `from` (`-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?`).
+fn number_end(bytes: &[u8], from: usize) -> Option<usize> {
+    let digits = |i: usize| {
+        bytes[i.min(bytes.len())..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count()
+    };
+    let mut i = from + usize::from(bytes[from] == b'-');
+    match (bytes.get(i), digits(i)) {
+        (Some(b'0'), _) => i += 1,
+        (_, 0) => return None,
+        (_, n) => i += n,
+    }
+    if bytes.get(i) == Some(&b'.') {
+        let n = digits(i + 1);
+        if n == 0 {
+            return None;
+        }
+        i += 1 + n;
+    }
+    if matches!(bytes.get(i), Some(b'e' | b'E')) {
+        i += 1 + usize::from(matches!(bytes.get(i + 1), Some(b'+' | b'-')));
+        let n = digits(i);
+        if n == 0 {
+            return None;
+        }
+        i += n;
+    }
+    Some(i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +283,131 @@ mod tests {
         assert_eq!(again.model(), Some("meta-llama/Llama-3-70B"));
         assert!(again.include_usage());
         assert!(String::from_utf8(out).unwrap().contains(r#"hi \"there\""#));
+    }
+
+    /// Found by the `json_body` fuzz target: a raw NUL after any scalar, in any position, and
+    /// anywhere else, is not JSON (`@` marks where the NUL goes).
+    #[test]
+    fn nul_bytes_are_not_json() {
+        let nul = |s: &str| s.replace('@', "\0");
+        for atom in ["0", "-1.5e3", "true", "false", "null", r#""s""#, "[]", "{}"] {
+            for body in [
+                format!(r#"{{"model":"m","x":{atom}@}}"#),
+                format!(r#"{{"x":{atom}@,"model":"m"}}"#),
+                format!(r#"{{"x":[{atom}@]}}"#),
+                format!(r#"{{"x":{atom}{}}}"#, "@".repeat(64)),
+            ] {
+                assert_eq!(
+                    parse(&nul(&body)).unwrap_err(),
+                    BodyError::NotJson,
+                    "{body}"
+                );
+            }
+        }
+        for body in [
+            "@{}",
+            "{}@",
+            "{@}",
+            r#"{"model":"a@b"}"#,
+            r#"{"mo@del":"a"}"#,
+        ] {
+            assert_eq!(parse(&nul(body)).unwrap_err(), BodyError::NotJson, "{body}");
+        }
+        // An escaped NUL is a character like any other.
+        let b = parse(r#"{"model":"a\u0000b"}"#).unwrap();
+        assert_eq!(b.model(), Some("a\0b"));
+    }
+
+    /// Found with the `json_body` fuzz target: simd-json decoded a lone high surrogate as
+    /// U+0000, and one followed by `\uEE00` as some other character. Every unpaired or
+    /// misordered surrogate is refused, in any case and position.
+    #[test]
+    fn unpaired_surrogates_are_not_json() {
+        for esc in [
+            r"\ud800", r"\uD800", r"\udbff", r"\uDBFF", r"\udc00", r"\uDFFF",
+        ] {
+            for s in [
+                esc.to_string(),
+                format!("x{esc}y"),
+                format!("{esc}\\n"),
+                format!("{esc}\\\\"),
+                format!("{esc}\\u0041"),
+                format!("{esc}\\uee00"),
+                format!("{esc}\\uFFFF"),
+                format!("{esc}\\ue000x"),
+                format!("{esc}{esc}"),
+                format!(r"\ude00\ud83d{esc}"),
+                format!("a{esc}"),
+            ] {
+                for body in [
+                    format!(r#"{{"model":"{s}"}}"#),
+                    format!(r#"{{"x":["{s}"]}}"#),
+                ] {
+                    assert_eq!(parse(&body).unwrap_err(), BodyError::NotJson, "{body}");
+                }
+            }
+        }
+        // A pair is one character; an escaped backslash before `u` is no escape at all.
+        let b = parse(r#"{"model":"\ud83d\ude00\uD83D\uDE00","x":"\\ud800"}"#).unwrap();
+        assert_eq!(b.model(), Some("\u{1f600}\u{1f600}"));
+        let mut out = Vec::new();
+        b.encode_into(&mut out);
+        assert!(String::from_utf8(out).unwrap().contains(r#""x":"\\ud800""#));
+    }
+
+    /// Found by the `json_body` fuzz target: simd-json dropped garbage after a number of more
+    /// than 19 digits. Every malformed number is refused, at every position and in arrays;
+    /// every valid shape still parses.
+    #[test]
+    fn malformed_numbers_are_not_json() {
+        let long = "1234567890123456789012";
+        for bad in [
+            format!("{long}.5x"),
+            format!("{long}e7x"),
+            format!("1.{long}x"),
+            format!("-{long}.5str1e-2"),
+            format!("{long}.5-"),
+            format!("{long}.5."),
+            format!("{long}.5e"),
+            format!("{long}."),
+            format!("0{long}"),
+            "1x".into(),
+            "-".into(),
+            "-x".into(),
+            ".5".into(),
+            "1.".into(),
+            "1e".into(),
+            "1e+".into(),
+            "01".into(),
+            "1.5e3.2".into(),
+        ] {
+            for body in [
+                format!(r#"{{"model":"m","x":{bad}}}"#),
+                format!(r#"{{"x":{bad},"model":"m"}}"#),
+                format!(r#"{{"x":[1,{bad}]}}"#),
+            ] {
+                assert_eq!(parse(&body).unwrap_err(), BodyError::NotJson, "{body}");
+            }
+        }
+        for good in [
+            "0",
+            "-0",
+            "1",
+            "-12",
+            "1.5",
+            "-0.25e-3",
+            "1E+9",
+            "2e5",
+            "1.7976931348623157e308",
+        ] {
+            for body in [
+                format!(r#"{{"model":"m","x":{good}}}"#),
+                format!(r#"{{"x":[{good}, {good} ,{good}],"model":"m"}}"#),
+                format!("{{\"x\":{good}\n,\t\"y\":\"1x\\\"2\\\\\"}}"),
+            ] {
+                assert!(parse(&body).is_ok(), "{body}");
+            }
+        }
     }
 
     #[test]

@@ -160,3 +160,36 @@ fn connections_over_the_limit_get_503() {
     thread::sleep(Duration::from_millis(100));
     assert_eq!(get(gw.local_addr(), "/").status, 200);
 }
+
+/// Found with the `chunked_body` fuzz target: a chunk-size line (or trailer line) of exactly the
+/// longest accepted length was refused when a read ended on its CR. Each split point is sent
+/// as two writes with a pause between, so the gateway usually reads them apart.
+#[test]
+fn longest_chunk_lines_are_accepted_however_they_arrive() {
+    let up = Upstream::echo();
+    let gw = gateway(&route_all(up.addr, ""));
+    let size_line = format!(
+        "1;{}",
+        "x".repeat(shardgate::http::body::MAX_CHUNK_LINE - 2)
+    );
+    let trailer = format!(
+        "X-T: {}",
+        "y".repeat(shardgate::http::body::MAX_TRAILER_BYTES - 5)
+    );
+    for (body, long) in [
+        (format!("{size_line}\r\na\r\n0\r\n\r\n"), &size_line),
+        (format!("1\r\na\r\n0\r\n{trailer}\r\n\r\n"), &trailer),
+    ] {
+        let cr = body.find(long.as_str()).unwrap() + long.len();
+        for cut in [cr, cr + 1, body.len() - 1] {
+            let mut c = Client::connect(gw.local_addr());
+            c.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
+            c.send(&body.as_bytes()[..cut]);
+            thread::sleep(Duration::from_millis(30));
+            c.send(&body.as_bytes()[cut..]);
+            let r = c.read_response().expect("response");
+            assert_eq!(r.status, 200, "cut {cut}: {}", r.text());
+            assert!(r.text().contains(r#""body":"a""#), "{}", r.text());
+        }
+    }
+}

@@ -482,3 +482,27 @@ fn retryable_route_retries_a_failed_attempt_on_another_endpoint() {
         .collect();
     assert!(statuses.contains(&503), "{statuses:?}");
 }
+
+/// Found by the `response_head` fuzz target: `HTTP/1.1 020 OK` reached the client as status
+/// 20. Codes outside 100..=599 are invalid (RFC 9110 §15): 502, as for any bad head.
+#[test]
+fn upstream_status_outside_100_to_599_is_502() {
+    // The upstream answers with the status code named by the request path.
+    let up = Upstream::start(|mut c| {
+        while let Some(req) = c.read_request() {
+            let code = req.target.trim_start_matches('/');
+            c.write(format!("HTTP/1.1 {code} X\r\nContent-Length: 2\r\n\r\nok").as_bytes());
+        }
+    });
+    let gw = gateway(&route_all(up.addr, ""));
+    for code in ["000", "020", "099", "600", "999"] {
+        let r = get(gw.local_addr(), &format!("/{code}"));
+        assert_eq!(r.status, 502, "upstream status {code}: {}", r.text());
+        assert!(r.text().contains("upstream_error"), "{}", r.text());
+    }
+    for code in ["200", "418", "599"] {
+        let r = get(gw.local_addr(), &format!("/{code}"));
+        assert_eq!(r.status.to_string(), code);
+        assert_eq!(r.text(), "ok");
+    }
+}

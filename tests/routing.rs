@@ -204,6 +204,35 @@ fn bad_bodies_and_unknown_paths() {
     assert_eq!(r.header("allow"), Some("POST"));
 }
 
+/// Found with the `json_body` fuzz target: bodies simd-json accepted although they are not
+/// JSON, which the upstream would have received changed. `@` marks a raw NUL.
+#[test]
+fn json_bodies_simd_json_misread_are_400() {
+    let (a, b, c) = (mock_named("A"), mock_named("B"), mock_named("C"));
+    let gw = gateway(&config(a.addr(), b.addr(), c.addr(), ""));
+    for body in [
+        r#"{"model":"chat-default","max_tokens":5@}"#,
+        r#"{"model":"chat-default","stream":false@,"messages":[]}"#,
+        r#"{"model":"chat-default","messages":[null@]}"#,
+        r#"{"model":"chat-default","n":1@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@}"#,
+        r#"{"model":"chat-default"}@"#,
+        r#"{"model":"chat-default","temperature":1.2345678901234567890123x}"#,
+        r#"{"model":"chat-default","seed":12345678901234567890123e7str}"#,
+        r#"{"model":"chat-default","messages":[{"role":"user","content":"a\ud800b"}]}"#,
+        r#"{"model":"chat-\uDBFF"}"#,
+        r#"{"model":"chat-\ud83d\uee00"}"#,
+    ] {
+        let body = body.replace('@', "\0");
+        let raw = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let r = request(gw.local_addr(), &raw);
+        assert_eq!(r.status, 400, "{body:?}: {}", r.text());
+        assert!(r.text().contains("not valid JSON"), "{}", r.text());
+    }
+}
+
 #[test]
 fn split_fails_over_when_a_deployment_dies_and_fallbacks_serve_when_all_are_down() {
     let a = mock_named("A");

@@ -144,12 +144,13 @@ impl ChunkedDecoder {
 }
 
 /// Length of the line before CRLF; `None` if no complete line yet. A bare LF, or no line end
-/// within `max`, is an error.
+/// within `max`, is an error. Without an LF yet, `max` bytes and the CR of the line end may
+/// be buffered: how the bytes arrived must not decide whether a line is too long.
 fn find_crlf(buf: &[u8], max: usize) -> Result<Option<usize>, ParseError> {
     match buf.iter().position(|&b| b == b'\n') {
         Some(i) if i > 0 && buf[i - 1] == b'\r' && i - 1 <= max => Ok(Some(i - 1)),
         Some(_) => Err(ParseError::BadChunk),
-        None if buf.len() > max => Err(ParseError::BadChunk),
+        None if buf.len() > max + 1 => Err(ParseError::BadChunk),
         None => Ok(None),
     }
 }
@@ -228,6 +229,61 @@ mod tests {
         for c in cases {
             assert!(decode(c, 64).is_err(), "{:?}", String::from_utf8_lossy(c));
         }
+    }
+
+    /// The longest accepted chunk-size line, trailer line and trailer section, and one byte
+    /// more, fed as two pieces split around each line end: a piece that ends on a line's CR
+    /// must wait for the LF, not count the CR as line content.
+    #[test]
+    fn longest_lines_decode_at_every_split() {
+        let line = |len: usize| format!("1;{}", "x".repeat(len - 2));
+        let field = |len: usize| format!("X-T: {}", "y".repeat(len - 5));
+        // (chunk-size line, trailer line, accepted); the long one is the line tested.
+        let cases = [
+            (line(MAX_CHUNK_LINE), None, true),
+            (line(MAX_CHUNK_LINE + 1), None, false),
+            ("1".into(), Some(field(MAX_TRAILER_BYTES)), true),
+            ("1".into(), Some(field(MAX_TRAILER_BYTES + 1)), false),
+            // Its CRLF fills the trailer budget: the final empty line has none left.
+            ("1".into(), Some(field(MAX_TRAILER_BYTES - 2)), true),
+        ];
+        for (size_line, trailer, ok) in &cases {
+            let body = match trailer {
+                Some(t) => format!("{size_line}\r\na\r\n0\r\n{t}\r\n\r\n"),
+                None => format!("{size_line}\r\na\r\n0\r\n\r\n"),
+            };
+            let long = trailer.as_ref().unwrap_or(size_line);
+            let cr = body.find(long.as_str()).unwrap() + long.len();
+            let n = body.len();
+            for cut in [1, cr - 1, cr, cr + 1, cr + 2, n - 2, n - 1, n] {
+                let got = split_decode(body.as_bytes(), cut);
+                assert_eq!(got.is_ok(), *ok, "cut {cut} of {n} bytes: {got:?}");
+                if *ok {
+                    assert_eq!(got.unwrap(), b"a");
+                }
+            }
+        }
+    }
+
+    /// Decodes `input` delivered as two pieces split at `cut`.
+    fn split_decode(input: &[u8], cut: usize) -> Result<Vec<u8>, ParseError> {
+        let mut d = ChunkedDecoder::new(1 << 20);
+        let mut out = Vec::new();
+        let mut buf = input[..cut].to_vec();
+        let mut rest = &input[cut..];
+        while !d.is_done() {
+            let step = d.step(&buf)?;
+            if let Some((a, b)) = step.data {
+                out.extend_from_slice(&buf[a..b]);
+            }
+            buf.drain(..step.consumed);
+            if step.consumed == 0 && step.data.is_none() {
+                assert!(!rest.is_empty(), "incomplete body");
+                buf.extend_from_slice(rest);
+                rest = &[];
+            }
+        }
+        Ok(out)
     }
 
     #[test]

@@ -95,7 +95,8 @@ pub async fn read_response_head(
     }
 }
 
-fn parse_head(buf: &[u8]) -> Result<Option<ResponseHead>, UpstreamError> {
+/// Parses a response head from `buf`; `Ok(None)`: incomplete (public for the fuzz target).
+pub fn parse_head(buf: &[u8]) -> Result<Option<ResponseHead>, UpstreamError> {
     let mut headers = uninit_headers();
     let mut resp = httparse::Response::new(&mut []);
     let head_len = match parse_response(&mut resp, buf, &mut headers) {
@@ -103,7 +104,12 @@ fn parse_head(buf: &[u8]) -> Result<Option<ResponseHead>, UpstreamError> {
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(UpstreamError::BadResponse),
     };
-    let status = resp.code.ok_or(UpstreamError::BadResponse)?;
+    // httparse takes any three digits; RFC 9110 §15: codes outside 100..=599 are invalid,
+    // to be handled as a server error (and `020` must not reach a client as status 20).
+    let status = resp
+        .code
+        .filter(|c| (100..=599).contains(c))
+        .ok_or(UpstreamError::BadResponse)?;
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut te = false;
@@ -449,6 +455,20 @@ mod tests {
                 UpstreamError::BadResponse,
                 "{raw:?}"
             );
+        }
+    }
+
+    /// Found by the `response_head` fuzz target: `020` parsed as status 20.
+    #[test]
+    fn status_outside_100_to_599_is_refused() {
+        for code in ["000", "001", "020", "099", "600", "999"] {
+            let raw = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+            let got = parse_head(raw.as_bytes());
+            assert_eq!(got.unwrap_err(), UpstreamError::BadResponse, "{raw:?}");
+        }
+        for (code, want) in [("100", 100), ("199", 199), ("200", 200), ("599", 599)] {
+            let raw = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(parse_head(raw.as_bytes()).unwrap().unwrap().status, want);
         }
     }
 

@@ -55,6 +55,18 @@ pub fn usage_from_body(body: &mut [u8]) -> Option<Usage> {
     simd_json::serde::from_slice::<WithUsage>(body).ok()?.usage
 }
 
+/// An SSE event's data, as far as the usage check reads it.
+#[derive(Deserialize)]
+struct EventData {
+    #[serde(default)]
+    usage: Option<Usage>,
+    /// Only whether this is a non-empty array matters: such an event has content for the
+    /// client and is never stripped, whatever a nested `choices` showed the byte-level
+    /// [`classify`] first (found while writing the `sse_usage` fuzz target).
+    #[serde(default)]
+    choices: Option<simd_json::OwnedValue>,
+}
+
 /// What [`ensure_stream_usage`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamUsage {
@@ -217,11 +229,17 @@ impl SseUsageScanner {
         if !self.overflow {
             if value_after_key(&self.event, b"\"usage\"") == Some(b'{') {
                 self.data_payload();
-                if let Ok(WithUsage { usage: Some(u) }) =
-                    simd_json::serde::from_slice::<WithUsage>(&mut self.scratch)
+                if let Ok(EventData {
+                    usage: Some(u),
+                    choices,
+                }) = simd_json::serde::from_slice::<EventData>(&mut self.scratch)
                 {
                     self.usage = Some(u);
-                    is_usage_event = held;
+                    let content = choices
+                        .as_ref()
+                        .and_then(|c| c.as_array())
+                        .is_some_and(|c| !c.is_empty());
+                    is_usage_event = held && !content;
                 }
             } else {
                 self.content_chars += content_chars(&self.event);
@@ -423,6 +441,26 @@ mod tests {
         let (out, s) = run(true, &[ev.as_bytes()]);
         assert_eq!(out, ev.as_bytes());
         assert_eq!(s.usage().map(|u| u.total()), Some(3));
+    }
+
+    /// Found by reading what the `sse_usage` fuzz target checks: a content chunk with running
+    /// usage whose byte-level classification an earlier, nested empty `choices` fooled (in an
+    /// object, in an array across data lines) was stripped. It is relayed whole at every split point, while
+    /// the real usage event is still stripped.
+    #[test]
+    fn content_chunk_that_looks_like_usage_is_relayed() {
+        let content = r#""choices":[{"delta":{"content":"hi"}}],"usage":{"total_tokens":3}"#;
+        for ev in [
+            format!("data: {{\"meta\":{{\"choices\":[]}},{content}}}\n\n"),
+            format!("data: {{\"x\":[{{\"choices\" : [ ]}}],\r\ndata: {content}}}\r\n\r\n"),
+        ] {
+            let all = format!("{ev}{USAGE}");
+            for cut in 0..=all.len() {
+                let (out, s) = run(true, &[&all.as_bytes()[..cut], &all.as_bytes()[cut..]]);
+                assert_eq!(out, ev.as_bytes(), "cut at {cut}");
+                assert_eq!(s.usage(), Some(EXPECTED), "cut at {cut}");
+            }
+        }
     }
 
     #[test]
