@@ -3,7 +3,8 @@
 //! The first input byte picks the limits (small ones let short inputs reach the 414/431/413
 //! paths); the rest is the connection buffer. Beyond "no panic" it checks:
 //! - `Ok(Some(n))`: `n <= len`, the head ends with its blank line, every span lies inside the
-//!   head, `path` is the start of `target` and has no dot segment, at most `max_headers`
+//!   head, the (normalised, in place) `path` ends before the `query` and has no empty, dot or
+//!   dot-dot segment, at most `max_headers`
 //!   fields, and `host`, `framing` and `keep_alive` agree with the header fields themselves
 //!   (never both Content-Length and chunked; chunked only on HTTP/1.1; a length within
 //!   `max_body_bytes` that every Content-Length element states);
@@ -32,10 +33,12 @@ fn limits(sel: u8) -> Limits {
     }
 }
 
-fn parse(buf: &[u8], limits: &Limits) -> (Result<Option<usize>, ParseError>, RequestHead) {
+/// Parses a copy of `buf` (the parser normalises the path in place) and returns the copy.
+fn parse(buf: &[u8], limits: &Limits) -> (Result<Option<usize>, ParseError>, RequestHead, Vec<u8>) {
     let mut head = RequestHead::default();
-    let r = parse_request(buf, limits, &mut head);
-    (r, head)
+    let mut copy = buf.to_vec();
+    let r = parse_request(&mut copy, limits, &mut head);
+    (r, head, copy)
 }
 
 /// What a caller may read from a head (the header array past `header_count` is scratch).
@@ -43,8 +46,8 @@ fn view(h: &RequestHead) -> String {
     format!(
         "{:?} {:?} {:?} {} {:?} {:?} {:?} {} {} {:?}",
         h.method,
-        h.target,
         h.path,
+        h.query,
         h.minor_version,
         &h.headers[..h.header_count],
         h.host,
@@ -77,14 +80,22 @@ fn check_head(buf: &[u8], n: usize, h: &RequestHead, limits: &Limits) {
             "span {s:?} outside head of {n}"
         )
     };
-    inside(h.target);
     inside(h.path);
-    assert!(h.path.start == h.target.start && h.path.end <= h.target.end);
+    inside(h.query);
+    let query = h.query.get(buf);
+    assert!(query.is_empty() || (h.path.end <= h.query.start && query.starts_with(b"?")));
+    assert!(!query.contains(&b'#'), "fragment kept in {query:?}");
     let path = h.path.get(buf);
-    let target = h.target.get(buf);
-    if !(target == b"*" && h.method.as_str() == "OPTIONS") {
+    if path != b"*" {
         assert!(path.starts_with(b"/"), "path {path:?}");
-        assert!(path.split(|&b| b == b'/').all(|s| s != b"." && s != b".."));
+        let segments = path[1..].split(|&b| b == b'/').collect::<Vec<_>>();
+        let last = segments.len() - 1;
+        for (i, seg) in segments.iter().enumerate() {
+            assert!(*seg != b"." && *seg != b"..", "dot segment in {path:?}");
+            assert!(!seg.is_empty() || i == last, "empty segment in {path:?}");
+        }
+    } else {
+        assert_eq!(h.method.as_str(), "OPTIONS");
     }
     assert!(h.minor_version <= 1);
     assert!(h.header_count <= limits.max_headers);
@@ -158,45 +169,45 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for limits in [limits(sel), Limits::default()] {
-        let (full, head) = parse(buf, &limits);
+        let (full, head, normal) = parse(buf, &limits);
         // A reused head (keep-alive connection) gives the same answer as a fresh one.
         let mut reused = RequestHead::default();
-        let _ = parse_request(DIRTY, &limits, &mut reused);
-        assert_eq!(parse_request(buf, &limits, &mut reused), full);
+        let _ = parse_request(&mut DIRTY.to_vec(), &limits, &mut reused);
+        assert_eq!(parse_request(&mut buf.to_vec(), &limits, &mut reused), full);
         if let Ok(Some(n)) = full {
-            check_head(buf, n, &head, &limits);
+            check_head(&normal, n, &head, &limits);
             assert_eq!(view(&reused), view(&head), "stale state from a reused head");
-            let (alone, alone_head) = parse(&buf[..n], &limits);
+            let (alone, alone_head, _) = parse(&buf[..n], &limits);
             assert_eq!(alone, full, "head depends on the bytes after it");
             assert_eq!(view(&alone_head), view(&head));
         }
         // Byte by byte: stop at the first verdict, as the connection loop does.
         let first = (0..=buf.len())
             .map(|k| (k, parse(&buf[..k], &limits)))
-            .find(|(_, (r, _))| !matches!(r, Ok(None)));
+            .find(|(_, (r, _, _))| !matches!(r, Ok(None)));
         match (first, full) {
             (None, Ok(None)) => {}
             (None, other) => panic!("every prefix incomplete but the whole buffer gives {other:?}"),
-            (Some((k, (Ok(Some(n)), h))), Ok(Some(full_n))) => {
+            (Some((k, (Ok(Some(n)), h, _))), Ok(Some(full_n))) => {
                 assert_eq!(
                     n, full_n,
                     "prefix of {k} bytes parsed a different head length"
                 );
                 assert_eq!(view(&h), view(&head), "prefix parsed a different head");
             }
-            (Some((k, (Ok(Some(_)), _))), other) => {
+            (Some((k, (Ok(Some(_)), _, _))), other) => {
                 panic!("prefix of {k} bytes parsed but the whole buffer gives {other:?}")
             }
-            (Some((k, (Err(e), _))), Err(full_e)) => {
+            (Some((k, (Err(e), _, _))), Err(full_e)) => {
                 assert!(
                     e == full_e || is_size_limit(e) || is_size_limit(full_e),
                     "prefix of {k} bytes gives {e:?}, the whole buffer {full_e:?}"
                 );
             }
-            (Some((k, (Err(e), _))), other) => {
+            (Some((k, (Err(e), _, _))), other) => {
                 panic!("prefix of {k} bytes gives {e:?} but the whole buffer gives {other:?}")
             }
-            (Some((_, (Ok(None), _))), _) => unreachable!(),
+            (Some((_, (Ok(None), _, _))), _) => unreachable!(),
         }
     }
 });
