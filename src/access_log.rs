@@ -32,7 +32,7 @@ pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis
 
 /// Optional per-request fields other stages fill in.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Extra<'a> {
+pub struct Fields<'a> {
     pub subject: Option<&'a str>,
     pub model: Option<&'a str>,
     pub tokens: Option<u64>,
@@ -146,11 +146,11 @@ impl WorkerLog {
 
     /// Logs `s` if sampled; the route label comes from the worker's metrics slots.
     pub fn record(&mut self, m: &WorkerMetrics, request_id: &str, s: &Sample) {
-        self.record_with(m, request_id, s, Extra::default());
+        self.record_with(m, request_id, s, Fields::default());
     }
 
     /// [`record`](Self::record) with the optional fields.
-    pub fn record_with(&mut self, m: &WorkerMetrics, request_id: &str, s: &Sample, e: Extra) {
+    pub fn record_with(&mut self, m: &WorkerMetrics, request_id: &str, s: &Sample, e: Fields) {
         if self.threshold != u64::MAX && self.next() >= self.threshold {
             return;
         }
@@ -186,7 +186,7 @@ impl Drop for WorkerLog {
 }
 
 /// Formats one JSON line (with its newline) into `out`.
-pub fn format_line(out: &mut String, route: &str, request_id: &str, s: &Sample, e: Extra) {
+pub fn format_line(out: &mut String, route: &str, request_id: &str, s: &Sample, e: Fields) {
     out.clear();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -275,7 +275,7 @@ mod tests {
     #[test]
     fn line_is_valid_json_with_every_field() {
         let mut line = String::new();
-        let e = Extra {
+        let e = Fields {
             subject: Some("alice"),
             model: Some("llama3"),
             tokens: Some(42),
@@ -288,7 +288,7 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["upstream_us"], 1200);
         assert_eq!(v["tokens"], 42);
-        format_line(&mut line, "/", "x", &sample(), Extra::default());
+        format_line(&mut line, "/", "x", &sample(), Fields::default());
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert!(v["subject"].is_null());
     }

@@ -365,6 +365,20 @@ pub struct RequestBufs {
     /// Extra response header lines (e.g. `x-shardgate-model`, `x-ratelimit-*`,
     /// `www-authenticate`): on the relayed response, or on the gateway's own error.
     pub resp_headers: Vec<u8>,
+    /// What the stages learned about the request, for the access log.
+    pub facts: Facts,
+}
+
+/// What the stages learned about a request that the connection loop logs (reused buffers:
+/// no allocation per request once warm).
+#[derive(Debug, Default)]
+pub struct Facts {
+    /// The verified subject, empty for open routes.
+    pub subject: String,
+    /// The model quotas and token counts went by, empty when the body was not read.
+    pub model: String,
+    /// Tokens the response used, when known.
+    pub tokens: Option<u64>,
 }
 
 /// Request buffers that grew past this are freed when the request ends, not kept for reuse.
@@ -387,6 +401,9 @@ impl RequestBufs {
                 b.clear();
             }
         }
+        self.facts.subject.clear();
+        self.facts.model.clear();
+        self.facts.tokens = None;
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! route (404/405) → auth, early → [body: read, parse] → route by model → auth → split
-//!   → quota (429) → upstream head → proxy::forward → charge tokens → Outcome
+//!   → quota (429) → upstream head → proxy::forward → charge tokens → RequestOutcome
 //! ```
 //!
 //! - [`authn`]: the credential, the route's scope, the rejection (401/403).
@@ -14,9 +14,9 @@
 //!
 //! [`handle`] takes a request whose head is parsed into `head` (its bytes, and any body bytes
 //! already received, at the front of the connection buffer) and runs it through the stages.
-//! It returns an [`Outcome`]: a response was relayed ([`Outcome::Served`]), nothing was sent
-//! and the connection loop must answer an error ([`Outcome::Reject`], its extra header lines
-//! in [`RequestBufs::resp_headers`]), or the connection must close ([`Outcome::Close`]). It
+//! It returns an [`RequestOutcome`]: a response was relayed ([`RequestOutcome::Served`]), nothing was sent
+//! and the connection loop must answer an error ([`RequestOutcome::Reject`], its extra header lines
+//! in [`RequestBufs::resp_headers`]), or the connection must close ([`RequestOutcome::Close`]). It
 //! never writes an error response and never records metrics or the access log: the
 //! connection loop (`server`) does both, once per request.
 //!
@@ -47,7 +47,7 @@ use crate::worker::Worker;
 
 /// How a request ended, for the connection loop to answer, account and keep or close by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum RequestOutcome {
     /// A response was relayed to the client.
     Served {
         status: u16,
@@ -98,7 +98,7 @@ pub async fn handle(
     head: &RequestHead,
     head_len: usize,
     bufs: &mut RequestBufs,
-) -> Outcome {
+) -> RequestOutcome {
     bufs.reset();
     let RequestBufs {
         head: head_bytes,
@@ -106,6 +106,7 @@ pub async fn handle(
         body_out,
         up_headers,
         resp_headers,
+        facts,
     } = bufs;
     // The head is copied out so the body can be read into the connection buffer behind it.
     head_bytes.extend_from_slice(&c.buffered()[..head_len]);
@@ -122,11 +123,12 @@ pub async fn handle(
         body_out,
         up_headers,
         resp_headers,
+        facts,
     };
     match stages(worker, c, &mut rq, bufs).await {
         Ok(outcome) => outcome,
-        Err(Stop::Close(status)) => Outcome::Close(status),
-        Err(Stop::Reject(e)) => Outcome::Reject(skip_unread_body(c, &rq, e)),
+        Err(Stop::Close(status)) => RequestOutcome::Close(status),
+        Err(Stop::Reject(e)) => RequestOutcome::Reject(skip_unread_body(c, &rq, e)),
     }
 }
 
@@ -136,6 +138,7 @@ struct Bufs<'b> {
     body_out: &'b mut Vec<u8>,
     up_headers: &'b mut Vec<u8>,
     resp_headers: &'b mut Vec<u8>,
+    facts: &'b mut crate::conn::Facts,
 }
 
 /// The stages in order; `Err` ends the request before anything was relayed.
@@ -144,7 +147,7 @@ async fn stages(
     c: &mut ClientConn,
     rq: &mut Request<'_>,
     b: Bufs<'_>,
-) -> Result<Outcome, Stop> {
+) -> Result<RequestOutcome, Stop> {
     let snap = rq.snap;
     let m = lookup(rq, b.resp_headers)?;
     // The path's default route, known before any body is read.
@@ -239,8 +242,13 @@ async fn stages(
         Err(_) => Some(0),
     };
     quota_check::charge(worker, ticket, identity.as_ref(), model, tokens);
+    if let Some(id) = &identity {
+        b.facts.subject.push_str(&id.subject);
+    }
+    b.facts.model.push_str(model);
+    b.facts.tokens = tokens;
     match result {
-        Ok(done) => Ok(Outcome::Served {
+        Ok(done) => Ok(RequestOutcome::Served {
             status: done.status,
             keep_alive: done.keep_alive,
             upstream_us: done.upstream_us,
@@ -248,13 +256,13 @@ async fn stages(
         Err(Failure::Respond(e)) => {
             // The upstream's failure is answered without the route's response headers.
             b.resp_headers.clear();
-            Ok(Outcome::Reject(e))
+            Ok(RequestOutcome::Reject(e))
         }
         Err(Failure::Unavailable { error, retry_after }) => {
             let _ = write!(b.resp_headers, "retry-after: {retry_after}\r\n");
-            Ok(Outcome::Reject(error))
+            Ok(RequestOutcome::Reject(error))
         }
-        Err(Failure::Close(status, _)) => Ok(Outcome::Close(status)),
+        Err(Failure::Close(status, _)) => Ok(RequestOutcome::Close(status)),
     }
 }
 

@@ -33,13 +33,13 @@ pub use catalog::{Deployment, DeploymentId};
 pub use hash::WorkerRng;
 pub use raw::{RawDeployment, RawRoute, RawSticky, RawTarget, RawTimeouts, RouteTimeouts};
 pub use split::{Chosen, Configured, SelectCtx, Split, Target, Weight, MAX_TARGETS};
-pub use trie::{EndpointId, MethodSet, MAX_PARAMS};
+pub use trie::{MethodSet, PatternId, MAX_PARAMS};
 pub use weights::set_weights_in_toml;
 
 use crate::config::ConfigProblem;
 use build::{build_route, natural_cmp};
 use catalog::Catalog;
-use trie::{Captures, Endpoint, RouteSpec, Trie};
+use trie::{Captures, Pattern, RouteSpec, Trie};
 
 /// Index of a route in config order (`routes[i]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,9 +52,9 @@ pub enum RouteError {
     #[error("no route for this path")]
     NotFound,
     /// The path matches but no route there allows the method: 405, with
-    /// `Allow: {Router::allow(endpoint)}`.
+    /// `Allow: {Router::allow(pattern)}`.
     #[error("method not allowed on this path")]
-    MethodNotAllowed(EndpointId),
+    MethodNotAllowed(PatternId),
     /// Only model-keyed routes serve this path and method, and the body has no `model`: 400.
     #[error("this path requires a `model` in the request body")]
     ModelRequired,
@@ -152,10 +152,10 @@ impl Route {
     }
 }
 
-/// The result of [`Router::lookup`]: the endpoint (path pattern) matched and its captures.
+/// The result of [`Router::lookup`]: the path pattern matched and its captures.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteMatch<'a> {
-    endpoint: &'a Endpoint,
+    pattern: &'a Pattern,
     method: MethodSet,
     captures: Captures,
 }
@@ -163,21 +163,17 @@ pub struct RouteMatch<'a> {
 impl<'a> RouteMatch<'a> {
     /// The matched pattern, e.g. `/v1/models/:id`.
     pub fn pattern(&self) -> &'a str {
-        &self.endpoint.pattern
+        &self.pattern.pattern
     }
 
     /// Whether the route choice depends on the body's `model` (alias-keyed routes exist).
     pub fn needs_model(&self) -> bool {
-        !self.endpoint.keyed.is_empty()
+        !self.pattern.keyed.is_empty()
     }
 
     /// The value of capture `name` within `path`, which must be the path given to `lookup`.
     pub fn param<'p>(&self, path: &'p str, name: &str) -> Option<&'p str> {
-        let i = self
-            .endpoint
-            .param_names
-            .iter()
-            .position(|n| **n == *name)?;
+        let i = self.pattern.param_names.iter().position(|n| **n == *name)?;
         let &(a, b) = self.captures.spans().get(i)?;
         path.get(a as usize..b as usize)
     }
@@ -187,7 +183,7 @@ impl<'a> RouteMatch<'a> {
     where
         'a: 'p,
     {
-        let names = self.endpoint.param_names.iter();
+        let names = self.pattern.param_names.iter();
         let spans = self.captures;
         names.enumerate().filter_map(move |(i, n)| {
             let &(a, b) = spans.spans().get(i)?;
@@ -245,7 +241,7 @@ impl Router {
 
     /// Finds the routes for `method` and `path` (no query string).
     ///
-    /// `Ok`: the endpoint and captures; pass it to [`Router::select_by_model`].
+    /// `Ok`: the pattern and captures; pass it to [`Router::select_by_model`].
     /// `Err(NotFound)`: no pattern matches (404). `Err(MethodNotAllowed(ep))`: patterns
     /// match but none allows `method` (405, `Allow: {self.allow(ep)}`).
     #[inline]
@@ -253,7 +249,7 @@ impl Router {
         let method = MethodSet::of_request(method);
         match self.trie.find(method, path) {
             Ok((ep, captures)) => Ok(RouteMatch {
-                endpoint: self.trie.endpoint(ep),
+                pattern: self.trie.pattern(ep),
                 method,
                 captures,
             }),
@@ -263,8 +259,8 @@ impl Router {
     }
 
     /// The `Allow` header value for a [`RouteError::MethodNotAllowed`].
-    pub fn allow(&self, endpoint: EndpointId) -> &str {
-        &self.trie.endpoint(endpoint).allow
+    pub fn allow(&self, pattern: PatternId) -> &str {
+        &self.trie.pattern(pattern).allow
     }
 
     /// Picks the route for the body's `model` among a lookup's candidates: the route keyed by
@@ -278,7 +274,7 @@ impl Router {
         m: &RouteMatch<'_>,
         model: Option<&str>,
     ) -> Result<&Route, RouteError> {
-        let ep = m.endpoint;
+        let ep = m.pattern;
         let keyed = model.and_then(|model| {
             ep.keyed
                 .iter()

@@ -27,8 +27,9 @@ use crate::http::parse::{parse_request, RequestHead};
 use crate::http::write::{error_response, ErrorResponse};
 use crate::worker::Worker;
 
-use crate::conn::{self, ClientConn, RequestBufs, RequestSlot};
-use crate::pipeline::Outcome;
+use crate::access_log::Fields;
+use crate::conn::{self, ClientConn, Facts, RequestBufs, RequestSlot};
+use crate::pipeline::RequestOutcome;
 
 /// Accepts until the worker drains.
 pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
@@ -157,7 +158,7 @@ async fn serve(worker: &Rc<Worker>, mut c: ClientConn) -> Served {
             Ok(None) => return Served::Closed,
             Err(e) => {
                 worker.next_request_id(&mut c.request_id);
-                Outcome::Reject(e)
+                RequestOutcome::Reject(e)
             }
         };
         if !conclude(worker, &mut c, head.keep_alive, outcome, bufs, started).await {
@@ -173,26 +174,26 @@ async fn conclude(
     worker: &Worker,
     c: &mut ClientConn,
     keep_alive: bool,
-    outcome: Outcome,
+    outcome: RequestOutcome,
     bufs: &RequestBufs,
     started: Instant,
 ) -> bool {
     let (status, upstream_us, keep) = match outcome {
-        Outcome::Served {
+        RequestOutcome::Served {
             status,
             keep_alive,
             upstream_us,
         } => (status, upstream_us, keep_alive),
-        Outcome::Reject(mut e) => {
+        RequestOutcome::Reject(mut e) => {
             if !keep_alive || worker.drain.is_draining() {
                 e = e.closing();
             }
             let sent = c.send_error(&e, &bufs.resp_headers).await.is_ok();
             (e.status, None, sent && !e.close)
         }
-        Outcome::Close(status) => (status, None, false),
+        RequestOutcome::Close(status) => (status, None, false),
     };
-    account(worker, c, status, started, upstream_us);
+    account(worker, c, status, started, upstream_us, &bufs.facts);
     keep
 }
 
@@ -224,12 +225,13 @@ async fn read_head(
 /// Records a finished request in the worker's metrics and (sampled) access log.
 /// `status` 0: no response was sent; `upstream_us`: time spent on the upstream exchange.
 #[inline]
-pub fn account(
+fn account(
     worker: &Worker,
     c: &mut ClientConn,
     status: u16,
     started: Instant,
     upstream_us: Option<u64>,
+    facts: &Facts,
 ) {
     let (bytes_in, bytes_out) = c.tally.take_bytes();
     let deployment = c.tally.deployment.take();
@@ -244,7 +246,12 @@ pub fn account(
     };
     worker.metrics.borrow_mut().record_sample(&sample);
     if let Some(log) = worker.access_log.borrow_mut().as_mut() {
-        log.record(&worker.metrics.borrow(), &c.request_id, &sample);
+        let fields = Fields {
+            subject: Some(facts.subject.as_str()).filter(|s| !s.is_empty()),
+            model: Some(facts.model.as_str()).filter(|s| !s.is_empty()),
+            tokens: facts.tokens,
+        };
+        log.record_with(&worker.metrics.borrow(), &c.request_id, &sample, fields);
     }
 }
 

@@ -331,3 +331,64 @@ fn sequential_55_token_requests_never_overrun_the_limit() {
         }
     }
 }
+
+/// The access log carries what the stages learned: the verified subject, the model quotas and
+/// token counts went by, and the tokens the response used (JSON and streamed).
+#[test]
+fn access_log_lines_carry_subject_model_and_tokens() {
+    let mock =
+        shardgate::mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
+    let dir = std::env::temp_dir().join(format!("sg-facts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.jsonl");
+    let _ = std::fs::remove_file(&log);
+    let rest = format!(
+        "[[deployments]]\nmodel = \"m\"\nversion = \"1.0.0\"\nendpoints = [\"{}\"]\n\
+         [[routes]]\npath = \"/v1/chat/completions\"\ntargets = [{{ model = \"m\", weight = 1 }}]\n\
+         [auth]\n[[auth.keys]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = {{ value = \"{SECRET}\" }}\n\
+         [access_log]\npath = \"{}\"\nsample_rate = 1.0\n",
+        mock.addr(),
+        log.display()
+    );
+    let mut gw = gateway_in(
+        &dir,
+        "listen = \"127.0.0.1:0\"\nworkers = 1\npin = false",
+        &rest,
+    );
+    let token = token_for("alice");
+    let mut c = Client::connect(gw.local_addr());
+    for body in [
+        r#"{"model":"m","max_tokens":7,"messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"m","max_tokens":5,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    ] {
+        c.send(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        assert_eq!(c.read_response().unwrap().status, 200);
+    }
+    // An unauthenticated request: logged, with no subject.
+    c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}");
+    assert_eq!(c.read_response().unwrap().status, 401);
+    drop(c);
+    gw.shutdown();
+    let written = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = written
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{written}");
+    // The mock counts the prompt "hi" as 1 token and answers `max_tokens` completion tokens.
+    for (line, tokens) in lines.iter().zip([8, 6]) {
+        assert_eq!(line["subject"], "alice", "{line}");
+        assert_eq!(line["model"], "m", "{line}");
+        assert_eq!(line["tokens"], tokens, "{line}");
+    }
+    assert_eq!(lines[2]["status"], 401);
+    assert!(lines[2]["subject"].is_null(), "{}", lines[2]);
+    assert!(!written.contains(&token));
+    let _ = std::fs::remove_dir_all(&dir);
+}

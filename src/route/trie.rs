@@ -1,12 +1,12 @@
 //! The path trie: one node per path segment, with static, `:param` and `*wildcard` edges.
 //!
-//! Routes with the identical pattern share one [`Endpoint`], which holds their methods and
-//! model aliases; the trie itself only answers "which endpoint does this path reach".
+//! Routes with the identical pattern share one [`Pattern`], which holds their methods and
+//! model aliases; the trie itself only answers "which pattern does this path reach".
 //!
 //! # Matching
 //!
 //! At each level a static edge is tried first, then the `:param` edge, then the `*wildcard`
-//! edge, whatever the declaration order. If a branch dead-ends (or reaches an endpoint that
+//! edge, whatever the declaration order. If a branch dead-ends (or reaches an pattern that
 //! does not allow the method), the walk backtracks and tries the next kind of edge, so
 //! `/a/b/d` and `/a/:x/c` both work. A `:param` matches one non-empty segment; a trailing
 //! `*rest` matches the rest of the path after its `/`, possibly empty. Trailing slashes are
@@ -29,9 +29,9 @@ pub const MAX_PARAMS: usize = 8;
 /// Up to this many static edges a node is scanned linearly; above, it gets a hash table.
 const LINEAR_STATICS: usize = 8;
 
-/// Index of an endpoint (a distinct path pattern); used to fetch the `Allow` header value.
+/// Index of an pattern (a distinct path pattern); used to fetch the `Allow` header value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct EndpointId(pub(crate) u32);
+pub struct PatternId(pub(crate) u32);
 
 /// A set of request methods as a bitmask. Methods outside the standard nine map to
 /// [`MethodSet::EXTENSION`] and are matched only by routes that allow any method.
@@ -108,7 +108,7 @@ impl Captures {
 
 /// All routes sharing one path pattern.
 #[derive(Debug, Clone)]
-pub(crate) struct Endpoint {
+pub(crate) struct Pattern {
     pub(crate) pattern: Box<str>,
     /// Names of the captures, in path order.
     pub(crate) param_names: Box<[Box<str>]>,
@@ -131,7 +131,7 @@ struct Node {
     table: Box<[u32]>,
     /// (name, child node, route that introduced it).
     param: Option<(Box<str>, u32, RouteId)>,
-    /// (name, endpoint, route that introduced it).
+    /// (name, pattern, route that introduced it).
     wildcard: Option<(Box<str>, u32, RouteId)>,
     end: Option<u32>,
 }
@@ -140,7 +140,7 @@ struct Node {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Trie {
     nodes: Box<[Node]>,
-    endpoints: Box<[Endpoint]>,
+    patterns: Box<[Pattern]>,
 }
 
 /// What the builder needs to know about a route.
@@ -219,7 +219,7 @@ fn static_in_normal_form(s: &str, last: bool) -> Result<(), String> {
     }
 }
 
-/// The routes of one endpoint while building.
+/// The routes of one pattern while building.
 struct Group {
     pattern: Box<str>,
     /// Capture names in path order.
@@ -243,7 +243,7 @@ pub(crate) fn build(specs: &[RouteSpec<'_>], problems: &mut Vec<ConfigProblem>) 
         };
         let mut node = 0usize;
         let mut names = Vec::new();
-        let mut endpoint_slot: Option<usize> = None;
+        let mut pattern_slot: Option<usize> = None;
         let mut failed = false;
         for seg in &segs {
             match *seg {
@@ -289,7 +289,7 @@ pub(crate) fn build(specs: &[RouteSpec<'_>], problems: &mut Vec<ConfigProblem>) 
                                 failed = true;
                                 break;
                             }
-                            endpoint_slot = Some(*ep as usize);
+                            pattern_slot = Some(*ep as usize);
                         }
                         None => {
                             let ep = groups.len();
@@ -299,7 +299,7 @@ pub(crate) fn build(specs: &[RouteSpec<'_>], problems: &mut Vec<ConfigProblem>) 
                                 members: Vec::new(),
                             });
                             nodes[node].wildcard = Some((name.into(), ep as u32, spec.id));
-                            endpoint_slot = Some(ep);
+                            pattern_slot = Some(ep);
                         }
                     }
                 }
@@ -308,7 +308,7 @@ pub(crate) fn build(specs: &[RouteSpec<'_>], problems: &mut Vec<ConfigProblem>) 
         if failed {
             continue;
         }
-        let ep = endpoint_slot.unwrap_or_else(|| match nodes[node].end {
+        let ep = pattern_slot.unwrap_or_else(|| match nodes[node].end {
             Some(ep) => ep as usize,
             None => {
                 let ep = groups.len();
@@ -323,16 +323,16 @@ pub(crate) fn build(specs: &[RouteSpec<'_>], problems: &mut Vec<ConfigProblem>) 
         });
         groups[ep].members.push(si);
     }
-    let endpoints = groups
+    let patterns = groups
         .into_iter()
-        .map(|g| endpoint(g.pattern, g.names, &g.members, specs, problems))
+        .map(|g| pattern(g.pattern, g.names, &g.members, specs, problems))
         .collect();
     for node in &mut nodes {
         node.table = static_table(&node.statics);
     }
     Trie {
         nodes: nodes.into(),
-        endpoints,
+        patterns,
     }
 }
 
@@ -365,13 +365,13 @@ fn conflict(key: &str, sigil: char, name: &str, existing: &str, owner: RouteId) 
 
 /// Groups the routes of one pattern, reporting pairs that no request could tell apart:
 /// overlapping methods and overlapping model keys (two default routes overlap).
-fn endpoint(
+fn pattern(
     pattern: Box<str>,
     names: Vec<Box<str>>,
     members: &[usize],
     specs: &[RouteSpec<'_>],
     problems: &mut Vec<ConfigProblem>,
-) -> Endpoint {
+) -> Pattern {
     let mut methods = MethodSet::EMPTY;
     let mut keyed = Vec::new();
     let mut defaults = Vec::new();
@@ -398,7 +398,7 @@ fn endpoint(
             keyed.extend(ra.models.iter().map(|m| (m.clone(), ra.methods, ra.id)));
         }
     }
-    Endpoint {
+    Pattern {
         pattern,
         param_names: names.into(),
         methods,
@@ -432,26 +432,26 @@ impl Node {
 }
 
 impl Trie {
-    pub(crate) fn endpoint(&self, id: EndpointId) -> &Endpoint {
-        &self.endpoints[id.0 as usize]
+    pub(crate) fn pattern(&self, id: PatternId) -> &Pattern {
+        &self.patterns[id.0 as usize]
     }
 
-    /// Finds the endpoint for `path` that allows `method`. `Err(Some(ep))`: the path matched
+    /// Finds the pattern for `path` that allows `method`. `Err(Some(ep))`: the path matched
     /// `ep` (the highest-precedence match) but no route there allows the method.
     #[inline]
     pub(crate) fn find(
         &self,
         method: MethodSet,
         path: &str,
-    ) -> Result<(EndpointId, Captures), Option<EndpointId>> {
+    ) -> Result<(PatternId, Captures), Option<PatternId>> {
         if !path.starts_with('/') {
             return Err(None);
         }
         let mut caps = Captures::EMPTY;
         let mut wrong_method = None;
         match self.walk(0, path.as_bytes(), 1, method, &mut caps, &mut wrong_method) {
-            Some(ep) => Ok((EndpointId(ep), caps)),
-            None => Err(wrong_method.map(EndpointId)),
+            Some(ep) => Ok((PatternId(ep), caps)),
+            None => Err(wrong_method.map(PatternId)),
         }
     }
 
@@ -505,7 +505,7 @@ impl Trie {
 
     #[inline]
     fn accept(&self, ep: u32, method: MethodSet, wrong_method: &mut Option<u32>) -> Option<u32> {
-        if self.endpoints[ep as usize].methods.intersects(method) {
+        if self.patterns[ep as usize].methods.intersects(method) {
             Some(ep)
         } else {
             wrong_method.get_or_insert(ep);
@@ -541,7 +541,7 @@ mod tests {
     /// The pattern `path` reaches and its captures as text, or `None`.
     fn hit(t: &Trie, path: &str) -> Option<(String, Vec<String>)> {
         let (ep, caps) = t.find(MethodSet::of_request("GET"), path).ok()?;
-        let e = t.endpoint(ep);
+        let e = t.pattern(ep);
         let caps = caps
             .spans()
             .iter()
