@@ -26,6 +26,8 @@
 //! - [`error`]: the gateway error that every stage folds into.
 #![deny(unsafe_code)]
 
+pub use shardgate_http as http;
+
 pub mod access_log;
 pub mod admin;
 pub mod auth;
@@ -34,7 +36,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod error;
-pub mod http;
+pub mod http_config;
 pub mod metrics;
 pub mod mock;
 pub mod model;

@@ -1,15 +1,20 @@
-//! Hand-framed HTTP/1.1 on httparse.
+//! shardgate's HTTP/1.1 codec, hand-framed on httparse: the one parser, body framing and set
+//! of writers that every HTTP speaker in the workspace uses (the gateway's data path, the mock
+//! model backend, the admin API and its client, the health probe, the load generator, the
+//! tests). The gateway re-exports it as `shardgate::http`.
 //!
 //! - [`parse`]: request head parsing and the RFC 9112 framing checks (what body follows).
 //! - [`path`]: request path normalisation (what is routed is what is forwarded).
 //! - [`body`]: chunked transfer-coding decoder, shared by request bodies and upstream responses.
 //! - [`write`]: response heads and the JSON error responses every stage ends in.
-//! - [`limits`]: every size and time limit, as named constants with config overrides.
+//! - [`limits`]: every size and time limit, as named constants; the gateway's `[limits]`
+//!   table overrides them (`shardgate::http_config`).
 //! - [`fields`]: which header names a config may set or read, and which values the gateway
 //!   may write.
 //!
 //! Nothing here allocates per request: heads are parsed into a stack header array and the
 //! results are offsets into the connection buffer.
+#![deny(unsafe_code)]
 
 pub mod body;
 pub mod fields;
