@@ -5,8 +5,12 @@
 //!
 //! - [`parse`]: request head parsing and the RFC 9112 framing checks (what body follows).
 //! - [`path`]: request path normalisation (what is routed is what is forwarded).
-//! - [`body`]: chunked transfer-coding decoder, shared by request bodies and upstream responses.
-//! - [`write`]: response heads and the JSON error responses every stage ends in.
+//! - [`response`]: response head parsing (what body follows, whether the connection is reusable).
+//! - [`body`]: the one chunked transfer-coding decoder, and a body decoder for every framing,
+//!   shared by requests and responses.
+//! - [`write`]: response heads, chunks, and the JSON error responses every gateway stage ends in.
+//! - [`blocking`]: one request or response read whole from a `std` socket, under a deadline
+//!   (admin API and client, health probe, tests).
 //! - [`limits`]: every size and time limit, as named constants; the gateway's `[limits]`
 //!   table overrides them (`shardgate::http_config`).
 //! - [`fields`]: which header names a config may set or read, and which values the gateway
@@ -16,11 +20,13 @@
 //! results are offsets into the connection buffer.
 #![deny(unsafe_code)]
 
+pub mod blocking;
 pub mod body;
 pub mod fields;
 pub mod limits;
 pub mod parse;
 pub mod path;
+pub mod response;
 pub mod write;
 
 pub use limits::Limits;

@@ -1,6 +1,10 @@
-//! Response heads and the JSON error responses every stage ends in.
+//! Response heads, chunked body framing, and the JSON error responses every gateway stage ends
+//! in.
 //!
-//! Error bodies follow the OpenAI shape `{"error":{"type":"...","message":"..."}}` so SDK
+//! A response head is written as [`status_line`], the speaker's own fields, [`framing_fields`]
+//! and a blank line; a body of unknown length follows as [`chunk`]s and [`LAST_CHUNK`].
+//!
+//! Gateway error bodies follow the OpenAI shape `{"error":{"type":"...","message":"..."}}` so SDK
 //! clients surface them as they would an upstream error.
 
 use std::io::Write;
@@ -18,6 +22,7 @@ pub fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         413 => "Content Too Large",
         414 => "URI Too Long",
+        422 => "Unprocessable Content",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -29,6 +34,44 @@ pub fn reason(status: u16) -> &'static str {
         _ => "",
     }
 }
+
+/// Appends `HTTP/1.1 {status} {reason}` and its CRLF.
+pub fn status_line(out: &mut Vec<u8>, status: u16) {
+    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
+}
+
+/// Appends the fields that frame a response body and say whether the connection stays open:
+/// `content-length` when the length is known, else `transfer-encoding: chunked` to an HTTP/1.1
+/// peer (an HTTP/1.0 peer reads to the close); `connection: close` unless `keep`, and
+/// `connection: keep-alive` to a kept HTTP/1.0 peer (whose default is to close).
+pub fn framing_fields(out: &mut Vec<u8>, len: Option<usize>, keep: bool, peer_minor: u8) {
+    match len {
+        Some(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        None if peer_minor == 1 => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        None => {}
+    }
+    if !keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if peer_minor == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+}
+
+/// Appends `data` as one chunk of the chunked coding; nothing for empty data (an empty chunk
+/// would end the body).
+pub fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk with no trailer section: the end of a chunked body.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// An error response the gateway produces itself.
 #[derive(Debug, Clone, Copy)]
@@ -50,11 +93,10 @@ pub fn error_response(out: &mut Vec<u8>, e: &ErrorResponse<'_>, request_id: &str
     body.extend_from_slice(b"\",\"message\":\"");
     json_escape_into(&mut body, e.message);
     body.extend_from_slice(b"\"}}");
+    status_line(out, e.status);
     let _ = write!(
         out,
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {}\r\n",
-        e.status,
-        reason(e.status),
+        "content-type: application/json\r\ncontent-length: {}\r\nx-request-id: {}\r\n",
         body.len(),
         request_id
     );
@@ -108,6 +150,64 @@ mod tests {
         assert_eq!(
             body,
             r#"{"error":{"type":"rate_limit_exceeded","message":"slow \"down\""}}"#
+        );
+    }
+
+    #[test]
+    fn framing_fields_by_length_keep_alive_and_version() {
+        let cases = [
+            (Some(3), true, 1, "content-length: 3\r\n"),
+            (
+                Some(3),
+                false,
+                1,
+                "content-length: 3\r\nconnection: close\r\n",
+            ),
+            (
+                Some(0),
+                true,
+                0,
+                "content-length: 0\r\nconnection: keep-alive\r\n",
+            ),
+            (None, true, 1, "transfer-encoding: chunked\r\n"),
+            (
+                None,
+                false,
+                1,
+                "transfer-encoding: chunked\r\nconnection: close\r\n",
+            ),
+            (None, false, 0, "connection: close\r\n"),
+        ];
+        for (len, keep, minor, want) in cases {
+            let mut out = Vec::new();
+            framing_fields(&mut out, len, keep, minor);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                want,
+                "{len:?} {keep} {minor}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunks_decode_back() {
+        let mut out = Vec::new();
+        for piece in [&b"hello"[..], b"", &[b'x'; 300]] {
+            chunk(&mut out, piece);
+        }
+        out.extend_from_slice(LAST_CHUNK);
+        let mut d = crate::body::ChunkedDecoder::new(1 << 20);
+        let (mut at, mut body) = (0, Vec::new());
+        while !d.is_done() {
+            let step = d.step(&out[at..]).unwrap();
+            if let Some((a, b)) = step.data {
+                body.extend_from_slice(&out[at + a..at + b]);
+            }
+            at += step.consumed;
+        }
+        assert_eq!(
+            (at, &body[..5], body.len()),
+            (out.len(), &b"hello"[..], 305)
         );
     }
 }
