@@ -38,7 +38,6 @@ pub mod demo;
 pub mod error;
 pub mod http_config;
 pub mod metrics;
-pub mod mock;
 pub mod model;
 pub mod pipeline;
 pub mod proxy;

@@ -644,7 +644,7 @@ fn served(gw: SocketAddr, n: usize) -> std::collections::HashMap<String, usize> 
 
 #[test]
 fn weights_put_rewrites_the_file_keeps_comments_and_reloads() {
-    use shardgate::mock::{self, MockConfig};
+    use shardgate_mock::{self as mock, MockConfig};
     let mock_named = |model: &str| {
         let cfg = MockConfig {
             model: model.into(),

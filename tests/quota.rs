@@ -100,7 +100,7 @@ fn chat(c: &mut Client, body: &str) -> Response {
 #[test]
 fn token_limit_uses_the_backends_usage() {
     let mock =
-        shardgate::mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        shardgate_mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
     let gw = gateway_with(
         "listen = \"127.0.0.1:0\"\nworkers = 1\npin = false",
         &token_config(mock.addr(), 100),
@@ -142,7 +142,7 @@ fn token_limit_uses_the_backends_usage() {
 #[test]
 fn streamed_usage_is_counted_and_hidden_from_clients_that_did_not_ask() {
     let mock =
-        shardgate::mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        shardgate_mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
     let gw = gateway_with(
         "listen = \"127.0.0.1:0\"\nworkers = 1\npin = false",
         &token_config(mock.addr(), 100_000),
@@ -203,9 +203,9 @@ fn subject_token_gateway(
     workers: usize,
     tpm: u32,
     reserve: bool,
-) -> (shardgate::mock::MockHandle, shardgate::runtime::Engine) {
+) -> (shardgate_mock::MockHandle, shardgate::runtime::Engine) {
     let mock =
-        shardgate::mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        shardgate_mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
     let rest = format!(
         "[[deployments]]\nmodel = \"m\"\nversion = \"1.0.0\"\nendpoints = [\"{}\"]\n\
          [[routes]]\npath = \"/v1/chat/completions\"\ntargets = [{{ model = \"m\", weight = 1 }}]\n\

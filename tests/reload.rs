@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use shardgate::config;
 use shardgate::control::{lock_view, Control, WatchSettings};
-use shardgate::mock::{self, MockConfig, MockHandle};
 use shardgate::runtime::Engine;
+use shardgate_mock::{self as mock, MockConfig, MockHandle};
 
 const REWRITES: usize = 50;
 /// Rewrites applied by the control thread's file watch instead of `Control::reload()`.

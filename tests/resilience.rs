@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shardgate::breaker::{BreakerSnapshot, StateKind};
-use shardgate::mock::{self, MockConfig, MockHandle};
 use shardgate::runtime::Engine;
+use shardgate_mock::{self as mock, MockConfig, MockHandle};
 
 /// Small windows and intervals so that every test finishes in a few seconds.
 const FAST_BREAKER: &str = r#"[defaults.breaker]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use common::*;
-use shardgate::mock::{self, MockConfig, MockHandle};
+use shardgate_mock::{self as mock, MockConfig, MockHandle};
 
 fn mock_named(model: &str) -> MockHandle {
     let cfg = MockConfig {

@@ -108,24 +108,30 @@ pub fn error_response(out: &mut Vec<u8>, e: &ErrorResponse<'_>, request_id: &str
     out.extend_from_slice(&body);
 }
 
-/// Escapes `s` as the inside of a JSON string.
+/// Escapes `s` as the inside of a JSON string. Runs of bytes that need no escape are copied
+/// whole.
 pub fn json_escape_into(out: &mut Vec<u8>, s: &str) {
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => {
-                let mut b = [0; 4];
-                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
-            }
+    let bytes = s.as_bytes();
+    let mut plain = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[plain..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.extend_from_slice(esc);
         }
+        plain = i + 1;
     }
+    out.extend_from_slice(&bytes[plain..]);
 }
 
 #[cfg(test)]
@@ -208,6 +214,16 @@ mod tests {
         assert_eq!(
             (at, &body[..5], body.len()),
             (out.len(), &b"hello"[..], 305)
+        );
+    }
+
+    #[test]
+    fn json_escapes_quotes_controls_and_keeps_utf8() {
+        let mut out = Vec::new();
+        json_escape_into(&mut out, "a\"b\\c\nd\re\tf\u{1}g\u{1f}h\u{7f}é😀");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "a\\\"b\\\\c\\nd\\re\\tf\\u0001g\\u001fh\u{7f}é😀"
         );
     }
 }
