@@ -3,11 +3,13 @@
 //! as the gateway's ([`crate::parse`], [`crate::response`]) and bodies through the same
 //! framing ([`BodyDecoder`]).
 //!
-//! A [`Conn`] keeps the bytes read past one message for the next (keep-alive, pipelining).
+//! A [`Conn`] keeps the bytes read past one message for the next (keep-alive, pipelining); it
+//! owns its stream or borrows one (`&TcpStream`) that the caller answers on.
 //! With a deadline set, every read waits at most what is left of it, so a peer dripping one
 //! byte at a time cannot hold a thread past it; without one, the stream's own read timeout
 //! applies.
 
+use std::borrow::Borrow;
 use std::io::{self, Read};
 use std::net::TcpStream;
 use std::time::Instant;
@@ -115,17 +117,17 @@ impl Response {
     }
 }
 
-/// One blocking HTTP/1.1 connection, either side.
+/// One blocking HTTP/1.1 connection, either side, over a `TcpStream` it owns or borrows.
 #[derive(Debug)]
-pub struct Conn {
-    pub stream: TcpStream,
+pub struct Conn<S = TcpStream> {
+    pub stream: S,
     /// Read and not yet consumed.
     buf: Vec<u8>,
     deadline: Option<Instant>,
 }
 
-impl Conn {
-    pub fn new(stream: TcpStream) -> Self {
+impl<S: Borrow<TcpStream>> Conn<S> {
+    pub fn new(stream: S) -> Self {
         Self {
             stream,
             buf: Vec::new(),
@@ -260,13 +262,14 @@ impl Conn {
                 .filter(|d| !d.is_zero())
                 .ok_or(ReadError::TimedOut)?;
             self.stream
+                .borrow()
                 .set_read_timeout(Some(left))
                 .map_err(|e| ReadError::Io(e.kind()))?;
         }
         let len = self.buf.len();
         self.buf.resize(len + READ_CHUNK, 0);
         let res = loop {
-            match self.stream.read(&mut self.buf[len..]) {
+            match self.stream.borrow().read(&mut self.buf[len..]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 res => break res,
             }
