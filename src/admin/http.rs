@@ -175,7 +175,9 @@ pub fn call_with_body(
         Err(e) => Err(io::Error::new(
             match e {
                 blocking::ReadError::TimedOut => io::ErrorKind::TimedOut,
-                blocking::ReadError::Closed => io::ErrorKind::UnexpectedEof,
+                blocking::ReadError::Closed | blocking::ReadError::Truncated => {
+                    io::ErrorKind::UnexpectedEof
+                }
                 blocking::ReadError::Io(kind) => kind,
                 _ => io::ErrorKind::InvalidData,
             },

@@ -98,7 +98,9 @@ pub fn http_probe(
     match conn.read_response_head(MAX_PROBE_HEAD) {
         Ok(head) => Ok(head.status),
         Err(blocking::ReadError::TimedOut) => Err(ProbeError::Timeout),
-        Err(blocking::ReadError::Closed) => Err(ProbeError::Closed),
+        Err(blocking::ReadError::Closed | blocking::ReadError::Truncated) => {
+            Err(ProbeError::Closed)
+        }
         Err(blocking::ReadError::Io(kind)) => Err(ProbeError::Io(kind)),
         Err(blocking::ReadError::Request(_) | blocking::ReadError::Response) => {
             Err(ProbeError::Malformed)

@@ -25,8 +25,11 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Why no complete message was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadError {
-    /// The peer closed (or reset) the connection before a complete message.
+    /// The peer closed (or reset) the connection before the first byte of a message: the
+    /// end of a keep-alive connection.
     Closed,
+    /// The peer closed (or reset) the connection in the middle of a message.
+    Truncated,
     /// The deadline passed, or a read timed out.
     TimedOut,
     /// Another I/O error.
@@ -151,7 +154,7 @@ impl<S: Borrow<TcpStream>> Conn<S> {
         let head_len = loop {
             match parse_request_head(&self.buf, limits, &mut head) {
                 Ok(Some(n)) => break n,
-                Ok(None) => self.fill_or(ReadError::Closed)?,
+                Ok(None) => self.fill_or_end()?,
                 Err(e) => return Err(ReadError::Request(e)),
             }
         };
@@ -160,7 +163,7 @@ impl<S: Borrow<TcpStream>> Conn<S> {
         let mut dec = BodyDecoder::request(head.framing, limits.max_body_bytes);
         let body = self
             .read_body(&mut dec)
-            .map_err(|e| e.map_or(ReadError::Closed, ReadError::Request))?;
+            .map_err(|e| e.map_or(ReadError::Truncated, ReadError::Request))?;
         Ok(Request {
             head_bytes,
             head,
@@ -188,7 +191,7 @@ impl<S: Borrow<TcpStream>> Conn<S> {
         };
         let mut dec = BodyDecoder::response(head.body_framing(head_request), max_body);
         let body = self.read_body(&mut dec).map_err(|e| match e {
-            None => ReadError::Closed,
+            None => ReadError::Truncated,
             Some(_) => ReadError::Response,
         })?;
         Ok(Response {
@@ -216,7 +219,7 @@ impl<S: Borrow<TcpStream>> Conn<S> {
                     let _ = parse_response_head_with(&self.buf, field);
                     return Ok(h);
                 }
-                Ok(None) if self.buf.len() < max_head => self.fill_or(ReadError::Closed)?,
+                Ok(None) if self.buf.len() < max_head => self.fill_or_end()?,
                 _ => return Err(ReadError::Response),
             }
         }
@@ -246,15 +249,18 @@ impl<S: Borrow<TcpStream>> Conn<S> {
         self.buf.is_empty() && !matches!(self.fill(), Ok(n) if n > 0)
     }
 
-    /// [`Self::fill`], with EOF as `at_eof`.
-    fn fill_or(&mut self, at_eof: ReadError) -> Result<(), ReadError> {
+    /// [`Self::fill`] while a head is incomplete: EOF ends the connection, or cuts a message
+    /// short once some of it has arrived.
+    fn fill_or_end(&mut self) -> Result<(), ReadError> {
         match self.fill()? {
-            0 => Err(at_eof),
+            0 if self.buf.is_empty() => Err(ReadError::Closed),
+            0 => Err(ReadError::Truncated),
             _ => Ok(()),
         }
     }
 
-    /// One read into the buffer, bounded by the deadline; `Ok(0)` at EOF.
+    /// One read into the buffer, bounded by the deadline; `Ok(0)` at EOF (a reset is an EOF
+    /// too: either way nothing more arrives).
     fn fill(&mut self) -> Result<usize, ReadError> {
         if let Some(deadline) = self.deadline {
             let left = deadline
@@ -274,13 +280,22 @@ impl<S: Borrow<TcpStream>> Conn<S> {
                 res => break res,
             }
         };
-        let n = *res.as_ref().unwrap_or(&0);
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => match e.kind() {
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => 0,
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                    self.buf.truncate(len);
+                    return Err(ReadError::TimedOut);
+                }
+                kind => {
+                    self.buf.truncate(len);
+                    return Err(ReadError::Io(kind));
+                }
+            },
+        };
         self.buf.truncate(len + n);
-        res.map_err(|e| match e.kind() {
-            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ReadError::TimedOut,
-            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => ReadError::Closed,
-            kind => ReadError::Io(kind),
-        })
+        Ok(n)
     }
 }
 
@@ -326,7 +341,7 @@ mod tests {
         assert_eq!(c.buffered(), b"GET");
         assert_eq!(
             c.read_request(&Limits::default()).unwrap_err(),
-            ReadError::Closed
+            ReadError::Truncated
         );
     }
 
@@ -403,13 +418,14 @@ mod tests {
         );
         assert_eq!(
             bad(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\na"]),
-            ReadError::Closed
+            ReadError::Truncated
         );
         assert_eq!(
             bad(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"]),
             ReadError::Response
         );
         assert_eq!(bad(vec![b"HTTP/1.1 200 OK\r\nX: 0123456789012345678901234567890123456789012345678901234567890123\r\n\r\n"]), ReadError::Response);
-        assert_eq!(bad(vec![b"HTTP/1.1 200"]), ReadError::Closed);
+        assert_eq!(bad(vec![b"HTTP/1.1 200"]), ReadError::Truncated);
+        assert_eq!(bad(vec![]), ReadError::Closed);
     }
 }
