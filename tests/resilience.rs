@@ -27,10 +27,10 @@ fn mock() -> MockHandle {
 }
 
 fn config(defaults: &str, endpoints: &[SocketAddr], extra_upstream: &str) -> String {
-    let eps: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
-        "{defaults}\n[[upstreams]]\nname = \"up\"\nendpoints = [{}]\n{extra_upstream}\n[[routes]]\npath = \"/*rest\"\nupstream = \"up\"\n",
-        eps.join(", ")
+        "{defaults}\n{}{}",
+        upstream("up", endpoints, extra_upstream),
+        route("/*rest", "up", "")
     )
 }
 
