@@ -8,7 +8,7 @@
 //! - [`response`]: response head parsing (what body follows, whether the connection is reusable).
 //! - [`body`]: the one chunked transfer-coding decoder, and a body decoder for every framing,
 //!   shared by requests and responses.
-//! - [`write`]: response heads, chunks, and the JSON error responses every gateway stage ends in.
+//! - [`write`](mod@write): response heads, chunks, and the JSON error responses every gateway stage ends in.
 //! - [`blocking`]: one request or response read whole from a `std` socket, under a deadline
 //!   (admin API and client, health probe, tests).
 //! - [`limits`]: every size and time limit, as named constants; the gateway's `[limits]`
