@@ -48,22 +48,11 @@ pub fn read_request(s: &mut TcpStream) -> Result<Request, ReadError> {
     read_request_within(s, REQUEST_DEADLINE)
 }
 
-/// The admin listener's request limits.
-fn limits() -> Limits {
-    Limits {
-        max_header_bytes: MAX_HEAD,
-        max_request_line: MAX_HEAD,
-        max_headers: MAX_HEADERS,
-        max_body_bytes: MAX_BODY as u64,
-        ..Limits::default()
-    }
-}
-
 /// Reads one request from `s`; the whole request must arrive within `within`.
 pub fn read_request_within(s: &mut TcpStream, within: Duration) -> Result<Request, ReadError> {
     let mut conn = blocking::Conn::new(&*s);
     conn.set_deadline(Some(Instant::now() + within));
-    match conn.read_request(&limits()) {
+    match conn.read_request(&Limits::bounded(MAX_HEAD, MAX_HEADERS, MAX_BODY as u64)) {
         Ok(r) => Ok(Request {
             method: r.method().to_owned(),
             path: r.path().to_owned(),

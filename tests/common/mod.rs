@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use shardgate::config;
 use shardgate::http::blocking::{self, ReadError};
+use shardgate::http::limits::MAX_HEADERS;
 use shardgate::http::Limits;
 use shardgate::runtime::Engine;
 
@@ -154,12 +155,7 @@ fn echo_json(r: &Received) -> String {
 
 /// What a test upstream accepts: any head the gateway could send, any body.
 fn upstream_limits() -> Limits {
-    Limits {
-        max_header_bytes: 1 << 20,
-        max_request_line: 1 << 20,
-        max_body_bytes: u64::MAX,
-        ..Limits::default()
-    }
+    Limits::bounded(1 << 20, MAX_HEADERS, u64::MAX)
 }
 
 /// One upstream-side connection: requests are read with the codec; `stream` is there for

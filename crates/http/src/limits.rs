@@ -69,6 +69,21 @@ pub fn underscore_dropped(limits: &Limits, name: &[u8]) -> bool {
     !limits.allow_underscores_in_headers && name.contains(&b'_')
 }
 
+impl Limits {
+    /// The limits of a server off the data path (the admin API, the mock, a test upstream): a
+    /// head of at most `max_head` bytes (its request line included) with at most `max_headers`
+    /// fields (up to [`MAX_HEADERS`]), and a body of at most `max_body` bytes.
+    pub fn bounded(max_head: usize, max_headers: usize, max_body: u64) -> Limits {
+        Limits {
+            max_header_bytes: max_head,
+            max_request_line: max_head,
+            max_headers: max_headers.min(MAX_HEADERS),
+            max_body_bytes: max_body,
+            ..Limits::default()
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {

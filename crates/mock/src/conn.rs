@@ -37,13 +37,7 @@ const MIN_READ: usize = 4 * 1024;
 /// The mock's request limits: a head (request line included) up to [`MAX_HEAD`], as many
 /// fields as the codec parses, a body up to [`MAX_BODY`].
 fn limits() -> Limits {
-    Limits {
-        max_header_bytes: MAX_HEAD,
-        max_request_line: MAX_HEAD,
-        max_headers: MAX_HEADERS,
-        max_body_bytes: MAX_BODY as u64,
-        ..Limits::default()
-    }
+    Limits::bounded(MAX_HEAD, MAX_HEADERS, MAX_BODY as u64)
 }
 
 /// Per-request overrides from `x-mock-*` headers.
