@@ -73,6 +73,7 @@ impl ResponseHead {
 pub struct BadResponse;
 
 /// Parses a response head from `buf` (see the module docs).
+#[inline]
 pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, BadResponse> {
     parse_response_head_with(buf, |_, _| {})
 }

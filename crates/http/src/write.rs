@@ -61,6 +61,7 @@ pub fn framing_fields(out: &mut Vec<u8>, len: Option<usize>, keep: bool, peer_mi
 
 /// Appends `data` as one chunk of the chunked coding; nothing for empty data (an empty chunk
 /// would end the body).
+#[inline]
 pub fn chunk(out: &mut Vec<u8>, data: &[u8]) {
     if data.is_empty() {
         return;
