@@ -15,6 +15,7 @@
 //! | response | why it is refused |
 //! | --- | --- |
 //! | not HTTP/1.x, a malformed status line or field (httparse), over [`MAX_RESPONSE_HEADERS`] fields | unparseable |
+//! | a status outside 100..=599 (RFC 9110 §15) | invalid; `020` must not reach a client as 20 |
 //! | both `Content-Length` and `Transfer-Encoding` | how response smuggling starts; neither can be picked |
 //! | `Content-Length` not `1*DIGIT`, overflowing, or differing values | the end of the body is unknown |
 //! | a transfer coding other than a single `chunked` | only `chunked` alone can be decoded and relayed |
@@ -91,7 +92,12 @@ pub fn parse_response_head_with(
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(BadResponse),
     };
-    let status = resp.code.ok_or(BadResponse)?;
+    // httparse takes any three digits; RFC 9110 §15: codes outside 100..=599 are invalid,
+    // to be handled as a server error (and `020` must not reach a client as status 20).
+    let status = resp
+        .code
+        .filter(|c| (100..=599).contains(c))
+        .ok_or(BadResponse)?;
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut te = false;
@@ -182,6 +188,19 @@ mod tests {
             "SSH-2.0-OpenSSH\r\n",
         ] {
             assert_eq!(head(raw).unwrap_err(), BadResponse, "{raw:?}");
+        }
+    }
+
+    /// Found by the `response_head` fuzz target: `020` parsed as status 20.
+    #[test]
+    fn status_outside_100_to_599_is_refused() {
+        for code in ["000", "001", "020", "099", "600", "999"] {
+            let raw = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(head(&raw).unwrap_err(), BadResponse, "{raw:?}");
+        }
+        for (code, want) in [("100", 100), ("199", 199), ("200", 200), ("599", 599)] {
+            let raw = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(head(&raw).unwrap().unwrap().status, want);
         }
     }
 
