@@ -77,7 +77,8 @@ impl Secret {
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::http::limits::{Limits, RawLimits};
+use crate::http::limits::Limits;
+use crate::http_config::RawLimits;
 
 /// Default grace period for in-flight requests on shutdown.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{DocumentMut, Value};
 
-use crate::mock::{self, MockConfig, MockHandle};
+use shardgate_mock::{self as mock, MockConfig, MockHandle};
 
 /// Environment variable: move the demo's ports to `base` (gateway), `base + 1` (admin) and
 /// `base + 2 ..` (one per mock endpoint, in the order the config names them).

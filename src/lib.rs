@@ -7,7 +7,8 @@
 //! - [`config`]: raw TOML → validated → immutable `config::Snapshot` (control thread).
 //! - [`runtime`]: one pinned monoio worker per core, its listener, its inbox, drain on shutdown.
 //! - [`server`]: the per-connection loop on a worker: keep-alive, pipelining, limits, timeouts.
-//! - [`http`]: hand-framed HTTP/1.1 on httparse: head parsing, RFC 9112 framing checks, bodies.
+//! - [`http`]: the HTTP/1.1 codec (the `shardgate-http` crate, re-exported): head parsing,
+//!   RFC 9112 framing checks, path normalisation, bodies, writers.
 //! - [`pipeline`]: one request through the stages below, in order.
 //! - [`route`]: path trie → route; model catalog and version split.
 //! - [`model`]: the JSON body's `model`/`stream` fields, read and rewritten.
@@ -21,10 +22,22 @@
 //!   revocations, quota coordination.
 //! - [`admin`]: the admin HTTP listener (/metrics, /stats, /config, /reload, /healthz,
 //!   /readyz) on control-plane threads (one per connection, capped).
-//! - [`mock`]: an OpenAI-compatible mock model backend (demo, tests, loadtest).
 //! - [`demo`]: `shardgate demo`: mocks for `config/demo.toml`'s deployments, the printed commands.
 //! - [`error`]: the gateway error that every stage folds into.
+//! - [`http_config`]: the `[limits]` table and the header names config keys give, checked for
+//!   the codec.
+//!
+//! # Workspace crates
+//!
+//! - `crates/http` (`shardgate-http`, here [`http`]): the one HTTP/1.1 codec in the tree. The
+//!   data path, the admin API and its client, the health probe, the mock, the load generator
+//!   and the tests all parse and frame HTTP with it.
+//! - `crates/mock` (`shardgate-mock`): the OpenAI-compatible mock model backend; [`demo`] runs
+//!   it in-process, `loadtest`'s `mock-upstream` binary as a process, the tests on loopback.
+//! - `loadtest/`: the open-loop load generator and the comparison scripts.
 #![deny(unsafe_code)]
+
+pub use shardgate_http as http;
 
 pub mod access_log;
 pub mod admin;
@@ -35,10 +48,9 @@ pub mod conn;
 pub mod control;
 pub mod demo;
 pub mod error;
-pub mod http;
+pub mod http_config;
 pub mod inbox;
 pub mod metrics;
-pub mod mock;
 pub mod model;
 pub mod pipeline;
 pub mod proxy;

@@ -32,24 +32,16 @@ struct Rig {
 
 fn config_text(up: SocketAddr, extra: &str) -> String {
     format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-workers = 2
-pin = false
-[[upstreams]]
-name = "up"
-endpoints = ["{up}"]
-api_key = {{ value = "sk-upstream-key" }}
-[[routes]]
-path = "/v1/*rest"
-upstream = "up"
-[[routes]]
-path = "/health"
-upstream = "up"
-{extra}
-"#
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = false\n{}{}{}{extra}\n",
+        upstream("up", &[up], "api_key = { value = \"sk-upstream-key\" }"),
+        route("/v1/*rest", "up", ""),
+        route("/health", "up", ""),
     )
 }
+
+/// The requests of [`Rig::known_traffic`], as exact bytes (the byte counters are checked).
+const HEALTH: &str = "GET /health HTTP/1.1\r\nHost: test\r\n\r\n";
+const NOWHERE: &str = "GET /nowhere HTTP/1.1\r\nHost: test\r\n\r\n";
 
 impl Rig {
     fn start(name: &str, extra: &str) -> Rig {
@@ -89,20 +81,29 @@ impl Rig {
     }
 
     fn call(&self, method: &str, path: &str) -> (u16, String) {
-        admin::http::call(self.admin.local_addr(), method, path, Some(TOKEN)).unwrap()
-    }
-
-    fn send(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
-        let (status, text) = admin::http::call_with_body(
+        let (name, value) = bearer(TOKEN);
+        let r = send(
             self.admin.local_addr(),
             method,
             path,
-            Some(TOKEN),
-            body.as_bytes(),
-        )
-        .unwrap();
+            &[(name, &value)],
+            None,
+        );
+        (r.status, r.text())
+    }
+
+    fn send(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let (name, value) = bearer(TOKEN);
+        let r = send(
+            self.admin.local_addr(),
+            method,
+            path,
+            &[(name, &value), ("content-type", "application/json")],
+            Some(body.as_bytes()),
+        );
+        let text = r.text();
         let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-        (status, v)
+        (r.status, v)
     }
 
     fn json(&self, path: &str) -> Value {
@@ -121,10 +122,10 @@ impl Rig {
             assert_eq!(get(self.gw(), &format!("/v1/models/{i}")).status, 200);
         }
         for _ in 0..3 {
-            assert_eq!(get(self.gw(), "/health").status, 200);
+            assert_eq!(request(self.gw(), HEALTH).status, 200);
         }
         for _ in 0..2 {
-            assert_eq!(get(self.gw(), "/nowhere").status, 404);
+            assert_eq!(request(self.gw(), NOWHERE).status, 404);
         }
     }
 
@@ -183,8 +184,8 @@ fn metrics_counts_match_exactly_and_pass_promtool() {
         .unwrap();
     assert!(sent > 5 * 100, "{sent}");
     // Every request byte is charged to its route exactly once.
-    let health_in = 3 * "GET /health HTTP/1.1\r\nHost: test\r\n\r\n".len();
-    let nowhere_in = 2 * "GET /nowhere HTTP/1.1\r\nHost: test\r\n\r\n".len();
+    let health_in = 3 * HEALTH.len();
+    let nowhere_in = 2 * NOWHERE.len();
     rig.metrics_with(&[
         &format!(r#"shardgate_received_bytes_total{{route="/health"}} {health_in}"#),
         &format!(r#"shardgate_received_bytes_total{{route="(unmatched)"}} {nowhere_in}"#),
@@ -271,18 +272,20 @@ fn stats_percentiles_are_present_ordered_and_reset_starts_an_interval() {
 fn token_is_enforced_and_errors_are_json() {
     let rig = Rig::start("token", "");
     let addr = rig.admin.local_addr();
-    for token in [None, Some("wrong"), Some("s3cret-admin-toke")] {
-        let (status, body) = admin::http::call(addr, "GET", "/metrics", token).unwrap();
-        assert_eq!(status, 401, "{token:?}");
-        let v: Value = serde_json::from_str(&body).unwrap();
+    for auth in [
+        vec![],
+        vec![bearer("wrong")],
+        vec![bearer("s3cret-admin-toke")],
+    ] {
+        let headers: Vec<(&str, &str)> = auth.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let r = get_with(addr, "/metrics", &headers);
+        assert_eq!(r.status, 401, "{auth:?}");
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["error"], "unauthorized");
     }
     assert_eq!(rig.call("GET", "/metrics").0, 200);
     // Probes need no token.
-    assert_eq!(
-        admin::http::call(addr, "GET", "/healthz", None).unwrap().0,
-        200
-    );
+    assert_eq!(get(addr, "/healthz").status, 200);
     let (status, body) = rig.call("GET", "/nope");
     assert_eq!(status, 404);
     assert!(serde_json::from_str::<Value>(&body).is_ok());
@@ -294,16 +297,13 @@ fn token_is_enforced_and_errors_are_json() {
 fn readyz_flips_to_503_when_draining() {
     let rig = Rig::start("ready", "");
     let addr = rig.admin.local_addr();
-    let (status, body) = admin::http::call(addr, "GET", "/readyz", None).unwrap();
-    assert_eq!(status, 200, "{body}");
+    let r = get(addr, "/readyz");
+    assert_eq!(r.status, 200, "{}", r.text());
     rig.admin.set_draining();
-    let (status, body) = admin::http::call(addr, "GET", "/readyz", None).unwrap();
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("\"draining\": true"), "{body}");
-    assert_eq!(
-        admin::http::call(addr, "GET", "/healthz", None).unwrap().0,
-        200
-    );
+    let r = get(addr, "/readyz");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("\"draining\": true"), "{}", r.text());
+    assert_eq!(get(addr, "/healthz").status, 200);
     rig.metrics_with(&["shardgate_draining 1"]);
 }
 
@@ -311,7 +311,7 @@ fn readyz_flips_to_503_when_draining() {
 fn reload_applies_a_changed_file_and_rejects_a_broken_one() {
     let rig = Rig::start("reload", "");
     let up = rig._up.addr;
-    let text = config_text(up, "[[routes]]\npath = \"/v2/*rest\"\nupstream = \"up\"\n");
+    let text = config_text(up, &route("/v2/*rest", "up", ""));
     std::fs::write(&rig.cfg, text).unwrap();
     let (status, body) = rig.call("POST", "/reload");
     assert_eq!(status, 200, "{body}");
@@ -334,7 +334,7 @@ fn reload_applies_a_changed_file_and_rejects_a_broken_one() {
     assert!(shown.contains("/v2/*"), "{shown}");
     assert!(!shown.contains("sk-upstream-key"), "{shown}");
 
-    let broken = config_text(up, "[[routes]]\npath = \"v3\"\nupstream = \"missing\"\n");
+    let broken = config_text(up, &route("v3", "missing", ""));
     std::fs::write(&rig.cfg, broken).unwrap();
     let (status, body) = rig.call("POST", "/reload");
     assert_eq!(status, 422, "{body}");
@@ -367,12 +367,8 @@ fn access_log_writes_one_json_line_per_request_without_secrets() {
     let snap = config::from_str(&text, &dir, 1).unwrap();
     let mut engine = Engine::start(snap).unwrap();
     for i in 0..4 {
-        let r = request(
-            engine.local_addr(),
-            &format!(
-                "GET /v1/{i} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer user-secret\r\n\r\n"
-            ),
-        );
+        let (name, value) = bearer("user-secret");
+        let r = get_with(engine.local_addr(), &format!("/v1/{i}"), &[(name, &value)]);
         assert_eq!(r.status, 200);
     }
     assert_eq!(get(engine.local_addr(), "/nowhere").status, 404);
@@ -417,13 +413,9 @@ fn binary_answers_readyz_503_while_draining_on_sigterm() {
     let dir = std::env::temp_dir().join(format!("sg-admin-bin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("gw.toml");
-    let text = config_text(
-        up.addr,
-        &format!(
-            "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = {{ value = \"{TOKEN}\" }}\n"
-        ),
-    )
-    .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let admin_addr: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let text = config_text(up.addr, &admin_listen(admin_addr, TOKEN))
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     std::fs::write(&cfg, text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
         .arg("--config")
@@ -431,7 +423,6 @@ fn binary_answers_readyz_503_while_draining_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let admin_addr: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let gw: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while admin::http::call(admin_addr, "GET", "/readyz", None).map_or(0, |r| r.0) != 200 {
@@ -467,35 +458,9 @@ fn binary_answers_readyz_503_while_draining_on_sigterm() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-const HS_SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// An HS256 token under [`HS_SECRET`] (kid `hs`).
-fn hs256(claims: &str) -> String {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-    use base64::Engine as _;
-    let msg = format!(
-        "{}.{}",
-        B64.encode(r#"{"alg":"HS256","typ":"JWT","kid":"hs"}"#),
-        B64.encode(claims)
-    );
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, HS_SECRET.as_bytes());
-    let sig = ring::hmac::sign(&key, msg.as_bytes());
-    format!("{msg}.{}", B64.encode(sig.as_ref()))
-}
-
 #[test]
 fn revoke_applies_on_every_worker_within_100ms_and_persists() {
-    let auth = format!(
-        "[auth]\nrevocation_file = \"revoked.txt\"\n[[auth.keys]]\nkid = \"hs\"\nalg = \"HS256\"\nsecret = {{ value = \"{HS_SECRET}\" }}\n"
-    );
-    let rig = Rig::start("revoke", &auth);
+    let rig = Rig::start("revoke", &auth_hs256("revocation_file = \"revoked.txt\"\n"));
     let exp = unix_now() + 600;
     let alice = hs256(&format!(
         r#"{{"sub":"alice","exp":{exp},"jti":"tok-alice-1"}}"#
@@ -517,10 +482,8 @@ fn revoke_applies_on_every_worker_within_100ms_and_persists() {
 
     // The admin token is required; bad bodies name their field.
     let body = format!(r#"{{"jti":"tok-alice-1","expires_at":{exp}}}"#);
-    let addr = rig.admin.local_addr();
-    let (status, _) =
-        admin::http::call_with_body(addr, "POST", "/revoke", None, body.as_bytes()).unwrap();
-    assert_eq!(status, 401);
+    let anonymous = post_json(rig.admin.local_addr(), "/revoke", &[], &body);
+    assert_eq!(anonymous.status, 401);
     assert_eq!(rig.call("GET", "/revoke").0, 405);
     let far = unix_now() + 2 * 366 * 24 * 3600;
     for (bad, field) in [
@@ -624,17 +587,8 @@ targets = [
 /// Which mock served each of `n` chat requests.
 fn served(gw: SocketAddr, n: usize) -> std::collections::HashMap<String, usize> {
     let mut counts = std::collections::HashMap::new();
-    let mut conn = Client::connect(gw);
-    let body = r#"{"model":"chat","messages":[{"role":"user","content":"hi"}]}"#;
     for _ in 0..n {
-        conn.send(
-            format!(
-                "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        let r = conn.read_response().unwrap();
+        let r = post_json(gw, "/v1/chat/completions", &[], &chat_body("chat"));
         assert_eq!(r.status, 200, "{}", r.text());
         let model = r.header("x-mock-model").unwrap_or("?").to_string();
         *counts.entry(model).or_insert(0) += 1;
@@ -644,7 +598,7 @@ fn served(gw: SocketAddr, n: usize) -> std::collections::HashMap<String, usize> 
 
 #[test]
 fn weights_put_rewrites_the_file_keeps_comments_and_reloads() {
-    use shardgate::mock::{self, MockConfig};
+    use shardgate_mock::{self as mock, MockConfig};
     let mock_named = |model: &str| {
         let cfg = MockConfig {
             model: model.into(),
@@ -660,15 +614,14 @@ fn weights_put_rewrites_the_file_keeps_comments_and_reloads() {
     let put = r#"{"path": "/v1/chat/completions", "models": [], "targets": [
         {"model": "llama3-70b", "version": ">=3.2.0,<3.3.0", "weight": 0},
         {"model": "qwen2-72b", "version": "^2.0.0", "weight": 100}]}"#;
-    let (status, _) = admin::http::call_with_body(
+    let anonymous = send(
         rig.admin.local_addr(),
         "PUT",
         "/routes/weights",
-        None,
-        put.as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(status, 401);
+        &[],
+        Some(put.as_bytes()),
+    );
+    assert_eq!(anonymous.status, 401);
     assert_eq!(rig.call("POST", "/routes/weights").0, 405);
 
     // Refused edits write nothing and reload nothing.
@@ -765,10 +718,8 @@ fn mutating_endpoints_need_a_control_thread() {
             r#"{"path":"/","targets":[]}"#.into(),
         ),
     ] {
-        let (status, text) =
-            admin::http::call_with_body(admin.local_addr(), method, path, None, body.as_bytes())
-                .unwrap();
-        assert_eq!(status, 503, "{path}: {text}");
+        let r = send(admin.local_addr(), method, path, &[], Some(body.as_bytes()));
+        assert_eq!(r.status, 503, "{path}: {}", r.text());
     }
 }
 
@@ -778,16 +729,11 @@ fn mutating_endpoints_need_a_control_thread() {
 /// appears in the token, stops its tokens and no other.
 #[test]
 fn padded_subjects_are_refused_and_every_accepted_subject_is_revocable() {
-    let auth = format!(
-        "[auth]\nrevocation_file = \"revoked.txt\"\n[[auth.keys]]\nkid = \"hs\"\nalg = \"HS256\"\nsecret = {{ value = \"{HS_SECRET}\" }}\n"
-    );
-    let rig = Rig::start("padded", &auth);
+    let rig = Rig::start("padded", &auth_hs256("revocation_file = \"revoked.txt\"\n"));
     let exp = unix_now() + 600;
     let status = |token: &str| {
-        request(
-            rig.gw(),
-            &format!("GET /v1/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n"),
-        )
+        let (name, value) = bearer(token);
+        get_with(rig.gw(), "/v1/x", &[(name, &value)])
     };
     for padded in [
         " alice",

@@ -2,6 +2,8 @@
 //! never hold up a probe, each connection has its own deadline, and the connection cap
 //! holds (503 JSON over it).
 
+mod common;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{get, try_send};
 use serde_json::Value;
 use shardgate::admin::{self, Admin, AdminLimits, AdminState};
 
@@ -31,23 +34,9 @@ fn admin_with(limits: AdminLimits) -> Admin {
     .unwrap()
 }
 
-/// `GET path` with a read timeout of [`PROBE_TIMEOUT`]: the status and body, or the error.
-fn probe(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)?;
-    s.set_read_timeout(Some(PROBE_TIMEOUT))?;
-    s.set_write_timeout(Some(PROBE_TIMEOUT))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n")?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(&buf) {
-        Ok(httparse::Status::Complete(n)) => Ok((
-            resp.code.unwrap_or(0),
-            String::from_utf8_lossy(&buf[n..]).into_owned(),
-        )),
-        _ => Err(std::io::Error::new(ErrorKind::InvalidData, "no response")),
-    }
+/// `GET path` within [`PROBE_TIMEOUT`]: the status and body, or the error.
+fn probe(addr: SocketAddr, path: &str) -> Result<(u16, String), ureq::Error> {
+    try_send(addr, "GET", path, &[], None, PROBE_TIMEOUT).map(|r| (r.status, r.text()))
 }
 
 /// Whether the server still holds `s` open (no EOF, no reset, nothing written).
@@ -125,18 +114,9 @@ fn the_connection_cap_holds_and_over_it_the_answer_is_503_json() {
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["error"], "busy", "{v}");
     }
-    // The retry header is there (raw read, to see the head).
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
-        .unwrap();
-    let mut head = String::new();
-    s.read_to_string(&mut head).unwrap();
-    assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
-    assert!(
-        head.to_ascii_lowercase().contains("retry-after: 1\r\n"),
-        "{head}"
-    );
+    // The retry header is there.
+    let r = get(addr, "/healthz");
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("1")));
     for (i, s) in held.iter_mut().enumerate() {
         assert!(still_open(s), "held connection {i} was closed");
     }

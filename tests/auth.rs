@@ -83,7 +83,10 @@ fn auth_gateway_mapping(
     let auth = std::fs::read_to_string(m.dir.join("auth.toml")).unwrap();
     let auth = auth.replacen("[auth]\n", &format!("[auth]\n{extra_auth}\n"), 1);
     let rest = format!(
-        "[[upstreams]]\nname = \"up\"\nendpoints = [\"{up}\"]\n[[routes]]\npath = \"/v1/*rest\"\nupstream = \"up\"\n{route_extra}\n[[routes]]\npath = \"/open\"\nupstream = \"up\"\nauth = false\n{auth}\n{mappings}"
+        "{}{}{}{auth}\n{mappings}",
+        upstream("up", &[up], ""),
+        route("/v1/*rest", "up", route_extra),
+        route("/open", "up", "auth = false"),
     );
     gateway_in(
         &m.dir,
@@ -92,26 +95,17 @@ fn auth_gateway_mapping(
     )
 }
 
-fn with_token(addr: std::net::SocketAddr, path: &str, token: &str, extra: &str) -> Response {
-    request(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n{extra}\r\n"),
-    )
-}
-
-/// An HS256 token signed here (for shapes PyJWT refuses to produce).
-fn hs256(header: &str, claims: &str, secret: &[u8]) -> String {
-    let msg = format!("{}.{}", B64.encode(header), B64.encode(claims));
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-    let sig = ring::hmac::sign(&key, msg.as_bytes());
-    format!("{msg}.{}", B64.encode(sig.as_ref()))
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+/// `GET path` with `token` and the `extra` headers.
+fn with_token(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    extra: &[(&str, &str)],
+) -> Response {
+    let (name, value) = bearer(token);
+    let mut headers = vec![(name, value.as_str())];
+    headers.extend_from_slice(extra);
+    get_with(addr, path, &headers)
 }
 
 #[test]
@@ -128,7 +122,7 @@ fn tokens_for_every_algorithm_are_accepted_and_identity_reaches_the_upstream() {
             gw.local_addr(),
             "/v1/chat",
             token,
-            "X-User-Id: mallory\r\nX-Tenant-Id: evil\r\n",
+            &[("X-User-Id", "mallory"), ("X-Tenant-Id", "evil")],
         );
         assert_eq!(r.status, 200, "{alg}: {}", r.text());
         let t = r.text();
@@ -144,10 +138,7 @@ fn tokens_for_every_algorithm_are_accepted_and_identity_reaches_the_upstream() {
         );
     }
     // Open routes pass without a token, but forged identity headers are still removed.
-    let r = request(
-        gw.local_addr(),
-        "GET /open HTTP/1.1\r\nHost: gw\r\nX-User-Id: mallory\r\n\r\n",
-    );
+    let r = get_with(gw.local_addr(), "/open", &[("X-User-Id", "mallory")]);
     assert_eq!(r.status, 200);
     assert!(!r.text().contains("mallory"));
 }
@@ -157,19 +148,19 @@ fn bad_tokens_are_rejected_with_the_right_status() {
     let m = mint("bad", r#"{"scope":"chat"}"#, 600);
     // Same key directory: mint.py reuses the keys it finds there.
     let expired = mint("bad", r#"{"exp":1000}"#, 600);
-    let future = mint("bad", &format!(r#"{{"nbf":{}}}"#, now() + 3600), 600);
+    let future = mint("bad", &format!(r#"{{"nbf":{}}}"#, unix_now() + 3600), 600);
     let up = Upstream::echo();
     let gw = auth_gateway(&m, up.addr, "", "");
     let addr = gw.local_addr();
     let hs_secret = std::fs::read(m.dir.join("hs256.key")).unwrap();
     let hs_secret = hs_secret.strip_suffix(b"\n").unwrap_or(&hs_secret).to_vec();
-    let claims = format!(r#"{{"sub":"alice","exp":{}}}"#, now() + 600);
+    let claims = format!(r#"{{"sub":"alice","exp":{}}}"#, unix_now() + 600);
     let jwks = std::fs::read(m.dir.join("jwks.json")).unwrap();
     let (_, rs) = &m.tokens[3];
     let mut tampered = rs.clone();
     tampered.pop();
     tampered.push(if rs.ends_with('A') { 'B' } else { 'A' });
-    let good_hs = hs256(r#"{"alg":"HS256","kid":"hs256"}"#, &claims, &hs_secret);
+    let good_hs = sign_hs256(r#"{"alg":"HS256","kid":"hs256"}"#, &claims, &hs_secret);
     let cases: Vec<(&str, String, u16, &str)> = vec![
         ("expired", expired.tokens[0].1.clone(), 401, "expired"),
         ("not yet valid", future.tokens[0].1.clone(), 401, ""),
@@ -185,21 +176,24 @@ fn bad_tokens_are_rejected_with_the_right_status() {
         ),
         (
             "alg confusion: RSA public key as HMAC secret",
-            hs256(r#"{"alg":"HS256","kid":"rs256"}"#, &claims, &jwks),
+            sign_hs256(r#"{"alg":"HS256","kid":"rs256"}"#, &claims, &jwks),
             401,
             "",
         ),
         (
             "unknown kid",
-            hs256(r#"{"alg":"HS256","kid":"nope"}"#, &claims, &hs_secret),
+            sign_hs256(r#"{"alg":"HS256","kid":"nope"}"#, &claims, &hs_secret),
             401,
             "",
         ),
         (
             "duplicate claim key",
-            hs256(
+            sign_hs256(
                 r#"{"alg":"HS256","kid":"hs256"}"#,
-                &format!(r#"{{"sub":"alice","sub":"root","exp":{}}}"#, now() + 600),
+                &format!(
+                    r#"{{"sub":"alice","sub":"root","exp":{}}}"#,
+                    unix_now() + 600
+                ),
                 &hs_secret,
             ),
             401,
@@ -215,7 +209,7 @@ fn bad_tokens_are_rejected_with_the_right_status() {
         ),
     ];
     for (what, token, status, needle) in cases {
-        let r = with_token(addr, "/v1/x", &token, "");
+        let r = with_token(addr, "/v1/x", &token, &[]);
         assert_eq!(r.status, status, "{what}: {}", r.text());
         let challenge = r.header("www-authenticate").unwrap_or_default().to_string();
         assert!(challenge.starts_with("Bearer"), "{what}: {challenge}");
@@ -231,7 +225,7 @@ fn bad_tokens_are_rejected_with_the_right_status() {
         );
     }
     assert_eq!(
-        with_token(addr, "/v1/x", &good_hs, "").status,
+        with_token(addr, "/v1/x", &good_hs, &[]).status,
         200,
         "the hand-signed control token is valid"
     );
@@ -254,12 +248,12 @@ fn issuer_audience_and_scope() {
         "issuer = \"https://idp.example\"\naudience = [\"gateway\"]",
         "",
     );
-    let r = with_token(gw.local_addr(), "/v1/x", &m.tokens[0].1, "");
+    let r = with_token(gw.local_addr(), "/v1/x", &m.tokens[0].1, &[]);
     assert_eq!(r.status, 401, "wrong audience: {}", r.text());
 
     let m = mint("scope", r#"{"scope":"chat"}"#, 600);
     let gw = auth_gateway(&m, up.addr, "", "scope = \"ai:inference\"");
-    let r = with_token(gw.local_addr(), "/v1/x", &m.tokens[0].1, "");
+    let r = with_token(gw.local_addr(), "/v1/x", &m.tokens[0].1, &[]);
     assert_eq!(r.status, 403);
     assert!(r
         .header("www-authenticate")
@@ -306,7 +300,7 @@ fn revocation_applies_on_every_worker_within_100ms() {
         }
     }
     assert_eq!(conns.len(), 8, "connections did not spread: {per_worker:?}");
-    let revoked = Revoked::new(RevokedKind::Jti, "token-to-revoke", now() + 600).unwrap();
+    let revoked = Revoked::new(RevokedKind::Jti, "token-to-revoke", unix_now() + 600).unwrap();
     let at = Instant::now();
     gw.revoke(&revoked);
     std::thread::sleep(Duration::from_millis(100).saturating_sub(at.elapsed()));
@@ -365,9 +359,15 @@ fn array_and_scalar_claims_reach_the_upstream_as_headers() {
     );
     let up = Upstream::echo();
     let gw = auth_gateway_mapping(&m, up.addr, "", "scope = \"chat\"", &mappings);
-    let forged = "X-Scopes: admin\r\nx-groups: root\r\nX-Level: 99\r\nx-absent: forged\r\nx-none: forged\r\n";
+    let forged = [
+        ("X-Scopes", "admin"),
+        ("x-groups", "root"),
+        ("X-Level", "99"),
+        ("x-absent", "forged"),
+        ("x-none", "forged"),
+    ];
     for (alg, token) in &m.tokens {
-        let r = with_token(gw.local_addr(), "/v1/chat", token, forged);
+        let r = with_token(gw.local_addr(), "/v1/chat", token, &forged);
         assert_eq!(r.status, 200, "{alg}: {}", r.text());
         let got: Vec<(String, String)> = received_headers(&r)
             .into_iter()
@@ -417,7 +417,7 @@ fn array_and_scalar_claims_reach_the_upstream_as_headers() {
         // Same key directory: mint.py reuses the keys it made above.
         let bad = mint("shapes", claims, 600);
         for (alg, token) in &bad.tokens {
-            let r = with_token(gw.local_addr(), "/v1/chat", token, "");
+            let r = with_token(gw.local_addr(), "/v1/chat", token, &[]);
             assert_eq!(r.status, 401, "{claims} {alg}: {}", r.text());
             let challenge = r.header("www-authenticate").unwrap_or_default();
             let want = if claims.contains("two words") {
@@ -433,7 +433,7 @@ fn array_and_scalar_claims_reach_the_upstream_as_headers() {
         0,
         "no refused token reached the upstream"
     );
-    let r = with_token(gw.local_addr(), "/v1/chat", &m.tokens[0].1, "");
+    let r = with_token(gw.local_addr(), "/v1/chat", &m.tokens[0].1, &[]);
     assert_eq!(r.status, 200, "control: {}", r.text());
     assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
@@ -451,8 +451,8 @@ fn claim_values_cannot_inject_upstream_header_lines() {
     let gw = auth_gateway_mapping(&m, up.addr, "", "", &mappings);
     let secret = std::fs::read(m.dir.join("hs256.key")).unwrap();
     let secret = secret.strip_suffix(b"\n").unwrap_or(&secret).to_vec();
-    let token = |claims: &str| hs256(r#"{"alg":"HS256","kid":"hs256"}"#, claims, &secret);
-    let exp = now() + 600;
+    let token = |claims: &str| sign_hs256(r#"{"alg":"HS256","kid":"hs256"}"#, claims, &secret);
+    let exp = unix_now() + 600;
     let values = [
         r#""a\r\nx-evil: 1""#,
         r#""a\r\ncontent-length: 0\r\n\r\nGET /admin HTTP/1.1""#,
@@ -476,7 +476,7 @@ fn claim_values_cannot_inject_upstream_header_lines() {
             } else {
                 format!(r#"{{"sub":"alice","{claim}":{v},"exp":{exp}}}"#)
             };
-            let r = with_token(addr, "/v1/x", &token(&claims), "");
+            let r = with_token(addr, "/v1/x", &token(&claims), &[]);
             assert_eq!(r.status, 401, "{claim} = {v}: {}", r.text());
             assert!(!r.text().contains("x-evil"), "{claim} = {v}");
         }
@@ -493,7 +493,7 @@ fn claim_values_cannot_inject_upstream_header_lines() {
         &token(&format!(
             r#"{{"sub":"alice","grp":["a","b c"],"exp":{exp}}}"#
         )),
-        "",
+        &[],
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let got = received_headers(&r);

@@ -14,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
+use shardgate::http::blocking::ReadError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
@@ -38,7 +39,7 @@ impl Path {
     }
 }
 
-/// An upstream that echoes whole request bodies and counts the requests cut off mid-body.
+/// An upstream that echoes whole request bodies and counts the requests cut off midway.
 struct Counted {
     up: Upstream,
     cut: Arc<AtomicUsize>,
@@ -48,13 +49,16 @@ fn counted_upstream() -> Counted {
     let cut = Arc::new(AtomicUsize::new(0));
     let n = cut.clone();
     let up = Upstream::start(move |mut c| loop {
-        match read_body(&mut c.stream) {
-            Ok(body) => {
-                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
-                c.write(&[head.as_bytes(), &body].concat());
+        match c.next_request() {
+            Ok(r) => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                    r.body.len()
+                );
+                c.write(&[head.as_bytes(), &r.body].concat());
             }
-            Err(partial) => {
-                if partial {
+            Err(e) => {
+                if e == ReadError::Truncated {
                     n.fetch_add(1, Ordering::Relaxed);
                 }
                 return;
@@ -64,77 +68,20 @@ fn counted_upstream() -> Counted {
     Counted { up, cut }
 }
 
-/// Reads one request and returns its body (a chunked body keeps its framing, which is enough
-/// here). `Err(true)`: the connection ended mid-request; `Err(false)`: between requests.
-fn read_body(s: &mut std::net::TcpStream) -> Result<Vec<u8>, bool> {
-    let mut data = Vec::new();
-    let mut fill = |data: &mut Vec<u8>| {
-        let mut tmp = [0u8; 8192];
-        match s.read(&mut tmp) {
-            Ok(0) | Err(_) => Err(!data.is_empty()),
-            Ok(k) => {
-                data.extend_from_slice(&tmp[..k]);
-                Ok(())
-            }
-        }
-    };
-    let (head_len, len) = loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        if let Ok(httparse::Status::Complete(h)) = req.parse(&data) {
-            let len = req
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .map(|h| {
-                    std::str::from_utf8(h.value)
-                        .unwrap()
-                        .parse::<usize>()
-                        .unwrap()
-                });
-            break (h, len);
-        }
-        fill(&mut data)?;
-    };
-    loop {
-        let body = &data[head_len..];
-        let done = match len {
-            Some(n) => body.len() >= n,
-            None => body.ends_with(b"0\r\n\r\n"),
-        };
-        if done {
-            return Ok(body.to_vec());
-        }
-        fill(&mut data)?;
-    }
-}
-
 /// One worker, a plain route and a split route to the same upstream, and `limits`.
 fn gateway_for(up: SocketAddr, limits: &str) -> shardgate::runtime::Engine {
     gateway_with(
         "listen = \"127.0.0.1:0\"\nworkers = 1\npin = false",
         &format!(
-            r#"[limits]
-{limits}
-
-[[upstreams]]
-name = "up"
-endpoints = ["{up}"]
-
-[[deployments]]
-model = "m"
-version = "1.0.0"
-endpoints = ["{up}"]
-
-[[routes]]
-path = "/plain/*rest"
-upstream = "up"
-
-[[routes]]
-path = "/v1/chat/completions"
-methods = ["POST"]
-targets = [ {{ model = "m", weight = 1 }} ]
-"#
+            "[limits]\n{limits}\n{}{}{}{}",
+            upstream("up", &[up], ""),
+            deployment("m", "1.0.0", &[up], ""),
+            route("/plain/*rest", "up", ""),
+            model_route(
+                "/v1/chat/completions",
+                "{ model = \"m\", weight = 1 }",
+                "methods = [\"POST\"]"
+            ),
         ),
     )
 }
@@ -250,14 +197,8 @@ fn trickled_bodies_get_408_and_release_the_upstream() {
                             }
                         }
                         // The gateway still serves.
-                        let ok = request(
-                            gw.local_addr(),
-                            &format!(
-                                "{}{}",
-                                head(path, Framing::Length, body().len(), ""),
-                                String::from_utf8(body()).unwrap()
-                            ),
-                        );
+                        let json = [("content-type", "application/json")];
+                        let ok = send(gw.local_addr(), "POST", path.target(), &json, Some(&body()));
                         assert_eq!(ok.status, 200, "{ctx}: {}", ok.text());
                     });
                 }

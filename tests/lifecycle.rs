@@ -196,7 +196,12 @@ fn check_reports_every_problem_with_file_and_key() {
     let dir = std::env::temp_dir().join(format!("sg-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 0\n[[upstreams]]\nname = \"u\"\nendpoints = []\n[[routes]]\npath = \"/\"\nupstream = \"missing\"\n").unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 0\n{}{}",
+        upstream("u", &[], ""),
+        route("/", "missing", "")
+    );
+    std::fs::write(&bad, text).unwrap();
     let out = bin()
         .args(["check", "--config"])
         .arg(&bad)
@@ -306,7 +311,11 @@ fn binary_drains_on_sigterm_and_reloads_on_change() {
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("gw.toml");
     let text = |path: &str| {
-        format!("[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 2\npin = false\n[[upstreams]]\nname = \"up\"\nendpoints = [\"{}\"]\n[[routes]]\npath = \"{path}\"\nupstream = \"up\"\n", up.addr)
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 2\npin = false\n{}{}",
+            upstream("up", &[up.addr], ""),
+            route(path, "up", "")
+        )
     };
     std::fs::write(&cfg, text("/old/*rest")).unwrap();
     let mut child = bin()
@@ -374,7 +383,10 @@ fn check_refuses_empty_and_short_admin_tokens_from_every_source() {
     std::fs::write(dir.join("short.token"), "short\n").unwrap();
     std::fs::write(dir.join("good.token"), "0123456789abcdef0123\n").unwrap();
     let config = |token: &str| {
-        format!("[server]\nlisten = \"127.0.0.1:0\"\n[[upstreams]]\nname = \"u\"\nendpoints = [\"127.0.0.1:9\"]\n[[routes]]\npath = \"/*rest\"\nupstream = \"u\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = {token}\n")
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = {token}\n",
+            route_all("127.0.0.1:9".parse().unwrap(), "")
+        )
     };
     // (token, environment, what stderr must say)
     let cases: &[(&str, Option<&str>, &str)] = &[

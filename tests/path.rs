@@ -11,27 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-const SECRET: &str = "a-path-test-hs256-secret-of-32-bytes!";
-
-/// An HS256 token for `sub`, valid for ten minutes.
-fn token(sub: &str) -> String {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-    use base64::Engine as _;
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let msg = format!(
-        "{}.{}",
-        B64.encode(r#"{"alg":"HS256","typ":"JWT","kid":"hs"}"#),
-        B64.encode(format!(r#"{{"sub":"{sub}","exp":{exp}}}"#))
-    );
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
-    let sig = ring::hmac::sign(&key, msg.as_bytes());
-    format!("{msg}.{}", B64.encode(sig.as_ref()))
-}
-
 /// The gateway with an open route `/open/*rest` and protected `/v1/models` and `/v1/*rest`,
 /// in front of an upstream that reports every request it receives.
 struct Rig {
@@ -57,37 +36,12 @@ impl Rig {
             }
         });
         let rest = format!(
-            r#"
-[limits]
-{limits}
-
-[auth]
-[[auth.keys]]
-kid = "hs"
-alg = "HS256"
-secret = {{ value = "{SECRET}" }}
-[[auth.claim_headers]]
-claim = "sub"
-header = "x-user-id"
-
-[[upstreams]]
-name = "up"
-endpoints = ["{addr}"]
-
-[[routes]]
-path = "/open/*rest"
-upstream = "up"
-auth = false
-
-[[routes]]
-path = "/v1/models"
-upstream = "up"
-
-[[routes]]
-path = "/v1/*rest"
-upstream = "up"
-"#,
-            addr = up.addr
+            "[limits]\n{limits}\n{}[[auth.claim_headers]]\nclaim = \"sub\"\nheader = \"x-user-id\"\n{}{}{}{}",
+            auth_hs256(""),
+            upstream("up", &[up.addr], ""),
+            route("/open/*rest", "up", "auth = false"),
+            route("/v1/models", "up", ""),
+            route("/v1/*rest", "up", ""),
         );
         Rig {
             seen,

@@ -10,8 +10,13 @@ use common::*;
 
 fn quota_config(up: std::net::SocketAddr, rpm: u32) -> String {
     format!(
-        "{}\n[quota]\n[[quota.rules]]\nname = \"per-ip\"\nkey = \"client_ip\"\nrequests_per_minute = {rpm}\n",
-        route_all(up, "")
+        "{}\n[quota]\n{}",
+        route_all(up, ""),
+        quota_rule(
+            "per-ip",
+            "client_ip",
+            &format!("requests_per_minute = {rpm}")
+        )
     )
 }
 
@@ -80,38 +85,34 @@ fn two_workers_admit_exactly_the_limit() {
 
 fn token_config(mock: std::net::SocketAddr, tpm: u32) -> String {
     format!(
-        "[[deployments]]\nmodel = \"m\"\nversion = \"1.0.0\"\nendpoints = [\"{mock}\"]\n\
-         [[routes]]\npath = \"/v1/chat/completions\"\ntargets = [{{ model = \"m\", weight = 1 }}]\n\
-         [quota]\n[[quota.rules]]\nname = \"tokens\"\nkey = \"client_ip\"\nrequests_per_minute = 1000\ntokens_per_minute = {tpm}\n"
+        "{}[quota]\n{}",
+        chat_model(mock),
+        quota_rule(
+            "tokens",
+            "client_ip",
+            &format!("requests_per_minute = 1000\ntokens_per_minute = {tpm}")
+        )
     )
 }
 
-fn chat(c: &mut Client, body: &str) -> Response {
-    c.send(
-        format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    c.read_response().unwrap()
+fn chat(addr: std::net::SocketAddr, body: &str) -> Response {
+    post_json(addr, "/v1/chat/completions", &[], body)
 }
 
 #[test]
 fn token_limit_uses_the_backends_usage() {
     let mock =
-        shardgate::mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        shardgate_mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
     let gw = gateway_with(
         "listen = \"127.0.0.1:0\"\nworkers = 1\npin = false",
         &token_config(mock.addr(), 100),
     );
-    let mut c = Client::connect(gw.local_addr());
     // The mock reports prompt ⌈bytes/4⌉ + completion `max_tokens` tokens: 1 + 30 here.
     let body = r#"{"model":"m","max_tokens":30,"messages":[{"role":"user","content":"hi"}]}"#;
     let mut admitted = 0;
     let mut last = None;
     for _ in 0..10 {
-        let r = chat(&mut c, body);
+        let r = chat(gw.local_addr(), body);
         match r.status {
             200 => admitted += 1,
             429 => {
@@ -142,14 +143,13 @@ fn token_limit_uses_the_backends_usage() {
 #[test]
 fn streamed_usage_is_counted_and_hidden_from_clients_that_did_not_ask() {
     let mock =
-        shardgate::mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        shardgate_mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
     let gw = gateway_with(
         "listen = \"127.0.0.1:0\"\nworkers = 1\npin = false",
         &token_config(mock.addr(), 100_000),
     );
-    let mut c = Client::connect(gw.local_addr());
     let r = chat(
-        &mut c,
+        gw.local_addr(),
         r#"{"model":"m","stream":true,"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#,
     );
     assert_eq!(r.status, 200);
@@ -160,7 +160,7 @@ fn streamed_usage_is_counted_and_hidden_from_clients_that_did_not_ask() {
         "usage event leaked to a client that did not ask: {text}"
     );
     let r = chat(
-        &mut c,
+        gw.local_addr(),
         r#"{"model":"m","stream":true,"max_tokens":5,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#,
     );
     assert!(
@@ -178,41 +178,25 @@ fn streamed_usage_is_counted_and_hidden_from_clients_that_did_not_ask() {
     assert_eq!(used, 2 * 6, "both streams counted from the backend's usage");
 }
 
-/// HS256 secret of the subject-keyed gateways below.
-const SECRET: &str = "quota-test-secret-0123456789abcdef0123456789";
-
-/// An HS256 JWT for subject `sub`, valid for an hour.
-fn token_for(sub: &str) -> String {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-    use base64::Engine as _;
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3_600;
-    let header = B64.encode(r#"{"alg":"HS256","kid":"k","typ":"JWT"}"#);
-    let claims = B64.encode(format!(r#"{{"sub":"{sub}","exp":{exp}}}"#));
-    let msg = format!("{header}.{claims}");
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
-    let sig = ring::hmac::sign(&key, msg.as_bytes());
-    format!("{msg}.{}", B64.encode(sig.as_ref()))
-}
-
 /// A gateway on `workers` cores limiting each JWT subject to `tpm` tokens a minute.
 fn subject_token_gateway(
     workers: usize,
     tpm: u32,
     reserve: bool,
-) -> (shardgate::mock::MockHandle, shardgate::runtime::Engine) {
+) -> (shardgate_mock::MockHandle, shardgate::runtime::Engine) {
     let mock =
-        shardgate::mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        shardgate_mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
     let rest = format!(
-        "[[deployments]]\nmodel = \"m\"\nversion = \"1.0.0\"\nendpoints = [\"{}\"]\n\
-         [[routes]]\npath = \"/v1/chat/completions\"\ntargets = [{{ model = \"m\", weight = 1 }}]\n\
-         [auth]\n[[auth.keys]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = {{ value = \"{SECRET}\" }}\n\
-         [quota]\n[[quota.rules]]\nname = \"tokens\"\nkey = \"subject\"\nrequests_per_minute = 1000\n\
-         tokens_per_minute = {tpm}\nreserve_max_tokens = {reserve}\n",
-        mock.addr()
+        "{}{}[quota]\n{}",
+        chat_model(mock.addr()),
+        auth_hs256(""),
+        quota_rule(
+            "tokens",
+            "subject",
+            &format!(
+                "requests_per_minute = 1000\ntokens_per_minute = {tpm}\nreserve_max_tokens = {reserve}"
+            )
+        )
     );
     let gw = gateway_with(
         &format!("listen = \"127.0.0.1:0\"\nworkers = {workers}\npin = false"),
@@ -255,7 +239,7 @@ fn sequential_55_token_requests_never_overrun_the_limit() {
                             let req = format!(
                                 "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n\
                                  Authorization: Bearer {}\r\nContent-Length: {}\r\n\r\n{body}",
-                                token_for(&sub),
+                                token(&sub),
                                 body.len()
                             );
                             let mut keep = None;
@@ -337,17 +321,15 @@ fn sequential_55_token_requests_never_overrun_the_limit() {
 #[test]
 fn access_log_lines_carry_subject_model_and_tokens() {
     let mock =
-        shardgate::mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        shardgate_mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
     let dir = std::env::temp_dir().join(format!("sg-facts-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("access.jsonl");
     let _ = std::fs::remove_file(&log);
     let rest = format!(
-        "[[deployments]]\nmodel = \"m\"\nversion = \"1.0.0\"\nendpoints = [\"{}\"]\n\
-         [[routes]]\npath = \"/v1/chat/completions\"\ntargets = [{{ model = \"m\", weight = 1 }}]\n\
-         [auth]\n[[auth.keys]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = {{ value = \"{SECRET}\" }}\n\
-         [access_log]\npath = \"{}\"\nsample_rate = 1.0\n",
-        mock.addr(),
+        "{}{}[access_log]\npath = \"{}\"\nsample_rate = 1.0\n",
+        chat_model(mock.addr()),
+        auth_hs256(""),
         log.display()
     );
     let mut gw = gateway_in(
@@ -355,7 +337,7 @@ fn access_log_lines_carry_subject_model_and_tokens() {
         "listen = \"127.0.0.1:0\"\nworkers = 1\npin = false",
         &rest,
     );
-    let token = token_for("alice");
+    let token = token("alice");
     let mut c = Client::connect(gw.local_addr());
     for body in [
         r#"{"model":"m","max_tokens":7,"messages":[{"role":"user","content":"hi"}]}"#,

@@ -5,11 +5,14 @@
 //! Needs `redis-server` (`tests/install-test-deps.sh` installs it). Without it the tests
 //! fail when `CI` is set and are skipped with a note otherwise.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{quota_rule, route_all, Client, Upstream};
 use shardgate::quota::remote::MAX_BACKOFF_MS;
 use shardgate::quota::{
     shared_epoch, Coordinator, Decision, FailMode, FromCoordinator, Grant, KeyKind, LeaseRequest,
@@ -420,20 +423,17 @@ fn two_gateway_engines_share_a_limit_through_redis() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
-    let up_addr = upstream.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in upstream.incoming().flatten() {
-            std::thread::spawn(move || serve_ok(s));
+    let up = Upstream::start(|mut c| {
+        while c.read_request().is_some() {
+            c.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
         }
     });
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = false\n\
-         [[upstreams]]\nname = \"up\"\nendpoints = [\"{up_addr}\"]\n\
-         [[routes]]\npath = \"/*rest\"\nupstream = \"up\"\n\
-         [quota]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}/0\"\nkey_prefix = \"e2e\"\n\
-         [[quota.rules]]\nname = \"ip\"\nkey = \"client_ip\"\nrequests_per_minute = 60\n",
-        redis.port
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = false\n{}\n\
+         [quota]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}/0\"\nkey_prefix = \"e2e\"\n{}",
+        route_all(up.addr, ""),
+        redis.port,
+        quota_rule("ip", "client_ip", "requests_per_minute = 60"),
     );
     let engines: Vec<_> = (0..2)
         .map(|_| {
@@ -448,11 +448,12 @@ fn two_gateway_engines_share_a_limit_through_redis() {
                 let addr = addrs[i % 2];
                 std::thread::spawn(move || {
                     let mut ok = 0;
-                    let mut s = TcpStream::connect(addr).unwrap();
-                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    // One keep-alive connection each, so the load spreads over both engines
+                    // and their workers.
+                    let mut c = Client::connect(addr);
                     for _ in 0..25 {
-                        s.write_all(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n").unwrap();
-                        let status = read_status(&mut s);
+                        c.send(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n");
+                        let status = c.read_response().expect("a response").status;
                         assert!(status == 200 || status == 429, "status {status}");
                         ok += usize::from(status == 200);
                     }
@@ -478,48 +479,4 @@ fn two_gateway_engines_share_a_limit_through_redis() {
         "two gateways together admit exactly the limit"
     );
     drop(engines);
-}
-
-/// Answers every request on `s` with an empty 200.
-fn serve_ok(mut s: TcpStream) {
-    let mut buf = [0u8; 4096];
-    let mut pending = Vec::new();
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
-        }
-        while let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-            pending.drain(..i + 4);
-            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-                .is_err()
-            {
-                return;
-            }
-        }
-    }
-}
-
-/// Reads one response (head plus a Content-Length body) and returns its status.
-fn read_status(s: &mut TcpStream) -> u16 {
-    let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(i) = data.windows(4).position(|w: &[u8]| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&data[..i]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            while data.len() < i + 4 + len {
-                let n = s.read(&mut buf).unwrap();
-                assert!(n > 0);
-                data.extend_from_slice(&buf[..n]);
-            }
-            return head[9..12].parse().unwrap();
-        }
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "connection closed");
-        data.extend_from_slice(&buf[..n]);
-    }
 }

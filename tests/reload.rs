@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use shardgate::config;
 use shardgate::control::{lock_view, Control, WatchSettings};
-use shardgate::mock::{self, MockConfig, MockHandle};
 use shardgate::runtime::Engine;
+use shardgate_mock::{self as mock, MockConfig, MockHandle};
 
 const REWRITES: usize = 50;
 /// Rewrites applied by the control thread's file watch instead of `Control::reload()`.
@@ -24,7 +24,6 @@ const WATCHED: std::ops::Range<usize> = 0..2;
 /// The one invalid file.
 const INVALID: usize = 25;
 const CLIENTS: usize = 3;
-const CHAT_BODY: &str = r#"{"model":"chat","messages":[{"role":"user","content":"hi"}]}"#;
 
 fn mock_named(model: &str) -> MockHandle {
     let cfg = MockConfig {
@@ -42,40 +41,22 @@ fn config_text(
     weight_b: &str,
     extra: bool,
 ) -> String {
-    let extra = if extra {
-        "[[routes]]\npath = \"/echo/*rest\"\nupstream = \"extra\"\n"
-    } else {
-        ""
-    };
-    format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-workers = 2
-pin = false
-
-[[upstreams]]
-name = "extra"
-endpoints = ["{a}"]
-
-[[deployments]]
-model = "model-a"
-version = "1.0.0"
-endpoints = ["{a}"]
-
-[[deployments]]
-model = "model-b"
-version = "1.0.0"
-endpoints = ["{b}"]
-
-[[routes]]
-path = "/v1/chat/completions"
-methods = ["POST"]
-targets = [
-  {{ model = "model-a", weight = {weight_a} }},
-  {{ model = "model-b", weight = {weight_b} }},
-]
-{extra}"#
-    )
+    let split = format!(
+        "{{ model = \"model-a\", weight = {weight_a} }}, {{ model = \"model-b\", weight = {weight_b} }}"
+    );
+    [
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = false\n".to_string(),
+        upstream("extra", &[a], ""),
+        deployment("model-a", "1.0.0", &[a], ""),
+        deployment("model-b", "1.0.0", &[b], ""),
+        model_route("/v1/chat/completions", &split, "methods = [\"POST\"]"),
+        if extra {
+            route("/echo/*rest", "extra", "")
+        } else {
+            String::new()
+        },
+    ]
+    .concat()
 }
 
 /// What rewrite `i` writes: (weight of A, weight of B, extra route present).
@@ -92,10 +73,12 @@ fn write_atomic(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// A chat completion request, as bytes for a keep-alive connection.
 fn chat_request() -> Vec<u8> {
+    let body = chat_body("chat");
     format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{CHAT_BODY}",
-        CHAT_BODY.len()
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .into_bytes()
 }
@@ -222,10 +205,11 @@ fn reload_under_load_applies_50_rewrites_without_failing_a_request() {
                 "the error names the file: {shown}"
             );
             // Type errors come from the TOML parser, which names the line of the bad weight
-            // (`line 24`) rather than its key path.
+            // rather than its key path.
+            let line = 1 + text.lines().position(|l| l.contains("ninety")).unwrap();
             assert!(
-                shown.contains("line 24") && shown.contains("ninety"),
-                "the error points at the weight: {shown}"
+                shown.contains(&format!("line {line}")) && shown.contains("ninety"),
+                "the error points at the weight (line {line}): {shown}"
             );
             let view = control.view();
             let v = lock_view(&view);

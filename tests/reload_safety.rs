@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use shardgate::admin::{self, Admin, AdminState};
+use shardgate::admin::{Admin, AdminState};
 use shardgate::config;
 use shardgate::control::{lock_view, Control, WatchSettings};
 use shardgate::runtime::Engine;
@@ -30,7 +30,6 @@ const WATCH: WatchSettings = WatchSettings {
     interval: Duration::from_millis(40),
     settle: Duration::from_millis(300),
 };
-const HS_SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
 const ADMIN_TOKEN: &str = "reload-safety-admin-token";
 
 /// The sections of the protected config, so each case can order them and cut the file
@@ -46,26 +45,23 @@ struct Sections {
 
 impl Sections {
     fn new(up: SocketAddr) -> Sections {
-        let route = |path: &str, open: bool| {
-            let auth = if open { "auth = false\n" } else { "" };
-            format!("[[routes]]\npath = \"{path}\"\n{auth}upstream = \"up\"\n")
-        };
         Sections {
             server: "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = false\n".into(),
-            upstream: format!("[[upstreams]]\nname = \"up\"\nendpoints = [\"{up}\"]\n"),
+            upstream: upstream("up", &[up], ""),
             routes: vec![
-                route("/v1/*rest", false),
-                route("/v2/*rest", false),
-                route("/v3/*rest", false),
-                route("/health", true),
+                route("/v1/*rest", "up", ""),
+                route("/v2/*rest", "up", ""),
+                route("/v3/*rest", "up", ""),
+                route("/health", "up", "auth = false"),
             ],
-            auth: format!(
-                "[auth]\n[[auth.keys]]\nkid = \"hs\"\nalg = \"HS256\"\nsecret = {{ value = \"{HS_SECRET}\" }}\n"
-            ),
-            quota: "[quota]\n[[quota.rules]]\nname = \"per-user\"\nkey = \"subject\"\nmodel = \"*\"\nrequests_per_minute = 1000000\n".into(),
-            admin: format!(
-                "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = {{ value = \"{ADMIN_TOKEN}\" }}\n"
-            ),
+            auth: auth_hs256(""),
+            quota: "[quota]\n".to_string()
+                + &quota_rule(
+                    "per-user",
+                    "subject",
+                    "model = \"*\"\nrequests_per_minute = 1000000",
+                ),
+            admin: admin_listen("127.0.0.1:0".parse().unwrap(), ADMIN_TOKEN),
         }
     }
 
@@ -82,7 +78,7 @@ impl Sections {
                         out += r;
                     }
                     if let Some(p) = extra_route {
-                        out += &format!("[[routes]]\npath = \"{p}\"\nupstream = \"up\"\n");
+                        out += &route(p, "up", "");
                     }
                 }
                 "auth" => out += &self.auth,
@@ -93,28 +89,6 @@ impl Sections {
         }
         out
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// An HS256 token under [`HS_SECRET`] (kid `hs`).
-fn token(sub: &str) -> String {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-    use base64::Engine as _;
-    let claims = format!(r#"{{"sub":"{sub}","exp":{}}}"#, unix_now() + 600);
-    let msg = format!(
-        "{}.{}",
-        B64.encode(r#"{"alg":"HS256","typ":"JWT","kid":"hs"}"#),
-        B64.encode(claims)
-    );
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, HS_SECRET.as_bytes());
-    let sig = ring::hmac::sign(&key, msg.as_bytes());
-    format!("{msg}.{}", B64.encode(sig.as_ref()))
 }
 
 /// What the clients saw that they must never see.
@@ -241,12 +215,9 @@ impl Rig {
     /// snapshots on their next inbox tick).
     fn wait_route(&self, path: &str, status: u16) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\n\r\n",
-            token("bob")
-        );
+        let (name, value) = bearer(&token("bob"));
         loop {
-            let got = request(self.gw(), &req).status;
+            let got = get_with(self.gw(), path, &[(name, &value)]).status;
             if got == status {
                 return;
             }
@@ -451,10 +422,16 @@ fn explicit_reload_applies_a_lowering_config_and_says_what_it_lowers() {
     // (the watcher would refuse it; it may do so before or after the reload below).
     let lowered = s.text(&["server", "upstream", "routes", "admin"], None);
     write_atomic(&rig.cfg, &lowered);
-    let (status, body) =
-        admin::http::call(admin.local_addr(), "POST", "/reload", Some(ADMIN_TOKEN)).unwrap();
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
+    let (name, value) = bearer(ADMIN_TOKEN);
+    let r = send(
+        admin.local_addr(),
+        "POST",
+        "/reload",
+        &[(name, &value)],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["generation"], 2, "{v}");
     let keys: Vec<&str> = v["lowered_protection"]
         .as_array()
@@ -479,9 +456,9 @@ fn explicit_reload_applies_a_lowering_config_and_says_what_it_lowers() {
         );
         thread::sleep(Duration::from_millis(10));
     }
-    let (status, text) =
-        admin::http::call(admin.local_addr(), "GET", "/metrics", Some(ADMIN_TOKEN)).unwrap();
-    assert_eq!(status, 200);
+    let r = get_with(admin.local_addr(), "/metrics", &[(name, &value)]);
+    assert_eq!(r.status, 200);
+    let text = r.text();
     assert!(
         text.lines()
             .any(|l| l == "shardgate_config_reloads_lowering_total 1"),

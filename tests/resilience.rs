@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shardgate::breaker::{BreakerSnapshot, StateKind};
-use shardgate::mock::{self, MockConfig, MockHandle};
 use shardgate::runtime::Engine;
+use shardgate_mock::{self as mock, MockConfig, MockHandle};
 
 /// Small windows and intervals so that every test finishes in a few seconds.
 const FAST_BREAKER: &str = r#"[defaults.breaker]
@@ -27,10 +27,10 @@ fn mock() -> MockHandle {
 }
 
 fn config(defaults: &str, endpoints: &[SocketAddr], extra_upstream: &str) -> String {
-    let eps: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
-        "{defaults}\n[[upstreams]]\nname = \"up\"\nendpoints = [{}]\n{extra_upstream}\n[[routes]]\npath = \"/*rest\"\nupstream = \"up\"\n",
-        eps.join(", ")
+        "{defaults}\n{}{}",
+        upstream("up", endpoints, extra_upstream),
+        route("/*rest", "up", "")
     )
 }
 

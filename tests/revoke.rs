@@ -9,40 +9,19 @@ use std::path::PathBuf;
 
 use common::*;
 use serde_json::Value;
-use shardgate::admin::{self, Admin, AdminState};
+use shardgate::admin::{Admin, AdminState};
 use shardgate::config;
 use shardgate::control::Control;
 use shardgate::runtime::Engine;
 
-const HS_SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
 const ADMIN_TOKEN: &str = "revoke-test-admin-token";
 const ROUNDS: usize = 20;
 /// Keep-alive connections wanted on each worker.
 const PER_WORKER: usize = 2;
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn hs256(claims: &str) -> String {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-    use base64::Engine as _;
-    let msg = format!(
-        "{}.{}",
-        B64.encode(r#"{"alg":"HS256","typ":"JWT","kid":"hs"}"#),
-        B64.encode(claims)
-    );
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, HS_SECRET.as_bytes());
-    let sig = ring::hmac::sign(&key, msg.as_bytes());
-    format!("{msg}.{}", B64.encode(sig.as_ref()))
-}
-
 /// Sends `GET /v1/x` with `token` and returns the status and the worker that answered (the
 /// middle field of `x-request-id`).
-fn send(c: &mut Client, token: &str) -> (u16, String) {
+fn ask(c: &mut Client, token: &str) -> (u16, String) {
     c.send(
         format!("GET /v1/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n")
             .as_bytes(),
@@ -61,7 +40,7 @@ fn connections_on_every_worker(gw: SocketAddr, workers: usize, token: &str) -> V
     let mut by_worker: BTreeMap<String, Vec<Client>> = BTreeMap::new();
     for _ in 0..200 {
         let mut c = Client::connect(gw);
-        let (status, worker) = send(&mut c, token);
+        let (status, worker) = ask(&mut c, token);
         assert_eq!(status, 200);
         let list = by_worker.entry(worker).or_default();
         if list.len() < PER_WORKER {
@@ -86,12 +65,10 @@ fn a_revoked_token_is_refused_on_every_worker_as_soon_as_revoke_returns() {
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = false\n\
-             [[upstreams]]\nname = \"up\"\nendpoints = [\"{}\"]\n\
-             [[routes]]\npath = \"/v1/*rest\"\nupstream = \"up\"\n\
-             [auth]\nrevocation_file = \"revoked.txt\"\n\
-             [[auth.keys]]\nkid = \"hs\"\nalg = \"HS256\"\nsecret = {{ value = \"{HS_SECRET}\" }}\n",
-            up.addr
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = false\n{}{}{}",
+            upstream("up", &[up.addr], ""),
+            route("/v1/*rest", "up", ""),
+            auth_hs256("revocation_file = \"revoked.txt\"\n"),
         ),
     )
     .unwrap();
@@ -125,33 +102,27 @@ fn a_revoked_token_is_refused_on_every_worker_as_soon_as_revoke_returns() {
         let (sub, jti) = (format!("user-{round}"), format!("tok-{round}"));
         let token = hs256(&format!(r#"{{"sub":"{sub}","exp":{exp},"jti":"{jti}"}}"#));
         for c in &mut conns {
-            assert_eq!(send(c, &token).0, 200, "round {round}: not revoked yet");
+            assert_eq!(ask(c, &token).0, 200, "round {round}: not revoked yet");
         }
         let body = if round % 2 == 0 {
             format!(r#"{{"jti":"{jti}","expires_at":{exp}}}"#)
         } else {
             format!(r#"{{"sub":"{sub}","expires_at":{exp}}}"#)
         };
-        let (status, text) = admin::http::call_with_body(
-            admin.local_addr(),
-            "POST",
-            "/revoke",
-            Some(ADMIN_TOKEN),
-            body.as_bytes(),
-        )
-        .unwrap();
-        assert_eq!(status, 200, "{text}");
-        serde_json::from_str::<Value>(&text).unwrap();
+        let (name, value) = bearer(ADMIN_TOKEN);
+        let r = post_json(admin.local_addr(), "/revoke", &[(name, &value)], &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        serde_json::from_slice::<Value>(&r.body).unwrap();
         // No pause: the 200 means every worker already refuses it.
         for c in &mut conns {
-            let (status, worker) = send(c, &token);
+            let (status, worker) = ask(c, &token);
             if status != 401 {
                 accepted_after_revoke.push(format!("round {round}, worker {worker}: {status}"));
             }
         }
         for c in &mut conns {
             assert_eq!(
-                send(c, &keeper).0,
+                ask(c, &keeper).0,
                 200,
                 "round {round}: another token revoked"
             );

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use common::*;
-use shardgate::mock::{self, MockConfig, MockHandle};
+use shardgate_mock::{self as mock, MockConfig, MockHandle};
 
 fn mock_named(model: &str) -> MockHandle {
     let cfg = MockConfig {
@@ -28,53 +28,37 @@ fn config4(
     d: SocketAddr,
     route_extra: &str,
 ) -> String {
-    format!(
-        r#"
-[[deployments]]
-model = "llama3-70b"
-version = "3.2.1"
-endpoints = ["{a}"]
-served_name = "meta-llama/Llama-3-70B"
-
-[[deployments]]
-model = "llama3-70b"
-version = "3.1.0"
-endpoints = ["{c}"]
-
-[[deployments]]
-model = "qwen2-72b"
-version = "2.1.0"
-endpoints = ["{b}"]
-
-[[deployments]]
-model = "llama3-70b-canary"
-version = "1.0.0"
-endpoints = ["{d}"]
-labels = ["canary"]
-
-[[routes]]
-path = "/v1/chat/completions"
-methods = ["POST"]
-targets = [
-  {{ model = "llama3-70b", version = ">=3.2.0, <3.3.0", weight = 80 }},
-  {{ model = "qwen2-72b", version = "^2.0.0", weight = 20 }},
-  {{ model = "llama3-70b-canary", weight = 1 }},
-]
-label_header = "x-canary"
-{route_extra}
-
-[[routes]]
-path = "/v1/chat/completions"
-methods = ["POST"]
-models = ["chat-small"]
-targets = [ {{ model = "llama3-70b", version = "~3.1", weight = 1 }} ]
-"#
-    )
+    let split = [
+        r#"{ model = "llama3-70b", version = ">=3.2.0, <3.3.0", weight = 80 }"#,
+        r#"{ model = "qwen2-72b", version = "^2.0.0", weight = 20 }"#,
+        r#"{ model = "llama3-70b-canary", weight = 1 }"#,
+    ];
+    [
+        deployment(
+            "llama3-70b",
+            "3.2.1",
+            &[a],
+            "served_name = \"meta-llama/Llama-3-70B\"",
+        ),
+        deployment("llama3-70b", "3.1.0", &[c], ""),
+        deployment("qwen2-72b", "2.1.0", &[b], ""),
+        deployment("llama3-70b-canary", "1.0.0", &[d], "labels = [\"canary\"]"),
+        model_route(
+            "/v1/chat/completions",
+            &split.join(", "),
+            &format!("methods = [\"POST\"]\nlabel_header = \"x-canary\"\n{route_extra}"),
+        ),
+        model_route(
+            "/v1/chat/completions",
+            r#"{ model = "llama3-70b", version = "~3.1", weight = 1 }"#,
+            "methods = [\"POST\"]\nmodels = [\"chat-small\"]",
+        ),
+    ]
+    .concat()
 }
 
-fn chat(addr: SocketAddr, model: &str, extra_headers: &str) -> Response {
-    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
-    request(addr, &format!("POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}", body.len()))
+fn chat(addr: SocketAddr, model: &str, headers: &[(&str, &str)]) -> Response {
+    post_json(addr, "/v1/chat/completions", headers, &chat_body(model))
 }
 
 #[test]
@@ -83,11 +67,8 @@ fn split_shares_follow_weights_and_model_is_rewritten() {
     let gw = gateway(&config(a.addr(), b.addr(), c.addr(), ""));
     let mut counts: HashMap<String, usize> = HashMap::new();
     let n = 1000;
-    let mut conn = Client::connect(gw.local_addr());
     for _ in 0..n {
-        let body = r#"{"model":"chat-default","messages":[{"role":"user","content":"hi"}]}"#;
-        conn.send(format!("POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
-        let r = conn.read_response().unwrap();
+        let r = chat(gw.local_addr(), "chat-default", &[]);
         assert_eq!(r.status, 200, "{}", r.text());
         let served = r.header("x-mock-model").unwrap().to_string();
         match served.as_str() {
@@ -137,16 +118,16 @@ fn alias_keying_and_canary_label() {
     );
     let gw = gateway(&config4(a.addr(), b.addr(), c.addr(), d.addr(), ""));
     for _ in 0..20 {
-        let r = chat(gw.local_addr(), "chat-small", "");
+        let r = chat(gw.local_addr(), "chat-small", &[]);
         assert_eq!(r.header("x-mock-model"), Some("C"));
         assert_eq!(r.header("x-shardgate-version"), Some("3.1.0"));
-        let r = chat(gw.local_addr(), "anything", "x-canary: canary\r\n");
+        let r = chat(gw.local_addr(), "anything", &[("x-canary", "canary")]);
         assert_eq!(
             r.header("x-mock-model"),
             Some("D"),
             "a labelled request goes to the labelled target"
         );
-        let r = chat(gw.local_addr(), "anything", "");
+        let r = chat(gw.local_addr(), "anything", &[]);
         assert_ne!(
             r.header("x-mock-model"),
             Some("D"),
@@ -168,7 +149,8 @@ fn sticky_header_keeps_a_key_on_one_target() {
     let mut seen = std::collections::HashSet::new();
     for round in 0..3 {
         for key in 0..40u32 {
-            let r = chat(gw.local_addr(), "m", &format!("x-session: user-{key}\r\n"));
+            let session = format!("user-{key}");
+            let r = chat(gw.local_addr(), "m", &[("x-session", &session)]);
             let served = r.header("x-mock-model").unwrap().to_string();
             seen.insert(served.clone());
             if round == 0 {
@@ -185,18 +167,13 @@ fn sticky_header_keeps_a_key_on_one_target() {
 fn bad_bodies_and_unknown_paths() {
     let (a, b, c) = (mock_named("A"), mock_named("B"), mock_named("C"));
     let gw = gateway(&config(a.addr(), b.addr(), c.addr(), ""));
-    let r = request(
-        gw.local_addr(),
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 8\r\n\r\nnot json",
-    );
+    let post = |body: &str| post_json(gw.local_addr(), "/v1/chat/completions", &[], body);
+    let r = post("not json");
     assert_eq!(r.status, 400);
     assert!(r.text().contains("not valid JSON"));
-    let r = request(
-        gw.local_addr(),
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}",
-    );
+    let r = post("{}");
     assert_eq!(r.status, 400, "{}", r.text());
-    let r = request(gw.local_addr(), "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 27\r\n\r\n{\"model\":\"a\",\"model\":\"b\"}  ");
+    let r = post("{\"model\":\"a\",\"model\":\"b\"}  ");
     assert_eq!(r.status, 400);
     assert_eq!(get(gw.local_addr(), "/v1/nothing").status, 404);
     let r = get(gw.local_addr(), "/v1/chat/completions");
@@ -238,43 +215,25 @@ fn split_fails_over_when_a_deployment_dies_and_fallbacks_serve_when_all_are_down
     let a = mock_named("A");
     let mut b = mock_named("B");
     let f = mock_named("F");
-    let text = format!(
-        r#"
-[defaults.breaker]
-consecutive_failures = 2
-open_base_ms = 60000
-open_max_ms = 60000
-
-[[deployments]]
-model = "a"
-version = "1.0.0"
-endpoints = ["{}"]
-
-[[deployments]]
-model = "b"
-version = "1.0.0"
-endpoints = ["{}"]
-
-[[deployments]]
-model = "small"
-version = "1.0.0"
-endpoints = ["{}"]
-
-[[routes]]
-path = "/v1/chat/completions"
-targets = [ {{ model = "a", weight = 1 }}, {{ model = "b", weight = 1 }} ]
-fallbacks = [ {{ model = "small", weight = 1 }} ]
-"#,
-        a.addr(),
-        b.addr(),
-        f.addr()
-    );
+    let text = [
+        "[defaults.breaker]\nconsecutive_failures = 2\nopen_base_ms = 60000\nopen_max_ms = 60000\n"
+            .to_string(),
+        deployment("a", "1.0.0", &[a.addr()], ""),
+        deployment("b", "1.0.0", &[b.addr()], ""),
+        deployment("small", "1.0.0", &[f.addr()], ""),
+        model_route(
+            "/v1/chat/completions",
+            r#"{ model = "a", weight = 1 }, { model = "b", weight = 1 }"#,
+            r#"fallbacks = [ { model = "small", weight = 1 } ]"#,
+        ),
+    ]
+    .concat();
     let gw = gateway_with("listen = \"127.0.0.1:0\"\nworkers = 1\npin = false", &text);
     b.stop();
     // Connect failures to B trip its breaker; from then on the split only picks A.
     let mut served = Vec::new();
     for _ in 0..40 {
-        let r = chat(gw.local_addr(), "m", "");
+        let r = chat(gw.local_addr(), "m", &[]);
         served.push((r.status, r.header("x-mock-model").map(str::to_string)));
     }
     assert!(
@@ -294,7 +253,7 @@ fallbacks = [ {{ model = "small", weight = 1 }} ]
     for _ in 0..10 {
         // The coordination thread decides on reported 5xx within a few ticks.
         std::thread::sleep(std::time::Duration::from_millis(30));
-        let r = chat(gw.local_addr(), "m", "");
+        let r = chat(gw.local_addr(), "m", &[]);
         last.push((r.status, r.header("x-mock-model").map(str::to_string)));
     }
     assert!(

@@ -1,20 +1,21 @@
 //! One HTTP/1.1 request/response exchange on a keep-alive connection, with the timestamps
 //! the report needs: first response byte, each complete SSE event, response end.
 //!
-//! Response bodies are framed by `Content-Length`, `Transfer-Encoding: chunked`, or the
-//! connection closing. When the response is `text/event-stream`, the decoded body is scanned
-//! for event ends (a blank line, `\n\n` or `\r\n\r\n`).
+//! Responses are read with the gateway's codec (`shardgate-http`): the head by its response
+//! parser (interim 1xx heads skipped), the body by its [`BodyDecoder`] (`Content-Length`,
+//! `Transfer-Encoding: chunked`, or the connection closing). When the response is
+//! `text/event-stream`, the decoded body is scanned for event ends (a blank line, `\n\n` or
+//! `\r\n\r\n`).
 use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use shardgate_http::body::BodyDecoder;
+use shardgate_http::parse::trim;
+use shardgate_http::response::{parse_response_head_with, ResponseHead, MAX_RESPONSE_HEAD};
 
 use crate::report::ErrorKind;
 
-/// Most response headers accepted.
-const MAX_HEADERS: usize = 64;
-/// Largest response head accepted.
-const MAX_HEAD: usize = 64 * 1024;
 /// Smallest free space handed to a read.
 const MIN_READ: usize = 16 * 1024;
 
@@ -40,84 +41,6 @@ pub struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
     pos: usize,
-}
-
-/// Body framing of a response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Length(u64),
-    Chunked,
-    UntilClose,
-}
-
-/// Incremental chunked-coding decoder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailer,
-    Done,
-}
-
-impl Chunk {
-    /// Consumes what it can of `input`, handing decoded data to `data`; returns the bytes
-    /// consumed.
-    fn feed(&mut self, input: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, ErrorKind> {
-        let mut at = 0;
-        loop {
-            let rest = &input[at..];
-            match *self {
-                Chunk::Size => match httparse::parse_chunk_size(rest) {
-                    Ok(httparse::Status::Complete((n, 0))) => {
-                        at += n;
-                        *self = Chunk::Trailer;
-                    }
-                    Ok(httparse::Status::Complete((n, size))) => {
-                        at += n;
-                        *self = Chunk::Data(size);
-                    }
-                    Ok(httparse::Status::Partial) => return Ok(at),
-                    Err(_) => return Err(ErrorKind::Parse),
-                },
-                Chunk::Data(left) => {
-                    if rest.is_empty() {
-                        return Ok(at);
-                    }
-                    let take = (rest.len() as u64).min(left) as usize;
-                    data(&rest[..take]);
-                    at += take;
-                    *self = if left == take as u64 {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(left - take as u64)
-                    };
-                }
-                Chunk::DataEnd => {
-                    if rest.len() < 2 {
-                        return Ok(at);
-                    }
-                    if &rest[..2] != b"\r\n" {
-                        return Err(ErrorKind::Parse);
-                    }
-                    at += 2;
-                    *self = Chunk::Size;
-                }
-                Chunk::Trailer => {
-                    let mut trailers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    match httparse::parse_headers(rest, &mut trailers) {
-                        Ok(httparse::Status::Complete((n, _))) => {
-                            at += n;
-                            *self = Chunk::Done;
-                        }
-                        Ok(httparse::Status::Partial) => return Ok(at),
-                        Err(_) => return Err(ErrorKind::Parse),
-                    }
-                }
-                Chunk::Done => return Ok(at),
-            }
-        }
-    }
 }
 
 /// Finds SSE event ends in a byte stream split arbitrarily.
@@ -146,60 +69,21 @@ impl EventScan {
     }
 }
 
-/// Head facts needed after the head buffer is gone.
-struct Head {
-    status: u16,
-    len: usize,
-    framing: Framing,
-    streamed: bool,
-    close: bool,
-}
-
-fn parse_head(bytes: &[u8], is_head_request: bool) -> Result<Option<Head>, ErrorKind> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(bytes) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if bytes.len() >= MAX_HEAD => return Err(ErrorKind::Parse),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(ErrorKind::Parse),
-    };
-    let status = resp.code.unwrap_or(0);
-    let mut framing = Framing::UntilClose;
+/// Parses a response head at the start of `bytes`: the head and whether its body is an
+/// event stream; `Ok(None)` while incomplete.
+fn parse_head(bytes: &[u8]) -> Result<Option<(ResponseHead, bool)>, ErrorKind> {
     let mut streamed = false;
-    let mut close = resp.version == Some(0);
-    for h in resp.headers.iter() {
-        let v = std::str::from_utf8(h.value)
-            .map_err(|_| ErrorKind::Parse)?
-            .trim();
-        if h.name.eq_ignore_ascii_case("content-length") {
-            if framing != Framing::Chunked {
-                framing = Framing::Length(v.parse().map_err(|_| ErrorKind::Parse)?);
-            }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            if v.to_ascii_lowercase().ends_with("chunked") {
-                framing = Framing::Chunked;
-            }
-        } else if h.name.eq_ignore_ascii_case("content-type") {
-            streamed = v.starts_with("text/event-stream");
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            if v.eq_ignore_ascii_case("close") {
-                close = true;
-            } else if v.eq_ignore_ascii_case("keep-alive") {
-                close = false;
-            }
+    let head = parse_response_head_with(bytes, |name, value| {
+        if name.eq_ignore_ascii_case(b"content-type") {
+            streamed = trim(value).starts_with(b"text/event-stream");
         }
+    });
+    match head {
+        Ok(Some(h)) => Ok(Some((h, streamed))),
+        Ok(None) if bytes.len() >= MAX_RESPONSE_HEAD => Err(ErrorKind::Parse),
+        Ok(None) => Ok(None),
+        Err(_) => Err(ErrorKind::Parse),
     }
-    if is_head_request || status == 204 || status == 304 || (100..200).contains(&status) {
-        framing = Framing::Length(0);
-    }
-    Ok(Some(Head {
-        status,
-        len,
-        framing,
-        streamed,
-        close,
-    }))
 }
 
 impl Conn {
@@ -258,11 +142,16 @@ impl Conn {
         gaps: &mut Vec<u64>,
     ) -> Result<Outcome, ErrorKind> {
         let mut first_byte = None;
-        let head = loop {
+        let (head, streamed) = loop {
             if self.pos < self.buf.len() {
                 first_byte.get_or_insert_with(Instant::now);
-                if let Some(h) = parse_head(&self.buf[self.pos..], is_head_request)? {
-                    break h;
+                match parse_head(&self.buf[self.pos..])? {
+                    Some((h, _)) if h.is_interim() => {
+                        self.pos += h.head_len;
+                        continue;
+                    }
+                    Some(h) => break h,
+                    None => {}
                 }
             }
             if self.fill().await? == 0 {
@@ -270,12 +159,12 @@ impl Conn {
             }
         };
         let first_byte = first_byte.unwrap_or_else(Instant::now);
-        self.pos += head.len;
+        self.pos += head.head_len;
         let mut scan = EventScan::default();
         let mut first_event = None;
         let mut last_event = None;
         let mut on_data = |data: &[u8], now: Instant| {
-            if head.streamed && scan.feed(data) > 0 {
+            if streamed && scan.feed(data) > 0 {
                 if let Some(prev) = last_event {
                     gaps.push(now.duration_since(prev).as_micros() as u64);
                 }
@@ -284,50 +173,30 @@ impl Conn {
             }
         };
         let mut now = Instant::now();
-        match head.framing {
-            Framing::Length(mut left) => loop {
-                let avail = ((self.buf.len() - self.pos) as u64).min(left) as usize;
-                on_data(&self.buf[self.pos..self.pos + avail], now);
-                self.pos += avail;
-                left -= avail as u64;
-                if left == 0 {
-                    break;
-                }
-                if self.fill().await? == 0 {
-                    return Err(ErrorKind::Closed);
-                }
-                now = Instant::now();
-            },
-            Framing::Chunked => {
-                let mut chunk = Chunk::Size;
-                loop {
-                    let used = chunk.feed(&self.buf[self.pos..], |d| on_data(d, now))?;
-                    self.pos += used;
-                    if chunk == Chunk::Done {
-                        break;
-                    }
-                    if self.fill().await? == 0 {
-                        return Err(ErrorKind::Closed);
-                    }
-                    now = Instant::now();
-                }
+        let mut body = BodyDecoder::response(head.body_framing(is_head_request), u64::MAX);
+        loop {
+            let used = body
+                .decode_with(&self.buf[self.pos..], |d| on_data(d, now))
+                .map_err(|_| ErrorKind::Parse)?;
+            self.pos += used;
+            if body.is_done() {
+                break;
             }
-            Framing::UntilClose => loop {
-                on_data(&self.buf[self.pos..], now);
-                self.pos = self.buf.len();
-                if self.fill().await? == 0 {
+            if self.fill().await? == 0 {
+                if body.ends_at_close() {
                     break;
                 }
-                now = Instant::now();
-            },
+                return Err(ErrorKind::Closed);
+            }
+            now = Instant::now();
         }
         Ok(Outcome {
             status: head.status,
             first_byte,
             first_event,
             end: now,
-            streamed: head.streamed,
-            reusable: !head.close && head.framing != Framing::UntilClose,
+            streamed,
+            reusable: head.keep_alive,
         })
     }
 }
@@ -335,25 +204,7 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunk_decoder_handles_any_split() {
-        let wire = b"5\r\nhello\r\n3;x=y\r\n, w\r\n0\r\nT: 1\r\n\r\n";
-        for split in 0..wire.len() {
-            let mut chunk = Chunk::Size;
-            let mut out = Vec::new();
-            let used = chunk
-                .feed(&wire[..split], |d| out.extend_from_slice(d))
-                .unwrap();
-            let rest = [&wire[used..split], &wire[split..]].concat();
-            let used2 = chunk.feed(&rest, |d| out.extend_from_slice(d)).unwrap();
-            assert_eq!(chunk, Chunk::Done, "split {split}");
-            assert_eq!(used2, rest.len());
-            assert_eq!(out, b"hello, w");
-        }
-        let mut chunk = Chunk::Size;
-        assert_eq!(chunk.feed(b"zz\r\n", |_| {}), Err(ErrorKind::Parse));
-    }
+    use shardgate_http::response::ResponseFraming;
 
     #[test]
     fn event_scan_counts_blank_lines_across_splits() {
@@ -366,19 +217,19 @@ mod tests {
 
     #[test]
     fn head_framing() {
-        let h = parse_head(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n", false)
+        let (h, streamed) = parse_head(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert!(h.streamed && h.framing == Framing::Chunked && !h.close);
-        let h = parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nabc", false)
+        assert!(streamed && h.framing == ResponseFraming::Chunked && h.keep_alive);
+        let (h, streamed) = parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nabc")
             .unwrap()
             .unwrap();
-        assert!(h.close && h.framing == Framing::Length(3));
-        let h = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true)
+        assert!(!streamed && !h.keep_alive && h.framing == ResponseFraming::Length(3));
+        let (h, _) = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!(h.framing, Framing::Length(0));
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\n", false).unwrap().is_none());
-        assert!(parse_head(b"HTTP/1.1 2x0 OK\r\n\r\n", false).is_err());
+        assert_eq!(h.body_framing(true), ResponseFraming::None);
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\n").unwrap().is_none());
+        assert!(parse_head(b"HTTP/1.1 2x0 OK\r\n\r\n").is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! shardgate's measuring tools: the `loadgen` load generator (this library) and the
-//! `mock-upstream` binary (a thin CLI over [`shardgate::mock`]).
+//! `mock-upstream` binary (a thin CLI over [`shardgate_mock`]).
 //!
 //! # Layout
 //!

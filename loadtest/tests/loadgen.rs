@@ -2,7 +2,7 @@
 use std::time::Duration;
 
 use loadtest::{run, LoadConfig};
-use shardgate::mock::{self, MockConfig, MockHandle};
+use shardgate_mock::{self as mock, MockConfig, MockHandle};
 
 fn mock() -> MockHandle {
     mock::spawn(MockConfig::default(), "127.0.0.1:0".parse().unwrap(), 1).expect("mock starts")

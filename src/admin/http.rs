@@ -1,10 +1,14 @@
-//! A deliberately small blocking HTTP/1.1 server side and client for the admin API: one
-//! request per connection, bounded head and body, a deadline for the whole request and a
-//! timeout for writing the answer.
+//! A deliberately small blocking HTTP/1.1 server side and client for the admin API, on the
+//! codec's blocking helpers ([`crate::http::blocking`]): one request per connection, bounded
+//! head and body, a deadline for the whole request and a timeout for writing the answer.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
+
+use crate::http::blocking;
+use crate::http::response::MAX_RESPONSE_HEAD;
+use crate::http::{write, Limits};
 
 /// Largest request head the admin listener reads.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -46,73 +50,23 @@ pub fn read_request(s: &mut TcpStream) -> Result<Request, ReadError> {
 
 /// Reads one request from `s`; the whole request must arrive within `within`.
 pub fn read_request_within(s: &mut TcpStream, within: Duration) -> Result<Request, ReadError> {
-    let deadline = Instant::now() + within;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    let (head_len, mut req, content_length) = loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        match parsed.parse(&buf) {
-            Ok(httparse::Status::Complete(n)) => {
-                let target = parsed.path.unwrap_or("/");
-                let (path, query) = target.split_once('?').unwrap_or((target, ""));
-                let mut req = Request {
-                    method: parsed.method.unwrap_or("").to_string(),
-                    path: path.to_string(),
-                    query: query.to_string(),
-                    ..Default::default()
-                };
-                let mut len = 0usize;
-                for h in parsed.headers.iter() {
-                    if h.name.eq_ignore_ascii_case("authorization") {
-                        req.authorization = Some(h.value.to_vec());
-                    } else if h.name.eq_ignore_ascii_case("content-length") {
-                        len = std::str::from_utf8(h.value)
-                            .ok()
-                            .and_then(|v| v.trim().parse().ok())
-                            .ok_or(ReadError::Malformed)?;
-                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                        return Err(ReadError::Malformed);
-                    }
-                }
-                if len > MAX_BODY {
-                    return Err(ReadError::TooLarge);
-                }
-                break (n, req, len);
-            }
-            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-                return Err(ReadError::TooLarge)
-            }
-            Ok(httparse::Status::Partial) => read_some(s, &mut buf, &mut chunk, deadline)?,
-            Err(httparse::Error::TooManyHeaders) => return Err(ReadError::TooLarge),
-            Err(_) => return Err(ReadError::Malformed),
+    let mut conn = blocking::Conn::new(&*s);
+    conn.set_deadline(Some(Instant::now() + within));
+    match conn.read_request(&Limits::bounded(MAX_HEAD, MAX_HEADERS, MAX_BODY as u64)) {
+        Ok(r) => Ok(Request {
+            method: r.method().to_owned(),
+            path: r.path().to_owned(),
+            query: r.query().to_owned(),
+            authorization: r.header("authorization").map(<[u8]>::to_vec),
+            body: r.body,
+        }),
+        Err(blocking::ReadError::Request(e)) if matches!(e.status(), 413 | 414 | 431) => {
+            Err(ReadError::TooLarge)
         }
-    };
-    while buf.len() < head_len + content_length {
-        read_some(s, &mut buf, &mut chunk, deadline)?;
-    }
-    req.body = buf[head_len..head_len + content_length].to_vec();
-    Ok(req)
-}
-
-fn read_some(
-    s: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    chunk: &mut [u8],
-    deadline: Instant,
-) -> Result<(), ReadError> {
-    let left = deadline
-        .checked_duration_since(Instant::now())
-        .filter(|d| !d.is_zero())
-        .ok_or(ReadError::Gone)?;
-    s.set_read_timeout(Some(left))
-        .map_err(|_| ReadError::Gone)?;
-    match s.read(chunk) {
-        Ok(0) | Err(_) => Err(ReadError::Gone),
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            Ok(())
+        Err(blocking::ReadError::Request(_) | blocking::ReadError::Response) => {
+            Err(ReadError::Malformed)
         }
+        Err(_) => Err(ReadError::Gone),
     }
 }
 
@@ -150,22 +104,6 @@ impl Response {
     }
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        413 => "Content Too Large",
-        422 => "Unprocessable Content",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Status",
-    }
-}
-
 /// Writes `r` and closes (every admin response carries `Connection: close`). `head_only`:
 /// the answer to a HEAD request (same head, no body).
 /// Without a write timeout already set on `s`, [`REQUEST_DEADLINE`] applies.
@@ -173,16 +111,16 @@ pub fn write_response(s: &mut TcpStream, r: &Response, head_only: bool) -> io::R
     if s.write_timeout().ok().flatten().is_none() {
         let _ = s.set_write_timeout(Some(REQUEST_DEADLINE));
     }
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n",
-        r.status,
-        reason(r.status),
-        r.content_type,
-        r.body.len()
-    )
-    .into_bytes();
+    let mut out = Vec::with_capacity(256 + r.body.len());
+    write::status_line(&mut out, r.status);
+    let _ = write!(
+        out,
+        "content-type: {}\r\ncache-control: no-store\r\n",
+        r.content_type
+    );
+    write::framing_fields(&mut out, Some(r.body.len()), false, 1);
     for (n, v) in &r.extra_headers {
-        out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+        let _ = write!(out, "{n}: {v}\r\n");
     }
     out.extend_from_slice(b"\r\n");
     if !head_only {
@@ -220,17 +158,20 @@ pub fn call_with_body(
         body.len()
     )?;
     s.write_all(body)?;
-    let mut buf = Vec::new();
-    s.take(MAX_RESPONSE as u64).read_to_end(&mut buf)?;
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed admin response");
-    match resp.parse(&buf).map_err(|_| bad())? {
-        httparse::Status::Complete(n) => Ok((
-            resp.code.unwrap_or(0),
-            String::from_utf8_lossy(&buf[n..]).into_owned(),
+    let mut conn = blocking::Conn::new(s);
+    match conn.read_response(method == "HEAD", MAX_RESPONSE_HEAD, MAX_RESPONSE as u64) {
+        Ok(r) => Ok((r.status, r.text())),
+        Err(e) => Err(io::Error::new(
+            match e {
+                blocking::ReadError::TimedOut => io::ErrorKind::TimedOut,
+                blocking::ReadError::Closed | blocking::ReadError::Truncated => {
+                    io::ErrorKind::UnexpectedEof
+                }
+                blocking::ReadError::Io(kind) => kind,
+                _ => io::ErrorKind::InvalidData,
+            },
+            format!("malformed or incomplete admin response ({e:?})"),
         )),
-        httparse::Status::Partial => Err(bad()),
     }
 }
 
@@ -239,12 +180,13 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    fn serve_once(raw: &'static [u8]) -> Result<Request, ReadError> {
+    fn serve_once(raw: &[u8]) -> Result<Request, ReadError> {
+        let raw = raw.to_vec();
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let t = std::thread::spawn(move || {
             let mut c = TcpStream::connect(addr).unwrap();
-            c.write_all(raw).unwrap();
+            c.write_all(&raw).unwrap();
             std::thread::sleep(Duration::from_millis(50));
         });
         let (mut s, _) = l.accept().unwrap();
@@ -255,29 +197,44 @@ mod tests {
 
     #[test]
     fn reads_a_request_with_query_auth_and_body() {
-        let r = serve_once(
-            b"POST /reload?x=1 HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 2\r\n\r\nhi",
-        )
-        .unwrap();
-        assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/reload"));
-        assert_eq!(r.query, "x=1");
-        assert_eq!(r.authorization.as_deref(), Some(&b"Bearer t"[..]));
-        assert_eq!(r.body, b"hi");
+        for raw in [
+            &b"POST /reload?x=1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\nContent-Length: 2\r\n\r\nhi"[..],
+            b"POST /reload?x=1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nh\r\n1\r\ni\r\n0\r\n\r\n",
+        ] {
+            let r = serve_once(raw).unwrap();
+            assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/reload"));
+            assert_eq!(r.query, "x=1");
+            assert_eq!(r.authorization.as_deref(), Some(&b"Bearer t"[..]));
+            assert_eq!(r.body, b"hi");
+        }
     }
 
     #[test]
-    fn incomplete_and_oversized_requests_fail() {
-        assert_eq!(
-            serve_once(b"GET / HTTP/1.1\r\n").unwrap_err(),
-            ReadError::Gone
+    fn incomplete_oversized_and_malformed_requests_fail() {
+        let big_head = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD)
         );
-        assert_eq!(
-            serve_once(b"GET / HTTP/1.1\r\ncontent-length: 999999\r\n\r\n").unwrap_err(),
-            ReadError::TooLarge
+        let many = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+            "X: 1\r\n".repeat(MAX_HEADERS)
         );
-        assert_eq!(
-            serve_once(b"G\x01T / HTTP/1.1\r\n\r\n").unwrap_err(),
-            ReadError::Malformed
-        );
+        let cases: [(&[u8], ReadError); 7] = [
+            (b"GET / HTTP/1.1\r\n", ReadError::Gone),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nab", ReadError::Gone),
+            (b"GET / HTTP/1.1\r\nHost: a\r\ncontent-length: 999999\r\n\r\n", ReadError::TooLarge),
+            (big_head.as_bytes(), ReadError::TooLarge),
+            (many.as_bytes(), ReadError::TooLarge),
+            (b"G\x01T / HTTP/1.1\r\nHost: a\r\n\r\n", ReadError::Malformed),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", ReadError::Malformed),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(
+                serve_once(raw).unwrap_err(),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
     }
 }

@@ -60,7 +60,8 @@ use serde::Deserialize;
 use super::key::{jwk_from_file, Alg, Jwk, KeyMaterial};
 use super::token::MAX_KID_BYTES;
 use crate::config::{ConfigProblem, Secret};
-use crate::http::fields::{config_header, is_token, HeaderRole};
+use crate::http::fields::{is_token, HeaderRole};
+use crate::http_config::config_header;
 
 /// Default `max_token_bytes`.
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;

@@ -7,17 +7,19 @@
 //! Probes run one after another, so one sweep takes at most `timeout` per endpoint; with many
 //! slow endpoints a probe may start late, never early, and never two at once.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::http::blocking;
+
 use super::{EndpointId, HealthCheckPolicy};
 
-/// The most response bytes read while looking for the status line.
-const MAX_STATUS_LINE: usize = 512;
+/// The largest response head a probe reads (the body is never read).
+const MAX_PROBE_HEAD: usize = 8 * 1024;
 /// How long the thread sleeps when it has nothing to probe.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
@@ -48,16 +50,18 @@ pub enum ProbeError {
     Timeout,
     #[error("i/o error: {0}")]
     Io(io::ErrorKind),
-    #[error("connection closed before a status line")]
+    #[error("connection closed before a complete response head")]
     Closed,
-    #[error("not an HTTP/1.x status line")]
+    #[error("not an HTTP/1.x response head")]
     Malformed,
     #[error("host or path would break the request line")]
     InvalidRequest,
 }
 
 /// Sends `GET path` to `addr` and returns the response status. The whole exchange (connect,
-/// write, read up to the status line) is bounded by `timeout`.
+/// write, read the response head) is bounded by `timeout`. A head the gateway could not frame
+/// (the codec's [`crate::http::response`] rules) is [`ProbeError::Malformed`], whatever its
+/// status: the data path would refuse that endpoint's answers too.
 pub fn http_probe(
     addr: SocketAddr,
     host: &str,
@@ -87,23 +91,19 @@ pub fn http_probe(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: shardgate-health\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).map_err(io_err)?;
-    let mut buf = [0u8; MAX_STATUS_LINE];
-    let mut len = 0;
-    loop {
-        if let Some(status) = parse_status_line(&buf[..len])? {
-            return Ok(status);
+    // One deadline for every read: a server dripping one byte at a time cannot stretch the
+    // probe past `timeout`.
+    let mut conn = blocking::Conn::new(stream);
+    conn.set_deadline(Some(deadline));
+    match conn.read_response_head(MAX_PROBE_HEAD) {
+        Ok(head) => Ok(head.status),
+        Err(blocking::ReadError::TimedOut) => Err(ProbeError::Timeout),
+        Err(blocking::ReadError::Closed | blocking::ReadError::Truncated) => {
+            Err(ProbeError::Closed)
         }
-        if len == buf.len() {
-            return Err(ProbeError::Malformed);
-        }
-        // A fresh read timeout per read, from one deadline: a server dripping one byte at a
-        // time cannot stretch the probe past `timeout`.
-        stream
-            .set_read_timeout(Some(time_left(deadline)?))
-            .map_err(io_err)?;
-        match stream.read(&mut buf[len..]).map_err(io_err)? {
-            0 => return Err(ProbeError::Closed),
-            n => len += n,
+        Err(blocking::ReadError::Io(kind)) => Err(ProbeError::Io(kind)),
+        Err(blocking::ReadError::Request(_) | blocking::ReadError::Response) => {
+            Err(ProbeError::Malformed)
         }
     }
 }
@@ -114,30 +114,6 @@ fn time_left(deadline: Instant) -> Result<Duration, ProbeError> {
         Err(ProbeError::Timeout)
     } else {
         Ok(left)
-    }
-}
-
-/// `Ok(Some(status))` once `buf` holds a whole `HTTP/1.x NNN ...\r\n`, `Ok(None)` while it
-/// could still become one.
-fn parse_status_line(buf: &[u8]) -> Result<Option<u16>, ProbeError> {
-    const PREFIX: &[u8] = b"HTTP/1.";
-    let common = buf.len().min(PREFIX.len());
-    if buf[..common] != PREFIX[..common] {
-        return Err(ProbeError::Malformed);
-    }
-    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
-        return Ok(None);
-    };
-    match &buf[PREFIX.len()..end] {
-        [b'0' | b'1', b' ', a, b, c, rest @ ..]
-            if [a, b, c].iter().all(|d| d.is_ascii_digit())
-                && matches!(rest.first(), None | Some(b' ')) =>
-        {
-            Ok(Some(
-                u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'),
-            ))
-        }
-        _ => Err(ProbeError::Malformed),
     }
 }
 
@@ -290,6 +266,7 @@ impl<P: Prober + Send + 'static> HealthChecker<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::net::TcpListener;
     use std::sync::mpsc;
 
@@ -338,6 +315,14 @@ mod tests {
             (b"HTTP/1.0 503 Service Unavailable\r\n\r\n", Ok(503)),
             (b"HTTP/1.1 204\r\n\r\n", Ok(204)),
             (b"SSH-2.0-OpenSSH\r\n", Err(ProbeError::Malformed)),
+            (b"HTTP/2 200\r\n\r\n", Err(ProbeError::Malformed)),
+            (b"HTTP/1.1 2000\r\n\r\n", Err(ProbeError::Malformed)),
+            (b"HTTP/1.1 abc\r\n\r\n", Err(ProbeError::Malformed)),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Err(ProbeError::Malformed),
+            ),
+            (b"HTTP/1.1 200 OK\r\n", Err(ProbeError::Closed)),
         ] {
             let (addr, seen) = responder(response);
             assert_eq!(http_probe(addr, "backend", "/health", TIMEOUT), want);
@@ -367,25 +352,6 @@ mod tests {
             http_probe(closed, "b", "/", TIMEOUT),
             Err(ProbeError::Connect(_))
         ));
-    }
-
-    #[test]
-    fn status_line_parsing() {
-        assert_eq!(parse_status_line(b""), Ok(None));
-        assert_eq!(parse_status_line(b"HTTP/1.1 20"), Ok(None));
-        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r\n"), Ok(Some(200)));
-        assert_eq!(
-            parse_status_line(b"HTTP/2 200\r\n"),
-            Err(ProbeError::Malformed)
-        );
-        assert_eq!(
-            parse_status_line(b"HTTP/1.1 2000\r\n"),
-            Err(ProbeError::Malformed)
-        );
-        assert_eq!(
-            parse_status_line(b"HTTP/1.1 abc\r\n"),
-            Err(ProbeError::Malformed)
-        );
     }
 
     #[test]

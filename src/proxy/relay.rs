@@ -1,4 +1,5 @@
-//! Upstream response: head parsing, the client-facing head, and the streaming body relay.
+//! Upstream response: reading its head (parsed by the codec, [`crate::http::response`]), the
+//! client-facing head, and the streaming body relay.
 //!
 //! # Contract
 //!
@@ -12,22 +13,22 @@
 //! of the body stay in `up.buf`, so the pool refuses the connection (see [`super::pool`]).
 
 use std::io::Write;
-use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use crate::conn::ClientConn;
 use crate::error::UpstreamError;
 use crate::http::body::ChunkedDecoder;
-use crate::http::parse::{parse_content_length, tokens};
-use crate::http::write::reason;
+use crate::http::parse::tokens;
+use crate::http::response::{self, parse_fields, uninit_headers};
+/// The codec's response head and framing; the framing is named for where it comes from.
+pub use crate::http::response::{
+    ResponseFraming as UpFraming, ResponseHead, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS,
+};
+use crate::http::write::{self, reason};
 
 use super::pool::{UpConn, UPSTREAM_READ_BUF};
 use super::tap::Tap;
 
-/// Largest upstream response head accepted.
-pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Most response header fields accepted.
-pub const MAX_RESPONSE_HEADERS: usize = 128;
 /// Largest single read from an upstream while relaying a body.
 pub const RELAY_READ: usize = 64 * 1024;
 
@@ -44,26 +45,6 @@ const DROP_RESPONSE_HEADERS: &[&[u8]] = &[
     b"content-length",
     b"x-request-id",
 ];
-
-/// How the upstream delimits the response body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpFraming {
-    None,
-    Length(u64),
-    Chunked,
-    /// Until the upstream closes the connection.
-    Close,
-}
-
-/// A parsed upstream response head (its bytes are `up.buf[..head_len]`).
-#[derive(Debug, Clone, Copy)]
-pub struct ResponseHead {
-    pub status: u16,
-    pub head_len: usize,
-    pub framing: UpFraming,
-    /// The upstream allows reuse (HTTP/1.1, no `Connection: close`).
-    pub keep_alive: bool,
-}
 
 /// Reads until a final (non-1xx) response head is buffered in `up.buf`.
 pub async fn read_response_head(
@@ -95,84 +76,10 @@ pub async fn read_response_head(
     }
 }
 
-/// Parses a response head from `buf`; `Ok(None)`: incomplete (public for the fuzz target).
+/// Parses an upstream response head from `buf` ([`response::parse_response_head`]);
+/// `Ok(None)`: incomplete.
 pub fn parse_head(buf: &[u8]) -> Result<Option<ResponseHead>, UpstreamError> {
-    let mut headers = uninit_headers();
-    let mut resp = httparse::Response::new(&mut []);
-    let head_len = match parse_response(&mut resp, buf, &mut headers) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(UpstreamError::BadResponse),
-    };
-    // httparse takes any three digits; RFC 9110 §15: codes outside 100..=599 are invalid,
-    // to be handled as a server error (and `020` must not reach a client as status 20).
-    let status = resp
-        .code
-        .filter(|c| (100..=599).contains(c))
-        .ok_or(UpstreamError::BadResponse)?;
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut te = false;
-    let mut close = resp.version != Some(1);
-    for h in resp.headers.iter() {
-        let n = h.name.as_bytes();
-        if n.eq_ignore_ascii_case(b"content-length") {
-            for part in h.value.split(|&b| b == b',') {
-                let v = parse_content_length(crate::http::parse::trim(part))
-                    .map_err(|_| UpstreamError::BadResponse)?;
-                if length.is_some_and(|l| l != v) {
-                    return Err(UpstreamError::BadResponse);
-                }
-                length = Some(v);
-            }
-        } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
-            te = true;
-            for t in tokens(h.value) {
-                // Only `chunked` alone can be relayed faithfully after dropping the header.
-                if chunked || !t.eq_ignore_ascii_case(b"chunked") {
-                    return Err(UpstreamError::BadResponse);
-                }
-                chunked = true;
-            }
-        } else if n.eq_ignore_ascii_case(b"connection") {
-            close |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
-        }
-    }
-    let framing = match (length, te) {
-        // Both headers is how response smuggling starts; refuse to pick one.
-        (Some(_), true) => return Err(UpstreamError::BadResponse),
-        (None, true) if chunked => UpFraming::Chunked,
-        (None, true) => return Err(UpstreamError::BadResponse),
-        (Some(n), false) => UpFraming::Length(n),
-        (None, false) => UpFraming::Close,
-    };
-    let framing = if status == 204 || status == 304 {
-        UpFraming::None
-    } else {
-        framing
-    };
-    Ok(Some(ResponseHead {
-        status,
-        head_len,
-        framing,
-        keep_alive: !close && framing != UpFraming::Close,
-    }))
-}
-
-type Headers<'b> = [MaybeUninit<httparse::Header<'b>>; MAX_RESPONSE_HEADERS];
-
-/// Header slots for one parse. Uninitialized: filling 128 empty headers costs more than
-/// parsing a typical response head.
-fn uninit_headers<'b>() -> Headers<'b> {
-    [const { MaybeUninit::uninit() }; MAX_RESPONSE_HEADERS]
-}
-
-fn parse_response<'h, 'b>(
-    resp: &mut httparse::Response<'h, 'b>,
-    buf: &'b [u8],
-    headers: &'h mut Headers<'b>,
-) -> httparse::Result<usize> {
-    httparse::ParserConfig::default().parse_response_with_uninit_headers(resp, buf, headers)
+    response::parse_response_head(buf).map_err(|_| UpstreamError::BadResponse)
 }
 
 /// What the client side needs to know about the request.
@@ -206,7 +113,7 @@ pub fn write_client_head(
 ) -> Result<RelayPlan, UpstreamError> {
     let mut headers = uninit_headers();
     let mut resp = httparse::Response::new(&mut []);
-    parse_response(&mut resp, &up_buf[..h.head_len], &mut headers)
+    parse_fields(&mut resp, &up_buf[..h.head_len], &mut headers)
         .map_err(|_| UpstreamError::BadResponse)?;
     let up = if ctx.is_head {
         UpFraming::None
@@ -351,7 +258,7 @@ pub async fn relay_body(
             let (out, chunked) = (&mut c.out, plan.chunk_to_client);
             tap.finish(&mut |d| stage_chunk(out, d, chunked));
             if chunked {
-                out.extend_from_slice(b"0\r\n\r\n");
+                out.extend_from_slice(write::LAST_CHUNK);
             }
         }
         if c.flush_out().await.is_err() {
@@ -370,7 +277,7 @@ pub async fn relay_body(
                     let (out, chunked) = (&mut c.out, plan.chunk_to_client);
                     tap.finish(&mut |d| stage_chunk(out, d, chunked));
                     if chunked {
-                        out.extend_from_slice(b"0\r\n\r\n");
+                        out.extend_from_slice(write::LAST_CHUNK);
                     }
                     return c.flush_out().await.map_err(|_| UpstreamError::ClientGone);
                 }
@@ -389,13 +296,8 @@ pub async fn relay_body(
 }
 
 fn stage_chunk(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
-    if data.is_empty() {
-        return;
-    }
     if chunked {
-        let _ = write!(out, "{:x}\r\n", data.len());
-        out.extend_from_slice(data);
-        out.extend_from_slice(b"\r\n");
+        write::chunk(out, data);
     } else {
         out.extend_from_slice(data);
     }

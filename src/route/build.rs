@@ -310,5 +310,5 @@ fn header_name(
     key: &str,
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<Box<str>> {
-    crate::http::fields::config_header(name?, crate::http::fields::HeaderRole::Read, key, problems)
+    crate::http_config::config_header(name?, crate::http::fields::HeaderRole::Read, key, problems)
 }

@@ -1,7 +1,19 @@
-//! Test harness: the real engine on loopback, a scriptable upstream, and a raw HTTP client.
+//! Test harness: the real engine on loopback, scriptable upstreams, the shared config fixture
+//! ([`fixture`]), and two clients: ureq for ordinary requests ([`client`]) and a raw one
+//! ([`Client`]) for tests that must send exact bytes or hold a connection. Every reader here
+//! frames HTTP with the gateway's own codec (`shardgate::http::blocking`).
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+pub mod client;
+pub mod fixture;
+
+// Each test file uses some of these.
+#[allow(unused_imports)]
+pub use client::*;
+#[allow(unused_imports)]
+pub use fixture::*;
+
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,7 +22,13 @@ use std::thread;
 use std::time::Duration;
 
 use shardgate::config;
+use shardgate::http::blocking::{self, ReadError};
+use shardgate::http::limits::MAX_HEADERS;
+use shardgate::http::Limits;
 use shardgate::runtime::Engine;
+
+/// A response as a client read it (status, fields in order, body).
+pub use shardgate::http::blocking::Response;
 
 /// Starts the engine with `[server]` on 127.0.0.1:0 and 2 workers plus `rest` of the config.
 pub fn gateway(rest: &str) -> Engine {
@@ -34,13 +52,6 @@ pub fn gateway_in(base: &Path, server: &str, rest: &str) -> Engine {
     Engine::start(snap).expect("engine starts")
 }
 
-/// Config fragment routing everything to one upstream at `addr`.
-pub fn route_all(addr: SocketAddr, extra_upstream: &str) -> String {
-    format!(
-        "[[upstreams]]\nname = \"up\"\nendpoints = [\"{addr}\"]\n{extra_upstream}\n[[routes]]\npath = \"/*rest\"\nupstream = \"up\"\n"
-    )
-}
-
 /// A request as the upstream received it.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -56,6 +67,18 @@ impl Received {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+}
+
+impl From<blocking::Request> for Received {
+    fn from(r: blocking::Request) -> Self {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Received {
+            method: r.method().to_owned(),
+            target: r.target().to_owned(),
+            headers: r.headers().map(|(n, v)| (text(n), text(v))).collect(),
+            body: r.body,
+        }
     }
 }
 
@@ -85,12 +108,7 @@ impl Upstream {
                         stream.set_nonblocking(false).unwrap();
                         n.fetch_add(1, Ordering::Relaxed);
                         let h = handler.clone();
-                        thread::spawn(move || {
-                            h(UpConn {
-                                stream,
-                                buf: Vec::new(),
-                            })
-                        });
+                        thread::spawn(move || h(UpConn::new(stream)));
                     }
                     Err(_) => thread::sleep(Duration::from_millis(2)),
                 }
@@ -135,95 +153,35 @@ fn echo_json(r: &Received) -> String {
     )
 }
 
-/// One upstream-side connection.
+/// What a test upstream accepts: any head the gateway could send, any body.
+fn upstream_limits() -> Limits {
+    Limits::bounded(1 << 20, MAX_HEADERS, u64::MAX)
+}
+
+/// One upstream-side connection: requests are read with the codec; `stream` is there for
+/// raw writes and socket tricks.
 pub struct UpConn {
     pub stream: TcpStream,
-    buf: Vec<u8>,
+    conn: blocking::Conn,
 }
 
 impl UpConn {
-    /// Reads one request (Content-Length or chunked body). None at EOF.
+    fn new(stream: TcpStream) -> UpConn {
+        let conn = blocking::Conn::new(stream.try_clone().unwrap());
+        UpConn { stream, conn }
+    }
+
+    /// Reads one request (Content-Length or chunked body). None at EOF or on a bad request.
     pub fn read_request(&mut self) -> Option<Received> {
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut req = httparse::Request::new(&mut headers);
-            if let Ok(httparse::Status::Complete(n)) = req.parse(&self.buf) {
-                let mut r = Received {
-                    method: req.method.unwrap().to_string(),
-                    target: req.path.unwrap().to_string(),
-                    headers: req
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_string(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
-                        .collect(),
-                    body: Vec::new(),
-                };
-                self.buf.drain(..n);
-                if let Some(cl) = r.header("content-length") {
-                    let cl: usize = cl.parse().unwrap();
-                    while self.buf.len() < cl {
-                        if !self.fill() {
-                            return None;
-                        }
-                    }
-                    r.body = self.buf.drain(..cl).collect();
-                } else if r.header("transfer-encoding").is_some() {
-                    r.body = self.read_chunked()?;
-                }
-                return Some(r);
-            }
-            if !self.fill() {
-                return None;
-            }
-        }
+        self.next_request().ok()
     }
 
-    fn read_chunked(&mut self) -> Option<Vec<u8>> {
-        let mut body = Vec::new();
-        loop {
-            let line = self.read_line()?;
-            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
-            if size == 0 {
-                while !self.read_line()?.is_empty() {}
-                return Some(body);
-            }
-            while self.buf.len() < size + 2 {
-                if !self.fill() {
-                    return None;
-                }
-            }
-            body.extend(self.buf.drain(..size));
-            self.buf.drain(..2);
-        }
-    }
-
-    fn read_line(&mut self) -> Option<String> {
-        loop {
-            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
-                self.buf.drain(..i + 2);
-                return Some(line);
-            }
-            if !self.fill() {
-                return None;
-            }
-        }
-    }
-
-    fn fill(&mut self) -> bool {
-        let mut tmp = [0u8; 8192];
-        match self.stream.read(&mut tmp) {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&tmp[..n]);
-                true
-            }
-        }
+    /// Reads one request; [`ReadError::Closed`] between requests, [`ReadError::Truncated`]
+    /// when the connection ends in the middle of one.
+    pub fn next_request(&mut self) -> Result<Received, ReadError> {
+        self.conn
+            .read_request(&upstream_limits())
+            .map(Received::from)
     }
 
     pub fn write(&mut self, data: &[u8]) {
@@ -232,31 +190,11 @@ impl UpConn {
     }
 }
 
-/// A parsed response as the client saw it.
-#[derive(Debug, Clone)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// A raw HTTP/1.1 client connection.
+/// A raw HTTP/1.1 client connection, for exact bytes, timing and connection identity;
+/// responses are read with the codec.
 pub struct Client {
     pub stream: TcpStream,
-    buf: Vec<u8>,
+    conn: blocking::Conn,
 }
 
 impl Client {
@@ -265,70 +203,20 @@ impl Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        Client {
-            stream,
-            buf: Vec::new(),
-        }
+        let conn = blocking::Conn::new(stream.try_clone().unwrap());
+        Client { stream, conn }
     }
 
     pub fn send(&mut self, raw: &[u8]) {
         self.stream.write_all(raw).unwrap();
     }
 
-    /// Reads one response. `head_request`: the response to a HEAD has no body.
+    /// Reads one final response (interim 1xx ones skipped). `head_request`: the response to a
+    /// HEAD has no body.
     pub fn read_response_to(&mut self, head_request: bool) -> Option<Response> {
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            if let Ok(httparse::Status::Complete(n)) = resp.parse(&self.buf) {
-                let status = resp.code.unwrap();
-                let headers: Vec<(String, String)> = resp
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
-                self.buf.drain(..n);
-                let mut r = Response {
-                    status,
-                    headers,
-                    body: Vec::new(),
-                };
-                if (100..200).contains(&status) {
-                    continue;
-                }
-                if head_request || status == 204 || status == 304 {
-                    return Some(r);
-                }
-                if let Some(cl) = r.header("content-length") {
-                    let cl: usize = cl.parse().unwrap();
-                    while self.buf.len() < cl {
-                        if !self.fill() {
-                            return None;
-                        }
-                    }
-                    r.body = self.buf.drain(..cl).collect();
-                } else if r.header("transfer-encoding").is_some() {
-                    let mut up = UpConn {
-                        stream: self.stream.try_clone().unwrap(),
-                        buf: std::mem::take(&mut self.buf),
-                    };
-                    r.body = up.read_chunked()?;
-                    self.buf = up.buf;
-                } else {
-                    while self.fill() {}
-                    r.body = std::mem::take(&mut self.buf);
-                }
-                return Some(r);
-            }
-            if !self.fill() {
-                return None;
-            }
-        }
+        self.conn
+            .read_response(head_request, 1 << 20, u64::MAX)
+            .ok()
     }
 
     pub fn read_response(&mut self) -> Option<Response> {
@@ -337,28 +225,13 @@ impl Client {
 
     /// Whether the server closed the connection (EOF within the read timeout).
     pub fn is_closed(&mut self) -> bool {
-        self.buf.is_empty() && !self.fill()
-    }
-
-    fn fill(&mut self) -> bool {
-        let mut tmp = [0u8; 8192];
-        match self.stream.read(&mut tmp) {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&tmp[..n]);
-                true
-            }
-        }
+        self.conn.is_closed()
     }
 }
 
-/// Sends one request on a fresh connection and reads the response.
+/// Sends raw bytes on a fresh connection and reads the response.
 pub fn request(addr: SocketAddr, raw: &str) -> Response {
     let mut c = Client::connect(addr);
     c.send(raw.as_bytes());
     c.read_response().expect("a response")
-}
-
-pub fn get(addr: SocketAddr, path: &str) -> Response {
-    request(addr, &format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"))
 }

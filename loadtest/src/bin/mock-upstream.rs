@@ -1,10 +1,10 @@
-//! `mock-upstream`: the OpenAI-compatible mock backend ([`shardgate::mock`]) as a process.
+//! `mock-upstream`: the OpenAI-compatible mock backend ([`shardgate_mock`]) as a process.
 //! Runs until killed (or for `--run-for` seconds).
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use shardgate::mock::{self, MockConfig};
+use shardgate_mock::{self as mock, MockConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "mock-upstream", about = "OpenAI-compatible mock model backend")]

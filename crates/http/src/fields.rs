@@ -22,8 +22,6 @@
 //!
 //! Names are compared ASCII case-insensitively and must be RFC 9110 tokens (§5.1) first.
 
-use crate::config::ConfigProblem;
-
 /// What a config does with a header it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderRole {
@@ -108,23 +106,6 @@ pub fn forbidden_config_header(name: &str, role: HeaderRole) -> Option<&'static 
     None
 }
 
-/// Validates a header name a config gives at `key`: on success its lowercase form, otherwise
-/// a problem naming the key is pushed.
-pub fn config_header(
-    name: &str,
-    role: HeaderRole,
-    key: &str,
-    problems: &mut Vec<ConfigProblem>,
-) -> Option<Box<str>> {
-    match forbidden_config_header(name, role) {
-        None => Some(name.to_ascii_lowercase().into()),
-        Some(why) => {
-            problems.push(ConfigProblem::new(key, format!("`{name}` {why}")));
-            None
-        }
-    }
-}
-
 /// RFC 9110 §5.5 `field-value` the gateway can write without changing its meaning: no
 /// control byte (CR, LF, NUL, HTAB and the rest of C0, DEL), and no leading or trailing
 /// space, which a parser would strip. Bytes ≥ 0x80 (obs-text) are allowed.
@@ -149,12 +130,12 @@ pub fn is_host_value(v: &str) -> bool {
         })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every refused name, and the roles it is refused in.
-    const REFUSED: &[(&str, bool)] = &[
+/// Names every config key that names a header must refuse, for this crate's tests and the
+/// main crate's tests of each such key (built with the `testing` feature).
+#[cfg(any(test, feature = "testing"))]
+pub mod vectors {
+    /// Every refused name, and whether it is refused as a header the gateway reads too.
+    pub const REFUSED: &[(&str, bool)] = &[
         ("content-length", true),
         ("transfer-encoding", true),
         ("host", true),
@@ -189,7 +170,8 @@ mod tests {
         ("x-rewrite-url", false),
     ];
 
-    fn cases(name: &str) -> [String; 3] {
+    /// `name` as written, upper-cased, and in alternating case.
+    pub fn cases(name: &str) -> [String; 3] {
         let mixed: String = name
             .chars()
             .enumerate()
@@ -203,6 +185,12 @@ mod tests {
             .collect();
         [name.to_owned(), name.to_ascii_uppercase(), mixed]
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vectors::{cases, REFUSED};
+    use super::*;
 
     #[test]
     fn refused_names_in_every_case() {
@@ -240,12 +228,6 @@ mod tests {
             for role in [HeaderRole::Set, HeaderRole::Read] {
                 assert_eq!(forbidden_config_header(name, role), None, "{name}");
             }
-            let mut problems = Vec::new();
-            assert_eq!(
-                config_header(name, HeaderRole::Set, "k", &mut problems).as_deref(),
-                Some(name.to_ascii_lowercase().as_str())
-            );
-            assert!(problems.is_empty());
         }
     }
 
@@ -271,29 +253,6 @@ mod tests {
                 assert!(why.contains("token"), "{bad:?}: {why}");
             }
         }
-    }
-
-    #[test]
-    fn problems_name_the_key_and_the_header() {
-        let mut problems = Vec::new();
-        assert_eq!(
-            config_header(
-                "Content-Length",
-                HeaderRole::Set,
-                "auth.claim_headers[2].header",
-                &mut problems
-            ),
-            None
-        );
-        assert_eq!(problems.len(), 1);
-        assert_eq!(problems[0].key, "auth.claim_headers[2].header");
-        assert!(
-            problems[0]
-                .message
-                .starts_with("`Content-Length` is a framing"),
-            "{}",
-            problems[0].message
-        );
     }
 
     #[test]
@@ -355,115 +314,6 @@ mod tests {
             b" ",
         ] {
             assert!(!is_field_value(bad), "{bad:?}");
-        }
-    }
-
-    /// A whole config with `name` in each place a config names a header: the problem names
-    /// that key path, and nothing else is wrong.
-    fn place_problems(place: &str, name: &str) -> Vec<ConfigProblem> {
-        let name = toml::Value::String(name.to_owned()).to_string();
-        let (auth_header, claim_header, label, sticky) = match place {
-            "auth.header" => (
-                name.as_str(),
-                "\"x-user-id\"",
-                "\"x-canary\"",
-                "\"x-session\"",
-            ),
-            "auth.claim_headers[0].header" => (
-                "\"authorization\"",
-                name.as_str(),
-                "\"x-canary\"",
-                "\"x-session\"",
-            ),
-            "routes[0].label_header" => (
-                "\"authorization\"",
-                "\"x-user-id\"",
-                name.as_str(),
-                "\"x-session\"",
-            ),
-            "routes[0].sticky.header" => (
-                "\"authorization\"",
-                "\"x-user-id\"",
-                "\"x-canary\"",
-                name.as_str(),
-            ),
-            _ => unreachable!(),
-        };
-        let text = format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-[[deployments]]
-model = "m"
-version = "1.0.0"
-endpoints = ["127.0.0.1:9001"]
-[[routes]]
-path = "/v1/*rest"
-targets = [{{ model = "m", weight = 1 }}]
-label_header = {label}
-sticky = {{ header = {sticky} }}
-[auth]
-header = {auth_header}
-[[auth.claim_headers]]
-claim = "sub"
-header = {claim_header}
-[[auth.keys]]
-kid = "hs"
-alg = "HS256"
-secret = {{ value = "0123456789abcdef0123456789abcdef" }}
-"#
-        );
-        crate::config::from_str(&text, std::path::Path::new("."), 1)
-            .err()
-            .unwrap_or_default()
-    }
-
-    #[test]
-    fn every_config_place_refuses_forbidden_names_in_any_case() {
-        let places = [
-            ("auth.header", HeaderRole::Read),
-            ("auth.claim_headers[0].header", HeaderRole::Set),
-            ("routes[0].label_header", HeaderRole::Read),
-            ("routes[0].sticky.header", HeaderRole::Read),
-        ];
-        assert!(
-            place_problems("auth.header", "authorization").is_empty(),
-            "the control config is valid"
-        );
-        for &(name, in_read) in REFUSED {
-            for n in cases(name) {
-                for (place, role) in places {
-                    let p = place_problems(place, &n);
-                    if role == HeaderRole::Read && !in_read {
-                        assert!(p.is_empty(), "{place} = {n}: {p:?}");
-                        continue;
-                    }
-                    assert_eq!(p.len(), 1, "{place} = {n}: {p:?}");
-                    assert_eq!(p[0].key, place, "{n}");
-                    assert!(p[0].message.contains(&format!("`{n}`")), "{}", p[0].message);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn upstream_host_header_is_a_host_value() {
-        let text = |host: &str| {
-            let host = toml::Value::String(host.to_owned()).to_string();
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[[upstreams]]\nname = \"up\"\nendpoints = [\"127.0.0.1:9001\"]\nhost_header = {host}\n[[routes]]\npath = \"/x\"\nupstream = \"up\"\n"
-            )
-        };
-        for ok in ["api.example.com", "api.example.com:443"] {
-            assert!(
-                crate::config::from_str(&text(ok), std::path::Path::new("."), 1).is_ok(),
-                "{ok}"
-            );
-        }
-        for bad in ["a\r\nx-evil: 1", "a\nb", "a\0", "a b", "user@a", ""] {
-            let p = crate::config::from_str(&text(bad), std::path::Path::new("."), 1).unwrap_err();
-            assert_eq!(p.len(), 1, "{bad:?}: {p:?}");
-            assert_eq!(p[0].key, "upstreams[0].host_header", "{bad:?}");
         }
     }
 }

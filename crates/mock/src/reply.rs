@@ -15,6 +15,7 @@
 //! characters. A streamed one sends content pieces `"tok0 "`, `"tok1 "`, ... one per chunk.
 use std::io::Write;
 
+use shardgate_http::write::json_escape_into;
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
@@ -316,27 +317,7 @@ pub fn echo<'h>(
 /// Writes `s` as a JSON string literal.
 pub fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
-    let mut plain = 0;
-    let bytes = s.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[plain..i]);
-        if esc.is_empty() {
-            let _ = write!(out, "\\u{b:04x}");
-        } else {
-            out.extend_from_slice(esc);
-        }
-        plain = i + 1;
-    }
-    out.extend_from_slice(&bytes[plain..]);
+    json_escape_into(out, s);
     out.push(b'"');
 }
 

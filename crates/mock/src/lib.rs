@@ -1,6 +1,8 @@
-//! An OpenAI-compatible mock model backend, shared by `shardgate demo`, the integration tests
-//! and the `loadtest` binaries (one implementation, so every measurement talks to the same
-//! upstream).
+//! An OpenAI-compatible mock model backend, shared by `shardgate demo` (in-process), the
+//! integration tests and the `loadtest` binaries (one implementation, so every measurement
+//! talks to the same upstream). It frames HTTP/1.1 with the gateway's own codec
+//! (`shardgate-http`; the connection loop is `conn.rs`), so it refuses what the gateway would
+//! refuse.
 //!
 //! # Endpoints
 //!
@@ -10,7 +12,7 @@
 //! - `POST /v1/embeddings`: one deterministic vector per input.
 //! - `GET /v1/models`: the configured model name.
 //! - `GET /health`: `{"status":"ok"}`.
-//! - `ANY /echo/...`: JSON of exactly what was received: method, path+query, every header in
+//! - `ANY /echo/...`: JSON of exactly what was received: method, target, every header in
 //!   order (duplicates kept), the body as a string. Gateway tests use it to check header
 //!   stripping/injection and body rewriting.
 //! - anything else: `404` with an OpenAI-style JSON error.
@@ -355,7 +357,7 @@ mod tests {
         let h = start(MockConfig::default());
         let mut s = client(&h);
         s.write_all(
-            b"GET /health HTTP/1.1\r\n\r\nGET /v1/models HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\nConnection: close\r\n\r\n",
+            b"GET /health HTTP/1.1\r\nHost: m\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: m\r\n\r\nGET /nope HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
         )
         .unwrap();
         let text = read_all(s);
@@ -372,7 +374,7 @@ mod tests {
         let h = start(MockConfig::default());
         let mut s = client(&h);
         s.write_all(
-            b"POST /echo/a?b=1 HTTP/1.1\r\nX-A: 1\r\nX-A: 2\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nTrailer: t\r\n\r\n",
+            b"POST /echo/a?b=1 HTTP/1.1\r\nHost: m\r\nX-A: 1\r\nX-A: 2\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nTrailer: t\r\n\r\n",
         )
         .unwrap();
         let text = read_all(s);
@@ -390,7 +392,7 @@ mod tests {
         let mut s = client(&h);
         let body = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"content":"abcdefgh"}]}"#;
         let req = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nx-mock-chunks: 3\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: m\r\nx-mock-chunks: 3\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         s.write_all(req.as_bytes()).unwrap();
@@ -411,10 +413,10 @@ mod tests {
         let mut s = client(&h);
         let body = r#"{"model":"a","max_tokens":5,"messages":[{"content":"12345"}]}"#;
         let req = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: m\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        let last = "POST /v1/embeddings HTTP/1.1\r\nConnection: close\r\nContent-Length: 11\r\n\r\n{\"input\":1}";
+        let last = "POST /v1/embeddings HTTP/1.1\r\nHost: m\r\nConnection: close\r\nContent-Length: 11\r\n\r\n{\"input\":1}";
         s.write_all(format!("{req}{req}{last}").as_bytes()).unwrap();
         let text = read_all(s);
         let first = text.find(r#""id":"chatcmpl-mock1""#).expect("first");
@@ -453,10 +455,10 @@ mod tests {
     fn status_override_and_bad_json() {
         let h = start(MockConfig::default());
         let mut s = client(&h);
-        s.write_all(b"GET /v1/models HTTP/1.1\r\nx-mock-status: 429\r\n\r\n")
+        s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: m\r\nx-mock-status: 429\r\n\r\n")
             .unwrap();
         s.write_all(
-            b"POST /v1/completions HTTP/1.1\r\nConnection: close\r\nContent-Length: 3\r\n\r\nxyz",
+            b"POST /v1/completions HTTP/1.1\r\nHost: m\r\nConnection: close\r\nContent-Length: 3\r\n\r\nxyz",
         )
         .unwrap();
         let text = read_all(s);
@@ -470,7 +472,7 @@ mod tests {
         let mut s = client(&h);
         let big = "y".repeat(100_000);
         let head = format!(
-            "POST /echo HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            "POST /echo HTTP/1.1\r\nHost: m\r\nContent-Length: {}\r\n\r\n",
             big.len()
         );
         s.write_all(head.as_bytes()).unwrap();
@@ -479,7 +481,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         s.write_all(
-            b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            b"POST /echo HTTP/1.1\r\nHost: m\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
         )
         .unwrap();
         for part in big.as_bytes().chunks(40_000) {
@@ -504,7 +506,7 @@ mod tests {
         let mut s = client(&h);
         let body = r#"{"stream":true}"#;
         let req = format!(
-            "POST /v1/completions HTTP/1.1\r\nx-mock-close-after-chunks: 2\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /v1/completions HTTP/1.1\r\nHost: m\r\nx-mock-close-after-chunks: 2\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         s.write_all(req.as_bytes()).unwrap();
@@ -518,12 +520,13 @@ mod tests {
         let mut h = start(MockConfig::default());
         h.set_fail_status(Some(503));
         let mut s = client(&h);
-        s.write_all(b"GET /health HTTP/1.1\r\n\r\n").unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: m\r\n\r\n")
+            .unwrap();
         let mut buf = [0u8; 512];
         let n = s.read(&mut buf).unwrap();
         assert!(buf[..n].starts_with(b"HTTP/1.1 503"));
         h.set_fail_status(None);
-        s.write_all(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
             .unwrap();
         assert!(read_all(s).starts_with("HTTP/1.1 200"));
         let addr = h.addr();

@@ -146,6 +146,17 @@ impl RequestHead {
             .map(|(_, v)| v.get(buf))
     }
 
+    /// The request target as received (path, query and fragment), for a head parsed by
+    /// [`parse_request_head`] from `buf`: normalising the path in place leaves the bytes
+    /// after it stale.
+    pub fn target<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        let line = &buf[self.path.start as usize..];
+        let line = &line[..memchr_nl(line).unwrap_or(line.len())];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        // httparse checked the line: the target ends at the space before `HTTP/1.x`.
+        &line[..line.len().saturating_sub(b" HTTP/1.1".len())]
+    }
+
     /// Whether `name` is listed in a `Connection` header (and so is hop-by-hop).
     pub fn listed_in_connection(&self, buf: &[u8], name: &[u8]) -> bool {
         self.connection[..self.connection_count]
@@ -225,7 +236,7 @@ pub fn parse_request(
     limits: &Limits,
     out: &mut RequestHead,
 ) -> Result<Option<usize>, ParseError> {
-    let Some(head_len) = parse_head(buf, limits, out)? else {
+    let Some(head_len) = parse_request_head(buf, limits, out)? else {
         return Ok(None);
     };
     if out.path.get(buf) != b"*" {
@@ -237,8 +248,11 @@ pub fn parse_request(
     Ok(Some(head_len))
 }
 
-/// Everything but the path normalisation, on a shared borrow (httparse's results borrow it).
-fn parse_head(
+/// Every check of [`parse_request`] but the path normalisation, on a shared borrow
+/// (httparse's results borrow it): [`RequestHead::path`] is the path as received. For the
+/// servers that must see exactly what was sent (the mock backend, the tests' upstreams) or
+/// that match exact paths (the admin API); the gateway routes on normal forms only.
+pub fn parse_request_head(
     buf: &[u8],
     limits: &Limits,
     out: &mut RequestHead,
@@ -619,6 +633,23 @@ mod tests {
             path_query("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").unwrap(),
             ("*".to_string(), String::new())
         );
+    }
+
+    /// The unnormalised parse keeps the target as sent, fragment included.
+    #[test]
+    fn unnormalised_head_keeps_the_target() {
+        for target in ["/a/../b?x=%2e#f", "//v1//models", "/x%3a", "*"] {
+            let raw = format!("OPTIONS {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+            let mut head = RequestHead::default();
+            let n = parse_request_head(raw.as_bytes(), &Limits::default(), &mut head);
+            assert_eq!(n, Ok(Some(raw.len())), "{target}");
+            assert_eq!(head.target(raw.as_bytes()), target.as_bytes());
+        }
+        let raw = b"GET /a?b#c HTTP/1.0\n\n";
+        let mut head = RequestHead::default();
+        parse_request_head(raw, &Limits::default(), &mut head).unwrap();
+        assert_eq!(head.target(raw), b"/a?b#c");
+        assert_eq!(head.path.get(raw), b"/a");
     }
 
     /// Methods: upper-case tokens pass; other spellings are 400; CONNECT and TRACE are 501.

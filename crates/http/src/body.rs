@@ -1,4 +1,5 @@
-//! Incremental `Transfer-Encoding: chunked` decoder (RFC 9112 §7.1).
+//! Message bodies: the incremental `Transfer-Encoding: chunked` decoder (RFC 9112 §7.1), and
+//! [`BodyDecoder`], which frames a whole body whatever delimits it.
 //!
 //! Fed whatever bytes have arrived, it returns how many framing bytes it consumed and at most
 //! one range of payload data per call, so a relay can forward each piece the moment it
@@ -6,7 +7,8 @@
 //! CRLF, sizes are hex without sign or whitespace and may not overflow, and chunk data must be
 //! followed by CRLF. Chunk extensions are skipped; trailer fields are read and dropped.
 
-use super::parse::ParseError;
+use crate::parse::{BodyFraming, ParseError};
+use crate::response::ResponseFraming;
 
 /// Longest chunk-size line (size + extensions) accepted.
 pub const MAX_CHUNK_LINE: usize = 4096;
@@ -140,6 +142,115 @@ impl ChunkedDecoder {
                 }
             }
         }
+    }
+}
+
+/// A body's decoder whatever delimits it: a `Content-Length` count, the chunked coding
+/// ([`ChunkedDecoder`]), or (a response) everything until the connection closes. Fed the bytes
+/// after the head, it says where the body ends; bytes past the end belong to the next message.
+#[derive(Debug, Clone)]
+pub struct BodyDecoder {
+    kind: Kind,
+    max_total: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose(u64),
+}
+
+impl BodyDecoder {
+    /// The body of a request whose head said `framing`; longer than `max_total` → 413.
+    pub fn request(framing: BodyFraming, max_total: u64) -> Self {
+        let kind = match framing {
+            BodyFraming::None => Kind::Length(0),
+            BodyFraming::Length(n) => Kind::Length(n),
+            BodyFraming::Chunked => Kind::Chunked(ChunkedDecoder::new(max_total)),
+        };
+        Self { kind, max_total }
+    }
+
+    /// The body of a response framed as `framing` (see
+    /// [`ResponseHead::body_framing`](crate::response::ResponseHead::body_framing)); longer
+    /// than `max_total` is [`ParseError::BodyTooLarge`].
+    pub fn response(framing: ResponseFraming, max_total: u64) -> Self {
+        let kind = match framing {
+            ResponseFraming::None => Kind::Length(0),
+            ResponseFraming::Length(n) => Kind::Length(n),
+            ResponseFraming::Chunked => Kind::Chunked(ChunkedDecoder::new(max_total)),
+            ResponseFraming::Close => Kind::UntilClose(0),
+        };
+        Self { kind, max_total }
+    }
+
+    /// The whole body has been read.
+    pub fn is_done(&self) -> bool {
+        match &self.kind {
+            Kind::Length(left) => *left == 0,
+            Kind::Chunked(d) => d.is_done(),
+            Kind::UntilClose(_) => false,
+        }
+    }
+
+    /// The connection closing ends this body (a close-delimited response): at EOF the body
+    /// is complete rather than cut short.
+    pub fn ends_at_close(&self) -> bool {
+        matches!(self.kind, Kind::UntilClose(_))
+    }
+
+    /// Decodes from `input` like [`ChunkedDecoder::step`]: at most one range of payload per
+    /// call; a step that consumes nothing and yields no data needs more input.
+    pub fn step(&mut self, input: &[u8]) -> Result<Step, ParseError> {
+        let n = match &mut self.kind {
+            Kind::Chunked(d) => return d.step(input),
+            Kind::Length(left) if *left > self.max_total => return Err(ParseError::BodyTooLarge),
+            Kind::Length(left) => {
+                let n = input
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= n as u64;
+                n
+            }
+            Kind::UntilClose(total) => {
+                *total += input.len() as u64;
+                if *total > self.max_total {
+                    return Err(ParseError::BodyTooLarge);
+                }
+                input.len()
+            }
+        };
+        Ok(Step {
+            consumed: n,
+            data: (n > 0).then_some((0, n)),
+        })
+    }
+
+    /// Decodes as much of `input` as it can, handing each piece of payload to `data`; returns
+    /// the bytes consumed (the rest is more body to come, or the next message once done).
+    pub fn decode_with(
+        &mut self,
+        input: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<usize, ParseError> {
+        let mut at = 0;
+        while !self.is_done() {
+            let step = self.step(&input[at..])?;
+            if let Some((a, b)) = step.data {
+                data(&input[at + a..at + b]);
+            }
+            at += step.consumed;
+            if step.consumed == 0 {
+                break;
+            }
+        }
+        Ok(at)
+    }
+
+    /// [`Self::decode_with`], appending the payload to `out`.
+    pub fn decode_into(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, ParseError> {
+        self.decode_with(input, |d| out.extend_from_slice(d))
     }
 }
 
@@ -290,5 +401,87 @@ mod tests {
     fn enforces_body_limit() {
         let mut d = ChunkedDecoder::new(3);
         assert_eq!(d.step(b"4\r\nabcd\r\n"), Err(ParseError::BodyTooLarge));
+    }
+
+    /// Every framing, fed in pieces of every size: the payload, and where the body ends.
+    #[test]
+    fn body_decoder_frames_every_kind_at_every_split() {
+        let chunked = &b"4\r\nWiki\r\n5;x\r\npedia\r\n0\r\nT: 1\r\n\r\nNEXT"[..];
+        let cases = [
+            (
+                BodyDecoder::request(BodyFraming::None, 100),
+                &b"NEXT"[..],
+                &b""[..],
+            ),
+            (
+                BodyDecoder::request(BodyFraming::Length(9), 100),
+                b"WikipediaNEXT",
+                b"Wikipedia",
+            ),
+            (
+                BodyDecoder::request(BodyFraming::Chunked, 100),
+                chunked,
+                b"Wikipedia",
+            ),
+            (
+                BodyDecoder::response(ResponseFraming::None, 100),
+                b"NEXT",
+                b"",
+            ),
+            (
+                BodyDecoder::response(ResponseFraming::Length(9), 100),
+                b"WikipediaNEXT",
+                b"Wikipedia",
+            ),
+            (
+                BodyDecoder::response(ResponseFraming::Chunked, 100),
+                chunked,
+                b"Wikipedia",
+            ),
+        ];
+        for (decoder, input, want) in cases {
+            for piece in 1..=input.len() {
+                let mut d = decoder.clone();
+                let (mut buf, mut body, mut fed) = (Vec::new(), Vec::new(), 0);
+                while !d.is_done() {
+                    let used = d.decode_into(&buf, &mut body).unwrap();
+                    buf.drain(..used);
+                    let end = (fed + piece).min(input.len());
+                    buf.extend_from_slice(&input[fed..end]);
+                    fed = end;
+                }
+                buf.extend_from_slice(&input[fed..]);
+                assert_eq!(
+                    (&body[..], &buf[..]),
+                    (want, &b"NEXT"[..]),
+                    "{decoder:?} {piece}"
+                );
+                assert!(!d.ends_at_close());
+            }
+        }
+    }
+
+    #[test]
+    fn body_decoder_until_close_and_limits() {
+        let mut d = BodyDecoder::response(ResponseFraming::Close, 6);
+        let mut body = Vec::new();
+        assert_eq!(d.decode_into(b"abc", &mut body), Ok(3));
+        assert_eq!(d.decode_into(b"def", &mut body), Ok(3));
+        assert!(!d.is_done() && d.ends_at_close());
+        assert_eq!(body, b"abcdef");
+        assert_eq!(
+            d.decode_into(b"g", &mut body),
+            Err(ParseError::BodyTooLarge)
+        );
+        let mut d = BodyDecoder::response(ResponseFraming::Length(7), 6);
+        assert_eq!(
+            d.decode_into(b"abc", &mut body),
+            Err(ParseError::BodyTooLarge)
+        );
+        let mut d = BodyDecoder::request(BodyFraming::Chunked, 3);
+        assert_eq!(
+            d.decode_into(b"4\r\nabcd\r\n", &mut body),
+            Err(ParseError::BodyTooLarge)
+        );
     }
 }

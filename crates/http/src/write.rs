@@ -1,0 +1,230 @@
+//! Response heads, chunked body framing, and the JSON error responses every gateway stage ends
+//! in.
+//!
+//! A response head is written as [`status_line`], the speaker's own fields, [`framing_fields`]
+//! and a blank line; a body of unknown length follows as [`chunk`]s and [`LAST_CHUNK`].
+//!
+//! Gateway error bodies follow the OpenAI shape `{"error":{"type":"...","message":"..."}}` so SDK
+//! clients surface them as they would an upstream error.
+
+use std::io::Write;
+
+/// Reason phrase for the statuses the gateway itself produces.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+/// Appends `HTTP/1.1 {status} {reason}` and its CRLF.
+pub fn status_line(out: &mut Vec<u8>, status: u16) {
+    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
+}
+
+/// Appends the fields that frame a response body and say whether the connection stays open:
+/// `content-length` when the length is known, else `transfer-encoding: chunked` to an HTTP/1.1
+/// peer (an HTTP/1.0 peer reads to the close); `connection: close` unless `keep`, and
+/// `connection: keep-alive` to a kept HTTP/1.0 peer (whose default is to close).
+pub fn framing_fields(out: &mut Vec<u8>, len: Option<usize>, keep: bool, peer_minor: u8) {
+    match len {
+        Some(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        None if peer_minor == 1 => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        None => {}
+    }
+    if !keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if peer_minor == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+}
+
+/// Appends `data` as one chunk of the chunked coding; nothing for empty data (an empty chunk
+/// would end the body).
+#[inline]
+pub fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk with no trailer section: the end of a chunked body.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// An error response the gateway produces itself.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorResponse<'a> {
+    pub status: u16,
+    /// OpenAI-style error type, e.g. `invalid_request_error`, `rate_limit_exceeded`.
+    pub kind: &'a str,
+    pub message: &'a str,
+    /// Add `Connection: close` and close after writing.
+    pub close: bool,
+}
+
+/// Appends a complete error response to `out`. `extra` is a block of already formatted
+/// header lines (each ending in CRLF), e.g. `Retry-After` or `WWW-Authenticate`.
+pub fn error_response(out: &mut Vec<u8>, e: &ErrorResponse<'_>, request_id: &str, extra: &[u8]) {
+    let mut body = Vec::with_capacity(96 + e.message.len());
+    body.extend_from_slice(b"{\"error\":{\"type\":\"");
+    json_escape_into(&mut body, e.kind);
+    body.extend_from_slice(b"\",\"message\":\"");
+    json_escape_into(&mut body, e.message);
+    body.extend_from_slice(b"\"}}");
+    status_line(out, e.status);
+    let _ = write!(
+        out,
+        "content-type: application/json\r\ncontent-length: {}\r\nx-request-id: {}\r\n",
+        body.len(),
+        request_id
+    );
+    out.extend_from_slice(extra);
+    if e.close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+}
+
+/// Escapes `s` as the inside of a JSON string. Runs of bytes that need no escape are copied
+/// whole.
+pub fn json_escape_into(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let mut plain = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[plain..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.extend_from_slice(esc);
+        }
+        plain = i + 1;
+    }
+    out.extend_from_slice(&bytes[plain..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_is_complete_http() {
+        let mut out = Vec::new();
+        let e = ErrorResponse {
+            status: 429,
+            kind: "rate_limit_exceeded",
+            message: "slow \"down\"",
+            close: false,
+        };
+        error_response(&mut out, &e, "r1", b"retry-after: 3\r\n");
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));
+        assert!(head.contains("retry-after: 3"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert_eq!(
+            body,
+            r#"{"error":{"type":"rate_limit_exceeded","message":"slow \"down\""}}"#
+        );
+    }
+
+    #[test]
+    fn framing_fields_by_length_keep_alive_and_version() {
+        let cases = [
+            (Some(3), true, 1, "content-length: 3\r\n"),
+            (
+                Some(3),
+                false,
+                1,
+                "content-length: 3\r\nconnection: close\r\n",
+            ),
+            (
+                Some(0),
+                true,
+                0,
+                "content-length: 0\r\nconnection: keep-alive\r\n",
+            ),
+            (None, true, 1, "transfer-encoding: chunked\r\n"),
+            (
+                None,
+                false,
+                1,
+                "transfer-encoding: chunked\r\nconnection: close\r\n",
+            ),
+            (None, false, 0, "connection: close\r\n"),
+        ];
+        for (len, keep, minor, want) in cases {
+            let mut out = Vec::new();
+            framing_fields(&mut out, len, keep, minor);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                want,
+                "{len:?} {keep} {minor}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunks_decode_back() {
+        let mut out = Vec::new();
+        for piece in [&b"hello"[..], b"", &[b'x'; 300]] {
+            chunk(&mut out, piece);
+        }
+        out.extend_from_slice(LAST_CHUNK);
+        let mut d = crate::body::ChunkedDecoder::new(1 << 20);
+        let (mut at, mut body) = (0, Vec::new());
+        while !d.is_done() {
+            let step = d.step(&out[at..]).unwrap();
+            if let Some((a, b)) = step.data {
+                body.extend_from_slice(&out[at + a..at + b]);
+            }
+            at += step.consumed;
+        }
+        assert_eq!(
+            (at, &body[..5], body.len()),
+            (out.len(), &b"hello"[..], 305)
+        );
+    }
+
+    #[test]
+    fn json_escapes_quotes_controls_and_keeps_utf8() {
+        let mut out = Vec::new();
+        json_escape_into(&mut out, "a\"b\\c\nd\re\tf\u{1}g\u{1f}h\u{7f}é😀");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "a\\\"b\\\\c\\nd\\re\\tf\\u0001g\\u001fh\u{7f}é😀"
+        );
+    }
+}
