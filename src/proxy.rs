@@ -144,13 +144,21 @@ pub async fn forward(
     // A body not here whole streams to the upstream as it arrives, holding an upstream
     // connection meanwhile — unless `max_streaming_uploads` bodies already stream to this
     // upstream from this worker: then it is read whole first, so slow clients cannot pin
-    // more upstream connections than that (see `inbound`).
+    // more upstream connections than that (see `inbound`). On a `retryable` route a body of
+    // at most `head::INLINE_BODY` is read whole first too, so a failed attempt can be sent
+    // again however the client's writes split head and body.
     let mut upload = None;
     let mut held = Vec::new();
     let body = match ob.body {
         OutBody::FromClient if !head::body_is_here(c, req.framing) => {
             let cap = snap.limits.max_streaming_uploads;
-            match inbound::Upload::begin(worker, &ob.upstream.name, cap) {
+            let replayable = ob.retryable
+                && matches!(req.framing, BodyFraming::Length(n) if n <= head::INLINE_BODY as u64);
+            let slot = match replayable {
+                true => None,
+                false => inbound::Upload::begin(worker, &ob.upstream.name, cap),
+            };
+            match slot {
                 Some(u) => {
                     upload = Some(u);
                     OutBody::FromClient

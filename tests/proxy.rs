@@ -448,16 +448,25 @@ fn retryable_route_retries_a_failed_attempt_on_another_endpoint() {
         upstream("up", &[bad.addr, good.addr], "")
             + &route("/*rest", "up", &format!("retryable = {retryable}"))
     };
-    // Raw, head and body in one write: only a body that arrived with its head can be replayed
-    // (`proxy::INLINE_BODY`), and a client library may write them separately.
-    let post = "POST /v1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}";
+    let head = "POST /v1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n";
+    let post = format!("{head}{{}}");
     let gw = gateway(&config(true));
     for _ in 0..6 {
-        let r = request(gw.local_addr(), post);
+        // Head and body in one write, as a raw client sends them.
+        let r = request(gw.local_addr(), &post);
         assert_eq!(
             r.status, 200,
             "a 503 from one endpoint is retried on the other"
         );
+        // Head and body in two writes, as client libraries do: the body is read whole before
+        // the first attempt, so it can be replayed too.
+        let mut c = Client::connect(gw.local_addr());
+        c.send(head.as_bytes());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        c.send(b"{}");
+        assert_eq!(c.read_response().unwrap().status, 200);
+        // And through an HTTP client crate.
+        assert_eq!(post_json(gw.local_addr(), "/v1/x", &[], "{}").status, 200);
     }
     assert!(
         bad_hits.load(std::sync::atomic::Ordering::Relaxed) > 0,
@@ -466,7 +475,7 @@ fn retryable_route_retries_a_failed_attempt_on_another_endpoint() {
     // Without `retryable`, a POST is never sent twice: the 503 reaches the client.
     let gw = gateway(&config(false));
     let statuses: Vec<u16> = (0..6)
-        .map(|_| request(gw.local_addr(), post).status)
+        .map(|_| request(gw.local_addr(), &post).status)
         .collect();
     assert!(statuses.contains(&503), "{statuses:?}");
 }
@@ -484,7 +493,10 @@ fn upstream_status_outside_100_to_599_is_502() {
     });
     // Five bad heads in a row would open the endpoint's breaker (its default trips on five
     // consecutive failures) and the valid codes below would get 503.
-    let gw = gateway(&route_all(up.addr, "breaker = { consecutive_failures = 100 }"));
+    let gw = gateway(&route_all(
+        up.addr,
+        "breaker = { consecutive_failures = 100 }",
+    ));
     for code in ["000", "020", "099", "600", "999"] {
         let r = get(gw.local_addr(), &format!("/{code}"));
         assert_eq!(r.status, 502, "upstream status {code}: {}", r.text());
