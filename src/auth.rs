@@ -45,7 +45,7 @@ pub use key::{Alg, Jwk};
 pub use revocation::{RevocationLog, Revocations, Revoked, RevokedKind};
 pub use token::Scratch;
 
-use crate::config::ConfigProblem;
+use crate::config_types::ConfigProblem;
 use config::Key;
 
 /// Spaces tolerated between the scheme and the token, for the early size bound.

@@ -31,6 +31,7 @@ pub mod admin;
 pub mod auth;
 pub mod breaker;
 pub mod config;
+pub mod config_types;
 pub mod conn;
 pub mod control;
 pub mod demo;

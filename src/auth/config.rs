@@ -59,7 +59,7 @@ use serde::Deserialize;
 
 use super::key::{jwk_from_file, Alg, Jwk, KeyMaterial};
 use super::token::MAX_KID_BYTES;
-use crate::config::{ConfigProblem, Secret};
+use crate::config_types::{ConfigProblem, Secret};
 use crate::http::fields::{config_header, is_token, HeaderRole};
 
 /// Default `max_token_bytes`.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigProblem;
+use crate::config_types::ConfigProblem;
 
 /// The most probe permits one HALF_OPEN episode may hand out.
 const MAX_HALF_OPEN_PROBES: u32 = 1000;

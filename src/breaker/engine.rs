@@ -31,7 +31,8 @@ use super::{
     HealthChecker, HealthTarget, HealthUpdate, HttpProber, Outcome, Permit, RetryBudget,
     RetryPolicy, WorkerBreakers,
 };
-use crate::config::{ConfigProblem, RawUpstream, Upstream};
+use crate::config::RawUpstream;
+use crate::config_types::{ConfigProblem, Upstream};
 use crate::error::{Fault, GatewayError, UpstreamError};
 use crate::inbox::ToWorker;
 

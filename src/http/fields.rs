@@ -22,7 +22,7 @@
 //!
 //! Names are compared ASCII case-insensitively and must be RFC 9110 tokens (§5.1) first.
 
-use crate::config::ConfigProblem;
+use crate::config_types::ConfigProblem;
 
 /// What a config does with a header it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -111,7 +111,7 @@ pub struct RawLimits {
 
 impl RawLimits {
     /// Applies overrides to the defaults; `problems` gets one entry per bad value.
-    pub fn build(&self, problems: &mut Vec<crate::config::ConfigProblem>) -> Limits {
+    pub fn build(&self, problems: &mut Vec<crate::config_types::ConfigProblem>) -> Limits {
         let d = Limits::default();
         let ms = Duration::from_millis;
         let l = Limits {
@@ -140,7 +140,7 @@ impl RawLimits {
                 .unwrap_or(d.allow_underscores_in_headers),
         };
         let mut bad = |key: &str, msg: String| {
-            problems.push(crate::config::ConfigProblem::new(
+            problems.push(crate::config_types::ConfigProblem::new(
                 format!("limits.{key}"),
                 msg,
             ))

@@ -19,7 +19,7 @@
 use super::local::LocalCoordinator;
 use super::remote::RemoteCoordinator;
 use super::{FromCoordinator, QuotaBackend, QuotaSettings, ToCoordinator, WorkerId};
-use crate::config::ConfigProblem;
+use crate::config_types::ConfigProblem;
 
 /// Counters for metrics. The local backend is always up and has no errors.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -19,7 +19,7 @@
 use serde::Deserialize;
 
 use super::QuotaKey;
-use crate::config::ConfigProblem;
+use crate::config_types::ConfigProblem;
 
 /// Prefix of the Redis keys when `key_prefix` is not set.
 pub const DEFAULT_KEY_PREFIX: &str = "shardgate";
