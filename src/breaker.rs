@@ -15,7 +15,7 @@
 //! - [`health`]: active HTTP GET probes from a dedicated thread, producing [`HealthUpdate`]s.
 //! - [`config`]: the raw TOML (`breaker = {..}`, `health_check = {..}`, `retry = {..}`) and the
 //!   validated, `Copy` policies.
-//! - [`engine`]: the wiring: endpoint ids and policies per snapshot, the worker's breakers and
+//! - [`table`]: the wiring: endpoint ids and policies per snapshot, the worker's breakers and
 //!   retry budgets, the coordination thread's decider and health thread.
 //!
 //! # Flow
@@ -49,10 +49,10 @@
 pub mod budget;
 pub mod config;
 pub mod decider;
-pub mod engine;
+pub mod table;
 pub mod health;
 mod window;
-pub mod worker;
+pub mod local;
 
 use std::time::Instant;
 
@@ -62,7 +62,7 @@ pub use decider::{
     BreakerDecider, BreakerSnapshot, EndpointSnapshot, StateKind, Transition, TripCause,
 };
 pub use health::{HealthChecker, HealthTarget, HealthUpdate, HttpProber};
-pub use worker::{Permit, RejectReason, Rejected, WorkerBreakers};
+pub use local::{Permit, RejectReason, Rejected, WorkerBreakers};
 
 /// An upstream endpoint (one address of one deployment), numbered densely from 0 by the engine
 /// so that every table here is a `Vec` indexed by it.

@@ -67,7 +67,7 @@ pub struct Worker {
     /// This core's random source for weighted splits.
     pub rng: RefCell<crate::route::WorkerRng>,
     /// This core's circuit breakers and retry budgets.
-    pub resilience: RefCell<crate::breaker::engine::WorkerResilience>,
+    pub resilience: RefCell<crate::breaker::table::WorkerResilience>,
 }
 
 impl Worker {
@@ -165,7 +165,7 @@ impl Worker {
         metrics.config_generation = snapshot.generation;
         metrics.set_routes(&snapshot);
         let workers = snapshot.server.cores.len().max(1) as u32;
-        let resilience = crate::breaker::engine::WorkerResilience::new(
+        let resilience = crate::breaker::table::WorkerResilience::new(
             id as u32,
             workers,
             &snapshot.resilience,

@@ -32,7 +32,7 @@ pub struct RawConfig {
     pub access_log: Option<RawAccessLog>,
     /// `[defaults]`: breaker, health-check and retry policies every upstream starts from.
     #[serde(default)]
-    pub defaults: Option<crate::breaker::engine::RawDefaults>,
+    pub defaults: Option<crate::breaker::table::RawDefaults>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -65,6 +65,6 @@ pub struct Snapshot {
     pub auth: Option<crate::auth::Authenticator>,
     pub metrics: MetricsSettings,
     pub access_log: Option<AccessLogSettings>,
-    /// Endpoint ids and breaker/health/retry policies (see `breaker::engine`).
-    pub resilience: crate::breaker::engine::Resilience,
+    /// Endpoint ids and breaker/health/retry policies (see `breaker::table`).
+    pub resilience: crate::breaker::table::Resilience,
 }

@@ -112,7 +112,7 @@ impl RawConfig {
             .access_log
             .as_ref()
             .and_then(|a| a.build(base_dir, &mut problems));
-        let resilience = crate::breaker::engine::Resilience::build(
+        let resilience = crate::breaker::table::Resilience::build(
             self.defaults.as_ref(),
             &raw_upstreams,
             &upstreams,

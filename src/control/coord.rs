@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::breaker::engine::{CoordResilience, Resilience};
+use crate::breaker::table::{CoordResilience, Resilience};
 use crate::breaker::{BreakerReport, BreakerSnapshot};
 use crate::inbox::ToWorker;
 use crate::quota::{Coordinator, FromCoordinator, ToCoordinator};
