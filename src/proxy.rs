@@ -35,7 +35,7 @@ use std::time::Instant;
 
 use monoio::net::TcpStream;
 
-use crate::breaker::table::{self, NoEndpoint};
+use crate::breaker::local::{self, NoEndpoint};
 use crate::breaker::{Outcome, Permit};
 use crate::config::{Snapshot, Upstream};
 use crate::conn::ClientConn;
@@ -217,7 +217,7 @@ pub async fn forward(
         None => d,
     };
     let connect_timeout = ob.timeouts.connect.unwrap_or(upstream.connect_timeout);
-    let up_idx = table::upstream_index(snap, upstream);
+    let up_idx = snap.upstream_index(upstream);
     worker
         .resilience
         .borrow_mut()
@@ -293,7 +293,7 @@ pub async fn forward(
                 | UpstreamError::FirstByteTimeout
                 | UpstreamError::BadResponse),
             ) if !(up.reused && req.idempotent && attempt == 1) && may_retry(worker) => {
-                record(permit, table::outcome_of(e));
+                record(permit, local::outcome_of(e));
                 continue;
             }
             // A reused connection that died before answering: the upstream closed it while
@@ -314,7 +314,7 @@ pub async fn forward(
                 continue;
             }
             Err(e) => {
-                record(permit, table::outcome_of(e));
+                record(permit, local::outcome_of(e));
                 c.up_out = up_out;
                 // An unread body would be taken for the next request.
                 let e = GatewayError::from(e);
@@ -339,7 +339,7 @@ pub async fn forward(
     let plan = match relay::write_client_head(&mut c.out, &up.buf, &first, &ctx) {
         Ok(p) => p,
         Err(e) => {
-            record(permit, table::outcome_of(e));
+            record(permit, local::outcome_of(e));
             return Err(e.into());
         }
     };
@@ -366,7 +366,7 @@ pub async fn forward(
     )
     .await
     {
-        record(permit, table::outcome_of(e));
+        record(permit, local::outcome_of(e));
         return Err(Failure::Close(status, tap.tokens()));
     }
     record(permit, Outcome::Status(status));
@@ -443,7 +443,7 @@ async fn acquire(
         worker
             .resilience
             .borrow_mut()
-            .record(permit, table::outcome_of(e));
+            .record(permit, local::outcome_of(e));
         last = Some(e);
         if connects >= MAX_CONNECT_ATTEMPTS {
             break;
@@ -451,9 +451,7 @@ async fn acquire(
     }
     Err(match (last, wait) {
         (Some(e), _) => NoEndpoint::Failed(e),
-        (None, w) => {
-            NoEndpoint::Unavailable(w.unwrap_or(crate::breaker::local::RETRY_AFTER_UNKNOWN))
-        }
+        (None, w) => NoEndpoint::Unavailable(w.unwrap_or(local::RETRY_AFTER_UNKNOWN)),
     })
 }
 
@@ -467,12 +465,12 @@ async fn unavailable(
     extra_response: &[u8],
     wait: std::time::Duration,
 ) -> Result<Done, Failure> {
-    let mut e = table::UNAVAILABLE;
+    let mut e = local::UNAVAILABLE;
     if !inline || !req.keep_alive || worker.drain.is_draining() {
         e = e.closing();
     }
     let mut extra = extra_response.to_vec();
-    let _ = write!(extra, "retry-after: {}\r\n", table::retry_after_secs(wait));
+    let _ = write!(extra, "retry-after: {}\r\n", local::retry_after_secs(wait));
     let sent = c.send_error(&e, &extra).await.is_ok();
     Ok(Done {
         status: e.status,

@@ -31,6 +31,8 @@ pub struct Links {
     /// Per-process random prefix of request ids.
     pub prefix: u32,
     pub log: Option<crate::access_log::WorkerLog>,
+    /// Revocations in force at start (the revocation file's entries).
+    pub revoked: Revocations,
 }
 
 /// Everything one worker owns. Lives in an `Rc` on the worker thread; never shared.
@@ -67,7 +69,7 @@ pub struct Worker {
     /// This core's random source for weighted splits.
     pub rng: RefCell<crate::route::WorkerRng>,
     /// This core's circuit breakers and retry budgets.
-    pub resilience: RefCell<crate::breaker::table::WorkerResilience>,
+    pub resilience: RefCell<crate::breaker::local::WorkerResilience>,
 }
 
 impl Worker {
@@ -119,6 +121,12 @@ impl Worker {
                     self.resilience
                         .borrow_mut()
                         .set_policies(&s.resilience, Instant::now());
+                    // Adding or removing `[access_log]` needs a restart; its rate reloads.
+                    if let (Some(log), Some(a)) =
+                        (self.access_log.borrow_mut().as_mut(), &s.access_log)
+                    {
+                        log.set_sample_rate(a.sample_rate);
+                    }
                     if self.id == 0 {
                         // One worker tells the decider; every worker got the same snapshot.
                         let table = Box::new(s.resilience.clone());
@@ -165,7 +173,7 @@ impl Worker {
         metrics.config_generation = snapshot.generation;
         metrics.set_routes(&snapshot);
         let workers = snapshot.server.cores.len().max(1) as u32;
-        let resilience = crate::breaker::table::WorkerResilience::new(
+        let resilience = crate::breaker::local::WorkerResilience::new(
             id as u32,
             workers,
             &snapshot.resilience,
@@ -189,7 +197,7 @@ impl Worker {
             epoch: links.epoch,
             quota: RefCell::new(QuotaShard::new(id as u16)),
             quota_out: RefCell::new(Vec::new()),
-            revocations: RefCell::new(Revocations::new()),
+            revocations: RefCell::new(links.revoked),
             auth_scratch: RefCell::new(crate::auth::Scratch::default()),
             rng: RefCell::new(crate::route::WorkerRng::for_worker(id)),
             resilience: RefCell::new(resilience),

@@ -1,5 +1,5 @@
 //! Raw TOML for `breaker = {..}`, `health_check = {..}` and `retry = {..}`, and the validated
-//! policies the data path and control thread use.
+//! policies the data path and the coordination thread use.
 //!
 //! Every raw field is optional so that a per-upstream table can override single keys of
 //! `[defaults.*]`: `upstream.overlay(&defaults).validate(key)` gives the effective policy, and

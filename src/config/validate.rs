@@ -9,6 +9,7 @@ use super::raw::{RawAccessLog, RawAdmin, RawConfig, RawServer, RawUpstream, RawW
 use super::snapshot::{
     AccessLogSettings, AccessLogTarget, AdminSettings, MetricsSettings, ServerSettings, Snapshot,
 };
+use crate::breaker::table::{RawPolicies, Resilience};
 use crate::config_types::{ConfigProblem, Endpoint, Upstream};
 
 /// Default grace period for in-flight requests on shutdown.
@@ -112,12 +113,16 @@ impl RawConfig {
             .access_log
             .as_ref()
             .and_then(|a| a.build(base_dir, &mut problems));
-        let resilience = crate::breaker::table::Resilience::build(
-            self.defaults.as_ref(),
-            &raw_upstreams,
-            &upstreams,
-            &mut problems,
-        );
+        let policies: Vec<RawPolicies> = raw_upstreams
+            .iter()
+            .map(|u| RawPolicies {
+                breaker: u.breaker.as_ref(),
+                health_check: u.health_check.as_ref(),
+                retry: u.retry.as_ref(),
+            })
+            .collect();
+        let resilience =
+            Resilience::build(self.defaults.as_ref(), &policies, &upstreams, &mut problems);
         match server {
             Some(server) if problems.is_empty() && router.is_some() => Ok(Snapshot {
                 generation,

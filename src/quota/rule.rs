@@ -130,6 +130,10 @@ impl QuotaRule {
 pub struct RedisSettings {
     pub url: String,
     pub key_prefix: String,
+    /// Bound on one connect, and on one command's write and read: [`super::remote::IO_TIMEOUT`]
+    /// (not a config key: a lease must be answered well within the wait of the request
+    /// that asked for it; tests stretch it to hold a stalled Redis).
+    pub io_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -282,6 +286,7 @@ impl RawQuota {
         Some(RedisSettings {
             url: url.clone(),
             key_prefix: prefix.to_owned(),
+            io_timeout: super::remote::IO_TIMEOUT,
         })
     }
 }
