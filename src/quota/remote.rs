@@ -33,7 +33,7 @@
 //! then counts more than was used, which only errs on the strict side.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{Connection, ErrorKind, RedisError, RedisResult, Script};
 
@@ -139,17 +139,24 @@ impl Link {
 
     /// Runs `op` on the connection, reconnecting first if an attempt is due. `None`: the
     /// backend is down (or just went down); the caller degrades.
+    ///
+    /// A failed attempt may itself have taken up to `io_timeout` (a Redis that accepts and
+    /// never answers); the wait before the next one counts from when it ended, so a stalled
+    /// Redis is not retried back to back and messages queued behind it are answered per
+    /// `fail_mode` instead of each waiting for another attempt.
     fn call<T>(
         &mut self,
         now_ms: u64,
         stats: &mut QuotaCoordinatorStats,
         op: impl FnOnce(&mut Connection) -> RedisResult<T>,
     ) -> Option<T> {
+        let started = Instant::now();
+        let ended = || now_ms + started.elapsed().as_millis() as u64;
         if let State::Down { retry_at_ms, .. } = self.state {
             if now_ms < retry_at_ms {
                 return None;
             }
-            self.reconnect(now_ms, stats);
+            self.reconnect(now_ms, ended, stats);
         }
         let State::Up {
             conn,
@@ -166,13 +173,19 @@ impl Link {
                 Some(v)
             }
             Err(e) => {
-                self.fail(now_ms, stats, &e);
+                self.fail(ended(), stats, &e);
                 None
             }
         }
     }
 
-    fn reconnect(&mut self, now_ms: u64, stats: &mut QuotaCoordinatorStats) {
+    /// One connect attempt at `now_ms`; `ended` reads the clock after it.
+    fn reconnect(
+        &mut self,
+        now_ms: u64,
+        ended: impl Fn() -> u64,
+        stats: &mut QuotaCoordinatorStats,
+    ) {
         let State::Down {
             since_ms,
             backoff_ms,
@@ -202,7 +215,7 @@ impl Link {
                 }
                 self.state = State::Down {
                     since_ms,
-                    retry_at_ms: now_ms + backoff_ms,
+                    retry_at_ms: ended() + backoff_ms,
                     backoff_ms,
                 };
             }
@@ -649,7 +662,8 @@ mod tests {
         // Within the backoff nothing is tried again.
         take(&mut c, 50);
         assert_eq!(c.stats().redis_errors, 1);
-        take(&mut c, 100);
+        // After it (counted from the end of the refused connect), once more.
+        take(&mut c, 150);
         assert_eq!(c.stats().redis_errors, 2);
         // The fallback's own window holds the limit.
         while let FromCoordinator::Grant(g) = lease(&mut c, 150) {
@@ -679,10 +693,17 @@ mod tests {
         let mut waits = Vec::new();
         for _ in 0..8 {
             c.tick(now);
-            let State::Down { retry_at_ms, .. } = c.link.state else {
+            let State::Down {
+                retry_at_ms,
+                backoff_ms,
+                ..
+            } = c.link.state
+            else {
                 panic!("dead port connected")
             };
-            waits.push(retry_at_ms - now);
+            // The wait counts from the end of the failed attempt.
+            assert!(retry_at_ms >= now + backoff_ms);
+            waits.push(backoff_ms);
             now = retry_at_ms;
         }
         assert_eq!(waits, [100, 200, 400, 800, 1_600, 3_200, 5_000, 5_000]);
