@@ -8,7 +8,7 @@ mod common;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,6 @@ struct StallingRedis {
     /// Connections the client closed (it gave up waiting).
     closed: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
-    held: Arc<Mutex<Vec<TcpStream>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -36,15 +35,20 @@ impl StallingRedis {
         let addr = listener.local_addr().unwrap();
         let (received, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let stop = Arc::new(AtomicBool::new(false));
-        let held = Arc::new(Mutex::new(Vec::new()));
-        let (r, c, s, h) = (received.clone(), closed.clone(), stop.clone(), held.clone());
+        let (r, c, s) = (received.clone(), closed.clone(), stop.clone());
         let thread = thread::spawn(move || {
+            let mut held = Vec::new();
             for conn in listener.incoming() {
                 if s.load(Ordering::Relaxed) {
+                    // Closing the held connections ends any Redis call still waiting on
+                    // them; the listener closes with this thread, so none is taken after.
+                    for c in held {
+                        let _ = c.shutdown(std::net::Shutdown::Both);
+                    }
                     return;
                 }
                 let Ok(conn) = conn else { continue };
-                h.lock().unwrap().push(conn.try_clone().unwrap());
+                held.push(conn.try_clone().unwrap());
                 let (r, c) = (r.clone(), c.clone());
                 // Read (and count) everything; answer nothing.
                 thread::spawn(move || {
@@ -69,7 +73,6 @@ impl StallingRedis {
             received,
             closed,
             stop,
-            held,
             thread: Some(thread),
         }
     }
@@ -81,15 +84,11 @@ impl StallingRedis {
 
 impl Drop for StallingRedis {
     fn drop(&mut self) {
-        // No new connection is taken once the listener is gone ...
         self.stop.store(true, Ordering::Relaxed);
+        // Wakes the accept loop, which sees `stop`.
         let _ = TcpStream::connect(self.addr);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
-        }
-        // ... and closing the held ones ends any Redis call still waiting on them.
-        for c in self.held.lock().unwrap().drain(..) {
-            let _ = c.shutdown(std::net::Shutdown::Both);
         }
     }
 }

@@ -36,7 +36,7 @@ fn config_text(listen: &str, workers: usize, up: SocketAddr, token: &str, extra:
 struct Rig {
     // Field order is drop order.
     admin: Admin,
-    control: Control,
+    _control: Control,
     engine: Engine,
     up: Upstream,
     dir: PathBuf,
@@ -70,7 +70,7 @@ impl Rig {
         .unwrap();
         Rig {
             admin,
-            control,
+            _control: control,
             engine,
             up,
             dir,
