@@ -37,7 +37,7 @@ impl StallingRedis {
         let stop = Arc::new(AtomicBool::new(false));
         let (r, c, s) = (received.clone(), closed.clone(), stop.clone());
         let thread = thread::spawn(move || {
-            let mut held = Vec::new();
+            let mut held: Vec<TcpStream> = Vec::new();
             for conn in listener.incoming() {
                 if s.load(Ordering::Relaxed) {
                     // Closing the held connections ends any Redis call still waiting on
