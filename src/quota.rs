@@ -101,7 +101,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use coordinator::{QuotaCoordinator, QuotaCoordinatorStats};
 pub use rule::{
     FailMode, KeyKind, Limits, QuotaBackend, QuotaRule, QuotaSettings, RawQuota, RawRule,
-    RedisSettings, RuleId,
+    RedisSettings, RuleId, REDIS_IO_TIMEOUT,
 };
 pub use shard::QuotaShard;
 

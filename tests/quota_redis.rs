@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shardgate::quota::remote::{IO_TIMEOUT, MAX_BACKOFF_MS};
+use shardgate::quota::remote::MAX_BACKOFF_MS;
 use shardgate::quota::{
     shared_epoch, Decision, FailMode, FromCoordinator, Grant, KeyKind, LeaseRequest, LimitKind,
     Limits, QuotaBackend, QuotaCoordinator, QuotaKey, QuotaRule, QuotaSettings, QuotaShard,
@@ -142,7 +142,7 @@ fn settings(url: &str, fail_mode: FailMode) -> QuotaSettings {
         redis: Some(RedisSettings {
             url: url.into(),
             key_prefix: "sgtest".into(),
-            io_timeout: IO_TIMEOUT,
+            io_timeout: shardgate::quota::REDIS_IO_TIMEOUT,
         }),
         rules: vec![rule()],
     }

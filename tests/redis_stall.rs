@@ -233,7 +233,7 @@ fn a_stalled_redis_answers_lease_requests_by_fail_mode() {
         let (up, model) = (mock(), mock());
         let gw = gateway_with_redis_timeout(
             &config_text(up.addr(), model.addr(), &redis.url(), fail_mode),
-            shardgate::quota::remote::IO_TIMEOUT,
+            shardgate::quota::REDIS_IO_TIMEOUT,
         );
         for i in 0..3 {
             let r = limited_request(gw.local_addr());

@@ -69,7 +69,9 @@ impl CoordThread {
         };
         let (tx, rx) = crossbeam_channel::unbounded();
         let leases = if coordinator.does_io() {
-            Leases::Remote(RemoteThread::spawn(coordinator, epoch, tx.clone())?)
+            let inbox = tx.clone();
+            let answers = Box::new(move |a| inbox.send(ToCoord::QuotaAnswers(a)).is_ok());
+            Leases::Remote(RemoteThread::spawn(coordinator, epoch, answers)?)
         } else {
             Leases::Here(coordinator)
         };

@@ -5,8 +5,8 @@
 //! while a stalled Redis holds the connection). The coordination thread also decides
 //! breakers, which must not wait on that, so the [`QuotaCoordinator`] runs here instead: the
 //! coordination thread forwards each worker's quota message ([`RemoteThread::send`]) and gets
-//! the answers back in its own inbox as one [`ToCoord::QuotaAnswers`] per batch, in the order
-//! they were decided, and sends them on to the workers.
+//! the answers back in its own inbox, one batch at a time in the order they were decided
+//! ([`Answers`]), and sends them on to the workers.
 //!
 //! # Error Handling
 //!
@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::coord::ToCoord;
-use crate::quota::{QuotaCoordinator, ToCoordinator};
+use crate::quota::{FromCoordinator, QuotaCoordinator, ToCoordinator, WorkerId};
+
+/// Takes one batch of answers to the coordination thread; `false` once it is gone.
+pub type Answers = Box<dyn FnMut(Vec<(WorkerId, FromCoordinator)>) -> bool + Send>;
 
 /// How often the coordinator's periodic work (reconnects, health PINGs, sweeps) runs when
 /// no message arrives.
@@ -39,17 +41,17 @@ pub struct RemoteThread {
 }
 
 impl RemoteThread {
-    /// Runs `coordinator` on its own thread; answers go to `answers` (the coordination
+    /// Runs `coordinator` on its own thread; answers go to `answers` (into the coordination
     /// thread's inbox). `epoch` is the process-wide zero of quota time.
     pub fn spawn(
         coordinator: QuotaCoordinator,
         epoch: Instant,
-        answers: Sender<ToCoord>,
+        answers: Answers,
     ) -> std::io::Result<RemoteThread> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()
             .name("shardgate-remote".into())
-            .spawn(move || run(coordinator, epoch, &rx, &answers))?;
+            .spawn(move || run(coordinator, epoch, &rx, answers))?;
         Ok(RemoteThread {
             tx,
             thread: Some(thread),
@@ -75,7 +77,7 @@ fn run(
     mut coordinator: QuotaCoordinator,
     epoch: Instant,
     rx: &Receiver<ToRemote>,
-    answers: &Sender<ToCoord>,
+    mut answers: Answers,
 ) {
     let now_ms = || epoch.elapsed().as_millis() as u64;
     let mut out = Vec::new();
@@ -95,11 +97,7 @@ fn run(
                 ToRemote::Stop => return,
             }
         }
-        if !out.is_empty()
-            && answers
-                .send(ToCoord::QuotaAnswers(std::mem::take(&mut out)))
-                .is_err()
-        {
+        if !out.is_empty() && !answers(std::mem::take(&mut out)) {
             return;
         }
         coordinator.tick(now_ms());
@@ -110,8 +108,8 @@ fn run(
 mod tests {
     use super::*;
     use crate::quota::{
-        FailMode, FromCoordinator, LeaseRequest, Limits, QuotaBackend, QuotaKey, QuotaSettings,
-        RedisSettings, RuleId,
+        FailMode, LeaseRequest, Limits, QuotaBackend, QuotaKey, QuotaSettings, RedisSettings,
+        RuleId,
     };
 
     /// A Redis that accepts connections and never answers: the remote thread's commands time
@@ -133,7 +131,8 @@ mod tests {
         let coordinator = QuotaCoordinator::from_settings(1, &settings, 0).unwrap();
         assert!(coordinator.does_io());
         let (tx, rx) = crossbeam_channel::unbounded();
-        let remote = RemoteThread::spawn(coordinator, Instant::now(), tx).unwrap();
+        let answers: Answers = Box::new(move |a| tx.send(a).is_ok());
+        let remote = RemoteThread::spawn(coordinator, Instant::now(), answers).unwrap();
         remote.send(ToCoordinator::Lease(LeaseRequest {
             worker: 0,
             key: QuotaKey(7),
@@ -146,10 +145,7 @@ mod tests {
             at_ms: 0,
             tokens_needed: 1,
         }));
-        let answer = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        let ToCoord::QuotaAnswers(answers) = answer else {
-            panic!("not a quota answer")
-        };
+        let answers = rx.recv_timeout(Duration::from_secs(30)).unwrap();
         assert!(
             matches!(answers.as_slice(), [(0, FromCoordinator::Deny(d))] if d.key == QuotaKey(7)),
             "{answers:?}"

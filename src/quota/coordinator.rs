@@ -174,14 +174,14 @@ mod tests {
         let bad = RedisSettings {
             url: "http://x".into(),
             key_prefix: "p".into(),
-            io_timeout: crate::quota::remote::IO_TIMEOUT,
+            io_timeout: crate::quota::REDIS_IO_TIMEOUT,
         };
         let err = QuotaCoordinator::from_settings(2, &settings(QuotaBackend::Redis, Some(bad)), 0);
         assert_eq!(err.unwrap_err().key, "quota.redis_url");
         let ok = RedisSettings {
             url: "redis://127.0.0.1:1/0".into(),
             key_prefix: "p".into(),
-            io_timeout: crate::quota::remote::IO_TIMEOUT,
+            io_timeout: crate::quota::REDIS_IO_TIMEOUT,
         };
         let c = QuotaCoordinator::from_settings(2, &settings(QuotaBackend::Redis, Some(ok)), 0)
             .unwrap();

@@ -18,10 +18,12 @@
 //!
 //! # Outages
 //!
-//! Connects and commands time out after [`RedisSettings::io_timeout`] ([`IO_TIMEOUT`]). A
-//! failure marks the backend down; while down, no command is tried before the next reconnect
-//! attempt (with exponential backoff up to [`MAX_BACKOFF_MS`]), so a dead Redis costs the
-//! remote thread at most one timeout per attempt, and the coordination thread nothing. Meanwhile leases follow [`FailMode`]:
+//! Connects and commands time out after [`RedisSettings::io_timeout`]
+//! ([`REDIS_IO_TIMEOUT`](super::REDIS_IO_TIMEOUT)). A failure marks the backend down; while
+//! down, no command is tried before the next reconnect attempt (with exponential backoff up
+//! to [`MAX_BACKOFF_MS`], counted from the end of the failed attempt), so a dead or stalled
+//! Redis costs the remote thread at most one timeout per attempt, and the coordination
+//! thread nothing. Meanwhile leases follow [`FailMode`]:
 //!
 //! - `fail_open`: granted from this process's own window (a local coordinator): each process
 //!   then enforces the limit on its own, so N processes may admit up to N × L.
@@ -44,9 +46,6 @@ use super::{
     QuotaKey, ToCoordinator, WorkerId, SLOT_MS, SPAN_SLOTS,
 };
 
-/// Bound on one connect, and on one command's write and read (the default of
-/// [`RedisSettings::io_timeout`]).
-pub const IO_TIMEOUT: Duration = Duration::from_millis(200);
 /// First wait before reconnecting; doubles per failed attempt.
 pub const MIN_BACKOFF_MS: u64 = 100;
 /// Longest wait between reconnect attempts.
@@ -591,7 +590,7 @@ mod tests {
         RedisSettings {
             url: url.into(),
             key_prefix: "sg".into(),
-            io_timeout: IO_TIMEOUT,
+            io_timeout: crate::quota::REDIS_IO_TIMEOUT,
         }
     }
 
