@@ -197,6 +197,13 @@ pub struct Authenticator {
     keys: Vec<Key>,
 }
 
+/// Whether a route needs a verified token: `[auth]` is configured (`auth`) and the route
+/// does not opt out (`route_auth`, its `auth = true/false`; unset means yes). The data path
+/// and the control thread's protection diff ask the same question here.
+pub fn token_required(auth: Option<&Authenticator>, route_auth: Option<bool>) -> bool {
+    auth.is_some() && route_auth.unwrap_or(true)
+}
+
 impl Authenticator {
     /// Validates `raw`, resolving secrets and JWKS files relative to `base_dir`. Reports every
     /// problem at once.
