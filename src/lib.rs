@@ -4,7 +4,8 @@
 //!
 //! Modules in the order a request meets them:
 //!
-//! - [`config`]: raw TOML → validated → immutable `config::Snapshot` (control thread).
+//! - [`config`]: raw TOML → validated → immutable `config::Snapshot` (control thread), and
+//!   what a reload applies.
 //! - [`runtime`]: one pinned monoio worker per core, its listener, its inbox, drain on shutdown.
 //! - [`server`]: the per-connection loop on a worker: keep-alive, pipelining, limits, timeouts.
 //! - [`http`]: hand-framed HTTP/1.1 on httparse: head parsing, RFC 9112 framing checks, bodies.
@@ -17,13 +18,16 @@
 //! - [`proxy`]: upstream keep-alive pools, request forwarding, response relay (SSE-safe).
 //! - [`metrics`]: per-worker counters and latency histograms; their merge.
 //! - [`access_log`]: sampled JSON lines, buffered per worker, written by one thread.
-//! - [`control`]: the control thread: reload (settled-file watch, protection diff),
-//!   revocations, quota coordination.
+//! - [`control`]: the control-plane threads: control (reload with settled-file watch and
+//!   protection diff, revocations, weight edits), coordination (quota leases, breaker
+//!   decisions) and remote (the quota's Redis I/O).
+//! - [`inbox`]: the messages a worker's inbox carries and the fan-out handle to every worker.
 //! - [`admin`]: the admin HTTP listener (/metrics, /stats, /config, /reload, /healthz,
 //!   /readyz) on control-plane threads (one per connection, capped).
 //! - [`mock`]: an OpenAI-compatible mock model backend (demo, tests, loadtest).
 //! - [`demo`]: `shardgate demo`: mocks for `config/demo.toml`'s deployments, the printed commands.
 //! - [`error`]: the gateway error that every stage folds into.
+//! - [`config_types`]: the config types every stage shares (problems, secrets, upstreams).
 #![deny(unsafe_code)]
 
 pub mod access_log;
