@@ -494,3 +494,98 @@ fn bullets(lowered: &[Loss]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::RevokedKind;
+
+    const BASE: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+[[upstreams]]
+name = "up"
+endpoints = ["127.0.0.1:9000"]
+[[routes]]
+path = "/v1/*rest"
+upstream = "up"
+"#;
+    const AUTH: &str = r#"
+[auth]
+[[auth.keys]]
+kid = "k"
+alg = "HS256"
+secret = { value = "0123456789abcdef0123456789abcdef" }
+"#;
+
+    /// A config file in a fresh temp dir.
+    fn config_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sg-control-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gw.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A fake worker that says when a barrier arrives (`held`) and answers it only once
+    /// `release` says so.
+    fn held_worker(held: Sender<()>, release: Receiver<()>) -> (Sender<ToWorker>, JoinHandle<()>) {
+        let (tx, rx) = crossbeam_channel::unbounded::<ToWorker>();
+        let t = std::thread::spawn(move || {
+            while let Ok(m) = rx.recv() {
+                match m {
+                    ToWorker::Barrier(reply) => {
+                        let _ = held.send(());
+                        let _ = release.recv();
+                        let _ = reply.send(0);
+                    }
+                    ToWorker::Shutdown => return,
+                    _ => {}
+                }
+            }
+        });
+        (tx, t)
+    }
+
+    #[test]
+    fn the_starting_snapshot_is_the_first_reloads_baseline() {
+        let path = config_file("baseline", &format!("{BASE}{AUTH}"));
+        let snap = config::load(&path, 1).unwrap();
+        let control = Control::spawn(Start::new(path.clone(), snap, Workers::default())).unwrap();
+        assert!(lock_view(&control.view()).snapshot.is_some());
+        std::fs::write(&path, BASE).unwrap();
+        let r = control.reload_report().unwrap();
+        assert_eq!(r.generation, 2);
+        assert_eq!(r.lowered, [Loss::AuthRemoved]);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_revocation_waiting_for_a_worker_does_not_hold_up_a_reload() {
+        let path = config_file("revoke-reload", BASE);
+        let snap = config::load(&path, 1).unwrap();
+        let (release, released) = crossbeam_channel::unbounded();
+        let (held, holding) = crossbeam_channel::unbounded();
+        let (inbox, worker) = held_worker(held, released);
+        let workers = Workers::new(vec![inbox]);
+        let control = Control::spawn(Start::new(path.clone(), snap, workers.clone())).unwrap();
+        let tx = control.sender();
+        let r = Revoked::new(RevokedKind::Jti, "t-1", unix_now() + 60).unwrap();
+        let revoking = std::thread::spawn(move || revoke_via(&tx, r));
+        // The control thread has sent the revocation and its barrier, which the worker holds;
+        // it serves a reload anyway.
+        holding.recv().unwrap();
+        assert_eq!(control.reload().unwrap(), 2);
+        assert!(
+            !revoking.is_finished(),
+            "the revocation waits for the worker"
+        );
+        release.send(()).unwrap();
+        assert_eq!(revoking.join().unwrap(), Ok(()));
+        drop(control);
+        workers.broadcast(|| ToWorker::Shutdown);
+        worker.join().unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+}
