@@ -70,8 +70,8 @@ pub use decider::{
 pub use health::{HealthChecker, HealthTarget, HealthUpdate, HttpProber};
 pub use local::{Permit, RejectReason, Rejected, WorkerBreakers};
 
-/// An upstream endpoint (one address of one deployment), numbered densely from 0 by the engine
-/// so that every table here is a `Vec` indexed by it.
+/// An upstream endpoint (one address of one deployment), numbered densely from 0 by the
+/// endpoint table ([`table::Resilience`]) so that every table here is a `Vec` indexed by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct EndpointId(pub u32);
 

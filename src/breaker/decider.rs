@@ -12,8 +12,8 @@
 //!                                        └──────────────→ OPEN (trips + 1: longer interval)
 //! ```
 //!
-//! Every transition bumps the endpoint's epoch and yields one [`BreakerUpdate`] for the engine
-//! to broadcast. Reports carrying another epoch are stale (collected under an earlier state)
+//! Every transition bumps the endpoint's epoch and yields one [`BreakerUpdate`] for the
+//! coordination thread to send to every worker. Reports carrying another epoch are stale (collected under an earlier state)
 //! and are dropped.
 
 use std::time::{Duration, Instant};
