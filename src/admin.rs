@@ -64,9 +64,8 @@ use crossbeam_channel::Sender;
 use serde_json::{json, Value};
 
 use crate::config::ConfigProblem;
-use crate::control::coord::ToCoord;
 use crate::control::{self, SharedView, ToControl};
-use crate::inbox::{Workers, COLLECT_TIMEOUT};
+use crate::inbox::{ToCoord, Workers, COLLECT_TIMEOUT};
 use crate::metrics::merge::Merged;
 use config_view::{redacted_view, reload_coverage};
 use http::{Request, Response};

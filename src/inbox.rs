@@ -1,8 +1,9 @@
 //! The one boundary between the control plane and the workers: the messages a worker's
-//! inbox carries, and [`Workers`], the handle every control-plane thread (control,
-//! coordination, admin) sends through. Control-plane threads send owned values; a worker
-//! applies them between requests ([`crate::worker::Worker::apply`]). Nothing on a worker
-//! imports the control plane; the control plane imports only this.
+//! inbox carries ([`ToWorker`]), the messages workers send the coordination thread
+//! ([`ToCoord`]), and [`Workers`], the handle every control-plane thread (control,
+//! coordination, admin) sends to workers through. Both sides send owned values; a worker
+//! applies its messages between requests ([`crate::worker::Worker::apply`]). Nothing on a
+//! worker imports the control plane; the control plane reaches workers only through this.
 
 use std::fmt;
 use std::sync::Arc;
@@ -10,8 +11,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::breaker::table::Resilience;
+use crate::breaker::{BreakerReport, BreakerSnapshot};
 use crate::config::Snapshot;
 use crate::metrics::WorkerMetrics;
+use crate::quota::{FromCoordinator, ToCoordinator, WorkerId};
 
 /// How long a worker may take to answer a metrics collection.
 pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -23,7 +27,7 @@ pub enum ToWorker {
     /// Send a copy of the metrics back.
     Collect(Sender<WorkerMetrics>),
     /// A quota lease grant or denial from the coordinator.
-    Quota(crate::quota::FromCoordinator),
+    Quota(FromCoordinator),
     /// A revoked token id (or subject) to refuse from now on.
     Revoke(crate::auth::Revoked),
     /// A circuit breaker decision from the coordination thread.
@@ -35,6 +39,22 @@ pub enum ToWorker {
     Barrier(Sender<usize>),
     /// Drain and stop.
     Shutdown,
+}
+
+/// Messages to the coordination thread (`control::coord`), from workers, the engine, the
+/// admin API and the remote thread.
+pub enum ToCoord {
+    /// A worker's lease request, release or token charge.
+    Quota(ToCoordinator),
+    /// Answers of the quota coordinator on the remote thread, in the order it decided them.
+    QuotaAnswers(Vec<(WorkerId, FromCoordinator)>),
+    /// One worker's breaker outcomes for one endpoint.
+    Breaker(BreakerReport),
+    /// A reloaded snapshot's endpoint table and policies.
+    Resilience(Box<Resilience>),
+    /// Asks for every endpoint's breaker state (metrics, admin API).
+    BreakerSnapshot(Sender<BreakerSnapshot>),
+    Stop,
 }
 
 /// Every worker's inbox, in worker order: the fan-out handle of the control plane. Cloning

@@ -30,8 +30,8 @@ use crossbeam_channel::Sender;
 
 use crate::auth::{Revocations, Revoked};
 use crate::config::{DriverChoice, Snapshot};
-use crate::control::coord::{CoordThread, ToCoord};
-use crate::inbox::{Unconfirmed, Workers, COLLECT_TIMEOUT};
+use crate::control::coord::CoordThread;
+use crate::inbox::{ToCoord, Unconfirmed, Workers, COLLECT_TIMEOUT};
 use crate::metrics::{Driver, WorkerMetrics};
 use crate::worker::Links;
 

@@ -14,8 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::auth::Revocations;
 use crate::config::Snapshot;
-use crate::control::coord::ToCoord;
-use crate::inbox::ToWorker;
+use crate::inbox::{ToCoord, ToWorker};
 use crate::metrics::{Driver, WorkerMetrics};
 use crate::proxy::pool::Pools;
 use crate::quota::QuotaShard;

@@ -1,7 +1,7 @@
 //! The coordination thread: decisions that span cores, taken off the data path.
 //!
-//! Workers send it owned messages ([`ToCoord`]); it answers through their inboxes
-//! ([`Workers`]). It runs:
+//! Workers send it owned messages ([`ToCoord`], defined with the workers' own inbox messages
+//! in [`crate::inbox`]); it answers through their inboxes ([`Workers`]). It runs:
 //!
 //! - the quota coordinator ([`QuotaCoordinator`]: lease grants and returns). The local
 //!   backend runs here; the Redis backend runs on the [remote thread](super::remote), which
@@ -20,28 +20,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::remote::RemoteThread;
 use crate::breaker::coordinator::{BreakerCoordinator, EndpointUpdate};
 use crate::breaker::table::Resilience;
-use crate::breaker::{BreakerReport, BreakerSnapshot};
+pub use crate::inbox::ToCoord;
 use crate::inbox::{ToWorker, Workers};
-use crate::quota::{FromCoordinator, QuotaCoordinator, QuotaSettings, ToCoordinator, WorkerId};
+use crate::quota::{FromCoordinator, QuotaCoordinator, QuotaSettings, WorkerId};
 
 /// How often the coordination thread's periodic work (quota sweeps, breaker timers, health
 /// updates) runs when no message arrives. Breaker decisions wait at most this long to go out.
 pub const COORD_TICK: Duration = Duration::from_millis(10);
-
-/// Messages to the coordination thread, from workers, the engine, the admin API and the
-/// remote thread.
-pub enum ToCoord {
-    Quota(ToCoordinator),
-    /// Answers of the quota coordinator on the remote thread, in the order it decided them.
-    QuotaAnswers(Vec<(WorkerId, FromCoordinator)>),
-    /// One worker's breaker outcomes for one endpoint.
-    Breaker(BreakerReport),
-    /// A reloaded snapshot's endpoint table and policies.
-    Resilience(Box<Resilience>),
-    /// Asks for every endpoint's breaker state (metrics, admin API).
-    BreakerSnapshot(Sender<BreakerSnapshot>),
-    Stop,
-}
 
 /// The running coordination thread.
 pub struct CoordThread {
