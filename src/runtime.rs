@@ -2,8 +2,8 @@
 //! own monoio runtime, SO_REUSEPORT listener, snapshot copy, upstream pools and metrics.
 //!
 //! The engine owns the worker threads; the control plane talks to each worker only through
-//! its crossbeam inbox ([`ToWorker`]), all of them at once through [`Workers`]. A worker drains its inbox on a short timer tick, never
-//! inside the request path.
+//! its crossbeam inbox ([`ToWorker`]), to all of them through [`Workers`]. A worker drains its
+//! inbox on a short timer tick, never inside the request path.
 //!
 //! # Driver
 //!
@@ -45,9 +45,6 @@ pub const INBOX_TICK: Duration = Duration::from_millis(5);
 pub const URING_ENTRIES: u32 = 4096;
 /// Listen backlog per worker socket.
 pub const LISTEN_BACKLOG: i32 = 4096;
-
-/// How long [`Engine::revoke`] waits for every worker to apply a revocation.
-pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A running engine: the worker threads and their inboxes.
 pub struct Engine {
@@ -162,10 +159,11 @@ impl Engine {
     }
 
     /// Tells every worker to refuse a revoked token from now on (persisting it is the control
-    /// plane's job) and waits until each has applied it (at most [`REVOKE_TIMEOUT`]).
+    /// plane's job) and waits until each has applied it (at most
+    /// [`REVOKE_APPLY_TIMEOUT`](crate::control::REVOKE_APPLY_TIMEOUT)).
     pub fn revoke(&self, r: &Revoked) -> Result<(), Unconfirmed> {
         self.inboxes.broadcast(|| ToWorker::Revoke(r.clone()));
-        self.inboxes.barrier(REVOKE_TIMEOUT)
+        self.inboxes.barrier(crate::control::REVOKE_APPLY_TIMEOUT)
     }
 
     /// Collects a copy of every worker's metrics (waits up to [`COLLECT_TIMEOUT`]).
