@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use shardgate::quota::{
-    Coordinator, Decision, KeyKind, Limits, QuotaRule, QuotaShard, RuleId, ToCoordinator,
+    Decision, KeyKind, Limits, QuotaCoordinator, QuotaRule, QuotaShard, RuleId, ToCoordinator,
 };
 
 const NOW_MS: u64 = 100;
@@ -31,7 +31,7 @@ fn rule() -> QuotaRule {
 /// A shard holding a granted lease for every resident key.
 fn warmed_shard(rule: &QuotaRule) -> QuotaShard {
     let mut shard = QuotaShard::new(0);
-    let mut coord = Coordinator::new(1);
+    let mut coord = QuotaCoordinator::new(1);
     let (mut msgs, mut replies) = (Vec::<ToCoordinator>::new(), Vec::new());
     for i in 0..RESIDENT_KEYS {
         let key = rule.key_for(format!("subject-{i}").as_bytes());

@@ -9,6 +9,11 @@
 //! bounded channel. The worker never blocks: when the writer falls behind and the channel is
 //! full, the batch is dropped and counted (`dropped`), never waited for.
 //!
+//! A reload can move the log: a new `access_log.path` reaches the writer through its
+//! [`Retarget`] handle (the control thread holds it; the file is opened on the writer thread,
+//! and a path that cannot be opened is logged and the old target kept), and a new
+//! `sample_rate` reaches every worker with the snapshot ([`WorkerLog::set_sample_rate`]).
+//!
 //! A line carries: `ts` (Unix seconds, millisecond precision), `request_id`, `route`,
 //! `status` (0: closed without a response), `latency_us`, `upstream_us`, `bytes_in`,
 //! `bytes_out`, and `subject`, `model`, `tokens` (null until the auth and usage stages fill
@@ -41,29 +46,45 @@ pub struct Fields<'a> {
 /// The writer thread. Dropping it (after every [`WorkerLog`] is gone) flushes and joins.
 pub struct Writer {
     tx: Option<Sender<Vec<u8>>>,
+    retarget: Sender<AccessLogTarget>,
     thread: Option<JoinHandle<()>>,
+}
+
+type Output = Box<dyn std::io::Write + Send>;
+
+/// Opens `target` (a file is appended to, created if missing).
+fn open(target: &AccessLogTarget) -> std::io::Result<Output> {
+    Ok(match target {
+        AccessLogTarget::Stdout => Box::new(std::io::stdout()),
+        AccessLogTarget::File(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ),
+    })
 }
 
 impl Writer {
     /// Opens the target (a file is appended to) and starts the thread.
     pub fn start(settings: &AccessLogSettings) -> std::io::Result<Writer> {
-        let out: Box<dyn std::io::Write + Send> = match &settings.target {
-            AccessLogTarget::Stdout => Box::new(std::io::stdout()),
-            AccessLogTarget::File(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            ),
-        };
+        let out = open(&settings.target)?;
         let (tx, rx) = crossbeam_channel::bounded(CHANNEL_BATCHES);
+        let (retarget, targets) = crossbeam_channel::unbounded();
+        let target = settings.target.clone();
         let thread = std::thread::Builder::new()
             .name("shardgate-accesslog".into())
-            .spawn(move || write_loop(rx, out))?;
+            .spawn(move || write_loop(rx, targets, target, out))?;
         Ok(Writer {
             tx: Some(tx),
+            retarget,
             thread: Some(thread),
         })
+    }
+
+    /// The handle that moves this writer to another target (for the control thread).
+    pub fn retarget_handle(&self) -> Retarget {
+        Retarget(self.retarget.clone())
     }
 
     /// A buffer for one worker.
@@ -85,15 +106,61 @@ impl Drop for Writer {
     }
 }
 
-fn write_loop(rx: Receiver<Vec<u8>>, mut out: Box<dyn std::io::Write + Send>) {
+/// Moves the [`Writer`] to another target: lines written after it arrives go there.
+#[derive(Clone)]
+pub struct Retarget(Sender<AccessLogTarget>);
+
+impl Retarget {
+    /// Asks the writer to write to `target` from now on (it opens it on its own thread).
+    pub fn retarget(&self, target: AccessLogTarget) {
+        let _ = self.0.send(target);
+    }
+}
+
+fn write_loop(
+    rx: Receiver<Vec<u8>>,
+    targets: Receiver<AccessLogTarget>,
+    mut target: AccessLogTarget,
+    mut out: Output,
+) {
     // Ends when every sender (the workers' logs and the Writer) is gone.
-    for batch in rx {
-        if out.write_all(&batch).is_err() {
-            continue;
+    loop {
+        crossbeam_channel::select! {
+            recv(rx) -> batch => match batch {
+                Ok(batch) => {
+                    if out.write_all(&batch).is_ok() {
+                        let _ = out.flush();
+                    }
+                }
+                Err(_) => break,
+            },
+            recv(targets) -> new => if let Ok(new) = new {
+                if new != target {
+                    match open(&new) {
+                        Ok(o) => {
+                            let _ = out.flush();
+                            out = o;
+                            target = new;
+                        }
+                        Err(e) => eprintln!(
+                            "shardgate: access log: cannot open {} ({e}); still writing to {}",
+                            describe(&new),
+                            describe(&target)
+                        ),
+                    }
+                }
+            },
         }
-        let _ = out.flush();
     }
     let _ = out.flush();
+}
+
+/// `stdout` or the file's path, for a log line.
+fn describe(target: &AccessLogTarget) -> String {
+    match target {
+        AccessLogTarget::Stdout => "stdout".into(),
+        AccessLogTarget::File(p) => p.display().to_string(),
+    }
 }
 
 /// One worker's access log buffer (see the module docs).
@@ -109,22 +176,31 @@ pub struct WorkerLog {
     pub dropped: u64,
 }
 
+/// The draw below which a request is logged at `sample_rate`.
+fn threshold(sample_rate: f64) -> u64 {
+    if sample_rate >= 1.0 {
+        u64::MAX
+    } else {
+        (sample_rate.max(0.0) * u64::MAX as f64) as u64
+    }
+}
+
 impl WorkerLog {
     pub fn new(tx: Sender<Vec<u8>>, worker: usize, sample_rate: f64) -> WorkerLog {
-        let threshold = if sample_rate >= 1.0 {
-            u64::MAX
-        } else {
-            (sample_rate.max(0.0) * u64::MAX as f64) as u64
-        };
         WorkerLog {
             tx,
             buf: Vec::with_capacity(BATCH_BYTES),
             line: String::with_capacity(256),
-            threshold,
+            threshold: threshold(sample_rate),
             rng: 0x9E37_79B9_7F4A_7C15 ^ (worker as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9),
             last_flush: std::time::Instant::now(),
             dropped: 0,
         }
+    }
+
+    /// A reloaded `access_log.sample_rate`.
+    pub fn set_sample_rate(&mut self, sample_rate: f64) {
+        self.threshold = threshold(sample_rate);
     }
 
     /// Called on the worker's inbox tick: sends a partial batch after [`FLUSH_INTERVAL`].
@@ -307,6 +383,77 @@ mod tests {
             .map(|b| b.iter().filter(|&&c| c == b'\n').count())
             .sum();
         assert!((800..1200).contains(&lines), "{lines}");
+    }
+
+    #[test]
+    fn a_new_sample_rate_applies_to_the_next_request() {
+        let (tx, rx) = crossbeam_channel::bounded(CHANNEL_BATCHES);
+        let m = WorkerMetrics::new(0, Driver::Legacy);
+        let mut log = WorkerLog::new(tx, 0, 1.0);
+        let lines = |log: &mut WorkerLog| {
+            for _ in 0..100 {
+                log.record(&m, "id", &sample());
+            }
+            log.flush();
+            rx.try_iter()
+                .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+                .sum::<usize>()
+        };
+        assert_eq!(lines(&mut log), 100);
+        log.set_sample_rate(0.0);
+        assert_eq!(lines(&mut log), 0);
+        log.set_sample_rate(1.0);
+        assert_eq!(lines(&mut log), 100);
+    }
+
+    #[test]
+    fn the_writer_moves_to_a_new_file_and_keeps_the_old_one_when_it_cannot() {
+        let dir = std::env::temp_dir().join(format!("sg-access-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.jsonl"), dir.join("b.jsonl"));
+        let settings = AccessLogSettings {
+            target: AccessLogTarget::File(a.clone()),
+            sample_rate: 1.0,
+        };
+        let writer = Writer::start(&settings).unwrap();
+        let m = WorkerMetrics::new(0, Driver::Legacy);
+        let mut log = writer.worker_log(0, &settings).unwrap();
+        let lines = |p: &std::path::Path| {
+            std::fs::read_to_string(p)
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        };
+        // Each batch is written before the next message is taken: wait until it is there.
+        let wait = |p: &std::path::Path, n: usize| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while lines(p) < n && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert_eq!(lines(p), n, "{}", p.display());
+        };
+        log.record(&m, "one", &sample());
+        log.flush();
+        wait(&a, 1);
+        let handle = writer.retarget_handle();
+        handle.retarget(AccessLogTarget::File(b.clone()));
+        // A directory that does not exist: logged, and the writer stays on b.
+        handle.retarget(AccessLogTarget::File(dir.join("missing/c.jsonl")));
+        let mut n = 0;
+        while lines(&b) == 0 && n < 2000 {
+            log.record(&m, "two", &sample());
+            log.flush();
+            n += 1;
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(lines(&b) > 0, "the writer never moved to b");
+        let on_b = lines(&b);
+        log.record(&m, "three", &sample());
+        log.flush();
+        wait(&b, on_b + 1);
+        drop(log);
+        drop(writer);
+        assert!(!dir.join("missing").exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

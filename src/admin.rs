@@ -1,6 +1,7 @@
 //! The admin HTTP listener: its own control-plane thread, never on the data path.
 //!
 //! - [`http`]: the small blocking HTTP/1.1 reader/writer (and client) it runs on.
+//! - [`config_view`]: `/config`, the snapshot in force without secrets.
 //! - [`mutate`]: `/revoke` and `/routes/weights`.
 //! - [`prom`]: the Prometheus exposition.
 //! - [`stats`]: the `/stats` JSON and the `shardgate stats` table.
@@ -11,8 +12,8 @@
 //! |--------------------|--------|
 //! | `GET /metrics`     | Prometheus text 0.0.4 of every worker's merged metrics |
 //! | `GET /stats`       | JSON percentiles per route, since start and for the interval; `?reset=true` starts a new interval |
-//! | `GET /config`      | the config in force, secrets redacted |
-//! | `POST /reload`     | re-reads the config file: 200 `{"generation", "lowered_protection"}` (applied, with what it takes away: see `control::protection`), or 422 `{"problems": [{key, message}]}` |
+//! | `GET /config`      | the config in force, secrets redacted, and `reload`: which settings a reload applies, which need a restart, and which of those changed since start (`pending_restart`) |
+//! | `POST /reload`     | re-reads the config file: 200 `{"generation", "lowered_protection", "needs_restart"}` (applied, with what it takes away, see `control::protection`, and the changed settings it could not apply), or 422 `{"problems": [{key, message}]}` |
 //! | `POST /revoke`     | `{"jti"\|"sub", "expires_at"}`: persisted, then on every worker; 200 `{"revoked"}` once every worker has applied it, 400 naming the bad field, 500 if it cannot be persisted, 503 if a worker did not confirm in time |
 //! | `PUT /routes/weights` | `{"path", "models", "targets": [{model, version, weight}]}`: rewrites the config file (comments kept; validated first, atomically) and reloads; answers like `/reload`, or 400 if it names no such route/target or zeroes the route |
 //! | `GET /healthz`     | 200 while the process lives |
@@ -21,7 +22,9 @@
 //! `/admin/revoke` and `/admin/routes/weights` are aliases. Unknown paths get 404, a known path with another method 405 (with `Allow`), both JSON.
 //! With a token configured (`admin.token`), every endpoint but `/healthz` and `/readyz`
 //! (probes) needs `Authorization: Bearer <token>`; a missing or wrong one gets 401 JSON. The
-//! token is compared in constant time (HMAC tags under a per-process random key).
+//! token is the one of the config in force (the view's snapshot), read on every request, so
+//! a reload that changes it applies at once. It is compared in constant time (HMAC tags
+//! under a per-process random key).
 //!
 //! # Performance
 //!
@@ -36,12 +39,14 @@
 //! workers are never touched except through their inboxes (metrics are collected by asking
 //! each worker for a copy).
 //!
-//! The listener address and token are read at start; a reload does not move them.
+//! The listener address is bound at start; a reload that moves it needs a restart (see
+//! `config::snapshot::RESTART_ONLY`).
 // Control plane: the `/stats` interval baseline is shared by the connection threads behind a
 // Mutex (never touched by a worker).
 #![allow(clippy::disallowed_types)]
 
 pub mod breakers;
+pub mod config_view;
 pub mod http;
 pub mod mutate;
 pub mod prom;
@@ -58,17 +63,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use serde_json::{json, Value};
 
-use crate::config::{ConfigProblem, Snapshot};
+use crate::config::ConfigProblem;
 use crate::control::{self, SharedView, ToControl};
-use crate::inbox::ToWorker;
+use crate::inbox::{ToCoord, Workers, COLLECT_TIMEOUT};
 use crate::metrics::merge::Merged;
-use crate::metrics::WorkerMetrics;
+use config_view::{redacted_view, reload_coverage};
 use http::{Request, Response};
 
 /// The admin address of `config/demo.toml`, and `shardgate stats`' default.
 pub const DEMO_ADMIN: &str = "127.0.0.1:9901";
-/// How long a worker may take to answer a metrics collection.
-pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long `POST /reload` (and `/revoke`) waits for the control thread.
 pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most admin connections served at once (one thread each).
@@ -105,15 +108,14 @@ impl Default for AdminLimits {
 /// What the admin thread works with.
 pub struct AdminState {
     /// Every worker's inbox (metrics collection, readiness).
-    pub workers: Vec<Sender<ToWorker>>,
+    pub workers: Workers,
     /// The control thread, for `/reload` (`None`: 503).
     pub control: Option<Sender<ToControl>>,
-    /// The config in force and the last reload's outcome.
+    /// The config in force (its `admin.token` is the bearer token every endpoint but the
+    /// probes requires) and the last reload's outcome.
     pub view: SharedView,
-    /// Bearer token required on every endpoint but the probes.
-    pub token: Option<Vec<u8>>,
     /// The coordination thread, for breaker state (`None`: no breaker view).
-    pub breakers: Option<Sender<crate::control::coord::ToCoord>>,
+    pub breakers: Option<Sender<ToCoord>>,
 }
 
 /// A running admin listener. Dropping it stops the thread.
@@ -253,25 +255,13 @@ fn refuse_busy(mut s: TcpStream) {
     while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
 }
 
-/// Asks every worker for a copy of its metrics and waits (bounded) for the answers.
-pub fn collect(workers: &[Sender<ToWorker>]) -> Vec<WorkerMetrics> {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let asked = workers
-        .iter()
-        .filter(|w| w.send(ToWorker::Collect(tx.clone())).is_ok())
-        .count();
-    let deadline = Instant::now() + COLLECT_TIMEOUT;
-    (0..asked)
-        .map_while(|_| rx.recv_deadline(deadline).ok())
-        .collect()
-}
-
 /// The admin thread's state: the request handlers.
 struct Server {
     state: AdminState,
     draining: Arc<AtomicBool>,
-    /// HMAC key and the tag of the configured token, for constant-time comparison.
-    token: Option<(ring::hmac::Key, ring::hmac::Tag)>,
+    /// Per-process random HMAC key: a presented token and the configured one are compared
+    /// as tags under it, in constant time. `None`: no randomness was available.
+    hmac: Option<ring::hmac::Key>,
     started: Instant,
     /// The merge at the start of the current `/stats` interval (`None`: since start).
     interval: Mutex<Option<(Instant, Merged)>>,
@@ -280,29 +270,19 @@ struct Server {
 impl Server {
     fn new(state: AdminState, draining: Arc<AtomicBool>) -> Server {
         let rng = ring::rand::SystemRandom::new();
-        let token = state.token.as_ref().and_then(|t| {
-            let key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).ok()?;
-            let tag = ring::hmac::sign(&key, t);
-            Some((key, tag))
-        });
         Server {
-            token: if state.token.is_some() && token.is_none() {
-                // No randomness: refuse everything rather than compare in variable time.
-                Some((
-                    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"unavailable"),
-                    ring::hmac::sign(
-                        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"x"),
-                        b"never",
-                    ),
-                ))
-            } else {
-                token
-            },
+            hmac: ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).ok(),
             state,
             draining,
             started: Instant::now(),
             interval: Mutex::new(None),
         }
+    }
+
+    /// The bearer token of the config in force, if it sets one.
+    fn token(&self) -> Option<Vec<u8>> {
+        let v = control::lock_view(&self.state.view);
+        v.snapshot.as_ref()?.admin.as_ref()?.token.clone()
     }
 
     fn serve(&self, mut s: TcpStream, deadline: Duration) {
@@ -325,14 +305,19 @@ impl Server {
     }
 
     fn authorized(&self, req: &Request) -> bool {
-        let Some((key, tag)) = &self.token else {
+        let Some(token) = self.token() else {
             return true;
+        };
+        // No randomness: refuse everything rather than compare in variable time.
+        let Some(key) = &self.hmac else {
+            return false;
         };
         let presented = req
             .authorization
             .as_deref()
             .and_then(|v| v.strip_prefix(b"Bearer ".as_slice()))
             .unwrap_or(b"");
+        let tag = ring::hmac::sign(key, &token);
         ring::hmac::verify(key, presented, tag.as_ref()).is_ok()
     }
 
@@ -385,7 +370,7 @@ impl Server {
     }
 
     fn metrics(&self) -> Response {
-        let merged = Merged::from_workers(collect(&self.state.workers));
+        let merged = Merged::from_workers(self.state.workers.collect(COLLECT_TIMEOUT));
         let reload = control::lock_view(&self.state.view).status.clone();
         let mut text = prom::render(
             &merged,
@@ -408,7 +393,7 @@ impl Server {
 
     fn stats(&self, query: &str) -> Response {
         let now = Instant::now();
-        let merged = Merged::from_workers(collect(&self.state.workers));
+        let merged = Merged::from_workers(self.state.workers.collect(COLLECT_TIMEOUT));
         // Held across the merge so two concurrent `?reset=true` calls cut clean intervals.
         let mut base = self.interval.lock().unwrap_or_else(|p| p.into_inner());
         let (since, interval) = match &*base {
@@ -438,6 +423,7 @@ impl Server {
                 "last_reload_error": v.status.last_error,
                 "reloads_refused": v.status.refused,
                 "last_reload_refused": v.status.last_refused,
+                "reload": reload_coverage(&v.status),
                 "snapshot": snapshot,
             }),
         )
@@ -456,7 +442,7 @@ impl Server {
         let running = if draining {
             0
         } else {
-            collect(&self.state.workers).len()
+            self.state.workers.collect(COLLECT_TIMEOUT).len()
         };
         let expected = self.state.workers.len();
         let ready = !draining && loaded && running == expected;
@@ -474,28 +460,36 @@ impl Server {
 }
 
 /// Asks the control thread behind `tx` to reload, waiting at most [`RELOAD_TIMEOUT`]: 200
-/// `{"generation", "lowered_protection": [{key, message}]}` (what the applied config takes
-/// away, logged as a warning too; usually empty), 422 with the problems, or 503.
+/// [`reloaded`], 422 with the problems, or 503.
 fn reload_with(tx: &Sender<ToControl>) -> Response {
     let (reply, rx) = crossbeam_channel::bounded(1);
     if tx.send(ToControl::Reload(Some(reply))).is_err() {
         return Response::error(503, "unavailable", "the control thread has stopped");
     }
     match rx.recv_timeout(RELOAD_TIMEOUT) {
-        Ok(Ok(r)) => {
-            let lowered: Vec<Value> = r
-                .lowered
-                .iter()
-                .map(|l| json!({"key": l.key(), "message": l.to_string()}))
-                .collect();
-            Response::json(
-                200,
-                &json!({"generation": r.generation, "lowered_protection": lowered}),
-            )
-        }
+        Ok(Ok(r)) => reloaded(&r),
         Ok(Err(e)) => invalid_config(&e.file, &e.problems),
         Err(_) => Response::error(503, "unavailable", "the control thread did not answer"),
     }
+}
+
+/// 200 `{"generation", "lowered_protection": [{key, message}], "needs_restart": [key]}`:
+/// what the applied config takes away (logged as a warning too; usually empty), and the
+/// settings it changes that only a restart applies (logged too).
+fn reloaded(r: &control::Reloaded) -> Response {
+    let lowered: Vec<Value> = r
+        .lowered
+        .iter()
+        .map(|l| json!({"key": l.key(), "message": l.to_string()}))
+        .collect();
+    Response::json(
+        200,
+        &json!({
+            "generation": r.generation,
+            "lowered_protection": lowered,
+            "needs_restart": r.needs_restart,
+        }),
+    )
 }
 
 /// 422 `{"error": "invalid_config", "file", "problems": [{key, message}]}`.
@@ -510,230 +504,61 @@ fn invalid_config(file: &Path, problems: &[ConfigProblem]) -> Response {
     )
 }
 
-/// The snapshot as the admin API shows it: everything an operator needs to see, and no
-/// secret (upstream keys and the admin token only say whether they are set).
-pub fn redacted_view(s: &Snapshot) -> Value {
-    let upstreams: Vec<Value> = s
-        .upstreams
-        .iter()
-        .map(|u| {
-            json!({
-                "name": u.name,
-                "endpoints": u.endpoints.iter().map(|e| json!({"addr": e.addr.to_string(), "host": e.host})).collect::<Vec<_>>(),
-                "connect_timeout_ms": u.connect_timeout.as_millis() as u64,
-                "first_byte_timeout_ms": u.first_byte_timeout.as_millis() as u64,
-                "idle_timeout_ms": u.idle_timeout.as_millis() as u64,
-                "pool_max_idle": u.pool_max_idle,
-                "pool_idle_timeout_ms": u.pool_idle_timeout.as_millis() as u64,
-                "pool_max_requests": u.pool_max_requests,
-                "api_key": if u.auth_line.is_some() { "(redacted)" } else { "(none)" },
-            })
-        })
-        .collect();
-    let routes: Vec<Value> = s
-        .router
-        .routes()
-        .iter()
-        .map(|r| {
-            let target = match r.target() {
-                crate::route::RouteTarget::Upstream(i) => {
-                    json!({"upstream": s.upstreams.get(*i).map(|u| u.name.as_str())})
-                }
-                crate::route::RouteTarget::Split(split) => split_view(s, split),
-            };
-            json!({
-                "route": crate::metrics::route_label(r),
-                "models": r.models().iter().map(|m| m.to_string()).collect::<Vec<_>>(),
-                "auth": r.auth(),
-                "scope": r.scope(),
-                "target": target,
-            })
-        })
-        .collect();
-    let l = &s.limits;
-    json!({
-        "generation": s.generation,
-        "server": {
-            "listen": s.server.listen.to_string(),
-            "workers": s.server.cores.len(),
-            "cores": s.server.cores,
-            "driver": format!("{:?}", s.server.driver).to_lowercase(),
-            "drain_timeout_ms": s.server.drain_timeout.as_millis() as u64,
-        },
-        "limits": {
-            "max_header_bytes": l.max_header_bytes,
-            "max_request_line": l.max_request_line,
-            "max_headers": l.max_headers,
-            "max_body_bytes": l.max_body_bytes,
-            "header_read_timeout_ms": l.header_read_timeout.as_millis() as u64,
-            "body_idle_timeout_ms": l.body_idle_timeout.as_millis() as u64,
-            "body_read_timeout_ms": l.body_read_timeout.as_millis() as u64,
-            "min_body_rate_bytes_per_s": l.min_body_rate,
-            "body_rate_grace_ms": l.body_rate_grace.as_millis() as u64,
-            "max_streaming_uploads": l.max_streaming_uploads,
-            "keepalive_idle_timeout_ms": l.keepalive_idle_timeout.as_millis() as u64,
-            "max_connections_per_worker": l.max_connections_per_worker,
-        },
-        "upstreams": upstreams,
-        "routes": routes,
-        "admin": s.admin.as_ref().map(|a| json!({
-            "listen": a.listen.to_string(),
-            "token": if a.token.is_some() { "(redacted)" } else { "(none)" },
-        })),
-        "metrics": {"per_route": s.metrics.per_route},
-        "access_log": s.access_log.as_ref().map(|a| json!({
-            "path": match &a.target {
-                crate::config::AccessLogTarget::Stdout => "stdout".to_string(),
-                crate::config::AccessLogTarget::File(p) => p.display().to_string(),
-            },
-            "sample_rate": a.sample_rate,
-        })),
-    })
-}
-
-/// A split as configured (`targets`/`fallbacks` with the operator's weights), and what it
-/// resolved to: each deployment's share of its group's traffic, in percent.
-fn split_view(s: &Snapshot, split: &crate::route::Split) -> Value {
-    let written = |ts: &[crate::route::RawTarget]| -> Vec<Value> {
-        ts.iter()
-            .map(|t| json!({"model": t.model, "version": t.version, "weight": t.weight}))
-            .collect()
-    };
-    let resolved = |ts: &[crate::route::Target]| -> Vec<Value> {
-        let total: u64 = ts.iter().map(|t| t.weight.get()).sum();
-        ts.iter()
-            .map(|t| {
-                let d = s.router.deployment(t.deployment);
-                let share = if total == 0 {
-                    0.0
-                } else {
-                    (t.weight.get() as f64 * 10_000.0 / total as f64).round() / 100.0
-                };
-                json!({"deployment": d.model(), "version": d.version_str(), "share_percent": share})
-            })
-            .collect()
-    };
-    let c = split.configured();
-    json!({
-        "targets": written(&c.targets),
-        "fallbacks": written(&c.fallbacks),
-        "resolved": resolved(split.targets()),
-        "resolved_fallbacks": resolved(split.fallbacks()),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
-    #[test]
-    fn config_view_never_shows_secrets() {
-        let text = r#"
-[server]
-listen = "127.0.0.1:0"
-workers = 1
-[[upstreams]]
-name = "mock"
-endpoints = ["127.0.0.1:9000"]
-api_key = { value = "sk-upstream-SECRET" }
-[[routes]]
-path = "/v1/*rest"
-upstream = "mock"
-[admin]
-listen = "127.0.0.1:0"
-token = { value = "admin-SECRET-0123456789" }
-"#;
-        let s = crate::config::from_str(text, Path::new("."), 1).unwrap();
-        let shown = redacted_view(&s).to_string();
-        assert!(!shown.contains("SECRET"), "{shown}");
-        assert!(shown.contains("(redacted)"));
-        assert!(shown.contains("/v1/*"));
+    /// A snapshot whose `[admin]` has `token` (none: no token).
+    fn snapshot(token: Option<&str>) -> crate::config::Snapshot {
+        let token = token.map_or(String::new(), |t| {
+            format!("token = {{ value = \"{t}\" }}\n")
+        });
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n{token}"
+        );
+        crate::config::from_str(&text, std::path::Path::new("."), 1).unwrap()
     }
 
     #[test]
-    fn config_view_shows_split_weights_as_configured() {
-        let text = r#"
-[server]
-listen = "127.0.0.1:0"
-workers = 1
-[[deployments]]
-model = "a"
-version = "1.0.0"
-endpoints = ["127.0.0.1:9001"]
-[[deployments]]
-model = "b"
-version = "1.0.0"
-endpoints = ["127.0.0.1:9002"]
-[[deployments]]
-model = "b"
-version = "1.1.0"
-endpoints = ["127.0.0.1:9003"]
-[[routes]]
-path = "/one"
-targets = [{ model = "a", weight = 80 }, { model = "b", version = "^1", weight = 20 }]
-fallbacks = [{ model = "b", version = "=1.0.0", weight = 3 }]
-[[routes]]
-path = "/all"
-all_matching_versions = true
-targets = [{ model = "a", weight = 1 }, { model = "b", weight = 1 }]
-"#;
-        let s = crate::config::from_str(text, Path::new("."), 1).unwrap();
-        let v = redacted_view(&s);
-        let one = &v["routes"][0]["target"];
-        assert_eq!(
-            one["targets"],
-            json!([
-                {"model": "a", "version": "*", "weight": 80},
-                {"model": "b", "version": "^1", "weight": 20},
-            ]),
-            "{v}"
+    fn the_token_is_the_one_of_the_config_in_force() {
+        let view = SharedView::default();
+        let s = Server::new(
+            AdminState {
+                workers: Workers::default(),
+                control: None,
+                view: view.clone(),
+                breakers: None,
+            },
+            Arc::default(),
         );
-        assert_eq!(
-            one["fallbacks"],
-            json!([{"model": "b", "version": "=1.0.0", "weight": 3}])
-        );
-        assert_eq!(
-            one["resolved"],
-            json!([
-                {"deployment": "a", "version": "1.0.0", "share_percent": 80.0},
-                {"deployment": "b", "version": "1.1.0", "share_percent": 20.0},
-            ])
-        );
-        // Every matching version shares its entry's weight.
-        let all = &v["routes"][1]["target"];
-        assert_eq!(all["targets"][1]["weight"], 1);
-        let shares: Vec<f64> = all["resolved"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["share_percent"].as_f64().unwrap())
-            .collect();
-        assert_eq!(shares, [50.0, 25.0, 25.0], "{all}");
-        assert!(!v.to_string().contains("720720"), "{v}");
-    }
-
-    #[test]
-    fn token_comparison() {
-        let state = |token: Option<&str>| AdminState {
-            workers: vec![],
-            control: None,
-            view: SharedView::default(),
-            token: token.map(|t| t.as_bytes().to_vec()),
-            breakers: None,
-        };
         let req = |auth: Option<&str>| Request {
             method: "GET".into(),
             path: "/metrics".into(),
             authorization: auth.map(|a| a.as_bytes().to_vec()),
             ..Default::default()
         };
-        let s = Server::new(state(Some("t0ken")), Arc::default());
-        assert!(s.authorized(&req(Some("Bearer t0ken"))));
-        assert!(!s.authorized(&req(Some("Bearer t0ke"))));
-        assert!(!s.authorized(&req(Some("t0ken"))));
-        assert!(!s.authorized(&req(None)));
-        let open = Server::new(state(None), Arc::default());
-        assert!(open.authorized(&req(None)));
+        let set = |token: Option<&str>| {
+            control::lock_view(&view).snapshot = Some(snapshot(token));
+        };
+        set(Some("t0ken-0123456789"));
+        assert!(s.authorized(&req(Some("Bearer t0ken-0123456789"))));
+        for wrong in [
+            Some("Bearer t0ken-012345678"),
+            Some("Bearer t0ken-01234567890"),
+            Some("Bearer T0KEN-0123456789"),
+            Some("t0ken-0123456789"),
+            Some("bearer t0ken-0123456789"),
+            Some("Bearer "),
+            None,
+        ] {
+            assert!(!s.authorized(&req(wrong)), "{wrong:?}");
+        }
+        // A reload changes the token: the old one stops working at once.
+        set(Some("another-token-abcdef"));
+        assert!(!s.authorized(&req(Some("Bearer t0ken-0123456789"))));
+        assert!(s.authorized(&req(Some("Bearer another-token-abcdef"))));
+        // A config without a token (a loopback admin) needs none.
+        set(None);
+        assert!(s.authorized(&req(None)));
     }
 }

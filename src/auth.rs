@@ -45,7 +45,7 @@ pub use key::{Alg, Jwk};
 pub use revocation::{RevocationLog, Revocations, Revoked, RevokedKind};
 pub use token::Scratch;
 
-use crate::config::ConfigProblem;
+use crate::config_types::ConfigProblem;
 use config::Key;
 
 /// Spaces tolerated between the scheme and the token, for the early size bound.
@@ -195,6 +195,13 @@ pub struct Authenticator {
     mapped_separators: Vec<Box<str>>,
     revocation_file: Option<PathBuf>,
     keys: Vec<Key>,
+}
+
+/// Whether a route needs a verified token: `[auth]` is configured (`auth`) and the route
+/// does not opt out (`route_auth`, its `auth = true/false`; unset means yes). The data path
+/// and the control thread's protection diff ask the same question here.
+pub fn token_required(auth: Option<&Authenticator>, route_auth: Option<bool>) -> bool {
+    auth.is_some() && route_auth.unwrap_or(true)
 }
 
 impl Authenticator {

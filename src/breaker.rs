@@ -2,41 +2,46 @@
 //!
 //! # What this module owns
 //!
-//! - [`WorkerBreakers`] (one per worker, data path): the worker's local view of every
+//! - [`table`]: the endpoint table of one snapshot ([`table::Resilience`]): endpoint ids and
+//!   the validated policies of every upstream.
+//! - [`local`] (one per worker, data path): [`WorkerBreakers`], the worker's view of every
 //!   endpoint's breaker. [`WorkerBreakers::allow`] answers `Ok(Permit)` or `Err(Rejected)` in
 //!   O(1) without allocating; [`WorkerBreakers::record`] folds the attempt's [`Outcome`] into a
-//!   pending [`BreakerReport`]; [`WorkerBreakers::drain_reports`] hands the batch to the engine
-//!   for the control inbox; [`WorkerBreakers::apply`] takes the decider's [`BreakerUpdate`].
-//! - [`BreakerDecider`] (control thread): the authority. It runs the CLOSED → OPEN →
+//!   pending [`BreakerReport`]; [`WorkerBreakers::drain_reports`] hands the batch to the worker
+//!   for the coordination thread; [`WorkerBreakers::apply`] takes the decider's
+//!   [`BreakerUpdate`]. [`local::WorkerResilience`] pairs it with the retry budgets and is
+//!   what the proxy asks.
+//! - [`BreakerDecider`] (coordination thread): the authority. It runs the CLOSED → OPEN →
 //!   HALF_OPEN state machine per endpoint over the reports of all workers and emits
-//!   [`BreakerUpdate`]s that the engine broadcasts to every worker, so all cores open and close
-//!   together. Breakers are shared by decision, not by lock.
+//!   [`BreakerUpdate`]s that the coordination thread sends to every worker, so all cores open
+//!   and close together. Breakers are shared by decision, not by lock.
+//! - [`coordinator`]: [`coordinator::BreakerCoordinator`], the decider and the health thread
+//!   on the coordination thread; it returns [`coordinator::EndpointUpdate`]s and sends
+//!   nothing itself.
 //! - [`RetryBudget`] (one per worker, data path): caps retries at a ratio of recent requests.
 //! - [`health`]: active HTTP GET probes from a dedicated thread, producing [`HealthUpdate`]s.
 //! - [`config`]: the raw TOML (`breaker = {..}`, `health_check = {..}`, `retry = {..}`) and the
 //!   validated, `Copy` policies.
-//! - [`engine`]: the wiring: endpoint ids and policies per snapshot, the worker's breakers and
-//!   retry budgets, the coordination thread's decider and health thread.
 //!
 //! # Flow
 //!
 //! ```text
 //! worker:  allow(ep, now) ─ Ok(permit) ─→ upstream attempt ─→ record(permit, outcome, now)
-//!          drain_reports(&mut buf) ── BreakerReport ──→ control inbox
-//! control: decider.ingest(&report, now, &mut updates); decider.tick(now, &mut updates)
-//!          every BreakerUpdate ──→ every worker inbox ──→ workers.apply(&update)
-//! health:  HealthChecker thread ── HealthUpdate ──→ every worker ──→ workers.apply_health(..)
+//!          drain_reports(&mut buf) ── BreakerReport ──→ coordination thread's inbox
+//! coord:   breakers.ingest(&report, now); breakers.tick(now, &mut updates)
+//!          every EndpointUpdate ──→ every worker inbox ──→ workers.apply(&update)
+//! health:  HealthChecker thread ── HealthUpdate ──→ coord ──→ every worker ──→ apply_health
 //! ```
 //!
-//! The control thread ticks the decider every few ms (up to ~100 ms); workers drain reports on
-//! their inbox tick. A (re)started worker is brought up to date with
+//! The coordination thread ticks the decider every few ms (up to ~100 ms); workers drain
+//! reports on their inbox tick. A (re)started worker is brought up to date with
 //! [`BreakerDecider::current`] for each endpoint. On config reload both sides take the new
 //! policies with `set_policies` (ids must stay stable), and the health thread is restarted
 //! with the new targets.
 //!
 //! # Error handling
 //!
-//! [`Rejected`] means "do not touch this endpoint now": the engine tries another endpoint of
+//! [`Rejected`] means "do not touch this endpoint now": the proxy tries another endpoint of
 //! the deployment (fallback) or answers `503 Service Unavailable` with `Retry-After` taken
 //! from [`Rejected::retry_after`] (rounded up to whole seconds).
 //!
@@ -44,15 +49,16 @@
 //!
 //! Per request the worker does two indexed `Vec` lookups (`allow`, `record`), no allocation,
 //! no lock, no atomic. Reports are per-endpoint counters batched between drains, so the
-//! control inbox carries at most one report per endpoint per worker per drain.
+//! coordination thread's inbox carries at most one report per endpoint per worker per drain.
 
 pub mod budget;
 pub mod config;
+pub mod coordinator;
 pub mod decider;
-pub mod engine;
 pub mod health;
+pub mod local;
+pub mod table;
 mod window;
-pub mod worker;
 
 use std::time::Instant;
 
@@ -62,10 +68,10 @@ pub use decider::{
     BreakerDecider, BreakerSnapshot, EndpointSnapshot, StateKind, Transition, TripCause,
 };
 pub use health::{HealthChecker, HealthTarget, HealthUpdate, HttpProber};
-pub use worker::{Permit, RejectReason, Rejected, WorkerBreakers};
+pub use local::{Permit, RejectReason, Rejected, WorkerBreakers};
 
-/// An upstream endpoint (one address of one deployment), numbered densely from 0 by the engine
-/// so that every table here is a `Vec` indexed by it.
+/// An upstream endpoint (one address of one deployment), numbered densely from 0 by the
+/// endpoint table ([`table::Resilience`]) so that every table here is a `Vec` indexed by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct EndpointId(pub u32);
 

@@ -1,15 +1,18 @@
 //! The control thread: config reload (file watch, SIGHUP, admin), distributing snapshots,
-//! revocations.
+//! revocations, route weight edits. It owns the config file and the revocation file.
 //!
 //! It is never on the data path. It owns the config generation counter, builds and validates
-//! new snapshots, and sends each worker its own copy. A config that fails validation changes
-//! nothing: the problems are logged and kept for the admin API, and a failure counter grows.
+//! new snapshots, and sends each worker its own copy through [`Workers`]. A config that fails
+//! validation changes nothing: the problems are logged and kept for the admin API, and a
+//! failure counter grows.
 //!
 //! - [`watch`]: has the config file changed, and has it settled (stable identity and content
 //!   across a settle interval)?
 //! - [`protection`]: what a new config would take away from the protection in force.
 //! - [`revoke`]: revocations, persisted and confirmed by every worker before the reply.
+//! - [`weights`]: `PUT /routes/weights`, rewriting the config file and reloading it.
 //! - [`coord`]: the coordination thread (quota leases, breakers).
+//! - [`remote`]: the thread that does the quota's Redis I/O for the coordination thread.
 //!
 //! # Reload
 //!
@@ -20,41 +23,54 @@
 //! - **Explicit** (`SIGHUP`, `POST /reload`): the file is read and applied now; a lowering
 //!   config is applied, logged loudly, and reported back ([`Reloaded::lowered`]).
 //!
-//! The baseline for the protection diff is the snapshot in the shared view (published at
-//! start by [`Control::publish_initial`], then every applied reload).
+//! The baseline for the protection diff is the snapshot in force: the one the engine started
+//! with ([`Start::snapshot`]), then every applied reload.
+//!
+//! What a reload applies and what needs a restart is listed in
+//! [`config::snapshot::RELOAD_APPLIES`] and [`config::snapshot::RESTART_ONLY`]. A reload that
+//! changes a restart-only setting still applies everything else; the settings it could not
+//! apply are logged, kept in [`ReloadStatus::pending_restart`] and named in
+//! [`Reloaded::needs_restart`]. The admin token is read by the admin thread from the snapshot
+//! in force on every request; a new access log path reaches the writer thread, a new sample
+//! rate every worker.
 // Control plane: the view shared with the admin thread is behind a Mutex (never touched by
 // a worker).
 #![allow(clippy::disallowed_types)]
 
 pub mod coord;
 pub mod protection;
+pub mod remote;
 pub mod revoke;
 pub mod watch;
+pub mod weights;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::access_log::Retarget;
 use crate::auth::{RevocationLog, Revoked};
-use crate::config::{self, ConfigError, ConfigProblem, Snapshot};
-use crate::inbox::ToWorker;
+use crate::config::{self, AccessLogTarget, ConfigError, ConfigProblem, Snapshot};
+use crate::inbox::{Barrier, ToWorker, Workers};
 use crate::time::unix_now;
 pub use protection::Loss;
-pub use revoke::RevokeError;
+pub use revoke::{revoke_via, RevokeError, REVOKE_APPLY_TIMEOUT};
 use watch::{FileWatch, Poll};
 pub use watch::{WatchSettings, SETTLE_INTERVAL, WATCH_INTERVAL};
+pub use weights::{WeightsBody, WeightsError};
 
 /// Requests to the control thread.
 pub enum ToControl {
     /// Re-read the config file now (SIGHUP, admin reload). The reply says what happened.
     Reload(Option<Sender<Result<Reloaded, ConfigError>>>),
-    /// Revoke a token id or subject: persist it, tell every worker, and answer once every
-    /// worker has applied it.
-    Revoke(Revoked, Sender<Result<(), RevokeError>>),
+    /// Revoke a token id or subject: persist it and tell every worker. The reply is the
+    /// barrier to wait on until every worker has applied it ([`revoke_via`] waits).
+    Revoke(Revoked, Sender<Result<Barrier, RevokeError>>),
+    /// Rewrite route weights in the config file, then reload it.
+    SetWeights(WeightsBody, Sender<Result<Reloaded, WeightsError>>),
     Stop,
 }
 
@@ -64,6 +80,9 @@ pub struct Reloaded {
     pub generation: u64,
     /// What the applied config lowered (only an explicit reload applies such a config).
     pub lowered: Vec<Loss>,
+    /// Settings of the new config that differ from what the process runs with and that only
+    /// a restart applies (see [`config::snapshot::RESTART_ONLY`]).
+    pub needs_restart: Vec<&'static str>,
 }
 
 /// Result of the last reload attempt, for the admin API.
@@ -78,6 +97,8 @@ pub struct ReloadStatus {
     pub last_refused: Option<String>,
     /// Explicit reloads applied although they lowered protection.
     pub lowering_applied: u64,
+    /// Settings of the config in force that the process does not run with until a restart.
+    pub pending_restart: Vec<&'static str>,
 }
 
 /// What the admin API reads about the control thread: the snapshot in force and the outcome
@@ -86,8 +107,6 @@ pub struct ReloadStatus {
 pub struct ControlView {
     pub status: ReloadStatus,
     pub snapshot: Option<Snapshot>,
-    /// The config file the control thread reloads from (the admin API edits it in place).
-    pub config_path: Option<PathBuf>,
 }
 
 /// A [`ControlView`] shared between the control thread and the admin thread.
@@ -98,6 +117,50 @@ pub fn lock_view(view: &SharedView) -> std::sync::MutexGuard<'_, ControlView> {
     view.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What the control thread starts with ([`Start::new`] for the usual case).
+pub struct Start {
+    /// The config file it reloads from (and rewrites for `PUT /routes/weights`).
+    pub path: PathBuf,
+    /// The snapshot the engine started on: the baseline of the first reload's protection
+    /// diff, and of the settings that need a restart.
+    pub snapshot: Snapshot,
+    /// Every worker's inbox.
+    pub workers: Workers,
+    /// The revocation file, opened before the engine started ([`open_revocations`]); its
+    /// entries are part of every worker's initial state.
+    pub revocations: Option<RevocationLog>,
+    /// The access log writer, pointed at a new file when a reload changes the path.
+    pub access_log: Option<Retarget>,
+    /// The file watch's poll and settle intervals (tests shorten them).
+    pub watch: WatchSettings,
+}
+
+impl Start {
+    /// No revocation file, no access log, the default file watch.
+    pub fn new(path: PathBuf, snapshot: Snapshot, workers: Workers) -> Start {
+        Start {
+            path,
+            snapshot,
+            workers,
+            revocations: None,
+            access_log: None,
+            watch: WatchSettings::default(),
+        }
+    }
+}
+
+/// Opens the revocation file `snapshot` names (`auth.revocation_file`), if any, dropping
+/// expired entries. Done before the engine starts, so its entries are in force on every
+/// worker from the first request.
+pub fn open_revocations(snapshot: &Snapshot) -> std::io::Result<Option<RevocationLog>> {
+    let Some(file) = snapshot.auth.as_ref().and_then(|a| a.revocation_file()) else {
+        return Ok(None);
+    };
+    RevocationLog::open(file, unix_now())
+        .map(Some)
+        .map_err(|e| std::io::Error::other(format!("revocation file {}: {e}", file.display())))
+}
+
 pub struct Control {
     tx: Sender<ToControl>,
     thread: Option<JoinHandle<()>>,
@@ -105,70 +168,34 @@ pub struct Control {
 }
 
 impl Control {
-    /// Starts the control thread for a gateway loaded from `path` at `generation`.
-    /// `revocation_file`: where revocations persist (loaded now and sent to every worker).
-    pub fn spawn(
-        path: PathBuf,
-        generation: u64,
-        workers: Vec<Sender<ToWorker>>,
-        revocation_file: Option<PathBuf>,
-    ) -> std::io::Result<Control> {
-        Self::spawn_with(
-            path,
+    /// Starts the control thread. The view holds `start.snapshot` from the start.
+    pub fn spawn(start: Start) -> std::io::Result<Control> {
+        let generation = start.snapshot.generation;
+        let status = ReloadStatus {
             generation,
-            workers,
-            revocation_file,
-            WatchSettings::default(),
-        )
-    }
-
-    /// [`Control::spawn`] with the file watch's poll and settle intervals (tests shorten
-    /// them).
-    pub fn spawn_with(
-        path: PathBuf,
-        generation: u64,
-        workers: Vec<Sender<ToWorker>>,
-        revocation_file: Option<PathBuf>,
-        watch: WatchSettings,
-    ) -> std::io::Result<Control> {
-        let log = match revocation_file {
-            Some(f) => Some(RevocationLog::open(&f, unix_now()).map_err(|e| {
-                std::io::Error::other(format!("revocation file {}: {e}", f.display()))
-            })?),
-            None => None,
+            ..Default::default()
         };
-        if let Some(log) = &log {
-            for r in log.entries() {
-                for w in &workers {
-                    let _ = w.send(ToWorker::Revoke(r.clone()));
-                }
-            }
-            if let Err(e) = revoke::barrier(&workers, revoke::REVOKE_APPLY_TIMEOUT) {
-                eprintln!("shardgate: loading the revocation file: {e}");
-            }
-        }
+        let view = SharedView::new(Mutex::new(ControlView {
+            status: status.clone(),
+            snapshot: Some(start.snapshot.clone()),
+        }));
         let (tx, rx) = crossbeam_channel::unbounded();
-        let view = SharedView::default();
-        {
-            let mut v = lock_view(&view);
-            v.status.generation = generation;
-            v.config_path = Some(path.clone());
-        }
+        let interval = start.watch.interval;
         let state = State {
-            watch: FileWatch::new(path.clone(), watch),
-            path,
+            watch: FileWatch::new(start.path.clone(), start.watch),
+            path: start.path,
             generation,
-            workers,
-            log,
+            log_target: start.snapshot.access_log.as_ref().map(|a| a.target.clone()),
+            started: start.snapshot,
+            workers: start.workers,
+            log: start.revocations,
+            access_log: start.access_log,
             view: view.clone(),
-            status: ReloadStatus {
-                generation,
-                ..Default::default()
-            },
+            status,
         };
         let thread = std::thread::Builder::new()
             .name("shardgate-control".into())
-            .spawn(move || run(state, rx, watch.interval))?;
+            .spawn(move || run(state, rx, interval))?;
         Ok(Control {
             tx,
             thread: Some(thread),
@@ -183,23 +210,12 @@ impl Control {
     /// Revokes `r` on every worker, persisting it first when a revocation file is configured;
     /// returns once every worker has applied it.
     pub fn revoke(&self, r: Revoked) -> Result<(), RevokeError> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let _ = self.tx.send(ToControl::Revoke(r, tx));
-        rx.recv().unwrap_or(Err(RevokeError::Stopped))
+        revoke_via(&self.tx, r)
     }
 
     /// The view the admin API reads.
     pub fn view(&self) -> SharedView {
         self.view.clone()
-    }
-
-    /// Records the snapshot the engine started with (unless a reload already replaced it).
-    /// It is the baseline the first reload's protection diff compares against.
-    pub fn publish_initial(&self, snap: &Snapshot) {
-        let mut v = lock_view(&self.view);
-        if v.snapshot.is_none() && v.status.generation == snap.generation {
-            v.snapshot = Some(snap.clone());
-        }
     }
 
     /// Asks for a reload and waits for its outcome.
@@ -225,6 +241,20 @@ pub fn reload_via(tx: &Sender<ToControl>) -> Result<Reloaded, ConfigError> {
     })
 }
 
+/// Asks the control thread behind `tx` to set route weights (rewriting the config file) and
+/// waits up to `timeout` for the reload that follows.
+pub fn set_weights_via(
+    tx: &Sender<ToControl>,
+    body: WeightsBody,
+    timeout: Duration,
+) -> Result<Reloaded, WeightsError> {
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    tx.send(ToControl::SetWeights(body, reply))
+        .map_err(|_| WeightsError::Stopped)?;
+    rx.recv_timeout(timeout)
+        .unwrap_or(Err(WeightsError::Stopped))
+}
+
 impl Drop for Control {
     fn drop(&mut self) {
         let _ = self.tx.send(ToControl::Stop);
@@ -239,7 +269,7 @@ impl Drop for Control {
 enum Trigger {
     /// The file watch saw a settled change.
     Watch,
-    /// SIGHUP or `POST /reload`.
+    /// SIGHUP or `POST /reload` (or a weight edit).
     Explicit,
 }
 
@@ -247,8 +277,13 @@ enum Trigger {
 struct State {
     path: PathBuf,
     generation: u64,
-    workers: Vec<Sender<ToWorker>>,
+    /// The snapshot the engine started on: what restart-only settings are compared with.
+    started: Snapshot,
+    workers: Workers,
     log: Option<RevocationLog>,
+    access_log: Option<Retarget>,
+    /// Where the access log writer writes now.
+    log_target: Option<AccessLogTarget>,
     view: SharedView,
     status: ReloadStatus,
     watch: FileWatch,
@@ -266,7 +301,11 @@ fn run(mut st: State, rx: Receiver<ToControl>, interval: Duration) {
                 }
             }
             Ok(ToControl::Revoke(r, reply)) => {
+                // The caller waits for the workers' confirmations, not this thread.
                 let _ = reply.send(revoke::revoke(&st.workers, st.log.as_mut(), r));
+            }
+            Ok(ToControl::SetWeights(body, reply)) => {
+                let _ = reply.send(st.set_weights(&body));
             }
             Err(RecvTimeoutError::Timeout) => {}
         }
@@ -311,6 +350,13 @@ impl State {
         }
     }
 
+    /// `PUT /routes/weights`: the file is rewritten here, where nothing else writes it, and
+    /// then reloaded explicitly.
+    fn set_weights(&mut self, body: &WeightsBody) -> Result<Reloaded, WeightsError> {
+        weights::rewrite(&self.path, body, self.generation + 1)?;
+        self.reload_now().map_err(WeightsError::Invalid)
+    }
+
     /// One look at the file; applies a settled change.
     fn poll_file(&mut self) {
         let g = self.generation;
@@ -353,9 +399,13 @@ impl State {
             return Err(self.refuse(&lowered));
         }
         self.generation = snap.generation;
-        broadcast(&self.workers, &snap);
+        self.workers
+            .broadcast(|| ToWorker::Snapshot(Box::new(snap.clone())));
+        self.retarget_access_log(&snap);
+        let needs_restart = config::snapshot::needs_restart(&self.started, &snap);
         self.status.generation = self.generation;
         self.status.last_error = None;
+        self.status.pending_restart = needs_restart.clone();
         let file = self.path.display();
         if lowered.is_empty() {
             eprintln!(
@@ -371,13 +421,34 @@ impl State {
                 bullets(&lowered)
             );
         }
+        if !needs_restart.is_empty() {
+            eprintln!(
+                "shardgate: config generation {} changes settings a reload does not apply; \
+                 they keep the values the process started with until a restart: {}",
+                self.generation,
+                needs_restart.join(", ")
+            );
+        }
         let mut v = lock_view(&self.view);
         v.snapshot = Some(snap);
         v.status = self.status.clone();
         Ok(Reloaded {
             generation: self.generation,
             lowered,
+            needs_restart,
         })
+    }
+
+    /// Points the access log writer at the applied config's path when it moved. (Adding or
+    /// removing `[access_log]` needs a restart: no writer runs, or workers keep theirs.)
+    fn retarget_access_log(&mut self, snap: &Snapshot) {
+        let (Some(writer), Some(new)) = (&self.access_log, &snap.access_log) else {
+            return;
+        };
+        if self.log_target.as_ref() != Some(&new.target) {
+            writer.retarget(new.target.clone());
+            self.log_target = Some(new.target.clone());
+        }
     }
 
     /// A config that failed to load: counted, logged, kept for the admin API.
@@ -424,18 +495,97 @@ fn bullets(lowered: &[Loss]) -> String {
         .join("\n")
 }
 
-fn broadcast(workers: &[Sender<ToWorker>], snap: &Snapshot) {
-    for w in workers {
-        let _ = w.send(ToWorker::Snapshot(Box::new(snap.clone())));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::RevokedKind;
+
+    const BASE: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+[[upstreams]]
+name = "up"
+endpoints = ["127.0.0.1:9000"]
+[[routes]]
+path = "/v1/*rest"
+upstream = "up"
+"#;
+    const AUTH: &str = r#"
+[auth]
+[[auth.keys]]
+kid = "k"
+alg = "HS256"
+secret = { value = "0123456789abcdef0123456789abcdef" }
+"#;
+
+    /// A config file in a fresh temp dir.
+    fn config_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sg-control-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gw.toml");
+        std::fs::write(&path, text).unwrap();
+        path
     }
-}
 
-/// Set by the signal thread; read by main.
-pub fn signal_flag() -> Arc<AtomicBool> {
-    Arc::new(AtomicBool::new(false))
-}
+    /// A fake worker that says when a barrier arrives (`held`) and answers it only once
+    /// `release` says so.
+    fn held_worker(held: Sender<()>, release: Receiver<()>) -> (Sender<ToWorker>, JoinHandle<()>) {
+        let (tx, rx) = crossbeam_channel::unbounded::<ToWorker>();
+        let t = std::thread::spawn(move || {
+            while let Ok(m) = rx.recv() {
+                match m {
+                    ToWorker::Barrier(reply) => {
+                        let _ = held.send(());
+                        let _ = release.recv();
+                        let _ = reply.send(0);
+                    }
+                    ToWorker::Shutdown => return,
+                    _ => {}
+                }
+            }
+        });
+        (tx, t)
+    }
 
-/// Whether a flag from [`signal_flag`] is set.
-pub fn is_set(flag: &AtomicBool) -> bool {
-    flag.load(Ordering::Relaxed)
+    #[test]
+    fn the_starting_snapshot_is_the_first_reloads_baseline() {
+        let path = config_file("baseline", &format!("{BASE}{AUTH}"));
+        let snap = config::load(&path, 1).unwrap();
+        let control = Control::spawn(Start::new(path.clone(), snap, Workers::default())).unwrap();
+        assert!(lock_view(&control.view()).snapshot.is_some());
+        std::fs::write(&path, BASE).unwrap();
+        let r = control.reload_report().unwrap();
+        assert_eq!(r.generation, 2);
+        assert_eq!(r.lowered, [Loss::AuthRemoved]);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_revocation_waiting_for_a_worker_does_not_hold_up_a_reload() {
+        let path = config_file("revoke-reload", BASE);
+        let snap = config::load(&path, 1).unwrap();
+        let (release, released) = crossbeam_channel::unbounded();
+        let (held, holding) = crossbeam_channel::unbounded();
+        let (inbox, worker) = held_worker(held, released);
+        let workers = Workers::new(vec![inbox]);
+        let control = Control::spawn(Start::new(path.clone(), snap, workers.clone())).unwrap();
+        let tx = control.sender();
+        let r = Revoked::new(RevokedKind::Jti, "t-1", unix_now() + 60).unwrap();
+        let revoking = std::thread::spawn(move || revoke_via(&tx, r));
+        // The control thread has sent the revocation and its barrier, which the worker holds;
+        // it serves a reload anyway.
+        holding.recv().unwrap();
+        assert_eq!(control.reload().unwrap(), 2);
+        assert!(
+            !revoking.is_finished(),
+            "the revocation waits for the worker"
+        );
+        release.send(()).unwrap();
+        assert_eq!(revoking.join().unwrap(), Ok(()));
+        drop(control);
+        workers.broadcast(|| ToWorker::Shutdown);
+        worker.join().unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
 }

@@ -85,19 +85,6 @@ impl UpstreamError {
             UpstreamError::ConnectFailed | UpstreamError::ConnectTimeout
         )
     }
-
-    pub fn metric_label(self) -> &'static str {
-        match self {
-            UpstreamError::ConnectFailed => "connect_failed",
-            UpstreamError::ConnectTimeout => "connect_timeout",
-            UpstreamError::FirstByteTimeout => "first_byte_timeout",
-            UpstreamError::IdleTimeout => "idle_timeout",
-            UpstreamError::ClosedBeforeResponse => "closed_before_response",
-            UpstreamError::BadResponse => "bad_response",
-            UpstreamError::ClosedMidBody => "closed_mid_body",
-            UpstreamError::ClientGone => "client_gone",
-        }
-    }
 }
 
 impl From<UpstreamError> for GatewayError {

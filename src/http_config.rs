@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigProblem;
+use crate::config_types::ConfigProblem;
 use crate::http::fields::{forbidden_config_header, HeaderRole};
 use crate::http::limits::{Limits, MAX_HEADERS};
 

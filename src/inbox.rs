@@ -1,12 +1,24 @@
 //! The one boundary between the control plane and the workers: the messages a worker's
-//! inbox carries. Control-plane threads (control, coordination, health, admin) send owned
-//! values; a worker applies them between requests ([`crate::worker::Worker::apply`]). Nothing
-//! on a worker imports the control plane; the control plane imports only this.
+//! inbox carries ([`ToWorker`]), the messages workers send the coordination thread
+//! ([`ToCoord`]), and [`Workers`], the handle every control-plane thread (control,
+//! coordination, admin) sends to workers through. Both sides send owned values; a worker
+//! applies its messages between requests ([`crate::worker::Worker::apply`]). Nothing on a
+//! worker imports the control plane; the control plane reaches workers only through this.
 
-use crossbeam_channel::Sender;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::breaker::table::Resilience;
+use crate::breaker::{BreakerReport, BreakerSnapshot};
 use crate::config::Snapshot;
 use crate::metrics::WorkerMetrics;
+use crate::quota::{FromCoordinator, ToCoordinator, WorkerId};
+
+/// How long a worker may take to answer a metrics collection.
+pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Messages from the control plane to one worker.
 pub enum ToWorker {
@@ -25,4 +37,223 @@ pub enum ToWorker {
     Barrier(Sender<usize>),
     /// Drain and stop.
     Shutdown,
+}
+
+/// Messages to the coordination thread (`control::coord`), from workers, the engine, the
+/// admin API and the remote thread.
+pub enum ToCoord {
+    /// A worker's lease request, release or token charge.
+    Quota(ToCoordinator),
+    /// Answers of the quota coordinator on the remote thread, in the order it decided them.
+    QuotaAnswers(Vec<(WorkerId, FromCoordinator)>),
+    /// One worker's breaker outcomes for one endpoint.
+    Breaker(BreakerReport),
+    /// A reloaded snapshot's endpoint table and policies.
+    Resilience(Box<Resilience>),
+    /// Asks for every endpoint's breaker state (metrics, admin API).
+    BreakerSnapshot(Sender<BreakerSnapshot>),
+    Stop,
+}
+
+/// Every worker's inbox, in worker order: the fan-out handle of the control plane. Cloning
+/// it is cheap (one shared list).
+///
+/// A worker whose inbox is closed has exited: it serves nothing, so a send to it is dropped
+/// and it is not waited for.
+#[derive(Clone, Default)]
+pub struct Workers {
+    inboxes: Arc<[Sender<ToWorker>]>,
+}
+
+impl Workers {
+    pub fn new(inboxes: Vec<Sender<ToWorker>>) -> Workers {
+        Workers {
+            inboxes: inboxes.into(),
+        }
+    }
+
+    /// How many workers there are (running or not).
+    pub fn len(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inboxes.is_empty()
+    }
+
+    /// Sends `msg()` to every worker; returns how many inboxes took it.
+    pub fn broadcast(&self, mut msg: impl FnMut() -> ToWorker) -> usize {
+        self.inboxes
+            .iter()
+            .filter(|w| w.send(msg()).is_ok())
+            .count()
+    }
+
+    /// Sends `msg` to worker `worker`; false if there is no such worker or it has exited.
+    pub fn send(&self, worker: usize, msg: ToWorker) -> bool {
+        self.inboxes
+            .get(worker)
+            .is_some_and(|w| w.send(msg).is_ok())
+    }
+
+    /// Sends every worker a [`ToWorker::Barrier`] and waits up to `timeout` for every answer:
+    /// `Ok` once every worker has applied every message sent to it before this call.
+    pub fn barrier(&self, timeout: Duration) -> Result<(), Unconfirmed> {
+        self.start_barrier().wait(timeout)
+    }
+
+    /// Sends the barrier without waiting: the caller (or any thread it hands the
+    /// [`Barrier`] to) waits, so the sender's loop is not held up.
+    pub fn start_barrier(&self) -> Barrier {
+        let (tx, rx) = crossbeam_channel::bounded(self.inboxes.len());
+        let asked = self.broadcast(|| ToWorker::Barrier(tx.clone()));
+        Barrier {
+            answers: rx,
+            asked,
+            workers: self.inboxes.len(),
+        }
+    }
+
+    /// A copy of every running worker's metrics, as many as answer within `timeout`.
+    pub fn collect(&self, timeout: Duration) -> Vec<WorkerMetrics> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let asked = self.broadcast(|| ToWorker::Collect(tx.clone()));
+        let deadline = Instant::now() + timeout;
+        (0..asked)
+            .map_while(|_| rx.recv_deadline(deadline).ok())
+            .collect()
+    }
+}
+
+/// A barrier sent to every worker, waiting to be confirmed ([`Workers::start_barrier`]).
+#[must_use = "a barrier says nothing until it is waited for"]
+pub struct Barrier {
+    answers: Receiver<usize>,
+    asked: usize,
+    workers: usize,
+}
+
+impl Barrier {
+    /// Waits up to `timeout` for every running worker's answer.
+    pub fn wait(self, timeout: Duration) -> Result<(), Unconfirmed> {
+        let deadline = Instant::now() + timeout;
+        let confirmed = (0..self.asked)
+            .map_while(|_| self.answers.recv_deadline(deadline).ok())
+            .count();
+        if confirmed == self.asked {
+            Ok(())
+        } else {
+            Err(Unconfirmed {
+                confirmed,
+                workers: self.workers,
+            })
+        }
+    }
+}
+
+/// Only `confirmed` of `workers` answered a barrier in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unconfirmed {
+    pub confirmed: usize,
+    pub workers: usize,
+}
+
+impl fmt::Display for Unconfirmed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "only {} of {} workers confirmed",
+            self.confirmed, self.workers
+        )
+    }
+}
+
+impl std::error::Error for Unconfirmed {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Revoked, RevokedKind};
+    use crate::time::unix_now;
+
+    /// A fake worker: applies messages in order and answers barriers.
+    fn worker(id: usize) -> (Sender<ToWorker>, std::thread::JoinHandle<Vec<String>>) {
+        let (tx, rx) = crossbeam_channel::unbounded::<ToWorker>();
+        let t = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while let Ok(m) = rx.recv() {
+                match m {
+                    ToWorker::Revoke(r) => seen.push(r.id.clone()),
+                    ToWorker::Barrier(reply) => {
+                        seen.push("barrier".into());
+                        let _ = reply.send(id);
+                    }
+                    ToWorker::Shutdown => break,
+                    _ => {}
+                }
+            }
+            seen
+        });
+        (tx, t)
+    }
+
+    #[test]
+    fn broadcast_then_barrier_reaches_every_worker_in_order() {
+        let (inboxes, threads): (Vec<_>, Vec<_>) = (0..3).map(worker).unzip();
+        let workers = Workers::new(inboxes);
+        let r = Revoked::new(RevokedKind::Jti, "t-1", unix_now() + 60).unwrap();
+        assert_eq!(workers.broadcast(|| ToWorker::Revoke(r.clone())), 3);
+        workers.barrier(Duration::from_secs(10)).unwrap();
+        assert_eq!(workers.broadcast(|| ToWorker::Shutdown), 3);
+        for t in threads {
+            assert_eq!(t.join().unwrap(), ["t-1", "barrier"]);
+        }
+    }
+
+    #[test]
+    fn a_worker_that_does_not_answer_leaves_the_barrier_unconfirmed() {
+        let (live, t0) = worker(0);
+        // Its thread keeps the inbox open but never reads it.
+        let (stuck_tx, stuck_rx) = crossbeam_channel::unbounded::<ToWorker>();
+        let workers = Workers::new(vec![live.clone(), stuck_tx]);
+        let err = workers.barrier(Duration::from_millis(50)).unwrap_err();
+        assert_eq!(
+            err,
+            Unconfirmed {
+                confirmed: 1,
+                workers: 2
+            }
+        );
+        assert!(err.to_string().contains("1 of 2 workers"), "{err}");
+        // A worker that has exited (inbox closed) is not waited for, and takes no message.
+        drop(stuck_rx);
+        workers.barrier(Duration::from_millis(50)).unwrap();
+        assert!(!workers.send(1, ToWorker::Shutdown));
+        assert!(!workers.send(2, ToWorker::Shutdown), "no such worker");
+        assert!(workers.send(0, ToWorker::Shutdown));
+        t0.join().unwrap();
+    }
+
+    #[test]
+    fn collect_answers_for_the_running_workers_only() {
+        let (tx, rx) = crossbeam_channel::unbounded::<ToWorker>();
+        let answering = std::thread::spawn(move || {
+            while let Ok(m) = rx.recv() {
+                match m {
+                    ToWorker::Collect(reply) => {
+                        let m = WorkerMetrics::new(0, crate::metrics::Driver::Legacy);
+                        let _ = reply.send(m);
+                    }
+                    ToWorker::Shutdown => break,
+                    _ => {}
+                }
+            }
+        });
+        let (gone, gone_rx) = crossbeam_channel::unbounded::<ToWorker>();
+        drop(gone_rx);
+        let workers = Workers::new(vec![tx, gone]);
+        assert_eq!(workers.collect(Duration::from_secs(10)).len(), 1);
+        workers.broadcast(|| ToWorker::Shutdown);
+        answering.join().unwrap();
+    }
 }

@@ -4,7 +4,8 @@
 //!
 //! Modules in the order a request meets them:
 //!
-//! - [`config`]: raw TOML → validated → immutable `config::Snapshot` (control thread).
+//! - [`config`]: raw TOML → validated → immutable `config::Snapshot` (control thread), and
+//!   what a reload applies.
 //! - [`runtime`]: one pinned monoio worker per core, its listener, its inbox, drain on shutdown.
 //! - [`server`]: the per-connection loop on a worker: keep-alive, pipelining, limits, timeouts.
 //! - [`http`]: the HTTP/1.1 codec (the `shardgate-http` crate, re-exported): head parsing,
@@ -18,8 +19,10 @@
 //! - [`proxy`]: upstream keep-alive pools, request forwarding, response relay (SSE-safe).
 //! - [`metrics`]: per-worker counters and latency histograms; their merge.
 //! - [`access_log`]: sampled JSON lines, buffered per worker, written by one thread.
-//! - [`control`]: the control thread: reload (settled-file watch, protection diff),
-//!   revocations, quota coordination.
+//! - [`control`]: the control-plane threads: control (reload with settled-file watch and
+//!   protection diff, revocations, weight edits), coordination (quota leases, breaker
+//!   decisions) and remote (the quota's Redis I/O).
+//! - [`inbox`]: the messages a worker's inbox carries and the fan-out handle to every worker.
 //! - [`admin`]: the admin HTTP listener (/metrics, /stats, /config, /reload, /healthz,
 //!   /readyz) on control-plane threads (one per connection, capped).
 //! - [`demo`]: `shardgate demo`: mocks for `config/demo.toml`'s deployments, the printed commands.
@@ -35,6 +38,7 @@
 //! - `crates/mock` (`shardgate-mock`): the OpenAI-compatible mock model backend; [`demo`] runs
 //!   it in-process, `loadtest`'s `mock-upstream` binary as a process, the tests on loopback.
 //! - `loadtest/`: the open-loop load generator and the comparison scripts.
+//! - [`config_types`]: the config types every stage shares (problems, secrets, upstreams).
 #![deny(unsafe_code)]
 
 pub use shardgate_http as http;
@@ -44,6 +48,7 @@ pub mod admin;
 pub mod auth;
 pub mod breaker;
 pub mod config;
+pub mod config_types;
 pub mod conn;
 pub mod control;
 pub mod demo;

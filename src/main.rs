@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use shardgate::admin::{self, Admin, AdminState};
 use shardgate::config;
-use shardgate::control::Control;
+use shardgate::control::{self, Control, Start};
 use shardgate::demo::{self, Demo};
 use shardgate::runtime::Engine;
 
@@ -129,14 +129,17 @@ fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
         }
     };
     let listen = snapshot.server.listen;
-    let revocation_file = snapshot
-        .auth
-        .as_ref()
-        .and_then(|a| a.revocation_file())
-        .map(PathBuf::from);
     let workers = snapshot.server.cores.len();
-    let initial = snapshot.clone();
-    let mut engine = match Engine::start(snapshot) {
+    // Loaded before the engine starts, so a revoked token is refused from the first request.
+    let revocations = match control::open_revocations(&snapshot) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shardgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let revoked = revocations.as_ref().map_or(&[][..], |r| r.entries());
+    let mut engine = match Engine::start_with_revocations(snapshot.clone(), revoked) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("shardgate: cannot start on {listen}: {e}");
@@ -144,15 +147,19 @@ fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let control = match Control::spawn(path.clone(), 1, engine.inboxes(), revocation_file) {
+    let start = Start {
+        revocations,
+        access_log: engine.access_log(),
+        ..Start::new(path.clone(), snapshot.clone(), engine.inboxes())
+    };
+    let control = match Control::spawn(start) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("shardgate: cannot start the control thread: {e}");
             return ExitCode::FAILURE;
         }
     };
-    control.publish_initial(&initial);
-    let admin = match start_admin(&initial, &engine, &control) {
+    let admin = match start_admin(&snapshot, &engine, &control) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("shardgate: cannot start the admin listener: {e}");
@@ -215,7 +222,6 @@ fn start_admin(
         workers: engine.inboxes(),
         control: Some(control.sender()),
         view: control.view(),
-        token: settings.token.clone(),
         breakers: engine.coord_sender(),
     };
     let listen = settings.listen;

@@ -32,7 +32,7 @@ pub mod tap;
 use std::rc::Rc;
 use std::time::Instant;
 
-use crate::breaker::engine;
+use crate::breaker::local;
 use crate::breaker::Outcome;
 use crate::config::{Snapshot, Upstream};
 use crate::conn::ClientConn;
@@ -177,7 +177,7 @@ pub async fn forward(
     head::finish(&mut up_out, &req, &ob, body);
     let inline = head::inline_body(&mut up_out, c, body, req.framing);
     let sent_at = Instant::now();
-    let up_idx = engine::upstream_index(snap, ob.upstream);
+    let up_idx = snap.upstream_index(ob.upstream);
     worker
         .resilience
         .borrow_mut()
@@ -226,7 +226,7 @@ async fn relay_response(
     let relay_plan = match relay::write_client_head(&mut c.out, &up.buf, &first, &ctx) {
         Ok(p) => p,
         Err(e) => {
-            record(engine::outcome_of(e));
+            record(local::outcome_of(e));
             return Err(e.into());
         }
     };
@@ -255,7 +255,7 @@ async fn relay_response(
     )
     .await;
     if let Err(e) = relayed {
-        record(engine::outcome_of(e));
+        record(local::outcome_of(e));
         return Err(Failure::Close(status, tap.tokens()));
     }
     record(Outcome::Status(status));

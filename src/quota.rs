@@ -62,10 +62,11 @@
 //!
 //! # Leases
 //!
-//! The [`Coordinator`] (control thread) owns each key's window (or, with
-//! `backend = "redis"`, takes leases from a window in Redis that several gateway processes
-//! share; see [`remote`]). A [`Grant`] is a number of
-//! requests and tokens a core may admit during one slot; it is counted in that slot *when
+//! The [`QuotaCoordinator`] owns each key's window, on the coordination thread; with
+//! `backend = "redis"` it takes leases from a window in Redis that several gateway processes
+//! share, on a thread of its own (`remote`, so the coordination thread never waits on Redis;
+//! see [`remote`]). A [`Grant`] is a number of requests and tokens a core may admit during
+//! one slot; it is counted in that slot *when
 //! granted*, and it cannot be used outside its slot, so what cores admit is always a subset of
 //! what the window counted: cores together never exceed the limit. Unused grants are returned
 //! ([`ToCoordinator::Release`]) when their slot ends, so idle or skewed cores hand back what
@@ -97,10 +98,10 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use coordinator::{Coordinator, CoordinatorStats};
+pub use coordinator::{QuotaCoordinator, QuotaCoordinatorStats};
 pub use rule::{
     FailMode, KeyKind, Limits, QuotaBackend, QuotaRule, QuotaSettings, RawQuota, RawRule,
-    RedisSettings, RuleId,
+    RedisSettings, RuleId, REDIS_IO_TIMEOUT,
 };
 pub use shard::QuotaShard;
 
@@ -129,7 +130,7 @@ pub fn slot_of(now_ms: u64) -> u64 {
 
 /// A quota epoch that gateway processes sharing Redis agree on: an `Instant` on a slot
 /// boundary of UNIX time, and that boundary in UNIX ms. Measure every `now_ms` from the
-/// `Instant` and give the ms to [`Coordinator::from_settings`].
+/// `Instant` and give the ms to [`QuotaCoordinator::from_settings`].
 pub fn shared_epoch() -> (Instant, u64) {
     let unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -297,7 +298,7 @@ pub struct Deny {
     pub reset_at_ms: u64,
 }
 
-/// Coordinator → worker.
+/// QuotaCoordinator → worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FromCoordinator {
     Grant(Grant),

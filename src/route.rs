@@ -36,7 +36,7 @@ pub use split::{Chosen, Configured, SelectCtx, Split, Target, Weight, MAX_TARGET
 pub use trie::{MethodSet, PatternId, MAX_PARAMS};
 pub use weights::set_weights_in_toml;
 
-use crate::config::ConfigProblem;
+use crate::config_types::ConfigProblem;
 use build::{build_route, natural_cmp};
 use catalog::Catalog;
 use trie::{Captures, Pattern, RouteSpec, Trie};

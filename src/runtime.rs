@@ -2,8 +2,8 @@
 //! own monoio runtime, SO_REUSEPORT listener, snapshot copy, upstream pools and metrics.
 //!
 //! The engine owns the worker threads; the control plane talks to each worker only through
-//! its crossbeam inbox ([`ToWorker`]). A worker drains its inbox on a short timer tick, never
-//! inside the request path.
+//! its crossbeam inbox ([`ToWorker`]), to all of them through [`Workers`]. A worker drains its
+//! inbox on a short timer tick, never inside the request path.
 //!
 //! # Driver
 //!
@@ -28,8 +28,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use crate::auth::{Revocations, Revoked};
 use crate::config::{DriverChoice, Snapshot};
-use crate::control::coord::{Coord, ToCoord};
+use crate::control::coord::CoordThread;
+use crate::inbox::{ToCoord, Unconfirmed, Workers, COLLECT_TIMEOUT};
 use crate::metrics::{Driver, WorkerMetrics};
 use crate::worker::Links;
 
@@ -46,9 +48,10 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 
 /// A running engine: the worker threads and their inboxes.
 pub struct Engine {
-    workers: Vec<(Sender<ToWorker>, JoinHandle<()>)>,
+    inboxes: Workers,
+    threads: Vec<JoinHandle<()>>,
     addr: SocketAddr,
-    coord: Option<Coord>,
+    coord: Option<CoordThread>,
     /// The access log writer; dropped (flushed) after the workers exit.
     access_log: Option<crate::access_log::Writer>,
 }
@@ -57,6 +60,12 @@ impl Engine {
     /// Binds the listeners and starts one worker per configured core. Returns once every
     /// worker runs, or the first worker's start error.
     pub fn start(snapshot: Snapshot) -> io::Result<Engine> {
+        Self::start_with_revocations(snapshot, &[])
+    }
+
+    /// [`Engine::start`] with the revocations in force (the revocation file's entries): every
+    /// worker refuses them from its first request.
+    pub fn start_with_revocations(snapshot: Snapshot, revoked: &[Revoked]) -> io::Result<Engine> {
         let listeners = bind_listeners(snapshot.server.listen, snapshot.server.cores.len())?;
         let addr = listeners[0].local_addr()?;
         let prefix = random_u32();
@@ -71,8 +80,9 @@ impl Engine {
             .unzip();
         // Slot-aligned to Unix time, so gateways sharing a Redis quota agree on slots.
         let (epoch, epoch_unix_ms) = crate::quota::shared_epoch();
-        let coord = Coord::spawn(
-            inboxes.iter().map(|(tx, _)| tx.clone()).collect(),
+        let workers = Workers::new(inboxes.iter().map(|(tx, _)| tx.clone()).collect());
+        let coord = CoordThread::spawn(
+            workers.clone(),
             answer_txs,
             (epoch, epoch_unix_ms),
             &snapshot.resilience,
@@ -82,9 +92,9 @@ impl Engine {
             Some(a) => Some(crate::access_log::Writer::start(a)?),
             None => None,
         };
-        let mut workers = Vec::new();
+        let mut threads = Vec::new();
         let channels = inboxes.into_iter().zip(answer_rxs);
-        for (id, (listener, ((tx, rx), answers))) in listeners.into_iter().zip(channels).enumerate()
+        for (id, (listener, ((_, rx), answers))) in listeners.into_iter().zip(channels).enumerate()
         {
             let snap = snapshot.clone();
             let ready = ready_tx.clone();
@@ -97,21 +107,23 @@ impl Engine {
                     .as_ref()
                     .zip(snapshot.access_log.as_ref())
                     .and_then(|(w, s)| w.worker_log(id, s)),
+                revoked: revoked.iter().cloned().collect::<Revocations>(),
                 quota_answers: answers,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shardgate-w{id}"))
                 .spawn(move || worker_thread(id, snap, listener, links, ready))?;
-            workers.push((tx, thread));
+            threads.push(thread);
         }
         drop(ready_tx);
         let mut engine = Engine {
-            workers,
+            inboxes: workers,
+            threads,
             addr,
             coord: Some(coord),
             access_log,
         };
-        for _ in 0..engine.workers.len() {
+        for _ in 0..engine.threads.len() {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -133,50 +145,47 @@ impl Engine {
     }
 
     pub fn worker_count(&self) -> usize {
-        self.workers.len()
+        self.inboxes.len()
     }
 
-    /// Inboxes of every worker, for the control plane.
-    pub fn inboxes(&self) -> Vec<Sender<ToWorker>> {
-        self.workers.iter().map(|(tx, _)| tx.clone()).collect()
+    /// Every worker's inbox, for the control plane.
+    pub fn inboxes(&self) -> Workers {
+        self.inboxes.clone()
+    }
+
+    /// The access log writer's handle for a new target on reload (`None`: no access log).
+    pub fn access_log(&self) -> Option<crate::access_log::Retarget> {
+        self.access_log
+            .as_ref()
+            .map(crate::access_log::Writer::retarget_handle)
     }
 
     /// Sends a new snapshot to every worker.
     pub fn apply(&self, snapshot: &Snapshot) {
-        for (tx, _) in &self.workers {
-            let _ = tx.send(ToWorker::Snapshot(Box::new(snapshot.clone())));
-        }
+        self.inboxes
+            .broadcast(|| ToWorker::Snapshot(Box::new(snapshot.clone())));
     }
 
     /// Tells every worker to refuse a revoked token from now on (persisting it is the control
-    /// plane's job).
-    pub fn revoke(&self, r: &crate::auth::Revoked) {
-        for (tx, _) in &self.workers {
-            let _ = tx.send(ToWorker::Revoke(r.clone()));
-        }
+    /// plane's job) and waits until each has applied it (at most
+    /// [`REVOKE_APPLY_TIMEOUT`](crate::control::REVOKE_APPLY_TIMEOUT)).
+    pub fn revoke(&self, r: &Revoked) -> Result<(), Unconfirmed> {
+        self.inboxes.broadcast(|| ToWorker::Revoke(r.clone()));
+        self.inboxes.barrier(crate::control::REVOKE_APPLY_TIMEOUT)
     }
 
-    /// Collects a copy of every worker's metrics (waits up to one second per worker).
+    /// Collects a copy of every worker's metrics (waits up to [`COLLECT_TIMEOUT`]).
     pub fn collect(&self) -> Vec<WorkerMetrics> {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let mut asked = 0;
-        for (inbox, _) in &self.workers {
-            if inbox.send(ToWorker::Collect(tx.clone())).is_ok() {
-                asked += 1;
-            }
-        }
-        (0..asked)
-            .filter_map(|_| rx.recv_timeout(Duration::from_secs(1)).ok())
-            .collect()
+        self.inboxes.collect(COLLECT_TIMEOUT)
+    }
+
+    /// The coordination thread's inbox (breaker snapshots for the admin API).
+    pub fn coord_sender(&self) -> Option<Sender<ToCoord>> {
+        self.coord.as_ref().map(CoordThread::sender)
     }
 
     /// Every endpoint's circuit breaker as the coordination thread decided it (waits up to one
     /// second). Endpoint ids: `snapshot.resilience.locate`.
-    /// The coordination thread's inbox (breaker snapshots for the admin API).
-    pub fn coord_sender(&self) -> Option<Sender<ToCoord>> {
-        self.coord.as_ref().map(Coord::sender)
-    }
-
     pub fn breakers(&self) -> Option<crate::breaker::BreakerSnapshot> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let coord = self.coord.as_ref()?;
@@ -186,10 +195,8 @@ impl Engine {
 
     /// Drains every worker and waits for the threads to exit.
     pub fn shutdown(&mut self) {
-        for (tx, _) in &self.workers {
-            let _ = tx.send(ToWorker::Shutdown);
-        }
-        for (_, thread) in self.workers.drain(..) {
+        self.inboxes.broadcast(|| ToWorker::Shutdown);
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
         self.coord.take();
@@ -301,7 +308,6 @@ fn worker_thread(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn worker_main(
     id: usize,
     snapshot: Snapshot,

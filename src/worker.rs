@@ -15,8 +15,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::auth::Revocations;
 use crate::config::Snapshot;
-use crate::control::coord::ToCoord;
-use crate::inbox::ToWorker;
+use crate::inbox::{ToCoord, ToWorker};
 use crate::metrics::{Driver, WorkerMetrics};
 use crate::proxy::pool::Pools;
 use crate::quota::QuotaShard;
@@ -35,6 +34,8 @@ pub struct Links {
     pub log: Option<crate::access_log::WorkerLog>,
     /// Lease answers from the coordination thread (see [`lease`]).
     pub quota_answers: Receiver<crate::quota::FromCoordinator>,
+    /// Revocations in force at start (the revocation file's entries).
+    pub revoked: Revocations,
 }
 
 /// Everything one worker owns. Lives in an `Rc` on the worker thread; never shared.
@@ -73,7 +74,7 @@ pub struct Worker {
     /// This core's random source for weighted splits.
     pub rng: RefCell<crate::route::WorkerRng>,
     /// This core's circuit breakers and retry budgets.
-    pub resilience: RefCell<crate::breaker::engine::WorkerResilience>,
+    pub resilience: RefCell<crate::breaker::local::WorkerResilience>,
 }
 
 impl Worker {
@@ -112,8 +113,7 @@ impl Worker {
         });
     }
 
-    /// Handles every message waiting in the inbox (between requests, or while a request is
-    /// parked waiting for a lease).
+    /// Handles every message waiting in the inbox (the inbox loop calls it between requests).
     pub fn poll_inbox(&self) {
         while let Ok(msg) = self.inbox.try_recv() {
             self.apply(msg);
@@ -122,37 +122,39 @@ impl Worker {
 
     /// Applies one message from the control plane to this worker's state.
     pub fn apply(&self, msg: ToWorker) {
-        {
-            match msg {
-                ToWorker::Snapshot(s) => {
-                    self.metrics.borrow_mut().config_generation = s.generation;
-                    self.metrics.borrow_mut().set_routes(&s);
-                    self.pools.borrow_mut().retain_endpoints(&s);
-                    self.resilience
-                        .borrow_mut()
-                        .set_policies(&s.resilience, Instant::now());
-                    if self.id == 0 {
-                        // One worker tells the decider; every worker got the same snapshot.
-                        let table = Box::new(s.resilience.clone());
-                        let _ = self.coord.send(ToCoord::Resilience(table));
-                    }
-                    *self.snapshot.borrow_mut() = Rc::new(*s);
+        match msg {
+            ToWorker::Snapshot(s) => {
+                self.metrics.borrow_mut().config_generation = s.generation;
+                self.metrics.borrow_mut().set_routes(&s);
+                self.pools.borrow_mut().retain_endpoints(&s);
+                self.resilience
+                    .borrow_mut()
+                    .set_policies(&s.resilience, Instant::now());
+                // Adding or removing `[access_log]` needs a restart; its rate reloads.
+                if let (Some(log), Some(a)) = (self.access_log.borrow_mut().as_mut(), &s.access_log)
+                {
+                    log.set_sample_rate(a.sample_rate);
                 }
-                ToWorker::Collect(reply) => {
-                    let mut m = self.metrics.borrow().clone();
-                    m.connections_open = self.conns.get() as u64;
-                    m.access_log_dropped =
-                        self.access_log.borrow().as_ref().map_or(0, |l| l.dropped);
-                    let _ = reply.send(m);
+                if self.id == 0 {
+                    // One worker tells the decider; every worker got the same snapshot.
+                    let table = Box::new(s.resilience.clone());
+                    let _ = self.coord.send(ToCoord::Resilience(table));
                 }
-                ToWorker::Revoke(r) => self.revocations.borrow_mut().insert(r),
-                ToWorker::Breaker(u) => self.resilience.borrow_mut().apply(&u),
-                ToWorker::Health(u) => self.resilience.borrow_mut().apply_health(&u),
-                ToWorker::Barrier(reply) => {
-                    let _ = reply.send(self.id);
-                }
-                ToWorker::Shutdown => self.drain.start(),
+                *self.snapshot.borrow_mut() = Rc::new(*s);
             }
+            ToWorker::Collect(reply) => {
+                let mut m = self.metrics.borrow().clone();
+                m.connections_open = self.conns.get() as u64;
+                m.access_log_dropped = self.access_log.borrow().as_ref().map_or(0, |l| l.dropped);
+                let _ = reply.send(m);
+            }
+            ToWorker::Revoke(r) => self.revocations.borrow_mut().insert(r),
+            ToWorker::Breaker(u) => self.resilience.borrow_mut().apply(&u),
+            ToWorker::Health(u) => self.resilience.borrow_mut().apply_health(&u),
+            ToWorker::Barrier(reply) => {
+                let _ = reply.send(self.id);
+            }
+            ToWorker::Shutdown => self.drain.start(),
         }
     }
 
@@ -173,7 +175,7 @@ impl Worker {
         metrics.config_generation = snapshot.generation;
         metrics.set_routes(&snapshot);
         let workers = snapshot.server.cores.len().max(1) as u32;
-        let resilience = crate::breaker::engine::WorkerResilience::new(
+        let resilience = crate::breaker::local::WorkerResilience::new(
             id as u32,
             workers,
             &snapshot.resilience,
@@ -198,7 +200,7 @@ impl Worker {
             quota: RefCell::new(QuotaShard::new(id as u16)),
             lease: LeaseDesk::new(links.quota_answers),
             quota_out: RefCell::new(Vec::new()),
-            revocations: RefCell::new(Revocations::new()),
+            revocations: RefCell::new(links.revoked),
             auth_scratch: RefCell::new(crate::auth::Scratch::default()),
             rng: RefCell::new(crate::route::WorkerRng::for_worker(id)),
             resilience: RefCell::new(resilience),

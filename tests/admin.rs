@@ -14,10 +14,16 @@ use common::*;
 use serde_json::Value;
 use shardgate::admin::{self, Admin, AdminState};
 use shardgate::config;
-use shardgate::control::Control;
+use shardgate::control::{self, Control, Start};
+use shardgate::inbox::Workers;
 use shardgate::runtime::Engine;
 
 const TOKEN: &str = "s3cret-admin-token";
+
+/// The rig's `[admin]`: the token every endpoint but the probes needs.
+fn admin_section() -> String {
+    format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = {{ value = \"{TOKEN}\" }}\n")
+}
 
 /// A gateway with a control thread and an admin listener, on a config file in a temp dir.
 struct Rig {
@@ -49,23 +55,23 @@ impl Rig {
         let dir = std::env::temp_dir().join(format!("sg-admin-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("gw.toml");
-        std::fs::write(&cfg, config_text(up.addr, extra)).unwrap();
+        let text = config_text(up.addr, &format!("{}{extra}", admin_section()));
+        std::fs::write(&cfg, text).unwrap();
         let snap = config::load(&cfg, 1).unwrap();
-        let engine = Engine::start(snap.clone()).unwrap();
-        let revocation_file = snap
-            .auth
-            .as_ref()
-            .and_then(|a| a.revocation_file())
-            .map(PathBuf::from);
-        let control = Control::spawn(cfg.clone(), 1, engine.inboxes(), revocation_file).unwrap();
-        control.publish_initial(&snap);
+        let revocations = control::open_revocations(&snap).unwrap();
+        let revoked = revocations.as_ref().map_or(&[][..], |r| r.entries());
+        let engine = Engine::start_with_revocations(snap.clone(), revoked).unwrap();
+        let control = Control::spawn(Start {
+            revocations,
+            ..Start::new(cfg.clone(), snap, engine.inboxes())
+        })
+        .unwrap();
         let admin = Admin::start(
             "127.0.0.1:0".parse().unwrap(),
             AdminState {
                 workers: engine.inboxes(),
                 control: Some(control.sender()),
                 view: control.view(),
-                token: Some(TOKEN.as_bytes().to_vec()),
                 breakers: engine.coord_sender(),
             },
         )
@@ -311,7 +317,10 @@ fn readyz_flips_to_503_when_draining() {
 fn reload_applies_a_changed_file_and_rejects_a_broken_one() {
     let rig = Rig::start("reload", "");
     let up = rig._up.addr;
-    let text = config_text(up, &route("/v2/*rest", "up", ""));
+    let text = config_text(
+        up,
+        &format!("{}{}", admin_section(), route("/v2/*rest", "up", "")),
+    );
     std::fs::write(&rig.cfg, text).unwrap();
     let (status, body) = rig.call("POST", "/reload");
     assert_eq!(status, 200, "{body}");
@@ -334,7 +343,10 @@ fn reload_applies_a_changed_file_and_rejects_a_broken_one() {
     assert!(shown.contains("/v2/*"), "{shown}");
     assert!(!shown.contains("sk-upstream-key"), "{shown}");
 
-    let broken = config_text(up, &route("v3", "missing", ""));
+    let broken = config_text(
+        up,
+        &format!("{}{}", admin_section(), route("v3", "missing", "")),
+    );
     std::fs::write(&rig.cfg, broken).unwrap();
     let (status, body) = rig.call("POST", "/reload");
     assert_eq!(status, 422, "{body}");
@@ -550,7 +562,7 @@ fn revoke_applies_on_every_worker_within_100ms_and_persists() {
         file.lines().any(|l| l == format!("sub {exp} bob")),
         "{file}"
     );
-    let m = admin::collect(&rig.engine.inboxes());
+    let m = rig.engine.collect();
     assert!(
         m.iter().all(|w| w.requests() >= 2),
         "both workers served tokens before and after"
@@ -697,10 +709,9 @@ fn mutating_endpoints_need_a_control_thread() {
     let admin = Admin::start(
         "127.0.0.1:0".parse().unwrap(),
         AdminState {
-            workers: vec![],
+            workers: Workers::default(),
             control: None,
             view: Default::default(),
-            token: None,
             breakers: None,
         },
     )

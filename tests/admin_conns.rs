@@ -23,10 +23,9 @@ fn admin_with(limits: AdminLimits) -> Admin {
     Admin::start_with(
         "127.0.0.1:0".parse().unwrap(),
         AdminState {
-            workers: vec![],
+            workers: Default::default(),
             control: None,
             view: Default::default(),
-            token: None,
             breakers: None,
         },
         limits,

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use common::{quota_rule, route_all, Client, Upstream};
 use shardgate::quota::remote::MAX_BACKOFF_MS;
 use shardgate::quota::{
-    shared_epoch, Coordinator, Decision, FailMode, FromCoordinator, Grant, KeyKind, LeaseRequest,
-    LimitKind, Limits, QuotaBackend, QuotaKey, QuotaRule, QuotaSettings, QuotaShard, RedisSettings,
-    RuleId, ToCoordinator, WorkerId,
+    shared_epoch, Decision, FailMode, FromCoordinator, Grant, KeyKind, LeaseRequest, LimitKind,
+    Limits, QuotaBackend, QuotaCoordinator, QuotaKey, QuotaRule, QuotaSettings, QuotaShard,
+    RedisSettings, RuleId, ToCoordinator, WorkerId,
 };
 
 /// A `redis-server` on a free loopback port, with no persistence; killed on drop.
@@ -145,6 +145,7 @@ fn settings(url: &str, fail_mode: FailMode) -> QuotaSettings {
         redis: Some(RedisSettings {
             url: url.into(),
             key_prefix: "sgtest".into(),
+            io_timeout: shardgate::quota::REDIS_IO_TIMEOUT,
         }),
         rules: vec![rule()],
     }
@@ -152,7 +153,7 @@ fn settings(url: &str, fail_mode: FailMode) -> QuotaSettings {
 
 /// One gateway process: its coordinator and its workers' shards, with instant channels.
 struct Gateway {
-    coord: Coordinator,
+    coord: QuotaCoordinator,
     shards: Vec<QuotaShard>,
     rule: QuotaRule,
     msgs: Vec<ToCoordinator>,
@@ -164,7 +165,8 @@ impl Gateway {
     fn new(url: &str, fail_mode: FailMode, epoch_unix_ms: u64) -> Self {
         let s = settings(url, fail_mode);
         Gateway {
-            coord: Coordinator::from_settings(WORKERS, &s, epoch_unix_ms).expect("valid settings"),
+            coord: QuotaCoordinator::from_settings(WORKERS, &s, epoch_unix_ms)
+                .expect("valid settings"),
             shards: (0..WORKERS)
                 .map(|w| QuotaShard::new(w as WorkerId))
                 .collect(),
@@ -333,8 +335,8 @@ fn redis_window_matches_the_local_window() {
         return;
     };
     let s = settings(&redis.url(), FailMode::FailClosed);
-    let mut remote = Coordinator::from_settings(WORKERS, &s, shared_epoch().1).unwrap();
-    let mut local = Coordinator::new(WORKERS);
+    let mut remote = QuotaCoordinator::from_settings(WORKERS, &s, shared_epoch().1).unwrap();
+    let mut local = QuotaCoordinator::new(WORKERS);
     let limits = [
         Limits {
             requests: 20,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shardgate::config;
-use shardgate::control::{lock_view, Control, WatchSettings};
+use shardgate::control::{lock_view, Control, Start, WatchSettings};
 use shardgate::runtime::Engine;
 use shardgate_mock::{self as mock, MockConfig, MockHandle};
 
@@ -160,8 +160,9 @@ fn reload_under_load_applies_50_rewrites_without_failing_a_request() {
     let path = dir.join("gw.toml");
     write_atomic(&path, &config_text(a.addr(), b.addr(), "50", "50", false));
 
-    let mut engine = Engine::start(config::load(&path, 1).unwrap()).unwrap();
-    let control = Control::spawn(path.clone(), 1, engine.inboxes(), None).unwrap();
+    let snap = config::load(&path, 1).unwrap();
+    let mut engine = Engine::start(snap.clone()).unwrap();
+    let control = Control::spawn(Start::new(path.clone(), snap, engine.inboxes())).unwrap();
     let gw = engine.local_addr();
     let generation = || lock_view(&control.view()).status.generation;
     assert_eq!(probe_extra(gw), 404, "no extra route at start");

@@ -22,7 +22,7 @@ use common::*;
 use serde_json::Value;
 use shardgate::admin::{Admin, AdminState};
 use shardgate::config;
-use shardgate::control::{lock_view, Control, WatchSettings};
+use shardgate::control::{lock_view, Control, Start, WatchSettings};
 use shardgate::runtime::Engine;
 
 /// Short intervals so a test pauses past the settle interval in well under a second.
@@ -175,8 +175,11 @@ impl Rig {
         std::fs::write(&cfg, text(up.addr)).unwrap();
         let snap = config::load(&cfg, 1).unwrap();
         let engine = Engine::start(snap.clone()).unwrap();
-        let control = Control::spawn_with(cfg.clone(), 1, engine.inboxes(), None, WATCH).unwrap();
-        control.publish_initial(&snap);
+        let control = Control::spawn(Start {
+            watch: WATCH,
+            ..Start::new(cfg.clone(), snap, engine.inboxes())
+        })
+        .unwrap();
         Rig {
             control,
             engine,
@@ -412,7 +415,6 @@ fn explicit_reload_applies_a_lowering_config_and_says_what_it_lowers() {
             workers: rig.engine.inboxes(),
             control: Some(rig.control.sender()),
             view: rig.control.view(),
-            token: Some(ADMIN_TOKEN.as_bytes().to_vec()),
             breakers: None,
         },
     )

@@ -1,17 +1,18 @@
 //! `POST /revoke` answers only once every worker applies the revocation: a token sent on any
-//! worker's connection right after the 200 is refused, every time.
+//! worker's connection right after the 200 is refused, every time. Revocations in the
+//! revocation file are in force on every worker from the first request.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use serde_json::Value;
 use shardgate::admin::{Admin, AdminState};
 use shardgate::config;
-use shardgate::control::Control;
+use shardgate::control::{self, Control, Start};
 use shardgate::runtime::Engine;
 
 const ADMIN_TOKEN: &str = "revoke-test-admin-token";
@@ -56,38 +57,50 @@ fn connections_on_every_worker(gw: SocketAddr, workers: usize, token: &str) -> V
     );
 }
 
-#[test]
-fn a_revoked_token_is_refused_on_every_worker_as_soon_as_revoke_returns() {
-    let up = Upstream::echo();
-    let dir = std::env::temp_dir().join(format!("sg-revoke-now-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A two-worker gateway config in `dir` with JWT auth and a revocation file.
+fn write_config(dir: &Path, up: SocketAddr) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
     let cfg = dir.join("gw.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = false\n{}{}{}",
-            upstream("up", &[up.addr], ""),
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = false\n{}{}{}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = {{ value = \"{ADMIN_TOKEN}\" }}\n",
+            upstream("up", &[up], ""),
             route("/v1/*rest", "up", ""),
             auth_hs256("revocation_file = \"revoked.txt\"\n"),
         ),
     )
     .unwrap();
-    let snap = config::load(&cfg, 1).unwrap();
-    let engine = Engine::start(snap.clone()).unwrap();
-    let revocations = snap
-        .auth
-        .as_ref()
-        .and_then(|a| a.revocation_file())
-        .map(PathBuf::from);
-    let control = Control::spawn(cfg.clone(), 1, engine.inboxes(), revocations).unwrap();
-    control.publish_initial(&snap);
+    cfg
+}
+
+/// The engine as `shardgate` starts it: the revocation file is read first and its entries
+/// are part of every worker's initial state.
+fn start_engine(cfg: &Path) -> (Engine, Start) {
+    let snap = config::load(cfg, 1).unwrap();
+    let revocations = control::open_revocations(&snap).unwrap();
+    let revoked = revocations.as_ref().map_or(&[][..], |r| r.entries());
+    let engine = Engine::start_with_revocations(snap.clone(), revoked).unwrap();
+    let start = Start {
+        revocations,
+        ..Start::new(cfg.to_path_buf(), snap, engine.inboxes())
+    };
+    (engine, start)
+}
+
+#[test]
+fn a_revoked_token_is_refused_on_every_worker_as_soon_as_revoke_returns() {
+    let up = Upstream::echo();
+    let dir = std::env::temp_dir().join(format!("sg-revoke-now-{}", std::process::id()));
+    let cfg = write_config(&dir, up.addr);
+    let (engine, start) = start_engine(&cfg);
+    let control = Control::spawn(start).unwrap();
     let admin = Admin::start(
         "127.0.0.1:0".parse().unwrap(),
         AdminState {
             workers: engine.inboxes(),
             control: Some(control.sender()),
             view: control.view(),
-            token: Some(ADMIN_TOKEN.as_bytes().to_vec()),
             breakers: None,
         },
     )
@@ -133,6 +146,50 @@ fn a_revoked_token_is_refused_on_every_worker_as_soon_as_revoke_returns() {
         "revoked tokens accepted after /revoke returned: {accepted_after_revoke:?}"
     );
     drop(admin);
+    drop(control);
+    drop(engine);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Revocations in the revocation file are refused by every worker from its first request:
+/// before the control thread even starts, on a connection to each worker, both kinds (token
+/// id and subject), and no other token with them.
+#[test]
+fn revocations_from_the_file_are_in_force_from_the_first_request() {
+    let up = Upstream::echo();
+    let dir = std::env::temp_dir().join(format!("sg-revoke-start-{}", std::process::id()));
+    let cfg = write_config(&dir, up.addr);
+    let exp = unix_now() + 600;
+    std::fs::write(
+        dir.join("revoked.txt"),
+        format!("jti {exp} tok-revoked\nsub {exp} mallory\n"),
+    )
+    .unwrap();
+    let (engine, start) = start_engine(&cfg);
+    let keeper = hs256(&format!(r#"{{"sub":"keeper","exp":{exp},"jti":"keep"}}"#));
+    let by_jti = hs256(&format!(
+        r#"{{"sub":"alice","exp":{exp},"jti":"tok-revoked"}}"#
+    ));
+    let by_sub = hs256(&format!(
+        r#"{{"sub":"mallory","exp":{exp},"jti":"tok-fresh"}}"#
+    ));
+    let mut conns = connections_on_every_worker(engine.local_addr(), 2, &keeper);
+    let check = |conns: &mut Vec<Client>, when: &str| {
+        for c in conns.iter_mut() {
+            for (name, token) in [("jti", &by_jti), ("sub", &by_sub)] {
+                let (status, worker) = ask(c, token);
+                assert_eq!(
+                    status, 401,
+                    "{when}: revoked {name} accepted on worker {worker}"
+                );
+            }
+            assert_eq!(ask(c, &keeper).0, 200, "{when}: another token refused");
+        }
+    };
+    check(&mut conns, "before the control thread");
+    // The control thread takes the file over; nothing changes for the workers.
+    let control = Control::spawn(start).unwrap();
+    check(&mut conns, "with the control thread");
     drop(control);
     drop(engine);
     let _ = std::fs::remove_dir_all(&dir);

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::breaker::{BreakerSnapshot, Transition};
 use crate::config::Snapshot;
-use crate::control::coord::ToCoord;
+use crate::inbox::ToCoord;
 
 /// How long the admin thread waits for the coordination thread's answer.
 pub const SNAPSHOT_WAIT: Duration = Duration::from_secs(1);

@@ -1,5 +1,6 @@
 //! The admin endpoints that change the gateway beyond `/reload`: token revocation and route
-//! weights. Both go through the control thread, which owns every durable file.
+//! weights. Both go through the control thread, which owns every durable file (the
+//! revocation file and the config file): this thread only parses the body and answers.
 //!
 //! # Error Handling
 //!
@@ -13,17 +14,12 @@
 //! worker in time is 503 `not_confirmed` (it still applies once the worker catches up). No
 //! control thread is 503.
 
-use std::path::Path;
-
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::http::{Request, Response};
 use super::AdminState;
-use crate::auth::revocation::persist_atomically;
 use crate::auth::{Revoked, RevokedKind};
-use crate::config::{self, ConfigProblem};
-use crate::control::{self, RevokeError, ToControl};
+use crate::control::{self, RevokeError, WeightsBody, WeightsError};
 use crate::time::unix_now;
 
 /// How far ahead a revocation may expire. A jti entry only needs to outlive its token, and
@@ -107,12 +103,8 @@ pub fn revoke(state: &AdminState, req: &Request) -> Response {
         Ok(r) => r,
         Err(e) => return e.response(),
     };
-    let (reply, rx) = crossbeam_channel::bounded(1);
-    if tx.send(ToControl::Revoke(r.clone(), reply)).is_err() {
-        return Response::error(503, "unavailable", "the control thread has stopped");
-    }
-    match rx.recv_timeout(super::RELOAD_TIMEOUT) {
-        Ok(Ok(())) => {
+    match control::revoke_via(tx, r.clone()) {
+        Ok(()) => {
             let kind = match r.kind {
                 RevokedKind::Jti => "jti",
                 RevokedKind::Sub => "sub",
@@ -122,74 +114,17 @@ pub fn revoke(state: &AdminState, req: &Request) -> Response {
                 &json!({"revoked": {"kind": kind, "id": r.id, "expires_at": r.expires_at}}),
             )
         }
-        Ok(Err(e @ RevokeError::Persist(_))) => {
-            Response::error(500, "persist_failed", &e.to_string())
+        Err(e @ RevokeError::Persist(_)) => Response::error(500, "persist_failed", &e.to_string()),
+        Err(RevokeError::Stopped) => {
+            Response::error(503, "unavailable", "the control thread has stopped")
         }
         // Persisted and queued, but not known to be in force everywhere: not a success.
-        Ok(Err(e)) => Response::error(503, "not_confirmed", &e.to_string()),
-        Err(_) => Response::error(503, "unavailable", "the control thread did not answer"),
+        Err(e) => Response::error(503, "not_confirmed", &e.to_string()),
     }
 }
 
-/// The `PUT /routes/weights` body: a route by `path` and `models` (empty: the path's default
-/// route) and new weights for some of its targets, by `model` and `version` requirement.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WeightsBody {
-    pub path: String,
-    #[serde(default)]
-    pub models: Vec<String>,
-    pub targets: Vec<WeightTarget>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WeightTarget {
-    pub model: String,
-    /// A semver requirement; absent means `*`, as in the config.
-    #[serde(default = "any_version")]
-    pub version: String,
-    pub weight: u32,
-}
-
-fn any_version() -> String {
-    "*".into()
-}
-
-/// Why a weight change was refused; nothing was written.
-#[derive(Debug)]
-pub enum WeightsError {
-    /// The body names no such route or target, or zeroes the route: 400.
-    Bad(String),
-    /// The new config fails validation: 422.
-    Invalid(Vec<ConfigProblem>),
-}
-
-/// The config text `current` with `body`'s weights, validated as a whole config (relative
-/// paths against `base_dir`). Comments and formatting of `current` are kept.
-pub fn reweighted(
-    current: &str,
-    body: &WeightsBody,
-    base_dir: &Path,
-    generation: u64,
-) -> Result<String, WeightsError> {
-    if body.targets.is_empty() {
-        return Err(WeightsError::Bad("`targets` is empty".into()));
-    }
-    let models: Vec<&str> = body.models.iter().map(String::as_str).collect();
-    let weights: Vec<(&str, &str, u32)> = body
-        .targets
-        .iter()
-        .map(|t| (t.model.as_str(), t.version.as_str(), t.weight))
-        .collect();
-    let text = crate::route::set_weights_in_toml(current, &body.path, &models, &weights)
-        .map_err(WeightsError::Bad)?;
-    config::from_str(&text, base_dir, generation).map_err(WeightsError::Invalid)?;
-    Ok(text)
-}
-
-/// `PUT /routes/weights`: rewrites the config file (atomically, validated first), then
-/// reloads it; answers like `/reload`.
+/// `PUT /routes/weights`: the control thread rewrites the config file (atomically, validated
+/// first) and reloads it; answers like `/reload`.
 pub fn set_weights(state: &AdminState, req: &Request) -> Response {
     let Some(tx) = &state.control else {
         return Response::error(503, "unavailable", "no control thread to reload with");
@@ -198,40 +133,20 @@ pub fn set_weights(state: &AdminState, req: &Request) -> Response {
         Ok(b) => b,
         Err(e) => return BadField::new("(body)", e.to_string()).response(),
     };
-    let (path, generation) = {
-        let v = control::lock_view(&state.view);
-        (v.config_path.clone(), v.status.generation)
-    };
-    let Some(path) = path else {
-        return Response::error(503, "unavailable", "the config file is not known");
-    };
-    // Write through a symlink to the file it names, rather than replacing the link.
-    let path = std::fs::canonicalize(&path).unwrap_or(path);
-    match rewrite(&path, &body, generation + 1) {
-        Ok(()) => super::reload_with(tx),
-        Err(Rewrite::Refused(WeightsError::Bad(message))) => Response::json(
+    match control::set_weights_via(tx, body, super::RELOAD_TIMEOUT) {
+        Ok(r) => super::reloaded(&r),
+        Err(WeightsError::Bad(message)) => Response::json(
             400,
             &json!({"error": "bad_request", "problems": [{"key": "targets", "message": message}]}),
         ),
-        Err(Rewrite::Refused(WeightsError::Invalid(problems))) => {
-            super::invalid_config(&path, &problems)
-        }
-        Err(Rewrite::Io(message)) => Response::error(500, "config_io", &message),
+        Err(WeightsError::Invalid(e)) => super::invalid_config(&e.file, &e.problems),
+        Err(WeightsError::Io(message)) => Response::error(500, "config_io", &message),
+        Err(WeightsError::Stopped) => Response::error(
+            503,
+            "unavailable",
+            "the control thread has stopped or did not answer",
+        ),
     }
-}
-
-enum Rewrite {
-    Refused(WeightsError),
-    Io(String),
-}
-
-fn rewrite(path: &Path, body: &WeightsBody, generation: u64) -> Result<(), Rewrite> {
-    let current = std::fs::read_to_string(path)
-        .map_err(|e| Rewrite::Io(format!("cannot read {}: {e}", path.display())))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let text = reweighted(&current, body, base, generation).map_err(Rewrite::Refused)?;
-    persist_atomically(path, text.as_bytes())
-        .map_err(|e| Rewrite::Io(format!("cannot write {}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -270,61 +185,5 @@ mod tests {
             parse_revoke(body.as_bytes(), now).unwrap_err().field,
             "expires_at"
         );
-    }
-
-    const CONFIG: &str = r#"# weights are tuned by the admin API
-[server]
-listen = "127.0.0.1:0"
-
-[[deployments]]
-model = "a"
-version = "1.0.0"
-endpoints = ["127.0.0.1:9001"]
-
-[[deployments]]
-model = "b"
-version = "1.0.0"
-endpoints = ["127.0.0.1:9002"]
-
-[[routes]]
-path = "/v1/chat/completions"
-targets = [
-  { model = "a", weight = 90 }, # mostly a
-  { model = "b", weight = 10 },
-]
-"#;
-
-    fn body(a: u32, b: u32) -> WeightsBody {
-        serde_json::from_value(json!({
-            "path": "/v1/chat/completions",
-            "targets": [{"model": "a", "weight": a}, {"model": "b", "version": "*", "weight": b}],
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn reweighting_keeps_comments_and_validates() {
-        let text = reweighted(CONFIG, &body(50, 50), Path::new("."), 2).unwrap();
-        assert!(
-            text.contains("{ model = \"a\", weight = 50 }, # mostly a"),
-            "{text}"
-        );
-        assert!(text.starts_with("# weights are tuned by the admin API\n"));
-        assert!(matches!(
-            reweighted(CONFIG, &body(0, 0), Path::new("."), 2),
-            Err(WeightsError::Bad(_))
-        ));
-        let mut missing = body(1, 1);
-        missing.path = "/v2".into();
-        assert!(matches!(
-            reweighted(CONFIG, &missing, Path::new("."), 2),
-            Err(WeightsError::Bad(_))
-        ));
-        // The edit applies, but the file was already broken by hand: validation refuses it.
-        let broken = format!("{CONFIG}[[routes]]\npath = \"/x\"\nupstream = \"missing\"\n");
-        assert!(matches!(
-            reweighted(&broken, &body(1, 1), Path::new("."), 2),
-            Err(WeightsError::Invalid(p)) if !p.is_empty()
-        ));
     }
 }

@@ -59,7 +59,7 @@ use serde::Deserialize;
 
 use super::key::{jwk_from_file, Alg, Jwk, KeyMaterial};
 use super::token::MAX_KID_BYTES;
-use crate::config::{ConfigProblem, Secret};
+use crate::config_types::{ConfigProblem, Secret};
 use crate::http::fields::{is_token, HeaderRole};
 use crate::http_config::config_header;
 

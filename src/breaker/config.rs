@@ -1,5 +1,5 @@
 //! Raw TOML for `breaker = {..}`, `health_check = {..}` and `retry = {..}`, and the validated
-//! policies the data path and control thread use.
+//! policies the data path and the coordination thread use.
 //!
 //! Every raw field is optional so that a per-upstream table can override single keys of
 //! `[defaults.*]`: `upstream.overlay(&defaults).validate(key)` gives the effective policy, and
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigProblem;
+use crate::config_types::ConfigProblem;
 
 /// The most probe permits one HALF_OPEN episode may hand out.
 const MAX_HALF_OPEN_PROBES: u32 = 1000;

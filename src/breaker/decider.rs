@@ -1,5 +1,5 @@
-//! The control thread's breaker authority: one state machine per endpoint over the reports of
-//! every worker.
+//! The coordination thread's breaker authority: one state machine per endpoint over the
+//! reports of every worker.
 //!
 //! ```text
 //!            failure rate ≥ threshold (≥ min_calls in window)
@@ -12,8 +12,8 @@
 //!                                        └──────────────→ OPEN (trips + 1: longer interval)
 //! ```
 //!
-//! Every transition bumps the endpoint's epoch and yields one [`BreakerUpdate`] for the engine
-//! to broadcast. Reports carrying another epoch are stale (collected under an earlier state)
+//! Every transition bumps the endpoint's epoch and yields one [`BreakerUpdate`] for the
+//! coordination thread to send to every worker. Reports carrying another epoch are stale (collected under an earlier state)
 //! and are dropped.
 
 use std::time::{Duration, Instant};
@@ -135,7 +135,7 @@ pub struct BreakerSnapshot {
     pub endpoints: Vec<EndpointSnapshot>,
 }
 
-/// The control thread's breaker authority. Not on the data path.
+/// The coordination thread's breaker authority. Not on the data path.
 #[derive(Debug)]
 pub struct BreakerDecider {
     endpoints: Vec<Endpoint>,
@@ -241,7 +241,7 @@ impl BreakerDecider {
     }
 
     /// Moves OPEN endpoints whose interval has passed to HALF_OPEN and re-splits stale probe
-    /// grants. Call it on the control thread's tick (every few ms up to ~100 ms).
+    /// grants. Call it on the coordination thread's tick (every few ms up to ~100 ms).
     pub fn tick(&mut self, now: Instant, out: &mut Vec<BreakerUpdate>) {
         for (i, ep) in self.endpoints.iter_mut().enumerate() {
             let endpoint = EndpointId(i as u32);

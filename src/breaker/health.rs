@@ -233,8 +233,9 @@ impl<P: Prober> HealthChecker<P> {
 
 impl<P: Prober + Send + 'static> HealthChecker<P> {
     /// Runs the checker on a thread named `shardgate-health`, sending state changes to
-    /// `updates` (the control inbox, which broadcasts them). The thread ends when `stop`
-    /// receives a message or is disconnected, or when `updates` is disconnected.
+    /// `updates` (to the coordination thread, which sends them to every worker). The thread
+    /// ends when `stop` receives a message or is disconnected, or when `updates` is
+    /// disconnected.
     pub fn spawn(
         mut self,
         updates: Sender<HealthUpdate>,

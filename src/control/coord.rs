@@ -1,71 +1,74 @@
 //! The coordination thread: decisions that span cores, taken off the data path.
 //!
-//! Workers send it owned messages ([`ToCoord`]); it answers through each worker's inbox.
-//! It runs the quota [`Coordinator`] (lease grants and returns) and the circuit breakers'
-//! [`BreakerDecider`](crate::breaker::BreakerDecider) with the health-check thread
-//! ([`CoordResilience`]): worker reports come in, decisions go to every worker's inbox on the
-//! next tick. Every cross-core decision that must not take a lock on the data path belongs
-//! here.
+//! Workers send it owned messages ([`ToCoord`], defined with the workers' own inbox messages
+//! in [`crate::inbox`]); it answers lease requests on each worker's lease channel (see
+//! [`crate::worker::lease`]) and everything else through their inboxes ([`Workers`]). It
+//! runs:
+//!
+//! - the quota coordinator ([`QuotaCoordinator`]: lease grants and returns). The local
+//!   backend runs here; the Redis backend runs on the [remote thread](super::remote), which
+//!   sends its answers back as [`ToCoord::QuotaAnswers`], so this thread never waits on I/O;
+//! - the circuit breakers' [`BreakerCoordinator`] (the decider and the health-check thread):
+//!   worker reports come in, and the [`EndpointUpdate`]s it returns go to every worker on the
+//!   next tick.
+//!
+//! Every cross-core decision that must not take a lock on the data path belongs here.
 
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::breaker::engine::{CoordResilience, Resilience};
-use crate::breaker::{BreakerReport, BreakerSnapshot};
-use crate::inbox::ToWorker;
-use crate::quota::{Coordinator, FromCoordinator, ToCoordinator};
+use super::remote::RemoteThread;
+use crate::breaker::coordinator::{BreakerCoordinator, EndpointUpdate};
+use crate::breaker::table::Resilience;
+pub use crate::inbox::ToCoord;
+use crate::inbox::{ToWorker, Workers};
+use crate::quota::{FromCoordinator, QuotaCoordinator, QuotaSettings, WorkerId};
 
-/// How often the coordinator's periodic work (quota sweeps, breaker timers, health updates)
-/// runs when no message arrives. Breaker decisions wait at most this long to go out.
+/// How often the coordination thread's periodic work (quota sweeps, breaker timers, health
+/// updates) runs when no message arrives. Breaker decisions wait at most this long to go out.
 pub const COORD_TICK: Duration = Duration::from_millis(10);
 
-/// Messages from workers (and the engine) to the coordination thread.
-pub enum ToCoord {
-    Quota(ToCoordinator),
-    /// One worker's breaker outcomes for one endpoint.
-    Breaker(BreakerReport),
-    /// A reloaded snapshot's endpoint table and policies.
-    Resilience(Box<Resilience>),
-    /// Asks for every endpoint's breaker state (metrics, admin API).
-    BreakerSnapshot(Sender<BreakerSnapshot>),
-    Stop,
-}
-
 /// The running coordination thread.
-pub struct Coord {
+pub struct CoordThread {
     tx: Sender<ToCoord>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Coord {
-    /// Starts the thread for `workers` (their inboxes, in worker order; `quota_answers`: each
-    /// worker's channel for lease answers, in the same order); `epoch` is the
-    /// process-wide zero of quota time.
+impl CoordThread {
+    /// Starts the thread for `workers` (`quota_answers`: each worker's lease channel, in
+    /// worker order); `epoch` is the process-wide zero of quota time.
     /// `table` is the first snapshot's endpoint table.
     ///
     /// `quota`: the first snapshot's `[quota]` (it picks the coordinator's backend, local or
     /// Redis); `epoch_unix_ms`: the epoch as Unix milliseconds, so several gateway processes
     /// sharing Redis agree on slot numbers.
     pub fn spawn(
-        workers: Vec<Sender<ToWorker>>,
+        workers: Workers,
         quota_answers: Vec<Sender<FromCoordinator>>,
         (epoch, epoch_unix_ms): (Instant, u64),
         table: &Resilience,
-        quota: Option<&crate::quota::QuotaSettings>,
-    ) -> std::io::Result<Coord> {
+        quota: Option<&QuotaSettings>,
+    ) -> std::io::Result<CoordThread> {
         let coordinator = match quota {
-            Some(q) => Coordinator::from_settings(workers.len(), q, epoch_unix_ms)
+            Some(q) => QuotaCoordinator::from_settings(workers.len(), q, epoch_unix_ms)
                 .map_err(|p| std::io::Error::other(p.to_string()))?,
-            None => Coordinator::new(workers.len()),
+            None => QuotaCoordinator::new(workers.len()),
         };
         let (tx, rx) = crossbeam_channel::unbounded();
+        let leases = if coordinator.does_io() {
+            let inbox = tx.clone();
+            let answers = Box::new(move |a| inbox.send(ToCoord::QuotaAnswers(a)).is_ok());
+            Leases::Remote(RemoteThread::spawn(coordinator, epoch, answers)?)
+        } else {
+            Leases::Here(coordinator)
+        };
         let table = table.clone();
         let thread = std::thread::Builder::new()
             .name("shardgate-coord".into())
-            .spawn(move || run(workers, quota_answers, epoch, table, rx, coordinator))?;
-        Ok(Coord {
+            .spawn(move || run(workers, quota_answers, epoch, table, rx, leases))?;
+        Ok(CoordThread {
             tx,
             thread: Some(thread),
         })
@@ -76,7 +79,7 @@ impl Coord {
     }
 }
 
-impl Drop for Coord {
+impl Drop for CoordThread {
     fn drop(&mut self) {
         let _ = self.tx.send(ToCoord::Stop);
         if let Some(t) = self.thread.take() {
@@ -85,25 +88,51 @@ impl Drop for Coord {
     }
 }
 
+/// Where lease requests are decided.
+enum Leases {
+    /// The local backend, on this thread (no I/O).
+    Here(QuotaCoordinator),
+    /// The Redis backend, on the remote thread.
+    Remote(RemoteThread),
+}
+
+/// What the thread owns.
+struct State {
+    workers: Workers,
+    /// Each worker's lease channel.
+    quota_answers: Vec<Sender<FromCoordinator>>,
+    leases: Leases,
+    breakers: BreakerCoordinator,
+    /// Quota answers to send, in order.
+    answers: Vec<(WorkerId, FromCoordinator)>,
+    /// Endpoint updates to send to every worker.
+    updates: Vec<EndpointUpdate>,
+    /// Process-wide zero of quota time.
+    epoch: Instant,
+}
+
 fn run(
-    workers: Vec<Sender<ToWorker>>,
+    workers: Workers,
     quota_answers: Vec<Sender<FromCoordinator>>,
     epoch: Instant,
     table: Resilience,
     rx: Receiver<ToCoord>,
-    quota: Coordinator,
+    leases: Leases,
 ) {
     let mut st = State {
-        quota,
-        breakers: CoordResilience::new(&table, Instant::now()),
-        out: Vec::new(),
+        workers,
+        quota_answers,
+        leases,
+        breakers: BreakerCoordinator::new(&table, Instant::now()),
+        answers: Vec::new(),
+        updates: Vec::new(),
         epoch,
     };
     drop(table);
     loop {
         match rx.recv_timeout(COORD_TICK) {
             Ok(msg) => {
-                if !st.handle(msg, &workers) {
+                if !st.handle(msg) {
                     return;
                 }
             }
@@ -112,48 +141,62 @@ fn run(
         }
         // Answer everything that is already queued before sleeping again.
         while let Ok(msg) = rx.try_recv() {
-            if !st.handle(msg, &workers) {
+            if !st.handle(msg) {
                 return;
             }
         }
-        for (w, reply) in st.out.drain(..) {
-            if let Some(answers) = quota_answers.get(usize::from(w)) {
-                let _ = answers.send(reply);
-            }
-        }
-        st.quota.tick(st.now_ms());
-        st.breakers.tick(Instant::now(), &workers);
+        st.tick();
     }
 }
 
-/// What the thread owns.
-struct State {
-    quota: Coordinator,
-    breakers: CoordResilience,
-    out: Vec<(u16, FromCoordinator)>,
-    /// Process-wide zero of quota time.
-    epoch: Instant,
+/// Milliseconds of quota time (since `epoch`).
+fn ms_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_millis() as u64
 }
 
 impl State {
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
     /// Handles one message; `false` means stop.
-    fn handle(&mut self, msg: ToCoord, workers: &[Sender<ToWorker>]) -> bool {
+    fn handle(&mut self, msg: ToCoord) -> bool {
         match msg {
-            ToCoord::Quota(m) => {
-                let now = self.now_ms();
-                self.quota.handle(m, now, &mut self.out);
-            }
+            ToCoord::Quota(m) => match &mut self.leases {
+                Leases::Here(c) => c.handle(m, ms_since(self.epoch), &mut self.answers),
+                Leases::Remote(r) => r.send(m),
+            },
+            ToCoord::QuotaAnswers(a) => self.answers.extend(a),
             ToCoord::Breaker(r) => self.breakers.ingest(&r, Instant::now()),
-            ToCoord::Resilience(t) => self.breakers.reload(&t, Instant::now(), workers),
+            ToCoord::Resilience(t) => {
+                self.breakers.reload(&t, Instant::now(), &mut self.updates);
+                self.send_updates();
+            }
             ToCoord::BreakerSnapshot(reply) => {
                 let _ = reply.send(self.breakers.snapshot());
             }
             ToCoord::Stop => return false,
         }
         true
+    }
+
+    /// Sends the quota answers and the breakers' updates, then runs the timers.
+    fn tick(&mut self) {
+        for (w, answer) in self.answers.drain(..) {
+            if let Some(lease) = self.quota_answers.get(usize::from(w)) {
+                let _ = lease.send(answer);
+            }
+        }
+        if let Leases::Here(c) = &mut self.leases {
+            c.tick(ms_since(self.epoch));
+        }
+        self.breakers.tick(Instant::now(), &mut self.updates);
+        self.send_updates();
+    }
+
+    /// Every pending endpoint update, to every worker.
+    fn send_updates(&mut self) {
+        for u in self.updates.drain(..) {
+            self.workers.broadcast(|| match u {
+                EndpointUpdate::Breaker(b) => ToWorker::Breaker(b),
+                EndpointUpdate::Health(h) => ToWorker::Health(h),
+            });
+        }
     }
 }

@@ -20,8 +20,8 @@
 
 use std::fmt;
 
+use crate::auth::token_required;
 use crate::config::Snapshot;
-use crate::pipeline::authn;
 use crate::route::{MethodSet, Route, Router};
 
 /// One way a new config is less protective than the one in force.
@@ -247,12 +247,12 @@ fn serve<'a>(router: &'a Router, req: &Sample) -> Option<&'a Route> {
 /// How `new` treats `req` compared with `old`, when it protects it less.
 fn compare(old: &Snapshot, new: &Snapshot, req: &Sample) -> Option<Loss> {
     let was = serve(&old.router, req)?;
-    if !authn::required(old.auth.as_ref(), was) {
+    if !token_required(old.auth.as_ref(), was.auth()) {
         return None;
     }
     // Not served at all (404/405/400) is not less protected.
     let now = serve(&new.router, req)?;
-    if !authn::required(new.auth.as_ref(), now) {
+    if !token_required(new.auth.as_ref(), now.auth()) {
         return Some(Loss::TokenNoLongerRequired {
             request: req.describe(),
             was_route: was.pattern().into(),

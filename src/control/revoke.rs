@@ -1,5 +1,10 @@
-//! Token revocation on the control thread: persist, tell every worker, and wait until each
-//! has applied it, so `POST /revoke` never answers before the token is refused everywhere.
+//! Token revocation on the control thread: persist, tell every worker, and let the caller
+//! wait until each has applied it, so `POST /revoke` never answers before the token is
+//! refused everywhere.
+//!
+//! The control thread only persists and sends; the wait for every worker's confirmation (a
+//! [`Barrier`]) happens on the caller's thread ([`revoke_via`]), so a slow or stuck worker
+//! never holds up a reload queued behind a revocation.
 //!
 //! # Error Handling
 //!
@@ -10,12 +15,13 @@
 //! it is in force.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
+use super::ToControl;
 use crate::auth::{RevocationLog, Revoked};
-use crate::inbox::ToWorker;
+use crate::inbox::{Barrier, ToWorker, Unconfirmed, Workers};
 use crate::time::unix_now;
 
 /// How long a revocation waits for every worker to confirm it. A worker looks at its inbox
@@ -33,6 +39,15 @@ pub enum RevokeError {
     Stopped,
 }
 
+impl From<Unconfirmed> for RevokeError {
+    fn from(u: Unconfirmed) -> Self {
+        RevokeError::Unconfirmed {
+            confirmed: u.confirmed,
+            workers: u.workers,
+        }
+    }
+}
+
 impl fmt::Display for RevokeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -48,47 +63,29 @@ impl fmt::Display for RevokeError {
     }
 }
 
-/// Persists `r` (when a log is configured), sends it to every worker and waits until each
-/// has applied it.
+/// Persists `r` (when a log is configured) and sends it to every worker, then a barrier: the
+/// caller waits on the returned [`Barrier`] to know it is in force everywhere.
 pub fn revoke(
-    workers: &[Sender<ToWorker>],
+    workers: &Workers,
     log: Option<&mut RevocationLog>,
     r: Revoked,
-) -> Result<(), RevokeError> {
+) -> Result<Barrier, RevokeError> {
     if let Some(log) = log {
         log.add(r.clone(), unix_now())
             .map_err(|e| RevokeError::Persist(e.to_string()))?;
     }
-    for w in workers {
-        let _ = w.send(ToWorker::Revoke(r.clone()));
-    }
-    barrier(workers, REVOKE_APPLY_TIMEOUT)
+    workers.broadcast(|| ToWorker::Revoke(r.clone()));
+    Ok(workers.start_barrier())
 }
 
-/// Sends every worker a [`ToWorker::Barrier`] and waits up to `timeout` for all answers:
-/// `Ok` once every worker has applied every message sent to it before this call.
-///
-/// A worker whose inbox is closed (its thread has exited) serves nothing, so it is not
-/// waited for.
-pub fn barrier(workers: &[Sender<ToWorker>], timeout: Duration) -> Result<(), RevokeError> {
-    let (tx, rx) = crossbeam_channel::bounded(workers.len());
-    let asked = workers
-        .iter()
-        .filter(|w| w.send(ToWorker::Barrier(tx.clone())).is_ok())
-        .count();
-    drop(tx);
-    let deadline = Instant::now() + timeout;
-    let confirmed = (0..asked)
-        .map_while(|_| rx.recv_deadline(deadline).ok())
-        .count();
-    if confirmed == asked {
-        Ok(())
-    } else {
-        Err(RevokeError::Unconfirmed {
-            confirmed,
-            workers: workers.len(),
-        })
-    }
+/// Asks the control thread behind `tx` to revoke `r` and waits (on this thread) until every
+/// worker has applied it, at most [`REVOKE_APPLY_TIMEOUT`] after the control thread sent it.
+pub fn revoke_via(tx: &Sender<ToControl>, r: Revoked) -> Result<(), RevokeError> {
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    tx.send(ToControl::Revoke(r, reply))
+        .map_err(|_| RevokeError::Stopped)?;
+    let barrier = rx.recv().map_err(|_| RevokeError::Stopped)??;
+    Ok(barrier.wait(REVOKE_APPLY_TIMEOUT)?)
 }
 
 #[cfg(test)]
@@ -96,7 +93,7 @@ mod tests {
     use super::*;
     use crate::auth::RevokedKind;
 
-    /// A fake worker: applies messages in order and answers barriers.
+    /// A fake worker: records the revocations it applied, answers barriers.
     fn worker(id: usize) -> (Sender<ToWorker>, std::thread::JoinHandle<Vec<String>>) {
         let (tx, rx) = crossbeam_channel::unbounded::<ToWorker>();
         let t = std::thread::spawn(move || {
@@ -122,24 +119,27 @@ mod tests {
     }
 
     #[test]
-    fn revoke_returns_after_every_worker_applied_it() {
-        let (workers, threads): (Vec<_>, Vec<_>) = (0..3).map(worker).unzip();
-        revoke(&workers, None, token("t-1")).unwrap();
-        for w in &workers {
-            w.send(ToWorker::Shutdown).unwrap();
-        }
+    fn revoke_is_confirmed_once_every_worker_applied_it() {
+        let (inboxes, threads): (Vec<_>, Vec<_>) = (0..3).map(worker).unzip();
+        let workers = Workers::new(inboxes);
+        revoke(&workers, None, token("t-1"))
+            .unwrap()
+            .wait(REVOKE_APPLY_TIMEOUT)
+            .unwrap();
+        workers.broadcast(|| ToWorker::Shutdown);
         for t in threads {
             assert_eq!(t.join().unwrap(), ["t-1", "barrier"]);
         }
     }
 
     #[test]
-    fn a_worker_that_does_not_answer_is_an_error_not_a_success() {
+    fn an_unconfirmed_revocation_is_an_error_not_a_success() {
         let (live, t0) = worker(0);
         // Its thread keeps the inbox open but never reads it.
-        let (stuck_tx, stuck_rx) = crossbeam_channel::unbounded::<ToWorker>();
-        let workers = vec![live.clone(), stuck_tx];
-        let err = barrier(&workers, Duration::from_millis(50)).unwrap_err();
+        let (stuck, _stuck_rx) = crossbeam_channel::unbounded::<ToWorker>();
+        let workers = Workers::new(vec![live, stuck]);
+        let barrier = revoke(&workers, None, token("t-3")).unwrap();
+        let err = RevokeError::from(barrier.wait(Duration::from_millis(50)).unwrap_err());
         assert_eq!(
             err,
             RevokeError::Unconfirmed {
@@ -148,10 +148,7 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("1 of 2 workers"), "{err}");
-        // A worker that has exited (inbox closed) is not waited for.
-        drop(stuck_rx);
-        barrier(&workers, Duration::from_millis(50)).unwrap();
-        live.send(ToWorker::Shutdown).unwrap();
+        workers.send(0, ToWorker::Shutdown);
         t0.join().unwrap();
     }
 
@@ -164,9 +161,12 @@ mod tests {
         // The file cannot be replaced: its directory is gone.
         std::fs::remove_dir_all(&dir).unwrap();
         let (w, t) = worker(0);
-        let err = revoke(std::slice::from_ref(&w), Some(&mut log), token("t-2")).unwrap_err();
+        let workers = Workers::new(vec![w]);
+        let err = revoke(&workers, Some(&mut log), token("t-2"))
+            .err()
+            .unwrap();
         assert!(matches!(err, RevokeError::Persist(_)), "{err:?}");
-        w.send(ToWorker::Shutdown).unwrap();
+        workers.broadcast(|| ToWorker::Shutdown);
         assert!(t.join().unwrap().is_empty(), "nothing reached the worker");
     }
 }

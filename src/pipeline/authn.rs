@@ -12,7 +12,7 @@ use crate::worker::Worker;
 
 /// Whether `route` requires a verified token.
 pub fn required(auth: Option<&Authenticator>, route: &Route) -> bool {
-    auth.is_some() && route.auth().unwrap_or(true)
+    crate::auth::token_required(auth, route.auth())
 }
 
 /// Verifies the request's credential (`buf` holds the head's bytes).

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::breaker::engine::{self, NoEndpoint};
+use crate::breaker::local::{self, NoEndpoint};
 use crate::breaker::{Outcome, Permit};
 use crate::config::{Snapshot, Upstream};
 use crate::conn::ClientConn;
@@ -93,10 +93,10 @@ pub async fn exchange(
                 Err(NoEndpoint::Unavailable(wait)) => {
                     // The gateway's own answer: the connection stays usable unless the body
                     // is still unread.
-                    let error = engine::UNAVAILABLE;
+                    let error = local::UNAVAILABLE;
                     return Err(Failure::Unavailable {
                         error: if plan.inline { error } else { error.closing() },
-                        retry_after: engine::retry_after_secs(wait),
+                        retry_after: local::retry_after_secs(wait),
                     });
                 }
                 Err(NoEndpoint::Failed(e)) => {
@@ -152,7 +152,7 @@ pub async fn exchange(
                 | UpstreamError::FirstByteTimeout
                 | UpstreamError::BadResponse),
             ) if !(up.reused && req.idempotent && attempt == 1) && may_retry(worker) => {
-                record(permit, engine::outcome_of(e));
+                record(permit, local::outcome_of(e));
             }
             // A reused connection that died before answering: the upstream closed it while
             // our request was in flight. Replaying is safe only for idempotent requests we
@@ -171,7 +171,7 @@ pub async fn exchange(
                 record(permit, Outcome::ClientCancelled);
             }
             Err(e) => {
-                record(permit, engine::outcome_of(e));
+                record(permit, local::outcome_of(e));
                 // An unread body would be taken for the next request.
                 let e = GatewayError::from(e);
                 return Err(Failure::Respond(if body_read { e } else { e.closing() }));
@@ -237,7 +237,7 @@ async fn acquire(
         worker
             .resilience
             .borrow_mut()
-            .record(permit, engine::outcome_of(e));
+            .record(permit, local::outcome_of(e));
         last = Some(e);
         if connects >= MAX_CONNECT_ATTEMPTS {
             break;
@@ -245,8 +245,6 @@ async fn acquire(
     }
     Err(match (last, wait) {
         (Some(e), _) => NoEndpoint::Failed(e),
-        (None, w) => {
-            NoEndpoint::Unavailable(w.unwrap_or(crate::breaker::worker::RETRY_AFTER_UNKNOWN))
-        }
+        (None, w) => NoEndpoint::Unavailable(w.unwrap_or(local::RETRY_AFTER_UNKNOWN)),
     })
 }

@@ -1,29 +1,36 @@
-//! The coordinator (control thread): grants every lease, from this process's own windows
+//! The quota coordinator: grants every lease, from this process's own windows
 //! (`backend = "local"`) or from Redis, shared with other gateway processes
 //! (`backend = "redis"`).
 //!
 //! Each [`LeaseRequest`](super::LeaseRequest) is answered with one [`FromCoordinator`] to the
 //! asking worker: a [`Grant`](super::Grant) counted in its slot at once, or a
 //! [`Deny`](super::Deny) saying when a retry will succeed. Releases take never-used quota
-//! back; charges count token overruns. No locks: the engine calls [`Coordinator::handle`] for
-//! each message from the control inbox and [`Coordinator::tick`] every few hundred ms.
+//! back; charges count token overruns. No locks: its thread calls
+//! [`QuotaCoordinator::handle`] for each worker message and [`QuotaCoordinator::tick`]
+//! every few ms.
+//!
+//! # Threads
+//!
+//! The local backend runs on the coordination thread (`control::coord`). The Redis backend
+//! does blocking I/O ([`QuotaCoordinator::does_io`]), so it runs on a thread of its own
+//! (`control::remote`) that exchanges owned messages with the coordination thread: a slow
+//! Redis never delays a breaker decision.
 //!
 //! # Performance
 //!
 //! Local: a few array operations per message. Redis: one round trip per lease, release and
-//! charge, on the control thread (workers never wait on Redis; they wait for a lease only
+//! charge, on the remote thread (workers never wait on Redis; they wait for a lease only
 //! when they hold none). While Redis is down, no command is tried between reconnect
-//! attempts, so an outage costs at most one [`IO_TIMEOUT`](super::remote::IO_TIMEOUT) per
-//! attempt.
+//! attempts, so an outage costs at most one [`RedisSettings::io_timeout`](super::RedisSettings::io_timeout) per attempt.
 
 use super::local::LocalCoordinator;
 use super::remote::RemoteCoordinator;
 use super::{FromCoordinator, QuotaBackend, QuotaSettings, ToCoordinator, WorkerId};
-use crate::config::ConfigProblem;
+use crate::config_types::ConfigProblem;
 
 /// Counters for metrics. The local backend is always up and has no errors.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CoordinatorStats {
+pub struct QuotaCoordinatorStats {
     /// The backend answered its last command (Redis), or is local.
     pub backend_up: bool,
     /// Failed Redis connects and commands.
@@ -41,14 +48,14 @@ enum Backend {
 }
 
 #[derive(Debug)]
-pub struct Coordinator {
+pub struct QuotaCoordinator {
     backend: Backend,
 }
 
-impl Coordinator {
+impl QuotaCoordinator {
     /// A local coordinator for `workers` cores (lease sizes are split over them).
     pub fn new(workers: usize) -> Self {
-        Coordinator {
+        QuotaCoordinator {
             backend: Backend::Local(LocalCoordinator::new(workers)),
         }
     }
@@ -77,7 +84,13 @@ impl Coordinator {
                 ))
             }
         };
-        Ok(Coordinator { backend })
+        Ok(QuotaCoordinator { backend })
+    }
+
+    /// Whether this coordinator does network I/O (the Redis backend): its thread may block
+    /// for up to [`RedisSettings::io_timeout`](super::RedisSettings::io_timeout) per command.
+    pub fn does_io(&self) -> bool {
+        matches!(self.backend, Backend::Redis(_))
     }
 
     /// Keys this process holds windows for (Redis: those of the fail-open fallback).
@@ -93,11 +106,11 @@ impl Coordinator {
     }
 
     /// Counters for metrics.
-    pub fn stats(&self) -> CoordinatorStats {
+    pub fn stats(&self) -> QuotaCoordinatorStats {
         match &self.backend {
-            Backend::Local(_) => CoordinatorStats {
+            Backend::Local(_) => QuotaCoordinatorStats {
                 backend_up: true,
-                ..CoordinatorStats::default()
+                ..QuotaCoordinatorStats::default()
             },
             Backend::Redis(c) => c.stats(),
         }
@@ -142,12 +155,13 @@ mod tests {
 
     #[test]
     fn local_backend_is_always_up() {
-        let c = Coordinator::from_settings(2, &settings(QuotaBackend::Local, None), 0).unwrap();
+        let c =
+            QuotaCoordinator::from_settings(2, &settings(QuotaBackend::Local, None), 0).unwrap();
         assert_eq!(
             c.stats(),
-            CoordinatorStats {
+            QuotaCoordinatorStats {
                 backend_up: true,
-                ..CoordinatorStats::default()
+                ..QuotaCoordinatorStats::default()
             }
         );
         assert!(c.is_empty());
@@ -155,19 +169,22 @@ mod tests {
 
     #[test]
     fn redis_backend_needs_a_valid_url() {
-        let err = Coordinator::from_settings(2, &settings(QuotaBackend::Redis, None), 0);
+        let err = QuotaCoordinator::from_settings(2, &settings(QuotaBackend::Redis, None), 0);
         assert_eq!(err.unwrap_err().key, "quota.redis_url");
         let bad = RedisSettings {
             url: "http://x".into(),
             key_prefix: "p".into(),
+            io_timeout: crate::quota::REDIS_IO_TIMEOUT,
         };
-        let err = Coordinator::from_settings(2, &settings(QuotaBackend::Redis, Some(bad)), 0);
+        let err = QuotaCoordinator::from_settings(2, &settings(QuotaBackend::Redis, Some(bad)), 0);
         assert_eq!(err.unwrap_err().key, "quota.redis_url");
         let ok = RedisSettings {
             url: "redis://127.0.0.1:1/0".into(),
             key_prefix: "p".into(),
+            io_timeout: crate::quota::REDIS_IO_TIMEOUT,
         };
-        let c = Coordinator::from_settings(2, &settings(QuotaBackend::Redis, Some(ok)), 0).unwrap();
+        let c = QuotaCoordinator::from_settings(2, &settings(QuotaBackend::Redis, Some(ok)), 0)
+            .unwrap();
         assert!(!c.stats().backend_up, "not connected before the first use");
     }
 }

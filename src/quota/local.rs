@@ -1,10 +1,10 @@
-//! The local backend (control thread): this process owns every key's window and grants
+//! The local backend (coordination thread): this process owns every key's window and grants
 //! leases from it. Also the fail-open fallback of the Redis backend.
 //!
 //! Each [`LeaseRequest`] is answered with one [`FromCoordinator`] to the asking worker: a
 //! [`Grant`] counted in its slot at once, or a [`Deny`] saying when a retry will succeed.
 //! Releases take never-used quota back; charges count token overruns. No locks: the
-//! [`Coordinator`](super::Coordinator) calls [`LocalCoordinator::handle`] for each message.
+//! [`QuotaCoordinator`](super::QuotaCoordinator) calls [`LocalCoordinator::handle`] for each message.
 
 use super::window::Ring;
 use super::{

@@ -1,4 +1,5 @@
-//! The Redis backend (control thread): one limit shared by several gateway processes.
+//! The Redis backend (on the remote thread, `control::remote`): one limit shared by several
+//! gateway processes.
 //!
 //! Each process's coordinator (never a worker) takes leases from Redis: a lease is one run of
 //! `remote_lease.lua`, which reads the key's per-slot counts, grants
@@ -17,10 +18,12 @@
 //!
 //! # Outages
 //!
-//! Connects and commands time out after [`IO_TIMEOUT`]. A failure marks the backend down;
-//! while down, no command is tried before the next reconnect attempt (with exponential
-//! backoff up to [`MAX_BACKOFF_MS`]), so a dead Redis costs the control thread at most one
-//! timeout per attempt. Meanwhile leases follow [`FailMode`]:
+//! Connects and commands time out after [`RedisSettings::io_timeout`]
+//! ([`REDIS_IO_TIMEOUT`](super::REDIS_IO_TIMEOUT)). A failure marks the backend down; while
+//! down, no command is tried before the next reconnect attempt (with exponential backoff up
+//! to [`MAX_BACKOFF_MS`], counted from the end of the failed attempt), so a dead or stalled
+//! Redis costs the remote thread at most one timeout per attempt, and the coordination
+//! thread nothing. Meanwhile leases follow [`FailMode`]:
 //!
 //! - `fail_open`: granted from this process's own window (a local coordinator): each process
 //!   then enforces the limit on its own, so N processes may admit up to N × L.
@@ -28,23 +31,21 @@
 //!   `Retry-After: 1`).
 //!
 //! Transitions and, at most every [`LOG_INTERVAL_MS`], the degraded counts go to stderr; the
-//! counters are in [`CoordinatorStats`]. Releases that cannot reach Redis are lost: Redis
+//! counters are in [`QuotaCoordinatorStats`]. Releases that cannot reach Redis are lost: Redis
 //! then counts more than was used, which only errs on the strict side.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{Connection, ErrorKind, RedisError, RedisResult, Script};
 
 use super::local::{Holders, LocalCoordinator, LEASE_SHARE};
 use super::rule::{FailMode, RedisSettings};
 use super::{
-    slot_of, CoordinatorStats, Deny, FromCoordinator, Grant, KeyMap, LeaseRequest, LimitKind,
+    slot_of, Deny, FromCoordinator, Grant, KeyMap, LeaseRequest, LimitKind, QuotaCoordinatorStats,
     QuotaKey, ToCoordinator, WorkerId, SLOT_MS, SPAN_SLOTS,
 };
 
-/// Bound on one connect, and on one command's write and read.
-pub const IO_TIMEOUT: Duration = Duration::from_millis(200);
 /// First wait before reconnecting; doubles per failed attempt.
 pub const MIN_BACKOFF_MS: u64 = 100;
 /// Longest wait between reconnect attempts.
@@ -121,6 +122,8 @@ enum State {
 /// The Redis connection with its reconnect policy.
 struct Link {
     client: redis::Client,
+    /// Bound on one connect, and on one command's write and read.
+    io_timeout: Duration,
     state: State,
     /// Whether it ever connected (a failure to connect at startup is not an outage).
     ever_up: bool,
@@ -135,17 +138,24 @@ impl Link {
 
     /// Runs `op` on the connection, reconnecting first if an attempt is due. `None`: the
     /// backend is down (or just went down); the caller degrades.
+    ///
+    /// A failed attempt may itself have taken up to `io_timeout` (a Redis that accepts and
+    /// never answers); the wait before the next one counts from when it ended, so a stalled
+    /// Redis is not retried back to back and messages queued behind it are answered per
+    /// `fail_mode` instead of each waiting for another attempt.
     fn call<T>(
         &mut self,
         now_ms: u64,
-        stats: &mut CoordinatorStats,
+        stats: &mut QuotaCoordinatorStats,
         op: impl FnOnce(&mut Connection) -> RedisResult<T>,
     ) -> Option<T> {
+        let started = Instant::now();
+        let ended = || now_ms + started.elapsed().as_millis() as u64;
         if let State::Down { retry_at_ms, .. } = self.state {
             if now_ms < retry_at_ms {
                 return None;
             }
-            self.reconnect(now_ms, stats);
+            self.reconnect(now_ms, ended, stats);
         }
         let State::Up {
             conn,
@@ -162,13 +172,19 @@ impl Link {
                 Some(v)
             }
             Err(e) => {
-                self.fail(now_ms, stats, &e);
+                self.fail(ended(), stats, &e);
                 None
             }
         }
     }
 
-    fn reconnect(&mut self, now_ms: u64, stats: &mut CoordinatorStats) {
+    /// One connect attempt at `now_ms`; `ended` reads the clock after it.
+    fn reconnect(
+        &mut self,
+        now_ms: u64,
+        ended: impl Fn() -> u64,
+        stats: &mut QuotaCoordinatorStats,
+    ) {
         let State::Down {
             since_ms,
             backoff_ms,
@@ -198,7 +214,7 @@ impl Link {
                 }
                 self.state = State::Down {
                     since_ms,
-                    retry_at_ms: now_ms + backoff_ms,
+                    retry_at_ms: ended() + backoff_ms,
                     backoff_ms,
                 };
             }
@@ -206,15 +222,15 @@ impl Link {
     }
 
     fn open(&self) -> RedisResult<Connection> {
-        let conn = self.client.get_connection_with_timeout(IO_TIMEOUT)?;
-        conn.set_read_timeout(Some(IO_TIMEOUT))?;
-        conn.set_write_timeout(Some(IO_TIMEOUT))?;
+        let conn = self.client.get_connection_with_timeout(self.io_timeout)?;
+        conn.set_read_timeout(Some(self.io_timeout))?;
+        conn.set_write_timeout(Some(self.io_timeout))?;
         Ok(conn)
     }
 
     /// A command failed: the connection may be out of step (a reply that timed out can
     /// still arrive), so it is dropped and a reconnect scheduled.
-    fn fail(&mut self, now_ms: u64, stats: &mut CoordinatorStats, e: &RedisError) {
+    fn fail(&mut self, now_ms: u64, stats: &mut QuotaCoordinatorStats, e: &RedisError) {
         stats.redis_errors += 1;
         let State::Up { backoff_ms, .. } = self.state else {
             return;
@@ -251,7 +267,7 @@ pub(crate) struct RemoteCoordinator {
     holders: KeyMap<Holders>,
     /// Grants under `fail_open`, and where releases of those grants go back to.
     fallback: LocalCoordinator,
-    stats: CoordinatorStats,
+    stats: QuotaCoordinatorStats,
     last_log_ms: u64,
 }
 
@@ -278,6 +294,7 @@ impl RemoteCoordinator {
         Ok(RemoteCoordinator {
             link: Link {
                 client: redis::Client::open(settings.url.as_str())?,
+                io_timeout: settings.io_timeout,
                 state: State::Down {
                     since_ms: 0,
                     retry_at_ms: 0,
@@ -298,13 +315,13 @@ impl RemoteCoordinator {
             workers,
             holders: KeyMap::default(),
             fallback: LocalCoordinator::new(workers as usize),
-            stats: CoordinatorStats::default(),
+            stats: QuotaCoordinatorStats::default(),
             last_log_ms: 0,
         })
     }
 
-    pub(crate) fn stats(&self) -> CoordinatorStats {
-        CoordinatorStats {
+    pub(crate) fn stats(&self) -> QuotaCoordinatorStats {
+        QuotaCoordinatorStats {
             backend_up: self.link.up(),
             ..self.stats
         }
@@ -573,6 +590,7 @@ mod tests {
         RedisSettings {
             url: url.into(),
             key_prefix: "sg".into(),
+            io_timeout: crate::quota::REDIS_IO_TIMEOUT,
         }
     }
 
@@ -643,7 +661,8 @@ mod tests {
         // Within the backoff nothing is tried again.
         take(&mut c, 50);
         assert_eq!(c.stats().redis_errors, 1);
-        take(&mut c, 100);
+        // After it (counted from the end of the refused connect), once more.
+        take(&mut c, 150);
         assert_eq!(c.stats().redis_errors, 2);
         // The fallback's own window holds the limit.
         while let FromCoordinator::Grant(g) = lease(&mut c, 150) {
@@ -673,10 +692,17 @@ mod tests {
         let mut waits = Vec::new();
         for _ in 0..8 {
             c.tick(now);
-            let State::Down { retry_at_ms, .. } = c.link.state else {
+            let State::Down {
+                retry_at_ms,
+                backoff_ms,
+                ..
+            } = c.link.state
+            else {
                 panic!("dead port connected")
             };
-            waits.push(retry_at_ms - now);
+            // The wait counts from the end of the failed attempt.
+            assert!(retry_at_ms >= now + backoff_ms);
+            waits.push(backoff_ms);
             now = retry_at_ms;
         }
         assert_eq!(waits, [100, 200, 400, 800, 1_600, 3_200, 5_000, 5_000]);

@@ -19,7 +19,7 @@
 use serde::Deserialize;
 
 use super::QuotaKey;
-use crate::config::ConfigProblem;
+use crate::config_types::ConfigProblem;
 
 /// Prefix of the Redis keys when `key_prefix` is not set.
 pub const DEFAULT_KEY_PREFIX: &str = "shardgate";
@@ -125,11 +125,19 @@ impl QuotaRule {
     }
 }
 
+/// Bound on one Redis connect, and on one command's write and read
+/// ([`RedisSettings::io_timeout`]).
+pub const REDIS_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Where the Redis backend keeps its counts.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisSettings {
     pub url: String,
     pub key_prefix: String,
+    /// Bound on one connect, and on one command's write and read: [`REDIS_IO_TIMEOUT`]
+    /// (not a config key: a lease must be answered well within the wait of the request
+    /// that asked for it; tests stretch it to hold a stalled Redis).
+    pub io_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -282,6 +290,7 @@ impl RawQuota {
         Some(RedisSettings {
             url: url.clone(),
             key_prefix: prefix.to_owned(),
+            io_timeout: REDIS_IO_TIMEOUT,
         })
     }
 }

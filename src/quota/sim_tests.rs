@@ -27,7 +27,7 @@ fn req_rule() -> QuotaRule {
 
 struct Sim {
     shards: Vec<QuotaShard>,
-    coord: Coordinator,
+    coord: QuotaCoordinator,
     rule: QuotaRule,
     msgs: Vec<ToCoordinator>,
     replies: Vec<(WorkerId, FromCoordinator)>,
@@ -46,7 +46,7 @@ impl Sim {
             shards: (0..workers)
                 .map(|w| QuotaShard::new(w as WorkerId))
                 .collect(),
-            coord: Coordinator::new(workers),
+            coord: QuotaCoordinator::new(workers),
             rule,
             msgs: Vec::new(),
             replies: Vec::new(),
@@ -440,7 +440,7 @@ fn exact_with_channel_latency_and_parked_requests() {
     let rule = req_rule();
     let key = rule.key_for(b"jay");
     let mut shards: Vec<QuotaShard> = (0..3).map(QuotaShard::new).collect();
-    let mut coord = Coordinator::new(3);
+    let mut coord = QuotaCoordinator::new(3);
     let (mut to_coord, mut to_workers) = (Vec::new(), Vec::new());
     let (mut msgs, mut replies) = (Vec::new(), Vec::new());
     let mut admitted = Vec::new();

@@ -1,9 +1,8 @@
-//! Token accounting from responses (and the request tweak that makes streams report usage).
+//! Token accounting from responses.
 //!
 //! - [`usage_from_body`]: `usage` of a non-streamed JSON response.
 //! - [`SseUsageScanner`]: fed the upstream's SSE bytes as they are relayed; finds the usage
 //!   event, and strips it from the client's stream when the client had not asked for usage.
-//! - [`ensure_stream_usage`]: makes a streaming chat request ask for usage.
 //! - [`SseUsageScanner::estimated_completion_tokens`]: for streams cut off before usage came.
 //!
 //! # Performance
@@ -65,53 +64,6 @@ struct EventData {
     /// [`classify`] first (found while writing the `sse_usage` fuzz target).
     #[serde(default)]
     choices: Option<simd_json::OwnedValue>,
-}
-
-/// What [`ensure_stream_usage`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamUsage {
-    /// Not a streaming request: usage comes in the response body. `out` is untouched.
-    NotStreaming,
-    /// The client set `stream_options.include_usage = true`: relay the usage event. `out`
-    /// is untouched.
-    ClientAsked,
-    /// `include_usage` was added (`out` holds the new body): strip the usage event.
-    Injected,
-}
-
-/// The request body is not a JSON object; the request goes upstream unchanged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("request body is not a JSON object")]
-pub struct NotJsonObject;
-
-/// Makes a `"stream": true` chat request ask for usage: sets
-/// `"stream_options": {"include_usage": true}` (keeping other `stream_options`) and writes the
-/// new body to `out`. The returned [`StreamUsage`] tells the relay whether to strip the usage
-/// event. Key order in the rewritten body may differ (JSON objects are unordered).
-pub fn ensure_stream_usage(body: &[u8], out: &mut Vec<u8>) -> Result<StreamUsage, NotJsonObject> {
-    let mut scratch = body.to_vec();
-    let mut value = simd_json::to_owned_value(&mut scratch).map_err(|_| NotJsonObject)?;
-    let obj = value.as_object_mut().ok_or(NotJsonObject)?;
-    if obj.get("stream").and_then(|v| v.as_bool()) != Some(true) {
-        return Ok(StreamUsage::NotStreaming);
-    }
-    let options = obj
-        .get_mut("stream_options")
-        .and_then(|o| o.as_object_mut());
-    if let Some(options) = options {
-        if options.get("include_usage").and_then(|v| v.as_bool()) == Some(true) {
-            return Ok(StreamUsage::ClientAsked);
-        }
-        options.insert("include_usage".into(), true.into());
-    } else {
-        obj.insert(
-            "stream_options".into(),
-            simd_json::json!({ "include_usage": true }),
-        );
-    }
-    out.clear();
-    out.extend_from_slice(&simd_json::to_vec(&value).map_err(|_| NotJsonObject)?);
-    Ok(StreamUsage::Injected)
 }
 
 /// What is known about the event being scanned.
@@ -488,33 +440,5 @@ mod tests {
         assert_eq!((u.prompt_tokens, u.completion_tokens, u.total()), (3, 4, 7));
         assert_eq!(usage_from_body(&mut br#"{"usage":null}"#.to_vec()), None);
         assert_eq!(usage_from_body(&mut b"not json".to_vec()), None);
-    }
-
-    #[test]
-    fn request_gets_include_usage_only_when_streaming_and_not_asked() {
-        let mut out = Vec::new();
-        let r = ensure_stream_usage(br#"{"model":"m","stream":false}"#, &mut out);
-        assert_eq!(r, Ok(StreamUsage::NotStreaming));
-        let r = ensure_stream_usage(
-            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
-            &mut out,
-        );
-        assert_eq!(r, Ok(StreamUsage::ClientAsked));
-        assert!(out.is_empty());
-
-        for body in [
-            &br#"{"model":"m","stream":true}"#[..],
-            br#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}"#,
-        ] {
-            let r = ensure_stream_usage(body, &mut out);
-            assert_eq!(r, Ok(StreamUsage::Injected));
-            let v = simd_json::to_owned_value(&mut out.clone()).unwrap();
-            assert_eq!(v["stream_options"]["include_usage"].as_bool(), Some(true));
-            assert_eq!(v["model"].as_str(), Some("m"));
-        }
-        let v = simd_json::to_owned_value(&mut out).unwrap();
-        assert_eq!(v["stream_options"]["x"].as_u64(), Some(1));
-        assert_eq!(ensure_stream_usage(b"[1]", &mut out), Err(NotJsonObject));
-        assert_eq!(ensure_stream_usage(b"{", &mut out), Err(NotJsonObject));
     }
 }

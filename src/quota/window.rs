@@ -1,5 +1,5 @@
 //! One key's counts per slot over the enforced span, plus the one future slot a prefetched
-//! lease may be counted in (control thread only).
+//! lease may be counted in (coordination thread only).
 //!
 //! The ring covers slots `cur - WINDOW_SLOTS ..= cur + 1`. The invariant it keeps for the
 //! coordinator: for every slot `e`, the sum over `e - WINDOW_SLOTS ..= e` is at most the

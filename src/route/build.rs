@@ -8,7 +8,7 @@ use super::{
     MethodSet, RawRoute, RawSticky, RawTarget, Route, RouteId, RouteTarget, Split, StickyKey,
     Target, Weight, MAX_TARGETS,
 };
-use crate::config::ConfigProblem;
+use crate::config_types::ConfigProblem;
 
 /// Validates one route; `None` if it has problems (all of them pushed).
 pub(super) fn build_route(

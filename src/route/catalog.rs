@@ -5,7 +5,7 @@ use semver::{Version, VersionReq};
 
 use super::hash::hash_bytes;
 use super::raw::RawDeployment;
-use crate::config::ConfigProblem;
+use crate::config_types::ConfigProblem;
 
 /// Index of a deployment in [`super::Router::deployments`]; stable for one router.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -52,7 +52,7 @@ pub struct RawDeployment {
     #[serde(default)]
     pub idle_timeout_ms: Option<u64>,
     #[serde(default)]
-    pub api_key: Option<crate::config::Secret>,
+    pub api_key: Option<crate::config_types::Secret>,
     #[serde(default)]
     pub breaker: Option<crate::breaker::config::RawBreaker>,
     #[serde(default)]

@@ -21,7 +21,7 @@
 
 use super::hash::hash_bytes;
 use super::RouteId;
-use crate::config::ConfigProblem;
+use crate::config_types::ConfigProblem;
 
 /// Most `:param`/`*wildcard` captures one pattern may have.
 pub const MAX_PARAMS: usize = 8;

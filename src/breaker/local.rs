@@ -1,4 +1,6 @@
-//! One worker's local view of every endpoint's breaker (data path).
+//! A worker's side of the resilience stage (data path): its local view of every endpoint's
+//! breaker ([`WorkerBreakers`]) and, with its retry budgets, what the proxy asks before and
+//! after an upstream attempt ([`WorkerResilience`]).
 //!
 //! The view follows the decider's broadcasts; the only transition it makes on its own is
 //! CLOSED → OPEN after `consecutive_failures` connect errors in a row, because a refused
@@ -9,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use super::decider::StateKind;
 use super::health::HealthUpdate;
+use super::table::Resilience;
 use super::{
     probe_share, BreakerPolicy, BreakerReport, BreakerUpdate, BroadcastState, EndpointId, Outcome,
-    Verdict,
+    RetryBudget, Verdict,
 };
+use crate::error::{Fault, GatewayError, UpstreamError};
 
 /// `Retry-After` for rejections whose end is not known (no probe permit here, unhealthy).
 pub const RETRY_AFTER_UNKNOWN: Duration = Duration::from_secs(1);
@@ -280,8 +284,8 @@ impl WorkerBreakers {
         self.mark_dirty(permit.endpoint);
     }
 
-    /// Moves every pending report into `out` (for the control inbox). Allocation-free when
-    /// `out` has room for one report per endpoint.
+    /// Moves every pending report into `out` (for the coordination thread). Allocation-free
+    /// when `out` has room for one report per endpoint.
     pub fn drain_reports(&mut self, out: &mut Vec<BreakerReport>) {
         for endpoint in self.dirty.drain(..) {
             let slot = &mut self.slots[endpoint.index()];
@@ -364,6 +368,145 @@ impl WorkerBreakers {
             slot.dirty = true;
             self.dirty.push(endpoint);
         }
+    }
+}
+
+/// All endpoints of the chosen upstream are open or unhealthy (sent with `Retry-After`).
+pub const UNAVAILABLE: GatewayError = GatewayError {
+    status: 503,
+    kind: "upstream_unavailable",
+    message: "no endpoint of the upstream is available (circuit open or unhealthy)",
+    fault: Fault::Upstream,
+    retry: false,
+    close: false,
+};
+
+/// Why no upstream connection could be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoEndpoint {
+    /// Connecting failed (the last error); answered as that error.
+    Failed(UpstreamError),
+    /// Every endpoint is open or unhealthy: 503 with `Retry-After` of this wait.
+    Unavailable(Duration),
+}
+
+/// What an upstream error says about the endpoint.
+pub fn outcome_of(e: UpstreamError) -> Outcome {
+    match e {
+        UpstreamError::ConnectFailed | UpstreamError::ConnectTimeout => Outcome::ConnectError,
+        UpstreamError::FirstByteTimeout | UpstreamError::IdleTimeout => Outcome::Timeout,
+        UpstreamError::ClosedBeforeResponse
+        | UpstreamError::BadResponse
+        | UpstreamError::ClosedMidBody => Outcome::StreamCut,
+        UpstreamError::ClientGone => Outcome::ClientCancelled,
+    }
+}
+
+/// `Retry-After` value (whole seconds, at least 1) for a wait of `d`.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    (d.as_millis() as u64).div_ceil(1000).max(1)
+}
+
+/// A worker's breakers and retry budgets (one per upstream). Data path: no locks.
+pub struct WorkerResilience {
+    breakers: WorkerBreakers,
+    budgets: Vec<RetryBudget>,
+    workers: u32,
+    reports: Vec<BreakerReport>,
+}
+
+impl WorkerResilience {
+    pub fn new(worker: u32, workers: u32, table: &Resilience, now: Instant) -> Self {
+        let mut w = WorkerResilience {
+            breakers: WorkerBreakers::new(worker, workers, &table.breakers),
+            budgets: Vec::new(),
+            workers,
+            reports: Vec::with_capacity(table.breakers.len()),
+        };
+        w.set_budgets(table, now);
+        w
+    }
+
+    fn set_budgets(&mut self, table: &Resilience, now: Instant) {
+        self.budgets = table
+            .upstreams
+            .iter()
+            .map(|u| RetryBudget::new(&u.retry, self.workers, now))
+            .collect();
+    }
+
+    /// A new snapshot: breakers keep their state by id, budgets restart.
+    pub fn set_policies(&mut self, table: &Resilience, now: Instant) {
+        self.breakers.set_policies(&table.breakers);
+        self.set_budgets(table, now);
+        let n = table.breakers.len();
+        self.reports.reserve(n.saturating_sub(self.reports.len()));
+    }
+
+    /// Whether any endpoint of upstream `upstream` may take traffic now (breaker not open, not
+    /// failing health checks): what a split asks before choosing a deployment. Upstreams the
+    /// table does not cover count as available.
+    pub fn upstream_available(&self, table: &Resilience, upstream: usize, now: Instant) -> bool {
+        let Some(u) = table.upstreams.get(upstream) else {
+            return true;
+        };
+        (u.first..u.first + u.len).any(|id| self.breakers.is_available(EndpointId(id), now))
+    }
+
+    /// May endpoint `id` be tried? `Ok(None)`: no breaker covers it.
+    #[inline]
+    pub fn allow(
+        &mut self,
+        id: Option<EndpointId>,
+        now: Instant,
+    ) -> Result<Option<Permit>, Rejected> {
+        match id {
+            Some(id) => self.breakers.allow(id, now).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the outcome of the attempt under `permit`.
+    #[inline]
+    pub fn record(&mut self, permit: Option<Permit>, outcome: Outcome) {
+        if let Some(p) = permit {
+            self.breakers.record(p, outcome, Instant::now());
+        }
+    }
+
+    /// Counts one original request toward upstream `upstream`'s retry budget.
+    #[inline]
+    pub fn record_request(&mut self, upstream: Option<usize>, now: Instant) {
+        if let Some(b) = upstream.and_then(|u| self.budgets.get_mut(u)) {
+            b.record_request(now);
+        }
+    }
+
+    /// Takes one retry from upstream `upstream`'s budget (always granted when uncovered).
+    #[inline]
+    pub fn try_retry(&mut self, upstream: Option<usize>, now: Instant) -> bool {
+        match upstream.and_then(|u| self.budgets.get_mut(u)) {
+            Some(b) => b.try_retry(now),
+            None => true,
+        }
+    }
+
+    pub fn apply(&mut self, update: &BreakerUpdate) {
+        self.breakers.apply(update);
+    }
+
+    pub fn apply_health(&mut self, update: &HealthUpdate) {
+        self.breakers.apply_health(update);
+    }
+
+    /// Hands every pending report to `send` (for the coordination thread).
+    pub fn drain_reports(&mut self, mut send: impl FnMut(BreakerReport)) {
+        let mut reports = std::mem::take(&mut self.reports);
+        self.breakers.drain_reports(&mut reports);
+        for r in reports.drain(..) {
+            send(r);
+        }
+        self.reports = reports;
     }
 }
 
@@ -678,5 +821,12 @@ mod tests {
         ws[1].record(probe, Outcome::Success, t2);
         round(&mut ws, &mut d, t2);
         assert!(ws.iter().all(|w| w.state(EP) == Some(StateKind::Closed)));
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
     }
 }

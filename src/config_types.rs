@@ -1,0 +1,128 @@
+//! The config types every stage shares: a [`ConfigProblem`] (and the [`ConfigError`] that
+//! collects them), a [`Secret`], and the validated [`Upstream`] the proxy, the pipeline and the
+//! breakers all work with.
+//!
+//! A leaf: it imports nothing from the stages, so every stage's raw config can name these
+//! types while the config assembly ([`crate::config`]) imports the stages' raw configs.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// One thing wrong with a config: the file, the key path (`routes[2].targets[0].weight`) and
+/// what is wrong. Validation collects every problem instead of stopping at the first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigProblem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// A secret (HMAC key, upstream API key, admin token): from an environment variable, a file,
+/// or inline (inline is for demos and tests only).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Secret {
+    /// Read from this environment variable at load time.
+    Env(String),
+    /// Read from this file (relative paths are relative to the config file); one trailing
+    /// newline is stripped.
+    File(PathBuf),
+    /// Written in the config itself.
+    Value(String),
+}
+
+impl Secret {
+    /// Resolves the secret's bytes. `key` names the config key for the error message.
+    pub fn resolve(&self, base_dir: &Path, key: &str) -> Result<Vec<u8>, ConfigProblem> {
+        match self {
+            Secret::Env(var) => std::env::var(var).map(String::into_bytes).map_err(|_| {
+                ConfigProblem::new(key, format!("environment variable `{var}` is not set"))
+            }),
+            Secret::File(path) => {
+                let full = base_dir.join(path);
+                let mut bytes = std::fs::read(&full).map_err(|e| {
+                    ConfigProblem::new(key, format!("cannot read `{}`: {e}", full.display()))
+                })?;
+                if bytes.last() == Some(&b'\n') {
+                    bytes.pop();
+                    if bytes.last() == Some(&b'\r') {
+                        bytes.pop();
+                    }
+                }
+                Ok(bytes)
+            }
+            Secret::Value(v) => Ok(v.clone().into_bytes()),
+        }
+    }
+
+    /// Where the secret comes from, for an error message (never its value).
+    pub fn source(&self) -> String {
+        match self {
+            Secret::Env(var) => format!("environment variable `{var}`"),
+            Secret::File(path) => format!("file `{}`", path.display()),
+            Secret::Value(_) => "inline value".into(),
+        }
+    }
+}
+
+/// A config that failed to load: every problem, each naming the file.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}", self.file.display(), p)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One upstream endpoint, resolved.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// `Host` header value to send.
+    pub host: String,
+}
+
+/// A validated upstream.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub pool_max_idle: usize,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_requests: u32,
+    /// Pre-rendered `authorization: Bearer ...\r\n` line, when a key is configured.
+    pub auth_line: Option<Vec<u8>>,
+}
