@@ -36,7 +36,12 @@ fn sample(i: u64) -> Sample {
 fn record(c: &mut Criterion) {
     let snap = shardgate::config::from_str(CONFIG, std::path::Path::new("."), 1).unwrap();
     let mut m = WorkerMetrics::new(0, Driver::IoUring);
-    m.set_routes(&snap);
+    m.set_routes(
+        snap.generation,
+        snap.metrics.per_route,
+        snap.metrics.label_series,
+        &snap.router,
+    );
     let mut i = 0u64;
     c.bench_function("metrics/record_sample per_route", |b| {
         b.iter(|| {
@@ -72,7 +77,12 @@ fn record(c: &mut Criterion) {
     let workers: Vec<WorkerMetrics> = (0..8)
         .map(|w| {
             let mut m = WorkerMetrics::new(w, Driver::IoUring);
-            m.set_routes(&snap);
+            m.set_routes(
+                snap.generation,
+                snap.metrics.per_route,
+                snap.metrics.label_series,
+                &snap.router,
+            );
             (0..10_000).for_each(|i| m.record_sample(&sample(i)));
             m
         })

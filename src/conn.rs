@@ -30,7 +30,6 @@ use monoio::net::TcpStream;
 use crate::error::GatewayError;
 use crate::http::limits::INIT_READ_BUF;
 use crate::http::write::{error_response, ErrorResponse};
-use crate::http::RequestHead;
 use crate::worker::Drain;
 
 /// Why a read did not deliver bytes.
@@ -339,71 +338,6 @@ impl ClientConn {
         error_response(&mut out, &er, &self.request_id, extra);
         self.out = out;
         self.flush_out().await
-    }
-}
-
-/// What one request holds besides its connection, on loan from the worker while it is served
-/// (an idle keep-alive connection holds none of it) and reused across requests: the parsed
-/// head (~2 KB of offsets) and the buffers the stages fill.
-#[derive(Default)]
-pub struct RequestSlot {
-    pub head: RequestHead,
-    pub bufs: RequestBufs,
-}
-
-/// Per-request buffers (see [`RequestSlot`]); each is cleared before use.
-#[derive(Debug, Default)]
-pub struct RequestBufs {
-    /// A copy of the head while the body is read into the connection buffer behind it.
-    pub head: Vec<u8>,
-    /// The request body as received, when a stage must read it whole.
-    pub body: Vec<u8>,
-    /// The body as sent upstream (re-encoded with the chosen model).
-    pub body_out: Vec<u8>,
-    /// Extra request header lines for the upstream (e.g. identity headers), each ending CRLF.
-    pub up_headers: Vec<u8>,
-    /// Extra response header lines (e.g. `x-shardgate-model`, `x-ratelimit-*`,
-    /// `www-authenticate`): on the relayed response, or on the gateway's own error.
-    pub resp_headers: Vec<u8>,
-    /// What the stages learned about the request, for the access log.
-    pub facts: Facts,
-}
-
-/// What the stages learned about a request that the connection loop logs (reused buffers:
-/// no allocation per request once warm).
-#[derive(Debug, Default)]
-pub struct Facts {
-    /// The verified subject, empty for open routes.
-    pub subject: String,
-    /// The model quotas and token counts went by, empty when the body was not read.
-    pub model: String,
-    /// Tokens the response used, when known.
-    pub tokens: Option<u64>,
-}
-
-/// Request buffers that grew past this are freed when the request ends, not kept for reuse.
-pub const REQUEST_BUF_KEEP: usize = 64 * 1024;
-
-impl RequestBufs {
-    /// Empties every buffer for the next request, freeing any that grew past
-    /// [`REQUEST_BUF_KEEP`] (one large body must not pin its buffer in the pool).
-    pub fn reset(&mut self) {
-        for b in [
-            &mut self.head,
-            &mut self.body,
-            &mut self.body_out,
-            &mut self.up_headers,
-            &mut self.resp_headers,
-        ] {
-            if b.capacity() > REQUEST_BUF_KEEP {
-                *b = Vec::new();
-            } else {
-                b.clear();
-            }
-        }
-        self.facts.subject.clear();
-        self.facts.model.clear();
-        self.facts.tokens = None;
     }
 }
 

@@ -2,33 +2,38 @@
 //!
 //! # Layout
 //!
-//! Modules in the order a request meets them:
+//! One request, from accept to the last byte, meets these modules in this order; each depends
+//! only on modules below it in this list, and on the leaves listed after it.
 //!
-//! - [`config`]: raw TOML → validated → immutable `config::Snapshot` (control thread), and
-//!   what a reload applies.
-//! - [`runtime`]: one pinned monoio worker per core, its listener, its inbox, drain on shutdown.
-//! - [`server`]: the per-connection loop on a worker: keep-alive, pipelining, limits, timeouts.
-//! - [`http`]: the HTTP/1.1 codec (the `shardgate-http` crate, re-exported): head parsing,
-//!   RFC 9112 framing checks, path normalisation, bodies, writers.
-//! - [`pipeline`]: one request through the stages below, in order.
-//! - [`route`]: path trie → route; model catalog and version split.
-//! - [`model`]: the JSON body's `model`/`stream` fields, read and rewritten.
-//! - [`auth`]: JWT verification (ring), keys by `kid`, revocation.
-//! - [`quota`]: per-core lease shards and the coordinator that grants leases.
-//! - [`breaker`]: per-endpoint circuit breakers, retry budget and active health checks.
-//! - [`proxy`]: upstream keep-alive pools, request forwarding, response relay (SSE-safe).
-//! - [`metrics`]: per-worker counters and latency histograms; their merge.
-//! - [`access_log`]: sampled JSON lines, buffered per worker, written by one thread.
-//! - [`control`]: the control-plane threads: control (reload with settled-file watch and
-//!   protection diff, revocations, weight edits), coordination (quota leases, breaker
-//!   decisions) and remote (the quota's Redis I/O).
-//! - [`inbox`]: the messages a worker's inbox carries and the fan-out handle to every worker.
-//! - [`admin`]: the admin HTTP listener (/metrics, /stats, /config, /reload, /healthz,
-//!   /readyz) on control-plane threads (one per connection, capped).
-//! - [`demo`]: `shardgate demo`: mocks for `config/demo.toml`'s deployments, the printed commands.
-//! - [`error`]: the gateway error that every stage folds into.
-//! - [`http_config`]: the `[limits]` table and the header names config keys give, checked for
-//!   the codec.
+//! 1. [`runtime`]: the engine. One pinned monoio worker thread per core, its `SO_REUSEPORT`
+//!    listener, its inbox loop (control-plane messages, timers), drain on shutdown.
+//! 2. [`server`]: the per-connection loop. Reads a head (with [`http`]), hands the request to
+//!    the pipeline, then answers its rejection, records metrics and the access log once per
+//!    request, and keeps or closes the connection; idle connections hibernate.
+//! 3. [`pipeline`]: the stages of one request, in order: route ([`route`]), auth ([`auth`]),
+//!    the JSON body ([`model`]), the deployment split, quota ([`quota`]), the upstream head,
+//!    forward, charge tokens. It returns a `RequestOutcome`; it never writes an error response
+//!    itself.
+//! 4. [`proxy`]: the last stage: complete the upstream head, attempts over the endpoints a
+//!    circuit breaker admits ([`breaker`], with connections from [`pool`]), stream the request
+//!    body, relay the response read by read (SSE-safe) while reading token usage.
+//!
+//! Leaves any of them may use: [`conn`] (the client connection and its buffers), [`slot`]
+//! (a request's head and buffers on loan), [`worker`] (everything one core owns), [`http`] (the
+//! codec), [`error`] (the gateway error every stage folds into), [`config_types`] and
+//! [`http_config`] (config types the stages share), [`metrics`] and [`access_log`] (recording
+//! handles), [`inbox`] (the messages between the control plane and the workers), [`time`].
+//!
+//! The control plane runs on threads of its own and reaches workers only through their inboxes:
+//!
+//! - [`config`]: raw TOML → validated → immutable `Snapshot`, and what a reload applies.
+//! - [`control`]: the control thread (reload with a settled-file watch and a protection diff,
+//!   revocations, weight edits), the coordination thread (quota leases, breaker decisions) and
+//!   the remote thread (the quota's Redis I/O).
+//! - [`admin`]: the admin HTTP API (/metrics, /stats, /config, /reload, /revoke, /healthz,
+//!   /readyz), one thread per connection, capped.
+//! - [`demo`]: `shardgate demo`: mocks for `config/demo.toml`'s deployments, the printed
+//!   commands.
 //!
 //! # Workspace crates
 //!
@@ -38,7 +43,6 @@
 //! - `crates/mock` (`shardgate-mock`): the OpenAI-compatible mock model backend; [`demo`] runs
 //!   it in-process, `loadtest`'s `mock-upstream` binary as a process, the tests on loopback.
 //! - `loadtest/`: the open-loop load generator and the comparison scripts.
-//! - [`config_types`]: the config types every stage shares (problems, secrets, upstreams).
 #![deny(unsafe_code)]
 
 pub use shardgate_http as http;
@@ -58,10 +62,12 @@ pub mod inbox;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod pool;
 pub mod proxy;
 pub mod quota;
 pub mod route;
 pub mod runtime;
 pub mod server;
+pub mod slot;
 pub mod time;
 pub mod worker;

@@ -27,8 +27,7 @@ pub mod merge;
 
 use hdrhistogram::Histogram;
 
-use crate::config::Snapshot;
-use crate::route::Route;
+use crate::route::{Route, Router};
 pub use counters::{Family, LabelledCounters};
 
 /// Highest latency recorded, in microseconds (1 hour); larger values are clamped.
@@ -230,14 +229,21 @@ impl WorkerMetrics {
         }
     }
 
-    /// Points snapshot route indexes at slots (creating slots for new labels) and takes the
-    /// snapshot's generation and metrics settings. Called when a worker applies a snapshot.
-    pub fn set_routes(&mut self, snap: &Snapshot) {
-        self.config_generation = snap.generation;
-        self.per_route = snap.metrics.per_route;
-        self.counters.set_cap(snap.metrics.label_series);
+    /// Points a snapshot's route and deployment indexes at slots (creating slots for new
+    /// labels) and takes its generation and `[metrics]` settings (`per_route`, `label_series`).
+    /// Called when a worker applies a snapshot.
+    pub fn set_routes(
+        &mut self,
+        generation: u64,
+        per_route: bool,
+        label_series: usize,
+        router: &Router,
+    ) {
+        self.config_generation = generation;
+        self.per_route = per_route;
+        self.counters.set_cap(label_series);
         self.route_slots.clear();
-        for r in snap.router.routes() {
+        for r in router.routes() {
             let label = route_label(r);
             let slot = match self.routes.iter().position(|m| *m.label == *label) {
                 Some(i) => i,
@@ -249,7 +255,7 @@ impl WorkerMetrics {
             self.route_slots.push(slot as u32);
         }
         self.deployment_slots.clear();
-        for d in snap.router.deployments() {
+        for d in router.deployments() {
             let label = format!("{}@{}", d.model(), d.version_str());
             let slot = match self.deployments.iter().position(|m| *m.label == *label) {
                 Some(i) => i,
@@ -352,7 +358,12 @@ upstream = "mock"
     fn records_per_route_with_exact_status_and_gateway_time() {
         let snap = crate::config::from_str(CONFIG, Path::new("."), 7).unwrap();
         let mut m = WorkerMetrics::new(0, Driver::Legacy);
-        m.set_routes(&snap);
+        m.set_routes(
+            snap.generation,
+            snap.metrics.per_route,
+            snap.metrics.label_series,
+            &snap.router,
+        );
         assert_eq!(m.config_generation, 7);
         let v1 = snap
             .router
@@ -384,9 +395,19 @@ upstream = "mock"
     fn slots_survive_a_reload_and_unknown_routes_are_unmatched() {
         let snap = crate::config::from_str(CONFIG, Path::new("."), 1).unwrap();
         let mut m = WorkerMetrics::new(0, Driver::Legacy);
-        m.set_routes(&snap);
+        m.set_routes(
+            snap.generation,
+            snap.metrics.per_route,
+            snap.metrics.label_series,
+            &snap.router,
+        );
         let slots = m.routes.len();
-        m.set_routes(&snap);
+        m.set_routes(
+            snap.generation,
+            snap.metrics.per_route,
+            snap.metrics.label_series,
+            &snap.router,
+        );
         assert_eq!(m.routes.len(), slots);
         m.record_sample(&Sample {
             route: Some(99),

@@ -24,25 +24,26 @@
 //! connection: a body buffered whole is skipped, any other body makes the rejection close the
 //! connection (its unread bytes would be taken for the next request).
 //!
-//! Every stage before the forward reads its input from [`Request`] and returns `Err(Stop)` to
+//! Every stage before the forward reads its input from `Request` and returns `Err(Stop)` to
 //! end the request; the charge after the forward runs whatever the forward's result.
 
 use std::io::Write;
 use std::rc::Rc;
 
-pub(crate) mod authn;
-mod body;
-mod quota_check;
-mod split;
+pub mod authn;
+pub mod body;
+pub mod quota_check;
+pub mod split;
 
 use crate::auth::Identity;
 use crate::config::{Snapshot, Upstream};
-use crate::conn::{ClientConn, RequestBufs};
+use crate::conn::ClientConn;
 use crate::error::{self, GatewayError};
 use crate::http::parse::{BodyFraming, RequestHead};
 use crate::model::JsonBody;
 use crate::proxy::{self, tap::UsageSpec, Failure, OutBody, Outbound, ReqInfo};
 use crate::route::{Route, RouteError, RouteTarget};
+use crate::slot::RequestBufs;
 use crate::worker::Worker;
 
 /// How a request ended, for the connection loop to answer, account and keep or close by.
@@ -138,7 +139,7 @@ struct Bufs<'b> {
     body_out: &'b mut Vec<u8>,
     up_headers: &'b mut Vec<u8>,
     resp_headers: &'b mut Vec<u8>,
-    facts: &'b mut crate::conn::Facts,
+    facts: &'b mut crate::slot::Facts,
 }
 
 /// The stages in order; `Err` ends the request before anything was relayed.

@@ -4,7 +4,7 @@
 //!
 //! 1. [`head`]: complete the upstream request head (Host, framing, credential) and put a small
 //!    body that is already here behind it;
-//! 2. [`attempt`]: take an endpoint and a connection ([`pool`]), send, stream a body that was
+//! 2. [`attempt`]: take an endpoint and a connection ([`crate::pool`]), send, stream a body that was
 //!    not inline ([`inbound`]), read the response head; again on another endpoint when
 //!    allowed;
 //! 3. [`relay`]: the client-facing response head and the body, read by read, with token usage
@@ -20,12 +20,11 @@
 //! read is written to the client immediately (SSE-safe). A request body streams only within
 //! the per-upstream cap on streamed uploads; past it, it is read whole before an upstream
 //! connection is taken (see [`inbound`]). A pooled connection on which anything arrived
-//! while idle is never read for a response (see [`pool`]).
+//! while idle is never read for a response (see [`crate::pool`]).
 
 pub mod attempt;
 pub mod head;
 pub mod inbound;
-pub mod pool;
 pub mod relay;
 pub mod tap;
 

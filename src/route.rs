@@ -25,13 +25,14 @@ mod build;
 mod catalog;
 mod hash;
 mod raw;
+mod rng;
 mod split;
 mod trie;
 mod weights;
 
 pub use catalog::{Deployment, DeploymentId};
-pub use hash::WorkerRng;
 pub use raw::{RawDeployment, RawRoute, RawSticky, RawTarget, RawTimeouts, RouteTimeouts};
+pub use rng::WorkerRng;
 pub use split::{Chosen, Configured, SelectCtx, Split, Target, Weight, MAX_TARGETS};
 pub use trie::{MethodSet, PatternId, MAX_PARAMS};
 pub use weights::set_weights_in_toml;

@@ -28,8 +28,9 @@ use crate::http::write::{error_response, ErrorResponse};
 use crate::worker::Worker;
 
 use crate::access_log::Fields;
-use crate::conn::{self, ClientConn, Facts, RequestBufs, RequestSlot};
+use crate::conn::{self, ClientConn};
 use crate::pipeline::RequestOutcome;
+use crate::slot::{Facts, RequestBufs, RequestSlot};
 
 /// Accepts until the worker drains.
 pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {

@@ -17,7 +17,7 @@ use crate::auth::Revocations;
 use crate::config::Snapshot;
 use crate::inbox::{ToCoord, ToWorker};
 use crate::metrics::{Driver, WorkerMetrics};
-use crate::proxy::pool::Pools;
+use crate::pool::Pools;
 use crate::quota::QuotaShard;
 
 pub use drain::{Drain, EXPIRE_EVERY};
@@ -55,7 +55,7 @@ pub struct Worker {
     /// This worker's access log buffer, when `[access_log]` is configured.
     pub access_log: RefCell<Option<crate::access_log::WorkerLog>>,
     /// Request heads and buffers for reuse (see `server`).
-    pub slots: RefCell<Vec<Box<crate::conn::RequestSlot>>>,
+    pub slots: RefCell<Vec<Box<crate::slot::RequestSlot>>>,
     /// This worker's inbox from the control plane.
     inbox: Receiver<ToWorker>,
     /// The coordination thread.
@@ -125,7 +125,12 @@ impl Worker {
         match msg {
             ToWorker::Snapshot(s) => {
                 self.metrics.borrow_mut().config_generation = s.generation;
-                self.metrics.borrow_mut().set_routes(&s);
+                self.metrics.borrow_mut().set_routes(
+                    s.generation,
+                    s.metrics.per_route,
+                    s.metrics.label_series,
+                    &s.router,
+                );
                 self.pools.borrow_mut().retain_endpoints(&s);
                 self.resilience
                     .borrow_mut()
@@ -173,7 +178,12 @@ impl Worker {
     pub fn new(id: usize, snapshot: Snapshot, driver: Driver, links: Links) -> Worker {
         let mut metrics = WorkerMetrics::new(id, driver);
         metrics.config_generation = snapshot.generation;
-        metrics.set_routes(&snapshot);
+        metrics.set_routes(
+            snapshot.generation,
+            snapshot.metrics.per_route,
+            snapshot.metrics.label_series,
+            &snapshot.router,
+        );
         let workers = snapshot.server.cores.len().max(1) as u32;
         let resilience = crate::breaker::local::WorkerResilience::new(
             id as u32,

@@ -36,9 +36,9 @@ use simd_json::ValueType;
 
 use super::AuthError;
 
-/// Longest identity value (subject, tenant, label, `jti`) accepted, in bytes; the same bound
-/// as a revoked id.
-pub const MAX_IDENTITY_BYTES: usize = super::revocation::MAX_REVOKED_ID_BYTES;
+/// Longest identity value (subject, tenant, label, `jti`) accepted, in bytes; a revoked id
+/// has the same bound.
+pub const MAX_IDENTITY_BYTES: usize = 1024;
 
 /// Longest claim header value rendered, in bytes (well under every upstream's line limit).
 pub const MAX_CLAIM_HEADER_BYTES: usize = 4096;

@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
-/// Longest revoked id accepted, in bytes.
-pub const MAX_REVOKED_ID_BYTES: usize = 1024;
+/// Longest revoked id accepted, in bytes: the longest identity a token is accepted with.
+pub const MAX_REVOKED_ID_BYTES: usize = super::claims::MAX_IDENTITY_BYTES;
 
 /// What a revocation matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

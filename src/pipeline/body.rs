@@ -18,7 +18,7 @@ use crate::proxy::{inbound, ReqInfo};
 use super::Stop;
 
 /// Reads and parses the request body (see the module docs). `raw` receives the bytes.
-pub async fn read_json(
+pub(super) async fn read_json(
     c: &mut ClientConn,
     req: &ReqInfo,
     framing: BodyFraming,

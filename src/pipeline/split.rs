@@ -31,7 +31,7 @@ pub const NO_DEPLOYMENT: GatewayError = GatewayError {
 };
 
 /// Chooses the deployment and rewrites the body's `model` (see the module docs).
-pub fn choose<'s>(
+pub(super) fn choose<'s>(
     worker: &Worker,
     rq: &Request<'s>,
     route: &'s Route,

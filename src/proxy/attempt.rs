@@ -27,9 +27,9 @@ use crate::conn::ClientConn;
 use crate::error::{GatewayError, UpstreamError};
 use crate::worker::Worker;
 
-use super::pool::{self, UpConn};
 use super::relay::{self, ResponseHead};
 use super::{inbound, Failure, Outbound, ReqInfo};
+use crate::pool::{self, UpConn};
 
 /// Most attempts to reach an endpoint of one upstream when connecting fails.
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;

@@ -17,13 +17,13 @@
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use super::pool::UpConn;
 use super::{Failure, ReqInfo};
 use crate::conn::{ClientConn, ReadError};
 use crate::error::{self, GatewayError, UpstreamError};
 use crate::http::body::ChunkedDecoder;
 use crate::http::parse::BodyFraming;
 use crate::http::Limits;
+use crate::pool::UpConn;
 use crate::worker::Worker;
 
 /// Largest read while a body arrives.

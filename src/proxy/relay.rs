@@ -10,7 +10,7 @@
 //! server-sent events are never held back — and fails if the upstream stops early, in which
 //! case the caller closes the client connection so the response cannot look complete. A
 //! response to HEAD, a 1xx, 204 or 304 has no body whatever its headers say. Bytes past the end
-//! of the body stay in `up.buf`, so the pool refuses the connection (see [`super::pool`]).
+//! of the body stay in `up.buf`, so the pool refuses the connection (see [`crate::pool`]).
 
 use std::io::Write;
 use std::time::Duration;
@@ -26,8 +26,8 @@ pub use crate::http::response::{
 };
 use crate::http::write::{self, reason};
 
-use super::pool::{UpConn, UPSTREAM_READ_BUF};
 use super::tap::Tap;
+use crate::pool::{UpConn, UPSTREAM_READ_BUF};
 
 /// Largest single read from an upstream while relaying a body.
 pub const RELAY_READ: usize = 64 * 1024;

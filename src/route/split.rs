@@ -21,8 +21,9 @@
 //! No allocation: eligibility is a `u64` bitmask over at most [`MAX_TARGETS`] targets.
 
 use super::catalog::{Catalog, Deployment, DeploymentId};
-use super::hash::{exp_draw, hash_bytes, mix64, WorkerRng};
+use super::hash::{exp_draw, hash_bytes, mix64};
 use super::raw::RawTarget;
+use super::rng::WorkerRng;
 
 /// Most resolved targets (or fallbacks) one route may have.
 pub const MAX_TARGETS: usize = 64;
@@ -31,7 +32,7 @@ pub const MAX_TARGETS: usize = 64;
 /// exactly among up to 16 versions (720720 = lcm(1..=16)).
 pub(crate) const WEIGHT_SCALE: u64 = 720_720;
 
-/// A target's relative weight, scaled by [`WEIGHT_SCALE`]; `0` drains the target.
+/// A target's relative weight, scaled by `WEIGHT_SCALE` (720720, so every split of up to 16 targets divides exactly); `0` drains the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Weight(pub(crate) u64);
 

@@ -1,5 +1,5 @@
 //! Per-worker upstream keep-alive pools, one per endpoint address, and the count of request
-//! bodies streaming to each upstream (see [`super::inbound`]).
+//! bodies streaming to each upstream (see [`crate::proxy::inbound`]).
 //!
 //! # Contract
 //!
@@ -43,7 +43,7 @@
 //! Per connection: the cell the read and write halves share, and the idle receive's slot
 //! ([`watch`]). Per reuse on io_uring: the fresh cancel handle monoio makes (one small `Rc`).
 
-mod watch;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::io;
