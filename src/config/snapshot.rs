@@ -48,6 +48,8 @@ pub struct ServerSettings {
     pub cores: Vec<Option<usize>>,
     pub driver: DriverChoice,
     pub drain_timeout: Duration,
+    /// The TLS listener, when `[server.tls]` is set.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +67,8 @@ pub struct Snapshot {
     pub limits: Limits,
     /// Named upstreams, then one per model deployment (see `deployment_upstreams`).
     pub upstreams: Vec<Upstream>,
+    /// Per `upstreams` index: the TLS settings of its TLS endpoints (see [`crate::tls`]).
+    pub upstream_tls: Vec<Option<crate::tls::UpstreamTls>>,
     /// The route trie, model catalog and splits.
     pub router: crate::route::Router,
     /// `upstreams` index of each deployment, by `DeploymentId`.
