@@ -213,7 +213,9 @@ impl ClientConn {
         let now = Instant::now();
         let deadline = now + idle;
         if self.stream.is_tls() {
-            return self.wait_request_tls(drain, deadline, now + hibernate_after).await;
+            return self
+                .wait_request_tls(drain, deadline, now + hibernate_after)
+                .await;
         }
         if idle <= hibernate_after {
             // Closed at the deadline anyway: a plain read, dropped (with its buffer) on expiry.

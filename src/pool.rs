@@ -333,10 +333,11 @@ impl Pools {
     pub fn retain_endpoints(&mut self, snap: &Snapshot) {
         self.idle.retain(|key, _| {
             key.tls_upstream.is_none()
-                && snap
-                    .upstreams
-                    .iter()
-                    .any(|u| u.endpoints.iter().any(|e| e.addr == key.addr && e.tls.is_none()))
+                && snap.upstreams.iter().any(|u| {
+                    u.endpoints
+                        .iter()
+                        .any(|e| e.addr == key.addr && e.tls.is_none())
+                })
         });
     }
 

@@ -274,13 +274,7 @@ struct Listeners {
     tls: Option<std::net::TcpListener>,
 }
 
-fn worker_thread(
-    id: usize,
-    snapshot: Snapshot,
-    listener: Listeners,
-    links: Links,
-    ready: Ready,
-) {
+fn worker_thread(id: usize, snapshot: Snapshot, listener: Listeners, links: Links, ready: Ready) {
     if let Some(core) = snapshot.server.cores.get(id).copied().flatten() {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
             eprintln!("shardgate-w{id}: could not pin to core {core}; running unpinned");
@@ -343,7 +337,10 @@ async fn worker_main(
     ready: Ready,
     driver: Driver,
 ) {
-    let tls = listeners.tls.map(monoio::net::TcpListener::from_std).transpose();
+    let tls = listeners
+        .tls
+        .map(monoio::net::TcpListener::from_std)
+        .transpose();
     let (listener, tls) = match (monoio::net::TcpListener::from_std(listeners.plain), tls) {
         (Ok(l), Ok(t)) => (l, t),
         (Err(e), _) | (_, Err(e)) => {
@@ -355,7 +352,8 @@ async fn worker_main(
     let worker = Rc::new(Worker::new(id, snapshot, driver, links));
     monoio::spawn(inbox_loop(worker.clone()));
     let _ = ready.send(Ok(()));
-    let tls_accepting = tls.map(|t| monoio::spawn(crate::server::accept_loop(worker.clone(), t, true)));
+    let tls_accepting =
+        tls.map(|t| monoio::spawn(crate::server::accept_loop(worker.clone(), t, true)));
     crate::server::accept_loop(worker.clone(), listener, false).await;
     if let Some(t) = tls_accepting {
         t.await;

@@ -78,7 +78,9 @@ impl WorkerTls {
             .map(|u| {
                 u.and_then(|t| {
                     t.worker_config()
-                        .map_err(|e| eprintln!("shardgate: upstream TLS config failed to build: {e}"))
+                        .map_err(|e| {
+                            eprintln!("shardgate: upstream TLS config failed to build: {e}")
+                        })
                         .ok()
                 })
             })

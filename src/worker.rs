@@ -179,7 +179,10 @@ impl Worker {
 /// This worker's TLS configs for `snap`: new certificates reach new connections; open ones
 /// keep the config they started with.
 fn worker_tls(snap: &Snapshot) -> crate::tls::WorkerTls {
-    crate::tls::WorkerTls::build(snap.server.tls.as_ref(), snap.upstream_tls.iter().map(Option::as_ref))
+    crate::tls::WorkerTls::build(
+        snap.server.tls.as_ref(),
+        snap.upstream_tls.iter().map(Option::as_ref),
+    )
 }
 
 impl Worker {

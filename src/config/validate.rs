@@ -253,18 +253,20 @@ impl RawUpstream {
             .enumerate()
             .filter_map(|(i, e)| {
                 split_endpoint(e)
-                    .map_err(|m| problems.push(ConfigProblem::new(format!("{key}.endpoints[{i}]"), m)))
+                    .map_err(|m| {
+                        problems.push(ConfigProblem::new(format!("{key}.endpoints[{i}]"), m))
+                    })
                     .ok()
                     .map(|(tls, authority)| (i, tls || self.tls.is_some(), authority))
             })
             .collect();
         // `https://` endpoints without a `tls` table verify against the Mozilla roots.
         let tls = match split.iter().any(|(_, tls, _)| *tls) {
-            true => self
-                .tls
-                .clone()
-                .unwrap_or_default()
-                .build(&format!("{key}.tls"), base_dir, problems),
+            true => self.tls.clone().unwrap_or_default().build(
+                &format!("{key}.tls"),
+                base_dir,
+                problems,
+            ),
             false => None,
         };
         let endpoints = split

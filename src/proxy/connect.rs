@@ -42,11 +42,12 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<UpConn, UpstreamError> {
     let deadline = Instant::now() + timeout;
-    let stream = match monoio::time::timeout_at(deadline.into(), TcpStream::connect_addr(ep.addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(_)) => return Err(UpstreamError::ConnectFailed),
-        Err(_) => return Err(UpstreamError::ConnectTimeout),
-    };
+    let stream =
+        match monoio::time::timeout_at(deadline.into(), TcpStream::connect_addr(ep.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) => return Err(UpstreamError::ConnectFailed),
+            Err(_) => return Err(UpstreamError::ConnectTimeout),
+        };
     let mut up = UpConn::new(stream, pool_key(ep, up_idx));
     let Some(name) = &ep.tls else {
         return Ok(up);
@@ -63,7 +64,8 @@ pub async fn connect(
     let Some(config) = config else {
         return Err(tls_error("no_config"));
     };
-    let conn = rustls::ClientConnection::new(config, name.clone()).map_err(|_| tls_error("setup"))?;
+    let conn =
+        rustls::ClientConnection::new(config, name.clone()).map_err(|_| tls_error("setup"))?;
     match monoio::time::timeout_at(deadline.into(), up.start_tls(conn)).await {
         Ok(Ok(())) => Ok(up),
         Ok(Err(e)) => Err(tls_error(crate::tls::client::failure_reason(&e))),

@@ -23,7 +23,11 @@ use crate::tls::{DownSession, PeerIdentity};
 use crate::worker::Worker;
 
 /// Runs the handshake on `tcp` (see the module docs). `None`: it failed (counted).
-pub async fn accept_tls(worker: &Worker, mut tcp: TcpStream, peer: SocketAddr) -> Option<ClientConn> {
+pub async fn accept_tls(
+    worker: &Worker,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<ClientConn> {
     let fail = |reason: &str| {
         worker
             .metrics

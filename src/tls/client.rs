@@ -79,7 +79,9 @@ pub fn split_endpoint(written: &str) -> Result<(bool, String), String> {
     } else if let Some(r) = w.strip_prefix("http://") {
         (false, r)
     } else if w.contains("://") {
-        return Err(format!("`{w}`: only http:// and https:// endpoints are supported"));
+        return Err(format!(
+            "`{w}`: only http:// and https:// endpoints are supported"
+        ));
     } else {
         (false, w)
     };
@@ -131,7 +133,9 @@ impl RawUpstreamTls {
         });
         let client = match (&self.client_cert_file, &self.client_key_file) {
             (None, None) => None,
-            (Some(c), Some(k)) => read_client_pair(key, &base_dir.join(c), &base_dir.join(k), problems),
+            (Some(c), Some(k)) => {
+                read_client_pair(key, &base_dir.join(c), &base_dir.join(k), problems)
+            }
             (Some(_), None) | (None, Some(_)) => {
                 problems.push(ConfigProblem::new(
                     format!("{key}.client_cert_file"),
@@ -271,9 +275,7 @@ impl ServerCertVerifier for AcceptAnything {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -305,7 +307,10 @@ mod tests {
             ("http://127.0.0.1:9000", Ok((false, "127.0.0.1:9000"))),
             ("https://api.openai.com", Ok((true, "api.openai.com:443"))),
             ("https://api.openai.com/", Ok((true, "api.openai.com:443"))),
-            ("https://api.openai.com:8443", Ok((true, "api.openai.com:8443"))),
+            (
+                "https://api.openai.com:8443",
+                Ok((true, "api.openai.com:8443")),
+            ),
             ("https://[::1]:8443", Ok((true, "[::1]:8443"))),
             ("https://[::1]", Ok((true, "[::1]:443"))),
             (" https://h:1 ", Ok((true, "h:1"))),
@@ -327,8 +332,14 @@ mod tests {
     fn hosts_and_server_names() {
         assert_eq!(host_of("api.openai.com:443"), "api.openai.com");
         assert_eq!(host_of("[::1]:443"), "::1");
-        assert!(matches!(server_name("api.openai.com"), Ok(ServerName::DnsName(_))));
-        assert!(matches!(server_name("127.0.0.1"), Ok(ServerName::IpAddress(_))));
+        assert!(matches!(
+            server_name("api.openai.com"),
+            Ok(ServerName::DnsName(_))
+        ));
+        assert!(matches!(
+            server_name("127.0.0.1"),
+            Ok(ServerName::IpAddress(_))
+        ));
         assert!(matches!(server_name("::1"), Ok(ServerName::IpAddress(_))));
         for bad in ["", "a b", "exa mple.com", "-.com/"] {
             assert!(server_name(bad).is_err(), "{bad:?}");

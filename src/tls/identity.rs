@@ -198,7 +198,11 @@ mod tests {
             (None, vec![], None),
             (Some("batch"), vec![dns()], Some("batch.internal")),
             (Some("batch"), vec![email(), dns()], Some("batch.internal")),
-            (Some("batch"), vec![dns(), uri()], Some("spiffe://prod/svc/batch")),
+            (
+                Some("batch"),
+                vec![dns(), uri()],
+                Some("spiffe://prod/svc/batch"),
+            ),
             (None, vec![email()], Some("ops@example.com")),
             (Some("batch"), vec![ip()], Some("batch")),
             (None, vec![ip()], None),
@@ -233,7 +237,10 @@ mod tests {
     fn damaged_der_is_refused_without_panicking() {
         let der = cert(Some("batch"), vec![SanType::DnsName(ia5("b.internal"))]);
         for n in 0..der.len() {
-            assert!(PeerIdentity::from_der(&der[..n]).is_none(), "first {n} bytes");
+            assert!(
+                PeerIdentity::from_der(&der[..n]).is_none(),
+                "first {n} bytes"
+            );
         }
         for i in 0..der.len() {
             for flip in [0x01u8, 0x80, 0xff] {

@@ -106,7 +106,10 @@ pub struct Material {
 impl std::fmt::Debug for Material {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Material")
-            .field("names", &self.pairs.iter().map(|p| &p.names).collect::<Vec<_>>())
+            .field(
+                "names",
+                &self.pairs.iter().map(|p| &p.names).collect::<Vec<_>>(),
+            )
             .field("client_auth", &self.client_auth)
             .field("files", &self.files)
             .finish_non_exhaustive()
@@ -120,7 +123,8 @@ struct Pair {
     names: Vec<String>,
 }
 
-const TLS12_AND_13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+const TLS12_AND_13: &[&SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
 const TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
 impl RawServerTls {
@@ -135,12 +139,13 @@ impl RawServerTls {
         let before = problems.len();
         let mut files = Vec::new();
         let mut pairs = Vec::new();
-        let all = std::iter::once(("server.tls".to_string(), &self.cert_file, &self.key_file)).chain(
-            self.sni
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (format!("server.tls.sni[{i}]"), &p.cert_file, &p.key_file)),
-        );
+        let all = std::iter::once(("server.tls".to_string(), &self.cert_file, &self.key_file))
+            .chain(
+                self.sni
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (format!("server.tls.sni[{i}]"), &p.cert_file, &p.key_file)),
+            );
         for (key, cert, priv_key) in all {
             let (cert, priv_key) = (base_dir.join(cert), base_dir.join(priv_key));
             files.push(cert.clone());
@@ -279,14 +284,19 @@ impl Material {
                     ClientAuth::Optional => v.allow_unauthenticated(),
                     _ => v,
                 };
-                builder.with_client_cert_verifier(v.build().map_err(|e| format!("client_ca_file: {e}"))?)
+                builder.with_client_cert_verifier(
+                    v.build().map_err(|e| format!("client_ca_file: {e}"))?,
+                )
             }
         };
         let mut keys = Vec::with_capacity(self.pairs.len());
         for p in &self.pairs {
             let signer = rustls::crypto::ring::sign::any_supported_type(&p.key)
                 .map_err(|e| e.to_string())?;
-            keys.push((p.names.clone(), Arc::new(CertifiedKey::new(p.chain.clone(), signer))));
+            keys.push((
+                p.names.clone(),
+                Arc::new(CertifiedKey::new(p.chain.clone(), signer)),
+            ));
         }
         let mut config = builder.with_cert_resolver(Arc::new(SniResolver { keys }));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -334,10 +344,13 @@ pub fn failure_reason(e: &super::session::HandshakeError) -> &'static str {
         return "closed";
     };
     match e {
+        // A pre-1.2 client fails on the missing `signature_algorithms` extension (TLS 1.2's)
+        // before its version is looked at.
         Error::PeerIncompatible(
             P::Tls12NotOffered
             | P::Tls12NotOfferedOrEnabled
             | P::SupportedVersionsExtensionRequired
+            | P::SignatureAlgorithmsExtensionRequired
             | P::ServerDoesNotSupportTls12Or13,
         ) => "protocol_version",
         Error::PeerIncompatible(P::NoCipherSuitesInCommon) => "no_cipher_suite",

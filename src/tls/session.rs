@@ -132,7 +132,9 @@ where
             if !self.conn.is_handshaking() {
                 return Ok(());
             }
-            if self.rx_pos == self.rx.len() && self.recv(wire).await.map_err(HandshakeError::Io)? == 0 {
+            if self.rx_pos == self.rx.len()
+                && self.recv(wire).await.map_err(HandshakeError::Io)? == 0
+            {
                 return Err(HandshakeError::Io(io::ErrorKind::UnexpectedEof.into()));
             }
             if let Err(e) = self.feed() {

@@ -171,7 +171,9 @@ mod tests {
             }
         }
         // Before it was issued (a clock set back): refused.
-        assert!(at(secret, t0 - TICKET_PERIOD_SECS).decrypt(&ticket).is_none());
+        assert!(at(secret, t0 - TICKET_PERIOD_SECS)
+            .decrypt(&ticket)
+            .is_none());
     }
 
     #[test]
@@ -180,11 +182,7 @@ mod tests {
         let t0 = 77 * TICKET_PERIOD_SECS;
         let tickets = at(secret, t0);
         let good = tickets.encrypt(b"state").unwrap();
-        assert_ne!(
-            tickets.encrypt(b"state").unwrap(),
-            good,
-            "nonces are fresh"
-        );
+        assert_ne!(tickets.encrypt(b"state").unwrap(), good, "nonces are fresh");
         // Every single-byte change (period, nonce, ciphertext, tag) is caught.
         for i in 0..good.len() {
             let mut bad = good.clone();
