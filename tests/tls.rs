@@ -435,3 +435,160 @@ fn bad_upstream_certificates_are_502s_that_trip_the_breaker() {
         );
     }
 }
+
+/// Engine and control thread on a config file in `dir` (quick file watches), as `shardgate`
+/// wires them.
+fn watched_gateway(dir: &TempDir, text: &str) -> (shardgate::control::Control, Engine) {
+    let path = dir.write("gateway.toml", text);
+    let snap = shardgate::config::load(&path, 1).unwrap_or_else(|e| panic!("{e}"));
+    let engine = Engine::start(snap.clone()).unwrap();
+    let start = shardgate::control::Start {
+        watch: shardgate::control::WatchSettings {
+            interval: Duration::from_millis(20),
+            settle: Duration::from_millis(60),
+        },
+        ..shardgate::control::Start::new(path, snap, engine.inboxes())
+    };
+    (shardgate::control::Control::spawn(start).unwrap(), engine)
+}
+
+fn rotating_config(up: SocketAddr) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = false\n\
+         [server.tls]\nlisten = \"127.0.0.1:0\"\ncert_file = \"gw.pem\"\nkey_file = \"gw.key\"\n{}",
+        route_all(up, "")
+    )
+}
+
+/// The certificate files are replaced under steady load (fresh handshakes and a keep-alive
+/// connection): no request fails, new connections get the new certificate, the connection
+/// opened before keeps serving.
+#[test]
+fn certificates_rotate_under_load_without_a_failed_request() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let dir = TempDir::new("rotate");
+    let ca = Ca::new("test ca");
+    let first = ca.server(&["gw.test"]);
+    first.write(&dir, "gw");
+    let up = Upstream::echo();
+    let (_control, gw) = watched_gateway(&dir, &rotating_config(up.addr));
+    let addr: SocketAddr = ([127, 0, 0, 1], tls_port(&gw)).into();
+    let client = client_config(&ca, None);
+    let old_leaf = first.chain()[0].clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, stop) = (client.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut ok, mut failed, mut leaves) = (0u32, Vec::new(), Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match https_get_cert(&client, addr, "gw.test", "/v1/x") {
+                        Ok((text, leaf)) if text.starts_with("HTTP/1.1 200") => {
+                            ok += 1;
+                            if !leaves.contains(&leaf) {
+                                leaves.push(leaf);
+                            }
+                        }
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                (ok, failed, leaves)
+            })
+        })
+        .collect();
+    // A keep-alive connection opened before the rotation.
+    let name = rustls::pki_types::ServerName::try_from("gw.test").unwrap();
+    let conn = rustls::ClientConnection::new(client.clone(), name).unwrap();
+    let mut kept = rustls::StreamOwned::new(conn, TcpStream::connect(addr).unwrap());
+    let keep_alive_get = |s: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>| {
+        s.write_all(b"GET /v1/kept HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(keep_alive_get(&mut kept).starts_with("HTTP/1.1 200"));
+    std::thread::sleep(Duration::from_millis(300));
+    let second = ca.server(&["gw.test"]);
+    second.write(&dir, "gw");
+    let new_leaf = second.chain()[0].clone();
+    let mut rotated = false;
+    for _ in 0..250 {
+        let (_, leaf) = https_get_cert(&client, addr, "gw.test", "/v1/probe").unwrap();
+        if leaf == new_leaf {
+            rotated = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    assert!(rotated, "new connections get the new certificate");
+    let mut total = 0;
+    for t in load {
+        let (ok, failed, leaves) = t.join().unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        assert!(
+            leaves.contains(&old_leaf) && leaves.contains(&new_leaf),
+            "saw both"
+        );
+        total += ok;
+    }
+    assert!(total > 10, "{total} requests under load");
+    let again = keep_alive_get(&mut kept);
+    assert!(
+        again.starts_with("HTTP/1.1 200"),
+        "the old connection still serves: {again}"
+    );
+    assert_eq!(kept.conn.peer_certificates().unwrap()[0], old_leaf);
+}
+
+/// A key that does not belong to the certificate, a file that is not PEM, a missing file:
+/// each rejects the reload naming the key and the file, and the certificate in force stays.
+#[test]
+fn a_bad_certificate_pair_is_a_config_problem_and_the_old_one_stays() {
+    let dir = TempDir::new("bad-pair");
+    let ca = Ca::new("test ca");
+    let good = ca.server(&["gw.test"]);
+    good.write(&dir, "gw");
+    let up = Upstream::echo();
+    let (control, gw) = watched_gateway(&dir, &rotating_config(up.addr));
+    let addr: SocketAddr = ([127, 0, 0, 1], tls_port(&gw)).into();
+    let client = client_config(&ca, None);
+    let other_key = ca.server(&["gw.test"]).key_pem;
+    let cases: [(&str, &str, &str, &str); 3] = [
+        (
+            "gw.key",
+            &other_key,
+            "server.tls.cert_file",
+            "does not belong to the private key",
+        ),
+        (
+            "gw.pem",
+            "not a certificate\n",
+            "server.tls.cert_file",
+            "CERTIFICATE",
+        ),
+        (
+            "gw.key",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            "server.tls.key_file",
+            "gw.key",
+        ),
+    ];
+    for (file, text, key, says) in cases {
+        dir.write(file, text);
+        let e = control.reload().expect_err("rejected");
+        let p = e
+            .problems
+            .iter()
+            .find(|p| p.key == key)
+            .unwrap_or_else(|| panic!("{e}"));
+        assert!(p.message.contains(says) && p.message.contains(file), "{p}");
+        let (text, leaf) = https_get_cert(&client, addr, "gw.test", "/v1/x").unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"));
+        assert_eq!(leaf, good.chain()[0], "the old certificate stays");
+        good.write(&dir, "gw");
+    }
+}

@@ -107,6 +107,16 @@ pub const RELOAD_APPLIES: &[&str] = &[
     "admin.token",
     "access_log.path",
     "access_log.sample_rate",
+    // TLS: new connections get the new certificates and settings; open ones keep theirs.
+    // The listener's PEM files are also watched (`control::cert_watch`).
+    "server.tls.cert_file",
+    "server.tls.key_file",
+    "server.tls.sni",
+    "server.tls.client_ca_file",
+    "server.tls.client_auth",
+    "server.tls.handshake_timeout_ms",
+    "server.tls.min_version",
+    "upstreams.tls",
 ];
 
 /// Settings only a restart applies: the process keeps the values it started with.
@@ -116,6 +126,8 @@ pub const RESTART_ONLY: &[&str] = &[
     "server.pin",
     "server.driver",
     "server.drain_timeout_ms",
+    "server.tls",
+    "server.tls.listen",
     "admin",
     "admin.listen",
     "access_log",
@@ -146,6 +158,10 @@ pub fn needs_restart(running: &Snapshot, new: &Snapshot) -> Vec<&'static str> {
         r.drain_timeout != n.drain_timeout,
         "server.drain_timeout_ms",
     );
+    match (&r.tls, &n.tls) {
+        (Some(r), Some(n)) => check(r.listen != n.listen, "server.tls.listen"),
+        (r, n) => check(r.is_some() != n.is_some(), "server.tls"),
+    }
     match (&running.admin, &new.admin) {
         (Some(r), Some(n)) => check(r.listen != n.listen, "admin.listen"),
         (r, n) => check(r.is_some() != n.is_some(), "admin"),

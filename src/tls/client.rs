@@ -279,6 +279,21 @@ impl ServerCertVerifier for AcceptAnything {
     }
 }
 
+/// Logs, loudly, every upstream that does not verify its certificates (at start and on each
+/// reload). `upstreams` and `tls` are the snapshot's, index for index.
+pub fn warn_insecure(upstreams: &[crate::config_types::Upstream], tls: &[Option<UpstreamTls>]) {
+    for (u, t) in upstreams.iter().zip(tls) {
+        if t.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+            eprintln!(
+                "shardgate: WARNING: upstream `{}` has tls.insecure_skip_verify = true: its \
+                 certificates are NOT verified; anyone on the network path can impersonate it \
+                 and read or change its traffic",
+                u.name
+            );
+        }
+    }
+}
+
 /// Why an upstream handshake failed, as a `/metrics` label.
 pub fn failure_reason(e: &super::session::HandshakeError) -> &'static str {
     use rustls::{CertificateError as C, Error};

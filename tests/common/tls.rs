@@ -314,6 +314,16 @@ pub fn https_get(
     sni: &str,
     path: &str,
 ) -> Result<String, String> {
+    https_get_cert(config, addr, sni, path).map(|(text, _)| text)
+}
+
+/// [`https_get`], with the server's leaf certificate.
+pub fn https_get_cert(
+    config: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    sni: &str,
+    path: &str,
+) -> Result<(String, CertificateDer<'static>), String> {
     let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
     let conn = rustls::ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
     let tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
@@ -328,5 +338,13 @@ pub fn https_get(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
         Err(e) => return Err(e.to_string()),
     }
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    let leaf = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .cloned();
+    Ok((
+        String::from_utf8_lossy(&out).into_owned(),
+        leaf.ok_or("no certificate")?,
+    ))
 }
