@@ -30,7 +30,7 @@ fn counter(gw: &Engine, family: &'static Family, values: &[&str]) -> u64 {
 /// A gateway with a TLS listener serving `gw.test` (and the plain one), everything routed to
 /// `upstream`; `tls_extra` goes into `[server.tls]`.
 fn tls_gateway(dir: &TempDir, ca: &Ca, upstream: SocketAddr, tls_extra: &str) -> Engine {
-    let (cert, key) = ca.server(&["gw.test"]).write(dir, "gw");
+    let (cert, key) = ca.server(&["gw.test", "localhost"]).write(dir, "gw");
     let server = format!(
         "listen = \"127.0.0.1:0\"\nworkers = 2\npin = false\n{}",
         tls_server_section(&cert, &key, tls_extra)
@@ -591,4 +591,44 @@ fn a_bad_certificate_pair_is_a_config_problem_and_the_old_one_stays() {
         assert_eq!(leaf, good.chain()[0], "the old certificate stays");
         good.write(&dir, "gw");
     }
+}
+
+/// The official `openai` Python client over HTTPS, trusting the test CA through
+/// `SSL_CERT_FILE`: a completion and a stream through the TLS listener.
+#[test]
+fn the_openai_python_client_works_over_https() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .status();
+    assert!(
+        probe.is_ok_and(|s| s.success()),
+        "python3 with the `openai` package is needed (tests/install-test-deps.sh installs it)"
+    );
+    let dir = TempDir::new("openai");
+    let ca = Ca::new("test ca");
+    let ca_file = dir.write("ca.pem", &ca.pem());
+    let up = mock_upstream();
+    let gw = tls_gateway(&dir, &ca, up.addr(), "");
+    let script = r#"
+import os, openai
+c = openai.OpenAI(base_url=os.environ["GW_URL"], api_key="sk-test", max_retries=0, timeout=20)
+m = [{"role": "user", "content": "hi"}]
+r = c.chat.completions.create(model="m", messages=m)
+assert r.object == "chat.completion", r
+chunks = list(c.chat.completions.create(model="m", messages=m, stream=True))
+assert len(chunks) >= 2, chunks
+print("ok", len(chunks))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .env("GW_URL", format!("https://localhost:{}/v1", tls_port(&gw)))
+        .env("SSL_CERT_FILE", &ca_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && stdout(&out).starts_with("ok"),
+        "{}\n{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
