@@ -25,11 +25,11 @@ use crate::worker::Worker;
 pub fn pool_key(ep: &Endpoint, up_idx: Option<usize>) -> PoolKey {
     PoolKey {
         addr: ep.addr,
-        tls_upstream: match ep.tls {
-            // Without an index (never for a snapshot's upstream) nothing may share it.
-            Some(_) => Some(up_idx.map_or(u32::MAX, |i| i as u32)),
-            None => None,
-        },
+        // Without an index (never for a snapshot's upstream) nothing may share it.
+        tls_upstream: ep
+            .tls
+            .as_ref()
+            .map(|_| up_idx.map_or(u32::MAX, |i| i as u32)),
     }
 }
 

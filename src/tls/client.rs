@@ -317,7 +317,8 @@ mod tests {
 
     #[test]
     fn endpoints_split_into_scheme_and_authority() {
-        let cases: [(&str, Result<(bool, &str), ()>); 12] = [
+        type Want = Result<(bool, &'static str), ()>;
+        let cases: [(&str, Want); 12] = [
             ("127.0.0.1:9000", Ok((false, "127.0.0.1:9000"))),
             ("http://127.0.0.1:9000", Ok((false, "127.0.0.1:9000"))),
             ("https://api.openai.com", Ok((true, "api.openai.com:443"))),
