@@ -632,3 +632,74 @@ print("ok", len(chunks))
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `[auth] client_certificates = true` with `client_auth = "optional"`: a verified client
+/// certificate stands for a token (its subject mapped upstream like the `sub` claim); without
+/// one a token is needed; a token, when sent, is what counts.
+#[test]
+fn a_client_certificate_is_an_identity_for_routes() {
+    let dir = TempDir::new("mtls-auth");
+    let ca = Ca::new("server ca");
+    let clients = Ca::new("client ca");
+    let clients_file = dir.write("clients.pem", &clients.pem());
+    let (cert, key) = ca.server(&["gw.test"]).write(&dir, "gw");
+    let up = Upstream::echo();
+    let server = format!(
+        "listen = \"127.0.0.1:0\"\nworkers = 1\npin = false\n{}",
+        tls_server_section(
+            &cert,
+            &key,
+            &format!(
+                "client_ca_file = \"{}\"\nclient_auth = \"optional\"\n",
+                clients_file.display()
+            )
+        )
+    );
+    let rest = auth_hs256(
+        "client_certificates = true\n[[auth.claim_headers]]\nclaim = \"sub\"\nheader = \"x-user-id\"\n",
+    ) + &route_all(up.addr, "");
+    let gw = gateway_with(&server, &rest);
+    let addr: SocketAddr = ([127, 0, 0, 1], tls_port(&gw)).into();
+    let batch = clients.issue(Spec {
+        names: &["batch.internal"],
+        client: true,
+        ..Spec::default()
+    });
+    let spiffe = clients.issue(Spec {
+        names: &["svc.internal"],
+        uri: Some("spiffe://prod/ns/batch"),
+        client: true,
+        ..Spec::default()
+    });
+    for (who, want) in [
+        (&batch, "batch.internal"),
+        (&spiffe, "spiffe://prod/ns/batch"),
+    ] {
+        let r = https_get(&client_config(&ca, Some(who)), addr, "gw.test", "/v1/x").unwrap();
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.contains(&format!("x-user-id: {want}")), "{r}");
+    }
+    let anonymous = https_get(&client_config(&ca, None), addr, "gw.test", "/v1/x").unwrap();
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
+    // A token wins over the certificate (and a bad one is not rescued by it).
+    let config = client_config(&ca, Some(&batch));
+    for (token, status, user) in [
+        (token("alice"), "200", Some("alice")),
+        ("bad".into(), "401", None),
+    ] {
+        let name = rustls::pki_types::ServerName::try_from("gw.test").unwrap();
+        let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, TcpStream::connect(addr).unwrap());
+        let req = format!(
+            "GET /v1/x HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "{text}");
+        if let Some(u) = user {
+            assert!(text.contains(&format!("x-user-id: {u}")), "{text}");
+        }
+    }
+}
