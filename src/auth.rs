@@ -194,6 +194,8 @@ pub struct Authenticator {
     mapped_headers: Vec<Box<str>>,
     mapped_separators: Vec<Box<str>>,
     revocation_file: Option<PathBuf>,
+    /// `client_certificates`: a verified client certificate may stand for a token.
+    client_certificates: bool,
     keys: Vec<Key>,
 }
 
@@ -241,7 +243,53 @@ impl Authenticator {
                 .map(|m| m.separator.as_str().into())
                 .collect(),
             revocation_file: raw.revocation_file.as_ref().map(|p| base_dir.join(p)),
+            client_certificates: raw.client_certificates,
             keys,
+        })
+    }
+
+    /// The identity of a verified client certificate whose subject is `subject`, when
+    /// `client_certificates` allows it (see [`AuthConfig::client_certificates`]). The subject
+    /// obeys the rule for token subjects (1–1024 bytes, no control characters, line
+    /// separators or surrounding whitespace), else [`AuthError::InvalidClaim`]; a revoked
+    /// subject is refused.
+    pub fn certificate_identity(
+        &self,
+        subject: Option<&str>,
+        now: u64,
+        revoked: &Revocations,
+    ) -> Result<Identity, AuthError> {
+        if !self.client_certificates {
+            return Err(AuthError::Missing);
+        }
+        let subject = subject.ok_or(AuthError::Missing)?;
+        let bad = subject.is_empty()
+            || subject.len() > 1024
+            || subject.trim() != subject
+            || subject
+                .chars()
+                .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}');
+        if bad {
+            return Err(AuthError::InvalidClaim);
+        }
+        if revoked.is_revoked(None, subject, now) {
+            return Err(AuthError::Revoked);
+        }
+        let upstream_headers = self
+            .mapped_claims
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c == self.subject_claim)
+            .map(|(i, _)| (i, subject.to_string()))
+            .collect();
+        Ok(Identity {
+            subject: subject.to_string(),
+            tenant: None,
+            label: None,
+            jti: None,
+            exp: None,
+            scopes: String::new(),
+            upstream_headers,
         })
     }
 

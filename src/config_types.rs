@@ -110,6 +110,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// `Host` header value to send.
     pub host: String,
+    /// TLS: the name sent as SNI and verified in the certificate; `None`: plaintext.
+    pub tls: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 /// A validated upstream.

@@ -17,20 +17,32 @@
 //! sized by the deepest request path, ~4.5 KB — and the read buffer are freed meanwhile, so an
 //! idle connection holds ~1.1 KB (a ~0.6 KB task, the socket, a drain slot) instead of ~6 KB
 //! (measured in the README).
+//!
+//! # TLS
+//!
+//! The stream is plain or TLS ([`Stream`]); the connection reads and writes through it the
+//! same way. A TLS connection does not wait with a cancellable read (a cancelled read would
+//! lose ciphertext and break the session): it waits for the socket's readiness, which
+//! consumes nothing, and reads once something arrived. Bytes already inside the TLS layer are
+//! read without waiting.
+
+pub mod stream;
 
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
 use crate::error::GatewayError;
 use crate::http::limits::INIT_READ_BUF;
 use crate::http::write::{error_response, ErrorResponse};
 use crate::worker::Drain;
+
+pub use stream::{Stream, TlsStream};
 
 /// Why a read did not deliver bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +68,7 @@ pub enum Wait {
 const ECANCELED: i32 = 125;
 
 pub struct ClientConn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub peer: SocketAddr,
     /// Received bytes; `buf[pos..]` is not yet consumed.
     pub buf: Vec<u8>,
@@ -101,6 +113,11 @@ impl Tally {
 
 impl ClientConn {
     pub fn new(stream: TcpStream, peer: SocketAddr) -> Self {
+        Self::with_stream(Stream::Plain(stream), peer)
+    }
+
+    /// A connection over `stream` (plain or TLS).
+    pub fn with_stream(stream: Stream, peer: SocketAddr) -> Self {
         Self {
             stream,
             peer,
@@ -151,6 +168,35 @@ impl ClientConn {
     /// Reads more bytes, appending to the buffer (growing it up to `max_buffered` unconsumed
     /// bytes). `Ok(0)` is end of stream.
     pub async fn read_more(&mut self, max_buffered: usize) -> io::Result<usize> {
+        self.make_room(max_buffered);
+        let buf = std::mem::take(&mut self.buf);
+        let (res, buf) = self.stream.read(buf).await;
+        self.buf = buf;
+        if let Ok(n) = res {
+            self.tally.bytes_in += n as u64;
+        }
+        res
+    }
+
+    /// [`read_more`](Self::read_more) on a plain stream (`Ok(0)` on TLS): the hibernating
+    /// task's read, whose future stays small without the TLS path in it.
+    async fn read_more_plain(&mut self, max_buffered: usize) -> io::Result<usize> {
+        self.make_room(max_buffered);
+        let Stream::Plain(s) = &mut self.stream else {
+            return Ok(0);
+        };
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        let (res, slice) = s.read(buf.slice_mut(len..)).await;
+        self.buf = slice.into_inner();
+        if let Ok(n) = res {
+            self.tally.bytes_in += n as u64;
+        }
+        res
+    }
+
+    /// Grows a full buffer (compacting first), up to `max_buffered` unconsumed bytes.
+    fn make_room(&mut self, max_buffered: usize) {
         if self.buf.len() == self.buf.capacity() {
             self.compact();
             if self.buf.len() == self.buf.capacity() {
@@ -159,14 +205,6 @@ impl ClientConn {
                     .reserve(want.saturating_sub(self.buf.len()).max(1024));
             }
         }
-        let buf = std::mem::take(&mut self.buf);
-        let len = buf.len();
-        let (res, slice) = self.stream.read(buf.slice_mut(len..)).await;
-        self.buf = slice.into_inner();
-        if let Ok(n) = res {
-            self.tally.bytes_in += n as u64;
-        }
-        res
     }
 
     /// [`read_more`](Self::read_more) with a deadline.
@@ -196,6 +234,11 @@ impl ClientConn {
         self.park_buffers();
         let now = Instant::now();
         let deadline = now + idle;
+        if self.stream.is_tls() {
+            return self
+                .wait_request_tls(drain, deadline, now + hibernate_after)
+                .await;
+        }
         if idle <= hibernate_after {
             // Closed at the deadline anyway: a plain read, dropped (with its buffer) on expiry.
             let r = monoio::select! {
@@ -207,9 +250,11 @@ impl ClientConn {
         let handle = self.canceller.get_or_insert_with(Canceller::new).handle();
         let buf = std::mem::take(&mut self.buf);
         let len = buf.len();
+        let Stream::Plain(plain) = &mut self.stream else {
+            unreachable!("TLS connections wait above")
+        };
         let (res, slice) = {
-            let mut read =
-                std::pin::pin!(self.stream.cancelable_read(buf.slice_mut(len..), handle));
+            let mut read = std::pin::pin!(plain.cancelable_read(buf.slice_mut(len..), handle));
             let waited = monoio::select! {
                 r = &mut read => Some(r),
                 _ = monoio::time::sleep_until((now + hibernate_after).into()) => None,
@@ -236,6 +281,28 @@ impl ClientConn {
         }
     }
 
+    /// [`wait_request`](Self::wait_request) on TLS: readiness first (see the module docs),
+    /// hibernating at `nap` when nothing arrived.
+    async fn wait_request_tls(&mut self, drain: &Drain, deadline: Instant, nap: Instant) -> Wait {
+        if !self.stream.pending() {
+            let ready = monoio::select! {
+                r = self.stream.tcp().readable(false) => r.is_ok(),
+                _ = monoio::time::sleep_until(nap.min(deadline).into()) => {
+                    return if nap < deadline { Wait::Idle(deadline) } else { Wait::Closed };
+                }
+                _ = drain.wait() => return Wait::Closed,
+            };
+            if !ready {
+                return Wait::Closed;
+            }
+        }
+        let r = monoio::select! {
+            r = self.read_more_until(deadline, INIT_READ_BUF) => r,
+            _ = drain.wait() => return Wait::Closed,
+        };
+        self.after_wait(r.map_err(|_| ()))
+    }
+
     fn after_wait(&mut self, read: Result<usize, ()>) -> Wait {
         if matches!(read, Ok(n) if n > 0) {
             self.unpark_buffers();
@@ -256,22 +323,29 @@ impl ClientConn {
     }
 
     /// The hibernating wait: until the socket is readable, with no buffer, then reads what
-    /// arrived. True: a request's first bytes are buffered. False: close the connection (the
+    /// arrived. True: a request's first bytes are buffered (TLS: something arrived, or is
+    /// waiting in the session; the serving task reads it). False: close the connection (the
     /// client closed, `deadline` passed, the worker drains).
     ///
     /// The deadline is [`Drain::wait_until`]'s coarse one (up to
     /// [`EXPIRE_EVERY`](crate::worker::EXPIRE_EVERY) late), which costs this future
     /// 32 bytes of the worker's table instead of a 640-byte timer.
     pub async fn wait_woken(&mut self, drain: &Drain, deadline: Instant) -> bool {
-        let readable = monoio::select! {
-            r = self.stream.readable(false) => r.is_ok(),
-            _ = drain.wait_until(deadline) => false,
-        };
+        let readable = self.stream.pending()
+            || monoio::select! {
+                r = self.stream.tcp().readable(false) => r.is_ok(),
+                _ = drain.wait_until(deadline) => false,
+            };
+        // TLS: the serving task reads through the session (`wait_request`), whose future
+        // would make every hibernating task large.
+        if self.stream.is_tls() {
+            return readable;
+        }
         // Read here what woke it: a request goes on to a serving task, but a client that
         // closed (the common end of an idle connection) costs no serving task at all.
         readable
             && monoio::select! {
-                r = self.read_more(IDLE_READ_BUF) => self.after_wait(r.map_err(|_| ())) == Wait::Ready,
+                r = self.read_more_plain(IDLE_READ_BUF) => self.after_wait(r.map_err(|_| ())) == Wait::Ready,
                 _ = drain.wait_until(deadline) => false,
             }
     }
@@ -318,7 +392,7 @@ impl ClientConn {
     }
 
     /// Writes `data` from another owned buffer (e.g. an upstream read buffer) and returns it.
-    pub async fn write_owned<T: IoBuf + 'static>(&mut self, data: T) -> (io::Result<()>, T) {
+    pub async fn write_owned(&mut self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let (res, data) = self.stream.write_all(data).await;
         if let Ok(n) = res {
             self.tally.bytes_out += n as u64;

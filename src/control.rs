@@ -8,6 +8,7 @@
 //!
 //! - [`watch`]: has the config file changed, and has it settled (stable identity and content
 //!   across a settle interval)?
+//! - [`cert_watch`]: the same for the TLS listener's PEM files; a settled change reloads.
 //! - [`protection`]: what a new config would take away from the protection in force.
 //! - [`revoke`]: revocations, persisted and confirmed by every worker before the reply.
 //! - [`weights`]: `PUT /routes/weights`, rewriting the config file and reloading it.
@@ -37,6 +38,7 @@
 // a worker).
 #![allow(clippy::disallowed_types)]
 
+pub mod cert_watch;
 pub mod coord;
 pub mod protection;
 pub mod remote;
@@ -183,6 +185,7 @@ impl Control {
         let interval = start.watch.interval;
         let state = State {
             watch: FileWatch::new(start.path.clone(), start.watch),
+            certs: cert_watch::CertWatch::new(&start.snapshot, start.watch),
             path: start.path,
             generation,
             log_target: start.snapshot.access_log.as_ref().map(|a| a.target.clone()),
@@ -287,6 +290,8 @@ struct State {
     view: SharedView,
     status: ReloadStatus,
     watch: FileWatch,
+    /// The TLS listener's PEM files.
+    certs: cert_watch::CertWatch,
 }
 
 fn run(mut st: State, rx: Receiver<ToControl>, interval: Duration) {
@@ -378,6 +383,19 @@ impl State {
                 let _ = self.apply(&c.bytes, Trigger::Watch);
             }
         }
+        if self.certs.poll(Instant::now()) {
+            // The config as it is, with the files as they are now.
+            match watch::read(&self.path) {
+                Ok(c) => {
+                    self.watch.dealt_with(c.observation);
+                    let _ = self.apply(&c.bytes, Trigger::Watch);
+                }
+                Err(e) => eprintln!(
+                    "shardgate: config file {} cannot be read ({e}); TLS files not reloaded",
+                    self.path.display()
+                ),
+            }
+        }
     }
 
     /// Validates `bytes` and applies them, unless the file watch brought a config that
@@ -401,6 +419,8 @@ impl State {
         self.generation = snap.generation;
         self.workers
             .broadcast(|| ToWorker::Snapshot(Box::new(snap.clone())));
+        self.certs.follow(&snap);
+        crate::tls::client::warn_insecure(&snap.upstreams, &snap.upstream_tls);
         self.retarget_access_log(&snap);
         let needs_restart = config::snapshot::needs_restart(&self.started, &snap);
         self.status.generation = self.generation;

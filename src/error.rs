@@ -62,6 +62,9 @@ pub enum UpstreamError {
     /// Connection refused or reset during connect.
     ConnectFailed,
     ConnectTimeout,
+    /// The TLS handshake with the upstream failed: its certificate did not verify (expired,
+    /// wrong name, unknown issuer), it refused ours, or the protocol failed.
+    TlsHandshake,
     /// No response head within the first-byte timeout.
     FirstByteTimeout,
     /// Silence between two response reads longer than the idle timeout.
@@ -82,7 +85,9 @@ impl UpstreamError {
     pub fn nothing_sent(self) -> bool {
         matches!(
             self,
-            UpstreamError::ConnectFailed | UpstreamError::ConnectTimeout
+            UpstreamError::ConnectFailed
+                | UpstreamError::ConnectTimeout
+                | UpstreamError::TlsHandshake
         )
     }
 }
@@ -92,6 +97,7 @@ impl From<UpstreamError> for GatewayError {
         let (status, message) = match e {
             UpstreamError::ConnectFailed => (502, "upstream connection failed"),
             UpstreamError::ConnectTimeout => (504, "upstream connect timed out"),
+            UpstreamError::TlsHandshake => (502, "TLS handshake with the upstream failed"),
             UpstreamError::FirstByteTimeout => (504, "upstream did not respond in time"),
             UpstreamError::IdleTimeout => (504, "upstream stalled mid-response"),
             UpstreamError::ClosedBeforeResponse => {
@@ -103,7 +109,10 @@ impl From<UpstreamError> for GatewayError {
         };
         GatewayError {
             status,
-            kind: "upstream_error",
+            kind: match e {
+                UpstreamError::TlsHandshake => "upstream_tls_error",
+                _ => "upstream_error",
+            },
             message,
             fault: Fault::Upstream,
             retry: e.nothing_sent(),

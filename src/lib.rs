@@ -18,7 +18,8 @@
 //!    circuit breaker admits ([`breaker`], with connections from [`pool`]), stream the request
 //!    body, relay the response read by read (SSE-safe) while reading token usage.
 //!
-//! Leaves any of them may use: [`conn`] (the client connection and its buffers), [`slot`]
+//! Leaves any of them may use: [`conn`] (the client connection and its buffers, plain or
+//! TLS), [`tls`] (rustls configs per worker and the adapter over monoio I/O), [`slot`]
 //! (a request's head and buffers on loan), [`worker`] (everything one core owns), [`http`] (the
 //! codec), [`error`] (the gateway error every stage folds into), [`config_types`] and
 //! [`http_config`] (config types the stages share), [`metrics`] and [`access_log`] (recording
@@ -70,4 +71,5 @@ pub mod runtime;
 pub mod server;
 pub mod slot;
 pub mod time;
+pub mod tls;
 pub mod worker;

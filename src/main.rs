@@ -172,6 +172,10 @@ fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
         engine.local_addr(),
         path.display()
     );
+    if let Some(tls) = engine.tls_local_addr() {
+        eprintln!("shardgate: listening on https://{tls}");
+    }
+    shardgate::tls::client::warn_insecure(&snapshot.upstreams, &snapshot.upstream_tls);
     if let Some(d) = &demo {
         let exe = std::env::current_exe().unwrap_or_else(|_| "shardgate".into());
         let admin_addr = admin.as_ref().map(Admin::local_addr);

@@ -157,7 +157,8 @@ async fn stages(
         m.needs_model() || early.is_some_and(|r| matches!(r.target(), RouteTarget::Split(_)));
     // A credential is checked before the body is read whenever the route may need it, so an
     // unauthenticated caller never gets the gateway to buffer a body.
-    let verdict = authn::verify_early(worker, rq.snap, rq.head, rq.head_bytes, early);
+    let peer = c.stream.peer_identity();
+    let verdict = authn::verify_early(worker, rq.snap, (rq.head, rq.head_bytes), peer, early);
     if let (Some(route), Some(Err(e))) = (early, &verdict) {
         if !m.needs_model() && authn::required(snap.auth.as_ref(), route) {
             return Err(authn::rejection(worker, *e, b.resp_headers).into());
@@ -182,6 +183,7 @@ async fn stages(
         worker,
         snap,
         (rq.head, rq.head_bytes),
+        c.stream.peer_identity(),
         route,
         verdict,
         b.resp_headers,

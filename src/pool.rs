@@ -38,6 +38,16 @@
 //! response then arrives as bytes left over in the buffer or while the connection is idle.
 //! Only an upstream that over-sends can cause this.
 //!
+//! # TLS
+//!
+//! A TLS connection ([`UpConn::tls`]) is watched the same way, on its socket: any record that
+//! arrives while it is idle — a `close_notify`, a session ticket, a key update, data —
+//! retires it, since HTTP/1.1 gives an idle upstream nothing to send. `put` also refuses a
+//! connection whose TLS layer holds received bytes. TLS connections are pooled apart from
+//! plain ones and per upstream ([`PoolKey`]): the SNI, the verified name and the client
+//! certificate belong to the upstream's settings, so a connection made for one upstream never
+//! serves another; a reload drops them (the settings may have changed).
+//!
 //! # Allocation
 //!
 //! Per connection: the cell the read and write halves share, and the idle receive's slot
@@ -51,25 +61,47 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use monoio::buf::{IoBuf, IoBufMut};
+use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 use monoio::BufResult;
 use nix::sys::socket::{recv, MsgFlags};
 
 use crate::config::Snapshot;
+use crate::tls::session::Halves;
+use crate::tls::UpSession;
 pub use watch::Settled;
 use watch::{IdleRecv, ReadHalf};
 
 /// Initial capacity of an upstream connection's read buffer.
 pub const UPSTREAM_READ_BUF: usize = 16 * 1024;
 
+/// Which pool a connection belongs to: its endpoint address and, for TLS, the upstream whose
+/// settings made it (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub addr: SocketAddr,
+    /// The snapshot index of the upstream a TLS connection was made for; `None`: plain.
+    pub tls_upstream: Option<u32>,
+}
+
+impl From<SocketAddr> for PoolKey {
+    fn from(addr: SocketAddr) -> Self {
+        PoolKey {
+            addr,
+            tls_upstream: None,
+        }
+    }
+}
+
 /// An upstream connection with its read buffer.
 pub struct UpConn {
     rd: ReadHalf,
     wr: OwnedWriteHalf<TcpStream>,
     fd: RawFd,
-    pub addr: SocketAddr,
+    pub key: PoolKey,
+    /// The TLS session, once its handshake completed ([`UpConn::start_tls`]).
+    tls: Option<Box<UpSession>>,
     pub buf: Vec<u8>,
     /// Requests completed on this connection.
     pub served: u32,
@@ -83,7 +115,7 @@ pub struct UpConn {
 }
 
 impl UpConn {
-    pub fn new(stream: TcpStream, addr: SocketAddr) -> Self {
+    pub fn new(stream: TcpStream, key: impl Into<PoolKey>) -> Self {
         let _ = stream.set_nodelay(true);
         let fd = stream.as_raw_fd();
         let (rd, wr) = stream.into_split();
@@ -91,7 +123,8 @@ impl UpConn {
             rd,
             wr,
             fd,
-            addr,
+            key: key.into(),
+            tls: None,
             buf: Vec::with_capacity(UPSTREAM_READ_BUF),
             served: 0,
             idle_since: Instant::now(),
@@ -101,9 +134,40 @@ impl UpConn {
         }
     }
 
+    /// The endpoint's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.key.addr
+    }
+
+    /// Runs the TLS handshake of `conn` on this (fresh) connection; from then on it reads and
+    /// writes through TLS. The caller bounds it with a timeout.
+    pub async fn start_tls(
+        &mut self,
+        conn: rustls::ClientConnection,
+    ) -> Result<(), crate::tls::HandshakeError> {
+        let mut session = Box::new(UpSession::new(conn));
+        let mut wire = Halves {
+            rd: &mut self.rd,
+            wr: &mut self.wr,
+        };
+        session.handshake(&mut wire).await?;
+        self.tls = Some(session);
+        Ok(())
+    }
+
     /// Writes all of `buf` to the upstream.
-    pub async fn write_all<T: IoBuf + 'static>(&mut self, buf: T) -> BufResult<usize, T> {
-        self.wr.write_all(buf).await
+    pub async fn write_all(&mut self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+        match self.tls.as_mut() {
+            None => self.wr.write_all(buf).await,
+            Some(t) => {
+                let mut wire = Halves {
+                    rd: &mut self.rd,
+                    wr: &mut self.wr,
+                };
+                let res = t.write_all(&mut wire, &buf).await;
+                (res.map(|()| buf.len()), buf)
+            }
+        }
     }
 
     /// Collects the idle receive cancelled by [`Pools::take`] (see the module docs); call it
@@ -135,11 +199,23 @@ impl UpConn {
         if self.buf.capacity() - self.buf.len() < min_spare {
             self.buf.reserve(grow.max(min_spare));
         }
+        if let Some(t) = self.tls.as_mut() {
+            let mut wire = Halves {
+                rd: &mut self.rd,
+                wr: &mut self.wr,
+            };
+            return t.read(&mut wire, &mut self.buf).await;
+        }
         let buf = std::mem::take(&mut self.buf);
         let len = buf.len();
         let (res, slice) = self.rd.read(buf.slice_mut(len..)).await;
         self.buf = slice.into_inner();
         res
+    }
+
+    /// Nothing received waits in the TLS layer (always true for plain connections).
+    fn tls_quiet(&mut self) -> bool {
+        self.tls.as_mut().is_none_or(|t| t.is_quiet())
     }
 
     /// Posts the idle receive. False: the connection is unusable.
@@ -164,7 +240,7 @@ impl UpConn {
 /// flight by upstream name.
 #[derive(Default)]
 pub struct Pools {
-    idle: HashMap<SocketAddr, Vec<UpConn>>,
+    idle: HashMap<PoolKey, Vec<UpConn>>,
     /// Idle connections keep a receive posted (io_uring) instead of being peeked at reuse.
     watch: bool,
     uploads: HashMap<Box<str>, u32>,
@@ -179,14 +255,14 @@ impl Pools {
         }
     }
 
-    /// The most recently used idle connection to `addr` on which nothing arrived, if any.
+    /// The most recently used idle connection of pool `key` on which nothing arrived, if any.
     pub fn take(
         &mut self,
-        addr: SocketAddr,
+        key: impl Into<PoolKey>,
         idle_timeout: Duration,
         max_requests: u32,
     ) -> Option<UpConn> {
-        let list = self.idle.get_mut(&addr)?;
+        let list = self.idle.get_mut(&key.into())?;
         let now = Instant::now();
         // Oldest connections sit at the front; drop the expired ones.
         let expired = list
@@ -206,14 +282,14 @@ impl Pools {
     /// Returns a connection after a complete exchange; false if it was retired instead
     /// (bytes past the end of the response are buffered, or the idle receive failed).
     pub fn put(&mut self, mut c: UpConn, max_idle: usize) -> bool {
-        if !c.buf.is_empty() {
+        if !c.buf.is_empty() || !c.tls_quiet() {
             return false;
         }
         if self.watch && !c.watch() {
             return false;
         }
         c.idle_since = Instant::now();
-        let list = self.idle.entry(c.addr).or_default();
+        let list = self.idle.entry(c.key).or_default();
         if list.len() >= max_idle {
             list.remove(0);
         }
@@ -252,12 +328,16 @@ impl Pools {
         self.uploads.get(upstream).copied().unwrap_or(0)
     }
 
-    /// Keeps pools only for endpoints the new snapshot still uses.
+    /// Keeps pools only for plain endpoints the new snapshot still uses (TLS connections
+    /// were made with the old snapshot's settings; see the module docs).
     pub fn retain_endpoints(&mut self, snap: &Snapshot) {
-        self.idle.retain(|addr, _| {
-            snap.upstreams
-                .iter()
-                .any(|u| u.endpoints.iter().any(|e| e.addr == *addr))
+        self.idle.retain(|key, _| {
+            key.tls_upstream.is_none()
+                && snap.upstreams.iter().any(|u| {
+                    u.endpoints
+                        .iter()
+                        .any(|e| e.addr == key.addr && e.tls.is_none())
+                })
         });
     }
 
@@ -347,7 +427,7 @@ mod tests {
             on_both_drivers(|watch| async move {
                 let mut pools = Pools::new(watch);
                 let (c, mut peer) = connected().await;
-                let addr = c.addr;
+                let addr = c.addr();
                 assert!(pools.put(c, 8));
                 what.act(&mut peer);
                 // Let the ring reap the receive's completion (io_uring); the peek needs
@@ -372,7 +452,7 @@ mod tests {
             on_both_drivers(|watch| async move {
                 let mut pools = Pools::new(watch);
                 let (c, mut peer) = connected().await;
-                let addr = c.addr;
+                let addr = c.addr();
                 what.act(&mut peer);
                 // Blocks the thread without parking the runtime: the bytes arrive, no
                 // SQE is submitted.
@@ -398,7 +478,7 @@ mod tests {
         on_both_drivers(|watch| async move {
             let mut pools = Pools::new(watch);
             let (mut c, mut peer) = connected().await;
-            let addr = c.addr;
+            let addr = c.addr();
             for round in 0..4 {
                 assert!(pools.put(c, 8));
                 // Odd rounds take it back in the same ring round: the receive is cancelled
@@ -429,7 +509,7 @@ mod tests {
         on_both_drivers(|watch| async move {
             let mut pools = Pools::new(watch);
             let (mut c, _peer) = connected().await;
-            let addr = c.addr;
+            let addr = c.addr();
             c.buf.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
             assert!(!pools.put(c, 8));
             assert_eq!(pools.idle_count(), 0);

@@ -23,6 +23,7 @@
 //! while idle is never read for a response (see [`crate::pool`]).
 
 pub mod attempt;
+pub mod connect;
 pub mod head;
 pub mod inbound;
 pub mod relay;

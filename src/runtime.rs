@@ -1,5 +1,6 @@
 //! The thread-per-core engine: one pinned worker thread per configured core, each with its
-//! own monoio runtime, SO_REUSEPORT listener, snapshot copy, upstream pools and metrics.
+//! own monoio runtime, SO_REUSEPORT listener (and one for TLS when `[server.tls]` is set),
+//! snapshot copy, upstream pools and metrics.
 //!
 //! The engine owns the worker threads; the control plane talks to each worker only through
 //! its crossbeam inbox ([`ToWorker`]), to all of them through [`Workers`]. A worker drains its
@@ -51,6 +52,7 @@ pub struct Engine {
     inboxes: Workers,
     threads: Vec<JoinHandle<()>>,
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     coord: Option<CoordThread>,
     /// The access log writer; dropped (flushed) after the workers exit.
     access_log: Option<crate::access_log::Writer>,
@@ -66,8 +68,17 @@ impl Engine {
     /// [`Engine::start`] with the revocations in force (the revocation file's entries): every
     /// worker refuses them from its first request.
     pub fn start_with_revocations(snapshot: Snapshot, revoked: &[Revoked]) -> io::Result<Engine> {
-        let listeners = bind_listeners(snapshot.server.listen, snapshot.server.cores.len())?;
+        let n = snapshot.server.cores.len();
+        let listeners = bind_listeners(snapshot.server.listen, n)?;
         let addr = listeners[0].local_addr()?;
+        let mut tls_listeners: Vec<Option<std::net::TcpListener>> = match &snapshot.server.tls {
+            Some(t) => bind_listeners(t.listen, n)?.into_iter().map(Some).collect(),
+            None => listeners.iter().map(|_| None).collect(),
+        };
+        let tls_addr = match tls_listeners.first() {
+            Some(Some(l)) => Some(l.local_addr()?),
+            _ => None,
+        };
         let prefix = random_u32();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(listeners.len());
         let inboxes: Vec<_> = listeners
@@ -110,9 +121,13 @@ impl Engine {
                 revoked: revoked.iter().cloned().collect::<Revocations>(),
                 quota_answers: answers,
             };
+            let listeners = Listeners {
+                plain: listener,
+                tls: tls_listeners[id].take(),
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("shardgate-w{id}"))
-                .spawn(move || worker_thread(id, snap, listener, links, ready))?;
+                .spawn(move || worker_thread(id, snap, listeners, links, ready))?;
             threads.push(thread);
         }
         drop(ready_tx);
@@ -120,6 +135,7 @@ impl Engine {
             inboxes: workers,
             threads,
             addr,
+            tls_addr,
             coord: Some(coord),
             access_log,
         };
@@ -142,6 +158,11 @@ impl Engine {
     /// The address the workers listen on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the TLS listener, when `[server.tls]` is set (useful with port 0).
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     pub fn worker_count(&self) -> usize {
@@ -247,13 +268,13 @@ fn random_u32() -> u32 {
 
 type Ready = Sender<io::Result<()>>;
 
-fn worker_thread(
-    id: usize,
-    snapshot: Snapshot,
-    listener: std::net::TcpListener,
-    links: Links,
-    ready: Ready,
-) {
+/// One worker's listening sockets.
+struct Listeners {
+    plain: std::net::TcpListener,
+    tls: Option<std::net::TcpListener>,
+}
+
+fn worker_thread(id: usize, snapshot: Snapshot, listener: Listeners, links: Links, ready: Ready) {
     if let Some(core) = snapshot.server.cores.get(id).copied().flatten() {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
             eprintln!("shardgate-w{id}: could not pin to core {core}; running unpinned");
@@ -311,14 +332,18 @@ fn worker_thread(
 async fn worker_main(
     id: usize,
     snapshot: Snapshot,
-    listener: std::net::TcpListener,
+    listeners: Listeners,
     links: Links,
     ready: Ready,
     driver: Driver,
 ) {
-    let listener = match monoio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
+    let tls = listeners
+        .tls
+        .map(monoio::net::TcpListener::from_std)
+        .transpose();
+    let (listener, tls) = match (monoio::net::TcpListener::from_std(listeners.plain), tls) {
+        (Ok(l), Ok(t)) => (l, t),
+        (Err(e), _) | (_, Err(e)) => {
             let _ = ready.send(Err(e));
             return;
         }
@@ -327,7 +352,12 @@ async fn worker_main(
     let worker = Rc::new(Worker::new(id, snapshot, driver, links));
     monoio::spawn(inbox_loop(worker.clone()));
     let _ = ready.send(Ok(()));
-    crate::server::accept_loop(worker.clone(), listener).await;
+    let tls_accepting =
+        tls.map(|t| monoio::spawn(crate::server::accept_loop(worker.clone(), t, true)));
+    crate::server::accept_loop(worker.clone(), listener, false).await;
+    if let Some(t) = tls_accepting {
+        t.await;
+    }
     // Stop accepting, then give requests in flight the drain window.
     let deadline = Instant::now() + drain_timeout;
     while worker.conns.get() > 0 && Instant::now() < deadline {

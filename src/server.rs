@@ -16,6 +16,13 @@
 //! [`conn::HIBERNATE_AFTER`] without a request that task ends and a ~0.6 KB one holds the
 //! connection, with no buffers, until it is readable again (`hibernate`); its keep-alive
 //! deadline is then checked with the worker's drain table (±100 ms).
+//!
+//! # TLS
+//!
+//! On the TLS listener a connection first completes its handshake on a task of its own
+//! ([`handshake`]), then is served like any other: the connection type hides TLS.
+
+pub mod handshake;
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -32,8 +39,8 @@ use crate::conn::{self, ClientConn};
 use crate::pipeline::RequestOutcome;
 use crate::slot::{Facts, RequestBufs, RequestSlot};
 
-/// Accepts until the worker drains.
-pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+/// Accepts until the worker drains; `tls`: the TLS listener (see [`handshake`]).
+pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,
@@ -44,11 +51,24 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
                 let _ = stream.set_nodelay(true);
                 let max = worker.current().limits.max_connections_per_worker;
                 if worker.conns.get() >= max {
-                    monoio::spawn(reject_overloaded(stream));
+                    // A TLS client could not read a plaintext 503: it is just closed.
+                    if !tls {
+                        monoio::spawn(reject_overloaded(stream));
+                    }
                     continue;
                 }
                 worker.conns.set(worker.conns.get() + 1);
-                spawn_serving(worker.clone(), ClientConn::new(stream, peer));
+                if tls {
+                    let worker = worker.clone();
+                    monoio::spawn(async move {
+                        match handshake::accept_tls(&worker, stream, peer).await {
+                            Some(c) => spawn_serving(worker, c),
+                            None => worker.conns.set(worker.conns.get() - 1),
+                        }
+                    });
+                } else {
+                    spawn_serving(worker.clone(), ClientConn::new(stream, peer));
+                }
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.

@@ -75,6 +75,8 @@ pub struct Worker {
     pub rng: RefCell<crate::route::WorkerRng>,
     /// This core's circuit breakers and retry budgets.
     pub resilience: RefCell<crate::breaker::local::WorkerResilience>,
+    /// This core's own TLS configs, rebuilt from each snapshot (see [`crate::tls`]).
+    pub tls: RefCell<crate::tls::WorkerTls>,
 }
 
 impl Worker {
@@ -145,6 +147,7 @@ impl Worker {
                     let table = Box::new(s.resilience.clone());
                     let _ = self.coord.send(ToCoord::Resilience(table));
                 }
+                *self.tls.borrow_mut() = worker_tls(&s);
                 *self.snapshot.borrow_mut() = Rc::new(*s);
             }
             ToWorker::Collect(reply) => {
@@ -173,6 +176,15 @@ impl Worker {
     }
 }
 
+/// This worker's TLS configs for `snap`: new certificates reach new connections; open ones
+/// keep the config they started with.
+fn worker_tls(snap: &Snapshot) -> crate::tls::WorkerTls {
+    crate::tls::WorkerTls::build(
+        snap.server.tls.as_ref(),
+        snap.upstream_tls.iter().map(Option::as_ref),
+    )
+}
+
 impl Worker {
     /// The state of worker `id` starting on `snapshot` with `driver`.
     pub fn new(id: usize, snapshot: Snapshot, driver: Driver, links: Links) -> Worker {
@@ -193,6 +205,7 @@ impl Worker {
         );
         Worker {
             id,
+            tls: RefCell::new(worker_tls(&snapshot)),
             snapshot: RefCell::new(Rc::new(snapshot)),
             // io_uring watches idle upstream connections with a posted receive (see `pool`).
             pools: RefCell::new(Pools::new(driver == Driver::IoUring)),

@@ -16,3 +16,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq || true
   $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
+# tests/tls.rs runs the official `openai` client over HTTPS.
+if ! python3 -c 'import openai' 2>/dev/null; then
+  python3 -m pip install --quiet openai || python3 -m pip install --quiet --break-system-packages openai
+fi

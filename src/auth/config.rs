@@ -110,6 +110,12 @@ pub struct AuthConfig {
     /// Revocation file the control thread loads and persists (relative to the config file).
     #[serde(default)]
     pub revocation_file: Option<PathBuf>,
+    /// Admit a request that carries no credential header on a TLS connection whose client
+    /// presented a verified certificate (`[server.tls] client_auth`): the certificate's
+    /// subject (URI SAN, DNS SAN, e-mail SAN, else CN) is the caller, with no scopes; claim
+    /// mappings of `subject_claim` carry it upstream. A token, when sent, is verified instead.
+    #[serde(default)]
+    pub client_certificates: bool,
     pub keys: Vec<KeyConfig>,
 }
 

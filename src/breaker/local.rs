@@ -393,7 +393,9 @@ pub enum NoEndpoint {
 /// What an upstream error says about the endpoint.
 pub fn outcome_of(e: UpstreamError) -> Outcome {
     match e {
-        UpstreamError::ConnectFailed | UpstreamError::ConnectTimeout => Outcome::ConnectError,
+        UpstreamError::ConnectFailed
+        | UpstreamError::ConnectTimeout
+        | UpstreamError::TlsHandshake => Outcome::ConnectError,
         UpstreamError::FirstByteTimeout | UpstreamError::IdleTimeout => Outcome::Timeout,
         UpstreamError::ClosedBeforeResponse
         | UpstreamError::BadResponse

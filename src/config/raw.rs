@@ -50,6 +50,9 @@ pub struct RawServer {
     #[serde(default)]
     pub driver: DriverChoice,
     pub drain_timeout_ms: Option<u64>,
+    /// `[server.tls]`: a TLS listener besides the plain one.
+    #[serde(default)]
+    pub tls: Option<crate::tls::RawServerTls>,
 }
 
 fn yes() -> bool {
@@ -80,6 +83,7 @@ pub enum DriverChoice {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub name: String,
+    /// `host:port`, `http://host:port` or `https://host[:port]` (TLS).
     pub endpoints: Vec<String>,
     pub connect_timeout_ms: Option<u64>,
     pub first_byte_timeout_ms: Option<u64>,
@@ -97,6 +101,8 @@ pub struct RawUpstream {
     pub health_check: Option<crate::breaker::config::RawHealthCheck>,
     /// Retry budget, over `[defaults.retry]`.
     pub retry: Option<crate::breaker::config::RawRetry>,
+    /// TLS toward every endpoint (`https://` endpoints use TLS with the defaults anyway).
+    pub tls: Option<crate::tls::RawUpstreamTls>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

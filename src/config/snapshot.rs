@@ -48,6 +48,8 @@ pub struct ServerSettings {
     pub cores: Vec<Option<usize>>,
     pub driver: DriverChoice,
     pub drain_timeout: Duration,
+    /// The TLS listener, when `[server.tls]` is set.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +67,8 @@ pub struct Snapshot {
     pub limits: Limits,
     /// Named upstreams, then one per model deployment (see `deployment_upstreams`).
     pub upstreams: Vec<Upstream>,
+    /// Per `upstreams` index: the TLS settings of its TLS endpoints (see [`crate::tls`]).
+    pub upstream_tls: Vec<Option<crate::tls::UpstreamTls>>,
     /// The route trie, model catalog and splits.
     pub router: crate::route::Router,
     /// `upstreams` index of each deployment, by `DeploymentId`.
@@ -103,6 +107,16 @@ pub const RELOAD_APPLIES: &[&str] = &[
     "admin.token",
     "access_log.path",
     "access_log.sample_rate",
+    // TLS: new connections get the new certificates and settings; open ones keep theirs.
+    // The listener's PEM files are also watched (`control::cert_watch`).
+    "server.tls.cert_file",
+    "server.tls.key_file",
+    "server.tls.sni",
+    "server.tls.client_ca_file",
+    "server.tls.client_auth",
+    "server.tls.handshake_timeout_ms",
+    "server.tls.min_version",
+    "upstreams.tls",
 ];
 
 /// Settings only a restart applies: the process keeps the values it started with.
@@ -112,6 +126,8 @@ pub const RESTART_ONLY: &[&str] = &[
     "server.pin",
     "server.driver",
     "server.drain_timeout_ms",
+    "server.tls",
+    "server.tls.listen",
     "admin",
     "admin.listen",
     "access_log",
@@ -142,6 +158,10 @@ pub fn needs_restart(running: &Snapshot, new: &Snapshot) -> Vec<&'static str> {
         r.drain_timeout != n.drain_timeout,
         "server.drain_timeout_ms",
     );
+    match (&r.tls, &n.tls) {
+        (Some(r), Some(n)) => check(r.listen != n.listen, "server.tls.listen"),
+        (r, n) => check(r.is_some() != n.is_some(), "server.tls"),
+    }
     match (&running.admin, &new.admin) {
         (Some(r), Some(n)) => check(r.listen != n.listen, "admin.listen"),
         (r, n) => check(r.is_some() != n.is_some(), "admin"),

@@ -11,6 +11,8 @@ use super::snapshot::{
 };
 use crate::breaker::table::{RawPolicies, Resilience};
 use crate::config_types::{ConfigProblem, Endpoint, Upstream};
+use crate::tls::client::{host_of, server_name, split_endpoint};
+use crate::tls::UpstreamTls;
 
 /// Default grace period for in-flight requests on shutdown.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,9 +40,10 @@ impl RawConfig {
         generation: u64,
     ) -> Result<Snapshot, Vec<ConfigProblem>> {
         let mut problems = Vec::new();
-        let server = self.server.build(&mut problems);
+        let server = self.server.build(base_dir, &mut problems);
         let limits = self.limits.build(&mut problems);
         let mut upstreams = Vec::new();
+        let mut upstream_tls = Vec::new();
         for (i, u) in self.upstreams.iter().enumerate() {
             let key = format!("upstreams[{i}]");
             if self.upstreams[..i].iter().any(|o| o.name == u.name) {
@@ -49,7 +52,9 @@ impl RawConfig {
                     format!("duplicate upstream name `{}`", u.name),
                 ));
             }
-            upstreams.push(u.build(&key, base_dir, &mut problems));
+            let (u, tls) = u.build(&key, base_dir, &mut problems);
+            upstreams.push(u);
+            upstream_tls.push(tls);
         }
         let names: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
         let router = crate::route::Router::build(&self.routes, &self.deployments, &names)
@@ -70,11 +75,14 @@ impl RawConfig {
                 api_key: rd.api_key.clone(),
                 breaker: rd.breaker.clone(),
                 health_check: rd.health_check.clone(),
+                tls: rd.tls.clone(),
                 ..RawUpstream::default()
             };
             let key = format!("deployments[{}]", d.id().index());
             deployment_upstreams.push(upstreams.len());
-            upstreams.push(raw.build(&key, base_dir, &mut problems));
+            let (u, tls) = raw.build(&key, base_dir, &mut problems);
+            upstreams.push(u);
+            upstream_tls.push(tls);
             raw_upstreams.push(raw);
         }
         let admin = self
@@ -129,6 +137,7 @@ impl RawConfig {
                 server,
                 limits,
                 upstreams,
+                upstream_tls,
                 router: router.expect("checked above"),
                 deployment_upstreams,
                 admin,
@@ -164,8 +173,12 @@ fn resolve(addr: &str, key: &str, problems: &mut Vec<ConfigProblem>) -> Option<S
 }
 
 impl RawServer {
-    fn build(&self, problems: &mut Vec<ConfigProblem>) -> Option<ServerSettings> {
+    fn build(&self, base_dir: &Path, problems: &mut Vec<ConfigProblem>) -> Option<ServerSettings> {
         let listen = resolve(&self.listen, "server.listen", problems);
+        let tls = self.tls.as_ref().and_then(|t| {
+            let listen = resolve(&t.listen, "server.tls.listen", problems);
+            t.build(listen, base_dir, problems)
+        });
         let available: Vec<usize> = core_affinity::get_core_ids()
             .unwrap_or_default()
             .into_iter()
@@ -215,27 +228,70 @@ impl RawServer {
             cores,
             driver: self.driver,
             drain_timeout,
+            tls,
         })
     }
 }
 
 impl RawUpstream {
-    fn build(&self, key: &str, base_dir: &Path, problems: &mut Vec<ConfigProblem>) -> Upstream {
+    /// The validated upstream and, when any endpoint speaks TLS, its TLS settings.
+    fn build(
+        &self,
+        key: &str,
+        base_dir: &Path,
+        problems: &mut Vec<ConfigProblem>,
+    ) -> (Upstream, Option<UpstreamTls>) {
         if self.endpoints.is_empty() {
             problems.push(ConfigProblem::new(
                 format!("{key}.endpoints"),
                 "at least one endpoint is required",
             ));
         }
-        let endpoints = self
+        let split: Vec<_> = self
             .endpoints
             .iter()
             .enumerate()
             .filter_map(|(i, e)| {
-                let addr = resolve(e, &format!("{key}.endpoints[{i}]"), problems)?;
+                split_endpoint(e)
+                    .map_err(|m| {
+                        problems.push(ConfigProblem::new(format!("{key}.endpoints[{i}]"), m))
+                    })
+                    .ok()
+                    .map(|(tls, authority)| (i, tls || self.tls.is_some(), authority))
+            })
+            .collect();
+        // `https://` endpoints without a `tls` table verify against the Mozilla roots.
+        let tls = match split.iter().any(|(_, tls, _)| *tls) {
+            true => self.tls.clone().unwrap_or_default().build(
+                &format!("{key}.tls"),
+                base_dir,
+                problems,
+            ),
+            false => None,
+        };
+        let endpoints = split
+            .into_iter()
+            .filter_map(|(i, is_tls, authority)| {
+                let ep_key = format!("{key}.endpoints[{i}]");
+                let addr = resolve(&authority, &ep_key, problems)?;
+                let tls = match (is_tls, &tls) {
+                    (false, _) => None,
+                    (true, Some(t)) if t.server_name.is_some() => t.server_name.clone(),
+                    (true, _) => Some(
+                        server_name(host_of(&authority))
+                            .map_err(|m| problems.push(ConfigProblem::new(&ep_key, m)))
+                            .ok()?,
+                    ),
+                };
                 Some(Endpoint {
                     addr,
-                    host: self.host_header.clone().unwrap_or_else(|| e.clone()),
+                    host: self.host_header.clone().unwrap_or_else(|| {
+                        // The authority as written (`https://h` is `h`, not `h:443`).
+                        let written = self.endpoints[i].trim();
+                        let bare = written.split_once("://").map_or(written, |(_, r)| r);
+                        bare.trim_end_matches('/').to_string()
+                    }),
+                    tls,
                 })
             })
             .collect();
@@ -278,7 +334,7 @@ impl RawUpstream {
             line.extend_from_slice(b"\r\n");
             Some(line)
         });
-        Upstream {
+        let upstream = Upstream {
             name: self.name.clone(),
             endpoints,
             connect_timeout: ms(
@@ -311,7 +367,8 @@ impl RawUpstream {
                 .unwrap_or(DEFAULT_POOL_MAX_REQUESTS)
                 .max(1),
             auth_line,
-        }
+        };
+        (upstream, tls)
     }
 }
 

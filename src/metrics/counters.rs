@@ -53,6 +53,24 @@ pub const BREAKER_TRANSITIONS: Family = Family {
     help: "Circuit breaker state transitions, by endpoint and new state.",
     labels: &["endpoint", "state"],
 };
+/// TLS handshakes completed on the listener, by kind (`full`, `resumed`).
+pub const TLS_HANDSHAKES: Family = Family {
+    name: "tls_handshakes",
+    help: "TLS handshakes completed with clients, by kind (full or resumed).",
+    labels: &["kind"],
+};
+/// TLS handshakes with clients that failed, by reason (`timeout`, `protocol_version`, ...).
+pub const TLS_HANDSHAKE_FAILURES: Family = Family {
+    name: "tls_handshake_failures",
+    help: "TLS handshakes with clients that failed, by reason.",
+    labels: &["reason"],
+};
+/// Upstream TLS handshakes that failed, by upstream and reason (`cert_expired`, ...).
+pub const UPSTREAM_TLS_ERRORS: Family = Family {
+    name: "upstream_tls_errors",
+    help: "TLS handshakes with upstreams that failed, by upstream and reason.",
+    labels: &["upstream", "reason"],
+};
 /// Tokens used, by subject and model (subjects past the cap share "other").
 pub const TOKENS: Family = Family {
     name: "tokens",

@@ -1,6 +1,8 @@
 //! The auth stage: find the credential, verify it against this core's keys and revocation
 //! list, check the route's scope, render the rejection (401 with an RFC 6750 challenge, or
-//! 403 for a missing scope), counted by reason.
+//! 403 for a missing scope), counted by reason. A request without a credential header on a
+//! TLS connection with a verified client certificate is that certificate's subject when
+//! `[auth] client_certificates` is on ([`crate::auth::Authenticator::certificate_identity`]).
 
 use crate::auth::{AuthError, Authenticator, Identity};
 use crate::config::Snapshot;
@@ -8,6 +10,7 @@ use crate::error::{Fault, GatewayError};
 use crate::http::RequestHead;
 use crate::route::Route;
 use crate::time::unix_now;
+use crate::tls::PeerIdentity;
 use crate::worker::Worker;
 
 /// Whether `route` requires a verified token.
@@ -15,12 +18,13 @@ pub fn required(auth: Option<&Authenticator>, route: &Route) -> bool {
     crate::auth::token_required(auth, route.auth())
 }
 
-/// Verifies the request's credential (`buf` holds the head's bytes).
+/// Verifies the request's credential (`buf` holds the head's bytes); without one, the
+/// connection's verified client certificate (`peer`) when `[auth] client_certificates` is on.
 pub fn verify(
     worker: &Worker,
     auth: &Authenticator,
-    head: &RequestHead,
-    buf: &[u8],
+    (head, buf): (&RequestHead, &[u8]),
+    peer: Option<&PeerIdentity>,
 ) -> Result<Identity, AuthError> {
     let name = auth.header_name();
     let mut values = head
@@ -30,6 +34,13 @@ pub fn verify(
     // Two credentials are one too many: which one would the upstream believe?
     if values.next().is_some() {
         return Err(AuthError::Malformed);
+    }
+    if let (None, Some(peer)) = (value, peer) {
+        if let Ok(id) =
+            auth.certificate_identity(peer.subject(), unix_now(), &worker.revocations.borrow())
+        {
+            return Ok(id);
+        }
     }
     auth.verify(
         value,
@@ -45,15 +56,15 @@ pub fn verify(
 pub fn verify_early(
     worker: &Worker,
     snap: &Snapshot,
-    head: &RequestHead,
-    head_bytes: &[u8],
+    head: (&RequestHead, &[u8]),
+    peer: Option<&PeerIdentity>,
     early: Option<&Route>,
 ) -> Option<Result<Identity, AuthError>> {
     let auth = snap.auth.as_ref()?;
     if early.is_some_and(|r| !required(Some(auth), r)) {
         return None;
     }
-    Some(verify(worker, auth, head, head_bytes))
+    Some(verify(worker, auth, head, peer))
 }
 
 /// The identity for the final `route`: the early verdict, or a verification now if none ran.
@@ -61,14 +72,15 @@ pub fn verify_early(
 pub fn admit_for(
     worker: &Worker,
     snap: &Snapshot,
-    (head, head_bytes): (&RequestHead, &[u8]),
+    head: (&RequestHead, &[u8]),
+    peer: Option<&PeerIdentity>,
     route: &Route,
     verdict: Option<Result<Identity, AuthError>>,
     resp_headers: &mut Vec<u8>,
 ) -> Result<Option<Identity>, GatewayError> {
     let auth = snap.auth.as_ref();
     let verdict = match (verdict, auth) {
-        (None, Some(a)) if required(auth, route) => Some(verify(worker, a, head, head_bytes)),
+        (None, Some(a)) if required(auth, route) => Some(verify(worker, a, head, peer)),
         (v, _) => v,
     };
     admit(auth, route, verdict).map_err(|e| rejection(worker, e, resp_headers))

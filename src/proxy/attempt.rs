@@ -18,8 +18,6 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
-
 use crate::breaker::local::{self, NoEndpoint};
 use crate::breaker::{Outcome, Permit};
 use crate::config::{Snapshot, Upstream};
@@ -217,7 +215,7 @@ async fn acquire(
             }
         };
         if let Some(c) = worker.pools.borrow_mut().take(
-            ep.addr,
+            super::connect::pool_key(ep, up_idx),
             upstream.pool_idle_timeout,
             upstream.pool_max_requests,
         ) {
@@ -225,14 +223,14 @@ async fn acquire(
             return Ok((c, permit));
         }
         connects += 1;
-        let e = match monoio::time::timeout(connect_timeout, TcpStream::connect_addr(ep.addr)).await
+        let e = match super::connect::connect(worker, &upstream.name, up_idx, ep, connect_timeout)
+            .await
         {
-            Ok(Ok(s)) => {
+            Ok(c) => {
                 worker.metrics.borrow_mut().upstream_connects += 1;
-                return Ok((UpConn::new(s, ep.addr), permit));
+                return Ok((c, permit));
             }
-            Ok(Err(_)) => UpstreamError::ConnectFailed,
-            Err(_) => UpstreamError::ConnectTimeout,
+            Err(e) => e,
         };
         worker
             .resilience

@@ -205,8 +205,8 @@ fn first_raw_index(raw: &[RawDeployment], d: &Deployment) -> usize {
 }
 
 /// `host:port` with a non-empty host and a numeric port.
-fn check_endpoint(ep: &str) -> Result<(), String> {
-    let ep = ep.trim();
+fn check_endpoint(written: &str) -> Result<(), String> {
+    let (_, ep) = crate::tls::client::split_endpoint(written)?;
     match ep.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
             Ok(())
@@ -232,6 +232,7 @@ mod tests {
             api_key: None,
             breaker: None,
             health_check: None,
+            tls: None,
         }
     }
 

@@ -36,7 +36,7 @@ pub struct RawDeployment {
     pub model: String,
     /// Semver version, e.g. `3.2.1`.
     pub version: String,
-    /// Backend addresses, `host:port`.
+    /// Backend addresses, `host:port`, `http://host:port` or `https://host[:port]`.
     pub endpoints: Vec<String>,
     /// Name the backend expects in the request's `model` field; default: `model`.
     #[serde(default)]
@@ -57,6 +57,9 @@ pub struct RawDeployment {
     pub breaker: Option<crate::breaker::config::RawBreaker>,
     #[serde(default)]
     pub health_check: Option<crate::breaker::config::RawHealthCheck>,
+    /// TLS toward the endpoints, as on `[[upstreams]]` (`https://` endpoints use TLS anyway).
+    #[serde(default)]
+    pub tls: Option<crate::tls::RawUpstreamTls>,
 }
 
 /// One `[[routes]]` entry.
