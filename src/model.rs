@@ -3,14 +3,31 @@
 //!
 //! # Contract
 //!
-//! [`JsonBody::parse`] accepts a JSON object (the buffer is used as simd-json's scratch space
-//! and is clobbered). `Err(BodyError)` becomes a 400 `invalid_request_error`. The body the
-//! upstream receives is always re-encoded from the parsed value ([`JsonBody::encode_into`]), so
-//! the gateway and the model server can never disagree about which of two duplicate `model`
-//! keys counts.
+//! [`JsonBody::parse`] accepts a JSON object: simd-json validates the whole body (grammar,
+//! UTF-8), and the inputs simd-json would misread are refused first (see
+//! `simd_json_misreads`). `Err(BodyError)` becomes a 400 `invalid_request_error`.
+//!
+//! The body the upstream receives is the body as received with the gateway's edits spliced
+//! into its bytes ([`JsonBody::encode_into`]): the `model` value replaced by the served name,
+//! `stream_options.include_usage` set to `true`. A splice leaves nothing for the gateway and
+//! the model server to read differently: a top-level key, or a key of `stream_options`, that
+//! appears twice is refused (which of two `model`s would the backend take?), and every other
+//! byte is one the backend's parser reads exactly as simd-json did.
+//!
+//! # Performance
+//!
+//! No allocation once a worker is warm: simd-json parses a copy of the body with this thread's
+//! reused buffers and tape ([`Scratch`]), the decoded `model` goes into the caller's reused
+//! `String`, and what the encoder needs is a few byte ranges. Duplicate keys are found with a
+//! sort of hashes (random per thread), so a body of many keys costs `n log n`, not `n²`.
+
+use std::cell::RefCell;
+use std::hash::BuildHasher;
+use std::ops::Range;
 
 use simd_json::prelude::*;
-use simd_json::{OwnedValue, StaticNode};
+use simd_json::tape::{Object, Value};
+use simd_json::{Buffers, Tape};
 
 /// Why a body could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,8 +40,8 @@ pub enum BodyError {
     ModelMissing,
     /// `stream` is present but not a boolean.
     StreamNotBool,
-    /// A top-level key appears twice: the gateway and the backend could read different
-    /// values, so the body is refused.
+    /// A top-level key (or a key of `stream_options`) appears twice: the gateway and the
+    /// backend could read different values, so the body is refused.
     DuplicateKey,
 }
 
@@ -47,101 +64,496 @@ impl From<BodyError> for crate::error::GatewayError {
     }
 }
 
-/// A parsed request body.
+/// A parsed request body: what the stages read from it, where in its bytes the gateway's
+/// edits go, and the edits asked for.
 #[derive(Debug, Clone)]
-pub struct JsonBody {
-    value: OwnedValue,
+pub struct JsonBody<'a> {
+    raw: &'a [u8],
+    /// Just after the top-level `{`, and whether the object has members.
+    open: usize,
+    has_members: bool,
+    /// The current `model`: as received (decoded), or the name set by [`Self::set_model`].
+    model: Option<&'a str>,
+    /// Where the received `model` value (with its quotes) is.
+    model_at: Option<Range<usize>>,
+    renamed: bool,
+    stream: bool,
+    max_tokens: Option<u64>,
+    options: StreamOptions,
+    usage_requested: bool,
 }
 
-impl JsonBody {
-    pub fn parse(bytes: &mut [u8]) -> Result<JsonBody, BodyError> {
-        if simd_json_misreads(bytes) {
+/// The received `stream_options`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StreamOptions {
+    Absent,
+    /// Present but not an object: its value's bytes.
+    NotObject(Range<usize>),
+    Object {
+        /// Just after its `{`.
+        open: usize,
+        has_members: bool,
+        /// `include_usage`'s value bytes, and whether it is `true`.
+        include_usage: Option<(Range<usize>, bool)>,
+    },
+}
+
+impl<'a> JsonBody<'a> {
+    /// Parses `raw` (see the module docs); the decoded `model` is kept in `model_buf`.
+    pub fn parse(raw: &'a [u8], model_buf: &'a mut String) -> Result<JsonBody<'a>, BodyError> {
+        if simd_json_misreads(raw) {
             return Err(BodyError::NotJson);
         }
-        let value = simd_json::to_owned_value(bytes).map_err(|_| BodyError::NotJson)?;
-        let Some(obj) = value.as_object() else {
-            return Err(BodyError::NotObject);
-        };
-        // simd-json keeps duplicate keys; a JSON reader upstream would take the last one.
-        let keys: Vec<&str> = obj.keys().map(|k| k.as_ref()).collect();
-        if keys.iter().enumerate().any(|(i, k)| keys[..i].contains(k)) {
-            return Err(BodyError::DuplicateKey);
-        }
-        let body = JsonBody { value };
-        match body.value.get("model") {
-            None => {}
-            Some(v) if v.is_str() => {}
-            Some(_) => return Err(BodyError::ModelNotString),
-        }
-        match body.value.get("stream") {
-            None => {}
-            Some(v) if v.is_bool() || v.is_null() => {}
-            Some(_) => return Err(BodyError::StreamNotBool),
+        model_buf.clear();
+        let mut body = SCRATCH.with(|s| s.borrow_mut().read(raw, model_buf))?;
+        let model_buf: &'a String = model_buf;
+        if body.model_at.is_some() {
+            body.model = Some(model_buf.as_str());
         }
         Ok(body)
     }
 
-    pub fn model(&self) -> Option<&str> {
-        self.value.get("model").and_then(|v| v.as_str())
+    pub fn model(&self) -> Option<&'a str> {
+        self.model
     }
 
     pub fn stream(&self) -> bool {
-        self.value
-            .get("stream")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false)
+        self.stream
     }
 
     /// `max_tokens`, or the newer `max_completion_tokens`.
     pub fn max_tokens(&self) -> Option<u64> {
-        ["max_tokens", "max_completion_tokens"]
-            .iter()
-            .find_map(|k| self.value.get(*k).and_then(|v| v.as_u64()))
+        self.max_tokens
     }
 
-    /// Whether the client asked for the final usage chunk of a stream.
+    /// Whether the body asks for the final usage chunk of a stream (or the gateway did).
     pub fn include_usage(&self) -> bool {
-        self.value
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false)
+        self.usage_requested
+            || matches!(
+                self.options,
+                StreamOptions::Object {
+                    include_usage: Some((_, true)),
+                    ..
+                }
+            )
     }
 
-    pub fn set_model(&mut self, name: &str) {
-        if let Some(o) = self.value.as_object_mut() {
-            o.insert("model".into(), OwnedValue::from(name));
-        }
+    /// Sends `name` as the body's `model`.
+    pub fn set_model(&mut self, name: &'a str) {
+        self.model = Some(name);
+        self.renamed = true;
     }
 
     /// Asks the backend for a final usage chunk on a stream (`stream_options.include_usage`).
     pub fn request_usage(&mut self) {
-        let Some(o) = self.value.as_object_mut() else {
-            return;
-        };
-        let opts = o
-            .entry("stream_options".into())
-            .or_insert_with(OwnedValue::object);
-        if !opts.is_object() {
-            *opts = OwnedValue::object();
-        }
-        if let Some(opts) = opts.as_object_mut() {
-            opts.insert(
-                "include_usage".into(),
-                OwnedValue::Static(StaticNode::Bool(true)),
-            );
+        if !self.include_usage() {
+            self.usage_requested = true;
         }
     }
 
-    /// Appends the JSON encoding to `out`.
+    /// Appends the body to send upstream: the received bytes with the edits spliced in.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        // Writing to a Vec cannot fail.
-        let _ = self.value.write(out);
+        let mut edits = [None, None, None];
+        let mut n = 0;
+        let mut push = |e: Edit| {
+            edits[n] = Some(e);
+            n += 1;
+        };
+        let insert_model = self.renamed && self.model_at.is_none();
+        let insert_options = self.usage_requested && self.options == StreamOptions::Absent;
+        if insert_model || insert_options {
+            push(Edit {
+                at: self.open..self.open,
+                text: Text::TopMembers {
+                    model: insert_model,
+                    options: insert_options,
+                    comma: self.has_members,
+                },
+            });
+        }
+        if let (true, Some(at)) = (self.renamed, &self.model_at) {
+            push(Edit {
+                at: at.clone(),
+                text: Text::Model,
+            });
+        }
+        if self.usage_requested {
+            match &self.options {
+                StreamOptions::Absent => {}
+                StreamOptions::NotObject(at) => push(Edit {
+                    at: at.clone(),
+                    text: Text::OptionsObject,
+                }),
+                StreamOptions::Object {
+                    include_usage: Some((at, _)),
+                    ..
+                } => push(Edit {
+                    at: at.clone(),
+                    text: Text::True,
+                }),
+                StreamOptions::Object {
+                    open, has_members, ..
+                } => push(Edit {
+                    at: *open..*open,
+                    text: Text::IncludeMember {
+                        comma: *has_members,
+                    },
+                }),
+            }
+        }
+        let edits = &mut edits[..n];
+        edits.sort_unstable_by_key(|e| e.as_ref().map_or(usize::MAX, |e| e.at.start));
+        let mut cursor = 0;
+        for e in edits.iter().flatten() {
+            out.extend_from_slice(&self.raw[cursor..e.at.start]);
+            self.write_edit(e.text, out);
+            cursor = e.at.end;
+        }
+        out.extend_from_slice(&self.raw[cursor..]);
+    }
+
+    fn write_edit(&self, text: Text, out: &mut Vec<u8>) {
+        const OPTIONS: &[u8] = br#""stream_options":{"include_usage":true}"#;
+        let model = self.model.unwrap_or_default();
+        match text {
+            Text::Model => json_string(out, model),
+            Text::TopMembers {
+                model: m,
+                options,
+                comma,
+            } => {
+                if m {
+                    out.extend_from_slice(b"\"model\":");
+                    json_string(out, model);
+                }
+                if options {
+                    if m {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(OPTIONS);
+                }
+                if comma {
+                    out.push(b',');
+                }
+            }
+            Text::OptionsObject => out.extend_from_slice(br#"{"include_usage":true}"#),
+            Text::True => out.extend_from_slice(b"true"),
+            Text::IncludeMember { comma } => {
+                out.extend_from_slice(br#""include_usage":true"#);
+                if comma {
+                    out.push(b',');
+                }
+            }
+        }
     }
 }
 
-/// Inputs simd-json accepts although they are not JSON, each of which would reach the
-/// upstream changed (the body is re-encoded), all found with the `json_body` fuzz target:
+/// One splice: the bytes `at` of the received body are replaced by `text`.
+struct Edit {
+    at: Range<usize>,
+    text: Text,
+}
+
+#[derive(Clone, Copy)]
+enum Text {
+    /// The (new) model name as a JSON string.
+    Model,
+    /// Members inserted at the start of the top-level object.
+    TopMembers {
+        model: bool,
+        options: bool,
+        comma: bool,
+    },
+    /// `stream_options` replaced by an object.
+    OptionsObject,
+    /// `include_usage`'s value replaced.
+    True,
+    /// `include_usage` inserted at the start of `stream_options`.
+    IncludeMember { comma: bool },
+}
+
+/// Writes `s` as a JSON string.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut from = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[from..i]);
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 15)]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        from = i + 1;
+    }
+    out.extend_from_slice(&bytes[from..]);
+    out.push(b'"');
+}
+
+thread_local! {
+    /// This thread's parse buffers (one per worker thread: nothing is shared).
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Bodies up to this size leave their parse buffers for the next one; larger ones free them.
+pub const SCRATCH_KEEP: usize = 256 * 1024;
+
+/// Members of an object above which duplicate keys are found by sorting hashes.
+const SMALL_OBJECT: usize = 16;
+
+/// simd-json's reused parse state: the copy it parses in place, its buffers, the tape.
+#[derive(Default)]
+struct Scratch {
+    input: Vec<u8>,
+    buffers: Option<Buffers>,
+    tape: Option<Tape<'static>>,
+    hashes: Vec<u64>,
+    seed: foldhash::fast::RandomState,
+}
+
+impl Scratch {
+    fn read<'r>(&mut self, raw: &'r [u8], model: &mut String) -> Result<JsonBody<'r>, BodyError> {
+        self.input.clear();
+        self.input.extend_from_slice(raw);
+        let buffers = self.buffers.get_or_insert_with(|| Buffers::new(raw.len()));
+        let mut tape = self.tape.take().unwrap_or_else(|| Tape(Vec::new())).reset();
+        let read = match simd_json::fill_tape(&mut self.input, buffers, &mut tape) {
+            Ok(()) => {
+                let mut keys = Keys {
+                    hashes: &mut self.hashes,
+                    seed: &self.seed,
+                };
+                layout(tape.as_value(), raw, &mut keys, model)
+            }
+            Err(_) => Err(BodyError::NotJson),
+        };
+        self.tape = Some(tape.reset());
+        if raw.len() > SCRATCH_KEEP {
+            *self = Scratch {
+                seed: self.seed.clone(),
+                ..Scratch::default()
+            };
+        }
+        read
+    }
+}
+
+/// Finds repeated keys.
+struct Keys<'s> {
+    hashes: &'s mut Vec<u64>,
+    seed: &'s foldhash::fast::RandomState,
+}
+
+impl Keys<'_> {
+    fn repeat_in(&mut self, obj: &Object<'_, '_>) -> bool {
+        if obj.len() <= SMALL_OBJECT {
+            let mut seen = [""; SMALL_OBJECT];
+            for (i, (k, _)) in obj.iter().enumerate() {
+                if seen[..i].contains(&k) {
+                    return true;
+                }
+                seen[i] = k;
+            }
+            return false;
+        }
+        self.hashes.clear();
+        self.hashes
+            .extend(obj.iter().map(|(k, _)| self.seed.hash_one(k)));
+        self.hashes.sort_unstable();
+        // Equal hashes are compared by key (a real repeat, or a collision that is not): every
+        // pair of keys with that hash, so a collision cannot hide a repeat behind it.
+        let seed = self.seed;
+        self.hashes.windows(2).any(|w| {
+            w[0] == w[1] && {
+                let same = || obj.iter().filter(move |(k, _)| seed.hash_one(k) == w[0]);
+                same()
+                    .enumerate()
+                    .any(|(i, (a, _))| same().skip(i + 1).any(|(b, _)| a == b))
+            }
+        })
+    }
+}
+
+/// What the encoder and the stages need from a valid document (see the module docs).
+fn layout<'r>(
+    root: Value<'_, '_>,
+    raw: &'r [u8],
+    keys: &mut Keys<'_>,
+    model: &mut String,
+) -> Result<JsonBody<'r>, BodyError> {
+    let obj = root.as_object().ok_or(BodyError::NotObject)?;
+    if keys.repeat_in(&obj) {
+        return Err(BodyError::DuplicateKey);
+    }
+    let open = object_open(raw, 0).ok_or(BodyError::NotJson)?;
+    let mut body = JsonBody {
+        raw,
+        open,
+        has_members: !obj.is_empty(),
+        model: None,
+        model_at: None,
+        renamed: false,
+        stream: false,
+        max_tokens: None,
+        options: StreamOptions::Absent,
+        usage_requested: false,
+    };
+    let (mut max_tokens, mut max_completion_tokens) = (None, None);
+    let (mut model_ok, mut stream_ok) = (true, true);
+    let mut members = Members { raw, pos: open };
+    for (k, v) in obj.iter() {
+        let at = members.next().ok_or(BodyError::NotJson)?;
+        match k {
+            "model" => match v.as_str() {
+                Some(s) => {
+                    model.push_str(s);
+                    body.model_at = Some(at);
+                }
+                None => model_ok = false,
+            },
+            "stream" => match v.as_bool() {
+                Some(b) => body.stream = b,
+                None => stream_ok = v.is_null(),
+            },
+            "max_tokens" => max_tokens = v.as_u64(),
+            "max_completion_tokens" => max_completion_tokens = v.as_u64(),
+            "stream_options" => body.options = stream_options(v, raw, at, keys)?,
+            _ => {}
+        }
+    }
+    if !model_ok {
+        return Err(BodyError::ModelNotString);
+    }
+    if !stream_ok {
+        return Err(BodyError::StreamNotBool);
+    }
+    body.max_tokens = max_tokens.or(max_completion_tokens);
+    Ok(body)
+}
+
+/// Where `stream_options` (whose value bytes are `at`) is edited.
+fn stream_options(
+    v: Value<'_, '_>,
+    raw: &[u8],
+    at: Range<usize>,
+    keys: &mut Keys<'_>,
+) -> Result<StreamOptions, BodyError> {
+    let Some(obj) = v.as_object() else {
+        return Ok(StreamOptions::NotObject(at));
+    };
+    if keys.repeat_in(&obj) {
+        return Err(BodyError::DuplicateKey);
+    }
+    let open = object_open(raw, at.start).ok_or(BodyError::NotJson)?;
+    let mut members = Members { raw, pos: open };
+    let mut include_usage = None;
+    for (k, v) in obj.iter() {
+        let at = members.next().ok_or(BodyError::NotJson)?;
+        if k == "include_usage" {
+            include_usage = Some((at, v.as_bool() == Some(true)));
+        }
+    }
+    Ok(StreamOptions::Object {
+        open,
+        has_members: !obj.is_empty(),
+        include_usage,
+    })
+}
+
+/// The index after the `{` of the object starting at `from` (after whitespace).
+fn object_open(raw: &[u8], from: usize) -> Option<usize> {
+    let at = skip_ws(raw, from);
+    (raw.get(at) == Some(&b'{')).then_some(at + 1)
+}
+
+fn skip_ws(raw: &[u8], mut i: usize) -> usize {
+    while matches!(raw.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// The value bytes of an object's members, in order, in a document simd-json accepted (the
+/// tape lists the members in the same order).
+struct Members<'r> {
+    raw: &'r [u8],
+    /// Just after the `{` or after the previous value.
+    pos: usize,
+}
+
+impl Iterator for Members<'_> {
+    type Item = Range<usize>;
+
+    fn next(&mut self) -> Option<Range<usize>> {
+        let raw = self.raw;
+        let mut i = skip_ws(raw, self.pos);
+        if raw.get(i) == Some(&b',') {
+            i = skip_ws(raw, i + 1);
+        }
+        if raw.get(i) != Some(&b'"') {
+            return None;
+        }
+        i = skip_ws(raw, string_end(raw, i + 1)?);
+        if raw.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(raw, i + 1);
+        let end = value_end(raw, start)?;
+        self.pos = end;
+        Some(start..end)
+    }
+}
+
+/// The end of the value starting at `from`.
+fn value_end(raw: &[u8], from: usize) -> Option<usize> {
+    match raw.get(from)? {
+        b'"' => string_end(raw, from + 1),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = from;
+            loop {
+                match raw.get(i)? {
+                    b'"' => {
+                        i = string_end(raw, i + 1)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            let n = raw[from..]
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(raw.len() - from);
+            Some(from + n)
+        }
+    }
+}
+
+/// Inputs simd-json accepts although they are not JSON, each of which the gateway would read
+/// differently from a strict upstream parser (the body is forwarded with splices, so the
+/// upstream reads these bytes itself), all found with the `json_body` fuzz target:
 /// - a raw NUL, taken as the end of a number or literal (`{"max_tokens":5\0}`);
 /// - garbage after a number of more than 19 digits (`1.2345678901234567890x` reads as
 ///   `1.2345678901234567`), so every number is checked against the JSON grammar and must be
@@ -241,8 +653,16 @@ fn number_end(bytes: &[u8], from: usize) -> Option<usize> {
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> Result<JsonBody, BodyError> {
-        JsonBody::parse(&mut s.as_bytes().to_vec())
+    /// Parses `s` (kept alive for the test's duration).
+    fn parse(s: &str) -> Result<JsonBody<'static>, BodyError> {
+        let raw: &'static [u8] = Box::leak(s.as_bytes().into());
+        JsonBody::parse(raw, Box::leak(Box::default()))
+    }
+
+    fn encode(b: &JsonBody<'_>) -> String {
+        let mut out = Vec::new();
+        b.encode_into(&mut out);
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
@@ -277,12 +697,11 @@ mod tests {
         let mut b = parse(r#"{"model":"chat-default","stream":true,"messages":[{"role":"user","content":"hi \"there\""}]}"#).unwrap();
         b.set_model("meta-llama/Llama-3-70B");
         b.request_usage();
-        let mut out = Vec::new();
-        b.encode_into(&mut out);
-        let again = JsonBody::parse(&mut out.clone()).unwrap();
+        let out = encode(&b);
+        let again = parse(&out).unwrap();
         assert_eq!(again.model(), Some("meta-llama/Llama-3-70B"));
         assert!(again.include_usage());
-        assert!(String::from_utf8(out).unwrap().contains(r#"hi \"there\""#));
+        assert!(out.contains(r#"hi \"there\""#));
     }
 
     /// Found by the `json_body` fuzz target: a raw NUL after any scalar, in any position, and
@@ -350,9 +769,7 @@ mod tests {
         // A pair is one character; an escaped backslash before `u` is no escape at all.
         let b = parse(r#"{"model":"\ud83d\ude00\uD83D\uDE00","x":"\\ud800"}"#).unwrap();
         assert_eq!(b.model(), Some("\u{1f600}\u{1f600}"));
-        let mut out = Vec::new();
-        b.encode_into(&mut out);
-        assert!(String::from_utf8(out).unwrap().contains(r#""x":"\\ud800""#));
+        assert!(encode(&b).contains(r#""x":"\\ud800""#));
     }
 
     /// Found by the `json_body` fuzz target: simd-json dropped garbage after a number of more
@@ -420,5 +837,286 @@ mod tests {
             parse(r#"{"stream":false,"model":"a","stream":true}"#).unwrap_err(),
             BodyError::DuplicateKey
         );
+    }
+
+    /// What serde_json (a strict reader, the last of repeated keys wins) makes of `s`.
+    fn oracle(s: &str) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::from_str(s) {
+            Ok(serde_json::Value::Object(o)) => o,
+            other => panic!("{s:?} is not an object: {other:?}"),
+        }
+    }
+
+    /// The served name replaces `model` wherever and however the key is written, with any
+    /// whitespace around it, and nothing else changes.
+    #[test]
+    fn the_model_is_spliced_in_wherever_it_is() {
+        let bodies = [
+            r#"{"model":"a"}"#,
+            r#"{ "model" : "a" }"#,
+            "{\n\t\"model\"\r\n:\t\"a\"\n}",
+            r#"{"model":"a","messages":[{"role":"user","content":"{\"model\":\"x\"}"}]}"#,
+            r#"{"messages":[{"model":"inner"}],"model":"a","n":1}"#,
+            r#"{"x":{"model":"b"},"model":"a"}"#,
+            r#"{"mo\u0064el":"a","y":[1,2,{"z":"]}"}]}"#,
+            r#"{"\u006d\u006F\u0064\u0065\u006c":"a\"b\\c","t":true,"f":false,"n":null}"#,
+            r#"{"n":-1.5e3,"model":"a","m":0}"#,
+        ];
+        let names = [
+            "llama",
+            "meta-llama/Llama-3-70B",
+            "q\"uote",
+            "back\\slash",
+            "tab\tnl\nnul\u{0}",
+            "ünïcode ✓ \u{2028}",
+        ];
+        for body in bodies {
+            let before = oracle(body);
+            for name in names {
+                let mut b = parse(body).unwrap_or_else(|e| panic!("{body}: {e:?}"));
+                assert_eq!(b.model(), before["model"].as_str(), "{body}");
+                b.set_model(name);
+                assert_eq!(b.model(), Some(name));
+                let out = encode(&b);
+                let after = oracle(&out);
+                assert_eq!(after["model"].as_str(), Some(name), "{body} → {out}");
+                assert_eq!(after.len(), before.len(), "{out}");
+                for (k, v) in &before {
+                    if k != "model" {
+                        assert_eq!(after.get(k), Some(v), "{k} in {out}");
+                    }
+                }
+                let again = parse(&out).unwrap();
+                assert_eq!(again.model(), Some(name), "{out}");
+            }
+        }
+    }
+
+    /// Nothing is touched when nothing is asked: the body goes as received, byte for byte.
+    #[test]
+    fn an_unedited_body_goes_as_received() {
+        for body in [
+            r#"{"model":"a","stream":true}"#,
+            "  {\n \"x\" : [ 1 , 2 ] }  ",
+            r#"{"stream_options":{"include_usage":true},"stream":true}"#,
+        ] {
+            let mut b = parse(body).unwrap();
+            assert_eq!(encode(&b), body);
+            // The client asked for usage already: requesting it changes nothing either.
+            if b.include_usage() {
+                b.request_usage();
+                assert_eq!(encode(&b), body);
+            }
+        }
+    }
+
+    /// A body without `model` gets one at the front; an empty object too.
+    #[test]
+    fn a_missing_model_is_inserted() {
+        for body in [r#"{}"#, r#"{ }"#, r#"{"x":1}"#, " {\"stream\":true} "] {
+            let mut b = parse(body).unwrap();
+            assert_eq!(b.model(), None);
+            b.set_model("m\"1");
+            b.request_usage();
+            let out = encode(&b);
+            let o = oracle(&out);
+            assert_eq!(o["model"].as_str(), Some("m\"1"), "{out}");
+            assert_eq!(o["stream_options"]["include_usage"], true, "{out}");
+            assert_eq!(o.len(), oracle(body).len() + 2, "{out}");
+            assert!(parse(&out).unwrap().include_usage());
+        }
+    }
+
+    /// Every shape of `stream_options` ends as an object with `include_usage: true`, its other
+    /// members kept, however the key is written.
+    #[test]
+    fn usage_is_requested_whatever_stream_options_was() {
+        let options = [
+            None,
+            Some("null"),
+            Some("\"yes\""),
+            Some("[1,2]"),
+            Some("7"),
+            Some("false"),
+            Some("{}"),
+            Some("{ }"),
+            Some(r#"{"x":1}"#),
+            Some(r#"{"include_usage":false}"#),
+            Some(r#"{"include_usage":null,"y":[1,{"include_usage":false}]}"#),
+            Some(r#"{"y":"}","include_usage":0}"#),
+            Some(r#"{"include\u005fusage":false,"z":{}}"#),
+            Some(r#"{ "include_usage" : "true" }"#),
+        ];
+        for opt in options {
+            for model_first in [true, false] {
+                let o = opt.map(|o| format!(r#""stream_options":{o}"#));
+                let members: Vec<String> = [
+                    Some(r#""model":"a""#.to_string()),
+                    o,
+                    Some(r#""stream":true"#.into()),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                let members = if model_first {
+                    members
+                } else {
+                    members.into_iter().rev().collect()
+                };
+                let body = format!("{{{}}}", members.join(","));
+                let mut b = parse(&body).unwrap_or_else(|e| panic!("{body}: {e:?}"));
+                assert!(!b.include_usage(), "{body}");
+                b.request_usage();
+                assert!(b.include_usage());
+                let out = encode(&b);
+                let after = oracle(&out);
+                let got = after["stream_options"]
+                    .as_object()
+                    .unwrap_or_else(|| panic!("{out}"));
+                assert_eq!(got["include_usage"], true, "{out}");
+                if let Some(serde_json::Value::Object(before)) = oracle(&body).get("stream_options")
+                {
+                    for (k, v) in before {
+                        if k != "include_usage" {
+                            assert_eq!(got.get(k), Some(v), "{k} in {out}");
+                        }
+                    }
+                }
+                assert_eq!(after["model"], "a");
+                assert_eq!(after["stream"], true);
+                assert!(parse(&out).unwrap().include_usage(), "{out}");
+            }
+        }
+    }
+
+    /// A repeated key of the top level or of `stream_options` is refused however it is
+    /// spelled and wherever it is, also in objects large enough to be checked by hashing; a
+    /// repeat deeper down (not read, not rewritten) is not.
+    #[test]
+    fn repeated_keys_are_refused_in_every_object_the_gateway_edits() {
+        let filler = |n: usize| -> String { (0..n).map(|i| format!(r#""k{i}":{i},"#)).collect() };
+        for n in [0, 3, SMALL_OBJECT, SMALL_OBJECT + 1, 200] {
+            let f = filler(n);
+            for body in [
+                format!(r#"{{{f}"model":"a","model":"b"}}"#),
+                format!(r#"{{"model":"a",{f}"mod\u0065l":"b"}}"#),
+                format!(r#"{{"x":1,{f}"\u0078":2}}"#),
+                format!(
+                    r#"{{{f}"stream_options":{{"include_usage":true,"include_usage":false}}}}"#
+                ),
+                format!(r#"{{"stream_options":{{{f}"a":1,"\u0061":2}}}}"#),
+                format!(r#"{{"stream_options":{{}},{f}"stream_options":null}}"#),
+            ] {
+                assert_eq!(parse(&body).unwrap_err(), BodyError::DuplicateKey, "{body}");
+            }
+            for body in [
+                format!(r#"{{{f}"x":{{"a":1,"a":2}},"model":"m"}}"#),
+                format!(r#"{{"stream_options":{{{f}"o":{{"a":1,"a":2}}}}}}"#),
+                format!(r#"{{{f}"a":1,"A":2,"a ":3}}"#),
+            ] {
+                assert!(parse(&body).is_ok(), "{body}");
+            }
+        }
+    }
+
+    /// Numbers of any precision reach the upstream as written, byte for byte, next to a spliced
+    /// `model` (a re-encoding would have rounded them); `max_tokens` that is negative or not an
+    /// integer is no limit.
+    #[test]
+    fn huge_numbers_pass_through_as_written() {
+        // `None`: refused as not JSON; `Some(max_tokens)` otherwise.
+        let cases: &[(&str, Option<Option<u64>>)] = &[
+            ("123456789012345678901234567890", None),
+            ("18446744073709551615", Some(Some(u64::MAX))),
+            ("9223372036854775808", Some(Some(1 << 63))),
+            ("18446744073709551616", None),
+            ("-9223372036854775808", Some(None)),
+            ("-9223372036854775809", None),
+            ("1e400", None),
+            ("0.1e+0999", None),
+            ("-1E-400", Some(None)),
+            ("1.000000000000000000000000000001", Some(None)),
+            ("12345678901234567.890123456789e-5", Some(None)),
+            ("0", Some(Some(0))),
+            ("7", Some(Some(7))),
+        ];
+        for (number, max) in cases {
+            for body in [
+                format!(r#"{{"model":"a","max_tokens":{number},"x":[{number},{{"y":{number}}}]}}"#),
+                format!("{{ \"x\" :\t{number} ,\n\"max_tokens\": {number}, \"model\" : \"a\" }}"),
+            ] {
+                let Some(max) = max else {
+                    // Out of the range of an i64/u64/f64: simd-json refuses these, as it did
+                    // when the body was re-encoded.
+                    assert_eq!(parse(&body).unwrap_err(), BodyError::NotJson, "{body}");
+                    continue;
+                };
+                let mut b = parse(&body).unwrap_or_else(|e| panic!("{body}: {e:?}"));
+                assert_eq!(b.max_tokens(), *max, "{body}");
+                b.set_model("bb");
+                let out = encode(&b);
+                assert_eq!(out, body.replace(r#""a""#, r#""bb""#), "{body}");
+            }
+        }
+    }
+
+    /// Escapes in keys and values, and whitespace anywhere between tokens, are read as JSON
+    /// reads them and everything but the edited value is forwarded untouched.
+    #[test]
+    fn escapes_and_whitespace_are_read_and_kept() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"model":"a\/b"}"#, "a/b"),
+            (r#"{"model":"\u0041\u00e9\u4e2d"}"#, "Aé中"),
+            (r#"{"model":"\"\\\b\f\n\r\t"}"#, "\"\\\u{8}\u{c}\n\r\t"),
+            (r#"{"model":"\ud83d\ude00"}"#, "\u{1f600}"),
+            (r#"{"\u006dodel":"x"}"#, "x"),
+            ("{\r\n\t \"model\"\r\n\t :\r\n\t \"x\"\r\n\t }\r\n", "x"),
+            (r#"{"a":"\"model\":\"no\"","model":"x"}"#, "x"),
+        ];
+        for (body, model) in cases {
+            let mut b = parse(body).unwrap_or_else(|e| panic!("{body}: {e:?}"));
+            assert_eq!(b.model(), Some(*model), "{body}");
+            b.set_model("n");
+            let out = encode(&b);
+            let before = oracle(body);
+            let after = oracle(&out);
+            assert_eq!(after["model"], "n", "{out}");
+            for (k, v) in &before {
+                if k != "model" {
+                    assert_eq!(after.get(k), Some(v), "{out}");
+                }
+            }
+            // Only the value changed: the bytes before and after it are the received ones.
+            let (start, end) = {
+                let r = b.model_at.clone().unwrap();
+                (r.start, r.end)
+            };
+            assert_eq!(&out.as_bytes()[..start], &body.as_bytes()[..start]);
+            assert_eq!(&out.as_bytes()[start + 3..], &body.as_bytes()[end..]);
+        }
+    }
+
+    #[test]
+    fn stream_and_max_tokens_are_read_as_before() {
+        let cases: &[(&str, bool, Option<u64>)] = &[
+            (r#"{"stream":null}"#, false, None),
+            (r#"{"stream":false,"max_tokens":3}"#, false, Some(3)),
+            (
+                r#"{"max_completion_tokens":9,"max_tokens":3}"#,
+                false,
+                Some(3),
+            ),
+            (
+                r#"{"max_tokens":-1,"max_completion_tokens":9}"#,
+                false,
+                Some(9),
+            ),
+            (r#"{"max_tokens":1.5}"#, false, None),
+            (r#"{"stream":true,"max_tokens":"5"}"#, true, None),
+        ];
+        for (body, stream, max) in cases {
+            let b = parse(body).unwrap();
+            assert_eq!((b.stream(), b.max_tokens()), (*stream, *max), "{body}");
+        }
     }
 }

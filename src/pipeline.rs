@@ -105,6 +105,7 @@ pub async fn handle(
         head: head_bytes,
         body,
         body_out,
+        model,
         up_headers,
         resp_headers,
         facts,
@@ -122,6 +123,7 @@ pub async fn handle(
     let bufs = Bufs {
         body,
         body_out,
+        model,
         up_headers,
         resp_headers,
         facts,
@@ -137,6 +139,7 @@ pub async fn handle(
 struct Bufs<'b> {
     body: &'b mut Vec<u8>,
     body_out: &'b mut Vec<u8>,
+    model: &'b mut String,
     up_headers: &'b mut Vec<u8>,
     resp_headers: &'b mut Vec<u8>,
     facts: &'b mut crate::slot::Facts,
@@ -169,7 +172,8 @@ async fn stages(
         // Whatever happens now, the body is off the connection or the connection closes.
         rq.body_read = true;
         let limits = &snap.limits;
-        json = Some(body::read_json(c, &rq.info, rq.head.framing, limits, b.body).await?);
+        let into = (b.body, b.model);
+        json = Some(body::read_json(c, &rq.info, rq.head.framing, limits, into).await?);
     }
     let route: &Route = match &json {
         Some(j) => snap
@@ -303,7 +307,7 @@ fn route_error(e: RouteError) -> GatewayError {
 /// How the relay reads token usage from the response. Streams report usage only when asked:
 /// the gateway asks on the client's behalf and hides the extra event from a client that did
 /// not ask for it.
-fn usage_spec(json: &mut JsonBody) -> UsageSpec {
+fn usage_spec(json: &mut JsonBody<'_>) -> UsageSpec {
     if !json.stream() {
         return UsageSpec::Json;
     }

@@ -22,8 +22,10 @@ pub struct RequestBufs {
     pub head: Vec<u8>,
     /// The request body as received, when a stage must read it whole.
     pub body: Vec<u8>,
-    /// The body as sent upstream (re-encoded with the chosen model).
+    /// The body as sent upstream (with the chosen model spliced in).
     pub body_out: Vec<u8>,
+    /// The body's `model`, decoded (see [`crate::model::JsonBody::parse`]).
+    pub model: String,
     /// Extra request header lines for the upstream (e.g. identity headers), each ending CRLF.
     pub up_headers: Vec<u8>,
     /// Extra response header lines (e.g. `x-shardgate-model`, `x-ratelimit-*`,
@@ -65,6 +67,10 @@ impl RequestBufs {
                 b.clear();
             }
         }
+        if self.model.capacity() > REQUEST_BUF_KEEP {
+            self.model = String::new();
+        }
+        self.model.clear();
         self.facts.subject.clear();
         self.facts.model.clear();
         self.facts.tokens = None;

@@ -17,18 +17,20 @@ use crate::proxy::{inbound, ReqInfo};
 
 use super::Stop;
 
-/// Reads and parses the request body (see the module docs). `raw` receives the bytes.
-pub(super) async fn read_json(
+/// Reads and parses the request body (see the module docs). `raw` receives the bytes, `model`
+/// the decoded `model` (both reused buffers of the request).
+pub(super) async fn read_json<'b>(
     c: &mut ClientConn,
     req: &ReqInfo,
     framing: BodyFraming,
     limits: &Limits,
-    raw: &mut Vec<u8>,
-) -> Result<JsonBody, Stop> {
+    (raw, model): (&'b mut Vec<u8>, &'b mut String),
+) -> Result<JsonBody<'b>, Stop> {
     if inbound::send_continue(c, req).await.is_err() {
         // The client is gone.
         return Err(Stop::Close(0));
     }
     inbound::collect_body(c, framing, limits, raw).await?;
-    Ok(JsonBody::parse(raw).map_err(crate::error::GatewayError::from)?)
+    let raw: &'b Vec<u8> = raw;
+    Ok(JsonBody::parse(raw, model).map_err(crate::error::GatewayError::from)?)
 }

@@ -37,7 +37,7 @@ pub(super) fn choose<'s>(
     route: &'s Route,
     split: &'s Split,
     identity: Option<&Identity>,
-    json: &mut JsonBody,
+    json: &mut JsonBody<'s>,
 ) -> Result<Chosen<'s>, GatewayError> {
     if json.model().is_none() {
         return Err(BodyError::ModelMissing.into());
