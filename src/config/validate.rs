@@ -123,6 +123,7 @@ impl RawConfig {
             .collect();
         let resilience =
             Resilience::build(self.defaults.as_ref(), &policies, &upstreams, &mut problems);
+        let tracing = self.tracing.as_ref().and_then(|t| t.build(&mut problems));
         match server {
             Some(server) if problems.is_empty() && router.is_some() => Ok(Snapshot {
                 generation,
@@ -137,6 +138,7 @@ impl RawConfig {
                 metrics,
                 access_log,
                 resilience,
+                tracing,
             }),
             _ => Err(problems),
         }
