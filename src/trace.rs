@@ -5,7 +5,7 @@
 //! - [`record`]: the fixed-size span records the workers hand over.
 //! - [`export`]: the exporter thread (bounded queue, batches, drops counted); [`otlp`]: records
 //!   to the OTLP protobuf request.
-//! - [`config`]: `[tracing]`.
+//! - [`config`]: the `[tracing]` section.
 //!
 //! # Contract
 //!

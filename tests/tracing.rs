@@ -161,7 +161,9 @@ fn recording_upstream() -> (Upstream, Receiver<Received>) {
 
 /// The upstream's `traceparent` split into (trace id, parent id, flags).
 fn upstream_parent(r: &Received) -> (String, String, String) {
-    let v = r.header("traceparent").expect("the upstream gets a traceparent");
+    let v = r
+        .header("traceparent")
+        .expect("the upstream gets a traceparent");
     let parts: Vec<&str> = v.split('-').collect();
     assert_eq!(parts.len(), 4, "{v}");
     assert_eq!(parts[0], "00");
@@ -181,13 +183,19 @@ fn a_callers_trace_is_continued_with_a_server_span_and_a_client_span_per_attempt
     let r = get_with(
         gw.local_addr(),
         "/v1/models?x=1",
-        &[("traceparent", &tp), ("tracestate", "rojo=00f067aa0ba902b7")],
+        &[
+            ("traceparent", &tp),
+            ("tracestate", "rojo=00f067aa0ba902b7"),
+        ],
     );
     assert_eq!(r.status, 200);
     let got = seen.recv_timeout(Duration::from_secs(5)).unwrap();
     let (trace, parent, flags) = upstream_parent(&got);
     assert_eq!((trace.as_str(), flags.as_str()), (CALLER_TRACE, "01"));
-    assert_ne!(parent, CALLER_SPAN, "the gateway's span is the upstream's parent");
+    assert_ne!(
+        parent, CALLER_SPAN,
+        "the gateway's span is the upstream's parent"
+    );
     assert_eq!(got.header("tracestate"), Some("rojo=00f067aa0ba902b7"));
 
     let spans = collector.trace(&unhex(CALLER_TRACE), 2);
@@ -199,7 +207,10 @@ fn a_callers_trace_is_continued_with_a_server_span_and_a_client_span_per_attempt
     assert_eq!(hex(&client.span_id), parent);
     assert!(server.start_time_unix_nano <= client.start_time_unix_nano);
     assert!(client.end_time_unix_nano <= server.end_time_unix_nano);
-    assert!(server.start_time_unix_nano > 1_600_000_000_000_000_000, "Unix time");
+    assert!(
+        server.start_time_unix_nano > 1_600_000_000_000_000_000,
+        "Unix time"
+    );
     assert_eq!(server.name, "GET /*rest");
     let a = attrs(server);
     for (k, v) in [
@@ -253,8 +264,11 @@ fn a_retried_request_shows_both_attempts_each_the_upstreams_parent() {
     // starts on the failing endpoint and is retried on the other.
     let gw = gateway_with(
         "listen = \"127.0.0.1:0\"\nworkers = 1\npin = false",
-        &(upstream("up", &[bad.addr, good.addr], "breaker = { consecutive_failures = 100 }")
-            + &route("/*rest", "up", "retryable = true")
+        &(upstream(
+            "up",
+            &[bad.addr, good.addr],
+            "breaker = { consecutive_failures = 100 }",
+        ) + &route("/*rest", "up", "retryable = true")
             + &tracing(collector.addr, "sample_ratio = 1.0")),
     );
     let retried = (0..2)
@@ -315,12 +329,16 @@ fn model_requests_carry_genai_attributes_and_quota_events() {
             + &auth_hs256("")
             + "[quota]\n"
             + &quota_rule("all", "subject", "requests_per_minute = 1000")
-            + &tracing(collector.addr, "sample_ratio = 1.0\nservice_name = \"gw-test\"")),
+            + &tracing(
+                collector.addr,
+                "sample_ratio = 1.0\nservice_name = \"gw-test\"",
+            )),
     );
     let tok = token("alice");
     let auth = bearer(&tok);
     let tp = caller_traceparent("01");
-    let body = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hello there"}]}"#;
+    let body =
+        r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hello there"}]}"#;
     let r = post_json(
         gw.local_addr(),
         "/v1/chat/completions",
@@ -349,13 +367,22 @@ fn model_requests_carry_genai_attributes_and_quota_events() {
         .find(|e| e.name == "shardgate.quota")
         .expect("the quota decision is an event");
     assert_eq!(
-        text_of(quota.attributes[0].value.as_ref().unwrap().value.as_ref().unwrap()),
+        text_of(
+            quota.attributes[0]
+                .value
+                .as_ref()
+                .unwrap()
+                .value
+                .as_ref()
+                .unwrap()
+        ),
         Some("admitted".into())
     );
     assert!(quota.time_unix_nano >= server.start_time_unix_nano);
 
     // A streamed response: the client span marks the first chunk.
-    let stream = r#"{"model":"m","stream":true,"max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#;
+    let stream =
+        r#"{"model":"m","stream":true,"max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#;
     let tp2 = format!("00-{}-{CALLER_SPAN}-01", "1".repeat(32));
     let r = post_json(
         gw.local_addr(),
@@ -398,7 +425,15 @@ fn model_requests_carry_genai_attributes_and_quota_events() {
     let ev = &spans[0].events[0];
     assert_eq!(ev.name, "shardgate.quota");
     assert_eq!(
-        text_of(ev.attributes[0].value.as_ref().unwrap().value.as_ref().unwrap()),
+        text_of(
+            ev.attributes[0]
+                .value
+                .as_ref()
+                .unwrap()
+                .value
+                .as_ref()
+                .unwrap()
+        ),
         Some("rejected".into())
     );
 }
@@ -455,7 +490,13 @@ fn malformed_trace_headers_are_replaced_never_forwarded() {
         None
     );
     // A valid parent with an invalid tracestate: the parent is continued, the state dropped.
-    for state in ["Rojo=1", "rojo=1,rojo=2", "rojo", "rojo=a,b", &"k=v,".repeat(40)] {
+    for state in [
+        "Rojo=1",
+        "rojo=1,rojo=2",
+        "rojo",
+        "rojo=a,b",
+        &"k=v,".repeat(40),
+    ] {
         assert_eq!(
             check(&[("traceparent", &good), ("tracestate", state)], true),
             None,
@@ -464,7 +505,10 @@ fn malformed_trace_headers_are_replaced_never_forwarded() {
     }
     assert_eq!(
         check(
-            &[("traceparent", &good), ("tracestate", "congo=t61rcWkgMzE,rojo=1")],
+            &[
+                ("traceparent", &good),
+                ("tracestate", "congo=t61rcWkgMzE,rojo=1")
+            ],
             true
         ),
         Some("congo=t61rcWkgMzE,rojo=1".into())
@@ -503,7 +547,10 @@ fn the_ratio_decides_new_traces_the_callers_flag_its_own_and_a_reload_changes_th
     let snap = shardgate::config::from_str(&text("0.0"), std::path::Path::new("."), 1).unwrap();
     let gw = shardgate::runtime::Engine::start(snap).unwrap();
     let send = |traceparent: Option<&str>| {
-        let headers: Vec<(&str, &str)> = traceparent.map(|t| ("traceparent", t)).into_iter().collect();
+        let headers: Vec<(&str, &str)> = traceparent
+            .map(|t| ("traceparent", t))
+            .into_iter()
+            .collect();
         assert_eq!(get_with(gw.local_addr(), "/x", &headers).status, 200);
         upstream_parent(&seen.recv_timeout(Duration::from_secs(5)).unwrap())
     };
@@ -520,7 +567,9 @@ fn the_ratio_decides_new_traces_the_callers_flag_its_own_and_a_reload_changes_th
             == 2
     });
     assert_eq!(spans.len(), 2, "{}", describe(&spans));
-    assert!(!unsampled.iter().any(|t| spans.iter().any(|s| hex(&s.trace_id) == *t)));
+    assert!(!unsampled
+        .iter()
+        .any(|t| spans.iter().any(|s| hex(&s.trace_id) == *t)));
 
     // A reload to 1.0 samples every new trace.
     let snap = shardgate::config::from_str(&text("1.0"), std::path::Path::new("."), 2).unwrap();
@@ -580,12 +629,18 @@ fn eventually(mut f: impl FnMut() -> bool, what: &str) {
 fn a_collector_outage_blocks_nothing_and_drops_are_counted() {
     let up = Upstream::echo();
     // Down: a port nothing listens on.
-    let down = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let down = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let gw = gateway(&(route_all(up.addr, "") + &tracing(down, "sample_ratio = 1.0")));
     for _ in 0..50 {
         assert_eq!(get(gw.local_addr(), "/x").status, 200);
     }
-    eventually(|| dropped(&gw).1 > 0, "spans the collector never took are counted");
+    eventually(
+        || dropped(&gw).1 > 0,
+        "spans the collector never took are counted",
+    );
 
     // Stalled: the export waits for an answer that never comes (60 s timeout), while the
     // workers fill the bounded queue and then drop.
@@ -618,7 +673,10 @@ fn a_collector_outage_blocks_nothing_and_drops_are_counted() {
     }
     // The exporter is still inside its first export: the collector got a connection and
     // nothing was answered, yet every request above was served.
-    assert!(hold_rx.try_recv().is_ok(), "the exporter reached the collector");
+    assert!(
+        hold_rx.try_recv().is_ok(),
+        "the exporter reached the collector"
+    );
     // Dropping the engine waits for the stalled export's timeout only on the exporter thread;
     // leave it to the test's end.
     std::mem::forget(gw);
