@@ -17,7 +17,8 @@
 //! A line carries: `ts` (Unix seconds, millisecond precision), `request_id`, `route`,
 //! `status` (0: closed without a response), `latency_us`, `upstream_us`, `bytes_in`,
 //! `bytes_out`, and `subject`, `model`, `tokens` (null until the auth and usage stages fill
-//! them). It never carries headers, tokens or secrets.
+//! them), and `trace_id` (32 hex digits; null without `[tracing]`). It never carries headers,
+//! tokens or secrets.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -41,6 +42,8 @@ pub struct Fields<'a> {
     pub subject: Option<&'a str>,
     pub model: Option<&'a str>,
     pub tokens: Option<u64>,
+    /// The request's trace (see `trace`).
+    pub trace_id: Option<crate::trace::TraceId>,
 }
 
 /// The writer thread. Dropping it (after every [`WorkerLog`] is gone) flushes and joins.
@@ -302,6 +305,16 @@ pub fn format_line(out: &mut String, route: &str, request_id: &str, s: &Sample, 
         }
         None => out.push_str("null"),
     }
+    out.push_str(",\"trace_id\":");
+    match e.trace_id {
+        Some(t) => {
+            out.push('"');
+            // Hex digits: ASCII.
+            out.push_str(std::str::from_utf8(&t.hex()).unwrap_or(""));
+            out.push('"');
+        }
+        None => out.push_str("null"),
+    }
     out.push_str("}\n");
 }
 
@@ -355,6 +368,7 @@ mod tests {
             subject: Some("alice"),
             model: Some("llama3"),
             tokens: Some(42),
+            trace_id: Some(crate::trace::TraceId([0xab; 16])),
         };
         format_line(&mut line, "/v1/*", "ab\"c", &sample(), e);
         assert!(line.ends_with('\n'));
@@ -364,9 +378,11 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["upstream_us"], 1200);
         assert_eq!(v["tokens"], 42);
+        assert_eq!(v["trace_id"], "ab".repeat(16));
         format_line(&mut line, "/", "x", &sample(), Fields::default());
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert!(v["subject"].is_null());
+        assert!(v["trace_id"].is_null());
     }
 
     #[test]

@@ -23,7 +23,8 @@
 //! (a request's head and buffers on loan), [`worker`] (everything one core owns), [`http`] (the
 //! codec), [`error`] (the gateway error every stage folds into), [`config_types`] and
 //! [`http_config`] (config types the stages share), [`metrics`] and [`access_log`] (recording
-//! handles), [`inbox`] (the messages between the control plane and the workers), [`time`].
+//! handles), [`trace`] (W3C trace context, span records; its exporter thread is control
+//! plane), [`inbox`] (the messages between the control plane and the workers), [`time`].
 //!
 //! The control plane runs on threads of its own and reaches workers only through their inboxes:
 //!
@@ -72,4 +73,5 @@ pub mod server;
 pub mod slot;
 pub mod time;
 pub mod tls;
+pub mod trace;
 pub mod worker;

@@ -190,6 +190,11 @@ pub struct WorkerMetrics {
     pub counters: LabelledCounters,
     /// Access log batches dropped because the writer fell behind (filled in on collect).
     pub access_log_dropped: u64,
+    /// The span exporter's counters (process-wide: every worker reports the same; filled in
+    /// on collect; `None`: tracing is off).
+    pub trace: Option<crate::trace::TraceCounters>,
+    /// Spans this worker dropped because the exporter's queue was full (filled in on collect).
+    pub trace_handover_dropped: u64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -226,6 +231,8 @@ impl WorkerMetrics {
             bytes_out: 0,
             counters: LabelledCounters::default(),
             access_log_dropped: 0,
+            trace: None,
+            trace_handover_dropped: 0,
         }
     }
 
@@ -311,6 +318,13 @@ impl WorkerMetrics {
 
     pub fn requests(&self) -> u64 {
         self.by_class.iter().sum()
+    }
+
+    /// The `model@version` label of the deployment at `deployment` (a snapshot deployment
+    /// index), as recorded.
+    pub fn deployment_label_of(&self, deployment: Option<u32>) -> Option<&str> {
+        let slot = deployment.and_then(|d| self.deployment_slots.get(d as usize))?;
+        self.deployments.get(*slot as usize).map(|d| &*d.label)
     }
 
     /// The label of the route at `route` (a snapshot route index), as recorded.

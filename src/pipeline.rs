@@ -113,6 +113,7 @@ pub async fn handle(
     // The head is copied out so the body can be read into the connection buffer behind it.
     head_bytes.extend_from_slice(&c.buffered()[..head_len]);
     c.consume(head_len);
+    facts.trace = worker.begin_trace(Some((head, head_bytes)));
     let mut rq = Request {
         snap,
         head,
@@ -183,6 +184,13 @@ async fn stages(
         None => early.expect("a route that is not keyed by model has a default"),
     };
     c.tally.route = crate::metrics::route_index(route);
+    // The model as asked for (a split rewrites it), for a sampled trace only.
+    if let (true, Some(m)) = (
+        b.facts.trace.sampled,
+        json.as_ref().and_then(JsonBody::model),
+    ) {
+        b.facts.request_model.push_str(m);
+    }
     let identity = authn::admit_for(
         worker,
         snap,
@@ -196,8 +204,13 @@ async fn stages(
         RouteTarget::Upstream(i) => (&snap.upstreams[*i], None),
         RouteTarget::Split(s) => {
             let json = json.as_mut().expect("split routes read the body");
-            let chosen = split::choose(worker, rq, route, s, identity.as_ref(), json)
-                .inspect_err(|_| b.resp_headers.extend_from_slice(b"retry-after: 1\r\n"))?;
+            let chosen =
+                split::choose(worker, rq, route, s, identity.as_ref(), json).inspect_err(|e| {
+                    b.resp_headers.extend_from_slice(b"retry-after: 1\r\n");
+                    if *e == split::NO_DEPLOYMENT {
+                        b.facts.trace.event(BREAKER, Some(BREAKER_NO_DEPLOYMENT));
+                    }
+                })?;
             let _ = write!(
                 b.resp_headers,
                 "x-shardgate-model: {}\r\nx-shardgate-version: {}\r\n",
@@ -224,11 +237,24 @@ async fn stages(
         json.and_then(JsonBody::max_tokens),
         b.resp_headers,
     )
-    .await?;
+    .await
+    .inspect(|t| {
+        if t.is_some() {
+            b.facts.trace.event(QUOTA, Some(QUOTA_ADMITTED));
+        }
+    })
+    .inspect_err(|e| {
+        let outcome = if e.status == 429 {
+            QUOTA_REJECTED
+        } else {
+            QUOTA_UNAVAILABLE
+        };
+        b.facts.trace.event(QUOTA, Some(outcome));
+    })?;
     if let Some(j) = json {
         j.encode_into(b.body_out);
     }
-    upstream_head(c, rq, identity.as_ref(), upstream, b.up_headers);
+    let trace = upstream_head(c, rq, identity.as_ref(), upstream, b.up_headers, b.facts);
     let ob = Outbound {
         upstream,
         body: match json {
@@ -240,6 +266,7 @@ async fn stages(
         usage,
         timeouts: route.timeouts(),
         retryable: route.retryable(),
+        trace,
     };
     let result = proxy::forward(worker, c, rq.info, ob, snap).await;
     let tokens = match &result {
@@ -254,6 +281,9 @@ async fn stages(
     }
     b.facts.model.push_str(model);
     b.facts.tokens = tokens;
+    if let Ok(done) = &result {
+        b.facts.usage = done.usage.map(|u| (u.prompt_tokens, u.completion_tokens));
+    }
     match result {
         Ok(done) => Ok(RequestOutcome::Served {
             status: done.status,
@@ -266,12 +296,22 @@ async fn stages(
             Ok(RequestOutcome::Reject(e))
         }
         Err(Failure::Unavailable { error, retry_after }) => {
+            b.facts.trace.event(BREAKER, Some(BREAKER_ALL_OPEN));
             let _ = write!(b.resp_headers, "retry-after: {retry_after}\r\n");
             Ok(RequestOutcome::Reject(error))
         }
         Err(Failure::Close(status, _)) => Ok(RequestOutcome::Close(status)),
     }
 }
+
+/// Server span events (see `trace`): the quota decision and breaker refusals.
+const QUOTA: &str = "shardgate.quota";
+const QUOTA_ADMITTED: (&str, &str) = ("shardgate.quota.outcome", "admitted");
+const QUOTA_REJECTED: (&str, &str) = ("shardgate.quota.outcome", "rejected");
+const QUOTA_UNAVAILABLE: (&str, &str) = ("shardgate.quota.outcome", "unavailable");
+const BREAKER: &str = "shardgate.breaker";
+const BREAKER_ALL_OPEN: (&str, &str) = ("shardgate.breaker.outcome", "all_endpoints_open");
+const BREAKER_NO_DEPLOYMENT: (&str, &str) = ("shardgate.breaker.outcome", "no_healthy_deployment");
 
 /// The route match for the request's method and normalised path (404, or 405 with `Allow`).
 fn lookup<'s>(
@@ -319,27 +359,36 @@ fn usage_spec(json: &mut JsonBody<'_>) -> UsageSpec {
 }
 
 /// Writes the upstream head prefix into `c.up_out` (request line, the client's end-to-end
-/// headers minus those the gateway owns, forwarding headers) and the identity headers into
-/// `up_headers`.
+/// headers minus those the gateway owns, forwarding headers, the trace context) and the
+/// identity headers into `up_headers`. `Some`: the request is sampled, and each attempt
+/// names its own span in the `traceparent` written here.
 fn upstream_head(
     c: &mut ClientConn,
     rq: &Request<'_>,
     identity: Option<&Identity>,
     upstream: &Upstream,
     up_headers: &mut Vec<u8>,
-) {
+    facts: &crate::slot::Facts,
+) -> Option<crate::trace::Propagation> {
     let snap = rq.snap;
     let auth = snap.auth.as_ref();
     if let (Some(a), Some(id)) = (auth, identity) {
         authn::identity_headers(a, id, up_headers);
     }
     let mut up_out = std::mem::take(&mut c.up_out);
+    let tracing = facts.trace.is_active();
     proxy::write_head_prefix(&mut up_out, rq.head_bytes, c, rq.head, |name| {
         authn::is_gateway_header(auth, identity.is_some(), name)
             || (upstream.auth_line.is_some() && name.eq_ignore_ascii_case(b"authorization"))
             || crate::http::limits::underscore_dropped(&snap.limits, name)
+            || (tracing && crate::trace::is_trace_header(name))
     });
+    let propagation = match tracing {
+        true => crate::trace::write_upstream(&mut up_out, &facts.trace, rq.head, rq.head_bytes),
+        false => None,
+    };
     c.up_out = up_out;
+    propagation
 }
 
 /// A rejection of a request whose body may still be on the connection: a body buffered whole

@@ -51,6 +51,8 @@ pub struct Done {
     pub upstream_us: Option<u64>,
     /// Tokens the response used, when the pipeline asked for accounting (see [`tap`]).
     pub tokens: Option<u64>,
+    /// The usage the response reported, when it did.
+    pub usage: Option<crate::quota::usage::Usage>,
 }
 
 /// How an exchange failed.
@@ -128,6 +130,9 @@ pub struct Outbound<'a> {
     pub timeouts: crate::route::RouteTimeouts,
     /// The route allows retrying a failed attempt on another endpoint.
     pub retryable: bool,
+    /// A sampled request's trace: each attempt records a client span and names it as the
+    /// upstream's parent (see [`crate::trace`]).
+    pub trace: Option<crate::trace::Propagation>,
 }
 
 /// Sends the request and relays the response (see the module docs).
@@ -208,6 +213,7 @@ async fn relay_response(
         mut up,
         head: first,
         permit,
+        mut span,
     } = answered;
     let (req, ob) = (plan.req, plan.ob);
     let record = |outcome: Outcome| worker.resilience.borrow_mut().record(permit, outcome);
@@ -227,9 +233,17 @@ async fn relay_response(
         Ok(p) => p,
         Err(e) => {
             record(local::outcome_of(e));
+            attempt::end_span(worker, span, ob.upstream, first.status, Some(e));
             return Err(e.into());
         }
     };
+    // Body bytes that came with the head reach the client in the first write.
+    if up.buf.len() > first.head_len {
+        if let Some(s) = &mut span {
+            s.event(attempt::FIRST_CHUNK);
+        }
+    }
+    let mut first_chunk = span.is_some() && up.buf.len() <= first.head_len;
     up.buf.drain(..first.head_len);
     let status = first.status;
     let usage = ob.usage.filter(|_| (200..300).contains(&status));
@@ -242,6 +256,12 @@ async fn relay_response(
             .borrow_mut()
             .stream_gap_us
             .saturating_record(us.max(1));
+        // A streamed body's first read after the head: the first token's time.
+        if std::mem::take(&mut first_chunk) {
+            if let Some(s) = &mut span {
+                s.event(attempt::FIRST_CHUNK);
+            }
+        }
     };
     let idle = ob.timeouts.idle.unwrap_or(ob.upstream.idle_timeout);
     let relayed = relay::relay_body(
@@ -256,9 +276,11 @@ async fn relay_response(
     .await;
     if let Err(e) = relayed {
         record(local::outcome_of(e));
+        attempt::end_span(worker, span, ob.upstream, status, Some(e));
         return Err(Failure::Close(status, tap.tokens()));
     }
     record(Outcome::Status(status));
+    attempt::end_span(worker, span, ob.upstream, status, None);
     if relay_plan.upstream_reusable {
         up.served += 1;
         if up.served < ob.upstream.pool_max_requests {
@@ -266,10 +288,12 @@ async fn relay_response(
             worker.pools.borrow_mut().put(up, ob.upstream.pool_max_idle);
         }
     }
+    let (tokens, usage) = tap.usage();
     Ok(Done {
         status,
         keep_alive: relay_plan.keep_client,
         upstream_us: Some(micros(sent_at)),
-        tokens: tap.tokens(),
+        tokens,
+        usage,
     })
 }

@@ -56,6 +56,8 @@ pub struct Engine {
     coord: Option<CoordThread>,
     /// The access log writer; dropped (flushed) after the workers exit.
     access_log: Option<crate::access_log::Writer>,
+    /// The span exporter; dropped (flushed) after the workers exit.
+    exporter: Option<crate::trace::Exporter>,
 }
 
 impl Engine {
@@ -103,6 +105,10 @@ impl Engine {
             Some(a) => Some(crate::access_log::Writer::start(a)?),
             None => None,
         };
+        let exporter = match &snapshot.tracing {
+            Some(t) => Some(crate::trace::Exporter::start(t)?),
+            None => None,
+        };
         let mut threads = Vec::new();
         let channels = inboxes.into_iter().zip(answer_rxs);
         for (id, (listener, ((_, rx), answers))) in listeners.into_iter().zip(channels).enumerate()
@@ -118,6 +124,7 @@ impl Engine {
                     .as_ref()
                     .zip(snapshot.access_log.as_ref())
                     .and_then(|(w, s)| w.worker_log(id, s)),
+                tracer: exporter.as_ref().and_then(|e| e.worker_tracer(id)),
                 revoked: revoked.iter().cloned().collect::<Revocations>(),
                 quota_answers: answers,
             };
@@ -138,6 +145,7 @@ impl Engine {
             tls_addr,
             coord: Some(coord),
             access_log,
+            exporter,
         };
         for _ in 0..engine.threads.len() {
             match ready_rx.recv() {
@@ -222,6 +230,7 @@ impl Engine {
         }
         self.coord.take();
         self.access_log = None;
+        self.exporter = None;
     }
 }
 
@@ -364,8 +373,9 @@ async fn worker_main(
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
     worker.pools.borrow_mut().clear();
-    // Dropping the buffer sends what is left to the writer.
+    // Dropping the buffers sends what is left to the writers.
     worker.access_log.borrow_mut().take();
+    worker.tracer.borrow_mut().take();
 }
 
 /// How often expired revocations are dropped.
@@ -398,6 +408,9 @@ async fn inbox_loop(worker: Rc<Worker>) {
         worker.flush_quota();
         if let Some(log) = worker.access_log.borrow_mut().as_mut() {
             log.tick(Instant::now());
+        }
+        if let Some(t) = worker.tracer.borrow_mut().as_mut() {
+            t.tick(Instant::now());
         }
         worker.flush_breakers();
         if worker.drain.is_draining() && worker.conns.get() == 0 {

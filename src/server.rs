@@ -38,6 +38,7 @@ use crate::access_log::Fields;
 use crate::conn::{self, ClientConn};
 use crate::pipeline::RequestOutcome;
 use crate::slot::{Facts, RequestBufs, RequestSlot};
+use crate::trace::{ServerFacts, TraceId};
 
 /// Accepts until the worker drains; `tls`: the TLS listener (see [`handshake`]).
 pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
@@ -182,7 +183,7 @@ async fn serve(worker: &Rc<Worker>, mut c: ClientConn) -> Served {
                 RequestOutcome::Reject(e)
             }
         };
-        if !conclude(worker, &mut c, head.keep_alive, outcome, bufs, started).await {
+        if !conclude(worker, &mut c, head, outcome, bufs, started).await {
             return Served::Closed;
         }
     }
@@ -194,28 +195,55 @@ async fn serve(worker: &Rc<Worker>, mut c: ClientConn) -> Served {
 async fn conclude(
     worker: &Worker,
     c: &mut ClientConn,
-    keep_alive: bool,
+    head: &RequestHead,
     outcome: RequestOutcome,
-    bufs: &RequestBufs,
+    bufs: &mut RequestBufs,
     started: Instant,
 ) -> bool {
-    let (status, upstream_us, keep) = match outcome {
+    let (status, upstream_us, keep, error) = match outcome {
         RequestOutcome::Served {
             status,
             keep_alive,
             upstream_us,
-        } => (status, upstream_us, keep_alive),
+        } => (status, upstream_us, keep_alive, None),
         RequestOutcome::Reject(mut e) => {
-            if !keep_alive || worker.drain.is_draining() {
+            if !head.keep_alive || worker.drain.is_draining() {
                 e = e.closing();
             }
             let sent = c.send_error(&e, &bufs.resp_headers).await.is_ok();
-            (e.status, None, sent && !e.close)
+            (e.status, None, sent && !e.close, Some(e.kind))
         }
-        RequestOutcome::Close(status) => (status, None, false),
+        RequestOutcome::Close(status) => (status, None, false, None),
     };
-    account(worker, c, status, started, upstream_us, &bufs.facts);
+    if !bufs.facts.trace.is_active() {
+        // Refused before the pipeline read the head: a trace of its own.
+        bufs.facts.trace = worker.begin_trace(None);
+    }
+    let done = Done {
+        status,
+        error,
+        started,
+        upstream_us,
+        // The head's bytes, when the pipeline copied them (the path is an offset into them).
+        path: bufs
+            .head
+            .get(head.path.start as usize..head.path.end as usize)
+            .unwrap_or_default(),
+    };
+    account(worker, c, &done, &bufs.facts);
     keep
+}
+
+/// How a request ended, for [`account`].
+struct Done<'a> {
+    /// 0: no response was sent.
+    status: u16,
+    /// The gateway's own error kind, when it answered one.
+    error: Option<&'static str>,
+    started: Instant,
+    /// Time spent on the upstream exchange.
+    upstream_us: Option<u64>,
+    path: &'a [u8],
 }
 
 /// Reads until a complete head is buffered. `Ok(None)`: the client closed (or the connection
@@ -243,36 +271,49 @@ async fn read_head(
     }
 }
 
-/// Records a finished request in the worker's metrics and (sampled) access log.
-/// `status` 0: no response was sent; `upstream_us`: time spent on the upstream exchange.
+/// Records a finished request in the worker's metrics, (sampled) access log and (sampled)
+/// trace.
 #[inline]
-fn account(
-    worker: &Worker,
-    c: &mut ClientConn,
-    status: u16,
-    started: Instant,
-    upstream_us: Option<u64>,
-    facts: &Facts,
-) {
+fn account(worker: &Worker, c: &mut ClientConn, done: &Done<'_>, facts: &Facts) {
     let (bytes_in, bytes_out) = c.tally.take_bytes();
     let deployment = c.tally.deployment.take();
     let sample = crate::metrics::Sample {
         deployment,
         route: c.tally.route,
-        status,
-        total_us: crate::time::micros(started),
-        upstream_us,
+        status: done.status,
+        total_us: crate::time::micros(done.started),
+        upstream_us: done.upstream_us,
         bytes_in,
         bytes_out,
     };
     worker.metrics.borrow_mut().record_sample(&sample);
+    let trace_id = Some(facts.trace.ids.trace_id).filter(TraceId::is_valid);
     if let Some(log) = worker.access_log.borrow_mut().as_mut() {
         let fields = Fields {
             subject: Some(facts.subject.as_str()).filter(|s| !s.is_empty()),
             model: Some(facts.model.as_str()).filter(|s| !s.is_empty()),
             tokens: facts.tokens,
+            trace_id,
         };
         log.record_with(&worker.metrics.borrow(), &c.request_id, &sample, fields);
+    }
+    if facts.trace.sampled {
+        if let Some(t) = worker.tracer.borrow_mut().as_mut() {
+            let metrics = worker.metrics.borrow();
+            let span = ServerFacts {
+                start: done.started,
+                status: done.status,
+                error: done.error,
+                route: sample.route.map(|r| metrics.route_label_of(Some(r))),
+                path: done.path,
+                request_model: &facts.request_model,
+                deployment: metrics.deployment_label_of(deployment),
+                subject: &facts.subject,
+                client: Some(c.peer.ip()),
+                usage: facts.usage,
+            };
+            t.server_span(&facts.trace, &span);
+        }
     }
 }
 

@@ -45,6 +45,12 @@ pub struct Facts {
     pub model: String,
     /// Tokens the response used, when known.
     pub tokens: Option<u64>,
+    /// `(input, output)` tokens the response reported, when it did.
+    pub usage: Option<(u32, u32)>,
+    /// The request's trace (inactive when tracing is off).
+    pub trace: crate::trace::TraceCtx,
+    /// The model the body named, kept only for a sampled trace's span.
+    pub request_model: String,
 }
 
 /// Request buffers that grew past this are freed when the request ends, not kept for reuse.
@@ -74,5 +80,8 @@ impl RequestBufs {
         self.facts.subject.clear();
         self.facts.model.clear();
         self.facts.tokens = None;
+        self.facts.usage = None;
+        self.facts.trace = crate::trace::TraceCtx::default();
+        self.facts.request_model.clear();
     }
 }

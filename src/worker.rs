@@ -32,6 +32,8 @@ pub struct Links {
     /// Per-process random prefix of request ids.
     pub prefix: u32,
     pub log: Option<crate::access_log::WorkerLog>,
+    /// This worker's tracer, when `[tracing]` is configured.
+    pub tracer: Option<crate::trace::WorkerTracer>,
     /// Lease answers from the coordination thread (see [`lease`]).
     pub quota_answers: Receiver<crate::quota::FromCoordinator>,
     /// Revocations in force at start (the revocation file's entries).
@@ -54,6 +56,8 @@ pub struct Worker {
     pub rr: Cell<usize>,
     /// This worker's access log buffer, when `[access_log]` is configured.
     pub access_log: RefCell<Option<crate::access_log::WorkerLog>>,
+    /// This worker's tracer, when `[tracing]` was configured at start.
+    pub tracer: RefCell<Option<crate::trace::WorkerTracer>>,
     /// Request heads and buffers for reuse (see `server`).
     pub slots: RefCell<Vec<Box<crate::slot::RequestSlot>>>,
     /// This worker's inbox from the control plane.
@@ -142,6 +146,10 @@ impl Worker {
                 {
                     log.set_sample_rate(a.sample_rate);
                 }
+                // Likewise `[tracing]`: its exporter is set up at start; its ratio reloads.
+                if let (Some(t), Some(tr)) = (self.tracer.borrow_mut().as_mut(), &s.tracing) {
+                    t.set_sample_ratio(tr.sample_ratio);
+                }
                 if self.id == 0 {
                     // One worker tells the decider; every worker got the same snapshot.
                     let table = Box::new(s.resilience.clone());
@@ -154,6 +162,10 @@ impl Worker {
                 let mut m = self.metrics.borrow().clone();
                 m.connections_open = self.conns.get() as u64;
                 m.access_log_dropped = self.access_log.borrow().as_ref().map_or(0, |l| l.dropped);
+                if let Some(t) = self.tracer.borrow().as_ref() {
+                    let (exporter, handover) = t.counters();
+                    (m.trace, m.trace_handover_dropped) = (Some(exporter), handover);
+                }
                 let _ = reply.send(m);
             }
             ToWorker::Revoke(r) => self.revocations.borrow_mut().insert(r),
@@ -164,6 +176,26 @@ impl Worker {
             }
             ToWorker::Shutdown => self.drain.start(),
         }
+    }
+
+    /// The trace of a request whose head is `head` (its bytes in `buf`; `None`: the head could
+    /// not be read). Inactive (all-zero ids) when tracing is off.
+    #[inline]
+    pub fn begin_trace(
+        &self,
+        head: Option<(&crate::http::RequestHead, &[u8])>,
+    ) -> crate::trace::TraceCtx {
+        let mut tracer = self.tracer.borrow_mut();
+        let Some(t) = tracer.as_mut() else {
+            return crate::trace::TraceCtx::default();
+        };
+        let parent = head.and_then(|(h, b)| crate::trace::parent_of(h, b));
+        let mut ctx = t.begin(parent);
+        (ctx.method, ctx.minor_version) = match head {
+            Some((h, _)) => (crate::trace::method_name(&h.method), h.minor_version),
+            None => ("_OTHER", 1),
+        };
+        ctx
     }
 
     /// Writes a fresh request id into `out`.
@@ -216,6 +248,7 @@ impl Worker {
             req_seq: Cell::new(0),
             rr: Cell::new(id),
             access_log: RefCell::new(links.log),
+            tracer: RefCell::new(links.tracer),
             slots: RefCell::new(Vec::new()),
             inbox: links.inbox,
             coord: links.coord,

@@ -95,6 +95,14 @@ pub fn redacted_view(s: &Snapshot) -> Value {
             },
             "sample_rate": a.sample_rate,
         })),
+        "tracing": s.tracing.as_ref().map(|t| json!({
+            "endpoint": t.collector.to_string(),
+            "sample_ratio": t.sample_ratio,
+            "service_name": t.service_name,
+            "export_timeout_ms": t.export_timeout.as_millis() as u64,
+            "export_interval_ms": t.export_interval.as_millis() as u64,
+            "max_queue_spans": t.max_queue_spans,
+        })),
     })
 }
 

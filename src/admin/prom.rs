@@ -246,6 +246,36 @@ fn traffic(o: &mut String, m: &Merged) {
         "shardgate_access_log_dropped_batches_total {}",
         m.access_log_dropped
     );
+    if let Some(t) = &m.trace {
+        trace_counters(o, t);
+    }
+}
+
+/// The span exporter's counters (only with `[tracing]`).
+fn trace_counters(o: &mut String, t: &crate::trace::TraceCounters) {
+    header(
+        o,
+        "trace_spans_exported_total",
+        "counter",
+        "Spans the OTLP collector accepted.",
+    );
+    let _ = writeln!(o, "shardgate_trace_spans_exported_total {}", t.exported);
+    header(
+        o,
+        "trace_spans_dropped_total",
+        "counter",
+        "Spans dropped: the export queue was full, or the collector failed or was too slow.",
+    );
+    let _ = writeln!(
+        o,
+        "shardgate_trace_spans_dropped_total{{reason=\"queue_full\"}} {}",
+        t.queue_full
+    );
+    let _ = writeln!(
+        o,
+        "shardgate_trace_spans_dropped_total{{reason=\"export_failed\"}} {}",
+        t.failed
+    );
 }
 
 fn workers(o: &mut String, m: &Merged, x: &Extra) {

@@ -33,6 +33,9 @@ pub struct RawConfig {
     /// `[defaults]`: breaker, health-check and retry policies every upstream starts from.
     #[serde(default)]
     pub defaults: Option<crate::breaker::table::RawDefaults>,
+    /// `[tracing]`: W3C trace context and OTLP span export.
+    #[serde(default)]
+    pub tracing: Option<crate::trace::RawTracing>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

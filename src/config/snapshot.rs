@@ -81,6 +81,8 @@ pub struct Snapshot {
     pub access_log: Option<AccessLogSettings>,
     /// Endpoint ids and breaker/health/retry policies (see `breaker::table`).
     pub resilience: crate::breaker::table::Resilience,
+    /// `[tracing]`, when configured.
+    pub tracing: Option<crate::trace::TracingSettings>,
 }
 
 impl Snapshot {
@@ -117,6 +119,7 @@ pub const RELOAD_APPLIES: &[&str] = &[
     "server.tls.handshake_timeout_ms",
     "server.tls.min_version",
     "upstreams.tls",
+    "tracing.sample_ratio",
 ];
 
 /// Settings only a restart applies: the process keeps the values it started with.
@@ -136,6 +139,12 @@ pub const RESTART_ONLY: &[&str] = &[
     "quota.key_prefix",
     "quota.fail_mode",
     "auth.revocation_file",
+    "tracing",
+    "tracing.endpoint",
+    "tracing.service_name",
+    "tracing.export_timeout_ms",
+    "tracing.export_interval_ms",
+    "tracing.max_queue_spans",
 ];
 
 /// The [`RESTART_ONLY`] settings in which `new` differs from `running`, the snapshot the
@@ -188,6 +197,26 @@ pub fn needs_restart(running: &Snapshot, new: &Snapshot) -> Vec<&'static str> {
         revocation_file(running) != revocation_file(new),
         "auth.revocation_file",
     );
+    // The exporter thread is set up at start; only the sample ratio follows a reload.
+    match (&running.tracing, &new.tracing) {
+        (Some(r), Some(n)) => {
+            check(r.collector != n.collector, "tracing.endpoint");
+            check(r.service_name != n.service_name, "tracing.service_name");
+            check(
+                r.export_timeout != n.export_timeout,
+                "tracing.export_timeout_ms",
+            );
+            check(
+                r.export_interval != n.export_interval,
+                "tracing.export_interval_ms",
+            );
+            check(
+                r.max_queue_spans != n.max_queue_spans,
+                "tracing.max_queue_spans",
+            );
+        }
+        (r, n) => check(r.is_some() != n.is_some(), "tracing"),
+    }
     out
 }
 
@@ -236,6 +265,8 @@ upstream = "up"
                 "[auth]\nrevocation_file = \"{file}\"\n[[auth.keys]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = {{ value = \"0123456789abcdef0123456789abcdef\" }}\n"
             )
         };
+        let tracing =
+            |extra: &str| format!("[tracing]\nendpoint = \"http://127.0.0.1:4318\"\n{extra}");
         let r1 = redis("redis://127.0.0.1:1/0", "a", "fail_open");
         let cases: Vec<(String, String, &[&str])> = vec![
             (String::new(), String::new(), &[]),
@@ -276,6 +307,34 @@ upstream = "up"
             (auth("r1.txt"), auth("r1.txt"), &[]),
             (auth("r1.txt"), auth("r2.txt"), &["auth.revocation_file"]),
             (String::new(), auth("r1.txt"), &["auth.revocation_file"]),
+            (String::new(), tracing(""), &["tracing"]),
+            (tracing(""), String::new(), &["tracing"]),
+            (tracing(""), tracing("sample_ratio = 0.5\n"), &[]),
+            (
+                tracing(""),
+                tracing("").replace("4318", "4319"),
+                &["tracing.endpoint"],
+            ),
+            (
+                tracing(""),
+                tracing("service_name = \"gw\"\n"),
+                &["tracing.service_name"],
+            ),
+            (
+                tracing(""),
+                tracing("export_timeout_ms = 5\n"),
+                &["tracing.export_timeout_ms"],
+            ),
+            (
+                tracing(""),
+                tracing("export_interval_ms = 5\n"),
+                &["tracing.export_interval_ms"],
+            ),
+            (
+                tracing(""),
+                tracing("max_queue_spans = 100\n"),
+                &["tracing.max_queue_spans"],
+            ),
         ];
         for (before, after, want) in cases {
             let got = needs_restart(&snap(&before), &snap(&after));

@@ -131,6 +131,7 @@ impl RawConfig {
             .collect();
         let resilience =
             Resilience::build(self.defaults.as_ref(), &policies, &upstreams, &mut problems);
+        let tracing = self.tracing.as_ref().and_then(|t| t.build(&mut problems));
         match server {
             Some(server) if problems.is_empty() && router.is_some() => Ok(Snapshot {
                 generation,
@@ -146,6 +147,7 @@ impl RawConfig {
                 metrics,
                 access_log,
                 resilience,
+                tracing,
             }),
             _ => Err(problems),
         }

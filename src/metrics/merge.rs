@@ -36,6 +36,9 @@ pub struct Merged {
     pub deployments: BTreeMap<Box<str>, RouteMetrics>,
     pub counters: LabelledCounters,
     pub access_log_dropped: u64,
+    /// The span exporter's counters, with every worker's hand-over drops in `queue_full`
+    /// (`None`: tracing is off).
+    pub trace: Option<crate::trace::TraceCounters>,
 }
 
 impl Merged {
@@ -57,7 +60,9 @@ impl Merged {
             deployments: BTreeMap::new(),
             counters: LabelledCounters::default(),
             access_log_dropped: 0,
+            trace: None,
         };
+        let mut handover = 0;
         for w in &workers {
             m.workers.push(WorkerInfo {
                 worker: w.worker,
@@ -90,6 +95,19 @@ impl Merged {
             }
             m.counters.merge(&w.counters);
             m.access_log_dropped += w.access_log_dropped;
+            // The exporter's counts are process-wide (each worker reports the same values,
+            // read at slightly different times: the largest is the latest); hand-over drops
+            // are per worker.
+            if let Some(t) = w.trace {
+                let merged = m.trace.get_or_insert_with(Default::default);
+                merged.exported = merged.exported.max(t.exported);
+                merged.failed = merged.failed.max(t.failed);
+                merged.queue_full = merged.queue_full.max(t.queue_full);
+                handover += w.trace_handover_dropped;
+            }
+        }
+        if let Some(t) = &mut m.trace {
+            t.queue_full += handover;
         }
         m
     }

@@ -23,6 +23,7 @@ use crate::breaker::{Outcome, Permit};
 use crate::config::{Snapshot, Upstream};
 use crate::conn::ClientConn;
 use crate::error::{GatewayError, UpstreamError};
+use crate::trace::AttemptSpan;
 use crate::worker::Worker;
 
 use super::relay::{self, ResponseHead};
@@ -34,11 +35,46 @@ pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 /// Most attempts of one request on a `retryable` route.
 pub const MAX_ROUTE_ATTEMPTS: u32 = 3;
 
-/// A connection with a complete response head, and the breaker permit of its attempt.
+/// A connection with a complete response head, the breaker permit of its attempt, and the
+/// attempt's client span (sampled requests), ended by the relay.
 pub struct Answered {
     pub up: UpConn,
     pub head: ResponseHead,
     pub permit: Option<Permit>,
+    pub span: Option<AttemptSpan>,
+}
+
+/// Client span events: the response head arrived; the first body bytes reached the client.
+pub const FIRST_BYTE: &str = "first_byte";
+pub const FIRST_CHUNK: &str = "first_chunk";
+
+/// Opens attempt `attempt`'s client span when the request is sampled (and names it as the
+/// parent in `up_out`).
+fn begin_span(
+    worker: &Worker,
+    plan: &Plan<'_>,
+    attempt: u32,
+    up_out: &mut [u8],
+) -> Option<AttemptSpan> {
+    let p = plan.ob.trace.as_ref()?;
+    let mut tracer = worker.tracer.borrow_mut();
+    Some(AttemptSpan::begin(tracer.as_mut()?, p, attempt, up_out))
+}
+
+/// Ends an attempt's client span: the response status (0: none), or how it failed.
+pub fn end_span(
+    worker: &Worker,
+    span: Option<AttemptSpan>,
+    upstream: &Upstream,
+    status: u16,
+    error: Option<UpstreamError>,
+) {
+    let mut tracer = worker.tracer.borrow_mut();
+    let (Some(span), Some(t)) = (span, tracer.as_mut()) else {
+        return;
+    };
+    let kind = error.map(|e| GatewayError::from(e).kind);
+    span.finish(t, &upstream.name, status, kind);
 }
 
 /// What the attempts need to know about the request.
@@ -84,11 +120,14 @@ pub async fn exchange(
     let mut body_read = plan.inline;
     loop {
         attempt += 1;
+        let mut span = begin_span(worker, plan, attempt, up_out);
         let connect_timeout = plan.cap(ob.timeouts.connect.unwrap_or(upstream.connect_timeout));
         let (mut up, permit) =
             match acquire(worker, snap, plan.up_idx, upstream, connect_timeout).await {
                 Ok(u) => u,
                 Err(NoEndpoint::Unavailable(wait)) => {
+                    // No attempt was made: the breakers refused every endpoint (an event on
+                    // the server span), so this span is not recorded.
                     // The gateway's own answer: the connection stays usable unless the body
                     // is still unread.
                     let error = local::UNAVAILABLE;
@@ -98,11 +137,16 @@ pub async fn exchange(
                     });
                 }
                 Err(NoEndpoint::Failed(e)) => {
+                    end_span(worker, span, upstream, 0, Some(e));
                     // The body is still unread on the connection unless it went inline.
                     let e = GatewayError::from(e);
                     return Err(Failure::Respond(if plan.inline { e } else { e.closing() }));
                 }
             };
+        if let Some(s) = &mut span {
+            s.endpoint = Some(up.addr);
+            s.reused = up.reused;
+        }
         let (res, buf) = up.write_all(std::mem::take(up_out)).await;
         *up_out = buf;
         // Bytes that reached a pooled connection before this write are not our response:
@@ -114,6 +158,7 @@ pub async fn exchange(
             if let Err(f) = streamed {
                 // Most likely the client's body failed; nothing is known about the upstream.
                 record(permit, Outcome::ClientCancelled);
+                end_span(worker, span, upstream, 0, Some(UpstreamError::ClientGone));
                 return Err(f);
             }
             body_read = true;
@@ -140,17 +185,29 @@ pub async fn exchange(
                     .borrow_mut()
                     .try_retry(plan.up_idx, Instant::now())
         };
+        if let (Some(s), Ok(_)) = (&mut span, &first) {
+            s.event(FIRST_BYTE);
+        }
         match first {
             Ok(h) if matches!(h.status, 502..=504) && may_retry(worker) => {
                 record(permit, Outcome::Status(h.status));
+                end_span(worker, span, upstream, h.status, None);
             }
-            Ok(head) => return Ok(Answered { up, head, permit }),
+            Ok(head) => {
+                return Ok(Answered {
+                    up,
+                    head,
+                    permit,
+                    span,
+                })
+            }
             Err(
                 e @ (UpstreamError::ClosedBeforeResponse
                 | UpstreamError::FirstByteTimeout
                 | UpstreamError::BadResponse),
             ) if !(up.reused && req.idempotent && attempt == 1) && may_retry(worker) => {
                 record(permit, local::outcome_of(e));
+                end_span(worker, span, upstream, 0, Some(e));
             }
             // A reused connection that died before answering: the upstream closed it while
             // our request was in flight. Replaying is safe only for idempotent requests we
@@ -167,9 +224,17 @@ pub async fn exchange(
             {
                 // A stale pooled connection says nothing about the endpoint.
                 record(permit, Outcome::ClientCancelled);
+                end_span(
+                    worker,
+                    span,
+                    upstream,
+                    0,
+                    Some(UpstreamError::ClosedBeforeResponse),
+                );
             }
             Err(e) => {
                 record(permit, local::outcome_of(e));
+                end_span(worker, span, upstream, 0, Some(e));
                 // An unread body would be taken for the next request.
                 let e = GatewayError::from(e);
                 return Err(Failure::Respond(if body_read { e } else { e.closing() }));

@@ -9,7 +9,7 @@
 //! [`Tap::tokens`] gives the tokens the response used: the backend's `usage.total_tokens`
 //! when it sent one, else (for a stream cut short) an estimate from the content deltas.
 
-use crate::quota::usage::{usage_from_body, SseUsageScanner};
+use crate::quota::usage::{usage_from_body, SseUsageScanner, Usage};
 
 /// Largest non-streamed body kept to read its `usage` (bigger ones are not accounted).
 pub const MAX_USAGE_BODY: usize = 1024 * 1024;
@@ -87,13 +87,22 @@ impl Tap {
 
     /// Tokens the response used (see the module docs); `None` when nothing can be told.
     pub fn tokens(&mut self) -> Option<u64> {
+        self.usage().0
+    }
+
+    /// Tokens the response used, and the usage it reported (input and output apart) when it
+    /// sent one. Reads a JSON body once: call it once, after the body.
+    pub fn usage(&mut self) -> (Option<u64>, Option<Usage>) {
         match self {
-            Tap::None => None,
-            Tap::Json { buf } => usage_from_body(buf).map(|u| u64::from(u.total())),
-            Tap::Sse { scanner, .. } => Some(match scanner.usage() {
-                Some(u) => u64::from(u.total()),
-                None => u64::from(scanner.estimated_completion_tokens()),
-            }),
+            Tap::None => (None, None),
+            Tap::Json { buf } => {
+                let u = usage_from_body(buf);
+                (u.map(|u| u64::from(u.total())), u)
+            }
+            Tap::Sse { scanner, .. } => match scanner.usage() {
+                Some(u) => (Some(u64::from(u.total())), Some(u)),
+                None => (Some(u64::from(scanner.estimated_completion_tokens())), None),
+            },
         }
     }
 
@@ -117,7 +126,12 @@ mod tests {
             t.pass(part, &mut |d| seen.extend_from_slice(d));
         }
         assert_eq!(seen, body);
-        assert_eq!(t.tokens(), Some(7));
+        let (tokens, usage) = t.usage();
+        assert_eq!(tokens, Some(7));
+        assert_eq!(
+            usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+            Some((3, 4))
+        );
     }
 
     #[test]
