@@ -69,5 +69,6 @@ pub mod route;
 pub mod runtime;
 pub mod server;
 pub mod slot;
+pub mod spend;
 pub mod time;
 pub mod worker;

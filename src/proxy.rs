@@ -48,8 +48,8 @@ pub struct Done {
     pub status: u16,
     pub keep_alive: bool,
     pub upstream_us: Option<u64>,
-    /// Tokens the response used, when the pipeline asked for accounting (see [`tap`]).
-    pub tokens: Option<u64>,
+    /// What the response used, when the pipeline asked for accounting (see [`tap`]).
+    pub usage: Option<crate::quota::usage::Usage>,
 }
 
 /// How an exchange failed.
@@ -64,8 +64,8 @@ pub enum Failure {
         retry_after: u64,
     },
     /// The response had started (or the client is gone): close. Carries the status for metrics
-    /// and the tokens accounted before the cut (an estimate for a stream).
-    Close(u16, Option<u64>),
+    /// and the usage accounted before the cut (an estimate for a stream).
+    Close(u16, Option<crate::quota::usage::Usage>),
 }
 
 impl From<UpstreamError> for Failure {
@@ -255,7 +255,7 @@ async fn relay_response(
     .await;
     if let Err(e) = relayed {
         record(local::outcome_of(e));
-        return Err(Failure::Close(status, tap.tokens()));
+        return Err(Failure::Close(status, tap.usage()));
     }
     record(Outcome::Status(status));
     if relay_plan.upstream_reusable {
@@ -269,6 +269,6 @@ async fn relay_response(
         status,
         keep_alive: relay_plan.keep_client,
         upstream_us: Some(micros(sent_at)),
-        tokens: tap.tokens(),
+        usage: tap.usage(),
     })
 }

@@ -251,6 +251,9 @@ fn account(
             subject: Some(facts.subject.as_str()).filter(|s| !s.is_empty()),
             model: Some(facts.model.as_str()).filter(|s| !s.is_empty()),
             tokens: facts.tokens,
+            tenant: Some(facts.tenant.as_str()).filter(|s| !s.is_empty()),
+            usage: facts.usage,
+            cost_pico: facts.cost_pico,
         };
         log.record_with(&worker.metrics.borrow(), &c.request_id, &sample, fields);
     }

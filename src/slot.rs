@@ -43,6 +43,12 @@ pub struct Facts {
     pub model: String,
     /// Tokens the response used, when known.
     pub tokens: Option<u64>,
+    /// The caller's tenant, empty when none.
+    pub tenant: String,
+    /// Prompt, completion and cached tokens, when known.
+    pub usage: Option<crate::quota::usage::Usage>,
+    /// What the response cost in pico-units of `spend.currency`, when it has a price.
+    pub cost_pico: Option<u64>,
 }
 
 /// Request buffers that grew past this are freed when the request ends, not kept for reuse.
@@ -68,5 +74,8 @@ impl RequestBufs {
         self.facts.subject.clear();
         self.facts.model.clear();
         self.facts.tokens = None;
+        self.facts.tenant.clear();
+        self.facts.usage = None;
+        self.facts.cost_pico = None;
     }
 }

@@ -33,6 +33,12 @@ pub struct RawConfig {
     /// `[defaults]`: breaker, health-check and retry policies every upstream starts from.
     #[serde(default)]
     pub defaults: Option<crate::breaker::table::RawDefaults>,
+    /// `[spend]`: prices, currency and where spend is kept.
+    #[serde(default)]
+    pub spend: Option<crate::spend::RawSpend>,
+    /// `[budgets]`: token and currency budgets per caller and calendar period.
+    #[serde(default)]
+    pub budgets: Option<crate::quota::budget::RawBudgets>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

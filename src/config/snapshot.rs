@@ -77,6 +77,10 @@ pub struct Snapshot {
     pub access_log: Option<AccessLogSettings>,
     /// Endpoint ids and breaker/health/retry policies (see `breaker::table`).
     pub resilience: crate::breaker::table::Resilience,
+    /// Prices and the spend store, when `[spend]` is configured.
+    pub spend: Option<crate::spend::SpendSettings>,
+    /// Budgets per caller and calendar period, when `[budgets]` is configured.
+    pub budgets: Option<crate::quota::budget::BudgetSettings>,
 }
 
 impl Snapshot {

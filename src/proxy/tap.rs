@@ -6,10 +6,11 @@
 //! may change what is forwarded: the SSE tap drops the final usage event when the gateway,
 //! not the client, asked the backend for it. Events are forwarded as soon as they are known
 //! not to be the usage event, so nothing a client can act on is delayed. After the body,
-//! [`Tap::tokens`] gives the tokens the response used: the backend's `usage.total_tokens`
-//! when it sent one, else (for a stream cut short) an estimate from the content deltas.
+//! [`Tap::usage`] gives what the response used: the backend's `usage` (prompt, completion and
+//! cached tokens) when it sent one, else (for a stream cut short) completion tokens estimated
+//! from the content deltas.
 
-use crate::quota::usage::{usage_from_body, SseUsageScanner};
+use crate::quota::usage::{usage_from_body, SseUsageScanner, Usage};
 
 /// Largest non-streamed body kept to read its `usage` (bigger ones are not accounted).
 pub const MAX_USAGE_BODY: usize = 1024 * 1024;
@@ -85,14 +86,14 @@ impl Tap {
         }
     }
 
-    /// Tokens the response used (see the module docs); `None` when nothing can be told.
-    pub fn tokens(&mut self) -> Option<u64> {
+    /// What the response used (see the module docs); `None` when nothing can be told.
+    pub fn usage(&mut self) -> Option<Usage> {
         match self {
             Tap::None => None,
-            Tap::Json { buf } => usage_from_body(buf).map(|u| u64::from(u.total())),
+            Tap::Json { buf } => usage_from_body(buf),
             Tap::Sse { scanner, .. } => Some(match scanner.usage() {
-                Some(u) => u64::from(u.total()),
-                None => u64::from(scanner.estimated_completion_tokens()),
+                Some(u) => u,
+                None => Usage::from_parts(0, scanner.estimated_completion_tokens(), 0),
             }),
         }
     }
@@ -117,7 +118,7 @@ mod tests {
             t.pass(part, &mut |d| seen.extend_from_slice(d));
         }
         assert_eq!(seen, body);
-        assert_eq!(t.tokens(), Some(7));
+        assert_eq!(t.usage().map(|u| u.total()), Some(7));
     }
 
     #[test]
@@ -132,6 +133,6 @@ mod tests {
         let text = String::from_utf8(seen).unwrap();
         assert!(text.contains("\"hi\"") && text.contains("[DONE]"));
         assert!(!text.contains("usage"), "{text}");
-        assert_eq!(t.tokens(), Some(3));
+        assert_eq!(t.usage(), Some(Usage::from_parts(1, 2, 0)).map(|u| Usage { total_tokens: 3, ..u }));
     }
 }

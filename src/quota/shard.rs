@@ -21,9 +21,11 @@ struct Lease {
     /// 0: no lease.
     until_ms: u64,
     requests: u32,
-    tokens: u32,
+    tokens: u64,
     size_requests: u32,
-    size_tokens: u32,
+    size_tokens: u64,
+    /// Start (UNIX ms) of the calendar period the lease is counted in (0: minute window).
+    period_unix_ms: u64,
 }
 
 impl Lease {
@@ -36,6 +38,7 @@ impl Lease {
             tokens: g.tokens,
             size_requests: g.requests,
             size_tokens: g.tokens,
+            period_unix_ms: g.period_unix_ms,
         }
     }
 
@@ -68,6 +71,8 @@ struct Entry {
     denied_recheck_ms: u64,
     remaining: u32,
     reset_at_ms: u64,
+    /// Tokens left in the window, as last granted less what this core used since.
+    tokens_left: u64,
     last_used_ms: u64,
 }
 
@@ -83,6 +88,7 @@ impl Entry {
             denied_recheck_ms: 0,
             remaining: 0,
             reset_at_ms: now_ms,
+            tokens_left: u64::MAX,
             last_used_ms: now_ms,
         }
     }
@@ -125,7 +131,7 @@ impl QuotaShard {
         &mut self,
         key: QuotaKey,
         rule: &QuotaRule,
-        reserve_tokens: u32,
+        reserve_tokens: u64,
         now_ms: u64,
     ) -> Decision {
         let worker = self.worker;
@@ -152,10 +158,12 @@ impl QuotaShard {
                     key,
                     slot: e.cur.slot,
                     reserved: reserve_tokens,
+                    period_unix_ms: e.cur.period_unix_ms,
                 },
                 limit: e.limits.requests,
                 remaining: e.remaining,
                 reset_s: secs_until(e.reset_at_ms, now_ms),
+                tokens_left: e.tokens_left,
             };
             prefetch(e, worker, key, now_ms, outbox);
             return Decision::Admit(admitted);
@@ -196,7 +204,7 @@ impl QuotaShard {
     /// coordinator in the current slot, and the same amount is taken out of this core's
     /// next-slot lease (and released there): that lease was sized before these tokens were
     /// used, so leaving it whole would admit on quota already spent.
-    pub fn charge_tokens(&mut self, ticket: Ticket, used: u32, now_ms: u64) {
+    pub fn charge_tokens(&mut self, ticket: Ticket, used: u64, now_ms: u64) {
         let key = ticket.key;
         let mut e = self.keys.get_mut(&key);
         if e.as_ref().is_some_and(|e| !e.token_limited()) {
@@ -205,6 +213,9 @@ impl QuotaShard {
         if let Some(e) = e.as_deref_mut() {
             // Leases that expired since the last check go back before anything is taken.
             roll(e, key, now_ms, &mut self.outbox);
+            e.tokens_left = e
+                .tokens_left
+                .saturating_sub(used.saturating_sub(ticket.reserved));
         }
         if used < ticket.reserved {
             let refund = ticket.reserved - used;
@@ -306,6 +317,11 @@ impl QuotaShard {
                     .saturating_add(e.cur.requests)
                     .saturating_add(e.next.requests);
                 e.reset_at_ms = g.reset_at_ms;
+                // What is leased here and not yet used is still left, less reservations.
+                e.tokens_left = g
+                    .tokens_left
+                    .saturating_add(e.cur.tokens)
+                    .saturating_add(e.next.tokens);
             }
         }
         key
@@ -371,8 +387,8 @@ fn release_for(e: &Entry, key: QuotaKey, l: &Lease) -> ToCoordinator {
 }
 
 fn release_all(key: QuotaKey, l: &Lease) -> ToCoordinator {
-    // Unlimited-token grants carry u32::MAX: nothing was counted for them.
-    let tokens = if l.tokens == u32::MAX { 0 } else { l.tokens };
+    // Unlimited-token grants carry u64::MAX: nothing was counted for them.
+    let tokens = if l.tokens == u64::MAX { 0 } else { l.tokens };
     ToCoordinator::Release {
         key,
         slot: l.slot,
@@ -389,9 +405,10 @@ fn prefetch(
     now_ms: u64,
     out: &mut Vec<ToCoordinator>,
 ) {
-    let low = |left: u32, size: u32| left <= size / LOW_WATER_DIVISOR;
+    let low = |left: u64, size: u64| left <= size / u64::from(LOW_WATER_DIVISOR);
     let low_tokens = e.token_limited() && low(e.cur.tokens, e.cur.size_tokens);
-    if low(e.cur.requests, e.cur.size_requests) || low_tokens {
+    let low_requests = low(e.cur.requests.into(), e.cur.size_requests.into());
+    if low_requests || low_tokens {
         ask(e, worker, key, now_ms, now_ms, 1, out);
     } else if !e.next.is_some() && now_ms + PREFETCH_MS >= e.cur.until_ms {
         ask(e, worker, key, e.cur.until_ms, now_ms, 1, out);
@@ -404,7 +421,7 @@ fn ask(
     key: QuotaKey,
     at_ms: u64,
     now_ms: u64,
-    tokens_needed: u32,
+    tokens_needed: u64,
     out: &mut Vec<ToCoordinator>,
 ) {
     if e.pending_since_ms
