@@ -133,6 +133,7 @@ fn rule() -> QuotaRule {
             requests: LIMIT,
             tokens: None,
             burst: None,
+            window: shardgate::quota::Window::Minute,
         },
         reserve_max_tokens: false,
     }
@@ -342,11 +343,13 @@ fn redis_window_matches_the_local_window() {
             requests: 20,
             tokens: Some(300),
             burst: Some(6),
+            window: shardgate::quota::Window::Minute,
         },
         Limits {
             requests: 7,
             tokens: None,
             burst: None,
+            window: shardgate::quota::Window::Minute,
         },
     ];
     let mut rng = Lcg(42);
@@ -368,21 +371,21 @@ fn redis_window_matches_the_local_window() {
                 limits: limits[k],
                 // Sometimes a prefetch for the next slot.
                 at_ms: now + rng.below(2) * 600,
-                tokens_needed: 1 + rng.below(60) as u32,
+                tokens_needed: 1 + rng.below(60),
             }),
             6..=8 if !grants.is_empty() => {
                 let g: Grant = grants.swap_remove(rng.below(grants.len() as u64) as usize);
-                let tokens = if g.tokens == u32::MAX { 0 } else { g.tokens };
+                let tokens = if g.tokens == u64::MAX { 0 } else { g.tokens };
                 ToCoordinator::Release {
                     key: g.key,
                     slot: g.slot,
                     requests: rng.below(u64::from(g.requests) + 1) as u32,
-                    tokens: rng.below(u64::from(tokens) + 1) as u32,
+                    tokens: rng.below(tokens + 1),
                 }
             }
             _ => ToCoordinator::Charge {
                 key: QuotaKey(1),
-                tokens: rng.below(40) as u32,
+                tokens: rng.below(40),
             },
         };
         let (mut want, mut got) = (Vec::new(), Vec::new());

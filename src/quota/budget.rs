@@ -287,7 +287,7 @@ mod tests {
 
     #[test]
     fn keys_are_by_name_not_position() {
-        let mut problems = Vec::new();
+        let mut problems: Vec<ConfigProblem> = Vec::new();
         let one = |order: &str| {
             let mut p = Vec::new();
             let s = parse(order).validate(&mut p);

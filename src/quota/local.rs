@@ -542,6 +542,7 @@ mod tests {
         requests: 10,
         tokens: None,
         burst: None,
+        window: crate::quota::Window::Minute,
     };
 
     #[test]
@@ -613,6 +614,7 @@ mod tests {
             requests: 100,
             tokens: Some(1_000),
             burst: None,
+            window: crate::quota::Window::Minute,
         };
         let g = grant(lease(&mut c, lim, 0, 0));
         assert_eq!(g.tokens, 500);
@@ -646,6 +648,7 @@ mod tests {
         requests: 1_000,
         tokens: Some(100),
         burst: None,
+        window: crate::quota::Window::Minute,
     };
 
     fn lease_for(c: &mut LocalCoordinator, worker: WorkerId, at: u64, now: u64) -> Grant {
@@ -662,7 +665,7 @@ mod tests {
         grant(out[0].1)
     }
 
-    fn charge(c: &mut LocalCoordinator, tokens: u32, now: u64) -> Vec<(WorkerId, FromCoordinator)> {
+    fn charge(c: &mut LocalCoordinator, tokens: u64, now: u64) -> Vec<(WorkerId, FromCoordinator)> {
         let mut out = Vec::new();
         c.handle(ToCoordinator::Charge { key: KEY, tokens }, now, &mut out);
         out

@@ -636,6 +636,7 @@ mod tests {
             requests: 10,
             tokens: Some(500),
             burst: None,
+            window: crate::quota::Window::Minute,
         },
         at_ms: 0,
         tokens_needed: 1,
@@ -658,7 +659,7 @@ mod tests {
     #[test]
     fn grant_reply_maps_redis_slots_to_local_time() {
         let base = 1_000;
-        let g = decode_lease(&[1, 3, -1, 7, base as i64 + 106], &REQ, 5, base).unwrap();
+        let g = decode_lease(&[1, 3, -1, 7, base as i64 + 106, -1], &REQ, 5, base).unwrap();
         let FromCoordinator::Grant(g) = g else {
             panic!("expected grant")
         };
@@ -666,7 +667,7 @@ mod tests {
             (g.slot, g.valid_from_ms, g.valid_until_ms),
             (5, 3_000, 3_600)
         );
-        assert_eq!((g.requests, g.tokens, g.remaining), (3, u32::MAX, 7));
+        assert_eq!((g.requests, g.tokens, g.remaining), (3, u64::MAX, 7));
         assert_eq!(g.reset_at_ms, 106 * SLOT_MS);
     }
 

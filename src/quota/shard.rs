@@ -455,6 +455,7 @@ mod tests {
                 requests: 100,
                 tokens: None,
                 burst: None,
+                window: crate::quota::Window::Minute,
             },
             reserve_max_tokens: false,
         }
@@ -467,7 +468,9 @@ mod tests {
             valid_from_ms: from,
             valid_until_ms: (slot + 1) * 600,
             requests,
-            tokens: u32::MAX,
+            tokens: u64::MAX,
+            tokens_left: u64::MAX,
+            period_unix_ms: 0,
             remaining: 50,
             reset_at_ms: 61_200,
         })
@@ -613,12 +616,13 @@ mod tests {
                 requests: 1_000,
                 tokens: Some(100),
                 burst: None,
+                window: crate::quota::Window::Minute,
             },
             ..rule()
         }
     }
 
-    fn token_grant(key: QuotaKey, slot: u64, tokens: u32) -> FromCoordinator {
+    fn token_grant(key: QuotaKey, slot: u64, tokens: u64) -> FromCoordinator {
         let FromCoordinator::Grant(g) = grant(key, slot, slot * 600, 10) else {
             unreachable!()
         };
@@ -643,7 +647,7 @@ mod tests {
     #[test]
     fn overrun_empties_the_lease_then_shrinks_the_next_one_and_charges_the_rest_now() {
         // (tokens used, messages, tokens left in this slot's and the next slot's lease)
-        let cases: [(u32, &[ToCoordinator], u32, u32); 5] = [
+        let cases: [(u64, &[ToCoordinator], u64, u64); 5] = [
             (30, &[], 20, 25),
             (50, &[], 0, 25),
             (
