@@ -2,6 +2,7 @@
 
 use super::*;
 
+mod budget;
 mod overrun;
 
 const RPM: u32 = 1_000;
