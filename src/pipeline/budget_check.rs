@@ -11,7 +11,9 @@
 //! `Retry-After` (seconds until the period that frees it begins),
 //! `x-shardgate-budget: <name>; <unit>` and `x-shardgate-budget-reset` (that instant, RFC
 //! 3339 UTC), counted by budget; or 503 when the coordinator does not answer (see
-//! [`quota_check::decide`]). Budgets admitted before a later one refused the request get their
+//! [`quota_check::decide`]). A refusal only because other cores hold what is left of the
+//! budget waits (at most [`RECLAIM_WAIT`]) for those leases to come back instead. Budgets
+//! admitted before a later one refused the request get their
 //! reservations back. [`charge`] charges a finished response; [`refund`] gives everything back
 //! when a later stage refused the request.
 //!
@@ -22,6 +24,7 @@
 
 use std::io::Write;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use super::quota_check::{self, Caller, Decided};
 use crate::config::Snapshot;
@@ -31,6 +34,11 @@ use crate::quota::usage::Usage;
 use crate::quota::{KeyKind, Ticket};
 use crate::spend::price::{Price, PICO_PER_MICRO};
 use crate::worker::Worker;
+
+/// Longest a request waits for tokens recalled from other cores' leases.
+pub const RECLAIM_WAIT: Duration = Duration::from_millis(1_500);
+/// How often it looks while it waits.
+const RECLAIM_POLL: Duration = Duration::from_millis(50);
 
 /// The 429 of an exhausted budget.
 pub const BUDGET_EXCEEDED: GatewayError = GatewayError {
@@ -101,7 +109,7 @@ pub async fn admit(
             KeyKind::ClientIp => &ip,
         };
         let reserve = reservation(b, max_tokens, price);
-        match quota_check::decide(worker, b.key_for(who), &b.rule, reserve).await {
+        match decide(worker, b, who, reserve).await {
             Decided::Admitted(a) => {
                 tickets.push(i, a.ticket);
                 let left = a.tokens_left.min(b.limit());
@@ -116,16 +124,7 @@ pub async fn admit(
             Decided::Rejected(e) => {
                 refund(worker, &tickets);
                 headers.clear();
-                let reset = crate::time::unix_now().saturating_add(u64::from(e.retry_after_s));
-                let reset = jiff::Timestamp::from_second(i64::try_from(reset).unwrap_or(0))
-                    .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-                let _ = write!(
-                    headers,
-                    "retry-after: {}\r\nx-shardgate-budget: {}; {}\r\nx-shardgate-budget-reset: {reset:.0}\r\n",
-                    e.retry_after_s,
-                    b.name,
-                    b.unit.as_str()
-                );
+                rejection_headers(headers, b, e.retry_after_s);
                 count(worker, &crate::metrics::counters::BUDGET_REJECTIONS, b);
                 return Err(BUDGET_EXCEEDED);
             }
@@ -136,6 +135,40 @@ pub async fn admit(
         }
     }
     Ok(tickets)
+}
+
+/// Decides budget `b` for `who`. A refusal that says "retry within a second" means other
+/// cores' leases held what is left and are being recalled (see the coordinator's
+/// `Holders::reclaim_for`): the request waits for them (at most [`RECLAIM_WAIT`]) instead of
+/// being refused while the budget still has room.
+async fn decide(worker: &Rc<Worker>, b: &Budget, who: &[u8], reserve: u64) -> Decided {
+    let key = b.key_for(who);
+    let until = Instant::now() + RECLAIM_WAIT;
+    loop {
+        match quota_check::decide(worker, key, &b.rule, reserve).await {
+            Decided::Rejected(e) if e.retry_after_s <= 1 && Instant::now() < until => {
+                monoio::time::sleep(RECLAIM_POLL).await;
+            }
+            d => return d,
+        }
+    }
+}
+
+/// The headers of a 429: which budget, and when it frees (a `total` budget never does, so
+/// it gets no `Retry-After`).
+fn rejection_headers(headers: &mut Vec<u8>, b: &Budget, retry_after_s: u32) {
+    let _ = write!(headers, "x-shardgate-budget: {}; {}\r\n", b.name, b.unit.as_str());
+    if b.rule.limits.window == crate::quota::Window::Total {
+        headers.extend_from_slice(b"x-shardgate-budget-reset: never\r\n");
+        return;
+    }
+    let reset = crate::time::unix_now().saturating_add(u64::from(retry_after_s));
+    let reset = jiff::Timestamp::from_second(i64::try_from(reset).unwrap_or(0))
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let _ = write!(
+        headers,
+        "retry-after: {retry_after_s}\r\nx-shardgate-budget-reset: {reset:.0}\r\n"
+    );
 }
 
 /// What `b` takes up front: with `reserve_max_tokens`, the request's `max_tokens` (a token

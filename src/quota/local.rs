@@ -53,6 +53,32 @@ impl Holders {
         self.tok_limit = tok_limit.unwrap_or(0);
     }
 
+    /// A calendar window (a budget) refused tokens while cores still hold leases of it: what
+    /// they hold may be all that is left. Recalls them and turns `deny` into "retry at the
+    /// next slot", by when the recalled tokens are back, instead of "retry when the period
+    /// ends". A sliding window frees within the minute anyway and is left alone.
+    pub(crate) fn reclaim_for(
+        &mut self,
+        deny: &mut Deny,
+        window: Window,
+        cur: u64,
+        workers: u32,
+        out: &mut Vec<(WorkerId, FromCoordinator)>,
+    ) {
+        if !window.is_calendar() || deny.reason != LimitKind::Tokens || !self.live(cur) {
+            return;
+        }
+        let workers = WorkerId::try_from(workers).unwrap_or(WorkerId::MAX);
+        let mask = self.mask;
+        out.extend(
+            (0..workers)
+                .filter(|w| mask & (1 << (w % 64)) != 0)
+                .map(|w| (w, FromCoordinator::Recall(deny.key))),
+        );
+        self.mask = 0;
+        deny.retry_at_ms = deny.retry_at_ms.min((cur + 1) * SLOT_MS);
+    }
+
     /// Whether any recorded lease can still be used at current slot `cur`.
     pub(crate) fn live(&self, cur: u64) -> bool {
         self.mask != 0 && self.until_slot >= cur
@@ -317,14 +343,17 @@ impl LocalCoordinator {
         let cur = slot_of(now_ms);
         match msg {
             ToCoordinator::Lease(req) => {
-                let reply = self.lease(&req, now_ms);
-                if let FromCoordinator::Grant(g) = reply {
-                    self.state(req.key, cur).holders.granted(
-                        req.worker,
-                        g.slot,
-                        req.limits.tokens,
-                        cur,
-                    );
+                let mut reply = self.lease(&req, now_ms);
+                let workers = self.workers;
+                let holders = &mut self.state(req.key, cur).holders;
+                match &mut reply {
+                    FromCoordinator::Grant(g) => {
+                        holders.granted(req.worker, g.slot, req.limits.tokens, cur);
+                    }
+                    FromCoordinator::Deny(d) => {
+                        holders.reclaim_for(d, req.limits.window, cur, workers, out);
+                    }
+                    FromCoordinator::Recall(_) => {}
                 }
                 out.push((req.worker, reply));
             }

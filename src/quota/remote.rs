@@ -380,18 +380,20 @@ impl RemoteCoordinator {
                     }
                     false => self.lease(&req, now_ms),
                 };
-                let reply = match remote {
+                let mut reply = match remote {
                     Some(reply) => reply,
                     None => self.degraded_lease(&req, now_ms),
                 };
-                if let FromCoordinator::Grant(g) = reply {
-                    let cur = slot_of(now_ms);
-                    self.holders.entry(req.key).or_default().granted(
-                        req.worker,
-                        g.slot,
-                        req.limits.tokens,
-                        cur,
-                    );
+                let cur = slot_of(now_ms);
+                let workers = self.workers;
+                let holders = self.holders.entry(req.key).or_default();
+                match &mut reply {
+                    FromCoordinator::Grant(g) => {
+                        holders.granted(req.worker, g.slot, req.limits.tokens, cur);
+                    }
+                    // Only this process's cores can be recalled (see `Charge`).
+                    FromCoordinator::Deny(d) => holders.reclaim_for(d, window, cur, workers, out),
+                    FromCoordinator::Recall(_) => {}
                 }
                 out.push((req.worker, reply));
             }
