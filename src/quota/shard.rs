@@ -73,6 +73,9 @@ struct Entry {
     reset_at_ms: u64,
     /// Tokens left in the window, as last granted less what this core used since.
     tokens_left: u64,
+    /// Overrun charged while a lease request was pending: the grant that answers it was sized
+    /// before the charge, so this much of it goes straight back.
+    owed: u64,
     last_used_ms: u64,
 }
 
@@ -89,6 +92,7 @@ impl Entry {
             remaining: 0,
             reset_at_ms: now_ms,
             tokens_left: u64::MAX,
+            owed: 0,
             last_used_ms: now_ms,
         }
     }
@@ -257,6 +261,9 @@ impl QuotaShard {
             }
         }
         if over > 0 {
+            if let Some(e) = self.keys.get_mut(&key).filter(|e| e.pending_since_ms.is_some()) {
+                e.owed = e.owed.saturating_add(over);
+            }
             self.outbox
                 .push(ToCoordinator::Charge { key, tokens: over });
         }
@@ -292,12 +299,26 @@ impl QuotaShard {
             }
             FromCoordinator::Deny(d) => {
                 e.pending_since_ms = None;
+                e.owed = 0;
                 e.denied = Some(d);
                 e.denied_recheck_ms = (super::slot_of(now_ms) + 2) * super::SLOT_MS;
             }
-            FromCoordinator::Grant(g) => {
+            FromCoordinator::Grant(mut g) => {
                 e.pending_since_ms = None;
                 e.denied = None;
+                if e.owed > 0 && g.tokens != u64::MAX {
+                    // Sized before this core's overrun was charged: shrink it by as much
+                    // (rule 1 of the module docs, for a lease that was still on its way).
+                    let take = e.owed.min(g.tokens);
+                    g.tokens -= take;
+                    self.outbox.push(ToCoordinator::Release {
+                        key,
+                        slot: g.slot,
+                        requests: 0,
+                        tokens: take,
+                    });
+                }
+                e.owed = 0;
                 roll(e, key, now_ms, &mut self.outbox);
                 if now_ms >= g.valid_until_ms {
                     self.outbox.push(release_all(key, &Lease::of(&g)));
@@ -773,5 +794,39 @@ mod tests {
         // A recall of a key this core never saw changes nothing.
         s.apply(FromCoordinator::Recall(QuotaKey(99)), 500);
         assert!(drain(&mut s).is_empty());
+    }
+
+    /// An overrun charged while this core's lease request was on its way: the grant that
+    /// answers it was sized before the charge, so as much of it goes straight back and no
+    /// request is admitted on it.
+    #[test]
+    fn a_grant_sized_before_an_overrun_is_shrunk_by_it() {
+        let key = QuotaKey(8);
+        let r = token_rule();
+        let (mut s, ticket) = two_leases(key);
+        // Use up both leases; the next check asks for more.
+        s.charge_tokens(ticket, 75, 470);
+        drain(&mut s);
+        assert_eq!(s.check(key, &r, 0, 480), Decision::NeedLease);
+        assert!(matches!(drain(&mut s)[..], [ToCoordinator::Lease(_)]));
+        // A request admitted earlier finishes 30 over while the lease request is pending.
+        s.charge_tokens(ticket, 30, 485);
+        assert_eq!(drain(&mut s), [ToCoordinator::Charge { key, tokens: 30 }]);
+        // The grant (20) is all owed: released whole, nothing admitted on it.
+        s.apply(token_grant(key, 0, 20), 490);
+        assert_eq!(
+            drain(&mut s),
+            [ToCoordinator::Release {
+                key,
+                slot: 0,
+                requests: 0,
+                tokens: 20
+            }]
+        );
+        assert_eq!(s.check(key, &r, 0, 495), Decision::NeedLease);
+        // The debt does not outlive the answer: the next grant is whole.
+        drain(&mut s);
+        s.apply(token_grant(key, 0, 20), 500);
+        assert!(matches!(s.check(key, &r, 0, 505), Decision::Admit(_)));
     }
 }
