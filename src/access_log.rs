@@ -394,12 +394,22 @@ mod tests {
         assert_eq!(v["tokens"], 42);
         assert_eq!(v["tenant"], "acme");
         assert_eq!(
-            (&v["prompt_tokens"], &v["completion_tokens"], &v["cached_tokens"]),
+            (
+                &v["prompt_tokens"],
+                &v["completion_tokens"],
+                &v["cached_tokens"]
+            ),
             (&30.into(), &12.into(), &20.into())
         );
         format_line(&mut line, "/", "x", &sample(), Fields::default());
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        for field in ["subject", "tenant", "prompt_tokens", "cached_tokens", "spend"] {
+        for field in [
+            "subject",
+            "tenant",
+            "prompt_tokens",
+            "cached_tokens",
+            "spend",
+        ] {
             assert!(v[field].is_null(), "{field}");
         }
     }

@@ -410,7 +410,9 @@ impl Server {
         let generation = control::lock_view(&self.state.view).status.generation;
         let spend = self
             .spend_ledger()
-            .map_or(Value::Null, |(l, currency, cap)| spend_view::json(&l, &currency, cap));
+            .map_or(Value::Null, |(l, currency, cap)| {
+                spend_view::json(&l, &currency, cap)
+            });
         let body = json!({
             "generation": generation,
             "since_start": stats::window(&merged, now.duration_since(self.started).as_secs_f64()),

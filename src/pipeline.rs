@@ -227,9 +227,16 @@ async fn stages(
         tenant: identity.as_ref().and_then(|i| i.tenant.as_deref()),
         ip: c.peer.ip(),
     };
-    let budgets =
-        budget_check::admit(worker, snap, &caller, model, max_tokens, price, b.resp_headers)
-            .await?;
+    let budgets = budget_check::admit(
+        worker,
+        snap,
+        &caller,
+        model,
+        max_tokens,
+        price,
+        b.resp_headers,
+    )
+    .await?;
     let ticket = quota_check::admit(
         worker,
         snap,

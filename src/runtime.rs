@@ -116,7 +116,9 @@ impl Engine {
                     .and_then(|(w, s)| w.worker_log(id, s)),
                 revoked: revoked.iter().cloned().collect::<Revocations>(),
                 quota_answers: answers,
-                spend: spend.as_ref().map(crate::control::spend::SpendThread::sender),
+                spend: spend
+                    .as_ref()
+                    .map(crate::control::spend::SpendThread::sender),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shardgate-w{id}"))
@@ -274,9 +276,15 @@ fn start_spend(
         crate::quota::QuotaBackend::Redis => q.redis.as_ref(),
         crate::quota::QuotaBackend::Local => None,
     });
-    let file = snap.spend.as_ref().and_then(|s| Some((s.file.clone()?, &s.currency)));
+    let file = snap
+        .spend
+        .as_ref()
+        .and_then(|s| Some((s.file.clone()?, &s.currency)));
     let (mut store, shared): (Box<dyn SpendStore>, bool) = match (redis, file) {
-        (Some(r), _) => (Box::new(RedisStore::new(r).map_err(io::Error::other)?), true),
+        (Some(r), _) => (
+            Box::new(RedisStore::new(r).map_err(io::Error::other)?),
+            true,
+        ),
         (None, Some((path, currency))) => (Box::new(FileStore::new(path, currency)), false),
         (None, None) => (Box::new(MemoryStore), false),
     };
@@ -285,7 +293,10 @@ fn start_spend(
         // Redis only adds: starting without its totals loses nothing (they show again once
         // persisted deltas come back with them).
         Err(e) if shared => {
-            eprintln!("shardgate: spend: cannot read {} ({e}); starting from zero", store.describe());
+            eprintln!(
+                "shardgate: spend: cannot read {} ({e}); starting from zero",
+                store.describe()
+            );
             crate::spend::Ledger::default()
         }
         Err(e) => {

@@ -89,7 +89,9 @@ impl RawSpend {
         let currency = self.currency.clone().unwrap_or_else(|| "USD".into());
         if currency.is_empty()
             || currency.len() > 16
-            || !currency.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            || !currency
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
             problems.push(ConfigProblem::new(
                 "spend.currency",
@@ -232,7 +234,10 @@ mod tests {
         let s = raw.validate(base, std::iter::empty(), &mut problems);
         assert!(problems.is_empty());
         assert_eq!(s.currency, "USD");
-        assert_eq!(s.file.as_deref(), Some(std::path::Path::new("/etc/sg/spend.json")));
+        assert_eq!(
+            s.file.as_deref(),
+            Some(std::path::Path::new("/etc/sg/spend.json"))
+        );
         assert_eq!(s.flush_interval, DEFAULT_FLUSH_INTERVAL);
         let bad = RawSpend {
             currency: Some("US D".into()),

@@ -46,7 +46,9 @@ fn usage_upstream(served: Arc<AtomicU64>) -> Upstream {
             let body = String::from_utf8_lossy(&req.body).into_owned();
             if body.contains("\"stream\":true") {
                 let events = [
-                    r#"data: {"id":"c","choices":[{"index":0,"delta":{"content":"Hello"}}]}"#.to_owned() + "\n\n",
+                    r#"data: {"id":"c","choices":[{"index":0,"delta":{"content":"Hello"}}]}"#
+                        .to_owned()
+                        + "\n\n",
                     format!("data: {{\"id\":\"c\",\"choices\":[],\"usage\":{usage}}}\n\n"),
                     "data: [DONE]\n\n".to_owned(),
                 ];
@@ -113,7 +115,12 @@ fn chat(addr: SocketAddr, token: &str, stream: bool, usage: (u64, u64, u64)) -> 
     };
     let (a, b) = bearer(token);
     let u = format!("{},{},{}", usage.0, usage.1, usage.2);
-    post_json(addr, "/v1/chat/completions", &[(a, &b), ("x-test-usage", &u)], &body)
+    post_json(
+        addr,
+        "/v1/chat/completions",
+        &[(a, &b), ("x-test-usage", &u)],
+        &body,
+    )
 }
 
 fn ledger(engine: &Engine) -> shardgate::spend::Ledger {
@@ -215,8 +222,14 @@ fn spend_is_the_sum_of_usage_times_price_for_a_known_mix() {
     assert_eq!(spend["currency"], "USD");
     let micros = |p: u128| u64::try_from(p / 1_000_000).unwrap();
     assert_eq!(spend["total"]["spend_micros"], micros(total));
-    assert_eq!(spend["by_subject"]["alice"]["spend_micros"], micros(want("alice")));
-    assert_eq!(spend["by_tenant"]["globex"]["spend_micros"], micros(want("bob")));
+    assert_eq!(
+        spend["by_subject"]["alice"]["spend_micros"],
+        micros(want("alice"))
+    );
+    assert_eq!(
+        spend["by_tenant"]["globex"]["spend_micros"],
+        micros(want("bob"))
+    );
     assert_eq!(spend["by_model"]["m"]["cached_tokens"], sum(|u| u.2));
     // /metrics: one counter per series, in currency units.
     let metrics = get_with(admin.local_addr(), "/metrics", &[(a, &b)]).text();
@@ -279,23 +292,34 @@ fn a_restart_keeps_spend() {
     let dir = temp_dir("restart");
     let up = usage_upstream(Arc::default());
     let file = dir.join("spend.json");
-    let text = config_text(up.addr, "")
-        .replace("flush_interval_ms = 50", &format!("flush_interval_ms = 50\nfile = \"{}\"", file.display()));
+    let text = config_text(up.addr, "").replace(
+        "flush_interval_ms = 50",
+        &format!("flush_interval_ms = 50\nfile = \"{}\"", file.display()),
+    );
     let alice = caller("alice", "acme");
     let engine = start(&dir, &text);
     for _ in 0..3 {
-        assert_eq!(chat(engine.local_addr(), &alice, false, (100, 10, 40)).status, 200);
+        assert_eq!(
+            chat(engine.local_addr(), &alice, false, (100, 10, 40)).status,
+            200
+        );
     }
     assert_eq!(ledger_with(&engine, 3).total().requests, 3);
     drop(engine);
     let saved: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(saved["series"][0]["subject"], "alice");
-    assert_eq!(saved["series"][0]["pico"], (3 * cost(100, 10, 40)).to_string());
+    assert_eq!(
+        saved["series"][0]["pico"],
+        (3 * cost(100, 10, 40)).to_string()
+    );
 
     let engine = start(&dir, &text);
     let l = ledger(&engine);
     assert_eq!(l.total().pico, 3 * cost(100, 10, 40), "the restart kept it");
-    assert_eq!(chat(engine.local_addr(), &alice, true, (100, 10, 40)).status, 200);
+    assert_eq!(
+        chat(engine.local_addr(), &alice, true, (100, 10, 40)).status,
+        200
+    );
     let l = ledger_with(&engine, 4);
     assert_eq!(l.total().pico, 4 * cost(100, 10, 40));
     drop(engine);
@@ -333,7 +357,10 @@ fn budgets_warn_then_refuse_and_survive_a_restart() {
         "[budgets]\n[[budgets.rules]]\nname = \"team\"\nkey = \"tenant\"\nperiod = \"day\"\n\
          tokens = 1000\nspend = 0.01\nsoft_limit = 0.5\n",
     )
-    .replace("flush_interval_ms = 50", &format!("flush_interval_ms = 50\nfile = \"{}\"", file.display()));
+    .replace(
+        "flush_interval_ms = 50",
+        &format!("flush_interval_ms = 50\nfile = \"{}\"", file.display()),
+    );
     let (alice, carol) = (caller("alice", "acme"), caller("carol", "acme"));
     let engine = start(&dir, &text);
     let addr = engine.local_addr();
@@ -368,9 +395,16 @@ fn budgets_warn_then_refuse_and_survive_a_restart() {
     // 300 each: the 4th takes the day to 1200 ≥ 1000 (the overrun of one request in flight),
     // so the 5th and 6th are refused.
     assert_eq!(statuses, [200, 200, 200, 429, 429]);
-    assert_eq!(served.load(Ordering::Relaxed), 4, "refused requests never reach the upstream");
+    assert_eq!(
+        served.load(Ordering::Relaxed),
+        4,
+        "refused requests never reach the upstream"
+    );
     // Another tenant has its own budget.
-    assert_eq!(chat(addr, &caller("dave", "globex"), false, usage).status, 200);
+    assert_eq!(
+        chat(addr, &caller("dave", "globex"), false, usage).status,
+        200
+    );
     // A restart keeps the day's use (persisted with the spend).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while ledger(&engine).budgets.values().map(|b| b.1).sum::<u64>() < 1_500
@@ -382,7 +416,10 @@ fn budgets_warn_then_refuse_and_survive_a_restart() {
     let engine = start(&dir, &text);
     let r = chat(engine.local_addr(), &alice, false, usage);
     assert_eq!(r.status, 429, "{:?}", r.headers);
-    assert_eq!(chat(engine.local_addr(), &caller("dave", "globex"), false, usage).status, 200);
+    assert_eq!(
+        chat(engine.local_addr(), &caller("dave", "globex"), false, usage).status,
+        200
+    );
     drop(engine);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -439,8 +476,14 @@ fn fifty_concurrent_clients_overrun_a_tight_budget_by_at_most_the_requests_in_fl
         ok.load(Ordering::Relaxed),
         overrun.div_ceil(USED)
     );
-    assert!(overrun <= 50 * USED, "overrun {overrun} > 50 in flight × {USED}");
-    assert!(charged + 50 * USED >= LIMIT, "only {charged} of {LIMIT} used");
+    assert!(
+        overrun <= 50 * USED,
+        "overrun {overrun} > 50 in flight × {USED}"
+    );
+    assert!(
+        charged + 50 * USED >= LIMIT,
+        "only {charged} of {LIMIT} used"
+    );
     assert_eq!(served.load(Ordering::Relaxed), ok.load(Ordering::Relaxed));
     drop(engine);
     let _ = std::fs::remove_dir_all(&dir);

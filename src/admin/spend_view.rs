@@ -62,8 +62,11 @@ pub fn json(l: &Ledger, currency: &str, cap: usize) -> Value {
 fn top(l: &Ledger, cap: usize) -> Vec<(Names, Totals)> {
     let mut all: Vec<(&Names, &Totals)> = l.series.values().map(|(n, t)| (&**n, t)).collect();
     all.sort_by(|a, b| {
-        (b.1.pico, b.1.prompt_tokens + b.1.completion_tokens, b.0)
-            .cmp(&(a.1.pico, a.1.prompt_tokens + a.1.completion_tokens, a.0))
+        (b.1.pico, b.1.prompt_tokens + b.1.completion_tokens, b.0).cmp(&(
+            a.1.pico,
+            a.1.prompt_tokens + a.1.completion_tokens,
+            a.0,
+        ))
     });
     let mut out: Vec<(Names, Totals)> = all
         .iter()
@@ -169,7 +172,10 @@ mod tests {
         let l = ledger(10);
         let v = json(&l, "USD", 3);
         let series = v["series"].as_array().unwrap();
-        let names: Vec<&str> = series.iter().map(|s| s["subject"].as_str().unwrap()).collect();
+        let names: Vec<&str> = series
+            .iter()
+            .map(|s| s["subject"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["user9", "user8", "user7", OTHER]);
         assert_eq!(series[3]["spend_micros"], 21); // 0 + 1 + ... + 6
         assert_eq!(v["total"]["spend_micros"], 45);
@@ -202,7 +208,10 @@ mod tests {
         assert!(o.contains(
             "shardgate_spend_total{currency=\"USD\",subject=\"user1\",tenant=\"t\",model=\"m\"} 0.000001000000\n"
         ), "{o}");
-        assert!(o.contains("subject=\"q\\\"uote\",tenant=\"\",model=\"m\"} 0.000000000001"), "{o}");
+        assert!(
+            o.contains("subject=\"q\\\"uote\",tenant=\"\",model=\"m\"} 0.000000000001"),
+            "{o}"
+        );
         assert!(o.contains("shardgate_usage_tokens_total{subject=\"user1\",tenant=\"t\",model=\"m\",kind=\"prompt\"} 1\n"));
     }
 }

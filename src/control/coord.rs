@@ -24,7 +24,9 @@ use crate::breaker::coordinator::{BreakerCoordinator, EndpointUpdate};
 use crate::breaker::table::Resilience;
 pub use crate::inbox::ToCoord;
 use crate::inbox::{ToWorker, Workers};
-use crate::quota::{Calendar, FromCoordinator, QuotaCoordinator, QuotaKey, QuotaSettings, WorkerId};
+use crate::quota::{
+    Calendar, FromCoordinator, QuotaCoordinator, QuotaKey, QuotaSettings, WorkerId,
+};
 
 /// How often the coordination thread's periodic work (quota sweeps, breaker timers, health
 /// updates) runs when no message arrives. Breaker decisions wait at most this long to go out.

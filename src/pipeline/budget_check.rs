@@ -113,11 +113,21 @@ pub async fn admit(
             Decided::Admitted(a) => {
                 tickets.push(i, a.ticket);
                 let left = a.tokens_left.min(b.limit());
-                let _ = write!(headers, "x-shardgate-budget-remaining: {}; {}=", b.name, b.unit.as_str());
+                let _ = write!(
+                    headers,
+                    "x-shardgate-budget-remaining: {}; {}=",
+                    b.name,
+                    b.unit.as_str()
+                );
                 write_amount(headers, b.unit, left);
                 headers.extend_from_slice(b"\r\n");
                 if b.soft.is_some_and(|soft| b.limit() - left >= soft) {
-                    let _ = write!(headers, "x-shardgate-budget-warning: {}; {}\r\n", b.name, b.unit.as_str());
+                    let _ = write!(
+                        headers,
+                        "x-shardgate-budget-warning: {}; {}\r\n",
+                        b.name,
+                        b.unit.as_str()
+                    );
                     count(worker, &crate::metrics::counters::BUDGET_WARNINGS, b);
                 }
             }
@@ -157,7 +167,12 @@ async fn decide(worker: &Rc<Worker>, b: &Budget, who: &[u8], reserve: u64) -> De
 /// The headers of a 429: which budget, and when it frees (a `total` budget never does, so
 /// it gets no `Retry-After`).
 fn rejection_headers(headers: &mut Vec<u8>, b: &Budget, retry_after_s: u32) {
-    let _ = write!(headers, "x-shardgate-budget: {}; {}\r\n", b.name, b.unit.as_str());
+    let _ = write!(
+        headers,
+        "x-shardgate-budget: {}; {}\r\n",
+        b.name,
+        b.unit.as_str()
+    );
     if b.rule.limits.window == crate::quota::Window::Total {
         headers.extend_from_slice(b"x-shardgate-budget-reset: never\r\n");
         return;
@@ -287,8 +302,16 @@ mod tests {
         // 100 output tokens at 2e6 pico each = 2e8 pico = 200 micro-units.
         assert_eq!(reservation(&b[1], Some(100), price), 200);
         assert_eq!(reservation(&b[1], Some(100), None), 0);
-        assert_eq!(reservation(&b[1], Some(u64::MAX), price), 1_000_000, "capped at the budget");
-        assert_eq!(reservation(&b[2], Some(100), price), 0, "no reserve_max_tokens");
+        assert_eq!(
+            reservation(&b[1], Some(u64::MAX), price),
+            1_000_000,
+            "capped at the budget"
+        );
+        assert_eq!(
+            reservation(&b[2], Some(100), price),
+            0,
+            "no reserve_max_tokens"
+        );
     }
 
     #[test]

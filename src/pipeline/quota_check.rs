@@ -17,7 +17,9 @@ use crate::auth::Identity;
 use crate::config::Snapshot;
 use crate::error::{Fault, GatewayError};
 use crate::quota::usage::Usage;
-use crate::quota::{Admitted, Decision, KeyKind, QuotaError, QuotaKey, QuotaRule, QuotaSettings, Ticket};
+use crate::quota::{
+    Admitted, Decision, KeyKind, QuotaError, QuotaKey, QuotaRule, QuotaSettings, Ticket,
+};
 use crate::worker::Worker;
 
 /// Longest a request waits for its core's first lease of a key before the gateway gives up
@@ -75,7 +77,11 @@ pub async fn check(
     let reserve = rule.reservation(max_tokens.map(|t| t.min(u64::from(u32::MAX)) as u32));
     match decide(worker, key, rule, reserve).await {
         Decided::Admitted(a) => {
-            let _ = write!(headers, "x-ratelimit-limit: {}\r\nx-ratelimit-remaining: {}\r\nx-ratelimit-reset: {}\r\n", a.limit, a.remaining, a.reset_s);
+            let _ = write!(
+                headers,
+                "x-ratelimit-limit: {}\r\nx-ratelimit-remaining: {}\r\nx-ratelimit-reset: {}\r\n",
+                a.limit, a.remaining, a.reset_s
+            );
             Limited::Admitted(a.ticket)
         }
         Decided::Rejected(e) => {

@@ -133,6 +133,12 @@ mod tests {
         let text = String::from_utf8(seen).unwrap();
         assert!(text.contains("\"hi\"") && text.contains("[DONE]"));
         assert!(!text.contains("usage"), "{text}");
-        assert_eq!(t.usage(), Some(Usage::from_parts(1, 2, 0)).map(|u| Usage { total_tokens: 3, ..u }));
+        assert_eq!(
+            t.usage(),
+            Some(Usage::from_parts(1, 2, 0)).map(|u| Usage {
+                total_tokens: 3,
+                ..u
+            })
+        );
     }
 }

@@ -148,10 +148,16 @@ impl RawBudgets {
                 ));
             }
             if raw.model.as_deref() == Some("") {
-                problems.push(ConfigProblem::new(at("model"), "must be a model name or \"*\""));
+                problems.push(ConfigProblem::new(
+                    at("model"),
+                    "must be a model name or \"*\"",
+                ));
             }
             if raw.tokens.is_none() && raw.spend.is_none() {
-                problems.push(ConfigProblem::new(at("tokens"), "set `tokens`, `spend` or both"));
+                problems.push(ConfigProblem::new(
+                    at("tokens"),
+                    "set `tokens`, `spend` or both",
+                ));
             }
             if raw.tokens == Some(0) {
                 problems.push(ConfigProblem::new(at("tokens"), "must be at least 1"));
@@ -299,7 +305,10 @@ mod tests {
         };
         let a = "[[budgets.rules]]\nname='a'\nkey='subject'\nperiod='day'\ntokens=1\n";
         let b = "[[budgets.rules]]\nname='b'\nkey='subject'\nperiod='day'\ntokens=1\n";
-        assert_eq!(one(&format!("[budgets]\n{a}{b}")), one(&format!("[budgets]\n{b}{a}")));
+        assert_eq!(
+            one(&format!("[budgets]\n{a}{b}")),
+            one(&format!("[budgets]\n{b}{a}"))
+        );
         assert_ne!(
             one(&format!("[budgets]\n{b}")),
             QuotaKey::new(RuleId(0), b"x"),
@@ -348,7 +357,10 @@ mod tests {
                 "budgets.rules[2].name",
             ]
         );
-        assert!(toml::from_str::<Doc>("[budgets]\n[[budgets.rules]]\nname='a'\nkey='subject'\nperiod='week'\n").is_err());
+        assert!(toml::from_str::<Doc>(
+            "[budgets]\n[[budgets.rules]]\nname='a'\nkey='subject'\nperiod='week'\n"
+        )
+        .is_err());
     }
 
     #[test]

@@ -118,10 +118,7 @@ impl Calendar {
         let ts = Timestamp::from_millisecond(i64::try_from(at_ms).ok()?).ok()?;
         let date = ts.to_zoned_datetime(self.tz.clone()).date();
         let (first, next) = match window {
-            Window::Month => (
-                date.first_of_month(),
-                date.last_of_month().tomorrow().ok()?,
-            ),
+            Window::Month => (date.first_of_month(), date.last_of_month().tomorrow().ok()?),
             _ => (date, date.tomorrow().ok()?),
         };
         let unix = |d: jiff::civil::Date| -> Option<u64> {
@@ -304,14 +301,50 @@ mod tests {
         // (zone, a moment, window, expected start and end as civil times in the zone)
         type Civil = (i16, i8, i8, i8, i8);
         let cases: &[(&str, Civil, Window, Civil, Civil)] = &[
-            ("UTC", (2024, 5, 3, 23, 59), Window::Day, (2024, 5, 3, 0, 0), (2024, 5, 4, 0, 0)),
+            (
+                "UTC",
+                (2024, 5, 3, 23, 59),
+                Window::Day,
+                (2024, 5, 3, 0, 0),
+                (2024, 5, 4, 0, 0),
+            ),
             // Berlin springs forward on 2024-03-31: a 23 h day.
-            ("Europe/Berlin", (2024, 3, 31, 12, 0), Window::Day, (2024, 3, 31, 0, 0), (2024, 4, 1, 0, 0)),
+            (
+                "Europe/Berlin",
+                (2024, 3, 31, 12, 0),
+                Window::Day,
+                (2024, 3, 31, 0, 0),
+                (2024, 4, 1, 0, 0),
+            ),
             // ... and falls back on 2024-10-27: a 25 h day.
-            ("Europe/Berlin", (2024, 10, 27, 23, 30), Window::Day, (2024, 10, 27, 0, 0), (2024, 10, 28, 0, 0)),
-            ("Asia/Kolkata", (2024, 1, 1, 0, 0), Window::Day, (2024, 1, 1, 0, 0), (2024, 1, 2, 0, 0)),
-            ("America/New_York", (2024, 2, 29, 23, 0), Window::Month, (2024, 2, 1, 0, 0), (2024, 3, 1, 0, 0)),
-            ("Australia/Sydney", (2023, 12, 31, 23, 50), Window::Month, (2023, 12, 1, 0, 0), (2024, 1, 1, 0, 0)),
+            (
+                "Europe/Berlin",
+                (2024, 10, 27, 23, 30),
+                Window::Day,
+                (2024, 10, 27, 0, 0),
+                (2024, 10, 28, 0, 0),
+            ),
+            (
+                "Asia/Kolkata",
+                (2024, 1, 1, 0, 0),
+                Window::Day,
+                (2024, 1, 1, 0, 0),
+                (2024, 1, 2, 0, 0),
+            ),
+            (
+                "America/New_York",
+                (2024, 2, 29, 23, 0),
+                Window::Month,
+                (2024, 2, 1, 0, 0),
+                (2024, 3, 1, 0, 0),
+            ),
+            (
+                "Australia/Sydney",
+                (2023, 12, 31, 23, 50),
+                Window::Month,
+                (2023, 12, 1, 0, 0),
+                (2024, 1, 1, 0, 0),
+            ),
         ];
         for &(tz, (y, mo, d, h, mi), window, s, e) in cases {
             let c = cal(tz, 1_600_000_200_000 - 1_600_000_200_000 % SLOT_MS);
@@ -319,13 +352,23 @@ mod tests {
             let start = at(tz, s.0, s.1, s.2, s.3, s.4);
             let end = at(tz, e.0, e.1, e.2, e.3, e.4);
             assert_eq!(p.start_unix_ms, start, "{tz} {window:?}");
-            assert_eq!((p.start, p.end), (slot(&c, start), slot(&c, end)), "{tz} {window:?}");
+            assert_eq!(
+                (p.start, p.end),
+                (slot(&c, start), slot(&c, end)),
+                "{tz} {window:?}"
+            );
         }
         let c = cal("Europe/Berlin", 0);
-        let day = c.period(Window::Day, slot(&c, at("Europe/Berlin", 2024, 3, 31, 12, 0)));
+        let day = c.period(
+            Window::Day,
+            slot(&c, at("Europe/Berlin", 2024, 3, 31, 12, 0)),
+        );
         assert_eq!((day.end - day.start) * SLOT_MS, 23 * 3_600_000);
         let total = c.period(Window::Total, 12_345);
-        assert_eq!((total.start, total.end, total.start_unix_ms), (0, u64::MAX, 0));
+        assert_eq!(
+            (total.start, total.end, total.start_unix_ms),
+            (0, u64::MAX, 0)
+        );
     }
 
     #[test]
@@ -375,9 +418,24 @@ mod tests {
     fn a_seed_counts_only_for_its_own_period() {
         let c = cal("UTC", at("UTC", 2024, 6, 1, 12, 0));
         let day = at("UTC", 2024, 6, 1, 0, 0);
-        assert_eq!(CalWindow::new(&c, Window::Day, 0, Some((day, 42))).current().1, 42);
+        assert_eq!(
+            CalWindow::new(&c, Window::Day, 0, Some((day, 42)))
+                .current()
+                .1,
+            42
+        );
         let yesterday = at("UTC", 2024, 5, 31, 0, 0);
-        assert_eq!(CalWindow::new(&c, Window::Day, 0, Some((yesterday, 42))).current().1, 0);
-        assert_eq!(CalWindow::new(&c, Window::Total, 0, Some((0, 7))).current().1, 7);
+        assert_eq!(
+            CalWindow::new(&c, Window::Day, 0, Some((yesterday, 42)))
+                .current()
+                .1,
+            0
+        );
+        assert_eq!(
+            CalWindow::new(&c, Window::Total, 0, Some((0, 7)))
+                .current()
+                .1,
+            7
+        );
     }
 }

@@ -53,14 +53,18 @@ impl Holders {
         self.tok_limit = tok_limit.unwrap_or(0);
     }
 
-    /// A calendar window (a budget) refused tokens while cores still hold leases of it: what
-    /// they hold may be all that is left. Recalls them and turns `deny` into "retry at the
-    /// next slot", by when the recalled tokens are back, instead of "retry when the period
-    /// ends". A sliding window frees within the minute anyway and is left alone.
+    /// A calendar window (a budget) refused `requester` tokens while other cores still hold
+    /// leases of it: what they hold may be all that is left. Recalls them and turns `deny`
+    /// into "retry at the next slot", by when the recalled tokens are back, instead of "retry
+    /// when the period ends". The requester's own lease is left alone: it asked for what that
+    /// lease lacks (a low-water top-up, or the rest of a reservation), and what it still
+    /// holds stays usable there. A sliding window frees within the minute anyway and is left
+    /// alone.
     pub(crate) fn reclaim_for(
         &mut self,
         deny: &mut Deny,
         window: Window,
+        requester: WorkerId,
         cur: u64,
         workers: u32,
         out: &mut Vec<(WorkerId, FromCoordinator)>,
@@ -70,12 +74,19 @@ impl Holders {
         }
         let workers = WorkerId::try_from(workers).unwrap_or(WorkerId::MAX);
         let mask = self.mask;
+        let own = 1u64 << (requester % 64);
+        let before = out.len();
         out.extend(
             (0..workers)
-                .filter(|w| mask & (1 << (w % 64)) != 0)
+                .filter(|&w| w != requester && mask & (1 << (w % 64)) != 0)
                 .map(|w| (w, FromCoordinator::Recall(deny.key))),
         );
-        self.mask = 0;
+        if out.len() == before {
+            // Only the requester holds a lease: nothing comes back by the next slot.
+            return;
+        }
+        // The requester (and any core sharing its bit) may still hold its lease.
+        self.mask &= own;
         deny.retry_at_ms = deny.retry_at_ms.min((cur + 1) * SLOT_MS);
     }
 
@@ -351,7 +362,7 @@ impl LocalCoordinator {
                         holders.granted(req.worker, g.slot, req.limits.tokens, cur);
                     }
                     FromCoordinator::Deny(d) => {
-                        holders.reclaim_for(d, req.limits.window, cur, workers, out);
+                        holders.reclaim_for(d, req.limits.window, req.worker, cur, workers, out);
                     }
                     FromCoordinator::Recall(_) => {}
                 }
@@ -768,5 +779,63 @@ mod tests {
         none.granted(0, 4, None, 4);
         none.recall_if_over(KEY, u64::MAX, 4, 1, &mut out);
         assert_eq!(out.len(), 2, "no token limit: nothing to recall");
+    }
+
+    /// A budget (calendar window) refusing a core recalls the other cores' leases and says
+    /// "retry at the next slot"; the asking core's own lease is never recalled (it asked for
+    /// what that lease lacks), and when it is the only holder the refusal stands as it is.
+    #[test]
+    fn a_budget_refusal_recalls_the_other_holders_only() {
+        const DAY100: Limits = Limits {
+            requests: UNLIMITED_REQUESTS,
+            tokens: Some(100),
+            burst: None,
+            window: crate::quota::Window::Day,
+        };
+        let ask = |c: &mut LocalCoordinator, worker: WorkerId, now: u64| {
+            let mut out = Vec::new();
+            let req = LeaseRequest {
+                worker,
+                key: KEY,
+                rule: RuleId(0),
+                limits: DAY100,
+                at_ms: now,
+                tokens_needed: 1,
+            };
+            c.handle(ToCoordinator::Lease(req), now, &mut out);
+            out
+        };
+        let day_end = 86_400_000;
+        // (holders before the refusal, the core refused, recalled, retry at)
+        let cases: [(&[WorkerId], WorkerId, &[WorkerId], u64); 6] = [
+            (&[0], 0, &[], day_end),
+            (&[1], 1, &[], day_end),
+            (&[0, 1], 0, &[1], 2 * SLOT_MS),
+            (&[0, 1], 1, &[0], 2 * SLOT_MS),
+            (&[0, 2], 1, &[0, 2], 2 * SLOT_MS),
+            (&[2, 0, 1], 2, &[0, 1], 2 * SLOT_MS),
+        ];
+        for (holders, refused, recalled, retry_at) in cases {
+            let mut c = LocalCoordinator::new(3);
+            // Each holder takes a lease until nothing is left (one core: 50, 25, ...).
+            let now = SLOT_MS + 100;
+            let mut granted = 0;
+            while granted < 100 {
+                for &w in holders {
+                    if let [(_, FromCoordinator::Grant(g))] = ask(&mut c, w, now)[..] {
+                        granted += g.tokens;
+                    }
+                }
+            }
+            let out = ask(&mut c, refused, now);
+            let (recalls, reply) = out.split_at(out.len() - 1);
+            let FromCoordinator::Deny(d) = reply[0].1 else {
+                panic!("refused: {out:?}");
+            };
+            let got: Vec<WorkerId> = recalls.iter().map(|&(w, _)| w).collect();
+            assert_eq!(got, recalled, "{holders:?} refusing {refused}");
+            assert!(recalls.iter().all(|r| r.1 == FromCoordinator::Recall(KEY)));
+            assert_eq!(d.retry_at_ms, retry_at, "{holders:?} refusing {refused}");
+        }
     }
 }

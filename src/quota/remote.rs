@@ -392,7 +392,9 @@ impl RemoteCoordinator {
                         holders.granted(req.worker, g.slot, req.limits.tokens, cur);
                     }
                     // Only this process's cores can be recalled (see `Charge`).
-                    FromCoordinator::Deny(d) => holders.reclaim_for(d, window, cur, workers, out),
+                    FromCoordinator::Deny(d) => {
+                        holders.reclaim_for(d, window, req.worker, cur, workers, out)
+                    }
                     FromCoordinator::Recall(_) => {}
                 }
                 out.push((req.worker, reply));
@@ -410,16 +412,17 @@ impl RemoteCoordinator {
                     None => {
                         let (_, tok_key) = self.keys(key);
                         let (slot, charge) = (cur + self.base_slot, &self.scripts.charge);
-                        self.link.call(now_ms, &mut self.stats, |c| {
-                            charge
-                                .key(&tok_key)
-                                .arg(slot)
-                                .arg(tokens)
-                                .arg(TTL_MS)
-                                .arg(SPAN_SLOTS)
-                                .invoke::<i64>(c)
-                        })
-                        .map(|p| u64::try_from(p).unwrap_or(0))
+                        self.link
+                            .call(now_ms, &mut self.stats, |c| {
+                                charge
+                                    .key(&tok_key)
+                                    .arg(slot)
+                                    .arg(tokens)
+                                    .arg(TTL_MS)
+                                    .arg(SPAN_SLOTS)
+                                    .invoke::<i64>(c)
+                            })
+                            .map(|p| u64::try_from(p).unwrap_or(0))
                     }
                 };
                 let peak = match peak {

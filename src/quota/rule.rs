@@ -122,7 +122,9 @@ impl QuotaRule {
     /// reserves; never more than the rule's token limit (so a reservation can always fit).
     pub fn reservation(&self, max_tokens: Option<u32>) -> u64 {
         match (self.reserve_max_tokens, self.limits.tokens) {
-            (true, Some(limit)) => u64::from(max_tokens.unwrap_or(DEFAULT_RESERVE_TOKENS)).min(limit),
+            (true, Some(limit)) => {
+                u64::from(max_tokens.unwrap_or(DEFAULT_RESERVE_TOKENS)).min(limit)
+            }
             _ => 0,
         }
     }
@@ -341,7 +343,10 @@ mod tests {
         assert_eq!(s.select("gpt-x").map(|r| r.name.as_str()), Some("default"));
         let big = s.select("llama-70b").unwrap();
         assert_eq!(big.reservation(Some(100)), 100);
-        assert_eq!(big.reservation(None), 5000.min(u64::from(DEFAULT_RESERVE_TOKENS)));
+        assert_eq!(
+            big.reservation(None),
+            5000.min(u64::from(DEFAULT_RESERVE_TOKENS))
+        );
         assert_eq!(big.reservation(Some(1_000_000)), 5000);
         assert_eq!(s.select("x").unwrap().reservation(Some(100)), 0);
         assert_ne!(big.key_for(b"acme"), s.rules[0].key_for(b"acme"));

@@ -261,7 +261,11 @@ impl QuotaShard {
             }
         }
         if over > 0 {
-            if let Some(e) = self.keys.get_mut(&key).filter(|e| e.pending_since_ms.is_some()) {
+            if let Some(e) = self
+                .keys
+                .get_mut(&key)
+                .filter(|e| e.pending_since_ms.is_some())
+            {
                 e.owed = e.owed.saturating_add(over);
             }
             self.outbox

@@ -541,7 +541,10 @@ mod tests {
                 r#"{"prompt_tokens":7,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":null}}"#,
                 u(7, 3, 0, 0),
             ),
-            (r#"{"prompt_tokens":7,"completion_tokens":3,"prompt_tokens_details":{}}"#, u(7, 3, 0, 0)),
+            (
+                r#"{"prompt_tokens":7,"completion_tokens":3,"prompt_tokens_details":{}}"#,
+                u(7, 3, 0, 0),
+            ),
             // More cached than prompt tokens is clamped: uncached input is never negative.
             (
                 r#"{"prompt_tokens":4,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":90}}"#,
@@ -557,11 +560,17 @@ mod tests {
                 r#"{"prompt_tokens":1,"input_tokens":99,"completion_tokens":2,"output_tokens":99,"prompt_tokens_details":{"cached_tokens":1},"input_tokens_details":{"cached_tokens":50}}"#,
                 u(1, 2, 1, 0),
             ),
-            (r#"{"prompt_tokens":null,"completion_tokens":6}"#, u(0, 6, 0, 0)),
+            (
+                r#"{"prompt_tokens":null,"completion_tokens":6}"#,
+                u(0, 6, 0, 0),
+            ),
             (r#"{}"#, u(0, 0, 0, 0)),
         ];
         for (usage, want) in cases {
-            let mut body = format!(r#"{{"id":"x","choices":[{{"message":{{"content":"hi"}}}}],"usage":{usage}}}"#).into_bytes();
+            let mut body = format!(
+                r#"{{"id":"x","choices":[{{"message":{{"content":"hi"}}}}],"usage":{usage}}}"#
+            )
+            .into_bytes();
             assert_eq!(usage_from_body(&mut body), Some(*want), "{usage}");
             let ev = format!("data: {{\"choices\":[],\"usage\":{usage}}}\n\n");
             let all = format!("{NORMAL}{ev}{DONE}");
@@ -572,7 +581,11 @@ mod tests {
             }
         }
         // Counts that are not unsigned integers make the usage unreadable, not wrong.
-        for bad in [r#"{"prompt_tokens":-1}"#, r#"{"prompt_tokens":"7"}"#, r#"{"prompt_tokens":1.5}"#] {
+        for bad in [
+            r#"{"prompt_tokens":-1}"#,
+            r#"{"prompt_tokens":"7"}"#,
+            r#"{"prompt_tokens":1.5}"#,
+        ] {
             let mut body = format!(r#"{{"usage":{bad}}}"#).into_bytes();
             assert_eq!(usage_from_body(&mut body), None, "{bad}");
         }
@@ -581,7 +594,10 @@ mod tests {
     #[test]
     fn parts_make_a_usage_and_cached_is_part_of_prompt() {
         let u = Usage::from_parts(100, 20, 150);
-        assert_eq!((u.cached_tokens, u.total(), u.uncached_prompt()), (100, 120, 0));
+        assert_eq!(
+            (u.cached_tokens, u.total(), u.uncached_prompt()),
+            (100, 120, 0)
+        );
         let u = Usage::from_parts(100, 20, 30);
         assert_eq!(u.uncached_prompt(), 70);
     }

@@ -103,7 +103,9 @@ impl Ledger {
                 pico: t.pico.to_string(),
             })
             .collect();
-        series.sort_by(|a, b| (&a.subject, &a.tenant, &a.model).cmp(&(&b.subject, &b.tenant, &b.model)));
+        series.sort_by(|a, b| {
+            (&a.subject, &a.tenant, &a.model).cmp(&(&b.subject, &b.tenant, &b.model))
+        });
         let mut budgets: Vec<FileBudget> = self
             .budgets
             .iter()
@@ -152,7 +154,8 @@ impl Ledger {
             e.1.add(&t);
         }
         for b in f.budgets {
-            let key = u64::from_str_radix(&b.key, 16).map_err(|_| format!("bad budget key `{}`", b.key))?;
+            let key = u64::from_str_radix(&b.key, 16)
+                .map_err(|_| format!("bad budget key `{}`", b.key))?;
             l.add_budget(&BudgetUse {
                 key: QuotaKey(key),
                 period_unix_ms: b.period_unix_ms,
@@ -222,7 +225,11 @@ mod tests {
         let mut l = Ledger::default();
         let big = u128::from(u64::MAX) * 3;
         l.apply(&SpendBatch {
-            spend: vec![delta("a", "t", "m", big), delta("b", "t", "m", 5), delta("a", "t", "m", 1)],
+            spend: vec![
+                delta("a", "t", "m", big),
+                delta("b", "t", "m", 5),
+                delta("a", "t", "m", 1),
+            ],
             budgets: vec![BudgetUse {
                 key: QuotaKey(0xabc),
                 period_unix_ms: 1_000,
@@ -236,7 +243,10 @@ mod tests {
         let back = Ledger::from_json(&l.to_json("USD")).unwrap();
         assert_eq!(back, l);
         assert!(Ledger::from_json(b"{}").is_err());
-        assert!(Ledger::from_json(br#"{"version":2,"currency":"USD","series":[],"budgets":[]}"#).is_err());
+        assert!(
+            Ledger::from_json(br#"{"version":2,"currency":"USD","series":[],"budgets":[]}"#)
+                .is_err()
+        );
     }
 
     #[test]
@@ -252,7 +262,11 @@ mod tests {
         l.add_budget(&at(100, 5));
         assert_eq!(l.budgets[&k], (100, 10));
         l.add_budget(&at(50, 99));
-        assert_eq!(l.budgets[&k], (100, 10), "an old period's late use is dropped");
+        assert_eq!(
+            l.budgets[&k],
+            (100, 10),
+            "an old period's late use is dropped"
+        );
         l.add_budget(&at(200, 1));
         assert_eq!(l.budgets[&k], (200, 1));
     }

@@ -67,7 +67,10 @@ impl Price {
     pub fn cost(&self, u: &Usage) -> u64 {
         let part = |tokens: u32, price: u64| u64::from(tokens).saturating_mul(price);
         part(u.uncached_prompt(), self.input)
-            .saturating_add(part(u.cached_tokens.min(u.prompt_tokens), self.cached_input))
+            .saturating_add(part(
+                u.cached_tokens.min(u.prompt_tokens),
+                self.cached_input,
+            ))
             .saturating_add(part(u.completion_tokens, self.output))
     }
 }
@@ -140,7 +143,9 @@ impl PriceTable {
                 let i = t.entries.iter().position(|(n, _)| n == name).unwrap_or(0);
                 problems.push(ConfigProblem::new(
                     format!("spend.prices[{i}].model"),
-                    format!("no deployment `{name}` (write model@version of a [[deployments]] entry)"),
+                    format!(
+                        "no deployment `{name}` (write model@version of a [[deployments]] entry)"
+                    ),
                 ));
             }
         }
@@ -242,12 +247,31 @@ mod tests {
             output: o,
             cached_input: c,
         };
-        assert_eq!(t.lookup(Some(0), "llama"), Some(price(500_000, 600_000, 250_000)));
-        assert_eq!(t.lookup(Some(1), "llama"), Some(price(400_000, 400_000, 400_000)));
-        assert_eq!(t.lookup(Some(2), "mistral"), Some(price(1_000_000, 2_000_000, 1_000_000)));
-        assert_eq!(t.lookup(None, "llama"), Some(price(500_000, 600_000, 250_000)));
-        assert_eq!(t.lookup(None, "other"), Some(price(1_000_000, 2_000_000, 1_000_000)));
-        let t = PriceTable::build(&[raw("a", 1.0, 1.0, None)], std::iter::empty(), &mut problems);
+        assert_eq!(
+            t.lookup(Some(0), "llama"),
+            Some(price(500_000, 600_000, 250_000))
+        );
+        assert_eq!(
+            t.lookup(Some(1), "llama"),
+            Some(price(400_000, 400_000, 400_000))
+        );
+        assert_eq!(
+            t.lookup(Some(2), "mistral"),
+            Some(price(1_000_000, 2_000_000, 1_000_000))
+        );
+        assert_eq!(
+            t.lookup(None, "llama"),
+            Some(price(500_000, 600_000, 250_000))
+        );
+        assert_eq!(
+            t.lookup(None, "other"),
+            Some(price(1_000_000, 2_000_000, 1_000_000))
+        );
+        let t = PriceTable::build(
+            &[raw("a", 1.0, 1.0, None)],
+            std::iter::empty(),
+            &mut problems,
+        );
         assert_eq!(t.lookup(None, "b"), None);
         assert_eq!(t.lookup(Some(7), "a").map(|p| p.output), Some(1_000_000));
     }

@@ -133,7 +133,11 @@ mod tests {
         assert_eq!(b.spend[0].key, series_key("alice", "acme", "m"));
         assert_eq!(b.spend[1].totals.requests, 1);
         b.budgets.sort_by_key(|u| u.period_unix_ms);
-        let used: Vec<(u64, u64)> = b.budgets.iter().map(|u| (u.period_unix_ms, u.used)).collect();
+        let used: Vec<(u64, u64)> = b
+            .budgets
+            .iter()
+            .map(|u| (u.period_unix_ms, u.used))
+            .collect();
         assert_eq!(used, [(0, 10), (86_400_000, 2)]);
         let mut again = SpendBatch::default();
         s.take_batch(&mut again);

@@ -70,8 +70,9 @@ impl FileStore {
 impl SpendStore for FileStore {
     fn load(&mut self) -> Result<Ledger, String> {
         match std::fs::read(&self.path) {
-            Ok(bytes) => Ledger::from_json(&bytes)
-                .map_err(|e| format!("{}: {e}", self.path.display())),
+            Ok(bytes) => {
+                Ledger::from_json(&bytes).map_err(|e| format!("{}: {e}", self.path.display()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Ledger::default()),
             Err(e) => Err(format!("{}: {e}", self.path.display())),
         }
@@ -122,7 +123,14 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-const FIELDS: [&str; 6] = ["requests", "prompt", "completion", "cached", "micro", "pico"];
+const FIELDS: [&str; 6] = [
+    "requests",
+    "prompt",
+    "completion",
+    "cached",
+    "micro",
+    "pico",
+];
 
 impl RedisStore {
     pub fn new(settings: &crate::quota::RedisSettings) -> Result<RedisStore, String> {
@@ -190,7 +198,8 @@ impl SpendStore for RedisStore {
             let keys: Vec<String> = redis::cmd("SMEMBERS").arg(s.index()).query(c)?;
             let mut pipe = redis::pipe();
             for k in &keys {
-                pipe.cmd("HMGET").arg(s.key(u64::from_str_radix(k, 16).unwrap_or(0)))
+                pipe.cmd("HMGET")
+                    .arg(s.key(u64::from_str_radix(k, 16).unwrap_or(0)))
                     .arg(&FIELDS)
                     .arg(&["subject", "tenant", "model"]);
             }
@@ -200,7 +209,13 @@ impl SpendStore for RedisStore {
                 let Ok(key) = u64::from_str_radix(k, 16) else {
                     continue;
                 };
-                let num = |i: usize| row.get(i).cloned().flatten().and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+                let num = |i: usize| {
+                    row.get(i)
+                        .cloned()
+                        .flatten()
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .unwrap_or(0)
+                };
                 let text = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
                 let counts: Vec<i64> = (0..FIELDS.len()).map(num).collect();
                 let names = Arc::new(Names {
@@ -236,10 +251,25 @@ impl SpendStore for RedisStore {
                 for (f, n) in FIELDS.iter().zip(add) {
                     pipe.cmd("HINCRBY").arg(&k).arg(*f).arg(n);
                 }
-                pipe.cmd("HSETNX").arg(&k).arg("subject").arg(&*names.subject).ignore();
-                pipe.cmd("HSETNX").arg(&k).arg("tenant").arg(&*names.tenant).ignore();
-                pipe.cmd("HSETNX").arg(&k).arg("model").arg(&*names.model).ignore();
-                pipe.cmd("SADD").arg(s.index()).arg(format!("{key:016x}")).ignore();
+                pipe.cmd("HSETNX")
+                    .arg(&k)
+                    .arg("subject")
+                    .arg(&*names.subject)
+                    .ignore();
+                pipe.cmd("HSETNX")
+                    .arg(&k)
+                    .arg("tenant")
+                    .arg(&*names.tenant)
+                    .ignore();
+                pipe.cmd("HSETNX")
+                    .arg(&k)
+                    .arg("model")
+                    .arg(&*names.model)
+                    .ignore();
+                pipe.cmd("SADD")
+                    .arg(s.index())
+                    .arg(format!("{key:016x}"))
+                    .ignore();
                 order.push(key);
             }
             let flat: Vec<i64> = pipe.query(c)?;
@@ -275,7 +305,11 @@ mod tests {
         let path = dir.join("spend.json");
         let _ = std::fs::remove_file(&path);
         let mut store = FileStore::new(path.clone(), "EUR");
-        assert_eq!(store.load().unwrap(), Ledger::default(), "no file yet: empty");
+        assert_eq!(
+            store.load().unwrap(),
+            Ledger::default(),
+            "no file yet: empty"
+        );
         let mut l = Ledger::default();
         l.apply(&SpendBatch {
             spend: vec![SpendDelta {

@@ -73,7 +73,9 @@ fn drive(
             match *c {
                 Client::Running { ticket, ends } if ends <= now => {
                     sim.shards[w].charge_tokens(ticket, used, now);
-                    *run.charged.entry(day_of(ticket.slot * SLOT_MS)).or_default() += used;
+                    *run.charged
+                        .entry(day_of(ticket.slot * SLOT_MS))
+                        .or_default() += used;
                     *c = Client::Idle {
                         next_send: now + think,
                     };
@@ -120,7 +122,9 @@ fn fifty_concurrent_clients_on_two_workers_overrun_by_at_most_the_requests_in_fl
             let mut sim = Sim::new(2, budget(limit, reserve));
             sim.delay_ms = delay_ms;
             let r = if reserve { used } else { 0 };
-            let run = drive(&mut sim, 50, 2, used, r, latency, 2, (0, 20_000), |t| t / DAY_MS);
+            let run = drive(&mut sim, 50, 2, used, r, latency, 2, (0, 20_000), |t| {
+                t / DAY_MS
+            });
             let charged = run.charged.get(&0).copied().unwrap_or(0);
             let overrun = charged.saturating_sub(limit);
             eprintln!(
@@ -141,7 +145,10 @@ fn fifty_concurrent_clients_on_two_workers_overrun_by_at_most_the_requests_in_fl
                 );
             }
             // Nearly the whole budget was used: leases stranded on a core come back.
-            assert!(charged + 50 * used >= limit, "charged only {charged} of {limit}");
+            assert!(
+                charged + 50 * used >= limit,
+                "charged only {charged} of {limit}"
+            );
         }
     }
 }
@@ -163,9 +170,25 @@ fn a_budget_rolls_over_at_midnight_of_its_time_zone() {
     let mut sim = Sim::new(2, budget(1_000, false));
     sim.coord = QuotaCoordinator::with_calendar(2, None, Calendar::new(tz, epoch)).unwrap();
     let day_of = |t: u64| u64::from(t >= midnight);
-    let run = drive(&mut sim, 4, 2, 100, 0, 30, 20, (midnight - 20_000, midnight + 20_000), day_of);
-    assert!(run.charged[&0] >= 1_000 && run.charged[&0] <= 1_000 + 4 * 100, "{run:?}");
-    assert!(run.charged[&1] >= 1_000, "the new day admits again: {run:?}");
+    let run = drive(
+        &mut sim,
+        4,
+        2,
+        100,
+        0,
+        30,
+        20,
+        (midnight - 20_000, midnight + 20_000),
+        day_of,
+    );
+    assert!(
+        run.charged[&0] >= 1_000 && run.charged[&0] <= 1_000 + 4 * 100,
+        "{run:?}"
+    );
+    assert!(
+        run.charged[&1] >= 1_000,
+        "the new day admits again: {run:?}"
+    );
     // A refusal just before midnight says to come back at midnight.
     let key = QuotaKey::named("daily", 0, b"acme");
     let mut sim = Sim::new(1, budget(1_000, false));
@@ -187,7 +210,10 @@ fn a_budget_rolls_over_at_midnight_of_its_time_zone() {
     assert_eq!(e.reason, LimitKind::Tokens);
     assert_eq!(e.retry_after_s, 5, "until midnight");
     assert_eq!(e.reset_s, 5);
-    assert!(matches!(sim.request(0, key, 0, midnight), Decision::Admit(_)));
+    assert!(matches!(
+        sim.request(0, key, 0, midnight),
+        Decision::Admit(_)
+    ));
 }
 
 /// Use persisted in an earlier run of the process counts in its period, not in another.
