@@ -425,21 +425,18 @@ impl Server {
         Response::json(200, &body)
     }
 
-    /// The spend thread's ledger, the currency and the series cap of the config in force.
-    fn spend_ledger(&self) -> Option<(crate::spend::Ledger, String, usize)> {
+    /// The spend thread's ledger and currency (the one the process started with), and the
+    /// series cap of the config in force.
+    fn spend_ledger(&self) -> Option<(crate::spend::Ledger, std::sync::Arc<str>, usize)> {
         let tx = self.state.spend.as_ref()?;
-        let (currency, cap) = {
+        let cap = {
             let v = control::lock_view(&self.state.view);
             let snap = v.snapshot.as_ref();
-            let currency = snap
-                .and_then(|s| s.spend.as_ref())
-                .map_or_else(|| "USD".to_owned(), |s| s.currency.clone());
-            let cap = snap.map_or(crate::metrics::counters::MAX_SERIES_PER_FAMILY, |s| {
+            snap.map_or(crate::metrics::counters::MAX_SERIES_PER_FAMILY, |s| {
                 s.metrics.label_series
-            });
-            (currency, cap)
+            })
         };
-        let ledger = control::spend::ledger(tx, COLLECT_TIMEOUT)?;
+        let (ledger, currency) = control::spend::ledger_and_currency(tx, COLLECT_TIMEOUT)?;
         Some((ledger, currency, cap))
     }
 

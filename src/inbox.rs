@@ -59,9 +59,9 @@ pub enum ToCoord {
 pub enum ToSpend {
     /// One worker's spend and budget use since its last batch.
     Batch(crate::spend::SpendBatch),
-    /// Asks for a copy of the ledger (`/stats`, `/metrics`); answered after the batches
-    /// already queued are applied.
-    Ledger(Sender<crate::spend::Ledger>),
+    /// Asks for a copy of the ledger and the currency the process counts in (`/stats`,
+    /// `/metrics`); answered after the batches already queued are applied.
+    Ledger(Sender<(crate::spend::Ledger, std::sync::Arc<str>)>),
     /// Persist now and stop.
     Stop,
 }

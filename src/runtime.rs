@@ -311,7 +311,8 @@ fn start_spend(
         .iter()
         .map(|(&key, &(period, used))| (key, period, used))
         .collect();
-    let thread = crate::control::spend::SpendThread::spawn(store, ledger, interval)?;
+    let currency = snap.spend.as_ref().map_or("USD", |s| s.currency.as_str());
+    let thread = crate::control::spend::SpendThread::spawn(store, ledger, interval, currency)?;
     Ok((Some(thread), seeds))
 }
 

@@ -18,6 +18,7 @@
 //! A store that cannot be read at start is a start error (the engine refuses to run on a
 //! ledger it would then overwrite); a store that fails later only delays persisting.
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -37,15 +38,19 @@ pub struct SpendThread {
 
 impl SpendThread {
     /// Runs the thread with `ledger` (what `store` loaded) and persists every `interval`.
+    /// `currency` is the label the process counts in: `spend.currency` of the first
+    /// snapshot (a restart-only setting, like the store).
     pub fn spawn(
         store: Box<dyn SpendStore>,
         ledger: Ledger,
         interval: Duration,
+        currency: &str,
     ) -> std::io::Result<SpendThread> {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let currency: Arc<str> = currency.into();
         let thread = std::thread::Builder::new()
             .name("shardgate-spend".into())
-            .spawn(move || run(store, ledger, interval, &rx))?;
+            .spawn(move || run(store, ledger, interval, currency, &rx))?;
         Ok(SpendThread {
             tx,
             thread: Some(thread),
@@ -68,6 +73,11 @@ impl Drop for SpendThread {
 
 /// Asks the thread behind `tx` for a copy of its ledger, waiting at most `timeout`.
 pub fn ledger(tx: &Sender<ToSpend>, timeout: Duration) -> Option<Ledger> {
+    ledger_and_currency(tx, timeout).map(|(l, _)| l)
+}
+
+/// [`ledger`] and the currency the process counts in.
+pub fn ledger_and_currency(tx: &Sender<ToSpend>, timeout: Duration) -> Option<(Ledger, Arc<str>)> {
     let (reply, rx) = crossbeam_channel::bounded(1);
     tx.send(ToSpend::Ledger(reply)).ok()?;
     rx.recv_timeout(timeout).ok()
@@ -104,7 +114,13 @@ impl State {
     }
 }
 
-fn run(store: Box<dyn SpendStore>, ledger: Ledger, interval: Duration, rx: &Receiver<ToSpend>) {
+fn run(
+    store: Box<dyn SpendStore>,
+    ledger: Ledger,
+    interval: Duration,
+    currency: Arc<str>,
+    rx: &Receiver<ToSpend>,
+) {
     let mut st = State {
         store,
         ledger,
@@ -121,7 +137,7 @@ fn run(store: Box<dyn SpendStore>, ledger: Ledger, interval: Duration, rx: &Rece
                 st.pending.apply(&b);
             }
             Ok(ToSpend::Ledger(reply)) => {
-                let _ = reply.send(st.ledger.clone());
+                let _ = reply.send((st.ledger.clone(), currency.clone()));
             }
             Ok(ToSpend::Stop) | Err(RecvTimeoutError::Disconnected) => {
                 // Batches sent before the stop are still queued behind nothing: take them.
@@ -146,7 +162,6 @@ mod tests {
     use super::*;
     use crate::spend::store::FileStore;
     use crate::spend::{Names, SpendBatch, SpendDelta, Totals};
-    use std::sync::Arc;
 
     fn batch(pico: u128) -> SpendBatch {
         SpendBatch {
@@ -177,6 +192,7 @@ mod tests {
             Box::new(FileStore::new(path.clone(), "USD")),
             Ledger::default(),
             Duration::from_secs(3600),
+            "USD",
         )
         .unwrap();
         let tx = t.sender();
