@@ -23,6 +23,7 @@ fn rule() -> QuotaRule {
             requests: u32::MAX,
             tokens: Some(u32::MAX),
             burst: None,
+            window: shardgate::quota::Window::Minute,
         },
         reserve_max_tokens: false,
     }

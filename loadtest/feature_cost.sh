@@ -11,15 +11,19 @@
 #          (nothing is rejected; every request still takes the quota path)
 #   bare   [metrics] per_route = false, no access log
 #   obs    per_route = true + [access_log] sample_rate = 0.01 to a file
+#   model  a model split route (the body is read, usage counted) to one deployment, no spend
+#   spend  model + [spend] with a price + [budgets] one daily token budget keyed by client_ip
+#          (never reached; every request still takes the budget path, and is priced and
+#          recorded)
 # Per run: req/s, p50/p99, CPU µs/request of the worker thread (shardgate-w0) and of the whole
 # process (utime+stime from /proc, sampled after warmup until loadgen exits, divided by the
 # requests loadgen measured), non-2xx/errors. Tables: medians over rounds, then the ratios
-# auth/plain, quota/plain, obs/bare (req/s ratio; CPU ratio is the inverse cost).
+# auth/plain, quota/plain, obs/bare, spend/model (req/s ratio; CPU ratio is the inverse cost).
 #
 # RATE=N: open loop at N req/s over CONNS connections instead of closed loop (every config then
 # does the same work per second, so CPU µs/request is compared at equal batching).
 # Knobs (defaults): DURATION=4 WARMUP=1 ROUNDS=3 CONNS=32 GW_CORE=0 UP_CORE=1 UP_PORT=9000
-# GW_PORT0=8180 (ports GW_PORT0..+4) TOKENS=1000 SKIP_BUILD=1 KEEP=1 (keep the temp dir)
+# GW_PORT0=8180 (ports GW_PORT0..+6) TOKENS=1000 SKIP_BUILD=1 KEEP=1 (keep the temp dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +36,7 @@ UP_CORE=${UP_CORE:-1}
 UP_PORT=${UP_PORT:-9000}
 GW_PORT0=${GW_PORT0:-8180}
 TOKENS=${TOKENS:-1000}
-CONFIGS=(plain auth quota bare obs)
+CONFIGS=(plain auth quota bare obs model spend)
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     cargo build --quiet --release -p shardgate -p loadtest
@@ -88,6 +92,19 @@ config() { # NAME
 listen = "127.0.0.1:$(port_of "$name")"
 workers = [$GW_CORE]
 pin = true
+EOF
+    if [[ $name == model || $name == spend ]]; then
+        cat <<EOF
+[[deployments]]
+model = "mock-gpt"
+version = "1.0.0"
+endpoints = ["127.0.0.1:$UP_PORT"]
+[[routes]]
+path = "/*rest"
+targets = [{ model = "mock-gpt", weight = 1 }]
+EOF
+    else
+        cat <<EOF
 [[upstreams]]
 name = "mock"
 endpoints = ["127.0.0.1:$UP_PORT"]
@@ -95,6 +112,7 @@ endpoints = ["127.0.0.1:$UP_PORT"]
 path = "/*rest"
 upstream = "mock"
 EOF
+    fi
     case $name in
     auth) cat <<EOF
 auth = true
@@ -117,6 +135,21 @@ EOF
     ;;
     bare) printf '[metrics]\nper_route = false\n' ;;
     obs) printf '[metrics]\nper_route = true\n[access_log]\npath = "access.log"\nsample_rate = 0.01\n' ;;
+    spend) cat <<EOF
+[spend]
+file = "spend.json"
+[[spend.prices]]
+model = "*"
+input = 0.6
+output = 0.8
+[budgets]
+[[budgets.rules]]
+name = "daily"
+key = "client_ip"
+period = "day"
+tokens = 1000000000000
+EOF
+    ;;
     esac
 }
 
@@ -213,7 +246,8 @@ for c in configs:
 
 print("\nratios: medians of the medians, and the median of the per-round paired ratios (each")
 print("pair ran back to back in the same round). rps = on/off; cpu = off/on (>= target is good)")
-for on, off, target in (("auth", "plain", 0.90), ("quota", "plain", 0.95), ("obs", "bare", 0.95)):
+for on, off, target in (("auth", "plain", 0.90), ("quota", "plain", 0.95), ("obs", "bare", 0.95),
+                        ("spend", "model", 0.97)):
     a, b = med[on], med[off]
     ons = [load(f"{on}-{r}") for r in range(1, rounds + 1)]
     offs = [load(f"{off}-{r}") for r in range(1, rounds + 1)]

@@ -17,8 +17,9 @@
 //! A line carries: `ts` (Unix seconds, millisecond precision), `request_id`, `route`,
 //! `status` (0: closed without a response), `latency_us`, `upstream_us`, `bytes_in`,
 //! `bytes_out`, and `subject`, `model`, `tokens` (null until the auth and usage stages fill
-//! them), and `trace_id` (32 hex digits; null without `[tracing]`). It never carries headers,
-//! tokens or secrets.
+//! them), and `tenant`, `prompt_tokens`, `completion_tokens`, `cached_tokens` and `spend`
+//! (the response's cost in `spend.currency`, a decimal with 12 places; null without a price),
+//! and `trace_id` (32 hex digits; null without `[tracing]`). It never carries headers, tokens or secrets.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -44,6 +45,10 @@ pub struct Fields<'a> {
     pub tokens: Option<u64>,
     /// The request's trace (see `trace`).
     pub trace_id: Option<crate::trace::TraceId>,
+    pub tenant: Option<&'a str>,
+    pub usage: Option<crate::quota::usage::Usage>,
+    /// The response's cost in pico-units.
+    pub cost_pico: Option<u64>,
 }
 
 /// The writer thread. Dropping it (after every [`WorkerLog`] is gone) flushes and joins.
@@ -299,10 +304,19 @@ pub fn format_line(out: &mut String, route: &str, request_id: &str, s: &Sample, 
     out.push_str(",\"model\":");
     opt_str(out, e.model);
     out.push_str(",\"tokens\":");
-    match e.tokens {
-        Some(t) => {
-            let _ = write!(out, "{t}");
-        }
+    opt_num(out, e.tokens);
+    out.push_str(",\"tenant\":");
+    opt_str(out, e.tenant);
+    let u = e.usage;
+    out.push_str(",\"prompt_tokens\":");
+    opt_num(out, u.map(|u| u64::from(u.prompt_tokens)));
+    out.push_str(",\"completion_tokens\":");
+    opt_num(out, u.map(|u| u64::from(u.completion_tokens)));
+    out.push_str(",\"cached_tokens\":");
+    opt_num(out, u.map(|u| u64::from(u.cached_tokens)));
+    out.push_str(",\"spend\":");
+    match e.cost_pico {
+        Some(c) => crate::spend::price::write_decimal(out, u128::from(c), 12),
         None => out.push_str("null"),
     }
     out.push_str(",\"trace_id\":");
@@ -316,6 +330,15 @@ pub fn format_line(out: &mut String, route: &str, request_id: &str, s: &Sample, 
         None => out.push_str("null"),
     }
     out.push_str("}\n");
+}
+
+fn opt_num(out: &mut String, v: Option<u64>) {
+    match v {
+        Some(n) => {
+            let _ = write!(out, "{n}");
+        }
+        None => out.push_str("null"),
+    }
 }
 
 fn opt_str(out: &mut String, v: Option<&str>) {
@@ -369,8 +392,12 @@ mod tests {
             model: Some("llama3"),
             tokens: Some(42),
             trace_id: Some(crate::trace::TraceId([0xab; 16])),
+            tenant: Some("acme"),
+            usage: Some(crate::quota::usage::Usage::from_parts(30, 12, 20)),
+            cost_pico: Some(5_615_000_000),
         };
         format_line(&mut line, "/v1/*", "ab\"c", &sample(), e);
+        assert!(line.contains("\"spend\":0.005615000000}"), "{line}");
         assert!(line.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["request_id"], "ab\"c");
@@ -379,10 +406,27 @@ mod tests {
         assert_eq!(v["upstream_us"], 1200);
         assert_eq!(v["tokens"], 42);
         assert_eq!(v["trace_id"], "ab".repeat(16));
+        assert_eq!(v["tenant"], "acme");
+        assert_eq!(
+            (
+                &v["prompt_tokens"],
+                &v["completion_tokens"],
+                &v["cached_tokens"]
+            ),
+            (&30.into(), &12.into(), &20.into())
+        );
         format_line(&mut line, "/", "x", &sample(), Fields::default());
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert!(v["subject"].is_null());
-        assert!(v["trace_id"].is_null());
+        for field in [
+            "subject",
+            "tenant",
+            "prompt_tokens",
+            "cached_tokens",
+            "spend",
+            "trace_id",
+        ] {
+            assert!(v[field].is_null(), "{field}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`mutate`]: `/revoke` and `/routes/weights`.
 //! - [`prom`]: the Prometheus exposition.
 //! - [`stats`]: the `/stats` JSON and the `shardgate stats` table.
+//! - [`spend_view`]: spend by subject, tenant and model in `/stats` and `/metrics`.
 //!
 //! # Endpoints
 //!
@@ -50,6 +51,7 @@ pub mod config_view;
 pub mod http;
 pub mod mutate;
 pub mod prom;
+pub mod spend_view;
 pub mod stats;
 
 use std::io::{self, Read};
@@ -116,6 +118,8 @@ pub struct AdminState {
     pub view: SharedView,
     /// The coordination thread, for breaker state (`None`: no breaker view).
     pub breakers: Option<Sender<ToCoord>>,
+    /// The spend thread, for spend in `/stats` and `/metrics` (`None`: not configured).
+    pub spend: Option<Sender<crate::inbox::ToSpend>>,
 }
 
 /// A running admin listener. Dropping it stops the thread.
@@ -383,6 +387,9 @@ impl Server {
         if let Some(rows) = self.breaker_rows() {
             breakers::prometheus(&rows, &mut text);
         }
+        if let Some((ledger, currency, cap)) = self.spend_ledger() {
+            spend_view::prometheus(&ledger, &currency, cap, &mut text);
+        }
         Response {
             status: 200,
             content_type: prom::CONTENT_TYPE,
@@ -401,15 +408,36 @@ impl Server {
             None => (self.started, merged.clone()),
         };
         let generation = control::lock_view(&self.state.view).status.generation;
+        let spend = self
+            .spend_ledger()
+            .map_or(Value::Null, |(l, currency, cap)| {
+                spend_view::json(&l, &currency, cap)
+            });
         let body = json!({
             "generation": generation,
             "since_start": stats::window(&merged, now.duration_since(self.started).as_secs_f64()),
             "interval": stats::window(&interval, now.duration_since(since).as_secs_f64()),
+            "spend": spend,
         });
         if query.split('&').any(|kv| kv == "reset=true") {
             *base = Some((now, merged));
         }
         Response::json(200, &body)
+    }
+
+    /// The spend thread's ledger and currency (the one the process started with), and the
+    /// series cap of the config in force.
+    fn spend_ledger(&self) -> Option<(crate::spend::Ledger, std::sync::Arc<str>, usize)> {
+        let tx = self.state.spend.as_ref()?;
+        let cap = {
+            let v = control::lock_view(&self.state.view);
+            let snap = v.snapshot.as_ref();
+            snap.map_or(crate::metrics::counters::MAX_SERIES_PER_FAMILY, |s| {
+                s.metrics.label_series
+            })
+        };
+        let (ledger, currency) = control::spend::ledger_and_currency(tx, COLLECT_TIMEOUT)?;
+        Some((ledger, currency, cap))
     }
 
     fn config(&self) -> Response {
@@ -528,6 +556,7 @@ mod tests {
                 control: None,
                 view: view.clone(),
                 breakers: None,
+                spend: None,
             },
             Arc::default(),
         );

@@ -14,6 +14,7 @@
 //! - [`weights`]: `PUT /routes/weights`, rewriting the config file and reloading it.
 //! - [`coord`]: the coordination thread (quota leases, breakers).
 //! - [`remote`]: the thread that does the quota's Redis I/O for the coordination thread.
+//! - [`spend`]: the spend thread: the spend ledger and its store (file or Redis).
 //!
 //! # Reload
 //!
@@ -43,6 +44,7 @@ pub mod coord;
 pub mod protection;
 pub mod remote;
 pub mod revoke;
+pub mod spend;
 pub mod watch;
 pub mod weights;
 

@@ -55,6 +55,17 @@ pub enum ToCoord {
     Stop,
 }
 
+/// Messages to the spend thread (`control::spend`), from workers and the admin API.
+pub enum ToSpend {
+    /// One worker's spend and budget use since its last batch.
+    Batch(crate::spend::SpendBatch),
+    /// Asks for a copy of the ledger and the currency the process counts in (`/stats`,
+    /// `/metrics`); answered after the batches already queued are applied.
+    Ledger(Sender<(crate::spend::Ledger, std::sync::Arc<str>)>),
+    /// Persist now and stop.
+    Stop,
+}
+
 /// Every worker's inbox, in worker order: the fan-out handle of the control plane. Cloning
 /// it is cheap (one shared list).
 ///

@@ -71,6 +71,7 @@ pub mod route;
 pub mod runtime;
 pub mod server;
 pub mod slot;
+pub mod spend;
 pub mod time;
 pub mod tls;
 pub mod trace;

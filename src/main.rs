@@ -227,6 +227,7 @@ fn start_admin(
         control: Some(control.sender()),
         view: control.view(),
         breakers: engine.coord_sender(),
+        spend: engine.spend_sender(),
     };
     let listen = settings.listen;
     let a = Admin::start(listen, state)

@@ -2,13 +2,18 @@
 //!
 //! ```text
 //! route (404/405) → auth, early → [body: read, parse] → route by model → auth → split
-//!   → quota (429) → upstream head → proxy::forward → charge tokens → RequestOutcome
+//!   → budgets (429) → quota (429) → upstream head → proxy::forward → charge tokens, budgets
+//!   and spend → RequestOutcome
 //! ```
 //!
 //! - [`authn`]: the credential, the route's scope, the rejection (401/403).
 //! - [`body`]: the JSON body a model route reads whole (`100 Continue`, limits, 400).
 //! - [`split`]: the deployment a split chooses (label, sticky key, weights, health; 503).
+//! - [`budget_check`]: the caller's budgets on the same leases (429 `budget_exceeded`), and
+//!   their charge after the response.
 //! - [`quota_check`]: the rule, the lease, the `X-RateLimit-*` headers (429, 503).
+//! - [`spend_record`]: the response's usage and cost into the worker's spend shard and the
+//!   access log facts.
 //!
 //! # Contract
 //!
@@ -32,7 +37,9 @@ use std::rc::Rc;
 
 pub mod authn;
 pub mod body;
+pub mod budget_check;
 pub mod quota_check;
+pub mod spend_record;
 pub mod split;
 
 use crate::auth::Identity;
@@ -42,6 +49,7 @@ use crate::error::{self, GatewayError};
 use crate::http::parse::{BodyFraming, RequestHead};
 use crate::model::JsonBody;
 use crate::proxy::{self, tap::UsageSpec, Failure, OutBody, Outbound, ReqInfo};
+use crate::quota::usage::Usage;
 use crate::route::{Route, RouteError, RouteTarget};
 use crate::slot::RequestBufs;
 use crate::worker::Worker;
@@ -228,13 +236,33 @@ async fn stages(
     let model = split_model
         .or_else(|| json.and_then(JsonBody::model))
         .unwrap_or("");
+    let max_tokens = json.and_then(JsonBody::max_tokens);
+    let price = snap
+        .spend
+        .as_ref()
+        .and_then(|s| s.prices.lookup(c.tally.deployment, model));
+    let caller = quota_check::Caller {
+        subject: identity.as_ref().map(|i| i.subject.as_str()),
+        tenant: identity.as_ref().and_then(|i| i.tenant.as_deref()),
+        ip: c.peer.ip(),
+    };
+    let budgets = budget_check::admit(
+        worker,
+        snap,
+        &caller,
+        model,
+        max_tokens,
+        price,
+        b.resp_headers,
+    )
+    .await?;
     let ticket = quota_check::admit(
         worker,
         snap,
         c.peer.ip(),
         identity.as_ref(),
         model,
-        json.and_then(JsonBody::max_tokens),
+        max_tokens,
         b.resp_headers,
     )
     .await
@@ -244,6 +272,7 @@ async fn stages(
         }
     })
     .inspect_err(|e| {
+        budget_check::refund(worker, &budgets);
         let outcome = if e.status == 429 {
             QUOTA_REJECTED
         } else {
@@ -269,21 +298,23 @@ async fn stages(
         trace,
     };
     let result = proxy::forward(worker, c, rq.info, ob, snap).await;
-    let tokens = match &result {
-        Ok(done) => done.tokens,
-        Err(Failure::Close(_, tokens)) => *tokens,
+    let (usage, served) = match &result {
+        Ok(done) => (done.usage, true),
+        Err(Failure::Close(_, usage)) => (*usage, true),
         // Nothing was served: a token reservation goes back whole.
-        Err(_) => Some(0),
+        Err(_) => (Some(Usage::default()), false),
     };
-    quota_check::charge(worker, ticket, identity.as_ref(), model, tokens);
-    if let Some(id) = &identity {
-        b.facts.subject.push_str(&id.subject);
-    }
-    b.facts.model.push_str(model);
-    b.facts.tokens = tokens;
-    if let Ok(done) = &result {
-        b.facts.usage = done.usage.map(|u| (u.prompt_tokens, u.completion_tokens));
-    }
+    let cost = price.zip(usage).map(|(p, u)| p.cost(&u));
+    quota_check::charge(worker, ticket, identity.as_ref(), model, usage.as_ref());
+    budget_check::charge(worker, snap, &budgets, usage.as_ref(), cost);
+    let recorded = spend_record::Served {
+        caller: &caller,
+        model,
+        usage,
+        cost,
+        served,
+    };
+    spend_record::record(worker, snap, &recorded, b.facts);
     match result {
         Ok(done) => Ok(RequestOutcome::Served {
             status: done.status,

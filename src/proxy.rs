@@ -49,9 +49,7 @@ pub struct Done {
     pub status: u16,
     pub keep_alive: bool,
     pub upstream_us: Option<u64>,
-    /// Tokens the response used, when the pipeline asked for accounting (see [`tap`]).
-    pub tokens: Option<u64>,
-    /// The usage the response reported, when it did.
+    /// What the response used, when the pipeline asked for accounting (see [`tap`]).
     pub usage: Option<crate::quota::usage::Usage>,
 }
 
@@ -67,8 +65,8 @@ pub enum Failure {
         retry_after: u64,
     },
     /// The response had started (or the client is gone): close. Carries the status for metrics
-    /// and the tokens accounted before the cut (an estimate for a stream).
-    Close(u16, Option<u64>),
+    /// and the usage accounted before the cut (an estimate for a stream).
+    Close(u16, Option<crate::quota::usage::Usage>),
 }
 
 impl From<UpstreamError> for Failure {
@@ -277,7 +275,7 @@ async fn relay_response(
     if let Err(e) = relayed {
         record(local::outcome_of(e));
         attempt::end_span(worker, span, ob.upstream, status, Some(e));
-        return Err(Failure::Close(status, tap.tokens()));
+        return Err(Failure::Close(status, tap.usage()));
     }
     record(Outcome::Status(status));
     attempt::end_span(worker, span, ob.upstream, status, None);
@@ -288,12 +286,10 @@ async fn relay_response(
             worker.pools.borrow_mut().put(up, ob.upstream.pool_max_idle);
         }
     }
-    let (tokens, usage) = tap.usage();
     Ok(Done {
         status,
         keep_alive: relay_plan.keep_client,
         upstream_us: Some(micros(sent_at)),
-        tokens,
-        usage,
+        usage: tap.usage(),
     })
 }

@@ -86,6 +86,8 @@
 //! Shards forget keys idle for [`SHARD_IDLE_MS`]; the coordinator forgets a key once everything
 //! it counted has left the window. Both sweep in `tick`.
 
+pub mod budget;
+pub mod calendar;
 mod coordinator;
 mod local;
 pub mod remote;
@@ -98,6 +100,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use calendar::{Calendar, Window};
 pub use coordinator::{QuotaCoordinator, QuotaCoordinatorStats};
 pub use rule::{
     FailMode, KeyKind, Limits, QuotaBackend, QuotaRule, QuotaSettings, RawQuota, RawRule,
@@ -121,6 +124,10 @@ pub const KEEP_WARM_MS: u64 = 2_000;
 pub const LEASE_RETRY_MS: u64 = 1_000;
 /// Seed of the key digest; fixed so every core and the coordinator agree.
 const KEY_SEED: u64 = 0x5ad6_a7e0_9c1f_3b21;
+/// Mixed into the seed of keys of named rules, so they never meet positional ones.
+const NAMED_SEED: u64 = 0x0b0d_9e75_1ca5_e7f1;
+/// `Limits::requests` of a rule that limits no requests (a budget).
+pub const UNLIMITED_REQUESTS: u32 = u32::MAX;
 
 /// The slot containing `now_ms`.
 #[inline]
@@ -164,6 +171,18 @@ impl QuotaKey {
         h.write(who);
         QuotaKey(h.finish())
     }
+
+    /// The key of caller `who` under a rule known by its `name` rather than its position (a
+    /// budget: its use must outlive reloads that reorder rules, and restarts), in `unit`.
+    #[inline]
+    pub fn named(name: &str, unit: u8, who: &[u8]) -> Self {
+        let mut h = foldhash::quality::FixedState::with_seed(KEY_SEED ^ NAMED_SEED).build_hasher();
+        h.write(name.as_bytes());
+        h.write_u8(0xff);
+        h.write_u8(unit);
+        h.write(who);
+        QuotaKey(h.finish())
+    }
 }
 
 /// Hasher for maps keyed by an already uniform `u64` digest: passes it through.
@@ -188,7 +207,8 @@ impl Hasher for DigestHasher {
     }
 }
 
-pub(crate) type KeyMap<V> = HashMap<QuotaKey, V, BuildHasherDefault<DigestHasher>>;
+pub(crate) type DigestBuild = BuildHasherDefault<DigestHasher>;
+pub(crate) type KeyMap<V> = HashMap<QuotaKey, V, DigestBuild>;
 
 /// Which limit a rejection hit (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,7 +226,7 @@ pub struct QuotaError {
     /// `Retry-After` seconds: a retry after this long succeeds if nothing else used the quota.
     pub retry_after_s: u32,
     /// `X-RateLimit-Limit` (of the limit that was hit).
-    pub limit: u32,
+    pub limit: u64,
     /// `X-RateLimit-Reset`: seconds until the whole window is free.
     pub reset_s: u32,
 }
@@ -218,7 +238,10 @@ pub struct Ticket {
     /// Slot of the lease that admitted the request.
     pub slot: u64,
     /// Tokens taken up front (`reserve_max_tokens`), else 0.
-    pub reserved: u32,
+    pub reserved: u64,
+    /// Start (UNIX ms) of the calendar period the lease was counted in; 0 for a minute
+    /// window.
+    pub period_unix_ms: u64,
 }
 
 /// An admitted request: its ticket and the `X-RateLimit-*` header values (requests limit).
@@ -230,6 +253,9 @@ pub struct Admitted {
     /// less what this core admitted since.
     pub remaining: u32,
     pub reset_s: u32,
+    /// Tokens still admissible in the window across all cores (as last reported, less what
+    /// this core used since); `u64::MAX` without a token limit.
+    pub tokens_left: u64,
 }
 
 /// Outcome of [`QuotaShard::check`].
@@ -250,7 +276,7 @@ pub struct LeaseRequest {
     pub limits: Limits,
     pub at_ms: u64,
     /// Tokens the next request needs (its reservation, at least 1).
-    pub tokens_needed: u32,
+    pub tokens_needed: u64,
 }
 
 /// Worker → coordinator.
@@ -262,12 +288,12 @@ pub enum ToCoordinator {
         key: QuotaKey,
         slot: u64,
         requests: u32,
-        tokens: u32,
+        tokens: u64,
     },
     /// Tokens used beyond what leases covered; counted in the current slot.
     Charge {
         key: QuotaKey,
-        tokens: u32,
+        tokens: u64,
     },
 }
 
@@ -280,12 +306,16 @@ pub struct Grant {
     pub valid_from_ms: u64,
     pub valid_until_ms: u64,
     pub requests: u32,
-    /// `u32::MAX` when the rule has no token limit.
-    pub tokens: u32,
+    /// `u64::MAX` when the rule has no token limit.
+    pub tokens: u64,
     /// Requests left in the window after this grant (for `X-RateLimit-Remaining`).
     pub remaining: u32,
     /// When the whole window is free again (for `X-RateLimit-Reset`).
     pub reset_at_ms: u64,
+    /// Tokens left in the window after this grant; `u64::MAX` without a token limit.
+    pub tokens_left: u64,
+    /// Start (UNIX ms) of the calendar period the grant is counted in; 0 for a minute window.
+    pub period_unix_ms: u64,
 }
 
 /// The key is over its limit until `retry_at_ms`.
@@ -293,7 +323,7 @@ pub struct Grant {
 pub struct Deny {
     pub key: QuotaKey,
     pub reason: LimitKind,
-    pub limit: u32,
+    pub limit: u64,
     pub retry_at_ms: u64,
     pub reset_at_ms: u64,
 }

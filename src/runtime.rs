@@ -58,6 +58,8 @@ pub struct Engine {
     access_log: Option<crate::access_log::Writer>,
     /// The span exporter; dropped (flushed) after the workers exit.
     exporter: Option<crate::trace::Exporter>,
+    /// The spend thread; dropped (persisting) after the workers exit.
+    spend: Option<crate::control::spend::SpendThread>,
 }
 
 impl Engine {
@@ -94,12 +96,17 @@ impl Engine {
         // Slot-aligned to Unix time, so gateways sharing a Redis quota agree on slots.
         let (epoch, epoch_unix_ms) = crate::quota::shared_epoch();
         let workers = Workers::new(inboxes.iter().map(|(tx, _)| tx.clone()).collect());
+        let (spend, seeds) = start_spend(&snapshot)?;
+        let tz = snapshot.budgets.as_ref().map(|b| b.tz.clone());
+        let calendar =
+            crate::quota::Calendar::new(tz.unwrap_or(jiff::tz::TimeZone::UTC), epoch_unix_ms);
         let coord = CoordThread::spawn(
             workers.clone(),
             answer_txs,
-            (epoch, epoch_unix_ms),
+            (epoch, calendar),
             &snapshot.resilience,
             snapshot.quota.as_ref(),
+            seeds,
         )?;
         let access_log = match &snapshot.access_log {
             Some(a) => Some(crate::access_log::Writer::start(a)?),
@@ -127,6 +134,9 @@ impl Engine {
                 tracer: exporter.as_ref().and_then(|e| e.worker_tracer(id)),
                 revoked: revoked.iter().cloned().collect::<Revocations>(),
                 quota_answers: answers,
+                spend: spend
+                    .as_ref()
+                    .map(crate::control::spend::SpendThread::sender),
             };
             let listeners = Listeners {
                 plain: listener,
@@ -146,6 +156,7 @@ impl Engine {
             coord: Some(coord),
             access_log,
             exporter,
+            spend,
         };
         for _ in 0..engine.threads.len() {
             match ready_rx.recv() {
@@ -213,6 +224,13 @@ impl Engine {
         self.coord.as_ref().map(CoordThread::sender)
     }
 
+    /// The spend thread, for `/stats` and `/metrics` (`None`: no spend or budgets configured).
+    pub fn spend_sender(&self) -> Option<Sender<crate::inbox::ToSpend>> {
+        self.spend
+            .as_ref()
+            .map(crate::control::spend::SpendThread::sender)
+    }
+
     /// Every endpoint's circuit breaker as the coordination thread decided it (waits up to one
     /// second). Endpoint ids: `snapshot.resilience.locate`.
     pub fn breakers(&self) -> Option<crate::breaker::BreakerSnapshot> {
@@ -231,6 +249,8 @@ impl Engine {
         self.coord.take();
         self.access_log = None;
         self.exporter = None;
+        // After the workers: their last batches are in the final write.
+        self.spend = None;
     }
 }
 
@@ -261,6 +281,69 @@ fn bind_listeners(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpLis
         out.push(l);
     }
     Ok(out)
+}
+
+/// The spend thread `[spend]`/`[budgets]` ask for, on the store the config names (Redis
+/// with the Redis quota backend, else `spend.file`, else memory), and the budget use it
+/// loaded (to seed the local coordinator's calendar windows).
+#[allow(clippy::type_complexity)]
+fn start_spend(
+    snap: &Snapshot,
+) -> io::Result<(
+    Option<crate::control::spend::SpendThread>,
+    Vec<(crate::quota::QuotaKey, u64, u64)>,
+)> {
+    use crate::spend::store::{FileStore, MemoryStore, RedisStore};
+    use crate::spend::SpendStore;
+    if snap.spend.is_none() && snap.budgets.is_none() {
+        return Ok((None, Vec::new()));
+    }
+    let interval = snap
+        .spend
+        .as_ref()
+        .map_or(crate::spend::DEFAULT_FLUSH_INTERVAL, |s| s.flush_interval);
+    let redis = snap.quota.as_ref().and_then(|q| match q.backend {
+        crate::quota::QuotaBackend::Redis => q.redis.as_ref(),
+        crate::quota::QuotaBackend::Local => None,
+    });
+    let file = snap
+        .spend
+        .as_ref()
+        .and_then(|s| Some((s.file.clone()?, &s.currency)));
+    let (mut store, shared): (Box<dyn SpendStore>, bool) = match (redis, file) {
+        (Some(r), _) => (
+            Box::new(RedisStore::new(r).map_err(io::Error::other)?),
+            true,
+        ),
+        (None, Some((path, currency))) => (Box::new(FileStore::new(path, currency)), false),
+        (None, None) => (Box::new(MemoryStore), false),
+    };
+    let ledger = match store.load() {
+        Ok(l) => l,
+        // Redis only adds: starting without its totals loses nothing (they show again once
+        // persisted deltas come back with them).
+        Err(e) if shared => {
+            eprintln!(
+                "shardgate: spend: cannot read {} ({e}); starting from zero",
+                store.describe()
+            );
+            crate::spend::Ledger::default()
+        }
+        Err(e) => {
+            return Err(io::Error::other(format!(
+                "spend: cannot read {}: {e}",
+                store.describe()
+            )))
+        }
+    };
+    let seeds = ledger
+        .budgets
+        .iter()
+        .map(|(&key, &(period, used))| (key, period, used))
+        .collect();
+    let currency = snap.spend.as_ref().map_or("USD", |s| s.currency.as_str());
+    let thread = crate::control::spend::SpendThread::spawn(store, ledger, interval, currency)?;
+    Ok((Some(thread), seeds))
 }
 
 fn random_u32() -> u32 {
@@ -373,7 +456,8 @@ async fn worker_main(
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
     worker.pools.borrow_mut().clear();
-    // Dropping the buffers sends what is left to the writers.
+    worker.flush_spend();
+    // Dropping the buffer sends what is left to the writer.
     worker.access_log.borrow_mut().take();
     worker.tracer.borrow_mut().take();
 }
@@ -385,6 +469,7 @@ pub const REVOCATION_PURGE: Duration = Duration::from_secs(10);
 pub const QUOTA_TICK: Duration = Duration::from_millis(100);
 
 async fn inbox_loop(worker: Rc<Worker>) {
+    let mut last_spend_flush = Instant::now();
     let mut last_quota_tick = Instant::now();
     let mut last_purge = Instant::now();
     let mut trim = trim::Trim::default();
@@ -406,6 +491,10 @@ async fn inbox_loop(worker: Rc<Worker>) {
             worker.revocations.borrow_mut().purge(unix_now());
         }
         worker.flush_quota();
+        if last_spend_flush.elapsed() >= crate::spend::WORKER_FLUSH {
+            last_spend_flush = Instant::now();
+            worker.flush_spend();
+        }
         if let Some(log) = worker.access_log.borrow_mut().as_mut() {
             log.tick(Instant::now());
         }

@@ -294,6 +294,9 @@ fn account(worker: &Worker, c: &mut ClientConn, done: &Done<'_>, facts: &Facts) 
             model: Some(facts.model.as_str()).filter(|s| !s.is_empty()),
             tokens: facts.tokens,
             trace_id,
+            tenant: Some(facts.tenant.as_str()).filter(|s| !s.is_empty()),
+            usage: facts.usage,
+            cost_pico: facts.cost_pico,
         };
         log.record_with(&worker.metrics.borrow(), &c.request_id, &sample, fields);
     }
@@ -310,7 +313,7 @@ fn account(worker: &Worker, c: &mut ClientConn, done: &Done<'_>, facts: &Facts) 
                 deployment: metrics.deployment_label_of(deployment),
                 subject: &facts.subject,
                 client: Some(c.peer.ip()),
-                usage: facts.usage,
+                usage: facts.usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
             };
             t.server_span(&facts.trace, &span);
         }

@@ -45,8 +45,12 @@ pub struct Facts {
     pub model: String,
     /// Tokens the response used, when known.
     pub tokens: Option<u64>,
-    /// `(input, output)` tokens the response reported, when it did.
-    pub usage: Option<(u32, u32)>,
+    /// The caller's tenant, empty when none.
+    pub tenant: String,
+    /// Prompt, completion and cached tokens, when known.
+    pub usage: Option<crate::quota::usage::Usage>,
+    /// What the response cost in pico-units of `spend.currency`, when it has a price.
+    pub cost_pico: Option<u64>,
     /// The request's trace (inactive when tracing is off).
     pub trace: crate::trace::TraceCtx,
     /// The model the body named, kept only for a sampled trace's span.
@@ -80,7 +84,9 @@ impl RequestBufs {
         self.facts.subject.clear();
         self.facts.model.clear();
         self.facts.tokens = None;
+        self.facts.tenant.clear();
         self.facts.usage = None;
+        self.facts.cost_pico = None;
         self.facts.trace = crate::trace::TraceCtx::default();
         self.facts.request_model.clear();
     }

@@ -38,6 +38,8 @@ pub struct Links {
     pub quota_answers: Receiver<crate::quota::FromCoordinator>,
     /// Revocations in force at start (the revocation file's entries).
     pub revoked: Revocations,
+    /// The spend thread, when spend or budgets are configured.
+    pub spend: Option<Sender<crate::inbox::ToSpend>>,
 }
 
 /// Everything one worker owns. Lives in an `Rc` on the worker thread; never shared.
@@ -81,6 +83,9 @@ pub struct Worker {
     pub resilience: RefCell<crate::breaker::local::WorkerResilience>,
     /// This core's own TLS configs, rebuilt from each snapshot (see [`crate::tls`]).
     pub tls: RefCell<crate::tls::WorkerTls>,
+    /// This core's spend since its last batch to the spend thread.
+    pub spend: RefCell<crate::spend::SpendShard>,
+    spend_tx: Option<Sender<crate::inbox::ToSpend>>,
 }
 
 impl Worker {
@@ -109,6 +114,19 @@ impl Worker {
     /// and wakes the requests waiting for one.
     pub fn take_quota_answers(&self) {
         self.lease.apply(&self.quota, self.now_ms());
+    }
+
+    /// Sends what this core's spend shard accumulated to the spend thread (nothing when no
+    /// spend thread runs, or nothing accumulated).
+    pub fn flush_spend(&self) {
+        let Some(tx) = &self.spend_tx else {
+            return;
+        };
+        let mut batch = crate::spend::SpendBatch::default();
+        self.spend.borrow_mut().take_batch(&mut batch);
+        if !batch.is_empty() {
+            let _ = tx.send(crate::inbox::ToSpend::Batch(batch));
+        }
     }
 
     /// Sends the breakers' pending outcome reports to the coordination thread.
@@ -260,6 +278,8 @@ impl Worker {
             auth_scratch: RefCell::new(crate::auth::Scratch::default()),
             rng: RefCell::new(crate::route::WorkerRng::for_worker(id)),
             resilience: RefCell::new(resilience),
+            spend: RefCell::new(crate::spend::SpendShard::default()),
+            spend_tx: links.spend,
         }
     }
 }

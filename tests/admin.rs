@@ -73,6 +73,7 @@ impl Rig {
                 control: Some(control.sender()),
                 view: control.view(),
                 breakers: engine.coord_sender(),
+                spend: engine.spend_sender(),
             },
         )
         .unwrap();
@@ -713,6 +714,7 @@ fn mutating_endpoints_need_a_control_thread() {
             control: None,
             view: Default::default(),
             breakers: None,
+            spend: None,
         },
     )
     .unwrap();

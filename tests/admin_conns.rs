@@ -27,6 +27,7 @@ fn admin_with(limits: AdminLimits) -> Admin {
             control: None,
             view: Default::default(),
             breakers: None,
+            spend: None,
         },
         limits,
     )

@@ -12,7 +12,10 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{quota_rule, route_all, Client, Upstream};
+use common::{
+    auth_hs256, bearer, chat_body, chat_model, hs256, post_json, quota_rule, route_all, unix_now,
+    Client, Upstream,
+};
 use shardgate::quota::remote::MAX_BACKOFF_MS;
 use shardgate::quota::{
     shared_epoch, Decision, FailMode, FromCoordinator, Grant, KeyKind, LeaseRequest, LimitKind,
@@ -133,6 +136,7 @@ fn rule() -> QuotaRule {
             requests: LIMIT,
             tokens: None,
             burst: None,
+            window: shardgate::quota::Window::Minute,
         },
         reserve_max_tokens: false,
     }
@@ -342,11 +346,13 @@ fn redis_window_matches_the_local_window() {
             requests: 20,
             tokens: Some(300),
             burst: Some(6),
+            window: shardgate::quota::Window::Minute,
         },
         Limits {
             requests: 7,
             tokens: None,
             burst: None,
+            window: shardgate::quota::Window::Minute,
         },
     ];
     let mut rng = Lcg(42);
@@ -368,21 +374,21 @@ fn redis_window_matches_the_local_window() {
                 limits: limits[k],
                 // Sometimes a prefetch for the next slot.
                 at_ms: now + rng.below(2) * 600,
-                tokens_needed: 1 + rng.below(60) as u32,
+                tokens_needed: 1 + rng.below(60),
             }),
             6..=8 if !grants.is_empty() => {
                 let g: Grant = grants.swap_remove(rng.below(grants.len() as u64) as usize);
-                let tokens = if g.tokens == u32::MAX { 0 } else { g.tokens };
+                let tokens = if g.tokens == u64::MAX { 0 } else { g.tokens };
                 ToCoordinator::Release {
                     key: g.key,
                     slot: g.slot,
                     requests: rng.below(u64::from(g.requests) + 1) as u32,
-                    tokens: rng.below(u64::from(tokens) + 1) as u32,
+                    tokens: rng.below(tokens + 1),
                 }
             }
             _ => ToCoordinator::Charge {
                 key: QuotaKey(1),
-                tokens: rng.below(40) as u32,
+                tokens: rng.below(40),
             },
         };
         let (mut want, mut got) = (Vec::new(), Vec::new());
@@ -480,5 +486,93 @@ fn two_gateway_engines_share_a_limit_through_redis() {
         admitted, 60,
         "two gateways together admit exactly the limit"
     );
+    drop(engines);
+}
+
+/// Two real gateway engines share a tenant's daily token budget through Redis (the calendar
+/// window of a budget lives there, counted in the period every host agrees on), and their
+/// spend: what one gateway used, the other refuses on, and each host's spend view is the
+/// fleet's.
+#[test]
+fn two_gateway_engines_share_a_budget_and_spend_through_redis() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // Every answer uses 150 tokens (100 prompt, 50 completion).
+    let up = Upstream::start(|mut c| {
+        while c.read_request().is_some() {
+            let body = r#"{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":100,"completion_tokens":50,"total_tokens":150}}"#;
+            c.write(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\npin = false\n{}{}\
+         [quota]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}/0\"\nkey_prefix = \"budget-e2e\"\n\
+         [spend]\nflush_interval_ms = 50\n[[spend.prices]]\nmodel = \"*\"\ninput = 1.0\noutput = 2.0\n\
+         [budgets]\ntime_zone = \"America/New_York\"\n[[budgets.rules]]\nname = \"team\"\nkey = \"tenant\"\n\
+         period = \"day\"\ntokens = 1000\n",
+        chat_model(up.addr),
+        auth_hs256("tenant_claim = \"org\"\n"),
+        redis.port,
+    );
+    let engines: Vec<_> = (0..2)
+        .map(|_| {
+            let snap = shardgate::config::from_str(&text, std::path::Path::new("."), 1).unwrap();
+            shardgate::runtime::Engine::start(snap).unwrap()
+        })
+        .collect();
+    let token = hs256(&format!(
+        r#"{{"sub":"alice","org":"acme","exp":{}}}"#,
+        unix_now() + 600
+    ));
+    let (name, value) = bearer(&token);
+    let chat = |e: &shardgate::runtime::Engine| {
+        post_json(
+            e.local_addr(),
+            "/v1/chat/completions",
+            &[(name, &value)],
+            &chat_body("m"),
+        )
+        .status
+    };
+    // Gateway A uses 3 × 150; once it has been idle long enough to hand back its leases,
+    // gateway B admits while the day (all hosts) is below 1000: 4 more (1050, one response
+    // over), then refuses; and so does A. (A request that reaches B's other core before the
+    // recall of that core's lease does may be admitted too: the bound is the requests in
+    // flight when the budget ran out, and the recall is one Redis round trip behind.)
+    for _ in 0..3 {
+        assert_eq!(chat(&engines[0]), 200);
+    }
+    std::thread::sleep(Duration::from_millis(2_800));
+    let mut b = Vec::new();
+    for _ in 0..7 {
+        b.push(chat(&engines[1]));
+    }
+    let admitted = b.iter().take_while(|&&s| s == 200).count();
+    assert!((4..=5).contains(&admitted), "{b:?}");
+    assert!(b[admitted..].iter().all(|&s| s == 429), "{b:?}");
+    assert_eq!(chat(&engines[0]), 429, "the other host refuses too");
+    let total = 3 + admitted as u64;
+    // Spend: B's view of the series after persisting holds both hosts' requests.
+    let tx = engines[1].spend_sender().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = 0;
+    while Instant::now() < deadline {
+        let l = shardgate::control::spend::ledger(&tx, Duration::from_secs(5)).unwrap();
+        seen = l.total().requests;
+        if seen == total {
+            // 100 × 1e6 + 50 × 2e6 pico-units each.
+            assert_eq!(l.total().pico, u128::from(total) * 200_000_000);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(seen, total, "the fleet's requests in one host's view");
     drop(engines);
 }

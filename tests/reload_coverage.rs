@@ -65,6 +65,7 @@ impl Rig {
                 control: Some(control.sender()),
                 view: control.view(),
                 breakers: engine.coord_sender(),
+                spend: engine.spend_sender(),
             },
         )
         .unwrap();

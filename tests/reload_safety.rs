@@ -416,6 +416,7 @@ fn explicit_reload_applies_a_lowering_config_and_says_what_it_lowers() {
             control: Some(rig.control.sender()),
             view: rig.control.view(),
             breakers: None,
+            spend: None,
         },
     )
     .unwrap();

@@ -102,6 +102,7 @@ fn a_revoked_token_is_refused_on_every_worker_as_soon_as_revoke_returns() {
             control: Some(control.sender()),
             view: control.view(),
             breakers: None,
+            spend: None,
         },
     )
     .unwrap();

@@ -103,6 +103,74 @@ pub fn redacted_view(s: &Snapshot) -> Value {
             "export_interval_ms": t.export_interval.as_millis() as u64,
             "max_queue_spans": t.max_queue_spans,
         })),
+        "spend": s.spend.as_ref().map(spend_view),
+        "budgets": s.budgets.as_ref().map(|b| budgets_view(b, s.spend.as_ref())),
+    })
+}
+
+/// A price per million tokens (micro-units) as a decimal of the currency.
+fn per_million(micros: u64) -> f64 {
+    micros as f64 / 1_000_000.0
+}
+
+/// `[spend]`: the currency, the store and the prices as configured (per million tokens).
+fn spend_view(sp: &crate::spend::SpendSettings) -> Value {
+    let prices: Vec<Value> = sp
+        .prices
+        .entries
+        .iter()
+        .map(|(model, p)| {
+            json!({
+                "model": model,
+                "input": per_million(p.input),
+                "output": per_million(p.output),
+                "cached_input": per_million(p.cached_input),
+            })
+        })
+        .collect();
+    json!({
+        "currency": sp.currency,
+        "file": sp.file.as_ref().map(|f| f.display().to_string()),
+        "flush_interval_ms": sp.flush_interval.as_millis() as u64,
+        "prices": prices,
+    })
+}
+
+/// `[budgets]`: the time zone and every budget (one entry per unit of a rule), limits in the
+/// budget's unit (tokens, or the currency as a decimal).
+fn budgets_view(
+    b: &crate::quota::budget::BudgetSettings,
+    sp: Option<&crate::spend::SpendSettings>,
+) -> Value {
+    use crate::quota::budget::BudgetUnit;
+    let amount = |unit: BudgetUnit, n: u64| match unit {
+        BudgetUnit::Tokens => json!(n),
+        BudgetUnit::Spend => json!(per_million(n)),
+    };
+    let rules: Vec<Value> = b
+        .rules
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "key": match r.key {
+                    crate::quota::KeyKind::Subject => "subject",
+                    crate::quota::KeyKind::Tenant => "tenant",
+                    crate::quota::KeyKind::ClientIp => "client_ip",
+                },
+                "model": r.model.as_deref().unwrap_or("*"),
+                "period": r.rule.limits.window.as_str(),
+                "unit": r.unit.as_str(),
+                "limit": amount(r.unit, r.limit()),
+                "soft_limit": r.soft.map(|s| amount(r.unit, s)),
+                "reserve_max_tokens": r.rule.reserve_max_tokens,
+            })
+        })
+        .collect();
+    json!({
+        "time_zone": b.time_zone,
+        "currency": sp.map_or("USD", |s| s.currency.as_str()),
+        "rules": rules,
     })
 }
 
@@ -248,5 +316,94 @@ targets = [{ model = "a", weight = 1 }, { model = "b", weight = 1 }]
                 "{v}"
             );
         }
+    }
+
+    /// `[spend]` and `[budgets]` as configured: prices per million tokens, the store, the
+    /// time zone and every budget (a rule with both units shows as two), in their units.
+    #[test]
+    fn config_view_shows_prices_and_budgets() {
+        let text = r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+[[upstreams]]
+name = "mock"
+endpoints = ["127.0.0.1:9000"]
+[[routes]]
+path = "/v1/*rest"
+upstream = "mock"
+[spend]
+currency = "EUR"
+file = "spend.json"
+flush_interval_ms = 250
+[[spend.prices]]
+model = "*"
+input = 0.6
+output = 0.8
+[[spend.prices]]
+model = "big"
+input = 3.0
+output = 15.0
+cached_input = 0.3
+[budgets]
+time_zone = "Europe/Berlin"
+[[budgets.rules]]
+name = "team"
+key = "tenant"
+period = "month"
+tokens = 5000000
+spend = 250.5
+soft_limit = 0.8
+[[budgets.rules]]
+name = "ip"
+key = "client_ip"
+model = "big"
+period = "total"
+tokens = 10
+reserve_max_tokens = true
+"#;
+        let s = crate::config::from_str(text, Path::new("/etc/sg"), 1).unwrap();
+        let v = redacted_view(&s);
+        assert_eq!(
+            v["spend"],
+            json!({
+                "currency": "EUR",
+                "file": "/etc/sg/spend.json",
+                "flush_interval_ms": 250,
+                "prices": [
+                    {"model": "*", "input": 0.6, "output": 0.8, "cached_input": 0.6},
+                    {"model": "big", "input": 3.0, "output": 15.0, "cached_input": 0.3},
+                ],
+            }),
+            "{v}"
+        );
+        assert_eq!(
+            v["budgets"],
+            json!({
+                "time_zone": "Europe/Berlin",
+                "currency": "EUR",
+                "rules": [
+                    {"name": "team", "key": "tenant", "model": "*", "period": "month",
+                     "unit": "tokens", "limit": 5_000_000, "soft_limit": 4_000_000,
+                     "reserve_max_tokens": false},
+                    {"name": "team", "key": "tenant", "model": "*", "period": "month",
+                     "unit": "spend", "limit": 250.5, "soft_limit": 200.4,
+                     "reserve_max_tokens": false},
+                    {"name": "ip", "key": "client_ip", "model": "big", "period": "total",
+                     "unit": "tokens", "limit": 10, "soft_limit": null,
+                     "reserve_max_tokens": true},
+                ],
+            }),
+            "{v}"
+        );
+        // Neither table: both null.
+        let bare = crate::config::from_str(
+            &text[..text.find("[spend]").unwrap()],
+            Path::new("/etc/sg"),
+            1,
+        )
+        .unwrap();
+        let v = redacted_view(&bare);
+        assert!(v["spend"].is_null() && v["budgets"].is_null(), "{v}");
     }
 }

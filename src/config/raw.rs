@@ -36,6 +36,12 @@ pub struct RawConfig {
     /// `[tracing]`: W3C trace context and OTLP span export.
     #[serde(default)]
     pub tracing: Option<crate::trace::RawTracing>,
+    /// `[spend]`: prices, currency and where spend is kept.
+    #[serde(default)]
+    pub spend: Option<crate::spend::RawSpend>,
+    /// `[budgets]`: token and currency budgets per caller and calendar period.
+    #[serde(default)]
+    pub budgets: Option<crate::quota::budget::RawBudgets>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -6,9 +6,9 @@
 //! A reload sends every worker the new snapshot, which it swaps in between requests, and the
 //! control plane follows it: [`RELOAD_APPLIES`]. What the process set up at start from the
 //! first snapshot (its listeners, worker threads, admin listener, access log writer, quota
-//! backend, revocation file) stays as it was until a restart: [`RESTART_ONLY`]. A reload
-//! that changes one of those still applies the rest, and [`needs_restart`] names what it did
-//! not apply.
+//! backend, revocation file, spend thread and store, the budgets' time zone) stays as it was
+//! until a restart: [`RESTART_ONLY`]. A reload that changes one of those still applies the
+//! rest, and [`needs_restart`] names what it did not apply.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -83,6 +83,10 @@ pub struct Snapshot {
     pub resilience: crate::breaker::table::Resilience,
     /// `[tracing]`, when configured.
     pub tracing: Option<crate::trace::TracingSettings>,
+    /// Prices and the spend store, when `[spend]` is configured.
+    pub spend: Option<crate::spend::SpendSettings>,
+    /// Budgets per caller and calendar period, when `[budgets]` is configured.
+    pub budgets: Option<crate::quota::budget::BudgetSettings>,
 }
 
 impl Snapshot {
@@ -120,6 +124,9 @@ pub const RELOAD_APPLIES: &[&str] = &[
     "server.tls.min_version",
     "upstreams.tls",
     "tracing.sample_ratio",
+    // Spend and budgets (each worker prices and decides on the snapshot it runs).
+    "spend.prices",
+    "budgets.rules",
 ];
 
 /// Settings only a restart applies: the process keeps the values it started with.
@@ -145,6 +152,14 @@ pub const RESTART_ONLY: &[&str] = &[
     "tracing.export_timeout_ms",
     "tracing.export_interval_ms",
     "tracing.max_queue_spans",
+    // Spend and budgets: the spend thread, its store and the budgets' calendar are set up
+    // from the first snapshot. `spend` stands for adding `[spend]` or `[budgets]` to a
+    // process that started with neither (nothing keeps spend until a restart).
+    "spend",
+    "spend.currency",
+    "spend.file",
+    "spend.flush_interval_ms",
+    "budgets.time_zone",
 ];
 
 /// The [`RESTART_ONLY`] settings in which `new` differs from `running`, the snapshot the
@@ -217,7 +232,39 @@ pub fn needs_restart(running: &Snapshot, new: &Snapshot) -> Vec<&'static str> {
         }
         (r, n) => check(r.is_some() != n.is_some(), "tracing"),
     }
+    spend_needs_restart(running, new, &mut check);
     out
+}
+
+/// The restart-only `[spend]`/`[budgets]` settings (see [`RESTART_ONLY`]) `new` changes. A
+/// process that started with neither table runs no spend thread: adding one is `spend`, and
+/// its other settings are not compared.
+fn spend_needs_restart(
+    running: &Snapshot,
+    new: &Snapshot,
+    check: &mut impl FnMut(bool, &'static str),
+) {
+    let keeps = |s: &Snapshot| s.spend.is_some() || s.budgets.is_some();
+    if !keeps(running) {
+        check(keeps(new), "spend");
+        return;
+    }
+    fn currency(s: &Snapshot) -> &str {
+        s.spend.as_ref().map_or("USD", |p| p.currency.as_str())
+    }
+    fn tz(s: &Snapshot) -> &str {
+        s.budgets.as_ref().map_or("UTC", |b| b.time_zone.as_str())
+    }
+    let file = |s: &Snapshot| s.spend.as_ref().and_then(|p| p.file.clone());
+    let flush = |s: &Snapshot| s.spend.as_ref().map(|p| p.flush_interval);
+    check(currency(running) != currency(new), "spend.currency");
+    check(file(running) != file(new), "spend.file");
+    let default = Some(crate::spend::DEFAULT_FLUSH_INTERVAL);
+    check(
+        flush(running).or(default) != flush(new).or(default),
+        "spend.flush_interval_ms",
+    );
+    check(tz(running) != tz(new), "budgets.time_zone");
 }
 
 /// The Redis backend of `[quota]`, if that is the backend (`None`: the local one).
@@ -334,6 +381,75 @@ upstream = "up"
                 tracing(""),
                 tracing("max_queue_spans = 100\n"),
                 &["tracing.max_queue_spans"],
+            ),
+        ];
+        for (before, after, want) in cases {
+            let got = needs_restart(&snap(&before), &snap(&after));
+            assert_eq!(got, want, "{before:?} -> {after:?}");
+            for key in got {
+                assert!(RESTART_ONLY.contains(&key), "{key} is not listed");
+            }
+        }
+    }
+
+    /// Every restart-only `[spend]`/`[budgets]` setting is named when it changes, and what a
+    /// reload applies (prices, budget rules) is not.
+    #[test]
+    fn spend_and_budget_restart_settings_are_named_when_they_change() {
+        let spend = |currency: &str, file: &str, flush: &str, price: &str| {
+            format!(
+                "[spend]\ncurrency = \"{currency}\"\n{file}{flush}[[spend.prices]]\nmodel = \"*\"\ninput = {price}\noutput = 1.0\n"
+            )
+        };
+        let budgets = |tz: &str, tokens: u64| {
+            format!(
+                "[budgets]\ntime_zone = \"{tz}\"\n[[budgets.rules]]\nname = \"b\"\nkey = \"subject\"\nperiod = \"day\"\ntokens = {tokens}\n"
+            )
+        };
+        let s1 = spend("USD", "", "", "1.0");
+        let b1 = budgets("UTC", 100);
+        let both = format!("{s1}{b1}");
+        let cases: Vec<(String, String, &[&str])> = vec![
+            (String::new(), String::new(), &[]),
+            (String::new(), s1.clone(), &["spend"]),
+            (String::new(), b1.clone(), &["spend"]),
+            // Removing them: the spend thread keeps running (and keeps what it counted).
+            (s1.clone(), String::new(), &[]),
+            (s1.clone(), spend("USD", "", "", "2.5"), &[]),
+            (both.clone(), format!("{s1}{}", budgets("UTC", 7)), &[]),
+            (s1.clone(), spend("EUR", "", "", "1.0"), &["spend.currency"]),
+            (
+                s1.clone(),
+                spend("USD", "file = \"s.json\"\n", "", "1.0"),
+                &["spend.file"],
+            ),
+            (
+                spend("USD", "file = \"s.json\"\n", "", "1.0"),
+                spend("USD", "file = \"t.json\"\n", "", "1.0"),
+                &["spend.file"],
+            ),
+            (
+                s1.clone(),
+                spend("USD", "", "flush_interval_ms = 50\n", "1.0"),
+                &["spend.flush_interval_ms"],
+            ),
+            // Written out as the default it already ran with: nothing changes.
+            (
+                s1.clone(),
+                spend("USD", "", "flush_interval_ms = 1000\n", "1.0"),
+                &[],
+            ),
+            (
+                both.clone(),
+                format!("{s1}{}", budgets("Europe/Berlin", 100)),
+                &["budgets.time_zone"],
+            ),
+            // Budgets alone run the spend thread too; adding prices is a reload's business.
+            (b1.clone(), both.clone(), &[]),
+            (
+                b1.clone(),
+                format!("{}{b1}", spend("EUR", "", "", "1.0")),
+                &["spend.currency"],
             ),
         ];
         for (before, after, want) in cases {

@@ -132,6 +132,7 @@ impl RawConfig {
         let resilience =
             Resilience::build(self.defaults.as_ref(), &policies, &upstreams, &mut problems);
         let tracing = self.tracing.as_ref().and_then(|t| t.build(&mut problems));
+        let (spend, budgets) = self.spend_and_budgets(base_dir, router.as_ref(), &mut problems);
         match server {
             Some(server) if problems.is_empty() && router.is_some() => Ok(Snapshot {
                 generation,
@@ -148,9 +149,47 @@ impl RawConfig {
                 access_log,
                 resilience,
                 tracing,
+                spend,
+                budgets,
             }),
             _ => Err(problems),
         }
+    }
+}
+
+impl RawConfig {
+    /// `[spend]` and `[budgets]`: prices resolved for every deployment; a currency budget
+    /// needs prices to count.
+    fn spend_and_budgets(
+        &self,
+        base_dir: &Path,
+        router: Option<&crate::route::Router>,
+        problems: &mut Vec<ConfigProblem>,
+    ) -> (
+        Option<crate::spend::SpendSettings>,
+        Option<crate::quota::budget::BudgetSettings>,
+    ) {
+        let deployments = router
+            .into_iter()
+            .flat_map(|r| r.deployments())
+            .map(|d| (d.model(), d.version_str()));
+        let spend = self
+            .spend
+            .as_ref()
+            .map(|s| s.validate(base_dir, deployments, problems));
+        let budgets = self.budgets.as_ref().map(|b| b.validate(problems));
+        let priced = spend.as_ref().is_some_and(|s| !s.prices.entries.is_empty());
+        if let (Some(raw), false) = (&self.budgets, priced) {
+            for (i, r) in raw.rules.iter().enumerate() {
+                if r.spend.is_some() {
+                    problems.push(ConfigProblem::new(
+                        format!("budgets.rules[{i}].spend"),
+                        "a currency budget needs prices ([[spend.prices]])",
+                    ));
+                }
+            }
+        }
+        (spend, budgets)
     }
 }
 

@@ -24,7 +24,9 @@ use crate::breaker::coordinator::{BreakerCoordinator, EndpointUpdate};
 use crate::breaker::table::Resilience;
 pub use crate::inbox::ToCoord;
 use crate::inbox::{ToWorker, Workers};
-use crate::quota::{FromCoordinator, QuotaCoordinator, QuotaSettings, WorkerId};
+use crate::quota::{
+    Calendar, FromCoordinator, QuotaCoordinator, QuotaKey, QuotaSettings, WorkerId,
+};
 
 /// How often the coordination thread's periodic work (quota sweeps, breaker timers, health
 /// updates) runs when no message arrives. Breaker decisions wait at most this long to go out.
@@ -42,20 +44,22 @@ impl CoordThread {
     /// `table` is the first snapshot's endpoint table.
     ///
     /// `quota`: the first snapshot's `[quota]` (it picks the coordinator's backend, local or
-    /// Redis); `epoch_unix_ms`: the epoch as Unix milliseconds, so several gateway processes
+    /// Redis); the calendar's epoch in Unix milliseconds lets several gateway processes
     /// sharing Redis agree on slot numbers.
+    ///
+    /// `calendar`: the budgets' time zone and the epoch as UNIX ms; `seeds`: the budgets' use
+    /// in their current periods as persisted (key, period start UNIX ms, count).
     pub fn spawn(
         workers: Workers,
         quota_answers: Vec<Sender<FromCoordinator>>,
-        (epoch, epoch_unix_ms): (Instant, u64),
+        (epoch, calendar): (Instant, Calendar),
         table: &Resilience,
         quota: Option<&QuotaSettings>,
+        seeds: Vec<(QuotaKey, u64, u64)>,
     ) -> std::io::Result<CoordThread> {
-        let coordinator = match quota {
-            Some(q) => QuotaCoordinator::from_settings(workers.len(), q, epoch_unix_ms)
-                .map_err(|p| std::io::Error::other(p.to_string()))?,
-            None => QuotaCoordinator::new(workers.len()),
-        };
+        let mut coordinator = QuotaCoordinator::with_calendar(workers.len(), quota, calendar)
+            .map_err(|p| std::io::Error::other(p.to_string()))?;
+        coordinator.seed(seeds);
         let (tx, rx) = crossbeam_channel::unbounded();
         let leases = if coordinator.does_io() {
             let inbox = tx.clone();

@@ -141,6 +141,7 @@ mod tests {
                 requests: 10,
                 tokens: None,
                 burst: None,
+                window: crate::quota::Window::Minute,
             },
             at_ms: 0,
             tokens_needed: 1,

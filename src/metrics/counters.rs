@@ -78,6 +78,19 @@ pub const TOKENS: Family = Family {
     labels: &["subject", "model"],
 };
 
+/// Requests refused by an exhausted budget, by budget and unit.
+pub const BUDGET_REJECTIONS: Family = Family {
+    name: "budget_rejections",
+    help: "Requests rejected by an exhausted budget, by budget and unit (tokens or spend).",
+    labels: &["budget", "unit"],
+};
+/// Requests admitted past a budget's soft limit, by budget and unit.
+pub const BUDGET_WARNINGS: Family = Family {
+    name: "budget_warnings",
+    help: "Requests admitted past a budget's soft limit, by budget and unit (tokens or spend).",
+    labels: &["budget", "unit"],
+};
+
 /// A set of counter families; see the module docs.
 #[derive(Debug, Clone, Default)]
 pub struct LabelledCounters {

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 use crate::auth::Identity;
 use crate::config::Snapshot;
 use crate::error::{Fault, GatewayError};
-use crate::quota::{Decision, KeyKind, QuotaError, QuotaSettings, Ticket};
+use crate::quota::usage::Usage;
+use crate::quota::{
+    Admitted, Decision, KeyKind, QuotaError, QuotaKey, QuotaRule, QuotaSettings, Ticket,
+};
 use crate::worker::Worker;
 
 /// Longest a request waits for its core's first lease of a key before the gateway gives up
@@ -64,10 +67,7 @@ pub async fn check(
         return Limited::Unlimited;
     };
     // Open routes (no verified caller) are limited per client address, as 16 raw bytes.
-    let ip = match caller.ip {
-        std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        std::net::IpAddr::V6(a) => a.octets(),
-    };
+    let ip = ip_bytes(caller.ip);
     let who: &[u8] = match (rule.key, caller.subject, caller.tenant) {
         (KeyKind::Subject, Some(s), _) => s.as_bytes(),
         (KeyKind::Tenant, _, Some(t)) => t.as_bytes(),
@@ -75,6 +75,47 @@ pub async fn check(
     };
     let key = rule.key_for(who);
     let reserve = rule.reservation(max_tokens.map(|t| t.min(u64::from(u32::MAX)) as u32));
+    match decide(worker, key, rule, reserve).await {
+        Decided::Admitted(a) => {
+            let _ = write!(
+                headers,
+                "x-ratelimit-limit: {}\r\nx-ratelimit-remaining: {}\r\nx-ratelimit-reset: {}\r\n",
+                a.limit, a.remaining, a.reset_s
+            );
+            Limited::Admitted(a.ticket)
+        }
+        Decided::Rejected(e) => {
+            let _ = write!(
+                headers,
+                "retry-after: {}\r\nx-ratelimit-limit: {}\r\nx-ratelimit-remaining: 0\r\nx-ratelimit-reset: {}\r\n",
+                e.retry_after_s, e.limit, e.reset_s
+            );
+            Limited::Rejected(e)
+        }
+        Decided::Failed(e) => Limited::Failed(e),
+    }
+}
+
+/// A client address as quota keys name it: 16 bytes (IPv4 mapped into IPv6).
+pub fn ip_bytes(ip: std::net::IpAddr) -> [u8; 16] {
+    match ip {
+        std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// What deciding one key came to.
+pub enum Decided {
+    Admitted(Admitted),
+    Rejected(QuotaError),
+    /// The coordinator did not answer within [`LEASE_WAIT`].
+    Failed(GatewayError),
+}
+
+/// Decides one request for `key` under `rule` on this core's shard, taking `reserve` tokens
+/// up front; waits (at most [`LEASE_WAIT`]) when the core must ask for a lease first. The
+/// quota stage and the budget stage both decide through it.
+pub async fn decide(worker: &Rc<Worker>, key: QuotaKey, rule: &QuotaRule, reserve: u64) -> Decided {
     let deadline = Instant::now() + LEASE_WAIT;
     // A recall from the coordinator (another core's response took this key over its token
     // limit) is applied before deciding, not at the next inbox tick: one `try_recv` on an
@@ -87,25 +128,15 @@ pub async fn check(
         let now = worker.now_ms();
         let decision = worker.quota.borrow_mut().check(key, rule, reserve, now);
         match decision {
-            Decision::Admit(a) => {
-                let _ = write!(headers, "x-ratelimit-limit: {}\r\nx-ratelimit-remaining: {}\r\nx-ratelimit-reset: {}\r\n", a.limit, a.remaining, a.reset_s);
-                return Limited::Admitted(a.ticket);
-            }
-            Decision::Reject(e) => {
-                let _ = write!(
-                    headers,
-                    "retry-after: {}\r\nx-ratelimit-limit: {}\r\nx-ratelimit-remaining: 0\r\nx-ratelimit-reset: {}\r\n",
-                    e.retry_after_s, e.limit, e.reset_s
-                );
-                return Limited::Rejected(e);
-            }
+            Decision::Admit(a) => return Decided::Admitted(a),
+            Decision::Reject(e) => return Decided::Rejected(e),
             Decision::NeedLease => {
                 // Only the first request of a key on this core (or one near the limit) gets
                 // here: ask now instead of at the next inbox tick, then wait until the
                 // worker's inbox loop has applied an answer (it wakes every waiter).
                 worker.flush_quota();
                 if Instant::now() >= deadline {
-                    return Limited::Failed(COORDINATOR_STUCK);
+                    return Decided::Failed(COORDINATOR_STUCK);
                 }
                 worker.lease.wait(deadline).await;
             }
@@ -157,15 +188,12 @@ pub fn charge(
     ticket: Option<Ticket>,
     identity: Option<&Identity>,
     model: &str,
-    tokens: Option<u64>,
+    usage: Option<&Usage>,
 ) {
-    let used = tokens.unwrap_or(0);
+    let used = usage.map_or(0, |u| u64::from(u.total()));
     if let Some(ticket) = ticket {
         let now = worker.now_ms();
-        worker
-            .quota
-            .borrow_mut()
-            .charge_tokens(ticket, used.min(u64::from(u32::MAX)) as u32, now);
+        worker.quota.borrow_mut().charge_tokens(ticket, used, now);
         // An overrun goes to the coordinator now, not at the next inbox tick: it may take the
         // key over its limit, and other cores' leases are recalled only once it is counted.
         worker.flush_quota();

@@ -144,7 +144,7 @@ pub async fn exchange(
                 }
             };
         if let Some(s) = &mut span {
-            s.endpoint = Some(up.addr);
+            s.endpoint = Some(up.addr());
             s.reused = up.reused;
         }
         let (res, buf) = up.write_all(std::mem::take(up_out)).await;

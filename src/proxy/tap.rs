@@ -6,8 +6,9 @@
 //! may change what is forwarded: the SSE tap drops the final usage event when the gateway,
 //! not the client, asked the backend for it. Events are forwarded as soon as they are known
 //! not to be the usage event, so nothing a client can act on is delayed. After the body,
-//! [`Tap::tokens`] gives the tokens the response used: the backend's `usage.total_tokens`
-//! when it sent one, else (for a stream cut short) an estimate from the content deltas.
+//! [`Tap::usage`] gives what the response used: the backend's `usage` (prompt, completion and
+//! cached tokens) when it sent one, else (for a stream cut short) completion tokens estimated
+//! from the content deltas.
 
 use crate::quota::usage::{usage_from_body, SseUsageScanner, Usage};
 
@@ -85,24 +86,15 @@ impl Tap {
         }
     }
 
-    /// Tokens the response used (see the module docs); `None` when nothing can be told.
-    pub fn tokens(&mut self) -> Option<u64> {
-        self.usage().0
-    }
-
-    /// Tokens the response used, and the usage it reported (input and output apart) when it
-    /// sent one. Reads a JSON body once: call it once, after the body.
-    pub fn usage(&mut self) -> (Option<u64>, Option<Usage>) {
+    /// What the response used (see the module docs); `None` when nothing can be told.
+    pub fn usage(&mut self) -> Option<Usage> {
         match self {
-            Tap::None => (None, None),
-            Tap::Json { buf } => {
-                let u = usage_from_body(buf);
-                (u.map(|u| u64::from(u.total())), u)
-            }
-            Tap::Sse { scanner, .. } => match scanner.usage() {
-                Some(u) => (Some(u64::from(u.total())), Some(u)),
-                None => (Some(u64::from(scanner.estimated_completion_tokens())), None),
-            },
+            Tap::None => None,
+            Tap::Json { buf } => usage_from_body(buf),
+            Tap::Sse { scanner, .. } => Some(match scanner.usage() {
+                Some(u) => u,
+                None => Usage::from_parts(0, scanner.estimated_completion_tokens(), 0),
+            }),
         }
     }
 
@@ -126,12 +118,7 @@ mod tests {
             t.pass(part, &mut |d| seen.extend_from_slice(d));
         }
         assert_eq!(seen, body);
-        let (tokens, usage) = t.usage();
-        assert_eq!(tokens, Some(7));
-        assert_eq!(
-            usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
-            Some((3, 4))
-        );
+        assert_eq!(t.usage().map(|u| u.total()), Some(7));
     }
 
     #[test]
@@ -146,6 +133,12 @@ mod tests {
         let text = String::from_utf8(seen).unwrap();
         assert!(text.contains("\"hi\"") && text.contains("[DONE]"));
         assert!(!text.contains("usage"), "{text}");
-        assert_eq!(t.tokens(), Some(3));
+        assert_eq!(
+            t.usage(),
+            Some(Usage::from_parts(1, 2, 0)).map(|u| Usage {
+                total_tokens: 3,
+                ..u
+            })
+        );
     }
 }

@@ -23,9 +23,10 @@
 //! when they hold none). While Redis is down, no command is tried between reconnect
 //! attempts, so an outage costs at most one [`RedisSettings::io_timeout`](super::RedisSettings::io_timeout) per attempt.
 
+use super::calendar::Calendar;
 use super::local::LocalCoordinator;
 use super::remote::RemoteCoordinator;
-use super::{FromCoordinator, QuotaBackend, QuotaSettings, ToCoordinator, WorkerId};
+use super::{FromCoordinator, QuotaBackend, QuotaKey, QuotaSettings, ToCoordinator, WorkerId};
 use crate::config_types::ConfigProblem;
 
 /// Counters for metrics. The local backend is always up and has no errors.
@@ -69,11 +70,29 @@ impl QuotaCoordinator {
         settings: &QuotaSettings,
         epoch_unix_ms: u64,
     ) -> Result<Self, ConfigProblem> {
+        let utc = Calendar::new(jiff::tz::TimeZone::UTC, epoch_unix_ms);
+        Self::with_calendar(workers, Some(settings), utc)
+    }
+
+    /// The coordinator `settings` ask for (`None`: local), whose calendar windows (budgets)
+    /// follow `calendar`; its epoch is the quota epoch (see [`Self::from_settings`]).
+    pub fn with_calendar(
+        workers: usize,
+        settings: Option<&QuotaSettings>,
+        calendar: Calendar,
+    ) -> Result<Self, ConfigProblem> {
+        let Some(settings) = settings else {
+            return Ok(QuotaCoordinator {
+                backend: Backend::Local(LocalCoordinator::with_calendar(workers, calendar)),
+            });
+        };
         let backend = match (settings.backend, &settings.redis) {
-            (QuotaBackend::Local, _) => Backend::Local(LocalCoordinator::new(workers)),
+            (QuotaBackend::Local, _) => {
+                Backend::Local(LocalCoordinator::with_calendar(workers, calendar))
+            }
             (QuotaBackend::Redis, Some(redis)) => {
                 let remote =
-                    RemoteCoordinator::new(workers, redis, settings.fail_mode, epoch_unix_ms)
+                    RemoteCoordinator::with_calendar(workers, redis, settings.fail_mode, calendar)
                         .map_err(|e| ConfigProblem::new("quota.redis_url", e.to_string()))?;
                 Backend::Redis(Box::new(remote))
             }
@@ -85,6 +104,14 @@ impl QuotaCoordinator {
             }
         };
         Ok(QuotaCoordinator { backend })
+    }
+
+    /// Starts calendar windows (budgets) from their persisted use: (key, period start UNIX
+    /// ms, count). The Redis backend keeps its counts in Redis and needs none.
+    pub fn seed(&mut self, seeds: impl IntoIterator<Item = (QuotaKey, u64, u64)>) {
+        if let Backend::Local(c) = &mut self.backend {
+            c.seed(seeds);
+        }
     }
 
     /// Whether this coordinator does network I/O (the Redis backend): its thread may block

@@ -6,10 +6,11 @@
 //! Releases take never-used quota back; charges count token overruns. No locks: the
 //! [`QuotaCoordinator`](super::QuotaCoordinator) calls [`LocalCoordinator::handle`] for each message.
 
+use super::calendar::{CalWindow, Calendar, Window};
 use super::window::Ring;
 use super::{
     slot_of, Deny, FromCoordinator, Grant, KeyMap, LeaseRequest, LimitKind, QuotaKey,
-    ToCoordinator, WorkerId, SLOT_MS, WINDOW_SLOTS,
+    ToCoordinator, WorkerId, SLOT_MS, UNLIMITED_REQUESTS, WINDOW_SLOTS,
 };
 
 /// A lease is this fraction of what is left, split over the workers: large while plenty is
@@ -17,6 +18,8 @@ use super::{
 pub(crate) const LEASE_SHARE: u32 = 2;
 /// How often [`LocalCoordinator::tick`] looks for keys to forget.
 const SWEEP_INTERVAL_MS: u64 = 1_000;
+/// How often it drops seeds of calendar periods that have ended.
+const SEED_SWEEP_INTERVAL_MS: u64 = 60_000;
 
 /// The cores holding a live lease of one key, so that a charge that takes the key over its
 /// token limit can recall them ([`FromCoordinator::Recall`]).
@@ -30,7 +33,7 @@ pub(crate) struct Holders {
     /// Slot of the latest lease recorded: the set is empty once this slot has passed.
     until_slot: u64,
     /// The token limit of the latest lease request (0: no token limit, nothing to recall).
-    tok_limit: u32,
+    tok_limit: u64,
 }
 
 impl Holders {
@@ -39,7 +42,7 @@ impl Holders {
         &mut self,
         worker: WorkerId,
         slot: u64,
-        tok_limit: Option<u32>,
+        tok_limit: Option<u64>,
         cur: u64,
     ) {
         if self.until_slot < cur {
@@ -48,6 +51,43 @@ impl Holders {
         self.mask |= 1 << (worker % 64);
         self.until_slot = self.until_slot.max(slot);
         self.tok_limit = tok_limit.unwrap_or(0);
+    }
+
+    /// A calendar window (a budget) refused `requester` tokens while other cores still hold
+    /// leases of it: what they hold may be all that is left. Recalls them and turns `deny`
+    /// into "retry at the next slot", by when the recalled tokens are back, instead of "retry
+    /// when the period ends". The requester's own lease is left alone: it asked for what that
+    /// lease lacks (a low-water top-up, or the rest of a reservation), and what it still
+    /// holds stays usable there. A sliding window frees within the minute anyway and is left
+    /// alone.
+    pub(crate) fn reclaim_for(
+        &mut self,
+        deny: &mut Deny,
+        window: Window,
+        requester: WorkerId,
+        cur: u64,
+        workers: u32,
+        out: &mut Vec<(WorkerId, FromCoordinator)>,
+    ) {
+        if !window.is_calendar() || deny.reason != LimitKind::Tokens || !self.live(cur) {
+            return;
+        }
+        let workers = WorkerId::try_from(workers).unwrap_or(WorkerId::MAX);
+        let mask = self.mask;
+        let own = 1u64 << (requester % 64);
+        let before = out.len();
+        out.extend(
+            (0..workers)
+                .filter(|&w| w != requester && mask & (1 << (w % 64)) != 0)
+                .map(|w| (w, FromCoordinator::Recall(deny.key))),
+        );
+        if out.len() == before {
+            // Only the requester holds a lease: nothing comes back by the next slot.
+            return;
+        }
+        // The requester (and any core sharing its bit) may still hold its lease.
+        self.mask &= own;
+        deny.retry_at_ms = deny.retry_at_ms.min((cur + 1) * SLOT_MS);
     }
 
     /// Whether any recorded lease can still be used at current slot `cur`.
@@ -65,7 +105,7 @@ impl Holders {
         workers: u32,
         out: &mut Vec<(WorkerId, FromCoordinator)>,
     ) {
-        if !self.live(cur) || self.tok_limit == 0 || peak <= u64::from(self.tok_limit) {
+        if !self.live(cur) || self.tok_limit == 0 || peak <= self.tok_limit {
             return;
         }
         let workers = WorkerId::try_from(workers).unwrap_or(WorkerId::MAX);
@@ -79,32 +119,167 @@ impl Holders {
     }
 }
 
+/// A key's token counts: the sliding minute of quota rules, or a calendar period (budgets).
+#[derive(Debug)]
+enum Tokens {
+    Sliding(Ring),
+    Calendar(CalWindow),
+}
+
+impl Tokens {
+    fn new(window: Window, cur: u64, cal: &Calendar, seed: Option<Seed>) -> Tokens {
+        match window {
+            Window::Minute => Tokens::Sliding(Ring::new(cur)),
+            w => Tokens::Calendar(CalWindow::new(
+                cal,
+                w,
+                cur,
+                seed.map(|s| (s.period_unix_ms, s.count)),
+            )),
+        }
+    }
+
+    fn window(&self) -> Window {
+        match self {
+            Tokens::Sliding(_) => Window::Minute,
+            Tokens::Calendar(c) => c.window(),
+        }
+    }
+
+    fn advance(&mut self, cur: u64, cal: &Calendar) {
+        match self {
+            Tokens::Sliding(r) => r.advance(cur),
+            Tokens::Calendar(c) => c.advance(cal, cur),
+        }
+    }
+
+    fn get(&self, slot: u64) -> u64 {
+        match self {
+            Tokens::Sliding(r) => u64::from(r.get(slot)),
+            Tokens::Calendar(c) => c.get(slot),
+        }
+    }
+
+    fn add(&mut self, slot: u64, n: u64) {
+        match self {
+            Tokens::Sliding(r) => r.add(slot, sat32(n)),
+            Tokens::Calendar(c) => c.add(slot, n),
+        }
+    }
+
+    fn sub(&mut self, slot: u64, n: u64) {
+        match self {
+            Tokens::Sliding(r) => r.sub(slot, sat32(n)),
+            Tokens::Calendar(c) => c.sub(slot, n),
+        }
+    }
+
+    fn available(&self, cur: u64, slot: u64, limit: u64) -> u64 {
+        match self {
+            Tokens::Sliding(r) => u64::from(r.available(cur, slot, sat32(limit), None)),
+            Tokens::Calendar(c) => c.available(slot, limit),
+        }
+    }
+
+    fn next_free(&self, cur: u64, need: u64, limit: u64) -> u64 {
+        match self {
+            Tokens::Sliding(r) => r.next_free(cur, sat32(need), sat32(limit), None),
+            Tokens::Calendar(c) => c.next_free(cur, need, limit),
+        }
+    }
+
+    fn peak(&self, cur: u64) -> u64 {
+        match self {
+            Tokens::Sliding(r) => r.peak(cur),
+            Tokens::Calendar(c) => c.peak(cur),
+        }
+    }
+
+    fn reset_slot(&self, cur: u64) -> u64 {
+        match self {
+            Tokens::Sliding(r) => r.reset_slot(cur),
+            Tokens::Calendar(c) => c.reset_slot(),
+        }
+    }
+
+    /// The calendar period `slot` is counted in (UNIX ms of its start; 0: a minute window).
+    fn period_unix_ms(&self, slot: u64) -> u64 {
+        match self {
+            Tokens::Sliding(_) => 0,
+            Tokens::Calendar(c) => c.period_of(slot).start_unix_ms,
+        }
+    }
+}
+
+/// A count that fits the sliding ring (minute limits are `u32`; an overrun saturates).
+fn sat32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// What a calendar key had counted in a period when it was last seen: the persisted use at
+/// start, or a key forgotten while idle (its count must outlive the minute a key is kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seed {
+    /// `None`: not known yet (persisted use; the first lease request names it).
+    pub window: Option<Window>,
+    pub period_unix_ms: u64,
+    pub count: u64,
+}
+
 #[derive(Debug)]
 struct KeyState {
     /// Highest slot anything was counted in: the key can be forgotten once it left the span.
     last_slot: u64,
     requests: Ring,
     /// Only for keys with a token limit.
-    tokens: Option<Box<Ring>>,
+    tokens: Option<Box<Tokens>>,
     holders: Holders,
 }
 
 impl KeyState {
-    fn advance(&mut self, cur: u64) {
+    fn advance(&mut self, cur: u64, cal: &Calendar) {
         self.requests.advance(cur);
         if let Some(t) = &mut self.tokens {
-            t.advance(cur);
+            t.advance(cur, cal);
         }
-    }
-
-    fn tokens_mut(&mut self, cur: u64) -> &mut Ring {
-        self.tokens.get_or_insert_with(|| Box::new(Ring::new(cur)))
     }
 
     fn reset_at(&self, cur: u64) -> u64 {
         let t = self.tokens.as_ref().map_or(cur, |t| t.reset_slot(cur));
-        self.requests.reset_slot(cur).max(t) * SLOT_MS
+        self.requests.reset_slot(cur).max(t).saturating_mul(SLOT_MS)
     }
+
+    /// The calendar count worth keeping when the key is forgotten at `cur`.
+    fn seed(&self, cur: u64) -> Option<Seed> {
+        let Some(Tokens::Calendar(c)) = self.tokens.as_deref() else {
+            return None;
+        };
+        let (p, count) = c.current();
+        (count > 0 && cur < p.end).then_some(Seed {
+            window: Some(c.window()),
+            period_unix_ms: p.start_unix_ms,
+            count,
+        })
+    }
+}
+
+/// The token counts of `st` for `window`, made (from a seed) when missing or when a reload
+/// moved the rule to another window.
+fn tokens_mut<'a>(
+    st: &'a mut KeyState,
+    key: QuotaKey,
+    window: Window,
+    cur: u64,
+    cal: &Calendar,
+    seeds: &mut KeyMap<Seed>,
+) -> &'a mut Tokens {
+    if st.tokens.as_ref().is_some_and(|t| t.window() != window) {
+        st.tokens = None;
+    }
+    st.tokens.get_or_insert_with(|| {
+        let seed = seeds.remove(&key);
+        Box::new(Tokens::new(window, cur, cal, seed))
+    })
 }
 
 #[derive(Debug)]
@@ -112,15 +287,42 @@ pub(crate) struct LocalCoordinator {
     workers: u32,
     keys: KeyMap<KeyState>,
     last_sweep_ms: u64,
+    /// Calendar periods of budgets (time zone and epoch).
+    calendar: Calendar,
+    /// Counts of calendar keys not in `keys` (see [`Seed`]).
+    seeds: KeyMap<Seed>,
+    last_seed_sweep_ms: u64,
 }
 
 impl LocalCoordinator {
     /// A coordinator for `workers` cores (lease sizes are split over them).
     pub fn new(workers: usize) -> Self {
+        Self::with_calendar(workers, Calendar::default())
+    }
+
+    /// A coordinator whose calendar windows follow `calendar`.
+    pub fn with_calendar(workers: usize, calendar: Calendar) -> Self {
         LocalCoordinator {
             workers: u32::try_from(workers.max(1)).unwrap_or(u32::MAX),
             keys: KeyMap::default(),
             last_sweep_ms: 0,
+            calendar,
+            seeds: KeyMap::default(),
+            last_seed_sweep_ms: 0,
+        }
+    }
+
+    /// Starts calendar keys from their persisted use: (key, period start UNIX ms, count).
+    pub fn seed(&mut self, seeds: impl IntoIterator<Item = (QuotaKey, u64, u64)>) {
+        for (key, period_unix_ms, count) in seeds {
+            self.seeds.insert(
+                key,
+                Seed {
+                    window: None,
+                    period_unix_ms,
+                    count,
+                },
+            );
         }
     }
 
@@ -135,7 +337,7 @@ impl LocalCoordinator {
     }
 
     /// Requests and tokens counted for `key` in `slot` (0 once the slot left the span).
-    pub fn counted(&self, key: QuotaKey, slot: u64) -> (u32, u32) {
+    pub fn counted(&self, key: QuotaKey, slot: u64) -> (u32, u64) {
         self.keys.get(&key).map_or((0, 0), |st| {
             let tokens = st.tokens.as_ref().map_or(0, |t| t.get(slot));
             (st.requests.get(slot), tokens)
@@ -152,14 +354,17 @@ impl LocalCoordinator {
         let cur = slot_of(now_ms);
         match msg {
             ToCoordinator::Lease(req) => {
-                let reply = self.lease(&req, now_ms);
-                if let FromCoordinator::Grant(g) = reply {
-                    self.state(req.key, cur).holders.granted(
-                        req.worker,
-                        g.slot,
-                        req.limits.tokens,
-                        cur,
-                    );
+                let mut reply = self.lease(&req, now_ms);
+                let workers = self.workers;
+                let holders = &mut self.state(req.key, cur).holders;
+                match &mut reply {
+                    FromCoordinator::Grant(g) => {
+                        holders.granted(req.worker, g.slot, req.limits.tokens, cur);
+                    }
+                    FromCoordinator::Deny(d) => {
+                        holders.reclaim_for(d, req.limits.window, req.worker, cur, workers, out);
+                    }
+                    FromCoordinator::Recall(_) => {}
                 }
                 out.push((req.worker, reply));
             }
@@ -170,7 +375,7 @@ impl LocalCoordinator {
                 tokens,
             } => {
                 if let Some(st) = self.keys.get_mut(&key) {
-                    st.advance(cur);
+                    st.advance(cur, &self.calendar);
                     st.requests.sub(slot, requests);
                     if let Some(t) = &mut st.tokens {
                         t.sub(slot, tokens);
@@ -188,13 +393,25 @@ impl LocalCoordinator {
 
     /// Counts `tokens` used beyond leases in the current slot; returns the window's peak
     /// (see [`Ring::peak`]) afterwards.
-    pub(crate) fn charge(&mut self, key: QuotaKey, tokens: u32, now_ms: u64) -> u64 {
+    pub(crate) fn charge(&mut self, key: QuotaKey, tokens: u64, now_ms: u64) -> u64 {
         let cur = slot_of(now_ms);
-        let st = self.state(key, cur);
+        // A key forgotten since its lease was granted keeps its calendar window (from its seed).
+        let window = match (self.keys.get(&key), self.seeds.get(&key)) {
+            (Some(st), _) => st.tokens.as_ref().map_or(Window::Minute, |t| t.window()),
+            (None, Some(seed)) => seed.window.unwrap_or(Window::Minute),
+            (None, None) => Window::Minute,
+        };
+        let LocalCoordinator {
+            keys,
+            calendar,
+            seeds,
+            ..
+        } = self;
+        let st = state(keys, calendar, key, cur);
         st.last_slot = st.last_slot.max(cur);
-        let ring = st.tokens_mut(cur);
-        ring.add(cur, tokens);
-        ring.peak(cur)
+        let t = tokens_mut(st, key, window, cur, calendar, seeds);
+        t.add(cur, tokens);
+        t.peak(cur)
     }
 
     /// Forgets keys whose counts have all left the window. Call it every few hundred ms.
@@ -204,18 +421,28 @@ impl LocalCoordinator {
         }
         self.last_sweep_ms = now_ms;
         let cur = slot_of(now_ms);
-        self.keys.retain(|_, st| st.last_slot + WINDOW_SLOTS >= cur);
+        let seeds = &mut self.seeds;
+        self.keys.retain(|&key, st| {
+            let keep = st.last_slot + WINDOW_SLOTS >= cur;
+            if !keep {
+                if let Some(seed) = st.seed(cur) {
+                    seeds.insert(key, seed);
+                }
+            }
+            keep
+        });
+        if now_ms >= self.last_seed_sweep_ms + SEED_SWEEP_INTERVAL_MS {
+            self.last_seed_sweep_ms = now_ms;
+            let cal = &self.calendar;
+            self.seeds.retain(|_, s| match s.window {
+                Some(w) => cal.period(w, cur).start_unix_ms == s.period_unix_ms,
+                None => true,
+            });
+        }
     }
 
     fn state(&mut self, key: QuotaKey, cur: u64) -> &mut KeyState {
-        let st = self.keys.entry(key).or_insert_with(|| KeyState {
-            last_slot: cur,
-            requests: Ring::new(cur),
-            tokens: None,
-            holders: Holders::default(),
-        });
-        st.advance(cur);
-        st
+        state(&mut self.keys, &self.calendar, key, cur)
     }
 
     fn lease(&mut self, req: &LeaseRequest, now_ms: u64) -> FromCoordinator {
@@ -224,28 +451,38 @@ impl LocalCoordinator {
         let slot = slot_of(req.at_ms).clamp(cur, cur + 1);
         let share = self.workers.saturating_mul(LEASE_SHARE);
         let limits = req.limits;
-        let st = self.state(req.key, cur);
+        let LocalCoordinator {
+            keys,
+            calendar,
+            seeds,
+            ..
+        } = self;
+        let st = state(keys, calendar, req.key, cur);
 
-        let req_avail = st
-            .requests
-            .available(cur, slot, limits.requests, limits.burst);
+        let unlimited = limits.requests == UNLIMITED_REQUESTS;
+        let req_avail = match unlimited {
+            true => UNLIMITED_REQUESTS,
+            false => st
+                .requests
+                .available(cur, slot, limits.requests, limits.burst),
+        };
         if req_avail == 0 {
             let free = st.requests.next_free(cur, 1, limits.requests, limits.burst);
             return deny(
                 req.key,
                 LimitKind::Requests,
-                limits.requests,
+                u64::from(limits.requests),
                 free,
                 st.reset_at(cur),
             );
         }
-        let mut tokens = u32::MAX;
+        let (mut tokens, mut tokens_left, mut period_unix_ms) = (u64::MAX, u64::MAX, 0);
         if let Some(tok_limit) = limits.tokens {
             let need = req.tokens_needed.clamp(1, tok_limit);
-            let ring = st.tokens_mut(cur);
-            let tok_avail = ring.available(cur, slot, tok_limit, None);
+            let t = tokens_mut(st, req.key, limits.window, cur, calendar, seeds);
+            let tok_avail = t.available(cur, slot, tok_limit);
             if tok_avail < need {
-                let free = ring.next_free(cur, need, tok_limit, None);
+                let free = t.next_free(cur, need, tok_limit);
                 return deny(
                     req.key,
                     LimitKind::Tokens,
@@ -254,11 +491,18 @@ impl LocalCoordinator {
                     st.reset_at(cur),
                 );
             }
-            tokens = (tok_avail / share).max(need).min(tok_avail);
-            ring.add(slot, tokens);
+            tokens = (tok_avail / u64::from(share)).max(need).min(tok_avail);
+            t.add(slot, tokens);
+            tokens_left = tok_avail - tokens;
+            period_unix_ms = t.period_unix_ms(slot);
         }
-        let requests = (req_avail / share).clamp(1, req_avail);
-        st.requests.add(slot, requests);
+        let requests = match unlimited {
+            true => UNLIMITED_REQUESTS,
+            false => (req_avail / share).clamp(1, req_avail),
+        };
+        if !unlimited {
+            st.requests.add(slot, requests);
+        }
         st.last_slot = st.last_slot.max(slot);
         FromCoordinator::Grant(Grant {
             key: req.key,
@@ -271,16 +515,35 @@ impl LocalCoordinator {
             tokens,
             remaining: req_avail - requests,
             reset_at_ms: st.reset_at(cur),
+            tokens_left,
+            period_unix_ms,
         })
     }
 }
 
-fn deny(key: QuotaKey, reason: LimitKind, limit: u32, free: u64, reset: u64) -> FromCoordinator {
+/// `key`'s state at current slot `cur` (made when missing).
+fn state<'a>(
+    keys: &'a mut KeyMap<KeyState>,
+    cal: &Calendar,
+    key: QuotaKey,
+    cur: u64,
+) -> &'a mut KeyState {
+    let st = keys.entry(key).or_insert_with(|| KeyState {
+        last_slot: cur,
+        requests: Ring::new(cur),
+        tokens: None,
+        holders: Holders::default(),
+    });
+    st.advance(cur, cal);
+    st
+}
+
+fn deny(key: QuotaKey, reason: LimitKind, limit: u64, free: u64, reset: u64) -> FromCoordinator {
     FromCoordinator::Deny(Deny {
         key,
         reason,
         limit,
-        retry_at_ms: free * SLOT_MS,
+        retry_at_ms: free.saturating_mul(SLOT_MS),
         reset_at_ms: reset,
     })
 }
@@ -319,6 +582,7 @@ mod tests {
         requests: 10,
         tokens: None,
         burst: None,
+        window: crate::quota::Window::Minute,
     };
 
     #[test]
@@ -390,6 +654,7 @@ mod tests {
             requests: 100,
             tokens: Some(1_000),
             burst: None,
+            window: crate::quota::Window::Minute,
         };
         let g = grant(lease(&mut c, lim, 0, 0));
         assert_eq!(g.tokens, 500);
@@ -423,6 +688,7 @@ mod tests {
         requests: 1_000,
         tokens: Some(100),
         burst: None,
+        window: crate::quota::Window::Minute,
     };
 
     fn lease_for(c: &mut LocalCoordinator, worker: WorkerId, at: u64, now: u64) -> Grant {
@@ -439,7 +705,7 @@ mod tests {
         grant(out[0].1)
     }
 
-    fn charge(c: &mut LocalCoordinator, tokens: u32, now: u64) -> Vec<(WorkerId, FromCoordinator)> {
+    fn charge(c: &mut LocalCoordinator, tokens: u64, now: u64) -> Vec<(WorkerId, FromCoordinator)> {
         let mut out = Vec::new();
         c.handle(ToCoordinator::Charge { key: KEY, tokens }, now, &mut out);
         out
@@ -513,5 +779,63 @@ mod tests {
         none.granted(0, 4, None, 4);
         none.recall_if_over(KEY, u64::MAX, 4, 1, &mut out);
         assert_eq!(out.len(), 2, "no token limit: nothing to recall");
+    }
+
+    /// A budget (calendar window) refusing a core recalls the other cores' leases and says
+    /// "retry at the next slot"; the asking core's own lease is never recalled (it asked for
+    /// what that lease lacks), and when it is the only holder the refusal stands as it is.
+    #[test]
+    fn a_budget_refusal_recalls_the_other_holders_only() {
+        const DAY100: Limits = Limits {
+            requests: UNLIMITED_REQUESTS,
+            tokens: Some(100),
+            burst: None,
+            window: crate::quota::Window::Day,
+        };
+        let ask = |c: &mut LocalCoordinator, worker: WorkerId, now: u64| {
+            let mut out = Vec::new();
+            let req = LeaseRequest {
+                worker,
+                key: KEY,
+                rule: RuleId(0),
+                limits: DAY100,
+                at_ms: now,
+                tokens_needed: 1,
+            };
+            c.handle(ToCoordinator::Lease(req), now, &mut out);
+            out
+        };
+        let day_end = 86_400_000;
+        // (holders before the refusal, the core refused, recalled, retry at)
+        let cases: [(&[WorkerId], WorkerId, &[WorkerId], u64); 6] = [
+            (&[0], 0, &[], day_end),
+            (&[1], 1, &[], day_end),
+            (&[0, 1], 0, &[1], 2 * SLOT_MS),
+            (&[0, 1], 1, &[0], 2 * SLOT_MS),
+            (&[0, 2], 1, &[0, 2], 2 * SLOT_MS),
+            (&[2, 0, 1], 2, &[0, 1], 2 * SLOT_MS),
+        ];
+        for (holders, refused, recalled, retry_at) in cases {
+            let mut c = LocalCoordinator::new(3);
+            // Each holder takes a lease until nothing is left (one core: 50, 25, ...).
+            let now = SLOT_MS + 100;
+            let mut granted = 0;
+            while granted < 100 {
+                for &w in holders {
+                    if let [(_, FromCoordinator::Grant(g))] = ask(&mut c, w, now)[..] {
+                        granted += g.tokens;
+                    }
+                }
+            }
+            let out = ask(&mut c, refused, now);
+            let (recalls, reply) = out.split_at(out.len() - 1);
+            let FromCoordinator::Deny(d) = reply[0].1 else {
+                panic!("refused: {out:?}");
+            };
+            let got: Vec<WorkerId> = recalls.iter().map(|&(w, _)| w).collect();
+            assert_eq!(got, recalled, "{holders:?} refusing {refused}");
+            assert!(recalls.iter().all(|r| r.1 == FromCoordinator::Recall(KEY)));
+            assert_eq!(d.retry_at_ms, retry_at, "{holders:?} refusing {refused}");
+        }
     }
 }

@@ -34,11 +34,14 @@
 //! counters are in [`QuotaCoordinatorStats`]. Releases that cannot reach Redis are lost: Redis
 //! then counts more than was used, which only errs on the strict side.
 
+mod calendar;
+
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use redis::{Connection, ErrorKind, RedisError, RedisResult, Script};
 
+use super::calendar::{Calendar, Window};
 use super::local::{Holders, LocalCoordinator, LEASE_SHARE};
 use super::rule::{FailMode, RedisSettings};
 use super::{
@@ -56,6 +59,9 @@ pub const FAIL_CLOSED_RETRY_MS: u64 = 1_000;
 pub const HEALTH_INTERVAL_MS: u64 = 1_000;
 /// Degraded-mode reports go to stderr at most this often.
 pub const LOG_INTERVAL_MS: u64 = 10_000;
+/// A key's window kind is remembered this long after its last lease (its releases and
+/// charges, which do not carry it, arrive within that).
+const WINDOW_MEMORY_MS: u64 = 600_000;
 /// Redis keeps a key's counts this long after its last lease: the span, the prefetched slot,
 /// and one slot of margin.
 const TTL_MS: u64 = (SPAN_SLOTS + 2) * SLOT_MS;
@@ -269,6 +275,11 @@ pub(crate) struct RemoteCoordinator {
     fallback: LocalCoordinator,
     stats: QuotaCoordinatorStats,
     last_log_ms: u64,
+    /// Periods of calendar windows (budgets).
+    calendar: Calendar,
+    calendar_scripts: calendar::Scripts,
+    /// The calendar window of each key that has one, and when it was last leased.
+    windows: KeyMap<(Window, u64)>,
 }
 
 impl fmt::Debug for RemoteCoordinator {
@@ -284,12 +295,30 @@ impl fmt::Debug for RemoteCoordinator {
 
 impl RemoteCoordinator {
     /// Does not connect yet: the first message or `tick` does.
+    #[cfg(test)]
     pub(crate) fn new(
         workers: usize,
         settings: &RedisSettings,
         fail_mode: FailMode,
         epoch_unix_ms: u64,
     ) -> RedisResult<Self> {
+        Self::with_calendar(
+            workers,
+            settings,
+            fail_mode,
+            Calendar::new(jiff::tz::TimeZone::UTC, epoch_unix_ms),
+        )
+    }
+
+    /// [`RemoteCoordinator::new`] whose calendar windows follow `calendar` (its epoch is the
+    /// quota epoch).
+    pub(crate) fn with_calendar(
+        workers: usize,
+        settings: &RedisSettings,
+        fail_mode: FailMode,
+        calendar: Calendar,
+    ) -> RedisResult<Self> {
+        let epoch_unix_ms = calendar.epoch_unix_ms();
         let workers = u32::try_from(workers.max(1)).unwrap_or(u32::MAX);
         Ok(RemoteCoordinator {
             link: Link {
@@ -314,9 +343,12 @@ impl RemoteCoordinator {
             share: workers.saturating_mul(LEASE_SHARE),
             workers,
             holders: KeyMap::default(),
-            fallback: LocalCoordinator::new(workers as usize),
+            fallback: LocalCoordinator::with_calendar(workers as usize, calendar.clone()),
             stats: QuotaCoordinatorStats::default(),
             last_log_ms: 0,
+            calendar,
+            calendar_scripts: calendar::Scripts::default(),
+            windows: KeyMap::default(),
         })
     }
 
@@ -340,18 +372,30 @@ impl RemoteCoordinator {
     ) {
         match msg {
             ToCoordinator::Lease(req) => {
-                let reply = match self.lease(&req, now_ms) {
+                let window = req.limits.window;
+                let remote = match window.is_calendar() {
+                    true => {
+                        self.windows.insert(req.key, (window, now_ms));
+                        self.calendar_lease(&req, now_ms)
+                    }
+                    false => self.lease(&req, now_ms),
+                };
+                let mut reply = match remote {
                     Some(reply) => reply,
                     None => self.degraded_lease(&req, now_ms),
                 };
-                if let FromCoordinator::Grant(g) = reply {
-                    let cur = slot_of(now_ms);
-                    self.holders.entry(req.key).or_default().granted(
-                        req.worker,
-                        g.slot,
-                        req.limits.tokens,
-                        cur,
-                    );
+                let cur = slot_of(now_ms);
+                let workers = self.workers;
+                let holders = self.holders.entry(req.key).or_default();
+                match &mut reply {
+                    FromCoordinator::Grant(g) => {
+                        holders.granted(req.worker, g.slot, req.limits.tokens, cur);
+                    }
+                    // Only this process's cores can be recalled (see `Charge`).
+                    FromCoordinator::Deny(d) => {
+                        holders.reclaim_for(d, window, req.worker, cur, workers, out)
+                    }
+                    FromCoordinator::Recall(_) => {}
                 }
                 out.push((req.worker, reply));
             }
@@ -362,20 +406,27 @@ impl RemoteCoordinator {
                 tokens,
             } => self.release(key, slot, requests, tokens, now_ms),
             ToCoordinator::Charge { key, tokens } => {
-                let (_, tok_key) = self.keys(key);
                 let cur = slot_of(now_ms);
-                let (slot, charge) = (cur + self.base_slot, &self.scripts.charge);
-                let peak = self.link.call(now_ms, &mut self.stats, |c| {
-                    charge
-                        .key(&tok_key)
-                        .arg(slot)
-                        .arg(tokens)
-                        .arg(TTL_MS)
-                        .arg(SPAN_SLOTS)
-                        .invoke::<i64>(c)
-                });
+                let peak = match self.windows.get(&key) {
+                    Some(&(window, _)) => self.calendar_charge(key, window, tokens, now_ms),
+                    None => {
+                        let (_, tok_key) = self.keys(key);
+                        let (slot, charge) = (cur + self.base_slot, &self.scripts.charge);
+                        self.link
+                            .call(now_ms, &mut self.stats, |c| {
+                                charge
+                                    .key(&tok_key)
+                                    .arg(slot)
+                                    .arg(tokens)
+                                    .arg(TTL_MS)
+                                    .arg(SPAN_SLOTS)
+                                    .invoke::<i64>(c)
+                            })
+                            .map(|p| u64::try_from(p).unwrap_or(0))
+                    }
+                };
                 let peak = match peak {
-                    Some(p) => u64::try_from(p).unwrap_or(0),
+                    Some(p) => p,
                     None => self.fallback.charge(key, tokens, now_ms),
                 };
                 // Only this process's cores can be recalled: leases other gateway processes
@@ -392,6 +443,8 @@ impl RemoteCoordinator {
         self.fallback.tick(now_ms);
         let cur = slot_of(now_ms);
         self.holders.retain(|_, h| h.live(cur));
+        self.windows
+            .retain(|_, &mut (_, at)| now_ms < at + WINDOW_MEMORY_MS);
         let idle = match self.link.state {
             State::Up { last_ok_ms, .. } => now_ms >= last_ok_ms + HEALTH_INTERVAL_MS,
             State::Down { retry_at_ms, .. } => now_ms >= retry_at_ms,
@@ -456,7 +509,7 @@ impl RemoteCoordinator {
 
     /// What the fail-open fallback granted for this slot goes back there first; the rest was
     /// counted in Redis.
-    fn release(&mut self, key: QuotaKey, slot: u64, requests: u32, tokens: u32, now_ms: u64) {
+    fn release(&mut self, key: QuotaKey, slot: u64, requests: u32, tokens: u64, now_ms: u64) {
         let (local_req, local_tok) = self.fallback.counted(key, slot);
         let (local_req, local_tok) = (requests.min(local_req), tokens.min(local_tok));
         if local_req > 0 || local_tok > 0 {
@@ -469,6 +522,10 @@ impl RemoteCoordinator {
             self.fallback.handle(local, now_ms, &mut Vec::new());
         }
         let (requests, tokens) = (requests - local_req, tokens - local_tok);
+        if let Some(&(window, _)) = self.windows.get(&key) {
+            // A calendar key has no request window.
+            return self.calendar_release(key, window, slot, tokens, now_ms);
+        }
         if requests == 0 && tokens == 0 {
             return;
         }
@@ -516,7 +573,7 @@ fn fail_closed_deny(req: &LeaseRequest, now_ms: u64) -> FromCoordinator {
     FromCoordinator::Deny(Deny {
         key: req.key,
         reason: LimitKind::Requests,
-        limit: req.limits.requests,
+        limit: u64::from(req.limits.requests),
         retry_at_ms: retry,
         reset_at_ms: retry,
     })
@@ -536,22 +593,25 @@ fn decode_lease(
             * SLOT_MS
     };
     let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+    let wide = |n: i64| u64::try_from(n).unwrap_or(0);
     match *reply {
-        [1, requests, tokens, remaining, reset] => Ok(FromCoordinator::Grant(Grant {
+        [1, requests, tokens, remaining, reset, left] => Ok(FromCoordinator::Grant(Grant {
             key: req.key,
             slot,
             valid_from_ms: slot * SLOT_MS,
             valid_until_ms: (slot + 1) * SLOT_MS,
             requests: count(requests),
-            tokens: if tokens < 0 { u32::MAX } else { count(tokens) },
+            tokens: if tokens < 0 { u64::MAX } else { wide(tokens) },
             remaining: count(remaining),
             reset_at_ms: local_ms(reset),
+            tokens_left: if left < 0 { u64::MAX } else { wide(left) },
+            period_unix_ms: 0,
         })),
         [0, reason, free, reset] => {
             let (reason, limit) = if reason == 2 {
                 (LimitKind::Tokens, req.limits.tokens.unwrap_or(0))
             } else {
-                (LimitKind::Requests, req.limits.requests)
+                (LimitKind::Requests, u64::from(req.limits.requests))
             };
             Ok(FromCoordinator::Deny(Deny {
                 key: req.key,
@@ -581,6 +641,7 @@ mod tests {
             requests: 10,
             tokens: Some(500),
             burst: None,
+            window: crate::quota::Window::Minute,
         },
         at_ms: 0,
         tokens_needed: 1,
@@ -603,7 +664,7 @@ mod tests {
     #[test]
     fn grant_reply_maps_redis_slots_to_local_time() {
         let base = 1_000;
-        let g = decode_lease(&[1, 3, -1, 7, base as i64 + 106], &REQ, 5, base).unwrap();
+        let g = decode_lease(&[1, 3, -1, 7, base as i64 + 106, -1], &REQ, 5, base).unwrap();
         let FromCoordinator::Grant(g) = g else {
             panic!("expected grant")
         };
@@ -611,7 +672,7 @@ mod tests {
             (g.slot, g.valid_from_ms, g.valid_until_ms),
             (5, 3_000, 3_600)
         );
-        assert_eq!((g.requests, g.tokens, g.remaining), (3, u32::MAX, 7));
+        assert_eq!((g.requests, g.tokens, g.remaining), (3, u64::MAX, 7));
         assert_eq!(g.reset_at_ms, 106 * SLOT_MS);
     }
 

@@ -5,7 +5,7 @@
 -- KEYS[1]: request counts (hash: slot -> count); KEYS[2]: token counts.
 -- ARGV: cur, slot (cur or cur+1), span (slots a limit holds over), request limit,
 --       burst (0: none), token limit (0: none), tokens needed, lease share, ttl ms.
--- Returns {1, requests, tokens (-1: no token limit), remaining, reset slot}
+-- Returns {1, requests, tokens (-1: no token limit), remaining, reset slot, tokens left (-1)}
 --      or {0, reason (1: requests, 2: tokens), slot a retry succeeds in, reset slot}.
 local cur, slot, span = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local req_limit, burst = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -99,7 +99,7 @@ local avail = available(reqs, req_limit, burst)
 if avail == 0 then
   return {0, 1, next_free(reqs, 1, req_limit, burst), reset()}
 end
-local tokens = -1
+local tokens, tok_left = -1, -1
 if toks then
   local need = math.max(1, math.min(tok_need, tok_limit))
   local tok_avail = available(toks, tok_limit, 0)
@@ -110,9 +110,10 @@ if toks then
   redis.call('HINCRBY', KEYS[2], ARGV[2], tokens)
   redis.call('PEXPIRE', KEYS[2], ttl)
   toks[slot] = (toks[slot] or 0) + tokens
+  tok_left = tok_avail - tokens
 end
 local requests = math.max(math.floor(avail / share), 1)
 redis.call('HINCRBY', KEYS[1], ARGV[2], requests)
 redis.call('PEXPIRE', KEYS[1], ttl)
 reqs[slot] = (reqs[slot] or 0) + requests
-return {1, requests, tokens, avail - requests, reset()}
+return {1, requests, tokens, avail - requests, reset(), tok_left}

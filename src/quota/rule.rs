@@ -91,9 +91,12 @@ pub struct RuleId(pub u16);
 /// A rule's limits, as sent with every lease request (so reloads take effect at once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// [`UNLIMITED_REQUESTS`](super::UNLIMITED_REQUESTS): no request limit (a budget).
     pub requests: u32,
-    pub tokens: Option<u32>,
+    pub tokens: Option<u64>,
     pub burst: Option<u32>,
+    /// The window the token limit holds over (requests always use the minute).
+    pub window: super::Window,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,9 +120,11 @@ impl QuotaRule {
 
     /// Tokens to take up front for a request with this `max_tokens`: 0 unless the rule
     /// reserves; never more than the rule's token limit (so a reservation can always fit).
-    pub fn reservation(&self, max_tokens: Option<u32>) -> u32 {
+    pub fn reservation(&self, max_tokens: Option<u32>) -> u64 {
         match (self.reserve_max_tokens, self.limits.tokens) {
-            (true, Some(limit)) => max_tokens.unwrap_or(DEFAULT_RESERVE_TOKENS).min(limit),
+            (true, Some(limit)) => {
+                u64::from(max_tokens.unwrap_or(DEFAULT_RESERVE_TOKENS)).min(limit)
+            }
             _ => 0,
         }
     }
@@ -243,8 +248,9 @@ impl RawQuota {
                 model: (raw.model != ANY_MODEL).then(|| raw.model.clone()),
                 limits: Limits {
                     requests: raw.requests_per_minute,
-                    tokens: raw.tokens_per_minute,
+                    tokens: raw.tokens_per_minute.map(u64::from),
                     burst: raw.burst,
+                    window: super::Window::Minute,
                 },
                 reserve_max_tokens: raw.reserve_max_tokens,
             });
@@ -337,7 +343,10 @@ mod tests {
         assert_eq!(s.select("gpt-x").map(|r| r.name.as_str()), Some("default"));
         let big = s.select("llama-70b").unwrap();
         assert_eq!(big.reservation(Some(100)), 100);
-        assert_eq!(big.reservation(None), 5000.min(DEFAULT_RESERVE_TOKENS));
+        assert_eq!(
+            big.reservation(None),
+            5000.min(u64::from(DEFAULT_RESERVE_TOKENS))
+        );
         assert_eq!(big.reservation(Some(1_000_000)), 5000);
         assert_eq!(s.select("x").unwrap().reservation(Some(100)), 0);
         assert_ne!(big.key_for(b"acme"), s.rules[0].key_for(b"acme"));

@@ -21,9 +21,11 @@ struct Lease {
     /// 0: no lease.
     until_ms: u64,
     requests: u32,
-    tokens: u32,
+    tokens: u64,
     size_requests: u32,
-    size_tokens: u32,
+    size_tokens: u64,
+    /// Start (UNIX ms) of the calendar period the lease is counted in (0: minute window).
+    period_unix_ms: u64,
 }
 
 impl Lease {
@@ -36,6 +38,7 @@ impl Lease {
             tokens: g.tokens,
             size_requests: g.requests,
             size_tokens: g.tokens,
+            period_unix_ms: g.period_unix_ms,
         }
     }
 
@@ -68,6 +71,11 @@ struct Entry {
     denied_recheck_ms: u64,
     remaining: u32,
     reset_at_ms: u64,
+    /// Tokens left in the window, as last granted less what this core used since.
+    tokens_left: u64,
+    /// Overrun charged while a lease request was pending: the grant that answers it was sized
+    /// before the charge, so this much of it goes straight back.
+    owed: u64,
     last_used_ms: u64,
 }
 
@@ -83,6 +91,8 @@ impl Entry {
             denied_recheck_ms: 0,
             remaining: 0,
             reset_at_ms: now_ms,
+            tokens_left: u64::MAX,
+            owed: 0,
             last_used_ms: now_ms,
         }
     }
@@ -125,7 +135,7 @@ impl QuotaShard {
         &mut self,
         key: QuotaKey,
         rule: &QuotaRule,
-        reserve_tokens: u32,
+        reserve_tokens: u64,
         now_ms: u64,
     ) -> Decision {
         let worker = self.worker;
@@ -152,10 +162,12 @@ impl QuotaShard {
                     key,
                     slot: e.cur.slot,
                     reserved: reserve_tokens,
+                    period_unix_ms: e.cur.period_unix_ms,
                 },
                 limit: e.limits.requests,
                 remaining: e.remaining,
                 reset_s: secs_until(e.reset_at_ms, now_ms),
+                tokens_left: e.tokens_left,
             };
             prefetch(e, worker, key, now_ms, outbox);
             return Decision::Admit(admitted);
@@ -196,7 +208,7 @@ impl QuotaShard {
     /// coordinator in the current slot, and the same amount is taken out of this core's
     /// next-slot lease (and released there): that lease was sized before these tokens were
     /// used, so leaving it whole would admit on quota already spent.
-    pub fn charge_tokens(&mut self, ticket: Ticket, used: u32, now_ms: u64) {
+    pub fn charge_tokens(&mut self, ticket: Ticket, used: u64, now_ms: u64) {
         let key = ticket.key;
         let mut e = self.keys.get_mut(&key);
         if e.as_ref().is_some_and(|e| !e.token_limited()) {
@@ -205,6 +217,9 @@ impl QuotaShard {
         if let Some(e) = e.as_deref_mut() {
             // Leases that expired since the last check go back before anything is taken.
             roll(e, key, now_ms, &mut self.outbox);
+            e.tokens_left = e
+                .tokens_left
+                .saturating_sub(used.saturating_sub(ticket.reserved));
         }
         if used < ticket.reserved {
             let refund = ticket.reserved - used;
@@ -246,6 +261,13 @@ impl QuotaShard {
             }
         }
         if over > 0 {
+            if let Some(e) = self
+                .keys
+                .get_mut(&key)
+                .filter(|e| e.pending_since_ms.is_some())
+            {
+                e.owed = e.owed.saturating_add(over);
+            }
             self.outbox
                 .push(ToCoordinator::Charge { key, tokens: over });
         }
@@ -281,12 +303,26 @@ impl QuotaShard {
             }
             FromCoordinator::Deny(d) => {
                 e.pending_since_ms = None;
+                e.owed = 0;
                 e.denied = Some(d);
                 e.denied_recheck_ms = (super::slot_of(now_ms) + 2) * super::SLOT_MS;
             }
-            FromCoordinator::Grant(g) => {
+            FromCoordinator::Grant(mut g) => {
                 e.pending_since_ms = None;
                 e.denied = None;
+                if e.owed > 0 && g.tokens != u64::MAX {
+                    // Sized before this core's overrun was charged: shrink it by as much
+                    // (rule 1 of the module docs, for a lease that was still on its way).
+                    let take = e.owed.min(g.tokens);
+                    g.tokens -= take;
+                    self.outbox.push(ToCoordinator::Release {
+                        key,
+                        slot: g.slot,
+                        requests: 0,
+                        tokens: take,
+                    });
+                }
+                e.owed = 0;
                 roll(e, key, now_ms, &mut self.outbox);
                 if now_ms >= g.valid_until_ms {
                     self.outbox.push(release_all(key, &Lease::of(&g)));
@@ -306,6 +342,11 @@ impl QuotaShard {
                     .saturating_add(e.cur.requests)
                     .saturating_add(e.next.requests);
                 e.reset_at_ms = g.reset_at_ms;
+                // What is leased here and not yet used is still left, less reservations.
+                e.tokens_left = g
+                    .tokens_left
+                    .saturating_add(e.cur.tokens)
+                    .saturating_add(e.next.tokens);
             }
         }
         key
@@ -371,8 +412,8 @@ fn release_for(e: &Entry, key: QuotaKey, l: &Lease) -> ToCoordinator {
 }
 
 fn release_all(key: QuotaKey, l: &Lease) -> ToCoordinator {
-    // Unlimited-token grants carry u32::MAX: nothing was counted for them.
-    let tokens = if l.tokens == u32::MAX { 0 } else { l.tokens };
+    // Unlimited-token grants carry u64::MAX: nothing was counted for them.
+    let tokens = if l.tokens == u64::MAX { 0 } else { l.tokens };
     ToCoordinator::Release {
         key,
         slot: l.slot,
@@ -389,9 +430,10 @@ fn prefetch(
     now_ms: u64,
     out: &mut Vec<ToCoordinator>,
 ) {
-    let low = |left: u32, size: u32| left <= size / LOW_WATER_DIVISOR;
+    let low = |left: u64, size: u64| left <= size / u64::from(LOW_WATER_DIVISOR);
     let low_tokens = e.token_limited() && low(e.cur.tokens, e.cur.size_tokens);
-    if low(e.cur.requests, e.cur.size_requests) || low_tokens {
+    let low_requests = low(e.cur.requests.into(), e.cur.size_requests.into());
+    if low_requests || low_tokens {
         ask(e, worker, key, now_ms, now_ms, 1, out);
     } else if !e.next.is_some() && now_ms + PREFETCH_MS >= e.cur.until_ms {
         ask(e, worker, key, e.cur.until_ms, now_ms, 1, out);
@@ -404,7 +446,7 @@ fn ask(
     key: QuotaKey,
     at_ms: u64,
     now_ms: u64,
-    tokens_needed: u32,
+    tokens_needed: u64,
     out: &mut Vec<ToCoordinator>,
 ) {
     if e.pending_since_ms
@@ -438,6 +480,7 @@ mod tests {
                 requests: 100,
                 tokens: None,
                 burst: None,
+                window: crate::quota::Window::Minute,
             },
             reserve_max_tokens: false,
         }
@@ -450,7 +493,9 @@ mod tests {
             valid_from_ms: from,
             valid_until_ms: (slot + 1) * 600,
             requests,
-            tokens: u32::MAX,
+            tokens: u64::MAX,
+            tokens_left: u64::MAX,
+            period_unix_ms: 0,
             remaining: 50,
             reset_at_ms: 61_200,
         })
@@ -596,12 +641,13 @@ mod tests {
                 requests: 1_000,
                 tokens: Some(100),
                 burst: None,
+                window: crate::quota::Window::Minute,
             },
             ..rule()
         }
     }
 
-    fn token_grant(key: QuotaKey, slot: u64, tokens: u32) -> FromCoordinator {
+    fn token_grant(key: QuotaKey, slot: u64, tokens: u64) -> FromCoordinator {
         let FromCoordinator::Grant(g) = grant(key, slot, slot * 600, 10) else {
             unreachable!()
         };
@@ -626,7 +672,7 @@ mod tests {
     #[test]
     fn overrun_empties_the_lease_then_shrinks_the_next_one_and_charges_the_rest_now() {
         // (tokens used, messages, tokens left in this slot's and the next slot's lease)
-        let cases: [(u32, &[ToCoordinator], u32, u32); 5] = [
+        let cases: [(u64, &[ToCoordinator], u64, u64); 5] = [
             (30, &[], 20, 25),
             (50, &[], 0, 25),
             (
@@ -752,5 +798,39 @@ mod tests {
         // A recall of a key this core never saw changes nothing.
         s.apply(FromCoordinator::Recall(QuotaKey(99)), 500);
         assert!(drain(&mut s).is_empty());
+    }
+
+    /// An overrun charged while this core's lease request was on its way: the grant that
+    /// answers it was sized before the charge, so as much of it goes straight back and no
+    /// request is admitted on it.
+    #[test]
+    fn a_grant_sized_before_an_overrun_is_shrunk_by_it() {
+        let key = QuotaKey(8);
+        let r = token_rule();
+        let (mut s, ticket) = two_leases(key);
+        // Use up both leases; the next check asks for more.
+        s.charge_tokens(ticket, 75, 470);
+        drain(&mut s);
+        assert_eq!(s.check(key, &r, 0, 480), Decision::NeedLease);
+        assert!(matches!(drain(&mut s)[..], [ToCoordinator::Lease(_)]));
+        // A request admitted earlier finishes 30 over while the lease request is pending.
+        s.charge_tokens(ticket, 30, 485);
+        assert_eq!(drain(&mut s), [ToCoordinator::Charge { key, tokens: 30 }]);
+        // The grant (20) is all owed: released whole, nothing admitted on it.
+        s.apply(token_grant(key, 0, 20), 490);
+        assert_eq!(
+            drain(&mut s),
+            [ToCoordinator::Release {
+                key,
+                slot: 0,
+                requests: 0,
+                tokens: 20
+            }]
+        );
+        assert_eq!(s.check(key, &r, 0, 495), Decision::NeedLease);
+        // The debt does not outlive the answer: the next grant is whole.
+        drain(&mut s);
+        s.apply(token_grant(key, 0, 20), 500);
+        assert!(matches!(s.check(key, &r, 0, 505), Decision::Admit(_)));
     }
 }

@@ -2,6 +2,7 @@
 
 use super::*;
 
+mod budget;
 mod overrun;
 
 const RPM: u32 = 1_000;
@@ -22,6 +23,7 @@ fn req_rule() -> QuotaRule {
         requests: RPM,
         tokens: None,
         burst: None,
+        window: crate::quota::Window::Minute,
     })
 }
 
@@ -109,7 +111,7 @@ impl Sim {
     }
 
     /// One request the way the engine handles it: park on `NeedLease`, re-check on reply.
-    fn request(&mut self, w: usize, key: QuotaKey, reserve: u32, now: u64) -> Decision {
+    fn request(&mut self, w: usize, key: QuotaKey, reserve: u64, now: u64) -> Decision {
         let mut d = self.shards[w].check(key, &self.rule, reserve, now);
         if d == Decision::NeedLease {
             self.pump(now);
@@ -207,7 +209,7 @@ fn boundary_burst_is_not_doubled_and_retry_after_is_exact() {
     };
     assert_eq!(
         (e.reason, e.limit, e.rule),
-        (LimitKind::Requests, RPM, RuleId(0))
+        (LimitKind::Requests, u64::from(RPM), RuleId(0))
     );
     // Slot 98 frees at the start of slot 199: 119 400 ms, i.e. 59.3 s after 60 100.
     assert_eq!(e.retry_after_s, 60);
@@ -297,6 +299,7 @@ fn burst_caps_one_slot() {
             requests: RPM,
             tokens: None,
             burst: Some(10),
+            window: crate::quota::Window::Minute,
         }),
     );
     let key = sim.rule.key_for(b"fay");
@@ -319,6 +322,7 @@ fn tokens_admit_while_left_and_charge_on_finish() {
             requests: RPM,
             tokens: Some(1_000),
             burst: None,
+            window: crate::quota::Window::Minute,
         }),
     );
     let key = sim.rule.key_for(b"gus");
@@ -351,6 +355,7 @@ fn reserve_mode_takes_max_tokens_and_refunds() {
         requests: RPM,
         tokens: Some(1_000),
         burst: None,
+        window: crate::quota::Window::Minute,
     });
     r.reserve_max_tokens = true;
     let mut sim = Sim::new(1, r);
@@ -384,6 +389,7 @@ fn refund_after_lease_expiry_goes_back_to_its_slot() {
         requests: RPM,
         tokens: Some(1_000),
         burst: None,
+        window: crate::quota::Window::Minute,
     });
     r.reserve_max_tokens = true;
     let mut sim = Sim::new(1, r);

@@ -18,18 +18,34 @@ pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// Characters per token assumed by the cut-off estimate (OpenAI's rule of thumb for English).
 pub const CHARS_PER_TOKEN: u64 = 4;
 
-/// Token counts as OpenAI-compatible servers report them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// Token counts of one response, the one structure every source of usage fills: the OpenAI
+/// `usage` objects read here, and a provider adapter translating another API's usage (issue
+/// #15) builds the same value with [`Usage::from_parts`].
+///
+/// Semantics are OpenAI's: `cached_tokens` is the part of `prompt_tokens` served from the
+/// provider's prompt cache (never more than `prompt_tokens`; a report saying otherwise is
+/// clamped), so uncached input is `prompt_tokens - cached_tokens`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
-    #[serde(default)]
     pub prompt_tokens: u32,
-    #[serde(default)]
     pub completion_tokens: u32,
-    #[serde(default)]
+    /// Prompt tokens read from the provider's prompt cache (a part of `prompt_tokens`).
+    pub cached_tokens: u32,
+    /// As reported; 0 when the server omitted it (see [`Usage::total`]).
     pub total_tokens: u32,
 }
 
 impl Usage {
+    /// A usage from its parts (an adapter's translation); `total_tokens` is their sum.
+    pub fn from_parts(prompt: u32, completion: u32, cached: u32) -> Usage {
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            cached_tokens: cached.min(prompt),
+            total_tokens: prompt.saturating_add(completion),
+        }
+    }
+
     /// Tokens to charge: `total_tokens`, or the sum of the parts when a server omits it.
     pub fn total(&self) -> u32 {
         if self.total_tokens > 0 {
@@ -38,27 +54,81 @@ impl Usage {
             self.prompt_tokens.saturating_add(self.completion_tokens)
         }
     }
+
+    /// Prompt tokens not served from the cache.
+    pub fn uncached_prompt(&self) -> u32 {
+        self.prompt_tokens.saturating_sub(self.cached_tokens)
+    }
+}
+
+/// `prompt_tokens_details` / `input_tokens_details`: only the cached count is read.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+struct Details {
+    #[serde(default)]
+    cached_tokens: Option<u32>,
+}
+
+/// A `usage` object as OpenAI servers write it: Chat Completions names the parts
+/// `prompt_tokens`/`completion_tokens` (+ `prompt_tokens_details.cached_tokens`), the
+/// Responses API `input_tokens`/`output_tokens` (+ `input_tokens_details.cached_tokens`). A
+/// count that is `null` or absent is 0; the Chat name wins when both are present.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+struct RawUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u32>,
+    #[serde(default)]
+    completion_tokens: Option<u32>,
+    #[serde(default)]
+    total_tokens: Option<u32>,
+    #[serde(default)]
+    prompt_tokens_details: Option<Details>,
+    #[serde(default)]
+    input_tokens: Option<u32>,
+    #[serde(default)]
+    output_tokens: Option<u32>,
+    #[serde(default)]
+    input_tokens_details: Option<Details>,
+}
+
+impl From<RawUsage> for Usage {
+    fn from(r: RawUsage) -> Usage {
+        let prompt = r.prompt_tokens.or(r.input_tokens).unwrap_or(0);
+        let cached = r
+            .prompt_tokens_details
+            .and_then(|d| d.cached_tokens)
+            .or_else(|| r.input_tokens_details.and_then(|d| d.cached_tokens))
+            .unwrap_or(0);
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: r.completion_tokens.or(r.output_tokens).unwrap_or(0),
+            cached_tokens: cached.min(prompt),
+            total_tokens: r.total_tokens.unwrap_or(0),
+        }
+    }
 }
 
 /// Upstream bodies carry many more fields; only `usage` is read, the rest ignored.
 #[derive(Deserialize)]
 struct WithUsage {
     #[serde(default)]
-    usage: Option<Usage>,
+    usage: Option<RawUsage>,
 }
 
 /// The `usage` of a complete (non-streamed) JSON response body. `body` is used as simd-json's
 /// scratch space and is clobbered: pass a copy if the bytes are still needed. `None` when the
 /// body is not JSON or has no usable `usage` object.
 pub fn usage_from_body(body: &mut [u8]) -> Option<Usage> {
-    simd_json::serde::from_slice::<WithUsage>(body).ok()?.usage
+    simd_json::serde::from_slice::<WithUsage>(body)
+        .ok()?
+        .usage
+        .map(Usage::from)
 }
 
 /// An SSE event's data, as far as the usage check reads it.
 #[derive(Deserialize)]
 struct EventData {
     #[serde(default)]
-    usage: Option<Usage>,
+    usage: Option<RawUsage>,
     /// Only whether this is a non-empty array matters: such an event has content for the
     /// client and is never stripped, whatever a nested `choices` showed the byte-level
     /// [`classify`] first (found while writing the `sse_usage` fuzz target).
@@ -186,7 +256,7 @@ impl SseUsageScanner {
                     choices,
                 }) = simd_json::serde::from_slice::<EventData>(&mut self.scratch)
                 {
-                    self.usage = Some(u);
+                    self.usage = Some(u.into());
                     let content = choices
                         .as_ref()
                         .and_then(|c| c.as_array())
@@ -320,6 +390,7 @@ mod tests {
     const EXPECTED: Usage = Usage {
         prompt_tokens: 12,
         completion_tokens: 5,
+        cached_tokens: 0,
         total_tokens: 17,
     };
 
@@ -440,5 +511,94 @@ mod tests {
         assert_eq!((u.prompt_tokens, u.completion_tokens, u.total()), (3, 4, 7));
         assert_eq!(usage_from_body(&mut br#"{"usage":null}"#.to_vec()), None);
         assert_eq!(usage_from_body(&mut b"not json".to_vec()), None);
+    }
+    /// Every shape of `usage` an OpenAI-compatible server writes, each as a JSON body and as
+    /// the usage event of a stream split at every byte: the parts, the cached part, and what
+    /// a missing, `null` or inconsistent field reads as.
+    #[test]
+    fn usage_shapes_read_the_same_from_bodies_and_streams() {
+        let u = |p, c, k, t| Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            cached_tokens: k,
+            total_tokens: t,
+        };
+        let cases: &[(&str, Usage)] = &[
+            (
+                r#"{"prompt_tokens":2006,"completion_tokens":300,"total_tokens":2306,"prompt_tokens_details":{"cached_tokens":1920,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}"#,
+                u(2006, 300, 1920, 2306),
+            ),
+            // Details before the counts, and extra whitespace.
+            (
+                r#"{ "prompt_tokens_details" : { "cached_tokens" : 5 } , "prompt_tokens" : 9 , "completion_tokens" : 1 }"#,
+                u(9, 1, 5, 0),
+            ),
+            (
+                r#"{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10,"prompt_tokens_details":null}"#,
+                u(7, 3, 0, 10),
+            ),
+            (
+                r#"{"prompt_tokens":7,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":null}}"#,
+                u(7, 3, 0, 0),
+            ),
+            (
+                r#"{"prompt_tokens":7,"completion_tokens":3,"prompt_tokens_details":{}}"#,
+                u(7, 3, 0, 0),
+            ),
+            // More cached than prompt tokens is clamped: uncached input is never negative.
+            (
+                r#"{"prompt_tokens":4,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":90}}"#,
+                u(4, 1, 4, 0),
+            ),
+            // The Responses API's names.
+            (
+                r#"{"input_tokens":50,"input_tokens_details":{"cached_tokens":32},"output_tokens":8,"output_tokens_details":{"reasoning_tokens":2},"total_tokens":58}"#,
+                u(50, 8, 32, 58),
+            ),
+            // Both namings: the Chat Completions one wins.
+            (
+                r#"{"prompt_tokens":1,"input_tokens":99,"completion_tokens":2,"output_tokens":99,"prompt_tokens_details":{"cached_tokens":1},"input_tokens_details":{"cached_tokens":50}}"#,
+                u(1, 2, 1, 0),
+            ),
+            (
+                r#"{"prompt_tokens":null,"completion_tokens":6}"#,
+                u(0, 6, 0, 0),
+            ),
+            (r#"{}"#, u(0, 0, 0, 0)),
+        ];
+        for (usage, want) in cases {
+            let mut body = format!(
+                r#"{{"id":"x","choices":[{{"message":{{"content":"hi"}}}}],"usage":{usage}}}"#
+            )
+            .into_bytes();
+            assert_eq!(usage_from_body(&mut body), Some(*want), "{usage}");
+            let ev = format!("data: {{\"choices\":[],\"usage\":{usage}}}\n\n");
+            let all = format!("{NORMAL}{ev}{DONE}");
+            for cut in 0..=all.len() {
+                let (out, s) = run(true, &[&all.as_bytes()[..cut], &all.as_bytes()[cut..]]);
+                assert_eq!(s.usage(), Some(*want), "{usage} cut at {cut}");
+                assert_eq!(out, format!("{NORMAL}{DONE}").as_bytes(), "cut at {cut}");
+            }
+        }
+        // Counts that are not unsigned integers make the usage unreadable, not wrong.
+        for bad in [
+            r#"{"prompt_tokens":-1}"#,
+            r#"{"prompt_tokens":"7"}"#,
+            r#"{"prompt_tokens":1.5}"#,
+        ] {
+            let mut body = format!(r#"{{"usage":{bad}}}"#).into_bytes();
+            assert_eq!(usage_from_body(&mut body), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn parts_make_a_usage_and_cached_is_part_of_prompt() {
+        let u = Usage::from_parts(100, 20, 150);
+        assert_eq!(
+            (u.cached_tokens, u.total(), u.uncached_prompt()),
+            (100, 120, 0)
+        );
+        let u = Usage::from_parts(100, 20, 30);
+        assert_eq!(u.uncached_prompt(), 70);
     }
 }

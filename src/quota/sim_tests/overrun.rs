@@ -16,11 +16,11 @@ use super::*;
 /// One sequential client of one key and the engine around it.
 #[derive(Debug, Clone, Copy)]
 struct Plan {
-    limit: u32,
+    limit: u64,
     /// Tokens every response uses.
-    used: u32,
+    used: u64,
     /// Tokens reserved per request (`reserve_max_tokens`), else 0.
-    reserve: u32,
+    reserve: u64,
     /// First send.
     start: u64,
     /// From one send to the next (> `latency`: one request at a time).
@@ -37,7 +37,7 @@ struct Plan {
 }
 
 impl Plan {
-    const fn new(limit: u32, used: u32) -> Self {
+    const fn new(limit: u64, used: u64) -> Self {
         Plan {
             limit,
             used,
@@ -67,6 +67,7 @@ fn drive(plan: Plan) -> (Vec<Outcome>, usize) {
         requests: 100_000,
         tokens: Some(plan.limit),
         burst: None,
+        window: crate::quota::Window::Minute,
     });
     r.reserve_max_tokens = plan.reserve > 0;
     let mut sim = Sim::new(plan.workers, r);
@@ -216,7 +217,7 @@ fn fifty_five_token_requests_get_two_admissions_and_then_only_429s() {
 fn sequential_traffic_never_overruns_by_more_than_one_response() {
     let mut cases = 0;
     let (mut with_prefetch, mut without_prefetch) = (0, 0);
-    for used in [1u32, 2, 13, 34, 50, 55, 67, 99, 100] {
+    for used in [1u64, 2, 13, 34, 50, 55, 67, 99, 100] {
         for (gap, latency) in [(100, 40), (250, 5), (610, 590), (700, 650), (1_300, 1_250)] {
             for start in [0, 170, 420, 590] {
                 for workers in [1, 2] {
