@@ -65,6 +65,7 @@ pub mod pipeline;
 pub mod pool;
 pub mod proxy;
 pub mod quota;
+pub mod registry;
 pub mod route;
 pub mod runtime;
 pub mod server;

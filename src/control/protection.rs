@@ -51,7 +51,7 @@ pub enum Loss {
     QuotaRemoved,
     /// The quota rule of this name is gone.
     QuotaRuleRemoved(String),
-    /// `[admin] token` is gone (or `[admin]` with it).
+    /// Every admin token (`[admin] token` and `tokens`) is gone (or `[admin]` with them).
     AdminTokenRemoved,
     /// More than half of the routes are gone.
     RoutesDropped { before: usize, after: usize },
@@ -124,7 +124,7 @@ pub fn lowered(old: &Snapshot, new: &Snapshot) -> Vec<Loss> {
     let mut out = Vec::new();
     auth_losses(old, new, &mut out);
     quota_losses(old, new, &mut out);
-    let token = |s: &Snapshot| s.admin.as_ref().is_some_and(|a| a.token.is_some());
+    let token = |s: &Snapshot| s.admin.as_ref().is_some_and(|a| a.has_token());
     if token(old) && !token(new) {
         out.push(Loss::AdminTokenRemoved);
     }

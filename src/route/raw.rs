@@ -57,6 +57,10 @@ pub struct RawDeployment {
     pub breaker: Option<crate::breaker::config::RawBreaker>,
     #[serde(default)]
     pub health_check: Option<crate::breaker::config::RawHealthCheck>,
+    /// Not TOML: a `[[deployments]]` entry is always active. Set for the model registry's
+    /// versions, whose status decides which version requirements reach them.
+    #[serde(skip)]
+    pub status: super::catalog::VersionStatus,
 }
 
 /// One `[[routes]]` entry.
