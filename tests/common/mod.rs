@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod fixture;
+pub mod registry_rig;
 
 // Each test file uses some of these.
 #[allow(unused_imports)]
