@@ -352,6 +352,46 @@ upstream = "a"
     }
 
     #[test]
+    fn named_admin_tokens_are_checked_like_the_admin_token() {
+        let tokens = |list: &str| {
+            format!(
+                "{GOOD}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = {{ value = \"the-admin-token-0123\" }}\ntokens = [{list}]\n"
+            )
+        };
+        let ok = from_str(
+            &tokens(r#"{ name = "alice", token = { value = "alice-token-0123456" } }, { name = "ci.bot@x", token = { value = "ci-token-0123456789" } }"#),
+            Path::new("."),
+            1,
+        )
+        .unwrap();
+        let admin = ok.admin.unwrap();
+        let names: Vec<&str> = admin.named_tokens().iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["admin", "alice", "ci.bot@x"]);
+        assert!(admin.has_token());
+        let cases: &[(&str, &str, &str)] = &[
+            (r#"{ name = "", token = { value = "alice-token-0123456" } }"#, "admin.tokens[0].name", "must be"),
+            (r#"{ name = "a b", token = { value = "alice-token-0123456" } }"#, "admin.tokens[0].name", "must be"),
+            (r#"{ name = "admin", token = { value = "alice-token-0123456" } }"#, "admin.tokens[0].name", "taken"),
+            (r#"{ name = "a", token = { value = "alice-token-0123456" } }, { name = "a", token = { value = "other-token-0123456" } }"#, "admin.tokens[1].name", "taken"),
+            (r#"{ name = "a", token = { value = "short" } }"#, "admin.tokens[0].token", "at least 16"),
+            (r#"{ name = "a", token = { value = "the-admin-token-0123" } }"#, "admin.tokens[0].token", "same as another"),
+            (r#"{ name = "a", token = { value = "alice-token-0123456" } }, { name = "b", token = { value = "alice-token-0123456" } }"#, "admin.tokens[1].token", "same as another"),
+            (r#"{ name = "a", token = { env = "SG_TEST_UNSET_NAMED_TOKEN" } }"#, "admin.tokens[0].token", "not set"),
+        ];
+        for (list, key, want) in cases {
+            let p = from_str(&tokens(list), Path::new("."), 1).unwrap_err();
+            assert_eq!(p.len(), 1, "{list}: {p:?}");
+            assert_eq!(p[0].key, *key, "{list}");
+            assert!(p[0].message.contains(want), "{list}: {}", p[0].message);
+        }
+        // Named tokens alone protect a non-loopback admin address.
+        let text = format!(
+            "{GOOD}[admin]\nlisten = \"0.0.0.0:0\"\ntokens = [{{ name = \"a\", token = {{ value = \"alice-token-0123456\" }} }}]\n"
+        );
+        assert!(from_str(&text, Path::new("."), 1).is_ok());
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_with_location() {
         let text = GOOD.replace("workers = 1", "workers = 1\nwokers = 2");
         let problems = from_str(&text, Path::new("."), 1).unwrap_err();

@@ -270,7 +270,8 @@ mod tests {
 
     #[test]
     fn audit_queries_decode_and_name_bad_parameters() {
-        let q = audit_query("limit=5&before=9&subject=%22%2Fv1%22%7Cllama%40").unwrap();
+        let q = audit_query("limit=5&before=9&subject=%22%2Fv1%22%7Cllama%40")
+            .unwrap_or_else(|r| panic!("{}", r.status));
         assert_eq!((q.limit, q.before_id), (5, Some(9)));
         assert_eq!(q.subject.as_deref(), Some("\"/v1\"|llama@"));
         for bad in ["limit=x", "before=-", "subject=%zz", "who=me", "subject=%ff"] {

@@ -509,6 +509,25 @@ mod tests {
                 .replace("token = { value = \"0123456789abcdef\" }\n", "")
         });
         assert_eq!(l, [Loss::AdminTokenRemoved]);
+        // Named tokens count as tokens: swapping `token` for them loses nothing; dropping
+        // every one of them does.
+        let named = "tokens = [{ name = \"alice\", token = { value = \"alice-token-0123456\" } }]\n";
+        let l = losses(|p| {
+            p.admin = p
+                .admin
+                .replace("token = { value = \"0123456789abcdef\" }\n", named)
+        });
+        assert!(l.is_empty(), "{l:?}");
+        let mut with_named = Parts::full();
+        with_named.admin = with_named
+            .admin
+            .replace("token = { value = \"0123456789abcdef\" }\n", named);
+        let mut without = Parts::full();
+        without.admin = "[admin]\nlisten = \"127.0.0.1:0\"\n".into();
+        assert_eq!(
+            lowered(&with_named.snapshot(), &without.snapshot()),
+            [Loss::AdminTokenRemoved]
+        );
     }
 
     #[test]

@@ -473,6 +473,54 @@ mod tests {
         );
     }
 
+    /// The version each of `keys` sticky sessions goes to under `targets`.
+    fn sessions(targets: &[SplitTarget], keys: usize) -> Vec<String> {
+        use crate::route::{router_from_toml, RouteTarget, SelectCtx, WorkerRng};
+        let mut text = String::new();
+        for v in ["1.0.0", "1.1.0"] {
+            text += &format!("[[deployments]]\nmodel = \"llama\"\nversion = \"{v}\"\nendpoints = [\"10.0.0.1:80\"]\n");
+        }
+        let items: Vec<String> = targets
+            .iter()
+            .map(|t| format!("{{ model = \"{}\", version = \"={}\", weight = {} }}", t.model, t.version, t.weight))
+            .collect();
+        text += &format!("[[routes]]\npath = \"/r\"\nsticky = \"subject\"\ntargets = [{}]\n", items.join(", "));
+        let router = router_from_toml(&text).unwrap();
+        let RouteTarget::Split(split) = router.routes()[0].target() else {
+            panic!("not a split")
+        };
+        let mut rng = WorkerRng::new(7);
+        (0..keys)
+            .map(|i| {
+                let key = format!("session-{i}");
+                let ctx = SelectCtx {
+                    label: None,
+                    sticky_key: Some(key.as_bytes()),
+                };
+                let c = router.choose(split, &ctx, |_| true, &mut rng).unwrap();
+                c.version.to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sessions_only_move_to_the_new_version_as_the_steps_advance() {
+        let original = [t("llama", "1.0.0", 1)];
+        let mut before = sessions(&original, 5000);
+        assert!(before.iter().all(|v| v == "1.0.0"));
+        for p in [1u8, 5, 25, 50, 100] {
+            let now = sessions(&weights_at(&original, "llama", "1.0.0", "1.1.0", p).unwrap(), 5000);
+            let on_new = now.iter().filter(|v| *v == "1.1.0").count() as f64 / 50.0;
+            assert!((on_new - f64::from(p)).abs() < 2.5, "{p} %: {on_new} % on the new version");
+            for (b, n) in before.iter().zip(&now) {
+                assert!(!(b == "1.1.0" && n == "1.0.0"), "a session went back at {p} %");
+            }
+            before = now;
+        }
+        let promoted = sessions(&promoted(&original, "llama", "1.0.0", "1.1.0"), 5000);
+        assert_eq!(promoted, before);
+    }
+
     fn window(requests: u64, errors: u64, ttfb_ms: &[(u64, u64)]) -> Window {
         let mut h = empty_histogram();
         for &(ms, n) in ttfb_ms {
