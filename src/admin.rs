@@ -608,14 +608,21 @@ mod tests {
         assert!(s.authorized(&req(None)));
         assert_eq!(s.caller(&req(None)).as_deref(), Some(ANONYMOUS));
         // Named tokens: each caller is known by its token's name.
-        let text = "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+        let text =
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
                     token = { value = \"t0ken-0123456789\" }\n\
                     tokens = [{ name = \"alice\", token = { value = \"alice-token-0123456\" } }]\n";
         control::lock_view(&view).snapshot =
             Some(crate::config::from_str(text, std::path::Path::new("."), 1).unwrap());
         let who = |auth: Option<&str>| s.caller(&req(auth));
-        assert_eq!(who(Some("Bearer t0ken-0123456789")).as_deref(), Some("admin"));
-        assert_eq!(who(Some("Bearer alice-token-0123456")).as_deref(), Some("alice"));
+        assert_eq!(
+            who(Some("Bearer t0ken-0123456789")).as_deref(),
+            Some("admin")
+        );
+        assert_eq!(
+            who(Some("Bearer alice-token-0123456")).as_deref(),
+            Some("alice")
+        );
         for wrong in [None, Some("Bearer alice-token-012345"), Some("Bearer ")] {
             assert_eq!(who(wrong), None, "{wrong:?}");
         }

@@ -369,14 +369,46 @@ upstream = "a"
         assert_eq!(names, ["admin", "alice", "ci.bot@x"]);
         assert!(admin.has_token());
         let cases: &[(&str, &str, &str)] = &[
-            (r#"{ name = "", token = { value = "alice-token-0123456" } }"#, "admin.tokens[0].name", "must be"),
-            (r#"{ name = "a b", token = { value = "alice-token-0123456" } }"#, "admin.tokens[0].name", "must be"),
-            (r#"{ name = "admin", token = { value = "alice-token-0123456" } }"#, "admin.tokens[0].name", "taken"),
-            (r#"{ name = "a", token = { value = "alice-token-0123456" } }, { name = "a", token = { value = "other-token-0123456" } }"#, "admin.tokens[1].name", "taken"),
-            (r#"{ name = "a", token = { value = "short" } }"#, "admin.tokens[0].token", "at least 16"),
-            (r#"{ name = "a", token = { value = "the-admin-token-0123" } }"#, "admin.tokens[0].token", "same as another"),
-            (r#"{ name = "a", token = { value = "alice-token-0123456" } }, { name = "b", token = { value = "alice-token-0123456" } }"#, "admin.tokens[1].token", "same as another"),
-            (r#"{ name = "a", token = { env = "SG_TEST_UNSET_NAMED_TOKEN" } }"#, "admin.tokens[0].token", "not set"),
+            (
+                r#"{ name = "", token = { value = "alice-token-0123456" } }"#,
+                "admin.tokens[0].name",
+                "must be",
+            ),
+            (
+                r#"{ name = "a b", token = { value = "alice-token-0123456" } }"#,
+                "admin.tokens[0].name",
+                "must be",
+            ),
+            (
+                r#"{ name = "admin", token = { value = "alice-token-0123456" } }"#,
+                "admin.tokens[0].name",
+                "taken",
+            ),
+            (
+                r#"{ name = "a", token = { value = "alice-token-0123456" } }, { name = "a", token = { value = "other-token-0123456" } }"#,
+                "admin.tokens[1].name",
+                "taken",
+            ),
+            (
+                r#"{ name = "a", token = { value = "short" } }"#,
+                "admin.tokens[0].token",
+                "at least 16",
+            ),
+            (
+                r#"{ name = "a", token = { value = "the-admin-token-0123" } }"#,
+                "admin.tokens[0].token",
+                "same as another",
+            ),
+            (
+                r#"{ name = "a", token = { value = "alice-token-0123456" } }, { name = "b", token = { value = "alice-token-0123456" } }"#,
+                "admin.tokens[1].token",
+                "same as another",
+            ),
+            (
+                r#"{ name = "a", token = { env = "SG_TEST_UNSET_NAMED_TOKEN" } }"#,
+                "admin.tokens[0].token",
+                "not set",
+            ),
         ];
         for (list, key, want) in cases {
             let p = from_str(&tokens(list), Path::new("."), 1).unwrap_err();

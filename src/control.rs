@@ -60,10 +60,10 @@ use crate::config::{self, AccessLogTarget, ConfigError, ConfigProblem, RawConfig
 use crate::inbox::{Barrier, ToWorker, Workers};
 use crate::time::unix_now;
 pub use protection::Loss;
+pub use registry::{Applied, RegistryReply, RegistryRequest};
 pub use revoke::{revoke_via, RevokeError, REVOKE_APPLY_TIMEOUT};
 use watch::{FileWatch, Poll};
 pub use watch::{WatchSettings, SETTLE_INTERVAL, WATCH_INTERVAL};
-pub use registry::{Applied, RegistryReply, RegistryRequest};
 pub use weights::{WeightsBody, WeightsError};
 
 /// Requests to the control thread.
@@ -339,7 +339,9 @@ struct State {
 fn run(mut st: State, rx: Receiver<ToControl>, interval: Duration) {
     let mut next_poll = Instant::now() + interval;
     loop {
-        let deadline = st.next_rollout_look().map_or(next_poll, |t| t.min(next_poll));
+        let deadline = st
+            .next_rollout_look()
+            .map_or(next_poll, |t| t.min(next_poll));
         match rx.recv_deadline(deadline) {
             Ok(ToControl::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             Ok(ToControl::Reload(reply)) => {

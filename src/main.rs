@@ -53,7 +53,7 @@ enum Command {
         token: Option<String>,
     },
     /// The model registry of a running gateway: versions, splits, rollouts, the audit log.
-    Models(admin::models_cli::ModelsArgs),
+    Models(Box<admin::models_cli::ModelsArgs>),
 }
 
 fn main() -> ExitCode {

@@ -391,12 +391,12 @@ pub fn load(path: &Path, generation: u64) -> Result<Loaded, LoadError> {
     let raw = config::parse_bytes(path, &bytes).map_err(LoadError::Config)?;
     let base = config::base_dir(path);
     let Some(db) = raw.registry.as_ref().map(|r| base.join(&r.path)) else {
-        let snapshot = raw
-            .validate(base, generation)
-            .map_err(|problems| LoadError::Config(ConfigError {
+        let snapshot = raw.validate(base, generation).map_err(|problems| {
+            LoadError::Config(ConfigError {
                 file: path.to_path_buf(),
                 problems,
-            }))?;
+            })
+        })?;
         return Ok(Loaded {
             snapshot,
             raw,
@@ -404,12 +404,13 @@ pub fn load(path: &Path, generation: u64) -> Result<Loaded, LoadError> {
         });
     };
     let opened = open(&db).map_err(LoadError::Registry)?;
-    let snapshot = merge::build(&raw, base, &opened.state, &db, generation).map_err(|problems| {
-        LoadError::Config(ConfigError {
-            file: path.to_path_buf(),
-            problems,
-        })
-    })?;
+    let snapshot =
+        merge::build(&raw, base, &opened.state, &db, generation).map_err(|problems| {
+            LoadError::Config(ConfigError {
+                file: path.to_path_buf(),
+                problems,
+            })
+        })?;
     Ok(Loaded {
         snapshot,
         raw,
@@ -419,8 +420,10 @@ pub fn load(path: &Path, generation: u64) -> Result<Loaded, LoadError> {
 
 /// The file name a problem message uses for the database.
 pub(crate) fn db_name(db: &Path) -> String {
-    db.file_name()
-        .map_or_else(|| db.display().to_string(), |n| n.to_string_lossy().into_owned())
+    db.file_name().map_or_else(
+        || db.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// Unix milliseconds now.

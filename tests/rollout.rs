@@ -7,7 +7,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -39,8 +39,8 @@ struct Outcome {
 /// Client threads sending chat requests round the sessions until stopped.
 struct Traffic {
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-    log: Arc<Mutex<Vec<Outcome>>>,
+    /// Each thread returns its own outcomes.
+    threads: Vec<JoinHandle<Vec<Outcome>>>,
 }
 
 const SESSIONS_PER_THREAD: usize = 25;
@@ -48,11 +48,11 @@ const SESSIONS_PER_THREAD: usize = 25;
 impl Traffic {
     fn start(gw: SocketAddr, threads: usize) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
-        let log = Arc::new(Mutex::new(Vec::new()));
         let threads = (0..threads)
             .map(|t| {
-                let (stop, log) = (stop.clone(), log.clone());
+                let stop = stop.clone();
                 thread::spawn(move || {
+                    let mut log = Vec::new();
                     let body = chat_body("llama");
                     let mut i = 0;
                     // Bounded: a test that never stops it still ends.
@@ -74,7 +74,7 @@ impl Traffic {
                             Ok(r) => (r.status, r.header("x-shardgate-version").map(str::to_owned)),
                             Err(_) => (0, None),
                         };
-                        log.lock().unwrap().push(Outcome {
+                        log.push(Outcome {
                             sent,
                             at: Instant::now(),
                             session,
@@ -82,18 +82,21 @@ impl Traffic {
                             version,
                         });
                     }
+                    log
                 })
             })
             .collect();
-        Traffic { stop, threads, log }
+        Traffic { stop, threads }
     }
 
     fn stop(self) -> Vec<Outcome> {
         self.stop.store(true, Ordering::Relaxed);
+        let mut log: Vec<Outcome> = Vec::new();
         for t in self.threads {
-            t.join().unwrap();
+            log.extend(t.join().unwrap());
         }
-        Arc::try_unwrap(self.log).unwrap().into_inner().unwrap()
+        log.sort_by_key(|o| o.sent);
+        log
     }
 }
 
@@ -105,7 +108,11 @@ fn rig(name: &str, stable: &MockHandle, canary: &MockHandle) -> RegistryRig {
         + &deployment("llama", "1.0.0", &[stable.addr()], "")
         + &chat_route(r#"{ model = "llama", version = "^1", weight = 1 }"#);
     let rig = RegistryRig::start(&dir, Some(&text));
-    let (status, v) = rig.call("POST", "/models/llama/versions", Some(&version_body("1.1.0", canary.addr())));
+    let (status, v) = rig.call(
+        "POST",
+        "/models/llama/versions",
+        Some(&version_body("1.1.0", canary.addr())),
+    );
     assert_eq!(status, 200, "{v}");
     rig
 }
@@ -131,7 +138,7 @@ fn assert_sessions_only_move_forward(log: &[Outcome]) {
         let new = o.version.as_deref() == Some("1.1.0");
         let was = on_new.insert(o.session, new);
         assert!(
-            !(was == Some(true) && !new),
+            new || was != Some(true),
             "session {} went back from 1.1.0 to 1.0.0",
             o.session
         );
@@ -150,13 +157,21 @@ fn a_healthy_canary_ramps_to_all_traffic_and_is_promoted_failing_no_request() {
     let started = start_rollout(&rig, &[10, 50, 100], 300);
     assert_eq!(started["rollout"]["state"], "running");
     assert_eq!(started["rollout"]["percent"], 10);
-    let done = rig.wait_for(ROLLOUT, Duration::from_secs(90), |v| v["rollout"]["state"] != "running");
+    let done = rig.wait_for(ROLLOUT, Duration::from_secs(90), |v| {
+        v["rollout"]["state"] != "running"
+    });
     assert_eq!(done["rollout"]["state"], "completed", "{done:#}");
     thread::sleep(Duration::from_millis(200));
     let log = traffic.stop();
 
     let failed: Vec<&Outcome> = log.iter().filter(|o| o.status != 200).collect();
-    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), log.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        log.len(),
+        &failed[..failed.len().min(5)]
+    );
     assert_sessions_only_move_forward(&log);
     let promoted_at = Instant::now() - Duration::from_millis(150);
     assert!(log
@@ -164,15 +179,27 @@ fn a_healthy_canary_ramps_to_all_traffic_and_is_promoted_failing_no_request() {
         .filter(|o| o.sent > promoted_at)
         .all(|o| o.version.as_deref() == Some("1.1.0")));
     // Promoted: the new version active, the route's split on it alone.
-    assert_eq!(rig.get("/models/llama/versions/1.1.0")["version"]["status"], "active");
+    assert_eq!(
+        rig.get("/models/llama/versions/1.1.0")["version"]["status"],
+        "active"
+    );
     let splits = rig.get("/splits");
-    assert_eq!(splits["splits"][0]["targets"], json!([{"model": "llama", "version": "1.1.0", "weight": 1}]));
+    assert_eq!(
+        splits["splits"][0]["targets"],
+        json!([{"model": "llama", "version": "1.1.0", "weight": 1}])
+    );
     // Every step in the audit log, made by the rollout itself.
     let steps: Vec<(String, String, Value)> = rig
         .audit()
         .iter()
         .filter(|e| e["action"].as_str().unwrap().starts_with("rollout."))
-        .map(|e| (e["who"].as_str().unwrap().into(), e["action"].as_str().unwrap().into(), e["after"]["percent"].clone()))
+        .map(|e| {
+            (
+                e["who"].as_str().unwrap().into(),
+                e["action"].as_str().unwrap().into(),
+                e["after"]["percent"].clone(),
+            )
+        })
         .collect();
     assert_eq!(
         steps,
@@ -215,11 +242,16 @@ fn rolled_back_by(name: &str, guard: &str, break_canary: impl FnOnce(&MockHandle
     wait_step(&rig, 1);
     break_canary(&canary);
     let broke_at = Instant::now();
-    let done = rig.wait_for(ROLLOUT, Duration::from_secs(60), |v| v["rollout"]["state"] != "running");
+    let done = rig.wait_for(ROLLOUT, Duration::from_secs(60), |v| {
+        v["rollout"]["state"] != "running"
+    });
     let r = &done["rollout"];
     assert_eq!(r["state"], "rolled_back", "{done:#}");
     assert_eq!(r["guard"], guard, "{done:#}");
-    assert_eq!(r["step"], 1, "rolled back within the step it broke in: {done:#}");
+    assert_eq!(
+        r["step"], 1,
+        "rolled back within the step it broke in: {done:#}"
+    );
     let rolled_back_at = Instant::now();
     // Long enough for the clients waiting on the slow canary to send more requests.
     thread::sleep(Duration::from_millis(1200));
@@ -227,17 +259,36 @@ fn rolled_back_by(name: &str, guard: &str, break_canary: impl FnOnce(&MockHandle
 
     // The route's targets as before, the canary drained to 0 and marked.
     let split = &rig.get("/splits")["splits"][0]["targets"];
-    assert_eq!(*split, json!([{"model": "llama", "version": "1.0.0", "weight": 1}, {"model": "llama", "version": "1.1.0", "weight": 0}]));
+    assert_eq!(
+        *split,
+        json!([{"model": "llama", "version": "1.0.0", "weight": 1}, {"model": "llama", "version": "1.1.0", "weight": 0}])
+    );
     let version = rig.get("/models/llama/versions/1.1.0")["version"].clone();
     assert_eq!(version["status"], "canary");
-    let mark = version["mark"].as_str().unwrap_or_else(|| panic!("{version}"));
+    let mark = version["mark"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{version}"));
     assert!(mark.contains("rolled back at 50 %"), "{mark}");
-    let rollback = rig.audit().into_iter().find(|e| e["action"] == "rollout.rollback").expect("audited");
+    let rollback = rig
+        .audit()
+        .into_iter()
+        .find(|e| e["action"] == "rollout.rollback")
+        .expect("audited");
     assert_eq!(rollback["who"], "rollout");
-    assert!(rollback["after"]["reason"].as_str().unwrap().contains(if guard == "latency" { "p99" } else { "error rate" }));
+    assert!(rollback["after"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains(if guard == "latency" {
+            "p99"
+        } else {
+            "error rate"
+        }));
     let (_, metrics) = rig.call("GET", "/metrics", None);
     let want = format!("shardgate_rollout_rollbacks_total{{model=\"llama\",version=\"1.1.0\",guard=\"{guard}\"}} 1");
-    assert!(metrics.as_str().unwrap().lines().any(|l| l == want), "{want} missing");
+    assert!(
+        metrics.as_str().unwrap().lines().any(|l| l == want),
+        "{want} missing"
+    );
 
     // No request failed but those the broken canary answered itself; every request sent
     // after the rollback went to the stable version.
@@ -251,8 +302,18 @@ fn rolled_back_by(name: &str, guard: &str, break_canary: impl FnOnce(&MockHandle
     let settled = rolled_back_at + Duration::from_millis(100);
     let after: Vec<&Outcome> = log.iter().filter(|o| o.sent > settled).collect();
     assert!(!after.is_empty());
-    assert!(after.iter().all(|o| o.status == 200 && o.version.as_deref() == Some("1.0.0")), "{after:?}");
-    assert_sessions_only_move_forward(&log.iter().filter(|o| o.at < broke_at).cloned().collect::<Vec<_>>());
+    assert!(
+        after
+            .iter()
+            .all(|o| o.status == 200 && o.version.as_deref() == Some("1.0.0")),
+        "{after:?}"
+    );
+    assert_sessions_only_move_forward(
+        &log.iter()
+            .filter(|o| o.at < broke_at)
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
     let _ = std::fs::remove_dir_all(&rig.dir);
     log
 }
@@ -275,23 +336,46 @@ fn a_rollout_survives_a_restart_and_can_be_paused_resumed_and_aborted() {
     let (stable, canary) = (mock_of("1.0.0"), mock_of("1.1.0"));
     let rig = rig("lifecycle", &stable, &canary);
     // Only a registry canary can be rolled out.
-    assert_eq!(rig.call("POST", "/models/llama/versions/1.0.0/rollout", Some("{}")).0, 404);
+    assert_eq!(
+        rig.call("POST", "/models/llama/versions/1.0.0/rollout", Some("{}"))
+            .0,
+        404
+    );
     let (status, v) = rig.call("POST", ROLLOUT, Some(r#"{"steps": [10, 50]}"#));
     assert_eq!(status, 422, "{v}");
     assert_eq!(v["problems"][0]["key"], "steps");
-    let (status, v) = rig.call("POST", ROLLOUT, Some(r#"{"route": {"path": "/v1/nowhere"}}"#));
+    let (status, v) = rig.call(
+        "POST",
+        ROLLOUT,
+        Some(r#"{"route": {"path": "/v1/nowhere"}}"#),
+    );
     assert_eq!(status, 404, "{v}");
     start_rollout(&rig, &[10, 100], 3_600_000);
     // While it runs, its route and its versions are its own.
     assert_eq!(rig.call("POST", ROLLOUT, Some("{}")).0, 409);
-    assert_eq!(rig.call("PUT", "/models/llama/versions/1.1.0/status", Some(r#"{"status": "active"}"#)).0, 409);
+    assert_eq!(
+        rig.call(
+            "PUT",
+            "/models/llama/versions/1.1.0/status",
+            Some(r#"{"status": "active"}"#)
+        )
+        .0,
+        409
+    );
     let split = r#"{"path": "/v1/chat/completions", "targets": [{"model": "llama", "version": "1.0.0", "weight": 1}]}"#;
     assert_eq!(rig.call("PUT", "/splits", Some(split)).0, 409);
     assert_eq!(rig.call("POST", &format!("{ROLLOUT}/resume"), None).0, 409);
     let (status, v) = rig.call("POST", &format!("{ROLLOUT}/pause"), None);
-    assert_eq!((status, &v["rollout"]["state"]), (200, &json!("paused")), "{v}");
+    assert_eq!(
+        (status, &v["rollout"]["state"]),
+        (200, &json!("paused")),
+        "{v}"
+    );
     let at_10 = rig.get("/splits");
-    assert_eq!(at_10["splits"][0]["targets"], json!([{"model": "llama", "version": "1.0.0", "weight": 9}, {"model": "llama", "version": "1.1.0", "weight": 1}]));
+    assert_eq!(
+        at_10["splits"][0]["targets"],
+        json!([{"model": "llama", "version": "1.0.0", "weight": 9}, {"model": "llama", "version": "1.1.0", "weight": 1}])
+    );
 
     // A restart: the same rollout, the same weights.
     let dir = rig.dir.clone();
@@ -302,7 +386,11 @@ fn a_rollout_survives_a_restart_and_can_be_paused_resumed_and_aborted() {
     assert_eq!(before, after);
     assert_eq!(rig.get("/splits"), at_10);
     let (status, v) = rig.call("POST", &format!("{ROLLOUT}/resume"), None);
-    assert_eq!((status, &v["rollout"]["state"]), (200, &json!("running")), "{v}");
+    assert_eq!(
+        (status, &v["rollout"]["state"]),
+        (200, &json!("running")),
+        "{v}"
+    );
     let (status, v) = rig.call_as(BOB_TOKEN, "POST", &format!("{ROLLOUT}/abort"), None);
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["rollout"]["state"], "aborted");
@@ -311,17 +399,34 @@ fn a_rollout_survives_a_restart_and_can_be_paused_resumed_and_aborted() {
     // Every request on the stable version again.
     for i in 0..20 {
         let s = format!("s{i}");
-        let r = post_json(rig.gw(), "/v1/chat/completions", &[("x-session", &s)], &chat_body("llama"));
+        let r = post_json(
+            rig.gw(),
+            "/v1/chat/completions",
+            &[("x-session", &s)],
+            &chat_body("llama"),
+        );
         assert_eq!(r.header("x-shardgate-version"), Some("1.0.0"));
     }
     let actions: Vec<String> = rig
         .audit()
         .iter()
-        .map(|e| format!("{} {}", e["who"].as_str().unwrap(), e["action"].as_str().unwrap()))
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["who"].as_str().unwrap(),
+                e["action"].as_str().unwrap()
+            )
+        })
         .collect();
     assert_eq!(
         actions,
-        ["alice version.register", "alice rollout.start", "alice rollout.pause", "alice rollout.resume", "bob rollout.abort"]
+        [
+            "alice version.register",
+            "alice rollout.start",
+            "alice rollout.pause",
+            "alice rollout.resume",
+            "bob rollout.abort"
+        ]
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -130,14 +130,22 @@ fn audit_query(query: &str) -> Result<AuditQuery, Response> {
         ..Default::default()
     };
     let bad = |field: &str, message: &str| {
-        Response::json(400, &json!({"error": "bad_request", "field": field, "message": message}))
+        Response::json(
+            400,
+            &json!({"error": "bad_request", "field": field, "message": message}),
+        )
     };
     for kv in query.split('&').filter(|kv| !kv.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         let v = percent_decode(v).ok_or_else(|| bad(k, "bad percent-encoding"))?;
         match k {
             "limit" => q.limit = v.parse().map_err(|_| bad("limit", "must be a count"))?,
-            "before" => q.before_id = Some(v.parse().map_err(|_| bad("before", "must be an entry id"))?),
+            "before" => {
+                q.before_id = Some(
+                    v.parse()
+                        .map_err(|_| bad("before", "must be an entry id"))?,
+                )
+            }
             "subject" => q.subject = Some(v),
             _ => return Err(bad(k, "unknown parameter (limit, before, subject)")),
         }
@@ -173,7 +181,11 @@ fn percent_decode(v: &str) -> Option<String> {
 /// Serves a registry request from `who` (the admin token's name).
 pub fn handle(state: &AdminState, req: &Request, path: &str, who: &str) -> Response {
     let Some(tx) = &state.control else {
-        return Response::error(503, "unavailable", "no control thread to reach the registry");
+        return Response::error(
+            503,
+            "unavailable",
+            "no control thread to reach the registry",
+        );
     };
     let r = match request(req, path, who) {
         Ok(r) => r,
@@ -181,7 +193,11 @@ pub fn handle(state: &AdminState, req: &Request, path: &str, who: &str) -> Respo
     };
     let reply = match control::registry_via(tx, r, super::RELOAD_TIMEOUT) {
         None => {
-            return Response::error(503, "unavailable", "the control thread has stopped or did not answer")
+            return Response::error(
+                503,
+                "unavailable",
+                "the control thread has stopped or did not answer",
+            )
         }
         Some(Err(e)) => return error(&e),
         Some(Ok(reply)) => reply,
@@ -221,7 +237,10 @@ fn error(e: &ChangeError) -> Response {
                 .iter()
                 .map(|p| json!({"key": p.key, "message": p.message}))
                 .collect();
-            Response::json(422, &json!({"error": "invalid_config", "problems": problems}))
+            Response::json(
+                422,
+                &json!({"error": "invalid_config", "problems": problems}),
+            )
         }
         ChangeError::Store(m) => Response::error(500, "registry_failed", m),
     }
@@ -242,16 +261,34 @@ mod tests {
 
     #[test]
     fn paths_and_methods_map_to_requests() {
-        let ok = |m: &str, p: &str, b: &str| request(&req(m, p, b), p, "alice").map_err(|r| r.status);
-        assert!(matches!(ok("GET", "/models", ""), Ok(RegistryRequest::Models)));
-        assert!(matches!(ok("HEAD", "/models/llama", ""), Ok(RegistryRequest::Model(m)) if m == "llama"));
+        let ok =
+            |m: &str, p: &str, b: &str| request(&req(m, p, b), p, "alice").map_err(|r| r.status);
+        assert!(matches!(
+            ok("GET", "/models", ""),
+            Ok(RegistryRequest::Models)
+        ));
+        assert!(
+            matches!(ok("HEAD", "/models/llama", ""), Ok(RegistryRequest::Model(m)) if m == "llama")
+        );
         assert!(matches!(
             ok("POST", "/models/llama/versions", "{}"),
             Ok(RegistryRequest::Register { who, .. }) if who == "alice"
         ));
-        assert!(matches!(ok("PUT", "/models/l/versions/1.0.0/status", "{}"), Ok(RegistryRequest::SetStatus { .. })));
-        assert!(matches!(ok("POST", "/models/l/versions/1.0.0/rollout/abort", ""), Ok(RegistryRequest::MoveRollout { step: RolloutMove::Abort, .. })));
-        assert!(matches!(ok("DELETE", "/splits", "{}"), Ok(RegistryRequest::DeleteSplit { .. })));
+        assert!(matches!(
+            ok("PUT", "/models/l/versions/1.0.0/status", "{}"),
+            Ok(RegistryRequest::SetStatus { .. })
+        ));
+        assert!(matches!(
+            ok("POST", "/models/l/versions/1.0.0/rollout/abort", ""),
+            Ok(RegistryRequest::MoveRollout {
+                step: RolloutMove::Abort,
+                ..
+            })
+        ));
+        assert!(matches!(
+            ok("DELETE", "/splits", "{}"),
+            Ok(RegistryRequest::DeleteSplit { .. })
+        ));
         for (m, p, want) in [
             ("DELETE", "/models", 405),
             ("PUT", "/models/l/versions", 405),
@@ -264,7 +301,11 @@ mod tests {
         ] {
             assert_eq!(ok(m, p, "not json").err(), Some(want), "{m} {p}");
         }
-        assert!(is_registry_path("/models") && is_registry_path("/models/x") && is_registry_path("/audit"));
+        assert!(
+            is_registry_path("/models")
+                && is_registry_path("/models/x")
+                && is_registry_path("/audit")
+        );
         assert!(!is_registry_path("/modelsx") && !is_registry_path("/metrics"));
     }
 
@@ -274,7 +315,13 @@ mod tests {
             .unwrap_or_else(|r| panic!("{}", r.status));
         assert_eq!((q.limit, q.before_id), (5, Some(9)));
         assert_eq!(q.subject.as_deref(), Some("\"/v1\"|llama@"));
-        for bad in ["limit=x", "before=-", "subject=%zz", "who=me", "subject=%ff"] {
+        for bad in [
+            "limit=x",
+            "before=-",
+            "subject=%zz",
+            "who=me",
+            "subject=%ff",
+        ] {
             assert_eq!(audit_query(bad).err().map(|r| r.status), Some(400), "{bad}");
         }
     }

@@ -28,9 +28,14 @@ pub enum ModelsCommand {
     /// Every model and version, as a table.
     List,
     /// One model and its versions.
-    Show { model: String },
+    Show {
+        model: String,
+    },
     /// One version and its latest rollout.
-    Get { model: String, version: String },
+    Get {
+        model: String,
+        version: String,
+    },
     /// Register a version (status `canary` unless --status says otherwise).
     Register {
         model: String,
@@ -102,10 +107,22 @@ pub enum ModelsCommand {
         min_requests: Option<u64>,
     },
     /// A version's latest rollout, with the guards' last look.
-    RolloutStatus { model: String, version: String },
-    Pause { model: String, version: String },
-    Resume { model: String, version: String },
-    Abort { model: String, version: String },
+    RolloutStatus {
+        model: String,
+        version: String,
+    },
+    Pause {
+        model: String,
+        version: String,
+    },
+    Resume {
+        model: String,
+        version: String,
+    },
+    Abort {
+        model: String,
+        version: String,
+    },
     /// Every rollout.
     Rollouts,
     /// The audit log, newest first.
@@ -125,7 +142,9 @@ pub fn parse_hold(s: &str) -> Result<u64, String> {
         Some(i) => s.split_at(i),
         None => (s, "ms"),
     };
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration"))?;
     let factor = match unit {
         "ms" => 1,
         "s" => 1000,
@@ -133,7 +152,8 @@ pub fn parse_hold(s: &str) -> Result<u64, String> {
         "h" => 3_600_000,
         _ => return Err(format!("`{s}`: use ms, s, m or h")),
     };
-    n.checked_mul(factor).ok_or_else(|| format!("`{s}` is too long"))
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("`{s}` is too long"))
 }
 
 /// `model@version=weight`.
@@ -144,7 +164,9 @@ fn parse_target(s: &str) -> Result<Value, String> {
     let (m, v) = mv
         .split_once('@')
         .ok_or_else(|| format!("`{s}`: write model@version=weight"))?;
-    let weight: u32 = w.parse().map_err(|_| format!("`{s}`: the weight is not a whole number"))?;
+    let weight: u32 = w
+        .parse()
+        .map_err(|_| format!("`{s}`: the weight is not a whole number"))?;
     Ok(json!({"model": m, "version": v, "weight": weight}))
 }
 
@@ -180,7 +202,11 @@ fn request(cmd: &ModelsCommand) -> Result<(&'static str, String, Option<Value>),
             if let Some(s) = status {
                 body.insert("status".into(), s.clone().into());
             }
-            ("POST", format!("/models/{model}/versions"), Some(Value::Object(body)))
+            (
+                "POST",
+                format!("/models/{model}/versions"),
+                Some(Value::Object(body)),
+            )
         }
         C::Status {
             model,
@@ -197,7 +223,10 @@ fn request(cmd: &ModelsCommand) -> Result<(&'static str, String, Option<Value>),
             models,
             targets,
         } => {
-            let targets = targets.iter().map(|t| parse_target(t)).collect::<Result<Vec<_>, _>>()?;
+            let targets = targets
+                .iter()
+                .map(|t| parse_target(t))
+                .collect::<Result<Vec<_>, _>>()?;
             (
                 "PUT",
                 "/splits".into(),
@@ -241,7 +270,10 @@ fn request(cmd: &ModelsCommand) -> Result<(&'static str, String, Option<Value>),
                     guards.insert(k.into(), v);
                 }
             };
-            put("max_error_rate_increase", max_error_rate_increase.map(Into::into));
+            put(
+                "max_error_rate_increase",
+                max_error_rate_increase.map(Into::into),
+            );
             put("max_p99_ratio", max_p99_ratio.map(Into::into));
             put("p99_slack_ms", p99_slack_ms.map(Into::into));
             put("min_requests", min_requests.map(Into::into));
@@ -254,9 +286,11 @@ fn request(cmd: &ModelsCommand) -> Result<(&'static str, String, Option<Value>),
                 Some(Value::Object(body)),
             )
         }
-        C::RolloutStatus { model, version } => {
-            ("GET", format!("{}/rollout", version_path(model, version)), None)
-        }
+        C::RolloutStatus { model, version } => (
+            "GET",
+            format!("{}/rollout", version_path(model, version)),
+            None,
+        ),
         C::Pause { model, version } => (
             "POST",
             format!("{}/rollout/pause", version_path(model, version)),
@@ -308,7 +342,13 @@ pub fn table(v: &Value) -> String {
                 .flatten()
                 .filter_map(Value::as_str)
                 .collect();
-            rows.push([s("model"), s("version"), s("status"), endpoints.join(","), s("mark")]);
+            rows.push([
+                s("model"),
+                s("version"),
+                s("status"),
+                endpoints.join(","),
+                s("mark"),
+            ]);
         }
     }
     let widths: Vec<usize> = (0..5)
@@ -341,7 +381,8 @@ pub fn run(args: &ModelsArgs) -> ExitCode {
         }
     };
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let answer = super::http::call_with_body(args.admin, method, &path, token.as_deref(), body.as_bytes());
+    let answer =
+        super::http::call_with_body(args.admin, method, &path, token.as_deref(), body.as_bytes());
     let (status, text) = match answer {
         Ok(a) => a,
         Err(e) => {
@@ -351,13 +392,22 @@ pub fn run(args: &ModelsArgs) -> ExitCode {
     };
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
     if status != 200 {
-        eprintln!("shardgate models: {method} {path}: {status} {}", v["error"].as_str().unwrap_or(""));
+        eprintln!(
+            "shardgate models: {method} {path}: {status} {}",
+            v["error"].as_str().unwrap_or("")
+        );
         if let Some(m) = v["message"].as_str() {
-            let field = v["field"].as_str().map_or(String::new(), |f| format!("{f}: "));
+            let field = v["field"]
+                .as_str()
+                .map_or(String::new(), |f| format!("{f}: "));
             eprintln!("  {field}{m}");
         }
         for p in v["problems"].as_array().into_iter().flatten() {
-            eprintln!("  {}: {}", p["key"].as_str().unwrap_or(""), p["message"].as_str().unwrap_or(""));
+            eprintln!(
+                "  {}: {}",
+                p["key"].as_str().unwrap_or(""),
+                p["message"].as_str().unwrap_or("")
+            );
         }
         return ExitCode::FAILURE;
     }
@@ -400,7 +450,10 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3, "{t}");
         assert!(lines[0].starts_with("MODEL"), "{t}");
-        assert!(lines[1].contains("1.0.0") && lines[1].contains("a:1,b:2"), "{t}");
+        assert!(
+            lines[1].contains("1.0.0") && lines[1].contains("a:1,b:2"),
+            "{t}"
+        );
         assert!(lines[2].ends_with("rolled back"), "{t}");
     }
 }

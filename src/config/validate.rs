@@ -401,8 +401,7 @@ impl RawAdmin {
                     format!("{key}.name"),
                     "must be 1 to 64 of A-Z a-z 0-9 - _ . @",
                 ));
-            } else if name == ADMIN_TOKEN_NAME || self.tokens[..i].iter().any(|o| o.name == name)
-            {
+            } else if name == ADMIN_TOKEN_NAME || self.tokens[..i].iter().any(|o| o.name == name) {
                 problems.push(ConfigProblem::new(
                     format!("{key}.name"),
                     format!("`{name}` is taken (`{ADMIN_TOKEN_NAME}` is the name of admin.token)"),

@@ -511,7 +511,8 @@ mod tests {
         assert_eq!(l, [Loss::AdminTokenRemoved]);
         // Named tokens count as tokens: swapping `token` for them loses nothing; dropping
         // every one of them does.
-        let named = "tokens = [{ name = \"alice\", token = { value = \"alice-token-0123456\" } }]\n";
+        let named =
+            "tokens = [{ name = \"alice\", token = { value = \"alice-token-0123456\" } }]\n";
         let l = losses(|p| {
             p.admin = p
                 .admin

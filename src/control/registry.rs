@@ -52,13 +52,38 @@ pub enum RegistryRequest {
     Rollout(String, String),
     Audit(AuditQuery),
     /// `who` registers a version of `model` described by `body`.
-    Register { who: String, model: String, body: Value },
-    SetStatus { who: String, model: String, version: String, body: Value },
-    PutSplit { who: String, body: Value },
-    DeleteSplit { who: String, body: Value },
-    StartRollout { who: String, model: String, version: String, body: Value },
+    Register {
+        who: String,
+        model: String,
+        body: Value,
+    },
+    SetStatus {
+        who: String,
+        model: String,
+        version: String,
+        body: Value,
+    },
+    PutSplit {
+        who: String,
+        body: Value,
+    },
+    DeleteSplit {
+        who: String,
+        body: Value,
+    },
+    StartRollout {
+        who: String,
+        model: String,
+        version: String,
+        body: Value,
+    },
     /// Pause, resume or abort.
-    MoveRollout { who: String, model: String, version: String, step: RolloutMove },
+    MoveRollout {
+        who: String,
+        model: String,
+        version: String,
+        step: RolloutMove,
+    },
 }
 
 /// A registry answer: the JSON body, and for a change that was applied, how to know when
@@ -155,17 +180,21 @@ fn no_registry() -> ChangeError {
 impl State {
     /// Serves one registry request.
     pub(super) fn registry(&mut self, req: RegistryRequest) -> Result<RegistryReply, ChangeError> {
-        let read = |body: Value| Ok(RegistryReply {
-            body,
-            applied: None,
-        });
+        let read = |body: Value| {
+            Ok(RegistryReply {
+                body,
+                applied: None,
+            })
+        };
         let reg = self.registry.as_ref().ok_or_else(no_registry)?;
         let st = &reg.state;
         match req {
             RegistryRequest::Models => read(view::models(st)),
             RegistryRequest::Model(m) => {
                 if !st.models.iter().any(|x| x.name == m) {
-                    return Err(ChangeError::NotFound(format!("no model `{m}` in the registry")));
+                    return Err(ChangeError::NotFound(format!(
+                        "no model `{m}` in the registry"
+                    )));
                 }
                 read(view::model(st, &m))
             }
@@ -173,7 +202,9 @@ impl State {
                 let v = changes::canonical_version(&v, "version")
                     .ok()
                     .and_then(|v| st.version(&m, &v))
-                    .ok_or_else(|| ChangeError::NotFound(format!("no version `{m}@{v}` in the registry")))?;
+                    .ok_or_else(|| {
+                        ChangeError::NotFound(format!("no version `{m}@{v}` in the registry"))
+                    })?;
                 let rollout = st
                     .latest_rollout(&v.model, &v.version)
                     .map(|r| view::rollout(r, reg.watches.get(&r.id).map(|w| &w.last)));
@@ -208,7 +239,10 @@ impl State {
                 read(json!({"entries": list}))
             }
             RegistryRequest::Register { who, model, body } => {
-                let ctx = Ctx { who: &who, now: now_ms() };
+                let ctx = Ctx {
+                    who: &who,
+                    now: now_ms(),
+                };
                 let v = changes::parse_version(&model, &body, ctx)?;
                 if let Some(old) = st.version(&v.model, &v.version) {
                     if old.content_hash == v.content_hash {
@@ -226,13 +260,16 @@ impl State {
                     Ok(with_body(c, json!({"version": view::version(&v)})))
                 })
             }
-            RegistryRequest::SetStatus { who, model, version, body } => {
-                self.registry_change(&who, "version.status", |tx, st, _, _| {
-                    let c = changes::set_status(tx, st, &model, &version, &body)?;
-                    let after = c.after.clone();
-                    Ok(with_body(c, json!({"version": after})))
-                })
-            }
+            RegistryRequest::SetStatus {
+                who,
+                model,
+                version,
+                body,
+            } => self.registry_change(&who, "version.status", |tx, st, _, _| {
+                let c = changes::set_status(tx, st, &model, &version, &body)?;
+                let after = c.after.clone();
+                Ok(with_body(c, json!({"version": after})))
+            }),
             RegistryRequest::PutSplit { who, body } => {
                 self.registry_change(&who, "split.put", |tx, st, _, ctx| {
                     let c = changes::put(tx, st, &body, ctx)?;
@@ -246,14 +283,22 @@ impl State {
                     Ok(with_body(c, json!({"split": null})))
                 })
             }
-            RegistryRequest::StartRollout { who, model, version, body } => {
-                self.registry_change(&who, "rollout.start", |tx, st, snap, ctx| {
-                    let c = changes::start_rollout(tx, st, snap, &model, &version, &body, ctx)?;
-                    let r = view::rollout(&c.value, None);
-                    Ok(with_body(c, json!({"rollout": r})))
-                })
-            }
-            RegistryRequest::MoveRollout { who, model, version, step } => {
+            RegistryRequest::StartRollout {
+                who,
+                model,
+                version,
+                body,
+            } => self.registry_change(&who, "rollout.start", |tx, st, snap, ctx| {
+                let c = changes::start_rollout(tx, st, snap, &model, &version, &body, ctx)?;
+                let r = view::rollout(&c.value, None);
+                Ok(with_body(c, json!({"rollout": r})))
+            }),
+            RegistryRequest::MoveRollout {
+                who,
+                model,
+                version,
+                step,
+            } => {
                 let action = step.action();
                 self.registry_change(&who, action, |tx, st, _, ctx| {
                     let c = changes::move_rollout(tx, st, &model, &version, &step, ctx)?;
@@ -292,7 +337,8 @@ impl State {
         let ((body, state, snap), audit_id) = reg.store.change(who, action, |tx| {
             let c = op(tx, current, &in_force, ctx)?;
             let state = load_state(tx)?;
-            let snap = merge::build(raw, base, &state, &db, generation).map_err(ChangeError::Invalid)?;
+            let snap =
+                merge::build(raw, base, &state, &db, generation).map_err(ChangeError::Invalid)?;
             Ok(Changed {
                 subject: c.subject,
                 before: c.before,
@@ -347,7 +393,8 @@ impl State {
             .filter(|r| r.state == RolloutState::Running)
             .cloned()
             .collect();
-        reg.watches.retain(|id, _| running.iter().any(|r| r.id == *id));
+        reg.watches
+            .retain(|id, _| running.iter().any(|r| r.id == *id));
         reg.next_look = None;
         reg.schedule();
         if running.is_empty() {

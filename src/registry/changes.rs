@@ -38,7 +38,10 @@ pub fn check_model_name(name: &str) -> Result<(), ChangeError> {
     if ok {
         Ok(())
     } else {
-        Err(ChangeError::bad("model", "must be 1 to 128 of A-Z a-z 0-9 . _ : -"))
+        Err(ChangeError::bad(
+            "model",
+            "must be 1 to 128 of A-Z a-z 0-9 . _ : -",
+        ))
     }
 }
 
@@ -49,7 +52,7 @@ pub fn canonical_version(text: &str, field: &str) -> Result<String, ChangeError>
         .map_err(|e| ChangeError::bad(field, format!("`{text}` is not a semver version: {e}")))
 }
 
-fn object<'a>(body: &'a Value) -> Result<&'a Map<String, Value>, ChangeError> {
+fn object(body: &Value) -> Result<&Map<String, Value>, ChangeError> {
     body.as_object()
         .ok_or_else(|| ChangeError::bad("(body)", "must be a JSON object"))
 }
@@ -74,7 +77,10 @@ fn canonical(v: &Value) -> String {
                 .collect();
             format!("{{{}}}", fields.join(","))
         }
-        Value::Array(a) => format!("[{}]", a.iter().map(canonical).collect::<Vec<_>>().join(",")),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(canonical).collect::<Vec<_>>().join(",")
+        ),
         other => other.to_string(),
     }
 }
@@ -93,10 +99,16 @@ pub fn parse_version(model: &str, body: &Value, ctx: Ctx<'_>) -> Result<Version,
         Some(_) => return Err(ChangeError::bad("status", "must be a string")),
     };
     if status == Status::Retired {
-        return Err(ChangeError::bad("status", "a new version cannot start retired"));
+        return Err(ChangeError::bad(
+            "status",
+            "a new version cannot start retired",
+        ));
     }
     if o.contains_key("model") {
-        return Err(ChangeError::bad("model", "is the path's; leave it out of the body"));
+        return Err(ChangeError::bad(
+            "model",
+            "is the path's; leave it out of the body",
+        ));
     }
     let mut spec = o.clone();
     spec.remove("status");
@@ -220,21 +232,27 @@ fn find_version<'a>(
 ) -> Result<&'a Version, ChangeError> {
     let canonical = canonical_version(version, "version")
         .map_err(|_| ChangeError::NotFound(format!("no version `{model}@{version}`")))?;
-    state
-        .version(model, &canonical)
-        .ok_or_else(|| ChangeError::NotFound(format!("no version `{model}@{canonical}` in the registry")))
+    state.version(model, &canonical).ok_or_else(|| {
+        ChangeError::NotFound(format!("no version `{model}@{canonical}` in the registry"))
+    })
 }
 
 /// A route named by `{"path", "models"}` in `o` (or under `field` of it).
 fn route_key(o: &Map<String, Value>, field: &str) -> Result<RouteKey, ChangeError> {
     let path = match o.get("path") {
         Some(Value::String(p)) if p.starts_with('/') => p.clone(),
-        _ => return Err(ChangeError::bad(&format!("{field}path"), "must be the route's path (starting with /)")),
+        _ => {
+            return Err(ChangeError::bad(
+                &format!("{field}path"),
+                "must be the route's path (starting with /)",
+            ))
+        }
     };
     let models: Vec<String> = match o.get("models") {
         None => Vec::new(),
-        Some(v) => serde_json::from_value(v.clone())
-            .map_err(|_| ChangeError::bad(&format!("{field}models"), "must be an array of strings"))?,
+        Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+            ChangeError::bad(&format!("{field}models"), "must be an array of strings")
+        })?,
     };
     Ok(RouteKey::new(&path, &models))
 }
@@ -248,21 +266,34 @@ pub fn put(
     ctx: Ctx<'_>,
 ) -> Result<Changed<()>, ChangeError> {
     let o = object(body)?;
-    if let Some(k) = o.keys().find(|k| !matches!(k.as_str(), "path" | "models" | "targets")) {
+    if let Some(k) = o
+        .keys()
+        .find(|k| !matches!(k.as_str(), "path" | "models" | "targets"))
+    {
         return Err(ChangeError::bad(k, "unknown field"));
     }
     let route = route_key(o, "")?;
     let raw = o.get("targets").cloned().unwrap_or(Value::Null);
-    let targets: Vec<SplitTarget> = serde_json::from_value(raw)
-        .map_err(|e| ChangeError::bad("targets", format!("must be [{{model, version, weight}}]: {e}")))?;
+    let targets: Vec<SplitTarget> = serde_json::from_value(raw).map_err(|e| {
+        ChangeError::bad(
+            "targets",
+            format!("must be [{{model, version, weight}}]: {e}"),
+        )
+    })?;
     if targets.is_empty() {
         return Err(ChangeError::bad("targets", "needs at least one target"));
     }
     let mut clean = Vec::with_capacity(targets.len());
     for (j, t) in targets.into_iter().enumerate() {
         let version = canonical_version(&t.version, &format!("targets[{j}].version"))?;
-        if clean.iter().any(|c: &SplitTarget| c.model == t.model && c.version == version) {
-            return Err(ChangeError::bad(&format!("targets[{j}]"), "names a version twice"));
+        if clean
+            .iter()
+            .any(|c: &SplitTarget| c.model == t.model && c.version == version)
+        {
+            return Err(ChangeError::bad(
+                &format!("targets[{j}]"),
+                "names a version twice",
+            ));
         }
         clean.push(SplitTarget { version, ..t });
     }
@@ -285,7 +316,10 @@ pub fn delete(
 ) -> Result<Changed<()>, ChangeError> {
     let route = route_key(object(body)?, "")?;
     let Some(old) = state.split(&route) else {
-        return Err(ChangeError::NotFound(format!("no registry split for {}", route.name())));
+        return Err(ChangeError::NotFound(format!(
+            "no registry split for {}",
+            route.name()
+        )));
     };
     refuse_if_rollout(state, &route)?;
     super::store::delete_split(tx, &route)?;
@@ -310,7 +344,11 @@ fn refuse_if_rollout(state: &RegistryState, route: &RouteKey) -> Result<(), Chan
 
 /// The targets of the route `key` names in the config in force, as exact versions: the
 /// registry's split if it has one, else what the file's targets resolve to.
-fn current_targets(state: &RegistryState, snap: &Snapshot, key: &RouteKey) -> Option<Vec<SplitTarget>> {
+fn current_targets(
+    state: &RegistryState,
+    snap: &Snapshot,
+    key: &RouteKey,
+) -> Option<Vec<SplitTarget>> {
     if let Some(s) = state.split(key) {
         return Some(s.targets.clone());
     }
@@ -382,10 +420,12 @@ pub fn start_rollout(
     ctx: Ctx<'_>,
 ) -> Result<Changed<Rollout>, ChangeError> {
     let o = object(body)?;
-    if let Some(k) = o
-        .keys()
-        .find(|k| !matches!(k.as_str(), "route" | "stable" | "steps" | "hold_ms" | "guards"))
-    {
+    if let Some(k) = o.keys().find(|k| {
+        !matches!(
+            k.as_str(),
+            "route" | "stable" | "steps" | "hold_ms" | "guards"
+        )
+    }) {
         return Err(ChangeError::bad(k, "unknown field"));
     }
     let plan: Plan = rollout::parse_plan(o).map_err(ChangeError::Invalid)?;
@@ -407,7 +447,11 @@ pub fn start_rollout(
         Some(_) => return Err(ChangeError::bad("route", "must be {\"path\", \"models\"}")),
         None => match &routes_of(snap, model)[..] {
             [one] => one.clone(),
-            [] => return Err(ChangeError::Conflict(format!("no route sends traffic to model `{model}`"))),
+            [] => {
+                return Err(ChangeError::Conflict(format!(
+                    "no route sends traffic to model `{model}`"
+                )))
+            }
             many => {
                 let names: Vec<String> = many.iter().map(RouteKey::name).collect();
                 return Err(ChangeError::Conflict(format!(
@@ -417,8 +461,9 @@ pub fn start_rollout(
             }
         },
     };
-    let original = current_targets(state, snap, &route)
-        .ok_or_else(|| ChangeError::NotFound(format!("no route with `targets` is {}", route.name())))?;
+    let original = current_targets(state, snap, &route).ok_or_else(|| {
+        ChangeError::NotFound(format!("no route with `targets` is {}", route.name()))
+    })?;
     refuse_if_rollout(state, &route)?;
     let serving: Vec<&SplitTarget> = original
         .iter()
@@ -502,7 +547,10 @@ pub enum RolloutMove {
     /// The guards passed the step's hold: the next step, or completion after the last.
     Advance,
     /// A guard broke.
-    RollBack { guard: String, reason: String },
+    RollBack {
+        guard: String,
+        reason: String,
+    },
 }
 
 impl RolloutMove {
@@ -533,7 +581,9 @@ pub fn move_rollout(
         .iter()
         .rev()
         .find(|r| r.model == model && r.version == v.version && r.state.is_live())
-        .ok_or_else(|| ChangeError::NotFound(format!("no running or paused rollout of {}", v.label())))?;
+        .ok_or_else(|| {
+            ChangeError::NotFound(format!("no running or paused rollout of {}", v.label()))
+        })?;
     let mut r = old.clone();
     r.updated_at = ctx.now;
     let split = match (m, r.state) {
@@ -546,7 +596,11 @@ pub fn move_rollout(
             None
         }
         (RolloutMove::Pause | RolloutMove::Resume, s) => {
-            return Err(ChangeError::Conflict(format!("rollout {} is {}", r.id, s.as_str())))
+            return Err(ChangeError::Conflict(format!(
+                "rollout {} is {}",
+                r.id,
+                s.as_str()
+            )))
         }
         (RolloutMove::Advance | RolloutMove::RollBack { .. }, RolloutState::Paused) => {
             return Err(ChangeError::Conflict(format!("rollout {} is paused", r.id)))
@@ -570,7 +624,10 @@ pub fn move_rollout(
         (RolloutMove::Advance, _) if r.step + 1 < r.plan.steps.len() => {
             r.step += 1;
             let p = r.plan.steps[r.step];
-            Some(rollout::weights_at(&r.original, model, &r.stable, &r.version, p).map_err(ChangeError::Conflict)?)
+            Some(
+                rollout::weights_at(&r.original, model, &r.stable, &r.version, p)
+                    .map_err(ChangeError::Conflict)?,
+            )
         }
         (RolloutMove::Advance, _) => {
             r.state = RolloutState::Completed;
@@ -606,7 +663,10 @@ mod tests {
     use super::*;
 
     fn ctx() -> Ctx<'static> {
-        Ctx { who: "alice", now: 1000 }
+        Ctx {
+            who: "alice",
+            now: 1000,
+        }
     }
 
     #[test]
@@ -625,16 +685,56 @@ mod tests {
         let cases: &[(&str, Value, &str)] = &[
             ("llama", json!([]), "(body)"),
             ("llama", json!({"endpoints": ["a:1"]}), "version"),
-            ("llama", json!({"version": "1.x", "endpoints": ["a:1"]}), "version"),
-            ("llama", json!({"version": "1.0.0", "endpoints": ["a:1"], "wieght": 1}), "(body)"),
-            ("llama", json!({"version": "1.0.0", "endpoints": "a:1"}), "(body)"),
-            ("llama", json!({"version": "1.0.0", "endpoints": ["a:1"], "status": "gone"}), "status"),
-            ("llama", json!({"version": "1.0.0", "endpoints": ["a:1"], "status": "retired"}), "status"),
-            ("llama", json!({"version": "1.0.0", "endpoints": ["a:1"], "model": "x"}), "model"),
-            ("llama", json!({"version": "1.0.0", "endpoints": ["a:1"], "api_key": {"value": "sk-1"}}), "api_key"),
-            ("", json!({"version": "1.0.0", "endpoints": ["a:1"]}), "model"),
-            ("ll/ama", json!({"version": "1.0.0", "endpoints": ["a:1"]}), "model"),
-            ("ll ama", json!({"version": "1.0.0", "endpoints": ["a:1"]}), "model"),
+            (
+                "llama",
+                json!({"version": "1.x", "endpoints": ["a:1"]}),
+                "version",
+            ),
+            (
+                "llama",
+                json!({"version": "1.0.0", "endpoints": ["a:1"], "wieght": 1}),
+                "(body)",
+            ),
+            (
+                "llama",
+                json!({"version": "1.0.0", "endpoints": "a:1"}),
+                "(body)",
+            ),
+            (
+                "llama",
+                json!({"version": "1.0.0", "endpoints": ["a:1"], "status": "gone"}),
+                "status",
+            ),
+            (
+                "llama",
+                json!({"version": "1.0.0", "endpoints": ["a:1"], "status": "retired"}),
+                "status",
+            ),
+            (
+                "llama",
+                json!({"version": "1.0.0", "endpoints": ["a:1"], "model": "x"}),
+                "model",
+            ),
+            (
+                "llama",
+                json!({"version": "1.0.0", "endpoints": ["a:1"], "api_key": {"value": "sk-1"}}),
+                "api_key",
+            ),
+            (
+                "",
+                json!({"version": "1.0.0", "endpoints": ["a:1"]}),
+                "model",
+            ),
+            (
+                "ll/ama",
+                json!({"version": "1.0.0", "endpoints": ["a:1"]}),
+                "model",
+            ),
+            (
+                "ll ama",
+                json!({"version": "1.0.0", "endpoints": ["a:1"]}),
+                "model",
+            ),
         ];
         for (model, body, field) in cases {
             match parse_version(model, body, ctx()) {
@@ -649,7 +749,10 @@ mod tests {
         let a = parse_version("m", &json!({"version": "1.0.0", "endpoints": ["a:1"], "idle_timeout_ms": 5, "connect_timeout_ms": 7}), ctx()).unwrap();
         let b = parse_version("m", &json!({"connect_timeout_ms": 7, "idle_timeout_ms": 5, "endpoints": ["a:1"], "version": "1.0.0", "status": "active"}), ctx()).unwrap();
         let c = parse_version("m", &json!({"version": "1.0.0", "endpoints": ["a:1"], "idle_timeout_ms": 6, "connect_timeout_ms": 7}), ctx()).unwrap();
-        assert_eq!(a.content_hash, b.content_hash, "status and key order are not settings");
+        assert_eq!(
+            a.content_hash, b.content_hash,
+            "status and key order are not settings"
+        );
         assert_ne!(a.content_hash, c.content_hash);
     }
 }

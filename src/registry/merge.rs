@@ -59,7 +59,11 @@ fn rename(mut p: ConfigProblem, names: &Names) -> ConfigProblem {
 
 /// The file's config with the registry's versions appended to its deployments and its splits
 /// in place of their routes' targets, and the problems of the combination itself.
-fn combine(raw: &RawConfig, state: &RegistryState, db: &Path) -> (RawConfig, Names, Vec<ConfigProblem>) {
+fn combine(
+    raw: &RawConfig,
+    state: &RegistryState,
+    db: &Path,
+) -> (RawConfig, Names, Vec<ConfigProblem>) {
     let db = db_name(db);
     let mut out = raw.clone();
     let mut problems = Vec::new();
@@ -70,7 +74,10 @@ fn combine(raw: &RawConfig, state: &RegistryState, db: &Path) -> (RawConfig, Nam
     let toml_version = |model: &str, version: &str| {
         raw.deployments.iter().position(|d| {
             d.model == model
-                && semver::Version::parse(d.version.trim()).ok().map(|v| v.to_string()).as_deref()
+                && semver::Version::parse(d.version.trim())
+                    .ok()
+                    .map(|v| v.to_string())
+                    .as_deref()
                     == Some(version)
         })
     };
@@ -242,7 +249,13 @@ upstream = "up"
     }
 
     fn build_with(state: &RegistryState) -> Result<Snapshot, Vec<ConfigProblem>> {
-        build(&raw(), Path::new("."), state, Path::new("/var/lib/sg/models.db"), 3)
+        build(
+            &raw(),
+            Path::new("."),
+            state,
+            Path::new("/var/lib/sg/models.db"),
+            3,
+        )
     }
 
     fn shares(s: &Snapshot, route: usize) -> Vec<(String, u64)> {
@@ -252,15 +265,22 @@ upstream = "up"
         split
             .targets()
             .iter()
-            .map(|t| (s.router.deployment(t.deployment).version_str().to_owned(), t.weight.get()))
+            .map(|t| {
+                (
+                    s.router.deployment(t.deployment).version_str().to_owned(),
+                    t.weight.get(),
+                )
+            })
             .collect()
     }
 
     #[test]
     fn registry_versions_join_and_splits_replace_targets() {
         let mut st = RegistryState::default();
-        st.versions.push(version("1.1.0", Status::Canary, "127.0.0.1:9002"));
-        st.versions.push(version("0.9.0", Status::Retired, "127.0.0.1:9003"));
+        st.versions
+            .push(version("1.1.0", Status::Canary, "127.0.0.1:9002"));
+        st.versions
+            .push(version("0.9.0", Status::Retired, "127.0.0.1:9003"));
         // A canary joins the catalog but the `^1` route does not reach it.
         let s = build_with(&st).unwrap();
         assert_eq!(s.generation, 3);
@@ -271,21 +291,38 @@ upstream = "up"
         assert_eq!(shares(&build_with(&st).unwrap(), 0)[0].0, "1.1.0");
         // A split replaces the keyed route's targets (models matched as a set).
         st.versions[0].status = Status::Canary;
-        st.splits.push(split("/v1/chat/completions", &["a", "b"], &[("1.0.0", 3), ("1.1.0", 1)]));
+        st.splits.push(split(
+            "/v1/chat/completions",
+            &["a", "b"],
+            &[("1.0.0", 3), ("1.1.0", 1)],
+        ));
         let s = build_with(&st).unwrap();
-        assert_eq!(shares(&s, 1), [("1.0.0".into(), 3 * 720_720), ("1.1.0".into(), 720_720)]);
-        assert_eq!(shares(&s, 0), [("1.0.0".into(), 720_720)], "the default route keeps its own");
+        assert_eq!(
+            shares(&s, 1),
+            [("1.0.0".into(), 3 * 720_720), ("1.1.0".into(), 720_720)]
+        );
+        assert_eq!(
+            shares(&s, 0),
+            [("1.0.0".into(), 720_720)],
+            "the default route keeps its own"
+        );
     }
 
     #[test]
     fn conflicts_and_bad_registry_data_name_both_places() {
         let mut st = RegistryState::default();
-        st.versions.push(version("1.0.0", Status::Canary, "127.0.0.1:9002"));
+        st.versions
+            .push(version("1.0.0", Status::Canary, "127.0.0.1:9002"));
         st.versions.push(version("2.0.0", Status::Active, "nohost"));
-        st.versions.push(version("0.9.0", Status::Retired, "127.0.0.1:9003"));
+        st.versions
+            .push(version("0.9.0", Status::Retired, "127.0.0.1:9003"));
         st.splits.push(split("/nowhere", &[], &[("1.0.0", 1)]));
         st.splits.push(split("/other", &[], &[("1.0.0", 1)]));
-        st.splits.push(split("/v1/chat/completions", &[], &[("0.9.0", 1), ("3.0.0", 1)]));
+        st.splits.push(split(
+            "/v1/chat/completions",
+            &[],
+            &[("0.9.0", 1), ("3.0.0", 1)],
+        ));
         let problems = build_with(&st).unwrap_err();
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
@@ -302,19 +339,31 @@ upstream = "up"
             "{problems:#?}"
         );
         let both = &problems[0].message;
-        assert!(both.contains("deployments[0]") && both.contains("models.db"), "{both}");
-        assert!(both.contains("registry.versions[\"llama@1.0.0\"]"), "{both}");
+        assert!(
+            both.contains("deployments[0]") && both.contains("models.db"),
+            "{both}"
+        );
+        assert!(
+            both.contains("registry.versions[\"llama@1.0.0\"]"),
+            "{both}"
+        );
         assert!(problems[3].message.contains("retired"), "{}", problems[3]);
     }
 
     #[test]
     fn renaming_does_not_confuse_indices_with_their_prefixes() {
         let names = Names {
-            deployments: vec![("deployments[1]".into(), "registry.versions[\"a@1.0.0\"]".into())],
+            deployments: vec![(
+                "deployments[1]".into(),
+                "registry.versions[\"a@1.0.0\"]".into(),
+            )],
             routes: vec![],
         };
         let p = |k: &str| rename(ConfigProblem::new(k, "x"), &names).key;
-        assert_eq!(p("deployments[1].endpoints"), "registry.versions[\"a@1.0.0\"].endpoints");
+        assert_eq!(
+            p("deployments[1].endpoints"),
+            "registry.versions[\"a@1.0.0\"].endpoints"
+        );
         assert_eq!(p("deployments[12].endpoints"), "deployments[12].endpoints");
         assert_eq!(p("deployments[1]"), "registry.versions[\"a@1.0.0\"]");
     }

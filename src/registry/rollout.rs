@@ -95,7 +95,10 @@ pub fn parse_plan(body: &serde_json::Map<String, Value>) -> Result<Plan, Vec<Con
             for (i, v) in a.iter().enumerate() {
                 match v.as_u64() {
                     Some(p @ 1..=100) => out.push(p as u8),
-                    _ => bad(&format!("steps[{i}]"), "must be a whole percent from 1 to 100"),
+                    _ => bad(
+                        &format!("steps[{i}]"),
+                        "must be a whole percent from 1 to 100",
+                    ),
                 }
             }
             if a.is_empty() || a.len() > MAX_STEPS {
@@ -117,7 +120,10 @@ pub fn parse_plan(body: &serde_json::Map<String, Value>) -> Result<Plan, Vec<Con
         Some(v) => match v.as_u64() {
             Some(ms @ 1..=MAX_HOLD_MS) => ms,
             _ => {
-                bad("hold_ms", &format!("must be 1 to {MAX_HOLD_MS} milliseconds"));
+                bad(
+                    "hold_ms",
+                    &format!("must be 1 to {MAX_HOLD_MS} milliseconds"),
+                );
                 0
             }
         },
@@ -417,23 +423,40 @@ mod tests {
         let parse = |v: Value| parse_plan(v.as_object().unwrap());
         let p = parse(json!({})).unwrap();
         assert_eq!(p.steps, DEFAULT_STEPS);
-        assert_eq!((p.hold_ms, p.guards.clone()), (DEFAULT_HOLD_MS, Guards::default()));
+        assert_eq!(
+            (p.hold_ms, p.guards.clone()),
+            (DEFAULT_HOLD_MS, Guards::default())
+        );
         let p = parse(json!({"steps": [10, 100], "hold_ms": 5, "guards": {"min_requests": 3, "max_p99_ratio": 2}})).unwrap();
-        assert_eq!((p.steps, p.hold_ms, p.guards.min_requests), (vec![10, 100], 5, 3));
+        assert_eq!(
+            (p.steps, p.hold_ms, p.guards.min_requests),
+            (vec![10, 100], 5, 3)
+        );
         assert_eq!(p.guards.max_p99_ratio, 2.0);
         let keys = |v: Value| -> Vec<String> {
             parse(v).unwrap_err().into_iter().map(|p| p.key).collect()
         };
         assert_eq!(keys(json!({"steps": []})), ["steps"]);
-        assert_eq!(keys(json!({"steps": [0, 101, "x"]})), ["steps[0]", "steps[1]", "steps[2]"]);
+        assert_eq!(
+            keys(json!({"steps": [0, 101, "x"]})),
+            ["steps[0]", "steps[1]", "steps[2]"]
+        );
         assert_eq!(keys(json!({"steps": [50, 10, 100]})), ["steps"]);
         assert_eq!(keys(json!({"steps": [5, 50]})), ["steps"]);
         assert_eq!(keys(json!({"steps": 5})), ["steps"]);
         assert_eq!(keys(json!({"hold_ms": 0})), ["hold_ms"]);
         assert_eq!(keys(json!({"hold_ms": -1})), ["hold_ms"]);
         assert_eq!(
-            keys(json!({"guards": {"max_error_rate_increase": 2, "max_p99_ratio": 0.5, "p99_slack_ms": -1, "min_requests": 0, "typo": 1}})),
-            ["guards.max_error_rate_increase", "guards.max_p99_ratio", "guards.min_requests", "guards.p99_slack_ms", "guards.typo"]
+            keys(
+                json!({"guards": {"max_error_rate_increase": 2, "max_p99_ratio": 0.5, "p99_slack_ms": -1, "min_requests": 0, "typo": 1}})
+            ),
+            [
+                "guards.max_error_rate_increase",
+                "guards.max_p99_ratio",
+                "guards.min_requests",
+                "guards.p99_slack_ms",
+                "guards.typo"
+            ]
         );
     }
 
@@ -449,11 +472,21 @@ mod tests {
         for p in [1u8, 5, 25, 50, 100] {
             let ts = at(p);
             assert_eq!(ts.len(), 3);
-            assert!((share(&ts, "1.1.0") - 0.8 * f64::from(p)).abs() < 1e-9, "{p}: {ts:?}");
+            assert!(
+                (share(&ts, "1.1.0") - 0.8 * f64::from(p)).abs() < 1e-9,
+                "{p}: {ts:?}"
+            );
             assert!((share(&ts, "2.0.0") - 20.0).abs() < 1e-9, "{p}: {ts:?}");
         }
         // Reduced to the smallest integers.
-        assert_eq!(at(25), [t("llama", "1.0.0", 3), t("qwen", "2.0.0", 1), t("llama", "1.1.0", 1)]);
+        assert_eq!(
+            at(25),
+            [
+                t("llama", "1.0.0", 3),
+                t("qwen", "2.0.0", 1),
+                t("llama", "1.1.0", 1)
+            ]
+        );
         // An earlier rollback's weight-0 entry is reused in place.
         let again = [t("llama", "1.1.0", 0), t("llama", "1.0.0", 1)];
         assert_eq!(
@@ -469,7 +502,11 @@ mod tests {
         );
         assert_eq!(
             rolled_back(&original, "llama", "1.1.0"),
-            [t("llama", "1.0.0", 80), t("qwen", "2.0.0", 20), t("llama", "1.1.0", 0)]
+            [
+                t("llama", "1.0.0", 80),
+                t("qwen", "2.0.0", 20),
+                t("llama", "1.1.0", 0)
+            ]
         );
     }
 
@@ -482,9 +519,17 @@ mod tests {
         }
         let items: Vec<String> = targets
             .iter()
-            .map(|t| format!("{{ model = \"{}\", version = \"={}\", weight = {} }}", t.model, t.version, t.weight))
+            .map(|t| {
+                format!(
+                    "{{ model = \"{}\", version = \"={}\", weight = {} }}",
+                    t.model, t.version, t.weight
+                )
+            })
             .collect();
-        text += &format!("[[routes]]\npath = \"/r\"\nsticky = \"subject\"\ntargets = [{}]\n", items.join(", "));
+        text += &format!(
+            "[[routes]]\npath = \"/r\"\nsticky = \"subject\"\ntargets = [{}]\n",
+            items.join(", ")
+        );
         let router = router_from_toml(&text).unwrap();
         let RouteTarget::Split(split) = router.routes()[0].target() else {
             panic!("not a split")
@@ -509,11 +554,20 @@ mod tests {
         let mut before = sessions(&original, 5000);
         assert!(before.iter().all(|v| v == "1.0.0"));
         for p in [1u8, 5, 25, 50, 100] {
-            let now = sessions(&weights_at(&original, "llama", "1.0.0", "1.1.0", p).unwrap(), 5000);
+            let now = sessions(
+                &weights_at(&original, "llama", "1.0.0", "1.1.0", p).unwrap(),
+                5000,
+            );
             let on_new = now.iter().filter(|v| *v == "1.1.0").count() as f64 / 50.0;
-            assert!((on_new - f64::from(p)).abs() < 2.5, "{p} %: {on_new} % on the new version");
+            assert!(
+                (on_new - f64::from(p)).abs() < 2.5,
+                "{p} %: {on_new} % on the new version"
+            );
             for (b, n) in before.iter().zip(&now) {
-                assert!(!(b == "1.1.0" && n == "1.0.0"), "a session went back at {p} %");
+                assert!(
+                    !(b == "1.1.0" && n == "1.0.0"),
+                    "a session went back at {p} %"
+                );
             }
             before = now;
         }
@@ -545,8 +599,14 @@ mod tests {
         };
         let judge_ok = |w: &Window| judge(w, Some(&stable), &g);
         // Few requests, no failures: watching. One failure in 3: within what 20 could hold.
-        assert!(matches!(judge_ok(&window(3, 0, &[(5, 3)])), Verdict::Watching { .. }));
-        assert!(matches!(judge_ok(&window(3, 1, &[(5, 3)])), Verdict::Watching { .. }));
+        assert!(matches!(
+            judge_ok(&window(3, 0, &[(5, 3)])),
+            Verdict::Watching { .. }
+        ));
+        assert!(matches!(
+            judge_ok(&window(3, 1, &[(5, 3)])),
+            Verdict::Watching { .. }
+        ));
         // A second failure already exceeds 5 % of 20.
         match judge_ok(&window(3, 2, &[(5, 3)])) {
             Verdict::Breach { guard, reason } => {
@@ -557,21 +617,45 @@ mod tests {
         }
         // Enough requests, 5 % errors exactly: passes; more: breach.
         assert_eq!(judge_ok(&window(100, 5, &[(5, 100)])), Verdict::Pass);
-        assert!(matches!(judge_ok(&window(100, 6, &[(5, 100)])), Verdict::Breach { .. }));
+        assert!(matches!(
+            judge_ok(&window(100, 6, &[(5, 100)])),
+            Verdict::Breach { .. }
+        ));
         // A stable that fails too raises the bar.
-        let flaky = Reference { error_rate: 0.10, ..stable };
-        assert_eq!(judge(&window(100, 14, &[(5, 100)]), Some(&flaky), &g), Verdict::Pass);
+        let flaky = Reference {
+            error_rate: 0.10,
+            ..stable
+        };
+        assert_eq!(
+            judge(&window(100, 14, &[(5, 100)]), Some(&flaky), &g),
+            Verdict::Pass
+        );
         // Latency: limit 10 × 1.5 + 50 = 65 ms. One slow of 100 is 1 %: passes; two breach.
-        assert_eq!(judge_ok(&window(100, 0, &[(5, 99), (500, 1)])), Verdict::Pass);
+        assert_eq!(
+            judge_ok(&window(100, 0, &[(5, 99), (500, 1)])),
+            Verdict::Pass
+        );
         match judge_ok(&window(100, 0, &[(5, 98), (500, 2)])) {
             Verdict::Breach { guard, .. } => assert_eq!(guard, "latency"),
             v => panic!("{v:?}"),
         }
         // Early: one slow response among the first few already exceeds 1 % of 20.
-        assert!(matches!(judge_ok(&window(2, 0, &[(500, 1), (5, 1)])), Verdict::Breach { guard: "latency", .. }));
+        assert!(matches!(
+            judge_ok(&window(2, 0, &[(500, 1), (5, 1)])),
+            Verdict::Breach {
+                guard: "latency",
+                ..
+            }
+        ));
         // Without a stable reference: errors still judged (against 0 %), latency waits.
-        assert!(matches!(judge(&window(100, 0, &[(500, 100)]), None, &g), Verdict::Watching { .. }));
-        assert!(matches!(judge(&window(100, 9, &[(5, 100)]), None, &g), Verdict::Breach { .. }));
+        assert!(matches!(
+            judge(&window(100, 0, &[(500, 100)]), None, &g),
+            Verdict::Watching { .. }
+        ));
+        assert!(matches!(
+            judge(&window(100, 9, &[(5, 100)]), None, &g),
+            Verdict::Breach { .. }
+        ));
     }
 
     #[test]

@@ -119,7 +119,10 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MigrateError {
     /// Written by a newer shardgate.
-    TooNew { found: u32, known: u32 },
+    TooNew {
+        found: u32,
+        known: u32,
+    },
     Sql(String),
 }
 

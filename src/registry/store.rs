@@ -20,7 +20,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{
+    params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
+};
 use serde_json::Value;
 
 use super::rollout::Plan;
@@ -171,7 +173,9 @@ impl Store {
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(unusable)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(fail(format!("cannot use WAL mode (journal mode is {mode})")));
+            return Err(fail(format!(
+                "cannot use WAL mode (journal mode is {mode})"
+            )));
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
             .map_err(unusable)?;
@@ -357,7 +361,9 @@ pub fn load_state(c: &Connection) -> rusqlite::Result<RegistryState> {
         (&a.model, v(a), &a.version).cmp(&(&b.model, v(b), &b.version))
     });
     let mut splits = c
-        .prepare("SELECT id, path, models, updated_at, updated_by FROM splits ORDER BY path, models")?
+        .prepare(
+            "SELECT id, path, models, updated_at, updated_by FROM splits ORDER BY path, models",
+        )?
         .query_map([], |r| {
             let models: Vec<String> = json(r, 2)?;
             Ok((
@@ -496,7 +502,10 @@ mod tests {
         let mut s = Store::open(&path).unwrap();
         let (_, id) = add_model(&mut s, "llama").unwrap();
         // A failing change (duplicate key) writes neither the row nor an audit entry.
-        assert!(matches!(add_model(&mut s, "llama"), Err(ChangeError::Store(_))));
+        assert!(matches!(
+            add_model(&mut s, "llama"),
+            Err(ChangeError::Store(_))
+        ));
         // A closure refusing after writing rolls its write back.
         let refused: Result<((), i64), ChangeError> = s.change("bob", "model.create", |tx| {
             tx.execute(

@@ -103,7 +103,9 @@ pub fn audit_entry(e: &AuditEntry) -> Value {
 
 /// A Prometheus label value: backslash, quote and newline escaped.
 fn label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The rollout series: the latest rollout of each version (its state and percent), and
@@ -151,7 +153,11 @@ pub fn prometheus(rollouts: &[Rollout], out: &mut String) {
     out.push_str("# HELP shardgate_rollout_rollbacks_total Rollouts a guard rolled back, by version and guard.\n# TYPE shardgate_rollout_rollbacks_total counter\n");
     let mut rollbacks: Vec<(&str, &str, &str, u64)> = Vec::new();
     for r in rollouts {
-        let Some(g) = r.guard.as_deref().filter(|_| r.state == RolloutState::RolledBack) else {
+        let Some(g) = r
+            .guard
+            .as_deref()
+            .filter(|_| r.state == RolloutState::RolledBack)
+        else {
             continue;
         };
         match rollbacks

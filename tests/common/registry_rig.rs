@@ -93,13 +93,25 @@ impl RegistryRig {
     }
 
     /// `method path` with `token` and an optional JSON body: status and JSON answer.
-    pub fn call_as(&self, token: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    pub fn call_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, Value) {
         let (name, value) = bearer(token);
         let mut headers = vec![(name, value.as_str())];
         if body.is_some() {
             headers.push(("content-type", "application/json"));
         }
-        let r = send(self.admin_addr(), method, path, &headers, body.map(str::as_bytes));
+        let r = send(
+            self.admin_addr(),
+            method,
+            path,
+            &headers,
+            body.map(str::as_bytes),
+        );
         let text = r.text();
         let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (r.status, v)
