@@ -7,7 +7,7 @@
 //! |---------|--------|
 //! | `GET /models` | every model with its versions |
 //! | `GET /models/{m}` | one model |
-//! | `POST /models/{m}/versions` | register a version: `{"version", "endpoints", "status"?, any `[[deployments]]` key}` |
+//! | `POST /models/{m}/versions` | register a version: `{"version", "endpoints", "status"?, …}` and any other key a `[[deployments]]` entry takes |
 //! | `GET /models/{m}/versions/{v}` | the version and its latest rollout |
 //! | `PUT /models/{m}/versions/{v}/status` | `{"status": "active"\|"canary"\|"draining"\|"retired"}` |
 //! | `POST /models/{m}/versions/{v}/rollout` | start a rollout: `{"steps", "hold_ms", "guards", "route"?, "stable"?}` |
