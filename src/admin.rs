@@ -3,6 +3,8 @@
 //! - [`http`]: the small blocking HTTP/1.1 reader/writer (and client) it runs on.
 //! - [`config_view`]: `/config`, the snapshot in force without secrets.
 //! - [`mutate`]: `/revoke` and `/routes/weights`.
+//! - [`models`]: the model registry (`/models`, `/splits`, `/rollouts`, `/audit`), and
+//!   [`models_cli`], the `shardgate models` commands over it.
 //! - [`prom`]: the Prometheus exposition.
 //! - [`stats`]: the `/stats` JSON and the `shardgate stats` table.
 //! - [`spend_view`]: spend by subject, tenant and model in `/stats` and `/metrics`.
@@ -20,10 +22,14 @@
 //! | `GET /healthz`     | 200 while the process lives |
 //! | `GET /readyz`      | 200 when every worker answers and a config is loaded; 503 once draining starts |
 //!
-//! `/admin/revoke` and `/admin/routes/weights` are aliases. Unknown paths get 404, a known path with another method 405 (with `Allow`), both JSON.
-//! With a token configured (`admin.token`), every endpoint but `/healthz` and `/readyz`
-//! (probes) needs `Authorization: Bearer <token>`; a missing or wrong one gets 401 JSON. The
-//! token is the one of the config in force (the view's snapshot), read on every request, so
+//! The model registry's endpoints (`/models/...`, `/splits`, `/rollouts`, `/audit`) are listed
+//! in [`models`].
+//!
+//! `/admin/revoke` and `/admin/routes/weights` are aliases (and `/admin/` before any registry path). Unknown paths get 404, a known path with another method 405 (with `Allow`), both JSON.
+//! With a token configured (`admin.token`, or named ones in `admin.tokens`), every endpoint
+//! but `/healthz` and `/readyz` (probes) needs `Authorization: Bearer <token>`; a missing or
+//! wrong one gets 401 JSON. The token's name (`admin` for `admin.token`) is who the
+//! registry's audit log records. The tokens are the ones of the config in force (the view's snapshot), read on every request, so
 //! a reload that changes it applies at once. It is compared in constant time (HMAC tags
 //! under a per-process random key).
 //!
@@ -49,6 +55,8 @@
 pub mod breakers;
 pub mod config_view;
 pub mod http;
+pub mod models;
+pub mod models_cli;
 pub mod mutate;
 pub mod prom;
 pub mod spend_view;
@@ -283,10 +291,17 @@ impl Server {
         }
     }
 
-    /// The bearer token of the config in force, if it sets one.
-    fn token(&self) -> Option<Vec<u8>> {
+    /// The bearer tokens of the config in force, with their holders' names (empty: none).
+    fn tokens(&self) -> Vec<(String, Vec<u8>)> {
         let v = control::lock_view(&self.state.view);
-        v.snapshot.as_ref()?.admin.as_ref()?.token.clone()
+        let Some(admin) = v.snapshot.as_ref().and_then(|s| s.admin.as_ref()) else {
+            return Vec::new();
+        };
+        admin
+            .named_tokens()
+            .into_iter()
+            .map(|(n, t)| (n.to_owned(), t.to_vec()))
+            .collect()
     }
 
     fn serve(&self, mut s: TcpStream, deadline: Duration) {
@@ -309,28 +324,49 @@ impl Server {
     }
 
     fn authorized(&self, req: &Request) -> bool {
-        let Some(token) = self.token() else {
-            return true;
-        };
+        self.caller(req).is_some()
+    }
+
+    /// Who sent `req`: the name of the token it presents (`anonymous` when the config sets
+    /// none); `None` when it presents no configured token.
+    fn caller(&self, req: &Request) -> Option<String> {
+        let tokens = self.tokens();
+        if tokens.is_empty() {
+            return Some(ANONYMOUS.to_owned());
+        }
         // No randomness: refuse everything rather than compare in variable time.
-        let Some(key) = &self.hmac else {
-            return false;
-        };
+        let key = self.hmac.as_ref()?;
         let presented = req
             .authorization
             .as_deref()
             .and_then(|v| v.strip_prefix(b"Bearer ".as_slice()))
             .unwrap_or(b"");
-        let tag = ring::hmac::sign(key, &token);
-        ring::hmac::verify(key, presented, tag.as_ref()).is_ok()
+        // Every token is compared, so the time taken does not say which one matched.
+        let mut who = None;
+        for (name, token) in tokens {
+            let tag = ring::hmac::sign(key, &token);
+            if ring::hmac::verify(key, presented, tag.as_ref()).is_ok() {
+                who = Some(name);
+            }
+        }
+        who
     }
 
     fn handle(&self, req: &Request) -> Response {
         let path = match req.path.as_str() {
             "/admin/revoke" => "/revoke",
             "/admin/routes/weights" => "/routes/weights",
-            p => p,
+            p => p
+                .strip_prefix("/admin")
+                .filter(|r| models::is_registry_path(r))
+                .unwrap_or(p),
         };
+        if models::is_registry_path(path) {
+            return match self.caller(req) {
+                Some(who) => models::handle(&self.state, req, path, &who),
+                None => unauthorized(),
+            };
+        }
         let allowed: &str = match path {
             "/metrics" | "/stats" | "/config" | "/breakers" | "/healthz" | "/readyz" => "GET",
             "/reload" | "/revoke" => "POST",
@@ -344,8 +380,7 @@ impl Server {
         }
         let probe = matches!(path, "/healthz" | "/readyz");
         if !probe && !self.authorized(req) {
-            return Response::error(401, "unauthorized", "missing or wrong admin token")
-                .header("www-authenticate", "Bearer");
+            return unauthorized();
         }
         match path {
             "/metrics" => self.metrics(),
@@ -390,6 +425,8 @@ impl Server {
         if let Some((ledger, currency, cap)) = self.spend_ledger() {
             spend_view::prometheus(&ledger, &currency, cap, &mut text);
         }
+        let rollouts = control::lock_view(&self.state.view).rollouts.clone();
+        crate::registry::view::prometheus(&rollouts, &mut text);
         Response {
             status: 200,
             content_type: prom::CONTENT_TYPE,
@@ -485,6 +522,15 @@ impl Server {
             }),
         )
     }
+}
+
+/// Who the audit log names when the config sets no admin token.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// 401 JSON with `WWW-Authenticate: Bearer`.
+fn unauthorized() -> Response {
+    Response::error(401, "unauthorized", "missing or wrong admin token")
+        .header("www-authenticate", "Bearer")
 }
 
 /// Asks the control thread behind `tx` to reload, waiting at most [`RELOAD_TIMEOUT`]: 200
@@ -589,5 +635,25 @@ mod tests {
         // A config without a token (a loopback admin) needs none.
         set(None);
         assert!(s.authorized(&req(None)));
+        assert_eq!(s.caller(&req(None)).as_deref(), Some(ANONYMOUS));
+        // Named tokens: each caller is known by its token's name.
+        let text =
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                    token = { value = \"t0ken-0123456789\" }\n\
+                    tokens = [{ name = \"alice\", token = { value = \"alice-token-0123456\" } }]\n";
+        control::lock_view(&view).snapshot =
+            Some(crate::config::from_str(text, std::path::Path::new("."), 1).unwrap());
+        let who = |auth: Option<&str>| s.caller(&req(auth));
+        assert_eq!(
+            who(Some("Bearer t0ken-0123456789")).as_deref(),
+            Some("admin")
+        );
+        assert_eq!(
+            who(Some("Bearer alice-token-0123456")).as_deref(),
+            Some("alice")
+        );
+        for wrong in [None, Some("Bearer alice-token-012345"), Some("Bearer ")] {
+            assert_eq!(who(wrong), None, "{wrong:?}");
+        }
     }
 }

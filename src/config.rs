@@ -17,10 +17,12 @@ use std::path::Path;
 
 pub use crate::config_types::{ConfigError, ConfigProblem, Endpoint, Secret, Upstream};
 pub use raw::{
-    DriverChoice, RawAccessLog, RawAdmin, RawConfig, RawMetrics, RawServer, RawUpstream, RawWorkers,
+    DriverChoice, RawAccessLog, RawAdmin, RawAdminToken, RawConfig, RawMetrics, RawRegistry,
+    RawServer, RawUpstream, RawWorkers,
 };
 pub use snapshot::{
-    AccessLogSettings, AccessLogTarget, AdminSettings, MetricsSettings, ServerSettings, Snapshot,
+    AccessLogSettings, AccessLogTarget, AdminSettings, MetricsSettings, NamedToken,
+    RegistrySettings, ServerSettings, Snapshot, ADMIN_TOKEN_NAME,
 };
 pub use validate::{
     admin_token_problem, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
@@ -46,6 +48,17 @@ pub fn load(path: &Path, generation: u64) -> Result<Snapshot, ConfigError> {
 /// Parses and validates `bytes`, the content of `path` as read by the caller (the control
 /// thread reads once, so the bytes it checked for stability are the bytes it loads).
 pub fn load_bytes(path: &Path, bytes: &[u8], generation: u64) -> Result<Snapshot, ConfigError> {
+    let raw = parse_bytes(path, bytes)?;
+    raw.validate(base_dir(path), generation)
+        .map_err(|problems| ConfigError {
+            file: path.to_path_buf(),
+            problems,
+        })
+}
+
+/// Parses `bytes`, the content of `path`, without validating them: what the control thread
+/// combines with the model registry before validating the whole.
+pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<RawConfig, ConfigError> {
     let fail = |problems| ConfigError {
         file: path.to_path_buf(),
         problems,
@@ -56,8 +69,12 @@ pub fn load_bytes(path: &Path, bytes: &[u8], generation: u64) -> Result<Snapshot
             format!("not UTF-8: {e}"),
         )])
     })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    from_str(text, base, generation).map_err(fail)
+    parse_str(text).map_err(fail)
+}
+
+/// The directory relative paths in the config file at `path` resolve against.
+pub fn base_dir(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("."))
 }
 
 /// Parses and validates config text; relative paths resolve against `base_dir`.
@@ -66,7 +83,12 @@ pub fn from_str(
     base_dir: &Path,
     generation: u64,
 ) -> Result<Snapshot, Vec<ConfigProblem>> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+    parse_str(text)?.validate(base_dir, generation)
+}
+
+/// Parses config text into the raw config, naming the key of a syntax or type error.
+fn parse_str(text: &str) -> Result<RawConfig, Vec<ConfigProblem>> {
+    toml::from_str(text).map_err(|e| {
         let key = e.span().map_or("(syntax)".to_string(), |s| {
             let line = text[..s.start].matches('\n').count() + 1;
             match key_path_at(text, s.start) {
@@ -75,8 +97,7 @@ pub fn from_str(
             }
         });
         vec![ConfigProblem::new(key, e.message().to_string())]
-    })?;
-    raw.validate(base_dir, generation)
+    })
 }
 
 /// The key path (`routes[0].targets[1].weight`) of the key or value at byte `pos`, so a
@@ -328,6 +349,78 @@ upstream = "a"
             assert_eq!(s.admin.unwrap().token.unwrap(), good.as_bytes());
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn named_admin_tokens_are_checked_like_the_admin_token() {
+        let tokens = |list: &str| {
+            format!(
+                "{GOOD}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = {{ value = \"the-admin-token-0123\" }}\ntokens = [{list}]\n"
+            )
+        };
+        let ok = from_str(
+            &tokens(r#"{ name = "alice", token = { value = "alice-token-0123456" } }, { name = "ci.bot@x", token = { value = "ci-token-0123456789" } }"#),
+            Path::new("."),
+            1,
+        )
+        .unwrap();
+        let admin = ok.admin.unwrap();
+        let names: Vec<&str> = admin.named_tokens().iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["admin", "alice", "ci.bot@x"]);
+        assert!(admin.has_token());
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                r#"{ name = "", token = { value = "alice-token-0123456" } }"#,
+                "admin.tokens[0].name",
+                "must be",
+            ),
+            (
+                r#"{ name = "a b", token = { value = "alice-token-0123456" } }"#,
+                "admin.tokens[0].name",
+                "must be",
+            ),
+            (
+                r#"{ name = "admin", token = { value = "alice-token-0123456" } }"#,
+                "admin.tokens[0].name",
+                "taken",
+            ),
+            (
+                r#"{ name = "a", token = { value = "alice-token-0123456" } }, { name = "a", token = { value = "other-token-0123456" } }"#,
+                "admin.tokens[1].name",
+                "taken",
+            ),
+            (
+                r#"{ name = "a", token = { value = "short" } }"#,
+                "admin.tokens[0].token",
+                "at least 16",
+            ),
+            (
+                r#"{ name = "a", token = { value = "the-admin-token-0123" } }"#,
+                "admin.tokens[0].token",
+                "same as another",
+            ),
+            (
+                r#"{ name = "a", token = { value = "alice-token-0123456" } }, { name = "b", token = { value = "alice-token-0123456" } }"#,
+                "admin.tokens[1].token",
+                "same as another",
+            ),
+            (
+                r#"{ name = "a", token = { env = "SG_TEST_UNSET_NAMED_TOKEN" } }"#,
+                "admin.tokens[0].token",
+                "not set",
+            ),
+        ];
+        for (list, key, want) in cases {
+            let p = from_str(&tokens(list), Path::new("."), 1).unwrap_err();
+            assert_eq!(p.len(), 1, "{list}: {p:?}");
+            assert_eq!(p[0].key, *key, "{list}");
+            assert!(p[0].message.contains(want), "{list}: {}", p[0].message);
+        }
+        // Named tokens alone protect a non-loopback admin address.
+        let text = format!(
+            "{GOOD}[admin]\nlisten = \"0.0.0.0:0\"\ntokens = [{{ name = \"a\", token = {{ value = \"alice-token-0123456\" }} }}]\n"
+        );
+        assert!(from_str(&text, Path::new("."), 1).is_ok());
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - [`protection`]: what a new config would take away from the protection in force.
 //! - [`revoke`]: revocations, persisted and confirmed by every worker before the reply.
 //! - [`weights`]: `PUT /routes/weights`, rewriting the config file and reloading it.
+//! - [`registry`]: the model registry's requests and rollouts (the control thread owns its
+//!   database; a committed change is applied like an explicit reload).
 //! - [`coord`]: the coordination thread (quota leases, breakers).
 //! - [`remote`]: the thread that does the quota's Redis I/O for the coordination thread.
 //! - [`spend`]: the spend thread: the spend ledger and its store (file or Redis).
@@ -42,6 +44,7 @@
 pub mod cert_watch;
 pub mod coord;
 pub mod protection;
+pub mod registry;
 pub mod remote;
 pub mod revoke;
 pub mod spend;
@@ -57,10 +60,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::access_log::Retarget;
 use crate::auth::{RevocationLog, Revoked};
-use crate::config::{self, AccessLogTarget, ConfigError, ConfigProblem, Snapshot};
+use crate::config::{self, AccessLogTarget, ConfigError, ConfigProblem, RawConfig, Snapshot};
 use crate::inbox::{Barrier, ToWorker, Workers};
 use crate::time::unix_now;
 pub use protection::Loss;
+pub use registry::{Applied, RegistryReply, RegistryRequest};
 pub use revoke::{revoke_via, RevokeError, REVOKE_APPLY_TIMEOUT};
 use watch::{FileWatch, Poll};
 pub use watch::{WatchSettings, SETTLE_INTERVAL, WATCH_INTERVAL};
@@ -75,6 +79,11 @@ pub enum ToControl {
     Revoke(Revoked, Sender<Result<Barrier, RevokeError>>),
     /// Rewrite route weights in the config file, then reload it.
     SetWeights(WeightsBody, Sender<Result<Reloaded, WeightsError>>),
+    /// A model registry request (see [`registry`]).
+    Registry(
+        RegistryRequest,
+        Sender<Result<RegistryReply, crate::registry::store::ChangeError>>,
+    ),
     Stop,
 }
 
@@ -111,6 +120,8 @@ pub struct ReloadStatus {
 pub struct ControlView {
     pub status: ReloadStatus,
     pub snapshot: Option<Snapshot>,
+    /// Every rollout the model registry holds (for `/metrics`; empty without a registry).
+    pub rollouts: Vec<crate::registry::Rollout>,
 }
 
 /// A [`ControlView`] shared between the control thread and the admin thread.
@@ -137,6 +148,11 @@ pub struct Start {
     pub access_log: Option<Retarget>,
     /// The file watch's poll and settle intervals (tests shorten them).
     pub watch: WatchSettings,
+    /// The config file's content as parsed, before the registry was combined in (what
+    /// registry changes are validated with until the next reload).
+    pub raw: Option<RawConfig>,
+    /// The model registry, opened before the engine started ([`crate::registry::load`]).
+    pub registry: Option<crate::registry::Opened>,
 }
 
 impl Start {
@@ -149,6 +165,17 @@ impl Start {
             revocations: None,
             access_log: None,
             watch: WatchSettings::default(),
+            raw: None,
+            registry: None,
+        }
+    }
+
+    /// What [`crate::registry::load`] loaded: its snapshot, the parsed file and the registry.
+    pub fn loaded(path: PathBuf, loaded: crate::registry::Loaded, workers: Workers) -> Start {
+        Start {
+            raw: Some(loaded.raw),
+            registry: loaded.registry,
+            ..Start::new(path, loaded.snapshot, workers)
         }
     }
 }
@@ -182,6 +209,7 @@ impl Control {
         let view = SharedView::new(Mutex::new(ControlView {
             status: status.clone(),
             snapshot: Some(start.snapshot.clone()),
+            rollouts: Vec::new(),
         }));
         let (tx, rx) = crossbeam_channel::unbounded();
         let interval = start.watch.interval;
@@ -197,7 +225,10 @@ impl Control {
             access_log: start.access_log,
             view: view.clone(),
             status,
+            raw: start.raw,
+            registry: start.registry.map(registry::RegistryCtl::new),
         };
+        state.publish_rollouts();
         let thread = std::thread::Builder::new()
             .name("shardgate-control".into())
             .spawn(move || run(state, rx, interval))?;
@@ -260,6 +291,18 @@ pub fn set_weights_via(
         .unwrap_or(Err(WeightsError::Stopped))
 }
 
+/// Sends a registry request to the control thread behind `tx` and waits up to `timeout` for
+/// the answer; `None` when the control thread has stopped or did not answer.
+pub fn registry_via(
+    tx: &Sender<ToControl>,
+    req: RegistryRequest,
+    timeout: Duration,
+) -> Option<Result<RegistryReply, crate::registry::store::ChangeError>> {
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    tx.send(ToControl::Registry(req, reply)).ok()?;
+    rx.recv_timeout(timeout).ok()
+}
+
 impl Drop for Control {
     fn drop(&mut self) {
         let _ = self.tx.send(ToControl::Stop);
@@ -294,12 +337,19 @@ struct State {
     watch: FileWatch,
     /// The TLS listener's PEM files.
     certs: cert_watch::CertWatch,
+    /// The config file in force as parsed (`None` until known: a control thread started
+    /// without it learns it from its first reload).
+    raw: Option<RawConfig>,
+    registry: Option<registry::RegistryCtl>,
 }
 
 fn run(mut st: State, rx: Receiver<ToControl>, interval: Duration) {
     let mut next_poll = Instant::now() + interval;
     loop {
-        match rx.recv_deadline(next_poll) {
+        let deadline = st
+            .next_rollout_look()
+            .map_or(next_poll, |t| t.min(next_poll));
+        match rx.recv_deadline(deadline) {
             Ok(ToControl::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             Ok(ToControl::Reload(reply)) => {
                 let result = st.reload_now();
@@ -314,7 +364,13 @@ fn run(mut st: State, rx: Receiver<ToControl>, interval: Duration) {
             Ok(ToControl::SetWeights(body, reply)) => {
                 let _ = reply.send(st.set_weights(&body));
             }
+            Ok(ToControl::Registry(req, reply)) => {
+                let _ = reply.send(st.registry(req));
+            }
             Err(RecvTimeoutError::Timeout) => {}
+        }
+        if st.next_rollout_look().is_some_and(|t| Instant::now() >= t) {
+            st.look_at_rollouts();
         }
         // Polled on time even while messages keep arriving.
         if Instant::now() >= next_poll {
@@ -360,6 +416,14 @@ impl State {
     /// `PUT /routes/weights`: the file is rewritten here, where nothing else writes it, and
     /// then reloaded explicitly.
     fn set_weights(&mut self, body: &WeightsBody) -> Result<Reloaded, WeightsError> {
+        if let Some(r) = self.registry.as_ref() {
+            if r.holds_split(&body.path, &body.models) {
+                return Err(WeightsError::Bad(format!(
+                    "the targets of route `{}` {:?} are held by the model registry; set them                      with PUT /splits",
+                    body.path, body.models
+                )));
+            }
+        }
         weights::rewrite(&self.path, body, self.generation + 1)?;
         self.reload_now().map_err(WeightsError::Invalid)
     }
@@ -403,7 +467,9 @@ impl State {
     /// Validates `bytes` and applies them, unless the file watch brought a config that
     /// lowers protection.
     fn apply(&mut self, bytes: &[u8], trigger: Trigger) -> Result<Reloaded, ConfigError> {
-        let snap = match config::load_bytes(&self.path, bytes, self.generation + 1) {
+        let built = config::parse_bytes(&self.path, bytes)
+            .and_then(|raw| Ok((self.build(&raw, self.generation + 1)?, raw)));
+        let (snap, raw) = match built {
             Ok(s) => s,
             Err(e) => {
                 self.reject(&e);
@@ -418,6 +484,28 @@ impl State {
         if trigger == Trigger::Watch && !lowered.is_empty() {
             return Err(self.refuse(&lowered));
         }
+        self.raw = Some(raw);
+        let source = self.path.display().to_string();
+        Ok(self.install(snap, lowered, &source))
+    }
+
+    /// The snapshot of the config file's `raw` content, combined with the model registry
+    /// when there is one.
+    fn build(&self, raw: &RawConfig, generation: u64) -> Result<Snapshot, ConfigError> {
+        let base = config::base_dir(&self.path);
+        let built = match &self.registry {
+            None => raw.validate(base, generation),
+            Some(r) => r.build(raw, base, generation),
+        };
+        built.map_err(|problems| ConfigError {
+            file: self.path.clone(),
+            problems,
+        })
+    }
+
+    /// Sends every worker `snap` and makes it the config in force; `lowered` is what it
+    /// takes away (logged loudly), `source` where it came from (for the log).
+    fn install(&mut self, snap: Snapshot, lowered: Vec<Loss>, source: &str) -> Reloaded {
         self.generation = snap.generation;
         self.workers
             .broadcast(|| ToWorker::Snapshot(Box::new(snap.clone())));
@@ -428,17 +516,16 @@ impl State {
         self.status.generation = self.generation;
         self.status.last_error = None;
         self.status.pending_restart = needs_restart.clone();
-        let file = self.path.display();
         if lowered.is_empty() {
             eprintln!(
-                "shardgate: applied config generation {} from {file}",
+                "shardgate: applied config generation {} from {source}",
                 self.generation
             );
         } else {
             self.status.lowering_applied += 1;
             eprintln!(
-                "shardgate: WARNING: applied config generation {} from {file} by explicit \
-                 reload; it LOWERS the protection in force:\n{}",
+                "shardgate: WARNING: applied config generation {} from {source} by explicit \
+                 request; it LOWERS the protection in force:\n{}",
                 self.generation,
                 bullets(&lowered)
             );
@@ -454,11 +541,11 @@ impl State {
         let mut v = lock_view(&self.view);
         v.snapshot = Some(snap);
         v.status = self.status.clone();
-        Ok(Reloaded {
+        Reloaded {
             generation: self.generation,
             lowered,
             needs_restart,
-        })
+        }
     }
 
     /// Points the access log writer at the applied config's path when it moved. (Adding or

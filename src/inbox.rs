@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::breaker::table::Resilience;
 use crate::breaker::{BreakerReport, BreakerSnapshot};
 use crate::config::Snapshot;
-use crate::metrics::WorkerMetrics;
+use crate::metrics::{DeploymentCounts, WorkerMetrics};
 use crate::quota::{FromCoordinator, ToCoordinator, WorkerId};
 
 /// How long a worker may take to answer a metrics collection.
@@ -26,6 +26,9 @@ pub enum ToWorker {
     Snapshot(Box<Snapshot>),
     /// Send a copy of the metrics back.
     Collect(Sender<WorkerMetrics>),
+    /// Send back the outcomes of the deployments with these labels (`model@version`): what
+    /// a canary rollout's guards watch, without copying every histogram.
+    CollectDeployments(Arc<[Box<str>]>, Sender<Vec<DeploymentCounts>>),
     /// A revoked token id (or subject) to refuse from now on.
     Revoke(crate::auth::Revoked),
     /// A circuit breaker decision from the coordination thread.
@@ -133,6 +136,32 @@ impl Workers {
         (0..asked)
             .map_while(|_| rx.recv_deadline(deadline).ok())
             .collect()
+    }
+}
+
+impl Workers {
+    /// Every running worker's [`DeploymentCounts`] for `labels`, added up per label, from
+    /// as many workers as answer within `timeout`; `None` when some worker did not answer
+    /// (a partial sum would look like a change in traffic).
+    pub fn collect_deployments(
+        &self,
+        labels: &[Box<str>],
+        timeout: Duration,
+    ) -> Option<Vec<DeploymentCounts>> {
+        let labels: Arc<[Box<str>]> = labels.into();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let asked = self.broadcast(|| ToWorker::CollectDeployments(labels.clone(), tx.clone()));
+        let deadline = Instant::now() + timeout;
+        let mut sum: Vec<DeploymentCounts> = Vec::new();
+        for _ in 0..asked {
+            for d in rx.recv_deadline(deadline).ok()? {
+                match sum.iter_mut().find(|s| s.label == d.label) {
+                    Some(s) => s.add(&d),
+                    None => sum.push(d),
+                }
+            }
+        }
+        Some(sum)
     }
 }
 

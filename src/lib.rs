@@ -33,7 +33,11 @@
 //!   revocations, weight edits), the coordination thread (quota leases, breaker decisions) and
 //!   the remote thread (the quota's Redis I/O).
 //! - [`admin`]: the admin HTTP API (/metrics, /stats, /config, /reload, /revoke, /healthz,
-//!   /readyz), one thread per connection, capped.
+//!   /readyz), one thread per connection, capped; with a registry also /models, /splits,
+//!   /rollouts, /audit.
+//! - [`registry`]: the model registry: the SQLite store the control thread owns (schema,
+//!   migrations, changes with their audit entries), its combination with the config file, and
+//!   the progressive canary's steps and guards. Workers never touch it.
 //! - [`demo`]: `shardgate demo`: mocks for `config/demo.toml`'s deployments, the printed
 //!   commands.
 //!
@@ -67,6 +71,7 @@ pub mod pipeline;
 pub mod pool;
 pub mod proxy;
 pub mod quota;
+pub mod registry;
 pub mod route;
 pub mod runtime;
 pub mod server;

@@ -8,6 +8,7 @@ use shardgate::admin::{self, Admin, AdminState};
 use shardgate::config;
 use shardgate::control::{self, Control, Start};
 use shardgate::demo::{self, Demo};
+use shardgate::registry;
 use shardgate::runtime::Engine;
 
 /// shardgate: a thread-per-core io_uring AI inference gateway.
@@ -23,7 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate a config file: prints every problem (exit 2) or "ok" (exit 0).
+    /// Validate a config file (with the model registry it names): prints every problem
+    /// (exit 2) or "ok" (exit 0).
     Check,
     /// Run the gateway on config/demo.toml in front of in-process mock model deployments
     /// (env SHARDGATE_DEMO_PORT_BASE moves every port of the demo).
@@ -50,6 +52,8 @@ enum Command {
         #[arg(long)]
         token: Option<String>,
     },
+    /// The model registry of a running gateway: versions, splits, rollouts, the audit log.
+    Models(Box<admin::models_cli::ModelsArgs>),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
             let token = token.or_else(|| std::env::var("SHARDGATE_ADMIN_TOKEN").ok());
             stats(admin, watch, token.as_deref())
         }
+        Some(Command::Models(args)) => admin::models_cli::run(&args),
         None => match cli.config {
             Some(path) => run(path, None),
             None => {
@@ -81,7 +86,7 @@ fn check(path: Option<PathBuf>) -> ExitCode {
         eprintln!("shardgate check: --config PATH is required");
         return ExitCode::from(2);
     };
-    match config::load(&path, 1) {
+    match registry::load(&path, 1) {
         Ok(_) => {
             println!("ok");
             ExitCode::SUCCESS
@@ -114,13 +119,15 @@ fn demo() -> ExitCode {
 /// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads the config.
 fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let snapshot = match config::load(&path, 1) {
-        Ok(s) => s,
+    // A registry that cannot be used stops the start (never an empty registry instead).
+    let loaded = match registry::load(&path, 1) {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
+    let snapshot = loaded.snapshot.clone();
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
@@ -150,7 +157,7 @@ fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
     let start = Start {
         revocations,
         access_log: engine.access_log(),
-        ..Start::new(path.clone(), snapshot.clone(), engine.inboxes())
+        ..Start::loaded(path.clone(), loaded, engine.inboxes())
     };
     let control = match Control::spawn(start) {
         Ok(c) => c,

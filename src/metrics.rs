@@ -83,6 +83,9 @@ pub struct RouteMetrics {
     /// Bytes read from / written to the client while serving this route's requests.
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Upstream time to the response head, microseconds: kept for deployments only (the
+    /// canary guards' latency; for a stream, its time to first byte).
+    pub ttfb_us: Option<Histogram<u64>>,
 }
 
 impl RouteMetrics {
@@ -95,6 +98,15 @@ impl RouteMetrics {
             statuses: Vec::new(),
             bytes_in: 0,
             bytes_out: 0,
+            ttfb_us: None,
+        }
+    }
+
+    /// A deployment's metrics: a route's, plus time to first byte.
+    pub fn for_deployment(label: &str) -> Self {
+        Self {
+            ttfb_us: Some(histogram()),
+            ..Self::new(label)
         }
     }
 
@@ -134,6 +146,44 @@ impl RouteMetrics {
         add_hist(&mut self.gateway_us, &other.gateway_us);
         self.bytes_in += other.bytes_in;
         self.bytes_out += other.bytes_out;
+        match (&mut self.ttfb_us, &other.ttfb_us) {
+            (Some(a), Some(b)) => add_hist(a, b),
+            (a @ None, Some(b)) => *a = Some(b.clone()),
+            _ => {}
+        }
+    }
+}
+
+/// One deployment's outcomes for the canary guards: a light copy of its [`RouteMetrics`]
+/// (statuses and time to first byte only), so a rollout's frequent look costs each worker
+/// one histogram per deployment watched.
+#[derive(Debug, Clone)]
+pub struct DeploymentCounts {
+    /// `model@version`.
+    pub label: Box<str>,
+    /// Responses by exact status code (0: closed without a response).
+    pub statuses: Vec<(u16, u64)>,
+    pub ttfb_us: Histogram<u64>,
+}
+
+impl DeploymentCounts {
+    pub fn new(label: &str) -> Self {
+        DeploymentCounts {
+            label: label.into(),
+            statuses: Vec::new(),
+            ttfb_us: histogram(),
+        }
+    }
+
+    /// Adds `other`'s counts (another worker's, for the same label).
+    pub fn add(&mut self, other: &DeploymentCounts) {
+        for (st, n) in &other.statuses {
+            match self.statuses.iter_mut().find(|(s, _)| s == st) {
+                Some((_, m)) => *m += n,
+                None => self.statuses.push((*st, *n)),
+            }
+        }
+        add_hist(&mut self.ttfb_us, &other.ttfb_us);
     }
 }
 
@@ -267,7 +317,7 @@ impl WorkerMetrics {
             let slot = match self.deployments.iter().position(|m| *m.label == *label) {
                 Some(i) => i,
                 None => {
-                    self.deployments.push(RouteMetrics::new(&label));
+                    self.deployments.push(RouteMetrics::for_deployment(&label));
                     self.deployments.len() - 1
                 }
             };
@@ -314,6 +364,33 @@ impl WorkerMetrics {
                 self.deployments[d as usize].record(s);
             }
         }
+    }
+
+    /// Records the upstream's time to the response head for the deployment a split chose
+    /// (its `DeploymentId` in the snapshot the request runs on), with the per-route detail.
+    #[inline]
+    pub fn record_deployment_ttfb(&mut self, deployment: Option<u32>, us: u64) {
+        if !self.per_route {
+            return;
+        }
+        let slot = deployment.and_then(|d| self.deployment_slots.get(d as usize));
+        if let Some(h) = slot.and_then(|&s| self.deployments[s as usize].ttfb_us.as_mut()) {
+            h.saturating_record(us.max(1));
+        }
+    }
+
+    /// The guards' copy of the deployments labelled `labels` (`model@version`) that this
+    /// worker has recorded.
+    pub fn deployment_counts(&self, labels: &[Box<str>]) -> Vec<DeploymentCounts> {
+        self.deployments
+            .iter()
+            .filter(|d| labels.contains(&d.label))
+            .map(|d| DeploymentCounts {
+                label: d.label.clone(),
+                statuses: d.statuses.clone(),
+                ttfb_us: d.ttfb_us.clone().unwrap_or_else(histogram),
+            })
+            .collect()
     }
 
     pub fn requests(&self) -> u64 {

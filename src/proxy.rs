@@ -215,11 +215,12 @@ async fn relay_response(
     } = answered;
     let (req, ob) = (plan.req, plan.ob);
     let record = |outcome: Outcome| worker.resilience.borrow_mut().record(permit, outcome);
-    worker
-        .metrics
-        .borrow_mut()
-        .ttfb_us
-        .saturating_record(micros(sent_at).max(1));
+    {
+        let ttfb = micros(sent_at).max(1);
+        let mut m = worker.metrics.borrow_mut();
+        m.ttfb_us.saturating_record(ttfb);
+        m.record_deployment_ttfb(c.tally.deployment, ttfb);
+    }
     let ctx = relay::RelayCtx {
         is_head: req.is_head,
         client_minor: req.minor_version,

@@ -30,7 +30,7 @@ mod split;
 mod trie;
 mod weights;
 
-pub use catalog::{Deployment, DeploymentId};
+pub use catalog::{Deployment, DeploymentId, VersionStatus};
 pub use raw::{RawDeployment, RawRoute, RawSticky, RawTarget, RawTimeouts, RouteTimeouts};
 pub use rng::WorkerRng;
 pub use split::{Chosen, Configured, SelectCtx, Split, Target, Weight, MAX_TARGETS};

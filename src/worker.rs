@@ -186,6 +186,9 @@ impl Worker {
                 }
                 let _ = reply.send(m);
             }
+            ToWorker::CollectDeployments(labels, reply) => {
+                let _ = reply.send(self.metrics.borrow().deployment_counts(&labels));
+            }
             ToWorker::Revoke(r) => self.revocations.borrow_mut().insert(r),
             ToWorker::Breaker(u) => self.resilience.borrow_mut().apply(&u),
             ToWorker::Health(u) => self.resilience.borrow_mut().apply_health(&u),

@@ -86,7 +86,9 @@ pub fn redacted_view(s: &Snapshot) -> Value {
         "admin": s.admin.as_ref().map(|a| json!({
             "listen": a.listen.to_string(),
             "token": if a.token.is_some() { "(redacted)" } else { "(none)" },
+            "tokens": a.tokens.iter().map(|t| json!({"name": t.name, "token": "(redacted)"})).collect::<Vec<_>>(),
         })),
+        "registry": s.registry.as_ref().map(|r| json!({"path": r.path.display().to_string()})),
         "metrics": {"per_route": s.metrics.per_route},
         "access_log": s.access_log.as_ref().map(|a| json!({
             "path": match &a.target {
@@ -192,7 +194,12 @@ fn split_view(s: &Snapshot, split: &crate::route::Split) -> Value {
                 } else {
                     (t.weight.get() as f64 * 10_000.0 / total as f64).round() / 100.0
                 };
-                json!({"deployment": d.model(), "version": d.version_str(), "share_percent": share})
+                json!({
+                    "deployment": d.model(),
+                    "version": d.version_str(),
+                    "status": d.status().as_str(),
+                    "share_percent": share,
+                })
             })
             .collect()
     };
@@ -226,12 +233,18 @@ upstream = "mock"
 [admin]
 listen = "127.0.0.1:0"
 token = { value = "admin-SECRET-0123456789" }
+tokens = [{ name = "alice", token = { value = "alice-SECRET-0123456789" } }]
+[registry]
+path = "models.db"
 "#;
-        let s = crate::config::from_str(text, Path::new("."), 1).unwrap();
-        let shown = redacted_view(&s).to_string();
+        let s = crate::config::from_str(text, Path::new("/etc/sg"), 1).unwrap();
+        let v = redacted_view(&s);
+        let shown = v.to_string();
         assert!(!shown.contains("SECRET"), "{shown}");
         assert!(shown.contains("(redacted)"));
         assert!(shown.contains("/v1/*"));
+        assert_eq!(v["admin"]["tokens"][0]["name"], "alice");
+        assert_eq!(v["registry"]["path"], "/etc/sg/models.db");
     }
 
     #[test]
@@ -279,8 +292,8 @@ targets = [{ model = "a", weight = 1 }, { model = "b", weight = 1 }]
         assert_eq!(
             one["resolved"],
             json!([
-                {"deployment": "a", "version": "1.0.0", "share_percent": 80.0},
-                {"deployment": "b", "version": "1.1.0", "share_percent": 20.0},
+                {"deployment": "a", "version": "1.0.0", "status": "active", "share_percent": 80.0},
+                {"deployment": "b", "version": "1.1.0", "status": "active", "share_percent": 20.0},
             ])
         );
         // Every matching version shares its entry's weight.

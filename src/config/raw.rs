@@ -42,6 +42,9 @@ pub struct RawConfig {
     /// `[budgets]`: token and currency budgets per caller and calendar period.
     #[serde(default)]
     pub budgets: Option<crate::quota::budget::RawBudgets>,
+    /// `[registry]`: the model registry database (absent: deployments come from TOML only).
+    #[serde(default)]
+    pub registry: Option<RawRegistry>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,9 +121,22 @@ pub struct RawUpstream {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: String,
+    /// The admin token; its holder is named `admin` in the registry's audit log.
     pub token: Option<Secret>,
+    /// Named admin tokens (`tokens = [{ name = "alice", token = { env = "..." } }]`): each
+    /// is accepted like `token`, and the name is who the registry's audit log records.
+    #[serde(default)]
+    pub tokens: Vec<RawAdminToken>,
     #[serde(default)]
     pub allow_non_loopback_without_token: bool,
+}
+
+/// One entry of `[admin] tokens`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminToken {
+    pub name: String,
+    pub token: Secret,
 }
 
 /// `[metrics]`: what the data path records beyond the per-worker totals.
@@ -157,4 +173,12 @@ pub struct RawAccessLog {
     pub path: String,
     /// Fraction of requests logged, 0.0..=1.0 (default 1.0).
     pub sample_rate: Option<f64>,
+}
+
+/// `[registry]`: the model registry (see `crate::registry`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistry {
+    /// The SQLite database file (relative to the config file); created when missing.
+    pub path: String,
 }

@@ -56,6 +56,40 @@ pub struct ServerSettings {
 pub struct AdminSettings {
     pub listen: SocketAddr,
     pub token: Option<Vec<u8>>,
+    /// `[admin] tokens`: named tokens, each accepted like `token`.
+    pub tokens: Vec<NamedToken>,
+}
+
+/// The name `[admin] token`'s holder has in the registry's audit log.
+pub const ADMIN_TOKEN_NAME: &str = "admin";
+
+/// One of `[admin] tokens`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedToken {
+    pub name: String,
+    pub token: Vec<u8>,
+}
+
+impl AdminSettings {
+    /// Whether any token is configured (else the admin API needs none).
+    pub fn has_token(&self) -> bool {
+        self.token.is_some() || !self.tokens.is_empty()
+    }
+
+    /// Every accepted token with its holder's name: `token` as [`ADMIN_TOKEN_NAME`], then
+    /// `tokens` in config order.
+    pub fn named_tokens(&self) -> Vec<(&str, &[u8])> {
+        let plain = self.token.as_deref().map(|t| (ADMIN_TOKEN_NAME, t));
+        let named = self.tokens.iter().map(|n| (n.name.as_str(), &n.token[..]));
+        plain.into_iter().chain(named).collect()
+    }
+}
+
+/// Validated `[registry]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// The database file, resolved against the config file's directory.
+    pub path: PathBuf,
 }
 
 /// The immutable, validated config every worker runs on. A reload builds a new one.
@@ -87,6 +121,8 @@ pub struct Snapshot {
     pub spend: Option<crate::spend::SpendSettings>,
     /// Budgets per caller and calendar period, when `[budgets]` is configured.
     pub budgets: Option<crate::quota::budget::BudgetSettings>,
+    /// `[registry]`, when deployments also come from the model registry.
+    pub registry: Option<RegistrySettings>,
 }
 
 impl Snapshot {
@@ -111,6 +147,7 @@ pub const RELOAD_APPLIES: &[&str] = &[
     "quota.rules",
     "metrics",
     "admin.token",
+    "admin.tokens",
     "access_log.path",
     "access_log.sample_rate",
     // TLS: new connections get the new certificates and settings; open ones keep theirs.
@@ -160,6 +197,8 @@ pub const RESTART_ONLY: &[&str] = &[
     "spend.file",
     "spend.flush_interval_ms",
     "budgets.time_zone",
+    "registry",
+    "registry.path",
 ];
 
 /// The [`RESTART_ONLY`] settings in which `new` differs from `running`, the snapshot the
@@ -233,6 +272,10 @@ pub fn needs_restart(running: &Snapshot, new: &Snapshot) -> Vec<&'static str> {
         (r, n) => check(r.is_some() != n.is_some(), "tracing"),
     }
     spend_needs_restart(running, new, &mut check);
+    match (&running.registry, &new.registry) {
+        (Some(r), Some(n)) => check(r.path != n.path, "registry.path"),
+        (r, n) => check(r.is_some() != n.is_some(), "registry"),
+    }
     out
 }
 
@@ -314,6 +357,7 @@ upstream = "up"
         };
         let tracing =
             |extra: &str| format!("[tracing]\nendpoint = \"http://127.0.0.1:4318\"\n{extra}");
+        let reg = |path: &str| format!("[registry]\npath = \"{path}\"\n");
         let r1 = redis("redis://127.0.0.1:1/0", "a", "fail_open");
         let cases: Vec<(String, String, &[&str])> = vec![
             (String::new(), String::new(), &[]),
@@ -352,6 +396,10 @@ upstream = "up"
                 &[],
             ),
             (auth("r1.txt"), auth("r1.txt"), &[]),
+            (String::new(), reg("a.db"), &["registry"]),
+            (reg("a.db"), String::new(), &["registry"]),
+            (reg("a.db"), reg("a.db"), &[]),
+            (reg("a.db"), reg("b.db"), &["registry.path"]),
             (auth("r1.txt"), auth("r2.txt"), &["auth.revocation_file"]),
             (String::new(), auth("r1.txt"), &["auth.revocation_file"]),
             (String::new(), tracing(""), &["tracing"]),

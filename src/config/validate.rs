@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::raw::{RawAccessLog, RawAdmin, RawConfig, RawServer, RawUpstream, RawWorkers};
 use super::snapshot::{
-    AccessLogSettings, AccessLogTarget, AdminSettings, MetricsSettings, ServerSettings, Snapshot,
+    AccessLogSettings, AccessLogTarget, AdminSettings, MetricsSettings, NamedToken,
+    RegistrySettings, ServerSettings, Snapshot, ADMIN_TOKEN_NAME,
 };
 use crate::breaker::table::{RawPolicies, Resilience};
 use crate::config_types::{ConfigProblem, Endpoint, Upstream};
@@ -133,6 +134,15 @@ impl RawConfig {
             Resilience::build(self.defaults.as_ref(), &policies, &upstreams, &mut problems);
         let tracing = self.tracing.as_ref().and_then(|t| t.build(&mut problems));
         let (spend, budgets) = self.spend_and_budgets(base_dir, router.as_ref(), &mut problems);
+        let registry = self.registry.as_ref().and_then(|r| {
+            if r.path.trim().is_empty() {
+                problems.push(ConfigProblem::new("registry.path", "must not be empty"));
+                return None;
+            }
+            Some(RegistrySettings {
+                path: base_dir.join(&r.path),
+            })
+        });
         match server {
             Some(server) if problems.is_empty() && router.is_some() => Ok(Snapshot {
                 generation,
@@ -151,6 +161,7 @@ impl RawConfig {
                 tracing,
                 spend,
                 budgets,
+                registry,
             }),
             _ => Err(problems),
         }
@@ -446,28 +457,92 @@ pub fn admin_token_problem(token: &[u8]) -> Option<String> {
 impl RawAdmin {
     fn build(&self, base_dir: &Path, problems: &mut Vec<ConfigProblem>) -> Option<AdminSettings> {
         let listen = resolve(&self.listen, "admin.listen", problems)?;
-        let token = self.token.as_ref().and_then(|t| {
-            let bytes = t
-                .resolve(base_dir, "admin.token")
-                .map_err(|p| problems.push(p))
-                .ok()?;
-            match admin_token_problem(&bytes) {
-                None => Some(bytes),
-                Some(why) => {
-                    let msg = format!("{why} (from {})", t.source());
-                    problems.push(ConfigProblem::new("admin.token", msg));
-                    None
-                }
-            }
-        });
+        let token = self
+            .token
+            .as_ref()
+            .and_then(|t| admin_token(t, base_dir, "admin.token", problems));
+        let tokens = self.named_tokens(base_dir, token.as_deref(), problems);
         // A token that was given but refused is reported above, not as a missing one.
         if self.token.is_none()
+            && self.tokens.is_empty()
             && !listen.ip().is_loopback()
             && !self.allow_non_loopback_without_token
         {
             problems.push(ConfigProblem::new("admin.listen", "a non-loopback admin address requires admin.token (or allow_non_loopback_without_token = true)"));
         }
-        Some(AdminSettings { listen, token })
+        Some(AdminSettings {
+            listen,
+            token,
+            tokens,
+        })
+    }
+
+    /// `tokens`: each name non-empty, printable and unique (and not `admin`, the name of
+    /// `token`), each token as strong as `token` must be and different from every other.
+    fn named_tokens(
+        &self,
+        base_dir: &Path,
+        plain: Option<&[u8]>,
+        problems: &mut Vec<ConfigProblem>,
+    ) -> Vec<NamedToken> {
+        let mut out: Vec<NamedToken> = Vec::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            let key = format!("admin.tokens[{i}]");
+            let name = t.name.as_str();
+            let name_ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+            if !name_ok {
+                problems.push(ConfigProblem::new(
+                    format!("{key}.name"),
+                    "must be 1 to 64 of A-Z a-z 0-9 - _ . @",
+                ));
+            } else if name == ADMIN_TOKEN_NAME || self.tokens[..i].iter().any(|o| o.name == name) {
+                problems.push(ConfigProblem::new(
+                    format!("{key}.name"),
+                    format!("`{name}` is taken (`{ADMIN_TOKEN_NAME}` is the name of admin.token)"),
+                ));
+            }
+            let Some(token) = admin_token(&t.token, base_dir, &format!("{key}.token"), problems)
+            else {
+                continue;
+            };
+            if plain == Some(&token[..]) || out.iter().any(|o| o.token == token) {
+                problems.push(ConfigProblem::new(
+                    format!("{key}.token"),
+                    "is the same as another admin token; each holder needs their own",
+                ));
+                continue;
+            }
+            out.push(NamedToken {
+                name: name.to_owned(),
+                token,
+            });
+        }
+        out
+    }
+}
+
+/// An admin token's bytes, if they resolve and are strong enough (else a problem at `key`).
+fn admin_token(
+    t: &crate::config_types::Secret,
+    base_dir: &Path,
+    key: &str,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<Vec<u8>> {
+    let bytes = t
+        .resolve(base_dir, key)
+        .map_err(|p| problems.push(p))
+        .ok()?;
+    match admin_token_problem(&bytes) {
+        None => Some(bytes),
+        Some(why) => {
+            let msg = format!("{why} (from {})", t.source());
+            problems.push(ConfigProblem::new(key, msg));
+            None
+        }
     }
 }
 

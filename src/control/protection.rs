@@ -51,7 +51,7 @@ pub enum Loss {
     QuotaRemoved,
     /// The quota rule of this name is gone.
     QuotaRuleRemoved(String),
-    /// `[admin] token` is gone (or `[admin]` with it).
+    /// Every admin token (`[admin] token` and `tokens`) is gone (or `[admin]` with them).
     AdminTokenRemoved,
     /// More than half of the routes are gone.
     RoutesDropped { before: usize, after: usize },
@@ -124,7 +124,7 @@ pub fn lowered(old: &Snapshot, new: &Snapshot) -> Vec<Loss> {
     let mut out = Vec::new();
     auth_losses(old, new, &mut out);
     quota_losses(old, new, &mut out);
-    let token = |s: &Snapshot| s.admin.as_ref().is_some_and(|a| a.token.is_some());
+    let token = |s: &Snapshot| s.admin.as_ref().is_some_and(|a| a.has_token());
     if token(old) && !token(new) {
         out.push(Loss::AdminTokenRemoved);
     }
@@ -509,6 +509,26 @@ mod tests {
                 .replace("token = { value = \"0123456789abcdef\" }\n", "")
         });
         assert_eq!(l, [Loss::AdminTokenRemoved]);
+        // Named tokens count as tokens: swapping `token` for them loses nothing; dropping
+        // every one of them does.
+        let named =
+            "tokens = [{ name = \"alice\", token = { value = \"alice-token-0123456\" } }]\n";
+        let l = losses(|p| {
+            p.admin = p
+                .admin
+                .replace("token = { value = \"0123456789abcdef\" }\n", named)
+        });
+        assert!(l.is_empty(), "{l:?}");
+        let mut with_named = Parts::full();
+        with_named.admin = with_named
+            .admin
+            .replace("token = { value = \"0123456789abcdef\" }\n", named);
+        let mut without = Parts::full();
+        without.admin = "[admin]\nlisten = \"127.0.0.1:0\"\n".into();
+        assert_eq!(
+            lowered(&with_named.snapshot(), &without.snapshot()),
+            [Loss::AdminTokenRemoved]
+        );
     }
 
     #[test]

@@ -139,6 +139,9 @@ impl Merged {
             sub_hist(&mut r.total_us, &e.total_us);
             sub_hist(&mut r.upstream_us, &e.upstream_us);
             sub_hist(&mut r.gateway_us, &e.gateway_us);
+            if let (Some(h), Some(eh)) = (&mut r.ttfb_us, &e.ttfb_us) {
+                sub_hist(h, eh);
+            }
             for (st, n) in r.statuses.iter_mut() {
                 let before = e.statuses.iter().find(|(s, _)| s == st).map_or(0, |x| x.1);
                 *n = n.saturating_sub(before);

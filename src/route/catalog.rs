@@ -18,6 +18,31 @@ impl DeploymentId {
     }
 }
 
+/// Which route targets reach a deployment. Every `[[deployments]]` entry is active; a model
+/// registry version carries its registry status.
+///
+/// - `Active`: any version requirement that matches it (`^3`, `>=3.2, <4`, `=3.2.1`).
+/// - `Canary`, `Draining`: only a requirement naming exactly its version (`=3.3.0`), as the
+///   registry's splits and rollouts write them: registering a new version, or draining an
+///   old one, never moves the traffic of a range requirement.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VersionStatus {
+    #[default]
+    Active,
+    Canary,
+    Draining,
+}
+
+impl VersionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionStatus::Active => "active",
+            VersionStatus::Canary => "canary",
+            VersionStatus::Draining => "draining",
+        }
+    }
+}
+
 /// A validated deployment: one version of one model and the endpoints that serve it.
 #[derive(Debug, Clone)]
 pub struct Deployment {
@@ -28,6 +53,7 @@ pub struct Deployment {
     served_name: Box<str>,
     endpoints: Box<[Box<str>]>,
     labels: Box<[Box<str>]>,
+    status: VersionStatus,
     /// Hash of `model@version`: the target's identity for sticky hashing, so a key keeps its
     /// target across reloads that reorder or add deployments.
     seed: u64,
@@ -57,6 +83,10 @@ impl Deployment {
     }
     pub fn labels(&self) -> &[Box<str>] {
         &self.labels
+    }
+    /// Active, or (a registry version) canary or draining.
+    pub fn status(&self) -> VersionStatus {
+        self.status
     }
     pub(crate) fn seed(&self) -> u64 {
         self.seed
@@ -150,6 +180,7 @@ impl Catalog {
                 served_name: d.served_name.as_deref().unwrap_or(&d.model).into(),
                 endpoints: d.endpoints.iter().map(|e| e.trim().into()).collect(),
                 labels: d.labels.iter().map(|l| l.as_str().into()).collect(),
+                status: d.status,
                 seed: hash_bytes(ident.as_bytes()),
             });
         }
@@ -167,7 +198,8 @@ impl Catalog {
     }
 
     /// The deployments of `model` matching `req`, highest version first; only the highest
-    /// unless `all` is set.
+    /// unless `all` is set. Only active deployments match, unless `req` names exactly one
+    /// version (see [`VersionStatus`]).
     pub(crate) fn resolve(
         &self,
         model: &str,
@@ -182,7 +214,11 @@ impl Catalog {
         if of_model.peek().is_none() {
             return Err(ResolveError::UnknownModel);
         }
-        let mut matching: Vec<&Deployment> = of_model.filter(|d| req.matches(&d.version)).collect();
+        let exact = names_one_version(req);
+        let mut matching: Vec<&Deployment> = of_model
+            .filter(|d| req.matches(&d.version))
+            .filter(|d| exact || d.status == VersionStatus::Active)
+            .collect();
         if matching.is_empty() {
             return Err(ResolveError::NoMatchingVersion);
         }
@@ -191,6 +227,14 @@ impl Catalog {
             matching.truncate(1);
         }
         Ok(matching.into_iter().map(|d| d.id).collect())
+    }
+}
+
+/// Whether `req` is `=major.minor.patch` (with any pre-release): exactly one version.
+fn names_one_version(req: &VersionReq) -> bool {
+    match &req.comparators[..] {
+        [c] => c.op == semver::Op::Exact && c.minor.is_some() && c.patch.is_some(),
+        _ => false,
     }
 }
 
@@ -233,6 +277,7 @@ mod tests {
             breaker: None,
             health_check: None,
             tls: None,
+            status: VersionStatus::Active,
         }
     }
 
@@ -277,6 +322,44 @@ mod tests {
             c.resolve("mistral", &VersionReq::STAR, false),
             Err(ResolveError::UnknownModel)
         );
+    }
+
+    #[test]
+    fn only_an_exact_requirement_reaches_a_canary_or_draining_version() {
+        let with = |status| RawDeployment {
+            status,
+            ..dep("llama", "3.3.0")
+        };
+        for status in [VersionStatus::Canary, VersionStatus::Draining] {
+            let c = catalog(&[dep("llama", "3.2.0"), with(status)]);
+            let resolved = |req: &str, all: bool| -> Vec<String> {
+                let ids = c
+                    .resolve("llama", &VersionReq::parse(req).unwrap(), all)
+                    .unwrap_or_default();
+                ids.into_iter()
+                    .map(|id| c.get(id).version_str().to_owned())
+                    .collect()
+            };
+            // Ranges that also take the active 3.2.0 resolve to it; those only 3.3.0 is in
+            // resolve to nothing.
+            let ranges: [(&str, &[&str]); 5] = [
+                ("*", &["3.2.0"]),
+                ("^3", &["3.2.0"]),
+                (">=3.2.0, <4.0.0", &["3.2.0"]),
+                ("~3.3", &[]),
+                ("3.3.0", &[]),
+            ];
+            for (range, want) in ranges {
+                assert_eq!(resolved(range, false), want, "{status:?} {range}");
+                assert_eq!(resolved(range, true), want, "{status:?} {range} all");
+            }
+            assert_eq!(resolved("=3.3.0", false), ["3.3.0"], "{status:?}");
+            assert_eq!(c.get(DeploymentId(1)).status(), status);
+        }
+        // An active registry version is matched like a TOML one.
+        let c = catalog(&[dep("llama", "3.2.0"), with(VersionStatus::Active)]);
+        let ids = c.resolve("llama", &VersionReq::STAR, false).unwrap();
+        assert_eq!(c.get(ids[0]).version_str(), "3.3.0");
     }
 
     #[test]

@@ -60,6 +60,10 @@ pub struct RawDeployment {
     /// TLS toward the endpoints, as on `[[upstreams]]` (`https://` endpoints use TLS anyway).
     #[serde(default)]
     pub tls: Option<crate::tls::RawUpstreamTls>,
+    /// Not TOML: a `[[deployments]]` entry is always active. Set for the model registry's
+    /// versions, whose status decides which version requirements reach them.
+    #[serde(skip)]
+    pub status: super::catalog::VersionStatus,
 }
 
 /// One `[[routes]]` entry.

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod fixture;
 pub mod tls;
+pub mod registry_rig;
 
 // Each test file uses some of these.
 #[allow(unused_imports)]
