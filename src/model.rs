@@ -108,6 +108,47 @@ impl JsonBody {
             .unwrap_or(false)
     }
 
+    /// Feeds the conversation's opening to `piece`, each piece cut to its first `limit` bytes:
+    /// for a chat body, the `role` and text (a string `content`, or the `text` of each content
+    /// part) of every message up to and including the first `user` message; for a completion,
+    /// its `prompt` (the first one of a list). These stay the same on every turn of one
+    /// conversation, so they key it. `false` when the body has neither (nothing was fed).
+    pub fn feed_opening(&self, limit: usize, mut piece: impl FnMut(&[u8])) -> bool {
+        let mut cut = |s: &str| piece(&s.as_bytes()[..s.len().min(limit)]);
+        if let Some(messages) = self.value.get("messages").and_then(|m| m.as_array()) {
+            let mut fed = false;
+            for m in messages {
+                let role = m.get("role").and_then(|r| r.as_str()).unwrap_or("");
+                cut(role);
+                match m.get("content") {
+                    Some(c) if c.is_str() => cut(c.as_str().unwrap_or("")),
+                    Some(c) => {
+                        for part in c.as_array().into_iter().flatten() {
+                            if let Some(t) = part.get("text").and_then(|t| t.as_str()) {
+                                cut(t);
+                            }
+                        }
+                    }
+                    None => {}
+                }
+                fed = true;
+                if role == "user" {
+                    break;
+                }
+            }
+            return fed;
+        }
+        let prompt = match self.value.get("prompt") {
+            Some(p) if p.is_str() => p.as_str(),
+            Some(p) => p
+                .as_array()
+                .and_then(|a| a.first())
+                .and_then(|p| p.as_str()),
+            None => None,
+        };
+        prompt.map(cut).is_some()
+    }
+
     pub fn set_model(&mut self, name: &str) {
         if let Some(o) = self.value.as_object_mut() {
             o.insert("model".into(), OwnedValue::from(name));
@@ -240,6 +281,48 @@ fn number_end(bytes: &[u8], from: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pieces `feed_opening` hands out, joined with `|`.
+    fn opening(body: &str, limit: usize) -> Option<String> {
+        let b = parse(body).unwrap();
+        let mut out = Vec::new();
+        let fed = b.feed_opening(limit, |p| out.push(String::from_utf8_lossy(p).into_owned()));
+        fed.then(|| out.join("|"))
+    }
+
+    #[test]
+    fn the_opening_is_the_same_on_every_turn() {
+        let sys = r#"{"role":"system","content":"You are terse."}"#;
+        let u1 = r#"{"role":"user","content":"Hello there"}"#;
+        let a1 = r#"{"role":"assistant","content":"Hi."}"#;
+        let u2 = r#"{"role":"user","content":"Tell me more"}"#;
+        let turn = |msgs: &[&str]| format!(r#"{{"model":"m","messages":[{}]}}"#, msgs.join(","));
+        let first = opening(&turn(&[sys, u1]), 1024).unwrap();
+        assert_eq!(first, "system|You are terse.|user|Hello there");
+        assert_eq!(opening(&turn(&[sys, u1, a1, u2]), 1024).unwrap(), first);
+        // Each piece is cut, not the whole.
+        assert_eq!(
+            opening(&turn(&[sys, u1, a1]), 4).unwrap(),
+            "syst|You |user|Hell"
+        );
+        // Content parts: their texts; other parts are skipped.
+        let parts = r#"{"role":"user","content":[{"type":"text","text":"look"},{"type":"image_url","image_url":{"url":"x"}},{"type":"text","text":"here"}]}"#;
+        assert_eq!(opening(&turn(&[parts]), 1024).unwrap(), "user|look|here");
+        // Completions: the prompt, or the first of a list.
+        assert_eq!(opening(r#"{"prompt":"Once upon"}"#, 4).unwrap(), "Once");
+        assert_eq!(opening(r#"{"prompt":["a","b"]}"#, 9).unwrap(), "a");
+        for none in [
+            r#"{"model":"m"}"#,
+            r#"{"messages":[]}"#,
+            r#"{"messages":"hi"}"#,
+            r#"{"prompt":[1,2,3]}"#,
+            r#"{"prompt":7}"#,
+        ] {
+            assert_eq!(opening(none, 1024), None, "{none}");
+        }
+        // A cut inside a multi-byte character still hashes its bytes (never panics).
+        assert!(opening(r#"{"prompt":"héllo"}"#, 2).is_some());
+    }
 
     fn parse(s: &str) -> Result<JsonBody, BodyError> {
         JsonBody::parse(&mut s.as_bytes().to_vec())

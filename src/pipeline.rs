@@ -8,6 +8,7 @@
 //! - [`authn`]: the credential, the route's scope, the rejection (401/403).
 //! - [`body`]: the JSON body a model route reads whole (`100 Continue`, limits, 400).
 //! - [`split`]: the deployment a split chooses (label, sticky key, weights, health; 503).
+//! - [`affinity`]: the key an `affinity` upstream keeps a conversation on one endpoint by.
 //! - [`quota_check`]: the rule, the lease, the `X-RateLimit-*` headers (429, 503).
 //!
 //! # Contract
@@ -30,6 +31,7 @@
 use std::io::Write;
 use std::rc::Rc;
 
+pub mod affinity;
 pub mod authn;
 pub mod body;
 pub mod quota_check;
@@ -186,8 +188,8 @@ async fn stages(
         verdict,
         b.resp_headers,
     )?;
-    let (upstream, split_model) = match route.target() {
-        RouteTarget::Upstream(i) => (&snap.upstreams[*i], None),
+    let (up_idx, split_model) = match route.target() {
+        RouteTarget::Upstream(i) => (*i, None),
         RouteTarget::Split(s) => {
             let json = json.as_mut().expect("split routes read the body");
             let chosen = split::choose(worker, rq, route, s, identity.as_ref(), json)
@@ -199,9 +201,10 @@ async fn stages(
             );
             c.tally.deployment = Some(chosen.deployment.0);
             let up = snap.deployment_upstreams[chosen.deployment.index()];
-            (&snap.upstreams[up], Some(chosen.model))
+            (up, Some(chosen.model))
         }
     };
+    let upstream = &snap.upstreams[up_idx];
     let usage = json.as_mut().map(usage_spec);
     // The model quotas and token counts go by: the deployment's, or the one the body names
     // ("" on routes that do not read the body).
@@ -219,6 +222,7 @@ async fn stages(
         b.resp_headers,
     )
     .await?;
+    let affinity = affinity::key(rq, up_idx, identity.as_ref(), json);
     if let Some(j) = json {
         j.encode_into(b.body_out);
     }
@@ -234,6 +238,7 @@ async fn stages(
         usage,
         timeouts: route.timeouts(),
         retryable: route.retryable(),
+        affinity,
     };
     let result = proxy::forward(worker, c, rq.info, ob, snap).await;
     let tokens = match &result {

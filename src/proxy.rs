@@ -127,6 +127,8 @@ pub struct Outbound<'a> {
     pub timeouts: crate::route::RouteTimeouts,
     /// The route allows retrying a failed attempt on another endpoint.
     pub retryable: bool,
+    /// The request's affinity key, for an upstream whose `balance` is `affinity`.
+    pub affinity: Option<u64>,
 }
 
 /// Sends the request and relays the response (see the module docs).
@@ -188,6 +190,7 @@ pub async fn forward(
         // The route's total deadline bounds every wait, retries included.
         deadline: ob.timeouts.total.map(|t| sent_at + t),
         up_idx,
+        key: ob.affinity,
     };
     let answered = attempt::exchange(worker, c, snap, &plan, &mut up_out, upload).await;
     c.up_out = up_out;
@@ -200,13 +203,14 @@ async fn relay_response(
     worker: &Rc<Worker>,
     c: &mut ClientConn,
     plan: &attempt::Plan<'_>,
-    answered: attempt::Answered,
+    answered: attempt::Answered<'_>,
     sent_at: Instant,
 ) -> Result<Done, Failure> {
     let attempt::Answered {
         mut up,
         head: first,
         permit,
+        attempt,
     } = answered;
     let (req, ob) = (plan.req, plan.ob);
     let record = |outcome: Outcome| worker.resilience.borrow_mut().record(permit, outcome);
@@ -258,6 +262,7 @@ async fn relay_response(
         return Err(Failure::Close(status, tap.tokens()));
     }
     record(Outcome::Status(status));
+    attempt.done();
     if relay_plan.upstream_reusable {
         up.served += 1;
         if up.served < ob.upstream.pool_max_requests {

@@ -85,7 +85,10 @@ impl Engine {
             workers.clone(),
             answer_txs,
             (epoch, epoch_unix_ms),
-            &snapshot.resilience,
+            (
+                &snapshot.resilience,
+                &snapshot.balance.fleet_plan(&snapshot.upstreams),
+            ),
             snapshot.quota.as_ref(),
         )?;
         let access_log = match &snapshot.access_log {
@@ -370,6 +373,7 @@ async fn inbox_loop(worker: Rc<Worker>) {
             log.tick(Instant::now());
         }
         worker.flush_breakers();
+        worker.flush_balance();
         if worker.drain.is_draining() && worker.conns.get() == 0 {
             return;
         }

@@ -215,14 +215,35 @@ impl WorkerBreakers {
     /// Whether `allow` would admit now, without consuming a probe permit: for picking among a
     /// deployment's endpoints.
     pub fn is_available(&self, endpoint: EndpointId, now: Instant) -> bool {
-        self.slots.get(endpoint.index()).is_some_and(|s| {
-            s.healthy
-                && match s.state {
-                    Local::Closed | Local::HalfOpen { permits: 1.., .. } => true,
-                    Local::OpenedHere { until } => now >= until,
-                    Local::Open { .. } | Local::HalfOpen { .. } => false,
-                }
-        })
+        self.rejection(endpoint, now).is_none()
+    }
+
+    /// What `allow` would refuse with now (`None`: it would admit), without consuming a probe
+    /// permit.
+    pub fn rejection(&self, endpoint: EndpointId, now: Instant) -> Option<Rejected> {
+        let unknown = |reason| {
+            Some(Rejected {
+                reason,
+                retry_after: RETRY_AFTER_UNKNOWN,
+            })
+        };
+        let Some(s) = self.slots.get(endpoint.index()) else {
+            return unknown(RejectReason::UnknownEndpoint);
+        };
+        if !s.healthy {
+            return unknown(RejectReason::Unhealthy);
+        }
+        match s.state {
+            Local::Closed | Local::HalfOpen { permits: 1.., .. } => None,
+            Local::OpenedHere { until } if now >= until => None,
+            Local::Open { until } | Local::OpenedHere { until } => Some(Rejected {
+                reason: RejectReason::Open,
+                retry_after: until
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(1)),
+            }),
+            Local::HalfOpen { .. } => unknown(RejectReason::NoProbePermit),
+        }
     }
 
     /// Records how the attempt under `permit` ended. O(1), no allocation. Outcomes of permits
@@ -451,6 +472,18 @@ impl WorkerResilience {
             return true;
         };
         (u.first..u.first + u.len).any(|id| self.breakers.is_available(EndpointId(id), now))
+    }
+
+    /// Whether endpoint `id` may take an attempt now (breaker and health), without taking a
+    /// probe permit; endpoints no breaker covers always may.
+    #[inline]
+    pub fn available(&self, id: Option<EndpointId>, now: Instant) -> bool {
+        id.is_none_or(|id| self.breakers.is_available(id, now))
+    }
+
+    /// How long until endpoint `id` may take an attempt, when it may not now.
+    pub fn retry_after(&self, id: Option<EndpointId>, now: Instant) -> Option<Duration> {
+        self.breakers.rejection(id?, now).map(|r| r.retry_after)
     }
 
     /// May endpoint `id` be tried? `Ok(None)`: no breaker covers it.

@@ -97,6 +97,10 @@ pub struct RawUpstream {
     pub health_check: Option<crate::breaker::config::RawHealthCheck>,
     /// Retry budget, over `[defaults.retry]`.
     pub retry: Option<crate::breaker::config::RawRetry>,
+    /// Endpoint choice (default round-robin), its affinity key and load feed: see `balance`.
+    pub balance: Option<crate::balance::RawPolicy>,
+    pub affinity: Option<crate::balance::RawAffinity>,
+    pub load_metric: Option<crate::balance::RawLoadMetric>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

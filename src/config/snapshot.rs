@@ -77,6 +77,10 @@ pub struct Snapshot {
     pub access_log: Option<AccessLogSettings>,
     /// Endpoint ids and breaker/health/retry policies (see `breaker::table`).
     pub resilience: crate::breaker::table::Resilience,
+    /// Each upstream's endpoint choice (`balance`, `affinity`, `load_metric`; see `balance`):
+    /// a reload applies it, the workers' in-flight counts carrying over by endpoint id and the
+    /// load-metric thread restarting when its targets change.
+    pub balance: crate::balance::Table,
 }
 
 impl Snapshot {

@@ -9,6 +9,7 @@ use super::raw::{RawAccessLog, RawAdmin, RawConfig, RawServer, RawUpstream, RawW
 use super::snapshot::{
     AccessLogSettings, AccessLogTarget, AdminSettings, MetricsSettings, ServerSettings, Snapshot,
 };
+use crate::balance::config::{RawBalance, Table as BalanceTable};
 use crate::breaker::table::{RawPolicies, Resilience};
 use crate::config_types::{ConfigProblem, Endpoint, Upstream};
 
@@ -59,6 +60,9 @@ impl RawConfig {
         // breaker and health-check settings.
         let mut deployment_upstreams = Vec::new();
         let mut raw_upstreams = self.upstreams.clone();
+        let mut upstream_keys: Vec<String> = (0..upstreams.len())
+            .map(|i| format!("upstreams[{i}]"))
+            .collect();
         for d in router.iter().flat_map(|r| r.deployments()) {
             let rd = &self.deployments[d.id().index()];
             let raw = RawUpstream {
@@ -70,12 +74,16 @@ impl RawConfig {
                 api_key: rd.api_key.clone(),
                 breaker: rd.breaker.clone(),
                 health_check: rd.health_check.clone(),
+                balance: rd.balance,
+                affinity: rd.affinity.clone(),
+                load_metric: rd.load_metric.clone(),
                 ..RawUpstream::default()
             };
             let key = format!("deployments[{}]", d.id().index());
             deployment_upstreams.push(upstreams.len());
             upstreams.push(raw.build(&key, base_dir, &mut problems));
             raw_upstreams.push(raw);
+            upstream_keys.push(key);
         }
         let admin = self
             .admin
@@ -123,6 +131,22 @@ impl RawConfig {
             .collect();
         let resilience =
             Resilience::build(self.defaults.as_ref(), &policies, &upstreams, &mut problems);
+        let balancing: Vec<RawBalance> = raw_upstreams
+            .iter()
+            .zip(&upstream_keys)
+            .map(|(u, key)| RawBalance {
+                key,
+                balance: u.balance,
+                affinity: u.affinity.as_ref(),
+                load_metric: u.load_metric.as_ref(),
+                endpoints: &u.endpoints,
+            })
+            .collect();
+        let balance =
+            BalanceTable::build(&balancing, &resilience, self.auth.is_some(), &mut problems);
+        if let Some(r) = &router {
+            balance.check_routes(&balancing, r, &mut problems);
+        }
         match server {
             Some(server) if problems.is_empty() && router.is_some() => Ok(Snapshot {
                 generation,
@@ -137,6 +161,7 @@ impl RawConfig {
                 metrics,
                 access_log,
                 resilience,
+                balance,
             }),
             _ => Err(problems),
         }

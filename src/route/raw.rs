@@ -57,6 +57,13 @@ pub struct RawDeployment {
     pub breaker: Option<crate::breaker::config::RawBreaker>,
     #[serde(default)]
     pub health_check: Option<crate::breaker::config::RawHealthCheck>,
+    /// Endpoint choice, as on `[[upstreams]]` (see `balance`).
+    #[serde(default)]
+    pub balance: Option<crate::balance::RawPolicy>,
+    #[serde(default)]
+    pub affinity: Option<crate::balance::RawAffinity>,
+    #[serde(default)]
+    pub load_metric: Option<crate::balance::RawLoadMetric>,
 }
 
 /// One `[[routes]]` entry.
