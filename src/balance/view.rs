@@ -322,9 +322,13 @@ impl<'w> Attempt<'w> {
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if let Some((id, _)) = self.counted {
-            if let Some(s) = self.view.borrow_mut().touch(id) {
+            let mut v = self.view.borrow_mut();
+            // Counted out even if a reload stopped tracking the endpoint meanwhile, so its
+            // count is right should it be tracked again.
+            if let Some(s) = v.slots.get_mut(id.index()) {
                 s.in_flight = s.in_flight.saturating_sub(1);
             }
+            v.touch(id);
         }
     }
 }

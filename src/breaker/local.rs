@@ -614,6 +614,59 @@ mod tests {
         }
     }
 
+    /// `rejection` (what endpoint choice asks, consuming nothing) says what `allow` would,
+    /// in every state: closed, open (decided and local), half-open with and without a
+    /// permit, unhealthy, unknown.
+    #[test]
+    fn rejection_agrees_with_allow_in_every_state() {
+        let t0 = Instant::now();
+        let p = BreakerPolicy {
+            consecutive_failures: 2,
+            ..policy()
+        };
+        let check = |w: &WorkerBreakers, id: EndpointId, now: Instant, what: &str| {
+            let said = w.rejection(id, now);
+            let mut probe = w.clone();
+            let got = probe.allow(id, now).err();
+            assert_eq!(said, got, "{what}");
+            assert_eq!(w.is_available(id, now), got.is_none(), "{what}");
+        };
+        let mut w = WorkerBreakers::new(0, 1, &[p]);
+        check(&w, EP, t0, "closed");
+        check(&w, EndpointId(7), t0, "unknown");
+        fail(&mut w, Outcome::ConnectError, 2, t0);
+        check(&w, EP, t0, "opened here");
+        check(&w, EP, t0 + p.open_base, "opened here, past its end");
+        let at = |state, epoch| BreakerUpdate {
+            endpoint: EP,
+            epoch,
+            state,
+        };
+        w.apply(&at(
+            BroadcastState::Open {
+                until: t0 + Duration::from_secs(1),
+            },
+            1,
+        ));
+        check(&w, EP, t0, "open");
+        check(&w, EP, t0 + Duration::from_secs(2), "open, past its end");
+        let half = |probes| BroadcastState::HalfOpen {
+            probes,
+            offset: 0,
+            grant: 1,
+        };
+        w.apply(&at(half(1), 2));
+        check(&w, EP, t0, "half-open with a permit");
+        let _probe = w.allow(EP, t0).unwrap();
+        check(&w, EP, t0, "half-open, permit taken");
+        w.apply(&at(BroadcastState::Closed, 3));
+        w.apply_health(&HealthUpdate {
+            endpoint: EP,
+            healthy: false,
+        });
+        check(&w, EP, t0, "unhealthy");
+    }
+
     #[test]
     fn four_xx_429_and_cancel_do_not_count() {
         let t0 = Instant::now();

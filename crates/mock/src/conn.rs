@@ -335,7 +335,9 @@ impl Conn {
                 // This request is in flight too; it is not the server's load.
                 let running = knobs.in_flight.load(Ordering::Relaxed).saturating_sub(1);
                 let waiting = knobs.waiting.load(Ordering::Relaxed);
-                reply::metrics(&mut self.scratch, &self.mock.cfg.model, running, waiting);
+                let requests = knobs.requests.load(Ordering::Relaxed);
+                let model = &self.mock.cfg.model;
+                reply::metrics(&mut self.scratch, model, running, waiting, requests);
                 self.head(
                     200,
                     reply::METRICS_TYPE,

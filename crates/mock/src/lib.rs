@@ -15,7 +15,8 @@
 //! - `GET /metrics`: Prometheus text with vLLM's two queue gauges:
 //!   `vllm:num_requests_running` (requests being answered now, this one excluded) and
 //!   `vllm:num_requests_waiting` (a knob: [`MockConfig::waiting`], [`MockHandle::set_waiting`]),
-//!   for the gateway's load feed.
+//!   for the gateway's load feed; and `mock_requests_total`, the requests served so far (this
+//!   one included), for load tests that count each endpoint's share.
 //! - `ANY /echo/...`: JSON of exactly what was received: method, target, every header in
 //!   order (duplicates kept), the body as a string. Gateway tests use it to check header
 //!   stripping/injection and body rewriting.
@@ -577,6 +578,7 @@ mod tests {
             text.contains("vllm:num_requests_running{model_name=\"mock-gpt\"} 0\n"),
             "{text}"
         );
+        assert!(text.contains("\nmock_requests_total 1\n"), "{text}");
         h.set_waiting(0);
         let s = client(&h);
         (&s).write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
