@@ -35,6 +35,8 @@ pub enum ToWorker {
     Breaker(crate::breaker::BreakerUpdate),
     /// An endpoint's active health changed.
     Health(crate::breaker::HealthUpdate),
+    /// The fleet's merged endpoint load, for endpoint choice (see `balance::fleet`).
+    Fleet(Arc<crate::balance::FleetView>),
     /// Answer with this worker's id once every message sent before this one is applied (the
     /// inbox is FIFO), so the control plane can tell when a change is in force everywhere.
     Barrier(Sender<usize>),
@@ -53,6 +55,10 @@ pub enum ToCoord {
     Breaker(BreakerReport),
     /// A reloaded snapshot's endpoint table and policies.
     Resilience(Box<Resilience>),
+    /// One worker's endpoint load changes since its last report (see `balance::view`).
+    Load(crate::balance::LoadReport),
+    /// A reloaded snapshot's endpoint count and load-metric targets.
+    Balance(Box<crate::balance::FleetPlan>),
     /// Asks for every endpoint's breaker state (metrics, admin API).
     BreakerSnapshot(Sender<BreakerSnapshot>),
     Stop,

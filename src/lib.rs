@@ -15,8 +15,10 @@
 //!    forward, charge tokens. It returns a `RequestOutcome`; it never writes an error response
 //!    itself.
 //! 4. [`proxy`]: the last stage: complete the upstream head, attempts over the endpoints a
-//!    circuit breaker admits ([`breaker`], with connections from [`pool`]), stream the request
-//!    body, relay the response read by read (SSE-safe) while reading token usage.
+//!    circuit breaker admits ([`breaker`]) in the order the upstream's policy chooses
+//!    ([`balance`]: round-robin, least requests, P2C, affinity; fed by the worker's load view),
+//!    with connections from [`pool`]; stream the request body, relay the response read by read
+//!    (SSE-safe) while reading token usage.
 //!
 //! Leaves any of them may use: [`conn`] (the client connection and its buffers, plain or
 //! TLS), [`tls`] (rustls configs per worker and the adapter over monoio I/O), [`slot`]
@@ -56,6 +58,7 @@ pub use shardgate_http as http;
 pub mod access_log;
 pub mod admin;
 pub mod auth;
+pub mod balance;
 pub mod breaker;
 pub mod config;
 pub mod config_types;

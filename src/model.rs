@@ -138,6 +138,20 @@ impl<'a> JsonBody<'a> {
             )
     }
 
+    /// Feeds the conversation's opening to `piece`, each piece cut to its first `limit` bytes:
+    /// for a chat body, the `role` and text (a string `content`, or the `text` of each content
+    /// part) of every message up to and including the first `user` message; for a completion,
+    /// its `prompt` (the first one of a list). These stay the same on every turn of one
+    /// conversation, so they key it. `false` when the body has neither (nothing was fed).
+    ///
+    /// Reads the body again with this thread's scratch tape (only affinity upstreams keyed by
+    /// the prompt ask), so nothing is allocated once warm.
+    pub fn feed_opening(&self, limit: usize, mut piece: impl FnMut(&[u8])) -> bool {
+        SCRATCH
+            .with(|s| s.borrow_mut().walk(self.raw, |v| opening(v, limit, &mut piece)))
+            .unwrap_or(false)
+    }
+
     /// Sends `name` as the body's `model`.
     pub fn set_model(&mut self, name: &'a str) {
         self.model = Some(name);
@@ -302,6 +316,45 @@ fn json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// The conversation's opening (see [`JsonBody::feed_opening`]).
+fn opening(body: Value<'_, '_>, limit: usize, piece: &mut impl FnMut(&[u8])) -> bool {
+    let mut cut = |s: &str| piece(&s.as_bytes()[..s.len().min(limit)]);
+    if let Some(messages) = body.get("messages").and_then(|m| m.as_array()) {
+        let mut fed = false;
+        for m in messages.iter() {
+            let role_value = m.get("role");
+            let role = role_value.as_ref().and_then(|r| r.as_str()).unwrap_or("");
+            cut(role);
+            match m.get("content") {
+                Some(c) if c.is_str() => cut(c.as_str().unwrap_or("")),
+                Some(c) => {
+                    if let Some(parts) = c.as_array() {
+                        for part in parts.iter() {
+                            if let Some(t) = part.get("text") {
+                                if let Some(t) = t.as_str() {
+                                    cut(t);
+                                }
+                            }
+                        }
+                    }
+                }
+                None => {}
+            }
+            fed = true;
+            if role == "user" {
+                break;
+            }
+        }
+        return fed;
+    }
+    let first = match body.get("prompt") {
+        Some(p) if p.is_str() => Some(p),
+        Some(p) => p.as_array().and_then(|a| a.get(0)),
+        None => None,
+    };
+    first.as_ref().and_then(|p| p.as_str()).map(cut).is_some()
+}
+
 thread_local! {
     /// This thread's parse buffers (one per worker thread: nothing is shared).
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
@@ -324,6 +377,21 @@ struct Scratch {
 }
 
 impl Scratch {
+    /// Runs `f` on `raw` read into this thread's tape; `None` when it is not JSON (a body
+    /// [`JsonBody::parse`] accepted always is).
+    fn walk<R>(&mut self, raw: &[u8], f: impl FnOnce(Value<'_, '_>) -> R) -> Option<R> {
+        self.input.clear();
+        self.input.extend_from_slice(raw);
+        let buffers = self.buffers.get_or_insert_with(|| Buffers::new(raw.len()));
+        let mut tape = self.tape.take().unwrap_or_else(|| Tape(Vec::new())).reset();
+        let out = match simd_json::fill_tape(&mut self.input, buffers, &mut tape) {
+            Ok(()) => Some(f(tape.as_value())),
+            Err(_) => None,
+        };
+        self.tape = Some(tape.reset());
+        out
+    }
+
     fn read<'r>(&mut self, raw: &'r [u8], model: &mut String) -> Result<JsonBody<'r>, BodyError> {
         self.input.clear();
         self.input.extend_from_slice(raw);
@@ -663,6 +731,48 @@ mod tests {
         let mut out = Vec::new();
         b.encode_into(&mut out);
         String::from_utf8(out).unwrap()
+    }
+
+    /// The pieces `feed_opening` hands out, joined with `|`.
+    fn opening(body: &str, limit: usize) -> Option<String> {
+        let b = parse(body).unwrap();
+        let mut out = Vec::new();
+        let fed = b.feed_opening(limit, |p| out.push(String::from_utf8_lossy(p).into_owned()));
+        fed.then(|| out.join("|"))
+    }
+
+    #[test]
+    fn the_opening_is_the_same_on_every_turn() {
+        let sys = r#"{"role":"system","content":"You are terse."}"#;
+        let u1 = r#"{"role":"user","content":"Hello there"}"#;
+        let a1 = r#"{"role":"assistant","content":"Hi."}"#;
+        let u2 = r#"{"role":"user","content":"Tell me more"}"#;
+        let turn = |msgs: &[&str]| format!(r#"{{"model":"m","messages":[{}]}}"#, msgs.join(","));
+        let first = opening(&turn(&[sys, u1]), 1024).unwrap();
+        assert_eq!(first, "system|You are terse.|user|Hello there");
+        assert_eq!(opening(&turn(&[sys, u1, a1, u2]), 1024).unwrap(), first);
+        // Each piece is cut, not the whole.
+        assert_eq!(
+            opening(&turn(&[sys, u1, a1]), 4).unwrap(),
+            "syst|You |user|Hell"
+        );
+        // Content parts: their texts; other parts are skipped.
+        let parts = r#"{"role":"user","content":[{"type":"text","text":"look"},{"type":"image_url","image_url":{"url":"x"}},{"type":"text","text":"here"}]}"#;
+        assert_eq!(opening(&turn(&[parts]), 1024).unwrap(), "user|look|here");
+        // Completions: the prompt, or the first of a list.
+        assert_eq!(opening(r#"{"prompt":"Once upon"}"#, 4).unwrap(), "Once");
+        assert_eq!(opening(r#"{"prompt":["a","b"]}"#, 9).unwrap(), "a");
+        for none in [
+            r#"{"model":"m"}"#,
+            r#"{"messages":[]}"#,
+            r#"{"messages":"hi"}"#,
+            r#"{"prompt":[1,2,3]}"#,
+            r#"{"prompt":7}"#,
+        ] {
+            assert_eq!(opening(none, 1024), None, "{none}");
+        }
+        // A cut inside a multi-byte character still hashes its bytes (never panics).
+        assert!(opening(r#"{"prompt":"héllo"}"#, 2).is_some());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`split`]: the deployment a split chooses (label, sticky key, weights, health; 503).
 //! - [`budget_check`]: the caller's budgets on the same leases (429 `budget_exceeded`), and
 //!   their charge after the response.
+//! - [`affinity`]: the key an `affinity` upstream keeps a conversation on one endpoint by.
 //! - [`quota_check`]: the rule, the lease, the `X-RateLimit-*` headers (429, 503).
 //! - [`spend_record`]: the response's usage and cost into the worker's spend shard and the
 //!   access log facts.
@@ -35,6 +36,7 @@
 use std::io::Write;
 use std::rc::Rc;
 
+pub mod affinity;
 pub mod authn;
 pub mod body;
 pub mod budget_check;
@@ -208,8 +210,8 @@ async fn stages(
         verdict,
         b.resp_headers,
     )?;
-    let (upstream, split_model) = match route.target() {
-        RouteTarget::Upstream(i) => (&snap.upstreams[*i], None),
+    let (up_idx, split_model) = match route.target() {
+        RouteTarget::Upstream(i) => (*i, None),
         RouteTarget::Split(s) => {
             let json = json.as_mut().expect("split routes read the body");
             let chosen =
@@ -226,9 +228,10 @@ async fn stages(
             );
             c.tally.deployment = Some(chosen.deployment.0);
             let up = snap.deployment_upstreams[chosen.deployment.index()];
-            (&snap.upstreams[up], Some(chosen.model))
+            (up, Some(chosen.model))
         }
     };
+    let upstream = &snap.upstreams[up_idx];
     let usage = json.as_mut().map(usage_spec);
     // The model quotas and token counts go by: the deployment's, or the one the body names
     // ("" on routes that do not read the body).
@@ -280,6 +283,7 @@ async fn stages(
         };
         b.facts.trace.event(QUOTA, Some(outcome));
     })?;
+    let affinity = affinity::key(rq, up_idx, identity.as_ref(), json);
     if let Some(j) = json {
         j.encode_into(b.body_out);
     }
@@ -296,6 +300,7 @@ async fn stages(
         timeouts: route.timeouts(),
         retryable: route.retryable(),
         trace,
+        affinity,
     };
     let result = proxy::forward(worker, c, rq.info, ob, snap).await;
     let (usage, served) = match &result {

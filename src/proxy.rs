@@ -131,6 +131,8 @@ pub struct Outbound<'a> {
     /// A sampled request's trace: each attempt records a client span and names it as the
     /// upstream's parent (see [`crate::trace`]).
     pub trace: Option<crate::trace::Propagation>,
+    /// The request's affinity key, for an upstream whose `balance` is `affinity`.
+    pub affinity: Option<u64>,
 }
 
 /// Sends the request and relays the response (see the module docs).
@@ -192,6 +194,7 @@ pub async fn forward(
         // The route's total deadline bounds every wait, retries included.
         deadline: ob.timeouts.total.map(|t| sent_at + t),
         up_idx,
+        key: ob.affinity,
     };
     let answered = attempt::exchange(worker, c, snap, &plan, &mut up_out, upload).await;
     c.up_out = up_out;
@@ -204,7 +207,7 @@ async fn relay_response(
     worker: &Rc<Worker>,
     c: &mut ClientConn,
     plan: &attempt::Plan<'_>,
-    answered: attempt::Answered,
+    answered: attempt::Answered<'_>,
     sent_at: Instant,
 ) -> Result<Done, Failure> {
     let attempt::Answered {
@@ -212,6 +215,7 @@ async fn relay_response(
         head: first,
         permit,
         mut span,
+        attempt,
     } = answered;
     let (req, ob) = (plan.req, plan.ob);
     let record = |outcome: Outcome| worker.resilience.borrow_mut().record(permit, outcome);
@@ -280,6 +284,7 @@ async fn relay_response(
     }
     record(Outcome::Status(status));
     attempt::end_span(worker, span, ob.upstream, status, None);
+    attempt.done();
     if relay_plan.upstream_reusable {
         up.served += 1;
         if up.served < ob.upstream.pool_max_requests {

@@ -104,7 +104,10 @@ impl Engine {
             workers.clone(),
             answer_txs,
             (epoch, calendar),
-            &snapshot.resilience,
+            (
+                &snapshot.resilience,
+                &snapshot.balance.fleet_plan(&snapshot.upstreams),
+            ),
             snapshot.quota.as_ref(),
             seeds,
         )?;
@@ -502,6 +505,7 @@ async fn inbox_loop(worker: Rc<Worker>) {
             t.tick(Instant::now());
         }
         worker.flush_breakers();
+        worker.flush_balance();
         if worker.drain.is_draining() && worker.conns.get() == 0 {
             return;
         }

@@ -54,8 +54,6 @@ pub struct Worker {
     /// Request id generation: a per-process random prefix, the worker id and a counter.
     req_prefix: u32,
     req_seq: Cell<u64>,
-    /// Round-robin position for endpoint choice.
-    pub rr: Cell<usize>,
     /// This worker's access log buffer, when `[access_log]` is configured.
     pub access_log: RefCell<Option<crate::access_log::WorkerLog>>,
     /// This worker's tracer, when `[tracing]` was configured at start.
@@ -86,6 +84,8 @@ pub struct Worker {
     /// This core's spend since its last batch to the spend thread.
     pub spend: RefCell<crate::spend::SpendShard>,
     spend_tx: Option<Sender<crate::inbox::ToSpend>>,
+    /// This core's endpoint load view and round-robin positions (see `balance`).
+    pub balance: RefCell<crate::balance::WorkerBalance>,
 }
 
 impl Worker {
@@ -137,6 +137,14 @@ impl Worker {
         });
     }
 
+    /// Sends the endpoint load changes since the last call to the coordination thread (nothing
+    /// when every upstream is on round-robin).
+    pub fn flush_balance(&self) {
+        if let Some(report) = self.balance.borrow_mut().drain() {
+            let _ = self.coord.send(ToCoord::Load(report));
+        }
+    }
+
     /// Handles every message waiting in the inbox (the inbox loop calls it between requests).
     pub fn poll_inbox(&self) {
         while let Ok(msg) = self.inbox.try_recv() {
@@ -159,6 +167,7 @@ impl Worker {
                 self.resilience
                     .borrow_mut()
                     .set_policies(&s.resilience, Instant::now());
+                self.balance.borrow_mut().set_table(&s.balance);
                 // Adding or removing `[access_log]` needs a restart; its rate reloads.
                 if let (Some(log), Some(a)) = (self.access_log.borrow_mut().as_mut(), &s.access_log)
                 {
@@ -172,6 +181,8 @@ impl Worker {
                     // One worker tells the decider; every worker got the same snapshot.
                     let table = Box::new(s.resilience.clone());
                     let _ = self.coord.send(ToCoord::Resilience(table));
+                    let plan = Box::new(s.balance.fleet_plan(&s.upstreams));
+                    let _ = self.coord.send(ToCoord::Balance(plan));
                 }
                 *self.tls.borrow_mut() = worker_tls(&s);
                 *self.snapshot.borrow_mut() = Rc::new(*s);
@@ -192,6 +203,7 @@ impl Worker {
             ToWorker::Revoke(r) => self.revocations.borrow_mut().insert(r),
             ToWorker::Breaker(u) => self.resilience.borrow_mut().apply(&u),
             ToWorker::Health(u) => self.resilience.borrow_mut().apply_health(&u),
+            ToWorker::Fleet(v) => self.balance.borrow_mut().set_fleet(v),
             ToWorker::Barrier(reply) => {
                 let _ = reply.send(self.id);
             }
@@ -250,6 +262,7 @@ impl Worker {
             &snapshot.router,
         );
         let workers = snapshot.server.cores.len().max(1) as u32;
+        let balance = crate::balance::WorkerBalance::new(id, &snapshot.balance);
         let resilience = crate::breaker::local::WorkerResilience::new(
             id as u32,
             workers,
@@ -267,7 +280,6 @@ impl Worker {
             conns: Cell::new(0),
             req_prefix: links.prefix,
             req_seq: Cell::new(0),
-            rr: Cell::new(id),
             access_log: RefCell::new(links.log),
             tracer: RefCell::new(links.tracer),
             slots: RefCell::new(Vec::new()),
@@ -283,6 +295,7 @@ impl Worker {
             resilience: RefCell::new(resilience),
             spend: RefCell::new(crate::spend::SpendShard::default()),
             spend_tx: links.spend,
+            balance: RefCell::new(balance),
         }
     }
 }

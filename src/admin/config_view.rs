@@ -23,8 +23,9 @@ pub fn redacted_view(s: &Snapshot) -> Value {
     let upstreams: Vec<Value> = s
         .upstreams
         .iter()
-        .map(|u| {
-            json!({
+        .enumerate()
+        .map(|(i, u)| {
+            let mut v = json!({
                 "name": u.name,
                 "endpoints": u.endpoints.iter().map(|e| json!({"addr": e.addr.to_string(), "host": e.host})).collect::<Vec<_>>(),
                 "connect_timeout_ms": u.connect_timeout.as_millis() as u64,
@@ -34,7 +35,11 @@ pub fn redacted_view(s: &Snapshot) -> Value {
                 "pool_idle_timeout_ms": u.pool_idle_timeout.as_millis() as u64,
                 "pool_max_requests": u.pool_max_requests,
                 "api_key": if u.auth_line.is_some() { "(redacted)" } else { "(none)" },
-            })
+            });
+            if let Some(b) = s.balance.get(Some(i)) {
+                v["balance"] = balance_view(b);
+            }
+            v
         })
         .collect();
     let routes: Vec<Value> = s
@@ -176,6 +181,24 @@ fn budgets_view(
     })
 }
 
+/// An upstream's endpoint choice: `balance` and, where set, `affinity` and `load_metric`.
+fn balance_view(b: &crate::balance::UpstreamBalance) -> Value {
+    json!({
+        "policy": b.policy.name(),
+        "affinity": b.affinity().map(|a| json!({
+            "key": a.key.describe(),
+            "load_factor": a.load_factor,
+            "prefix_bytes": a.prefix_bytes,
+        })),
+        "load_metric": b.load_metric.as_ref().map(|m| json!({
+            "path": m.path,
+            "gauge": m.gauge,
+            "interval_ms": m.interval.as_millis() as u64,
+            "timeout_ms": m.timeout.as_millis() as u64,
+        })),
+    })
+}
+
 /// A split as configured (`targets`/`fallbacks` with the operator's weights), and what it
 /// resolved to: each deployment's share of its group's traffic, in percent.
 fn split_view(s: &Snapshot, split: &crate::route::Split) -> Value {
@@ -245,6 +268,48 @@ path = "models.db"
         assert!(shown.contains("/v1/*"));
         assert_eq!(v["admin"]["tokens"][0]["name"], "alice");
         assert_eq!(v["registry"]["path"], "/etc/sg/models.db");
+    }
+
+    #[test]
+    fn config_view_shows_each_upstreams_balance() {
+        let text = r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+[[upstreams]]
+name = "plain"
+endpoints = ["127.0.0.1:9000"]
+[[upstreams]]
+name = "fed"
+endpoints = ["127.0.0.1:9001", "127.0.0.1:9002"]
+balance = "p2c_ewma"
+load_metric = { gauge = "vllm:num_requests_waiting", interval_ms = 200 }
+[[deployments]]
+model = "m"
+version = "1.0.0"
+endpoints = ["127.0.0.1:9003", "127.0.0.1:9004"]
+balance = "affinity"
+affinity = { key = "prompt", load_factor = 1.5, prefix_bytes = 256 }
+[[routes]]
+path = "/v1/chat"
+targets = [{ model = "m", weight = 1 }]
+"#;
+        let s = crate::config::from_str(text, Path::new("."), 1).unwrap();
+        let v = redacted_view(&s);
+        let ups = &v["upstreams"];
+        assert_eq!(
+            ups[0]["balance"],
+            json!({"policy": "round_robin", "affinity": null, "load_metric": null})
+        );
+        assert_eq!(
+            ups[1]["balance"]["load_metric"],
+            json!({"path": "/metrics", "gauge": "vllm:num_requests_waiting", "interval_ms": 200, "timeout_ms": 200})
+        );
+        assert_eq!(ups[1]["balance"]["policy"], "p2c_ewma");
+        assert_eq!(
+            ups[2]["balance"]["affinity"],
+            json!({"key": "prompt", "load_factor": 1.5, "prefix_bytes": 256})
+        );
     }
 
     #[test]

@@ -68,6 +68,37 @@ pub fn http_probe(
     path: &str,
     timeout: Duration,
 ) -> Result<u16, ProbeError> {
+    let mut conn = send_get(addr, host, path, timeout)?;
+    match conn.read_response_head(MAX_PROBE_HEAD) {
+        Ok(head) => Ok(head.status),
+        Err(e) => Err(read_error(e)),
+    }
+}
+
+/// Like [`http_probe`], reading the whole response: its status and a body of at most
+/// `max_body` bytes (the load-metric scraper's request, see `balance::feed`).
+pub fn http_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+    max_body: u64,
+) -> Result<(u16, Vec<u8>), ProbeError> {
+    let mut conn = send_get(addr, host, path, timeout)?;
+    match conn.read_response(false, MAX_PROBE_HEAD, max_body) {
+        Ok(r) => Ok((r.status, r.body)),
+        Err(e) => Err(read_error(e)),
+    }
+}
+
+/// Connects and writes `GET path`; every later read on the connection must end by the
+/// deadline `timeout` from now.
+fn send_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<blocking::Conn, ProbeError> {
     // Both go verbatim into the request head; CR, LF or a space would let config split it.
     if [host, path]
         .iter()
@@ -95,16 +126,15 @@ pub fn http_probe(
     // probe past `timeout`.
     let mut conn = blocking::Conn::new(stream);
     conn.set_deadline(Some(deadline));
-    match conn.read_response_head(MAX_PROBE_HEAD) {
-        Ok(head) => Ok(head.status),
-        Err(blocking::ReadError::TimedOut) => Err(ProbeError::Timeout),
-        Err(blocking::ReadError::Closed | blocking::ReadError::Truncated) => {
-            Err(ProbeError::Closed)
-        }
-        Err(blocking::ReadError::Io(kind)) => Err(ProbeError::Io(kind)),
-        Err(blocking::ReadError::Request(_) | blocking::ReadError::Response) => {
-            Err(ProbeError::Malformed)
-        }
+    Ok(conn)
+}
+
+fn read_error(e: blocking::ReadError) -> ProbeError {
+    match e {
+        blocking::ReadError::TimedOut => ProbeError::Timeout,
+        blocking::ReadError::Closed | blocking::ReadError::Truncated => ProbeError::Closed,
+        blocking::ReadError::Io(kind) => ProbeError::Io(kind),
+        blocking::ReadError::Request(_) | blocking::ReadError::Response => ProbeError::Malformed,
     }
 }
 

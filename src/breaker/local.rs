@@ -215,14 +215,35 @@ impl WorkerBreakers {
     /// Whether `allow` would admit now, without consuming a probe permit: for picking among a
     /// deployment's endpoints.
     pub fn is_available(&self, endpoint: EndpointId, now: Instant) -> bool {
-        self.slots.get(endpoint.index()).is_some_and(|s| {
-            s.healthy
-                && match s.state {
-                    Local::Closed | Local::HalfOpen { permits: 1.., .. } => true,
-                    Local::OpenedHere { until } => now >= until,
-                    Local::Open { .. } | Local::HalfOpen { .. } => false,
-                }
-        })
+        self.rejection(endpoint, now).is_none()
+    }
+
+    /// What `allow` would refuse with now (`None`: it would admit), without consuming a probe
+    /// permit.
+    pub fn rejection(&self, endpoint: EndpointId, now: Instant) -> Option<Rejected> {
+        let unknown = |reason| {
+            Some(Rejected {
+                reason,
+                retry_after: RETRY_AFTER_UNKNOWN,
+            })
+        };
+        let Some(s) = self.slots.get(endpoint.index()) else {
+            return unknown(RejectReason::UnknownEndpoint);
+        };
+        if !s.healthy {
+            return unknown(RejectReason::Unhealthy);
+        }
+        match s.state {
+            Local::Closed | Local::HalfOpen { permits: 1.., .. } => None,
+            Local::OpenedHere { until } if now >= until => None,
+            Local::Open { until } | Local::OpenedHere { until } => Some(Rejected {
+                reason: RejectReason::Open,
+                retry_after: until
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(1)),
+            }),
+            Local::HalfOpen { .. } => unknown(RejectReason::NoProbePermit),
+        }
     }
 
     /// Records how the attempt under `permit` ended. O(1), no allocation. Outcomes of permits
@@ -455,6 +476,18 @@ impl WorkerResilience {
         (u.first..u.first + u.len).any(|id| self.breakers.is_available(EndpointId(id), now))
     }
 
+    /// Whether endpoint `id` may take an attempt now (breaker and health), without taking a
+    /// probe permit; endpoints no breaker covers always may.
+    #[inline]
+    pub fn available(&self, id: Option<EndpointId>, now: Instant) -> bool {
+        id.is_none_or(|id| self.breakers.is_available(id, now))
+    }
+
+    /// How long until endpoint `id` may take an attempt, when it may not now.
+    pub fn retry_after(&self, id: Option<EndpointId>, now: Instant) -> Option<Duration> {
+        self.breakers.rejection(id?, now).map(|r| r.retry_after)
+    }
+
     /// May endpoint `id` be tried? `Ok(None)`: no breaker covers it.
     #[inline]
     pub fn allow(
@@ -581,6 +614,59 @@ mod tests {
             );
             assert!(!w.is_available(EP, t0));
         }
+    }
+
+    /// `rejection` (what endpoint choice asks, consuming nothing) says what `allow` would,
+    /// in every state: closed, open (decided and local), half-open with and without a
+    /// permit, unhealthy, unknown.
+    #[test]
+    fn rejection_agrees_with_allow_in_every_state() {
+        let t0 = Instant::now();
+        let p = BreakerPolicy {
+            consecutive_failures: 2,
+            ..policy()
+        };
+        let check = |w: &WorkerBreakers, id: EndpointId, now: Instant, what: &str| {
+            let said = w.rejection(id, now);
+            let mut probe = w.clone();
+            let got = probe.allow(id, now).err();
+            assert_eq!(said, got, "{what}");
+            assert_eq!(w.is_available(id, now), got.is_none(), "{what}");
+        };
+        let mut w = WorkerBreakers::new(0, 1, &[p]);
+        check(&w, EP, t0, "closed");
+        check(&w, EndpointId(7), t0, "unknown");
+        fail(&mut w, Outcome::ConnectError, 2, t0);
+        check(&w, EP, t0, "opened here");
+        check(&w, EP, t0 + p.open_base, "opened here, past its end");
+        let at = |state, epoch| BreakerUpdate {
+            endpoint: EP,
+            epoch,
+            state,
+        };
+        w.apply(&at(
+            BroadcastState::Open {
+                until: t0 + Duration::from_secs(1),
+            },
+            1,
+        ));
+        check(&w, EP, t0, "open");
+        check(&w, EP, t0 + Duration::from_secs(2), "open, past its end");
+        let half = |probes| BroadcastState::HalfOpen {
+            probes,
+            offset: 0,
+            grant: 1,
+        };
+        w.apply(&at(half(1), 2));
+        check(&w, EP, t0, "half-open with a permit");
+        let _probe = w.allow(EP, t0).unwrap();
+        check(&w, EP, t0, "half-open, permit taken");
+        w.apply(&at(BroadcastState::Closed, 3));
+        w.apply_health(&HealthUpdate {
+            endpoint: EP,
+            healthy: false,
+        });
+        check(&w, EP, t0, "unhealthy");
     }
 
     #[test]

@@ -115,6 +115,10 @@ pub struct RawUpstream {
     pub retry: Option<crate::breaker::config::RawRetry>,
     /// TLS toward every endpoint (`https://` endpoints use TLS with the defaults anyway).
     pub tls: Option<crate::tls::RawUpstreamTls>,
+    /// Endpoint choice (default round-robin), its affinity key and load feed: see `balance`.
+    pub balance: Option<crate::balance::RawPolicy>,
+    pub affinity: Option<crate::balance::RawAffinity>,
+    pub load_metric: Option<crate::balance::RawLoadMetric>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -123,6 +123,10 @@ pub struct Snapshot {
     pub budgets: Option<crate::quota::budget::BudgetSettings>,
     /// `[registry]`, when deployments also come from the model registry.
     pub registry: Option<RegistrySettings>,
+    /// Each upstream's endpoint choice (`balance`, `affinity`, `load_metric`; see `balance`):
+    /// a reload applies it, the workers' in-flight counts carrying over by endpoint id and the
+    /// load-metric thread restarting when its targets change.
+    pub balance: crate::balance::Table,
 }
 
 impl Snapshot {

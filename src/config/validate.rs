@@ -10,6 +10,7 @@ use super::snapshot::{
     AccessLogSettings, AccessLogTarget, AdminSettings, MetricsSettings, NamedToken,
     RegistrySettings, ServerSettings, Snapshot, ADMIN_TOKEN_NAME,
 };
+use crate::balance::config::{RawBalance, Table as BalanceTable};
 use crate::breaker::table::{RawPolicies, Resilience};
 use crate::config_types::{ConfigProblem, Endpoint, Upstream};
 use crate::tls::client::{host_of, server_name, split_endpoint};
@@ -65,6 +66,9 @@ impl RawConfig {
         // breaker and health-check settings.
         let mut deployment_upstreams = Vec::new();
         let mut raw_upstreams = self.upstreams.clone();
+        let mut upstream_keys: Vec<String> = (0..upstreams.len())
+            .map(|i| format!("upstreams[{i}]"))
+            .collect();
         for d in router.iter().flat_map(|r| r.deployments()) {
             let rd = &self.deployments[d.id().index()];
             let raw = RawUpstream {
@@ -77,6 +81,9 @@ impl RawConfig {
                 breaker: rd.breaker.clone(),
                 health_check: rd.health_check.clone(),
                 tls: rd.tls.clone(),
+                balance: rd.balance,
+                affinity: rd.affinity.clone(),
+                load_metric: rd.load_metric.clone(),
                 ..RawUpstream::default()
             };
             let key = format!("deployments[{}]", d.id().index());
@@ -85,6 +92,7 @@ impl RawConfig {
             upstreams.push(u);
             upstream_tls.push(tls);
             raw_upstreams.push(raw);
+            upstream_keys.push(key);
         }
         let admin = self
             .admin
@@ -143,6 +151,22 @@ impl RawConfig {
                 path: base_dir.join(&r.path),
             })
         });
+        let balancing: Vec<RawBalance> = raw_upstreams
+            .iter()
+            .zip(&upstream_keys)
+            .map(|(u, key)| RawBalance {
+                key,
+                balance: u.balance,
+                affinity: u.affinity.as_ref(),
+                load_metric: u.load_metric.as_ref(),
+                endpoints: &u.endpoints,
+            })
+            .collect();
+        let balance =
+            BalanceTable::build(&balancing, &resilience, self.auth.is_some(), &mut problems);
+        if let Some(r) = &router {
+            balance.check_routes(&balancing, r, &mut problems);
+        }
         match server {
             Some(server) if problems.is_empty() && router.is_some() => Ok(Snapshot {
                 generation,
@@ -162,6 +186,7 @@ impl RawConfig {
                 spend,
                 budgets,
                 registry,
+                balance,
             }),
             _ => Err(problems),
         }

@@ -10,7 +10,10 @@
 //!   sends its answers back as [`ToCoord::QuotaAnswers`], so this thread never waits on I/O;
 //! - the circuit breakers' [`BreakerCoordinator`] (the decider and the health-check thread):
 //!   worker reports come in, and the [`EndpointUpdate`]s it returns go to every worker on the
-//!   next tick.
+//!   next tick;
+//! - the endpoint load merge ([`Fleet`], with the load-metric thread): workers' load reports
+//!   come in, and the merged view goes to every worker at most every few milliseconds, only
+//!   when it changed.
 //!
 //! Every cross-core decision that must not take a lock on the data path belongs here.
 
@@ -20,6 +23,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::remote::RemoteThread;
+use crate::balance::fleet::Fleet;
+use crate::balance::FleetPlan;
 use crate::breaker::coordinator::{BreakerCoordinator, EndpointUpdate};
 use crate::breaker::table::Resilience;
 pub use crate::inbox::ToCoord;
@@ -41,7 +46,7 @@ pub struct CoordThread {
 impl CoordThread {
     /// Starts the thread for `workers` (`quota_answers`: each worker's lease channel, in
     /// worker order); `epoch` is the process-wide zero of quota time.
-    /// `table` is the first snapshot's endpoint table.
+    /// `table` is the first snapshot's endpoint table and its balance's fleet plan.
     ///
     /// `quota`: the first snapshot's `[quota]` (it picks the coordinator's backend, local or
     /// Redis); the calendar's epoch in Unix milliseconds lets several gateway processes
@@ -53,7 +58,7 @@ impl CoordThread {
         workers: Workers,
         quota_answers: Vec<Sender<FromCoordinator>>,
         (epoch, calendar): (Instant, Calendar),
-        table: &Resilience,
+        (table, plan): (&Resilience, &FleetPlan),
         quota: Option<&QuotaSettings>,
         seeds: Vec<(QuotaKey, u64, u64)>,
     ) -> std::io::Result<CoordThread> {
@@ -69,9 +74,10 @@ impl CoordThread {
             Leases::Here(coordinator)
         };
         let table = table.clone();
+        let fleet = Fleet::new(workers.len(), plan);
         let thread = std::thread::Builder::new()
             .name("shardgate-coord".into())
-            .spawn(move || run(workers, quota_answers, epoch, table, rx, leases))?;
+            .spawn(move || run(workers, quota_answers, epoch, (table, fleet), rx, leases))?;
         Ok(CoordThread {
             tx,
             thread: Some(thread),
@@ -111,6 +117,8 @@ struct State {
     answers: Vec<(WorkerId, FromCoordinator)>,
     /// Endpoint updates to send to every worker.
     updates: Vec<EndpointUpdate>,
+    /// The merged endpoint load.
+    fleet: Fleet,
     /// Process-wide zero of quota time.
     epoch: Instant,
 }
@@ -119,7 +127,7 @@ fn run(
     workers: Workers,
     quota_answers: Vec<Sender<FromCoordinator>>,
     epoch: Instant,
-    table: Resilience,
+    (table, fleet): (Resilience, Fleet),
     rx: Receiver<ToCoord>,
     leases: Leases,
 ) {
@@ -130,6 +138,7 @@ fn run(
         breakers: BreakerCoordinator::new(&table, Instant::now()),
         answers: Vec::new(),
         updates: Vec::new(),
+        fleet,
         epoch,
     };
     drop(table);
@@ -175,6 +184,8 @@ impl State {
             ToCoord::BreakerSnapshot(reply) => {
                 let _ = reply.send(self.breakers.snapshot());
             }
+            ToCoord::Load(r) => self.fleet.ingest(&r, Instant::now()),
+            ToCoord::Balance(plan) => self.fleet.reload(&plan),
             ToCoord::Stop => return false,
         }
         true
@@ -192,6 +203,9 @@ impl State {
         }
         self.breakers.tick(Instant::now(), &mut self.updates);
         self.send_updates();
+        if let Some(view) = self.fleet.tick(Instant::now()) {
+            self.workers.broadcast(|| ToWorker::Fleet(view.clone()));
+        }
     }
 
     /// Every pending endpoint update, to every worker.

@@ -5,19 +5,22 @@
 //!
 //! [`exchange`] returns the connection whose response head is complete (its bytes at the
 //! front of the connection's buffer) with the breaker permit of that attempt, or the
-//! [`Failure`] to answer. Endpoint choice is round-robin over the endpoints whose circuit
-//! breaker admits the attempt (see [`crate::breaker`]); every attempt's outcome is recorded
-//! with its permit. When none admits, the answer is `503 upstream_unavailable` with
-//! `Retry-After`. Connect failures move to the next endpoint while the retry budget allows.
-//! A `retryable` route tries a failed attempt (no response, 502/503/504) again on another
-//! endpoint while the request is held whole, within the route's total deadline and the retry
-//! budget. A reused connection that died before answering an idempotent request held whole is
-//! replayed once on another connection. Nothing is retried once a response byte may have
-//! reached the client (the relay comes after this).
+//! [`Failure`] to answer. The endpoint is the one the upstream's policy picks
+//! ([`crate::balance`]) among those whose circuit breaker admits the attempt (see
+//! [`crate::breaker`]) and that this request has not tried yet; every attempt's outcome is
+//! recorded with its permit, and the attempt counts as in flight on its endpoint until it
+//! ends. When none admits, the answer is `503 upstream_unavailable` with `Retry-After`.
+//! Connect failures move to another endpoint while the retry budget allows. A `retryable`
+//! route tries a failed attempt (no response, 502/503/504) again on another endpoint (the
+//! same one only when no other is available) while the request is held whole, within the
+//! route's total deadline and the retry budget. A reused connection that died before
+//! answering an idempotent request held whole is replayed once on another connection. Nothing
+//! is retried once a response byte may have reached the client (the relay comes after this).
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::balance::{Attempt, Tried, UpstreamBalance};
 use crate::breaker::local::{self, NoEndpoint};
 use crate::breaker::{Outcome, Permit};
 use crate::config::{Snapshot, Upstream};
@@ -36,12 +39,14 @@ pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 pub const MAX_ROUTE_ATTEMPTS: u32 = 3;
 
 /// A connection with a complete response head, the breaker permit of its attempt, and the
-/// attempt's client span (sampled requests), ended by the relay.
-pub struct Answered {
+/// attempt's client span (sampled requests), ended by the relay, and the attempt itself (in
+/// flight on its endpoint until dropped).
+pub struct Answered<'w> {
     pub up: UpConn,
     pub head: ResponseHead,
     pub permit: Option<Permit>,
     pub span: Option<AttemptSpan>,
+    pub attempt: Attempt<'w>,
 }
 
 /// Client span events: the response head arrived; the first body bytes reached the client.
@@ -87,6 +92,8 @@ pub struct Plan<'a> {
     pub deadline: Option<Instant>,
     /// The upstream's index in the snapshot's resilience table.
     pub up_idx: Option<usize>,
+    /// The request's affinity key, when the upstream's policy keys on one.
+    pub key: Option<u64>,
 }
 
 impl Plan<'_> {
@@ -102,14 +109,14 @@ impl Plan<'_> {
 /// Sends the request (`up_out`, then a streamed body if it is not inline) until an attempt
 /// gets a response head (see the module docs). `upload` is the streamed-upload slot the body
 /// holds while it streams.
-pub async fn exchange(
-    worker: &Rc<Worker>,
+pub async fn exchange<'w>(
+    worker: &'w Rc<Worker>,
     c: &mut ClientConn,
     snap: &Snapshot,
     plan: &Plan<'_>,
     up_out: &mut Vec<u8>,
     mut upload: Option<inbound::Upload<'_>>,
-) -> Result<Answered, Failure> {
+) -> Result<Answered<'w>, Failure> {
     let (req, ob) = (plan.req, plan.ob);
     let upstream = ob.upstream;
     let record = |permit: Option<Permit>, outcome: Outcome| {
@@ -118,12 +125,13 @@ pub async fn exchange(
     let mut attempt = 0;
     // Whether the client's body has been read off its connection.
     let mut body_read = plan.inline;
+    let mut tried = Tried::default();
     loop {
         attempt += 1;
         let mut span = begin_span(worker, plan, attempt, up_out);
         let connect_timeout = plan.cap(ob.timeouts.connect.unwrap_or(upstream.connect_timeout));
-        let (mut up, permit) =
-            match acquire(worker, snap, plan.up_idx, upstream, connect_timeout).await {
+        let (mut up, permit, counted) =
+            match acquire(worker, snap, plan, connect_timeout, &mut tried).await {
                 Ok(u) => u,
                 Err(NoEndpoint::Unavailable(wait)) => {
                     // No attempt was made: the breakers refused every endpoint (an event on
@@ -173,9 +181,12 @@ pub async fn exchange(
             }
             false => Err(UpstreamError::ClosedBeforeResponse),
         };
-        // A retryable route may try again (another endpoint first, by round-robin) while
-        // nothing reached the client, the request is held whole, there is time left and the
-        // retry budget allows.
+        if let Ok(h) = &first {
+            counted.head(h.status);
+        }
+        // A retryable route may try again (on an endpoint it has not tried, while one is
+        // available) while nothing reached the client, the request is held whole, there is
+        // time left and the retry budget allows.
         let may_retry = |w: &Worker| {
             ob.retryable
                 && plan.inline
@@ -199,6 +210,7 @@ pub async fn exchange(
                     head,
                     permit,
                     span,
+                    attempt: counted,
                 })
             }
             Err(
@@ -243,28 +255,36 @@ pub async fn exchange(
     }
 }
 
-/// A pooled connection to one of the upstream's endpoints, or a new one, with the breaker's
-/// permit for it. Endpoints whose breaker rejects (open, no probe permit, unhealthy) are
-/// skipped; connect failures move on to the next endpoint (nothing was sent, so this is always
-/// safe) while the retry budget allows.
-async fn acquire(
-    worker: &Rc<Worker>,
+/// A pooled connection to the endpoint the upstream's policy picks, or a new one, with the
+/// breaker's permit for it and the attempt counted in flight. Endpoints whose breaker rejects
+/// (open, no probe permit, unhealthy) are skipped, and so are those this request has tried
+/// (`tried`) unless no other is available; connect failures move on to another endpoint
+/// (nothing was sent, so this is always safe) while the retry budget allows.
+async fn acquire<'w>(
+    worker: &'w Rc<Worker>,
     snap: &Snapshot,
-    up_idx: Option<usize>,
-    upstream: &Upstream,
+    plan: &Plan<'_>,
     connect_timeout: Duration,
-) -> Result<(UpConn, Option<Permit>), NoEndpoint> {
+    tried: &mut Tried,
+) -> Result<(UpConn, Option<Permit>, Attempt<'w>), NoEndpoint> {
+    let upstream = plan.ob.upstream;
+    let up_idx = plan.up_idx;
     let n = upstream.endpoints.len();
-    let start = worker.rr.get();
-    worker.rr.set(start.wrapping_add(1));
+    let outside = UpstreamBalance::round_robin(n);
+    let lb = snap.balance.get(up_idx).unwrap_or(&outside);
+    // Endpoints tried by this call: never again here, even when every other is unavailable.
+    let mut here = Tried::default();
     let mut last = None;
-    let mut wait: Option<Duration> = None;
     let mut connects = 0;
-    for i in 0..n {
-        let idx = (start + i) % n;
-        let ep = &upstream.endpoints[idx];
-        let id = up_idx.and_then(|u| snap.resilience.endpoint(u, idx));
+    for _ in 0..n {
         let now = Instant::now();
+        let Some(idx) = choose(worker, lb, plan, (tried, &here), now) else {
+            break;
+        };
+        tried.insert(idx);
+        here.insert(idx);
+        let ep = &upstream.endpoints[idx];
+        let id = lb.endpoint(idx);
         let permit = {
             let mut res = worker.resilience.borrow_mut();
             // Budget first, so that a refused retry does not consume a probe permit.
@@ -273,19 +293,17 @@ async fn acquire(
             }
             match res.allow(id, now) {
                 Ok(p) => p,
-                Err(r) => {
-                    wait = Some(wait.map_or(r.retry_after, |w| w.min(r.retry_after)));
-                    continue;
-                }
+                Err(_) => continue,
             }
         };
+        let counted = Attempt::begin(&worker.balance, id);
         if let Some(c) = worker.pools.borrow_mut().take(
             super::connect::pool_key(ep, up_idx),
             upstream.pool_idle_timeout,
             upstream.pool_max_requests,
         ) {
             worker.metrics.borrow_mut().upstream_reuses += 1;
-            return Ok((c, permit));
+            return Ok((c, permit, counted));
         }
         connects += 1;
         let e = match super::connect::connect(worker, &upstream.name, up_idx, ep, connect_timeout)
@@ -293,7 +311,7 @@ async fn acquire(
         {
             Ok(c) => {
                 worker.metrics.borrow_mut().upstream_connects += 1;
-                return Ok((c, permit));
+                return Ok((c, permit, counted));
             }
             Err(e) => e,
         };
@@ -306,8 +324,40 @@ async fn acquire(
             break;
         }
     }
-    Err(match (last, wait) {
-        (Some(e), _) => NoEndpoint::Failed(e),
-        (None, w) => NoEndpoint::Unavailable(w.unwrap_or(local::RETRY_AFTER_UNKNOWN)),
+    Err(match last {
+        Some(e) => NoEndpoint::Failed(e),
+        None => {
+            // Every endpoint is open or unhealthy: come back when the first may reopen.
+            let res = worker.resilience.borrow();
+            let now = Instant::now();
+            let wait = (0..n)
+                .filter_map(|i| res.retry_after(lb.endpoint(i), now))
+                .min();
+            NoEndpoint::Unavailable(wait.unwrap_or(local::RETRY_AFTER_UNKNOWN))
+        }
+    })
+}
+
+/// The endpoint `lb`'s policy picks among the available ones this request has not tried
+/// (`tried.0`); when none is left, among those not tried by this acquire (`tried.1`).
+fn choose(
+    worker: &Worker,
+    lb: &UpstreamBalance,
+    plan: &Plan<'_>,
+    (tried, here): (&Tried, &Tried),
+    now: Instant,
+) -> Option<usize> {
+    let res = worker.resilience.borrow();
+    let available = |i: usize| res.available(lb.endpoint(i), now);
+    let up = plan.up_idx.unwrap_or(usize::MAX);
+    let mut view = worker.balance.borrow_mut();
+    let rng = &mut worker.rng.borrow_mut();
+    view.pick(lb, up, plan.key, rng, |i| {
+        !tried.contains(i) && available(i)
+    })
+    .or_else(|| {
+        (tried != here)
+            .then(|| view.pick(lb, up, plan.key, rng, |i| !here.contains(i) && available(i)))
+            .flatten()
     })
 }

@@ -270,14 +270,7 @@ mod tests {
             endpoints: vec!["127.0.0.1:9000".into()],
             served_name: None,
             labels: vec![],
-            connect_timeout_ms: None,
-            first_byte_timeout_ms: None,
-            idle_timeout_ms: None,
-            api_key: None,
-            breaker: None,
-            health_check: None,
-            tls: None,
-            status: VersionStatus::Active,
+            ..RawDeployment::default()
         }
     }
 

@@ -64,6 +64,13 @@ pub struct RawDeployment {
     /// versions, whose status decides which version requirements reach them.
     #[serde(skip)]
     pub status: super::catalog::VersionStatus,
+    /// Endpoint choice, as on `[[upstreams]]` (see `balance`).
+    #[serde(default)]
+    pub balance: Option<crate::balance::RawPolicy>,
+    #[serde(default)]
+    pub affinity: Option<crate::balance::RawAffinity>,
+    #[serde(default)]
+    pub load_metric: Option<crate::balance::RawLoadMetric>,
 }
 
 /// One `[[routes]]` entry.

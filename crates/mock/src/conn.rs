@@ -112,6 +112,22 @@ struct Conn {
     rng: u64,
 }
 
+/// Counts one request in flight (`vllm:num_requests_running`) until dropped.
+struct InFlight(Arc<Mock>);
+
+impl InFlight {
+    fn count(mock: &Arc<Mock>) -> Self {
+        mock.knobs.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(mock.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.knobs.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Serves one connection until the peer closes, `Connection: close`, an error, or a
 /// failure mode ends it.
 pub(super) async fn run(stream: TcpStream, mock: Arc<Mock>) {
@@ -199,6 +215,7 @@ impl Conn {
         };
         let knobs = &self.mock.knobs;
         let n = knobs.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let _answering = InFlight::count(&self.mock);
         if let Some(d) = knobs.stall() {
             monoio::time::sleep(d).await;
         }
@@ -312,6 +329,26 @@ impl Conn {
             ("GET", "/health") => {
                 self.scratch.extend_from_slice(br#"{"status":"ok"}"#);
                 return self.finish_full(200, keep, head).await;
+            }
+            ("GET", "/metrics") => {
+                let knobs = &self.mock.knobs;
+                // This request is in flight too; it is not the server's load.
+                let running = knobs.in_flight.load(Ordering::Relaxed).saturating_sub(1);
+                let waiting = knobs.waiting.load(Ordering::Relaxed);
+                let requests = knobs.requests.load(Ordering::Relaxed);
+                let model = &self.mock.cfg.model;
+                reply::metrics(&mut self.scratch, model, running, waiting, requests);
+                self.head(
+                    200,
+                    reply::METRICS_TYPE,
+                    Some(self.scratch.len()),
+                    keep,
+                    head.minor,
+                );
+                self.out.extend_from_slice(&self.scratch);
+                self.scratch.clear();
+                self.send_out().await?;
+                return Ok(keep);
             }
             ("GET", "/v1/models") => {
                 reply::models(

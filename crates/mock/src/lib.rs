@@ -12,6 +12,11 @@
 //! - `POST /v1/embeddings`: one deterministic vector per input.
 //! - `GET /v1/models`: the configured model name.
 //! - `GET /health`: `{"status":"ok"}`.
+//! - `GET /metrics`: Prometheus text with vLLM's two queue gauges:
+//!   `vllm:num_requests_running` (requests being answered now, this one excluded) and
+//!   `vllm:num_requests_waiting` (a knob: [`MockConfig::waiting`], [`MockHandle::set_waiting`]),
+//!   for the gateway's load feed; and `mock_requests_total`, the requests served so far (this
+//!   one included), for load tests that count each endpoint's share.
 //! - `ANY /echo/...`: JSON of exactly what was received: method, target, every header in
 //!   order (duplicates kept), the body as a string. Gateway tests use it to check header
 //!   stripping/injection and body rewriting.
@@ -88,6 +93,8 @@ pub struct MockConfig {
     pub close_after_chunks: Option<u32>,
     /// Dimensions of each embedding vector.
     pub embedding_dims: usize,
+    /// `vllm:num_requests_waiting` reported by `/metrics`.
+    pub waiting: u64,
 }
 
 impl Default for MockConfig {
@@ -106,6 +113,7 @@ impl Default for MockConfig {
             hang: false,
             close_after_chunks: None,
             embedding_dims: 8,
+            waiting: 0,
         }
     }
 }
@@ -126,6 +134,10 @@ pub struct Knobs {
     /// End of the current server-wide stall, µs since `epoch`.
     paused_until_us: AtomicU64,
     epoch: Instant,
+    /// Requests read and not yet answered.
+    pub(crate) in_flight: AtomicU64,
+    /// `vllm:num_requests_waiting`.
+    pub(crate) waiting: AtomicU64,
 }
 
 impl Knobs {
@@ -140,6 +152,8 @@ impl Knobs {
             pause_once_ms: AtomicU64::new(0),
             paused_until_us: AtomicU64::new(0),
             epoch: Instant::now(),
+            in_flight: AtomicU64::new(0),
+            waiting: AtomicU64::new(cfg.waiting),
         }
     }
 
@@ -221,6 +235,11 @@ impl MockHandle {
     /// Sets the base latency before each response head.
     pub fn set_latency_ms(&self, ms: u64) {
         self.mock.knobs.latency_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Sets the `vllm:num_requests_waiting` gauge `/metrics` reports.
+    pub fn set_waiting(&self, n: u64) {
+        self.mock.knobs.waiting.store(n, Ordering::Relaxed);
     }
 
     /// Arms a one-shot server-wide stall: the next request to arrive freezes the whole
@@ -532,6 +551,38 @@ mod tests {
         let addr = h.addr();
         h.stop();
         assert!(TcpStream::connect(addr).is_err());
+    }
+
+    #[test]
+    fn metrics_report_the_queue_gauges() {
+        let h = start(MockConfig {
+            waiting: 4,
+            ..MockConfig::default()
+        });
+        let s = client(&h);
+        (&s).write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let text = read_all(s);
+        assert!(
+            text.contains("content-type: text/plain; version=0.0.4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE vllm:num_requests_waiting gauge\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vllm:num_requests_waiting{model_name=\"mock-gpt\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vllm:num_requests_running{model_name=\"mock-gpt\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nmock_requests_total 1\n"), "{text}");
+        h.set_waiting(0);
+        let s = client(&h);
+        (&s).write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        assert!(read_all(s).contains("vllm:num_requests_waiting{model_name=\"mock-gpt\"} 0\n"));
     }
 
     #[test]

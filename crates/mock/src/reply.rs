@@ -22,6 +22,37 @@ use simd_json::BorrowedValue;
 /// Content of every non-streamed completion (before padding).
 pub const REPLY_TEXT: &str = "This is a mock response.";
 
+/// `Content-Type` of `/metrics` (Prometheus text exposition 0.0.4).
+pub const METRICS_TYPE: &str = "text/plain; version=0.0.4";
+
+/// `/metrics`: vLLM's queue gauges for model `model`, and the mock's request counter.
+pub fn metrics(out: &mut Vec<u8>, model: &str, running: u64, waiting: u64, requests: u64) {
+    let mut label = Vec::new();
+    json_escape_into(&mut label, model);
+    let label = String::from_utf8_lossy(&label);
+    for (name, help, v) in [
+        (
+            "vllm:num_requests_running",
+            "Requests being answered.",
+            running,
+        ),
+        (
+            "vllm:num_requests_waiting",
+            "Requests waiting to be answered.",
+            waiting,
+        ),
+    ] {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{model_name=\"{label}\"}} {v}\n"
+        );
+    }
+    let _ = write!(
+        out,
+        "# HELP mock_requests_total Requests served, this one included.\n# TYPE mock_requests_total counter\nmock_requests_total {requests}\n"
+    );
+}
+
 /// Which OpenAI object family a completion request belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -51,6 +51,9 @@ struct Args {
     /// Close the connection after K stream chunks without finishing.
     #[arg(long)]
     close_after_chunks: Option<u32>,
+    /// `vllm:num_requests_waiting` reported by GET /metrics.
+    #[arg(long, default_value_t = 0)]
+    waiting: u64,
     /// Exit after this many seconds (default: run until signalled).
     #[arg(long)]
     run_for: Option<f64>,
@@ -71,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         fail_status: a.fail_status,
         hang: a.hang,
         close_after_chunks: a.close_after_chunks,
+        waiting: a.waiting,
         ..MockConfig::default()
     };
     let mut handle = mock::spawn(cfg, a.listen, a.threads)?;

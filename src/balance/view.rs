@@ -1,0 +1,413 @@
+//! One worker's load view (data path): per endpoint, the attempts in flight from this core,
+//! the TTFB and latency samples not yet reported, and the fleet's view as the coordination
+//! thread last merged it. Every array is indexed by endpoint id and sized when a snapshot
+//! arrives; a request reads and bumps a few of its cells and allocates nothing.
+//!
+//! An endpoint's load as a policy sees it is this core's in flight now, plus the other cores'
+//! in flight as last merged (the fleet total less what this core had reported), plus its
+//! load-metric gauge.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::config::{Policy, Table, UpstreamBalance};
+use super::{affinity, least_requests, p2c, round_robin, Loads};
+use crate::breaker::EndpointId;
+use crate::route::WorkerRng;
+
+/// One endpoint's changes on one worker since its last report.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EndpointLoad {
+    pub endpoint: EndpointId,
+    /// Attempts in flight from this worker now.
+    pub in_flight: u32,
+    /// Time to the response head of the attempts answered since the last report, summed.
+    pub ttfb_us: u64,
+    pub ttfb_n: u32,
+    /// Time to the end of the response of the attempts completed since, summed.
+    pub latency_us: u64,
+    pub latency_n: u32,
+}
+
+/// One worker's changes, sent on its inbox tick.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadReport {
+    pub worker: usize,
+    pub endpoints: Vec<EndpointLoad>,
+}
+
+/// One endpoint in the merged view.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FleetEndpoint {
+    /// Attempts in flight on every worker, as last reported.
+    pub in_flight: u32,
+    /// The load-metric gauge (0 without one).
+    pub gauge: u32,
+    /// EWMA of the time to the response head, µs (0: no sample yet).
+    pub ttfb_us: f32,
+    /// EWMA of the time to the end of the response, µs (0: no sample yet).
+    pub latency_us: f32,
+}
+
+/// The coordination thread's merge of every worker's reports, shared by every worker.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FleetView {
+    pub endpoints: Box<[FleetEndpoint]>,
+    /// What each worker reported in flight: `[worker * endpoints + endpoint]`.
+    pub by_worker: Box<[u32]>,
+}
+
+impl FleetView {
+    /// Worker `w`'s row of `by_worker`.
+    fn row(&self, w: usize) -> Option<&[u32]> {
+        let n = self.endpoints.len();
+        self.by_worker.get(w * n..(w + 1) * n)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    /// The endpoint's upstream reads load: count and report it.
+    tracked: bool,
+    in_flight: u32,
+    pending: EndpointLoad,
+    dirty: bool,
+}
+
+/// This worker's load view (see the module docs).
+#[derive(Debug)]
+pub struct WorkerBalance {
+    worker: usize,
+    slots: Vec<Slot>,
+    /// Round-robin position per upstream.
+    rr: Vec<u32>,
+    fleet: Option<Arc<FleetView>>,
+    /// Endpoints with changes to report; room for every endpoint, so pushing never allocates.
+    dirty: Vec<EndpointId>,
+}
+
+/// The loads of one upstream's endpoints, as a policy reads them.
+pub struct UpstreamLoads<'a> {
+    local: &'a [Slot],
+    fleet: Option<(&'a [FleetEndpoint], &'a [u32])>,
+}
+
+impl Loads for UpstreamLoads<'_> {
+    #[inline]
+    fn count(&self) -> usize {
+        self.local.len()
+    }
+
+    #[inline]
+    fn load(&self, i: usize) -> u64 {
+        let here = u64::from(self.local[i].in_flight);
+        match self.fleet {
+            Some((f, mine)) => {
+                let others = f[i].in_flight.saturating_sub(mine[i]);
+                here + u64::from(others) + u64::from(f[i].gauge)
+            }
+            None => here,
+        }
+    }
+
+    #[inline]
+    fn ttfb_us(&self, i: usize) -> f64 {
+        self.fleet.map_or(0.0, |(f, _)| f64::from(f[i].ttfb_us))
+    }
+}
+
+impl WorkerBalance {
+    /// Worker `worker`'s view for `table`; round-robin starts at the worker's number so that
+    /// workers do not march in step.
+    pub fn new(worker: usize, table: &Table) -> Self {
+        let mut w = WorkerBalance {
+            worker,
+            slots: Vec::new(),
+            rr: Vec::new(),
+            fleet: None,
+            dirty: Vec::new(),
+        };
+        w.set_table(table);
+        w
+    }
+
+    /// A new snapshot: endpoints keep their counts by id (ids are stable while the upstreams
+    /// keep their order; see `breaker::table`), new ones start at zero.
+    pub fn set_table(&mut self, table: &Table) {
+        let n = table.endpoints();
+        self.slots.resize(n, Slot::default());
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            s.tracked = false;
+            s.pending.endpoint = EndpointId(i as u32);
+        }
+        for up in table.upstreams() {
+            let tracked = up.policy.reads_load();
+            for i in 0..up.len() {
+                if let Some(s) = up.endpoint(i).and_then(|id| self.slots.get_mut(id.index())) {
+                    s.tracked = tracked;
+                }
+            }
+        }
+        self.rr.resize(table.upstreams().len(), self.worker as u32);
+        self.dirty.retain(|e| e.index() < n);
+        for s in &mut self.slots {
+            s.dirty = false;
+        }
+        for e in &self.dirty {
+            self.slots[e.index()].dirty = true;
+        }
+        self.dirty.reserve(n.saturating_sub(self.dirty.len()));
+    }
+
+    /// The fleet's merged view, from the coordination thread.
+    pub fn set_fleet(&mut self, view: Arc<FleetView>) {
+        self.fleet = Some(view);
+    }
+
+    /// The loads of `plan`'s endpoints.
+    #[inline]
+    fn loads(&self, plan: &UpstreamBalance) -> UpstreamLoads<'_> {
+        let n = plan.len();
+        let (Some(first), true) = (plan.endpoint(0), n > 0) else {
+            return UpstreamLoads {
+                local: &[],
+                fleet: None,
+            };
+        };
+        self.range(first.index()..first.index() + n)
+    }
+
+    /// The loads of the endpoints with ids in `range`.
+    #[inline]
+    fn range(&self, range: std::ops::Range<usize>) -> UpstreamLoads<'_> {
+        let local = self.slots.get(range.clone()).unwrap_or(&[]);
+        let fleet = self.fleet.as_deref().and_then(|f| {
+            // A view merged for another endpoint table (a reload in between) is not used.
+            if f.endpoints.len() != self.slots.len() {
+                return None;
+            }
+            Some((
+                f.endpoints.get(range.clone())?,
+                f.row(self.worker)?.get(range)?,
+            ))
+        });
+        UpstreamLoads { local, fleet }
+    }
+
+    /// The endpoint (index into the upstream's endpoints) `plan`'s policy chooses among those
+    /// `eligible` admits; `None` when it admits none. `up` is the upstream's index (its
+    /// round-robin position), `key` the request's affinity key (without one, affinity takes
+    /// the least loaded endpoint).
+    #[inline]
+    pub fn pick(
+        &mut self,
+        plan: &UpstreamBalance,
+        up: usize,
+        key: Option<u64>,
+        rng: &mut WorkerRng,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        if let Policy::RoundRobin = plan.policy {
+            let mut spare = self.worker as u32;
+            let next = self.rr.get_mut(up).unwrap_or(&mut spare);
+            return round_robin::pick(next, plan.len(), eligible);
+        }
+        let loads = self.loads(plan);
+        if loads.count() != plan.len() {
+            // Not in this view's table (cannot happen for a snapshot's upstream).
+            return round_robin::pick(&mut 0, plan.len(), eligible);
+        }
+        match (&plan.policy, key) {
+            (Policy::P2cEwma, _) => p2c::pick(&loads, rng, eligible),
+            (Policy::Affinity(a), Some(k)) => {
+                affinity::pick(&a.ring, a.load_factor, &loads, k, eligible)
+            }
+            _ => least_requests::pick(&loads, rng, eligible),
+        }
+    }
+
+    /// Endpoint `id`'s load as this worker sees it (for tests and the admin API).
+    pub fn load(&self, id: EndpointId) -> u64 {
+        let loads = self.range(id.index()..id.index() + 1);
+        match loads.count() {
+            0 => 0,
+            _ => loads.load(0),
+        }
+    }
+
+    /// Moves the changes since the last call into a report for the coordination thread;
+    /// `None` when nothing changed (a gateway on round-robin never reports).
+    pub fn drain(&mut self) -> Option<LoadReport> {
+        if self.dirty.is_empty() {
+            return None;
+        }
+        let mut endpoints = Vec::with_capacity(self.dirty.len());
+        for e in self.dirty.drain(..) {
+            let s = &mut self.slots[e.index()];
+            s.dirty = false;
+            s.pending.in_flight = s.in_flight;
+            endpoints.push(s.pending);
+            s.pending = EndpointLoad {
+                endpoint: e,
+                ..EndpointLoad::default()
+            };
+        }
+        Some(LoadReport {
+            worker: self.worker,
+            endpoints,
+        })
+    }
+
+    /// The slot of a tracked endpoint, marked dirty.
+    #[inline]
+    fn touch(&mut self, id: EndpointId) -> Option<&mut Slot> {
+        let s = self.slots.get_mut(id.index()).filter(|s| s.tracked)?;
+        if !s.dirty {
+            s.dirty = true;
+            self.dirty.push(id);
+        }
+        Some(s)
+    }
+}
+
+/// One attempt counted in flight on its endpoint from [`Attempt::begin`] until it is dropped,
+/// however the attempt ends (a connect error, a cut stream, a cancelled request).
+#[must_use = "the attempt counts as in flight until dropped"]
+pub struct Attempt<'w> {
+    view: &'w RefCell<WorkerBalance>,
+    /// `None`: the endpoint is not tracked (round-robin); every call is a no-op.
+    counted: Option<(EndpointId, Instant)>,
+}
+
+impl<'w> Attempt<'w> {
+    /// Counts an attempt on endpoint `id` (nothing when its upstream does not read load).
+    #[inline]
+    pub fn begin(view: &'w RefCell<WorkerBalance>, id: Option<EndpointId>) -> Self {
+        let counted = id.and_then(|id| {
+            let mut v = view.borrow_mut();
+            let s = v.touch(id)?;
+            s.in_flight += 1;
+            Some((id, Instant::now()))
+        });
+        Attempt { view, counted }
+    }
+
+    /// The response head arrived with `status`: a time-to-first-byte sample, unless the
+    /// endpoint answered with a server error (a fast error must not look like a fast endpoint).
+    #[inline]
+    pub fn head(&self, status: u16) {
+        if let Some((id, start)) = self.counted.filter(|_| status < 500) {
+            let us = start.elapsed().as_micros() as u64;
+            if let Some(s) = self.view.borrow_mut().touch(id) {
+                s.pending.ttfb_us += us;
+                s.pending.ttfb_n += 1;
+            }
+        }
+    }
+
+    /// The response was relayed whole: a latency sample.
+    #[inline]
+    pub fn done(self) {
+        if let Some((id, start)) = self.counted {
+            let us = start.elapsed().as_micros() as u64;
+            if let Some(s) = self.view.borrow_mut().touch(id) {
+                s.pending.latency_us += us;
+                s.pending.latency_n += 1;
+            }
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if let Some((id, _)) = self.counted {
+            let mut v = self.view.borrow_mut();
+            // Counted out even if a reload stopped tracking the endpoint meanwhile, so its
+            // count is right should it be tracked again.
+            if let Some(s) = v.slots.get_mut(id.index()) {
+                s.in_flight = s.in_flight.saturating_sub(1);
+            }
+            v.touch(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn table(balance: &str) -> Table {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[[upstreams]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nbalance = \"{balance}\"\n[[upstreams]]\nname = \"b\"\nendpoints = [\"127.0.0.1:3\"]\n"
+        );
+        crate::config::from_str(&text, Path::new("."), 1)
+            .unwrap()
+            .balance
+    }
+
+    #[test]
+    fn attempts_count_in_flight_and_report_their_samples() {
+        let view = RefCell::new(WorkerBalance::new(0, &table("least_requests")));
+        let a = Attempt::begin(&view, Some(EndpointId(1)));
+        let b = Attempt::begin(&view, Some(EndpointId(1)));
+        // Upstream `b` is on round-robin: not counted.
+        let c = Attempt::begin(&view, Some(EndpointId(2)));
+        assert_eq!(view.borrow().load(EndpointId(1)), 2);
+        assert_eq!(view.borrow().load(EndpointId(2)), 0);
+        a.head(200);
+        b.head(503);
+        a.done();
+        drop((b, c));
+        let report = view.borrow_mut().drain().unwrap();
+        assert_eq!(report.endpoints.len(), 1);
+        let e = report.endpoints[0];
+        assert_eq!((e.endpoint, e.in_flight), (EndpointId(1), 0));
+        assert_eq!((e.ttfb_n, e.latency_n), (1, 1), "no TTFB sample for a 503");
+        assert!(view.borrow_mut().drain().is_none(), "nothing new");
+    }
+
+    #[test]
+    fn round_robin_tracks_nothing() {
+        let view = RefCell::new(WorkerBalance::new(0, &table("round_robin")));
+        let a = Attempt::begin(&view, Some(EndpointId(0)));
+        assert!(a.counted.is_none());
+        drop(a);
+        assert!(view.borrow_mut().drain().is_none());
+    }
+
+    #[test]
+    fn the_fleet_view_adds_the_other_workers_in_flight_and_the_gauge() {
+        let t = table("least_requests");
+        let view = RefCell::new(WorkerBalance::new(1, &t));
+        let _mine = Attempt::begin(&view, Some(EndpointId(0)));
+        // Worker 0 reports 4 in flight on endpoint 0, worker 1 (this one) reported 1.
+        let mut endpoints = vec![FleetEndpoint::default(); 3];
+        endpoints[0].in_flight = 5;
+        endpoints[1].gauge = 7;
+        let by_worker = vec![4, 0, 0, 1, 0, 0].into_boxed_slice();
+        view.borrow_mut().set_fleet(Arc::new(FleetView {
+            endpoints: endpoints.into(),
+            by_worker,
+        }));
+        let v = view.borrow();
+        assert_eq!(v.load(EndpointId(0)), 1 + 4);
+        assert_eq!(v.load(EndpointId(1)), 7);
+        let plan = &t.upstreams()[0];
+        let mut rng = WorkerRng::new(1);
+        drop(v);
+        let mut v = view.borrow_mut();
+        for _ in 0..20 {
+            // Endpoint 0 carries 5, endpoint 1 carries 7 (its gauge).
+            assert_eq!(v.pick(plan, 0, None, &mut rng, |_| true), Some(0));
+        }
+        // A view of another endpoint table (before a reload reached the coordinator) is
+        // ignored.
+        v.set_fleet(Arc::new(FleetView {
+            endpoints: vec![FleetEndpoint::default(); 5].into(),
+            by_worker: vec![0; 10].into(),
+        }));
+        assert_eq!(v.load(EndpointId(1)), 0);
+    }
+}
