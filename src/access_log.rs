@@ -397,7 +397,7 @@ mod tests {
             cost_pico: Some(5_615_000_000),
         };
         format_line(&mut line, "/v1/*", "ab\"c", &sample(), e);
-        assert!(line.contains("\"spend\":0.005615000000}"), "{line}");
+        assert!(line.contains("\"spend\":0.005615000000,"), "{line}");
         assert!(line.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["request_id"], "ab\"c");
