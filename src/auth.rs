@@ -36,7 +36,8 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
-use simd_json::prelude::*;
+// By name, not the prelude glob (see `disallowed-methods` in clippy.toml).
+use simd_json::prelude::{TypedValue, ValueAsScalar};
 use simd_json::tape::Value;
 use simd_json::ValueType;
 

@@ -25,7 +25,8 @@ use std::cell::RefCell;
 use std::hash::BuildHasher;
 use std::ops::Range;
 
-use simd_json::prelude::*;
+// By name, not the prelude glob (see `disallowed-methods` in clippy.toml).
+use simd_json::prelude::{TypedScalarValue, ValueAsScalar};
 use simd_json::tape::{Object, Value};
 use simd_json::{Buffers, Tape};
 

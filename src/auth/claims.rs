@@ -30,7 +30,8 @@
 
 use std::fmt::Write as _;
 
-use simd_json::prelude::*;
+// By name, not the prelude glob (see `disallowed-methods` in clippy.toml).
+use simd_json::prelude::{TypedValue, ValueAsScalar};
 use simd_json::tape::Value;
 use simd_json::ValueType;
 

@@ -10,6 +10,7 @@ use ring::{hmac, rsa};
 
 use super::token::B64;
 use super::*;
+use simd_json::prelude::ValueAsObject;
 
 // RFC 7515 Appendix A.1.1: the HMAC key (JWK `k`) and the resulting compact JWS.
 const A1_K: &str =
