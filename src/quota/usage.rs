@@ -227,6 +227,25 @@ impl SseUsageScanner {
         }
     }
 
+    /// Makes this scanner what [`Self::new`] makes, keeping its buffers' capacity (a scanner
+    /// reused for the next stream allocates nothing once its buffers have grown).
+    pub fn reset(&mut self, strip: bool) {
+        let mut event = std::mem::take(&mut self.event);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        event.clear();
+        scratch.clear();
+        *self = SseUsageScanner {
+            event,
+            scratch,
+            ..SseUsageScanner::new(strip)
+        };
+    }
+
+    /// Bytes held by the scanner's buffers (whether it is worth keeping for reuse).
+    pub fn capacity(&self) -> usize {
+        self.event.capacity() + self.scratch.capacity()
+    }
+
     /// Scans `chunk` and appends to `out` the bytes to relay now.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         let mut start = 0;
