@@ -166,6 +166,18 @@ pub struct Identity {
     pub upstream_headers: Vec<(usize, String)>,
 }
 
+/// The identity values go back to this thread's spares ([`claims::give_back`]).
+impl Drop for Identity {
+    fn drop(&mut self) {
+        claims::give_back(std::mem::take(&mut self.subject));
+        for s in [&mut self.tenant, &mut self.label, &mut self.jti] {
+            if let Some(s) = s.take() {
+                claims::give_back(s);
+            }
+        }
+    }
+}
+
 impl Identity {
     /// Whether the token grants `scope` (exact, case-sensitive match of one entry).
     pub fn has_scope(&self, scope: &str) -> bool {
