@@ -132,6 +132,8 @@ impl Drop for Tap {
 #[derive(Default)]
 struct Spare {
     bufs: Vec<Vec<u8>>,
+    // The boxes themselves are what is reused: a tap holds its scanner boxed.
+    #[allow(clippy::vec_box)]
     scanners: Vec<Box<SseUsageScanner>>,
 }
 
