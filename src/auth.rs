@@ -36,7 +36,8 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
-use simd_json::prelude::*;
+// By name, not the prelude glob (see `disallowed-methods` in clippy.toml).
+use simd_json::prelude::{TypedValue, ValueAsScalar};
 use simd_json::tape::Value;
 use simd_json::ValueType;
 
@@ -163,6 +164,18 @@ pub struct Identity {
     /// `(index into Authenticator::mapped_headers(), value)` for each mapped claim rendered
     /// (absent and `null` claims render nothing; see [`claims`]).
     pub upstream_headers: Vec<(usize, String)>,
+}
+
+/// The identity values go back to this thread's spares ([`claims::give_back`]).
+impl Drop for Identity {
+    fn drop(&mut self) {
+        claims::give_back(std::mem::take(&mut self.subject));
+        for s in [&mut self.tenant, &mut self.label, &mut self.jti] {
+            if let Some(s) = s.take() {
+                claims::give_back(s);
+            }
+        }
+    }
 }
 
 impl Identity {

@@ -25,7 +25,8 @@ use std::cell::RefCell;
 use std::hash::BuildHasher;
 use std::ops::Range;
 
-use simd_json::prelude::*;
+// By name, not the prelude glob (see `disallowed-methods` in clippy.toml).
+use simd_json::prelude::{TypedScalarValue, ValueAsScalar};
 use simd_json::tape::{Object, Value};
 use simd_json::{Buffers, Tape};
 
@@ -148,7 +149,10 @@ impl<'a> JsonBody<'a> {
     /// the prompt ask), so nothing is allocated once warm.
     pub fn feed_opening(&self, limit: usize, mut piece: impl FnMut(&[u8])) -> bool {
         SCRATCH
-            .with(|s| s.borrow_mut().walk(self.raw, |v| opening(v, limit, &mut piece)))
+            .with(|s| {
+                s.borrow_mut()
+                    .walk(self.raw, |v| opening(v, limit, &mut piece))
+            })
             .unwrap_or(false)
     }
 

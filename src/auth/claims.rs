@@ -30,7 +30,8 @@
 
 use std::fmt::Write as _;
 
-use simd_json::prelude::*;
+// By name, not the prelude glob (see `disallowed-methods` in clippy.toml).
+use simd_json::prelude::{TypedValue, ValueAsScalar};
 use simd_json::tape::Value;
 use simd_json::ValueType;
 
@@ -65,18 +66,58 @@ pub fn identity_problem(s: &str) -> Option<&'static str> {
     }
 }
 
-/// A string or integer claim as an identity value (module docs).
+/// A string or integer claim as an identity value (module docs). The `String` is one of this
+/// thread's spares when there is one ([`give_back`] returns it when the identity is dropped),
+/// so a warm worker allocates nothing for it.
 pub fn identity(v: Value<'_, '_>) -> Result<String, AuthError> {
-    let s = match v.value_type() {
-        ValueType::String => v.as_str().unwrap_or_default().to_owned(),
-        ValueType::I64 => v.as_i64().unwrap_or_default().to_string(),
-        ValueType::U64 => v.as_u64().unwrap_or_default().to_string(),
-        _ => return Err(AuthError::InvalidClaim),
+    let mut s = spare_string();
+    let _ = match v.value_type() {
+        ValueType::String => s.write_str(v.as_str().unwrap_or_default()),
+        ValueType::I64 => write!(s, "{}", v.as_i64().unwrap_or_default()),
+        ValueType::U64 => write!(s, "{}", v.as_u64().unwrap_or_default()),
+        _ => {
+            give_back(s);
+            return Err(AuthError::InvalidClaim);
+        }
     };
     match identity_problem(&s) {
         None => Ok(s),
-        Some(_) => Err(AuthError::InvalidClaim),
+        Some(_) => {
+            give_back(s);
+            Err(AuthError::InvalidClaim)
+        }
     }
+}
+
+/// Spare identity strings a thread keeps: about the requests a worker holds at once.
+pub const SPARE_KEEP: usize = 256;
+
+thread_local! {
+    /// This thread's spare identity strings (one pool per worker thread: nothing is shared).
+    static SPARE: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty string, a spare one when there is one.
+fn spare_string() -> String {
+    SPARE
+        .try_with(|s| s.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Keeps `s` as a spare (at most [`SPARE_KEEP`], none larger than an identity value).
+pub fn give_back(mut s: String) {
+    if s.capacity() == 0 || s.capacity() > MAX_IDENTITY_BYTES {
+        return;
+    }
+    s.clear();
+    let _ = SPARE.try_with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < SPARE_KEEP {
+            p.push(s);
+        }
+    });
 }
 
 /// The header value for a mapped claim (module docs): `Ok(None)` sends no header.
@@ -294,5 +335,46 @@ mod tests {
         let max = "s".repeat(MAX_IDENTITY_BYTES);
         assert!(with(&format!("\"{max}\""), identity).is_ok());
         assert!(with(&format!("\"{max}s\""), identity).is_err());
+    }
+
+    /// Identity strings come from the thread's spares, whatever a spare held before (longer,
+    /// shorter, refused values), read exactly as from a fresh string; the spares are bounded.
+    #[test]
+    fn identity_values_reuse_spare_strings() {
+        let values = [
+            (
+                r#""a-much-longer-subject-than-the-next""#,
+                Some("a-much-longer-subject-than-the-next"),
+            ),
+            (r#""b""#, Some("b")),
+            ("-9223372036854775808", Some("-9223372036854775808")),
+            ("18446744073709551615", Some("18446744073709551615")),
+            (r#""bad\u0000""#, None),
+            ("7", Some("7")),
+            ("1.5", None),
+            (r#""\u00e9t\u00e9""#, Some("été")),
+        ];
+        for _ in 0..3 {
+            for (json, want) in values {
+                let got = with(json, identity);
+                assert_eq!(got.as_deref().ok(), want, "{json}");
+                if let Ok(s) = got {
+                    give_back(s);
+                }
+            }
+        }
+        let reused = with(r#""x""#, identity).unwrap();
+        assert!(reused.capacity() > 1, "a spare string was not reused");
+        for _ in 0..SPARE_KEEP + 10 {
+            give_back(String::with_capacity(8));
+        }
+        give_back(String::with_capacity(MAX_IDENTITY_BYTES + 1));
+        SPARE.with(|p| {
+            let p = p.borrow();
+            assert!(p.len() <= SPARE_KEEP);
+            assert!(p
+                .iter()
+                .all(|s| s.is_empty() && s.capacity() <= MAX_IDENTITY_BYTES));
+        });
     }
 }

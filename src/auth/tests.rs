@@ -10,6 +10,7 @@ use ring::{hmac, rsa};
 
 use super::token::B64;
 use super::*;
+use simd_json::prelude::ValueAsObject;
 
 // RFC 7515 Appendix A.1.1: the HMAC key (JWK `k`) and the resulting compact JWS.
 const A1_K: &str =
@@ -309,7 +310,7 @@ fn every_algorithm_round_trips() {
         };
         let token = format!("{input}.{}", b64(&sig));
         assert_eq!(
-            verify(&a, &token, NOW).map(|i| i.subject),
+            verify(&a, &token, NOW).map(|i| i.subject.clone()),
             Ok("u1".to_string()),
             "{alg}"
         );
@@ -665,7 +666,7 @@ fn issuer_audience_subject() {
         (format!(r#"{{"sub":42,"exp":{exp}}}"#), Ok("42".to_string())),
     ] {
         assert_eq!(
-            verify(&b, &mint(&claims), NOW).map(|i| i.subject),
+            verify(&b, &mint(&claims), NOW).map(|i| i.subject.clone()),
             want,
             "{claims}"
         );
@@ -929,7 +930,7 @@ fn jwks_file_and_secret_file() {
         ..a.clone()
     };
     assert_eq!(
-        verify(&es, A3_JWS, A_EXP).map(|i| i.subject),
+        verify(&es, A3_JWS, A_EXP).map(|i| i.subject.clone()),
         Ok("joe".to_string())
     );
     let t = mint(&format!(r#"{{"iss":"u","exp":{}}}"#, NOW + 10));
@@ -1324,7 +1325,7 @@ fn jwk_use_and_key_ops_decide_whether_a_key_verifies() {
         .unwrap();
         match (Authenticator::from_config(&raw, &dir), want) {
             (Ok(a), Ok(())) => assert_eq!(
-                verify(&a, A3_JWS, A_EXP).map(|i| i.subject),
+                verify(&a, A3_JWS, A_EXP).map(|i| i.subject.clone()),
                 Ok("joe".to_string()),
                 "{name}"
             ),

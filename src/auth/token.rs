@@ -11,7 +11,8 @@ use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
-use simd_json::prelude::*;
+// By name, not the prelude glob (see `disallowed-methods` in clippy.toml).
+use simd_json::prelude::ValueAsScalar;
 use simd_json::tape::Value;
 use simd_json::{Buffers, Tape};
 

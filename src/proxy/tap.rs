@@ -10,6 +10,14 @@
 //! cached tokens) when it sent one, else (for a stream cut short) completion tokens estimated
 //! from the content deltas.
 
+//!
+//! # Performance
+//!
+//! A tap's buffers and scanner come from this thread's spare ones and go back when the tap
+//! is dropped ([`Spare`]), so a warm worker allocates nothing for a tap.
+
+use std::cell::RefCell;
+
 use crate::quota::usage::{usage_from_body, SseUsageScanner, Usage};
 
 /// Largest non-streamed body kept to read its `usage` (bigger ones are not accounted).
@@ -25,7 +33,9 @@ pub enum UsageSpec {
 }
 
 /// The per-response accounting state.
-pub enum Tap {
+pub struct Tap(Kind);
+
+enum Kind {
     None,
     Json {
         buf: Vec<u8>,
@@ -41,35 +51,35 @@ impl Tap {
     /// A tap for `spec`; `length_framed`: the response has a fixed Content-Length, so bytes
     /// cannot be dropped from it (the usage event is then passed through).
     pub fn new(spec: Option<UsageSpec>, length_framed: bool) -> Tap {
-        match spec {
-            None => Tap::None,
-            Some(UsageSpec::Json) => Tap::Json { buf: Vec::new() },
+        Tap(match spec {
+            None => Kind::None,
+            Some(UsageSpec::Json) => Kind::Json { buf: Spare::buf() },
             Some(UsageSpec::Sse { strip }) => {
                 let strip = strip && !length_framed;
-                Tap::Sse {
-                    scanner: Box::new(SseUsageScanner::new(strip)),
-                    out: Vec::new(),
+                Kind::Sse {
+                    scanner: Spare::scanner(strip),
+                    out: Spare::buf(),
                     strip,
                 }
             }
-        }
+        })
     }
 
     pub fn is_none(&self) -> bool {
-        matches!(self, Tap::None)
+        matches!(self.0, Kind::None)
     }
 
     /// Passes `data` through; what to forward is handed to `forward`.
     pub fn pass(&mut self, data: &[u8], forward: &mut dyn FnMut(&[u8])) {
-        match self {
-            Tap::None => forward(data),
-            Tap::Json { buf } => {
+        match &mut self.0 {
+            Kind::None => forward(data),
+            Kind::Json { buf } => {
                 if buf.len() + data.len() <= MAX_USAGE_BODY {
                     buf.extend_from_slice(data);
                 }
                 forward(data);
             }
-            Tap::Sse { scanner, out, .. } => {
+            Kind::Sse { scanner, out, .. } => {
                 out.clear();
                 scanner.feed(data, out);
                 forward(out);
@@ -79,7 +89,7 @@ impl Tap {
 
     /// Flushes anything held back at the end of the body.
     pub fn finish(&mut self, forward: &mut dyn FnMut(&[u8])) {
-        if let Tap::Sse { scanner, out, .. } = self {
+        if let Kind::Sse { scanner, out, .. } = &mut self.0 {
             out.clear();
             scanner.finish(out);
             forward(out);
@@ -88,10 +98,10 @@ impl Tap {
 
     /// What the response used (see the module docs); `None` when nothing can be told.
     pub fn usage(&mut self) -> Option<Usage> {
-        match self {
-            Tap::None => None,
-            Tap::Json { buf } => usage_from_body(buf),
-            Tap::Sse { scanner, .. } => Some(match scanner.usage() {
+        match &mut self.0 {
+            Kind::None => None,
+            Kind::Json { buf } => usage_from_body(buf),
+            Kind::Sse { scanner, .. } => Some(match scanner.usage() {
                 Some(u) => u,
                 None => Usage::from_parts(0, scanner.estimated_completion_tokens(), 0),
             }),
@@ -100,13 +110,212 @@ impl Tap {
 
     /// Whether the usage event is being removed from the client's stream.
     pub fn strips(&self) -> bool {
-        matches!(self, Tap::Sse { strip: true, .. })
+        matches!(self.0, Kind::Sse { strip: true, .. })
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.0, Kind::None) {
+            Kind::None => {}
+            Kind::Json { buf } => Spare::give_buf(buf),
+            Kind::Sse { scanner, out, .. } => {
+                Spare::give_scanner(scanner);
+                Spare::give_buf(out);
+            }
+        }
+    }
+}
+
+/// This thread's spare tap buffers and scanners (one set per worker thread: nothing is
+/// shared). At most [`SPARE_KEEP`] of each are kept, and no buffer of more than
+/// [`SPARE_BUF_KEEP`] bytes, so a burst of large responses does not pin memory.
+#[derive(Default)]
+struct Spare {
+    bufs: Vec<Vec<u8>>,
+    // The boxes themselves are what is reused: a tap holds its scanner boxed.
+    #[allow(clippy::vec_box)]
+    scanners: Vec<Box<SseUsageScanner>>,
+}
+
+/// Spare buffers (and scanners) a thread keeps: about the responses a worker relays at once.
+pub const SPARE_KEEP: usize = 256;
+/// Buffers (and scanners whose buffers) grew beyond this are freed rather than kept.
+pub const SPARE_BUF_KEEP: usize = 16 * 1024;
+
+thread_local! {
+    static SPARE: RefCell<Spare> = RefCell::new(Spare::default());
+}
+
+impl Spare {
+    /// An empty buffer, a spare one when there is one.
+    fn buf() -> Vec<u8> {
+        SPARE
+            .try_with(|s| s.borrow_mut().bufs.pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// A scanner as [`SseUsageScanner::new`] makes it, a spare one when there is one.
+    fn scanner(strip: bool) -> Box<SseUsageScanner> {
+        match SPARE
+            .try_with(|s| s.borrow_mut().scanners.pop())
+            .ok()
+            .flatten()
+        {
+            Some(mut s) => {
+                s.reset(strip);
+                s
+            }
+            None => Box::new(SseUsageScanner::new(strip)),
+        }
+    }
+
+    fn give_buf(mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > SPARE_BUF_KEEP {
+            return;
+        }
+        buf.clear();
+        let _ = SPARE.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if s.bufs.len() < SPARE_KEEP {
+                s.bufs.push(buf);
+            }
+        });
+    }
+
+    fn give_scanner(scanner: Box<SseUsageScanner>) {
+        if scanner.capacity() > SPARE_BUF_KEEP {
+            return;
+        }
+        let _ = SPARE.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if s.scanners.len() < SPARE_KEEP {
+                s.scanners.push(scanner);
+            }
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tap as [`Tap::new`] made it before taps reused spare buffers.
+    fn fresh(spec: Option<UsageSpec>, length_framed: bool) -> Tap {
+        Tap(match spec {
+            None => Kind::None,
+            Some(UsageSpec::Json) => Kind::Json { buf: Vec::new() },
+            Some(UsageSpec::Sse { strip }) => {
+                let strip = strip && !length_framed;
+                Kind::Sse {
+                    scanner: Box::new(SseUsageScanner::new(strip)),
+                    out: Vec::new(),
+                    strip,
+                }
+            }
+        })
+    }
+
+    /// What a tap forwards for `chunks` (then `finish`), the tokens it counts, and whether it
+    /// strips.
+    fn run(mut t: Tap, chunks: &[&[u8]]) -> (Vec<u8>, Option<u64>, bool) {
+        let mut seen = Vec::new();
+        for c in chunks {
+            t.pass(c, &mut |d| seen.extend_from_slice(d));
+        }
+        t.finish(&mut |d| seen.extend_from_slice(d));
+        (seen, t.usage().map(|u| u64::from(u.total())), t.strips())
+    }
+
+    /// A tap built from the spare buffers and scanner of dropped taps behaves exactly as a
+    /// fresh one, whatever the dropped taps were in the middle of (an event held back, a
+    /// usage already read, a body cut short, an oversized event), for every kind of tap.
+    #[test]
+    fn a_tap_on_spare_buffers_starts_fresh() {
+        const USAGE: &[u8] = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\n";
+        let big = format!(
+            "data: {{\"choices\":[],\"pad\":\"{}\"}}\n\n",
+            "x".repeat(SPARE_BUF_KEEP)
+        );
+        let leftovers: [&[u8]; 6] = [
+            b"data: {\"choices\":[],\"usa",
+            USAGE,
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"abcdefgh\"}}]}\n\n",
+            br#"{"usage":{"total_tokens":9}}"#,
+            big.as_bytes(),
+            b"",
+        ];
+        let specs = [
+            None,
+            Some(UsageSpec::Json),
+            Some(UsageSpec::Sse { strip: true }),
+            Some(UsageSpec::Sse { strip: false }),
+        ];
+        let inputs: [&[&[u8]]; 3] = [
+            &[b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n", USAGE, b"data: [DONE]\n\n"],
+            &[b"data: {\"choices\":[{\"delta\":{\"content\":\"cut sh"],
+            &[br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#],
+        ];
+        for before in specs {
+            for leftover in leftovers {
+                for spec in specs {
+                    for length_framed in [false, true] {
+                        for input in inputs {
+                            for _ in 0..2 {
+                                let mut old = Tap::new(before, false);
+                                old.pass(leftover, &mut |_| {});
+                                drop(old);
+                            }
+                            let got = run(Tap::new(spec, length_framed), input);
+                            let want = run(fresh(spec, length_framed), input);
+                            assert_eq!(got, want, "{spec:?} after {before:?} {leftover:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Dropped taps' buffers are reused (so a warm worker does not allocate for a tap), and
+    /// no more than a bounded number, of a bounded size, are kept.
+    #[test]
+    fn spare_buffers_are_reused_and_bounded() {
+        let mut t = Tap::new(Some(UsageSpec::Json), true);
+        t.pass(&[b'x'; 100], &mut |_| {});
+        drop(t);
+        match Tap::new(Some(UsageSpec::Json), true).0 {
+            Kind::Json { ref buf } => assert!(buf.is_empty() && buf.capacity() >= 100),
+            _ => unreachable!(),
+        }
+        let many: Vec<Tap> = (0..SPARE_KEEP + 10)
+            .map(|_| {
+                let mut t = Tap::new(Some(UsageSpec::Sse { strip: true }), false);
+                t.pass(b"data: x\n\n", &mut |_| {});
+                t
+            })
+            .collect();
+        drop(many);
+        SPARE.with(|s| {
+            let s = s.borrow();
+            assert!(s.bufs.len() <= SPARE_KEEP && s.scanners.len() <= SPARE_KEEP);
+            assert!(s
+                .bufs
+                .iter()
+                .all(|b| b.is_empty() && b.capacity() <= SPARE_BUF_KEEP));
+        });
+        let mut t = Tap::new(Some(UsageSpec::Json), true);
+        t.pass(&vec![b'x'; SPARE_BUF_KEEP + 1], &mut |_| {});
+        drop(t);
+        SPARE.with(|s| {
+            assert!(s
+                .borrow()
+                .bufs
+                .iter()
+                .all(|b| b.capacity() <= SPARE_BUF_KEEP));
+        });
+    }
 
     #[test]
     fn json_usage_is_read() {

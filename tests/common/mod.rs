@@ -6,8 +6,8 @@
 
 pub mod client;
 pub mod fixture;
-pub mod tls;
 pub mod registry_rig;
+pub mod tls;
 
 // Each test file uses some of these.
 #[allow(unused_imports)]

@@ -104,7 +104,12 @@ pub fn inspect(
     let bytes = match kind_field {
         "messages" => v
             .get_array("messages")
-            .map(|m| m.iter().map(|msg| content_bytes(msg.get("content"))).sum())
+            .map(|m| {
+                m.as_slice()
+                    .iter()
+                    .map(|msg| content_bytes(msg.get("content")))
+                    .sum()
+            })
             .unwrap_or(0),
         field => content_bytes(v.get(field)),
     };
@@ -133,6 +138,7 @@ fn content_bytes(v: Option<&BorrowedValue>) -> u64 {
     }
     let Some(items) = v.as_array() else { return 0 };
     items
+        .as_slice()
         .iter()
         .map(|item| {
             if let Some(s) = item.as_str() {
@@ -270,7 +276,7 @@ pub fn embedding_inputs(body: &mut [u8], bufs: &mut simd_json::Buffers) -> usize
         return 1;
     };
     match v.get("input").and_then(|i| i.as_array()) {
-        Some(items) if items.iter().all(|x| x.is_u64() || x.is_i64()) => 1,
+        Some(items) if items.as_slice().iter().all(|x| x.is_u64() || x.is_i64()) => 1,
         Some(items) => items.len(),
         None => 1,
     }
