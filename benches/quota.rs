@@ -21,7 +21,7 @@ fn rule() -> QuotaRule {
         model: None,
         limits: Limits {
             requests: u32::MAX,
-            tokens: Some(u32::MAX),
+            tokens: Some(u64::from(u32::MAX)),
             burst: None,
             window: shardgate::quota::Window::Minute,
         },

@@ -116,15 +116,14 @@ impl Worker {
         self.lease.apply(&self.quota, self.now_ms());
     }
 
-    /// Sends what this core's spend shard accumulated to the spend thread (nothing when no
-    /// spend thread runs, or nothing accumulated).
+    /// Sends what this core's spend shard accumulated to the spend thread (nothing when
+    /// nothing accumulated). Without a spend thread (a reload added `[spend]` or `[budgets]`
+    /// to a process that started with neither: restart-only) what accumulated is dropped, so
+    /// the shard stays bounded until the restart.
     pub fn flush_spend(&self) {
-        let Some(tx) = &self.spend_tx else {
-            return;
-        };
         let mut batch = crate::spend::SpendBatch::default();
         self.spend.borrow_mut().take_batch(&mut batch);
-        if !batch.is_empty() {
+        if let (Some(tx), false) = (&self.spend_tx, batch.is_empty()) {
             let _ = tx.send(crate::inbox::ToSpend::Batch(batch));
         }
     }

@@ -120,7 +120,9 @@ impl Holders {
 }
 
 /// A key's token counts: the sliding minute of quota rules, or a calendar period (budgets).
+/// Always boxed ([`KeyState::tokens`]), so the size difference costs nothing.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Tokens {
     Sliding(Ring),
     Calendar(CalWindow),

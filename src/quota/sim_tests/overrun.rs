@@ -166,16 +166,16 @@ fn assert_bound(plan: Plan, out: &[Outcome]) -> usize {
         let known: u64 = done
             .iter()
             .filter(|&&(a, charged)| charged <= at && slot_of(a) + WINDOW_SLOTS >= slot)
-            .map(|_| u64::from(plan.used))
+            .map(|_| plan.used)
             .sum();
         if plan.reserve == 0 {
             assert!(
-                known < u64::from(plan.limit),
+                known < plan.limit,
                 "admitted at {at} ms with {known} tokens already used in the window: {plan:?}\n{out:?}"
             );
         } else {
             assert!(
-                known + u64::from(plan.reserve) <= u64::from(plan.limit),
+                known + plan.reserve <= plan.limit,
                 "admitted at {at} ms with {known} used + {} reserved: {plan:?}\n{out:?}",
                 plan.reserve
             );
