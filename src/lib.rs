@@ -48,6 +48,7 @@
 pub use shardgate_http as http;
 
 pub mod access_log;
+pub mod adapt;
 pub mod admin;
 pub mod auth;
 pub mod breaker;

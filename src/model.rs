@@ -81,6 +81,11 @@ impl JsonBody {
         Ok(body)
     }
 
+    /// The parsed body (the adapters translate from it; see `crate::adapt`).
+    pub fn value(&self) -> &OwnedValue {
+        &self.value
+    }
+
     pub fn model(&self) -> Option<&str> {
         self.value.get("model").and_then(|v| v.as_str())
     }

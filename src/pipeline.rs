@@ -2,13 +2,16 @@
 //!
 //! ```text
 //! route (404/405) → auth, early → [body: read, parse] → route by model → auth → split
-//!   → quota (429) → upstream head → proxy::forward → charge tokens → RequestOutcome
+//!   → quota (429) → adapt (400, 404) → upstream head → proxy::forward → charge tokens
+//!   → RequestOutcome
 //! ```
 //!
 //! - [`authn`]: the credential, the route's scope, the rejection (401/403).
 //! - [`body`]: the JSON body a model route reads whole (`100 Continue`, limits, 400).
 //! - [`split`]: the deployment a split chooses (label, sticky key, weights, health; 503).
 //! - [`quota_check`]: the rule, the lease, the `X-RateLimit-*` headers (429, 503).
+//! - [`adapt`]: the body, path and headers a provider adapter or schema transform sends, and
+//!   the response-side plan (400 with the refused field's path, 404).
 //!
 //! # Contract
 //!
@@ -30,6 +33,7 @@
 use std::io::Write;
 use std::rc::Rc;
 
+pub mod adapt;
 pub mod authn;
 pub mod body;
 pub mod quota_check;
@@ -108,6 +112,7 @@ pub async fn handle(
         up_headers,
         resp_headers,
         facts,
+        adapt: adapt_bufs,
     } = bufs;
     // The head is copied out so the body can be read into the connection buffer behind it.
     head_bytes.extend_from_slice(&c.buffered()[..head_len]);
@@ -125,6 +130,7 @@ pub async fn handle(
         up_headers,
         resp_headers,
         facts,
+        adapt: adapt_bufs,
     };
     match stages(worker, c, &mut rq, bufs).await {
         Ok(outcome) => outcome,
@@ -140,6 +146,7 @@ struct Bufs<'b> {
     up_headers: &'b mut Vec<u8>,
     resp_headers: &'b mut Vec<u8>,
     facts: &'b mut crate::slot::Facts,
+    adapt: &'b mut crate::adapt::Bufs,
 }
 
 /// The stages in order; `Err` ends the request before anything was relayed.
@@ -153,8 +160,13 @@ async fn stages(
     let m = lookup(rq, b.resp_headers)?;
     // The path's default route, known before any body is read.
     let early = snap.router.select_by_model(&m, None).ok();
-    let needs_body =
-        m.needs_model() || early.is_some_and(|r| matches!(r.target(), RouteTarget::Split(_)));
+    let routed_path = rq.head.path.get(rq.head_bytes);
+    let has_body = rq.head.framing != BodyFraming::None;
+    let needs_body = m.needs_model()
+        || early.is_some_and(|r| {
+            matches!(r.target(), RouteTarget::Split(_))
+                || adapt::needs_body(snap, r, routed_path, has_body)
+        });
     // A credential is checked before the body is read whenever the route may need it, so an
     // unauthenticated caller never gets the gateway to buffer a body.
     let verdict = authn::verify_early(worker, rq.snap, rq.head, rq.head_bytes, early);
@@ -219,10 +231,17 @@ async fn stages(
         b.resp_headers,
     )
     .await?;
-    if let Some(j) = json {
-        j.encode_into(b.body_out);
-    }
-    upstream_head(c, rq, identity.as_ref(), upstream, b.up_headers);
+    let adapted = adapt::prepare(
+        snap,
+        route,
+        upstream,
+        routed_path,
+        json,
+        b.body_out,
+        b.up_headers,
+        &mut b.facts.error_param,
+    )?;
+    upstream_head(c, rq, identity.as_ref(), upstream, &adapted, b.up_headers);
     let ob = Outbound {
         upstream,
         body: match json {
@@ -234,6 +253,8 @@ async fn stages(
         usage,
         timeouts: route.timeouts(),
         retryable: route.retryable(),
+        adapt: adapted.response,
+        adapt_bufs: Some(b.adapt),
     };
     let result = proxy::forward(worker, c, rq.info, ob, snap).await;
     let tokens = match &result {
@@ -320,6 +341,7 @@ fn upstream_head(
     rq: &Request<'_>,
     identity: Option<&Identity>,
     upstream: &Upstream,
+    adapted: &adapt::Adapted<'_>,
     up_headers: &mut Vec<u8>,
 ) {
     let snap = rq.snap;
@@ -328,10 +350,12 @@ fn upstream_head(
         authn::identity_headers(a, id, up_headers);
     }
     let mut up_out = std::mem::take(&mut c.up_out);
-    proxy::write_head_prefix(&mut up_out, rq.head_bytes, c, rq.head, |name| {
+    let target = adapted.path.map(|p| (p, &b""[..]));
+    proxy::write_head_prefix(&mut up_out, rq.head_bytes, c, rq.head, target, |name| {
         authn::is_gateway_header(auth, identity.is_some(), name)
             || (upstream.auth_line.is_some() && name.eq_ignore_ascii_case(b"authorization"))
             || crate::http::limits::underscore_dropped(&snap.limits, name)
+            || adapted.drops(name)
     });
     c.up_out = up_out;
 }

@@ -31,6 +31,8 @@ pub struct RequestBufs {
     pub resp_headers: Vec<u8>,
     /// What the stages learned about the request, for the access log.
     pub facts: Facts,
+    /// The provider adapter's and schema transform's buffers (`crate::adapt`).
+    pub adapt: crate::adapt::Bufs,
 }
 
 /// What the stages learned about a request that the connection loop logs (reused buffers:
@@ -43,6 +45,9 @@ pub struct Facts {
     pub model: String,
     /// Tokens the response used, when known.
     pub tokens: Option<u64>,
+    /// The JSON path of the request field a rejection is about (`$.messages[0].role`), sent
+    /// as the error's `param`; empty when the rejection is not about one field.
+    pub error_param: String,
 }
 
 /// Request buffers that grew past this are freed when the request ends, not kept for reuse.
@@ -68,5 +73,7 @@ impl RequestBufs {
         self.facts.subject.clear();
         self.facts.model.clear();
         self.facts.tokens = None;
+        self.facts.error_param.clear();
+        self.adapt.reset();
     }
 }

@@ -33,6 +33,9 @@ pub struct RawConfig {
     /// `[defaults]`: breaker, health-check and retry policies every upstream starts from.
     #[serde(default)]
     pub defaults: Option<crate::breaker::table::RawDefaults>,
+    /// `[[transforms]]`: schema-driven field mapping that routes name (see `adapt::transforms`).
+    #[serde(default)]
+    pub transforms: Vec<crate::adapt::RawTransform>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,6 +100,14 @@ pub struct RawUpstream {
     pub health_check: Option<crate::breaker::config::RawHealthCheck>,
     /// Retry budget, over `[defaults.retry]`.
     pub retry: Option<crate::breaker::config::RawRetry>,
+    /// The API the upstream speaks (see `crate::adapt`); `api_key` goes as `x-api-key` to
+    /// Anthropic.
+    #[serde(default)]
+    pub provider: crate::config_types::RawProvider,
+    /// `anthropic-version` header (provider `anthropic` only; default 2023-06-01).
+    pub anthropic_version: Option<String>,
+    /// `max_tokens` for requests without one (provider `anthropic` only; default 4096).
+    pub default_max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

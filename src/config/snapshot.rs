@@ -77,6 +77,8 @@ pub struct Snapshot {
     pub access_log: Option<AccessLogSettings>,
     /// Endpoint ids and breaker/health/retry policies (see `breaker::table`).
     pub resilience: crate::breaker::table::Resilience,
+    /// `[[transforms]]`, compiled, and which route uses which (see `adapt::transforms`).
+    pub transforms: crate::adapt::Transforms,
 }
 
 impl Snapshot {
@@ -103,6 +105,7 @@ pub const RELOAD_APPLIES: &[&str] = &[
     "admin.token",
     "access_log.path",
     "access_log.sample_rate",
+    "transforms",
 ];
 
 /// Settings only a restart applies: the process keeps the values it started with.

@@ -232,6 +232,7 @@ mod tests {
             api_key: None,
             breaker: None,
             health_check: None,
+            ..RawDeployment::default()
         }
     }
 
