@@ -84,8 +84,11 @@ fn to_camel(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut upper = false;
     for c in name.chars() {
-        if c == '_' || c == '-' {
-            upper = !out.is_empty();
+        if (c == '_' || c == '-') && out.chars().all(|o| o == '_') {
+            // Leading underscores are part of the name (`_private`).
+            out.push('_');
+        } else if c == '_' || c == '-' {
+            upper = true;
         } else if upper {
             out.push(c.to_ascii_uppercase());
             upper = false;
@@ -471,4 +474,4 @@ pub fn parse_document(text: &str) -> Result<Value, String> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
