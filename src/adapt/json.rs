@@ -14,7 +14,7 @@
 //!
 //! # Performance
 //!
-//! One pass per read; string contents are skipped with `memchr`. Nothing is allocated.
+//! One pass per read (plus the UTF-8 check of [`check`]). Nothing is allocated.
 
 /// The bytes are not the JSON that was expected (grammar, or the kind of a value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,9 +65,10 @@ pub fn trim(b: &[u8]) -> &[u8] {
     &b[start..end]
 }
 
-/// Checks that `b` is exactly one JSON value (whitespace around it allowed) and returns the
-/// value without the whitespace.
+/// Checks that `b` is exactly one JSON value (whitespace around it allowed) in valid UTF-8,
+/// and returns the value without the whitespace.
 pub fn check(b: &[u8]) -> Result<&[u8], Malformed> {
+    std::str::from_utf8(b).map_err(|_| Malformed)?;
     let start = skip_ws(b, 0);
     let end = skip_value(b, start, 0)?;
     if skip_ws(b, end) != b.len() {
@@ -394,6 +395,13 @@ mod tests {
         ] {
             assert_eq!(check(bad.as_bytes()), Err(Malformed), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn invalid_utf8_is_malformed() {
+        assert_eq!(check(b"\"\x80\""), Err(Malformed));
+        assert_eq!(check(b"{\"a\":\"\xc3\"}"), Err(Malformed));
+        assert!(check("\"é\"".as_bytes()).is_ok());
     }
 
     #[test]

@@ -150,6 +150,7 @@ fn enum_eq(e: &EnumVal, v: &OwnedValue) -> bool {
 
 /// Writes the raw JSON response body `raw` mapped through the schema's response root.
 pub fn response(s: &Schema, root: NodeId, raw: &[u8], out: &mut Vec<u8>) -> Result<(), Malformed> {
+    std::str::from_utf8(raw).map_err(|_| Malformed)?;
     let raw = json::trim(raw);
     match json::kind(raw) {
         json::Kind::Object | json::Kind::Array => raw_value(s, root, raw, out),
