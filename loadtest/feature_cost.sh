@@ -11,15 +11,17 @@
 #          (nothing is rejected; every request still takes the quota path)
 #   bare   [metrics] per_route = false, no access log
 #   obs    per_route = true + [access_log] sample_rate = 0.01 to a file
+#   adapt  plain with provider = "anthropic" on the upstream: every request is translated to
+#          the mock's /v1/messages and its answer back to a chat.completion (issue #15)
 # Per run: req/s, p50/p99, CPU µs/request of the worker thread (shardgate-w0) and of the whole
 # process (utime+stime from /proc, sampled after warmup until loadgen exits, divided by the
 # requests loadgen measured), non-2xx/errors. Tables: medians over rounds, then the ratios
-# auth/plain, quota/plain, obs/bare (req/s ratio; CPU ratio is the inverse cost).
+# auth/plain, quota/plain, obs/bare, adapt/plain (req/s ratio; CPU ratio is the inverse cost).
 #
 # RATE=N: open loop at N req/s over CONNS connections instead of closed loop (every config then
 # does the same work per second, so CPU µs/request is compared at equal batching).
 # Knobs (defaults): DURATION=4 WARMUP=1 ROUNDS=3 CONNS=32 GW_CORE=0 UP_CORE=1 UP_PORT=9000
-# GW_PORT0=8180 (ports GW_PORT0..+4) TOKENS=1000 SKIP_BUILD=1 KEEP=1 (keep the temp dir)
+# GW_PORT0=8180 (ports GW_PORT0..+5) TOKENS=1000 SKIP_BUILD=1 KEEP=1 (keep the temp dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +34,7 @@ UP_CORE=${UP_CORE:-1}
 UP_PORT=${UP_PORT:-9000}
 GW_PORT0=${GW_PORT0:-8180}
 TOKENS=${TOKENS:-1000}
-CONFIGS=(plain auth quota bare obs)
+CONFIGS=(plain auth quota bare obs adapt)
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     cargo build --quiet --release -p shardgate -p loadtest
@@ -91,6 +93,7 @@ pin = true
 [[upstreams]]
 name = "mock"
 endpoints = ["127.0.0.1:$UP_PORT"]
+$([[ $name == adapt ]] && echo 'provider = "anthropic"')
 [[routes]]
 path = "/*rest"
 upstream = "mock"
@@ -213,7 +216,7 @@ for c in configs:
 
 print("\nratios: medians of the medians, and the median of the per-round paired ratios (each")
 print("pair ran back to back in the same round). rps = on/off; cpu = off/on (>= target is good)")
-for on, off, target in (("auth", "plain", 0.90), ("quota", "plain", 0.95), ("obs", "bare", 0.95)):
+for on, off, target in (("auth", "plain", 0.90), ("quota", "plain", 0.95), ("obs", "bare", 0.95), ("adapt", "plain", 0.909)):
     a, b = med[on], med[off]
     ons = [load(f"{on}-{r}") for r in range(1, rounds + 1)]
     offs = [load(f"{off}-{r}") for r in range(1, rounds + 1)]
