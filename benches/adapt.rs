@@ -53,7 +53,10 @@ fn schema_and_body() -> (schema::Schema, String, String) {
     let mut backend = String::from("{");
     for i in 0..20 {
         let (ty, value) = match i % 4 {
-            0 => ("string", format!("\"value number {i} with some padding text here\"")),
+            0 => (
+                "string",
+                format!("\"value number {i} with some padding text here\""),
+            ),
             1 => ("integer", format!("{}", i * 1000)),
             2 => ("boolean", "true".to_string()),
             _ => ("string", format!("\"{}\"", "x".repeat(24))),
@@ -75,7 +78,10 @@ fn schema_and_body() -> (schema::Schema, String, String) {
     let doc = schema::parse_document(&doc).unwrap();
     let s = schema::compile(&doc, Some("Big"), Some("Big"), Naming::SnakeCase).unwrap();
     // Pad both to ~1 KB with a free-form field the schema does not describe.
-    let pad = format!(r#","notes":"{}"}}"#, "n".repeat(1024 - body.len().min(1000) - 12));
+    let pad = format!(
+        r#","notes":"{}"}}"#,
+        "n".repeat(1024 - body.len().min(1000) - 12)
+    );
     let body = format!("{}{pad}", &body[..body.len() - 1]);
     let backend = format!("{}{pad}", &backend[..backend.len() - 1]);
     (s, body, backend)
@@ -139,7 +145,9 @@ fn bench(c: &mut Criterion) {
     c.bench_function("adapt/sse_event/anthropic", |b| {
         b.iter(|| {
             out.clear();
-            events.feed(black_box(ANTHROPIC_EVENT), &mut |ev| stream.event(ev, &mut out));
+            events.feed(black_box(ANTHROPIC_EVENT), &mut |ev| {
+                stream.event(ev, &mut out)
+            });
             black_box(out.len())
         })
     });
