@@ -237,9 +237,11 @@ async fn stages(
         upstream,
         routed_path,
         json,
-        b.body_out,
-        b.up_headers,
-        &mut b.facts.error_param,
+        adapt::Out {
+            body: b.body_out,
+            headers: b.up_headers,
+            param: &mut b.facts.error_param,
+        },
     )?;
     upstream_head(c, rq, identity.as_ref(), upstream, &adapted, b.up_headers);
     let ob = Outbound {

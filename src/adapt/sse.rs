@@ -22,6 +22,9 @@ pub const MAX_EVENT: usize = 256 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Oversized;
 
+/// What [`Events::feed`] calls with each complete event (or [`Oversized`]).
+pub type OnEvent<'f> = dyn FnMut(Result<&[u8], Oversized>) + 'f;
+
 /// The incremental splitter (see the module docs). Its buffer is reused across events.
 #[derive(Debug, Default)]
 pub struct Events {
@@ -52,7 +55,7 @@ impl Events {
 
     /// Feeds one read; `on_event` gets each complete event, or `Err(Oversized)` for one that
     /// was too long.
-    pub fn feed(&mut self, chunk: &[u8], on_event: &mut dyn FnMut(Result<&[u8], Oversized>)) {
+    pub fn feed(&mut self, chunk: &[u8], on_event: &mut OnEvent<'_>) {
         let mut start = 0;
         let mut i = 0;
         while i < chunk.len() {
@@ -81,7 +84,7 @@ impl Events {
         }
     }
 
-    fn hold(&mut self, tail: &[u8], on_event: &mut dyn FnMut(Result<&[u8], Oversized>)) {
+    fn hold(&mut self, tail: &[u8], on_event: &mut OnEvent<'_>) {
         if self.skipping {
             return;
         }
@@ -94,7 +97,7 @@ impl Events {
         self.held.extend_from_slice(tail);
     }
 
-    fn end_event(&mut self, last: &[u8], on_event: &mut dyn FnMut(Result<&[u8], Oversized>)) {
+    fn end_event(&mut self, last: &[u8], on_event: &mut OnEvent<'_>) {
         if self.skipping {
             self.skipping = false;
             return;

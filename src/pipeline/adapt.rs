@@ -82,6 +82,16 @@ fn is_chat(path: &[u8]) -> bool {
     path.ends_with(b"/chat/completions")
 }
 
+/// Where [`prepare`] writes: the request's reused buffers.
+pub(super) struct Out<'b> {
+    /// The body sent upstream.
+    pub body: &'b mut Vec<u8>,
+    /// Header lines added to the upstream request.
+    pub headers: &'b mut Vec<u8>,
+    /// The JSON path of a refused field (`error.param`).
+    pub param: &'b mut String,
+}
+
 /// See the module docs.
 pub(super) fn prepare<'s>(
     snap: &'s Snapshot,
@@ -89,10 +99,13 @@ pub(super) fn prepare<'s>(
     upstream: &'s Upstream,
     routed_path: &[u8],
     json: Option<&JsonBody>,
-    body_out: &mut Vec<u8>,
-    up_headers: &mut Vec<u8>,
-    param: &mut String,
+    out: Out<'_>,
 ) -> Result<Adapted<'s>, GatewayError> {
+    let Out {
+        body: body_out,
+        headers: up_headers,
+        param,
+    } = out;
     let refused = |e: path::Invalid, param: &mut String| {
         path::root(param);
         GatewayError::downstream(400, e.message)
