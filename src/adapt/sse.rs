@@ -31,6 +31,8 @@ pub struct Events {
     held: Vec<u8>,
     /// The last byte seen ended a line (or nothing was seen yet in this event).
     at_line_start: bool,
+    /// At a line start, the one byte seen since is a `\r` (the line is empty if `\n` comes next).
+    cr_pending: bool,
     /// The current event passed [`MAX_EVENT`]: skip to its end.
     skipping: bool,
 }
@@ -40,6 +42,7 @@ impl Events {
     pub fn reset(&mut self) {
         self.held.clear();
         self.at_line_start = true;
+        self.cr_pending = false;
         self.skipping = false;
     }
 
@@ -61,19 +64,25 @@ impl Events {
         while i < chunk.len() {
             // Jump to the next newline: only line ends matter.
             let Some(off) = chunk[i..].iter().position(|&c| c == b'\n') else {
-                if chunk[chunk.len() - 1] != b'\r' || chunk.len() - i > 1 {
+                // A line start stays one only through the first `\r` of a possible `\r\n`.
+                if self.at_line_start && !self.cr_pending && &chunk[i..] == b"\r" {
+                    self.cr_pending = true;
+                } else {
                     self.at_line_start = false;
+                    self.cr_pending = false;
                 }
                 break;
             };
             let nl = i + off;
-            let line_empty = if nl == i {
-                self.at_line_start
-            } else {
-                nl == i + 1 && chunk[i] == b'\r' && self.at_line_start
-            };
+            let line_empty = self.at_line_start
+                && if self.cr_pending {
+                    nl == i
+                } else {
+                    nl == i || (nl == i + 1 && chunk[i] == b'\r')
+                };
             i = nl + 1;
             self.at_line_start = true;
+            self.cr_pending = false;
             if line_empty {
                 self.end_event(&chunk[start..i], on_event);
                 start = i;
@@ -210,6 +219,43 @@ mod tests {
         }
         let singles: Vec<&[u8]> = b.chunks(1).collect();
         assert_eq!(split(&singles).0.len(), 3);
+    }
+
+    /// Line ends around an event's end, fed whole and cut at every pair of points: a lone
+    /// `\r` (or several) before `\n` is line content, never an empty line, wherever reads end.
+    #[test]
+    fn line_ends_split_anywhere_give_the_whole_stream_verdict() {
+        let cases: &[&[u8]] = &[
+            b"data: 1\r\n\r\r\n\x08\nN",
+            b"data: 1\r\n\r\r\n\r\n",
+            b"data: 1\n\r\r\r\n\n",
+            b"data: 1\r\n\r\ndata: 2\n\n",
+            b"data: 1\n\r\n",
+            b"data: 1\r\r\n\n",
+            b"\r\r\n\n",
+            b"\r\n",
+            b"data: 1\n\r",
+        ];
+        for b in cases {
+            let whole = split(&[b]);
+            for cut in 0..=b.len() {
+                for cut2 in cut..=b.len() {
+                    let got = split(&[&b[..cut], &b[cut..cut2], &b[cut2..]]);
+                    let text = String::from_utf8_lossy(b);
+                    assert_eq!(got, whole, "{text:?} cut at {cut} {cut2}");
+                }
+            }
+            let singles: Vec<&[u8]> = b.chunks(1).collect();
+            assert_eq!(
+                split(&singles),
+                whole,
+                "{:?} byte by byte",
+                String::from_utf8_lossy(b)
+            );
+        }
+        // The fuzzer's input: no empty line, so one unfinished event (not a finished one).
+        assert_eq!(split(&[cases[0]]), (vec![], 0, true));
+        assert_eq!(split(&[cases[1]]).0.len(), 1);
     }
 
     #[test]
