@@ -25,6 +25,7 @@ fn raw_route(path: String, methods: Option<Vec<String>>) -> RawRoute {
         scope: None,
         timeouts: None,
         retryable: false,
+        transform: None,
     }
 }
 

@@ -15,15 +15,17 @@
 #   spend  model + [spend] with a price + [budgets] one daily token budget keyed by client_ip
 #          (never reached; every request still takes the budget path, and is priced and
 #          recorded)
+#   adapt  plain with provider = "anthropic" on the upstream: every request is translated to
+#          the mock's /v1/messages and its answer back to a chat.completion (issue #15)
 # Per run: req/s, p50/p99, CPU µs/request of the worker thread (shardgate-w0) and of the whole
 # process (utime+stime from /proc, sampled after warmup until loadgen exits, divided by the
 # requests loadgen measured), non-2xx/errors. Tables: medians over rounds, then the ratios
-# auth/plain, quota/plain, obs/bare, spend/model (req/s ratio; CPU ratio is the inverse cost).
+# auth/plain, quota/plain, obs/bare, spend/model, adapt/plain (req/s ratio; CPU ratio is the inverse cost).
 #
 # RATE=N: open loop at N req/s over CONNS connections instead of closed loop (every config then
 # does the same work per second, so CPU µs/request is compared at equal batching).
 # Knobs (defaults): DURATION=4 WARMUP=1 ROUNDS=3 CONNS=32 GW_CORE=0 UP_CORE=1 UP_PORT=9000
-# GW_PORT0=8180 (ports GW_PORT0..+6) TOKENS=1000 SKIP_BUILD=1 KEEP=1 (keep the temp dir)
+# GW_PORT0=8180 (ports GW_PORT0..+7) TOKENS=1000 SKIP_BUILD=1 KEEP=1 (keep the temp dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +38,7 @@ UP_CORE=${UP_CORE:-1}
 UP_PORT=${UP_PORT:-9000}
 GW_PORT0=${GW_PORT0:-8180}
 TOKENS=${TOKENS:-1000}
-CONFIGS=(plain auth quota bare obs model spend)
+CONFIGS=(plain auth quota bare obs model spend adapt)
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     cargo build --quiet --release -p shardgate -p loadtest
@@ -108,6 +110,7 @@ EOF
 [[upstreams]]
 name = "mock"
 endpoints = ["127.0.0.1:$UP_PORT"]
+$([[ $name == adapt ]] && echo 'provider = "anthropic"')
 [[routes]]
 path = "/*rest"
 upstream = "mock"
@@ -247,7 +250,7 @@ for c in configs:
 print("\nratios: medians of the medians, and the median of the per-round paired ratios (each")
 print("pair ran back to back in the same round). rps = on/off; cpu = off/on (>= target is good)")
 for on, off, target in (("auth", "plain", 0.90), ("quota", "plain", 0.95), ("obs", "bare", 0.95),
-                        ("spend", "model", 0.97)):
+                        ("spend", "model", 0.97), ("adapt", "plain", 0.909)):
     a, b = med[on], med[off]
     ons = [load(f"{on}-{r}") for r in range(1, rounds + 1)]
     offs = [load(f"{off}-{r}") for r in range(1, rounds + 1)]

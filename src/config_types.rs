@@ -125,6 +125,44 @@ pub struct Upstream {
     pub pool_max_idle: usize,
     pub pool_idle_timeout: Duration,
     pub pool_max_requests: u32,
-    /// Pre-rendered `authorization: Bearer ...\r\n` line, when a key is configured.
+    /// Pre-rendered credential line, when a key is configured: `authorization: Bearer ...`,
+    /// or `x-api-key: ...` for Anthropic.
     pub auth_line: Option<Vec<u8>>,
+    /// The API the upstream speaks (`provider`).
+    pub provider: Provider,
 }
+
+/// `provider` on an upstream or deployment, as written: the API it speaks.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum RawProvider {
+    /// OpenAI-compatible (vLLM, TGI, llama.cpp, OpenAI itself): requests pass through.
+    #[default]
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Anthropic's Messages API: requests and responses are translated (`crate::adapt`).
+    #[serde(rename = "anthropic")]
+    Anthropic,
+}
+
+/// The API a validated upstream speaks, with what its adapter needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Provider {
+    #[default]
+    OpenAi,
+    Anthropic(AnthropicSettings),
+}
+
+/// Settings of an upstream with `provider = "anthropic"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnthropicSettings {
+    /// Sent as `anthropic-version` (`anthropic_version`).
+    pub version: String,
+    /// `max_tokens` when the client's request has none (`default_max_tokens`): the Messages
+    /// API requires one.
+    pub default_max_tokens: u64,
+}
+
+/// `anthropic-version` sent when the config names none.
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+/// `max_tokens` sent to Anthropic when neither the request nor the config sets one.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;

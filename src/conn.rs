@@ -400,12 +400,19 @@ impl ClientConn {
         (res.map(|_| ()), data)
     }
 
-    /// Writes an error response for the current request.
-    pub async fn send_error(&mut self, e: &GatewayError, extra: &[u8]) -> io::Result<()> {
+    /// Writes an error response for the current request; `param`: the JSON path of the field
+    /// it is about, or empty.
+    pub async fn send_error(
+        &mut self,
+        e: &GatewayError,
+        extra: &[u8],
+        param: &str,
+    ) -> io::Result<()> {
         let er = ErrorResponse {
             status: e.status,
             kind: e.kind,
             message: e.message,
+            param,
             close: e.close,
         };
         let mut out = std::mem::take(&mut self.out);

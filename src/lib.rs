@@ -56,6 +56,7 @@
 pub use shardgate_http as http;
 
 pub mod access_log;
+pub mod adapt;
 pub mod admin;
 pub mod auth;
 pub mod balance;

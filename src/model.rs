@@ -114,6 +114,17 @@ impl<'a> JsonBody<'a> {
         Ok(body)
     }
 
+    /// The body as it goes upstream (the gateway's edits spliced in), parsed into a tree:
+    /// what the provider adapters and schema transforms translate from (see `crate::adapt`).
+    /// They build a new body anyway; the pass-through path never calls this. A body `parse`
+    /// accepted always reads back; should it not, the tree is `null`, which every adapter
+    /// refuses with 400.
+    pub fn value(&self) -> simd_json::OwnedValue {
+        let mut bytes = Vec::with_capacity(self.raw.len() + 64);
+        self.encode_into(&mut bytes);
+        simd_json::to_owned_value(&mut bytes).unwrap_or_default()
+    }
+
     pub fn model(&self) -> Option<&'a str> {
         self.model
     }

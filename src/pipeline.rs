@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! route (404/405) → auth, early → [body: read, parse] → route by model → auth → split
-//!   → budgets (429) → quota (429) → upstream head → proxy::forward → charge tokens, budgets
-//!   and spend → RequestOutcome
+//!   → budgets (429) → quota (429) → adapt (400, 404) → upstream head → proxy::forward
+//!   → charge tokens, budgets and spend → RequestOutcome
 //! ```
 //!
 //! - [`authn`]: the credential, the route's scope, the rejection (401/403).
@@ -15,6 +15,8 @@
 //! - [`quota_check`]: the rule, the lease, the `X-RateLimit-*` headers (429, 503).
 //! - [`spend_record`]: the response's usage and cost into the worker's spend shard and the
 //!   access log facts.
+//! - [`adapt`]: the body, path and headers a provider adapter or schema transform sends, and
+//!   the response-side plan (400 with the refused field's path, 404).
 //!
 //! # Contract
 //!
@@ -36,6 +38,7 @@
 use std::io::Write;
 use std::rc::Rc;
 
+pub mod adapt;
 pub mod affinity;
 pub mod authn;
 pub mod body;
@@ -119,6 +122,7 @@ pub async fn handle(
         up_headers,
         resp_headers,
         facts,
+        adapt: adapt_bufs,
     } = bufs;
     // The head is copied out so the body can be read into the connection buffer behind it.
     head_bytes.extend_from_slice(&c.buffered()[..head_len]);
@@ -138,6 +142,7 @@ pub async fn handle(
         up_headers,
         resp_headers,
         facts,
+        adapt: adapt_bufs,
     };
     match stages(worker, c, &mut rq, bufs).await {
         Ok(outcome) => outcome,
@@ -154,6 +159,7 @@ struct Bufs<'b> {
     up_headers: &'b mut Vec<u8>,
     resp_headers: &'b mut Vec<u8>,
     facts: &'b mut crate::slot::Facts,
+    adapt: &'b mut crate::adapt::Bufs,
 }
 
 /// The stages in order; `Err` ends the request before anything was relayed.
@@ -167,8 +173,13 @@ async fn stages(
     let m = lookup(rq, b.resp_headers)?;
     // The path's default route, known before any body is read.
     let early = snap.router.select_by_model(&m, None).ok();
-    let needs_body =
-        m.needs_model() || early.is_some_and(|r| matches!(r.target(), RouteTarget::Split(_)));
+    let routed_path = rq.head.path.get(rq.head_bytes);
+    let has_body = rq.head.framing != BodyFraming::None;
+    let needs_body = m.needs_model()
+        || early.is_some_and(|r| {
+            matches!(r.target(), RouteTarget::Split(_))
+                || adapt::needs_body(snap, r, routed_path, has_body)
+        });
     // A credential is checked before the body is read whenever the route may need it, so an
     // unauthenticated caller never gets the gateway to buffer a body.
     let peer = c.stream.peer_identity();
@@ -284,10 +295,27 @@ async fn stages(
         b.facts.trace.event(QUOTA, Some(outcome));
     })?;
     let affinity = affinity::key(rq, up_idx, identity.as_ref(), json);
-    if let Some(j) = json {
-        j.encode_into(b.body_out);
-    }
-    let trace = upstream_head(c, rq, identity.as_ref(), upstream, b.up_headers, b.facts);
+    let adapted = adapt::prepare(
+        snap,
+        route,
+        upstream,
+        routed_path,
+        json,
+        adapt::Out {
+            body: b.body_out,
+            headers: b.up_headers,
+            param: &mut b.facts.error_param,
+        },
+    )?;
+    let trace = upstream_head(
+        c,
+        rq,
+        identity.as_ref(),
+        upstream,
+        &adapted,
+        b.up_headers,
+        b.facts,
+    );
     let ob = Outbound {
         upstream,
         body: match json {
@@ -301,6 +329,8 @@ async fn stages(
         retryable: route.retryable(),
         trace,
         affinity,
+        adapt: adapted.response,
+        adapt_bufs: Some(b.adapt),
     };
     let result = proxy::forward(worker, c, rq.info, ob, snap).await;
     let (usage, served) = match &result {
@@ -403,6 +433,7 @@ fn upstream_head(
     rq: &Request<'_>,
     identity: Option<&Identity>,
     upstream: &Upstream,
+    adapted: &adapt::Adapted<'_>,
     up_headers: &mut Vec<u8>,
     facts: &crate::slot::Facts,
 ) -> Option<crate::trace::Propagation> {
@@ -413,10 +444,12 @@ fn upstream_head(
     }
     let mut up_out = std::mem::take(&mut c.up_out);
     let tracing = facts.trace.is_active();
-    proxy::write_head_prefix(&mut up_out, rq.head_bytes, c, rq.head, |name| {
+    let target = adapted.path.map(|p| (p, &b""[..]));
+    proxy::write_head_prefix(&mut up_out, rq.head_bytes, c, rq.head, target, |name| {
         authn::is_gateway_header(auth, identity.is_some(), name)
             || (upstream.auth_line.is_some() && name.eq_ignore_ascii_case(b"authorization"))
             || crate::http::limits::underscore_dropped(&snap.limits, name)
+            || adapted.drops(name)
             || (tracing && crate::trace::is_trace_header(name))
     });
     let propagation = match tracing {

@@ -133,6 +133,11 @@ pub struct Outbound<'a> {
     pub trace: Option<crate::trace::Propagation>,
     /// The request's affinity key, for an upstream whose `balance` is `affinity`.
     pub affinity: Option<u64>,
+    /// The response is rewritten on its way (provider adapter, schema transform); see
+    /// [`crate::adapt`].
+    pub adapt: Option<crate::adapt::Response<'a>>,
+    /// The request's adapter buffers (taken by [`forward`] for the response's translator).
+    pub adapt_bufs: Option<&'a mut crate::adapt::Bufs>,
 }
 
 /// Sends the request and relays the response (see the module docs).
@@ -140,9 +145,10 @@ pub async fn forward(
     worker: &Rc<Worker>,
     c: &mut ClientConn,
     req: ReqInfo,
-    ob: Outbound<'_>,
+    mut ob: Outbound<'_>,
     snap: &Snapshot,
 ) -> Result<Done, Failure> {
+    let adapt_bufs = ob.adapt_bufs.take();
     if matches!(ob.body, OutBody::FromClient) && inbound::send_continue(c, &req).await.is_err() {
         return Err(Failure::Close(0, None));
     }
@@ -198,7 +204,7 @@ pub async fn forward(
     };
     let answered = attempt::exchange(worker, c, snap, &plan, &mut up_out, upload).await;
     c.up_out = up_out;
-    relay_response(worker, c, &plan, answered?, sent_at).await
+    relay_response(worker, c, &plan, answered?, sent_at, adapt_bufs).await
 }
 
 /// Relays the response whose head the attempt read, records the attempt's outcome and puts
@@ -209,6 +215,7 @@ async fn relay_response(
     plan: &attempt::Plan<'_>,
     answered: attempt::Answered<'_>,
     sent_at: Instant,
+    adapt_bufs: Option<&mut crate::adapt::Bufs>,
 ) -> Result<Done, Failure> {
     let attempt::Answered {
         mut up,
@@ -225,12 +232,20 @@ async fn relay_response(
         m.ttfb_us.saturating_record(ttfb);
         m.record_deployment_ttfb(c.tally.deployment, ttfb);
     }
+    // An adapter rewrites the body, when there is one (and may map the status).
+    let has_body = !req.is_head && first.framing != relay::UpFraming::None;
+    let rewrite = ob
+        .adapt
+        .filter(|_| has_body)
+        .and_then(|a| Some((a, a.client_status(first.status)?)));
     let ctx = relay::RelayCtx {
         is_head: req.is_head,
         client_minor: req.minor_version,
         keep_client: req.keep_alive && !worker.drain.is_draining(),
         request_id: &c.request_id,
         extra: ob.extra_response,
+        rewrite: rewrite.is_some(),
+        status: rewrite.map_or(first.status, |(_, s)| s),
     };
     let relay_plan = match relay::write_client_head(&mut c.out, &up.buf, &first, &ctx) {
         Ok(p) => p,
@@ -248,10 +263,19 @@ async fn relay_response(
     }
     let mut first_chunk = span.is_some() && up.buf.len() <= first.head_len;
     up.buf.drain(..first.head_len);
-    let status = first.status;
+    let status = ctx.status;
     let usage = ob.usage.filter(|_| (200..300).contains(&status));
     let length_framed = matches!(relay_plan.up, relay::UpFraming::Length(_));
-    let mut tap = tap::Tap::new(usage, length_framed);
+    let translator = match (rewrite, adapt_bufs) {
+        (Some((a, _)), Some(bufs)) => Some(crate::adapt::Translator::new(
+            a,
+            first.status,
+            relay_plan.event_stream,
+            bufs,
+        )),
+        _ => None,
+    };
+    let mut tap = tap::Tap::new(usage, length_framed, translator);
     // Never retried from here on: response bytes may have reached the client.
     let mut gap = |us: u64| {
         worker
@@ -280,6 +304,12 @@ async fn relay_response(
     if let Err(e) = relayed {
         record(local::outcome_of(e));
         attempt::end_span(worker, span, ob.upstream, status, Some(e));
+        if tap.holds() && e != UpstreamError::ClientGone {
+            // A held body (one that could not be translated, or never came whole): nothing
+            // was sent, so the client gets the gateway's error instead of the staged head.
+            c.out.clear();
+            return Err(Failure::Respond(e.into()));
+        }
         return Err(Failure::Close(status, tap.usage()));
     }
     record(Outcome::Status(status));

@@ -90,6 +90,7 @@ async fn reject_overloaded(stream: TcpStream) {
             status: e.status,
             kind: e.kind,
             message: e.message,
+            param: "",
             close: true,
         },
         "-",
@@ -210,7 +211,10 @@ async fn conclude(
             if !head.keep_alive || worker.drain.is_draining() {
                 e = e.closing();
             }
-            let sent = c.send_error(&e, &bufs.resp_headers).await.is_ok();
+            let sent = c
+                .send_error(&e, &bufs.resp_headers, &bufs.facts.error_param)
+                .await
+                .is_ok();
             (e.status, None, sent && !e.close, Some(e.kind))
         }
         RequestOutcome::Close(status) => (status, None, false, None),

@@ -33,6 +33,8 @@ pub struct RequestBufs {
     pub resp_headers: Vec<u8>,
     /// What the stages learned about the request, for the access log.
     pub facts: Facts,
+    /// The provider adapter's and schema transform's buffers (`crate::adapt`).
+    pub adapt: crate::adapt::Bufs,
 }
 
 /// What the stages learned about a request that the connection loop logs (reused buffers:
@@ -55,6 +57,9 @@ pub struct Facts {
     pub trace: crate::trace::TraceCtx,
     /// The model the body named, kept only for a sampled trace's span.
     pub request_model: String,
+    /// The JSON path of the request field a rejection is about (`$.messages[0].role`), sent
+    /// as the error's `param`; empty when the rejection is not about one field.
+    pub error_param: String,
 }
 
 /// Request buffers that grew past this are freed when the request ends, not kept for reuse.
@@ -89,5 +94,7 @@ impl RequestBufs {
         self.facts.cost_pico = None;
         self.facts.trace = crate::trace::TraceCtx::default();
         self.facts.request_model.clear();
+        self.facts.error_param.clear();
+        self.adapt.reset();
     }
 }

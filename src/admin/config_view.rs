@@ -35,6 +35,7 @@ pub fn redacted_view(s: &Snapshot) -> Value {
                 "pool_idle_timeout_ms": u.pool_idle_timeout.as_millis() as u64,
                 "pool_max_requests": u.pool_max_requests,
                 "api_key": if u.auth_line.is_some() { "(redacted)" } else { "(none)" },
+                "provider": provider_view(&u.provider),
             });
             if let Some(b) = s.balance.get(Some(i)) {
                 v["balance"] = balance_view(b);
@@ -59,6 +60,7 @@ pub fn redacted_view(s: &Snapshot) -> Value {
                 "auth": r.auth(),
                 "scope": r.scope(),
                 "target": target,
+                "transform": s.transforms.for_route(r.id().0 as usize).map(|t| t.name.as_str()),
             })
         })
         .collect();
@@ -88,6 +90,7 @@ pub fn redacted_view(s: &Snapshot) -> Value {
         },
         "upstreams": upstreams,
         "routes": routes,
+        "transforms": s.transforms.list().iter().map(transform_view).collect::<Vec<_>>(),
         "admin": s.admin.as_ref().map(|a| json!({
             "listen": a.listen.to_string(),
             "token": if a.token.is_some() { "(redacted)" } else { "(none)" },
@@ -196,6 +199,35 @@ fn balance_view(b: &crate::balance::UpstreamBalance) -> Value {
             "interval_ms": m.interval.as_millis() as u64,
             "timeout_ms": m.timeout.as_millis() as u64,
         })),
+    })
+}
+
+/// `provider` of an upstream or deployment, with its adapter's settings.
+fn provider_view(p: &crate::config_types::Provider) -> Value {
+    use crate::config_types::Provider;
+    match p {
+        Provider::OpenAi => json!({"kind": "openai"}),
+        Provider::Anthropic(a) => json!({
+            "kind": "anthropic",
+            "anthropic_version": a.version,
+            "default_max_tokens": a.default_max_tokens,
+        }),
+    }
+}
+
+/// A `[[transforms]]` entry as compiled.
+fn transform_view(t: &crate::adapt::Transform) -> Value {
+    use crate::adapt::schema::Naming;
+    json!({
+        "name": t.name,
+        "openapi": t.file.display().to_string(),
+        "request_schema": t.request_schema,
+        "response_schema": t.response_schema,
+        "naming": match t.naming {
+            Naming::AsIs => "as_is",
+            Naming::SnakeCase => "snake_case",
+            Naming::CamelCase => "camel_case",
+        },
     })
 }
 
@@ -483,5 +515,78 @@ reserve_max_tokens = true
         .unwrap();
         let v = redacted_view(&bare);
         assert!(v["spend"].is_null() && v["budgets"].is_null(), "{v}");
+    }
+
+    #[test]
+    fn config_view_shows_providers_and_transforms() {
+        let text = r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+[[upstreams]]
+name = "claude"
+endpoints = ["127.0.0.1:9000"]
+provider = "anthropic"
+default_max_tokens = 512
+api_key = { value = "sk-ant-SECRET" }
+[[upstreams]]
+name = "vllm"
+endpoints = ["127.0.0.1:9001"]
+[[deployments]]
+model = "m"
+version = "1.0.0"
+endpoints = ["127.0.0.1:9002"]
+provider = "anthropic"
+anthropic_version = "2024-01-01"
+[[transforms]]
+name = "users"
+openapi = "openapi/users.yaml"
+request_schema = "CreateUser"
+response_schema = "User"
+naming = "snake_case"
+[[routes]]
+path = "/users"
+upstream = "vllm"
+transform = "users"
+[[routes]]
+path = "/v1/*rest"
+upstream = "claude"
+[[routes]]
+path = "/split"
+targets = [{ model = "m", weight = 1 }]
+"#;
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let s = crate::config::from_str(text, &base, 1).unwrap();
+        let v = redacted_view(&s);
+        let shown = v.to_string();
+        assert!(!shown.contains("SECRET"), "{shown}");
+        let ups = v["upstreams"].as_array().unwrap();
+        let by_name = |n: &str| {
+            ups.iter()
+                .find(|u| u["name"] == n)
+                .unwrap_or_else(|| panic!("{n}: {v}"))
+        };
+        assert_eq!(
+            by_name("claude")["provider"],
+            json!({"kind": "anthropic", "anthropic_version": "2023-06-01", "default_max_tokens": 512})
+        );
+        assert_eq!(by_name("vllm")["provider"], json!({"kind": "openai"}));
+        let deployment = ups
+            .iter()
+            .find(|u| u["provider"]["anthropic_version"] == "2024-01-01")
+            .unwrap_or_else(|| panic!("the deployment's provider is not shown: {v}"));
+        assert_eq!(deployment["provider"]["default_max_tokens"], 4096);
+        let routes = v["routes"].as_array().unwrap();
+        assert_eq!(routes[0]["transform"], "users", "{v}");
+        assert_eq!(routes[1]["transform"], Value::Null, "{v}");
+        let t = &v["transforms"][0];
+        assert_eq!(t["name"], "users");
+        assert_eq!(t["request_schema"], "CreateUser");
+        assert_eq!(t["response_schema"], "User");
+        assert_eq!(t["naming"], "snake_case");
+        assert!(
+            t["openapi"].as_str().unwrap().ends_with("users.yaml"),
+            "{t}"
+        );
     }
 }

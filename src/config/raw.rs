@@ -45,6 +45,9 @@ pub struct RawConfig {
     /// `[registry]`: the model registry database (absent: deployments come from TOML only).
     #[serde(default)]
     pub registry: Option<RawRegistry>,
+    /// `[[transforms]]`: schema-driven field mapping that routes name (see `adapt::transforms`).
+    #[serde(default)]
+    pub transforms: Vec<crate::adapt::RawTransform>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +122,14 @@ pub struct RawUpstream {
     pub balance: Option<crate::balance::RawPolicy>,
     pub affinity: Option<crate::balance::RawAffinity>,
     pub load_metric: Option<crate::balance::RawLoadMetric>,
+    /// The API the upstream speaks (see `crate::adapt`); `api_key` goes as `x-api-key` to
+    /// Anthropic.
+    #[serde(default)]
+    pub provider: crate::config_types::RawProvider,
+    /// `anthropic-version` header (provider `anthropic` only; default 2023-06-01).
+    pub anthropic_version: Option<String>,
+    /// `max_tokens` for requests without one (provider `anthropic` only; default 4096).
+    pub default_max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -127,6 +127,8 @@ pub struct Snapshot {
     /// a reload applies it, the workers' in-flight counts carrying over by endpoint id and the
     /// load-metric thread restarting when its targets change.
     pub balance: crate::balance::Table,
+    /// `[[transforms]]`, compiled, and which route uses which (see `adapt::transforms`).
+    pub transforms: crate::adapt::Transforms,
 }
 
 impl Snapshot {
@@ -168,6 +170,7 @@ pub const RELOAD_APPLIES: &[&str] = &[
     // Spend and budgets (each worker prices and decides on the snapshot it runs).
     "spend.prices",
     "budgets.rules",
+    "transforms",
 ];
 
 /// Settings only a restart applies: the process keeps the values it started with.

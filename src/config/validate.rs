@@ -12,7 +12,10 @@ use super::snapshot::{
 };
 use crate::balance::config::{RawBalance, Table as BalanceTable};
 use crate::breaker::table::{RawPolicies, Resilience};
-use crate::config_types::{ConfigProblem, Endpoint, Upstream};
+use crate::config_types::{
+    AnthropicSettings, ConfigProblem, Endpoint, Provider, RawProvider, Upstream,
+    DEFAULT_ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS,
+};
 use crate::tls::client::{host_of, server_name, split_endpoint};
 use crate::tls::UpstreamTls;
 
@@ -84,6 +87,9 @@ impl RawConfig {
                 balance: rd.balance,
                 affinity: rd.affinity.clone(),
                 load_metric: rd.load_metric.clone(),
+                provider: rd.provider,
+                anthropic_version: rd.anthropic_version.clone(),
+                default_max_tokens: rd.default_max_tokens,
                 ..RawUpstream::default()
             };
             let key = format!("deployments[{}]", d.id().index());
@@ -167,6 +173,21 @@ impl RawConfig {
         if let Some(r) = &router {
             balance.check_routes(&balancing, r, &mut problems);
         }
+        let transforms = crate::adapt::Transforms::build(
+            &self.transforms,
+            self.routes.iter().map(|r| r.transform.as_deref()),
+            base_dir,
+            &mut problems,
+        );
+        if let Some(r) = &router {
+            transform_conflicts(
+                r,
+                &upstreams,
+                &deployment_upstreams,
+                &transforms,
+                &mut problems,
+            );
+        }
         match server {
             Some(server) if problems.is_empty() && router.is_some() => Ok(Snapshot {
                 generation,
@@ -187,6 +208,7 @@ impl RawConfig {
                 budgets,
                 registry,
                 balance,
+                transforms,
             }),
             _ => Err(problems),
         }
@@ -394,6 +416,7 @@ impl RawUpstream {
             }
             v.map_or(d, Duration::from_millis)
         };
+        let provider = self.provider(key, problems);
         let auth_line = self.api_key.as_ref().and_then(|s| {
             let k = s
                 .resolve(base_dir, &format!("{key}.api_key"))
@@ -406,7 +429,10 @@ impl RawUpstream {
                 ));
                 return None;
             }
-            let mut line = b"authorization: Bearer ".to_vec();
+            let mut line = match provider {
+                Provider::Anthropic(_) => b"x-api-key: ".to_vec(),
+                Provider::OpenAi => b"authorization: Bearer ".to_vec(),
+            };
             line.extend_from_slice(&k);
             line.extend_from_slice(b"\r\n");
             Some(line)
@@ -444,8 +470,88 @@ impl RawUpstream {
                 .unwrap_or(DEFAULT_POOL_MAX_REQUESTS)
                 .max(1),
             auth_line,
+            provider,
         };
         (upstream, tls)
+    }
+
+    /// `provider` and its settings (`anthropic_version`, `default_max_tokens` apply to
+    /// Anthropic only).
+    fn provider(&self, key: &str, problems: &mut Vec<ConfigProblem>) -> Provider {
+        if self.provider == RawProvider::OpenAi {
+            for (set, name) in [
+                (self.anthropic_version.is_some(), "anthropic_version"),
+                (self.default_max_tokens.is_some(), "default_max_tokens"),
+            ] {
+                if set {
+                    problems.push(ConfigProblem::new(
+                        format!("{key}.{name}"),
+                        "applies only with provider = \"anthropic\"",
+                    ));
+                }
+            }
+            return Provider::OpenAi;
+        }
+        let version = self
+            .anthropic_version
+            .clone()
+            .unwrap_or_else(|| DEFAULT_ANTHROPIC_VERSION.to_string());
+        if version.is_empty() || !version.bytes().all(|b| b.is_ascii_graphic()) {
+            problems.push(ConfigProblem::new(
+                format!("{key}.anthropic_version"),
+                format!(
+                    "`{}` is not a header value (visible ASCII, no spaces)",
+                    version.escape_debug()
+                ),
+            ));
+        }
+        if self.default_max_tokens == Some(0) {
+            problems.push(ConfigProblem::new(
+                format!("{key}.default_max_tokens"),
+                "must be greater than 0",
+            ));
+        }
+        Provider::Anthropic(AnthropicSettings {
+            version,
+            default_max_tokens: self.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        })
+    }
+}
+
+/// A route with a transform maps OpenAI-shaped or custom JSON by its schema; an upstream that
+/// needs a provider translation cannot take that body too.
+fn transform_conflicts(
+    router: &crate::route::Router,
+    upstreams: &[Upstream],
+    deployment_upstreams: &[usize],
+    transforms: &crate::adapt::Transforms,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    use crate::route::RouteTarget;
+    for route in router.routes() {
+        let id = route.id().0 as usize;
+        if transforms.for_route(id).is_none() {
+            continue;
+        }
+        let adapted = |u: usize| {
+            upstreams
+                .get(u)
+                .is_some_and(|u| u.provider != Provider::OpenAi)
+        };
+        let conflict = match route.target() {
+            RouteTarget::Upstream(i) => adapted(*i),
+            RouteTarget::Split(s) => s
+                .targets()
+                .iter()
+                .chain(s.fallbacks())
+                .any(|t| adapted(deployment_upstreams[t.deployment.index()])),
+        };
+        if conflict {
+            problems.push(ConfigProblem::new(
+                format!("routes[{id}].transform"),
+                "a route with a transform cannot send to a provider = \"anthropic\" upstream or deployment",
+            ));
+        }
     }
 }
 

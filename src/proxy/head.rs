@@ -47,20 +47,23 @@ pub const INLINE_BODY: usize = 64 * 1024;
 /// end-to-end headers (minus hop-by-hop fields, the fields the gateway sets, and any
 /// for which `drop` says so), and the forwarding headers. [`finish`] completes it with Host,
 /// framing and credentials once the upstream is known. `buf` holds the head's bytes (the
-/// connection buffer, or a copy taken before the body was read).
+/// connection buffer, or a copy taken before the body was read). `target`: a path and query
+/// to send instead of the routed ones (a provider adapter's endpoint).
 pub fn write_head_prefix(
     out: &mut Vec<u8>,
     buf: &[u8],
     c: &ClientConn,
     head: &RequestHead,
+    target: Option<(&[u8], &[u8])>,
     drop: impl Fn(&[u8]) -> bool,
 ) {
     out.clear();
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
     // Exactly the path that was routed (normalised by the parser) and the query as sent.
-    out.extend_from_slice(head.path.get(buf));
-    out.extend_from_slice(head.query.get(buf));
+    let (path, query) = target.unwrap_or((head.path.get(buf), head.query.get(buf)));
+    out.extend_from_slice(path);
+    out.extend_from_slice(query);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut xff: Option<&[u8]> = None;
     for (name, value) in head.headers(buf) {

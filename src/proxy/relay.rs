@@ -11,6 +11,11 @@
 //! case the caller closes the client connection so the response cannot look complete. A
 //! response to HEAD, a 1xx, 204 or 304 has no body whatever its headers say. Bytes past the end
 //! of the body stay in `up.buf`, so the pool refuses the connection (see [`crate::pool`]).
+//!
+//! A body an adapter rewrites ([`RelayCtx::rewrite`], see [`crate::adapt`]) changes length:
+//! its client framing is chunked (close-delimited for HTTP/1.0 clients) whatever the upstream
+//! sent, and an upstream `Content-Encoding` it could not read is refused (502). A tap that
+//! [holds](super::tap::Tap::holds) the body keeps the head unsent until the body is done.
 
 use std::io::Write;
 use std::time::Duration;
@@ -91,6 +96,10 @@ pub struct RelayCtx<'a> {
     /// The client connection may stay open (client asked for it, worker not draining).
     pub keep_client: bool,
     pub request_id: &'a str,
+    /// The body is rewritten on the way (its length changes).
+    pub rewrite: bool,
+    /// The status the client gets (an adapter may map the upstream's).
+    pub status: u16,
 }
 
 /// How the body will be relayed.
@@ -102,6 +111,8 @@ pub struct RelayPlan {
     pub keep_client: bool,
     /// The upstream connection can go back to the pool after a complete body.
     pub upstream_reusable: bool,
+    /// The response's content type is `text/event-stream`.
+    pub event_stream: bool,
 }
 
 /// Writes the client-facing response head into `out` and returns the relay plan.
@@ -120,18 +131,17 @@ pub fn write_client_head(
     } else {
         h.framing
     };
-    let unknown_length = matches!(up, UpFraming::Chunked | UpFraming::Close);
+    let unknown_length = matches!(up, UpFraming::Chunked | UpFraming::Close)
+        || (ctx.rewrite && up != UpFraming::None);
     // HTTP/1.0 clients cannot take chunked: close-delimit instead.
     let chunk_to_client = unknown_length && ctx.client_minor == 1;
     let keep_client = ctx.keep_client && (chunk_to_client || !unknown_length);
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\n",
-        h.status,
-        resp.reason
-            .filter(|r| !r.is_empty())
-            .unwrap_or(reason(h.status))
-    );
+    let reason_phrase = match resp.reason.filter(|r| !r.is_empty()) {
+        Some(r) if ctx.status == h.status => r,
+        _ => reason(ctx.status),
+    };
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", ctx.status, reason_phrase);
+    let mut event_stream = false;
     // Most responses have no `Connection` field; only then is the per-field scan needed.
     let has_connection = resp
         .headers
@@ -139,6 +149,17 @@ pub fn write_client_head(
         .any(|x| x.name.eq_ignore_ascii_case("connection"));
     for f in resp.headers.iter() {
         let n = f.name.as_bytes();
+        if n.eq_ignore_ascii_case(b"content-type") {
+            event_stream =
+                f.value.len() >= 17 && f.value[..17].eq_ignore_ascii_case(b"text/event-stream");
+        }
+        if ctx.rewrite
+            && n.eq_ignore_ascii_case(b"content-encoding")
+            && !f.value.eq_ignore_ascii_case(b"identity")
+        {
+            // The adapter reads the body: an encoding it cannot undo is a response it cannot use.
+            return Err(UpstreamError::BadResponse);
+        }
         let listed = has_connection
             && resp
                 .headers
@@ -165,8 +186,11 @@ pub fn write_client_head(
     let _ = write!(out, "x-request-id: {}\r\n", ctx.request_id);
     out.extend_from_slice(ctx.extra);
     match up {
-        UpFraming::Length(n) => {
+        UpFraming::Length(n) if !ctx.rewrite => {
             let _ = write!(out, "content-length: {n}\r\n");
+        }
+        UpFraming::Length(_) if chunk_to_client => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n")
         }
         UpFraming::Chunked | UpFraming::Close if chunk_to_client => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n")
@@ -184,6 +208,7 @@ pub fn write_client_head(
         chunk_to_client,
         keep_client,
         upstream_reusable: h.keep_alive,
+        event_stream,
     })
 }
 
@@ -195,7 +220,7 @@ pub async fn relay_body(
     plan: &RelayPlan,
     idle: Duration,
     deadline: Option<std::time::Instant>,
-    tap: &mut Tap,
+    tap: &mut Tap<'_>,
     gap: &mut dyn FnMut(u64),
 ) -> Result<(), UpstreamError> {
     let streamed = matches!(plan.up, UpFraming::Chunked | UpFraming::Close);
@@ -221,8 +246,8 @@ pub async fn relay_body(
                         return Err(UpstreamError::ClientGone);
                     }
                 } else {
-                    let out = &mut c.out;
-                    tap.pass(&up.buf[..n], &mut |d| out.extend_from_slice(d));
+                    let (out, chunked) = (&mut c.out, plan.chunk_to_client);
+                    tap.pass(&up.buf[..n], &mut |d| stage_chunk(out, d, chunked));
                     up.buf.drain(..n);
                 }
                 remaining -= n as u64;
@@ -256,12 +281,13 @@ pub async fn relay_body(
         };
         if done {
             let (out, chunked) = (&mut c.out, plan.chunk_to_client);
-            tap.finish(&mut |d| stage_chunk(out, d, chunked));
+            tap.finish(&mut |d| stage_chunk(out, d, chunked))?;
             if chunked {
                 out.extend_from_slice(write::LAST_CHUNK);
             }
         }
-        if c.flush_out().await.is_err() {
+        // A holding tap sends the head and the body together, at the end.
+        if (done || !tap.holds()) && c.flush_out().await.is_err() {
             return Err(UpstreamError::ClientGone);
         }
         if done {
@@ -275,7 +301,7 @@ pub async fn relay_body(
             Ok(Ok(0)) => {
                 if plan.up == UpFraming::Close {
                     let (out, chunked) = (&mut c.out, plan.chunk_to_client);
-                    tap.finish(&mut |d| stage_chunk(out, d, chunked));
+                    tap.finish(&mut |d| stage_chunk(out, d, chunked))?;
                     if chunked {
                         out.extend_from_slice(write::LAST_CHUNK);
                     }
@@ -316,6 +342,8 @@ mod tests {
             keep_client: true,
             request_id: "r",
             extra: b"x-extra: 1\r\n",
+            rewrite: false,
+            status: h.status,
         };
         let p = write_client_head(&mut out, raw.as_bytes(), &h, &ctx).unwrap();
         (String::from_utf8(out).unwrap(), p)

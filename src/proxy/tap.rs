@@ -1,23 +1,33 @@
-//! Reading token usage out of a response while it is relayed.
+//! Reading token usage out of a response while it is relayed, and rewriting the response on
+//! the way when an adapter asks for it.
 //!
 //! # Contract
 //!
-//! A [`Tap`] sees every payload byte of a successful response on its way to the client and
-//! may change what is forwarded: the SSE tap drops the final usage event when the gateway,
-//! not the client, asked the backend for it. Events are forwarded as soon as they are known
-//! not to be the usage event, so nothing a client can act on is delayed. After the body,
-//! [`Tap::usage`] gives what the response used: the backend's `usage` (prompt, completion and
-//! cached tokens) when it sent one, else (for a stream cut short) completion tokens estimated
-//! from the content deltas.
-
+//! A [`Tap`] sees every payload byte of a response on its way to the client and may change
+//! what is forwarded, in two layers:
+//!
+//! 1. a [`Translator`] (provider adapter or schema transform, see [`crate::adapt`]) rewrites
+//!    the upstream's bytes: streams event by event as they arrive, JSON bodies whole at the
+//!    end (such a tap [`holds`](Tap::holds) the response: the relay sends nothing before the
+//!    end, so a body that cannot be translated can still be answered with 502);
+//! 2. the usage meter reads what the client gets (after translation): the SSE meter drops the
+//!    final usage event when the gateway, not the client, asked the backend for it. Events are
+//!    forwarded as soon as they are known not to be the usage event, so nothing a client can
+//!    act on is delayed.
+//!
+//! After the body, [`Tap::usage`] gives what the response used: the backend's `usage`
+//! (prompt, completion and cached tokens) when it sent one, else (for a stream cut short)
+//! completion tokens estimated from the content deltas.
 //!
 //! # Performance
 //!
-//! A tap's buffers and scanner come from this thread's spare ones and go back when the tap
-//! is dropped ([`Spare`]), so a warm worker allocates nothing for a tap.
+//! A meter's buffers and scanner come from this thread's spare ones and go back when the tap
+//! is dropped ([`Spare`]), so a warm worker allocates nothing for a tap without a translator.
 
 use std::cell::RefCell;
 
+use crate::adapt::Translator;
+use crate::error::UpstreamError;
 use crate::quota::usage::{usage_from_body, SseUsageScanner, Usage};
 
 /// Largest non-streamed body kept to read its `usage` (bigger ones are not accounted).
@@ -32,10 +42,14 @@ pub enum UsageSpec {
     Sse { strip: bool },
 }
 
-/// The per-response accounting state.
-pub struct Tap(Kind);
+/// The per-response state: an optional translator, then the usage meter.
+pub struct Tap<'a> {
+    translate: Option<Translator<'a>>,
+    meter: Meter,
+}
 
-enum Kind {
+/// The usage meter over the bytes the client gets.
+enum Meter {
     None,
     Json {
         buf: Vec<u8>,
@@ -47,39 +61,85 @@ enum Kind {
     },
 }
 
-impl Tap {
-    /// A tap for `spec`; `length_framed`: the response has a fixed Content-Length, so bytes
-    /// cannot be dropped from it (the usage event is then passed through).
-    pub fn new(spec: Option<UsageSpec>, length_framed: bool) -> Tap {
-        Tap(match spec {
-            None => Kind::None,
-            Some(UsageSpec::Json) => Kind::Json { buf: Spare::buf() },
+impl<'a> Tap<'a> {
+    /// A tap for `spec`; `length_framed`: the response keeps the upstream's Content-Length, so
+    /// bytes cannot be dropped from it (the usage event is then passed through). With a
+    /// translator the client's framing is always re-declared, so the meter may strip.
+    pub fn new(
+        spec: Option<UsageSpec>,
+        length_framed: bool,
+        translate: Option<Translator<'a>>,
+    ) -> Tap<'a> {
+        let length_framed = length_framed && translate.is_none();
+        let meter = match spec {
+            None => Meter::None,
+            Some(UsageSpec::Json) => Meter::Json { buf: Spare::buf() },
             Some(UsageSpec::Sse { strip }) => {
                 let strip = strip && !length_framed;
-                Kind::Sse {
+                Meter::Sse {
                     scanner: Spare::scanner(strip),
                     out: Spare::buf(),
                     strip,
                 }
             }
-        })
+        };
+        Tap { translate, meter }
     }
 
+    /// Whether the bytes go to the client exactly as they came (no translator, no meter).
     pub fn is_none(&self) -> bool {
-        matches!(self.0, Kind::None)
+        self.translate.is_none() && matches!(self.meter, Meter::None)
+    }
+
+    /// Whether the response is held until its end (see the module docs).
+    pub fn holds(&self) -> bool {
+        self.translate.as_ref().is_some_and(Translator::holds)
     }
 
     /// Passes `data` through; what to forward is handed to `forward`.
     pub fn pass(&mut self, data: &[u8], forward: &mut dyn FnMut(&[u8])) {
-        match &mut self.0 {
-            Kind::None => forward(data),
-            Kind::Json { buf } => {
+        match &mut self.translate {
+            None => self.meter.pass(data, forward),
+            Some(t) => {
+                let out = t.feed(data);
+                self.meter.pass(out, forward);
+            }
+        }
+    }
+
+    /// Flushes anything held back at the end of the body. `Err`: a held body could not be
+    /// translated; nothing of it was forwarded.
+    pub fn finish(&mut self, forward: &mut dyn FnMut(&[u8])) -> Result<(), UpstreamError> {
+        if let Some(t) = &mut self.translate {
+            let out = t.finish().map_err(|_| UpstreamError::BadResponse)?;
+            self.meter.pass(out, forward);
+        }
+        self.meter.finish(forward);
+        Ok(())
+    }
+
+    /// What the response used (see the module docs); `None` when nothing can be told.
+    pub fn usage(&mut self) -> Option<Usage> {
+        self.meter.usage()
+    }
+
+    /// Whether the usage event is being removed from the client's stream.
+    pub fn strips(&self) -> bool {
+        matches!(self.meter, Meter::Sse { strip: true, .. })
+    }
+}
+
+impl Meter {
+    fn pass(&mut self, data: &[u8], forward: &mut dyn FnMut(&[u8])) {
+        match self {
+            Meter::None => forward(data),
+            Meter::Json { buf } => {
                 if buf.len() + data.len() <= MAX_USAGE_BODY {
                     buf.extend_from_slice(data);
                 }
                 forward(data);
             }
-            Kind::Sse { scanner, out, .. } => {
+            Meter::Sse { scanner, out, .. } => {
                 out.clear();
                 scanner.feed(data, out);
                 forward(out);
@@ -87,39 +147,33 @@ impl Tap {
         }
     }
 
-    /// Flushes anything held back at the end of the body.
-    pub fn finish(&mut self, forward: &mut dyn FnMut(&[u8])) {
-        if let Kind::Sse { scanner, out, .. } = &mut self.0 {
+    fn finish(&mut self, forward: &mut dyn FnMut(&[u8])) {
+        if let Meter::Sse { scanner, out, .. } = self {
             out.clear();
             scanner.finish(out);
             forward(out);
         }
     }
 
-    /// What the response used (see the module docs); `None` when nothing can be told.
-    pub fn usage(&mut self) -> Option<Usage> {
-        match &mut self.0 {
-            Kind::None => None,
-            Kind::Json { buf } => usage_from_body(buf),
-            Kind::Sse { scanner, .. } => Some(match scanner.usage() {
+    fn usage(&mut self) -> Option<Usage> {
+        match self {
+            Meter::None => None,
+            Meter::Json { buf } => usage_from_body(buf),
+            Meter::Sse { scanner, .. } => Some(match scanner.usage() {
                 Some(u) => u,
                 None => Usage::from_parts(0, scanner.estimated_completion_tokens(), 0),
             }),
         }
     }
-
-    /// Whether the usage event is being removed from the client's stream.
-    pub fn strips(&self) -> bool {
-        matches!(self.0, Kind::Sse { strip: true, .. })
-    }
 }
 
-impl Drop for Tap {
+/// The meter's buffers and scanner go back to this thread's spares.
+impl Drop for Tap<'_> {
     fn drop(&mut self) {
-        match std::mem::replace(&mut self.0, Kind::None) {
-            Kind::None => {}
-            Kind::Json { buf } => Spare::give_buf(buf),
-            Kind::Sse { scanner, out, .. } => {
+        match std::mem::replace(&mut self.meter, Meter::None) {
+            Meter::None => {}
+            Meter::Json { buf } => Spare::give_buf(buf),
+            Meter::Sse { scanner, out, .. } => {
                 Spare::give_scanner(scanner);
                 Spare::give_buf(out);
             }
@@ -203,29 +257,32 @@ mod tests {
     use super::*;
 
     /// A tap as [`Tap::new`] made it before taps reused spare buffers.
-    fn fresh(spec: Option<UsageSpec>, length_framed: bool) -> Tap {
-        Tap(match spec {
-            None => Kind::None,
-            Some(UsageSpec::Json) => Kind::Json { buf: Vec::new() },
-            Some(UsageSpec::Sse { strip }) => {
-                let strip = strip && !length_framed;
-                Kind::Sse {
-                    scanner: Box::new(SseUsageScanner::new(strip)),
-                    out: Vec::new(),
-                    strip,
+    fn fresh(spec: Option<UsageSpec>, length_framed: bool) -> Tap<'static> {
+        Tap {
+            translate: None,
+            meter: match spec {
+                None => Meter::None,
+                Some(UsageSpec::Json) => Meter::Json { buf: Vec::new() },
+                Some(UsageSpec::Sse { strip }) => {
+                    let strip = strip && !length_framed;
+                    Meter::Sse {
+                        scanner: Box::new(SseUsageScanner::new(strip)),
+                        out: Vec::new(),
+                        strip,
+                    }
                 }
-            }
-        })
+            },
+        }
     }
 
     /// What a tap forwards for `chunks` (then `finish`), the tokens it counts, and whether it
     /// strips.
-    fn run(mut t: Tap, chunks: &[&[u8]]) -> (Vec<u8>, Option<u64>, bool) {
+    fn run(mut t: Tap<'_>, chunks: &[&[u8]]) -> (Vec<u8>, Option<u64>, bool) {
         let mut seen = Vec::new();
         for c in chunks {
             t.pass(c, &mut |d| seen.extend_from_slice(d));
         }
-        t.finish(&mut |d| seen.extend_from_slice(d));
+        t.finish(&mut |d| seen.extend_from_slice(d)).unwrap();
         (seen, t.usage().map(|u| u64::from(u.total())), t.strips())
     }
 
@@ -264,11 +321,11 @@ mod tests {
                     for length_framed in [false, true] {
                         for input in inputs {
                             for _ in 0..2 {
-                                let mut old = Tap::new(before, false);
+                                let mut old = Tap::new(before, false, None);
                                 old.pass(leftover, &mut |_| {});
                                 drop(old);
                             }
-                            let got = run(Tap::new(spec, length_framed), input);
+                            let got = run(Tap::new(spec, length_framed, None), input);
                             let want = run(fresh(spec, length_framed), input);
                             assert_eq!(got, want, "{spec:?} after {before:?} {leftover:?}");
                         }
@@ -282,16 +339,16 @@ mod tests {
     /// no more than a bounded number, of a bounded size, are kept.
     #[test]
     fn spare_buffers_are_reused_and_bounded() {
-        let mut t = Tap::new(Some(UsageSpec::Json), true);
+        let mut t = Tap::new(Some(UsageSpec::Json), true, None);
         t.pass(&[b'x'; 100], &mut |_| {});
         drop(t);
-        match Tap::new(Some(UsageSpec::Json), true).0 {
-            Kind::Json { ref buf } => assert!(buf.is_empty() && buf.capacity() >= 100),
+        match &Tap::new(Some(UsageSpec::Json), true, None).meter {
+            Meter::Json { buf } => assert!(buf.is_empty() && buf.capacity() >= 100),
             _ => unreachable!(),
         }
-        let many: Vec<Tap> = (0..SPARE_KEEP + 10)
+        let many: Vec<Tap<'_>> = (0..SPARE_KEEP + 10)
             .map(|_| {
-                let mut t = Tap::new(Some(UsageSpec::Sse { strip: true }), false);
+                let mut t = Tap::new(Some(UsageSpec::Sse { strip: true }), false, None);
                 t.pass(b"data: x\n\n", &mut |_| {});
                 t
             })
@@ -305,7 +362,7 @@ mod tests {
                 .iter()
                 .all(|b| b.is_empty() && b.capacity() <= SPARE_BUF_KEEP));
         });
-        let mut t = Tap::new(Some(UsageSpec::Json), true);
+        let mut t = Tap::new(Some(UsageSpec::Json), true, None);
         t.pass(&vec![b'x'; SPARE_BUF_KEEP + 1], &mut |_| {});
         drop(t);
         SPARE.with(|s| {
@@ -319,7 +376,7 @@ mod tests {
 
     #[test]
     fn json_usage_is_read() {
-        let mut t = Tap::new(Some(UsageSpec::Json), true);
+        let mut t = Tap::new(Some(UsageSpec::Json), true, None);
         let body =
             br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
         let mut seen = Vec::new();
@@ -333,12 +390,12 @@ mod tests {
     #[test]
     fn sse_usage_event_is_stripped_and_counted() {
         let stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\ndata: [DONE]\n\n";
-        let mut t = Tap::new(Some(UsageSpec::Sse { strip: true }), false);
+        let mut t = Tap::new(Some(UsageSpec::Sse { strip: true }), false, None);
         let mut seen = Vec::new();
         for part in stream.chunks(7) {
             t.pass(part, &mut |d| seen.extend_from_slice(d));
         }
-        t.finish(&mut |d| seen.extend_from_slice(d));
+        t.finish(&mut |d| seen.extend_from_slice(d)).unwrap();
         let text = String::from_utf8(seen).unwrap();
         assert!(text.contains("\"hi\"") && text.contains("[DONE]"));
         assert!(!text.contains("usage"), "{text}");

@@ -22,6 +22,7 @@
 //! fallbacks = [{ model = "llama3-8b", version = "*", weight = 1 }] # optional
 //! auth = true                            # optional; carried through
 //! scope = "ai:inference"                 # optional; carried through
+//! transform = "users"                    # optional; a [[transforms]] name (crate::adapt)
 //! ```
 //!
 //! Validation lives in [`super::Router::build`]; these types only fix the shape.
@@ -71,6 +72,13 @@ pub struct RawDeployment {
     pub affinity: Option<crate::balance::RawAffinity>,
     #[serde(default)]
     pub load_metric: Option<crate::balance::RawLoadMetric>,
+    /// The API the deployment speaks, as on `[[upstreams]]` (`crate::adapt`).
+    #[serde(default)]
+    pub provider: crate::config_types::RawProvider,
+    #[serde(default)]
+    pub anthropic_version: Option<String>,
+    #[serde(default)]
+    pub default_max_tokens: Option<u64>,
 }
 
 /// One `[[routes]]` entry.
@@ -119,6 +127,9 @@ pub struct RawRoute {
     /// budget allows. Off by default: model calls are not idempotent.
     #[serde(default)]
     pub retryable: bool,
+    /// A `[[transforms]]` entry's name: request and response fields are mapped by its schema.
+    #[serde(default)]
+    pub transform: Option<String>,
 }
 
 /// `timeouts = { connect_ms, first_byte_ms, idle_ms, total_ms }` on a route; each optional.

@@ -40,7 +40,7 @@ fi
 max_len() {
     case "$1" in
         jwt_verify) echo 9000 ;;
-        json_body | sse_usage) echo 8192 ;;
+        json_body | sse_usage | adapt_sse) echo 8192 ;;
         path_normalise) echo 512 ;;
         *) echo 4096 ;;
     esac

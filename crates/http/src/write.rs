@@ -81,6 +81,8 @@ pub struct ErrorResponse<'a> {
     /// OpenAI-style error type, e.g. `invalid_request_error`, `rate_limit_exceeded`.
     pub kind: &'a str,
     pub message: &'a str,
+    /// The request field the error is about (a JSON path), as OpenAI's `param`; empty: none.
+    pub param: &'a str,
     /// Add `Connection: close` and close after writing.
     pub close: bool,
 }
@@ -93,7 +95,13 @@ pub fn error_response(out: &mut Vec<u8>, e: &ErrorResponse<'_>, request_id: &str
     json_escape_into(&mut body, e.kind);
     body.extend_from_slice(b"\",\"message\":\"");
     json_escape_into(&mut body, e.message);
-    body.extend_from_slice(b"\"}}");
+    if e.param.is_empty() {
+        body.extend_from_slice(b"\"}}");
+    } else {
+        body.extend_from_slice(b"\",\"param\":\"");
+        json_escape_into(&mut body, e.param);
+        body.extend_from_slice(b"\"}}");
+    }
     status_line(out, e.status);
     let _ = write!(
         out,
@@ -146,6 +154,7 @@ mod tests {
             status: 429,
             kind: "rate_limit_exceeded",
             message: "slow \"down\"",
+            param: "",
             close: false,
         };
         error_response(&mut out, &e, "r1", b"retry-after: 3\r\n");
@@ -157,6 +166,17 @@ mod tests {
         assert_eq!(
             body,
             r#"{"error":{"type":"rate_limit_exceeded","message":"slow \"down\""}}"#
+        );
+        let mut out = Vec::new();
+        let e = ErrorResponse {
+            param: "$['a\"b'].c[0]",
+            ..e
+        };
+        error_response(&mut out, &e, "r1", b"");
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with(r#""message":"slow \"down\"","param":"$['a\"b'].c[0]"}}"#),
+            "{text}"
         );
     }
 

@@ -23,7 +23,7 @@ use shardgate_http::parse::{parse_request_head, BodyFraming, RequestHead};
 use shardgate_http::{write, Limits};
 
 use super::reply::{self, Ask, Kind};
-use super::Mock;
+use super::{anthropic, Mock};
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -50,6 +50,14 @@ struct Overrides {
     close_after: Option<u32>,
     hang: bool,
     pause_once_ms: Option<u64>,
+    /// `/v1/messages` streams: an `error` event after this many deltas.
+    error_after: Option<u32>,
+    /// `/v1/messages`: answer 200 with a body that is not JSON.
+    malformed: bool,
+    /// `/v1/messages` streams: an event type the API does not send, after the first delta.
+    unknown_event: bool,
+    /// `/v1/messages`: `cache_read_input_tokens`.
+    cache_read: Option<u64>,
 }
 
 impl Overrides {
@@ -74,6 +82,10 @@ impl Overrides {
                 b"close-after-chunks" => ov.close_after = num().map(|n| n as u32),
                 b"hang" => ov.hang = v != "0" && !v.eq_ignore_ascii_case("false"),
                 b"pause-once-ms" => ov.pause_once_ms = num(),
+                b"error-after-chunks" => ov.error_after = num().map(|n| n as u32),
+                b"malformed" => ov.malformed = v != "0",
+                b"unknown-event" => ov.unknown_event = v != "0",
+                b"cache-read" => ov.cache_read = num(),
                 _ => {}
             }
         }
@@ -314,6 +326,11 @@ impl Conn {
     /// Routes and answers one request; `Ok(false)` when the connection must close.
     async fn dispatch(&mut self, head: &Head, span: BodySpan, n: u64) -> std::io::Result<bool> {
         let keep = head.keep_alive;
+        let messages = self.req.method.as_str() == "POST"
+            && self.req.path.get(&self.buf[self.pos..]) == b"/v1/messages";
+        if messages {
+            return self.messages(head, &span, n).await;
+        }
         if let Some(status) = self.forced_status(&head.ov) {
             self.respond_error(status, "mock failure", keep, head.minor)
                 .await?;
@@ -497,6 +514,104 @@ impl Conn {
         self.out.extend_from_slice(&self.scratch);
         self.scratch.clear();
         self.send_out().await
+    }
+
+    /// Answers `POST /v1/messages` (see [`anthropic`]).
+    async fn messages(&mut self, head: &Head, span: &BodySpan, n: u64) -> std::io::Result<bool> {
+        let keep = head.keep_alive;
+        if let Some(status) = self.forced_status(&head.ov) {
+            return self.anthropic_error(status, "mock failure", head).await;
+        }
+        let req = &self.buf[self.pos..self.pos + head.len];
+        if self.req.header(req, "anthropic-version").is_none() {
+            return self
+                .anthropic_error(400, "anthropic-version: header is required", head)
+                .await;
+        }
+        self.json.clear();
+        match &span.in_buf {
+            Some(r) => self.json.extend_from_slice(&self.buf[r.clone()]),
+            None => self.json.extend_from_slice(&self.body),
+        }
+        let mut json = std::mem::take(&mut self.json);
+        let ask = anthropic::inspect(&mut json, &mut self.bufs);
+        self.json = json;
+        let ask = match ask {
+            Ok(a) => a,
+            Err(msg) => return self.anthropic_error(400, &msg, head).await,
+        };
+        let cfg = &self.mock.cfg;
+        let (completion, cache_read) = (
+            cfg.default_completion_tokens,
+            head.ov.cache_read.unwrap_or(0),
+        );
+        if head.ov.malformed {
+            self.scratch
+                .extend_from_slice(br#"{"id":"msg_broken","content":[{"type":"text","#);
+            return self.finish_full(200, keep, head).await;
+        }
+        if !ask.stream {
+            anthropic::message(&mut self.scratch, &ask, n, completion, cache_read);
+            return self.finish_full(200, keep, head).await;
+        }
+        let chunks = head.ov.chunks.unwrap_or(cfg.stream_chunks);
+        let gap = Duration::from_millis(head.ov.gap_ms.unwrap_or(cfg.stream_gap_ms));
+        let close_after = head.ov.close_after.or(cfg.close_after_chunks);
+        let keep = head.keep_alive && head.minor == 1;
+        self.head(200, "text/event-stream", None, keep, head.minor);
+        anthropic::stream_open(&mut self.scratch, &ask, n, cache_read);
+        self.frame(head.minor);
+        self.send_out().await?;
+        let mut piece = String::new();
+        for i in 0..chunks {
+            if !gap.is_zero() {
+                monoio::time::sleep(gap).await;
+            }
+            piece.clear();
+            let _ = FmtWrite::write_fmt(&mut piece, format_args!("tok{i} "));
+            if close_after == Some(i) {
+                // Cut in the middle of the next event.
+                anthropic::stream_text(&mut self.scratch, &piece);
+                self.scratch.truncate(self.scratch.len() / 2);
+                self.frame(head.minor);
+                self.send_out().await?;
+                return Ok(false);
+            }
+            if head.ov.error_after == Some(i) {
+                anthropic::stream_error(&mut self.scratch);
+                self.frame(head.minor);
+                if head.minor == 1 {
+                    self.out.extend_from_slice(write::LAST_CHUNK);
+                }
+                self.send_out().await?;
+                return Ok(keep);
+            }
+            anthropic::stream_text(&mut self.scratch, &piece);
+            if head.ov.unknown_event && i == 0 {
+                anthropic::stream_unknown(&mut self.scratch);
+            }
+            self.frame(head.minor);
+            self.send_out().await?;
+        }
+        anthropic::stream_close(&mut self.scratch, &ask, n, completion);
+        self.frame(head.minor);
+        if head.minor == 1 {
+            self.out.extend_from_slice(write::LAST_CHUNK);
+        }
+        self.send_out().await?;
+        Ok(keep)
+    }
+
+    /// An Anthropic-shaped error response.
+    async fn anthropic_error(
+        &mut self,
+        status: u16,
+        msg: &str,
+        head: &Head,
+    ) -> std::io::Result<bool> {
+        self.scratch.clear();
+        anthropic::error(&mut self.scratch, status, msg);
+        self.finish_full(status, head.keep_alive, head).await
     }
 
     /// Moves the event in `scratch` to `out`, chunk-framed on HTTP/1.1.

@@ -9,6 +9,8 @@
 //! - `POST /v1/chat/completions`, `POST /v1/completions`: OpenAI-shaped JSON, or an SSE stream
 //!   when the body has `"stream": true` (see [`reply`] for the exact shapes and the usage
 //!   formula).
+//! - `POST /v1/messages`: Anthropic's Messages API, plain or streamed with the real event
+//!   sequence; requests are checked as the real API checks them (see [`anthropic`]).
 //! - `POST /v1/embeddings`: one deterministic vector per input.
 //! - `GET /v1/models`: the configured model name.
 //! - `GET /health`: `{"status":"ok"}`.
@@ -33,6 +35,13 @@
 //! | `x-mock-close-after-chunks: K`| close the connection after K stream chunks (no terminator)    |
 //! | `x-mock-hang: 1`              | read the request, never answer                                |
 //! | `x-mock-pause-once-ms: N`     | arm a one-shot server-wide stall (see [`MockHandle::pause_once`]) |
+//! | `x-mock-error-after-chunks: K`| `/v1/messages` stream: an `error` event after K deltas, then the end |
+//! | `x-mock-malformed: 1`         | `/v1/messages`: 200 with a body that is not JSON               |
+//! | `x-mock-unknown-event: 1`     | `/v1/messages` stream: an event of an unknown type after the first delta |
+//! | `x-mock-cache-read: N`        | `/v1/messages`: `cache_read_input_tokens` N                    |
+//!
+//! On `/v1/messages`, `x-mock-close-after-chunks: K` cuts the stream in the middle of the event
+//! after K deltas, and forced failures are Anthropic error bodies.
 //!
 //! # Runtime knobs
 //!
@@ -55,6 +64,7 @@ use monoio::net::ListenerOpts;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub mod anthropic;
 mod conn;
 pub mod reply;
 

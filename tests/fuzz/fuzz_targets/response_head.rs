@@ -1,7 +1,8 @@
 //! Upstream response head: `relay::parse_head`, and `write_client_head` on what it accepts.
 //!
-//! Input: one byte picking the client side (HEAD or not, HTTP/1.0 or 1.1, keep-alive or not),
-//! then the bytes the upstream sent. Checks:
+//! Input: one byte picking the client side (HEAD or not, HTTP/1.0 or 1.1, keep-alive or not)
+//! and the relay (body rewritten by an adapter or not, status mapped or not), then the bytes the
+//! upstream sent. Checks:
 //! - an accepted head lies inside the buffer, ends with its blank line, has a status in
 //!   100..=599 (RFC 9110 §15), and its framing and reusability agree with its own fields
 //!   (never both Content-Length and chunked; a length every Content-Length element states;
@@ -10,7 +11,9 @@
 //!   verdict is the whole buffer's (the same head, or an error for both);
 //! - for a final (non-1xx) head, the client-facing head written from it parses again as one
 //!   complete head with the same status, carries no hop-by-hop field of the upstream, and
-//!   frames the body as the relay plan says (its length, chunked, or close-delimited).
+//!   frames the body as the relay plan says (its length, chunked, or close-delimited; a
+//!   rewritten body never keeps the upstream's length, and one with a `Content-Encoding` other
+//!   than `identity` is refused).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -110,9 +113,20 @@ fn check_client_head(buf: &[u8], h: &ResponseHead, sel: u8) {
         client_minor: (sel >> 1) & 1,
         keep_client: sel & 4 != 0,
         request_id: "fuzz",
+        rewrite: sel & 8 != 0,
+        status: if sel & 16 != 0 { 502 } else { h.status },
     };
     let mut out = Vec::new();
-    let plan = write_client_head(&mut out, buf, h, &ctx).expect("accepted head not written");
+    let (_, up_fields) = fields(&buf[..h.head_len]);
+    let encoded = named(&up_fields, "content-encoding")
+        .iter()
+        .any(|v| !v.eq_ignore_ascii_case(b"identity"));
+    let written = write_client_head(&mut out, buf, h, &ctx);
+    if ctx.rewrite && encoded {
+        assert!(written.is_err(), "an encoded body accepted for rewriting");
+        return;
+    }
+    let plan = written.expect("accepted head not written");
     let again = parse_head(&out)
         .expect("client head does not parse")
         .expect("client head incomplete");
@@ -121,8 +135,7 @@ fn check_client_head(buf: &[u8], h: &ResponseHead, sel: u8) {
         out.len(),
         "client head has bytes after its end"
     );
-    assert_eq!(again.status, h.status);
-    let (_, up_fields) = fields(&buf[..h.head_len]);
+    assert_eq!(again.status, ctx.status);
     let (_, fields) = fields(&out);
     let listed: Vec<&[u8]> = named(&up_fields, "connection")
         .iter()
@@ -169,7 +182,16 @@ fn check_client_head(buf: &[u8], h: &ResponseHead, sel: u8) {
     }
     match (plan.up, again.framing) {
         (UpFraming::None, UpFraming::None) => assert!(cl.is_empty() && te.is_empty()),
-        (UpFraming::Length(n), UpFraming::Length(m)) => assert_eq!((n, cl.len()), (m, 1)),
+        (UpFraming::Length(n), UpFraming::Length(m)) => {
+            assert!(!ctx.rewrite, "a rewritten body kept the upstream's length");
+            assert_eq!((n, cl.len()), (m, 1))
+        }
+        (UpFraming::Length(_), UpFraming::Chunked) => {
+            assert!(ctx.rewrite && plan.chunk_to_client && ctx.client_minor == 1)
+        }
+        (UpFraming::Length(_), UpFraming::Close) => {
+            assert!(ctx.rewrite && !plan.chunk_to_client && !plan.keep_client)
+        }
         (UpFraming::Chunked | UpFraming::Close, UpFraming::Chunked) => {
             assert!(plan.chunk_to_client && ctx.client_minor == 1)
         }

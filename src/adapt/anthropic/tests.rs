@@ -1,0 +1,563 @@
+use serde_json::{json, Value};
+
+use super::stream::Stream;
+use super::*;
+use crate::adapt::sse::Events;
+use crate::model::JsonBody;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/adapt/");
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{FIXTURES}{name}")).unwrap()
+}
+
+fn settings() -> AnthropicSettings {
+    AnthropicSettings {
+        version: "2023-06-01".into(),
+        default_max_tokens: 1024,
+    }
+}
+
+/// The translated request for the OpenAI request `text`, or the refusal and its path.
+fn translate(text: &str) -> Result<Value, (String, &'static str)> {
+    let mut model = String::new();
+    let body = JsonBody::parse(text.as_bytes(), &mut model).expect("fixture parses");
+    let mut out = Vec::new();
+    let mut path = String::new();
+    match chat_request(&body.value(), &settings(), &mut out, &mut path) {
+        Ok(()) => Ok(serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))),
+        Err(e) => {
+            crate::adapt::path::root(&mut path);
+            Err((path, e.message))
+        }
+    }
+}
+
+#[test]
+fn golden_requests() {
+    for name in ["chat_full", "chat_simple"] {
+        let got = translate(&fixture(&format!("{name}.openai.json"))).unwrap();
+        let want: Value =
+            serde_json::from_str(&fixture(&format!("{name}.anthropic.json"))).unwrap();
+        assert_eq!(got, want, "{name}:\n{got:#}");
+    }
+}
+
+#[test]
+fn golden_message_response() {
+    let body = fixture("message_tools.anthropic.json");
+    let mut out = Vec::new();
+    message_response(body.as_bytes(), 1_700_000_000, &mut out).unwrap();
+    let got: Value = serde_json::from_slice(&out).unwrap();
+    let want: Value = serde_json::from_str(&fixture("message_tools.openai.json")).unwrap();
+    assert_eq!(got, want, "{got:#}");
+    // The arguments string holds the tool input, as JSON.
+    let args: Value = serde_json::from_str(
+        got["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(args["note"], "a \"quoted\"\tvalue");
+}
+
+/// Runs `stream` through the splitter and the translator in the given reads.
+fn run_stream(parts: &[&[u8]]) -> String {
+    let mut events = Events::default();
+    events.reset();
+    let mut s = Stream::default();
+    s.reset(1_700_000_000);
+    let mut out = Vec::new();
+    for p in parts {
+        events.feed(p, &mut |ev| s.event(ev, &mut out));
+    }
+    s.finish(events.pending(), &mut out);
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn golden_stream_at_every_split_point() {
+    let input = fixture("stream_tools.anthropic.sse");
+    let want = fixture("stream_tools.openai.sse");
+    let b = input.as_bytes();
+    for cut in 0..=b.len() {
+        assert_eq!(run_stream(&[&b[..cut], &b[cut..]]), want, "cut at {cut}");
+    }
+    let singles: Vec<&[u8]> = b.chunks(1).collect();
+    assert_eq!(run_stream(&singles), want);
+    // Every event is JSON OpenAI clients read.
+    for line in want.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line != "[DONE]" {
+            serde_json::from_str::<Value>(line).unwrap();
+        }
+    }
+}
+
+fn ev(kind: &str, data: &str) -> String {
+    format!("event: {kind}\ndata: {data}\n\n")
+}
+
+const START: &str = r#"{"type":"message_start","message":{"id":"m","model":"c","usage":{"input_tokens":3,"output_tokens":1}}}"#;
+
+#[test]
+fn error_mid_stream_ends_it_with_an_openai_error_event() {
+    let text = [
+        ev("message_start", START),
+        ev(
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#,
+        ),
+        ev(
+            "error",
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        ),
+        ev("message_stop", r#"{"type":"message_stop"}"#),
+    ]
+    .concat();
+    let out = run_stream(&[text.as_bytes()]);
+    let last = out.trim_end().lines().last().unwrap();
+    let v: Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(
+        v,
+        json!({"error": {"message": "Overloaded", "type": "overloaded_error", "param": null, "code": "overloaded_error"}})
+    );
+    assert!(out.contains(r#""content":"hi""#));
+    assert!(!out.contains("[DONE]"), "{out}");
+}
+
+#[test]
+fn unknown_events_and_pings_are_ignored() {
+    let text = [
+        ev("message_start", START),
+        ev("ping", r#"{"type":"ping"}"#),
+        ev("brand_new", r#"{"type":"brand_new","x":{"y":[1]}}"#),
+        ": a comment\n\n".to_string(),
+        ev(
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}"#,
+        ),
+        ev(
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"ok"}}"#,
+        ),
+        ev("message_stop", r#"{"type":"message_stop"}"#),
+    ]
+    .concat();
+    let out = run_stream(&[text.as_bytes()]);
+    let events: Vec<&str> = out.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 4, "{out}");
+    assert!(events[1].contains(r#""delta":{"content":"ok"}"#));
+    assert!(!out.contains("hmm") && !out.contains("brand_new"));
+    assert!(events[2].contains(r#""choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1"#));
+    assert_eq!(events[3], "data: [DONE]");
+}
+
+#[test]
+fn broken_streams_end_with_an_error_and_never_done() {
+    let delta = ev(
+        "content_block_delta",
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}}"#,
+    );
+    let cases: Vec<(String, &str)> = vec![
+        // Cut in the middle of an event.
+        (
+            format!("{}{}", ev("message_start", START), &delta[..30]),
+            "in the middle of an event",
+        ),
+        // Ends between events without message_stop.
+        (
+            format!("{}{delta}", ev("message_start", START)),
+            "before message_stop",
+        ),
+        // Content before message_start.
+        (delta.clone(), "cannot translate"),
+        // Not JSON.
+        (
+            format!("{}data: {{nope\n\n", ev("message_start", START)),
+            "cannot translate",
+        ),
+        // A block index out of range.
+        (
+            format!(
+                "{}{}",
+                ev("message_start", START),
+                ev(
+                    "content_block_start",
+                    r#"{"type":"content_block_start","index":99999999999,"content_block":{"type":"text","text":""}}"#
+                )
+            ),
+            "cannot translate",
+        ),
+        // Arguments for a block that is not a tool call.
+        (
+            format!(
+                "{}{}",
+                ev("message_start", START),
+                ev(
+                    "content_block_delta",
+                    r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{"}}"#
+                )
+            ),
+            "cannot translate",
+        ),
+        // Too large to hold.
+        (
+            format!(
+                "{}data: {}\n\n",
+                ev("message_start", START),
+                "x".repeat(crate::adapt::sse::MAX_EVENT)
+            ),
+            "too large",
+        ),
+    ];
+    for (text, why) in cases {
+        let out = run_stream(&[text.as_bytes()]);
+        assert!(!out.contains("[DONE]"), "{out}");
+        let last = out.trim_end().lines().last().unwrap();
+        let v: Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(v["error"]["type"], "upstream_error", "{out}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(why),
+            "{why}: {out}"
+        );
+    }
+}
+
+#[test]
+fn stop_reasons_map_to_finish_reasons() {
+    for (stop, finish) in [
+        (r#""end_turn""#, r#""stop""#),
+        (r#""stop_sequence""#, r#""stop""#),
+        (r#""max_tokens""#, r#""length""#),
+        (r#""tool_use""#, r#""tool_calls""#),
+        (r#""refusal""#, r#""content_filter""#),
+        (r#""pause_turn""#, r#""stop""#),
+        (r#""something_new""#, r#""stop""#),
+        ("null", "null"),
+    ] {
+        assert_eq!(
+            finish_reason(Some(stop.as_bytes())),
+            finish.as_bytes(),
+            "{stop}"
+        );
+        let body = format!(
+            r#"{{"id":"m","model":"c","content":[{{"type":"text","text":"t"}}],"stop_reason":{stop},"usage":{{"input_tokens":1,"output_tokens":2}}}}"#
+        );
+        let mut out = Vec::new();
+        message_response(body.as_bytes(), 0, &mut out).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["choices"][0]["finish_reason"].to_string(), finish);
+        assert_eq!(v["usage"]["total_tokens"], 3);
+    }
+    assert_eq!(finish_reason(None), b"null");
+}
+
+#[test]
+fn malformed_message_bodies_are_refused() {
+    for bad in [
+        "",
+        "not json",
+        r#"{"id":"m","content":[]"#,
+        r#"[]"#,
+        r#"{"content":[]}"#,
+        r#"{"id":"m"}"#,
+        r#"{"id":"m","content":{}}"#,
+        r#"{"id":7,"content":[]}"#,
+        r#"{"id":"m","content":[{"type":"text","text":5}]}"#,
+        r#"{"id":"m","content":[{"type":"tool_use","name":"f"}]}"#,
+        r#"{"id":"m","content":[],"usage":{"input_tokens":}}"#,
+        r#"{"id":"m","content":[]} trailing"#,
+    ] {
+        let mut out = Vec::new();
+        assert_eq!(
+            message_response(bad.as_bytes(), 0, &mut out),
+            Err(Malformed),
+            "{bad}"
+        );
+    }
+    // A message with no text has null content.
+    let mut out = Vec::new();
+    message_response(
+        br#"{"id":"m","content":[],"stop_reason":"end_turn"}"#,
+        0,
+        &mut out,
+    )
+    .unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
+    assert_eq!(v["usage"]["total_tokens"], 0);
+}
+
+#[test]
+fn errors_take_the_openai_shape() {
+    let mut out = Vec::new();
+    error_response(
+        br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: \"x\" bad"}}"#,
+        400,
+        &mut out,
+    );
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        v,
+        json!({"error": {"message": "max_tokens: \"x\" bad", "type": "invalid_request_error", "param": null, "code": "invalid_request_error"}})
+    );
+    for other in [
+        &b"<html>bad gateway</html>"[..],
+        b"",
+        br#"{"error":"x"}"#,
+        br#"{"type":"error"}"#,
+    ] {
+        let mut out = Vec::new();
+        error_response(other, 502, &mut out);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["error"]["type"], "upstream_error");
+        assert_eq!(v["error"]["message"], "the upstream provider answered 502");
+    }
+    assert_eq!(client_status(529), 503);
+    for s in [200, 400, 401, 403, 404, 413, 429, 500] {
+        assert_eq!(client_status(s), s);
+    }
+}
+
+/// Every refusal names the field, whatever its position among the messages and parts.
+#[test]
+fn refused_requests_name_the_field() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            r#"{"messages":[{"role":"user","content":"x"}]}"#,
+            "$.model",
+            "`model`",
+        ),
+        (r#"{"model":"m","messages":[]}"#, "$.messages", "non-empty"),
+        (r#"{"model":"m"}"#, "$.messages", "non-empty"),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"a"}],"max_tokens":0}"#,
+            "$.max_tokens",
+            "positive",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"a"}],"max_completion_tokens":"9"}"#,
+            "$.max_completion_tokens",
+            "positive",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"a"}],"n":2}"#,
+            "$.n",
+            "`n` must be 1",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"a"}],"response_format":{"type":"json_object"}}"#,
+            "$.response_format.type",
+            "response_format",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"a"}],"temperature":"hot"}"#,
+            "$.temperature",
+            "number",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"a"}],"stop":[1]}"#,
+            "$.stop",
+            "strings",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"a"},{"role":"robot","content":"b"}]}"#,
+            "$.messages[1].role",
+            "role",
+        ),
+        (
+            r#"{"model":"m","messages":[{"content":"b"}]}"#,
+            "$.messages[0].role",
+            "role",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"system","content":[{"type":"image_url","image_url":{"url":"https://x"}}]},{"role":"user","content":"a"}]}"#,
+            "$.messages[0].content[0].type",
+            "text",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"a"},{"role":"user","content":[{"type":"text","text":"ok"},{"type":"input_audio","input_audio":{}}]}]}"#,
+            "$.messages[1].content[1].type",
+            "text and image",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"ok"},{"type":"weird"}]}]}"#,
+            "$.messages[0].content[1].type",
+            "unknown",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text"}]}]}"#,
+            "$.messages[0].content[0].text",
+            "text",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":[{"text":"x"}]}]}"#,
+            "$.messages[0].content[0].type",
+            "type",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"ftp://x/y.png"}}]}]}"#,
+            "$.messages[0].content[0].image_url.url",
+            "https://",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png,abc"}}]}]}"#,
+            "$.messages[0].content[0].image_url.url",
+            "base64",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:text/plain;base64,abc"}}]}]}"#,
+            "$.messages[0].content[0].image_url.url",
+            "image/",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
+            "$.messages[0].content[0].image_url",
+            "url",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+            "$.messages[0].content",
+            "string",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"assistant","content":"a","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"[1]"}}]}]}"#,
+            "$.messages[0].tool_calls[0].function.arguments",
+            "JSON object",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c","function":{"name":"f","arguments":"{\"a\":"}}]}]}"#,
+            "$.messages[0].tool_calls[0].function.arguments",
+            "JSON object",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"name":"f"}}]}]}"#,
+            "$.messages[0].tool_calls[0].id",
+            "id",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c","type":"custom","function":{"name":"f"}}]}]}"#,
+            "$.messages[0].tool_calls[0].type",
+            "function",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c","function":{}}]}]}"#,
+            "$.messages[0].tool_calls[0].function.name",
+            "name",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"assistant","content":[{"type":"image_url"}]}]}"#,
+            "$.messages[0].content[0]",
+            "text or refusal",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"tool","content":"r"}]}"#,
+            "$.messages[0].tool_call_id",
+            "tool_call_id",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"tool","tool_call_id":"c","content":7}]}"#,
+            "$.messages[0].content",
+            "text parts",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"a"}],"tools":[{"type":"web_search"}]}"#,
+            "$.tools[0].type",
+            "function tools",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"a"}],"tools":[{"type":"function","function":{"description":"d"}}]}"#,
+            "$.tools[0].function.name",
+            "name",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"a"}],"tools":[{"type":"function","function":{"name":"f","parameters":"x"}}]}"#,
+            "$.tools[0].function.parameters",
+            "JSON Schema",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"a"}],"tools":{}}"#,
+            "$.tools",
+            "array",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"a"}],"tool_choice":"sometimes"}"#,
+            "$.tool_choice",
+            "auto, none",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"a"}],"user":5}"#,
+            "$.user",
+            "string",
+        ),
+    ];
+    for (body, path, why) in cases {
+        let (got_path, message) = translate(body).expect_err(body);
+        assert_eq!(got_path, *path, "{body}");
+        assert!(message.contains(why), "{body}: {message}");
+    }
+}
+
+#[test]
+fn choices_and_defaults() {
+    let base = r#""model":"m","messages":[{"role":"user","content":"a"}]"#;
+    for (extra, key, want) in [
+        (
+            r#""tool_choice":"required""#,
+            "tool_choice",
+            json!({"type": "any"}),
+        ),
+        (
+            r#""tool_choice":"none""#,
+            "tool_choice",
+            json!({"type": "none"}),
+        ),
+        (
+            r#""parallel_tool_calls":false"#,
+            "tool_choice",
+            json!({"type": "auto", "disable_parallel_tool_use": true}),
+        ),
+        (
+            r#""tool_choice":"auto","parallel_tool_calls":true"#,
+            "tool_choice",
+            json!({"type": "auto"}),
+        ),
+        (r#""max_tokens":77"#, "max_tokens", json!(77)),
+        (r#""max_tokens":null"#, "max_tokens", json!(1024)),
+        (
+            r#""max_tokens":5,"max_completion_tokens":6"#,
+            "max_tokens",
+            json!(6),
+        ),
+        (r#""stop":null"#, "stop_sequences", Value::Null),
+        (r#""stream":false"#, "stream", Value::Null),
+        (
+            r#""n":1,"response_format":{"type":"text"}"#,
+            "n",
+            Value::Null,
+        ),
+    ] {
+        let got = translate(&format!("{{{base},{extra}}}")).unwrap();
+        assert_eq!(
+            got.get(key).cloned().unwrap_or(Value::Null),
+            want,
+            "{extra}"
+        );
+    }
+    // Empty texts are left out; assistant turns with only tool calls have only tool_use.
+    let got = translate(
+        r#"{"model":"m","messages":[{"role":"user","content":""},{"role":"assistant","content":null,"tool_calls":[{"id":"c","function":{"name":"f","arguments":" {\"a\":1} "}}]},{"role":"assistant","content":[{"type":"refusal","refusal":"no"}]}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        got["messages"],
+        json!([
+            {"role": "user", "content": []},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "c", "name": "f", "input": {"a": 1}},
+                {"type": "text", "text": "no"}
+            ]}
+        ])
+    );
+}

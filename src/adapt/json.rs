@@ -1,0 +1,447 @@
+//! A JSON reader that never allocates: it validates a value's grammar and hands out the raw
+//! bytes of object members and array items, so a translator can copy a provider's strings,
+//! numbers and nested objects verbatim instead of decoding and re-encoding them.
+//!
+//! # Contract
+//!
+//! Every function takes the bytes of one JSON value (leading and trailing whitespace allowed
+//! where noted) and either yields raw sub-slices of it or [`Malformed`]. Raw values are
+//! always grammatical JSON once [`check`] (or the iterator that produced them) accepted them,
+//! so they can be written out as they are. Strings are compared in their escaped form: a key
+//! or a `type` that a provider escaped needlessly (`"t\u0065xt"`) reads as a different name
+//! (and so is ignored), never as a wrong value. Nesting deeper than [`MAX_DEPTH`] is
+//! malformed, so a hostile document cannot exhaust the stack.
+//!
+//! # Performance
+//!
+//! One pass per read (plus the UTF-8 check of [`check`]). Nothing is allocated.
+
+/// The bytes are not the JSON that was expected (grammar, or the kind of a value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
+/// Deepest nesting of arrays and objects accepted.
+pub const MAX_DEPTH: u32 = 128;
+
+/// The kind of a raw value, from its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Object,
+    Array,
+    String,
+    Number,
+    Bool,
+    Null,
+}
+
+/// The kind of the raw value `v` (which [`check`] accepted).
+pub fn kind(v: &[u8]) -> Kind {
+    match v.first() {
+        Some(b'{') => Kind::Object,
+        Some(b'[') => Kind::Array,
+        Some(b'"') => Kind::String,
+        Some(b't' | b'f') => Kind::Bool,
+        Some(b'n') => Kind::Null,
+        _ => Kind::Number,
+    }
+}
+
+/// Index of the first non-whitespace byte at or after `i`.
+#[inline]
+pub fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// `b` without leading and trailing JSON whitespace.
+pub fn trim(b: &[u8]) -> &[u8] {
+    let start = skip_ws(b, 0);
+    let mut end = b.len();
+    while end > start && matches!(b[end - 1], b' ' | b'\t' | b'\n' | b'\r') {
+        end -= 1;
+    }
+    &b[start..end]
+}
+
+/// Checks that `b` is exactly one JSON value (whitespace around it allowed) in valid UTF-8,
+/// and returns the value without the whitespace.
+pub fn check(b: &[u8]) -> Result<&[u8], Malformed> {
+    std::str::from_utf8(b).map_err(|_| Malformed)?;
+    let start = skip_ws(b, 0);
+    let end = skip_value(b, start, 0)?;
+    if skip_ws(b, end) != b.len() {
+        return Err(Malformed);
+    }
+    Ok(&b[start..end])
+}
+
+/// The end of the value starting exactly at `i`.
+pub fn skip_value(b: &[u8], i: usize, depth: u32) -> Result<usize, Malformed> {
+    match b.get(i) {
+        Some(b'"') => string_end(b, i),
+        Some(b'{') => container_end(b, i, depth, b'}'),
+        Some(b'[') => container_end(b, i, depth, b']'),
+        Some(b't') => literal(b, i, b"true"),
+        Some(b'f') => literal(b, i, b"false"),
+        Some(b'n') => literal(b, i, b"null"),
+        Some(b'-' | b'0'..=b'9') => number_end(b, i),
+        _ => Err(Malformed),
+    }
+}
+
+fn literal(b: &[u8], i: usize, word: &[u8]) -> Result<usize, Malformed> {
+    match b.get(i..i + word.len()) {
+        Some(w) if w == word => Ok(i + word.len()),
+        _ => Err(Malformed),
+    }
+}
+
+/// The index after the closing quote of the string whose opening quote is at `i`.
+fn string_end(b: &[u8], i: usize) -> Result<usize, Malformed> {
+    let mut at = i + 1;
+    loop {
+        let rest = b.get(at..).ok_or(Malformed)?;
+        let off = rest
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+            .ok_or(Malformed)?;
+        at += off;
+        match b[at] {
+            b'"' => return Ok(at + 1),
+            b'\\' => match b.get(at + 1) {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => at += 2,
+                Some(b'u') => {
+                    let hex = b.get(at + 2..at + 6).ok_or(Malformed)?;
+                    if !hex.iter().all(u8::is_ascii_hexdigit) {
+                        return Err(Malformed);
+                    }
+                    at += 6;
+                }
+                _ => return Err(Malformed),
+            },
+            // A raw control character is not allowed inside a JSON string.
+            _ => return Err(Malformed),
+        }
+    }
+}
+
+/// The end of the number starting at `i` (`-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?`).
+fn number_end(b: &[u8], i: usize) -> Result<usize, Malformed> {
+    let digits = |at: usize| {
+        b.get(at..)
+            .map_or(0, |r| r.iter().take_while(|c| c.is_ascii_digit()).count())
+    };
+    let mut at = i + usize::from(b[i] == b'-');
+    match (b.get(at), digits(at)) {
+        (Some(b'0'), _) => at += 1,
+        (_, 0) => return Err(Malformed),
+        (_, n) => at += n,
+    }
+    if b.get(at) == Some(&b'.') {
+        let n = digits(at + 1);
+        if n == 0 {
+            return Err(Malformed);
+        }
+        at += 1 + n;
+    }
+    if matches!(b.get(at), Some(b'e' | b'E')) {
+        at += 1 + usize::from(matches!(b.get(at + 1), Some(b'+' | b'-')));
+        let n = digits(at);
+        if n == 0 {
+            return Err(Malformed);
+        }
+        at += n;
+    }
+    Ok(at)
+}
+
+fn container_end(b: &[u8], i: usize, depth: u32, close: u8) -> Result<usize, Malformed> {
+    if depth >= MAX_DEPTH {
+        return Err(Malformed);
+    }
+    let mut at = skip_ws(b, i + 1);
+    if b.get(at) == Some(&close) {
+        return Ok(at + 1);
+    }
+    loop {
+        if close == b'}' {
+            if b.get(at) != Some(&b'"') {
+                return Err(Malformed);
+            }
+            at = skip_ws(b, string_end(b, at)?);
+            if b.get(at) != Some(&b':') {
+                return Err(Malformed);
+            }
+            at = skip_ws(b, at + 1);
+        }
+        at = skip_ws(b, skip_value(b, at, depth + 1)?);
+        match b.get(at) {
+            Some(b',') => at = skip_ws(b, at + 1),
+            Some(&c) if c == close => return Ok(at + 1),
+            _ => return Err(Malformed),
+        }
+    }
+}
+
+/// The members of an object, in order: `(key, value)`, the key as written between its quotes
+/// (escapes not decoded), the value raw. The iterator validates as it goes; a grammar error
+/// ends it with one `Err`.
+pub struct Members<'a> {
+    b: &'a [u8],
+    at: usize,
+    done: bool,
+}
+
+/// The members of the raw object `obj` (see [`Members`]); `Err` when `obj` is not an object.
+pub fn members(obj: &[u8]) -> Result<Members<'_>, Malformed> {
+    let obj = trim(obj);
+    if obj.first() != Some(&b'{') {
+        return Err(Malformed);
+    }
+    let at = skip_ws(obj, 1);
+    let done = obj.get(at) == Some(&b'}');
+    if done && at + 1 != obj.len() {
+        return Err(Malformed);
+    }
+    Ok(Members { b: obj, at, done })
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = Result<(&'a [u8], &'a [u8]), Malformed>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let r = self.step();
+        if r.is_err() {
+            self.done = true;
+        }
+        Some(r)
+    }
+}
+
+impl<'a> Members<'a> {
+    fn step(&mut self) -> Result<(&'a [u8], &'a [u8]), Malformed> {
+        let b = self.b;
+        if b.get(self.at) != Some(&b'"') {
+            return Err(Malformed);
+        }
+        let key_end = string_end(b, self.at)?;
+        let key = &b[self.at + 1..key_end - 1];
+        let mut at = skip_ws(b, key_end);
+        if b.get(at) != Some(&b':') {
+            return Err(Malformed);
+        }
+        at = skip_ws(b, at + 1);
+        let end = skip_value(b, at, 1)?;
+        let value = &b[at..end];
+        let next = skip_ws(b, end);
+        match b.get(next) {
+            Some(b',') => self.at = skip_ws(b, next + 1),
+            Some(b'}') if next + 1 == b.len() => self.done = true,
+            _ => return Err(Malformed),
+        }
+        Ok((key, value))
+    }
+}
+
+/// The items of an array, raw, in order; validates like [`Members`].
+pub struct Items<'a> {
+    b: &'a [u8],
+    at: usize,
+    done: bool,
+}
+
+/// The items of the raw array `arr`; `Err` when `arr` is not an array.
+pub fn items(arr: &[u8]) -> Result<Items<'_>, Malformed> {
+    let arr = trim(arr);
+    if arr.first() != Some(&b'[') {
+        return Err(Malformed);
+    }
+    let at = skip_ws(arr, 1);
+    let done = arr.get(at) == Some(&b']');
+    if done && at + 1 != arr.len() {
+        return Err(Malformed);
+    }
+    Ok(Items { b: arr, at, done })
+}
+
+impl<'a> Iterator for Items<'a> {
+    type Item = Result<&'a [u8], Malformed>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let b = self.b;
+        let r = skip_value(b, self.at, 1).and_then(|end| {
+            let item = &b[self.at..end];
+            let next = skip_ws(b, end);
+            match b.get(next) {
+                Some(b',') => self.at = skip_ws(b, next + 1),
+                Some(b']') if next + 1 == b.len() => self.done = true,
+                _ => return Err(Malformed),
+            }
+            Ok(item)
+        });
+        if r.is_err() {
+            self.done = true;
+        }
+        Some(r)
+    }
+}
+
+/// The value of the first member of `obj` named `key` (as written, see the module docs).
+pub fn get<'a>(obj: &'a [u8], key: &[u8]) -> Result<Option<&'a [u8]>, Malformed> {
+    for m in members(obj)? {
+        let (k, v) = m?;
+        if k == key {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
+}
+
+/// The contents of the raw string `v` between its quotes (escapes kept), if it is a string.
+pub fn str_inner(v: &[u8]) -> Option<&[u8]> {
+    (v.len() >= 2 && v[0] == b'"').then(|| &v[1..v.len() - 1])
+}
+
+/// `v` if it is a string value.
+pub fn string(v: Option<&[u8]>) -> Option<&[u8]> {
+    v.filter(|v| kind(v) == Kind::String)
+}
+
+/// Whether the raw value `v` is the string `s` (written without escapes).
+pub fn is_str(v: &[u8], s: &str) -> bool {
+    str_inner(v) == Some(s.as_bytes())
+}
+
+/// The raw value `v` as an unsigned integer, if it is one that fits.
+pub fn as_u64(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Writes `s` as a JSON string literal.
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    crate::http::write::json_escape_into(out, s);
+    out.push(b'"');
+}
+
+/// Writes the raw (valid) JSON value `raw` as a JSON string whose content is that JSON text,
+/// as OpenAI carries tool arguments (`{"a":1}` becomes `"{\"a\":1}"`). Raw JSON holds no
+/// control characters outside whitespace, so only quotes, backslashes and whitespace need
+/// escaping.
+pub fn write_as_string(out: &mut Vec<u8>, raw: &[u8]) {
+    out.push(b'"');
+    let mut plain = 0;
+    for (i, &c) in raw.iter().enumerate() {
+        let esc: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            _ => continue,
+        };
+        out.extend_from_slice(&raw[plain..i]);
+        out.extend_from_slice(esc);
+        plain = i + 1;
+    }
+    out.extend_from_slice(&raw[plain..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_json_and_refuses_the_rest() {
+        for good in [
+            r#"{}"#,
+            r#" { "a" : [1, -2.5e+3, true, false, null, "x\"\\\u00e9\n"], "b": {} } "#,
+            r#"[]"#,
+            r#""s""#,
+            "0",
+            "-0.1E9",
+        ] {
+            assert!(check(good.as_bytes()).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "{",
+            r#"{"a"}"#,
+            r#"{"a":1,}"#,
+            r#"[1,]"#,
+            r#"{"a":1}x"#,
+            r#""\x""#,
+            r#""\u12g4""#,
+            "\"a\nb\"",
+            "01",
+            "1.",
+            "-",
+            "tru",
+            "nul",
+            r#"{a:1}"#,
+            r#"[1 2]"#,
+        ] {
+            assert_eq!(check(bad.as_bytes()), Err(Malformed), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_malformed() {
+        assert_eq!(check(b"\"\x80\""), Err(Malformed));
+        assert_eq!(check(b"{\"a\":\"\xc3\"}"), Err(Malformed));
+        assert!(check("\"é\"".as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let deep = "[".repeat(MAX_DEPTH as usize + 1) + &"]".repeat(MAX_DEPTH as usize + 1);
+        assert_eq!(check(deep.as_bytes()), Err(Malformed));
+        let ok = "[".repeat(MAX_DEPTH as usize) + &"]".repeat(MAX_DEPTH as usize);
+        assert!(check(ok.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn members_and_items_are_raw() {
+        let obj = br#"{"a": {"x": [1, 2]}, "b\"c" :"s", "n": 12}"#;
+        let got: Vec<_> = members(obj).unwrap().map(Result::unwrap).collect();
+        assert_eq!(
+            got,
+            [
+                (&b"a"[..], &br#"{"x": [1, 2]}"#[..]),
+                (br#"b\"c"#, br#""s""#),
+                (b"n", b"12")
+            ]
+        );
+        assert_eq!(get(obj, b"n").unwrap(), Some(&b"12"[..]));
+        assert_eq!(as_u64(b"12"), Some(12));
+        assert_eq!(as_u64(b"-1"), None);
+        let arr = br#"[ {"a":1} , "b" ]"#;
+        let got: Vec<_> = items(arr).unwrap().map(Result::unwrap).collect();
+        assert_eq!(got, [&br#"{"a":1}"#[..], br#""b""#]);
+        assert!(members(b"{}").unwrap().next().is_none());
+        assert!(items(b"[ ]").unwrap().next().is_none());
+        assert!(members(b"[]").is_err());
+        assert!(members(br#"{"a":1} x"#).unwrap().any(|m| m.is_err()));
+        assert!(items(br#"[1,"#).unwrap().any(|m| m.is_err()));
+    }
+
+    #[test]
+    fn raw_json_becomes_a_string() {
+        let mut out = Vec::new();
+        write_as_string(&mut out, b"{\"a\": \"q\\\"x\",\n\t\"b\": 1}");
+        let back: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back, "{\"a\": \"q\\\"x\",\n\t\"b\": 1}");
+    }
+}
