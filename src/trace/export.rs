@@ -192,11 +192,17 @@ impl Export {
         self.stats.failed.fetch_add(dropped, Ordering::Relaxed);
     }
 
-    fn enqueue(&mut self, batch: SpanBatch) {
-        if self.queued + batch.len() > self.settings.max_queue_spans {
+    /// Queues what fits of `batch`; the spans beyond `max_queue_spans` are dropped and counted
+    /// (a worker's batch may hold more spans than a small queue: its head still goes out).
+    fn enqueue(&mut self, mut batch: SpanBatch) {
+        let room = self.settings.max_queue_spans.saturating_sub(self.queued);
+        if batch.len() > room {
             self.stats
                 .queue_full
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                .fetch_add((batch.len() - room) as u64, Ordering::Relaxed);
+            batch.spans.truncate(room);
+        }
+        if batch.is_empty() {
             self.recycle(batch);
             return;
         }
