@@ -3,6 +3,7 @@
 //! - [`http`]: the small blocking HTTP/1.1 reader/writer (and client) it runs on.
 //! - [`config_view`]: `/config`, the snapshot in force without secrets.
 //! - [`mutate`]: `/revoke` and `/routes/weights`.
+//! - [`keys`]: `/keys` (API keys), and the key sets' part of `/metrics` and `/config`.
 //! - [`prom`]: the Prometheus exposition.
 //! - [`stats`]: the `/stats` JSON and the `shardgate stats` table.
 //!
@@ -16,10 +17,11 @@
 //! | `POST /reload`     | re-reads the config file: 200 `{"generation", "lowered_protection", "needs_restart"}` (applied, with what it takes away, see `control::protection`, and the changed settings it could not apply), or 422 `{"problems": [{key, message}]}` |
 //! | `POST /revoke`     | `{"jti"\|"sub", "expires_at"}`: persisted, then on every worker; 200 `{"revoked"}` once every worker has applied it, 400 naming the bad field, 500 if it cannot be persisted, 503 if a worker did not confirm in time |
 //! | `PUT /routes/weights` | `{"path", "models", "targets": [{model, version, weight}]}`: rewrites the config file (comments kept; validated first, atomically) and reloads; answers like `/reload`, or 400 if it names no such route/target or zeroes the route |
+//! | `/keys...`         | API keys: list, create, disable, enable, rotate, delete (see [`keys`]) |
 //! | `GET /healthz`     | 200 while the process lives |
 //! | `GET /readyz`      | 200 when every worker answers and a config is loaded; 503 once draining starts |
 //!
-//! `/admin/revoke` and `/admin/routes/weights` are aliases. Unknown paths get 404, a known path with another method 405 (with `Allow`), both JSON.
+//! `/admin/revoke`, `/admin/routes/weights` and `/admin/keys...` are aliases. Unknown paths get 404, a known path with another method 405 (with `Allow`), both JSON.
 //! With a token configured (`admin.token`), every endpoint but `/healthz` and `/readyz`
 //! (probes) needs `Authorization: Bearer <token>`; a missing or wrong one gets 401 JSON. The
 //! token is the one of the config in force (the view's snapshot), read on every request, so
@@ -48,6 +50,7 @@
 pub mod breakers;
 pub mod config_view;
 pub mod http;
+pub mod keys;
 pub mod mutate;
 pub mod prom;
 pub mod stats;
@@ -325,8 +328,15 @@ impl Server {
         let path = match req.path.as_str() {
             "/admin/revoke" => "/revoke",
             "/admin/routes/weights" => "/routes/weights",
-            p => p,
+            p => p.strip_prefix("/admin").filter(|p| keys::owns(p)).unwrap_or(p),
         };
+        if keys::owns(path) {
+            if !self.authorized(req) {
+                return Response::error(401, "unauthorized", "missing or wrong admin token")
+                    .header("www-authenticate", "Bearer");
+            }
+            return keys::handle(&self.state, req, path);
+        }
         let allowed: &str = match path {
             "/metrics" | "/stats" | "/config" | "/breakers" | "/healthz" | "/readyz" => "GET",
             "/reload" | "/revoke" => "POST",
@@ -383,6 +393,8 @@ impl Server {
         if let Some(rows) = self.breaker_rows() {
             breakers::prometheus(&rows, &mut text);
         }
+        let jwks = control::lock_view(&self.state.view).jwks.clone();
+        keys::prometheus(&jwks, &mut text);
         Response {
             status: 200,
             content_type: prom::CONTENT_TYPE,

@@ -11,6 +11,8 @@
 //! - [`protection`]: what a new config would take away from the protection in force.
 //! - [`revoke`]: revocations, persisted and confirmed by every worker before the reply.
 //! - [`weights`]: `PUT /routes/weights`, rewriting the config file and reloading it.
+//! - [`keys`]: API keys: the key store, the admin API's key operations, the keys file watch.
+//! - [`jwks`]: the thread that fetches remote key sets (`[[auth.jwks]]`).
 //! - [`coord`]: the coordination thread (quota leases, breakers).
 //! - [`remote`]: the thread that does the quota's Redis I/O for the coordination thread.
 //!
@@ -26,6 +28,11 @@
 //! The baseline for the protection diff is the snapshot in force: the one the engine started
 //! with ([`Start::snapshot`]), then every applied reload.
 //!
+//! Every snapshot the control thread publishes carries the key material it owns: the API key
+//! table ([`keys`]) and the keys last fetched for each remote key set ([`jwks`]). A change to
+//! either (a key created or disabled, a key set rotated at the identity provider) is
+//! published as the next generation of the snapshot in force, without reading the config.
+//!
 //! What a reload applies and what needs a restart is listed in
 //! [`config::snapshot::RELOAD_APPLIES`] and [`config::snapshot::RESTART_ONLY`]. A reload that
 //! changes a restart-only setting still applies everything else; the settings it could not
@@ -38,6 +45,8 @@
 #![allow(clippy::disallowed_types)]
 
 pub mod coord;
+pub mod jwks;
+pub mod keys;
 pub mod protection;
 pub mod remote;
 pub mod revoke;
@@ -54,11 +63,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::access_log::Retarget;
 use crate::auth::{RevocationLog, Revoked};
 use crate::config::{self, AccessLogTarget, ConfigError, ConfigProblem, Snapshot};
-use crate::inbox::{Barrier, ToWorker, Workers};
+use crate::auth::{Key, SourceSettings};
+use crate::inbox::{Barrier, ToWorker, UnknownKid, Workers};
 use crate::time::unix_now;
 pub use protection::Loss;
 pub use revoke::{revoke_via, RevokeError, REVOKE_APPLY_TIMEOUT};
 use watch::{FileWatch, Poll};
+pub use keys::{open_api_keys, KeyCommand, KeyError, KeyReply, KeyService};
 pub use watch::{WatchSettings, SETTLE_INTERVAL, WATCH_INTERVAL};
 pub use weights::{WeightsBody, WeightsError};
 
@@ -71,6 +82,11 @@ pub enum ToControl {
     Revoke(Revoked, Sender<Result<Barrier, RevokeError>>),
     /// Rewrite route weights in the config file, then reload it.
     SetWeights(WeightsBody, Sender<Result<Reloaded, WeightsError>>),
+    /// An API key operation. The reply carries the barrier to wait on before answering
+    /// ([`key_command_via`] waits).
+    Keys(KeyCommand, Sender<Result<(KeyReply, Option<Barrier>), KeyError>>),
+    /// The JWKS thread fetched a changed key set for this source.
+    RemoteKeys(SourceSettings, Vec<Key>),
     Stop,
 }
 
@@ -107,6 +123,8 @@ pub struct ReloadStatus {
 pub struct ControlView {
     pub status: ReloadStatus,
     pub snapshot: Option<Snapshot>,
+    /// Each remote key set's fetch status (the JWKS thread writes it).
+    pub jwks: Vec<jwks::SourceStatus>,
 }
 
 /// A [`ControlView`] shared between the control thread and the admin thread.
@@ -133,6 +151,12 @@ pub struct Start {
     pub access_log: Option<Retarget>,
     /// The file watch's poll and settle intervals (tests shorten them).
     pub watch: WatchSettings,
+    /// The API key store, opened before the engine started ([`open_api_keys`]); opened by
+    /// the control thread when `None` and the snapshot configures API keys.
+    pub keys: Option<KeyService>,
+    /// The workers' unknown-kid hints ([`crate::runtime::Engine::key_hints`]), for the JWKS
+    /// thread.
+    pub key_hints: Option<Receiver<UnknownKid>>,
 }
 
 impl Start {
@@ -145,6 +169,8 @@ impl Start {
             revocations: None,
             access_log: None,
             watch: WatchSettings::default(),
+            keys: None,
+            key_hints: None,
         }
     }
 }
@@ -178,21 +204,48 @@ impl Control {
         let view = SharedView::new(Mutex::new(ControlView {
             status: status.clone(),
             snapshot: Some(start.snapshot.clone()),
+            jwks: Vec::new(),
         }));
         let (tx, rx) = crossbeam_channel::unbounded();
         let interval = start.watch.interval;
-        let state = State {
+        let keys_settings = start
+            .snapshot
+            .auth
+            .as_ref()
+            .and_then(|a| a.api_key_settings().cloned());
+        let mut state = State {
             watch: FileWatch::new(start.path.clone(), start.watch),
             path: start.path,
             generation,
             log_target: start.snapshot.access_log.as_ref().map(|a| a.target.clone()),
-            started: start.snapshot,
+            started: start.snapshot.clone(),
             workers: start.workers,
             log: start.revocations,
             access_log: start.access_log,
             view: view.clone(),
             status,
+            watch_settings: start.watch,
+            keys: None,
+            remote: Vec::new(),
+            jwks: None,
+            key_hints: start.key_hints,
+            tx: tx.clone(),
         };
+        match (start.keys, keys_settings) {
+            (Some(service), Some(settings)) => {
+                state.keys = Some(keys::KeysState::new(service, settings, start.watch));
+            }
+            // Not opened before the engine started: open it now and publish its table.
+            (None, Some(_)) => {
+                let mut snap = start.snapshot;
+                state
+                    .overlay_keys(&mut snap)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                drop(state.publish(snap));
+            }
+            (_, None) => {}
+        }
+        state.sync_jwks();
         let thread = std::thread::Builder::new()
             .name("shardgate-control".into())
             .spawn(move || run(state, rx, interval))?;
@@ -241,6 +294,23 @@ pub fn reload_via(tx: &Sender<ToControl>) -> Result<Reloaded, ConfigError> {
     })
 }
 
+/// Asks the control thread behind `tx` for a key operation and waits until every worker has
+/// applied the change it made (at most [`REVOKE_APPLY_TIMEOUT`]).
+pub fn key_command_via(tx: &Sender<ToControl>, cmd: KeyCommand) -> Result<KeyReply, KeyError> {
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    tx.send(ToControl::Keys(cmd, reply))
+        .map_err(|_| KeyError::Stopped)?;
+    let (answer, barrier) = rx.recv().map_err(|_| KeyError::Stopped)??;
+    if let Some(b) = barrier {
+        b.wait(REVOKE_APPLY_TIMEOUT)
+            .map_err(|u| KeyError::Unconfirmed {
+                confirmed: u.confirmed,
+                workers: u.workers,
+            })?;
+    }
+    Ok(answer)
+}
+
 /// Asks the control thread behind `tx` to set route weights (rewriting the config file) and
 /// waits up to `timeout` for the reload that follows.
 pub fn set_weights_via(
@@ -287,6 +357,18 @@ struct State {
     view: SharedView,
     status: ReloadStatus,
     watch: FileWatch,
+    /// The file watch's settings (the keys file is watched the same way).
+    watch_settings: WatchSettings,
+    /// API keys, when configured.
+    keys: Option<keys::KeysState>,
+    /// The keys fetched for each remote key set, put into every snapshot published.
+    remote: Vec<(SourceSettings, Vec<Key>)>,
+    /// The JWKS thread, once a config has a remote key set.
+    jwks: Option<jwks::JwksThread>,
+    /// Unknown-kid hints, until the JWKS thread takes them.
+    key_hints: Option<Receiver<UnknownKid>>,
+    /// This thread's own inbox (for the JWKS thread to answer to).
+    tx: Sender<ToControl>,
 }
 
 fn run(mut st: State, rx: Receiver<ToControl>, interval: Duration) {
@@ -307,11 +389,16 @@ fn run(mut st: State, rx: Receiver<ToControl>, interval: Duration) {
             Ok(ToControl::SetWeights(body, reply)) => {
                 let _ = reply.send(st.set_weights(&body));
             }
+            Ok(ToControl::Keys(cmd, reply)) => {
+                let _ = reply.send(st.key_command(cmd));
+            }
+            Ok(ToControl::RemoteKeys(source, keys)) => st.remote_keys(source, keys),
             Err(RecvTimeoutError::Timeout) => {}
         }
         // Polled on time even while messages keep arriving.
         if Instant::now() >= next_poll {
             st.poll_file();
+            st.poll_keys_file();
             next_poll = Instant::now() + interval;
         }
     }
@@ -383,7 +470,12 @@ impl State {
     /// Validates `bytes` and applies them, unless the file watch brought a config that
     /// lowers protection.
     fn apply(&mut self, bytes: &[u8], trigger: Trigger) -> Result<Reloaded, ConfigError> {
-        let snap = match config::load_bytes(&self.path, bytes, self.generation + 1) {
+        let loaded = config::load_bytes(&self.path, bytes, self.generation + 1).and_then(|mut s| {
+            self.overlay_keys(&mut s)?;
+            self.overlay_remote(&mut s);
+            Ok(s)
+        });
+        let snap = match loaded {
             Ok(s) => s,
             Err(e) => {
                 self.reject(&e);
@@ -432,11 +524,33 @@ impl State {
         let mut v = lock_view(&self.view);
         v.snapshot = Some(snap);
         v.status = self.status.clone();
+        drop(v);
+        self.sync_jwks();
         Ok(Reloaded {
             generation: self.generation,
             lowered,
             needs_restart,
         })
+    }
+
+    /// The snapshot in force.
+    fn current_snapshot(&self) -> Option<Snapshot> {
+        lock_view(&self.view).snapshot.clone()
+    }
+
+    /// Puts `snap` (the snapshot in force with new key material) in force as the next
+    /// generation on every worker; the barrier says when every worker has it.
+    fn publish(&mut self, mut snap: Snapshot) -> Barrier {
+        self.generation += 1;
+        snap.generation = self.generation;
+        self.workers
+            .broadcast(|| ToWorker::Snapshot(Box::new(snap.clone())));
+        let barrier = self.workers.start_barrier();
+        self.status.generation = self.generation;
+        let mut v = lock_view(&self.view);
+        v.snapshot = Some(snap);
+        v.status = self.status.clone();
+        barrier
     }
 
     /// Points the access log writer at the applied config's path when it moved. (Adding or

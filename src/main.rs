@@ -1,4 +1,6 @@
-//! The `shardgate` binary: run the gateway, check a config, or run the demo.
+//! The `shardgate` binary: run the gateway, check a config, run the demo, or manage API keys.
+
+mod keys_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +40,9 @@ enum Command {
         #[arg(long)]
         ready: bool,
     },
+    /// Manage API keys: through a running gateway's admin API (`--admin`), or in a keys file
+    /// with no gateway running (`--file`; a running gateway picks the change up).
+    Keys(keys_cli::KeysArgs),
     /// Print latency percentiles from a running gateway's admin API.
     Stats {
         /// Admin address (`[admin] listen`).
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
         Some(Command::Check) => check(cli.config),
         Some(Command::Demo) => demo(),
         Some(Command::Health { admin, ready }) => health(admin, ready),
+        Some(Command::Keys(args)) => keys_cli::run(args),
         Some(Command::Stats {
             admin,
             watch,
@@ -81,7 +87,8 @@ fn check(path: Option<PathBuf>) -> ExitCode {
         eprintln!("shardgate check: --config PATH is required");
         return ExitCode::from(2);
     };
-    match config::load(&path, 1) {
+    // The keys file is checked too: the gateway would refuse to start on it.
+    match config::load(&path, 1).and_then(|mut s| control::open_api_keys(&mut s)) {
         Ok(_) => {
             println!("ok");
             ExitCode::SUCCESS
@@ -114,8 +121,16 @@ fn demo() -> ExitCode {
 /// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads the config.
 fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let snapshot = match config::load(&path, 1) {
+    let mut snapshot = match config::load(&path, 1) {
         Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Loaded before the engine starts, so an API key works from the first request.
+    let keys = match control::open_api_keys(&mut snapshot) {
+        Ok(k) => k,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(2);
@@ -150,6 +165,8 @@ fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
     let start = Start {
         revocations,
         access_log: engine.access_log(),
+        keys,
+        key_hints: Some(engine.key_hints()),
         ..Start::new(path.clone(), snapshot.clone(), engine.inboxes())
     };
     let control = match Control::spawn(start) {

@@ -182,8 +182,10 @@ async fn stages(
         worker,
         snap,
         (rq.head, rq.head_bytes),
+        authn::early_auth(early),
         route,
         verdict,
+        json.as_ref().and_then(JsonBody::model),
         b.resp_headers,
     )?;
     let (upstream, split_model) = match route.target() {
@@ -318,7 +320,7 @@ fn usage_spec(json: &mut JsonBody) -> UsageSpec {
 fn upstream_head(
     c: &mut ClientConn,
     rq: &Request<'_>,
-    identity: Option<&Identity>,
+    identity: Option<&Identity<'_>>,
     upstream: &Upstream,
     up_headers: &mut Vec<u8>,
 ) {

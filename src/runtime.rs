@@ -26,12 +26,12 @@ use std::rc::Rc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::auth::{Revocations, Revoked};
 use crate::config::{DriverChoice, Snapshot};
 use crate::control::coord::CoordThread;
-use crate::inbox::{ToCoord, Unconfirmed, Workers, COLLECT_TIMEOUT};
+use crate::inbox::{ToCoord, Unconfirmed, UnknownKid, Workers, COLLECT_TIMEOUT};
 use crate::metrics::{Driver, WorkerMetrics};
 use crate::worker::Links;
 
@@ -54,6 +54,8 @@ pub struct Engine {
     coord: Option<CoordThread>,
     /// The access log writer; dropped (flushed) after the workers exit.
     access_log: Option<crate::access_log::Writer>,
+    /// Workers' unknown-kid hints, for the control plane's JWKS thread.
+    key_hints: Receiver<UnknownKid>,
 }
 
 impl Engine {
@@ -92,6 +94,7 @@ impl Engine {
             Some(a) => Some(crate::access_log::Writer::start(a)?),
             None => None,
         };
+        let (hint_tx, key_hints) = crossbeam_channel::bounded(crate::inbox::KEY_HINT_CAPACITY);
         let mut threads = Vec::new();
         let channels = inboxes.into_iter().zip(answer_rxs);
         for (id, (listener, ((_, rx), answers))) in listeners.into_iter().zip(channels).enumerate()
@@ -109,6 +112,7 @@ impl Engine {
                     .and_then(|(w, s)| w.worker_log(id, s)),
                 revoked: revoked.iter().cloned().collect::<Revocations>(),
                 quota_answers: answers,
+                key_hints: Some(hint_tx.clone()),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shardgate-w{id}"))
@@ -122,6 +126,7 @@ impl Engine {
             addr,
             coord: Some(coord),
             access_log,
+            key_hints,
         };
         for _ in 0..engine.threads.len() {
             match ready_rx.recv() {
@@ -158,6 +163,11 @@ impl Engine {
         self.access_log
             .as_ref()
             .map(crate::access_log::Writer::retarget_handle)
+    }
+
+    /// The workers' unknown-kid hints (see [`UnknownKid`]), for the control plane.
+    pub fn key_hints(&self) -> Receiver<UnknownKid> {
+        self.key_hints.clone()
     }
 
     /// Sends a new snapshot to every worker.

@@ -15,7 +15,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::auth::Revocations;
 use crate::config::Snapshot;
-use crate::inbox::{ToCoord, ToWorker};
+use crate::inbox::{ToCoord, ToWorker, UnknownKid};
 use crate::metrics::{Driver, WorkerMetrics};
 use crate::pool::Pools;
 use crate::quota::QuotaShard;
@@ -36,6 +36,8 @@ pub struct Links {
     pub quota_answers: Receiver<crate::quota::FromCoordinator>,
     /// Revocations in force at start (the revocation file's entries).
     pub revoked: Revocations,
+    /// Where to say that a token named an unknown key id (see [`UnknownKid`]).
+    pub key_hints: Option<Sender<UnknownKid>>,
 }
 
 /// Everything one worker owns. Lives in an `Rc` on the worker thread; never shared.
@@ -75,6 +77,7 @@ pub struct Worker {
     pub rng: RefCell<crate::route::WorkerRng>,
     /// This core's circuit breakers and retry budgets.
     pub resilience: RefCell<crate::breaker::local::WorkerResilience>,
+    key_hints: Option<Sender<UnknownKid>>,
 }
 
 impl Worker {
@@ -111,6 +114,14 @@ impl Worker {
         self.resilience.borrow_mut().drain_reports(|r| {
             let _ = coord.send(ToCoord::Breaker(r));
         });
+    }
+
+    /// Asks the control plane to fetch the remote key sets again: a token named a key id no
+    /// key has. Never blocks; a hint already waiting is enough.
+    pub fn ask_for_remote_keys(&self) {
+        if let Some(tx) = &self.key_hints {
+            let _ = tx.try_send(UnknownKid);
+        }
     }
 
     /// Handles every message waiting in the inbox (the inbox loop calls it between requests).
@@ -214,6 +225,7 @@ impl Worker {
             auth_scratch: RefCell::new(crate::auth::Scratch::default()),
             rng: RefCell::new(crate::route::WorkerRng::for_worker(id)),
             resilience: RefCell::new(resilience),
+            key_hints: links.key_hints,
         }
     }
 }

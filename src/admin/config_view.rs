@@ -83,6 +83,7 @@ pub fn redacted_view(s: &Snapshot) -> Value {
         },
         "upstreams": upstreams,
         "routes": routes,
+        "auth": super::keys::auth_view(s),
         "admin": s.admin.as_ref().map(|a| json!({
             "listen": a.listen.to_string(),
             "token": if a.token.is_some() { "(redacted)" } else { "(none)" },
