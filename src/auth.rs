@@ -46,6 +46,8 @@ pub mod revocation;
 pub mod token;
 
 #[cfg(test)]
+mod credential_tests;
+#[cfg(test)]
 mod tests;
 
 use std::borrow::Cow;

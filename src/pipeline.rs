@@ -178,6 +178,13 @@ async fn stages(
         None => early.expect("a route that is not keyed by model has a default"),
     };
     c.tally.route = crate::metrics::route_index(route);
+    let asked = match &json {
+        Some(j) => j.model().map_or(authn::RequestModel::Unnamed, authn::RequestModel::Named),
+        None if matches!(rq.head.framing, BodyFraming::None | BodyFraming::Length(0)) => {
+            authn::RequestModel::Unnamed
+        }
+        None => authn::RequestModel::Unread,
+    };
     let identity = authn::admit_for(
         worker,
         snap,
@@ -185,7 +192,7 @@ async fn stages(
         authn::early_auth(early),
         route,
         verdict,
-        json.as_ref().and_then(JsonBody::model),
+        asked,
         b.resp_headers,
     )?;
     let (upstream, split_model) = match route.target() {

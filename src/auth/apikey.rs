@@ -107,6 +107,11 @@ impl ApiKey {
         &self.budgets
     }
 
+    /// Whether the key has a model allow-list.
+    pub fn restricts_models(&self) -> bool {
+        !self.models.is_empty()
+    }
+
     /// Whether the key may use `model`: no allow-list, or a pattern matches. A request that
     /// names no model is not restricted by the list.
     pub fn allows_model(&self, model: Option<&str>) -> bool {

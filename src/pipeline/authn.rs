@@ -3,6 +3,14 @@
 //! rejection (401 with an RFC 6750 challenge, or 403 for a missing scope or a model the key
 //! may not use), counted by reason. A token naming a key id no key has asks the control plane
 //! to fetch the remote key sets again (at most once per interval, the control plane's rule).
+//!
+//! # Model allow-lists
+//!
+//! A key with a model allow-list is checked against the model the body names on routes that
+//! read it (model routes, splits). A request without a body names no model and is not
+//! restricted (`GET /v1/models`). A request with a body on a route that does not read it (a
+//! plain proxy route) is refused for such a key: the gateway cannot tell which model it asks
+//! for, and the allow-list fails closed.
 
 use crate::auth::{AuthError, Authenticator, Credentials, Identity};
 use crate::config::Snapshot;
@@ -11,6 +19,17 @@ use crate::http::RequestHead;
 use crate::route::{Route, RouteAuth};
 use crate::time::unix_now;
 use crate::worker::Worker;
+
+/// The model a request asks for, as far as the gateway read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestModel<'a> {
+    /// The body's `model`.
+    Named(&'a str),
+    /// No body, or a body read whole that names none.
+    Unnamed,
+    /// A body the route does not read: it may name any model.
+    Unread,
+}
 
 /// Whether `route` requires a credential.
 pub fn required(auth: Option<&Authenticator>, route: &Route) -> bool {
@@ -91,8 +110,8 @@ pub fn verify_early<'s>(
 
 /// The identity for the final `route`: the early verdict (`early`: the `auth` it went by,
 /// [`early_auth`]), or a verification now if none ran or it went by another `auth` (a route
-/// chosen by model that accepts other kinds of credential). `model`: the model the body
-/// names, for an API key's allow-list. `Err`: the rejection to answer (counted, its
+/// chosen by model that accepts other kinds of credential). `model`: what the request asks
+/// for, for an API key's allow-list. `Err`: the rejection to answer (counted, its
 /// `WWW-Authenticate` line in `resp_headers`).
 #[allow(clippy::too_many_arguments)]
 pub fn admit_for<'s>(
@@ -102,7 +121,7 @@ pub fn admit_for<'s>(
     early: RouteAuth,
     route: &Route,
     verdict: Option<Result<Identity<'s>, AuthError>>,
-    model: Option<&str>,
+    model: RequestModel<'_>,
     resp_headers: &mut Vec<u8>,
 ) -> Result<Option<Identity<'s>>, GatewayError> {
     let auth = snap.auth.as_ref();
@@ -121,7 +140,7 @@ pub fn admit<'s>(
     auth: Option<&Authenticator>,
     route: &Route,
     verdict: Option<Result<Identity<'s>, AuthError>>,
-    model: Option<&str>,
+    model: RequestModel<'_>,
 ) -> Result<Option<Identity<'s>>, AuthError> {
     if !required(auth, route) {
         return Ok(None);
@@ -132,8 +151,15 @@ pub fn admit<'s>(
             return Err(AuthError::InsufficientScope);
         }
     }
-    if id.api_key.is_some_and(|k| !k.allows_model(model)) {
-        return Err(AuthError::ModelNotAllowed);
+    if let Some(key) = id.api_key {
+        let allowed = match model {
+            RequestModel::Named(m) => key.allows_model(Some(m)),
+            RequestModel::Unnamed => true,
+            RequestModel::Unread => !key.restricts_models(),
+        };
+        if !allowed {
+            return Err(AuthError::ModelNotAllowed);
+        }
     }
     Ok(Some(id))
 }
