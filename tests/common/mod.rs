@@ -6,12 +6,15 @@
 
 pub mod client;
 pub mod fixture;
+pub mod stack;
 
 // Each test file uses some of these.
 #[allow(unused_imports)]
 pub use client::*;
 #[allow(unused_imports)]
 pub use fixture::*;
+#[allow(unused_imports)]
+pub use stack::*;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
