@@ -328,7 +328,10 @@ impl Server {
         let path = match req.path.as_str() {
             "/admin/revoke" => "/revoke",
             "/admin/routes/weights" => "/routes/weights",
-            p => p.strip_prefix("/admin").filter(|p| keys::owns(p)).unwrap_or(p),
+            p => p
+                .strip_prefix("/admin")
+                .filter(|p| keys::owns(p))
+                .unwrap_or(p),
         };
         if keys::owns(path) {
             if !self.authorized(req) {

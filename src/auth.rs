@@ -59,8 +59,8 @@ use simd_json::ValueType;
 
 pub use apikey::{ApiKey, ApiKeyTable, KeyRecord};
 pub use config::{ApiKeySettings, ApiKeysConfig, AuthConfig, ClaimHeaderConfig, KeyConfig};
-pub use remote::{RemoteSource, SourceSettings};
 pub use key::{Alg, Jwk};
+pub use remote::{RemoteSource, SourceSettings};
 pub use revocation::{RevocationLog, Revocations, Revoked, RevokedKind};
 pub use token::Scratch;
 
@@ -385,7 +385,9 @@ impl Authenticator {
 
     /// The header an API key may also come in (`[auth.api_keys] header`), lowercase.
     pub fn key_header_name(&self) -> Option<&str> {
-        self.api_keys.as_ref().and_then(|(s, _)| s.header.as_deref())
+        self.api_keys
+            .as_ref()
+            .and_then(|(s, _)| s.header.as_deref())
     }
 
     /// Replaces the API key table with `records` (control thread). Nothing changes on error.
@@ -560,9 +562,8 @@ impl Authenticator {
             return Err(AuthError::BadSignature);
         }
         let issuer = key.issuer.as_deref().or(self.issuer.as_deref());
-        let id = scratch.with_claims(seg.payload, |claims| {
-            self.check_claims(claims, now, issuer)
-        })?;
+        let id =
+            scratch.with_claims(seg.payload, |claims| self.check_claims(claims, now, issuer))?;
         if revoked.is_revoked(id.jti.as_deref(), &id.subject, now) {
             return Err(AuthError::Revoked);
         }

@@ -161,7 +161,11 @@ impl<'de> Deserialize<'de> for RouteAuth {
                 f.write_str(r#"true, false, "jwt", "key" or "any""#)
             }
             fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RouteAuth, E> {
-                Ok(if v { RouteAuth::Required } else { RouteAuth::Off })
+                Ok(if v {
+                    RouteAuth::Required
+                } else {
+                    RouteAuth::Off
+                })
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RouteAuth, E> {
                 match v {

@@ -61,15 +61,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::access_log::Retarget;
+use crate::auth::{Key, SourceSettings};
 use crate::auth::{RevocationLog, Revoked};
 use crate::config::{self, AccessLogTarget, ConfigError, ConfigProblem, Snapshot};
-use crate::auth::{Key, SourceSettings};
 use crate::inbox::{Barrier, ToWorker, UnknownKid, Workers};
 use crate::time::unix_now;
+pub use keys::{open_api_keys, KeyCommand, KeyError, KeyReply, KeyService};
 pub use protection::Loss;
 pub use revoke::{revoke_via, RevokeError, REVOKE_APPLY_TIMEOUT};
 use watch::{FileWatch, Poll};
-pub use keys::{open_api_keys, KeyCommand, KeyError, KeyReply, KeyService};
 pub use watch::{WatchSettings, SETTLE_INTERVAL, WATCH_INTERVAL};
 pub use weights::{WeightsBody, WeightsError};
 
@@ -84,7 +84,10 @@ pub enum ToControl {
     SetWeights(WeightsBody, Sender<Result<Reloaded, WeightsError>>),
     /// An API key operation. The reply carries the barrier to wait on before answering
     /// ([`key_command_via`] waits).
-    Keys(KeyCommand, Sender<Result<(KeyReply, Option<Barrier>), KeyError>>),
+    Keys(
+        KeyCommand,
+        Sender<Result<(KeyReply, Option<Barrier>), KeyError>>,
+    ),
     /// The JWKS thread fetched a changed key set for this source.
     RemoteKeys(SourceSettings, Vec<Key>),
     Stop,
@@ -470,11 +473,12 @@ impl State {
     /// Validates `bytes` and applies them, unless the file watch brought a config that
     /// lowers protection.
     fn apply(&mut self, bytes: &[u8], trigger: Trigger) -> Result<Reloaded, ConfigError> {
-        let loaded = config::load_bytes(&self.path, bytes, self.generation + 1).and_then(|mut s| {
-            self.overlay_keys(&mut s)?;
-            self.overlay_remote(&mut s);
-            Ok(s)
-        });
+        let loaded =
+            config::load_bytes(&self.path, bytes, self.generation + 1).and_then(|mut s| {
+                self.overlay_keys(&mut s)?;
+                self.overlay_remote(&mut s);
+                Ok(s)
+            });
         let snap = match loaded {
             Ok(s) => s,
             Err(e) => {

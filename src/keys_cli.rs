@@ -100,7 +100,8 @@ fn duration_secs(s: &str) -> Result<u64, String> {
         'd' => 86_400,
         _ => return Err(format!("`{s}`: the unit must be s, m, h or d")),
     };
-    n.checked_mul(mul).ok_or_else(|| format!("`{s}` is too long"))
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("`{s}` is too long"))
 }
 
 /// The command `op` asks for, and the id `show` wants.

@@ -179,7 +179,9 @@ async fn stages(
     };
     c.tally.route = crate::metrics::route_index(route);
     let asked = match &json {
-        Some(j) => j.model().map_or(authn::RequestModel::Unnamed, authn::RequestModel::Named),
+        Some(j) => j
+            .model()
+            .map_or(authn::RequestModel::Unnamed, authn::RequestModel::Named),
         None if matches!(rq.head.framing, BodyFraming::None | BodyFraming::Length(0)) => {
             authn::RequestModel::Unnamed
         }

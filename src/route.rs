@@ -30,8 +30,8 @@ mod split;
 mod trie;
 mod weights;
 
-pub use catalog::{Deployment, DeploymentId};
 pub use crate::config_types::RouteAuth;
+pub use catalog::{Deployment, DeploymentId};
 pub use raw::{RawDeployment, RawRoute, RawSticky, RawTarget, RawTimeouts, RouteTimeouts};
 pub use rng::WorkerRng;
 pub use split::{Chosen, Configured, SelectCtx, Split, Target, Weight, MAX_TARGETS};

@@ -58,7 +58,10 @@ fn statuses(conns: &mut [Client], key: &str) -> Vec<u16> {
 
 fn assert_all(conns: &mut [Client], key: &str, want: u16, when: &str) {
     let got = statuses(conns, key);
-    assert!(got.iter().all(|&s| s == want), "{when}: {got:?}, want {want}");
+    assert!(
+        got.iter().all(|&s| s == want),
+        "{when}: {got:?}, want {want}"
+    );
 }
 
 /// `[auth]` with a claim header and API keys in `keys.json` (also from `x-api-key`).
@@ -67,7 +70,10 @@ const KEYS_AUTH: &str = "[auth]\n[[auth.claim_headers]]\nclaim = \"sub\"\nheader
                          [auth.api_keys]\nfile = \"keys.json\"\nheader = \"x-api-key\"\n";
 
 fn key_of(v: &Value) -> String {
-    v["key"].as_str().unwrap_or_else(|| panic!("no key in {v}")).to_owned()
+    v["key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no key in {v}"))
+        .to_owned()
 }
 
 /// The error body's `type`.
@@ -81,7 +87,11 @@ fn key_lifecycle_through_the_admin_api() {
     let up = Upstream::echo();
     let stack = Stack::start(
         &test_dir("keys-lifecycle"),
-        &format!("{}{}", route_all(up.addr, ""), KEYS_AUTH.replace("\"tid\"", "\"tenant\"")),
+        &format!(
+            "{}{}",
+            route_all(up.addr, ""),
+            KEYS_AUTH.replace("\"tid\"", "\"tenant\"")
+        ),
     );
     let mut conns = on_both_workers(stack.gw());
 
@@ -102,37 +112,78 @@ fn key_lifecycle_through_the_admin_api() {
 
     // In force on every worker as soon as the API answered.
     assert_all(&mut conns, &key, 200, "created");
-    let (_, _, r) = ask(&mut conns[0], "/v1/x", &[("authorization", &format!("Bearer {key}"))]);
+    let (_, _, r) = ask(
+        &mut conns[0],
+        "/v1/x",
+        &[("authorization", &format!("Bearer {key}"))],
+    );
     let echo = r.text();
     assert!(echo.contains("\"x-user: alice\""), "{echo}");
     assert!(echo.contains("\"x-tenant: acme\""), "{echo}");
-    assert!(!echo.to_lowercase().contains("authorization"), "the key went upstream: {echo}");
+    assert!(
+        !echo.to_lowercase().contains("authorization"),
+        "the key went upstream: {echo}"
+    );
 
     let (status, v) = stack.admin_call("POST", &format!("/keys/{id}/disable"), "");
-    assert_eq!((status, &v["record"]["enabled"]), (200, &json!(false)), "{v}");
+    assert_eq!(
+        (status, &v["record"]["enabled"]),
+        (200, &json!(false)),
+        "{v}"
+    );
     assert_all(&mut conns, &key, 401, "disabled");
-    let (_, _, r) = ask(&mut conns[0], "/v1/x", &[("authorization", &format!("Bearer {key}"))]);
+    let (_, _, r) = ask(
+        &mut conns[0],
+        "/v1/x",
+        &[("authorization", &format!("Bearer {key}"))],
+    );
     assert_eq!(error_type(&r), "invalid_api_key");
     assert!(r.text().contains("disabled"), "{}", r.text());
-    assert!(r.header("www-authenticate").unwrap().contains("invalid_token"));
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("invalid_token"));
 
-    assert_eq!(stack.admin_call("POST", &format!("/keys/{id}/enable"), "").0, 200);
+    assert_eq!(
+        stack
+            .admin_call("POST", &format!("/keys/{id}/enable"), "")
+            .0,
+        200
+    );
     assert_all(&mut conns, &key, 200, "enabled again");
 
     // Rotation with a grace period: both secrets work.
-    let (status, v) = stack.admin_call("POST", &format!("/keys/{id}/rotate"), r#"{"grace_secs": 600}"#);
+    let (status, v) = stack.admin_call(
+        "POST",
+        &format!("/keys/{id}/rotate"),
+        r#"{"grace_secs": 600}"#,
+    );
     assert_eq!(status, 200, "{v}");
     let second = key_of(&v);
     assert_ne!(second, key);
     assert_all(&mut conns, &key, 200, "old secret in its grace period");
     assert_all(&mut conns, &second, 200, "new secret");
     // Without one: only the newest works.
-    let (status, v) = stack.admin_call("POST", &format!("/keys/{id}/rotate"), r#"{"grace_secs": 0}"#);
+    let (status, v) = stack.admin_call(
+        "POST",
+        &format!("/keys/{id}/rotate"),
+        r#"{"grace_secs": 0}"#,
+    );
     assert_eq!(status, 200, "{v}");
     let third = key_of(&v);
     assert_eq!(v["record"]["secrets"].as_array().unwrap().len(), 1, "{v}");
-    assert_all(&mut conns, &key, 401, "first secret after a rotation without grace");
-    assert_all(&mut conns, &second, 401, "second secret after a rotation without grace");
+    assert_all(
+        &mut conns,
+        &key,
+        401,
+        "first secret after a rotation without grace",
+    );
+    assert_all(
+        &mut conns,
+        &second,
+        401,
+        "second secret after a rotation without grace",
+    );
     assert_all(&mut conns, &third, 200, "third secret");
 
     let (status, list) = stack.admin_call("GET", "/keys", "");
@@ -142,18 +193,37 @@ fn key_lifecycle_through_the_admin_api() {
     let (status, one) = stack.admin_call("GET", &format!("/keys/{id}"), "");
     assert_eq!((status, &one["record"]["name"]), (200, &json!("ci-bot")));
 
-    assert_eq!(stack.admin_call("DELETE", &format!("/keys/{id}"), "").0, 200);
+    assert_eq!(
+        stack.admin_call("DELETE", &format!("/keys/{id}"), "").0,
+        200
+    );
     assert_all(&mut conns, &third, 401, "deleted");
-    assert_eq!(stack.admin_call("DELETE", &format!("/keys/{id}"), "").0, 404);
-    assert_eq!(stack.admin_call("POST", &format!("/keys/{id}/disable"), "").0, 404);
+    assert_eq!(
+        stack.admin_call("DELETE", &format!("/keys/{id}"), "").0,
+        404
+    );
+    assert_eq!(
+        stack
+            .admin_call("POST", &format!("/keys/{id}/disable"), "")
+            .0,
+        404
+    );
 
     // Every change is audited, in order, without a secret.
     let audit = std::fs::read_to_string(stack.dir.join("keys.json.audit.jsonl")).unwrap();
     let actions: Vec<String> = audit
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["action"].as_str().unwrap().to_owned())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["action"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
-    assert_eq!(actions, ["create", "disable", "enable", "rotate", "rotate", "delete"]);
+    assert_eq!(
+        actions,
+        ["create", "disable", "enable", "rotate", "rotate", "delete"]
+    );
     for k in [&key, &second, &third] {
         assert!(!audit.contains(k.as_str()));
     }
@@ -165,7 +235,10 @@ fn key_lifecycle_through_the_admin_api() {
 #[test]
 fn admin_key_requests_are_checked() {
     let up = Upstream::echo();
-    let stack = Stack::start(&test_dir("keys-admin-checks"), &format!("{}{KEYS_AUTH}", route_all(up.addr, "")));
+    let stack = Stack::start(
+        &test_dir("keys-admin-checks"),
+        &format!("{}{KEYS_AUTH}", route_all(up.addr, "")),
+    );
     let cases: [(&str, &str, &str, u16); 9] = [
         ("POST", "/keys", "{", 400),
         ("POST", "/keys", r#"{"name": "x", "nme": 1}"#, 400),
@@ -182,12 +255,23 @@ fn admin_key_requests_are_checked() {
         assert_eq!(status, want, "{method} {path} {body}: {v}");
     }
     let (_, v) = stack.admin_call("POST", "/keys", r#"{"name": " x", "models": [""]}"#);
-    let keys: Vec<&str> = v["problems"].as_array().unwrap().iter().map(|p| p["key"].as_str().unwrap()).collect();
+    let keys: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["key"].as_str().unwrap())
+        .collect();
     assert_eq!(keys, ["name", "owner", "models[0]"]);
     // Without the admin token: 401, nothing listed.
     let (status, _) = shardgate::admin::http::call(stack.admin(), "GET", "/keys", None).unwrap();
     assert_eq!(status, 401);
-    let (status, _) = shardgate::admin::http::call(stack.admin(), "GET", "/keys", Some("wrong-token-0123456789")).unwrap();
+    let (status, _) = shardgate::admin::http::call(
+        stack.admin(),
+        "GET",
+        "/keys",
+        Some("wrong-token-0123456789"),
+    )
+    .unwrap();
     assert_eq!(status, 401);
 }
 
@@ -202,9 +286,14 @@ fn expiry_and_outside_edits_of_the_keys_file() {
     let now = unix_now();
     let mut secrets = Vec::new();
     let mut records = Vec::new();
-    for (i, (expires_at, enabled)) in [(None, true), (Some(now - 1), true), (None, false), (Some(now + 3600), true)]
-        .into_iter()
-        .enumerate()
+    for (i, (expires_at, enabled)) in [
+        (None, true),
+        (Some(now - 1), true),
+        (None, false),
+        (Some(now + 3600), true),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let s = shardgate::auth::apikey::record::generate_secret(&rng, now).unwrap();
         records.push(json!({
@@ -222,7 +311,12 @@ fn expiry_and_outside_edits_of_the_keys_file() {
     write(&records[..3]);
     let stack = Stack::start(&dir, &format!("{}{KEYS_AUTH}", route_all(up.addr, "")));
     let status = |key: &str| {
-        get_with(stack.gw(), "/v1/x", &[("authorization", &format!("Bearer {key}"))]).status
+        get_with(
+            stack.gw(),
+            "/v1/x",
+            &[("authorization", &format!("Bearer {key}"))],
+        )
+        .status
     };
     let reason = |key: &str| {
         let r = get_with(stack.gw(), "/v1/x", &[("x-api-key", key)]);
@@ -240,14 +334,21 @@ fn expiry_and_outside_edits_of_the_keys_file() {
     write(&records);
     let deadline = Instant::now() + Duration::from_secs(20);
     while status(&secrets[3]) != 200 {
-        assert!(Instant::now() < deadline, "the watch did not apply the edit");
+        assert!(
+            Instant::now() < deadline,
+            "the watch did not apply the edit"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let (s, body) = reason(&secrets[0]);
     assert!(s == 401 && body.contains("expired"), "{s} {body}");
 
     // A broken edit (cut short, or with a bad digest) is refused: the keys in force stay.
-    std::fs::write(dir.join("keys.json"), &json!({"version": 1, "keys": records}).to_string()[..40]).unwrap();
+    std::fs::write(
+        dir.join("keys.json"),
+        &json!({"version": 1, "keys": records}).to_string()[..40],
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(400));
     let mut bad = records.clone();
     bad[3]["secrets"][0]["sha256"] = json!("00");
@@ -261,7 +362,8 @@ fn expiry_and_outside_edits_of_the_keys_file() {
 
 #[test]
 fn a_keys_model_allow_list_is_enforced() {
-    let mock = shardgate_mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
+    let mock =
+        shardgate_mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
     let config = format!(
         "{}{}{}",
         chat_model(mock.addr()),
@@ -269,7 +371,11 @@ fn a_keys_model_allow_list_is_enforced() {
         KEYS_AUTH,
     );
     let stack = Stack::start(&test_dir("keys-models"), &config);
-    let (_, v) = stack.admin_call("POST", "/keys", r#"{"name": "limited", "models": ["gpt-4o*", "m"]}"#);
+    let (_, v) = stack.admin_call(
+        "POST",
+        "/keys",
+        r#"{"name": "limited", "models": ["gpt-4o*", "m"]}"#,
+    );
     let limited = key_of(&v);
     let (_, v) = stack.admin_call("POST", "/keys", r#"{"name": "free"}"#);
     let free = key_of(&v);
@@ -302,22 +408,40 @@ fn a_keys_model_allow_list_is_enforced() {
     // a body there, allowed a request without one; an unrestricted key is not affected.
     let plain = |key: &str, body: &str| {
         let auth = format!("Bearer {key}");
-        post_json(stack.gw(), "/v1/embeddings", &[("authorization", &auth)], body).status
+        post_json(
+            stack.gw(),
+            "/v1/embeddings",
+            &[("authorization", &auth)],
+            body,
+        )
+        .status
     };
     let emb = r#"{"model":"gpt-4","input":"x"}"#;
     assert_eq!(plain(&limited, emb), 403);
-    let bodiless = format!("POST /v1/embeddings HTTP/1.1\r\nHost: gw\r\nx-api-key: {limited}\r\n\r\n");
+    let bodiless =
+        format!("POST /v1/embeddings HTTP/1.1\r\nHost: gw\r\nx-api-key: {limited}\r\n\r\n");
     // (The mock answers 400 to an embedding request without input: it was let through.)
     let r = request(stack.gw(), &bodiless);
-    assert!(![401, 403].contains(&r.status), "no body names no model: {}", r.status);
+    assert!(
+        ![401, 403].contains(&r.status),
+        "no body names no model: {}",
+        r.status
+    );
     let empty = format!("POST /v1/embeddings HTTP/1.1\r\nHost: gw\r\nx-api-key: {limited}\r\ncontent-length: 0\r\n\r\n");
     let r = request(stack.gw(), &empty);
-    assert!(![401, 403].contains(&r.status), "an empty body names no model: {}", r.status);
+    assert!(
+        ![401, 403].contains(&r.status),
+        "an empty body names no model: {}",
+        r.status
+    );
     // A chunked body may hold anything, even when it turns out empty.
     let chunked = format!("POST /v1/embeddings HTTP/1.1\r\nHost: gw\r\nx-api-key: {limited}\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n");
     assert_eq!(request(stack.gw(), &chunked).status, 403);
     assert_eq!(plain(&free, emb), 200);
-    assert_eq!(get_with(stack.gw(), "/v1/models", &[("x-api-key", &limited)]).status, 200);
+    assert_eq!(
+        get_with(stack.gw(), "/v1/models", &[("x-api-key", &limited)]).status,
+        200
+    );
     assert!(stack.metric("shardgate_auth_rejections_total{reason=\"model_not_allowed\"}") >= 4.0);
 }
 
@@ -325,10 +449,15 @@ fn a_keys_model_allow_list_is_enforced() {
 #[test]
 fn routes_accept_the_credentials_they_name() {
     let up = Upstream::echo();
-    let routes: String = [("/jwt/*r", "\"jwt\""), ("/key/*r", "\"key\""), ("/any/*r", "\"any\""), ("/open/*r", "false")]
-        .iter()
-        .map(|(p, a)| route(p, "up", &format!("auth = {a}")))
-        .collect::<String>()
+    let routes: String = [
+        ("/jwt/*r", "\"jwt\""),
+        ("/key/*r", "\"key\""),
+        ("/any/*r", "\"any\""),
+        ("/open/*r", "false"),
+    ]
+    .iter()
+    .map(|(p, a)| route(p, "up", &format!("auth = {a}")))
+    .collect::<String>()
         + &route("/default/*r", "up", "");
     let auth = auth_hs256("") + "[auth.api_keys]\nfile = \"keys.json\"\nheader = \"x-api-key\"\n";
     let config = format!("{}{routes}{auth}", upstream("up", &[up.addr], ""));
@@ -359,7 +488,9 @@ fn routes_accept_the_credentials_they_name() {
     }
     let r = get_with(stack.gw(), "/jwt/x", &[("authorization", &bearer_key)]);
     assert!(r.text().contains("does not accept"), "{}", r.text());
-    assert!(stack.metric("shardgate_auth_rejections_total{reason=\"credential_not_accepted\"}") >= 4.0);
+    assert!(
+        stack.metric("shardgate_auth_rejections_total{reason=\"credential_not_accepted\"}") >= 4.0
+    );
 }
 
 /// Every way a key reaches the gateway, including the ones that must fail, over raw bytes;
@@ -367,7 +498,10 @@ fn routes_accept_the_credentials_they_name() {
 #[test]
 fn keys_on_the_wire() {
     let up = Upstream::echo();
-    let stack = Stack::start(&test_dir("keys-wire"), &format!("{}{KEYS_AUTH}", route_all(up.addr, "")));
+    let stack = Stack::start(
+        &test_dir("keys-wire"),
+        &format!("{}{KEYS_AUTH}", route_all(up.addr, "")),
+    );
     let (_, v) = stack.admin_call("POST", "/keys", r#"{"name": "k", "owner": "wire"}"#);
     let key = key_of(&v);
     let cases: Vec<(String, u16)> = vec![
@@ -379,26 +513,47 @@ fn keys_on_the_wire() {
         (format!("x-api-key: {key}\r\n"), 200),
         (format!("X-API-KEY: {key}\r\n"), 200),
         (format!("x-api-key:   {key}   \r\n"), 200),
-        (format!("Authorization: Bearer {key}\r\nx-api-key: {key}\r\n"), 401),
-        (format!("Authorization: Bearer {key}\r\nAuthorization: Bearer {key}\r\n"), 401),
+        (
+            format!("Authorization: Bearer {key}\r\nx-api-key: {key}\r\n"),
+            401,
+        ),
+        (
+            format!("Authorization: Bearer {key}\r\nAuthorization: Bearer {key}\r\n"),
+            401,
+        ),
         (format!("x-api-key: {key}\r\nx-api-key: {key}\r\n"), 401),
         (format!("x-api-key: Bearer {key}\r\n"), 401),
         (format!("Authorization: {key}\r\n"), 401),
         (format!("Authorization: Basic {key}\r\n"), 401),
         (format!("Authorization: Bearer {}\r\n", &key[..45]), 401),
         (format!("Authorization: Bearer {key}A\r\n"), 401),
-        (format!("Authorization: Bearer {}\r\n", key.to_uppercase()), 401),
-        (format!("x-api-key: {}\r\n", key.replacen("sg-", "sk-", 1)), 401),
+        (
+            format!("Authorization: Bearer {}\r\n", key.to_uppercase()),
+            401,
+        ),
+        (
+            format!("x-api-key: {}\r\n", key.replacen("sg-", "sk-", 1)),
+            401,
+        ),
         ("x-api-key: \r\n".into(), 401),
     ];
     for (headers, want) in cases {
-        let r = request(stack.gw(), &format!("GET /v1/x HTTP/1.1\r\nHost: gw\r\n{headers}\r\n"));
+        let r = request(
+            stack.gw(),
+            &format!("GET /v1/x HTTP/1.1\r\nHost: gw\r\n{headers}\r\n"),
+        );
         assert_eq!(r.status, want, "{headers:?}: {}", r.text());
         if want == 200 {
             let echo = r.text().to_lowercase();
             assert!(echo.contains("\"x-user: wire\""), "{echo}");
-            assert!(!echo.contains("x-api-key") && !echo.contains("authorization"), "{echo}");
-            assert!(!echo.contains(&key.to_lowercase()), "the key went upstream: {echo}");
+            assert!(
+                !echo.contains("x-api-key") && !echo.contains("authorization"),
+                "{echo}"
+            );
+            assert!(
+                !echo.contains(&key.to_lowercase()),
+                "the key went upstream: {echo}"
+            );
         }
     }
 }
@@ -408,7 +563,10 @@ fn keys_on_the_wire() {
 #[test]
 fn the_cli_manages_keys() {
     let up = Upstream::echo();
-    let stack = Stack::start(&test_dir("keys-cli"), &format!("{}{KEYS_AUTH}", route_all(up.addr, "")));
+    let stack = Stack::start(
+        &test_dir("keys-cli"),
+        &format!("{}{KEYS_AUTH}", route_all(up.addr, "")),
+    );
     let cli = |args: &[&str]| -> Value {
         let admin = stack.admin().to_string();
         let out = Command::new(env!("CARGO_BIN_EXE_shardgate"))
@@ -416,11 +574,25 @@ fn the_cli_manages_keys() {
             .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let status = |key: &str| get_with(stack.gw(), "/v1/x", &[("x-api-key", key)]).status;
-    let v = cli(&["create", "--name", "from-cli", "--owner", "bob", "--model", "m*", "--expires-in", "1d"]);
+    let v = cli(&[
+        "create",
+        "--name",
+        "from-cli",
+        "--owner",
+        "bob",
+        "--model",
+        "m*",
+        "--expires-in",
+        "1d",
+    ]);
     let key = key_of(&v);
     let id = v["record"]["id"].as_str().unwrap().to_owned();
     assert!(v["record"]["expires_at"].as_u64().unwrap() > unix_now() + 86_000);
@@ -441,7 +613,15 @@ fn the_cli_manages_keys() {
     // An error is a failure exit with the API's answer.
     let admin = stack.admin().to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_shardgate"))
-        .args(["keys", "--admin", &admin, "--token", STACK_ADMIN_TOKEN, "disable", &id])
+        .args([
+            "keys",
+            "--admin",
+            &admin,
+            "--token",
+            STACK_ADMIN_TOKEN,
+            "disable",
+            &id,
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -455,7 +635,11 @@ fn the_cli_manages_keys() {
         .args(["create", "--name", "gitops"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let key = key_of(&serde_json::from_slice(&out.stdout).unwrap());
     let deadline = Instant::now() + Duration::from_secs(20);
     while status(&key) != 200 {
@@ -477,17 +661,25 @@ fn ensure_openai() {
             .args(["-m", "pip", "install", "--quiet", "openai"])
             .status();
     }
-    assert!(has(), "python3 with the openai package is required (pip install openai)");
+    assert!(
+        has(),
+        "python3 with the openai package is required (pip install openai)"
+    );
 }
 
 #[test]
 fn the_openai_python_client_works_with_a_key() {
     ensure_openai();
-    let mock = shardgate_mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
+    let mock =
+        shardgate_mock::spawn(Default::default(), "127.0.0.1:0".parse().unwrap(), 1).unwrap();
     let config = format!(
         "{}{}{}",
         deployment("mock-gpt", "1.0.0", &[mock.addr()], "")
-            + &model_route("/v1/chat/completions", "{ model = \"mock-gpt\", weight = 1 }", ""),
+            + &model_route(
+                "/v1/chat/completions",
+                "{ model = \"mock-gpt\", weight = 1 }",
+                ""
+            ),
         upstream("plain", &[mock.addr()], "") + &route("/v1/*rest", "plain", ""),
         KEYS_AUTH,
     );

@@ -29,8 +29,8 @@ use super::AdminState;
 use crate::auth::KeyRecord;
 use crate::config::Snapshot;
 use crate::control::jwks::SourceStatus;
-use crate::control::keys::{KeyCommand, KeyError, KeyReply, NewKey, DEFAULT_GRACE_SECS};
 use crate::control::key_command_via;
+use crate::control::keys::{KeyCommand, KeyError, KeyReply, NewKey, DEFAULT_GRACE_SECS};
 
 /// Whether `path` is one of these endpoints.
 pub fn owns(path: &str) -> bool {
@@ -76,14 +76,20 @@ pub fn handle(state: &AdminState, req: &Request, path: &str) -> Response {
             Response::json(200, &json!({"keys": keys}))
         }
         (Ok(KeyReply::Secret { record, key }), _) => Response::json(
-            if method == "POST" && segments.is_empty() { 201 } else { 200 },
+            if method == "POST" && segments.is_empty() {
+                201
+            } else {
+                200
+            },
             &json!({
                 "key": key,
                 "record": view(&record),
                 "note": "store this key now: it is not shown again",
             }),
         ),
-        (Ok(KeyReply::Changed(record)), _) => Response::json(200, &json!({"record": view(&record)})),
+        (Ok(KeyReply::Changed(record)), _) => {
+            Response::json(200, &json!({"record": view(&record)}))
+        }
         (Ok(KeyReply::Deleted(id)), _) => Response::json(200, &json!({"deleted": id})),
         (Err(e), _) => error(&e),
     }
@@ -191,13 +197,21 @@ pub fn auth_view(s: &Snapshot) -> Value {
     json!({"jwks": jwks, "api_keys": api_keys})
 }
 
+/// One metric family of the remote key sets: name, type, help, and the value per source.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&SourceStatus) -> u64,
+);
+
 /// The remote key sets' Prometheus series, appended to `out`.
 pub fn prometheus(sources: &[SourceStatus], out: &mut String) {
     use std::fmt::Write as _;
     if sources.is_empty() {
         return;
     }
-    let families: [(&str, &str, &str, fn(&SourceStatus) -> u64); 4] = [
+    let families: [Family; 4] = [
         (
             "shardgate_jwks_fetches_total",
             "counter",
@@ -226,7 +240,12 @@ pub fn prometheus(sources: &[SourceStatus], out: &mut String) {
     for (name, kind, help, value) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for s in sources {
-            let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", escape(&s.source), value(s));
+            let _ = writeln!(
+                out,
+                "{name}{{source=\"{}\"}} {}",
+                escape(&s.source),
+                value(s)
+            );
         }
     }
 }
@@ -257,9 +276,18 @@ mod tests {
             }],
             &mut out,
         );
-        assert!(out.contains("shardgate_jwks_fetches_total{source=\"https://idp/\\\"keys\\\"\"} 5"), "{out}");
-        assert!(out.contains("shardgate_jwks_fetch_failures_total{source="), "{out}");
-        assert!(out.contains("shardgate_jwks_keys{source=\"https://idp/\\\"keys\\\"\"} 2"), "{out}");
+        assert!(
+            out.contains("shardgate_jwks_fetches_total{source=\"https://idp/\\\"keys\\\"\"} 5"),
+            "{out}"
+        );
+        assert!(
+            out.contains("shardgate_jwks_fetch_failures_total{source="),
+            "{out}"
+        );
+        assert!(
+            out.contains("shardgate_jwks_keys{source=\"https://idp/\\\"keys\\\"\"} 2"),
+            "{out}"
+        );
         assert!(out.contains("# TYPE shardgate_jwks_last_success_timestamp_seconds gauge"));
         let mut none = String::new();
         prometheus(&[], &mut none);

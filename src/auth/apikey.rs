@@ -392,11 +392,20 @@ mod tests {
             AuthError::KeyExpired
         );
         assert_eq!(t.lookup(a.as_bytes(), NOW + 1).unwrap().id(), "k-a");
-        assert_eq!(t.lookup(b.as_bytes(), NOW).unwrap_err(), AuthError::KeyDisabled);
+        assert_eq!(
+            t.lookup(b.as_bytes(), NOW).unwrap_err(),
+            AuthError::KeyDisabled
+        );
         assert_eq!(t.lookup(c.as_bytes(), NOW - 1).unwrap().id(), "k-c");
-        assert_eq!(t.lookup(c.as_bytes(), NOW).unwrap_err(), AuthError::KeyExpired);
+        assert_eq!(
+            t.lookup(c.as_bytes(), NOW).unwrap_err(),
+            AuthError::KeyExpired
+        );
         // Disabled wins over expired: the more deliberate state is the one reported.
-        assert_eq!(t.lookup(d.as_bytes(), NOW).unwrap_err(), AuthError::KeyDisabled);
+        assert_eq!(
+            t.lookup(d.as_bytes(), NOW).unwrap_err(),
+            AuthError::KeyDisabled
+        );
     }
 
     /// Every near miss of a stored key is unknown: each position changed, cut short, grown,
@@ -468,7 +477,10 @@ mod tests {
             .into_iter()
             .map(Into::into)
             .collect();
-        let seps: Vec<Box<str>> = [" ", " ", ",", " ", " "].into_iter().map(Into::into).collect();
+        let seps: Vec<Box<str>> = [" ", " ", ",", " ", " "]
+            .into_iter()
+            .map(Into::into)
+            .collect();
         let m = ClaimMapping {
             subject: "sub",
             tenant: Some("tid"),

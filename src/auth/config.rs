@@ -75,8 +75,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::key::{jwk_from_file, Alg, Jwk, KeyMaterial};
-use crate::config_types::RouteAuth;
 use super::token::MAX_KID_BYTES;
+use crate::config_types::RouteAuth;
 use crate::config_types::{ConfigProblem, Secret};
 use crate::http::fields::{is_token, HeaderRole};
 use crate::http_config::config_header;
@@ -407,7 +407,10 @@ pub(super) fn build_api_keys(
 ) -> Option<ApiKeySettings> {
     let k = raw.api_keys.as_ref()?;
     if k.file.as_os_str().is_empty() {
-        problems.push(ConfigProblem::new("auth.api_keys.file", "must not be empty"));
+        problems.push(ConfigProblem::new(
+            "auth.api_keys.file",
+            "must not be empty",
+        ));
         return None;
     }
     let file = base_dir.join(&k.file);
@@ -464,9 +467,9 @@ pub fn check_route_auth(
         RouteAuth::Required => None,
         RouteAuth::Jwt if !jwt => Some("\"jwt\" requires [[auth.keys]] or [[auth.jwks]]"),
         RouteAuth::Key if !key => Some("\"key\" requires [auth.api_keys]"),
-        RouteAuth::Any if !(jwt && key) => Some(
-            "\"any\" requires [auth.api_keys] and [[auth.keys]] or [[auth.jwks]]",
-        ),
+        RouteAuth::Any if !(jwt && key) => {
+            Some("\"any\" requires [auth.api_keys] and [[auth.keys]] or [[auth.jwks]]")
+        }
         RouteAuth::Jwt | RouteAuth::Key | RouteAuth::Any => None,
     };
     if let Some(m) = missing {

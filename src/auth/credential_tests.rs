@@ -126,23 +126,59 @@ fn keys_are_found_however_they_are_presented() {
         (Some(format!("Bearer    {k}")), None, ok.clone()),
         (None, Some(k.clone()), ok.clone()),
         // Nothing around the key is trimmed: a different credential is unknown.
-        (Some(format!("Bearer {k} ")), None, Err(AuthError::KeyUnknown)),
-        (Some(format!("Bearer {k}x")), None, Err(AuthError::KeyUnknown)),
-        (Some(format!("Bearer {}", &k[..k.len() - 1])), None, Err(AuthError::KeyUnknown)),
-        (Some(format!("Bearer {}", key('B'))), None, Err(AuthError::KeyUnknown)),
-        (None, Some(format!("Bearer {k}")), Err(AuthError::KeyUnknown)),
+        (
+            Some(format!("Bearer {k} ")),
+            None,
+            Err(AuthError::KeyUnknown),
+        ),
+        (
+            Some(format!("Bearer {k}x")),
+            None,
+            Err(AuthError::KeyUnknown),
+        ),
+        (
+            Some(format!("Bearer {}", &k[..k.len() - 1])),
+            None,
+            Err(AuthError::KeyUnknown),
+        ),
+        (
+            Some(format!("Bearer {}", key('B'))),
+            None,
+            Err(AuthError::KeyUnknown),
+        ),
+        (
+            None,
+            Some(format!("Bearer {k}")),
+            Err(AuthError::KeyUnknown),
+        ),
         (None, Some(format!(" {k}")), Err(AuthError::KeyUnknown)),
         (None, Some(String::new()), Err(AuthError::KeyUnknown)),
         // The scheme is still required in the credential header.
         (Some(k.clone()), None, Err(AuthError::BadScheme)),
         (Some(format!("Basic {k}")), None, Err(AuthError::BadScheme)),
-        (Some(format!("Bearer\t{k}")), None, Err(AuthError::BadScheme)),
+        (
+            Some(format!("Bearer\t{k}")),
+            None,
+            Err(AuthError::BadScheme),
+        ),
         // Two credentials are one too many, whichever is right.
-        (Some(format!("Bearer {k}")), Some(k.clone()), Err(AuthError::Malformed)),
-        (Some("Bearer x".into()), Some(k.clone()), Err(AuthError::Malformed)),
+        (
+            Some(format!("Bearer {k}")),
+            Some(k.clone()),
+            Err(AuthError::Malformed),
+        ),
+        (
+            Some("Bearer x".into()),
+            Some(k.clone()),
+            Err(AuthError::Malformed),
+        ),
         (None, None, Err(AuthError::Missing)),
         // A key-shaped token that is not a key is not tried as a JWT either.
-        (Some(format!("Bearer {KEY_PREFIX}abc")), None, Err(AuthError::KeyUnknown)),
+        (
+            Some(format!("Bearer {KEY_PREFIX}abc")),
+            None,
+            Err(AuthError::KeyUnknown),
+        ),
     ];
     for (header, key_header, want) in cases {
         assert_eq!(
@@ -156,11 +192,20 @@ fn keys_are_found_however_they_are_presented() {
 #[test]
 fn each_route_accepts_only_its_kinds() {
     let a = both();
-    let token = format!("Bearer {}", jwt(&format!(r#"{{"sub":"jo","exp":{}}}"#, NOW + 60)));
+    let token = format!(
+        "Bearer {}",
+        jwt(&format!(r#"{{"sub":"jo","exp":{}}}"#, NOW + 60))
+    );
     let bearer_key = format!("Bearer {}", key('A'));
     let k = key('A');
     let not = Err(AuthError::CredentialNotAccepted);
-    let cases: [(Accepts, &str, Option<&str>, Option<&str>, Result<&str, AuthError>); 9] = [
+    let cases: [(
+        Accepts,
+        &str,
+        Option<&str>,
+        Option<&str>,
+        Result<&str, AuthError>,
+    ); 9] = [
         (ANY, "jwt", Some(&token), None, Ok("jo")),
         (ANY, "key", Some(&bearer_key), None, Ok("k1-owner")),
         (ANY, "x-api-key", None, Some(&k), Ok("k1-owner")),
@@ -273,8 +318,8 @@ fn remote(kp: &Ed25519KeyPair, kid: &str) -> Authenticator {
         "x": B64.encode(kp.public_key().as_ref()),
     }]});
     let source = a.remote_sources()[0].settings.clone();
-    let set = remote::parse_jwks(doc.to_string().as_bytes(), None, source.issuer.as_deref())
-        .unwrap();
+    let set =
+        remote::parse_jwks(doc.to_string().as_bytes(), None, source.issuer.as_deref()).unwrap();
     assert!(a.set_remote_keys(&source, set.keys));
     a
 }
@@ -292,23 +337,34 @@ fn ed_token(kp: &Ed25519KeyPair, kid: &str, claims: &str) -> String {
 #[test]
 fn remote_keys_verify_under_their_sources_issuer() {
     let rng = ring::rand::SystemRandom::new();
-    let kp = Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref())
-        .unwrap();
+    let kp =
+        Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref()).unwrap();
     let a = remote(&kp, "idp-1");
     let exp = NOW + 60;
     let check = |kid: &str, claims: String| {
         let v = format!("Bearer {}", ed_token(&kp, kid, &claims));
-        a.verify(Some(v.as_bytes()), NOW, &Revocations::new(), &mut Scratch::default())
-            .map(|i| i.subject.into_owned())
+        a.verify(
+            Some(v.as_bytes()),
+            NOW,
+            &Revocations::new(),
+            &mut Scratch::default(),
+        )
+        .map(|i| i.subject.into_owned())
     };
     assert_eq!(
-        check("idp-1", format!(r#"{{"sub":"u","iss":"https://idp","exp":{exp}}}"#)),
+        check(
+            "idp-1",
+            format!(r#"{{"sub":"u","iss":"https://idp","exp":{exp}}}"#)
+        ),
         Ok("u".into())
     );
     // The source's issuer binds its keys, over `[auth] issuer`.
     for iss in ["https://static-issuer", "https://idp/", "https://evil"] {
         assert_eq!(
-            check("idp-1", format!(r#"{{"sub":"u","iss":"{iss}","exp":{exp}}}"#)),
+            check(
+                "idp-1",
+                format!(r#"{{"sub":"u","iss":"{iss}","exp":{exp}}}"#)
+            ),
             Err(AuthError::BadIssuer),
             "{iss}"
         );
@@ -318,7 +374,10 @@ fn remote_keys_verify_under_their_sources_issuer() {
         Err(AuthError::BadIssuer)
     );
     assert_eq!(
-        check("idp-2", format!(r#"{{"sub":"u","iss":"https://idp","exp":{exp}}}"#)),
+        check(
+            "idp-2",
+            format!(r#"{{"sub":"u","iss":"https://idp","exp":{exp}}}"#)
+        ),
         Err(AuthError::UnknownKey)
     );
     // The remote key pins EdDSA: the same kid under another alg is refused.
@@ -329,8 +388,13 @@ fn remote_keys_verify_under_their_sources_issuer() {
     );
     let v = format!("Bearer {input}.{}", B64.encode([0u8; 64]));
     assert_eq!(
-        a.verify(Some(v.as_bytes()), NOW, &Revocations::new(), &mut Scratch::default())
-            .unwrap_err(),
+        a.verify(
+            Some(v.as_bytes()),
+            NOW,
+            &Revocations::new(),
+            &mut Scratch::default()
+        )
+        .unwrap_err(),
         AuthError::AlgMismatch
     );
 }

@@ -204,7 +204,10 @@ pub(super) fn build_sources(
         let refresh = secs(s.refresh_secs, DEFAULT_REFRESH);
         let min_refresh = secs(s.min_refresh_secs, DEFAULT_MIN_REFRESH);
         if min_refresh.is_zero() {
-            problems.push(ConfigProblem::new(at("min_refresh_secs"), "must be at least 1"));
+            problems.push(ConfigProblem::new(
+                at("min_refresh_secs"),
+                "must be at least 1",
+            ));
         }
         if refresh < min_refresh || refresh > MAX_REFRESH {
             problems.push(ConfigProblem::new(
@@ -243,7 +246,10 @@ pub(super) fn build_sources(
             timeout,
             rsa_alg,
         };
-        if out.iter().any(|o: &RemoteSource| o.settings.label() == settings.label()) {
+        if out
+            .iter()
+            .any(|o: &RemoteSource| o.settings.label() == settings.label())
+        {
             problems.push(ConfigProblem::new(at("jwks_uri"), "duplicate source"));
         }
         if problems.len() == before {
@@ -271,7 +277,8 @@ fn check_url(u: &str) -> Result<(), String> {
 fn is_loopback(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.eq_ignore_ascii_case("localhost")
-        || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn is_rsa(a: Alg) -> bool {
@@ -466,17 +473,49 @@ mod tests {
         let cases: Vec<(serde_json::Value, Option<Alg>, Result<Alg, &str>)> = vec![
             (ed("a"), None, Ok(Alg::EdDSA)),
             (ec256("a"), None, Ok(Alg::ES256)),
-            (with(ec256("a"), "crv", json!("P-384")), None, Ok(Alg::ES384)),
-            (with(ec256("a"), "crv", json!("P-521")), None, Err("names none")),
-            (with(ec256("a"), "alg", json!("ES256")), None, Ok(Alg::ES256)),
+            (
+                with(ec256("a"), "crv", json!("P-384")),
+                None,
+                Ok(Alg::ES384),
+            ),
+            (
+                with(ec256("a"), "crv", json!("P-521")),
+                None,
+                Err("names none"),
+            ),
+            (
+                with(ec256("a"), "alg", json!("ES256")),
+                None,
+                Ok(Alg::ES256),
+            ),
             (rsa("a"), None, Err("set rsa_alg")),
             (rsa("a"), Some(Alg::PS256), Ok(Alg::PS256)),
-            (with(rsa("a"), "alg", json!("RS384")), Some(Alg::PS256), Ok(Alg::RS384)),
-            (with(rsa("a"), "alg", json!("none")), None, Err("not supported")),
-            (with(rsa("a"), "alg", json!("HS256")), None, Err("symmetric")),
-            (json!({"kty": "oct", "k": "AAAA", "alg": "HS256"}), None, Err("symmetric")),
+            (
+                with(rsa("a"), "alg", json!("RS384")),
+                Some(Alg::PS256),
+                Ok(Alg::RS384),
+            ),
+            (
+                with(rsa("a"), "alg", json!("none")),
+                None,
+                Err("not supported"),
+            ),
+            (
+                with(rsa("a"), "alg", json!("HS256")),
+                None,
+                Err("symmetric"),
+            ),
+            (
+                json!({"kty": "oct", "k": "AAAA", "alg": "HS256"}),
+                None,
+                Err("symmetric"),
+            ),
             (json!({"kty": "oct", "k": "AAAA"}), None, Err("symmetric")),
-            (json!({"kty": "OKP", "crv": "X25519"}), None, Err("names none")),
+            (
+                json!({"kty": "OKP", "crv": "X25519"}),
+                None,
+                Err("names none"),
+            ),
         ];
         for (jwk, rsa_alg, want) in cases {
             let j: Jwk = serde_json::from_value(jwk.clone()).unwrap();
@@ -511,11 +550,26 @@ mod tests {
         .unwrap();
         let kids: Vec<&str> = set.keys.iter().map(|k| &*k.kid).collect();
         assert_eq!(kids, ["good", "ec"]);
-        assert!(set.keys.iter().all(|k| k.issuer.as_deref() == Some("https://idp")));
+        assert!(set
+            .keys
+            .iter()
+            .all(|k| k.issuer.as_deref() == Some("https://idp")));
         let skipped: Vec<&str> = set.skipped.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             skipped,
-            ["enc", "ops", "private", "#5", "short", "rsa-no-alg", "#10", "#11", "", "dup", "dup"]
+            [
+                "enc",
+                "ops",
+                "private",
+                "#5",
+                "short",
+                "rsa-no-alg",
+                "#10",
+                "#11",
+                "",
+                "dup",
+                "dup"
+            ]
         );
     }
 
@@ -582,7 +636,8 @@ mod tests {
         .unwrap();
         assert_eq!(d.jwks_uri, "https://idp.example.com/keys");
         assert_eq!(d.rsa_alg, Some(Alg::RS256));
-        let d = parse_discovery(doc(iss, "https://x/k", &["RS256", "PS256"]).as_bytes(), iss).unwrap();
+        let d =
+            parse_discovery(doc(iss, "https://x/k", &["RS256", "PS256"]).as_bytes(), iss).unwrap();
         assert_eq!(d.rsa_alg, None, "two RSA algs: ambiguous");
         for (body, why) in [
             (doc("https://evil", "https://x/k", &[]), "expected"),

@@ -820,7 +820,11 @@ fn errors_map_to_status_reason_and_challenge() {
         assert!(!e.description().contains('"') && !e.description().contains('\\'));
     }
     assert_eq!(AuthError::Expired.reason(), "expired");
-    for e in [AuthError::KeyUnknown, AuthError::KeyDisabled, AuthError::KeyExpired] {
+    for e in [
+        AuthError::KeyUnknown,
+        AuthError::KeyDisabled,
+        AuthError::KeyExpired,
+    ] {
         assert_eq!(e.kind(), "invalid_api_key", "{e:?}");
     }
     assert_eq!(AuthError::BadSignature.kind(), "authentication_error");

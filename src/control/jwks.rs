@@ -31,8 +31,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::{lock_view, SharedView, ToControl};
 use crate::auth::remote::{
-    self, next_refresh, parse_discovery, parse_jwks, Discovered, SourceSettings,
-    MAX_DOCUMENT_BYTES,
+    self, next_refresh, parse_discovery, parse_jwks, Discovered, SourceSettings, MAX_DOCUMENT_BYTES,
 };
 use crate::auth::Key;
 use crate::config::Snapshot;
@@ -361,7 +360,12 @@ impl super::State {
             .snapshot
             .as_ref()
             .and_then(|s| s.auth.as_ref())
-            .map(|a| a.remote_sources().iter().map(|s| s.settings.clone()).collect())
+            .map(|a| {
+                a.remote_sources()
+                    .iter()
+                    .map(|s| s.settings.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         if self.jwks.is_none() && !sources.is_empty() {
             match JwksThread::spawn(self.tx.clone(), self.key_hints.take(), self.view.clone()) {
@@ -421,7 +425,10 @@ mod tests {
 
     #[test]
     fn reconcile_keeps_known_sources() {
-        let mut sources = vec![Source::new(settings(10, 300)), Source::new(settings(20, 300))];
+        let mut sources = vec![
+            Source::new(settings(10, 300)),
+            Source::new(settings(20, 300)),
+        ];
         sources[0].status.fetches = 7;
         reconcile(&mut sources, vec![settings(10, 300), settings(30, 300)]);
         assert_eq!(sources.len(), 2);

@@ -90,7 +90,10 @@ pub struct NewKey {
 pub enum KeyReply {
     List(Vec<KeyRecord>),
     /// A key with a new secret (create, rotate): `key` is shown this once.
-    Secret { record: KeyRecord, key: String },
+    Secret {
+        record: KeyRecord,
+        key: String,
+    },
     Changed(KeyRecord),
     Deleted(String),
 }
@@ -116,7 +119,10 @@ impl std::fmt::Display for KeyError {
             KeyError::NotConfigured => f.write_str("API keys are not configured ([auth.api_keys])"),
             KeyError::NotFound(id) => write!(f, "no key with id `{id}`"),
             KeyError::Invalid(p) => {
-                let lines: Vec<String> = p.iter().map(|p| format!("{}: {}", p.key, p.message)).collect();
+                let lines: Vec<String> = p
+                    .iter()
+                    .map(|p| format!("{}: {}", p.key, p.message))
+                    .collect();
                 write!(f, "invalid: {}", lines.join("; "))
             }
             KeyError::Store(e) => write!(f, "the key store failed: {e}"),
@@ -202,7 +208,12 @@ impl KeyService {
             KeyCommand::List => (KeyReply::List(records.clone()), None),
             KeyCommand::Create(new) => {
                 let (record, key) = self.create(new, now)?;
-                let e = entry("create", &record, Some(record.secrets[0].prefix.clone()), None);
+                let e = entry(
+                    "create",
+                    &record,
+                    Some(record.secrets[0].prefix.clone()),
+                    None,
+                );
                 records.push(record.clone());
                 (KeyReply::Secret { record, key }, e)
             }
@@ -296,7 +307,12 @@ impl KeyService {
 
     /// Gives `r` a new secret; its other secrets end `grace_secs` from now (or earlier, if
     /// they already would). Returns the key and the audit detail.
-    fn rotate(&self, r: &mut KeyRecord, grace_secs: u64, now: u64) -> Result<(String, String), KeyError> {
+    fn rotate(
+        &self,
+        r: &mut KeyRecord,
+        grace_secs: u64,
+        now: u64,
+    ) -> Result<(String, String), KeyError> {
         if grace_secs > MAX_GRACE_SECS {
             return Err(KeyError::Invalid(vec![ConfigProblem::new(
                 "grace_secs",
@@ -410,7 +426,11 @@ pub(super) struct KeysState {
 }
 
 impl KeysState {
-    pub(super) fn new(service: KeyService, settings: ApiKeySettings, watch: super::WatchSettings) -> Self {
+    pub(super) fn new(
+        service: KeyService,
+        settings: ApiKeySettings,
+        watch: super::WatchSettings,
+    ) -> Self {
         let watch = service
             .watched()
             .map(|p| FileWatch::new(p.to_path_buf(), watch));
@@ -458,7 +478,10 @@ impl super::State {
 
     /// Carries out one key command (module docs, "A change"): the reply, and the barrier to
     /// wait on before answering (`None`: nothing changed).
-    pub(super) fn key_command(&mut self, cmd: KeyCommand) -> Result<(KeyReply, Option<Barrier>), KeyError> {
+    pub(super) fn key_command(
+        &mut self,
+        cmd: KeyCommand,
+    ) -> Result<(KeyReply, Option<Barrier>), KeyError> {
         let keys = self.keys.as_mut().ok_or(KeyError::NotConfigured)?;
         let plan = keys.service.plan(cmd, "admin-api", unix_now())?;
         if plan.entry.is_none() {
@@ -466,7 +489,8 @@ impl super::State {
         }
         let mut snap = self.current_snapshot().ok_or(KeyError::NotConfigured)?;
         let auth = snap.auth.as_mut().ok_or(KeyError::NotConfigured)?;
-        auth.set_api_keys(&plan.records).map_err(KeyError::Invalid)?;
+        auth.set_api_keys(&plan.records)
+            .map_err(KeyError::Invalid)?;
         let keys = self.keys.as_mut().ok_or(KeyError::NotConfigured)?;
         keys.service.commit(&plan)?;
         // The watch must not offer the version just written as an outside edit.
@@ -481,17 +505,25 @@ impl super::State {
 
     /// One look at the keys file; a settled outside edit is checked and put in force.
     pub(super) fn poll_keys_file(&mut self) {
-        let Some(keys) = self.keys.as_mut() else { return };
-        let Some(watch) = keys.watch.as_mut() else { return };
+        let Some(keys) = self.keys.as_mut() else {
+            return;
+        };
+        let Some(watch) = keys.watch.as_mut() else {
+            return;
+        };
         let file = keys.settings.file.display().to_string();
         let content = match watch.poll(Instant::now()) {
             Poll::Ready(c) => c,
             Poll::Unreadable(e) => {
-                eprintln!("shardgate: keys file {file} cannot be read ({e}); keeping the keys in force");
+                eprintln!(
+                    "shardgate: keys file {file} cannot be read ({e}); keeping the keys in force"
+                );
                 return;
             }
             Poll::Empty(_) => {
-                eprintln!("shardgate: keys file {file} is empty; not applied, keeping the keys in force");
+                eprintln!(
+                    "shardgate: keys file {file} is empty; not applied, keeping the keys in force"
+                );
                 return;
             }
             Poll::Unchanged | Poll::Settling => return,
@@ -593,7 +625,10 @@ mod tests {
         s.apply(KeyCommand::Disable(rec.id.clone()), "cli").unwrap();
         assert!(!mem.lock().unwrap().records[0].enabled);
         s.apply(KeyCommand::Enable(rec.id.clone()), "cli").unwrap();
-        let KeyReply::Secret { record, key: new_key } = s
+        let KeyReply::Secret {
+            record,
+            key: new_key,
+        } = s
             .apply(
                 KeyCommand::Rotate {
                     id: rec.id.clone(),
@@ -626,7 +661,10 @@ mod tests {
         s.apply(KeyCommand::Delete(rec.id.clone()), "cli").unwrap();
         assert!(mem.lock().unwrap().records.is_empty());
         let actions: Vec<&str> = mem.lock().unwrap().audit.iter().map(|e| e.action).collect();
-        assert_eq!(actions, ["create", "disable", "enable", "rotate", "rotate", "delete"]);
+        assert_eq!(
+            actions,
+            ["create", "disable", "enable", "rotate", "rotate", "delete"]
+        );
         assert_eq!(
             s.apply(KeyCommand::Disable(rec.id.clone()), "cli"),
             Err(KeyError::NotFound(rec.id))
@@ -638,7 +676,9 @@ mod tests {
         let (mut s, mem) = service();
         let (rec, _) = create(&mut s, "ci");
         mem.lock().unwrap().fail_audit = true;
-        let e = s.apply(KeyCommand::Disable(rec.id.clone()), "cli").unwrap_err();
+        let e = s
+            .apply(KeyCommand::Disable(rec.id.clone()), "cli")
+            .unwrap_err();
         assert!(matches!(e, KeyError::Store(_)), "{e:?}");
         assert!(mem.lock().unwrap().records[0].enabled, "rolled back");
         assert!(s.records()[0].enabled);

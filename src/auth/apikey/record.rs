@@ -261,8 +261,7 @@ impl KeyRecord {
                     format!("claim names must be 1 to {MAX_PATTERN_BYTES} bytes"),
                 ));
             }
-            if value.is_empty() || value.len() > MAX_CLAIM_HEADER_BYTES || !is_clean_text(value)
-            {
+            if value.is_empty() || value.len() > MAX_CLAIM_HEADER_BYTES || !is_clean_text(value) {
                 out.push(ConfigProblem::new(
                     at(&format!("claims.{name}")),
                     format!("must be 1 to {MAX_CLAIM_HEADER_BYTES} bytes of clean text"),
@@ -391,7 +390,12 @@ mod tests {
         dup.secrets.push(dup.secrets[0].clone());
         let file = KeysFile {
             version: 2,
-            keys: vec![record("k1", &key), bad, dup, record("k1", "sg-other-key-xx")],
+            keys: vec![
+                record("k1", &key),
+                bad,
+                dup,
+                record("k1", "sg-other-key-xx"),
+            ],
         };
         let keys: Vec<String> = file.problems().into_iter().map(|p| p.key).collect();
         assert_eq!(

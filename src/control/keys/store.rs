@@ -241,12 +241,16 @@ mod tests {
             created_at: 5,
             secrets: vec![secret.record],
         };
-        s.save(std::slice::from_ref(&rec), &entry("create")).unwrap();
+        s.save(std::slice::from_ref(&rec), &entry("create"))
+            .unwrap();
         assert_eq!(s.load().unwrap(), vec![rec]);
         let text = std::fs::read_to_string(d.join("keys.json")).unwrap();
         assert!(!text.contains(&secret.key), "the secret is never stored");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(d.join("keys.json")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.join("keys.json"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -259,10 +263,13 @@ mod tests {
         let good = r#"{"version": 1, "keys": []}"#;
         assert!(s.parse(good.as_bytes()).is_ok());
         for cut in 1..good.len() {
-            assert!(s.parse(&good.as_bytes()[..cut]).is_err(), "{}", &good[..cut]);
+            assert!(
+                s.parse(&good.as_bytes()[..cut]).is_err(),
+                "{}",
+                &good[..cut]
+            );
         }
-        let Err(StoreError::Invalid(e)) = s.parse(br#"{"version": 1, "keys": [], "x": 1}"#)
-        else {
+        let Err(StoreError::Invalid(e)) = s.parse(br#"{"version": 1, "keys": [], "x": 1}"#) else {
             panic!("unknown field accepted")
         };
         assert_eq!(e.file, file);
