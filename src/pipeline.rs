@@ -256,6 +256,9 @@ async fn stages(
     quota_check::charge(worker, ticket, identity.as_ref(), model, tokens);
     if let Some(id) = &identity {
         b.facts.subject.push_str(&id.subject);
+        if let Some(key) = id.api_key {
+            b.facts.api_key.push_str(key.id());
+        }
     }
     b.facts.model.push_str(model);
     b.facts.tokens = tokens;

@@ -249,6 +249,7 @@ fn account(
     if let Some(log) = worker.access_log.borrow_mut().as_mut() {
         let fields = Fields {
             subject: Some(facts.subject.as_str()).filter(|s| !s.is_empty()),
+            api_key: Some(facts.api_key.as_str()).filter(|s| !s.is_empty()),
             model: Some(facts.model.as_str()).filter(|s| !s.is_empty()),
             tokens: facts.tokens,
         };

@@ -738,3 +738,73 @@ except openai.AuthenticationError as e:
 
 print("OK")
 "#;
+
+/// The access log names the key a request presented (by id, never the key) next to its
+/// owner as the subject, however the key was presented; other credentials log no key.
+#[test]
+fn access_log_lines_name_the_key_by_id() {
+    let up = Upstream::echo();
+    let dir = test_dir("keys-access-log");
+    let log = dir.join("access.jsonl");
+    let stack = Stack::start(
+        &dir,
+        &format!(
+            "{}{KEYS_AUTH}[access_log]\npath = \"{}\"\nsample_rate = 1.0\n",
+            route_all(up.addr, ""),
+            log.display()
+        ),
+    );
+    let (status, created) =
+        stack.admin_call("POST", "/keys", r#"{"name": "logged", "owner": "bob"}"#);
+    assert_eq!(status, 201, "{created}");
+    let (key, id) = (
+        key_of(&created),
+        created["record"]["id"].as_str().unwrap().to_owned(),
+    );
+    let bearer = format!("Bearer {key}");
+    let presented: [(&str, &[(&str, &str)]); 3] = [
+        ("bearer", &[("authorization", &bearer)]),
+        ("key header", &[("x-api-key", &key)]),
+        ("none", &[]),
+    ];
+    for (what, headers) in presented {
+        let want = if what == "none" { 401 } else { 200 };
+        assert_eq!(
+            get_with(stack.gw(), "/v1/x", headers).status,
+            want,
+            "{what}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines: Vec<Value> = loop {
+        let written = std::fs::read_to_string(&log).unwrap_or_default();
+        if written.lines().count() >= presented.len() {
+            assert!(
+                !written.contains(&key),
+                "the key reached the log: {written}"
+            );
+            break written
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "access log lines: {written}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let by_status = |s: u64| lines.iter().filter(move |l| l["status"] == s);
+    assert_eq!(by_status(200).count(), 2, "{lines:?}");
+    for line in by_status(200) {
+        assert_eq!(
+            (&line["subject"], &line["api_key"]),
+            (&json!("bob"), &json!(id)),
+            "{line}"
+        );
+    }
+    let refused = by_status(401)
+        .next()
+        .expect("the refused request is logged");
+    assert!(
+        refused["api_key"].is_null() && refused["subject"].is_null(),
+        "{refused}"
+    );
+}
