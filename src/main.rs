@@ -42,7 +42,7 @@ enum Command {
     },
     /// Manage API keys: through a running gateway's admin API (`--admin`), or in a keys file
     /// with no gateway running (`--file`; a running gateway picks the change up).
-    Keys(keys_cli::KeysArgs),
+    Keys(Box<keys_cli::KeysArgs>),
     /// Print latency percentiles from a running gateway's admin API.
     Stats {
         /// Admin address (`[admin] listen`).
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
         Some(Command::Check) => check(cli.config),
         Some(Command::Demo) => demo(),
         Some(Command::Health { admin, ready }) => health(admin, ready),
-        Some(Command::Keys(args)) => keys_cli::run(args),
+        Some(Command::Keys(args)) => keys_cli::run(*args),
         Some(Command::Stats {
             admin,
             watch,

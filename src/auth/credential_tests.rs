@@ -119,7 +119,9 @@ fn keys_are_found_however_they_are_presented() {
     let a = both();
     let k = key('A');
     let ok = Ok("k1-owner".to_string());
-    let cases: Vec<(Option<String>, Option<String>, Result<String, AuthError>)> = vec![
+    // (authorization header, key header, the subject or the error)
+    type Case = (Option<String>, Option<String>, Result<String, AuthError>);
+    let cases: Vec<Case> = vec![
         (Some(format!("Bearer {k}")), None, ok.clone()),
         (Some(format!("bearer {k}")), None, ok.clone()),
         (Some(format!("BEARER {k}")), None, ok.clone()),
@@ -199,13 +201,15 @@ fn each_route_accepts_only_its_kinds() {
     let bearer_key = format!("Bearer {}", key('A'));
     let k = key('A');
     let not = Err(AuthError::CredentialNotAccepted);
-    let cases: [(
+    // (what the route accepts, what is presented, authorization header, key header, outcome)
+    type Case<'a> = (
         Accepts,
-        &str,
-        Option<&str>,
-        Option<&str>,
-        Result<&str, AuthError>,
-    ); 9] = [
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        Result<&'a str, AuthError>,
+    );
+    let cases: [Case; 9] = [
         (ANY, "jwt", Some(&token), None, Ok("jo")),
         (ANY, "key", Some(&bearer_key), None, Ok("k1-owner")),
         (ANY, "x-api-key", None, Some(&k), Ok("k1-owner")),
