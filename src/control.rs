@@ -36,6 +36,10 @@
 //! table ([`keys`]) and the keys last fetched for each remote key set ([`jwks`]). A change to
 //! either (a key created or disabled, a key set rotated at the identity provider) is
 //! published as the next generation of the snapshot in force, without reading the config.
+//! A reload builds the file's config combined with the model registry and then lays that key
+//! material over it ([`keys`]'s `overlay_keys`, [`jwks`]'s `overlay_remote`); a registry
+//! change, applied like an explicit reload, carries the same key material into the snapshot it
+//! builds, so neither kind of change drops keys the other put in force.
 //!
 //! What a reload applies and what needs a restart is listed in
 //! [`config::snapshot::RELOAD_APPLIES`] and [`config::snapshot::RESTART_ONLY`]. A reload that
