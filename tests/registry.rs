@@ -1,8 +1,7 @@
 //! The model registry through the admin API, the CLI and the binary: versions, splits and
 //! statuses with their audit entries, validation that writes nothing, the combination rules
 //! with the config file, a restart, concurrent writers, a gateway killed mid-write, API keys
-//! kept across registry changes and reloads, and a
-//! database that cannot be used.
+//! kept across registry changes and reloads, and a database that cannot be used.
 
 mod common;
 
