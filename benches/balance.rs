@@ -108,8 +108,9 @@ fn bench(c: &mut Criterion) {
             }
         }
     }
-    let mut body = br#"{"model":"m","messages":[{"role":"system","content":"You are a helpful assistant that answers questions about the product catalog, in a friendly tone, citing the page you took it from."},{"role":"user","content":"Which of your laptops has the longest battery life, and how long does it last?"}]}"#.to_vec();
-    let json = JsonBody::parse(&mut body).unwrap();
+    let body = br#"{"model":"m","messages":[{"role":"system","content":"You are a helpful assistant that answers questions about the product catalog, in a friendly tone, citing the page you took it from."},{"role":"user","content":"Which of your laptops has the longest battery life, and how long does it last?"}]}"#.to_vec();
+    let mut model = String::new();
+    let json = JsonBody::parse(&body, &mut model).unwrap();
     c.bench_function("key/prompt", |b| {
         b.iter(|| {
             let mut h = KeyHasher::new();

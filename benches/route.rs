@@ -21,7 +21,7 @@ fn raw_route(path: String, methods: Option<Vec<String>>) -> RawRoute {
         label_header: None,
         sticky: None,
         fallbacks: vec![],
-        auth: None,
+        auth: Default::default(),
         scope: None,
         timeouts: None,
         retryable: false,

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Feature cost: what auth, quota and metrics+access-log cost one pinned shardgate worker.
+# Feature cost: what auth, API keys, quota, metrics+access-log and spend cost one pinned
+# shardgate worker.
 #
-# Five shardgate processes run side by side, each with one worker pinned to GW_CORE and its own
+# Eight shardgate processes run side by side, each with one worker pinned to GW_CORE and its own
 # port, in front of the same mock-upstream (UP_CORE); loadgen (closed loop, CONNS connections,
 # UP_CORE) drives them one at a time, configurations alternating inside every round:
 #   plain  proxy route, no auth, no quota (default metrics: per_route = true, no access log)
 #   auth   plain + [auth] with one HS256 key; loadgen sends valid HS256 tokens (--token-file,
 #          TOKENS distinct subjects, minted here with the Python standard library)
+#   apikey plain + [auth.api_keys]; loadgen sends `Bearer sg-...` API keys (APIKEYS distinct
+#          keys, created here with `shardgate keys --file`)
 #   quota  plain + [quota] one local rule keyed by client_ip, requests_per_minute = 2e9
 #          (nothing is rejected; every request still takes the quota path)
 #   bare   [metrics] per_route = false, no access log
@@ -20,12 +23,13 @@
 # Per run: req/s, p50/p99, CPU µs/request of the worker thread (shardgate-w0) and of the whole
 # process (utime+stime from /proc, sampled after warmup until loadgen exits, divided by the
 # requests loadgen measured), non-2xx/errors. Tables: medians over rounds, then the ratios
-# auth/plain, quota/plain, obs/bare, spend/model, adapt/plain (req/s ratio; CPU ratio is the inverse cost).
+# auth/plain, apikey/plain, apikey/auth, quota/plain, obs/bare, spend/model, adapt/plain (req/s ratio;
+# CPU ratio is the inverse cost).
 #
 # RATE=N: open loop at N req/s over CONNS connections instead of closed loop (every config then
 # does the same work per second, so CPU µs/request is compared at equal batching).
 # Knobs (defaults): DURATION=4 WARMUP=1 ROUNDS=3 CONNS=32 GW_CORE=0 UP_CORE=1 UP_PORT=9000
-# GW_PORT0=8180 (ports GW_PORT0..+7) TOKENS=1000 SKIP_BUILD=1 KEEP=1 (keep the temp dir)
+# GW_PORT0=8180 (ports GW_PORT0..+8) TOKENS=1000 APIKEYS=100 SKIP_BUILD=1 KEEP=1 (keep the temp dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +42,8 @@ UP_CORE=${UP_CORE:-1}
 UP_PORT=${UP_PORT:-9000}
 GW_PORT0=${GW_PORT0:-8180}
 TOKENS=${TOKENS:-1000}
-CONFIGS=(plain auth quota bare obs model spend adapt)
+APIKEYS=${APIKEYS:-100}
+CONFIGS=(plain auth apikey quota bare obs model spend adapt)
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     cargo build --quiet --release -p shardgate -p loadtest
@@ -87,6 +92,15 @@ for i in range(n):
     print((si + b"." + sig).decode())
 PYEOF
 
+# APIKEYS API keys (distinct owners) in keys.json; the keys themselves, one a line, for loadgen.
+for i in $(seq "$APIKEYS"); do
+    "$SHARDGATE" keys --file "$TMP/keys.json" create --name "bench-$i" --owner "user-$i" 2>/dev/null
+done | python3 -c 'import json, sys
+d = json.JSONDecoder(); s = sys.stdin.read().strip(); i = 0
+while i < len(s):
+    v, i = d.raw_decode(s, i); print(v["key"]); i = len(s) - len(s[i:].lstrip())' >"$TMP/apikeys.txt"
+[[ $(wc -l <"$TMP/apikeys.txt") -eq $APIKEYS ]] || { echo "creating $APIKEYS API keys failed" >&2; exit 1; }
+
 config() { # NAME
     local name=$1
     cat <<EOF
@@ -126,6 +140,7 @@ alg = "HS256"
 secret = { file = "hs256.key" }
 EOF
     ;;
+    apikey) printf 'auth = true\n[auth]\n[auth.api_keys]\nfile = "keys.json"\n' ;;
     quota) cat <<EOF
 [quota]
 backend = "local"
@@ -181,8 +196,8 @@ worker_stat() {
 ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "$1"; }
 
 # Sanity: every config answers 200 (auth with a token).
-TOKEN1=$(head -1 "$TMP/tokens.txt")
 for c in "${CONFIGS[@]}"; do
+    if [[ $c == apikey ]]; then TOKEN1=$(head -1 "$TMP/apikeys.txt"); else TOKEN1=$(head -1 "$TMP/tokens.txt"); fi
     code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/json' \
         -H "authorization: Bearer $TOKEN1" --data-binary @"$TMP/body.json" \
         "http://127.0.0.1:$(port_of "$c")/v1/chat/completions" || true)
@@ -192,6 +207,7 @@ done
 run() { # NAME CONFIG
     local name=$1 c=$2 extra=()
     [[ $c == auth ]] && extra=(--token-file "$TMP/tokens.txt")
+    [[ $c == apikey ]] && extra=(--token-file "$TMP/apikeys.txt")
     [[ -n ${RATE:-} ]] && extra+=(--rate "$RATE")
     local wst="" pst="/proc/${GW_PID[$c]}/stat"
     wst=$(worker_stat "${GW_PID[$c]}")
@@ -249,8 +265,9 @@ for c in configs:
 
 print("\nratios: medians of the medians, and the median of the per-round paired ratios (each")
 print("pair ran back to back in the same round). rps = on/off; cpu = off/on (>= target is good)")
-for on, off, target in (("auth", "plain", 0.90), ("quota", "plain", 0.95), ("obs", "bare", 0.95),
-                        ("spend", "model", 0.97), ("adapt", "plain", 0.909)):
+for on, off, target in (("auth", "plain", 0.90), ("apikey", "plain", 0.97), ("apikey", "auth", 1.0),
+                        ("quota", "plain", 0.95), ("obs", "bare", 0.95), ("spend", "model", 0.97),
+                        ("adapt", "plain", 0.909)):
     a, b = med[on], med[off]
     ons = [load(f"{on}-{r}") for r in range(1, rounds + 1)]
     offs = [load(f"{off}-{r}") for r in range(1, rounds + 1)]

@@ -16,10 +16,11 @@
 //!
 //! A line carries: `ts` (Unix seconds, millisecond precision), `request_id`, `route`,
 //! `status` (0: closed without a response), `latency_us`, `upstream_us`, `bytes_in`,
-//! `bytes_out`, and `subject`, `model`, `tokens` (null until the auth and usage stages fill
-//! them), and `tenant`, `prompt_tokens`, `completion_tokens`, `cached_tokens` and `spend`
-//! (the response's cost in `spend.currency`, a decimal with 12 places; null without a price),
-//! and `trace_id` (32 hex digits; null without `[tracing]`). It never carries headers, tokens or secrets.
+//! `bytes_out`, and `subject`, `api_key` (the id of the API key presented, never the key),
+//! `model`, `tokens` (null until the auth and usage stages fill them), and `tenant`,
+//! `prompt_tokens`, `completion_tokens`, `cached_tokens` and `spend` (the response's cost in
+//! `spend.currency`, a decimal with 12 places; null without a price), and `trace_id` (32 hex
+//! digits; null without `[tracing]`). It never carries headers, tokens or secrets.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -41,6 +42,7 @@ pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Fields<'a> {
     pub subject: Option<&'a str>,
+    pub api_key: Option<&'a str>,
     pub model: Option<&'a str>,
     pub tokens: Option<u64>,
     /// The request's trace (see `trace`).
@@ -301,6 +303,8 @@ pub fn format_line(out: &mut String, route: &str, request_id: &str, s: &Sample, 
         s.bytes_in, s.bytes_out
     );
     opt_str(out, e.subject);
+    out.push_str(",\"api_key\":");
+    opt_str(out, e.api_key);
     out.push_str(",\"model\":");
     opt_str(out, e.model);
     out.push_str(",\"tokens\":");
@@ -389,6 +393,7 @@ mod tests {
         let mut line = String::new();
         let e = Fields {
             subject: Some("alice"),
+            api_key: Some("key_0123"),
             model: Some("llama3"),
             tokens: Some(42),
             trace_id: Some(crate::trace::TraceId([0xab; 16])),
@@ -406,6 +411,7 @@ mod tests {
         assert_eq!(v["upstream_us"], 1200);
         assert_eq!(v["tokens"], 42);
         assert_eq!(v["trace_id"], "ab".repeat(16));
+        assert_eq!(v["api_key"], "key_0123");
         assert_eq!(v["tenant"], "acme");
         assert_eq!(
             (
@@ -419,6 +425,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         for field in [
             "subject",
+            "api_key",
             "tenant",
             "prompt_tokens",
             "cached_tokens",

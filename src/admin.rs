@@ -5,6 +5,7 @@
 //! - [`mutate`]: `/revoke` and `/routes/weights`.
 //! - [`models`]: the model registry (`/models`, `/splits`, `/rollouts`, `/audit`), and
 //!   [`models_cli`], the `shardgate models` commands over it.
+//! - [`keys`]: `/keys` (API keys), and the key sets' part of `/metrics` and `/config`.
 //! - [`prom`]: the Prometheus exposition.
 //! - [`stats`]: the `/stats` JSON and the `shardgate stats` table.
 //! - [`spend_view`]: spend by subject, tenant and model in `/stats` and `/metrics`.
@@ -19,13 +20,14 @@
 //! | `POST /reload`     | re-reads the config file: 200 `{"generation", "lowered_protection", "needs_restart"}` (applied, with what it takes away, see `control::protection`, and the changed settings it could not apply), or 422 `{"problems": [{key, message}]}` |
 //! | `POST /revoke`     | `{"jti"\|"sub", "expires_at"}`: persisted, then on every worker; 200 `{"revoked"}` once every worker has applied it, 400 naming the bad field, 500 if it cannot be persisted, 503 if a worker did not confirm in time |
 //! | `PUT /routes/weights` | `{"path", "models", "targets": [{model, version, weight}]}`: rewrites the config file (comments kept; validated first, atomically) and reloads; answers like `/reload`, or 400 if it names no such route/target or zeroes the route |
+//! | `/keys...`         | API keys: list, create, disable, enable, rotate, delete (see [`keys`]) |
 //! | `GET /healthz`     | 200 while the process lives |
 //! | `GET /readyz`      | 200 when every worker answers and a config is loaded; 503 once draining starts |
 //!
 //! The model registry's endpoints (`/models/...`, `/splits`, `/rollouts`, `/audit`) are listed
-//! in [`models`].
+//! in [`models`]; the API key endpoints (`/keys...`) in [`keys`].
 //!
-//! `/admin/revoke` and `/admin/routes/weights` are aliases (and `/admin/` before any registry path). Unknown paths get 404, a known path with another method 405 (with `Allow`), both JSON.
+//! `/admin/revoke`, `/admin/routes/weights` and `/admin/keys...` are aliases (and `/admin/` before any registry path). Unknown paths get 404, a known path with another method 405 (with `Allow`), both JSON.
 //! With a token configured (`admin.token`, or named ones in `admin.tokens`), every endpoint
 //! but `/healthz` and `/readyz` (probes) needs `Authorization: Bearer <token>`; a missing or
 //! wrong one gets 401 JSON. The token's name (`admin` for `admin.token`) is who the
@@ -55,6 +57,7 @@
 pub mod breakers;
 pub mod config_view;
 pub mod http;
+pub mod keys;
 pub mod models;
 pub mod models_cli;
 pub mod mutate;
@@ -358,7 +361,7 @@ impl Server {
             "/admin/routes/weights" => "/routes/weights",
             p => p
                 .strip_prefix("/admin")
-                .filter(|r| models::is_registry_path(r))
+                .filter(|r| models::is_registry_path(r) || keys::owns(r))
                 .unwrap_or(p),
         };
         if models::is_registry_path(path) {
@@ -366,6 +369,12 @@ impl Server {
                 Some(who) => models::handle(&self.state, req, path, &who),
                 None => unauthorized(),
             };
+        }
+        if keys::owns(path) {
+            if !self.authorized(req) {
+                return unauthorized();
+            }
+            return keys::handle(&self.state, req, path);
         }
         let allowed: &str = match path {
             "/metrics" | "/stats" | "/config" | "/breakers" | "/healthz" | "/readyz" => "GET",
@@ -427,6 +436,8 @@ impl Server {
         }
         let rollouts = control::lock_view(&self.state.view).rollouts.clone();
         crate::registry::view::prometheus(&rollouts, &mut text);
+        let jwks = control::lock_view(&self.state.view).jwks.clone();
+        keys::prometheus(&jwks, &mut text);
         Response {
             status: 200,
             content_type: prom::CONTENT_TYPE,

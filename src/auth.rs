@@ -1,39 +1,57 @@
-//! JWT authentication stage: `Authorization: Bearer <compact JWS>` → [`Identity`].
+//! Authentication stage: `Authorization: Bearer <compact JWS>` or an API key → [`Identity`].
 //!
 //! Owns: the validated `[auth]` config ([`Authenticator`], built once on the control thread
 //! and cloned to every worker), token parsing ([`token`]), key material and signature checks
-//! ([`key`]), the claim values copied out of a token ([`claims`]: identity values and claim
-//! headers), and revocation ([`revocation`]).
+//! ([`key`]), remote key sets ([`remote`]), API keys ([`apikey`]), the claim values copied
+//! out of a token ([`claims`]: identity values and claim headers), and revocation
+//! ([`revocation`]).
 //!
 //! # Contract
 //!
-//! [`Authenticator::verify`] takes the raw value of the configured header (the engine looks it
-//! up; tokens are never read from the query string), the current unix time and the worker's
-//! [`Revocations`]. `Ok(Identity)` means: the signature verified under a configured key whose
-//! `alg` the token matched and whose rotation window contains `now`; `exp`/`nbf`/`iat`, `iss`
-//! and `aud` passed; the token is not revoked. Route scopes are the engine's check
-//! ([`Identity::has_scope`]), failing as [`AuthError::InsufficientScope`].
+//! [`Authenticator::authenticate`] takes the raw values of the configured credential header
+//! and of the API key header (the engine looks them up; credentials are never read from the
+//! query string), which kinds of credential the route accepts ([`Accepts`]), the current unix
+//! time and the worker's [`Revocations`]. A bearer token that starts with
+//! [`apikey::KEY_PREFIX`] is an API key, anything else a JWT; a kind the route does not accept
+//! is [`AuthError::CredentialNotAccepted`]. For a JWT ([`Authenticator::verify`]),
+//! `Ok(Identity)` means: the signature verified under a configured or fetched key whose `alg`
+//! the token matched and whose rotation window contains `now`; `exp`/`nbf`/`iat`, `iss` (the
+//! key's source's issuer, else `[auth] issuer`) and `aud` passed; the token is not revoked.
+//! For an API key it means what [`apikey::ApiKeyTable::lookup`] says, and the key's owner is
+//! not a revoked subject. Route scopes are the engine's check ([`Identity::has_scope`]),
+//! failing as [`AuthError::InsufficientScope`]; so is a key's model allow-list
+//! ([`apikey::ApiKey::allows_model`], [`AuthError::ModelNotAllowed`]).
 //!
 //! # Error Handling
 //!
 //! Every [`AuthError`] becomes a response and keeps the connection: 401 with an RFC 6750
-//! `WWW-Authenticate` challenge, or 403 for `InsufficientScope`. Descriptions name the
-//! failure class only and never echo the token. [`AuthError::reason`] is the metric label.
+//! `WWW-Authenticate` challenge, or 403 for `InsufficientScope` and `ModelNotAllowed`.
+//! Descriptions name the failure class only and never echo the credential.
+//! [`AuthError::reason`] is the metric label, [`AuthError::kind`] the error body's `type`
+//! (`invalid_api_key` for an API key refused).
 //!
 //! # Performance
 //!
-//! No I/O and no locks. Decoding reuses the worker's [`Scratch`]; the only allocations are the
-//! strings the returned [`Identity`] owns. The signature is checked before any claim is read.
+//! No I/O and no locks. JWT decoding reuses the worker's [`Scratch`]; the strings the
+//! returned [`Identity`] owns come from this thread's spares ([`claims::identity`]) and go
+//! back to them when it drops, so a warm worker allocates none. The signature is checked before any claim is
+//! read. An API key is one SHA-256 and one hash-map probe, and its [`Identity`] borrows from
+//! the snapshot's key table: no allocation.
 
+pub mod apikey;
 pub mod claims;
 pub mod config;
 pub mod key;
+pub mod remote;
 pub mod revocation;
 pub mod token;
 
 #[cfg(test)]
+mod credential_tests;
+#[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 // By name, not the prelude glob (see `disallowed-methods` in clippy.toml).
@@ -41,13 +59,15 @@ use simd_json::prelude::{TypedValue, ValueAsScalar};
 use simd_json::tape::Value;
 use simd_json::ValueType;
 
-pub use config::{AuthConfig, ClaimHeaderConfig, KeyConfig};
+pub use apikey::{ApiKey, ApiKeyTable, KeyRecord};
+pub use config::{ApiKeySettings, ApiKeysConfig, AuthConfig, ClaimHeaderConfig, KeyConfig};
 pub use key::{Alg, Jwk};
+pub use remote::{RemoteSource, SourceSettings};
 pub use revocation::{RevocationLog, Revocations, Revoked, RevokedKind};
 pub use token::Scratch;
 
-use crate::config_types::ConfigProblem;
-use config::Key;
+use crate::config_types::{ConfigProblem, RouteAuth};
+pub use config::Key;
 
 /// Spaces tolerated between the scheme and the token, for the early size bound.
 const MAX_SCHEME_SPACES: usize = 8;
@@ -73,8 +93,9 @@ macro_rules! auth_errors {
             /// Human-readable failure class (never token content).
             pub fn description(self) -> &'static str { match self { $(AuthError::$v => $desc,)* } }
 
-            /// Full `WWW-Authenticate` value (RFC 6750 §3). A request with no bearer
-            /// credential gets a bare challenge with no error code (§3.1).
+            /// Full `WWW-Authenticate` value (RFC 6750 §3), empty for a refusal that is not
+            /// about the credential (a model an API key may not use). A request with no
+            /// bearer credential gets a bare challenge with no error code (§3.1).
             pub fn www_authenticate(self) -> &'static str {
                 match self { $(AuthError::$v => $challenge!($desc),)* }
             }
@@ -94,6 +115,11 @@ macro_rules! invalid {
             $d,
             "\""
         )
+    };
+}
+macro_rules! none {
+    ($d:literal) => {
+        ""
     };
 }
 macro_rules! scope {
@@ -146,39 +172,93 @@ auth_errors! {
     Revoked => 401, "revoked", invalid, "token has been revoked";
     /// Valid token without the route's scope (the engine's check).
     InsufficientScope => 403, "insufficient_scope", scope, "token lacks the scope this route requires";
+    /// The credential is of a kind the route does not accept (an API key on a `"jwt"` route,
+    /// a JWT on a `"key"` route).
+    CredentialNotAccepted => 401, "credential_not_accepted", invalid, "this route does not accept this kind of credential";
+    /// No API key has this digest (or the value is not shaped like a key).
+    KeyUnknown => 401, "key_unknown", invalid, "incorrect API key provided";
+    KeyDisabled => 401, "key_disabled", invalid, "API key is disabled";
+    /// The key's `expires_at` passed, or a rotated-out secret's grace period ended.
+    KeyExpired => 401, "key_expired", invalid, "API key has expired";
+    /// The API key's model allow-list does not match the requested model.
+    ModelNotAllowed => 403, "model_not_allowed", none, "this API key may not use the requested model";
 }
 
-/// The authenticated caller, handed to later stages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// Value of the subject claim (default `sub`).
-    pub subject: String,
-    /// Value of `tenant_claim`, when configured and present.
-    pub tenant: Option<String>,
-    /// Value of `label_claim` (canary routing), when configured and present.
-    pub label: Option<String>,
-    pub jti: Option<String>,
-    pub exp: Option<u64>,
-    /// Space-separated scopes from `scope` (or `scp` when `scope` is absent).
-    scopes: String,
-    /// `(index into Authenticator::mapped_headers(), value)` for each mapped claim rendered
-    /// (absent and `null` claims render nothing; see [`claims`]).
-    pub upstream_headers: Vec<(usize, String)>,
-}
-
-/// The identity values go back to this thread's spares ([`claims::give_back`]).
-impl Drop for Identity {
-    fn drop(&mut self) {
-        claims::give_back(std::mem::take(&mut self.subject));
-        for s in [&mut self.tenant, &mut self.label, &mut self.jti] {
-            if let Some(s) = s.take() {
-                claims::give_back(s);
+impl AuthError {
+    /// The error body's OpenAI-style `type`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            AuthError::KeyUnknown | AuthError::KeyDisabled | AuthError::KeyExpired => {
+                "invalid_api_key"
             }
+            AuthError::InsufficientScope | AuthError::ModelNotAllowed => "permission_error",
+            _ => "authentication_error",
         }
     }
 }
 
-impl Identity {
+/// Which kinds of credential a route accepts ([`accepts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Accepts {
+    pub jwt: bool,
+    pub key: bool,
+}
+
+impl Accepts {
+    /// Whether the route needs a credential at all.
+    pub fn any(self) -> bool {
+        self.jwt || self.key
+    }
+}
+
+/// The credential values of a request: the configured credential header's, and the API key
+/// header's (`[auth.api_keys] header`), each `None` when absent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'r> {
+    pub header: Option<&'r [u8]>,
+    pub key_header: Option<&'r [u8]>,
+}
+
+/// The authenticated caller, handed to later stages. An API key's identity borrows from the
+/// snapshot's key table (`'k`); a JWT's owns what it copied out of the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity<'k> {
+    /// Value of the subject claim (default `sub`); an API key's owner.
+    pub subject: Cow<'k, str>,
+    /// Value of `tenant_claim`, when configured and present; an API key's tenant.
+    pub tenant: Option<Cow<'k, str>>,
+    /// Value of `label_claim` (canary routing), when configured and present.
+    pub label: Option<Cow<'k, str>>,
+    pub jti: Option<String>,
+    pub exp: Option<u64>,
+    /// Space-separated scopes from `scope` (or `scp` when `scope` is absent).
+    scopes: Cow<'k, str>,
+    /// `(index into Authenticator::mapped_headers(), value)` for each mapped claim rendered
+    /// (absent and `null` claims render nothing; see [`claims`]).
+    pub upstream_headers: Cow<'k, [(usize, String)]>,
+    /// The API key presented, when the caller used one.
+    pub api_key: Option<&'k ApiKey>,
+}
+
+/// The identity values a token verification took from this thread's spares go back to them
+/// ([`claims::give_back`]); values borrowed from an API key record stay where they are.
+impl Drop for Identity<'_> {
+    fn drop(&mut self) {
+        if let Cow::Owned(s) = std::mem::replace(&mut self.subject, Cow::Borrowed("")) {
+            claims::give_back(s);
+        }
+        for s in [&mut self.tenant, &mut self.label] {
+            if let Some(Cow::Owned(s)) = s.take() {
+                claims::give_back(s);
+            }
+        }
+        if let Some(s) = self.jti.take() {
+            claims::give_back(s);
+        }
+    }
+}
+
+impl Identity<'_> {
     /// Whether the token grants `scope` (exact, case-sensitive match of one entry).
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes().any(|s| s == scope)
@@ -187,6 +267,22 @@ impl Identity {
     /// The granted scopes.
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
         self.scopes.split(' ').filter(|s| !s.is_empty())
+    }
+}
+
+impl<'k> Identity<'k> {
+    /// The identity of a caller who presented `key`: every value borrowed.
+    fn of_key(key: &'k ApiKey) -> Identity<'k> {
+        Identity {
+            subject: Cow::Borrowed(&key.owner),
+            tenant: key.tenant.as_deref().map(Cow::Borrowed),
+            label: key.label.as_deref().map(Cow::Borrowed),
+            jti: None,
+            exp: None,
+            scopes: Cow::Borrowed(&key.scopes),
+            upstream_headers: Cow::Borrowed(&key.upstream_headers),
+            api_key: Some(key),
+        }
     }
 }
 
@@ -210,13 +306,43 @@ pub struct Authenticator {
     /// `client_certificates`: a verified client certificate may stand for a token.
     client_certificates: bool,
     keys: Vec<Key>,
+    /// Remote key sets, with the keys last fetched (the control thread fills them in).
+    remote: Vec<RemoteSource>,
+    /// `[auth.api_keys]`, and the table the control thread's key store fills in.
+    api_keys: Option<(ApiKeySettings, ApiKeyTable)>,
 }
 
-/// Whether a route needs a verified token: `[auth]` is configured (`auth`) and the route
-/// does not opt out (`route_auth`, its `auth = true/false`; unset means yes). The data path
-/// and the control thread's protection diff ask the same question here.
-pub fn token_required(auth: Option<&Authenticator>, route_auth: Option<bool>) -> bool {
-    auth.is_some() && route_auth.unwrap_or(true)
+/// Which credentials a route with `route_auth` accepts when `auth` is the `[auth]` in force
+/// (`None`: not configured, so none; see `auth::config`'s "Routes"). The data path and the
+/// control thread's protection diff ask the same question here.
+pub fn accepts(auth: Option<&Authenticator>, route_auth: RouteAuth) -> Accepts {
+    let Some(a) = auth else {
+        return Accepts::default();
+    };
+    match route_auth {
+        RouteAuth::Off => Accepts::default(),
+        RouteAuth::Default | RouteAuth::Required => Accepts {
+            jwt: a.has_jwt(),
+            key: a.api_keys.is_some(),
+        },
+        RouteAuth::Jwt => Accepts {
+            jwt: true,
+            key: false,
+        },
+        RouteAuth::Key => Accepts {
+            jwt: false,
+            key: true,
+        },
+        RouteAuth::Any => Accepts {
+            jwt: true,
+            key: true,
+        },
+    }
+}
+
+/// Whether a route with `route_auth` needs a credential under `auth`.
+pub fn credential_required(auth: Option<&Authenticator>, route_auth: RouteAuth) -> bool {
+    accepts(auth, route_auth).any()
 }
 
 impl Authenticator {
@@ -226,6 +352,8 @@ impl Authenticator {
         let mut problems = Vec::new();
         config::check_settings(raw, &mut problems);
         let keys = config::build_keys(raw, base_dir, &mut problems);
+        let remote = remote::build_sources(&raw.jwks, &mut problems);
+        let api_keys = config::build_api_keys(raw, base_dir, &mut problems);
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -258,6 +386,8 @@ impl Authenticator {
             revocation_file: raw.revocation_file.as_ref().map(|p| base_dir.join(p)),
             client_certificates: raw.client_certificates,
             keys,
+            remote,
+            api_keys: api_keys.map(|s| (s, ApiKeyTable::default())),
         })
     }
 
@@ -271,7 +401,7 @@ impl Authenticator {
         subject: Option<&str>,
         now: u64,
         revoked: &Revocations,
-    ) -> Result<Identity, AuthError> {
+    ) -> Result<Identity<'static>, AuthError> {
         if !self.client_certificates {
             return Err(AuthError::Missing);
         }
@@ -296,14 +426,137 @@ impl Authenticator {
             .map(|(i, _)| (i, subject.to_string()))
             .collect();
         Ok(Identity {
-            subject: subject.to_string(),
+            subject: Cow::Owned(subject.to_string()),
             tenant: None,
             label: None,
             jti: None,
             exp: None,
-            scopes: String::new(),
-            upstream_headers,
+            scopes: Cow::Borrowed(""),
+            upstream_headers: Cow::Owned(upstream_headers),
+            api_key: None,
         })
+    }
+
+    /// Whether signed tokens can be verified: configured keys or remote key sets.
+    pub fn has_jwt(&self) -> bool {
+        !self.keys.is_empty() || !self.remote.is_empty()
+    }
+
+    /// `[auth.api_keys]`, when configured.
+    pub fn api_key_settings(&self) -> Option<&ApiKeySettings> {
+        self.api_keys.as_ref().map(|(s, _)| s)
+    }
+
+    /// The API key table in force, when keys are configured.
+    pub fn api_key_table(&self) -> Option<&ApiKeyTable> {
+        self.api_keys.as_ref().map(|(_, t)| t)
+    }
+
+    /// The header an API key may also come in (`[auth.api_keys] header`), lowercase.
+    pub fn key_header_name(&self) -> Option<&str> {
+        self.api_keys
+            .as_ref()
+            .and_then(|(s, _)| s.header.as_deref())
+    }
+
+    /// Replaces the API key table with `records` (control thread). Nothing changes on error.
+    pub fn set_api_keys(&mut self, records: &[KeyRecord]) -> Result<(), Vec<ConfigProblem>> {
+        let mapping = apikey::ClaimMapping {
+            subject: &self.subject_claim,
+            tenant: self.tenant_claim.as_deref(),
+            label: self.label_claim.as_deref(),
+            mapped: &self.mapped_claims,
+            separators: &self.mapped_separators,
+        };
+        let table = ApiKeyTable::build(records, &mapping)?;
+        match &mut self.api_keys {
+            Some((_, t)) => {
+                *t = table;
+                Ok(())
+            }
+            None => Err(vec![ConfigProblem::new(
+                "auth.api_keys",
+                "API keys are not configured",
+            )]),
+        }
+    }
+
+    /// The remote key sources, in config order, with the keys in force from each.
+    pub fn remote_sources(&self) -> &[RemoteSource] {
+        &self.remote
+    }
+
+    /// Puts `keys` in force for the remote source with `settings` (control thread); false if
+    /// no source has them.
+    pub fn set_remote_keys(&mut self, settings: &SourceSettings, keys: Vec<Key>) -> bool {
+        match self.remote.iter_mut().find(|s| &s.settings == settings) {
+            Some(s) => {
+                s.keys = keys;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Verifies a request's credential for a route accepting `accepts` (module docs).
+    pub fn authenticate<'a>(
+        &'a self,
+        cred: Credentials<'_>,
+        accepts: Accepts,
+        now: u64,
+        revoked: &Revocations,
+        scratch: &mut Scratch,
+    ) -> Result<Identity<'a>, AuthError> {
+        if let (Some(v), Some((_, table))) = (cred.key_header, &self.api_keys) {
+            // Two credentials are one too many: which one would the upstream believe?
+            if cred.header.is_some() {
+                return Err(AuthError::Malformed);
+            }
+            if !accepts.key {
+                return Err(AuthError::CredentialNotAccepted);
+            }
+            return Self::verify_key(table, v, now, revoked);
+        }
+        let value = cred.header.ok_or(AuthError::Missing)?;
+        if let Some((_, table)) = &self.api_keys {
+            let token = self.bearer(value)?;
+            if token.starts_with(apikey::KEY_PREFIX.as_bytes()) {
+                if !accepts.key {
+                    return Err(AuthError::CredentialNotAccepted);
+                }
+                return Self::verify_key(table, token, now, revoked);
+            }
+        }
+        if !accepts.jwt {
+            return Err(AuthError::CredentialNotAccepted);
+        }
+        self.verify(Some(value), now, revoked, scratch)
+    }
+
+    /// An API key's identity: the table's verdict, then the owner's revocation.
+    fn verify_key<'a>(
+        table: &'a ApiKeyTable,
+        token: &[u8],
+        now: u64,
+        revoked: &Revocations,
+    ) -> Result<Identity<'a>, AuthError> {
+        let key = table.lookup(token, now)?;
+        if revoked.is_revoked(None, &key.owner, now) {
+            return Err(AuthError::Revoked);
+        }
+        Ok(Identity::of_key(key))
+    }
+
+    /// The token of a credential header value: the size bound, then the scheme.
+    fn bearer<'v>(&self, value: &'v [u8]) -> Result<&'v [u8], AuthError> {
+        if value.len() > self.max_token_bytes + self.scheme.len() + MAX_SCHEME_SPACES {
+            return Err(AuthError::TooLarge);
+        }
+        let token = self.strip_scheme(value)?;
+        if token.len() > self.max_token_bytes {
+            return Err(AuthError::TooLarge);
+        }
+        Ok(token)
     }
 
     /// The credential header's name, lowercase (default `authorization`).
@@ -320,7 +573,7 @@ impl Authenticator {
     /// `(name, value)` pairs to add to the upstream request for `id`.
     pub fn upstream_headers<'a>(
         &'a self,
-        id: &'a Identity,
+        id: &'a Identity<'_>,
     ) -> impl Iterator<Item = (&'a str, &'a str)> {
         id.upstream_headers
             .iter()
@@ -329,7 +582,7 @@ impl Authenticator {
 
     /// Appends `name: value\r\n` for each of `id`'s claim headers. Values were checked when the
     /// token was verified ([`claims::header_value`]): no control byte, no line separator.
-    pub fn write_upstream_headers(&self, id: &Identity, out: &mut Vec<u8>) {
+    pub fn write_upstream_headers(&self, id: &Identity<'_>, out: &mut Vec<u8>) {
         for (name, value) in self.upstream_headers(id) {
             debug_assert!(crate::http::fields::is_field_value(value.as_bytes()));
             out.extend_from_slice(name.as_bytes());
@@ -361,16 +614,10 @@ impl Authenticator {
         now: u64,
         revoked: &Revocations,
         scratch: &mut Scratch,
-    ) -> Result<Identity, AuthError> {
+    ) -> Result<Identity<'static>, AuthError> {
         let value = header_value.ok_or(AuthError::Missing)?;
         // Bound the whole value first so nothing below ever scans an unbounded input.
-        if value.len() > self.max_token_bytes + self.scheme.len() + MAX_SCHEME_SPACES {
-            return Err(AuthError::TooLarge);
-        }
-        let token = self.strip_scheme(value)?;
-        if token.len() > self.max_token_bytes {
-            return Err(AuthError::TooLarge);
-        }
+        let token = self.bearer(value)?;
         let seg = token::split(token)?;
         let header = scratch.header(seg.header)?;
         let alg = Alg::from_name(header.alg.as_bytes()).ok_or(AuthError::UnsupportedAlg)?;
@@ -383,7 +630,9 @@ impl Authenticator {
         if !key.material.verify(alg, seg.signing_input, &sig[..sig_len]) {
             return Err(AuthError::BadSignature);
         }
-        let id = scratch.with_claims(seg.payload, |claims| self.check_claims(claims, now))?;
+        let issuer = key.issuer.as_deref().or(self.issuer.as_deref());
+        let id =
+            scratch.with_claims(seg.payload, |claims| self.check_claims(claims, now, issuer))?;
         if revoked.is_revoked(id.jti.as_deref(), &id.subject, now) {
             return Err(AuthError::Revoked);
         }
@@ -407,12 +656,18 @@ impl Authenticator {
         Ok(&token[start..])
     }
 
+    /// Configured keys first, then each remote source's.
+    fn all_keys(&self) -> impl Iterator<Item = &Key> {
+        self.keys
+            .iter()
+            .chain(self.remote.iter().flat_map(|s| s.keys.iter()))
+    }
+
     fn select_key(&self, kid: Option<&[u8]>, now: u64) -> Result<&Key, AuthError> {
         match kid {
             Some(kid) => {
                 let key = self
-                    .keys
-                    .iter()
+                    .all_keys()
                     .find(|k| k.kid.as_bytes() == kid)
                     .ok_or(AuthError::UnknownKey)?;
                 if key.active(now) {
@@ -422,7 +677,7 @@ impl Authenticator {
                 }
             }
             None => {
-                let mut active = self.keys.iter().filter(|k| k.active(now));
+                let mut active = self.all_keys().filter(|k| k.active(now));
                 match (active.next(), active.next()) {
                     (Some(k), None) => Ok(k),
                     (None, _) => Err(AuthError::UnknownKey),
@@ -432,7 +687,13 @@ impl Authenticator {
         }
     }
 
-    fn check_claims(&self, c: Value<'_, '_>, now: u64) -> Result<Identity, AuthError> {
+    /// The claim checks; `issuer`: the `iss` required (the key's source's, else `[auth]`'s).
+    fn check_claims(
+        &self,
+        c: Value<'_, '_>,
+        now: u64,
+        issuer: Option<&str>,
+    ) -> Result<Identity<'static>, AuthError> {
         // One pass over the members; duplicates were already rejected, so each slot is unique.
         let mut f = Found::default();
         let obj = c.as_object().ok_or(AuthError::MalformedClaims)?;
@@ -474,9 +735,9 @@ impl Authenticator {
                 return Err(AuthError::IssuedInFuture);
             }
         }
-        if let Some(want) = &self.issuer {
+        if let Some(want) = issuer {
             let iss = f.iss.ok_or(AuthError::BadIssuer)?;
-            if iss.as_str().ok_or(AuthError::InvalidClaim)? != &**want {
+            if iss.as_str().ok_or(AuthError::InvalidClaim)? != want {
                 return Err(AuthError::BadIssuer);
             }
         }
@@ -497,13 +758,14 @@ impl Authenticator {
             }
         }
         Ok(Identity {
-            subject,
-            tenant,
-            label,
+            subject: Cow::Owned(subject),
+            tenant: tenant.map(Cow::Owned),
+            label: label.map(Cow::Owned),
             jti,
             exp,
-            scopes,
-            upstream_headers,
+            scopes: Cow::Owned(scopes),
+            upstream_headers: Cow::Owned(upstream_headers),
+            api_key: None,
         })
     }
 

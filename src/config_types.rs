@@ -1,6 +1,7 @@
 //! The config types every stage shares: a [`ConfigProblem`] (and the [`ConfigError`] that
-//! collects them), a [`Secret`], and the validated [`Upstream`] the proxy, the pipeline and the
-//! breakers all work with.
+//! collects them), a [`Secret`], the validated [`Upstream`] the proxy, the pipeline and the
+//! breakers all work with, and a route's [`RouteAuth`] (the routing stage carries it, the auth
+//! stage reads it).
 //!
 //! A leaf: it imports nothing from the stages, so every stage's raw config can name these
 //! types while the config assembly ([`crate::config`]) imports the stages' raw configs.
@@ -166,3 +167,54 @@ pub struct AnthropicSettings {
 pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 /// `max_tokens` sent to Anthropic when neither the request nor the config sets one.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+/// A route's `auth`: whether it needs a credential and which kinds it accepts. The auth stage
+/// decides what [`RouteAuth::Default`] and [`RouteAuth::Required`] accept (every verifier
+/// `[auth]` configures; nothing without `[auth]`, where `Required` is a config problem).
+///
+/// | TOML | variant |
+/// |------|---------|
+/// | absent | `Default` |
+/// | `true` | `Required` |
+/// | `false` | `Off` (open route) |
+/// | `"jwt"` | `Jwt` (signed tokens only) |
+/// | `"key"` | `Key` (API keys only) |
+/// | `"any"` | `Any` (either) |
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteAuth {
+    #[default]
+    Default,
+    Required,
+    Off,
+    Jwt,
+    Key,
+    Any,
+}
+
+impl<'de> Deserialize<'de> for RouteAuth {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RouteAuth;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(r#"true, false, "jwt", "key" or "any""#)
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RouteAuth, E> {
+                Ok(if v {
+                    RouteAuth::Required
+                } else {
+                    RouteAuth::Off
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RouteAuth, E> {
+                match v {
+                    "jwt" => Ok(RouteAuth::Jwt),
+                    "key" => Ok(RouteAuth::Key),
+                    "any" => Ok(RouteAuth::Any),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

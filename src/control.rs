@@ -14,6 +14,8 @@
 //! - [`weights`]: `PUT /routes/weights`, rewriting the config file and reloading it.
 //! - [`registry`]: the model registry's requests and rollouts (the control thread owns its
 //!   database; a committed change is applied like an explicit reload).
+//! - [`keys`]: API keys: the key store, the admin API's key operations, the keys file watch.
+//! - [`jwks`]: the thread that fetches remote key sets (`[[auth.jwks]]`).
 //! - [`coord`]: the coordination thread (quota leases, breakers).
 //! - [`remote`]: the thread that does the quota's Redis I/O for the coordination thread.
 //! - [`spend`]: the spend thread: the spend ledger and its store (file or Redis).
@@ -30,6 +32,15 @@
 //! The baseline for the protection diff is the snapshot in force: the one the engine started
 //! with ([`Start::snapshot`]), then every applied reload.
 //!
+//! Every snapshot the control thread publishes carries the key material it owns: the API key
+//! table ([`keys`]) and the keys last fetched for each remote key set ([`jwks`]). A change to
+//! either (a key created or disabled, a key set rotated at the identity provider) is
+//! published as the next generation of the snapshot in force, without reading the config.
+//! A reload builds the file's config combined with the model registry and then lays that key
+//! material over it ([`keys`]'s `overlay_keys`, [`jwks`]'s `overlay_remote`); a registry
+//! change, applied like an explicit reload, carries the same key material into the snapshot it
+//! builds, so neither kind of change drops keys the other put in force.
+//!
 //! What a reload applies and what needs a restart is listed in
 //! [`config::snapshot::RELOAD_APPLIES`] and [`config::snapshot::RESTART_ONLY`]. A reload that
 //! changes a restart-only setting still applies everything else; the settings it could not
@@ -43,6 +54,8 @@
 
 pub mod cert_watch;
 pub mod coord;
+pub mod jwks;
+pub mod keys;
 pub mod protection;
 pub mod registry;
 pub mod remote;
@@ -59,10 +72,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::access_log::Retarget;
+use crate::auth::{Key, SourceSettings};
 use crate::auth::{RevocationLog, Revoked};
 use crate::config::{self, AccessLogTarget, ConfigError, ConfigProblem, RawConfig, Snapshot};
-use crate::inbox::{Barrier, ToWorker, Workers};
+use crate::inbox::{Barrier, ToWorker, UnknownKid, Workers};
 use crate::time::unix_now;
+pub use keys::{open_api_keys, KeyCommand, KeyError, KeyReply, KeyService};
 pub use protection::Loss;
 pub use registry::{Applied, RegistryReply, RegistryRequest};
 pub use revoke::{revoke_via, RevokeError, REVOKE_APPLY_TIMEOUT};
@@ -84,6 +99,14 @@ pub enum ToControl {
         RegistryRequest,
         Sender<Result<RegistryReply, crate::registry::store::ChangeError>>,
     ),
+    /// An API key operation. The reply carries the barrier to wait on before answering
+    /// ([`key_command_via`] waits).
+    Keys(
+        KeyCommand,
+        Sender<Result<(KeyReply, Option<Barrier>), KeyError>>,
+    ),
+    /// The JWKS thread fetched a changed key set for this source.
+    RemoteKeys(SourceSettings, Vec<Key>),
     Stop,
 }
 
@@ -122,6 +145,8 @@ pub struct ControlView {
     pub snapshot: Option<Snapshot>,
     /// Every rollout the model registry holds (for `/metrics`; empty without a registry).
     pub rollouts: Vec<crate::registry::Rollout>,
+    /// Each remote key set's fetch status (the JWKS thread writes it).
+    pub jwks: Vec<jwks::SourceStatus>,
 }
 
 /// A [`ControlView`] shared between the control thread and the admin thread.
@@ -153,6 +178,12 @@ pub struct Start {
     pub raw: Option<RawConfig>,
     /// The model registry, opened before the engine started ([`crate::registry::load`]).
     pub registry: Option<crate::registry::Opened>,
+    /// The API key store, opened before the engine started ([`open_api_keys`]); opened by
+    /// the control thread when `None` and the snapshot configures API keys.
+    pub keys: Option<KeyService>,
+    /// The workers' unknown-kid hints ([`crate::runtime::Engine::key_hints`]), for the JWKS
+    /// thread.
+    pub key_hints: Option<Receiver<UnknownKid>>,
 }
 
 impl Start {
@@ -167,6 +198,8 @@ impl Start {
             watch: WatchSettings::default(),
             raw: None,
             registry: None,
+            keys: None,
+            key_hints: None,
         }
     }
 
@@ -210,16 +243,22 @@ impl Control {
             status: status.clone(),
             snapshot: Some(start.snapshot.clone()),
             rollouts: Vec::new(),
+            jwks: Vec::new(),
         }));
         let (tx, rx) = crossbeam_channel::unbounded();
         let interval = start.watch.interval;
-        let state = State {
+        let keys_settings = start
+            .snapshot
+            .auth
+            .as_ref()
+            .and_then(|a| a.api_key_settings().cloned());
+        let mut state = State {
             watch: FileWatch::new(start.path.clone(), start.watch),
             certs: cert_watch::CertWatch::new(&start.snapshot, start.watch),
             path: start.path,
             generation,
             log_target: start.snapshot.access_log.as_ref().map(|a| a.target.clone()),
-            started: start.snapshot,
+            started: start.snapshot.clone(),
             workers: start.workers,
             log: start.revocations,
             access_log: start.access_log,
@@ -227,8 +266,29 @@ impl Control {
             status,
             raw: start.raw,
             registry: start.registry.map(registry::RegistryCtl::new),
+            watch_settings: start.watch,
+            keys: None,
+            remote: Vec::new(),
+            jwks: None,
+            key_hints: start.key_hints,
+            tx: tx.clone(),
         };
         state.publish_rollouts();
+        match (start.keys, keys_settings) {
+            (Some(service), Some(settings)) => {
+                state.keys = Some(keys::KeysState::new(service, settings, start.watch));
+            }
+            // Not opened before the engine started: open it now and publish its table.
+            (None, Some(_)) => {
+                let mut snap = start.snapshot;
+                state
+                    .overlay_keys(&mut snap)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                drop(state.publish(snap));
+            }
+            (_, None) => {}
+        }
+        state.sync_jwks();
         let thread = std::thread::Builder::new()
             .name("shardgate-control".into())
             .spawn(move || run(state, rx, interval))?;
@@ -275,6 +335,23 @@ pub fn reload_via(tx: &Sender<ToControl>) -> Result<Reloaded, ConfigError> {
             problems: vec![],
         })
     })
+}
+
+/// Asks the control thread behind `tx` for a key operation and waits until every worker has
+/// applied the change it made (at most [`REVOKE_APPLY_TIMEOUT`]).
+pub fn key_command_via(tx: &Sender<ToControl>, cmd: KeyCommand) -> Result<KeyReply, KeyError> {
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    tx.send(ToControl::Keys(cmd, reply))
+        .map_err(|_| KeyError::Stopped)?;
+    let (answer, barrier) = rx.recv().map_err(|_| KeyError::Stopped)??;
+    if let Some(b) = barrier {
+        b.wait(REVOKE_APPLY_TIMEOUT)
+            .map_err(|u| KeyError::Unconfirmed {
+                confirmed: u.confirmed,
+                workers: u.workers,
+            })?;
+    }
+    Ok(answer)
 }
 
 /// Asks the control thread behind `tx` to set route weights (rewriting the config file) and
@@ -341,6 +418,18 @@ struct State {
     /// without it learns it from its first reload).
     raw: Option<RawConfig>,
     registry: Option<registry::RegistryCtl>,
+    /// The file watch's settings (the keys file is watched the same way).
+    watch_settings: WatchSettings,
+    /// API keys, when configured.
+    keys: Option<keys::KeysState>,
+    /// The keys fetched for each remote key set, put into every snapshot published.
+    remote: Vec<(SourceSettings, Vec<Key>)>,
+    /// The JWKS thread, once a config has a remote key set.
+    jwks: Option<jwks::JwksThread>,
+    /// Unknown-kid hints, until the JWKS thread takes them.
+    key_hints: Option<Receiver<UnknownKid>>,
+    /// This thread's own inbox (for the JWKS thread to answer to).
+    tx: Sender<ToControl>,
 }
 
 fn run(mut st: State, rx: Receiver<ToControl>, interval: Duration) {
@@ -367,6 +456,10 @@ fn run(mut st: State, rx: Receiver<ToControl>, interval: Duration) {
             Ok(ToControl::Registry(req, reply)) => {
                 let _ = reply.send(st.registry(req));
             }
+            Ok(ToControl::Keys(cmd, reply)) => {
+                let _ = reply.send(st.key_command(cmd));
+            }
+            Ok(ToControl::RemoteKeys(source, keys)) => st.remote_keys(source, keys),
             Err(RecvTimeoutError::Timeout) => {}
         }
         if st.next_rollout_look().is_some_and(|t| Instant::now() >= t) {
@@ -375,6 +468,7 @@ fn run(mut st: State, rx: Receiver<ToControl>, interval: Duration) {
         // Polled on time even while messages keep arriving.
         if Instant::now() >= next_poll {
             st.poll_file();
+            st.poll_keys_file();
             next_poll = Instant::now() + interval;
         }
     }
@@ -467,8 +561,12 @@ impl State {
     /// Validates `bytes` and applies them, unless the file watch brought a config that
     /// lowers protection.
     fn apply(&mut self, bytes: &[u8], trigger: Trigger) -> Result<Reloaded, ConfigError> {
-        let built = config::parse_bytes(&self.path, bytes)
-            .and_then(|raw| Ok((self.build(&raw, self.generation + 1)?, raw)));
+        let built = match config::parse_bytes(&self.path, bytes) {
+            Ok(raw) => self
+                .build_overlaid(&raw, self.generation + 1)
+                .map(|s| (s, raw)),
+            Err(e) => Err(e),
+        };
         let (snap, raw) = match built {
             Ok(s) => s,
             Err(e) => {
@@ -501,6 +599,20 @@ impl State {
             file: self.path.clone(),
             problems,
         })
+    }
+
+    /// [`State::build`], then the key material this thread holds: the API key table (the
+    /// store opened anew when the config names another keys file) and the keys fetched for
+    /// each remote key set the config still has.
+    fn build_overlaid(
+        &mut self,
+        raw: &RawConfig,
+        generation: u64,
+    ) -> Result<Snapshot, ConfigError> {
+        let mut snap = self.build(raw, generation)?;
+        self.overlay_keys(&mut snap)?;
+        self.overlay_remote(&mut snap);
+        Ok(snap)
     }
 
     /// Sends every worker `snap` and makes it the config in force; `lowered` is what it
@@ -541,11 +653,33 @@ impl State {
         let mut v = lock_view(&self.view);
         v.snapshot = Some(snap);
         v.status = self.status.clone();
+        drop(v);
+        self.sync_jwks();
         Reloaded {
             generation: self.generation,
             lowered,
             needs_restart,
         }
+    }
+
+    /// The snapshot in force.
+    fn current_snapshot(&self) -> Option<Snapshot> {
+        lock_view(&self.view).snapshot.clone()
+    }
+
+    /// Puts `snap` (the snapshot in force with new key material) in force as the next
+    /// generation on every worker; the barrier says when every worker has it.
+    fn publish(&mut self, mut snap: Snapshot) -> Barrier {
+        self.generation += 1;
+        snap.generation = self.generation;
+        self.workers
+            .broadcast(|| ToWorker::Snapshot(Box::new(snap.clone())));
+        let barrier = self.workers.start_barrier();
+        self.status.generation = self.generation;
+        let mut v = lock_view(&self.view);
+        v.snapshot = Some(snap);
+        v.status = self.status.clone();
+        barrier
     }
 
     /// Points the access log writer at the applied config's path when it moved. (Adding or
@@ -593,6 +727,26 @@ impl State {
                 .collect(),
         }
     }
+}
+
+/// Puts the key material held (`keys`: the API key store; `remote`: the keys fetched for each
+/// remote key set) into `snap`, built from the config file in force: a model registry change
+/// keeps `[auth]` as it is, so no store is opened and the overlays of the last reload stay.
+fn carry_key_material(
+    keys: Option<&keys::KeysState>,
+    remote: &[(SourceSettings, Vec<Key>)],
+    snap: &mut Snapshot,
+) -> Result<(), Vec<ConfigProblem>> {
+    let Some(auth) = snap.auth.as_mut() else {
+        return Ok(());
+    };
+    if let (Some(k), true) = (keys, auth.api_key_settings().is_some()) {
+        auth.set_api_keys(k.records())?;
+    }
+    for (source, set) in remote {
+        auth.set_remote_keys(source, set.clone());
+    }
+    Ok(())
 }
 
 /// One `  - loss` line per loss.

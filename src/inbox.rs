@@ -75,6 +75,16 @@ pub enum ToSpend {
     Stop,
 }
 
+/// From a worker to the control plane: a token named a key id (`kid`) that no key has, so
+/// the remote key sets may have rotated. Sent with `try_send` on a channel of
+/// [`KEY_HINT_CAPACITY`]: a hint already waiting says the same, so a flood of unknown kids is
+/// one hint; the JWKS thread (`control::jwks`) decides whether its interval allows a fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownKid;
+
+/// Capacity of the unknown-kid channel.
+pub const KEY_HINT_CAPACITY: usize = 1;
+
 /// Every worker's inbox, in worker order: the fan-out handle of the control plane. Cloning
 /// it is cheap (one shared list).
 ///

@@ -1,4 +1,6 @@
-//! The `shardgate` binary: run the gateway, check a config, or run the demo.
+//! The `shardgate` binary: run the gateway, check a config, run the demo, or manage API keys.
+
+mod keys_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +42,9 @@ enum Command {
         #[arg(long)]
         ready: bool,
     },
+    /// Manage API keys: through a running gateway's admin API (`--admin`), or in a keys file
+    /// with no gateway running (`--file`; a running gateway picks the change up).
+    Keys(Box<keys_cli::KeysArgs>),
     /// Print latency percentiles from a running gateway's admin API.
     Stats {
         /// Admin address (`[admin] listen`).
@@ -62,6 +67,7 @@ fn main() -> ExitCode {
         Some(Command::Check) => check(cli.config),
         Some(Command::Demo) => demo(),
         Some(Command::Health { admin, ready }) => health(admin, ready),
+        Some(Command::Keys(args)) => keys_cli::run(*args),
         Some(Command::Stats {
             admin,
             watch,
@@ -86,7 +92,11 @@ fn check(path: Option<PathBuf>) -> ExitCode {
         eprintln!("shardgate check: --config PATH is required");
         return ExitCode::from(2);
     };
-    match registry::load(&path, 1) {
+    // The keys file is checked too: the gateway would refuse to start on it.
+    match registry::load(&path, 1)
+        .map_err(|e| e.to_string())
+        .and_then(|mut l| control::open_api_keys(&mut l.snapshot).map_err(|e| e.to_string()))
+    {
         Ok(_) => {
             println!("ok");
             ExitCode::SUCCESS
@@ -120,8 +130,16 @@ fn demo() -> ExitCode {
 fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     // A registry that cannot be used stops the start (never an empty registry instead).
-    let loaded = match registry::load(&path, 1) {
+    let mut loaded = match registry::load(&path, 1) {
         Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Loaded before the engine starts, so an API key works from the first request.
+    let keys = match control::open_api_keys(&mut loaded.snapshot) {
+        Ok(k) => k,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(2);
@@ -157,6 +175,8 @@ fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
     let start = Start {
         revocations,
         access_log: engine.access_log(),
+        keys,
+        key_hints: Some(engine.key_hints()),
         ..Start::loaded(path.clone(), loaded, engine.inboxes())
     };
     let control = match Control::spawn(start) {

@@ -212,13 +212,24 @@ async fn stages(
     ) {
         b.facts.request_model.push_str(m);
     }
+    let asked = match &json {
+        Some(j) => j
+            .model()
+            .map_or(authn::RequestModel::Unnamed, authn::RequestModel::Named),
+        None if matches!(rq.head.framing, BodyFraming::None | BodyFraming::Length(0)) => {
+            authn::RequestModel::Unnamed
+        }
+        None => authn::RequestModel::Unread,
+    };
     let identity = authn::admit_for(
         worker,
         snap,
         (rq.head, rq.head_bytes),
         c.stream.peer_identity(),
+        authn::early_auth(early),
         route,
         verdict,
+        asked,
         b.resp_headers,
     )?;
     let (up_idx, split_model) = match route.target() {
@@ -256,8 +267,9 @@ async fn stages(
         .as_ref()
         .and_then(|s| s.prices.lookup(c.tally.deployment, model));
     let caller = quota_check::Caller {
-        subject: identity.as_ref().map(|i| i.subject.as_str()),
+        subject: identity.as_ref().map(|i| &*i.subject),
         tenant: identity.as_ref().and_then(|i| i.tenant.as_deref()),
+        api_key: identity.as_ref().and_then(|i| i.api_key).map(|k| k.id()),
         ip: c.peer.ip(),
     };
     let budgets = budget_check::admit(
@@ -431,7 +443,7 @@ fn usage_spec(json: &mut JsonBody<'_>) -> UsageSpec {
 fn upstream_head(
     c: &mut ClientConn,
     rq: &Request<'_>,
-    identity: Option<&Identity>,
+    identity: Option<&Identity<'_>>,
     upstream: &Upstream,
     adapted: &adapt::Adapted<'_>,
     up_headers: &mut Vec<u8>,

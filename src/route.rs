@@ -30,6 +30,7 @@ mod split;
 mod trie;
 mod weights;
 
+pub use crate::config_types::RouteAuth;
 pub use catalog::{Deployment, DeploymentId, VersionStatus};
 pub use raw::{RawDeployment, RawRoute, RawSticky, RawTarget, RawTimeouts, RouteTimeouts};
 pub use rng::WorkerRng;
@@ -104,7 +105,7 @@ pub struct Route {
     target: RouteTarget,
     label_header: Option<Box<str>>,
     sticky: Option<StickyKey>,
-    auth: Option<bool>,
+    auth: RouteAuth,
     scope: Option<Box<str>>,
     timeouts: RouteTimeouts,
     retryable: bool,
@@ -135,8 +136,8 @@ impl Route {
     pub fn sticky(&self) -> Option<&StickyKey> {
         self.sticky.as_ref()
     }
-    /// `auth` as configured; `None`: the auth stage's default.
-    pub fn auth(&self) -> Option<bool> {
+    /// `auth` as configured ([`RouteAuth::Default`]: the auth stage's default).
+    pub fn auth(&self) -> RouteAuth {
         self.auth
     }
     /// Scope the caller's token must hold, if any.
@@ -685,7 +686,7 @@ mod tests {
         );
         assert_eq!(
             (route.auth(), route.scope()),
-            (Some(false), Some("ai:inference"))
+            (RouteAuth::Off, Some("ai:inference"))
         );
         let RouteTarget::Split(split) = route.target() else {
             panic!("not a split")

@@ -27,12 +27,12 @@ use std::rc::Rc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::auth::{Revocations, Revoked};
 use crate::config::{DriverChoice, Snapshot};
 use crate::control::coord::CoordThread;
-use crate::inbox::{ToCoord, Unconfirmed, Workers, COLLECT_TIMEOUT};
+use crate::inbox::{ToCoord, Unconfirmed, UnknownKid, Workers, COLLECT_TIMEOUT};
 use crate::metrics::{Driver, WorkerMetrics};
 use crate::worker::Links;
 
@@ -60,6 +60,8 @@ pub struct Engine {
     exporter: Option<crate::trace::Exporter>,
     /// The spend thread; dropped (persisting) after the workers exit.
     spend: Option<crate::control::spend::SpendThread>,
+    /// Workers' unknown-kid hints, for the control plane's JWKS thread.
+    key_hints: Receiver<UnknownKid>,
 }
 
 impl Engine {
@@ -119,6 +121,7 @@ impl Engine {
             Some(t) => Some(crate::trace::Exporter::start(t)?),
             None => None,
         };
+        let (hint_tx, key_hints) = crossbeam_channel::bounded(crate::inbox::KEY_HINT_CAPACITY);
         let mut threads = Vec::new();
         let channels = inboxes.into_iter().zip(answer_rxs);
         for (id, (listener, ((_, rx), answers))) in listeners.into_iter().zip(channels).enumerate()
@@ -140,6 +143,7 @@ impl Engine {
                 spend: spend
                     .as_ref()
                     .map(crate::control::spend::SpendThread::sender),
+                key_hints: Some(hint_tx.clone()),
             };
             let listeners = Listeners {
                 plain: listener,
@@ -160,6 +164,7 @@ impl Engine {
             access_log,
             exporter,
             spend,
+            key_hints,
         };
         for _ in 0..engine.threads.len() {
             match ready_rx.recv() {
@@ -201,6 +206,11 @@ impl Engine {
         self.access_log
             .as_ref()
             .map(crate::access_log::Writer::retarget_handle)
+    }
+
+    /// The workers' unknown-kid hints (see [`UnknownKid`]), for the control plane.
+    pub fn key_hints(&self) -> Receiver<UnknownKid> {
+        self.key_hints.clone()
     }
 
     /// Sends a new snapshot to every worker.

@@ -295,6 +295,7 @@ fn account(worker: &Worker, c: &mut ClientConn, done: &Done<'_>, facts: &Facts) 
     if let Some(log) = worker.access_log.borrow_mut().as_mut() {
         let fields = Fields {
             subject: Some(facts.subject.as_str()).filter(|s| !s.is_empty()),
+            api_key: Some(facts.api_key.as_str()).filter(|s| !s.is_empty()),
             model: Some(facts.model.as_str()).filter(|s| !s.is_empty()),
             tokens: facts.tokens,
             trace_id,

@@ -43,6 +43,8 @@ pub struct RequestBufs {
 pub struct Facts {
     /// The verified subject, empty for open routes.
     pub subject: String,
+    /// The id of the API key the caller presented, empty for other credentials.
+    pub api_key: String,
     /// The model quotas and token counts went by, empty when the body was not read.
     pub model: String,
     /// Tokens the response used, when known.
@@ -87,6 +89,7 @@ impl RequestBufs {
         }
         self.model.clear();
         self.facts.subject.clear();
+        self.facts.api_key.clear();
         self.facts.model.clear();
         self.facts.tokens = None;
         self.facts.tenant.clear();

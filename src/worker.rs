@@ -15,7 +15,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::auth::Revocations;
 use crate::config::Snapshot;
-use crate::inbox::{ToCoord, ToWorker};
+use crate::inbox::{ToCoord, ToWorker, UnknownKid};
 use crate::metrics::{Driver, WorkerMetrics};
 use crate::pool::Pools;
 use crate::quota::QuotaShard;
@@ -40,6 +40,8 @@ pub struct Links {
     pub revoked: Revocations,
     /// The spend thread, when spend or budgets are configured.
     pub spend: Option<Sender<crate::inbox::ToSpend>>,
+    /// Where to say that a token named an unknown key id (see [`UnknownKid`]).
+    pub key_hints: Option<Sender<UnknownKid>>,
 }
 
 /// Everything one worker owns. Lives in an `Rc` on the worker thread; never shared.
@@ -86,6 +88,7 @@ pub struct Worker {
     spend_tx: Option<Sender<crate::inbox::ToSpend>>,
     /// This core's endpoint load view and round-robin positions (see `balance`).
     pub balance: RefCell<crate::balance::WorkerBalance>,
+    key_hints: Option<Sender<UnknownKid>>,
 }
 
 impl Worker {
@@ -141,6 +144,14 @@ impl Worker {
     pub fn flush_balance(&self) {
         if let Some(report) = self.balance.borrow_mut().drain() {
             let _ = self.coord.send(ToCoord::Load(report));
+        }
+    }
+
+    /// Asks the control plane to fetch the remote key sets again: a token named a key id no
+    /// key has. Never blocks; a hint already waiting is enough.
+    pub fn ask_for_remote_keys(&self) {
+        if let Some(tx) = &self.key_hints {
+            let _ = tx.try_send(UnknownKid);
         }
     }
 
@@ -295,6 +306,7 @@ impl Worker {
             spend: RefCell::new(crate::spend::SpendShard::default()),
             spend_tx: links.spend,
             balance: RefCell::new(balance),
+            key_hints: links.key_hints,
         }
     }
 }

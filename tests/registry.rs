@@ -1,7 +1,7 @@
 //! The model registry through the admin API, the CLI and the binary: versions, splits and
 //! statuses with their audit entries, validation that writes nothing, the combination rules
-//! with the config file, a restart, concurrent writers, a gateway killed mid-write, and a
-//! database that cannot be used.
+//! with the config file, a restart, concurrent writers, a gateway killed mid-write, API keys
+//! kept across registry changes and reloads, and a database that cannot be used.
 
 mod common;
 
@@ -800,4 +800,48 @@ fn a_registry_that_cannot_be_used_stops_the_start() {
     let (code, err) = run(&["check"]);
     assert_eq!(code, Some(0), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// API keys live beside the registry: a key created through the admin API keeps working
+/// after a registry change (applied like an explicit reload, the key table carried into the
+/// snapshot it builds) and after a reload of the file (the table laid over the file combined
+/// with the registry); an unknown key stays refused throughout.
+#[test]
+fn api_keys_survive_registry_changes_and_reloads() {
+    let (a, b) = (mock_of("1.0.0"), mock_of("1.1.0"));
+    let dir = temp_dir("keys");
+    let text = file_config(a.addr()).replace(
+        "[registry]\n",
+        "[auth]\n[auth.api_keys]\nfile = \"keys.json\"\n[registry]\n",
+    );
+    let rig = RegistryRig::start(&dir, Some(&text));
+    let (status, created) = rig.call("POST", "/keys", Some(r#"{"name": "bot", "owner": "bot"}"#));
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    let unknown = format!("sg-{}", "A".repeat(43));
+    let check = |when: &str| {
+        for (k, want) in [(&key, 200), (&unknown, 401)] {
+            for i in 0..4 {
+                let bearer = format!("Bearer {k}");
+                let session = format!("s{i}");
+                let r = post_json(
+                    rig.gw(),
+                    "/v1/chat/completions",
+                    &[("authorization", &bearer), ("x-session", &session)],
+                    &chat_body("llama"),
+                );
+                assert_eq!(r.status, want, "{when}: {}", r.text());
+            }
+        }
+    };
+    check("after the key was created");
+    let g = rig.generation();
+    let body = format!(r#"{{"version": "1.1.0", "endpoints": ["{}"]}}"#, b.addr());
+    let (status, v) = rig.call("POST", "/models/llama/versions", Some(&body));
+    assert_eq!(status, 200, "{v}");
+    assert!(rig.generation() > g);
+    check("after a registry change");
+    let (status, v) = rig.call("POST", "/reload", None);
+    assert_eq!(status, 200, "{v}");
+    check("after a reload");
 }

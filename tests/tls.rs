@@ -703,3 +703,76 @@ fn a_client_certificate_is_an_identity_for_routes() {
         }
     }
 }
+
+/// A verified client certificate stands for a credential only on routes that accept every
+/// configured kind (`auth` absent, `true`, `"any"`); a route narrowed to `"jwt"` or `"key"`
+/// accepts that kind only, and an open route needs nothing. Over every route kind, with and
+/// without a certificate; a token on the narrowed JWT route still works.
+#[test]
+fn a_client_certificate_counts_only_where_every_credential_kind_does() {
+    let dir = TempDir::new("mtls-kinds");
+    let ca = Ca::new("server ca");
+    let clients = Ca::new("client ca");
+    let clients_file = dir.write("clients.pem", &clients.pem());
+    let (cert, key) = ca.server(&["gw.test"]).write(&dir, "gw");
+    let up = Upstream::echo();
+    let server = format!(
+        "listen = \"127.0.0.1:0\"\nworkers = 1\npin = false\n{}",
+        tls_server_section(
+            &cert,
+            &key,
+            &format!(
+                "client_ca_file = \"{}\"\nclient_auth = \"optional\"\n",
+                clients_file.display()
+            )
+        )
+    );
+    let kinds = [
+        ("default", "", "200", "401"),
+        ("true", "auth = true", "200", "401"),
+        ("any", "auth = \"any\"", "200", "401"),
+        ("jwt", "auth = \"jwt\"", "401", "401"),
+        ("key", "auth = \"key\"", "401", "401"),
+        ("open", "auth = false", "200", "200"),
+    ];
+    let mut rest = auth_hs256(
+        "client_certificates = true\n[[auth.claim_headers]]\nclaim = \"sub\"\nheader = \"x-user-id\"\n",
+    ) + "[auth.api_keys]\nfile = \"keys.json\"\n"
+        + &upstream("up", &[up.addr], "");
+    for (name, extra, _, _) in kinds {
+        rest += &route(&format!("/{name}/*rest"), "up", extra);
+    }
+    let gw = gateway_with(&server, &rest);
+    let addr: SocketAddr = ([127, 0, 0, 1], tls_port(&gw)).into();
+    let batch = clients.issue(Spec {
+        names: &["batch.internal"],
+        client: true,
+        ..Spec::default()
+    });
+    for (name, _, with_cert, without) in kinds {
+        let path = format!("/{name}/x");
+        let r = https_get(&client_config(&ca, Some(&batch)), addr, "gw.test", &path).unwrap();
+        assert!(
+            r.starts_with(&format!("HTTP/1.1 {with_cert}")),
+            "{name}: {r}"
+        );
+        let mapped = r.contains("x-user-id: batch.internal");
+        assert_eq!(mapped, with_cert == "200" && name != "open", "{name}: {r}");
+        let r = https_get(&client_config(&ca, None), addr, "gw.test", &path).unwrap();
+        assert!(r.starts_with(&format!("HTTP/1.1 {without}")), "{name}: {r}");
+    }
+    // The narrowed JWT route takes a token on the same certificate-bearing connection.
+    let name = rustls::pki_types::ServerName::try_from("gw.test").unwrap();
+    let conn = rustls::ClientConnection::new(client_config(&ca, Some(&batch)), name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, TcpStream::connect(addr).unwrap());
+    let req = format!(
+        "GET /jwt/x HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        token("alice")
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("x-user-id: alice"), "{text}");
+}

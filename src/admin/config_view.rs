@@ -91,6 +91,7 @@ pub fn redacted_view(s: &Snapshot) -> Value {
         "upstreams": upstreams,
         "routes": routes,
         "transforms": s.transforms.list().iter().map(transform_view).collect::<Vec<_>>(),
+        "auth": super::keys::auth_view(s),
         "admin": s.admin.as_ref().map(|a| json!({
             "listen": a.listen.to_string(),
             "token": if a.token.is_some() { "(redacted)" } else { "(none)" },
@@ -166,6 +167,7 @@ fn budgets_view(
                 "key": match r.key {
                     crate::quota::KeyKind::Subject => "subject",
                     crate::quota::KeyKind::Tenant => "tenant",
+                    crate::quota::KeyKind::ApiKey => "api_key",
                     crate::quota::KeyKind::ClientIp => "client_ip",
                 },
                 "model": r.model.as_deref().unwrap_or("*"),

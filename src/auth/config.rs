@@ -30,7 +30,24 @@
 //! alg = "ES256"
 //! jwks_file = "keys/jwks.json"
 //! not_before = 1767225600         # optional
+//!
+//! [[auth.jwks]]                   # remote key set (see `auth::remote`)
+//! issuer = "https://idp.example.com/"
+//!
+//! [auth.api_keys]                 # API keys (see `auth::apikey` and `control::keys`)
+//! file = "keys.json"              # digests only; watched, and written by the admin API
+//! audit_file = "keys.audit.jsonl" # default: the keys file's name + `.audit.jsonl`
+//! header = "x-api-key"            # optional: a second header a key may come in
 //! ```
+//!
+//! At least one verifier is required: `[[auth.keys]]`, `[[auth.jwks]]` or `[auth.api_keys]`.
+//!
+//! # Routes
+//!
+//! A route's `auth` ([`RouteAuth`]) says which of them it accepts: absent or `true`, every
+//! one configured (`true` without `[auth]` is a problem); `"jwt"` signed tokens (needs
+//! `[[auth.keys]]` or `[[auth.jwks]]`); `"key"` API keys (needs `[auth.api_keys]`); `"any"`
+//! both (needs both); `false` none (an open route).
 //!
 //! # Claim headers
 //!
@@ -59,6 +76,7 @@ use serde::Deserialize;
 
 use super::key::{jwk_from_file, Alg, Jwk, KeyMaterial};
 use super::token::MAX_KID_BYTES;
+use crate::config_types::RouteAuth;
 use crate::config_types::{ConfigProblem, Secret};
 use crate::http::fields::{is_token, HeaderRole};
 use crate::http_config::config_header;
@@ -116,7 +134,39 @@ pub struct AuthConfig {
     /// mappings of `subject_claim` carry it upstream. A token, when sent, is verified instead.
     #[serde(default)]
     pub client_certificates: bool,
+    #[serde(default)]
     pub keys: Vec<KeyConfig>,
+    /// Remote key sets (JWKS URLs or OIDC issuers).
+    #[serde(default)]
+    pub jwks: Vec<super::remote::JwksConfig>,
+    /// API keys.
+    #[serde(default)]
+    pub api_keys: Option<ApiKeysConfig>,
+}
+
+/// `[auth.api_keys]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysConfig {
+    /// The keys file (JSON, digests only), relative to the config file.
+    pub file: PathBuf,
+    /// Append-only audit log of key changes; default: the keys file's name + `.audit.jsonl`.
+    #[serde(default)]
+    pub audit_file: Option<PathBuf>,
+    /// A header a key may also come in, as its whole value (`x-api-key`); the configured
+    /// credential header (`Authorization: Bearer sg-...`) always works.
+    #[serde(default)]
+    pub header: Option<String>,
+}
+
+/// Validated `[auth.api_keys]` settings (the table itself comes from the key store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeySettings {
+    /// Absolute (resolved against the config file's directory).
+    pub file: PathBuf,
+    pub audit_file: PathBuf,
+    /// Lowercase.
+    pub header: Option<Box<str>>,
 }
 
 /// `[[auth.claim_headers]]`: copy `claim` into upstream header `header` (rendering rules in
@@ -185,6 +235,9 @@ pub struct Key {
     pub material: KeyMaterial,
     pub not_before: u64,
     pub not_after: u64,
+    /// The `iss` tokens this key verifies must carry, over `[auth] issuer` (a remote key
+    /// set's issuer); `None`: `[auth] issuer` applies.
+    pub issuer: Option<Box<str>>,
 }
 
 impl Key {
@@ -204,10 +257,10 @@ pub(super) fn build_keys(
     problems: &mut Vec<ConfigProblem>,
 ) -> Vec<Key> {
     let mut keys = Vec::new();
-    if raw.keys.is_empty() {
+    if raw.keys.is_empty() && raw.jwks.is_empty() && raw.api_keys.is_none() {
         problems.push(ConfigProblem::new(
             "auth.keys",
-            "at least one key is required",
+            "at least one verifier is required: [[auth.keys]], [[auth.jwks]] or [auth.api_keys]",
         ));
     }
     for (i, k) in raw.keys.iter().enumerate() {
@@ -274,6 +327,7 @@ pub(super) fn build_keys(
                 material,
                 not_before,
                 not_after,
+                issuer: None,
             }),
             Err(p) => problems.push(p),
         }
@@ -348,5 +402,83 @@ pub(super) fn check_settings(raw: &AuthConfig, problems: &mut Vec<ConfigProblem>
                 "must differ from the credential header",
             ));
         }
+    }
+}
+
+/// Validates `[auth.api_keys]`, resolving its paths against `base_dir`.
+pub(super) fn build_api_keys(
+    raw: &AuthConfig,
+    base_dir: &Path,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<ApiKeySettings> {
+    let k = raw.api_keys.as_ref()?;
+    if k.file.as_os_str().is_empty() {
+        problems.push(ConfigProblem::new(
+            "auth.api_keys.file",
+            "must not be empty",
+        ));
+        return None;
+    }
+    let file = base_dir.join(&k.file);
+    let audit_file = match &k.audit_file {
+        Some(a) if a.as_os_str().is_empty() => {
+            problems.push(ConfigProblem::new(
+                "auth.api_keys.audit_file",
+                "must not be empty",
+            ));
+            return None;
+        }
+        Some(a) => base_dir.join(a),
+        None => {
+            let mut name = file.file_name().unwrap_or_default().to_os_string();
+            name.push(".audit.jsonl");
+            file.with_file_name(name)
+        }
+    };
+    if audit_file == file {
+        problems.push(ConfigProblem::new(
+            "auth.api_keys.audit_file",
+            "must differ from the keys file",
+        ));
+    }
+    let header = k.header.as_ref().and_then(|h| {
+        let ok = config_header(h, HeaderRole::Read, "auth.api_keys.header", problems)?;
+        if h.eq_ignore_ascii_case(&raw.header) {
+            problems.push(ConfigProblem::new(
+                "auth.api_keys.header",
+                "must differ from the credential header (keys are read from it anyway)",
+            ));
+        }
+        Some(ok)
+    });
+    Some(ApiKeySettings {
+        file,
+        audit_file,
+        header,
+    })
+}
+
+/// Checks route `i`'s `auth` against what `[auth]` configures (module docs, "Routes").
+pub fn check_route_auth(
+    auth: Option<&AuthConfig>,
+    i: usize,
+    route: RouteAuth,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    let jwt = auth.is_some_and(|a| !a.keys.is_empty() || !a.jwks.is_empty());
+    let key = auth.is_some_and(|a| a.api_keys.is_some());
+    let missing = match route {
+        RouteAuth::Default | RouteAuth::Off => None,
+        RouteAuth::Required if auth.is_none() => Some("requires an [auth] section"),
+        RouteAuth::Required => None,
+        RouteAuth::Jwt if !jwt => Some("\"jwt\" requires [[auth.keys]] or [[auth.jwks]]"),
+        RouteAuth::Key if !key => Some("\"key\" requires [auth.api_keys]"),
+        RouteAuth::Any if !(jwt && key) => {
+            Some("\"any\" requires [auth.api_keys] and [[auth.keys]] or [[auth.jwks]]")
+        }
+        RouteAuth::Jwt | RouteAuth::Key | RouteAuth::Any => None,
+    };
+    if let Some(m) = missing {
+        problems.push(ConfigProblem::new(format!("routes[{i}].auth"), m));
     }
 }

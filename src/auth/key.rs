@@ -123,6 +123,16 @@ impl KeyMaterial {
         Ok(KeyMaterial::Hmac(hmac::Key::new(algo, secret)))
     }
 
+    /// The public key's bytes, to tell two fetched key sets apart; nothing for a secret.
+    pub fn public_bytes(&self) -> Vec<u8> {
+        match self {
+            KeyMaterial::Hmac(_) => Vec::new(),
+            KeyMaterial::Rsa { n, e } => [n.as_slice(), e.as_slice()].concat(),
+            KeyMaterial::Ec(point) => point.clone(),
+            KeyMaterial::Ed25519(x) => x.to_vec(),
+        }
+    }
+
     /// Verifies `sig` over `msg` with `alg`, which the caller has already checked is this
     /// key's algorithm. HMAC comparison is constant time (ring).
     pub fn verify(&self, alg: Alg, msg: &[u8], sig: &[u8]) -> bool {

@@ -83,7 +83,7 @@ fn hs_auth(extra: &str) -> Authenticator {
     ))
 }
 
-fn verify(a: &Authenticator, token: &str, now: u64) -> Result<Identity, AuthError> {
+fn verify(a: &Authenticator, token: &str, now: u64) -> Result<Identity<'static>, AuthError> {
     verify_with(a, token, now, &Revocations::new())
 }
 
@@ -92,7 +92,7 @@ fn verify_with(
     token: &str,
     now: u64,
     rev: &Revocations,
-) -> Result<Identity, AuthError> {
+) -> Result<Identity<'static>, AuthError> {
     let value = format!("Bearer {token}");
     a.verify(Some(value.as_bytes()), now, rev, &mut Scratch::default())
 }
@@ -310,7 +310,7 @@ fn every_algorithm_round_trips() {
         };
         let token = format!("{input}.{}", b64(&sig));
         assert_eq!(
-            verify(&a, &token, NOW).map(|i| i.subject.clone()),
+            verify(&a, &token, NOW).map(|i| i.subject.to_string()),
             Ok("u1".to_string()),
             "{alg}"
         );
@@ -666,7 +666,7 @@ fn issuer_audience_subject() {
         (format!(r#"{{"sub":42,"exp":{exp}}}"#), Ok("42".to_string())),
     ] {
         assert_eq!(
-            verify(&b, &mint(&claims), NOW).map(|i| i.subject.clone()),
+            verify(&b, &mint(&claims), NOW).map(|i| i.subject.to_string()),
             want,
             "{claims}"
         );
@@ -801,6 +801,11 @@ fn errors_map_to_status_reason_and_challenge() {
                 assert!(
                     www.starts_with("Bearer error=\"insufficient_scope\", error_description=\"")
                 );
+                assert_eq!(e.kind(), "permission_error");
+            }
+            // Not about the credential: no challenge.
+            AuthError::ModelNotAllowed => {
+                assert_eq!((e.status(), www, e.kind()), (403, "", "permission_error"));
             }
             _ => {
                 assert_eq!(e.status(), 401);
@@ -816,6 +821,14 @@ fn errors_map_to_status_reason_and_challenge() {
         assert!(!e.description().contains('"') && !e.description().contains('\\'));
     }
     assert_eq!(AuthError::Expired.reason(), "expired");
+    for e in [
+        AuthError::KeyUnknown,
+        AuthError::KeyDisabled,
+        AuthError::KeyExpired,
+    ] {
+        assert_eq!(e.kind(), "invalid_api_key", "{e:?}");
+    }
+    assert_eq!(AuthError::BadSignature.kind(), "authentication_error");
 }
 
 #[test]
@@ -930,7 +943,7 @@ fn jwks_file_and_secret_file() {
         ..a.clone()
     };
     assert_eq!(
-        verify(&es, A3_JWS, A_EXP).map(|i| i.subject.clone()),
+        verify(&es, A3_JWS, A_EXP).map(|i| i.subject.to_string()),
         Ok("joe".to_string())
     );
     let t = mint(&format!(r#"{{"iss":"u","exp":{}}}"#, NOW + 10));
@@ -1325,7 +1338,7 @@ fn jwk_use_and_key_ops_decide_whether_a_key_verifies() {
         .unwrap();
         match (Authenticator::from_config(&raw, &dir), want) {
             (Ok(a), Ok(())) => assert_eq!(
-                verify(&a, A3_JWS, A_EXP).map(|i| i.subject.clone()),
+                verify(&a, A3_JWS, A_EXP).map(|i| i.subject.to_string()),
                 Ok("joe".to_string()),
                 "{name}"
             ),

@@ -9,6 +9,13 @@
 //! backend, revocation file, spend thread and store, the budgets' time zone) stays as it was
 //! until a restart: [`RESTART_ONLY`]. A reload that changes one of those still applies the
 //! rest, and [`needs_restart`] names what it did not apply.
+//!
+//! Key material the control thread owns is not read from the config file and reaches workers
+//! as a new snapshot whenever it changes, with or without a reload: the API key table
+//! (`[auth.api_keys]`: the keys file, its watch, the admin API) and the keys fetched for each
+//! remote key set (`[[auth.jwks]]`). A reload that changes `auth.api_keys` (another file)
+//! opens that store; one that changes `auth.jwks` fetches the new sources at once and keeps
+//! the keys of sources it still has.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -150,6 +157,8 @@ pub const RELOAD_APPLIES: &[&str] = &[
     "defaults",
     "limits",
     "auth",
+    "auth.jwks",
+    "auth.api_keys",
     "quota.rules",
     "metrics",
     "admin.token",

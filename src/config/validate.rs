@@ -114,12 +114,7 @@ impl RawConfig {
                 .ok()
         });
         for (i, r) in self.routes.iter().enumerate() {
-            if r.auth == Some(true) && self.auth.is_none() {
-                problems.push(ConfigProblem::new(
-                    format!("routes[{i}].auth"),
-                    "requires an [auth] section",
-                ));
-            }
+            crate::auth::config::check_route_auth(self.auth.as_ref(), i, r.auth, &mut problems);
         }
 
         if !(1..=10_000).contains(&self.metrics.label_series) {

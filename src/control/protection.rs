@@ -14,13 +14,16 @@
 //!   that its requests fall through to an open one, a new open route shadowing protected
 //!   paths. This is checked by replaying a sample request for every route of either config
 //!   (each method it allows, each model alias it is keyed by) against both;
+//! - a request that needed a credential accepting a kind it did not (API keys where only
+//!   JWTs were accepted, or the reverse: a route's `auth = "jwt"` cut off, or
+//!   `[auth.api_keys]` added under routes that accept whatever is configured);
 //! - `[quota]` removed, or a quota rule (by name) removed;
 //! - the admin token removed;
 //! - more than half of the routes dropped.
 
 use std::fmt;
 
-use crate::auth::token_required;
+use crate::auth::accepts;
 use crate::config::Snapshot;
 use crate::route::{MethodSet, Route, Router};
 
@@ -40,6 +43,12 @@ pub enum Loss {
         request: String,
         was_route: String,
         now_route: String,
+    },
+    /// `request` needed a credential and now also accepts `kind` (`API keys`, `JWTs`).
+    CredentialWidened {
+        request: String,
+        route: String,
+        kind: &'static str,
     },
     /// `request` needed scope `was` and now needs `now` (or none).
     ScopeChanged {
@@ -65,7 +74,7 @@ impl Loss {
             Loss::IssuerCheckDropped { .. } => "auth.issuer",
             Loss::AudienceWidened { .. } => "auth.audience",
             Loss::ExpiryNoLongerRequired => "auth.require_exp",
-            Loss::TokenNoLongerRequired { .. } => "routes.auth",
+            Loss::TokenNoLongerRequired { .. } | Loss::CredentialWidened { .. } => "routes.auth",
             Loss::ScopeChanged { .. } => "routes.scope",
             Loss::QuotaRemoved => "quota",
             Loss::QuotaRuleRemoved(_) => "quota.rules",
@@ -102,6 +111,14 @@ impl fmt::Display for Loss {
                 f,
                 "`{request}` would be served without a token (route `{now_route}`; \
                  it needed one under route `{was_route}`)"
+            ),
+            Loss::CredentialWidened {
+                request,
+                route,
+                kind,
+            } => write!(
+                f,
+                "`{request}` would also be served with {kind} (route `{route}`)"
             ),
             Loss::ScopeChanged { request, was, now } => match now {
                 Some(now) => write!(f, "`{request}` would need scope `{now}` instead of `{was}`"),
@@ -247,16 +264,30 @@ fn serve<'a>(router: &'a Router, req: &Sample) -> Option<&'a Route> {
 /// How `new` treats `req` compared with `old`, when it protects it less.
 fn compare(old: &Snapshot, new: &Snapshot, req: &Sample) -> Option<Loss> {
     let was = serve(&old.router, req)?;
-    if !token_required(old.auth.as_ref(), was.auth()) {
+    let was_accepts = accepts(old.auth.as_ref(), was.auth());
+    if !was_accepts.any() {
         return None;
     }
     // Not served at all (404/405/400) is not less protected.
     let now = serve(&new.router, req)?;
-    if !token_required(new.auth.as_ref(), now.auth()) {
+    let now_accepts = accepts(new.auth.as_ref(), now.auth());
+    if !now_accepts.any() {
         return Some(Loss::TokenNoLongerRequired {
             request: req.describe(),
             was_route: was.pattern().into(),
             now_route: now.pattern().into(),
+        });
+    }
+    let widened = match (was_accepts, now_accepts) {
+        (w, n) if n.key && !w.key => Some("API keys"),
+        (w, n) if n.jwt && !w.jwt => Some("JWTs"),
+        _ => None,
+    };
+    if let Some(kind) = widened {
+        return Some(Loss::CredentialWidened {
+            request: req.describe(),
+            route: now.pattern().into(),
+            kind,
         });
     }
     match (was.scope(), now.scope()) {

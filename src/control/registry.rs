@@ -334,11 +334,15 @@ impl State {
         let db = reg.store.path().to_path_buf();
         let ctx = Ctx { who, now: now_ms() };
         let current = &reg.state;
+        let (held_keys, held_remote) = (self.keys.as_ref(), &self.remote);
         let ((body, state, snap), audit_id) = reg.store.change(who, action, |tx| {
             let c = op(tx, current, &in_force, ctx)?;
             let state = load_state(tx)?;
-            let snap =
+            let mut snap =
                 merge::build(raw, base, &state, &db, generation).map_err(ChangeError::Invalid)?;
+            // The API key table and the fetched key sets stay in force (not in the file).
+            super::carry_key_material(held_keys, held_remote, &mut snap)
+                .map_err(ChangeError::Invalid)?;
             Ok(Changed {
                 subject: c.subject,
                 before: c.before,

@@ -106,6 +106,10 @@ pub async fn admit(
                 Some(t) => t.as_bytes(),
                 None => continue,
             },
+            KeyKind::ApiKey => match caller.api_key {
+                Some(k) => k.as_bytes(),
+                None => continue,
+            },
             KeyKind::ClientIp => &ip,
         };
         let reserve = reservation(b, max_tokens, price);

@@ -39,6 +39,8 @@ const COORDINATOR_STUCK: GatewayError = GatewayError {
 pub struct Caller<'a> {
     pub subject: Option<&'a str>,
     pub tenant: Option<&'a str>,
+    /// The id of the API key presented, if any.
+    pub api_key: Option<&'a str>,
     pub ip: std::net::IpAddr,
 }
 
@@ -68,10 +70,13 @@ pub async fn check(
     };
     // Open routes (no verified caller) are limited per client address, as 16 raw bytes.
     let ip = ip_bytes(caller.ip);
-    let who: &[u8] = match (rule.key, caller.subject, caller.tenant) {
-        (KeyKind::Subject, Some(s), _) => s.as_bytes(),
-        (KeyKind::Tenant, _, Some(t)) => t.as_bytes(),
-        _ => &ip,
+    // A rule keyed by something the caller lacks (no tenant, no API key) counts the caller
+    // by address.
+    let who: &[u8] = match rule.key {
+        KeyKind::Subject => caller.subject.map_or(&ip[..], str::as_bytes),
+        KeyKind::Tenant => caller.tenant.map_or(&ip[..], str::as_bytes),
+        KeyKind::ApiKey => caller.api_key.map_or(&ip[..], str::as_bytes),
+        KeyKind::ClientIp => &ip,
     };
     let key = rule.key_for(who);
     let reserve = rule.reservation(max_tokens.map(|t| t.min(u64::from(u32::MAX)) as u32));
@@ -149,7 +154,7 @@ pub async fn admit(
     worker: &Rc<Worker>,
     snap: &Snapshot,
     ip: std::net::IpAddr,
-    identity: Option<&Identity>,
+    identity: Option<&Identity<'_>>,
     model: &str,
     max_tokens: Option<u64>,
     headers: &mut Vec<u8>,
@@ -158,8 +163,9 @@ pub async fn admit(
         return Ok(None);
     };
     let caller = Caller {
-        subject: identity.map(|i| i.subject.as_str()),
+        subject: identity.map(|i| &*i.subject),
         tenant: identity.and_then(|i| i.tenant.as_deref()),
+        api_key: identity.and_then(|i| i.api_key).map(|k| k.id()),
         ip,
     };
     match check(worker, q, &caller, model, max_tokens, headers).await {
@@ -186,7 +192,7 @@ pub async fn admit(
 pub fn charge(
     worker: &Worker,
     ticket: Option<Ticket>,
-    identity: Option<&Identity>,
+    identity: Option<&Identity<'_>>,
     model: &str,
     usage: Option<&Usage>,
 ) {
@@ -199,7 +205,7 @@ pub fn charge(
         worker.flush_quota();
     }
     if used > 0 {
-        let subject = identity.map_or("anonymous", |i| i.subject.as_str());
+        let subject = identity.map_or("anonymous", |i| &*i.subject);
         let model = if model.is_empty() { "-" } else { model };
         worker.metrics.borrow_mut().counters.add(
             &crate::metrics::counters::TOKENS,

@@ -10,7 +10,7 @@
 //!
 //! # Performance
 //!
-//! Copies three short strings into reused buffers and adds to one series of the spend shard
+//! Copies four short strings into reused buffers and adds to one series of the spend shard
 //! (see [`crate::spend::shard`]): no allocation once the caller × model was seen.
 
 use super::quota_check::Caller;
@@ -42,6 +42,7 @@ pub fn record(worker: &Worker, snap: &Snapshot, s: &Served<'_>, facts: &mut Fact
             .record(subject, tenant, s.model, s.usage.as_ref(), s.cost);
     }
     facts.subject.push_str(subject);
+    facts.api_key.push_str(s.caller.api_key.unwrap_or(""));
     facts.tenant.push_str(tenant);
     facts.model.push_str(s.model);
     facts.tokens = s.usage.map(|u| u64::from(u.total()));

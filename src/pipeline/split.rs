@@ -36,7 +36,7 @@ pub(super) fn choose<'s>(
     rq: &Request<'s>,
     route: &'s Route,
     split: &'s Split,
-    identity: Option<&Identity>,
+    identity: Option<&Identity<'_>>,
     json: &mut JsonBody<'s>,
 ) -> Result<Chosen<'s>, GatewayError> {
     if json.model().is_none() {

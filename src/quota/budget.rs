@@ -5,7 +5,7 @@
 //! time_zone = "Europe/Berlin"   # where days and months begin (IANA name; default "UTC")
 //! [[budgets.rules]]
 //! name = "team-monthly"         # also the budget's identity: renaming it starts afresh
-//! key = "tenant"                # "subject" | "tenant" | "client_ip": whose budget
+//! key = "tenant"                # "subject" | "tenant" | "api_key" | "client_ip": whose budget
 //! model = "*"                   # a model name, or "*" (default): every model shares it
 //! period = "month"              # "day" | "month" | "total"
 //! tokens = 5_000_000            # a token budget (prompt + completion) ...
@@ -22,7 +22,8 @@
 //! name; a currency budget is counted in micro-units of `spend.currency`.
 //!
 //! A budget applies to a request when its model matches and the caller has the key: a
-//! `subject` budget needs a verified caller, a `tenant` budget a caller with a tenant; other
+//! `subject` budget needs a verified caller, a `tenant` budget a caller with a tenant, an
+//! `api_key` budget a caller who presented an API key (counted by the key's id); other
 //! requests are not limited by it.
 
 use serde::Deserialize;

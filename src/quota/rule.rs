@@ -8,7 +8,7 @@
 //! fail_mode = "fail_open"      # or "fail_closed": what to do while Redis is unreachable
 //! [[quota.rules]]
 //! name = "default"
-//! key = "subject"              # "subject" | "tenant" | "client_ip"
+//! key = "subject"              # "subject" | "tenant" | "api_key" | "client_ip"
 //! model = "*"                  # a model name, or "*" for every model (one shared budget)
 //! requests_per_minute = 1000
 //! tokens_per_minute = 100000   # optional
@@ -57,12 +57,15 @@ pub enum FailMode {
     FailClosed,
 }
 
-/// Whose budget a request draws from.
+/// Whose budget a request draws from. A caller without the value (no tenant claim, a JWT
+/// under an `api_key` rule, an open route) is counted by its client address.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyKind {
     Subject,
     Tenant,
+    /// The API key presented (its id, so a rotated key keeps its count).
+    ApiKey,
     ClientIp,
 }
 

@@ -20,7 +20,7 @@
 //! label_header = "x-canary"              # optional
 //! sticky = "subject"                     # optional; or { header = "x-session-id" }
 //! fallbacks = [{ model = "llama3-8b", version = "*", weight = 1 }] # optional
-//! auth = true                            # optional; carried through
+//! auth = true                            # optional; or false, "jwt", "key", "any" (see RouteAuth)
 //! scope = "ai:inference"                 # optional; carried through
 //! transform = "users"                    # optional; a [[transforms]] name (crate::adapt)
 //! ```
@@ -112,9 +112,9 @@ pub struct RawRoute {
     /// Used only when every primary target is down.
     #[serde(default)]
     pub fallbacks: Vec<RawTarget>,
-    /// Carried through for the auth stage.
+    /// Which credentials the route accepts; carried through for the auth stage.
     #[serde(default)]
-    pub auth: Option<bool>,
+    pub auth: crate::config_types::RouteAuth,
     /// Carried through for the auth stage.
     #[serde(default)]
     pub scope: Option<String>,

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod fixture;
 pub mod registry_rig;
+pub mod stack;
 pub mod tls;
 
 // Each test file uses some of these.
@@ -14,6 +15,8 @@ pub mod tls;
 pub use client::*;
 #[allow(unused_imports)]
 pub use fixture::*;
+#[allow(unused_imports)]
+pub use stack::*;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
