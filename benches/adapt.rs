@@ -93,7 +93,8 @@ fn bench(c: &mut Criterion) {
         default_max_tokens: 1024,
     };
     let req = chat_request_1k();
-    let body = JsonBody::parse(&mut req.as_bytes().to_vec()).unwrap();
+    let mut model = String::new();
+    let body = JsonBody::parse(req.as_bytes(), &mut model).unwrap();
     let mut out = Vec::with_capacity(4096);
     let mut path = String::new();
     c.bench_function("adapt/request/passthrough", |b| {
@@ -106,7 +107,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("adapt/request/anthropic", |b| {
         b.iter(|| {
             out.clear();
-            chat_request(black_box(body.value()), &settings, &mut out, &mut path).unwrap();
+            chat_request(&black_box(&body).value(), &settings, &mut out, &mut path).unwrap();
             black_box(out.len())
         })
     });
@@ -153,7 +154,8 @@ fn bench(c: &mut Criterion) {
     });
 
     let (s, client, backend) = schema_and_body();
-    let parsed = JsonBody::parse(&mut client.as_bytes().to_vec()).unwrap();
+    let mut client_model = String::new();
+    let parsed = JsonBody::parse(client.as_bytes(), &mut client_model).unwrap();
     let root = s.request.unwrap();
     c.bench_function("adapt/schema/passthrough", |b| {
         b.iter(|| {
@@ -165,7 +167,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("adapt/schema/request", |b| {
         b.iter(|| {
             out.clear();
-            map::request(&s, root, black_box(parsed.value()), &mut out, &mut path).unwrap();
+            map::request(&s, root, &black_box(&parsed).value(), &mut out, &mut path).unwrap();
             black_box(out.len())
         })
     });

@@ -113,6 +113,9 @@ pub struct Endpoint {
     pub host: String,
     /// TLS: the name sent as SNI and verified in the certificate; `None`: plaintext.
     pub tls: Option<rustls::pki_types::ServerName<'static>>,
+    /// The endpoint's `host:port` when the host is a name, not an IP literal: the control
+    /// thread resolves it again while the gateway runs (`control::dns`).
+    pub name: Option<String>,
 }
 
 /// A validated upstream.

@@ -17,6 +17,8 @@
 //! - [`keys`]: API keys: the key store, the admin API's key operations, the keys file watch.
 //! - [`jwks`]: the thread that fetches remote key sets (`[[auth.jwks]]`).
 //! - [`coord`]: the coordination thread (quota leases, breakers).
+//! - [`dns`]: upstream host names resolved again every 30 s; a changed address is put in force
+//!   like a reload.
 //! - [`remote`]: the thread that does the quota's Redis I/O for the coordination thread.
 //! - [`spend`]: the spend thread: the spend ledger and its store (file or Redis).
 //!
@@ -54,6 +56,7 @@
 
 pub mod cert_watch;
 pub mod coord;
+pub mod dns;
 pub mod jwks;
 pub mod keys;
 pub mod protection;
@@ -434,6 +437,7 @@ struct State {
 
 fn run(mut st: State, rx: Receiver<ToControl>, interval: Duration) {
     let mut next_poll = Instant::now() + interval;
+    let mut next_dns = Instant::now() + dns::DNS_REFRESH;
     loop {
         let deadline = st
             .next_rollout_look()
@@ -470,6 +474,10 @@ fn run(mut st: State, rx: Receiver<ToControl>, interval: Duration) {
             st.poll_file();
             st.poll_keys_file();
             next_poll = Instant::now() + interval;
+        }
+        if Instant::now() >= next_dns {
+            st.refresh_dns(dns::system_lookup);
+            next_dns = Instant::now() + dns::DNS_REFRESH;
         }
     }
 }
@@ -659,6 +667,27 @@ impl State {
             generation: self.generation,
             lowered,
             needs_restart,
+        }
+    }
+
+    /// Resolves the upstream host names again and puts new addresses in force (see [`dns`]).
+    fn refresh_dns(
+        &mut self,
+        lookup: impl FnMut(&str) -> std::io::Result<Vec<std::net::SocketAddr>>,
+    ) {
+        let Some(snap) = self.current_snapshot() else {
+            return;
+        };
+        let found = dns::refresh(&snap, lookup);
+        for line in &found.report {
+            eprintln!("shardgate: dns: {line}");
+        }
+        if let Some(next) = found.snapshot {
+            drop(self.publish(next));
+            eprintln!(
+                "shardgate: applied config generation {} (upstream addresses re-resolved)",
+                self.generation
+            );
         }
     }
 

@@ -282,7 +282,7 @@ fn user_content(
             _ => invalid("must be a string or an array of content parts"),
         };
     };
-    for (j, part) in parts.iter().enumerate() {
+    for (j, part) in parts.as_slice().iter().enumerate() {
         user_part(part, out, path).index(j, path)?;
     }
     Ok(())
@@ -378,7 +378,7 @@ fn assistant(m: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(),
     let Some(calls) = calls.as_array() else {
         return invalid("must be an array").key("tool_calls", path);
     };
-    for (j, call) in calls.iter().enumerate() {
+    for (j, call) in calls.as_slice().iter().enumerate() {
         tool_use(call, out, path)
             .index(j, path)
             .key("tool_calls", path)?;
@@ -456,8 +456,11 @@ fn stop(stop: Option<&OwnedValue>, out: &mut Vec<u8>) -> Result<(), Invalid> {
     out.extend_from_slice(b",\"stop_sequences\":[");
     if s.is_str() {
         write_value(out, s);
-    } else if let Some(list) = s.as_array().filter(|l| l.iter().all(|x| x.is_str())) {
-        for (i, x) in list.iter().enumerate() {
+    } else if let Some(list) = s
+        .as_array()
+        .filter(|l| l.as_slice().iter().all(|x| x.is_str()))
+    {
+        for (i, x) in list.as_slice().iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -476,7 +479,7 @@ fn tools(body: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(), 
             return invalid("must be an array").key("tools", path);
         };
         out.extend_from_slice(b",\"tools\":[");
-        for (i, t) in list.iter().enumerate() {
+        for (i, t) in list.as_slice().iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }

@@ -386,6 +386,10 @@ impl RawUpstream {
                         bare.trim_end_matches('/').to_string()
                     }),
                     tls,
+                    name: host_of(&authority)
+                        .parse::<std::net::IpAddr>()
+                        .is_err()
+                        .then(|| authority.clone()),
                 })
             })
             .collect();

@@ -101,7 +101,7 @@ pub fn inspect(body: &mut [u8], bufs: &mut simd_json::Buffers) -> Result<Message
         .get_array("messages")
         .filter(|m| !m.is_empty())
         .ok_or("messages: Field required (a non-empty list)")?;
-    for (i, m) in messages.iter().enumerate() {
+    for (i, m) in messages.as_slice().iter().enumerate() {
         match m.get_str("role") {
             Some("user" | "assistant") => {}
             _ => return Err(format!("messages.{i}.role: must be user or assistant")),
@@ -112,7 +112,7 @@ pub fn inspect(body: &mut [u8], bufs: &mut simd_json::Buffers) -> Result<Message
         None => None,
         Some(t) => {
             let tools = t.as_array().ok_or("tools: must be a list")?;
-            for (i, t) in tools.iter().enumerate() {
+            for (i, t) in tools.as_slice().iter().enumerate() {
                 if t.get_str("name").is_none()
                     || !t.get("input_schema").is_some_and(|s| s.is_object())
                 {
@@ -130,7 +130,7 @@ pub fn inspect(body: &mut [u8], bufs: &mut simd_json::Buffers) -> Result<Message
         Some(s) => {
             let list = s
                 .as_array()
-                .filter(|l| l.iter().all(|x| x.is_str()))
+                .filter(|l| l.as_slice().iter().all(|x| x.is_str()))
                 .ok_or("stop_sequences: must be a list of strings")?;
             list.first().and_then(|x| x.as_str()).map(str::to_string)
         }
@@ -155,7 +155,7 @@ fn content(c: Option<&BorrowedValue>, at: &str) -> Result<u64, String> {
         .as_array()
         .ok_or_else(|| format!("{at}: must be a string or a list"))?;
     let mut bytes = 0;
-    for (j, b) in blocks.iter().enumerate() {
+    for (j, b) in blocks.as_slice().iter().enumerate() {
         let at = format!("{at}.{j}");
         match b.get_str("type") {
             Some("text") => {

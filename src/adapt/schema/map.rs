@@ -56,7 +56,7 @@ fn value(
     }
     if let (Some(items), Some(list)) = (node.items, v.as_array()) {
         out.push(b'[');
-        for (i, item) in list.iter().enumerate() {
+        for (i, item) in list.as_slice().iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
