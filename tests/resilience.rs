@@ -59,7 +59,10 @@ fn models(addr: SocketAddr) -> Response {
 #[test]
 fn failing_endpoint_trips_everywhere_and_recovers() {
     let (a, b) = (mock(), mock());
-    let gw = gateway(&config(FAST_BREAKER, &[a.addr(), b.addr()], ""));
+    // Open for 3 s: long enough that the 40 requests below all fall inside the open interval
+    // however slow a loaded machine serves them (with 400 ms they did not always).
+    let breaker = FAST_BREAKER.replace("open_base_ms = 400", "open_base_ms = 3000");
+    let gw = gateway(&config(&breaker, &[a.addr(), b.addr()], ""));
     let addr = gw.local_addr();
     a.set_fail_status(Some(503));
     // Fresh connections spread over both workers; A's 503s trip its breaker.
@@ -80,7 +83,7 @@ fn failing_endpoint_trips_everywhere_and_recovers() {
 
     // A recovers: after the open interval a probe closes the breaker and traffic returns.
     a.set_fail_status(None);
-    let closed = eventually(Duration::from_secs(4), || {
+    let closed = eventually(Duration::from_secs(10), || {
         let r = models(addr);
         assert_eq!(r.status, 200, "{}", r.text());
         states(&gw)[0] == StateKind::Closed
