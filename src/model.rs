@@ -162,7 +162,7 @@ impl<'a> JsonBody<'a> {
         SCRATCH
             .with(|s| {
                 s.borrow_mut()
-                    .walk(self.raw, |v| opening(v, limit, &mut piece))
+                    .walk(self.raw, |v, _| opening(v, limit, &mut piece))
             })
             .unwrap_or(false)
     }
@@ -392,35 +392,26 @@ struct Scratch {
 }
 
 impl Scratch {
-    /// Runs `f` on `raw` read into this thread's tape; `None` when it is not JSON (a body
-    /// [`JsonBody::parse`] accepted always is).
-    fn walk<R>(&mut self, raw: &[u8], f: impl FnOnce(Value<'_, '_>) -> R) -> Option<R> {
+    /// Runs `f` on `raw` read into this thread's tape (with the duplicate-key finder);
+    /// `None` when it is not JSON. Buffers grown by a body over [`SCRATCH_KEEP`] are freed.
+    fn walk<R>(
+        &mut self,
+        raw: &[u8],
+        f: impl FnOnce(Value<'_, '_>, &mut Keys<'_>) -> R,
+    ) -> Option<R> {
         self.input.clear();
         self.input.extend_from_slice(raw);
         let buffers = self.buffers.get_or_insert_with(|| Buffers::new(raw.len()));
         let mut tape = self.tape.take().unwrap_or_else(|| Tape(Vec::new())).reset();
         let out = match simd_json::fill_tape(&mut self.input, buffers, &mut tape) {
-            Ok(()) => Some(f(tape.as_value())),
-            Err(_) => None,
-        };
-        self.tape = Some(tape.reset());
-        out
-    }
-
-    fn read<'r>(&mut self, raw: &'r [u8], model: &mut String) -> Result<JsonBody<'r>, BodyError> {
-        self.input.clear();
-        self.input.extend_from_slice(raw);
-        let buffers = self.buffers.get_or_insert_with(|| Buffers::new(raw.len()));
-        let mut tape = self.tape.take().unwrap_or_else(|| Tape(Vec::new())).reset();
-        let read = match simd_json::fill_tape(&mut self.input, buffers, &mut tape) {
             Ok(()) => {
                 let mut keys = Keys {
                     hashes: &mut self.hashes,
                     seed: &self.seed,
                 };
-                layout(tape.as_value(), raw, &mut keys, model)
+                Some(f(tape.as_value(), &mut keys))
             }
-            Err(_) => Err(BodyError::NotJson),
+            Err(_) => None,
         };
         self.tape = Some(tape.reset());
         if raw.len() > SCRATCH_KEEP {
@@ -429,7 +420,12 @@ impl Scratch {
                 ..Scratch::default()
             };
         }
-        read
+        out
+    }
+
+    fn read<'r>(&mut self, raw: &'r [u8], model: &mut String) -> Result<JsonBody<'r>, BodyError> {
+        self.walk(raw, |v, keys| layout(v, raw, keys, model))
+            .unwrap_or(Err(BodyError::NotJson))
     }
 }
 
