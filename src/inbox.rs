@@ -226,14 +226,16 @@ impl fmt::Display for Unconfirmed {
 
 impl std::error::Error for Unconfirmed {}
 
+/// A fake worker for control-plane tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::auth::{Revoked, RevokedKind};
-    use crate::time::unix_now;
+pub(crate) mod test_support {
+    use super::ToWorker;
+    use crossbeam_channel::Sender;
 
     /// A fake worker: applies messages in order and answers barriers.
-    fn worker(id: usize) -> (Sender<ToWorker>, std::thread::JoinHandle<Vec<String>>) {
+    pub(crate) fn fake_worker(
+        id: usize,
+    ) -> (Sender<ToWorker>, std::thread::JoinHandle<Vec<String>>) {
         let (tx, rx) = crossbeam_channel::unbounded::<ToWorker>();
         let t = std::thread::spawn(move || {
             let mut seen = Vec::new();
@@ -252,6 +254,15 @@ mod tests {
         });
         (tx, t)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Revoked, RevokedKind};
+    use crate::time::unix_now;
+
+    use super::test_support::fake_worker as worker;
 
     #[test]
     fn broadcast_then_barrier_reaches_every_worker_in_order() {

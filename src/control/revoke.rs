@@ -93,26 +93,7 @@ mod tests {
     use super::*;
     use crate::auth::RevokedKind;
 
-    /// A fake worker: records the revocations it applied, answers barriers.
-    fn worker(id: usize) -> (Sender<ToWorker>, std::thread::JoinHandle<Vec<String>>) {
-        let (tx, rx) = crossbeam_channel::unbounded::<ToWorker>();
-        let t = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            while let Ok(m) = rx.recv() {
-                match m {
-                    ToWorker::Revoke(r) => seen.push(r.id.clone()),
-                    ToWorker::Barrier(reply) => {
-                        seen.push("barrier".into());
-                        let _ = reply.send(id);
-                    }
-                    ToWorker::Shutdown => break,
-                    _ => {}
-                }
-            }
-            seen
-        });
-        (tx, t)
-    }
+    use crate::inbox::test_support::fake_worker as worker;
 
     fn token(id: &str) -> Revoked {
         Revoked::new(RevokedKind::Jti, id, unix_now() + 60).unwrap()
