@@ -20,6 +20,10 @@
 #          recorded)
 #   adapt  plain with provider = "anthropic" on the upstream: every request is translated to
 #          the mock's /v1/messages and its answer back to a chat.completion (issue #15)
+#   full   the whole pipeline: JWT (tokens as for auth), the body's model split 80/20 over two
+#          deployments, a per-subject quota (never reached), the subject copied to a header
+#   trace01, trace1  full + [tracing] at sample_ratio 0.01 and 1.0, exporting OTLP/HTTP to a
+#          collector stand-in on UP_CORE (a Python server that reads each export and answers 200)
 # Per run: req/s, p50/p99, CPU µs/request of the worker thread (shardgate-w0) and of the whole
 # process (utime+stime from /proc, sampled after warmup until loadgen exits, divided by the
 # requests loadgen measured), non-2xx/errors. Tables: medians over rounds, then the ratios
@@ -29,7 +33,8 @@
 # RATE=N: open loop at N req/s over CONNS connections instead of closed loop (every config then
 # does the same work per second, so CPU µs/request is compared at equal batching).
 # Knobs (defaults): DURATION=4 WARMUP=1 ROUNDS=3 CONNS=32 GW_CORE=0 UP_CORE=1 UP_PORT=9000
-# GW_PORT0=8180 (ports GW_PORT0..+8) TOKENS=1000 APIKEYS=100 SKIP_BUILD=1 KEEP=1 (keep the temp dir)
+# GW_PORT0=8180 (ports GW_PORT0..+11) TOKENS=1000 APIKEYS=100 SKIP_BUILD=1 KEEP=1 (keep the temp dir)
+# CONFIGS="full trace01 trace1" (a subset, in this order; ratios whose two sides ran are printed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +48,8 @@ UP_PORT=${UP_PORT:-9000}
 GW_PORT0=${GW_PORT0:-8180}
 TOKENS=${TOKENS:-1000}
 APIKEYS=${APIKEYS:-100}
-CONFIGS=(plain auth apikey quota bare obs model spend adapt)
+read -r -a CONFIGS <<<"${CONFIGS:-plain auth apikey quota bare obs model spend adapt full trace01 trace1}"
+COLLECTOR_PORT=$((UP_PORT + 2))
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     cargo build --quiet --release -p shardgate -p loadtest
@@ -70,7 +76,7 @@ port_of() {
     local i
     for i in "${!CONFIGS[@]}"; do [[ ${CONFIGS[$i]} == "$1" ]] && echo $((GW_PORT0 + i)); done
 }
-for p in "$UP_PORT" $(for c in "${CONFIGS[@]}"; do port_of "$c"; done); do
+for p in "$UP_PORT" "$COLLECTOR_PORT" $(for c in "${CONFIGS[@]}"; do port_of "$c"; done); do
     if port_open "$p"; then echo "port $p is already in use" >&2; exit 1; fi
 done
 
@@ -119,6 +125,24 @@ endpoints = ["127.0.0.1:$UP_PORT"]
 path = "/*rest"
 targets = [{ model = "mock-gpt", weight = 1 }]
 EOF
+    elif [[ $name == full || $name == trace* ]]; then
+        cat <<EOF
+[[deployments]]
+model = "mock-gpt"
+version = "1.0.0"
+endpoints = ["127.0.0.1:$UP_PORT"]
+[[deployments]]
+model = "mock-gpt"
+version = "1.1.0"
+endpoints = ["127.0.0.1:$UP_PORT"]
+[[routes]]
+path = "/*rest"
+auth = true
+targets = [
+  { model = "mock-gpt", version = "=1.0.0", weight = 80 },
+  { model = "mock-gpt", version = "=1.1.0", weight = 20 },
+]
+EOF
     else
         cat <<EOF
 [[upstreams]]
@@ -130,16 +154,30 @@ path = "/*rest"
 upstream = "mock"
 EOF
     fi
+    [[ $name == auth ]] && echo 'auth = true'
     case $name in
-    auth) cat <<EOF
-auth = true
+    auth | full | trace*) cat <<EOF
 [auth]
 [[auth.keys]]
 kid = "hs256"
 alg = "HS256"
 secret = { file = "hs256.key" }
 EOF
-    ;;
+    ;;&
+    full | trace*) cat <<EOF
+[[auth.claim_headers]]
+claim = "sub"
+header = "x-subject"
+[quota]
+backend = "local"
+[[quota.rules]]
+name = "per-subject"
+key = "subject"
+requests_per_minute = 2000000000
+EOF
+    ;;&
+    trace*) printf '[tracing]\nendpoint = "http://127.0.0.1:%s"\nsample_ratio = %s\n' \
+        "$COLLECTOR_PORT" "$([[ $name == trace1 ]] && echo 1.0 || echo 0.01)" ;;
     apikey) printf 'auth = true\n[auth]\n[auth.api_keys]\nfile = "keys.json"\n' ;;
     quota) cat <<EOF
 [quota]
@@ -174,6 +212,29 @@ EOF
 taskset -c "$UP_CORE" "$MOCK" --listen "127.0.0.1:$UP_PORT" --threads 1 >"$TMP/mock.log" 2>&1 &
 PIDS+=($!)
 wait_port "$UP_PORT" || { echo "mock-upstream did not start" >&2; exit 1; }
+# The OTLP collector stand-in for the trace* configs: reads each export, answers 200 with an
+# empty ExportTraceServiceResponse, counts the bytes it was sent.
+taskset -c "$UP_CORE" python3 - "$COLLECTOR_PORT" "$TMP/collector.bytes" >"$TMP/collector.log" 2>&1 <<'PYEOF' &
+import http.server, sys
+port, out = int(sys.argv[1]), sys.argv[2]
+total = [0, 0]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        n = int(self.headers.get("content-length", 0))
+        self.rfile.read(n)
+        total[0] += 1; total[1] += n
+        open(out, "w").write(f"{total[0]} exports, {total[1]} bytes\n")
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+PYEOF
+PIDS+=($!)
+wait_port "$COLLECTOR_PORT" || { echo "the collector stand-in did not start" >&2; exit 1; }
 
 declare -A GW_PID
 for c in "${CONFIGS[@]}"; do
@@ -206,7 +267,7 @@ done
 
 run() { # NAME CONFIG
     local name=$1 c=$2 extra=()
-    [[ $c == auth ]] && extra=(--token-file "$TMP/tokens.txt")
+    [[ $c == auth || $c == full || $c == trace* ]] && extra=(--token-file "$TMP/tokens.txt")
     [[ $c == apikey ]] && extra=(--token-file "$TMP/apikeys.txt")
     [[ -n ${RATE:-} ]] && extra+=(--rate "$RATE")
     local wst="" pst="/proc/${GW_PID[$c]}/stat"
@@ -237,6 +298,7 @@ for r in $(seq "$ROUNDS"); do
 done
 echo "load average after:  $(cut -d' ' -f1-3 /proc/loadavg)"
 [[ -s $TMP/access.log ]] && echo "access log lines (obs, sample 0.01): $(wc -l <"$TMP/access.log")"
+[[ -s $TMP/collector.bytes ]] && echo "collector stand-in received: $(cat "$TMP/collector.bytes")"
 
 python3 - "$TMP" "$ROUNDS" "$(getconf CLK_TCK)" "${CONFIGS[@]}" <<'PYEOF'
 import json, os, statistics, sys
@@ -267,7 +329,9 @@ print("\nratios: medians of the medians, and the median of the per-round paired 
 print("pair ran back to back in the same round). rps = on/off; cpu = off/on (>= target is good)")
 for on, off, target in (("auth", "plain", 0.90), ("apikey", "plain", 0.97), ("apikey", "auth", 1.0),
                         ("quota", "plain", 0.95), ("obs", "bare", 0.95), ("spend", "model", 0.97),
-                        ("adapt", "plain", 0.909)):
+                        ("adapt", "plain", 0.909), ("trace01", "full", 0.98), ("trace1", "full", 0)):
+    if on not in med or off not in med:
+        continue
     a, b = med[on], med[off]
     ons = [load(f"{on}-{r}") for r in range(1, rounds + 1)]
     offs = [load(f"{off}-{r}") for r in range(1, rounds + 1)]
