@@ -37,6 +37,7 @@
 # CONFIGS="full trace01 trace1" (a subset, in this order; ratios whose two sides ran are printed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 
 DURATION=${DURATION:-4}
 WARMUP=${WARMUP:-1}
@@ -58,45 +59,19 @@ LOADGEN=target/release/loadgen
 MOCK=target/release/mock-upstream
 SHARDGATE=${SHARDGATE:-target/release/shardgate}
 
-TMP=$(mktemp -d /tmp/shardgate-feature.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    if [[ -n "${KEEP:-}" ]]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT INT TERM
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() {
-    for _ in $(seq 100); do port_open "$1" && return 0; sleep 0.05; done
-    return 1
-}
+lt_setup feature
 port_of() {
     local i
     for i in "${!CONFIGS[@]}"; do [[ ${CONFIGS[$i]} == "$1" ]] && echo $((GW_PORT0 + i)); done
 }
-for p in "$UP_PORT" "$COLLECTOR_PORT" $(for c in "${CONFIGS[@]}"; do port_of "$c"; done); do
-    if port_open "$p"; then echo "port $p is already in use" >&2; exit 1; fi
-done
+ports_free "$UP_PORT" "$COLLECTOR_PORT" $(for c in "${CONFIGS[@]}"; do port_of "$c"; done)
 
 printf '%s' '{"model":"mock-gpt","max_tokens":16,"messages":[{"role":"user","content":"Say hello to the benchmark."}]}' >"$TMP/body.json"
 
 # HS256 secret and TOKENS valid tokens (distinct sub, 1 h expiry).
 SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 printf '%s' "$SECRET" >"$TMP/hs256.key"
-python3 - "$SECRET" "$TOKENS" >"$TMP/tokens.txt" <<'PYEOF'
-import base64, hashlib, hmac, json, sys, time
-secret, n = sys.argv[1].encode(), int(sys.argv[2])
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
-now = int(time.time())
-head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "hs256"}, separators=(",", ":")).encode())
-for i in range(n):
-    claims = {"sub": f"user-{i}", "iat": now, "exp": now + 3600, "jti": f"j{i}"}
-    si = head + b"." + b64(json.dumps(claims, separators=(",", ":")).encode())
-    sig = b64(hmac.new(secret, si, hashlib.sha256).digest())
-    print((si + b"." + sig).decode())
-PYEOF
+mint_hs256 "$SECRET" "$TOKENS" >"$TMP/tokens.txt"
 
 # APIKEYS API keys (distinct owners) in keys.json; the keys themselves, one a line, for loadgen.
 for i in $(seq "$APIKEYS"); do
@@ -246,16 +221,6 @@ for c in "${CONFIGS[@]}"; do
     wait_port "$(port_of "$c")" || { echo "shardgate $c did not start:" >&2; tail -5 "$TMP/$c.log" >&2; exit 1; }
 done
 
-# Worker thread's /proc stat path (thread name shardgate-w0), and ticks of a stat file.
-worker_stat() {
-    local t
-    for t in /proc/"$1"/task/*; do
-        [[ $(cat "$t/comm" 2>/dev/null) == shardgate-w* ]] && { echo "$t/stat"; return; }
-    done
-    echo "/proc/$1/stat"
-}
-ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "$1"; }
-
 # Sanity: every config answers 200 (auth with a token).
 for c in "${CONFIGS[@]}"; do
     if [[ $c == apikey ]]; then TOKEN1=$(head -1 "$TMP/apikeys.txt"); else TOKEN1=$(head -1 "$TMP/tokens.txt"); fi
@@ -280,9 +245,9 @@ run() { # NAME CONFIG
     local lg=$!
     sleep "$WARMUP"
     local w0 p0
-    w0=$(ticks "$wst"); p0=$(ticks "$pst")
+    w0=$(stat_ticks "$wst"); p0=$(stat_ticks "$pst")
     wait "$lg"
-    echo "$(($(ticks "$wst") - w0)) $(($(ticks "$pst") - p0))" >"$TMP/$name.cpu"
+    echo "$(($(stat_ticks "$wst") - w0)) $(($(stat_ticks "$pst") - p0))" >"$TMP/$name.cpu"
 }
 
 echo "feature_cost: ${CONFIGS[*]} | ${DURATION}s + ${WARMUP}s warmup, $ROUNDS rounds, $([[ -n ${RATE:-} ]] && echo "open loop $RATE req/s over" || echo "closed loop")" \

@@ -28,6 +28,7 @@
 # (skip the perf stat pass) KEEP=1 (keep the temp dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
@@ -45,13 +46,9 @@ SYSCALLS=${SYSCALLS:-1}
 PATH_REQ=/v1/chat/completions
 SERVERS=(nginx haproxy haproxy+ shardgate shardgate+)
 
-need() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]]; }
-if ! need nginx || ! need haproxy || ! need wrk; then
-    apt-get install -y nginx haproxy wrk >/dev/null 2>&1 ||
-        { apt-get update >/dev/null && apt-get install -y nginx haproxy wrk >/dev/null; }
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+need_pkgs nginx haproxy
+NGINX=$(sbin_path nginx)
+HAPROXY=$(sbin_path haproxy)
 if [[ $SYSCALLS == 1 ]] && ! command -v perf >/dev/null; then
     echo "perf not found: kernel entries are not counted (SYSCALLS=0)" >&2
     SYSCALLS=0
@@ -64,45 +61,20 @@ LOADGEN=target/release/loadgen
 MOCK=target/release/mock-upstream
 SHARDGATE=${SHARDGATE:-target/release/shardgate}
 
-TMP=$(mktemp -d /tmp/shardgate-haproxy.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    if [[ -n "${KEEP:-}" ]]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT INT TERM
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() {
-    for _ in $(seq 100); do port_open "$1" && return 0; sleep 0.05; done
-    return 1
-}
+lt_setup haproxy
 port_of() {
     local i
     [[ $1 == direct ]] && { echo "$UP_PORT"; return; }
     for i in "${!SERVERS[@]}"; do [[ ${SERVERS[$i]} == "$1" ]] && echo $((GW_PORT0 + i)); done
 }
-for p in "$UP_PORT" "$UP_B" $(for s in "${SERVERS[@]}"; do port_of "$s"; done); do
-    if port_open "$p"; then echo "port $p is already in use" >&2; exit 1; fi
-done
+ports_free "$UP_PORT" "$UP_B" $(for s in "${SERVERS[@]}"; do port_of "$s"; done)
 
 printf '%s' '{"model":"mock-gpt","max_tokens":16,"messages":[{"role":"user","content":"Say hello to the benchmark."}]}' >"$TMP/body.json"
 # One HS256 secret for both gateways (the file's bytes are the key, as HAProxy's argument is),
 # TOKENS valid tokens with distinct subjects, 1 h expiry.
 SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 printf '%s' "$SECRET" >"$TMP/hs256.key"
-python3 - "$SECRET" "$TOKENS" >"$TMP/tokens.txt" <<'PYEOF'
-import base64, hashlib, hmac, json, sys, time
-secret, n = sys.argv[1].encode(), int(sys.argv[2])
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
-now = int(time.time())
-head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "hs256"}, separators=(",", ":")).encode())
-for i in range(n):
-    claims = {"sub": f"user-{i}", "iat": now, "exp": now + 3600}
-    si = head + b"." + b64(json.dumps(claims, separators=(",", ":")).encode())
-    print((si + b"." + b64(hmac.new(secret, si, hashlib.sha256).digest())).decode())
-PYEOF
+mint_hs256 "$SECRET" "$TOKENS" >"$TMP/tokens.txt"
 
 # --- configurations --------------------------------------------------------------------------
 shardgate_config() { # NAME
@@ -158,36 +130,7 @@ EOF
 shardgate_config shardgate >"$TMP/shardgate.toml"
 shardgate_config shardgate+ >"$TMP/shardgate-ai.toml"
 
-mkdir -p "$TMP/ngx"
-cat >"$TMP/nginx.conf" <<EOF
-worker_processes 1;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx-error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/ngx/body;
-    proxy_temp_path $TMP/ngx/proxy;
-    fastcgi_temp_path $TMP/ngx/fastcgi;
-    uwsgi_temp_path $TMP/ngx/uwsgi;
-    scgi_temp_path $TMP/ngx/scgi;
-    keepalive_requests 1000000;
-    upstream mock {
-        server 127.0.0.1:$UP_PORT;
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen 127.0.0.1:$(port_of nginx);
-        location / {
-            proxy_pass http://mock;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-        }
-    }
-}
-EOF
+nginx_proxy_conf "$(port_of nginx)" "$UP_PORT" >"$TMP/nginx.conf"
 
 haproxy_config() { # NAME
     cat <<EOF
@@ -264,15 +207,6 @@ pids_of() {
     echo "${PID_OF[$1]}"
     [[ $1 == nginx ]] && pgrep -P "${PID_OF[$1]}" || true
 }
-cpu_ticks() {
-    local total=0 p
-    for p in "$@"; do
-        [[ -r /proc/$p/stat ]] || continue
-        total=$((total + $(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat")))
-    done
-    echo "$total"
-}
-
 # run FILE SERVER MODE(closed|open|c1|sys) → $TMP/FILE.json, .cpu (ticks after warmup), .sys
 run() {
     local name=$1 server=$2 mode=$3 args=() pids perf=

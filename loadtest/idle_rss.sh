@@ -14,6 +14,7 @@
 # SHARDGATE=target/release/shardgate (the binary measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 
 CONNS=${CONNS:-10000}
 WARMUP=${WARMUP:-200}
@@ -35,20 +36,7 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
     cargo build --quiet --release -p shardgate --bin shardgate
 fi
 
-TMP=$(mktemp -d /tmp/shardgate-idle-rss.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() {
-    for _ in $(seq 100); do port_open "$1" && return 0; sleep 0.05; done
-    return 1
-}
+lt_setup idle-rss
 
 cat >"$TMP/shardgate.toml" <<EOF
 [server]

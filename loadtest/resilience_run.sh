@@ -17,6 +17,7 @@
 # SKIP_BUILD=1 KEEP=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 
 RATE=${RATE:-2000}
 RATE_CONNS=${RATE_CONNS:-16}
@@ -40,23 +41,8 @@ LOADGEN=target/release/loadgen
 MOCK=target/release/mock-upstream
 SHARDGATE=${SHARDGATE:-target/release/shardgate}
 
-TMP=$(mktemp -d /tmp/shardgate-resilience.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    if [[ -n "${KEEP:-}" ]]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT INT TERM
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() {
-    for _ in $(seq 100); do port_open "$1" && return 0; sleep 0.05; done
-    return 1
-}
-for p in "$PORT_A" "$PORT_B" "$GW_PORT"; do
-    if port_open "$p"; then echo "port $p is already in use" >&2; exit 1; fi
-done
+lt_setup resilience
+ports_free "$PORT_A" "$PORT_B" "$GW_PORT"
 
 printf '%s' '{"model":"mock-gpt","max_tokens":16,"messages":[{"role":"user","content":"Say hello to the benchmark."}]}' >"$TMP/body.json"
 

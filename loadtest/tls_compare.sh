@@ -15,6 +15,7 @@
 # GW_PORT=8443 NGX_PORT=8444 PROFILE=release (debug: for a smoke test only) SKIP_BUILD=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
@@ -27,11 +28,8 @@ GW_PORT=${GW_PORT:-8443}
 NGX_PORT=${NGX_PORT:-8444}
 PROFILE=${PROFILE:-release}
 
-need() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]]; }
-if ! need nginx || ! need wrk || ! need openssl; then
-    apt-get install -y nginx wrk openssl >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y nginx wrk openssl >/dev/null; }
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+need_pkgs nginx wrk openssl
+NGINX=$(sbin_path nginx)
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     if [[ "$PROFILE" == release ]]; then
@@ -43,17 +41,7 @@ fi
 MOCK=target/$PROFILE/mock-upstream
 SHARDGATE=${SHARDGATE:-target/$PROFILE/shardgate}
 
-TMP=$(mktemp -d /tmp/shardgate-tls.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() { for _ in $(seq 200); do port_open "$1" && return 0; sleep 0.05; done; return 1; }
+lt_setup tls
 
 # One ECDSA P-256 certificate for both servers.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
@@ -113,26 +101,16 @@ EOF
 
 taskset -c "$UP_CORE" "$MOCK" --listen "127.0.0.1:$UP_PORT" --threads 1 >"$TMP/mock.log" 2>&1 &
 PIDS+=($!)
-wait_port "$UP_PORT" || { echo "mock-upstream did not start" >&2; exit 1; }
+wait_port "$UP_PORT" 200 || { echo "mock-upstream did not start" >&2; exit 1; }
 taskset -c "$GW_CORE" "$NGINX" -c "$TMP/nginx.conf" -g 'daemon off;' >"$TMP/nginx.log" 2>&1 &
 NGX_PID=$!
 PIDS+=("$NGX_PID")
-wait_port "$NGX_PORT" || { echo "nginx did not start:" >&2; cat "$TMP/nginx-error.log" >&2; exit 1; }
+wait_port "$NGX_PORT" 200 || { echo "nginx did not start:" >&2; cat "$TMP/nginx-error.log" >&2; exit 1; }
 taskset -c "$GW_CORE" "$SHARDGATE" --config "$TMP/shardgate.toml" >"$TMP/shardgate.log" 2>&1 &
 SG_PID=$!
 PIDS+=("$SG_PID")
-wait_port "$GW_PORT" || { echo "shardgate did not start:" >&2; cat "$TMP/shardgate.log" >&2; exit 1; }
+wait_port "$GW_PORT" 200 || { echo "shardgate did not start:" >&2; cat "$TMP/shardgate.log" >&2; exit 1; }
 
-# utime+stime in clock ticks, summed over the pids' threads.
-cpu_ticks() {
-    local total=0 pid t
-    for pid in "$@"; do
-        for t in /proc/"$pid"/task/*/stat; do
-            total=$((total + $(awk '{print $14 + $15}' "$t" 2>/dev/null || echo 0)))
-        done
-    done
-    echo "$total"
-}
 pids_of() {
     case "$1" in
     shardgate) echo "$SG_PID" ;;
