@@ -22,6 +22,7 @@
 # gateway over two cores (then the fleet view merges the workers' loads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
@@ -49,45 +50,19 @@ LOADGEN=$BIN/loadgen
 MOCK=$BIN/mock-upstream
 SHARDGATE=${SHARDGATE:-$BIN/shardgate}
 
-TMP=$(mktemp -d /tmp/shardgate-balance.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    if [[ -n "${KEEP:-}" ]]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT INT TERM
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() {
-    for _ in $(seq 100); do port_open "$1" && return 0; sleep 0.05; done
-    return 1
-}
+lt_setup balance
 port_of() {
     local i
     for i in "${!POLICIES[@]}"; do [[ ${POLICIES[$i]} == "$1" ]] && echo $((GW_PORT0 + i)); done
 }
-for p in "${MOCK_PORTS[@]}" $(for c in "${POLICIES[@]}"; do port_of "$c"; done); do
-    if port_open "$p"; then echo "port $p is already in use" >&2; exit 1; fi
-done
+ports_free "${MOCK_PORTS[@]}" $(for c in "${POLICIES[@]}"; do port_of "$c"; done)
 
 printf '%s' '{"model":"mock-gpt","max_tokens":16,"messages":[{"role":"user","content":"Say hello to the benchmark."}]}' >"$TMP/body.json"
 
 # HS256 secret and TOKENS valid tokens (distinct sub, 1 h expiry).
 SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 printf '%s' "$SECRET" >"$TMP/hs256.key"
-python3 - "$SECRET" "$TOKENS" >"$TMP/tokens.txt" <<'PYEOF'
-import base64, hashlib, hmac, json, sys, time
-secret, n = sys.argv[1].encode(), int(sys.argv[2])
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
-now = int(time.time())
-head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "hs256"}, separators=(",", ":")).encode())
-for i in range(n):
-    claims = {"sub": f"user-{i}", "iat": now, "exp": now + 3600, "jti": f"j{i}"}
-    si = head + b"." + b64(json.dumps(claims, separators=(",", ":")).encode())
-    sig = b64(hmac.new(secret, si, hashlib.sha256).digest())
-    print((si + b"." + sig).decode())
-PYEOF
+mint_hs256 "$SECRET" "$TOKENS" >"$TMP/tokens.txt"
 
 config() { # POLICY
     local policy=$1 keys

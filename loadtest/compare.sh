@@ -18,6 +18,7 @@
 # a cross-check of loadgen's numbers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
@@ -32,11 +33,8 @@ GW_PORT=${GW_PORT:-8080}
 NGX_PORT=${NGX_PORT:-8081}
 PATH_REQ=${PATH_REQ:-/v1/chat/completions}
 
-need() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]]; }
-if ! need nginx || ! need wrk; then
-    apt-get install -y nginx wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y nginx wrk >/dev/null; }
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+need_pkgs nginx wrk
+NGINX=$(sbin_path nginx)
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     cargo build --quiet --release -p loadtest --bins
@@ -48,23 +46,8 @@ SHARDGATE=${SHARDGATE:-target/release/shardgate}
 BASELINE=${BASELINE:-}
 BASE_PORT=$((GW_PORT + 2))
 
-TMP=$(mktemp -d /tmp/shardgate-compare.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() {
-    for _ in $(seq 100); do port_open "$1" && return 0; sleep 0.05; done
-    return 1
-}
-for p in "$UP_PORT" "$GW_PORT" "$NGX_PORT" "$BASE_PORT"; do
-    if port_open "$p"; then echo "port $p is already in use" >&2; exit 1; fi
-done
+lt_setup compare
+ports_free "$UP_PORT" "$GW_PORT" "$NGX_PORT" "$BASE_PORT"
 
 BODY_FILE=$TMP/body.json
 DEFAULT_BODY='{"model":"mock-gpt","max_tokens":16,"messages":[{"role":"user","content":"Say hello to the benchmark."}]}'
@@ -87,37 +70,7 @@ EOF
 gateway_config "$GW_PORT" >"$TMP/shardgate.toml"
 gateway_config "$BASE_PORT" >"$TMP/baseline.toml"
 
-mkdir -p "$TMP/ngx"
-cat >"$TMP/nginx.conf" <<EOF
-worker_processes 1;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx-error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/ngx/body;
-    proxy_temp_path $TMP/ngx/proxy;
-    fastcgi_temp_path $TMP/ngx/fastcgi;
-    uwsgi_temp_path $TMP/ngx/uwsgi;
-    scgi_temp_path $TMP/ngx/scgi;
-    keepalive_requests 1000000;
-    upstream mock {
-        server 127.0.0.1:$UP_PORT;
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen 127.0.0.1:$NGX_PORT;
-        location / {
-            proxy_pass http://mock;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            # SSE must stream through, as it does through the gateway.
-            proxy_buffering off;
-        }
-    }
-}
-EOF
+nginx_proxy_conf "$NGX_PORT" "$UP_PORT" >"$TMP/nginx.conf"
 
 taskset -c "$UP_CORE" "$MOCK" --listen "127.0.0.1:$UP_PORT" --threads 1 >"$TMP/mock.log" 2>&1 &
 PIDS+=($!)
@@ -162,15 +115,6 @@ pids_of() {
     nginx) echo "$NGX_PID" $(pgrep -P "$NGX_PID" || true) ;;
     *) echo "" ;;
     esac
-}
-# utime+stime in clock ticks, summed over pids (all threads).
-cpu_ticks() {
-    local total=0 p
-    for p in "$@"; do
-        [[ -r /proc/$p/stat ]] || continue
-        total=$((total + $(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat")))
-    done
-    echo "$total"
 }
 
 # run NAME SERVER MODE(closed|open|c1) → $TMP/NAME.json and $TMP/NAME.cpu (ticks after warmup)
