@@ -143,7 +143,7 @@ fn serve(
                     let _ = conn.write_all(format!("{l}\n").as_bytes());
                     eprintln!("shardgate: upgrade: {l}");
                 };
-                if let Some(new) = upgrade(listener, plan, &exe, handover, &mut say) {
+                if let Some(new) = upgrade(listener, plan, &exe, handover, stop, &mut say) {
                     let _ = done.send(new);
                     return;
                 }
@@ -164,6 +164,7 @@ fn upgrade(
     plan: &Plan,
     exe: &Path,
     handover: &Handover,
+    stop: &AtomicBool,
     say: &mut dyn FnMut(&str),
 ) -> Option<u32> {
     let me = std::process::id();
@@ -210,7 +211,7 @@ fn upgrade(
         }
     };
     say(&format!("info started pid {}", child.id()));
-    match hand_to(listener, &mut child, handover) {
+    match hand_to(listener, &mut child, handover, stop) {
         Ok(()) => {
             say(&format!(
                 "ready {} {}",
@@ -232,7 +233,12 @@ fn upgrade(
 }
 
 /// Waits for `child` to ask for the sockets, sends them, waits for its `ready`.
-fn hand_to(listener: &UnixListener, child: &mut Child, handover: &Handover) -> Result<(), String> {
+fn hand_to(
+    listener: &UnixListener,
+    child: &mut Child,
+    handover: &Handover,
+    stop: &AtomicBool,
+) -> Result<(), String> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let expected = format!("take-over {}", child.id());
     let mut conn = loop {
@@ -243,6 +249,9 @@ fn hand_to(listener: &UnixListener, child: &mut Child, handover: &Handover) -> R
         }
         if Instant::now() >= deadline {
             return Err(format!("not ready within {} s", READY_TIMEOUT.as_secs()));
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Err("this process stops (SIGTERM) before the hand-over".into());
         }
         let Some(mut conn) = accept_peer(listener) else {
             continue;
@@ -283,11 +292,16 @@ fn hand_to(listener: &UnixListener, child: &mut Child, handover: &Handover) -> R
     }
 }
 
-/// SIGTERM (the gateway drains), then reaped.
+/// SIGTERM (the gateway drains) unless it has exited, then reaped. (Never a signal to a
+/// reaped child: its pid may be another process's by now.)
 fn stop_child(child: &mut Child) -> io::Result<()> {
     use nix::sys::signal::{kill, Signal};
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    kill(pid, Signal::SIGTERM)?;
+    if child.try_wait()?.is_none() {
+        kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            Signal::SIGTERM,
+        )?;
+    }
     child.wait().map(drop)
 }
 
