@@ -68,6 +68,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if std::env::var_os(shardgate::upgrade::TAKEOVER_ENV).is_some() {
+        // Started by an upgrade: nothing inherited from the old process stays open here.
+        shardgate::upgrade::close_inherited();
+    }
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check) => check(cli.config),

@@ -177,6 +177,8 @@ fn upgrade(
         .arg("check")
         .arg("--config")
         .arg(&plan.config)
+        // (Only so it closes what it inherited, see `close_inherited`.)
+        .env(TAKEOVER_ENV, me.to_string())
         .stdin(Stdio::null())
         .output()
     {
@@ -388,6 +390,26 @@ impl Taken {
     /// Tells the old process this one serves: it stops accepting and drains.
     pub fn ready(mut self) -> io::Result<()> {
         self.conn.write_all(b"ready\n")
+    }
+}
+
+/// Closes every descriptor above stderr that this process inherited. Call it first thing in
+/// a process an upgrade started: io_uring accepts do not set `SOCK_CLOEXEC` (monoio 0.2), so a
+/// process forked by the old gateway inherits the client connections the old one had open,
+/// and such a connection would stay open (no FIN after the old process's response with
+/// `Connection: close`) for as long as the new process runs. The new process needs none of
+/// them: its sockets come over the upgrade socket.
+pub fn close_inherited() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    // (The directory's own descriptor is in the list; it is closed once the list is made.)
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        let _ = nix::unistd::close(fd);
     }
 }
 

@@ -15,6 +15,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use common::tls::{client_config, tls_server_section, Ca, TempDir};
 use common::{route, upstream, Upstream};
 use shardgate::http::blocking::{Conn, Response};
 
@@ -94,6 +95,8 @@ struct Old {
     log: PathBuf,
     addr: SocketAddr,
     admin: SocketAddr,
+    /// The TLS listener, when the config has one.
+    tls: Option<SocketAddr>,
 }
 
 fn start_gateway(dir: &Path, pids: &mut Pids) -> Old {
@@ -108,21 +111,29 @@ fn start_gateway(dir: &Path, pids: &mut Pids) -> Old {
         .spawn()
         .unwrap();
     pids.0.push(child.id());
-    let mut found = (None, None);
+    let with_tls = std::fs::read_to_string(dir.join("gateway.toml"))
+        .unwrap()
+        .contains("[server.tls]");
+    let mut found = (None, None, None);
     wait_until("the gateway to listen", || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let after = |marker: &str| -> Option<SocketAddr> {
             let rest = &text[text.find(marker)? + marker.len()..];
             rest.split_whitespace().next()?.parse().ok()
         };
-        found = (after("listening on http://"), after("admin API on http://"));
-        found.0.is_some() && found.1.is_some()
+        found = (
+            after("listening on http://"),
+            after("admin API on http://"),
+            after("listening on https://"),
+        );
+        found.0.is_some() && found.1.is_some() && (found.2.is_some() || !with_tls)
     });
     Old {
         child,
         log,
         addr: found.0.unwrap(),
         admin: found.1.unwrap(),
+        tls: found.2,
     }
 }
 
@@ -189,7 +200,8 @@ impl UpgradeRun {
 }
 
 /// Steady load: threads making requests on fresh connections and on keep-alive ones (which
-/// reconnect when a response says `Connection: close`). Every failure is recorded.
+/// reconnect when a response says `Connection: close`), and over TLS on fresh connections.
+/// Every failure is recorded.
 struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicUsize>,
@@ -197,20 +209,22 @@ struct Load {
     threads: Vec<JoinHandle<()>>,
 }
 
-fn start_load(addr: SocketAddr, fresh: usize, keep_alive: usize) -> Load {
+fn start_load(addr: SocketAddr, fresh: usize, keep_alive: usize, tls: Option<Tls>) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let (tx, failures) = mpsc::channel();
     let mut threads = Vec::new();
-    for i in 0..fresh + keep_alive {
-        let (stop, ok, tx) = (stop.clone(), ok.clone(), tx.clone());
+    let tls_threads = tls.as_ref().map_or(0, |t| t.threads);
+    for i in 0..fresh + keep_alive + tls_threads {
+        let (stop, ok, tx, tls) = (stop.clone(), ok.clone(), tx.clone(), tls.clone());
         threads.push(thread::spawn(move || {
             let mut conn: Option<Conn> = None;
             while !stop.load(Ordering::Relaxed) {
-                let result = if i < fresh {
-                    exchange(&mut None, addr, false)
-                } else {
-                    exchange(&mut conn, addr, true)
+                let result = match (i < fresh, i < fresh + keep_alive, &tls) {
+                    (true, _, _) => exchange(&mut None, addr, false),
+                    (false, true, _) => exchange(&mut conn, addr, true),
+                    (false, false, Some(t)) => tls_exchange(t),
+                    (false, false, None) => unreachable!(),
                 };
                 match result {
                     Ok(()) => {
@@ -268,6 +282,40 @@ fn exchange(conn: &mut Option<Conn>, addr: SocketAddr, keep_alive: bool) -> Resu
     Ok(())
 }
 
+/// TLS load: `threads` clients of the TLS listener at `addr`.
+#[derive(Clone)]
+struct Tls {
+    config: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    threads: usize,
+}
+
+/// One `GET /fast` over TLS on a fresh connection (`Connection: close`: read to the end).
+fn tls_exchange(t: &Tls) -> Result<(), String> {
+    use std::io::Read;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(t.config.clone(), name).unwrap();
+    let tcp =
+        TcpStream::connect_timeout(&t.addr, PATIENCE).map_err(|e| format!("tls connect: {e}"))?;
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"GET /fast HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .map_err(|e| format!("tls write: {e}"))?;
+    let mut out = Vec::new();
+    let read = tls.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    match read {
+        Ok(_) => {}
+        // The gateway closes without close_notify after `Connection: close`.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => return Err(format!("tls read: {e} after {text:?}")),
+    }
+    if !text.starts_with("HTTP/1.1 200") || !text.ends_with("\r\n\r\nok") {
+        return Err(format!("tls answer {text:?}"));
+    }
+    Ok(())
+}
+
 impl Load {
     /// Waits for `n` more successful requests.
     fn wait_for(&self, n: usize) {
@@ -318,7 +366,13 @@ fn upgrade_under_load_on_the_legacy_driver() {
 }
 
 fn upgrade_under_load(name: &str, server: &str) {
-    let dir = temp_dir(name);
+    let temp = TempDir::new(&format!("upgrade-{name}"));
+    let dir = temp.0.clone();
+    // A TLS listener too: its sockets are handed over like the plain ones.
+    let ca = Ca::new("upgrade-test-ca");
+    let (cert, key) = ca.server(&["localhost"]).write(&temp, "gateway");
+    let server = format!("{server}\n{}", tls_server_section(&cert, &key, ""));
+    let server = server.as_str();
     let release = Arc::new(AtomicBool::new(false));
     let slow_started = Arc::new(AtomicBool::new(false));
     let up = upstream_with_slow(release.clone(), slow_started.clone());
@@ -340,7 +394,12 @@ fn upgrade_under_load(name: &str, server: &str) {
     wait_until("the slow request to reach the upstream", || {
         slow_started.load(Ordering::SeqCst)
     });
-    let load = start_load(addr, 4, 3);
+    let tls = Tls {
+        config: client_config(&ca, None),
+        addr: old.tls.expect("a TLS listener"),
+        threads: 2,
+    };
+    let load = start_load(addr, 4, 3, Some(tls));
     load.wait_for(100);
 
     // 2 workers -> 3: the new process adopts both sockets and binds a third into the group.
@@ -392,7 +451,6 @@ fn upgrade_under_load(name: &str, server: &str) {
     let (status, body) = get_ready(old.admin);
     assert_eq!(status, 200, "{body}");
     assert!(common::get(addr, "/fast").status == 200);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -408,7 +466,7 @@ fn an_upgrade_that_cannot_complete_leaves_the_old_process_serving() {
     let mut pids = Pids::default();
     let mut old = start_gateway(&dir, &mut pids);
     let pid = old.child.id();
-    let load = start_load(old.addr, 2, 2);
+    let load = start_load(old.addr, 2, 2, None);
     load.wait_for(50);
 
     // No such process.
