@@ -158,8 +158,7 @@ fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
         }
     };
     let snapshot = loaded.snapshot.clone();
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR2])
-    {
+    let signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR2]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("shardgate: cannot install signal handlers: {e}");
@@ -177,24 +176,11 @@ fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
         }
     };
     let revoked = revocations.as_ref().map_or(&[][..], |r| r.entries());
-    // A binary upgrade: the old process's sockets, taken before anything binds.
-    let mut taken = match upgrade_cli::take_over_if_asked(demo.is_some()) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("shardgate: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let (adopted, admin_socket) = match &mut taken {
-        Some(t) => (std::mem::take(&mut t.sockets), t.admin.take()),
-        None => Default::default(),
-    };
-    // Bound (or adopted) before the workers accept, so a busy admin address fails the start
-    // before this process takes a single connection.
-    let admin_listener = match upgrade_cli::admin_listener(&snapshot, admin_socket) {
+    // A binary upgrade's sockets, and the admin listener bound before the workers accept.
+    let (taken, adopted, admin_listener) = match upgrade_cli::listeners(&snapshot, demo.is_some()) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("shardgate: cannot start the admin listener: {e}");
+            eprintln!("shardgate: {e}");
             demo_port_hint(demo.is_some());
             return ExitCode::FAILURE;
         }
@@ -258,29 +244,7 @@ fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
         Some(_) => None,
         None => upgrade_cli::serve(&path, &snapshot, &mut engine, admin.as_ref(), handed_tx),
     };
-    let (sig_tx, sig_rx) = crossbeam_channel::unbounded();
-    let sig_handle = signals.handle();
-    let sig_thread = std::thread::spawn(move || {
-        for sig in signals.forever() {
-            if sig_tx.send(sig).is_err() {
-                return;
-            }
-        }
-    });
-    let successor = loop {
-        crossbeam_channel::select! {
-            recv(sig_rx) -> sig => match sig {
-                Ok(SIGHUP) => {
-                    let _ = control.reload();
-                }
-                Ok(SIGUSR2) => upgrade_cli::upgrade_self(upgrades.is_some()),
-                _ => break None,
-            },
-            recv(handed_rx) -> pid => break pid.ok(),
-        }
-    };
-    sig_handle.close();
-    let _ = sig_thread.join();
+    let successor = until_stop(signals, &control, upgrades.is_some(), &handed_rx);
     drop(upgrades);
     if let Some(a) = &mut admin {
         a.set_draining();
@@ -302,6 +266,41 @@ fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
     drop(demo);
     eprintln!("shardgate: stopped");
     ExitCode::SUCCESS
+}
+
+/// Serves signals until SIGTERM/SIGINT (`None`) or until a successor has taken the sockets
+/// over (its pid). SIGHUP reloads, SIGUSR2 starts an upgrade.
+fn until_stop(
+    mut signals: signal_hook::iterator::Signals,
+    control: &Control,
+    upgrades: bool,
+    handed_over: &crossbeam_channel::Receiver<u32>,
+) -> Option<u32> {
+    use signal_hook::consts::{SIGHUP, SIGUSR2};
+    let (sig_tx, sig_rx) = crossbeam_channel::unbounded();
+    let handle = signals.handle();
+    let thread = std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if sig_tx.send(sig).is_err() {
+                return;
+            }
+        }
+    });
+    let successor = loop {
+        crossbeam_channel::select! {
+            recv(sig_rx) -> sig => match sig {
+                Ok(SIGHUP) => {
+                    let _ = control.reload();
+                }
+                Ok(SIGUSR2) => upgrade_cli::upgrade_self(upgrades),
+                _ => break None,
+            },
+            recv(handed_over) -> pid => break pid.ok(),
+        }
+    };
+    handle.close();
+    let _ = thread.join();
+    successor
 }
 
 fn demo_port_hint(demo: bool) {

@@ -11,7 +11,7 @@ use clap::Args;
 use crossbeam_channel::Sender;
 use shardgate::config::Snapshot;
 use shardgate::runtime::listen::adopts;
-use shardgate::runtime::Engine;
+use shardgate::runtime::{Engine, Sockets};
 use shardgate::upgrade::{self, Handover, Outcome, Plan, Taken, TAKEOVER_ENV};
 
 /// How long `shardgate upgrade` waits for the old process to exit past its drain timeout.
@@ -133,9 +133,27 @@ fn wait_exit(pid: u32, within: Duration) -> bool {
     true
 }
 
+/// What this process listens on before its workers start: the sockets taken over when an
+/// upgrade started it (still to be told `ready`), the workers' adopted sockets, and the admin
+/// listener (bound first, so a busy admin address fails the start before this process takes
+/// a single connection).
+pub fn listeners(
+    snap: &Snapshot,
+    demo: bool,
+) -> Result<(Option<Taken>, Sockets, Option<TcpListener>), String> {
+    let mut taken = take_over_if_asked(demo)?;
+    let (adopted, admin) = match &mut taken {
+        Some(t) => (std::mem::take(&mut t.sockets), t.admin.take()),
+        None => Default::default(),
+    };
+    let admin =
+        admin_listener(snap, admin).map_err(|e| format!("cannot start the admin listener: {e}"))?;
+    Ok((taken, adopted, admin))
+}
+
 /// The old process's sockets when this process was started by an upgrade
 /// ([`TAKEOVER_ENV`]).
-pub fn take_over_if_asked(demo: bool) -> Result<Option<Taken>, String> {
+fn take_over_if_asked(demo: bool) -> Result<Option<Taken>, String> {
     let Some(old) = std::env::var_os(TAKEOVER_ENV) else {
         return Ok(None);
     };
@@ -153,7 +171,7 @@ pub fn take_over_if_asked(demo: bool) -> Result<Option<Taken>, String> {
 
 /// The admin API's listener: the one handed over while `[admin] listen` still names its
 /// address, else bound anew.
-pub fn admin_listener(
+fn admin_listener(
     snap: &Snapshot,
     adopted: Option<TcpListener>,
 ) -> std::io::Result<Option<TcpListener>> {
