@@ -18,6 +18,10 @@
 //! [`Engine::shutdown`] tells every worker to drain: it stops accepting, closes idle
 //! keep-alive connections, lets requests in flight finish (their responses carry
 //! `Connection: close`), and exits when none are left or the drain timeout passes.
+//! [`Engine::hand_over`] is that drain after a binary upgrade gave the listening sockets to a
+//! new process (`upgrade`): idle keep-alive connections stay open for
+//! [`HANDOVER_GRACE`](crate::worker::HANDOVER_GRACE) so their next request is answered (with
+//! `Connection: close`) instead of meeting a close.
 
 pub mod listen;
 mod trim;

@@ -529,3 +529,48 @@ fn an_upgrade_that_cannot_complete_leaves_the_old_process_serving() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `kill -USR2` upgrades too, with every step in the log.
+#[test]
+fn sigusr2_upgrades_to_the_same_binary() {
+    let dir = temp_dir("usr2");
+    let up = upstream_with_slow(Arc::new(AtomicBool::new(true)), Arc::default());
+    std::fs::write(
+        dir.join("gateway.toml"),
+        config(up.addr, 1, "127.0.0.1:0", ""),
+    )
+    .unwrap();
+    let mut pids = Pids::default();
+    let mut old = start_gateway(&dir, &mut pids);
+    let pid = old.child.id();
+    let load = start_load(old.addr, 1, 1, None);
+    load.wait_for(20);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
+    let mut successor = None;
+    wait_until("the successor to be ready", || {
+        let log = std::fs::read_to_string(&old.log).unwrap_or_default();
+        successor = log
+            .lines()
+            .find_map(|l| l.strip_prefix("shardgate: upgrade: ready "))
+            .and_then(|rest| rest.split(' ').next()?.parse::<u32>().ok());
+        successor.is_some()
+    });
+    let successor = successor.unwrap();
+    pids.0.push(successor);
+    old.child.wait().unwrap();
+    load.wait_for(20);
+    let (_, failures) = load.finish();
+    assert!(failures.is_empty(), "{failures:?}");
+    let log = std::fs::read_to_string(&old.log).unwrap();
+    assert!(
+        log.contains(&format!("pid {successor} serves now")),
+        "{log}"
+    );
+    assert!(alive(successor));
+    assert_eq!(get_ready(old.admin).0, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
