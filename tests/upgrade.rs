@@ -100,9 +100,14 @@ struct Old {
 }
 
 fn start_gateway(dir: &Path, pids: &mut Pids) -> Old {
+    start_gateway_with(dir, pids, &[])
+}
+
+fn start_gateway_with(dir: &Path, pids: &mut Pids, env: &[(&str, &Path)]) -> Old {
     let log = dir.join("gateway.log");
     let file = std::fs::File::create(&log).unwrap();
     let child = bin()
+        .envs(env.iter().copied())
         .arg("--config")
         .arg(dir.join("gateway.toml"))
         .stdin(Stdio::null())
@@ -530,9 +535,10 @@ fn an_upgrade_that_cannot_complete_leaves_the_old_process_serving() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `kill -USR2` upgrades too, with every step in the log.
+/// `kill -USR2` upgrades too, with every step in the log; under systemd (`NOTIFY_SOCKET`)
+/// each process says `READY=1` with its pid as `MAINPID`, so systemd follows the successor.
 #[test]
-fn sigusr2_upgrades_to_the_same_binary() {
+fn sigusr2_upgrades_to_the_same_binary_and_systemd_follows() {
     let dir = temp_dir("usr2");
     let up = upstream_with_slow(Arc::new(AtomicBool::new(true)), Arc::default());
     std::fs::write(
@@ -540,9 +546,18 @@ fn sigusr2_upgrades_to_the_same_binary() {
         config(up.addr, 1, "127.0.0.1:0", ""),
     )
     .unwrap();
+    let notify_path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(PATIENCE)).unwrap();
+    let next_notice = || {
+        let mut buf = [0u8; 512];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
     let mut pids = Pids::default();
-    let mut old = start_gateway(&dir, &mut pids);
+    let mut old = start_gateway_with(&dir, &mut pids, &[("NOTIFY_SOCKET", &notify_path)]);
     let pid = old.child.id();
+    assert_eq!(next_notice(), format!("READY=1\nMAINPID={pid}\n"));
     let load = start_load(old.addr, 1, 1, None);
     load.wait_for(20);
     nix::sys::signal::kill(
@@ -561,6 +576,7 @@ fn sigusr2_upgrades_to_the_same_binary() {
     });
     let successor = successor.unwrap();
     pids.0.push(successor);
+    assert_eq!(next_notice(), format!("READY=1\nMAINPID={successor}\n"));
     old.child.wait().unwrap();
     load.wait_for(20);
     let (_, failures) = load.finish();
