@@ -321,7 +321,12 @@ fn accept_peer(listener: &UnixListener) -> Option<UnixStream> {
         nix::sys::socket::getsockopt(conn.as_raw_fd(), nix::sys::socket::sockopt::PeerCredentials)
             .ok()?;
     let me = nix::unistd::geteuid().as_raw();
-    (cred.uid() == me || cred.uid() == 0).then_some(conn)
+    if cred.uid() == me || cred.uid() == 0 {
+        return Some(conn);
+    }
+    let refusal = format!("refused only uid {me} (the gateway's user) or root may upgrade it\n");
+    let _ = (&conn).write_all(refusal.as_bytes());
+    None
 }
 
 /// One `\n`-terminated line, read a byte at a time (so nothing after it, such as a message
@@ -433,7 +438,8 @@ pub fn request(pid: u32, binary: Option<&Path>, each: &mut dyn FnMut(&str)) -> i
         Some(b) => format!("upgrade {}\n", b.display()),
         None => "upgrade\n".to_string(),
     };
-    conn.write_all(line.as_bytes())?;
+    // A refusal may come (and the socket close) before the request is written: read it.
+    let _ = conn.write_all(line.as_bytes());
     let mut outcome = Outcome::Failed;
     while let Ok(l) = read_line(&mut conn) {
         each(&l);
