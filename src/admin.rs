@@ -74,6 +74,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
+use nix::poll::{poll, PollFd, PollFlags};
 use serde_json::{json, Value};
 
 use crate::config::ConfigProblem;
@@ -95,6 +96,8 @@ pub const MAX_REFUSING: usize = 8;
 /// How long a connection over the cap may take to send its request before the 503 (reading
 /// it first lets the close be a clean FIN, so the client sees the answer).
 pub const REFUSE_DEADLINE: Duration = Duration::from_millis(500);
+/// How often the accept loop looks at its stop flag while no connection arrives.
+const STOP_POLL: Duration = Duration::from_millis(100);
 /// Stack of each connection thread (handlers are shallow; the memory is only reserved).
 const CONN_STACK_BYTES: usize = 1024 * 1024;
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
@@ -136,6 +139,8 @@ pub struct AdminState {
 /// A running admin listener. Dropping it stops the thread.
 pub struct Admin {
     addr: SocketAddr,
+    /// A duplicate of the listening socket, for a binary upgrade (see [`Admin::socket`]).
+    socket: TcpListener,
     stop: Arc<AtomicBool>,
     draining: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -153,8 +158,20 @@ impl Admin {
         state: AdminState,
         limits: AdminLimits,
     ) -> io::Result<Admin> {
-        let listener = TcpListener::bind(listen)?;
+        Self::start_on(TcpListener::bind(listen)?, state, limits)
+    }
+
+    /// Starts the admin thread on a bound listener (one a binary upgrade handed over).
+    pub fn start_on(
+        listener: TcpListener,
+        state: AdminState,
+        limits: AdminLimits,
+    ) -> io::Result<Admin> {
         let addr = listener.local_addr()?;
+        // Polled, so the loop stops without a wake-up connection (which, on a socket shared
+        // with a newer process, that process could take instead).
+        listener.set_nonblocking(true)?;
+        let socket = listener.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
         let draining = Arc::new(AtomicBool::new(false));
         let server = Arc::new(Server::new(state, draining.clone()));
@@ -164,6 +181,7 @@ impl Admin {
             .spawn(move || accept_loop(&listener, &server, limits, &stop2))?;
         Ok(Admin {
             addr,
+            socket,
             stop,
             draining,
             thread: Some(thread),
@@ -178,13 +196,26 @@ impl Admin {
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
+
+    /// A duplicate of the listening socket (the same kernel socket), to hand over.
+    pub fn socket(&self) -> io::Result<TcpListener> {
+        self.socket.try_clone()
+    }
+
+    /// Stops accepting (within [`STOP_POLL`]); connections already accepted are answered.
+    /// The listening socket stays open while `self` lives, so a newer process that shares it
+    /// takes every connection from now on.
+    pub fn stop_accepting(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Drop for Admin {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wake the blocking accept.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -198,14 +229,21 @@ fn accept_loop(
     limits: AdminLimits,
     stop: &AtomicBool,
 ) {
+    use std::os::fd::AsRawFd;
     let serving = Arc::new(AtomicUsize::new(0));
     let refusing = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
-        if stop.load(Ordering::Relaxed) {
-            return;
+    let timeout = STOP_POLL.as_millis() as i32;
+    while !stop.load(Ordering::Relaxed) {
+        let mut fds = [PollFd::new(listener.as_raw_fd(), PollFlags::POLLIN)];
+        if !matches!(poll(&mut fds, timeout), Ok(n) if n > 0) {
+            continue;
         }
-        let s = match conn {
-            Ok(s) => s,
+        let s = match listener.accept() {
+            // Accepted sockets do not inherit O_NONBLOCK on Linux; say so anyway.
+            Ok((s, _)) if s.set_nonblocking(false).is_ok() => s,
+            Ok(_) => continue,
+            // Another process sharing the socket took it first.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(_) => {
                 std::thread::sleep(ACCEPT_BACKOFF);
                 continue;

@@ -42,6 +42,10 @@ pub enum ToWorker {
     Barrier(Sender<usize>),
     /// Drain and stop.
     Shutdown,
+    /// Another process accepts on the listening sockets now (a binary upgrade): stop
+    /// accepting, let idle keep-alive connections make one more request, drain and stop (see
+    /// `worker::drain`).
+    HandOver,
 }
 
 /// Messages to the coordination thread (`control::coord`), from workers, the engine, the

@@ -40,6 +40,8 @@
 //! - [`registry`]: the model registry: the SQLite store the control thread owns (schema,
 //!   migrations, changes with their audit entries), its combination with the config file, and
 //!   the progressive canary's steps and guards. Workers never touch it.
+//! - [`upgrade`]: zero-downtime binary upgrade: the listening sockets handed to a new
+//!   process over a unix socket, then a drain.
 //! - [`demo`]: `shardgate demo`: mocks for `config/demo.toml`'s deployments, the printed
 //!   commands.
 //!
@@ -84,4 +86,5 @@ pub mod spend;
 pub mod time;
 pub mod tls;
 pub mod trace;
+pub mod upgrade;
 pub mod worker;

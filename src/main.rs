@@ -1,13 +1,13 @@
 //! The `shardgate` binary: run the gateway, check a config, run the demo, or manage API keys.
 
 mod keys_cli;
+mod upgrade_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use shardgate::admin::{self, Admin, AdminState};
-use shardgate::config;
 use shardgate::control::{self, Control, Start};
 use shardgate::demo::{self, Demo};
 use shardgate::registry;
@@ -59,9 +59,19 @@ enum Command {
     },
     /// The model registry of a running gateway: versions, splits, rollouts, the audit log.
     Models(Box<admin::models_cli::ModelsArgs>),
+    /// Replace a running gateway by a new process of BINARY with no connection refused or
+    /// reset: checks the config with the new binary, starts it on the old one's listening
+    /// sockets, waits until it is ready and the old one has drained and exited. The same as
+    /// `kill -USR2 PID`, with the outcome reported (exit 0 done, 1 failed, 2 refused; on 1 and
+    /// 2 the old process keeps serving).
+    Upgrade(upgrade_cli::UpgradeArgs),
 }
 
 fn main() -> ExitCode {
+    if std::env::var_os(shardgate::upgrade::TAKEOVER_ENV).is_some() {
+        // Started by an upgrade: nothing inherited from the old process stays open here.
+        shardgate::upgrade::close_inherited();
+    }
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check) => check(cli.config),
@@ -77,6 +87,7 @@ fn main() -> ExitCode {
             stats(admin, watch, token.as_deref())
         }
         Some(Command::Models(args)) => admin::models_cli::run(&args),
+        Some(Command::Upgrade(args)) => upgrade_cli::run(&args),
         None => match cli.config {
             Some(path) => run(path, None),
             None => {
@@ -126,9 +137,10 @@ fn demo() -> ExitCode {
     run(demo.config().to_path_buf(), Some(demo))
 }
 
-/// Runs the gateway until SIGTERM/SIGINT; SIGHUP reloads the config.
+/// Runs the gateway until SIGTERM/SIGINT or a binary upgrade hands its sockets to a new
+/// process; SIGHUP reloads the config, SIGUSR2 starts an upgrade (see `upgrade_cli`).
 fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
     // A registry that cannot be used stops the start (never an empty registry instead).
     let mut loaded = match registry::load(&path, 1) {
         Ok(l) => l,
@@ -146,7 +158,7 @@ fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
         }
     };
     let snapshot = loaded.snapshot.clone();
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+    let signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR2]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("shardgate: cannot install signal handlers: {e}");
@@ -164,7 +176,16 @@ fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
         }
     };
     let revoked = revocations.as_ref().map_or(&[][..], |r| r.entries());
-    let mut engine = match Engine::start_with_revocations(snapshot.clone(), revoked) {
+    // A binary upgrade's sockets, and the admin listener bound before the workers accept.
+    let (taken, adopted, admin_listener) = match upgrade_cli::listeners(&snapshot, demo.is_some()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("shardgate: {e}");
+            demo_port_hint(demo.is_some());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut engine = match Engine::start_adopting(snapshot.clone(), revoked, adopted) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("shardgate: cannot start on {listen}: {e}");
@@ -186,7 +207,7 @@ fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let admin = match start_admin(&snapshot, &engine, &control) {
+    let mut admin = match start_admin(admin_listener, &engine, &control) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("shardgate: cannot start the admin listener: {e}");
@@ -211,17 +232,33 @@ fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
             d.instructions(engine.local_addr(), admin_addr, &demo::invocation(&exe))
         );
     }
-    for sig in signals.forever() {
-        match sig {
-            SIGHUP => {
-                let _ = control.reload();
-            }
-            _ => break,
+    if let Some(t) = taken {
+        upgrade_cli::ready(t);
+    }
+    shardgate::upgrade::notify_systemd();
+    let (handed_tx, handed_rx) = crossbeam_channel::bounded(1);
+    // Held here, so the channel stays open when no upgrade thread runs.
+    let _handed_tx = handed_tx.clone();
+    let upgrades = match demo {
+        // The demo's mock deployments live in this process: no upgrade.
+        Some(_) => None,
+        None => upgrade_cli::serve(&path, &snapshot, &mut engine, admin.as_ref(), handed_tx),
+    };
+    let successor = until_stop(signals, &control, upgrades.is_some(), &handed_rx);
+    drop(upgrades);
+    if let Some(a) = &mut admin {
+        a.set_draining();
+        if successor.is_some() {
+            // The successor answers the admin API (and `/readyz`) from now on.
+            a.stop_accepting();
         }
     }
-    eprintln!("shardgate: draining");
-    if let Some(a) = &admin {
-        a.set_draining();
+    match successor {
+        Some(pid) => {
+            eprintln!("shardgate: pid {pid} serves now; this process stops accepting and drains");
+            engine.hand_over();
+        }
+        None => eprintln!("shardgate: draining"),
     }
     drop(control);
     engine.shutdown();
@@ -229,6 +266,41 @@ fn run(path: PathBuf, demo: Option<Demo>) -> ExitCode {
     drop(demo);
     eprintln!("shardgate: stopped");
     ExitCode::SUCCESS
+}
+
+/// Serves signals until SIGTERM/SIGINT (`None`) or until a successor has taken the sockets
+/// over (its pid). SIGHUP reloads, SIGUSR2 starts an upgrade.
+fn until_stop(
+    mut signals: signal_hook::iterator::Signals,
+    control: &Control,
+    upgrades: bool,
+    handed_over: &crossbeam_channel::Receiver<u32>,
+) -> Option<u32> {
+    use signal_hook::consts::{SIGHUP, SIGUSR2};
+    let (sig_tx, sig_rx) = crossbeam_channel::unbounded();
+    let handle = signals.handle();
+    let thread = std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if sig_tx.send(sig).is_err() {
+                return;
+            }
+        }
+    });
+    let successor = loop {
+        crossbeam_channel::select! {
+            recv(sig_rx) -> sig => match sig {
+                Ok(SIGHUP) => {
+                    let _ = control.reload();
+                }
+                Ok(SIGUSR2) => upgrade_cli::upgrade_self(upgrades),
+                _ => break None,
+            },
+            recv(handed_over) -> pid => break pid.ok(),
+        }
+    };
+    handle.close();
+    let _ = thread.join();
+    successor
 }
 
 fn demo_port_hint(demo: bool) {
@@ -240,13 +312,14 @@ fn demo_port_hint(demo: bool) {
     }
 }
 
-/// Starts the admin listener from `[admin]`, if the config has one.
+/// Starts the admin API on its listener (see `upgrade_cli::admin_listener`), if the config
+/// has one.
 fn start_admin(
-    snap: &config::Snapshot,
+    listener: Option<std::net::TcpListener>,
     engine: &Engine,
     control: &Control,
 ) -> std::io::Result<Option<Admin>> {
-    let Some(settings) = &snap.admin else {
+    let Some(listener) = listener else {
         return Ok(None);
     };
     let state = AdminState {
@@ -256,9 +329,7 @@ fn start_admin(
         breakers: engine.coord_sender(),
         spend: engine.spend_sender(),
     };
-    let listen = settings.listen;
-    let a = Admin::start(listen, state)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{listen}: {e}")))?;
+    let a = Admin::start_on(listener, state, admin::AdminLimits::default())?;
     eprintln!("shardgate: admin API on http://{}", a.local_addr());
     Ok(Some(a))
 }

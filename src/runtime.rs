@@ -18,7 +18,12 @@
 //! [`Engine::shutdown`] tells every worker to drain: it stops accepting, closes idle
 //! keep-alive connections, lets requests in flight finish (their responses carry
 //! `Connection: close`), and exits when none are left or the drain timeout passes.
+//! [`Engine::hand_over`] is that drain after a binary upgrade gave the listening sockets to a
+//! new process (`upgrade`): idle keep-alive connections stay open for
+//! [`HANDOVER_GRACE`](crate::worker::HANDOVER_GRACE) so their next request is answered (with
+//! `Connection: close`) instead of meeting a close.
 
+pub mod listen;
 mod trim;
 
 use std::io;
@@ -39,6 +44,7 @@ use crate::worker::Links;
 pub use crate::inbox::ToWorker;
 pub use crate::time::unix_now;
 pub use crate::worker::Worker;
+pub use listen::Sockets;
 
 /// How often a worker looks at its inbox.
 pub const INBOX_TICK: Duration = Duration::from_millis(5);
@@ -62,6 +68,10 @@ pub struct Engine {
     spend: Option<crate::control::spend::SpendThread>,
     /// Workers' unknown-kid hints, for the control plane's JWKS thread.
     key_hints: Receiver<UnknownKid>,
+    /// Duplicates of the workers' listening sockets, until taken for a binary upgrade.
+    sockets: Option<Sockets>,
+    /// The workers were told to hand over (see [`Engine::hand_over`]).
+    handed_over: bool,
 }
 
 impl Engine {
@@ -74,16 +84,40 @@ impl Engine {
     /// [`Engine::start`] with the revocations in force (the revocation file's entries): every
     /// worker refuses them from its first request.
     pub fn start_with_revocations(snapshot: Snapshot, revoked: &[Revoked]) -> io::Result<Engine> {
+        Self::start_adopting(snapshot, revoked, Sockets::default())
+    }
+
+    /// [`Engine::start_with_revocations`] on the listening sockets an older process handed
+    /// over (see [`listen`]): those still on the configured addresses are accepted from, and
+    /// the rest are closed here (the older process closes them last).
+    pub fn start_adopting(
+        snapshot: Snapshot,
+        revoked: &[Revoked],
+        adopted: Sockets,
+    ) -> io::Result<Engine> {
         let n = snapshot.server.cores.len();
-        let listeners = bind_listeners(snapshot.server.listen, n)?;
-        let addr = listeners[0].local_addr()?;
-        let mut tls_listeners: Vec<Option<std::net::TcpListener>> = match &snapshot.server.tls {
-            Some(t) => bind_listeners(t.listen, n)?.into_iter().map(Some).collect(),
-            None => listeners.iter().map(|_| None).collect(),
+        let listeners =
+            listen::per_worker(snapshot.server.listen, n, adopted.plain, "server.listen")?;
+        let addr = listeners[0][0].local_addr()?;
+        let mut tls_listeners: Vec<Vec<std::net::TcpListener>> = match &snapshot.server.tls {
+            Some(t) => listen::per_worker(t.listen, n, adopted.tls, "server.tls.listen")?,
+            None => listeners.iter().map(|_| Vec::new()).collect(),
         };
-        let tls_addr = match tls_listeners.first() {
-            Some(Some(l)) => Some(l.local_addr()?),
-            _ => None,
+        let tls_addr = match tls_listeners.first().and_then(|t| t.first()) {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
+        let sockets = Sockets {
+            plain: listeners
+                .iter()
+                .flatten()
+                .map(|l| l.try_clone())
+                .collect::<io::Result<_>>()?,
+            tls: tls_listeners
+                .iter()
+                .flatten()
+                .map(|l| l.try_clone())
+                .collect::<io::Result<_>>()?,
         };
         let prefix = random_u32();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(listeners.len());
@@ -147,7 +181,7 @@ impl Engine {
             };
             let listeners = Listeners {
                 plain: listener,
-                tls: tls_listeners[id].take(),
+                tls: std::mem::take(&mut tls_listeners[id]),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shardgate-w{id}"))
@@ -165,6 +199,8 @@ impl Engine {
             exporter,
             spend,
             key_hints,
+            sockets: Some(sockets),
+            handed_over: false,
         };
         for _ in 0..engine.threads.len() {
             match ready_rx.recv() {
@@ -253,9 +289,29 @@ impl Engine {
         rx.recv_timeout(Duration::from_secs(1)).ok()
     }
 
+    /// Duplicates of the workers' listening sockets, for a binary upgrade (see `upgrade`);
+    /// `None` after the first call. Nothing else keeps the sockets open once the workers have
+    /// closed theirs.
+    pub fn take_sockets(&mut self) -> Option<Sockets> {
+        self.sockets.take()
+    }
+
+    /// Another process accepts on the workers' sockets now: every worker stops accepting
+    /// (taking the connection an accept in flight got), answers the requests on its
+    /// connections with `Connection: close` for [`HANDOVER_GRACE`](crate::worker::HANDOVER_GRACE),
+    /// then drains. [`Engine::shutdown`] then only waits for that drain.
+    pub fn hand_over(&mut self) {
+        self.sockets = None;
+        self.handed_over = true;
+        self.inboxes.broadcast(|| ToWorker::HandOver);
+    }
+
     /// Drains every worker and waits for the threads to exit.
     pub fn shutdown(&mut self) {
-        self.inboxes.broadcast(|| ToWorker::Shutdown);
+        self.sockets = None;
+        if !self.handed_over {
+            self.inboxes.broadcast(|| ToWorker::Shutdown);
+        }
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -271,29 +327,6 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// One SO_REUSEPORT listener per worker, all on the same port (port 0 resolves once).
-fn bind_listeners(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let mut out = Vec::with_capacity(n);
-    let mut bind_to = addr;
-    for _ in 0..n.max(1) {
-        let s = Socket::new(
-            Domain::for_address(bind_to),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )?;
-        s.set_reuse_address(true)?;
-        s.set_reuse_port(true)?;
-        s.set_nonblocking(true)?;
-        s.bind(&bind_to.into())?;
-        s.listen(LISTEN_BACKLOG)?;
-        let l: std::net::TcpListener = s.into();
-        bind_to = l.local_addr()?;
-        out.push(l);
-    }
-    Ok(out)
 }
 
 /// The spend thread `[spend]`/`[budgets]` ask for, on the store the config names (Redis
@@ -373,10 +406,11 @@ fn random_u32() -> u32 {
 
 type Ready = Sender<io::Result<()>>;
 
-/// One worker's listening sockets.
+/// One worker's listening sockets (more than one each when it adopted them from a process
+/// with more workers, see [`listen`]).
 struct Listeners {
-    plain: std::net::TcpListener,
-    tls: Option<std::net::TcpListener>,
+    plain: Vec<std::net::TcpListener>,
+    tls: Vec<std::net::TcpListener>,
 }
 
 fn worker_thread(id: usize, snapshot: Snapshot, listener: Listeners, links: Links, ready: Ready) {
@@ -442,13 +476,13 @@ async fn worker_main(
     ready: Ready,
     driver: Driver,
 ) {
-    let tls = listeners
-        .tls
-        .map(monoio::net::TcpListener::from_std)
-        .transpose();
-    let (listener, tls) = match (monoio::net::TcpListener::from_std(listeners.plain), tls) {
-        (Ok(l), Ok(t)) => (l, t),
-        (Err(e), _) | (_, Err(e)) => {
+    let all = (listeners.plain.into_iter().map(|l| (l, false)))
+        .chain(listeners.tls.into_iter().map(|l| (l, true)))
+        .map(|(l, tls)| monoio::net::TcpListener::from_std(l).map(|l| (l, tls)))
+        .collect::<io::Result<Vec<_>>>();
+    let all = match all {
+        Ok(all) => all,
+        Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
@@ -457,11 +491,12 @@ async fn worker_main(
     let worker = Rc::new(Worker::new(id, snapshot, driver, links));
     monoio::spawn(inbox_loop(worker.clone()));
     let _ = ready.send(Ok(()));
-    let tls_accepting =
-        tls.map(|t| monoio::spawn(crate::server::accept_loop(worker.clone(), t, true)));
-    crate::server::accept_loop(worker.clone(), listener, false).await;
-    if let Some(t) = tls_accepting {
-        t.await;
+    let accepting: Vec<_> = all
+        .into_iter()
+        .map(|(l, tls)| monoio::spawn(crate::server::accept_loop(worker.clone(), l, tls)))
+        .collect();
+    for a in accepting {
+        a.await;
     }
     // Stop accepting, then give requests in flight the drain window.
     let deadline = Instant::now() + drain_timeout;
@@ -492,6 +527,9 @@ async fn inbox_loop(worker: Rc<Worker>) {
         // Hibernating connections past their keep-alive deadline close; once many have
         // closed, what they held goes back to the kernel.
         worker.drain.expire(Instant::now());
+        worker
+            .drain
+            .escalate(Instant::now(), crate::worker::HANDOVER_GRACE);
         trim.tick(worker.conns.get(), Instant::now());
         if last_quota_tick.elapsed() >= QUOTA_TICK {
             last_quota_tick = Instant::now();

@@ -41,42 +41,59 @@ use crate::slot::{Facts, RequestBufs, RequestSlot};
 use crate::trace::{ServerFacts, TraceId};
 
 /// Accepts until the worker drains; `tls`: the TLS listener (see [`handshake`]).
+///
+/// The listening socket may be shared with another process (a binary upgrade hands it over,
+/// see `upgrade`): when the drain starts, the accept in flight is cancelled and then awaited,
+/// so a connection the kernel had already given it (io_uring completes an accept on its own)
+/// is served here rather than leaked unanswered; the rest of the accept queue is the other
+/// process's.
 pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
+    let canceller = monoio::io::Canceller::new();
     loop {
+        let mut accept = std::pin::pin!(listener.cancelable_accept(canceller.handle()));
         let accepted = monoio::select! {
-            r = listener.accept() => r,
-            _ = worker.drain.wait() => return,
+            r = &mut accept => r,
+            _ = worker.drain.stop_accepting() => {
+                let _ = canceller.cancel();
+                if let Ok((stream, peer)) = accept.await {
+                    admit(&worker, stream, peer, tls);
+                }
+                return;
+            }
         };
         match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let max = worker.current().limits.max_connections_per_worker;
-                if worker.conns.get() >= max {
-                    // A TLS client could not read a plaintext 503: it is just closed.
-                    if !tls {
-                        monoio::spawn(reject_overloaded(stream));
-                    }
-                    continue;
-                }
-                worker.conns.set(worker.conns.get() + 1);
-                if tls {
-                    let worker = worker.clone();
-                    monoio::spawn(async move {
-                        match handshake::accept_tls(&worker, stream, peer).await {
-                            Some(c) => spawn_serving(worker, c),
-                            None => worker.conns.set(worker.conns.get() - 1),
-                        }
-                    });
-                } else {
-                    spawn_serving(worker.clone(), ClientConn::new(stream, peer));
-                }
-            }
+            Ok((stream, peer)) => admit(&worker, stream, peer, tls),
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 eprintln!("shardgate-w{}: accept failed: {e}", worker.id);
                 monoio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+/// Serves an accepted connection, or refuses it over `max_connections_per_worker`.
+fn admit(worker: &Rc<Worker>, stream: TcpStream, peer: std::net::SocketAddr, tls: bool) {
+    let _ = stream.set_nodelay(true);
+    let max = worker.current().limits.max_connections_per_worker;
+    if worker.conns.get() >= max {
+        // A TLS client could not read a plaintext 503: it is just closed.
+        if !tls {
+            monoio::spawn(reject_overloaded(stream));
+        }
+        return;
+    }
+    worker.conns.set(worker.conns.get() + 1);
+    if tls {
+        let worker = worker.clone();
+        monoio::spawn(async move {
+            match handshake::accept_tls(&worker, stream, peer).await {
+                Some(c) => spawn_serving(worker, c),
+                None => worker.conns.set(worker.conns.get() - 1),
+            }
+        });
+    } else {
+        spawn_serving(worker.clone(), ClientConn::new(stream, peer));
     }
 }
 
@@ -150,7 +167,9 @@ async fn serve(worker: &Rc<Worker>, mut c: ClientConn) -> Served {
     loop {
         c.compact();
         if c.buffered().is_empty() {
-            if worker.drain.is_draining() {
+            // (During a hand-over's grace period an idle connection waits for its next
+            // request, which is answered with `Connection: close`.)
+            if worker.drain.closes_idle() {
                 return Served::Closed;
             }
             let idle = worker.current().limits.keepalive_idle_timeout;

@@ -20,7 +20,7 @@ use crate::metrics::{Driver, WorkerMetrics};
 use crate::pool::Pools;
 use crate::quota::QuotaShard;
 
-pub use drain::{Drain, EXPIRE_EVERY};
+pub use drain::{Drain, EXPIRE_EVERY, HANDOVER_GRACE};
 pub use lease::LeaseDesk;
 
 /// What a worker is connected to, handed over by the engine that starts it.
@@ -218,6 +218,7 @@ impl Worker {
                 let _ = reply.send(self.id);
             }
             ToWorker::Shutdown => self.drain.start(),
+            ToWorker::HandOver => self.drain.start_handover(Instant::now()),
         }
     }
 

@@ -8,7 +8,10 @@
 //! first snapshot (its listeners, worker threads, admin listener, access log writer, quota
 //! backend, revocation file, spend thread and store, the budgets' time zone) stays as it was
 //! until a restart: [`RESTART_ONLY`]. A reload that changes one of those still applies the
-//! rest, and [`needs_restart`] names what it did not apply.
+//! rest, and [`needs_restart`] names what it did not apply. A binary upgrade
+//! (`shardgate upgrade`, see [`crate::upgrade`]) is such a restart without a refused
+//! connection: the new process reads the whole file (a changed worker count is served on the
+//! same sockets; a changed listen address is bound anew).
 //!
 //! Key material the control thread owns is not read from the config file and reaches workers
 //! as a new snapshot whenever it changes, with or without a reload: the API key table

@@ -1,6 +1,14 @@
 //! A worker-local "drain has started" signal that any number of tasks can await, and the
 //! coarse timer of hibernating connections.
 //!
+//! A drain comes in two strengths. [`Drain::start`] (shutdown) stops the accept loops and
+//! closes idle keep-alive connections at once. [`Drain::start_handover`] (a binary upgrade:
+//! another process now accepts on the same listening sockets) stops the accept loops and
+//! makes every response close its connection, but leaves idle keep-alive connections open for
+//! [`HANDOVER_GRACE`]: a client about to reuse one gets its answer (with `Connection: close`)
+//! instead of a connection closed under its request. After the grace period,
+//! [`Drain::escalate`] turns it into a full drain.
+//!
 //! [`Drain::wait_until`] also resolves at a deadline, checked by [`Drain::expire`] (the
 //! worker's inbox loop calls it every tick; it looks at the waits at most every
 //! [`EXPIRE_EVERY`]). A hibernating keep-alive connection waits this way instead of holding a
@@ -16,10 +24,18 @@ use std::time::{Duration, Instant};
 /// most this long after its deadline.
 pub const EXPIRE_EVERY: Duration = Duration::from_millis(100);
 
+/// How long a hand-over drain leaves idle keep-alive connections open (see the module docs).
+pub const HANDOVER_GRACE: Duration = Duration::from_secs(2);
+
 /// Set once when the worker starts draining; wakes every task waiting on it.
 #[derive(Default)]
 pub struct Drain {
+    /// Accept loops stop; responses close their connections.
     draining: Cell<bool>,
+    /// Idle connections close too (a full drain).
+    close_idle: Cell<bool>,
+    /// When a hand-over drain started (`None`: none, or a full drain).
+    handover_since: Cell<Option<Instant>>,
     /// Pending waits; a slot is freed when its wait completes or is dropped, so the table
     /// stays as small as the number of idle connections.
     slots: RefCell<Vec<Slot>>,
@@ -36,12 +52,47 @@ struct Slot {
 }
 
 impl Drain {
+    /// Whether the worker drains: no new connections, and responses close theirs.
     pub fn is_draining(&self) -> bool {
         self.draining.get()
     }
 
+    /// Whether idle connections close now (a full drain, not a hand-over's grace period).
+    pub fn closes_idle(&self) -> bool {
+        self.close_idle.get()
+    }
+
+    /// A full drain (see the module docs).
     pub fn start(&self) {
         self.draining.set(true);
+        self.close_idle.set(true);
+        self.handover_since.set(None);
+        self.wake_all();
+    }
+
+    /// A hand-over drain (see the module docs); a full drain already started stays one.
+    pub fn start_handover(&self, now: Instant) {
+        if self.draining.get() {
+            return;
+        }
+        self.draining.set(true);
+        self.handover_since.set(Some(now));
+        // The accept loops end; connection waits look again and wait on.
+        self.wake_all();
+    }
+
+    /// Turns a hand-over drain into a full one once `grace` has passed since it started.
+    pub fn escalate(&self, now: Instant, grace: Duration) {
+        if self
+            .handover_since
+            .get()
+            .is_some_and(|t| now.duration_since(t) >= grace)
+        {
+            self.start();
+        }
+    }
+
+    fn wake_all(&self) {
         for w in self
             .slots
             .borrow_mut()
@@ -52,22 +103,34 @@ impl Drain {
         }
     }
 
-    /// Resolves once draining has started.
+    /// Resolves once idle connections must close ([`Drain::closes_idle`]).
     pub fn wait(&self) -> DrainWait<'_> {
         DrainWait {
             drain: self,
             slot: None,
             deadline: None,
+            accepting: false,
         }
     }
 
-    /// Resolves once draining has started or `deadline` has passed (noticed by
+    /// Resolves once idle connections must close or `deadline` has passed (noticed by
     /// [`Drain::expire`], up to [`EXPIRE_EVERY`] late).
     pub fn wait_until(&self, deadline: Instant) -> DrainWait<'_> {
         DrainWait {
             drain: self,
             slot: None,
             deadline: Some(deadline),
+            accepting: false,
+        }
+    }
+
+    /// Resolves once the accept loops must stop ([`Drain::is_draining`]).
+    pub fn stop_accepting(&self) -> DrainWait<'_> {
+        DrainWait {
+            drain: self,
+            slot: None,
+            deadline: None,
+            accepting: true,
         }
     }
 
@@ -112,13 +175,19 @@ pub struct DrainWait<'a> {
     drain: &'a Drain,
     slot: Option<usize>,
     deadline: Option<Instant>,
+    /// An accept loop's wait (any drain), not a connection's (a full drain).
+    accepting: bool,
 }
 
 impl Future for DrainWait<'_> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.drain.is_draining() {
+        let done = match self.accepting {
+            true => self.drain.is_draining(),
+            false => self.drain.closes_idle(),
+        };
+        if done {
             return Poll::Ready(());
         }
         if let Some(d) = self.deadline {
@@ -180,6 +249,32 @@ mod tests {
         assert!(w.as_mut().poll(&mut cx).is_pending());
         drain.start();
         assert!(w.as_mut().poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_handover_stops_accepting_but_keeps_idle_connections_until_the_grace_ends() {
+        let drain = Drain::default();
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut accept = Box::pin(drain.stop_accepting());
+        let mut idle = Box::pin(drain.wait());
+        assert!(accept.as_mut().poll(&mut cx).is_pending());
+        assert!(idle.as_mut().poll(&mut cx).is_pending());
+        let t0 = Instant::now();
+        drain.start_handover(t0);
+        assert!(drain.is_draining() && !drain.closes_idle());
+        assert!(accept.as_mut().poll(&mut cx).is_ready());
+        assert!(idle.as_mut().poll(&mut cx).is_pending());
+        drain.escalate(t0 + HANDOVER_GRACE / 2, HANDOVER_GRACE);
+        assert!(idle.as_mut().poll(&mut cx).is_pending());
+        drain.escalate(t0 + HANDOVER_GRACE, HANDOVER_GRACE);
+        assert!(drain.closes_idle());
+        assert!(idle.as_mut().poll(&mut cx).is_ready());
+        // A full drain is never weakened into a hand-over.
+        let full = Drain::default();
+        full.start();
+        full.start_handover(t0);
+        assert!(full.closes_idle());
     }
 
     /// A waker that counts its wakes.
