@@ -73,6 +73,15 @@ pub fn redacted_view(s: &Snapshot) -> Value {
             "cores": s.server.cores,
             "driver": format!("{:?}", s.server.driver).to_lowercase(),
             "drain_timeout_ms": s.server.drain_timeout.as_millis() as u64,
+            "io_uring": {
+                "entries": s.server.io_uring.entries,
+                "sqpoll": s.server.io_uring.sqpoll.is_some(),
+                "sqpoll_idle_ms": s.server.io_uring.sqpoll.map(|d| d.as_millis() as u64),
+                "coop_taskrun": s.server.io_uring.coop_taskrun,
+                "single_issuer": s.server.io_uring.single_issuer,
+                "defer_taskrun": s.server.io_uring.defer_taskrun,
+            },
+            "busy_poll_us": s.server.busy_poll.as_micros() as u64,
         },
         "limits": {
             "max_header_bytes": l.max_header_bytes,

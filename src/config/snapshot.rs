@@ -57,6 +57,10 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
     /// The TLS listener, when `[server.tls]` is set.
     pub tls: Option<crate::tls::ServerTls>,
+    /// `[server.io_uring]` (defaults when absent).
+    pub io_uring: crate::ring_config::IoUringSettings,
+    /// `server.busy_poll_us`: zero turns busy polling off.
+    pub busy_poll: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +193,9 @@ pub const RESTART_ONLY: &[&str] = &[
     "server.pin",
     "server.driver",
     "server.drain_timeout_ms",
+    // Each worker builds its ring and starts its busy poll once (issue #13).
+    "server.io_uring",
+    "server.busy_poll_us",
     "server.tls",
     "server.tls.listen",
     "admin",
@@ -237,6 +244,8 @@ pub fn needs_restart(running: &Snapshot, new: &Snapshot) -> Vec<&'static str> {
         r.drain_timeout != n.drain_timeout,
         "server.drain_timeout_ms",
     );
+    check(r.io_uring != n.io_uring, "server.io_uring");
+    check(r.busy_poll != n.busy_poll, "server.busy_poll_us");
     match (&r.tls, &n.tls) {
         (Some(r), Some(n)) => check(r.listen != n.listen, "server.tls.listen"),
         (r, n) => check(r.is_some() != n.is_some(), "server.tls"),
