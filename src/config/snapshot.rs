@@ -556,6 +556,26 @@ upstream = "up"
             server("workers = 1", "workers = 1\ndrain_timeout_ms = 5"),
             ["server.drain_timeout_ms"]
         );
+        assert_eq!(
+            server("workers = 1", "workers = 1\nbusy_poll_us = 50"),
+            ["server.busy_poll_us"]
+        );
+        for ring in [
+            "entries = 1024",
+            "sqpoll = true",
+            "sqpoll = true\nsqpoll_idle_ms = 5",
+            "coop_taskrun = true",
+            "single_issuer = true",
+            "single_issuer = true\ndefer_taskrun = true",
+        ] {
+            assert_eq!(
+                server("workers = 1", &format!("workers = 1\n[server.io_uring]\n{ring}")),
+                ["server.io_uring"],
+                "{ring}"
+            );
+        }
+        // An empty table is the default ring.
+        assert!(server("workers = 1", "workers = 1\n[server.io_uring]").is_empty());
         // Route changes are a reload's business.
         assert!(server("/v1/*rest", "/v2/*rest").is_empty());
     }

@@ -6,10 +6,13 @@
 //!
 //! # How
 //!
-//! One task per worker, spawned only when the budget is not zero (no budget: no task, no cost).
-//! While spinning it yields: monoio then has a runnable task, so instead of parking it submits
-//! what is queued and reaps the completion queue (one non-blocking `io_uring_enter`, none with
-//! an awake `sqpoll` thread) and runs what completed, then the spinner again. monoio runs its
+//! Two tasks per worker, spawned only when the budget is not zero (no budget: no task, no
+//! cost): the spinner and a partner it passes the turn to. While spinning, one of them is
+//! always runnable, so instead of parking monoio submits what is queued, reaps the completion
+//! queue (one non-blocking `io_uring_enter`, none with an awake `sqpoll` thread) and runs what
+//! completed, then the spinner again. Two tasks because a task that wakes itself is put at the
+//! *front* of monoio's run queue and would run again before anything that just completed; a
+//! task woken by another goes to the back. monoio runs its
 //! timers only when it parks, so once per [`TIMER_PASS`] the spinner waits on a timer whose
 //! deadline has already passed: the worker parks with a zero timeout, its due timers fire (the
 //! inbox tick, read timeouts, quota leases), and the spin goes on. Once no request has started
@@ -19,8 +22,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::cell::Cell;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::worker::Worker;
@@ -35,18 +39,35 @@ pub async fn run(worker: Rc<Worker>) {
     if budget.is_zero() {
         return;
     }
+    let baton = Rc::new(Baton::default());
+    monoio::spawn(partner(baton.clone()));
     while !worker.drain.is_draining() {
-        spin(&worker, budget).await;
+        spin(&worker, &baton, budget).await;
         Asleep {
             worker: &worker,
             registered: false,
         }
         .await;
     }
+    baton.done.set(true);
+    if let Some(w) = baton.parked.take() {
+        w.wake();
+    }
+}
+
+/// Passes the turn back to the spinner until it is done.
+async fn partner(baton: Rc<Baton>) {
+    while !baton.done.get() {
+        Pass {
+            baton: &baton,
+            passed: false,
+        }
+        .await;
+    }
 }
 
 /// Spins until no request has started for `budget`.
-async fn spin(worker: &Worker, budget: Duration) {
+async fn spin(worker: &Worker, baton: &Baton, budget: Duration) {
     let mut seen = worker.requests_started();
     let mut quiet_since = Instant::now();
     let mut timers_ran = quiet_since;
@@ -65,23 +86,45 @@ async fn spin(worker: &Worker, budget: Duration) {
             monoio::time::sleep_until((timers_ran + TIMER_PASS).into()).await;
             timers_ran = Instant::now();
         } else {
-            YieldNow(false).await;
+            Pass {
+                baton,
+                passed: false,
+            }
+            .await;
         }
     }
 }
 
-/// Reschedules the task once, so the runtime reaps completions before running it again.
-struct YieldNow(bool);
+/// The turn the spinner and its partner pass between them.
+#[derive(Default)]
+struct Baton {
+    /// The task waiting for the turn.
+    parked: Cell<Option<Waker>>,
+    /// The spinner returned (the worker drains): the partner ends too.
+    done: Cell<bool>,
+}
 
-impl Future for YieldNow {
+/// Wakes the task waiting for the turn (it goes to the back of the run queue) and waits to
+/// be woken in turn.
+struct Pass<'a> {
+    baton: &'a Baton,
+    passed: bool,
+}
+
+impl Future for Pass<'_> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
+        if self.passed || self.baton.done.get() {
             return Poll::Ready(());
         }
-        self.0 = true;
-        cx.waker().wake_by_ref();
+        self.passed = true;
+        if let Some(w) = self.baton.parked.replace(Some(cx.waker().clone())) {
+            // Never this task's own waker: that would put it at the front of the queue.
+            if !w.will_wake(cx.waker()) {
+                w.wake();
+            }
+        }
         Poll::Pending
     }
 }
