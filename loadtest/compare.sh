@@ -14,6 +14,9 @@
 # SKIP_BUILD=1 (use existing release binaries) SKIP_SHARDGATE=1 (nginx + direct only)
 # SHARDGATE=target/release/shardgate (the binary measured) BASELINE=<another shardgate binary>
 # (also measured, as `baseline` on GW_PORT+2, for before/after ratios in the same run)
+# GW_EXTRA / BASELINE_EXTRA: more [server] lines for shardgate / the baseline, e.g. the same
+# binary as both with BASELINE_EXTRA=$'busy_poll_us = 50' or $'[server.io_uring]\nsqpoll = true'
+# (issue #13: each ring setting's effect in one run).
 # WRK=1 (after the rounds, one closed-loop wrk run per server, same core, conns and body:
 # a cross-check of loadgen's numbers).
 set -euo pipefail
@@ -76,6 +79,7 @@ gateway_config() {
 listen = "127.0.0.1:$1"
 workers = [$GW_CORE]
 pin = true
+${2:-}
 [[upstreams]]
 name = "mock"
 endpoints = ["127.0.0.1:$UP_PORT"]
@@ -84,8 +88,8 @@ path = "/*rest"
 upstream = "mock"
 EOF
 }
-gateway_config "$GW_PORT" >"$TMP/shardgate.toml"
-gateway_config "$BASE_PORT" >"$TMP/baseline.toml"
+gateway_config "$GW_PORT" "${GW_EXTRA:-}" >"$TMP/shardgate.toml"
+gateway_config "$BASE_PORT" "${BASELINE_EXTRA:-}" >"$TMP/baseline.toml"
 
 mkdir -p "$TMP/ngx"
 cat >"$TMP/nginx.conf" <<EOF
