@@ -19,6 +19,14 @@
 # (issue #13: each ring setting's effect in one run).
 # WRK=1 (after the rounds, one closed-loop wrk run per server, same core, conns and body:
 # a cross-check of loadgen's numbers).
+# HAPROXY=1 (default when haproxy is installed; 0 skips): the second anchor (issue #13).
+# HAProxy (one thread) as a plain proxy (`haproxy`, HAP_PORT=8083) and as an AI gateway doing
+# what it can natively (`haproxy-ai`, HAP_PORT+1): `jwt_verify` HS256 with `exp` checked, a
+# stick-table request limit per subject, the subject copied to `x-subject`, servers weighted
+# 80/20; and shardgate's full pipeline on the same traffic (`shardgate-ai`, GW_PORT+3: JWT
+# HS256, the body's `model` split 80/20, a per-subject quota). Every server then gets a JWT
+# per request (SUBJECTS=64 distinct subjects, rotated). PERF=1: kernel entries per request
+# (`perf stat -e raw_syscalls:sys_enter` on the server's pids during each closed-loop run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +41,10 @@ UP_CORE=${UP_CORE:-1}
 UP_PORT=${UP_PORT:-9000}
 GW_PORT=${GW_PORT:-8080}
 NGX_PORT=${NGX_PORT:-8081}
+HAP_PORT=${HAP_PORT:-8083}
+HAPAI_PORT=$((HAP_PORT + 1))
+AI_PORT=$((GW_PORT + 3))
+SUBJECTS=${SUBJECTS:-64}
 PATH_REQ=${PATH_REQ:-/v1/chat/completions}
 
 need() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]]; }
@@ -40,6 +52,11 @@ if ! need nginx || ! need wrk; then
     apt-get install -y nginx wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y nginx wrk >/dev/null; }
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if [[ ${HAPROXY:-1} != 0 ]] && ! need haproxy; then
+    apt-get install -y haproxy >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y haproxy >/dev/null; } || true
+fi
+HAPROXY_BIN=$(command -v haproxy || echo /usr/sbin/haproxy)
+[[ ${HAPROXY:-1} != 0 && -x $HAPROXY_BIN ]] && HAPROXY=1 || HAPROXY=0
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     cargo build --quiet --release -p loadtest --bins
@@ -65,7 +82,7 @@ wait_port() {
     for _ in $(seq 100); do port_open "$1" && return 0; sleep 0.05; done
     return 1
 }
-for p in "$UP_PORT" "$GW_PORT" "$NGX_PORT" "$BASE_PORT"; do
+for p in "$UP_PORT" "$GW_PORT" "$NGX_PORT" "$BASE_PORT" "$HAP_PORT" "$HAPAI_PORT" "$AI_PORT"; do
     if port_open "$p"; then echo "port $p is already in use" >&2; exit 1; fi
 done
 
@@ -123,6 +140,94 @@ http {
 }
 EOF
 
+# A JWT per request for every server (HS256, SUBJECTS distinct subjects, 1 h expiry).
+SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+printf '%s' "$SECRET" >"$TMP/hs256.key"
+python3 - "$SECRET" "$SUBJECTS" >"$TMP/tokens.txt" <<'PYEOF'
+import base64, hashlib, hmac, json, sys, time
+secret, n = sys.argv[1].encode(), int(sys.argv[2])
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+now = int(time.time())
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "hs256"}, separators=(",", ":")).encode())
+for i in range(n):
+    claims = {"sub": f"user-{i}", "iat": now, "exp": now + 3600}
+    si = head + b"." + b64(json.dumps(claims, separators=(",", ":")).encode())
+    print((si + b"." + b64(hmac.new(secret, si, hashlib.sha256).digest())).decode())
+PYEOF
+
+if [[ $HAPROXY == 1 ]]; then
+    cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+    http-reuse always
+frontend plain
+    bind 127.0.0.1:$HAP_PORT
+    default_backend mock
+backend mock
+    server m1 127.0.0.1:$UP_PORT
+frontend ai
+    bind 127.0.0.1:$HAPAI_PORT
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
+    http-request deny status 401 unless { var(txn.alg) -m str HS256 }
+    http-request deny status 401 unless { var(txn.bearer),jwt_verify(txn.alg,"$SECRET") -m int 1 }
+    http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
+    http-request set-var(txn.now) date()
+    http-request deny status 401 if { var(txn.exp),sub(txn.now) -m int lt 0 }
+    http-request set-var(txn.sub) var(txn.bearer),jwt_payload_query('\$.sub')
+    http-request set-header x-subject %[var(txn.sub)]
+    http-request track-sc0 var(txn.sub) table per_subject
+    http-request deny deny_status 429 if { sc_http_req_rate(0,per_subject) gt 1000000000 }
+    default_backend ai
+backend per_subject
+    stick-table type string len 64 size 100k expire 60s store http_req_rate(60s)
+backend ai
+    balance roundrobin
+    server a 127.0.0.1:$UP_PORT weight 80
+    server b 127.0.0.1:$UP_PORT weight 20
+EOF
+    "$HAPROXY_BIN" -c -q -f "$TMP/haproxy.cfg" || { echo "haproxy.cfg is invalid" >&2; exit 1; }
+    cat >"$TMP/shardgate-ai.toml" <<EOF
+[server]
+listen = "127.0.0.1:$AI_PORT"
+workers = [$GW_CORE]
+pin = true
+${GW_EXTRA:-}
+[[deployments]]
+model = "m-a"
+version = "1.0.0"
+endpoints = ["127.0.0.1:$UP_PORT"]
+served_name = "mock-a"
+[[deployments]]
+model = "m-b"
+version = "1.0.0"
+endpoints = ["127.0.0.1:$UP_PORT"]
+served_name = "mock-b"
+[[routes]]
+path = "/*rest"
+targets = [{ model = "m-a", weight = 80 }, { model = "m-b", weight = 20 }]
+auth = true
+[auth]
+[[auth.keys]]
+kid = "hs256"
+alg = "HS256"
+secret = { file = "hs256.key" }
+[quota]
+backend = "local"
+[[quota.rules]]
+name = "per-subject"
+key = "subject"
+requests_per_minute = 1000000000
+EOF
+fi
+
 taskset -c "$UP_CORE" "$MOCK" --listen "127.0.0.1:$UP_PORT" --threads 1 >"$TMP/mock.log" 2>&1 &
 PIDS+=($!)
 wait_port "$UP_PORT" || { echo "mock-upstream did not start" >&2; exit 1; }
@@ -152,10 +257,27 @@ if [[ -n "$BASELINE" ]]; then
     SERVERS+=(baseline)
 fi
 
+if [[ $HAPROXY == 1 ]]; then
+    taskset -c "$GW_CORE" "$HAPROXY_BIN" -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
+    HAP_PID=$!
+    PIDS+=("$HAP_PID")
+    wait_port "$HAP_PORT" && wait_port "$HAPAI_PORT" || { echo "haproxy did not start:" >&2; tail -5 "$TMP/haproxy.log" >&2; exit 1; }
+    SERVERS+=(haproxy haproxy-ai)
+    if [[ -z "${SKIP_SHARDGATE:-}" ]]; then
+        "$SHARDGATE" check --config "$TMP/shardgate-ai.toml" >/dev/null
+        taskset -c "$GW_CORE" "$SHARDGATE" --config "$TMP/shardgate-ai.toml" >"$TMP/shardgate-ai.log" 2>&1 &
+        AI_PID=$!
+        PIDS+=("$AI_PID")
+        wait_port "$AI_PORT" || { echo "shardgate-ai did not start:" >&2; tail -5 "$TMP/shardgate-ai.log" >&2; exit 1; }
+        SERVERS+=(shardgate-ai)
+    fi
+fi
+
 port_of() {
     case $1 in
     shardgate) echo "$GW_PORT" ;; nginx) echo "$NGX_PORT" ;; direct) echo "$UP_PORT" ;;
     baseline) echo "$BASE_PORT" ;;
+    haproxy) echo "$HAP_PORT" ;; haproxy-ai) echo "$HAPAI_PORT" ;; shardgate-ai) echo "$AI_PORT" ;;
     esac
 }
 # All pids of a server (nginx: master and its workers).
@@ -164,6 +286,8 @@ pids_of() {
     shardgate) echo "$SG_PID" ;;
     baseline) echo "$BASE_PID" ;;
     nginx) echo "$NGX_PID" $(pgrep -P "$NGX_PID" || true) ;;
+    haproxy | haproxy-ai) echo "$HAP_PID" ;;
+    shardgate-ai) echo "$AI_PID" ;;
     *) echo "" ;;
     esac
 }
@@ -189,14 +313,21 @@ run() {
     pids=$(pids_of "$server")
     timeout $((DURATION + WARMUP + 30)) taskset -c "$UP_CORE" "$LOADGEN" \
         --url "http://127.0.0.1:$(port_of "$server")$PATH_REQ" --method POST --body "$BODY_FILE" \
-        -H 'content-type: application/json' --threads 1 --duration "$DURATION" --warmup "$WARMUP" \
+        -H 'content-type: application/json' --token-file "$TMP/tokens.txt" --threads 1 \
+        --duration "$DURATION" --warmup "$WARMUP" \
         "${args[@]}" --json "$TMP/$name.json" >"$TMP/$name.txt" &
     local lg=$!
     sleep "$WARMUP"
-    local before
+    local before perf=""
     before=$(cpu_ticks $pids)
+    if [[ -n "${PERF:-}" && $mode == closed && -n $pids ]]; then
+        perf stat -e raw_syscalls:sys_enter -x, -o "$TMP/$name.perf" -p "$(echo $pids | tr ' ' ',')" \
+            -- sleep "$DURATION" >/dev/null 2>&1 &
+        perf=$!
+    fi
     wait "$lg"
     echo $(($(cpu_ticks $pids) - before)) >"$TMP/$name.cpu"
+    [[ -z $perf ]] || wait "$perf" || true
 }
 
 echo "compare: ${SERVERS[*]} | ${DURATION}s measured + ${WARMUP}s warmup per run, $ROUNDS rounds," \
@@ -246,17 +377,25 @@ def load(name):
     t = j["latency_us"]["total"]
     n = j["completed"]
     errors = sum(j["errors"].values()) + sum(v for k, v in j["status"].items() if not k.startswith("2"))
+    perf_path = os.path.join(tmp, name + ".perf")
+    entries = float("nan")
+    if os.path.exists(perf_path):
+        for line in open(perf_path):
+            f = line.strip().split(",")
+            if len(f) > 2 and "sys_enter" in f[2] and f[0].isdigit() and n:
+                entries = int(f[0]) / n
     return {"rps": j["rps"], "p50": t["p50"], "p99": t["p99"], "p99.9": t["p99.9"],
-            "cpu_us": ticks * 1e6 / hz / n if n else float("nan"), "errors": errors}
+            "cpu_us": ticks * 1e6 / hz / n if n else float("nan"), "errors": errors,
+            "entries": entries}
 
 def row(label, m):
     print(f"{label:<22} {m['rps']:>10.0f} {m['p50']/1000:>9.3f} {m['p99']/1000:>9.3f} "
-          f"{m['p99.9']/1000:>9.3f} {m['cpu_us']:>10.2f} {m['errors']:>7}")
+          f"{m['p99.9']/1000:>9.3f} {m['cpu_us']:>10.2f} {m['errors']:>7} {m['entries']:>9.2f}")
 
 def median(runs):
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
-hdr = f"{'run':<22} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'p99.9 ms':>9} {'cpu us/req':>10} {'errors':>7}"
+hdr = f"{'run':<22} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'p99.9 ms':>9} {'cpu us/req':>10} {'errors':>7} {'sys/req':>9}"
 summary = {}
 for mode in ("closed", "open"):
     print(f"\n== {mode} loop ==")
@@ -280,6 +419,10 @@ for s in servers:
         ratios(s, "nginx")
 if "baseline" in servers and "shardgate" in servers:
     ratios("shardgate", "baseline")
+# The second anchor (issue #13): the whole AI pipeline against HAProxy doing what it can.
+for a, b in (("shardgate", "haproxy"), ("shardgate-ai", "haproxy-ai"), ("shardgate-ai", "haproxy")):
+    if a in servers and b in servers:
+        ratios(a, b)
 
 print("\n== gateway-added latency, concurrency 1 (through proxy minus direct, medians over rounds) ==")
 c1 = {s: median([load(f"{s}-c1-{r}") for r in range(1, rounds + 1)]) for s in ["direct"] + servers}
