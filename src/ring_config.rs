@@ -84,9 +84,7 @@ impl RawIoUring {
         if !(MIN_ENTRIES..=MAX_ENTRIES).contains(&entries) || !entries.is_power_of_two() {
             problems.push(ConfigProblem::new(
                 key("entries"),
-                format!(
-                    "{entries} is not a power of two from {MIN_ENTRIES} to {MAX_ENTRIES}"
-                ),
+                format!("{entries} is not a power of two from {MIN_ENTRIES} to {MAX_ENTRIES}"),
             ));
         }
         let sqpoll_on = self.sqpoll.unwrap_or(false);
@@ -186,21 +184,36 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let cases: &[(&str, &str)] = &[
-            ("entries = 100", "server.io_uring.entries: 100 is not a power of two"),
-            ("entries = 1000", "server.io_uring.entries: 1000 is not a power of two"),
+            (
+                "entries = 100",
+                "server.io_uring.entries: 100 is not a power of two",
+            ),
+            (
+                "entries = 1000",
+                "server.io_uring.entries: 1000 is not a power of two",
+            ),
             ("entries = 65536", "server.io_uring.entries: 65536 is not"),
             ("entries = 0", "server.io_uring.entries: 0 is not"),
-            ("sqpoll_idle_ms = 10", "server.io_uring.sqpoll_idle_ms: 10 has no effect"),
+            (
+                "sqpoll_idle_ms = 10",
+                "server.io_uring.sqpoll_idle_ms: 10 has no effect",
+            ),
             (
                 "sqpoll = false\nsqpoll_idle_ms = 10",
                 "server.io_uring.sqpoll_idle_ms: 10 has no effect",
             ),
-            ("sqpoll = true\nsqpoll_idle_ms = 0", "server.io_uring.sqpoll_idle_ms: 0 is not"),
+            (
+                "sqpoll = true\nsqpoll_idle_ms = 0",
+                "server.io_uring.sqpoll_idle_ms: 0 is not",
+            ),
             (
                 "sqpoll = true\nsqpoll_idle_ms = 60001",
                 "server.io_uring.sqpoll_idle_ms: 60001 is not",
             ),
-            ("defer_taskrun = true", "server.io_uring.defer_taskrun: needs single_issuer"),
+            (
+                "defer_taskrun = true",
+                "server.io_uring.defer_taskrun: needs single_issuer",
+            ),
             (
                 "single_issuer = false\ndefer_taskrun = true",
                 "server.io_uring.defer_taskrun: needs single_issuer",
@@ -242,6 +255,10 @@ mod tests {
         assert!(p.is_empty());
         busy_poll(Some(MAX_BUSY_POLL_US + 1), &mut p);
         assert_eq!(p.len(), 1);
-        assert!(p[0].to_string().starts_with("server.busy_poll_us: "), "{}", p[0]);
+        assert!(
+            p[0].to_string().starts_with("server.busy_poll_us: "),
+            "{}",
+            p[0]
+        );
     }
 }

@@ -69,10 +69,7 @@ fn every_ring_setting_serves_keep_alive_traffic() {
 fn a_spinning_worker_runs_its_timers() {
     let up = Upstream::echo();
     for driver in ["io_uring", "legacy"] {
-        let gw = one_worker(
-            &format!("driver = \"{driver}\"\nbusy_poll_us = 20000"),
-            &up,
-        );
+        let gw = one_worker(&format!("driver = \"{driver}\"\nbusy_poll_us = 20000"), &up);
         let addr = gw.local_addr();
         let done = AtomicBool::new(false);
         thread::scope(|s| {

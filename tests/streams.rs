@@ -102,7 +102,10 @@ fn many_concurrent_streams_arrive_whole_in_order_and_accounted() {
     for l in &lines {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         assert_eq!(v["status"], 200, "{l}");
-        assert!(v["completion_tokens"].as_u64().unwrap_or(0) > 0, "usage counted: {l}");
+        assert!(
+            v["completion_tokens"].as_u64().unwrap_or(0) > 0,
+            "usage counted: {l}"
+        );
     }
     let merged: u64 = gw.collect().iter().map(|w| w.requests()).sum();
     assert_eq!(merged, STREAMS as u64);

@@ -151,7 +151,11 @@ const DRIVERS: [(&str, &str); 5] = [
 ];
 
 fn one_worker(driver: &str, up: &Upstream) -> shardgate::runtime::Engine {
-    let settings = DRIVERS.iter().find(|d| d.0 == driver).expect("a known driver").1;
+    let settings = DRIVERS
+        .iter()
+        .find(|d| d.0 == driver)
+        .expect("a known driver")
+        .1;
     gateway_with(
         &format!("listen = \"127.0.0.1:0\"\nworkers = 1\npin = false\n{settings}"),
         &route_all(up.addr, ""),

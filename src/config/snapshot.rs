@@ -569,7 +569,10 @@ upstream = "up"
             "single_issuer = true\ndefer_taskrun = true",
         ] {
             assert_eq!(
-                server("workers = 1", &format!("workers = 1\n[server.io_uring]\n{ring}")),
+                server(
+                    "workers = 1",
+                    &format!("workers = 1\n[server.io_uring]\n{ring}")
+                ),
                 ["server.io_uring"],
                 "{ring}"
             );

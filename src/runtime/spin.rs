@@ -20,9 +20,9 @@
 //!
 //! [`Activity::note`]: crate::worker::spin::Activity::note
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::cell::Cell;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
