@@ -439,6 +439,36 @@ targets = [{ model = "a", weight = 1 }, { model = "b", weight = 1 }]
         }
     }
 
+    /// `[server.io_uring]` and `server.busy_poll_us` as configured, defaults when absent.
+    #[test]
+    fn config_view_shows_the_ring_and_the_busy_poll() {
+        let base = "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n";
+        let rest = "[[upstreams]]\nname = \"mock\"\nendpoints = [\"127.0.0.1:9000\"]\n\
+                    [[routes]]\npath = \"/*rest\"\nupstream = \"mock\"\n";
+        let view = |server: &str| {
+            let text = format!("{base}{server}\n{rest}");
+            let s = crate::config::from_str(&text, Path::new("/etc/sg"), 1).unwrap();
+            redacted_view(&s)["server"].clone()
+        };
+        let v = view("");
+        assert_eq!(v["busy_poll_us"], json!(0));
+        assert_eq!(
+            v["io_uring"],
+            json!({"entries": 4096, "sqpoll": false, "sqpoll_idle_ms": null,
+                   "coop_taskrun": false, "single_issuer": false, "defer_taskrun": false})
+        );
+        let v = view(
+            "busy_poll_us = 50\n[server.io_uring]\nentries = 1024\nsqpoll = true\n\
+             sqpoll_idle_ms = 20\ncoop_taskrun = true\nsingle_issuer = true",
+        );
+        assert_eq!(v["busy_poll_us"], json!(50));
+        assert_eq!(
+            v["io_uring"],
+            json!({"entries": 1024, "sqpoll": true, "sqpoll_idle_ms": 20,
+                   "coop_taskrun": true, "single_issuer": true, "defer_taskrun": false})
+        );
+    }
+
     /// `[spend]` and `[budgets]` as configured: prices per million tokens, the store, the
     /// time zone and every budget (a rule with both units shows as two), in their units.
     #[test]
