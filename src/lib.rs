@@ -23,8 +23,8 @@
 //! Leaves any of them may use: [`conn`] (the client connection and its buffers, plain or
 //! TLS), [`tls`] (rustls configs per worker and the adapter over monoio I/O), [`slot`]
 //! (a request's head and buffers on loan), [`worker`] (everything one core owns), [`http`] (the
-//! codec), [`error`] (the gateway error every stage folds into), [`config_types`] and
-//! [`http_config`] (config types the stages share), [`metrics`] and [`access_log`] (recording
+//! codec), [`error`] (the gateway error every stage folds into), [`config_types`],
+//! [`http_config`] and [`ring_config`] (config types the stages and the runtime share), [`metrics`] and [`access_log`] (recording
 //! handles), [`trace`] (W3C trace context, span records; its exporter thread is control
 //! plane), [`inbox`] (the messages between the control plane and the workers), [`time`].
 //!
@@ -78,6 +78,7 @@ pub mod pool;
 pub mod proxy;
 pub mod quota;
 pub mod registry;
+pub mod ring_config;
 pub mod route;
 pub mod runtime;
 pub mod server;

@@ -24,6 +24,7 @@
 //! `Connection: close`) instead of meeting a close.
 
 pub mod listen;
+mod spin;
 mod trim;
 
 use std::io;
@@ -48,8 +49,8 @@ pub use listen::Sockets;
 
 /// How often a worker looks at its inbox.
 pub const INBOX_TICK: Duration = Duration::from_millis(5);
-/// io_uring submission queue entries per worker.
-pub const URING_ENTRIES: u32 = 4096;
+/// io_uring submission queue entries per worker, unless `[server.io_uring] entries` says.
+pub const URING_ENTRIES: u32 = crate::ring_config::DEFAULT_ENTRIES;
 /// Listen backlog per worker socket.
 pub const LISTEN_BACKLOG: i32 = 4096;
 
@@ -420,9 +421,11 @@ fn worker_thread(id: usize, snapshot: Snapshot, listener: Listeners, links: Link
         }
     }
     let choice = snapshot.server.driver;
+    let ring = snapshot.server.io_uring;
     if choice != DriverChoice::Legacy {
         match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(URING_ENTRIES)
+            .with_entries(ring.entries)
+            .uring_builder(uring_builder(&ring))
             .enable_timer()
             .build()
         {
@@ -440,6 +443,13 @@ fn worker_thread(id: usize, snapshot: Snapshot, listener: Listeners, links: Link
             Err(e) if choice == DriverChoice::IoUring => {
                 let _ = ready.send(Err(io::Error::other(format!(
                     "worker {id}: io_uring is required by server.driver but unavailable: {e}"
+                ))));
+                return;
+            }
+            // Flags an operator chose never fall back to epoll silently.
+            Err(e) if ring.has_flags() => {
+                let _ = ready.send(Err(io::Error::other(format!(
+                    "worker {id}: the kernel refused the ring server.io_uring asks for: {e}"
                 ))));
                 return;
             }
@@ -468,6 +478,24 @@ fn worker_thread(id: usize, snapshot: Snapshot, listener: Listeners, links: Link
     }
 }
 
+/// The kernel-side ring setup `[server.io_uring]` chooses (entries go to monoio directly).
+fn uring_builder(ring: &crate::ring_config::IoUringSettings) -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    if let Some(idle) = ring.sqpoll {
+        b.setup_sqpoll(u32::try_from(idle.as_millis()).unwrap_or(u32::MAX));
+    }
+    if ring.coop_taskrun {
+        b.setup_coop_taskrun();
+    }
+    if ring.single_issuer {
+        b.setup_single_issuer();
+    }
+    if ring.defer_taskrun {
+        b.setup_defer_taskrun();
+    }
+    b
+}
+
 async fn worker_main(
     id: usize,
     snapshot: Snapshot,
@@ -490,6 +518,9 @@ async fn worker_main(
     let drain_timeout = snapshot.server.drain_timeout;
     let worker = Rc::new(Worker::new(id, snapshot, driver, links));
     monoio::spawn(inbox_loop(worker.clone()));
+    if !worker.activity.budget().is_zero() {
+        monoio::spawn(spin::run(worker.clone()));
+    }
     let _ = ready.send(Ok(()));
     let accepting: Vec<_> = all
         .into_iter()
@@ -504,6 +535,8 @@ async fn worker_main(
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
     worker.pools.borrow_mut().clear();
+    // A sleeping busy poll holds its waker in the worker: wake it so it sees the drain.
+    worker.activity.note();
     worker.flush_spend();
     // Dropping the buffer sends what is left to the writer.
     worker.access_log.borrow_mut().take();

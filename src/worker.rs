@@ -6,6 +6,7 @@
 
 pub mod drain;
 pub mod lease;
+pub mod spin;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -56,6 +57,8 @@ pub struct Worker {
     /// Request id generation: a per-process random prefix, the worker id and a counter.
     req_prefix: u32,
     req_seq: Cell<u64>,
+    /// What the busy poll watches (`server.busy_poll_us`; see [`spin`]).
+    pub activity: spin::Activity,
     /// This worker's access log buffer, when `[access_log]` is configured.
     pub access_log: RefCell<Option<crate::access_log::WorkerLog>>,
     /// This worker's tracer, when `[tracing]` was configured at start.
@@ -242,11 +245,17 @@ impl Worker {
         ctx
     }
 
+    /// Requests started on this worker so far.
+    pub fn requests_started(&self) -> u64 {
+        self.req_seq.get()
+    }
+
     /// Writes a fresh request id into `out`.
     pub fn next_request_id(&self, out: &mut String) {
         use std::fmt::Write;
         let n = self.req_seq.get() + 1;
         self.req_seq.set(n);
+        self.activity.note();
         out.clear();
         let _ = write!(out, "{:08x}-{:x}-{:x}", self.req_prefix, self.id, n);
     }
@@ -273,6 +282,7 @@ impl Worker {
             &snapshot.router,
         );
         let workers = snapshot.server.cores.len().max(1) as u32;
+        let busy_poll = snapshot.server.busy_poll;
         let balance = crate::balance::WorkerBalance::new(id, &snapshot.balance);
         let resilience = crate::breaker::local::WorkerResilience::new(
             id as u32,
@@ -291,6 +301,7 @@ impl Worker {
             conns: Cell::new(0),
             req_prefix: links.prefix,
             req_seq: Cell::new(0),
+            activity: spin::Activity::new(busy_poll),
             access_log: RefCell::new(links.log),
             tracer: RefCell::new(links.tracer),
             slots: RefCell::new(Vec::new()),

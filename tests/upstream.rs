@@ -1,7 +1,10 @@
 //! Upstreams that send more than the response (issue 11, item 2): the extra bytes never reach
 //! a client, and the connection they came on is never used again. Checked on the wire through
 //! the real gateway (one worker, so pooled connections are reused back to back) on both io
-//! drivers, against a raw upstream that misbehaves in each way HTTP/1.1 allows it to.
+//! drivers, against a raw upstream that misbehaves in each way HTTP/1.1 allows it to. On
+//! io_uring also with each `[server.io_uring]` task-run mode, a submission thread and busy
+//! polling (issue #13): the idle receive's cancel must stay ordered before the request's
+//! write whoever submits and whenever completions run.
 
 mod common;
 
@@ -128,9 +131,33 @@ fn upstream(kind: Kind, later: Option<Duration>) -> (Upstream, Arc<AtomicUsize>)
     (up, most)
 }
 
+/// The drivers and ring settings every case runs on: a name, then `[server]` lines.
+const DRIVERS: [(&str, &str); 5] = [
+    ("io_uring", "driver = \"io_uring\""),
+    ("legacy", "driver = \"legacy\""),
+    (
+        "io_uring defer_taskrun + busy poll",
+        "driver = \"io_uring\"\nbusy_poll_us = 300\n\
+         [server.io_uring]\nsingle_issuer = true\ndefer_taskrun = true",
+    ),
+    (
+        "io_uring coop_taskrun",
+        "driver = \"io_uring\"\n[server.io_uring]\ncoop_taskrun = true",
+    ),
+    (
+        "io_uring sqpoll",
+        "driver = \"io_uring\"\n[server.io_uring]\nsqpoll = true\nsqpoll_idle_ms = 10",
+    ),
+];
+
 fn one_worker(driver: &str, up: &Upstream) -> shardgate::runtime::Engine {
+    let settings = DRIVERS
+        .iter()
+        .find(|d| d.0 == driver)
+        .expect("a known driver")
+        .1;
     gateway_with(
-        &format!("listen = \"127.0.0.1:0\"\nworkers = 1\npin = false\ndriver = \"{driver}\""),
+        &format!("listen = \"127.0.0.1:0\"\nworkers = 1\npin = false\n{settings}"),
         &route_all(up.addr, ""),
     )
 }
@@ -190,7 +217,7 @@ fn back_to_back(kind: Kind, driver: &str) -> (usize, usize) {
 
 #[test]
 fn oversent_bytes_never_reach_a_client_and_retire_the_connection() {
-    for driver in ["io_uring", "legacy"] {
+    for (driver, _) in DRIVERS {
         for kind in MISBEHAVIOURS {
             let (connects, most) = back_to_back(kind, driver);
             assert_eq!(
@@ -212,7 +239,7 @@ fn oversent_bytes_never_reach_a_client_and_retire_the_connection() {
 /// seen by the idle receive (io_uring) or the peek (legacy) before the connection is reused.
 #[test]
 fn bytes_arriving_while_idle_retire_the_connection() {
-    for driver in ["io_uring", "legacy"] {
+    for (driver, _) in DRIVERS {
         for kind in MISBEHAVIOURS {
             let ctx = format!("{kind:?} on {driver}");
             let (up, most) = upstream(kind, Some(Duration::from_millis(10)));

@@ -73,6 +73,15 @@ pub fn redacted_view(s: &Snapshot) -> Value {
             "cores": s.server.cores,
             "driver": format!("{:?}", s.server.driver).to_lowercase(),
             "drain_timeout_ms": s.server.drain_timeout.as_millis() as u64,
+            "io_uring": {
+                "entries": s.server.io_uring.entries,
+                "sqpoll": s.server.io_uring.sqpoll.is_some(),
+                "sqpoll_idle_ms": s.server.io_uring.sqpoll.map(|d| d.as_millis() as u64),
+                "coop_taskrun": s.server.io_uring.coop_taskrun,
+                "single_issuer": s.server.io_uring.single_issuer,
+                "defer_taskrun": s.server.io_uring.defer_taskrun,
+            },
+            "busy_poll_us": s.server.busy_poll.as_micros() as u64,
         },
         "limits": {
             "max_header_bytes": l.max_header_bytes,
@@ -428,6 +437,36 @@ targets = [{ model = "a", weight = 1 }, { model = "b", weight = 1 }]
                 "{v}"
             );
         }
+    }
+
+    /// `[server.io_uring]` and `server.busy_poll_us` as configured, defaults when absent.
+    #[test]
+    fn config_view_shows_the_ring_and_the_busy_poll() {
+        let base = "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n";
+        let rest = "[[upstreams]]\nname = \"mock\"\nendpoints = [\"127.0.0.1:9000\"]\n\
+                    [[routes]]\npath = \"/*rest\"\nupstream = \"mock\"\n";
+        let view = |server: &str| {
+            let text = format!("{base}{server}\n{rest}");
+            let s = crate::config::from_str(&text, Path::new("/etc/sg"), 1).unwrap();
+            redacted_view(&s)["server"].clone()
+        };
+        let v = view("");
+        assert_eq!(v["busy_poll_us"], json!(0));
+        assert_eq!(
+            v["io_uring"],
+            json!({"entries": 4096, "sqpoll": false, "sqpoll_idle_ms": null,
+                   "coop_taskrun": false, "single_issuer": false, "defer_taskrun": false})
+        );
+        let v = view(
+            "busy_poll_us = 50\n[server.io_uring]\nentries = 1024\nsqpoll = true\n\
+             sqpoll_idle_ms = 20\ncoop_taskrun = true\nsingle_issuer = true",
+        );
+        assert_eq!(v["busy_poll_us"], json!(50));
+        assert_eq!(
+            v["io_uring"],
+            json!({"entries": 1024, "sqpoll": true, "sqpoll_idle_ms": 20,
+                   "coop_taskrun": true, "single_issuer": true, "defer_taskrun": false})
+        );
     }
 
     /// `[spend]` and `[budgets]` as configured: prices per million tokens, the store, the

@@ -68,6 +68,11 @@ pub struct RawServer {
     /// `[server.tls]`: a TLS listener besides the plain one.
     #[serde(default)]
     pub tls: Option<crate::tls::RawServerTls>,
+    /// `[server.io_uring]`: the ring each worker builds (see `crate::ring_config`).
+    #[serde(default)]
+    pub io_uring: Option<crate::ring_config::RawIoUring>,
+    /// A worker with nothing to do spins this long before it sleeps (0: never spins).
+    pub busy_poll_us: Option<u64>,
 }
 
 fn yes() -> bool {

@@ -60,6 +60,10 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
     /// The TLS listener, when `[server.tls]` is set.
     pub tls: Option<crate::tls::ServerTls>,
+    /// `[server.io_uring]` (defaults when absent).
+    pub io_uring: crate::ring_config::IoUringSettings,
+    /// `server.busy_poll_us`: zero turns busy polling off.
+    pub busy_poll: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +196,9 @@ pub const RESTART_ONLY: &[&str] = &[
     "server.pin",
     "server.driver",
     "server.drain_timeout_ms",
+    // Each worker builds its ring and starts its busy poll once (issue #13).
+    "server.io_uring",
+    "server.busy_poll_us",
     "server.tls",
     "server.tls.listen",
     "admin",
@@ -240,6 +247,8 @@ pub fn needs_restart(running: &Snapshot, new: &Snapshot) -> Vec<&'static str> {
         r.drain_timeout != n.drain_timeout,
         "server.drain_timeout_ms",
     );
+    check(r.io_uring != n.io_uring, "server.io_uring");
+    check(r.busy_poll != n.busy_poll, "server.busy_poll_us");
     match (&r.tls, &n.tls) {
         (Some(r), Some(n)) => check(r.listen != n.listen, "server.tls.listen"),
         (r, n) => check(r.is_some() != n.is_some(), "server.tls"),
@@ -550,6 +559,29 @@ upstream = "up"
             server("workers = 1", "workers = 1\ndrain_timeout_ms = 5"),
             ["server.drain_timeout_ms"]
         );
+        assert_eq!(
+            server("workers = 1", "workers = 1\nbusy_poll_us = 50"),
+            ["server.busy_poll_us"]
+        );
+        for ring in [
+            "entries = 1024",
+            "sqpoll = true",
+            "sqpoll = true\nsqpoll_idle_ms = 5",
+            "coop_taskrun = true",
+            "single_issuer = true",
+            "single_issuer = true\ndefer_taskrun = true",
+        ] {
+            assert_eq!(
+                server(
+                    "workers = 1",
+                    &format!("workers = 1\n[server.io_uring]\n{ring}")
+                ),
+                ["server.io_uring"],
+                "{ring}"
+            );
+        }
+        // An empty table is the default ring.
+        assert!(server("workers = 1", "workers = 1\n[server.io_uring]").is_empty());
         // Route changes are a reload's business.
         assert!(server("/v1/*rest", "/v2/*rest").is_empty());
     }

@@ -5,7 +5,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
-use super::raw::{RawAccessLog, RawAdmin, RawConfig, RawServer, RawUpstream, RawWorkers};
+use super::raw::{
+    DriverChoice, RawAccessLog, RawAdmin, RawConfig, RawServer, RawUpstream, RawWorkers,
+};
 use super::snapshot::{
     AccessLogSettings, AccessLogTarget, AdminSettings, MetricsSettings, NamedToken,
     RegistrySettings, ServerSettings, Snapshot, ADMIN_TOKEN_NAME,
@@ -317,12 +319,24 @@ impl RawServer {
         let drain_timeout = self
             .drain_timeout_ms
             .map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis);
+        let io_uring = self.io_uring.as_ref().map_or_else(Default::default, |r| {
+            if self.driver == DriverChoice::Legacy {
+                problems.push(ConfigProblem::new(
+                    "server.io_uring",
+                    "has no effect with server.driver = \"legacy\"",
+                ));
+            }
+            r.build(problems)
+        });
+        let busy_poll = crate::ring_config::busy_poll(self.busy_poll_us, problems);
         Some(ServerSettings {
             listen: listen?,
             cores,
             driver: self.driver,
             drain_timeout,
             tls,
+            io_uring,
+            busy_poll,
         })
     }
 }

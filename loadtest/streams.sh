@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Streams at scale (issue #13): STREAMS concurrent SSE streams of EVENTS events GAP_MS apart
+# through the full pipeline (JWT HS256 per request, the body's `model` split 80/20 over two
+# deployments, a per-subject quota), gateway alone on GW_CORE. Prints whether every stream
+# arrived whole, the client-side inter-event gaps (largest and p99 over the nominal gap: the
+# no-stall target is max <= GAP_MS + 5 ms, added p99 <= 1 ms) and the gateway's RSS before and
+# at its peak. Run it on a quiet machine; the client needs a core of its own.
+#
+# Environment knobs (defaults): STREAMS=1000 EVENTS=64 GAP_MS=20 SUBJECTS=100 GW_CORE=0
+# UP_CORE=1 UP_PORT=9100 GW_PORT=8180 SERVER_EXTRA=<more [server] lines, e.g. busy_poll_us = 50>
+# SKIP_BUILD=1 (use existing release binaries) SHARDGATE=target/release/shardgate
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STREAMS=${STREAMS:-1000}
+EVENTS=${EVENTS:-64}
+GAP_MS=${GAP_MS:-20}
+SUBJECTS=${SUBJECTS:-100}
+GW_CORE=${GW_CORE:-0}
+UP_CORE=${UP_CORE:-1}
+UP_PORT=${UP_PORT:-9100}
+GW_PORT=${GW_PORT:-8180}
+PROFILE_DIR=${PROFILE_DIR:-target/release}
+
+# Every stream holds a client socket, a gateway socket each way and an upstream socket.
+ulimit -n "$(( STREAMS * 4 + 4096 ))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+if [[ -z "${SKIP_BUILD:-}" ]]; then
+    cargo build --quiet --release -p loadtest --bins
+    cargo build --quiet --release -p shardgate --bin shardgate
+fi
+SHARDGATE=${SHARDGATE:-$PROFILE_DIR/shardgate}
+MOCK=$PROFILE_DIR/mock-upstream
+CLIENT=$PROFILE_DIR/streams
+
+TMP=$(mktemp -d /tmp/shardgate-streams.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT INT TERM
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {
+    for _ in $(seq 200); do port_open "$1" && return 0; sleep 0.05; done
+    return 1
+}
+
+SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+printf '%s' "$SECRET" >"$TMP/hs256.key"
+python3 - "$SECRET" "$SUBJECTS" >"$TMP/tokens.txt" <<'PYEOF'
+import base64, hashlib, hmac, json, sys, time
+secret, n = sys.argv[1].encode(), int(sys.argv[2])
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+now = int(time.time())
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "hs256"}, separators=(",", ":")).encode())
+for i in range(n):
+    claims = {"sub": f"user-{i}", "iat": now, "exp": now + 3600}
+    si = head + b"." + b64(json.dumps(claims, separators=(",", ":")).encode())
+    print((si + b"." + b64(hmac.new(secret, si, hashlib.sha256).digest())).decode())
+PYEOF
+
+cat >"$TMP/gateway.toml" <<EOF
+[server]
+listen = "127.0.0.1:$GW_PORT"
+workers = [$GW_CORE]
+pin = true
+${SERVER_EXTRA:-}
+[limits]
+max_connections_per_worker = $(( STREAMS * 2 + 1000 ))
+[[deployments]]
+model = "m-a"
+version = "1.0.0"
+endpoints = ["127.0.0.1:$UP_PORT"]
+served_name = "mock-a"
+[[deployments]]
+model = "m-b"
+version = "1.0.0"
+endpoints = ["127.0.0.1:$UP_PORT"]
+served_name = "mock-b"
+[[routes]]
+path = "/v1/chat/completions"
+targets = [{ model = "m-a", weight = 80 }, { model = "m-b", weight = 20 }]
+auth = true
+[auth]
+[[auth.keys]]
+kid = "hs256"
+alg = "HS256"
+secret = { file = "hs256.key" }
+[quota]
+backend = "local"
+[[quota.rules]]
+name = "per-subject"
+key = "subject"
+requests_per_minute = 1000000
+tokens_per_minute = 1000000000
+EOF
+"$SHARDGATE" check --config "$TMP/gateway.toml" >/dev/null
+
+taskset -c "$UP_CORE" "$MOCK" --listen "127.0.0.1:$UP_PORT" --threads 1 \
+    --chunks "$EVENTS" --gap-ms "$GAP_MS" >"$TMP/mock.log" 2>&1 &
+PIDS+=($!)
+wait_port "$UP_PORT" || { echo "mock-upstream did not start" >&2; exit 1; }
+taskset -c "$GW_CORE" "$SHARDGATE" --config "$TMP/gateway.toml" >"$TMP/gateway.log" 2>&1 &
+GW_PID=$!
+PIDS+=($GW_PID)
+wait_port "$GW_PORT" || { echo "shardgate did not start" >&2; cat "$TMP/gateway.log" >&2; exit 1; }
+
+echo "== $STREAMS streams x $EVENTS events, $GAP_MS ms apart, JWT + split 80/20 + quota (${SERVER_EXTRA:-defaults})"
+taskset -c "$UP_CORE" "$CLIENT" --addr "127.0.0.1:$GW_PORT" --streams "$STREAMS" --events "$EVENTS" \
+    --gap-ms "$GAP_MS" --tokens "$TMP/tokens.txt" --gateway-pid "$GW_PID"
