@@ -11,6 +11,7 @@
 # SKIP_BUILD=1 (use existing release binaries) SHARDGATE=target/release/shardgate
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 
 STREAMS=${STREAMS:-1000}
 EVENTS=${EVENTS:-64}
@@ -33,33 +34,11 @@ SHARDGATE=${SHARDGATE:-$PROFILE_DIR/shardgate}
 MOCK=$PROFILE_DIR/mock-upstream
 CLIENT=$PROFILE_DIR/streams
 
-TMP=$(mktemp -d /tmp/shardgate-streams.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() {
-    for _ in $(seq 200); do port_open "$1" && return 0; sleep 0.05; done
-    return 1
-}
+lt_setup streams
 
 SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 printf '%s' "$SECRET" >"$TMP/hs256.key"
-python3 - "$SECRET" "$SUBJECTS" >"$TMP/tokens.txt" <<'PYEOF'
-import base64, hashlib, hmac, json, sys, time
-secret, n = sys.argv[1].encode(), int(sys.argv[2])
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
-now = int(time.time())
-head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "hs256"}, separators=(",", ":")).encode())
-for i in range(n):
-    claims = {"sub": f"user-{i}", "iat": now, "exp": now + 3600}
-    si = head + b"." + b64(json.dumps(claims, separators=(",", ":")).encode())
-    print((si + b"." + b64(hmac.new(secret, si, hashlib.sha256).digest())).decode())
-PYEOF
+mint_hs256 "$SECRET" "$SUBJECTS" >"$TMP/tokens.txt"
 
 cat >"$TMP/gateway.toml" <<EOF
 [server]
@@ -101,11 +80,11 @@ EOF
 taskset -c "$UP_CORE" "$MOCK" --listen "127.0.0.1:$UP_PORT" --threads 1 \
     --chunks "$EVENTS" --gap-ms "$GAP_MS" >"$TMP/mock.log" 2>&1 &
 PIDS+=($!)
-wait_port "$UP_PORT" || { echo "mock-upstream did not start" >&2; exit 1; }
+wait_port "$UP_PORT" 200 || { echo "mock-upstream did not start" >&2; exit 1; }
 taskset -c "$GW_CORE" "$SHARDGATE" --config "$TMP/gateway.toml" >"$TMP/gateway.log" 2>&1 &
 GW_PID=$!
 PIDS+=($GW_PID)
-wait_port "$GW_PORT" || { echo "shardgate did not start" >&2; cat "$TMP/gateway.log" >&2; exit 1; }
+wait_port "$GW_PORT" 200 || { echo "shardgate did not start" >&2; cat "$TMP/gateway.log" >&2; exit 1; }
 
 echo "== $STREAMS streams x $EVENTS events, $GAP_MS ms apart, JWT + split 80/20 + quota (${SERVER_EXTRA:-defaults})"
 taskset -c "$UP_CORE" "$CLIENT" --addr "127.0.0.1:$GW_PORT" --streams "$STREAMS" --events "$EVENTS" \
