@@ -187,9 +187,18 @@ pub fn auth_view(s: &Snapshot) -> Value {
         })
         .collect();
     let api_keys = a.api_key_settings().map(|k| {
+        let (store, file, audit_file) = match &k.source {
+            crate::auth::KeySource::File { file, audit_file } => (
+                "file",
+                file.display().to_string(),
+                Some(audit_file.display().to_string()),
+            ),
+            crate::auth::KeySource::Registry(db) => ("registry", db.display().to_string(), None),
+        };
         json!({
-            "file": k.file.display().to_string(),
-            "audit_file": k.audit_file.display().to_string(),
+            "store": store,
+            "file": file,
+            "audit_file": audit_file,
             "header": k.header.as_deref(),
             "keys": a.api_key_table().map_or(0, |t| t.len()),
         })

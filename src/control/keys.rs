@@ -24,6 +24,7 @@
 //! keys are not configured, 400 with every problem for an invalid request, 500 when the store
 //! fails (nothing changed), 503 when a stored change was not confirmed by every worker.
 
+pub mod sqlite;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -33,7 +34,7 @@ use serde::Deserialize;
 
 use super::watch::{FileWatch, Poll};
 use crate::auth::apikey::record::{generate_id, generate_secret, MAX_SECRETS};
-use crate::auth::{ApiKeySettings, KeyRecord};
+use crate::auth::{ApiKeySettings, KeyRecord, KeySource};
 use crate::config::{ConfigError, ConfigProblem, Snapshot};
 use crate::inbox::Barrier;
 use crate::time::unix_now;
@@ -167,12 +168,14 @@ impl KeyService {
         })
     }
 
-    /// The file store `[auth.api_keys]` names.
+    /// The store `[auth.api_keys]` names: its file, or the model registry's database.
     pub fn for_settings(settings: &ApiKeySettings) -> Result<KeyService, StoreError> {
-        Self::open(Box::new(FileStore::new(
-            settings.file.clone(),
-            settings.audit_file.clone(),
-        )))
+        match &settings.source {
+            KeySource::File { file, audit_file } => {
+                Self::open(Box::new(FileStore::new(file.clone(), audit_file.clone())))
+            }
+            KeySource::Registry(db) => Self::open(Box::new(sqlite::RegistryStore::open(db)?)),
+        }
     }
 
     pub fn records(&self) -> &[KeyRecord] {
@@ -339,19 +342,27 @@ impl KeyService {
         Ok((secret.key, format!("old secrets accepted until {end}")))
     }
 
-    /// Stores `plan`: save, then audit. If the audit cannot be written the previous records
-    /// are stored back, so no change is in the store without its audit entry.
+    /// Stores `plan` with its audit entry ([`KeyStore::commit`]: both or neither), so no
+    /// change is in the store without its audit entry.
     pub fn commit(&mut self, plan: &Plan) -> Result<(), KeyError> {
         let Some(entry) = &plan.entry else {
             return Ok(());
         };
-        self.store.save(&plan.records, entry)?;
-        if let Err(e) = self.store.audit(entry) {
-            let _ = self.store.save(&self.records, entry);
-            return Err(e.into());
-        }
+        self.store.commit(&self.records, &plan.records, entry)?;
         self.records = plan.records.clone();
         Ok(())
+    }
+
+    /// Reads the store again when another process changed it (a registry changed by
+    /// `shardgate keys --registry`): `Ok(true)` when the records did.
+    pub fn refresh(&mut self) -> Result<bool, StoreError> {
+        if !self.store.changed_elsewhere()? {
+            return Ok(false);
+        }
+        let records = self.store.load()?;
+        let changed = records != self.records;
+        self.records = records;
+        Ok(changed)
     }
 
     /// Plans, checks and commits `cmd` with no gateway running (`shardgate keys --file`):
@@ -368,6 +379,48 @@ impl KeyService {
         }
         self.commit(&plan)?;
         Ok(plan.reply)
+    }
+
+    /// Adds `records` (a keys file's) to the store, each as an audited `import`, with no
+    /// gateway running (`shardgate keys --registry DB import FILE`). Refused whole, before
+    /// anything is stored, when an id or a secret is already there or a record is invalid.
+    /// Returns the ids imported.
+    pub fn import(
+        &mut self,
+        records: Vec<KeyRecord>,
+        actor: &'static str,
+    ) -> Result<Vec<String>, KeyError> {
+        let mut all = self.records.clone();
+        all.extend(records.iter().cloned());
+        let file = crate::auth::apikey::KeysFile {
+            version: crate::auth::apikey::record::FILE_VERSION,
+            keys: all,
+        };
+        let problems = file.problems();
+        if !problems.is_empty() {
+            return Err(KeyError::Invalid(problems));
+        }
+        let mut ids = Vec::with_capacity(records.len());
+        for r in records {
+            let mut after = self.records.clone();
+            let entry = AuditEntry {
+                at: unix_now(),
+                action: "import",
+                id: r.id.clone(),
+                name: Some(r.name.clone()),
+                prefix: r.secrets.last().map(|s| s.prefix.clone()),
+                actor,
+                detail: None,
+            };
+            ids.push(r.id.clone());
+            after.push(r);
+            self.commit(&Plan {
+                records: after,
+                reply: KeyReply::List(Vec::new()),
+                entry: Some(entry),
+            })?;
+        }
+        Ok(ids)
     }
 
     /// Re-reads the store after an outside edit, and audits it as a `reload`.
@@ -400,18 +453,18 @@ pub fn open_api_keys(snapshot: &mut Snapshot) -> Result<Option<KeyService>, Conf
     let service = KeyService::for_settings(&settings).map_err(|e| store_error(&settings, e))?;
     auth.set_api_keys(service.records())
         .map_err(|problems| ConfigError {
-            file: settings.file.clone(),
+            file: settings.source.path().to_path_buf(),
             problems,
         })?;
     Ok(Some(service))
 }
 
-/// A store failure as a config error naming the keys file.
+/// A store failure as a config error naming the keys file (or the registry database).
 fn store_error(settings: &ApiKeySettings, e: StoreError) -> ConfigError {
     match e {
         StoreError::Invalid(e) => e,
         StoreError::Io(m) => ConfigError {
-            file: settings.file.clone(),
+            file: settings.source.path().to_path_buf(),
             problems: vec![ConfigProblem::new("(file)", m)],
         },
     }
@@ -472,7 +525,7 @@ impl super::State {
             (None, None) => &[],
         };
         auth.set_api_keys(records).map_err(|problems| ConfigError {
-            file: settings.file.clone(),
+            file: settings.source.path().to_path_buf(),
             problems,
         })?;
         if let Some(service) = fresh {
@@ -508,15 +561,21 @@ impl super::State {
         Ok((plan.reply, Some(barrier)))
     }
 
-    /// One look at the keys file; a settled outside edit is checked and put in force.
+    /// One look at the keys file; a settled outside edit is checked and put in force. A store
+    /// without a file (the registry) is asked whether another process changed it.
     pub(super) fn poll_keys_file(&mut self) {
         let Some(keys) = self.keys.as_mut() else {
+            return;
+        };
+        let KeySource::File { file, audit_file } = keys.settings.source.clone() else {
+            self.poll_keys_store();
             return;
         };
         let Some(watch) = keys.watch.as_mut() else {
             return;
         };
-        let file = keys.settings.file.display().to_string();
+        let store = FileStore::new(file.clone(), audit_file);
+        let file = file.display().to_string();
         let content = match watch.poll(Instant::now()) {
             Poll::Ready(c) => c,
             Poll::Unreadable(e) => {
@@ -534,7 +593,6 @@ impl super::State {
             Poll::Unchanged | Poll::Settling => return,
         };
         watch.dealt_with(content.observation);
-        let store = FileStore::new(keys.settings.file.clone(), keys.settings.audit_file.clone());
         let result = store
             .parse(&content.bytes)
             .map_err(|e| e.to_string())
@@ -566,6 +624,44 @@ impl super::State {
             Err(e) => eprintln!("shardgate: keys file {file} changed but was NOT applied, keeping the keys in force:\n{e}"),
         }
     }
+
+    /// Puts in force what another process (`shardgate keys --registry`) changed in the key
+    /// store; that process audited it. Keys that fail the check are logged and not applied.
+    fn poll_keys_store(&mut self) {
+        let Some(keys) = self.keys.as_mut() else {
+            return;
+        };
+        let name = keys.settings.source.path().display().to_string();
+        match keys.service.refresh() {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(e) => {
+                eprintln!("shardgate: API keys in {name} cannot be read again ({e}); keeping the keys in force");
+                return;
+            }
+        }
+        let records = keys.service.records().to_vec();
+        let Some(mut snap) = self.current_snapshot() else {
+            return;
+        };
+        let Some(auth) = snap.auth.as_mut() else {
+            return;
+        };
+        if let Err(p) = auth.set_api_keys(&records) {
+            let e = ConfigError {
+                file: name.clone().into(),
+                problems: p,
+            };
+            eprintln!("shardgate: API keys in {name} changed but were NOT applied:\n{e}");
+            return;
+        }
+        // Nobody waits on a change another process made.
+        drop(self.publish(snap));
+        eprintln!(
+            "shardgate: applied API keys changed in {name} by another process ({} keys)",
+            records.len()
+        );
+    }
 }
 
 #[cfg(test)]
@@ -584,7 +680,13 @@ mod tests {
         fn load(&mut self) -> Result<Vec<KeyRecord>, StoreError> {
             Ok(self.lock().unwrap().records.clone())
         }
-        fn save(&mut self, records: &[KeyRecord], _: &AuditEntry) -> Result<(), StoreError> {
+        fn commit(
+            &mut self,
+            _: &[KeyRecord],
+            records: &[KeyRecord],
+            entry: &AuditEntry,
+        ) -> Result<(), StoreError> {
+            self.audit(entry)?;
             self.lock().unwrap().records = records.to_vec();
             Ok(())
         }
