@@ -91,6 +91,7 @@ async fn reject_overloaded(stream: TcpStream) {
             kind: e.kind,
             message: e.message,
             param: "",
+            code: "",
             close: true,
         },
         "-",

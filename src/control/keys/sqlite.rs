@@ -101,12 +101,17 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }
 
-/// Writes `r` over the stored rows of its id.
+/// Writes `r` over the stored rows of its id (its row stays where it was: keys list in the
+/// order they were created, as in the keys file).
 fn put(tx: &Transaction<'_>, r: &KeyRecord) -> rusqlite::Result<()> {
-    tx.execute("DELETE FROM api_keys WHERE id = ?1", [&r.id])?;
     tx.execute(
         "INSERT INTO api_keys (id, name, owner, tenant, label, models, scopes, budgets, claims, \
-         expires_at, enabled, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+         expires_at, enabled, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, owner = excluded.owner, \
+         tenant = excluded.tenant, label = excluded.label, models = excluded.models, \
+         scopes = excluded.scopes, budgets = excluded.budgets, claims = excluded.claims, \
+         expires_at = excluded.expires_at, enabled = excluded.enabled, \
+         created_at = excluded.created_at",
         params![
             r.id,
             r.name,
@@ -122,6 +127,7 @@ fn put(tx: &Transaction<'_>, r: &KeyRecord) -> rusqlite::Result<()> {
             sat_i64(r.created_at),
         ],
     )?;
+    tx.execute("DELETE FROM api_key_secrets WHERE key = ?1", [&r.id])?;
     for (i, s) in r.secrets.iter().enumerate() {
         tx.execute(
             "INSERT INTO api_key_secrets (key, position, sha256, prefix, created_at, not_after) \
@@ -155,11 +161,11 @@ fn json<T: serde::de::DeserializeOwned>(r: &rusqlite::Row<'_>, i: usize) -> rusq
     })
 }
 
-/// Every stored record, in creation order.
+/// Every stored record, in the order they were stored.
 fn read_all(c: &rusqlite::Connection) -> rusqlite::Result<Vec<KeyRecord>> {
     let mut keys = c.prepare(
         "SELECT id, name, owner, tenant, label, models, scopes, budgets, claims, expires_at, \
-         enabled, created_at FROM api_keys ORDER BY created_at, id",
+         enabled, created_at FROM api_keys ORDER BY rowid",
     )?;
     let mut secrets = c.prepare(
         "SELECT sha256, prefix, created_at, not_after FROM api_key_secrets WHERE key = ?1 \
