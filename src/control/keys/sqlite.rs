@@ -452,6 +452,48 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    /// A registry written before keys and spend existed (schema version 1, with a model) is
+    /// migrated on open: its rows stay, and keys and spend work on it.
+    #[test]
+    fn a_registry_from_before_keys_is_migrated_and_keeps_its_rows() {
+        use crate::registry::schema::{self, Migration, MIGRATIONS};
+        static V1_ONLY: &[Migration] = &[MIGRATIONS[0]];
+        let d = dir("migrate");
+        let db = d.join("models.db");
+        {
+            let mut c = rusqlite::Connection::open(&db).unwrap();
+            schema::migrate_with(&mut c, V1_ONLY).unwrap();
+            c.execute(
+                "INSERT INTO models (name, created_at, created_by) VALUES ('llama', 1, 'alice')",
+                [],
+            )
+            .unwrap();
+        }
+        let mut keys = RegistryStore::open(&db).unwrap();
+        assert_eq!(keys.load().unwrap(), vec![]);
+        let (a, _) = record("key_a", 5);
+        keys.commit(&[], std::slice::from_ref(&a), &entry("create", "key_a"))
+            .unwrap();
+        let mut spend = crate::spend::sqlite::SqliteStore::open(&db).unwrap();
+        use crate::spend::SpendStore;
+        assert!(spend.load().unwrap().is_empty());
+        let c = rusqlite::Connection::open(&db).unwrap();
+        let v: u32 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, schema::current());
+        let who: String = c
+            .query_row(
+                "SELECT created_by FROM models WHERE name = 'llama'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(who, "alice");
+        assert_eq!(RegistryStore::open(&db).unwrap().load().unwrap(), vec![a]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
     #[test]
     fn a_change_made_elsewhere_is_seen_and_a_stale_write_is_refused() {
         let d = dir("elsewhere");
