@@ -135,7 +135,7 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 
 /// create → use → rotate with grace (both secrets work) → rotate with none (the old one is
 /// refused) → disable → enable → delete, each in force before the API answers and audited in
-/// the registry; a restart on the same database keeps the keys, their grace periods, the
+/// the registry under the admin token's name; a restart on the same database keeps the keys, their grace periods, the
 /// audit log, and the spend and budget use of the keys.
 #[test]
 fn key_lifecycle_in_the_registry_and_a_restart_keeps_keys_and_spend() {
@@ -241,7 +241,7 @@ fn key_lifecycle_in_the_registry_and_a_restart_keeps_keys_and_spend() {
         .collect();
     let want: Vec<(String, String)> = ["create", "rotate", "rotate", "disable", "enable", "delete"]
         .iter()
-        .map(|a| ("admin-api".to_owned(), (*a).to_owned()))
+        .map(|a| ("alice".to_owned(), (*a).to_owned()))
         .collect();
     assert_eq!(audit, want);
     assert!(key_audit(&rig)
@@ -318,7 +318,7 @@ fn the_cli_changes_the_registry_under_a_running_gateway() {
         [
             ("cli", "create"),
             ("cli", "create"),
-            ("admin-api", "create"),
+            ("alice", "create"),
             ("cli", "disable")
         ]
     );

@@ -37,8 +37,9 @@ pub fn owns(path: &str) -> bool {
     path == "/keys" || path.starts_with("/keys/")
 }
 
-/// Answers a request to `path`, one of these endpoints (the caller checked the admin token).
-pub fn handle(state: &AdminState, req: &Request, path: &str) -> Response {
+/// Answers a request to `path`, one of these endpoints, from `who` (the admin token's name,
+/// which the audit records).
+pub fn handle(state: &AdminState, req: &Request, path: &str, who: &str) -> Response {
     let rest = path.strip_prefix("/keys").unwrap_or_default();
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method.as_str();
@@ -66,7 +67,7 @@ pub fn handle(state: &AdminState, req: &Request, path: &str) -> Response {
     let Some(control) = &state.control else {
         return Response::error(503, "unavailable", "no control thread to manage keys with");
     };
-    match (key_command_via(control, cmd), segments.as_slice()) {
+    match (key_command_via(control, cmd, who), segments.as_slice()) {
         (Ok(KeyReply::List(records)), [id]) => match records.iter().find(|r| r.id == *id) {
             Some(r) => Response::json(200, &json!({"record": view(r)})),
             None => Response::error(404, "not_found", &format!("no key with id `{id}`")),

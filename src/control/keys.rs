@@ -198,6 +198,7 @@ impl KeyService {
                 name: Some(r.name.clone()),
                 prefix,
                 actor,
+                by: None,
                 detail,
             })
         };
@@ -410,6 +411,7 @@ impl KeyService {
                 name: Some(r.name.clone()),
                 prefix: r.secrets.last().map(|s| s.prefix.clone()),
                 actor,
+                by: None,
                 detail: None,
             };
             ids.push(r.id.clone());
@@ -432,6 +434,7 @@ impl KeyService {
             name: None,
             prefix: None,
             actor: "file-watch",
+            by: None,
             detail: Some(format!("{} keys", records.len())),
         };
         self.store.audit(&entry)?;
@@ -534,14 +537,19 @@ impl super::State {
         Ok(())
     }
 
-    /// Carries out one key command (module docs, "A change"): the reply, and the barrier to
-    /// wait on before answering (`None`: nothing changed).
+    /// Carries out one key command of `who` (the admin token's name; module docs, "A
+    /// change"): the reply, and the barrier to wait on before answering (`None`: nothing
+    /// changed).
     pub(super) fn key_command(
         &mut self,
         cmd: KeyCommand,
+        who: String,
     ) -> Result<(KeyReply, Option<Barrier>), KeyError> {
         let keys = self.keys.as_mut().ok_or(KeyError::NotConfigured)?;
-        let plan = keys.service.plan(cmd, "admin-api", unix_now())?;
+        let mut plan = keys.service.plan(cmd, "admin-api", unix_now())?;
+        if let Some(e) = plan.entry.as_mut() {
+            e.by = Some(who);
+        }
         if plan.entry.is_none() {
             return Ok((plan.reply, None));
         }

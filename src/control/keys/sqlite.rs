@@ -9,8 +9,8 @@
 //! by the registry's schema migration 2 (`registry::schema`). Every change is one
 //! transaction through [`crate::registry::store::Store::change`]: the rows of the key it
 //! names and an entry in the registry's append-only audit log (`subject` = `key:<id>`, `who`
-//! = the actor, `before`/`after` = the record without digests) commit together or not at
-//! all, so no change is stored without its audit entry.
+//! = the admin token's name, or `cli`; `before`/`after` = the record without digests) commit
+//! together or not at all, so no change is stored without its audit entry.
 //!
 //! # Other processes
 //!
@@ -242,7 +242,8 @@ impl KeyStore for RegistryStore {
         let new = records.iter().find(|r| r.id == entry.id);
         let seen = self.seen;
         let subject = format!("key:{}", entry.id);
-        let result = self.store.change(entry.actor, entry.action, |tx| {
+        let who = entry.by.as_deref().unwrap_or(entry.actor);
+        let result = self.store.change(who, entry.action, |tx| {
             let generation: i64 = tx
                 .query_row(
                     "SELECT generation FROM api_key_changes WHERE id = 1",
@@ -371,6 +372,7 @@ mod tests {
             name: None,
             prefix: None,
             actor: "cli",
+            by: None,
             detail: None,
         }
     }

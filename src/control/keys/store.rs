@@ -44,6 +44,9 @@ pub struct AuditEntry {
     pub prefix: Option<String>,
     /// Who asked: `admin-api`, `cli`, `file-watch`.
     pub actor: &'static str,
+    /// The admin token's name, for a change through the admin API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
     /// Anything else worth keeping (a rotation's grace end, a reload's key count).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -247,6 +250,7 @@ mod tests {
             name: Some("n".into()),
             prefix: None,
             actor: "cli",
+            by: None,
             detail: None,
         }
     }
