@@ -688,7 +688,8 @@ mod tests {
             p.snapshot()
         };
         let base = with(BUDGETS);
-        let cases: Vec<(&str, String, Vec<(&str, &str)>)> = vec![
+        type Case = (&'static str, String, Vec<(&'static str, &'static str)>);
+        let cases: Vec<Case> = vec![
             ("unchanged", BUDGETS.into(), vec![]),
             (
                 "tighter: lower limits, a longer period, a rule added",

@@ -554,7 +554,7 @@ mod tests {
         quick.load().unwrap();
         c.execute_batch("BEGIN IMMEDIATE").unwrap();
         let e = quick
-            .commit(&[a.clone()], &[], &entry("delete", "key_a"))
+            .commit(std::slice::from_ref(&a), &[], &entry("delete", "key_a"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("models.db") && e.contains("locked"), "{e}");
