@@ -3,6 +3,10 @@
 //! - `apikey_lookup`: [`ApiKeyTable::lookup`] of a valid key among 10,000 (SHA-256 of the
 //!   46-byte key into a stack buffer, one hash-map probe, the state checks);
 //! - `apikey_lookup_unknown`: the same for a well-formed key that is not in the table;
+//! - `apikey_lookup_digest_only`: [`ApiKeyTable::lookup_digest`] with the digest computed
+//!   beforehand (the probe among 10,000 and the state checks, no SHA-256);
+//! - `apikey_lookup_10_keys` / `apikey_lookup_digest_only_10_keys`: the same in a table of 10
+//!   (it stays in the L1 cache: the difference is what memory costs the 10,000-key probe);
 //! - `apikey_authenticate`: the whole `Authenticator::authenticate` of `Authorization:
 //!   Bearer sg-...` (scheme, dispatch, lookup, revocation check, the borrowed `Identity`);
 //! - `baseline_sha256_46_bytes`: ring's SHA-256 of the key alone (the floor of a lookup);
@@ -27,6 +31,10 @@ const KEYS: usize = 10_000;
 const SECRET: &str = "bench-secret-bench-secret-bench-secret-0123456789";
 
 fn authenticator() -> (Authenticator, Vec<String>) {
+    authenticator_of(KEYS)
+}
+
+fn authenticator_of(n: usize) -> (Authenticator, Vec<String>) {
     let raw: AuthConfig = toml::from_str(&format!(
         "issuer = \"https://idp.example.com/\"\naudience = [\"shardgate\"]\ntenant_claim = \"tid\"\n\
          [[claim_headers]]\nclaim = \"sub\"\nheader = \"x-user\"\n\
@@ -37,7 +45,7 @@ fn authenticator() -> (Authenticator, Vec<String>) {
     let mut auth = Authenticator::from_config(&raw, Path::new(".")).expect("valid");
     let rng = ring::rand::SystemRandom::new();
     let mut keys = Vec::new();
-    let records: Vec<KeyRecord> = (0..KEYS)
+    let records: Vec<KeyRecord> = (0..n)
         .map(|i| {
             let s = generate_secret(&rng, NOW).unwrap();
             keys.push(s.key);
@@ -92,6 +100,20 @@ fn apikey(c: &mut Criterion) {
     });
     c.bench_function("apikey_lookup_unknown", |b| {
         b.iter(|| table.lookup(black_box(unknown.as_bytes()), NOW).is_ok())
+    });
+    let d = shardgate::auth::apikey::digest(key.as_bytes());
+    c.bench_function("apikey_lookup_digest_only", |b| {
+        b.iter(|| table.lookup_digest(black_box(&d), NOW).is_ok())
+    });
+    let (small, small_keys) = authenticator_of(10);
+    let small = small.api_key_table().expect("keys configured");
+    let small_key = small_keys[5].clone();
+    let small_d = shardgate::auth::apikey::digest(small_key.as_bytes());
+    c.bench_function("apikey_lookup_10_keys", |b| {
+        b.iter(|| small.lookup(black_box(small_key.as_bytes()), NOW).is_ok())
+    });
+    c.bench_function("apikey_lookup_digest_only_10_keys", |b| {
+        b.iter(|| small.lookup_digest(black_box(&small_d), NOW).is_ok())
     });
     let value = format!("Bearer {key}");
     let rev = Revocations::new();

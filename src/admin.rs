@@ -409,10 +409,10 @@ impl Server {
             };
         }
         if keys::owns(path) {
-            if !self.authorized(req) {
-                return unauthorized();
-            }
-            return keys::handle(&self.state, req, path);
+            return match self.caller(req) {
+                Some(who) => keys::handle(&self.state, req, path, &who),
+                None => unauthorized(),
+            };
         }
         let allowed: &str = match path {
             "/metrics" | "/stats" | "/config" | "/breakers" | "/healthz" | "/readyz" => "GET",

@@ -60,7 +60,9 @@ use simd_json::tape::Value;
 use simd_json::ValueType;
 
 pub use apikey::{ApiKey, ApiKeyTable, KeyRecord};
-pub use config::{ApiKeySettings, ApiKeysConfig, AuthConfig, ClaimHeaderConfig, KeyConfig};
+pub use config::{
+    ApiKeySettings, ApiKeysConfig, AuthConfig, ClaimHeaderConfig, KeyConfig, KeySource,
+};
 pub use key::{Alg, Jwk};
 pub use remote::{RemoteSource, SourceSettings};
 pub use revocation::{RevocationLog, Revocations, Revoked, RevokedKind};
@@ -349,11 +351,21 @@ impl Authenticator {
     /// Validates `raw`, resolving secrets and JWKS files relative to `base_dir`. Reports every
     /// problem at once.
     pub fn from_config(raw: &AuthConfig, base_dir: &Path) -> Result<Self, Vec<ConfigProblem>> {
+        Self::from_config_with(raw, base_dir, None)
+    }
+
+    /// [`Authenticator::from_config`] where the model registry at `registry` is configured
+    /// (API keys then live there; see `config::build_api_keys`).
+    pub fn from_config_with(
+        raw: &AuthConfig,
+        base_dir: &Path,
+        registry: Option<&Path>,
+    ) -> Result<Self, Vec<ConfigProblem>> {
         let mut problems = Vec::new();
         config::check_settings(raw, &mut problems);
         let keys = config::build_keys(raw, base_dir, &mut problems);
         let remote = remote::build_sources(&raw.jwks, &mut problems);
-        let api_keys = config::build_api_keys(raw, base_dir, &mut problems);
+        let api_keys = config::build_api_keys(raw, base_dir, registry, &mut problems);
         if !problems.is_empty() {
             return Err(problems);
         }

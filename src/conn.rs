@@ -408,11 +408,13 @@ impl ClientConn {
         extra: &[u8],
         param: &str,
     ) -> io::Result<()> {
+        let (kind, code) = e.wire_type_and_code();
         let er = ErrorResponse {
             status: e.status,
-            kind: e.kind,
+            kind,
             message: e.message,
             param,
+            code,
             close: e.close,
         };
         let mut out = std::mem::take(&mut self.out);

@@ -106,6 +106,8 @@ pub enum ToControl {
     /// ([`key_command_via`] waits).
     Keys(
         KeyCommand,
+        /// Who asks: the admin token's name (the audit log records it).
+        String,
         Sender<Result<(KeyReply, Option<Barrier>), KeyError>>,
     ),
     /// The JWKS thread fetched a changed key set for this source.
@@ -342,9 +344,13 @@ pub fn reload_via(tx: &Sender<ToControl>) -> Result<Reloaded, ConfigError> {
 
 /// Asks the control thread behind `tx` for a key operation and waits until every worker has
 /// applied the change it made (at most [`REVOKE_APPLY_TIMEOUT`]).
-pub fn key_command_via(tx: &Sender<ToControl>, cmd: KeyCommand) -> Result<KeyReply, KeyError> {
+pub fn key_command_via(
+    tx: &Sender<ToControl>,
+    cmd: KeyCommand,
+    who: &str,
+) -> Result<KeyReply, KeyError> {
     let (reply, rx) = crossbeam_channel::bounded(1);
-    tx.send(ToControl::Keys(cmd, reply))
+    tx.send(ToControl::Keys(cmd, who.to_owned(), reply))
         .map_err(|_| KeyError::Stopped)?;
     let (answer, barrier) = rx.recv().map_err(|_| KeyError::Stopped)??;
     if let Some(b) = barrier {
@@ -460,8 +466,8 @@ fn run(mut st: State, rx: Receiver<ToControl>, interval: Duration) {
             Ok(ToControl::Registry(req, reply)) => {
                 let _ = reply.send(st.registry(req));
             }
-            Ok(ToControl::Keys(cmd, reply)) => {
-                let _ = reply.send(st.key_command(cmd));
+            Ok(ToControl::Keys(cmd, who, reply)) => {
+                let _ = reply.send(st.key_command(cmd, who));
             }
             Ok(ToControl::RemoteKeys(source, keys)) => st.remote_keys(source, keys),
             Err(RecvTimeoutError::Timeout) => {}

@@ -31,7 +31,21 @@ pub struct GatewayError {
     pub close: bool,
 }
 
+/// Error kinds OpenAI sends as a `code` under `type` `invalid_request_error` (what its SDKs
+/// and clients look for), rather than as the `type` itself.
+const OPENAI_CODES: &[&str] = &["invalid_api_key"];
+
 impl GatewayError {
+    /// The body's `type` and `code` (empty: none): a kind OpenAI names as a code
+    /// (`invalid_api_key`) is written as that code with type `invalid_request_error`; any
+    /// other kind is the type. `kind` itself (the access log, metrics) stays as it is.
+    pub fn wire_type_and_code(&self) -> (&'static str, &'static str) {
+        if OPENAI_CODES.contains(&self.kind) {
+            ("invalid_request_error", self.kind)
+        } else {
+            (self.kind, "")
+        }
+    }
     pub const fn downstream(status: u16, message: &'static str) -> Self {
         Self {
             status,

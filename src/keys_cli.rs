@@ -1,23 +1,26 @@
 //! `shardgate keys ...`: API key management from the command line, through a running
-//! gateway's admin API (`--admin`, the default) or directly in a keys file (`--file`, for
+//! gateway's admin API (`--admin`, the default), directly in a keys file (`--file`, for
 //! GitOps or a gateway that is not running; a running gateway's file watch puts the change
-//! in force). Prints the answer as JSON on stdout; a new key (create, rotate) is in its
-//! `key` field, shown this once.
+//! in force) or directly in the model registry's database (`--registry`; a running gateway
+//! sees the change on its next tick and puts it in force). Prints the answer as JSON on
+//! stdout; a new key (create, rotate) is in its `key` field, shown this once.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use shardgate::admin::{self, keys::view};
-use shardgate::auth::ApiKeySettings;
-use shardgate::control::keys::{KeyCommand, KeyError, KeyReply, KeyService, NewKey};
+use shardgate::auth::{ApiKeySettings, KeySource};
+use shardgate::control::keys::{
+    FileStore, KeyCommand, KeyError, KeyReply, KeyService, KeyStore, NewKey,
+};
 
 #[derive(Args)]
 pub struct KeysArgs {
     /// Admin address of the running gateway (`[admin] listen`).
-    #[arg(long, default_value = admin::DEMO_ADMIN, conflicts_with = "file")]
+    #[arg(long, default_value = admin::DEMO_ADMIN, conflicts_with_all = ["file", "registry"])]
     admin: std::net::SocketAddr,
     /// Admin bearer token (or env SHARDGATE_ADMIN_TOKEN).
     #[arg(long)]
@@ -28,6 +31,9 @@ pub struct KeysArgs {
     /// The audit file with `--file` (default: the keys file's name + `.audit.jsonl`).
     #[arg(long, requires = "file")]
     audit_file: Option<PathBuf>,
+    /// Work on the keys in this model registry database (`[registry] path`) instead.
+    #[arg(long, conflicts_with = "file")]
+    registry: Option<PathBuf>,
     #[command(subcommand)]
     op: KeysOp,
 }
@@ -82,6 +88,8 @@ enum KeysOp {
     },
     /// Delete the key.
     Delete { id: String },
+    /// Copy every key of a keys file into the registry (`--registry` only), each audited.
+    Import { file: PathBuf },
 }
 
 /// `3600`, `90s`, `15m`, `12h`, `30d` as seconds.
@@ -152,10 +160,18 @@ fn command(op: KeysOp) -> Result<(KeyCommand, Option<String>), String> {
             None,
         ),
         KeysOp::Delete { id } => (KeyCommand::Delete(id), None),
+        KeysOp::Import { .. } => return Err("import is not a key command".into()),
     })
 }
 
 pub fn run(args: KeysArgs) -> ExitCode {
+    if let KeysOp::Import { file } = &args.op {
+        let answer = match &args.registry {
+            Some(db) => import(db, file),
+            None => Err("import needs --registry DB (the database the keys go to)".into()),
+        };
+        return print(answer);
+    }
     let (cmd, show) = match command(args.op) {
         Ok(c) => c,
         Err(e) => {
@@ -163,15 +179,32 @@ pub fn run(args: KeysArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let answer = match &args.file {
-        Some(file) => in_file(file.clone(), args.audit_file, cmd, show.as_deref()),
-        None => {
+    let answer = match (&args.file, &args.registry) {
+        (Some(file), _) => {
+            let audit_file = args.audit_file.unwrap_or_else(|| {
+                let mut name = file.file_name().unwrap_or_default().to_os_string();
+                name.push(".audit.jsonl");
+                file.with_file_name(name)
+            });
+            let source = KeySource::File {
+                file: file.clone(),
+                audit_file,
+            };
+            in_store(source, cmd, show.as_deref())
+        }
+        (None, Some(db)) => in_store(KeySource::Registry(db.clone()), cmd, show.as_deref()),
+        (None, None) => {
             let token = args
                 .token
                 .or_else(|| std::env::var("SHARDGATE_ADMIN_TOKEN").ok());
             through_admin(args.admin, token.as_deref(), &cmd, show.as_deref())
         }
     };
+    print(answer)
+}
+
+/// Prints an answer (JSON on stdout) or the error; the exit code.
+fn print(answer: Result<Value, String>) -> ExitCode {
     match answer {
         Ok(v) => {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -231,21 +264,26 @@ fn new_body(n: &NewKey) -> Value {
     })
 }
 
-/// `cmd` carried out on the keys file itself.
-fn in_file(
-    file: PathBuf,
-    audit_file: Option<PathBuf>,
-    cmd: KeyCommand,
-    show: Option<&str>,
-) -> Result<Value, String> {
-    let audit_file = audit_file.unwrap_or_else(|| {
-        let mut name = file.file_name().unwrap_or_default().to_os_string();
-        name.push(".audit.jsonl");
-        file.with_file_name(name)
-    });
+/// Every key of the keys file `file` copied into the registry at `db`.
+fn import(db: &Path, file: &Path) -> Result<Value, String> {
+    let records = FileStore::new(file.to_path_buf(), PathBuf::new())
+        .load()
+        .map_err(|e| e.to_string())?;
     let settings = ApiKeySettings {
-        file,
-        audit_file,
+        source: KeySource::Registry(db.to_path_buf()),
+        header: None,
+    };
+    let mut service = KeyService::for_settings(&settings).map_err(|e| e.to_string())?;
+    let ids = service
+        .import(records, "cli")
+        .map_err(|e: KeyError| e.to_string())?;
+    Ok(json!({"imported": ids}))
+}
+
+/// `cmd` carried out on the key store itself (a keys file or the registry).
+fn in_store(source: KeySource, cmd: KeyCommand, show: Option<&str>) -> Result<Value, String> {
+    let settings = ApiKeySettings {
+        source,
         header: None,
     };
     let mut service = KeyService::for_settings(&settings).map_err(|e| e.to_string())?;

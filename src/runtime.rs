@@ -331,7 +331,8 @@ impl Drop for Engine {
 }
 
 /// The spend thread `[spend]`/`[budgets]` ask for, on the store the config names (Redis
-/// with the Redis quota backend, else `spend.file`, else memory), and the budget use it
+/// with the Redis quota backend, else the registry database with `[registry]`, else
+/// `spend.file`, else memory), and the budget use it
 /// loaded (to seed the local coordinator's calendar windows).
 #[allow(clippy::type_complexity)]
 fn start_spend(
@@ -357,13 +358,21 @@ fn start_spend(
         .spend
         .as_ref()
         .and_then(|s| Some((s.file.clone()?, &s.currency)));
-    let (mut store, shared): (Box<dyn SpendStore>, bool) = match (redis, file) {
-        (Some(r), _) => (
+    let registry = snap.registry.as_ref().map(|r| r.path.as_path());
+    let (mut store, shared): (Box<dyn SpendStore>, bool) = match (redis, registry, file) {
+        (Some(r), _, _) => (
             Box::new(RedisStore::new(r).map_err(io::Error::other)?),
             true,
         ),
-        (None, Some((path, currency))) => (Box::new(FileStore::new(path, currency)), false),
-        (None, None) => (Box::new(MemoryStore), false),
+        (None, Some(db), _) => (
+            Box::new(
+                crate::spend::sqlite::SqliteStore::open(db)
+                    .map_err(|e| io::Error::other(format!("spend: {e}")))?,
+            ),
+            false,
+        ),
+        (None, None, Some((path, currency))) => (Box::new(FileStore::new(path, currency)), false),
+        (None, None, None) => (Box::new(MemoryStore), false),
     };
     let ledger = match store.load() {
         Ok(l) => l,

@@ -108,6 +108,7 @@ async fn reject_overloaded(stream: TcpStream) {
             kind: e.kind,
             message: e.message,
             param: "",
+            code: "",
             close: true,
         },
         "-",

@@ -8,7 +8,7 @@
 //! - [`ledger`]: the control plane's [`Ledger`]: totals per (subject, tenant, model), budget
 //!   use per period, and their JSON form.
 //! - [`store`]: the [`SpendStore`] boundary (load at start, persist periodically) and its
-//!   file and Redis implementations; the SQLite registry (issue #16) is another implementation.
+//!   file and Redis implementations; [`sqlite`]: the one in the model registry's database.
 //!
 //! # Contract
 //!
@@ -33,6 +33,7 @@
 pub mod ledger;
 pub mod price;
 pub mod shard;
+pub mod sqlite;
 pub mod store;
 
 use std::path::PathBuf;

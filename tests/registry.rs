@@ -802,7 +802,7 @@ fn a_registry_that_cannot_be_used_stops_the_start() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// API keys live beside the registry: a key created through the admin API keeps working
+/// API keys live in the registry: a key created through the admin API keeps working
 /// after a registry change (applied like an explicit reload, the key table carried into the
 /// snapshot it builds) and after a reload of the file (the table laid over the file combined
 /// with the registry); an unknown key stays refused throughout.
@@ -810,10 +810,8 @@ fn a_registry_that_cannot_be_used_stops_the_start() {
 fn api_keys_survive_registry_changes_and_reloads() {
     let (a, b) = (mock_of("1.0.0"), mock_of("1.1.0"));
     let dir = temp_dir("keys");
-    let text = file_config(a.addr()).replace(
-        "[registry]\n",
-        "[auth]\n[auth.api_keys]\nfile = \"keys.json\"\n[registry]\n",
-    );
+    let text =
+        file_config(a.addr()).replace("[registry]\n", "[auth]\n[auth.api_keys]\n[registry]\n");
     let rig = RegistryRig::start(&dir, Some(&text));
     let (status, created) = rig.call("POST", "/keys", Some(r#"{"name": "bot", "owner": "bot"}"#));
     assert_eq!(status, 201, "{created}");

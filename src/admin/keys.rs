@@ -37,8 +37,9 @@ pub fn owns(path: &str) -> bool {
     path == "/keys" || path.starts_with("/keys/")
 }
 
-/// Answers a request to `path`, one of these endpoints (the caller checked the admin token).
-pub fn handle(state: &AdminState, req: &Request, path: &str) -> Response {
+/// Answers a request to `path`, one of these endpoints, from `who` (the admin token's name,
+/// which the audit records).
+pub fn handle(state: &AdminState, req: &Request, path: &str, who: &str) -> Response {
     let rest = path.strip_prefix("/keys").unwrap_or_default();
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method.as_str();
@@ -66,7 +67,7 @@ pub fn handle(state: &AdminState, req: &Request, path: &str) -> Response {
     let Some(control) = &state.control else {
         return Response::error(503, "unavailable", "no control thread to manage keys with");
     };
-    match (key_command_via(control, cmd), segments.as_slice()) {
+    match (key_command_via(control, cmd, who), segments.as_slice()) {
         (Ok(KeyReply::List(records)), [id]) => match records.iter().find(|r| r.id == *id) {
             Some(r) => Response::json(200, &json!({"record": view(r)})),
             None => Response::error(404, "not_found", &format!("no key with id `{id}`")),
@@ -187,9 +188,18 @@ pub fn auth_view(s: &Snapshot) -> Value {
         })
         .collect();
     let api_keys = a.api_key_settings().map(|k| {
+        let (store, file, audit_file) = match &k.source {
+            crate::auth::KeySource::File { file, audit_file } => (
+                "file",
+                file.display().to_string(),
+                Some(audit_file.display().to_string()),
+            ),
+            crate::auth::KeySource::Registry(db) => ("registry", db.display().to_string(), None),
+        };
         json!({
-            "file": k.file.display().to_string(),
-            "audit_file": k.audit_file.display().to_string(),
+            "store": store,
+            "file": file,
+            "audit_file": audit_file,
             "header": k.header.as_deref(),
             "keys": a.api_key_table().map_or(0, |t| t.len()),
         })

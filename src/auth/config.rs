@@ -148,8 +148,10 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeysConfig {
-    /// The keys file (JSON, digests only), relative to the config file.
-    pub file: PathBuf,
+    /// The keys file (JSON, digests only), relative to the config file. Absent: the keys
+    /// live in the model registry (`[registry]` required). Both: a config problem.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
     /// Append-only audit log of key changes; default: the keys file's name + `.audit.jsonl`.
     #[serde(default)]
     pub audit_file: Option<PathBuf>,
@@ -162,11 +164,28 @@ pub struct ApiKeysConfig {
 /// Validated `[auth.api_keys]` settings (the table itself comes from the key store).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeySettings {
-    /// Absolute (resolved against the config file's directory).
-    pub file: PathBuf,
-    pub audit_file: PathBuf,
+    pub source: KeySource,
     /// Lowercase.
     pub header: Option<Box<str>>,
+}
+
+/// Where the key records live: exactly one place (see [`build_api_keys`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `file` and its audit file; absolute (resolved against the config file's directory).
+    File { file: PathBuf, audit_file: PathBuf },
+    /// The model registry's database (`[registry] path`, absolute).
+    Registry(PathBuf),
+}
+
+impl KeySource {
+    /// The file the keys are in (the keys file or the registry database), for messages.
+    pub fn path(&self) -> &Path {
+        match self {
+            KeySource::File { file, .. } => file,
+            KeySource::Registry(db) => db,
+        }
+    }
 }
 
 /// `[[auth.claim_headers]]`: copy `claim` into upstream header `header` (rendering rules in
@@ -405,21 +424,59 @@ pub(super) fn check_settings(raw: &AuthConfig, problems: &mut Vec<ConfigProblem>
     }
 }
 
-/// Validates `[auth.api_keys]`, resolving its paths against `base_dir`.
+/// Validates `[auth.api_keys]`, resolving its paths against `base_dir`. The keys live in one
+/// place: the model registry (`registry`, the resolved `[registry] path`) when it is
+/// configured and `file` is not; `file` when the registry is not; both configured is a problem
+/// naming `auth.api_keys.file` (one source, so `shardgate keys` and the admin API always
+/// change the keys in force).
 pub(super) fn build_api_keys(
     raw: &AuthConfig,
     base_dir: &Path,
+    registry: Option<&Path>,
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<ApiKeySettings> {
     let k = raw.api_keys.as_ref()?;
-    if k.file.as_os_str().is_empty() {
+    let header = build_key_header(raw, k, problems);
+    let file = match (&k.file, registry) {
+        (None, Some(db)) => {
+            if k.audit_file.is_some() {
+                problems.push(ConfigProblem::new(
+                    "auth.api_keys.audit_file",
+                    "the keys live in the model registry ([registry]), whose audit log records \
+                     their changes; remove audit_file",
+                ));
+            }
+            return Some(ApiKeySettings {
+                source: KeySource::Registry(db.to_path_buf()),
+                header,
+            });
+        }
+        (None, None) => {
+            problems.push(ConfigProblem::new(
+                "auth.api_keys.file",
+                "required without [registry] (with [registry] the keys live in its database)",
+            ));
+            return None;
+        }
+        (Some(_), Some(_)) => {
+            problems.push(ConfigProblem::new(
+                "auth.api_keys.file",
+                "[registry] is configured, so the API keys live in its database: remove \
+                 auth.api_keys.file (copy its keys over with `shardgate keys --registry DB \
+                 import FILE`), or remove [registry]",
+            ));
+            return None;
+        }
+        (Some(f), None) => f,
+    };
+    if file.as_os_str().is_empty() {
         problems.push(ConfigProblem::new(
             "auth.api_keys.file",
             "must not be empty",
         ));
         return None;
     }
-    let file = base_dir.join(&k.file);
+    let file = base_dir.join(file);
     let audit_file = match &k.audit_file {
         Some(a) if a.as_os_str().is_empty() => {
             problems.push(ConfigProblem::new(
@@ -441,7 +498,19 @@ pub(super) fn build_api_keys(
             "must differ from the keys file",
         ));
     }
-    let header = k.header.as_ref().and_then(|h| {
+    Some(ApiKeySettings {
+        source: KeySource::File { file, audit_file },
+        header,
+    })
+}
+
+/// `[auth.api_keys] header`, lowercase.
+fn build_key_header(
+    raw: &AuthConfig,
+    k: &ApiKeysConfig,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<Box<str>> {
+    k.header.as_ref().and_then(|h| {
         let ok = config_header(h, HeaderRole::Read, "auth.api_keys.header", problems)?;
         if h.eq_ignore_ascii_case(&raw.header) {
             problems.push(ConfigProblem::new(
@@ -450,11 +519,6 @@ pub(super) fn build_api_keys(
             ));
         }
         Some(ok)
-    });
-    Some(ApiKeySettings {
-        file,
-        audit_file,
-        header,
     })
 }
 

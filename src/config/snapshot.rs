@@ -15,10 +15,12 @@
 //!
 //! Key material the control thread owns is not read from the config file and reaches workers
 //! as a new snapshot whenever it changes, with or without a reload: the API key table
-//! (`[auth.api_keys]`: the keys file, its watch, the admin API) and the keys fetched for each
-//! remote key set (`[[auth.jwks]]`). A reload that changes `auth.api_keys` (another file)
-//! opens that store; one that changes `auth.jwks` fetches the new sources at once and keeps
-//! the keys of sources it still has.
+//! (`[auth.api_keys]`: the keys file and its watch, or the registry database and its change
+//! counter; the admin API) and the keys fetched for each remote key set (`[[auth.jwks]]`). A
+//! reload that changes `auth.api_keys` (another file, or `file` removed so the keys come from
+//! the registry) opens that store; one that changes `auth.jwks` fetches the new sources at
+//! once and keeps the keys of sources it still has. Where spend is kept (Redis, the registry,
+//! `spend.file`) is chosen at start, like the registry itself.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -110,8 +110,18 @@ impl RawConfig {
             .quota
             .as_ref()
             .and_then(|q| q.validate().map_err(|p| problems.extend(p)).ok());
+        let registry = self.registry.as_ref().and_then(|r| {
+            if r.path.trim().is_empty() {
+                problems.push(ConfigProblem::new("registry.path", "must not be empty"));
+                return None;
+            }
+            Some(RegistrySettings {
+                path: base_dir.join(&r.path),
+            })
+        });
         let auth = self.auth.as_ref().and_then(|a| {
-            crate::auth::Authenticator::from_config(a, base_dir)
+            let db = registry.as_ref().map(|r| r.path.as_path());
+            crate::auth::Authenticator::from_config_with(a, base_dir, db)
                 .map_err(|p| problems.extend(p))
                 .ok()
         });
@@ -145,15 +155,13 @@ impl RawConfig {
             Resilience::build(self.defaults.as_ref(), &policies, &upstreams, &mut problems);
         let tracing = self.tracing.as_ref().and_then(|t| t.build(&mut problems));
         let (spend, budgets) = self.spend_and_budgets(base_dir, router.as_ref(), &mut problems);
-        let registry = self.registry.as_ref().and_then(|r| {
-            if r.path.trim().is_empty() {
-                problems.push(ConfigProblem::new("registry.path", "must not be empty"));
-                return None;
-            }
-            Some(RegistrySettings {
-                path: base_dir.join(&r.path),
-            })
-        });
+        if registry.is_some() && spend.as_ref().is_some_and(|s| s.file.is_some()) {
+            problems.push(ConfigProblem::new(
+                "spend.file",
+                "[registry] is configured, so spend and budget use are kept in its database: \
+                 remove spend.file (one place, so a restart never reads an older copy)",
+            ));
+        }
         let balancing: Vec<RawBalance> = raw_upstreams
             .iter()
             .zip(&upstream_keys)

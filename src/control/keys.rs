@@ -24,19 +24,19 @@
 //! keys are not configured, 400 with every problem for an invalid request, 500 when the store
 //! fails (nothing changed), 503 when a stored change was not confirmed by every worker.
 
+pub mod sqlite;
+mod state;
 pub mod store;
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use serde::Deserialize;
 
-use super::watch::{FileWatch, Poll};
 use crate::auth::apikey::record::{generate_id, generate_secret, MAX_SECRETS};
-use crate::auth::{ApiKeySettings, KeyRecord};
+use crate::auth::{ApiKeySettings, KeyRecord, KeySource};
 use crate::config::{ConfigError, ConfigProblem, Snapshot};
-use crate::inbox::Barrier;
 use crate::time::unix_now;
+pub(super) use state::KeysState;
 pub use store::{AuditEntry, FileStore, KeyStore, StoreError};
 
 /// Default grace period of a rotated key's old secret.
@@ -167,12 +167,14 @@ impl KeyService {
         })
     }
 
-    /// The file store `[auth.api_keys]` names.
+    /// The store `[auth.api_keys]` names: its file, or the model registry's database.
     pub fn for_settings(settings: &ApiKeySettings) -> Result<KeyService, StoreError> {
-        Self::open(Box::new(FileStore::new(
-            settings.file.clone(),
-            settings.audit_file.clone(),
-        )))
+        match &settings.source {
+            KeySource::File { file, audit_file } => {
+                Self::open(Box::new(FileStore::new(file.clone(), audit_file.clone())))
+            }
+            KeySource::Registry(db) => Self::open(Box::new(sqlite::RegistryStore::open(db)?)),
+        }
     }
 
     pub fn records(&self) -> &[KeyRecord] {
@@ -195,6 +197,7 @@ impl KeyService {
                 name: Some(r.name.clone()),
                 prefix,
                 actor,
+                by: None,
                 detail,
             })
         };
@@ -339,19 +342,27 @@ impl KeyService {
         Ok((secret.key, format!("old secrets accepted until {end}")))
     }
 
-    /// Stores `plan`: save, then audit. If the audit cannot be written the previous records
-    /// are stored back, so no change is in the store without its audit entry.
+    /// Stores `plan` with its audit entry ([`KeyStore::commit`]: both or neither), so no
+    /// change is in the store without its audit entry.
     pub fn commit(&mut self, plan: &Plan) -> Result<(), KeyError> {
         let Some(entry) = &plan.entry else {
             return Ok(());
         };
-        self.store.save(&plan.records, entry)?;
-        if let Err(e) = self.store.audit(entry) {
-            let _ = self.store.save(&self.records, entry);
-            return Err(e.into());
-        }
+        self.store.commit(&self.records, &plan.records, entry)?;
         self.records = plan.records.clone();
         Ok(())
+    }
+
+    /// Reads the store again when another process changed it (a registry changed by
+    /// `shardgate keys --registry`): `Ok(true)` when the records did.
+    pub fn refresh(&mut self) -> Result<bool, StoreError> {
+        if !self.store.changed_elsewhere()? {
+            return Ok(false);
+        }
+        let records = self.store.load()?;
+        let changed = records != self.records;
+        self.records = records;
+        Ok(changed)
     }
 
     /// Plans, checks and commits `cmd` with no gateway running (`shardgate keys --file`):
@@ -370,6 +381,49 @@ impl KeyService {
         Ok(plan.reply)
     }
 
+    /// Adds `records` (a keys file's) to the store, each as an audited `import`, with no
+    /// gateway running (`shardgate keys --registry DB import FILE`). Refused whole, before
+    /// anything is stored, when an id or a secret is already there or a record is invalid.
+    /// Returns the ids imported.
+    pub fn import(
+        &mut self,
+        records: Vec<KeyRecord>,
+        actor: &'static str,
+    ) -> Result<Vec<String>, KeyError> {
+        let mut all = self.records.clone();
+        all.extend(records.iter().cloned());
+        let file = crate::auth::apikey::KeysFile {
+            version: crate::auth::apikey::record::FILE_VERSION,
+            keys: all,
+        };
+        let problems = file.problems();
+        if !problems.is_empty() {
+            return Err(KeyError::Invalid(problems));
+        }
+        let mut ids = Vec::with_capacity(records.len());
+        for r in records {
+            let mut after = self.records.clone();
+            let entry = AuditEntry {
+                at: unix_now(),
+                action: "import",
+                id: r.id.clone(),
+                name: Some(r.name.clone()),
+                prefix: r.secrets.last().map(|s| s.prefix.clone()),
+                actor,
+                by: None,
+                detail: None,
+            };
+            ids.push(r.id.clone());
+            after.push(r);
+            self.commit(&Plan {
+                records: after,
+                reply: KeyReply::List(Vec::new()),
+                entry: Some(entry),
+            })?;
+        }
+        Ok(ids)
+    }
+
     /// Re-reads the store after an outside edit, and audits it as a `reload`.
     pub fn reload(&mut self, records: Vec<KeyRecord>) -> Result<(), StoreError> {
         let entry = AuditEntry {
@@ -379,6 +433,7 @@ impl KeyService {
             name: None,
             prefix: None,
             actor: "file-watch",
+            by: None,
             detail: Some(format!("{} keys", records.len())),
         };
         self.store.audit(&entry)?;
@@ -400,171 +455,20 @@ pub fn open_api_keys(snapshot: &mut Snapshot) -> Result<Option<KeyService>, Conf
     let service = KeyService::for_settings(&settings).map_err(|e| store_error(&settings, e))?;
     auth.set_api_keys(service.records())
         .map_err(|problems| ConfigError {
-            file: settings.file.clone(),
+            file: settings.source.path().to_path_buf(),
             problems,
         })?;
     Ok(Some(service))
 }
 
-/// A store failure as a config error naming the keys file.
-fn store_error(settings: &ApiKeySettings, e: StoreError) -> ConfigError {
+/// A store failure as a config error naming the keys file (or the registry database).
+pub(super) fn store_error(settings: &ApiKeySettings, e: StoreError) -> ConfigError {
     match e {
         StoreError::Invalid(e) => e,
         StoreError::Io(m) => ConfigError {
-            file: settings.file.clone(),
+            file: settings.source.path().to_path_buf(),
             problems: vec![ConfigProblem::new("(file)", m)],
         },
-    }
-}
-
-/// The control thread's API keys: the service, the settings it was opened for, and the watch
-/// on its file.
-pub(super) struct KeysState {
-    service: KeyService,
-    settings: ApiKeySettings,
-    watch: Option<FileWatch>,
-}
-
-impl KeysState {
-    /// The key records in force.
-    pub(super) fn records(&self) -> &[KeyRecord] {
-        self.service.records()
-    }
-
-    pub(super) fn new(
-        service: KeyService,
-        settings: ApiKeySettings,
-        watch: super::WatchSettings,
-    ) -> Self {
-        let watch = service
-            .watched()
-            .map(|p| FileWatch::new(p.to_path_buf(), watch));
-        KeysState {
-            service,
-            settings,
-            watch,
-        }
-    }
-}
-
-impl super::State {
-    /// Puts the key table in force in `snap`, a config just validated: the service in use
-    /// when `[auth.api_keys]` names the same file, else the store it names now (opened here;
-    /// failing it fails the reload). Without `[auth.api_keys]` the service is dropped.
-    pub(super) fn overlay_keys(&mut self, snap: &mut Snapshot) -> Result<(), ConfigError> {
-        let Some(auth) = snap.auth.as_mut() else {
-            self.keys = None;
-            return Ok(());
-        };
-        let Some(settings) = auth.api_key_settings().cloned() else {
-            self.keys = None;
-            return Ok(());
-        };
-        let reopen = self.keys.as_ref().is_none_or(|k| k.settings != settings);
-        let fresh = if reopen {
-            Some(KeyService::for_settings(&settings).map_err(|e| store_error(&settings, e))?)
-        } else {
-            None
-        };
-        let records = match (&fresh, &self.keys) {
-            (Some(s), _) => s.records(),
-            (None, Some(k)) => k.service.records(),
-            (None, None) => &[],
-        };
-        auth.set_api_keys(records).map_err(|problems| ConfigError {
-            file: settings.file.clone(),
-            problems,
-        })?;
-        if let Some(service) = fresh {
-            self.keys = Some(KeysState::new(service, settings, self.watch_settings));
-        }
-        Ok(())
-    }
-
-    /// Carries out one key command (module docs, "A change"): the reply, and the barrier to
-    /// wait on before answering (`None`: nothing changed).
-    pub(super) fn key_command(
-        &mut self,
-        cmd: KeyCommand,
-    ) -> Result<(KeyReply, Option<Barrier>), KeyError> {
-        let keys = self.keys.as_mut().ok_or(KeyError::NotConfigured)?;
-        let plan = keys.service.plan(cmd, "admin-api", unix_now())?;
-        if plan.entry.is_none() {
-            return Ok((plan.reply, None));
-        }
-        let mut snap = self.current_snapshot().ok_or(KeyError::NotConfigured)?;
-        let auth = snap.auth.as_mut().ok_or(KeyError::NotConfigured)?;
-        auth.set_api_keys(&plan.records)
-            .map_err(KeyError::Invalid)?;
-        let keys = self.keys.as_mut().ok_or(KeyError::NotConfigured)?;
-        keys.service.commit(&plan)?;
-        // The watch must not offer the version just written as an outside edit.
-        if let (Some(w), Some(path)) = (&mut keys.watch, keys.service.watched()) {
-            if let Ok(c) = super::watch::read(path) {
-                w.dealt_with(c.observation);
-            }
-        }
-        let barrier = self.publish(snap);
-        Ok((plan.reply, Some(barrier)))
-    }
-
-    /// One look at the keys file; a settled outside edit is checked and put in force.
-    pub(super) fn poll_keys_file(&mut self) {
-        let Some(keys) = self.keys.as_mut() else {
-            return;
-        };
-        let Some(watch) = keys.watch.as_mut() else {
-            return;
-        };
-        let file = keys.settings.file.display().to_string();
-        let content = match watch.poll(Instant::now()) {
-            Poll::Ready(c) => c,
-            Poll::Unreadable(e) => {
-                eprintln!(
-                    "shardgate: keys file {file} cannot be read ({e}); keeping the keys in force"
-                );
-                return;
-            }
-            Poll::Empty(_) => {
-                eprintln!(
-                    "shardgate: keys file {file} is empty; not applied, keeping the keys in force"
-                );
-                return;
-            }
-            Poll::Unchanged | Poll::Settling => return,
-        };
-        watch.dealt_with(content.observation);
-        let store = FileStore::new(keys.settings.file.clone(), keys.settings.audit_file.clone());
-        let result = store
-            .parse(&content.bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|records| {
-                let mut snap = self.current_snapshot().ok_or("no snapshot in force")?;
-                let auth = snap.auth.as_mut().ok_or("no [auth] in force")?;
-                auth.set_api_keys(&records).map_err(|p| {
-                    ConfigError {
-                        file: file.clone().into(),
-                        problems: p,
-                    }
-                    .to_string()
-                })?;
-                Ok((records, snap))
-            });
-        match result {
-            Ok((records, snap)) => {
-                let n = records.len();
-                if let Some(k) = self.keys.as_mut() {
-                    if let Err(e) = k.service.reload(records) {
-                        eprintln!("shardgate: keys file {file} changed but cannot be audited ({e}); not applied");
-                        return;
-                    }
-                }
-                // Nobody waits on a watched change.
-                drop(self.publish(snap));
-                eprintln!("shardgate: applied keys file {file} ({n} keys)");
-            }
-            Err(e) => eprintln!("shardgate: keys file {file} changed but was NOT applied, keeping the keys in force:\n{e}"),
-        }
     }
 }
 
@@ -584,7 +488,13 @@ mod tests {
         fn load(&mut self) -> Result<Vec<KeyRecord>, StoreError> {
             Ok(self.lock().unwrap().records.clone())
         }
-        fn save(&mut self, records: &[KeyRecord], _: &AuditEntry) -> Result<(), StoreError> {
+        fn commit(
+            &mut self,
+            _: &[KeyRecord],
+            records: &[KeyRecord],
+            entry: &AuditEntry,
+        ) -> Result<(), StoreError> {
+            self.audit(entry)?;
             self.lock().unwrap().records = records.to_vec();
             Ok(())
         }

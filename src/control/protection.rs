@@ -18,6 +18,10 @@
 //!   JWTs were accepted, or the reverse: a route's `auth = "jwt"` cut off, or
 //!   `[auth.api_keys]` added under routes that accept whatever is configured);
 //! - `[quota]` removed, or a quota rule (by name) removed;
+//! - `[budgets]` removed, a budget rule (by name) removed, or one of its hard limits removed
+//!   or raised, its period shortened (`total` → `month` → `day`: the use starts afresh more
+//!   often), or what it applies to changed (its `key` kind, or its `model` narrowed from
+//!   every model);
 //! - the admin token removed;
 //! - more than half of the routes dropped.
 
@@ -60,6 +64,25 @@ pub enum Loss {
     QuotaRemoved,
     /// The quota rule of this name is gone.
     QuotaRuleRemoved(String),
+    /// `[budgets]` is gone: no budget limits anyone.
+    BudgetsRemoved,
+    /// The budget rule of this name is gone.
+    BudgetRuleRemoved(String),
+    /// Budget `name`'s hard limit in `unit` is gone (`now` = None) or raised to `now`.
+    BudgetLimitRaised {
+        name: String,
+        unit: &'static str,
+        was: u64,
+        now: Option<u64>,
+    },
+    /// Budget `name`'s period resets more often (`was` → `now`).
+    BudgetPeriodShortened {
+        name: String,
+        was: &'static str,
+        now: &'static str,
+    },
+    /// Budget `name` applies to other callers or fewer models (`what` says how).
+    BudgetScopeChanged { name: String, what: String },
     /// Every admin token (`[admin] token` and `tokens`) is gone (or `[admin]` with them).
     AdminTokenRemoved,
     /// More than half of the routes are gone.
@@ -78,6 +101,11 @@ impl Loss {
             Loss::ScopeChanged { .. } => "routes.scope",
             Loss::QuotaRemoved => "quota",
             Loss::QuotaRuleRemoved(_) => "quota.rules",
+            Loss::BudgetsRemoved => "budgets",
+            Loss::BudgetRuleRemoved(_)
+            | Loss::BudgetLimitRaised { .. }
+            | Loss::BudgetPeriodShortened { .. }
+            | Loss::BudgetScopeChanged { .. } => "budgets.rules",
             Loss::AdminTokenRemoved => "admin.token",
             Loss::RoutesDropped { .. } => "routes",
         }
@@ -126,6 +154,28 @@ impl fmt::Display for Loss {
             },
             Loss::QuotaRemoved => write!(f, "[quota] removed: nothing would be limited"),
             Loss::QuotaRuleRemoved(name) => write!(f, "quota rule `{name}` removed"),
+            Loss::BudgetsRemoved => write!(f, "[budgets] removed: no budget would limit anyone"),
+            Loss::BudgetRuleRemoved(name) => write!(f, "budget rule `{name}` removed"),
+            Loss::BudgetLimitRaised {
+                name,
+                unit,
+                was,
+                now: None,
+            } => write!(f, "budget `{name}`: the {unit} limit ({was}) removed"),
+            Loss::BudgetLimitRaised {
+                name,
+                unit,
+                was,
+                now: Some(now),
+            } => write!(
+                f,
+                "budget `{name}`: the {unit} limit raised from {was} to {now}"
+            ),
+            Loss::BudgetPeriodShortened { name, was, now } => write!(
+                f,
+                "budget `{name}`: period `{was}` → `{now}` (its use would start afresh more often)"
+            ),
+            Loss::BudgetScopeChanged { name, what } => write!(f, "budget `{name}`: {what}"),
             Loss::AdminTokenRemoved => {
                 write!(f, "admin.token removed: the admin API would need no token")
             }
@@ -141,6 +191,7 @@ pub fn lowered(old: &Snapshot, new: &Snapshot) -> Vec<Loss> {
     let mut out = Vec::new();
     auth_losses(old, new, &mut out);
     quota_losses(old, new, &mut out);
+    budget_losses(old, new, &mut out);
     let token = |s: &Snapshot| s.admin.as_ref().is_some_and(|a| a.has_token());
     if token(old) && !token(new) {
         out.push(Loss::AdminTokenRemoved);
@@ -198,6 +249,96 @@ fn quota_losses(old: &Snapshot, new: &Snapshot, out: &mut Vec<Loss>) {
         if !now.rules.iter().any(|r| r.name == rule.name) {
             out.push(Loss::QuotaRuleRemoved(rule.name.clone()));
         }
+    }
+}
+
+fn budget_losses(old: &Snapshot, new: &Snapshot, out: &mut Vec<Loss>) {
+    use crate::quota::Window;
+    let Some(was) = &old.budgets else { return };
+    let Some(now) = &new.budgets else {
+        out.push(Loss::BudgetsRemoved);
+        return;
+    };
+    // How long a period's use lasts: a shorter one lets more through over time.
+    let lasts = |w: Window| match w {
+        Window::Minute => 0,
+        Window::Day => 1,
+        Window::Month => 2,
+        Window::Total => 3,
+    };
+    let period = |w: Window| match w {
+        Window::Minute => "minute",
+        Window::Day => "day",
+        Window::Month => "month",
+        Window::Total => "total",
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for b in &was.rules {
+        let name = b.name.as_str();
+        let same_name: Vec<_> = now.rules.iter().filter(|n| n.name == name).collect();
+        if same_name.is_empty() {
+            if !seen.contains(&name) {
+                out.push(Loss::BudgetRuleRemoved(name.to_owned()));
+                seen.push(name);
+            }
+            continue;
+        }
+        let first_of_rule = !seen.contains(&name);
+        seen.push(name);
+        match same_name.iter().find(|n| n.unit == b.unit) {
+            None => out.push(Loss::BudgetLimitRaised {
+                name: name.to_owned(),
+                unit: b.unit.as_str(),
+                was: b.limit(),
+                now: None,
+            }),
+            Some(n) if n.limit() > b.limit() => out.push(Loss::BudgetLimitRaised {
+                name: name.to_owned(),
+                unit: b.unit.as_str(),
+                was: b.limit(),
+                now: Some(n.limit()),
+            }),
+            Some(_) => {}
+        }
+        // One rule's units share these: report them once per rule.
+        let n = same_name[0];
+        if !first_of_rule {
+            continue;
+        }
+        let (w, nw) = (b.rule.limits.window, n.rule.limits.window);
+        if lasts(nw) < lasts(w) {
+            out.push(Loss::BudgetPeriodShortened {
+                name: name.to_owned(),
+                was: period(w),
+                now: period(nw),
+            });
+        }
+        if n.key != b.key {
+            out.push(Loss::BudgetScopeChanged {
+                name: name.to_owned(),
+                what: format!("key `{}` → `{}`", key_name(b.key), key_name(n.key)),
+            });
+        }
+        if n.model != b.model && n.model.is_some() {
+            out.push(Loss::BudgetScopeChanged {
+                name: name.to_owned(),
+                what: format!(
+                    "model `{}` → `{}`: other models would not count",
+                    b.model.as_deref().unwrap_or("*"),
+                    n.model.as_deref().unwrap_or("*")
+                ),
+            });
+        }
+    }
+}
+
+fn key_name(k: crate::quota::KeyKind) -> &'static str {
+    use crate::quota::KeyKind;
+    match k {
+        KeyKind::Subject => "subject",
+        KeyKind::Tenant => "tenant",
+        KeyKind::ApiKey => "api_key",
+        KeyKind::ClientIp => "client_ip",
     }
 }
 
@@ -529,6 +670,95 @@ mod tests {
         assert_eq!(l, [Loss::QuotaRuleRemoved("per-ip".into())]);
         let l = losses(|p| p.quota = p.quota.replace("\"per-user\"", "\"renamed\""));
         assert_eq!(l, [Loss::QuotaRuleRemoved("per-user".into())]);
+    }
+
+    /// Budget changes, table-driven: (what, the `[budgets]` text after, the loss keys and a
+    /// phrase each loss must say). The starting point has two rules: `team` (tokens and
+    /// spend, monthly, per tenant, every model) and `ip` (tokens, daily, per client IP).
+    #[test]
+    fn budget_losses_are_found() {
+        const BUDGETS: &str = "[budgets]\n\
+            [[budgets.rules]]\nname = \"team\"\nkey = \"tenant\"\nperiod = \"month\"\ntokens = 1000\nspend = 5.0\n\
+            [[budgets.rules]]\nname = \"ip\"\nkey = \"client_ip\"\nperiod = \"day\"\ntokens = 100\n";
+        const PRICES: &str =
+            "[spend]\n[[spend.prices]]\nmodel = \"*\"\ninput = 1.0\noutput = 1.0\n";
+        let with = |budgets: &str| {
+            let mut p = Parts::full();
+            p.admin = format!("{}{PRICES}{budgets}", p.admin);
+            p.snapshot()
+        };
+        let base = with(BUDGETS);
+        type Case = (&'static str, String, Vec<(&'static str, &'static str)>);
+        let cases: Vec<Case> = vec![
+            ("unchanged", BUDGETS.into(), vec![]),
+            (
+                "tighter: lower limits, a longer period, a rule added",
+                BUDGETS.replace("tokens = 1000", "tokens = 900").replace("\"day\"", "\"month\"")
+                    + "[[budgets.rules]]\nname = \"new\"\nkey = \"subject\"\nperiod = \"total\"\ntokens = 5\n",
+                vec![],
+            ),
+            ("section removed", String::new(), vec![("budgets", "[budgets] removed")]),
+            (
+                "section emptied",
+                "[budgets]\n".into(),
+                vec![
+                    ("budgets.rules", "`team` removed"),
+                    ("budgets.rules", "`ip` removed"),
+                ],
+            ),
+            (
+                "one rule removed",
+                BUDGETS.split("[[budgets.rules]]").take(2).collect::<Vec<_>>().join("[[budgets.rules]]"),
+                vec![("budgets.rules", "`ip` removed")],
+            ),
+            (
+                "one rule renamed (its use starts afresh)",
+                BUDGETS.replace("\"ip\"", "\"ip2\""),
+                vec![("budgets.rules", "`ip` removed")],
+            ),
+            (
+                "a hard limit raised",
+                BUDGETS.replace("tokens = 1000", "tokens = 1001"),
+                vec![("budgets.rules", "tokens limit raised from 1000 to 1001")],
+            ),
+            (
+                "a currency limit raised",
+                BUDGETS.replace("spend = 5.0", "spend = 5.5"),
+                vec![("budgets.rules", "spend limit raised from 5000000 to 5500000")],
+            ),
+            (
+                "one unit's limit removed",
+                BUDGETS.replace("spend = 5.0\n", ""),
+                vec![("budgets.rules", "spend limit (5000000) removed")],
+            ),
+            (
+                "period shortened",
+                BUDGETS.replace("\"month\"", "\"day\""),
+                vec![("budgets.rules", "`month` → `day`")],
+            ),
+            (
+                "key changed",
+                BUDGETS.replace("\"tenant\"", "\"subject\""),
+                vec![("budgets.rules", "key `tenant` → `subject`")],
+            ),
+            (
+                "model narrowed",
+                BUDGETS.replace("key = \"tenant\"\n", "key = \"tenant\"\nmodel = \"gpt\"\n"),
+                vec![("budgets.rules", "model `*` → `gpt`")],
+            ),
+        ];
+        for (what, budgets, want) in cases {
+            let l = lowered(&base, &with(&budgets));
+            let got: Vec<(&str, String)> = l.iter().map(|x| (x.key(), x.to_string())).collect();
+            assert_eq!(got.len(), want.len(), "{what}: {got:#?}");
+            for ((key, text), (want_key, phrase)) in got.iter().zip(&want) {
+                assert_eq!(key, want_key, "{what}: {got:#?}");
+                assert!(text.contains(phrase), "{what}: `{text}` lacks `{phrase}`");
+            }
+        }
+        // Widening the model to every model is not a loss.
+        let narrow = BUDGETS.replace("key = \"tenant\"\n", "key = \"tenant\"\nmodel = \"gpt\"\n");
+        assert!(lowered(&with(&narrow), &base).is_empty());
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //!
 //! # Adding tables
 //!
-//! A later feature (API keys, say) appends a [`Migration`] to [`MIGRATIONS`] with the next
-//! version and its `CREATE TABLE`s; its changes go through [`super::store::Store::change`],
-//! so they land in the same audit log. A migration that has shipped is never edited.
+//! A later feature appends a [`Migration`] to [`MIGRATIONS`] with the next version and its
+//! `CREATE TABLE`s; its changes go through [`super::store::Store::change`], so they land in
+//! the same audit log. A migration that has shipped is never edited. Version 2 added the API
+//! keys (`control::keys::sqlite`), version 3 spend and budget use (`spend::sqlite`).
 
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -24,11 +25,23 @@ pub struct Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "models, versions, route splits, rollouts and the audit log",
-    sql: V1,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "models, versions, route splits, rollouts and the audit log",
+        sql: V1,
+    },
+    Migration {
+        version: 2,
+        name: "API keys (digests only)",
+        sql: V2,
+    },
+    Migration {
+        version: 3,
+        name: "spend totals and budget use",
+        sql: V3,
+    },
+];
 
 /// The schema version this build writes: the last migration's.
 pub fn current() -> u32 {
@@ -113,6 +126,68 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#;
+
+/// API keys (`control::keys::sqlite`): one row per key, one per secret digest. A secret itself
+/// is never stored. `api_key_changes` counts committed key changes, so a gateway sees a change
+/// another process (`shardgate keys --registry`) made, and refuses to overwrite one it has not
+/// read yet.
+const V2: &str = r#"
+CREATE TABLE api_keys (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    tenant      TEXT,
+    label       TEXT,
+    models      TEXT NOT NULL,   -- JSON array of model patterns (empty: every model)
+    scopes      TEXT NOT NULL,   -- JSON array
+    budgets     TEXT NOT NULL,   -- JSON array of budget names
+    claims      TEXT NOT NULL,   -- JSON object of string claims
+    expires_at  INTEGER,         -- unix seconds
+    enabled     INTEGER NOT NULL CHECK (enabled IN (0, 1)),
+    created_at  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE api_key_secrets (
+    key         TEXT NOT NULL REFERENCES api_keys(id) ON DELETE CASCADE,
+    position    INTEGER NOT NULL,
+    -- Lowercase hex SHA-256 of the whole key; one secret belongs to one key.
+    sha256      TEXT NOT NULL UNIQUE CHECK (length(sha256) = 64 AND sha256 NOT GLOB '*[^0-9a-f]*'),
+    prefix      TEXT NOT NULL,   -- the key's first characters, for display
+    created_at  INTEGER NOT NULL,
+    not_after   INTEGER,         -- the end of a rotation's grace period
+    PRIMARY KEY (key, position)
+) STRICT;
+
+CREATE TABLE api_key_changes (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    generation  INTEGER NOT NULL
+) STRICT;
+INSERT INTO api_key_changes (id, generation) VALUES (1, 0);
+"#;
+
+/// Spend (`spend::sqlite`): totals per (subject, tenant, model), cost as whole micro-units plus
+/// the pico-units below one micro-unit (so each fits an INTEGER however long it runs); each
+/// budget key's use in its latest calendar period.
+const V3: &str = r#"
+CREATE TABLE spend (
+    subject            TEXT NOT NULL,
+    tenant             TEXT NOT NULL,
+    model              TEXT NOT NULL,
+    requests           INTEGER NOT NULL CHECK (requests >= 0),
+    prompt_tokens      INTEGER NOT NULL CHECK (prompt_tokens >= 0),
+    completion_tokens  INTEGER NOT NULL CHECK (completion_tokens >= 0),
+    cached_tokens      INTEGER NOT NULL CHECK (cached_tokens >= 0),
+    micro              INTEGER NOT NULL CHECK (micro >= 0),
+    pico               INTEGER NOT NULL CHECK (pico >= 0 AND pico < 1000000),
+    PRIMARY KEY (subject, tenant, model)
+) STRICT;
+
+CREATE TABLE budget_use (
+    key             TEXT PRIMARY KEY,   -- the budget key, 16 hex digits
+    period_unix_ms  INTEGER NOT NULL,   -- start of the period (0: a total budget)
+    used            INTEGER NOT NULL CHECK (used >= 0)
+) STRICT;
 "#;
 
 /// Why the schema could not be brought up to date.
@@ -203,22 +278,27 @@ mod tests {
     fn a_later_migration_adds_tables_and_a_newer_database_is_refused() {
         static LATER: &[Migration] = &[
             MIGRATIONS[0],
+            MIGRATIONS[1],
+            MIGRATIONS[2],
             Migration {
-                version: 2,
-                name: "api keys",
-                sql: "CREATE TABLE api_keys (id TEXT PRIMARY KEY, hash TEXT NOT NULL) STRICT;",
+                version: 4,
+                name: "later things",
+                sql: "CREATE TABLE later_things (id TEXT PRIMARY KEY, x TEXT NOT NULL) STRICT;",
             },
         ];
         let mut c = Connection::open_in_memory().unwrap();
         migrate(&mut c).unwrap();
         let applied = migrate_with(&mut c, LATER).unwrap();
-        assert_eq!(applied.iter().map(|m| m.version).collect::<Vec<_>>(), [2]);
-        c.execute("INSERT INTO api_keys VALUES ('k', 'h')", [])
+        assert_eq!(applied.iter().map(|m| m.version).collect::<Vec<_>>(), [4]);
+        c.execute("INSERT INTO later_things VALUES ('k', 'h')", [])
             .unwrap();
-        // This build (one migration) must not open what the later one wrote.
+        // This build must not open what the later one wrote.
         assert_eq!(
             migrate(&mut c).unwrap_err(),
-            MigrateError::TooNew { found: 2, known: 1 }
+            MigrateError::TooNew {
+                found: 4,
+                known: current()
+            }
         );
     }
 
@@ -249,6 +329,67 @@ mod tests {
             )
             .unwrap();
         assert_eq!(t2, 0, "the half-applied migration was rolled back");
+    }
+
+    #[test]
+    fn a_version_1_database_keeps_its_rows_and_gains_keys_and_spend() {
+        static V1_ONLY: &[Migration] = &[MIGRATIONS[0]];
+        let mut c = Connection::open_in_memory().unwrap();
+        migrate_with(&mut c, V1_ONLY).unwrap();
+        c.execute(
+            "INSERT INTO models (name, created_at, created_by) VALUES ('llama', 1, 'alice')",
+            [],
+        )
+        .unwrap();
+        let applied = migrate(&mut c).unwrap();
+        assert_eq!(
+            applied.iter().map(|m| m.version).collect::<Vec<_>>(),
+            [2, 3]
+        );
+        let who: String = c
+            .query_row(
+                "SELECT created_by FROM models WHERE name = 'llama'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(who, "alice");
+        for table in [
+            "api_keys",
+            "api_key_secrets",
+            "api_key_changes",
+            "spend",
+            "budget_use",
+        ] {
+            let n: i64 = c
+                .query_row(
+                    "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                    [table],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, 1, "{table}");
+        }
+        // A digest column takes 64 lowercase hex digits and nothing else (never a key).
+        c.execute(
+            "INSERT INTO api_keys VALUES ('key_1', 'n', 'o', NULL, NULL, '[]', '[]', '[]', '{}', NULL, 1, 1)",
+            [],
+        )
+        .unwrap();
+        let hex = "0123456789abcdef".repeat(4);
+        for (digest, ok) in [
+            (hex.clone(), true),
+            (hex.to_uppercase(), false),
+            (format!("sg-{}", &hex[3..]), false),
+            (hex[..63].to_owned(), false),
+            (format!("{hex}0"), false),
+        ] {
+            let r = c.execute(
+                "INSERT INTO api_key_secrets VALUES ('key_1', ?2, ?1, 'sg-x', 1, NULL)",
+                rusqlite::params![digest, digest.len() as i64 + i64::from(ok)],
+            );
+            assert_eq!(r.is_ok(), ok, "{digest}: {r:?}");
+        }
     }
 
     #[test]

@@ -136,6 +136,12 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the database at `path`; see the module docs for what is checked.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Self::open_with(path, BUSY_TIMEOUT)
+    }
+
+    /// [`Store::open`] waiting at most `busy_timeout` for another process's lock. The key
+    /// and spend stores open their own connection this way (each on its own thread).
+    pub fn open_with(path: &Path, busy_timeout: Duration) -> Result<Store, StoreError> {
         let fail = |message: String| StoreError {
             path: path.to_path_buf(),
             message,
@@ -159,7 +165,7 @@ impl Store {
                  registry in its place: restore it from a backup, or move it away to start anew"
             ))
         };
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(unusable)?;
+        conn.busy_timeout(busy_timeout).map_err(unusable)?;
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .map_err(unusable)?;
@@ -216,6 +222,26 @@ impl Store {
         )?;
         tx.commit()?;
         Ok((changed.value, id))
+    }
+
+    /// Runs `f` in one write transaction that the audit log does not record (spend totals);
+    /// commits, or rolls back when `f` fails. The error names the file.
+    pub fn write<T>(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let path = &self.path;
+        let fail = |e: rusqlite::Error| StoreError {
+            path: path.clone(),
+            message: format!("cannot be written: {e}"),
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        let v = f(&tx).map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        Ok(v)
     }
 
     /// Runs a read on the connection.

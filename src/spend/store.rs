@@ -9,8 +9,8 @@
 //!   persisting there: the budgets' lease windows live in Redis already.
 //! - [`MemoryStore`]: nothing persisted (no file configured).
 //!
-//! The SQLite registry (issue #16) is one more implementation: `load` reads its rows,
-//! `persist` upserts the pending deltas in one transaction.
+//! - [`super::sqlite::SqliteStore`] (`[registry]` configured): rows in the registry database,
+//!   the pending deltas added in one transaction.
 //!
 //! Only the spend thread (`control::spend`) calls a store; it may block (a write, a Redis
 //! round trip) without touching a worker.

@@ -61,10 +61,16 @@ impl RegistryRig {
         if let Some(t) = text {
             std::fs::write(&cfg, t).unwrap();
         }
-        let loaded = registry::load(&cfg, 1).map_err(|e| e.to_string())?;
+        let mut loaded = registry::load(&cfg, 1).map_err(|e| e.to_string())?;
+        // As `shardgate` does: API keys in force from the first request.
+        let keys =
+            shardgate::control::open_api_keys(&mut loaded.snapshot).map_err(|e| e.to_string())?;
         let engine = Engine::start(loaded.snapshot.clone()).map_err(|e| e.to_string())?;
-        let control = Control::spawn(Start::loaded(cfg.clone(), loaded, engine.inboxes()))
-            .map_err(|e| e.to_string())?;
+        let control = Control::spawn(Start {
+            keys,
+            ..Start::loaded(cfg.clone(), loaded, engine.inboxes())
+        })
+        .map_err(|e| e.to_string())?;
         let admin = Admin::start(
             "127.0.0.1:0".parse().unwrap(),
             AdminState {

@@ -83,6 +83,9 @@ pub struct ErrorResponse<'a> {
     pub message: &'a str,
     /// The request field the error is about (a JSON path), as OpenAI's `param`; empty: none.
     pub param: &'a str,
+    /// OpenAI's machine-readable `code` (`invalid_api_key`); empty: none. With a code the body
+    /// has OpenAI's four fields: `message`, `type`, `param` (null when empty) and `code`.
+    pub code: &'a str,
     /// Add `Connection: close` and close after writing.
     pub close: bool,
 }
@@ -91,15 +94,31 @@ pub struct ErrorResponse<'a> {
 /// header lines (each ending in CRLF), e.g. `Retry-After` or `WWW-Authenticate`.
 pub fn error_response(out: &mut Vec<u8>, e: &ErrorResponse<'_>, request_id: &str, extra: &[u8]) {
     let mut body = Vec::with_capacity(96 + e.message.len());
-    body.extend_from_slice(b"{\"error\":{\"type\":\"");
-    json_escape_into(&mut body, e.kind);
-    body.extend_from_slice(b"\",\"message\":\"");
-    json_escape_into(&mut body, e.message);
-    if e.param.is_empty() {
-        body.extend_from_slice(b"\"}}");
+    if e.code.is_empty() {
+        body.extend_from_slice(b"{\"error\":{\"type\":\"");
+        json_escape_into(&mut body, e.kind);
+        body.extend_from_slice(b"\",\"message\":\"");
+        json_escape_into(&mut body, e.message);
+        if e.param.is_empty() {
+            body.extend_from_slice(b"\"}}");
+        } else {
+            body.extend_from_slice(b"\",\"param\":\"");
+            json_escape_into(&mut body, e.param);
+            body.extend_from_slice(b"\"}}");
+        }
     } else {
-        body.extend_from_slice(b"\",\"param\":\"");
-        json_escape_into(&mut body, e.param);
+        body.extend_from_slice(b"{\"error\":{\"message\":\"");
+        json_escape_into(&mut body, e.message);
+        body.extend_from_slice(b"\",\"type\":\"");
+        json_escape_into(&mut body, e.kind);
+        if e.param.is_empty() {
+            body.extend_from_slice(b"\",\"param\":null,\"code\":\"");
+        } else {
+            body.extend_from_slice(b"\",\"param\":\"");
+            json_escape_into(&mut body, e.param);
+            body.extend_from_slice(b"\",\"code\":\"");
+        }
+        json_escape_into(&mut body, e.code);
         body.extend_from_slice(b"\"}}");
     }
     status_line(out, e.status);
@@ -155,6 +174,7 @@ mod tests {
             kind: "rate_limit_exceeded",
             message: "slow \"down\"",
             param: "",
+            code: "",
             close: false,
         };
         error_response(&mut out, &e, "r1", b"retry-after: 3\r\n");
@@ -178,6 +198,35 @@ mod tests {
             text.ends_with(r#""message":"slow \"down\"","param":"$['a\"b'].c[0]"}}"#),
             "{text}"
         );
+    }
+
+    /// With a code, OpenAI's four fields, `param` null when there is none.
+    #[test]
+    fn an_error_with_a_code_has_openais_shape() {
+        for (param, want) in [
+            (
+                "",
+                r#"{"error":{"message":"bad \"key\"","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#,
+            ),
+            (
+                "$.x",
+                r#"{"error":{"message":"bad \"key\"","type":"invalid_request_error","param":"$.x","code":"invalid_api_key"}}"#,
+            ),
+        ] {
+            let mut out = Vec::new();
+            let e = ErrorResponse {
+                status: 401,
+                kind: "invalid_request_error",
+                message: "bad \"key\"",
+                param,
+                code: "invalid_api_key",
+                close: false,
+            };
+            error_response(&mut out, &e, "r1", b"");
+            let text = String::from_utf8(out).unwrap();
+            let (_, body) = text.split_once("\r\n\r\n").unwrap();
+            assert_eq!(body, want);
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Where key records live: the [`KeyStore`] boundary, and the file store behind it until the
-//! registry (SQLite) lands. A store keeps records (digests, never secrets) and an append-only
-//! audit trail of every change; the control thread is its only user.
+//! Where key records live: the [`KeyStore`] boundary, and the file store behind it (the
+//! registry's is [`super::sqlite`]). A store keeps records (digests, never secrets) and an
+//! append-only audit trail of every change; the control thread is its only user.
 //!
 //! # The file store
 //!
@@ -11,9 +11,9 @@
 //! 0600), synced, renamed over the file. The audit trail is a JSON-lines file next to it,
 //! appended to and synced ([`AuditEntry`]).
 //!
-//! A registry store implements the same trait: `load` reads the rows, `save` writes the rows
-//! the change touched (it gets the whole set and the entry naming the key), `audit` inserts
-//! into its audit table, and `watched` is `None` (it has no file an outside edit changes).
+//! A change is stored with its audit entry ([`KeyStore::commit`]): the file store writes the
+//! file, then appends the entry, and writes the previous records back if the entry cannot be
+//! written; the registry store does both in one transaction.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -44,6 +44,9 @@ pub struct AuditEntry {
     pub prefix: Option<String>,
     /// Who asked: `admin-api`, `cli`, `file-watch`.
     pub actor: &'static str,
+    /// The admin token's name, for a change through the admin API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
     /// Anything else worth keeping (a rotation's grace end, a reload's key count).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -71,12 +74,23 @@ impl std::fmt::Display for StoreError {
 pub trait KeyStore: Send {
     /// Every stored record, checked.
     fn load(&mut self) -> Result<Vec<KeyRecord>, StoreError>;
-    /// Stores `records`, the whole set after the change `entry` describes.
-    fn save(&mut self, records: &[KeyRecord], entry: &AuditEntry) -> Result<(), StoreError>;
+    /// Stores `records`, the whole set after the change `entry` describes (`before`: the set
+    /// before it), and `entry` in the audit trail: both, or neither.
+    fn commit(
+        &mut self,
+        before: &[KeyRecord],
+        records: &[KeyRecord],
+        entry: &AuditEntry,
+    ) -> Result<(), StoreError>;
     /// Appends `entry` to the audit trail (durably: it returns once it is stored).
     fn audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError>;
     /// The file an outside edit changes (the control thread watches it), if any.
     fn watched(&self) -> Option<&Path>;
+    /// Whether another process changed the stored keys since this store last read or wrote
+    /// them (a store without a watched file; the control thread asks on its tick).
+    fn changed_elsewhere(&mut self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
     /// The store's name in messages (`file /etc/sg/keys.json`).
     fn describe(&self) -> String;
 }
@@ -128,7 +142,36 @@ impl KeyStore for FileStore {
         }
     }
 
-    fn save(&mut self, records: &[KeyRecord], _entry: &AuditEntry) -> Result<(), StoreError> {
+    fn commit(
+        &mut self,
+        before: &[KeyRecord],
+        records: &[KeyRecord],
+        entry: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        self.save(records)?;
+        if let Err(e) = self.audit(entry) {
+            let _ = self.save(before);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.append_audit(entry)
+    }
+
+    fn watched(&self) -> Option<&Path> {
+        Some(&self.file)
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.file.display())
+    }
+}
+
+impl FileStore {
+    /// Writes `records` as the whole file.
+    fn save(&mut self, records: &[KeyRecord]) -> Result<(), StoreError> {
         let doc = KeysFile {
             version: FILE_VERSION,
             keys: records.to_vec(),
@@ -140,7 +183,7 @@ impl KeyStore for FileStore {
             .map_err(|e| StoreError::Io(format!("cannot write {}: {e}", self.file.display())))
     }
 
-    fn audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {
+    fn append_audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {
         let fail = |e: std::io::Error| {
             StoreError::Io(format!(
                 "cannot append to the audit file {}: {e}",
@@ -157,14 +200,6 @@ impl KeyStore for FileStore {
             .map_err(fail)?;
         f.write_all(&line).map_err(fail)?;
         f.sync_data().map_err(fail)
-    }
-
-    fn watched(&self) -> Option<&Path> {
-        Some(&self.file)
-    }
-
-    fn describe(&self) -> String {
-        format!("file {}", self.file.display())
     }
 }
 
@@ -215,6 +250,7 @@ mod tests {
             name: Some("n".into()),
             prefix: None,
             actor: "cli",
+            by: None,
             detail: None,
         }
     }
@@ -241,7 +277,7 @@ mod tests {
             created_at: 5,
             secrets: vec![secret.record],
         };
-        s.save(std::slice::from_ref(&rec), &entry("create"))
+        s.commit(&[], std::slice::from_ref(&rec), &entry("create"))
             .unwrap();
         assert_eq!(s.load().unwrap(), vec![rec]);
         let text = std::fs::read_to_string(d.join("keys.json")).unwrap();
