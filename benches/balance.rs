@@ -8,7 +8,8 @@
 //! - `choice_free/<policy>/16`: the same with every endpoint eligible without asking the
 //!   breaker view: the policy's own cost.
 //! - `attempt/<policy>`: a pick plus the attempt's bookkeeping (counted in flight, a TTFB
-//!   and a latency sample, counted out): everything endpoint choice adds to a request.
+//!   and a latency sample, counted out): everything endpoint choice adds to a request. The
+//!   attempt starts at the clock read the proxy made for the choice, as in `proxy::attempt`.
 //! - `key/prompt`, `key/header`: computing the affinity key (a 2-message chat body already
 //!   parsed with its opening located, as on a route to a prompt-keyed upstream; a header
 //!   value). `key/prompt_reread`: the same from a body parsed without (the opening is read
@@ -118,7 +119,7 @@ fn bench(c: &mut Criterion) {
                             .borrow_mut()
                             .pick(plan, 0, Some(black_box(key)), &mut rng, eligible)
                             .unwrap();
-                        let a = Attempt::begin(&view, plan.endpoint(i), Instant::now());
+                        let a = Attempt::begin(&view, plan.endpoint(i), now);
                         a.head(200);
                         a.done();
                     })
