@@ -863,13 +863,17 @@ mod tests {
         };
         let found = |o: Opening| matches!(o, Opening::At { .. });
         let chat = |content: &str| {
-            format!(r#"{{"messages":[{{"role":"system","content":{content}}},{{"content":"q","role":"user"}}]}}"#)
+            format!(
+                r#"{{"messages":[{{"role":"system","content":{content}}},{{"content":"q","role":"user"}}]}}"#
+            )
         };
         assert!(found(keyed(&chat(r#""plain text""#))));
         assert!(found(keyed(&chat(r#""""#))));
         assert!(found(keyed(r#"{"messages":[{"content":"no role"}]}"#)));
         assert!(found(keyed(r#"{"prompt":["first","second"]}"#)));
-        assert!(found(keyed(&chat(r#"[{"type":"text","text":"héllo wörld"}]"#))));
+        assert!(found(keyed(&chat(
+            r#"[{"type":"text","text":"héllo wörld"}]"#
+        ))));
         assert_eq!(keyed(r#"{"model":"m"}"#), Opening::Absent);
         assert_eq!(parse(&chat(r#""x""#)).unwrap().opening, Opening::Unread);
         // Escaped text is decoded, so it is not the received bytes: read again.
@@ -879,10 +883,7 @@ mod tests {
         }
         // Unless the received bytes happen to be the decoded ones: a place is only ever
         // taken for bytes equal to the piece.
-        assert_eq!(
-            opening(&chat(r#""\\""#), 1024).unwrap(),
-            "system|\\|user|q"
-        );
+        assert_eq!(opening(&chat(r#""\\""#), 1024).unwrap(), "system|\\|user|q");
         // More pieces than a parse keeps: read again, every piece still fed.
         let parts: Vec<String> = (0..OPENING_PIECES)
             .map(|i| format!(r#"{{"type":"text","text":"part {i}"}}"#))

@@ -291,7 +291,11 @@ mod tests {
             let ring = Ring::new(&names(n));
             let mut probes: Vec<u64> = (0..2_000).map(|_| rng.next_u64()).collect();
             probes.extend([0, u64::MAX, 1 << 63]);
-            probes.extend(ring.hashes.iter().flat_map(|&h| [h, h.wrapping_add(1), h.wrapping_sub(1)]));
+            probes.extend(
+                ring.hashes
+                    .iter()
+                    .flat_map(|&h| [h, h.wrapping_add(1), h.wrapping_sub(1)]),
+            );
             for k in probes {
                 let at = ring.hashes.partition_point(|&h| h < k);
                 let want = ring.owners.get(at).or(ring.owners.first());

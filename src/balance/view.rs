@@ -188,7 +188,9 @@ impl WorkerBalance {
         let Some(f) = self.fleet.as_deref() else {
             return;
         };
-        let Some(mine) = f.row(self.worker).filter(|_| f.endpoints.len() == self.slots.len())
+        let Some(mine) = f
+            .row(self.worker)
+            .filter(|_| f.endpoints.len() == self.slots.len())
         else {
             return;
         };
