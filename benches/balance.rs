@@ -5,10 +5,16 @@
 //! - `choice/<policy>/<n>`: one pick among `n` endpoints with the proxy's `eligible` (the
 //!   breaker view asked per endpoint, nothing tried yet), a fleet view with loads and EWMAs in
 //!   place. Affinity with a key that is its endpoint's.
+//! - `choice_free/<policy>/16`: the same with every endpoint eligible without asking the
+//!   breaker view: the policy's own cost.
 //! - `attempt/<policy>`: a pick plus the attempt's bookkeeping (counted in flight, a TTFB
-//!   and a latency sample, counted out): everything endpoint choice adds to a request.
+//!   and a latency sample, counted out): everything endpoint choice adds to a request. The
+//!   attempt starts at the clock read the proxy made for the choice, as in `proxy::attempt`.
 //! - `key/prompt`, `key/header`: computing the affinity key (a 2-message chat body already
-//!   parsed; a header value).
+//!   parsed with its opening located, as on a route to a prompt-keyed upstream; a header
+//!   value). `key/prompt_reread`: the same from a body parsed without (the opening is read
+//!   from the body again). `parse/chat`, `parse/chat_keyed`: the body parse without and with
+//!   locating the opening.
 
 use std::cell::RefCell;
 use std::hint::black_box;
@@ -91,6 +97,19 @@ fn bench(c: &mut Criterion) {
                     ))
                 })
             });
+            if n == 16 {
+                c.bench_function(&format!("choice_free/{name}/{n}"), |b| {
+                    b.iter(|| {
+                        black_box(view.borrow_mut().pick(
+                            plan,
+                            0,
+                            Some(black_box(key)),
+                            &mut rng,
+                            |_| true,
+                        ))
+                    })
+                });
+            }
             if n == 3 {
                 c.bench_function(&format!("attempt/{name}"), |b| {
                     b.iter(|| {
@@ -100,7 +119,7 @@ fn bench(c: &mut Criterion) {
                             .borrow_mut()
                             .pick(plan, 0, Some(black_box(key)), &mut rng, eligible)
                             .unwrap();
-                        let a = Attempt::begin(&view, plan.endpoint(i));
+                        let a = Attempt::begin(&view, plan.endpoint(i), now);
                         a.head(200);
                         a.done();
                     })
@@ -110,14 +129,24 @@ fn bench(c: &mut Criterion) {
     }
     let body = br#"{"model":"m","messages":[{"role":"system","content":"You are a helpful assistant that answers questions about the product catalog, in a friendly tone, citing the page you took it from."},{"role":"user","content":"Which of your laptops has the longest battery life, and how long does it last?"}]}"#.to_vec();
     let mut model = String::new();
-    let json = JsonBody::parse(&body, &mut model).unwrap();
-    c.bench_function("key/prompt", |b| {
-        b.iter(|| {
-            let mut h = KeyHasher::new();
-            black_box(&json).feed_opening(1024, |p| h.piece(p));
-            black_box(h.finish())
-        })
+    c.bench_function("parse/chat", |b| {
+        b.iter(|| black_box(JsonBody::parse(black_box(&body), &mut model).is_ok()))
     });
+    c.bench_function("parse/chat_keyed", |b| {
+        b.iter(|| black_box(JsonBody::parse_keyed(black_box(&body), &mut model, true).is_ok()))
+    });
+    let mut keyed_model = String::new();
+    let keyed = JsonBody::parse_keyed(&body, &mut keyed_model, true).unwrap();
+    let json = JsonBody::parse(&body, &mut model).unwrap();
+    for (name, json) in [("key/prompt", &keyed), ("key/prompt_reread", &json)] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let mut h = KeyHasher::new();
+                black_box(json).feed_opening(1024, |p| h.piece(p));
+                black_box(h.finish())
+            })
+        });
+    }
     c.bench_function("key/header", |b| {
         b.iter(|| {
             black_box(key::hash(black_box(

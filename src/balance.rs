@@ -41,11 +41,17 @@
 //!
 //! # Performance
 //!
-//! A choice is a few indexed reads of fixed arrays (sized per snapshot by endpoint id), no
-//! allocation, no lock, no atomic: round-robin one counter, least-requests one pass over the
-//! endpoints, P2C two random draws, affinity a binary search on the ring and a short walk.
-//! `benches/balance.rs` measures each. Upstreams left on round-robin (the default) track
-//! nothing: no clock read, no report, no fleet message.
+//! A choice is a few indexed reads of fixed arrays (sized per snapshot by endpoint id, one
+//! contiguous array each for this core's in flight, the other cores' load and the EWMA, the
+//! fleet's part worked out once when its view arrives), no allocation, no lock, no atomic:
+//! round-robin one counter; least-requests one pass over the loads, asking `eligible` only
+//! about the endpoints at the least load; P2C two random draws; affinity one pass asking
+//! `eligible` (a bit set) and summing the loads, a bucket read and a short search on the
+//! ring, and a walk that stops once every eligible endpoint was seen. An attempt costs two
+//! clock reads (its start is the clock read of the choice) and four touches of its
+//! endpoint's cells; the EWMAs are folded on the coordination thread, once per endpoint per
+//! report, never per request. `benches/balance.rs` measures each. Upstreams left on
+//! round-robin (the default) track nothing: no clock read, no report, no fleet message.
 
 pub mod affinity;
 pub mod config;

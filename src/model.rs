@@ -82,6 +82,30 @@ pub struct JsonBody<'a> {
     max_tokens: Option<u64>,
     options: StreamOptions,
     usage_requested: bool,
+    /// Where the conversation's opening is, when the parse was asked to find it.
+    opening: Opening,
+}
+
+/// Most pieces of a conversation's opening whose place a parse keeps (a system message and
+/// a user message with a few content parts each); an opening of more is read again when
+/// asked for.
+const OPENING_PIECES: usize = 12;
+
+/// Where the conversation's opening lies in the received body (see
+/// [`JsonBody::feed_opening`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// Not found at parse time (not asked for, or a piece that is not its received bytes,
+    /// one with a `\` escape): read from the body again when asked for.
+    Unread,
+    /// The body has neither messages nor a prompt.
+    Absent,
+    /// Each piece as a byte range of the received body, whose bytes are the piece's decoded
+    /// text.
+    At {
+        pieces: [(u32, u32); OPENING_PIECES],
+        len: u8,
+    },
 }
 
 /// The received `stream_options`.
@@ -102,11 +126,22 @@ enum StreamOptions {
 impl<'a> JsonBody<'a> {
     /// Parses `raw` (see the module docs); the decoded `model` is kept in `model_buf`.
     pub fn parse(raw: &'a [u8], model_buf: &'a mut String) -> Result<JsonBody<'a>, BodyError> {
+        Self::parse_keyed(raw, model_buf, false)
+    }
+
+    /// [`Self::parse`], and with `opening` also where the conversation's opening is, found
+    /// on the same walk of the parsed body, so that [`Self::feed_opening`] reads those bytes
+    /// instead of parsing the body again (for an upstream whose affinity key is the prompt).
+    pub fn parse_keyed(
+        raw: &'a [u8],
+        model_buf: &'a mut String,
+        opening: bool,
+    ) -> Result<JsonBody<'a>, BodyError> {
         if simd_json_misreads(raw) {
             return Err(BodyError::NotJson);
         }
         model_buf.clear();
-        let mut body = SCRATCH.with(|s| s.borrow_mut().read(raw, model_buf))?;
+        let mut body = SCRATCH.with(|s| s.borrow_mut().read(raw, model_buf, opening))?;
         let model_buf: &'a String = model_buf;
         if body.model_at.is_some() {
             body.model = Some(model_buf.as_str());
@@ -156,15 +191,26 @@ impl<'a> JsonBody<'a> {
     /// its `prompt` (the first one of a list). These stay the same on every turn of one
     /// conversation, so they key it. `false` when the body has neither (nothing was fed).
     ///
-    /// Reads the body again with this thread's scratch tape (only affinity upstreams keyed by
-    /// the prompt ask), so nothing is allocated once warm.
+    /// A body parsed with [`Self::parse_keyed`] hands out the bytes it found; otherwise (or
+    /// for an opening with escapes or of more than `OPENING_PIECES` pieces) the body is read
+    /// again with this thread's scratch tape. Nothing is allocated once warm.
     pub fn feed_opening(&self, limit: usize, mut piece: impl FnMut(&[u8])) -> bool {
-        SCRATCH
-            .with(|s| {
-                s.borrow_mut()
-                    .walk(self.raw, |v, _| opening(v, limit, &mut piece))
-            })
-            .unwrap_or(false)
+        match self.opening {
+            Opening::Absent => false,
+            Opening::At { pieces, len } => {
+                for &(start, end) in &pieces[..usize::from(len)] {
+                    let p = &self.raw[start as usize..end as usize];
+                    piece(&p[..p.len().min(limit)]);
+                }
+                true
+            }
+            Opening::Unread => SCRATCH
+                .with(|s| {
+                    s.borrow_mut()
+                        .walk(self.raw, |v, _, _| opening(v, limit, &mut piece))
+                })
+                .unwrap_or(false),
+        }
     }
 
     /// Sends `name` as the body's `model`.
@@ -370,6 +416,40 @@ fn opening(body: Value<'_, '_>, limit: usize, piece: &mut impl FnMut(&[u8])) -> 
     first.as_ref().and_then(|p| p.as_str()).map(cut).is_some()
 }
 
+/// Where the opening's pieces are in `raw`: simd-json leaves a string without escapes where
+/// it was in its copy of the body, which starts at address `base`, so a piece's place is its
+/// offset from there, taken only when `raw`'s bytes there are the piece's.
+fn locate_opening(root: Value<'_, '_>, raw: &[u8], base: usize) -> Opening {
+    let mut pieces = [(0u32, 0u32); OPENING_PIECES];
+    let mut len = 0;
+    let mut placed = true;
+    let found = opening(root, usize::MAX, &mut |p: &[u8]| {
+        let start = (p.as_ptr() as usize).wrapping_sub(base);
+        let at = match p.is_empty() {
+            true => Some((0, 0)),
+            false => start
+                .checked_add(p.len())
+                .filter(|&end| raw.get(start..end) == Some(p))
+                .and_then(|end| Some((u32::try_from(start).ok()?, u32::try_from(end).ok()?))),
+        };
+        match (at, pieces.get_mut(len)) {
+            (Some(at), Some(slot)) => {
+                *slot = at;
+                len += 1;
+            }
+            _ => placed = false,
+        }
+    });
+    match (found, placed) {
+        (false, _) => Opening::Absent,
+        (true, true) => Opening::At {
+            pieces,
+            len: len as u8,
+        },
+        (true, false) => Opening::Unread,
+    }
+}
+
 thread_local! {
     /// This thread's parse buffers (one per worker thread: nothing is shared).
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
@@ -397,10 +477,12 @@ impl Scratch {
     fn walk<R>(
         &mut self,
         raw: &[u8],
-        f: impl FnOnce(Value<'_, '_>, &mut Keys<'_>) -> R,
+        f: impl FnOnce(Value<'_, '_>, &mut Keys<'_>, usize) -> R,
     ) -> Option<R> {
         self.input.clear();
         self.input.extend_from_slice(raw);
+        // Where the copy simd-json parses (and leaves plain strings in) starts.
+        let base = self.input.as_ptr() as usize;
         let buffers = self.buffers.get_or_insert_with(|| Buffers::new(raw.len()));
         let mut tape = self.tape.take().unwrap_or_else(|| Tape(Vec::new())).reset();
         let out = match simd_json::fill_tape(&mut self.input, buffers, &mut tape) {
@@ -409,7 +491,7 @@ impl Scratch {
                     hashes: &mut self.hashes,
                     seed: &self.seed,
                 };
-                Some(f(tape.as_value(), &mut keys))
+                Some(f(tape.as_value(), &mut keys, base))
             }
             Err(_) => None,
         };
@@ -423,9 +505,20 @@ impl Scratch {
         out
     }
 
-    fn read<'r>(&mut self, raw: &'r [u8], model: &mut String) -> Result<JsonBody<'r>, BodyError> {
-        self.walk(raw, |v, keys| layout(v, raw, keys, model))
-            .unwrap_or(Err(BodyError::NotJson))
+    fn read<'r>(
+        &mut self,
+        raw: &'r [u8],
+        model: &mut String,
+        opening: bool,
+    ) -> Result<JsonBody<'r>, BodyError> {
+        self.walk(raw, |v, keys, base| {
+            let mut body = layout(v, raw, keys, model)?;
+            if opening {
+                body.opening = locate_opening(v, raw, base);
+            }
+            Ok(body)
+        })
+        .unwrap_or(Err(BodyError::NotJson))
     }
 }
 
@@ -488,6 +581,7 @@ fn layout<'r>(
         max_tokens: None,
         options: StreamOptions::Absent,
         usage_requested: false,
+        opening: Opening::Unread,
     };
     let (mut max_tokens, mut max_completion_tokens) = (None, None);
     let (mut model_ok, mut stream_ok) = (true, true);
@@ -744,12 +838,66 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    /// The pieces `feed_opening` hands out, joined with `|`.
+    /// The pieces `feed_opening` hands out, joined with `|`; the same whether the parse found
+    /// them (`parse_keyed`) or they are read again.
     fn opening(body: &str, limit: usize) -> Option<String> {
-        let b = parse(body).unwrap();
-        let mut out = Vec::new();
-        let fed = b.feed_opening(limit, |p| out.push(String::from_utf8_lossy(p).into_owned()));
-        fed.then(|| out.join("|"))
+        let raw: &'static [u8] = Box::leak(body.as_bytes().into());
+        let feed = |b: &JsonBody<'_>| {
+            let mut out = Vec::new();
+            let fed = b.feed_opening(limit, |p| out.push(String::from_utf8_lossy(p).into_owned()));
+            fed.then(|| out.join("|"))
+        };
+        let again = feed(&parse(body).unwrap());
+        let keyed = JsonBody::parse_keyed(raw, Box::leak(Box::default()), true).unwrap();
+        assert_eq!(feed(&keyed), again, "{body}");
+        again
+    }
+
+    #[test]
+    fn the_parse_finds_the_opening_unless_it_has_escapes_or_too_many_pieces() {
+        let keyed = |body: &str| {
+            let raw: &'static [u8] = Box::leak(body.as_bytes().into());
+            JsonBody::parse_keyed(raw, Box::leak(Box::default()), true)
+                .unwrap()
+                .opening
+        };
+        let found = |o: Opening| matches!(o, Opening::At { .. });
+        let chat = |content: &str| {
+            format!(
+                r#"{{"messages":[{{"role":"system","content":{content}}},{{"content":"q","role":"user"}}]}}"#
+            )
+        };
+        assert!(found(keyed(&chat(r#""plain text""#))));
+        assert!(found(keyed(&chat(r#""""#))));
+        assert!(found(keyed(r#"{"messages":[{"content":"no role"}]}"#)));
+        assert!(found(keyed(r#"{"prompt":["first","second"]}"#)));
+        assert!(found(keyed(&chat(
+            r#"[{"type":"text","text":"héllo wörld"}]"#
+        ))));
+        assert_eq!(keyed(r#"{"model":"m"}"#), Opening::Absent);
+        assert_eq!(parse(&chat(r#""x""#)).unwrap().opening, Opening::Unread);
+        // Escaped text is decoded, so it is not the received bytes: read again.
+        for escaped in [r#""a\"b""#, r#""\n""#, r#""\u00e9""#, r#""x\/""#] {
+            assert_eq!(keyed(&chat(escaped)), Opening::Unread, "{escaped}");
+            assert!(opening(&chat(escaped), 1024).is_some());
+        }
+        // Unless the received bytes happen to be the decoded ones: a place is only ever
+        // taken for bytes equal to the piece.
+        assert_eq!(opening(&chat(r#""\\""#), 1024).unwrap(), "system|\\|user|q");
+        // More pieces than a parse keeps: read again, every piece still fed.
+        let parts: Vec<String> = (0..OPENING_PIECES)
+            .map(|i| format!(r#"{{"type":"text","text":"part {i}"}}"#))
+            .collect();
+        let many = chat(&format!("[{}]", parts.join(",")));
+        assert_eq!(keyed(&many), Opening::Unread);
+        let fed = opening(&many, 1024).unwrap();
+        assert_eq!(fed.split('|').count(), OPENING_PIECES + 3, "{fed}");
+        // Bodies that only differ in whitespace or key order give the same pieces.
+        let spaced = "{ \"messages\" : [ { \"content\" : \"plain text\" , \"role\":\"system\" }, {\"role\": \"user\", \"content\": \"q\"} ] }";
+        assert_eq!(
+            opening(spaced, 1024),
+            opening(&chat(r#""plain text""#), 1024)
+        );
     }
 
     #[test]

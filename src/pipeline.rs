@@ -195,7 +195,8 @@ async fn stages(
         rq.body_read = true;
         let limits = &snap.limits;
         let into = (b.body, b.model);
-        json = Some(body::read_json(c, &rq.info, rq.head.framing, limits, into).await?);
+        let opening = snap.balance.prompt_keyed();
+        json = Some(body::read_json(c, &rq.info, rq.head.framing, limits, into, opening).await?);
     }
     let route: &Route = match &json {
         Some(j) => snap

@@ -32,11 +32,24 @@ use super::Loads;
 /// Points per endpoint on the ring.
 pub const VNODES: u32 = 160;
 
+/// Most bits of a hash the ring's bucket index is cut by (64 Ki buckets).
+const MAX_INDEX_BITS: u32 = 16;
+
 /// The ring of one upstream's endpoints.
+///
+/// The points are two parallel arrays sorted by hash (the hashes alone are what a lookup
+/// searches), with an index by the top bits of the hash (about one bucket per point), so a
+/// key's position is found by one index read and a search among a few points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ring {
-    /// Sorted by hash (then endpoint, so equal hashes order the same way everywhere).
-    points: Box<[(u64, u32)]>,
+    /// Sorted (by hash, then endpoint, so equal hashes order the same way everywhere).
+    hashes: Box<[u64]>,
+    /// The endpoint (index in the upstream) of each point.
+    owners: Box<[u32]>,
+    /// `index[b]`: the first point whose hash's top `bits` bits are at least `b`;
+    /// `2^bits + 1` entries.
+    index: Box<[u32]>,
+    bits: u32,
 }
 
 impl Ring {
@@ -50,17 +63,50 @@ impl Ring {
             })
             .collect();
         points.sort_unstable();
+        let bits = points
+            .len()
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(1, MAX_INDEX_BITS);
+        let hashes: Box<[u64]> = points.iter().map(|p| p.0).collect();
+        let index = (0..=1u64 << bits)
+            .map(|b| match b.checked_shl(64 - bits) {
+                Some(low) if b < 1 << bits => hashes.partition_point(|&h| h < low) as u32,
+                _ => hashes.len() as u32,
+            })
+            .collect();
         Ring {
-            points: points.into(),
+            owners: points.iter().map(|p| p.1).collect(),
+            hashes,
+            index,
+            bits,
+        }
+    }
+
+    /// The first point at or after `key` (wrapping to 0 past the last).
+    #[inline]
+    fn start(&self, key: u64) -> usize {
+        let b = (key >> (64 - self.bits)) as usize;
+        let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
+        let at = lo + self.hashes[lo..hi].partition_point(|&h| h < key);
+        if at == self.hashes.len() {
+            0
+        } else {
+            at
         }
     }
 
     /// The endpoint indices from `key`'s position clockwise, once round the ring.
     #[inline]
     fn walk(&self, key: u64) -> impl Iterator<Item = usize> + '_ {
-        let n = self.points.len();
-        let start = self.points.partition_point(|p| p.0 < key);
-        (0..n).map(move |k| self.points[(start + k) % n].1 as usize)
+        let (after, before) = match self.owners.is_empty() {
+            true => (&self.owners[..], &self.owners[..]),
+            false => {
+                let start = self.start(key);
+                (&self.owners[start..], &self.owners[..start])
+            }
+        };
+        after.iter().chain(before).map(|&i| i as usize)
     }
 
     /// The endpoint that owns `key` when every endpoint is eligible and none is full.
@@ -71,8 +117,58 @@ impl Ring {
 
 /// The endpoint for `key` under the load bound (see the module docs); `None` when `eligible`
 /// admits no endpoint.
+///
+/// Up to 64 endpoints, `eligible` is asked once per endpoint (kept as a bit set) and the walk
+/// stops once every eligible endpoint has been looked at, so a walk where nothing fits (few
+/// requests in flight) costs one look per endpoint, not one per point on the ring.
 #[inline]
 pub fn pick(
+    ring: &Ring,
+    load_factor: f64,
+    loads: &impl Loads,
+    key: u64,
+    eligible: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let n = loads.count();
+    if n > 64 {
+        return pick_any(ring, load_factor, loads, key, eligible);
+    }
+    let (mut total, mut admitted) = (0u64, 0u64);
+    for i in 0..n {
+        if eligible(i) {
+            total += loads.load(i);
+            admitted |= 1 << i;
+        }
+    }
+    if admitted == 0 {
+        return None;
+    }
+    let capacity = load_factor * (total + 1) as f64 / f64::from(admitted.count_ones());
+    // The least loaded eligible endpoint, the first on the walk among equals.
+    let mut least: Option<(u64, usize)> = None;
+    let mut left = admitted;
+    for i in ring.walk(key) {
+        let bit = 1u64.checked_shl(i as u32).unwrap_or(0);
+        if left & bit == 0 {
+            continue;
+        }
+        left &= !bit;
+        let load = loads.load(i);
+        if (load + 1) as f64 <= capacity {
+            return Some(i);
+        }
+        if least.is_none_or(|(l, _)| load < l) {
+            least = Some((load, i));
+        }
+        if left == 0 {
+            break;
+        }
+    }
+    least.map(|(_, i)| i)
+}
+
+/// The same choice for any number of endpoints, asking `eligible` again at each point.
+fn pick_any(
     ring: &Ring,
     load_factor: f64,
     loads: &impl Loads,
@@ -90,7 +186,6 @@ pub fn pick(
         return None;
     }
     let capacity = load_factor * (total + 1) as f64 / count as f64;
-    // The least loaded eligible endpoint, the first on the walk among equals.
     let mut least: Option<(u64, usize)> = None;
     for i in ring.walk(key) {
         if !eligible(i) {
@@ -187,6 +282,48 @@ mod tests {
         // Refused endpoints are skipped whatever the load.
         assert_ne!(pick(&ring, 1.25, &idle, k, |i| i != home), Some(home));
         assert_eq!(pick(&ring, 1.25, &idle, k, |_| false), None);
+    }
+
+    #[test]
+    fn the_index_finds_what_a_search_of_every_point_finds() {
+        let mut rng = WorkerRng::new(4);
+        for n in [0, 1, 3, 16, 100] {
+            let ring = Ring::new(&names(n));
+            let mut probes: Vec<u64> = (0..2_000).map(|_| rng.next_u64()).collect();
+            probes.extend([0, u64::MAX, 1 << 63]);
+            probes.extend(
+                ring.hashes
+                    .iter()
+                    .flat_map(|&h| [h, h.wrapping_add(1), h.wrapping_sub(1)]),
+            );
+            for k in probes {
+                let at = ring.hashes.partition_point(|&h| h < k);
+                let want = ring.owners.get(at).or(ring.owners.first());
+                assert_eq!(ring.home(k), want.map(|&i| i as usize), "{n} {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_bit_set_walk_chooses_as_the_walk_of_every_point() {
+        let mut rng = WorkerRng::new(6);
+        for n in [1, 3, 16, 64] {
+            let ring = Ring::new(&names(n));
+            for round in 0..300 {
+                let load: Vec<u64> = (0..n).map(|_| rng.below(6)).collect();
+                let loads = Fixed::loads(&load);
+                let refused = rng.below(n as u64 + 1) as usize;
+                let eligible = |i: usize| round % 3 == 0 || i != refused;
+                let k = rng.next_u64();
+                for lf in [1.0, 1.25, 2.0] {
+                    assert_eq!(
+                        pick(&ring, lf, &loads, k, eligible),
+                        pick_any(&ring, lf, &loads, k, eligible),
+                        "{n} {load:?} {refused}"
+                    );
+                }
+            }
+        }
     }
 
     /// Conversations `convs` of 10 turns each, all in flight at once: the first turns arrive in

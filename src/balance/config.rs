@@ -237,6 +237,8 @@ pub struct Table {
     upstreams: Vec<UpstreamBalance>,
     /// Endpoints in the endpoint table.
     endpoints: usize,
+    /// Some upstream is keyed on the prompt: bodies are parsed with their opening located.
+    prompt_keyed: bool,
 }
 
 impl Table {
@@ -248,7 +250,7 @@ impl Table {
         auth: bool,
         problems: &mut Vec<ConfigProblem>,
     ) -> Table {
-        let upstreams = raw
+        let upstreams: Vec<UpstreamBalance> = raw
             .iter()
             .enumerate()
             .map(|(u, r)| {
@@ -273,6 +275,9 @@ impl Table {
             })
             .collect();
         Table {
+            prompt_keyed: upstreams
+                .iter()
+                .any(|u| u.affinity().is_some_and(|a| a.key == AffinityKey::Prompt)),
             upstreams,
             endpoints: resilience.breakers.len(),
         }
@@ -326,6 +331,13 @@ impl Table {
     /// Endpoints in the endpoint table.
     pub fn endpoints(&self) -> usize {
         self.endpoints
+    }
+
+    /// Whether any upstream's affinity key is the prompt (a body read then also locates the
+    /// conversation's opening, see `JsonBody::parse_keyed`).
+    #[inline]
+    pub fn prompt_keyed(&self) -> bool {
+        self.prompt_keyed
     }
 
     /// Whether any upstream reads load (otherwise nothing is tracked or reported).

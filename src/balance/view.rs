@@ -70,16 +70,27 @@ impl FleetView {
 struct Slot {
     /// The endpoint's upstream reads load: count and report it.
     tracked: bool,
-    in_flight: u32,
     pending: EndpointLoad,
     dirty: bool,
 }
 
 /// This worker's load view (see the module docs).
+///
+/// What a choice reads is kept in contiguous arrays by endpoint id (`in_flight`, `elsewhere`,
+/// `ttfb`), so a scan of an upstream's endpoints reads a few cache lines and no pointer: the
+/// fleet view's part (`elsewhere`, `ttfb`) is worked out once when the view arrives, not on
+/// every choice.
 #[derive(Debug)]
 pub struct WorkerBalance {
     worker: usize,
     slots: Vec<Slot>,
+    /// Attempts in flight from this worker, by endpoint id.
+    in_flight: Vec<u32>,
+    /// The other workers' in flight as last merged plus the load-metric gauge, by endpoint id
+    /// (0 without a usable fleet view).
+    elsewhere: Vec<u32>,
+    /// The fleet's EWMA of the time to the response head, µs, by endpoint id (0: no sample).
+    ttfb: Vec<f32>,
     /// Round-robin position per upstream.
     rr: Vec<u32>,
     fleet: Option<Arc<FleetView>>,
@@ -87,33 +98,28 @@ pub struct WorkerBalance {
     dirty: Vec<EndpointId>,
 }
 
-/// The loads of one upstream's endpoints, as a policy reads them.
+/// The loads of one upstream's endpoints, as a policy reads them (three slices of equal
+/// length).
 pub struct UpstreamLoads<'a> {
-    local: &'a [Slot],
-    fleet: Option<(&'a [FleetEndpoint], &'a [u32])>,
+    in_flight: &'a [u32],
+    elsewhere: &'a [u32],
+    ttfb: &'a [f32],
 }
 
 impl Loads for UpstreamLoads<'_> {
     #[inline]
     fn count(&self) -> usize {
-        self.local.len()
+        self.in_flight.len()
     }
 
     #[inline]
     fn load(&self, i: usize) -> u64 {
-        let here = u64::from(self.local[i].in_flight);
-        match self.fleet {
-            Some((f, mine)) => {
-                let others = f[i].in_flight.saturating_sub(mine[i]);
-                here + u64::from(others) + u64::from(f[i].gauge)
-            }
-            None => here,
-        }
+        u64::from(self.in_flight[i]) + u64::from(self.elsewhere[i])
     }
 
     #[inline]
     fn ttfb_us(&self, i: usize) -> f64 {
-        self.fleet.map_or(0.0, |(f, _)| f64::from(f[i].ttfb_us))
+        f64::from(self.ttfb[i])
     }
 }
 
@@ -124,6 +130,9 @@ impl WorkerBalance {
         let mut w = WorkerBalance {
             worker,
             slots: Vec::new(),
+            in_flight: Vec::new(),
+            elsewhere: Vec::new(),
+            ttfb: Vec::new(),
             rr: Vec::new(),
             fleet: None,
             dirty: Vec::new(),
@@ -137,6 +146,9 @@ impl WorkerBalance {
     pub fn set_table(&mut self, table: &Table) {
         let n = table.endpoints();
         self.slots.resize(n, Slot::default());
+        self.in_flight.resize(n, 0);
+        self.elsewhere.resize(n, 0);
+        self.ttfb.resize(n, 0.0);
         for (i, s) in self.slots.iter_mut().enumerate() {
             s.tracked = false;
             s.pending.endpoint = EndpointId(i as u32);
@@ -158,11 +170,34 @@ impl WorkerBalance {
             self.slots[e.index()].dirty = true;
         }
         self.dirty.reserve(n.saturating_sub(self.dirty.len()));
+        self.merge_fleet();
     }
 
     /// The fleet's merged view, from the coordination thread.
     pub fn set_fleet(&mut self, view: Arc<FleetView>) {
         self.fleet = Some(view);
+        self.merge_fleet();
+    }
+
+    /// Works the fleet view into `elsewhere` and `ttfb`: per endpoint, the fleet's in flight
+    /// less what this worker reported, plus the gauge. A view merged for another endpoint
+    /// table (a reload in between) is not used until the next one comes.
+    fn merge_fleet(&mut self) {
+        self.elsewhere.fill(0);
+        self.ttfb.fill(0.0);
+        let Some(f) = self.fleet.as_deref() else {
+            return;
+        };
+        let Some(mine) = f
+            .row(self.worker)
+            .filter(|_| f.endpoints.len() == self.slots.len())
+        else {
+            return;
+        };
+        for (i, (e, mine)) in f.endpoints.iter().zip(mine).enumerate() {
+            self.elsewhere[i] = e.in_flight.saturating_sub(*mine).saturating_add(e.gauge);
+            self.ttfb[i] = e.ttfb_us;
+        }
     }
 
     /// The loads of `plan`'s endpoints.
@@ -170,29 +205,30 @@ impl WorkerBalance {
     fn loads(&self, plan: &UpstreamBalance) -> UpstreamLoads<'_> {
         let n = plan.len();
         let (Some(first), true) = (plan.endpoint(0), n > 0) else {
-            return UpstreamLoads {
-                local: &[],
-                fleet: None,
-            };
+            return self.range(0..0);
         };
         self.range(first.index()..first.index() + n)
     }
 
-    /// The loads of the endpoints with ids in `range`.
+    /// The loads of the endpoints with ids in `range` (none when the table has not them).
     #[inline]
     fn range(&self, range: std::ops::Range<usize>) -> UpstreamLoads<'_> {
-        let local = self.slots.get(range.clone()).unwrap_or(&[]);
-        let fleet = self.fleet.as_deref().and_then(|f| {
-            // A view merged for another endpoint table (a reload in between) is not used.
-            if f.endpoints.len() != self.slots.len() {
-                return None;
-            }
-            Some((
-                f.endpoints.get(range.clone())?,
-                f.row(self.worker)?.get(range)?,
-            ))
-        });
-        UpstreamLoads { local, fleet }
+        match (
+            self.in_flight.get(range.clone()),
+            self.elsewhere.get(range.clone()),
+            self.ttfb.get(range),
+        ) {
+            (Some(in_flight), Some(elsewhere), Some(ttfb)) => UpstreamLoads {
+                in_flight,
+                elsewhere,
+                ttfb,
+            },
+            _ => UpstreamLoads {
+                in_flight: &[],
+                elsewhere: &[],
+                ttfb: &[],
+            },
+        }
     }
 
     /// The endpoint (index into the upstream's endpoints) `plan`'s policy chooses among those
@@ -246,7 +282,7 @@ impl WorkerBalance {
         for e in self.dirty.drain(..) {
             let s = &mut self.slots[e.index()];
             s.dirty = false;
-            s.pending.in_flight = s.in_flight;
+            s.pending.in_flight = self.in_flight[e.index()];
             endpoints.push(s.pending);
             s.pending = EndpointLoad {
                 endpoint: e,
@@ -281,14 +317,15 @@ pub struct Attempt<'w> {
 }
 
 impl<'w> Attempt<'w> {
-    /// Counts an attempt on endpoint `id` (nothing when its upstream does not read load).
+    /// Counts an attempt on endpoint `id` starting at `now` (the caller's clock read: the
+    /// proxy has just read it to choose); nothing when its upstream does not read load.
     #[inline]
-    pub fn begin(view: &'w RefCell<WorkerBalance>, id: Option<EndpointId>) -> Self {
+    pub fn begin(view: &'w RefCell<WorkerBalance>, id: Option<EndpointId>, now: Instant) -> Self {
         let counted = id.and_then(|id| {
             let mut v = view.borrow_mut();
-            let s = v.touch(id)?;
-            s.in_flight += 1;
-            Some((id, Instant::now()))
+            v.touch(id)?;
+            v.in_flight[id.index()] += 1;
+            Some((id, now))
         });
         Attempt { view, counted }
     }
@@ -298,7 +335,7 @@ impl<'w> Attempt<'w> {
     #[inline]
     pub fn head(&self, status: u16) {
         if let Some((id, start)) = self.counted.filter(|_| status < 500) {
-            let us = start.elapsed().as_micros() as u64;
+            let us = crate::time::micros(start);
             if let Some(s) = self.view.borrow_mut().touch(id) {
                 s.pending.ttfb_us += us;
                 s.pending.ttfb_n += 1;
@@ -306,12 +343,15 @@ impl<'w> Attempt<'w> {
         }
     }
 
-    /// The response was relayed whole: a latency sample.
+    /// The response was relayed whole: a latency sample, and the attempt counted out (one
+    /// borrow of the view for both).
     #[inline]
-    pub fn done(self) {
-        if let Some((id, start)) = self.counted {
-            let us = start.elapsed().as_micros() as u64;
-            if let Some(s) = self.view.borrow_mut().touch(id) {
+    pub fn done(mut self) {
+        if let Some((id, start)) = self.counted.take() {
+            let us = crate::time::micros(start);
+            let mut v = self.view.borrow_mut();
+            v.count_out(id);
+            if let Some(s) = v.touch(id) {
                 s.pending.latency_us += us;
                 s.pending.latency_n += 1;
             }
@@ -319,16 +359,22 @@ impl<'w> Attempt<'w> {
     }
 }
 
+impl WorkerBalance {
+    /// One attempt on `id` ended. Counted out even if a reload stopped tracking the endpoint
+    /// meanwhile, so its count is right should it be tracked again.
+    #[inline]
+    fn count_out(&mut self, id: EndpointId) {
+        if let Some(n) = self.in_flight.get_mut(id.index()) {
+            *n = n.saturating_sub(1);
+        }
+        self.touch(id);
+    }
+}
+
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if let Some((id, _)) = self.counted {
-            let mut v = self.view.borrow_mut();
-            // Counted out even if a reload stopped tracking the endpoint meanwhile, so its
-            // count is right should it be tracked again.
-            if let Some(s) = v.slots.get_mut(id.index()) {
-                s.in_flight = s.in_flight.saturating_sub(1);
-            }
-            v.touch(id);
+            self.view.borrow_mut().count_out(id);
         }
     }
 }
@@ -350,10 +396,10 @@ mod tests {
     #[test]
     fn attempts_count_in_flight_and_report_their_samples() {
         let view = RefCell::new(WorkerBalance::new(0, &table("least_requests")));
-        let a = Attempt::begin(&view, Some(EndpointId(1)));
-        let b = Attempt::begin(&view, Some(EndpointId(1)));
+        let a = Attempt::begin(&view, Some(EndpointId(1)), Instant::now());
+        let b = Attempt::begin(&view, Some(EndpointId(1)), Instant::now());
         // Upstream `b` is on round-robin: not counted.
-        let c = Attempt::begin(&view, Some(EndpointId(2)));
+        let c = Attempt::begin(&view, Some(EndpointId(2)), Instant::now());
         assert_eq!(view.borrow().load(EndpointId(1)), 2);
         assert_eq!(view.borrow().load(EndpointId(2)), 0);
         a.head(200);
@@ -371,7 +417,7 @@ mod tests {
     #[test]
     fn round_robin_tracks_nothing() {
         let view = RefCell::new(WorkerBalance::new(0, &table("round_robin")));
-        let a = Attempt::begin(&view, Some(EndpointId(0)));
+        let a = Attempt::begin(&view, Some(EndpointId(0)), Instant::now());
         assert!(a.counted.is_none());
         drop(a);
         assert!(view.borrow_mut().drain().is_none());
@@ -381,7 +427,7 @@ mod tests {
     fn the_fleet_view_adds_the_other_workers_in_flight_and_the_gauge() {
         let t = table("least_requests");
         let view = RefCell::new(WorkerBalance::new(1, &t));
-        let _mine = Attempt::begin(&view, Some(EndpointId(0)));
+        let _mine = Attempt::begin(&view, Some(EndpointId(0)), Instant::now());
         // Worker 0 reports 4 in flight on endpoint 0, worker 1 (this one) reported 1.
         let mut endpoints = vec![FleetEndpoint::default(); 3];
         endpoints[0].in_flight = 5;

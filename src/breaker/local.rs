@@ -214,12 +214,14 @@ impl WorkerBreakers {
 
     /// Whether `allow` would admit now, without consuming a probe permit: for picking among a
     /// deployment's endpoints.
+    #[inline]
     pub fn is_available(&self, endpoint: EndpointId, now: Instant) -> bool {
         self.rejection(endpoint, now).is_none()
     }
 
     /// What `allow` would refuse with now (`None`: it would admit), without consuming a probe
     /// permit.
+    #[inline]
     pub fn rejection(&self, endpoint: EndpointId, now: Instant) -> Option<Rejected> {
         let unknown = |reason| {
             Some(Rejected {

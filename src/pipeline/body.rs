@@ -18,13 +18,15 @@ use crate::proxy::{inbound, ReqInfo};
 use super::Stop;
 
 /// Reads and parses the request body (see the module docs). `raw` receives the bytes, `model`
-/// the decoded `model` (both reused buffers of the request).
+/// the decoded `model` (both reused buffers of the request); with `opening`, the parse also
+/// locates the conversation's opening (an upstream's affinity key may be the prompt).
 pub(super) async fn read_json<'b>(
     c: &mut ClientConn,
     req: &ReqInfo,
     framing: BodyFraming,
     limits: &Limits,
     (raw, model): (&'b mut Vec<u8>, &'b mut String),
+    opening: bool,
 ) -> Result<JsonBody<'b>, Stop> {
     if inbound::send_continue(c, req).await.is_err() {
         // The client is gone.
@@ -32,5 +34,5 @@ pub(super) async fn read_json<'b>(
     }
     inbound::collect_body(c, framing, limits, raw).await?;
     let raw: &'b Vec<u8> = raw;
-    Ok(JsonBody::parse(raw, model).map_err(crate::error::GatewayError::from)?)
+    Ok(JsonBody::parse_keyed(raw, model, opening).map_err(crate::error::GatewayError::from)?)
 }

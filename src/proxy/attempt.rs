@@ -296,7 +296,7 @@ async fn acquire<'w>(
                 Err(_) => continue,
             }
         };
-        let counted = Attempt::begin(&worker.balance, id);
+        let counted = Attempt::begin(&worker.balance, id, now);
         if let Some(c) = worker.pools.borrow_mut().take(
             super::connect::pool_key(ep, up_idx),
             upstream.pool_idle_timeout,
