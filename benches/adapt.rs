@@ -107,7 +107,9 @@ fn bench(c: &mut Criterion) {
     c.bench_function("adapt/request/anthropic", |b| {
         b.iter(|| {
             out.clear();
-            chat_request(&black_box(&body).value(), &settings, &mut out, &mut path).unwrap();
+            black_box(&body)
+                .with_value(|v| chat_request(v, &settings, &mut out, &mut path))
+                .unwrap();
             black_box(out.len())
         })
     });
@@ -167,7 +169,9 @@ fn bench(c: &mut Criterion) {
     c.bench_function("adapt/schema/request", |b| {
         b.iter(|| {
             out.clear();
-            map::request(&s, root, &black_box(&parsed).value(), &mut out, &mut path).unwrap();
+            black_box(&parsed)
+                .with_value(|v| map::request(&s, root, v, &mut out, &mut path))
+                .unwrap();
             black_box(out.len())
         })
     });

@@ -36,8 +36,9 @@
 
 pub mod stream;
 
-use simd_json::prelude::*;
-use simd_json::OwnedValue;
+// By name, not the prelude glob (see `disallowed-methods` in clippy.toml).
+use simd_json::prelude::{TypedScalarValue, ValueAsScalar, ValueIntoString, Writable};
+use simd_json::tape::{Array, Value};
 
 use super::json::{self, Malformed};
 use super::path::{invalid, At, Invalid};
@@ -66,8 +67,8 @@ enum Role {
     Assistant,
 }
 
-fn role_of(m: &OwnedValue) -> Result<Role, Invalid> {
-    match m.get("role").and_then(|r| r.as_str()) {
+fn role_of(m: Value<'_, '_>) -> Result<Role, Invalid> {
+    match m.get("role").and_then(ValueIntoString::into_string) {
         Some("system" | "developer") => Ok(Role::System),
         Some("user" | "tool") => Ok(Role::User),
         Some("assistant") => Ok(Role::Assistant),
@@ -80,7 +81,7 @@ fn role_of(m: &OwnedValue) -> Result<Role, Invalid> {
 /// (see the module docs). On `Err`, `path` holds the path of the refused field (without the
 /// root).
 pub fn chat_request(
-    body: &OwnedValue,
+    body: Value<'_, '_>,
     settings: &AnthropicSettings,
     out: &mut Vec<u8>,
     path: &mut String,
@@ -139,7 +140,7 @@ pub fn chat_request(
 }
 
 /// Requests the adapter refuses rather than answer differently than asked.
-fn check_unsupported(body: &OwnedValue, path: &mut String) -> Result<(), Invalid> {
+fn check_unsupported(body: Value<'_, '_>, path: &mut String) -> Result<(), Invalid> {
     if let Some(n) = body.get("n").filter(|n| !n.is_null()) {
         if n.as_u64() != Some(1) {
             return invalid("the anthropic provider returns one choice: `n` must be 1")
@@ -147,7 +148,7 @@ fn check_unsupported(body: &OwnedValue, path: &mut String) -> Result<(), Invalid
         }
     }
     if let Some(f) = body.get("response_format").filter(|f| !f.is_null()) {
-        if f.get("type").and_then(|t| t.as_str()) != Some("text") {
+        if f.get("type").and_then(ValueIntoString::into_string) != Some("text") {
             return invalid("the anthropic provider supports only `response_format` text")
                 .key("type", path)
                 .key("response_format", path);
@@ -157,7 +158,7 @@ fn check_unsupported(body: &OwnedValue, path: &mut String) -> Result<(), Invalid
 }
 
 /// `,"system":[text blocks]` from every system and developer message, when there are any.
-fn system(messages: &[OwnedValue], out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
+fn system(messages: Array<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
     let mut open = false;
     for (i, m) in messages.iter().enumerate() {
         if role_of(m).key("role", path).index(i, path)? != Role::System {
@@ -182,7 +183,7 @@ fn system(messages: &[OwnedValue], out: &mut Vec<u8>, path: &mut String) -> Resu
 /// Content that may only be text (system and tool messages): each text becomes a text block
 /// followed by a comma; empty texts are left out (Anthropic refuses empty text blocks).
 fn text_blocks(
-    content: Option<&OwnedValue>,
+    content: Option<Value<'_, '_>>,
     out: &mut Vec<u8>,
     path: &mut String,
 ) -> Result<(), Invalid> {
@@ -192,7 +193,7 @@ fn text_blocks(
             Ok(())
         }
         Some(c) if c.is_array() => {
-            for (j, part) in c.as_array().into_iter().flatten().enumerate() {
+            for (j, part) in c.as_array().iter().flat_map(Array::iter).enumerate() {
                 match part_type(part).key("type", path).index(j, path)? {
                     "text" => text_block(text_of(part).key("text", path).index(j, path)?, out),
                     _ => {
@@ -208,14 +209,14 @@ fn text_blocks(
     }
 }
 
-fn part_type(part: &OwnedValue) -> Result<&str, Invalid> {
-    part.get("type").and_then(|t| t.as_str()).ok_or(Invalid {
+fn part_type<'i>(part: Value<'_, 'i>) -> Result<&'i str, Invalid> {
+    part.get("type").and_then(ValueIntoString::into_string).ok_or(Invalid {
         message: "content part has no string `type`",
     })
 }
 
 /// The `text` of a text part (the caller adds `text` to the path of an error).
-fn text_of(part: &OwnedValue) -> Result<&OwnedValue, Invalid> {
+fn text_of<'t, 'i>(part: Value<'t, 'i>) -> Result<Value<'t, 'i>, Invalid> {
     match part.get("text") {
         Some(t) if t.is_str() => Ok(t),
         _ => invalid("a text part needs a string `text`"),
@@ -223,7 +224,7 @@ fn text_of(part: &OwnedValue) -> Result<&OwnedValue, Invalid> {
 }
 
 /// `{"type":"text","text":T},` unless `t` is empty.
-fn text_block(t: &OwnedValue, out: &mut Vec<u8>) {
+fn text_block(t: Value<'_, '_>, out: &mut Vec<u8>) {
     if t.as_str().is_some_and(str::is_empty) {
         return;
     }
@@ -233,7 +234,7 @@ fn text_block(t: &OwnedValue, out: &mut Vec<u8>) {
 }
 
 /// `,"messages":[...]`: the non-system messages, consecutive ones of one role merged.
-fn turns(messages: &[OwnedValue], out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
+fn turns(messages: Array<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
     out.extend_from_slice(b",\"messages\":[");
     let mut open: Option<Role> = None;
     for (i, m) in messages.iter().enumerate() {
@@ -252,7 +253,7 @@ fn turns(messages: &[OwnedValue], out: &mut Vec<u8>, path: &mut String) -> Resul
             });
             open = Some(role);
         }
-        let kind = m.get("role").and_then(|r| r.as_str()).unwrap_or("");
+        let kind = m.get("role").and_then(ValueIntoString::into_string).unwrap_or("");
         match kind {
             "tool" => tool_result(m, out, path),
             "assistant" => assistant(m, out, path),
@@ -269,7 +270,7 @@ fn turns(messages: &[OwnedValue], out: &mut Vec<u8>, path: &mut String) -> Resul
 }
 
 fn user_content(
-    content: Option<&OwnedValue>,
+    content: Option<Value<'_, '_>>,
     out: &mut Vec<u8>,
     path: &mut String,
 ) -> Result<(), Invalid> {
@@ -282,13 +283,13 @@ fn user_content(
             _ => invalid("must be a string or an array of content parts"),
         };
     };
-    for (j, part) in parts.as_slice().iter().enumerate() {
+    for (j, part) in parts.iter().enumerate() {
         user_part(part, out, path).index(j, path)?;
     }
     Ok(())
 }
 
-fn user_part(part: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
+fn user_part(part: Value<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
     match part_type(part).key("type", path)? {
         "text" => {
             text_block(text_of(part).key("text", path)?, out);
@@ -298,7 +299,7 @@ fn user_part(part: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<
             let img = part.get("image_url");
             let url = img
                 .and_then(|i| i.get("url").or(Some(i)))
-                .and_then(|u| u.as_str());
+                .and_then(ValueIntoString::into_string);
             let Some(url) = url else {
                 return invalid("an image_url part needs `image_url.url`").key("image_url", path);
             };
@@ -344,13 +345,13 @@ fn image_block(url: &str, out: &mut Vec<u8>) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn assistant(m: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
+fn assistant(m: Value<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
     match m.get("content") {
         None => {}
         Some(c) if c.is_null() => {}
         Some(c) if c.is_str() => text_block(c, out),
         Some(c) if c.is_array() => {
-            for (j, part) in c.as_array().into_iter().flatten().enumerate() {
+            for (j, part) in c.as_array().iter().flat_map(Array::iter).enumerate() {
                 let t = part_type(part)
                     .key("type", path)
                     .index(j, path)
@@ -378,7 +379,7 @@ fn assistant(m: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(),
     let Some(calls) = calls.as_array() else {
         return invalid("must be an array").key("tool_calls", path);
     };
-    for (j, call) in calls.as_slice().iter().enumerate() {
+    for (j, call) in calls.iter().enumerate() {
         tool_use(call, out, path)
             .index(j, path)
             .key("tool_calls", path)?;
@@ -386,7 +387,7 @@ fn assistant(m: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(),
     Ok(())
 }
 
-fn tool_use(call: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
+fn tool_use(call: Value<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
     if let Some(t) = call.get("type") {
         if t.as_str() != Some("function") {
             return invalid("only function tool calls are supported").key("type", path);
@@ -405,7 +406,7 @@ fn tool_use(call: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(
     };
     let args = match f.get("arguments") {
         None => "",
-        Some(a) => match a.as_str() {
+        Some(a) => match a.into_string() {
             Some(s) => s,
             None => {
                 return invalid("must be a string of JSON")
@@ -433,7 +434,7 @@ fn tool_use(call: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(
     Ok(())
 }
 
-fn tool_result(m: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
+fn tool_result(m: Value<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
     let Some(id) = m.get("tool_call_id").filter(|i| i.is_str()) else {
         return invalid("a tool message needs a string `tool_call_id`").key("tool_call_id", path);
     };
@@ -449,7 +450,7 @@ fn tool_result(m: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(
     Ok(())
 }
 
-fn stop(stop: Option<&OwnedValue>, out: &mut Vec<u8>) -> Result<(), Invalid> {
+fn stop(stop: Option<Value<'_, '_>>, out: &mut Vec<u8>) -> Result<(), Invalid> {
     let Some(s) = stop.filter(|s| !s.is_null()) else {
         return Ok(());
     };
@@ -458,9 +459,9 @@ fn stop(stop: Option<&OwnedValue>, out: &mut Vec<u8>) -> Result<(), Invalid> {
         write_value(out, s);
     } else if let Some(list) = s
         .as_array()
-        .filter(|l| l.as_slice().iter().all(|x| x.is_str()))
+        .filter(|l| l.iter().all(|x| x.is_str()))
     {
-        for (i, x) in list.as_slice().iter().enumerate() {
+        for (i, x) in list.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -473,13 +474,13 @@ fn stop(stop: Option<&OwnedValue>, out: &mut Vec<u8>) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn tools(body: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
+fn tools(body: Value<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
     if let Some(list) = body.get("tools").filter(|t| !t.is_null()) {
         let Some(list) = list.as_array() else {
             return invalid("must be an array").key("tools", path);
         };
         out.extend_from_slice(b",\"tools\":[");
-        for (i, t) in list.as_slice().iter().enumerate() {
+        for (i, t) in list.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -518,8 +519,8 @@ fn tools(body: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(), 
     Ok(())
 }
 
-fn tool(t: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
-    if t.get("type").and_then(|x| x.as_str()) != Some("function") {
+fn tool(t: Value<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
+    if t.get("type").and_then(ValueIntoString::into_string) != Some("function") {
         return invalid("only function tools are supported").key("type", path);
     }
     let Some(f) = t.get("function").filter(|f| f.is_object()) else {
@@ -550,7 +551,7 @@ fn tool(t: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(), Inva
     Ok(())
 }
 
-fn write_value(out: &mut Vec<u8>, v: &OwnedValue) {
+fn write_value(out: &mut Vec<u8>, v: Value<'_, '_>) {
     // Writing into a Vec cannot fail.
     let _ = v.write(out);
 }

@@ -15,8 +15,9 @@
 //! length first); the required check is a bitset on the stack. Nothing is allocated: output
 //! goes to the caller's reused buffer, values the schema does not describe are copied whole.
 
-use simd_json::prelude::*;
-use simd_json::{OwnedValue, StaticNode};
+// By name, not the prelude glob (see `disallowed-methods` in clippy.toml).
+use simd_json::prelude::{TypedValue, ValueAsScalar, ValueType, Writable};
+use simd_json::tape::{Object, Value};
 
 use super::{EnumVal, Node, NodeId, Prop, Schema, Types, MAX_PROPERTIES};
 use crate::adapt::json::{self, Malformed};
@@ -26,7 +27,7 @@ use crate::adapt::path::{invalid, At, Invalid};
 pub fn request(
     s: &Schema,
     root: NodeId,
-    v: &OwnedValue,
+    v: Value<'_, '_>,
     out: &mut Vec<u8>,
     path: &mut String,
 ) -> Result<(), Invalid> {
@@ -36,7 +37,7 @@ pub fn request(
 fn value(
     s: &Schema,
     id: NodeId,
-    v: &OwnedValue,
+    v: Value<'_, '_>,
     out: &mut Vec<u8>,
     path: &mut String,
 ) -> Result<(), Invalid> {
@@ -52,11 +53,11 @@ fn value(
         return invalid("is not one of the values the schema's `enum` allows");
     }
     if let Some(obj) = v.as_object() {
-        return object(s, node, obj, out, path);
+        return object(s, node, &obj, out, path);
     }
     if let (Some(items), Some(list)) = (node.items, v.as_array()) {
         out.push(b'[');
-        for (i, item) in list.as_slice().iter().enumerate() {
+        for (i, item) in list.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -72,7 +73,7 @@ fn value(
 fn object(
     s: &Schema,
     node: &Node,
-    obj: &simd_json::owned::Object,
+    obj: &Object<'_, '_>,
     out: &mut Vec<u8>,
     path: &mut String,
 ) -> Result<(), Invalid> {
@@ -121,30 +122,30 @@ fn find<'p>(
     })
 }
 
-fn type_ok(t: Types, v: &OwnedValue) -> bool {
-    match v {
-        OwnedValue::Static(StaticNode::Null) => t.has(Types::NULL),
-        OwnedValue::Static(StaticNode::Bool(_)) => t.has(Types::BOOLEAN),
-        OwnedValue::Static(StaticNode::I64(_) | StaticNode::U64(_)) => {
-            t.has(Types::INTEGER) || t.has(Types::NUMBER)
+fn type_ok(t: Types, v: Value<'_, '_>) -> bool {
+    match v.value_type() {
+        ValueType::Null => t.has(Types::NULL),
+        ValueType::Bool => t.has(Types::BOOLEAN),
+        ValueType::I64 | ValueType::U64 => t.has(Types::INTEGER) || t.has(Types::NUMBER),
+        ValueType::F64 => {
+            t.has(Types::NUMBER)
+                || (t.has(Types::INTEGER) && v.as_f64().is_some_and(|f| f.fract() == 0.0))
         }
-        OwnedValue::Static(StaticNode::F64(f)) => {
-            t.has(Types::NUMBER) || (t.has(Types::INTEGER) && f.fract() == 0.0)
-        }
-        OwnedValue::String(_) => t.has(Types::STRING),
-        OwnedValue::Array(_) => t.has(Types::ARRAY),
-        OwnedValue::Object(_) => t.has(Types::OBJECT),
+        ValueType::String => t.has(Types::STRING),
+        ValueType::Array => t.has(Types::ARRAY),
+        ValueType::Object => t.has(Types::OBJECT),
+        // simd-json's tape holds no other kinds (128-bit numbers are not enabled).
+        _ => false,
     }
 }
 
-fn enum_eq(e: &EnumVal, v: &OwnedValue) -> bool {
-    match (e, v) {
-        (EnumVal::Str(a), OwnedValue::String(b)) => **a == **b,
-        (EnumVal::Bool(a), OwnedValue::Static(StaticNode::Bool(b))) => a == b,
-        (EnumVal::Null, OwnedValue::Static(StaticNode::Null)) => true,
-        (EnumVal::Int(a), v) => v.as_i64() == Some(*a) || v.as_f64() == Some(*a as f64),
-        (EnumVal::Float(a), v) => v.as_f64() == Some(*a),
-        _ => false,
+fn enum_eq(e: &EnumVal, v: Value<'_, '_>) -> bool {
+    match e {
+        EnumVal::Str(a) => v.as_str() == Some(&**a),
+        EnumVal::Bool(a) => v.as_bool() == Some(*a),
+        EnumVal::Null => v.value_type() == ValueType::Null,
+        EnumVal::Int(a) => v.as_i64() == Some(*a) || v.as_f64() == Some(*a as f64),
+        EnumVal::Float(a) => v.as_f64() == Some(*a),
     }
 }
 
