@@ -610,23 +610,27 @@ impl Tokens {
     /// Writes OpenAI's `usage` object. Anthropic counts cached input apart from
     /// `input_tokens`; OpenAI's `prompt_tokens` includes it.
     pub fn write_openai(&self, out: &mut Vec<u8>) {
-        let prompt = self.input + self.cache_read + self.cache_creation;
-        let _ = std::io::Write::write_fmt(
-            out,
-            format_args!(
-                "{{\"prompt_tokens\":{prompt},\"completion_tokens\":{},\"total_tokens\":{},\"prompt_tokens_details\":{{\"cached_tokens\":{}}}}}",
-                self.output,
-                prompt + self.output,
-                self.cache_read
-            ),
-        );
+        let prompt = self
+            .input
+            .saturating_add(self.cache_read)
+            .saturating_add(self.cache_creation);
+        out.extend_from_slice(b"{\"prompt_tokens\":");
+        json::write_u64(out, prompt);
+        out.extend_from_slice(b",\"completion_tokens\":");
+        json::write_u64(out, self.output);
+        out.extend_from_slice(b",\"total_tokens\":");
+        json::write_u64(out, prompt.saturating_add(self.output));
+        out.extend_from_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
+        json::write_u64(out, self.cache_read);
+        out.extend_from_slice(b"}}");
     }
 }
 
 /// Writes the `chat.completion` for the Anthropic `message` body (see the module docs);
 /// `Err` when the body is not a message object.
 pub fn message_response(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<(), Malformed> {
-    let body = json::check(body)?;
+    std::str::from_utf8(body).map_err(|_| Malformed)?;
+    // Walking every top-level member validates the grammar of the whole body.
     let (mut id, mut model, mut content, mut stop_reason, mut usage) =
         (None, None, None, None, None);
     for m in json::members(body)? {
@@ -648,10 +652,9 @@ pub fn message_response(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<
         .ok_or(Malformed)?;
     out.extend_from_slice(b"{\"id\":");
     out.extend_from_slice(id);
-    let _ = std::io::Write::write_fmt(
-        out,
-        format_args!(",\"object\":\"chat.completion\",\"created\":{created},\"model\":"),
-    );
+    out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
+    json::write_u64(out, created);
+    out.extend_from_slice(b",\"model\":");
     match model.filter(|v| json::kind(v) == json::Kind::String) {
         Some(m) => out.extend_from_slice(m),
         None => out.extend_from_slice(b"\"\""),
@@ -659,18 +662,33 @@ pub fn message_response(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<
     out.extend_from_slice(
         b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
     );
-    // Text blocks joined: their escaped contents concatenate into one valid string.
+    // Text blocks joined: their escaped contents concatenate into one valid string. One walk
+    // over each block reads its `type` and `text`; tool calls, written after, take a second
+    // walk only when there are any.
     let mut texts = 0;
+    let mut has_tools = false;
     for block in json::items(content)? {
         let block = block?;
-        if json::kind(block) != json::Kind::Object
-            || !json::get(block, b"type")?.is_some_and(|t| json::is_str(t, "text"))
-        {
+        if json::kind(block) != json::Kind::Object {
             continue;
         }
-        let text = json::get(block, b"text")?
-            .and_then(json::str_inner)
-            .ok_or(Malformed)?;
+        let (mut kind, mut text) = (None, None);
+        for m in json::members(block)? {
+            match m? {
+                (b"type", v) if kind.is_none() => kind = Some(v),
+                (b"text", v) if text.is_none() => text = Some(v),
+                _ => {}
+            }
+        }
+        match kind.and_then(json::str_inner) {
+            Some(b"text") => {}
+            Some(b"tool_use") => {
+                has_tools = true;
+                continue;
+            }
+            _ => continue,
+        }
+        let text = text.and_then(json::str_inner).ok_or(Malformed)?;
         if texts == 0 {
             out.push(b'"');
         }
@@ -683,7 +701,8 @@ pub fn message_response(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<
         out.push(b'"');
     }
     let mut calls = 0;
-    for block in json::items(content)? {
+    let blocks = if has_tools { Some(json::items(content)?) } else { None };
+    for block in blocks.into_iter().flatten() {
         let block = block?;
         if json::kind(block) != json::Kind::Object
             || !json::get(block, b"type")?.is_some_and(|t| json::is_str(t, "tool_use"))

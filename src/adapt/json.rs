@@ -103,28 +103,47 @@ fn string_end(b: &[u8], i: usize) -> Result<usize, Malformed> {
     let mut at = i + 1;
     loop {
         let rest = b.get(at..).ok_or(Malformed)?;
-        let off = rest
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-            .ok_or(Malformed)?;
-        at += off;
-        match b[at] {
-            b'"' => return Ok(at + 1),
-            b'\\' => match b.get(at + 1) {
-                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => at += 2,
-                Some(b'u') => {
-                    let hex = b.get(at + 2..at + 6).ok_or(Malformed)?;
-                    if !hex.iter().all(u8::is_ascii_hexdigit) {
-                        return Err(Malformed);
-                    }
-                    at += 6;
+        // Most strings (keys, types, ids) are short: a byte loop finds their end before a
+        // vector search would be set up. Longer ones: the next quote or backslash, then one
+        // vectorisable pass over the plain run before it for control characters (a raw one
+        // is not allowed inside a JSON string).
+        let head = &rest[..rest.len().min(SHORT_STRING)];
+        let off = match head.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20) {
+            Some(off) if rest[off] < 0x20 => return Err(Malformed),
+            Some(off) => off,
+            None => {
+                let off = memchr::memchr2(b'"', b'\\', rest).ok_or(Malformed)?;
+                if has_control(&rest[head.len()..off]) {
+                    return Err(Malformed);
                 }
-                _ => return Err(Malformed),
-            },
-            // A raw control character is not allowed inside a JSON string.
+                off
+            }
+        };
+        at += off;
+        if b[at] == b'"' {
+            return Ok(at + 1);
+        }
+        match b.get(at + 1) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => at += 2,
+            Some(b'u') => {
+                let hex = b.get(at + 2..at + 6).ok_or(Malformed)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return Err(Malformed);
+                }
+                at += 6;
+            }
             _ => return Err(Malformed),
         }
     }
+}
+
+/// Strings scanned byte by byte before a vector search takes over.
+const SHORT_STRING: usize = 24;
+
+/// Whether `run` holds a byte below 0x20 (no early exit, so the loop vectorises).
+#[inline]
+fn has_control(run: &[u8]) -> bool {
+    run.iter().fold(0u8, |acc, &c| acc | u8::from(c < 0x20)) != 0
 }
 
 /// The end of the number starting at `i` (`-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?`).
@@ -328,6 +347,21 @@ pub fn as_u64(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
+/// Writes `n` in decimal (what `write!` does, without the formatting machinery).
+pub fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// Writes `s` as a JSON string literal.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
@@ -435,6 +469,15 @@ mod tests {
         assert!(members(b"[]").is_err());
         assert!(members(br#"{"a":1} x"#).unwrap().any(|m| m.is_err()));
         assert!(items(br#"[1,"#).unwrap().any(|m| m.is_err()));
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0, 7, 10, 99, 12345, u64::MAX] {
+            let mut out = Vec::new();
+            write_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
     }
 
     #[test]

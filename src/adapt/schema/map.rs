@@ -86,8 +86,7 @@ fn object(
         match find(&node.props, |p| &p.public, k.as_bytes()) {
             Some((i, p)) => {
                 seen[i / 64] |= 1 << (i % 64);
-                json::write_str(out, &p.backend);
-                out.push(b':');
+                out.extend_from_slice(&p.backend_key);
                 value(s, p.node, val, out, path).key(k, path)?;
             }
             None if !node.additional => {
@@ -174,8 +173,7 @@ fn raw_value(s: &Schema, id: NodeId, raw: &[u8], out: &mut Vec<u8>) -> Result<()
                 }
                 match find(&node.props, |p| &p.backend, k) {
                     Some((_, p)) => {
-                        json::write_str(out, &p.public);
-                        out.push(b':');
+                        out.extend_from_slice(&p.public_key);
                         raw_value(s, p.node, v, out)?;
                     }
                     None => {
