@@ -86,16 +86,20 @@ pub fn chat_request(
     out: &mut Vec<u8>,
     path: &mut String,
 ) -> Result<(), Invalid> {
+    let body = &Top::read(body);
     check_unsupported(body, path)?;
     out.extend_from_slice(b"{\"model\":");
-    match body.get("model") {
+    match body.model {
         Some(m) if m.is_str() => write_value(out, m),
         _ => return invalid("`model` must be a string").key("model", path),
     }
     out.extend_from_slice(b",\"max_tokens\":");
-    let max = ["max_completion_tokens", "max_tokens"]
-        .into_iter()
-        .find_map(|k| body.get(k).filter(|v| !v.is_null()).map(|v| (k, v)));
+    let max = [
+        ("max_completion_tokens", body.max_completion_tokens),
+        ("max_tokens", body.max_tokens),
+    ]
+    .into_iter()
+    .find_map(|(k, v)| v.filter(|v| !v.is_null()).map(|v| (k, v)));
     match max {
         None => {
             let _ = std::io::Write::write_fmt(out, format_args!("{}", settings.default_max_tokens));
@@ -103,14 +107,14 @@ pub fn chat_request(
         Some((_, v)) if v.as_u64().is_some_and(|n| n > 0) => write_value(out, v),
         Some((k, _)) => return invalid("must be a positive integer").key(k, path),
     }
-    let messages = match body.get("messages").and_then(|m| m.as_array()) {
+    let messages = match body.messages.and_then(|m| m.as_array()) {
         Some(m) if !m.is_empty() => m,
         _ => return invalid("`messages` must be a non-empty array").key("messages", path),
     };
     system(messages, out, path).key("messages", path)?;
     turns(messages, out, path).key("messages", path)?;
-    for k in ["temperature", "top_p"] {
-        match body.get(k) {
+    for (k, v) in [("temperature", body.temperature), ("top_p", body.top_p)] {
+        match v {
             None => {}
             Some(v) if v.is_null() => {}
             Some(v) if v.is_number() => {
@@ -122,12 +126,12 @@ pub fn chat_request(
             Some(_) => return invalid("must be a number").key(k, path),
         }
     }
-    stop(body.get("stop"), out).key("stop", path)?;
-    if body.get("stream").and_then(|s| s.as_bool()) == Some(true) {
+    stop(body.stop, out).key("stop", path)?;
+    if body.stream.and_then(|s| s.as_bool()) == Some(true) {
         out.extend_from_slice(b",\"stream\":true");
     }
     tools(body, out, path)?;
-    if let Some(u) = body.get("user").filter(|u| !u.is_null()) {
+    if let Some(u) = body.user.filter(|u| !u.is_null()) {
         if !u.is_str() {
             return invalid("must be a string").key("user", path);
         }
@@ -139,15 +143,64 @@ pub fn chat_request(
     Ok(())
 }
 
+/// The top-level members the translation reads, found in one walk over the body (instead of
+/// a scan of its keys per field).
+#[derive(Default)]
+struct Top<'t, 'i> {
+    model: Option<Value<'t, 'i>>,
+    max_completion_tokens: Option<Value<'t, 'i>>,
+    max_tokens: Option<Value<'t, 'i>>,
+    messages: Option<Value<'t, 'i>>,
+    temperature: Option<Value<'t, 'i>>,
+    top_p: Option<Value<'t, 'i>>,
+    stop: Option<Value<'t, 'i>>,
+    stream: Option<Value<'t, 'i>>,
+    user: Option<Value<'t, 'i>>,
+    tools: Option<Value<'t, 'i>>,
+    parallel_tool_calls: Option<Value<'t, 'i>>,
+    tool_choice: Option<Value<'t, 'i>>,
+    n: Option<Value<'t, 'i>>,
+    response_format: Option<Value<'t, 'i>>,
+}
+
+impl<'t, 'i> Top<'t, 'i> {
+    fn read(body: Value<'t, 'i>) -> Self {
+        let mut top = Top::default();
+        for (k, v) in body.as_object().iter().flat_map(|o| o.iter()) {
+            let slot = match k {
+                "model" => &mut top.model,
+                "max_completion_tokens" => &mut top.max_completion_tokens,
+                "max_tokens" => &mut top.max_tokens,
+                "messages" => &mut top.messages,
+                "temperature" => &mut top.temperature,
+                "top_p" => &mut top.top_p,
+                "stop" => &mut top.stop,
+                "stream" => &mut top.stream,
+                "user" => &mut top.user,
+                "tools" => &mut top.tools,
+                "parallel_tool_calls" => &mut top.parallel_tool_calls,
+                "tool_choice" => &mut top.tool_choice,
+                "n" => &mut top.n,
+                "response_format" => &mut top.response_format,
+                _ => continue,
+            };
+            // The first of a repeated key, as a key lookup would find (the body parser
+            // refuses repeated top-level keys anyway).
+            slot.get_or_insert(v);
+        }
+        top
+    }
+}
+
 /// Requests the adapter refuses rather than answer differently than asked.
-fn check_unsupported(body: Value<'_, '_>, path: &mut String) -> Result<(), Invalid> {
-    if let Some(n) = body.get("n").filter(|n| !n.is_null()) {
+fn check_unsupported(body: &Top<'_, '_>, path: &mut String) -> Result<(), Invalid> {
+    if let Some(n) = body.n.filter(|n| !n.is_null()) {
         if n.as_u64() != Some(1) {
             return invalid("the anthropic provider returns one choice: `n` must be 1")
                 .key("n", path);
         }
     }
-    if let Some(f) = body.get("response_format").filter(|f| !f.is_null()) {
+    if let Some(f) = body.response_format.filter(|f| !f.is_null()) {
         if f.get("type").and_then(ValueIntoString::into_string) != Some("text") {
             return invalid("the anthropic provider supports only `response_format` text")
                 .key("type", path)
@@ -474,8 +527,8 @@ fn stop(stop: Option<Value<'_, '_>>, out: &mut Vec<u8>) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn tools(body: Value<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
-    if let Some(list) = body.get("tools").filter(|t| !t.is_null()) {
+fn tools(body: &Top<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
+    if let Some(list) = body.tools.filter(|t| !t.is_null()) {
         let Some(list) = list.as_array() else {
             return invalid("must be an array").key("tools", path);
         };
@@ -488,8 +541,8 @@ fn tools(body: Value<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<()
         }
         out.push(b']');
     }
-    let no_parallel = body.get("parallel_tool_calls").and_then(|p| p.as_bool()) == Some(false);
-    let choice = body.get("tool_choice").filter(|c| !c.is_null());
+    let no_parallel = body.parallel_tool_calls.and_then(|p| p.as_bool()) == Some(false);
+    let choice = body.tool_choice.filter(|c| !c.is_null());
     let start = out.len();
     match choice {
         None if no_parallel => out.extend_from_slice(b",\"tool_choice\":{\"type\":\"auto\""),

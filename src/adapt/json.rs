@@ -103,22 +103,11 @@ fn string_end(b: &[u8], i: usize) -> Result<usize, Malformed> {
     let mut at = i + 1;
     loop {
         let rest = b.get(at..).ok_or(Malformed)?;
-        // Most strings (keys, types, ids) are short: a byte loop finds their end before a
-        // vector search would be set up. Longer ones: the next quote or backslash, then one
-        // vectorisable pass over the plain run before it for control characters (a raw one
-        // is not allowed inside a JSON string).
-        let head = &rest[..rest.len().min(SHORT_STRING)];
-        let off = match head.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20) {
-            Some(off) if rest[off] < 0x20 => return Err(Malformed),
-            Some(off) => off,
-            None => {
-                let off = memchr::memchr2(b'"', b'\\', rest).ok_or(Malformed)?;
-                if has_control(&rest[head.len()..off]) {
-                    return Err(Malformed);
-                }
-                off
-            }
-        };
+        let off = stop_at(rest).ok_or(Malformed)?;
+        // A raw control character is not allowed inside a JSON string.
+        if rest[off] < 0x20 {
+            return Err(Malformed);
+        }
         at += off;
         if b[at] == b'"' {
             return Ok(at + 1);
@@ -137,13 +126,37 @@ fn string_end(b: &[u8], i: usize) -> Result<usize, Malformed> {
     }
 }
 
-/// Strings scanned byte by byte before a vector search takes over.
-const SHORT_STRING: usize = 24;
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// Whether `run` holds a byte below 0x20 (no early exit, so the loop vectorises).
+/// The high bit of each byte of `w` (little-endian) that stops a plain run of a string: `"`,
+/// `\`, or a control character. Bytes above the lowest flagged one may be flagged wrongly
+/// (a borrow), the lowest is always right.
 #[inline]
-fn has_control(run: &[u8]) -> bool {
-    run.iter().fold(0u8, |acc, &c| acc | u8::from(c < 0x20)) != 0
+fn stops(w: u64) -> u64 {
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    zero(w ^ (ONES * u64::from(b'"')))
+        | zero(w ^ (ONES * u64::from(b'\\')))
+        | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS)
+}
+
+/// The index of the first `"`, `\` or control character of `s`: eight bytes a step (strings
+/// are mostly plain text, and one pass checks all three).
+fn stop_at(s: &[u8]) -> Option<usize> {
+    let mut words = s.chunks_exact(8);
+    let mut base = 0;
+    for w in &mut words {
+        let flags = stops(u64::from_le_bytes(w.try_into().expect("eight bytes")));
+        if flags != 0 {
+            return Some(base + (flags.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .map(|p| base + p)
 }
 
 /// The end of the number starting at `i` (`-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?`).
@@ -469,6 +482,37 @@ mod tests {
         assert!(members(b"[]").is_err());
         assert!(members(br#"{"a":1} x"#).unwrap().any(|m| m.is_err()));
         assert!(items(br#"[1,"#).unwrap().any(|m| m.is_err()));
+    }
+
+    /// The word-at-a-time scan finds what a byte loop finds: every stop byte at every position
+    /// of strings of every length around a word, after plain ASCII or UTF-8.
+    #[test]
+    fn the_word_scan_stops_where_a_byte_scan_does() {
+        let naive = |s: &[u8]| s.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+        let fills: [&[u8]; 3] = [b"a", "é".as_bytes(), b"\x7f"];
+        let stoppers = [b'"', b'\\', 0x00, 0x1f, b'\n', b'\t'];
+        for fill in fills {
+            for len in 0..40 {
+                let plain: Vec<u8> = fill.iter().copied().cycle().take(len).collect();
+                assert_eq!(stop_at(&plain), None, "{plain:?}");
+                for at in 0..len {
+                    for &stop in &stoppers {
+                        for &after in &[b'x', b'"', 0x01] {
+                            let mut s = plain.clone();
+                            s[at] = stop;
+                            if at + 1 < len {
+                                s[at + 1] = after;
+                            }
+                            assert_eq!(stop_at(&s), naive(&s), "{s:?}");
+                        }
+                    }
+                }
+            }
+        }
+        for b in 0..=255u8 {
+            let s = [b'a', b'a', b'a', b, b'a', b'a', b'a', b'a', b'a'];
+            assert_eq!(stop_at(&s), naive(&s), "{b:#x}");
+        }
     }
 
     #[test]
