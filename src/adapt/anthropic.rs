@@ -263,9 +263,11 @@ fn text_blocks(
 }
 
 fn part_type<'i>(part: Value<'_, 'i>) -> Result<&'i str, Invalid> {
-    part.get("type").and_then(ValueIntoString::into_string).ok_or(Invalid {
-        message: "content part has no string `type`",
-    })
+    part.get("type")
+        .and_then(ValueIntoString::into_string)
+        .ok_or(Invalid {
+            message: "content part has no string `type`",
+        })
 }
 
 /// The `text` of a text part (the caller adds `text` to the path of an error).
@@ -306,7 +308,10 @@ fn turns(messages: Array<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Resul
             });
             open = Some(role);
         }
-        let kind = m.get("role").and_then(ValueIntoString::into_string).unwrap_or("");
+        let kind = m
+            .get("role")
+            .and_then(ValueIntoString::into_string)
+            .unwrap_or("");
         match kind {
             "tool" => tool_result(m, out, path),
             "assistant" => assistant(m, out, path),
@@ -510,10 +515,7 @@ fn stop(stop: Option<Value<'_, '_>>, out: &mut Vec<u8>) -> Result<(), Invalid> {
     out.extend_from_slice(b",\"stop_sequences\":[");
     if s.is_str() {
         write_value(out, s);
-    } else if let Some(list) = s
-        .as_array()
-        .filter(|l| l.iter().all(|x| x.is_str()))
-    {
+    } else if let Some(list) = s.as_array().filter(|l| l.iter().all(|x| x.is_str())) {
         for (i, x) in list.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
@@ -754,7 +756,11 @@ pub fn message_response(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<
         out.push(b'"');
     }
     let mut calls = 0;
-    let blocks = if has_tools { Some(json::items(content)?) } else { None };
+    let blocks = if has_tools {
+        Some(json::items(content)?)
+    } else {
+        None
+    };
     for block in blocks.into_iter().flatten() {
         let block = block?;
         if json::kind(block) != json::Kind::Object

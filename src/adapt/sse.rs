@@ -270,11 +270,19 @@ mod tests {
         for cut in 0..=b.len() {
             for cut2 in cut..=b.len() {
                 let got = split_lines(&[&b[..cut], &b[cut..cut2], &b[cut2..]]);
-                assert_eq!(got, (want.clone(), 0, pending), "{text:?} cut at {cut} {cut2}");
+                assert_eq!(
+                    got,
+                    (want.clone(), 0, pending),
+                    "{text:?} cut at {cut} {cut2}"
+                );
             }
         }
         let singles: Vec<&[u8]> = b.chunks(1).collect();
-        assert_eq!(split_lines(&singles), (want, 0, pending), "{text:?} byte by byte");
+        assert_eq!(
+            split_lines(&singles),
+            (want, 0, pending),
+            "{text:?} byte by byte"
+        );
     }
 
     /// The WHATWG event-stream grammar: a line ends in `\r\n`, `\n` or `\r`, in any mix, and
@@ -282,21 +290,44 @@ mod tests {
     /// the `\n` of one `\r\n`.
     #[test]
     fn every_line_end_and_every_mix_splits_the_same_anywhere() {
-        let two = [&["event: a", "data: 1", ""][..], &["data: 2", "data: 3", ""][..]];
+        let two = [
+            &["event: a", "data: 1", ""][..],
+            &["data: 2", "data: 3", ""][..],
+        ];
         for (b, want, pending) in [
-            (&b"event: a\ndata: 1\n\ndata: 2\ndata: 3\n\n"[..], &two[..], false),
-            (b"event: a\r\ndata: 1\r\n\r\ndata: 2\r\ndata: 3\r\n\r\n", &two, false),
+            (
+                &b"event: a\ndata: 1\n\ndata: 2\ndata: 3\n\n"[..],
+                &two[..],
+                false,
+            ),
+            (
+                b"event: a\r\ndata: 1\r\n\r\ndata: 2\r\ndata: 3\r\n\r\n",
+                &two,
+                false,
+            ),
             (b"event: a\rdata: 1\r\rdata: 2\rdata: 3\r\r", &two, false),
-            (b"event: a\rdata: 1\n\r\ndata: 2\r\ndata: 3\r\r", &two, false),
+            (
+                b"event: a\rdata: 1\n\r\ndata: 2\r\ndata: 3\r\r",
+                &two,
+                false,
+            ),
             (b"event: a\r\ndata: 1\r\rdata: 2\ndata: 3\n\r", &two, false),
-            (b"event: a\ndata: 1\r\ndata: 2\r\n\r\n", &[&["event: a", "data: 1", "data: 2", ""][..]], false),
+            (
+                b"event: a\ndata: 1\r\ndata: 2\r\n\r\n",
+                &[&["event: a", "data: 1", "data: 2", ""][..]],
+                false,
+            ),
             // `\r\r\n`: a line end, then an empty line (`\r\n`).
             (b"data: 1\r\r\n", &[&["data: 1", ""][..]], false),
             // `\n\r`: the `\r` is an empty line of its own.
             (b"data: 1\n\r", &[&["data: 1", ""][..]], false),
             // Empty lines with no event before them come out as empty events.
             (b"\r\n\r\r\n\n", &[&[""][..], &[""], &[""], &[""]], false),
-            (b"data: 1\r\n\r\r\n\x08\nN", &[&["data: 1", ""][..], &[""]], true),
+            (
+                b"data: 1\r\n\r\r\n\x08\nN",
+                &[&["data: 1", ""][..], &[""]],
+                true,
+            ),
             (b"data: 1\r\ndata: 2\r", &[], true),
             (b"data: 1\rdata: 2", &[], true),
         ] {

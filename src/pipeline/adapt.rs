@@ -136,10 +136,9 @@ pub(super) fn prepare<'s>(
         return Ok(Adapted::default());
     };
     match (json, t.schema.request) {
-        (Some(j), Some(root)) => {
-            j.with_value(|v| adapt::schema::map::request(&t.schema, root, v, body_out, param))
-                .map_err(|e| refused(e, param))?
-        }
+        (Some(j), Some(root)) => j
+            .with_value(|v| adapt::schema::map::request(&t.schema, root, v, body_out, param))
+            .map_err(|e| refused(e, param))?,
         (Some(j), None) => j.encode_into(body_out),
         (None, _) => {}
     }
