@@ -30,9 +30,10 @@
 //!
 //! # Performance
 //!
-//! Requests are written straight from the parsed body into the reused outgoing buffer;
-//! responses are read with the allocation-free [`super::json`] reader and strings are copied
-//! in their escaped form, never decoded.
+//! Requests are written straight from the worker's scratch tape of the body (no tree; the
+//! top-level fields found in one walk) into the reused outgoing buffer; responses are read
+//! with the allocation-free [`super::json`] reader (one walk over a message body, one over
+//! each content block) and strings are copied in their escaped form, never decoded.
 
 pub mod stream;
 

@@ -12,8 +12,10 @@
 //! # Performance
 //!
 //! A property is found by trying the one after the last found (bodies usually follow the
-//! schema's order), else by a scan over its object's properties (short lists); the required check is a bitset on the stack. Nothing is allocated: output
-//! goes to the caller's reused buffer, values the schema does not describe are copied whole.
+//! schema's order), else by a scan over its object's properties (short lists); the required
+//! check is a bitset on the stack. Requests are read from the worker's scratch tape (no tree).
+//! Nothing is allocated: output goes to the caller's reused buffer, values the schema does
+//! not describe are copied whole.
 
 // By name, not the prelude glob (see `disallowed-methods` in clippy.toml).
 use simd_json::prelude::{TypedValue, ValueAsScalar, ValueType, Writable};
