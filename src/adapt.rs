@@ -215,8 +215,7 @@ fn schema_event(
         return;
     };
     let mut mapped = false;
-    for line in ev.split(|&c| c == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    for line in sse::lines(ev) {
         if line.is_empty() {
             continue;
         }

@@ -149,15 +149,21 @@ impl<'a> JsonBody<'a> {
         Ok(body)
     }
 
-    /// The body as it goes upstream (the gateway's edits spliced in), parsed into a tree:
-    /// what the provider adapters and schema transforms translate from (see `crate::adapt`).
-    /// They build a new body anyway; the pass-through path never calls this. A body `parse`
-    /// accepted always reads back; should it not, the tree is `null`, which every adapter
-    /// refuses with 400.
-    pub fn value(&self) -> simd_json::OwnedValue {
-        let mut bytes = Vec::with_capacity(self.raw.len() + 64);
-        self.encode_into(&mut bytes);
-        simd_json::to_owned_value(&mut bytes).unwrap_or_default()
+    /// Runs `f` on the body as it goes upstream (the gateway's edits spliced in), read into
+    /// this thread's scratch tape: what the provider adapters and schema transforms translate
+    /// from (see `crate::adapt`); the pass-through path never calls this. Nothing is
+    /// allocated once the thread is warm (no tree is built: `f` reads the tape). A body
+    /// `parse` accepted always reads back; should it not, `f` gets `null`, which every
+    /// adapter refuses with 400. `f` must not read another body (the scratch is in use).
+    pub fn with_value<R>(&self, f: impl FnOnce(Value<'_, '_>) -> R) -> R {
+        let mut f = Some(f);
+        let mut run = |v: Value<'_, '_>| (f.take().expect("called once"))(v);
+        SCRATCH
+            .with(|s| {
+                s.borrow_mut()
+                    .walk_with(|input| self.encode_into(input), |v, _, _| run(v))
+            })
+            .unwrap_or_else(|| run(Value::null()))
     }
 
     pub fn model(&self) -> Option<&'a str> {
@@ -479,11 +485,21 @@ impl Scratch {
         raw: &[u8],
         f: impl FnOnce(Value<'_, '_>, &mut Keys<'_>, usize) -> R,
     ) -> Option<R> {
+        self.walk_with(|input| input.extend_from_slice(raw), f)
+    }
+
+    /// [`Self::walk`] over the bytes `fill` writes into the (cleared) parse copy.
+    fn walk_with<R>(
+        &mut self,
+        fill: impl FnOnce(&mut Vec<u8>),
+        f: impl FnOnce(Value<'_, '_>, &mut Keys<'_>, usize) -> R,
+    ) -> Option<R> {
         self.input.clear();
-        self.input.extend_from_slice(raw);
+        fill(&mut self.input);
+        let len = self.input.len();
         // Where the copy simd-json parses (and leaves plain strings in) starts.
         let base = self.input.as_ptr() as usize;
-        let buffers = self.buffers.get_or_insert_with(|| Buffers::new(raw.len()));
+        let buffers = self.buffers.get_or_insert_with(|| Buffers::new(len));
         let mut tape = self.tape.take().unwrap_or_else(|| Tape(Vec::new())).reset();
         let out = match simd_json::fill_tape(&mut self.input, buffers, &mut tape) {
             Ok(()) => {
@@ -496,7 +512,7 @@ impl Scratch {
             Err(_) => None,
         };
         self.tape = Some(tape.reset());
-        if raw.len() > SCRATCH_KEEP {
+        if len > SCRATCH_KEEP {
             *self = Scratch {
                 seed: self.seed.clone(),
                 ..Scratch::default()

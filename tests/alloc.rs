@@ -1,7 +1,8 @@
 //! The allocation budget (issue #13): a warm worker serves a request through the full AI
 //! pipeline — JWT (HS256), the body's `model` split 80/20, a per-subject quota, the proxy to
 //! the real mock backend, metrics and the access log — without one heap allocation, for a
-//! non-streamed chat completion and for a streamed one.
+//! non-streamed chat completion and for a streamed one; and the same with both deployments
+//! behind the Anthropic provider adapter (issue #15), held to the same budget.
 //!
 //! A counting global allocator (this test binary only) counts the allocations made on the
 //! engine's worker threads (`shardgate-w*`) while the measured requests run; client, mock,
@@ -143,9 +144,23 @@ const BUDGET_PER_REQUEST: [u64; 2] = [1, 1];
 /// Allocations not made for any one request are allowed up to one per this many requests.
 const RARE: usize = 20;
 
-fn config(mock: SocketAddr, log: &std::path::Path) -> String {
-    let deployments = deployment("m-a", "1.0.0", &[mock], "served_name = \"mock-a\"")
-        + &deployment("m-b", "1.0.0", &[mock], "served_name = \"mock-b\"");
+/// The deployments' extra keys for requests translated by the Anthropic adapter (issue #15),
+/// to the mock's `/v1/messages`.
+const ANTHROPIC: &str = "provider = \"anthropic\"\napi_key = { value = \"sk-ant-test\" }";
+
+/// The gateway's config; `extra`: keys added to both deployments.
+fn config(mock: SocketAddr, log: &std::path::Path, extra: &str) -> String {
+    let deployments = deployment(
+        "m-a",
+        "1.0.0",
+        &[mock],
+        &format!("served_name = \"mock-a\"\n{extra}"),
+    ) + &deployment(
+        "m-b",
+        "1.0.0",
+        &[mock],
+        &format!("served_name = \"mock-b\"\n{extra}"),
+    );
     let split = model_route(
         "/v1/chat/completions",
         r#"{ model = "m-a", weight = 80 }, { model = "m-b", weight = 20 }"#,
@@ -176,12 +191,14 @@ fn request(token: &str, stream: bool) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Sends `n` requests on `c`, one after another, and checks every response.
-fn drive(c: &mut Client, req: &[u8], n: usize, stream: bool) {
+/// Sends `n` requests on `c`, one after another, and checks every response (its `id` starts
+/// with `id`: who answered).
+fn drive(c: &mut Client, req: &[u8], n: usize, stream: bool, id: &str) {
     for _ in 0..n {
         c.send(req);
         let r = c.read_response().expect("a response");
         assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.text().contains(id), "{id}: {}", r.text());
         if stream {
             assert!(r.text().contains("data: [DONE]"), "{}", r.text());
         } else {
@@ -191,7 +208,7 @@ fn drive(c: &mut Client, req: &[u8], n: usize, stream: bool) {
 }
 
 /// Runs `per_client` requests of each kind on every client at once.
-fn round(clients: &mut Vec<Client>, per_client: usize, stream: bool) {
+fn round(clients: &mut Vec<Client>, per_client: usize, stream: bool, id: &'static str) {
     let start = Arc::new(Barrier::new(clients.len()));
     let handles: Vec<_> = clients
         .drain(..)
@@ -201,7 +218,7 @@ fn round(clients: &mut Vec<Client>, per_client: usize, stream: bool) {
             thread::spawn(move || {
                 let req = request(&token(&format!("user-{i}")), stream);
                 start.wait();
-                drive(&mut c, &req, per_client, stream);
+                drive(&mut c, &req, per_client, stream, id);
                 c
             })
         })
@@ -218,15 +235,42 @@ const SERVERS: [&str; 2] = [
     "busy_poll_us = 200\n[server.io_uring]\nsingle_issuer = true\ndefer_taskrun = true",
 ];
 
+/// One measurement at a time: the counter counts the workers of every gateway in the process.
+#[allow(clippy::disallowed_types)] // test-only, never on the gateway's data path
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_warm_worker_serves_the_full_pipeline_without_allocating() {
     for server in SERVERS {
-        measure(server);
+        assert_within_budget(server, measure(server, "", "\"id\":\"chatcmpl-"));
     }
 }
 
-/// Measures both kinds of request on a gateway with `server` settings and checks the budget.
-fn measure(server: &str) {
+/// The same pipeline with both deployments behind the Anthropic adapter: the request is
+/// translated from the worker's scratch tape and the answer (a JSON body, an event stream)
+/// translated back in reused buffers, so the budget is the same.
+#[test]
+fn an_adapted_request_allocates_no_more_than_a_pass_through_one() {
+    // The mock's Messages ids: the adapter translated both ways.
+    assert_within_budget("", measure("", ANTHROPIC, "\"id\":\"msg_mock"));
+}
+
+fn assert_within_budget(server: &str, counts: [u64; 2]) {
+    // Plus a few allocations not tied to one request (a channel block, a log buffer's
+    // growth): up to one per RARE requests.
+    let budget = BUDGET_PER_REQUEST.map(|n| n * REQUESTS as u64 + (REQUESTS / RARE) as u64);
+    assert!(
+        counts[0] <= budget[0] && counts[1] <= budget[1],
+        "[server] {server:?}: a warm worker allocated {counts:?}, more than the budget \
+         {budget:?} (run with SHARDGATE_ALLOC_TRACE=1 -- --nocapture for sites)"
+    );
+}
+
+/// Worker allocations over [`REQUESTS`] warm requests, `[non-streamed, streamed]`, on a gateway
+/// with `server` settings and `extra` keys on the deployments; every response's `id` starts
+/// with `id`.
+fn measure(server: &str, extra: &str, id: &'static str) -> [u64; 2] {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mock = shardgate_mock::spawn(
         shardgate_mock::MockConfig {
             stream_chunks: 8,
@@ -242,12 +286,12 @@ fn measure(server: &str) {
     let log = dir.join("access.log");
     let gw = gateway_with(
         &format!("listen = \"127.0.0.1:0\"\nworkers = 1\npin = false\n{server}"),
-        &config(mock.addr(), &log),
+        &config(mock.addr(), &log, extra),
     );
     let addr = gw.local_addr();
     let mut clients: Vec<Client> = (0..CLIENTS).map(|_| Client::connect(addr)).collect();
     for stream in [false, true] {
-        round(&mut clients, WARMUP / CLIENTS, stream);
+        round(&mut clients, WARMUP / CLIENTS, stream, id);
     }
     TRACING.store(
         std::env::var_os("SHARDGATE_ALLOC_TRACE").is_some(),
@@ -257,7 +301,7 @@ fn measure(server: &str) {
     for (i, stream) in [false, true].into_iter().enumerate() {
         let before = WORKER_ALLOCS.load(Ordering::Relaxed);
         MEASURING.store(true, Ordering::SeqCst);
-        round(&mut clients, REQUESTS / CLIENTS, stream);
+        round(&mut clients, REQUESTS / CLIENTS, stream, id);
         MEASURING.store(false, Ordering::SeqCst);
         counts[i] = WORKER_ALLOCS.load(Ordering::Relaxed) - before;
     }
@@ -280,12 +324,5 @@ fn measure(server: &str) {
     drop(gw);
     drop(mock);
     let _ = std::fs::remove_dir_all(&dir);
-    // Plus a few allocations not tied to one request (a channel block, a log buffer's
-    // growth): up to one per RARE requests.
-    let budget = BUDGET_PER_REQUEST.map(|n| n * REQUESTS as u64 + (REQUESTS / RARE) as u64);
-    assert!(
-        counts[0] <= budget[0] && counts[1] <= budget[1],
-        "[server] {server:?}: a warm worker allocated {counts:?}, more than the budget \
-         {budget:?} (run with SHARDGATE_ALLOC_TRACE=1 -- --nocapture for sites)"
-    );
+    counts
 }

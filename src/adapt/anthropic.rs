@@ -30,14 +30,16 @@
 //!
 //! # Performance
 //!
-//! Requests are written straight from the parsed body into the reused outgoing buffer;
-//! responses are read with the allocation-free [`super::json`] reader and strings are copied
-//! in their escaped form, never decoded.
+//! Requests are written straight from the worker's scratch tape of the body (no tree; the
+//! top-level fields found in one walk) into the reused outgoing buffer; responses are read
+//! with the allocation-free [`super::json`] reader (one walk over a message body, one over
+//! each content block) and strings are copied in their escaped form, never decoded.
 
 pub mod stream;
 
-use simd_json::prelude::*;
-use simd_json::OwnedValue;
+// By name, not the prelude glob (see `disallowed-methods` in clippy.toml).
+use simd_json::prelude::{TypedScalarValue, ValueAsScalar, ValueIntoString, Writable};
+use simd_json::tape::{Array, Value};
 
 use super::json::{self, Malformed};
 use super::path::{invalid, At, Invalid};
@@ -66,8 +68,8 @@ enum Role {
     Assistant,
 }
 
-fn role_of(m: &OwnedValue) -> Result<Role, Invalid> {
-    match m.get("role").and_then(|r| r.as_str()) {
+fn role_of(m: Value<'_, '_>) -> Result<Role, Invalid> {
+    match m.get("role").and_then(ValueIntoString::into_string) {
         Some("system" | "developer") => Ok(Role::System),
         Some("user" | "tool") => Ok(Role::User),
         Some("assistant") => Ok(Role::Assistant),
@@ -80,21 +82,25 @@ fn role_of(m: &OwnedValue) -> Result<Role, Invalid> {
 /// (see the module docs). On `Err`, `path` holds the path of the refused field (without the
 /// root).
 pub fn chat_request(
-    body: &OwnedValue,
+    body: Value<'_, '_>,
     settings: &AnthropicSettings,
     out: &mut Vec<u8>,
     path: &mut String,
 ) -> Result<(), Invalid> {
+    let body = &Top::read(body);
     check_unsupported(body, path)?;
     out.extend_from_slice(b"{\"model\":");
-    match body.get("model") {
+    match body.model {
         Some(m) if m.is_str() => write_value(out, m),
         _ => return invalid("`model` must be a string").key("model", path),
     }
     out.extend_from_slice(b",\"max_tokens\":");
-    let max = ["max_completion_tokens", "max_tokens"]
-        .into_iter()
-        .find_map(|k| body.get(k).filter(|v| !v.is_null()).map(|v| (k, v)));
+    let max = [
+        ("max_completion_tokens", body.max_completion_tokens),
+        ("max_tokens", body.max_tokens),
+    ]
+    .into_iter()
+    .find_map(|(k, v)| v.filter(|v| !v.is_null()).map(|v| (k, v)));
     match max {
         None => {
             let _ = std::io::Write::write_fmt(out, format_args!("{}", settings.default_max_tokens));
@@ -102,14 +108,14 @@ pub fn chat_request(
         Some((_, v)) if v.as_u64().is_some_and(|n| n > 0) => write_value(out, v),
         Some((k, _)) => return invalid("must be a positive integer").key(k, path),
     }
-    let messages = match body.get("messages").and_then(|m| m.as_array()) {
+    let messages = match body.messages.and_then(|m| m.as_array()) {
         Some(m) if !m.is_empty() => m,
         _ => return invalid("`messages` must be a non-empty array").key("messages", path),
     };
     system(messages, out, path).key("messages", path)?;
     turns(messages, out, path).key("messages", path)?;
-    for k in ["temperature", "top_p"] {
-        match body.get(k) {
+    for (k, v) in [("temperature", body.temperature), ("top_p", body.top_p)] {
+        match v {
             None => {}
             Some(v) if v.is_null() => {}
             Some(v) if v.is_number() => {
@@ -121,12 +127,12 @@ pub fn chat_request(
             Some(_) => return invalid("must be a number").key(k, path),
         }
     }
-    stop(body.get("stop"), out).key("stop", path)?;
-    if body.get("stream").and_then(|s| s.as_bool()) == Some(true) {
+    stop(body.stop, out).key("stop", path)?;
+    if body.stream.and_then(|s| s.as_bool()) == Some(true) {
         out.extend_from_slice(b",\"stream\":true");
     }
     tools(body, out, path)?;
-    if let Some(u) = body.get("user").filter(|u| !u.is_null()) {
+    if let Some(u) = body.user.filter(|u| !u.is_null()) {
         if !u.is_str() {
             return invalid("must be a string").key("user", path);
         }
@@ -138,16 +144,65 @@ pub fn chat_request(
     Ok(())
 }
 
+/// The top-level members the translation reads, found in one walk over the body (instead of
+/// a scan of its keys per field).
+#[derive(Default)]
+struct Top<'t, 'i> {
+    model: Option<Value<'t, 'i>>,
+    max_completion_tokens: Option<Value<'t, 'i>>,
+    max_tokens: Option<Value<'t, 'i>>,
+    messages: Option<Value<'t, 'i>>,
+    temperature: Option<Value<'t, 'i>>,
+    top_p: Option<Value<'t, 'i>>,
+    stop: Option<Value<'t, 'i>>,
+    stream: Option<Value<'t, 'i>>,
+    user: Option<Value<'t, 'i>>,
+    tools: Option<Value<'t, 'i>>,
+    parallel_tool_calls: Option<Value<'t, 'i>>,
+    tool_choice: Option<Value<'t, 'i>>,
+    n: Option<Value<'t, 'i>>,
+    response_format: Option<Value<'t, 'i>>,
+}
+
+impl<'t, 'i> Top<'t, 'i> {
+    fn read(body: Value<'t, 'i>) -> Self {
+        let mut top = Top::default();
+        for (k, v) in body.as_object().iter().flat_map(|o| o.iter()) {
+            let slot = match k {
+                "model" => &mut top.model,
+                "max_completion_tokens" => &mut top.max_completion_tokens,
+                "max_tokens" => &mut top.max_tokens,
+                "messages" => &mut top.messages,
+                "temperature" => &mut top.temperature,
+                "top_p" => &mut top.top_p,
+                "stop" => &mut top.stop,
+                "stream" => &mut top.stream,
+                "user" => &mut top.user,
+                "tools" => &mut top.tools,
+                "parallel_tool_calls" => &mut top.parallel_tool_calls,
+                "tool_choice" => &mut top.tool_choice,
+                "n" => &mut top.n,
+                "response_format" => &mut top.response_format,
+                _ => continue,
+            };
+            // The first of a repeated key, as a key lookup would find (the body parser
+            // refuses repeated top-level keys anyway).
+            slot.get_or_insert(v);
+        }
+        top
+    }
+}
+
 /// Requests the adapter refuses rather than answer differently than asked.
-fn check_unsupported(body: &OwnedValue, path: &mut String) -> Result<(), Invalid> {
-    if let Some(n) = body.get("n").filter(|n| !n.is_null()) {
+fn check_unsupported(body: &Top<'_, '_>, path: &mut String) -> Result<(), Invalid> {
+    if let Some(n) = body.n.filter(|n| !n.is_null()) {
         if n.as_u64() != Some(1) {
             return invalid("the anthropic provider returns one choice: `n` must be 1")
                 .key("n", path);
         }
     }
-    if let Some(f) = body.get("response_format").filter(|f| !f.is_null()) {
-        if f.get("type").and_then(|t| t.as_str()) != Some("text") {
+    if let Some(f) = body.response_format.filter(|f| !f.is_null()) {
+        if f.get("type").and_then(ValueIntoString::into_string) != Some("text") {
             return invalid("the anthropic provider supports only `response_format` text")
                 .key("type", path)
                 .key("response_format", path);
@@ -157,7 +212,7 @@ fn check_unsupported(body: &OwnedValue, path: &mut String) -> Result<(), Invalid
 }
 
 /// `,"system":[text blocks]` from every system and developer message, when there are any.
-fn system(messages: &[OwnedValue], out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
+fn system(messages: Array<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
     let mut open = false;
     for (i, m) in messages.iter().enumerate() {
         if role_of(m).key("role", path).index(i, path)? != Role::System {
@@ -182,7 +237,7 @@ fn system(messages: &[OwnedValue], out: &mut Vec<u8>, path: &mut String) -> Resu
 /// Content that may only be text (system and tool messages): each text becomes a text block
 /// followed by a comma; empty texts are left out (Anthropic refuses empty text blocks).
 fn text_blocks(
-    content: Option<&OwnedValue>,
+    content: Option<Value<'_, '_>>,
     out: &mut Vec<u8>,
     path: &mut String,
 ) -> Result<(), Invalid> {
@@ -192,7 +247,7 @@ fn text_blocks(
             Ok(())
         }
         Some(c) if c.is_array() => {
-            for (j, part) in c.as_array().into_iter().flatten().enumerate() {
+            for (j, part) in c.as_array().iter().flat_map(Array::iter).enumerate() {
                 match part_type(part).key("type", path).index(j, path)? {
                     "text" => text_block(text_of(part).key("text", path).index(j, path)?, out),
                     _ => {
@@ -208,14 +263,16 @@ fn text_blocks(
     }
 }
 
-fn part_type(part: &OwnedValue) -> Result<&str, Invalid> {
-    part.get("type").and_then(|t| t.as_str()).ok_or(Invalid {
-        message: "content part has no string `type`",
-    })
+fn part_type<'i>(part: Value<'_, 'i>) -> Result<&'i str, Invalid> {
+    part.get("type")
+        .and_then(ValueIntoString::into_string)
+        .ok_or(Invalid {
+            message: "content part has no string `type`",
+        })
 }
 
 /// The `text` of a text part (the caller adds `text` to the path of an error).
-fn text_of(part: &OwnedValue) -> Result<&OwnedValue, Invalid> {
+fn text_of<'t, 'i>(part: Value<'t, 'i>) -> Result<Value<'t, 'i>, Invalid> {
     match part.get("text") {
         Some(t) if t.is_str() => Ok(t),
         _ => invalid("a text part needs a string `text`"),
@@ -223,7 +280,7 @@ fn text_of(part: &OwnedValue) -> Result<&OwnedValue, Invalid> {
 }
 
 /// `{"type":"text","text":T},` unless `t` is empty.
-fn text_block(t: &OwnedValue, out: &mut Vec<u8>) {
+fn text_block(t: Value<'_, '_>, out: &mut Vec<u8>) {
     if t.as_str().is_some_and(str::is_empty) {
         return;
     }
@@ -233,7 +290,7 @@ fn text_block(t: &OwnedValue, out: &mut Vec<u8>) {
 }
 
 /// `,"messages":[...]`: the non-system messages, consecutive ones of one role merged.
-fn turns(messages: &[OwnedValue], out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
+fn turns(messages: Array<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
     out.extend_from_slice(b",\"messages\":[");
     let mut open: Option<Role> = None;
     for (i, m) in messages.iter().enumerate() {
@@ -252,7 +309,10 @@ fn turns(messages: &[OwnedValue], out: &mut Vec<u8>, path: &mut String) -> Resul
             });
             open = Some(role);
         }
-        let kind = m.get("role").and_then(|r| r.as_str()).unwrap_or("");
+        let kind = m
+            .get("role")
+            .and_then(ValueIntoString::into_string)
+            .unwrap_or("");
         match kind {
             "tool" => tool_result(m, out, path),
             "assistant" => assistant(m, out, path),
@@ -269,7 +329,7 @@ fn turns(messages: &[OwnedValue], out: &mut Vec<u8>, path: &mut String) -> Resul
 }
 
 fn user_content(
-    content: Option<&OwnedValue>,
+    content: Option<Value<'_, '_>>,
     out: &mut Vec<u8>,
     path: &mut String,
 ) -> Result<(), Invalid> {
@@ -282,13 +342,13 @@ fn user_content(
             _ => invalid("must be a string or an array of content parts"),
         };
     };
-    for (j, part) in parts.as_slice().iter().enumerate() {
+    for (j, part) in parts.iter().enumerate() {
         user_part(part, out, path).index(j, path)?;
     }
     Ok(())
 }
 
-fn user_part(part: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
+fn user_part(part: Value<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
     match part_type(part).key("type", path)? {
         "text" => {
             text_block(text_of(part).key("text", path)?, out);
@@ -298,7 +358,7 @@ fn user_part(part: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<
             let img = part.get("image_url");
             let url = img
                 .and_then(|i| i.get("url").or(Some(i)))
-                .and_then(|u| u.as_str());
+                .and_then(ValueIntoString::into_string);
             let Some(url) = url else {
                 return invalid("an image_url part needs `image_url.url`").key("image_url", path);
             };
@@ -344,13 +404,13 @@ fn image_block(url: &str, out: &mut Vec<u8>) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn assistant(m: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
+fn assistant(m: Value<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
     match m.get("content") {
         None => {}
         Some(c) if c.is_null() => {}
         Some(c) if c.is_str() => text_block(c, out),
         Some(c) if c.is_array() => {
-            for (j, part) in c.as_array().into_iter().flatten().enumerate() {
+            for (j, part) in c.as_array().iter().flat_map(Array::iter).enumerate() {
                 let t = part_type(part)
                     .key("type", path)
                     .index(j, path)
@@ -378,7 +438,7 @@ fn assistant(m: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(),
     let Some(calls) = calls.as_array() else {
         return invalid("must be an array").key("tool_calls", path);
     };
-    for (j, call) in calls.as_slice().iter().enumerate() {
+    for (j, call) in calls.iter().enumerate() {
         tool_use(call, out, path)
             .index(j, path)
             .key("tool_calls", path)?;
@@ -386,7 +446,7 @@ fn assistant(m: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(),
     Ok(())
 }
 
-fn tool_use(call: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
+fn tool_use(call: Value<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
     if let Some(t) = call.get("type") {
         if t.as_str() != Some("function") {
             return invalid("only function tool calls are supported").key("type", path);
@@ -405,7 +465,7 @@ fn tool_use(call: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(
     };
     let args = match f.get("arguments") {
         None => "",
-        Some(a) => match a.as_str() {
+        Some(a) => match a.into_string() {
             Some(s) => s,
             None => {
                 return invalid("must be a string of JSON")
@@ -433,7 +493,7 @@ fn tool_use(call: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(
     Ok(())
 }
 
-fn tool_result(m: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
+fn tool_result(m: Value<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
     let Some(id) = m.get("tool_call_id").filter(|i| i.is_str()) else {
         return invalid("a tool message needs a string `tool_call_id`").key("tool_call_id", path);
     };
@@ -449,18 +509,15 @@ fn tool_result(m: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(
     Ok(())
 }
 
-fn stop(stop: Option<&OwnedValue>, out: &mut Vec<u8>) -> Result<(), Invalid> {
+fn stop(stop: Option<Value<'_, '_>>, out: &mut Vec<u8>) -> Result<(), Invalid> {
     let Some(s) = stop.filter(|s| !s.is_null()) else {
         return Ok(());
     };
     out.extend_from_slice(b",\"stop_sequences\":[");
     if s.is_str() {
         write_value(out, s);
-    } else if let Some(list) = s
-        .as_array()
-        .filter(|l| l.as_slice().iter().all(|x| x.is_str()))
-    {
-        for (i, x) in list.as_slice().iter().enumerate() {
+    } else if let Some(list) = s.as_array().filter(|l| l.iter().all(|x| x.is_str())) {
+        for (i, x) in list.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -473,13 +530,13 @@ fn stop(stop: Option<&OwnedValue>, out: &mut Vec<u8>) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn tools(body: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
-    if let Some(list) = body.get("tools").filter(|t| !t.is_null()) {
+fn tools(body: &Top<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
+    if let Some(list) = body.tools.filter(|t| !t.is_null()) {
         let Some(list) = list.as_array() else {
             return invalid("must be an array").key("tools", path);
         };
         out.extend_from_slice(b",\"tools\":[");
-        for (i, t) in list.as_slice().iter().enumerate() {
+        for (i, t) in list.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -487,8 +544,8 @@ fn tools(body: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(), 
         }
         out.push(b']');
     }
-    let no_parallel = body.get("parallel_tool_calls").and_then(|p| p.as_bool()) == Some(false);
-    let choice = body.get("tool_choice").filter(|c| !c.is_null());
+    let no_parallel = body.parallel_tool_calls.and_then(|p| p.as_bool()) == Some(false);
+    let choice = body.tool_choice.filter(|c| !c.is_null());
     let start = out.len();
     match choice {
         None if no_parallel => out.extend_from_slice(b",\"tool_choice\":{\"type\":\"auto\""),
@@ -518,8 +575,8 @@ fn tools(body: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(), 
     Ok(())
 }
 
-fn tool(t: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
-    if t.get("type").and_then(|x| x.as_str()) != Some("function") {
+fn tool(t: Value<'_, '_>, out: &mut Vec<u8>, path: &mut String) -> Result<(), Invalid> {
+    if t.get("type").and_then(ValueIntoString::into_string) != Some("function") {
         return invalid("only function tools are supported").key("type", path);
     }
     let Some(f) = t.get("function").filter(|f| f.is_object()) else {
@@ -550,7 +607,7 @@ fn tool(t: &OwnedValue, out: &mut Vec<u8>, path: &mut String) -> Result<(), Inva
     Ok(())
 }
 
-fn write_value(out: &mut Vec<u8>, v: &OwnedValue) {
+fn write_value(out: &mut Vec<u8>, v: Value<'_, '_>) {
     // Writing into a Vec cannot fail.
     let _ = v.write(out);
 }
@@ -609,23 +666,27 @@ impl Tokens {
     /// Writes OpenAI's `usage` object. Anthropic counts cached input apart from
     /// `input_tokens`; OpenAI's `prompt_tokens` includes it.
     pub fn write_openai(&self, out: &mut Vec<u8>) {
-        let prompt = self.input + self.cache_read + self.cache_creation;
-        let _ = std::io::Write::write_fmt(
-            out,
-            format_args!(
-                "{{\"prompt_tokens\":{prompt},\"completion_tokens\":{},\"total_tokens\":{},\"prompt_tokens_details\":{{\"cached_tokens\":{}}}}}",
-                self.output,
-                prompt + self.output,
-                self.cache_read
-            ),
-        );
+        let prompt = self
+            .input
+            .saturating_add(self.cache_read)
+            .saturating_add(self.cache_creation);
+        out.extend_from_slice(b"{\"prompt_tokens\":");
+        json::write_u64(out, prompt);
+        out.extend_from_slice(b",\"completion_tokens\":");
+        json::write_u64(out, self.output);
+        out.extend_from_slice(b",\"total_tokens\":");
+        json::write_u64(out, prompt.saturating_add(self.output));
+        out.extend_from_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
+        json::write_u64(out, self.cache_read);
+        out.extend_from_slice(b"}}");
     }
 }
 
 /// Writes the `chat.completion` for the Anthropic `message` body (see the module docs);
 /// `Err` when the body is not a message object.
 pub fn message_response(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<(), Malformed> {
-    let body = json::check(body)?;
+    std::str::from_utf8(body).map_err(|_| Malformed)?;
+    // Walking every top-level member validates the grammar of the whole body.
     let (mut id, mut model, mut content, mut stop_reason, mut usage) =
         (None, None, None, None, None);
     for m in json::members(body)? {
@@ -647,10 +708,9 @@ pub fn message_response(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<
         .ok_or(Malformed)?;
     out.extend_from_slice(b"{\"id\":");
     out.extend_from_slice(id);
-    let _ = std::io::Write::write_fmt(
-        out,
-        format_args!(",\"object\":\"chat.completion\",\"created\":{created},\"model\":"),
-    );
+    out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
+    json::write_u64(out, created);
+    out.extend_from_slice(b",\"model\":");
     match model.filter(|v| json::kind(v) == json::Kind::String) {
         Some(m) => out.extend_from_slice(m),
         None => out.extend_from_slice(b"\"\""),
@@ -658,18 +718,33 @@ pub fn message_response(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<
     out.extend_from_slice(
         b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
     );
-    // Text blocks joined: their escaped contents concatenate into one valid string.
+    // Text blocks joined: their escaped contents concatenate into one valid string. One walk
+    // over each block reads its `type` and `text`; tool calls, written after, take a second
+    // walk only when there are any.
     let mut texts = 0;
+    let mut has_tools = false;
     for block in json::items(content)? {
         let block = block?;
-        if json::kind(block) != json::Kind::Object
-            || !json::get(block, b"type")?.is_some_and(|t| json::is_str(t, "text"))
-        {
+        if json::kind(block) != json::Kind::Object {
             continue;
         }
-        let text = json::get(block, b"text")?
-            .and_then(json::str_inner)
-            .ok_or(Malformed)?;
+        let (mut kind, mut text) = (None, None);
+        for m in json::members(block)? {
+            match m? {
+                (b"type", v) if kind.is_none() => kind = Some(v),
+                (b"text", v) if text.is_none() => text = Some(v),
+                _ => {}
+            }
+        }
+        match kind.and_then(json::str_inner) {
+            Some(b"text") => {}
+            Some(b"tool_use") => {
+                has_tools = true;
+                continue;
+            }
+            _ => continue,
+        }
+        let text = text.and_then(json::str_inner).ok_or(Malformed)?;
         if texts == 0 {
             out.push(b'"');
         }
@@ -682,7 +757,12 @@ pub fn message_response(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<
         out.push(b'"');
     }
     let mut calls = 0;
-    for block in json::items(content)? {
+    let blocks = if has_tools {
+        Some(json::items(content)?)
+    } else {
+        None
+    };
+    for block in blocks.into_iter().flatten() {
         let block = block?;
         if json::kind(block) != json::Kind::Object
             || !json::get(block, b"type")?.is_some_and(|t| json::is_str(t, "tool_use"))

@@ -103,28 +103,60 @@ fn string_end(b: &[u8], i: usize) -> Result<usize, Malformed> {
     let mut at = i + 1;
     loop {
         let rest = b.get(at..).ok_or(Malformed)?;
-        let off = rest
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-            .ok_or(Malformed)?;
+        let off = stop_at(rest).ok_or(Malformed)?;
+        // A raw control character is not allowed inside a JSON string.
+        if rest[off] < 0x20 {
+            return Err(Malformed);
+        }
         at += off;
-        match b[at] {
-            b'"' => return Ok(at + 1),
-            b'\\' => match b.get(at + 1) {
-                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => at += 2,
-                Some(b'u') => {
-                    let hex = b.get(at + 2..at + 6).ok_or(Malformed)?;
-                    if !hex.iter().all(u8::is_ascii_hexdigit) {
-                        return Err(Malformed);
-                    }
-                    at += 6;
+        if b[at] == b'"' {
+            return Ok(at + 1);
+        }
+        match b.get(at + 1) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => at += 2,
+            Some(b'u') => {
+                let hex = b.get(at + 2..at + 6).ok_or(Malformed)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return Err(Malformed);
                 }
-                _ => return Err(Malformed),
-            },
-            // A raw control character is not allowed inside a JSON string.
+                at += 6;
+            }
             _ => return Err(Malformed),
         }
     }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `w` (little-endian) that stops a plain run of a string: `"`,
+/// `\`, or a control character. Bytes above the lowest flagged one may be flagged wrongly
+/// (a borrow), the lowest is always right.
+#[inline]
+fn stops(w: u64) -> u64 {
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    zero(w ^ (ONES * u64::from(b'"')))
+        | zero(w ^ (ONES * u64::from(b'\\')))
+        | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS)
+}
+
+/// The index of the first `"`, `\` or control character of `s`: eight bytes a step (strings
+/// are mostly plain text, and one pass checks all three).
+fn stop_at(s: &[u8]) -> Option<usize> {
+    let mut words = s.chunks_exact(8);
+    let mut base = 0;
+    for w in &mut words {
+        let flags = stops(u64::from_le_bytes(w.try_into().expect("eight bytes")));
+        if flags != 0 {
+            return Some(base + (flags.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .map(|p| base + p)
 }
 
 /// The end of the number starting at `i` (`-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?`).
@@ -328,6 +360,21 @@ pub fn as_u64(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
+/// Writes `n` in decimal (what `write!` does, without the formatting machinery).
+pub fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// Writes `s` as a JSON string literal.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
@@ -435,6 +482,46 @@ mod tests {
         assert!(members(b"[]").is_err());
         assert!(members(br#"{"a":1} x"#).unwrap().any(|m| m.is_err()));
         assert!(items(br#"[1,"#).unwrap().any(|m| m.is_err()));
+    }
+
+    /// The word-at-a-time scan finds what a byte loop finds: every stop byte at every position
+    /// of strings of every length around a word, after plain ASCII or UTF-8.
+    #[test]
+    fn the_word_scan_stops_where_a_byte_scan_does() {
+        let naive = |s: &[u8]| s.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+        let fills: [&[u8]; 3] = [b"a", "é".as_bytes(), b"\x7f"];
+        let stoppers = [b'"', b'\\', 0x00, 0x1f, b'\n', b'\t'];
+        for fill in fills {
+            for len in 0..40 {
+                let plain: Vec<u8> = fill.iter().copied().cycle().take(len).collect();
+                assert_eq!(stop_at(&plain), None, "{plain:?}");
+                for at in 0..len {
+                    for &stop in &stoppers {
+                        for &after in &[b'x', b'"', 0x01] {
+                            let mut s = plain.clone();
+                            s[at] = stop;
+                            if at + 1 < len {
+                                s[at + 1] = after;
+                            }
+                            assert_eq!(stop_at(&s), naive(&s), "{s:?}");
+                        }
+                    }
+                }
+            }
+        }
+        for b in 0..=255u8 {
+            let s = [b'a', b'a', b'a', b, b'a', b'a', b'a', b'a', b'a'];
+            assert_eq!(stop_at(&s), naive(&s), "{b:#x}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0, 7, 10, 99, 12345, u64::MAX] {
+            let mut out = Vec::new();
+            write_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
     }
 
     #[test]

@@ -167,6 +167,29 @@ pub struct Prop {
     pub backend: Box<str>,
     pub node: NodeId,
     pub required: bool,
+    /// `"public":` and `"backend":` as JSON, rendered once at compile time (written per
+    /// member mapped).
+    pub public_key: Box<[u8]>,
+    pub backend_key: Box<[u8]>,
+}
+
+impl Prop {
+    fn new(public: String, backend: String, node: NodeId, required: bool) -> Prop {
+        let key = |name: &str| {
+            let mut k = Vec::with_capacity(name.len() + 3);
+            crate::adapt::json::write_str(&mut k, name);
+            k.push(b':');
+            k.into_boxed_slice()
+        };
+        Prop {
+            public_key: key(&public),
+            backend_key: key(&backend),
+            public: public.into(),
+            backend: backend.into(),
+            node,
+            required,
+        }
+    }
 }
 
 /// A compiled transform: one node table, the request and response roots.
@@ -347,12 +370,7 @@ impl Compiler<'_> {
                     }
                 };
                 let id = self.schema(sub, &sub_at, depth + 1)?;
-                let prop = Prop {
-                    public: name.as_str().into(),
-                    backend: backend.into(),
-                    node: id,
-                    required: false,
-                };
+                let prop = Prop::new(name.to_string(), backend, id, false);
                 match props.iter_mut().find(|q| q.public == prop.public) {
                     Some(q) => *q = prop,
                     None => props.push(prop),
@@ -375,12 +393,8 @@ impl Compiler<'_> {
                         additional: true,
                         ..Node::default()
                     });
-                    props.push(Prop {
-                        backend: self.naming.apply(&name).into(),
-                        public: name.into(),
-                        node: any,
-                        required: true,
-                    });
+                    let backend = self.naming.apply(&name);
+                    props.push(Prop::new(name.to_string(), backend, any, true));
                 }
             }
         }

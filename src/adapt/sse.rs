@@ -5,8 +5,10 @@
 //!
 //! [`Events::feed`] hands every complete event (its lines, up to and including the empty line
 //! that ends it) to a callback, in order, as soon as its last byte arrives, and keeps the
-//! unfinished tail for the next read. Lines end in `\n` or `\r\n`. An event longer than
-//! [`MAX_EVENT`] is reported as [`Oversized`] once and its bytes are dropped until it ends.
+//! unfinished tail for the next read. Lines end in `\r\n`, `\n` or a lone `\r` (the WHATWG
+//! event-stream grammar), also when a `\r\n` is split between two reads: the event ends at the
+//! `\r` and the `\n` that opens the next read is dropped, not taken for an empty line. An event
+//! longer than [`MAX_EVENT`] is reported as [`Oversized`] once and its bytes are dropped until it ends.
 //! [`Events::pending`] says whether an unfinished event is held (a stream that ends there was
 //! cut mid-event). [`data`] joins an event's `data:` lines; [`name`] reads its `event:` line.
 //!
@@ -29,10 +31,13 @@ pub type OnEvent<'f> = dyn FnMut(Result<&[u8], Oversized>) + 'f;
 #[derive(Debug, Default)]
 pub struct Events {
     held: Vec<u8>,
-    /// The last byte seen ended a line (or nothing was seen yet in this event).
+    /// No byte of the current line has been seen yet (the next line end ends an empty line).
     at_line_start: bool,
-    /// At a line start, the one byte seen since is a `\r` (the line is empty if `\n` comes next).
-    cr_pending: bool,
+    /// The last byte seen was a `\r` ending a line at the end of a read: a `\n` at the start
+    /// of the next read belongs to that line end (`\r\n`), it is not a line of its own.
+    after_cr: bool,
+    /// That `\r` ended an event, which was handed out already: its `\n` is dropped.
+    cr_ended_event: bool,
     /// The current event passed [`MAX_EVENT`]: skip to its end.
     skipping: bool,
 }
@@ -42,7 +47,8 @@ impl Events {
     pub fn reset(&mut self) {
         self.held.clear();
         self.at_line_start = true;
-        self.cr_pending = false;
+        self.after_cr = false;
+        self.cr_ended_event = false;
         self.skipping = false;
     }
 
@@ -61,28 +67,36 @@ impl Events {
     pub fn feed(&mut self, chunk: &[u8], on_event: &mut OnEvent<'_>) {
         let mut start = 0;
         let mut i = 0;
-        while i < chunk.len() {
-            // Jump to the next newline: only line ends matter.
-            let Some(off) = chunk[i..].iter().position(|&c| c == b'\n') else {
-                // A line start stays one only through the first `\r` of a possible `\r\n`.
-                if self.at_line_start && !self.cr_pending && &chunk[i..] == b"\r" {
-                    self.cr_pending = true;
-                } else {
-                    self.at_line_start = false;
-                    self.cr_pending = false;
+        if self.after_cr && !chunk.is_empty() {
+            self.after_cr = false;
+            if chunk[0] == b'\n' {
+                i = 1;
+                if self.cr_ended_event {
+                    start = 1;
                 }
+            }
+        }
+        while i < chunk.len() {
+            // Jump to the next line end: only they matter.
+            let Some(off) = memchr::memchr2(b'\n', b'\r', &chunk[i..]) else {
+                self.at_line_start = false;
                 break;
             };
-            let nl = i + off;
-            let line_empty = self.at_line_start
-                && if self.cr_pending {
-                    nl == i
-                } else {
-                    nl == i || (nl == i + 1 && chunk[i] == b'\r')
-                };
-            i = nl + 1;
+            let at = i + off;
+            let line_empty = self.at_line_start && off == 0;
+            i = at + 1;
+            if chunk[at] == b'\r' {
+                match chunk.get(i) {
+                    Some(b'\n') => i += 1,
+                    Some(_) => {}
+                    // The `\n` of a `\r\n` may open the next read.
+                    None => {
+                        self.after_cr = true;
+                        self.cr_ended_event = line_empty;
+                    }
+                }
+            }
             self.at_line_start = true;
-            self.cr_pending = false;
             if line_empty {
                 self.end_event(&chunk[start..i], on_event);
                 start = i;
@@ -132,10 +146,32 @@ impl Events {
     }
 }
 
-/// The lines of an event, without their line ends.
-fn lines(ev: &[u8]) -> impl Iterator<Item = &[u8]> {
-    ev.split(|&c| c == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+/// The lines of an event, without their line ends (`\r\n`, `\n` or `\r`).
+pub fn lines(ev: &[u8]) -> Lines<'_> {
+    Lines { rest: Some(ev) }
+}
+
+/// See [`lines`]. A final line end does not start another line.
+pub struct Lines<'a> {
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.rest?;
+        let Some(at) = memchr::memchr2(b'\n', b'\r', rest) else {
+            self.rest = None;
+            return (!rest.is_empty()).then_some(rest);
+        };
+        let mut next = at + 1;
+        if rest[at] == b'\r' && rest.get(next) == Some(&b'\n') {
+            next += 1;
+        }
+        self.rest = Some(&rest[next..]);
+        Some(&rest[..at])
+    }
 }
 
 /// The value of the field `name` on `line` (`name:` then one optional space), if it is that
@@ -201,61 +237,131 @@ mod tests {
     #[test]
     fn events_split_at_every_point_come_out_whole() {
         let want = [
-            "event: a\ndata: {\"x\":1}\n\n",
-            ": comment\r\n\r\n",
-            "event: b\r\ndata: 1\r\ndata: 2\r\n\r\n",
+            &["event: a", "data: {\"x\":1}", ""][..],
+            &[": comment", ""],
+            &["event: b", "data: 1", "data: 2", ""],
         ];
-        let b = STREAM.as_bytes();
+        assert_splits(STREAM.as_bytes(), &want, false);
+        // Fed whole, each event is handed out with its own line ends.
+        let (got, _, _) = split(&[STREAM.as_bytes()]);
+        assert_eq!(got[1], b": comment\r\n\r\n");
+    }
+
+    /// Events as their lines (line ends removed): a `\r\n` split between two reads makes an
+    /// event end in `\r` instead of `\r\n`, which reads the same.
+    fn split_lines(parts: &[&[u8]]) -> (Vec<Vec<Vec<u8>>>, usize, bool) {
+        let (got, over, pending) = split(parts);
+        let got = got
+            .iter()
+            .map(|e| lines(e).map(<[u8]>::to_vec).collect())
+            .collect();
+        (got, over, pending)
+    }
+
+    /// Asserts that `b` split into events gives `want` (each event's lines) fed whole, cut at
+    /// every pair of points, and byte by byte.
+    fn assert_splits(b: &[u8], want: &[&[&str]], pending: bool) {
+        let want: Vec<Vec<Vec<u8>>> = want
+            .iter()
+            .map(|e| e.iter().map(|l| l.as_bytes().to_vec()).collect())
+            .collect();
+        let text = String::from_utf8_lossy(b);
+        assert_eq!(split_lines(&[b]), (want.clone(), 0, pending), "{text:?}");
         for cut in 0..=b.len() {
             for cut2 in cut..=b.len() {
-                let (got, over, pending) = split(&[&b[..cut], &b[cut..cut2], &b[cut2..]]);
-                let got: Vec<String> = got
-                    .into_iter()
-                    .map(|e| String::from_utf8(e).unwrap())
-                    .collect();
-                assert_eq!(got, want, "cuts {cut} {cut2}");
-                assert_eq!((over, pending), (0, false));
+                let got = split_lines(&[&b[..cut], &b[cut..cut2], &b[cut2..]]);
+                assert_eq!(
+                    got,
+                    (want.clone(), 0, pending),
+                    "{text:?} cut at {cut} {cut2}"
+                );
             }
         }
         let singles: Vec<&[u8]> = b.chunks(1).collect();
-        assert_eq!(split(&singles).0.len(), 3);
+        assert_eq!(
+            split_lines(&singles),
+            (want, 0, pending),
+            "{text:?} byte by byte"
+        );
     }
 
-    /// Line ends around an event's end, fed whole and cut at every pair of points: a lone
-    /// `\r` (or several) before `\n` is line content, never an empty line, wherever reads end.
+    /// The WHATWG event-stream grammar: a line ends in `\r\n`, `\n` or `\r`, in any mix, and
+    /// an empty line ends an event — wherever the reads end, including between the `\r` and
+    /// the `\n` of one `\r\n`.
     #[test]
-    fn line_ends_split_anywhere_give_the_whole_stream_verdict() {
-        let cases: &[&[u8]] = &[
-            b"data: 1\r\n\r\r\n\x08\nN",
-            b"data: 1\r\n\r\r\n\r\n",
-            b"data: 1\n\r\r\r\n\n",
-            b"data: 1\r\n\r\ndata: 2\n\n",
-            b"data: 1\n\r\n",
-            b"data: 1\r\r\n\n",
-            b"\r\r\n\n",
-            b"\r\n",
-            b"data: 1\n\r",
+    fn every_line_end_and_every_mix_splits_the_same_anywhere() {
+        let two = [
+            &["event: a", "data: 1", ""][..],
+            &["data: 2", "data: 3", ""][..],
         ];
-        for b in cases {
-            let whole = split(&[b]);
-            for cut in 0..=b.len() {
-                for cut2 in cut..=b.len() {
-                    let got = split(&[&b[..cut], &b[cut..cut2], &b[cut2..]]);
-                    let text = String::from_utf8_lossy(b);
-                    assert_eq!(got, whole, "{text:?} cut at {cut} {cut2}");
-                }
-            }
-            let singles: Vec<&[u8]> = b.chunks(1).collect();
-            assert_eq!(
-                split(&singles),
-                whole,
-                "{:?} byte by byte",
-                String::from_utf8_lossy(b)
-            );
+        for (b, want, pending) in [
+            (
+                &b"event: a\ndata: 1\n\ndata: 2\ndata: 3\n\n"[..],
+                &two[..],
+                false,
+            ),
+            (
+                b"event: a\r\ndata: 1\r\n\r\ndata: 2\r\ndata: 3\r\n\r\n",
+                &two,
+                false,
+            ),
+            (b"event: a\rdata: 1\r\rdata: 2\rdata: 3\r\r", &two, false),
+            (
+                b"event: a\rdata: 1\n\r\ndata: 2\r\ndata: 3\r\r",
+                &two,
+                false,
+            ),
+            (b"event: a\r\ndata: 1\r\rdata: 2\ndata: 3\n\r", &two, false),
+            (
+                b"event: a\ndata: 1\r\ndata: 2\r\n\r\n",
+                &[&["event: a", "data: 1", "data: 2", ""][..]],
+                false,
+            ),
+            // `\r\r\n`: a line end, then an empty line (`\r\n`).
+            (b"data: 1\r\r\n", &[&["data: 1", ""][..]], false),
+            // `\n\r`: the `\r` is an empty line of its own.
+            (b"data: 1\n\r", &[&["data: 1", ""][..]], false),
+            // Empty lines with no event before them come out as empty events.
+            (b"\r\n\r\r\n\n", &[&[""][..], &[""], &[""], &[""]], false),
+            (
+                b"data: 1\r\n\r\r\n\x08\nN",
+                &[&["data: 1", ""][..], &[""]],
+                true,
+            ),
+            (b"data: 1\r\ndata: 2\r", &[], true),
+            (b"data: 1\rdata: 2", &[], true),
+        ] {
+            assert_splits(b, want, pending);
         }
-        // The fuzzer's input: no empty line, so one unfinished event (not a finished one).
-        assert_eq!(split(&[cases[0]]), (vec![], 0, true));
-        assert_eq!(split(&[cases[1]]).0.len(), 1);
+    }
+
+    /// A `\r` that ends a read and the `\n` that opens the next are one line end.
+    #[test]
+    fn a_crlf_split_between_reads_is_one_line_end() {
+        // Ending an event: the `\n` is not another (empty) event.
+        let (got, _, pending) = split(&[b"data: 1\r\n\r", b"\ndata: 2\r\n\r\n"]);
+        assert_eq!(got, [&b"data: 1\r\n\r"[..], b"data: 2\r\n\r\n"]);
+        assert!(!pending);
+        // Ending a line inside an event: the `\n` is not the event's end.
+        let (got, _, pending) = split(&[b"data: 1\r", b"\ndata: 2\r\n\r\n"]);
+        assert_eq!(got, [&b"data: 1\r\ndata: 2\r\n\r\n"[..]]);
+        assert!(!pending);
+        // An empty read between them changes nothing.
+        let (got, _, _) = split(&[b"data: 1\r\n\r", b"", b"\n\n"]);
+        assert_eq!(got, [&b"data: 1\r\n\r"[..], b"\n"]);
+        // A lone `\r` ends the event at once: it is not held waiting for a `\n`.
+        let (got, _, pending) = split(&[b"data: 1\r\r"]);
+        assert_eq!(got, [&b"data: 1\r\r"[..]]);
+        assert!(!pending);
+    }
+
+    #[test]
+    fn lines_end_in_any_line_end() {
+        let got: Vec<&[u8]> = lines(b"a\r\nb\nc\rd\r\r\ne").collect();
+        assert_eq!(got, [&b"a"[..], b"b", b"c", b"d", b"", b"e"]);
+        assert_eq!(lines(b"a\n").collect::<Vec<_>>(), [&b"a"[..]]);
+        assert_eq!(lines(b"\r").collect::<Vec<_>>(), [&b""[..]]);
+        assert_eq!(lines(b"").count(), 0);
     }
 
     #[test]
@@ -287,5 +393,7 @@ mod tests {
         assert_eq!(data(b": ping\n\n", &mut s), None);
         assert_eq!(name(b"event: ping\ndata: {}\n\n"), Some(&b"ping"[..]));
         assert_eq!(name(b"data: {}\n\n"), None);
+        assert_eq!(data(b"data:a\rdata: b\r\r", &mut s), Some(&b"a\nb"[..]));
+        assert_eq!(name(b"event: x\rdata: {}\r\r"), Some(&b"x"[..]));
     }
 }

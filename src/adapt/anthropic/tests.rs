@@ -24,7 +24,7 @@ fn translate(text: &str) -> Result<Value, (String, &'static str)> {
     let body = JsonBody::parse(text.as_bytes(), &mut model).expect("fixture parses");
     let mut out = Vec::new();
     let mut path = String::new();
-    match chat_request(&body.value(), &settings(), &mut out, &mut path) {
+    match body.with_value(|v| chat_request(v, &settings(), &mut out, &mut path)) {
         Ok(()) => Ok(serde_json::from_slice(&out)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))),
         Err(e) => {

@@ -11,12 +11,15 @@
 //!
 //! # Performance
 //!
-//! A property is found by a scan over its object's properties (short lists, compared by
-//! length first); the required check is a bitset on the stack. Nothing is allocated: output
-//! goes to the caller's reused buffer, values the schema does not describe are copied whole.
+//! A property is found by trying the one after the last found (bodies usually follow the
+//! schema's order), else by a scan over its object's properties (short lists); the required
+//! check is a bitset on the stack. Requests are read from the worker's scratch tape (no tree).
+//! Nothing is allocated: output goes to the caller's reused buffer, values the schema does
+//! not describe are copied whole.
 
-use simd_json::prelude::*;
-use simd_json::{OwnedValue, StaticNode};
+// By name, not the prelude glob (see `disallowed-methods` in clippy.toml).
+use simd_json::prelude::{TypedValue, ValueAsScalar, ValueType, Writable};
+use simd_json::tape::{Object, Value};
 
 use super::{EnumVal, Node, NodeId, Prop, Schema, Types, MAX_PROPERTIES};
 use crate::adapt::json::{self, Malformed};
@@ -26,7 +29,7 @@ use crate::adapt::path::{invalid, At, Invalid};
 pub fn request(
     s: &Schema,
     root: NodeId,
-    v: &OwnedValue,
+    v: Value<'_, '_>,
     out: &mut Vec<u8>,
     path: &mut String,
 ) -> Result<(), Invalid> {
@@ -36,7 +39,7 @@ pub fn request(
 fn value(
     s: &Schema,
     id: NodeId,
-    v: &OwnedValue,
+    v: Value<'_, '_>,
     out: &mut Vec<u8>,
     path: &mut String,
 ) -> Result<(), Invalid> {
@@ -52,11 +55,11 @@ fn value(
         return invalid("is not one of the values the schema's `enum` allows");
     }
     if let Some(obj) = v.as_object() {
-        return object(s, node, obj, out, path);
+        return object(s, node, &obj, out, path);
     }
     if let (Some(items), Some(list)) = (node.items, v.as_array()) {
         out.push(b'[');
-        for (i, item) in list.as_slice().iter().enumerate() {
+        for (i, item) in list.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -72,21 +75,22 @@ fn value(
 fn object(
     s: &Schema,
     node: &Node,
-    obj: &simd_json::owned::Object,
+    obj: &Object<'_, '_>,
     out: &mut Vec<u8>,
     path: &mut String,
 ) -> Result<(), Invalid> {
     let mut seen = [0u64; MAX_PROPERTIES / 64];
+    let mut hint = 0;
     out.push(b'{');
     for (n, (k, val)) in obj.iter().enumerate() {
         if n > 0 {
             out.push(b',');
         }
-        match find(&node.props, |p| &p.public, k.as_bytes()) {
+        match find(&node.props, |p| &p.public, k.as_bytes(), hint) {
             Some((i, p)) => {
+                hint = i + 1;
                 seen[i / 64] |= 1 << (i % 64);
-                json::write_str(out, &p.backend);
-                out.push(b':');
+                out.extend_from_slice(&p.backend_key);
                 value(s, p.node, val, out, path).key(k, path)?;
             }
             None if !node.additional => {
@@ -108,43 +112,46 @@ fn object(
     Ok(())
 }
 
-/// The property whose name (by `name`) is `key`.
+/// The property whose name (by `name`) is `key`. Bodies usually list properties in the
+/// schema's order, so the one after the last found (`hint`) is tried first.
 #[inline]
 fn find<'p>(
     props: &'p [Prop],
     name: impl Fn(&Prop) -> &str,
     key: &[u8],
+    hint: usize,
 ) -> Option<(usize, &'p Prop)> {
-    props.iter().enumerate().find(|(_, p)| {
-        let n = name(p).as_bytes();
-        n.len() == key.len() && n == key
-    })
+    let is = |p: &Prop| name(p).as_bytes() == key;
+    if let Some(p) = props.get(hint).filter(|p| is(p)) {
+        return Some((hint, p));
+    }
+    props.iter().enumerate().find(|(_, p)| is(p))
 }
 
-fn type_ok(t: Types, v: &OwnedValue) -> bool {
-    match v {
-        OwnedValue::Static(StaticNode::Null) => t.has(Types::NULL),
-        OwnedValue::Static(StaticNode::Bool(_)) => t.has(Types::BOOLEAN),
-        OwnedValue::Static(StaticNode::I64(_) | StaticNode::U64(_)) => {
-            t.has(Types::INTEGER) || t.has(Types::NUMBER)
+fn type_ok(t: Types, v: Value<'_, '_>) -> bool {
+    match v.value_type() {
+        ValueType::Null => t.has(Types::NULL),
+        ValueType::Bool => t.has(Types::BOOLEAN),
+        ValueType::I64 | ValueType::U64 => t.has(Types::INTEGER) || t.has(Types::NUMBER),
+        ValueType::F64 => {
+            t.has(Types::NUMBER)
+                || (t.has(Types::INTEGER) && v.as_f64().is_some_and(|f| f.fract() == 0.0))
         }
-        OwnedValue::Static(StaticNode::F64(f)) => {
-            t.has(Types::NUMBER) || (t.has(Types::INTEGER) && f.fract() == 0.0)
-        }
-        OwnedValue::String(_) => t.has(Types::STRING),
-        OwnedValue::Array(_) => t.has(Types::ARRAY),
-        OwnedValue::Object(_) => t.has(Types::OBJECT),
+        ValueType::String => t.has(Types::STRING),
+        ValueType::Array => t.has(Types::ARRAY),
+        ValueType::Object => t.has(Types::OBJECT),
+        // simd-json's tape holds no other kinds (128-bit numbers are not enabled).
+        _ => false,
     }
 }
 
-fn enum_eq(e: &EnumVal, v: &OwnedValue) -> bool {
-    match (e, v) {
-        (EnumVal::Str(a), OwnedValue::String(b)) => **a == **b,
-        (EnumVal::Bool(a), OwnedValue::Static(StaticNode::Bool(b))) => a == b,
-        (EnumVal::Null, OwnedValue::Static(StaticNode::Null)) => true,
-        (EnumVal::Int(a), v) => v.as_i64() == Some(*a) || v.as_f64() == Some(*a as f64),
-        (EnumVal::Float(a), v) => v.as_f64() == Some(*a),
-        _ => false,
+fn enum_eq(e: &EnumVal, v: Value<'_, '_>) -> bool {
+    match e {
+        EnumVal::Str(a) => v.as_str() == Some(&**a),
+        EnumVal::Bool(a) => v.as_bool() == Some(*a),
+        EnumVal::Null => v.value_type() == ValueType::Null,
+        EnumVal::Int(a) => v.as_i64() == Some(*a) || v.as_f64() == Some(*a as f64),
+        EnumVal::Float(a) => v.as_f64() == Some(*a),
     }
 }
 
@@ -165,16 +172,17 @@ fn raw_value(s: &Schema, id: NodeId, raw: &[u8], out: &mut Vec<u8>) -> Result<()
     let node = s.node(id);
     match json::kind(raw) {
         json::Kind::Object if !node.opaque && !node.props.is_empty() => {
+            let mut hint = 0;
             out.push(b'{');
             for (n, m) in json::members(raw)?.enumerate() {
                 let (k, v) = m?;
                 if n > 0 {
                     out.push(b',');
                 }
-                match find(&node.props, |p| &p.backend, k) {
-                    Some((_, p)) => {
-                        json::write_str(out, &p.public);
-                        out.push(b':');
+                match find(&node.props, |p| &p.backend, k, hint) {
+                    Some((i, p)) => {
+                        hint = i + 1;
+                        out.extend_from_slice(&p.public_key);
                         raw_value(s, p.node, v, out)?;
                     }
                     None => {

@@ -66,7 +66,7 @@ fn map_request(s: &Schema, body: &str) -> Result<Value, (String, &'static str)> 
     let b = JsonBody::parse(body.as_bytes(), &mut model).unwrap();
     let mut out = Vec::new();
     let mut p = String::new();
-    match map::request(s, s.request.unwrap(), &b.value(), &mut out, &mut p) {
+    match b.with_value(|v| map::request(s, s.request.unwrap(), v, &mut out, &mut p)) {
         Ok(()) => Ok(serde_json::from_slice(&out).unwrap()),
         Err(e) => {
             path::root(&mut p);
