@@ -273,7 +273,10 @@ enum Class {
 
 /// Incremental scanner of an OpenAI-style SSE stream, fed the upstream's chunks as relayed.
 ///
-/// Events end at an empty line (`\n\n` or `\r\n\r\n`); chunk boundaries are arbitrary. The
+/// Lines end in `\r\n`, `\n` or a lone `\r` (the WHATWG event-stream grammar, as
+/// [`crate::http::sse`] splits them) and events end at an empty line; chunk boundaries are
+/// arbitrary, also inside a `\r\n` (an event that ends at its `\r` owns the `\n` that opens
+/// the next chunk: it is relayed if that event was, dropped with it if it was not). The
 /// usage event is the one whose data has `"choices": []` and a `"usage": {…}` object; normal
 /// chunks have non-empty `choices` (and `"usage": null` or none). When stripping, an event is
 /// held back only until its bytes show `choices` is non-empty (or that it is not a JSON data
@@ -289,6 +292,10 @@ pub struct SseUsageScanner {
     overflow: bool,
     class: Class,
     at_line_start: bool,
+    /// The last byte scanned was a `\r` ending a line: a `\n` next completes that line end.
+    after_cr: bool,
+    /// The event just ended at a `\r`; `true`: it was relayed (so is its `\n`, if one comes).
+    cr_ended: Option<bool>,
     usage: Option<Usage>,
     content_chars: u64,
     scratch: Vec<u8>,
@@ -303,6 +310,8 @@ impl SseUsageScanner {
             overflow: false,
             class: Class::Undecided,
             at_line_start: true,
+            after_cr: false,
+            cr_ended: None,
             usage: None,
             content_chars: 0,
             scratch: Vec::new(),
@@ -332,14 +341,33 @@ impl SseUsageScanner {
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         let mut start = 0;
         for (i, &b) in chunk.iter().enumerate() {
-            match b {
-                b'\n' if self.at_line_start => {
-                    self.take(&chunk[start..=i], out);
-                    self.end_event(out);
+            let crlf = std::mem::take(&mut self.after_cr) && b == b'\n';
+            let cr_ended = self.cr_ended.take();
+            if crlf {
+                // The `\n` of a `\r\n` whose `\r` ended the line already.
+                if let Some(relayed) = cr_ended {
+                    // It ends the event before this one (nothing of this one is taken yet).
+                    if relayed {
+                        out.push(b'\n');
+                    }
                     start = i + 1;
                 }
-                b'\n' => self.at_line_start = true,
-                b'\r' => {}
+                continue;
+            }
+            match b {
+                b'\n' | b'\r' if self.at_line_start => {
+                    self.take(&chunk[start..=i], out);
+                    let relayed = self.end_event(out);
+                    start = i + 1;
+                    if b == b'\r' {
+                        self.after_cr = true;
+                        self.cr_ended = Some(relayed);
+                    }
+                }
+                b'\n' | b'\r' => {
+                    self.at_line_start = true;
+                    self.after_cr = b == b'\r';
+                }
                 _ => self.at_line_start = false,
             }
         }
@@ -390,7 +418,8 @@ impl SseUsageScanner {
         }
     }
 
-    fn end_event(&mut self, out: &mut Vec<u8>) {
+    /// Ends the event; whether its bytes were relayed (not: it was the usage event, stripped).
+    fn end_event(&mut self, out: &mut Vec<u8>) -> bool {
         let held = self.strip && self.class == Class::Undecided;
         let mut is_usage_event = false;
         if !self.overflow {
@@ -411,13 +440,13 @@ impl SseUsageScanner {
         self.overflow = false;
         self.class = Class::Undecided;
         self.at_line_start = true;
+        !is_usage_event
     }
 
     /// Joins the event's `data:` lines into `scratch` (SSE: one optional space after `:`).
     fn data_payload(&mut self) {
         self.scratch.clear();
-        for line in self.event.split(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
+        for line in crate::http::sse::lines(&self.event) {
             if let Some(d) = line.strip_prefix(b"data:") {
                 if !self.scratch.is_empty() {
                     self.scratch.push(b'\n');
@@ -457,7 +486,10 @@ fn first_data(event: &[u8]) -> Option<&[u8]> {
     let at = if event.starts_with(b"data:") {
         0
     } else {
-        event.windows(6).position(|w| w == b"\ndata:")? + 1
+        event
+            .windows(6)
+            .position(|w| matches!(w[0], b'\n' | b'\r') && &w[1..] == b"data:")?
+            + 1
     };
     Some(&event[at + 5..])
 }
@@ -556,6 +588,81 @@ mod tests {
                 let expect = if strip { want.as_bytes() } else { bytes };
                 assert_eq!(out, expect, "cut at {cut}, strip {strip}");
                 assert_eq!(s.usage(), Some(EXPECTED), "cut at {cut}");
+            }
+        }
+    }
+
+    /// The same stream with every line end written `eol` (a mixed style cycles through the
+    /// three): `(whole stream, the stream without the usage event)`.
+    fn styled(eols: &[&str]) -> (String, String) {
+        let mut k = 0;
+        let mut next = || {
+            k += 1;
+            eols[(k - 1) % eols.len()]
+        };
+        let events = [
+            ": keep-alive\n\n",
+            "event: chunk\ndata: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+            NORMAL,
+            NORMAL2,
+            "data: {\"id\":\"c1\",\"choices\":[],\ndata: \"usage\":{\"prompt_tokens\":12,\"completion_tokens\":5,\"total_tokens\":17}}\n\n",
+            DONE,
+        ];
+        let (mut all, mut without) = (String::new(), String::new());
+        for (i, ev) in events.iter().enumerate() {
+            let mut styled = String::new();
+            for line in ev.replace("\r\n", "\n").split_inclusive('\n') {
+                let line = line.trim_end_matches('\n');
+                let mut eol = next();
+                // `\r` then `\n` on the wire is one line end (`\r\n`), not two.
+                if line.is_empty() && styled.ends_with('\r') && eol.starts_with('\n') {
+                    eol = "\r";
+                }
+                styled.push_str(line);
+                styled.push_str(eol);
+            }
+            all.push_str(&styled);
+            if i != 4 {
+                without.push_str(&styled);
+            }
+        }
+        (all, without)
+    }
+
+    /// `\n`, `\r\n`, a lone `\r` and mixes of them end lines alike (a `\r`-only stream's
+    /// usage is read, so its tokens are charged), the usage event is stripped with all its line
+    /// ends, and everything else is relayed byte for byte — whole, cut at every point, and
+    /// byte by byte (a `\r\n` split between reads is one line end).
+    #[test]
+    fn every_line_end_and_every_mix_scans_the_same_at_every_split_point() {
+        let styles: [&[&str]; 6] = [
+            &["\n"],
+            &["\r\n"],
+            &["\r"],
+            &["\r", "\n"],
+            &["\r\n", "\r"],
+            &["\r", "\r\n", "\n"],
+        ];
+        for eols in styles {
+            let (all, without) = styled(eols);
+            let bytes = all.as_bytes();
+            for strip in [true, false] {
+                let expect = if strip { without.as_bytes() } else { bytes };
+                let mut splits: Vec<Vec<&[u8]>> = (0..=bytes.len())
+                    .map(|cut| vec![&bytes[..cut], &bytes[cut..]])
+                    .collect();
+                splits.push(bytes.chunks(1).collect());
+                for chunks in &splits {
+                    let (out, s) = run(strip, chunks);
+                    assert_eq!(
+                        String::from_utf8_lossy(&out),
+                        String::from_utf8_lossy(expect),
+                        "{eols:?} strip {strip}, {} chunks",
+                        chunks.len()
+                    );
+                    assert_eq!(s.usage(), Some(EXPECTED), "{eols:?}");
+                    assert_eq!(s.estimated_completion_tokens(), 5, "{eols:?}");
+                }
             }
         }
     }

@@ -6,6 +6,7 @@
 //! - [`parse`]: request head parsing and the RFC 9112 framing checks (what body follows).
 //! - [`path`]: request path normalisation (what is routed is what is forwarded).
 //! - [`response`]: response head parsing (what body follows, whether the connection is reusable).
+//! - [`sse`]: the line ends of server-sent events (`\r\n`, `\n` or a lone `\r`).
 //! - [`body`]: the one chunked transfer-coding decoder, and a body decoder for every framing,
 //!   shared by requests and responses.
 //! - [`write`](mod@write): response heads, chunks, and the JSON error responses every gateway stage ends in.
@@ -27,6 +28,7 @@ pub mod limits;
 pub mod parse;
 pub mod path;
 pub mod response;
+pub mod sse;
 pub mod write;
 
 pub use limits::Limits;
