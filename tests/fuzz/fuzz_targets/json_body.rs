@@ -12,7 +12,10 @@
 //! - after `set_model(name)` the encoding has `model` = `name` and every other key unchanged;
 //!   after `request_usage` it has `stream_options.include_usage = true` and nothing else lost;
 //! - a refused body is refused for the stated reason (not an object, `model` not a string,
-//!   `stream` not a boolean), as serde_json sees the same bytes.
+//!   `stream` not a boolean), as serde_json sees the same bytes;
+//! - `parse_keyed` (the opening located on the parse's walk) accepts and refuses what `parse`
+//!   does, and feeds the same conversation opening, piece by piece and at every cut length,
+//!   as reading the body again does.
 //!
 //! Known differences that are not checked: which value of a key repeated in a nested object
 //! a reader keeps (the body is forwarded with splices, so both stay; the top level and
@@ -112,6 +115,25 @@ fn same_except(
     }
 }
 
+/// The opening's pieces: located during the parse, and found by reading the body again.
+fn opening_agrees(body: &[u8]) {
+    let (mut a, mut b) = (String::new(), String::new());
+    let keyed = JsonBody::parse_keyed(body, &mut a, true);
+    let plain = JsonBody::parse(body, &mut b);
+    match (&keyed, &plain) {
+        (Ok(k), Ok(p)) => {
+            for limit in [usize::MAX, 1, 7] {
+                let (mut got, mut want) = (Vec::new(), Vec::new());
+                let fed_k = k.feed_opening(limit, |p| got.push(p.to_vec()));
+                let fed_p = p.feed_opening(limit, |p| want.push(p.to_vec()));
+                assert_eq!((fed_k, &got), (fed_p, &want), "opening at limit {limit}");
+            }
+        }
+        (Err(k), Err(p)) => assert_eq!(k, p),
+        _ => panic!("parse_keyed {:?} but parse {:?}", keyed.is_ok(), plain.is_ok()),
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&n, rest)) = data.split_first() else {
         return;
@@ -119,6 +141,7 @@ fuzz_target!(|data: &[u8]| {
     let (name, body) = rest.split_at(usize::from(n % 32).min(rest.len()));
     let name = String::from_utf8_lossy(name);
     let oracle = serde_json::from_slice::<Value>(body);
+    opening_agrees(body);
     let mut model_buf = String::new();
     let parsed = JsonBody::parse(body, &mut model_buf);
     let mut b = match parsed {
