@@ -20,7 +20,7 @@
 # WRK=1 (after the rounds, one closed-loop wrk run per server, same core, conns and body:
 # a cross-check of loadgen's numbers).
 # HAPROXY=1 (default when haproxy is installed; 0 skips): the second anchor (issue #13).
-# HAProxy (one thread) as a plain proxy (`haproxy`, HAP_PORT=8083) and as an AI gateway doing
+# HAProxy (one thread) as a plain proxy (`haproxy`, HAP_PORT=8084) and as an AI gateway doing
 # what it can natively (`haproxy-ai`, HAP_PORT+1): `jwt_verify` HS256 with `exp` checked, a
 # stick-table request limit per subject, the subject copied to `x-subject`, servers weighted
 # 80/20; and shardgate's full pipeline on the same traffic (`shardgate-ai`, GW_PORT+3: JWT
@@ -42,7 +42,7 @@ UP_CORE=${UP_CORE:-1}
 UP_PORT=${UP_PORT:-9000}
 GW_PORT=${GW_PORT:-8080}
 NGX_PORT=${NGX_PORT:-8081}
-HAP_PORT=${HAP_PORT:-8083}
+HAP_PORT=${HAP_PORT:-8084}
 HAPAI_PORT=$((HAP_PORT + 1))
 AI_PORT=$((GW_PORT + 3))
 SUBJECTS=${SUBJECTS:-64}

@@ -23,12 +23,15 @@ wait_port() {
     for _ in $(seq "${2:-100}"); do port_open "$1" && return 0; sleep 0.05; done
     return 1
 }
-# ports_free PORT...: exits naming the first port already taken.
+# ports_free PORT...: exits naming the first port already taken, or given twice (servers that
+# set SO_REUSEPORT, as shardgate and HAProxy do, would share it and split the load silently).
 ports_free() {
     local p
     for p in "$@"; do
         if port_open "$p"; then echo "port $p is already in use" >&2; exit 1; fi
     done
+    p=$(printf '%s\n' "$@" | sort | uniq -d | head -1)
+    if [[ -n $p ]]; then echo "port $p is given to two servers" >&2; exit 1; fi
 }
 
 # need_pkgs COMMAND...: installs the Debian packages of the same names when one is missing.
