@@ -86,6 +86,12 @@ GW_PID=$!
 PIDS+=($GW_PID)
 wait_port "$GW_PORT" 200 || { echo "shardgate did not start" >&2; cat "$TMP/gateway.log" >&2; exit 1; }
 
+# The baseline: the same client straight to the mock, whose gaps are what the mock and the
+# client add on their shared core; the gateway's share is the difference.
+echo "== $STREAMS streams x $EVENTS events, $GAP_MS ms apart, straight to the mock (baseline)"
+taskset -c "$UP_CORE" "$CLIENT" --addr "127.0.0.1:$UP_PORT" --streams "$STREAMS" --events "$EVENTS" \
+    --gap-ms "$GAP_MS" --tokens "$TMP/tokens.txt" --gateway-pid "$GW_PID" | grep -v '^gateway RSS'
+echo
 echo "== $STREAMS streams x $EVENTS events, $GAP_MS ms apart, JWT + split 80/20 + quota (${SERVER_EXTRA:-defaults})"
 taskset -c "$UP_CORE" "$CLIENT" --addr "127.0.0.1:$GW_PORT" --streams "$STREAMS" --events "$EVENTS" \
     --gap-ms "$GAP_MS" --tokens "$TMP/tokens.txt" --gateway-pid "$GW_PID"
