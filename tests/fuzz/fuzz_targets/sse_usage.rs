@@ -5,7 +5,8 @@
 //! pieces. Checks:
 //! - every way relays the same bytes and finds the same usage and the same estimate;
 //! - without stripping, the bytes relayed are exactly the input;
-//! - with stripping, they are the input less whole events, each of them a complete usage event
+//! - with stripping, they are the input less whole events (lines end in `\r\n`, `\n` or a lone
+//!   `\r`, cut by this target's own splitter), each of them a complete usage event
 //!   (its data carries a `usage` object) that had no content for the client (no non-empty
 //!   top-level `choices`), and the scanner reports a usage when it stripped one;
 //! - `usage_from_body` agrees with serde_json whenever it finds a usage.
@@ -33,19 +34,23 @@ fn scan(
 }
 
 /// The input cut into events, each ending at its blank line, and whether it ended (only the
-/// last may not have).
+/// last may not have). Lines end in `\r\n`, `\n` or a lone `\r` (the WHATWG event-stream
+/// grammar); an event's bytes include its last line end (both bytes of a `\r\n`).
 fn events(input: &[u8]) -> Vec<(&[u8], bool)> {
     let mut events = Vec::new();
-    let (mut start, mut at_line_start) = (0, true);
-    for (i, &b) in input.iter().enumerate() {
-        match b {
-            b'\n' if at_line_start => {
-                events.push((&input[start..=i], true));
-                start = i + 1;
+    let (mut start, mut at_line_start, mut i) = (0, true, 0);
+    while i < input.len() {
+        if matches!(input[i], b'\r' | b'\n') {
+            let end = i + line_end_len(&input[i..]);
+            if at_line_start {
+                events.push((&input[start..end], true));
+                start = end;
             }
-            b'\n' => at_line_start = true,
-            b'\r' => {}
-            _ => at_line_start = false,
+            at_line_start = true;
+            i = end;
+        } else {
+            at_line_start = false;
+            i += 1;
         }
     }
     if start < input.len() {
@@ -54,11 +59,31 @@ fn events(input: &[u8]) -> Vec<(&[u8], bool)> {
     events
 }
 
+/// Length of the line end `rest` starts with: 2 for `\r\n`, else 1.
+fn line_end_len(rest: &[u8]) -> usize {
+    if rest.starts_with(b"\r\n") {
+        2
+    } else {
+        1
+    }
+}
+
 /// The event's `data:` lines joined (SSE: one optional space after the colon).
 fn data(event: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    for line in event.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let (mut start, mut i) = (0, 0);
+    let mut lines = Vec::new();
+    while i < event.len() {
+        if matches!(event[i], b'\r' | b'\n') {
+            lines.push(&event[start..i]);
+            i += line_end_len(&event[i..]);
+            start = i;
+        } else {
+            i += 1;
+        }
+    }
+    lines.push(&event[start..]);
+    for line in lines {
         if let Some(d) = line.strip_prefix(b"data:") {
             if !out.is_empty() {
                 out.push(b'\n');
