@@ -55,18 +55,24 @@ fuzz_target!(|data: &[u8]| {
     let mut ended = false;
     for (i, ev) in events.iter().enumerate() {
         assert!(!ended, "an event after the end: {text}");
-        let data = ev.strip_prefix("data: ").unwrap_or_else(|| panic!("{ev:?}"));
+        let data = ev
+            .strip_prefix("data: ")
+            .unwrap_or_else(|| panic!("{ev:?}"));
         assert!(!data.contains('\n'), "{ev:?}");
         if data == "[DONE]" {
             assert_eq!(i, events.len() - 1);
-            let usage: Value = serde_json::from_str(events[i - 1].strip_prefix("data: ").unwrap()).unwrap();
+            let usage: Value =
+                serde_json::from_str(events[i - 1].strip_prefix("data: ").unwrap()).unwrap();
             assert!(usage["usage"]["total_tokens"].is_u64(), "{text}");
             ended = true;
             continue;
         }
         let v: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data}"));
         if v.get("error").is_some() {
-            assert!(v["error"]["message"].is_string() && v["error"]["type"].is_string(), "{data}");
+            assert!(
+                v["error"]["message"].is_string() && v["error"]["type"].is_string(),
+                "{data}"
+            );
             ended = true;
         } else {
             assert_eq!(v["object"], "chat.completion.chunk", "{data}");

@@ -130,7 +130,11 @@ fn opening_agrees(body: &[u8]) {
             }
         }
         (Err(k), Err(p)) => assert_eq!(k, p),
-        _ => panic!("parse_keyed {:?} but parse {:?}", keyed.is_ok(), plain.is_ok()),
+        _ => panic!(
+            "parse_keyed {:?} but parse {:?}",
+            keyed.is_ok(),
+            plain.is_ok()
+        ),
     }
 }
 
