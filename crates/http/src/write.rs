@@ -90,37 +90,44 @@ pub struct ErrorResponse<'a> {
     pub close: bool,
 }
 
+/// Appends `"name":"value"` (the value JSON-escaped) to a JSON body being written.
+fn string_field(body: &mut Vec<u8>, name: &str, value: &str) {
+    body.push(b'"');
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(b"\":\"");
+    json_escape_into(body, value);
+    body.push(b'"');
+}
+
 /// Appends a complete error response to `out`. `extra` is a block of already formatted
 /// header lines (each ending in CRLF), e.g. `Retry-After` or `WWW-Authenticate`.
 pub fn error_response(out: &mut Vec<u8>, e: &ErrorResponse<'_>, request_id: &str, extra: &[u8]) {
     let mut body = Vec::with_capacity(96 + e.message.len());
+    body.extend_from_slice(b"{\"error\":{");
     if e.code.is_empty() {
-        body.extend_from_slice(b"{\"error\":{\"type\":\"");
-        json_escape_into(&mut body, e.kind);
-        body.extend_from_slice(b"\",\"message\":\"");
-        json_escape_into(&mut body, e.message);
-        if e.param.is_empty() {
-            body.extend_from_slice(b"\"}}");
-        } else {
-            body.extend_from_slice(b"\",\"param\":\"");
-            json_escape_into(&mut body, e.param);
-            body.extend_from_slice(b"\"}}");
+        // The gateway's own shape: type first, `param` only when there is one.
+        string_field(&mut body, "type", e.kind);
+        body.push(b',');
+        string_field(&mut body, "message", e.message);
+        if !e.param.is_empty() {
+            body.push(b',');
+            string_field(&mut body, "param", e.param);
         }
     } else {
-        body.extend_from_slice(b"{\"error\":{\"message\":\"");
-        json_escape_into(&mut body, e.message);
-        body.extend_from_slice(b"\",\"type\":\"");
-        json_escape_into(&mut body, e.kind);
+        // OpenAI's shape (a machine-readable `code`, `param` always present).
+        string_field(&mut body, "message", e.message);
+        body.push(b',');
+        string_field(&mut body, "type", e.kind);
         if e.param.is_empty() {
-            body.extend_from_slice(b"\",\"param\":null,\"code\":\"");
+            body.extend_from_slice(b",\"param\":null");
         } else {
-            body.extend_from_slice(b"\",\"param\":\"");
-            json_escape_into(&mut body, e.param);
-            body.extend_from_slice(b"\",\"code\":\"");
+            body.push(b',');
+            string_field(&mut body, "param", e.param);
         }
-        json_escape_into(&mut body, e.code);
-        body.extend_from_slice(b"\"}}");
+        body.push(b',');
+        string_field(&mut body, "code", e.code);
     }
+    body.extend_from_slice(b"}}");
     status_line(out, e.status);
     let _ = write!(
         out,
