@@ -135,41 +135,12 @@ backend ai
     server b 127.0.0.1:$UP_PORT weight 20
 EOF
     "$HAPROXY_BIN" -c -q -f "$TMP/haproxy.cfg" || { echo "haproxy.cfg is invalid" >&2; exit 1; }
-    cat >"$TMP/shardgate-ai.toml" <<EOF
-[server]
-listen = "127.0.0.1:$AI_PORT"
-workers = [$GW_CORE]
-pin = true
-${GW_EXTRA:-}
-[[deployments]]
-model = "m-a"
-version = "1.0.0"
-endpoints = ["127.0.0.1:$UP_PORT"]
-served_name = "mock-a"
-[[deployments]]
-model = "m-b"
-version = "1.0.0"
-endpoints = ["127.0.0.1:$UP_PORT"]
-served_name = "mock-b"
-[[routes]]
-path = "/*rest"
-targets = [{ model = "m-a", weight = 80 }, { model = "m-b", weight = 20 }]
-auth = true
-[auth]
-[[auth.keys]]
-kid = "hs256"
-alg = "HS256"
-secret = { file = "hs256.key" }
-[[auth.claim_headers]]
-claim = "sub"
-header = "x-subject"
-[quota]
-backend = "local"
-[[quota.rules]]
-name = "per-subject"
-key = "subject"
-requests_per_minute = 1000000000
-EOF
+    {
+        printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = [%s]\npin = true\n%s\n' \
+            "$AI_PORT" "$GW_CORE" "${GW_EXTRA:-}"
+        full_pipeline_toml "$UP_PORT" 1000000000
+        printf '[[auth.claim_headers]]\nclaim = "sub"\nheader = "x-subject"\n'
+    } >"$TMP/shardgate-ai.toml"
 fi
 
 taskset -c "$UP_CORE" "$MOCK" --listen "127.0.0.1:$UP_PORT" --threads 1 >"$TMP/mock.log" 2>&1 &

@@ -84,6 +84,40 @@ for i in range(n):
 PYEOF
 }
 
+# full_pipeline_toml UPSTREAM_PORT REQUESTS_PER_MINUTE: the gateway's full pipeline after its
+# [server] table: two deployments on the mock (`m-a`, `m-b`) split 80/20 by the body's model,
+# HS256 JWTs (hs256.key beside the config, kid "hs256") and a per-subject quota. It ends inside
+# the quota rule, so a caller may add keys to it (tokens_per_minute = ...) before more tables.
+full_pipeline_toml() {
+    cat <<EOF
+[[deployments]]
+model = "m-a"
+version = "1.0.0"
+endpoints = ["127.0.0.1:$1"]
+served_name = "mock-a"
+[[deployments]]
+model = "m-b"
+version = "1.0.0"
+endpoints = ["127.0.0.1:$1"]
+served_name = "mock-b"
+[[routes]]
+path = "/*rest"
+targets = [{ model = "m-a", weight = 80 }, { model = "m-b", weight = 20 }]
+auth = true
+[auth]
+[[auth.keys]]
+kid = "hs256"
+alg = "HS256"
+secret = { file = "hs256.key" }
+[quota]
+backend = "local"
+[[quota.rules]]
+name = "per-subject"
+key = "subject"
+requests_per_minute = $2
+EOF
+}
+
 # nginx_proxy_conf PORT UPSTREAM_PORT: nginx as a plain keep-alive reverse proxy (one worker,
 # no access log, responses not buffered so streams pass through), its files under $TMP.
 nginx_proxy_conf() {

@@ -40,7 +40,8 @@ SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 printf '%s' "$SECRET" >"$TMP/hs256.key"
 mint_hs256 "$SECRET" "$SUBJECTS" >"$TMP/tokens.txt"
 
-cat >"$TMP/gateway.toml" <<EOF
+{
+    cat <<EOF
 [server]
 listen = "127.0.0.1:$GW_PORT"
 workers = [$GW_CORE]
@@ -48,33 +49,10 @@ pin = true
 ${SERVER_EXTRA:-}
 [limits]
 max_connections_per_worker = $(( STREAMS * 2 + 1000 ))
-[[deployments]]
-model = "m-a"
-version = "1.0.0"
-endpoints = ["127.0.0.1:$UP_PORT"]
-served_name = "mock-a"
-[[deployments]]
-model = "m-b"
-version = "1.0.0"
-endpoints = ["127.0.0.1:$UP_PORT"]
-served_name = "mock-b"
-[[routes]]
-path = "/v1/chat/completions"
-targets = [{ model = "m-a", weight = 80 }, { model = "m-b", weight = 20 }]
-auth = true
-[auth]
-[[auth.keys]]
-kid = "hs256"
-alg = "HS256"
-secret = { file = "hs256.key" }
-[quota]
-backend = "local"
-[[quota.rules]]
-name = "per-subject"
-key = "subject"
-requests_per_minute = 1000000
-tokens_per_minute = 1000000000
 EOF
+    full_pipeline_toml "$UP_PORT" 1000000
+    echo 'tokens_per_minute = 1000000000'
+} >"$TMP/gateway.toml"
 "$SHARDGATE" check --config "$TMP/gateway.toml" >/dev/null
 
 taskset -c "$UP_CORE" "$MOCK" --listen "127.0.0.1:$UP_PORT" --threads 1 \
