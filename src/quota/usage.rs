@@ -341,18 +341,20 @@ impl SseUsageScanner {
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         let mut start = 0;
         for (i, &b) in chunk.iter().enumerate() {
-            let crlf = std::mem::take(&mut self.after_cr) && b == b'\n';
-            let cr_ended = self.cr_ended.take();
-            if crlf {
-                // The `\n` of a `\r\n` whose `\r` ended the line already.
-                if let Some(relayed) = cr_ended {
-                    // It ends the event before this one (nothing of this one is taken yet).
-                    if relayed {
-                        out.push(b'\n');
+            if self.after_cr {
+                self.after_cr = false;
+                let cr_ended = self.cr_ended.take();
+                if b == b'\n' {
+                    // The `\n` of a `\r\n` whose `\r` ended the line already.
+                    if let Some(relayed) = cr_ended {
+                        // It ends the event before this one (nothing of this one is taken yet).
+                        if relayed {
+                            out.push(b'\n');
+                        }
+                        start = i + 1;
                     }
-                    start = i + 1;
+                    continue;
                 }
-                continue;
             }
             match b {
                 b'\n' | b'\r' if self.at_line_start => {
