@@ -1,6 +1,8 @@
 //! JWT verification cost per request on one worker: HS256, ES256 and RS256 with a warm
 //! scratch, through the full `Authenticator::verify` path (parse, signature, claims, Identity),
 //! plus `baseline_hmac_sha256_only` (ring's HMAC check of the same input) to quote ratios.
+//! The `verify_*` rows verify in full (the worker's verified-token cache off);
+//! `verify_hs256_cached` is the same token seen again with the cache on (`auth::cache`).
 //!
 //! Run: `cargo bench --bench jwt -- --warm-up-time 1 --measurement-time 3`
 
@@ -27,8 +29,12 @@ fn claims() -> String {
 }
 
 fn authenticator(keys: &str) -> Authenticator {
+    authenticator_with("token_cache_entries = 0", keys)
+}
+
+fn authenticator_with(settings: &str, keys: &str) -> Authenticator {
     let text = format!(
-        "issuer = \"https://idp.example.com/\"\naudience = [\"shardgate\"]\ntenant_claim = \"tid\"\n{keys}"
+        "issuer = \"https://idp.example.com/\"\naudience = [\"shardgate\"]\ntenant_claim = \"tid\"\n{settings}\n{keys}"
     );
     let raw: AuthConfig = toml::from_str(&text).expect("config");
     Authenticator::from_config(&raw, Path::new(".")).expect("valid")
@@ -63,6 +69,11 @@ fn hs256(c: &mut Criterion) {
     let tag = ring::hmac::sign(&key, input.as_bytes());
     let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()));
     bench(c, "verify_hs256", &auth, &token, NOW);
+    let cached = authenticator_with(
+        "",
+        &format!("[[keys]]\nkid = \"hs\"\nalg = \"HS256\"\nsecret = {{ value = \"{SECRET}\" }}\n"),
+    );
+    bench(c, "verify_hs256_cached", &cached, &token, NOW);
     // Baseline: the HMAC check alone over the same signing input, the floor for verify_hs256.
     c.bench_function("baseline_hmac_sha256_only", |b| {
         b.iter(|| ring::hmac::verify(&key, black_box(input.as_bytes()), tag.as_ref()))
@@ -97,7 +108,7 @@ const A2_JWS: &str = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4M
 
 fn rs256(c: &mut Criterion) {
     let raw: AuthConfig = toml::from_str(&format!(
-        "subject_claim = \"iss\"\n[[keys]]\nkid = \"rs\"\nalg = \"RS256\"\njwk = {{ kty = \"RSA\", n = \"{A2_N}\", e = \"AQAB\" }}\n"
+        "subject_claim = \"iss\"\ntoken_cache_entries = 0\n[[keys]]\nkid = \"rs\"\nalg = \"RS256\"\njwk = {{ kty = \"RSA\", n = \"{A2_N}\", e = \"AQAB\" }}\n"
     ))
     .unwrap();
     let auth = Authenticator::from_config(&raw, Path::new(".")).unwrap();

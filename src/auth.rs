@@ -39,6 +39,7 @@
 //! the snapshot's key table: no allocation.
 
 pub mod apikey;
+pub mod cache;
 pub mod claims;
 pub mod config;
 pub mod key;
@@ -46,6 +47,8 @@ pub mod remote;
 pub mod revocation;
 pub mod token;
 
+#[cfg(test)]
+mod cache_tests;
 #[cfg(test)]
 mod credential_tests;
 #[cfg(test)]
@@ -254,6 +257,9 @@ impl Drop for Identity<'_> {
                 claims::give_back(s);
             }
         }
+        if let Cow::Owned(s) = std::mem::replace(&mut self.scopes, Cow::Borrowed("")) {
+            claims::give_back(s);
+        }
         if let Some(s) = self.jti.take() {
             claims::give_back(s);
         }
@@ -312,6 +318,17 @@ pub struct Authenticator {
     remote: Vec<RemoteSource>,
     /// `[auth.api_keys]`, and the table the control thread's key store fills in.
     api_keys: Option<(ApiKeySettings, ApiKeyTable)>,
+    /// `token_cache_entries` (0: verified tokens are not cached).
+    token_cache: usize,
+    /// Names what this authenticator verifies: new for every build and every change of its
+    /// keys, so a worker's cached verifications ([`cache`]) never outlive what made them.
+    generation: u64,
+}
+
+/// The next [`Authenticator::generation`] (0 is an empty cache entry's).
+fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Which credentials a route with `route_auth` accepts when `auth` is the `[auth]` in force
@@ -400,6 +417,8 @@ impl Authenticator {
             keys,
             remote,
             api_keys: api_keys.map(|s| (s, ApiKeyTable::default())),
+            token_cache: raw.token_cache_entries,
+            generation: next_generation(),
         })
     }
 
@@ -484,6 +503,7 @@ impl Authenticator {
         match &mut self.api_keys {
             Some((_, t)) => {
                 *t = table;
+                self.generation = next_generation();
                 Ok(())
             }
             None => Err(vec![ConfigProblem::new(
@@ -504,6 +524,7 @@ impl Authenticator {
         match self.remote.iter_mut().find(|s| &s.settings == settings) {
             Some(s) => {
                 s.keys = keys;
+                self.generation = next_generation();
                 true
             }
             None => false,
@@ -630,10 +651,18 @@ impl Authenticator {
         let value = header_value.ok_or(AuthError::Missing)?;
         // Bound the whole value first so nothing below ever scans an unbounded input.
         let token = self.bearer(value)?;
+        if let Some(id) = scratch.cache.get(self.generation, token, now) {
+            // Revocation is never cached: the list may have changed since.
+            if revoked.is_revoked(id.jti.as_deref(), &id.subject, now) {
+                return Err(AuthError::Revoked);
+            }
+            return Ok(id);
+        }
         let seg = token::split(token)?;
         let header = scratch.header(seg.header)?;
         let alg = Alg::from_name(header.alg.as_bytes()).ok_or(AuthError::UnsupportedAlg)?;
         let key = self.select_key(header.kid.as_ref().map(|k| k.as_bytes()), now)?;
+        let kid_less = header.kid.is_none();
         if key.alg != alg {
             return Err(AuthError::AlgMismatch);
         }
@@ -643,12 +672,33 @@ impl Authenticator {
             return Err(AuthError::BadSignature);
         }
         let issuer = key.issuer.as_deref().or(self.issuer.as_deref());
-        let id =
+        let (id, claims_window) =
             scratch.with_claims(seg.payload, |claims| self.check_claims(claims, now, issuer))?;
         if revoked.is_revoked(id.jti.as_deref(), &id.subject, now) {
             return Err(AuthError::Revoked);
         }
+        let mut window = cache::Window {
+            from: claims_window.from.max(key.not_before),
+            until: claims_window.until.min(key.not_after),
+        };
+        if kid_less {
+            // Which key a token without `kid` names depends on which keys are active: the
+            // verdict holds only until the next key starts or ends.
+            window.until = window.until.min(self.next_key_change(now));
+        }
+        scratch
+            .cache
+            .insert(self.token_cache, self.generation, token, window, &id);
         Ok(id)
+    }
+
+    /// The first time after `now` at which any key's rotation window opens or closes.
+    fn next_key_change(&self, now: u64) -> u64 {
+        self.all_keys()
+            .flat_map(|k| [k.not_before, k.not_after])
+            .filter(|&t| t > now)
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     /// `<scheme> 1*SP <token>`, scheme case-insensitive (RFC 9110 §11.1).
@@ -705,7 +755,7 @@ impl Authenticator {
         c: Value<'_, '_>,
         now: u64,
         issuer: Option<&str>,
-    ) -> Result<Identity<'static>, AuthError> {
+    ) -> Result<(Identity<'static>, cache::Window), AuthError> {
         // One pass over the members; duplicates were already rejected, so each slot is unique.
         let mut f = Found::default();
         let obj = c.as_object().ok_or(AuthError::MalformedClaims)?;
@@ -731,21 +781,30 @@ impl Authenticator {
                 f.label = Some(v);
             }
         }
+        // The time checks, and the window in which they all pass (for the cache): from the
+        // latest of `nbf` and `iat` less the leeway, to `exp` plus the leeway.
+        let mut window = cache::Window {
+            from: 0,
+            until: u64::MAX,
+        };
         let exp = f.exp.map(time_claim).transpose()?;
         match exp {
             Some(exp) if now >= exp.saturating_add(self.leeway) => return Err(AuthError::Expired),
+            Some(exp) => window.until = exp.saturating_add(self.leeway),
             None if self.require_exp => return Err(AuthError::MissingClaim),
-            _ => {}
+            None => {}
         }
         if let Some(nbf) = f.nbf.map(time_claim).transpose()? {
             if nbf > now.saturating_add(self.leeway) {
                 return Err(AuthError::NotYetValid);
             }
+            window.from = window.from.max(nbf.saturating_sub(self.leeway));
         }
         if let Some(iat) = f.iat.map(time_claim).transpose()? {
             if iat > now.saturating_add(self.leeway) {
                 return Err(AuthError::IssuedInFuture);
             }
+            window.from = window.from.max(iat.saturating_sub(self.leeway));
         }
         if let Some(want) = issuer {
             let iss = f.iss.ok_or(AuthError::BadIssuer)?;
@@ -769,7 +828,7 @@ impl Authenticator {
                 }
             }
         }
-        Ok(Identity {
+        let id = Identity {
             subject: Cow::Owned(subject),
             tenant: tenant.map(Cow::Owned),
             label: label.map(Cow::Owned),
@@ -778,7 +837,8 @@ impl Authenticator {
             scopes: Cow::Owned(scopes),
             upstream_headers: Cow::Owned(upstream_headers),
             api_key: None,
-        })
+        };
+        Ok((id, window))
     }
 
     /// `aud` is a string or an array of strings (RFC 7519 §4.1.3); one match suffices.
@@ -843,13 +903,13 @@ fn scopes(scope: Option<Value<'_, '_>>, scp: Option<Value<'_, '_>>) -> Result<St
         Some(v) => {
             if let Some(s) = v.as_str() {
                 return if valid(s) {
-                    Ok(s.to_owned())
+                    Ok(claims::copy_identity(s))
                 } else {
                     Err(AuthError::InvalidClaim)
                 };
             }
             let arr = v.as_array().ok_or(AuthError::InvalidClaim)?;
-            let mut out = String::new();
+            let mut out = claims::copy_identity("");
             for e in arr.iter() {
                 let s = e.as_str().ok_or(AuthError::InvalidClaim)?;
                 if s.is_empty() || s.contains(' ') || !valid(s) {

@@ -506,3 +506,47 @@ fn claim_values_cannot_inject_upstream_header_lines() {
     );
     assert!(!got.iter().any(|(n, _)| n == "x-evil"));
 }
+
+/// Every worker caches a token that verified; a reload that changes the key or the claim
+/// rules must refuse it on every worker at once, as the first request after the reload.
+#[test]
+fn a_reload_refuses_cached_tokens_the_new_config_would_refuse() {
+    let up = Upstream::echo();
+    let stack = Stack::start(
+        &test_dir("auth-cache-reload"),
+        &format!("{}{}", route_all(up.addr, ""), auth_hs256("")),
+    );
+    let t = token("cached-user");
+    let status = |t: &str| {
+        let (name, value) = bearer(t);
+        get_with(stack.gw(), "/v1/x", &[(name, value.as_str())]).status
+    };
+    // New connections each time: SO_REUSEPORT spreads them over both workers.
+    for _ in 0..16 {
+        assert_eq!(status(&t), 200);
+    }
+    let original = std::fs::read_to_string(&stack.config).unwrap();
+    let reload = |text: &str| {
+        std::fs::write(&stack.config, text).unwrap();
+        let (code, body) = stack.admin_call("POST", "/reload", "");
+        assert_eq!(code, 200, "{body}");
+    };
+    // Workers take the new snapshot from their inboxes: wait until sixteen answers in a row
+    // (spread over both workers) say `want`. A stale cache would keep answering 200.
+    let settles_to = |want: u16, what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut run = 0;
+        while run < 16 {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            run = if status(&t) == want { run + 1 } else { 0 };
+        }
+    };
+    // The claim rules tighten: the token has no `iss`.
+    reload(&original.replace("[auth]\n", "[auth]\nissuer = \"https://idp\"\n"));
+    settles_to(401, "a cached token outlived a stricter issuer rule");
+    reload(&original);
+    settles_to(200, "the token is accepted again");
+    // The key `hs` gets another secret: the old token's signature no longer verifies.
+    reload(&original.replace(HS_SECRET, "another-hs256-secret-of-at-least-32-bytes"));
+    settles_to(401, "a cached token outlived its key");
+}

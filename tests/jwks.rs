@@ -266,7 +266,13 @@ fn a_key_rotated_at_the_provider_is_accepted_within_the_interval() {
             ks.url()
         ),
     );
-    until(&stack, &k1.token(None, None), 200, SLACK, "the first fetch");
+    // One token used again and again, as clients do: every worker's verified-token cache
+    // holds it before the rotation.
+    let old = k1.token(None, None);
+    until(&stack, &old, 200, SLACK, "the first fetch");
+    for _ in 0..16 {
+        assert_eq!(status(&stack, &old), 200);
+    }
     let before = ks.fetches();
     ks.publish(&[&k2]);
     // The first token under the new kid asks for a fetch; within the interval it works.
@@ -280,8 +286,12 @@ fn a_key_rotated_at_the_provider_is_accepted_within_the_interval() {
     );
     let took = rotated_at.elapsed();
     assert!(ks.fetches() > before);
-    // The old key left the set with that fetch.
+    // The old key left the set with that fetch: on every worker, for the token they had
+    // cached too.
     assert_eq!(status(&stack, &k1.token(None, None)), 401);
+    for _ in 0..16 {
+        assert_eq!(status(&stack, &old), 401, "a cached token outlived its key");
+    }
     // A token under the right kid but signed by another key is still refused.
     let forged = Signer::new("k2");
     assert_eq!(status(&stack, &forged.token(None, None)), 401);

@@ -106,6 +106,13 @@ fn spare_string() -> String {
         .unwrap_or_default()
 }
 
+/// `s` in one of this thread's spare strings (a copy of a cached identity value).
+pub fn copy_identity(s: &str) -> String {
+    let mut out = spare_string();
+    out.push_str(s);
+    out
+}
+
 /// Keeps `s` as a spare (at most [`SPARE_KEEP`], none larger than an identity value).
 pub fn give_back(mut s: String) {
     if s.capacity() == 0 || s.capacity() > MAX_IDENTITY_BYTES {

@@ -122,6 +122,11 @@ pub struct AuthConfig {
     /// Claim carrying a routing label (canary), if any (optional in tokens).
     #[serde(default)]
     pub label_claim: Option<String>,
+    /// Verified tokens each worker remembers (`auth::cache`): a token seen again skips the
+    /// signature and claims parse until its `exp` (revocation is still checked every time).
+    /// 0 turns the cache off; at most 1048576; rounded up to a power of two.
+    #[serde(default = "default_token_cache_entries")]
+    pub token_cache_entries: usize,
     /// Claims copied to upstream request headers.
     #[serde(default)]
     pub claim_headers: Vec<ClaimHeaderConfig>,
@@ -241,6 +246,9 @@ fn default_leeway() -> u64 {
 }
 fn default_true() -> bool {
     true
+}
+fn default_token_cache_entries() -> usize {
+    super::cache::DEFAULT_ENTRIES
 }
 fn default_subject_claim() -> String {
     "sub".into()
@@ -367,6 +375,15 @@ pub(super) fn check_settings(raw: &AuthConfig, problems: &mut Vec<ConfigProblem>
         problems.push(ConfigProblem::new(
             "auth.max_token_bytes",
             format!("must be within {TOKEN_BYTES_RANGE:?}"),
+        ));
+    }
+    if raw.token_cache_entries > super::cache::MAX_ENTRIES {
+        problems.push(ConfigProblem::new(
+            "auth.token_cache_entries",
+            format!(
+                "must be at most {} (0: no cache)",
+                super::cache::MAX_ENTRIES
+            ),
         ));
     }
     if raw.leeway_secs > MAX_LEEWAY_SECS {

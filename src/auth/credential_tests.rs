@@ -302,7 +302,7 @@ fn a_revoked_owner_is_refused_with_a_key_too() {
 
 /// `[auth]` with one remote source (issuer `https://idp`) and `[auth] issuer` set to another
 /// issuer for the configured keys.
-fn remote(kp: &Ed25519KeyPair, kid: &str) -> Authenticator {
+pub(super) fn remote(kp: &Ed25519KeyPair, kid: &str) -> Authenticator {
     let raw: AuthConfig = toml::from_str(&format!(
         r#"
         issuer = "https://static-issuer"
@@ -328,7 +328,7 @@ fn remote(kp: &Ed25519KeyPair, kid: &str) -> Authenticator {
     a
 }
 
-fn ed_token(kp: &Ed25519KeyPair, kid: &str, claims: &str) -> String {
+pub(super) fn ed_token(kp: &Ed25519KeyPair, kid: &str, claims: &str) -> String {
     let input = format!(
         "{}.{}",
         B64.encode(format!(r#"{{"alg":"EdDSA","kid":"{kid}"}}"#)),

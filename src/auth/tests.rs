@@ -43,11 +43,11 @@ const ED_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
 const ED_JWS: &str = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc.hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg";
 
 /// A 64-byte HMAC secret for minted tokens.
-const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+pub(super) const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 /// "now" for minted tokens.
-const NOW: u64 = 1_800_000_000;
+pub(super) const NOW: u64 = 1_800_000_000;
 
-fn auth_from(toml_text: &str) -> Authenticator {
+pub(super) fn auth_from(toml_text: &str) -> Authenticator {
     let raw: AuthConfig = toml::from_str(toml_text).expect("toml");
     Authenticator::from_config(&raw, Path::new(".")).expect("valid config")
 }
@@ -77,7 +77,7 @@ fn rfc_auth() -> Authenticator {
 }
 
 /// One HS256 key (`hs`) plus the options under test.
-fn hs_auth(extra: &str) -> Authenticator {
+pub(super) fn hs_auth(extra: &str) -> Authenticator {
     auth_from(&format!(
         "{extra}\n[[keys]]\nkid = \"hs\"\nalg = \"HS256\"\nsecret = {{ value = \"{SECRET}\" }}\n"
     ))
@@ -101,13 +101,13 @@ fn b64(bytes: &[u8]) -> String {
     B64.encode(bytes)
 }
 
-fn mint_hmac(secret: &[u8], alg: hmac::Algorithm, header: &str, claims: &str) -> String {
+pub(super) fn mint_hmac(secret: &[u8], alg: hmac::Algorithm, header: &str, claims: &str) -> String {
     let input = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
     let tag = hmac::sign(&hmac::Key::new(alg, secret), input.as_bytes());
     format!("{input}.{}", b64(tag.as_ref()))
 }
 
-fn mint(claims: &str) -> String {
+pub(super) fn mint(claims: &str) -> String {
     mint_hmac(
         SECRET.as_bytes(),
         hmac::HMAC_SHA256,

@@ -40,6 +40,8 @@ pub const B64: GeneralPurpose = GeneralPurpose::new(
 /// Per-worker decode buffers, reused across requests. Not shared; create one per worker.
 #[derive(Default)]
 pub struct Scratch {
+    /// Tokens that verified, with their identities ([`super::cache`]).
+    pub cache: super::cache::TokenCache,
     header: Vec<u8>,
     claims: Vec<u8>,
     buffers: Option<Buffers>,
