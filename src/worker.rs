@@ -204,6 +204,12 @@ impl Worker {
                 let mut m = self.metrics.borrow().clone();
                 m.connections_open = self.conns.get() as u64;
                 m.access_log_dropped = self.access_log.borrow().as_ref().map_or(0, |l| l.dropped);
+                let (hits, misses) = self.auth_scratch.borrow().cache.counts();
+                if hits + misses > 0 {
+                    let family = &crate::metrics::counters::AUTH_TOKEN_CACHE;
+                    m.counters.add(family, &["hit"], hits);
+                    m.counters.add(family, &["miss"], misses);
+                }
                 if let Some(t) = self.tracer.borrow().as_ref() {
                     let (exporter, handover) = t.counters();
                     (m.trace, m.trace_handover_dropped) = (Some(exporter), handover);

@@ -525,6 +525,18 @@ fn a_reload_refuses_cached_tokens_the_new_config_would_refuse() {
     for _ in 0..16 {
         assert_eq!(status(&t), 200);
     }
+    let cache = |result: &str| {
+        stack.metric(&format!(
+            "shardgate_auth_token_cache_total{{result=\"{result}\"}}"
+        ))
+    };
+    // Each worker verified it in full once at most, then answered from its cache.
+    assert!(
+        cache("miss") <= 2.0 && cache("hit") >= 14.0,
+        "{} {}",
+        cache("hit"),
+        cache("miss")
+    );
     let original = std::fs::read_to_string(&stack.config).unwrap();
     let reload = |text: &str| {
         std::fs::write(&stack.config, text).unwrap();

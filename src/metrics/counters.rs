@@ -41,6 +41,13 @@ pub const AUTH_REJECTIONS: Family = Family {
     help: "Requests rejected by authentication, by reason.",
     labels: &["reason"],
 };
+/// Bearer tokens answered from the worker's verified-token cache (`hit`) or verified in full
+/// (`miss`; refused tokens included). Filled in when the worker's metrics are collected.
+pub const AUTH_TOKEN_CACHE: Family = Family {
+    name: "auth_token_cache",
+    help: "Bearer tokens answered from the verified-token cache (hit) or verified in full (miss).",
+    labels: &["result"],
+};
 /// Quota rejections, by rule name.
 pub const QUOTA_REJECTIONS: Family = Family {
     name: "quota_rejections",
