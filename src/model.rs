@@ -75,8 +75,9 @@ pub struct JsonBody<'a> {
     has_members: bool,
     /// The current `model`: as received (decoded), or the name set by [`Self::set_model`].
     model: Option<&'a str>,
-    /// Where the received `model` value (with its quotes) is.
-    model_at: Option<Range<usize>>,
+    /// Which top-level member is the received `model` (its bytes are found when an edit
+    /// needs them, see [`Self::encode_into`]).
+    model_at: Option<usize>,
     renamed: bool,
     stream: bool,
     max_tokens: Option<u64>,
@@ -153,18 +154,18 @@ enum Opening {
     },
 }
 
-/// The received `stream_options`.
+/// The received `stream_options`: which top-level member it is (its bytes are found when an
+/// edit needs them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum StreamOptions {
     Absent,
-    /// Present but not an object: its value's bytes.
-    NotObject(Range<usize>),
+    /// Present but not an object.
+    NotObject(usize),
     Object {
-        /// Just after its `{`.
-        open: usize,
+        member: usize,
         has_members: bool,
-        /// `include_usage`'s value bytes, and whether it is `true`.
-        include_usage: Option<(Range<usize>, bool)>,
+        /// Which of its members `include_usage` is, and whether it is `true`.
+        include_usage: Option<(usize, bool)>,
     },
 }
 
@@ -346,8 +347,44 @@ impl<'a> JsonBody<'a> {
         }
     }
 
+    /// The received bytes of the top-level members `model` and `stream_options` where an
+    /// edit replaces or enters them: found by walking the members up to the later of the
+    /// two (the parse noted which members they are, not where, so that a body nothing edits
+    /// — every adapted one — is never walked).
+    fn edited_members(&self) -> (Option<Range<usize>>, Option<Range<usize>>) {
+        let model = self.model_at.filter(|_| self.renamed);
+        let options = match self.options {
+            StreamOptions::NotObject(m) | StreamOptions::Object { member: m, .. } => {
+                Some(m).filter(|_| self.usage_requested)
+            }
+            StreamOptions::Absent => None,
+        };
+        let mut found = (None, None);
+        let Some(last) = model.max(options) else {
+            return found;
+        };
+        let members = Members {
+            raw: self.raw,
+            pos: self.open,
+        };
+        for (i, at) in members.enumerate().take(last + 1) {
+            if Some(i) == model {
+                found.0 = Some(at.clone());
+            }
+            if Some(i) == options {
+                found.1 = Some(at);
+            }
+        }
+        // simd-json accepted the document, so its members are all there to walk.
+        debug_assert!(
+            found.0.is_some() == model.is_some() && found.1.is_some() == options.is_some()
+        );
+        found
+    }
+
     /// Appends the body to send upstream: the received bytes with the edits spliced in.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let (model_at, options_at) = self.edited_members();
         let mut edits = [None, None, None];
         let mut n = 0;
         let mut push = |e: Edit| {
@@ -366,34 +403,42 @@ impl<'a> JsonBody<'a> {
                 },
             });
         }
-        if let (true, Some(at)) = (self.renamed, &self.model_at) {
+        if let Some(at) = model_at {
             push(Edit {
-                at: at.clone(),
+                at,
                 text: Text::Model,
             });
         }
-        if self.usage_requested {
-            match &self.options {
+        if let Some(value) = options_at {
+            let open = || object_open(self.raw, value.start).unwrap_or(value.start);
+            match self.options {
                 StreamOptions::Absent => {}
-                StreamOptions::NotObject(at) => push(Edit {
-                    at: at.clone(),
+                StreamOptions::NotObject(_) => push(Edit {
+                    at: value,
                     text: Text::OptionsObject,
                 }),
                 StreamOptions::Object {
-                    include_usage: Some((at, _)),
+                    include_usage: Some((member, _)),
                     ..
-                } => push(Edit {
-                    at: at.clone(),
-                    text: Text::True,
-                }),
-                StreamOptions::Object {
-                    open, has_members, ..
-                } => push(Edit {
-                    at: *open..*open,
-                    text: Text::IncludeMember {
-                        comma: *has_members,
-                    },
-                }),
+                } => {
+                    let members = Members {
+                        raw: self.raw,
+                        pos: open(),
+                    };
+                    if let Some(at) = members.skip(member).next() {
+                        push(Edit {
+                            at,
+                            text: Text::True,
+                        });
+                    }
+                }
+                StreamOptions::Object { has_members, .. } => {
+                    let at = open();
+                    push(Edit {
+                        at: at..at,
+                        text: Text::IncludeMember { comma: has_members },
+                    })
+                }
             }
         }
         let edits = &mut edits[..n];
@@ -852,9 +897,7 @@ fn layout<'r>(
     };
     let (mut max_tokens, mut max_completion_tokens) = (None, None);
     let (mut model_ok, mut stream_ok) = (true, true);
-    let mut members = Members { raw, pos: open };
-    for (k, v) in obj.iter() {
-        let at = members.next().ok_or(BodyError::NotJson)?;
+    for (at, (k, v)) in obj.iter().enumerate() {
         match k {
             "model" => match v.as_str() {
                 Some(s) => {
@@ -869,7 +912,7 @@ fn layout<'r>(
             },
             "max_tokens" => max_tokens = v.as_u64(),
             "max_completion_tokens" => max_completion_tokens = v.as_u64(),
-            "stream_options" => body.options = stream_options(v, raw, at, keys)?,
+            "stream_options" => body.options = stream_options(v, at, keys)?,
             _ => {}
         }
     }
@@ -883,30 +926,26 @@ fn layout<'r>(
     Ok(body)
 }
 
-/// Where `stream_options` (whose value bytes are `at`) is edited.
+/// What `stream_options` (top-level member `member`) is, for its edit.
 fn stream_options(
     v: Value<'_, '_>,
-    raw: &[u8],
-    at: Range<usize>,
+    member: usize,
     keys: &mut Keys<'_>,
 ) -> Result<StreamOptions, BodyError> {
     let Some(obj) = v.as_object() else {
-        return Ok(StreamOptions::NotObject(at));
+        return Ok(StreamOptions::NotObject(member));
     };
     if keys.repeat_in(&obj) {
         return Err(BodyError::DuplicateKey);
     }
-    let open = object_open(raw, at.start).ok_or(BodyError::NotJson)?;
-    let mut members = Members { raw, pos: open };
-    let mut include_usage = None;
-    for (k, v) in obj.iter() {
-        let at = members.next().ok_or(BodyError::NotJson)?;
-        if k == "include_usage" {
-            include_usage = Some((at, v.as_bool() == Some(true)));
-        }
-    }
+    let include_usage = obj.iter().position(|(k, _)| k == "include_usage").map(|i| {
+        (
+            i,
+            obj.get("include_usage").and_then(|v| v.as_bool()) == Some(true),
+        )
+    });
     Ok(StreamOptions::Object {
-        open,
+        member,
         has_members: !obj.is_empty(),
         include_usage,
     })
@@ -1035,7 +1074,7 @@ fn simd_json_misreads(bytes: &[u8]) -> bool {
 /// an unterminated string or a high surrogate escape without its low one.
 fn string_end(bytes: &[u8], mut from: usize) -> Option<usize> {
     loop {
-        let at = from + memchr::memchr2(b'"', b'\\', bytes.get(from..)?)?;
+        let at = from + quote_or_backslash(bytes.get(from..)?)?;
         if bytes[at] == b'"' {
             return Some(at + 1);
         }
@@ -1055,6 +1094,28 @@ fn string_end(bytes: &[u8], mut from: usize) -> Option<usize> {
         // The escaped byte is skipped, so `\\"` and `\\\\u` are read right.
         from = at + 2;
     }
+}
+
+/// The index of the first `"` or `\` of `s`. Most strings of a request are short (keys,
+/// roles, names): their first 32 bytes are looked at eight a step, where a SIMD search's
+/// setup would cost more than the search; the rest of a longer one is left to `memchr2`.
+#[inline]
+fn quote_or_backslash(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each zero byte; above the lowest one, a borrow may flag a byte that is
+    // not zero, so only the lowest is read.
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let mut base = 0;
+    for w in s.chunks_exact(8).take(4) {
+        let w = u64::from_le_bytes(w.try_into().expect("eight bytes"));
+        let flags = zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\')));
+        if flags != 0 {
+            return Some(base + (flags.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    memchr::memchr2(b'"', b'\\', &s[base..]).map(|p| base + p)
 }
 
 /// The end of the number starting at `from` (`-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?`).
@@ -1789,11 +1850,36 @@ mod tests {
             }
             // Only the value changed: the bytes before and after it are the received ones.
             let (start, end) = {
-                let r = b.model_at.clone().unwrap();
+                let r = b.edited_members().0.unwrap();
                 (r.start, r.end)
             };
             assert_eq!(&out.as_bytes()[..start], &body.as_bytes()[..start]);
             assert_eq!(&out.as_bytes()[start + 3..], &body.as_bytes()[end..]);
+        }
+    }
+
+    /// The string scanner finds the first `"` or `\` wherever it is (in the words read eight a
+    /// step, at their edges, past them where `memchr2` takes over, or nowhere), also after
+    /// bytes that borrow in the word arithmetic (0x00, 0x01, 0x21, 0x5d, 0xff).
+    #[test]
+    fn the_string_scanner_finds_the_first_quote_or_backslash() {
+        for fill in [b'a', 0x00, 0x01, b'!', b']', 0xff] {
+            for len in 0..80 {
+                for at in (0..len).chain([len]) {
+                    for stop in [b'"', b'\\'] {
+                        let mut s = vec![fill; len];
+                        if at < len {
+                            s[at] = stop;
+                            // A later stop of the other kind does not hide the first.
+                            if at + 1 < len {
+                                s[at + 1] = b'"' ^ b'\\' ^ stop;
+                            }
+                        }
+                        let want = memchr::memchr2(b'"', b'\\', &s);
+                        assert_eq!(quote_or_backslash(&s), want, "{fill} {len} {at}");
+                    }
+                }
+            }
         }
     }
 

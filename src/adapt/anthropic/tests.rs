@@ -665,3 +665,35 @@ fn refused_bodies_are_refused_before_the_translation() {
         }
     }
 }
+
+/// The usage a translated Messages body states is what the usage meter reads back from the
+/// translated body, for every shape of Anthropic's `usage`: absent, `null`, partial, with
+/// cache counts, counts that do not fit the meter's `u32` (unusable both ways), counts that
+/// are not numbers (ignored by the translation).
+#[test]
+fn the_translation_states_the_usage_the_meter_reads_back() {
+    let big = u64::from(u32::MAX);
+    let usages = [
+        String::new(),
+        r#","usage":null"#.into(),
+        r#","usage":{}"#.into(),
+        r#","usage":{"input_tokens":12,"output_tokens":3}"#.into(),
+        r#","usage":{"output_tokens":3}"#.into(),
+        r#","usage":{"input_tokens":5,"cache_read_input_tokens":7,"cache_creation_input_tokens":2,"output_tokens":1}"#.into(),
+        r#","usage":{"input_tokens":"5","output_tokens":-1,"cache_read_input_tokens":1.5}"#.into(),
+        format!(r#","usage":{{"input_tokens":{big},"output_tokens":0}}"#),
+        format!(r#","usage":{{"input_tokens":{big},"output_tokens":1}}"#),
+        format!(r#","usage":{{"input_tokens":1,"output_tokens":{}}}"#, big + 1),
+        format!(r#","usage":{{"input_tokens":{big},"cache_read_input_tokens":1}}"#),
+        format!(r#","usage":{{"cache_read_input_tokens":{}}}"#, u64::MAX),
+    ];
+    for usage in &usages {
+        let body = format!(
+            r#"{{"id":"msg_1","type":"message","role":"assistant","model":"c","content":[{{"type":"text","text":"hi"}}],"stop_reason":"end_turn"{usage}}}"#
+        );
+        let mut out = Vec::new();
+        let tokens = message_response(body.as_bytes(), 0, &mut out).unwrap();
+        let read_back = crate::quota::usage::usage_from_body(&mut out.clone());
+        assert_eq!(tokens.openai_usage(), read_back, "{body}");
+    }
+}
