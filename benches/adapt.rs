@@ -6,7 +6,9 @@
 //!   body stage's parse and that splice (all a pass-through route does with the body),
 //!   `anthropic`: the same parse (its tape kept in the request's slot) and the translation to
 //!   a Messages request from that tape (all an adapted route does with the body: it is parsed
-//!   once), `anthropic_stage`: the translation alone, from a kept tape.
+//!   once), `anthropic_stage`: the translation alone, from a kept tape, `anthropic_reread`:
+//!   what an adapted route did before the tape was kept (the parse, the body written out and
+//!   parsed again into the thread's scratch, the translation; `JsonBody::with_reread`).
 //! - `response/*`: its ~1 KB answer — `passthrough`: reading `usage` from the OpenAI body (the
 //!   usage meter), `anthropic`: translating the Messages body to a `chat.completion`.
 //! - `sse_event/*`: one content event — `passthrough`: the usage scanner over an OpenAI chunk,
@@ -14,6 +16,7 @@
 //! - `schema/*`: a 1 KB body through a 20-property schema — `passthrough`: re-encoding,
 //!   `parse_passthrough`: the parse and the splice, `request`: the parse (tape kept), mapping
 //!   and checking it from that tape (client → backend), `request_stage`: the mapping alone,
+//!   `request_reread`: the parse, the second read and the mapping (the way before),
 //!   `response`: mapping the raw backend body back.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -131,6 +134,16 @@ fn bench(c: &mut Criterion) {
             black_box(out.len())
         })
     });
+    c.bench_function("adapt/request/anthropic_reread", |b| {
+        b.iter(|| {
+            out.clear();
+            let body = JsonBody::parse(black_box(req.as_bytes()), &mut loop_model);
+            body.unwrap()
+                .with_reread(|v| chat_request(v, &settings, &mut out, &mut path))
+                .unwrap();
+            black_box(out.len())
+        })
+    });
     {
         let mut kept_model = String::new();
         let mut kept_home = ParseHome::default();
@@ -223,6 +236,16 @@ fn bench(c: &mut Criterion) {
             );
             body.unwrap()
                 .with_value(|v| map::request(&s, root, v, &mut out, &mut path))
+                .unwrap();
+            black_box(out.len())
+        })
+    });
+    c.bench_function("adapt/schema/request_reread", |b| {
+        b.iter(|| {
+            out.clear();
+            let body = JsonBody::parse(black_box(client.as_bytes()), &mut loop_model);
+            body.unwrap()
+                .with_reread(|v| map::request(&s, root, v, &mut out, &mut path))
                 .unwrap();
             black_box(out.len())
         })

@@ -17,8 +17,10 @@
 //! # Performance
 //!
 //! No allocation once a worker is warm: simd-json parses a copy of the body with this thread's
-//! reused buffers and tape ([`Scratch`]), the decoded `model` goes into the caller's reused
-//! `String`, and what the encoder needs is a few byte ranges. Duplicate keys are found with a
+//! reused buffers ([`Scratch`]) into a reused tape — the request slot's ([`ParseHome`], kept
+//! for the adapters: an adapted body is parsed once) or the thread's — the decoded `model`
+//! goes into the caller's reused `String`, and the parse notes which members the encoder may
+//! edit; their bytes are found only when an edit needs them. Duplicate keys are found with a
 //! sort of hashes (random per thread), so a body of many keys costs `n log n`, not `n²`.
 
 use std::cell::RefCell;
@@ -213,9 +215,8 @@ impl<'a> JsonBody<'a> {
         input.extend_from_slice(raw);
         let input: &'a mut [u8] = input.as_mut_slice();
         let mut tape: Tape<'a> = slot.take().unwrap_or_else(|| Tape(Vec::new())).reset();
-        let t = &mut tape;
-        let read =
-            SCRATCH.with(move |s| s.borrow_mut().read_into(raw, input, t, model_buf, opening));
+        let (t, m) = (&mut tape, &mut *model_buf);
+        let read = SCRATCH.with(move |s| s.borrow_mut().read_into(raw, input, t, m, opening));
         let mut body = match read {
             Ok(body) => body,
             Err(e) => {
@@ -223,6 +224,10 @@ impl<'a> JsonBody<'a> {
                 return Err(e);
             }
         };
+        let model_buf: &'a String = model_buf;
+        if body.model_at.is_some() {
+            body.model = Some(model_buf.as_str());
+        }
         body.kept = Some(Kept {
             tape,
             home: slot,
@@ -1631,6 +1636,35 @@ mod tests {
                     assert!(home.tape.is_some(), "the tape went back home");
                 }
             }
+        }
+    }
+
+    /// A parse into a request's home reads what a parse into the thread's scratch reads.
+    #[test]
+    fn a_kept_parse_reads_the_same_fields() {
+        for body in [
+            r#"{"model":"llama3","stream":true,"max_tokens":42,"stream_options":{"include_usage":true}}"#,
+            r#"{"messages":[],"max_completion_tokens":7}"#,
+            r#"{"mod\u0065l":"a\"b","stream":false}"#,
+            r#"{"stream_options":{"x":1},"stream":true,"model":""}"#,
+        ] {
+            let b = parse(body).unwrap();
+            let (mut model, mut home) = (String::new(), ParseHome::default());
+            let k = JsonBody::parse_kept(body.as_bytes(), &mut model, false, &mut home).unwrap();
+            let fields = |b: &JsonBody<'_>| {
+                (
+                    b.model().map(String::from),
+                    b.stream(),
+                    b.max_tokens(),
+                    b.include_usage(),
+                )
+            };
+            assert_eq!(fields(&k), fields(&b), "{body}");
+            assert_eq!(
+                (&k.model_at, &k.options),
+                (&b.model_at, &b.options),
+                "{body}"
+            );
         }
     }
 
