@@ -426,11 +426,11 @@ impl<'a> JsonBody<'a> {
                     include_usage: Some((member, _)),
                     ..
                 } => {
-                    let members = Members {
+                    let mut members = Members {
                         raw: self.raw,
                         pos: open(),
                     };
-                    if let Some(at) = members.skip(member).next() {
+                    if let Some(at) = members.nth(member) {
                         push(Edit {
                             at,
                             text: Text::True,
