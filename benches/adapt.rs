@@ -2,15 +2,21 @@
 //! with the same bytes (the baseline the ratios in the README are taken against):
 //!
 //! - `request/*`: a 1 KB chat request — `passthrough`: re-encoding the parsed body (what every
-//!   JSON route does: splicing the model into the received bytes), `anthropic`: reading the
-//!   body into the worker's scratch tape and translating it to a Messages request (what an
-//!   adapted route does after the same parse).
+//!   JSON route does: splicing the model into the received bytes), `parse_passthrough`: the
+//!   body stage's parse and that splice (all a pass-through route does with the body),
+//!   `anthropic`: the same parse (its tape kept in the request's slot) and the translation to
+//!   a Messages request from that tape (all an adapted route does with the body: it is parsed
+//!   once), `anthropic_stage`: the translation alone, from a kept tape, `anthropic_reread`:
+//!   what an adapted route did before the tape was kept (the parse, the body written out and
+//!   parsed again into the thread's scratch, the translation; `JsonBody::with_reread`).
 //! - `response/*`: its ~1 KB answer — `passthrough`: reading `usage` from the OpenAI body (the
 //!   usage meter), `anthropic`: translating the Messages body to a `chat.completion`.
 //! - `sse_event/*`: one content event — `passthrough`: the usage scanner over an OpenAI chunk,
 //!   `anthropic`: splitting and translating an Anthropic `content_block_delta`.
 //! - `schema/*`: a 1 KB body through a 20-property schema — `passthrough`: re-encoding,
-//!   `request`: reading it into the scratch tape, mapping and checking it (client → backend),
+//!   `parse_passthrough`: the parse and the splice, `request`: the parse (tape kept), mapping
+//!   and checking it from that tape (client → backend), `request_stage`: the mapping alone,
+//!   `request_reread`: the parse, the second read and the mapping (the way before),
 //!   `response`: mapping the raw backend body back.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -18,7 +24,7 @@ use shardgate::adapt::anthropic::{chat_request, message_response, stream::Stream
 use shardgate::adapt::schema::{self, map, Naming};
 use shardgate::adapt::sse::Events;
 use shardgate::config_types::AnthropicSettings;
-use shardgate::model::JsonBody;
+use shardgate::model::{JsonBody, ParseHome};
 use shardgate::quota::usage::{usage_from_body, SseUsageScanner};
 
 fn chat_request_1k() -> String {
@@ -106,15 +112,53 @@ fn bench(c: &mut Criterion) {
             black_box(out.len())
         })
     });
+    let mut home = ParseHome::default();
+    let mut loop_model = String::new();
+    c.bench_function("adapt/request/parse_passthrough", |b| {
+        b.iter(|| {
+            out.clear();
+            let body =
+                JsonBody::parse_kept(black_box(req.as_bytes()), &mut loop_model, false, &mut home);
+            body.unwrap().encode_into(&mut out);
+            black_box(out.len())
+        })
+    });
     c.bench_function("adapt/request/anthropic", |b| {
         b.iter(|| {
             out.clear();
-            black_box(&body)
+            let body =
+                JsonBody::parse_kept(black_box(req.as_bytes()), &mut loop_model, false, &mut home);
+            body.unwrap()
                 .with_value(|v| chat_request(v, &settings, &mut out, &mut path))
                 .unwrap();
             black_box(out.len())
         })
     });
+    c.bench_function("adapt/request/anthropic_reread", |b| {
+        b.iter(|| {
+            out.clear();
+            let body = JsonBody::parse(black_box(req.as_bytes()), &mut loop_model);
+            body.unwrap()
+                .with_reread(|v| chat_request(v, &settings, &mut out, &mut path))
+                .unwrap();
+            black_box(out.len())
+        })
+    });
+    {
+        let mut kept_model = String::new();
+        let mut kept_home = ParseHome::default();
+        let mut kept =
+            JsonBody::parse_kept(req.as_bytes(), &mut kept_model, false, &mut kept_home).unwrap();
+        c.bench_function("adapt/request/anthropic_stage", |b| {
+            b.iter(|| {
+                out.clear();
+                black_box(&mut kept)
+                    .with_value(|v| chat_request(v, &settings, &mut out, &mut path))
+                    .unwrap();
+                black_box(out.len())
+            })
+        });
+    }
 
     let message = anthropic_message_1k();
     let completion = openai_completion_1k();
@@ -168,15 +212,60 @@ fn bench(c: &mut Criterion) {
             black_box(out.len())
         })
     });
+    c.bench_function("adapt/schema/parse_passthrough", |b| {
+        b.iter(|| {
+            out.clear();
+            let body = JsonBody::parse_kept(
+                black_box(client.as_bytes()),
+                &mut loop_model,
+                false,
+                &mut home,
+            );
+            body.unwrap().encode_into(&mut out);
+            black_box(out.len())
+        })
+    });
     c.bench_function("adapt/schema/request", |b| {
         b.iter(|| {
             out.clear();
-            black_box(&parsed)
+            let body = JsonBody::parse_kept(
+                black_box(client.as_bytes()),
+                &mut loop_model,
+                false,
+                &mut home,
+            );
+            body.unwrap()
                 .with_value(|v| map::request(&s, root, v, &mut out, &mut path))
                 .unwrap();
             black_box(out.len())
         })
     });
+    c.bench_function("adapt/schema/request_reread", |b| {
+        b.iter(|| {
+            out.clear();
+            let body = JsonBody::parse(black_box(client.as_bytes()), &mut loop_model);
+            body.unwrap()
+                .with_reread(|v| map::request(&s, root, v, &mut out, &mut path))
+                .unwrap();
+            black_box(out.len())
+        })
+    });
+    {
+        let mut kept_model = String::new();
+        let mut kept_home = ParseHome::default();
+        let mut kept =
+            JsonBody::parse_kept(client.as_bytes(), &mut kept_model, false, &mut kept_home)
+                .unwrap();
+        c.bench_function("adapt/schema/request_stage", |b| {
+            b.iter(|| {
+                out.clear();
+                black_box(&mut kept)
+                    .with_value(|v| map::request(&s, root, v, &mut out, &mut path))
+                    .unwrap();
+                black_box(out.len())
+            })
+        });
+    }
     c.bench_function("adapt/schema/response", |b| {
         b.iter(|| {
             out.clear();

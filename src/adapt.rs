@@ -112,6 +112,8 @@ pub struct Translator<'a> {
     bufs: &'a mut Bufs,
     /// A held body grew past [`MAX_HELD_BODY`].
     too_big: bool,
+    /// The usage of a translated Messages body, taken from the translation.
+    usage: Option<crate::quota::usage::Usage>,
 }
 
 impl<'a> Translator<'a> {
@@ -136,7 +138,23 @@ impl<'a> Translator<'a> {
             mode,
             bufs,
             too_big: false,
+            usage: None,
         }
+    }
+
+    /// Whether the translation itself says what the response used ([`Self::usage`]), so the
+    /// usage meter need not read the translated body again: a `chat.completion` translated
+    /// from a Messages body carries the counts the translation wrote.
+    pub fn counts_usage(&self) -> bool {
+        matches!(self.mode, Mode::AnthropicJson)
+    }
+
+    /// The usage the translated body states, once [`Self::finish`] wrote it (the same
+    /// counts the usage meter reads back from it, see `anthropic::Tokens::openai_usage`);
+    /// `None` before, for a body that could not be translated, or one whose counts the meter
+    /// could not read either.
+    pub fn usage(&self) -> Option<crate::quota::usage::Usage> {
+        self.usage
     }
 
     /// Whether the body is held until its end (nothing may be sent before then).
@@ -188,7 +206,10 @@ impl<'a> Translator<'a> {
             Mode::AnthropicSse => stream.finish(events.pending(), out),
             // A cut event is incomplete: a client would not act on it.
             Mode::SchemaSse(..) => {}
-            Mode::AnthropicJson => anthropic::message_response(held, crate::time::unix_now(), out)?,
+            Mode::AnthropicJson => {
+                let tokens = anthropic::message_response(held, crate::time::unix_now(), out)?;
+                self.usage = tokens.openai_usage();
+            }
             Mode::AnthropicError { status } => anthropic::error_response(held, status, out),
             Mode::SchemaJson(s, root) => schema::map::response(s, root, held, out)?,
         }

@@ -17,8 +17,10 @@
 //! # Performance
 //!
 //! No allocation once a worker is warm: simd-json parses a copy of the body with this thread's
-//! reused buffers and tape ([`Scratch`]), the decoded `model` goes into the caller's reused
-//! `String`, and what the encoder needs is a few byte ranges. Duplicate keys are found with a
+//! reused buffers ([`Scratch`]) into a reused tape — the request slot's ([`ParseHome`], kept
+//! for the adapters: an adapted body is parsed once) or the thread's — the decoded `model`
+//! goes into the caller's reused `String`, and the parse notes which members the encoder may
+//! edit; their bytes are found only when an edit needs them. Duplicate keys are found with a
 //! sort of hashes (random per thread), so a body of many keys costs `n log n`, not `n²`.
 
 use std::cell::RefCell;
@@ -27,8 +29,8 @@ use std::ops::Range;
 
 // By name, not the prelude glob (see `disallowed-methods` in clippy.toml).
 use simd_json::prelude::{TypedScalarValue, ValueAsScalar};
-use simd_json::tape::{Object, Value};
-use simd_json::{Buffers, Tape};
+use simd_json::tape::{Node, Object, Value};
+use simd_json::{Buffers, StaticNode, Tape};
 
 /// Why a body could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +69,7 @@ impl From<BodyError> for crate::error::GatewayError {
 
 /// A parsed request body: what the stages read from it, where in its bytes the gateway's
 /// edits go, and the edits asked for.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct JsonBody<'a> {
     raw: &'a [u8],
     /// Just after the top-level `{`, and whether the object has members.
@@ -75,8 +77,9 @@ pub struct JsonBody<'a> {
     has_members: bool,
     /// The current `model`: as received (decoded), or the name set by [`Self::set_model`].
     model: Option<&'a str>,
-    /// Where the received `model` value (with its quotes) is.
-    model_at: Option<Range<usize>>,
+    /// Which top-level member is the received `model` (its bytes are found when an edit
+    /// needs them, see [`Self::encode_into`]).
+    model_at: Option<usize>,
     renamed: bool,
     stream: bool,
     max_tokens: Option<u64>,
@@ -84,6 +87,51 @@ pub struct JsonBody<'a> {
     usage_requested: bool,
     /// Where the conversation's opening is, when the parse was asked to find it.
     opening: Opening,
+    /// The parse's tape, when the body was parsed into a request's [`ParseHome`]: what the
+    /// adapters read ([`Self::with_value`]) instead of parsing the body again.
+    kept: Option<Kept<'a>>,
+}
+
+/// A request's parse, on loan from its request slot (`crate::slot::RequestBufs`) and reused
+/// by every request the slot serves: the copy of the body simd-json parses in place and the
+/// tape's node buffer. The tape is kept for the whole request (an adapter reads it after the
+/// quota stages, which may wait), so it cannot live in the thread's scratch, which every
+/// request on the worker uses in turn.
+#[derive(Debug, Default)]
+pub struct ParseHome {
+    input: Vec<u8>,
+    /// The tape's buffer, empty; out on loan while a request holds its parse.
+    tape: Option<Tape<'static>>,
+}
+
+impl ParseHome {
+    /// Frees the buffers a body larger than `keep` bytes grew (one large body must not pin
+    /// its buffers in the pool).
+    pub fn reset(&mut self, keep: usize) {
+        if self.input.capacity() > keep {
+            self.input = Vec::new();
+        }
+        let nodes = self.tape.as_ref().map_or(0, |t| t.0.capacity());
+        if nodes * std::mem::size_of::<Node<'_>>() > keep {
+            self.tape = None;
+        }
+    }
+}
+
+/// A tape kept for its request; its buffer goes back to the home when the body is dropped.
+#[derive(Debug)]
+struct Kept<'a> {
+    tape: Tape<'a>,
+    home: &'a mut Option<Tape<'static>>,
+    /// The gateway's edits are in the tape ([`JsonBody::with_value`]).
+    edited: bool,
+}
+
+impl Drop for Kept<'_> {
+    fn drop(&mut self) {
+        let tape = std::mem::replace(&mut self.tape, Tape(Vec::new()));
+        *self.home = Some(tape.reset());
+    }
 }
 
 /// Most pieces of a conversation's opening whose place a parse keeps (a system message and
@@ -108,18 +156,18 @@ enum Opening {
     },
 }
 
-/// The received `stream_options`.
+/// The received `stream_options`: which top-level member it is (its bytes are found when an
+/// edit needs them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum StreamOptions {
     Absent,
-    /// Present but not an object: its value's bytes.
-    NotObject(Range<usize>),
+    /// Present but not an object.
+    NotObject(usize),
     Object {
-        /// Just after its `{`.
-        open: usize,
+        member: usize,
         has_members: bool,
-        /// `include_usage`'s value bytes, and whether it is `true`.
-        include_usage: Option<(Range<usize>, bool)>,
+        /// Which of its members `include_usage` is, and whether it is `true`.
+        include_usage: Option<(usize, bool)>,
     },
 }
 
@@ -149,13 +197,71 @@ impl<'a> JsonBody<'a> {
         Ok(body)
     }
 
-    /// Runs `f` on the body as it goes upstream (the gateway's edits spliced in), read into
-    /// this thread's scratch tape: what the provider adapters and schema transforms translate
-    /// from (see `crate::adapt`); the pass-through path never calls this. Nothing is
-    /// allocated once the thread is warm (no tree is built: `f` reads the tape). A body
-    /// `parse` accepted always reads back; should it not, `f` gets `null`, which every
-    /// adapter refuses with 400. `f` must not read another body (the scratch is in use).
-    pub fn with_value<R>(&self, f: impl FnOnce(Value<'_, '_>) -> R) -> R {
+    /// [`Self::parse_keyed`] into the request's `home`, keeping the tape for the request:
+    /// an adapter then reads it ([`Self::with_value`]) instead of parsing the body a second
+    /// time. The same work as a parse into the thread's scratch (one copy, one parse).
+    pub fn parse_kept(
+        raw: &'a [u8],
+        model_buf: &'a mut String,
+        opening: bool,
+        home: &'a mut ParseHome,
+    ) -> Result<JsonBody<'a>, BodyError> {
+        if simd_json_misreads(raw) {
+            return Err(BodyError::NotJson);
+        }
+        model_buf.clear();
+        let ParseHome { input, tape: slot } = home;
+        input.clear();
+        input.extend_from_slice(raw);
+        let input: &'a mut [u8] = input.as_mut_slice();
+        let mut tape: Tape<'a> = slot.take().unwrap_or_else(|| Tape(Vec::new())).reset();
+        let (t, m) = (&mut tape, &mut *model_buf);
+        let read = SCRATCH.with(move |s| s.borrow_mut().read_into(raw, input, t, m, opening));
+        let mut body = match read {
+            Ok(body) => body,
+            Err(e) => {
+                *slot = Some(tape.reset());
+                return Err(e);
+            }
+        };
+        let model_buf: &'a String = model_buf;
+        if body.model_at.is_some() {
+            body.model = Some(model_buf.as_str());
+        }
+        body.kept = Some(Kept {
+            tape,
+            home: slot,
+            edited: false,
+        });
+        Ok(body)
+    }
+
+    /// Runs `f` on the body as it goes upstream (the gateway's edits in): what the provider
+    /// adapters and schema transforms translate from (see `crate::adapt`); the pass-through
+    /// path never calls this. Nothing is allocated once warm (no tree is built: `f` reads a
+    /// tape).
+    ///
+    /// A body parsed with [`Self::parse_kept`] is read from the parse's own tape, the edits
+    /// made in it as nodes (`edit_tape`: the same tape a parse of [`Self::encode_into`]'s
+    /// output gives). Otherwise the edited body is written out and read again into this
+    /// thread's scratch tape; a body `parse` accepted always reads back; should it not, `f`
+    /// gets `null`, which every adapter refuses with 400. `f` must not read another body (the
+    /// scratch is in use).
+    pub fn with_value<R>(&mut self, f: impl FnOnce(Value<'_, '_>) -> R) -> R {
+        if let Some(kept) = &mut self.kept {
+            if !kept.edited {
+                let model = self.model.filter(|_| self.renamed);
+                edit_tape(&mut kept.tape.0, model, self.usage_requested);
+                kept.edited = true;
+            }
+            return f(kept.tape.as_value());
+        }
+        self.with_reread(f)
+    }
+
+    /// [`Self::with_value`] by the second read: the edited body written out and parsed again
+    /// into the thread's scratch (what a body parsed without a home gets).
+    pub fn with_reread<R>(&self, f: impl FnOnce(Value<'_, '_>) -> R) -> R {
         let mut f = Some(f);
         let mut run = |v: Value<'_, '_>| (f.take().expect("called once"))(v);
         SCRATCH
@@ -210,6 +316,10 @@ impl<'a> JsonBody<'a> {
                 }
                 true
             }
+            Opening::Unread if self.kept.is_some() => {
+                let kept = self.kept.as_ref().expect("checked");
+                opening(kept.tape.as_value(), limit, &mut piece)
+            }
             Opening::Unread => SCRATCH
                 .with(|s| {
                     s.borrow_mut()
@@ -223,17 +333,63 @@ impl<'a> JsonBody<'a> {
     pub fn set_model(&mut self, name: &'a str) {
         self.model = Some(name);
         self.renamed = true;
+        self.drop_edited_tape();
     }
 
     /// Asks the backend for a final usage chunk on a stream (`stream_options.include_usage`).
     pub fn request_usage(&mut self) {
         if !self.include_usage() {
             self.usage_requested = true;
+            self.drop_edited_tape();
         }
+    }
+
+    /// An edit after the kept tape took the earlier ones: [`Self::with_value`] reads the body
+    /// again instead (the pipeline makes every edit before the adapt stage reads it).
+    fn drop_edited_tape(&mut self) {
+        if self.kept.as_ref().is_some_and(|k| k.edited) {
+            self.kept = None;
+        }
+    }
+
+    /// The received bytes of the top-level members `model` and `stream_options` where an
+    /// edit replaces or enters them: found by walking the members up to the later of the
+    /// two (the parse noted which members they are, not where, so that a body nothing edits
+    /// — every adapted one — is never walked).
+    fn edited_members(&self) -> (Option<Range<usize>>, Option<Range<usize>>) {
+        let model = self.model_at.filter(|_| self.renamed);
+        let options = match self.options {
+            StreamOptions::NotObject(m) | StreamOptions::Object { member: m, .. } => {
+                Some(m).filter(|_| self.usage_requested)
+            }
+            StreamOptions::Absent => None,
+        };
+        let mut found = (None, None);
+        let Some(last) = model.max(options) else {
+            return found;
+        };
+        let members = Members {
+            raw: self.raw,
+            pos: self.open,
+        };
+        for (i, at) in members.enumerate().take(last + 1) {
+            if Some(i) == model {
+                found.0 = Some(at.clone());
+            }
+            if Some(i) == options {
+                found.1 = Some(at);
+            }
+        }
+        // simd-json accepted the document, so its members are all there to walk.
+        debug_assert!(
+            found.0.is_some() == model.is_some() && found.1.is_some() == options.is_some()
+        );
+        found
     }
 
     /// Appends the body to send upstream: the received bytes with the edits spliced in.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let (model_at, options_at) = self.edited_members();
         let mut edits = [None, None, None];
         let mut n = 0;
         let mut push = |e: Edit| {
@@ -252,34 +408,42 @@ impl<'a> JsonBody<'a> {
                 },
             });
         }
-        if let (true, Some(at)) = (self.renamed, &self.model_at) {
+        if let Some(at) = model_at {
             push(Edit {
-                at: at.clone(),
+                at,
                 text: Text::Model,
             });
         }
-        if self.usage_requested {
-            match &self.options {
+        if let Some(value) = options_at {
+            let open = || object_open(self.raw, value.start).unwrap_or(value.start);
+            match self.options {
                 StreamOptions::Absent => {}
-                StreamOptions::NotObject(at) => push(Edit {
-                    at: at.clone(),
+                StreamOptions::NotObject(_) => push(Edit {
+                    at: value,
                     text: Text::OptionsObject,
                 }),
                 StreamOptions::Object {
-                    include_usage: Some((at, _)),
+                    include_usage: Some((member, _)),
                     ..
-                } => push(Edit {
-                    at: at.clone(),
-                    text: Text::True,
-                }),
-                StreamOptions::Object {
-                    open, has_members, ..
-                } => push(Edit {
-                    at: *open..*open,
-                    text: Text::IncludeMember {
-                        comma: *has_members,
-                    },
-                }),
+                } => {
+                    let mut members = Members {
+                        raw: self.raw,
+                        pos: open(),
+                    };
+                    if let Some(at) = members.nth(member) {
+                        push(Edit {
+                            at,
+                            text: Text::True,
+                        });
+                    }
+                }
+                StreamOptions::Object { has_members, .. } => {
+                    let at = open();
+                    push(Edit {
+                        at: at..at,
+                        text: Text::IncludeMember { comma: has_members },
+                    })
+                }
             }
         }
         let edits = &mut edits[..n];
@@ -536,6 +700,142 @@ impl Scratch {
         })
         .unwrap_or(Err(BodyError::NotJson))
     }
+
+    /// [`Self::read`] with `raw` copied into `input` and parsed into `tape`, both the
+    /// request's (see [`JsonBody::parse_kept`]); only simd-json's buffers are this thread's.
+    fn read_into<'r>(
+        &mut self,
+        raw: &'r [u8],
+        input: &'r mut [u8],
+        tape: &mut Tape<'r>,
+        model: &mut String,
+        opening: bool,
+    ) -> Result<JsonBody<'r>, BodyError> {
+        let len = input.len();
+        let base = input.as_ptr() as usize;
+        let buffers = self.buffers.get_or_insert_with(|| Buffers::new(len));
+        let read = simd_json::fill_tape(input, buffers, tape);
+        if len > SCRATCH_KEEP {
+            self.buffers = None;
+        }
+        read.map_err(|_| BodyError::NotJson)?;
+        let v = tape.as_value();
+        let mut keys = Keys {
+            hashes: &mut self.hashes,
+            seed: &self.seed,
+        };
+        let mut body = layout(v, raw, &mut keys, model)?;
+        if opening {
+            body.opening = locate_opening(v, raw, base);
+        }
+        Ok(body)
+    }
+}
+
+/// Makes the gateway's edits in the tape of the received body, node for node as a parse of
+/// [`JsonBody::encode_into`]'s output has them: `model`'s value replaced by the served name
+/// (or `"model"` inserted first), and with `usage`, `stream_options` made an object with
+/// `include_usage: true` (inserted first, after an inserted `model`; replacing a value that
+/// is not an object; `include_usage` inserted first in it or its value replaced). The parse
+/// refused repeated keys, so each key is found once.
+fn edit_tape<'a>(t: &mut Vec<Node<'a>>, model: Option<&'a str>, usage: bool) {
+    let Some(&Node::Object { len, .. }) = t.first() else {
+        return;
+    };
+    let (mut model_at, mut options_at) = (None, None);
+    let mut i = 1;
+    for _ in 0..len {
+        let v = i + 1;
+        match t[i] {
+            Node::String("model") => model_at = Some(v),
+            Node::String("stream_options") => options_at = Some(v),
+            _ => {}
+        }
+        i = v + nodes(&t[v]);
+    }
+    // Added members and nodes of the top-level object.
+    let mut grown = 0isize;
+    let mut members = 0;
+    if let (Some(name), Some(at)) = (model, model_at) {
+        t[at] = Node::String(name);
+    }
+    const INCLUDE: [Node<'static>; 2] = [
+        Node::String("include_usage"),
+        Node::Static(StaticNode::Bool(true)),
+    ];
+    let insert_options = usage && options_at.is_none();
+    match options_at.filter(|_| usage) {
+        None => {}
+        Some(at) => match t[at] {
+            Node::Object {
+                len: o_len,
+                count: o_count,
+            } => {
+                let mut j = at + 1;
+                let mut found = None;
+                for _ in 0..o_len {
+                    if t[j] == Node::String("include_usage") {
+                        found = Some(j + 1);
+                    }
+                    j += 1 + nodes(&t[j + 1]);
+                }
+                let (o_len, o_count) = match found {
+                    Some(u) => {
+                        let n = nodes(&t[u]);
+                        t.splice(u..u + n, [INCLUDE[1]]);
+                        grown += 1 - n as isize;
+                        (o_len, (o_count as isize + 1 - n as isize) as usize)
+                    }
+                    None => {
+                        t.splice(at + 1..at + 1, INCLUDE);
+                        grown += 2;
+                        (o_len + 1, o_count + 2)
+                    }
+                };
+                t[at] = Node::Object {
+                    len: o_len,
+                    count: o_count,
+                };
+            }
+            ref other => {
+                let n = nodes(other);
+                let object = Node::Object { len: 1, count: 2 };
+                t.splice(at..at + n, [object, INCLUDE[0], INCLUDE[1]]);
+                grown += 3 - n as isize;
+            }
+        },
+    }
+    let mut front = [Node::Static(StaticNode::Null); 6];
+    let mut f = 0;
+    if let (Some(name), None) = (model, model_at) {
+        front[0] = Node::String("model");
+        front[1] = Node::String(name);
+        f = 2;
+    }
+    if insert_options {
+        front[f] = Node::String("stream_options");
+        front[f + 1] = Node::Object { len: 1, count: 2 };
+        front[f + 2] = INCLUDE[0];
+        front[f + 3] = INCLUDE[1];
+        f += 4;
+    }
+    if f > 0 {
+        t.splice(1..1, front[..f].iter().copied());
+        members = usize::from(model.is_some() && model_at.is_none()) + usize::from(insert_options);
+        grown += f as isize;
+    }
+    if let Node::Object { len, count } = &mut t[0] {
+        *len += members;
+        *count = (*count as isize + grown) as usize;
+    }
+}
+
+/// The nodes a value takes on the tape (a container's header and everything in it).
+fn nodes(n: &Node<'_>) -> usize {
+    match *n {
+        Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
+        _ => 1,
+    }
 }
 
 /// Finds repeated keys.
@@ -598,12 +898,11 @@ fn layout<'r>(
         options: StreamOptions::Absent,
         usage_requested: false,
         opening: Opening::Unread,
+        kept: None,
     };
     let (mut max_tokens, mut max_completion_tokens) = (None, None);
     let (mut model_ok, mut stream_ok) = (true, true);
-    let mut members = Members { raw, pos: open };
-    for (k, v) in obj.iter() {
-        let at = members.next().ok_or(BodyError::NotJson)?;
+    for (at, (k, v)) in obj.iter().enumerate() {
         match k {
             "model" => match v.as_str() {
                 Some(s) => {
@@ -618,7 +917,7 @@ fn layout<'r>(
             },
             "max_tokens" => max_tokens = v.as_u64(),
             "max_completion_tokens" => max_completion_tokens = v.as_u64(),
-            "stream_options" => body.options = stream_options(v, raw, at, keys)?,
+            "stream_options" => body.options = stream_options(v, at, keys)?,
             _ => {}
         }
     }
@@ -632,30 +931,26 @@ fn layout<'r>(
     Ok(body)
 }
 
-/// Where `stream_options` (whose value bytes are `at`) is edited.
+/// What `stream_options` (top-level member `member`) is, for its edit.
 fn stream_options(
     v: Value<'_, '_>,
-    raw: &[u8],
-    at: Range<usize>,
+    member: usize,
     keys: &mut Keys<'_>,
 ) -> Result<StreamOptions, BodyError> {
     let Some(obj) = v.as_object() else {
-        return Ok(StreamOptions::NotObject(at));
+        return Ok(StreamOptions::NotObject(member));
     };
     if keys.repeat_in(&obj) {
         return Err(BodyError::DuplicateKey);
     }
-    let open = object_open(raw, at.start).ok_or(BodyError::NotJson)?;
-    let mut members = Members { raw, pos: open };
-    let mut include_usage = None;
-    for (k, v) in obj.iter() {
-        let at = members.next().ok_or(BodyError::NotJson)?;
-        if k == "include_usage" {
-            include_usage = Some((at, v.as_bool() == Some(true)));
-        }
-    }
+    let include_usage = obj.iter().position(|(k, _)| k == "include_usage").map(|i| {
+        (
+            i,
+            obj.get("include_usage").and_then(|v| v.as_bool()) == Some(true),
+        )
+    });
     Ok(StreamOptions::Object {
-        open,
+        member,
         has_members: !obj.is_empty(),
         include_usage,
     })
@@ -784,7 +1079,7 @@ fn simd_json_misreads(bytes: &[u8]) -> bool {
 /// an unterminated string or a high surrogate escape without its low one.
 fn string_end(bytes: &[u8], mut from: usize) -> Option<usize> {
     loop {
-        let at = from + memchr::memchr2(b'"', b'\\', bytes.get(from..)?)?;
+        let at = from + quote_or_backslash(bytes.get(from..)?)?;
         if bytes[at] == b'"' {
             return Some(at + 1);
         }
@@ -804,6 +1099,28 @@ fn string_end(bytes: &[u8], mut from: usize) -> Option<usize> {
         // The escaped byte is skipped, so `\\"` and `\\\\u` are read right.
         from = at + 2;
     }
+}
+
+/// The index of the first `"` or `\` of `s`. Most strings of a request are short (keys,
+/// roles, names): their first 32 bytes are looked at eight a step, where a SIMD search's
+/// setup would cost more than the search; the rest of a longer one is left to `memchr2`.
+#[inline]
+fn quote_or_backslash(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each zero byte; above the lowest one, a borrow may flag a byte that is
+    // not zero, so only the lowest is read.
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let mut base = 0;
+    for w in s.chunks_exact(8).take(4) {
+        let w = u64::from_le_bytes(w.try_into().expect("eight bytes"));
+        let flags = zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\')));
+        if flags != 0 {
+            return Some(base + (flags.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    memchr::memchr2(b'"', b'\\', &s[base..]).map(|p| base + p)
 }
 
 /// The end of the number starting at `from` (`-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?`).
@@ -836,6 +1153,54 @@ fn number_end(bytes: &[u8], from: usize) -> Option<usize> {
         i += n;
     }
     Some(i)
+}
+
+/// What an adapter wrote for a body: its output, the path it reported, its verdict.
+#[cfg(test)]
+pub(crate) type Written<E> = (Vec<u8>, String, Result<(), E>);
+
+/// Test helper: runs the writer `f` (an adapter) on the body `raw` with the gateway's edits
+/// (`served`: a split's served name; `usage`: `include_usage` forced) both ways — from the
+/// parse's kept tape with the edits made as nodes, and from the edited body read again (the
+/// way before the tape was kept) — asserts that both wrote the same bytes, the same path and
+/// the same verdict, and returns them. `Err` when the body does not parse.
+#[cfg(test)]
+pub(crate) fn both_ways<E: PartialEq + std::fmt::Debug>(
+    raw: &[u8],
+    served: Option<&str>,
+    usage: bool,
+    mut f: impl FnMut(Value<'_, '_>, &mut Vec<u8>, &mut String) -> Result<(), E>,
+) -> Result<Written<E>, BodyError> {
+    let mut run = |kept: bool| -> Result<Written<E>, BodyError> {
+        let (mut model, mut home) = (String::new(), ParseHome::default());
+        let mut body = match kept {
+            true => JsonBody::parse_kept(raw, &mut model, false, &mut home)?,
+            false => JsonBody::parse(raw, &mut model)?,
+        };
+        if let Some(name) = served {
+            body.set_model(name);
+        }
+        if usage {
+            body.request_usage();
+        }
+        let (mut out, mut path) = (Vec::new(), String::new());
+        let verdict = match kept {
+            true => body.with_value(|v| f(v, &mut out, &mut path)),
+            false => body.with_reread(|v| f(v, &mut out, &mut path)),
+        };
+        assert_eq!(body.kept.is_some(), kept);
+        Ok((out, path, verdict))
+    };
+    let kept = run(true)?;
+    let again = run(false).expect("parses the same way");
+    assert_eq!(
+        String::from_utf8_lossy(&kept.0),
+        String::from_utf8_lossy(&again.0),
+        "the kept tape and the re-read disagree on {}",
+        String::from_utf8_lossy(raw)
+    );
+    assert_eq!((&kept.1, &kept.2), (&again.1, &again.2));
+    Ok(kept)
 }
 
 #[cfg(test)]
@@ -1177,6 +1542,152 @@ mod tests {
         }
     }
 
+    /// The gateway's edits made in the kept tape give, node for node, the tape of the edited
+    /// body as it is written out (what the adapters read before the tape was kept): for every
+    /// shape of `model` and `stream_options`, present or not, first or last, nested values,
+    /// escaped keys and values, and every served name. Bodies the parse refuses are refused
+    /// the same way into a home.
+    #[test]
+    fn edits_in_the_kept_tape_are_the_tape_of_the_edited_body() {
+        let mut bodies: Vec<String> = [
+            r#"{}"#,
+            r#"{ }"#,
+            r#"{"model":"a"}"#,
+            r#"{"x":1}"#,
+            "{\n\t\"model\"\r\n:\t\"a\"\n}",
+            r#"{"messages":[{"model":"inner"}],"model":"a","n":1}"#,
+            r#"{"x":{"model":"b","stream_options":{}},"model":"a"}"#,
+            r#"{"mo\u0064el":"a","y":[1,2,{"z":"]}"}]}"#,
+            r#"{"\u006d\u006F\u0064\u0065\u006c":"a\"b\\c","t":true,"f":false,"n":null}"#,
+            r#"{"a":{"b":{"c":[1,{"d":{}}]}},"model":"x","e\u00e9":"\ud83d\ude00"}"#,
+            r#"{"model":"a","model":"b"}"#,
+            r#"{"model":5}"#,
+            r#"{"model":{"name":"a"}}"#,
+            r#"{"model":null}"#,
+            r#"{"stream_options":{"include_usage":true,"include_usage":false}}"#,
+            r#"[{"model":"a"}]"#,
+        ]
+        .map(String::from)
+        .to_vec();
+        let options = [
+            "null",
+            "\"yes\"",
+            "[1,[2,3],{\"a\":[]}]",
+            "7",
+            "false",
+            "{}",
+            r#"{"x":1}"#,
+            r#"{"include_usage":false}"#,
+            r#"{"include_usage":true}"#,
+            r#"{"include_usage":{"a":[1,{"b":2}]},"y":[1,{"include_usage":false}]}"#,
+            r#"{"y":"}","include_usage":[0,[1]]}"#,
+            r#"{"include\u005fusage":false,"z":{}}"#,
+            r#"{"z":{"include_usage":false}}"#,
+        ];
+        for o in options {
+            for (before, after) in [("", ""), (r#""model":"a","#, ""), ("", r#","model":"a""#)] {
+                bodies.push(format!(
+                    r#"{{{before}"stream_options":{o},"stream":true,"m":{{"k":[{o}]}}{after}}}"#
+                ));
+                bodies.push(format!(r#"{{"stream\u005foptions":{o}{after}}}"#));
+            }
+        }
+        let names = [
+            None,
+            Some("llama"),
+            Some("meta-llama/Llama-3-70B"),
+            Some(""),
+            Some("q\"uote\\"),
+            Some("tab\tnl\nnul\u{0}"),
+            Some("ünïcode ✓ \u{2028}"),
+        ];
+        for body in &bodies {
+            let raw = body.as_bytes();
+            for name in names {
+                for usage in [false, true] {
+                    let (mut model, mut home) = (String::new(), ParseHome::default());
+                    let refused = JsonBody::parse_kept(raw, &mut model, false, &mut home).err();
+                    if let Some(e) = refused {
+                        assert_eq!(parse(body).unwrap_err(), e, "{body}");
+                        assert!(home.tape.is_some(), "the tape went back home");
+                        continue;
+                    }
+                    let mut b = JsonBody::parse_kept(raw, &mut model, false, &mut home).unwrap();
+                    if let Some(n) = name {
+                        b.set_model(n);
+                    }
+                    if usage {
+                        b.request_usage();
+                    }
+                    let mut out = Vec::new();
+                    b.encode_into(&mut out);
+                    let written = String::from_utf8(out.clone()).unwrap();
+                    let want = simd_json::to_tape(&mut out).unwrap();
+                    let got = b.with_value(|v| {
+                        use simd_json::prelude::Writable;
+                        (v == want.as_value())
+                            .then_some(())
+                            .ok_or_else(|| v.encode())
+                    });
+                    assert_eq!(got, Ok(()), "{body} {name:?} {usage} → {written}");
+                    // Read twice, the same: the edits are made once.
+                    assert!(b.with_value(|v| v == want.as_value()));
+                    drop(b);
+                    assert!(home.tape.is_some(), "the tape went back home");
+                }
+            }
+        }
+    }
+
+    /// A parse into a request's home reads what a parse into the thread's scratch reads.
+    #[test]
+    fn a_kept_parse_reads_the_same_fields() {
+        for body in [
+            r#"{"model":"llama3","stream":true,"max_tokens":42,"stream_options":{"include_usage":true}}"#,
+            r#"{"messages":[],"max_completion_tokens":7}"#,
+            r#"{"mod\u0065l":"a\"b","stream":false}"#,
+            r#"{"stream_options":{"x":1},"stream":true,"model":""}"#,
+        ] {
+            let b = parse(body).unwrap();
+            let (mut model, mut home) = (String::new(), ParseHome::default());
+            let k = JsonBody::parse_kept(body.as_bytes(), &mut model, false, &mut home).unwrap();
+            let fields = |b: &JsonBody<'_>| {
+                (
+                    b.model().map(String::from),
+                    b.stream(),
+                    b.max_tokens(),
+                    b.include_usage(),
+                )
+            };
+            assert_eq!(fields(&k), fields(&b), "{body}");
+            assert_eq!(
+                (&k.model_at, &k.options),
+                (&b.model_at, &b.options),
+                "{body}"
+            );
+        }
+    }
+
+    /// An edit after the adapter read the kept tape is not lost: the body is read again.
+    #[test]
+    fn an_edit_after_the_tape_was_read_reads_the_body_again() {
+        let raw = br#"{"model":"a","stream":true}"#;
+        let (mut model, mut home) = (String::new(), ParseHome::default());
+        let mut b = JsonBody::parse_kept(raw, &mut model, false, &mut home).unwrap();
+        let model_of = |v: Value<'_, '_>| v.get("model").and_then(|m| m.as_str().map(String::from));
+        assert_eq!(b.with_value(model_of).as_deref(), Some("a"));
+        b.set_model("b");
+        assert!(b.kept.is_none());
+        assert_eq!(b.with_value(model_of).as_deref(), Some("b"));
+        b.request_usage();
+        assert!(b.with_value(|v| v.get("stream_options").is_some()));
+        drop(b);
+        // The home got its tape back, emptied, for the next request; a large one is freed.
+        assert!(home.tape.as_ref().is_some_and(|t| t.0.is_empty()));
+        home.reset(0);
+        assert!(home.tape.is_none() && home.input.capacity() == 0);
+    }
+
     /// Nothing is touched when nothing is asked: the body goes as received, byte for byte.
     #[test]
     fn an_unedited_body_goes_as_received() {
@@ -1373,11 +1884,36 @@ mod tests {
             }
             // Only the value changed: the bytes before and after it are the received ones.
             let (start, end) = {
-                let r = b.model_at.clone().unwrap();
+                let r = b.edited_members().0.unwrap();
                 (r.start, r.end)
             };
             assert_eq!(&out.as_bytes()[..start], &body.as_bytes()[..start]);
             assert_eq!(&out.as_bytes()[start + 3..], &body.as_bytes()[end..]);
+        }
+    }
+
+    /// The string scanner finds the first `"` or `\` wherever it is (in the words read eight a
+    /// step, at their edges, past them where `memchr2` takes over, or nowhere), also after
+    /// bytes that borrow in the word arithmetic (0x00, 0x01, 0x21, 0x5d, 0xff).
+    #[test]
+    fn the_string_scanner_finds_the_first_quote_or_backslash() {
+        for fill in [b'a', 0x00, 0x01, b'!', b']', 0xff] {
+            for len in 0..80 {
+                for at in (0..len).chain([len]) {
+                    for stop in [b'"', b'\\'] {
+                        let mut s = vec![fill; len];
+                        if at < len {
+                            s[at] = stop;
+                            // A later stop of the other kind does not hide the first.
+                            if at + 1 < len {
+                                s[at + 1] = b'"' ^ b'\\' ^ stop;
+                            }
+                        }
+                        let want = memchr::memchr2(b'"', b'\\', &s);
+                        assert_eq!(quote_or_backslash(&s), want, "{fill} {len} {at}");
+                    }
+                }
+            }
         }
     }
 

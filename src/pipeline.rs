@@ -119,6 +119,7 @@ pub async fn handle(
         body,
         body_out,
         model,
+        parse,
         up_headers,
         resp_headers,
         facts,
@@ -139,6 +140,7 @@ pub async fn handle(
         body,
         body_out,
         model,
+        parse,
         up_headers,
         resp_headers,
         facts,
@@ -156,6 +158,7 @@ struct Bufs<'b> {
     body: &'b mut Vec<u8>,
     body_out: &'b mut Vec<u8>,
     model: &'b mut String,
+    parse: &'b mut crate::model::ParseHome,
     up_headers: &'b mut Vec<u8>,
     resp_headers: &'b mut Vec<u8>,
     facts: &'b mut crate::slot::Facts,
@@ -194,7 +197,7 @@ async fn stages(
         // Whatever happens now, the body is off the connection or the connection closes.
         rq.body_read = true;
         let limits = &snap.limits;
-        let into = (b.body, b.model);
+        let into = (b.body, b.model, b.parse);
         let opening = snap.balance.prompt_keyed();
         json = Some(body::read_json(c, &rq.info, rq.head.framing, limits, into, opening).await?);
     }
@@ -258,11 +261,10 @@ async fn stages(
     let usage = json.as_mut().map(usage_spec);
     // The model quotas and token counts go by: the deployment's, or the one the body names
     // ("" on routes that do not read the body).
-    let json = json.as_ref();
     let model = split_model
-        .or_else(|| json.and_then(JsonBody::model))
+        .or_else(|| json.as_ref().and_then(JsonBody::model))
         .unwrap_or("");
-    let max_tokens = json.and_then(JsonBody::max_tokens);
+    let max_tokens = json.as_ref().and_then(JsonBody::max_tokens);
     let price = snap
         .spend
         .as_ref()
@@ -307,13 +309,13 @@ async fn stages(
         };
         b.facts.trace.event(QUOTA, Some(outcome));
     })?;
-    let affinity = affinity::key(rq, up_idx, identity.as_ref(), json);
+    let affinity = affinity::key(rq, up_idx, identity.as_ref(), json.as_ref());
     let adapted = adapt::prepare(
         snap,
         route,
         upstream,
         routed_path,
-        json,
+        json.as_mut(),
         adapt::Out {
             body: b.body_out,
             headers: b.up_headers,
@@ -331,7 +333,7 @@ async fn stages(
     );
     let ob = Outbound {
         upstream,
-        body: match json {
+        body: match &json {
             Some(_) => OutBody::Buffered(b.body_out),
             None => OutBody::FromClient,
         },

@@ -26,6 +26,8 @@ pub struct RequestBufs {
     pub body_out: Vec<u8>,
     /// The body's `model`, decoded (see [`crate::model::JsonBody::parse`]).
     pub model: String,
+    /// The body's parse, kept for the adapt stage (see [`crate::model::ParseHome`]).
+    pub parse: crate::model::ParseHome,
     /// Extra request header lines for the upstream (e.g. identity headers), each ending CRLF.
     pub up_headers: Vec<u8>,
     /// Extra response header lines (e.g. `x-shardgate-model`, `x-ratelimit-*`,
@@ -88,6 +90,7 @@ impl RequestBufs {
             self.model = String::new();
         }
         self.model.clear();
+        self.parse.reset(REQUEST_BUF_KEEP);
         self.facts.subject.clear();
         self.facts.api_key.clear();
         self.facts.model.clear();

@@ -44,6 +44,7 @@ use simd_json::tape::{Array, Value};
 use super::json::{self, Malformed};
 use super::path::{invalid, At, Invalid};
 use crate::config_types::AnthropicSettings;
+use crate::quota::usage::Usage;
 
 /// The Messages API path every translated request goes to.
 pub const MESSAGES_PATH: &[u8] = b"/v1/messages";
@@ -680,11 +681,30 @@ impl Tokens {
         json::write_u64(out, self.cache_read);
         out.extend_from_slice(b"}}");
     }
+
+    /// What the usage meter reads from the `usage` [`Self::write_openai`] writes (as
+    /// `crate::quota::usage::usage_from_body` would read it back): `None` when a count does
+    /// not fit the meter's `u32`, which makes the whole `usage` unusable there too.
+    pub fn openai_usage(&self) -> Option<Usage> {
+        let prompt = self
+            .input
+            .saturating_add(self.cache_read)
+            .saturating_add(self.cache_creation);
+        let n = |v: u64| u32::try_from(v).ok();
+        let prompt_tokens = n(prompt)?;
+        Some(Usage {
+            prompt_tokens,
+            completion_tokens: n(self.output)?,
+            cached_tokens: n(self.cache_read)?.min(prompt_tokens),
+            total_tokens: n(prompt.saturating_add(self.output))?,
+        })
+    }
 }
 
-/// Writes the `chat.completion` for the Anthropic `message` body (see the module docs);
-/// `Err` when the body is not a message object.
-pub fn message_response(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<(), Malformed> {
+/// Writes the `chat.completion` for the Anthropic `message` body (see the module docs) and
+/// returns its token counts (what its `usage` says, [`Tokens::openai_usage`]); `Err` when the
+/// body is not a message object.
+pub fn message_response(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<Tokens, Malformed> {
     std::str::from_utf8(body).map_err(|_| Malformed)?;
     // Walking every top-level member validates the grammar of the whole body.
     let (mut id, mut model, mut content, mut stop_reason, mut usage) =
@@ -801,7 +821,7 @@ pub fn message_response(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<
     }
     tokens.write_openai(out);
     out.push(b'}');
-    Ok(())
+    Ok(tokens)
 }
 
 /// Writes OpenAI's error body for an Anthropic error `body` (`{"type":"error","error":{...}}`);

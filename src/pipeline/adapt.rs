@@ -22,8 +22,9 @@
 //! # Performance
 //!
 //! Without adapters the cost is one lookup and the body's usual re-encoding. An adapted
-//! request is read once more into the worker's scratch tape ([`JsonBody::with_value`]) and
-//! written straight from it into the reused outgoing buffer: no tree, no allocation once warm.
+//! request is written straight from the tape the body stage's parse left in the request's
+//! slot ([`JsonBody::with_value`], the gateway's edits made in it as nodes) into the reused
+//! outgoing buffer: the body is parsed once, no tree is built, nothing allocated once warm.
 
 use crate::adapt::{self, anthropic, path};
 use crate::config::{Snapshot, Upstream};
@@ -100,7 +101,7 @@ pub(super) fn prepare<'s>(
     route: &Route,
     upstream: &'s Upstream,
     routed_path: &[u8],
-    json: Option<&JsonBody>,
+    json: Option<&mut JsonBody>,
     out: Out<'_>,
 ) -> Result<Adapted<'s>, GatewayError> {
     let Out {

@@ -12,20 +12,21 @@
 use crate::conn::ClientConn;
 use crate::http::parse::BodyFraming;
 use crate::http::Limits;
-use crate::model::JsonBody;
+use crate::model::{JsonBody, ParseHome};
 use crate::proxy::{inbound, ReqInfo};
 
 use super::Stop;
 
 /// Reads and parses the request body (see the module docs). `raw` receives the bytes, `model`
-/// the decoded `model` (both reused buffers of the request); with `opening`, the parse also
+/// the decoded `model`, `home` the parse (its tape is kept for the adapt stage; all reused
+/// buffers of the request); with `opening`, the parse also
 /// locates the conversation's opening (an upstream's affinity key may be the prompt).
 pub(super) async fn read_json<'b>(
     c: &mut ClientConn,
     req: &ReqInfo,
     framing: BodyFraming,
     limits: &Limits,
-    (raw, model): (&'b mut Vec<u8>, &'b mut String),
+    (raw, model, home): (&'b mut Vec<u8>, &'b mut String, &'b mut ParseHome),
     opening: bool,
 ) -> Result<JsonBody<'b>, Stop> {
     if inbound::send_continue(c, req).await.is_err() {
@@ -34,5 +35,8 @@ pub(super) async fn read_json<'b>(
     }
     inbound::collect_body(c, framing, limits, raw).await?;
     let raw: &'b Vec<u8> = raw;
-    Ok(JsonBody::parse_keyed(raw, model, opening).map_err(crate::error::GatewayError::from)?)
+    Ok(
+        JsonBody::parse_kept(raw, model, opening, home)
+            .map_err(crate::error::GatewayError::from)?,
+    )
 }

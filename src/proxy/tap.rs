@@ -51,6 +51,8 @@ pub struct Tap<'a> {
 /// The usage meter over the bytes the client gets.
 enum Meter {
     None,
+    /// A JSON body whose translator states its usage ([`Translator::usage`]).
+    Translated,
     Json {
         buf: Vec<u8>,
     },
@@ -71,8 +73,11 @@ impl<'a> Tap<'a> {
         translate: Option<Translator<'a>>,
     ) -> Tap<'a> {
         let length_framed = length_framed && translate.is_none();
+        let counted = translate.as_ref().is_some_and(Translator::counts_usage);
         let meter = match spec {
             None => Meter::None,
+            // The translation says what it wrote: the translated body is not read again.
+            Some(UsageSpec::Json) if counted => Meter::Translated,
             Some(UsageSpec::Json) => Meter::Json { buf: Spare::buf() },
             Some(UsageSpec::Sse { strip }) => {
                 let strip = strip && !length_framed;
@@ -120,7 +125,10 @@ impl<'a> Tap<'a> {
 
     /// What the response used (see the module docs); `None` when nothing can be told.
     pub fn usage(&mut self) -> Option<Usage> {
-        self.meter.usage()
+        match self.meter {
+            Meter::Translated => self.translate.as_ref().and_then(Translator::usage),
+            _ => self.meter.usage(),
+        }
     }
 
     /// Whether the usage event is being removed from the client's stream.
@@ -132,7 +140,7 @@ impl<'a> Tap<'a> {
 impl Meter {
     fn pass(&mut self, data: &[u8], forward: &mut dyn FnMut(&[u8])) {
         match self {
-            Meter::None => forward(data),
+            Meter::None | Meter::Translated => forward(data),
             Meter::Json { buf } => {
                 if buf.len() + data.len() <= MAX_USAGE_BODY {
                     buf.extend_from_slice(data);
@@ -157,7 +165,7 @@ impl Meter {
 
     fn usage(&mut self) -> Option<Usage> {
         match self {
-            Meter::None => None,
+            Meter::None | Meter::Translated => None,
             Meter::Json { buf } => usage_from_body(buf),
             Meter::Sse { scanner, .. } => Some(match scanner.usage() {
                 Some(u) => u,
@@ -171,7 +179,7 @@ impl Meter {
 impl Drop for Tap<'_> {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.meter, Meter::None) {
-            Meter::None => {}
+            Meter::None | Meter::Translated => {}
             Meter::Json { buf } => Spare::give_buf(buf),
             Meter::Sse { scanner, out, .. } => {
                 Spare::give_scanner(scanner);

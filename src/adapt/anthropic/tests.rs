@@ -3,7 +3,7 @@ use serde_json::{json, Value};
 use super::stream::Stream;
 use super::*;
 use crate::adapt::sse::Events;
-use crate::model::JsonBody;
+use crate::model::both_ways;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/adapt/");
 
@@ -20,11 +20,21 @@ fn settings() -> AnthropicSettings {
 
 /// The translated request for the OpenAI request `text`, or the refusal and its path.
 fn translate(text: &str) -> Result<Value, (String, &'static str)> {
-    let mut model = String::new();
-    let body = JsonBody::parse(text.as_bytes(), &mut model).expect("fixture parses");
-    let mut out = Vec::new();
-    let mut path = String::new();
-    match body.with_value(|v| chat_request(v, &settings(), &mut out, &mut path)) {
+    translate_edited(text, None, false)
+}
+
+/// [`translate`] with the gateway's edits (a split's served name, `include_usage` forced),
+/// from the kept tape and checked against the re-read body (see `model::both_ways`).
+fn translate_edited(
+    text: &str,
+    served: Option<&str>,
+    usage: bool,
+) -> Result<Value, (String, &'static str)> {
+    let (out, mut path, verdict) = both_ways(text.as_bytes(), served, usage, |v, out, path| {
+        chat_request(v, &settings(), out, path)
+    })
+    .expect("fixture parses");
+    match verdict {
         Ok(()) => Ok(serde_json::from_slice(&out)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))),
         Err(e) => {
@@ -560,4 +570,130 @@ fn choices_and_defaults() {
             ]}
         ])
     );
+}
+
+/// The gateway's edits reach the Messages request from the kept tape exactly as from the
+/// re-read body (`translate_edited` compares the two byte for byte): the served name of a
+/// split (any spelling, escapes included) replaces or supplies `model`, a forced
+/// `include_usage` changes nothing Anthropic sees (it has no `stream_options`), whatever
+/// `stream_options` was; the rest of the translation is the golden one.
+#[test]
+fn edits_reach_the_messages_request_as_from_the_reread_body() {
+    let served_names = ["claude-3-5-sonnet", "q\"uote\\", "tab\tnl\n✓", ""];
+    for name in ["chat_full", "chat_simple"] {
+        let body = fixture(&format!("{name}.openai.json"));
+        let want: Value =
+            serde_json::from_str(&fixture(&format!("{name}.anthropic.json"))).unwrap();
+        for served in served_names {
+            for usage in [false, true] {
+                let mut got = translate_edited(&body, Some(served), usage).unwrap();
+                assert_eq!(got["model"], served, "{name}");
+                got["model"] = want["model"].clone();
+                assert_eq!(got, want, "{name} {served:?} {usage}");
+            }
+        }
+    }
+    let stream_options = [
+        "",
+        r#""stream_options":null,"#,
+        r#""stream_options":{},"#,
+        r#""stream_options":{"include_usage":false,"x":{"y":[1]}},"#,
+        r#""stream\u005foptions":[1,{"include_usage":true}],"#,
+    ];
+    for opts in stream_options {
+        for model in ["", r#""model":"gpt-4o","#, r#""mod\u0065l":"g\"pt","#] {
+            let body = format!(
+                r#"{{{model}{opts}"stream":true,"messages":[{{"role":"user","content":[{{"type":"text","text":"h\u00e9 \"q\"","x":{{"y":{{"z":[{{}}]}}}}}}]}}],"user":"u\\1"}}"#
+            );
+            for served in [None, Some("claude-x")] {
+                let got = translate_edited(&body, served, true);
+                let Some(served) = served.or((!model.is_empty()).then_some("")) else {
+                    // No model and none served: refused at the same path both ways.
+                    assert_eq!(got.unwrap_err().0, "$.model", "{body}");
+                    continue;
+                };
+                let got = got.unwrap_or_else(|e| panic!("{body}: {e:?}"));
+                if !served.is_empty() {
+                    assert_eq!(got["model"], served, "{body}");
+                }
+                assert_eq!(got["stream"], true, "{body}");
+                assert_eq!(got["messages"][0]["content"][0]["text"], "hé \"q\"");
+                assert_eq!(got["metadata"]["user_id"], "u\\1");
+                assert!(got.get("stream_options").is_none(), "{got}");
+            }
+        }
+    }
+}
+
+/// Bodies the body stage refuses never reach the translation, however they are edited: a
+/// repeated top-level key (also one spelled with escapes), a `model` that is not a string.
+#[test]
+fn refused_bodies_are_refused_before_the_translation() {
+    use crate::model::BodyError;
+    let msgs = r#""messages":[{"role":"user","content":"hi"}]"#;
+    for (body, want) in [
+        (
+            format!(r#"{{"model":"a",{msgs},"model":"b"}}"#),
+            BodyError::DuplicateKey,
+        ),
+        (
+            format!(r#"{{"model":"a",{msgs},"mod\u0065l":"b"}}"#),
+            BodyError::DuplicateKey,
+        ),
+        (
+            format!(r#"{{{msgs},"stream_options":{{"include_usage":true,"include_usage":true}}}}"#),
+            BodyError::DuplicateKey,
+        ),
+        (
+            format!(r#"{{"model":7,{msgs}}}"#),
+            BodyError::ModelNotString,
+        ),
+        (
+            format!(r#"{{"model":{{"name":"a"}},{msgs}}}"#),
+            BodyError::ModelNotString,
+        ),
+        (
+            format!(r#"{{"model":["a"],{msgs}}}"#),
+            BodyError::ModelNotString,
+        ),
+    ] {
+        for served in [None, Some("claude-x")] {
+            let got = both_ways(body.as_bytes(), served, true, |v, out, path| {
+                chat_request(v, &settings(), out, path)
+            });
+            assert_eq!(got.unwrap_err(), want, "{body}");
+        }
+    }
+}
+
+/// The usage a translated Messages body states is what the usage meter reads back from the
+/// translated body, for every shape of Anthropic's `usage`: absent, `null`, partial, with
+/// cache counts, counts that do not fit the meter's `u32` (unusable both ways), counts that
+/// are not numbers (ignored by the translation).
+#[test]
+fn the_translation_states_the_usage_the_meter_reads_back() {
+    let big = u64::from(u32::MAX);
+    let usages = [
+        String::new(),
+        r#","usage":null"#.into(),
+        r#","usage":{}"#.into(),
+        r#","usage":{"input_tokens":12,"output_tokens":3}"#.into(),
+        r#","usage":{"output_tokens":3}"#.into(),
+        r#","usage":{"input_tokens":5,"cache_read_input_tokens":7,"cache_creation_input_tokens":2,"output_tokens":1}"#.into(),
+        r#","usage":{"input_tokens":"5","output_tokens":-1,"cache_read_input_tokens":1.5}"#.into(),
+        format!(r#","usage":{{"input_tokens":{big},"output_tokens":0}}"#),
+        format!(r#","usage":{{"input_tokens":{big},"output_tokens":1}}"#),
+        format!(r#","usage":{{"input_tokens":1,"output_tokens":{}}}"#, big + 1),
+        format!(r#","usage":{{"input_tokens":{big},"cache_read_input_tokens":1}}"#),
+        format!(r#","usage":{{"cache_read_input_tokens":{}}}"#, u64::MAX),
+    ];
+    for usage in &usages {
+        let body = format!(
+            r#"{{"id":"msg_1","type":"message","role":"assistant","model":"c","content":[{{"type":"text","text":"hi"}}],"stop_reason":"end_turn"{usage}}}"#
+        );
+        let mut out = Vec::new();
+        let tokens = message_response(body.as_bytes(), 0, &mut out).unwrap();
+        let read_back = crate::quota::usage::usage_from_body(&mut out.clone());
+        assert_eq!(tokens.openai_usage(), read_back, "{body}");
+    }
 }

@@ -2,7 +2,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::adapt::path;
-use crate::model::JsonBody;
+use crate::model::both_ways;
 
 /// The document of the round-trip tests: `$ref`s, `allOf`, `x-protocol-field`, arrays of
 /// objects, enums, nullable and required fields.
@@ -62,11 +62,22 @@ fn users() -> Schema {
 }
 
 fn map_request(s: &Schema, body: &str) -> Result<Value, (String, &'static str)> {
-    let mut model = String::new();
-    let b = JsonBody::parse(body.as_bytes(), &mut model).unwrap();
-    let mut out = Vec::new();
-    let mut p = String::new();
-    match b.with_value(|v| map::request(s, s.request.unwrap(), v, &mut out, &mut p)) {
+    map_request_edited(s, body, None, false)
+}
+
+/// [`map_request`] with the gateway's edits (a split's served name, `include_usage` forced),
+/// from the kept tape and checked against the re-read body (see `model::both_ways`).
+fn map_request_edited(
+    s: &Schema,
+    body: &str,
+    served: Option<&str>,
+    usage: bool,
+) -> Result<Value, (String, &'static str)> {
+    let (out, mut p, verdict) = both_ways(body.as_bytes(), served, usage, |v, out, p| {
+        map::request(s, s.request.unwrap(), v, out, p)
+    })
+    .unwrap();
+    match verdict {
         Ok(()) => Ok(serde_json::from_slice(&out).unwrap()),
         Err(e) => {
             path::root(&mut p);
@@ -303,4 +314,125 @@ fn opaque_and_open_schemas_pass_values_through() {
         map_response(&s, s.response.unwrap(), " 5 ").unwrap(),
         json!(5)
     );
+}
+
+/// A schema that describes the members the gateway edits: the edits are mapped like any
+/// other value (renamed, type-checked, nested), from the kept tape exactly as from the
+/// re-read body (`map_request_edited` compares the two byte for byte).
+const EDITED: &str = r##"
+components:
+  schemas:
+    Chat:
+      type: object
+      required: [model]
+      properties:
+        model: { type: string, x-protocol-field: modelName }
+        stream: { type: boolean }
+        stream_options:
+          type: object
+          x-protocol-field: streamOpts
+          additionalProperties: false
+          properties:
+            include_usage: { type: boolean, x-protocol-field: withUsage }
+            extraThing: { type: object, properties: { deepValue: { type: string } } }
+        nestedInfo:
+          type: object
+          properties:
+            innerList: { type: array, items: { type: object, properties: { someKey: { type: string } } } }
+"##;
+
+#[test]
+fn edits_are_mapped_as_from_the_reread_body() {
+    let s = compile(&doc(EDITED), Some("Chat"), None, Naming::SnakeCase).unwrap();
+    let nested =
+        r#""nestedInfo":{"innerList":[{"someKey":"v\"1"},{"someKey":"\u00e9","o":{"p":[{}]}}]}"#;
+    for (options, client_usage) in [
+        ("", None),
+        (r#","stream_options":{"include_usage":false}"#, Some(false)),
+        (
+            r#","stream_options":{"extraThing":{"deep_value":"x"}}"#,
+            None,
+        ),
+        (
+            r#","stream\u005foptions":{"include\u005fusage":true}"#,
+            Some(true),
+        ),
+    ] {
+        for model in ["", r#""model":"m\\1","#, r#""mod\u0065l":"m2","#] {
+            let body = format!(r#"{{{model}{nested},"stream":true{options}}}"#);
+            for served in [None, Some("served-m"), Some("q\"uote\\✓")] {
+                for usage in [false, true] {
+                    let got = map_request_edited(&s, &body, served, usage);
+                    let Some(want_model) = served.or(match model {
+                        "" => None,
+                        m if m.contains("m2") => Some("m2"),
+                        _ => Some("m\\1"),
+                    }) else {
+                        // No model and none served: the schema requires one.
+                        assert_eq!(got.unwrap_err().0, "$.model", "{body}");
+                        continue;
+                    };
+                    let got = got.unwrap_or_else(|e| panic!("{body} {served:?}: {e:?}"));
+                    assert_eq!(got["modelName"], want_model, "{body}");
+                    assert_eq!(got["nested_info"]["inner_list"][0]["some_key"], "v\"1");
+                    assert_eq!(got["nested_info"]["inner_list"][1]["some_key"], "é");
+                    assert_eq!(got["stream"], true);
+                    let with_usage = &got["streamOpts"]["withUsage"];
+                    match (usage, client_usage) {
+                        (true, _) => assert_eq!(with_usage, true, "{got}"),
+                        (false, Some(u)) => assert_eq!(with_usage, u, "{got}"),
+                        (false, None) => assert!(with_usage.is_null(), "{got}"),
+                    }
+                    assert!(got.get("stream_options").is_none(), "{got}");
+                }
+            }
+        }
+    }
+    // The gateway's `stream_options` where the schema forbids unknown members: refused at
+    // its path, both ways.
+    let strict = r##"
+components:
+  schemas:
+    Strict:
+      type: object
+      additionalProperties: false
+      properties:
+        model: { type: string }
+        stream: { type: boolean }
+"##;
+    let s = compile(&doc(strict), Some("Strict"), None, Naming::AsIs).unwrap();
+    let got = map_request_edited(&s, r#"{"model":"a","stream":true}"#, Some("b"), true);
+    assert_eq!(got.unwrap_err().0, "$.stream_options");
+    let got = map_request_edited(&s, r#"{"model":"a","stream":true}"#, Some("b"), false);
+    assert_eq!(got.unwrap()["model"], "b");
+}
+
+/// Bodies the body stage refuses never reach the mapping: repeated keys (escaped too), a
+/// `model` that is not a string.
+#[test]
+fn refused_bodies_are_refused_before_the_mapping() {
+    use crate::model::BodyError;
+    let s = users();
+    for (body, want) in [
+        (
+            r#"{"userName":"a","userName":"b"}"#,
+            BodyError::DuplicateKey,
+        ),
+        (
+            r#"{"userName":"a","user\u004eame":"b"}"#,
+            BodyError::DuplicateKey,
+        ),
+        (r#"{"model":1,"userName":"a"}"#, BodyError::ModelNotString),
+        (
+            r#"{"model":{"a":"b"},"userName":"a"}"#,
+            BodyError::ModelNotString,
+        ),
+    ] {
+        for served in [None, Some("m")] {
+            let got = both_ways(body.as_bytes(), served, true, |v, out, p| {
+                map::request(&s, s.request.unwrap(), v, out, p)
+            });
+            assert_eq!(got.unwrap_err(), want, "{body}");
+        }
+    }
 }

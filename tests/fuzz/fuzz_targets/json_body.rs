@@ -15,7 +15,10 @@
 //!   `stream` not a boolean), as serde_json sees the same bytes;
 //! - `parse_keyed` (the opening located on the parse's walk) accepts and refuses what `parse`
 //!   does, and feeds the same conversation opening, piece by piece and at every cut length,
-//!   as reading the body again does.
+//!   as reading the body again does;
+//! - `parse_kept` (the tape kept for the adapters) accepts and refuses what `parse` does, and
+//!   with both edits made in its tape (`with_value`) that tape is, node for node, the tape of
+//!   the edited body as `encode_into` writes it.
 //!
 //! Known differences that are not checked: which value of a key repeated in a nested object
 //! a reader keeps (the body is forwarded with splices, so both stay; the top level and
@@ -26,7 +29,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
-use shardgate::model::{BodyError, JsonBody};
+use shardgate::model::{BodyError, JsonBody, ParseHome};
 
 fn object(bytes: &[u8]) -> Map<String, Value> {
     match serde_json::from_slice::<Value>(bytes) {
@@ -148,6 +151,9 @@ fuzz_target!(|data: &[u8]| {
     opening_agrees(body);
     let mut model_buf = String::new();
     let parsed = JsonBody::parse(body, &mut model_buf);
+    let (mut kept_buf, mut home) = (String::new(), ParseHome::default());
+    let mut kept = JsonBody::parse_kept(body, &mut kept_buf, false, &mut home);
+    assert_eq!(kept.as_ref().err(), parsed.as_ref().err());
     let mut b = match parsed {
         Ok(b) => b,
         Err(e) => {
@@ -215,4 +221,15 @@ fuzz_target!(|data: &[u8]| {
     }
     same_except(&usage, &renamed, &["stream_options"], values);
     assert!(b.include_usage());
+
+    let kept = kept.as_mut().expect("accepted by parse");
+    kept.set_model(&name);
+    kept.request_usage();
+    let mut edited = encode(&b);
+    let tape = simd_json::to_tape(&mut edited).expect("the edited body reads");
+    assert!(
+        kept.with_value(|v| v == tape.as_value()),
+        "the kept tape with the edits is not the tape of {:?}",
+        String::from_utf8_lossy(&encode(&b))
+    );
 });
