@@ -330,12 +330,14 @@ impl<'w> Attempt<'w> {
         Attempt { view, counted }
     }
 
-    /// The response head arrived with `status`: a time-to-first-byte sample, unless the
-    /// endpoint answered with a server error (a fast error must not look like a fast endpoint).
+    /// The response head arrived at `at` with `status`: a time-to-first-byte sample, unless
+    /// the endpoint answered with a server error (a fast error must not look like a fast
+    /// endpoint). `at` is the caller's clock read (the proxy reads it for its own TTFB
+    /// histogram), so the sample costs no clock read of its own.
     #[inline]
-    pub fn head(&self, status: u16) {
+    pub fn head(&self, status: u16, at: Instant) {
         if let Some((id, start)) = self.counted.filter(|_| status < 500) {
-            let us = crate::time::micros(start);
+            let us = crate::time::micros_between(start, at);
             if let Some(s) = self.view.borrow_mut().touch(id) {
                 s.pending.ttfb_us += us;
                 s.pending.ttfb_n += 1;
@@ -343,14 +345,17 @@ impl<'w> Attempt<'w> {
         }
     }
 
-    /// The response was relayed whole: a latency sample, and the attempt counted out (one
-    /// borrow of the view for both).
+    /// The response was relayed whole at `at` (the caller's clock read, as for
+    /// [`Attempt::head`]): a latency sample, and the attempt counted out, in one borrow of
+    /// the view and one touch of the endpoint's slot.
     #[inline]
-    pub fn done(mut self) {
+    pub fn done(mut self, at: Instant) {
         if let Some((id, start)) = self.counted.take() {
-            let us = crate::time::micros(start);
+            let us = crate::time::micros_between(start, at);
             let mut v = self.view.borrow_mut();
-            v.count_out(id);
+            if let Some(n) = v.in_flight.get_mut(id.index()) {
+                *n = n.saturating_sub(1);
+            }
             if let Some(s) = v.touch(id) {
                 s.pending.latency_us += us;
                 s.pending.latency_n += 1;
@@ -402,9 +407,9 @@ mod tests {
         let c = Attempt::begin(&view, Some(EndpointId(2)), Instant::now());
         assert_eq!(view.borrow().load(EndpointId(1)), 2);
         assert_eq!(view.borrow().load(EndpointId(2)), 0);
-        a.head(200);
-        b.head(503);
-        a.done();
+        a.head(200, Instant::now());
+        b.head(503, Instant::now());
+        a.done(Instant::now());
         drop((b, c));
         let report = view.borrow_mut().drain().unwrap();
         assert_eq!(report.endpoints.len(), 1);

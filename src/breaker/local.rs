@@ -116,6 +116,11 @@ pub struct WorkerBreakers {
     worker: u32,
     workers: u32,
     slots: Vec<Slot>,
+    /// The endpoints that are CLOSED and healthy, as a bit set by id (bit `i % 64` of word
+    /// `i / 64`): `allow` admits them with no question asked, so endpoint choice tests a bit
+    /// instead of reading their slot and asks the slot only about the others (open, half-open,
+    /// unhealthy). Every method that changes a state or the health keeps it ([`Self::sync`]).
+    closed: Vec<u64>,
     /// Endpoints with a pending report; capacity reserved for all, so pushing never allocates.
     dirty: Vec<EndpointId>,
 }
@@ -129,12 +134,15 @@ impl WorkerBreakers {
             .enumerate()
             .map(|(i, &policy)| Slot::new(EndpointId(i as u32), policy))
             .collect();
-        WorkerBreakers {
+        let mut w = WorkerBreakers {
             worker,
             workers: workers.max(1),
             slots,
+            closed: Vec::new(),
             dirty: Vec::with_capacity(policies.len()),
-        }
+        };
+        w.sync_all();
+        w
     }
 
     /// After a config reload: endpoint `i` keeps its state and takes `policies[i]`, new
@@ -152,6 +160,71 @@ impl WorkerBreakers {
         let len = policies.len();
         self.dirty.retain(|e| e.index() < len);
         self.dirty.reserve(len - self.dirty.len());
+        self.sync_all();
+    }
+
+    /// Rebuilds the bit set of CLOSED, healthy endpoints from every slot (new and reloaded
+    /// views; bits past the last endpoint stay clear).
+    fn sync_all(&mut self) {
+        self.closed.clear();
+        self.closed.resize(self.slots.len().div_ceil(64), 0);
+        for i in 0..self.slots.len() {
+            self.sync(i);
+        }
+    }
+
+    /// Sets endpoint `i`'s bit in `closed` from its slot.
+    #[inline]
+    fn sync(&mut self, i: usize) {
+        let (Some(slot), Some(word)) = (self.slots.get(i), self.closed.get_mut(i / 64)) else {
+            return;
+        };
+        let bit = 1u64 << (i % 64);
+        match slot.healthy && slot.state == Local::Closed {
+            true => *word |= bit,
+            false => *word &= !bit,
+        }
+    }
+
+    /// Whether endpoint `id` is CLOSED and healthy (its bit in `closed`).
+    #[inline]
+    fn is_closed(&self, id: EndpointId) -> bool {
+        let i = id.index();
+        self.closed
+            .get(i / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    /// The bits of endpoints `first .. first + n` (`n` ≤ 64) in `closed`, endpoint `first + i`
+    /// at bit `i`; ids past the table read as clear.
+    #[inline]
+    fn closed_window(&self, first: EndpointId, n: usize) -> u64 {
+        let (w, s) = (first.index() / 64, first.index() % 64);
+        let word = |k: usize| self.closed.get(k).copied().unwrap_or(0);
+        let mut bits = word(w) >> s;
+        if s != 0 {
+            bits |= word(w + 1) << (64 - s);
+        }
+        bits & low_bits(n)
+    }
+
+    /// Which of endpoints `first .. first + n` (`n` ≤ 64) `allow` would admit now, as bits
+    /// (endpoint `first + i` at bit `i`), without consuming a probe permit: the CLOSED,
+    /// healthy ones from the bit set, and the slot asked about each of the others (open,
+    /// half-open, unhealthy: usually none).
+    #[inline]
+    pub fn admitted(&self, first: EndpointId, n: usize, now: Instant) -> u64 {
+        let closed = self.closed_window(first, n);
+        let mut ask = !closed & low_bits(n);
+        let mut bits = closed;
+        while ask != 0 {
+            let i = ask.trailing_zeros();
+            ask &= ask - 1;
+            if self.rejection(EndpointId(first.0 + i), now).is_none() {
+                bits |= 1 << i;
+            }
+        }
+        bits
     }
 
     /// May the engine send an attempt to `endpoint` now? O(1), no allocation. A HALF_OPEN
@@ -177,6 +250,7 @@ impl WorkerBreakers {
             Local::OpenedHere { until } if now >= *until => {
                 slot.state = Local::Closed;
                 slot.connect_streak = 0;
+                self.sync(endpoint.index());
                 None
             }
             // Even past `until` the worker waits for the decider's HALF_OPEN: probes must be
@@ -216,7 +290,7 @@ impl WorkerBreakers {
     /// deployment's endpoints.
     #[inline]
     pub fn is_available(&self, endpoint: EndpointId, now: Instant) -> bool {
-        self.rejection(endpoint, now).is_none()
+        self.is_closed(endpoint) || self.rejection(endpoint, now).is_none()
     }
 
     /// What `allow` would refuse with now (`None`: it would admit), without consuming a probe
@@ -300,6 +374,7 @@ impl WorkerBreakers {
                         until: now + slot.policy.open_base,
                     };
                     pending.opened_locally = true;
+                    self.sync(permit.endpoint.index());
                 }
             }
             (None, Verdict::Ignored) => return,
@@ -366,7 +441,7 @@ impl WorkerBreakers {
                 permits: share(probes, offset),
                 grant,
             },
-        };
+        };        self.sync(update.endpoint.index());
     }
 
     /// Takes an endpoint out of rotation on this worker, or brings it back.
@@ -374,6 +449,7 @@ impl WorkerBreakers {
         if let Some(slot) = self.slots.get_mut(update.endpoint.index()) {
             slot.healthy = update.healthy;
         }
+        self.sync(update.endpoint.index());
     }
 
     /// This worker's view of `endpoint`'s state.
@@ -392,6 +468,45 @@ impl WorkerBreakers {
             self.dirty.push(endpoint);
         }
     }
+}
+
+/// Which endpoints of one upstream (by index in it) may take an attempt now, as
+/// [`WorkerResilience::admitted`] found them.
+#[derive(Debug, Clone, Copy)]
+pub enum Admitted<'a> {
+    /// No breaker covers the upstream's endpoints: every one may.
+    All,
+    /// Up to 64 endpoints: endpoint `i` may when bit `i` is set.
+    Bits(u64),
+    /// More: each endpoint is looked up when asked about (its bit in the set of CLOSED,
+    /// healthy endpoints first).
+    Each {
+        breakers: &'a WorkerBreakers,
+        first: EndpointId,
+        now: Instant,
+    },
+}
+
+impl Admitted<'_> {
+    /// Whether endpoint `i` (index in the upstream) may take an attempt.
+    #[inline]
+    pub fn admits(&self, i: usize) -> bool {
+        match *self {
+            Admitted::All => true,
+            Admitted::Bits(bits) => i < 64 && bits & (1 << i) != 0,
+            Admitted::Each {
+                breakers,
+                first,
+                now,
+            } => breakers.is_available(EndpointId(first.0 + i as u32), now),
+        }
+    }
+}
+
+/// The low `n` bits set (all 64 from `n` = 64 on).
+#[inline]
+fn low_bits(n: usize) -> u64 {
+    1u64.checked_shl(n as u32).map_or(u64::MAX, |b| b - 1)
 }
 
 /// All endpoints of the chosen upstream are open or unhealthy (sent with `Retry-After`).
@@ -485,6 +600,22 @@ impl WorkerResilience {
         id.is_none_or(|id| self.breakers.is_available(id, now))
     }
 
+    /// Which of the `n` endpoints from id `first` on (one upstream's) may take an attempt now,
+    /// breaker and health, without taking a probe permit: what endpoint choice asks once per
+    /// choice. `first` `None`: no breaker covers them, all may.
+    #[inline]
+    pub fn admitted(&self, first: Option<EndpointId>, n: usize, now: Instant) -> Admitted<'_> {
+        match first {
+            None => Admitted::All,
+            Some(first) if n <= 64 => Admitted::Bits(self.breakers.admitted(first, n, now)),
+            Some(first) => Admitted::Each {
+                breakers: &self.breakers,
+                first,
+                now,
+            },
+        }
+    }
+
     /// How long until endpoint `id` may take an attempt, when it may not now.
     pub fn retry_after(&self, id: Option<EndpointId>, now: Instant) -> Option<Duration> {
         self.breakers.rejection(id?, now).map(|r| r.retry_after)
@@ -508,6 +639,14 @@ impl WorkerResilience {
     pub fn record(&mut self, permit: Option<Permit>, outcome: Outcome) {
         if let Some(p) = permit {
             self.breakers.record(p, outcome, Instant::now());
+        }
+    }
+
+    /// The same, at `now` (a clock read the caller already made).
+    #[inline]
+    pub fn record_at(&mut self, permit: Option<Permit>, outcome: Outcome, now: Instant) {
+        if let Some(p) = permit {
+            self.breakers.record(p, outcome, now);
         }
     }
 
