@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use shardgate::balance::key::{self, KeyHasher};
-use shardgate::balance::{Attempt, FleetEndpoint, FleetView, Tried, WorkerBalance};
+use shardgate::balance::{Attempt, FleetEndpoint, FleetView, Open, Tried, WorkerBalance};
 use shardgate::breaker::local::WorkerResilience;
 use shardgate::config::Snapshot;
 use shardgate::model::JsonBody;
@@ -90,13 +90,16 @@ fn bench(c: &mut Criterion) {
             c.bench_function(&format!("choice/{name}/{n}"), |b| {
                 b.iter(|| {
                     let admitted = res.admitted(plan.endpoint(0), plan.len(), now);
-                    let eligible = |i: usize| !tried.contains(i) && admitted.admits(i);
+                    let open = Open {
+                        admitted,
+                        tried: &tried,
+                    };
                     black_box(view.borrow_mut().pick(
                         plan,
                         0,
                         Some(black_box(key)),
                         &mut rng,
-                        eligible,
+                        open,
                     ))
                 })
             });
@@ -117,10 +120,13 @@ fn bench(c: &mut Criterion) {
                 c.bench_function(&format!("attempt/{name}"), |b| {
                     b.iter(|| {
                         let admitted = res.admitted(plan.endpoint(0), plan.len(), now);
-                        let eligible = |i: usize| !tried.contains(i) && admitted.admits(i);
+                        let open = Open {
+                            admitted,
+                            tried: &tried,
+                        };
                         let i = view
                             .borrow_mut()
-                            .pick(plan, 0, Some(black_box(key)), &mut rng, eligible)
+                            .pick(plan, 0, Some(black_box(key)), &mut rng, open)
                             .unwrap();
                         let a = Attempt::begin(&view, plan.endpoint(i), now);
                         a.head(200, now);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::config::{Policy, Table, UpstreamBalance};
-use super::{affinity, least_requests, p2c, round_robin, Loads};
+use super::{affinity, least_requests, p2c, round_robin, Eligible, Loads};
 use crate::breaker::EndpointId;
 use crate::route::WorkerRng;
 
@@ -242,7 +242,7 @@ impl WorkerBalance {
         up: usize,
         key: Option<u64>,
         rng: &mut WorkerRng,
-        eligible: impl Fn(usize) -> bool,
+        eligible: impl Eligible,
     ) -> Option<usize> {
         if let Policy::RoundRobin = plan.policy {
             let mut spare = self.worker as u32;
@@ -417,6 +417,81 @@ mod tests {
         assert_eq!((e.endpoint, e.in_flight), (EndpointId(1), 0));
         assert_eq!((e.ttfb_n, e.latency_n), (1, 1), "no TTFB sample for a 503");
         assert!(view.borrow_mut().drain().is_none(), "nothing new");
+    }
+
+    /// Every policy, over 3, 16 and 70 endpoints (past the 64 a bit set holds), chooses only
+    /// an endpoint the breaker view admits that the request has not tried, and chooses one
+    /// whenever there is one; a half-open endpoint with a probe permit is among them.
+    #[test]
+    fn every_policy_chooses_only_what_the_breakers_admit_and_was_not_tried() {
+        use crate::balance::{Open, Tried};
+        use crate::breaker::local::WorkerResilience;
+        use crate::breaker::{BreakerUpdate, BroadcastState, HealthUpdate};
+        let t0 = Instant::now();
+        let mut rng = WorkerRng::new(5);
+        for n in [3usize, 16, 70] {
+            for balance in ["round_robin", "least_requests", "p2c_ewma", "affinity"] {
+                let endpoints: Vec<String> =
+                    (0..n).map(|i| format!("\"127.0.0.1:{}\"", 1000 + i)).collect();
+                let text = format!(
+                    "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[[upstreams]]\nname = \"a\"\nendpoints = [{}]\nbalance = \"{balance}\"\naffinity = {{ key = {{ header = \"x-session\" }} }}\n",
+                    endpoints.join(", ")
+                );
+                let text = match balance {
+                    "affinity" => text,
+                    _ => text.replace("affinity = { key = { header = \"x-session\" } }\n", ""),
+                };
+                let snap = crate::config::from_str(&text, Path::new("."), 1).unwrap();
+                let plan = &snap.balance.upstreams()[0];
+                let mut view = WorkerBalance::new(0, &snap.balance);
+                for _ in 0..40 {
+                    let mut res = WorkerResilience::new(0, 1, &snap.resilience, t0);
+                    let mut epoch = 0;
+                    for _ in 0..rng.below(n as u64 + 1) {
+                        let endpoint = EndpointId(rng.below(n as u64) as u32);
+                        epoch += 1;
+                        let state = match rng.below(3) {
+                            0 => BroadcastState::Open {
+                                until: t0 + std::time::Duration::from_secs(1),
+                            },
+                            1 => BroadcastState::HalfOpen {
+                                probes: rng.below(2) as u32,
+                                offset: 0,
+                                grant: 1,
+                            },
+                            _ => {
+                                res.apply_health(&HealthUpdate {
+                                    endpoint,
+                                    healthy: false,
+                                });
+                                continue;
+                            }
+                        };
+                        res.apply(&BreakerUpdate {
+                            endpoint,
+                            epoch,
+                            state,
+                        });
+                    }
+                    let mut tried = Tried::default();
+                    for _ in 0..rng.below(3) {
+                        tried.insert(rng.below(n as u64) as usize);
+                    }
+                    let ok = |i: usize| !tried.contains(i) && res.available(plan.endpoint(i), t0);
+                    let any = (0..n).any(ok);
+                    let admitted = res.admitted(plan.endpoint(0), n, t0);
+                    for _ in 0..10 {
+                        let open = Open {
+                            admitted,
+                            tried: &tried,
+                        };
+                        let got = view.pick(plan, 0, Some(rng.next_u64()), &mut rng, open);
+                        assert_eq!(got.is_some(), any, "{balance} {n}");
+                        assert!(got.is_none_or(ok), "{balance} {n}: {got:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

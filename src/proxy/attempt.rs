@@ -20,7 +20,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::balance::{Attempt, Tried, UpstreamBalance};
+use crate::balance::{Attempt, Open, Tried, UpstreamBalance};
 use crate::breaker::local::{self, NoEndpoint};
 use crate::breaker::{Outcome, Permit};
 use crate::config::{Snapshot, Upstream};
@@ -358,16 +358,10 @@ fn choose(
     let up = plan.up_idx.unwrap_or(usize::MAX);
     let mut view = worker.balance.borrow_mut();
     let rng = &mut worker.rng.borrow_mut();
-    view.pick(lb, up, plan.key, rng, |i| {
-        !tried.contains(i) && admitted.admits(i)
-    })
-    .or_else(|| {
+    let open = |tried| Open { admitted, tried };
+    view.pick(lb, up, plan.key, rng, open(tried)).or_else(|| {
         (tried != here)
-            .then(|| {
-                view.pick(lb, up, plan.key, rng, |i| {
-                    !here.contains(i) && admitted.admits(i)
-                })
-            })
+            .then(|| view.pick(lb, up, plan.key, rng, open(here)))
             .flatten()
     })
 }
