@@ -94,13 +94,10 @@ fn bench(c: &mut Criterion) {
                         admitted,
                         tried: &tried,
                     };
-                    black_box(view.borrow_mut().pick(
-                        plan,
-                        0,
-                        Some(black_box(key)),
-                        &mut rng,
-                        open,
-                    ))
+                    black_box(
+                        view.borrow_mut()
+                            .pick(plan, 0, Some(black_box(key)), &mut rng, open),
+                    )
                 })
             });
             if n == 16 {

@@ -12,11 +12,7 @@ use crate::route::WorkerRng;
 /// none of them is eligible (an open breaker on the idlest endpoint) does it fall back to
 /// [`scan`], which asks about every endpoint.
 #[inline]
-pub fn pick(
-    loads: &impl Loads,
-    rng: &mut WorkerRng,
-    eligible: impl Eligible,
-) -> Option<usize> {
+pub fn pick(loads: &impl Loads, rng: &mut WorkerRng, eligible: impl Eligible) -> Option<usize> {
     let n = loads.count();
     if n > 64 {
         return scan(loads, rng, eligible);
@@ -60,11 +56,7 @@ pub fn pick(
 
 /// The same choice asking `eligible` about every endpoint (reservoir sampling among equals:
 /// one random draw per tie, none without ties).
-pub fn scan(
-    loads: &impl Loads,
-    rng: &mut WorkerRng,
-    eligible: impl Eligible,
-) -> Option<usize> {
+pub fn scan(loads: &impl Loads, rng: &mut WorkerRng, eligible: impl Eligible) -> Option<usize> {
     let mut best = None;
     let mut min = u64::MAX;
     let mut ties = 0;

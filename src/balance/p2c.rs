@@ -27,11 +27,7 @@ pub fn cost(loads: &impl Loads, i: usize) -> f64 {
 /// Two distinct eligible endpoints at random, the cheaper one (see the module docs). A drawn
 /// index that `eligible` refuses moves on to the next eligible one.
 #[inline]
-pub fn pick(
-    loads: &impl Loads,
-    rng: &mut WorkerRng,
-    eligible: impl Eligible,
-) -> Option<usize> {
+pub fn pick(loads: &impl Loads, rng: &mut WorkerRng, eligible: impl Eligible) -> Option<usize> {
     let n = loads.count();
     if n == 0 {
         return None;

@@ -431,8 +431,9 @@ mod tests {
         let mut rng = WorkerRng::new(5);
         for n in [3usize, 16, 70] {
             for balance in ["round_robin", "least_requests", "p2c_ewma", "affinity"] {
-                let endpoints: Vec<String> =
-                    (0..n).map(|i| format!("\"127.0.0.1:{}\"", 1000 + i)).collect();
+                let endpoints: Vec<String> = (0..n)
+                    .map(|i| format!("\"127.0.0.1:{}\"", 1000 + i))
+                    .collect();
                 let text = format!(
                     "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[[upstreams]]\nname = \"a\"\nendpoints = [{}]\nbalance = \"{balance}\"\naffinity = {{ key = {{ header = \"x-session\" }} }}\n",
                     endpoints.join(", ")

@@ -441,7 +441,8 @@ impl WorkerBreakers {
                 permits: share(probes, offset),
                 grant,
             },
-        };        self.sync(update.endpoint.index());
+        };
+        self.sync(update.endpoint.index());
     }
 
     /// Takes an endpoint out of rotation on this worker, or brings it back.
@@ -1067,7 +1068,10 @@ mod tests {
             assert_eq!(w.clone().allow(id, now).is_ok(), said, "{what}: allow {i}");
         }
         for i in n..w.closed.len() * 64 {
-            assert!(!w.is_closed(EndpointId(i as u32)), "{what}: bit {i} past the end");
+            assert!(
+                !w.is_closed(EndpointId(i as u32)),
+                "{what}: bit {i} past the end"
+            );
         }
         for first in (0..n + 2).step_by(7).chain([0, 1, 63, 64, 65]) {
             for len in [0, 1, 3, 16, 63, 64] {
@@ -1118,7 +1122,10 @@ mod tests {
             grant,
         };
         w.apply(&at(half(2, 1), 2));
-        assert!(!w.is_closed(ep), "half-open is asked about, not admitted by its bit");
+        assert!(
+            !w.is_closed(ep),
+            "half-open is asked about, not admitted by its bit"
+        );
         check_closed_set(&w, t0, "half-open, 2 permits");
         // Asking never takes a permit: still two probes after many choices.
         for _ in 0..10 {
@@ -1254,7 +1261,11 @@ mod tests {
         check_closed_set(&w, t0, "grown");
         w.set_policies(&[policy(); 10]);
         assert_eq!(w.closed, [0b11_1111_0111]);
-        assert_eq!(w.admitted(EndpointId(8), 4, t0), 0b11, "ids past the table: none");
+        assert_eq!(
+            w.admitted(EndpointId(8), 4, t0),
+            0b11,
+            "ids past the table: none"
+        );
         check_closed_set(&w, t0, "shrunk");
         w.set_policies(&[policy(); 66]);
         assert_eq!(w.closed, [!(1 << 3), 0b11], "endpoint 65 is new again");
@@ -1297,7 +1308,10 @@ mod tests {
             let all = res.admitted(None, n, t0);
             assert!((0..n).all(|i| all.admits(i)), "{n}");
         }
-        assert!(!res.admitted(None, 3, t0).admits(3), "none past the upstream");
+        assert!(
+            !res.admitted(None, 3, t0).admits(3),
+            "none past the upstream"
+        );
     }
 
     #[test]
