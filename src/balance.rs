@@ -23,8 +23,10 @@
 //! # Contract
 //!
 //! [`WorkerBalance::pick`] returns the index (into the upstream's `endpoints`) of an endpoint
-//! that `eligible` admits, or `None` when it admits none. The proxy's `eligible` admits the
-//! endpoints whose circuit breaker and health admit traffic and that this request has not
+//! that `eligible` ([`Eligible`]) admits, or `None` when it admits none. The proxy's is
+//! [`Open`]: the endpoints whose circuit breaker and health admit traffic (the breaker view's
+//! [`Admitted`](crate::breaker::local::Admitted), taken once per choice without consuming a
+//! probe permit; only the chosen endpoint's `allow` takes one) and that this request has not
 //! tried yet ([`Tried`]), so every policy skips breaker-open and unhealthy endpoints and a
 //! retry goes to another endpoint while one is left.
 //!
@@ -44,14 +46,18 @@
 //! A choice is a few indexed reads of fixed arrays (sized per snapshot by endpoint id, one
 //! contiguous array each for this core's in flight, the other cores' load and the EWMA, the
 //! fleet's part worked out once when its view arrives), no allocation, no lock, no atomic:
-//! round-robin one counter; least-requests one pass over the loads, asking `eligible` only
-//! about the endpoints at the least load; P2C two random draws; affinity one pass asking
-//! `eligible` (a bit set) and summing the loads, a bucket read and a short search on the
-//! ring, and a walk that stops once every eligible endpoint was seen. An attempt costs two
-//! clock reads (its start is the clock read of the choice) and four touches of its
-//! endpoint's cells; the EWMAs are folded on the coordination thread, once per endpoint per
-//! report, never per request. `benches/balance.rs` measures each. Upstreams left on
-//! round-robin (the default) track nothing: no clock read, no report, no fleet message.
+//! round-robin one counter; least-requests one pass over the loads and an `and` with the
+//! eligible set; P2C two random draws; affinity one pass summing the eligible endpoints'
+//! loads, a bucket read and a short search on the ring, and a walk that stops once every
+//! eligible endpoint was seen. Up to 64 endpoints the eligible set is one word: the breaker
+//! view keeps the CLOSED, healthy endpoints as a bit set and asks its slots only about the
+//! others (open, half-open, unhealthy), so a choice reads no breaker slot while every breaker
+//! is closed. An attempt reads no clock of its own (its start is the clock read of the
+//! choice, its samples are taken at the reads the proxy makes for its TTFB histogram and
+//! upstream time) and touches its endpoint's cells three times (begin, head, done); the EWMAs
+//! are folded on the coordination thread, once per endpoint per report, never per request.
+//! `benches/balance.rs` measures each. Upstreams left on round-robin (the default) track
+//! nothing: no report, no fleet message.
 
 pub mod affinity;
 pub mod config;

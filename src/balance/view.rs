@@ -447,10 +447,8 @@ mod tests {
                 let mut view = WorkerBalance::new(0, &snap.balance);
                 for _ in 0..40 {
                     let mut res = WorkerResilience::new(0, 1, &snap.resilience, t0);
-                    let mut epoch = 0;
-                    for _ in 0..rng.below(n as u64 + 1) {
+                    for epoch in 1..=rng.below(n as u64 + 1) as u32 {
                         let endpoint = EndpointId(rng.below(n as u64) as u32);
-                        epoch += 1;
                         let state = match rng.below(3) {
                             0 => BroadcastState::Open {
                                 until: t0 + std::time::Duration::from_secs(1),
