@@ -25,10 +25,10 @@
 //! [`WorkerBalance::pick`] returns the index (into the upstream's `endpoints`) of an endpoint
 //! that `eligible` ([`Eligible`]) admits, or `None` when it admits none. The proxy's is
 //! [`Open`]: the endpoints whose circuit breaker and health admit traffic (the breaker view's
-//! [`Admitted`](crate::breaker::local::Admitted), taken once per choice without consuming a
-//! probe permit; only the chosen endpoint's `allow` takes one) and that this request has not
-//! tried yet ([`Tried`]), so every policy skips breaker-open and unhealthy endpoints and a
-//! retry goes to another endpoint while one is left.
+//! [`Admitted`], taken once per choice without consuming a probe permit; only the chosen
+//! endpoint's `allow` takes one) and that this request has not tried yet ([`Tried`]), so
+//! every policy skips breaker-open and unhealthy endpoints and a retry goes to another
+//! endpoint while one is left.
 //!
 //! # Flow
 //!
