@@ -3,13 +3,16 @@
 //! `cargo bench --bench balance -- --warm-up-time 1 --measurement-time 3`
 //!
 //! - `choice/<policy>/<n>`: one pick among `n` endpoints with the proxy's `eligible` (the
-//!   breaker view asked per endpoint, nothing tried yet), a fleet view with loads and EWMAs in
-//!   place. Affinity with a key that is its endpoint's.
+//!   breaker view's admitted set for the upstream, taken once per choice, and nothing tried
+//!   yet), a fleet view with loads and EWMAs in place. Affinity with a key that is its
+//!   endpoint's.
 //! - `choice_free/<policy>/16`: the same with every endpoint eligible without asking the
 //!   breaker view: the policy's own cost.
 //! - `attempt/<policy>`: a pick plus the attempt's bookkeeping (counted in flight, a TTFB
 //!   and a latency sample, counted out): everything endpoint choice adds to a request. The
-//!   attempt starts at the clock read the proxy made for the choice, as in `proxy::attempt`.
+//!   attempt starts at the clock read the proxy made for the choice and takes its samples at
+//!   the clock reads the proxy makes for its own histograms, as in `proxy::attempt`, so
+//!   nothing here reads the clock.
 //! - `key/prompt`, `key/header`: computing the affinity key (a 2-message chat body already
 //!   parsed with its opening located, as on a route to a prompt-keyed upstream; a header
 //!   value). `key/prompt_reread`: the same from a body parsed without (the opening is read
@@ -24,7 +27,7 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use shardgate::balance::key::{self, KeyHasher};
-use shardgate::balance::{Attempt, FleetEndpoint, FleetView, Tried, WorkerBalance};
+use shardgate::balance::{Attempt, FleetEndpoint, FleetView, Open, Tried, WorkerBalance};
 use shardgate::breaker::local::WorkerResilience;
 use shardgate::config::Snapshot;
 use shardgate::model::JsonBody;
@@ -86,15 +89,15 @@ fn bench(c: &mut Criterion) {
             let now = Instant::now();
             c.bench_function(&format!("choice/{name}/{n}"), |b| {
                 b.iter(|| {
-                    let eligible =
-                        |i: usize| !tried.contains(i) && res.available(plan.endpoint(i), now);
-                    black_box(view.borrow_mut().pick(
-                        plan,
-                        0,
-                        Some(black_box(key)),
-                        &mut rng,
-                        eligible,
-                    ))
+                    let admitted = res.admitted(plan.endpoint(0), plan.len(), now);
+                    let open = Open {
+                        admitted,
+                        tried: &tried,
+                    };
+                    black_box(
+                        view.borrow_mut()
+                            .pick(plan, 0, Some(black_box(key)), &mut rng, open),
+                    )
                 })
             });
             if n == 16 {
@@ -113,15 +116,18 @@ fn bench(c: &mut Criterion) {
             if n == 3 {
                 c.bench_function(&format!("attempt/{name}"), |b| {
                     b.iter(|| {
-                        let eligible =
-                            |i: usize| !tried.contains(i) && res.available(plan.endpoint(i), now);
+                        let admitted = res.admitted(plan.endpoint(0), plan.len(), now);
+                        let open = Open {
+                            admitted,
+                            tried: &tried,
+                        };
                         let i = view
                             .borrow_mut()
-                            .pick(plan, 0, Some(black_box(key)), &mut rng, eligible)
+                            .pick(plan, 0, Some(black_box(key)), &mut rng, open)
                             .unwrap();
                         let a = Attempt::begin(&view, plan.endpoint(i), now);
-                        a.head(200);
-                        a.done();
+                        a.head(200, now);
+                        a.done(now);
                     })
                 });
             }

@@ -23,10 +23,12 @@
 //! # Contract
 //!
 //! [`WorkerBalance::pick`] returns the index (into the upstream's `endpoints`) of an endpoint
-//! that `eligible` admits, or `None` when it admits none. The proxy's `eligible` admits the
-//! endpoints whose circuit breaker and health admit traffic and that this request has not
-//! tried yet ([`Tried`]), so every policy skips breaker-open and unhealthy endpoints and a
-//! retry goes to another endpoint while one is left.
+//! that `eligible` ([`Eligible`]) admits, or `None` when it admits none. The proxy's is
+//! [`Open`]: the endpoints whose circuit breaker and health admit traffic (the breaker view's
+//! [`Admitted`], taken once per choice without consuming a probe permit; only the chosen
+//! endpoint's `allow` takes one) and that this request has not tried yet ([`Tried`]), so
+//! every policy skips breaker-open and unhealthy endpoints and a retry goes to another
+//! endpoint while one is left.
 //!
 //! # Flow
 //!
@@ -44,14 +46,18 @@
 //! A choice is a few indexed reads of fixed arrays (sized per snapshot by endpoint id, one
 //! contiguous array each for this core's in flight, the other cores' load and the EWMA, the
 //! fleet's part worked out once when its view arrives), no allocation, no lock, no atomic:
-//! round-robin one counter; least-requests one pass over the loads, asking `eligible` only
-//! about the endpoints at the least load; P2C two random draws; affinity one pass asking
-//! `eligible` (a bit set) and summing the loads, a bucket read and a short search on the
-//! ring, and a walk that stops once every eligible endpoint was seen. An attempt costs two
-//! clock reads (its start is the clock read of the choice) and four touches of its
-//! endpoint's cells; the EWMAs are folded on the coordination thread, once per endpoint per
-//! report, never per request. `benches/balance.rs` measures each. Upstreams left on
-//! round-robin (the default) track nothing: no clock read, no report, no fleet message.
+//! round-robin one counter; least-requests one pass over the loads and an `and` with the
+//! eligible set; P2C two random draws; affinity one pass summing the eligible endpoints'
+//! loads, a bucket read and a short search on the ring, and a walk that stops once every
+//! eligible endpoint was seen. Up to 64 endpoints the eligible set is one word: the breaker
+//! view keeps the CLOSED, healthy endpoints as a bit set and asks its slots only about the
+//! others (open, half-open, unhealthy), so a choice reads no breaker slot while every breaker
+//! is closed. An attempt reads no clock of its own (its start is the clock read of the
+//! choice, its samples are taken at the reads the proxy makes for its TTFB histogram and
+//! upstream time) and touches its endpoint's cells three times (begin, head, done); the EWMAs
+//! are folded on the coordination thread, once per endpoint per report, never per request.
+//! `benches/balance.rs` measures each. Upstreams left on round-robin (the default) track
+//! nothing: no report, no fleet message.
 
 pub mod affinity;
 pub mod config;
@@ -67,6 +73,8 @@ pub use config::{Affinity, FleetPlan, UpstreamBalance};
 pub use config::{AffinityKey, LoadMetric, Policy, RawAffinity, RawLoadMetric, RawPolicy, Table};
 pub use view::{Attempt, EndpointLoad, FleetEndpoint, FleetView, LoadReport, WorkerBalance};
 
+use crate::breaker::local::Admitted;
+
 /// What a policy reads about the endpoints of one upstream, by index in the upstream.
 pub trait Loads {
     /// Endpoints of the upstream.
@@ -75,6 +83,53 @@ pub trait Loads {
     fn load(&self, i: usize) -> u64;
     /// EWMA of endpoint `i`'s time to the response head, µs; 0 before its first sample.
     fn ttfb_us(&self, i: usize) -> f64;
+}
+
+/// Which endpoints of an upstream (by index in it) a choice may take. Any `Fn(usize) -> bool`
+/// is one; [`Open`] (the proxy's: breakers and health less what the request tried) also
+/// gives the whole set at once as bits, so a policy that looks at every endpoint reads one
+/// word instead of asking about each.
+pub trait Eligible: Copy {
+    /// Whether endpoint `i` may take the request.
+    fn admits(&self, i: usize) -> bool;
+
+    /// The whole set as bits (endpoint `i` at bit `i`, none at or past the upstream's
+    /// length), when it is known at once; `None`: ask [`Eligible::admits`]. Only for
+    /// upstreams of at most 64 endpoints.
+    #[inline]
+    fn bits(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl<F: Fn(usize) -> bool + Copy> Eligible for F {
+    #[inline]
+    fn admits(&self, i: usize) -> bool {
+        self(i)
+    }
+}
+
+/// The proxy's eligible endpoints: those the breaker view admits now (breaker and health,
+/// taken once per choice) that the request has not tried.
+#[derive(Debug, Clone, Copy)]
+pub struct Open<'a> {
+    pub admitted: Admitted<'a>,
+    pub tried: &'a Tried,
+}
+
+impl Eligible for Open<'_> {
+    #[inline]
+    fn admits(&self, i: usize) -> bool {
+        !self.tried.contains(i) && self.admitted.admits(i)
+    }
+
+    #[inline]
+    fn bits(&self) -> Option<u64> {
+        match self.admitted {
+            Admitted::Bits(bits) => Some(bits & !self.tried.0[0]),
+            _ => None,
+        }
+    }
 }
 
 /// The endpoints (by index in their upstream) one request has tried, as a bit set. Indices
@@ -133,6 +188,36 @@ pub(crate) mod tests {
         fn ttfb_us(&self, i: usize) -> f64 {
             self.ttfb[i]
         }
+    }
+
+    /// `Open::bits` is the set `Open::admits` describes, whatever the breakers admit and the
+    /// request tried (marks past 64 included); without a bit set there are no bits.
+    #[test]
+    fn open_gives_as_bits_what_it_admits() {
+        let mut rng = crate::route::WorkerRng::new(3);
+        for _ in 0..500 {
+            let admitted = Admitted::Bits(rng.next_u64() & rng.next_u64());
+            let mut tried = Tried::default();
+            for _ in 0..rng.below(6) {
+                tried.insert(rng.below(100) as usize);
+            }
+            let open = Open {
+                admitted,
+                tried: &tried,
+            };
+            let bits = open.bits().unwrap();
+            for i in 0..64 {
+                assert_eq!(bits & (1 << i) != 0, open.admits(i), "{i}");
+            }
+        }
+        let tried = Tried::default();
+        let all = Open {
+            admitted: Admitted::All,
+            tried: &tried,
+        };
+        assert_eq!(all.bits(), None);
+        assert!(all.admits(100));
+        assert_eq!((|_: usize| true).bits(), None);
     }
 
     #[test]

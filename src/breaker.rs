@@ -48,7 +48,10 @@
 //! # Performance
 //!
 //! Per request the worker does two indexed `Vec` lookups (`allow`, `record`), no allocation,
-//! no lock, no atomic. Reports are per-endpoint counters batched between drains, so the
+//! no lock, no atomic. Endpoint choice asks about a whole upstream at once
+//! ([`WorkerResilience::admitted`](local::WorkerResilience::admitted)): the CLOSED, healthy
+//! endpoints are a bit set kept by every state and health change, so up to 64 endpoints that
+//! is a word read, plus a slot read for each endpoint that is not CLOSED and healthy. Reports are per-endpoint counters batched between drains, so the
 //! coordination thread's inbox carries at most one report per endpoint per worker per drain.
 
 pub mod budget;

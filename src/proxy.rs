@@ -38,7 +38,7 @@ use crate::config::{Snapshot, Upstream};
 use crate::conn::ClientConn;
 use crate::error::{GatewayError, UpstreamError};
 use crate::http::parse::{BodyFraming, RequestHead};
-use crate::time::micros;
+use crate::time::micros_between;
 use crate::worker::Worker;
 
 pub use head::write_head_prefix;
@@ -220,6 +220,7 @@ async fn relay_response(
     let attempt::Answered {
         mut up,
         head: first,
+        head_at,
         permit,
         mut span,
         attempt,
@@ -227,7 +228,7 @@ async fn relay_response(
     let (req, ob) = (plan.req, plan.ob);
     let record = |outcome: Outcome| worker.resilience.borrow_mut().record(permit, outcome);
     {
-        let ttfb = micros(sent_at).max(1);
+        let ttfb = micros_between(sent_at, head_at).max(1);
         let mut m = worker.metrics.borrow_mut();
         m.ttfb_us.saturating_record(ttfb);
         m.record_deployment_ttfb(c.tally.deployment, ttfb);
@@ -312,9 +313,15 @@ async fn relay_response(
         }
         return Err(Failure::Close(status, tap.usage()));
     }
-    record(Outcome::Status(status));
+    // One clock read for the end: the breaker's record, the attempt's latency sample and
+    // the upstream time.
+    let done_at = Instant::now();
+    worker
+        .resilience
+        .borrow_mut()
+        .record_at(permit, Outcome::Status(status), done_at);
     attempt::end_span(worker, span, ob.upstream, status, None);
-    attempt.done();
+    attempt.done(done_at);
     if relay_plan.upstream_reusable {
         up.served += 1;
         if up.served < ob.upstream.pool_max_requests {
@@ -325,7 +332,7 @@ async fn relay_response(
     Ok(Done {
         status,
         keep_alive: relay_plan.keep_client,
-        upstream_us: Some(micros(sent_at)),
+        upstream_us: Some(micros_between(sent_at, done_at)),
         usage: tap.usage(),
     })
 }

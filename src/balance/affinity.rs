@@ -27,7 +27,7 @@
 //! and uneven, so keys move more often; a larger `load_factor` keeps more of them home.
 
 use super::key;
-use super::Loads;
+use super::{Eligible, Loads};
 
 /// Points per endpoint on the ring.
 pub const VNODES: u32 = 160;
@@ -118,28 +118,46 @@ impl Ring {
 /// The endpoint for `key` under the load bound (see the module docs); `None` when `eligible`
 /// admits no endpoint.
 ///
-/// Up to 64 endpoints, `eligible` is asked once per endpoint (kept as a bit set) and the walk
-/// stops once every eligible endpoint has been looked at, so a walk where nothing fits (few
-/// requests in flight) costs one look per endpoint, not one per point on the ring.
+/// Up to 64 endpoints, `eligible` is read once (as its bits, or asked once per endpoint) into
+/// a bit set, and the walk stops once every eligible endpoint has been looked at, so a walk
+/// where nothing fits (few requests in flight) costs one look per endpoint, not one per point
+/// on the ring.
 #[inline]
 pub fn pick(
     ring: &Ring,
     load_factor: f64,
     loads: &impl Loads,
     key: u64,
-    eligible: impl Fn(usize) -> bool,
+    eligible: impl Eligible,
 ) -> Option<usize> {
     let n = loads.count();
     if n > 64 {
         return pick_any(ring, load_factor, loads, key, eligible);
     }
-    let (mut total, mut admitted) = (0u64, 0u64);
-    for i in 0..n {
-        if eligible(i) {
-            total += loads.load(i);
-            admitted |= 1 << i;
+    let (admitted, total) = match eligible.bits() {
+        Some(bits) => {
+            let admitted = bits & 1u64.checked_shl(n as u32).map_or(u64::MAX, |b| b - 1);
+            // A select per endpoint rather than a walk over the set bits: no branch, no
+            // dependency from one step to the next.
+            let total: u64 = (0..n)
+                .map(|i| match admitted >> i & 1 {
+                    0 => 0,
+                    _ => loads.load(i),
+                })
+                .sum();
+            (admitted, total)
         }
-    }
+        None => {
+            let (mut admitted, mut total) = (0u64, 0u64);
+            for i in 0..n {
+                if eligible.admits(i) {
+                    total += loads.load(i);
+                    admitted |= 1 << i;
+                }
+            }
+            (admitted, total)
+        }
+    };
     if admitted == 0 {
         return None;
     }
@@ -173,11 +191,11 @@ fn pick_any(
     load_factor: f64,
     loads: &impl Loads,
     key: u64,
-    eligible: impl Fn(usize) -> bool,
+    eligible: impl Eligible,
 ) -> Option<usize> {
     let (mut total, mut count) = (0u64, 0u64);
     for i in 0..loads.count() {
-        if eligible(i) {
+        if eligible.admits(i) {
             total += loads.load(i);
             count += 1;
         }
@@ -188,7 +206,7 @@ fn pick_any(
     let capacity = load_factor * (total + 1) as f64 / count as f64;
     let mut least: Option<(u64, usize)> = None;
     for i in ring.walk(key) {
-        if !eligible(i) {
+        if !eligible.admits(i) {
             continue;
         }
         let load = loads.load(i);
@@ -322,6 +340,31 @@ mod tests {
                         "{n} {load:?} {refused}"
                     );
                 }
+            }
+        }
+    }
+
+    /// The eligible set given at once as bits chooses as the same set asked per endpoint.
+    #[test]
+    fn the_set_as_bits_chooses_as_asking_per_endpoint() {
+        use crate::balance::{Open, Tried};
+        use crate::breaker::local::Admitted;
+        let mut rng = WorkerRng::new(8);
+        for n in [1, 3, 16, 64] {
+            let ring = Ring::new(&names(n));
+            for _ in 0..300 {
+                let load: Vec<u64> = (0..n).map(|_| rng.below(6)).collect();
+                let loads = Fixed::loads(&load);
+                let mut tried = Tried::default();
+                tried.insert(rng.below(n as u64) as usize);
+                let open = Open {
+                    admitted: Admitted::Bits(rng.next_u64() | rng.next_u64()),
+                    tried: &tried,
+                };
+                let k = rng.next_u64();
+                let asked = pick(&ring, 1.25, &loads, k, |i: usize| open.admits(i));
+                assert_eq!(pick(&ring, 1.25, &loads, k, open), asked, "{n} {load:?}");
+                assert!(asked.is_none_or(|i| open.admits(i)));
             }
         }
     }

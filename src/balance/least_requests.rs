@@ -1,7 +1,7 @@
 //! `balance = "least_requests"`: the endpoint with the fewest requests in flight across the
 //! whole process (plus its load-metric gauge, when configured), ties broken at random.
 
-use super::Loads;
+use super::{Eligible, Loads};
 use crate::route::WorkerRng;
 
 /// The eligible endpoint with the least load; among equals each is equally likely.
@@ -12,11 +12,7 @@ use crate::route::WorkerRng;
 /// none of them is eligible (an open breaker on the idlest endpoint) does it fall back to
 /// [`scan`], which asks about every endpoint.
 #[inline]
-pub fn pick(
-    loads: &impl Loads,
-    rng: &mut WorkerRng,
-    eligible: impl Fn(usize) -> bool,
-) -> Option<usize> {
+pub fn pick(loads: &impl Loads, rng: &mut WorkerRng, eligible: impl Eligible) -> Option<usize> {
     let n = loads.count();
     if n > 64 {
         return scan(loads, rng, eligible);
@@ -32,12 +28,17 @@ pub fn pick(
         }
     }
     let mut ok = 0u64;
-    let mut rest = least;
-    while rest != 0 {
-        let i = rest.trailing_zeros() as usize;
-        rest &= rest - 1;
-        if eligible(i) {
-            ok |= 1 << i;
+    match eligible.bits() {
+        Some(bits) => ok = least & bits,
+        None => {
+            let mut rest = least;
+            while rest != 0 {
+                let i = rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                if eligible.admits(i) {
+                    ok |= 1 << i;
+                }
+            }
         }
     }
     match ok.count_ones() {
@@ -55,16 +56,12 @@ pub fn pick(
 
 /// The same choice asking `eligible` about every endpoint (reservoir sampling among equals:
 /// one random draw per tie, none without ties).
-pub fn scan(
-    loads: &impl Loads,
-    rng: &mut WorkerRng,
-    eligible: impl Fn(usize) -> bool,
-) -> Option<usize> {
+pub fn scan(loads: &impl Loads, rng: &mut WorkerRng, eligible: impl Eligible) -> Option<usize> {
     let mut best = None;
     let mut min = u64::MAX;
     let mut ties = 0;
     for i in 0..loads.count() {
-        if !eligible(i) {
+        if !eligible.admits(i) {
             continue;
         }
         let load = loads.load(i);
@@ -112,6 +109,31 @@ mod tests {
             assert!((2_600..=3_400).contains(&c), "{counts:?}");
         }
         assert_eq!(pick(&Fixed::loads(&[]), &mut rng, |_| true), None);
+    }
+
+    /// The eligible set given at once as bits: an endpoint at the same least eligible load as
+    /// the full scan's, never one outside the set.
+    #[test]
+    fn the_set_as_bits_chooses_as_the_full_scan_does() {
+        use crate::balance::{Eligible, Open, Tried};
+        use crate::breaker::local::Admitted;
+        let mut rng = WorkerRng::new(12);
+        for n in [1usize, 3, 16, 64] {
+            for _ in 0..300 {
+                let load: Vec<u64> = (0..n).map(|_| rng.below(4)).collect();
+                let loads = Fixed::loads(&load);
+                let mut tried = Tried::default();
+                tried.insert(rng.below(n as u64) as usize);
+                let open = Open {
+                    admitted: Admitted::Bits(rng.next_u64() | rng.next_u64()),
+                    tried: &tried,
+                };
+                let fast = pick(&loads, &mut rng, open);
+                let full = scan(&loads, &mut rng, |i: usize| open.admits(i));
+                assert_eq!(fast.map(|i| load[i]), full.map(|i| load[i]), "{n} {load:?}");
+                assert!(fast.is_none_or(|i| open.admits(i)));
+            }
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! one request and a first sample) and [`PENALTY_US`] per request in flight after that (so a
 //! burst does not all go to the unknown endpoint before its first answer).
 
-use super::Loads;
+use super::{Eligible, Loads};
 use crate::route::WorkerRng;
 
 /// Cost per request in flight of an endpoint with no latency sample yet, µs.
@@ -27,11 +27,7 @@ pub fn cost(loads: &impl Loads, i: usize) -> f64 {
 /// Two distinct eligible endpoints at random, the cheaper one (see the module docs). A drawn
 /// index that `eligible` refuses moves on to the next eligible one.
 #[inline]
-pub fn pick(
-    loads: &impl Loads,
-    rng: &mut WorkerRng,
-    eligible: impl Fn(usize) -> bool,
-) -> Option<usize> {
+pub fn pick(loads: &impl Loads, rng: &mut WorkerRng, eligible: impl Eligible) -> Option<usize> {
     let n = loads.count();
     if n == 0 {
         return None;
@@ -39,7 +35,7 @@ pub fn pick(
     let next = |from: usize, skip: usize| {
         (0..n)
             .map(|k| (from + k) % n)
-            .find(|&i| i != skip && eligible(i))
+            .find(|&i| i != skip && eligible.admits(i))
     };
     let a = next(rng.below(n as u64) as usize, usize::MAX)?;
     if n == 1 {

@@ -1,14 +1,16 @@
 //! `balance = "round_robin"` (the default): each worker takes the upstream's endpoints in
 //! turn, skipping those `eligible` refuses. Load is not looked at.
 
+use super::Eligible;
+
 /// The next endpoint in turn from `*next` (advanced by one per call) that `eligible` admits.
 #[inline]
-pub fn pick(next: &mut u32, n: usize, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+pub fn pick(next: &mut u32, n: usize, eligible: impl Eligible) -> Option<usize> {
     let start = *next as usize;
     *next = next.wrapping_add(1);
     (0..n)
         .map(|k| (start + k) % n.max(1))
-        .find(|&i| eligible(i))
+        .find(|&i| eligible.admits(i))
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::config::{Policy, Table, UpstreamBalance};
-use super::{affinity, least_requests, p2c, round_robin, Loads};
+use super::{affinity, least_requests, p2c, round_robin, Eligible, Loads};
 use crate::breaker::EndpointId;
 use crate::route::WorkerRng;
 
@@ -242,7 +242,7 @@ impl WorkerBalance {
         up: usize,
         key: Option<u64>,
         rng: &mut WorkerRng,
-        eligible: impl Fn(usize) -> bool,
+        eligible: impl Eligible,
     ) -> Option<usize> {
         if let Policy::RoundRobin = plan.policy {
             let mut spare = self.worker as u32;
@@ -330,12 +330,14 @@ impl<'w> Attempt<'w> {
         Attempt { view, counted }
     }
 
-    /// The response head arrived with `status`: a time-to-first-byte sample, unless the
-    /// endpoint answered with a server error (a fast error must not look like a fast endpoint).
+    /// The response head arrived at `at` with `status`: a time-to-first-byte sample, unless
+    /// the endpoint answered with a server error (a fast error must not look like a fast
+    /// endpoint). `at` is the caller's clock read (the proxy reads it for its own TTFB
+    /// histogram), so the sample costs no clock read of its own.
     #[inline]
-    pub fn head(&self, status: u16) {
+    pub fn head(&self, status: u16, at: Instant) {
         if let Some((id, start)) = self.counted.filter(|_| status < 500) {
-            let us = crate::time::micros(start);
+            let us = crate::time::micros_between(start, at);
             if let Some(s) = self.view.borrow_mut().touch(id) {
                 s.pending.ttfb_us += us;
                 s.pending.ttfb_n += 1;
@@ -343,14 +345,17 @@ impl<'w> Attempt<'w> {
         }
     }
 
-    /// The response was relayed whole: a latency sample, and the attempt counted out (one
-    /// borrow of the view for both).
+    /// The response was relayed whole at `at` (the caller's clock read, as for
+    /// [`Attempt::head`]): a latency sample, and the attempt counted out, in one borrow of
+    /// the view and one touch of the endpoint's slot.
     #[inline]
-    pub fn done(mut self) {
+    pub fn done(mut self, at: Instant) {
         if let Some((id, start)) = self.counted.take() {
-            let us = crate::time::micros(start);
+            let us = crate::time::micros_between(start, at);
             let mut v = self.view.borrow_mut();
-            v.count_out(id);
+            if let Some(n) = v.in_flight.get_mut(id.index()) {
+                *n = n.saturating_sub(1);
+            }
             if let Some(s) = v.touch(id) {
                 s.pending.latency_us += us;
                 s.pending.latency_n += 1;
@@ -402,9 +407,9 @@ mod tests {
         let c = Attempt::begin(&view, Some(EndpointId(2)), Instant::now());
         assert_eq!(view.borrow().load(EndpointId(1)), 2);
         assert_eq!(view.borrow().load(EndpointId(2)), 0);
-        a.head(200);
-        b.head(503);
-        a.done();
+        a.head(200, Instant::now());
+        b.head(503, Instant::now());
+        a.done(Instant::now());
         drop((b, c));
         let report = view.borrow_mut().drain().unwrap();
         assert_eq!(report.endpoints.len(), 1);
@@ -412,6 +417,80 @@ mod tests {
         assert_eq!((e.endpoint, e.in_flight), (EndpointId(1), 0));
         assert_eq!((e.ttfb_n, e.latency_n), (1, 1), "no TTFB sample for a 503");
         assert!(view.borrow_mut().drain().is_none(), "nothing new");
+    }
+
+    /// Every policy, over 3, 16 and 70 endpoints (past the 64 a bit set holds), chooses only
+    /// an endpoint the breaker view admits that the request has not tried, and chooses one
+    /// whenever there is one; a half-open endpoint with a probe permit is among them.
+    #[test]
+    fn every_policy_chooses_only_what_the_breakers_admit_and_was_not_tried() {
+        use crate::balance::{Open, Tried};
+        use crate::breaker::local::WorkerResilience;
+        use crate::breaker::{BreakerUpdate, BroadcastState, HealthUpdate};
+        let t0 = Instant::now();
+        let mut rng = WorkerRng::new(5);
+        for n in [3usize, 16, 70] {
+            for balance in ["round_robin", "least_requests", "p2c_ewma", "affinity"] {
+                let endpoints: Vec<String> = (0..n)
+                    .map(|i| format!("\"127.0.0.1:{}\"", 1000 + i))
+                    .collect();
+                let text = format!(
+                    "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[[upstreams]]\nname = \"a\"\nendpoints = [{}]\nbalance = \"{balance}\"\naffinity = {{ key = {{ header = \"x-session\" }} }}\n",
+                    endpoints.join(", ")
+                );
+                let text = match balance {
+                    "affinity" => text,
+                    _ => text.replace("affinity = { key = { header = \"x-session\" } }\n", ""),
+                };
+                let snap = crate::config::from_str(&text, Path::new("."), 1).unwrap();
+                let plan = &snap.balance.upstreams()[0];
+                let mut view = WorkerBalance::new(0, &snap.balance);
+                for _ in 0..40 {
+                    let mut res = WorkerResilience::new(0, 1, &snap.resilience, t0);
+                    for epoch in 1..=rng.below(n as u64 + 1) as u32 {
+                        let endpoint = EndpointId(rng.below(n as u64) as u32);
+                        let state = match rng.below(3) {
+                            0 => BroadcastState::Open {
+                                until: t0 + std::time::Duration::from_secs(1),
+                            },
+                            1 => BroadcastState::HalfOpen {
+                                probes: rng.below(2) as u32,
+                                offset: 0,
+                                grant: 1,
+                            },
+                            _ => {
+                                res.apply_health(&HealthUpdate {
+                                    endpoint,
+                                    healthy: false,
+                                });
+                                continue;
+                            }
+                        };
+                        res.apply(&BreakerUpdate {
+                            endpoint,
+                            epoch,
+                            state,
+                        });
+                    }
+                    let mut tried = Tried::default();
+                    for _ in 0..rng.below(3) {
+                        tried.insert(rng.below(n as u64) as usize);
+                    }
+                    let ok = |i: usize| !tried.contains(i) && res.available(plan.endpoint(i), t0);
+                    let any = (0..n).any(ok);
+                    let admitted = res.admitted(plan.endpoint(0), n, t0);
+                    for _ in 0..10 {
+                        let open = Open {
+                            admitted,
+                            tried: &tried,
+                        };
+                        let got = view.pick(plan, 0, Some(rng.next_u64()), &mut rng, open);
+                        assert_eq!(got.is_some(), any, "{balance} {n}");
+                        assert!(got.is_none_or(ok), "{balance} {n}: {got:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -116,6 +116,11 @@ pub struct WorkerBreakers {
     worker: u32,
     workers: u32,
     slots: Vec<Slot>,
+    /// The endpoints that are CLOSED and healthy, as a bit set by id (bit `i % 64` of word
+    /// `i / 64`): `allow` admits them with no question asked, so endpoint choice tests a bit
+    /// instead of reading their slot and asks the slot only about the others (open, half-open,
+    /// unhealthy). Every method that changes a state or the health keeps it ([`Self::sync`]).
+    closed: Vec<u64>,
     /// Endpoints with a pending report; capacity reserved for all, so pushing never allocates.
     dirty: Vec<EndpointId>,
 }
@@ -129,12 +134,15 @@ impl WorkerBreakers {
             .enumerate()
             .map(|(i, &policy)| Slot::new(EndpointId(i as u32), policy))
             .collect();
-        WorkerBreakers {
+        let mut w = WorkerBreakers {
             worker,
             workers: workers.max(1),
             slots,
+            closed: Vec::new(),
             dirty: Vec::with_capacity(policies.len()),
-        }
+        };
+        w.sync_all();
+        w
     }
 
     /// After a config reload: endpoint `i` keeps its state and takes `policies[i]`, new
@@ -152,6 +160,71 @@ impl WorkerBreakers {
         let len = policies.len();
         self.dirty.retain(|e| e.index() < len);
         self.dirty.reserve(len - self.dirty.len());
+        self.sync_all();
+    }
+
+    /// Rebuilds the bit set of CLOSED, healthy endpoints from every slot (new and reloaded
+    /// views; bits past the last endpoint stay clear).
+    fn sync_all(&mut self) {
+        self.closed.clear();
+        self.closed.resize(self.slots.len().div_ceil(64), 0);
+        for i in 0..self.slots.len() {
+            self.sync(i);
+        }
+    }
+
+    /// Sets endpoint `i`'s bit in `closed` from its slot.
+    #[inline]
+    fn sync(&mut self, i: usize) {
+        let (Some(slot), Some(word)) = (self.slots.get(i), self.closed.get_mut(i / 64)) else {
+            return;
+        };
+        let bit = 1u64 << (i % 64);
+        match slot.healthy && slot.state == Local::Closed {
+            true => *word |= bit,
+            false => *word &= !bit,
+        }
+    }
+
+    /// Whether endpoint `id` is CLOSED and healthy (its bit in `closed`).
+    #[inline]
+    fn is_closed(&self, id: EndpointId) -> bool {
+        let i = id.index();
+        self.closed
+            .get(i / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    /// The bits of endpoints `first .. first + n` (`n` ≤ 64) in `closed`, endpoint `first + i`
+    /// at bit `i`; ids past the table read as clear.
+    #[inline]
+    fn closed_window(&self, first: EndpointId, n: usize) -> u64 {
+        let (w, s) = (first.index() / 64, first.index() % 64);
+        let word = |k: usize| self.closed.get(k).copied().unwrap_or(0);
+        let mut bits = word(w) >> s;
+        if s != 0 {
+            bits |= word(w + 1) << (64 - s);
+        }
+        bits & low_bits(n)
+    }
+
+    /// Which of endpoints `first .. first + n` (`n` ≤ 64) `allow` would admit now, as bits
+    /// (endpoint `first + i` at bit `i`), without consuming a probe permit: the CLOSED,
+    /// healthy ones from the bit set, and the slot asked about each of the others (open,
+    /// half-open, unhealthy: usually none).
+    #[inline]
+    pub fn admitted(&self, first: EndpointId, n: usize, now: Instant) -> u64 {
+        let closed = self.closed_window(first, n);
+        let mut ask = !closed & low_bits(n);
+        let mut bits = closed;
+        while ask != 0 {
+            let i = ask.trailing_zeros();
+            ask &= ask - 1;
+            if self.rejection(EndpointId(first.0 + i), now).is_none() {
+                bits |= 1 << i;
+            }
+        }
+        bits
     }
 
     /// May the engine send an attempt to `endpoint` now? O(1), no allocation. A HALF_OPEN
@@ -177,6 +250,7 @@ impl WorkerBreakers {
             Local::OpenedHere { until } if now >= *until => {
                 slot.state = Local::Closed;
                 slot.connect_streak = 0;
+                self.sync(endpoint.index());
                 None
             }
             // Even past `until` the worker waits for the decider's HALF_OPEN: probes must be
@@ -216,7 +290,7 @@ impl WorkerBreakers {
     /// deployment's endpoints.
     #[inline]
     pub fn is_available(&self, endpoint: EndpointId, now: Instant) -> bool {
-        self.rejection(endpoint, now).is_none()
+        self.is_closed(endpoint) || self.rejection(endpoint, now).is_none()
     }
 
     /// What `allow` would refuse with now (`None`: it would admit), without consuming a probe
@@ -300,6 +374,7 @@ impl WorkerBreakers {
                         until: now + slot.policy.open_base,
                     };
                     pending.opened_locally = true;
+                    self.sync(permit.endpoint.index());
                 }
             }
             (None, Verdict::Ignored) => return,
@@ -367,6 +442,7 @@ impl WorkerBreakers {
                 grant,
             },
         };
+        self.sync(update.endpoint.index());
     }
 
     /// Takes an endpoint out of rotation on this worker, or brings it back.
@@ -374,6 +450,7 @@ impl WorkerBreakers {
         if let Some(slot) = self.slots.get_mut(update.endpoint.index()) {
             slot.healthy = update.healthy;
         }
+        self.sync(update.endpoint.index());
     }
 
     /// This worker's view of `endpoint`'s state.
@@ -392,6 +469,45 @@ impl WorkerBreakers {
             self.dirty.push(endpoint);
         }
     }
+}
+
+/// Which endpoints of one upstream (by index in it) may take an attempt now, as
+/// [`WorkerResilience::admitted`] found them.
+#[derive(Debug, Clone, Copy)]
+pub enum Admitted<'a> {
+    /// No breaker covers the upstream's more than 64 endpoints: every one may.
+    All,
+    /// Up to 64 endpoints: endpoint `i` may when bit `i` is set.
+    Bits(u64),
+    /// More: each endpoint is looked up when asked about (its bit in the set of CLOSED,
+    /// healthy endpoints first).
+    Each {
+        breakers: &'a WorkerBreakers,
+        first: EndpointId,
+        now: Instant,
+    },
+}
+
+impl Admitted<'_> {
+    /// Whether endpoint `i` (index in the upstream) may take an attempt.
+    #[inline]
+    pub fn admits(&self, i: usize) -> bool {
+        match *self {
+            Admitted::All => true,
+            Admitted::Bits(bits) => i < 64 && bits & (1 << i) != 0,
+            Admitted::Each {
+                breakers,
+                first,
+                now,
+            } => breakers.is_available(EndpointId(first.0 + i as u32), now),
+        }
+    }
+}
+
+/// The low `n` bits set (all 64 from `n` = 64 on).
+#[inline]
+fn low_bits(n: usize) -> u64 {
+    1u64.checked_shl(n as u32).map_or(u64::MAX, |b| b - 1)
 }
 
 /// All endpoints of the chosen upstream are open or unhealthy (sent with `Retry-After`).
@@ -485,6 +601,23 @@ impl WorkerResilience {
         id.is_none_or(|id| self.breakers.is_available(id, now))
     }
 
+    /// Which of the `n` endpoints from id `first` on (one upstream's) may take an attempt now,
+    /// breaker and health, without taking a probe permit: what endpoint choice asks once per
+    /// choice. `first` `None`: no breaker covers them, all may.
+    #[inline]
+    pub fn admitted(&self, first: Option<EndpointId>, n: usize, now: Instant) -> Admitted<'_> {
+        match first {
+            None if n <= 64 => Admitted::Bits(low_bits(n)),
+            None => Admitted::All,
+            Some(first) if n <= 64 => Admitted::Bits(self.breakers.admitted(first, n, now)),
+            Some(first) => Admitted::Each {
+                breakers: &self.breakers,
+                first,
+                now,
+            },
+        }
+    }
+
     /// How long until endpoint `id` may take an attempt, when it may not now.
     pub fn retry_after(&self, id: Option<EndpointId>, now: Instant) -> Option<Duration> {
         self.breakers.rejection(id?, now).map(|r| r.retry_after)
@@ -508,6 +641,14 @@ impl WorkerResilience {
     pub fn record(&mut self, permit: Option<Permit>, outcome: Outcome) {
         if let Some(p) = permit {
             self.breakers.record(p, outcome, Instant::now());
+        }
+    }
+
+    /// The same, at `now` (a clock read the caller already made).
+    #[inline]
+    pub fn record_at(&mut self, permit: Option<Permit>, outcome: Outcome, now: Instant) {
+        if let Some(p) = permit {
+            self.breakers.record(p, outcome, now);
         }
     }
 
@@ -911,6 +1052,266 @@ mod tests {
         ws[1].record(probe, Outcome::Success, t2);
         round(&mut ws, &mut d, t2);
         assert!(ws.iter().all(|w| w.state(EP) == Some(StateKind::Closed)));
+    }
+
+    /// Checks the bit set of CLOSED, healthy endpoints against the slots, and `admitted` (for
+    /// windows at every offset, word boundaries crossed) against `rejection` and `allow`.
+    fn check_closed_set(w: &WorkerBreakers, now: Instant, what: &str) {
+        let n = w.slots.len();
+        assert_eq!(w.closed.len(), n.div_ceil(64), "{what}");
+        for (i, slot) in w.slots.iter().enumerate() {
+            let id = EndpointId(i as u32);
+            let plain = slot.healthy && slot.state == Local::Closed;
+            assert_eq!(w.is_closed(id), plain, "{what}: bit of {i}");
+            let said = w.rejection(id, now).is_none();
+            assert_eq!(w.is_available(id, now), said, "{what}: {i}");
+            assert_eq!(w.clone().allow(id, now).is_ok(), said, "{what}: allow {i}");
+        }
+        for i in n..w.closed.len() * 64 {
+            assert!(
+                !w.is_closed(EndpointId(i as u32)),
+                "{what}: bit {i} past the end"
+            );
+        }
+        for first in (0..n + 2).step_by(7).chain([0, 1, 63, 64, 65]) {
+            for len in [0, 1, 3, 16, 63, 64] {
+                let bits = w.admitted(EndpointId(first as u32), len, now);
+                for i in 0..64 {
+                    let want = i < len && w.is_available(EndpointId((first + i) as u32), now);
+                    assert_eq!(bits & (1 << i) != 0, want, "{what}: {first}+{i} of {len}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_closed_set_follows_every_state_and_health_change() {
+        let t0 = Instant::now();
+        let p = BreakerPolicy {
+            consecutive_failures: 2,
+            ..policy()
+        };
+        let mut w = WorkerBreakers::new(0, 1, &[p; 3]);
+        check_closed_set(&w, t0, "new");
+        let ep = EndpointId(1);
+        // Local open on connect errors, and its lapse once past its end.
+        for _ in 0..2 {
+            let permit = w.allow(ep, t0).unwrap();
+            w.record(permit, Outcome::ConnectError, t0);
+        }
+        assert!(!w.is_closed(ep));
+        check_closed_set(&w, t0, "opened here");
+        let later = t0 + p.open_base;
+        check_closed_set(&w, later, "opened here, past its end");
+        let _lapsed = w.allow(ep, later).unwrap();
+        assert!(w.is_closed(ep), "the lapse back to CLOSED sets the bit");
+        check_closed_set(&w, later, "lapsed");
+        // The decider's states.
+        let at = |state, epoch| BreakerUpdate {
+            endpoint: ep,
+            epoch,
+            state,
+        };
+        let until = t0 + Duration::from_secs(1);
+        w.apply(&at(BroadcastState::Open { until }, 1));
+        check_closed_set(&w, t0, "open");
+        check_closed_set(&w, until, "open, past its end");
+        let half = |probes, grant| BroadcastState::HalfOpen {
+            probes,
+            offset: 0,
+            grant,
+        };
+        w.apply(&at(half(2, 1), 2));
+        assert!(
+            !w.is_closed(ep),
+            "half-open is asked about, not admitted by its bit"
+        );
+        check_closed_set(&w, t0, "half-open, 2 permits");
+        // Asking never takes a permit: still two probes after many choices.
+        for _ in 0..10 {
+            assert_eq!(w.admitted(EndpointId(0), 3, t0), 0b111);
+        }
+        let a = w.allow(ep, t0).unwrap();
+        check_closed_set(&w, t0, "half-open, 1 permit");
+        let b = w.allow(ep, t0).unwrap();
+        assert!(a.is_probe() && b.is_probe());
+        assert_eq!(w.admitted(EndpointId(0), 3, t0), 0b101, "no permit left");
+        check_closed_set(&w, t0, "half-open, none left");
+        // A probe without a verdict hands its permit back: admitted again.
+        w.record(a, Outcome::ClientCancelled, t0);
+        assert_eq!(w.admitted(EndpointId(0), 3, t0), 0b111);
+        check_closed_set(&w, t0, "half-open, a permit back");
+        // A failed probe stops probing here.
+        w.record(b, Outcome::Timeout, t0);
+        assert_eq!(w.admitted(EndpointId(0), 3, t0), 0b101);
+        check_closed_set(&w, t0, "half-open, a probe failed");
+        // A re-split of the same episode brings permits.
+        w.apply(&at(half(1, 2), 2));
+        check_closed_set(&w, t0, "half-open, re-granted");
+        w.apply(&at(BroadcastState::Closed, 3));
+        assert!(w.is_closed(ep));
+        check_closed_set(&w, t0, "closed");
+        // Health down and up, whatever the breaker says.
+        let health = |endpoint, healthy| HealthUpdate { endpoint, healthy };
+        w.apply_health(&health(EndpointId(2), false));
+        assert_eq!(w.admitted(EndpointId(0), 3, t0), 0b011);
+        check_closed_set(&w, t0, "unhealthy");
+        w.apply(&at(BroadcastState::Open { until }, 4));
+        w.apply_health(&health(ep, false));
+        w.apply_health(&health(ep, true));
+        assert!(!w.is_closed(ep), "healthy again but still open");
+        w.apply_health(&health(EndpointId(2), true));
+        assert_eq!(w.admitted(EndpointId(0), 3, t0), 0b101);
+        check_closed_set(&w, t0, "healthy again");
+        w.apply_health(&health(EndpointId(9), false));
+        check_closed_set(&w, t0, "health of an unknown endpoint");
+    }
+
+    /// Random state changes, health changes, probes, outcomes and reloads (the endpoint
+    /// count moving across several 64-bit words): the bit set and `admitted` agree with the
+    /// slots after every step.
+    #[test]
+    fn the_closed_set_agrees_with_the_slots_under_random_changes() {
+        let mut rng = crate::route::WorkerRng::new(11);
+        let t0 = Instant::now();
+        let p = BreakerPolicy {
+            consecutive_failures: 2,
+            half_open_probes: 2,
+            ..policy()
+        };
+        let mut w = WorkerBreakers::new(1, 2, &vec![p; 70]);
+        let mut now = t0;
+        let mut epochs = vec![0u32; 200];
+        let mut permits = Vec::new();
+        for step in 0..3_000 {
+            let n = w.slots.len() as u64;
+            let id = EndpointId(rng.below(n + 2) as u32);
+            match rng.below(8) {
+                0 | 1 => {
+                    if let Ok(permit) = w.allow(id, now) {
+                        permits.push(permit);
+                    }
+                }
+                2 if !permits.is_empty() => {
+                    let permit = permits.swap_remove(rng.below(permits.len() as u64) as usize);
+                    let outcome = [
+                        Outcome::Success,
+                        Outcome::ConnectError,
+                        Outcome::Timeout,
+                        Outcome::ClientCancelled,
+                    ][rng.below(4) as usize];
+                    w.record(permit, outcome, now);
+                }
+                3 => {
+                    let e = &mut epochs[id.index()];
+                    // Mostly a new epoch; sometimes the same one again (a re-split).
+                    *e += u32::from(rng.below(4) != 0);
+                    let state = match rng.below(3) {
+                        0 => BroadcastState::Closed,
+                        1 => BroadcastState::Open {
+                            until: now + Duration::from_millis(rng.below(50)),
+                        },
+                        _ => BroadcastState::HalfOpen {
+                            probes: rng.below(4) as u32,
+                            offset: rng.below(2) as u32,
+                            grant: rng.below(3) as u32,
+                        },
+                    };
+                    w.apply(&BreakerUpdate {
+                        endpoint: id,
+                        epoch: *e,
+                        state,
+                    });
+                }
+                4 => w.apply_health(&HealthUpdate {
+                    endpoint: id,
+                    healthy: rng.below(3) != 0,
+                }),
+                5 => now += Duration::from_millis(rng.below(20)),
+                6 if rng.below(20) == 0 => {
+                    let len = 1 + rng.below(140) as usize;
+                    w.set_policies(&vec![p; len]);
+                    epochs[len..].fill(0);
+                    permits.retain(|q: &Permit| q.endpoint().index() < len);
+                }
+                _ => {}
+            }
+            if step % 10 == 0 {
+                check_closed_set(&w, now, &format!("step {step}"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_bits_by_id_and_clears_those_past_the_end() {
+        let t0 = Instant::now();
+        let mut w = WorkerBreakers::new(0, 1, &[policy(); 66]);
+        assert_eq!(w.closed, [u64::MAX, 0b11]);
+        let open = |endpoint| BreakerUpdate {
+            endpoint,
+            epoch: 1,
+            state: BroadcastState::Open {
+                until: t0 + Duration::from_secs(1),
+            },
+        };
+        w.apply(&open(EndpointId(3)));
+        w.apply(&open(EndpointId(65)));
+        w.set_policies(&[policy(); 130]);
+        assert_eq!(w.closed, [!(1 << 3), !0b10, 0b11]);
+        check_closed_set(&w, t0, "grown");
+        w.set_policies(&[policy(); 10]);
+        assert_eq!(w.closed, [0b11_1111_0111]);
+        assert_eq!(
+            w.admitted(EndpointId(8), 4, t0),
+            0b11,
+            "ids past the table: none"
+        );
+        check_closed_set(&w, t0, "shrunk");
+        w.set_policies(&[policy(); 66]);
+        assert_eq!(w.closed, [!(1 << 3), 0b11], "endpoint 65 is new again");
+    }
+
+    /// Upstreams of more than 64 endpoints are asked endpoint by endpoint; upstreams outside
+    /// the endpoint table admit everything.
+    #[test]
+    fn worker_resilience_admits_what_the_breakers_admit_at_any_size() {
+        let t0 = Instant::now();
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[[upstreams]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n[[upstreams]]\nname = \"b\"\nendpoints = [{}]\n",
+            (0..100)
+                .map(|i| format!("\"127.0.0.1:{}\"", 1000 + i))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let snap = crate::config::from_str(&text, std::path::Path::new("."), 1).unwrap();
+        let mut res = WorkerResilience::new(0, 1, &snap.resilience, t0);
+        for id in [1, 3, 50, 67, 70, 102] {
+            res.apply(&BreakerUpdate {
+                endpoint: EndpointId(id),
+                epoch: 1,
+                state: BroadcastState::Open {
+                    until: t0 + Duration::from_secs(1),
+                },
+            });
+        }
+        for (u, n) in [(0, 3), (1, 100)] {
+            let first = snap.resilience.endpoint(u, 0);
+            let admitted = res.admitted(first, n, t0);
+            assert_eq!(matches!(admitted, Admitted::Bits(_)), n <= 64);
+            for i in 0..n {
+                let id = snap.resilience.endpoint(u, i);
+                assert_eq!(admitted.admits(i), res.available(id, t0), "{u} {i}");
+            }
+        }
+        assert!(!res.admitted(Some(EndpointId(0)), 3, t0).admits(1));
+        for n in [3, 64, 65, 200] {
+            let all = res.admitted(None, n, t0);
+            assert!((0..n).all(|i| all.admits(i)), "{n}");
+        }
+        assert!(
+            !res.admitted(None, 3, t0).admits(3),
+            "none past the upstream"
+        );
     }
 
     #[test]

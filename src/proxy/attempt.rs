@@ -20,7 +20,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::balance::{Attempt, Tried, UpstreamBalance};
+use crate::balance::{Attempt, Open, Tried, UpstreamBalance};
 use crate::breaker::local::{self, NoEndpoint};
 use crate::breaker::{Outcome, Permit};
 use crate::config::{Snapshot, Upstream};
@@ -44,6 +44,8 @@ pub const MAX_ROUTE_ATTEMPTS: u32 = 3;
 pub struct Answered<'w> {
     pub up: UpConn,
     pub head: ResponseHead,
+    /// When the head was read (complete).
+    pub head_at: Instant,
     pub permit: Option<Permit>,
     pub span: Option<AttemptSpan>,
     pub attempt: Attempt<'w>,
@@ -181,8 +183,10 @@ pub async fn exchange<'w>(
             }
             false => Err(UpstreamError::ClosedBeforeResponse),
         };
+        // One clock read for the head: the attempt's TTFB sample and the proxy's histogram.
+        let head_at = Instant::now();
         if let Ok(h) = &first {
-            counted.head(h.status);
+            counted.head(h.status, head_at);
         }
         // A retryable route may try again (on an endpoint it has not tried, while one is
         // available) while nothing reached the client, the request is held whole, there is
@@ -208,6 +212,7 @@ pub async fn exchange<'w>(
                 return Ok(Answered {
                     up,
                     head,
+                    head_at,
                     permit,
                     span,
                     attempt: counted,
@@ -347,17 +352,16 @@ fn choose(
     (tried, here): (&Tried, &Tried),
     now: Instant,
 ) -> Option<usize> {
+    // Breaker and health, asked once for the whole upstream: a bit per endpoint.
     let res = worker.resilience.borrow();
-    let available = |i: usize| res.available(lb.endpoint(i), now);
+    let admitted = res.admitted(lb.endpoint(0), lb.len(), now);
     let up = plan.up_idx.unwrap_or(usize::MAX);
     let mut view = worker.balance.borrow_mut();
     let rng = &mut worker.rng.borrow_mut();
-    view.pick(lb, up, plan.key, rng, |i| {
-        !tried.contains(i) && available(i)
-    })
-    .or_else(|| {
+    let open = |tried| Open { admitted, tried };
+    view.pick(lb, up, plan.key, rng, open(tried)).or_else(|| {
         (tried != here)
-            .then(|| view.pick(lb, up, plan.key, rng, |i| !here.contains(i) && available(i)))
+            .then(|| view.pick(lb, up, plan.key, rng, open(here)))
             .flatten()
     })
 }
