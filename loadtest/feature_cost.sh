@@ -35,6 +35,9 @@
 # Knobs (defaults): DURATION=4 WARMUP=1 ROUNDS=3 CONNS=32 GW_CORE=0 UP_CORE=1 UP_PORT=9000
 # GW_PORT0=8180 (ports GW_PORT0..+11) TOKENS=1000 APIKEYS=100 SKIP_BUILD=1 KEEP=1 (keep the temp dir)
 # CONFIGS="full trace01 trace1" (a subset, in this order; ratios whose two sides ran are printed)
+# BASELINE=<another shardgate binary>: a config named NAME@base runs NAME's config under that
+# binary (e.g. CONFIGS="full full@base auth auth@base"), and NAME/NAME@base is printed: the
+# change between two builds, paired in every round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
@@ -82,11 +85,11 @@ while i < len(s):
     v, i = d.raw_decode(s, i); print(v["key"]); i = len(s) - len(s[i:].lstrip())' >"$TMP/apikeys.txt"
 [[ $(wc -l <"$TMP/apikeys.txt") -eq $APIKEYS ]] || { echo "creating $APIKEYS API keys failed" >&2; exit 1; }
 
-config() { # NAME
-    local name=$1
+config() { # NAME (NAME@base: NAME's config, see BASELINE)
+    local name=${1%@base}
     cat <<EOF
 [server]
-listen = "127.0.0.1:$(port_of "$name")"
+listen = "127.0.0.1:$(port_of "$1")"
 workers = [$GW_CORE]
 pin = true
 EOF
@@ -215,7 +218,11 @@ declare -A GW_PID
 for c in "${CONFIGS[@]}"; do
     config "$c" >"$TMP/$c.toml"
     "$SHARDGATE" check --config "$TMP/$c.toml" >/dev/null || { echo "config $c is invalid" >&2; exit 1; }
-    taskset -c "$GW_CORE" "$SHARDGATE" --config "$TMP/$c.toml" >"$TMP/$c.log" 2>&1 &
+    bin=$SHARDGATE
+    if [[ $c == *@base ]]; then
+        bin=${BASELINE:?"$c needs BASELINE=<binary>"}
+    fi
+    taskset -c "$GW_CORE" "$bin" --config "$TMP/$c.toml" >"$TMP/$c.log" 2>&1 &
     GW_PID[$c]=$!
     PIDS+=($!)
     wait_port "$(port_of "$c")" || { echo "shardgate $c did not start:" >&2; tail -5 "$TMP/$c.log" >&2; exit 1; }
@@ -223,7 +230,7 @@ done
 
 # Sanity: every config answers 200 (auth with a token).
 for c in "${CONFIGS[@]}"; do
-    if [[ $c == apikey ]]; then TOKEN1=$(head -1 "$TMP/apikeys.txt"); else TOKEN1=$(head -1 "$TMP/tokens.txt"); fi
+    if [[ ${c%@base} == apikey ]]; then TOKEN1=$(head -1 "$TMP/apikeys.txt"); else TOKEN1=$(head -1 "$TMP/tokens.txt"); fi
     code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/json' \
         -H "authorization: Bearer $TOKEN1" --data-binary @"$TMP/body.json" \
         "http://127.0.0.1:$(port_of "$c")/v1/chat/completions" || true)
@@ -231,9 +238,9 @@ for c in "${CONFIGS[@]}"; do
 done
 
 run() { # NAME CONFIG
-    local name=$1 c=$2 extra=()
-    [[ $c == auth || $c == full || $c == trace* ]] && extra=(--token-file "$TMP/tokens.txt")
-    [[ $c == apikey ]] && extra=(--token-file "$TMP/apikeys.txt")
+    local name=$1 c=$2 kind=${2%@base} extra=()
+    [[ $kind == auth || $kind == full || $kind == trace* ]] && extra=(--token-file "$TMP/tokens.txt")
+    [[ $kind == apikey ]] && extra=(--token-file "$TMP/apikeys.txt")
     [[ -n ${RATE:-} ]] && extra+=(--rate "$RATE")
     local wst="" pst="/proc/${GW_PID[$c]}/stat"
     wst=$(worker_stat "${GW_PID[$c]}")
@@ -294,7 +301,8 @@ print("\nratios: medians of the medians, and the median of the per-round paired 
 print("pair ran back to back in the same round). rps = on/off; cpu = off/on (>= target is good)")
 for on, off, target in (("auth", "plain", 0.90), ("apikey", "plain", 0.97), ("apikey", "auth", 1.0),
                         ("quota", "plain", 0.95), ("obs", "bare", 0.95), ("spend", "model", 0.97),
-                        ("adapt", "plain", 0.909), ("trace01", "full", 0.98), ("trace1", "full", 0)):
+                        ("adapt", "plain", 0.909), ("adapt", "model", 0), ("trace01", "full", 0.98),
+                        ("trace1", "full", 0)) + tuple((c, c + "@base", 0) for c in configs):
     if on not in med or off not in med:
         continue
     a, b = med[on], med[off]
