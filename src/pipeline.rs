@@ -247,10 +247,15 @@ async fn stages(
                         b.facts.trace.event(BREAKER, Some(BREAKER_NO_DEPLOYMENT));
                     }
                 })?;
-            let _ = write!(
+            crate::http::write::field(
                 b.resp_headers,
-                "x-shardgate-model: {}\r\nx-shardgate-version: {}\r\n",
-                chosen.model, chosen.version
+                b"x-shardgate-model",
+                chosen.model.as_bytes(),
+            );
+            crate::http::write::field(
+                b.resp_headers,
+                b"x-shardgate-version",
+                chosen.version.as_bytes(),
             );
             c.tally.deployment = Some(chosen.deployment.0);
             let up = snap.deployment_upstreams[chosen.deployment.index()];

@@ -82,11 +82,13 @@ pub async fn check(
     let reserve = rule.reservation(max_tokens.map(|t| t.min(u64::from(u32::MAX)) as u32));
     match decide(worker, key, rule, reserve).await {
         Decided::Admitted(a) => {
-            let _ = write!(
+            crate::http::write::field_decimal(headers, b"x-ratelimit-limit", u64::from(a.limit));
+            crate::http::write::field_decimal(
                 headers,
-                "x-ratelimit-limit: {}\r\nx-ratelimit-remaining: {}\r\nx-ratelimit-reset: {}\r\n",
-                a.limit, a.remaining, a.reset_s
+                b"x-ratelimit-remaining",
+                u64::from(a.remaining),
             );
+            crate::http::write::field_decimal(headers, b"x-ratelimit-reset", u64::from(a.reset_s));
             Limited::Admitted(a.ticket)
         }
         Decided::Rejected(e) => {

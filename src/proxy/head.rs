@@ -94,7 +94,7 @@ pub fn write_head_prefix(
         out.extend_from_slice(h.get(buf));
         out.extend_from_slice(b"\r\n");
     }
-    let _ = write!(out, "x-request-id: {}\r\n", c.request_id);
+    crate::http::write::field(out, b"x-request-id", c.request_id.as_bytes());
 }
 
 /// Whether the whole body is in the connection buffer and small enough to go with the head.
@@ -116,7 +116,7 @@ pub fn finish(out: &mut Vec<u8>, req: &ReqInfo, ob: &Outbound<'_>, body: OutBody
     out.extend_from_slice(ob.extra_request);
     match (body, req.framing) {
         (OutBody::Buffered(b), _) => {
-            let _ = write!(out, "content-length: {}\r\n", b.len());
+            crate::http::write::field_decimal(out, b"content-length", b.len() as u64)
         }
         (OutBody::FromClient, BodyFraming::None) => {
             if !req.idempotent {
@@ -124,7 +124,7 @@ pub fn finish(out: &mut Vec<u8>, req: &ReqInfo, ob: &Outbound<'_>, body: OutBody
             }
         }
         (OutBody::FromClient, BodyFraming::Length(n)) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            crate::http::write::field_decimal(out, b"content-length", n)
         }
         (OutBody::FromClient, BodyFraming::Chunked) => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n")

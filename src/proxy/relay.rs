@@ -17,7 +17,6 @@
 //! sent, and an upstream `Content-Encoding` it could not read is refused (502). A tap that
 //! [holds](super::tap::Tap::holds) the body keeps the head unsent until the body is done.
 
-use std::io::Write;
 use std::time::Duration;
 
 use crate::conn::ClientConn;
@@ -140,7 +139,7 @@ pub fn write_client_head(
         Some(r) if ctx.status == h.status => r,
         _ => reason(ctx.status),
     };
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", ctx.status, reason_phrase);
+    crate::http::write::status_line_with(out, ctx.status, reason_phrase.as_bytes());
     let mut event_stream = false;
     // Most responses have no `Connection` field; only then is the per-field scan needed.
     let has_connection = resp
@@ -183,11 +182,11 @@ pub fn write_client_head(
         out.extend_from_slice(f.value);
         out.extend_from_slice(b"\r\n");
     }
-    let _ = write!(out, "x-request-id: {}\r\n", ctx.request_id);
+    crate::http::write::field(out, b"x-request-id", ctx.request_id.as_bytes());
     out.extend_from_slice(ctx.extra);
     match up {
         UpFraming::Length(n) if !ctx.rewrite => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            crate::http::write::field_decimal(out, b"content-length", n)
         }
         UpFraming::Length(_) if chunk_to_client => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n")

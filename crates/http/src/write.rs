@@ -37,7 +37,40 @@ pub fn reason(status: u16) -> &'static str {
 
 /// Appends `HTTP/1.1 {status} {reason}` and its CRLF.
 pub fn status_line(out: &mut Vec<u8>, status: u16) {
-    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
+    status_line_with(out, status, reason(status).as_bytes());
+}
+
+/// Appends `HTTP/1.1 {status} {reason_phrase}` and its CRLF.
+pub fn status_line_with(out: &mut Vec<u8>, status: u16, reason_phrase: &[u8]) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason_phrase);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in decimal (no `core::fmt` on the per-request path).
+#[inline]
+pub fn decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Appends `name: value` and its CRLF. `name` and `value` must be valid field bytes.
+#[inline]
+pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `name: n` (decimal) and its CRLF.
+#[inline]
+pub fn field_decimal(out: &mut Vec<u8>, name: &[u8], n: u64) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    decimal(out, n);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends the fields that frame a response body and say whether the connection stays open:
@@ -46,9 +79,7 @@ pub fn status_line(out: &mut Vec<u8>, status: u16) {
 /// `connection: keep-alive` to a kept HTTP/1.0 peer (whose default is to close).
 pub fn framing_fields(out: &mut Vec<u8>, len: Option<usize>, keep: bool, peer_minor: u8) {
     match len {
-        Some(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
-        }
+        Some(n) => field_decimal(out, b"content-length", n as u64),
         None if peer_minor == 1 => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         None => {}
     }
@@ -302,5 +333,39 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "a\\\"b\\\\c\\nd\\re\\tf\\u0001g\\u001fh\u{7f}é😀"
         );
+    }
+}
+
+#[cfg(test)]
+mod number_tests {
+    use super::*;
+
+    #[test]
+    fn decimals_and_fields_match_what_fmt_writes() {
+        for n in [
+            0u64,
+            1,
+            9,
+            10,
+            99,
+            100,
+            65535,
+            1 << 32,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let mut a = Vec::new();
+            field_decimal(&mut a, b"content-length", n);
+            assert_eq!(a, format!("content-length: {n}\r\n").into_bytes());
+        }
+        for status in [100u16, 200, 204, 304, 404, 429, 503, 599] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            status_line(&mut a, status);
+            let _ = write!(b, "HTTP/1.1 {status} {}\r\n", reason(status));
+            assert_eq!(a, b);
+        }
+        let mut a = Vec::new();
+        field(&mut a, b"x-request-id", b"abc-1-2");
+        assert_eq!(a, b"x-request-id: abc-1-2\r\n");
     }
 }
