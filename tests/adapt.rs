@@ -153,9 +153,12 @@ fn the_upstream_gets_the_golden_request_and_its_answer_is_reframed() {
     let sent: Value = serde_json::from_slice(&got.body).unwrap();
     let want: Value = serde_json::from_str(&fixture("chat_full.anthropic.json")).unwrap();
     assert_eq!(sent, want, "{sent:#}");
-    // The response: translated, its length changed, so re-framed as chunked.
-    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
-    assert_eq!(r.header("content-length"), None);
+    // The response: translated and held whole, so framed by its new length.
+    assert_eq!(r.header("transfer-encoding"), None);
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
     assert_eq!(r.header("request-id"), Some("req_1"));
     let mut v = json_of(&r);
     let mut want: Value = serde_json::from_str(&fixture("message_tools.openai.json")).unwrap();
@@ -378,29 +381,139 @@ fn refused_requests_name_the_field_in_param() {
 }
 
 #[test]
-fn http10_clients_get_a_translated_body_close_delimited() {
+fn http10_clients_get_a_translated_body_length_framed() {
     let m = start_mock();
     let gw = anthropic_gateway(m.addr(), "");
     let raw = json!({"model": "c", "messages": user("hi")}).to_string();
-    let mut s = std::net::TcpStream::connect(gw.local_addr()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!(
-        "POST /v1/chat/completions HTTP/1.0\r\ncontent-length: {}\r\n\r\n{raw}",
-        raw.len()
-    );
-    std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
-    let mut got = Vec::new();
-    s.read_to_end(&mut got).unwrap();
-    let text = String::from_utf8(got).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"));
-    assert!(
-        !head.to_ascii_lowercase().contains("transfer-encoding"),
-        "{head}"
-    );
-    assert!(head.contains("connection: close"));
-    let v: Value = serde_json::from_str(body).unwrap();
-    assert_eq!(v["object"], "chat.completion");
+    for keep in [false, true] {
+        let mut s = std::net::TcpStream::connect(gw.local_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let ka = if keep {
+            "connection: keep-alive\r\n"
+        } else {
+            ""
+        };
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.0\r\n{ka}content-length: {}\r\n\r\n{raw}",
+            raw.len()
+        );
+        std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+        if keep {
+            // Kept open: the length frames the body, and a second request is served.
+            std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+        }
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        let mut text = String::from_utf8(got).unwrap();
+        for i in 0..if keep { 2 } else { 1 } {
+            let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+            let lower = head.to_ascii_lowercase();
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert!(!lower.contains("transfer-encoding"), "{head}");
+            let len: usize = header_of(head, "content-length").unwrap().parse().unwrap();
+            if keep && i == 0 {
+                assert!(lower.contains("connection: keep-alive"), "{head}");
+            }
+            if !keep {
+                assert!(lower.contains("connection: close"), "{head}");
+            }
+            let v: Value = serde_json::from_str(&rest[..len]).unwrap();
+            assert_eq!(v["object"], "chat.completion");
+            text = rest[len..].to_string();
+        }
+        assert!(text.is_empty(), "nothing after the last body: {text:?}");
+    }
+}
+
+fn header_of<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Whatever framing the upstream used (a length, chunks, or its close), a translated body
+/// that is not an event stream reaches the client framed by its new length, on a connection
+/// that stays usable; a translated event stream stays chunked. Errors translated to the
+/// OpenAI shape are length-framed too.
+#[test]
+fn translated_bodies_are_length_framed_whatever_the_upstream_framing() {
+    let answer = fixture("message_tools.anthropic.json");
+    let up = Upstream::start(move |mut c| {
+        while let Some(req) = c.read_request() {
+            let a = answer.as_bytes();
+            match req.header("x-frame").unwrap_or("length") {
+                "chunked" => {
+                    c.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n");
+                    // In three chunks, one of them split across writes.
+                    let (x, rest) = a.split_at(10);
+                    let (y, z) = rest.split_at(rest.len() / 2);
+                    for part in [x, y, z] {
+                        c.write(format!("{:x}\r\n", part.len()).as_bytes());
+                        c.write(part);
+                        c.write(b"\r\n");
+                    }
+                    c.write(b"0\r\n\r\n");
+                }
+                "close" => {
+                    c.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n");
+                    c.write(a);
+                    return;
+                }
+                "error" => {
+                    let e = br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#;
+                    c.write(format!("HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", e.len()).as_bytes());
+                    c.write(e);
+                }
+                "sse" => {
+                    let ev = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\",\"usage\":{\"input_tokens\":3,\"output_tokens\":0}}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+                    c.write(format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{ev}", ev.len()).as_bytes());
+                }
+                _ => {
+                    c.write(format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", a.len()).as_bytes());
+                    c.write(a);
+                }
+            }
+        }
+    });
+    let gw = anthropic_gateway(up.addr, "");
+    let mut want: Value = serde_json::from_str(&fixture("message_tools.openai.json")).unwrap();
+    want["created"] = json!(0);
+    let mut c = Client::connect(gw.local_addr());
+    let raw = json!({"model": "c", "messages": user("hi")}).to_string();
+    for frame in [
+        "length", "chunked", "close", "error", "sse", "length", "close", "chunked",
+    ] {
+        let req = format!("POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nx-frame: {frame}\r\ncontent-length: {}\r\n\r\n{raw}", raw.len());
+        c.send(req.as_bytes());
+        let r = c
+            .read_response()
+            .expect("a response on the same connection");
+        if frame == "sse" {
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+            assert_eq!(r.header("content-length"), None);
+            assert_eq!(events(&r.text()).last(), Some(&json!("[DONE]")));
+            continue;
+        }
+        assert_eq!(r.header("transfer-encoding"), None, "{frame}");
+        assert_eq!(
+            r.header("content-length"),
+            Some(r.body.len().to_string().as_str()),
+            "{frame}"
+        );
+        assert_eq!(r.header("connection"), None, "{frame}: kept open");
+        let mut v = json_of(&r);
+        if frame == "error" {
+            assert_eq!(r.status, 429);
+            assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+        } else {
+            assert_eq!(r.status, 200, "{frame}: {}", r.text());
+            v["created"] = json!(0);
+            assert_eq!(v, want, "{frame}");
+        }
+    }
 }
 
 /// 90 % to an OpenAI-compatible deployment, 10 % to an Anthropic one; every answer is
@@ -574,6 +687,11 @@ fn a_schema_transform_round_trips_requests_and_responses() {
     let client = json!({"userName": "ada", "homeAddress": {"streetName": "Main"}, "loginCount": 2, "extra": true});
     let r = post_json(gw.local_addr(), "/users/new", &[], &client.to_string());
     assert_eq!(r.status, 200, "{}", r.text());
+    // Renamed, so its length changed: framed by the new length.
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
     // The upstream saw backend names; the client gets its own names back.
     let got = json_of(&r);
     assert_eq!(got["userName"], "ada");

@@ -12,10 +12,14 @@
 //! response to HEAD, a 1xx, 204 or 304 has no body whatever its headers say. Bytes past the end
 //! of the body stay in `up.buf`, so the pool refuses the connection (see [`crate::pool`]).
 //!
-//! A body an adapter rewrites ([`RelayCtx::rewrite`], see [`crate::adapt`]) changes length:
-//! its client framing is chunked (close-delimited for HTTP/1.0 clients) whatever the upstream
-//! sent, and an upstream `Content-Encoding` it could not read is refused (502). A tap that
-//! [holds](super::tap::Tap::holds) the body keeps the head unsent until the body is done.
+//! A body an adapter rewrites ([`RelayCtx::rewrite`], see [`crate::adapt`]) changes length,
+//! and an upstream `Content-Encoding` it could not read is refused (502). A rewritten event
+//! stream is chunked toward the client (close-delimited for HTTP/1.0 clients) whatever the
+//! upstream sent; any other rewritten body is held whole (the tap
+//! [holds](super::tap::Tap::holds) it and the head stays unsent until the body is done), so
+//! its `content-length` is written into the head once the body is complete
+//! ([`RelayPlan::length_at`]): the client gets a length-framed response, and an HTTP/1.0
+//! client can keep its connection.
 
 use std::time::Duration;
 
@@ -112,6 +116,9 @@ pub struct RelayPlan {
     pub upstream_reusable: bool,
     /// The response's content type is `text/event-stream`.
     pub event_stream: bool,
+    /// A rewritten body held whole: where in the output its `content-length` line goes once
+    /// the body is complete (just before the head's closing CRLF).
+    pub length_at: Option<usize>,
 }
 
 /// Writes the client-facing response head into `out` and returns the relay plan.
@@ -130,11 +137,6 @@ pub fn write_client_head(
     } else {
         h.framing
     };
-    let unknown_length = matches!(up, UpFraming::Chunked | UpFraming::Close)
-        || (ctx.rewrite && up != UpFraming::None);
-    // HTTP/1.0 clients cannot take chunked: close-delimit instead.
-    let chunk_to_client = unknown_length && ctx.client_minor == 1;
-    let keep_client = ctx.keep_client && (chunk_to_client || !unknown_length);
     let reason_phrase = match resp.reason.filter(|r| !r.is_empty()) {
         Some(r) if ctx.status == h.status => r,
         _ => reason(ctx.status),
@@ -184,6 +186,15 @@ pub fn write_client_head(
     }
     crate::http::write::field(out, b"x-request-id", ctx.request_id.as_bytes());
     out.extend_from_slice(ctx.extra);
+    // A rewritten body that is not an event stream is held whole (see the module docs): its
+    // length is known at its end, before anything is sent.
+    let held = ctx.rewrite && up != UpFraming::None && !event_stream;
+    let unknown_length = !held
+        && (matches!(up, UpFraming::Chunked | UpFraming::Close)
+            || (ctx.rewrite && up != UpFraming::None));
+    // HTTP/1.0 clients cannot take chunked: close-delimit instead.
+    let chunk_to_client = unknown_length && ctx.client_minor == 1;
+    let keep_client = ctx.keep_client && (chunk_to_client || !unknown_length);
     match up {
         UpFraming::Length(n) if !ctx.rewrite => {
             crate::http::write::field_decimal(out, b"content-length", n)
@@ -208,6 +219,7 @@ pub fn write_client_head(
         keep_client,
         upstream_reusable: h.keep_alive,
         event_stream,
+        length_at: held.then(|| out.len() - 2),
     })
 }
 
@@ -222,6 +234,10 @@ pub async fn relay_body(
     tap: &mut Tap<'_>,
     gap: &mut dyn FnMut(u64),
 ) -> Result<(), UpstreamError> {
+    // A body framed by its length at the end must be held whole until then.
+    if plan.length_at.is_some() && !tap.holds() {
+        return Err(UpstreamError::BadResponse);
+    }
     let streamed = matches!(plan.up, UpFraming::Chunked | UpFraming::Close);
     let mut last_read = std::time::Instant::now();
     let mut remaining = match plan.up {
@@ -279,11 +295,7 @@ pub async fn relay_body(
             }
         };
         if done {
-            let (out, chunked) = (&mut c.out, plan.chunk_to_client);
-            tap.finish(&mut |d| stage_chunk(out, d, chunked))?;
-            if chunked {
-                out.extend_from_slice(write::LAST_CHUNK);
-            }
+            finish_body(&mut c.out, plan, tap)?;
         }
         // A holding tap sends the head and the body together, at the end.
         if (done || !tap.holds()) && c.flush_out().await.is_err() {
@@ -299,11 +311,7 @@ pub async fn relay_body(
         match monoio::time::timeout(wait, up.read_more(4096, RELAY_READ)).await {
             Ok(Ok(0)) => {
                 if plan.up == UpFraming::Close {
-                    let (out, chunked) = (&mut c.out, plan.chunk_to_client);
-                    tap.finish(&mut |d| stage_chunk(out, d, chunked))?;
-                    if chunked {
-                        out.extend_from_slice(write::LAST_CHUNK);
-                    }
+                    finish_body(&mut c.out, plan, tap)?;
                     return c.flush_out().await.map_err(|_| UpstreamError::ClientGone);
                 }
                 return Err(UpstreamError::ClosedMidBody);
@@ -318,6 +326,26 @@ pub async fn relay_body(
             Err(_) => return Err(UpstreamError::IdleTimeout),
         }
     }
+}
+
+/// Stages what the tap still holds and the end of the client framing: the last chunk, or the
+/// `content-length` of a body held whole (the head and the whole body are in `out`).
+fn finish_body(
+    out: &mut Vec<u8>,
+    plan: &RelayPlan,
+    tap: &mut Tap<'_>,
+) -> Result<(), UpstreamError> {
+    let chunked = plan.chunk_to_client;
+    tap.finish(&mut |d| stage_chunk(out, d, chunked))?;
+    if chunked {
+        out.extend_from_slice(write::LAST_CHUNK);
+    }
+    if let Some(at) = plan.length_at {
+        // `at` is just before the head's closing CRLF; the body starts after that CRLF.
+        let body = out.len() - (at + 2);
+        write::insert_content_length(out, at, body as u64);
+    }
+    Ok(())
 }
 
 fn stage_chunk(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
@@ -368,6 +396,70 @@ mod tests {
         );
         assert!(!p.chunk_to_client && !p.keep_client);
         assert!(head.contains("connection: close"));
+    }
+
+    /// A rewritten body: held whole and length-framed unless it is an event stream; nothing
+    /// to frame for HEAD, 204 and 304.
+    #[test]
+    fn rewritten_bodies_get_their_length_at_the_end() {
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                false,
+                Some(false),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false,
+                Some(false),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",
+                false,
+                Some(false),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 5\r\n\r\n",
+                false,
+                Some(true),
+            ),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, None),
+            ("HTTP/1.1 204 No Content\r\n\r\n", false, None),
+        ];
+        for (raw, is_head, body) in cases {
+            for minor in [0u8, 1] {
+                let h = parse_head(raw.as_bytes()).unwrap().unwrap();
+                let mut out = b"earlier bytes".to_vec();
+                let ctx = RelayCtx {
+                    is_head,
+                    client_minor: minor,
+                    keep_client: true,
+                    request_id: "r",
+                    extra: b"",
+                    rewrite: true,
+                    status: h.status,
+                };
+                let p = write_client_head(&mut out, raw.as_bytes(), &h, &ctx).unwrap();
+                let head = String::from_utf8_lossy(&out).to_ascii_lowercase();
+                match body {
+                    Some(false) => {
+                        assert_eq!(p.length_at, Some(out.len() - 2), "{raw:?}");
+                        assert!(!p.chunk_to_client && p.keep_client, "{raw:?}");
+                        assert!(!head.contains("transfer-encoding"), "{raw:?}");
+                        assert!(!head.contains("content-length"), "{raw:?}");
+                    }
+                    Some(true) => {
+                        assert_eq!(p.length_at, None);
+                        assert_eq!(p.chunk_to_client, minor == 1, "{raw:?}");
+                        assert_eq!(p.keep_client, minor == 1, "{raw:?}");
+                    }
+                    None => {
+                        assert_eq!(p.length_at, None);
+                        assert!(!p.chunk_to_client && p.keep_client, "{raw:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -55,6 +55,39 @@ pub fn decimal(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
+/// Appends `n` in lower-case hexadecimal without leading zeros (a chunk size).
+#[inline]
+pub fn hex(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Inserts `content-length: n` and its CRLF at `at` of `out` (a head whose body is
+/// already after it: the line goes where the length became known).
+pub fn insert_content_length(out: &mut Vec<u8>, at: usize, n: u64) {
+    let mut line = [0u8; 40];
+    let name = b"content-length: ";
+    line[..name.len()].copy_from_slice(name);
+    let mut b = itoa::Buffer::new();
+    let digits = b.format(n).as_bytes();
+    let mut len = name.len();
+    line[len..len + digits.len()].copy_from_slice(digits);
+    len += digits.len();
+    line[len..len + 2].copy_from_slice(b"\r\n");
+    len += 2;
+    out.splice(at..at, line[..len].iter().copied());
+}
+
 /// Appends `name: value` and its CRLF. `name` and `value` must be valid field bytes.
 #[inline]
 pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -97,7 +130,8 @@ pub fn chunk(out: &mut Vec<u8>, data: &[u8]) {
     if data.is_empty() {
         return;
     }
-    let _ = write!(out, "{:x}\r\n", data.len());
+    hex(out, data.len() as u64);
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
@@ -367,5 +401,34 @@ mod number_tests {
         let mut a = Vec::new();
         field(&mut a, b"x-request-id", b"abc-1-2");
         assert_eq!(a, b"x-request-id: abc-1-2\r\n");
+    }
+
+    #[test]
+    fn chunk_sizes_and_inserted_lengths_match_what_fmt_writes() {
+        let mut ns: Vec<u64> = vec![0, 1, 9, 10, 15, 16, 255, 256, 4095, 65_536, u64::MAX];
+        ns.extend((0..64).map(|i| 1u64 << i));
+        ns.extend((1..64).map(|i| (1u64 << i) - 1));
+        for n in ns {
+            let mut a = Vec::new();
+            hex(&mut a, n);
+            assert_eq!(a, format!("{n:x}").into_bytes());
+            let mut a = b"HTTP/1.1 200 OK\r\na: b\r\n\r\nbody".to_vec();
+            let at = a.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 2;
+            insert_content_length(&mut a, at, n);
+            let want = format!("HTTP/1.1 200 OK\r\na: b\r\ncontent-length: {n}\r\n\r\nbody");
+            assert_eq!(String::from_utf8(a).unwrap(), want);
+        }
+        for len in [1usize, 15, 16, 17, 255, 256, 5000] {
+            let data = vec![b'x'; len];
+            let mut a = Vec::new();
+            chunk(&mut a, &data);
+            let mut b = format!("{len:x}\r\n").into_bytes();
+            b.extend_from_slice(&data);
+            b.extend_from_slice(b"\r\n");
+            assert_eq!(a, b);
+        }
+        let mut a = Vec::new();
+        chunk(&mut a, b"");
+        assert!(a.is_empty(), "an empty chunk would end the body");
     }
 }
