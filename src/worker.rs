@@ -300,8 +300,7 @@ impl Worker {
             id,
             tls: RefCell::new(worker_tls(&snapshot)),
             snapshot: RefCell::new(Rc::new(snapshot)),
-            // io_uring watches idle upstream connections with a posted receive (see `pool`).
-            pools: RefCell::new(Pools::new(driver == Driver::IoUring)),
+            pools: RefCell::new(Pools::default()),
             metrics: RefCell::new(metrics),
             drain: Drain::default(),
             conns: Cell::new(0),

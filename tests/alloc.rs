@@ -138,9 +138,9 @@ const WARMUP: usize = 2_000;
 /// can only go down. History: 41 / 50 (baseline), 15 / 19 (body model spliced in place),
 /// 3 / 6 (usage read from a reused tape; no boxed `Vec` iterators from simd-json's prelude),
 /// 2 / 2 (tap buffers and SSE scanners reused per worker), 1 / 1 (identity strings reused
-/// per worker). What is left: `monoio::io::util::Canceller::cancel` allocates an `Rc` each
-/// time a pooled upstream connection's idle receive is cancelled (`pool::watch`).
-const BUDGET_PER_REQUEST: [u64; 2] = [1, 1];
+/// per worker), 0 / 0 (a pooled upstream connection is peeked at reuse instead of keeping a
+/// receive posted whose cancel allocated in monoio's `Canceller::cancel`; see `pool`).
+const BUDGET_PER_REQUEST: [u64; 2] = [0, 0];
 /// Allocations not made for any one request are allowed up to one per this many requests.
 const RARE: usize = 20;
 

@@ -3,8 +3,8 @@
 //! the real gateway (one worker, so pooled connections are reused back to back) on both io
 //! drivers, against a raw upstream that misbehaves in each way HTTP/1.1 allows it to. On
 //! io_uring also with each `[server.io_uring]` task-run mode, a submission thread and busy
-//! polling (issue #13): the idle receive's cancel must stay ordered before the request's
-//! write whoever submits and whenever completions run.
+//! polling (issue #13): the peek at reuse must catch what arrived while the connection was
+//! idle whoever submits and whenever completions run.
 
 mod common;
 
@@ -236,7 +236,7 @@ fn oversent_bytes_never_reach_a_client_and_retire_the_connection() {
 }
 
 /// Bytes that arrive while the connection sits idle in the pool (not with the response) are
-/// seen by the idle receive (io_uring) or the peek (legacy) before the connection is reused.
+/// seen by the peek before the connection is reused.
 #[test]
 fn bytes_arriving_while_idle_retire_the_connection() {
     for (driver, _) in DRIVERS {

@@ -31,7 +31,7 @@ use crate::worker::Worker;
 
 use super::relay::{self, ResponseHead};
 use super::{inbound, Failure, Outbound, ReqInfo};
-use crate::pool::{self, UpConn};
+use crate::pool::UpConn;
 
 /// Most attempts to reach an endpoint of one upstream when connecting fails.
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -159,9 +159,7 @@ pub async fn exchange<'w>(
         }
         let (res, buf) = up.write_all(std::mem::take(up_out)).await;
         *up_out = buf;
-        // Bytes that reached a pooled connection before this write are not our response:
-        // such a connection fails here like one the upstream closed (see `pool`).
-        let sent = res.is_ok() && up.settle().await == pool::Settled::Clean;
+        let sent = res.is_ok();
         if sent && !plan.inline {
             let streamed = inbound::stream_body(c, &mut up, req.framing, &snap.limits).await;
             drop(upload.take());
