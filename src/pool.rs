@@ -52,7 +52,6 @@
 //!
 //! Per connection: the cell the read and write halves share. Nothing per reuse.
 
-
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
