@@ -263,6 +263,9 @@ impl Drop for Identity<'_> {
         if let Some(s) = self.jti.take() {
             claims::give_back(s);
         }
+        if let Cow::Owned(h) = std::mem::replace(&mut self.upstream_headers, Cow::Borrowed(&[])) {
+            claims::give_back_headers(h);
+        }
     }
 }
 

@@ -172,8 +172,11 @@ fn config(mock: SocketAddr, log: &std::path::Path, extra: &str) -> String {
             "subject",
             "requests_per_minute = 100000000\ntokens_per_minute = 1000000000",
         );
+    // The subject is also copied to an upstream header (the anchors' AI gateway config does),
+    // so a verified-token cache hit copies mapped claim headers too.
+    let claim_header = "[[auth.claim_headers]]\nclaim = \"sub\"\nheader = \"x-subject\"\n";
     format!(
-        "{}{deployments}{split}{quota}[metrics]\nper_route = true\n[access_log]\npath = {:?}\nsample_rate = 1.0\n",
+        "{}{claim_header}{deployments}{split}{quota}[metrics]\nper_route = true\n[access_log]\npath = {:?}\nsample_rate = 1.0\n",
         auth_hs256(""),
         log.display().to_string()
     )

@@ -103,7 +103,7 @@ impl TokenCache {
                     upstream_headers: if e.headers.is_empty() {
                         Cow::Borrowed(&[])
                     } else {
-                        Cow::Owned(e.headers.clone())
+                        Cow::Owned(claims::copy_headers(&e.headers))
                     },
                     api_key: None,
                 });

@@ -106,6 +106,43 @@ fn spare_string() -> String {
         .unwrap_or_default()
 }
 
+thread_local! {
+    /// This thread's spare lists of mapped claim headers (see [`copy_headers`]).
+    static SPARE_HEADERS: std::cell::RefCell<Vec<Vec<(usize, String)>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Most mapped claim headers a kept spare list may hold room for.
+const SPARE_HEADERS_MAX: usize = 16;
+
+/// A copy of a cached identity's mapped claim headers in one of this thread's spare lists,
+/// each value in a spare string: a warm worker allocates nothing for it.
+pub fn copy_headers(src: &[(usize, String)]) -> Vec<(usize, String)> {
+    let mut out = SPARE_HEADERS
+        .try_with(|s| s.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    out.extend(src.iter().map(|(i, v)| (*i, copy_identity(v))));
+    out
+}
+
+/// Keeps `headers` (and its values, see [`give_back`]) as spares, within the same bounds.
+pub fn give_back_headers(mut headers: Vec<(usize, String)>) {
+    for (_, v) in headers.drain(..) {
+        give_back(v);
+    }
+    if headers.capacity() == 0 || headers.capacity() > SPARE_HEADERS_MAX {
+        return;
+    }
+    let _ = SPARE_HEADERS.try_with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < SPARE_KEEP {
+            p.push(headers);
+        }
+    });
+}
+
 /// `s` in one of this thread's spare strings (a copy of a cached identity value).
 pub fn copy_identity(s: &str) -> String {
     let mut out = spare_string();
@@ -383,5 +420,29 @@ mod tests {
                 .iter()
                 .all(|s| s.is_empty() && s.capacity() <= MAX_IDENTITY_BYTES));
         });
+    }
+
+    /// A cached identity's mapped headers are copied into spare lists and strings, which come
+    /// back when the identity is dropped; lists that grew large are not kept.
+    #[test]
+    fn header_lists_are_reused() {
+        let src = vec![(0usize, "alice".to_string()), (2, "acme".to_string())];
+        let first = copy_headers(&src);
+        assert_eq!(first, src);
+        let ptr = first.as_ptr();
+        give_back_headers(first);
+        let again = copy_headers(&src);
+        assert_eq!(again, src);
+        assert_eq!(again.as_ptr(), ptr, "the spare list was reused");
+        give_back_headers(again);
+        let big: Vec<(usize, String)> = (0..SPARE_HEADERS_MAX + 1)
+            .map(|i| (i, "v".into()))
+            .collect();
+        give_back_headers(copy_headers(&big));
+        let small = copy_headers(&[]);
+        assert!(
+            small.capacity() <= SPARE_HEADERS_MAX,
+            "a large list is not kept"
+        );
     }
 }
