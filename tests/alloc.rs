@@ -210,18 +210,45 @@ fn drive(c: &mut Client, req: &[u8], n: usize, stream: bool, id: &str) {
     }
 }
 
+/// Subjects each client rotates through: together more than the labelled counters' cap
+/// (`MAX_SERIES_PER_FAMILY`, tokens by subject × model), so the long tail is measured too.
+const SUBJECTS_PER_CLIENT: usize = 25;
+
+/// Every client's tokens, minted once per measurement (clients keep their tokens, as real
+/// ones do; a token minted anew each round would be a verified-token cache miss).
+fn tokens() -> Arc<Vec<Vec<String>>> {
+    Arc::new(
+        (0..CLIENTS)
+            .map(|i| {
+                (0..SUBJECTS_PER_CLIENT)
+                    .map(|k| token(&format!("user-{i}-{k}")))
+                    .collect()
+            })
+            .collect(),
+    )
+}
+
 /// Runs `per_client` requests of each kind on every client at once.
-fn round(clients: &mut Vec<Client>, per_client: usize, stream: bool, id: &'static str) {
+fn round(
+    clients: &mut Vec<Client>,
+    tokens: &Arc<Vec<Vec<String>>>,
+    per_client: usize,
+    stream: bool,
+    id: &'static str,
+) {
     let start = Arc::new(Barrier::new(clients.len()));
     let handles: Vec<_> = clients
         .drain(..)
         .enumerate()
         .map(|(i, mut c)| {
             let start = start.clone();
+            let tokens = tokens.clone();
             thread::spawn(move || {
-                let req = request(&token(&format!("user-{i}")), stream);
+                let reqs: Vec<Vec<u8>> = tokens[i].iter().map(|t| request(t, stream)).collect();
                 start.wait();
-                drive(&mut c, &req, per_client, stream, id);
+                for n in 0..per_client {
+                    drive(&mut c, &reqs[n % reqs.len()], 1, stream, id);
+                }
                 c
             })
         })
@@ -293,8 +320,9 @@ fn measure(server: &str, extra: &str, id: &'static str) -> [u64; 2] {
     );
     let addr = gw.local_addr();
     let mut clients: Vec<Client> = (0..CLIENTS).map(|_| Client::connect(addr)).collect();
+    let tokens = tokens();
     for stream in [false, true] {
-        round(&mut clients, WARMUP / CLIENTS, stream, id);
+        round(&mut clients, &tokens, WARMUP / CLIENTS, stream, id);
     }
     TRACING.store(
         std::env::var_os("SHARDGATE_ALLOC_TRACE").is_some(),
@@ -304,7 +332,7 @@ fn measure(server: &str, extra: &str, id: &'static str) -> [u64; 2] {
     for (i, stream) in [false, true].into_iter().enumerate() {
         let before = WORKER_ALLOCS.load(Ordering::Relaxed);
         MEASURING.store(true, Ordering::SeqCst);
-        round(&mut clients, REQUESTS / CLIENTS, stream, id);
+        round(&mut clients, &tokens, REQUESTS / CLIENTS, stream, id);
         MEASURING.store(false, Ordering::SeqCst);
         counts[i] = WORKER_ALLOCS.load(Ordering::Relaxed) - before;
     }
