@@ -192,7 +192,9 @@ impl UpConn {
 /// flight by upstream name.
 #[derive(Default)]
 pub struct Pools {
-    idle: HashMap<PoolKey, Vec<UpConn>>,
+    /// Keyed by endpoints from the config (no client chooses them): a fixed-seed foldhash,
+    /// looked up twice per proxied request.
+    idle: HashMap<PoolKey, Vec<UpConn>, foldhash::fast::FixedState>,
     uploads: HashMap<Box<str>, u32>,
 }
 
