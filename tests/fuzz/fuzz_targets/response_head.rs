@@ -106,6 +106,9 @@ fn same(a: &ResponseHead, b: &ResponseHead) -> bool {
         == (b.status, b.head_len, b.framing, b.keep_alive)
 }
 
+/// The length a held, rewritten body is given when the check completes its head.
+const HELD_BODY: u64 = 7;
+
 fn check_client_head(buf: &[u8], h: &ResponseHead, sel: u8) {
     let ctx = RelayCtx {
         extra: b"x-extra: 1\r\n",
@@ -127,6 +130,13 @@ fn check_client_head(buf: &[u8], h: &ResponseHead, sel: u8) {
         return;
     }
     let plan = written.expect("accepted head not written");
+    if let Some(at) = plan.length_at {
+        // A rewritten body held whole: its length goes into the head once it is complete.
+        assert!(ctx.rewrite && !plan.chunk_to_client, "only a held rewrite waits for its length");
+        assert_eq!(at + 2, out.len(), "the length goes before the head's closing CRLF");
+        assert_eq!(plan.keep_client, ctx.keep_client);
+        shardgate::http::write::insert_content_length(&mut out, at, HELD_BODY);
+    }
     let again = parse_head(&out)
         .expect("client head does not parse")
         .expect("client head incomplete");
@@ -182,9 +192,13 @@ fn check_client_head(buf: &[u8], h: &ResponseHead, sel: u8) {
     }
     match (plan.up, again.framing) {
         (UpFraming::None, UpFraming::None) => assert!(cl.is_empty() && te.is_empty()),
-        (UpFraming::Length(n), UpFraming::Length(m)) => {
+        (UpFraming::Length(n), UpFraming::Length(m)) if plan.length_at.is_none() => {
             assert!(!ctx.rewrite, "a rewritten body kept the upstream's length");
             assert_eq!((n, cl.len()), (m, 1))
+        }
+        (_, UpFraming::Length(m)) => {
+            assert!(plan.length_at.is_some() && ctx.rewrite, "a length the gateway did not count");
+            assert_eq!((m, cl.len()), (HELD_BODY, 1))
         }
         (UpFraming::Length(_), UpFraming::Chunked) => {
             assert!(ctx.rewrite && plan.chunk_to_client && ctx.client_minor == 1)
