@@ -60,6 +60,23 @@
 //! Hence, with one request at a time, a key is admitted only while the tokens already charged
 //! in its window are below the limit: the window holds at most `L - 1` plus one response.
 //!
+//! # Budgets: refusing until the period ends
+//!
+//! A calendar window (a budget) frees only when its period ends, so a refusal "until the
+//! period ends" must mean the period's use really reached the limit. The coordinator's count
+//! is use *plus* what is still leased, so it tells the two apart by the leases: it counts
+//! per core the grants that core has not ended yet (each lease's end is a
+//! [`ToCoordinator::Release`] naming how many grants it ends; an expired lease ends at the
+//! core's next check or tick, a recalled one when the core applies the recall). When a budget
+//! lease request finds no room while **another core** still has a grant open (live, expired
+//! but not yet returned, or recalled and on its way back), the refusal says "retry at the
+//! next slot" and those leases are recalled; the budget stage waits for them
+//! (`budget_check::RECLAIM_WAIT`). Only when no other core holds anything is the refusal
+//! until the period ends: what is counted is then use (and reservations of requests in
+//! flight), less at most what the asking core's own lease in hand holds, which its request
+//! already counted. A core asking because its current lease ran dry first gives back its own
+//! next-slot lease (usable only later), so that one never stands in the way either.
+//!
 //! # Leases
 //!
 //! The [`QuotaCoordinator`] owns each key's window, on the coordination thread; with
@@ -286,9 +303,17 @@ pub enum ToCoordinator {
     /// Unused part of a lease for `slot` (or a refunded reservation): never admitted.
     Release {
         key: QuotaKey,
+        /// The core giving it back.
+        worker: WorkerId,
         slot: u64,
         requests: u32,
         tokens: u64,
+        /// How many of the coordinator's grants to `worker` this return ends: the lease they
+        /// made (top-ups merge several into one) is gone from the core. 0: a partial return
+        /// (the lease stays) or a refund after its lease ended. The coordinator counts the
+        /// grants a core has not ended, so it knows which leases may still hold tokens (see
+        /// the budget rules in the module docs).
+        grants: u32,
     },
     /// Tokens used beyond what leases covered; counted in the current slot.
     Charge {

@@ -26,6 +26,9 @@ struct Lease {
     size_tokens: u64,
     /// Start (UNIX ms) of the calendar period the lease is counted in (0: minute window).
     period_unix_ms: u64,
+    /// Coordinator grants merged into this lease (top-ups add to it); its end returns them
+    /// all (see [`ToCoordinator::Release`]).
+    grants: u32,
 }
 
 impl Lease {
@@ -39,6 +42,7 @@ impl Lease {
             size_requests: g.requests,
             size_tokens: g.tokens,
             period_unix_ms: g.period_unix_ms,
+            grants: 1,
         }
     }
 
@@ -55,6 +59,7 @@ impl Lease {
         self.tokens = self.tokens.saturating_add(g.tokens);
         self.size_requests = self.size_requests.max(self.requests);
         self.size_tokens = self.size_tokens.max(self.tokens);
+        self.grants = self.grants.saturating_add(1);
     }
 }
 
@@ -147,7 +152,7 @@ impl QuotaShard {
         e.last_used_ms = now_ms;
         e.limits = rule.limits;
         e.rule = rule.id;
-        roll(e, key, now_ms, outbox);
+        roll(e, worker, key, now_ms, outbox);
 
         let need_tokens = reserve_tokens.max(1);
         let tokens_ok = !e.token_limited() || e.cur.tokens >= need_tokens;
@@ -171,6 +176,19 @@ impl QuotaShard {
             };
             prefetch(e, worker, key, now_ms, outbox);
             return Decision::Admit(admitted);
+        }
+        // A budget's next-slot lease is no use to this request: it goes back, so that the
+        // coordinator answers on what is really left (it would otherwise refuse until the
+        // period ends on tokens this core holds), and a denial given while it was held no
+        // longer stands (see the module docs of `quota`, "Budgets").
+        if e.limits.window.is_calendar()
+            && e.token_limited()
+            && e.next.is_some()
+            && e.next.tokens > 0
+        {
+            outbox.push(release_all(worker, key, &e.next));
+            e.next = Lease::default();
+            e.denied = None;
         }
         // A denial is trusted locally only until the slot after it was given ends: other cores
         // return unused leases at slot ends, so quota can come back before `retry_at`.
@@ -210,13 +228,14 @@ impl QuotaShard {
     /// used, so leaving it whole would admit on quota already spent.
     pub fn charge_tokens(&mut self, ticket: Ticket, used: u64, now_ms: u64) {
         let key = ticket.key;
+        let worker = self.worker;
         let mut e = self.keys.get_mut(&key);
         if e.as_ref().is_some_and(|e| !e.token_limited()) {
             return;
         }
         if let Some(e) = e.as_deref_mut() {
             // Leases that expired since the last check go back before anything is taken.
-            roll(e, key, now_ms, &mut self.outbox);
+            roll(e, worker, key, now_ms, &mut self.outbox);
             e.tokens_left = e
                 .tokens_left
                 .saturating_sub(used.saturating_sub(ticket.reserved));
@@ -227,12 +246,14 @@ impl QuotaShard {
                 Some(e) if e.cur.slot == ticket.slot && e.cur.live(now_ms) => {
                     e.cur.tokens = e.cur.tokens.saturating_add(refund);
                 }
-                // The lease is gone: those tokens were never consumed in its slot.
+                // The lease is gone (and ended): those tokens were never consumed in its slot.
                 _ => self.outbox.push(ToCoordinator::Release {
                     key,
+                    worker,
                     slot: ticket.slot,
                     requests: 0,
                     tokens: refund,
+                    grants: 0,
                 }),
             }
             return;
@@ -254,9 +275,11 @@ impl QuotaShard {
                 // recalls other cores' leases) on the final counts.
                 self.outbox.push(ToCoordinator::Release {
                     key,
+                    worker,
                     slot: e.next.slot,
                     requests: 0,
                     tokens: shrink,
+                    grants: 0,
                 });
             }
         }
@@ -276,10 +299,11 @@ impl QuotaShard {
     /// Takes a coordinator reply; returns the key whose parked requests should re-`check`.
     pub fn apply(&mut self, msg: FromCoordinator, now_ms: u64) -> QuotaKey {
         let key = msg.key();
+        let worker = self.worker;
         let Some(e) = self.keys.get_mut(&key) else {
             if let FromCoordinator::Grant(g) = msg {
                 // Forgotten meanwhile: give the grant straight back.
-                self.outbox.push(release_all(key, &Lease::of(&g)));
+                self.outbox.push(release_all(worker, key, &Lease::of(&g)));
             }
             return key;
         };
@@ -292,9 +316,11 @@ impl QuotaShard {
                         let tokens = if token_limited { lease.tokens } else { 0 };
                         self.outbox.push(ToCoordinator::Release {
                             key,
+                            worker,
                             slot: lease.slot,
                             requests: lease.requests,
                             tokens,
+                            grants: lease.grants,
                         });
                         *lease = Lease::default();
                     }
@@ -317,15 +343,17 @@ impl QuotaShard {
                     g.tokens -= take;
                     self.outbox.push(ToCoordinator::Release {
                         key,
+                        worker,
                         slot: g.slot,
                         requests: 0,
                         tokens: take,
+                        grants: 0,
                     });
                 }
                 e.owed = 0;
-                roll(e, key, now_ms, &mut self.outbox);
+                roll(e, worker, key, now_ms, &mut self.outbox);
                 if now_ms >= g.valid_until_ms {
-                    self.outbox.push(release_all(key, &Lease::of(&g)));
+                    self.outbox.push(release_all(worker, key, &Lease::of(&g)));
                 } else if e.cur.is_some() && e.cur.slot == g.slot {
                     e.cur.top_up(&g);
                 } else if !e.cur.is_some() && g.valid_from_ms <= now_ms {
@@ -335,7 +363,7 @@ impl QuotaShard {
                 } else if !e.next.is_some() && g.slot > e.cur.slot {
                     e.next = Lease::of(&g);
                 } else {
-                    self.outbox.push(release_all(key, &Lease::of(&g)));
+                    self.outbox.push(release_all(worker, key, &Lease::of(&g)));
                 }
                 e.remaining = g
                     .remaining
@@ -357,13 +385,13 @@ impl QuotaShard {
         let outbox = &mut self.outbox;
         let worker = self.worker;
         self.keys.retain(|&key, e| {
-            roll(e, key, now_ms, outbox);
+            roll(e, worker, key, now_ms, outbox);
             let idle = now_ms >= e.last_used_ms + SHARD_IDLE_MS;
             if idle {
                 // Nothing will use what is left; hand it back now.
                 for lease in [&mut e.cur, &mut e.next] {
                     if lease.is_some() {
-                        outbox.push(release_all(key, lease));
+                        outbox.push(release_all(worker, key, lease));
                         *lease = Lease::default();
                     }
                 }
@@ -384,16 +412,24 @@ impl QuotaShard {
 }
 
 /// Retires an expired current lease (returning what it did not use) and promotes the next.
-fn roll(e: &mut Entry, key: QuotaKey, now_ms: u64, outbox: &mut Vec<ToCoordinator>) {
+/// A token-limited lease always reports its end, used up or not: the coordinator counts it
+/// as held until then (see [`ToCoordinator::Release`]).
+fn roll(
+    e: &mut Entry,
+    worker: WorkerId,
+    key: QuotaKey,
+    now_ms: u64,
+    outbox: &mut Vec<ToCoordinator>,
+) {
     if e.cur.is_some() && now_ms >= e.cur.until_ms {
-        if e.cur.requests > 0 || (e.token_limited() && e.cur.tokens > 0) {
-            outbox.push(release_for(e, key, &e.cur));
+        if e.cur.requests > 0 || e.token_limited() {
+            outbox.push(release_for(e, worker, key, &e.cur));
         }
         // What goes back stays in `remaining`: it is free again at the coordinator.
         e.cur = Lease::default();
     }
     if e.next.is_some() && now_ms >= e.next.until_ms {
-        outbox.push(release_for(e, key, &e.next));
+        outbox.push(release_for(e, worker, key, &e.next));
         e.next = Lease::default();
     }
     if !e.cur.is_some() && e.next.is_some() && e.next.from_ms <= now_ms {
@@ -402,23 +438,29 @@ fn roll(e: &mut Entry, key: QuotaKey, now_ms: u64, outbox: &mut Vec<ToCoordinato
     }
 }
 
-fn release_for(e: &Entry, key: QuotaKey, l: &Lease) -> ToCoordinator {
+/// The end of lease `l`: what it did not use goes back, with its grants.
+fn release_for(e: &Entry, worker: WorkerId, key: QuotaKey, l: &Lease) -> ToCoordinator {
     ToCoordinator::Release {
         key,
+        worker,
         slot: l.slot,
         requests: l.requests,
         tokens: if e.token_limited() { l.tokens } else { 0 },
+        grants: l.grants,
     }
 }
 
-fn release_all(key: QuotaKey, l: &Lease) -> ToCoordinator {
+/// The end of lease `l`, all of it going back.
+fn release_all(worker: WorkerId, key: QuotaKey, l: &Lease) -> ToCoordinator {
     // Unlimited-token grants carry u64::MAX: nothing was counted for them.
     let tokens = if l.tokens == u64::MAX { 0 } else { l.tokens };
     ToCoordinator::Release {
         key,
+        worker,
         slot: l.slot,
         requests: l.requests,
         tokens,
+        grants: l.grants,
     }
 }
 
@@ -537,9 +579,11 @@ mod tests {
             drain(&mut s),
             [ToCoordinator::Release {
                 key,
+                worker: 2,
                 slot: 0,
                 requests: 2,
-                tokens: 0
+                tokens: 0,
+                grants: 1
             }]
         );
     }
@@ -561,9 +605,11 @@ mod tests {
         assert_eq!(b.ticket.slot, 1);
         let released = ToCoordinator::Release {
             key,
+            worker: 0,
             slot: 0,
             requests: 39,
             tokens: 0,
+            grants: 1,
         };
         assert!(drain(&mut s).contains(&released));
     }
@@ -577,9 +623,11 @@ mod tests {
             drain(&mut s),
             [ToCoordinator::Release {
                 key,
+                worker: 0,
                 slot: 0,
                 requests: 5,
-                tokens: 0
+                tokens: 0,
+                grants: 1
             }]
         );
         s.check(key, &r, 0, 0);
@@ -589,9 +637,11 @@ mod tests {
             drain(&mut s),
             [ToCoordinator::Release {
                 key,
+                worker: 0,
                 slot: 0,
                 requests: 5,
-                tokens: 0
+                tokens: 0,
+                grants: 1
             }]
         );
     }
@@ -680,9 +730,11 @@ mod tests {
                 &[
                     ToCoordinator::Release {
                         key: QuotaKey(8),
+                        worker: 0,
                         slot: 1,
                         requests: 0,
                         tokens: 5,
+                        grants: 0,
                     },
                     ToCoordinator::Charge {
                         key: QuotaKey(8),
@@ -697,9 +749,11 @@ mod tests {
                 &[
                     ToCoordinator::Release {
                         key: QuotaKey(8),
+                        worker: 0,
                         slot: 1,
                         requests: 0,
                         tokens: 25,
+                        grants: 0,
                     },
                     ToCoordinator::Charge {
                         key: QuotaKey(8),
@@ -714,9 +768,11 @@ mod tests {
                 &[
                     ToCoordinator::Release {
                         key: QuotaKey(8),
+                        worker: 0,
                         slot: 1,
                         requests: 0,
                         tokens: 25,
+                        grants: 0,
                     },
                     ToCoordinator::Charge {
                         key: QuotaKey(8),
@@ -752,9 +808,11 @@ mod tests {
             drain(&mut s),
             [ToCoordinator::Release {
                 key,
+                worker: 0,
                 slot: 0,
                 requests: 9,
-                tokens: 50
+                tokens: 50,
+                grants: 1
             }]
         );
         assert_eq!(s.keys[&key].cur.tokens, 5);
@@ -773,15 +831,19 @@ mod tests {
             [
                 ToCoordinator::Release {
                     key,
+                    worker: 0,
                     slot: 0,
                     requests: 9,
-                    tokens: 50
+                    tokens: 50,
+                    grants: 1
                 },
                 ToCoordinator::Release {
                     key,
+                    worker: 0,
                     slot: 1,
                     requests: 10,
-                    tokens: 25
+                    tokens: 25,
+                    grants: 1
                 },
             ]
         );
@@ -822,9 +884,11 @@ mod tests {
             drain(&mut s),
             [ToCoordinator::Release {
                 key,
+                worker: 0,
                 slot: 0,
                 requests: 0,
-                tokens: 20
+                tokens: 20,
+                grants: 0
             }]
         );
         assert_eq!(s.check(key, &r, 0, 495), Decision::NeedLease);
@@ -832,5 +896,56 @@ mod tests {
         drain(&mut s);
         s.apply(token_grant(key, 0, 20), 500);
         assert!(matches!(s.check(key, &r, 0, 505), Decision::Admit(_)));
+    }
+
+    /// A budget's core whose current lease ran dry gives its next-slot lease back before it
+    /// asks: it cannot use it now, and kept, the coordinator would count those tokens as
+    /// gone and refuse until the period ends. A denial given meanwhile no longer stands. A
+    /// minute window keeps its next lease (it frees within the minute anyway).
+    #[test]
+    fn a_budget_gives_back_its_next_slot_lease_before_asking() {
+        for window in [crate::quota::Window::Day, crate::quota::Window::Minute] {
+            let key = QuotaKey(8);
+            let mut r = token_rule();
+            r.limits.window = window;
+            let mut s = QuotaShard::new(0);
+            assert_eq!(s.check(key, &r, 0, 450), Decision::NeedLease);
+            s.apply(token_grant(key, 0, 10), 450);
+            let Decision::Admit(a) = s.check(key, &r, 0, 450) else {
+                panic!("admitted from the lease")
+            };
+            s.apply(token_grant(key, 1, 25), 460);
+            s.charge_tokens(a.ticket, 10, 465);
+            drain(&mut s);
+            let deny = Deny {
+                key,
+                reason: LimitKind::Tokens,
+                limit: 100,
+                retry_at_ms: 86_400_000,
+                reset_at_ms: 86_400_000,
+            };
+            s.apply(FromCoordinator::Deny(deny), 470);
+            let d = s.check(key, &r, 0, 480);
+            let sent = drain(&mut s);
+            if window.is_calendar() {
+                assert_eq!(d, Decision::NeedLease);
+                assert_eq!(
+                    sent[0],
+                    ToCoordinator::Release {
+                        key,
+                        worker: 0,
+                        slot: 1,
+                        requests: 10,
+                        tokens: 25,
+                        grants: 1
+                    }
+                );
+                assert!(matches!(sent[1..], [ToCoordinator::Lease(_)]), "{sent:?}");
+            } else {
+                assert!(matches!(d, Decision::Reject(_)), "{d:?}");
+                assert!(sent.is_empty(), "{sent:?}");
+                assert_eq!(s.keys[&key].next.tokens, 25);
+            }
+        }
     }
 }
