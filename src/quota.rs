@@ -315,9 +315,12 @@ pub enum ToCoordinator {
         /// the budget rules in the module docs).
         grants: u32,
     },
-    /// Tokens used beyond what leases covered; counted in the current slot.
+    /// Tokens used beyond what leases covered; counted in the current slot. Answered with
+    /// [`FromCoordinator::Charged`] to `worker` once counted (and the leases it took over the
+    /// limit recalled).
     Charge {
         key: QuotaKey,
+        worker: WorkerId,
         tokens: u64,
     },
 }
@@ -362,6 +365,12 @@ pub enum FromCoordinator {
     /// against quota that responses have used since. Return every lease of `key` (unused
     /// parts go back) and ask again before admitting another request.
     Recall(QuotaKey),
+    /// The answer to a [`ToCoordinator::Charge`]: it is counted, and the recalls it caused are
+    /// ahead of any later answer in every core's channel. A response whose usage was charged
+    /// goes out whole only after this (see `pipeline::settle`), so a client that sends its
+    /// next request once it has the response finds no core admitting on leases the charge
+    /// used up.
+    Charged(QuotaKey),
 }
 
 impl FromCoordinator {
@@ -369,7 +378,7 @@ impl FromCoordinator {
         match self {
             FromCoordinator::Grant(g) => g.key,
             FromCoordinator::Deny(d) => d.key,
-            FromCoordinator::Recall(key) => *key,
+            FromCoordinator::Recall(key) | FromCoordinator::Charged(key) => *key,
         }
     }
 }

@@ -391,6 +391,7 @@ fn redis_window_matches_the_local_window() {
             }
             _ => ToCoordinator::Charge {
                 key: QuotaKey(1),
+                worker: rng.below(WORKERS as u64) as WorkerId,
                 tokens: rng.below(40),
             },
         };
@@ -407,6 +408,7 @@ fn redis_window_matches_the_local_window() {
                 FromCoordinator::Grant(g) => grants.push((w, g)),
                 FromCoordinator::Deny(d) => denies[usize::from(d.reason == LimitKind::Tokens)] += 1,
                 FromCoordinator::Recall(_) => recalls += 1,
+                FromCoordinator::Charged(_) => {}
             }
         }
         if rng.below(20) == 0 {

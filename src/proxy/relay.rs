@@ -112,6 +112,9 @@ pub struct RelayPlan {
     pub upstream_reusable: bool,
     /// The response's content type is `text/event-stream`.
     pub event_stream: bool,
+    /// Leave the body's last bytes staged in `c.out` for the caller to flush (see
+    /// [`Outbound::hold_last`](super::Outbound::hold_last)).
+    pub hold_last: bool,
 }
 
 /// Writes the client-facing response head into `out` and returns the relay plan.
@@ -208,11 +211,13 @@ pub fn write_client_head(
         keep_client,
         upstream_reusable: h.keep_alive,
         event_stream,
+        hold_last: false,
     })
 }
 
 /// Relays the body (the head is already staged in `c.out`). Err: the upstream failed or
-/// the client went away; the caller closes both connections.
+/// the client went away; the caller closes both connections. With `plan.hold_last`, what is
+/// staged once the body is complete stays in `c.out` for the caller to flush.
 pub async fn relay_body(
     c: &mut ClientConn,
     up: &mut UpConn,
@@ -286,6 +291,9 @@ pub async fn relay_body(
             }
         }
         // A holding tap sends the head and the body together, at the end.
+        if done && plan.hold_last {
+            return Ok(());
+        }
         if (done || !tap.holds()) && c.flush_out().await.is_err() {
             return Err(UpstreamError::ClientGone);
         }
@@ -303,6 +311,9 @@ pub async fn relay_body(
                     tap.finish(&mut |d| stage_chunk(out, d, chunked))?;
                     if chunked {
                         out.extend_from_slice(write::LAST_CHUNK);
+                    }
+                    if plan.hold_last {
+                        return Ok(());
                     }
                     return c.flush_out().await.map_err(|_| UpstreamError::ClientGone);
                 }

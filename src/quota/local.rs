@@ -415,7 +415,7 @@ impl LocalCoordinator {
                     FromCoordinator::Deny(d) => {
                         holders.reclaim_for(d, req.limits.window, req.worker, cur, out);
                     }
-                    FromCoordinator::Recall(_) => {}
+                    FromCoordinator::Recall(_) | FromCoordinator::Charged(_) => {}
                 }
                 out.push((req.worker, reply));
             }
@@ -436,10 +436,15 @@ impl LocalCoordinator {
                     st.holders.returned(worker, grants);
                 }
             }
-            ToCoordinator::Charge { key, tokens } => {
+            ToCoordinator::Charge {
+                key,
+                worker,
+                tokens,
+            } => {
                 let peak = self.charge(key, tokens, now_ms);
                 let st = self.state(key, cur);
                 st.holders.recall_if_over(key, peak, cur, out);
+                out.push((worker, FromCoordinator::Charged(key)));
             }
         }
     }
@@ -717,6 +722,7 @@ mod tests {
         c.handle(
             ToCoordinator::Charge {
                 key: KEY,
+                worker: 3,
                 tokens: 600,
             },
             0,
@@ -762,7 +768,14 @@ mod tests {
 
     fn charge(c: &mut LocalCoordinator, tokens: u64, now: u64) -> Vec<(WorkerId, FromCoordinator)> {
         let mut out = Vec::new();
-        c.handle(ToCoordinator::Charge { key: KEY, tokens }, now, &mut out);
+        let charge = ToCoordinator::Charge {
+            key: KEY,
+            worker: 0,
+            tokens,
+        };
+        c.handle(charge, now, &mut out);
+        // Answered last, after the recalls it caused.
+        assert_eq!(out.pop(), Some((0, FromCoordinator::Charged(KEY))));
         out
     }
 
@@ -937,6 +950,7 @@ mod tests {
         c.handle(
             ToCoordinator::Charge {
                 key: KEY,
+                worker: 1,
                 tokens: 75,
             },
             now,
@@ -946,7 +960,8 @@ mod tests {
             out,
             [
                 (0, FromCoordinator::Recall(KEY)),
-                (1, FromCoordinator::Recall(KEY))
+                (1, FromCoordinator::Recall(KEY)),
+                (1, FromCoordinator::Charged(KEY)),
             ]
         );
         give_back(&mut c, 1, 1, 18, 1, now);
@@ -968,6 +983,7 @@ mod tests {
         c.handle(
             ToCoordinator::Charge {
                 key: KEY,
+                worker: 1,
                 tokens: 40,
             },
             now + 8,

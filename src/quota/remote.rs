@@ -392,7 +392,7 @@ impl RemoteCoordinator {
                     FromCoordinator::Deny(d) => {
                         holders.reclaim_for(d, window, req.worker, cur, out)
                     }
-                    FromCoordinator::Recall(_) => {}
+                    FromCoordinator::Recall(_) | FromCoordinator::Charged(_) => {}
                 }
                 out.push((req.worker, reply));
             }
@@ -409,7 +409,11 @@ impl RemoteCoordinator {
                 }
                 self.release(key, worker, slot, requests, tokens, now_ms)
             }
-            ToCoordinator::Charge { key, tokens } => {
+            ToCoordinator::Charge {
+                key,
+                worker,
+                tokens,
+            } => {
                 let cur = slot_of(now_ms);
                 let peak = match self.windows.get(&key) {
                     Some(&(window, _)) => self.calendar_charge(key, window, tokens, now_ms),
@@ -438,6 +442,7 @@ impl RemoteCoordinator {
                 if let Some(h) = self.holders.get_mut(&key) {
                     h.recall_if_over(key, peak, cur, out);
                 }
+                out.push((worker, FromCoordinator::Charged(key)));
             }
         }
     }

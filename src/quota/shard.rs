@@ -112,6 +112,10 @@ pub struct QuotaShard {
     worker: WorkerId,
     keys: KeyMap<Entry>,
     outbox: Vec<ToCoordinator>,
+    /// Charges sent to the coordinator, and those it answered ([`FromCoordinator::Charged`]);
+    /// answers come back in order.
+    charges_sent: u64,
+    charges_counted: u64,
 }
 
 impl QuotaShard {
@@ -120,7 +124,19 @@ impl QuotaShard {
             worker,
             keys: KeyMap::default(),
             outbox: Vec::new(),
+            charges_sent: 0,
+            charges_counted: 0,
         }
+    }
+
+    /// How many charges this core has sent so far (see [`Self::counted`]).
+    pub fn charges_sent(&self) -> u64 {
+        self.charges_sent
+    }
+
+    /// Whether the coordinator has counted the first `sent` charges this core sent.
+    pub fn counted(&self, sent: u64) -> bool {
+        self.charges_counted >= sent
     }
 
     /// Keys this core currently tracks.
@@ -291,8 +307,12 @@ impl QuotaShard {
             {
                 e.owed = e.owed.saturating_add(over);
             }
-            self.outbox
-                .push(ToCoordinator::Charge { key, tokens: over });
+            self.charges_sent += 1;
+            self.outbox.push(ToCoordinator::Charge {
+                key,
+                worker,
+                tokens: over,
+            });
         }
     }
 
@@ -300,6 +320,10 @@ impl QuotaShard {
     pub fn apply(&mut self, msg: FromCoordinator, now_ms: u64) -> QuotaKey {
         let key = msg.key();
         let worker = self.worker;
+        if let FromCoordinator::Charged(_) = msg {
+            self.charges_counted += 1;
+            return key;
+        }
         let Some(e) = self.keys.get_mut(&key) else {
             if let FromCoordinator::Grant(g) = msg {
                 // Forgotten meanwhile: give the grant straight back.
@@ -308,6 +332,7 @@ impl QuotaShard {
             return key;
         };
         match msg {
+            FromCoordinator::Charged(_) => {}
             FromCoordinator::Recall(_) => {
                 // Not an answer to this core's lease request: one may still be pending.
                 let token_limited = e.token_limited();
@@ -738,6 +763,7 @@ mod tests {
                     },
                     ToCoordinator::Charge {
                         key: QuotaKey(8),
+                        worker: 0,
                         tokens: 5,
                     },
                 ],
@@ -757,6 +783,7 @@ mod tests {
                     },
                     ToCoordinator::Charge {
                         key: QuotaKey(8),
+                        worker: 0,
                         tokens: 25,
                     },
                 ],
@@ -776,6 +803,7 @@ mod tests {
                     },
                     ToCoordinator::Charge {
                         key: QuotaKey(8),
+                        worker: 0,
                         tokens: 450,
                     },
                 ],
@@ -817,7 +845,14 @@ mod tests {
         );
         assert_eq!(s.keys[&key].cur.tokens, 5);
         s.charge_tokens(ticket, 30, 700);
-        assert_eq!(drain(&mut s), [ToCoordinator::Charge { key, tokens: 25 }]);
+        assert_eq!(
+            drain(&mut s),
+            [ToCoordinator::Charge {
+                key,
+                worker: 0,
+                tokens: 25
+            }]
+        );
     }
 
     #[test]
@@ -877,7 +912,14 @@ mod tests {
         assert!(matches!(drain(&mut s)[..], [ToCoordinator::Lease(_)]));
         // A request admitted earlier finishes 30 over while the lease request is pending.
         s.charge_tokens(ticket, 30, 485);
-        assert_eq!(drain(&mut s), [ToCoordinator::Charge { key, tokens: 30 }]);
+        assert_eq!(
+            drain(&mut s),
+            [ToCoordinator::Charge {
+                key,
+                worker: 0,
+                tokens: 30
+            }]
+        );
         // The grant (20) is all owed: released whole, nothing admitted on it.
         s.apply(token_grant(key, 0, 20), 490);
         assert_eq!(
