@@ -246,6 +246,9 @@ pub struct QuotaError {
     pub limit: u64,
     /// `X-RateLimit-Reset`: seconds until the whole window is free.
     pub reset_s: u32,
+    /// When a retry succeeds (quota time, ms): `retry_after_s` rounds it up to whole seconds
+    /// from now; a budget's reset header names it exactly.
+    pub retry_at_ms: u64,
 }
 
 /// Hand this back to [`QuotaShard::charge_tokens`] when the response finishes.

@@ -216,6 +216,7 @@ impl QuotaShard {
                 rule: e.rule,
                 reason: d.reason,
                 retry_after_s: secs_until(d.retry_at_ms, now_ms).max(1),
+                retry_at_ms: d.retry_at_ms,
                 limit: d.limit,
                 reset_s: secs_until(d.reset_at_ms, now_ms),
             });
