@@ -407,7 +407,7 @@ impl RemoteCoordinator {
                 if let Some(h) = self.holders.get_mut(&key) {
                     h.returned(worker, grants);
                 }
-                self.release(key, worker, slot, requests, tokens, now_ms)
+                self.release(key, (worker, grants), slot, requests, tokens, now_ms)
             }
             ToCoordinator::Charge {
                 key,
@@ -518,10 +518,11 @@ impl RemoteCoordinator {
 
     /// What the fail-open fallback granted for this slot goes back there first; the rest was
     /// counted in Redis.
+    /// `(worker, grants)`: who returns it and how many grants it ends.
     fn release(
         &mut self,
         key: QuotaKey,
-        worker: WorkerId,
+        (worker, grants): (WorkerId, u32),
         slot: u64,
         requests: u32,
         tokens: u64,
@@ -529,15 +530,18 @@ impl RemoteCoordinator {
     ) {
         let (local_req, local_tok) = self.fallback.counted(key, slot);
         let (local_req, local_tok) = (requests.min(local_req), tokens.min(local_tok));
-        if local_req > 0 || local_tok > 0 {
-            // Which leases are open is tracked here (`holders`), not in the fallback.
+        // Lease ends go to the fallback too: while Redis is down it names a budget refusal's
+        // retry time from its own count of open grants, which would otherwise never close.
+        // (The end of a Redis lease may close a fallback grant of the same core early: that
+        // only makes a refusal name the period end sooner; it never admits anything.)
+        if local_req > 0 || local_tok > 0 || grants > 0 {
             let local = ToCoordinator::Release {
                 key,
                 worker,
                 slot,
                 requests: local_req,
                 tokens: local_tok,
-                grants: 0,
+                grants,
             };
             self.fallback.handle(local, now_ms, &mut Vec::new());
         }
