@@ -52,10 +52,12 @@
 //!   [`FromCoordinator::Recall`] to every core it granted a live lease of the key; each returns
 //!   its leases and asks again (and is denied until the window frees). Replies to one core are
 //!   ordered, so a lease granted before the charge is always recalled after it arrives. The
-//!   engine sends a charge as soon as the response finishes and polls the inbox before every
-//!   quota decision, so another core learns of it one coordination-thread hop later (at the
-//!   latest at its next 5 ms inbox tick); the charging core itself never admits on it, since
-//!   its own next lease request queues behind the charge.
+//!   engine charges a response once its usage is read, *before* its last bytes go out, and
+//!   sends them only when the coordinator has answered the charge
+//!   ([`FromCoordinator::Charged`], after the recalls it caused); every core applies its
+//!   answers before each quota decision, so a request sent after the client has the response
+//!   never meets a lease that charge used up. The charging core itself never admits on it,
+//!   since its own next lease request queues behind the charge.
 //!
 //! Hence, with one request at a time, a key is admitted only while the tokens already charged
 //! in its window are below the limit: the window holds at most `L - 1` plus one response.
