@@ -37,6 +37,7 @@
 
 use std::io::Write;
 use std::rc::Rc;
+use std::time::Instant;
 
 pub mod adapt;
 pub mod affinity;
@@ -351,6 +352,8 @@ async fn stages(
         affinity,
         adapt: adapted.response,
         adapt_bufs: Some(b.adapt),
+        // Charged before the client has it all (see `settle`).
+        hold_last: ticket.is_some() || !budgets.is_empty(),
     };
     let result = proxy::forward(worker, c, rq.info, ob, snap).await;
     let (usage, served) = match &result {
@@ -373,7 +376,7 @@ async fn stages(
     match result {
         Ok(done) => Ok(RequestOutcome::Served {
             status: done.status,
-            keep_alive: done.keep_alive,
+            keep_alive: settle(worker, c).await && done.keep_alive,
             upstream_us: done.upstream_us,
         }),
         Err(Failure::Respond(e)) => {
@@ -498,4 +501,22 @@ fn skip_unread_body(c: &mut ClientConn, rq: &Request<'_>, e: GatewayError) -> Ga
         }
         None => e.closing(),
     }
+}
+
+/// Sends what a relayed response left staged (its last bytes, held while its usage was
+/// charged) once the coordinator has counted every charge this core sent (waiting at most
+/// [`quota_check::LEASE_WAIT`]): a charge that used a budget or quota up has then recalled
+/// the other cores' leases, so a client that sends its next request as soon as it has this
+/// response is never admitted on them. Nothing waits when no charge is outstanding (a
+/// response within its lease, or no token limit). False: the client is gone.
+async fn settle(worker: &Rc<Worker>, c: &mut ClientConn) -> bool {
+    if c.out.is_empty() {
+        return true;
+    }
+    let sent = worker.quota.borrow().charges_sent();
+    let deadline = Instant::now() + quota_check::LEASE_WAIT;
+    while !worker.quota.borrow().counted(sent) && Instant::now() < deadline {
+        worker.lease.wait(deadline).await;
+    }
+    c.flush_out().await.is_ok()
 }

@@ -138,6 +138,10 @@ pub struct Outbound<'a> {
     pub adapt: Option<crate::adapt::Response<'a>>,
     /// The request's adapter buffers (taken by [`forward`] for the response's translator).
     pub adapt_bufs: Option<&'a mut crate::adapt::Bufs>,
+    /// A relayed response's last bytes stay staged in `c.out` (an `Ok` of [`forward`] leaves
+    /// them there; the caller flushes them): its usage is charged to quotas and budgets
+    /// before the client has the whole response.
+    pub hold_last: bool,
 }
 
 /// Sends the request and relays the response (see the module docs).
@@ -248,7 +252,7 @@ async fn relay_response(
         rewrite: rewrite.is_some(),
         status: rewrite.map_or(first.status, |(_, s)| s),
     };
-    let relay_plan = match relay::write_client_head(&mut c.out, &up.buf, &first, &ctx) {
+    let mut relay_plan = match relay::write_client_head(&mut c.out, &up.buf, &first, &ctx) {
         Ok(p) => p,
         Err(e) => {
             record(local::outcome_of(e));
@@ -256,6 +260,7 @@ async fn relay_response(
             return Err(e.into());
         }
     };
+    relay_plan.hold_last = ob.hold_last;
     // Body bytes that came with the head reach the client in the first write.
     if up.buf.len() > first.head_len {
         if let Some(s) = &mut span {

@@ -52,13 +52,32 @@
 //!   [`FromCoordinator::Recall`] to every core it granted a live lease of the key; each returns
 //!   its leases and asks again (and is denied until the window frees). Replies to one core are
 //!   ordered, so a lease granted before the charge is always recalled after it arrives. The
-//!   engine sends a charge as soon as the response finishes and polls the inbox before every
-//!   quota decision, so another core learns of it one coordination-thread hop later (at the
-//!   latest at its next 5 ms inbox tick); the charging core itself never admits on it, since
-//!   its own next lease request queues behind the charge.
+//!   engine charges a response once its usage is read, *before* its last bytes go out, and
+//!   sends them only when the coordinator has answered the charge
+//!   ([`FromCoordinator::Charged`], after the recalls it caused); every core applies its
+//!   answers before each quota decision, so a request sent after the client has the response
+//!   never meets a lease that charge used up. The charging core itself never admits on it,
+//!   since its own next lease request queues behind the charge.
 //!
 //! Hence, with one request at a time, a key is admitted only while the tokens already charged
 //! in its window are below the limit: the window holds at most `L - 1` plus one response.
+//!
+//! # Budgets: refusing until the period ends
+//!
+//! A calendar window (a budget) frees only when its period ends, so a refusal "until the
+//! period ends" must mean the period's use really reached the limit. The coordinator's count
+//! is use *plus* what is still leased, so it tells the two apart by the leases: it counts
+//! per core the grants that core has not ended yet (each lease's end is a
+//! [`ToCoordinator::Release`] naming how many grants it ends; an expired lease ends at the
+//! core's next check or tick, a recalled one when the core applies the recall). When a budget
+//! lease request finds no room while **another core** still has a grant open (live, expired
+//! but not yet returned, or recalled and on its way back), the refusal says "retry at the
+//! next slot" and those leases are recalled; the budget stage waits for them
+//! (`budget_check::RECLAIM_WAIT`). Only when no other core holds anything is the refusal
+//! until the period ends: what is counted is then use (and reservations of requests in
+//! flight), less at most what the asking core's own lease in hand holds, which its request
+//! already counted. A core asking because its current lease ran dry first gives back its own
+//! next-slot lease (usable only later), so that one never stands in the way either.
 //!
 //! # Leases
 //!
@@ -229,6 +248,9 @@ pub struct QuotaError {
     pub limit: u64,
     /// `X-RateLimit-Reset`: seconds until the whole window is free.
     pub reset_s: u32,
+    /// When a retry succeeds (quota time, ms): `retry_after_s` rounds it up to whole seconds
+    /// from now; a budget's reset header names it exactly.
+    pub retry_at_ms: u64,
 }
 
 /// Hand this back to [`QuotaShard::charge_tokens`] when the response finishes.
@@ -286,13 +308,24 @@ pub enum ToCoordinator {
     /// Unused part of a lease for `slot` (or a refunded reservation): never admitted.
     Release {
         key: QuotaKey,
+        /// The core giving it back.
+        worker: WorkerId,
         slot: u64,
         requests: u32,
         tokens: u64,
+        /// How many of the coordinator's grants to `worker` this return ends: the lease they
+        /// made (top-ups merge several into one) is gone from the core. 0: a partial return
+        /// (the lease stays) or a refund after its lease ended. The coordinator counts the
+        /// grants a core has not ended, so it knows which leases may still hold tokens (see
+        /// the budget rules in the module docs).
+        grants: u32,
     },
-    /// Tokens used beyond what leases covered; counted in the current slot.
+    /// Tokens used beyond what leases covered; counted in the current slot. Answered with
+    /// [`FromCoordinator::Charged`] to `worker` once counted (and the leases it took over the
+    /// limit recalled).
     Charge {
         key: QuotaKey,
+        worker: WorkerId,
         tokens: u64,
     },
 }
@@ -337,6 +370,12 @@ pub enum FromCoordinator {
     /// against quota that responses have used since. Return every lease of `key` (unused
     /// parts go back) and ask again before admitting another request.
     Recall(QuotaKey),
+    /// The answer to a [`ToCoordinator::Charge`]: it is counted, and the recalls it caused are
+    /// ahead of any later answer in every core's channel. A response whose usage was charged
+    /// goes out whole only after this (see `pipeline::settle`), so a client that sends its
+    /// next request once it has the response finds no core admitting on leases the charge
+    /// used up.
+    Charged(QuotaKey),
 }
 
 impl FromCoordinator {
@@ -344,7 +383,7 @@ impl FromCoordinator {
         match self {
             FromCoordinator::Grant(g) => g.key,
             FromCoordinator::Deny(d) => d.key,
-            FromCoordinator::Recall(key) => *key,
+            FromCoordinator::Recall(key) | FromCoordinator::Charged(key) => *key,
         }
     }
 }

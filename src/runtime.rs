@@ -167,6 +167,7 @@ impl Engine {
                 inbox: rx,
                 coord: coord.sender(),
                 epoch,
+                epoch_unix_ms,
                 prefix,
                 log: access_log
                     .as_ref()

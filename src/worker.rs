@@ -30,6 +30,8 @@ pub struct Links {
     pub coord: Sender<ToCoord>,
     /// Process-wide zero of quota time.
     pub epoch: Instant,
+    /// That zero in UNIX milliseconds (on a slot boundary; see `quota::shared_epoch`).
+    pub epoch_unix_ms: u64,
     /// Per-process random prefix of request ids.
     pub prefix: u32,
     pub log: Option<crate::access_log::WorkerLog>,
@@ -71,6 +73,8 @@ pub struct Worker {
     coord: Sender<ToCoord>,
     /// Process-wide zero of quota time.
     epoch: Instant,
+    /// That zero in UNIX milliseconds.
+    epoch_unix_ms: u64,
     /// This core's quota leases.
     pub quota: RefCell<QuotaShard>,
     quota_out: RefCell<Vec<crate::quota::ToCoordinator>>,
@@ -105,6 +109,12 @@ impl Worker {
     #[inline]
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The UNIX time (ms) of quota time `quota_ms`: exact for the instants the calendar of
+    /// budgets names (period starts), which the quota clock counts from the same epoch.
+    pub fn unix_ms_of(&self, quota_ms: u64) -> u64 {
+        self.epoch_unix_ms.saturating_add(quota_ms)
     }
 
     /// Sends the quota shard's queued lease requests and returns to the coordinator.
@@ -313,6 +323,7 @@ impl Worker {
             inbox: links.inbox,
             coord: links.coord,
             epoch: links.epoch,
+            epoch_unix_ms: links.epoch_unix_ms,
             quota: RefCell::new(QuotaShard::new(id as u16)),
             lease: LeaseDesk::new(links.quota_answers),
             quota_out: RefCell::new(Vec::new()),

@@ -377,17 +377,21 @@ fn redis_window_matches_the_local_window() {
                 tokens_needed: 1 + rng.below(60),
             }),
             6..=8 if !grants.is_empty() => {
-                let g: Grant = grants.swap_remove(rng.below(grants.len() as u64) as usize);
+                let (w, g): (WorkerId, Grant) =
+                    grants.swap_remove(rng.below(grants.len() as u64) as usize);
                 let tokens = if g.tokens == u64::MAX { 0 } else { g.tokens };
                 ToCoordinator::Release {
                     key: g.key,
+                    worker: w,
                     slot: g.slot,
                     requests: rng.below(u64::from(g.requests) + 1) as u32,
                     tokens: rng.below(tokens + 1),
+                    grants: 1,
                 }
             }
             _ => ToCoordinator::Charge {
                 key: QuotaKey(1),
+                worker: rng.below(WORKERS as u64) as WorkerId,
                 tokens: rng.below(40),
             },
         };
@@ -398,12 +402,13 @@ fn redis_window_matches_the_local_window() {
             got, want,
             "after {replies} replies, at {now} ms, for {msg:?}"
         );
-        for (_, r) in want {
+        for (w, r) in want {
             replies += 1;
             match r {
-                FromCoordinator::Grant(g) => grants.push(g),
+                FromCoordinator::Grant(g) => grants.push((w, g)),
                 FromCoordinator::Deny(d) => denies[usize::from(d.reason == LimitKind::Tokens)] += 1,
                 FromCoordinator::Recall(_) => recalls += 1,
+                FromCoordinator::Charged(_) => {}
             }
         }
         if rng.below(20) == 0 {

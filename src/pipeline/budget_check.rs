@@ -138,7 +138,8 @@ pub async fn admit(
             Decided::Rejected(e) => {
                 refund(worker, &tickets);
                 headers.clear();
-                rejection_headers(headers, b, e.retry_after_s);
+                let reset_unix_ms = worker.unix_ms_of(e.retry_at_ms);
+                rejection_headers(headers, b, e.retry_after_s, reset_unix_ms);
                 count(worker, &crate::metrics::counters::BUDGET_REJECTIONS, b);
                 return Err(BUDGET_EXCEEDED);
             }
@@ -169,8 +170,10 @@ async fn decide(worker: &Rc<Worker>, b: &Budget, who: &[u8], reserve: u64) -> De
 }
 
 /// The headers of a 429: which budget, and when it frees (a `total` budget never does, so
-/// it gets no `Retry-After`).
-fn rejection_headers(headers: &mut Vec<u8>, b: &Budget, retry_after_s: u32) {
+/// it gets no `Retry-After`). `reset_unix_ms`: that instant, from the quota clock's epoch
+/// (not now + the rounded `Retry-After`, which is a second late whenever the wall clock and
+/// the quota clock straddle a second).
+fn rejection_headers(headers: &mut Vec<u8>, b: &Budget, retry_after_s: u32, reset_unix_ms: u64) {
     let _ = write!(
         headers,
         "x-shardgate-budget: {}; {}\r\n",
@@ -181,9 +184,9 @@ fn rejection_headers(headers: &mut Vec<u8>, b: &Budget, retry_after_s: u32) {
         headers.extend_from_slice(b"x-shardgate-budget-reset: never\r\n");
         return;
     }
-    let reset = crate::time::unix_now().saturating_add(u64::from(retry_after_s));
-    let reset = jiff::Timestamp::from_second(i64::try_from(reset).unwrap_or(0))
-        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let reset =
+        jiff::Timestamp::from_second(i64::try_from(reset_unix_ms.div_ceil(1000)).unwrap_or(0))
+            .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     let _ = write!(
         headers,
         "retry-after: {retry_after_s}\r\nx-shardgate-budget-reset: {reset:.0}\r\n"
@@ -315,6 +318,42 @@ mod tests {
             reservation(&b[2], Some(100), price),
             0,
             "no reserve_max_tokens"
+        );
+    }
+
+    /// The reset header names the instant the period frees, whatever the rounded
+    /// `Retry-After` says (it is counted from now, on another clock); a `total` budget never
+    /// resets.
+    #[test]
+    fn the_reset_header_is_the_period_start_to_the_second() {
+        let b = budgets(
+            "[[rules]]\nname='d'\nkey='tenant'\nperiod='day'\ntokens=10\n\
+             [[rules]]\nname='t'\nkey='tenant'\nperiod='total'\ntokens=10\n",
+        );
+        let midnight_ms = 1_764_633_600_000; // 2025-12-02T00:00:00Z
+        for (retry_after_s, reset_unix_ms) in [
+            (3_600, midnight_ms),
+            (3_601, midnight_ms),
+            (1, midnight_ms - 400),
+        ] {
+            let mut h = Vec::new();
+            rejection_headers(&mut h, &b[0], retry_after_s, reset_unix_ms);
+            let h = String::from_utf8(h).unwrap();
+            assert!(
+                h.contains(&format!("retry-after: {retry_after_s}\r\n")),
+                "{h}"
+            );
+            assert!(
+                h.contains("x-shardgate-budget-reset: 2025-12-02T00:00:00Z\r\n"),
+                "{h}"
+            );
+        }
+        let mut h = Vec::new();
+        rejection_headers(&mut h, &b[1], 5, midnight_ms);
+        let h = String::from_utf8(h).unwrap();
+        assert_eq!(
+            h,
+            "x-shardgate-budget: t; tokens\r\nx-shardgate-budget-reset: never\r\n"
         );
     }
 

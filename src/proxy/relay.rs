@@ -119,6 +119,9 @@ pub struct RelayPlan {
     /// A rewritten body held whole: where in the output its `content-length` line goes once
     /// the body is complete (just before the head's closing CRLF).
     pub length_at: Option<usize>,
+    /// Leave the body's last bytes staged in `c.out` for the caller to flush (see
+    /// [`Outbound::hold_last`](super::Outbound::hold_last)).
+    pub hold_last: bool,
 }
 
 /// Writes the client-facing response head into `out` and returns the relay plan.
@@ -220,11 +223,13 @@ pub fn write_client_head(
         upstream_reusable: h.keep_alive,
         event_stream,
         length_at: held.then(|| out.len() - 2),
+        hold_last: false,
     })
 }
 
 /// Relays the body (the head is already staged in `c.out`). Err: the upstream failed or
-/// the client went away; the caller closes both connections.
+/// the client went away; the caller closes both connections. With `plan.hold_last`, what is
+/// staged once the body is complete stays in `c.out` for the caller to flush.
 pub async fn relay_body(
     c: &mut ClientConn,
     up: &mut UpConn,
@@ -298,6 +303,9 @@ pub async fn relay_body(
             finish_body(&mut c.out, plan, tap)?;
         }
         // A holding tap sends the head and the body together, at the end.
+        if done && plan.hold_last {
+            return Ok(());
+        }
         if (done || !tap.holds()) && c.flush_out().await.is_err() {
             return Err(UpstreamError::ClientGone);
         }
@@ -312,6 +320,9 @@ pub async fn relay_body(
             Ok(Ok(0)) => {
                 if plan.up == UpFraming::Close {
                     finish_body(&mut c.out, plan, tap)?;
+                    if plan.hold_last {
+                        return Ok(());
+                    }
                     return c.flush_out().await.map_err(|_| UpstreamError::ClientGone);
                 }
                 return Err(UpstreamError::ClosedMidBody);

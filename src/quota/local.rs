@@ -21,101 +21,151 @@ const SWEEP_INTERVAL_MS: u64 = 1_000;
 /// How often it drops seeds of calendar periods that have ended.
 const SEED_SWEEP_INTERVAL_MS: u64 = 60_000;
 
-/// The cores holding a live lease of one key, so that a charge that takes the key over its
-/// token limit can recall them ([`FromCoordinator::Recall`]).
-///
-/// A superset is harmless (a recall of a key a core holds no lease of changes nothing), so
-/// the set is one bit per `worker % 64` and is cleared only when every lease it recorded has
-/// expired or was recalled.
+/// Slots after its latest grant that a key's open grants are trusted for: a core returns a
+/// lease within one quota tick of its slot's end, so only a lost return (a core that stopped)
+/// is still open by then; forgetting it keeps a stuck count from holding the key forever.
+const HOLDERS_STALE_SLOTS: u64 = super::WINDOW_SLOTS;
+
+/// One core's leases of one key, as the coordinator knows them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Held {
+    /// Grants made to the core that it has not ended yet (see [`ToCoordinator::Release`]).
+    open: u32,
+    /// Recalled since its last grant: its leases are on their way back.
+    recalled: bool,
+}
+
+/// The cores holding leases of one token-limited key: so that a charge that takes the key
+/// over its token limit can recall them ([`FromCoordinator::Recall`]), and so that a budget
+/// refusal tells "leases hold what is left" (wait for them) from "the period is used up"
+/// (see the module docs of `quota`, "Budgets").
+///
+/// Grants are counted per core until the core reports their lease ended, so a lease whose
+/// slot is over but that its core has not returned yet, and a recalled one on its way back,
+/// still count as held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Holders {
-    mask: u64,
-    /// Slot of the latest lease recorded: the set is empty once this slot has passed.
+    /// Index: worker. Empty while no grant is open (no allocation for idle keys).
+    cores: Vec<Held>,
+    /// Slot of the latest grant recorded (see [`HOLDERS_STALE_SLOTS`]).
     until_slot: u64,
     /// The token limit of the latest lease request (0: no token limit, nothing to recall).
     tok_limit: u64,
 }
 
 impl Holders {
-    /// `worker` was granted a lease of `slot` under `tok_limit` at current slot `cur`.
-    pub(crate) fn granted(
-        &mut self,
-        worker: WorkerId,
-        slot: u64,
-        tok_limit: Option<u64>,
-        cur: u64,
-    ) {
-        if self.until_slot < cur {
-            self.mask = 0;
-        }
-        self.mask |= 1 << (worker % 64);
+    /// `worker` was granted a lease of `slot` under `tok_limit` (nothing is tracked for a key
+    /// without a token limit: it is never recalled).
+    pub(crate) fn granted(&mut self, worker: WorkerId, slot: u64, tok_limit: Option<u64>) {
+        let Some(limit) = tok_limit else {
+            self.tok_limit = 0;
+            return;
+        };
+        self.tok_limit = limit;
         self.until_slot = self.until_slot.max(slot);
-        self.tok_limit = tok_limit.unwrap_or(0);
+        let w = usize::from(worker);
+        if self.cores.len() <= w {
+            self.cores.resize(w + 1, Held::default());
+        }
+        let held = &mut self.cores[w];
+        held.open = held.open.saturating_add(1);
+        held.recalled = false;
     }
 
-    /// A calendar window (a budget) refused `requester` tokens while other cores still hold
-    /// leases of it: what they hold may be all that is left. Recalls them and turns `deny`
-    /// into "retry at the next slot", by when the recalled tokens are back, instead of "retry
-    /// when the period ends". The requester's own lease is left alone: it asked for what that
-    /// lease lacks (a low-water top-up, or the rest of a reservation), and what it still
-    /// holds stays usable there. A sliding window frees within the minute anyway and is left
-    /// alone.
+    /// `worker` ended `grants` of its grants (their lease is gone from the core).
+    pub(crate) fn returned(&mut self, worker: WorkerId, grants: u32) {
+        if grants == 0 {
+            return;
+        }
+        if let Some(held) = self.cores.get_mut(usize::from(worker)) {
+            held.open = held.open.saturating_sub(grants);
+        }
+        if self.cores.iter().all(|h| h.open == 0) {
+            self.cores = Vec::new();
+        }
+    }
+
+    /// Forgets grants too old to be open still (see [`HOLDERS_STALE_SLOTS`]).
+    fn expire(&mut self, cur: u64) {
+        if !self.cores.is_empty() && self.until_slot + HOLDERS_STALE_SLOTS < cur {
+            self.cores = Vec::new();
+        }
+    }
+
+    /// The cores with open grants, other than `except`.
+    fn open_except(&self, except: Option<WorkerId>) -> impl Iterator<Item = (WorkerId, Held)> + '_ {
+        self.cores
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.open > 0)
+            .map(|(w, &h)| (WorkerId::try_from(w).unwrap_or(WorkerId::MAX), h))
+            .filter(move |&(w, _)| Some(w) != except)
+    }
+
+    /// Recalls every core of `cores` not yet recalled since its last grant.
+    fn recall(
+        &mut self,
+        key: QuotaKey,
+        except: Option<WorkerId>,
+        out: &mut Vec<(WorkerId, FromCoordinator)>,
+    ) {
+        for (w, h) in self.cores.iter_mut().enumerate() {
+            let w = WorkerId::try_from(w).unwrap_or(WorkerId::MAX);
+            if h.open > 0 && !h.recalled && Some(w) != except {
+                h.recalled = true;
+                out.push((w, FromCoordinator::Recall(key)));
+            }
+        }
+    }
+
+    /// A calendar window (a budget) refused `requester` tokens. If another core still holds
+    /// a lease of it (live, expired but not yet returned, or recalled and on its way back),
+    /// what it holds may be all that is left: recalls it (once) and turns `deny` into "retry
+    /// at the next slot", by when the tokens are back, instead of "retry when the period
+    /// ends". The requester's own lease is left alone: it asked for what its lease in hand
+    /// lacks (a low-water top-up, or the rest of a reservation), and it gave back its
+    /// next-slot lease before asking. A sliding window frees within the minute anyway and is
+    /// left alone.
     pub(crate) fn reclaim_for(
         &mut self,
         deny: &mut Deny,
         window: Window,
         requester: WorkerId,
         cur: u64,
-        workers: u32,
         out: &mut Vec<(WorkerId, FromCoordinator)>,
     ) {
-        if !window.is_calendar() || deny.reason != LimitKind::Tokens || !self.live(cur) {
+        if !window.is_calendar() || deny.reason != LimitKind::Tokens {
             return;
         }
-        let workers = WorkerId::try_from(workers).unwrap_or(WorkerId::MAX);
-        let mask = self.mask;
-        let own = 1u64 << (requester % 64);
-        let before = out.len();
-        out.extend(
-            (0..workers)
-                .filter(|&w| w != requester && mask & (1 << (w % 64)) != 0)
-                .map(|w| (w, FromCoordinator::Recall(deny.key))),
-        );
-        if out.len() == before {
-            // Only the requester holds a lease: nothing comes back by the next slot.
+        self.expire(cur);
+        if self.open_except(Some(requester)).next().is_none() {
+            // Nobody else holds anything: what is counted is used (or reserved by requests
+            // in flight), and it comes back only when the period ends.
             return;
         }
-        // The requester (and any core sharing its bit) may still hold its lease.
-        self.mask &= own;
+        self.recall(deny.key, Some(requester), out);
         deny.retry_at_ms = deny.retry_at_ms.min((cur + 1) * SLOT_MS);
     }
 
-    /// Whether any recorded lease can still be used at current slot `cur`.
-    pub(crate) fn live(&self, cur: u64) -> bool {
-        self.mask != 0 && self.until_slot >= cur
+    /// Whether any core may still hold a lease.
+    pub(crate) fn live(&mut self, cur: u64) -> bool {
+        self.expire(cur);
+        self.open_except(None).next().is_some()
     }
 
     /// The key's window holds `peak` tokens at `cur`: if that is over the limit, recalls
-    /// every holder (one message per worker of `workers`) and forgets them.
+    /// every core holding a lease of it that was not recalled since its last grant.
     pub(crate) fn recall_if_over(
         &mut self,
         key: QuotaKey,
         peak: u64,
         cur: u64,
-        workers: u32,
         out: &mut Vec<(WorkerId, FromCoordinator)>,
     ) {
-        if !self.live(cur) || self.tok_limit == 0 || peak <= self.tok_limit {
+        if self.tok_limit == 0 || peak <= self.tok_limit || !self.live(cur) {
             return;
         }
-        let workers = WorkerId::try_from(workers).unwrap_or(WorkerId::MAX);
-        let mask = self.mask;
-        out.extend(
-            (0..workers)
-                .filter(|w| mask & (1 << (w % 64)) != 0)
-                .map(|w| (w, FromCoordinator::Recall(key))),
-        );
-        self.mask = 0;
+        self.recall(key, None, out);
     }
 }
 
@@ -357,24 +407,25 @@ impl LocalCoordinator {
         match msg {
             ToCoordinator::Lease(req) => {
                 let mut reply = self.lease(&req, now_ms);
-                let workers = self.workers;
                 let holders = &mut self.state(req.key, cur).holders;
                 match &mut reply {
                     FromCoordinator::Grant(g) => {
-                        holders.granted(req.worker, g.slot, req.limits.tokens, cur);
+                        holders.granted(req.worker, g.slot, req.limits.tokens);
                     }
                     FromCoordinator::Deny(d) => {
-                        holders.reclaim_for(d, req.limits.window, req.worker, cur, workers, out);
+                        holders.reclaim_for(d, req.limits.window, req.worker, cur, out);
                     }
-                    FromCoordinator::Recall(_) => {}
+                    FromCoordinator::Recall(_) | FromCoordinator::Charged(_) => {}
                 }
                 out.push((req.worker, reply));
             }
             ToCoordinator::Release {
                 key,
+                worker,
                 slot,
                 requests,
                 tokens,
+                grants,
             } => {
                 if let Some(st) = self.keys.get_mut(&key) {
                     st.advance(cur, &self.calendar);
@@ -382,13 +433,18 @@ impl LocalCoordinator {
                     if let Some(t) = &mut st.tokens {
                         t.sub(slot, tokens);
                     }
+                    st.holders.returned(worker, grants);
                 }
             }
-            ToCoordinator::Charge { key, tokens } => {
-                let workers = self.workers;
+            ToCoordinator::Charge {
+                key,
+                worker,
+                tokens,
+            } => {
                 let peak = self.charge(key, tokens, now_ms);
                 let st = self.state(key, cur);
-                st.holders.recall_if_over(key, peak, cur, workers, out);
+                st.holders.recall_if_over(key, peak, cur, out);
+                out.push((worker, FromCoordinator::Charged(key)));
             }
         }
     }
@@ -629,9 +685,11 @@ mod tests {
         c.handle(
             ToCoordinator::Release {
                 key: KEY,
+                worker: 3,
                 slot: g.slot,
                 requests: g.requests,
                 tokens: 0,
+                grants: 1,
             },
             700,
             &mut out,
@@ -664,6 +722,7 @@ mod tests {
         c.handle(
             ToCoordinator::Charge {
                 key: KEY,
+                worker: 3,
                 tokens: 600,
             },
             0,
@@ -709,7 +768,14 @@ mod tests {
 
     fn charge(c: &mut LocalCoordinator, tokens: u64, now: u64) -> Vec<(WorkerId, FromCoordinator)> {
         let mut out = Vec::new();
-        c.handle(ToCoordinator::Charge { key: KEY, tokens }, now, &mut out);
+        let charge = ToCoordinator::Charge {
+            key: KEY,
+            worker: 0,
+            tokens,
+        };
+        c.handle(charge, now, &mut out);
+        // Answered last, after the recalls it caused.
+        assert_eq!(out.pop(), Some((0, FromCoordinator::Charged(KEY))));
         out
     }
 
@@ -758,29 +824,188 @@ mod tests {
         assert_eq!(charge(&mut c, 1, 520), [(0, FromCoordinator::Recall(KEY))]);
     }
 
+    fn release(c: &mut LocalCoordinator, worker: WorkerId, slot: u64, grants: u32, now: u64) {
+        let mut out = Vec::new();
+        let msg = ToCoordinator::Release {
+            key: KEY,
+            worker,
+            slot,
+            requests: 0,
+            tokens: 0,
+            grants,
+        };
+        c.handle(msg, now, &mut out);
+        assert!(out.is_empty());
+    }
+
+    /// A lease counts as held from its grant until its core reports it ended, whatever the
+    /// clock says: one whose slot is over but that its core has not returned yet still holds
+    /// what it was counted with, so a charge over the limit recalls it. Top-ups merge grants
+    /// into one lease, whose end returns them all; a recalled core is recalled once.
     #[test]
-    fn holders_expire_with_their_leases() {
+    fn holders_count_grants_until_their_leases_end() {
         let mut c = LocalCoordinator::new(2);
         lease_for(&mut c, 1, 0, 0);
-        // Slot 0's lease has expired by slot 1: a charge over the limit there recalls nobody.
-        assert!(charge(&mut c, 200, 700).is_empty());
+        assert_eq!(
+            charge(&mut c, 200, 700),
+            [(1, FromCoordinator::Recall(KEY))]
+        );
+        assert!(charge(&mut c, 1, 710).is_empty(), "recalled once");
+        release(&mut c, 1, 0, 1, 720);
+        assert!(!c.keys[&KEY].holders.clone().live(1));
+        // Two grants of one slot on core 0 (a top-up): ending one leaves the lease held.
+        let mut c = LocalCoordinator::new(2);
+        lease_for(&mut c, 0, 0, 0);
+        lease_for(&mut c, 0, 0, 0);
+        release(&mut c, 0, 0, 1, 10);
+        // A partial return (0 grants) ends nothing either.
+        release(&mut c, 0, 0, 0, 15);
+        assert_eq!(charge(&mut c, 200, 20), [(0, FromCoordinator::Recall(KEY))]);
+        release(&mut c, 0, 0, 1, 30);
+        assert!(!c.keys[&KEY].holders.clone().live(0));
+        // Grants never returned (a core that stopped) are forgotten a minute on.
         let mut h = Holders::default();
-        h.granted(65, 4, Some(10), 4);
-        assert!(h.live(4) && !h.live(5));
+        h.granted(65, 4, Some(10));
+        assert!(h.live(4 + HOLDERS_STALE_SLOTS));
+        assert!(!h.live(5 + HOLDERS_STALE_SLOTS));
         let mut out = Vec::new();
-        h.recall_if_over(KEY, 11, 4, 70, &mut out);
-        // Bit 1 stands for workers 1 and 65: both are asked (a superset is harmless).
+        let mut h = Holders::default();
+        h.granted(65, 4, Some(10));
+        h.recall_if_over(KEY, 11, 4, &mut out);
+        assert_eq!(out, [(65, FromCoordinator::Recall(KEY))]);
+        let mut none = Holders::default();
+        none.granted(0, 4, None);
+        none.recall_if_over(KEY, u64::MAX, 4, &mut out);
+        assert_eq!(out.len(), 1, "no token limit: nothing to recall");
+    }
+
+    const DAY100: Limits = Limits {
+        requests: UNLIMITED_REQUESTS,
+        tokens: Some(100),
+        burst: None,
+        window: crate::quota::Window::Day,
+    };
+
+    fn ask_day(
+        c: &mut LocalCoordinator,
+        worker: WorkerId,
+        now: u64,
+    ) -> Vec<(WorkerId, FromCoordinator)> {
+        let mut out = Vec::new();
+        let req = LeaseRequest {
+            worker,
+            key: KEY,
+            rule: RuleId(0),
+            limits: DAY100,
+            at_ms: now,
+            tokens_needed: 1,
+        };
+        c.handle(ToCoordinator::Lease(req), now, &mut out);
+        out
+    }
+
+    fn give_back(
+        c: &mut LocalCoordinator,
+        worker: WorkerId,
+        slot: u64,
+        tokens: u64,
+        grants: u32,
+        now: u64,
+    ) {
+        let msg = ToCoordinator::Release {
+            key: KEY,
+            worker,
+            slot,
+            requests: 0,
+            tokens,
+            grants,
+        };
+        c.handle(msg, now, &mut Vec::new());
+    }
+
+    /// A budget refusal while another core may still hold what is left waits for it ("retry
+    /// at the next slot"), whatever state that core's lease is in: recalled and on its way
+    /// back, or expired but not yet returned. The end of the period is named only once every
+    /// other core has returned its leases and what is counted is use.
+    #[test]
+    fn a_budget_refusal_names_the_period_end_only_once_other_leases_are_back() {
+        let day_end = 86_400_000;
+        let deny = |out: &[(WorkerId, FromCoordinator)]| match out.last() {
+            Some(&(_, FromCoordinator::Deny(d))) => d.retry_at_ms,
+            other => panic!("not a denial: {other:?}"),
+        };
+        // Recalled, on its way back: core 1's charge takes the count over (its own and core
+        // 0's leases held 43 of it) and it asks again before core 0 has returned its lease.
+        let mut c = LocalCoordinator::new(2);
+        let now = SLOT_MS + 10;
+        assert!(matches!(
+            ask_day(&mut c, 0, now)[..],
+            [(0, FromCoordinator::Grant(Grant { tokens: 25, .. }))]
+        ));
+        assert!(matches!(
+            ask_day(&mut c, 1, now)[..],
+            [(1, FromCoordinator::Grant(Grant { tokens: 18, .. }))]
+        ));
+        let mut out = Vec::new();
+        c.handle(
+            ToCoordinator::Charge {
+                key: KEY,
+                worker: 1,
+                tokens: 75,
+            },
+            now,
+            &mut out,
+        );
         assert_eq!(
             out,
             [
+                (0, FromCoordinator::Recall(KEY)),
                 (1, FromCoordinator::Recall(KEY)),
-                (65, FromCoordinator::Recall(KEY))
+                (1, FromCoordinator::Charged(KEY)),
             ]
         );
-        let mut none = Holders::default();
-        none.granted(0, 4, None, 4);
-        none.recall_if_over(KEY, u64::MAX, 4, 1, &mut out);
-        assert_eq!(out.len(), 2, "no token limit: nothing to recall");
+        give_back(&mut c, 1, 1, 18, 1, now);
+        let out = ask_day(&mut c, 1, now);
+        assert_eq!(
+            deny(&out),
+            2 * SLOT_MS,
+            "core 0's 25 are on their way: {out:?}"
+        );
+        assert_eq!(out.len(), 1, "recalled once");
+        give_back(&mut c, 0, 1, 25, 1, now + 5);
+        // 75 used of 100: granted now that nothing else is out.
+        assert!(matches!(
+            ask_day(&mut c, 1, now + 6)[..],
+            [(1, FromCoordinator::Grant(_))]
+        ));
+        // Once the charges use the day up and every lease is back, the period end it is.
+        give_back(&mut c, 1, 1, 0, 1, now + 7);
+        c.handle(
+            ToCoordinator::Charge {
+                key: KEY,
+                worker: 1,
+                tokens: 40,
+            },
+            now + 8,
+            &mut Vec::new(),
+        );
+        assert_eq!(deny(&ask_day(&mut c, 0, now + 9)), day_end);
+        // Expired but not yet returned: core 0's leases of slot 1 hold the rest when core 1
+        // asks in slot 2 (core 0 returns them at its next tick).
+        let mut c = LocalCoordinator::new(2);
+        let mut grants = 0;
+        while let [(0, FromCoordinator::Grant(_))] = ask_day(&mut c, 0, now)[..] {
+            grants += 1;
+        }
+        let later = 2 * SLOT_MS + 10;
+        let out = ask_day(&mut c, 1, later);
+        assert_eq!(out[0], (0, FromCoordinator::Recall(KEY)));
+        assert_eq!(deny(&out), 3 * SLOT_MS);
+        give_back(&mut c, 0, 1, 100, grants, later + 50);
+        assert!(matches!(
+            ask_day(&mut c, 1, later + 60)[..],
+            [(1, FromCoordinator::Grant(_))]
+        ));
     }
 
     /// A budget (calendar window) refusing a core recalls the other cores' leases and says

@@ -268,7 +268,6 @@ pub(crate) struct RemoteCoordinator {
     /// Redis slot of this process's slot 0.
     base_slot: u64,
     share: u32,
-    workers: u32,
     /// Who holds live leases of each key (from Redis or the fallback), for recalls.
     holders: KeyMap<Holders>,
     /// Grants under `fail_open`, and where releases of those grants go back to.
@@ -341,7 +340,6 @@ impl RemoteCoordinator {
             fail_mode,
             base_slot: epoch_unix_ms / SLOT_MS,
             share: workers.saturating_mul(LEASE_SHARE),
-            workers,
             holders: KeyMap::default(),
             fallback: LocalCoordinator::with_calendar(workers as usize, calendar.clone()),
             stats: QuotaCoordinatorStats::default(),
@@ -385,27 +383,37 @@ impl RemoteCoordinator {
                     None => self.degraded_lease(&req, now_ms),
                 };
                 let cur = slot_of(now_ms);
-                let workers = self.workers;
                 let holders = self.holders.entry(req.key).or_default();
                 match &mut reply {
                     FromCoordinator::Grant(g) => {
-                        holders.granted(req.worker, g.slot, req.limits.tokens, cur);
+                        holders.granted(req.worker, g.slot, req.limits.tokens);
                     }
                     // Only this process's cores can be recalled (see `Charge`).
                     FromCoordinator::Deny(d) => {
-                        holders.reclaim_for(d, window, req.worker, cur, workers, out)
+                        holders.reclaim_for(d, window, req.worker, cur, out)
                     }
-                    FromCoordinator::Recall(_) => {}
+                    FromCoordinator::Recall(_) | FromCoordinator::Charged(_) => {}
                 }
                 out.push((req.worker, reply));
             }
             ToCoordinator::Release {
                 key,
+                worker,
                 slot,
                 requests,
                 tokens,
-            } => self.release(key, slot, requests, tokens, now_ms),
-            ToCoordinator::Charge { key, tokens } => {
+                grants,
+            } => {
+                if let Some(h) = self.holders.get_mut(&key) {
+                    h.returned(worker, grants);
+                }
+                self.release(key, (worker, grants), slot, requests, tokens, now_ms)
+            }
+            ToCoordinator::Charge {
+                key,
+                worker,
+                tokens,
+            } => {
                 let cur = slot_of(now_ms);
                 let peak = match self.windows.get(&key) {
                     Some(&(window, _)) => self.calendar_charge(key, window, tokens, now_ms),
@@ -432,8 +440,9 @@ impl RemoteCoordinator {
                 // Only this process's cores can be recalled: leases other gateway processes
                 // took from the same Redis window run until their slot ends.
                 if let Some(h) = self.holders.get_mut(&key) {
-                    h.recall_if_over(key, peak, cur, self.workers, out);
+                    h.recall_if_over(key, peak, cur, out);
                 }
+                out.push((worker, FromCoordinator::Charged(key)));
             }
         }
     }
@@ -509,15 +518,30 @@ impl RemoteCoordinator {
 
     /// What the fail-open fallback granted for this slot goes back there first; the rest was
     /// counted in Redis.
-    fn release(&mut self, key: QuotaKey, slot: u64, requests: u32, tokens: u64, now_ms: u64) {
+    /// `(worker, grants)`: who returns it and how many grants it ends.
+    fn release(
+        &mut self,
+        key: QuotaKey,
+        (worker, grants): (WorkerId, u32),
+        slot: u64,
+        requests: u32,
+        tokens: u64,
+        now_ms: u64,
+    ) {
         let (local_req, local_tok) = self.fallback.counted(key, slot);
         let (local_req, local_tok) = (requests.min(local_req), tokens.min(local_tok));
-        if local_req > 0 || local_tok > 0 {
+        // Lease ends go to the fallback too: while Redis is down it names a budget refusal's
+        // retry time from its own count of open grants, which would otherwise never close.
+        // (The end of a Redis lease may close a fallback grant of the same core early: that
+        // only makes a refusal name the period end sooner; it never admits anything.)
+        if local_req > 0 || local_tok > 0 || grants > 0 {
             let local = ToCoordinator::Release {
                 key,
+                worker,
                 slot,
                 requests: local_req,
                 tokens: local_tok,
+                grants,
             };
             self.fallback.handle(local, now_ms, &mut Vec::new());
         }
@@ -779,9 +803,11 @@ mod tests {
         assert_eq!(c.fallback.counted(REQ.key, g.slot).0, g.requests);
         let rel = ToCoordinator::Release {
             key: REQ.key,
+            worker: REQ.worker,
             slot: g.slot,
             requests: g.requests,
             tokens: g.tokens,
+            grants: 1,
         };
         c.handle(rel, 10, &mut Vec::new());
         assert_eq!(c.fallback.counted(REQ.key, g.slot), (0, 0));

@@ -26,6 +26,9 @@ struct Lease {
     size_tokens: u64,
     /// Start (UNIX ms) of the calendar period the lease is counted in (0: minute window).
     period_unix_ms: u64,
+    /// Coordinator grants merged into this lease (top-ups add to it); its end returns them
+    /// all (see [`ToCoordinator::Release`]).
+    grants: u32,
 }
 
 impl Lease {
@@ -39,6 +42,7 @@ impl Lease {
             size_requests: g.requests,
             size_tokens: g.tokens,
             period_unix_ms: g.period_unix_ms,
+            grants: 1,
         }
     }
 
@@ -55,6 +59,7 @@ impl Lease {
         self.tokens = self.tokens.saturating_add(g.tokens);
         self.size_requests = self.size_requests.max(self.requests);
         self.size_tokens = self.size_tokens.max(self.tokens);
+        self.grants = self.grants.saturating_add(1);
     }
 }
 
@@ -107,6 +112,10 @@ pub struct QuotaShard {
     worker: WorkerId,
     keys: KeyMap<Entry>,
     outbox: Vec<ToCoordinator>,
+    /// Charges sent to the coordinator, and those it answered ([`FromCoordinator::Charged`]);
+    /// answers come back in order.
+    charges_sent: u64,
+    charges_counted: u64,
 }
 
 impl QuotaShard {
@@ -115,7 +124,19 @@ impl QuotaShard {
             worker,
             keys: KeyMap::default(),
             outbox: Vec::new(),
+            charges_sent: 0,
+            charges_counted: 0,
         }
+    }
+
+    /// How many charges this core has sent so far (see [`Self::counted`]).
+    pub fn charges_sent(&self) -> u64 {
+        self.charges_sent
+    }
+
+    /// Whether the coordinator has counted the first `sent` charges this core sent.
+    pub fn counted(&self, sent: u64) -> bool {
+        self.charges_counted >= sent
     }
 
     /// Keys this core currently tracks.
@@ -147,7 +168,7 @@ impl QuotaShard {
         e.last_used_ms = now_ms;
         e.limits = rule.limits;
         e.rule = rule.id;
-        roll(e, key, now_ms, outbox);
+        roll(e, worker, key, now_ms, outbox);
 
         let need_tokens = reserve_tokens.max(1);
         let tokens_ok = !e.token_limited() || e.cur.tokens >= need_tokens;
@@ -172,6 +193,19 @@ impl QuotaShard {
             prefetch(e, worker, key, now_ms, outbox);
             return Decision::Admit(admitted);
         }
+        // A budget's next-slot lease is no use to this request: it goes back, so that the
+        // coordinator answers on what is really left (it would otherwise refuse until the
+        // period ends on tokens this core holds), and a denial given while it was held no
+        // longer stands (see the module docs of `quota`, "Budgets").
+        if e.limits.window.is_calendar()
+            && e.token_limited()
+            && e.next.is_some()
+            && e.next.tokens > 0
+        {
+            outbox.push(release_all(worker, key, &e.next));
+            e.next = Lease::default();
+            e.denied = None;
+        }
         // A denial is trusted locally only until the slot after it was given ends: other cores
         // return unused leases at slot ends, so quota can come back before `retry_at`.
         if let Some(d) = e
@@ -182,6 +216,7 @@ impl QuotaShard {
                 rule: e.rule,
                 reason: d.reason,
                 retry_after_s: secs_until(d.retry_at_ms, now_ms).max(1),
+                retry_at_ms: d.retry_at_ms,
                 limit: d.limit,
                 reset_s: secs_until(d.reset_at_ms, now_ms),
             });
@@ -210,13 +245,14 @@ impl QuotaShard {
     /// used, so leaving it whole would admit on quota already spent.
     pub fn charge_tokens(&mut self, ticket: Ticket, used: u64, now_ms: u64) {
         let key = ticket.key;
+        let worker = self.worker;
         let mut e = self.keys.get_mut(&key);
         if e.as_ref().is_some_and(|e| !e.token_limited()) {
             return;
         }
         if let Some(e) = e.as_deref_mut() {
             // Leases that expired since the last check go back before anything is taken.
-            roll(e, key, now_ms, &mut self.outbox);
+            roll(e, worker, key, now_ms, &mut self.outbox);
             e.tokens_left = e
                 .tokens_left
                 .saturating_sub(used.saturating_sub(ticket.reserved));
@@ -227,12 +263,14 @@ impl QuotaShard {
                 Some(e) if e.cur.slot == ticket.slot && e.cur.live(now_ms) => {
                     e.cur.tokens = e.cur.tokens.saturating_add(refund);
                 }
-                // The lease is gone: those tokens were never consumed in its slot.
+                // The lease is gone (and ended): those tokens were never consumed in its slot.
                 _ => self.outbox.push(ToCoordinator::Release {
                     key,
+                    worker,
                     slot: ticket.slot,
                     requests: 0,
                     tokens: refund,
+                    grants: 0,
                 }),
             }
             return;
@@ -254,9 +292,11 @@ impl QuotaShard {
                 // recalls other cores' leases) on the final counts.
                 self.outbox.push(ToCoordinator::Release {
                     key,
+                    worker,
                     slot: e.next.slot,
                     requests: 0,
                     tokens: shrink,
+                    grants: 0,
                 });
             }
         }
@@ -268,22 +308,32 @@ impl QuotaShard {
             {
                 e.owed = e.owed.saturating_add(over);
             }
-            self.outbox
-                .push(ToCoordinator::Charge { key, tokens: over });
+            self.charges_sent += 1;
+            self.outbox.push(ToCoordinator::Charge {
+                key,
+                worker,
+                tokens: over,
+            });
         }
     }
 
     /// Takes a coordinator reply; returns the key whose parked requests should re-`check`.
     pub fn apply(&mut self, msg: FromCoordinator, now_ms: u64) -> QuotaKey {
         let key = msg.key();
+        let worker = self.worker;
+        if let FromCoordinator::Charged(_) = msg {
+            self.charges_counted += 1;
+            return key;
+        }
         let Some(e) = self.keys.get_mut(&key) else {
             if let FromCoordinator::Grant(g) = msg {
                 // Forgotten meanwhile: give the grant straight back.
-                self.outbox.push(release_all(key, &Lease::of(&g)));
+                self.outbox.push(release_all(worker, key, &Lease::of(&g)));
             }
             return key;
         };
         match msg {
+            FromCoordinator::Charged(_) => {}
             FromCoordinator::Recall(_) => {
                 // Not an answer to this core's lease request: one may still be pending.
                 let token_limited = e.token_limited();
@@ -292,9 +342,11 @@ impl QuotaShard {
                         let tokens = if token_limited { lease.tokens } else { 0 };
                         self.outbox.push(ToCoordinator::Release {
                             key,
+                            worker,
                             slot: lease.slot,
                             requests: lease.requests,
                             tokens,
+                            grants: lease.grants,
                         });
                         *lease = Lease::default();
                     }
@@ -317,15 +369,17 @@ impl QuotaShard {
                     g.tokens -= take;
                     self.outbox.push(ToCoordinator::Release {
                         key,
+                        worker,
                         slot: g.slot,
                         requests: 0,
                         tokens: take,
+                        grants: 0,
                     });
                 }
                 e.owed = 0;
-                roll(e, key, now_ms, &mut self.outbox);
+                roll(e, worker, key, now_ms, &mut self.outbox);
                 if now_ms >= g.valid_until_ms {
-                    self.outbox.push(release_all(key, &Lease::of(&g)));
+                    self.outbox.push(release_all(worker, key, &Lease::of(&g)));
                 } else if e.cur.is_some() && e.cur.slot == g.slot {
                     e.cur.top_up(&g);
                 } else if !e.cur.is_some() && g.valid_from_ms <= now_ms {
@@ -335,7 +389,7 @@ impl QuotaShard {
                 } else if !e.next.is_some() && g.slot > e.cur.slot {
                     e.next = Lease::of(&g);
                 } else {
-                    self.outbox.push(release_all(key, &Lease::of(&g)));
+                    self.outbox.push(release_all(worker, key, &Lease::of(&g)));
                 }
                 e.remaining = g
                     .remaining
@@ -357,13 +411,13 @@ impl QuotaShard {
         let outbox = &mut self.outbox;
         let worker = self.worker;
         self.keys.retain(|&key, e| {
-            roll(e, key, now_ms, outbox);
+            roll(e, worker, key, now_ms, outbox);
             let idle = now_ms >= e.last_used_ms + SHARD_IDLE_MS;
             if idle {
                 // Nothing will use what is left; hand it back now.
                 for lease in [&mut e.cur, &mut e.next] {
                     if lease.is_some() {
-                        outbox.push(release_all(key, lease));
+                        outbox.push(release_all(worker, key, lease));
                         *lease = Lease::default();
                     }
                 }
@@ -384,16 +438,24 @@ impl QuotaShard {
 }
 
 /// Retires an expired current lease (returning what it did not use) and promotes the next.
-fn roll(e: &mut Entry, key: QuotaKey, now_ms: u64, outbox: &mut Vec<ToCoordinator>) {
+/// A token-limited lease always reports its end, used up or not: the coordinator counts it
+/// as held until then (see [`ToCoordinator::Release`]).
+fn roll(
+    e: &mut Entry,
+    worker: WorkerId,
+    key: QuotaKey,
+    now_ms: u64,
+    outbox: &mut Vec<ToCoordinator>,
+) {
     if e.cur.is_some() && now_ms >= e.cur.until_ms {
-        if e.cur.requests > 0 || (e.token_limited() && e.cur.tokens > 0) {
-            outbox.push(release_for(e, key, &e.cur));
+        if e.cur.requests > 0 || e.token_limited() {
+            outbox.push(release_for(e, worker, key, &e.cur));
         }
         // What goes back stays in `remaining`: it is free again at the coordinator.
         e.cur = Lease::default();
     }
     if e.next.is_some() && now_ms >= e.next.until_ms {
-        outbox.push(release_for(e, key, &e.next));
+        outbox.push(release_for(e, worker, key, &e.next));
         e.next = Lease::default();
     }
     if !e.cur.is_some() && e.next.is_some() && e.next.from_ms <= now_ms {
@@ -402,23 +464,29 @@ fn roll(e: &mut Entry, key: QuotaKey, now_ms: u64, outbox: &mut Vec<ToCoordinato
     }
 }
 
-fn release_for(e: &Entry, key: QuotaKey, l: &Lease) -> ToCoordinator {
+/// The end of lease `l`: what it did not use goes back, with its grants.
+fn release_for(e: &Entry, worker: WorkerId, key: QuotaKey, l: &Lease) -> ToCoordinator {
     ToCoordinator::Release {
         key,
+        worker,
         slot: l.slot,
         requests: l.requests,
         tokens: if e.token_limited() { l.tokens } else { 0 },
+        grants: l.grants,
     }
 }
 
-fn release_all(key: QuotaKey, l: &Lease) -> ToCoordinator {
+/// The end of lease `l`, all of it going back.
+fn release_all(worker: WorkerId, key: QuotaKey, l: &Lease) -> ToCoordinator {
     // Unlimited-token grants carry u64::MAX: nothing was counted for them.
     let tokens = if l.tokens == u64::MAX { 0 } else { l.tokens };
     ToCoordinator::Release {
         key,
+        worker,
         slot: l.slot,
         requests: l.requests,
         tokens,
+        grants: l.grants,
     }
 }
 
@@ -537,9 +605,11 @@ mod tests {
             drain(&mut s),
             [ToCoordinator::Release {
                 key,
+                worker: 2,
                 slot: 0,
                 requests: 2,
-                tokens: 0
+                tokens: 0,
+                grants: 1
             }]
         );
     }
@@ -561,9 +631,11 @@ mod tests {
         assert_eq!(b.ticket.slot, 1);
         let released = ToCoordinator::Release {
             key,
+            worker: 0,
             slot: 0,
             requests: 39,
             tokens: 0,
+            grants: 1,
         };
         assert!(drain(&mut s).contains(&released));
     }
@@ -577,9 +649,11 @@ mod tests {
             drain(&mut s),
             [ToCoordinator::Release {
                 key,
+                worker: 0,
                 slot: 0,
                 requests: 5,
-                tokens: 0
+                tokens: 0,
+                grants: 1
             }]
         );
         s.check(key, &r, 0, 0);
@@ -589,9 +663,11 @@ mod tests {
             drain(&mut s),
             [ToCoordinator::Release {
                 key,
+                worker: 0,
                 slot: 0,
                 requests: 5,
-                tokens: 0
+                tokens: 0,
+                grants: 1
             }]
         );
     }
@@ -680,12 +756,15 @@ mod tests {
                 &[
                     ToCoordinator::Release {
                         key: QuotaKey(8),
+                        worker: 0,
                         slot: 1,
                         requests: 0,
                         tokens: 5,
+                        grants: 0,
                     },
                     ToCoordinator::Charge {
                         key: QuotaKey(8),
+                        worker: 0,
                         tokens: 5,
                     },
                 ],
@@ -697,12 +776,15 @@ mod tests {
                 &[
                     ToCoordinator::Release {
                         key: QuotaKey(8),
+                        worker: 0,
                         slot: 1,
                         requests: 0,
                         tokens: 25,
+                        grants: 0,
                     },
                     ToCoordinator::Charge {
                         key: QuotaKey(8),
+                        worker: 0,
                         tokens: 25,
                     },
                 ],
@@ -714,12 +796,15 @@ mod tests {
                 &[
                     ToCoordinator::Release {
                         key: QuotaKey(8),
+                        worker: 0,
                         slot: 1,
                         requests: 0,
                         tokens: 25,
+                        grants: 0,
                     },
                     ToCoordinator::Charge {
                         key: QuotaKey(8),
+                        worker: 0,
                         tokens: 450,
                     },
                 ],
@@ -752,14 +837,23 @@ mod tests {
             drain(&mut s),
             [ToCoordinator::Release {
                 key,
+                worker: 0,
                 slot: 0,
                 requests: 9,
-                tokens: 50
+                tokens: 50,
+                grants: 1
             }]
         );
         assert_eq!(s.keys[&key].cur.tokens, 5);
         s.charge_tokens(ticket, 30, 700);
-        assert_eq!(drain(&mut s), [ToCoordinator::Charge { key, tokens: 25 }]);
+        assert_eq!(
+            drain(&mut s),
+            [ToCoordinator::Charge {
+                key,
+                worker: 0,
+                tokens: 25
+            }]
+        );
     }
 
     #[test]
@@ -773,15 +867,19 @@ mod tests {
             [
                 ToCoordinator::Release {
                     key,
+                    worker: 0,
                     slot: 0,
                     requests: 9,
-                    tokens: 50
+                    tokens: 50,
+                    grants: 1
                 },
                 ToCoordinator::Release {
                     key,
+                    worker: 0,
                     slot: 1,
                     requests: 10,
-                    tokens: 25
+                    tokens: 25,
+                    grants: 1
                 },
             ]
         );
@@ -815,16 +913,25 @@ mod tests {
         assert!(matches!(drain(&mut s)[..], [ToCoordinator::Lease(_)]));
         // A request admitted earlier finishes 30 over while the lease request is pending.
         s.charge_tokens(ticket, 30, 485);
-        assert_eq!(drain(&mut s), [ToCoordinator::Charge { key, tokens: 30 }]);
+        assert_eq!(
+            drain(&mut s),
+            [ToCoordinator::Charge {
+                key,
+                worker: 0,
+                tokens: 30
+            }]
+        );
         // The grant (20) is all owed: released whole, nothing admitted on it.
         s.apply(token_grant(key, 0, 20), 490);
         assert_eq!(
             drain(&mut s),
             [ToCoordinator::Release {
                 key,
+                worker: 0,
                 slot: 0,
                 requests: 0,
-                tokens: 20
+                tokens: 20,
+                grants: 0
             }]
         );
         assert_eq!(s.check(key, &r, 0, 495), Decision::NeedLease);
@@ -832,5 +939,56 @@ mod tests {
         drain(&mut s);
         s.apply(token_grant(key, 0, 20), 500);
         assert!(matches!(s.check(key, &r, 0, 505), Decision::Admit(_)));
+    }
+
+    /// A budget's core whose current lease ran dry gives its next-slot lease back before it
+    /// asks: it cannot use it now, and kept, the coordinator would count those tokens as
+    /// gone and refuse until the period ends. A denial given meanwhile no longer stands. A
+    /// minute window keeps its next lease (it frees within the minute anyway).
+    #[test]
+    fn a_budget_gives_back_its_next_slot_lease_before_asking() {
+        for window in [crate::quota::Window::Day, crate::quota::Window::Minute] {
+            let key = QuotaKey(8);
+            let mut r = token_rule();
+            r.limits.window = window;
+            let mut s = QuotaShard::new(0);
+            assert_eq!(s.check(key, &r, 0, 450), Decision::NeedLease);
+            s.apply(token_grant(key, 0, 10), 450);
+            let Decision::Admit(a) = s.check(key, &r, 0, 450) else {
+                panic!("admitted from the lease")
+            };
+            s.apply(token_grant(key, 1, 25), 460);
+            s.charge_tokens(a.ticket, 10, 465);
+            drain(&mut s);
+            let deny = Deny {
+                key,
+                reason: LimitKind::Tokens,
+                limit: 100,
+                retry_at_ms: 86_400_000,
+                reset_at_ms: 86_400_000,
+            };
+            s.apply(FromCoordinator::Deny(deny), 470);
+            let d = s.check(key, &r, 0, 480);
+            let sent = drain(&mut s);
+            if window.is_calendar() {
+                assert_eq!(d, Decision::NeedLease);
+                assert_eq!(
+                    sent[0],
+                    ToCoordinator::Release {
+                        key,
+                        worker: 0,
+                        slot: 1,
+                        requests: 10,
+                        tokens: 25,
+                        grants: 1
+                    }
+                );
+                assert!(matches!(sent[1..], [ToCoordinator::Lease(_)]), "{sent:?}");
+            } else {
+                assert!(matches!(d, Decision::Reject(_)), "{d:?}");
+                assert!(sent.is_empty(), "{sent:?}");
+                assert_eq!(s.keys[&key].next.tokens, 25);
+            }
+        }
     }
 }

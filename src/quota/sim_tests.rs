@@ -3,6 +3,7 @@
 use super::*;
 
 mod budget;
+mod budget_race;
 mod overrun;
 
 const RPM: u32 = 1_000;
@@ -405,9 +406,11 @@ fn refund_after_lease_expiry_goes_back_to_its_slot() {
         out,
         [ToCoordinator::Release {
             key,
+            worker: 0,
             slot: 0,
             requests: 0,
-            tokens: 1_000
+            tokens: 1_000,
+            grants: 0
         }]
     );
 }
