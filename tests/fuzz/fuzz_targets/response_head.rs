@@ -110,14 +110,19 @@ fn same(a: &ResponseHead, b: &ResponseHead) -> bool {
 const HELD_BODY: u64 = 7;
 
 fn check_client_head(buf: &[u8], h: &ResponseHead, sel: u8) {
+    // As the proxy sets them: an adapter rewrites (and may map the status of) only a
+    // response that has a body.
+    let is_head = sel & 1 != 0;
+    let has_body = !is_head && h.framing != UpFraming::None;
+    let rewrite = sel & 8 != 0 && has_body;
     let ctx = RelayCtx {
         extra: b"x-extra: 1\r\n",
-        is_head: sel & 1 != 0,
+        is_head,
         client_minor: (sel >> 1) & 1,
         keep_client: sel & 4 != 0,
         request_id: "fuzz",
-        rewrite: sel & 8 != 0,
-        status: if sel & 16 != 0 { 502 } else { h.status },
+        rewrite,
+        status: if rewrite && sel & 16 != 0 { 502 } else { h.status },
     };
     let mut out = Vec::new();
     let (_, up_fields) = fields(&buf[..h.head_len]);
