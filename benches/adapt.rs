@@ -170,6 +170,15 @@ fn bench(c: &mut Criterion) {
             black_box(usage_from_body(&mut scratch))
         })
     });
+    // The mock backend's answer (what the end-to-end runs translate): a short body.
+    let short = br#"{"id":"msg_mock1","type":"message","role":"assistant","model":"mock-gpt","content":[{"type":"text","text":"This is a mock response."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":7,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":16}}"#;
+    c.bench_function("adapt/response/anthropic_short", |b| {
+        b.iter(|| {
+            out.clear();
+            message_response(black_box(short), 1_700_000_000, &mut out).unwrap();
+            black_box(out.len())
+        })
+    });
     c.bench_function("adapt/response/anthropic", |b| {
         b.iter(|| {
             out.clear();
