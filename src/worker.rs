@@ -266,15 +266,41 @@ impl Worker {
         self.req_seq.get()
     }
 
-    /// Writes a fresh request id into `out`.
+    /// Writes a fresh request id into `out`: `<prefix, 8 hex digits>-<worker>-<sequence>`, in
+    /// lower-case hexadecimal (written without `core::fmt`, see [`request_id`]).
     pub fn next_request_id(&self, out: &mut String) {
-        use std::fmt::Write;
         let n = self.req_seq.get() + 1;
         self.req_seq.set(n);
         self.activity.note();
-        out.clear();
-        let _ = write!(out, "{:08x}-{:x}-{:x}", self.req_prefix, self.id, n);
+        request_id(out, self.req_prefix, self.id as u64, n);
     }
+}
+
+/// Writes `{prefix:08x}-{worker:x}-{seq:x}` into `out` (replacing what was there).
+fn request_id(out: &mut String, prefix: u32, worker: u64, seq: u64) {
+    out.clear();
+    push_hex(out, u64::from(prefix), 8);
+    out.push('-');
+    push_hex(out, worker, 1);
+    out.push('-');
+    push_hex(out, seq, 1);
+}
+
+/// Appends `n` in lower-case hexadecimal, zero-padded to at least `width` digits (≤ 16).
+fn push_hex(out: &mut String, n: u64, width: usize) {
+    let mut digits = [b'0'; 16];
+    let mut i = digits.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[(v & 0xf) as usize];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    let start = i.min(digits.len() - width.min(digits.len()));
+    out.extend(digits[start..].iter().map(|&d| char::from(d)));
 }
 
 /// This worker's TLS configs for `snap`: new certificates reach new connections; open ones
@@ -335,6 +361,24 @@ impl Worker {
             spend_tx: links.spend,
             balance: RefCell::new(balance),
             key_hints: links.key_hints,
+        }
+    }
+}
+
+#[cfg(test)]
+mod request_id_tests {
+    use super::request_id;
+
+    #[test]
+    fn request_ids_are_what_fmt_writes() {
+        let mut out = String::from("old");
+        for prefix in [0u32, 1, 0xabc, 0x1234_5678, u32::MAX] {
+            for worker in [0u64, 1, 15, 16, 255] {
+                for seq in [0u64, 1, 9, 10, 0xffff, 1 << 40, u64::MAX] {
+                    request_id(&mut out, prefix, worker, seq);
+                    assert_eq!(out, format!("{prefix:08x}-{worker:x}-{seq:x}"));
+                }
+            }
         }
     }
 }
