@@ -288,18 +288,7 @@ fn request_id(out: &mut String, prefix: u32, worker: u64, seq: u64) {
 
 /// Appends `n` in lower-case hexadecimal, zero-padded to at least `width` digits (≤ 16).
 fn push_hex(out: &mut String, n: u64, width: usize) {
-    let mut digits = [b'0'; 16];
-    let mut i = digits.len();
-    let mut v = n;
-    loop {
-        i -= 1;
-        digits[i] = b"0123456789abcdef"[(v & 0xf) as usize];
-        v >>= 4;
-        if v == 0 {
-            break;
-        }
-    }
-    let start = i.min(digits.len() - width.min(digits.len()));
+    let (digits, start) = crate::http::write::hex_digits(n, width);
     out.extend(digits[start..].iter().map(|&d| char::from(d)));
 }
 

@@ -58,7 +58,15 @@ pub fn decimal(out: &mut Vec<u8>, n: u64) {
 /// Appends `n` in lower-case hexadecimal without leading zeros (a chunk size).
 #[inline]
 pub fn hex(out: &mut Vec<u8>, n: u64) {
-    let mut digits = [0u8; 16];
+    let (digits, start) = hex_digits(n, 1);
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// `n` in lower-case hexadecimal, zero-padded to at least `width` digits (at most 16): the
+/// digits are `buf[start..]` of the returned `(buf, start)`.
+#[inline]
+pub fn hex_digits(n: u64, width: usize) -> ([u8; 16], usize) {
+    let mut digits = [b'0'; 16];
     let mut i = digits.len();
     let mut n = n;
     loop {
@@ -69,7 +77,8 @@ pub fn hex(out: &mut Vec<u8>, n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
+    let start = i.min(digits.len() - width.min(digits.len()));
+    (digits, start)
 }
 
 /// Inserts `content-length: n` and its CRLF at `at` of `out` (a head whose body is
