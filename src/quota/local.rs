@@ -1013,25 +1013,7 @@ mod tests {
     /// what that lease lacks), and when it is the only holder the refusal stands as it is.
     #[test]
     fn a_budget_refusal_recalls_the_other_holders_only() {
-        const DAY100: Limits = Limits {
-            requests: UNLIMITED_REQUESTS,
-            tokens: Some(100),
-            burst: None,
-            window: crate::quota::Window::Day,
-        };
-        let ask = |c: &mut LocalCoordinator, worker: WorkerId, now: u64| {
-            let mut out = Vec::new();
-            let req = LeaseRequest {
-                worker,
-                key: KEY,
-                rule: RuleId(0),
-                limits: DAY100,
-                at_ms: now,
-                tokens_needed: 1,
-            };
-            c.handle(ToCoordinator::Lease(req), now, &mut out);
-            out
-        };
+        let ask = ask_day;
         let day_end = 86_400_000;
         // (holders before the refusal, the core refused, recalled, retry at)
         let cases: [(&[WorkerId], WorkerId, &[WorkerId], u64); 6] = [

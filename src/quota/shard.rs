@@ -733,11 +733,16 @@ mod tests {
     /// A shard holding a slot-0 lease of 50 tokens and a next-slot lease of 25, with one
     /// admitted request's ticket.
     fn two_leases(key: QuotaKey) -> (QuotaShard, Ticket) {
-        let r = token_rule();
+        two_leases_of(key, &token_rule(), 50)
+    }
+
+    /// A shard under rule `r` holding a slot-0 lease of `first` tokens and a next-slot lease
+    /// of 25, with one admitted request's ticket.
+    fn two_leases_of(key: QuotaKey, r: &QuotaRule, first: u64) -> (QuotaShard, Ticket) {
         let mut s = QuotaShard::new(0);
-        assert_eq!(s.check(key, &r, 0, 450), Decision::NeedLease);
-        s.apply(token_grant(key, 0, 50), 450);
-        let Decision::Admit(a) = s.check(key, &r, 0, 450) else {
+        assert_eq!(s.check(key, r, 0, 450), Decision::NeedLease);
+        s.apply(token_grant(key, 0, first), 450);
+        let Decision::Admit(a) = s.check(key, r, 0, 450) else {
             panic!("admitted from the lease")
         };
         s.apply(token_grant(key, 1, 25), 460);
@@ -951,14 +956,8 @@ mod tests {
             let key = QuotaKey(8);
             let mut r = token_rule();
             r.limits.window = window;
-            let mut s = QuotaShard::new(0);
-            assert_eq!(s.check(key, &r, 0, 450), Decision::NeedLease);
-            s.apply(token_grant(key, 0, 10), 450);
-            let Decision::Admit(a) = s.check(key, &r, 0, 450) else {
-                panic!("admitted from the lease")
-            };
-            s.apply(token_grant(key, 1, 25), 460);
-            s.charge_tokens(a.ticket, 10, 465);
+            let (mut s, ticket) = two_leases_of(key, &r, 10);
+            s.charge_tokens(ticket, 10, 465);
             drain(&mut s);
             let deny = Deny {
                 key,
