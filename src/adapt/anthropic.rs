@@ -705,20 +705,56 @@ impl Tokens {
 /// returns its token counts (what its `usage` says, [`Tokens::openai_usage`]); `Err` when the
 /// body is not a message object.
 pub fn message_response(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<Tokens, Malformed> {
+    let start = out.len();
+    let r = write_message(body, created, start, out);
+    if r.is_err() {
+        out.truncate(start);
+    }
+    r
+}
+
+/// [`message_response`] in one walk of the body: the content's text is written (after
+/// `start`) while the walk passes it, and the completion's opening, which needs the `id` and
+/// `model` members wherever they are, is moved in front of it at the end.
+fn write_message(
+    body: &[u8],
+    created: u64,
+    start: usize,
+    out: &mut Vec<u8>,
+) -> Result<Tokens, Malformed> {
     std::str::from_utf8(body).map_err(|_| Malformed)?;
-    // Walking every top-level member validates the grammar of the whole body.
+    let b = json::trim(body);
     let (mut id, mut model, mut content, mut stop_reason, mut usage) =
         (None, None, None, None, None);
-    for m in json::members(body)? {
-        let (k, v) = m?;
+    let (mut texts, mut has_tools) = (0usize, false);
+    // Reading every top-level member validates the grammar of the whole body.
+    let mut obj = json::object_at(b, 0, 0)?;
+    while let Some(k) = obj.key()? {
         match k {
-            b"id" => id = Some(v),
-            b"model" => model = Some(v),
-            b"content" => content = Some(v),
-            b"stop_reason" => stop_reason = Some(v),
-            b"usage" => usage = Some(v),
-            _ => {}
+            b"content" => {
+                // A repeated member: the last one counts, as for the others.
+                out.truncate(start);
+                (texts, has_tools) = (0, false);
+                let v = obj.read_value(|b, at, depth| match b.get(at) {
+                    Some(b'[') => content_text(b, at, depth, out, &mut texts, &mut has_tools),
+                    _ => json::skip_value(b, at, depth),
+                })?;
+                content = Some(v);
+            }
+            _ => {
+                let v = obj.value()?;
+                match k {
+                    b"id" => id = Some(v),
+                    b"model" => model = Some(v),
+                    b"stop_reason" => stop_reason = Some(v),
+                    b"usage" => usage = Some(v),
+                    _ => {}
+                }
+            }
         }
+    }
+    if obj.end()? != b.len() {
+        return Err(Malformed);
     }
     let id = id
         .filter(|v| json::kind(v) == json::Kind::String)
@@ -726,6 +762,10 @@ pub fn message_response(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<
     let content = content
         .filter(|v| json::kind(v) == json::Kind::Array)
         .ok_or(Malformed)?;
+    if texts > 0 {
+        out.push(b'"');
+    }
+    let text_len = out.len() - start;
     out.extend_from_slice(b"{\"id\":");
     out.extend_from_slice(id);
     out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
@@ -738,44 +778,13 @@ pub fn message_response(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<
     out.extend_from_slice(
         b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
     );
-    // Text blocks joined: their escaped contents concatenate into one valid string. One walk
-    // over each block reads its `type` and `text`; tool calls, written after, take a second
-    // walk only when there are any.
-    let mut texts = 0;
-    let mut has_tools = false;
-    for block in json::items(content)? {
-        let block = block?;
-        if json::kind(block) != json::Kind::Object {
-            continue;
-        }
-        let (mut kind, mut text) = (None, None);
-        for m in json::members(block)? {
-            match m? {
-                (b"type", v) if kind.is_none() => kind = Some(v),
-                (b"text", v) if text.is_none() => text = Some(v),
-                _ => {}
-            }
-        }
-        match kind.and_then(json::str_inner) {
-            Some(b"text") => {}
-            Some(b"tool_use") => {
-                has_tools = true;
-                continue;
-            }
-            _ => continue,
-        }
-        let text = text.and_then(json::str_inner).ok_or(Malformed)?;
-        if texts == 0 {
-            out.push(b'"');
-        }
-        out.extend_from_slice(text);
-        texts += 1;
-    }
+    // The opening goes in front of the text written during the walk.
+    out[start..].rotate_left(text_len);
     if texts == 0 {
         out.extend_from_slice(b"null");
-    } else {
-        out.push(b'"');
     }
+    // Tool calls, written after the text, take a second walk of the content only when there
+    // are any.
     let mut calls = 0;
     let blocks = if has_tools {
         Some(json::items(content)?)
@@ -822,6 +831,49 @@ pub fn message_response(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<
     tokens.write_openai(out);
     out.push(b'}');
     Ok(tokens)
+}
+
+/// Reads the `content` array whose `[` is at `b[at]` (validating it) and writes its text
+/// blocks' escaped contents, joined, to `out` after an opening quote (their escaped forms
+/// concatenate into one valid string); `texts` counts them, `has_tools` says whether a
+/// `tool_use` block was seen. Returns the index after the array; a text block without a
+/// string `text` is malformed.
+fn content_text(
+    b: &[u8],
+    at: usize,
+    depth: u32,
+    out: &mut Vec<u8>,
+    texts: &mut usize,
+    has_tools: &mut bool,
+) -> Result<usize, Malformed> {
+    json::each_item(b, at, depth, |b, at, depth| {
+        if b.get(at) != Some(&b'{') {
+            return json::skip_value(b, at, depth);
+        }
+        let mut block = json::object_at(b, at, depth)?;
+        let (mut kind, mut text) = (None, None);
+        while let Some(k) = block.key()? {
+            let v = block.value()?;
+            match k {
+                b"type" if kind.is_none() => kind = Some(v),
+                b"text" if text.is_none() => text = Some(v),
+                _ => {}
+            }
+        }
+        match kind.and_then(json::str_inner) {
+            Some(b"text") => {
+                let text = text.and_then(json::str_inner).ok_or(Malformed)?;
+                if *texts == 0 {
+                    out.push(b'"');
+                }
+                out.extend_from_slice(text);
+                *texts += 1;
+            }
+            Some(b"tool_use") => *has_tools = true,
+            _ => {}
+        }
+        block.end()
+    })
 }
 
 /// Writes OpenAI's error body for an Anthropic error `body` (`{"type":"error","error":{...}}`);

@@ -280,6 +280,144 @@ impl<'a> Members<'a> {
     }
 }
 
+/// An object read member by member in place, for a caller that reads some values itself
+/// (one walk instead of a skip and a second walk): [`Object::key`], then exactly one of
+/// [`Object::value`] or [`Object::read_value`], until `key` says `None`; then
+/// [`Object::end`]. Validates the grammar between the values as [`Members`] does; a value
+/// read by the caller is validated by the caller.
+pub struct Object<'a> {
+    b: &'a [u8],
+    at: usize,
+    depth: u32,
+    state: ObjectState,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ObjectState {
+    Open,
+    Value,
+    AfterValue,
+    Done,
+}
+
+/// The object whose `{` is at `b[at]`, nested `depth` deep (the top level is 0).
+pub fn object_at(b: &[u8], at: usize, depth: u32) -> Result<Object<'_>, Malformed> {
+    if depth >= MAX_DEPTH || b.get(at) != Some(&b'{') {
+        return Err(Malformed);
+    }
+    Ok(Object {
+        b,
+        at,
+        depth,
+        state: ObjectState::Open,
+    })
+}
+
+impl<'a> Object<'a> {
+    /// The next member's key (as written between its quotes), or `None` after the last.
+    pub fn key(&mut self) -> Result<Option<&'a [u8]>, Malformed> {
+        let b = self.b;
+        match self.state {
+            ObjectState::Done => return Ok(None),
+            ObjectState::Value => return Err(Malformed),
+            ObjectState::Open => {
+                self.at = skip_ws(b, self.at + 1);
+                if b.get(self.at) == Some(&b'}') {
+                    self.at += 1;
+                    self.state = ObjectState::Done;
+                    return Ok(None);
+                }
+            }
+            ObjectState::AfterValue => {
+                let next = skip_ws(b, self.at);
+                match b.get(next) {
+                    Some(b',') => self.at = skip_ws(b, next + 1),
+                    Some(b'}') => {
+                        self.at = next + 1;
+                        self.state = ObjectState::Done;
+                        return Ok(None);
+                    }
+                    _ => return Err(Malformed),
+                }
+            }
+        }
+        if b.get(self.at) != Some(&b'"') {
+            return Err(Malformed);
+        }
+        let key_end = string_end(b, self.at)?;
+        let key = &b[self.at + 1..key_end - 1];
+        let colon = skip_ws(b, key_end);
+        if b.get(colon) != Some(&b':') {
+            return Err(Malformed);
+        }
+        self.at = skip_ws(b, colon + 1);
+        self.state = ObjectState::Value;
+        Ok(Some(key))
+    }
+
+    /// The raw value of the member whose key was just read.
+    pub fn value(&mut self) -> Result<&'a [u8], Malformed> {
+        self.read_value(skip_value)
+    }
+
+    /// Reads the value of the member whose key was just read with `read(bytes, start,
+    /// depth)`, which returns the index after the value and must validate what it reads (as
+    /// [`skip_value`] does); returns the value's raw bytes.
+    pub fn read_value(
+        &mut self,
+        read: impl FnOnce(&'a [u8], usize, u32) -> Result<usize, Malformed>,
+    ) -> Result<&'a [u8], Malformed> {
+        if self.state != ObjectState::Value {
+            return Err(Malformed);
+        }
+        let start = self.at;
+        let end = read(self.b, start, self.depth + 1)?;
+        if end <= start || end > self.b.len() {
+            return Err(Malformed);
+        }
+        self.at = end;
+        self.state = ObjectState::AfterValue;
+        Ok(&self.b[start..end])
+    }
+
+    /// The index after the closing `}`, once [`Self::key`] said `None`.
+    pub fn end(&self) -> Result<usize, Malformed> {
+        (self.state == ObjectState::Done)
+            .then_some(self.at)
+            .ok_or(Malformed)
+    }
+}
+
+/// Walks the array whose `[` is at `b[at]` (nested `depth` deep), handing each item's start
+/// to `item(bytes, start, depth)`, which returns the index after the item and validates it
+/// (as [`skip_value`] does); returns the index after the `]`.
+pub fn each_item<'a>(
+    b: &'a [u8],
+    at: usize,
+    depth: u32,
+    mut item: impl FnMut(&'a [u8], usize, u32) -> Result<usize, Malformed>,
+) -> Result<usize, Malformed> {
+    if depth >= MAX_DEPTH || b.get(at) != Some(&b'[') {
+        return Err(Malformed);
+    }
+    let mut at = skip_ws(b, at + 1);
+    if b.get(at) == Some(&b']') {
+        return Ok(at + 1);
+    }
+    loop {
+        let end = item(b, at, depth + 1)?;
+        if end <= at || end > b.len() {
+            return Err(Malformed);
+        }
+        at = skip_ws(b, end);
+        match b.get(at) {
+            Some(b',') => at = skip_ws(b, at + 1),
+            Some(b']') => return Ok(at + 1),
+            _ => return Err(Malformed),
+        }
+    }
+}
+
 /// The items of an array, raw, in order; validates like [`Members`].
 pub struct Items<'a> {
     b: &'a [u8],
@@ -482,6 +620,83 @@ mod tests {
         assert!(members(b"[]").is_err());
         assert!(members(br#"{"a":1} x"#).unwrap().any(|m| m.is_err()));
         assert!(items(br#"[1,"#).unwrap().any(|m| m.is_err()));
+    }
+
+    /// The in-place object reader and the item walker accept and refuse what `skip_value`
+    /// does, and hand out the same members and items as the iterators.
+    #[test]
+    fn object_reader_agrees_with_the_iterators() {
+        fn walk(
+            b: &[u8],
+            at: usize,
+            depth: u32,
+            seen: &mut Vec<Vec<u8>>,
+        ) -> Result<usize, Malformed> {
+            match b.get(at) {
+                Some(b'{') => {
+                    let mut o = object_at(b, at, depth)?;
+                    while let Some(k) = o.key()? {
+                        seen.push(k.to_vec());
+                        let v = o.read_value(|b, at, d| walk(b, at, d, seen))?;
+                        seen.push(v.to_vec());
+                    }
+                    o.end()
+                }
+                Some(b'[') => each_item(b, at, depth, |b, at, d| walk(b, at, d, seen)),
+                _ => skip_value(b, at, depth),
+            }
+        }
+        let docs = [
+            r#"{}"#,
+            r#"[]"#,
+            r#" { "a" : [1, {"x": -2.5e+3}, true, false, null, "x\"\\\u00e9\n"], "b": {}, "c":[[]] } "#,
+            r#"{"a":1,"a":2}"#,
+            r#"[{"k":"v"}, [1, 2], "s"]"#,
+            r#"{"a"}"#,
+            r#"{"a":1,}"#,
+            r#"{"a":1 "b":2}"#,
+            r#"[1,]"#,
+            r#"[1 2]"#,
+            r#"{a:1}"#,
+            r#"{"a":[1,{"b":}]}"#,
+            r#"{"a":01}"#,
+        ];
+        for doc in docs {
+            let b = trim(doc.as_bytes());
+            for cut in 0..=b.len() {
+                let b = &b[..cut];
+                let mut seen = Vec::new();
+                let ours = walk(b, 0, 0, &mut seen);
+                assert_eq!(
+                    ours.ok(),
+                    skip_value(b, 0, 0).ok(),
+                    "{:?}",
+                    String::from_utf8_lossy(b)
+                );
+                if ours.is_ok() && b.first() == Some(&b'{') {
+                    let mut o = object_at(b, 0, 0).unwrap();
+                    let mut ours = Vec::new();
+                    while let Some(k) = o.key().unwrap() {
+                        ours.push((k, o.value().unwrap()));
+                    }
+                    assert_eq!(o.end(), Ok(b.len()));
+                    let theirs: Vec<_> = members(b).unwrap().map(Result::unwrap).collect();
+                    assert_eq!(ours, theirs, "{doc}");
+                }
+            }
+        }
+        let deep = "[".repeat(MAX_DEPTH as usize + 1) + &"]".repeat(MAX_DEPTH as usize + 1);
+        assert_eq!(walk(deep.as_bytes(), 0, 0, &mut Vec::new()), Err(Malformed));
+        let deep =
+            "{\"a\":".repeat(MAX_DEPTH as usize + 1) + "1" + &"}".repeat(MAX_DEPTH as usize + 1);
+        assert_eq!(walk(deep.as_bytes(), 0, 0, &mut Vec::new()), Err(Malformed));
+        // A value must be read after each key, and only then.
+        let mut o = object_at(br#"{"a":1}"#, 0, 0).unwrap();
+        assert_eq!(o.value(), Err(Malformed));
+        let mut o = object_at(br#"{"a":1}"#, 0, 0).unwrap();
+        assert_eq!(o.key(), Ok(Some(&b"a"[..])));
+        assert_eq!(o.key(), Err(Malformed));
+        assert_eq!(o.end(), Err(Malformed));
     }
 
     /// The word-at-a-time scan finds what a byte loop finds: every stop byte at every position

@@ -263,6 +263,192 @@ fn stop_reasons_map_to_finish_reasons() {
     assert_eq!(finish_reason(None), b"null");
 }
 
+/// The one-walk translation writes what the previous translation (two walks: the members,
+/// then the content again; kept here as the oracle) wrote, and refuses what it refused: for
+/// bodies with members in any order, repeated members, every kind of block, escapes, and
+/// every prefix of each body (a body cut anywhere). The one difference, by design: a body
+/// with two `content` members whose first holds a text block without a string `text` is
+/// refused (the oracle ignored every `content` but the last).
+#[test]
+fn one_walk_translation_matches_the_two_walk_one() {
+    let bodies = [
+        r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":[{"type":"text","text":"Hi \"there\"\n\u00e9"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":7,"cache_creation_input_tokens":1,"cache_read_input_tokens":2,"output_tokens":16}}"#,
+        r#"{"content":[{"text":"a","type":"text"},{"type":"text","text":"b"}],"usage":{"output_tokens":3},"model":"m","id":"late"}"#,
+        r#" {"id":"m","content":[{"type":"tool_use","id":"t1","name":"f","input":{"a":[1,2]}},{"type":"text","text":"x"},{"type":"tool_use","id":"t2","name":"g"}],"stop_reason":"tool_use"} "#,
+        r#"{"id":"m","content":[{"type":"thinking","thinking":"hm"},7,"s",[1],null,{"type":"text","text":""}]}"#,
+        r#"{"id":"m","content":[{"type":"text","text":"first"}],"content":[{"type":"text","text":"second"}],"id":"m2"}"#,
+        r#"{"id":"m","content":"not an array","content":[]}"#,
+        r#"{"id":"m","content":[],"content":"not an array"}"#,
+        r#"{"id":"m","content":[{"type":"text"}]}"#,
+        r#"{"id":"m","content":[{"type":"text","text":1}]}"#,
+        r#"{"id":"m","content":[{"type":"text","text":"a","text":"b","type":"tool_use"}]}"#,
+        r#"{"id":"m","model":7,"content":[],"usage":{"input_tokens":"x","output_tokens":99999999999}}"#,
+        r#"{"id":"m","content":[{"type":"tool_use","id":"t","name":"f","input":{}}]"#,
+        r#"{"id":"m","content":[{"type":"text","text":"x"}]}}"#,
+        r#"{"id":"m","content":[{"type":"text","text":"x"},]}"#,
+        r#"{"id":"m","content":[{"type":"text","text":"x"} {"type":"text","text":"y"}]}"#,
+        r#"{"id":"m","content":[{"type":"text" "text":"x"}]}"#,
+    ];
+    for body in bodies {
+        let body = body.as_bytes();
+        for cut in 0..=body.len() {
+            let b = &body[..cut];
+            let mut ours = b"kept".to_vec();
+            let mut theirs = b"kept".to_vec();
+            let r1 = message_response(b, 1_700_000_000, &mut ours);
+            let r2 = two_walks(b, 1_700_000_000, &mut theirs);
+            let shown = String::from_utf8_lossy(b);
+            assert_eq!(r1, r2, "{shown}");
+            if r1.is_ok() {
+                assert_eq!(
+                    String::from_utf8_lossy(&ours),
+                    String::from_utf8_lossy(&theirs),
+                    "{shown}"
+                );
+                serde_json::from_slice::<Value>(&ours[4..]).expect("JSON");
+            } else {
+                assert_eq!(ours, b"kept", "a refused body leaves the buffer as it was");
+            }
+        }
+    }
+    // Not UTF-8.
+    let latin1 = b"{\"id\":\"m\",\"content\":[{\"type\":\"text\",\"text\":\"\xff\"}]}";
+    let mut out = Vec::new();
+    assert_eq!(message_response(latin1, 0, &mut out), Err(Malformed));
+    assert_eq!(two_walks(latin1, 0, &mut out), Err(Malformed));
+    // The designed difference.
+    let mut out = Vec::new();
+    let twice = br#"{"id":"m","content":[{"type":"text"}],"content":[]}"#;
+    assert_eq!(message_response(twice, 0, &mut out), Err(Malformed));
+    assert!(two_walks(twice, 0, &mut out).is_ok());
+}
+
+#[allow(clippy::too_many_lines)]
+fn two_walks(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<Tokens, Malformed> {
+    std::str::from_utf8(body).map_err(|_| Malformed)?;
+    // Walking every top-level member validates the grammar of the whole body.
+    let (mut id, mut model, mut content, mut stop_reason, mut usage) =
+        (None, None, None, None, None);
+    for m in crate::adapt::json::members(body)? {
+        let (k, v) = m?;
+        match k {
+            b"id" => id = Some(v),
+            b"model" => model = Some(v),
+            b"content" => content = Some(v),
+            b"stop_reason" => stop_reason = Some(v),
+            b"usage" => usage = Some(v),
+            _ => {}
+        }
+    }
+    let id = id
+        .filter(|v| crate::adapt::json::kind(v) == crate::adapt::json::Kind::String)
+        .ok_or(Malformed)?;
+    let content = content
+        .filter(|v| crate::adapt::json::kind(v) == crate::adapt::json::Kind::Array)
+        .ok_or(Malformed)?;
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id);
+    out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
+    crate::adapt::json::write_u64(out, created);
+    out.extend_from_slice(b",\"model\":");
+    match model.filter(|v| crate::adapt::json::kind(v) == crate::adapt::json::Kind::String) {
+        Some(m) => out.extend_from_slice(m),
+        None => out.extend_from_slice(b"\"\""),
+    }
+    out.extend_from_slice(
+        b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
+    );
+    // Text blocks joined: their escaped contents concatenate into one valid string. One walk
+    // over each block reads its `type` and `text`; tool calls, written after, take a second
+    // walk only when there are any.
+    let mut texts = 0;
+    let mut has_tools = false;
+    for block in crate::adapt::json::items(content)? {
+        let block = block?;
+        if crate::adapt::json::kind(block) != crate::adapt::json::Kind::Object {
+            continue;
+        }
+        let (mut kind, mut text) = (None, None);
+        for m in crate::adapt::json::members(block)? {
+            match m? {
+                (b"type", v) if kind.is_none() => kind = Some(v),
+                (b"text", v) if text.is_none() => text = Some(v),
+                _ => {}
+            }
+        }
+        match kind.and_then(crate::adapt::json::str_inner) {
+            Some(b"text") => {}
+            Some(b"tool_use") => {
+                has_tools = true;
+                continue;
+            }
+            _ => continue,
+        }
+        let text = text
+            .and_then(crate::adapt::json::str_inner)
+            .ok_or(Malformed)?;
+        if texts == 0 {
+            out.push(b'"');
+        }
+        out.extend_from_slice(text);
+        texts += 1;
+    }
+    if texts == 0 {
+        out.extend_from_slice(b"null");
+    } else {
+        out.push(b'"');
+    }
+    let mut calls = 0;
+    let blocks = if has_tools {
+        Some(crate::adapt::json::items(content)?)
+    } else {
+        None
+    };
+    for block in blocks.into_iter().flatten() {
+        let block = block?;
+        if crate::adapt::json::kind(block) != crate::adapt::json::Kind::Object
+            || !crate::adapt::json::get(block, b"type")?
+                .is_some_and(|t| crate::adapt::json::is_str(t, "tool_use"))
+        {
+            continue;
+        }
+        let id = crate::adapt::json::get(block, b"id")?
+            .filter(|v| crate::adapt::json::kind(v) == crate::adapt::json::Kind::String);
+        let name = crate::adapt::json::get(block, b"name")?
+            .filter(|v| crate::adapt::json::kind(v) == crate::adapt::json::Kind::String);
+        let (Some(id), Some(name)) = (id, name) else {
+            return Err(Malformed);
+        };
+        let input = crate::adapt::json::get(block, b"input")?.unwrap_or(b"{}");
+        out.extend_from_slice(if calls == 0 {
+            b",\"tool_calls\":["
+        } else {
+            b","
+        });
+        out.extend_from_slice(b"{\"id\":");
+        out.extend_from_slice(id);
+        out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+        out.extend_from_slice(name);
+        out.extend_from_slice(b",\"arguments\":");
+        crate::adapt::json::write_as_string(out, input);
+        out.extend_from_slice(b"}}");
+        calls += 1;
+    }
+    if calls > 0 {
+        out.push(b']');
+    }
+    out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":");
+    out.extend_from_slice(finish_reason(stop_reason));
+    out.extend_from_slice(b"}],\"usage\":");
+    let mut tokens = Tokens::default();
+    if let Some(u) = usage {
+        tokens.read(u)?;
+    }
+    tokens.write_openai(out);
+    out.push(b'}');
+    Ok(tokens)
+}
+
 #[test]
 fn malformed_message_bodies_are_refused() {
     for bad in [
