@@ -785,13 +785,37 @@ fn write_message(
     }
     // Tool calls, written after the text, take a second walk of the content only when there
     // are any.
+    if has_tools {
+        tool_calls(content, out)?;
+    }
+    close_completion(stop_reason, usage, out)
+}
+
+/// Writes the end of a `chat.completion` after its message's last member: `finish_reason`
+/// from the raw `stop_reason`, and `usage` from the raw Anthropic `usage`; returns its counts.
+pub(super) fn close_completion(
+    stop_reason: Option<&[u8]>,
+    usage: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> Result<Tokens, Malformed> {
+    out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":");
+    out.extend_from_slice(finish_reason(stop_reason));
+    out.extend_from_slice(b"}],\"usage\":");
+    let mut tokens = Tokens::default();
+    if let Some(u) = usage {
+        tokens.read(u)?;
+    }
+    tokens.write_openai(out);
+    out.push(b'}');
+    Ok(tokens)
+}
+
+/// Writes the `tool_calls` member (with its leading comma) for the `tool_use` blocks of the
+/// raw `content` array, nothing when it has none; a `tool_use` block without a string `id`
+/// and `name` is malformed.
+pub(super) fn tool_calls(content: &[u8], out: &mut Vec<u8>) -> Result<(), Malformed> {
     let mut calls = 0;
-    let blocks = if has_tools {
-        Some(json::items(content)?)
-    } else {
-        None
-    };
-    for block in blocks.into_iter().flatten() {
+    for block in json::items(content)? {
         let block = block?;
         if json::kind(block) != json::Kind::Object
             || !json::get(block, b"type")?.is_some_and(|t| json::is_str(t, "tool_use"))
@@ -821,16 +845,7 @@ fn write_message(
     if calls > 0 {
         out.push(b']');
     }
-    out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":");
-    out.extend_from_slice(finish_reason(stop_reason));
-    out.extend_from_slice(b"}],\"usage\":");
-    let mut tokens = Tokens::default();
-    if let Some(u) = usage {
-        tokens.read(u)?;
-    }
-    tokens.write_openai(out);
-    out.push(b'}');
-    Ok(tokens)
+    Ok(())
 }
 
 /// Reads the `content` array whose `[` is at `b[at]` (validating it) and writes its text

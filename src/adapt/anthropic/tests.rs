@@ -264,7 +264,8 @@ fn stop_reasons_map_to_finish_reasons() {
 }
 
 /// The one-walk translation writes what the previous translation (two walks: the members,
-/// then the content again; kept here as the oracle) wrote, and refuses what it refused: for
+/// then the content again; kept here as the oracle, its tool calls written by the unchanged
+/// `tool_calls`) wrote, and refuses what it refused: for
 /// bodies with members in any order, repeated members, every kind of block, escapes, and
 /// every prefix of each body (a body cut anywhere). The one difference, by design: a body
 /// with two `content` members whose first holds a text block without a string `text` is
@@ -323,7 +324,6 @@ fn one_walk_translation_matches_the_two_walk_one() {
     assert!(two_walks(twice, 0, &mut out).is_ok());
 }
 
-#[allow(clippy::too_many_lines)]
 fn two_walks(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<Tokens, Malformed> {
     std::str::from_utf8(body).map_err(|_| Malformed)?;
     // Walking every top-level member validates the grammar of the whole body.
@@ -398,55 +398,10 @@ fn two_walks(body: &[u8], created: u64, out: &mut Vec<u8>) -> Result<Tokens, Mal
     } else {
         out.push(b'"');
     }
-    let mut calls = 0;
-    let blocks = if has_tools {
-        Some(crate::adapt::json::items(content)?)
-    } else {
-        None
-    };
-    for block in blocks.into_iter().flatten() {
-        let block = block?;
-        if crate::adapt::json::kind(block) != crate::adapt::json::Kind::Object
-            || !crate::adapt::json::get(block, b"type")?
-                .is_some_and(|t| crate::adapt::json::is_str(t, "tool_use"))
-        {
-            continue;
-        }
-        let id = crate::adapt::json::get(block, b"id")?
-            .filter(|v| crate::adapt::json::kind(v) == crate::adapt::json::Kind::String);
-        let name = crate::adapt::json::get(block, b"name")?
-            .filter(|v| crate::adapt::json::kind(v) == crate::adapt::json::Kind::String);
-        let (Some(id), Some(name)) = (id, name) else {
-            return Err(Malformed);
-        };
-        let input = crate::adapt::json::get(block, b"input")?.unwrap_or(b"{}");
-        out.extend_from_slice(if calls == 0 {
-            b",\"tool_calls\":["
-        } else {
-            b","
-        });
-        out.extend_from_slice(b"{\"id\":");
-        out.extend_from_slice(id);
-        out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
-        out.extend_from_slice(name);
-        out.extend_from_slice(b",\"arguments\":");
-        crate::adapt::json::write_as_string(out, input);
-        out.extend_from_slice(b"}}");
-        calls += 1;
+    if has_tools {
+        tool_calls(content, out)?;
     }
-    if calls > 0 {
-        out.push(b']');
-    }
-    out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":");
-    out.extend_from_slice(finish_reason(stop_reason));
-    out.extend_from_slice(b"}],\"usage\":");
-    let mut tokens = Tokens::default();
-    if let Some(u) = usage {
-        tokens.read(u)?;
-    }
-    tokens.write_openai(out);
-    out.push(b'}');
-    Ok(tokens)
+    close_completion(stop_reason, usage, out)
 }
 
 #[test]
