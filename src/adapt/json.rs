@@ -199,21 +199,43 @@ fn container_end(b: &[u8], i: usize, depth: u32, close: u8) -> Result<usize, Mal
     }
     loop {
         if close == b'}' {
-            if b.get(at) != Some(&b'"') {
-                return Err(Malformed);
-            }
-            at = skip_ws(b, string_end(b, at)?);
-            if b.get(at) != Some(&b':') {
-                return Err(Malformed);
-            }
-            at = skip_ws(b, at + 1);
+            at = member_key(b, at)?.1;
         }
-        at = skip_ws(b, skip_value(b, at, depth + 1)?);
-        match b.get(at) {
-            Some(b',') => at = skip_ws(b, at + 1),
-            Some(&c) if c == close => return Ok(at + 1),
-            _ => return Err(Malformed),
+        match after_value(b, skip_value(b, at, depth + 1)?, close)? {
+            Next::More(next) => at = next,
+            Next::Closed(end) => return Ok(end),
         }
+    }
+}
+
+/// The key of the member whose opening quote is at `b[at]` (as written between its quotes)
+/// and the index of its value (past the colon and whitespace).
+fn member_key(b: &[u8], at: usize) -> Result<(&[u8], usize), Malformed> {
+    if b.get(at) != Some(&b'"') {
+        return Err(Malformed);
+    }
+    let key_end = string_end(b, at)?;
+    let colon = skip_ws(b, key_end);
+    if b.get(colon) != Some(&b':') {
+        return Err(Malformed);
+    }
+    Ok((&b[at + 1..key_end - 1], skip_ws(b, colon + 1)))
+}
+
+/// What follows a value that ends at `end` inside a container closed by `close`.
+enum Next {
+    /// A comma: the next member or item starts here.
+    More(usize),
+    /// The closing byte: the container ends before this index.
+    Closed(usize),
+}
+
+fn after_value(b: &[u8], end: usize, close: u8) -> Result<Next, Malformed> {
+    let at = skip_ws(b, end);
+    match b.get(at) {
+        Some(b',') => Ok(Next::More(skip_ws(b, at + 1))),
+        Some(&c) if c == close => Ok(Next::Closed(at + 1)),
+        _ => Err(Malformed),
     }
 }
 
@@ -258,25 +280,14 @@ impl<'a> Iterator for Members<'a> {
 impl<'a> Members<'a> {
     fn step(&mut self) -> Result<(&'a [u8], &'a [u8]), Malformed> {
         let b = self.b;
-        if b.get(self.at) != Some(&b'"') {
-            return Err(Malformed);
-        }
-        let key_end = string_end(b, self.at)?;
-        let key = &b[self.at + 1..key_end - 1];
-        let mut at = skip_ws(b, key_end);
-        if b.get(at) != Some(&b':') {
-            return Err(Malformed);
-        }
-        at = skip_ws(b, at + 1);
+        let (key, at) = member_key(b, self.at)?;
         let end = skip_value(b, at, 1)?;
-        let value = &b[at..end];
-        let next = skip_ws(b, end);
-        match b.get(next) {
-            Some(b',') => self.at = skip_ws(b, next + 1),
-            Some(b'}') if next + 1 == b.len() => self.done = true,
-            _ => return Err(Malformed),
+        match after_value(b, end, b'}')? {
+            Next::More(next) => self.at = next,
+            Next::Closed(after) if after == b.len() => self.done = true,
+            Next::Closed(_) => return Err(Malformed),
         }
-        Ok((key, value))
+        Ok((key, &b[at..end]))
     }
 }
 
@@ -328,29 +339,17 @@ impl<'a> Object<'a> {
                     return Ok(None);
                 }
             }
-            ObjectState::AfterValue => {
-                let next = skip_ws(b, self.at);
-                match b.get(next) {
-                    Some(b',') => self.at = skip_ws(b, next + 1),
-                    Some(b'}') => {
-                        self.at = next + 1;
-                        self.state = ObjectState::Done;
-                        return Ok(None);
-                    }
-                    _ => return Err(Malformed),
+            ObjectState::AfterValue => match after_value(b, self.at, b'}')? {
+                Next::More(next) => self.at = next,
+                Next::Closed(end) => {
+                    self.at = end;
+                    self.state = ObjectState::Done;
+                    return Ok(None);
                 }
-            }
+            },
         }
-        if b.get(self.at) != Some(&b'"') {
-            return Err(Malformed);
-        }
-        let key_end = string_end(b, self.at)?;
-        let key = &b[self.at + 1..key_end - 1];
-        let colon = skip_ws(b, key_end);
-        if b.get(colon) != Some(&b':') {
-            return Err(Malformed);
-        }
-        self.at = skip_ws(b, colon + 1);
+        let (key, value) = member_key(b, self.at)?;
+        self.at = value;
         self.state = ObjectState::Value;
         Ok(Some(key))
     }
@@ -409,11 +408,9 @@ pub fn each_item<'a>(
         if end <= at || end > b.len() {
             return Err(Malformed);
         }
-        at = skip_ws(b, end);
-        match b.get(at) {
-            Some(b',') => at = skip_ws(b, at + 1),
-            Some(b']') => return Ok(at + 1),
-            _ => return Err(Malformed),
+        match after_value(b, end, b']')? {
+            Next::More(next) => at = next,
+            Next::Closed(end) => return Ok(end),
         }
     }
 }
@@ -449,11 +446,10 @@ impl<'a> Iterator for Items<'a> {
         let b = self.b;
         let r = skip_value(b, self.at, 1).and_then(|end| {
             let item = &b[self.at..end];
-            let next = skip_ws(b, end);
-            match b.get(next) {
-                Some(b',') => self.at = skip_ws(b, next + 1),
-                Some(b']') if next + 1 == b.len() => self.done = true,
-                _ => return Err(Malformed),
+            match after_value(b, end, b']')? {
+                Next::More(next) => self.at = next,
+                Next::Closed(after) if after == b.len() => self.done = true,
+                Next::Closed(_) => return Err(Malformed),
             }
             Ok(item)
         });
