@@ -11,7 +11,8 @@
 #
 # Environment knobs (defaults): DURATION=5 WARMUP=1 ROUNDS=3 CONNS=32 RATE=5000 RATE_CONNS=16
 # GW_CORE=0 UP_CORE=1 UP_PORT=9000 GW_PORT=8080 NGX_PORT=8081 BODY=<small chat request>
-# SKIP_BUILD=1 (use existing release binaries) SKIP_SHARDGATE=1 (nginx + direct only)
+# MODES="closed open c1" (the load shapes run in each round; e.g. MODES=open for the 5k req/s
+# open loop alone) SKIP_BUILD=1 (use existing release binaries) SKIP_SHARDGATE=1 (nginx + direct only)
 # SHARDGATE=target/release/shardgate (the binary measured) BASELINE=<another shardgate binary>
 # (also measured, as `baseline` on GW_PORT+2, for before/after ratios in the same run)
 # GW_EXTRA / BASELINE_EXTRA: more [server] lines for shardgate / the baseline, e.g. the same
@@ -239,11 +240,16 @@ run() {
 echo "compare: ${SERVERS[*]} | ${DURATION}s measured + ${WARMUP}s warmup per run, $ROUNDS rounds," \
     "closed loop $CONNS conns, open loop $RATE req/s over $RATE_CONNS conns, POST $PATH_REQ"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+MODES=${MODES:-closed open c1}
+has_mode() { [[ " $MODES " == *" $1 "* ]]; }
 for r in $(seq "$ROUNDS"); do
     for mode in closed open; do
+        has_mode "$mode" || continue
         for s in "${SERVERS[@]}"; do run "$s-$mode-$r" "$s" "$mode"; done
     done
-    for s in direct "${SERVERS[@]}"; do run "$s-c1-$r" "$s" c1; done
+    if has_mode c1; then
+        for s in direct "${SERVERS[@]}"; do run "$s-c1-$r" "$s" c1; done
+    fi
 done
 echo "load average after:  $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -270,10 +276,11 @@ PYEOF
     done
 fi
 
-python3 - "$TMP" "$ROUNDS" "$(getconf CLK_TCK)" "${SERVERS[@]}" <<'PYEOF'
+python3 - "$TMP" "$ROUNDS" "$(getconf CLK_TCK)" "$MODES" "${SERVERS[@]}" <<'PYEOF'
 import json, os, statistics, sys
 
-tmp, rounds, hz, servers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+tmp, rounds, hz, servers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[5:]
+modes = [m for m in ("closed", "open") if m in sys.argv[4].split()]
 
 def load(name):
     with open(os.path.join(tmp, name + ".json")) as f:
@@ -303,7 +310,7 @@ def median(runs):
 
 hdr = f"{'run':<22} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'p99.9 ms':>9} {'cpu us/req':>10} {'errors':>7} {'sys/req':>9}"
 summary = {}
-for mode in ("closed", "open"):
+for mode in modes:
     print(f"\n== {mode} loop ==")
     print(hdr)
     for s in servers:
@@ -315,7 +322,7 @@ for mode in ("closed", "open"):
 
 def ratios(a_name, b_name):
     print(f"\n== {a_name} / {b_name} (medians) ==")
-    for mode in ("closed", "open"):
+    for mode in modes:
         a, b = summary[(a_name, mode)], summary[(b_name, mode)]
         r = "  ".join(f"{k} {a[k] / b[k]:.2f}x" for k in ("rps", "p50", "p99", "p99.9", "cpu_us") if b[k])
         print(f"{mode:<7} {r}")
@@ -330,6 +337,8 @@ for a, b in (("shardgate", "haproxy"), ("shardgate-ai", "haproxy-ai"), ("shardga
     if a in servers and b in servers:
         ratios(a, b)
 
+if "c1" not in sys.argv[4].split():
+    sys.exit(0)
 print("\n== gateway-added latency, concurrency 1 (through proxy minus direct, medians over rounds) ==")
 c1 = {s: median([load(f"{s}-c1-{r}") for r in range(1, rounds + 1)]) for s in ["direct"] + servers}
 direct = c1["direct"]

@@ -433,12 +433,16 @@ fn worker_thread(id: usize, snapshot: Snapshot, listener: Listeners, links: Link
     let choice = snapshot.server.driver;
     let ring = snapshot.server.io_uring;
     if choice != DriverChoice::Legacy {
-        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(ring.entries)
-            .uring_builder(uring_builder(&ring))
-            .enable_timer()
-            .build()
-        {
+        match build_uring(&ring).or_else(|e| match ring.without_default_coop() {
+            // A kernel before 5.19 refuses IORING_SETUP_COOP_TASKRUN, on by default only.
+            Some(plain) => build_uring(&plain).inspect(|_| {
+                eprintln!(
+                    "shardgate-w{id}: the kernel refused IORING_SETUP_COOP_TASKRUN ({e}); \
+                     running without it"
+                )
+            }),
+            None => Err(e),
+        }) {
             Ok(mut rt) => {
                 rt.block_on(worker_main(
                     id,
@@ -486,6 +490,17 @@ fn worker_thread(id: usize, snapshot: Snapshot, listener: Listeners, links: Link
             ))));
         }
     }
+}
+
+/// A worker's io_uring runtime with the ring `ring` describes.
+fn build_uring(
+    ring: &crate::ring_config::IoUringSettings,
+) -> io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
+    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .with_entries(ring.entries)
+        .uring_builder(uring_builder(ring))
+        .enable_timer()
+        .build()
 }
 
 /// The kernel-side ring setup `[server.io_uring]` chooses (entries go to monoio directly).
@@ -559,10 +574,17 @@ pub const REVOCATION_PURGE: Duration = Duration::from_secs(10);
 /// How often the quota shard's timer work (returns, prefetch, expiry) runs.
 pub const QUOTA_TICK: Duration = Duration::from_millis(100);
 
+/// How long a worker may hold back breaker reports that hold only successes (failures and
+/// probes go out on the next inbox tick). Successes only fill the decider's window, which
+/// lasts seconds; holding them this long saves a wake-up of the coordination thread per
+/// worker per inbox tick.
+pub const BREAKER_SUCCESS_FLUSH: Duration = Duration::from_millis(100);
+
 async fn inbox_loop(worker: Rc<Worker>) {
     let mut last_spend_flush = Instant::now();
     let mut last_quota_tick = Instant::now();
     let mut last_purge = Instant::now();
+    let mut last_breaker_flush = Instant::now();
     let mut trim = trim::Trim::default();
     loop {
         worker.poll_inbox();
@@ -595,7 +617,9 @@ async fn inbox_loop(worker: Rc<Worker>) {
         if let Some(t) = worker.tracer.borrow_mut().as_mut() {
             t.tick(Instant::now());
         }
-        worker.flush_breakers();
+        if worker.flush_breakers(last_breaker_flush.elapsed() >= BREAKER_SUCCESS_FLUSH) {
+            last_breaker_flush = Instant::now();
+        }
         worker.flush_balance();
         if worker.drain.is_draining() && worker.conns.get() == 0 {
             return;

@@ -144,12 +144,20 @@ impl Worker {
         }
     }
 
-    /// Sends the breakers' pending outcome reports to the coordination thread.
-    pub fn flush_breakers(&self) {
+    /// Sends the breakers' pending outcome reports to the coordination thread when one holds
+    /// a failure or a probe, or when `successes_due`; returns whether it sent them. Reports of
+    /// successes alone are held back (up to [`crate::runtime::BREAKER_SUCCESS_FLUSH`]): each send wakes the
+    /// coordination thread, and on a healthy fleet that was every inbox tick of every worker.
+    pub fn flush_breakers(&self, successes_due: bool) -> bool {
+        let mut resilience = self.resilience.borrow_mut();
+        if !successes_due && !resilience.has_urgent_reports() {
+            return false;
+        }
         let coord = &self.coord;
-        self.resilience.borrow_mut().drain_reports(|r| {
+        resilience.drain_reports(|r| {
             let _ = coord.send(ToCoord::Breaker(r));
         });
+        true
     }
 
     /// Sends the endpoint load changes since the last call to the coordination thread (nothing

@@ -38,6 +38,8 @@ fn every_ring_setting_serves_keep_alive_traffic() {
         "entries = 32768",
         "sqpoll = true",
         "sqpoll = true\nsqpoll_idle_ms = 1",
+        "sqpoll = true\ncoop_taskrun = false",
+        "coop_taskrun = false",
         "coop_taskrun = true",
         "single_issuer = true",
         "single_issuer = true\ndefer_taskrun = true",

@@ -455,17 +455,17 @@ targets = [{ model = "a", weight = 1 }, { model = "b", weight = 1 }]
         assert_eq!(
             v["io_uring"],
             json!({"entries": 4096, "sqpoll": false, "sqpoll_idle_ms": null,
-                   "coop_taskrun": false, "single_issuer": false, "defer_taskrun": false})
+                   "coop_taskrun": true, "single_issuer": false, "defer_taskrun": false})
         );
         let v = view(
             "busy_poll_us = 50\n[server.io_uring]\nentries = 1024\nsqpoll = true\n\
-             sqpoll_idle_ms = 20\ncoop_taskrun = true\nsingle_issuer = true",
+             sqpoll_idle_ms = 20\nsingle_issuer = true",
         );
         assert_eq!(v["busy_poll_us"], json!(50));
         assert_eq!(
             v["io_uring"],
             json!({"entries": 1024, "sqpoll": true, "sqpoll_idle_ms": 20,
-                   "coop_taskrun": true, "single_issuer": true, "defer_taskrun": false})
+                   "coop_taskrun": false, "single_issuer": true, "defer_taskrun": false})
         );
     }
 

@@ -141,6 +141,12 @@ impl Fleet {
         self.plan = plan.clone();
     }
 
+    /// Whether [`Self::tick`] must run on the short tick: a load gauge is scraped (its values
+    /// are collected on the tick) or a change waits to go out.
+    pub fn needs_tick(&self) -> bool {
+        self.feed.is_some() || self.changed
+    }
+
     /// New gauges, then the view to send every worker if anything changed and the last one
     /// went out at least [`FLEET_INTERVAL`] ago.
     pub fn tick(&mut self, now: Instant) -> Option<Arc<FleetView>> {

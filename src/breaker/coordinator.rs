@@ -124,6 +124,12 @@ impl BreakerCoordinator {
         out.extend(self.decided.drain(..).map(EndpointUpdate::Breaker));
     }
 
+    /// Whether [`Self::tick`] must run on the short tick: a breaker timer is running, or
+    /// health checks are on (their changes are collected on the tick).
+    pub fn needs_tick(&self) -> bool {
+        self.health.is_some() || self.decider.has_timers()
+    }
+
     pub fn snapshot(&self) -> BreakerSnapshot {
         self.decider.snapshot()
     }

@@ -240,6 +240,15 @@ impl BreakerDecider {
         }
     }
 
+    /// Whether [`Self::tick`] has anything to time: an endpoint that is not CLOSED (an open
+    /// breaker's end, a half-open one's probe re-grant). With every breaker closed only a
+    /// report can change anything, and a report wakes the coordination thread anyway.
+    pub fn has_timers(&self) -> bool {
+        self.endpoints
+            .iter()
+            .any(|ep| !matches!(ep.state, State::Closed))
+    }
+
     /// Moves OPEN endpoints whose interval has passed to HALF_OPEN and re-splits stale probe
     /// grants. Call it on the coordination thread's tick (every few ms up to ~100 ms).
     pub fn tick(&mut self, now: Instant, out: &mut Vec<BreakerUpdate>) {
@@ -540,11 +549,15 @@ mod tests {
         let t0 = Instant::now();
         let mut d = BreakerDecider::new(&[policy(0.0)], 1, t0);
         let mut out = Vec::new();
+        assert!(!d.has_timers(), "all closed: nothing to time");
+        d.ingest(&report(0, 0, 9, 1, 1), t0, &mut out);
+        assert!(out.is_empty() && !d.has_timers(), "counted, still closed");
         let local = BreakerReport {
             opened_locally: true,
             ..report(0, 0, 0, 1, 1)
         };
         d.ingest(&local, t0, &mut out);
+        assert!(d.has_timers(), "open: its end is timed");
         assert_eq!(
             out.pop().unwrap().state,
             BroadcastState::Open {
@@ -556,6 +569,10 @@ mod tests {
         assert!(out.is_empty(), "still open");
         let t1 = t0 + Duration::from_secs(1);
         d.tick(t1, &mut out);
+        assert!(
+            d.has_timers(),
+            "half-open: probe grants are re-split on a timer"
+        );
         let half = out.pop().unwrap();
         assert_eq!(
             (half.epoch, half.state),
@@ -609,6 +626,7 @@ mod tests {
             }
         );
 
+        assert!(!d.has_timers(), "closed again");
         let snap = &d.snapshot().endpoints[0];
         assert_eq!(snap.state, StateKind::Closed);
         assert_eq!(snap.transitions, [1, 2, 1, 1]);

@@ -123,6 +123,10 @@ pub struct WorkerBreakers {
     closed: Vec<u64>,
     /// Endpoints with a pending report; capacity reserved for all, so pushing never allocates.
     dirty: Vec<EndpointId>,
+    /// A pending report holds more than successes (a failure, a probe, a local open): the
+    /// decider must see it at the next drain. Successes alone may wait (see
+    /// [`Self::has_urgent_reports`]).
+    urgent: bool,
 }
 
 impl WorkerBreakers {
@@ -140,6 +144,7 @@ impl WorkerBreakers {
             slots,
             closed: Vec::new(),
             dirty: Vec::with_capacity(policies.len()),
+            urgent: false,
         };
         w.sync_all();
         w
@@ -277,7 +282,7 @@ impl WorkerBreakers {
             }
         };
         if probe.is_some() {
-            self.mark_dirty(endpoint);
+            self.mark_dirty(endpoint, true);
         }
         Ok(Permit {
             endpoint,
@@ -379,12 +384,22 @@ impl WorkerBreakers {
             }
             (None, Verdict::Ignored) => return,
         }
-        self.mark_dirty(permit.endpoint);
+        let urgent = !matches!((permit.probe, verdict), (None, Verdict::Success));
+        self.mark_dirty(permit.endpoint, urgent);
+    }
+
+    /// Whether a pending report holds anything but successes. Successes only add to the
+    /// decider's window (they cannot open or close a breaker), so a worker may hold them back
+    /// and drain less often; they go out with the next urgent report either way, so a failure
+    /// is always judged with every success before it counted.
+    pub fn has_urgent_reports(&self) -> bool {
+        self.urgent
     }
 
     /// Moves every pending report into `out` (for the coordination thread). Allocation-free
     /// when `out` has room for one report per endpoint.
     pub fn drain_reports(&mut self, out: &mut Vec<BreakerReport>) {
+        self.urgent = false;
         for endpoint in self.dirty.drain(..) {
             let slot = &mut self.slots[endpoint.index()];
             slot.dirty = false;
@@ -462,7 +477,8 @@ impl WorkerBreakers {
         })
     }
 
-    fn mark_dirty(&mut self, endpoint: EndpointId) {
+    fn mark_dirty(&mut self, endpoint: EndpointId, urgent: bool) {
+        self.urgent |= urgent;
         let slot = &mut self.slots[endpoint.index()];
         if !slot.dirty {
             slot.dirty = true;
@@ -675,6 +691,11 @@ impl WorkerResilience {
 
     pub fn apply_health(&mut self, update: &HealthUpdate) {
         self.breakers.apply_health(update);
+    }
+
+    /// See [`WorkerBreakers::has_urgent_reports`].
+    pub fn has_urgent_reports(&self) -> bool {
+        self.breakers.has_urgent_reports()
     }
 
     /// Hands every pending report to `send` (for the coordination thread).
@@ -899,6 +920,107 @@ mod tests {
         ws[w].record(p, Outcome::Success, t1);
         round(&mut ws, &mut d, t1);
         assert!(ws.iter().all(|w| w.state(EP) == Some(StateKind::Closed)));
+    }
+
+    /// Which reports may wait: successes alone (plain, or a status that is not a failure)
+    /// may; every failure kind, a local open and every probe event may not; an ignored
+    /// outcome adds nothing. A drain clears the flag, and what waited goes out whole with the
+    /// next urgent report, so the decider trips on the same counts either way.
+    #[test]
+    fn only_reports_of_successes_alone_may_wait() {
+        let t0 = Instant::now();
+        let p = BreakerPolicy {
+            consecutive_failures: 3,
+            ..policy()
+        };
+        let record = |w: &mut WorkerBreakers, outcome: Outcome| {
+            let permit = w.allow(EP, t0).unwrap();
+            w.record(permit, outcome, t0);
+        };
+        let mut w = WorkerBreakers::new(0, 1, &[p]);
+        assert!(!w.has_urgent_reports());
+        for outcome in [Outcome::Success, Outcome::Status(200), Outcome::Status(404)] {
+            record(&mut w, outcome);
+            assert!(!w.has_urgent_reports(), "{outcome:?}");
+        }
+        for outcome in [Outcome::ClientCancelled, Outcome::Status(429)] {
+            record(&mut w, outcome);
+            assert!(!w.has_urgent_reports(), "ignored: {outcome:?}");
+        }
+        let mut out = Vec::new();
+        w.drain_reports(&mut out);
+        assert_eq!((out.len(), out[0].successes), (1, 3), "{out:?}");
+        for outcome in [
+            Outcome::ConnectError,
+            Outcome::Timeout,
+            Outcome::StreamCut,
+            Outcome::Status(503),
+        ] {
+            let mut w = WorkerBreakers::new(0, 1, &[p]);
+            record(&mut w, Outcome::Success);
+            record(&mut w, outcome);
+            assert!(w.has_urgent_reports(), "{outcome:?}");
+            let mut out = Vec::new();
+            w.drain_reports(&mut out);
+            assert!(!w.has_urgent_reports(), "a drain clears it");
+            assert_eq!(
+                (out[0].successes, out[0].failures, out[0].trailing_failures),
+                (1, 1, 1),
+                "{outcome:?}: the held success goes out with the failure"
+            );
+        }
+        // Probes: taking a permit in HALF_OPEN is urgent (the decider counts started
+        // probes), and so is every verdict on one.
+        for verdict in [Outcome::Success, Outcome::Timeout, Outcome::ClientCancelled] {
+            let mut ws = [WorkerBreakers::new(0, 1, &[p])];
+            let mut d2 = BreakerDecider::new(&[p], 1, t0);
+            fail(&mut ws[0], Outcome::ConnectError, 3, t0);
+            round(&mut ws, &mut d2, t0);
+            let t1 = t0 + Duration::from_secs(1);
+            round(&mut ws, &mut d2, t1);
+            let probe = ws[0].allow(EP, t1).unwrap();
+            assert!(probe.is_probe() && ws[0].has_urgent_reports());
+            round(&mut ws, &mut d2, t1);
+            ws[0].record(probe, verdict, t1);
+            assert!(ws[0].has_urgent_reports(), "probe {verdict:?}");
+        }
+        // Successes held back across many drains' worth of time, then a run of failures:
+        // the decider opens exactly when it did with a drain after every outcome.
+        let mut held = [WorkerBreakers::new(0, 1, &[p])];
+        let mut eager = [WorkerBreakers::new(0, 1, &[p])];
+        let (mut d, mut d_eager) = (
+            BreakerDecider::new(&[p], 1, t0),
+            BreakerDecider::new(&[p], 1, t0),
+        );
+        for i in 0..50 {
+            let outcome = if i % 10 == 9 {
+                Outcome::Timeout
+            } else {
+                Outcome::Success
+            };
+            for w in [&mut held[0], &mut eager[0]] {
+                record(w, outcome);
+            }
+            round(&mut eager, &mut d_eager, t0);
+            if held[0].has_urgent_reports() {
+                round(&mut held, &mut d, t0);
+            }
+        }
+        let mut timeouts = 0;
+        while eager[0].state(EP) == Some(StateKind::Closed) {
+            for w in [&mut held[0], &mut eager[0]] {
+                record(w, Outcome::Timeout);
+            }
+            timeouts += 1;
+            round(&mut eager, &mut d_eager, t0);
+            round(&mut held, &mut d, t0);
+            assert_eq!(held[0].state(EP), eager[0].state(EP), "after {timeouts}");
+        }
+        assert_eq!(
+            (timeouts, held[0].state(EP)),
+            (2, Some(StateKind::Open)),
+            "the 50th outcome was a timeout: two more make three in a row"
+        );
     }
 
     #[test]

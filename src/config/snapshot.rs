@@ -569,6 +569,7 @@ upstream = "up"
             "entries = 1024",
             "sqpoll = true",
             "sqpoll = true\nsqpoll_idle_ms = 5",
+            "coop_taskrun = false",
             "coop_taskrun = true",
             "single_issuer = true",
             "single_issuer = true\ndefer_taskrun = true",
