@@ -433,16 +433,7 @@ fn worker_thread(id: usize, snapshot: Snapshot, listener: Listeners, links: Link
     let choice = snapshot.server.driver;
     let ring = snapshot.server.io_uring;
     if choice != DriverChoice::Legacy {
-        match build_uring(&ring).or_else(|e| match ring.without_default_coop() {
-            // A kernel before 5.19 refuses IORING_SETUP_COOP_TASKRUN, on by default only.
-            Some(plain) => build_uring(&plain).inspect(|_| {
-                eprintln!(
-                    "shardgate-w{id}: the kernel refused IORING_SETUP_COOP_TASKRUN ({e}); \
-                     running without it"
-                )
-            }),
-            None => Err(e),
-        }) {
+        match build_uring_or_plain(id, &ring) {
             Ok(mut rt) => {
                 rt.block_on(worker_main(
                     id,
@@ -490,6 +481,23 @@ fn worker_thread(id: usize, snapshot: Snapshot, listener: Listeners, links: Link
             ))));
         }
     }
+}
+
+/// A worker's io_uring runtime with the ring `ring` describes; when the kernel refuses it and
+/// `coop_taskrun` is on by default only (a kernel before 5.19), the same ring without it.
+fn build_uring_or_plain(
+    id: usize,
+    ring: &crate::ring_config::IoUringSettings,
+) -> io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
+    build_uring(ring).or_else(|e| match ring.without_default_coop() {
+        Some(plain) => build_uring(&plain).inspect(|_| {
+            eprintln!(
+                "shardgate-w{id}: the kernel refused IORING_SETUP_COOP_TASKRUN ({e}); \
+                 running without it"
+            )
+        }),
+        None => Err(e),
+    })
 }
 
 /// A worker's io_uring runtime with the ring `ring` describes.
@@ -634,5 +642,47 @@ async fn inbox_loop(worker: Rc<Worker>) {
                 _ = worker.lease.waiter_arrived() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ring_config::IoUringSettings;
+
+    /// A ring the kernel refuses because of the default `coop_taskrun` is built without it; a
+    /// written `coop_taskrun = true` is never dropped. The kernel refuses `COOP_TASKRUN` with
+    /// `SQPOLL` (`EINVAL`), a pair the config never produces, so it stands in here for an old
+    /// kernel's refusal of the flag.
+    #[test]
+    fn only_the_default_coop_taskrun_is_dropped_when_the_kernel_refuses_it() {
+        if !monoio::utils::detect_uring() {
+            eprintln!("io_uring unavailable here: nothing to check");
+            return;
+        }
+        let refused = IoUringSettings {
+            sqpoll: Some(Duration::from_millis(10)),
+            coop_taskrun: true,
+            coop_taskrun_set: false,
+            ..IoUringSettings::default()
+        };
+        assert!(
+            build_uring(&refused).is_err(),
+            "the kernel refuses sqpoll with coop_taskrun"
+        );
+        let mut rt = build_uring_or_plain(0, &refused).expect("the same ring without the flag");
+        assert_eq!(rt.block_on(async { 7 }), 7);
+        let chosen = IoUringSettings {
+            coop_taskrun_set: true,
+            ..refused
+        };
+        assert!(
+            build_uring_or_plain(0, &chosen).is_err(),
+            "a written flag is never dropped"
+        );
+        let mut rt = build_uring_or_plain(0, &IoUringSettings::default()).expect("the default");
+        assert_eq!(rt.block_on(async { 8 }), 8);
     }
 }
