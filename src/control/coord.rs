@@ -34,7 +34,8 @@ use crate::quota::{
 };
 
 /// How often the coordination thread's periodic work (quota sweeps, breaker timers, health
-/// updates) runs when no message arrives. Breaker decisions wait at most this long to go out.
+/// updates, the fleet view) runs when no message arrives while a timer needs it (else
+/// [`COORD_IDLE_TICK`]). Decisions a report causes go out right after the report.
 pub const COORD_TICK: Duration = Duration::from_millis(10);
 
 /// How long the thread sleeps when no breaker timer runs, no health check or load gauge is
@@ -171,9 +172,9 @@ fn run(
 
 /// The next message on `rx` (the one receiver `wait` watches), or the timeout. Unlike
 /// `Receiver::recv_timeout`, which spins and then calls `sched_yield` four times before it
-/// sleeps, this sleeps at once: the thread wakes ~100 times a second for its tick and on every
-/// worker report, and on a host with a core per worker the spinning and yielding (~1 µs of
-/// CPU per proxied request at 5k req/s on the 2-core VM) was pure cost.
+/// sleeps, this sleeps at once: the thread wakes for its tick and on every worker report, and
+/// with a core per worker the spinning and yielding was pure cost (with the 10 ms tick and a
+/// report per worker tick, ~1 µs of CPU per proxied request at 5k req/s on the 2-core VM).
 fn wait_for<T>(
     wait: &mut Select<'_>,
     rx: &Receiver<T>,
