@@ -479,8 +479,10 @@ fn revoke_applies_on_every_worker_within_100ms_and_persists() {
         r#"{{"sub":"alice","exp":{exp},"jti":"tok-alice-1"}}"#
     ));
     let bob = hs256(&format!(r#"{{"sub":"bob","exp":{exp},"jti":"tok-bob-1"}}"#));
-    // Keep-alive connections land on both workers.
-    let mut conns: Vec<Client> = (0..8).map(|_| Client::connect(rig.gw())).collect();
+    // Keep-alive connections land on both workers (the kernel spreads them by a hash of the
+    // ports: with 8, all on one worker in ~0.8 % of runs, which failed a CI run on
+    // 2026-12-01; with 20, ~2e-6).
+    let mut conns: Vec<Client> = (0..20).map(|_| Client::connect(rig.gw())).collect();
     let send = |c: &mut Client, token: &str| {
         c.send(
             format!("GET /v1/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n")
