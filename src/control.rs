@@ -866,7 +866,7 @@ secret = { value = "0123456789abcdef0123456789abcdef" }
         let (release, released) = crossbeam_channel::unbounded();
         let (held, holding) = crossbeam_channel::unbounded();
         let (inbox, worker) = held_worker(held, released);
-        let workers = Workers::new(vec![inbox]);
+        let workers = Workers::unrung(vec![inbox]);
         let control = Control::spawn(Start::new(path.clone(), snap, workers.clone())).unwrap();
         let tx = control.sender();
         let r = Revoked::new(RevokedKind::Jti, "t-1", unix_now() + 60).unwrap();

@@ -17,6 +17,9 @@ use crate::config::Snapshot;
 use crate::metrics::{DeploymentCounts, WorkerMetrics};
 use crate::quota::{FromCoordinator, ToCoordinator, WorkerId};
 
+pub mod bell;
+pub use bell::{Bell, Chime};
+
 /// How long a worker may take to answer a metrics collection.
 pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -96,13 +99,61 @@ pub const KEY_HINT_CAPACITY: usize = 1;
 /// and it is not waited for.
 #[derive(Clone, Default)]
 pub struct Workers {
-    inboxes: Arc<[Sender<ToWorker>]>,
+    inboxes: Arc<[Inbox]>,
+}
+
+/// One worker's inbox and the bell that wakes it ([`bell`]).
+struct Inbox {
+    tx: Sender<ToWorker>,
+    bell: Option<Bell>,
+}
+
+impl Inbox {
+    fn send(&self, msg: ToWorker) -> bool {
+        let sent = self.tx.send(msg).is_ok();
+        if sent {
+            self.ring();
+        }
+        sent
+    }
+
+    fn ring(&self) {
+        if let Some(b) = &self.bell {
+            b.ring();
+        }
+    }
 }
 
 impl Workers {
-    pub fn new(inboxes: Vec<Sender<ToWorker>>) -> Workers {
+    /// Workers that are woken by their bells when a message is sent.
+    pub fn new(inboxes: Vec<(Sender<ToWorker>, Bell)>) -> Workers {
         Workers {
-            inboxes: inboxes.into(),
+            inboxes: inboxes
+                .into_iter()
+                .map(|(tx, bell)| Inbox {
+                    tx,
+                    bell: Some(bell),
+                })
+                .collect(),
+        }
+    }
+
+    /// Workers without bells (control-plane tests with threads standing in for workers).
+    #[cfg(test)]
+    pub(crate) fn unrung(inboxes: Vec<Sender<ToWorker>>) -> Workers {
+        Workers {
+            inboxes: inboxes
+                .into_iter()
+                .map(|tx| Inbox { tx, bell: None })
+                .collect(),
+        }
+    }
+
+    /// Wakes worker `worker` (after something was sent to it on another channel, its lease
+    /// answers).
+    pub fn ring(&self, worker: usize) {
+        if let Some(i) = self.inboxes.get(worker) {
+            i.ring();
         }
     }
 
@@ -117,17 +168,12 @@ impl Workers {
 
     /// Sends `msg()` to every worker; returns how many inboxes took it.
     pub fn broadcast(&self, mut msg: impl FnMut() -> ToWorker) -> usize {
-        self.inboxes
-            .iter()
-            .filter(|w| w.send(msg()).is_ok())
-            .count()
+        self.inboxes.iter().filter(|w| w.send(msg())).count()
     }
 
     /// Sends `msg` to worker `worker`; false if there is no such worker or it has exited.
     pub fn send(&self, worker: usize, msg: ToWorker) -> bool {
-        self.inboxes
-            .get(worker)
-            .is_some_and(|w| w.send(msg).is_ok())
+        self.inboxes.get(worker).is_some_and(|w| w.send(msg))
     }
 
     /// Sends every worker a [`ToWorker::Barrier`] and waits up to `timeout` for every answer:
@@ -271,7 +317,7 @@ mod tests {
     #[test]
     fn broadcast_then_barrier_reaches_every_worker_in_order() {
         let (inboxes, threads): (Vec<_>, Vec<_>) = (0..3).map(worker).unzip();
-        let workers = Workers::new(inboxes);
+        let workers = Workers::unrung(inboxes);
         let r = Revoked::new(RevokedKind::Jti, "t-1", unix_now() + 60).unwrap();
         assert_eq!(workers.broadcast(|| ToWorker::Revoke(r.clone())), 3);
         workers.barrier(Duration::from_secs(10)).unwrap();
@@ -286,7 +332,7 @@ mod tests {
         let (live, t0) = worker(0);
         // Its thread keeps the inbox open but never reads it.
         let (stuck_tx, stuck_rx) = crossbeam_channel::unbounded::<ToWorker>();
-        let workers = Workers::new(vec![live.clone(), stuck_tx]);
+        let workers = Workers::unrung(vec![live.clone(), stuck_tx]);
         let err = workers.barrier(Duration::from_millis(50)).unwrap_err();
         assert_eq!(
             err,
@@ -322,9 +368,43 @@ mod tests {
         });
         let (gone, gone_rx) = crossbeam_channel::unbounded::<ToWorker>();
         drop(gone_rx);
-        let workers = Workers::new(vec![tx, gone]);
+        let workers = Workers::unrung(vec![tx, gone]);
         assert_eq!(workers.collect(Duration::from_secs(10)).len(), 1);
         workers.broadcast(|| ToWorker::Shutdown);
         answering.join().unwrap();
+    }
+
+    /// Every way a message reaches a worker rings its bell: a send, a broadcast, a barrier,
+    /// a collection, and the lease channel's explicit ring; a send to a gone worker does not.
+    #[test]
+    fn every_send_rings_the_workers_bell() {
+        use std::io::Read;
+
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (bell, chime) = bell::pair().unwrap();
+        let (socket, heard) = chime.into_parts();
+        let workers = Workers::new(vec![(tx, bell)]);
+        let heard_one = || {
+            let mut buf = [0u8; 8];
+            let got = matches!((&socket).read(&mut buf), Ok(1));
+            heard.clear();
+            got
+        };
+        assert!(!heard_one(), "nothing sent yet");
+        assert!(workers.send(0, ToWorker::Shutdown));
+        assert!(heard_one());
+        assert_eq!(workers.broadcast(|| ToWorker::HandOver), 1);
+        assert!(heard_one());
+        let _ = workers.start_barrier();
+        assert!(heard_one());
+        workers.ring(0);
+        assert!(heard_one());
+        assert!(!workers.send(1, ToWorker::Shutdown), "no such worker");
+        workers.ring(1);
+        assert!(!heard_one());
+        assert_eq!(rx.try_iter().count(), 3);
+        drop(rx);
+        assert!(!workers.send(0, ToWorker::Shutdown), "the worker is gone");
+        assert!(!heard_one(), "a send that failed rings nothing");
     }
 }

@@ -47,8 +47,18 @@ pub use crate::time::unix_now;
 pub use crate::worker::Worker;
 pub use listen::Sockets;
 
-/// How often a worker looks at its inbox.
-pub const INBOX_TICK: Duration = Duration::from_millis(5);
+/// How often a worker's inbox loop runs when nothing wakes it. Messages from the control
+/// plane ring the worker's bell and requests nudge the loop (see `inbox::bell`,
+/// `worker::nudge`), so what the tick itself runs is periodic work with intervals of 100 ms
+/// or more: the quota tick, spend flushes, keep-alive expiry, success-only breaker reports,
+/// access log and span batches. A long tick is what keeps a request's sleep free of a near
+/// timer (see the README, "io_uring").
+pub const INBOX_TICK: Duration = Duration::from_millis(100);
+/// How often it runs while something wants it sooner: a balance policy that reads load (the
+/// fleet view merges reports every `balance::FLEET_INTERVAL`), a request waiting for a lease
+/// (in case a ring is lost: [`crate::worker::lease::LEASE_POLL`]), or a drain (the last
+/// connection's close ends the worker).
+pub const INBOX_SHORT_TICK: Duration = Duration::from_millis(5);
 /// io_uring submission queue entries per worker, unless `[server.io_uring] entries` says.
 pub const URING_ENTRIES: u32 = crate::ring_config::DEFAULT_ENTRIES;
 /// Listen backlog per worker socket.
@@ -126,13 +136,25 @@ impl Engine {
             .iter()
             .map(|_| crossbeam_channel::unbounded())
             .collect();
+        let (bells, chimes): (Vec<_>, Vec<_>) = listeners
+            .iter()
+            .map(|_| crate::inbox::bell::pair())
+            .collect::<io::Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
         let (answer_txs, answer_rxs): (Vec<_>, Vec<_>) = listeners
             .iter()
             .map(|_| crossbeam_channel::unbounded())
             .unzip();
         // Slot-aligned to Unix time, so gateways sharing a Redis quota agree on slots.
         let (epoch, epoch_unix_ms) = crate::quota::shared_epoch();
-        let workers = Workers::new(inboxes.iter().map(|(tx, _)| tx.clone()).collect());
+        let workers = Workers::new(
+            inboxes
+                .iter()
+                .map(|(tx, _)| tx.clone())
+                .zip(bells)
+                .collect(),
+        );
         let (spend, seeds) = start_spend(&snapshot)?;
         let tz = snapshot.budgets.as_ref().map(|b| b.tz.clone());
         let calendar =
@@ -158,8 +180,9 @@ impl Engine {
         };
         let (hint_tx, key_hints) = crossbeam_channel::bounded(crate::inbox::KEY_HINT_CAPACITY);
         let mut threads = Vec::new();
-        let channels = inboxes.into_iter().zip(answer_rxs);
-        for (id, (listener, ((_, rx), answers))) in listeners.into_iter().zip(channels).enumerate()
+        let channels = inboxes.into_iter().zip(answer_rxs).zip(chimes);
+        for (id, (listener, (((_, rx), answers), chime))) in
+            listeners.into_iter().zip(channels).enumerate()
         {
             let snap = snapshot.clone();
             let ready = ready_tx.clone();
@@ -180,6 +203,7 @@ impl Engine {
                     .as_ref()
                     .map(crate::control::spend::SpendThread::sender),
                 key_hints: Some(hint_tx.clone()),
+                chime: Some(chime),
             };
             let listeners = Listeners {
                 plain: listener,
@@ -533,7 +557,7 @@ async fn worker_main(
     id: usize,
     snapshot: Snapshot,
     listeners: Listeners,
-    links: Links,
+    mut links: Links,
     ready: Ready,
     driver: Driver,
 ) {
@@ -549,8 +573,10 @@ async fn worker_main(
         }
     };
     let drain_timeout = snapshot.server.drain_timeout;
+    let chime = links.chime.take();
     let worker = Rc::new(Worker::new(id, snapshot, driver, links));
     monoio::spawn(inbox_loop(worker.clone()));
+    let bell = chime.map(|c| monoio::spawn(listen_for_bell(worker.clone(), c)));
     if !worker.activity.budget().is_zero() {
         monoio::spawn(spin::run(worker.clone()));
     }
@@ -561,6 +587,11 @@ async fn worker_main(
         .collect();
     for a in accepting {
         a.await;
+    }
+    // The bell stops with the accept loops; during the drain the inbox loop runs on its short
+    // tick. Its read is cancelled and reaped here, so nothing is left in flight on the ring.
+    if let Some(b) = bell {
+        b.await;
     }
     // Stop accepting, then give requests in flight the drain window.
     let deadline = Instant::now() + drain_timeout;
@@ -632,15 +663,58 @@ async fn inbox_loop(worker: Rc<Worker>) {
         if worker.drain.is_draining() && worker.conns.get() == 0 {
             return;
         }
-        // While a request waits for a quota lease, look for the answer every LEASE_POLL
-        // (and start doing so as soon as the first one waits); otherwise every tick.
-        if worker.lease.has_waiters() {
-            monoio::time::sleep(crate::worker::lease::LEASE_POLL).await;
+        let tick = if worker.lease.has_waiters() {
+            crate::worker::lease::LEASE_POLL
+        } else if worker.drain.is_draining() || worker.balance.borrow().tracks_load() {
+            INBOX_SHORT_TICK
         } else {
-            monoio::select! {
-                _ = monoio::time::sleep(INBOX_TICK) => {}
-                _ = worker.lease.waiter_arrived() => {}
+            INBOX_TICK
+        };
+        monoio::select! {
+            _ = monoio::time::sleep(tick) => {}
+            _ = worker.nudge.nudged() => {}
+        }
+    }
+}
+
+/// Keeps a read pending on the worker's end of its bell (see `inbox::bell`): each byte heard
+/// clears the bell and nudges the inbox loop. Returns when the drain starts (the read is
+/// cancelled and reaped first), when the ringing ends are gone or when the socket fails; the
+/// inbox tick still finds every message then.
+async fn listen_for_bell(worker: Rc<Worker>, chime: crate::inbox::Chime) {
+    use monoio::io::CancelableAsyncReadRent;
+
+    let (socket, heard) = chime.into_parts();
+    let mut socket = match monoio::net::UnixStream::from_std(socket) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "shardgate-w{}: cannot listen for the control plane's bell ({e}); \
+                 messages wait for the {INBOX_TICK:?} inbox tick",
+                worker.id
+            );
+            return;
+        }
+    };
+    let canceller = monoio::io::Canceller::new();
+    let mut buf = vec![0u8; 64];
+    loop {
+        let mut read = std::pin::pin!(socket.cancelable_read(buf, canceller.handle()));
+        let (res, b) = monoio::select! {
+            r = &mut read => r,
+            _ = worker.drain.stop_accepting() => {
+                let _ = canceller.cancel();
+                let _ = read.await;
+                return;
             }
+        };
+        buf = b;
+        match res {
+            Ok(n) if n > 0 => {
+                heard.clear();
+                worker.nudge.nudge();
+            }
+            _ => return,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod drain;
 pub mod lease;
+pub mod nudge;
 pub mod spin;
 
 use std::cell::{Cell, RefCell};
@@ -23,6 +24,7 @@ use crate::quota::QuotaShard;
 
 pub use drain::{Drain, EXPIRE_EVERY, HANDOVER_GRACE};
 pub use lease::LeaseDesk;
+pub use nudge::Nudge;
 
 /// What a worker is connected to, handed over by the engine that starts it.
 pub struct Links {
@@ -45,6 +47,9 @@ pub struct Links {
     pub spend: Option<Sender<crate::inbox::ToSpend>>,
     /// Where to say that a token named an unknown key id (see [`UnknownKid`]).
     pub key_hints: Option<Sender<UnknownKid>>,
+    /// What the control plane rings after sending to this worker (see `inbox::bell`); taken
+    /// by the worker's thread, which listens on it.
+    pub chime: Option<crate::inbox::Chime>,
 }
 
 /// Everything one worker owns. Lives in an `Rc` on the worker thread; never shared.
@@ -80,6 +85,8 @@ pub struct Worker {
     quota_out: RefCell<Vec<crate::quota::ToCoordinator>>,
     /// Lease answers from the coordinator, and the requests waiting for one.
     pub lease: LeaseDesk,
+    /// Wakes the inbox loop (see [`nudge`]).
+    pub nudge: Rc<Nudge>,
     /// This core's copy of the revocation list.
     pub revocations: RefCell<Revocations>,
     /// Reused JWT decode buffers.
@@ -158,6 +165,31 @@ impl Worker {
             let _ = coord.send(ToCoord::Breaker(r));
         });
         true
+    }
+
+    /// Records how an upstream attempt under `permit` ended (at `now`); a failure or a probe's
+    /// outcome nudges the inbox loop, so the decider hears it now, not at the next tick.
+    #[inline]
+    pub fn record_outcome(
+        &self,
+        permit: Option<crate::breaker::Permit>,
+        outcome: crate::breaker::Outcome,
+        now: Instant,
+    ) {
+        let mut r = self.resilience.borrow_mut();
+        r.record_at(permit, outcome, now);
+        if r.has_urgent_reports() {
+            self.nudge.nudge();
+        }
+    }
+
+    /// Nudges the inbox loop when the quota shard has messages for the coordinator (a lease
+    /// prefetch, a return): they should not wait for the loop's long tick.
+    #[inline]
+    pub fn nudge_if_quota_outgoing(&self) {
+        if self.quota.borrow().has_outgoing() {
+            self.nudge.nudge();
+        }
     }
 
     /// Sends the endpoint load changes since the last call to the coordination thread (nothing
@@ -329,6 +361,7 @@ impl Worker {
             &snapshot.resilience,
             Instant::now(),
         );
+        let nudge = Rc::new(Nudge::default());
         Worker {
             id,
             tls: RefCell::new(worker_tls(&snapshot)),
@@ -348,7 +381,8 @@ impl Worker {
             epoch: links.epoch,
             epoch_unix_ms: links.epoch_unix_ms,
             quota: RefCell::new(QuotaShard::new(id as u16)),
-            lease: LeaseDesk::new(links.quota_answers),
+            lease: LeaseDesk::new(links.quota_answers, nudge.clone()),
+            nudge,
             quota_out: RefCell::new(Vec::new()),
             revocations: RefCell::new(links.revoked),
             auth_scratch: RefCell::new(crate::auth::Scratch::default()),

@@ -121,3 +121,42 @@ fn a_busy_poll_sleeps_when_quiet_and_wakes_for_the_next_request() {
         drop(gw);
     }
 }
+
+/// A worker sleeping its long inbox tick (100 ms, `runtime::INBOX_TICK`) hears the control
+/// plane at once: its bell wakes it, under each driver and with an `sqpoll` ring, idle or
+/// between requests. 40 barriers one after another (each answered only once every worker has
+/// applied it) would take ~2 s if each waited for the tick (half a tick on average); the bound
+/// is a quarter of that, far above what a wake-up costs, so load on the machine does not
+/// decide the outcome.
+#[test]
+fn a_sleeping_worker_hears_the_control_plane_without_waiting_for_its_tick() {
+    const BARRIERS: u32 = 40;
+    let up = Upstream::echo();
+    for server in [
+        "driver = \"io_uring\"",
+        "driver = \"legacy\"",
+        "driver = \"io_uring\"\n[server.io_uring]\nsqpoll = true",
+    ] {
+        let gw = gateway_with(
+            &format!("listen = \"127.0.0.1:0\"\nworkers = 2\npin = false\n{server}"),
+            &route_all(up.addr, ""),
+        );
+        let workers = gw.inboxes();
+        let mut c = Client::connect(gw.local_addr());
+        let started = Instant::now();
+        for n in 0..BARRIERS {
+            if n % 2 == 0 {
+                get(&mut c, n as usize);
+            }
+            workers
+                .barrier(Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("{server}: barrier {n}: {e}"));
+        }
+        let took = started.elapsed();
+        let tick = shardgate::runtime::INBOX_TICK;
+        assert!(
+            took < tick * BARRIERS / 8,
+            "{server}: {BARRIERS} barriers took {took:?}, as if each waited for the {tick:?} tick"
+        );
+    }
+}

@@ -229,6 +229,8 @@ impl State {
         for (w, answer) in self.answers.drain(..) {
             if let Some(lease) = self.quota_answers.get(usize::from(w)) {
                 let _ = lease.send(answer);
+                // The worker applies answers as soon as it hears this (rings coalesce).
+                self.workers.ring(usize::from(w));
             }
         }
         if let Leases::Here(c) = &mut self.leases {
@@ -285,5 +287,58 @@ mod tests {
             wait_for(&mut wait, &rx, Duration::from_secs(5)),
             Err(RecvTimeoutError::Disconnected)
         );
+    }
+
+    /// A lease answer is followed by a ring of the worker's bell, so a worker that sleeps its
+    /// long inbox tick applies it at once (`inbox::bell`).
+    #[test]
+    fn a_lease_answer_rings_the_workers_bell() {
+        use crate::quota::{LeaseRequest, Limits, QuotaKey, RuleId, ToCoordinator, Window};
+        use std::io::Read;
+
+        let (inbox, _inbox_rx) = crossbeam_channel::unbounded();
+        let (bell, chime) = crate::inbox::bell::pair().unwrap();
+        let (socket, heard) = chime.into_parts();
+        socket.set_nonblocking(false).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (answer_tx, answers) = crossbeam_channel::unbounded();
+        let epoch = Instant::now();
+        let coord = CoordThread::spawn(
+            Workers::new(vec![(inbox, bell)]),
+            vec![answer_tx],
+            (epoch, Calendar::new(jiff::tz::TimeZone::UTC, 0)),
+            (&Resilience::default(), &FleetPlan::default()),
+            None,
+            Vec::new(),
+        )
+        .unwrap();
+        for round in 0..3 {
+            let request = LeaseRequest {
+                worker: 0,
+                key: QuotaKey(round),
+                rule: RuleId(0),
+                limits: Limits {
+                    requests: 10,
+                    tokens: None,
+                    burst: None,
+                    window: Window::Minute,
+                },
+                at_ms: 0,
+                tokens_needed: 1,
+            };
+            coord
+                .sender()
+                .send(ToCoord::Quota(ToCoordinator::Lease(request)))
+                .unwrap();
+            let mut byte = [0u8; 8];
+            assert_eq!((&socket).read(&mut byte).unwrap(), 1, "round {round}: rung");
+            heard.clear();
+            assert!(
+                matches!(answers.try_recv(), Ok(FromCoordinator::Grant(_))),
+                "round {round}: the answer is there when the bell rings"
+            );
+        }
     }
 }

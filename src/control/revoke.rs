@@ -102,7 +102,7 @@ mod tests {
     #[test]
     fn revoke_is_confirmed_once_every_worker_applied_it() {
         let (inboxes, threads): (Vec<_>, Vec<_>) = (0..3).map(worker).unzip();
-        let workers = Workers::new(inboxes);
+        let workers = Workers::unrung(inboxes);
         revoke(&workers, None, token("t-1"))
             .unwrap()
             .wait(REVOKE_APPLY_TIMEOUT)
@@ -118,7 +118,7 @@ mod tests {
         let (live, t0) = worker(0);
         // Its thread keeps the inbox open but never reads it.
         let (stuck, _stuck_rx) = crossbeam_channel::unbounded::<ToWorker>();
-        let workers = Workers::new(vec![live, stuck]);
+        let workers = Workers::unrung(vec![live, stuck]);
         let barrier = revoke(&workers, None, token("t-3")).unwrap();
         let err = RevokeError::from(barrier.wait(Duration::from_millis(50)).unwrap_err());
         assert_eq!(
@@ -142,7 +142,7 @@ mod tests {
         // The file cannot be replaced: its directory is gone.
         std::fs::remove_dir_all(&dir).unwrap();
         let (w, t) = worker(0);
-        let workers = Workers::new(vec![w]);
+        let workers = Workers::unrung(vec![w]);
         let err = revoke(&workers, Some(&mut log), token("t-2"))
             .err()
             .unwrap();

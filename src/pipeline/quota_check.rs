@@ -135,7 +135,11 @@ pub async fn decide(worker: &Rc<Worker>, key: QuotaKey, rule: &QuotaRule, reserv
         let now = worker.now_ms();
         let decision = worker.quota.borrow_mut().check(key, rule, reserve, now);
         match decision {
-            Decision::Admit(a) => return Decided::Admitted(a),
+            Decision::Admit(a) => {
+                // A prefetch this admission asked for goes out on the loop's next round.
+                worker.nudge_if_quota_outgoing();
+                return Decided::Admitted(a);
+            }
             Decision::Reject(e) => return Decided::Rejected(e),
             Decision::NeedLease => {
                 // Only the first request of a key on this core (or one near the limit) gets

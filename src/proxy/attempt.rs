@@ -122,7 +122,7 @@ pub async fn exchange<'w>(
     let (req, ob) = (plan.req, plan.ob);
     let upstream = ob.upstream;
     let record = |permit: Option<Permit>, outcome: Outcome| {
-        worker.resilience.borrow_mut().record(permit, outcome);
+        worker.record_outcome(permit, outcome, Instant::now());
     };
     let mut attempt = 0;
     // Whether the client's body has been read off its connection.
@@ -318,10 +318,7 @@ async fn acquire<'w>(
             }
             Err(e) => e,
         };
-        worker
-            .resilience
-            .borrow_mut()
-            .record(permit, local::outcome_of(e));
+        worker.record_outcome(permit, local::outcome_of(e), Instant::now());
         last = Some(e);
         if connects >= MAX_CONNECT_ATTEMPTS {
             break;

@@ -431,6 +431,12 @@ impl QuotaShard {
         });
     }
 
+    /// Whether messages for the coordinator wait to be sent.
+    #[inline]
+    pub fn has_outgoing(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
     /// Moves the messages for the coordinator into `out`.
     pub fn drain_requests(&mut self, out: &mut Vec<ToCoordinator>) {
         out.append(&mut self.outbox);

@@ -3,14 +3,17 @@
 //! The coordination thread answers lease requests (grants, denials, recalls) on a channel of
 //! their own, apart from the general inbox, so the quota stage can apply them without
 //! applying anything else mid-request. A request whose key has no lease on this core yet
-//! parks on [`LeaseDesk::wait`]; the worker's inbox loop, which looks at the channel every
-//! [`LEASE_POLL`] while anyone waits (every inbox tick otherwise), applies what arrived and
-//! wakes every waiter, which then decides again. Single-threaded: no lock, no atomic, and no
-//! request polls.
+//! parks on [`LeaseDesk::wait`], which nudges the worker's inbox loop (see [`super::nudge`]).
+//! The coordination thread rings the worker's bell after it sends answers (see
+//! `inbox::bell`), so the loop runs as soon as one arrives; it applies what arrived and wakes
+//! every waiter, which then decides again. While anyone waits the loop also looks every
+//! [`LEASE_POLL`], in case a ring is lost. Single-threaded: no lock, no atomic, and no request
+//! polls.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -18,9 +21,9 @@ use crossbeam_channel::Receiver;
 
 use crate::quota::{FromCoordinator, QuotaShard};
 
-/// How often the inbox loop looks for quota answers while a request waits for one. The
-/// coordinator is a local thread: an answer is usually there within tens of microseconds.
-pub const LEASE_POLL: Duration = Duration::from_micros(200);
+/// How often the inbox loop looks for quota answers while a request waits for one, besides
+/// when the bell rings: a lost ring costs at most this.
+pub const LEASE_POLL: Duration = Duration::from_millis(5);
 
 /// The quota answer channel and its waiters (see the module docs).
 pub struct LeaseDesk {
@@ -28,18 +31,18 @@ pub struct LeaseDesk {
     /// Bumped whenever answers were applied; a waiter resolves once it changed.
     applied: Cell<u64>,
     waiters: RefCell<Vec<Waker>>,
-    /// The inbox loop, while it sleeps a whole tick: woken when the first waiter arrives so
-    /// it starts looking every [`LEASE_POLL`].
-    idle_loop: RefCell<Option<Waker>>,
+    /// The inbox loop's nudge: given when the first waiter arrives, so the loop sends the
+    /// lease request now and looks for the answer from then on.
+    nudge: Rc<super::Nudge>,
 }
 
 impl LeaseDesk {
-    pub fn new(answers: Receiver<FromCoordinator>) -> Self {
+    pub fn new(answers: Receiver<FromCoordinator>, nudge: Rc<super::Nudge>) -> Self {
         Self {
             answers,
             applied: Cell::new(0),
             waiters: RefCell::new(Vec::new()),
-            idle_loop: RefCell::new(None),
+            nudge,
         }
     }
 
@@ -73,11 +76,6 @@ impl LeaseDesk {
         };
         let _ = monoio::time::timeout_at(deadline.into(), applied).await;
     }
-
-    /// Resolves as soon as a request waits (for the inbox loop's sleep).
-    pub fn waiter_arrived(&self) -> WaiterArrived<'_> {
-        WaiterArrived { desk: self }
-    }
 }
 
 /// See [`LeaseDesk::wait`].
@@ -94,36 +92,13 @@ impl Future for Applied<'_> {
             return Poll::Ready(());
         }
         let mut waiters = self.desk.waiters.borrow_mut();
+        if waiters.is_empty() {
+            self.desk.nudge.nudge();
+        }
         if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
             waiters.push(cx.waker().clone());
         }
-        if let Some(l) = self.desk.idle_loop.borrow_mut().take() {
-            l.wake();
-        }
         Poll::Pending
-    }
-}
-
-/// See [`LeaseDesk::waiter_arrived`].
-pub struct WaiterArrived<'a> {
-    desk: &'a LeaseDesk,
-}
-
-impl Future for WaiterArrived<'_> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.desk.has_waiters() {
-            return Poll::Ready(());
-        }
-        *self.desk.idle_loop.borrow_mut() = Some(cx.waker().clone());
-        Poll::Pending
-    }
-}
-
-impl Drop for WaiterArrived<'_> {
-    fn drop(&mut self) {
-        self.desk.idle_loop.borrow_mut().take();
     }
 }
 
@@ -135,7 +110,7 @@ mod tests {
     #[test]
     fn waiters_wake_when_answers_are_applied_and_not_before() {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let desk = LeaseDesk::new(rx);
+        let desk = LeaseDesk::new(rx, Rc::default());
         let shard = RefCell::new(QuotaShard::new(0));
         let waker = Waker::noop();
         let mut cx = Context::from_waker(waker);
@@ -156,20 +131,32 @@ mod tests {
     }
 
     #[test]
-    fn the_idle_loop_learns_of_the_first_waiter() {
+    fn the_inbox_loop_is_nudged_by_the_first_waiter_only() {
         let (_tx, rx) = crossbeam_channel::unbounded::<FromCoordinator>();
-        let desk = LeaseDesk::new(rx);
+        let nudge = Rc::new(crate::worker::Nudge::default());
+        let desk = LeaseDesk::new(rx, nudge.clone());
         let waker = Waker::noop();
         let mut cx = Context::from_waker(waker);
-        let mut arrived = Box::pin(desk.waiter_arrived());
-        assert!(arrived.as_mut().poll(&mut cx).is_pending());
-        assert!(desk.idle_loop.borrow().is_some());
-        let mut wait = Box::pin(Applied {
+        let mut nudged = Box::pin(nudge.nudged());
+        assert!(nudged.as_mut().poll(&mut cx).is_pending());
+        let mut first = Box::pin(Applied {
             desk: &desk,
             seen: 0,
         });
-        assert!(wait.as_mut().poll(&mut cx).is_pending());
-        assert!(desk.idle_loop.borrow().is_none(), "the loop was woken");
-        assert!(arrived.as_mut().poll(&mut cx).is_ready());
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        assert!(
+            nudged.as_mut().poll(&mut cx).is_ready(),
+            "the loop was nudged"
+        );
+        drop(nudged);
+        let mut second = Box::pin(Applied {
+            desk: &desk,
+            seen: 0,
+        });
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        assert!(
+            Box::pin(nudge.nudged()).as_mut().poll(&mut cx).is_pending(),
+            "a second waiter adds nothing the loop does not know"
+        );
     }
 }
