@@ -34,9 +34,10 @@
 //! ```
 //!
 //! The coordination thread ticks the decider every few ms (up to ~100 ms); workers drain
-//! reports on their inbox tick when one holds a failure or a probe, and reports of successes
-//! alone at most every [`crate::runtime::BREAKER_SUCCESS_FLUSH`]. A (re)started worker is brought up to date with
-//! [`BreakerDecider::current`] for each endpoint. On config reload both sides take the new
+//! reports at once when one holds a failure or a probe (the outcome nudges the inbox loop),
+//! and reports of successes alone at most every [`crate::runtime::BREAKER_SUCCESS_FLUSH`]. A
+//! (re)started worker is brought up to date with [`BreakerDecider::current`] for each
+//! endpoint. On config reload both sides take the new
 //! policies with `set_policies` (ids must stay stable), and the health thread is restarted
 //! with the new targets.
 //!

@@ -171,6 +171,16 @@ impl Workers {
         self.inboxes.iter().filter(|w| w.send(msg())).count()
     }
 
+    /// Like [`Self::broadcast`], without ringing: for messages a worker needs no sooner than
+    /// its next tick (the fleet's load view, which exists only while some balance policy reads
+    /// load, and then every worker runs the short tick: `runtime::INBOX_SHORT_TICK`).
+    pub fn broadcast_quietly(&self, mut msg: impl FnMut() -> ToWorker) -> usize {
+        self.inboxes
+            .iter()
+            .filter(|w| w.tx.send(msg()).is_ok())
+            .count()
+    }
+
     /// Sends `msg` to worker `worker`; false if there is no such worker or it has exited.
     pub fn send(&self, worker: usize, msg: ToWorker) -> bool {
         self.inboxes.get(worker).is_some_and(|w| w.send(msg))
@@ -374,8 +384,9 @@ mod tests {
         answering.join().unwrap();
     }
 
-    /// Every way a message reaches a worker rings its bell: a send, a broadcast, a barrier,
-    /// a collection, and the lease channel's explicit ring; a send to a gone worker does not.
+    /// Every way a message reaches a worker rings its bell (a send, a broadcast, a barrier,
+    /// the lease channel's explicit ring) except a quiet broadcast; a send to a gone worker
+    /// does not.
     #[test]
     fn every_send_rings_the_workers_bell() {
         use std::io::Read;
@@ -402,7 +413,9 @@ mod tests {
         assert!(!workers.send(1, ToWorker::Shutdown), "no such worker");
         workers.ring(1);
         assert!(!heard_one());
-        assert_eq!(rx.try_iter().count(), 3);
+        assert_eq!(workers.broadcast_quietly(|| ToWorker::HandOver), 1);
+        assert!(!heard_one(), "a quiet broadcast waits for the tick");
+        assert_eq!(rx.try_iter().count(), 4);
         drop(rx);
         assert!(!workers.send(0, ToWorker::Shutdown), "the worker is gone");
         assert!(!heard_one(), "a send that failed rings nothing");

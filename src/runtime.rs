@@ -665,7 +665,7 @@ async fn inbox_loop(worker: Rc<Worker>) {
         }
         let tick = if worker.lease.has_waiters() {
             crate::worker::lease::LEASE_POLL
-        } else if worker.drain.is_draining() || worker.balance.borrow().tracks_load() {
+        } else if worker.drain.is_draining() || worker.snapshot.borrow().balance.reads_load() {
             INBOX_SHORT_TICK
         } else {
             INBOX_TICK

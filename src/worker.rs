@@ -153,8 +153,9 @@ impl Worker {
 
     /// Sends the breakers' pending outcome reports to the coordination thread when one holds
     /// a failure or a probe, or when `successes_due`; returns whether it sent them. Reports of
-    /// successes alone are held back (up to [`crate::runtime::BREAKER_SUCCESS_FLUSH`]): each send wakes the
-    /// coordination thread, and on a healthy fleet that was every inbox tick of every worker.
+    /// successes alone are held back (up to [`crate::runtime::BREAKER_SUCCESS_FLUSH`]): each
+    /// send wakes the coordination thread, and on a healthy fleet that was every tick of every
+    /// worker.
     pub fn flush_breakers(&self, successes_due: bool) -> bool {
         let mut resilience = self.resilience.borrow_mut();
         if !successes_due && !resilience.has_urgent_reports() {

@@ -239,3 +239,45 @@ fn reload_keeps_breaker_state_by_endpoint_id() {
         assert_eq!(models(addr).status, 200);
     }
 }
+
+/// A failure reaches the decider at once, not on the worker's next inbox tick (100 ms,
+/// `runtime::INBOX_TICK`): the outcome nudges the worker's inbox loop, which sends the report.
+/// Ten endpoints (one upstream each) trip one after another on their first failure; waiting
+/// for the tick each would take ~0.5 s in all (half a tick on average); the bound is half of
+/// that, far above what the report's trip through the coordination thread costs.
+#[test]
+fn a_failure_reaches_the_decider_without_waiting_for_the_tick() {
+    const ENDPOINTS: usize = 10;
+    let mocks: Vec<_> = (0..ENDPOINTS).map(|_| mock()).collect();
+    let mut cfg = "[defaults.breaker]\nconsecutive_failures = 1\nmin_calls = 1000\n\
+                   open_base_ms = 60000\nopen_jitter = 0.0\n"
+        .to_string();
+    for (i, m) in mocks.iter().enumerate() {
+        m.set_fail_status(Some(503));
+        cfg += &upstream(&format!("u{i}"), &[m.addr()], "");
+        cfg += &route(&format!("/e{i}/*rest"), &format!("u{i}"), "");
+    }
+    let gw = gateway(&cfg);
+    let addr = gw.local_addr();
+    let mut waited = Duration::ZERO;
+    for i in 0..ENDPOINTS {
+        assert_eq!(states(&gw)[i], StateKind::Closed, "endpoint {i}");
+        let r = get(addr, &format!("/e{i}/v1/models"));
+        assert_eq!(r.status, 503, "endpoint {i}: {}", r.text());
+        let answered = Instant::now();
+        while states(&gw)[i] != StateKind::Open {
+            assert!(
+                answered.elapsed() < Duration::from_secs(5),
+                "endpoint {i} never opened"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        waited += answered.elapsed();
+    }
+    let tick = shardgate::runtime::INBOX_TICK;
+    assert!(
+        waited < tick * ENDPOINTS as u32 / 4,
+        "{ENDPOINTS} trips took {waited:?} after their failures, as if each waited for the \
+         {tick:?} tick"
+    );
+}

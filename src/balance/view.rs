@@ -173,12 +173,6 @@ impl WorkerBalance {
         self.merge_fleet();
     }
 
-    /// Whether any endpoint's load is reported to the fleet (some upstream's policy reads
-    /// load): then the inbox loop reports every [`crate::runtime::INBOX_TICK`].
-    pub fn tracks_load(&self) -> bool {
-        self.slots.iter().any(|s| s.tracked)
-    }
-
     /// The fleet's merged view, from the coordination thread.
     pub fn set_fleet(&mut self, view: Arc<FleetView>) {
         self.fleet = Some(view);
@@ -502,8 +496,6 @@ mod tests {
     #[test]
     fn round_robin_tracks_nothing() {
         let view = RefCell::new(WorkerBalance::new(0, &table("round_robin")));
-        assert!(!view.borrow().tracks_load());
-        assert!(WorkerBalance::new(0, &table("least_requests")).tracks_load());
         let a = Attempt::begin(&view, Some(EndpointId(0)), Instant::now());
         assert!(a.counted.is_none());
         drop(a);

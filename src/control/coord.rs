@@ -239,7 +239,9 @@ impl State {
         self.breakers.tick(Instant::now(), &mut self.updates);
         self.send_updates();
         if let Some(view) = self.fleet.tick(Instant::now()) {
-            self.workers.broadcast(|| ToWorker::Fleet(view.clone()));
+            // Read on each worker's short tick, which load-reading policies keep it on.
+            self.workers
+                .broadcast_quietly(|| ToWorker::Fleet(view.clone()));
         }
     }
 

@@ -1,11 +1,12 @@
 //! A budget on two cores with one sequential client (the `spend` integration test's shape:
 //! 1000 tokens a day, 300 per response, requests spread over the cores), with the engine's
 //! timing modelled per core: the budget stage's wait for recalled leases (`RECLAIM_WAIT`,
-//! polled every 50 ms), lease requests waited on, answers applied at each decision and at
-//! every 5 ms inbox tick, quota ticks every 100 ms at a phase of each core's own, channel
-//! delays both ways, a core that is descheduled for a while, and a response whose last bytes
-//! wait until its charge is counted (`pipeline::settle`; without that wait, `hold: false`,
-//! the charge reaches the core after the client has seen the response).
+//! polled every 50 ms), lease requests waited on, answers applied at each decision and by the
+//! inbox loop (which the coordination thread's bell wakes when answers arrive; modelled as a
+//! look every 5 ms, on top of the channel delays), quota ticks every 100 ms at a phase of each
+//! core's own, channel delays both ways, a core that is descheduled for a while, and a response
+//! whose last bytes wait until its charge is counted (`pipeline::settle`; without that wait,
+//! `hold: false`, the charge reaches the core after the client has seen the response).
 //!
 //! The bug this pins down: a charge that took the window over the limit recalled the other
 //! core's leases and forgot them at once, so a lease request that arrived before they were
@@ -317,7 +318,8 @@ fn run(c: Case) -> (Vec<(usize, Got)>, Vec<u64>) {
                 }
             }
         }
-        // Inbox loops: every 5 ms (every ms while a request waits), quota tick every 100 ms.
+        // Inbox loops: a look every 5 ms (the bell's wake-up after an answer arrives, every
+        // ms while a request waits), quota tick every 100 ms.
         for (w, core) in cores.iter_mut().enumerate() {
             if !runs(w, now) {
                 continue;
