@@ -175,11 +175,12 @@ fn config(mock: SocketAddr, log: &std::path::Path, extra: &str) -> String {
     // The subject is also copied to an upstream header (the anchors' AI gateway config does),
     // so a verified-token cache hit copies mapped claim headers too.
     let claim_header = "[[auth.claim_headers]]\nclaim = \"sub\"\nheader = \"x-subject\"\n";
-    // The verified-token cache is two-way set associative: when three of the run's 100
-    // tokens (fresh signatures every run) land in one set of the default 4096 entries (2048
-    // sets; about 3.6 % of gateways, 10 % of runs of this file), they evict each other and
-    // every request carrying one is verified again — ~1000 allocations that belong to the
-    // cache's associativity, not to a warm request path. With 32768 sets that is ~5e-5.
+    // The verified-token cache is set associative: when more of the run's 100 tokens (fresh
+    // signatures every run) land in one set than it has ways, they evict each other and every
+    // request carrying one is verified again — ~1000 allocations that belong to the cache's
+    // associativity, not to a warm request path. With two ways and the default 4096 entries
+    // that was ~3.6 % of gateways (10 % of runs of this file); with four ways it is ~8e-5,
+    // and in 65536 entries ~3e-10.
     format!(
         "{}{claim_header}{deployments}{split}{quota}[metrics]\nper_route = true\n[access_log]\npath = {:?}\nsample_rate = 1.0\n",
         auth_hs256("token_cache_entries = 65536\n"),
