@@ -72,17 +72,23 @@ mod tests {
         }
     }
 
+    /// A waker that counts its wakes, and the count.
+    fn counting() -> (Waker, impl Fn() -> usize) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        (waker, move || count.0.load(Ordering::SeqCst))
+    }
+
     #[test]
     fn a_nudge_wakes_the_sleeper_once_and_is_taken() {
         let n = Nudge::default();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (waker, wakes) = counting();
         let mut cx = Context::from_waker(&waker);
         let mut f = Box::pin(n.nudged());
         assert!(f.as_mut().poll(&mut cx).is_pending());
         n.nudge();
         n.nudge();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake for two nudges");
+        assert_eq!(wakes(), 1, "one wake for two nudges");
         assert!(f.as_mut().poll(&mut cx).is_ready());
         drop(f);
         let mut again = Box::pin(n.nudged());
@@ -104,13 +110,12 @@ mod tests {
     #[test]
     fn a_dropped_wait_leaves_no_waker_behind() {
         let n = Nudge::default();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (waker, wakes) = counting();
         let mut cx = Context::from_waker(&waker);
         let mut f = Box::pin(n.nudged());
         assert!(f.as_mut().poll(&mut cx).is_pending());
         drop(f);
         n.nudge();
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(wakes(), 0);
     }
 }
