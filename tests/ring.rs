@@ -125,9 +125,10 @@ fn a_busy_poll_sleeps_when_quiet_and_wakes_for_the_next_request() {
 /// A worker sleeping its long inbox tick (100 ms, `runtime::INBOX_TICK`) hears the control
 /// plane at once: its bell wakes it, under each driver and with an `sqpoll` ring, idle or
 /// between requests. 40 barriers one after another (each answered only once every worker has
-/// applied it) would take ~2 s if each waited for the tick (half a tick on average); the bound
-/// is a quarter of that, far above what a wake-up costs, so load on the machine does not
-/// decide the outcome.
+/// applied it) take ~4 s when each waits for the tick (measured with the bell's listener
+/// switched off); here they take ~10 ms, or 100–200 ms with `sqpoll` on a 2-core machine
+/// (the kernel's submission threads compete with the workers for the cores). The bound, a
+/// quarter of the 4 s, leaves load on the machine out of the outcome.
 #[test]
 fn a_sleeping_worker_hears_the_control_plane_without_waiting_for_its_tick() {
     const BARRIERS: u32 = 40;
@@ -135,7 +136,7 @@ fn a_sleeping_worker_hears_the_control_plane_without_waiting_for_its_tick() {
     for server in [
         "driver = \"io_uring\"",
         "driver = \"legacy\"",
-        "driver = \"io_uring\"\n[server.io_uring]\nsqpoll = true",
+        "driver = \"io_uring\"\n[server.io_uring]\nsqpoll = true\nsqpoll_idle_ms = 1",
     ] {
         let gw = gateway_with(
             &format!("listen = \"127.0.0.1:0\"\nworkers = 2\npin = false\n{server}"),
@@ -155,7 +156,7 @@ fn a_sleeping_worker_hears_the_control_plane_without_waiting_for_its_tick() {
         let took = started.elapsed();
         let tick = shardgate::runtime::INBOX_TICK;
         assert!(
-            took < tick * BARRIERS / 8,
+            took < tick * BARRIERS / 4,
             "{server}: {BARRIERS} barriers took {took:?}, as if each waited for the {tick:?} tick"
         );
     }
