@@ -6,7 +6,8 @@
 //! only on modules below it in this list, and on the leaves listed after it.
 //!
 //! 1. [`runtime`]: the engine. One pinned monoio worker thread per core, its `SO_REUSEPORT`
-//!    listener, its inbox loop (control-plane messages, timers), drain on shutdown.
+//!    listener, its inbox loop (control-plane messages as the worker's bell rings, periodic
+//!    rounds), drain on shutdown.
 //! 2. [`server`]: the per-connection loop. Reads a head (with [`http`]), hands the request to
 //!    the pipeline, then answers its rejection, records metrics and the access log once per
 //!    request, and keeps or closes the connection; idle connections hibernate.
@@ -26,7 +27,8 @@
 //! codec), [`error`] (the gateway error every stage folds into), [`config_types`],
 //! [`http_config`] and [`ring_config`] (config types the stages and the runtime share), [`metrics`] and [`access_log`] (recording
 //! handles), [`trace`] (W3C trace context, span records; its exporter thread is control
-//! plane), [`inbox`] (the messages between the control plane and the workers), [`time`].
+//! plane), [`inbox`] (the messages between the control plane and the workers, and the bell that
+//! wakes a worker for them), [`time`].
 //!
 //! The control plane runs on threads of its own and reaches workers only through their inboxes:
 //!
