@@ -2,7 +2,8 @@
 //! scratch, through the full `Authenticator::verify` path (parse, signature, claims, Identity),
 //! plus `baseline_hmac_sha256_only` (ring's HMAC check of the same input) to quote ratios.
 //! The `verify_*` rows verify in full (the worker's verified-token cache off);
-//! `verify_hs256_cached` is the same token seen again with the cache on (`auth::cache`).
+//! `verify_hs256_cached` is the same token seen again with the cache on (`auth::cache`), and
+//! `verify_hs256_cached_1024_tokens` a hit among 1024 cached tokens in a scattered order.
 //!
 //! Run: `cargo bench --bench jwt -- --warm-up-time 1 --measurement-time 3`
 
@@ -74,9 +75,49 @@ fn hs256(c: &mut Criterion) {
         &format!("[[keys]]\nkid = \"hs\"\nalg = \"HS256\"\nsecret = {{ value = \"{SECRET}\" }}\n"),
     );
     bench(c, "verify_hs256_cached", &cached, &token, NOW);
+    many_cached(c, &key);
     // Baseline: the HMAC check alone over the same signing input, the floor for verify_hs256.
     c.bench_function("baseline_hmac_sha256_only", |b| {
         b.iter(|| ring::hmac::verify(&key, black_box(input.as_bytes()), tag.as_ref()))
+    });
+}
+
+/// `verify_hs256_cached_1024_tokens`: 1024 distinct tokens, all cached (65536 entries, so no
+/// set overflows), looked up in a scattered order: what a hit costs once the cache's entries
+/// and the tokens' bytes are no longer in the CPU's nearest caches.
+fn many_cached(c: &mut Criterion, key: &ring::hmac::Key) {
+    const TOKENS: usize = 1024;
+    let auth = authenticator_with(
+        "token_cache_entries = 65536",
+        &format!("[[keys]]\nkid = \"hs\"\nalg = \"HS256\"\nsecret = {{ value = \"{SECRET}\" }}\n"),
+    );
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT","kid":"hs"}"#);
+    let values: Vec<String> = (0..TOKENS)
+        .map(|i| {
+            let claims = claims().replace("user-1234567890", &format!("user-{i:010}"));
+            let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims));
+            let tag = ring::hmac::sign(key, input.as_bytes());
+            format!("Bearer {input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+        })
+        .collect();
+    let rev = Revocations::new();
+    let mut scratch = Scratch::default();
+    for v in &values {
+        auth.verify(Some(v.as_bytes()), NOW, &rev, &mut scratch)
+            .expect("bench token verifies");
+    }
+    // An odd stride visits every token once per TOKENS lookups, far apart in memory.
+    let mut i = 0;
+    c.bench_function("verify_hs256_cached_1024_tokens", |b| {
+        b.iter(|| {
+            i = (i + 389) % TOKENS;
+            auth.verify(
+                black_box(Some(values[i].as_bytes())),
+                NOW,
+                &rev,
+                &mut scratch,
+            )
+        })
     });
 }
 

@@ -21,10 +21,11 @@
 //! Fixed size per worker (`[auth] token_cache_entries`, [`WAYS`]-way set associative, indexed
 //! by the token's last eight bytes — the signature's); entries reuse their buffers when
 //! replaced, so a warm cache allocates nothing. Tokens over [`MAX_CACHED_TOKEN`] bytes are not
-//! cached. Each entry keeps a tag, a bijective hash of those eight bytes, and only an entry
-//! whose tag matches is compared byte for byte: a lookup compares at most one or two tokens
-//! in practice, not every way. The tag says only whether all eight bytes are equal at once,
-//! so its early exit tells an attacker nothing a blind 64-bit guess would not.
+//! cached. Each entry has a tag, a bijective hash of those eight bytes, kept apart from the
+//! entries so that a set's tags share one cache line: a lookup reads that line, and only an
+//! entry whose tag matches is read and compared byte for byte. The tag says only whether all
+//! eight bytes are equal at once, so its early exit tells an attacker nothing a blind 64-bit
+//! guess would not.
 //!
 //! [`Authenticator`]: super::Authenticator
 
@@ -56,8 +57,6 @@ struct Entry {
     generation: u64,
     /// Last use, for the choice of which of a set's entries to replace.
     used: u64,
-    /// [`TokenCache::locate`]'s tag of the token.
-    tag: u64,
     window: Window,
     token: Vec<u8>,
     subject: String,
@@ -69,9 +68,16 @@ struct Entry {
     headers: Vec<(usize, String)>,
 }
 
+/// A set's tags, aligned so that they never straddle a cache line.
+#[derive(Clone, Copy, Default)]
+#[repr(align(32))]
+struct SetTags([u64; WAYS]);
+
 /// One worker's verified tokens (module docs). Empty until the first insert.
 #[derive(Default)]
 pub struct TokenCache {
+    /// [`tag_of`] each entry's token, by set: `tags[set / WAYS][way]`.
+    tags: Vec<SetTags>,
     entries: Vec<Entry>,
     clock: u64,
     hits: u64,
@@ -87,9 +93,10 @@ impl TokenCache {
             return None;
         };
         self.clock += 1;
-        for e in &mut self.entries[set..set + WAYS] {
-            if e.tag == tag
-                && e.generation == generation
+        let tags = self.tags[set / WAYS].0;
+        for (way, _) in tags.iter().enumerate().filter(|(_, t)| **t == tag) {
+            let e = &mut self.entries[set + way];
+            if e.generation == generation
                 && e.token.len() == token.len()
                 && same_bytes(&e.token, token)
             {
@@ -141,26 +148,31 @@ impl TokenCache {
         if self.entries.len() != size {
             self.entries.clear();
             self.entries.resize_with(size, Entry::default);
+            self.tags.clear();
+            self.tags.resize(size / WAYS, SetTags::default());
         }
         let Some((set, tag)) = self.locate(token) else {
             return;
         };
         self.clock += 1;
         let ways = &self.entries[set..set + WAYS];
+        let tags = &self.tags[set / WAYS].0;
         // The same token (a newer window), else an empty or stale entry, else the least
         // recently used.
-        let same = |e: &Entry| e.tag == tag && e.generation == generation && e.token == token;
-        let way = (ways.iter().position(same))
+        let same = |w: &usize| {
+            tags[*w] == tag && ways[*w].generation == generation && ways[*w].token == token
+        };
+        let way = ((0..WAYS).find(same))
             .or_else(|| ways.iter().position(|e| e.generation != generation))
             .unwrap_or_else(|| {
                 (0..WAYS)
                     .min_by_key(|&w| ways[w].used)
                     .expect("a set has ways")
             });
+        self.tags[set / WAYS].0[way] = tag;
         let e = &mut self.entries[set + way];
         e.generation = generation;
         e.used = self.clock;
-        e.tag = tag;
         e.window = window;
         e.token.clear();
         e.token.extend_from_slice(token);
