@@ -230,7 +230,7 @@ async fn relay_response(
         attempt,
     } = answered;
     let (req, ob) = (plan.req, plan.ob);
-    let record = |outcome: Outcome| worker.record_outcome(permit, outcome, Instant::now());
+    let record = |outcome: Outcome| worker.record_outcome(permit, outcome);
     {
         let ttfb = micros_between(sent_at, head_at).max(1);
         let mut m = worker.metrics.borrow_mut();
@@ -321,7 +321,7 @@ async fn relay_response(
     // One clock read for the end: the breaker's record, the attempt's latency sample and
     // the upstream time.
     let done_at = Instant::now();
-    worker.record_outcome(permit, Outcome::Status(status), done_at);
+    worker.record_outcome_at(permit, Outcome::Status(status), done_at);
     attempt::end_span(worker, span, ob.upstream, status, None);
     attempt.done(done_at);
     if relay_plan.upstream_reusable {

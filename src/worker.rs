@@ -152,26 +152,38 @@ impl Worker {
     }
 
     /// Sends the breakers' pending outcome reports to the coordination thread when one holds
-    /// a failure or a probe, or when `successes_due`; returns whether it sent them. Reports of
+    /// a failure or a probe, or when `successes_due`. Reports of
     /// successes alone are held back (up to [`crate::runtime::BREAKER_SUCCESS_FLUSH`]): each
     /// send wakes the coordination thread, and on a healthy fleet that was every tick of every
     /// worker.
-    pub fn flush_breakers(&self, successes_due: bool) -> bool {
+    pub fn flush_breakers(&self, successes_due: bool) {
         let mut resilience = self.resilience.borrow_mut();
         if !successes_due && !resilience.has_urgent_reports() {
-            return false;
+            return;
         }
         let coord = &self.coord;
         resilience.drain_reports(|r| {
             let _ = coord.send(ToCoord::Breaker(r));
         });
-        true
     }
 
-    /// Records how an upstream attempt under `permit` ended (at `now`); a failure or a probe's
-    /// outcome nudges the inbox loop, so the decider hears it now, not at the next tick.
+    /// Records how an upstream attempt under `permit` ended; a failure or a probe's outcome
+    /// nudges the inbox loop, so the decider hears it now, not at the next tick. The clock is
+    /// read only when there is a permit (see [`Self::record_outcome_at`]).
     #[inline]
     pub fn record_outcome(
+        &self,
+        permit: Option<crate::breaker::Permit>,
+        outcome: crate::breaker::Outcome,
+    ) {
+        let mut r = self.resilience.borrow_mut();
+        r.record(permit, outcome);
+        self.nudge_if_urgent(&r);
+    }
+
+    /// [`Self::record_outcome`] at `now` (a clock read the caller already made).
+    #[inline]
+    pub fn record_outcome_at(
         &self,
         permit: Option<crate::breaker::Permit>,
         outcome: crate::breaker::Outcome,
@@ -179,6 +191,11 @@ impl Worker {
     ) {
         let mut r = self.resilience.borrow_mut();
         r.record_at(permit, outcome, now);
+        self.nudge_if_urgent(&r);
+    }
+
+    #[inline]
+    fn nudge_if_urgent(&self, r: &crate::breaker::local::WorkerResilience) {
         if r.has_urgent_reports() {
             self.nudge.nudge();
         }

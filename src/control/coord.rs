@@ -121,6 +121,9 @@ struct State {
     breakers: BreakerCoordinator,
     /// Quota answers to send, in order.
     answers: Vec<(WorkerId, FromCoordinator)>,
+    /// Which workers the answers being sent go to, by worker: each is rung once, after all of
+    /// its answers are on its channel.
+    answered: Vec<bool>,
     /// Endpoint updates to send to every worker.
     updates: Vec<EndpointUpdate>,
     /// The merged endpoint load.
@@ -137,12 +140,14 @@ fn run(
     rx: Receiver<ToCoord>,
     leases: Leases,
 ) {
+    let n_workers = quota_answers.len();
     let mut st = State {
         workers,
         quota_answers,
         leases,
         breakers: BreakerCoordinator::new(&table, Instant::now()),
         answers: Vec::new(),
+        answered: vec![false; n_workers],
         updates: Vec::new(),
         fleet,
         epoch,
@@ -229,8 +234,13 @@ impl State {
         for (w, answer) in self.answers.drain(..) {
             if let Some(lease) = self.quota_answers.get(usize::from(w)) {
                 let _ = lease.send(answer);
-                // The worker applies answers as soon as it hears this (rings coalesce).
-                self.workers.ring(usize::from(w));
+                self.answered[usize::from(w)] = true;
+            }
+        }
+        // Each worker applies its answers as soon as it hears its bell.
+        for (w, answered) in self.answered.iter_mut().enumerate() {
+            if std::mem::take(answered) {
+                self.workers.ring(w);
             }
         }
         if let Leases::Here(c) = &mut self.leases {

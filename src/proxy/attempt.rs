@@ -122,7 +122,7 @@ pub async fn exchange<'w>(
     let (req, ob) = (plan.req, plan.ob);
     let upstream = ob.upstream;
     let record = |permit: Option<Permit>, outcome: Outcome| {
-        worker.record_outcome(permit, outcome, Instant::now());
+        worker.record_outcome(permit, outcome);
     };
     let mut attempt = 0;
     // Whether the client's body has been read off its connection.
@@ -318,7 +318,7 @@ async fn acquire<'w>(
             }
             Err(e) => e,
         };
-        worker.record_outcome(permit, local::outcome_of(e), Instant::now());
+        worker.record_outcome(permit, local::outcome_of(e));
         last = Some(e);
         if connects >= MAX_CONNECT_ATTEMPTS {
             break;
