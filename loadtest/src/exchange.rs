@@ -32,6 +32,8 @@ pub struct Outcome {
     pub end: Instant,
     /// The response was an event stream.
     pub streamed: bool,
+    /// Complete SSE events in the body (streams only).
+    pub events: u32,
     /// The connection may carry another request.
     pub reusable: bool,
 }
@@ -163,8 +165,11 @@ impl Conn {
         let mut scan = EventScan::default();
         let mut first_event = None;
         let mut last_event = None;
+        let mut events = 0;
         let mut on_data = |data: &[u8], now: Instant| {
-            if streamed && scan.feed(data) > 0 {
+            let ended = if streamed { scan.feed(data) } else { 0 };
+            events += ended;
+            if ended > 0 {
                 if let Some(prev) = last_event {
                     gaps.push(now.duration_since(prev).as_micros() as u64);
                 }
@@ -196,6 +201,7 @@ impl Conn {
             first_event,
             end: now,
             streamed,
+            events,
             reusable: head.keep_alive,
         })
     }

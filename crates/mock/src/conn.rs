@@ -13,7 +13,7 @@ use std::io::Write;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
@@ -561,12 +561,11 @@ impl Conn {
         self.head(200, "text/event-stream", None, keep, head.minor);
         anthropic::stream_open(&mut self.scratch, &ask, n, cache_read);
         self.frame(head.minor);
+        let mut pace = Pace::new(gap);
         self.send_out().await?;
         let mut piece = String::new();
         for i in 0..chunks {
-            if !gap.is_zero() {
-                monoio::time::sleep(gap).await;
-            }
+            pace.next().await;
             piece.clear();
             let _ = FmtWrite::write_fmt(&mut piece, format_args!("tok{i} "));
             if close_after == Some(i) {
@@ -642,15 +641,14 @@ impl Conn {
         self.head(200, "text/event-stream", None, keep, head.minor);
         reply::stream_event(&mut self.scratch, kind, ask, id, created, None, false);
         self.frame(head.minor);
+        let mut pace = Pace::new(gap);
         self.send_out().await?;
         let mut piece = String::new();
         for i in 0..chunks {
             if close_after == Some(i) {
                 return Ok(false);
             }
-            if !gap.is_zero() {
-                monoio::time::sleep(gap).await;
-            }
+            pace.next().await;
             piece.clear();
             let _ = FmtWrite::write_fmt(&mut piece, format_args!("tok{i} "));
             reply::stream_event(
@@ -692,9 +690,62 @@ struct BodySpan {
     end: usize,
 }
 
+/// When a stream's events are due: event `k` (from 1) at `gap * k` after the first event was
+/// ready to be written, not `gap` after the previous one was written, so time spent writing or waiting for a busy
+/// core does not pile up into every later gap (a mock that drifts makes gaps the proxy under
+/// test did not cause).
+struct Pace {
+    gap: Duration,
+    next: Instant,
+}
+
+impl Pace {
+    fn new(gap: Duration) -> Self {
+        Self {
+            gap,
+            next: Instant::now() + gap,
+        }
+    }
+
+    /// Waits for the next event's time (at once when the gap is zero or the time has passed).
+    async fn next(&mut self) {
+        if self.gap.is_zero() {
+            return;
+        }
+        if self.next > Instant::now() {
+            monoio::time::sleep_until(self.next.into()).await;
+        }
+        self.next += self.gap;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pace_keeps_a_fixed_schedule_after_a_late_turn() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let gap = Duration::from_millis(2);
+            let mut pace = Pace::new(gap);
+            let first_due = pace.next;
+            pace.next().await;
+            assert!(Instant::now() >= first_due);
+            // A turn that comes late (a busy core) does not push the later events back:
+            // they are due on the original schedule, so the next ones go at once.
+            std::thread::sleep(Duration::from_millis(9));
+            for _ in 0..3 {
+                pace.next().await;
+            }
+            assert_eq!(pace.next, first_due + gap * 4);
+            let mut none = Pace::new(Duration::ZERO);
+            none.next().await;
+        });
+    }
 
     /// The head the mock reads from `raw`, or the status it answers.
     fn parse_head(raw: &[u8]) -> Result<Option<(Head, RequestHead)>, u16> {

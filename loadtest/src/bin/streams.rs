@@ -3,18 +3,27 @@
 //! consecutive events (largest, p50/p99/p99.9, and how far the largest is over the nominal
 //! gap), and the gateway's RSS (sampled every 50 ms while the streams run, when its pid is
 //! given). `loadtest/streams.sh` starts the mock and the gateway (JWT + split + quota) and
-//! runs it. The response head is parsed with the tree's codec; events are counted on the raw
-//! body bytes as they arrive (chunk framing never contains `data: `).
+//! runs it.
+//!
+//! All streams run as tasks of one monoio thread (a thread per stream spent the shared core on
+//! context switches and made gaps of its own), reading with the loadtest's exchange (the
+//! tree's response codec; an event ends at a blank line). Every connection is open before
+//! the first request goes; stream `i` then starts `i * stagger / N` after the first, so by
+//! default the streams' events are spread over the gap as independent clients' would be
+//! (`--stagger-ms 0`: every stream at once, each gap a burst of N events). Connections stay
+//! open until every stream has ended (`--close-each`: each closes as its stream ends; on a
+//! shared core the client's and the mock's teardown of one stream then delays the others').
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
+use loadtest::exchange::Conn;
 
 #[derive(Parser)]
 struct Args {
@@ -30,6 +39,13 @@ struct Args {
     /// The mock's gap between events, ms (the nominal gap).
     #[arg(long, default_value_t = 20)]
     gap_ms: u64,
+    /// Stream starts spread over this many ms (default: the gap); 0 starts all at once.
+    #[arg(long)]
+    stagger_ms: Option<u64>,
+    /// Close each connection as its stream ends (default: all stay open, as a client's
+    /// keep-alive pool would keep them, and close together once every stream has ended).
+    #[arg(long)]
+    close_each: bool,
     /// A file of bearer tokens, one a line; stream i uses line i mod their count.
     #[arg(long)]
     tokens: Option<std::path::PathBuf>,
@@ -46,10 +62,12 @@ struct Args {
 
 /// What one stream saw.
 struct Seen {
-    ok: bool,
-    events: usize,
-    /// Gaps between consecutive events, µs.
+    /// Status 200 and the body complete with at least the events asked for.
+    whole: bool,
+    /// Gaps between consecutive reads that completed events, µs.
     gaps: Vec<u64>,
+    /// The connection, when it stays open until every stream has ended.
+    conn: Option<Conn>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,7 +80,20 @@ fn main() -> anyhow::Result<()> {
         None => vec![],
     };
     let body = r#"{"model":"chat","stream":true,"max_tokens":64,"messages":[{"role":"user","content":"Stream to the benchmark."}]}"#;
-    let start = Arc::new(Barrier::new(args.streams + 1));
+    let requests: Vec<Vec<u8>> = (0..args.streams)
+        .map(|i| {
+            let auth = tokens
+                .get(i % tokens.len().max(1))
+                .map(|t| format!("Authorization: Bearer {t}\r\n"))
+                .unwrap_or_default();
+            format!(
+                "POST {} HTTP/1.1\r\nHost: bench\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                args.path,
+                body.len()
+            )
+            .into_bytes()
+        })
+        .collect();
     let running = Arc::new(AtomicBool::new(true));
     let peak_rss = Arc::new(AtomicU64::new(0));
     let sampler = args.gateway_pid.map(|pid| {
@@ -77,49 +108,8 @@ fn main() -> anyhow::Result<()> {
         })
     });
     let rss_before = args.gateway_pid.and_then(rss_kb);
-    let mut handles = Vec::with_capacity(args.streams);
-    for i in 0..args.streams {
-        let auth = tokens
-            .get(i % tokens.len().max(1))
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let req = format!(
-            "POST {} HTTP/1.1\r\nHost: bench\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            args.path,
-            body.len()
-        );
-        let (start, addr) = (start.clone(), args.addr);
-        let timeout = Duration::from_secs(args.timeout_s);
-        handles.push(
-            thread::Builder::new()
-                .stack_size(256 * 1024)
-                .spawn(move || {
-                    let stream = TcpStream::connect(addr);
-                    start.wait();
-                    match stream {
-                        Ok(s) => one_stream(s, req.as_bytes(), timeout),
-                        Err(_) => Seen {
-                            ok: false,
-                            events: 0,
-                            gaps: vec![],
-                        },
-                    }
-                })?,
-        );
-    }
-    start.wait();
-    let began = Instant::now();
-    let seen: Vec<Seen> = handles
-        .into_iter()
-        .map(|h| {
-            h.join().unwrap_or(Seen {
-                ok: false,
-                events: 0,
-                gaps: vec![],
-            })
-        })
-        .collect();
-    let took = began.elapsed();
+    let stagger = Duration::from_millis(args.stagger_ms.unwrap_or(args.gap_ms));
+    let (seen, took) = run(&args, requests, stagger)?;
     running.store(false, Ordering::Relaxed);
     if let Some(s) = sampler {
         let _ = s.join();
@@ -128,17 +118,15 @@ fn main() -> anyhow::Result<()> {
     for g in seen.iter().flat_map(|s| s.gaps.iter()) {
         gaps.record(*g)?;
     }
-    let whole = seen
-        .iter()
-        .filter(|s| s.ok && s.events >= args.events)
-        .count();
+    let whole = seen.iter().filter(|s| s.whole).count();
     let nominal = args.gap_ms * 1000;
     println!(
-        "streams: {} ({} whole with >= {} events) in {:.2} s",
+        "streams: {} ({} whole with >= {} events) in {:.2} s, starts spread over {} ms",
         args.streams,
         whole,
         args.events,
-        took.as_secs_f64()
+        took.as_secs_f64(),
+        stagger.as_millis()
     );
     println!(
         "inter-event gap (nominal {} ms): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
@@ -166,60 +154,76 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends `req` and reads the response as it arrives, timing each event.
-fn one_stream(mut s: TcpStream, req: &[u8], timeout: Duration) -> Seen {
-    let mut seen = Seen {
-        ok: false,
-        events: 0,
-        gaps: Vec::with_capacity(128),
-    };
-    let _ = s.set_nodelay(true);
-    let _ = s.set_read_timeout(Some(timeout));
-    if s.write_all(req).is_err() {
-        return seen;
-    }
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut chunk = [0u8; 16 * 1024];
-    let mut body_at: Option<usize> = None;
-    let mut scanned = 0;
-    let mut last: Option<Instant> = None;
-    loop {
-        let n = match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return seen,
-            Ok(n) => n,
-        };
-        let now = Instant::now();
-        buf.extend_from_slice(&chunk[..n]);
-        if body_at.is_none() {
-            match shardgate_http::response::parse_response_head(&buf) {
-                Ok(Some(h)) if h.status == 200 => {
-                    body_at = Some(h.head_len);
-                    scanned = h.head_len;
-                }
-                Ok(Some(_)) | Err(_) => return seen,
-                Ok(None) => continue,
-            }
+/// Opens every connection, then runs the streams, stream `i` starting `i * stagger / N`
+/// after the first. Returns what each saw and how long the streaming took.
+fn run(
+    args: &Args,
+    requests: Vec<Vec<u8>>,
+    stagger: Duration,
+) -> anyhow::Result<(Vec<Seen>, Duration)> {
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .with_entries(4096)
+        .enable_timer()
+        .build()?;
+    let (addr, events, n, hold) = (args.addr, args.events, requests.len(), !args.close_each);
+    let timeout = Duration::from_secs(args.timeout_s);
+    rt.block_on(async move {
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            conns.push(Conn::connect(addr).await.ok());
         }
-        while let Some(i) = memfind(&buf[scanned..], b"data: ") {
-            let at = scanned + i;
-            scanned = at + 6;
-            if buf[scanned..].starts_with(b"[DONE]") {
-                seen.ok = true;
-                return seen;
-            }
-            seen.events += 1;
-            if let Some(prev) = last {
-                seen.gaps.push(now.duration_since(prev).as_micros() as u64);
-            }
-            last = Some(now);
+        let began = Instant::now();
+        let seen = Rc::new(std::cell::RefCell::new(Vec::with_capacity(n)));
+        let tasks: Vec<_> = conns
+            .into_iter()
+            .zip(requests)
+            .enumerate()
+            .map(|(i, (conn, req))| {
+                let at = began + stagger.mul_f64(i as f64 / n.max(1) as f64);
+                let seen = seen.clone();
+                monoio::spawn(async move {
+                    let s = match conn {
+                        Some(c) => one_stream(c, req, at, events, timeout, hold).await,
+                        None => Seen {
+                            whole: false,
+                            gaps: vec![],
+                            conn: None,
+                        },
+                    };
+                    seen.borrow_mut().push(s);
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
         }
-        // Keep a tail that may hold the start of a split `data: `.
-        scanned = scanned.max(buf.len().saturating_sub(5));
-    }
+        let took = began.elapsed();
+        let mut seen = std::mem::take(&mut *seen.borrow_mut());
+        for s in &mut seen {
+            s.conn = None;
+        }
+        Ok((seen, took))
+    })
 }
 
-fn memfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// Sends `req` at `at` and reads the response as it arrives, timing each event; `hold`: hand
+/// the connection back rather than close it.
+async fn one_stream(
+    mut conn: Conn,
+    req: Vec<u8>,
+    at: Instant,
+    events: usize,
+    timeout: Duration,
+    hold: bool,
+) -> Seen {
+    let mut gaps = Vec::with_capacity(events + 8);
+    monoio::time::sleep_until(at.into()).await;
+    let whole = match monoio::time::timeout(timeout, conn.exchange(req, false, &mut gaps)).await {
+        Ok((Ok(o), _)) => o.status == 200 && o.events as usize >= events,
+        _ => false,
+    };
+    let conn = hold.then_some(conn);
+    Seen { whole, gaps, conn }
 }
 
 fn ms(us: u64) -> f64 {
