@@ -14,6 +14,9 @@
 //! the documented shapes read before (the tests keep that reader as their oracle).
 
 use std::cell::RefCell;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 
 // By name, not the prelude glob (see `disallowed-methods` in clippy.toml).
 use simd_json::prelude::{TypedScalarValue, ValueAsScalar};
@@ -337,14 +340,16 @@ impl SseUsageScanner {
         self.event.capacity() + self.scratch.capacity()
     }
 
-    /// Scans `chunk` and appends to `out` the bytes to relay now.
+    /// Scans `chunk` and appends to `out` the bytes to relay now. Only line ends matter to the
+    /// scan, so it jumps from one to the next (`memchr2`) rather than stepping byte by byte.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         let mut start = 0;
-        for (i, &b) in chunk.iter().enumerate() {
+        let mut i = 0;
+        while i < chunk.len() {
             if self.after_cr {
                 self.after_cr = false;
                 let cr_ended = self.cr_ended.take();
-                if b == b'\n' {
+                if chunk[i] == b'\n' {
                     // The `\n` of a `\r\n` whose `\r` ended the line already.
                     if let Some(relayed) = cr_ended {
                         // It ends the event before this one (nothing of this one is taken yet).
@@ -353,25 +358,32 @@ impl SseUsageScanner {
                         }
                         start = i + 1;
                     }
+                    i += 1;
                     continue;
                 }
             }
-            match b {
-                b'\n' | b'\r' if self.at_line_start => {
-                    self.take(&chunk[start..=i], out);
-                    let relayed = self.end_event(out);
-                    start = i + 1;
-                    if b == b'\r' {
-                        self.after_cr = true;
-                        self.cr_ended = Some(relayed);
-                    }
-                }
-                b'\n' | b'\r' => {
-                    self.at_line_start = true;
-                    self.after_cr = b == b'\r';
-                }
-                _ => self.at_line_start = false,
+            let Some(off) = memchr::memchr2(b'\n', b'\r', &chunk[i..]) else {
+                self.at_line_start = false;
+                break;
+            };
+            let at = i + off;
+            if off > 0 {
+                self.at_line_start = false;
             }
+            let b = chunk[at];
+            if self.at_line_start {
+                self.take(&chunk[start..=at], out);
+                let relayed = self.end_event(out);
+                start = at + 1;
+                if b == b'\r' {
+                    self.after_cr = true;
+                    self.cr_ended = Some(relayed);
+                }
+            } else {
+                self.at_line_start = true;
+                self.after_cr = b == b'\r';
+            }
+            i = at + 1;
         }
         if start < chunk.len() {
             self.take(&chunk[start..], out);
@@ -425,7 +437,7 @@ impl SseUsageScanner {
         let held = self.strip && self.class == Class::Undecided;
         let mut is_usage_event = false;
         if !self.overflow {
-            if value_after_key(&self.event, b"\"usage\"") == Some(b'{') {
+            if value_after_key(&self.event, &USAGE_KEY) == Some(b'{') {
                 self.data_payload();
                 if let Some((Some(u), content)) = event_data(&mut self.scratch) {
                     self.usage = Some(u);
@@ -468,7 +480,7 @@ fn classify(event: &[u8]) -> Class {
             _ => {}
         }
     }
-    if let Some(at) = key_value_pos(event, b"\"choices\"") {
+    if let Some(at) = key_value_pos(event, &CHOICES_KEY) {
         if event[at] == b'[' {
             let rest = &event[at + 1..];
             if let Some(&c) = rest.iter().find(|b| !b.is_ascii_whitespace()) {
@@ -485,22 +497,29 @@ fn classify(event: &[u8]) -> Class {
 
 /// The value of the first complete `data:` line start (may be partial).
 fn first_data(event: &[u8]) -> Option<&[u8]> {
-    let at = if event.starts_with(b"data:") {
-        0
-    } else {
-        event
-            .windows(6)
-            .position(|w| matches!(w[0], b'\n' | b'\r') && &w[1..] == b"data:")?
-            + 1
-    };
-    Some(&event[at + 5..])
+    let mut from = 0;
+    while let Some(p) = DATA_FIELD.find(&event[from..]) {
+        let at = from + p;
+        if at == 0 || matches!(event[at - 1], b'\n' | b'\r') {
+            return Some(&event[at + 5..]);
+        }
+        from = at + 1;
+    }
+    None
 }
 
+/// The searches the scan repeats on every event, each built once (a `memmem` finder costs
+/// about as much to build as to run over one event).
+static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+static CHOICES_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\""));
+static CONTENT_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\""));
+static DATA_FIELD: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"data:"));
+
 /// Position of the first non-space byte after `key` `:` (if the bytes reach that far).
-fn key_value_pos(hay: &[u8], key: &[u8]) -> Option<usize> {
+fn key_value_pos(hay: &[u8], key: &Finder<'_>) -> Option<usize> {
     let mut from = 0;
-    while let Some(p) = hay[from..].windows(key.len()).position(|w| w == key) {
-        let mut i = from + p + key.len();
+    while let Some(p) = key.find(&hay[from..]) {
+        let mut i = from + p + key.needle().len();
         while i < hay.len() && hay[i].is_ascii_whitespace() {
             i += 1;
         }
@@ -516,7 +535,7 @@ fn key_value_pos(hay: &[u8], key: &[u8]) -> Option<usize> {
     None
 }
 
-fn value_after_key(hay: &[u8], key: &[u8]) -> Option<u8> {
+fn value_after_key(hay: &[u8], key: &Finder<'_>) -> Option<u8> {
     key_value_pos(hay, key).map(|i| hay[i])
 }
 
@@ -524,26 +543,33 @@ fn value_after_key(hay: &[u8], key: &[u8]) -> Option<u8> {
 fn content_chars(event: &[u8]) -> u64 {
     let mut n = 0;
     let mut from = 0;
-    while let Some(at) = key_value_pos(&event[from..], b"\"content\"") {
+    while let Some(at) = key_value_pos(&event[from..], &CONTENT_KEY) {
         let start = from + at;
         if event[start] != b'"' {
             from = start + 1;
             continue;
         }
         let mut i = start + 1;
-        while i < event.len() && event[i] != b'"' {
-            if event[i] == b'\\' {
-                // One character per escape; `\uXXXX` also skips its four hex digits.
-                i += if event.get(i + 1) == Some(&b'u') {
-                    5
-                } else {
-                    1
-                };
-                n += 1;
-            } else if event[i] & 0xC0 != 0x80 {
-                n += 1;
+        // Runs without a quote or a backslash are counted whole: one character per byte that
+        // does not continue a UTF-8 sequence.
+        while let Some(off) = memchr::memchr2(b'"', b'\\', &event[i..]) {
+            let run = &event[i..i + off];
+            n += run.iter().filter(|&&b| b & 0xC0 != 0x80).count() as u64;
+            i += off;
+            if event[i] == b'"' {
+                break;
             }
-            i += 1;
+            // One character per escape; `\uXXXX` also skips its four hex digits.
+            n += 1;
+            i += if event.get(i + 1) == Some(&b'u') { 6 } else { 2 };
+            if i >= event.len() {
+                break;
+            }
+        }
+        if i < event.len() && event[i] != b'"' {
+            // Unterminated (a cut event): count what is there.
+            n += event[i..].iter().filter(|&&b| b & 0xC0 != 0x80).count() as u64;
+            i = event.len();
         }
         from = i.min(event.len());
     }
@@ -577,6 +603,192 @@ mod tests {
         }
         s.finish(&mut out);
         (out, s)
+    }
+
+    /// The scan as it was written before it jumped with `memchr`: one byte at a time, the
+    /// reference the faster one must agree with.
+    fn feed_bytewise(s: &mut SseUsageScanner, chunk: &[u8], out: &mut Vec<u8>) {
+        let mut start = 0;
+        for (i, &b) in chunk.iter().enumerate() {
+            if s.after_cr {
+                s.after_cr = false;
+                let cr_ended = s.cr_ended.take();
+                if b == b'\n' {
+                    if let Some(relayed) = cr_ended {
+                        if relayed {
+                            out.push(b'\n');
+                        }
+                        start = i + 1;
+                    }
+                    continue;
+                }
+            }
+            match b {
+                b'\n' | b'\r' if s.at_line_start => {
+                    s.take(&chunk[start..=i], out);
+                    let relayed = s.end_event(out);
+                    start = i + 1;
+                    if b == b'\r' {
+                        s.after_cr = true;
+                        s.cr_ended = Some(relayed);
+                    }
+                }
+                b'\n' | b'\r' => {
+                    s.at_line_start = true;
+                    s.after_cr = b == b'\r';
+                }
+                _ => s.at_line_start = false,
+            }
+        }
+        if start < chunk.len() {
+            s.take(&chunk[start..], out);
+        }
+    }
+
+    /// Content characters counted one byte at a time (the reference of [`content_chars`]).
+    fn content_chars_bytewise(event: &[u8]) -> u64 {
+        let (mut n, mut from) = (0, 0);
+        while let Some(at) = key_value_pos_windows(&event[from..], b"\"content\"") {
+            let start = from + at;
+            if event[start] != b'"' {
+                from = start + 1;
+                continue;
+            }
+            let mut i = start + 1;
+            while i < event.len() && event[i] != b'"' {
+                if event[i] == b'\\' {
+                    i += if event.get(i + 1) == Some(&b'u') { 5 } else { 1 };
+                    n += 1;
+                } else if event[i] & 0xC0 != 0x80 {
+                    n += 1;
+                }
+                i += 1;
+            }
+            from = i.min(event.len());
+        }
+        n
+    }
+
+    /// `first_data` and `key_value_pos` as they searched before `memmem`: the references.
+    fn first_data_windows(event: &[u8]) -> Option<&[u8]> {
+        let at = if event.starts_with(b"data:") {
+            0
+        } else {
+            event
+                .windows(6)
+                .position(|w| matches!(w[0], b'\n' | b'\r') && &w[1..] == b"data:")?
+                + 1
+        };
+        Some(&event[at + 5..])
+    }
+
+    fn key_value_pos_windows(hay: &[u8], key: &[u8]) -> Option<usize> {
+        let mut from = 0;
+        while let Some(p) = hay[from..].windows(key.len()).position(|w| w == key) {
+            let mut i = from + p + key.len();
+            while i < hay.len() && hay[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            if i < hay.len() && hay[i] == b':' {
+                i += 1;
+                while i < hay.len() && hay[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                return (i < hay.len()).then_some(i);
+            }
+            from += p + 1;
+        }
+        None
+    }
+
+    /// Random streams made of the pieces the scanner decides on (line ends of every style,
+    /// `data:` lines, `choices`, `usage` and `content` keys, escapes, multi-byte characters),
+    /// fed in random splits: the jumping scan relays the same bytes, finds the same usage and
+    /// counts the same content characters as the byte-at-a-time one.
+    #[test]
+    fn the_jumping_scan_agrees_with_the_bytewise_one_on_random_streams() {
+        const NOISE: &[&str] = &[
+            "data:", "\n", "\r", "\r\n", "{", "}", "[", "]", "\"choices\"", ":", " ", "\"usage\"",
+            "\"content\"", "\"", "\\", "é", "x", ",", "null",
+        ];
+        const TEXT: &[&str] = &["a", "é", "日本", "\\n", "\\\"", "\\u00e9", "\\\\", "x y", "\\"];
+        const LINES: &[&str] = &[
+            "data: {\"choices\":[{\"delta\":{\"content\":\"TEXT\"}}]}",
+            "data:{\"choices\": [ {\"delta\":{\"content\" : \"TEXT\"}}],\"usage\":null}",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}",
+            "data: {\"id\":\"c\",\"choices\":[],",
+            "data: \"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}",
+            "data: [DONE]",
+            "event: chunk",
+            ": c",
+            "x",
+            "data: {\"content\":\"TEXT",
+        ];
+        const EOLS: &[&str] = &["\n", "\r", "\r\n"];
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rand = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for case in 0..4000 {
+            let mut stream = Vec::new();
+            for _ in 0..1 + rand(8) {
+                for _ in 0..1 + rand(3) {
+                    let mut line = LINES[rand(LINES.len())].to_owned();
+                    while line.contains("TEXT") {
+                        let text: String = (0..rand(5)).map(|_| TEXT[rand(TEXT.len())]).collect();
+                        line = line.replacen("TEXT", &text, 1);
+                    }
+                    stream.extend_from_slice(line.as_bytes());
+                    if rand(8) == 0 {
+                        stream.extend_from_slice(NOISE[rand(NOISE.len())].as_bytes());
+                    }
+                    stream.extend_from_slice(EOLS[rand(EOLS.len())].as_bytes());
+                }
+                // The blank line that ends the event (after a `\r`, a `\n` would only finish
+                // that line end).
+                let eol = if stream.ends_with(b"\r") { "\r" } else { EOLS[rand(EOLS.len())] };
+                stream.extend_from_slice(eol.as_bytes());
+            }
+            let strip = case % 2 == 0;
+            let (mut fast, mut slow) = (SseUsageScanner::new(strip), SseUsageScanner::new(strip));
+            let (mut out_fast, mut out_slow) = (Vec::new(), Vec::new());
+            let mut at = 0;
+            while at < stream.len() {
+                let end = (at + 1 + rand(40)).min(stream.len());
+                fast.feed(&stream[at..end], &mut out_fast);
+                feed_bytewise(&mut slow, &stream[at..end], &mut out_slow);
+                at = end;
+            }
+            fast.finish(&mut out_fast);
+            slow.finish(&mut out_slow);
+            let shown = String::from_utf8_lossy(&stream);
+            assert_eq!(out_fast, out_slow, "case {case}: {shown:?}");
+            assert_eq!(fast.usage(), slow.usage(), "case {case}: {shown:?}");
+            assert_eq!(
+                fast.estimated_completion_tokens(),
+                slow.estimated_completion_tokens(),
+                "case {case}: {shown:?}"
+            );
+            assert_eq!(
+                content_chars(&stream),
+                content_chars_bytewise(&stream),
+                "case {case}: {shown:?}"
+            );
+            for from in [0, stream.len() / 3, stream.len() / 2] {
+                let part = &stream[from..];
+                assert_eq!(first_data(part), first_data_windows(part), "case {case}");
+                for key in [&b"\"choices\""[..], b"\"usage\"", b"\"content\""] {
+                    assert_eq!(
+                        key_value_pos(part, &Finder::new(key)),
+                        key_value_pos_windows(part, key),
+                        "case {case}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
