@@ -55,6 +55,10 @@ struct Args {
     /// The gateway's pid, for its RSS.
     #[arg(long)]
     gateway_pid: Option<u32>,
+    /// Also print the gaps by their position in the stream (p50, p99, max of the k-th gap of
+    /// every stream): where in a stream's life the large gaps fall.
+    #[arg(long)]
+    by_position: bool,
     /// Give up on a stream after this many seconds.
     #[arg(long, default_value_t = 60)]
     timeout_s: u64,
@@ -119,6 +123,22 @@ fn main() -> anyhow::Result<()> {
         gaps.record(*g)?;
     }
     let whole = seen.iter().filter(|s| s.whole).count();
+    if args.by_position {
+        let longest = seen.iter().map(|s| s.gaps.len()).max().unwrap_or(0);
+        for k in 0..longest {
+            let mut h = Histogram::<u64>::new(3)?;
+            for g in seen.iter().filter_map(|s| s.gaps.get(k)) {
+                h.record(*g)?;
+            }
+            println!(
+                "gap {k}: {} streams, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                h.len(),
+                ms(h.value_at_quantile(0.5)),
+                ms(h.value_at_quantile(0.99)),
+                ms(h.max())
+            );
+        }
+    }
     let nominal = args.gap_ms * 1000;
     println!(
         "streams: {} ({} whole with >= {} events) in {:.2} s, starts spread over {} ms",
