@@ -123,9 +123,28 @@ fn curl_gets_plain_and_streamed_completions_through_the_tls_listener() {
         ["1", "0"],
         "the second reuses the connection"
     );
+    // The upstream learns the client's scheme: https through the TLS listener (a client's own
+    // claim is replaced), http through the plain one.
+    let o = curl(
+        "gw.test",
+        port,
+        "/echo/scheme",
+        &["--cacert", cacert, "-H", "x-forwarded-proto: http"],
+    );
+    assert!(o.status.success());
+    let echoed = stdout(&o).to_ascii_lowercase();
+    assert!(
+        echoed.contains(r#"["x-forwarded-proto","https"]"#),
+        "{echoed}"
+    );
+    assert_eq!(echoed.matches("x-forwarded-proto").count(), 1, "{echoed}");
+    let plain = get(gw.local_addr(), "/echo/scheme")
+        .text()
+        .to_ascii_lowercase();
+    assert!(plain.contains(r#"["x-forwarded-proto","http"]"#), "{plain}");
     // The plain listener still serves.
     assert_eq!(get(gw.local_addr(), "/v1/models").status, 200);
-    assert!(counter(&gw, &counters::TLS_HANDSHAKES, &["full"]) >= 3);
+    assert!(counter(&gw, &counters::TLS_HANDSHAKES, &["full"]) >= 4);
 }
 
 /// A ClientHello of `version` (record and hello), offering two suites, with the extensions a

@@ -15,8 +15,8 @@ fn streams(m: &MockHandle, extra: &[&str]) -> (bool, String) {
         .args(extra)
         .output()
         .expect("streams runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -27,7 +27,12 @@ fn p50(text: &str) -> f64 {
         .find(|l| l.starts_with("inter-event gap"))
         .unwrap_or_else(|| panic!("no gap line in {text}"));
     let at = line.find("p50 ").unwrap() + 4;
-    line[at..].split_whitespace().next().unwrap().parse().unwrap()
+    line[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]

@@ -11,8 +11,6 @@
 //! [`inline_body`] appends a small body that is already here, so the request goes out in one
 //! write and can be replayed.
 
-use std::io::Write;
-
 use crate::conn::ClientConn;
 use crate::http::parse::{BodyFraming, RequestHead};
 
@@ -88,7 +86,14 @@ pub fn write_head_prefix(
         out.extend_from_slice(prev);
         out.extend_from_slice(b", ");
     }
-    let _ = write!(out, "{}\r\nx-forwarded-proto: http\r\n", c.peer.ip());
+    out.extend_from_slice(c.peer_ip_text.as_bytes());
+    // The scheme the client used: a TLS listener's requests are `https` to the upstream (an
+    // application that builds absolute URLs or insists on HTTPS reads this header).
+    out.extend_from_slice(if c.stream.is_tls() {
+        b"\r\nx-forwarded-proto: https\r\n"
+    } else {
+        b"\r\nx-forwarded-proto: http\r\n"
+    });
     if let Some(h) = head.host {
         out.extend_from_slice(b"x-forwarded-host: ");
         out.extend_from_slice(h.get(buf));

@@ -561,7 +561,11 @@ fn content_chars(event: &[u8]) -> u64 {
             }
             // One character per escape; `\uXXXX` also skips its four hex digits.
             n += 1;
-            i += if event.get(i + 1) == Some(&b'u') { 6 } else { 2 };
+            i += if event.get(i + 1) == Some(&b'u') {
+                6
+            } else {
+                2
+            };
             if i >= event.len() {
                 break;
             }
@@ -657,7 +661,11 @@ mod tests {
             let mut i = start + 1;
             while i < event.len() && event[i] != b'"' {
                 if event[i] == b'\\' {
-                    i += if event.get(i + 1) == Some(&b'u') { 5 } else { 1 };
+                    i += if event.get(i + 1) == Some(&b'u') {
+                        5
+                    } else {
+                        1
+                    };
                     n += 1;
                 } else if event[i] & 0xC0 != 0x80 {
                     n += 1;
@@ -708,10 +716,29 @@ mod tests {
     #[test]
     fn the_jumping_scan_agrees_with_the_bytewise_one_on_random_streams() {
         const NOISE: &[&str] = &[
-            "data:", "\n", "\r", "\r\n", "{", "}", "[", "]", "\"choices\"", ":", " ", "\"usage\"",
-            "\"content\"", "\"", "\\", "é", "x", ",", "null",
+            "data:",
+            "\n",
+            "\r",
+            "\r\n",
+            "{",
+            "}",
+            "[",
+            "]",
+            "\"choices\"",
+            ":",
+            " ",
+            "\"usage\"",
+            "\"content\"",
+            "\"",
+            "\\",
+            "é",
+            "x",
+            ",",
+            "null",
         ];
-        const TEXT: &[&str] = &["a", "é", "日本", "\\n", "\\\"", "\\u00e9", "\\\\", "x y", "\\"];
+        const TEXT: &[&str] = &[
+            "a", "é", "日本", "\\n", "\\\"", "\\u00e9", "\\\\", "x y", "\\",
+        ];
         const LINES: &[&str] = &[
             "data: {\"choices\":[{\"delta\":{\"content\":\"TEXT\"}}]}",
             "data:{\"choices\": [ {\"delta\":{\"content\" : \"TEXT\"}}],\"usage\":null}",
@@ -749,7 +776,11 @@ mod tests {
                 }
                 // The blank line that ends the event (after a `\r`, a `\n` would only finish
                 // that line end).
-                let eol = if stream.ends_with(b"\r") { "\r" } else { EOLS[rand(EOLS.len())] };
+                let eol = if stream.ends_with(b"\r") {
+                    "\r"
+                } else {
+                    EOLS[rand(EOLS.len())]
+                };
                 stream.extend_from_slice(eol.as_bytes());
             }
             let strip = case % 2 == 0;
