@@ -77,7 +77,8 @@ EOF
 
 taskset -c "$UP_CORE" "$MOCK" --listen "127.0.0.1:$UP_PORT" --threads 1 \
     --chunks "$EVENTS" --gap-ms "$GAP_MS" >"$TMP/mock.log" 2>&1 &
-PIDS+=($!)
+MOCK_PID=$!
+PIDS+=($MOCK_PID)
 wait_port "$UP_PORT" 200 || { echo "mock-upstream did not start" >&2; exit 1; }
 taskset -c "$GW_CORE" "$SHARDGATE" --config "$TMP/gateway.toml" >"$TMP/gateway.log" 2>&1 &
 GW_PID=$!
@@ -114,6 +115,7 @@ for round in $(seq "$ROUNDS"); do
             sleep 0.5
         fi
         ticks0=$( [[ -n $pid ]] && stat_ticks "/proc/$pid/stat" || echo 0)
+        mock0=$(stat_ticks "/proc/$MOCK_PID/stat")
         out=$(taskset -c "$UP_CORE" "$CLIENT" --addr "127.0.0.1:$(port_of "$s")" --streams "$STREAMS" \
             --events "$EVENTS" --gap-ms "$GAP_MS" --tokens "$TMP/tokens.txt" \
             ${pid:+--gateway-pid "$pid"} "${CLIENT_EXTRA[@]}" 2>&1) || true
@@ -122,15 +124,18 @@ for round in $(seq "$ROUNDS"); do
             wait "$perf_pid" 2>/dev/null || true
         fi
         ticks1=$( [[ -n $pid ]] && stat_ticks "/proc/$pid/stat" || echo 0)
+        mock1=$(stat_ticks "/proc/$MOCK_PID/stat")
         cpu_ms=$(( (ticks1 - ticks0) * 1000 / $(getconf CLK_TCK) ))
         [[ -n $pid ]] && out+=$'\n'"proxy CPU: $cpu_ms ms"
+        out+=$'\n'"mock CPU: $(( (mock1 - mock0) * 1000 / $(getconf CLK_TCK) )) ms"
         echo "$out" | sed "s/^/round $round $s: /"
         echo "$out" | awk -v s="$s" -v r="$round" '
             /^streams:/ { split($3, w, "("); whole = substr($3, 2) }
             /^inter-event gap/ { for (i = 1; i <= NF; i++) if ($i ~ /^p50|^p99|^p99.9|^max/) v[$i] = $(i + 1) }
             /^gateway RSS/ { before = $3; peak = $6 }
             /^proxy CPU/ { cpu = $3 }
-            END { print s, r, whole, v["p50"], v["p99"], v["p99.9"], v["max"], before, peak, cpu }' >>"$TMP/rows"
+            /^mock CPU/ { mock = $3 }
+            END { print s, r, whole, v["p50"], v["p99"], v["p99.9"], v["max"], before ? before : "-", peak ? peak : "-", cpu ? cpu : "-", mock }' >>"$TMP/rows"
         sleep 0.5
     done
 done
@@ -152,18 +157,18 @@ def med(s, i):
     vals = [float(r[i]) for r in by[s] if len(r) > i and r[i] not in ("", "-")]
     return statistics.median(vals) if vals else float("nan")
 print("medians over %d rounds (ms; whole = streams complete in every round)" % len(by[order[0]]))
-print("| server | whole | p50 | p99 | p99.9 | max | p99 over direct | max over direct | max over nominal | RSS before / peak MiB | CPU ms / round |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+print("| server | whole | p50 | p99 | p99.9 | max | p99 over direct | max over direct | max over nominal | RSS before / peak MiB | proxy CPU ms / round | mock CPU ms / round |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
 for s in order:
     whole = all(len(r) > 2 and r[2] == str(streams) for r in by[s])
     p99, mx = med(s, 4), med(s, 6)
     over = lambda v, i: ("%+.2f" % (v - med("direct", i))) if s != "direct" and "direct" in by else ""
     rss = cpu = ""
-    if any(len(r) > 9 for r in by[s]):
+    if s != "direct":
         rss = "%.0f / %.0f" % (med(s, 7), med(s, 8))
         cpu = "%.0f" % med(s, 9)
-    print("| %s | %s | %.2f | %.2f | %.2f | %.2f | %s | %s | %+.2f | %s | %s |" % (
+    print("| %s | %s | %.2f | %.2f | %.2f | %.2f | %s | %s | %+.2f | %s | %s | %.0f |" % (
         s, "yes" if whole else "NO", med(s, 3), p99, med(s, 5), mx,
-        over(p99, 4), over(mx, 6), mx - gap, rss, cpu))
+        over(p99, 4), over(mx, 6), mx - gap, rss, cpu, med(s, 10)))
 print("targets (shardgate): max <= gap + 5 ms; p99 added over direct <= 1 ms")
 PYEOF

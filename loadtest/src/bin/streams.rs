@@ -59,6 +59,11 @@ struct Args {
     /// every stream): where in a stream's life the large gaps fall.
     #[arg(long)]
     by_position: bool,
+    /// Also print when the late events arrived: per 10 ms since the first request, how many
+    /// events came more than 3 ms after their nominal gap (one stall shows as one cluster,
+    /// spread over many stream positions when the starts are spread).
+    #[arg(long)]
+    late_timeline: bool,
     /// Give up on a stream after this many seconds.
     #[arg(long, default_value_t = 60)]
     timeout_s: u64,
@@ -72,6 +77,8 @@ struct Seen {
     gaps: Vec<u64>,
     /// The connection, when it stays open until every stream has ended.
     conn: Option<Conn>,
+    /// When the first event arrived (the others follow by `gaps`).
+    first_event: Option<Instant>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -186,6 +193,7 @@ fn run(
         .enable_timer()
         .build()?;
     let (addr, events, n, hold) = (args.addr, args.events, requests.len(), !args.close_each);
+    let (late_timeline, nominal_us) = (args.late_timeline, args.gap_ms * 1000);
     let timeout = Duration::from_secs(args.timeout_s);
     rt.block_on(async move {
         let mut conns = Vec::with_capacity(n);
@@ -208,6 +216,7 @@ fn run(
                             whole: false,
                             gaps: vec![],
                             conn: None,
+                            first_event: None,
                         },
                     };
                     seen.borrow_mut().push(s);
@@ -219,11 +228,32 @@ fn run(
         }
         let took = began.elapsed();
         let mut seen = std::mem::take(&mut *seen.borrow_mut());
+        if late_timeline {
+            print_late_timeline(&seen, began, nominal_us);
+        }
         for s in &mut seen {
             s.conn = None;
         }
         Ok((seen, took))
     })
+}
+
+/// Per 10 ms since `began`: how many events arrived more than 3 ms after their nominal gap.
+fn print_late_timeline(seen: &[Seen], began: Instant, nominal_us: u64) {
+    let mut late = std::collections::BTreeMap::<u64, u32>::new();
+    for s in seen {
+        let Some(first) = s.first_event else { continue };
+        let mut at = first.duration_since(began).as_micros() as u64;
+        for &g in &s.gaps {
+            at += g;
+            if g > nominal_us + 3_000 {
+                *late.entry(at / 10_000).or_default() += 1;
+            }
+        }
+    }
+    for (bucket, n) in late {
+        println!("late events at {} ms: {n}", bucket * 10);
+    }
 }
 
 /// Sends `req` at `at` and reads the response as it arrives, timing each event; `hold`: hand
@@ -238,12 +268,21 @@ async fn one_stream(
 ) -> Seen {
     let mut gaps = Vec::with_capacity(events + 8);
     monoio::time::sleep_until(at.into()).await;
+    let mut first_event = None;
     let whole = match monoio::time::timeout(timeout, conn.exchange(req, false, &mut gaps)).await {
-        Ok((Ok(o), _)) => o.status == 200 && o.events as usize >= events,
+        Ok((Ok(o), _)) => {
+            first_event = o.first_event;
+            o.status == 200 && o.events as usize >= events
+        }
         _ => false,
     };
     let conn = hold.then_some(conn);
-    Seen { whole, gaps, conn }
+    Seen {
+        whole,
+        gaps,
+        conn,
+        first_event,
+    }
 }
 
 fn ms(us: u64) -> f64 {
