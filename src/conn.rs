@@ -517,6 +517,10 @@ mod tests {
     use std::io::Write;
     use std::time::Duration;
 
+    use monoio::net::TcpListener;
+
+    use super::*;
+
     #[test]
     fn ip_text_is_the_display_form_of_either_family_up_to_the_longest() {
         for ip in [
@@ -529,15 +533,11 @@ mod tests {
             "1:2:3:4:5:6:255.255.255.255",
         ] {
             let ip: std::net::IpAddr = ip.parse().unwrap();
-            let text = super::IpText::of(ip);
+            let text = IpText::of(ip);
             assert_eq!(text.as_bytes(), ip.to_string().as_bytes());
             assert!(text.as_bytes().len() <= 45);
         }
     }
-
-    use monoio::net::TcpListener;
-
-    use super::*;
 
     /// A request larger than the idle buffer arrives whole; write buffers are parked while
     /// idle and back (with capacity) once a request arrives.
