@@ -70,9 +70,6 @@ const ECANCELED: i32 = 125;
 pub struct ClientConn {
     pub stream: Stream,
     pub peer: SocketAddr,
-    /// The peer's address as text, written once for the connection (every proxied request
-    /// carries it in `x-forwarded-for`).
-    pub peer_ip_text: IpText,
     /// Received bytes; `buf[pos..]` is not yet consumed.
     pub buf: Vec<u8>,
     pub pos: usize,
@@ -87,38 +84,6 @@ pub struct ClientConn {
     /// Cancels the wait for the next request when it hibernates (made on first use after a
     /// wake, dropped while hibernating).
     canceller: Option<Canceller>,
-}
-
-/// An IP address as text (at most 45 bytes: an IPv4-mapped IPv6 address), formatted once.
-#[derive(Clone, Copy)]
-pub struct IpText {
-    buf: [u8; 45],
-    len: u8,
-}
-
-impl IpText {
-    pub fn of(ip: std::net::IpAddr) -> Self {
-        use std::io::Write as _;
-        let mut buf = [0u8; 45];
-        let mut rest = &mut buf[..];
-        // Cannot fail: the longest form of either family fits.
-        let _ = write!(rest, "{ip}");
-        let len = 45 - rest.len();
-        Self {
-            buf,
-            len: len as u8,
-        }
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..usize::from(self.len)]
-    }
-}
-
-impl std::fmt::Debug for IpText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
-    }
 }
 
 /// Per-request facts gathered on the connection for metrics and the access log. Bytes are
@@ -156,7 +121,6 @@ impl ClientConn {
         Self {
             stream,
             peer,
-            peer_ip_text: IpText::of(peer.ip()),
             // The first wait for a request installs the small idle buffer; the write buffers
             // come from the spare list when a request arrives.
             buf: Vec::new(),
@@ -520,24 +484,6 @@ mod tests {
     use monoio::net::TcpListener;
 
     use super::*;
-
-    #[test]
-    fn ip_text_is_the_display_form_of_either_family_up_to_the_longest() {
-        for ip in [
-            "127.0.0.1",
-            "255.255.255.255",
-            "::1",
-            "2001:db8::8a2e:370:7334",
-            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
-            "::ffff:255.255.255.255",
-            "1:2:3:4:5:6:255.255.255.255",
-        ] {
-            let ip: std::net::IpAddr = ip.parse().unwrap();
-            let text = IpText::of(ip);
-            assert_eq!(text.as_bytes(), ip.to_string().as_bytes());
-            assert!(text.as_bytes().len() <= 45);
-        }
-    }
 
     /// A request larger than the idle buffer arrives whole; write buffers are parked while
     /// idle and back (with capacity) once a request arrives.

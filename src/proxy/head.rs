@@ -86,7 +86,7 @@ pub fn write_head_prefix(
         out.extend_from_slice(prev);
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(c.peer_ip_text.as_bytes());
+    push_ip(out, c.peer.ip());
     // The scheme the client used: a TLS listener's requests are `https` to the upstream (an
     // application that builds absolute URLs or insists on HTTPS reads this header).
     out.extend_from_slice(if c.stream.is_tls() {
@@ -100,6 +100,25 @@ pub fn write_head_prefix(
         out.extend_from_slice(b"\r\n");
     }
     crate::http::write::field(out, b"x-request-id", c.request_id.as_bytes());
+}
+
+/// Appends `ip` as text: an IPv4 address (the common peer) digit by digit, without `core::fmt`
+/// on the per-request path; an IPv6 one through its `Display`.
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                crate::http::write::decimal(out, u64::from(octet));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// Whether the whole body is in the connection buffer and small enough to go with the head.
@@ -166,5 +185,30 @@ pub fn inline_body(
             whole
         }
         (OutBody::FromClient, BodyFraming::Chunked) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_ip;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "1.2.3.4",
+            "255.255.255.255",
+            "::1",
+            "::ffff:1.2.3.4",
+            "2001:db8::8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut out = b"x".to_vec();
+            push_ip(&mut out, ip);
+            assert_eq!(&out[1..], ip.to_string().as_bytes(), "{ip}");
+        }
     }
 }
