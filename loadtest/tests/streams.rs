@@ -57,6 +57,19 @@ fn whole_streams_are_counted_and_their_gaps_reported() {
 }
 
 #[test]
+fn a_stream_with_fewer_events_than_asked_is_not_whole() {
+    // One content event short of the six asked for.
+    let m = mock(MockConfig {
+        stream_chunks: 5,
+        stream_gap_ms: 5,
+        ..MockConfig::default()
+    });
+    let (ok, text) = streams(&m, &[]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("40 streams incomplete"), "{text}");
+}
+
+#[test]
 fn a_cut_stream_fails_the_run() {
     let m = mock(MockConfig {
         stream_chunks: 6,

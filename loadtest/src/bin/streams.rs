@@ -272,7 +272,10 @@ async fn one_stream(
     let whole = match monoio::time::timeout(timeout, conn.exchange(req, false, &mut gaps)).await {
         Ok((Ok(o), _)) => {
             first_event = o.first_event;
-            o.status == 200 && o.events as usize >= events
+            // Whole: the body ended as framed, with the content events asked for and the three
+            // around them in an OpenAI stream: the opening (role) chunk, the closing
+            // (`finish_reason`) chunk and `[DONE]`.
+            o.status == 200 && o.events as usize >= events + 3
         }
         _ => false,
     };
