@@ -162,6 +162,43 @@ fn hop_by_hop_headers_are_stripped_and_forwarding_headers_added() {
     assert!(r.text().contains(&format!("x-request-id: {id}")));
 }
 
+/// The forwarding chains a client sends are kept, every line in order, with the gateway's hop
+/// last: `x-forwarded-for` always, RFC 7239 `Forwarded` when the client sent one (so the last
+/// element an upstream reads is the gateway's, never the client's claim). Empty values and
+/// fields the client lists in `Connection` are not part of a chain.
+#[test]
+fn forwarding_chains_are_kept_whole_with_the_gateway_hop_last() {
+    let up = Upstream::echo();
+    let gw = gateway(&route_all(up.addr, ""));
+    let send = |extra: &str| {
+        request(
+            gw.local_addr(),
+            &format!("GET /h HTTP/1.1\r\nHost: public.example:8443\r\n{extra}\r\n"),
+        )
+        .text()
+    };
+    let t = send("X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2, 10.0.0.3\r\n");
+    assert!(
+        t.contains("x-forwarded-for: 10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1\""),
+        "{t}"
+    );
+    assert_eq!(t.matches("x-forwarded-for").count(), 1, "{t}");
+    assert!(!t.contains("forwarded: "), "none added unasked: {t}");
+    let t = send("Forwarded: for=6.6.6.6;proto=https;host=admin.internal\r\nForwarded: for=\"[2001:db8::1]\"\r\n");
+    assert!(
+        t.contains(r#"forwarded: for=6.6.6.6;proto=https;host=admin.internal, for=\"[2001:db8::1]\", for=127.0.0.1;proto=http;host=\"public.example:8443\""#),
+        "{t}"
+    );
+    assert_eq!(t.matches("forwarded: ").count(), 1, "{t}");
+    // Empty and hop-by-hop values are no part of a chain.
+    let t = send("X-Forwarded-For:\r\nForwarded: \r\n");
+    assert!(t.contains("x-forwarded-for: 127.0.0.1\""), "{t}");
+    assert!(!t.contains("forwarded: "), "{t}");
+    let t = send("Connection: Forwarded, X-Forwarded-For\r\nForwarded: for=6.6.6.6\r\nX-Forwarded-For: 6.6.6.6\r\n");
+    assert!(t.contains("x-forwarded-for: 127.0.0.1\""), "{t}");
+    assert!(!t.contains("6.6.6.6"), "{t}");
+}
+
 #[test]
 fn upstream_credential_replaces_client_authorization() {
     let up = Upstream::echo();

@@ -5,8 +5,9 @@
 //!
 //! Headers are re-serialized toward the upstream: hop-by-hop fields (and every field named in
 //! `Connection`) are dropped, framing is re-declared by the gateway, `X-Forwarded-For/Proto/
-//! Host` and `X-Request-Id` are set, and the request line carries exactly the path the request
-//! was routed on. [`write_head_prefix`] writes what is known once the route is
+//! Host` and `X-Request-Id` are set (the client's `X-Forwarded-For` and RFC 7239 `Forwarded`
+//! chains are kept with the gateway's hop appended), and the request line carries exactly the
+//! path the request was routed on. [`write_head_prefix`] writes what is known once the route is
 //! ([`crate::pipeline`] calls it); [`finish`] completes the head once the body's form is known;
 //! [`inline_body`] appends a small body that is already here, so the request goes out in one
 //! write and can be replayed.
@@ -63,10 +64,20 @@ pub fn write_head_prefix(
     out.extend_from_slice(path);
     out.extend_from_slice(query);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut xff: Option<&[u8]> = None;
+    // The client's own forwarding chains (every line of them, in order) are kept and the
+    // gateway's hop appended; a field the client lists in `Connection` is hop-by-hop and goes.
+    let chained = |name: &[u8], value: &[u8], field: &[u8]| {
+        name.eq_ignore_ascii_case(field)
+            && !crate::http::parse::trim(value).is_empty()
+            && !head.listed_in_connection(buf, name)
+    };
+    let (mut xff_lines, mut forwarded_lines) = (0, 0);
     for (name, value) in head.headers(buf) {
-        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            xff = Some(value);
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") || name.eq_ignore_ascii_case(b"forwarded")
+        {
+            xff_lines += usize::from(chained(name, value, b"x-forwarded-for"));
+            forwarded_lines += usize::from(chained(name, value, b"forwarded"));
+            continue;
         }
         if DROP_REQUEST_HEADERS
             .iter()
@@ -81,25 +92,75 @@ pub fn write_head_prefix(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
+    let chain = |out: &mut Vec<u8>, field: &[u8], lines: usize| {
+        if lines == 0 {
+            return;
+        }
+        for (name, value) in head.headers(buf) {
+            if chained(name, value, field) {
+                out.extend_from_slice(crate::http::parse::trim(value));
+                out.extend_from_slice(b", ");
+            }
+        }
+    };
+    let https = c.stream.is_tls();
     out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prev) = xff {
-        out.extend_from_slice(prev);
-        out.extend_from_slice(b", ");
-    }
+    chain(out, b"x-forwarded-for", xff_lines);
     push_ip(out, c.peer.ip());
     // The scheme the client used: a TLS listener's requests are `https` to the upstream (an
     // application that builds absolute URLs or insists on HTTPS reads this header).
-    out.extend_from_slice(if c.stream.is_tls() {
+    out.extend_from_slice(if https {
         b"\r\nx-forwarded-proto: https\r\n"
     } else {
         b"\r\nx-forwarded-proto: http\r\n"
     });
-    if let Some(h) = head.host {
+    let host = head.host.map(|h| h.get(buf));
+    if let Some(h) = host {
         out.extend_from_slice(b"x-forwarded-host: ");
-        out.extend_from_slice(h.get(buf));
+        out.extend_from_slice(h);
+        out.extend_from_slice(b"\r\n");
+    }
+    // RFC 7239: a client-sent `Forwarded` reaches the upstream only with the gateway's element
+    // last (what the client claimed stays visible as earlier elements, as in
+    // `x-forwarded-for`), so an upstream that trusts the last element reads the gateway's word.
+    // None is added when the client sent none: `x-forwarded-*` carry the same facts.
+    if forwarded_lines > 0 {
+        out.extend_from_slice(b"forwarded: ");
+        chain(out, b"forwarded", forwarded_lines);
+        out.extend_from_slice(b"for=");
+        match c.peer.ip() {
+            std::net::IpAddr::V4(v4) => push_ip(out, v4.into()),
+            // An IPv6 node is quoted and bracketed (RFC 7239 section 6).
+            v6 => {
+                out.extend_from_slice(b"\"[");
+                push_ip(out, v6);
+                out.extend_from_slice(b"]\"");
+            }
+        }
+        out.extend_from_slice(if https {
+            b";proto=https"
+        } else {
+            b";proto=http"
+        });
+        if let Some(h) = host {
+            out.extend_from_slice(b";host=");
+            push_quoted(out, h);
+        }
         out.extend_from_slice(b"\r\n");
     }
     crate::http::write::field(out, b"x-request-id", c.request_id.as_bytes());
+}
+
+/// Appends `v` as an HTTP quoted-string (`"` and `\` escaped).
+fn push_quoted(out: &mut Vec<u8>, v: &[u8]) {
+    out.push(b'"');
+    for &b in v {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
 }
 
 /// Appends `ip` as text: an IPv4 address (the common peer) digit by digit, without `core::fmt`
@@ -190,7 +251,20 @@ pub fn inline_body(
 
 #[cfg(test)]
 mod tests {
-    use super::push_ip;
+    use super::{push_ip, push_quoted};
+
+    #[test]
+    fn quoted_strings_escape_quotes_and_backslashes() {
+        for (raw, quoted) in [
+            (&b"example.com:8080"[..], &br#""example.com:8080""#[..]),
+            (b"", br#""""#),
+            (br#"a"b\c"#, br#""a\"b\\c""#),
+        ] {
+            let mut out = Vec::new();
+            push_quoted(&mut out, raw);
+            assert_eq!(out, quoted, "{}", String::from_utf8_lossy(raw));
+        }
+    }
 
     #[test]
     fn addresses_are_written_as_display_writes_them() {
