@@ -130,7 +130,7 @@ for round in $(seq "$ROUNDS"); do
         out+=$'\n'"mock CPU: $(( (mock1 - mock0) * 1000 / $(getconf CLK_TCK) )) ms"
         echo "$out" | sed "s/^/round $round $s: /"
         echo "$out" | awk -v s="$s" -v r="$round" '
-            /^streams:/ { split($3, w, "("); whole = substr($3, 2) }
+            /^streams:/ { whole = substr($3, 2) }
             /^inter-event gap/ { for (i = 1; i <= NF; i++) if ($i ~ /^p50|^p99|^p99.9|^max/) v[$i] = $(i + 1) }
             /^gateway RSS/ { before = $3; peak = $6 }
             /^proxy CPU/ { cpu = $3 }

@@ -71,12 +71,14 @@ pub fn write_head_prefix(
             && !crate::http::parse::trim(value).is_empty()
             && !head.listed_in_connection(buf, name)
     };
-    let (mut xff_lines, mut forwarded_lines) = (0, 0);
+    let (mut xff_chain, mut forwarded_chain) = (false, false);
     for (name, value) in head.headers(buf) {
-        if name.eq_ignore_ascii_case(b"x-forwarded-for") || name.eq_ignore_ascii_case(b"forwarded")
-        {
-            xff_lines += usize::from(chained(name, value, b"x-forwarded-for"));
-            forwarded_lines += usize::from(chained(name, value, b"forwarded"));
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            xff_chain |= chained(name, value, b"x-forwarded-for");
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"forwarded") {
+            forwarded_chain |= chained(name, value, b"forwarded");
             continue;
         }
         if DROP_REQUEST_HEADERS
@@ -92,8 +94,9 @@ pub fn write_head_prefix(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    let chain = |out: &mut Vec<u8>, field: &[u8], lines: usize| {
-        if lines == 0 {
+    // A second walk over the headers, only when the client sent such a chain.
+    let chain = |out: &mut Vec<u8>, field: &[u8], present: bool| {
+        if !present {
             return;
         }
         for (name, value) in head.headers(buf) {
@@ -105,7 +108,7 @@ pub fn write_head_prefix(
     };
     let https = c.stream.is_tls();
     out.extend_from_slice(b"x-forwarded-for: ");
-    chain(out, b"x-forwarded-for", xff_lines);
+    chain(out, b"x-forwarded-for", xff_chain);
     push_ip(out, c.peer.ip());
     // The scheme the client used: a TLS listener's requests are `https` to the upstream (an
     // application that builds absolute URLs or insists on HTTPS reads this header).
@@ -124,9 +127,9 @@ pub fn write_head_prefix(
     // last (what the client claimed stays visible as earlier elements, as in
     // `x-forwarded-for`), so an upstream that trusts the last element reads the gateway's word.
     // None is added when the client sent none: `x-forwarded-*` carry the same facts.
-    if forwarded_lines > 0 {
+    if forwarded_chain {
         out.extend_from_slice(b"forwarded: ");
-        chain(out, b"forwarded", forwarded_lines);
+        chain(out, b"forwarded", true);
         out.extend_from_slice(b"for=");
         match c.peer.ip() {
             std::net::IpAddr::V4(v4) => push_ip(out, v4.into()),
